@@ -1,0 +1,317 @@
+//! The `Engine` facade and its builder: the one type an embedding application uses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use semver::VersionReq;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::error::EngineError;
+use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, VersionKey};
+use crate::observe::Event;
+use crate::registry::{parse_version, VersionInfo, VersionStatus};
+use crate::routing::VersionRequest;
+use crate::runtime::{Durability, Runtime, RuntimeOptions};
+use crate::store::{CorruptRecord, SledStore, Store, StoreStats};
+use crate::workflow::{VersionCode, WorkflowVersion};
+
+/// How to start an instance besides its workflow and input.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    routing_key: Option<String>,
+    version: Option<String>,
+}
+
+impl StartOptions {
+    /// Default options: newest active version, routing key = instance id.
+    pub fn new() -> Self {
+        StartOptions::default()
+    }
+
+    /// The key sticky routing hashes (a customer id, say); recorded on the instance.
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// A semver requirement the version must meet (`^1`, `>=1.1, <2`, `=1.0.0` for exact). Note
+    /// that a bare `1.0.0` means `^1.0.0`, as in Cargo.
+    pub fn version(mut self, requirement: impl Into<String>) -> Self {
+        self.version = Some(requirement.into());
+        self
+    }
+}
+
+/// Configures and opens an [`Engine`].
+pub struct EngineBuilder {
+    data_dir: Option<PathBuf>,
+    store: Option<Arc<dyn Store>>,
+    codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
+    options: RuntimeOptions,
+}
+
+impl EngineBuilder {
+    /// The directory of the embedded sled store (created if missing).
+    pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(path.into());
+        self
+    }
+
+    /// A store to use instead of the embedded sled one.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// When step commits are acknowledged (default [`Durability::Sync`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.options.durability = durability;
+        self
+    }
+
+    /// How many steps may run at once across all instances (default 256).
+    pub fn max_concurrent_steps(mut self, limit: usize) -> Self {
+        self.options.max_concurrent_steps = limit;
+        self
+    }
+
+    /// Whether live instances of versions whose code is not registered are parked until it is
+    /// (`true`), or make `open` fail naming them (`false`, the default).
+    pub fn park_unregistered(mut self, park: bool) -> Self {
+        self.options.park_unregistered = park;
+        self
+    }
+
+    /// How long to wait before retrying a step whose commit failed (default 500 ms).
+    pub fn commit_retry_delay(mut self, delay: Duration) -> Self {
+        self.options.commit_retry_delay = delay;
+        self
+    }
+
+    /// How many events a slow subscriber may fall behind before it is told it lagged (default 4096).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.options.event_capacity = capacity;
+        self
+    }
+
+    /// Registers a workflow version before open.
+    pub fn register<I, S, O>(mut self, version: WorkflowVersion<I, S, O>) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        S: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+    {
+        self.codes
+            .push(version.into_code().map_err(EngineError::from));
+        self
+    }
+
+    /// Opens the store, recovers every live instance and starts running them.
+    pub async fn open(self) -> Result<Engine, EngineError> {
+        let codes = self.codes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let store: Arc<dyn Store> = match (self.store, self.data_dir) {
+            (Some(store), _) => store,
+            (None, Some(path)) => {
+                let opened = tokio::task::spawn_blocking(move || SledStore::open(path))
+                    .await
+                    .map_err(|error| crate::store::StoreError::Backend {
+                        operation: "open",
+                        message: error.to_string(),
+                    })??;
+                Arc::new(opened)
+            }
+            (None, None) => return Err(EngineError::NoStore),
+        };
+        let runtime = Runtime::open(store, codes, self.options).await?;
+        Ok(Engine { runtime })
+    }
+}
+
+/// A durable workflow engine: starts, signals, cancels and inspects instances, and manages the
+/// versions they are pinned to. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    runtime: Arc<Runtime>,
+}
+
+fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, EngineError> {
+    rmp_serde::to_vec_named(value).map_err(|error| EngineError::Encode {
+        what,
+        reason: error.to_string(),
+    })
+}
+
+impl Engine {
+    /// A builder with default settings.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            data_dir: None,
+            store: None,
+            codes: Vec::new(),
+            options: RuntimeOptions {
+                durability: Durability::Sync,
+                max_concurrent_steps: 256,
+                park_unregistered: false,
+                commit_retry_delay: Duration::from_millis(500),
+                event_capacity: 4096,
+            },
+        }
+    }
+
+    /// Registers a workflow version while running; resumes instances parked for it.
+    pub fn register<I, S, O>(
+        &self,
+        version: WorkflowVersion<I, S, O>,
+    ) -> Result<VersionKey, EngineError>
+    where
+        I: DeserializeOwned + Send + 'static,
+        S: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+    {
+        self.runtime.register(version.into_code()?)
+    }
+
+    /// Starts an instance of `workflow` on its newest active version.
+    pub async fn start<I: Serialize + ?Sized>(
+        &self,
+        workflow: &str,
+        input: &I,
+    ) -> Result<InstanceId, EngineError> {
+        self.start_with(workflow, input, StartOptions::default())
+            .await
+    }
+
+    /// Starts an instance with options (routing key, version requirement).
+    pub async fn start_with<I: Serialize + ?Sized>(
+        &self,
+        workflow: &str,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<InstanceId, EngineError> {
+        let request = match &options.version {
+            None => VersionRequest::Newest,
+            Some(text) => VersionRequest::Matching(VersionReq::parse(text).map_err(|error| {
+                EngineError::InvalidVersion {
+                    workflow: workflow.to_string(),
+                    version: text.clone(),
+                    reason: error.to_string(),
+                }
+            })?),
+        };
+        let input = encode("input", input)?;
+        self.runtime
+            .start(workflow, &input, &request, options.routing_key)
+            .await
+    }
+
+    /// Sends a signal; it is stored durably and consumed when the instance waits for `name`.
+    pub async fn signal<P: Serialize + ?Sized>(
+        &self,
+        id: InstanceId,
+        name: &str,
+        payload: &P,
+    ) -> Result<(), EngineError> {
+        let payload = encode("signal payload", payload)?;
+        self.runtime.signal(id, name, payload).await
+    }
+
+    /// Cancels a live instance at its next step boundary; resolves once that is committed.
+    pub async fn cancel(&self, id: InstanceId) -> Result<(), EngineError> {
+        self.runtime.cancel(id).await
+    }
+
+    /// Waits for an instance to finish and returns how it ended.
+    pub async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
+        self.runtime.outcome(id).await
+    }
+
+    /// Waits for an instance to complete and decodes its output.
+    pub async fn output<O: DeserializeOwned>(&self, id: InstanceId) -> Result<O, EngineError> {
+        self.outcome(id).await?.output()
+    }
+
+    /// One instance: version, status, cursor, state.
+    pub fn instance(&self, id: InstanceId) -> Result<InstanceInfo, EngineError> {
+        self.runtime.instance(id)
+    }
+
+    /// Instances matching `filter` (live ones from memory, finished ones from the store).
+    pub fn list(&self, filter: &InstanceFilter) -> Result<Vec<InstanceInfo>, EngineError> {
+        self.runtime.list(filter, usize::MAX)
+    }
+
+    /// Like [`Engine::list`], at most `limit` instances.
+    pub fn list_limited(
+        &self,
+        filter: &InstanceFilter,
+        limit: usize,
+    ) -> Result<Vec<InstanceInfo>, EngineError> {
+        self.runtime.list(filter, limit)
+    }
+
+    /// Every known version with status, counts, oldest live instance and whether its code may go.
+    pub fn versions(&self) -> Vec<VersionInfo> {
+        self.runtime.versions()
+    }
+
+    /// One version's residency figures.
+    pub fn version(&self, workflow: &str, version: &str) -> Result<VersionInfo, EngineError> {
+        let key = VersionKey::new(workflow, parse_version(workflow, version)?);
+        self.versions()
+            .into_iter()
+            .find(|info| info.key == key)
+            .ok_or_else(|| {
+                crate::registry::RegistryError::UnknownVersion {
+                    known: self.runtime.registry.describe_workflow(workflow),
+                    key,
+                }
+                .into()
+            })
+    }
+
+    /// Stops new instances reaching a version; it becomes `Drained` when its last instance ends.
+    pub async fn drain(&self, workflow: &str, version: &str) -> Result<VersionStatus, EngineError> {
+        let key = VersionKey::new(workflow, parse_version(workflow, version)?);
+        let change = self.runtime.registry.drain(&key)?;
+        match self.runtime.change_status(change).await {
+            Some(status) => Ok(status),
+            None => Ok(self.version(workflow, version)?.status),
+        }
+    }
+
+    /// Retires a version with no live instance; fails naming the count otherwise.
+    pub async fn retire(&self, workflow: &str, version: &str) -> Result<(), EngineError> {
+        let key = VersionKey::new(workflow, parse_version(workflow, version)?);
+        let change = self.runtime.registry.retire(&key)?;
+        self.runtime.change_status(change).await;
+        Ok(())
+    }
+
+    /// Subscribes to the event stream from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.runtime.events.subscribe()
+    }
+
+    /// Live records that could not be decoded and were set aside, with the reason.
+    pub fn quarantined_records(&self) -> Result<Vec<CorruptRecord>, EngineError> {
+        Ok(self.runtime.store.quarantined()?)
+    }
+
+    /// How many live instances this engine holds.
+    pub fn live_instances(&self) -> usize {
+        self.runtime.live_count()
+    }
+
+    /// What the store has done (applies, syncs).
+    pub fn store_stats(&self) -> StoreStats {
+        self.runtime.store.stats()
+    }
+
+    /// Graceful shutdown: no new work, running steps finish and commit, the store is synced.
+    pub async fn shutdown(self) {
+        self.runtime.shutdown().await;
+    }
+}

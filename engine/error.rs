@@ -1,0 +1,101 @@
+//! The engine's error type: every failure a caller of the `Engine` facade can see.
+
+use crate::instance::{InstanceId, VersionKey};
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use crate::workflow::DefinitionError;
+
+/// An error from the engine, saying what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A workflow definition is invalid.
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    /// A version lookup or lifecycle change failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The store holds live instances of versions whose code is not registered.
+    #[error("the store holds live instances of versions that are not registered: {}; register their code, or let the engine park them with EngineBuilder::park_unregistered(true)", describe_missing(.missing))]
+    MissingVersions {
+        /// Each missing version and its live instance count.
+        missing: Vec<(VersionKey, u64)>,
+    },
+    /// No instance has this id.
+    #[error("no instance {id} exists in this store")]
+    UnknownInstance {
+        /// The id.
+        id: InstanceId,
+    },
+    /// The instance has finished and takes no more signals or cancellations.
+    #[error("instance {id} has already finished ({status}); it takes no more signals")]
+    InstanceFinished {
+        /// The id.
+        id: InstanceId,
+        /// How it finished.
+        status: String,
+    },
+    /// The instance failed (from `Outcome::output`).
+    #[error("the instance failed: {reason}")]
+    InstanceFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The instance was cancelled (from `Outcome::output`).
+    #[error("the instance was cancelled")]
+    InstanceCancelled,
+    /// A value could not be encoded.
+    #[error("could not encode the {what}: {reason}")]
+    Encode {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A value could not be decoded.
+    #[error(
+        "the {what} does not decode: {reason}; check that the type matches the workflow version's"
+    )]
+    Decode {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A start's input does not decode as the chosen version's input type.
+    #[error("the input does not decode as the input of {key}: {reason}; nothing was started")]
+    InputDecode {
+        /// The version chosen.
+        key: VersionKey,
+        /// Why.
+        reason: String,
+    },
+    /// A version or version requirement given by the caller does not parse.
+    #[error(
+        "'{version}' is not a valid version or requirement for workflow '{workflow}': {reason}"
+    )]
+    InvalidVersion {
+        /// The workflow.
+        workflow: String,
+        /// The text given.
+        version: String,
+        /// Why.
+        reason: String,
+    },
+    /// The engine is shutting down or shut down.
+    #[error("the engine is shutting down; nothing new is accepted")]
+    ShuttingDown,
+    /// The builder was given no data directory and no store.
+    #[error("the engine needs a store: call EngineBuilder::data_dir(path) or EngineBuilder::store(store)")]
+    NoStore,
+}
+
+fn describe_missing(missing: &[(VersionKey, u64)]) -> String {
+    missing
+        .iter()
+        .map(|(key, count)| format!("{key} ({count} live)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

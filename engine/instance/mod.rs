@@ -1,0 +1,376 @@
+//! Instance records: ids, the persisted phase of an instance between two steps, its state
+//! envelope, outcomes, and the public views of an instance. The record is the step-commit format.
+
+use std::fmt;
+use std::str::FromStr;
+
+use semver::Version;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+/// The format number of the records this build writes. A store holding a larger number was
+/// written by a newer Strata and is refused.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// The identity of one workflow instance, unique within a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceId(pub u64);
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}", self.0)
+    }
+}
+
+impl FromStr for InstanceId {
+    type Err = std::num::ParseIntError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.parse().map(InstanceId)
+    }
+}
+
+/// A workflow name and one of its versions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VersionKey {
+    /// The workflow's name.
+    pub workflow: String,
+    /// The version.
+    pub version: Version,
+}
+
+impl VersionKey {
+    /// The key of `version` of `workflow`.
+    pub fn new(workflow: impl Into<String>, version: Version) -> Self {
+        VersionKey {
+            workflow: workflow.into(),
+            version,
+        }
+    }
+}
+
+impl fmt::Display for VersionKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}@{}", self.workflow, self.version)
+    }
+}
+
+/// Stored state: the schema number it was written with and its MessagePack bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEnvelope {
+    /// The state schema number.
+    pub schema: u32,
+    /// The encoded state.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Why the step at the cursor runs next, as persisted. Signal payloads are carried only while a
+/// retry needs them; a first delivery comes from the instance's signal inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PersistedWake {
+    /// The entry step of a new instance.
+    Started,
+    /// The previous step returned `Goto`.
+    Continued,
+    /// A durable sleep ended.
+    TimerFired,
+    /// A signal woke the step.
+    Signal {
+        /// Its name.
+        name: String,
+        /// Its payload.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// An awaited signal timed out.
+    SignalTimedOut {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Where an instance is between two steps: the persisted part of its state machine.
+///
+/// Transitions: `Ready` runs the cursor step; its commit leads to `Ready` (Goto), `Sleeping`,
+/// `WaitingSignal`, `RetryBackoff` (a failed attempt with attempts left), or a terminal phase.
+/// `Sleeping`, `WaitingSignal` and `RetryBackoff` run the cursor step when their timer fires or
+/// their signal arrives. `Quarantined` runs nothing until an operator cancels it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// The cursor step runs as soon as a worker is free.
+    Ready {
+        /// Why.
+        wake: PersistedWake,
+    },
+    /// Sleeping until a wall-clock time (milliseconds since the Unix epoch).
+    Sleeping {
+        /// When the sleep ends.
+        until_ms: u64,
+    },
+    /// Waiting for a signal, optionally until a timeout.
+    WaitingSignal {
+        /// The awaited signal.
+        name: String,
+        /// When the wait times out, if it does.
+        timeout_at_ms: Option<u64>,
+    },
+    /// The last attempt failed; the next attempt runs at `until_ms`.
+    RetryBackoff {
+        /// When the next attempt runs.
+        until_ms: u64,
+        /// Why the step runs (kept for the retry).
+        wake: PersistedWake,
+    },
+    /// The instance cannot run: its record or state is damaged. It is still live.
+    Quarantined {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Finished with an output.
+    Completed {
+        /// The encoded output.
+        #[serde(with = "serde_bytes")]
+        output: Vec<u8>,
+    },
+    /// Finished with a failure.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl Phase {
+    /// Whether the instance has finished.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Phase::Completed { .. } | Phase::Failed { .. } | Phase::Cancelled
+        )
+    }
+
+    /// The wall-clock time (ms) at which a timer must look at the instance, if any.
+    pub fn timer_due_ms(&self) -> Option<u64> {
+        match self {
+            Phase::Sleeping { until_ms } | Phase::RetryBackoff { until_ms, .. } => Some(*until_ms),
+            Phase::WaitingSignal { timeout_at_ms, .. } => *timeout_at_ms,
+            _ => None,
+        }
+    }
+}
+
+/// One instance as stored: the record every step commit writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// The record format ([`RECORD_FORMAT`] when written by this build).
+    pub format: u32,
+    /// The instance's id.
+    pub id: InstanceId,
+    /// The workflow and the version the instance is pinned to.
+    pub key: VersionKey,
+    /// The cursor: the step that runs next (or, when terminal, the last step that ran).
+    pub step: String,
+    /// The attempt number of the next run of `step`, from 1.
+    pub attempt: u32,
+    /// How many step visits have been committed; part of the idempotency key.
+    pub visits: u64,
+    /// Where the instance is between steps.
+    pub phase: Phase,
+    /// The state at the last committed step boundary.
+    pub state: StateEnvelope,
+    /// The key sticky routing used, if the caller gave one.
+    pub routing_key: Option<String>,
+    /// The error of the last failed attempt, if any.
+    pub last_error: Option<String>,
+    /// When the instance started (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When the record was last committed (ms since the Unix epoch).
+    pub updated_at_ms: u64,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Completed with an encoded output; decode it with [`Outcome::output`].
+    Completed(Vec<u8>),
+    /// Failed with a reason.
+    Failed(String),
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl Outcome {
+    pub(crate) fn from_phase(phase: &Phase) -> Option<Outcome> {
+        match phase {
+            Phase::Completed { output } => Some(Outcome::Completed(output.clone())),
+            Phase::Failed { reason } => Some(Outcome::Failed(reason.clone())),
+            Phase::Cancelled => Some(Outcome::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// The decoded output of a completed instance; an error if it failed, was cancelled, or the
+    /// output does not decode as `O`.
+    pub fn output<O: DeserializeOwned>(&self) -> Result<O, EngineError> {
+        match self {
+            Outcome::Completed(bytes) => {
+                rmp_serde::from_slice(bytes).map_err(|error| EngineError::Decode {
+                    what: "output",
+                    reason: error.to_string(),
+                })
+            }
+            Outcome::Failed(reason) => Err(EngineError::InstanceFailed {
+                reason: reason.clone(),
+            }),
+            Outcome::Cancelled => Err(EngineError::InstanceCancelled),
+        }
+    }
+}
+
+/// The status of an instance as an operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceStatus {
+    /// Its next step is queued to run.
+    Ready,
+    /// A step of it runs now.
+    Running,
+    /// In a durable sleep.
+    Sleeping,
+    /// Waiting for a signal.
+    WaitingSignal,
+    /// Waiting before retrying a failed attempt.
+    RetryBackoff,
+    /// Its version's code is not registered; it runs once it is.
+    Parked,
+    /// Damaged; it runs nothing until cancelled.
+    Quarantined,
+    /// Completed.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl InstanceStatus {
+    pub(crate) fn of_phase(phase: &Phase) -> InstanceStatus {
+        match phase {
+            Phase::Ready { .. } => InstanceStatus::Ready,
+            Phase::Sleeping { .. } => InstanceStatus::Sleeping,
+            Phase::WaitingSignal { .. } => InstanceStatus::WaitingSignal,
+            Phase::RetryBackoff { .. } => InstanceStatus::RetryBackoff,
+            Phase::Quarantined { .. } => InstanceStatus::Quarantined,
+            Phase::Completed { .. } => InstanceStatus::Completed,
+            Phase::Failed { .. } => InstanceStatus::Failed,
+            Phase::Cancelled => InstanceStatus::Cancelled,
+        }
+    }
+
+    /// Whether the instance has finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            InstanceStatus::Completed | InstanceStatus::Failed | InstanceStatus::Cancelled
+        )
+    }
+}
+
+/// What `Engine::instance` and `Engine::list` report about an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    /// The last committed record.
+    pub record: InstanceRecord,
+    /// The status, including what only the running engine knows (running, parked).
+    pub status: InstanceStatus,
+}
+
+impl InstanceInfo {
+    /// The instance's id.
+    pub fn id(&self) -> InstanceId {
+        self.record.id
+    }
+
+    /// The workflow's name.
+    pub fn workflow(&self) -> &str {
+        &self.record.key.workflow
+    }
+
+    /// The version the instance is pinned to.
+    pub fn version(&self) -> &Version {
+        &self.record.key.version
+    }
+
+    /// The step that runs next (or, when finished, the last one that ran).
+    pub fn step(&self) -> &str {
+        &self.record.step
+    }
+
+    /// The state at the last step boundary, decoded as `S`.
+    pub fn state<S: DeserializeOwned>(&self) -> Result<S, EngineError> {
+        rmp_serde::from_slice(&self.record.state.bytes).map_err(|error| EngineError::Decode {
+            what: "state",
+            reason: error.to_string(),
+        })
+    }
+
+    /// The outcome, if finished.
+    pub fn outcome(&self) -> Option<Outcome> {
+        Outcome::from_phase(&self.record.phase)
+    }
+}
+
+/// Which instances `Engine::list` returns; an empty filter matches all.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only this version.
+    pub version: Option<Version>,
+    /// Only this status.
+    pub status: Option<InstanceStatus>,
+}
+
+impl InstanceFilter {
+    /// Instances of `workflow`.
+    pub fn workflow(workflow: impl Into<String>) -> Self {
+        InstanceFilter {
+            workflow: Some(workflow.into()),
+            ..InstanceFilter::default()
+        }
+    }
+
+    /// Narrows to `version`.
+    pub fn with_version(mut self, version: Version) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// Narrows to `status`.
+    pub fn with_status(mut self, status: InstanceStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub(crate) fn matches_key(&self, key: &VersionKey) -> bool {
+        self.workflow
+            .as_deref()
+            .is_none_or(|workflow| workflow == key.workflow)
+            && self
+                .version
+                .as_ref()
+                .is_none_or(|version| *version == key.version)
+    }
+
+    /// Whether only finished instances can match.
+    pub(crate) fn wants_only_terminal(&self) -> bool {
+        self.status.is_some_and(InstanceStatus::is_terminal)
+    }
+
+    /// Whether finished instances can match.
+    pub(crate) fn wants_terminal(&self) -> bool {
+        self.status.is_none_or(InstanceStatus::is_terminal)
+    }
+}

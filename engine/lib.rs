@@ -1,0 +1,32 @@
+//! Strata: a durable workflow runtime you embed in a Rust program, whose specialty is changing
+//! workflow logic while instances run.
+//!
+//! Every instance is pinned to the version it started on; new instances go to the newest active
+//! version (or the one the caller asks for); every step ends in one atomic commit; an old version
+//! stays resident until its last instance ends, and the engine says when its code can go.
+//!
+//! Data flows one way: a call enters the [`Engine`] facade, `routing` picks a version, `runtime`
+//! runs steps of that version's code from `registry`, and each step ends in one `store` commit.
+
+mod engine;
+mod error;
+pub mod instance;
+pub mod observe;
+pub mod registry;
+pub mod routing;
+mod runtime;
+pub mod store;
+pub mod workflow;
+
+pub use engine::{Engine, EngineBuilder, StartOptions};
+pub use error::EngineError;
+pub use instance::{InstanceFilter, InstanceId, InstanceInfo, InstanceStatus, Outcome, VersionKey};
+pub use observe::Event;
+pub use registry::{VersionInfo, VersionStatus};
+pub use runtime::Durability;
+pub use semver::Version;
+pub use store::{SledStore, Store, StoreError};
+pub use workflow::{
+    DefinitionError, Next, RetryPolicy, StepCtx, StepError, StepResult, UpgradePolicy, WakeReason,
+    WorkflowVersion,
+};

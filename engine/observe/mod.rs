@@ -1,0 +1,98 @@
+//! The engine's typed event stream: what happened to instances and versions, for an embedding
+//! application to subscribe to. A slow subscriber lags (and is told how many events it missed);
+//! it never slows the engine.
+
+use tokio::sync::broadcast;
+
+use crate::instance::{InstanceId, InstanceStatus, VersionKey};
+use crate::store::VersionCounters;
+
+/// Something that happened in the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A version's code was registered.
+    VersionRegistered {
+        /// The version.
+        key: VersionKey,
+    },
+    /// An instance started on a version.
+    InstanceStarted {
+        /// The instance.
+        id: InstanceId,
+        /// The version it is pinned to.
+        key: VersionKey,
+    },
+    /// An instance finished.
+    InstanceFinished {
+        /// The instance.
+        id: InstanceId,
+        /// Its version.
+        key: VersionKey,
+        /// Completed, failed or cancelled.
+        status: InstanceStatus,
+    },
+    /// A version stopped taking new instances and has live ones.
+    VersionDraining {
+        /// The version.
+        key: VersionKey,
+        /// Its counts at that moment.
+        counters: VersionCounters,
+    },
+    /// A version's last instance finished: its code can be removed.
+    VersionDrained {
+        /// The version.
+        key: VersionKey,
+        /// Its final counts.
+        counters: VersionCounters,
+    },
+    /// A version was retired.
+    VersionRetired {
+        /// The version.
+        key: VersionKey,
+    },
+    /// Live instances of a version whose code is not registered were parked at open.
+    InstancesParked {
+        /// The version.
+        key: VersionKey,
+        /// How many.
+        count: u64,
+    },
+    /// Parked instances resumed because their version was registered.
+    InstancesResumed {
+        /// The version.
+        key: VersionKey,
+        /// How many.
+        count: u64,
+    },
+    /// An instance was quarantined: it runs nothing until an operator cancels it.
+    InstanceQuarantined {
+        /// The instance.
+        id: InstanceId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Fan-out of events to subscribers, bounded.
+pub(crate) struct EventBus {
+    sender: broadcast::Sender<Event>,
+}
+
+impl EventBus {
+    /// A bus keeping at most `capacity` events per lagging subscriber.
+    pub fn new(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        EventBus { sender }
+    }
+
+    /// Publishes an event; without subscribers it is dropped.
+    pub fn emit(&self, event: Event) {
+        tracing::debug!(?event, "event");
+        let _ = self.sender.send(event);
+    }
+
+    /// A new subscription receiving events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.sender.subscribe()
+    }
+}

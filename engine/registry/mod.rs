@@ -1,0 +1,391 @@
+//! Which versions are loaded, their lifecycle (`Active` → `Draining` → `Drained` → `Retired`) and
+//! their live counts: residency. Owns the in-memory copy of the per-version counters, kept equal
+//! to the stored ones by applying the same deltas after each commit. It never touches the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::instance::{InstanceId, VersionKey};
+use crate::routing::{self, VersionRequest};
+use crate::store::{CounterDelta, VersionCounters};
+use crate::workflow::VersionCode;
+
+/// The lifecycle status of a workflow version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VersionStatus {
+    /// May receive new instances.
+    Active,
+    /// Receives no new instances; some of its instances are still live.
+    Draining,
+    /// Receives no new instances and has no live instance: its code may be removed.
+    Drained,
+    /// Taken out of service for good; it had no live instance when retired.
+    Retired,
+}
+
+/// A registry failure, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The same version was registered twice.
+    #[error("{key} is already registered; a version's code is immutable, register a new version instead")]
+    AlreadyRegistered {
+        /// The version.
+        key: VersionKey,
+    },
+    /// No version of the workflow is known.
+    #[error("unknown workflow '{workflow}'; register a version of it first")]
+    UnknownWorkflow {
+        /// The workflow.
+        workflow: String,
+    },
+    /// The workflow is known but not that version.
+    #[error("unknown version {key}; known versions: {known}")]
+    UnknownVersion {
+        /// The version asked for.
+        key: VersionKey,
+        /// The versions that are known, comma-separated.
+        known: String,
+    },
+    /// No registered, active version matches the request.
+    #[error("no version of '{workflow}' can take new instances for request '{request}'; versions: {known}")]
+    NoRoutableVersion {
+        /// The workflow.
+        workflow: String,
+        /// The request, as text.
+        request: String,
+        /// The versions and their statuses.
+        known: String,
+    },
+    /// The version still has live instances.
+    #[error("{key} still has {live} live instance(s); drain it and wait for them to finish (or cancel them) before retiring it")]
+    LiveInstances {
+        /// The version.
+        key: VersionKey,
+        /// How many are live.
+        live: u64,
+    },
+}
+
+/// What the registry knows about one version, as reported by `Engine::versions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The version.
+    pub key: VersionKey,
+    /// Its lifecycle status.
+    pub status: VersionStatus,
+    /// Whether its code is registered in this process.
+    pub registered: bool,
+    /// Its counts.
+    pub counters: VersionCounters,
+    /// Its oldest live instance and that instance's start time (ms since the Unix epoch).
+    pub oldest_live: Option<(InstanceId, u64)>,
+}
+
+impl VersionInfo {
+    /// Whether the version's code can be deleted: no live instance and no new one can arrive.
+    pub fn safe_to_remove(&self) -> bool {
+        matches!(self.status, VersionStatus::Drained | VersionStatus::Retired)
+            && self.counters.live == 0
+    }
+}
+
+struct VersionEntry {
+    code: Option<Arc<dyn VersionCode>>,
+    status: VersionStatus,
+    counters: VersionCounters,
+    /// Starts that picked this version and are not yet committed.
+    starting: u64,
+}
+
+impl VersionEntry {
+    fn unloaded(status: VersionStatus, counters: VersionCounters) -> Self {
+        VersionEntry {
+            code: None,
+            status,
+            counters,
+            starting: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counters.live == 0 && self.starting == 0
+    }
+}
+
+/// A status change the caller must persist and announce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StatusChange {
+    pub key: VersionKey,
+    pub status: VersionStatus,
+    pub counters: VersionCounters,
+}
+
+/// The versions known to an engine: registered code, statuses and counters.
+#[derive(Default)]
+pub(crate) struct Registry {
+    versions: RwLock<HashMap<VersionKey, VersionEntry>>,
+}
+
+fn describe(versions: &HashMap<VersionKey, VersionEntry>, workflow: &str) -> String {
+    let mut known: Vec<_> = versions
+        .iter()
+        .filter(|(key, _)| key.workflow == workflow)
+        .map(|(key, entry)| {
+            let loaded = if entry.code.is_some() {
+                ""
+            } else {
+                ", code not registered"
+            };
+            (
+                key.version.clone(),
+                format!("{} ({:?}{loaded})", key.version, entry.status),
+            )
+        })
+        .collect();
+    known.sort();
+    if known.is_empty() {
+        return "none".to_string();
+    }
+    known
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Registry {
+    /// Loads persisted statuses and counters, before any code is registered.
+    pub fn load(
+        &self,
+        statuses: Vec<(VersionKey, VersionStatus)>,
+        counters: Vec<(VersionKey, VersionCounters)>,
+    ) {
+        let mut versions = self.versions.write();
+        for (key, value) in counters {
+            versions
+                .entry(key)
+                .or_insert_with(|| VersionEntry::unloaded(VersionStatus::Active, value))
+                .counters = value;
+        }
+        for (key, status) in statuses {
+            versions
+                .entry(key)
+                .or_insert_with(|| VersionEntry::unloaded(status, VersionCounters::default()))
+                .status = status;
+        }
+    }
+
+    /// Adds a version's code. A version unknown so far starts `Active`; a known one keeps its status.
+    pub fn register(&self, code: Arc<dyn VersionCode>) -> Result<VersionKey, RegistryError> {
+        let key = VersionKey::new(code.workflow().to_string(), (**code.version()).clone());
+        let mut versions = self.versions.write();
+        let entry = versions.entry(key.clone()).or_insert_with(|| {
+            VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default())
+        });
+        if entry.code.is_some() {
+            return Err(RegistryError::AlreadyRegistered { key });
+        }
+        entry.code = Some(code);
+        Ok(key)
+    }
+
+    /// The code of a version, if registered.
+    pub fn code(&self, key: &VersionKey) -> Option<Arc<dyn VersionCode>> {
+        self.versions
+            .read()
+            .get(key)
+            .and_then(|entry| entry.code.clone())
+    }
+
+    /// Whether a version's code is registered.
+    pub fn is_registered(&self, key: &VersionKey) -> bool {
+        self.versions
+            .read()
+            .get(key)
+            .is_some_and(|entry| entry.code.is_some())
+    }
+
+    /// Picks the version a new instance of `workflow` starts on and reserves a start on it, so it
+    /// cannot become `Drained` before the start commits. Call `end_start` afterwards.
+    pub fn reserve_start(
+        &self,
+        workflow: &str,
+        request: &VersionRequest,
+    ) -> Result<Arc<dyn VersionCode>, RegistryError> {
+        let mut versions = self.versions.write();
+        if !versions.keys().any(|key| key.workflow == workflow) {
+            return Err(RegistryError::UnknownWorkflow {
+                workflow: workflow.to_string(),
+            });
+        }
+        let candidates = versions.iter().filter(|(key, entry)| {
+            key.workflow == workflow
+                && entry.code.is_some()
+                && entry.status == VersionStatus::Active
+        });
+        let chosen = routing::pick(candidates.map(|(key, _)| &key.version), request).cloned();
+        let Some(version) = chosen else {
+            return Err(RegistryError::NoRoutableVersion {
+                workflow: workflow.to_string(),
+                request: request.to_string(),
+                known: describe(&versions, workflow),
+            });
+        };
+        let key = VersionKey::new(workflow, version);
+        let entry = versions
+            .get_mut(&key)
+            .ok_or_else(|| RegistryError::UnknownVersion {
+                key: key.clone(),
+                known: String::new(),
+            })?;
+        entry.starting += 1;
+        entry.code.clone().ok_or(RegistryError::UnknownVersion {
+            key,
+            known: String::new(),
+        })
+    }
+
+    /// Ends a reservation; `committed_at_ms` is the start time if the start was committed.
+    pub fn end_start(
+        &self,
+        key: &VersionKey,
+        committed_at_ms: Option<u64>,
+    ) -> Option<StatusChange> {
+        let mut versions = self.versions.write();
+        let entry = versions.get_mut(key)?;
+        entry.starting = entry.starting.saturating_sub(1);
+        if let Some(at) = committed_at_ms {
+            entry.counters.apply(&CounterDelta::start(at));
+        }
+        Self::settle(key, entry)
+    }
+
+    /// Applies a committed counter change; returns the change to `Drained` if it caused one.
+    pub fn apply(&self, key: &VersionKey, delta: &CounterDelta) -> Option<StatusChange> {
+        let mut versions = self.versions.write();
+        let entry = versions.entry(key.clone()).or_insert_with(|| {
+            VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default())
+        });
+        entry.counters.apply(delta);
+        Self::settle(key, entry)
+    }
+
+    fn settle(key: &VersionKey, entry: &mut VersionEntry) -> Option<StatusChange> {
+        if entry.status == VersionStatus::Draining && entry.is_empty() {
+            entry.status = VersionStatus::Drained;
+            return Some(StatusChange {
+                key: key.clone(),
+                status: entry.status,
+                counters: entry.counters,
+            });
+        }
+        None
+    }
+
+    /// Stops new instances reaching a version. Returns the new status (`Drained` at once if it has
+    /// no live instance) and whether it changed.
+    pub fn drain(&self, key: &VersionKey) -> Result<Option<StatusChange>, RegistryError> {
+        let mut versions = self.versions.write();
+        let known = describe(&versions, &key.workflow);
+        let entry = versions
+            .get_mut(key)
+            .ok_or_else(|| RegistryError::UnknownVersion {
+                key: key.clone(),
+                known,
+            })?;
+        if entry.status != VersionStatus::Active {
+            return Ok(None);
+        }
+        entry.status = if entry.is_empty() {
+            VersionStatus::Drained
+        } else {
+            VersionStatus::Draining
+        };
+        Ok(Some(StatusChange {
+            key: key.clone(),
+            status: entry.status,
+            counters: entry.counters,
+        }))
+    }
+
+    /// Retires a version with no live instance.
+    pub fn retire(&self, key: &VersionKey) -> Result<Option<StatusChange>, RegistryError> {
+        let mut versions = self.versions.write();
+        let known = describe(&versions, &key.workflow);
+        let entry = versions
+            .get_mut(key)
+            .ok_or_else(|| RegistryError::UnknownVersion {
+                key: key.clone(),
+                known,
+            })?;
+        if !entry.is_empty() {
+            return Err(RegistryError::LiveInstances {
+                key: key.clone(),
+                live: entry.counters.live + entry.starting,
+            });
+        }
+        if entry.status == VersionStatus::Retired {
+            return Ok(None);
+        }
+        entry.status = VersionStatus::Retired;
+        Ok(Some(StatusChange {
+            key: key.clone(),
+            status: entry.status,
+            counters: entry.counters,
+        }))
+    }
+
+    /// `Draining` versions with no live instance (after a crash between the last finish and the
+    /// status commit) become `Drained`.
+    pub fn settle_all(&self) -> Vec<StatusChange> {
+        let mut versions = self.versions.write();
+        versions
+            .iter_mut()
+            .filter_map(|(key, entry)| Self::settle(key, entry))
+            .collect()
+    }
+
+    /// Every known version, sorted by workflow and version.
+    pub fn snapshot(&self) -> Vec<VersionInfo> {
+        let versions = self.versions.read();
+        let mut infos: Vec<VersionInfo> = versions
+            .iter()
+            .map(|(key, entry)| VersionInfo {
+                key: key.clone(),
+                status: entry.status,
+                registered: entry.code.is_some(),
+                counters: entry.counters,
+                oldest_live: None,
+            })
+            .collect();
+        infos.sort_by(|left, right| left.key.cmp(&right.key));
+        infos
+    }
+
+    /// The known versions of `workflow`, described for an error message.
+    pub fn describe_workflow(&self, workflow: &str) -> String {
+        describe(&self.versions.read(), workflow)
+    }
+
+    /// Whether any version of `workflow` is known.
+    #[allow(dead_code)]
+    pub fn knows_workflow(&self, workflow: &str) -> bool {
+        self.versions
+            .read()
+            .keys()
+            .any(|key| key.workflow == workflow)
+    }
+}
+
+/// Parses a version string for an operator call, naming the workflow in the error.
+pub(crate) fn parse_version(workflow: &str, version: &str) -> Result<Version, crate::EngineError> {
+    Version::parse(version).map_err(|error| crate::EngineError::InvalidVersion {
+        workflow: workflow.to_string(),
+        version: version.to_string(),
+        reason: error.to_string(),
+    })
+}

@@ -1,0 +1,73 @@
+//! Which version a new instance starts on. For now: the caller's version requirement if given,
+//! else the newest registered `Active` version. Flags, sticky percentage rollouts and the
+//! hot-reloaded routing table come with the routing issue; this module is where they go.
+
+use std::fmt;
+
+use semver::{Version, VersionReq};
+
+/// What the caller asks for when starting an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum VersionRequest {
+    /// The newest version that may take new instances.
+    #[default]
+    Newest,
+    /// The newest such version matching a semver requirement (`=1.0.0` for an exact version).
+    Matching(VersionReq),
+}
+
+impl fmt::Display for VersionRequest {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VersionRequest::Newest => formatter.write_str("newest"),
+            VersionRequest::Matching(requirement) => write!(formatter, "{requirement}"),
+        }
+    }
+}
+
+/// The newest of `candidates` (versions that may take new instances) that fits `request`.
+pub(crate) fn pick<'a>(
+    candidates: impl Iterator<Item = &'a Version>,
+    request: &VersionRequest,
+) -> Option<&'a Version> {
+    candidates
+        .filter(|version| match request {
+            VersionRequest::Newest => true,
+            VersionRequest::Matching(requirement) => requirement.matches(version),
+        })
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions() -> Vec<Version> {
+        ["1.0.0", "1.1.0", "2.0.0"]
+            .iter()
+            .map(|text| Version::parse(text).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn newest_is_the_highest_candidate() {
+        let versions = versions();
+        assert_eq!(
+            pick(versions.iter(), &VersionRequest::Newest)
+                .unwrap()
+                .to_string(),
+            "2.0.0"
+        );
+    }
+
+    #[test]
+    fn a_requirement_picks_the_newest_match() {
+        let versions = versions();
+        let caret = VersionRequest::Matching(VersionReq::parse("^1").unwrap());
+        assert_eq!(pick(versions.iter(), &caret).unwrap().to_string(), "1.1.0");
+        let exact = VersionRequest::Matching(VersionReq::parse("=1.0.0").unwrap());
+        assert_eq!(pick(versions.iter(), &exact).unwrap().to_string(), "1.0.0");
+        let none = VersionRequest::Matching(VersionReq::parse("^3").unwrap());
+        assert!(pick(versions.iter(), &none).is_none());
+    }
+}

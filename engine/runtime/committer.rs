@@ -1,0 +1,194 @@
+//! Group commit: one thread applies the commits of many instances as one atomic store write and,
+//! in `Sync` mode, one flush + fsync, then acknowledges each of them.
+
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::store::{Op, Store, StoreError};
+
+/// When a step's commit is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the store is flushed and fsynced. Concurrent commits share one flush.
+    Sync,
+    /// Right after the write; the store is flushed and fsynced every `interval`. A crash may lose
+    /// the commits of the last interval (never part of one).
+    Buffered {
+        /// How often to flush.
+        interval: Duration,
+    },
+}
+
+/// How many commits one group takes at most.
+const MAX_GROUP: usize = 4096;
+
+struct Request {
+    ops: Vec<Op>,
+    ack: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handle to the commit thread.
+pub(crate) struct Committer {
+    sender: Mutex<Option<mpsc::Sender<Request>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn closed() -> StoreError {
+    StoreError::Backend {
+        operation: "commit",
+        message: "the engine is shut down".to_string(),
+    }
+}
+
+impl Committer {
+    /// Starts the commit thread.
+    pub fn start(store: Arc<dyn Store>, durability: Durability) -> std::io::Result<Committer> {
+        let (sender, receiver) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("strata-commit".to_string())
+            .spawn(move || {
+                CommitLoop {
+                    store,
+                    durability,
+                    poisoned: None,
+                }
+                .run(receiver)
+            })?;
+        Ok(Committer {
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Commits `ops` atomically; resolves when acknowledged under the durability mode.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (ack, acknowledged) = oneshot::channel();
+        {
+            let sender = self.sender.lock();
+            let sender = sender.as_ref().ok_or_else(closed)?;
+            sender.send(Request { ops, ack }).map_err(|_| closed())?;
+        }
+        acknowledged.await.map_err(|_| closed())?
+    }
+
+    /// Stops accepting commits, lets the thread finish the queued ones and sync, and waits for it.
+    pub fn close(&self) {
+        self.sender.lock().take();
+        if let Some(thread) = self.thread.lock().take() {
+            if thread.join().is_err() {
+                tracing::error!("the commit thread panicked");
+            }
+        }
+    }
+}
+
+struct CommitLoop {
+    store: Arc<dyn Store>,
+    durability: Durability,
+    /// Set after a failed sync: applied work may not be durable, so no further commit is accepted
+    /// (the in-memory state and the store could diverge); restarting the engine recovers.
+    poisoned: Option<StoreError>,
+}
+
+impl CommitLoop {
+    fn run(mut self, receiver: mpsc::Receiver<Request>) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let first = match self.durability {
+                Durability::Sync => match receiver.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+                Durability::Buffered { interval } => {
+                    match receiver.recv_timeout(interval.saturating_sub(last_sync.elapsed())) {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout) => {
+                            if unsynced {
+                                let _ = self.sync();
+                                unsynced = false;
+                            }
+                            last_sync = Instant::now();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            let mut results = self.apply_group(&mut group);
+            let applied_any = results.iter().any(Result::is_ok);
+            match self.durability {
+                Durability::Sync if applied_any => {
+                    if let Err(error) = self.sync() {
+                        for result in results.iter_mut().filter(|result| result.is_ok()) {
+                            *result = Err(error.clone());
+                        }
+                    }
+                }
+                Durability::Buffered { interval } => {
+                    unsynced |= applied_any;
+                    if last_sync.elapsed() >= interval {
+                        let _ = self.sync();
+                        unsynced = false;
+                        last_sync = Instant::now();
+                    }
+                }
+                Durability::Sync => {}
+            }
+            for (request, result) in group.into_iter().zip(results) {
+                let _ = request.ack.send(result);
+            }
+        }
+        if self.poisoned.is_none() {
+            let _ = self.sync();
+        }
+    }
+
+    /// Applies a group as one write; if that fails, applies each commit alone so that one bad
+    /// commit does not fail the others.
+    fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<(), StoreError>> {
+        if let Some(error) = &self.poisoned {
+            return group.iter().map(|_| Err(error.clone())).collect();
+        }
+        let mut ranges = Vec::with_capacity(group.len());
+        let mut merged = Vec::with_capacity(group.iter().map(|request| request.ops.len()).sum());
+        for request in group.iter_mut() {
+            let start = merged.len();
+            merged.append(&mut request.ops);
+            ranges.push(start..merged.len());
+        }
+        match self.store.apply(&merged) {
+            Ok(()) => ranges.iter().map(|_| Ok(())).collect(),
+            Err(error) if ranges.len() == 1 => vec![Err(error)],
+            Err(_) => ranges
+                .into_iter()
+                .map(|range| self.store.apply(&merged[range]))
+                .collect(),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if let Some(error) = &self.poisoned {
+            return Err(error.clone());
+        }
+        self.store.sync().inspect_err(|error| {
+            tracing::error!(%error, "syncing the store failed; refusing further commits until the engine restarts");
+            self.poisoned = Some(StoreError::Backend {
+                operation: "commit",
+                message: format!("an earlier sync failed ({error}); restart the engine to recover from the store"),
+            });
+        })
+    }
+}

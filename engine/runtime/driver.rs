@@ -1,0 +1,446 @@
+//! The driver: runs the steps of one instance, one at a time, each ending in one commit.
+//!
+//! A driver owns an instance while its slot's `running` flag is set. It loops: decide what the
+//! committed record allows now (a `Plan`), run that step of the pinned version, turn the step's
+//! result into the next record (a `Transition`), commit it, and only then update memory.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use super::{now_ms, Runtime};
+use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase};
+use crate::observe::Event;
+use crate::store::{CounterDelta, Op};
+use crate::workflow::{Next, StepCtx, StepFailure, StepOutcome, VersionCode, WakeReason};
+
+/// What an instance's committed record allows right now.
+enum Plan {
+    /// Nothing; look again at `due_ms` if given.
+    Idle(Option<u64>),
+    /// Run the cursor step.
+    Run(Job),
+    /// Commit the cancellation an operator asked for.
+    Cancel(InstanceRecord, Vec<u64>),
+}
+
+/// One step attempt to run.
+struct Job {
+    record: InstanceRecord,
+    wake: WakeReason,
+    /// The inbox signal this attempt consumes.
+    consumed_signal: Option<u64>,
+}
+
+fn wake_from_persisted(wake: &PersistedWake) -> WakeReason {
+    match wake {
+        PersistedWake::Started => WakeReason::Started,
+        PersistedWake::Continued => WakeReason::Continued,
+        PersistedWake::TimerFired => WakeReason::TimerFired,
+        PersistedWake::Signal { name, payload } => WakeReason::Signal {
+            name: name.clone(),
+            payload: payload.clone(),
+        },
+        PersistedWake::SignalTimedOut { name } => WakeReason::SignalTimedOut { name: name.clone() },
+    }
+}
+
+fn persisted_from_wake(wake: WakeReason) -> PersistedWake {
+    match wake {
+        WakeReason::Started => PersistedWake::Started,
+        WakeReason::Continued => PersistedWake::Continued,
+        WakeReason::TimerFired => PersistedWake::TimerFired,
+        WakeReason::Signal { name, payload } => PersistedWake::Signal { name, payload },
+        WakeReason::SignalTimedOut { name } => PersistedWake::SignalTimedOut { name },
+    }
+}
+
+fn plan(slot: &super::table::Slot, now: u64) -> Plan {
+    if slot.cancel_requested {
+        return Plan::Cancel(
+            slot.record.clone(),
+            slot.inbox.iter().map(|signal| signal.seq).collect(),
+        );
+    }
+    if slot.parked {
+        return Plan::Idle(None);
+    }
+    let run = |wake, consumed_signal| {
+        Plan::Run(Job {
+            record: slot.record.clone(),
+            wake,
+            consumed_signal,
+        })
+    };
+    match &slot.record.phase {
+        Phase::Ready { wake } => run(wake_from_persisted(wake), None),
+        Phase::Sleeping { until_ms } if now >= *until_ms => run(WakeReason::TimerFired, None),
+        Phase::RetryBackoff { until_ms, wake } if now >= *until_ms => {
+            run(wake_from_persisted(wake), None)
+        }
+        Phase::WaitingSignal {
+            name,
+            timeout_at_ms,
+        } => {
+            if let Some(signal) = slot.inbox.iter().find(|signal| signal.name == *name) {
+                let wake = WakeReason::Signal {
+                    name: name.clone(),
+                    payload: signal.payload.clone(),
+                };
+                run(wake, Some(signal.seq))
+            } else if timeout_at_ms.is_some_and(|at| now >= at) {
+                run(WakeReason::SignalTimedOut { name: name.clone() }, None)
+            } else {
+                Plan::Idle(*timeout_at_ms)
+            }
+        }
+        phase => Plan::Idle(phase.timer_due_ms()),
+    }
+}
+
+/// The result of one attempt, before it becomes a record.
+enum Attempt {
+    Succeeded(StepOutcome),
+    /// Failed; retried if `retryable` and the policy allows.
+    Failed {
+        message: String,
+        retryable: bool,
+    },
+    /// The record cannot be run by this version.
+    Damaged(String),
+}
+
+impl Runtime {
+    /// Runs steps of `id` until it has nothing to do now, then releases it.
+    pub(super) async fn drive(self: Arc<Self>, id: InstanceId) {
+        let permit = self.permits.clone().acquire_owned().await;
+        loop {
+            if permit.is_err() || self.is_stopping() {
+                // Leave the instance as committed; recovery or the next schedule picks it up.
+                self.table.with(id, |slot| {
+                    slot.running = false;
+                    slot.rerun = false;
+                });
+                break;
+            }
+            let Some(next) = self.table.with(id, |slot| plan(slot, now_ms())) else {
+                break;
+            };
+            match next {
+                Plan::Run(job) => {
+                    self.run_job(id, job).await;
+                    continue;
+                }
+                Plan::Cancel(record, inbox) => {
+                    self.commit_cancel(record, inbox).await;
+                    continue;
+                }
+                Plan::Idle(due) => {
+                    if let Some(due) = due {
+                        self.timers.arm(due, id);
+                    }
+                }
+            }
+            let again = self.table.with(id, |slot| {
+                if slot.rerun {
+                    slot.rerun = false;
+                    true
+                } else {
+                    slot.running = false;
+                    false
+                }
+            });
+            if again != Some(true) {
+                break;
+            }
+        }
+        drop(permit);
+        self.driver_finished();
+    }
+
+    async fn run_job(self: &Arc<Self>, id: InstanceId, job: Job) {
+        let Some(code) = self.registry.code(&job.record.key) else {
+            self.park(id);
+            return;
+        };
+        let attempt = self.attempt(code.as_ref(), &job).await;
+        let now = now_ms();
+        let Job {
+            record,
+            wake,
+            consumed_signal,
+        } = job;
+        let step = record.step.clone();
+        let policy = code.retry_policy(&step).clone();
+        let mut next = record;
+        next.updated_at_ms = now;
+        let mut keep_signal = false;
+        match attempt {
+            Attempt::Succeeded(outcome) => {
+                next.visits += 1;
+                next.attempt = 1;
+                next.last_error = None;
+                next.state.bytes = outcome.state;
+                next.state.schema = code.state_schema();
+                apply_next(&mut next, outcome.next, code.as_ref(), now);
+            }
+            Attempt::Failed { message, retryable } => {
+                tracing::warn!(instance = %id, step = %step, attempt = next.attempt, error = %message, "step attempt failed");
+                if retryable && policy.allows_retry_after(next.attempt) {
+                    let wait = policy.backoff_before(next.attempt + 1);
+                    next.attempt += 1;
+                    next.phase = Phase::RetryBackoff {
+                        until_ms: now + wait.as_millis() as u64,
+                        wake: persisted_from_wake(wake),
+                    };
+                } else {
+                    let attempts = next.attempt;
+                    next.phase = Phase::Failed {
+                        reason: format!("step '{step}' failed on attempt {attempts}: {message}"),
+                    };
+                }
+                next.last_error = Some(message);
+            }
+            Attempt::Damaged(reason) => {
+                tracing::error!(instance = %id, %reason, "quarantining instance");
+                next.phase = Phase::Quarantined { reason };
+                keep_signal = true;
+            }
+        }
+        let consumed = consumed_signal.filter(|_| !keep_signal);
+        self.commit_transition(next, consumed).await;
+    }
+
+    async fn attempt(&self, code: &dyn VersionCode, job: &Job) -> Attempt {
+        let record = &job.record;
+        let policy = code.retry_policy(&record.step);
+        let ctx = StepCtx {
+            instance: record.id,
+            workflow: code.workflow().clone(),
+            version: code.version().clone(),
+            step: Arc::from(record.step.as_str()),
+            attempt: record.attempt,
+            visit: record.visits,
+            wake: job.wake.clone(),
+            now: std::time::SystemTime::now(),
+        };
+        let span = tracing::info_span!(
+            "step",
+            workflow = %record.key.workflow,
+            version = %record.key.version,
+            instance = %record.id,
+            step = %record.step,
+            attempt = record.attempt,
+        );
+        let guarded = AssertUnwindSafe(code.run_step(ctx, &record.state.bytes)).catch_unwind();
+        let finished = match policy.attempt_timeout {
+            Some(limit) => match tokio::time::timeout(limit, guarded).instrument(span).await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    return Attempt::Failed {
+                        message: format!("timed out after {limit:?}"),
+                        retryable: true,
+                    };
+                }
+            },
+            None => guarded.instrument(span).await,
+        };
+        match finished {
+            Err(panic) => Attempt::Failed {
+                message: format!("step panicked: {}", panic_message(&panic)),
+                retryable: true,
+            },
+            Ok(Ok(outcome)) => Attempt::Succeeded(outcome),
+            Ok(Err(StepFailure::Step(error))) => Attempt::Failed {
+                message: error.message().to_string(),
+                retryable: error.is_retryable(),
+            },
+            Ok(Err(StepFailure::Unencodable(reason))) => Attempt::Failed {
+                message: reason,
+                retryable: false,
+            },
+            Ok(Err(StepFailure::StateUndecodable(reason))) => Attempt::Damaged(format!(
+                "the stored state does not decode as {}'s state: {reason}",
+                record.key
+            )),
+            Ok(Err(StepFailure::UnknownStep)) => Attempt::Damaged(format!(
+                "the cursor names step '{}', which {} does not define",
+                record.step, record.key
+            )),
+        }
+    }
+
+    async fn commit_cancel(self: &Arc<Self>, mut record: InstanceRecord, inbox: Vec<u64>) {
+        record.phase = Phase::Cancelled;
+        record.updated_at_ms = now_ms();
+        let mut ops: Vec<Op> = inbox
+            .into_iter()
+            .map(|seq| Op::DeleteSignal {
+                instance: record.id,
+                seq,
+            })
+            .collect();
+        ops.push(Op::AdjustCounters {
+            key: record.key.clone(),
+            delta: CounterDelta::finish(InstanceStatus::Cancelled),
+        });
+        self.commit_record(record, ops, None).await;
+    }
+
+    async fn commit_transition(
+        self: &Arc<Self>,
+        record: InstanceRecord,
+        consumed_signal: Option<u64>,
+    ) {
+        let mut ops = Vec::with_capacity(3);
+        if let Some(seq) = consumed_signal {
+            ops.push(Op::DeleteSignal {
+                instance: record.id,
+                seq,
+            });
+        }
+        if record.phase.is_terminal() {
+            let status = InstanceStatus::of_phase(&record.phase);
+            let leftovers = self.table.with(record.id, |slot| {
+                slot.inbox
+                    .iter()
+                    .map(|signal| signal.seq)
+                    .filter(|seq| Some(*seq) != consumed_signal)
+                    .collect::<Vec<_>>()
+            });
+            for seq in leftovers.unwrap_or_default() {
+                ops.push(Op::DeleteSignal {
+                    instance: record.id,
+                    seq,
+                });
+            }
+            ops.push(Op::AdjustCounters {
+                key: record.key.clone(),
+                delta: CounterDelta::finish(status),
+            });
+        }
+        self.commit_record(record, ops, consumed_signal).await;
+    }
+
+    /// Commits `record` with `ops`; on success makes it the instance's state in memory.
+    async fn commit_record(
+        self: &Arc<Self>,
+        record: InstanceRecord,
+        mut ops: Vec<Op>,
+        consumed_signal: Option<u64>,
+    ) {
+        let id = record.id;
+        let terminal = record.phase.is_terminal();
+        let due = record.phase.timer_due_ms();
+        let quarantined = match &record.phase {
+            Phase::Quarantined { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        let delta = ops.iter().find_map(|op| match op {
+            Op::AdjustCounters { delta, .. } => Some(*delta),
+            _ => None,
+        });
+        ops.push(Op::PutInstance(record.clone()));
+        if let Err(error) = self.committer.commit(ops).await {
+            tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
+            self.timers.arm(
+                now_ms() + self.options.commit_retry_delay.as_millis() as u64,
+                id,
+            );
+            return;
+        }
+        if terminal {
+            let slot = self.table.remove(id);
+            let key = record.key.clone();
+            let status = InstanceStatus::of_phase(&record.phase);
+            if let Some(outcome) = Outcome::from_phase(&record.phase) {
+                for waiter in slot.map(|slot| slot.waiters).unwrap_or_default() {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+            self.events.emit(Event::InstanceFinished {
+                id,
+                key: key.clone(),
+                status,
+            });
+            if let Some(change) = delta.and_then(|delta| self.registry.apply(&key, &delta)) {
+                self.persist_status(change).await;
+            }
+            return;
+        }
+        self.table.with(id, |slot| {
+            slot.record = record;
+            if let Some(seq) = consumed_signal {
+                slot.inbox.retain(|signal| signal.seq != seq);
+            }
+        });
+        if let Some(due) = due {
+            self.timers.arm(due, id);
+        }
+        if let Some(reason) = quarantined {
+            self.events.emit(Event::InstanceQuarantined { id, reason });
+        }
+    }
+}
+
+/// Applies what a step returned to the record: the new cursor and phase.
+fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn VersionCode, now: u64) {
+    let from = record.step.clone();
+    let go = |record: &mut InstanceRecord, step: String, phase: Phase| {
+        if code.has_step(&step) {
+            record.step = step;
+            record.phase = phase;
+        } else {
+            record.phase = Phase::Failed {
+                reason: format!(
+                    "step '{from}' asked for step '{step}', which {} does not define",
+                    record.key
+                ),
+            };
+        }
+    };
+    let after = |duration: Duration| now + duration.as_millis() as u64;
+    match next {
+        Next::Goto(step) => go(
+            record,
+            step,
+            Phase::Ready {
+                wake: PersistedWake::Continued,
+            },
+        ),
+        Next::Sleep { duration, then } => go(
+            record,
+            then,
+            Phase::Sleeping {
+                until_ms: after(duration),
+            },
+        ),
+        Next::WaitSignal {
+            name,
+            then,
+            timeout,
+        } => go(
+            record,
+            then,
+            Phase::WaitingSignal {
+                name,
+                timeout_at_ms: timeout.map(after),
+            },
+        ),
+        Next::Complete(output) => record.phase = Phase::Completed { output },
+        Next::Fail(reason) => record.phase = Phase::Failed { reason },
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}

@@ -1,0 +1,621 @@
+//! The executor: recovery at open, scheduling with one step at a time per instance, durable
+//! timers, signals, cancellation, outcomes and graceful shutdown.
+//!
+//! Owns the in-memory table of live instances and the commit thread. Every change to an instance
+//! is committed through the `Committer` before memory changes, so memory never runs ahead of the
+//! store. It reads code from the registry and never calls up into the `Engine` facade.
+
+mod committer;
+mod driver;
+mod table;
+mod timers;
+
+pub use committer::Durability;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+use crate::error::EngineError;
+use crate::instance::{
+    InstanceFilter, InstanceId, InstanceInfo, InstanceRecord, InstanceStatus, Outcome,
+    PersistedWake, Phase, StateEnvelope, VersionKey, RECORD_FORMAT,
+};
+use crate::observe::{Event, EventBus};
+use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
+use crate::routing::VersionRequest;
+use crate::store::{CounterDelta, Op, SignalRecord, Store};
+use crate::workflow::VersionCode;
+use committer::Committer;
+use table::{InstanceTable, Slot};
+use timers::TimerQueue;
+
+/// Milliseconds since the Unix epoch, the unit of every persisted time.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Settings of the runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct RuntimeOptions {
+    pub durability: Durability,
+    pub max_concurrent_steps: usize,
+    pub park_unregistered: bool,
+    pub commit_retry_delay: Duration,
+    pub event_capacity: usize,
+}
+
+/// The executor behind an `Engine`.
+pub(crate) struct Runtime {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub events: EventBus,
+    options: RuntimeOptions,
+    table: InstanceTable,
+    timers: Arc<TimerQueue>,
+    committer: Committer,
+    permits: Arc<Semaphore>,
+    next_instance_id: AtomicU64,
+    next_signal_seq: AtomicU64,
+    stopping: AtomicBool,
+    active_drivers: AtomicUsize,
+    drivers_idle: Notify,
+}
+
+impl Runtime {
+    /// Recovers the store, registers `codes` and starts running every live instance.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        codes: Vec<Arc<dyn VersionCode>>,
+        options: RuntimeOptions,
+    ) -> Result<Arc<Runtime>, EngineError> {
+        let recovered = store.recover()?;
+        let committer = Committer::start(store.clone(), options.durability).map_err(|error| {
+            crate::store::StoreError::Backend {
+                operation: "start commit thread",
+                message: error.to_string(),
+            }
+        })?;
+        let runtime = Arc::new(Runtime {
+            store,
+            registry: Registry::default(),
+            events: EventBus::new(options.event_capacity),
+            table: InstanceTable::new(),
+            timers: Arc::new(TimerQueue::new()),
+            committer,
+            permits: Arc::new(Semaphore::new(options.max_concurrent_steps.max(1))),
+            next_instance_id: AtomicU64::new(recovered.next_instance_id),
+            next_signal_seq: AtomicU64::new(recovered.next_signal_seq),
+            stopping: AtomicBool::new(false),
+            active_drivers: AtomicUsize::new(0),
+            drivers_idle: Notify::new(),
+            options,
+        });
+        let result = runtime.recover(recovered, codes).await;
+        if let Err(error) = result {
+            runtime.committer.close();
+            return Err(error);
+        }
+        tokio::spawn(Self::run_timers(
+            Arc::downgrade(&runtime),
+            runtime.timers.clone(),
+        ));
+        runtime.arm_all();
+        Ok(runtime)
+    }
+
+    async fn recover(
+        self: &Arc<Self>,
+        recovered: crate::store::RecoveredState,
+        codes: Vec<Arc<dyn VersionCode>>,
+    ) -> Result<(), EngineError> {
+        self.registry.load(recovered.statuses, recovered.counters);
+        for code in codes {
+            self.registry.register(code)?;
+        }
+        let mut live_by_version: HashMap<VersionKey, u64> = HashMap::new();
+        for record in &recovered.live {
+            *live_by_version.entry(record.key.clone()).or_default() += 1;
+        }
+        let mut missing: Vec<(VersionKey, u64)> = live_by_version
+            .iter()
+            .filter(|(key, _)| !self.registry.is_registered(key))
+            .map(|(key, count)| (key.clone(), *count))
+            .collect();
+        missing.sort();
+        if !missing.is_empty() && !self.options.park_unregistered {
+            return Err(EngineError::MissingVersions { missing });
+        }
+        for corrupt in recovered.corrupt {
+            tracing::error!(instance = %corrupt.id, reason = %corrupt.reason, "quarantining a live record that does not decode");
+            self.committer
+                .commit(vec![Op::QuarantineRecord {
+                    id: corrupt.id,
+                    reason: corrupt.reason.clone(),
+                }])
+                .await?;
+            self.events.emit(Event::InstanceQuarantined {
+                id: corrupt.id,
+                reason: corrupt.reason,
+            });
+        }
+        self.reconcile_counters(&live_by_version).await?;
+        let mut signals: HashMap<InstanceId, Vec<SignalRecord>> = HashMap::new();
+        for signal in recovered.signals {
+            signals.entry(signal.instance).or_default().push(signal);
+        }
+        for record in recovered.live {
+            let parked = !self.registry.is_registered(&record.key);
+            let mut slot = Slot::new(record, parked);
+            if let Some(mut inbox) = signals.remove(&slot.record.id) {
+                inbox.sort_by_key(|signal| signal.seq);
+                slot.inbox = inbox;
+            }
+            self.table.insert(slot);
+        }
+        let orphans: Vec<Op> = signals
+            .into_values()
+            .flatten()
+            .map(|signal| Op::DeleteSignal {
+                instance: signal.instance,
+                seq: signal.seq,
+            })
+            .collect();
+        if !orphans.is_empty() {
+            self.committer.commit(orphans).await?;
+        }
+        for (key, count) in missing {
+            tracing::warn!(version = %key, count, "parking live instances of a version whose code is not registered");
+            self.events.emit(Event::InstancesParked { key, count });
+        }
+        for change in self.registry.settle_all() {
+            self.persist_status(change).await;
+        }
+        Ok(())
+    }
+
+    /// Makes the stored live counters equal the live records, should they ever differ.
+    async fn reconcile_counters(
+        &self,
+        live_by_version: &HashMap<VersionKey, u64>,
+    ) -> Result<(), EngineError> {
+        let mut fixes = Vec::new();
+        for info in self.registry.snapshot() {
+            let actual = live_by_version.get(&info.key).copied().unwrap_or(0);
+            if info.counters.live != actual {
+                tracing::error!(version = %info.key, stored = info.counters.live, actual, "live counter disagrees with the live records; correcting it");
+                let delta = CounterDelta {
+                    live: actual as i64 - info.counters.live as i64,
+                    ..CounterDelta::default()
+                };
+                fixes.push((info.key, delta));
+            }
+        }
+        for (key, delta) in fixes {
+            self.committer
+                .commit(vec![Op::AdjustCounters {
+                    key: key.clone(),
+                    delta,
+                }])
+                .await?;
+            self.registry.apply(&key, &delta);
+        }
+        Ok(())
+    }
+
+    /// Schedules or arms every live instance after recovery.
+    fn arm_all(self: &Arc<Self>) {
+        let mut ready = Vec::new();
+        self.table.for_each(|slot| match &slot.record.phase {
+            Phase::Ready { .. } => ready.push(slot.record.id),
+            Phase::WaitingSignal { name, .. }
+                if slot.inbox.iter().any(|signal| signal.name == *name) =>
+            {
+                ready.push(slot.record.id)
+            }
+            phase => {
+                if let Some(due) = phase.timer_due_ms() {
+                    self.timers.arm(due, slot.record.id);
+                }
+            }
+        });
+        for id in ready {
+            self.schedule(id);
+        }
+    }
+
+    async fn run_timers(runtime: Weak<Runtime>, timers: Arc<TimerQueue>) {
+        loop {
+            let changed = timers.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = {
+                let Some(runtime) = runtime.upgrade() else {
+                    return;
+                };
+                if runtime.is_stopping() {
+                    return;
+                }
+                let (due, wait) = timers.take_due(now_ms());
+                for id in due {
+                    runtime.schedule(id);
+                }
+                wait.unwrap_or(Duration::from_secs(3600))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed => {}
+            }
+        }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Makes sure a driver looks at `id` soon: starts one, or tells the running one to look again.
+    pub(crate) fn schedule(self: &Arc<Self>, id: InstanceId) {
+        if self.is_stopping() {
+            return;
+        }
+        let start = self.table.with(id, |slot| {
+            if slot.running {
+                slot.rerun = true;
+                false
+            } else {
+                slot.running = true;
+                true
+            }
+        });
+        if start == Some(true) {
+            self.active_drivers.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(self.clone().drive(id));
+        }
+    }
+
+    fn driver_finished(&self) {
+        if self.active_drivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drivers_idle.notify_waiters();
+        }
+    }
+
+    fn park(&self, id: InstanceId) {
+        self.table.with(id, |slot| slot.parked = true);
+    }
+
+    /// Persists a version status change and announces it.
+    pub(crate) async fn persist_status(&self, change: StatusChange) {
+        let op = Op::PutVersionStatus {
+            key: change.key.clone(),
+            status: change.status,
+        };
+        if let Err(error) = self.committer.commit(vec![op]).await {
+            // The status is derivable (Draining with no live instance is Drained at next open).
+            tracing::warn!(version = %change.key, %error, "could not persist a version status change");
+        }
+        let event = match change.status {
+            VersionStatus::Draining => Event::VersionDraining {
+                key: change.key,
+                counters: change.counters,
+            },
+            VersionStatus::Drained => {
+                tracing::info!(version = %change.key, "version drained: its code can be removed");
+                Event::VersionDrained {
+                    key: change.key,
+                    counters: change.counters,
+                }
+            }
+            VersionStatus::Retired => Event::VersionRetired { key: change.key },
+            VersionStatus::Active => return,
+        };
+        self.events.emit(event);
+    }
+
+    /// Starts an instance: picks its version, builds its initial state, commits it, runs it.
+    pub async fn start(
+        self: &Arc<Self>,
+        workflow: &str,
+        input: &[u8],
+        request: &VersionRequest,
+        routing_key: Option<String>,
+    ) -> Result<InstanceId, EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let code = self.registry.reserve_start(workflow, request)?;
+        let key = VersionKey::new(workflow, (**code.version()).clone());
+        let state = match code.initial_state(input) {
+            Ok(state) => state,
+            Err(reason) => {
+                self.registry.end_start(&key, None);
+                return Err(EngineError::InputDecode { key, reason });
+            }
+        };
+        let now = now_ms();
+        let id = InstanceId(self.next_instance_id.fetch_add(1, Ordering::Relaxed));
+        let record = InstanceRecord {
+            format: RECORD_FORMAT,
+            id,
+            key: key.clone(),
+            step: code.entry_step().to_string(),
+            attempt: 1,
+            visits: 0,
+            phase: Phase::Ready {
+                wake: PersistedWake::Started,
+            },
+            state: StateEnvelope {
+                schema: code.state_schema(),
+                bytes: state,
+            },
+            routing_key,
+            last_error: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let ops = vec![
+            Op::PutInstance(record.clone()),
+            Op::AdjustCounters {
+                key: key.clone(),
+                delta: CounterDelta::start(now),
+            },
+        ];
+        let committed = self.committer.commit(ops).await;
+        let change = self
+            .registry
+            .end_start(&key, committed.is_ok().then_some(now));
+        if let Some(change) = change {
+            self.persist_status(change).await;
+        }
+        committed?;
+        self.table.insert(Slot::new(record, false));
+        self.events.emit(Event::InstanceStarted { id, key });
+        self.schedule(id);
+        Ok(id)
+    }
+
+    /// The error for an instance that is not live here.
+    fn not_live(&self, id: InstanceId) -> EngineError {
+        match self.store.load_instance(id) {
+            Ok(Some(record)) => EngineError::InstanceFinished {
+                id,
+                status: format!("{:?}", InstanceStatus::of_phase(&record.phase)).to_lowercase(),
+            },
+            Ok(None) => EngineError::UnknownInstance { id },
+            Err(error) => error.into(),
+        }
+    }
+
+    /// Delivers a signal durably; the instance consumes it when it waits for that name.
+    pub async fn signal(
+        self: &Arc<Self>,
+        id: InstanceId,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::ShuttingDown);
+        }
+        if self.table.with(id, |_| ()).is_none() {
+            return Err(self.not_live(id));
+        }
+        let signal = SignalRecord {
+            instance: id,
+            seq: self.next_signal_seq.fetch_add(1, Ordering::Relaxed),
+            name: name.to_string(),
+            payload,
+        };
+        self.committer
+            .commit(vec![Op::PutSignal(signal.clone())])
+            .await?;
+        let seq = signal.seq;
+        let delivered = self
+            .table
+            .with(id, |slot| slot.inbox.push(signal))
+            .is_some();
+        if !delivered {
+            // The instance finished while the signal was being stored: take it back.
+            self.committer
+                .commit(vec![Op::DeleteSignal { instance: id, seq }])
+                .await?;
+            return Err(self.not_live(id));
+        }
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Cancels a live instance at its step boundary and waits for the cancellation's commit.
+    pub async fn cancel(self: &Arc<Self>, id: InstanceId) -> Result<(), EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let (sender, receiver) = oneshot::channel();
+        let requested = self.table.with(id, |slot| {
+            slot.cancel_requested = true;
+            slot.waiters.push(sender);
+        });
+        if requested.is_none() {
+            return Err(self.not_live(id));
+        }
+        self.schedule(id);
+        match receiver.await {
+            Ok(Outcome::Cancelled) => Ok(()),
+            Ok(other) => Err(EngineError::InstanceFinished {
+                id,
+                status: format!("{other:?}").to_lowercase(),
+            }),
+            Err(_) => Err(EngineError::ShuttingDown),
+        }
+    }
+
+    /// Resolves with the instance's outcome when it finishes.
+    pub async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
+        let (sender, receiver) = oneshot::channel();
+        if self
+            .table
+            .with(id, |slot| slot.waiters.push(sender))
+            .is_some()
+        {
+            return receiver.await.map_err(|_| EngineError::ShuttingDown);
+        }
+        match self.store.load_instance(id)? {
+            Some(record) => Outcome::from_phase(&record.phase).ok_or(EngineError::ShuttingDown),
+            None => Err(EngineError::UnknownInstance { id }),
+        }
+    }
+
+    fn info_of(slot: &Slot) -> InstanceInfo {
+        let status = if slot.parked {
+            InstanceStatus::Parked
+        } else if slot.running && matches!(slot.record.phase, Phase::Ready { .. }) {
+            InstanceStatus::Running
+        } else {
+            InstanceStatus::of_phase(&slot.record.phase)
+        };
+        InstanceInfo {
+            record: slot.record.clone(),
+            status,
+        }
+    }
+
+    /// One instance, live or finished.
+    pub fn instance(&self, id: InstanceId) -> Result<InstanceInfo, EngineError> {
+        if let Some(info) = self.table.with(id, |slot| Self::info_of(slot)) {
+            return Ok(info);
+        }
+        match self.store.load_instance(id)? {
+            Some(record) => Ok(InstanceInfo {
+                status: InstanceStatus::of_phase(&record.phase),
+                record,
+            }),
+            None => Err(EngineError::UnknownInstance { id }),
+        }
+    }
+
+    /// Instances matching `filter`, live ones first, each group in id order.
+    pub fn list(
+        &self,
+        filter: &InstanceFilter,
+        limit: usize,
+    ) -> Result<Vec<InstanceInfo>, EngineError> {
+        let mut found = Vec::new();
+        if !filter.wants_only_terminal() {
+            self.table.for_each(|slot| {
+                if filter.matches_key(&slot.record.key) {
+                    let info = Self::info_of(slot);
+                    if filter.status.is_none_or(|status| status == info.status) {
+                        found.push(info);
+                    }
+                }
+            });
+            found.sort_by_key(|info| info.record.id);
+            found.truncate(limit);
+        }
+        if filter.wants_terminal() && found.len() < limit {
+            let mut keep = |record: &InstanceRecord| {
+                filter.matches_key(&record.key)
+                    && filter
+                        .status
+                        .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
+            };
+            let finished = self
+                .store
+                .finished_instances(&mut keep, limit - found.len())?;
+            found.extend(finished.into_iter().map(|record| InstanceInfo {
+                status: InstanceStatus::of_phase(&record.phase),
+                record,
+            }));
+        }
+        Ok(found)
+    }
+
+    /// Every known version with its counts and oldest live instance.
+    pub fn versions(&self) -> Vec<VersionInfo> {
+        let mut oldest: HashMap<VersionKey, (InstanceId, u64)> = HashMap::new();
+        self.table.for_each(|slot| {
+            let candidate = (slot.record.id, slot.record.created_at_ms);
+            oldest
+                .entry(slot.record.key.clone())
+                .and_modify(|current| {
+                    if (candidate.1, candidate.0) < (current.1, current.0) {
+                        *current = candidate;
+                    }
+                })
+                .or_insert(candidate);
+        });
+        let mut infos = self.registry.snapshot();
+        for info in &mut infos {
+            info.oldest_live = oldest.get(&info.key).copied();
+        }
+        infos
+    }
+
+    /// Registers code after open and resumes the instances parked for it.
+    pub fn register(
+        self: &Arc<Self>,
+        code: Arc<dyn VersionCode>,
+    ) -> Result<VersionKey, EngineError> {
+        let key = self.registry.register(code)?;
+        self.events
+            .emit(Event::VersionRegistered { key: key.clone() });
+        let mut resumed = Vec::new();
+        self.table.for_each(|slot| {
+            if slot.parked && slot.record.key == key {
+                slot.parked = false;
+                resumed.push(slot.record.id);
+            }
+        });
+        if !resumed.is_empty() {
+            tracing::info!(version = %key, count = resumed.len(), "resuming parked instances");
+            self.events.emit(Event::InstancesResumed {
+                key: key.clone(),
+                count: resumed.len() as u64,
+            });
+            for id in resumed {
+                self.schedule(id);
+            }
+        }
+        Ok(key)
+    }
+
+    /// Commits a lifecycle change made by the registry.
+    pub async fn change_status(&self, change: Option<StatusChange>) -> Option<VersionStatus> {
+        let change = change?;
+        let status = change.status;
+        self.persist_status(change).await;
+        Some(status)
+    }
+
+    /// Live instances held in memory.
+    pub fn live_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Stops taking work, lets running steps finish and commit, then syncs and stops the commit
+    /// thread. Instances not running stay as committed and continue at the next open.
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.stopping.store(true, Ordering::Release);
+        self.timers.wake();
+        loop {
+            let idle = self.drivers_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.active_drivers.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        self.permits.close();
+        let runtime = self.clone();
+        if tokio::task::spawn_blocking(move || runtime.committer.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("closing the commit thread panicked");
+        }
+    }
+}

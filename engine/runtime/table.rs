@@ -1,0 +1,95 @@
+//! The in-memory table of live instances: their last committed record, their signal inbox and
+//! the flags that serialise their steps. Sharded so that instances on different shards never
+//! contend.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::instance::{InstanceId, InstanceRecord, Outcome};
+use crate::store::SignalRecord;
+
+const SHARDS: usize = 64;
+
+/// One live instance in memory.
+pub(crate) struct Slot {
+    /// The last committed record.
+    pub record: InstanceRecord,
+    /// Delivered signals not yet consumed, in sequence order.
+    pub inbox: Vec<SignalRecord>,
+    /// A driver owns the instance; no other may run a step of it.
+    pub running: bool,
+    /// Something happened while a driver owned it; the driver must look again before leaving.
+    pub rerun: bool,
+    /// An operator asked to cancel it.
+    pub cancel_requested: bool,
+    /// Its version's code is not registered.
+    pub parked: bool,
+    /// Callers awaiting its outcome.
+    pub waiters: Vec<oneshot::Sender<Outcome>>,
+}
+
+impl Slot {
+    /// A slot for a record.
+    pub fn new(record: InstanceRecord, parked: bool) -> Self {
+        Slot {
+            record,
+            inbox: Vec::new(),
+            running: false,
+            rerun: false,
+            cancel_requested: false,
+            parked,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+/// The live instances, sharded by id.
+pub(crate) struct InstanceTable {
+    shards: Box<[Mutex<HashMap<InstanceId, Slot>>]>,
+}
+
+impl InstanceTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        InstanceTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, id: InstanceId) -> &Mutex<HashMap<InstanceId, Slot>> {
+        &self.shards[(id.0 % SHARDS as u64) as usize]
+    }
+
+    /// Inserts a slot.
+    pub fn insert(&self, slot: Slot) {
+        self.shard(slot.record.id)
+            .lock()
+            .insert(slot.record.id, slot);
+    }
+
+    /// Runs `action` on a slot under its shard's lock; `None` if the instance is not live here.
+    pub fn with<R>(&self, id: InstanceId, action: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+        self.shard(id).lock().get_mut(&id).map(action)
+    }
+
+    /// Removes a slot.
+    pub fn remove(&self, id: InstanceId) -> Option<Slot> {
+        self.shard(id).lock().remove(&id)
+    }
+
+    /// Visits every slot, shard by shard.
+    pub fn for_each(&self, mut visit: impl FnMut(&mut Slot)) {
+        for shard in self.shards.iter() {
+            for slot in shard.lock().values_mut() {
+                visit(slot);
+            }
+        }
+    }
+
+    /// How many live instances are held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
+    }
+}

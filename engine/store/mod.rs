@@ -1,0 +1,232 @@
+//! The `Store` trait — the seam between the engine and its persistence — and its backends.
+//!
+//! Owns the persisted records besides the instance record itself (signals, per-version counters
+//! and statuses) and the contract every backend keeps: `apply` is all-or-nothing, `sync` makes all
+//! applied work durable, `recover` returns everything a starting engine needs. The trait names no
+//! backend concept (no trees, no files, no SQL), so a PostgreSQL backend can implement it.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::{InstanceId, InstanceRecord, VersionKey};
+use crate::registry::VersionStatus;
+
+/// A store failure, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed an operation (I/O, disk full, lock held by another process).
+    #[error("store {operation} failed: {message}")]
+    Backend {
+        /// What was being done.
+        operation: &'static str,
+        /// The backend's message.
+        message: String,
+    },
+    /// The store was written by a newer Strata.
+    #[error("the store was written with record format {found}, but this build of Strata reads formats up to {supported}; upgrade Strata to open it")]
+    NewerFormat {
+        /// The store's format.
+        found: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
+    /// A record could not be encoded.
+    #[error("could not encode {what}: {message}")]
+    Encode {
+        /// What was encoded.
+        what: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+}
+
+/// A signal delivered to an instance and not yet consumed by a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    /// The instance it was sent to.
+    pub instance: InstanceId,
+    /// Its sequence number, unique in the store; signals are consumed in this order.
+    pub seq: u64,
+    /// Its name.
+    pub name: String,
+    /// Its payload (MessagePack).
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// Per-version counts, persisted in the same commit as the instance records they count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VersionCounters {
+    /// Instances that have not finished (including parked and quarantined ones).
+    pub live: u64,
+    /// Instances ever started on the version.
+    pub started: u64,
+    /// Instances that completed.
+    pub completed: u64,
+    /// Instances that failed.
+    pub failed: u64,
+    /// Instances that were cancelled.
+    pub cancelled: u64,
+    /// When the first instance started (ms since the Unix epoch).
+    pub first_start_ms: Option<u64>,
+    /// When the last instance started (ms since the Unix epoch).
+    pub last_start_ms: Option<u64>,
+}
+
+impl VersionCounters {
+    /// Applies a change.
+    pub fn apply(&mut self, delta: &CounterDelta) {
+        self.live = self.live.saturating_add_signed(delta.live);
+        self.started += delta.started;
+        self.completed += delta.completed;
+        self.failed += delta.failed;
+        self.cancelled += delta.cancelled;
+        if let Some(at) = delta.started_at_ms {
+            self.first_start_ms = Some(self.first_start_ms.map_or(at, |first| first.min(at)));
+            self.last_start_ms = Some(self.last_start_ms.map_or(at, |last| last.max(at)));
+        }
+    }
+}
+
+/// A change to a version's counters, applied inside a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterDelta {
+    /// Change of the live count.
+    pub live: i64,
+    /// Instances started.
+    pub started: u64,
+    /// Instances completed.
+    pub completed: u64,
+    /// Instances failed.
+    pub failed: u64,
+    /// Instances cancelled.
+    pub cancelled: u64,
+    /// The start time of a started instance.
+    pub started_at_ms: Option<u64>,
+}
+
+impl CounterDelta {
+    /// The change for one instance starting at `at_ms`.
+    pub fn start(at_ms: u64) -> Self {
+        CounterDelta {
+            live: 1,
+            started: 1,
+            started_at_ms: Some(at_ms),
+            ..CounterDelta::default()
+        }
+    }
+
+    /// The change for one instance finishing in `outcome`.
+    pub fn finish(status: crate::instance::InstanceStatus) -> Self {
+        use crate::instance::InstanceStatus;
+        let mut delta = CounterDelta {
+            live: -1,
+            ..CounterDelta::default()
+        };
+        match status {
+            InstanceStatus::Completed => delta.completed = 1,
+            InstanceStatus::Failed => delta.failed = 1,
+            _ => delta.cancelled = 1,
+        }
+        delta
+    }
+}
+
+/// One write inside an atomic commit.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Writes an instance record; a record in a terminal phase moves to the finished instances.
+    PutInstance(InstanceRecord),
+    /// Stores a delivered signal.
+    PutSignal(SignalRecord),
+    /// Removes a consumed signal.
+    DeleteSignal {
+        /// The instance.
+        instance: InstanceId,
+        /// The signal's sequence number.
+        seq: u64,
+    },
+    /// Changes a version's counters.
+    AdjustCounters {
+        /// The version.
+        key: VersionKey,
+        /// The change.
+        delta: CounterDelta,
+    },
+    /// Sets a version's lifecycle status.
+    PutVersionStatus {
+        /// The version.
+        key: VersionKey,
+        /// The status.
+        status: VersionStatus,
+    },
+    /// Moves an undecodable live record aside, keeping its bytes and the reason.
+    QuarantineRecord {
+        /// The instance.
+        id: InstanceId,
+        /// Why it cannot be read.
+        reason: String,
+    },
+}
+
+/// A live record that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptRecord {
+    /// The instance, if its key could be read.
+    pub id: InstanceId,
+    /// Why it could not be decoded.
+    pub reason: String,
+}
+
+/// Everything a starting engine loads from the store.
+#[derive(Debug, Default)]
+pub struct RecoveredState {
+    /// Every instance that has not finished.
+    pub live: Vec<InstanceRecord>,
+    /// Live records that do not decode.
+    pub corrupt: Vec<CorruptRecord>,
+    /// Delivered, unconsumed signals.
+    pub signals: Vec<SignalRecord>,
+    /// Per-version counters.
+    pub counters: Vec<(VersionKey, VersionCounters)>,
+    /// Per-version lifecycle statuses.
+    pub statuses: Vec<(VersionKey, VersionStatus)>,
+    /// A number above every instance id in the store.
+    pub next_instance_id: u64,
+    /// A number above every signal sequence number in the store.
+    pub next_signal_seq: u64,
+}
+
+/// Counts of what a store has done, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Calls of `apply` that succeeded.
+    pub applies: u64,
+    /// Syncs to stable storage.
+    pub syncs: u64,
+}
+
+/// The persistence of an engine. Implementations must make `apply` atomic and `sync` durable.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `ops` atomically: after a crash either all of them are visible or none.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Makes every applied op durable on stable storage.
+    fn sync(&self) -> Result<(), StoreError>;
+    /// Loads what a starting engine needs.
+    fn recover(&self) -> Result<RecoveredState, StoreError>;
+    /// Loads one instance, live or finished.
+    fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Finished instances that `keep` accepts, at most `limit`, in id order.
+    fn finished_instances(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// Quarantined records: id and reason.
+    fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError>;
+    /// What the store has done so far.
+    fn stats(&self) -> StoreStats;
+}

@@ -1,0 +1,395 @@
+//! The embedded default backend on sled 0.34: one tree, keys by prefix, one `apply_batch` per
+//! commit, and an explicit `fdatasync` of sled's data file after every flush, because sled's own
+//! `flush()` ends in `sync_file_range`, which does not reach stable storage (sled issue #1452).
+//!
+//! Key layout (all integers big-endian, so keys sort by number):
+//! `m/format` record format · `i/<id>` live instance · `d/<id>` finished instance ·
+//! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
+//! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CorruptRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, VersionCounters,
+};
+use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
+use crate::registry::VersionStatus;
+
+const FORMAT_KEY: &[u8] = b"m/format";
+const LIVE: &[u8] = b"i/";
+const FINISHED: &[u8] = b"d/";
+const QUARANTINED: &[u8] = b"q/";
+const SIGNALS: &[u8] = b"s/";
+const COUNTERS: &[u8] = b"c/";
+const STATUSES: &[u8] = b"v/";
+
+#[derive(Serialize, Deserialize)]
+struct CounterEntry {
+    key: VersionKey,
+    counters: VersionCounters,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatusEntry {
+    key: VersionKey,
+    status: VersionStatus,
+}
+
+#[derive(Serialize, Deserialize)]
+struct QuarantineEntry {
+    reason: String,
+    #[serde(with = "serde_bytes")]
+    raw: Vec<u8>,
+}
+
+/// The sled-backed store: single process, embedded, durable with `sync`.
+pub struct SledStore {
+    db: sled::Db,
+    data_file: File,
+    path: PathBuf,
+    counters: Mutex<HashMap<VersionKey, VersionCounters>>,
+    applies: AtomicU64,
+    syncs: AtomicU64,
+}
+
+fn backend(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |error| StoreError::Backend {
+        operation,
+        message: error.to_string(),
+    }
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(value).map_err(|error| StoreError::Encode {
+        what,
+        message: error.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+}
+
+fn id_key(prefix: &[u8], id: InstanceId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&id.0.to_be_bytes());
+    key
+}
+
+fn signal_key(instance: InstanceId, seq: u64) -> Vec<u8> {
+    let mut key = id_key(SIGNALS, instance);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn version_key(prefix: &[u8], key: &VersionKey) -> Vec<u8> {
+    let version = key.version.to_string();
+    let mut bytes = Vec::with_capacity(prefix.len() + key.workflow.len() + 1 + version.len());
+    bytes.extend_from_slice(prefix);
+    bytes.extend_from_slice(key.workflow.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(version.as_bytes());
+    bytes
+}
+
+fn id_from_key(prefix: &[u8], key: &[u8]) -> Option<InstanceId> {
+    let bytes: [u8; 8] = key.get(prefix.len()..prefix.len() + 8)?.try_into().ok()?;
+    Some(InstanceId(u64::from_be_bytes(bytes)))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `directory`. Fails if another process has it open or if it
+    /// was written by a newer Strata.
+    pub fn open(directory: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        let path = directory.as_ref().to_path_buf();
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|error| StoreError::Backend {
+                operation: "open",
+                message: format!(
+                    "{} ({error}); is another process using this data directory?",
+                    path.display()
+                ),
+            })?;
+        let data_file = File::open(path.join("db")).map_err(|error| StoreError::Backend {
+            operation: "open",
+            message: format!(
+                "cannot open sled's data file in {}: {error}",
+                path.display()
+            ),
+        })?;
+        match db.get(FORMAT_KEY).map_err(backend("read format"))? {
+            Some(bytes) => {
+                let found: u32 = decode(&bytes).map_err(|message| StoreError::Backend {
+                    operation: "read format",
+                    message: format!("the format marker does not decode: {message}"),
+                })?;
+                if found > RECORD_FORMAT {
+                    return Err(StoreError::NewerFormat {
+                        found,
+                        supported: RECORD_FORMAT,
+                    });
+                }
+            }
+            None => {
+                db.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?)
+                    .map_err(backend("write format"))?;
+            }
+        }
+        let mut counters = HashMap::new();
+        for item in db.scan_prefix(COUNTERS) {
+            let (_, value) = item.map_err(backend("read counters"))?;
+            let entry: CounterEntry = decode(&value).map_err(|message| StoreError::Backend {
+                operation: "read counters",
+                message: format!("a counter record does not decode: {message}"),
+            })?;
+            counters.insert(entry.key, entry.counters);
+        }
+        Ok(SledStore {
+            db,
+            data_file,
+            path,
+            counters: Mutex::new(counters),
+            applies: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn max_id(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+        match self.db.scan_prefix(prefix).next_back() {
+            Some(item) => {
+                let (key, _) = item.map_err(backend("scan ids"))?;
+                Ok(id_from_key(prefix, &key).map_or(0, |id| id.0))
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn collect<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut values = Vec::new();
+        for item in self.db.scan_prefix(prefix) {
+            let (_, value) = item.map_err(backend("scan"))?;
+            values.push(decode(&value).map_err(|message| StoreError::Backend {
+                operation: "scan",
+                message: format!("a {what} record does not decode: {message}"),
+            })?);
+        }
+        Ok(values)
+    }
+}
+
+impl Store for SledStore {
+    #[tracing::instrument(level = "trace", skip_all, fields(ops = ops.len()))]
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut counters = self.counters.lock();
+        let mut changed: HashMap<&VersionKey, VersionCounters> = HashMap::new();
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::PutInstance(record) => {
+                    let bytes = encode("instance record", record)?;
+                    if record.phase.is_terminal() {
+                        batch.remove(id_key(LIVE, record.id));
+                        batch.insert(id_key(FINISHED, record.id), bytes);
+                    } else {
+                        batch.insert(id_key(LIVE, record.id), bytes);
+                    }
+                }
+                Op::PutSignal(signal) => {
+                    batch.insert(
+                        signal_key(signal.instance, signal.seq),
+                        encode("signal", signal)?,
+                    );
+                }
+                Op::DeleteSignal { instance, seq } => batch.remove(signal_key(*instance, *seq)),
+                Op::AdjustCounters { key, delta } => {
+                    let entry = changed
+                        .entry(key)
+                        .or_insert_with(|| counters.get(key).copied().unwrap_or_default());
+                    entry.apply(delta);
+                }
+                Op::PutVersionStatus { key, status } => {
+                    let entry = StatusEntry {
+                        key: key.clone(),
+                        status: *status,
+                    };
+                    batch.insert(
+                        version_key(STATUSES, key),
+                        encode("version status", &entry)?,
+                    );
+                }
+                Op::QuarantineRecord { id, reason } => {
+                    let raw = self
+                        .db
+                        .get(id_key(LIVE, *id))
+                        .map_err(backend("quarantine"))?;
+                    let entry = QuarantineEntry {
+                        reason: reason.clone(),
+                        raw: raw.map(|raw| raw.to_vec()).unwrap_or_default(),
+                    };
+                    batch.remove(id_key(LIVE, *id));
+                    batch.insert(
+                        id_key(QUARANTINED, *id),
+                        encode("quarantine entry", &entry)?,
+                    );
+                }
+            }
+        }
+        for (key, value) in &changed {
+            let entry = CounterEntry {
+                key: (*key).clone(),
+                counters: *value,
+            };
+            batch.insert(version_key(COUNTERS, key), encode("counters", &entry)?);
+        }
+        self.db.apply_batch(batch).map_err(backend("apply"))?;
+        for (key, value) in changed {
+            counters.insert(key.clone(), value);
+        }
+        self.applies.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend("flush"))?;
+        self.data_file
+            .sync_data()
+            .map_err(|error| StoreError::Backend {
+                operation: "fdatasync",
+                message: error.to_string(),
+            })?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn recover(&self) -> Result<RecoveredState, StoreError> {
+        let mut state = RecoveredState::default();
+        for item in self.db.scan_prefix(LIVE) {
+            let (key, value) = item.map_err(backend("scan instances"))?;
+            let Some(id) = id_from_key(LIVE, &key) else {
+                continue;
+            };
+            match decode::<InstanceRecord>(&value) {
+                Ok(record) if record.format > RECORD_FORMAT => state.corrupt.push(CorruptRecord {
+                    id,
+                    reason: format!(
+                        "record format {} is newer than this build's {RECORD_FORMAT}",
+                        record.format
+                    ),
+                }),
+                Ok(record) if record.id != id => state.corrupt.push(CorruptRecord {
+                    id,
+                    reason: format!(
+                        "record says it is instance {} but is stored as {id}",
+                        record.id
+                    ),
+                }),
+                Ok(record) => state.live.push(record),
+                Err(reason) => state.corrupt.push(CorruptRecord { id, reason }),
+            }
+        }
+        state.signals = self.collect::<SignalRecord>(SIGNALS, "signal")?;
+        state.counters = self
+            .counters
+            .lock()
+            .iter()
+            .map(|(key, value)| (key.clone(), *value))
+            .collect();
+        state.statuses = self
+            .collect::<StatusEntry>(STATUSES, "version status")?
+            .into_iter()
+            .map(|entry| (entry.key, entry.status))
+            .collect();
+        let highest = self
+            .max_id(LIVE)?
+            .max(self.max_id(FINISHED)?)
+            .max(self.max_id(QUARANTINED)?);
+        state.next_instance_id = highest + 1;
+        state.next_signal_seq = state
+            .signals
+            .iter()
+            .map(|signal| signal.seq + 1)
+            .max()
+            .unwrap_or(1);
+        Ok(state)
+    }
+
+    fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        for prefix in [LIVE, FINISHED] {
+            if let Some(bytes) = self
+                .db
+                .get(id_key(prefix, id))
+                .map_err(backend("load instance"))?
+            {
+                return decode(&bytes)
+                    .map(Some)
+                    .map_err(|message| StoreError::Backend {
+                        operation: "load instance",
+                        message,
+                    });
+            }
+        }
+        Ok(None)
+    }
+
+    fn finished_instances(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.db.scan_prefix(FINISHED) {
+            if found.len() >= limit {
+                break;
+            }
+            let (_, value) = item.map_err(backend("scan finished instances"))?;
+            match decode::<InstanceRecord>(&value) {
+                Ok(record) if keep(&record) => found.push(record),
+                Ok(_) => {}
+                Err(reason) => {
+                    tracing::warn!(%reason, "skipping a finished instance record that does not decode")
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.db.scan_prefix(QUARANTINED) {
+            let (key, value) = item.map_err(backend("scan quarantine"))?;
+            let Some(id) = id_from_key(QUARANTINED, &key) else {
+                continue;
+            };
+            let reason = decode::<QuarantineEntry>(&value)
+                .map_or_else(|reason| reason, |entry| entry.reason);
+            found.push(CorruptRecord { id, reason });
+        }
+        Ok(found)
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            applies: self.applies.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The typed builder of a workflow version and its type-erased form, [`VersionCode`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use semver::Version;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::step::{Next, StepCtx, StepError, StepResult};
+use super::{RetryPolicy, UpgradePolicy};
+
+/// A mistake in a workflow version's definition, reported when it is registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    /// The workflow name is empty.
+    #[error("a workflow needs a non-empty name")]
+    EmptyWorkflowName,
+    /// The version string is not semver.
+    #[error("workflow '{workflow}': version '{version}' is not a semantic version (like 1.2.0): {reason}")]
+    InvalidVersion {
+        /// The workflow.
+        workflow: String,
+        /// The text given as version.
+        version: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// No `init` function was given.
+    #[error("{workflow}@{version}: call .init(...) to say how an input becomes the initial state")]
+    MissingInit {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: Version,
+    },
+    /// The version has no step.
+    #[error("{workflow}@{version}: a version needs at least one step")]
+    NoSteps {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: Version,
+    },
+    /// Two steps share one name.
+    #[error("{workflow}@{version}: step '{step}' is defined twice; step names must be unique")]
+    DuplicateStep {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: Version,
+        /// The repeated name.
+        step: String,
+    },
+    /// The entry step named with `.entry(...)` is not defined.
+    #[error("{workflow}@{version}: entry step '{step}' is not defined; define it with .step(\"{step}\", ...)")]
+    UnknownEntryStep {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: Version,
+        /// The missing step.
+        step: String,
+    },
+}
+
+/// An async function usable as a step: `async fn name(ctx: StepCtx, state: &mut S) -> StepResult<O>`.
+///
+/// Implemented for every such `async fn`; the trait exists so the future may borrow the state.
+pub trait StepFn<'a, S: 'a, O>: Send + Sync + 'static {
+    /// The step's future.
+    type Future: Future<Output = StepResult<O>> + Send + 'a;
+    /// Runs the step.
+    fn call(&self, ctx: StepCtx, state: &'a mut S) -> Self::Future;
+}
+
+impl<'a, S: 'a, O, F, Fut> StepFn<'a, S, O> for F
+where
+    F: Fn(StepCtx, &'a mut S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = StepResult<O>> + Send + 'a,
+{
+    type Future = Fut;
+    fn call(&self, ctx: StepCtx, state: &'a mut S) -> Fut {
+        self(ctx, state)
+    }
+}
+
+type ErasedStepFn<S, O> =
+    Arc<dyn for<'a> Fn(StepCtx, &'a mut S) -> BoxFuture<'a, StepResult<O>> + Send + Sync>;
+
+fn higher_ranked<S, O, C>(closure: C) -> C
+where
+    C: for<'a> Fn(StepCtx, &'a mut S) -> BoxFuture<'a, StepResult<O>>,
+{
+    closure
+}
+
+struct StepDefinition<S, O> {
+    run: ErasedStepFn<S, O>,
+    retry: RetryPolicy,
+}
+
+/// One version of a workflow: typed input `I`, state `S` and output `O`, and named async steps.
+///
+/// ```
+/// use strata::{Next, StepCtx, StepResult, WorkflowVersion};
+///
+/// async fn greet(_ctx: StepCtx, state: &mut String) -> StepResult<String> {
+///     Ok(Next::complete(format!("hello {state}")))
+/// }
+///
+/// let version: WorkflowVersion<String, String, String> =
+///     WorkflowVersion::new("greeting", "1.0.0").init(|name: String| name).step("greet", greet);
+/// ```
+pub struct WorkflowVersion<I, S, O> {
+    workflow: String,
+    version_text: String,
+    state_schema: u32,
+    init: Option<Arc<dyn Fn(I) -> S + Send + Sync>>,
+    entry: Option<String>,
+    steps: Vec<(String, StepDefinition<S, O>)>,
+    upgrade_policy: UpgradePolicy,
+    default_retry: RetryPolicy,
+}
+
+impl<I, S, O> WorkflowVersion<I, S, O>
+where
+    I: DeserializeOwned + Send + 'static,
+    S: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+{
+    /// Starts the definition of `version` (semver, like "1.2.0") of `workflow`.
+    pub fn new(workflow: impl Into<String>, version: impl Into<String>) -> Self {
+        WorkflowVersion {
+            workflow: workflow.into(),
+            version_text: version.into(),
+            state_schema: 1,
+            init: None,
+            entry: None,
+            steps: Vec::new(),
+            upgrade_policy: UpgradePolicy::Pinned,
+            default_retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The schema number of the state this version reads and writes (default 1).
+    pub fn state_schema(mut self, schema: u32) -> Self {
+        self.state_schema = schema;
+        self
+    }
+
+    /// How an input becomes the initial state.
+    pub fn init(mut self, init: impl Fn(I) -> S + Send + Sync + 'static) -> Self {
+        self.init = Some(Arc::new(init));
+        self
+    }
+
+    /// Names the entry step; without it the first step defined is the entry.
+    pub fn entry(mut self, step: impl Into<String>) -> Self {
+        self.entry = Some(step.into());
+        self
+    }
+
+    /// The retry policy of steps defined with [`WorkflowVersion::step`] after this call.
+    pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
+        self.default_retry = policy;
+        self
+    }
+
+    /// Adds a step with the default retry policy.
+    pub fn step<F>(self, name: impl Into<String>, step: F) -> Self
+    where
+        F: for<'a> StepFn<'a, S, O>,
+    {
+        let retry = self.default_retry.clone();
+        self.step_with_retry(name, step, retry)
+    }
+
+    /// Adds a step with its own retry policy.
+    pub fn step_with_retry<F>(
+        mut self,
+        name: impl Into<String>,
+        step: F,
+        retry: RetryPolicy,
+    ) -> Self
+    where
+        F: for<'a> StepFn<'a, S, O>,
+    {
+        let run: ErasedStepFn<S, O> = Arc::new(higher_ranked(
+            move |ctx: StepCtx, state: &mut S| -> BoxFuture<'_, StepResult<O>> {
+                Box::pin(step.call(ctx, state))
+            },
+        ));
+        self.steps
+            .push((name.into(), StepDefinition { run, retry }));
+        self
+    }
+
+    /// The upgrade policy of this version's instances (default [`UpgradePolicy::Pinned`]).
+    pub fn upgrade_policy(mut self, policy: UpgradePolicy) -> Self {
+        self.upgrade_policy = policy;
+        self
+    }
+
+    /// Checks the definition and erases its types for the runtime.
+    pub(crate) fn into_code(self) -> Result<Arc<dyn VersionCode>, DefinitionError> {
+        if self.workflow.trim().is_empty() {
+            return Err(DefinitionError::EmptyWorkflowName);
+        }
+        let version = Version::parse(&self.version_text).map_err(|error| {
+            DefinitionError::InvalidVersion {
+                workflow: self.workflow.clone(),
+                version: self.version_text.clone(),
+                reason: error.to_string(),
+            }
+        })?;
+        let Some(init) = self.init else {
+            return Err(DefinitionError::MissingInit {
+                workflow: self.workflow,
+                version,
+            });
+        };
+        let Some(first) = self.steps.first().map(|(name, _)| name.clone()) else {
+            return Err(DefinitionError::NoSteps {
+                workflow: self.workflow,
+                version,
+            });
+        };
+        let entry = self.entry.unwrap_or(first);
+        let mut steps = HashMap::with_capacity(self.steps.len());
+        for (name, definition) in self.steps {
+            if steps.contains_key(&name) {
+                return Err(DefinitionError::DuplicateStep {
+                    workflow: self.workflow,
+                    version,
+                    step: name,
+                });
+            }
+            steps.insert(name, definition);
+        }
+        if !steps.contains_key(&entry) {
+            return Err(DefinitionError::UnknownEntryStep {
+                workflow: self.workflow,
+                version,
+                step: entry,
+            });
+        }
+        Ok(Arc::new(TypedVersion {
+            workflow: Arc::from(self.workflow.as_str()),
+            version: Arc::new(version),
+            state_schema: self.state_schema,
+            init,
+            entry,
+            steps,
+            upgrade_policy: self.upgrade_policy,
+            fallback_retry: RetryPolicy::no_retry(),
+        }))
+    }
+}
+
+/// The result of a step attempt that returned normally, with state and output encoded.
+pub(crate) struct StepOutcome {
+    pub state: Vec<u8>,
+    pub next: Next<Vec<u8>>,
+}
+
+/// Why a step attempt produced no outcome.
+#[derive(Debug, Clone)]
+pub(crate) enum StepFailure {
+    /// The cursor names a step this version does not define.
+    UnknownStep,
+    /// The stored state does not decode as this version's state type.
+    StateUndecodable(String),
+    /// The new state or the output does not encode.
+    Unencodable(String),
+    /// The step returned an error.
+    Step(StepError),
+}
+
+/// A workflow version with its types erased: what the registry holds and the runtime runs.
+pub(crate) trait VersionCode: Send + Sync + 'static {
+    fn workflow(&self) -> &Arc<str>;
+    fn version(&self) -> &Arc<Version>;
+    fn state_schema(&self) -> u32;
+    fn entry_step(&self) -> &str;
+    fn has_step(&self, step: &str) -> bool;
+    fn retry_policy(&self, step: &str) -> &RetryPolicy;
+    #[allow(dead_code)] // read by the state-migration issue's AutoUpgrade
+    fn upgrade_policy(&self) -> UpgradePolicy;
+    /// Decodes an input and builds the encoded initial state.
+    fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String>;
+    /// Runs the step named in `ctx` on the encoded state.
+    fn run_step<'a>(
+        &'a self,
+        ctx: StepCtx,
+        state: &'a [u8],
+    ) -> BoxFuture<'a, Result<StepOutcome, StepFailure>>;
+}
+
+struct TypedVersion<I, S, O> {
+    workflow: Arc<str>,
+    version: Arc<Version>,
+    state_schema: u32,
+    init: Arc<dyn Fn(I) -> S + Send + Sync>,
+    entry: String,
+    steps: HashMap<String, StepDefinition<S, O>>,
+    upgrade_policy: UpgradePolicy,
+    fallback_retry: RetryPolicy,
+}
+
+impl<I, S, O> VersionCode for TypedVersion<I, S, O>
+where
+    I: DeserializeOwned + Send + 'static,
+    S: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+{
+    fn workflow(&self) -> &Arc<str> {
+        &self.workflow
+    }
+
+    fn version(&self) -> &Arc<Version> {
+        &self.version
+    }
+
+    fn state_schema(&self) -> u32 {
+        self.state_schema
+    }
+
+    fn entry_step(&self) -> &str {
+        &self.entry
+    }
+
+    fn has_step(&self, step: &str) -> bool {
+        self.steps.contains_key(step)
+    }
+
+    fn retry_policy(&self, step: &str) -> &RetryPolicy {
+        self.steps
+            .get(step)
+            .map_or(&self.fallback_retry, |definition| &definition.retry)
+    }
+
+    fn upgrade_policy(&self) -> UpgradePolicy {
+        self.upgrade_policy
+    }
+
+    fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String> {
+        let input: I = rmp_serde::from_slice(input).map_err(|error| error.to_string())?;
+        let state = (self.init)(input);
+        rmp_serde::to_vec_named(&state).map_err(|error| error.to_string())
+    }
+
+    fn run_step<'a>(
+        &'a self,
+        ctx: StepCtx,
+        state: &'a [u8],
+    ) -> BoxFuture<'a, Result<StepOutcome, StepFailure>> {
+        Box::pin(async move {
+            let step = self.steps.get(&*ctx.step).ok_or(StepFailure::UnknownStep)?;
+            let mut typed: S = rmp_serde::from_slice(state)
+                .map_err(|error| StepFailure::StateUndecodable(error.to_string()))?;
+            let next = (step.run)(ctx, &mut typed)
+                .await
+                .map_err(StepFailure::Step)?;
+            let state = rmp_serde::to_vec_named(&typed)
+                .map_err(|error| StepFailure::Unencodable(format!("state: {error}")))?;
+            let next = match next {
+                Next::Complete(output) => Next::Complete(
+                    rmp_serde::to_vec_named(&output)
+                        .map_err(|error| StepFailure::Unencodable(format!("output: {error}")))?,
+                ),
+                other => other.map_output(|_| Vec::new()),
+            };
+            Ok(StepOutcome { state, next })
+        })
+    }
+}

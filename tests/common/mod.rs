@@ -1,0 +1,100 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use strata::{Durability, Engine, EngineBuilder, Event, InstanceId};
+use strata_workflows::order::{Line, OrderInput, Payment};
+use strata_workflows::{ledger, onboarding, order};
+use tokio::sync::broadcast;
+
+/// A builder on `dir` with fast commit retries.
+pub fn builder(dir: &Path) -> EngineBuilder {
+    Engine::builder()
+        .data_dir(dir)
+        .durability(Durability::Sync)
+        .commit_retry_delay(Duration::from_millis(10))
+}
+
+/// A builder with every workflow version of `strata-workflows` registered.
+pub fn builder_with_all(dir: &Path) -> EngineBuilder {
+    builder(dir)
+        .register(order::v1_0())
+        .register(order::v1_1())
+        .register(order::v2_0())
+        .register(onboarding::v1_0())
+        .register(ledger::v1_0())
+}
+
+/// An order of two lines with short delays.
+pub fn small_order(id: u64) -> OrderInput {
+    let mut input = OrderInput::new(
+        format!("o-{id}"),
+        format!("c-{}", id % 7),
+        vec![
+            Line {
+                sku: "book".into(),
+                quantity: 2,
+                unit_price_cents: 1_250,
+            },
+            Line {
+                sku: "pen".into(),
+                quantity: 1,
+                unit_price_cents: 300 + id,
+            },
+        ],
+    );
+    input.warehouse_delay_ms = 20;
+    input
+}
+
+/// The payment that pays `input` in full.
+pub fn full_payment(input: &OrderInput) -> Payment {
+    Payment {
+        amount_cents: input.total_cents(),
+        reference: format!("pay-{}", input.order_id),
+    }
+}
+
+/// Waits (bounded) for the first event matching `wanted`.
+pub async fn wait_for_event(
+    events: &mut broadcast::Receiver<Event>,
+    wanted: impl Fn(&Event) -> bool,
+) -> Event {
+    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => panic!("the expected event did not arrive within 30 s"),
+            received = events.recv() => match received {
+                Ok(event) if wanted(&event) => return event,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => panic!("test subscriber lagged by {missed} events"),
+                Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
+            },
+        }
+    }
+}
+
+/// Waits (bounded) until instance `id` reaches the status `wanted`, by watching events and
+/// re-reading the instance after each one.
+pub async fn wait_until(engine: &Engine, condition: impl Fn(&Engine) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !condition(engine) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within 30 s"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Awaits an outcome with a bound, so a broken engine fails the test instead of hanging it.
+pub async fn outcome_within(engine: &Engine, id: InstanceId) -> strata::Outcome {
+    tokio::time::timeout(Duration::from_secs(30), engine.outcome(id))
+        .await
+        .expect("instance did not finish within 30 s")
+        .expect("outcome")
+}
