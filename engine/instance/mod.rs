@@ -203,6 +203,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a finished record; `None` while it is live.
+    pub fn from_record(record: &InstanceRecord) -> Option<Outcome> {
+        Self::from_phase(&record.phase)
+    }
+
     pub(crate) fn from_phase(phase: &Phase) -> Option<Outcome> {
         match phase {
             Phase::Completed { output } => Some(Outcome::Completed(output.clone())),
