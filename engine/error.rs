@@ -72,6 +72,18 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// A signal's payload does not decode as the type its instance's version declared.
+    #[error("signal '{name}' to instance {id} does not decode as the payload {key} declares: {reason}; nothing was delivered")]
+    SignalDecode {
+        /// The instance.
+        id: InstanceId,
+        /// The signal.
+        name: String,
+        /// The instance's version.
+        key: VersionKey,
+        /// Why.
+        reason: String,
+    },
     /// A version or version requirement given by the caller does not parse.
     #[error(
         "'{version}' is not a valid version or requirement for workflow '{workflow}': {reason}"

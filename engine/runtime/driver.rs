@@ -356,17 +356,16 @@ impl Runtime {
             let slot = self.table.remove(id);
             let key = record.key.clone();
             let status = InstanceStatus::of_phase(&record.phase);
+            // Counters first, so that whoever is woken below sees them updated.
+            let change = delta.and_then(|delta| self.registry.apply(&key, &delta));
             if let Some(outcome) = Outcome::from_phase(&record.phase) {
                 for waiter in slot.map(|slot| slot.waiters).unwrap_or_default() {
                     let _ = waiter.send(outcome.clone());
                 }
             }
-            self.events.emit(Event::InstanceFinished {
-                id,
-                key: key.clone(),
-                status,
-            });
-            if let Some(change) = delta.and_then(|delta| self.registry.apply(&key, &delta)) {
+            self.events
+                .emit(Event::InstanceFinished { id, key, status });
+            if let Some(change) = change {
                 self.persist_status(change).await;
             }
             return;

@@ -400,8 +400,17 @@ impl Runtime {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
-        if self.table.with(id, |_| ()).is_none() {
+        let Some(key) = self.table.with(id, |slot| slot.record.key.clone()) else {
             return Err(self.not_live(id));
+        };
+        if let Some(code) = self.registry.code(&key) {
+            code.check_signal(name, &payload)
+                .map_err(|reason| EngineError::SignalDecode {
+                    id,
+                    name: name.to_string(),
+                    key: key.clone(),
+                    reason,
+                })?;
         }
         let signal = SignalRecord {
             instance: id,

@@ -121,8 +121,18 @@ pub struct WorkflowVersion<I, S, O> {
     init: Option<Arc<dyn Fn(I) -> S + Send + Sync>>,
     entry: Option<String>,
     steps: Vec<(String, StepDefinition<S, O>)>,
+    signals: HashMap<String, SignalCheck>,
     upgrade_policy: UpgradePolicy,
     default_retry: RetryPolicy,
+}
+
+/// Checks that a signal payload decodes as the declared type.
+type SignalCheck = fn(&[u8]) -> Result<(), String>;
+
+fn decodes_as<P: DeserializeOwned>(payload: &[u8]) -> Result<(), String> {
+    rmp_serde::from_slice::<P>(payload)
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 impl<I, S, O> WorkflowVersion<I, S, O>
@@ -140,6 +150,7 @@ where
             init: None,
             entry: None,
             steps: Vec::new(),
+            signals: HashMap::new(),
             upgrade_policy: UpgradePolicy::Pinned,
             default_retry: RetryPolicy::default(),
         }
@@ -195,6 +206,13 @@ where
         ));
         self.steps
             .push((name.into(), StepDefinition { run, retry }));
+        self
+    }
+
+    /// Declares the payload type of signal `name`: `Engine::signal` then refuses a payload that
+    /// does not decode as `P`, before storing it, so a malformed signal never reaches a step.
+    pub fn signal_type<P: DeserializeOwned>(mut self, name: impl Into<String>) -> Self {
+        self.signals.insert(name.into(), decodes_as::<P>);
         self
     }
 
@@ -254,6 +272,7 @@ where
             init,
             entry,
             steps,
+            signals: self.signals,
             upgrade_policy: self.upgrade_policy,
             fallback_retry: RetryPolicy::no_retry(),
         }))
@@ -289,6 +308,8 @@ pub(crate) trait VersionCode: Send + Sync + 'static {
     fn retry_policy(&self, step: &str) -> &RetryPolicy;
     #[allow(dead_code)] // read by the state-migration issue's AutoUpgrade
     fn upgrade_policy(&self) -> UpgradePolicy;
+    /// Checks a signal payload against the declared type of signal `name`, if one is declared.
+    fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String>;
     /// Decodes an input and builds the encoded initial state.
     fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String>;
     /// Runs the step named in `ctx` on the encoded state.
@@ -306,6 +327,7 @@ struct TypedVersion<I, S, O> {
     init: Arc<dyn Fn(I) -> S + Send + Sync>,
     entry: String,
     steps: HashMap<String, StepDefinition<S, O>>,
+    signals: HashMap<String, SignalCheck>,
     upgrade_policy: UpgradePolicy,
     fallback_retry: RetryPolicy,
 }
@@ -344,6 +366,12 @@ where
 
     fn upgrade_policy(&self) -> UpgradePolicy {
         self.upgrade_policy
+    }
+
+    fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String> {
+        self.signals
+            .get(name)
+            .map_or(Ok(()), |check| check(payload))
     }
 
     fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String> {

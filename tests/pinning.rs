@@ -1,0 +1,145 @@
+//! Invariant 1: an instance runs steps only of the version it started on — after a newer version
+//! is registered while it runs, and after a restart with more versions registered. New instances
+//! get the newest version, or the one the caller asks for.
+
+mod common;
+
+use common::*;
+use strata::{InstanceStatus, StartOptions};
+use strata_workflows::order::{self, OrderOutput, OrderState};
+
+async fn wait_for_payment_wait(engine: &strata::Engine, id: strata::InstanceId) {
+    wait_until(engine, |engine| {
+        engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(order::v1_0())
+        .open()
+        .await
+        .unwrap();
+    let mut old = Vec::new();
+    for n in 0..5 {
+        let input = small_order(n);
+        old.push((engine.start(order::WORKFLOW, &input).await.unwrap(), input));
+    }
+    for (id, _) in &old {
+        wait_for_payment_wait(&engine, *id).await;
+    }
+    engine.register(order::v2_0()).unwrap();
+    let input = small_order(100);
+    let new = engine.start(order::WORKFLOW, &input).await.unwrap();
+    assert_eq!(engine.instance(new).unwrap().version().to_string(), "2.0.0");
+    engine
+        .signal(new, order::PAYMENT_SIGNAL, &full_payment(&input))
+        .await
+        .unwrap();
+    for (id, input) in &old {
+        engine
+            .signal(*id, order::PAYMENT_SIGNAL, &full_payment(input))
+            .await
+            .unwrap();
+    }
+    for (id, _) in &old {
+        let output: OrderOutput = outcome_within(&engine, *id).await.output().unwrap();
+        assert_eq!(output.finished_on, "1.0.0");
+        let state: OrderState = engine.instance(*id).unwrap().state().unwrap();
+        assert_eq!(
+            state.history,
+            order::expected_history("1.0.0"),
+            "instance {id} ran a step of another version"
+        );
+    }
+    let output: OrderOutput = outcome_within(&engine, new).await.output().unwrap();
+    assert_eq!(output.finished_on, "2.0.0");
+    let state: OrderState = engine.instance(new).unwrap().state().unwrap();
+    assert_eq!(state.history, order::expected_history("2.0.0"));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_stay_on_their_version_across_a_restart_with_new_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(order::v1_0())
+        .open()
+        .await
+        .unwrap();
+    let mut old = Vec::new();
+    for n in 0..4 {
+        let input = small_order(n);
+        let id = engine.start(order::WORKFLOW, &input).await.unwrap();
+        wait_for_payment_wait(&engine, id).await;
+        old.push((id, input));
+    }
+    engine.shutdown().await;
+
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    for (id, input) in &old {
+        assert_eq!(engine.instance(*id).unwrap().version().to_string(), "1.0.0");
+        engine
+            .signal(*id, order::PAYMENT_SIGNAL, &full_payment(input))
+            .await
+            .unwrap();
+    }
+    let input = small_order(50);
+    let new = engine.start(order::WORKFLOW, &input).await.unwrap();
+    engine
+        .signal(new, order::PAYMENT_SIGNAL, &full_payment(&input))
+        .await
+        .unwrap();
+    for (id, _) in &old {
+        let output: OrderOutput = outcome_within(&engine, *id).await.output().unwrap();
+        assert_eq!(output.finished_on, "1.0.0");
+        assert!(
+            !output.customer_notified,
+            "a 1.1.0 step ran on a 1.0.0 instance"
+        );
+        let state: OrderState = engine.instance(*id).unwrap().state().unwrap();
+        assert_eq!(state.history, order::expected_history("1.0.0"));
+    }
+    let output: OrderOutput = outcome_within(&engine, new).await.output().unwrap();
+    assert_eq!(output.finished_on, "2.0.0");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_can_ask_for_a_version_by_requirement() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let start = |requirement: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let id = engine
+                .start_with(
+                    order::WORKFLOW,
+                    &small_order(1),
+                    StartOptions::new().version(requirement),
+                )
+                .await
+                .unwrap();
+            engine.instance(id).unwrap().version().to_string()
+        }
+    };
+    assert_eq!(start("^1").await, "1.1.0");
+    assert_eq!(start("=1.0.0").await, "1.0.0");
+    assert_eq!(start(">=1.1, <3").await, "2.0.0");
+    let input = small_order(7);
+    let id = engine
+        .start_with(order::WORKFLOW, &input, StartOptions::new().version("~1.1"))
+        .await
+        .unwrap();
+    engine
+        .signal(id, order::PAYMENT_SIGNAL, &full_payment(&input))
+        .await
+        .unwrap();
+    let output: OrderOutput = outcome_within(&engine, id).await.output().unwrap();
+    assert_eq!(output.finished_on, "1.1.0");
+    assert!(output.customer_notified, "1.1.0's additive step ran");
+    engine.shutdown().await;
+}
