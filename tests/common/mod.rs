@@ -77,8 +77,7 @@ pub async fn wait_for_event(
     }
 }
 
-/// Waits (bounded) until instance `id` reaches the status `wanted`, by watching events and
-/// re-reading the instance after each one.
+/// Waits (bounded) until `condition` holds, re-checking it every couple of milliseconds.
 pub async fn wait_until(engine: &Engine, condition: impl Fn(&Engine) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !condition(engine) {

@@ -1,0 +1,517 @@
+//! Bad input gets a clear typed error and loses nothing: unknown workflows, versions and
+//! instances, payloads that do not decode, corrupt records, panicking steps, a failing disk, a
+//! store of a newer format, invalid definitions.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use strata::instance::{InstanceRecord, StateEnvelope};
+use strata::registry::RegistryError;
+use strata::store::{CorruptRecord, Op, RecoveredState, SledStore, Store, StoreError, StoreStats};
+use strata::{
+    Engine, EngineError, Event, InstanceId, InstanceStatus, Next, RetryPolicy, StartOptions,
+    StepCtx, StepResult, WorkflowVersion,
+};
+use strata_workflows::order::{self, OrderOutput};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_workflows_versions_and_instances_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let error = engine.start("invoice", &1u32).await.unwrap_err();
+    assert!(
+        matches!(&error, EngineError::Registry(RegistryError::UnknownWorkflow { workflow }) if workflow == "invoice")
+    );
+    let error = engine
+        .start_with(
+            order::WORKFLOW,
+            &small_order(1),
+            StartOptions::new().version("^9"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            EngineError::Registry(RegistryError::NoRoutableVersion { .. })
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("1.0.0 (Active)"),
+        "the error lists the versions: {error}"
+    );
+    let error = engine
+        .start_with(
+            order::WORKFLOW,
+            &small_order(1),
+            StartOptions::new().version("one"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, EngineError::InvalidVersion { .. }),
+        "{error}"
+    );
+    let error = engine.drain(order::WORKFLOW, "7.0.0").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EngineError::Registry(RegistryError::UnknownVersion { .. })
+        ),
+        "{error}"
+    );
+    let error = engine
+        .signal(InstanceId(999), "payment", &())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EngineError::UnknownInstance {
+                id: InstanceId(999)
+            }
+        ),
+        "{error}"
+    );
+    let error = engine.cancel(InstanceId(999)).await.unwrap_err();
+    assert!(
+        matches!(error, EngineError::UnknownInstance { .. }),
+        "{error}"
+    );
+    assert!(
+        engine
+            .versions()
+            .iter()
+            .all(|info| info.counters.started == 0),
+        "nothing was started"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_to_finished_instances_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(order::v1_0())
+        .open()
+        .await
+        .unwrap();
+    let id = engine
+        .start(order::WORKFLOW, &small_order(1))
+        .await
+        .unwrap();
+    engine.cancel(id).await.unwrap();
+    assert_eq!(
+        engine.instance(id).unwrap().status,
+        InstanceStatus::Cancelled
+    );
+    let error = engine
+        .signal(id, order::PAYMENT_SIGNAL, &full_payment(&small_order(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, EngineError::InstanceFinished { .. }),
+        "{error}"
+    );
+    let error = engine.cancel(id).await.unwrap_err();
+    assert!(
+        matches!(error, EngineError::InstanceFinished { .. }),
+        "{error}"
+    );
+    let counters = engine.version(order::WORKFLOW, "1.0.0").unwrap().counters;
+    assert_eq!((counters.live, counters.cancelled), (0, 1));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_that_do_not_decode_are_refused_before_anything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(order::v1_0())
+        .open()
+        .await
+        .unwrap();
+    let error = engine
+        .start(order::WORKFLOW, "not an order")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, EngineError::InputDecode { .. }), "{error}");
+    assert_eq!(
+        engine
+            .version(order::WORKFLOW, "1.0.0")
+            .unwrap()
+            .counters
+            .started,
+        0
+    );
+
+    let input = small_order(1);
+    let id = engine.start(order::WORKFLOW, &input).await.unwrap();
+    wait_until(&engine, |engine| {
+        engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
+    })
+    .await;
+    let error = engine
+        .signal(id, order::PAYMENT_SIGNAL, &"a lot of money")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, EngineError::SignalDecode { name, .. } if name == "payment"),
+        "{error}"
+    );
+    assert_eq!(
+        engine.instance(id).unwrap().status,
+        InstanceStatus::WaitingSignal,
+        "the instance was disturbed"
+    );
+    engine
+        .signal(id, order::PAYMENT_SIGNAL, &full_payment(&input))
+        .await
+        .unwrap();
+    let output: OrderOutput = outcome_within(&engine, id).await.output().unwrap();
+    assert_eq!(output.status, "shipped");
+    engine.shutdown().await;
+}
+
+async fn panics_once(ctx: StepCtx, state: &mut u32) -> StepResult<u32> {
+    if ctx.attempt() == 1 {
+        panic!("boom on attempt {}", ctx.attempt());
+    }
+    *state += 1;
+    Ok(Next::complete(*state))
+}
+
+async fn always_panics(_ctx: StepCtx, _state: &mut u32) -> StepResult<u32> {
+    panic!("always broken");
+}
+
+fn panicky() -> WorkflowVersion<u32, u32, u32> {
+    let retry = RetryPolicy::exponential(3, Duration::from_millis(5));
+    WorkflowVersion::new("panicky", "1.0.0")
+        .init(|value: u32| value)
+        .default_retry(retry)
+        .step("panics_once", panics_once)
+}
+
+fn always_panicky() -> WorkflowVersion<u32, u32, u32> {
+    let retry = RetryPolicy::exponential(3, Duration::from_millis(5));
+    WorkflowVersion::new("always_panicky", "1.0.0")
+        .init(|value: u32| value)
+        .default_retry(retry)
+        .step("always_panics", always_panics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_step_is_a_failed_attempt_not_a_crashed_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(panicky())
+        .register(always_panicky())
+        .open()
+        .await
+        .unwrap();
+    let retried = engine.start("panicky", &1u32).await.unwrap();
+    let broken = engine.start("always_panicky", &1u32).await.unwrap();
+    let output: u32 = outcome_within(&engine, retried).await.output().unwrap();
+    assert_eq!(output, 2);
+    let outcome = outcome_within(&engine, broken).await;
+    let strata::Outcome::Failed(reason) = outcome else {
+        panic!("expected a failure, got {outcome:?}")
+    };
+    assert!(
+        reason.contains("attempt 3") && reason.contains("always broken"),
+        "{reason}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_quarantined_and_the_rest_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(order::v1_0())
+        .open()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = engine
+            .start(order::WORKFLOW, &small_order(n))
+            .await
+            .unwrap();
+        wait_until(&engine, |engine| {
+            engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
+        })
+        .await;
+        ids.push(id);
+    }
+    let damaged_state = engine.instance(ids[1]).unwrap().record;
+    engine.shutdown().await;
+    {
+        // Damage one record's bytes and another record's state, as a bad disk or a bug would.
+        let store = SledStore::open(dir.path()).unwrap();
+        let record = InstanceRecord {
+            state: StateEnvelope {
+                schema: 1,
+                bytes: vec![0xc1, 0x00],
+            },
+            ..damaged_state
+        };
+        store.apply(&[Op::PutInstance(record)]).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let db = sled::open(dir.path()).unwrap();
+        let mut key = b"i/".to_vec();
+        key.extend_from_slice(&ids[0].0.to_be_bytes());
+        db.insert(key, &b"\xff\xfe garbage"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let engine = builder(dir.path())
+        .register(order::v1_0())
+        .open()
+        .await
+        .unwrap();
+    let quarantined = engine.quarantined_records().unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].id, ids[0]);
+    // The damaged state is found when the step runs; only that instance stops.
+    let mut events = engine.subscribe();
+    engine
+        .signal(
+            ids[1],
+            order::PAYMENT_SIGNAL,
+            &full_payment(&small_order(1)),
+        )
+        .await
+        .unwrap();
+    let event = wait_for_event(&mut events, |event| {
+        matches!(event, Event::InstanceQuarantined { .. })
+    })
+    .await;
+    let Event::InstanceQuarantined { id, reason } = event else {
+        unreachable!()
+    };
+    assert_eq!(id, ids[1]);
+    assert!(reason.contains("does not decode"), "{reason}");
+    assert_eq!(
+        engine.instance(ids[1]).unwrap().status,
+        InstanceStatus::Quarantined
+    );
+    engine
+        .signal(
+            ids[2],
+            order::PAYMENT_SIGNAL,
+            &full_payment(&small_order(2)),
+        )
+        .await
+        .unwrap();
+    let output: OrderOutput = outcome_within(&engine, ids[2]).await.output().unwrap();
+    assert_eq!(output.status, "shipped");
+    // An operator can cancel the quarantined instance; the counts stay exact.
+    engine.cancel(ids[1]).await.unwrap();
+    engine.shutdown().await;
+}
+
+/// A store whose writes fail while `failing` is set, as with a full disk.
+struct FailingStore {
+    inner: SledStore,
+    failing: AtomicBool,
+    rejected: AtomicUsize,
+}
+
+impl Store for FailingStore {
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.rejected.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Backend {
+                operation: "apply",
+                message: "No space left on device (os error 28)".into(),
+            });
+        }
+        self.inner.apply(ops)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn recover(&self) -> Result<RecoveredState, StoreError> {
+        self.inner.recover()
+    }
+    fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        self.inner.load_instance(id)
+    }
+    fn finished_instances(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.inner.finished_instances(keep, limit)
+    }
+    fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
+        self.inner.quarantined()
+    }
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+}
+
+async fn count_then_nap(_ctx: StepCtx, state: &mut u32) -> StepResult<u32> {
+    *state += 1;
+    Ok(Next::sleep(Duration::from_millis(100), "finish"))
+}
+
+async fn finish(_ctx: StepCtx, state: &mut u32) -> StepResult<u32> {
+    *state += 100;
+    Ok(Next::complete(*state))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_keeps_instances_at_their_last_committed_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FailingStore {
+        inner: SledStore::open(dir.path()).unwrap(),
+        failing: AtomicBool::new(false),
+        rejected: AtomicUsize::new(0),
+    });
+    let version = WorkflowVersion::new("napper", "1.0.0")
+        .init(|value: u32| value)
+        .step("count_then_nap", count_then_nap)
+        .step("finish", finish);
+    let engine = Engine::builder()
+        .store(store.clone())
+        .commit_retry_delay(Duration::from_millis(20))
+        .register(version)
+        .open()
+        .await
+        .unwrap();
+    let id = engine.start("napper", &0u32).await.unwrap();
+    wait_until(&engine, |engine| {
+        engine.instance(id).unwrap().status == InstanceStatus::Sleeping
+    })
+    .await;
+    store.failing.store(true, Ordering::SeqCst);
+    let error = engine.start("napper", &0u32).await.unwrap_err();
+    assert!(
+        matches!(&error, EngineError::Store(StoreError::Backend { .. })),
+        "{error}"
+    );
+    assert!(error.to_string().contains("No space left"), "{error}");
+    // The nap ends and `finish` runs, but its commit fails (again and again): the instance stays
+    // at its last committed step.
+    let rejected = store.rejected.load(Ordering::SeqCst);
+    wait_until(&engine, |_| {
+        store.rejected.load(Ordering::SeqCst) >= rejected + 3
+    })
+    .await;
+    let record = engine.instance(id).unwrap().record;
+    assert_eq!((record.step.as_str(), record.visits), ("finish", 1));
+    assert_eq!(engine.instance(id).unwrap().state::<u32>().unwrap(), 1);
+    assert_eq!(
+        engine.version("napper", "1.0.0").unwrap().counters.started,
+        1
+    );
+    store.failing.store(false, Ordering::SeqCst);
+    let output: u32 = outcome_within(&engine, id).await.output().unwrap();
+    assert_eq!(
+        output, 101,
+        "a step's effect on the state was committed more than once"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"m/format", rmp_serde::to_vec(&99u32).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let Err(error) = builder_with_all(dir.path()).open().await else {
+        panic!("opened a store of format 99")
+    };
+    assert!(
+        matches!(
+            error,
+            EngineError::Store(StoreError::NewerFormat { found: 99, .. })
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("upgrade Strata"), "{error}");
+}
+
+async fn noop(_ctx: StepCtx, _state: &mut u32) -> StepResult<u32> {
+    Ok(Next::complete(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_definitions_are_refused_at_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path()).open().await.unwrap();
+    let cases: Vec<(WorkflowVersion<u32, u32, u32>, &str)> = vec![
+        (
+            WorkflowVersion::new("w", "one").init(|v| v).step("a", noop),
+            "not a semantic version",
+        ),
+        (
+            WorkflowVersion::new("w", "1.0.0").init(|v| v),
+            "at least one step",
+        ),
+        (WorkflowVersion::new("w", "1.0.0").step("a", noop), ".init"),
+        (
+            WorkflowVersion::new("w", "1.0.0")
+                .init(|v| v)
+                .step("a", noop)
+                .step("a", noop),
+            "defined twice",
+        ),
+        (
+            WorkflowVersion::new("w", "1.0.0")
+                .init(|v| v)
+                .step("a", noop)
+                .entry("b"),
+            "entry step 'b'",
+        ),
+        (
+            WorkflowVersion::new(" ", "1.0.0")
+                .init(|v| v)
+                .step("a", noop),
+            "non-empty name",
+        ),
+    ];
+    for (version, expected) in cases {
+        let error = engine.register(version).unwrap_err();
+        assert!(matches!(error, EngineError::Definition(_)), "{error}");
+        assert!(
+            error.to_string().contains(expected),
+            "'{error}' does not say '{expected}'"
+        );
+    }
+    engine
+        .register(
+            WorkflowVersion::new("w", "1.0.0")
+                .init(|v: u32| v)
+                .step("a", noop),
+        )
+        .unwrap();
+    let error = engine
+        .register(
+            WorkflowVersion::new("w", "1.0.0")
+                .init(|v: u32| v)
+                .step("a", noop),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EngineError::Registry(RegistryError::AlreadyRegistered { .. })
+        ),
+        "{error}"
+    );
+    engine.shutdown().await;
+}
