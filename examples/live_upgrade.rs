@@ -24,8 +24,20 @@ fn order_input(n: u64) -> OrderInput {
         format!("A-{n:03}"),
         format!("customer-{}", n % 9),
         vec![
-            Line { sku: "kettle".into(), quantity: 1, unit_price_cents: 3_900 },
-            Line { sku: if n % 5 == 0 { "flaky-mug".into() } else { "mug".into() }, quantity: 2, unit_price_cents: 850 },
+            Line {
+                sku: "kettle".into(),
+                quantity: 1,
+                unit_price_cents: 3_900,
+            },
+            Line {
+                sku: if n % 5 == 0 {
+                    "flaky-mug".into()
+                } else {
+                    "mug".into()
+                },
+                quantity: 2,
+                unit_price_cents: 850,
+            },
         ],
     );
     input.warehouse_delay_ms = 1_000 + (n % 4) * 700;
@@ -35,13 +47,21 @@ fn order_input(n: u64) -> OrderInput {
 }
 
 fn payment(state: &OrderState) -> Payment {
-    Payment { amount_cents: state.input.total_cents(), reference: format!("pay-{}", state.input.order_id) }
+    Payment {
+        amount_cents: state.input.total_cents(),
+        reference: format!("pay-{}", state.input.order_id),
+    }
 }
 
 fn print_table(engine: &Engine, elapsed: Duration) {
-    println!("  t={:>5.1}s  version        status     live  completed  failed  oldest live", elapsed.as_secs_f64());
+    println!(
+        "  t={:>5.1}s  version        status     live  completed  failed  oldest live",
+        elapsed.as_secs_f64()
+    );
     for info in engine.versions() {
-        let oldest = info.oldest_live.map_or("-".to_string(), |(id, _)| format!("#{id}"));
+        let oldest = info
+            .oldest_live
+            .map_or("-".to_string(), |(id, _)| format!("#{id}"));
         let status = format!("{:?}", info.status);
         println!(
             "           {:<14} {:<10} {:>4}  {:>9}  {:>6}  {}",
@@ -56,7 +76,9 @@ fn print_table(engine: &Engine, elapsed: Duration) {
 }
 
 async fn pay(engine: &Engine, id: InstanceId) {
-    let Ok(info) = engine.instance(id) else { return };
+    let Ok(info) = engine.instance(id) else {
+        return;
+    };
     if info.status.is_terminal() {
         return;
     }
@@ -64,7 +86,10 @@ async fn pay(engine: &Engine, id: InstanceId) {
     if state.input.payment_timeout_ms < 10_000 {
         return; // this customer never pays
     }
-    if let Err(error) = engine.signal(id, order::PAYMENT_SIGNAL, &payment(&state)).await {
+    if let Err(error) = engine
+        .signal(id, order::PAYMENT_SIGNAL, &payment(&state))
+        .await
+    {
         eprintln!("signal to #{id} failed: {error}");
     }
 }
@@ -72,8 +97,15 @@ async fn pay(engine: &Engine, id: InstanceId) {
 /// Process 1: only 1.0.0 is deployed.
 async fn run_first_deployment(dir: &Path) -> Result<(), strata::EngineError> {
     let started = Instant::now();
-    let engine = Engine::builder().data_dir(dir).register(order::v1_0()).open().await?;
-    println!("process 1 (pid {}): order 1.0.0 deployed", std::process::id());
+    let engine = Engine::builder()
+        .data_dir(dir)
+        .register(order::v1_0())
+        .open()
+        .await?;
+    println!(
+        "process 1 (pid {}): order 1.0.0 deployed",
+        std::process::id()
+    );
     let mut ids = Vec::new();
     for n in 0..OLD_ORDERS {
         ids.push(engine.start(order::WORKFLOW, &order_input(n)).await?);
@@ -83,17 +115,24 @@ async fn run_first_deployment(dir: &Path) -> Result<(), strata::EngineError> {
         pay(&engine, *id).await;
     }
     let waiting = |engine: &Engine| {
-        engine.list(&InstanceFilter::workflow(order::WORKFLOW)).map(|all| {
-            let mut counts: HashMap<InstanceStatus, usize> = HashMap::new();
-            for info in all {
-                *counts.entry(info.status).or_default() += 1;
-            }
-            counts
-        })
+        engine
+            .list(&InstanceFilter::workflow(order::WORKFLOW))
+            .map(|all| {
+                let mut counts: HashMap<InstanceStatus, usize> = HashMap::new();
+                for info in all {
+                    *counts.entry(info.status).or_default() += 1;
+                }
+                counts
+            })
     };
     let mut events = engine.subscribe();
     // Let the paid orders reach the warehouse step before the process goes away.
-    while waiting(&engine)?.get(&InstanceStatus::Sleeping).copied().unwrap_or(0) < (OLD_ORDERS / 2) as usize {
+    while waiting(&engine)?
+        .get(&InstanceStatus::Sleeping)
+        .copied()
+        .unwrap_or(0)
+        < (OLD_ORDERS / 2) as usize
+    {
         let _ = tokio::time::timeout(Duration::from_millis(50), events.recv()).await;
     }
     print_table(&engine, started.elapsed());
@@ -111,11 +150,26 @@ async fn run_first_deployment(dir: &Path) -> Result<(), strata::EngineError> {
 /// Process 2: 2.0.0 is deployed beside 1.0.0 on the same store.
 async fn run_second_deployment(dir: &Path) -> Result<(), strata::EngineError> {
     let started = Instant::now();
-    let engine = Engine::builder().data_dir(dir).register(order::v1_0()).register(order::v2_0()).open().await?;
+    let engine = Engine::builder()
+        .data_dir(dir)
+        .register(order::v1_0())
+        .register(order::v2_0())
+        .open()
+        .await?;
     let mut events = engine.subscribe();
-    println!("process 2 (pid {}): order 1.0.0 and 2.0.0 deployed, same data directory", std::process::id());
-    let old: Vec<InstanceId> = engine.list(&InstanceFilter::workflow(order::WORKFLOW))?.iter().map(|info| info.id()).collect();
-    println!("recovered {} live orders, all pinned to 1.0.0; draining 1.0.0\n", engine.live_instances());
+    println!(
+        "process 2 (pid {}): order 1.0.0 and 2.0.0 deployed, same data directory",
+        std::process::id()
+    );
+    let old: Vec<InstanceId> = engine
+        .list(&InstanceFilter::workflow(order::WORKFLOW))?
+        .iter()
+        .map(|info| info.id())
+        .collect();
+    println!(
+        "recovered {} live orders, all pinned to 1.0.0; draining 1.0.0\n",
+        engine.live_instances()
+    );
     engine.drain(order::WORKFLOW, "1.0.0").await?;
     let mut new = Vec::new();
     for n in 0..NEW_ORDERS {
@@ -157,14 +211,20 @@ async fn run_second_deployment(dir: &Path) -> Result<(), strata::EngineError> {
     for (is_old, ids) in [(true, &old), (false, &new)] {
         for id in ids {
             let output: OrderOutput = engine.output(*id).await?;
-            *finished_on.entry((is_old, output.finished_on, output.status)).or_default() += 1;
+            *finished_on
+                .entry((is_old, output.finished_on, output.status))
+                .or_default() += 1;
         }
     }
     println!();
     let mut lines: Vec<_> = finished_on.into_iter().collect();
     lines.sort();
     for ((is_old, version, status), count) in lines.into_iter().rev() {
-        let group = if is_old { "started before the deploy" } else { "started after the deploy " };
+        let group = if is_old {
+            "started before the deploy"
+        } else {
+            "started after the deploy "
+        };
         println!("  {count:>3} orders {group} finished on {version}: {status}");
     }
     let info = engine.version(order::WORKFLOW, "1.0.0")?;
@@ -184,7 +244,10 @@ fn run_phase(phase: &str, dir: &Path) {
         .arg(dir)
         .status()
         .expect("start the deployment process");
-    assert!(status.success(), "deployment process '{phase}' failed: {status}");
+    assert!(
+        status.success(),
+        "deployment process '{phase}' failed: {status}"
+    );
 }
 
 #[tokio::main]
