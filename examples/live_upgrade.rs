@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata::{Engine, Event, InstanceFilter, InstanceId, InstanceStatus, VersionStatus};
+use strata::{Engine, Event, InstanceFilter, InstanceId, InstanceStatus};
 use strata_workflows::order::{self, Line, OrderInput, OrderOutput, OrderState, Payment};
 
 const OLD_ORDERS: u64 = 40;
