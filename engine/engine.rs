@@ -104,8 +104,7 @@ impl EngineBuilder {
         S: Serialize + DeserializeOwned + Send + 'static,
         O: Serialize + Send + 'static,
     {
-        self.codes
-            .push(version.into_code().map_err(EngineError::from));
+        self.codes.push(version.into_code().map_err(EngineError::from));
         self
     }
 
@@ -162,10 +161,7 @@ impl Engine {
     }
 
     /// Registers a workflow version while running; resumes instances parked for it.
-    pub fn register<I, S, O>(
-        &self,
-        version: WorkflowVersion<I, S, O>,
-    ) -> Result<VersionKey, EngineError>
+    pub fn register<I, S, O>(&self, version: WorkflowVersion<I, S, O>) -> Result<VersionKey, EngineError>
     where
         I: DeserializeOwned + Send + 'static,
         S: Serialize + DeserializeOwned + Send + 'static,
@@ -175,13 +171,8 @@ impl Engine {
     }
 
     /// Starts an instance of `workflow` on its newest active version.
-    pub async fn start<I: Serialize + ?Sized>(
-        &self,
-        workflow: &str,
-        input: &I,
-    ) -> Result<InstanceId, EngineError> {
-        self.start_with(workflow, input, StartOptions::default())
-            .await
+    pub async fn start<I: Serialize + ?Sized>(&self, workflow: &str, input: &I) -> Result<InstanceId, EngineError> {
+        self.start_with(workflow, input, StartOptions::default()).await
     }
 
     /// Starts an instance with options (routing key, version requirement).
@@ -193,13 +184,13 @@ impl Engine {
     ) -> Result<InstanceId, EngineError> {
         let request = match &options.version {
             None => VersionRequest::Newest,
-            Some(text) => VersionRequest::Matching(VersionReq::parse(text).map_err(|error| {
-                EngineError::InvalidVersion {
+            Some(text) => {
+                VersionRequest::Matching(VersionReq::parse(text).map_err(|error| EngineError::InvalidVersion {
                     workflow: workflow.to_string(),
                     version: text.clone(),
                     reason: error.to_string(),
-                }
-            })?),
+                })?)
+            }
         };
         let input = encode("input", input)?;
         self.runtime
@@ -244,11 +235,7 @@ impl Engine {
     }
 
     /// Like [`Engine::list`], at most `limit` instances.
-    pub fn list_limited(
-        &self,
-        filter: &InstanceFilter,
-        limit: usize,
-    ) -> Result<Vec<InstanceInfo>, EngineError> {
+    pub fn list_limited(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<InstanceInfo>, EngineError> {
         self.runtime.list(filter, limit)
     }
 
@@ -260,16 +247,13 @@ impl Engine {
     /// One version's residency figures.
     pub fn version(&self, workflow: &str, version: &str) -> Result<VersionInfo, EngineError> {
         let key = VersionKey::new(workflow, parse_version(workflow, version)?);
-        self.versions()
-            .into_iter()
-            .find(|info| info.key == key)
-            .ok_or_else(|| {
-                crate::registry::RegistryError::UnknownVersion {
-                    known: self.runtime.registry.describe_workflow(workflow),
-                    key,
-                }
-                .into()
-            })
+        self.versions().into_iter().find(|info| info.key == key).ok_or_else(|| {
+            crate::registry::RegistryError::UnknownVersion {
+                known: self.runtime.registry.describe_workflow(workflow),
+                key,
+            }
+            .into()
+        })
     }
 
     /// Stops new instances reaching a version; it becomes `Drained` when its last instance ends.

@@ -55,9 +55,7 @@ pub enum EngineError {
         reason: String,
     },
     /// A value could not be decoded.
-    #[error(
-        "the {what} does not decode: {reason}; check that the type matches the workflow version's"
-    )]
+    #[error("the {what} does not decode: {reason}; check that the type matches the workflow version's")]
     Decode {
         /// What.
         what: &'static str,
@@ -85,9 +83,7 @@ pub enum EngineError {
         reason: String,
     },
     /// A version or version requirement given by the caller does not parse.
-    #[error(
-        "'{version}' is not a valid version or requirement for workflow '{workflow}': {reason}"
-    )]
+    #[error("'{version}' is not a valid version or requirement for workflow '{workflow}': {reason}")]
     InvalidVersion {
         /// The workflow.
         workflow: String,

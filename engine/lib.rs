@@ -27,6 +27,5 @@ pub use runtime::Durability;
 pub use semver::Version;
 pub use store::{SledStore, Store, StoreError};
 pub use workflow::{
-    DefinitionError, Next, RetryPolicy, StepCtx, StepError, StepResult, UpgradePolicy, WakeReason,
-    WorkflowVersion,
+    DefinitionError, Next, RetryPolicy, StepCtx, StepError, StepResult, UpgradePolicy, WakeReason, WorkflowVersion,
 };

@@ -30,11 +30,7 @@ fn order_input(n: u64) -> OrderInput {
                 unit_price_cents: 3_900,
             },
             Line {
-                sku: if n % 5 == 0 {
-                    "flaky-mug".into()
-                } else {
-                    "mug".into()
-                },
+                sku: if n % 5 == 0 { "flaky-mug".into() } else { "mug".into() },
                 quantity: 2,
                 unit_price_cents: 850,
             },
@@ -59,9 +55,7 @@ fn print_table(engine: &Engine, elapsed: Duration) {
         elapsed.as_secs_f64()
     );
     for info in engine.versions() {
-        let oldest = info
-            .oldest_live
-            .map_or("-".to_string(), |(id, _)| format!("#{id}"));
+        let oldest = info.oldest_live.map_or("-".to_string(), |(id, _)| format!("#{id}"));
         let status = format!("{:?}", info.status);
         println!(
             "           {:<14} {:<10} {:>4}  {:>9}  {:>6}  {}",
@@ -86,10 +80,7 @@ async fn pay(engine: &Engine, id: InstanceId) {
     if state.input.payment_timeout_ms < 10_000 {
         return; // this customer never pays
     }
-    if let Err(error) = engine
-        .signal(id, order::PAYMENT_SIGNAL, &payment(&state))
-        .await
-    {
+    if let Err(error) = engine.signal(id, order::PAYMENT_SIGNAL, &payment(&state)).await {
         eprintln!("signal to #{id} failed: {error}");
     }
 }
@@ -97,15 +88,8 @@ async fn pay(engine: &Engine, id: InstanceId) {
 /// Process 1: only 1.0.0 is deployed.
 async fn run_first_deployment(dir: &Path) -> Result<(), strata::EngineError> {
     let started = Instant::now();
-    let engine = Engine::builder()
-        .data_dir(dir)
-        .register(order::v1_0())
-        .open()
-        .await?;
-    println!(
-        "process 1 (pid {}): order 1.0.0 deployed",
-        std::process::id()
-    );
+    let engine = Engine::builder().data_dir(dir).register(order::v1_0()).open().await?;
+    println!("process 1 (pid {}): order 1.0.0 deployed", std::process::id());
     let mut ids = Vec::new();
     for n in 0..OLD_ORDERS {
         ids.push(engine.start(order::WORKFLOW, &order_input(n)).await?);
@@ -115,24 +99,17 @@ async fn run_first_deployment(dir: &Path) -> Result<(), strata::EngineError> {
         pay(&engine, *id).await;
     }
     let waiting = |engine: &Engine| {
-        engine
-            .list(&InstanceFilter::workflow(order::WORKFLOW))
-            .map(|all| {
-                let mut counts: HashMap<InstanceStatus, usize> = HashMap::new();
-                for info in all {
-                    *counts.entry(info.status).or_default() += 1;
-                }
-                counts
-            })
+        engine.list(&InstanceFilter::workflow(order::WORKFLOW)).map(|all| {
+            let mut counts: HashMap<InstanceStatus, usize> = HashMap::new();
+            for info in all {
+                *counts.entry(info.status).or_default() += 1;
+            }
+            counts
+        })
     };
     let mut events = engine.subscribe();
     // Let the paid orders reach the warehouse step before the process goes away.
-    while waiting(&engine)?
-        .get(&InstanceStatus::Sleeping)
-        .copied()
-        .unwrap_or(0)
-        < (OLD_ORDERS / 2) as usize
-    {
+    while waiting(&engine)?.get(&InstanceStatus::Sleeping).copied().unwrap_or(0) < (OLD_ORDERS / 2) as usize {
         let _ = tokio::time::timeout(Duration::from_millis(50), events.recv()).await;
     }
     print_table(&engine, started.elapsed());
@@ -244,10 +221,7 @@ fn run_phase(phase: &str, dir: &Path) {
         .arg(dir)
         .status()
         .expect("start the deployment process");
-    assert!(
-        status.success(),
-        "deployment process '{phase}' failed: {status}"
-    );
+    assert!(status.success(), "deployment process '{phase}' failed: {status}");
 }
 
 #[tokio::main]

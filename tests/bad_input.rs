@@ -13,8 +13,8 @@ use strata::instance::{InstanceRecord, StateEnvelope};
 use strata::registry::RegistryError;
 use strata::store::{CorruptRecord, Op, RecoveredState, SledStore, Store, StoreError, StoreStats};
 use strata::{
-    Engine, EngineError, Event, InstanceId, InstanceStatus, Next, RetryPolicy, StartOptions,
-    StepCtx, StepResult, WorkflowVersion,
+    Engine, EngineError, Event, InstanceId, InstanceStatus, Next, RetryPolicy, StartOptions, StepCtx, StepResult,
+    WorkflowVersion,
 };
 use strata_workflows::order::{self, OrderOutput};
 
@@ -27,18 +27,11 @@ async fn unknown_workflows_versions_and_instances_are_named() {
         matches!(&error, EngineError::Registry(RegistryError::UnknownWorkflow { workflow }) if workflow == "invoice")
     );
     let error = engine
-        .start_with(
-            order::WORKFLOW,
-            &small_order(1),
-            StartOptions::new().version("^9"),
-        )
+        .start_with(order::WORKFLOW, &small_order(1), StartOptions::new().version("^9"))
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            &error,
-            EngineError::Registry(RegistryError::NoRoutableVersion { .. })
-        ),
+        matches!(&error, EngineError::Registry(RegistryError::NoRoutableVersion { .. })),
         "{error}"
     );
     assert!(
@@ -46,48 +39,24 @@ async fn unknown_workflows_versions_and_instances_are_named() {
         "the error lists the versions: {error}"
     );
     let error = engine
-        .start_with(
-            order::WORKFLOW,
-            &small_order(1),
-            StartOptions::new().version("one"),
-        )
+        .start_with(order::WORKFLOW, &small_order(1), StartOptions::new().version("one"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, EngineError::InvalidVersion { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, EngineError::InvalidVersion { .. }), "{error}");
     let error = engine.drain(order::WORKFLOW, "7.0.0").await.unwrap_err();
     assert!(
-        matches!(
-            error,
-            EngineError::Registry(RegistryError::UnknownVersion { .. })
-        ),
+        matches!(error, EngineError::Registry(RegistryError::UnknownVersion { .. })),
         "{error}"
     );
-    let error = engine
-        .signal(InstanceId(999), "payment", &())
-        .await
-        .unwrap_err();
+    let error = engine.signal(InstanceId(999), "payment", &()).await.unwrap_err();
     assert!(
-        matches!(
-            error,
-            EngineError::UnknownInstance {
-                id: InstanceId(999)
-            }
-        ),
+        matches!(error, EngineError::UnknownInstance { id: InstanceId(999) }),
         "{error}"
     );
     let error = engine.cancel(InstanceId(999)).await.unwrap_err();
+    assert!(matches!(error, EngineError::UnknownInstance { .. }), "{error}");
     assert!(
-        matches!(error, EngineError::UnknownInstance { .. }),
-        "{error}"
-    );
-    assert!(
-        engine
-            .versions()
-            .iter()
-            .all(|info| info.counters.started == 0),
+        engine.versions().iter().all(|info| info.counters.started == 0),
         "nothing was started"
     );
     engine.shutdown().await;
@@ -96,33 +65,17 @@ async fn unknown_workflows_versions_and_instances_are_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_to_finished_instances_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
-    let id = engine
-        .start(order::WORKFLOW, &small_order(1))
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+    let id = engine.start(order::WORKFLOW, &small_order(1)).await.unwrap();
     engine.cancel(id).await.unwrap();
-    assert_eq!(
-        engine.instance(id).unwrap().status,
-        InstanceStatus::Cancelled
-    );
+    assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::Cancelled);
     let error = engine
         .signal(id, order::PAYMENT_SIGNAL, &full_payment(&small_order(1)))
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, EngineError::InstanceFinished { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, EngineError::InstanceFinished { .. }), "{error}");
     let error = engine.cancel(id).await.unwrap_err();
-    assert!(
-        matches!(error, EngineError::InstanceFinished { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, EngineError::InstanceFinished { .. }), "{error}");
     let counters = engine.version(order::WORKFLOW, "1.0.0").unwrap().counters;
     assert_eq!((counters.live, counters.cancelled), (0, 1));
     engine.shutdown().await;
@@ -131,24 +84,10 @@ async fn signals_to_finished_instances_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_that_do_not_decode_are_refused_before_anything_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
-    let error = engine
-        .start(order::WORKFLOW, "not an order")
-        .await
-        .unwrap_err();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+    let error = engine.start(order::WORKFLOW, "not an order").await.unwrap_err();
     assert!(matches!(error, EngineError::InputDecode { .. }), "{error}");
-    assert_eq!(
-        engine
-            .version(order::WORKFLOW, "1.0.0")
-            .unwrap()
-            .counters
-            .started,
-        0
-    );
+    assert_eq!(engine.version(order::WORKFLOW, "1.0.0").unwrap().counters.started, 0);
 
     let input = small_order(1);
     let id = engine.start(order::WORKFLOW, &input).await.unwrap();
@@ -233,17 +172,10 @@ async fn a_panicking_step_is_a_failed_attempt_not_a_crashed_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_record_is_quarantined_and_the_rest_run() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
     let mut ids = Vec::new();
     for n in 0..3 {
-        let id = engine
-            .start(order::WORKFLOW, &small_order(n))
-            .await
-            .unwrap();
+        let id = engine.start(order::WORKFLOW, &small_order(n)).await.unwrap();
         wait_until(&engine, |engine| {
             engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
         })
@@ -271,43 +203,25 @@ async fn a_corrupt_record_is_quarantined_and_the_rest_run() {
         db.insert(key, &b"\xff\xfe garbage"[..]).unwrap();
         db.flush().unwrap();
     }
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
     let quarantined = engine.quarantined_records().unwrap();
     assert_eq!(quarantined.len(), 1);
     assert_eq!(quarantined[0].id, ids[0]);
     // The damaged state is found when the step runs; only that instance stops.
     let mut events = engine.subscribe();
     engine
-        .signal(
-            ids[1],
-            order::PAYMENT_SIGNAL,
-            &full_payment(&small_order(1)),
-        )
+        .signal(ids[1], order::PAYMENT_SIGNAL, &full_payment(&small_order(1)))
         .await
         .unwrap();
-    let event = wait_for_event(&mut events, |event| {
-        matches!(event, Event::InstanceQuarantined { .. })
-    })
-    .await;
+    let event = wait_for_event(&mut events, |event| matches!(event, Event::InstanceQuarantined { .. })).await;
     let Event::InstanceQuarantined { id, reason } = event else {
         unreachable!()
     };
     assert_eq!(id, ids[1]);
     assert!(reason.contains("does not decode"), "{reason}");
-    assert_eq!(
-        engine.instance(ids[1]).unwrap().status,
-        InstanceStatus::Quarantined
-    );
+    assert_eq!(engine.instance(ids[1]).unwrap().status, InstanceStatus::Quarantined);
     engine
-        .signal(
-            ids[2],
-            order::PAYMENT_SIGNAL,
-            &full_payment(&small_order(2)),
-        )
+        .signal(ids[2], order::PAYMENT_SIGNAL, &full_payment(&small_order(2)))
         .await
         .unwrap();
     let output: OrderOutput = outcome_within(&engine, ids[2]).await.output().unwrap();
@@ -403,23 +317,14 @@ async fn a_failing_disk_keeps_instances_at_their_last_committed_step() {
     // The nap ends and `finish` runs, but its commit fails (again and again): the instance stays
     // at its last committed step.
     let rejected = store.rejected.load(Ordering::SeqCst);
-    wait_until(&engine, |_| {
-        store.rejected.load(Ordering::SeqCst) >= rejected + 3
-    })
-    .await;
+    wait_until(&engine, |_| store.rejected.load(Ordering::SeqCst) >= rejected + 3).await;
     let record = engine.instance(id).unwrap().record;
     assert_eq!((record.step.as_str(), record.visits), ("finish", 1));
     assert_eq!(engine.instance(id).unwrap().state::<u32>().unwrap(), 1);
-    assert_eq!(
-        engine.version("napper", "1.0.0").unwrap().counters.started,
-        1
-    );
+    assert_eq!(engine.version("napper", "1.0.0").unwrap().counters.started, 1);
     store.failing.store(false, Ordering::SeqCst);
     let output: u32 = outcome_within(&engine, id).await.output().unwrap();
-    assert_eq!(
-        output, 101,
-        "a step's effect on the state was committed more than once"
-    );
+    assert_eq!(output, 101, "a step's effect on the state was committed more than once");
     engine.shutdown().await;
 }
 
@@ -428,18 +333,14 @@ async fn a_store_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();
-        db.insert(b"m/format", rmp_serde::to_vec(&99u32).unwrap())
-            .unwrap();
+        db.insert(b"m/format", rmp_serde::to_vec(&99u32).unwrap()).unwrap();
         db.flush().unwrap();
     }
     let Err(error) = builder_with_all(dir.path()).open().await else {
         panic!("opened a store of format 99")
     };
     assert!(
-        matches!(
-            error,
-            EngineError::Store(StoreError::NewerFormat { found: 99, .. })
-        ),
+        matches!(error, EngineError::Store(StoreError::NewerFormat { found: 99, .. })),
         "{error}"
     );
     assert!(error.to_string().contains("upgrade Strata"), "{error}");
@@ -458,10 +359,7 @@ async fn invalid_definitions_are_refused_at_registration() {
             WorkflowVersion::new("w", "one").init(|v| v).step("a", noop),
             "not a semantic version",
         ),
-        (
-            WorkflowVersion::new("w", "1.0.0").init(|v| v),
-            "at least one step",
-        ),
+        (WorkflowVersion::new("w", "1.0.0").init(|v| v), "at least one step"),
         (WorkflowVersion::new("w", "1.0.0").step("a", noop), ".init"),
         (
             WorkflowVersion::new("w", "1.0.0")
@@ -478,9 +376,7 @@ async fn invalid_definitions_are_refused_at_registration() {
             "entry step 'b'",
         ),
         (
-            WorkflowVersion::new(" ", "1.0.0")
-                .init(|v| v)
-                .step("a", noop),
+            WorkflowVersion::new(" ", "1.0.0").init(|v| v).step("a", noop),
             "non-empty name",
         ),
     ];
@@ -493,24 +389,13 @@ async fn invalid_definitions_are_refused_at_registration() {
         );
     }
     engine
-        .register(
-            WorkflowVersion::new("w", "1.0.0")
-                .init(|v: u32| v)
-                .step("a", noop),
-        )
+        .register(WorkflowVersion::new("w", "1.0.0").init(|v: u32| v).step("a", noop))
         .unwrap();
     let error = engine
-        .register(
-            WorkflowVersion::new("w", "1.0.0")
-                .init(|v: u32| v)
-                .step("a", noop),
-        )
+        .register(WorkflowVersion::new("w", "1.0.0").init(|v: u32| v).step("a", noop))
         .unwrap_err();
     assert!(
-        matches!(
-            error,
-            EngineError::Registry(RegistryError::AlreadyRegistered { .. })
-        ),
+        matches!(error, EngineError::Registry(RegistryError::AlreadyRegistered { .. })),
         "{error}"
     );
     engine.shutdown().await;

@@ -9,11 +9,7 @@ use strata_workflows::order::{self, Line, OrderOutput, OrderState};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_completes_through_signal_sleep_and_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
     let mut input = small_order(1);
     input.lines.push(Line {
         sku: "flaky-lamp".into(),

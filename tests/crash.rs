@@ -25,21 +25,12 @@ use strata_workflows::{ledger, onboarding, order};
 const CHILD_DIR: &str = "STRATA_CRASH_CHILD_DIR";
 const TARGET_INSTANCES: u64 = 450;
 const KILLS: usize = 60;
-const LEDGER_ENTRIES: i64 = 200;
+const LEDGER_ENTRIES: u32 = 200;
 
 fn ledger_input(ordinal: u64) -> LedgerInput {
-    let amounts = (0..LEDGER_ENTRIES)
-        .map(|entry| {
-            if entry % 3 == 0 {
-                -(entry + ordinal as i64)
-            } else {
-                entry * 10
-            }
-        })
-        .collect();
     LedgerInput {
         account: ordinal,
-        amounts,
+        entries: LEDGER_ENTRIES,
     }
 }
 
@@ -83,11 +74,7 @@ async fn crash_child() {
     for info in live {
         signal_if_needed(&engine, info.id(), info.workflow(), &info).await;
     }
-    let already: u64 = engine
-        .versions()
-        .iter()
-        .map(|info| info.counters.started)
-        .sum();
+    let already: u64 = engine.versions().iter().map(|info| info.counters.started).sum();
     let next = Arc::new(std::sync::atomic::AtomicU64::new(already));
     let mut starters = Vec::new();
     for _ in 0..8 {
@@ -101,16 +88,8 @@ async fn crash_child() {
                 }
                 let id = match ordinal % 3 {
                     0 => engine.start(ledger::WORKFLOW, &ledger_input(ordinal)).await,
-                    1 => {
-                        engine
-                            .start(order::WORKFLOW, &common::small_order(ordinal))
-                            .await
-                    }
-                    _ => {
-                        engine
-                            .start(onboarding::WORKFLOW, &onboarding_input(ordinal))
-                            .await
-                    }
+                    1 => engine.start(order::WORKFLOW, &common::small_order(ordinal)).await,
+                    _ => engine.start(onboarding::WORKFLOW, &onboarding_input(ordinal)).await,
                 }
                 .expect("child: start");
                 println!("STRATA started {id}");
@@ -130,18 +109,11 @@ async fn crash_child() {
     engine.shutdown().await;
 }
 
-async fn signal_if_needed(
-    engine: &strata::Engine,
-    id: InstanceId,
-    workflow: &str,
-    info: &strata::InstanceInfo,
-) {
+async fn signal_if_needed(engine: &strata::Engine, id: InstanceId, workflow: &str, info: &strata::InstanceInfo) {
     let result = match workflow {
         order::WORKFLOW => {
             let state: OrderState = info.state().unwrap();
-            engine
-                .signal(id, order::PAYMENT_SIGNAL, &payment_for(&state))
-                .await
+            engine.signal(id, order::PAYMENT_SIGNAL, &payment_for(&state)).await
         }
         onboarding::WORKFLOW => {
             let state: OnboardingState = info.state().unwrap();
@@ -227,15 +199,9 @@ fn check_invariants(snapshot: &Snapshot, acknowledged: &HashSet<u64>) {
     for (key, stored) in &snapshot.counters {
         let counted = recount.get(key).copied().unwrap_or_default();
         assert_eq!(stored.live, counted.live, "{key}: live counter");
-        assert_eq!(
-            stored.completed, counted.completed,
-            "{key}: completed counter"
-        );
+        assert_eq!(stored.completed, counted.completed, "{key}: completed counter");
         assert_eq!(stored.failed, counted.failed, "{key}: failed counter");
-        assert_eq!(
-            stored.cancelled, counted.cancelled,
-            "{key}: cancelled counter"
-        );
+        assert_eq!(stored.cancelled, counted.cancelled, "{key}: cancelled counter");
         assert_eq!(
             stored.started,
             counted.live + counted.completed + counted.failed + counted.cancelled,
@@ -243,19 +209,13 @@ fn check_invariants(snapshot: &Snapshot, acknowledged: &HashSet<u64>) {
         );
     }
     for key in recount.keys() {
-        assert!(
-            snapshot.counters.contains_key(key),
-            "{key} has records but no counters"
-        );
+        assert!(snapshot.counters.contains_key(key), "{key} has records but no counters");
     }
 }
 
 fn check_outcome(record: &InstanceRecord) {
     let Some(Outcome::Completed(output)) = Outcome::from_record(record) else {
-        panic!(
-            "instance {} did not complete: {:?}",
-            record.id, record.phase
-        );
+        panic!("instance {} did not complete: {:?}", record.id, record.phase);
     };
     let state = &record.state.bytes;
     match record.key.workflow.as_str() {
@@ -291,10 +251,10 @@ fn check_outcome(record: &InstanceRecord) {
         _ => {
             let balance: i64 = rmp_serde::from_slice(&output).unwrap();
             let state: LedgerState = rmp_serde::from_slice(state).unwrap();
-            let expected: i64 = ledger_input(state.account).amounts.iter().sum();
+            let expected = ledger::expected_balance(state.account, LEDGER_ENTRIES);
             assert_eq!(balance, expected, "ledger {} balance", state.account);
             assert_eq!(
-                state.posted as i64, LEDGER_ENTRIES,
+                state.posted, LEDGER_ENTRIES,
                 "ledger {} posted each entry once",
                 state.account
             );
@@ -302,19 +262,9 @@ fn check_outcome(record: &InstanceRecord) {
     }
 }
 
-fn run_child(
-    dir: &Path,
-    acknowledged: &Arc<Mutex<HashSet<u64>>>,
-    kill_after: Option<Duration>,
-) -> bool {
+fn run_child(dir: &Path, acknowledged: &Arc<Mutex<HashSet<u64>>>, kill_after: Option<Duration>) -> bool {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -18,11 +18,7 @@ async fn wait_for_payment_wait(engine: &strata::Engine, id: strata::InstanceId) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
     let mut old = Vec::new();
     for n in 0..5 {
         let input = small_order(n);
@@ -65,11 +61,7 @@ async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_stay_on_their_version_across_a_restart_with_new_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
     let mut old = Vec::new();
     for n in 0..4 {
         let input = small_order(n);
@@ -96,10 +88,7 @@ async fn instances_stay_on_their_version_across_a_restart_with_new_versions() {
     for (id, _) in &old {
         let output: OrderOutput = outcome_within(&engine, *id).await.output().unwrap();
         assert_eq!(output.finished_on, "1.0.0");
-        assert!(
-            !output.customer_notified,
-            "a 1.1.0 step ran on a 1.0.0 instance"
-        );
+        assert!(!output.customer_notified, "a 1.1.0 step ran on a 1.0.0 instance");
         let state: OrderState = engine.instance(*id).unwrap().state().unwrap();
         assert_eq!(state.history, order::expected_history("1.0.0"));
     }

@@ -12,11 +12,7 @@ use strata_workflows::order::{self, OrderOutput};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
     let mut old = Vec::new();
     for n in 0..3 {
         let input = small_order(n);
@@ -39,29 +35,17 @@ async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
     assert!(!info.safe_to_remove());
     // A draining version takes no new instance, even when asked for by exact version.
     let refused = engine
-        .start_with(
-            order::WORKFLOW,
-            &small_order(9),
-            StartOptions::new().version("=1.0.0"),
-        )
+        .start_with(order::WORKFLOW, &small_order(9), StartOptions::new().version("=1.0.0"))
         .await;
     assert!(
         matches!(
             refused,
-            Err(EngineError::Registry(
-                RegistryError::NoRoutableVersion { .. }
-            ))
+            Err(EngineError::Registry(RegistryError::NoRoutableVersion { .. }))
         ),
         "{refused:?}"
     );
-    let routed = engine
-        .start(order::WORKFLOW, &small_order(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.instance(routed).unwrap().version().to_string(),
-        "2.0.0"
-    );
+    let routed = engine.start(order::WORKFLOW, &small_order(10)).await.unwrap();
+    assert_eq!(engine.instance(routed).unwrap().version().to_string(), "2.0.0");
 
     for (index, (id, input)) in old.iter().enumerate() {
         engine
@@ -73,25 +57,15 @@ async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
         let remaining = (old.len() - index - 1) as u64;
         assert_eq!(info.counters.live, remaining);
         if remaining > 0 {
-            assert_eq!(
-                info.status,
-                VersionStatus::Draining,
-                "drained with {remaining} live"
-            );
+            assert_eq!(info.status, VersionStatus::Draining, "drained with {remaining} live");
         }
     }
-    let drained = wait_for_event(&mut events, |event| {
-        matches!(event, Event::VersionDrained { .. })
-    })
-    .await;
+    let drained = wait_for_event(&mut events, |event| matches!(event, Event::VersionDrained { .. })).await;
     let Event::VersionDrained { key, counters } = drained else {
         unreachable!()
     };
     assert_eq!(key.to_string(), "order@1.0.0");
-    assert_eq!(
-        (counters.live, counters.completed, counters.started),
-        (0, 3, 3)
-    );
+    assert_eq!((counters.live, counters.completed, counters.started), (0, 3, 3));
     let info = engine.version(order::WORKFLOW, "1.0.0").unwrap();
     assert_eq!(info.status, VersionStatus::Drained);
     assert!(info.safe_to_remove());
@@ -110,10 +84,7 @@ async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
         engine.version(order::WORKFLOW, "1.0.0").unwrap().status,
         VersionStatus::Retired
     );
-    let id = engine
-        .start(order::WORKFLOW, &small_order(11))
-        .await
-        .unwrap();
+    let id = engine.start(order::WORKFLOW, &small_order(11)).await.unwrap();
     assert_eq!(engine.instance(id).unwrap().version().to_string(), "2.0.0");
     engine.shutdown().await;
 }
@@ -121,15 +92,8 @@ async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_with_live_instances_cannot_be_retired() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
-    let id = engine
-        .start(order::WORKFLOW, &small_order(1))
-        .await
-        .unwrap();
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+    let id = engine.start(order::WORKFLOW, &small_order(1)).await.unwrap();
     let error = engine.retire(order::WORKFLOW, "1.0.0").await.unwrap_err();
     assert!(
         matches!(
@@ -139,9 +103,7 @@ async fn a_version_with_live_instances_cannot_be_retired() {
         "unexpected: {error}"
     );
     assert!(
-        error
-            .to_string()
-            .contains("order@1.0.0 still has 1 live instance"),
+        error.to_string().contains("order@1.0.0 still has 1 live instance"),
         "{error}"
     );
     assert_eq!(
@@ -170,16 +132,11 @@ async fn draining_an_idle_version_drains_it_at_once() {
         engine.drain(order::WORKFLOW, "1.0.0").await.unwrap(),
         VersionStatus::Drained
     );
-    assert!(engine
-        .version(order::WORKFLOW, "1.0.0")
-        .unwrap()
-        .safe_to_remove());
+    assert!(engine.version(order::WORKFLOW, "1.0.0").unwrap().safe_to_remove());
     engine.shutdown().await;
 }
 
-async fn store_with_two_waiting_v1_orders(
-    dir: &std::path::Path,
-) -> Vec<(strata::InstanceId, order::OrderInput)> {
+async fn store_with_two_waiting_v1_orders(dir: &std::path::Path) -> Vec<(strata::InstanceId, order::OrderInput)> {
     let engine = builder(dir).register(order::v1_0()).open().await.unwrap();
     let mut waiting = Vec::new();
     for n in 0..2 {
@@ -206,28 +163,11 @@ async fn opening_without_the_code_of_live_instances_fails_naming_them() {
         panic!("unexpected error: {error}")
     };
     assert_eq!(missing.len(), 1);
-    assert_eq!(
-        (missing[0].0.to_string(), missing[0].1),
-        ("order@1.0.0".to_string(), 2)
-    );
-    assert!(
-        error.to_string().contains("order@1.0.0 (2 live)"),
-        "{error}"
-    );
+    assert_eq!((missing[0].0.to_string(), missing[0].1), ("order@1.0.0".to_string(), 2));
+    assert!(error.to_string().contains("order@1.0.0 (2 live)"), "{error}");
     // Nothing was changed: with the code registered the store opens and the instances finish.
-    let engine = builder(dir.path())
-        .register(order::v1_0())
-        .open()
-        .await
-        .unwrap();
-    assert_eq!(
-        engine
-            .version(order::WORKFLOW, "1.0.0")
-            .unwrap()
-            .counters
-            .live,
-        2
-    );
+    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+    assert_eq!(engine.version(order::WORKFLOW, "1.0.0").unwrap().counters.live, 2);
     engine.shutdown().await;
 }
 

@@ -146,10 +146,7 @@ pub enum Phase {
 impl Phase {
     /// Whether the instance has finished.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Phase::Completed { .. } | Phase::Failed { .. } | Phase::Cancelled
-        )
+        matches!(self, Phase::Completed { .. } | Phase::Failed { .. } | Phase::Cancelled)
     }
 
     /// The wall-clock time (ms) at which a timer must look at the instance, if any.
@@ -221,15 +218,11 @@ impl Outcome {
     /// output does not decode as `O`.
     pub fn output<O: DeserializeOwned>(&self) -> Result<O, EngineError> {
         match self {
-            Outcome::Completed(bytes) => {
-                rmp_serde::from_slice(bytes).map_err(|error| EngineError::Decode {
-                    what: "output",
-                    reason: error.to_string(),
-                })
-            }
-            Outcome::Failed(reason) => Err(EngineError::InstanceFailed {
-                reason: reason.clone(),
+            Outcome::Completed(bytes) => rmp_serde::from_slice(bytes).map_err(|error| EngineError::Decode {
+                what: "output",
+                reason: error.to_string(),
             }),
+            Outcome::Failed(reason) => Err(EngineError::InstanceFailed { reason: reason.clone() }),
             Outcome::Cancelled => Err(EngineError::InstanceCancelled),
         }
     }
@@ -360,13 +353,8 @@ impl InstanceFilter {
     }
 
     pub(crate) fn matches_key(&self, key: &VersionKey) -> bool {
-        self.workflow
-            .as_deref()
-            .is_none_or(|workflow| workflow == key.workflow)
-            && self
-                .version
-                .as_ref()
-                .is_none_or(|version| *version == key.version)
+        self.workflow.as_deref().is_none_or(|workflow| workflow == key.workflow)
+            && self.version.as_ref().is_none_or(|version| *version == key.version)
     }
 
     /// Whether only finished instances can match.

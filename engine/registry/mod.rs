@@ -88,8 +88,7 @@ pub struct VersionInfo {
 impl VersionInfo {
     /// Whether the version's code can be deleted: no live instance and no new one can arrive.
     pub fn safe_to_remove(&self) -> bool {
-        matches!(self.status, VersionStatus::Drained | VersionStatus::Retired)
-            && self.counters.live == 0
+        matches!(self.status, VersionStatus::Drained | VersionStatus::Retired) && self.counters.live == 0
     }
 }
 
@@ -150,20 +149,12 @@ fn describe(versions: &HashMap<VersionKey, VersionEntry>, workflow: &str) -> Str
     if known.is_empty() {
         return "none".to_string();
     }
-    known
-        .into_iter()
-        .map(|(_, text)| text)
-        .collect::<Vec<_>>()
-        .join(", ")
+    known.into_iter().map(|(_, text)| text).collect::<Vec<_>>().join(", ")
 }
 
 impl Registry {
     /// Loads persisted statuses and counters, before any code is registered.
-    pub fn load(
-        &self,
-        statuses: Vec<(VersionKey, VersionStatus)>,
-        counters: Vec<(VersionKey, VersionCounters)>,
-    ) {
+    pub fn load(&self, statuses: Vec<(VersionKey, VersionStatus)>, counters: Vec<(VersionKey, VersionCounters)>) {
         let mut versions = self.versions.write();
         for (key, value) in counters {
             versions
@@ -183,9 +174,9 @@ impl Registry {
     pub fn register(&self, code: Arc<dyn VersionCode>) -> Result<VersionKey, RegistryError> {
         let key = VersionKey::new(code.workflow().to_string(), (**code.version()).clone());
         let mut versions = self.versions.write();
-        let entry = versions.entry(key.clone()).or_insert_with(|| {
-            VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default())
-        });
+        let entry = versions
+            .entry(key.clone())
+            .or_insert_with(|| VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default()));
         if entry.code.is_some() {
             return Err(RegistryError::AlreadyRegistered { key });
         }
@@ -195,18 +186,12 @@ impl Registry {
 
     /// The code of a version, if registered.
     pub fn code(&self, key: &VersionKey) -> Option<Arc<dyn VersionCode>> {
-        self.versions
-            .read()
-            .get(key)
-            .and_then(|entry| entry.code.clone())
+        self.versions.read().get(key).and_then(|entry| entry.code.clone())
     }
 
     /// Whether a version's code is registered.
     pub fn is_registered(&self, key: &VersionKey) -> bool {
-        self.versions
-            .read()
-            .get(key)
-            .is_some_and(|entry| entry.code.is_some())
+        self.versions.read().get(key).is_some_and(|entry| entry.code.is_some())
     }
 
     /// Picks the version a new instance of `workflow` starts on and reserves a start on it, so it
@@ -223,9 +208,7 @@ impl Registry {
             });
         }
         let candidates = versions.iter().filter(|(key, entry)| {
-            key.workflow == workflow
-                && entry.code.is_some()
-                && entry.status == VersionStatus::Active
+            key.workflow == workflow && entry.code.is_some() && entry.status == VersionStatus::Active
         });
         let chosen = routing::pick(candidates.map(|(key, _)| &key.version), request).cloned();
         let Some(version) = chosen else {
@@ -236,12 +219,10 @@ impl Registry {
             });
         };
         let key = VersionKey::new(workflow, version);
-        let entry = versions
-            .get_mut(&key)
-            .ok_or_else(|| RegistryError::UnknownVersion {
-                key: key.clone(),
-                known: String::new(),
-            })?;
+        let entry = versions.get_mut(&key).ok_or_else(|| RegistryError::UnknownVersion {
+            key: key.clone(),
+            known: String::new(),
+        })?;
         entry.starting += 1;
         entry.code.clone().ok_or(RegistryError::UnknownVersion {
             key,
@@ -250,11 +231,7 @@ impl Registry {
     }
 
     /// Ends a reservation; `committed_at_ms` is the start time if the start was committed.
-    pub fn end_start(
-        &self,
-        key: &VersionKey,
-        committed_at_ms: Option<u64>,
-    ) -> Option<StatusChange> {
+    pub fn end_start(&self, key: &VersionKey, committed_at_ms: Option<u64>) -> Option<StatusChange> {
         let mut versions = self.versions.write();
         let entry = versions.get_mut(key)?;
         entry.starting = entry.starting.saturating_sub(1);
@@ -267,9 +244,9 @@ impl Registry {
     /// Applies a committed counter change; returns the change to `Drained` if it caused one.
     pub fn apply(&self, key: &VersionKey, delta: &CounterDelta) -> Option<StatusChange> {
         let mut versions = self.versions.write();
-        let entry = versions.entry(key.clone()).or_insert_with(|| {
-            VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default())
-        });
+        let entry = versions
+            .entry(key.clone())
+            .or_insert_with(|| VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default()));
         entry.counters.apply(delta);
         Self::settle(key, entry)
     }
@@ -291,12 +268,10 @@ impl Registry {
     pub fn drain(&self, key: &VersionKey) -> Result<Option<StatusChange>, RegistryError> {
         let mut versions = self.versions.write();
         let known = describe(&versions, &key.workflow);
-        let entry = versions
-            .get_mut(key)
-            .ok_or_else(|| RegistryError::UnknownVersion {
-                key: key.clone(),
-                known,
-            })?;
+        let entry = versions.get_mut(key).ok_or_else(|| RegistryError::UnknownVersion {
+            key: key.clone(),
+            known,
+        })?;
         if entry.status != VersionStatus::Active {
             return Ok(None);
         }
@@ -316,12 +291,10 @@ impl Registry {
     pub fn retire(&self, key: &VersionKey) -> Result<Option<StatusChange>, RegistryError> {
         let mut versions = self.versions.write();
         let known = describe(&versions, &key.workflow);
-        let entry = versions
-            .get_mut(key)
-            .ok_or_else(|| RegistryError::UnknownVersion {
-                key: key.clone(),
-                known,
-            })?;
+        let entry = versions.get_mut(key).ok_or_else(|| RegistryError::UnknownVersion {
+            key: key.clone(),
+            known,
+        })?;
         if !entry.is_empty() {
             return Err(RegistryError::LiveInstances {
                 key: key.clone(),
@@ -374,10 +347,7 @@ impl Registry {
     /// Whether any version of `workflow` is known.
     #[allow(dead_code)]
     pub fn knows_workflow(&self, workflow: &str) -> bool {
-        self.versions
-            .read()
-            .keys()
-            .any(|key| key.workflow == workflow)
+        self.versions.read().keys().any(|key| key.workflow == workflow)
     }
 }
 

@@ -26,10 +26,7 @@ impl fmt::Display for VersionRequest {
 }
 
 /// The newest of `candidates` (versions that may take new instances) that fits `request`.
-pub(crate) fn pick<'a>(
-    candidates: impl Iterator<Item = &'a Version>,
-    request: &VersionRequest,
-) -> Option<&'a Version> {
+pub(crate) fn pick<'a>(candidates: impl Iterator<Item = &'a Version>, request: &VersionRequest) -> Option<&'a Version> {
     candidates
         .filter(|version| match request {
             VersionRequest::Newest => true,
@@ -53,9 +50,7 @@ mod tests {
     fn newest_is_the_highest_candidate() {
         let versions = versions();
         assert_eq!(
-            pick(versions.iter(), &VersionRequest::Newest)
-                .unwrap()
-                .to_string(),
+            pick(versions.iter(), &VersionRequest::Newest).unwrap().to_string(),
             "2.0.0"
         );
     }

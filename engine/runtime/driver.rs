@@ -78,13 +78,8 @@ fn plan(slot: &super::table::Slot, now: u64) -> Plan {
     match &slot.record.phase {
         Phase::Ready { wake } => run(wake_from_persisted(wake), None),
         Phase::Sleeping { until_ms } if now >= *until_ms => run(WakeReason::TimerFired, None),
-        Phase::RetryBackoff { until_ms, wake } if now >= *until_ms => {
-            run(wake_from_persisted(wake), None)
-        }
-        Phase::WaitingSignal {
-            name,
-            timeout_at_ms,
-        } => {
+        Phase::RetryBackoff { until_ms, wake } if now >= *until_ms => run(wake_from_persisted(wake), None),
+        Phase::WaitingSignal { name, timeout_at_ms } => {
             if let Some(signal) = slot.inbox.iter().find(|signal| signal.name == *name) {
                 let wake = WakeReason::Signal {
                     name: name.clone(),
@@ -290,11 +285,7 @@ impl Runtime {
         self.commit_record(record, ops, None).await;
     }
 
-    async fn commit_transition(
-        self: &Arc<Self>,
-        record: InstanceRecord,
-        consumed_signal: Option<u64>,
-    ) {
+    async fn commit_transition(self: &Arc<Self>, record: InstanceRecord, consumed_signal: Option<u64>) {
         let mut ops = Vec::with_capacity(3);
         if let Some(seq) = consumed_signal {
             ops.push(Op::DeleteSignal {
@@ -326,12 +317,7 @@ impl Runtime {
     }
 
     /// Commits `record` with `ops`; on success makes it the instance's state in memory.
-    async fn commit_record(
-        self: &Arc<Self>,
-        record: InstanceRecord,
-        mut ops: Vec<Op>,
-        consumed_signal: Option<u64>,
-    ) {
+    async fn commit_record(self: &Arc<Self>, record: InstanceRecord, mut ops: Vec<Op>, consumed_signal: Option<u64>) {
         let id = record.id;
         let terminal = record.phase.is_terminal();
         let due = record.phase.timer_due_ms();
@@ -346,10 +332,8 @@ impl Runtime {
         ops.push(Op::PutInstance(record.clone()));
         if let Err(error) = self.committer.commit(ops).await {
             tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
-            self.timers.arm(
-                now_ms() + self.options.commit_retry_delay.as_millis() as u64,
-                id,
-            );
+            self.timers
+                .arm(now_ms() + self.options.commit_retry_delay.as_millis() as u64, id);
             return;
         }
         if terminal {
@@ -363,8 +347,7 @@ impl Runtime {
                     let _ = waiter.send(outcome.clone());
                 }
             }
-            self.events
-                .emit(Event::InstanceFinished { id, key, status });
+            self.events.emit(Event::InstanceFinished { id, key, status });
             if let Some(change) = change {
                 self.persist_status(change).await;
             }
@@ -417,11 +400,7 @@ fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn Versi
                 until_ms: after(duration),
             },
         ),
-        Next::WaitSignal {
-            name,
-            then,
-            timeout,
-        } => go(
+        Next::WaitSignal { name, then, timeout } => go(
             record,
             then,
             Phase::WaitingSignal {

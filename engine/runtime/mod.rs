@@ -21,8 +21,8 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::error::EngineError;
 use crate::instance::{
-    InstanceFilter, InstanceId, InstanceInfo, InstanceRecord, InstanceStatus, Outcome,
-    PersistedWake, Phase, StateEnvelope, VersionKey, RECORD_FORMAT,
+    InstanceFilter, InstanceId, InstanceInfo, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase,
+    StateEnvelope, VersionKey, RECORD_FORMAT,
 };
 use crate::observe::{Event, EventBus};
 use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
@@ -75,12 +75,11 @@ impl Runtime {
         options: RuntimeOptions,
     ) -> Result<Arc<Runtime>, EngineError> {
         let recovered = store.recover()?;
-        let committer = Committer::start(store.clone(), options.durability).map_err(|error| {
-            crate::store::StoreError::Backend {
+        let committer =
+            Committer::start(store.clone(), options.durability).map_err(|error| crate::store::StoreError::Backend {
                 operation: "start commit thread",
                 message: error.to_string(),
-            }
-        })?;
+            })?;
         let runtime = Arc::new(Runtime {
             store,
             registry: Registry::default(),
@@ -101,10 +100,7 @@ impl Runtime {
             runtime.committer.close();
             return Err(error);
         }
-        tokio::spawn(Self::run_timers(
-            Arc::downgrade(&runtime),
-            runtime.timers.clone(),
-        ));
+        tokio::spawn(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
         runtime.arm_all();
         Ok(runtime)
     }
@@ -180,10 +176,7 @@ impl Runtime {
     }
 
     /// Makes the stored live counters equal the live records, should they ever differ.
-    async fn reconcile_counters(
-        &self,
-        live_by_version: &HashMap<VersionKey, u64>,
-    ) -> Result<(), EngineError> {
+    async fn reconcile_counters(&self, live_by_version: &HashMap<VersionKey, u64>) -> Result<(), EngineError> {
         let mut fixes = Vec::new();
         for info in self.registry.snapshot() {
             let actual = live_by_version.get(&info.key).copied().unwrap_or(0);
@@ -213,9 +206,7 @@ impl Runtime {
         let mut ready = Vec::new();
         self.table.for_each(|slot| match &slot.record.phase {
             Phase::Ready { .. } => ready.push(slot.record.id),
-            Phase::WaitingSignal { name, .. }
-                if slot.inbox.iter().any(|signal| signal.name == *name) =>
-            {
+            Phase::WaitingSignal { name, .. } if slot.inbox.iter().any(|signal| signal.name == *name) => {
                 ready.push(slot.record.id)
             }
             phase => {
@@ -365,9 +356,7 @@ impl Runtime {
             },
         ];
         let committed = self.committer.commit(ops).await;
-        let change = self
-            .registry
-            .end_start(&key, committed.is_ok().then_some(now));
+        let change = self.registry.end_start(&key, committed.is_ok().then_some(now));
         if let Some(change) = change {
             self.persist_status(change).await;
         }
@@ -391,12 +380,7 @@ impl Runtime {
     }
 
     /// Delivers a signal durably; the instance consumes it when it waits for that name.
-    pub async fn signal(
-        self: &Arc<Self>,
-        id: InstanceId,
-        name: &str,
-        payload: Vec<u8>,
-    ) -> Result<(), EngineError> {
+    pub async fn signal(self: &Arc<Self>, id: InstanceId, name: &str, payload: Vec<u8>) -> Result<(), EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
@@ -418,14 +402,9 @@ impl Runtime {
             name: name.to_string(),
             payload,
         };
-        self.committer
-            .commit(vec![Op::PutSignal(signal.clone())])
-            .await?;
+        self.committer.commit(vec![Op::PutSignal(signal.clone())]).await?;
         let seq = signal.seq;
-        let delivered = self
-            .table
-            .with(id, |slot| slot.inbox.push(signal))
-            .is_some();
+        let delivered = self.table.with(id, |slot| slot.inbox.push(signal)).is_some();
         if !delivered {
             // The instance finished while the signal was being stored: take it back.
             self.committer
@@ -464,11 +443,7 @@ impl Runtime {
     /// Resolves with the instance's outcome when it finishes.
     pub async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
         let (sender, receiver) = oneshot::channel();
-        if self
-            .table
-            .with(id, |slot| slot.waiters.push(sender))
-            .is_some()
-        {
+        if self.table.with(id, |slot| slot.waiters.push(sender)).is_some() {
             return receiver.await.map_err(|_| EngineError::ShuttingDown);
         }
         match self.store.load_instance(id)? {
@@ -506,11 +481,7 @@ impl Runtime {
     }
 
     /// Instances matching `filter`, live ones first, each group in id order.
-    pub fn list(
-        &self,
-        filter: &InstanceFilter,
-        limit: usize,
-    ) -> Result<Vec<InstanceInfo>, EngineError> {
+    pub fn list(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<InstanceInfo>, EngineError> {
         let mut found = Vec::new();
         if !filter.wants_only_terminal() {
             self.table.for_each(|slot| {
@@ -531,9 +502,7 @@ impl Runtime {
                         .status
                         .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
             };
-            let finished = self
-                .store
-                .finished_instances(&mut keep, limit - found.len())?;
+            let finished = self.store.finished_instances(&mut keep, limit - found.len())?;
             found.extend(finished.into_iter().map(|record| InstanceInfo {
                 status: InstanceStatus::of_phase(&record.phase),
                 record,
@@ -564,13 +533,9 @@ impl Runtime {
     }
 
     /// Registers code after open and resumes the instances parked for it.
-    pub fn register(
-        self: &Arc<Self>,
-        code: Arc<dyn VersionCode>,
-    ) -> Result<VersionKey, EngineError> {
+    pub fn register(self: &Arc<Self>, code: Arc<dyn VersionCode>) -> Result<VersionKey, EngineError> {
         let key = self.registry.register(code)?;
-        self.events
-            .emit(Event::VersionRegistered { key: key.clone() });
+        self.events.emit(Event::VersionRegistered { key: key.clone() });
         let mut resumed = Vec::new();
         self.table.for_each(|slot| {
             if slot.parked && slot.record.key == key {

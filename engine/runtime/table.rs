@@ -64,9 +64,7 @@ impl InstanceTable {
 
     /// Inserts a slot.
     pub fn insert(&self, slot: Slot) {
-        self.shard(slot.record.id)
-            .lock()
-            .insert(slot.record.id, slot);
+        self.shard(slot.record.id).lock().insert(slot.record.id, slot);
     }
 
     /// Runs `action` on a slot under its shard's lock; `None` if the instance is not live here.

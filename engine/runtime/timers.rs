@@ -29,9 +29,7 @@ impl TimerQueue {
     /// Asks for `id` to be woken at `due_ms` (ms since the Unix epoch).
     pub fn arm(&self, due_ms: u64, id: InstanceId) {
         let mut heap = self.heap.lock();
-        let earliest = heap
-            .peek()
-            .is_none_or(|Reverse((first, _))| due_ms < *first);
+        let earliest = heap.peek().is_none_or(|Reverse((first, _))| due_ms < *first);
         heap.push(Reverse((due_ms, id)));
         drop(heap);
         if earliest {

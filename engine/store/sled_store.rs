@@ -16,9 +16,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    CorruptRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, VersionCounters,
-};
+use super::{CorruptRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, VersionCounters};
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use crate::registry::VersionStatus;
 
@@ -122,10 +120,7 @@ impl SledStore {
             })?;
         let data_file = File::open(path.join("db")).map_err(|error| StoreError::Backend {
             operation: "open",
-            message: format!(
-                "cannot open sled's data file in {}: {error}",
-                path.display()
-            ),
+            message: format!("cannot open sled's data file in {}: {error}", path.display()),
         })?;
         match db.get(FORMAT_KEY).map_err(backend("read format"))? {
             Some(bytes) => {
@@ -179,11 +174,7 @@ impl SledStore {
         }
     }
 
-    fn collect<T: DeserializeOwned>(
-        &self,
-        prefix: &[u8],
-        what: &'static str,
-    ) -> Result<Vec<T>, StoreError> {
+    fn collect<T: DeserializeOwned>(&self, prefix: &[u8], what: &'static str) -> Result<Vec<T>, StoreError> {
         let mut values = Vec::new();
         for item in self.db.scan_prefix(prefix) {
             let (_, value) = item.map_err(backend("scan"))?;
@@ -214,10 +205,7 @@ impl Store for SledStore {
                     }
                 }
                 Op::PutSignal(signal) => {
-                    batch.insert(
-                        signal_key(signal.instance, signal.seq),
-                        encode("signal", signal)?,
-                    );
+                    batch.insert(signal_key(signal.instance, signal.seq), encode("signal", signal)?);
                 }
                 Op::DeleteSignal { instance, seq } => batch.remove(signal_key(*instance, *seq)),
                 Op::AdjustCounters { key, delta } => {
@@ -231,25 +219,16 @@ impl Store for SledStore {
                         key: key.clone(),
                         status: *status,
                     };
-                    batch.insert(
-                        version_key(STATUSES, key),
-                        encode("version status", &entry)?,
-                    );
+                    batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
                 }
                 Op::QuarantineRecord { id, reason } => {
-                    let raw = self
-                        .db
-                        .get(id_key(LIVE, *id))
-                        .map_err(backend("quarantine"))?;
+                    let raw = self.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
                     let entry = QuarantineEntry {
                         reason: reason.clone(),
                         raw: raw.map(|raw| raw.to_vec()).unwrap_or_default(),
                     };
                     batch.remove(id_key(LIVE, *id));
-                    batch.insert(
-                        id_key(QUARANTINED, *id),
-                        encode("quarantine entry", &entry)?,
-                    );
+                    batch.insert(id_key(QUARANTINED, *id), encode("quarantine entry", &entry)?);
                 }
             }
         }
@@ -270,12 +249,10 @@ impl Store for SledStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(backend("flush"))?;
-        self.data_file
-            .sync_data()
-            .map_err(|error| StoreError::Backend {
-                operation: "fdatasync",
-                message: error.to_string(),
-            })?;
+        self.data_file.sync_data().map_err(|error| StoreError::Backend {
+            operation: "fdatasync",
+            message: error.to_string(),
+        })?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -297,10 +274,7 @@ impl Store for SledStore {
                 }),
                 Ok(record) if record.id != id => state.corrupt.push(CorruptRecord {
                     id,
-                    reason: format!(
-                        "record says it is instance {} but is stored as {id}",
-                        record.id
-                    ),
+                    reason: format!("record says it is instance {} but is stored as {id}", record.id),
                 }),
                 Ok(record) => state.live.push(record),
                 Err(reason) => state.corrupt.push(CorruptRecord { id, reason }),
@@ -323,28 +297,17 @@ impl Store for SledStore {
             .max(self.max_id(FINISHED)?)
             .max(self.max_id(QUARANTINED)?);
         state.next_instance_id = highest + 1;
-        state.next_signal_seq = state
-            .signals
-            .iter()
-            .map(|signal| signal.seq + 1)
-            .max()
-            .unwrap_or(1);
+        state.next_signal_seq = state.signals.iter().map(|signal| signal.seq + 1).max().unwrap_or(1);
         Ok(state)
     }
 
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
         for prefix in [LIVE, FINISHED] {
-            if let Some(bytes) = self
-                .db
-                .get(id_key(prefix, id))
-                .map_err(backend("load instance"))?
-            {
-                return decode(&bytes)
-                    .map(Some)
-                    .map_err(|message| StoreError::Backend {
-                        operation: "load instance",
-                        message,
-                    });
+            if let Some(bytes) = self.db.get(id_key(prefix, id)).map_err(backend("load instance"))? {
+                return decode(&bytes).map(Some).map_err(|message| StoreError::Backend {
+                    operation: "load instance",
+                    message,
+                });
             }
         }
         Ok(None)
@@ -379,8 +342,7 @@ impl Store for SledStore {
             let Some(id) = id_from_key(QUARANTINED, &key) else {
                 continue;
             };
-            let reason = decode::<QuarantineEntry>(&value)
-                .map_or_else(|reason| reason, |entry| entry.reason);
+            let reason = decode::<QuarantineEntry>(&value).map_or_else(|reason| reason, |entry| entry.reason);
             found.push(CorruptRecord { id, reason });
         }
         Ok(found)

@@ -87,8 +87,7 @@ where
     }
 }
 
-type ErasedStepFn<S, O> =
-    Arc<dyn for<'a> Fn(StepCtx, &'a mut S) -> BoxFuture<'a, StepResult<O>> + Send + Sync>;
+type ErasedStepFn<S, O> = Arc<dyn for<'a> Fn(StepCtx, &'a mut S) -> BoxFuture<'a, StepResult<O>> + Send + Sync>;
 
 fn higher_ranked<S, O, C>(closure: C) -> C
 where
@@ -190,22 +189,14 @@ where
     }
 
     /// Adds a step with its own retry policy.
-    pub fn step_with_retry<F>(
-        mut self,
-        name: impl Into<String>,
-        step: F,
-        retry: RetryPolicy,
-    ) -> Self
+    pub fn step_with_retry<F>(mut self, name: impl Into<String>, step: F, retry: RetryPolicy) -> Self
     where
         F: for<'a> StepFn<'a, S, O>,
     {
         let run: ErasedStepFn<S, O> = Arc::new(higher_ranked(
-            move |ctx: StepCtx, state: &mut S| -> BoxFuture<'_, StepResult<O>> {
-                Box::pin(step.call(ctx, state))
-            },
+            move |ctx: StepCtx, state: &mut S| -> BoxFuture<'_, StepResult<O>> { Box::pin(step.call(ctx, state)) },
         ));
-        self.steps
-            .push((name.into(), StepDefinition { run, retry }));
+        self.steps.push((name.into(), StepDefinition { run, retry }));
         self
     }
 
@@ -227,12 +218,10 @@ where
         if self.workflow.trim().is_empty() {
             return Err(DefinitionError::EmptyWorkflowName);
         }
-        let version = Version::parse(&self.version_text).map_err(|error| {
-            DefinitionError::InvalidVersion {
-                workflow: self.workflow.clone(),
-                version: self.version_text.clone(),
-                reason: error.to_string(),
-            }
+        let version = Version::parse(&self.version_text).map_err(|error| DefinitionError::InvalidVersion {
+            workflow: self.workflow.clone(),
+            version: self.version_text.clone(),
+            reason: error.to_string(),
         })?;
         let Some(init) = self.init else {
             return Err(DefinitionError::MissingInit {
@@ -313,11 +302,7 @@ pub(crate) trait VersionCode: Send + Sync + 'static {
     /// Decodes an input and builds the encoded initial state.
     fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String>;
     /// Runs the step named in `ctx` on the encoded state.
-    fn run_step<'a>(
-        &'a self,
-        ctx: StepCtx,
-        state: &'a [u8],
-    ) -> BoxFuture<'a, Result<StepOutcome, StepFailure>>;
+    fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>>;
 }
 
 struct TypedVersion<I, S, O> {
@@ -369,9 +354,7 @@ where
     }
 
     fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String> {
-        self.signals
-            .get(name)
-            .map_or(Ok(()), |check| check(payload))
+        self.signals.get(name).map_or(Ok(()), |check| check(payload))
     }
 
     fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String> {
@@ -380,20 +363,14 @@ where
         rmp_serde::to_vec_named(&state).map_err(|error| error.to_string())
     }
 
-    fn run_step<'a>(
-        &'a self,
-        ctx: StepCtx,
-        state: &'a [u8],
-    ) -> BoxFuture<'a, Result<StepOutcome, StepFailure>> {
+    fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>> {
         Box::pin(async move {
             let step = self.steps.get(&*ctx.step).ok_or(StepFailure::UnknownStep)?;
-            let mut typed: S = rmp_serde::from_slice(state)
-                .map_err(|error| StepFailure::StateUndecodable(error.to_string()))?;
-            let next = (step.run)(ctx, &mut typed)
-                .await
-                .map_err(StepFailure::Step)?;
-            let state = rmp_serde::to_vec_named(&typed)
-                .map_err(|error| StepFailure::Unencodable(format!("state: {error}")))?;
+            let mut typed: S =
+                rmp_serde::from_slice(state).map_err(|error| StepFailure::StateUndecodable(error.to_string()))?;
+            let next = (step.run)(ctx, &mut typed).await.map_err(StepFailure::Step)?;
+            let state =
+                rmp_serde::to_vec_named(&typed).map_err(|error| StepFailure::Unencodable(format!("state: {error}")))?;
             let next = match next {
                 Next::Complete(output) => Next::Complete(
                     rmp_serde::to_vec_named(&output)

@@ -79,8 +79,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_and_is_capped() {
-        let policy = RetryPolicy::exponential(10, Duration::from_millis(100))
-            .with_max_backoff(Duration::from_millis(500));
+        let policy =
+            RetryPolicy::exponential(10, Duration::from_millis(100)).with_max_backoff(Duration::from_millis(500));
         assert_eq!(policy.backoff_before(2), Duration::from_millis(100));
         assert_eq!(policy.backoff_before(3), Duration::from_millis(200));
         assert_eq!(policy.backoff_before(4), Duration::from_millis(400));

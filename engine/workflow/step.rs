@@ -85,13 +85,9 @@ impl StepCtx {
     /// The payload of the signal that woke this step, decoded; `Ok(None)` if no signal woke it.
     pub fn signal<T: DeserializeOwned>(&self) -> Result<Option<T>, StepError> {
         match &self.wake {
-            WakeReason::Signal { name, payload } => {
-                rmp_serde::from_slice(payload).map(Some).map_err(|error| {
-                    StepError::permanent(format!(
-                        "signal '{name}' payload does not decode: {error}"
-                    ))
-                })
-            }
+            WakeReason::Signal { name, payload } => rmp_serde::from_slice(payload)
+                .map(Some)
+                .map_err(|error| StepError::permanent(format!("signal '{name}' payload does not decode: {error}"))),
             _ => Ok(None),
         }
     }
@@ -159,11 +155,7 @@ impl<O> Next<O> {
     }
 
     /// Wait for signal `name` at most `timeout`, then run `then`.
-    pub fn wait_signal_with_timeout(
-        name: impl Into<String>,
-        then: impl Into<String>,
-        timeout: Duration,
-    ) -> Self {
+    pub fn wait_signal_with_timeout(name: impl Into<String>, then: impl Into<String>, timeout: Duration) -> Self {
         Next::WaitSignal {
             name: name.into(),
             then: then.into(),
@@ -185,15 +177,7 @@ impl<O> Next<O> {
         match self {
             Next::Goto(step) => Next::Goto(step),
             Next::Sleep { duration, then } => Next::Sleep { duration, then },
-            Next::WaitSignal {
-                name,
-                then,
-                timeout,
-            } => Next::WaitSignal {
-                name,
-                then,
-                timeout,
-            },
+            Next::WaitSignal { name, then, timeout } => Next::WaitSignal { name, then, timeout },
             Next::Complete(output) => Next::Complete(map(output)),
             Next::Fail(reason) => Next::Fail(reason),
         }

@@ -58,10 +58,7 @@ pub fn full_payment(input: &OrderInput) -> Payment {
 }
 
 /// Waits (bounded) for the first event matching `wanted`.
-pub async fn wait_for_event(
-    events: &mut broadcast::Receiver<Event>,
-    wanted: impl Fn(&Event) -> bool,
-) -> Event {
+pub async fn wait_for_event(events: &mut broadcast::Receiver<Event>, wanted: impl Fn(&Event) -> bool) -> Event {
     let deadline = tokio::time::sleep(Duration::from_secs(30));
     tokio::pin!(deadline);
     loop {

@@ -47,17 +47,11 @@ pub struct OnboardingOutput {
 
 async fn welcome(ctx: StepCtx, state: &mut OnboardingState) -> StepResult<OnboardingOutput> {
     state.history.push(format!("welcome@{}", ctx.version()));
-    state.outbox.push(format!(
-        "welcome {} [{}]",
-        state.input.customer,
-        ctx.idempotency_key()
-    ));
+    state
+        .outbox
+        .push(format!("welcome {} [{}]", state.input.customer, ctx.idempotency_key()));
     let wait = Duration::from_millis(state.input.reminder_after_ms);
-    Ok(Next::wait_signal_with_timeout(
-        ACTIVATED_SIGNAL,
-        "follow_up",
-        wait,
-    ))
+    Ok(Next::wait_signal_with_timeout(ACTIVATED_SIGNAL, "follow_up", wait))
 }
 
 async fn follow_up(ctx: StepCtx, state: &mut OnboardingState) -> StepResult<OnboardingOutput> {
@@ -75,16 +69,11 @@ async fn follow_up(ctx: StepCtx, state: &mut OnboardingState) -> StepResult<Onbo
         }));
     }
     state.reminders_sent += 1;
-    state.outbox.push(format!(
-        "reminder {} to {}",
-        state.reminders_sent, state.input.customer
-    ));
+    state
+        .outbox
+        .push(format!("reminder {} to {}", state.reminders_sent, state.input.customer));
     let wait = Duration::from_millis(state.input.reminder_after_ms);
-    Ok(Next::wait_signal_with_timeout(
-        ACTIVATED_SIGNAL,
-        "follow_up",
-        wait,
-    ))
+    Ok(Next::wait_signal_with_timeout(ACTIVATED_SIGNAL, "follow_up", wait))
 }
 
 /// Version 1.0.0.

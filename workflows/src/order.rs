@@ -133,9 +133,7 @@ fn init(input: OrderInput) -> OrderState {
 }
 
 fn visit(ctx: &StepCtx, state: &mut OrderState) {
-    state
-        .history
-        .push(format!("{}@{}", ctx.step(), ctx.version()));
+    state.history.push(format!("{}@{}", ctx.step(), ctx.version()));
 }
 
 fn finish(ctx: &StepCtx, state: &OrderState, status: &str) -> OrderOutput {
@@ -168,13 +166,7 @@ async fn validate(ctx: StepCtx, state: &mut OrderState) -> StepResult<OrderOutpu
 
 async fn reserve(ctx: StepCtx, state: &mut OrderState) -> StepResult<OrderOutput> {
     // A real step would call the inventory service with ctx.idempotency_key().
-    if ctx.attempt() == 1
-        && state
-            .input
-            .lines
-            .iter()
-            .any(|line| line.sku.starts_with("flaky-"))
-    {
+    if ctx.attempt() == 1 && state.input.lines.iter().any(|line| line.sku.starts_with("flaky-")) {
         return Err(StepError::retryable("inventory service unavailable"));
     }
     visit(&ctx, state);
@@ -186,11 +178,7 @@ async fn reserve(ctx: StepCtx, state: &mut OrderState) -> StepResult<OrderOutput
         ));
     }
     let timeout = Duration::from_millis(state.input.payment_timeout_ms);
-    Ok(Next::wait_signal_with_timeout(
-        PAYMENT_SIGNAL,
-        "charge",
-        timeout,
-    ))
+    Ok(Next::wait_signal_with_timeout(PAYMENT_SIGNAL, "charge", timeout))
 }
 
 /// Takes the payment signal; shared by 1.x (`charge`) and 2.x (`collect_payment`).
@@ -258,8 +246,7 @@ async fn fraud_check(ctx: StepCtx, state: &mut OrderState) -> StepResult<OrderOu
 }
 
 fn reserve_retry() -> RetryPolicy {
-    RetryPolicy::exponential(5, Duration::from_millis(20))
-        .with_max_backoff(Duration::from_millis(200))
+    RetryPolicy::exponential(5, Duration::from_millis(20)).with_max_backoff(Duration::from_millis(200))
 }
 
 /// Version 1.0.0.
@@ -299,8 +286,7 @@ pub fn v2_0() -> WorkflowVersion<OrderInput, OrderState, OrderOutput> {
         .step_with_retry(
             "fraud_check",
             fraud_check,
-            RetryPolicy::exponential(3, Duration::from_millis(50))
-                .with_attempt_timeout(Duration::from_secs(5)),
+            RetryPolicy::exponential(3, Duration::from_millis(50)).with_attempt_timeout(Duration::from_secs(5)),
         )
         .step_with_retry("reserve", reserve, reserve_retry())
         .step("ship", ship)
@@ -320,8 +306,5 @@ pub fn expected_history(version: &str) -> Vec<String> {
             "ship",
         ],
     };
-    steps
-        .iter()
-        .map(|step| format!("{step}@{version}"))
-        .collect()
+    steps.iter().map(|step| format!("{step}@{version}")).collect()
 }
