@@ -19,7 +19,11 @@ const CONCURRENCY: [usize; 3] = [1, 64, 1024];
 const STEPS_PER_ITERATION: usize = 4096;
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 async fn open(dir: &std::path::Path, durability: Durability) -> Engine {
@@ -41,7 +45,15 @@ async fn run_batch(engine: &Engine, instances: usize, entries: u32) -> Duration 
     for account in 0..instances {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
-            let id = engine.start(ledger::WORKFLOW, &LedgerInput { account: account as u64, entries }).await?;
+            let id = engine
+                .start(
+                    ledger::WORKFLOW,
+                    &LedgerInput {
+                        account: account as u64,
+                        entries,
+                    },
+                )
+                .await?;
             engine.outcome(id).await
         }));
     }
@@ -117,11 +129,19 @@ fn step_commits(criterion: &mut Criterion) {
     eprintln!("ledger record: {record_size} bytes");
     for concurrency in CONCURRENCY {
         let mut group = criterion.benchmark_group(format!("step_commits/{concurrency}_concurrent"));
-        group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(8))
+            .warm_up_time(Duration::from_secs(1));
         group.throughput(Throughput::Elements(commits(concurrency)));
         for (label, durability) in [
             ("engine_sync", Durability::Sync),
-            ("engine_buffered", Durability::Buffered { interval: Duration::from_millis(100) }),
+            (
+                "engine_buffered",
+                Durability::Buffered {
+                    interval: Duration::from_millis(100),
+                },
+            ),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
             let engine = runtime.block_on(open(dir.path(), durability));
@@ -141,7 +161,14 @@ fn step_commits(criterion: &mut Criterion) {
                 bencher.iter_custom(|iterations| {
                     (0..iterations)
                         .map(|_| {
-                            raw_sled(dir.path(), commits(concurrency), concurrency, record_size, fsync, &mut key_base)
+                            raw_sled(
+                                dir.path(),
+                                commits(concurrency),
+                                concurrency,
+                                record_size,
+                                fsync,
+                                &mut key_base,
+                            )
                         })
                         .sum()
                 })
@@ -161,7 +188,9 @@ fn waiter_name() -> &'static str {
 
 /// A workflow whose only step waits for a signal: a start is one start commit and one step.
 fn waiter() -> WorkflowVersion<u32, u32, u32> {
-    WorkflowVersion::new(waiter_name(), "1.0.0").init(|value: u32| value).step("wait", wait_forever)
+    WorkflowVersion::new(waiter_name(), "1.0.0")
+        .init(|value: u32| value)
+        .step("wait", wait_forever)
 }
 
 fn instance_starts(criterion: &mut Criterion) {
@@ -169,7 +198,10 @@ fn instance_starts(criterion: &mut Criterion) {
     const STARTS: usize = 2048;
     const STARTERS: usize = 64;
     let mut group = criterion.benchmark_group("instance_starts");
-    group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(STARTS as u64));
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(runtime.block_on(open(dir.path(), Durability::Sync)));

@@ -359,3 +359,84 @@ pub(crate) fn parse_version(workflow: &str, version: &str) -> Result<Version, cr
         reason: error.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
+
+    async fn only(_ctx: StepCtx, _state: &mut u32) -> StepResult<u32> {
+        Ok(Next::complete(0))
+    }
+
+    fn code(version: &str) -> Arc<dyn VersionCode> {
+        WorkflowVersion::new("w", version)
+            .init(|value: u32| value)
+            .step("only", only)
+            .into_code()
+            .unwrap()
+    }
+
+    fn key(version: &str) -> VersionKey {
+        VersionKey::new("w", Version::parse(version).unwrap())
+    }
+
+    #[test]
+    fn a_reserved_start_keeps_a_draining_version_from_draining() {
+        let registry = Registry::default();
+        registry.register(code("1.0.0")).unwrap();
+        let chosen = registry.reserve_start("w", &VersionRequest::Newest).unwrap();
+        assert_eq!(chosen.version().to_string(), "1.0.0");
+        let change = registry.drain(&key("1.0.0")).unwrap().unwrap();
+        assert_eq!(change.status, VersionStatus::Draining, "a start is in flight");
+        assert!(
+            registry.end_start(&key("1.0.0"), Some(5)).is_none(),
+            "the start committed: one live"
+        );
+        let change = registry
+            .apply(&key("1.0.0"), &CounterDelta::finish(crate::InstanceStatus::Completed))
+            .unwrap();
+        assert_eq!(change.status, VersionStatus::Drained);
+        assert_eq!((change.counters.live, change.counters.completed), (0, 1));
+    }
+
+    #[test]
+    fn an_aborted_start_on_a_draining_version_drains_it() {
+        let registry = Registry::default();
+        registry.register(code("1.0.0")).unwrap();
+        registry.reserve_start("w", &VersionRequest::Newest).unwrap();
+        registry.drain(&key("1.0.0")).unwrap();
+        let change = registry.end_start(&key("1.0.0"), None).unwrap();
+        assert_eq!(change.status, VersionStatus::Drained);
+    }
+
+    #[test]
+    fn only_active_registered_versions_are_routed_to() {
+        let registry = Registry::default();
+        registry.load(vec![(key("3.0.0"), VersionStatus::Active)], vec![]);
+        registry.register(code("1.0.0")).unwrap();
+        registry.register(code("2.0.0")).unwrap();
+        registry.drain(&key("2.0.0")).unwrap();
+        // 3.0.0 is known from the store but its code is not registered; 2.0.0 is drained.
+        let chosen = registry.reserve_start("w", &VersionRequest::Newest).unwrap();
+        assert_eq!(chosen.version().to_string(), "1.0.0");
+        registry.retire(&key("1.0.0")).unwrap_err();
+    }
+
+    #[test]
+    fn settle_all_drains_draining_versions_left_empty_by_a_crash() {
+        let registry = Registry::default();
+        let empty = VersionCounters {
+            started: 4,
+            completed: 4,
+            ..VersionCounters::default()
+        };
+        registry.load(
+            vec![(key("1.0.0"), VersionStatus::Draining)],
+            vec![(key("1.0.0"), empty)],
+        );
+        let changes = registry.settle_all();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].status, VersionStatus::Drained);
+    }
+}

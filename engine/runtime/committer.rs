@@ -192,3 +192,109 @@ impl CommitLoop {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::instance::{InstanceId, InstanceRecord, VersionKey};
+    use crate::store::{CorruptRecord, CounterDelta, RecoveredState, StoreStats};
+
+    /// Fails any apply that contains a delta with `live == 13`, and every sync once told to.
+    #[derive(Default)]
+    struct PickyStore {
+        applied: AtomicUsize,
+        fail_sync: std::sync::atomic::AtomicBool,
+    }
+
+    fn poisoned_op(op: &Op) -> bool {
+        matches!(op, Op::AdjustCounters { delta, .. } if delta.live == 13)
+    }
+
+    impl Store for PickyStore {
+        fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+            if ops.iter().any(poisoned_op) {
+                return Err(StoreError::Backend {
+                    operation: "apply",
+                    message: "refused".into(),
+                });
+            }
+            self.applied.fetch_add(ops.len(), Ordering::SeqCst);
+            Ok(())
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend {
+                    operation: "fdatasync",
+                    message: "EIO".into(),
+                });
+            }
+            Ok(())
+        }
+        fn recover(&self) -> Result<RecoveredState, StoreError> {
+            Ok(RecoveredState::default())
+        }
+        fn load_instance(&self, _id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+            Ok(None)
+        }
+        fn finished_instances(
+            &self,
+            _keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+            _limit: usize,
+        ) -> Result<Vec<InstanceRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn stats(&self) -> StoreStats {
+            StoreStats::default()
+        }
+    }
+
+    fn delta(live: i64) -> Vec<Op> {
+        let key = VersionKey::new("w", semver::Version::new(1, 0, 0));
+        vec![Op::AdjustCounters {
+            key,
+            delta: CounterDelta {
+                live,
+                ..CounterDelta::default()
+            },
+        }]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_bad_commit_does_not_fail_the_others_in_its_group() {
+        let store = Arc::new(PickyStore::default());
+        let committer = Arc::new(Committer::start(store.clone(), Durability::Sync).unwrap());
+        let commits: Vec<_> = [1, 13, 2, 3]
+            .into_iter()
+            .map(|live| {
+                let committer = committer.clone();
+                tokio::spawn(async move { committer.commit(delta(live)).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for commit in commits {
+            results.push(commit.await.unwrap().is_ok());
+        }
+        assert_eq!(results, vec![true, false, true, true]);
+        assert_eq!(store.applied.load(Ordering::SeqCst), 3);
+        committer.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_refuses_every_later_commit() {
+        let store = Arc::new(PickyStore::default());
+        let committer = Committer::start(store.clone(), Durability::Sync).unwrap();
+        committer.commit(delta(1)).await.unwrap();
+        store.fail_sync.store(true, Ordering::SeqCst);
+        committer.commit(delta(1)).await.unwrap_err();
+        store.fail_sync.store(false, Ordering::SeqCst);
+        let error = committer.commit(delta(1)).await.unwrap_err();
+        assert!(error.to_string().contains("restart the engine"), "{error}");
+        committer.close();
+        committer.commit(delta(1)).await.unwrap_err();
+    }
+}

@@ -67,3 +67,22 @@ impl TimerQueue {
         self.heap.lock().len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_entries_come_out_earliest_first_and_the_rest_wait() {
+        let queue = TimerQueue::new();
+        queue.arm(300, InstanceId(3));
+        queue.arm(100, InstanceId(1));
+        queue.arm(200, InstanceId(2));
+        let (due, wait) = queue.take_due(250);
+        assert_eq!(due, vec![InstanceId(1), InstanceId(2)]);
+        assert_eq!(wait, Some(Duration::from_millis(50)));
+        let (due, wait) = queue.take_due(300);
+        assert_eq!(due, vec![InstanceId(3)]);
+        assert_eq!(wait, None);
+    }
+}

@@ -1,0 +1,99 @@
+//! Recovery: time from `open` to every instance re-armed, for 100 000 in-flight instances that
+//! each wait for a signal with a timeout (so every one has a durable timer to re-arm).
+//!
+//! Run: `cargo bench --bench recovery`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use strata::{Durability, Engine, InstanceFilter, InstanceStatus, Next, StepCtx, StepResult, WorkflowVersion};
+
+const INSTANCES: usize = 100_000;
+
+async fn wait_a_day(_ctx: StepCtx, _state: &mut u64) -> StepResult<u64> {
+    Ok(Next::wait_signal_with_timeout(
+        "approve",
+        "wait",
+        Duration::from_secs(86_400),
+    ))
+}
+
+fn approval() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("approval", "1.0.0")
+        .init(|request: u64| request)
+        .step("wait", wait_a_day)
+}
+
+async fn open(dir: &Path) -> Engine {
+    Engine::builder()
+        .data_dir(dir)
+        .durability(Durability::Buffered {
+            interval: Duration::from_millis(100),
+        })
+        .max_concurrent_steps(1024)
+        .register(approval())
+        .open()
+        .await
+        .expect("open")
+}
+
+/// Fills `dir` with `INSTANCES` instances, each waiting for a signal.
+async fn populate(dir: &Path) {
+    let engine = open(dir).await;
+    let starters: Vec<_> = (0..64)
+        .map(|starter| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for request in (starter..INSTANCES).step_by(64) {
+                    engine.start("approval", &(request as u64)).await.expect("start");
+                }
+            })
+        })
+        .collect();
+    for starter in starters {
+        starter.await.expect("starter");
+    }
+    let waiting = InstanceFilter::workflow("approval").with_status(InstanceStatus::WaitingSignal);
+    while engine.list(&waiting).expect("list").len() < INSTANCES {
+        tokio::time::sleep(Duration::from_millis(100)).await; // polls the population's progress
+    }
+    engine.shutdown().await;
+}
+
+fn recovery(criterion: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let populated = Instant::now();
+    runtime.block_on(populate(dir.path()));
+    eprintln!(
+        "populated {INSTANCES} waiting instances in {:.1}s",
+        populated.elapsed().as_secs_f64()
+    );
+    let mut group = criterion.benchmark_group("recovery");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_secs(1));
+    group.bench_function(BenchmarkId::new("open_and_rearm", INSTANCES), |bencher| {
+        bencher.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let started = Instant::now();
+                let engine = runtime.block_on(open(dir.path()));
+                total += started.elapsed();
+                assert_eq!(engine.live_instances(), INSTANCES);
+                runtime.block_on(engine.shutdown());
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, recovery);
+criterion_main!(benches);

@@ -1,0 +1,109 @@
+//! Prints the memory an idle in-flight instance costs and how long recovery takes.
+//!
+//! Fills a fresh store with idle instances (each waiting for a signal, with a timeout), restarts,
+//! and measures the resident set size before and after `open` (which loads and re-arms them all).
+//! The figure includes sled's page cache of the records it read.
+//!
+//! Run: `cargo run --release --example footprint [instances]` (default 100 000)
+
+use std::time::{Duration, Instant};
+
+use strata::{Durability, Engine, InstanceFilter, InstanceStatus, Next, StepCtx, StepResult, WorkflowVersion};
+
+async fn wait_a_day(_ctx: StepCtx, _state: &mut u64) -> StepResult<u64> {
+    Ok(Next::wait_signal_with_timeout(
+        "approve",
+        "wait",
+        Duration::from_secs(86_400),
+    ))
+}
+
+fn approval() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("approval", "1.0.0")
+        .init(|request: u64| request)
+        .step("wait", wait_a_day)
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+async fn open(dir: &std::path::Path) -> Result<Engine, strata::EngineError> {
+    Engine::builder()
+        .data_dir(dir)
+        .durability(Durability::Buffered {
+            interval: Duration::from_millis(100),
+        })
+        .max_concurrent_steps(1024)
+        .register(approval())
+        .open()
+        .await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let instances: usize = std::env::args()
+        .nth(1)
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile_dir()?;
+    {
+        let engine = open(&dir).await?;
+        let started = Instant::now();
+        let starters: Vec<_> = (0..64)
+            .map(|starter| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    for request in (starter..instances).step_by(64) {
+                        engine.start("approval", &(request as u64)).await?;
+                    }
+                    Ok::<(), strata::EngineError>(())
+                })
+            })
+            .collect();
+        for starter in starters {
+            starter.await??;
+        }
+        let waiting = InstanceFilter::workflow("approval").with_status(InstanceStatus::WaitingSignal);
+        while engine.list(&waiting)?.len() < instances {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "started {instances} instances in {:.2}s (Buffered)",
+            started.elapsed().as_secs_f64()
+        );
+        engine.shutdown().await;
+    }
+    let before = resident_bytes();
+    let started = Instant::now();
+    let engine = open(&dir).await?;
+    let recovery = started.elapsed();
+    let after = resident_bytes();
+    println!(
+        "recovered and re-armed {} instances in {:.3}s",
+        engine.live_instances(),
+        recovery.as_secs_f64()
+    );
+    println!(
+        "resident memory: {:.1} MiB before open, {:.1} MiB after: {} bytes per idle instance",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        (after.saturating_sub(before)) / instances as u64
+    );
+    engine.shutdown().await;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("strata-footprint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
