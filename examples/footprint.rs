@@ -1,7 +1,8 @@
 //! Prints the memory an idle in-flight instance costs and how long recovery takes.
 //!
-//! Fills a fresh store with idle instances (each waiting for a signal, with a timeout), restarts,
-//! and measures the resident set size before and after `open` (which loads and re-arms them all).
+//! Fills a fresh store with idle instances (each waiting for a signal, with a timeout), then in a
+//! fresh process measures the resident set size before and after `open` (which loads and re-arms
+//! them all).
 //! The figure includes sled's page cache of the records it read.
 //!
 //! Run: `cargo run --release --example footprint [instances]` (default 100 000)
@@ -48,48 +49,61 @@ async fn open(dir: &std::path::Path) -> Result<Engine, strata::EngineError> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let instances: usize = std::env::args()
-        .nth(1)
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(100_000);
-    let dir = tempfile_dir()?;
-    {
-        let engine = open(&dir).await?;
-        let started = Instant::now();
-        let starters: Vec<_> = (0..64)
-            .map(|starter| {
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    for request in (starter..instances).step_by(64) {
-                        engine.start("approval", &(request as u64)).await?;
-                    }
-                    Ok::<(), strata::EngineError>(())
-                })
-            })
-            .collect();
-        for starter in starters {
-            starter.await??;
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, dir, instances] = args.as_slice() {
+        if flag == "--measure" {
+            return measure(std::path::Path::new(dir), instances.parse()?).await;
         }
-        let waiting = InstanceFilter::workflow("approval").with_status(InstanceStatus::WaitingSignal);
-        while engine.list(&waiting)?.len() < instances {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        println!(
-            "started {instances} instances in {:.2}s (Buffered)",
-            started.elapsed().as_secs_f64()
-        );
-        engine.shutdown().await;
     }
+    let instances: usize = args.get(1).and_then(|text| text.parse().ok()).unwrap_or(100_000);
+    let dir = tempfile_dir()?;
+    populate(&dir, instances).await?;
+    // Measure in a fresh process, so nothing of the population run is counted.
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg("--measure")
+        .arg(&dir)
+        .arg(instances.to_string())
+        .status()?;
+    std::fs::remove_dir_all(&dir)?;
+    if !status.success() {
+        return Err(format!("the measuring process failed: {status}").into());
+    }
+    Ok(())
+}
+
+async fn populate(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = open(dir).await?;
+    let started = Instant::now();
+    let starters: Vec<_> = (0..64)
+        .map(|starter| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for request in (starter..instances).step_by(64) {
+                    engine.start("approval", &(request as u64)).await?;
+                }
+                Ok::<(), strata::EngineError>(())
+            })
+        })
+        .collect();
+    for starter in starters {
+        starter.await??;
+    }
+    let waiting = InstanceFilter::workflow("approval").with_status(InstanceStatus::WaitingSignal);
+    while engine.list(&waiting)?.len() < instances {
+        tokio::time::sleep(Duration::from_millis(100)).await; // polls the population's progress
+    }
+    println!("started {instances} instances in {:.2}s (Buffered)", started.elapsed().as_secs_f64());
+    engine.shutdown().await;
+    Ok(())
+}
+
+async fn measure(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn std::error::Error>> {
     let before = resident_bytes();
     let started = Instant::now();
-    let engine = open(&dir).await?;
+    let engine = open(dir).await?;
     let recovery = started.elapsed();
     let after = resident_bytes();
-    println!(
-        "recovered and re-armed {} instances in {:.3}s",
-        engine.live_instances(),
-        recovery.as_secs_f64()
-    );
+    println!("recovered and re-armed {} instances in {:.3}s", engine.live_instances(), recovery.as_secs_f64());
     println!(
         "resident memory: {:.1} MiB before open, {:.1} MiB after: {} bytes per idle instance",
         before as f64 / 1048576.0,
@@ -97,7 +111,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (after.saturating_sub(before)) / instances as u64
     );
     engine.shutdown().await;
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
