@@ -92,7 +92,10 @@ async fn populate(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn
     while engine.list(&waiting)?.len() < instances {
         tokio::time::sleep(Duration::from_millis(100)).await; // polls the population's progress
     }
-    println!("started {instances} instances in {:.2}s (Buffered)", started.elapsed().as_secs_f64());
+    println!(
+        "started {instances} instances in {:.2}s (Buffered)",
+        started.elapsed().as_secs_f64()
+    );
     engine.shutdown().await;
     Ok(())
 }
@@ -103,7 +106,11 @@ async fn measure(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn 
     let engine = open(dir).await?;
     let recovery = started.elapsed();
     let after = resident_bytes();
-    println!("recovered and re-armed {} instances in {:.3}s", engine.live_instances(), recovery.as_secs_f64());
+    println!(
+        "recovered and re-armed {} instances in {:.3}s",
+        engine.live_instances(),
+        recovery.as_secs_f64()
+    );
     println!(
         "resident memory: {:.1} MiB before open, {:.1} MiB after: {} bytes per idle instance",
         before as f64 / 1048576.0,

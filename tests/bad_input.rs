@@ -194,7 +194,7 @@ async fn a_corrupt_record_is_quarantined_and_the_rest_run() {
             },
             ..damaged_state
         };
-        store.apply(&[Op::PutInstance(record)]).unwrap();
+        store.apply(&[Op::PutInstance(record.encode().unwrap())]).unwrap();
         store.sync().unwrap();
         drop(store);
         let db = sled::open(dir.path()).unwrap();

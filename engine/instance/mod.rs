@@ -188,6 +188,38 @@ pub struct InstanceRecord {
     pub updated_at_ms: u64,
 }
 
+impl InstanceRecord {
+    /// Encodes the record in the stored format (MessagePack with named fields).
+    pub fn encode(&self) -> Result<EncodedInstance, crate::store::StoreError> {
+        let bytes = rmp_serde::to_vec_named(self).map_err(|error| crate::store::StoreError::Encode {
+            what: "instance record",
+            message: error.to_string(),
+        })?;
+        Ok(EncodedInstance {
+            id: self.id,
+            finished: self.phase.is_terminal(),
+            bytes,
+        })
+    }
+
+    /// Decodes a stored record.
+    pub fn decode(bytes: &[u8]) -> Result<InstanceRecord, String> {
+        rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+    }
+}
+
+/// An instance record encoded for a commit, with what a store needs to place it. Encoding happens
+/// on the thread that ran the step, so the commit thread only writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedInstance {
+    /// The instance.
+    pub id: InstanceId,
+    /// Whether it has finished (finished records are kept apart from live ones).
+    pub finished: bool,
+    /// The encoded record.
+    pub bytes: Vec<u8>,
+}
+
 /// How an instance ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -329,8 +329,14 @@ impl Runtime {
             Op::AdjustCounters { delta, .. } => Some(*delta),
             _ => None,
         });
-        ops.push(Op::PutInstance(record.clone()));
-        if let Err(error) = self.committer.commit(ops).await {
+        let committed = match record.encode() {
+            Ok(encoded) => {
+                ops.push(Op::PutInstance(encoded));
+                self.committer.commit(ops).await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
             tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
             self.timers
                 .arm(now_ms() + self.options.commit_retry_delay.as_millis() as u64, id);

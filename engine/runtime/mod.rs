@@ -349,7 +349,7 @@ impl Runtime {
             updated_at_ms: now,
         };
         let ops = vec![
-            Op::PutInstance(record.clone()),
+            Op::PutInstance(record.encode()?),
             Op::AdjustCounters {
                 key: key.clone(),
                 delta: CounterDelta::start(now),

@@ -11,7 +11,7 @@ pub use sled_store::SledStore;
 
 use serde::{Deserialize, Serialize};
 
-use crate::instance::{InstanceId, InstanceRecord, VersionKey};
+use crate::instance::{EncodedInstance, InstanceId, InstanceRecord, VersionKey};
 use crate::registry::VersionStatus;
 
 /// A store failure, with what to do about it.
@@ -138,8 +138,8 @@ impl CounterDelta {
 /// One write inside an atomic commit.
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// Writes an instance record; a record in a terminal phase moves to the finished instances.
-    PutInstance(InstanceRecord),
+    /// Writes an instance record; a finished one moves to the finished instances.
+    PutInstance(EncodedInstance),
     /// Stores a delivered signal.
     PutSignal(SignalRecord),
     /// Removes a consumed signal.

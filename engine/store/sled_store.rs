@@ -196,12 +196,11 @@ impl Store for SledStore {
         for op in ops {
             match op {
                 Op::PutInstance(record) => {
-                    let bytes = encode("instance record", record)?;
-                    if record.phase.is_terminal() {
+                    if record.finished {
                         batch.remove(id_key(LIVE, record.id));
-                        batch.insert(id_key(FINISHED, record.id), bytes);
+                        batch.insert(id_key(FINISHED, record.id), record.bytes.as_slice());
                     } else {
-                        batch.insert(id_key(LIVE, record.id), bytes);
+                        batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
                     }
                 }
                 Op::PutSignal(signal) => {
@@ -264,7 +263,7 @@ impl Store for SledStore {
             let Some(id) = id_from_key(LIVE, &key) else {
                 continue;
             };
-            match decode::<InstanceRecord>(&value) {
+            match InstanceRecord::decode(&value) {
                 Ok(record) if record.format > RECORD_FORMAT => state.corrupt.push(CorruptRecord {
                     id,
                     reason: format!(
@@ -324,7 +323,7 @@ impl Store for SledStore {
                 break;
             }
             let (_, value) = item.map_err(backend("scan finished instances"))?;
-            match decode::<InstanceRecord>(&value) {
+            match InstanceRecord::decode(&value) {
                 Ok(record) if keep(&record) => found.push(record),
                 Ok(_) => {}
                 Err(reason) => {
