@@ -1,6 +1,7 @@
 //! Durable step commits per second, Sync (group commit) and Buffered, at 1, 64 and 1 024
-//! concurrent instances, side by side with the raw sled limit: inserts of records of the same size
-//! in groups of the same size, flushed and fdatasynced per group (and, for Buffered, not synced).
+//! concurrent instances, side by side with the raw sled limit: the same writes (records of the
+//! same size, in groups of the same size) made directly on sled, flushed and fdatasynced per group
+//! (and, as the limit for Buffered, not synced per group).
 //! Also: instance starts per second.
 //!
 //! Run: `cargo bench --bench durable_steps`
@@ -95,22 +96,43 @@ fn ledger_record_size(runtime: &Runtime) -> usize {
     })
 }
 
-/// The raw sled limit: `total` writes of `size`-byte records in groups of `group`, each group one
-/// batch, flushed and (if `fsync`) fdatasynced. As in the engine, where each of `group` concurrent
-/// instances rewrites its own record at every step, the writes cycle over `group` keys.
-fn raw_sled(dir: &std::path::Path, total: u64, group: usize, size: usize, fsync: bool) -> Duration {
-    let db = sled::open(dir).expect("sled");
-    let file = File::open(dir.join("db")).expect("sled data file");
-    let value = vec![7u8; size];
+/// The raw sled limit: the writes the engine makes for `instances` concurrent ledger postings of
+/// `entries` entries, without the engine. Each group is one batch with one write per instance —
+/// its start (record and counters), a step's record rewrite, or its finish (record moved from the
+/// live to the finished keys, and counters) — flushed and, if `fsync`, fdatasynced. Records have
+/// the engine's record size; ids grow across iterations as the engine's do.
+fn raw_sled(
+    db: &sled::Db,
+    file: &File,
+    instances: usize,
+    entries: u32,
+    size: usize,
+    fsync: bool,
+    next_id: &mut u64,
+) -> Duration {
+    let record = vec![7u8; size];
+    let counters = vec![3u8; 64];
+    let first_id = *next_id;
+    *next_id += instances as u64;
+    let key = |prefix: &[u8], id: u64| {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(&id.to_be_bytes());
+        key
+    };
     let started = Instant::now();
-    let mut written = 0;
-    while written < total {
+    let last_group = entries as usize + 2;
+    for group in 0..last_group {
         let mut batch = sled::Batch::default();
-        for key_index in 0..group.min((total - written) as usize) {
-            let mut key = b"i/".to_vec();
-            key.extend_from_slice(&(key_index as u64).to_be_bytes());
-            batch.insert(key, value.clone());
-            written += 1;
+        for id in first_id..first_id + instances as u64 {
+            if group + 1 == last_group {
+                batch.remove(key(b"i/", id));
+                batch.insert(key(b"d/", id), record.clone());
+            } else {
+                batch.insert(key(b"i/", id), record.clone());
+            }
+        }
+        if group == 0 || group + 1 == last_group {
+            batch.insert(&b"c/ledger\x001.0.0"[..], counters.clone());
         }
         db.apply_batch(batch).expect("apply");
         if fsync {
@@ -156,10 +178,16 @@ fn step_commits(criterion: &mut Criterion) {
         }
         for (label, fsync) in [("raw_sled_fsync_per_group", true), ("raw_sled_no_fsync", false)] {
             let dir = tempfile::tempdir().expect("tempdir");
+            let db = sled::open(dir.path()).expect("sled");
+            let file = File::open(dir.path().join("db")).expect("sled data file");
+            let mut next_id = 0;
             group.bench_function(BenchmarkId::new(label, concurrency), |bencher| {
                 bencher.iter_custom(|iterations| {
                     (0..iterations)
-                        .map(|_| raw_sled(dir.path(), commits(concurrency), concurrency, record_size, fsync))
+                        .map(|_| {
+                            let entries = entries_for(concurrency);
+                            raw_sled(&db, &file, concurrency, entries, record_size, fsync, &mut next_id)
+                        })
                         .sum()
                 })
             });
