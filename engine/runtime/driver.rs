@@ -96,6 +96,16 @@ fn plan(slot: &super::table::Slot, now: u64) -> Plan {
     }
 }
 
+/// What a driver's turn achieved.
+enum Progress {
+    /// A transition was committed; look again.
+    Committed,
+    /// Nothing to do now.
+    Idle,
+    /// The commit failed; the instance stays at its last committed step until a retry timer.
+    Stalled,
+}
+
 /// The result of one attempt, before it becomes a record.
 enum Attempt {
     Succeeded(StepOutcome),
@@ -124,19 +134,27 @@ impl Runtime {
             let Some(next) = self.table.with(id, |slot| plan(slot, now_ms())) else {
                 break;
             };
-            match next {
-                Plan::Run(job) => {
-                    self.run_job(id, job).await;
-                    continue;
-                }
-                Plan::Cancel(record, inbox) => {
-                    self.commit_cancel(record, inbox).await;
-                    continue;
-                }
+            let progressed = match next {
+                Plan::Run(job) => self.run_job(id, job).await,
+                Plan::Cancel(record, inbox) => self.commit_cancel(record, inbox).await,
                 Plan::Idle(due) => {
                     if let Some(due) = due {
                         self.timers.arm(due, id);
                     }
+                    Progress::Idle
+                }
+            };
+            match progressed {
+                Progress::Committed => continue,
+                Progress::Idle => {}
+                Progress::Stalled => {
+                    // The commit failed; a timer retries after `commit_retry_delay`. Looking again
+                    // now would retry at once, in a loop, against a failing store.
+                    self.table.with(id, |slot| {
+                        slot.running = false;
+                        slot.rerun = false;
+                    });
+                    break;
                 }
             }
             let again = self.table.with(id, |slot| {
@@ -156,10 +174,10 @@ impl Runtime {
         self.driver_finished();
     }
 
-    async fn run_job(self: &Arc<Self>, id: InstanceId, job: Job) {
+    async fn run_job(self: &Arc<Self>, id: InstanceId, job: Job) -> Progress {
         let Some(code) = self.registry.code(&job.record.key) else {
             self.park(id);
-            return;
+            return Progress::Idle;
         };
         let attempt = self.attempt(code.as_ref(), &job).await;
         let now = now_ms();
@@ -206,7 +224,7 @@ impl Runtime {
             }
         }
         let consumed = consumed_signal.filter(|_| !keep_signal);
-        self.commit_transition(next, consumed).await;
+        self.commit_transition(next, consumed).await
     }
 
     async fn attempt(&self, code: &dyn VersionCode, job: &Job) -> Attempt {
@@ -268,7 +286,7 @@ impl Runtime {
         }
     }
 
-    async fn commit_cancel(self: &Arc<Self>, mut record: InstanceRecord, inbox: Vec<u64>) {
+    async fn commit_cancel(self: &Arc<Self>, mut record: InstanceRecord, inbox: Vec<u64>) -> Progress {
         record.phase = Phase::Cancelled;
         record.updated_at_ms = now_ms();
         let mut ops: Vec<Op> = inbox
@@ -282,10 +300,10 @@ impl Runtime {
             key: record.key.clone(),
             delta: CounterDelta::finish(InstanceStatus::Cancelled),
         });
-        self.commit_record(record, ops, None).await;
+        self.commit_record(record, ops, None).await
     }
 
-    async fn commit_transition(self: &Arc<Self>, record: InstanceRecord, consumed_signal: Option<u64>) {
+    async fn commit_transition(self: &Arc<Self>, record: InstanceRecord, consumed_signal: Option<u64>) -> Progress {
         let mut ops = Vec::with_capacity(3);
         if let Some(seq) = consumed_signal {
             ops.push(Op::DeleteSignal {
@@ -313,11 +331,16 @@ impl Runtime {
                 delta: CounterDelta::finish(status),
             });
         }
-        self.commit_record(record, ops, consumed_signal).await;
+        self.commit_record(record, ops, consumed_signal).await
     }
 
     /// Commits `record` with `ops`; on success makes it the instance's state in memory.
-    async fn commit_record(self: &Arc<Self>, record: InstanceRecord, mut ops: Vec<Op>, consumed_signal: Option<u64>) {
+    async fn commit_record(
+        self: &Arc<Self>,
+        record: InstanceRecord,
+        mut ops: Vec<Op>,
+        consumed_signal: Option<u64>,
+    ) -> Progress {
         let id = record.id;
         let terminal = record.phase.is_terminal();
         let due = record.phase.timer_due_ms();
@@ -340,7 +363,7 @@ impl Runtime {
             tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
             self.timers
                 .arm(now_ms() + self.options.commit_retry_delay.as_millis() as u64, id);
-            return;
+            return Progress::Stalled;
         }
         if terminal {
             let slot = self.table.remove(id);
@@ -357,7 +380,7 @@ impl Runtime {
             if let Some(change) = change {
                 self.persist_status(change).await;
             }
-            return;
+            return Progress::Committed;
         }
         self.table.with(id, |slot| {
             slot.record = record;
@@ -371,6 +394,7 @@ impl Runtime {
         if let Some(reason) = quarantined {
             self.events.emit(Event::InstanceQuarantined { id, reason });
         }
+        Progress::Committed
     }
 }
 

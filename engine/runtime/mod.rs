@@ -444,6 +444,10 @@ impl Runtime {
     pub async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
         let (sender, receiver) = oneshot::channel();
         if self.table.with(id, |slot| slot.waiters.push(sender)).is_some() {
+            // Checked after registering: shutdown sets the flag before it drops the waiters.
+            if self.is_stopping() {
+                return Err(EngineError::ShuttingDown);
+            }
             return receiver.await.map_err(|_| EngineError::ShuttingDown);
         }
         match self.store.load_instance(id)? {
@@ -584,6 +588,8 @@ impl Runtime {
             idle.await;
         }
         self.permits.close();
+        // Callers awaiting outcomes are told the engine stopped instead of waiting forever.
+        self.table.for_each(|slot| slot.waiters.clear());
         let runtime = self.clone();
         if tokio::task::spawn_blocking(move || runtime.committer.close())
             .await

@@ -369,8 +369,10 @@ where
             let mut typed: S =
                 rmp_serde::from_slice(state).map_err(|error| StepFailure::StateUndecodable(error.to_string()))?;
             let next = (step.run)(ctx, &mut typed).await.map_err(StepFailure::Step)?;
-            let state =
-                rmp_serde::to_vec_named(&typed).map_err(|error| StepFailure::Unencodable(format!("state: {error}")))?;
+            let mut encoded = Vec::with_capacity(state.len() + 32);
+            rmp_serde::encode::write_named(&mut encoded, &typed)
+                .map_err(|error| StepFailure::Unencodable(format!("state: {error}")))?;
+            let state = encoded;
             let next = match next {
                 Next::Complete(output) => Next::Complete(
                     rmp_serde::to_vec_named(&output)
