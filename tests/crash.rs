@@ -25,7 +25,7 @@ use strata_workflows::{ledger, onboarding, order};
 const CHILD_DIR: &str = "STRATA_CRASH_CHILD_DIR";
 const TARGET_INSTANCES: u64 = 450;
 const KILLS: usize = 60;
-const LEDGER_ENTRIES: u32 = 200;
+const LEDGER_ENTRIES: u32 = 400;
 
 fn ledger_input(ordinal: u64) -> LedgerInput {
     LedgerInput {
@@ -331,6 +331,12 @@ fn kill_nine_at_random_points_loses_nothing() {
         let snapshot = read_store(dir.path());
         check_invariants(&snapshot, &acknowledged.lock().unwrap());
     }
+    let before_final = read_store(dir.path());
+    eprintln!(
+        "after {kills} kills: {} instances finished, {} live, left for the final run",
+        before_final.finished.len(),
+        before_final.live.len()
+    );
     assert!(
         run_child(dir.path(), &acknowledged, None),
         "the final run did not finish the workload"
