@@ -1,5 +1,5 @@
-//! Recovery: time from `open` to every instance re-armed, for 100 000 in-flight instances that
-//! each wait for a signal with a timeout (so every one has a durable timer to re-arm).
+//! Recovery: time from `open` to every instance re-armed, for 100 000 in-flight approval requests
+//! that each wait for a decision with a timeout (so every one has a durable timer to re-arm).
 //!
 //! Run: `cargo bench --bench recovery`
 
@@ -7,23 +7,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use strata::{Durability, Engine, InstanceFilter, InstanceStatus, Next, StepCtx, StepResult, WorkflowVersion};
+use strata::{Durability, Engine};
+use strata_workflows::approval;
 
 const INSTANCES: usize = 100_000;
-
-async fn wait_a_day(_ctx: StepCtx, _state: &mut u64) -> StepResult<u64> {
-    Ok(Next::wait_signal_with_timeout(
-        "approve",
-        "wait",
-        Duration::from_secs(86_400),
-    ))
-}
-
-fn approval() -> WorkflowVersion<u64, u64, u64> {
-    WorkflowVersion::new("approval", "1.0.0")
-        .init(|request: u64| request)
-        .step("wait", wait_a_day)
-}
 
 async fn open(dir: &Path) -> Engine {
     Engine::builder()
@@ -32,32 +19,18 @@ async fn open(dir: &Path) -> Engine {
             interval: Duration::from_millis(100),
         })
         .max_concurrent_steps(1024)
-        .register(approval())
+        .register(approval::v1_0())
         .open()
         .await
         .expect("open")
 }
 
-/// Fills `dir` with `INSTANCES` instances, each waiting for a signal.
+/// Fills `dir` with `INSTANCES` approval requests, each waiting for a decision.
 async fn populate(dir: &Path) {
     let engine = open(dir).await;
-    let starters: Vec<_> = (0..64)
-        .map(|starter| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                for request in (starter..INSTANCES).step_by(64) {
-                    engine.start("approval", &(request as u64)).await.expect("start");
-                }
-            })
-        })
-        .collect();
-    for starter in starters {
-        starter.await.expect("starter");
-    }
-    let waiting = InstanceFilter::workflow("approval").with_status(InstanceStatus::WaitingSignal);
-    while engine.list(&waiting).expect("list").len() < INSTANCES {
-        tokio::time::sleep(Duration::from_millis(100)).await; // polls the population's progress
-    }
+    approval::start_waiting_requests(&engine, INSTANCES)
+        .await
+        .expect("populate");
     engine.shutdown().await;
 }
 

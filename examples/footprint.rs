@@ -9,21 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use strata::{Durability, Engine, InstanceFilter, InstanceStatus, Next, StepCtx, StepResult, WorkflowVersion};
-
-async fn wait_a_day(_ctx: StepCtx, _state: &mut u64) -> StepResult<u64> {
-    Ok(Next::wait_signal_with_timeout(
-        "approve",
-        "wait",
-        Duration::from_secs(86_400),
-    ))
-}
-
-fn approval() -> WorkflowVersion<u64, u64, u64> {
-    WorkflowVersion::new("approval", "1.0.0")
-        .init(|request: u64| request)
-        .step("wait", wait_a_day)
-}
+use strata::{Durability, Engine};
+use strata_workflows::approval;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -42,7 +29,7 @@ async fn open(dir: &std::path::Path) -> Result<Engine, strata::EngineError> {
             interval: Duration::from_millis(100),
         })
         .max_concurrent_steps(1024)
-        .register(approval())
+        .register(approval::v1_0())
         .open()
         .await
 }
@@ -74,26 +61,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn populate(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn std::error::Error>> {
     let engine = open(dir).await?;
     let started = Instant::now();
-    let starters: Vec<_> = (0..64)
-        .map(|starter| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                for request in (starter..instances).step_by(64) {
-                    engine.start("approval", &(request as u64)).await?;
-                }
-                Ok::<(), strata::EngineError>(())
-            })
-        })
-        .collect();
-    for starter in starters {
-        starter.await??;
-    }
-    let waiting = InstanceFilter::workflow("approval").with_status(InstanceStatus::WaitingSignal);
-    while engine.list(&waiting)?.len() < instances {
-        tokio::time::sleep(Duration::from_millis(100)).await; // polls the population's progress
-    }
+    approval::start_waiting_requests(&engine, instances).await?;
     println!(
-        "started {instances} instances in {:.2}s (Buffered)",
+        "started {instances} waiting instances in {:.2}s (Buffered)",
         started.elapsed().as_secs_f64()
     );
     engine.shutdown().await;

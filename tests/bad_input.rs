@@ -91,10 +91,7 @@ async fn payloads_that_do_not_decode_are_refused_before_anything_is_stored() {
 
     let input = small_order(1);
     let id = engine.start(order::WORKFLOW, &input).await.unwrap();
-    wait_until(&engine, |engine| {
-        engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-    })
-    .await;
+    wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
     let error = engine
         .signal(id, order::PAYMENT_SIGNAL, &"a lot of money")
         .await
@@ -176,10 +173,7 @@ async fn a_corrupt_record_is_quarantined_and_the_rest_run() {
     let mut ids = Vec::new();
     for n in 0..3 {
         let id = engine.start(order::WORKFLOW, &small_order(n)).await.unwrap();
-        wait_until(&engine, |engine| {
-            engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-        })
-        .await;
+        wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
         ids.push(id);
     }
     let damaged_state = engine.instance(ids[1]).unwrap().record;
@@ -303,10 +297,7 @@ async fn a_failing_disk_keeps_instances_at_their_last_committed_step() {
         .await
         .unwrap();
     let id = engine.start("napper", &0u32).await.unwrap();
-    wait_until(&engine, |engine| {
-        engine.instance(id).unwrap().status == InstanceStatus::Sleeping
-    })
-    .await;
+    wait_for_status(&engine, id, InstanceStatus::Sleeping).await;
     store.failing.store(true, Ordering::SeqCst);
     let error = engine.start("napper", &0u32).await.unwrap_err();
     assert!(

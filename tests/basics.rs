@@ -17,10 +17,7 @@ async fn an_order_completes_through_signal_sleep_and_retry() {
         unit_price_cents: 999,
     });
     let id = engine.start(order::WORKFLOW, &input).await.unwrap();
-    wait_until(&engine, |engine| {
-        engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-    })
-    .await;
+    wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
     let info = engine.instance(id).unwrap();
     assert_eq!(info.step(), "charge");
     let state: OrderState = info.state().unwrap();
@@ -115,10 +112,7 @@ async fn instances_are_listed_by_workflow_version_and_status() {
     let cancelled = engine.start(order::WORKFLOW, &small_order(3)).await.unwrap();
     engine.cancel(cancelled).await.unwrap();
     for id in [on_1_0, on_2_0] {
-        wait_until(&engine, |engine| {
-            engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-        })
-        .await;
+        wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
     }
     let ids = |filter: strata::InstanceFilter| -> Vec<strata::InstanceId> {
         engine.list(&filter).unwrap().iter().map(|info| info.id()).collect()
@@ -153,10 +147,7 @@ async fn awaiting_an_outcome_ends_when_the_engine_shuts_down() {
         let engine = engine.clone();
         async move { engine.outcome(id).await }
     });
-    wait_until(&engine, |engine| {
-        engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-    })
-    .await;
+    wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
     engine.clone().shutdown().await;
     let result = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
         .await

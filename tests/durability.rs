@@ -37,10 +37,7 @@ async fn timers_and_early_signals_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder(dir.path()).register(sleeper()).open().await.unwrap();
     let id = engine.start("sleeper", "hello").await.unwrap();
-    wait_until(&engine, |engine| {
-        engine.instance(id).unwrap().status == InstanceStatus::Sleeping
-    })
-    .await;
+    wait_for_status(&engine, id, InstanceStatus::Sleeping).await;
     let Phase::Sleeping { until_ms } = engine.instance(id).unwrap().record.phase else {
         unreachable!()
     };
@@ -66,10 +63,7 @@ async fn a_signal_timeout_fires_after_a_restart() {
     };
     let engine = builder(dir.path()).register(onboarding::v1_0()).open().await.unwrap();
     let id = engine.start(onboarding::WORKFLOW, &input).await.unwrap();
-    wait_until(&engine, |engine| {
-        engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-    })
-    .await;
+    wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
     engine.shutdown().await;
 
     let engine = builder(dir.path()).register(onboarding::v1_0()).open().await.unwrap();

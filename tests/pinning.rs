@@ -8,13 +8,6 @@ use common::*;
 use strata::{InstanceStatus, StartOptions};
 use strata_workflows::order::{self, OrderOutput, OrderState};
 
-async fn wait_for_payment_wait(engine: &strata::Engine, id: strata::InstanceId) {
-    wait_until(engine, |engine| {
-        engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() {
     let dir = tempfile::tempdir().unwrap();
@@ -25,7 +18,7 @@ async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() 
         old.push((engine.start(order::WORKFLOW, &input).await.unwrap(), input));
     }
     for (id, _) in &old {
-        wait_for_payment_wait(&engine, *id).await;
+        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
     }
     engine.register(order::v2_0()).unwrap();
     let input = small_order(100);
@@ -66,7 +59,7 @@ async fn instances_stay_on_their_version_across_a_restart_with_new_versions() {
     for n in 0..4 {
         let input = small_order(n);
         let id = engine.start(order::WORKFLOW, &input).await.unwrap();
-        wait_for_payment_wait(&engine, id).await;
+        wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
         old.push((id, input));
     }
     engine.shutdown().await;

@@ -17,10 +17,7 @@ async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
     for n in 0..3 {
         let input = small_order(n);
         let id = engine.start(order::WORKFLOW, &input).await.unwrap();
-        wait_until(&engine, |engine| {
-            engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-        })
-        .await;
+        wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
         old.push((id, input));
     }
     engine.register(order::v2_0()).unwrap();
@@ -142,10 +139,7 @@ async fn store_with_two_waiting_v1_orders(dir: &std::path::Path) -> Vec<(strata:
     for n in 0..2 {
         let input = small_order(n);
         let id = engine.start(order::WORKFLOW, &input).await.unwrap();
-        wait_until(&engine, |engine| {
-            engine.instance(id).unwrap().status == InstanceStatus::WaitingSignal
-        })
-        .await;
+        wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
         waiting.push((id, input));
     }
     engine.shutdown().await;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use strata::{Durability, Engine, EngineBuilder, Event, InstanceId};
+use strata::{Durability, Engine, EngineBuilder, Event, InstanceId, InstanceStatus};
 use strata_workflows::order::{Line, OrderInput, Payment};
 use strata_workflows::{ledger, onboarding, order};
 use tokio::sync::broadcast;
@@ -85,6 +85,14 @@ pub async fn wait_until(engine: &Engine, condition: impl Fn(&Engine) -> bool) {
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Waits (bounded) until instance `id` has `status`.
+pub async fn wait_for_status(engine: &Engine, id: InstanceId, status: InstanceStatus) {
+    wait_until(engine, |engine| {
+        engine.instance(id).map(|info| info.status).ok() == Some(status)
+    })
+    .await;
 }
 
 /// Awaits an outcome with a bound, so a broken engine fails the test instead of hanging it.
