@@ -8,6 +8,8 @@
 //! Data flows one way: a call enters the [`Engine`] facade, `routing` picks a version, `runtime`
 //! runs steps of that version's code from `registry`, and each step ends in one `store` commit.
 
+#![warn(missing_docs)]
+
 mod engine;
 mod error;
 pub mod instance;

@@ -9,6 +9,8 @@
 //! Every step appends `step@version` to the state's `history`, so a test can see which version's
 //! code ran each step of an instance.
 
+#![warn(missing_docs)]
+
 pub mod approval;
 pub mod ledger;
 pub mod onboarding;
