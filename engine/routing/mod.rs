@@ -1,6 +1,15 @@
-//! Which version a new instance starts on. For now: the caller's version requirement if given,
-//! else the newest registered `Active` version. Flags, sticky percentage rollouts and the
-//! hot-reloaded routing table come with the routing issue; this module is where they go.
+//! Which version a new instance starts on: the caller's version requirement if given, else the
+//! routing table (flags, sticky percentage rollouts, a default per workflow), else the newest
+//! registered `Active` version. Owns the sticky hash and the table snapshot; the config file that
+//! fills the table belongs to `config` (to come with the routing issue).
+
+mod hash;
+mod table;
+
+pub use hash::{bucket, BUCKETS};
+pub use table::{
+    Flag, RolloutRule, RouteInput, RoutingError, RoutingSpec, RoutingTable, Segment, VersionState, WorkflowRouting,
+};
 
 use std::fmt;
 
