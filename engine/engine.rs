@@ -13,7 +13,7 @@ use crate::error::EngineError;
 use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, VersionKey};
 use crate::observe::Event;
 use crate::registry::{parse_version, VersionInfo, VersionStatus};
-use crate::routing::VersionRequest;
+use crate::routing::{RoutingSpec, VersionRequest};
 use crate::runtime::{Durability, Runtime, RuntimeOptions};
 use crate::store::{CorruptRecord, SledStore, Store, StoreStats};
 use crate::workflow::{VersionCode, WorkflowVersion};
@@ -23,6 +23,7 @@ use crate::workflow::{VersionCode, WorkflowVersion};
 pub struct StartOptions {
     routing_key: Option<String>,
     version: Option<String>,
+    attributes: Vec<(String, String)>,
 }
 
 impl StartOptions {
@@ -34,6 +35,12 @@ impl StartOptions {
     /// The key sticky routing hashes (a customer id, say); recorded on the instance.
     pub fn routing_key(mut self, key: impl Into<String>) -> Self {
         self.routing_key = Some(key.into());
+        self
+    }
+
+    /// An attribute of this start (`tenant` = `acme`, say) that flag and rollout segments match.
+    pub fn attribute(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.push((name.into(), value.into()));
         self
     }
 
@@ -194,8 +201,15 @@ impl Engine {
         };
         let input = encode("input", input)?;
         self.runtime
-            .start(workflow, &input, &request, options.routing_key)
+            .start(workflow, &input, &request, options.routing_key, &options.attributes)
             .await
+    }
+
+    /// Replaces the routing rules (flags, per-workflow defaults and rollouts) after checking them
+    /// against the registered versions; invalid rules change nothing. The config file's hot reload
+    /// (to come) applies its rules through this.
+    pub fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
+        self.runtime.set_routing(spec)
     }
 
     /// Sends a signal; it is stored durably and consumed when the instance waits for `name`.

@@ -2,6 +2,7 @@
 
 use crate::instance::{InstanceId, VersionKey};
 use crate::registry::RegistryError;
+use crate::routing::RoutingError;
 use crate::store::StoreError;
 use crate::workflow::DefinitionError;
 
@@ -17,6 +18,9 @@ pub enum EngineError {
     /// A version lookup or lifecycle change failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Routing rules that cannot take effect; the rules in force are unchanged.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
     /// The store holds live instances of versions whose code is not registered.
     #[error("the store holds live instances of versions that are not registered: {}; register their code, or let the engine park them with EngineBuilder::park_unregistered(true)", describe_missing(.missing))]
     MissingVersions {

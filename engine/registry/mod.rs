@@ -339,6 +339,19 @@ impl Registry {
         infos
     }
 
+    /// What the routing table needs to know about every version.
+    pub fn version_states(&self) -> Vec<crate::routing::VersionState> {
+        self.versions
+            .read()
+            .iter()
+            .map(|(key, entry)| crate::routing::VersionState {
+                workflow: key.workflow.clone(),
+                version: key.version.clone(),
+                routable: entry.code.is_some() && entry.status == VersionStatus::Active,
+            })
+            .collect()
+    }
+
     /// The known versions of `workflow`, described for an error message.
     pub fn describe_workflow(&self, workflow: &str) -> String {
         describe(&self.versions.read(), workflow)

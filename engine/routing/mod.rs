@@ -23,6 +23,8 @@ pub enum VersionRequest {
     Newest,
     /// The newest such version matching a semver requirement (`=1.0.0` for an exact version).
     Matching(VersionReq),
+    /// The version the routing table chose, if it can still take new instances; else the newest.
+    Preferred(Version),
 }
 
 impl fmt::Display for VersionRequest {
@@ -30,18 +32,24 @@ impl fmt::Display for VersionRequest {
         match self {
             VersionRequest::Newest => formatter.write_str("newest"),
             VersionRequest::Matching(requirement) => write!(formatter, "{requirement}"),
+            VersionRequest::Preferred(version) => write!(formatter, "routed to {version}"),
         }
     }
 }
 
 /// The newest of `candidates` (versions that may take new instances) that fits `request`.
-pub(crate) fn pick<'a>(candidates: impl Iterator<Item = &'a Version>, request: &VersionRequest) -> Option<&'a Version> {
-    candidates
-        .filter(|version| match request {
-            VersionRequest::Newest => true,
-            VersionRequest::Matching(requirement) => requirement.matches(version),
-        })
-        .max()
+pub(crate) fn pick<'a>(
+    candidates: impl Iterator<Item = &'a Version> + Clone,
+    request: &VersionRequest,
+) -> Option<&'a Version> {
+    match request {
+        VersionRequest::Newest => candidates.max(),
+        VersionRequest::Matching(requirement) => candidates.filter(|version| requirement.matches(version)).max(),
+        VersionRequest::Preferred(preferred) => candidates
+            .clone()
+            .find(|version| *version == preferred)
+            .or_else(|| candidates.max()),
+    }
 }
 
 #[cfg(test)]

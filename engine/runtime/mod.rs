@@ -26,7 +26,7 @@ use crate::instance::{
 };
 use crate::observe::{Event, EventBus};
 use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
-use crate::routing::VersionRequest;
+use crate::routing::{RouteInput, RoutingSpec, RoutingTable, VersionRequest};
 use crate::store::{CounterDelta, Op, SignalRecord, Store};
 use crate::workflow::VersionCode;
 use committer::Committer;
@@ -60,6 +60,10 @@ pub(crate) struct Runtime {
     timers: Arc<TimerQueue>,
     committer: Committer,
     permits: Arc<Semaphore>,
+    /// The compiled routing table, read without a lock on every start.
+    routing: arc_swap::ArcSwap<RoutingTable>,
+    /// The routing rules in force, recompiled whenever the registry changes.
+    routing_spec: parking_lot::Mutex<RoutingSpec>,
     next_instance_id: AtomicU64,
     next_signal_seq: AtomicU64,
     stopping: AtomicBool,
@@ -88,6 +92,8 @@ impl Runtime {
             timers: Arc::new(TimerQueue::new()),
             committer,
             permits: Arc::new(Semaphore::new(options.max_concurrent_steps.max(1))),
+            routing: arc_swap::ArcSwap::from_pointee(RoutingTable::default()),
+            routing_spec: parking_lot::Mutex::new(RoutingSpec::default()),
             next_instance_id: AtomicU64::new(recovered.next_instance_id),
             next_signal_seq: AtomicU64::new(recovered.next_signal_seq),
             stopping: AtomicBool::new(false),
@@ -307,6 +313,28 @@ impl Runtime {
         self.events.emit(event);
     }
 
+    /// Validates `spec` against the registered versions and, if valid, routes by it from the next
+    /// start on. An invalid spec changes nothing.
+    pub fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
+        let mut current = self.routing_spec.lock();
+        let table = RoutingTable::build(&spec, &self.registry.version_states(), true)?;
+        self.routing.store(Arc::new(table));
+        *current = spec;
+        Ok(())
+    }
+
+    /// Recompiles the routing rules in force after the registry changed (a version registered,
+    /// drained or retired); rules whose candidate can no longer take instances are left out.
+    fn refresh_routing(&self) {
+        let spec = self.routing_spec.lock();
+        match RoutingTable::build(&spec, &self.registry.version_states(), false) {
+            Ok(table) => self.routing.store(Arc::new(table)),
+            Err(error) => {
+                tracing::error!(%error, "the routing rules in force no longer compile; keeping the previous table")
+            }
+        }
+    }
+
     /// Starts an instance: picks its version, builds its initial state, commits it, runs it.
     pub async fn start(
         self: &Arc<Self>,
@@ -314,10 +342,31 @@ impl Runtime {
         input: &[u8],
         request: &VersionRequest,
         routing_key: Option<String>,
+        attributes: &[(String, String)],
     ) -> Result<InstanceId, EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
+        let id = InstanceId(self.next_instance_id.fetch_add(1, Ordering::Relaxed));
+        let routed;
+        let request = match request {
+            VersionRequest::Newest => {
+                let table = self.routing.load();
+                let input = RouteInput {
+                    routing_key: routing_key.as_deref(),
+                    instance_id: id.0,
+                    attributes,
+                };
+                match table.route(workflow, input) {
+                    Some(version) => {
+                        routed = VersionRequest::Preferred(version.clone());
+                        &routed
+                    }
+                    None => request,
+                }
+            }
+            explicit => explicit,
+        };
         let code = self.registry.reserve_start(workflow, request)?;
         let key = VersionKey::new(workflow, (**code.version()).clone());
         let state = match code.initial_state(input) {
@@ -328,7 +377,6 @@ impl Runtime {
             }
         };
         let now = now_ms();
-        let id = InstanceId(self.next_instance_id.fetch_add(1, Ordering::Relaxed));
         let record = InstanceRecord {
             format: RECORD_FORMAT,
             id,
@@ -539,6 +587,7 @@ impl Runtime {
     /// Registers code after open and resumes the instances parked for it.
     pub fn register(self: &Arc<Self>, code: Arc<dyn VersionCode>) -> Result<VersionKey, EngineError> {
         let key = self.registry.register(code)?;
+        self.refresh_routing();
         self.events.emit(Event::VersionRegistered { key: key.clone() });
         let mut resumed = Vec::new();
         self.table.for_each(|slot| {
@@ -564,6 +613,7 @@ impl Runtime {
     pub async fn change_status(&self, change: Option<StatusChange>) -> Option<VersionStatus> {
         let change = change?;
         let status = change.status;
+        self.refresh_routing();
         self.persist_status(change).await;
         Some(status)
     }
