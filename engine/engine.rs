@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::config::ConfigError;
 use crate::error::EngineError;
 use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, VersionKey};
 use crate::observe::Event;
@@ -210,6 +211,31 @@ impl Engine {
     /// (to come) applies its rules through this.
     pub fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
         self.runtime.set_routing(spec)
+    }
+
+    /// Parses config text (the `strata.toml` format) and applies its routing rules after checking
+    /// them against the registered versions. `file` names the source in error messages. An invalid
+    /// config changes nothing.
+    pub fn apply_config(&self, file: &str, text: &str) -> Result<(), EngineError> {
+        let spec = crate::config::parse(file, text)?;
+        self.runtime.set_routing(spec).map_err(|error| match error {
+            EngineError::Routing(source) => ConfigError::Rules {
+                file: file.to_string(),
+                source,
+            }
+            .into(),
+            other => other,
+        })
+    }
+
+    /// Reads a config file and applies it like [`Engine::apply_config`].
+    pub fn apply_config_file(&self, path: impl AsRef<std::path::Path>) -> Result<(), EngineError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            file: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        self.apply_config(&path.display().to_string(), &text)
     }
 
     /// Sends a signal; it is stored durably and consumed when the instance waits for `name`.

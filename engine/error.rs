@@ -1,5 +1,6 @@
 //! The engine's error type: every failure a caller of the `Engine` facade can see.
 
+use crate::config::ConfigError;
 use crate::instance::{InstanceId, VersionKey};
 use crate::registry::RegistryError;
 use crate::routing::RoutingError;
@@ -18,6 +19,9 @@ pub enum EngineError {
     /// A version lookup or lifecycle change failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A config file that cannot take effect; the config in force is unchanged.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Routing rules that cannot take effect; the rules in force are unchanged.
     #[error(transparent)]
     Routing(#[from] RoutingError),

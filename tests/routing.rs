@@ -137,3 +137,96 @@ async fn invalid_rules_change_nothing_and_a_drained_candidate_is_never_chosen() 
     );
     engine.shutdown().await;
 }
+
+const VALID: &str = r#"
+[flags.payment-first]
+enabled = true
+
+[workflows.order]
+default = "=1.0.0"
+
+[[workflows.order.rollouts]]
+candidate = "2.0.0"
+percent = 0
+flag = "payment-first"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    engine.drain(order::WORKFLOW, "1.1.0").await.unwrap();
+    engine.apply_config("strata.toml", VALID).unwrap();
+    let rule = |candidate: &str, percent: &str, flag: &str| {
+        format!("[workflows.order]\ndefault = \"=1.0.0\"\n[[workflows.order.rollouts]]\ncandidate = \"{candidate}\"\npercent = {percent}\n{flag}")
+    };
+    let cases = [
+        ("[workflows.order\n".to_string(), "TOML parse error at line 1"),
+        (
+            "[workflows.invoice]\ndefault = \"^1\"\n".to_string(),
+            "workflows.invoice: no version of workflow 'invoice' is registered",
+        ),
+        (
+            rule("3.0.0", "5", ""),
+            "workflows.order.rollouts[0].candidate: version 3.0.0 is not registered",
+        ),
+        (
+            "[workflows.order]\ndefault = \"^4\"\n".to_string(),
+            "workflows.order.default: no registered, active version matches '^4'",
+        ),
+        (
+            rule("2.0.0", "120", ""),
+            "workflows.order.rollouts[0].percent: 120 is not a percentage",
+        ),
+        (
+            rule("2.0.0", "5", "flag = \"nope\""),
+            "workflows.order.rollouts[0].flag: flag 'nope' is not defined",
+        ),
+        (
+            rule("1.1.0", "5", ""),
+            "workflows.order.rollouts[0].candidate: version 1.1.0 is not active",
+        ),
+        (
+            "[workflows.order]\ncanary = true\n".to_string(),
+            "unknown field `canary`",
+        ),
+    ];
+    let mut messages = std::collections::HashSet::new();
+    for (text, expected) in &cases {
+        let error = engine.apply_config("strata.toml", text).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, EngineError::Config(_)), "{message}");
+        assert!(message.starts_with("strata.toml: "), "{message}");
+        assert!(message.contains(expected), "'{message}' does not say '{expected}'");
+        assert!(messages.insert(message), "two cases gave the same message");
+        // The config in force (default =1.0.0, candidate at 0 %) still decides.
+        assert_eq!(version_for(&engine, "customer-7").await, "1.0.0");
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_example_config_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/strata.example.toml");
+    engine.apply_config_file(example).unwrap();
+    let start = |tenant: &'static str, region: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let options = StartOptions::new()
+                .routing_key("k")
+                .attribute("tenant", tenant)
+                .attribute("region", region);
+            let id = engine
+                .start_with(order::WORKFLOW, &small_order(1), options)
+                .await
+                .unwrap();
+            engine.instance(id).unwrap().version().to_string()
+        }
+    };
+    let in_rollout = bucket(order::WORKFLOW, "k") < 1_250;
+    assert_eq!(start("acme", "eu").await, if in_rollout { "2.0.0" } else { "1.1.0" });
+    assert_eq!(start("initech", "eu").await, "1.1.0");
+    engine.shutdown().await;
+}

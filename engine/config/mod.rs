@@ -1,0 +1,266 @@
+//! The config file (`strata.toml`): parsing and validation into routing rules. Owns the file
+//! format and its error messages, which name the file, the key and the reason. Hot reload, the
+//! history of applied configs and cron schedules come with the rest of issue #3.
+//!
+//! ```toml
+//! [flags.payment-first]
+//! enabled = true
+//! segments = [{ attribute = "tenant", values = ["acme"] }]
+//!
+//! [workflows.order]
+//! default = "^1"                 # newest active 1.x; "=1.1.0" pins one version
+//!
+//! [[workflows.order.rollouts]]
+//! candidate = "2.0.0"
+//! percent = 12.5                 # basis-point precision: at most two decimals
+//! flag = "payment-first"         # optional
+//! segments = [{ attribute = "tenant", values = ["acme", "globex"] }]   # optional
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use semver::{Version, VersionReq};
+use serde::Deserialize;
+
+use crate::routing::{Flag, RolloutRule, RoutingError, RoutingSpec, Segment, WorkflowRouting, BUCKETS};
+
+/// Why a config file cannot take effect. The message names the file, the key and the reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the config file: {reason}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML, or has a key or value of the wrong kind.
+    #[error("{file}: {reason}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// The parser's message, with line and column.
+        reason: String,
+    },
+    /// A version or version requirement does not parse.
+    #[error("{file}: {key}: '{value}' is not a valid {expected}: {reason}")]
+    InvalidVersion {
+        /// The file.
+        file: String,
+        /// The key, such as `workflows.order.rollouts[0].candidate`.
+        key: String,
+        /// The text given.
+        value: String,
+        /// `version (like 2.0.0)` or `version requirement (like ^1 or =1.2.0)`.
+        expected: &'static str,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// A percentage out of range or finer than a basis point.
+    #[error("{file}: {key}: {value} is not a percentage from 0 to 100 with at most two decimals")]
+    InvalidPercent {
+        /// The file.
+        file: String,
+        /// The key.
+        key: String,
+        /// The value given.
+        value: f64,
+    },
+    /// The rules do not fit what is registered (unknown workflow or version, inactive candidate,
+    /// unknown flag, unmatched default).
+    #[error("{file}: {source}")]
+    Rules {
+        /// The file.
+        file: String,
+        /// What does not fit; its message starts with the key.
+        source: RoutingError,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    flags: BTreeMap<String, FlagEntry>,
+    #[serde(default)]
+    workflows: BTreeMap<String, WorkflowEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagEntry {
+    enabled: bool,
+    #[serde(default)]
+    segments: Vec<SegmentEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentEntry {
+    attribute: String,
+    values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowEntry {
+    default: Option<String>,
+    #[serde(default)]
+    rollouts: Vec<RolloutEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutEntry {
+    candidate: String,
+    percent: f64,
+    flag: Option<String>,
+    #[serde(default)]
+    segments: Vec<SegmentEntry>,
+}
+
+fn segments(entries: Vec<SegmentEntry>) -> Vec<Segment> {
+    entries
+        .into_iter()
+        .map(|entry| Segment {
+            attribute: entry.attribute,
+            values: entry.values,
+        })
+        .collect()
+}
+
+fn basis_points(file: &str, key: String, percent: f64) -> Result<u16, ConfigError> {
+    let scaled = percent * 100.0;
+    let rounded = scaled.round();
+    if !(0.0..=f64::from(BUCKETS)).contains(&rounded) || (scaled - rounded).abs() > 1e-6 {
+        return Err(ConfigError::InvalidPercent {
+            file: file.to_string(),
+            key,
+            value: percent,
+        });
+    }
+    Ok(rounded as u16)
+}
+
+/// Parses config text into routing rules. `file` names the source in error messages. Checks the
+/// format only; `Engine::apply_config` also checks the rules against the registered versions.
+pub fn parse(file: &str, text: &str) -> Result<RoutingSpec, ConfigError> {
+    let parsed: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+        file: file.to_string(),
+        reason: error.to_string(),
+    })?;
+    let flags = parsed
+        .flags
+        .into_iter()
+        .map(|(name, entry)| {
+            let flag = Flag {
+                name: name.clone(),
+                enabled: entry.enabled,
+                segments: segments(entry.segments),
+            };
+            (name, flag)
+        })
+        .collect();
+    let mut workflows = BTreeMap::new();
+    for (workflow, entry) in parsed.workflows {
+        let default = match entry.default {
+            None => None,
+            Some(text) => Some(VersionReq::parse(&text).map_err(|error| ConfigError::InvalidVersion {
+                file: file.to_string(),
+                key: format!("workflows.{workflow}.default"),
+                value: text.clone(),
+                expected: "version requirement (like ^1 or =1.2.0)",
+                reason: error.to_string(),
+            })?),
+        };
+        let mut rollouts = Vec::with_capacity(entry.rollouts.len());
+        for (index, rule) in entry.rollouts.into_iter().enumerate() {
+            let key = |field: &str| format!("workflows.{workflow}.rollouts[{index}].{field}");
+            let candidate = Version::parse(&rule.candidate).map_err(|error| ConfigError::InvalidVersion {
+                file: file.to_string(),
+                key: key("candidate"),
+                value: rule.candidate.clone(),
+                expected: "version (like 2.0.0)",
+                reason: error.to_string(),
+            })?;
+            rollouts.push(RolloutRule {
+                candidate,
+                basis_points: basis_points(file, key("percent"), rule.percent)?,
+                flag: rule.flag,
+                segments: segments(rule.segments),
+            });
+        }
+        workflows.insert(workflow, WorkflowRouting { default, rollouts });
+    }
+    Ok(RoutingSpec { flags, workflows })
+}
+
+/// Reads and parses a config file.
+pub fn read(path: &Path) -> Result<RoutingSpec, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        file: file.clone(),
+        reason: error.to_string(),
+    })?;
+    parse(&file, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[flags.payment-first]
+enabled = true
+segments = [{ attribute = "tenant", values = ["acme"] }]
+
+[workflows.order]
+default = "^1"
+
+[[workflows.order.rollouts]]
+candidate = "2.0.0"
+percent = 12.5
+flag = "payment-first"
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let spec = parse("strata.toml", EXAMPLE).unwrap();
+        let order = &spec.workflows["order"];
+        assert_eq!(order.default.as_ref().unwrap().to_string(), "^1");
+        assert_eq!(order.rollouts[0].basis_points, 1_250);
+        assert_eq!(order.rollouts[0].flag.as_deref(), Some("payment-first"));
+        assert!(spec.flags["payment-first"].enabled);
+    }
+
+    #[test]
+    fn each_format_error_names_the_file_and_key() {
+        let cases = [
+            ("[workflows.order\n", "strata.toml: TOML parse error at line 1"),
+            ("[workflows.order]\ndefualt = \"^1\"\n", "unknown field `defualt`"),
+            (
+                "[workflows.order]\ndefault = \"one\"\n",
+                "workflows.order.default: 'one' is not a valid version requirement",
+            ),
+            (
+                "[[workflows.order.rollouts]]\ncandidate = \"2\"\npercent = 5\n",
+                "workflows.order.rollouts[0].candidate: '2' is not a valid version",
+            ),
+            (
+                "[[workflows.order.rollouts]]\ncandidate = \"2.0.0\"\npercent = 100.5\n",
+                "workflows.order.rollouts[0].percent: 100.5 is not a percentage",
+            ),
+            (
+                "[[workflows.order.rollouts]]\ncandidate = \"2.0.0\"\npercent = 0.125\n",
+                "at most two decimals",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse("strata.toml", text).unwrap_err().to_string();
+            assert!(error.contains(expected), "'{error}' does not contain '{expected}'");
+            assert!(error.starts_with("strata.toml: "), "{error}");
+        }
+    }
+}
