@@ -217,15 +217,35 @@ impl Engine {
     /// them against the registered versions. `file` names the source in error messages. An invalid
     /// config changes nothing.
     pub fn apply_config(&self, file: &str, text: &str) -> Result<(), EngineError> {
-        let spec = crate::config::parse(file, text)?;
-        self.runtime.set_routing(spec).map_err(|error| match error {
-            EngineError::Routing(source) => ConfigError::Rules {
-                file: file.to_string(),
-                source,
+        let applied = crate::config::parse(file, text)
+            .map_err(EngineError::from)
+            .and_then(|spec| {
+                self.runtime.set_routing(spec).map_err(|error| match error {
+                    EngineError::Routing(source) => ConfigError::Rules {
+                        file: file.to_string(),
+                        source,
+                    }
+                    .into(),
+                    other => other,
+                })
+            });
+        match &applied {
+            Ok(()) => {
+                tracing::info!(file, "config applied");
+                self.runtime.events.emit(Event::ConfigApplied {
+                    source: file.to_string(),
+                });
             }
-            .into(),
-            other => other,
-        })
+            Err(error) => {
+                tracing::error!(file, %error, "config rejected; the config in force stays");
+                let event = Event::ConfigRejected {
+                    source: file.to_string(),
+                    reason: error.to_string(),
+                };
+                self.runtime.events.emit(event);
+            }
+        }
+        applied
     }
 
     /// Reads a config file and applies it like [`Engine::apply_config`].

@@ -230,3 +230,74 @@ async fn the_shipped_example_config_applies() {
     assert_eq!(start("initech", "eu").await, "1.1.0");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_a_config_is_announced_and_so_is_a_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let mut events = engine.subscribe();
+    engine.apply_config("strata.toml", VALID).unwrap();
+    let applied = wait_for_event(&mut events, |event| {
+        matches!(event, strata::Event::ConfigApplied { .. })
+    })
+    .await;
+    assert_eq!(
+        applied,
+        strata::Event::ConfigApplied {
+            source: "strata.toml".into()
+        }
+    );
+    engine
+        .apply_config("strata.toml", "[flags.x]\nenabled = maybe\n")
+        .unwrap_err();
+    let rejected = wait_for_event(&mut events, |event| {
+        matches!(event, strata::Event::ConfigRejected { .. })
+    })
+    .await;
+    let strata::Event::ConfigRejected { reason, .. } = rejected else {
+        unreachable!()
+    };
+    assert!(reason.starts_with("strata.toml: "), "{reason}");
+    engine.shutdown().await;
+}
+
+const HASH_CHILD: &str = "STRATA_HASH_CHILD";
+
+fn sample_keys() -> Vec<String> {
+    (0..200)
+        .map(|index| format!("customer-{index}"))
+        .chain(["", "ü-ñ", "a\0b"].map(String::from))
+        .collect()
+}
+
+/// The child: prints the bucket of every sample key. Run by the parent test as its own process.
+#[test]
+#[ignore = "entry point of the child process of a_key_has_the_same_bucket_in_another_process"]
+fn hash_child() {
+    if std::env::var(HASH_CHILD).is_err() {
+        return;
+    }
+    for key in sample_keys() {
+        println!("BUCKET {}", bucket(order::WORKFLOW, &key));
+    }
+}
+
+#[test]
+fn a_key_has_the_same_bucket_in_another_process() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "hash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(HASH_CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let child: Vec<u16> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split("BUCKET ")
+                .nth(1)
+                .and_then(|bucket| bucket.trim().parse().ok())
+        })
+        .collect();
+    let here: Vec<u16> = sample_keys().iter().map(|key| bucket(order::WORKFLOW, key)).collect();
+    assert_eq!(child, here);
+}

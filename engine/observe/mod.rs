@@ -64,6 +64,18 @@ pub enum Event {
         /// How many.
         count: u64,
     },
+    /// A config's routing rules took effect.
+    ConfigApplied {
+        /// Where the config came from (a file name).
+        source: String,
+    },
+    /// A config was refused; the config in force is unchanged.
+    ConfigRejected {
+        /// Where the config came from.
+        source: String,
+        /// Why, naming the key.
+        reason: String,
+    },
     /// An instance was quarantined: it runs nothing until an operator cancels it.
     InstanceQuarantined {
         /// The instance.
