@@ -58,6 +58,7 @@ pub struct EngineBuilder {
     data_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
     codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
+    config_file: Option<PathBuf>,
     options: RuntimeOptions,
 }
 
@@ -105,6 +106,13 @@ impl EngineBuilder {
         self
     }
 
+    /// A config file to apply at open and to watch while the engine runs (see
+    /// [`Engine::watch_config_file`]); `open` fails if it cannot be applied.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
     /// Registers a workflow version before open.
     pub fn register<I, S, O>(mut self, version: WorkflowVersion<I, S, O>) -> Self
     where
@@ -133,7 +141,14 @@ impl EngineBuilder {
             (None, None) => return Err(EngineError::NoStore),
         };
         let runtime = Runtime::open(store, codes, self.options).await?;
-        Ok(Engine { runtime })
+        let engine = Engine { runtime };
+        if let Some(path) = self.config_file {
+            if let Err(error) = engine.watch_config_file(path, Duration::from_secs(1)) {
+                engine.clone().shutdown().await;
+                return Err(error);
+            }
+        }
+        Ok(engine)
     }
 }
 
@@ -158,6 +173,7 @@ impl Engine {
             data_dir: None,
             store: None,
             codes: Vec::new(),
+            config_file: None,
             options: RuntimeOptions {
                 durability: Durability::Sync,
                 max_concurrent_steps: 256,
@@ -246,6 +262,33 @@ impl Engine {
             }
         }
         applied
+    }
+
+    /// Applies a config file now and then whenever its content changes, until shutdown: change
+    /// notification with a `poll_interval` polling fallback. Fails, watching nothing, if the file
+    /// cannot be applied now; later invalid edits are rejected with a `ConfigRejected` event and
+    /// the config in force stays.
+    pub fn watch_config_file(
+        &self,
+        path: impl Into<std::path::PathBuf>,
+        poll_interval: Duration,
+    ) -> Result<(), EngineError> {
+        let path = path.into();
+        self.apply_config_file(&path)?;
+        let applied = std::fs::read(&path).ok();
+        let stop = self.runtime.stop_signal();
+        tokio::spawn(crate::config::watch::watch_file(
+            self.clone(),
+            path,
+            applied,
+            poll_interval,
+            stop,
+        ));
+        Ok(())
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        self.runtime.events.emit(event);
     }
 
     /// Reads a config file and applies it like [`Engine::apply_config`].

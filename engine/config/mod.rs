@@ -1,6 +1,7 @@
 //! The config file (`strata.toml`): parsing and validation into routing rules. Owns the file
-//! format and its error messages, which name the file, the key and the reason. Hot reload, the
-//! history of applied configs and cron schedules come with the rest of issue #3.
+//! format and its error messages, which name the file, the key and the reason, and the file's
+//! hot reload (`watch`). The history of applied configs and cron schedules come with the rest of
+//! issue #3.
 //!
 //! ```toml
 //! [flags.payment-first]
@@ -16,6 +17,8 @@
 //! flag = "payment-first"         # optional
 //! segments = [{ attribute = "tenant", values = ["acme", "globex"] }]   # optional
 //! ```
+
+pub(crate) mod watch;
 
 use std::collections::BTreeMap;
 use std::path::Path;

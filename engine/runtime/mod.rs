@@ -67,6 +67,8 @@ pub(crate) struct Runtime {
     next_instance_id: AtomicU64,
     next_signal_seq: AtomicU64,
     stopping: AtomicBool,
+    /// Turns true at shutdown, stopping background tasks such as config watchers.
+    stop_signal: tokio::sync::watch::Sender<bool>,
     active_drivers: AtomicUsize,
     drivers_idle: Notify,
 }
@@ -97,6 +99,7 @@ impl Runtime {
             next_instance_id: AtomicU64::new(recovered.next_instance_id),
             next_signal_seq: AtomicU64::new(recovered.next_signal_seq),
             stopping: AtomicBool::new(false),
+            stop_signal: tokio::sync::watch::Sender::new(false),
             active_drivers: AtomicUsize::new(0),
             drivers_idle: Notify::new(),
             options,
@@ -249,6 +252,11 @@ impl Runtime {
                 _ = changed => {}
             }
         }
+    }
+
+    /// A receiver that turns true at shutdown.
+    pub(crate) fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop_signal.subscribe()
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -627,6 +635,7 @@ impl Runtime {
     /// thread. Instances not running stay as committed and continue at the next open.
     pub async fn shutdown(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::Release);
+        self.stop_signal.send_replace(true);
         self.timers.wake();
         loop {
             let idle = self.drivers_idle.notified();
