@@ -16,7 +16,7 @@ use crate::observe::Event;
 use crate::registry::{parse_version, VersionInfo, VersionStatus};
 use crate::routing::{RoutingSpec, VersionRequest};
 use crate::runtime::{Durability, Runtime, RuntimeOptions};
-use crate::store::{CorruptRecord, SledStore, Store, StoreStats};
+use crate::store::{AppliedConfig, CorruptRecord, Op, SledStore, Store, StoreStats};
 use crate::workflow::{VersionCode, WorkflowVersion};
 
 /// How to start an instance besides its workflow and input.
@@ -141,9 +141,13 @@ impl EngineBuilder {
             (None, None) => return Err(EngineError::NoStore),
         };
         let runtime = Runtime::open(store, codes, self.options).await?;
-        let engine = Engine { runtime };
+        let engine = Engine {
+            runtime,
+            config_generation: Arc::new(tokio::sync::Mutex::new(0)),
+        };
+        engine.reinstall_last_config().await?;
         if let Some(path) = self.config_file {
-            if let Err(error) = engine.watch_config_file(path, Duration::from_secs(1)) {
+            if let Err(error) = engine.watch_config_file(path, Duration::from_secs(1)).await {
                 engine.clone().shutdown().await;
                 return Err(error);
             }
@@ -157,6 +161,8 @@ impl EngineBuilder {
 #[derive(Clone)]
 pub struct Engine {
     runtime: Arc<Runtime>,
+    /// The generation of the config in force (0: none yet); the lock orders config changes.
+    config_generation: Arc<tokio::sync::Mutex<u64>>,
 }
 
 fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, EngineError> {
@@ -229,52 +235,119 @@ impl Engine {
         self.runtime.set_routing(spec)
     }
 
-    /// Parses config text (the `strata.toml` format) and applies its routing rules after checking
-    /// them against the registered versions. `file` names the source in error messages. An invalid
-    /// config changes nothing.
-    pub fn apply_config(&self, file: &str, text: &str) -> Result<(), EngineError> {
-        let applied = crate::config::parse(file, text)
-            .map_err(EngineError::from)
-            .and_then(|spec| {
-                self.runtime.set_routing(spec).map_err(|error| match error {
-                    EngineError::Routing(source) => ConfigError::Rules {
-                        file: file.to_string(),
-                        source,
-                    }
-                    .into(),
-                    other => other,
-                })
-            });
+    /// Parses config text (the `strata.toml` format), checks its rules against the registered
+    /// versions and applies them; `source` names it in messages and history. An invalid config
+    /// changes nothing. Each applied config that differs from the one in force is stored with the
+    /// next generation number; returns the generation in force afterwards.
+    pub async fn apply_config(&self, source: &str, text: &str) -> Result<u64, EngineError> {
+        let mut generation = self.config_generation.lock().await;
+        let applied = self.apply_config_locked(&mut generation, source, text).await;
         match &applied {
-            Ok(()) => {
-                tracing::info!(file, "config applied");
-                self.runtime.events.emit(Event::ConfigApplied {
-                    source: file.to_string(),
+            Ok(generation) => {
+                tracing::info!(source, generation, "config applied");
+                self.emit(Event::ConfigApplied {
+                    source: source.to_string(),
+                    generation: *generation,
                 });
             }
             Err(error) => {
-                tracing::error!(file, %error, "config rejected; the config in force stays");
-                let event = Event::ConfigRejected {
-                    source: file.to_string(),
+                tracing::error!(source, %error, "config rejected; the config in force stays");
+                self.emit(Event::ConfigRejected {
+                    source: source.to_string(),
                     reason: error.to_string(),
-                };
-                self.runtime.events.emit(event);
+                });
             }
         }
         applied
+    }
+
+    async fn apply_config_locked(&self, generation: &mut u64, source: &str, text: &str) -> Result<u64, EngineError> {
+        let spec = crate::config::parse(source, text)?;
+        let table = self.runtime.compile_routing(&spec, true).map_err(|error| match error {
+            EngineError::Routing(rules) => ConfigError::Rules {
+                file: source.to_string(),
+                source: rules,
+            }
+            .into(),
+            other => other,
+        })?;
+        let unchanged = self
+            .runtime
+            .store
+            .config_history()?
+            .last()
+            .is_some_and(|last| last.text == text);
+        if !unchanged {
+            let record = AppliedConfig {
+                generation: *generation + 1,
+                source: source.to_string(),
+                text: text.to_string(),
+                applied_at_ms: crate::runtime::now_ms(),
+            };
+            self.runtime.commit(vec![Op::PutConfig(record)]).await?;
+            *generation += 1;
+        }
+        self.runtime.install_routing(spec, table);
+        Ok(*generation)
+    }
+
+    /// Puts the last applied config back in force at open: the last known good one survives
+    /// restarts. Rules that no longer fit the registered versions are left out.
+    async fn reinstall_last_config(&self) -> Result<(), EngineError> {
+        let mut generation = self.config_generation.lock().await;
+        let Some(last) = self.runtime.store.config_history()?.pop() else {
+            return Ok(());
+        };
+        *generation = last.generation;
+        let spec = crate::config::parse(&last.source, &last.text)?;
+        let table = self.runtime.compile_routing(&spec, false)?;
+        self.runtime.install_routing(spec, table);
+        tracing::info!(generation = last.generation, source = %last.source, "config reinstated from the store");
+        Ok(())
+    }
+
+    /// Every config applied to this store, oldest generation first.
+    pub fn config_history(&self) -> Result<Vec<AppliedConfig>, EngineError> {
+        Ok(self.runtime.store.config_history()?)
+    }
+
+    /// Applies an earlier generation's config again (checked against the versions registered
+    /// now); it becomes the newest generation. Returns that generation.
+    pub async fn restore_config(&self, generation: u64) -> Result<u64, EngineError> {
+        let history = self.config_history()?;
+        let Some(record) = history.into_iter().find(|record| record.generation == generation) else {
+            return Err(ConfigError::UnknownGeneration { generation }.into());
+        };
+        let source = format!("{} (restored generation {generation})", record.source);
+        let applied = self.apply_config(&source, &record.text).await?;
+        self.emit(Event::ConfigRestored {
+            restored: generation,
+            generation: applied,
+        });
+        Ok(applied)
+    }
+
+    /// Reads a config file and applies it like [`Engine::apply_config`].
+    pub async fn apply_config_file(&self, path: impl AsRef<std::path::Path>) -> Result<u64, EngineError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            file: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        self.apply_config(&path.display().to_string(), &text).await
     }
 
     /// Applies a config file now and then whenever its content changes, until shutdown: change
     /// notification with a `poll_interval` polling fallback. Fails, watching nothing, if the file
     /// cannot be applied now; later invalid edits are rejected with a `ConfigRejected` event and
     /// the config in force stays.
-    pub fn watch_config_file(
+    pub async fn watch_config_file(
         &self,
         path: impl Into<std::path::PathBuf>,
         poll_interval: Duration,
     ) -> Result<(), EngineError> {
         let path = path.into();
-        self.apply_config_file(&path)?;
+        self.apply_config_file(&path).await?;
         let applied = std::fs::read(&path).ok();
         let stop = self.runtime.stop_signal();
         tokio::spawn(crate::config::watch::watch_file(
@@ -289,16 +362,6 @@ impl Engine {
 
     pub(crate) fn emit(&self, event: Event) {
         self.runtime.events.emit(event);
-    }
-
-    /// Reads a config file and applies it like [`Engine::apply_config`].
-    pub fn apply_config_file(&self, path: impl AsRef<std::path::Path>) -> Result<(), EngineError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            file: path.display().to_string(),
-            reason: error.to_string(),
-        })?;
-        self.apply_config(&path.display().to_string(), &text)
     }
 
     /// Sends a signal; it is stored durably and consumed when the instance waits for `name`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use strata::instance::{InstanceRecord, StateEnvelope};
 use strata::registry::RegistryError;
-use strata::store::{CorruptRecord, Op, RecoveredState, SledStore, Store, StoreError, StoreStats};
+use strata::store::{AppliedConfig, CorruptRecord, Op, RecoveredState, SledStore, Store, StoreError, StoreStats};
 use strata::{
     Engine, EngineError, Event, InstanceId, InstanceStatus, Next, RetryPolicy, StartOptions, StepCtx, StepResult,
     WorkflowVersion,
@@ -261,6 +261,9 @@ impl Store for FailingStore {
     }
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
         self.inner.quarantined()
+    }
+    fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError> {
+        self.inner.config_history()
     }
     fn stats(&self) -> StoreStats {
         self.inner.stats()

@@ -42,7 +42,10 @@ async fn a_running_engine_follows_its_config_file_and_keeps_the_last_good_one() 
     save(&config, rollout(0).as_bytes());
     // A long poll interval: the changes below must be seen through change notification.
     let engine = builder_with_all(&dir.path().join("data")).open().await.unwrap();
-    engine.watch_config_file(&config, Duration::from_secs(3600)).unwrap();
+    engine
+        .watch_config_file(&config, Duration::from_secs(3600))
+        .await
+        .unwrap();
     let mut events = engine.subscribe();
     assert_eq!(version_for(&engine, "customer-1").await, "1.0.0");
 
@@ -90,7 +93,10 @@ async fn a_file_rewritten_in_place_is_applied_once_complete() {
     let config = dir.path().join("strata.toml");
     save(&config, rollout(0).as_bytes());
     let engine = builder_with_all(&dir.path().join("data")).open().await.unwrap();
-    engine.watch_config_file(&config, Duration::from_millis(50)).unwrap();
+    engine
+        .watch_config_file(&config, Duration::from_millis(50))
+        .await
+        .unwrap();
     let mut events = engine.subscribe();
     // Truncated, then written: a reader may see the empty file first (a valid, empty config that
     // routes to the newest version, 2.0.0); the complete file routes to 1.1.0.

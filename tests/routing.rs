@@ -156,7 +156,7 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
     let dir = tempfile::tempdir().unwrap();
     let engine = builder_with_all(dir.path()).open().await.unwrap();
     engine.drain(order::WORKFLOW, "1.1.0").await.unwrap();
-    engine.apply_config("strata.toml", VALID).unwrap();
+    engine.apply_config("strata.toml", VALID).await.unwrap();
     let rule = |candidate: &str, percent: &str, flag: &str| {
         format!("[workflows.order]\ndefault = \"=1.0.0\"\n[[workflows.order.rollouts]]\ncandidate = \"{candidate}\"\npercent = {percent}\n{flag}")
     };
@@ -193,7 +193,7 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
     ];
     let mut messages = std::collections::HashSet::new();
     for (text, expected) in &cases {
-        let error = engine.apply_config("strata.toml", text).unwrap_err();
+        let error = engine.apply_config("strata.toml", text).await.unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, EngineError::Config(_)), "{message}");
         assert!(message.starts_with("strata.toml: "), "{message}");
@@ -210,7 +210,7 @@ async fn the_shipped_example_config_applies() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder_with_all(dir.path()).open().await.unwrap();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/strata.example.toml");
-    engine.apply_config_file(example).unwrap();
+    engine.apply_config_file(example).await.unwrap();
     let start = |tenant: &'static str, region: &'static str| {
         let engine = engine.clone();
         async move {
@@ -236,7 +236,7 @@ async fn applying_a_config_is_announced_and_so_is_a_rejection() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder_with_all(dir.path()).open().await.unwrap();
     let mut events = engine.subscribe();
-    engine.apply_config("strata.toml", VALID).unwrap();
+    engine.apply_config("strata.toml", VALID).await.unwrap();
     let applied = wait_for_event(&mut events, |event| {
         matches!(event, strata::Event::ConfigApplied { .. })
     })
@@ -244,11 +244,13 @@ async fn applying_a_config_is_announced_and_so_is_a_rejection() {
     assert_eq!(
         applied,
         strata::Event::ConfigApplied {
-            source: "strata.toml".into()
+            source: "strata.toml".into(),
+            generation: 1
         }
     );
     engine
         .apply_config("strata.toml", "[flags.x]\nenabled = maybe\n")
+        .await
         .unwrap_err();
     let rejected = wait_for_event(&mut events, |event| {
         matches!(event, strata::Event::ConfigRejected { .. })
@@ -300,4 +302,57 @@ fn a_key_has_the_same_bucket_in_another_process() {
         .collect();
     let here: Vec<u16> = sample_keys().iter().map(|key| bucket(order::WORKFLOW, key)).collect();
     assert_eq!(child, here);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_applied_config_is_kept_and_any_can_be_restored_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let all_to = |version: &str| format!("[workflows.order]\ndefault = \"={version}\"\n");
+    assert_eq!(engine.apply_config("first.toml", &all_to("1.0.0")).await.unwrap(), 1);
+    assert_eq!(engine.apply_config("second.toml", &all_to("2.0.0")).await.unwrap(), 2);
+    assert_eq!(
+        engine.apply_config("second.toml", &all_to("2.0.0")).await.unwrap(),
+        2,
+        "unchanged text, same generation"
+    );
+    engine
+        .apply_config("broken.toml", "[workflows.order]\ndefault = \"^7\"\n")
+        .await
+        .unwrap_err();
+    let history = engine.config_history().unwrap();
+    let generations: Vec<(u64, &str)> = history
+        .iter()
+        .map(|config| (config.generation, config.source.as_str()))
+        .collect();
+    assert_eq!(
+        generations,
+        vec![(1, "first.toml"), (2, "second.toml")],
+        "a rejected config is not in the history"
+    );
+    assert_eq!(version_for(&engine, "k").await, "2.0.0");
+
+    let mut events = engine.subscribe();
+    assert_eq!(engine.restore_config(1).await.unwrap(), 3);
+    let restored = wait_for_event(&mut events, |event| {
+        matches!(event, strata::Event::ConfigRestored { .. })
+    })
+    .await;
+    assert_eq!(
+        restored,
+        strata::Event::ConfigRestored {
+            restored: 1,
+            generation: 3
+        }
+    );
+    assert_eq!(version_for(&engine, "k").await, "1.0.0");
+    let error = engine.restore_config(9).await.unwrap_err();
+    assert!(error.to_string().contains("no config of generation 9"), "{error}");
+    engine.shutdown().await;
+
+    // The last applied config is in force again after a restart, without a config file.
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    assert_eq!(version_for(&engine, "k").await, "1.0.0");
+    assert_eq!(engine.config_history().unwrap().len(), 3);
+    engine.shutdown().await;
 }

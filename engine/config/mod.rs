@@ -71,6 +71,12 @@ pub enum ConfigError {
         /// The value given.
         value: f64,
     },
+    /// No applied config has this generation.
+    #[error("no config of generation {generation} is in the store's history; see Engine::config_history")]
+    UnknownGeneration {
+        /// The generation asked for.
+        generation: u64,
+    },
     /// The rules do not fit what is registered (unknown workflow or version, inactive candidate,
     /// unknown flag, unmatched default).
     #[error("{file}: {source}")]

@@ -75,7 +75,7 @@ pub(crate) async fn watch_file(
                 last = Some(bytes.clone());
                 match String::from_utf8(bytes) {
                     // apply_config announces the outcome (ConfigApplied or ConfigRejected).
-                    Ok(text) => drop(engine.apply_config(&source, &text)),
+                    Ok(text) => drop(engine.apply_config(&source, &text).await),
                     Err(_) => reject(&engine, &source, "the file is not UTF-8 text".to_string()),
                 }
             }

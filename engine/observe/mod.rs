@@ -68,6 +68,15 @@ pub enum Event {
     ConfigApplied {
         /// Where the config came from (a file name).
         source: String,
+        /// Its generation in the store's config history.
+        generation: u64,
+    },
+    /// An earlier generation's config was applied again, as a new generation.
+    ConfigRestored {
+        /// The generation restored.
+        restored: u64,
+        /// The generation it was applied as.
+        generation: u64,
     },
     /// A config was refused; the config in force is unchanged.
     ConfigRejected {

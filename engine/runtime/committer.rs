@@ -248,6 +248,9 @@ mod tests {
         fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
             Ok(Vec::new())
         }
+        fn config_history(&self) -> Result<Vec<crate::store::AppliedConfig>, StoreError> {
+            Ok(Vec::new())
+        }
         fn stats(&self) -> StoreStats {
             StoreStats::default()
         }

@@ -324,11 +324,26 @@ impl Runtime {
     /// Validates `spec` against the registered versions and, if valid, routes by it from the next
     /// start on. An invalid spec changes nothing.
     pub fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
+        let table = self.compile_routing(&spec, true)?;
+        self.install_routing(spec, table);
+        Ok(())
+    }
+
+    /// Compiles `spec` against the registered versions (see `RoutingTable::build` for `strict`).
+    pub fn compile_routing(&self, spec: &RoutingSpec, strict: bool) -> Result<RoutingTable, EngineError> {
+        Ok(RoutingTable::build(spec, &self.registry.version_states(), strict)?)
+    }
+
+    /// Routes by `table` (compiled from `spec`) from the next start on.
+    pub fn install_routing(&self, spec: RoutingSpec, table: RoutingTable) {
         let mut current = self.routing_spec.lock();
-        let table = RoutingTable::build(&spec, &self.registry.version_states(), true)?;
         self.routing.store(Arc::new(table));
         *current = spec;
-        Ok(())
+    }
+
+    /// Commits `ops` through the group committer.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
+        Ok(self.committer.commit(ops).await?)
     }
 
     /// Recompiles the routing rules in force after the registry changed (a version registered,

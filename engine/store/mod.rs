@@ -57,6 +57,19 @@ pub struct SignalRecord {
     pub payload: Vec<u8>,
 }
 
+/// A config as applied, kept in the store's history so that any generation can be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedConfig {
+    /// Its generation: 1 for the first config applied to this store, then one more per change.
+    pub generation: u64,
+    /// Where it came from (a file name, or a restore of an earlier generation).
+    pub source: String,
+    /// Its full text.
+    pub text: String,
+    /// When it was applied (ms since the Unix epoch).
+    pub applied_at_ms: u64,
+}
+
 /// Per-version counts, persisted in the same commit as the instance records they count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VersionCounters {
@@ -163,6 +176,8 @@ pub enum Op {
         /// The status.
         status: VersionStatus,
     },
+    /// Adds an applied config to the history.
+    PutConfig(AppliedConfig),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
         /// The instance.
@@ -227,6 +242,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Quarantined records: id and reason.
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError>;
+    /// Every applied config, oldest generation first.
+    fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
 }

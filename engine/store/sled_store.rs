@@ -5,7 +5,8 @@
 //! Key layout (all integers big-endian, so keys sort by number):
 //! `m/format` record format · `i/<id>` live instance · `d/<id>` finished instance ·
 //! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
-//! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status.
+//! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status ·
+//! `g/<generation>` applied config.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,7 +17,9 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{CorruptRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, VersionCounters};
+use super::{
+    AppliedConfig, CorruptRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, VersionCounters,
+};
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use crate::registry::VersionStatus;
 
@@ -27,6 +30,7 @@ const QUARANTINED: &[u8] = b"q/";
 const SIGNALS: &[u8] = b"s/";
 const COUNTERS: &[u8] = b"c/";
 const STATUSES: &[u8] = b"v/";
+const CONFIGS: &[u8] = b"g/";
 
 #[derive(Serialize, Deserialize)]
 struct CounterEntry {
@@ -220,6 +224,11 @@ impl Store for SledStore {
                     };
                     batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
                 }
+                Op::PutConfig(config) => {
+                    let mut key = CONFIGS.to_vec();
+                    key.extend_from_slice(&config.generation.to_be_bytes());
+                    batch.insert(key, encode("applied config", config)?);
+                }
                 Op::QuarantineRecord { id, reason } => {
                     let raw = self.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
                     let entry = QuarantineEntry {
@@ -345,6 +354,10 @@ impl Store for SledStore {
             found.push(CorruptRecord { id, reason });
         }
         Ok(found)
+    }
+
+    fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError> {
+        self.collect(CONFIGS, "applied config")
     }
 
     fn stats(&self) -> StoreStats {
