@@ -88,8 +88,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = engine.subscribe();
     println!("engine running; watching {}\n", config_path.display());
     println!(
-        "  {:<28} {:<18} {:>3}   {:>8}  {:>8}   {}",
-        "step", "config", "gen", "1.1.0", "2.0.0", "moved back"
+        "  {:<28} {:<18} {:>3}   {:>8}  {:>8}   moved back",
+        "step", "config", "gen", "1.1.0", "2.0.0"
     );
     let mut previous: Option<Vec<bool>> = None;
 
