@@ -241,14 +241,18 @@ impl Engine {
     /// next generation number; returns the generation in force afterwards.
     pub async fn apply_config(&self, source: &str, text: &str) -> Result<u64, EngineError> {
         let mut generation = self.config_generation.lock().await;
+        let before = self.runtime.routing_spec();
         let applied = self.apply_config_locked(&mut generation, source, text).await;
         match &applied {
             Ok(generation) => {
-                tracing::info!(source, generation, "config applied");
-                self.emit(Event::ConfigApplied {
+                let changes = crate::routing::describe_changes(&before, &self.runtime.routing_spec());
+                tracing::info!(source, generation, ?changes, "config applied");
+                let event = Event::ConfigApplied {
                     source: source.to_string(),
                     generation: *generation,
-                });
+                    changes,
+                };
+                self.emit(event);
             }
             Err(error) => {
                 tracing::error!(source, %error, "config rejected; the config in force stays");

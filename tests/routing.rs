@@ -245,7 +245,12 @@ async fn applying_a_config_is_announced_and_so_is_a_rejection() {
         applied,
         strata::Event::ConfigApplied {
             source: "strata.toml".into(),
-            generation: 1
+            generation: 1,
+            changes: vec![
+                "flag 'payment-first': undefined -> on".to_string(),
+                "order: default newest active -> =1.0.0".to_string(),
+                "order: rollouts none -> 0 % to 2.0.0 behind flag 'payment-first'".to_string(),
+            ],
         }
     );
     engine

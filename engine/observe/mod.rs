@@ -70,6 +70,8 @@ pub enum Event {
         source: String,
         /// Its generation in the store's config history.
         generation: u64,
+        /// What it changed for routing, one line per change (empty if nothing).
+        changes: Vec<String>,
     },
     /// An earlier generation's config was applied again, as a new generation.
     ConfigRestored {

@@ -8,7 +8,8 @@ mod table;
 
 pub use hash::{bucket, BUCKETS};
 pub use table::{
-    Flag, RolloutRule, RouteInput, RoutingError, RoutingSpec, RoutingTable, Segment, VersionState, WorkflowRouting,
+    describe_changes, Flag, RolloutRule, RouteInput, RoutingError, RoutingSpec, RoutingTable, Segment, VersionState,
+    WorkflowRouting,
 };
 
 use std::fmt;

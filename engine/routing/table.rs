@@ -473,3 +473,120 @@ mod tests {
         );
     }
 }
+
+fn describe_rule(rule: &RolloutRule) -> String {
+    let mut text = format!("{} % to {}", f64::from(rule.basis_points) / 100.0, rule.candidate);
+    if let Some(flag) = &rule.flag {
+        text.push_str(&format!(" behind flag '{flag}'"));
+    }
+    for segment in &rule.segments {
+        text.push_str(&format!(
+            " for {} in [{}]",
+            segment.attribute,
+            segment.values.join(", ")
+        ));
+    }
+    text
+}
+
+fn describe_default(default: Option<&VersionReq>) -> String {
+    default.map_or("newest active".to_string(), |requirement| requirement.to_string())
+}
+
+/// What changes for routing between two specs, one line per change, for the `ConfigApplied` event.
+pub fn describe_changes(before: &RoutingSpec, after: &RoutingSpec) -> Vec<String> {
+    let mut changes = Vec::new();
+    let names = before
+        .flags
+        .keys()
+        .chain(after.flags.keys())
+        .collect::<std::collections::BTreeSet<_>>();
+    for name in names {
+        let state = |flag: Option<&Flag>| match flag {
+            None => "undefined".to_string(),
+            Some(flag) if !flag.enabled => "off".to_string(),
+            Some(flag) if flag.segments.is_empty() => "on".to_string(),
+            Some(flag) => format!("on for {} segment(s)", flag.segments.len()),
+        };
+        let (old, new) = (state(before.flags.get(name)), state(after.flags.get(name)));
+        if before.flags.get(name) != after.flags.get(name) {
+            changes.push(format!("flag '{name}': {old} -> {new}"));
+        }
+    }
+    let workflows = before
+        .workflows
+        .keys()
+        .chain(after.workflows.keys())
+        .collect::<std::collections::BTreeSet<_>>();
+    let empty = WorkflowRouting::default();
+    for workflow in workflows {
+        let old = before.workflows.get(workflow).unwrap_or(&empty);
+        let new = after.workflows.get(workflow).unwrap_or(&empty);
+        if old.default != new.default {
+            changes.push(format!(
+                "{workflow}: default {} -> {}",
+                describe_default(old.default.as_ref()),
+                describe_default(new.default.as_ref())
+            ));
+        }
+        if old.rollouts != new.rollouts {
+            let list = |rules: &[RolloutRule]| {
+                if rules.is_empty() {
+                    "none".to_string()
+                } else {
+                    rules.iter().map(describe_rule).collect::<Vec<_>>().join("; ")
+                }
+            };
+            changes.push(format!(
+                "{workflow}: rollouts {} -> {}",
+                list(&old.rollouts),
+                list(&new.rollouts)
+            ));
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    #[test]
+    fn changes_name_the_flag_and_workflow_that_changed() {
+        let rule = |basis_points| RolloutRule {
+            candidate: Version::new(2, 0, 0),
+            basis_points,
+            flag: Some("beta".into()),
+            segments: vec![],
+        };
+        let spec = |enabled, basis_points| RoutingSpec {
+            flags: [(
+                "beta".to_string(),
+                Flag {
+                    name: "beta".into(),
+                    enabled,
+                    segments: vec![],
+                },
+            )]
+            .into_iter()
+            .collect(),
+            workflows: [(
+                "order".to_string(),
+                WorkflowRouting {
+                    default: None,
+                    rollouts: vec![rule(basis_points)],
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        assert!(describe_changes(&spec(true, 1_000), &spec(true, 1_000)).is_empty());
+        assert_eq!(
+            describe_changes(&spec(true, 1_000), &spec(false, 5_000)),
+            vec![
+                "flag 'beta': on -> off".to_string(),
+                "order: rollouts 10 % to 2.0.0 behind flag 'beta' -> 50 % to 2.0.0 behind flag 'beta'".to_string()
+            ]
+        );
+    }
+}

@@ -341,6 +341,11 @@ impl Runtime {
         *current = spec;
     }
 
+    /// The routing rules in force.
+    pub fn routing_spec(&self) -> RoutingSpec {
+        self.routing_spec.lock().clone()
+    }
+
     /// Commits `ops` through the group committer.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
         Ok(self.committer.commit(ops).await?)
