@@ -368,6 +368,12 @@ impl Engine {
         self.runtime.events.emit(event);
     }
 
+    /// Instances started since open per version and why they got it (caller's requirement, a
+    /// rollout rule, the default, or the newest version), sorted by version.
+    pub fn routing_counts(&self) -> Vec<(VersionKey, crate::routing::RouteReason, u64)> {
+        self.runtime.routing_counts()
+    }
+
     /// Sends a signal; it is stored durably and consumed when the instance waits for `name`.
     pub async fn signal<P: Serialize + ?Sized>(
         &self,

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use strata::routing::{bucket, Flag, RolloutRule, RoutingError, RoutingSpec, Segment, WorkflowRouting};
+use strata::routing::{bucket, Flag, RolloutRule, RouteReason, RoutingError, RoutingSpec, Segment, WorkflowRouting};
 use strata::{EngineError, InstanceStatus, StartOptions, Version};
 use strata_workflows::order::{self, OrderOutput};
 
@@ -40,6 +40,7 @@ async fn a_percentage_rollout_routes_each_key_by_its_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder_with_all(dir.path()).open().await.unwrap();
     engine.set_routing(rollout(3_000, None)).unwrap();
+    let mut in_rollout = 0;
     for customer in 0..120 {
         let key = format!("customer-{customer}");
         let expected = if bucket(order::WORKFLOW, &key) < 3_000 {
@@ -47,9 +48,31 @@ async fn a_percentage_rollout_routes_each_key_by_its_bucket() {
         } else {
             "1.1.0"
         };
+        in_rollout += u64::from(expected == "2.0.0");
         assert_eq!(version_for(&engine, &key).await, expected, "{key}");
         assert_eq!(version_for(&engine, &key).await, expected, "{key} is not sticky");
     }
+    engine
+        .start_with(order::WORKFLOW, &small_order(1), StartOptions::new().version("=1.0.0"))
+        .await
+        .unwrap();
+    let counts: Vec<(String, RouteReason, u64)> = engine
+        .routing_counts()
+        .into_iter()
+        .map(|(key, reason, count)| (key.to_string(), reason, count))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("order@1.0.0".to_string(), RouteReason::Requested, 1),
+            ("order@1.1.0".to_string(), RouteReason::Default, 2 * (120 - in_rollout)),
+            (
+                "order@2.0.0".to_string(),
+                RouteReason::Rollout { rule: 0 },
+                2 * in_rollout
+            ),
+        ]
+    );
     engine.shutdown().await;
 }
 

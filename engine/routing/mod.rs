@@ -8,8 +8,8 @@ mod table;
 
 pub use hash::{bucket, BUCKETS};
 pub use table::{
-    describe_changes, Flag, RolloutRule, RouteInput, RoutingError, RoutingSpec, RoutingTable, Segment, VersionState,
-    WorkflowRouting,
+    describe_changes, Flag, RolloutRule, RouteInput, RouteReason, RoutingError, RoutingSpec, RoutingTable, Segment,
+    VersionState, WorkflowRouting,
 };
 
 use std::fmt;

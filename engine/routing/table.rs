@@ -148,6 +148,8 @@ pub enum RoutingError {
 }
 
 struct CompiledRule {
+    /// The rule's position in the spec (rules left out do not shift it).
+    position: usize,
     candidate: Version,
     basis_points: u16,
     flag: Option<usize>,
@@ -164,6 +166,22 @@ struct CompiledWorkflow {
 pub struct RoutingTable {
     workflows: HashMap<String, CompiledWorkflow>,
     flags: Vec<Flag>,
+}
+
+/// Why a new instance got its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteReason {
+    /// The caller asked for a version (a semver requirement).
+    Requested,
+    /// A rollout rule (its position in the workflow's `rollouts`) admitted the start.
+    Rollout {
+        /// The rule's position.
+        rule: usize,
+    },
+    /// The workflow's default version in the routing rules.
+    Default,
+    /// No routing rule decided: the newest active version.
+    Newest,
 }
 
 /// Who is starting: the routing key (or the instance id) and the start's attributes.
@@ -249,6 +267,7 @@ impl RoutingTable {
                         })
                     }
                     Some(state) if state.routable => rules.push(CompiledRule {
+                        position: index,
                         candidate: rule.candidate.clone(),
                         basis_points: rule.basis_points,
                         flag,
@@ -267,6 +286,11 @@ impl RoutingTable {
     /// The version a new instance of `workflow` starts on, or `None` when the table has no
     /// opinion (then the newest active version is used). Takes no lock and allocates nothing.
     pub fn route(&self, workflow: &str, input: RouteInput<'_>) -> Option<&Version> {
+        self.route_explained(workflow, input).map(|(version, _)| version)
+    }
+
+    /// Like [`RoutingTable::route`], also saying which rule decided.
+    pub fn route_explained(&self, workflow: &str, input: RouteInput<'_>) -> Option<(&Version, RouteReason)> {
         let routing = self.workflows.get(workflow)?;
         let mut bucket_of_start = None;
         for rule in &routing.rules {
@@ -284,10 +308,10 @@ impl RoutingTable {
                 None => bucket_of_id(workflow, input.instance_id),
             });
             if bucket < rule.basis_points {
-                return Some(&rule.candidate);
+                return Some((&rule.candidate, RouteReason::Rollout { rule: rule.position }));
             }
         }
-        routing.default.as_ref()
+        routing.default.as_ref().map(|version| (version, RouteReason::Default))
     }
 }
 

@@ -26,7 +26,7 @@ use crate::instance::{
 };
 use crate::observe::{Event, EventBus};
 use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
-use crate::routing::{RouteInput, RoutingSpec, RoutingTable, VersionRequest};
+use crate::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
 use crate::store::{CounterDelta, Op, SignalRecord, Store};
 use crate::workflow::VersionCode;
 use committer::Committer;
@@ -64,6 +64,8 @@ pub(crate) struct Runtime {
     routing: arc_swap::ArcSwap<RoutingTable>,
     /// The routing rules in force, recompiled whenever the registry changes.
     routing_spec: parking_lot::Mutex<RoutingSpec>,
+    /// How many started instances each version got, and why, since open.
+    routing_counts: parking_lot::Mutex<HashMap<(VersionKey, RouteReason), u64>>,
     next_instance_id: AtomicU64,
     next_signal_seq: AtomicU64,
     stopping: AtomicBool,
@@ -96,6 +98,7 @@ impl Runtime {
             permits: Arc::new(Semaphore::new(options.max_concurrent_steps.max(1))),
             routing: arc_swap::ArcSwap::from_pointee(RoutingTable::default()),
             routing_spec: parking_lot::Mutex::new(RoutingSpec::default()),
+            routing_counts: parking_lot::Mutex::new(HashMap::new()),
             next_instance_id: AtomicU64::new(recovered.next_instance_id),
             next_signal_seq: AtomicU64::new(recovered.next_signal_seq),
             stopping: AtomicBool::new(false),
@@ -341,6 +344,18 @@ impl Runtime {
         *current = spec;
     }
 
+    /// Started instances per version and routing reason since open, sorted.
+    pub fn routing_counts(&self) -> Vec<(VersionKey, RouteReason, u64)> {
+        let mut counts: Vec<_> = self
+            .routing_counts
+            .lock()
+            .iter()
+            .map(|((key, reason), count)| (key.clone(), *reason, *count))
+            .collect();
+        counts.sort();
+        counts
+    }
+
     /// The routing rules in force.
     pub fn routing_spec(&self) -> RoutingSpec {
         self.routing_spec.lock().clone()
@@ -377,7 +392,7 @@ impl Runtime {
         }
         let id = InstanceId(self.next_instance_id.fetch_add(1, Ordering::Relaxed));
         let routed;
-        let request = match request {
+        let (request, reason) = match request {
             VersionRequest::Newest => {
                 let table = self.routing.load();
                 let input = RouteInput {
@@ -385,18 +400,23 @@ impl Runtime {
                     instance_id: id.0,
                     attributes,
                 };
-                match table.route(workflow, input) {
-                    Some(version) => {
+                match table.route_explained(workflow, input) {
+                    Some((version, reason)) => {
                         routed = VersionRequest::Preferred(version.clone());
-                        &routed
+                        (&routed, reason)
                     }
-                    None => request,
+                    None => (request, RouteReason::Newest),
                 }
             }
-            explicit => explicit,
+            explicit => (explicit, RouteReason::Requested),
         };
         let code = self.registry.reserve_start(workflow, request)?;
         let key = VersionKey::new(workflow, (**code.version()).clone());
+        // A routed version that could no longer take the start fell back to the newest.
+        let reason = match request {
+            VersionRequest::Preferred(preferred) if *preferred != key.version => RouteReason::Newest,
+            _ => reason,
+        };
         let state = match code.initial_state(input) {
             Ok(state) => state,
             Err(reason) => {
@@ -437,6 +457,7 @@ impl Runtime {
             self.persist_status(change).await;
         }
         committed?;
+        *self.routing_counts.lock().entry((key.clone(), reason)).or_default() += 1;
         self.table.insert(Slot::new(record, false));
         self.events.emit(Event::InstanceStarted { id, key });
         self.schedule(id);
