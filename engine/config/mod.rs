@@ -18,6 +18,7 @@
 //! segments = [{ attribute = "tenant", values = ["acme", "globex"] }]   # optional
 //! ```
 
+mod schedule;
 pub(crate) mod watch;
 
 use std::collections::BTreeMap;
