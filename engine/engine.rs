@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ScheduleSpec};
 use crate::error::EngineError;
-use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, VersionKey};
+use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, ScheduledFire, VersionKey};
 use crate::observe::Event;
 use crate::registry::{parse_version, VersionInfo, VersionStatus};
 use crate::routing::{RoutingSpec, VersionRequest};
@@ -59,6 +59,7 @@ pub struct EngineBuilder {
     store: Option<Arc<dyn Store>>,
     codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
     config_file: Option<PathBuf>,
+    schedule_grace: Duration,
     options: RuntimeOptions,
 }
 
@@ -113,6 +114,13 @@ impl EngineBuilder {
         self
     }
 
+    /// How late a schedule's fire time may be before it counts as missed (default 2 s): missed
+    /// fires follow the schedule's `missed` policy, fires within the grace period always start.
+    pub fn schedule_grace(mut self, grace: Duration) -> Self {
+        self.schedule_grace = grace;
+        self
+    }
+
     /// Registers a workflow version before open.
     pub fn register<I, S, O>(mut self, version: WorkflowVersion<I, S, O>) -> Self
     where
@@ -141,11 +149,20 @@ impl EngineBuilder {
             (None, None) => return Err(EngineError::NoStore),
         };
         let runtime = Runtime::open(store, codes, self.options).await?;
+        let (schedules, schedules_in_force) = tokio::sync::watch::channel(Arc::new(Vec::new()));
         let engine = Engine {
             runtime,
             config_generation: Arc::new(tokio::sync::Mutex::new(0)),
+            schedules: Arc::new(schedules),
         };
         engine.reinstall_last_config().await?;
+        let stop = engine.runtime.stop_signal();
+        tokio::spawn(crate::config::scheduler::run(
+            engine.clone(),
+            schedules_in_force,
+            stop,
+            self.schedule_grace,
+        ));
         if let Some(path) = self.config_file {
             if let Err(error) = engine.watch_config_file(path, Duration::from_secs(1)).await {
                 engine.clone().shutdown().await;
@@ -163,6 +180,8 @@ pub struct Engine {
     runtime: Arc<Runtime>,
     /// The generation of the config in force (0: none yet); the lock orders config changes.
     config_generation: Arc<tokio::sync::Mutex<u64>>,
+    /// The schedules of the config in force, followed by the scheduler task.
+    schedules: Arc<tokio::sync::watch::Sender<Arc<Vec<ScheduleSpec>>>>,
 }
 
 fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, EngineError> {
@@ -180,6 +199,7 @@ impl Engine {
             store: None,
             codes: Vec::new(),
             config_file: None,
+            schedule_grace: Duration::from_secs(2),
             options: RuntimeOptions {
                 durability: Durability::Sync,
                 max_concurrent_steps: 256,
@@ -224,7 +244,14 @@ impl Engine {
         };
         let input = encode("input", input)?;
         self.runtime
-            .start(workflow, &input, &request, options.routing_key, &options.attributes)
+            .start(
+                workflow,
+                &input,
+                &request,
+                options.routing_key,
+                &options.attributes,
+                None,
+            )
             .await
     }
 
@@ -266,7 +293,18 @@ impl Engine {
     }
 
     async fn apply_config_locked(&self, generation: &mut u64, source: &str, text: &str) -> Result<u64, EngineError> {
-        let spec = crate::config::parse(source, text)?;
+        let config = crate::config::parse(source, text)?;
+        for (index, schedule) in config.schedules.iter().enumerate() {
+            if !self.runtime.registry.knows_workflow(&schedule.workflow) {
+                return Err(ConfigError::Schedule {
+                    file: source.to_string(),
+                    key: format!("schedules[{index}].workflow"),
+                    reason: format!("no version of workflow '{}' is registered", schedule.workflow),
+                }
+                .into());
+            }
+        }
+        let spec = config.routing;
         let table = self.runtime.compile_routing(&spec, true).map_err(|error| match error {
             EngineError::Routing(rules) => ConfigError::Rules {
                 file: source.to_string(),
@@ -292,6 +330,7 @@ impl Engine {
             *generation += 1;
         }
         self.runtime.install_routing(spec, table);
+        self.schedules.send_replace(Arc::new(config.schedules));
         Ok(*generation)
     }
 
@@ -303,11 +342,17 @@ impl Engine {
             return Ok(());
         };
         *generation = last.generation;
-        let spec = crate::config::parse(&last.source, &last.text)?;
-        let table = self.runtime.compile_routing(&spec, false)?;
-        self.runtime.install_routing(spec, table);
+        let config = crate::config::parse(&last.source, &last.text)?;
+        let table = self.runtime.compile_routing(&config.routing, false)?;
+        self.runtime.install_routing(config.routing, table);
+        self.schedules.send_replace(Arc::new(config.schedules));
         tracing::info!(generation = last.generation, source = %last.source, "config reinstated from the store");
         Ok(())
+    }
+
+    /// Each schedule's last handled fire time (ms since the Unix epoch).
+    pub fn schedule_fires(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        Ok(self.runtime.store.schedule_fires()?)
     }
 
     /// Every config applied to this store, oldest generation first.
@@ -362,6 +407,38 @@ impl Engine {
             stop,
         ));
         Ok(())
+    }
+
+    /// Starts the instance of a schedule's fire time; its start and the fire are one commit.
+    pub(crate) async fn start_scheduled(
+        &self,
+        schedule: &ScheduleSpec,
+        fire_ms: u64,
+    ) -> Result<InstanceId, EngineError> {
+        let fire = ScheduledFire {
+            schedule: schedule.name.clone(),
+            fire_ms,
+        };
+        let request = VersionRequest::Newest;
+        let routing_key = schedule.routing_key.clone();
+        self.runtime
+            .start(
+                &schedule.workflow,
+                &schedule.input,
+                &request,
+                routing_key,
+                &[],
+                Some(fire),
+            )
+            .await
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.runtime.store
+    }
+
+    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
+        self.runtime.commit(ops).await
     }
 
     pub(crate) fn emit(&self, event: Event) {

@@ -265,6 +265,9 @@ impl Store for FailingStore {
     fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError> {
         self.inner.config_history()
     }
+    fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.schedule_fires()
+    }
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }

@@ -19,6 +19,7 @@
 //! ```
 
 mod schedule;
+pub(crate) mod scheduler;
 pub(crate) mod watch;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,16 @@ pub enum ConfigError {
         /// The value given.
         value: f64,
     },
+    /// A schedule entry is invalid (cron expression, zone, input, duplicate name, workflow).
+    #[error("{file}: {key}: {reason}")]
+    Schedule {
+        /// The file.
+        file: String,
+        /// The key, such as `schedules[0].cron`.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// No applied config has this generation.
     #[error("no config of generation {generation} is in the store's history; see Engine::config_history")]
     UnknownGeneration {
@@ -96,6 +107,72 @@ struct ConfigFile {
     flags: BTreeMap<String, FlagEntry>,
     #[serde(default)]
     workflows: BTreeMap<String, WorkflowEntry>,
+    #[serde(default)]
+    schedules: Vec<ScheduleEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleEntry {
+    name: String,
+    workflow: String,
+    cron: String,
+    zone: Option<String>,
+    input: Option<toml::Value>,
+    routing_key: Option<String>,
+    #[serde(default)]
+    missed: MissedEntry,
+    max_missed: Option<u32>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum MissedEntry {
+    Skip,
+    #[default]
+    FireOnce,
+    FireEach,
+}
+
+/// What a schedule does about fire times that passed while the engine was not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissedFires {
+    /// Start nothing for them.
+    Skip,
+    /// Start one instance, for the latest of them.
+    FireOnce,
+    /// Start one instance for each of them, at most `max` (the latest ones).
+    FireEach {
+        /// The bound.
+        max: u32,
+    },
+}
+
+/// A schedule from the config file: a cron expression that starts instances of a workflow.
+#[derive(Debug, Clone)]
+pub struct ScheduleSpec {
+    /// The schedule's name, unique in the file; its fires are tracked under it.
+    pub name: String,
+    /// The workflow it starts.
+    pub workflow: String,
+    /// The expression as written.
+    pub expression: String,
+    /// The input of each instance (MessagePack).
+    pub input: Vec<u8>,
+    /// The routing key of each instance, if any.
+    pub routing_key: Option<String>,
+    /// What to do about fires missed during downtime.
+    pub missed: MissedFires,
+    pub(crate) cron: schedule::CronSchedule,
+}
+
+/// A parsed config file: routing rules and schedules.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Flags, defaults and rollouts.
+    pub routing: RoutingSpec,
+    /// Cron schedules.
+    pub schedules: Vec<ScheduleSpec>,
 }
 
 #[derive(Deserialize)]
@@ -154,9 +231,10 @@ fn basis_points(file: &str, key: String, percent: f64) -> Result<u16, ConfigErro
     Ok(rounded as u16)
 }
 
-/// Parses config text into routing rules. `file` names the source in error messages. Checks the
-/// format only; `Engine::apply_config` also checks the rules against the registered versions.
-pub fn parse(file: &str, text: &str) -> Result<RoutingSpec, ConfigError> {
+/// Parses config text into routing rules and schedules. `file` names the source in error
+/// messages. Checks the format only; `Engine::apply_config` also checks the rules against the
+/// registered versions.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let parsed: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
         file: file.to_string(),
         reason: error.to_string(),
@@ -204,11 +282,50 @@ pub fn parse(file: &str, text: &str) -> Result<RoutingSpec, ConfigError> {
         }
         workflows.insert(workflow, WorkflowRouting { default, rollouts });
     }
-    Ok(RoutingSpec { flags, workflows })
+    let mut schedules: Vec<ScheduleSpec> = Vec::with_capacity(parsed.schedules.len());
+    for (index, entry) in parsed.schedules.into_iter().enumerate() {
+        let invalid = |field: &str, reason: String| ConfigError::Schedule {
+            file: file.to_string(),
+            key: format!("schedules[{index}].{field}"),
+            reason,
+        };
+        if schedules.iter().any(|earlier| earlier.name == entry.name) {
+            return Err(invalid(
+                "name",
+                format!("'{}' names two schedules; names must be unique", entry.name),
+            ));
+        }
+        let cron = schedule::CronSchedule::parse(&entry.cron, entry.zone.as_deref()).map_err(|reason| {
+            let field = if reason.contains("time zone") { "zone" } else { "cron" };
+            invalid(field, reason)
+        })?;
+        let input = rmp_serde::to_vec_named(&entry.input.unwrap_or(toml::Value::Table(Default::default())))
+            .map_err(|error| invalid("input", error.to_string()))?;
+        let missed = match entry.missed {
+            MissedEntry::Skip => MissedFires::Skip,
+            MissedEntry::FireOnce => MissedFires::FireOnce,
+            MissedEntry::FireEach => MissedFires::FireEach {
+                max: entry.max_missed.unwrap_or(100),
+            },
+        };
+        schedules.push(ScheduleSpec {
+            name: entry.name,
+            workflow: entry.workflow,
+            expression: entry.cron,
+            input,
+            routing_key: entry.routing_key,
+            missed,
+            cron,
+        });
+    }
+    Ok(Config {
+        routing: RoutingSpec { flags, workflows },
+        schedules,
+    })
 }
 
 /// Reads and parses a config file.
-pub fn read(path: &Path) -> Result<RoutingSpec, ConfigError> {
+pub fn read(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         file: file.clone(),
@@ -237,7 +354,7 @@ flag = "payment-first"
 
     #[test]
     fn the_documented_example_parses() {
-        let spec = parse("strata.toml", EXAMPLE).unwrap();
+        let spec = parse("strata.toml", EXAMPLE).unwrap().routing;
         let order = &spec.workflows["order"];
         assert_eq!(order.default.as_ref().unwrap().to_string(), "^1");
         assert_eq!(order.rollouts[0].basis_points, 1_250);

@@ -5,10 +5,7 @@
 //! Saturday, no 0), while the five-field form is POSIX (0 or 7 = Sunday, 1 = Monday … 6 =
 //! Saturday). Five-field expressions therefore get `0` seconds prepended and their numeric
 //! weekdays rewritten; six- and seven-field expressions are the crate's own syntax, taken as
-//! written. (Running schedules — fires, missed-fire policy, persistence — is the next part of
-//! issue #3.)
-
-#![allow(dead_code)] // used by the schedule runner, the next part of issue #3
+//! written.
 
 use std::str::FromStr;
 

@@ -56,6 +56,15 @@ impl fmt::Display for VersionKey {
     }
 }
 
+/// A schedule's fire: which schedule, and the fire time it started an instance for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledFire {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The fire time (ms since the Unix epoch).
+    pub fire_ms: u64,
+}
+
 /// Stored state: the schema number it was written with and its MessagePack bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateEnvelope {
@@ -180,6 +189,9 @@ pub struct InstanceRecord {
     pub state: StateEnvelope,
     /// The key sticky routing used, if the caller gave one.
     pub routing_key: Option<String>,
+    /// The schedule fire that started the instance, if a schedule did.
+    #[serde(default)]
+    pub scheduled: Option<ScheduledFire>,
     /// The error of the last failed attempt, if any.
     pub last_error: Option<String>,
     /// When the instance started (ms since the Unix epoch).

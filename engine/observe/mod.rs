@@ -87,6 +87,15 @@ pub enum Event {
         /// Why, naming the key.
         reason: String,
     },
+    /// A schedule's fire time could not start an instance (the fire counts as handled).
+    ScheduleFireFailed {
+        /// The schedule.
+        schedule: String,
+        /// The fire time (ms since the Unix epoch).
+        fire_ms: u64,
+        /// Why.
+        reason: String,
+    },
     /// An instance was quarantined: it runs nothing until an operator cancels it.
     InstanceQuarantined {
         /// The instance.

@@ -358,7 +358,6 @@ impl Registry {
     }
 
     /// Whether any version of `workflow` is known.
-    #[allow(dead_code)]
     pub fn knows_workflow(&self, workflow: &str) -> bool {
         self.versions.read().keys().any(|key| key.workflow == workflow)
     }

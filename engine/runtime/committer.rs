@@ -251,6 +251,9 @@ mod tests {
         fn config_history(&self) -> Result<Vec<crate::store::AppliedConfig>, StoreError> {
             Ok(Vec::new())
         }
+        fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            Ok(Vec::new())
+        }
         fn stats(&self) -> StoreStats {
             StoreStats::default()
         }

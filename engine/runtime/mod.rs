@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use crate::error::EngineError;
 use crate::instance::{
     InstanceFilter, InstanceId, InstanceInfo, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase,
-    StateEnvelope, VersionKey, RECORD_FORMAT,
+    ScheduledFire, StateEnvelope, VersionKey, RECORD_FORMAT,
 };
 use crate::observe::{Event, EventBus};
 use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
@@ -386,6 +386,7 @@ impl Runtime {
         request: &VersionRequest,
         routing_key: Option<String>,
         attributes: &[(String, String)],
+        scheduled: Option<ScheduledFire>,
     ) -> Result<InstanceId, EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
@@ -440,17 +441,25 @@ impl Runtime {
                 bytes: state,
             },
             routing_key,
+            scheduled: scheduled.clone(),
             last_error: None,
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let ops = vec![
+        let mut ops = vec![
             Op::PutInstance(record.encode()?),
             Op::AdjustCounters {
                 key: key.clone(),
                 delta: CounterDelta::start(now),
             },
         ];
+        if let Some(fire) = scheduled {
+            // The fire is handled exactly when its instance exists: both in one commit.
+            ops.push(Op::PutScheduleFire {
+                schedule: fire.schedule,
+                fire_ms: fire.fire_ms,
+            });
+        }
         let committed = self.committer.commit(ops).await;
         let change = self.registry.end_start(&key, committed.is_ok().then_some(now));
         if let Some(change) = change {

@@ -176,6 +176,13 @@ pub enum Op {
         /// The status.
         status: VersionStatus,
     },
+    /// Records a schedule's last handled fire time (in the commit of the start it caused).
+    PutScheduleFire {
+        /// The schedule's name.
+        schedule: String,
+        /// The fire time (ms since the Unix epoch).
+        fire_ms: u64,
+    },
     /// Adds an applied config to the history.
     PutConfig(AppliedConfig),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
@@ -244,6 +251,8 @@ pub trait Store: Send + Sync + 'static {
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError>;
     /// Every applied config, oldest generation first.
     fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError>;
+    /// Each schedule's last handled fire time (ms since the Unix epoch).
+    fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
 }

@@ -6,7 +6,7 @@
 //! `m/format` record format · `i/<id>` live instance · `d/<id>` finished instance ·
 //! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
 //! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status ·
-//! `g/<generation>` applied config.
+//! `g/<generation>` applied config · `f/<schedule name>` last handled fire time.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,6 +31,7 @@ const SIGNALS: &[u8] = b"s/";
 const COUNTERS: &[u8] = b"c/";
 const STATUSES: &[u8] = b"v/";
 const CONFIGS: &[u8] = b"g/";
+const SCHEDULE_FIRES: &[u8] = b"f/";
 
 #[derive(Serialize, Deserialize)]
 struct CounterEntry {
@@ -224,6 +225,11 @@ impl Store for SledStore {
                     };
                     batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
                 }
+                Op::PutScheduleFire { schedule, fire_ms } => {
+                    let mut key = SCHEDULE_FIRES.to_vec();
+                    key.extend_from_slice(schedule.as_bytes());
+                    batch.insert(key, encode("schedule fire", &(schedule, fire_ms))?);
+                }
                 Op::PutConfig(config) => {
                     let mut key = CONFIGS.to_vec();
                     key.extend_from_slice(&config.generation.to_be_bytes());
@@ -358,6 +364,10 @@ impl Store for SledStore {
 
     fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError> {
         self.collect(CONFIGS, "applied config")
+    }
+
+    fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.collect(SCHEDULE_FIRES, "schedule fire")
     }
 
     fn stats(&self) -> StoreStats {
