@@ -210,6 +210,10 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
             "workflows.order.rollouts[0].candidate: version 1.1.0 is not active",
         ),
         (
+            "[[schedules]]\nname = \"n\"\nworkflow = \"ledger\"\ncron = \"* * 99 * *\"\n".to_string(),
+            "schedules[0].cron: '* * 99 * *' is not a valid cron expression",
+        ),
+        (
             "[workflows.order]\ncanary = true\n".to_string(),
             "unknown field `canary`",
         ),
