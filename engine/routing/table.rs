@@ -159,6 +159,78 @@ struct CompiledRule {
 struct CompiledWorkflow {
     default: Option<Version>,
     rules: Vec<CompiledRule>,
+    /// Which rules a start can possibly match, to skip the others without looking at them.
+    index: Option<RuleIndex>,
+}
+
+/// The rules of a workflow as bit sets (up to 128 rules; beyond that every rule is checked in
+/// order): rules any start may match, and, for each (attribute, value) pair named by a rule's
+/// only segment, the rules it lets in. A start's candidates are the union for its attributes;
+/// each candidate is still checked in full, in rule order.
+struct RuleIndex {
+    unconditional: u128,
+    by_pair: HashMap<u64, u128, std::hash::BuildHasherDefault<AlreadyHashed>>,
+}
+
+/// A `Hasher` for keys that are hashes already: it passes the `u64` through.
+#[derive(Default)]
+struct AlreadyHashed(u64);
+
+impl std::hash::Hasher for AlreadyHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// The hash of one (attribute, value) pair; equal pairs always collide, so a set lookup never
+/// misses a rule (other collisions only add candidates, which the full check drops).
+fn pair_hash(attribute: &str, value: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(attribute.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(value.as_bytes());
+    hasher.digest()
+}
+
+impl RuleIndex {
+    fn build(rules: &[CompiledRule]) -> Option<RuleIndex> {
+        if rules.len() > 128 {
+            return None;
+        }
+        let mut index = RuleIndex {
+            unconditional: 0,
+            by_pair: HashMap::default(),
+        };
+        for (position, rule) in rules.iter().enumerate() {
+            let bit = 1u128 << position;
+            match rule.segments.as_slice() {
+                [segment] => {
+                    for value in &segment.values {
+                        *index.by_pair.entry(pair_hash(&segment.attribute, value)).or_default() |= bit;
+                    }
+                }
+                _ => index.unconditional |= bit,
+            }
+        }
+        Some(index)
+    }
+
+    /// The rules a start with `attributes` may match.
+    fn candidates(&self, attributes: &[(String, String)]) -> u128 {
+        attributes.iter().fold(self.unconditional, |candidates, (name, value)| {
+            candidates | self.by_pair.get(&pair_hash(name, value)).copied().unwrap_or(0)
+        })
+    }
 }
 
 /// An immutable, compiled routing table.
@@ -278,7 +350,8 @@ impl RoutingTable {
                     }
                 }
             }
-            workflows.insert(workflow.clone(), CompiledWorkflow { default, rules });
+            let index = RuleIndex::build(&rules);
+            workflows.insert(workflow.clone(), CompiledWorkflow { default, rules, index });
         }
         Ok(RoutingTable { workflows, flags })
     }
@@ -293,7 +366,21 @@ impl RoutingTable {
     pub fn route_explained(&self, workflow: &str, input: RouteInput<'_>) -> Option<(&Version, RouteReason)> {
         let routing = self.workflows.get(workflow)?;
         let mut bucket_of_start = None;
-        for rule in &routing.rules {
+        let mut candidates = routing.index.as_ref().map(|index| index.candidates(input.attributes));
+        let mut next_rule = 0;
+        loop {
+            // With an index, jump to the next candidate rule; without, take every rule in turn.
+            let position = match candidates.as_mut() {
+                Some(0) => break,
+                Some(bits) => {
+                    let position = bits.trailing_zeros() as usize;
+                    *bits &= *bits - 1;
+                    position
+                }
+                None => next_rule,
+            };
+            let Some(rule) = routing.rules.get(position) else { break };
+            next_rule = position + 1;
             if let Some(flag) = rule.flag {
                 let flag = &self.flags[flag];
                 if !flag.enabled || !all_match(&flag.segments, input.attributes) {
@@ -399,6 +486,67 @@ mod tests {
                 .count();
             let share_bp = routed as f64 / 100_000.0 * 10_000.0;
             prop_assert!((share_bp - f64::from(basis_points)).abs() <= 50.0, "{} bp routed for {} bp", share_bp, basis_points);
+        }
+    }
+
+    fn segment_strategy() -> impl Strategy<Value = Segment> {
+        (
+            prop::sample::select(vec!["tenant", "region"]),
+            prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..3),
+        )
+            .prop_map(|(attribute, values)| Segment {
+                attribute: attribute.to_string(),
+                values: values.into_iter().map(String::from).collect(),
+            })
+    }
+
+    /// The routing rules read literally: the first rule whose segments match and whose percentage
+    /// covers the key, else the default. What the indexed table must agree with.
+    fn reference<'s>(spec: &'s RoutingSpec, key: &str, attributes: &[(String, String)]) -> Option<&'s Version> {
+        let routing = &spec.workflows["order"];
+        let matches = |segment: &Segment| {
+            attributes
+                .iter()
+                .any(|(name, value)| *name == segment.attribute && segment.values.contains(value))
+        };
+        routing
+            .rollouts
+            .iter()
+            .find(|rule| rule.segments.iter().all(matches) && bucket("order", key) < rule.basis_points)
+            .map(|rule| &rule.candidate)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_rule_index_decides_like_the_rules_read_in_order(
+            rules in prop::collection::vec((prop::collection::vec(segment_strategy(), 0..3), 0u16..=10_000, any::<bool>()), 0..140),
+            tenant in prop::option::of(prop::sample::select(vec!["a", "b", "c", "d"])),
+            region in prop::option::of(prop::sample::select(vec!["a", "b"])),
+            key in "[a-z0-9]{1,12}",
+        ) {
+            let rollouts = rules
+                .into_iter()
+                .map(|(segments, basis_points, newest)| RolloutRule {
+                    candidate: version(if newest { "2.0.0" } else { "1.1.0" }),
+                    basis_points,
+                    flag: None,
+                    segments,
+                })
+                .collect();
+            let spec = RoutingSpec {
+                flags: BTreeMap::new(),
+                workflows: [("order".to_string(), WorkflowRouting { default: Some(VersionReq::parse("=1.0.0").unwrap()), rollouts })]
+                    .into_iter()
+                    .collect(),
+            };
+            let table = RoutingTable::build(&spec, &versions(), true).unwrap();
+            let mut attributes = Vec::new();
+            if let Some(tenant) = tenant { attributes.push(("tenant".to_string(), tenant.to_string())); }
+            if let Some(region) = region { attributes.push(("region".to_string(), region.to_string())); }
+            let expected = reference(&spec, &key, &attributes).cloned().unwrap_or_else(|| version("1.0.0"));
+            prop_assert_eq!(route(&table, &key, &attributes), &expected);
         }
     }
 
