@@ -258,3 +258,35 @@ fn fires_survive_sigkill_without_loss_or_duplicates() {
         fires.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_schedule_from_the_file_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path()).register(ledger::v1_0()).open().await.unwrap();
+    let mut events = engine.subscribe();
+    engine
+        .apply_config("strata.toml", &config("* * * * * *", "fire_each", 1))
+        .await
+        .unwrap();
+    wait_for_event(&mut events, |event| matches!(event, Event::InstanceStarted { .. })).await;
+    engine.apply_config("strata.toml", "").await.unwrap();
+    let removed_at = now_ms();
+    // Absence can only be observed over time: two and a half fire periods. A fire due before the
+    // removal may still be starting; none due after it may start.
+    let fired_after_removal = tokio::time::timeout(Duration::from_millis(2_500), async {
+        loop {
+            if let Ok(Event::InstanceStarted { id, .. }) = events.recv().await {
+                let fire = engine.instance(id).unwrap().record.scheduled.unwrap();
+                if fire.fire_ms > removed_at {
+                    return fire.fire_ms;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        fired_after_removal.is_err(),
+        "a removed schedule fired at {fired_after_removal:?}"
+    );
+    engine.shutdown().await;
+}
