@@ -131,31 +131,21 @@ async fn a_schedule_fires_every_second_and_an_edit_takes_effect_live() {
 async fn a_schedule_for_an_unknown_workflow_or_with_a_bad_expression_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let engine = builder(dir.path()).register(ledger::v1_0()).open().await.unwrap();
-    let unknown = config("*/5 * * * *", "skip", 1).replace("\"ledger\"", "\"invoice\"");
-    let error = engine
-        .apply_config("strata.toml", &unknown)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("schedules[0].workflow: no version of workflow 'invoice'"),
-        "{error}"
-    );
-    let error = engine
-        .apply_config("strata.toml", &config("*/5 * *", "skip", 1))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("schedules[0].cron: '*/5 * *' has 3 field(s); expected the standard five"),
-        "{error}"
-    );
-    let error = engine
-        .apply_config("strata.toml", &config("* * * * *", "sometimes", 1))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("unknown variant `sometimes`"), "{error}");
+    let cases = [
+        (
+            config("*/5 * * * *", "skip", 1).replace("\"ledger\"", "\"invoice\""),
+            "schedules[0].workflow: no version of workflow 'invoice'",
+        ),
+        (
+            config("*/5 * *", "skip", 1),
+            "schedules[0].cron: '*/5 * *' has 3 field(s); expected the standard five",
+        ),
+        (config("* * * * *", "sometimes", 1), "unknown variant `sometimes`"),
+    ];
+    for (text, expected) in cases {
+        let error = engine.apply_config("strata.toml", &text).await.unwrap_err().to_string();
+        assert!(error.contains(expected), "'{error}' does not say '{expected}'");
+    }
     engine.shutdown().await;
 }
 
