@@ -256,8 +256,8 @@ impl Engine {
     }
 
     /// Replaces the routing rules (flags, per-workflow defaults and rollouts) after checking them
-    /// against the registered versions; invalid rules change nothing. The config file's hot reload
-    /// (to come) applies its rules through this.
+    /// against the registered versions; invalid rules change nothing. Rules set this way are not
+    /// kept in the config history; prefer [`Engine::apply_config`] for operator changes.
     pub fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
         self.runtime.set_routing(spec)
     }

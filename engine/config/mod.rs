@@ -1,7 +1,7 @@
-//! The config file (`strata.toml`): parsing and validation into routing rules. Owns the file
-//! format and its error messages, which name the file, the key and the reason, and the file's
-//! hot reload (`watch`). The history of applied configs and cron schedules come with the rest of
-//! issue #3.
+//! The config file (`strata.toml`): parsing and validation into routing rules and schedules.
+//! Owns the file format and its error messages (which name the file, the key and the reason), the
+//! file's hot reload (`watch`), cron expressions (`schedule`) and the schedule runner
+//! (`scheduler`). The history of applied configs is kept by the `Engine` facade in the store.
 //!
 //! ```toml
 //! [flags.payment-first]

@@ -1,7 +1,7 @@
 //! Which version a new instance starts on: the caller's version requirement if given, else the
 //! routing table (flags, sticky percentage rollouts, a default per workflow), else the newest
 //! registered `Active` version. Owns the sticky hash and the table snapshot; the config file that
-//! fills the table belongs to `config` (to come with the routing issue).
+//! fills the table belongs to `config`.
 
 mod hash;
 mod table;
