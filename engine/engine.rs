@@ -152,7 +152,7 @@ impl EngineBuilder {
         let (schedules, schedules_in_force) = tokio::sync::watch::channel(Arc::new(Vec::new()));
         let engine = Engine {
             runtime,
-            config_generation: Arc::new(tokio::sync::Mutex::new(0)),
+            config: Arc::new(tokio::sync::Mutex::new(ConfigInForce::default())),
             schedules: Arc::new(schedules),
         };
         engine.reinstall_last_config().await?;
@@ -173,13 +173,27 @@ impl EngineBuilder {
     }
 }
 
+/// The config in force: its generation (0: none yet) and its text.
+#[derive(Default)]
+struct ConfigInForce {
+    generation: u64,
+    text: Option<String>,
+}
+
+fn read_config_text(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        file: path.display().to_string(),
+        reason: error.to_string(),
+    })
+}
+
 /// A durable workflow engine: starts, signals, cancels and inspects instances, and manages the
 /// versions they are pinned to. Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
 pub struct Engine {
     runtime: Arc<Runtime>,
-    /// The generation of the config in force (0: none yet); the lock orders config changes.
-    config_generation: Arc<tokio::sync::Mutex<u64>>,
+    /// The config in force; the lock orders config changes.
+    config: Arc<tokio::sync::Mutex<ConfigInForce>>,
     /// The schedules of the config in force, followed by the scheduler task.
     schedules: Arc<tokio::sync::watch::Sender<Arc<Vec<ScheduleSpec>>>>,
 }
@@ -267,9 +281,9 @@ impl Engine {
     /// changes nothing. Each applied config that differs from the one in force is stored with the
     /// next generation number; returns the generation in force afterwards.
     pub async fn apply_config(&self, source: &str, text: &str) -> Result<u64, EngineError> {
-        let mut generation = self.config_generation.lock().await;
+        let mut in_force = self.config.lock().await;
         let before = self.runtime.routing_spec();
-        let applied = self.apply_config_locked(&mut generation, source, text).await;
+        let applied = self.apply_config_locked(&mut in_force, source, text).await;
         match &applied {
             Ok(generation) => {
                 let changes = crate::routing::describe_changes(&before, &self.runtime.routing_spec());
@@ -281,18 +295,17 @@ impl Engine {
                 };
                 self.emit(event);
             }
-            Err(error) => {
-                tracing::error!(source, %error, "config rejected; the config in force stays");
-                self.emit(Event::ConfigRejected {
-                    source: source.to_string(),
-                    reason: error.to_string(),
-                });
-            }
+            Err(error) => self.announce_rejection(source, error.to_string()),
         }
         applied
     }
 
-    async fn apply_config_locked(&self, generation: &mut u64, source: &str, text: &str) -> Result<u64, EngineError> {
+    async fn apply_config_locked(
+        &self,
+        in_force: &mut ConfigInForce,
+        source: &str,
+        text: &str,
+    ) -> Result<u64, EngineError> {
         let config = crate::config::parse(source, text)?;
         for (index, schedule) in config.schedules.iter().enumerate() {
             if !self.runtime.registry.knows_workflow(&schedule.workflow) {
@@ -313,35 +326,31 @@ impl Engine {
             .into(),
             other => other,
         })?;
-        let unchanged = self
-            .runtime
-            .store
-            .config_history()?
-            .last()
-            .is_some_and(|last| last.text == text);
-        if !unchanged {
+        if in_force.text.as_deref() != Some(text) {
             let record = AppliedConfig {
-                generation: *generation + 1,
+                generation: in_force.generation + 1,
                 source: source.to_string(),
                 text: text.to_string(),
                 applied_at_ms: crate::runtime::now_ms(),
             };
             self.runtime.commit(vec![Op::PutConfig(record)]).await?;
-            *generation += 1;
+            in_force.generation += 1;
+            in_force.text = Some(text.to_string());
         }
         self.runtime.install_routing(spec, table);
         self.schedules.send_replace(Arc::new(config.schedules));
-        Ok(*generation)
+        Ok(in_force.generation)
     }
 
     /// Puts the last applied config back in force at open: the last known good one survives
     /// restarts. Rules that no longer fit the registered versions are left out.
     async fn reinstall_last_config(&self) -> Result<(), EngineError> {
-        let mut generation = self.config_generation.lock().await;
+        let mut in_force = self.config.lock().await;
         let Some(last) = self.runtime.store.config_history()?.pop() else {
             return Ok(());
         };
-        *generation = last.generation;
+        in_force.generation = last.generation;
+        in_force.text = Some(last.text.clone());
         let config = crate::config::parse(&last.source, &last.text)?;
         let table = self.runtime.compile_routing(&config.routing, false)?;
         self.runtime.install_routing(config.routing, table);
@@ -379,10 +388,7 @@ impl Engine {
     /// Reads a config file and applies it like [`Engine::apply_config`].
     pub async fn apply_config_file(&self, path: impl AsRef<std::path::Path>) -> Result<u64, EngineError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            file: path.display().to_string(),
-            reason: error.to_string(),
-        })?;
+        let text = read_config_text(path)?;
         self.apply_config(&path.display().to_string(), &text).await
     }
 
@@ -396,8 +402,10 @@ impl Engine {
         poll_interval: Duration,
     ) -> Result<(), EngineError> {
         let path = path.into();
-        self.apply_config_file(&path).await?;
-        let applied = std::fs::read(&path).ok();
+        let text = read_config_text(&path)?;
+        self.apply_config(&path.display().to_string(), &text).await?;
+        // What was applied, read once: an edit made after this read is seen by the watcher.
+        let applied = Some(text.into_bytes());
         let stop = self.runtime.stop_signal();
         tokio::spawn(crate::config::watch::watch_file(
             self.clone(),
@@ -439,6 +447,15 @@ impl Engine {
 
     pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
         self.runtime.commit(ops).await
+    }
+
+    /// Logs and announces a config that did not take effect.
+    pub(crate) fn announce_rejection(&self, source: &str, reason: String) {
+        tracing::error!(source, %reason, "config rejected; the config in force stays");
+        self.emit(Event::ConfigRejected {
+            source: source.to_string(),
+            reason,
+        });
     }
 
     pub(crate) fn emit(&self, event: Event) {

@@ -23,7 +23,6 @@ pub(crate) mod scheduler;
 pub(crate) mod watch;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use semver::{Version, VersionReq};
 use serde::Deserialize;
@@ -322,16 +321,6 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         routing: RoutingSpec { flags, workflows },
         schedules,
     })
-}
-
-/// Reads and parses a config file.
-pub fn read(path: &Path) -> Result<Config, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        file: file.clone(),
-        reason: error.to_string(),
-    })?;
-    parse(&file, &text)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use notify::Watcher;
 use tokio::sync::{mpsc, watch};
 
-use crate::observe::Event;
 use crate::Engine;
 
 /// How long a burst of file events must be quiet before the file is read.
@@ -76,22 +75,14 @@ pub(crate) async fn watch_file(
                 match String::from_utf8(bytes) {
                     // apply_config announces the outcome (ConfigApplied or ConfigRejected).
                     Ok(text) => drop(engine.apply_config(&source, &text).await),
-                    Err(_) => reject(&engine, &source, "the file is not UTF-8 text".to_string()),
+                    Err(_) => engine.announce_rejection(&source, format!("{source}: the file is not UTF-8 text")),
                 }
             }
             Err(error) => {
                 if last.take().is_some() {
-                    reject(&engine, &source, format!("cannot read the config file: {error}"));
+                    engine.announce_rejection(&source, format!("{source}: cannot read the config file: {error}"));
                 }
             }
         }
     }
-}
-
-fn reject(engine: &Engine, source: &str, reason: String) {
-    tracing::error!(file = source, %reason, "config rejected; the config in force stays");
-    engine.emit(Event::ConfigRejected {
-        source: source.to_string(),
-        reason: format!("{source}: {reason}"),
-    });
 }

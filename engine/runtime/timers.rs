@@ -60,12 +60,6 @@ impl TimerQueue {
     pub fn wake(&self) {
         self.changed.notify_one();
     }
-
-    /// How many entries are queued.
-    #[allow(dead_code)]
-    pub fn len(&self) -> usize {
-        self.heap.lock().len()
-    }
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ impl CounterDelta {
         }
     }
 
-    /// The change for one instance finishing in `outcome`.
+    /// The change for one instance finishing with `status` (completed, failed, else cancelled).
     pub fn finish(status: crate::instance::InstanceStatus) -> Self {
         use crate::instance::InstanceStatus;
         let mut delta = CounterDelta {
