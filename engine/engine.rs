@@ -12,10 +12,11 @@ use tokio::sync::broadcast;
 use crate::config::{ConfigError, ScheduleSpec};
 use crate::error::EngineError;
 use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, ScheduledFire, VersionKey};
+use crate::migrate::{MigrationHandle, MigrationJob, MovePlan, MoveReport, MoveRequest, StateMigration, StepMapping};
 use crate::observe::Event;
 use crate::registry::{parse_version, VersionInfo, VersionStatus};
 use crate::routing::{RoutingSpec, VersionRequest};
-use crate::runtime::{Durability, Runtime, RuntimeOptions};
+use crate::runtime::{Definitions, Durability, Runtime, RuntimeOptions};
 use crate::store::{AppliedConfig, CorruptRecord, Op, SledStore, Store, StoreStats};
 use crate::workflow::{VersionCode, WorkflowVersion};
 
@@ -58,6 +59,8 @@ pub struct EngineBuilder {
     data_dir: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
     codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
+    migrations: Vec<StateMigration>,
+    step_mappings: Vec<StepMapping>,
     config_file: Option<PathBuf>,
     schedule_grace: Duration,
     options: RuntimeOptions,
@@ -132,9 +135,27 @@ impl EngineBuilder {
         self
     }
 
+    /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
+    /// have a hole, or give two paths for one step.
+    pub fn migration(mut self, migration: StateMigration) -> Self {
+        self.migrations.push(migration);
+        self
+    }
+
+    /// Registers how steps map between two versions, for moves where a step was renamed.
+    pub fn step_mapping(mut self, mapping: StepMapping) -> Self {
+        self.step_mappings.push(mapping);
+        self
+    }
+
     /// Opens the store, recovers every live instance and starts running them.
     pub async fn open(self) -> Result<Engine, EngineError> {
         let codes = self.codes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let definitions = Definitions {
+            codes,
+            migrations: self.migrations,
+            step_mappings: self.step_mappings,
+        };
         let store: Arc<dyn Store> = match (self.store, self.data_dir) {
             (Some(store), _) => store,
             (None, Some(path)) => {
@@ -148,7 +169,7 @@ impl EngineBuilder {
             }
             (None, None) => return Err(EngineError::NoStore),
         };
-        let runtime = Runtime::open(store, codes, self.options).await?;
+        let runtime = Runtime::open(store, definitions, self.options).await?;
         let (schedules, schedules_in_force) = tokio::sync::watch::channel(Arc::new(Vec::new()));
         let engine = Engine {
             runtime,
@@ -212,6 +233,8 @@ impl Engine {
             data_dir: None,
             store: None,
             codes: Vec::new(),
+            migrations: Vec::new(),
+            step_mappings: Vec::new(),
             config_file: None,
             schedule_grace: Duration::from_secs(2),
             options: RuntimeOptions {
@@ -542,6 +565,43 @@ impl Engine {
         let change = self.runtime.registry.retire(&key)?;
         self.runtime.change_status(change).await;
         Ok(())
+    }
+
+    /// Registers state migrations while the engine runs (a new version may bring a new schema).
+    /// Refused as a whole if the chain would skip a schema, have a hole or two paths for a step.
+    pub fn register_migrations(&self, migrations: Vec<StateMigration>) -> Result<(), EngineError> {
+        self.runtime.register_migrations(migrations)
+    }
+
+    /// Registers a step mapping between two versions while the engine runs.
+    pub fn register_step_mapping(&self, mapping: StepMapping) {
+        self.runtime.register_step_mapping(mapping);
+    }
+
+    /// A dry run of a move: for every live instance the request selects, whether it can move to
+    /// the target version now, and why not (no counterpart step, no migration path, mid-step, ...).
+    pub fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
+        self.runtime.plan_moves(request)
+    }
+
+    /// Moves the instances a request selects to its target version, in batches of one commit
+    /// each, every instance at a step boundary: version, cursor (mapped by name or mapping) and
+    /// migrated state together, with both versions' live counters. Instances that cannot move
+    /// when their turn comes are reported with the reason and left as they were.
+    pub async fn move_instances(&self, request: &MoveRequest) -> Result<MoveReport, EngineError> {
+        self.runtime.apply_moves(request).await
+    }
+
+    /// Starts a background migration of a workflow's live instances to the state schema (and
+    /// record format) their versions expect, or returns the one already running. It survives
+    /// restarts: an unfinished job resumes at the next open where its last batch ended.
+    pub fn migrate_states(&self, job: MigrationJob) -> Result<MigrationHandle, EngineError> {
+        self.runtime.start_migration(job)
+    }
+
+    /// The handle of `workflow`'s background migration started or resumed since open, if any.
+    pub fn migration(&self, workflow: &str) -> Option<MigrationHandle> {
+        self.runtime.migration(workflow)
     }
 
     /// Subscribes to the event stream from now on.

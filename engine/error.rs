@@ -25,6 +25,9 @@ pub enum EngineError {
     /// Routing rules that cannot take effect; the rules in force are unchanged.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// A state migration was refused at registration.
+    #[error(transparent)]
+    Migration(#[from] crate::migrate::MigrationError),
     /// The store holds live instances of versions whose code is not registered.
     #[error("the store holds live instances of versions that are not registered: {}; register their code, or let the engine park them with EngineBuilder::park_unregistered(true)", describe_missing(.missing))]
     MissingVersions {

@@ -268,6 +268,9 @@ impl Store for FailingStore {
     fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.inner.schedule_fires()
     }
+    fn migration_jobs(&self) -> Result<Vec<strata::store::MigrationJobRecord>, StoreError> {
+        self.inner.migration_jobs()
+    }
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }

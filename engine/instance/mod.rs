@@ -11,8 +11,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineError;
 
 /// The format number of the records this build writes. A store holding a larger number was
-/// written by a newer Strata and is refused.
-pub const RECORD_FORMAT: u32 = 1;
+/// written by a newer Strata and is refused; records of an older format are read as they are and
+/// rewritten in this format by their next commit (or by a background migration).
+///
+/// Format 2 added [`InstanceRecord::moves`] and [`InstanceRecord::pinned_reason`], and a format
+/// number on signal, counter and version-status records. The format-1 layout is kept, frozen, in
+/// `store::sled_format1`.
+pub const RECORD_FORMAT: u32 = 2;
+
+/// The format of records that predate format numbers on them (signals, counters, statuses).
+pub(crate) fn first_format() -> u32 {
+    1
+}
 
 /// The identity of one workflow instance, unique within a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -198,6 +208,42 @@ pub struct InstanceRecord {
     pub created_at_ms: u64,
     /// When the record was last committed (ms since the Unix epoch).
     pub updated_at_ms: u64,
+    /// Every move of the instance to another version, oldest first (format 2).
+    #[serde(default)]
+    pub moves: Vec<MoveStamp>,
+    /// Why an `AutoUpgrade` instance stayed on its version at its last step boundary (format 2).
+    #[serde(default)]
+    pub pinned_reason: Option<String>,
+}
+
+/// Why an instance moved to another version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveCause {
+    /// An operator's move (`Engine::move_instances`).
+    Operator,
+    /// Its version's `AutoUpgrade` policy moved it to the routing target.
+    AutoUpgrade,
+}
+
+/// A recorded move of an instance from one version to another, made at a step boundary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveStamp {
+    /// The version it left.
+    pub from: Version,
+    /// The version it moved to.
+    pub to: Version,
+    /// Its cursor before the move.
+    pub from_step: String,
+    /// Its cursor after the move.
+    pub to_step: String,
+    /// The state schema before the move.
+    pub from_schema: u32,
+    /// The state schema after the move.
+    pub to_schema: u32,
+    /// Why it moved.
+    pub cause: MoveCause,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
 }
 
 impl InstanceRecord {
@@ -350,6 +396,12 @@ impl InstanceInfo {
     /// The step that runs next (or, when finished, the last one that ran).
     pub fn step(&self) -> &str {
         &self.record.step
+    }
+
+    /// The schema number of the stored state (it may be older than the version expects until the
+    /// instance's next step or a background migration rewrites it).
+    pub fn state_schema(&self) -> u32 {
+        self.record.state.schema
     }
 
     /// The state at the last step boundary, decoded as `S`.

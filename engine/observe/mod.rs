@@ -4,12 +4,63 @@
 
 use tokio::sync::broadcast;
 
-use crate::instance::{InstanceId, InstanceStatus, VersionKey};
+use crate::instance::{InstanceId, InstanceStatus, MoveCause, VersionKey};
 use crate::store::VersionCounters;
 
 /// Something that happened in the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// Instances moved from one version to another at a step boundary (one commit per batch).
+    InstancesMoved {
+        /// The version they left.
+        from: VersionKey,
+        /// The version they moved to.
+        to: VersionKey,
+        /// How many.
+        count: u64,
+        /// Operator or `AutoUpgrade`.
+        cause: MoveCause,
+    },
+    /// An `AutoUpgrade` instance stays on its version; the reason is also on its record.
+    InstancePinned {
+        /// The instance.
+        id: InstanceId,
+        /// Its version.
+        key: VersionKey,
+        /// Why it cannot move to the routing target.
+        reason: String,
+    },
+    /// A background migration committed a batch.
+    MigrationProgress {
+        /// The workflow.
+        workflow: String,
+        /// Records migrated so far.
+        migrated: u64,
+        /// Records still to visit.
+        remaining: u64,
+        /// Records whose migration failed.
+        failed: u64,
+        /// Records per second over the last batch.
+        rate_per_second: f64,
+    },
+    /// A background migration could not migrate a record; it is left as it was.
+    MigrationRecordFailed {
+        /// The workflow.
+        workflow: String,
+        /// The instance.
+        id: InstanceId,
+        /// Why.
+        reason: String,
+    },
+    /// A background migration visited every record.
+    MigrationFinished {
+        /// The workflow.
+        workflow: String,
+        /// Records migrated.
+        migrated: u64,
+        /// Records whose migration failed.
+        failed: u64,
+    },
     /// A version's code was registered.
     VersionRegistered {
         /// The version.

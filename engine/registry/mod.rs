@@ -189,6 +189,25 @@ impl Registry {
         self.versions.read().get(key).and_then(|entry| entry.code.clone())
     }
 
+    /// The code and status of a version, if its code is registered.
+    pub fn code_and_status(&self, key: &VersionKey) -> Option<(Arc<dyn VersionCode>, VersionStatus)> {
+        let versions = self.versions.read();
+        let entry = versions.get(key)?;
+        Some((entry.code.clone()?, entry.status))
+    }
+
+    /// The newest registered, active version of `workflow`: where an unrouted start goes.
+    pub fn newest_active(&self, workflow: &str) -> Option<Version> {
+        self.versions
+            .read()
+            .iter()
+            .filter(|(key, entry)| {
+                key.workflow == workflow && entry.code.is_some() && entry.status == VersionStatus::Active
+            })
+            .map(|(key, _)| key.version.clone())
+            .max()
+    }
+
     /// Whether a version's code is registered.
     pub fn is_registered(&self, key: &VersionKey) -> bool {
         self.versions.read().get(key).is_some_and(|entry| entry.code.is_some())

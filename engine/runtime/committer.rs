@@ -254,6 +254,9 @@ mod tests {
         fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
             Ok(Vec::new())
         }
+        fn migration_jobs(&self) -> Result<Vec<crate::store::MigrationJobRecord>, StoreError> {
+            Ok(Vec::new())
+        }
         fn stats(&self) -> StoreStats {
             StoreStats::default()
         }

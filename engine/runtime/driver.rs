@@ -11,11 +11,12 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+use super::moves::AutoUpgrade;
 use super::{now_ms, Runtime};
 use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase};
 use crate::observe::Event;
 use crate::store::{CounterDelta, Op};
-use crate::workflow::{Next, StepCtx, StepFailure, StepOutcome, VersionCode, WakeReason};
+use crate::workflow::{Next, StepCtx, StepFailure, StepOutcome, UpgradePolicy, VersionCode, WakeReason};
 
 /// What an instance's committed record allows right now.
 enum Plan {
@@ -174,12 +175,34 @@ impl Runtime {
         self.driver_finished();
     }
 
-    async fn run_job(self: &Arc<Self>, id: InstanceId, job: Job) -> Progress {
+    async fn run_job(self: &Arc<Self>, id: InstanceId, mut job: Job) -> Progress {
         let Some(code) = self.registry.code(&job.record.key) else {
             self.park(id);
             return Progress::Idle;
         };
-        let attempt = self.attempt(code.as_ref(), &job).await;
+        if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
+            match self.auto_upgrade(&job.record) {
+                AutoUpgrade::Stay => job.record.pinned_reason = None,
+                AutoUpgrade::Move(moved) => return self.commit_auto_upgrade(job.record.key.clone(), moved).await,
+                AutoUpgrade::Pinned(reason) => {
+                    if job.record.pinned_reason.as_ref() != Some(&reason) {
+                        tracing::info!(instance = %id, %reason, "AutoUpgrade instance stays on its version");
+                        self.events.emit(Event::InstancePinned {
+                            id,
+                            key: job.record.key.clone(),
+                            reason: reason.clone(),
+                        });
+                        job.record.pinned_reason = Some(reason);
+                    }
+                }
+            }
+        }
+        // Lazy migration: the step sees the state its version expects, and its commit stores it.
+        let migrated = self.migrate_for_step(&mut job.record, code.as_ref());
+        let attempt = match migrated {
+            Ok(()) => self.attempt(code.as_ref(), &job).await,
+            Err(reason) => Attempt::Damaged(reason),
+        };
         let now = now_ms();
         let Job {
             record,
@@ -227,6 +250,45 @@ impl Runtime {
         self.commit_transition(next, consumed).await
     }
 
+    /// Migrates the record's state to the schema `code` expects, if it is another.
+    fn migrate_for_step(&self, record: &mut InstanceRecord, code: &dyn VersionCode) -> Result<(), String> {
+        let expected = code.state_schema();
+        if record.state.schema == expected {
+            return Ok(());
+        }
+        let chains = self.migrations.read();
+        match chains.migrate(&record.key.workflow, &record.state.bytes, record.state.schema, expected) {
+            Ok(bytes) => {
+                record.state.bytes = bytes;
+                record.state.schema = expected;
+                Ok(())
+            }
+            Err(failure) => Err(format!(
+                "its state cannot be migrated to the schema {} expects: {failure}",
+                record.key
+            )),
+        }
+    }
+
+    /// Commits an `AutoUpgrade` move made by the instance's own driver, then lets it go on.
+    async fn commit_auto_upgrade(
+        self: &Arc<Self>,
+        from: crate::instance::VersionKey,
+        moved: InstanceRecord,
+    ) -> Progress {
+        let id = moved.id;
+        let pair = [(from, moved)];
+        if let Err(error) = self.commit_moves(&pair).await {
+            tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
+            self.timers
+                .arm(now_ms() + self.options.commit_retry_delay.as_millis() as u64, id);
+            return Progress::Stalled;
+        }
+        let [(_, moved)] = pair;
+        self.table.with(id, |slot| slot.record = moved);
+        Progress::Committed
+    }
+
     async fn attempt(&self, code: &dyn VersionCode, job: &Job) -> Attempt {
         let record = &job.record;
         let policy = code.retry_policy(&record.step);
@@ -263,7 +325,7 @@ impl Runtime {
         };
         match finished {
             Err(panic) => Attempt::Failed {
-                message: format!("step panicked: {}", panic_message(&panic)),
+                message: format!("step panicked: {}", crate::workflow::panic_message(&panic)),
                 retryable: true,
             },
             Ok(Ok(outcome)) => Attempt::Succeeded(outcome),
@@ -440,15 +502,5 @@ fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn Versi
         ),
         Next::Complete(output) => record.phase = Phase::Completed { output },
         Next::Fail(reason) => record.phase = Phase::Failed { reason },
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic without a message".to_string()
     }
 }

@@ -7,6 +7,8 @@
 
 mod committer;
 mod driver;
+mod migrator;
+mod moves;
 mod table;
 mod timers;
 
@@ -24,6 +26,7 @@ use crate::instance::{
     InstanceFilter, InstanceId, InstanceInfo, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase,
     ScheduledFire, StateEnvelope, VersionKey, RECORD_FORMAT,
 };
+use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
 use crate::observe::{Event, EventBus};
 use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
 use crate::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
@@ -71,18 +74,48 @@ pub(crate) struct Runtime {
     stopping: AtomicBool,
     /// Turns true at shutdown, stopping background tasks such as config watchers.
     stop_signal: tokio::sync::watch::Sender<bool>,
+    /// Drivers and migration batches in flight; shutdown waits for none.
     active_drivers: AtomicUsize,
     drivers_idle: Notify,
+    /// The registered state migrations.
+    migrations: parking_lot::RwLock<MigrationChains>,
+    /// The registered step mappings between versions.
+    step_mappings: parking_lot::RwLock<StepMappings>,
+    /// The background migration jobs known since open, by workflow.
+    jobs: parking_lot::Mutex<HashMap<String, Arc<JobControl>>>,
+}
+
+/// What a runtime is opened with besides its store and options.
+#[derive(Default)]
+pub(crate) struct Definitions {
+    /// The versions' code.
+    pub codes: Vec<Arc<dyn VersionCode>>,
+    /// State migrations.
+    pub migrations: Vec<StateMigration>,
+    /// Step mappings between versions.
+    pub step_mappings: Vec<StepMapping>,
 }
 
 impl Runtime {
     /// Recovers the store, registers `codes` and starts running every live instance.
     pub async fn open(
         store: Arc<dyn Store>,
-        codes: Vec<Arc<dyn VersionCode>>,
+        definitions: Definitions,
         options: RuntimeOptions,
     ) -> Result<Arc<Runtime>, EngineError> {
+        let Definitions {
+            codes,
+            migrations,
+            step_mappings,
+        } = definitions;
+        let mut chains = MigrationChains::default();
+        chains.register_all(migrations)?;
+        let mut mappings = StepMappings::default();
+        for mapping in step_mappings {
+            mappings.register(mapping);
+        }
         let recovered = store.recover()?;
+        let jobs = store.migration_jobs()?;
         let committer =
             Committer::start(store.clone(), options.durability).map_err(|error| crate::store::StoreError::Backend {
                 operation: "start commit thread",
@@ -105,6 +138,9 @@ impl Runtime {
             stop_signal: tokio::sync::watch::Sender::new(false),
             active_drivers: AtomicUsize::new(0),
             drivers_idle: Notify::new(),
+            migrations: parking_lot::RwLock::new(chains),
+            step_mappings: parking_lot::RwLock::new(mappings),
+            jobs: parking_lot::Mutex::new(HashMap::new()),
             options,
         });
         let result = runtime.recover(recovered, codes).await;
@@ -114,6 +150,7 @@ impl Runtime {
         }
         tokio::spawn(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
         runtime.arm_all();
+        runtime.resume_migrations(jobs);
         Ok(runtime)
     }
 
@@ -286,6 +323,16 @@ impl Runtime {
         }
     }
 
+    /// Counts work that shutdown must wait for (a migration or move batch in flight).
+    fn begin_work(&self) {
+        self.active_drivers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Ends work counted by `begin_work`.
+    fn work_finished(&self) {
+        self.driver_finished();
+    }
+
     fn driver_finished(&self) {
         if self.active_drivers.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drivers_idle.notify_waiters();
@@ -445,6 +492,8 @@ impl Runtime {
             last_error: None,
             created_at_ms: now,
             updated_at_ms: now,
+            moves: Vec::new(),
+            pinned_reason: None,
         };
         let mut ops = vec![
             Op::PutInstance(record.encode()?),
@@ -503,6 +552,7 @@ impl Runtime {
                 })?;
         }
         let signal = SignalRecord {
+            format: RECORD_FORMAT,
             instance: id,
             seq: self.next_signal_seq.fetch_add(1, Ordering::Relaxed),
             name: name.to_string(),
@@ -562,17 +612,21 @@ impl Runtime {
         }
     }
 
-    fn info_of(slot: &Slot) -> InstanceInfo {
-        let status = if slot.parked {
+    /// The status of a live instance, including what only memory knows (running, parked).
+    fn info_status(slot: &Slot) -> InstanceStatus {
+        if slot.parked {
             InstanceStatus::Parked
         } else if slot.running && matches!(slot.record.phase, Phase::Ready { .. }) {
             InstanceStatus::Running
         } else {
             InstanceStatus::of_phase(&slot.record.phase)
-        };
+        }
+    }
+
+    fn info_of(slot: &Slot) -> InstanceInfo {
         InstanceInfo {
             record: slot.record.clone(),
-            status,
+            status: Self::info_status(slot),
         }
     }
 
@@ -674,6 +728,16 @@ impl Runtime {
         self.refresh_routing();
         self.persist_status(change).await;
         Some(status)
+    }
+
+    /// Registers state migrations after open; refused as a whole if the chain would break.
+    pub fn register_migrations(&self, migrations: Vec<StateMigration>) -> Result<(), EngineError> {
+        Ok(self.migrations.write().register_all(migrations)?)
+    }
+
+    /// Registers a step mapping after open.
+    pub fn register_step_mapping(&self, mapping: StepMapping) {
+        self.step_mappings.write().register(mapping);
     }
 
     /// Live instances held in memory.

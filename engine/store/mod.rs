@@ -5,9 +5,12 @@
 //! applied work durable, `recover` returns everything a starting engine needs. The trait names no
 //! backend concept (no trees, no files, no SQL), so a PostgreSQL backend can implement it.
 
+pub mod sled_format1;
 mod sled_store;
 
 pub use sled_store::SledStore;
+
+pub use crate::migrate::MigrationJobRecord;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +49,9 @@ pub enum StoreError {
 /// A signal delivered to an instance and not yet consumed by a step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
+    /// The record format (absent, hence 1, before format 2).
+    #[serde(default = "crate::instance::first_format")]
+    pub format: u32,
     /// The instance it was sent to.
     pub instance: InstanceId,
     /// Its sequence number, unique in the store; signals are consumed in this order.
@@ -83,6 +89,12 @@ pub struct VersionCounters {
     pub failed: u64,
     /// Instances that were cancelled.
     pub cancelled: u64,
+    /// Instances moved to this version from another (format 2).
+    #[serde(default)]
+    pub moved_in: u64,
+    /// Instances moved from this version to another (format 2).
+    #[serde(default)]
+    pub moved_out: u64,
     /// When the first instance started (ms since the Unix epoch).
     pub first_start_ms: Option<u64>,
     /// When the last instance started (ms since the Unix epoch).
@@ -97,6 +109,8 @@ impl VersionCounters {
         self.completed += delta.completed;
         self.failed += delta.failed;
         self.cancelled += delta.cancelled;
+        self.moved_in += delta.moved_in;
+        self.moved_out += delta.moved_out;
         if let Some(at) = delta.started_at_ms {
             self.first_start_ms = Some(self.first_start_ms.map_or(at, |first| first.min(at)));
             self.last_start_ms = Some(self.last_start_ms.map_or(at, |last| last.max(at)));
@@ -117,6 +131,10 @@ pub struct CounterDelta {
     pub failed: u64,
     /// Instances cancelled.
     pub cancelled: u64,
+    /// Instances moved in.
+    pub moved_in: u64,
+    /// Instances moved out.
+    pub moved_out: u64,
     /// The start time of a started instance.
     pub started_at_ms: Option<u64>,
 }
@@ -129,6 +147,23 @@ impl CounterDelta {
             started: 1,
             started_at_ms: Some(at_ms),
             ..CounterDelta::default()
+        }
+    }
+
+    /// The change for `count` instances moving in (`incoming`) or out of a version.
+    pub fn moved(count: u64, incoming: bool) -> Self {
+        if incoming {
+            CounterDelta {
+                live: count as i64,
+                moved_in: count,
+                ..CounterDelta::default()
+            }
+        } else {
+            CounterDelta {
+                live: -(count as i64),
+                moved_out: count,
+                ..CounterDelta::default()
+            }
         }
     }
 
@@ -185,6 +220,8 @@ pub enum Op {
     },
     /// Adds an applied config to the history.
     PutConfig(AppliedConfig),
+    /// Stores a background migration's job: its settings, cursor and counts.
+    PutMigrationJob(MigrationJobRecord),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
         /// The instance.
@@ -253,6 +290,8 @@ pub trait Store: Send + Sync + 'static {
     fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError>;
     /// Each schedule's last handled fire time (ms since the Unix epoch).
     fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Every background migration job, by workflow.
+    fn migration_jobs(&self) -> Result<Vec<MigrationJobRecord>, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
 }

@@ -6,7 +6,12 @@
 //! `m/format` record format · `i/<id>` live instance · `d/<id>` finished instance ·
 //! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
 //! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status ·
-//! `g/<generation>` applied config · `f/<schedule name>` last handled fire time.
+//! `g/<generation>` applied config · `f/<schedule name>` last handled fire time ·
+//! `u/<workflow>` background migration job.
+//!
+//! `m/format` holds the newest record format written to the store. Opening a store of an older
+//! format raises it (older builds then refuse the store, as it will hold newer records) and reads
+//! the older records as they are; each is rewritten in the current format by its next commit.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,7 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AppliedConfig, CorruptRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, VersionCounters,
+    AppliedConfig, CorruptRecord, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats,
+    VersionCounters,
 };
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use crate::registry::VersionStatus;
@@ -32,15 +38,20 @@ const COUNTERS: &[u8] = b"c/";
 const STATUSES: &[u8] = b"v/";
 const CONFIGS: &[u8] = b"g/";
 const SCHEDULE_FIRES: &[u8] = b"f/";
+const MIGRATION_JOBS: &[u8] = b"u/";
 
 #[derive(Serialize, Deserialize)]
 struct CounterEntry {
+    #[serde(default = "crate::instance::first_format")]
+    format: u32,
     key: VersionKey,
     counters: VersionCounters,
 }
 
 #[derive(Serialize, Deserialize)]
 struct StatusEntry {
+    #[serde(default = "crate::instance::first_format")]
+    format: u32,
     key: VersionKey,
     status: VersionStatus,
 }
@@ -139,6 +150,15 @@ impl SledStore {
                         supported: RECORD_FORMAT,
                     });
                 }
+                if found < RECORD_FORMAT {
+                    tracing::info!(
+                        from = found,
+                        to = RECORD_FORMAT,
+                        "upgrading the store's record format; older records are read as they are and rewritten as they are next committed"
+                    );
+                    db.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?)
+                        .map_err(backend("write format"))?;
+                }
             }
             None => {
                 db.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?)
@@ -220,6 +240,7 @@ impl Store for SledStore {
                 }
                 Op::PutVersionStatus { key, status } => {
                     let entry = StatusEntry {
+                        format: RECORD_FORMAT,
                         key: key.clone(),
                         status: *status,
                     };
@@ -235,6 +256,11 @@ impl Store for SledStore {
                     key.extend_from_slice(&config.generation.to_be_bytes());
                     batch.insert(key, encode("applied config", config)?);
                 }
+                Op::PutMigrationJob(job) => {
+                    let mut key = MIGRATION_JOBS.to_vec();
+                    key.extend_from_slice(job.workflow.as_bytes());
+                    batch.insert(key, encode("migration job", job)?);
+                }
                 Op::QuarantineRecord { id, reason } => {
                     let raw = self.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
                     let entry = QuarantineEntry {
@@ -248,6 +274,7 @@ impl Store for SledStore {
         }
         for (key, value) in &changed {
             let entry = CounterEntry {
+                format: RECORD_FORMAT,
                 key: (*key).clone(),
                 counters: *value,
             };
@@ -368,6 +395,10 @@ impl Store for SledStore {
 
     fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.collect(SCHEDULE_FIRES, "schedule fire")
+    }
+
+    fn migration_jobs(&self) -> Result<Vec<MigrationJobRecord>, StoreError> {
+        self.collect(MIGRATION_JOBS, "migration job")
     }
 
     fn stats(&self) -> StoreStats {

@@ -295,7 +295,6 @@ pub(crate) trait VersionCode: Send + Sync + 'static {
     fn entry_step(&self) -> &str;
     fn has_step(&self, step: &str) -> bool;
     fn retry_policy(&self, step: &str) -> &RetryPolicy;
-    #[allow(dead_code)] // read by the state-migration issue's AutoUpgrade
     fn upgrade_policy(&self) -> UpgradePolicy;
     /// Checks a signal payload against the declared type of signal `name`, if one is declared.
     fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String>;

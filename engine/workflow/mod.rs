@@ -24,3 +24,14 @@ pub enum UpgradePolicy {
     /// The instance may move to the routing target at a step boundary (state-migration issue).
     AutoUpgrade,
 }
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}

@@ -1,0 +1,274 @@
+//! Claims on instances at step boundaries, and moves between versions: the operator's plan and
+//! apply, and the `AutoUpgrade` policy's move before an instance's next step.
+//!
+//! A claim takes an instance the way a driver does (its slot's `running` flag), so no step of it
+//! runs while its record is rewritten; whatever arrived meanwhile is looked at on release.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use super::{now_ms, Runtime};
+use crate::error::EngineError;
+use crate::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
+use crate::migrate::{MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest};
+use crate::observe::Event;
+use crate::registry::{RegistryError, VersionStatus};
+use crate::routing::RouteInput;
+use crate::store::{CounterDelta, Op};
+use crate::workflow::VersionCode;
+
+/// What the `AutoUpgrade` policy decided for an instance about to run a step.
+pub(super) enum AutoUpgrade {
+    /// It is on the routing target already.
+    Stay,
+    /// It cannot move; the reason is recorded on the instance.
+    Pinned(String),
+    /// Its record on the routing target.
+    Move(InstanceRecord),
+}
+
+impl Runtime {
+    /// Takes a live instance at its step boundary, as a driver would; `Err` says why not.
+    pub(super) fn claim(&self, id: InstanceId) -> Result<InstanceRecord, MoveRefusal> {
+        self.table
+            .with(id, |slot| {
+                if slot.running {
+                    Err(MoveRefusal::MidStep)
+                } else if slot.cancel_requested {
+                    Err(MoveRefusal::CancelRequested)
+                } else if slot.parked {
+                    Err(MoveRefusal::SourceNotRegistered)
+                } else {
+                    slot.running = true;
+                    Ok(slot.record.clone())
+                }
+            })
+            .unwrap_or(Err(MoveRefusal::Finished))
+    }
+
+    /// Gives a claimed instance back, with its newly committed record if there is one, and lets a
+    /// driver look at it if anything arrived while it was claimed.
+    pub(super) fn release(self: &Arc<Self>, id: InstanceId, committed: Option<InstanceRecord>) {
+        let rerun = self.table.with(id, |slot| {
+            if let Some(record) = committed {
+                slot.record = record;
+            }
+            slot.running = false;
+            std::mem::take(&mut slot.rerun)
+        });
+        if rerun == Some(true) {
+            self.schedule(id);
+        }
+    }
+
+    /// The code and status of a move's target; an error if it is not registered.
+    fn move_target(&self, key: &VersionKey) -> Result<(Arc<dyn VersionCode>, VersionStatus), EngineError> {
+        self.registry.code_and_status(key).ok_or_else(|| {
+            EngineError::Registry(RegistryError::UnknownVersion {
+                key: key.clone(),
+                known: self.registry.describe_workflow(&key.workflow),
+            })
+        })
+    }
+
+    /// The live instances a request selects, in id order, with their plan verdicts.
+    pub fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
+        let target = request.target_key();
+        let (code, status) = self.move_target(&target)?;
+        let chains = self.migrations.read();
+        let mappings = self.step_mappings.read();
+        let context = MoveContext {
+            target: code.as_ref(),
+            target_status: status,
+            chains: &chains,
+            mappings: &mappings,
+            extra_steps: &request.steps,
+        };
+        let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
+        let mut checks = Vec::new();
+        self.table.for_each(|slot| {
+            let record = &slot.record;
+            if record.key.workflow != request.workflow
+                || request
+                    .from_version
+                    .as_ref()
+                    .is_some_and(|version| *version != record.key.version)
+                || wanted.as_ref().is_some_and(|ids| !ids.contains(&record.id))
+                || request.status.is_some_and(|status| status != Self::info_status(slot))
+            {
+                return;
+            }
+            let verdict = if slot.running {
+                Err(MoveRefusal::MidStep)
+            } else if slot.cancel_requested {
+                Err(MoveRefusal::CancelRequested)
+            } else if slot.parked {
+                Err(MoveRefusal::SourceNotRegistered)
+            } else {
+                context.check(record)
+            };
+            checks.push(MoveCheck {
+                id: record.id,
+                from: record.key.clone(),
+                step: record.step.clone(),
+                verdict,
+            });
+        });
+        checks.sort_by_key(|check| check.id);
+        Ok(MovePlan { target, checks })
+    }
+
+    /// Moves the selected instances in batches, each batch one commit; every instance is checked
+    /// again when its turn comes, at a step boundary.
+    pub async fn apply_moves(self: &Arc<Self>, request: &MoveRequest) -> Result<MoveReport, EngineError> {
+        let plan = self.plan_moves(request)?;
+        let target = plan.target.clone();
+        let mut report = MoveReport::default();
+        for batch in plan.checks.chunks(request.batch_size.max(1)) {
+            if self.is_stopping() {
+                return Err(EngineError::ShuttingDown);
+            }
+            let (code, status) = self.move_target(&target)?;
+            let mut moved = Vec::new();
+            {
+                let chains = self.migrations.read();
+                let mappings = self.step_mappings.read();
+                let context = MoveContext {
+                    target: code.as_ref(),
+                    target_status: status,
+                    chains: &chains,
+                    mappings: &mappings,
+                    extra_steps: &request.steps,
+                };
+                for planned in batch {
+                    let id = planned.id;
+                    let record = match self.claim(id) {
+                        Ok(record) => record,
+                        Err(refusal) => {
+                            report.refused.push(refused(planned, refusal));
+                            continue;
+                        }
+                    };
+                    let outcome = context
+                        .check(&record)
+                        .and_then(|step| context.apply(&record, step, MoveCause::Operator, now_ms()));
+                    match outcome {
+                        Ok(next) => moved.push((record.key.clone(), next)),
+                        Err(refusal) => {
+                            report.refused.push(refused(planned, refusal));
+                            self.release(id, None);
+                        }
+                    }
+                }
+            }
+            self.begin_work();
+            let committed = self.commit_moves(&moved).await;
+            self.work_finished();
+            match committed {
+                Ok(()) => {
+                    for (_, record) in moved {
+                        report.moved.push(record.id);
+                        self.release(record.id, Some(record));
+                    }
+                }
+                Err(error) => {
+                    for (_, record) in moved {
+                        self.release(record.id, None);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Commits moved records with both versions' counters in one commit, then applies the counters
+    /// in memory and announces the move. The caller updates the slots.
+    pub(super) async fn commit_moves(&self, moved: &[(VersionKey, InstanceRecord)]) -> Result<(), EngineError> {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let mut flows: BTreeMap<(VersionKey, VersionKey), (u64, MoveCause)> = BTreeMap::new();
+        let mut ops = Vec::with_capacity(moved.len() + 4);
+        for (from, record) in moved {
+            ops.push(Op::PutInstance(record.encode()?));
+            let cause = record.moves.last().map_or(MoveCause::Operator, |stamp| stamp.cause);
+            flows.entry((from.clone(), record.key.clone())).or_insert((0, cause)).0 += 1;
+        }
+        let mut deltas: Vec<(VersionKey, CounterDelta)> = Vec::new();
+        for ((from, to), (count, _)) in &flows {
+            deltas.push((from.clone(), CounterDelta::moved(*count, false)));
+            deltas.push((to.clone(), CounterDelta::moved(*count, true)));
+        }
+        ops.extend(deltas.iter().map(|(key, delta)| Op::AdjustCounters {
+            key: key.clone(),
+            delta: *delta,
+        }));
+        self.committer.commit(ops).await?;
+        let mut changes = Vec::new();
+        for (key, delta) in &deltas {
+            changes.extend(self.registry.apply(key, delta));
+        }
+        for ((from, to), (count, cause)) in flows {
+            tracing::info!(from = %from, to = %to, count, ?cause, "instances moved between versions");
+            self.events.emit(Event::InstancesMoved { from, to, count, cause });
+        }
+        for change in changes {
+            self.change_status(Some(change)).await;
+        }
+        Ok(())
+    }
+
+    /// Where the `AutoUpgrade` policy would take `record` now: the version a new instance with
+    /// its routing key would be routed to.
+    fn routing_target(&self, record: &InstanceRecord) -> Option<semver::Version> {
+        let table = self.routing.load();
+        let input = RouteInput {
+            routing_key: record.routing_key.as_deref(),
+            instance_id: record.id.0,
+            attributes: &[],
+        };
+        match table.route(&record.key.workflow, input) {
+            Some(version) => Some(version.clone()),
+            None => self.registry.newest_active(&record.key.workflow),
+        }
+    }
+
+    /// The `AutoUpgrade` decision for an instance its driver is about to step.
+    pub(super) fn auto_upgrade(&self, record: &InstanceRecord) -> AutoUpgrade {
+        let Some(version) = self.routing_target(record) else {
+            return AutoUpgrade::Stay;
+        };
+        if version == record.key.version {
+            return AutoUpgrade::Stay;
+        }
+        let target = VersionKey::new(record.key.workflow.clone(), version);
+        let Some((code, status)) = self.registry.code_and_status(&target) else {
+            return AutoUpgrade::Pinned(format!("the routing target {target} is not registered"));
+        };
+        let chains = self.migrations.read();
+        let mappings = self.step_mappings.read();
+        let no_extra = Default::default();
+        let context = MoveContext {
+            target: code.as_ref(),
+            target_status: status,
+            chains: &chains,
+            mappings: &mappings,
+            extra_steps: &no_extra,
+        };
+        match context
+            .check(record)
+            .and_then(|step| context.apply(record, step, MoveCause::AutoUpgrade, now_ms()))
+        {
+            Ok(moved) => AutoUpgrade::Move(moved),
+            Err(refusal) => AutoUpgrade::Pinned(format!("cannot move to {target}: {refusal}")),
+        }
+    }
+}
+
+fn refused(planned: &MoveCheck, refusal: MoveRefusal) -> MoveCheck {
+    MoveCheck {
+        verdict: Err(refusal),
+        ..planned.clone()
+    }
+}
