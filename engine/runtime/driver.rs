@@ -183,7 +183,7 @@ impl Runtime {
         if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
             match self.auto_upgrade(&job.record) {
                 AutoUpgrade::Stay => job.record.pinned_reason = None,
-                AutoUpgrade::Move(moved) => return self.commit_auto_upgrade(job.record.key.clone(), moved).await,
+                AutoUpgrade::Move(moved) => return self.commit_auto_upgrade(job.record.key.clone(), *moved).await,
                 AutoUpgrade::Pinned(reason) => {
                     if job.record.pinned_reason.as_ref() != Some(&reason) {
                         tracing::info!(instance = %id, %reason, "AutoUpgrade instance stays on its version");

@@ -24,7 +24,7 @@ pub(super) enum AutoUpgrade {
     /// It cannot move; the reason is recorded on the instance.
     Pinned(String),
     /// Its record on the routing target.
-    Move(InstanceRecord),
+    Move(Box<InstanceRecord>),
 }
 
 impl Runtime {
@@ -260,7 +260,7 @@ impl Runtime {
             .check(record)
             .and_then(|step| context.apply(record, step, MoveCause::AutoUpgrade, now_ms()))
         {
-            Ok(moved) => AutoUpgrade::Move(moved),
+            Ok(moved) => AutoUpgrade::Move(Box::new(moved)),
             Err(refusal) => AutoUpgrade::Pinned(format!("cannot move to {target}: {refusal}")),
         }
     }

@@ -84,6 +84,9 @@ struct StatusEntryV1<'a> {
     status: &'a VersionStatus,
 }
 
+/// One raw key/value pair of the store.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// What a format-1 store holds, to be written as raw key/value pairs.
 #[derive(Debug, Clone, Default)]
 pub struct Format1Contents {
@@ -119,7 +122,7 @@ fn version_key(prefix: &[u8], key: &VersionKey) -> Vec<u8> {
 
 impl Format1Contents {
     /// The key/value pairs a format-1 sled store holds for these contents, format marker included.
-    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    pub fn entries(&self) -> Result<Vec<RawEntry>, String> {
         let mut entries = vec![(b"m/format".to_vec(), encode(&1u32)?)];
         for record in &self.live {
             entries.push((id_key(b"i/", record.id), encode(record)?));
