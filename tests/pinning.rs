@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use strata::{InstanceStatus, StartOptions};
-use strata_workflows::order::{self, OrderOutput, OrderState};
+use strata_workflows::order::{self, OrderOutput, OrderState, OrderStateV2};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() {
@@ -46,8 +46,8 @@ async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() 
     }
     let output: OrderOutput = outcome_within(&engine, new).await.output().unwrap();
     assert_eq!(output.finished_on, "2.0.0");
-    let state: OrderState = engine.instance(new).unwrap().state().unwrap();
-    assert_eq!(state.history, order::expected_history("2.0.0"));
+    let state: OrderStateV2 = engine.instance(new).unwrap().state().unwrap();
+    assert_eq!(state.order.history, order::expected_history("2.0.0"));
     engine.shutdown().await;
 }
 
