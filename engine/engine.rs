@@ -178,7 +178,7 @@ impl EngineBuilder {
         };
         engine.reinstall_last_config().await?;
         let stop = engine.runtime.stop_signal();
-        tokio::spawn(crate::config::scheduler::run(
+        engine.runtime.spawn_tracked(crate::config::scheduler::run(
             engine.clone(),
             schedules_in_force,
             stop,
@@ -430,7 +430,7 @@ impl Engine {
         // What was applied, read once: an edit made after this read is seen by the watcher.
         let applied = Some(text.into_bytes());
         let stop = self.runtime.stop_signal();
-        tokio::spawn(crate::config::watch::watch_file(
+        self.runtime.spawn_tracked(crate::config::watch::watch_file(
             self.clone(),
             path,
             applied,

@@ -172,7 +172,6 @@ impl Runtime {
             }
         }
         drop(permit);
-        self.driver_finished();
     }
 
     async fn run_job(self: &Arc<Self>, id: InstanceId, mut job: Job) -> Progress {

@@ -91,7 +91,7 @@ impl Runtime {
             rate_per_second: 0.0,
             failures: Vec::new(),
         });
-        tokio::spawn(self.clone().run_job_to_end(record, control.clone()));
+        self.spawn_tracked(self.clone().run_job_to_end(record, control.clone()));
         control
     }
 
@@ -278,12 +278,10 @@ impl Runtime {
             }
         }
         ops.push(Op::PutMigrationJob(next_job.clone()));
-        self.begin_work();
         let committed = match encoded {
             Ok(()) => self.committer.commit(ops).await,
             Err(error) => Err(error),
         };
-        self.work_finished();
         let mut records = rewritten.into_iter().peekable();
         for id in claimed {
             let record = match committed {

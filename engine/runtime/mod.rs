@@ -74,15 +74,34 @@ pub(crate) struct Runtime {
     stopping: AtomicBool,
     /// Turns true at shutdown, stopping background tasks such as config watchers.
     stop_signal: tokio::sync::watch::Sender<bool>,
-    /// Drivers and migration batches in flight; shutdown waits for none.
-    active_drivers: AtomicUsize,
-    drivers_idle: Notify,
+    /// The internal tasks and batches in flight; shutdown waits until there are none.
+    tasks: Arc<TaskCount>,
     /// The registered state migrations.
     migrations: parking_lot::RwLock<MigrationChains>,
     /// The registered step mappings between versions.
     step_mappings: parking_lot::RwLock<StepMappings>,
     /// The background migration jobs known since open, by workflow.
     jobs: parking_lot::Mutex<HashMap<String, Arc<JobControl>>>,
+}
+
+/// Counts internal tasks (drivers, timers, the scheduler, config watchers, migrations) and
+/// batches in flight, so that shutdown can wait until none holds the runtime any more.
+#[derive(Default)]
+struct TaskCount {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl TaskCount {
+    fn begin(&self) {
+        self.running.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 /// What a runtime is opened with besides its store and options.
@@ -136,8 +155,7 @@ impl Runtime {
             next_signal_seq: AtomicU64::new(recovered.next_signal_seq),
             stopping: AtomicBool::new(false),
             stop_signal: tokio::sync::watch::Sender::new(false),
-            active_drivers: AtomicUsize::new(0),
-            drivers_idle: Notify::new(),
+            tasks: Arc::new(TaskCount::default()),
             migrations: parking_lot::RwLock::new(chains),
             step_mappings: parking_lot::RwLock::new(mappings),
             jobs: parking_lot::Mutex::new(HashMap::new()),
@@ -148,7 +166,7 @@ impl Runtime {
             runtime.committer.close();
             return Err(error);
         }
-        tokio::spawn(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
+        runtime.spawn_tracked(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
         runtime.arm_all();
         runtime.resume_migrations(jobs);
         Ok(runtime)
@@ -318,25 +336,30 @@ impl Runtime {
             }
         });
         if start == Some(true) {
-            self.active_drivers.fetch_add(1, Ordering::AcqRel);
-            tokio::spawn(self.clone().drive(id));
+            self.spawn_tracked(self.clone().drive(id));
         }
     }
 
-    /// Counts work that shutdown must wait for (a migration or move batch in flight).
+    /// Spawns an internal task that shutdown waits for. The count drops only after the task's
+    /// future, and whatever runtime handle it owns, is gone, so once shutdown returns nothing
+    /// internal holds the store open.
+    pub(crate) fn spawn_tracked(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.begin();
+        let tasks = self.tasks.clone();
+        tokio::spawn(async move {
+            task.await;
+            tasks.end();
+        });
+    }
+
+    /// Counts a batch that shutdown must wait for (a move batch's commit).
     fn begin_work(&self) {
-        self.active_drivers.fetch_add(1, Ordering::AcqRel);
+        self.tasks.begin();
     }
 
     /// Ends work counted by `begin_work`.
     fn work_finished(&self) {
-        self.driver_finished();
-    }
-
-    fn driver_finished(&self) {
-        if self.active_drivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.drivers_idle.notify_waiters();
-        }
+        self.tasks.end();
     }
 
     fn park(&self, id: InstanceId) {
@@ -752,10 +775,10 @@ impl Runtime {
         self.stop_signal.send_replace(true);
         self.timers.wake();
         loop {
-            let idle = self.drivers_idle.notified();
+            let idle = self.tasks.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.active_drivers.load(Ordering::Acquire) == 0 {
+            if self.tasks.running.load(Ordering::Acquire) == 0 {
                 break;
             }
             idle.await;
