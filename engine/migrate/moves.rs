@@ -7,7 +7,9 @@ use std::fmt;
 use semver::Version;
 
 use super::chain::{MigrationChains, MigrationFailure};
-use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, MoveCause, MoveStamp, Phase, VersionKey};
+use crate::instance::{
+    InstanceId, InstanceRecord, InstanceStatus, MoveCause, MoveStamp, Phase, VersionKey, RECORD_FORMAT,
+};
 use crate::registry::VersionStatus;
 use crate::workflow::VersionCode;
 
@@ -342,6 +344,7 @@ impl MoveContext<'_> {
         moved.state.schema = to_schema;
         moved.pinned_reason = None;
         moved.updated_at_ms = now_ms;
+        moved.format = RECORD_FORMAT;
         Ok(moved)
     }
 }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::moves::AutoUpgrade;
 use super::{now_ms, Runtime};
-use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase};
+use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase, RECORD_FORMAT};
 use crate::observe::Event;
 use crate::store::{CounterDelta, Op};
 use crate::workflow::{Next, StepCtx, StepFailure, StepOutcome, UpgradePolicy, VersionCode, WakeReason};
@@ -398,10 +398,12 @@ impl Runtime {
     /// Commits `record` with `ops`; on success makes it the instance's state in memory.
     async fn commit_record(
         self: &Arc<Self>,
-        record: InstanceRecord,
+        mut record: InstanceRecord,
         mut ops: Vec<Op>,
         consumed_signal: Option<u64>,
     ) -> Progress {
+        // A record read in an older format is rewritten in the current one by its next commit.
+        record.format = RECORD_FORMAT;
         let id = record.id;
         let terminal = record.phase.is_terminal();
         let due = record.phase.timer_due_ms();
