@@ -429,11 +429,12 @@ impl Runtime {
             return Progress::Stalled;
         }
         if terminal {
-            let slot = self.table.remove(id);
             let key = record.key.clone();
             let status = InstanceStatus::of_phase(&record.phase);
-            // Counters first, so that whoever is woken below sees them updated.
+            // Counters first, so that whoever sees the instance gone, or is woken below, sees
+            // them updated.
             let change = delta.and_then(|delta| self.registry.apply(&key, &delta));
+            let slot = self.table.remove(id);
             if let Some(outcome) = Outcome::from_phase(&record.phase) {
                 for waiter in slot.map(|slot| slot.waiters).unwrap_or_default() {
                     let _ = waiter.send(outcome.clone());

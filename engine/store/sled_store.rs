@@ -124,16 +124,13 @@ impl SledStore {
     /// was written by a newer Strata.
     pub fn open(directory: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = directory.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|error| StoreError::Backend {
-                operation: "open",
-                message: format!(
-                    "{} ({error}); is another process using this data directory?",
-                    path.display()
-                ),
-            })?;
+        let db = Self::open_db(&path).map_err(|error| StoreError::Backend {
+            operation: "open",
+            message: format!(
+                "{} ({error}); is another process using this data directory?",
+                path.display()
+            ),
+        })?;
         let data_file = File::open(path.join("db")).map_err(|error| StoreError::Backend {
             operation: "open",
             message: format!("cannot open sled's data file in {}: {error}", path.display()),
@@ -182,6 +179,23 @@ impl SledStore {
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
         })
+    }
+
+    /// Opens sled's database. The file lock of a store closed a moment ago in this process may
+    /// still be held by sled's background threads while they wind down: a lock conflict is
+    /// retried for up to two seconds before it counts as another process using the directory.
+    fn open_db(path: &Path) -> sled::Result<sled::Db> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::Config::new().path(path).open() {
+                Err(sled::Error::Io(error))
+                    if error.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => return result,
+            }
+        }
     }
 
     /// The data directory.
