@@ -183,7 +183,7 @@ pub enum MoveRefusal {
     },
     /// Its state cannot be migrated to the target's schema.
     NoMigrationPath(MigrationFailure),
-    /// The migration function failed on its state (found when applying).
+    /// The migration function failed on its state (the dry run runs it too).
     MigrationFailed(MigrationFailure),
 }
 

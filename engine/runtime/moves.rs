@@ -71,21 +71,15 @@ impl Runtime {
         })
     }
 
-    /// The live instances a request selects, in id order, with their plan verdicts.
+    /// The live instances a request selects, in id order, with their plan verdicts. The dry run
+    /// runs the state migrations too (and throws their results away), so a state the migration
+    /// refuses shows in the plan, not only when applying.
     pub fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
         let target = request.target_key();
         let (code, status) = self.move_target(&target)?;
-        let chains = self.migrations.read();
-        let mappings = self.step_mappings.read();
-        let context = MoveContext {
-            target: code.as_ref(),
-            target_status: status,
-            chains: &chains,
-            mappings: &mappings,
-            extra_steps: &request.steps,
-        };
         let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
-        let mut checks = Vec::new();
+        // Selected under the table's locks; checked after, so no migration runs under a lock.
+        let mut selected: Vec<(InstanceRecord, Result<(), MoveRefusal>)> = Vec::new();
         self.table.for_each(|slot| {
             let record = &slot.record;
             if record.key.workflow != request.workflow
@@ -98,22 +92,43 @@ impl Runtime {
             {
                 return;
             }
-            let verdict = if slot.running {
+            let available = if slot.running {
                 Err(MoveRefusal::MidStep)
             } else if slot.cancel_requested {
                 Err(MoveRefusal::CancelRequested)
             } else if slot.parked {
                 Err(MoveRefusal::SourceNotRegistered)
             } else {
-                context.check(record)
+                Ok(())
             };
-            checks.push(MoveCheck {
-                id: record.id,
-                from: record.key.clone(),
-                step: record.step.clone(),
-                verdict,
-            });
+            selected.push((record.clone(), available));
         });
+        let chains = self.migrations.read();
+        let mappings = self.step_mappings.read();
+        let context = MoveContext {
+            target: code.as_ref(),
+            target_status: status,
+            chains: &chains,
+            mappings: &mappings,
+            extra_steps: &request.steps,
+        };
+        let now = now_ms();
+        let mut checks: Vec<MoveCheck> = selected
+            .into_iter()
+            .map(|(record, available)| {
+                let verdict = available.and_then(|()| context.check(&record)).and_then(|step| {
+                    context
+                        .apply(&record, step.clone(), MoveCause::Operator, now)
+                        .map(|_| step)
+                });
+                MoveCheck {
+                    id: record.id,
+                    from: record.key,
+                    step: record.step,
+                    verdict,
+                }
+            })
+            .collect();
         checks.sort_by_key(|check| check.id);
         Ok(MovePlan { target, checks })
     }

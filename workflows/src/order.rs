@@ -219,6 +219,15 @@ impl OrderShape for OrderStateV3 {
     }
 }
 
+/// The fields every schema shares, read from a stored state of any schema (1, 2 or 3).
+pub fn order_state(info: &strata::InstanceInfo) -> Result<OrderState, strata::EngineError> {
+    match info.state_schema() {
+        1 => info.state::<OrderState>(),
+        2 => info.state::<OrderStateV2>().map(|state| state.order),
+        _ => info.state::<OrderStateV3>().map(|state| state.order),
+    }
+}
+
 /// Splits the free-text address (schema 1 → 2).
 pub fn split_address(mut old: OrderState) -> Result<OrderStateV2, String> {
     let ship_to = Address::parse(&old.input.address)?;
@@ -455,6 +464,20 @@ pub fn v1_1() -> WorkflowVersion<OrderInput, OrderState, OrderOutput> {
     WorkflowVersion::new(WORKFLOW, "1.1.0")
         .state_schema(1)
         .init(init)
+        .signal_type::<Payment>(PAYMENT_SIGNAL)
+        .step("validate", validate)
+        .step_with_retry("reserve", reserve, reserve_retry())
+        .step("charge", charge)
+        .step("ship", ship)
+        .step("notify_customer", notify_customer)
+}
+
+/// Version 1.1.0's logic built on state schema 2: the deploy after the state type changed. The
+/// steps are 1.1.0's; instances stored on schema 1 are migrated when loaded, or in the background.
+pub fn v1_1_on_schema_2() -> WorkflowVersion<OrderInput, OrderStateV2, OrderOutput> {
+    WorkflowVersion::new(WORKFLOW, "1.1.0")
+        .state_schema(2)
+        .init(init_v2)
         .signal_type::<Payment>(PAYMENT_SIGNAL)
         .step("validate", validate)
         .step_with_retry("reserve", reserve, reserve_retry())
