@@ -459,11 +459,11 @@ pub fn v1_0() -> WorkflowVersion<OrderInput, OrderState, OrderOutput> {
         .step("ship", ship)
 }
 
-/// Version 1.1.0: adds gift wrapping to the input and a `notify_customer` step.
-pub fn v1_1() -> WorkflowVersion<OrderInput, OrderState, OrderOutput> {
-    WorkflowVersion::new(WORKFLOW, "1.1.0")
-        .state_schema(1)
-        .init(init)
+/// 1.1.0's steps on state type `S`.
+fn steps_1_1<S: OrderShape>(
+    version: WorkflowVersion<OrderInput, S, OrderOutput>,
+) -> WorkflowVersion<OrderInput, S, OrderOutput> {
+    version
         .signal_type::<Payment>(PAYMENT_SIGNAL)
         .step("validate", validate)
         .step_with_retry("reserve", reserve, reserve_retry())
@@ -472,51 +472,51 @@ pub fn v1_1() -> WorkflowVersion<OrderInput, OrderState, OrderOutput> {
         .step("notify_customer", notify_customer)
 }
 
+/// Version 1.1.0: adds gift wrapping to the input and a `notify_customer` step.
+pub fn v1_1() -> WorkflowVersion<OrderInput, OrderState, OrderOutput> {
+    steps_1_1(WorkflowVersion::new(WORKFLOW, "1.1.0").state_schema(1).init(init))
+}
+
 /// Version 1.1.0's logic built on state schema 2: the deploy after the state type changed. The
 /// steps are 1.1.0's; instances stored on schema 1 are migrated when loaded, or in the background.
 pub fn v1_1_on_schema_2() -> WorkflowVersion<OrderInput, OrderStateV2, OrderOutput> {
-    WorkflowVersion::new(WORKFLOW, "1.1.0")
-        .state_schema(2)
-        .init(init_v2)
-        .signal_type::<Payment>(PAYMENT_SIGNAL)
-        .step("validate", validate)
-        .step_with_retry("reserve", reserve, reserve_retry())
-        .step("charge", charge)
-        .step("ship", ship)
-        .step("notify_customer", notify_customer)
+    steps_1_1(WorkflowVersion::new(WORKFLOW, "1.1.0").state_schema(2).init(init_v2))
 }
 
 fn fraud_retry() -> RetryPolicy {
     RetryPolicy::exponential(3, Duration::from_millis(50)).with_attempt_timeout(Duration::from_secs(5))
 }
 
-/// Version 2.0.0: authorises payment first, checks for fraud, then reserves and ships; state
-/// schema 2.
-pub fn v2_0() -> WorkflowVersion<OrderInput, OrderStateV2, OrderOutput> {
-    WorkflowVersion::new(WORKFLOW, "2.0.0")
-        .state_schema(2)
-        .init(init_v2)
+/// The 2.x/3.x steps on state type `S`, the payment step named `payment_step`.
+fn steps_2_x<S: OrderShape>(
+    version: WorkflowVersion<OrderInput, S, OrderOutput>,
+    payment_step: &str,
+) -> WorkflowVersion<OrderInput, S, OrderOutput> {
+    version
         .signal_type::<Payment>(PAYMENT_SIGNAL)
         .step("validate", validate)
         .step("authorize_payment", authorize_payment)
-        .step("collect_payment", collect_payment)
+        .step(payment_step, collect_payment)
         .step_with_retry("fraud_check", fraud_check, fraud_retry())
         .step_with_retry("reserve", reserve, reserve_retry())
         .step("ship", ship)
 }
 
+/// Version 2.0.0: authorises payment first, checks for fraud, then reserves and ships; state
+/// schema 2.
+pub fn v2_0() -> WorkflowVersion<OrderInput, OrderStateV2, OrderOutput> {
+    steps_2_x(
+        WorkflowVersion::new(WORKFLOW, "2.0.0").state_schema(2).init(init_v2),
+        "collect_payment",
+    )
+}
+
 /// Version 3.0.0: 2.0.0 with `collect_payment` renamed `capture_payment`; state schema 3.
 pub fn v3_0() -> WorkflowVersion<OrderInput, OrderStateV3, OrderOutput> {
-    WorkflowVersion::new(WORKFLOW, "3.0.0")
-        .state_schema(3)
-        .init(init_v3)
-        .signal_type::<Payment>(PAYMENT_SIGNAL)
-        .step("validate", validate)
-        .step("authorize_payment", authorize_payment)
-        .step("capture_payment", collect_payment)
-        .step_with_retry("fraud_check", fraud_check, fraud_retry())
-        .step_with_retry("reserve", reserve, reserve_retry())
-        .step("ship", ship)
+    steps_2_x(
+        WorkflowVersion::new(WORKFLOW, "3.0.0").state_schema(3).init(init_v3),
+        "capture_payment",
+    )
 }
 
 /// The steps a fully paid order visits on `version`, in order: what its `history` must show.
