@@ -32,6 +32,15 @@ async fn start_tallies(engine: &Engine, counts: impl IntoIterator<Item = u64>) -
     ids
 }
 
+/// A store in `dir` holding tally 1.0.0 instances with `counts`, their state stored on schema 1,
+/// each waiting for `go`.
+async fn stored_on_schema_1(dir: &std::path::Path, counts: impl IntoIterator<Item = u64>) -> Vec<InstanceId> {
+    let engine = builder(dir).register(tally::on_schema_1("1.0.0")).open().await.unwrap();
+    let ids = start_tallies(&engine, counts).await;
+    engine.shutdown().await;
+    ids
+}
+
 /// Live count the registry reports for `version` of `workflow`, and the live instances listed on it.
 fn live_counts(engine: &Engine, workflow: &str, version: &str) -> (u64, usize) {
     let counted = engine.version(workflow, version).unwrap().counters.live;
@@ -47,13 +56,7 @@ fn live_counts(engine: &Engine, workflow: &str, version: &str) -> (u64, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
-    let ids = start_tallies(&engine, [5, 7]).await;
-    engine.shutdown().await;
+    let ids = stored_on_schema_1(dir.path(), [5, 7]).await;
 
     // The next deploy of 1.0.0 reads schema 2; stored states are still schema 1.
     let calls = Arc::new(AtomicU64::new(0));
@@ -95,14 +98,8 @@ async fn a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_migration_pauses_survives_a_restart_and_migrates_each_record_once() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
     // Counts clear of the ones the tally migration refuses (13, 666) or holds (999).
-    let ids = start_tallies(&engine, 1_000..1_600).await;
-    engine.shutdown().await;
+    let ids = stored_on_schema_1(dir.path(), 1_000..1_600).await;
 
     let calls = Arc::new(AtomicU64::new(0));
     let open = |calls: Arc<AtomicU64>| {

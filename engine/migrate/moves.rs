@@ -308,6 +308,17 @@ impl MoveContext<'_> {
         Ok(mapped.to_string())
     }
 
+    /// The verdict and the moved record together: `check`, then `apply` at the step it names.
+    pub fn move_record(
+        &self,
+        record: &InstanceRecord,
+        cause: MoveCause,
+        now_ms: u64,
+    ) -> Result<InstanceRecord, MoveRefusal> {
+        self.check(record)
+            .and_then(|step| self.apply(record, step, cause, now_ms))
+    }
+
     /// The record after moving it to the target at `to_step`: version, cursor and migrated state,
     /// stamped with the move.
     pub fn apply(

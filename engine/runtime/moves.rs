@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use super::table::Slot;
 use super::{now_ms, Runtime};
 use crate::error::EngineError;
 use crate::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
@@ -32,16 +33,9 @@ impl Runtime {
     pub(super) fn claim(&self, id: InstanceId) -> Result<InstanceRecord, MoveRefusal> {
         self.table
             .with(id, |slot| {
-                if slot.running {
-                    Err(MoveRefusal::MidStep)
-                } else if slot.cancel_requested {
-                    Err(MoveRefusal::CancelRequested)
-                } else if slot.parked {
-                    Err(MoveRefusal::SourceNotRegistered)
-                } else {
-                    slot.running = true;
-                    Ok(slot.record.clone())
-                }
+                claimable(slot)?;
+                slot.running = true;
+                Ok(slot.record.clone())
             })
             .unwrap_or(Err(MoveRefusal::Finished))
     }
@@ -71,6 +65,26 @@ impl Runtime {
         })
     }
 
+    /// Runs `action` with a move context for `target` (locks the migrations and step mappings
+    /// for its duration; run no await inside).
+    fn with_move_context<R>(
+        &self,
+        target: &dyn VersionCode,
+        target_status: VersionStatus,
+        extra_steps: &std::collections::HashMap<String, String>,
+        action: impl FnOnce(&MoveContext<'_>) -> R,
+    ) -> R {
+        let chains = self.migrations.read();
+        let mappings = self.step_mappings.read();
+        action(&MoveContext {
+            target,
+            target_status,
+            chains: &chains,
+            mappings: &mappings,
+            extra_steps,
+        })
+    }
+
     /// The live instances a request selects, in id order, with their plan verdicts. The dry run
     /// runs the state migrations too (and throws their results away), so a state the migration
     /// refuses shows in the plan, not only when applying.
@@ -92,43 +106,22 @@ impl Runtime {
             {
                 return;
             }
-            let available = if slot.running {
-                Err(MoveRefusal::MidStep)
-            } else if slot.cancel_requested {
-                Err(MoveRefusal::CancelRequested)
-            } else if slot.parked {
-                Err(MoveRefusal::SourceNotRegistered)
-            } else {
-                Ok(())
-            };
-            selected.push((record.clone(), available));
+            selected.push((record.clone(), claimable(slot)));
         });
-        let chains = self.migrations.read();
-        let mappings = self.step_mappings.read();
-        let context = MoveContext {
-            target: code.as_ref(),
-            target_status: status,
-            chains: &chains,
-            mappings: &mappings,
-            extra_steps: &request.steps,
-        };
         let now = now_ms();
-        let mut checks: Vec<MoveCheck> = selected
-            .into_iter()
-            .map(|(record, available)| {
-                let verdict = available.and_then(|()| context.check(&record)).and_then(|step| {
-                    context
-                        .apply(&record, step.clone(), MoveCause::Operator, now)
-                        .map(|_| step)
-                });
-                MoveCheck {
+        let mut checks: Vec<MoveCheck> = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
+            selected
+                .into_iter()
+                .map(|(record, available)| MoveCheck {
+                    verdict: available
+                        .and_then(|()| context.move_record(&record, MoveCause::Operator, now))
+                        .map(|moved| moved.step),
                     id: record.id,
                     from: record.key,
                     step: record.step,
-                    verdict,
-                }
-            })
-            .collect();
+                })
+                .collect()
+        });
         checks.sort_by_key(|check| check.id);
         Ok(MovePlan { target, checks })
     }
@@ -144,38 +137,26 @@ impl Runtime {
                 return Err(EngineError::ShuttingDown);
             }
             let (code, status) = self.move_target(&target)?;
-            let mut moved = Vec::new();
-            {
-                let chains = self.migrations.read();
-                let mappings = self.step_mappings.read();
-                let context = MoveContext {
-                    target: code.as_ref(),
-                    target_status: status,
-                    chains: &chains,
-                    mappings: &mappings,
-                    extra_steps: &request.steps,
-                };
+            let moved = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
+                let mut moved = Vec::new();
                 for planned in batch {
-                    let id = planned.id;
-                    let record = match self.claim(id) {
+                    let record = match self.claim(planned.id) {
                         Ok(record) => record,
                         Err(refusal) => {
                             report.refused.push(refused(planned, refusal));
                             continue;
                         }
                     };
-                    let outcome = context
-                        .check(&record)
-                        .and_then(|step| context.apply(&record, step, MoveCause::Operator, now_ms()));
-                    match outcome {
+                    match context.move_record(&record, MoveCause::Operator, now_ms()) {
                         Ok(next) => moved.push((record.key.clone(), next)),
                         Err(refusal) => {
                             report.refused.push(refused(planned, refusal));
-                            self.release(id, None);
+                            self.release(planned.id, None);
                         }
                     }
                 }
-            }
+                moved
+            });
             self.begin_work();
             let committed = self.commit_moves(&moved).await;
             self.work_finished();
@@ -261,23 +242,26 @@ impl Runtime {
         let Some((code, status)) = self.registry.code_and_status(&target) else {
             return AutoUpgrade::Pinned(format!("the routing target {target} is not registered"));
         };
-        let chains = self.migrations.read();
-        let mappings = self.step_mappings.read();
         let no_extra = Default::default();
-        let context = MoveContext {
-            target: code.as_ref(),
-            target_status: status,
-            chains: &chains,
-            mappings: &mappings,
-            extra_steps: &no_extra,
-        };
-        match context
-            .check(record)
-            .and_then(|step| context.apply(record, step, MoveCause::AutoUpgrade, now_ms()))
-        {
-            Ok(moved) => AutoUpgrade::Move(Box::new(moved)),
-            Err(refusal) => AutoUpgrade::Pinned(format!("cannot move to {target}: {refusal}")),
-        }
+        self.with_move_context(code.as_ref(), status, &no_extra, |context| {
+            match context.move_record(record, MoveCause::AutoUpgrade, now_ms()) {
+                Ok(moved) => AutoUpgrade::Move(Box::new(moved)),
+                Err(refusal) => AutoUpgrade::Pinned(format!("cannot move to {target}: {refusal}")),
+            }
+        })
+    }
+}
+
+/// Whether an instance is at a step boundary and free to be claimed now.
+fn claimable(slot: &Slot) -> Result<(), MoveRefusal> {
+    if slot.running {
+        Err(MoveRefusal::MidStep)
+    } else if slot.cancel_requested {
+        Err(MoveRefusal::CancelRequested)
+    } else if slot.parked {
+        Err(MoveRefusal::SourceNotRegistered)
+    } else {
+        Ok(())
     }
 }
 
