@@ -13,10 +13,11 @@ use crate::config::{ConfigError, ScheduleSpec};
 use crate::error::EngineError;
 use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, ScheduledFire, VersionKey};
 use crate::migrate::{MigrationHandle, MigrationJob, MovePlan, MoveReport, MoveRequest, StateMigration, StepMapping};
-use crate::observe::Event;
+use crate::observe::{Clock, Event, MetricsSnapshot, SystemClock};
 use crate::registry::{parse_version, VersionInfo, VersionStatus};
+use crate::rollout::{RolloutRecord, RolloutSpec};
 use crate::routing::{RoutingSpec, VersionRequest};
-use crate::runtime::{Definitions, Durability, Runtime, RuntimeOptions};
+use crate::runtime::{Definitions, Durability, RolloutOperation, Runtime, RuntimeOptions};
 use crate::store::{AppliedConfig, CorruptRecord, Op, SledStore, Store, StoreStats};
 use crate::workflow::{VersionCode, WorkflowVersion};
 
@@ -135,6 +136,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether per-version metrics are recorded (default on; off only to measure their cost).
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.options.metrics = enabled;
+        self
+    }
+
+    /// The clock of metrics windows and rollouts (default the system clock; a [`ManualClock`](crate::ManualClock)
+    /// lets tests drive holds and windows without sleeping). Durable timers use the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.options.clock = clock;
+        self
+    }
+
     /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
     /// have a hole, or give two paths for one step.
     pub fn migration(mut self, migration: StateMigration) -> Self {
@@ -243,6 +257,8 @@ impl Engine {
                 park_unregistered: false,
                 commit_retry_delay: Duration::from_millis(500),
                 event_capacity: 4096,
+                metrics: true,
+                clock: Arc::new(SystemClock),
             },
         }
     }
@@ -340,6 +356,7 @@ impl Engine {
                 .into());
             }
         }
+        let new_rollouts = self.check_config_rollouts(source, &config.rollouts)?;
         let spec = config.routing;
         let table = self.runtime.compile_routing(&spec, true).map_err(|error| match error {
             EngineError::Routing(rules) => ConfigError::Rules {
@@ -362,7 +379,41 @@ impl Engine {
         }
         self.runtime.install_routing(spec, table);
         self.schedules.send_replace(Arc::new(config.schedules));
+        for rollout in new_rollouts {
+            let name = rollout.name.clone();
+            if let Err(error) = self.runtime.start_rollout(rollout).await {
+                tracing::warn!(rollout = %name, %error, "a rollout of the applied config did not start");
+            }
+        }
         Ok(in_force.generation)
+    }
+
+    /// The config's rollouts not yet known by name, checked against what is registered; a
+    /// rollout already known (running or finished) is left as it is.
+    fn check_config_rollouts(&self, source: &str, rollouts: &[RolloutSpec]) -> Result<Vec<RolloutSpec>, EngineError> {
+        let known = self.runtime.rollouts();
+        let mut new = Vec::new();
+        for (index, spec) in rollouts.iter().enumerate() {
+            if known.iter().any(|record| record.spec.name == spec.name) {
+                continue;
+            }
+            for (field, version) in [("candidate", &spec.candidate), ("stable", &spec.stable)] {
+                let key = VersionKey::new(spec.workflow.clone(), version.clone());
+                if !self.runtime.registry.is_registered(&key) {
+                    return Err(ConfigError::Rollout {
+                        file: source.to_string(),
+                        key: format!("rollouts[{index}].{field}"),
+                        reason: format!(
+                            "{key} is not registered; known: {}",
+                            self.runtime.registry.describe_workflow(&spec.workflow)
+                        ),
+                    }
+                    .into());
+                }
+            }
+            new.push(spec.clone());
+        }
+        Ok(new)
     }
 
     /// Puts the last applied config back in force at open: the last known good one survives
@@ -602,6 +653,92 @@ impl Engine {
     /// The handle of `workflow`'s background migration started or resumed since open, if any.
     pub fn migration(&self, workflow: &str) -> Option<MigrationHandle> {
         self.runtime.migration(workflow)
+    }
+
+    /// Starts a watched rollout of `spec.candidate` over `spec.stable`: from now on the candidate
+    /// gets the first stage's share of new instances, and the rollout advances, promotes or rolls
+    /// back by itself (see [`RolloutSpec`]). Both versions must be registered and the workflow
+    /// must have no other active rollout.
+    pub async fn start_rollout(&self, spec: RolloutSpec) -> Result<(), EngineError> {
+        self.runtime.start_rollout(spec).await
+    }
+
+    /// Holds a rollout at its stage: routing stays, nothing is decided, the hold clock stops.
+    pub async fn pause_rollout(&self, name: &str) -> Result<(), EngineError> {
+        self.runtime.operate_rollout(name, RolloutOperation::Pause).await
+    }
+
+    /// Lets a paused rollout go on.
+    pub async fn resume_rollout(&self, name: &str) -> Result<(), EngineError> {
+        self.runtime.operate_rollout(name, RolloutOperation::Resume).await
+    }
+
+    /// Rolls a rollout back now: new instances go to the stable version from the next routing
+    /// decision on; the rollout is recorded as rolled back by an operator, with both figures.
+    pub async fn rollback_rollout(&self, name: &str) -> Result<(), EngineError> {
+        self.runtime.operate_rollout(name, RolloutOperation::RollBack).await
+    }
+
+    /// A rollout by name, with its status, stage and history.
+    pub fn rollout(&self, name: &str) -> Option<RolloutRecord> {
+        self.runtime
+            .rollouts()
+            .into_iter()
+            .find(|record| record.spec.name == name)
+    }
+
+    /// Every rollout of `workflow`, oldest first, with their histories.
+    pub fn rollout_history(&self, workflow: &str) -> Vec<RolloutRecord> {
+        self.runtime
+            .rollouts()
+            .into_iter()
+            .filter(|record| record.spec.workflow == workflow)
+            .collect()
+    }
+
+    /// Evaluates every running rollout now (the engine also does so as instances finish, every
+    /// second, and when a manual clock jumps).
+    pub async fn evaluate_rollouts(&self) -> Result<(), EngineError> {
+        self.runtime.evaluate_rollouts().await
+    }
+
+    /// A version's figures over the last `window` of the engine's clock (rounded up to whole
+    /// buckets of `observe::BUCKET_MS`, at most the ring's length).
+    pub fn metrics(&self, workflow: &str, version: &str, window: Duration) -> Result<MetricsSnapshot, EngineError> {
+        let key = VersionKey::new(workflow, parse_version(workflow, version)?);
+        let metrics =
+            self.runtime
+                .registry
+                .metrics(&key)
+                .ok_or_else(|| crate::registry::RegistryError::UnknownVersion {
+                    known: self.runtime.registry.describe_workflow(workflow),
+                    key,
+                })?;
+        Ok(metrics.window(self.runtime.clock().now_ms(), window))
+    }
+
+    /// Every metric in Prometheus text format (exposition format 0.0.4), for a scrape endpoint.
+    pub fn metrics_text(&self) -> String {
+        let now = self.runtime.clock().now_ms();
+        let versions: Vec<(VersionInfo, MetricsSnapshot)> = self
+            .runtime
+            .versions()
+            .into_iter()
+            .map(|info| {
+                let totals = self
+                    .runtime
+                    .registry
+                    .metrics(&info.key)
+                    .map(|metrics| metrics.totals(now))
+                    .unwrap_or_default();
+                (info, totals)
+            })
+            .collect();
+        crate::observe::prometheus::render(&crate::observe::prometheus::Exposition {
+            versions: &versions,
+            routing: &self.runtime.routing_counts(),
+            rollouts: &self.runtime.rollouts(),
+        })
     }
 
     /// Subscribes to the event stream from now on.

@@ -25,6 +25,9 @@ pub enum EngineError {
     /// Routing rules that cannot take effect; the rules in force are unchanged.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// A rollout cannot start or take the operation.
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::RolloutError),
     /// A state migration was refused at registration.
     #[error(transparent)]
     Migration(#[from] crate::migrate::MigrationError),

@@ -271,6 +271,9 @@ impl Store for FailingStore {
     fn migration_jobs(&self) -> Result<Vec<strata::store::MigrationJobRecord>, StoreError> {
         self.inner.migration_jobs()
     }
+    fn rollouts(&self) -> Result<Vec<strata::rollout::RolloutRecord>, StoreError> {
+        self.inner.rollouts()
+    }
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }

@@ -82,6 +82,16 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A `[[rollouts]]` entry is invalid (stages, hold, gates, versions, duplicate name).
+    #[error("{file}: {key}: {reason}")]
+    Rollout {
+        /// The file.
+        file: String,
+        /// The key, such as `rollouts[0].hold`.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// No applied config has this generation.
     #[error("no config of generation {generation} is in the store's history; see Engine::config_history")]
     UnknownGeneration {
@@ -108,6 +118,62 @@ struct ConfigFile {
     workflows: BTreeMap<String, WorkflowEntry>,
     #[serde(default)]
     schedules: Vec<ScheduleEntry>,
+    #[serde(default, rename = "rollouts")]
+    watched_rollouts: Vec<WatchedRolloutEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchedRolloutEntry {
+    name: Option<String>,
+    workflow: String,
+    candidate: String,
+    stable: String,
+    /// The candidate's share per stage, in percent.
+    stages: Vec<f64>,
+    /// How long each stage is held at least: `30s`, `10m`, `1h`, `500ms`.
+    hold: String,
+    /// Finished candidate instances each stage needs.
+    min_finished: u64,
+    #[serde(default)]
+    on_rollback: OnRollbackEntry,
+    #[serde(default)]
+    gates: GatesEntry,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum OnRollbackEntry {
+    #[default]
+    KeepRunning,
+    MoveBack,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GatesEntry {
+    max_error_rate_increase: Option<f64>,
+    max_latency_multiplier: Option<f64>,
+    min_success_rate: Option<f64>,
+    max_consecutive_failures: Option<u64>,
+}
+
+/// Parses `500ms`, `30s`, `10m`, `2h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 30s, 10m, 1h or 500ms"))?;
+    let millis = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("'{text}' is not a duration like 30s, 10m, 1h or 500ms")),
+    };
+    Ok(std::time::Duration::from_millis(number * millis))
 }
 
 #[derive(Deserialize)]
@@ -172,6 +238,8 @@ pub struct Config {
     pub routing: RoutingSpec,
     /// Cron schedules.
     pub schedules: Vec<ScheduleSpec>,
+    /// Watched rollouts (`[[rollouts]]`); each starts when a config naming it is applied.
+    pub rollouts: Vec<crate::rollout::RolloutSpec>,
 }
 
 #[derive(Deserialize)]
@@ -317,9 +385,62 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             cron,
         });
     }
+    let mut rollouts = Vec::with_capacity(parsed.watched_rollouts.len());
+    for (index, entry) in parsed.watched_rollouts.into_iter().enumerate() {
+        let invalid = |field: &str, reason: String| ConfigError::Rollout {
+            file: file.to_string(),
+            key: format!("rollouts[{index}].{field}"),
+            reason,
+        };
+        let version = |field: &str, text: &str| {
+            Version::parse(text).map_err(|error| ConfigError::InvalidVersion {
+                file: file.to_string(),
+                key: format!("rollouts[{index}].{field}"),
+                value: text.to_string(),
+                expected: "version (like 2.0.0)",
+                reason: error.to_string(),
+            })
+        };
+        let hold = parse_duration(&entry.hold).map_err(|reason| invalid("hold", reason))?;
+        let mut spec = crate::rollout::RolloutSpec::new(
+            entry.workflow,
+            version("candidate", &entry.candidate)?,
+            version("stable", &entry.stable)?,
+        );
+        if let Some(name) = entry.name {
+            spec = spec.named(name);
+        }
+        for (stage, percent) in entry.stages.into_iter().enumerate() {
+            basis_points(file, format!("rollouts[{index}].stages[{stage}]"), percent)?;
+            spec = spec.stage(crate::rollout::Stage::new(percent, hold, entry.min_finished));
+        }
+        spec = spec
+            .gates(crate::rollout::Gates {
+                max_error_rate_increase: entry.gates.max_error_rate_increase,
+                max_latency_multiplier: entry.gates.max_latency_multiplier,
+                min_success_rate: entry.gates.min_success_rate,
+                max_consecutive_failures: entry.gates.max_consecutive_failures,
+            })
+            .on_rollback(match entry.on_rollback {
+                OnRollbackEntry::KeepRunning => crate::rollout::OnRollback::KeepRunning,
+                OnRollbackEntry::MoveBack => crate::rollout::OnRollback::MoveBack,
+            });
+        spec.validate().map_err(|error| invalid("stages", error.to_string()))?;
+        if rollouts
+            .iter()
+            .any(|earlier: &crate::rollout::RolloutSpec| earlier.name == spec.name)
+        {
+            return Err(invalid(
+                "name",
+                format!("'{}' names two rollouts; names must be unique", spec.name),
+            ));
+        }
+        rollouts.push(spec);
+    }
     Ok(Config {
         routing: RoutingSpec { flags, workflows },
         schedules,
+        rollouts,
     })
 }
 

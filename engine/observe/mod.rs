@@ -2,6 +2,13 @@
 //! application to subscribe to. A slow subscriber lags (and is told how many events it missed);
 //! it never slows the engine.
 
+mod clock;
+mod metrics;
+pub(crate) mod prometheus;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::{MetricsSnapshot, Quantiles, VersionMetrics, BUCKET_MS, WINDOW_BUCKETS};
+
 use tokio::sync::broadcast;
 
 use crate::instance::{InstanceId, InstanceStatus, MoveCause, VersionKey};
@@ -10,6 +17,52 @@ use crate::store::VersionCounters;
 /// Something that happened in the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A rollout started at its first stage.
+    RolloutStarted {
+        /// The rollout.
+        name: String,
+        /// The workflow.
+        workflow: String,
+        /// The version rolled out.
+        candidate: semver::Version,
+        /// The version compared with.
+        stable: semver::Version,
+    },
+    /// A rollout passed a stage and gives the candidate a larger share.
+    RolloutAdvanced {
+        /// The rollout.
+        name: String,
+        /// The new stage's index.
+        stage: usize,
+        /// The candidate's share now, in basis points.
+        basis_points: u16,
+    },
+    /// A rollout passed its last stage: the candidate is the default, the old stable drains.
+    RolloutPromoted {
+        /// The rollout.
+        name: String,
+        /// The promoted version.
+        candidate: semver::Version,
+    },
+    /// A rollout was rolled back; new instances go to the stable version.
+    RolloutRolledBack {
+        /// The rollout.
+        name: String,
+        /// The gate that decided, or `None` for an operator's rollback.
+        gate: Option<crate::rollout::Gate>,
+        /// Why, with both versions' figures.
+        reason: String,
+    },
+    /// An operator paused a rollout.
+    RolloutPaused {
+        /// The rollout.
+        name: String,
+    },
+    /// An operator resumed a rollout.
+    RolloutResumed {
+        /// The rollout.
+        name: String,
+    },
     /// Instances moved from one version to another at a step boundary (one commit per batch).
     InstancesMoved {
         /// The version they left.

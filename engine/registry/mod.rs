@@ -10,6 +10,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{InstanceId, VersionKey};
+use crate::observe::VersionMetrics;
 use crate::routing::{self, VersionRequest};
 use crate::store::{CounterDelta, VersionCounters};
 use crate::workflow::VersionCode;
@@ -98,6 +99,8 @@ struct VersionEntry {
     counters: VersionCounters,
     /// Starts that picked this version and are not yet committed.
     starting: u64,
+    /// Its metrics since open.
+    metrics: Arc<VersionMetrics>,
 }
 
 impl VersionEntry {
@@ -107,6 +110,7 @@ impl VersionEntry {
             status,
             counters,
             starting: 0,
+            metrics: Arc::default(),
         }
     }
 
@@ -206,6 +210,18 @@ impl Registry {
             })
             .map(|(key, _)| key.version.clone())
             .max()
+    }
+
+    /// The code and the metrics of a version, in one lookup (the step path's).
+    pub fn code_and_metrics(&self, key: &VersionKey) -> Option<(Arc<dyn VersionCode>, Arc<VersionMetrics>)> {
+        let versions = self.versions.read();
+        let entry = versions.get(key)?;
+        Some((entry.code.clone()?, entry.metrics.clone()))
+    }
+
+    /// The metrics of a version known to the registry.
+    pub fn metrics(&self, key: &VersionKey) -> Option<Arc<VersionMetrics>> {
+        self.versions.read().get(key).map(|entry| entry.metrics.clone())
     }
 
     /// Whether a version's code is registered.

@@ -257,6 +257,9 @@ mod tests {
         fn migration_jobs(&self) -> Result<Vec<crate::store::MigrationJobRecord>, StoreError> {
             Ok(Vec::new())
         }
+        fn rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError> {
+            Ok(Vec::new())
+        }
         fn stats(&self) -> StoreStats {
             StoreStats::default()
         }

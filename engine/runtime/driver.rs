@@ -175,7 +175,7 @@ impl Runtime {
     }
 
     async fn run_job(self: &Arc<Self>, id: InstanceId, mut job: Job) -> Progress {
-        let Some(code) = self.registry.code(&job.record.key) else {
+        let Some((code, metrics)) = self.registry.code_and_metrics(&job.record.key) else {
             self.park(id);
             return Progress::Idle;
         };
@@ -198,10 +198,15 @@ impl Runtime {
         }
         // Lazy migration: the step sees the state its version expects, and its commit stores it.
         let migrated = self.migrate_for_step(&mut job.record, code.as_ref());
+        let began = std::time::Instant::now();
         let attempt = match migrated {
             Ok(()) => self.attempt(code.as_ref(), &job).await,
             Err(reason) => Attempt::Damaged(reason),
         };
+        if self.options.metrics {
+            let failed = !matches!(attempt, Attempt::Succeeded(_));
+            metrics.record_attempt(self.options.clock.now_ms(), began.elapsed(), failed);
+        }
         let now = now_ms();
         let Job {
             record,
@@ -434,6 +439,13 @@ impl Runtime {
             // Counters first, so that whoever sees the instance gone, or is woken below, sees
             // them updated.
             let change = delta.and_then(|delta| self.registry.apply(&key, &delta));
+            if self.options.metrics {
+                if let Some(metrics) = self.registry.metrics(&key) {
+                    let took = Duration::from_millis(now_ms().saturating_sub(record.created_at_ms));
+                    metrics.record_finish(self.options.clock.now_ms(), status, took);
+                }
+            }
+            self.rollouts_notice_finish(&key);
             let slot = self.table.remove(id);
             if let Some(outcome) = Outcome::from_phase(&record.phase) {
                 for waiter in slot.map(|slot| slot.waiters).unwrap_or_default() {

@@ -9,6 +9,7 @@ mod committer;
 mod driver;
 mod migrator;
 mod moves;
+mod rollouts;
 mod table;
 mod timers;
 
@@ -27,7 +28,7 @@ use crate::instance::{
     ScheduledFire, StateEnvelope, VersionKey, RECORD_FORMAT,
 };
 use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
-use crate::observe::{Event, EventBus};
+use crate::observe::{Clock, Event, EventBus};
 use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
 use crate::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
 use crate::store::{CounterDelta, Op, SignalRecord, Store};
@@ -44,13 +45,17 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Settings of the runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RuntimeOptions {
     pub durability: Durability,
     pub max_concurrent_steps: usize,
     pub park_unregistered: bool,
     pub commit_retry_delay: Duration,
     pub event_capacity: usize,
+    /// Whether per-version metrics are recorded.
+    pub metrics: bool,
+    /// The clock of metrics windows and rollouts.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The executor behind an `Engine`.
@@ -82,7 +87,11 @@ pub(crate) struct Runtime {
     step_mappings: parking_lot::RwLock<StepMappings>,
     /// The background migration jobs known since open, by workflow.
     jobs: parking_lot::Mutex<HashMap<String, Arc<JobControl>>>,
+    /// Watched rollouts.
+    rollouts: rollouts::Rollouts,
 }
+
+pub(crate) use rollouts::RolloutOperation;
 
 /// Counts internal tasks (drivers, timers, the scheduler, config watchers, migrations) and
 /// batches in flight, so that shutdown can wait until none holds the runtime any more.
@@ -135,6 +144,7 @@ impl Runtime {
         }
         let recovered = store.recover()?;
         let jobs = store.migration_jobs()?;
+        let rollout_records = store.rollouts()?;
         let committer =
             Committer::start(store.clone(), options.durability).map_err(|error| crate::store::StoreError::Backend {
                 operation: "start commit thread",
@@ -159,8 +169,10 @@ impl Runtime {
             migrations: parking_lot::RwLock::new(chains),
             step_mappings: parking_lot::RwLock::new(mappings),
             jobs: parking_lot::Mutex::new(HashMap::new()),
+            rollouts: rollouts::Rollouts::default(),
             options,
         });
+        runtime.rollouts.load(rollout_records);
         let result = runtime.recover(recovered, codes).await;
         if let Err(error) = result {
             runtime.committer.close();
@@ -169,6 +181,8 @@ impl Runtime {
         runtime.spawn_tracked(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
         runtime.arm_all();
         runtime.resume_migrations(jobs);
+        runtime.refresh_routing();
+        runtime.spawn_tracked(runtime.clone().run_rollouts());
         Ok(runtime)
     }
 
@@ -312,6 +326,11 @@ impl Runtime {
         }
     }
 
+    /// The clock of metrics windows and rollouts.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.options.clock
+    }
+
     /// A receiver that turns true at shutdown.
     pub(crate) fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stop_signal.subscribe()
@@ -404,7 +423,9 @@ impl Runtime {
 
     /// Compiles `spec` against the registered versions (see `RoutingTable::build` for `strict`).
     pub fn compile_routing(&self, spec: &RoutingSpec, strict: bool) -> Result<RoutingTable, EngineError> {
-        Ok(RoutingTable::build(spec, &self.registry.version_states(), strict)?)
+        let table = RoutingTable::build(spec, &self.registry.version_states(), strict)?;
+        // The rollouts' routing is laid over a valid spec; what they add is valid by construction.
+        Ok(RoutingTable::build(&self.rollouts.overlay(spec), &self.registry.version_states(), false).unwrap_or(table))
     }
 
     /// Routes by `table` (compiled from `spec`) from the next start on.
@@ -439,7 +460,7 @@ impl Runtime {
     /// Recompiles the routing rules in force after the registry changed (a version registered,
     /// drained or retired); rules whose candidate can no longer take instances are left out.
     fn refresh_routing(&self) {
-        let spec = self.routing_spec.lock();
+        let spec = self.rollouts.overlay(&self.routing_spec.lock());
         match RoutingTable::build(&spec, &self.registry.version_states(), false) {
             Ok(table) => self.routing.store(Arc::new(table)),
             Err(error) => {
@@ -539,6 +560,11 @@ impl Runtime {
         }
         committed?;
         *self.routing_counts.lock().entry((key.clone(), reason)).or_default() += 1;
+        if self.options.metrics {
+            if let Some(metrics) = self.registry.metrics(&key) {
+                metrics.record_start(self.options.clock.now_ms());
+            }
+        }
         self.table.insert(Slot::new(record, false));
         self.events.emit(Event::InstanceStarted { id, key });
         self.schedule(id);

@@ -222,6 +222,8 @@ pub enum Op {
     PutConfig(AppliedConfig),
     /// Stores a background migration's job: its settings, cursor and counts.
     PutMigrationJob(MigrationJobRecord),
+    /// Stores a rollout: its definition, status, stage and history.
+    PutRollout(Box<crate::rollout::RolloutRecord>),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
         /// The instance.
@@ -292,6 +294,8 @@ pub trait Store: Send + Sync + 'static {
     fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Every background migration job, by workflow.
     fn migration_jobs(&self) -> Result<Vec<MigrationJobRecord>, StoreError>;
+    /// Every rollout, by name.
+    fn rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
 }

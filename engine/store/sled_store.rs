@@ -7,7 +7,7 @@
 //! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
 //! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status ·
 //! `g/<generation>` applied config · `f/<schedule name>` last handled fire time ·
-//! `u/<workflow>` background migration job.
+//! `u/<workflow>` background migration job · `o/<name>` rollout.
 //!
 //! `m/format` holds the newest record format written to the store. Opening a store of an older
 //! format raises it (older builds then refuse the store, as it will hold newer records) and reads
@@ -39,6 +39,7 @@ const STATUSES: &[u8] = b"v/";
 const CONFIGS: &[u8] = b"g/";
 const SCHEDULE_FIRES: &[u8] = b"f/";
 const MIGRATION_JOBS: &[u8] = b"u/";
+const ROLLOUTS: &[u8] = b"o/";
 
 #[derive(Serialize, Deserialize)]
 struct CounterEntry {
@@ -275,6 +276,11 @@ impl Store for SledStore {
                     key.extend_from_slice(job.workflow.as_bytes());
                     batch.insert(key, encode("migration job", job)?);
                 }
+                Op::PutRollout(rollout) => {
+                    let mut key = ROLLOUTS.to_vec();
+                    key.extend_from_slice(rollout.spec.name.as_bytes());
+                    batch.insert(key, encode("rollout", rollout)?);
+                }
                 Op::QuarantineRecord { id, reason } => {
                     let raw = self.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
                     let entry = QuarantineEntry {
@@ -413,6 +419,10 @@ impl Store for SledStore {
 
     fn migration_jobs(&self) -> Result<Vec<MigrationJobRecord>, StoreError> {
         self.collect(MIGRATION_JOBS, "migration job")
+    }
+
+    fn rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError> {
+        self.collect(ROLLOUTS, "rollout")
     }
 
     fn stats(&self) -> StoreStats {

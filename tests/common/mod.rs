@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod probe;
 pub mod tally;
 
 use std::path::Path;

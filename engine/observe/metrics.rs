@@ -1,0 +1,358 @@
+//! Per-version metrics: exact totals and sliding windows of counts and latency histograms, cheap
+//! enough to record on every step — atomics only, no lock; each version's metrics are reached
+//! through the registry lookup the step path makes anyway.
+//!
+//! A window is a ring of [`WINDOW_BUCKETS`] time buckets of [`BUCKET_MS`] each on the engine's
+//! clock. A bucket is reused when time comes round to it again; increments racing with that reuse
+//! may land in the old or the new period (windows are statistics; the totals are exact).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::instance::InstanceStatus;
+
+/// The length of one window bucket, in ms of the engine's clock.
+pub const BUCKET_MS: u64 = 10_000;
+/// How many buckets a window ring holds: windows reach back `BUCKET_MS * WINDOW_BUCKETS`.
+pub const WINDOW_BUCKETS: usize = 32;
+/// Values below 2^`MAX_POWER` fit the histogram; larger ones count in its last bucket.
+const MAX_POWER: usize = 40;
+const SUB_BUCKETS: usize = 4;
+const HISTOGRAM_BUCKETS: usize = SUB_BUCKETS + (MAX_POWER - 2) * SUB_BUCKETS;
+
+/// A log-linear histogram: four buckets per power of two (at most 19 % relative error).
+struct Histogram {
+    counts: Box<[AtomicU64]>,
+}
+
+fn bucket_of(value: u64) -> usize {
+    if value < SUB_BUCKETS as u64 {
+        return value as usize;
+    }
+    let power = 63 - value.leading_zeros() as usize;
+    let sub = ((value >> (power - 2)) & 3) as usize;
+    (SUB_BUCKETS + (power - 2) * SUB_BUCKETS + sub).min(HISTOGRAM_BUCKETS - 1)
+}
+
+/// The middle of a bucket's range.
+fn bucket_middle(index: usize) -> u64 {
+    if index < SUB_BUCKETS {
+        return index as u64;
+    }
+    let power = (index - SUB_BUCKETS) / SUB_BUCKETS + 2;
+    let sub = ((index - SUB_BUCKETS) % SUB_BUCKETS) as u64;
+    let width = 1u64 << (power - 2);
+    let lower = (1u64 << power) + sub * width;
+    lower + width / 2
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: (0..HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn record(&self, value: u64) {
+        self.counts[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        for count in self.counts.iter() {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn add_into(&self, merged: &mut [u64]) {
+        for (total, count) in merged.iter_mut().zip(self.counts.iter()) {
+            *total += count.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Quantiles read from merged histogram counts; `None` without samples.
+fn quantiles(counts: &[u64], to_duration: fn(u64) -> Duration) -> Option<Quantiles> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let at = |quantile: f64| {
+        let rank = ((quantile * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (index, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return to_duration(bucket_middle(index));
+            }
+        }
+        to_duration(bucket_middle(counts.len() - 1))
+    };
+    Some(Quantiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+    })
+}
+
+/// Latency quantiles (estimates: the middle of the histogram bucket holding the rank).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+/// Counts of one period, as atomics.
+#[derive(Default)]
+struct Counts {
+    started: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    attempts: AtomicU64,
+    attempt_failures: AtomicU64,
+}
+
+impl Counts {
+    fn clear(&self) {
+        for count in self.fields() {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn fields(&self) -> [&AtomicU64; 6] {
+        [
+            &self.started,
+            &self.completed,
+            &self.failed,
+            &self.cancelled,
+            &self.attempts,
+            &self.attempt_failures,
+        ]
+    }
+
+    fn add_into(&self, snapshot: &mut MetricsSnapshot) {
+        snapshot.started += self.started.load(Ordering::Relaxed);
+        snapshot.completed += self.completed.load(Ordering::Relaxed);
+        snapshot.failed += self.failed.load(Ordering::Relaxed);
+        snapshot.cancelled += self.cancelled.load(Ordering::Relaxed);
+        snapshot.attempts += self.attempts.load(Ordering::Relaxed);
+        snapshot.attempt_failures += self.attempt_failures.load(Ordering::Relaxed);
+    }
+}
+
+struct WindowBucket {
+    /// Which period (`now / BUCKET_MS`) the bucket holds.
+    period: AtomicU64,
+    counts: Counts,
+    step_micros: Histogram,
+    instance_millis: Histogram,
+}
+
+/// Metrics of one workflow version.
+pub struct VersionMetrics {
+    totals: Counts,
+    consecutive_failures: AtomicU64,
+    window: Box<[WindowBucket]>,
+}
+
+impl Default for VersionMetrics {
+    fn default() -> Self {
+        VersionMetrics {
+            totals: Counts::default(),
+            consecutive_failures: AtomicU64::new(0),
+            window: (0..WINDOW_BUCKETS)
+                .map(|_| WindowBucket {
+                    period: AtomicU64::new(u64::MAX),
+                    counts: Counts::default(),
+                    step_micros: Histogram::new(),
+                    instance_millis: Histogram::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl VersionMetrics {
+    /// The bucket for `now_ms`, cleared first if it held an older period.
+    fn bucket(&self, now_ms: u64) -> &WindowBucket {
+        let period = now_ms / BUCKET_MS;
+        let bucket = &self.window[(period % WINDOW_BUCKETS as u64) as usize];
+        let held = bucket.period.load(Ordering::Acquire);
+        if held != period
+            && bucket
+                .period
+                .compare_exchange(held, period, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            bucket.counts.clear();
+            bucket.step_micros.clear();
+            bucket.instance_millis.clear();
+        }
+        bucket
+    }
+
+    /// An instance started.
+    pub fn record_start(&self, now_ms: u64) {
+        self.totals.started.fetch_add(1, Ordering::Relaxed);
+        self.bucket(now_ms).counts.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A step attempt ended after `took`, failed or not.
+    pub fn record_attempt(&self, now_ms: u64, took: Duration, failed: bool) {
+        let bucket = self.bucket(now_ms);
+        self.totals.attempts.fetch_add(1, Ordering::Relaxed);
+        bucket.counts.attempts.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.totals.attempt_failures.fetch_add(1, Ordering::Relaxed);
+            bucket.counts.attempt_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        bucket.step_micros.record(took.as_micros() as u64);
+    }
+
+    /// An instance finished with `status` after `took` from its start.
+    pub fn record_finish(&self, now_ms: u64, status: InstanceStatus, took: Duration) {
+        let bucket = self.bucket(now_ms);
+        let (total, windowed) = match status {
+            InstanceStatus::Completed => (&self.totals.completed, &bucket.counts.completed),
+            InstanceStatus::Failed => (&self.totals.failed, &bucket.counts.failed),
+            _ => (&self.totals.cancelled, &bucket.counts.cancelled),
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+        windowed.fetch_add(1, Ordering::Relaxed);
+        match status {
+            InstanceStatus::Failed => {
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            InstanceStatus::Completed => self.consecutive_failures.store(0, Ordering::Relaxed),
+            _ => {}
+        }
+        bucket.instance_millis.record(took.as_millis() as u64);
+    }
+
+    /// Totals since open (quantiles over the whole window ring).
+    pub fn totals(&self, now_ms: u64) -> MetricsSnapshot {
+        let mut snapshot = self.window(now_ms, Duration::from_millis(BUCKET_MS * WINDOW_BUCKETS as u64));
+        let quantiles = (snapshot.step_latency, snapshot.instance_latency);
+        snapshot = MetricsSnapshot::default();
+        self.totals.add_into(&mut snapshot);
+        (snapshot.step_latency, snapshot.instance_latency) = quantiles;
+        snapshot.consecutive_failures = self.consecutive_failures.load(Ordering::Relaxed);
+        snapshot
+    }
+
+    /// The figures of the last `length` (rounded up to whole buckets, at most the ring).
+    pub fn window(&self, now_ms: u64, length: Duration) -> MetricsSnapshot {
+        let current = now_ms / BUCKET_MS;
+        let periods = (length.as_millis() as u64)
+            .div_ceil(BUCKET_MS)
+            .clamp(1, WINDOW_BUCKETS as u64);
+        let oldest = current.saturating_sub(periods - 1);
+        let mut snapshot = MetricsSnapshot::default();
+        let mut steps = vec![0u64; HISTOGRAM_BUCKETS];
+        let mut instances = vec![0u64; HISTOGRAM_BUCKETS];
+        for bucket in self.window.iter() {
+            let period = bucket.period.load(Ordering::Acquire);
+            if period != u64::MAX && (oldest..=current).contains(&period) {
+                bucket.counts.add_into(&mut snapshot);
+                bucket.step_micros.add_into(&mut steps);
+                bucket.instance_millis.add_into(&mut instances);
+            }
+        }
+        snapshot.step_latency = quantiles(&steps, Duration::from_micros);
+        snapshot.instance_latency = quantiles(&instances, Duration::from_millis);
+        snapshot.consecutive_failures = self.consecutive_failures.load(Ordering::Relaxed);
+        snapshot
+    }
+}
+
+/// A version's figures over a window (or since open).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Instances started.
+    pub started: u64,
+    /// Instances completed.
+    pub completed: u64,
+    /// Instances failed.
+    pub failed: u64,
+    /// Instances cancelled.
+    pub cancelled: u64,
+    /// Step attempts.
+    pub attempts: u64,
+    /// Step attempts that failed.
+    pub attempt_failures: u64,
+    /// Step attempt latency.
+    pub step_latency: Option<Quantiles>,
+    /// Instance latency, start to finish.
+    pub instance_latency: Option<Quantiles>,
+    /// Instances failed in a row, latest first, since the last completion (since open).
+    pub consecutive_failures: u64,
+}
+
+impl MetricsSnapshot {
+    /// Instances that finished.
+    pub fn finished(&self) -> u64 {
+        self.completed + self.failed + self.cancelled
+    }
+
+    /// Failed among finished (cancellations are not failures); `None` without finished instances.
+    pub fn error_rate(&self) -> Option<f64> {
+        let decided = self.completed + self.failed;
+        (decided > 0).then(|| self.failed as f64 / decided as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_ordered_and_tight() {
+        let mut previous = 0;
+        for value in (0..100_000u64).chain([1 << 20, 1 << 30, (1 << 39) + 5]) {
+            let index = bucket_of(value);
+            assert!(index >= previous, "bucket index goes down at {value}");
+            previous = index;
+            let middle = bucket_middle(index) as f64;
+            if value >= 4 {
+                assert!(
+                    (middle - value as f64).abs() / value as f64 <= 0.2,
+                    "{value} → {middle}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_and_rates_come_from_the_window() {
+        let metrics = VersionMetrics::default();
+        let now = 1_000_000;
+        for millis in 1..=100u64 {
+            metrics.record_attempt(now, Duration::from_millis(millis), millis > 90);
+        }
+        metrics.record_finish(now, InstanceStatus::Completed, Duration::from_secs(1));
+        metrics.record_finish(now, InstanceStatus::Failed, Duration::from_secs(1));
+        metrics.record_finish(now, InstanceStatus::Failed, Duration::from_secs(1));
+        let window = metrics.window(now, Duration::from_secs(60));
+        assert_eq!((window.attempts, window.attempt_failures), (100, 10));
+        let steps = window.step_latency.unwrap();
+        let near = |got: Duration, want: u64| (got.as_secs_f64() * 1000.0 - want as f64).abs() <= want as f64 * 0.2;
+        assert!(
+            near(steps.p50, 50) && near(steps.p95, 95) && near(steps.p99, 99),
+            "{steps:?}"
+        );
+        assert_eq!(window.error_rate(), Some(2.0 / 3.0));
+        assert_eq!(window.consecutive_failures, 2);
+        // Later periods: the old bucket leaves the window, the totals keep it.
+        let later = now + BUCKET_MS * WINDOW_BUCKETS as u64;
+        metrics.record_start(later);
+        let window = metrics.window(later, Duration::from_secs(600));
+        assert_eq!((window.started, window.attempts, window.finished()), (1, 0, 0));
+        assert_eq!(metrics.totals(later).attempts, 100);
+        metrics.record_finish(later, InstanceStatus::Completed, Duration::ZERO);
+        assert_eq!(metrics.window(later, Duration::ZERO).consecutive_failures, 0);
+    }
+}

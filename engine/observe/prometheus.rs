@@ -1,0 +1,193 @@
+//! The Prometheus text exposition of the engine's metrics (format 0.0.4): per-version instance
+//! counts and live instances (from the committed counters, so they survive restarts), step
+//! attempts and failures and latency summaries (since open, quantiles over the window ring),
+//! routing decisions, and rollouts.
+
+use std::fmt::Write;
+
+use super::metrics::MetricsSnapshot;
+use crate::instance::VersionKey;
+use crate::registry::{VersionInfo, VersionStatus};
+use crate::rollout::RolloutRecord;
+use crate::routing::RouteReason;
+
+/// Everything the exposition shows.
+pub(crate) struct Exposition<'a> {
+    /// Each version with its metrics since open.
+    pub versions: &'a [(VersionInfo, MetricsSnapshot)],
+    /// Routing decisions since open.
+    pub routing: &'a [(VersionKey, RouteReason, u64)],
+    /// The rollouts.
+    pub rollouts: &'a [RolloutRecord],
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn labels(key: &VersionKey) -> String {
+    format!(
+        "workflow=\"{}\",version=\"{}\"",
+        escape(&key.workflow),
+        escape(&key.version.to_string())
+    )
+}
+
+fn header(text: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(text, "# HELP {name} {help}");
+    let _ = writeln!(text, "# TYPE {name} {kind}");
+}
+
+fn family<T>(text: &mut String, name: &str, kind: &str, help: &str, rows: &[T], value: impl Fn(&T) -> (String, f64)) {
+    header(text, name, kind, help);
+    for row in rows {
+        let (labels, value) = value(row);
+        let _ = writeln!(text, "{name}{{{labels}}} {value}");
+    }
+}
+
+fn summary(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    versions: &[(VersionInfo, MetricsSnapshot)],
+    pick: impl Fn(&MetricsSnapshot) -> (Option<super::Quantiles>, u64),
+) {
+    header(text, name, "summary", help);
+    for (info, snapshot) in versions {
+        let labels = labels(&info.key);
+        let (quantiles, count) = pick(snapshot);
+        if let Some(quantiles) = quantiles {
+            for (quantile, value) in [("0.5", quantiles.p50), ("0.95", quantiles.p95), ("0.99", quantiles.p99)] {
+                let _ = writeln!(
+                    text,
+                    "{name}{{{labels},quantile=\"{quantile}\"}} {}",
+                    value.as_secs_f64()
+                );
+            }
+        }
+        let _ = writeln!(text, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Renders the exposition.
+pub(crate) fn render(exposition: &Exposition<'_>) -> String {
+    let mut text = String::new();
+    let versions = exposition.versions;
+    type Count = fn(&VersionInfo) -> u64;
+    let counters: [(&str, &str, Count); 5] = [
+        (
+            "strata_instances_started_total",
+            "Instances started on the version.",
+            |info| info.counters.started,
+        ),
+        (
+            "strata_instances_completed_total",
+            "Instances that completed.",
+            |info| info.counters.completed,
+        ),
+        ("strata_instances_failed_total", "Instances that failed.", |info| {
+            info.counters.failed
+        }),
+        (
+            "strata_instances_cancelled_total",
+            "Instances cancelled by an operator.",
+            |info| info.counters.cancelled,
+        ),
+        (
+            "strata_instances_moved_in_total",
+            "Instances moved to the version from another.",
+            |info| info.counters.moved_in,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        family(&mut text, name, "counter", help, versions, |(info, _)| {
+            (labels(&info.key), pick(info) as f64)
+        });
+    }
+    family(
+        &mut text,
+        "strata_live_instances",
+        "gauge",
+        "Instances that have not finished.",
+        versions,
+        |(info, _)| (labels(&info.key), info.counters.live as f64),
+    );
+    family(
+        &mut text,
+        "strata_version_drained",
+        "gauge",
+        "1 when the version has no live instance and takes no new one: its code can be removed.",
+        versions,
+        |(info, _)| {
+            let drained = matches!(info.status, VersionStatus::Drained | VersionStatus::Retired);
+            (labels(&info.key), f64::from(u8::from(drained)))
+        },
+    );
+    family(
+        &mut text,
+        "strata_step_attempts_total",
+        "counter",
+        "Step attempts since the engine opened.",
+        versions,
+        |(info, snapshot)| (labels(&info.key), snapshot.attempts as f64),
+    );
+    family(
+        &mut text,
+        "strata_step_failures_total",
+        "counter",
+        "Step attempts that failed since the engine opened.",
+        versions,
+        |(info, snapshot)| (labels(&info.key), snapshot.attempt_failures as f64),
+    );
+    summary(
+        &mut text,
+        "strata_step_duration_seconds",
+        "Step attempt latency (quantiles over the recent window).",
+        versions,
+        |snapshot| (snapshot.step_latency, snapshot.attempts),
+    );
+    summary(
+        &mut text,
+        "strata_instance_duration_seconds",
+        "Start-to-finish latency of instances (quantiles over the recent window).",
+        versions,
+        |snapshot| (snapshot.instance_latency, snapshot.finished()),
+    );
+    family(
+        &mut text,
+        "strata_routing_decisions_total",
+        "counter",
+        "New instances routed to the version, by reason, since the engine opened.",
+        exposition.routing,
+        |(key, reason, count)| {
+            let reason = match reason {
+                RouteReason::Requested => "requested".to_string(),
+                RouteReason::Rollout { rule } => format!("rollout_rule_{rule}"),
+                RouteReason::Default => "default".to_string(),
+                RouteReason::Newest => "newest".to_string(),
+            };
+            (format!("{},reason=\"{reason}\"", labels(key)), *count as f64)
+        },
+    );
+    family(
+        &mut text,
+        "strata_rollout_candidate_share",
+        "gauge",
+        "The share of new instances a rollout gives its candidate (0 to 1).",
+        exposition.rollouts,
+        |record| {
+            let status = format!("{:?}", record.status).to_lowercase();
+            let labels = format!(
+                "rollout=\"{}\",workflow=\"{}\",candidate=\"{}\",stable=\"{}\",stage=\"{}\",status=\"{status}\"",
+                escape(&record.spec.name),
+                escape(&record.spec.workflow),
+                record.spec.candidate,
+                record.spec.stable,
+                record.stage,
+            );
+            (labels, f64::from(record.candidate_share()) / 10_000.0)
+        },
+    );
+    text
+}

@@ -1,0 +1,437 @@
+//! Runs watched rollouts: feeds each running rollout both versions' figures, commits what the
+//! decision rule says (advance, promote, roll back), and routes by the result.
+//!
+//! Evaluation happens when an instance of a watched workflow finishes, on a one-second tick, and
+//! whenever a manual clock jumps. Every transition is one commit of the rollout's record; the
+//! routing table changes right after it, so a rollback stops new instances from reaching the
+//! candidate from the next routing decision on (invariant 7).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use semver::VersionReq;
+
+use super::Runtime;
+use crate::error::EngineError;
+use crate::instance::{VersionKey, RECORD_FORMAT};
+use crate::migrate::MoveRequest;
+use crate::observe::{Event, BUCKET_MS};
+use crate::rollout::{
+    decide, Decision, Figures, OnRollback, RolloutError, RolloutRecord, RolloutSpec, RolloutStatus, Transition,
+    TransitionRecord,
+};
+use crate::routing::{RolloutRule, RoutingSpec};
+use crate::store::{Op, VersionCounters};
+
+/// The rollouts known to a runtime, and what wakes their evaluation.
+#[derive(Default)]
+pub(crate) struct Rollouts {
+    /// Every rollout in the store, by name.
+    records: parking_lot::Mutex<BTreeMap<String, RolloutRecord>>,
+    /// Workflows with a running rollout: read without a lock when an instance finishes.
+    watched: arc_swap::ArcSwap<HashSet<String>>,
+    /// Wakes the evaluation task.
+    wake: tokio::sync::Notify,
+    /// Orders transitions (evaluation and operator calls).
+    transitions: tokio::sync::Mutex<()>,
+}
+
+impl Rollouts {
+    /// Loads the stored rollouts.
+    pub fn load(&self, records: Vec<RolloutRecord>) {
+        let mut known = self.records.lock();
+        for record in records {
+            known.insert(record.spec.name.clone(), record);
+        }
+        self.refresh_watched(&known);
+    }
+
+    fn refresh_watched(&self, records: &BTreeMap<String, RolloutRecord>) {
+        let watched = records
+            .values()
+            .filter(|record| record.status == RolloutStatus::Running)
+            .map(|record| record.spec.workflow.clone())
+            .collect();
+        self.watched.store(Arc::new(watched));
+    }
+
+    /// Every rollout, oldest start first.
+    pub fn all(&self) -> Vec<RolloutRecord> {
+        let mut records: Vec<RolloutRecord> = self.records.lock().values().cloned().collect();
+        records.sort_by_key(started_at);
+        records
+    }
+
+    /// `spec` with the routing the rollouts decide laid over it: for each workflow, its latest
+    /// rollout sets the default (the stable version while it runs or after a rollback, the
+    /// candidate after a promotion) and, while it runs, a first rule sending its stage's share to
+    /// the candidate. Other rules for a rolled-back or promoted candidate are dropped.
+    pub fn overlay(&self, spec: &RoutingSpec) -> RoutingSpec {
+        let mut latest: BTreeMap<&str, &RolloutRecord> = BTreeMap::new();
+        let records = self.records.lock();
+        for record in records.values() {
+            let newer = latest
+                .get(record.spec.workflow.as_str())
+                .is_none_or(|current| started_at(current) <= started_at(record));
+            if newer {
+                latest.insert(&record.spec.workflow, record);
+            }
+        }
+        let mut routed = spec.clone();
+        for (workflow, record) in latest {
+            let routing = routed.workflows.entry(workflow.to_string()).or_default();
+            let candidate = &record.spec.candidate;
+            routing.rollouts.retain(|rule| rule.candidate != *candidate);
+            let default = match record.status {
+                RolloutStatus::Promoted => candidate,
+                _ => &record.spec.stable,
+            };
+            routing.default = VersionReq::parse(&format!("={default}")).ok();
+            if record.status.is_active() {
+                routing.rollouts.insert(
+                    0,
+                    RolloutRule {
+                        candidate: candidate.clone(),
+                        basis_points: record.candidate_share(),
+                        flag: None,
+                        segments: Vec::new(),
+                    },
+                );
+            }
+        }
+        routed
+    }
+}
+
+fn started_at(record: &RolloutRecord) -> u64 {
+    record.history.first().map_or(0, |first| first.at_ms)
+}
+
+impl Runtime {
+    /// Wakes rollout evaluation if `key`'s workflow has a running rollout (called as an instance
+    /// finishes; one lock-free read otherwise).
+    pub(super) fn rollouts_notice_finish(&self, key: &VersionKey) {
+        if self.rollouts.watched.load().contains(&key.workflow) {
+            self.rollouts.wake.notify_one();
+        }
+    }
+
+    /// The evaluation task: runs until shutdown.
+    pub(super) async fn run_rollouts(self: Arc<Self>) {
+        let mut stop = self.stop_signal();
+        let mut jumps = self.options.clock.jumps();
+        loop {
+            if self.is_stopping() {
+                return;
+            }
+            if let Err(error) = self.evaluate_rollouts().await {
+                tracing::warn!(%error, "rollout evaluation failed; trying again");
+            }
+            let jumped = async {
+                match jumps.as_mut() {
+                    Some(receiver) => {
+                        if receiver.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = self.rollouts.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = jumped => {}
+                _ = stop.wait_for(|stopping| *stopping) => return,
+            }
+        }
+    }
+
+    fn counters_of(&self, workflow: &str, version: &semver::Version) -> VersionCounters {
+        let key = VersionKey::new(workflow, version.clone());
+        self.registry
+            .snapshot()
+            .into_iter()
+            .find(|info| info.key == key)
+            .map(|info| info.counters)
+            .unwrap_or_default()
+    }
+
+    /// A version's figures in the rollout's current stage: counts from the committed counters
+    /// since the stage's baseline (exact, and kept across restarts), latency and failure runs
+    /// from the metrics window since the stage started.
+    fn stage_figures(&self, record: &RolloutRecord, candidate: bool, now_ms: u64) -> Figures {
+        let (version, baseline) = if candidate {
+            (&record.spec.candidate, &record.candidate_baseline)
+        } else {
+            (&record.spec.stable, &record.stable_baseline)
+        };
+        let counters = self.counters_of(&record.spec.workflow, version);
+        let completed = counters.completed.saturating_sub(baseline.completed);
+        let failed = counters.failed.saturating_sub(baseline.failed);
+        let cancelled = counters.cancelled.saturating_sub(baseline.cancelled);
+        let key = VersionKey::new(record.spec.workflow.clone(), version.clone());
+        let window = Duration::from_millis(now_ms.saturating_sub(record.stage_started_ms).max(BUCKET_MS));
+        let metrics = self
+            .registry
+            .metrics(&key)
+            .map(|metrics| metrics.window(now_ms, window));
+        Figures {
+            finished: completed + failed + cancelled,
+            completed,
+            failed,
+            attempts: metrics.map_or(0, |snapshot| snapshot.attempts),
+            p95_step_micros: metrics
+                .and_then(|snapshot| snapshot.step_latency)
+                .map(|quantiles| quantiles.p95.as_micros() as u64),
+            consecutive_failures: metrics.map_or(0, |snapshot| snapshot.consecutive_failures),
+        }
+    }
+
+    /// Evaluates every running rollout once and commits what it decides.
+    pub async fn evaluate_rollouts(self: &Arc<Self>) -> Result<(), EngineError> {
+        let _ordered = self.rollouts.transitions.lock().await;
+        let running: Vec<RolloutRecord> = self
+            .rollouts
+            .records
+            .lock()
+            .values()
+            .filter(|record| record.status == RolloutStatus::Running)
+            .cloned()
+            .collect();
+        for record in running {
+            let now = self.options.clock.now_ms();
+            let candidate = self.stage_figures(&record, true, now);
+            let stable = self.stage_figures(&record, false, now);
+            let transition = match decide(&record, &candidate, &stable, now) {
+                Decision::Hold => continue,
+                Decision::Advance => Transition::Advanced {
+                    stage: record.stage + 1,
+                },
+                Decision::Promote => Transition::Promoted,
+                Decision::RollBack { gate, reason } => Transition::RolledBack {
+                    gate: Some(gate),
+                    reason,
+                    candidate,
+                    stable,
+                },
+            };
+            self.transition(record, transition, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits `transition` of `record`, then routes by it and announces it.
+    async fn transition(
+        self: &Arc<Self>,
+        mut record: RolloutRecord,
+        transition: Transition,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        let name = record.spec.name.clone();
+        let stage_before = record.stage;
+        match &transition {
+            Transition::Started => {}
+            Transition::Advanced { stage } => {
+                record.stage = *stage;
+                self.start_stage(&mut record, now_ms);
+            }
+            Transition::Paused => record.paused_at_ms = Some(now_ms),
+            Transition::Resumed => {
+                if let Some(at) = record.paused_at_ms.take() {
+                    record.paused_ms += now_ms.saturating_sub(at);
+                }
+            }
+            Transition::Promoted => record.status = RolloutStatus::Promoted,
+            Transition::RolledBack { .. } => record.status = RolloutStatus::RolledBack,
+        }
+        record.status = match &transition {
+            Transition::Paused => RolloutStatus::Paused,
+            Transition::Resumed => RolloutStatus::Running,
+            _ => record.status,
+        };
+        record.history.push(TransitionRecord {
+            at_ms: now_ms,
+            stage: stage_before,
+            transition: transition.clone(),
+        });
+        self.committer
+            .commit(vec![Op::PutRollout(Box::new(record.clone()))])
+            .await?;
+        {
+            let mut records = self.rollouts.records.lock();
+            records.insert(name.clone(), record.clone());
+            self.rollouts.refresh_watched(&records);
+        }
+        self.refresh_routing();
+        let spec = &record.spec;
+        let event = match transition {
+            Transition::Started => {
+                tracing::info!(rollout = %name, candidate = %spec.candidate, stable = %spec.stable, "rollout started");
+                Event::RolloutStarted {
+                    name,
+                    workflow: spec.workflow.clone(),
+                    candidate: spec.candidate.clone(),
+                    stable: spec.stable.clone(),
+                }
+            }
+            Transition::Advanced { stage } => {
+                let basis_points = record.candidate_share();
+                tracing::info!(rollout = %name, stage, basis_points, "rollout advanced");
+                Event::RolloutAdvanced {
+                    name,
+                    stage,
+                    basis_points,
+                }
+            }
+            Transition::Paused => Event::RolloutPaused { name },
+            Transition::Resumed => Event::RolloutResumed { name },
+            Transition::Promoted => {
+                tracing::info!(rollout = %name, candidate = %spec.candidate, "rollout promoted");
+                let stable = VersionKey::new(spec.workflow.clone(), spec.stable.clone());
+                if let Ok(change) = self.registry.drain(&stable) {
+                    self.change_status(change).await;
+                }
+                Event::RolloutPromoted {
+                    name,
+                    candidate: spec.candidate.clone(),
+                }
+            }
+            Transition::RolledBack { gate, reason, .. } => {
+                tracing::warn!(rollout = %name, ?gate, %reason, "rollout rolled back");
+                if spec.on_rollback == OnRollback::MoveBack {
+                    let request = MoveRequest::new(spec.workflow.clone(), spec.stable.clone())
+                        .from_version(spec.candidate.clone());
+                    match self.apply_moves(&request).await {
+                        Ok(report) => {
+                            tracing::info!(rollout = %name, moved = report.moved.len(), stayed = report.refused.len(), "moved the candidate's instances back")
+                        }
+                        Err(error) => {
+                            tracing::warn!(rollout = %name, %error, "could not move the candidate's instances back")
+                        }
+                    }
+                }
+                Event::RolloutRolledBack { name, gate, reason }
+            }
+        };
+        self.events.emit(event);
+        Ok(())
+    }
+
+    fn start_stage(&self, record: &mut RolloutRecord, now_ms: u64) {
+        record.stage_started_ms = now_ms;
+        record.paused_ms = 0;
+        record.paused_at_ms = None;
+        record.candidate_baseline = self.counters_of(&record.spec.workflow, &record.spec.candidate);
+        record.stable_baseline = self.counters_of(&record.spec.workflow, &record.spec.stable);
+    }
+
+    /// Starts a rollout: both versions registered, no other active rollout of the workflow.
+    pub async fn start_rollout(self: &Arc<Self>, spec: RolloutSpec) -> Result<(), EngineError> {
+        spec.validate()?;
+        for version in [&spec.candidate, &spec.stable] {
+            let key = VersionKey::new(spec.workflow.clone(), version.clone());
+            if !self.registry.is_registered(&key) {
+                return Err(crate::registry::RegistryError::UnknownVersion {
+                    known: self.registry.describe_workflow(&spec.workflow),
+                    key,
+                }
+                .into());
+            }
+        }
+        let _ordered = self.rollouts.transitions.lock().await;
+        {
+            let records = self.rollouts.records.lock();
+            if records.contains_key(&spec.name) {
+                return Err(RolloutError::Conflict {
+                    name: spec.name.clone(),
+                    reason: "a rollout of that name exists; give this one another name".into(),
+                }
+                .into());
+            }
+            if let Some(active) = records
+                .values()
+                .find(|record| record.spec.workflow == spec.workflow && record.status.is_active())
+            {
+                return Err(RolloutError::Conflict {
+                    name: spec.name.clone(),
+                    reason: format!(
+                        "rollout '{}' of '{}' is still {:?}; finish or roll it back first",
+                        active.spec.name, spec.workflow, active.status
+                    ),
+                }
+                .into());
+            }
+        }
+        let now = self.options.clock.now_ms();
+        let mut record = RolloutRecord {
+            format: RECORD_FORMAT,
+            spec,
+            status: RolloutStatus::Running,
+            stage: 0,
+            stage_started_ms: now,
+            paused_ms: 0,
+            paused_at_ms: None,
+            candidate_baseline: VersionCounters::default(),
+            stable_baseline: VersionCounters::default(),
+            history: Vec::new(),
+        };
+        self.start_stage(&mut record, now);
+        self.transition(record, Transition::Started, now).await
+    }
+
+    /// Applies an operator's transition to an active rollout.
+    pub async fn operate_rollout(self: &Arc<Self>, name: &str, operation: RolloutOperation) -> Result<(), EngineError> {
+        let _ordered = self.rollouts.transitions.lock().await;
+        let record = self
+            .rollouts
+            .records
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RolloutError::Unknown { name: name.to_string() })?;
+        let label = match operation {
+            RolloutOperation::Pause => "pause",
+            RolloutOperation::Resume => "resume",
+            RolloutOperation::RollBack => "rollback",
+        };
+        if !record.status.is_active() {
+            return Err(RolloutError::Finished {
+                name: name.to_string(),
+                status: record.status,
+                operation: label,
+            }
+            .into());
+        }
+        let now = self.options.clock.now_ms();
+        let transition = match operation {
+            RolloutOperation::Pause if record.status == RolloutStatus::Paused => return Ok(()),
+            RolloutOperation::Resume if record.status == RolloutStatus::Running => return Ok(()),
+            RolloutOperation::Pause => Transition::Paused,
+            RolloutOperation::Resume => Transition::Resumed,
+            RolloutOperation::RollBack => Transition::RolledBack {
+                gate: None,
+                reason: "rolled back by an operator".into(),
+                candidate: self.stage_figures(&record, true, now),
+                stable: self.stage_figures(&record, false, now),
+            },
+        };
+        self.transition(record, transition, now).await
+    }
+
+    /// Every rollout, oldest start first.
+    pub fn rollouts(&self) -> Vec<RolloutRecord> {
+        self.rollouts.all()
+    }
+}
+
+/// What an operator can do to an active rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RolloutOperation {
+    /// Hold it where it is.
+    Pause,
+    /// Let it go on.
+    Resume,
+    /// Roll it back now.
+    RollBack,
+}
