@@ -288,10 +288,6 @@ impl Runtime {
             Transition::Resumed => Event::RolloutResumed { name },
             Transition::Promoted => {
                 tracing::info!(rollout = %name, candidate = %spec.candidate, "rollout promoted");
-                let stable = VersionKey::new(spec.workflow.clone(), spec.stable.clone());
-                if let Ok(change) = self.registry.drain(&stable) {
-                    self.change_status(change).await;
-                }
                 Event::RolloutPromoted {
                     name,
                     candidate: spec.candidate.clone(),
@@ -314,7 +310,15 @@ impl Runtime {
                 Event::RolloutRolledBack { name, gate, reason }
             }
         };
+        let promoted = matches!(event, Event::RolloutPromoted { .. });
         self.events.emit(event);
+        if promoted {
+            // The old default takes no new instances and drains (announced after the promotion).
+            let stable = VersionKey::new(spec.workflow.clone(), spec.stable.clone());
+            if let Ok(change) = self.registry.drain(&stable) {
+                self.change_status(change).await;
+            }
+        }
         Ok(())
     }
 
