@@ -432,3 +432,35 @@ async fn subscribers_see_events_in_order_and_a_slow_one_only_lags() {
     }
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_can_move_the_candidates_in_flight_instances_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let spec = RolloutSpec {
+        stages: vec![Stage::new(100.0, HOLD, 10)],
+        ..rollout("2.0.0", 10, Gates::default())
+    }
+    .on_rollback(strata::OnRollback::MoveBack);
+    engine.start_rollout(spec).await.unwrap();
+    let mut waiting = Vec::new();
+    for n in 0..6 {
+        let id = engine.start(probe::WORKFLOW, &Probe { n, wait: true }).await.unwrap();
+        assert_eq!(engine.instance(id).unwrap().version(), &v("2.0.0"));
+        waiting.push(id);
+    }
+    for id in &waiting {
+        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
+    }
+    engine.rollback_rollout("probe@2.0.0").await.unwrap();
+    for (n, id) in waiting.iter().enumerate() {
+        assert_eq!(engine.instance(*id).unwrap().version(), &v("1.0.0"), "moved back");
+        engine.signal(*id, "go", &()).await.unwrap();
+        // Even probes fail on 2.0.0; moved back, they complete on 1.0.0.
+        assert_eq!(outcome_within(&engine, *id).await.output::<u64>().unwrap(), n as u64);
+    }
+    let candidate = engine.version(probe::WORKFLOW, "2.0.0").unwrap().counters;
+    assert_eq!((candidate.live, candidate.moved_out), (0, 6));
+    engine.shutdown().await;
+}

@@ -161,6 +161,49 @@ async fn invalid_rules_change_nothing_and_a_drained_candidate_is_never_chosen() 
     engine.shutdown().await;
 }
 
+/// A `[[rollouts]]` entry for order with `stages`, `hold` and extra lines.
+fn watched(candidate: &str, stages: &str, hold: &str, extra: &str) -> String {
+    format!(
+        "[[rollouts]]\nworkflow = \"order\"\ncandidate = \"{candidate}\"\nstable = \"1.0.0\"\nstages = {stages}\nhold = \"{hold}\"\nmin_finished = 20\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_in_the_config_file_starts_once_and_routes_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let text = watched(
+        "2.0.0",
+        "[100]",
+        "1h",
+        "on_rollback = \"move_back\"\n[rollouts.gates]\nmax_error_rate_increase = 0.05\n",
+    );
+    engine.apply_config("strata.toml", &text).await.unwrap();
+    let record = engine.rollout("order@2.0.0").expect("the config started the rollout");
+    assert_eq!(record.spec.stages[0].hold_ms, 3_600_000);
+    assert_eq!(record.spec.gates.max_error_rate_increase, Some(0.05));
+    assert_eq!(record.spec.on_rollback, strata::OnRollback::MoveBack);
+    assert_eq!(
+        version_for(&engine, "anyone").await,
+        "2.0.0",
+        "stage 0 gives the candidate 100 %"
+    );
+    // Applying the same rollout again (or an edit elsewhere) does not restart it.
+    engine.rollback_rollout("order@2.0.0").await.unwrap();
+    engine
+        .apply_config("strata.toml", &format!("{text}\n# edited\n"))
+        .await
+        .unwrap();
+    let again = engine.rollout("order@2.0.0").unwrap();
+    assert_eq!(again.status, strata::rollout::RolloutStatus::RolledBack);
+    assert_eq!(
+        version_for(&engine, "anyone").await,
+        "1.0.0",
+        "rolled back: the stable version"
+    );
+    engine.shutdown().await;
+}
+
 const VALID: &str = r#"
 [flags.payment-first]
 enabled = true
@@ -216,6 +259,22 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
         (
             "[workflows.order]\ncanary = true\n".to_string(),
             "unknown field `canary`",
+        ),
+        (
+            watched("3.0.0", "[5, 100]", "10m", ""),
+            "rollouts[0].candidate: order@3.0.0 is not registered",
+        ),
+        (
+            watched("2.0.0", "[50, 10]", "10m", ""),
+            "rollouts[0].stages: rollout 'order@2.0.0': stage 1 gives 1000 basis points",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "ten minutes", ""),
+            "rollouts[0].hold: 'ten minutes' is not a duration",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmin_success_rate = 2.0\n"),
+            "gate min_success_rate = 2 is out of range (0 to 1)",
         ),
     ];
     let mut messages = std::collections::HashSet::new();
