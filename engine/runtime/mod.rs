@@ -431,6 +431,10 @@ impl Runtime {
     /// Routes by `table` (compiled from `spec`) from the next start on.
     pub fn install_routing(&self, spec: RoutingSpec, table: RoutingTable) {
         let mut current = self.routing_spec.lock();
+        // Rebuilt under the lock with the rollouts as they are now: one that changed since `table`
+        // was compiled (a rollback, say) must not be undone by installing it.
+        let table =
+            RoutingTable::build(&self.rollouts.overlay(&spec), &self.registry.version_states(), false).unwrap_or(table);
         self.routing.store(Arc::new(table));
         *current = spec;
     }
@@ -460,7 +464,9 @@ impl Runtime {
     /// Recompiles the routing rules in force after the registry changed (a version registered,
     /// drained or retired); rules whose candidate can no longer take instances are left out.
     fn refresh_routing(&self) {
-        let spec = self.rollouts.overlay(&self.routing_spec.lock());
+        // Built and stored under the spec's lock, so tables are stored in the order of changes.
+        let current = self.routing_spec.lock();
+        let spec = self.rollouts.overlay(&current);
         match RoutingTable::build(&spec, &self.registry.version_states(), false) {
             Ok(table) => self.routing.store(Arc::new(table)),
             Err(error) => {
