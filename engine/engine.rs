@@ -142,8 +142,10 @@ impl EngineBuilder {
         self
     }
 
-    /// The clock of metrics windows and rollouts (default the system clock; a [`ManualClock`](crate::ManualClock)
-    /// lets tests drive holds and windows without sleeping). Durable timers use the system clock.
+    /// The engine's clock (default the system clock): durable sleeps, signal timeouts, retry
+    /// backoff, schedules, metrics windows and rollout holds all read it. A
+    /// [`ManualClock`](crate::ManualClock) lets tests pass days of workflow time at once. With it,
+    /// commit retries after a store failure also wait for the clock to be advanced.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.options.clock = clock;
         self
@@ -371,7 +373,7 @@ impl Engine {
                 generation: in_force.generation + 1,
                 source: source.to_string(),
                 text: text.to_string(),
-                applied_at_ms: crate::runtime::now_ms(),
+                applied_at_ms: self.now_ms(),
             };
             self.runtime.commit(vec![Op::PutConfig(record)]).await?;
             in_force.generation += 1;
@@ -513,6 +515,16 @@ impl Engine {
                 Some(fire),
             )
             .await
+    }
+
+    /// Now on the engine's clock (ms since the Unix epoch).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.runtime.now()
+    }
+
+    /// The engine's clock.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        self.runtime.clock()
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {

@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use super::{MissedFires, ScheduleSpec};
 use crate::error::EngineError;
 use crate::observe::Event;
-use crate::runtime::now_ms;
 use crate::store::Op;
 use crate::Engine;
 
@@ -26,22 +25,24 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    let mut jumps = engine.clock().jumps();
     loop {
         let current = schedules.borrow_and_update().clone();
         let wake_at = match pass(&engine, &current, grace).await {
             Ok(next) => next,
             Err(error) => {
                 tracing::warn!(%error, "a schedule pass failed; trying again in a second");
-                Some(now_ms() + 1_000)
+                Some(engine.now_ms() + 1_000)
             }
         };
         let wait = wake_at.map_or(Duration::from_secs(3_600), |at| {
-            Duration::from_millis(at.saturating_sub(now_ms()))
+            Duration::from_millis(at.saturating_sub(engine.now_ms()))
         });
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = schedules.changed() => {}
             _ = stop.changed() => {}
+            _ = crate::observe::jumped(&mut jumps) => {}
         }
         if *stop.borrow() {
             return;
@@ -54,7 +55,7 @@ async fn pass(engine: &Engine, schedules: &[ScheduleSpec], grace: Duration) -> R
     let handled: HashMap<String, u64> = engine.store().schedule_fires()?.into_iter().collect();
     let mut next_wake: Option<u64> = None;
     for schedule in schedules {
-        let now = now_ms();
+        let now = engine.now_ms();
         let last = match handled.get(&schedule.name) {
             Some(last) => *last,
             None => {

@@ -1,5 +1,7 @@
-//! The engine's clock for metrics windows and rollouts: the system clock in production, a manual
-//! clock in tests so that holds and windows are driven by the test, not by sleeping.
+//! The engine's clock: every time the engine persists or waits for — durable sleeps, signal
+//! timeouts, retry backoff, schedules, metrics windows, rollout holds — is read from it. The
+//! system clock in production; a manual clock in tests, so that a three-day sleep or a ten-minute
+//! hold passes when the test says so, not by sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,5 +67,17 @@ impl Clock for ManualClock {
 
     fn jumps(&self) -> Option<watch::Receiver<u64>> {
         Some(self.jumped.subscribe())
+    }
+}
+
+/// Resolves when the clock behind `jumps` jumps; never, for a clock that does not jump.
+pub(crate) async fn jumped(jumps: &mut Option<watch::Receiver<u64>>) {
+    match jumps.as_mut() {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -6,6 +6,7 @@ mod clock;
 mod metrics;
 pub(crate) mod prometheus;
 
+pub(crate) use clock::jumped;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{MetricsSnapshot, Quantiles, VersionMetrics, BUCKET_MS, WINDOW_BUCKETS};
 

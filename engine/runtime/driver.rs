@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::moves::AutoUpgrade;
-use super::{now_ms, Runtime};
+use super::Runtime;
 use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase, RECORD_FORMAT};
 use crate::observe::Event;
 use crate::store::{CounterDelta, Op};
@@ -132,7 +132,8 @@ impl Runtime {
                 });
                 break;
             }
-            let Some(next) = self.table.with(id, |slot| plan(slot, now_ms())) else {
+            let now = self.now();
+            let Some(next) = self.table.with(id, |slot| plan(slot, now)) else {
                 break;
             };
             let progressed = match next {
@@ -205,9 +206,9 @@ impl Runtime {
         };
         if self.options.metrics {
             let failed = !matches!(attempt, Attempt::Succeeded(_));
-            metrics.record_attempt(self.options.clock.now_ms(), began.elapsed(), failed);
+            metrics.record_attempt(self.now(), began.elapsed(), failed);
         }
-        let now = now_ms();
+        let now = self.now();
         let Job {
             record,
             wake,
@@ -285,7 +286,7 @@ impl Runtime {
         if let Err(error) = self.commit_moves(&pair).await {
             tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
             self.timers
-                .arm(now_ms() + self.options.commit_retry_delay.as_millis() as u64, id);
+                .arm(self.now() + self.options.commit_retry_delay.as_millis() as u64, id);
             return Progress::Stalled;
         }
         let [(_, moved)] = pair;
@@ -304,7 +305,7 @@ impl Runtime {
             attempt: record.attempt,
             visit: record.visits,
             wake: job.wake.clone(),
-            now: std::time::SystemTime::now(),
+            now: std::time::UNIX_EPOCH + Duration::from_millis(self.now()),
         };
         let span = tracing::info_span!(
             "step",
@@ -354,7 +355,7 @@ impl Runtime {
 
     async fn commit_cancel(self: &Arc<Self>, mut record: InstanceRecord, inbox: Vec<u64>) -> Progress {
         record.phase = Phase::Cancelled;
-        record.updated_at_ms = now_ms();
+        record.updated_at_ms = self.now();
         let mut ops: Vec<Op> = inbox
             .into_iter()
             .map(|seq| Op::DeleteSignal {
@@ -430,7 +431,7 @@ impl Runtime {
         if let Err(error) = committed {
             tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
             self.timers
-                .arm(now_ms() + self.options.commit_retry_delay.as_millis() as u64, id);
+                .arm(self.now() + self.options.commit_retry_delay.as_millis() as u64, id);
             return Progress::Stalled;
         }
         if terminal {
@@ -441,8 +442,8 @@ impl Runtime {
             let change = delta.and_then(|delta| self.registry.apply(&key, &delta));
             if self.options.metrics {
                 if let Some(metrics) = self.registry.metrics(&key) {
-                    let took = Duration::from_millis(now_ms().saturating_sub(record.created_at_ms));
-                    metrics.record_finish(self.options.clock.now_ms(), status, took);
+                    let took = Duration::from_millis(self.now().saturating_sub(record.created_at_ms));
+                    metrics.record_finish(self.now(), status, took);
                 }
             }
             self.rollouts_notice_finish(&key);

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{now_ms, Runtime};
+use super::Runtime;
 use crate::error::EngineError;
 use crate::instance::{InstanceId, InstanceRecord, Phase, RECORD_FORMAT};
 use crate::migrate::{
@@ -52,7 +52,7 @@ impl Runtime {
             state: MigrationState::Running,
             migrated: 0,
             failed: 0,
-            started_at_ms: now_ms(),
+            started_at_ms: self.now(),
         };
         let control = self.spawn_job(record);
         jobs.insert(control.progress.lock().workflow.clone(), control.clone());

@@ -18,7 +18,7 @@ pub use committer::Durability;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify, Semaphore};
 
@@ -37,13 +37,6 @@ use committer::Committer;
 use table::{InstanceTable, Slot};
 use timers::TimerQueue;
 
-/// Milliseconds since the Unix epoch, the unit of every persisted time.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
 /// Settings of the runtime.
 #[derive(Clone)]
 pub(crate) struct RuntimeOptions {
@@ -54,7 +47,7 @@ pub(crate) struct RuntimeOptions {
     pub event_capacity: usize,
     /// Whether per-version metrics are recorded.
     pub metrics: bool,
-    /// The clock of metrics windows and rollouts.
+    /// The engine's clock.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -302,6 +295,10 @@ impl Runtime {
     }
 
     async fn run_timers(runtime: Weak<Runtime>, timers: Arc<TimerQueue>) {
+        let mut jumps = match runtime.upgrade() {
+            Some(runtime) => runtime.options.clock.jumps(),
+            None => return,
+        };
         loop {
             let changed = timers.changed();
             tokio::pin!(changed);
@@ -313,7 +310,7 @@ impl Runtime {
                 if runtime.is_stopping() {
                     return;
                 }
-                let (due, wait) = timers.take_due(now_ms());
+                let (due, wait) = timers.take_due(runtime.now());
                 for id in due {
                     runtime.schedule(id);
                 }
@@ -322,11 +319,17 @@ impl Runtime {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = changed => {}
+                _ = crate::observe::jumped(&mut jumps) => {}
             }
         }
     }
 
-    /// The clock of metrics windows and rollouts.
+    /// Now on the engine's clock (ms since the Unix epoch), the unit of every persisted time.
+    pub(crate) fn now(&self) -> u64 {
+        self.options.clock.now_ms()
+    }
+
+    /// The engine's clock.
     pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
         &self.options.clock
     }
@@ -522,7 +525,7 @@ impl Runtime {
                 return Err(EngineError::InputDecode { key, reason });
             }
         };
-        let now = now_ms();
+        let now = self.now();
         let record = InstanceRecord {
             format: RECORD_FORMAT,
             id,
@@ -568,7 +571,7 @@ impl Runtime {
         *self.routing_counts.lock().entry((key.clone(), reason)).or_default() += 1;
         if self.options.metrics {
             if let Some(metrics) = self.registry.metrics(&key) {
-                metrics.record_start(self.options.clock.now_ms());
+                metrics.record_start(self.now());
             }
         }
         self.table.insert(Slot::new(record, false));

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::table::Slot;
-use super::{now_ms, Runtime};
+use super::Runtime;
 use crate::error::EngineError;
 use crate::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
 use crate::migrate::{MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest};
@@ -108,7 +108,7 @@ impl Runtime {
             }
             selected.push((record.clone(), claimable(slot)));
         });
-        let now = now_ms();
+        let now = self.now();
         let mut checks: Vec<MoveCheck> = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
             selected
                 .into_iter()
@@ -147,7 +147,7 @@ impl Runtime {
                             continue;
                         }
                     };
-                    match context.move_record(&record, MoveCause::Operator, now_ms()) {
+                    match context.move_record(&record, MoveCause::Operator, self.now()) {
                         Ok(next) => moved.push((record.key.clone(), next)),
                         Err(refusal) => {
                             report.refused.push(refused(planned, refusal));
@@ -244,7 +244,7 @@ impl Runtime {
         };
         let no_extra = Default::default();
         self.with_move_context(code.as_ref(), status, &no_extra, |context| {
-            match context.move_record(record, MoveCause::AutoUpgrade, now_ms()) {
+            match context.move_record(record, MoveCause::AutoUpgrade, self.now()) {
                 Ok(moved) => AutoUpgrade::Move(Box::new(moved)),
                 Err(refusal) => AutoUpgrade::Pinned(format!("cannot move to {target}: {refusal}")),
             }

@@ -128,20 +128,10 @@ impl Runtime {
             if let Err(error) = self.evaluate_rollouts().await {
                 tracing::warn!(%error, "rollout evaluation failed; trying again");
             }
-            let jumped = async {
-                match jumps.as_mut() {
-                    Some(receiver) => {
-                        if receiver.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
                 _ = self.rollouts.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = jumped => {}
+                _ = crate::observe::jumped(&mut jumps) => {}
                 _ = stop.wait_for(|stopping| *stopping) => return,
             }
         }
@@ -200,7 +190,7 @@ impl Runtime {
             .cloned()
             .collect();
         for record in running {
-            let now = self.options.clock.now_ms();
+            let now = self.now();
             let candidate = self.stage_figures(&record, true, now);
             let stable = self.stage_figures(&record, false, now);
             let transition = match decide(&record, &candidate, &stable, now) {
@@ -367,7 +357,7 @@ impl Runtime {
                 .into());
             }
         }
-        let now = self.options.clock.now_ms();
+        let now = self.now();
         let mut record = RolloutRecord {
             format: RECORD_FORMAT,
             spec,
@@ -407,7 +397,7 @@ impl Runtime {
             }
             .into());
         }
-        let now = self.options.clock.now_ms();
+        let now = self.now();
         let transition = match operation {
             RolloutOperation::Pause if record.status == RolloutStatus::Paused => return Ok(()),
             RolloutOperation::Resume if record.status == RolloutStatus::Running => return Ok(()),
