@@ -4,6 +4,11 @@
 //! directly and checks that every record decodes, that its state decodes as the schema it says,
 //! that no state was migrated twice (each migration stamps the state), and that the job's stored
 //! count equals the records migrated — it is committed in the same commit as its batch.
+//!
+//! A second test kills a child that moves 20 000 instances between two versions (and schemas) and
+//! back, in batches, and checks after every kill that each record's version, schema and recorded
+//! moves agree, that each move migrated the state exactly once, and that every version's live
+//! counter equals its records (invariants 1, 2 and 6 for moves).
 
 mod common;
 
@@ -23,6 +28,8 @@ const CHILD_DIR: &str = "STRATA_MIGRATION_CHILD_DIR";
 const CHILD_MODE: &str = "STRATA_MIGRATION_CHILD_MODE";
 const INSTANCES: u64 = 100_000;
 const KILLS: usize = 8;
+/// Instances of the move test.
+const MOVED_INSTANCES: u64 = 20_000;
 
 fn child_builder(dir: &Path) -> strata::EngineBuilder {
     Engine::builder()
@@ -31,19 +38,20 @@ fn child_builder(dir: &Path) -> strata::EngineBuilder {
         .max_concurrent_steps(512)
 }
 
-/// Fills the store with live instances on schema 1, all waiting for a signal.
-async fn fill(dir: &Path) {
+/// Fills the store with `count` live instances on schema 1, all waiting for a signal.
+async fn fill(dir: &Path, count: u64) {
     let engine = child_builder(dir)
         .register(tally::on_schema_1("1.0.0"))
         .open()
         .await
         .unwrap();
     let mut starters = Vec::new();
+    let total = count;
     for worker in 0..64u64 {
         let engine = engine.clone();
         starters.push(tokio::spawn(async move {
             let mut count = 10_000 + worker;
-            while count < 10_000 + INSTANCES {
+            while count < 10_000 + total {
                 engine.start(tally::WORKFLOW, &count).await.unwrap();
                 count += 64;
             }
@@ -54,7 +62,7 @@ async fn fill(dir: &Path) {
     }
     let waiting = strata::InstanceFilter::workflow(tally::WORKFLOW).with_status(InstanceStatus::WaitingSignal);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while engine.list(&waiting).unwrap().len() < INSTANCES as usize {
+    while engine.list(&waiting).unwrap().len() < count as usize {
         assert!(Instant::now() < deadline, "the instances did not reach their wait");
         tokio::time::sleep(Duration::from_millis(50)).await; // polling the child's own progress
     }
@@ -104,13 +112,39 @@ async fn migrate(dir: &Path) {
     engine.shutdown().await;
 }
 
+/// Moves every instance from 1.0.0 (schema 1) to 2.0.0 (schema 2) and back, in batches, forever.
+async fn move_back_and_forth(dir: &Path) {
+    let engine = child_builder(dir)
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_2("2.0.0"))
+        .migration(tally::migration(Arc::new(AtomicU64::new(0))))
+        .open()
+        .await
+        .unwrap();
+    println!("STRATA ready");
+    for round in 0u64.. {
+        let (from, to) = if round % 2 == 0 {
+            ("1.0.0", "2.0.0")
+        } else {
+            ("2.0.0", "1.0.0")
+        };
+        let request = strata::MoveRequest::new(tally::WORKFLOW, strata::Version::parse(to).unwrap())
+            .from_version(strata::Version::parse(from).unwrap())
+            .batch_size(250);
+        let report = engine.move_instances(&request).await.unwrap();
+        println!("STRATA moved {} to {to}", report.moved.len());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "entry point of the child process of background_migration_survives_kill_nine"]
+#[ignore = "entry point of the child processes of the kill-nine tests in this file"]
 async fn migration_child() {
     println!("STRATA child");
     let dir = std::path::PathBuf::from(std::env::var(CHILD_DIR).unwrap());
     match std::env::var(CHILD_MODE).unwrap().as_str() {
-        "fill" => fill(&dir).await,
+        "fill" => fill(&dir, INSTANCES).await,
+        "fill-small" => fill(&dir, MOVED_INSTANCES).await,
+        "move" => move_back_and_forth(&dir).await,
         _ => migrate(&dir).await,
     }
 }
@@ -231,4 +265,83 @@ fn background_migration_survives_kill_nine() {
         "seed {seed}: migrated after each kill {progress:?} (the kills must land mid-migration)"
     );
     println!("seed {seed}: migrated after each of {KILLS} kills: {progress:?}");
+}
+
+/// Checks the store after a kill during moves: every record on 1.0.0 holds schema 1 and an even
+/// number of recorded moves, every record on 2.0.0 schema 2 and an odd number; each move migrated
+/// the state once (its stamps equal its moves); each version's live counter equals its records.
+fn check_moves(dir: &Path) -> (u64, u64) {
+    let store = SledStore::open(dir).expect("parent: open the store after a kill");
+    let recovered = store.recover().unwrap();
+    assert!(
+        recovered.corrupt.is_empty(),
+        "undecodable records: {:?}",
+        recovered.corrupt
+    );
+    assert_eq!(
+        recovered.live.len() as u64,
+        MOVED_INSTANCES,
+        "a live instance went missing"
+    );
+    let mut per_version = std::collections::BTreeMap::<String, u64>::new();
+    for record in &recovered.live {
+        let version = record.key.version.to_string();
+        let expected_schema = if version == "1.0.0" { 1 } else { 2 };
+        assert_eq!(
+            record.state.schema, expected_schema,
+            "instance {} on {version}",
+            record.id
+        );
+        assert_eq!(
+            record.moves.len() % 2,
+            (expected_schema - 1) as usize,
+            "instance {}",
+            record.id
+        );
+        let stamps = tally::stamps(record.state.schema, &record.state.bytes).unwrap();
+        assert_eq!(
+            stamps as usize,
+            record.moves.len(),
+            "instance {}: a move migrated twice or not at all",
+            record.id
+        );
+        *per_version.entry(version).or_default() += 1;
+    }
+    for (key, counters) in &recovered.counters {
+        let listed = per_version.get(&key.version.to_string()).copied().unwrap_or(0);
+        assert_eq!(
+            counters.live, listed,
+            "{key}: live counter {} but {listed} records",
+            counters.live
+        );
+    }
+    (
+        per_version.get("1.0.0").copied().unwrap_or(0),
+        per_version.get("2.0.0").copied().unwrap_or(0),
+    )
+}
+
+#[test]
+fn moves_between_versions_survive_kill_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::env::var("STRATA_CRASH_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+    run_child(dir.path(), "fill-small", None);
+    assert_eq!(check_moves(dir.path()), (MOVED_INSTANCES, 0));
+    let mut split = Vec::new();
+    for _ in 0..KILLS {
+        let delay = Duration::from_millis(random.random_range(100..1_500));
+        let lines = run_child(dir.path(), "move", Some(delay));
+        let batches = lines.iter().filter(|line| line.starts_with("STRATA moved")).count();
+        split.push((check_moves(dir.path()), batches));
+    }
+    let mid_move = split.iter().filter(|((old, new), _)| *old > 0 && *new > 0).count();
+    assert!(
+        mid_move > 0,
+        "seed {seed}: no kill landed in the middle of a move: {split:?}"
+    );
+    println!("seed {seed}: (on 1.0.0, on 2.0.0) and full moves done after each kill: {split:?}");
 }
