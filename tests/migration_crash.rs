@@ -228,14 +228,19 @@ fn check_store(dir: &Path) -> u64 {
     on_schema_2
 }
 
-#[test]
-fn background_migration_survives_kill_nine() {
-    let dir = tempfile::tempdir().unwrap();
+/// The kill moments' seed (`STRATA_CRASH_SEED` to repeat a run) and its generator.
+fn seeded() -> (u64, rand::rngs::StdRng) {
     let seed = std::env::var("STRATA_CRASH_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
-    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
+#[test]
+fn background_migration_survives_kill_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seed, mut random) = seeded();
     run_child(dir.path(), "fill", None);
     assert_eq!(check_store(dir.path()), 0);
     let mut progress = Vec::new();
@@ -324,11 +329,7 @@ fn check_moves(dir: &Path) -> (u64, u64) {
 #[test]
 fn moves_between_versions_survive_kill_nine() {
     let dir = tempfile::tempdir().unwrap();
-    let seed = std::env::var("STRATA_CRASH_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+    let (seed, mut random) = seeded();
     run_child(dir.path(), "fill-small", None);
     assert_eq!(check_moves(dir.path()), (MOVED_INSTANCES, 0));
     let mut split = Vec::new();

@@ -109,7 +109,7 @@ pub(crate) struct JobControl {
     pub progress: Mutex<MigrationProgress>,
     /// Whether the job should pause; the runner waits on changes.
     pub paused: watch::Sender<bool>,
-    /// Turns to the final progress when the job ends.
+    /// Turns true when the job's runner exits: the job finished, or the engine stopped.
     pub finished: watch::Sender<bool>,
 }
 
