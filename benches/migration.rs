@@ -265,5 +265,19 @@ async fn run_all(dir: &Path, migrate: bool, instances: u64) -> Duration {
     elapsed
 }
 
-criterion_group!(benches, background_migration, plan_moves, lazy_migration);
+/// What lazy migration adds to a step, measured alone: decoding the old state, the typed
+/// function, encoding the new one.
+fn one_state(criterion: &mut Criterion) {
+    let migration = migration();
+    let old = rmp_serde::to_vec_named(&MeterV1 {
+        reading: 42,
+        unit: "kW".into(),
+    })
+    .expect("encode");
+    criterion.bench_function("lazy_migration/one_state", |bencher| {
+        bencher.iter(|| migration.run_on(std::hint::black_box(&old)).expect("migrate"))
+    });
+}
+
+criterion_group!(benches, background_migration, plan_moves, lazy_migration, one_state);
 criterion_main!(benches);

@@ -188,6 +188,12 @@ impl StateMigration {
         self.from
     }
 
+    /// Runs the forward function on an encoded state (MessagePack of schema `from`) and returns
+    /// the encoded result: for testing a migration on real stored states, and for measuring it.
+    pub fn run_on(&self, encoded_state: &[u8]) -> Result<Vec<u8>, String> {
+        (self.forward)(encoded_state)
+    }
+
     /// Whether an inverse is declared.
     pub fn has_inverse(&self) -> bool {
         self.inverse.is_some()
