@@ -63,17 +63,19 @@ impl Rollouts {
         records
     }
 
-    /// `spec` with the routing the rollouts decide laid over it: for each workflow, its latest
-    /// rollout sets the default (the stable version while it runs or after a rollback, the
+    /// `spec` with the routing the rollouts decide laid over it: for each workflow, its active
+    /// rollout (else its latest) sets the default (the stable version while it runs or after a rollback, the
     /// candidate after a promotion) and, while it runs, a first rule sending its stage's share to
     /// the candidate. Other rules for a rolled-back or promoted candidate are dropped.
     pub fn overlay(&self, spec: &RoutingSpec) -> RoutingSpec {
         let mut latest: BTreeMap<&str, &RolloutRecord> = BTreeMap::new();
         let records = self.records.lock();
         for record in records.values() {
+            // The active rollout (at most one per workflow) wins, else the latest started.
+            let rank = |record: &RolloutRecord| (record.status.is_active(), started_at(record));
             let newer = latest
                 .get(record.spec.workflow.as_str())
-                .is_none_or(|current| started_at(current) <= started_at(record));
+                .is_none_or(|current| rank(current) <= rank(record));
             if newer {
                 latest.insert(&record.spec.workflow, record);
             }
