@@ -464,3 +464,21 @@ async fn a_rollback_can_move_the_candidates_in_flight_instances_back() {
     assert_eq!((candidate.live, candidate.moved_out), (0, 6));
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_rollout_routes_even_when_started_in_the_same_instant_as_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::starting_now()); // never advanced: every transition is at one instant
+    let engine = open(dir.path(), &clock, "2.0.0").await;
+    engine.register(probe::version("2.0.1")).unwrap();
+    let everything = |candidate: &str| RolloutSpec {
+        stages: vec![Stage::new(100.0, HOLD, 10)],
+        ..rollout(candidate, 10, Gates::default())
+    };
+    engine.start_rollout(everything("2.0.0")).await.unwrap();
+    engine.rollback_rollout("probe@2.0.0").await.unwrap();
+    engine.start_rollout(everything("2.0.1")).await.unwrap();
+    let ran = run_probes(&engine, 0, 20).await;
+    assert_eq!(ran.get("2.0.1"), Some(&20), "{ran:?}");
+    engine.shutdown().await;
+}
