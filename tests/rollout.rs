@@ -477,7 +477,8 @@ async fn the_active_rollout_routes_even_when_started_in_the_same_instant_as_a_ro
     };
     engine.start_rollout(everything("2.0.0")).await.unwrap();
     engine.rollback_rollout("probe@2.0.0").await.unwrap();
-    engine.start_rollout(everything("2.0.1")).await.unwrap();
+    // Named to sort before the rolled-back one, so name order cannot decide for it.
+    engine.start_rollout(everything("2.0.1").named("a-fix")).await.unwrap();
     let ran = run_probes(&engine, 0, 20).await;
     assert_eq!(ran.get("2.0.1"), Some(&20), "{ran:?}");
     engine.shutdown().await;
