@@ -152,12 +152,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     engine.register(quote("2.0.0"))?;
-    engine.start_rollout(rollout("2.0.0")).await?;
+    engine.start_rollout(rollout(Version::new(2, 0, 0))).await?;
     follow(&engine, &mut events, "quote@2.0.0", started).await;
 
     println!("\n-- deploying the fix, 2.0.1 --\n");
     engine.register(quote("2.0.1"))?;
-    engine.start_rollout(rollout("2.0.1")).await?;
+    engine.start_rollout(rollout(Version::new(2, 0, 1))).await?;
     follow(&engine, &mut events, "quote@2.0.1", started).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
