@@ -50,23 +50,19 @@ fn quote(version: &str) -> WorkflowVersion<QuoteRequest, QuoteRequest, u64> {
         .step("price", price)
 }
 
-fn rollout(candidate: &str) -> RolloutSpec {
+fn rollout(candidate: Version) -> RolloutSpec {
     let hold = Duration::from_millis(1_500);
-    RolloutSpec::new(
-        WORKFLOW,
-        Version::parse(candidate).unwrap_or(Version::new(0, 0, 0)),
-        Version::new(1, 4, 0),
-    )
-    .stage(Stage::new(5.0, hold, 40))
-    .stage(Stage::new(25.0, hold, 40))
-    .stage(Stage::new(50.0, hold, 40))
-    .stage(Stage::new(100.0, hold, 40))
-    .gates(Gates {
-        max_error_rate_increase: Some(0.05),
-        min_success_rate: Some(0.9),
-        max_consecutive_failures: Some(8),
-        max_latency_multiplier: None,
-    })
+    RolloutSpec::new(WORKFLOW, candidate, Version::new(1, 4, 0))
+        .stage(Stage::new(5.0, hold, 40))
+        .stage(Stage::new(25.0, hold, 40))
+        .stage(Stage::new(50.0, hold, 40))
+        .stage(Stage::new(100.0, hold, 40))
+        .gates(Gates {
+            max_error_rate_increase: Some(0.05),
+            min_success_rate: Some(0.9),
+            max_consecutive_failures: Some(8),
+            max_latency_multiplier: None,
+        })
 }
 
 /// Starts quotes until `stop`, about 400 a second, from 10 000 customers.
