@@ -155,7 +155,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     engine.register(quote("2.0.1"))?;
     engine.start_rollout(rollout(Version::new(2, 0, 1))).await?;
     follow(&engine, &mut events, "quote@2.0.1", started).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The old default drains once its last in-flight quote finishes.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(Event::VersionDrained { key, .. }) => return Some(key),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    if let Ok(Some(key)) = drained {
+        println!(
+            "t={:>5.1}s  {key} drained: its code can be removed",
+            started.elapsed().as_secs_f64()
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     load.await?;
 
