@@ -360,7 +360,7 @@ impl Engine {
         }
         let new_rollouts = self.check_config_rollouts(source, &config.rollouts)?;
         let spec = config.routing;
-        let table = self.runtime.compile_routing(&spec, true).map_err(|error| match error {
+        self.runtime.check_routing(&spec, true).map_err(|error| match error {
             EngineError::Routing(rules) => ConfigError::Rules {
                 file: source.to_string(),
                 source: rules,
@@ -379,7 +379,7 @@ impl Engine {
             in_force.generation += 1;
             in_force.text = Some(text.to_string());
         }
-        self.runtime.install_routing(spec, table);
+        self.runtime.install_routing(spec);
         self.schedules.send_replace(Arc::new(config.schedules));
         for rollout in new_rollouts {
             let name = rollout.name.clone();
@@ -428,8 +428,8 @@ impl Engine {
         in_force.generation = last.generation;
         in_force.text = Some(last.text.clone());
         let config = crate::config::parse(&last.source, &last.text)?;
-        let table = self.runtime.compile_routing(&config.routing, false)?;
-        self.runtime.install_routing(config.routing, table);
+        self.runtime.check_routing(&config.routing, false)?;
+        self.runtime.install_routing(config.routing);
         self.schedules.send_replace(Arc::new(config.schedules));
         tracing::info!(generation = last.generation, source = %last.source, "config reinstated from the store");
         Ok(())

@@ -419,27 +419,24 @@ impl Runtime {
     /// Validates `spec` against the registered versions and, if valid, routes by it from the next
     /// start on. An invalid spec changes nothing.
     pub fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
-        let table = self.compile_routing(&spec, true)?;
-        self.install_routing(spec, table);
+        self.check_routing(&spec, true)?;
+        self.install_routing(spec);
         Ok(())
     }
 
-    /// Compiles `spec` against the registered versions (see `RoutingTable::build` for `strict`).
-    pub fn compile_routing(&self, spec: &RoutingSpec, strict: bool) -> Result<RoutingTable, EngineError> {
-        let table = RoutingTable::build(spec, &self.registry.version_states(), strict)?;
-        // The rollouts' routing is laid over a valid spec; what they add is valid by construction.
-        Ok(RoutingTable::build(&self.rollouts.overlay(spec), &self.registry.version_states(), false).unwrap_or(table))
+    /// Checks that `spec` compiles against the registered versions (see `RoutingTable::build`
+    /// for `strict`); changes nothing.
+    pub fn check_routing(&self, spec: &RoutingSpec, strict: bool) -> Result<(), EngineError> {
+        RoutingTable::build(spec, &self.registry.version_states(), strict)?;
+        Ok(())
     }
 
-    /// Routes by `table` (compiled from `spec`) from the next start on.
-    pub fn install_routing(&self, spec: RoutingSpec, table: RoutingTable) {
+    /// Routes by `spec` (checked with `check_routing`), with the rollouts laid over it, from the
+    /// next start on.
+    pub fn install_routing(&self, spec: RoutingSpec) {
         let mut current = self.routing_spec.lock();
-        // Rebuilt under the lock with the rollouts as they are now: one that changed since `table`
-        // was compiled (a rollback, say) must not be undone by installing it.
-        let table =
-            RoutingTable::build(&self.rollouts.overlay(&spec), &self.registry.version_states(), false).unwrap_or(table);
-        self.routing.store(Arc::new(table));
         *current = spec;
+        self.rebuild_routing(&current);
     }
 
     /// Started instances per version and routing reason since open, sorted.
@@ -464,12 +461,17 @@ impl Runtime {
         Ok(self.committer.commit(ops).await?)
     }
 
-    /// Recompiles the routing rules in force after the registry changed (a version registered,
-    /// drained or retired); rules whose candidate can no longer take instances are left out.
+    /// Recompiles the routing rules in force after the registry or a rollout changed (a version
+    /// registered, drained or retired; a stage passed); rules whose candidate can no longer take
+    /// instances are left out.
     fn refresh_routing(&self) {
-        // Built and stored under the spec's lock, so tables are stored in the order of changes.
-        let current = self.routing_spec.lock();
-        let spec = self.rollouts.overlay(&current);
+        self.rebuild_routing(&self.routing_spec.lock());
+    }
+
+    /// Builds and stores the table for `spec` (the rules in force, whose lock the caller holds, so
+    /// tables are stored in the order of changes) with the rollouts laid over it.
+    fn rebuild_routing(&self, spec: &RoutingSpec) {
+        let spec = self.rollouts.overlay(spec);
         match RoutingTable::build(&spec, &self.registry.version_states(), false) {
             Ok(table) => self.routing.store(Arc::new(table)),
             Err(error) => {
