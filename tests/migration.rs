@@ -450,10 +450,11 @@ async fn instances_move_forward_through_a_renamed_step_and_back_through_an_inver
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_mid_step_is_never_moved() {
     let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
     let engine = builder(dir.path())
         .register(tally::on_schema_1("1.0.0"))
         .register(tally::on_schema_2("2.0.0"))
-        .migration(tally::migration(Arc::new(AtomicU64::new(0))))
+        .migration(tally::migration(calls.clone()))
         .open()
         .await
         .unwrap();
@@ -473,6 +474,11 @@ async fn an_instance_mid_step_is_never_moved() {
     // At its next step boundary it can move.
     let report = engine.move_instances(&request).await.unwrap();
     assert_eq!(report.moved, vec![held]);
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "applying a move migrates each state once"
+    );
     engine.signal(held, tally::GO, &()).await.unwrap();
     assert_eq!(
         outcome_within(&engine, held).await.output::<u64>().unwrap(),

@@ -85,15 +85,11 @@ impl Runtime {
         })
     }
 
-    /// The live instances a request selects, in id order, with their plan verdicts. The dry run
-    /// runs the state migrations too (and throws their results away), so a state the migration
-    /// refuses shows in the plan, not only when applying.
-    pub fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
-        let target = request.target_key();
-        let (code, status) = self.move_target(&target)?;
+    /// The live instances a request selects, in id order, each with whether it can be claimed
+    /// now. Read under the table's locks; nothing is checked or migrated here.
+    fn select_for_move(&self, request: &MoveRequest) -> Vec<(InstanceRecord, Result<(), MoveRefusal>)> {
         let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
-        // Selected under the table's locks; checked after, so no migration runs under a lock.
-        let mut selected: Vec<(InstanceRecord, Result<(), MoveRefusal>)> = Vec::new();
+        let mut selected = Vec::new();
         self.table.for_each(|slot| {
             let record = &slot.record;
             if record.key.workflow != request.workflow
@@ -108,8 +104,19 @@ impl Runtime {
             }
             selected.push((record.clone(), claimable(slot)));
         });
+        selected.sort_by_key(|(record, _)| record.id);
+        selected
+    }
+
+    /// The live instances a request selects, in id order, with their plan verdicts. The dry run
+    /// runs the state migrations too (and throws their results away), so a state the migration
+    /// refuses shows in the plan, not only when applying.
+    pub fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
+        let target = request.target_key();
+        let (code, status) = self.move_target(&target)?;
+        let selected = self.select_for_move(request);
         let now = self.now();
-        let mut checks: Vec<MoveCheck> = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
+        let checks = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
             selected
                 .into_iter()
                 .map(|(record, available)| MoveCheck {
@@ -122,17 +129,22 @@ impl Runtime {
                 })
                 .collect()
         });
-        checks.sort_by_key(|check| check.id);
         Ok(MovePlan { target, checks })
     }
 
     /// Moves the selected instances in batches, each batch one commit; every instance is checked
     /// again when its turn comes, at a step boundary.
     pub async fn apply_moves(self: &Arc<Self>, request: &MoveRequest) -> Result<MoveReport, EngineError> {
-        let plan = self.plan_moves(request)?;
-        let target = plan.target.clone();
+        let target = request.target_key();
+        self.move_target(&target)?;
+        // Each instance is checked (and its state migrated) once, when its turn comes.
+        let selected: Vec<InstanceRecord> = self
+            .select_for_move(request)
+            .into_iter()
+            .map(|(record, _)| record)
+            .collect();
         let mut report = MoveReport::default();
-        for batch in plan.checks.chunks(request.batch_size.max(1)) {
+        for batch in selected.chunks(request.batch_size.max(1)) {
             if self.is_stopping() {
                 return Err(EngineError::ShuttingDown);
             }
@@ -265,9 +277,12 @@ fn claimable(slot: &Slot) -> Result<(), MoveRefusal> {
     }
 }
 
-fn refused(planned: &MoveCheck, refusal: MoveRefusal) -> MoveCheck {
+/// The report entry of a selected instance that did not move.
+fn refused(selected: &InstanceRecord, refusal: MoveRefusal) -> MoveCheck {
     MoveCheck {
+        id: selected.id,
+        from: selected.key.clone(),
+        step: selected.step.clone(),
         verdict: Err(refusal),
-        ..planned.clone()
     }
 }
