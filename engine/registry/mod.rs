@@ -219,6 +219,11 @@ impl Registry {
         Some((entry.code.clone()?, entry.metrics.clone()))
     }
 
+    /// The counters of a version (zero for an unknown one).
+    pub fn counters(&self, key: &VersionKey) -> VersionCounters {
+        self.versions.read().get(key).map(|entry| entry.counters).unwrap_or_default()
+    }
+
     /// The metrics of a version known to the registry.
     pub fn metrics(&self, key: &VersionKey) -> Option<Arc<VersionMetrics>> {
         self.versions.read().get(key).map(|entry| entry.metrics.clone())

@@ -140,13 +140,7 @@ impl Runtime {
     }
 
     fn counters_of(&self, workflow: &str, version: &semver::Version) -> VersionCounters {
-        let key = VersionKey::new(workflow, version.clone());
-        self.registry
-            .snapshot()
-            .into_iter()
-            .find(|info| info.key == key)
-            .map(|info| info.counters)
-            .unwrap_or_default()
+        self.registry.counters(&VersionKey::new(workflow, version.clone()))
     }
 
     /// A version's figures in the rollout's current stage: counts from the committed counters
