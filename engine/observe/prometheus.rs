@@ -74,72 +74,73 @@ fn summary(
 pub(crate) fn render(exposition: &Exposition<'_>) -> String {
     let mut text = String::new();
     let versions = exposition.versions;
-    type Count = fn(&VersionInfo) -> u64;
-    let counters: [(&str, &str, Count); 5] = [
+    type Value = fn(&VersionInfo, &MetricsSnapshot) -> f64;
+    let per_version: [(&str, &str, &str, Value); 9] = [
         (
             "strata_instances_started_total",
+            "counter",
             "Instances started on the version.",
-            |info| info.counters.started,
+            |info, _| info.counters.started as f64,
         ),
         (
             "strata_instances_completed_total",
+            "counter",
             "Instances that completed.",
-            |info| info.counters.completed,
+            |info, _| info.counters.completed as f64,
         ),
-        ("strata_instances_failed_total", "Instances that failed.", |info| {
-            info.counters.failed
-        }),
+        (
+            "strata_instances_failed_total",
+            "counter",
+            "Instances that failed.",
+            |info, _| info.counters.failed as f64,
+        ),
         (
             "strata_instances_cancelled_total",
+            "counter",
             "Instances cancelled by an operator.",
-            |info| info.counters.cancelled,
+            |info, _| info.counters.cancelled as f64,
         ),
         (
             "strata_instances_moved_in_total",
+            "counter",
             "Instances moved to the version from another.",
-            |info| info.counters.moved_in,
+            |info, _| info.counters.moved_in as f64,
+        ),
+        (
+            "strata_live_instances",
+            "gauge",
+            "Instances that have not finished.",
+            |info, _| info.counters.live as f64,
+        ),
+        (
+            "strata_version_drained",
+            "gauge",
+            "1 when the version has no live instance and takes no new one: its code can be removed.",
+            |info, _| {
+                f64::from(u8::from(matches!(
+                    info.status,
+                    VersionStatus::Drained | VersionStatus::Retired
+                )))
+            },
+        ),
+        (
+            "strata_step_attempts_total",
+            "counter",
+            "Step attempts since the engine opened.",
+            |_, snapshot| snapshot.attempts as f64,
+        ),
+        (
+            "strata_step_failures_total",
+            "counter",
+            "Step attempts that failed since the engine opened.",
+            |_, snapshot| snapshot.attempt_failures as f64,
         ),
     ];
-    for (name, help, pick) in counters {
-        family(&mut text, name, "counter", help, versions, |(info, _)| {
-            (labels(&info.key), pick(info) as f64)
+    for (name, kind, help, value) in per_version {
+        family(&mut text, name, kind, help, versions, |(info, snapshot)| {
+            (labels(&info.key), value(info, snapshot))
         });
     }
-    family(
-        &mut text,
-        "strata_live_instances",
-        "gauge",
-        "Instances that have not finished.",
-        versions,
-        |(info, _)| (labels(&info.key), info.counters.live as f64),
-    );
-    family(
-        &mut text,
-        "strata_version_drained",
-        "gauge",
-        "1 when the version has no live instance and takes no new one: its code can be removed.",
-        versions,
-        |(info, _)| {
-            let drained = matches!(info.status, VersionStatus::Drained | VersionStatus::Retired);
-            (labels(&info.key), f64::from(u8::from(drained)))
-        },
-    );
-    family(
-        &mut text,
-        "strata_step_attempts_total",
-        "counter",
-        "Step attempts since the engine opened.",
-        versions,
-        |(info, snapshot)| (labels(&info.key), snapshot.attempts as f64),
-    );
-    family(
-        &mut text,
-        "strata_step_failures_total",
-        "counter",
-        "Step attempts that failed since the engine opened.",
-        versions,
-        |(info, snapshot)| (labels(&info.key), snapshot.attempt_failures as f64),
-    );
     summary(
         &mut text,
         "strata_step_duration_seconds",

@@ -221,7 +221,11 @@ impl Registry {
 
     /// The counters of a version (zero for an unknown one).
     pub fn counters(&self, key: &VersionKey) -> VersionCounters {
-        self.versions.read().get(key).map(|entry| entry.counters).unwrap_or_default()
+        self.versions
+            .read()
+            .get(key)
+            .map(|entry| entry.counters)
+            .unwrap_or_default()
     }
 
     /// The metrics of a version known to the registry.
