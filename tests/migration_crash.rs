@@ -196,8 +196,8 @@ fn run_child(dir: &Path, mode: &str, kill_after: Option<Duration>) -> Vec<String
     reader.join().unwrap()
 }
 
-/// Checks the store directly; returns how many records are on schema 2.
-fn check_store(dir: &Path) -> u64 {
+/// Opens the store a killed child left and recovers it; no record may be undecodable.
+fn recover(dir: &Path) -> (SledStore, strata::store::RecoveredState) {
     let store = SledStore::open(dir).expect("parent: open the store after a kill");
     let recovered = store.recover().unwrap();
     assert!(
@@ -205,6 +205,12 @@ fn check_store(dir: &Path) -> u64 {
         "undecodable records: {:?}",
         recovered.corrupt
     );
+    (store, recovered)
+}
+
+/// Checks the store directly; returns how many records are on schema 2.
+fn check_store(dir: &Path) -> u64 {
+    let (store, recovered) = recover(dir);
     assert_eq!(recovered.live.len() as u64, INSTANCES, "a live instance went missing");
     let mut on_schema_2 = 0;
     for record in &recovered.live {
@@ -276,13 +282,7 @@ fn background_migration_survives_kill_nine() {
 /// number of recorded moves, every record on 2.0.0 schema 2 and an odd number; each move migrated
 /// the state once (its stamps equal its moves); each version's live counter equals its records.
 fn check_moves(dir: &Path) -> (u64, u64) {
-    let store = SledStore::open(dir).expect("parent: open the store after a kill");
-    let recovered = store.recover().unwrap();
-    assert!(
-        recovered.corrupt.is_empty(),
-        "undecodable records: {:?}",
-        recovered.corrupt
-    );
+    let (_, recovered) = recover(dir);
     assert_eq!(
         recovered.live.len() as u64,
         MOVED_INSTANCES,
