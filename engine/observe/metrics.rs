@@ -235,13 +235,15 @@ impl VersionMetrics {
 
     /// Totals since open (quantiles over the whole window ring).
     pub fn totals(&self, now_ms: u64) -> MetricsSnapshot {
-        let mut snapshot = self.window(now_ms, Duration::from_millis(BUCKET_MS * WINDOW_BUCKETS as u64));
-        let quantiles = (snapshot.step_latency, snapshot.instance_latency);
-        snapshot = MetricsSnapshot::default();
-        self.totals.add_into(&mut snapshot);
-        (snapshot.step_latency, snapshot.instance_latency) = quantiles;
-        snapshot.consecutive_failures = self.consecutive_failures.load(Ordering::Relaxed);
-        snapshot
+        let ring = self.window(now_ms, Duration::from_millis(BUCKET_MS * WINDOW_BUCKETS as u64));
+        let mut totals = MetricsSnapshot {
+            step_latency: ring.step_latency,
+            instance_latency: ring.instance_latency,
+            consecutive_failures: ring.consecutive_failures,
+            ..MetricsSnapshot::default()
+        };
+        self.totals.add_into(&mut totals);
+        totals
     }
 
     /// The figures of the last `length` (rounded up to whole buckets, at most the ring).
