@@ -75,7 +75,7 @@ async fn pass(engine: &Engine, schedules: &[ScheduleSpec], grace: Duration) -> R
             .take_while(|fire| *fire <= now)
             .take(MAX_DUE)
             .collect();
-        let late_before = now.saturating_sub(grace.as_millis() as u64);
+        let late_before = now.saturating_sub(crate::observe::millis_saturating(grace));
         let (missed, on_time): (Vec<u64>, Vec<u64>) = due.iter().partition(|fire| **fire < late_before);
         let mut to_start: Vec<u64> = match schedule.missed {
             MissedFires::Skip => Vec::new(),
@@ -108,15 +108,16 @@ async fn pass(engine: &Engine, schedules: &[ScheduleSpec], grace: Duration) -> R
     Ok(next_wake)
 }
 
-/// Starts the instance of one fire time. A store failure is returned (the fire stays due and is
-/// tried again); any other failure is reported, and the fire counts as handled.
+/// Starts the instance of one fire time. A store failure or a shutdown is returned (the fire
+/// stays due: tried again, or at the next open); any other failure is reported, and the fire
+/// counts as handled.
 async fn fire(engine: &Engine, schedule: &ScheduleSpec, fire_ms: u64) -> Result<(), EngineError> {
     match engine.start_scheduled(schedule, fire_ms).await {
         Ok(id) => {
             tracing::debug!(schedule = %schedule.name, fire_ms, instance = %id, "schedule fired");
             Ok(())
         }
-        Err(error @ EngineError::Store(_)) => Err(error),
+        Err(error @ (EngineError::Store(_) | EngineError::ShuttingDown)) => Err(error),
         Err(error) => {
             tracing::error!(schedule = %schedule.name, fire_ms, %error, "a schedule's fire could not start an instance");
             engine.emit(Event::ScheduleFireFailed {
