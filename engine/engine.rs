@@ -236,10 +236,7 @@ pub struct Engine {
 }
 
 fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, EngineError> {
-    rmp_serde::to_vec_named(value).map_err(|error| EngineError::Encode {
-        what,
-        reason: error.to_string(),
-    })
+    crate::workflow::encode_user(value).map_err(|reason| EngineError::Encode { what, reason })
 }
 
 impl Engine {
@@ -298,16 +295,37 @@ impl Engine {
             }
         };
         let input = encode("input", input)?;
-        self.runtime
-            .start(
-                workflow,
-                &input,
-                &request,
-                options.routing_key,
-                &options.attributes,
-                None,
-            )
-            .await
+        let workflow = workflow.to_string();
+        self.to_completion("start", move |engine| async move {
+            engine
+                .runtime
+                .start(
+                    &workflow,
+                    &input,
+                    &request,
+                    options.routing_key,
+                    &options.attributes,
+                    None,
+                )
+                .await
+        })
+        .await
+    }
+
+    /// Runs an operation of this engine to its end as a task of its own: a caller that stops
+    /// waiting for it (drops the future, times out) cannot cut it between its commit and the
+    /// memory change that follows, so a start, a signal or a config either leaves no trace or
+    /// takes full effect.
+    async fn to_completion<T, Work>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce(Engine) -> Work,
+    ) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        Work: std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+    {
+        self.runtime.to_completion(operation, work(self.clone())).await
     }
 
     /// Replaces the routing rules (flags, per-workflow defaults and rollouts) after checking them
@@ -322,6 +340,15 @@ impl Engine {
     /// changes nothing. Each applied config that differs from the one in force is stored with the
     /// next generation number; returns the generation in force afterwards.
     pub async fn apply_config(&self, source: &str, text: &str) -> Result<u64, EngineError> {
+        let (source, text) = (source.to_string(), text.to_string());
+        self.to_completion("apply_config", move |engine| async move {
+            engine.apply_config_now(&source, &text).await
+        })
+        .await
+    }
+
+    /// `apply_config` in the caller's task.
+    async fn apply_config_now(&self, source: &str, text: &str) -> Result<u64, EngineError> {
         let mut in_force = self.config.lock().await;
         let before = self.runtime.routing_spec();
         let applied = self.apply_config_locked(&mut in_force, source, text).await;
@@ -453,12 +480,15 @@ impl Engine {
             return Err(ConfigError::UnknownGeneration { generation }.into());
         };
         let source = format!("{} (restored generation {generation})", record.source);
-        let applied = self.apply_config(&source, &record.text).await?;
-        self.emit(Event::ConfigRestored {
-            restored: generation,
-            generation: applied,
-        });
-        Ok(applied)
+        self.to_completion("restore_config", move |engine| async move {
+            let applied = engine.apply_config_now(&source, &record.text).await?;
+            engine.emit(Event::ConfigRestored {
+                restored: generation,
+                generation: applied,
+            });
+            Ok(applied)
+        })
+        .await
     }
 
     /// Reads a config file and applies it like [`Engine::apply_config`].
@@ -562,7 +592,11 @@ impl Engine {
         payload: &P,
     ) -> Result<(), EngineError> {
         let payload = encode("signal payload", payload)?;
-        self.runtime.signal(id, name, payload).await
+        let name = name.to_string();
+        self.to_completion("signal", move |engine| async move {
+            engine.runtime.signal(id, &name, payload).await
+        })
+        .await
     }
 
     /// Cancels a live instance at its next step boundary; resolves once that is committed.
@@ -616,18 +650,25 @@ impl Engine {
     pub async fn drain(&self, workflow: &str, version: &str) -> Result<VersionStatus, EngineError> {
         let key = VersionKey::new(workflow, parse_version(workflow, version)?);
         let change = self.runtime.registry.drain(&key)?;
-        match self.runtime.change_status(change).await {
-            Some(status) => Ok(status),
-            None => Ok(self.version(workflow, version)?.status),
-        }
+        let (workflow, version) = (workflow.to_string(), version.to_string());
+        self.to_completion("drain", move |engine| async move {
+            match engine.runtime.change_status(change).await {
+                Some(status) => Ok(status),
+                None => Ok(engine.version(&workflow, &version)?.status),
+            }
+        })
+        .await
     }
 
     /// Retires a version with no live instance; fails naming the count otherwise.
     pub async fn retire(&self, workflow: &str, version: &str) -> Result<(), EngineError> {
         let key = VersionKey::new(workflow, parse_version(workflow, version)?);
         let change = self.runtime.registry.retire(&key)?;
-        self.runtime.change_status(change).await;
-        Ok(())
+        self.to_completion("retire", move |engine| async move {
+            engine.runtime.change_status(change).await;
+            Ok(())
+        })
+        .await
     }
 
     /// Registers state migrations while the engine runs (a new version may bring a new schema).
@@ -652,7 +693,11 @@ impl Engine {
     /// migrated state together, with both versions' live counters. Instances that cannot move
     /// when their turn comes are reported with the reason and left as they were.
     pub async fn move_instances(&self, request: &MoveRequest) -> Result<MoveReport, EngineError> {
-        self.runtime.apply_moves(request).await
+        let request = request.clone();
+        self.to_completion("move_instances", move |engine| async move {
+            engine.runtime.apply_moves(&request).await
+        })
+        .await
     }
 
     /// Starts a background migration of a workflow's live instances to the state schema (and
@@ -672,23 +717,35 @@ impl Engine {
     /// back by itself (see [`RolloutSpec`]). Both versions must be registered and the workflow
     /// must have no other active rollout.
     pub async fn start_rollout(&self, spec: RolloutSpec) -> Result<(), EngineError> {
-        self.runtime.start_rollout(spec).await
+        self.to_completion("start_rollout", move |engine| async move {
+            engine.runtime.start_rollout(spec).await
+        })
+        .await
+    }
+
+    /// Applies an operator's operation to a rollout, to its end.
+    async fn operate_rollout(&self, name: &str, operation: RolloutOperation) -> Result<(), EngineError> {
+        let name = name.to_string();
+        self.to_completion("operate_rollout", move |engine| async move {
+            engine.runtime.operate_rollout(&name, operation).await
+        })
+        .await
     }
 
     /// Holds a rollout at its stage: routing stays, nothing is decided, the hold clock stops.
     pub async fn pause_rollout(&self, name: &str) -> Result<(), EngineError> {
-        self.runtime.operate_rollout(name, RolloutOperation::Pause).await
+        self.operate_rollout(name, RolloutOperation::Pause).await
     }
 
     /// Lets a paused rollout go on.
     pub async fn resume_rollout(&self, name: &str) -> Result<(), EngineError> {
-        self.runtime.operate_rollout(name, RolloutOperation::Resume).await
+        self.operate_rollout(name, RolloutOperation::Resume).await
     }
 
     /// Rolls a rollout back now: new instances go to the stable version from the next routing
     /// decision on; the rollout is recorded as rolled back by an operator, with both figures.
     pub async fn rollback_rollout(&self, name: &str) -> Result<(), EngineError> {
-        self.runtime.operate_rollout(name, RolloutOperation::RollBack).await
+        self.operate_rollout(name, RolloutOperation::RollBack).await
     }
 
     /// A rollout by name, with its status, stage and history.
@@ -711,7 +768,10 @@ impl Engine {
     /// Evaluates every running rollout now (the engine also does so as instances finish, every
     /// second, and when a manual clock jumps).
     pub async fn evaluate_rollouts(&self) -> Result<(), EngineError> {
-        self.runtime.evaluate_rollouts().await
+        self.to_completion("evaluate_rollouts", |engine| async move {
+            engine.runtime.evaluate_rollouts().await
+        })
+        .await
     }
 
     /// A version's figures over the last `window` of the engine's clock (rounded up to whole

@@ -84,6 +84,24 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// The version's `init` panicked or built a state that does not encode.
+    #[error(
+        "the init of {key} failed: {reason}; nothing was started (fix the init function or the state's Serialize impl)"
+    )]
+    Init {
+        /// The version chosen.
+        key: VersionKey,
+        /// Why.
+        reason: String,
+    },
+    /// An engine operation ended without an answer: a defect of Strata, not of the caller.
+    #[error("the engine's {operation} ended without an answer ({reason}); this is a defect of Strata, please report it — what it committed before stays committed")]
+    Internal {
+        /// What was being done.
+        operation: &'static str,
+        /// What is known of why.
+        reason: String,
+    },
     /// A signal's payload does not decode as the type its instance's version declared.
     #[error("signal '{name}' to instance {id} does not decode as the payload {key} declares: {reason}; nothing was delivered")]
     SignalDecode {

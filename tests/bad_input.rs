@@ -403,3 +403,111 @@ async fn invalid_definitions_are_refused_at_registration() {
     );
     engine.shutdown().await;
 }
+
+/// A type whose serde impls panic: user code the engine runs outside a step.
+#[derive(Debug)]
+struct Touchy;
+
+impl serde::Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, _serializer: S) -> Result<S::Ok, S::Error> {
+        panic!("touchy serialize")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(_deserializer: D) -> Result<Self, D::Error> {
+        panic!("touchy deserialize")
+    }
+}
+
+async fn wait_for_poke(_ctx: StepCtx, _state: &mut u32) -> StepResult<u32> {
+    Ok(Next::wait_signal("go", "finish"))
+}
+
+async fn finish_poked(_ctx: StepCtx, state: &mut u32) -> StepResult<u32> {
+    Ok(Next::complete(*state))
+}
+
+/// `init` panics for input 13; signal `poke` is declared with a type whose decoding panics.
+fn touchy() -> WorkflowVersion<u32, u32, u32> {
+    WorkflowVersion::new("touchy", "1.0.0")
+        .init(|n: u32| {
+            assert_ne!(n, 13, "unlucky input");
+            n
+        })
+        .signal_type::<Touchy>("poke")
+        .signal_type::<u32>("go")
+        .step("wait", wait_for_poke)
+        .step("finish", finish_poked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_code_that_panics_outside_a_step_gets_a_typed_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path()).register(touchy()).open().await.unwrap();
+
+    // A panicking init, even in a task of the caller's: a typed error naming the version and the
+    // panic, never a JoinError, and nothing started.
+    let spawned = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.start("touchy", &13u32).await })
+    };
+    let error = spawned.await.expect("the caller's task does not panic").unwrap_err();
+    assert!(
+        matches!(&error, EngineError::Init { key, reason } if key.to_string() == "touchy@1.0.0" && reason.contains("unlucky input")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("nothing was started"), "{error}");
+    let info = engine.version("touchy", "1.0.0").unwrap();
+    assert_eq!((info.counters.started, info.counters.live), (0, 0));
+    assert!(engine.list(&strata::InstanceFilter::default()).unwrap().is_empty());
+
+    // An input whose Serialize panics.
+    let error = engine.start("touchy", &Touchy).await.unwrap_err();
+    assert!(
+        matches!(&error, EngineError::Encode { what: "input", reason } if reason.contains("touchy serialize")),
+        "{error}"
+    );
+
+    // A signal whose declared payload type panics while decoding: refused, nothing delivered.
+    let id = engine.start("touchy", &1u32).await.unwrap();
+    wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
+    let error = engine.signal(id, "poke", &0u32).await.unwrap_err();
+    assert!(
+        matches!(&error, EngineError::SignalDecode { reason, .. } if reason.contains("touchy deserialize")),
+        "{error}"
+    );
+    assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::WaitingSignal);
+    let error = engine.signal(id, "go", &Touchy).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EngineError::Encode {
+                what: "signal payload",
+                ..
+            }
+        ),
+        "{error}"
+    );
+
+    // A state or an output read as a type whose Deserialize panics.
+    let error = engine.instance(id).unwrap().state::<Touchy>().unwrap_err();
+    assert!(matches!(error, EngineError::Decode { what: "state", .. }), "{error}");
+    engine.signal(id, "go", &5u32).await.unwrap();
+    let error = engine.output::<Touchy>(id).await.unwrap_err();
+    assert!(
+        matches!(&error, EngineError::Decode { what: "output", reason } if reason.contains("touchy deserialize")),
+        "{error}"
+    );
+    assert_eq!(engine.output::<u32>(id).await.unwrap(), 1);
+
+    // Residency stayed exact throughout, and the engine goes on.
+    let info = engine.version("touchy", "1.0.0").unwrap();
+    assert_eq!(
+        (info.counters.started, info.counters.live, info.counters.completed),
+        (1, 0, 1)
+    );
+    engine.drain("touchy", "1.0.0").await.unwrap();
+    engine.retire("touchy", "1.0.0").await.unwrap();
+    engine.shutdown().await;
+}

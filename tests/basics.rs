@@ -155,3 +155,63 @@ async fn awaiting_an_outcome_ends_when_the_engine_shuts_down() {
         .unwrap();
     assert!(matches!(result, Err(strata::EngineError::ShuttingDown)), "{result:?}");
 }
+
+async fn hop(_ctx: strata::StepCtx, hops: &mut u32) -> strata::StepResult<u32> {
+    *hops += 1;
+    Ok(if *hops < 3 {
+        strata::Next::goto("hop")
+    } else {
+        strata::Next::complete(*hops)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_shows_each_instance_once_while_instances_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let hopper = strata::WorkflowVersion::new("hopper", "1.0.0")
+        .init(|hops: u32| hops)
+        .step("hop", hop);
+    let engine = builder(dir.path())
+        .durability(strata::Durability::Buffered {
+            interval: std::time::Duration::from_millis(5),
+        })
+        .register(hopper)
+        .open()
+        .await
+        .unwrap();
+    let total = 2_000;
+    let starter = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            for _ in 0..total {
+                engine.start("hopper", &0u32).await.unwrap();
+            }
+        })
+    };
+    let (mut listings, mut seen_finishing) = (0, 0);
+    loop {
+        let listed = engine.list(&strata::InstanceFilter::default()).unwrap();
+        listings += 1;
+        let mut ids: Vec<_> = listed.iter().map(|info| info.record.id).collect();
+        ids.sort();
+        let before = ids.len();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            before,
+            "listing {listings} shows {} instances twice",
+            before - ids.len()
+        );
+        let finished = listed.iter().filter(|info| info.status.is_terminal()).count();
+        if finished > 0 && finished < listed.len() {
+            seen_finishing += 1;
+        }
+        if finished == total {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    starter.await.unwrap();
+    assert!(seen_finishing > 0, "no listing caught instances finishing");
+    engine.shutdown().await;
+}

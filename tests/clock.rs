@@ -91,3 +91,137 @@ async fn a_schedule_fires_when_the_clock_reaches_its_time() {
     wait_until(&engine, |engine| started(engine) == 2).await;
     engine.shutdown().await;
 }
+
+/// What a `patience` instance waits with, and for how long.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Patience {
+    /// 0: a durable sleep; 1: a signal wait with a timeout; 2: a retry backoff.
+    kind: u8,
+    seconds: u64,
+    nanos: u32,
+}
+
+impl Patience {
+    fn duration(&self) -> Duration {
+        Duration::new(self.seconds, self.nanos)
+    }
+}
+
+async fn wait_patiently(_ctx: strata::StepCtx, patience: &mut Patience) -> strata::StepResult<bool> {
+    Ok(match patience.kind {
+        0 => strata::Next::sleep(patience.duration(), "done"),
+        1 => strata::Next::wait_signal_with_timeout("go", "done", patience.duration()),
+        _ => strata::Next::goto("flaky"),
+    })
+}
+
+async fn flaky(ctx: strata::StepCtx, _patience: &mut Patience) -> strata::StepResult<bool> {
+    if ctx.attempt() == 1 {
+        return Err(strata::StepError::retryable("first attempts fail"));
+    }
+    Ok(strata::Next::goto("done"))
+}
+
+async fn done(ctx: strata::StepCtx, _patience: &mut Patience) -> strata::StepResult<bool> {
+    Ok(strata::Next::complete(ctx.timed_out()))
+}
+
+/// Waits as long as its input says; its retry backoff and attempt timeout are the longest there are.
+fn patience() -> strata::WorkflowVersion<Patience, Patience, bool> {
+    let longest = strata::RetryPolicy::exponential(5, Duration::MAX)
+        .with_max_backoff(Duration::MAX)
+        .with_attempt_timeout(Duration::MAX);
+    strata::WorkflowVersion::new("patience", "1.0.0")
+        .init(|patience: Patience| patience)
+        .step("wait", wait_patiently)
+        .step_with_retry("flaky", flaky, longest)
+        .step("done", done)
+}
+
+/// When the instance's current wait ends on the engine's clock.
+fn due(engine: &strata::Engine, id: strata::InstanceId) -> u64 {
+    let phase = engine.instance(id).unwrap().record.phase;
+    phase
+        .timer_due_ms()
+        .unwrap_or_else(|| panic!("{id} has no due time: {phase:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_duration_is_a_long_wait_never_a_panic_or_an_early_wake() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = builder(dir.path())
+        .clock(clock.clone())
+        .register(patience())
+        .open()
+        .await
+        .unwrap();
+    let now = clock.now_ms();
+    let longest = Patience {
+        kind: 0,
+        seconds: u64::MAX,
+        nanos: 999_999_999,
+    };
+    // Random durations from a second to the longest there is, for each kind of wait.
+    let mut random = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(rand::random());
+    let mut cases = Vec::new();
+    for kind in 0..=1u8 {
+        cases.push(Patience { kind, ..longest });
+        for _ in 0..20 {
+            let magnitude = rand::Rng::random_range(&mut random, 0..64u32);
+            let seconds = rand::Rng::random_range(&mut random, 1..=u64::MAX >> magnitude);
+            let nanos = rand::Rng::random_range(&mut random, 0..1_000_000_000u32);
+            cases.push(Patience { kind, seconds, nanos });
+        }
+    }
+    cases.push(Patience { kind: 2, ..longest });
+    let mut waiting = Vec::new();
+    for case in cases {
+        let id = engine.start("patience", &case).await.unwrap();
+        let status = match case.kind {
+            0 => InstanceStatus::Sleeping,
+            1 => InstanceStatus::WaitingSignal,
+            _ => InstanceStatus::RetryBackoff,
+        };
+        wait_for_status(&engine, id, status).await;
+        let expected = match case.kind {
+            2 => u64::MAX,
+            _ => u64::try_from(u128::from(now) + case.duration().as_millis()).unwrap_or(u64::MAX),
+        };
+        assert_eq!(due(&engine, id), expected, "{case:?}: due at now + duration, saturated");
+        waiting.push((id, case, status, expected));
+    }
+    // A hundred years later every one of them still waits, and the engine still works.
+    clock.advance(Duration::from_secs(100 * 365 * 86_400));
+    let quick = engine
+        .start(
+            "patience",
+            &Patience {
+                kind: 1,
+                seconds: 3_600,
+                nanos: 0,
+            },
+        )
+        .await
+        .unwrap();
+    engine.signal(quick, "go", &()).await.unwrap();
+    assert!(
+        !outcome_within(&engine, quick).await.output::<bool>().unwrap(),
+        "signalled, not timed out"
+    );
+    for (id, case, status, due_ms) in &waiting {
+        if *due_ms > clock.now_ms() {
+            assert_eq!(engine.instance(*id).unwrap().status, *status, "{case:?} woke early");
+        } else {
+            // Due within the hundred years: it woke, and a signal wait knows it timed out.
+            let timed_out: bool = outcome_within(&engine, *id).await.output().unwrap();
+            assert_eq!(timed_out, case.kind == 1, "{case:?}");
+        }
+    }
+    let longest_sleeper = waiting[0].0;
+    assert_eq!(
+        engine.instance(longest_sleeper).unwrap().status,
+        InstanceStatus::Sleeping
+    );
+    engine.shutdown().await;
+}

@@ -483,3 +483,52 @@ async fn the_active_rollout_routes_even_when_started_in_the_same_instant_as_a_ro
     assert_eq!(ran.get("2.0.1"), Some(&20), "{ran:?}");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_rollouts_are_refused_naming_the_field_and_value_and_nothing_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let cases = [
+        (
+            RolloutSpec::new(probe::WORKFLOW, v("2.0.0"), v("1.0.0")).stage(Stage::new(150.0, HOLD, 1)),
+            "stages[0] = 150 %",
+        ),
+        (
+            RolloutSpec::new(probe::WORKFLOW, v("2.0.0"), v("1.0.0")).stage(Stage::new(f64::NAN, HOLD, 1)),
+            "stages[0] = NaN %",
+        ),
+        (
+            rollout(
+                "2.0.0",
+                1,
+                Gates {
+                    max_latency_multiplier: Some(f64::NAN),
+                    ..Gates::default()
+                },
+            ),
+            "gates.max_latency_multiplier = NaN",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let name = spec.name.clone();
+        let error = engine.start_rollout(spec).await.unwrap_err();
+        assert!(
+            error.to_string().contains(expected),
+            "'{error}' does not say '{expected}'"
+        );
+        assert!(engine.rollout(&name).is_none(), "a refused rollout is not recorded");
+    }
+    run_probes(&engine, 0, 50).await;
+    let reasons: Vec<_> = engine
+        .routing_counts()
+        .into_iter()
+        .map(|(_, reason, _)| reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![strata::routing::RouteReason::Newest],
+        "no rollout rule routed a start"
+    );
+    engine.shutdown().await;
+}

@@ -266,7 +266,19 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
         ),
         (
             watched("2.0.0", "[50, 10]", "10m", ""),
-            "rollouts[0].stages: rollout 'order@2.0.0': stage 1 gives 1000 basis points",
+            "rollouts[0].stages[1]: rollout 'order@2.0.0': stages[1] = 10 %: shares must rise",
+        ),
+        (
+            watched("2.0.0", "[5, 150]", "10m", ""),
+            "rollouts[0].stages[1]: 150 is not a percentage",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmax_latency_multiplier = nan\n"),
+            "rollouts[0].gates.max_latency_multiplier: rollout 'order@2.0.0': gates.max_latency_multiplier = NaN is out of range",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmax_error_rate_increase = -inf\n"),
+            "rollouts[0].gates.max_error_rate_increase: rollout 'order@2.0.0': gates.max_error_rate_increase = -inf",
         ),
         (
             watched("2.0.0", "[5, 100]", "ten minutes", ""),
@@ -274,7 +286,7 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmin_success_rate = 2.0\n"),
-            "gate min_success_rate = 2 is out of range (0 to 1)",
+            "rollouts[0].gates.min_success_rate: rollout 'order@2.0.0': gates.min_success_rate = 2 is out of range: it must be a number from 0 to 1",
         ),
     ];
     let mut messages = std::collections::HashSet::new();

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use semver::{Version, VersionReq};
 use serde::Deserialize;
 
-use crate::routing::{Flag, RolloutRule, RoutingError, RoutingSpec, Segment, WorkflowRouting, BUCKETS};
+use crate::routing::{Flag, RolloutRule, RoutingError, RoutingSpec, Segment, WorkflowRouting};
 
 /// Why a config file cannot take effect. The message names the file, the key and the reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -286,16 +286,11 @@ fn segments(entries: Vec<SegmentEntry>) -> Vec<Segment> {
 }
 
 fn basis_points(file: &str, key: String, percent: f64) -> Result<u16, ConfigError> {
-    let scaled = percent * 100.0;
-    let rounded = scaled.round();
-    if !(0.0..=f64::from(BUCKETS)).contains(&rounded) || (scaled - rounded).abs() > 1e-6 {
-        return Err(ConfigError::InvalidPercent {
-            file: file.to_string(),
-            key,
-            value: percent,
-        });
-    }
-    Ok(rounded as u16)
+    crate::routing::percent_to_basis_points(percent).ok_or_else(|| ConfigError::InvalidPercent {
+        file: file.to_string(),
+        key,
+        value: percent,
+    })
 }
 
 /// Parses config text into routing rules and schedules. `file` names the source in error
@@ -425,7 +420,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 OnRollbackEntry::KeepRunning => crate::rollout::OnRollback::KeepRunning,
                 OnRollbackEntry::MoveBack => crate::rollout::OnRollback::MoveBack,
             });
-        spec.validate().map_err(|error| invalid("stages", error.to_string()))?;
+        spec.validate()
+            .map_err(|error| invalid(&error.field(), error.to_string()))?;
         if rollouts
             .iter()
             .any(|earlier: &crate::rollout::RolloutSpec| earlier.name == spec.name)

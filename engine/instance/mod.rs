@@ -306,14 +306,22 @@ impl Outcome {
         }
     }
 
+    /// How the instance ended: `Completed`, `Failed` or `Cancelled`.
+    pub fn status(&self) -> InstanceStatus {
+        match self {
+            Outcome::Completed(_) => InstanceStatus::Completed,
+            Outcome::Failed(_) => InstanceStatus::Failed,
+            Outcome::Cancelled => InstanceStatus::Cancelled,
+        }
+    }
+
     /// The decoded output of a completed instance; an error if it failed, was cancelled, or the
     /// output does not decode as `O`.
     pub fn output<O: DeserializeOwned>(&self) -> Result<O, EngineError> {
         match self {
-            Outcome::Completed(bytes) => rmp_serde::from_slice(bytes).map_err(|error| EngineError::Decode {
-                what: "output",
-                reason: error.to_string(),
-            }),
+            Outcome::Completed(bytes) => {
+                crate::workflow::decode_user(bytes).map_err(|reason| EngineError::Decode { what: "output", reason })
+            }
             Outcome::Failed(reason) => Err(EngineError::InstanceFailed { reason: reason.clone() }),
             Outcome::Cancelled => Err(EngineError::InstanceCancelled),
         }
@@ -406,10 +414,8 @@ impl InstanceInfo {
 
     /// The state at the last step boundary, decoded as `S`.
     pub fn state<S: DeserializeOwned>(&self) -> Result<S, EngineError> {
-        rmp_serde::from_slice(&self.record.state.bytes).map_err(|error| EngineError::Decode {
-            what: "state",
-            reason: error.to_string(),
-        })
+        crate::workflow::decode_user(&self.record.state.bytes)
+            .map_err(|reason| EngineError::Decode { what: "state", reason })
     }
 
     /// The outcome, if finished.

@@ -28,8 +28,20 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64)
+            .map_or(0, millis_saturating)
     }
+}
+
+/// `duration` in whole milliseconds, saturating at `u64::MAX` (585 million years) instead of
+/// wrapping: the unit of every persisted time.
+pub(crate) fn millis_saturating(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The time `duration` after `now_ms` (ms since the Unix epoch), saturating at the clock's
+/// horizon (`u64::MAX`): a very long wait stays a very long wait, never a wrap to an early wake.
+pub(crate) fn deadline_after(now_ms: u64, duration: Duration) -> u64 {
+    now_ms.saturating_add(millis_saturating(duration))
 }
 
 /// A clock that only moves when told to: for tests of holds, windows and rollouts.
@@ -55,8 +67,12 @@ impl ManualClock {
 
     /// Moves the clock forward by `by` and wakes whoever watches it.
     pub fn advance(&self, by: Duration) {
-        let now = self.now.fetch_add(by.as_millis() as u64, Ordering::AcqRel) + by.as_millis() as u64;
-        self.jumped.send_replace(now);
+        let by = millis_saturating(by);
+        let before = self
+            .now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| Some(now.saturating_add(by)))
+            .unwrap_or_else(|now| now);
+        self.jumped.send_replace(before.saturating_add(by));
     }
 }
 
@@ -79,5 +95,31 @@ pub(crate) async fn jumped(jumps: &mut Option<watch::Receiver<u64>>) {
             }
         }
         None => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_deadline_is_never_before_now_and_exact_when_it_fits(now in any::<u64>(), seconds in any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let duration = Duration::new(seconds, nanos);
+            let deadline = deadline_after(now, duration);
+            prop_assert!(deadline >= now);
+            let exact = u128::from(now) + duration.as_millis();
+            prop_assert_eq!(u128::from(deadline), exact.min(u128::from(u64::MAX)));
+        }
+    }
+
+    #[test]
+    fn the_longest_durations_saturate_at_the_horizon() {
+        assert_eq!(millis_saturating(Duration::MAX), u64::MAX);
+        assert_eq!(deadline_after(1_000, Duration::MAX), u64::MAX);
+        let clock = ManualClock::new(u64::MAX - 5);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now_ms(), u64::MAX);
     }
 }

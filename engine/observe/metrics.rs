@@ -230,7 +230,7 @@ impl VersionMetrics {
             InstanceStatus::Completed => self.consecutive_failures.store(0, Ordering::Relaxed),
             _ => {}
         }
-        bucket.instance_millis.record(took.as_millis() as u64);
+        bucket.instance_millis.record(super::millis_saturating(took));
     }
 
     /// Totals since open (quantiles over the whole window ring).
@@ -249,7 +249,7 @@ impl VersionMetrics {
     /// The figures of the last `length` (rounded up to whole buckets, at most the ring).
     pub fn window(&self, now_ms: u64, length: Duration) -> MetricsSnapshot {
         let current = now_ms / BUCKET_MS;
-        let periods = (length.as_millis() as u64)
+        let periods = super::millis_saturating(length)
             .div_ceil(BUCKET_MS)
             .clamp(1, WINDOW_BUCKETS as u64);
         let oldest = current.saturating_sub(periods - 1);

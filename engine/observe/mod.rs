@@ -7,6 +7,7 @@ mod metrics;
 pub(crate) mod prometheus;
 
 pub(crate) use clock::jumped;
+pub(crate) use clock::{deadline_after, millis_saturating};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{MetricsSnapshot, Quantiles, VersionMetrics, BUCKET_MS, WINDOW_BUCKETS};
 

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::store::VersionCounters;
 
 /// One stage of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredStage", into = "StoredStage")]
 pub struct Stage {
-    /// The candidate's share of new instances, in basis points (100 = 1 %).
-    pub basis_points: u16,
+    /// The candidate's share of new instances in percent, as given: valid from over 0 to 100,
+    /// with at most two decimals (a basis point), checked by [`RolloutSpec::validate`].
+    pub percent: f64,
     /// How long the stage lasts at least (ms of the engine's clock).
     pub hold_ms: u64,
     /// How many of the candidate's instances must finish in the stage before it can pass — and
@@ -30,9 +32,43 @@ impl Stage {
     /// `min_finished` of its instances finished.
     pub fn new(percent: f64, hold: Duration, min_finished: u64) -> Self {
         Stage {
-            basis_points: (percent * 100.0).round().clamp(0.0, 10_000.0) as u16,
-            hold_ms: hold.as_millis() as u64,
+            percent,
+            hold_ms: crate::observe::millis_saturating(hold),
             min_finished,
+        }
+    }
+
+    /// The candidate's share in basis points (100 = 1 %); exact for a validated stage.
+    pub fn basis_points(&self) -> u16 {
+        crate::routing::percent_to_basis_points(self.percent).unwrap_or(0)
+    }
+}
+
+/// A stage as the store keeps it: only validated stages are stored, so basis points hold the
+/// share exactly, as they have since the first record format.
+#[derive(Serialize, Deserialize)]
+struct StoredStage {
+    basis_points: u16,
+    hold_ms: u64,
+    min_finished: u64,
+}
+
+impl From<StoredStage> for Stage {
+    fn from(stored: StoredStage) -> Self {
+        Stage {
+            percent: f64::from(stored.basis_points) / 100.0,
+            hold_ms: stored.hold_ms,
+            min_finished: stored.min_finished,
+        }
+    }
+}
+
+impl From<Stage> for StoredStage {
+    fn from(stage: Stage) -> Self {
+        StoredStage {
+            basis_points: stage.basis_points(),
+            hold_ms: stage.hold_ms,
+            min_finished: stage.min_finished,
         }
     }
 }
@@ -89,15 +125,18 @@ pub enum RolloutError {
         /// The rollout.
         name: String,
     },
-    /// Shares must rise and stay within (0, 100] %.
-    #[error("rollout '{name}': stage {stage} gives {basis_points} basis points; shares must rise from stage to stage within 0 < share <= 100 %")]
+    /// A stage's share is not a number over 0 and at most 100 with at most two decimals, or
+    /// does not rise over the stage before.
+    #[error("rollout '{name}': stages[{stage}] = {percent} %: {reason}")]
     BadShare {
         /// The rollout.
         name: String,
         /// The stage's index (from 0).
         stage: usize,
-        /// Its share.
-        basis_points: u16,
+        /// The share given, in percent.
+        percent: f64,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Candidate and stable are the same version.
     #[error("rollout '{name}': candidate and stable are both {version}")]
@@ -107,8 +146,8 @@ pub enum RolloutError {
         /// The version.
         version: Version,
     },
-    /// A rate gate outside [0, 1] or a multiplier below 1.
-    #[error("rollout '{name}': gate {gate} = {value} is out of range ({range})")]
+    /// A rate gate outside [0, 1], a multiplier below 1, a count of 0, or a value not finite.
+    #[error("rollout '{name}': gates.{gate} = {value} is out of range: it must be {range}")]
     BadGate {
         /// The rollout.
         name: String,
@@ -143,6 +182,22 @@ pub enum RolloutError {
         /// What was asked.
         operation: &'static str,
     },
+}
+
+impl RolloutError {
+    /// The field of the rollout's definition the error is about (`stages[1]`,
+    /// `gates.min_success_rate`), for naming the key of a config file's `[[rollouts]]` entry.
+    pub fn field(&self) -> String {
+        match self {
+            RolloutError::NoStages { .. } => "stages".to_string(),
+            RolloutError::BadShare { stage, .. } => format!("stages[{stage}]"),
+            RolloutError::SameVersion { .. } => "candidate".to_string(),
+            RolloutError::BadGate { gate, .. } => format!("gates.{gate}"),
+            RolloutError::Conflict { .. } | RolloutError::Unknown { .. } | RolloutError::Finished { .. } => {
+                "name".to_string()
+            }
+        }
+    }
 }
 
 impl RolloutSpec {
@@ -197,39 +252,58 @@ impl RolloutSpec {
                 version: self.candidate.clone(),
             });
         }
-        let mut previous = 0;
+        let mut previous: Option<&Stage> = None;
         for (index, stage) in self.stages.iter().enumerate() {
-            if stage.basis_points <= previous || stage.basis_points > 10_000 {
-                return Err(RolloutError::BadShare {
-                    name: name(),
-                    stage: index,
-                    basis_points: stage.basis_points,
-                });
-            }
-            previous = stage.basis_points;
-        }
-        let rates = [
-            ("max_error_rate_increase", self.gates.max_error_rate_increase),
-            ("min_success_rate", self.gates.min_success_rate),
-        ];
-        for (gate, value) in rates {
-            if let Some(value) = value.filter(|value| !(0.0..=1.0).contains(value)) {
-                return Err(RolloutError::BadGate {
-                    name: name(),
-                    gate,
-                    value,
-                    range: "0 to 1",
-                });
-            }
-        }
-        if let Some(value) = self.gates.max_latency_multiplier.filter(|value| *value < 1.0) {
-            return Err(RolloutError::BadGate {
+            let refuse = |reason: String| RolloutError::BadShare {
                 name: name(),
-                gate: "max_latency_multiplier",
-                value,
-                range: "1 or more",
-            });
+                stage: index,
+                percent: stage.percent,
+                reason,
+            };
+            let basis_points = crate::routing::percent_to_basis_points(stage.percent)
+                .filter(|basis_points| *basis_points > 0)
+                .ok_or_else(|| {
+                    refuse("a share must be a number over 0 and at most 100, with at most two decimals".into())
+                })?;
+            if let Some(previous) = previous.filter(|previous| basis_points <= previous.basis_points()) {
+                return Err(refuse(format!(
+                    "shares must rise from stage to stage, and stages[{}] gives {} %",
+                    index - 1,
+                    previous.percent
+                )));
+            }
+            previous = Some(stage);
         }
+        let gate = |gate: &'static str, value: Option<f64>, valid: fn(f64) -> bool, range: &'static str| match value {
+            Some(value) if !(value.is_finite() && valid(value)) => Err(RolloutError::BadGate {
+                name: name(),
+                gate,
+                value,
+                range,
+            }),
+            _ => Ok(()),
+        };
+        let rate = |value: f64| (0.0..=1.0).contains(&value);
+        let rate_range = "a number from 0 to 1 (0.05 = 5 %)";
+        gate(
+            "max_error_rate_increase",
+            self.gates.max_error_rate_increase,
+            rate,
+            rate_range,
+        )?;
+        gate("min_success_rate", self.gates.min_success_rate, rate, rate_range)?;
+        gate(
+            "max_latency_multiplier",
+            self.gates.max_latency_multiplier,
+            |value| value >= 1.0,
+            "a number of 1 or more (1.5 = 50 % slower than the stable)",
+        )?;
+        gate(
+            "max_consecutive_failures",
+            self.gates.max_consecutive_failures.map(|count| count as f64),
+            |count| count >= 1.0,
+            "a whole number of 1 or more",
+        )?;
         Ok(())
     }
 }
@@ -376,9 +450,7 @@ impl RolloutRecord {
     /// The candidate's share of new instances now, in basis points.
     pub fn candidate_share(&self) -> u16 {
         match self.status {
-            RolloutStatus::Running | RolloutStatus::Paused => {
-                self.current_stage().map_or(0, |stage| stage.basis_points)
-            }
+            RolloutStatus::Running | RolloutStatus::Paused => self.current_stage().map_or(0, Stage::basis_points),
             RolloutStatus::Promoted => 10_000,
             RolloutStatus::RolledBack => 0,
         }
@@ -623,5 +695,125 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("min_success_rate"));
+    }
+
+    /// Every number a definition takes is checked, and the message names the field and value.
+    #[test]
+    fn impossible_numbers_are_refused_naming_the_field_and_value() {
+        let one_stage = |percent: f64| {
+            RolloutSpec::new("w", Version::new(2, 0, 0), Version::new(1, 0, 0)).stage(Stage::new(
+                percent,
+                Duration::ZERO,
+                1,
+            ))
+        };
+        for (percent, shown) in [
+            (150.0, "stages[0] = 150 %"),
+            (100.01, "stages[0] = 100.01 %"),
+            (0.0, "stages[0] = 0 %"),
+            (-5.0, "stages[0] = -5 %"),
+            (f64::NAN, "stages[0] = NaN %"),
+            (f64::INFINITY, "stages[0] = inf %"),
+            (12.345, "stages[0] = 12.345 %"),
+        ] {
+            let error = one_stage(percent).validate().unwrap_err();
+            assert_eq!(error.field(), "stages[0]", "{percent}");
+            let message = error.to_string();
+            assert!(message.contains(shown), "{percent}: {message}");
+            assert!(message.contains("over 0 and at most 100"), "{percent}: {message}");
+        }
+        for percent in [0.01, 12.5, 99.99, 100.0] {
+            one_stage(percent).validate().unwrap();
+        }
+        let flat = one_stage(20.0).stage(Stage::new(20.0, Duration::ZERO, 1));
+        let message = flat.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("stages[1] = 20 %") && message.contains("must rise"),
+            "{message}"
+        );
+
+        let gates = |gates: Gates| one_stage(50.0).gates(gates).validate();
+        let refused = [
+            (
+                Gates {
+                    max_latency_multiplier: Some(f64::NAN),
+                    ..Gates::default()
+                },
+                "gates.max_latency_multiplier = NaN",
+            ),
+            (
+                Gates {
+                    max_latency_multiplier: Some(f64::INFINITY),
+                    ..Gates::default()
+                },
+                "gates.max_latency_multiplier = inf",
+            ),
+            (
+                Gates {
+                    max_latency_multiplier: Some(0.5),
+                    ..Gates::default()
+                },
+                "gates.max_latency_multiplier = 0.5",
+            ),
+            (
+                Gates {
+                    max_error_rate_increase: Some(-0.1),
+                    ..Gates::default()
+                },
+                "gates.max_error_rate_increase = -0.1",
+            ),
+            (
+                Gates {
+                    max_error_rate_increase: Some(f64::NAN),
+                    ..Gates::default()
+                },
+                "gates.max_error_rate_increase = NaN",
+            ),
+            (
+                Gates {
+                    min_success_rate: Some(1.01),
+                    ..Gates::default()
+                },
+                "gates.min_success_rate = 1.01",
+            ),
+            (
+                Gates {
+                    max_consecutive_failures: Some(0),
+                    ..Gates::default()
+                },
+                "gates.max_consecutive_failures = 0",
+            ),
+        ];
+        for (bad, shown) in refused {
+            let error = gates(bad).unwrap_err();
+            assert!(error.to_string().contains(shown), "{error}");
+            assert!(shown.starts_with(&format!("{} =", error.field())), "{error}");
+        }
+        gates(Gates {
+            max_error_rate_increase: Some(0.0),
+            max_latency_multiplier: Some(1.0),
+            min_success_rate: Some(1.0),
+            max_consecutive_failures: Some(1),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn stages_are_stored_as_basis_points_as_in_every_earlier_record() {
+        let stage = Stage::new(12.5, Duration::from_secs(3), 7);
+        let bytes = rmp_serde::to_vec_named(&stage).unwrap();
+        #[derive(Deserialize)]
+        struct Earlier {
+            basis_points: u16,
+            hold_ms: u64,
+            min_finished: u64,
+        }
+        let earlier: Earlier = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (earlier.basis_points, earlier.hold_ms, earlier.min_finished),
+            (1_250, 3_000, 7)
+        );
+        let back: Stage = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, stage);
     }
 }

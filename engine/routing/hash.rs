@@ -10,6 +10,15 @@ use xxhash_rust::xxh3::Xxh3;
 /// Buckets per workflow: percentages have basis-point precision.
 pub const BUCKETS: u16 = 10_000;
 
+/// A percentage as basis points (100 = 1 %): `None` unless it is a finite number from 0 to 100
+/// with at most two decimals, the finest share the buckets can give.
+pub fn percent_to_basis_points(percent: f64) -> Option<u16> {
+    let scaled = percent * 100.0;
+    let rounded = scaled.round();
+    let in_range = (0.0..=f64::from(BUCKETS)).contains(&rounded);
+    (in_range && (scaled - rounded).abs() <= 1e-6).then_some(rounded as u16)
+}
+
 fn finish(workflow: &str, key: &[u8]) -> u16 {
     let mut hasher = Xxh3::new();
     hasher.update(workflow.as_bytes());

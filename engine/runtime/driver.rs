@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::moves::AutoUpgrade;
 use super::Runtime;
 use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase, RECORD_FORMAT};
-use crate::observe::Event;
+use crate::observe::{deadline_after, Event};
 use crate::store::{CounterDelta, Op};
 use crate::workflow::{Next, StepCtx, StepFailure, StepOutcome, UpgradePolicy, VersionCode, WakeReason};
 
@@ -234,7 +234,7 @@ impl Runtime {
                     let wait = policy.backoff_before(next.attempt + 1);
                     next.attempt += 1;
                     next.phase = Phase::RetryBackoff {
-                        until_ms: now + wait.as_millis() as u64,
+                        until_ms: deadline_after(now, wait),
                         wake: persisted_from_wake(wake),
                     };
                 } else {
@@ -286,7 +286,7 @@ impl Runtime {
         if let Err(error) = self.commit_moves(&pair).await {
             tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
             self.timers
-                .arm(self.now() + self.options.commit_retry_delay.as_millis() as u64, id);
+                .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
             return Progress::Stalled;
         }
         let [(_, moved)] = pair;
@@ -421,6 +421,13 @@ impl Runtime {
             Op::AdjustCounters { delta, .. } => Some(*delta),
             _ => None,
         });
+        let deleted_signals: Vec<u64> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::DeleteSignal { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
         let committed = match record.encode() {
             Ok(encoded) => {
                 ops.push(Op::PutInstance(encoded));
@@ -431,7 +438,7 @@ impl Runtime {
         if let Err(error) = committed {
             tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
             self.timers
-                .arm(self.now() + self.options.commit_retry_delay.as_millis() as u64, id);
+                .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
             return Progress::Stalled;
         }
         if terminal {
@@ -448,11 +455,13 @@ impl Runtime {
             }
             self.rollouts_notice_finish(&key);
             let slot = self.table.remove(id);
+            let (waiters, inbox) = slot.map(|slot| (slot.waiters, slot.inbox)).unwrap_or_default();
             if let Some(outcome) = Outcome::from_phase(&record.phase) {
-                for waiter in slot.map(|slot| slot.waiters).unwrap_or_default() {
+                for waiter in waiters {
                     let _ = waiter.send(outcome.clone());
                 }
             }
+            self.delete_late_signals(id, inbox, &deleted_signals).await;
             self.events.emit(Event::InstanceFinished { id, key, status });
             if let Some(change) = change {
                 self.persist_status(change).await;
@@ -475,6 +484,29 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Deletes the signals that reached a finished instance's inbox after its finishing commit
+    /// was built (a signal stored while the instance was finishing), so none is left behind in
+    /// the store; like every unconsumed signal of a finished instance, they are dropped.
+    async fn delete_late_signals(&self, id: InstanceId, inbox: Vec<crate::store::SignalRecord>, deleted: &[u64]) {
+        let late: Vec<Op> = inbox
+            .into_iter()
+            .filter(|signal| !deleted.contains(&signal.seq))
+            .map(|signal| Op::DeleteSignal {
+                instance: id,
+                seq: signal.seq,
+            })
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        if let Err(error) = self.committer.commit(late).await {
+            // Harmless: the next open deletes signals of instances that are not live.
+            tracing::warn!(instance = %id, %error, "could not delete signals that arrived while the instance finished");
+        }
+    }
+}
+
 /// Applies what a step returned to the record: the new cursor and phase.
 fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn VersionCode, now: u64) {
     let from = record.step.clone();
@@ -491,7 +523,7 @@ fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn Versi
             };
         }
     };
-    let after = |duration: Duration| now + duration.as_millis() as u64;
+    let after = |duration: Duration| deadline_after(now, duration);
     match next {
         Next::Goto(step) => go(
             record,

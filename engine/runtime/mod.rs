@@ -32,7 +32,7 @@ use crate::observe::{Clock, Event, EventBus};
 use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
 use crate::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
 use crate::store::{CounterDelta, Op, SignalRecord, Store};
-use crate::workflow::VersionCode;
+use crate::workflow::{InitFailure, VersionCode};
 use committer::Committer;
 use table::{InstanceTable, Slot};
 use timers::TimerQueue;
@@ -103,6 +103,15 @@ impl TaskCount {
         if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
+    }
+}
+
+/// Ends one count of a `TaskCount` when dropped.
+struct TaskEnd(Arc<TaskCount>);
+
+impl Drop for TaskEnd {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -367,11 +376,34 @@ impl Runtime {
     /// internal holds the store open.
     pub(crate) fn spawn_tracked(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.tasks.begin();
-        let tasks = self.tasks.clone();
+        // Ends the count when dropped: after the task, or while a panic unwinds it, so that a
+        // task that dies cannot make shutdown wait forever.
+        let counted = TaskEnd(self.tasks.clone());
         tokio::spawn(async move {
             task.await;
-            tasks.end();
+            drop(counted);
         });
+    }
+
+    /// Runs `work` as a task of its own and waits for its result. Whatever commits and then
+    /// changes memory (a start, a signal, a config, a move) goes through here, so it runs to its
+    /// end even when the caller stops waiting — a dropped future, a timeout — and the store and
+    /// memory never disagree about it. Shutdown waits for it like for any internal task.
+    pub(crate) async fn to_completion<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        work: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (sender, receiver) = oneshot::channel();
+        self.spawn_tracked(async move {
+            let _ = sender.send(work.await);
+        });
+        receiver.await.unwrap_or_else(|_| {
+            Err(EngineError::Internal {
+                operation,
+                reason: "its task panicked".to_string(),
+            })
+        })
     }
 
     /// Counts a batch that shutdown must wait for (a move batch's commit).
@@ -522,9 +554,19 @@ impl Runtime {
         };
         let state = match code.initial_state(input) {
             Ok(state) => state,
-            Err(reason) => {
+            Err(failure) => {
                 self.registry.end_start(&key, None);
-                return Err(EngineError::InputDecode { key, reason });
+                return Err(match failure {
+                    InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
+                    InitFailure::Panicked(message) => EngineError::Init {
+                        key,
+                        reason: format!("it panicked: {message}"),
+                    },
+                    InitFailure::State(reason) => EngineError::Init {
+                        key,
+                        reason: format!("its state does not encode: {reason}"),
+                    },
+                });
             }
         };
         let now = self.now();
@@ -650,7 +692,7 @@ impl Runtime {
             Ok(Outcome::Cancelled) => Ok(()),
             Ok(other) => Err(EngineError::InstanceFinished {
                 id,
-                status: format!("{other:?}").to_lowercase(),
+                status: format!("{:?}", other.status()).to_lowercase(),
             }),
             Err(_) => Err(EngineError::ShuttingDown),
         }
@@ -720,8 +762,12 @@ impl Runtime {
             found.truncate(limit);
         }
         if filter.wants_terminal() && found.len() < limit {
+            // An instance that finished after the live ones were read is in the store's finished
+            // instances too: it is listed once, as it was read first.
+            let listed: std::collections::HashSet<InstanceId> = found.iter().map(|info| info.record.id).collect();
             let mut keep = |record: &InstanceRecord| {
-                filter.matches_key(&record.key)
+                !listed.contains(&record.id)
+                    && filter.matches_key(&record.key)
                     && filter
                         .status
                         .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))

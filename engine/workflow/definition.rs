@@ -129,9 +129,7 @@ pub struct WorkflowVersion<I, S, O> {
 type SignalCheck = fn(&[u8]) -> Result<(), String>;
 
 fn decodes_as<P: DeserializeOwned>(payload: &[u8]) -> Result<(), String> {
-    rmp_serde::from_slice::<P>(payload)
-        .map(|_| ())
-        .map_err(|error| error.to_string())
+    super::decode_user::<P>(payload).map(|_| ())
 }
 
 impl<I, S, O> WorkflowVersion<I, S, O>
@@ -287,6 +285,17 @@ pub(crate) enum StepFailure {
     Step(StepError),
 }
 
+/// Why a start's initial state could not be built (nothing is started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InitFailure {
+    /// The input does not decode as the version's input type.
+    Input(String),
+    /// The version's `init` panicked, with this message.
+    Panicked(String),
+    /// The state `init` built does not encode.
+    State(String),
+}
+
 /// A workflow version with its types erased: what the registry holds and the runtime runs.
 pub(crate) trait VersionCode: Send + Sync + 'static {
     fn workflow(&self) -> &Arc<str>;
@@ -299,7 +308,7 @@ pub(crate) trait VersionCode: Send + Sync + 'static {
     /// Checks a signal payload against the declared type of signal `name`, if one is declared.
     fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String>;
     /// Decodes an input and builds the encoded initial state.
-    fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String>;
+    fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, InitFailure>;
     /// Runs the step named in `ctx` on the encoded state.
     fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>>;
 }
@@ -356,10 +365,10 @@ where
         self.signals.get(name).map_or(Ok(()), |check| check(payload))
     }
 
-    fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, String> {
-        let input: I = rmp_serde::from_slice(input).map_err(|error| error.to_string())?;
-        let state = (self.init)(input);
-        rmp_serde::to_vec_named(&state).map_err(|error| error.to_string())
+    fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, InitFailure> {
+        let input: I = super::decode_user(input).map_err(InitFailure::Input)?;
+        let state = super::catch_user_panic(|| (self.init)(input)).map_err(InitFailure::Panicked)?;
+        super::encode_user(&state).map_err(InitFailure::State)
     }
 
     fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>> {

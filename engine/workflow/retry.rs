@@ -59,12 +59,19 @@ impl RetryPolicy {
         self
     }
 
-    /// The wait before attempt number `next_attempt` (2 for the first retry).
+    /// The wait before attempt number `next_attempt` (2 for the first retry): the initial
+    /// backoff times the multiplier per further retry, never more than `max_backoff`. Any
+    /// durations and multiplier (huge, zero, NaN) give a wait within `0..=max_backoff`.
     pub fn backoff_before(&self, next_attempt: u32) -> Duration {
         let exponent = next_attempt.saturating_sub(2).min(64) as i32;
+        // `max` also turns a NaN multiplier into 1.
         let factor = self.backoff_multiplier.max(1.0).powi(exponent);
         let wait = self.initial_backoff.as_secs_f64() * factor;
-        Duration::from_secs_f64(wait.min(self.max_backoff.as_secs_f64()))
+        if wait.is_nan() || wait >= self.max_backoff.as_secs_f64() {
+            // Reached the cap (or NaN from 0 × infinity): the cap, exactly.
+            return self.max_backoff;
+        }
+        Duration::try_from_secs_f64(wait).unwrap_or(self.max_backoff)
     }
 
     /// Whether another attempt is allowed after attempt number `attempt` failed.
@@ -87,6 +94,27 @@ mod tests {
         assert_eq!(policy.backoff_before(5), Duration::from_millis(500));
         assert!(policy.allows_retry_after(9));
         assert!(!policy.allows_retry_after(10));
+    }
+
+    #[test]
+    fn extreme_policies_give_a_wait_within_the_cap_instead_of_panicking() {
+        let huge = RetryPolicy::exponential(100, Duration::MAX).with_max_backoff(Duration::MAX);
+        for attempt in [2, 3, 50, 100, u32::MAX] {
+            assert_eq!(huge.backoff_before(attempt), Duration::MAX, "attempt {attempt}");
+        }
+        let mut steep = RetryPolicy::exponential(100, Duration::from_secs(1)).with_max_backoff(Duration::MAX);
+        steep.backoff_multiplier = f64::INFINITY;
+        assert_eq!(steep.backoff_before(2), Duration::from_secs(1));
+        assert_eq!(steep.backoff_before(3), Duration::MAX);
+        let mut odd = RetryPolicy::exponential(100, Duration::ZERO).with_max_backoff(Duration::from_secs(5));
+        odd.backoff_multiplier = f64::INFINITY;
+        assert_eq!(
+            odd.backoff_before(3),
+            Duration::from_secs(5),
+            "0 × infinity is NaN: the cap"
+        );
+        odd.backoff_multiplier = f64::NAN;
+        assert_eq!(odd.backoff_before(3), Duration::ZERO, "a NaN multiplier counts as 1");
     }
 
     #[test]
