@@ -18,7 +18,7 @@ use crate::registry::{parse_version, VersionInfo, VersionStatus};
 use crate::rollout::{RolloutRecord, RolloutSpec};
 use crate::routing::{RoutingSpec, VersionRequest};
 use crate::runtime::{Definitions, Durability, RolloutOperation, Runtime, RuntimeOptions};
-use crate::store::{AppliedConfig, CorruptRecord, Op, SledStore, Store, StoreStats};
+use crate::store::{AppliedConfig, CorruptRecord, Op, PostgresStore, SledStore, Store, StoreStats};
 use crate::workflow::{VersionCode, WorkflowVersion};
 
 /// How to start an instance besides its workflow and input.
@@ -58,6 +58,7 @@ impl StartOptions {
 /// Configures and opens an [`Engine`].
 pub struct EngineBuilder {
     data_dir: Option<PathBuf>,
+    database_url: Option<String>,
     store: Option<Arc<dyn Store>>,
     codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
     migrations: Vec<StateMigration>,
@@ -71,6 +72,15 @@ impl EngineBuilder {
     /// The directory of the embedded sled store (created if missing).
     pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(path.into());
+        self
+    }
+
+    /// A PostgreSQL database to use instead of the embedded sled store
+    /// (`postgres://user:password@host:5432/database`); Strata creates or upgrades its tables
+    /// there. `open` fails naming the problem if the URL, the server, the credentials or the
+    /// database are wrong.
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
         self
     }
 
@@ -172,18 +182,11 @@ impl EngineBuilder {
             migrations: self.migrations,
             step_mappings: self.step_mappings,
         };
-        let store: Arc<dyn Store> = match (self.store, self.data_dir) {
-            (Some(store), _) => store,
-            (None, Some(path)) => {
-                let opened = tokio::task::spawn_blocking(move || SledStore::open(path))
-                    .await
-                    .map_err(|error| crate::store::StoreError::Backend {
-                        operation: "open",
-                        message: error.to_string(),
-                    })??;
-                Arc::new(opened)
-            }
-            (None, None) => return Err(EngineError::NoStore),
+        let store: Arc<dyn Store> = match (self.store, self.database_url, self.data_dir) {
+            (Some(store), _, _) => store,
+            (None, Some(url), _) => Arc::new(open_blocking(move || PostgresStore::connect(&url)).await?),
+            (None, None, Some(path)) => Arc::new(open_blocking(move || SledStore::open(path)).await?),
+            (None, None, None) => return Err(EngineError::NoStore),
         };
         let runtime = Runtime::open(store, definitions, self.options).await?;
         let (schedules, schedules_in_force) = tokio::sync::watch::channel(Arc::new(Vec::new()));
@@ -208,6 +211,19 @@ impl EngineBuilder {
         }
         Ok(engine)
     }
+}
+
+/// Opens a store off the async executor (both backends block while they open).
+async fn open_blocking<S: Send + 'static>(
+    open: impl FnOnce() -> Result<S, crate::store::StoreError> + Send + 'static,
+) -> Result<S, EngineError> {
+    let opened = tokio::task::spawn_blocking(open)
+        .await
+        .map_err(|error| crate::store::StoreError::Backend {
+            operation: "open",
+            message: error.to_string(),
+        })??;
+    Ok(opened)
 }
 
 /// The config in force: its generation (0: none yet) and its text.
@@ -244,6 +260,7 @@ impl Engine {
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
             data_dir: None,
+            database_url: None,
             store: None,
             codes: Vec::new(),
             migrations: Vec::new(),

@@ -128,7 +128,7 @@ pub enum EngineError {
     #[error("the engine is shutting down; nothing new is accepted")]
     ShuttingDown,
     /// The builder was given no data directory and no store.
-    #[error("the engine needs a store: call EngineBuilder::data_dir(path) or EngineBuilder::store(store)")]
+    #[error("the engine needs a store: call EngineBuilder::data_dir(path), EngineBuilder::postgres(url) or EngineBuilder::store(store)")]
     NoStore,
 }
 

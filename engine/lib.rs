@@ -32,7 +32,7 @@ pub use registry::{VersionInfo, VersionStatus};
 pub use rollout::{Gates, OnRollback, RolloutSpec, Stage};
 pub use runtime::Durability;
 pub use semver::Version;
-pub use store::{SledStore, Store, StoreError};
+pub use store::{PostgresStore, SledStore, Store, StoreError};
 pub use workflow::{
     DefinitionError, Next, RetryPolicy, StepCtx, StepError, StepResult, UpgradePolicy, WakeReason, WorkflowVersion,
 };

@@ -258,6 +258,9 @@ impl InstanceRecord {
         Ok(EncodedInstance {
             id: self.id,
             finished: self.phase.is_terminal(),
+            key: self.key.clone(),
+            status: InstanceStatus::of_phase(&self.phase),
+            due_ms: self.phase.timer_due_ms(),
             bytes,
         })
     }
@@ -276,6 +279,12 @@ pub struct EncodedInstance {
     pub id: InstanceId,
     /// Whether it has finished (finished records are kept apart from live ones).
     pub finished: bool,
+    /// Its version (a column a database can query by).
+    pub key: VersionKey,
+    /// Its status as committed.
+    pub status: InstanceStatus,
+    /// When its timer is due, if it waits for one (ms since the Unix epoch).
+    pub due_ms: Option<u64>,
     /// The encoded record.
     pub bytes: Vec<u8>,
 }
@@ -364,6 +373,22 @@ impl InstanceStatus {
             Phase::Completed { .. } => InstanceStatus::Completed,
             Phase::Failed { .. } => InstanceStatus::Failed,
             Phase::Cancelled => InstanceStatus::Cancelled,
+        }
+    }
+
+    /// The status's name in snake case (`waiting_signal`), as stored in a database column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Ready => "ready",
+            InstanceStatus::Running => "running",
+            InstanceStatus::Sleeping => "sleeping",
+            InstanceStatus::WaitingSignal => "waiting_signal",
+            InstanceStatus::RetryBackoff => "retry_backoff",
+            InstanceStatus::Parked => "parked",
+            InstanceStatus::Quarantined => "quarantined",
+            InstanceStatus::Completed => "completed",
+            InstanceStatus::Failed => "failed",
+            InstanceStatus::Cancelled => "cancelled",
         }
     }
 

@@ -5,9 +5,11 @@
 //! applied work durable, `recover` returns everything a starting engine needs. The trait names no
 //! backend concept (no trees, no files, no SQL), so a PostgreSQL backend can implement it.
 
+mod postgres;
 pub mod sled_format1;
 mod sled_store;
 
+pub use postgres::PostgresStore;
 pub use sled_store::SledStore;
 
 pub use crate::migrate::MigrationJobRecord;
@@ -36,6 +38,27 @@ pub enum StoreError {
         /// The newest format this build reads.
         supported: u32,
     },
+    /// The PostgreSQL database cannot be used: the URL does not parse, the server cannot be
+    /// reached, it refused the credentials, or the database does not exist.
+    #[error("cannot use the PostgreSQL database {target}: {reason}; {hint}")]
+    Database {
+        /// What was asked for: `user@host:port/database`, never the password.
+        target: String,
+        /// What went wrong.
+        problem: DatabaseProblem,
+        /// The server's or the client's words.
+        reason: String,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// The database's schema was written by a newer Strata.
+    #[error("the PostgreSQL database has Strata schema {found}, but this build knows schemas up to {supported}; upgrade Strata to use it")]
+    NewerSchema {
+        /// The database's schema.
+        found: u32,
+        /// The newest schema this build knows.
+        supported: u32,
+    },
     /// A record could not be encoded.
     #[error("could not encode {what}: {message}")]
     Encode {
@@ -44,6 +67,40 @@ pub enum StoreError {
         /// Why it failed.
         message: String,
     },
+}
+
+/// Why a PostgreSQL database cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseProblem {
+    /// The URL does not parse.
+    InvalidUrl,
+    /// No server answered at the host and port (refused, unreachable, timed out).
+    Unreachable,
+    /// The server refused the user or password.
+    Authentication,
+    /// The server has no database of that name.
+    MissingDatabase,
+    /// Anything else the server said.
+    Other,
+}
+
+/// Decodes a live instance record stored under `id`, or says why it cannot be used (it does not
+/// decode, names another instance, or has a format newer than this build's).
+pub(crate) fn decode_live_record(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, CorruptRecord> {
+    let corrupt = |reason| CorruptRecord { id, reason };
+    match InstanceRecord::decode(bytes) {
+        Ok(record) if record.format > crate::instance::RECORD_FORMAT => Err(corrupt(format!(
+            "record format {} is newer than this build's {}",
+            record.format,
+            crate::instance::RECORD_FORMAT
+        ))),
+        Ok(record) if record.id != id => Err(corrupt(format!(
+            "record says it is instance {} but is stored as {id}",
+            record.id
+        ))),
+        Ok(record) => Ok(record),
+        Err(reason) => Err(corrupt(reason)),
+    }
 }
 
 /// A signal delivered to an instance and not yet consumed by a step.

@@ -325,20 +325,9 @@ impl Store for SledStore {
             let Some(id) = id_from_key(LIVE, &key) else {
                 continue;
             };
-            match InstanceRecord::decode(&value) {
-                Ok(record) if record.format > RECORD_FORMAT => state.corrupt.push(CorruptRecord {
-                    id,
-                    reason: format!(
-                        "record format {} is newer than this build's {RECORD_FORMAT}",
-                        record.format
-                    ),
-                }),
-                Ok(record) if record.id != id => state.corrupt.push(CorruptRecord {
-                    id,
-                    reason: format!("record says it is instance {} but is stored as {id}", record.id),
-                }),
+            match super::decode_live_record(id, &value) {
                 Ok(record) => state.live.push(record),
-                Err(reason) => state.corrupt.push(CorruptRecord { id, reason }),
+                Err(corrupt) => state.corrupt.push(corrupt),
             }
         }
         state.signals = self.collect::<SignalRecord>(SIGNALS, "signal")?;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod probe;
 pub mod tally;
 
@@ -18,6 +19,62 @@ pub fn builder(dir: &Path) -> EngineBuilder {
         .data_dir(dir)
         .durability(Durability::Sync)
         .commit_retry_delay(Duration::from_millis(10))
+}
+
+/// Where a test's engine keeps its data: the embedded sled store in a temporary directory, or a
+/// fresh PostgreSQL database. Opening it again (another `builder()`) reopens the same data.
+pub enum Backend {
+    /// sled in this directory.
+    Sled(tempfile::TempDir),
+    /// A database of the test's own.
+    Postgres(postgres::TestDatabase),
+}
+
+impl Backend {
+    /// An empty sled store.
+    pub fn sled() -> Backend {
+        Backend::Sled(tempfile::tempdir().expect("temporary directory"))
+    }
+
+    /// An empty PostgreSQL database (fails, saying how to provide one, without a server).
+    pub fn postgres() -> Backend {
+        Backend::Postgres(postgres::TestDatabase::create())
+    }
+
+    /// A builder on this backend with fast commit retries.
+    pub fn builder(&self) -> EngineBuilder {
+        let builder = Engine::builder()
+            .durability(Durability::Sync)
+            .commit_retry_delay(Duration::from_millis(10));
+        match self {
+            Backend::Sled(dir) => builder.data_dir(dir.path()),
+            Backend::Postgres(database) => builder.postgres(&database.url),
+        }
+    }
+}
+
+/// Generates, for each named `async fn(Backend)`, one test on sled and one on PostgreSQL, in
+/// modules `sled` and `postgres`, so the two stores cannot drift apart.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($behaviour:ident),* $(,)?) => {
+        mod sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour($crate::common::Backend::sled()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour($crate::common::Backend::postgres()).await
+                }
+            )*
+        }
+    };
 }
 
 /// A builder with every workflow version of `strata-workflows` registered.

@@ -1,0 +1,145 @@
+//! Strata's own tables in PostgreSQL and the versioned migrations that create and upgrade them.
+//!
+//! Migrations are numbered from 1 and applied in order inside one transaction that first takes a
+//! transaction-scoped advisory lock, so engines starting at once on an empty database serialise
+//! here and all succeed; `strata_schema` records each applied number. A database whose newest
+//! applied migration is above this build's is refused: a newer Strata wrote it.
+
+use tokio_postgres::Client;
+
+use crate::store::StoreError;
+
+/// The key of the advisory lock held while migrations run (any fixed number; "STRATA" in ASCII).
+const MIGRATION_LOCK: i64 = 0x5354_5241_5441;
+
+/// Each migration: its number, what it does, and its SQL.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "instances, signals, versions, history, workers", V1)];
+
+/// The newest schema this build knows.
+pub(crate) const SCHEMA_VERSION: i32 = 1;
+
+/// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
+/// columns the database must query: liveness, version, status, due time and the claim.
+const V1: &str = "
+CREATE TABLE strata_meta (
+    key text PRIMARY KEY,
+    value bigint NOT NULL
+);
+CREATE TABLE strata_instances (
+    id bigint PRIMARY KEY,
+    workflow text NOT NULL,
+    version text NOT NULL,
+    live boolean NOT NULL,
+    status text NOT NULL,
+    due_ms bigint,
+    owner text,
+    lease_until_ms bigint,
+    fence bigint NOT NULL DEFAULT 0,
+    record bytea NOT NULL
+);
+CREATE INDEX strata_instances_live ON strata_instances (workflow, version) WHERE live;
+CREATE INDEX strata_instances_due ON strata_instances (due_ms) WHERE live AND due_ms IS NOT NULL;
+CREATE INDEX strata_instances_finished ON strata_instances (id) WHERE NOT live;
+CREATE TABLE strata_quarantine (
+    id bigint PRIMARY KEY,
+    reason text NOT NULL,
+    raw bytea NOT NULL
+);
+CREATE TABLE strata_signals (
+    instance bigint NOT NULL,
+    seq bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (instance, seq)
+);
+CREATE TABLE strata_versions (
+    workflow text NOT NULL,
+    version text NOT NULL,
+    status text,
+    live bigint NOT NULL DEFAULT 0,
+    started bigint NOT NULL DEFAULT 0,
+    completed bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    cancelled bigint NOT NULL DEFAULT 0,
+    moved_in bigint NOT NULL DEFAULT 0,
+    moved_out bigint NOT NULL DEFAULT 0,
+    first_start_ms bigint,
+    last_start_ms bigint,
+    PRIMARY KEY (workflow, version)
+);
+CREATE TABLE strata_configs (
+    generation bigint PRIMARY KEY,
+    source text NOT NULL,
+    text text NOT NULL,
+    applied_at_ms bigint NOT NULL
+);
+CREATE TABLE strata_schedule_fires (
+    schedule text PRIMARY KEY,
+    fire_ms bigint NOT NULL
+);
+CREATE TABLE strata_migration_jobs (
+    workflow text PRIMARY KEY,
+    record bytea NOT NULL
+);
+CREATE TABLE strata_rollouts (
+    name text PRIMARY KEY,
+    record bytea NOT NULL
+);
+CREATE TABLE strata_workers (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid bigint NOT NULL,
+    started_at_ms bigint NOT NULL,
+    heartbeat_ms bigint NOT NULL,
+    versions text[] NOT NULL,
+    stopped_at_ms bigint
+);
+";
+
+fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |error| StoreError::Backend {
+        operation,
+        message: super::describe(&error),
+    }
+}
+
+/// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
+pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let transaction = client.transaction().await.map_err(failed("migrate schema"))?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(failed("lock schema"))?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS strata_schema (
+                version integer PRIMARY KEY,
+                description text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(failed("create schema table"))?;
+    let row = transaction
+        .query_one("SELECT COALESCE(max(version), 0) FROM strata_schema", &[])
+        .await
+        .map_err(failed("read schema version"))?;
+    let found: i32 = row.get(0);
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: found as u32,
+            supported: SCHEMA_VERSION as u32,
+        });
+    }
+    for (number, description, sql) in MIGRATIONS.iter().filter(|(number, ..)| *number > found) {
+        tracing::info!(schema = number, description, "applying a PostgreSQL schema migration");
+        transaction.batch_execute(sql).await.map_err(failed("migrate schema"))?;
+        transaction
+            .execute(
+                "INSERT INTO strata_schema (version, description) VALUES ($1, $2)",
+                &[number, description],
+            )
+            .await
+            .map_err(failed("record schema version"))?;
+    }
+    transaction.commit().await.map_err(failed("migrate schema"))
+}

@@ -1,0 +1,470 @@
+//! The behaviours every store must give, run against sled and PostgreSQL alike (modules `sled`
+//! and `postgres`): pinning, residency and missing code (invariants 1 and 3), durable timers and
+//! signals, state migration (invariant 6), watched rollouts (invariant 7), config history
+//! (invariant 5), moves, and listing finished instances — each across a restart.
+
+mod common;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::probe::{self, Probe};
+use common::tally::{self, TallyV2};
+use common::*;
+use strata::migrate::MigrationState;
+use strata::registry::RegistryError;
+use strata::rollout::{Gate, RolloutStatus, Transition};
+use strata::{
+    EngineError, Event, Gates, InstanceFilter, InstanceStatus, ManualClock, MigrationJob, MoveRequest, Next,
+    RolloutSpec, Stage, StartOptions, StepCtx, StepResult, Version, VersionStatus, WorkflowVersion,
+};
+use strata_workflows::order::{self, OrderOutput};
+
+fn v(text: &str) -> Version {
+    Version::parse(text).unwrap()
+}
+
+on_both_stores!(
+    instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_version,
+    a_version_drains_exactly_when_its_last_instance_ends,
+    opening_without_the_code_of_live_instances_fails_naming_them,
+    durable_timers_and_signals_survive_a_restart,
+    background_migration_survives_a_restart_and_migrates_each_record_once,
+    a_failing_candidate_is_rolled_back_and_its_record_survives_a_restart,
+    every_applied_config_is_kept_and_any_can_be_restored_after_a_restart,
+    moved_instances_keep_exact_counters_on_both_versions,
+    finished_instances_are_listed_and_read_after_a_restart,
+);
+
+async fn instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_version(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
+    let input = small_order(1);
+    let old = engine.start(order::WORKFLOW, &input).await.unwrap();
+    wait_for_status(&engine, old, InstanceStatus::WaitingSignal).await;
+    engine.shutdown().await;
+
+    let engine = backend
+        .builder()
+        .register(order::v1_0())
+        .register(order::v2_0())
+        .open()
+        .await
+        .unwrap();
+    let new = engine.start(order::WORKFLOW, &small_order(2)).await.unwrap();
+    assert_eq!(engine.instance(new).unwrap().version().to_string(), "2.0.0");
+    engine
+        .signal(old, order::PAYMENT_SIGNAL, &full_payment(&input))
+        .await
+        .unwrap();
+    let shipped: OrderOutput = outcome_within(&engine, old).await.output().unwrap();
+    assert_eq!(shipped.status, "shipped");
+    let finished = engine.instance(old).unwrap();
+    assert_eq!(finished.version().to_string(), "1.0.0");
+    let state = order::order_state(&finished).unwrap();
+    assert_eq!(
+        state.history,
+        order::expected_history("1.0.0"),
+        "only 1.0.0's steps ran"
+    );
+    engine.shutdown().await;
+}
+
+async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) {
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for count in 0..3u64 {
+        ids.push(engine.start(tally::WORKFLOW, &count).await.unwrap());
+    }
+    for id in &ids {
+        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
+    }
+    assert_eq!(
+        engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap(),
+        VersionStatus::Draining
+    );
+    let refused = engine.retire(tally::WORKFLOW, "1.0.0").await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            EngineError::Registry(RegistryError::LiveInstances { live: 3, .. })
+        ),
+        "{refused}"
+    );
+    engine.shutdown().await;
+
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+    assert_eq!(
+        (info.status, info.counters.live, info.counters.started),
+        (VersionStatus::Draining, 3, 3)
+    );
+    let mut events = engine.subscribe();
+    for (index, id) in ids.iter().enumerate() {
+        engine.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&engine, *id).await;
+        let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+        assert_eq!(info.counters.live, (ids.len() - index - 1) as u64);
+    }
+    wait_for_event(&mut events, |event| matches!(event, Event::VersionDrained { .. })).await;
+    let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+    assert_eq!(info.status, VersionStatus::Drained);
+    assert!(info.safe_to_remove());
+    assert_eq!(info.counters.completed, 3);
+    engine.retire(tally::WORKFLOW, "1.0.0").await.unwrap();
+    engine.shutdown().await;
+
+    let engine = backend.builder().open().await.unwrap();
+    let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+    assert_eq!(
+        (info.status, info.counters.live, info.counters.completed),
+        (VersionStatus::Retired, 0, 3)
+    );
+    engine.shutdown().await;
+}
+
+async fn opening_without_the_code_of_live_instances_fails_naming_them(backend: Backend) {
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    for count in 0..2u64 {
+        let id = engine.start(tally::WORKFLOW, &count).await.unwrap();
+        wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
+    }
+    engine.shutdown().await;
+    let refused = backend.builder().open().await.err().expect("open without the code");
+    let message = refused.to_string();
+    assert!(
+        matches!(&refused, EngineError::MissingVersions { missing } if missing.len() == 1 && missing[0].1 == 2),
+        "{message}"
+    );
+    assert!(message.contains("tally@1.0.0 (2 live)"), "{message}");
+    let parked = backend.builder().park_unregistered(true).open().await.unwrap();
+    assert_eq!(
+        parked
+            .list(&InstanceFilter::default().with_status(InstanceStatus::Parked))
+            .unwrap()
+            .len(),
+        2
+    );
+    parked.shutdown().await;
+}
+
+async fn nap(_ctx: StepCtx, _state: &mut u32) -> StepResult<String> {
+    Ok(Next::sleep(Duration::from_secs(3_600), "wait"))
+}
+
+async fn wait_for_wake(_ctx: StepCtx, _state: &mut u32) -> StepResult<String> {
+    Ok(Next::wait_signal_with_timeout(
+        "wake",
+        "end",
+        Duration::from_secs(86_400),
+    ))
+}
+
+async fn end(ctx: StepCtx, _state: &mut u32) -> StepResult<String> {
+    Ok(Next::complete(if ctx.timed_out() {
+        "timed out".to_string()
+    } else {
+        format!("woken with {}", ctx.signal::<u32>()?.unwrap_or_default())
+    }))
+}
+
+/// Sleeps an hour, then waits a day for `wake`.
+fn napper() -> WorkflowVersion<u32, u32, String> {
+    WorkflowVersion::new("napper", "1.0.0")
+        .init(|n: u32| n)
+        .signal_type::<u32>("wake")
+        .step("nap", nap)
+        .step("wait", wait_for_wake)
+        .step("end", end)
+}
+
+async fn durable_timers_and_signals_survive_a_restart(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let open = || backend.builder().clock(clock.clone()).register(napper()).open();
+    let engine = open().await.unwrap();
+    let early = engine.start("napper", &1u32).await.unwrap();
+    let late = engine.start("napper", &2u32).await.unwrap();
+    wait_for_status(&engine, early, InstanceStatus::Sleeping).await;
+    wait_for_status(&engine, late, InstanceStatus::Sleeping).await;
+    // A signal sent before the instance waits for it is kept until it does.
+    engine.signal(early, "wake", &7u32).await.unwrap();
+    engine.shutdown().await;
+
+    let engine = open().await.unwrap();
+    assert_eq!(engine.instance(late).unwrap().status, InstanceStatus::Sleeping);
+    clock.advance(Duration::from_secs(3_600));
+    assert_eq!(
+        outcome_within(&engine, early).await.output::<String>().unwrap(),
+        "woken with 7"
+    );
+    wait_for_status(&engine, late, InstanceStatus::WaitingSignal).await;
+    engine.shutdown().await;
+
+    let engine = open().await.unwrap();
+    clock.advance(Duration::from_secs(86_400));
+    assert_eq!(
+        outcome_within(&engine, late).await.output::<String>().unwrap(),
+        "timed out"
+    );
+    engine.shutdown().await;
+}
+
+async fn background_migration_survives_a_restart_and_migrates_each_record_once(backend: Backend) {
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    // Counts clear of the ones the tally migration refuses (13) or holds (999).
+    for count in 100..140u64 {
+        ids.push(engine.start(tally::WORKFLOW, &count).await.unwrap());
+    }
+    for id in &ids {
+        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
+    }
+    engine.shutdown().await;
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let open = || {
+        backend
+            .builder()
+            .register(tally::on_schema_2("1.0.0"))
+            .migration(tally::migration(calls.clone()))
+            .open()
+    };
+    let engine = open().await.unwrap();
+    let mut events = engine.subscribe();
+    // Batches of 10 at 100 records a second: the pause lands while the job has work left.
+    let job = engine
+        .migrate_states(MigrationJob::new(tally::WORKFLOW).batch_size(10).max_per_second(100))
+        .unwrap();
+    wait_for_event(&mut events, |event| matches!(event, Event::MigrationProgress { .. })).await;
+    job.pause();
+    wait_until(&engine, |_| job.progress().state == MigrationState::Paused).await;
+    let paused = job.progress();
+    assert!(paused.migrated >= 10 && paused.remaining > 0, "{paused:?}");
+    engine.shutdown().await;
+    // The pause and the counts were stored; the job is back at the next open, still paused.
+    let engine = open().await.unwrap();
+    let job = engine.migration(tally::WORKFLOW).expect("the job resumed at open");
+    assert_eq!(job.progress().state, MigrationState::Paused);
+    assert_eq!(job.progress().migrated, paused.migrated);
+    job.resume();
+    let progress = tokio::time::timeout(Duration::from_secs(30), job.finished())
+        .await
+        .expect("the migration finished");
+    assert_eq!(
+        (progress.migrated, progress.failed, progress.remaining),
+        (40, 0, 0),
+        "{progress:?}"
+    );
+    for id in &ids {
+        let info = engine.instance(*id).unwrap();
+        assert_eq!(info.state_schema(), 2);
+        let state: TallyV2 = info.state().unwrap();
+        assert_eq!(state.stamps, 1, "instance {id} was migrated once");
+        assert_eq!(state.doubled, state.count * 2);
+    }
+    engine.signal(ids[3], tally::GO, &()).await.unwrap();
+    assert_eq!(
+        outcome_within(&engine, ids[3]).await.output::<u64>().unwrap(),
+        309,
+        "103 + 2 × 103"
+    );
+    engine.shutdown().await;
+}
+
+async fn a_failing_candidate_is_rolled_back_and_its_record_survives_a_restart(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let open = || {
+        backend
+            .builder()
+            .clock(clock.clone())
+            .register(probe::version("1.0.0"))
+            .register(probe::version("2.0.0"))
+            .open()
+    };
+    let engine = open().await.unwrap();
+    let spec = RolloutSpec::new(probe::WORKFLOW, v("2.0.0"), v("1.0.0"))
+        .stage(Stage::new(50.0, Duration::from_secs(600), 10))
+        .stage(Stage::new(100.0, Duration::from_secs(600), 10))
+        .gates(Gates {
+            max_error_rate_increase: Some(0.05),
+            ..Gates::default()
+        });
+    let name = spec.name.clone();
+    engine.start_rollout(spec).await.unwrap();
+    let mut n = 0;
+    while engine.rollout(&name).unwrap().status == RolloutStatus::Running {
+        assert!(n < 2_000, "no rollback after {n} probes");
+        let options = StartOptions::new().routing_key(format!("customer-{n}"));
+        let id = engine
+            .start_with(probe::WORKFLOW, &Probe { n, wait: false }, options)
+            .await
+            .unwrap();
+        let _ = outcome_within(&engine, id).await;
+        engine.evaluate_rollouts().await.unwrap();
+        n += 1;
+    }
+    engine.shutdown().await;
+
+    let engine = open().await.unwrap();
+    let record = engine.rollout(&name).unwrap();
+    assert_eq!(record.status, RolloutStatus::RolledBack);
+    assert!(
+        record.history.iter().any(|entry| matches!(
+            entry.transition,
+            Transition::RolledBack {
+                gate: Some(Gate::ErrorRateIncrease),
+                ..
+            }
+        )),
+        "{:?}",
+        record.history
+    );
+    for n in 10_000..10_050 {
+        let options = StartOptions::new().routing_key(format!("customer-{n}"));
+        let id = engine
+            .start_with(probe::WORKFLOW, &Probe { n, wait: false }, options)
+            .await
+            .unwrap();
+        assert_eq!(engine.instance(id).unwrap().version().to_string(), "1.0.0");
+    }
+    engine.shutdown().await;
+}
+
+async fn every_applied_config_is_kept_and_any_can_be_restored_after_a_restart(backend: Backend) {
+    let open = || backend.builder().register(order::v1_0()).register(order::v2_0()).open();
+    let engine = open().await.unwrap();
+    let first = "[workflows.order]\ndefault = \"=1.0.0\"\n";
+    let second = "[workflows.order]\ndefault = \"=2.0.0\"\n";
+    assert_eq!(engine.apply_config("strata.toml", first).await.unwrap(), 1);
+    assert_eq!(engine.apply_config("strata.toml", second).await.unwrap(), 2);
+    engine
+        .apply_config("strata.toml", "[workflows.order]\ndefault = \"^9\"\n")
+        .await
+        .unwrap_err();
+    engine.shutdown().await;
+
+    let engine = open().await.unwrap();
+    let routed = engine.start(order::WORKFLOW, &small_order(1)).await.unwrap();
+    assert_eq!(
+        engine.instance(routed).unwrap().version().to_string(),
+        "2.0.0",
+        "generation 2 in force"
+    );
+    let history = engine.config_history().unwrap();
+    let generations: Vec<(u64, &str)> = history
+        .iter()
+        .map(|record| (record.generation, record.text.as_str()))
+        .collect();
+    assert_eq!(
+        generations,
+        vec![(1, first), (2, second)],
+        "the invalid config was not kept"
+    );
+    assert_eq!(engine.restore_config(1).await.unwrap(), 3);
+    let routed = engine.start(order::WORKFLOW, &small_order(2)).await.unwrap();
+    assert_eq!(engine.instance(routed).unwrap().version().to_string(), "1.0.0");
+    engine.shutdown().await;
+}
+
+async fn moved_instances_keep_exact_counters_on_both_versions(backend: Backend) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_2("2.0.0"))
+        .migration(tally::migration(calls))
+        .open()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for count in 0..10u64 {
+        let options = StartOptions::new().version("=1.0.0");
+        ids.push(engine.start_with(tally::WORKFLOW, &count, options).await.unwrap());
+    }
+    for id in &ids {
+        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
+    }
+    let request = MoveRequest::new(tally::WORKFLOW, v("2.0.0"))
+        .from_version(v("1.0.0"))
+        .ids(ids[..6].to_vec());
+    let report = engine.move_instances(&request).await.unwrap();
+    assert_eq!(report.moved.len(), 6, "{report:?}");
+    engine.shutdown().await;
+
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_2("2.0.0"))
+        .migration(tally::migration(Arc::new(AtomicU64::new(0))))
+        .open()
+        .await
+        .unwrap();
+    let old = engine.version(tally::WORKFLOW, "1.0.0").unwrap().counters;
+    let new = engine.version(tally::WORKFLOW, "2.0.0").unwrap().counters;
+    assert_eq!((old.live, old.moved_out), (4, 6));
+    assert_eq!((new.live, new.moved_in), (6, 6));
+    engine.signal(ids[0], tally::GO, &()).await.unwrap();
+    assert_eq!(outcome_within(&engine, ids[0]).await.output::<u64>().unwrap(), 0);
+    engine.signal(ids[5], tally::GO, &()).await.unwrap();
+    assert_eq!(
+        outcome_within(&engine, ids[5]).await.output::<u64>().unwrap(),
+        15,
+        "finished on 2.0.0"
+    );
+    engine.shutdown().await;
+}
+
+async fn finished_instances_are_listed_and_read_after_a_restart(backend: Backend) {
+    let open = || backend.builder().register(tally::on_schema_1("1.0.0")).open();
+    let engine = open().await.unwrap();
+    let mut ids = Vec::new();
+    for count in 0..6u64 {
+        ids.push(engine.start(tally::WORKFLOW, &count).await.unwrap());
+    }
+    for id in &ids {
+        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
+    }
+    for id in &ids[..2] {
+        engine.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&engine, *id).await;
+    }
+    engine.cancel(ids[2]).await.unwrap();
+    engine.shutdown().await;
+
+    let engine = open().await.unwrap();
+    let status_of = |status| {
+        let listed = engine.list(&InstanceFilter::default().with_status(status)).unwrap();
+        listed.iter().map(|info| info.id()).collect::<Vec<_>>()
+    };
+    assert_eq!(status_of(InstanceStatus::Completed), ids[..2].to_vec());
+    assert_eq!(status_of(InstanceStatus::Cancelled), vec![ids[2]]);
+    assert_eq!(status_of(InstanceStatus::WaitingSignal), ids[3..].to_vec());
+    assert_eq!(engine.list(&InstanceFilter::default()).unwrap().len(), 6);
+    assert_eq!(engine.list_limited(&InstanceFilter::default(), 4).unwrap().len(), 4);
+    assert_eq!(engine.output::<u64>(ids[1]).await.unwrap(), 1);
+    let error = engine.signal(ids[0], tally::GO, &()).await.unwrap_err();
+    assert!(matches!(error, EngineError::InstanceFinished { .. }), "{error}");
+    let unknown = engine.instance(strata::InstanceId(999_999)).unwrap_err();
+    assert!(matches!(unknown, EngineError::UnknownInstance { .. }), "{unknown}");
+    engine.shutdown().await;
+}

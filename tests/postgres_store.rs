@@ -1,0 +1,111 @@
+//! The PostgreSQL store on its own: a wrong URL, server, user or database is a typed error
+//! naming the problem before anything runs; the schema is created once by versioned migrations
+//! even when engines start at once on an empty database; a newer schema or record format is
+//! refused.
+
+mod common;
+
+use common::postgres::TestDatabase;
+use strata::store::{DatabaseProblem, PostgresStore, StoreError};
+use strata::{Engine, EngineError};
+
+fn problem_of(url: &str) -> (DatabaseProblem, String) {
+    match PostgresStore::connect(url) {
+        Err(error @ StoreError::Database { problem, .. }) => (problem, error.to_string()),
+        Err(other) => panic!("{url}: not a database error: {other}"),
+        Ok(_) => panic!("{url}: connected"),
+    }
+}
+
+#[test]
+fn a_wrong_url_server_user_or_database_is_named_before_anything_runs() {
+    let database = TestDatabase::create();
+    let (server, _) = database.url.rsplit_once('/').unwrap();
+
+    let (problem, message) = problem_of("postgres://127.0.0.1:notaport/strata");
+    assert_eq!(problem, DatabaseProblem::InvalidUrl, "{message}");
+    assert!(message.contains("give a URL like postgres://"), "{message}");
+
+    let (problem, message) = problem_of("postgres://postgres@127.0.0.1:1/postgres");
+    assert_eq!(problem, DatabaseProblem::Unreachable, "{message}");
+    assert!(message.contains("postgres@127.0.0.1:1/postgres"), "{message}");
+    assert!(message.contains("check that PostgreSQL runs"), "{message}");
+
+    let (problem, message) = problem_of("postgres://strata_no_such_role:secret@127.0.0.1:5432/postgres");
+    assert_eq!(problem, DatabaseProblem::Authentication, "{message}");
+    assert!(!message.contains("secret"), "the password is never shown: {message}");
+    assert!(message.contains("strata_no_such_role"), "{message}");
+
+    let (problem, message) = problem_of(&format!("{server}/strata_no_such_database"));
+    assert_eq!(problem, DatabaseProblem::MissingDatabase, "{message}");
+    assert!(message.contains("createdb"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_reports_the_problem_as_a_store_error() {
+    let error = Engine::builder()
+        .postgres("postgres://postgres@127.0.0.1:1/postgres")
+        .open()
+        .await
+        .err()
+        .expect("no server on port 1");
+    assert!(
+        matches!(
+            error,
+            EngineError::Store(StoreError::Database {
+                problem: DatabaseProblem::Unreachable,
+                ..
+            })
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn engines_starting_at_once_on_an_empty_database_all_succeed_and_create_the_schema_once() {
+    let database = TestDatabase::create();
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = database.url.clone();
+            std::thread::spawn(move || PostgresStore::connect(&url).map(drop))
+        })
+        .collect();
+    for opener in openers {
+        opener.join().unwrap().unwrap();
+    }
+    database
+        .execute(
+            "DO $$ BEGIN
+               IF (SELECT count(*) FROM strata_schema) <> 1 THEN RAISE EXCEPTION 'schema applied more than once'; END IF;
+             END $$",
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_database_written_by_a_newer_strata_is_refused() {
+    let database = TestDatabase::create();
+    drop(PostgresStore::connect(&database.url).unwrap());
+    database
+        .execute("INSERT INTO strata_schema (version, description) VALUES (99, 'from the future')")
+        .unwrap();
+    let refused = PostgresStore::connect(&database.url).err().expect("a newer schema");
+    assert!(
+        matches!(refused, StoreError::NewerSchema { found: 99, .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("upgrade Strata"), "{refused}");
+
+    let database = TestDatabase::create();
+    drop(PostgresStore::connect(&database.url).unwrap());
+    database
+        .execute("UPDATE strata_meta SET value = 99 WHERE key = 'record_format'")
+        .unwrap();
+    let refused = PostgresStore::connect(&database.url)
+        .err()
+        .expect("a newer record format");
+    assert!(
+        matches!(refused, StoreError::NewerFormat { found: 99, .. }),
+        "{refused}"
+    );
+}
