@@ -18,7 +18,7 @@ use crate::registry::{parse_version, VersionInfo, VersionStatus};
 use crate::rollout::{RolloutRecord, RolloutSpec};
 use crate::routing::{RoutingSpec, VersionRequest};
 use crate::runtime::{Definitions, Durability, RolloutOperation, Runtime, RuntimeOptions};
-use crate::store::{AppliedConfig, CorruptRecord, Op, PostgresStore, SledStore, Store, StoreStats};
+use crate::store::{AppliedConfig, CorruptRecord, Op, PostgresStore, SledStore, Store, StoreStats, WorkerInfo};
 use crate::workflow::{VersionCode, WorkflowVersion};
 
 /// How to start an instance besides its workflow and input.
@@ -161,6 +161,14 @@ impl EngineBuilder {
         self
     }
 
+    /// With a store many processes share (PostgreSQL): how long this worker's claims on its
+    /// instances last without a heartbeat (default 5 s; it heartbeats every third of that). When
+    /// a worker dies, the others take its instances over once its lease has run out.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.options.lease = lease;
+        self
+    }
+
     /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
     /// have a hole, or give two paths for one step.
     pub fn migration(mut self, migration: StateMigration) -> Self {
@@ -275,6 +283,7 @@ impl Engine {
                 event_capacity: 4096,
                 metrics: true,
                 clock: Arc::new(SystemClock),
+                lease: Duration::from_secs(5),
             },
         }
     }
@@ -651,6 +660,18 @@ impl Engine {
         self.runtime.versions()
     }
 
+    /// This process's worker id: unique among the processes sharing a PostgreSQL store, `local`
+    /// with the embedded store.
+    pub fn worker_id(&self) -> String {
+        self.runtime.worker_id()
+    }
+
+    /// The workers sharing this engine's store, with their versions and whether their lease is
+    /// current; just this process with a store only it opens.
+    pub fn workers(&self) -> Result<Vec<WorkerInfo>, EngineError> {
+        self.runtime.workers()
+    }
+
     /// One version's residency figures.
     pub fn version(&self, workflow: &str, version: &str) -> Result<VersionInfo, EngineError> {
         let key = VersionKey::new(workflow, parse_version(workflow, version)?);
@@ -663,29 +684,19 @@ impl Engine {
         })
     }
 
-    /// Stops new instances reaching a version; it becomes `Drained` when its last instance ends.
+    /// Stops new instances reaching a version; it becomes `Drained` when its last instance ends
+    /// (at once if it has none). Returns its status afterwards.
     pub async fn drain(&self, workflow: &str, version: &str) -> Result<VersionStatus, EngineError> {
         let key = VersionKey::new(workflow, parse_version(workflow, version)?);
-        let change = self.runtime.registry.drain(&key)?;
-        let (workflow, version) = (workflow.to_string(), version.to_string());
-        self.to_completion("drain", move |engine| async move {
-            match engine.runtime.change_status(change).await {
-                Some(status) => Ok(status),
-                None => Ok(engine.version(&workflow, &version)?.status),
-            }
-        })
-        .await
+        self.to_completion("drain", move |engine| async move { engine.runtime.drain(&key).await })
+            .await
     }
 
     /// Retires a version with no live instance; fails naming the count otherwise.
     pub async fn retire(&self, workflow: &str, version: &str) -> Result<(), EngineError> {
         let key = VersionKey::new(workflow, parse_version(workflow, version)?);
-        let change = self.runtime.registry.retire(&key)?;
-        self.to_completion("retire", move |engine| async move {
-            engine.runtime.change_status(change).await;
-            Ok(())
-        })
-        .await
+        self.to_completion("retire", move |engine| async move { engine.runtime.retire(&key).await })
+            .await
     }
 
     /// Registers state migrations while the engine runs (a new version may bring a new schema).

@@ -11,7 +11,10 @@ use std::time::Duration;
 use common::*;
 use strata::instance::{InstanceRecord, StateEnvelope};
 use strata::registry::RegistryError;
-use strata::store::{AppliedConfig, CorruptRecord, Op, RecoveredState, SledStore, Store, StoreError, StoreStats};
+use strata::store::{
+    Applied, AppliedConfig, CorruptRecord, IdKind, Op, RecoveredState, SledStore, Store, StoreError, StoreStats,
+    StoredVersion,
+};
 use strata::{
     Engine, EngineError, Event, InstanceId, InstanceStatus, Next, RetryPolicy, StartOptions, StepCtx, StepResult,
     WorkflowVersion,
@@ -233,7 +236,7 @@ struct FailingStore {
 }
 
 impl Store for FailingStore {
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+    fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             self.rejected.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Backend {
@@ -246,11 +249,24 @@ impl Store for FailingStore {
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()
     }
+    fn versions(&self) -> Result<Vec<StoredVersion>, StoreError> {
+        self.inner.versions()
+    }
     fn recover(&self) -> Result<RecoveredState, StoreError> {
         self.inner.recover()
     }
+    fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError> {
+        self.inner.reserve_ids(kind)
+    }
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
         self.inner.load_instance(id)
+    }
+    fn live_instances(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.inner.live_instances(keep, limit)
     }
     fn finished_instances(
         &self,

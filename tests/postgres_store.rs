@@ -76,7 +76,10 @@ fn engines_starting_at_once_on_an_empty_database_all_succeed_and_create_the_sche
     database
         .execute(
             "DO $$ BEGIN
-               IF (SELECT count(*) FROM strata_schema) <> 1 THEN RAISE EXCEPTION 'schema applied more than once'; END IF;
+               IF (SELECT count(*) FROM strata_schema) <> (SELECT max(version) FROM strata_schema)
+                   OR (SELECT max(version) FROM strata_schema) < 2 THEN
+                   RAISE EXCEPTION 'each schema migration must be applied exactly once';
+               END IF;
              END $$",
         )
         .unwrap();

@@ -208,6 +208,12 @@ async fn a_healthy_candidate_is_promoted_through_every_stage_and_the_old_default
     assert!(at(0).all(|count| count < 40), "{shares:?}");
     assert!(at(2).all(|count| count == 100), "{shares:?}");
 
+    // The old default drains through the store after the promotion, and says so.
+    wait_for_event(
+        &mut events,
+        |event| matches!(event, Event::VersionDraining { key, .. } if key.version == v("1.0.0")),
+    )
+    .await;
     let stable = engine.version(probe::WORKFLOW, "1.0.0").unwrap();
     assert_eq!((stable.status, stable.counters.live), (VersionStatus::Draining, 3));
     let after = run_probes(&engine, 50_000, 50).await;

@@ -60,6 +60,19 @@ impl VersionKey {
     }
 }
 
+impl FromStr for VersionKey {
+    type Err = String;
+
+    /// Parses `workflow@version`, as `Display` writes it.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (workflow, version) = text
+            .rsplit_once('@')
+            .ok_or_else(|| format!("'{text}' is not workflow@version"))?;
+        let version = Version::parse(version).map_err(|error| format!("'{text}': {error}"))?;
+        Ok(VersionKey::new(workflow, version))
+    }
+}
+
 impl fmt::Display for VersionKey {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(formatter, "{}@{}", self.workflow, self.version)
@@ -214,6 +227,11 @@ pub struct InstanceRecord {
     /// Why an `AutoUpgrade` instance stayed on its version at its last step boundary (format 2).
     #[serde(default)]
     pub pinned_reason: Option<String>,
+    /// The claim (fencing token) under which this process holds the instance in a store shared
+    /// by many processes: a commit of the record lands only while the claim is still the
+    /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled.
+    #[serde(skip)]
+    pub claim: u64,
 }
 
 /// Why an instance moved to another version.
@@ -261,6 +279,7 @@ impl InstanceRecord {
             key: self.key.clone(),
             status: InstanceStatus::of_phase(&self.phase),
             due_ms: self.phase.timer_due_ms(),
+            claim: self.claim,
             bytes,
         })
     }
@@ -285,6 +304,8 @@ pub struct EncodedInstance {
     pub status: InstanceStatus,
     /// When its timer is due, if it waits for one (ms since the Unix epoch).
     pub due_ms: Option<u64>,
+    /// The claim it was written under (see [`InstanceRecord::claim`]).
+    pub claim: u64,
     /// The encoded record.
     pub bytes: Vec<u8>,
 }

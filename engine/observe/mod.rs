@@ -19,6 +19,21 @@ use crate::store::VersionCounters;
 /// Something that happened in the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// Another worker claimed an instance this one held (this worker's lease had run out): it
+    /// runs there now; the step this worker ran for it was not committed.
+    InstanceClaimLost {
+        /// The instance.
+        id: InstanceId,
+        /// Its version.
+        key: VersionKey,
+    },
+    /// A version has live instances and no live worker has its code: they wait for one.
+    NoWorkerForVersion {
+        /// The version.
+        key: VersionKey,
+        /// Its live instances.
+        live: u64,
+    },
     /// A rollout started at its first stage.
     RolloutStarted {
         /// The rollout.

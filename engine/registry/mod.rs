@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::instance::{InstanceId, VersionKey};
 use crate::observe::VersionMetrics;
 use crate::routing::{self, VersionRequest};
-use crate::store::{CounterDelta, VersionCounters};
+use crate::store::{StoredVersion, VersionCounters};
 use crate::workflow::VersionCode;
 
 /// The lifecycle status of a workflow version.
@@ -82,8 +82,13 @@ pub struct VersionInfo {
     pub registered: bool,
     /// Its counts.
     pub counters: VersionCounters,
-    /// Its oldest live instance and that instance's start time (ms since the Unix epoch).
+    /// Its oldest live instance and that instance's start time (ms since the Unix epoch); with a
+    /// shared store, among the instances this process holds.
     pub oldest_live: Option<(InstanceId, u64)>,
+    /// The live workers that have its code and so can run its instances: with a store many
+    /// processes share, every worker whose lease is current; with one only this process opens,
+    /// `local` if its code is registered. Live instances and no worker: they wait for one.
+    pub workers: Vec<String>,
 }
 
 impl VersionInfo {
@@ -119,12 +124,26 @@ impl VersionEntry {
     }
 }
 
-/// A status change the caller must persist and announce.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StatusChange {
-    pub key: VersionKey,
-    pub status: VersionStatus,
-    pub counters: VersionCounters,
+/// How much has happened to a version's counters: every counter write raises it.
+fn activity(counters: &VersionCounters) -> u64 {
+    counters.started
+        + counters.completed
+        + counters.failed
+        + counters.cancelled
+        + counters.moved_in
+        + counters.moved_out
+}
+
+impl VersionStatus {
+    /// Its place in the lifecycle, which only moves forward.
+    fn rank(self) -> u8 {
+        match self {
+            VersionStatus::Active => 0,
+            VersionStatus::Draining => 1,
+            VersionStatus::Drained => 2,
+            VersionStatus::Retired => 3,
+        }
+    }
 }
 
 /// The versions known to an engine: registered code, statuses and counters.
@@ -219,6 +238,14 @@ impl Registry {
         Some((entry.code.clone()?, entry.metrics.clone()))
     }
 
+    /// The status of a version (`Active` for an unknown one).
+    pub fn status(&self, key: &VersionKey) -> VersionStatus {
+        self.versions
+            .read()
+            .get(key)
+            .map_or(VersionStatus::Active, |entry| entry.status)
+    }
+
     /// The counters of a version (zero for an unknown one).
     pub fn counters(&self, key: &VersionKey) -> VersionCounters {
         self.versions
@@ -274,95 +301,72 @@ impl Registry {
         })
     }
 
-    /// Ends a reservation; `committed_at_ms` is the start time if the start was committed.
-    pub fn end_start(&self, key: &VersionKey, committed_at_ms: Option<u64>) -> Option<StatusChange> {
-        let mut versions = self.versions.write();
-        let entry = versions.get_mut(key)?;
-        entry.starting = entry.starting.saturating_sub(1);
-        if let Some(at) = committed_at_ms {
-            entry.counters.apply(&CounterDelta::start(at));
+    /// Ends a reservation made by `reserve_start` (the start committed or failed).
+    pub fn end_start(&self, key: &VersionKey) {
+        if let Some(entry) = self.versions.write().get_mut(key) {
+            entry.starting = entry.starting.saturating_sub(1);
         }
-        Self::settle(key, entry)
     }
 
-    /// Applies a committed counter change; returns the change to `Drained` if it caused one.
-    pub fn apply(&self, key: &VersionKey, delta: &CounterDelta) -> Option<StatusChange> {
+    /// Takes a version's counters and status as the store holds them (after a write of this
+    /// process, or read for the cluster's figures); returns whether the status changed. Figures
+    /// older than the ones held are ignored: counter activity only grows and a status only moves
+    /// on (`Active` → `Draining` → `Drained` → `Retired`), so reports that arrive out of order,
+    /// or a read that a later write overtook, never undo a newer figure.
+    pub fn adopt(&self, stored: &StoredVersion) -> bool {
         let mut versions = self.versions.write();
         let entry = versions
-            .entry(key.clone())
+            .entry(stored.key.clone())
             .or_insert_with(|| VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default()));
-        entry.counters.apply(delta);
-        Self::settle(key, entry)
-    }
-
-    fn settle(key: &VersionKey, entry: &mut VersionEntry) -> Option<StatusChange> {
-        if entry.status == VersionStatus::Draining && entry.is_empty() {
-            entry.status = VersionStatus::Drained;
-            return Some(StatusChange {
-                key: key.clone(),
-                status: entry.status,
-                counters: entry.counters,
-            });
+        if activity(&stored.counters) >= activity(&entry.counters) {
+            entry.counters = stored.counters;
         }
-        None
-    }
-
-    /// Stops new instances reaching a version. Returns the new status (`Drained` at once if it has
-    /// no live instance) and whether it changed.
-    pub fn drain(&self, key: &VersionKey) -> Result<Option<StatusChange>, RegistryError> {
-        let mut versions = self.versions.write();
-        let known = describe(&versions, &key.workflow);
-        let entry = versions.get_mut(key).ok_or_else(|| RegistryError::UnknownVersion {
-            key: key.clone(),
-            known,
-        })?;
-        if entry.status != VersionStatus::Active {
-            return Ok(None);
+        let status = stored.status.unwrap_or(VersionStatus::Active);
+        if status.rank() > entry.status.rank() {
+            entry.status = status;
+            return true;
         }
-        entry.status = if entry.is_empty() {
-            VersionStatus::Drained
-        } else {
-            VersionStatus::Draining
-        };
-        Ok(Some(StatusChange {
-            key: key.clone(),
-            status: entry.status,
-            counters: entry.counters,
-        }))
+        false
     }
 
-    /// Retires a version with no live instance.
-    pub fn retire(&self, key: &VersionKey) -> Result<Option<StatusChange>, RegistryError> {
-        let mut versions = self.versions.write();
-        let known = describe(&versions, &key.workflow);
-        let entry = versions.get_mut(key).ok_or_else(|| RegistryError::UnknownVersion {
+    fn entry<'a>(
+        versions: &'a HashMap<VersionKey, VersionEntry>,
+        key: &VersionKey,
+    ) -> Result<&'a VersionEntry, RegistryError> {
+        versions.get(key).ok_or_else(|| RegistryError::UnknownVersion {
             key: key.clone(),
-            known,
-        })?;
+            known: describe(versions, &key.workflow),
+        })
+    }
+
+    /// Whether draining `key` changes anything (it is `Active`); fails for an unknown version.
+    pub fn can_drain(&self, key: &VersionKey) -> Result<bool, RegistryError> {
+        let versions = self.versions.read();
+        Ok(Self::entry(&versions, key)?.status == VersionStatus::Active)
+    }
+
+    /// Whether retiring `key` changes anything (it is not `Retired` yet); fails for an unknown
+    /// version and for one with live instances or starts in flight here (the store checks again).
+    pub fn can_retire(&self, key: &VersionKey) -> Result<bool, RegistryError> {
+        let versions = self.versions.read();
+        let entry = Self::entry(&versions, key)?;
         if !entry.is_empty() {
             return Err(RegistryError::LiveInstances {
                 key: key.clone(),
                 live: entry.counters.live + entry.starting,
             });
         }
-        if entry.status == VersionStatus::Retired {
-            return Ok(None);
-        }
-        entry.status = VersionStatus::Retired;
-        Ok(Some(StatusChange {
-            key: key.clone(),
-            status: entry.status,
-            counters: entry.counters,
-        }))
+        Ok(entry.status != VersionStatus::Retired)
     }
 
-    /// `Draining` versions with no live instance (after a crash between the last finish and the
-    /// status commit) become `Drained`.
-    pub fn settle_all(&self) -> Vec<StatusChange> {
-        let mut versions = self.versions.write();
-        versions
-            .iter_mut()
-            .filter_map(|(key, entry)| Self::settle(key, entry))
+    /// `Draining` versions with no live instance: left so by an older build that crashed between
+    /// the last finish and the status commit; writing their status again lets the store drain them.
+    pub fn draining_and_empty(&self) -> Vec<VersionKey> {
+        self.versions
+            .read()
+            .iter()
+            .filter(|(_, entry)| entry.status == VersionStatus::Draining && entry.counters.live == 0)
+            .map(|(key, _)| key.clone())
             .collect()
     }
 
@@ -377,6 +381,7 @@ impl Registry {
                 registered: entry.code.is_some(),
                 counters: entry.counters,
                 oldest_live: None,
+                workers: Vec::new(),
             })
             .collect();
         infos.sort_by(|left, right| left.key.cmp(&right.key));
@@ -437,33 +442,67 @@ mod tests {
         VersionKey::new("w", Version::parse(version).unwrap())
     }
 
-    #[test]
-    fn a_reserved_start_keeps_a_draining_version_from_draining() {
-        let registry = Registry::default();
-        registry.register(code("1.0.0")).unwrap();
-        let chosen = registry.reserve_start("w", &VersionRequest::Newest).unwrap();
-        assert_eq!(chosen.version().to_string(), "1.0.0");
-        let change = registry.drain(&key("1.0.0")).unwrap().unwrap();
-        assert_eq!(change.status, VersionStatus::Draining, "a start is in flight");
-        assert!(
-            registry.end_start(&key("1.0.0"), Some(5)).is_none(),
-            "the start committed: one live"
-        );
-        let change = registry
-            .apply(&key("1.0.0"), &CounterDelta::finish(crate::InstanceStatus::Completed))
-            .unwrap();
-        assert_eq!(change.status, VersionStatus::Drained);
-        assert_eq!((change.counters.live, change.counters.completed), (0, 1));
+    /// `version` with `started` instances of which `live` still live.
+    fn stored(version: &str, started: u64, live: u64, status: Option<VersionStatus>) -> StoredVersion {
+        StoredVersion {
+            key: key(version),
+            counters: VersionCounters {
+                live,
+                started,
+                completed: started - live,
+                ..VersionCounters::default()
+            },
+            status,
+        }
     }
 
     #[test]
-    fn an_aborted_start_on_a_draining_version_drains_it() {
+    fn the_store_figures_replace_the_registry_s_and_say_when_the_status_changed() {
+        let registry = Registry::default();
+        registry.register(code("1.0.0")).unwrap();
+        assert!(!registry.adopt(&stored("1.0.0", 3, 3, None)), "no status is Active");
+        assert_eq!(registry.counters(&key("1.0.0")).live, 3);
+        assert!(registry.adopt(&stored("1.0.0", 3, 0, Some(VersionStatus::Drained))));
+        assert_eq!(registry.snapshot()[0].status, VersionStatus::Drained);
+        assert_eq!(registry.counters(&key("1.0.0")).completed, 3);
+        assert!(
+            !registry.can_drain(&key("1.0.0")).unwrap(),
+            "only an Active version drains"
+        );
+    }
+
+    #[test]
+    fn older_figures_arriving_late_never_undo_newer_ones() {
+        let registry = Registry::default();
+        registry.register(code("1.0.0")).unwrap();
+        registry.adopt(&stored("1.0.0", 5, 1, Some(VersionStatus::Draining)));
+        assert!(!registry.adopt(&stored("1.0.0", 4, 2, Some(VersionStatus::Active))));
+        assert_eq!(registry.counters(&key("1.0.0")).live, 1, "the older count is ignored");
+        assert_eq!(
+            registry.status(&key("1.0.0")),
+            VersionStatus::Draining,
+            "a status never goes back"
+        );
+    }
+
+    #[test]
+    fn a_version_with_live_instances_or_a_start_in_flight_cannot_be_retired() {
         let registry = Registry::default();
         registry.register(code("1.0.0")).unwrap();
         registry.reserve_start("w", &VersionRequest::Newest).unwrap();
-        registry.drain(&key("1.0.0")).unwrap();
-        let change = registry.end_start(&key("1.0.0"), None).unwrap();
-        assert_eq!(change.status, VersionStatus::Drained);
+        assert!(matches!(
+            registry.can_retire(&key("1.0.0")),
+            Err(RegistryError::LiveInstances { live: 1, .. })
+        ));
+        registry.end_start(&key("1.0.0"));
+        registry.adopt(&stored("1.0.0", 2, 2, Some(VersionStatus::Draining)));
+        assert!(matches!(
+            registry.can_retire(&key("1.0.0")),
+            Err(RegistryError::LiveInstances { live: 2, .. })
+        ));
+        registry.adopt(&stored("1.0.0", 2, 0, Some(VersionStatus::Drained)));
+        assert!(registry.can_retire(&key("1.0.0")).unwrap());
+        registry.can_retire(&key("9.0.0")).unwrap_err();
     }
 
     #[test]
@@ -472,15 +511,14 @@ mod tests {
         registry.load(vec![(key("3.0.0"), VersionStatus::Active)], vec![]);
         registry.register(code("1.0.0")).unwrap();
         registry.register(code("2.0.0")).unwrap();
-        registry.drain(&key("2.0.0")).unwrap();
+        registry.adopt(&stored("2.0.0", 0, 0, Some(VersionStatus::Drained)));
         // 3.0.0 is known from the store but its code is not registered; 2.0.0 is drained.
         let chosen = registry.reserve_start("w", &VersionRequest::Newest).unwrap();
         assert_eq!(chosen.version().to_string(), "1.0.0");
-        registry.retire(&key("1.0.0")).unwrap_err();
     }
 
     #[test]
-    fn settle_all_drains_draining_versions_left_empty_by_a_crash() {
+    fn draining_versions_left_empty_are_found_for_the_store_to_drain() {
         let registry = Registry::default();
         let empty = VersionCounters {
             started: 4,
@@ -488,11 +526,15 @@ mod tests {
             ..VersionCounters::default()
         };
         registry.load(
-            vec![(key("1.0.0"), VersionStatus::Draining)],
-            vec![(key("1.0.0"), empty)],
+            vec![
+                (key("1.0.0"), VersionStatus::Draining),
+                (key("2.0.0"), VersionStatus::Draining),
+            ],
+            vec![
+                (key("1.0.0"), empty),
+                (key("2.0.0"), VersionCounters { live: 1, ..empty }),
+            ],
         );
-        let changes = registry.settle_all();
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].status, VersionStatus::Drained);
+        assert_eq!(registry.draining_and_empty(), vec![key("1.0.0")]);
     }
 }

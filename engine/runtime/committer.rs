@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::store::{Op, Store, StoreError};
+use crate::store::{Applied, Op, Store, StoreError};
 
 /// When a step's commit is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ const MAX_GROUP: usize = 4096;
 
 struct Request {
     ops: Vec<Op>,
-    ack: oneshot::Sender<Result<(), StoreError>>,
+    ack: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
 /// The handle to the commit thread.
@@ -65,8 +65,9 @@ impl Committer {
         })
     }
 
-    /// Commits `ops` atomically; resolves when acknowledged under the durability mode.
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+    /// Commits `ops` atomically; resolves when acknowledged under the durability mode, with what
+    /// the write did to the versions `ops` touched.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Applied, StoreError> {
         let (ack, acknowledged) = oneshot::channel();
         {
             let sender = self.sender.lock();
@@ -158,7 +159,7 @@ impl CommitLoop {
 
     /// Applies a group as one write; if that fails, applies each commit alone so that one bad
     /// commit does not fail the others.
-    fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<(), StoreError>> {
+    fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<Applied, StoreError>> {
         if let Some(error) = &self.poisoned {
             return group.iter().map(|_| Err(error.clone())).collect();
         }
@@ -170,7 +171,18 @@ impl CommitLoop {
             ranges.push(start..merged.len());
         }
         match self.store.apply(&merged) {
-            Ok(()) => ranges.iter().map(|_| Ok(())).collect(),
+            // Each commit gets the versions it touched; a drained version is announced by the
+            // first commit of the group that touched it.
+            Ok(applied) => ranges
+                .iter()
+                .enumerate()
+                .map(|(index, range)| {
+                    let first_toucher = |key: &crate::instance::VersionKey| {
+                        ranges.iter().position(|other| Op::touch(&merged[other.clone()], key)) == Some(index)
+                    };
+                    Ok(applied.share(&merged[range.clone()], &first_toucher))
+                })
+                .collect(),
             Err(error) if ranges.len() == 1 => vec![Err(error)],
             Err(_) => ranges
                 .into_iter()
@@ -213,7 +225,7 @@ mod tests {
     }
 
     impl Store for PickyStore {
-        fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
             if ops.iter().any(poisoned_op) {
                 return Err(StoreError::Backend {
                     operation: "apply",
@@ -221,7 +233,13 @@ mod tests {
                 });
             }
             self.applied.fetch_add(ops.len(), Ordering::SeqCst);
-            Ok(())
+            Ok(Applied::default())
+        }
+        fn versions(&self) -> Result<Vec<crate::store::StoredVersion>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn reserve_ids(&self, _kind: crate::store::IdKind) -> Result<std::ops::Range<u64>, StoreError> {
+            Ok(1..2)
         }
         fn sync(&self) -> Result<(), StoreError> {
             if self.fail_sync.load(Ordering::SeqCst) {
@@ -237,6 +255,13 @@ mod tests {
         }
         fn load_instance(&self, _id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
             Ok(None)
+        }
+        fn live_instances(
+            &self,
+            _keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+            _limit: usize,
+        ) -> Result<Vec<InstanceRecord>, StoreError> {
+            Ok(Vec::new())
         }
         fn finished_instances(
             &self,

@@ -417,10 +417,6 @@ impl Runtime {
             Phase::Quarantined { reason } => Some(reason.clone()),
             _ => None,
         };
-        let delta = ops.iter().find_map(|op| match op {
-            Op::AdjustCounters { delta, .. } => Some(*delta),
-            _ => None,
-        });
         let deleted_signals: Vec<u64> = ops
             .iter()
             .filter_map(|op| match op {
@@ -431,22 +427,29 @@ impl Runtime {
         let committed = match record.encode() {
             Ok(encoded) => {
                 ops.push(Op::PutInstance(encoded));
-                self.committer.commit(ops).await
+                self.write_then_announce(ops).await
             }
             Err(error) => Err(error),
         };
-        if let Err(error) = committed {
-            tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
-            self.timers
-                .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
-            return Progress::Stalled;
+        if let Err(crate::store::StoreError::ClaimLost { .. }) = committed {
+            // Another worker holds the instance now and runs the step again there.
+            self.let_go(id);
+            return Progress::Idle;
         }
+        let drained = match committed {
+            Ok(drained) => drained,
+            Err(error) => {
+                tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
+                self.timers
+                    .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
+                return Progress::Stalled;
+            }
+        };
         if terminal {
             let key = record.key.clone();
             let status = InstanceStatus::of_phase(&record.phase);
-            // Counters first, so that whoever sees the instance gone, or is woken below, sees
-            // them updated.
-            let change = delta.and_then(|delta| self.registry.apply(&key, &delta));
+            // The write took the store's counters in, so whoever sees the instance gone, or is
+            // woken below, sees them updated.
             if self.options.metrics {
                 if let Some(metrics) = self.registry.metrics(&key) {
                     let took = Duration::from_millis(self.now().saturating_sub(record.created_at_ms));
@@ -463,9 +466,7 @@ impl Runtime {
             }
             self.delete_late_signals(id, inbox, &deleted_signals).await;
             self.events.emit(Event::InstanceFinished { id, key, status });
-            if let Some(change) = change {
-                self.persist_status(change).await;
-            }
+            self.announce(drained);
             return Progress::Committed;
         }
         self.table.with(id, |slot| {
@@ -500,7 +501,7 @@ impl Runtime {
         if late.is_empty() {
             return;
         }
-        if let Err(error) = self.committer.commit(late).await {
+        if let Err(error) = self.write(late).await {
             // Harmless: the next open deletes signals of instances that are not live.
             tracing::warn!(instance = %id, %error, "could not delete signals that arrived while the instance finished");
         }

@@ -279,7 +279,7 @@ impl Runtime {
         }
         ops.push(Op::PutMigrationJob(next_job.clone()));
         let committed = match encoded {
-            Ok(()) => self.committer.commit(ops).await,
+            Ok(()) => self.write(ops).await,
             Err(error) => Err(error),
         };
         let mut records = rewritten.into_iter().peekable();
@@ -311,7 +311,7 @@ impl Runtime {
 
     /// Stores the job's record on its own (pause, resume, finish).
     async fn commit_job(&self, record: &MigrationJobRecord, control: &JobControl) -> Result<(), EngineError> {
-        self.committer.commit(vec![Op::PutMigrationJob(record.clone())]).await?;
+        self.write(vec![Op::PutMigrationJob(record.clone())]).await?;
         control.progress.lock().state = record.state;
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! is committed through the `Committer` before memory changes, so memory never runs ahead of the
 //! store. It reads code from the registry and never calls up into the `Engine` facade.
 
+mod cluster;
 mod committer;
 mod driver;
 mod migrator;
@@ -16,7 +17,7 @@ mod timers;
 pub use committer::Durability;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -29,10 +30,11 @@ use crate::instance::{
 };
 use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
 use crate::observe::{Clock, Event, EventBus};
-use crate::registry::{Registry, StatusChange, VersionInfo, VersionStatus};
+use crate::registry::{Registry, VersionInfo, VersionStatus};
 use crate::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
-use crate::store::{CounterDelta, Op, SignalRecord, Store};
+use crate::store::{CounterDelta, IdKind, Op, SignalRecord, Store, StoreError};
 use crate::workflow::{InitFailure, VersionCode};
+use cluster::IdBlocks;
 use committer::Committer;
 use table::{InstanceTable, Slot};
 use timers::TimerQueue;
@@ -49,6 +51,8 @@ pub(crate) struct RuntimeOptions {
     pub metrics: bool,
     /// The engine's clock.
     pub clock: Arc<dyn Clock>,
+    /// How long a worker's claims last without a heartbeat, with a shared store.
+    pub lease: Duration,
 }
 
 /// The executor behind an `Engine`.
@@ -67,8 +71,10 @@ pub(crate) struct Runtime {
     routing_spec: parking_lot::Mutex<RoutingSpec>,
     /// How many started instances each version got, and why, since open.
     routing_counts: parking_lot::Mutex<HashMap<(VersionKey, RouteReason), u64>>,
-    next_instance_id: AtomicU64,
-    next_signal_seq: AtomicU64,
+    /// Instance ids, from blocks the store reserves.
+    instance_ids: IdBlocks,
+    /// Signal sequence numbers, likewise.
+    signal_seqs: IdBlocks,
     stopping: AtomicBool,
     /// Turns true at shutdown, stopping background tasks such as config watchers.
     stop_signal: tokio::sync::watch::Sender<bool>,
@@ -82,6 +88,10 @@ pub(crate) struct Runtime {
     jobs: parking_lot::Mutex<HashMap<String, Arc<JobControl>>>,
     /// Watched rollouts.
     rollouts: rollouts::Rollouts,
+    /// When this runtime opened (ms since the Unix epoch).
+    started_at_ms: u64,
+    /// Versions already warned of as having live instances and no live worker.
+    unrunnable: parking_lot::Mutex<std::collections::HashSet<VersionKey>>,
 }
 
 pub(crate) use rollouts::RolloutOperation;
@@ -105,6 +115,10 @@ impl TaskCount {
         }
     }
 }
+
+/// Versions a write drained, to announce once the caller announced what it did itself.
+#[must_use = "announce the drained versions with Runtime::announce"]
+pub(crate) struct Drained(Vec<VersionKey>);
 
 /// Ends one count of a `TaskCount` when dropped.
 struct TaskEnd(Arc<TaskCount>);
@@ -163,8 +177,8 @@ impl Runtime {
             routing: arc_swap::ArcSwap::from_pointee(RoutingTable::default()),
             routing_spec: parking_lot::Mutex::new(RoutingSpec::default()),
             routing_counts: parking_lot::Mutex::new(HashMap::new()),
-            next_instance_id: AtomicU64::new(recovered.next_instance_id),
-            next_signal_seq: AtomicU64::new(recovered.next_signal_seq),
+            instance_ids: IdBlocks::new(IdKind::Instance),
+            signal_seqs: IdBlocks::new(IdKind::Signal),
             stopping: AtomicBool::new(false),
             stop_signal: tokio::sync::watch::Sender::new(false),
             tasks: Arc::new(TaskCount::default()),
@@ -172,6 +186,8 @@ impl Runtime {
             step_mappings: parking_lot::RwLock::new(mappings),
             jobs: parking_lot::Mutex::new(HashMap::new()),
             rollouts: rollouts::Rollouts::default(),
+            unrunnable: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            started_at_ms: options.clock.now_ms(),
             options,
         });
         runtime.rollouts.load(rollout_records);
@@ -182,6 +198,16 @@ impl Runtime {
         }
         runtime.spawn_tracked(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
         runtime.arm_all();
+        if runtime.store.cluster().is_some() {
+            let warner = runtime.clone();
+            if tokio::task::spawn_blocking(move || warner.warn_of_versions_without_workers())
+                .await
+                .is_err()
+            {
+                tracing::warn!("checking for versions without workers panicked");
+            }
+            runtime.spawn_tracked(runtime.clone().run_worker());
+        }
         runtime.resume_migrations(jobs);
         runtime.refresh_routing();
         runtime.spawn_tracked(runtime.clone().run_rollouts());
@@ -190,13 +216,24 @@ impl Runtime {
 
     async fn recover(
         self: &Arc<Self>,
-        recovered: crate::store::RecoveredState,
+        mut recovered: crate::store::RecoveredState,
         codes: Vec<Arc<dyn VersionCode>>,
     ) -> Result<(), EngineError> {
         self.registry.load(recovered.statuses, recovered.counters);
         for code in codes {
             self.registry.register(code)?;
         }
+        // With a shared store, this worker runs what it claims: live instances of its versions
+        // no live worker holds. The counters are the cluster's, kept exact by every commit.
+        let shared = match self.heartbeat_and_claim(usize::MAX).await? {
+            Some(claimed) => {
+                recovered.live = claimed.live;
+                recovered.signals = claimed.signals;
+                recovered.corrupt = claimed.corrupt;
+                true
+            }
+            None => false,
+        };
         let mut live_by_version: HashMap<VersionKey, u64> = HashMap::new();
         for record in &recovered.live {
             *live_by_version.entry(record.key.clone()).or_default() += 1;
@@ -210,50 +247,29 @@ impl Runtime {
         if !missing.is_empty() && !self.options.park_unregistered {
             return Err(EngineError::MissingVersions { missing });
         }
-        for corrupt in recovered.corrupt {
-            tracing::error!(instance = %corrupt.id, reason = %corrupt.reason, "quarantining a live record that does not decode");
-            self.committer
-                .commit(vec![Op::QuarantineRecord {
-                    id: corrupt.id,
-                    reason: corrupt.reason.clone(),
-                }])
-                .await?;
-            self.events.emit(Event::InstanceQuarantined {
-                id: corrupt.id,
-                reason: corrupt.reason,
-            });
+        self.quarantine_corrupt(recovered.corrupt).await?;
+        if !shared {
+            self.reconcile_counters(&live_by_version).await?;
         }
-        self.reconcile_counters(&live_by_version).await?;
-        let mut signals: HashMap<InstanceId, Vec<SignalRecord>> = HashMap::new();
-        for signal in recovered.signals {
-            signals.entry(signal.instance).or_default().push(signal);
-        }
-        for record in recovered.live {
-            let parked = !self.registry.is_registered(&record.key);
-            let mut slot = Slot::new(record, parked);
-            if let Some(mut inbox) = signals.remove(&slot.record.id) {
-                inbox.sort_by_key(|signal| signal.seq);
-                slot.inbox = inbox;
-            }
-            self.table.insert(slot);
-        }
-        let orphans: Vec<Op> = signals
-            .into_values()
-            .flatten()
+        let (_, orphans) = self.insert_slots(recovered.live, recovered.signals);
+        let orphans: Vec<Op> = orphans
+            .into_iter()
             .map(|signal| Op::DeleteSignal {
                 instance: signal.instance,
                 seq: signal.seq,
             })
             .collect();
         if !orphans.is_empty() {
-            self.committer.commit(orphans).await?;
+            self.write(orphans).await?;
         }
         for (key, count) in missing {
             tracing::warn!(version = %key, count, "parking live instances of a version whose code is not registered");
             self.events.emit(Event::InstancesParked { key, count });
         }
-        for change in self.registry.settle_all() {
-            self.persist_status(change).await;
+        for key in self.registry.draining_and_empty() {
+            if let Err(error) = self.set_status(&key, VersionStatus::Draining).await {
+                tracing::warn!(version = %key, %error, "could not drain a draining version left with no live instance");
+            }
         }
         Ok(())
     }
@@ -273,32 +289,33 @@ impl Runtime {
             }
         }
         for (key, delta) in fixes {
-            self.committer
-                .commit(vec![Op::AdjustCounters {
-                    key: key.clone(),
-                    delta,
-                }])
-                .await?;
-            self.registry.apply(&key, &delta);
+            self.write(vec![Op::AdjustCounters { key, delta }]).await?;
         }
         Ok(())
     }
 
     /// Schedules or arms every live instance after recovery.
     fn arm_all(self: &Arc<Self>) {
-        let mut ready = Vec::new();
-        self.table.for_each(|slot| match &slot.record.phase {
-            Phase::Ready { .. } => ready.push(slot.record.id),
-            Phase::WaitingSignal { name, .. } if slot.inbox.iter().any(|signal| signal.name == *name) => {
-                ready.push(slot.record.id)
-            }
+        let mut ids = Vec::new();
+        self.table.for_each(|slot| ids.push(slot.record.id));
+        for id in ids {
+            self.arm(id);
+        }
+    }
+
+    /// Looks at an instance just loaded: runs it if it can run, else arms its timer, if any.
+    fn arm(self: &Arc<Self>, id: InstanceId) {
+        let runnable = self.table.with(id, |slot| match &slot.record.phase {
+            Phase::Ready { .. } => true,
+            Phase::WaitingSignal { name, .. } if slot.inbox.iter().any(|signal| signal.name == *name) => true,
             phase => {
                 if let Some(due) = phase.timer_due_ms() {
                     self.timers.arm(due, slot.record.id);
                 }
+                false
             }
         });
-        for id in ready {
+        if runnable == Some(true) {
             self.schedule(id);
         }
     }
@@ -420,32 +437,81 @@ impl Runtime {
         self.table.with(id, |slot| slot.parked = true);
     }
 
-    /// Persists a version status change and announces it.
-    pub(crate) async fn persist_status(&self, change: StatusChange) {
-        let op = Op::PutVersionStatus {
-            key: change.key.clone(),
-            status: change.status,
-        };
-        if let Err(error) = self.committer.commit(vec![op]).await {
-            // The status is derivable (Draining with no live instance is Drained at next open).
-            tracing::warn!(version = %change.key, %error, "could not persist a version status change");
+    /// Commits `ops` and takes in what the store decided about the versions they touched (their
+    /// counters and statuses now), then announces the versions this write drained.
+    pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let drained = self.write_then_announce(ops).await?;
+        self.announce(drained);
+        Ok(())
+    }
+
+    /// Like `write`, for a caller that announces what it did first (an instance finished, moved)
+    /// and then the versions drained, with `announce`.
+    pub(crate) async fn write_then_announce(&self, ops: Vec<Op>) -> Result<Drained, StoreError> {
+        let applied = self.committer.commit(ops).await?;
+        let mut statuses_changed = false;
+        for stored in &applied.versions {
+            statuses_changed |= self.registry.adopt(stored);
         }
-        let event = match change.status {
-            VersionStatus::Draining => Event::VersionDraining {
-                key: change.key,
-                counters: change.counters,
-            },
-            VersionStatus::Drained => {
-                tracing::info!(version = %change.key, "version drained: its code can be removed");
-                Event::VersionDrained {
-                    key: change.key,
-                    counters: change.counters,
-                }
-            }
-            VersionStatus::Retired => Event::VersionRetired { key: change.key },
-            VersionStatus::Active => return,
+        if statuses_changed {
+            self.refresh_routing();
+        }
+        Ok(Drained(applied.drained))
+    }
+
+    /// Announces versions a write drained: their code can be removed.
+    pub(crate) fn announce(&self, drained: Drained) {
+        for key in drained.0 {
+            tracing::info!(version = %key, "version drained: its code can be removed");
+            let counters = self.registry.counters(&key);
+            self.events.emit(Event::VersionDrained { key, counters });
+        }
+    }
+
+    /// Sets a version's status through the store, which decides the rest (a `Draining` version
+    /// with no live instance is `Drained` at once; retiring one with live instances anywhere is
+    /// refused), and announces the result. Returns the status the version has now.
+    pub(crate) async fn set_status(
+        &self,
+        key: &VersionKey,
+        status: VersionStatus,
+    ) -> Result<VersionStatus, EngineError> {
+        let op = Op::PutVersionStatus {
+            key: key.clone(),
+            status,
         };
-        self.events.emit(event);
+        self.write(vec![op]).await.map_err(|error| match error {
+            StoreError::LiveInstances { key, live } => {
+                EngineError::from(crate::registry::RegistryError::LiveInstances { key, live })
+            }
+            other => other.into(),
+        })?;
+        let now = self.registry.status(key);
+        match now {
+            VersionStatus::Draining => self.events.emit(Event::VersionDraining {
+                key: key.clone(),
+                counters: self.registry.counters(key),
+            }),
+            VersionStatus::Retired => self.events.emit(Event::VersionRetired { key: key.clone() }),
+            VersionStatus::Active | VersionStatus::Drained => {}
+        }
+        Ok(now)
+    }
+
+    /// Stops new instances reaching a version; returns its status afterwards.
+    pub(crate) async fn drain(&self, key: &VersionKey) -> Result<VersionStatus, EngineError> {
+        if !self.registry.can_drain(key)? {
+            return Ok(self.registry.status(key));
+        }
+        self.set_status(key, VersionStatus::Draining).await
+    }
+
+    /// Retires a version with no live instance anywhere.
+    pub(crate) async fn retire(&self, key: &VersionKey) -> Result<(), EngineError> {
+        if self.registry.can_retire(key)? {
+            self.set_status(key, VersionStatus::Retired).await?;
+        }
+        Ok(())
     }
 
     /// Validates `spec` against the registered versions and, if valid, routes by it from the next
@@ -490,7 +556,7 @@ impl Runtime {
 
     /// Commits `ops` through the group committer.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
-        Ok(self.committer.commit(ops).await?)
+        Ok(self.write(ops).await?)
     }
 
     /// Recompiles the routing rules in force after the registry or a rollout changed (a version
@@ -525,7 +591,7 @@ impl Runtime {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
-        let id = InstanceId(self.next_instance_id.fetch_add(1, Ordering::Relaxed));
+        let id = InstanceId(self.instance_ids.next(self.store.as_ref())?);
         let routed;
         let (request, reason) = match request {
             VersionRequest::Newest => {
@@ -555,7 +621,7 @@ impl Runtime {
         let state = match code.initial_state(input) {
             Ok(state) => state,
             Err(failure) => {
-                self.registry.end_start(&key, None);
+                self.registry.end_start(&key);
                 return Err(match failure {
                     InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
                     InitFailure::Panicked(message) => EngineError::Init {
@@ -591,6 +657,8 @@ impl Runtime {
             updated_at_ms: now,
             moves: Vec::new(),
             pinned_reason: None,
+            // A new instance is claimed by the worker that starts it, with the first token.
+            claim: 1,
         };
         let mut ops = vec![
             Op::PutInstance(record.encode()?),
@@ -606,11 +674,8 @@ impl Runtime {
                 fire_ms: fire.fire_ms,
             });
         }
-        let committed = self.committer.commit(ops).await;
-        let change = self.registry.end_start(&key, committed.is_ok().then_some(now));
-        if let Some(change) = change {
-            self.persist_status(change).await;
-        }
+        let committed = self.write(ops).await;
+        self.registry.end_start(&key);
         committed?;
         *self.routing_counts.lock().entry((key.clone(), reason)).or_default() += 1;
         if self.options.metrics {
@@ -656,18 +721,16 @@ impl Runtime {
         let signal = SignalRecord {
             format: RECORD_FORMAT,
             instance: id,
-            seq: self.next_signal_seq.fetch_add(1, Ordering::Relaxed),
+            seq: self.signal_seqs.next(self.store.as_ref())?,
             name: name.to_string(),
             payload,
         };
-        self.committer.commit(vec![Op::PutSignal(signal.clone())]).await?;
+        self.write(vec![Op::PutSignal(signal.clone())]).await?;
         let seq = signal.seq;
         let delivered = self.table.with(id, |slot| slot.inbox.push(signal)).is_some();
         if !delivered {
             // The instance finished while the signal was being stored: take it back.
-            self.committer
-                .commit(vec![Op::DeleteSignal { instance: id, seq }])
-                .await?;
+            self.write(vec![Op::DeleteSignal { instance: id, seq }]).await?;
             return Err(self.not_live(id));
         }
         self.schedule(id);
@@ -758,6 +821,22 @@ impl Runtime {
                     }
                 }
             });
+            if self.store.cluster().is_some() {
+                // Other workers' live instances, as the store has them.
+                let held: std::collections::HashSet<InstanceId> = found.iter().map(|info| info.record.id).collect();
+                let mut keep = |record: &InstanceRecord| {
+                    !held.contains(&record.id)
+                        && filter.matches_key(&record.key)
+                        && filter
+                            .status
+                            .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
+                };
+                let elsewhere = self.store.live_instances(&mut keep, limit)?;
+                found.extend(elsewhere.into_iter().map(|record| InstanceInfo {
+                    status: InstanceStatus::of_phase(&record.phase),
+                    record,
+                }));
+            }
             found.sort_by_key(|info| info.record.id);
             found.truncate(limit);
         }
@@ -795,9 +874,12 @@ impl Runtime {
                 })
                 .or_insert(candidate);
         });
+        self.refresh_versions();
+        let mut workers = self.workers_by_version();
         let mut infos = self.registry.snapshot();
         for info in &mut infos {
             info.oldest_live = oldest.get(&info.key).copied();
+            info.workers = workers.remove(&info.key).unwrap_or_default();
         }
         infos
     }
@@ -825,15 +907,6 @@ impl Runtime {
             }
         }
         Ok(key)
-    }
-
-    /// Commits a lifecycle change made by the registry.
-    pub async fn change_status(&self, change: Option<StatusChange>) -> Option<VersionStatus> {
-        let change = change?;
-        let status = change.status;
-        self.refresh_routing();
-        self.persist_status(change).await;
-        Some(status)
     }
 
     /// Registers state migrations after open; refused as a whole if the chain would break.
@@ -876,5 +949,6 @@ impl Runtime {
         {
             tracing::error!("closing the commit thread panicked");
         }
+        self.leave_cluster().await;
     }
 }

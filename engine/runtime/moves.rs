@@ -212,18 +212,12 @@ impl Runtime {
             key: key.clone(),
             delta: *delta,
         }));
-        self.committer.commit(ops).await?;
-        let mut changes = Vec::new();
-        for (key, delta) in &deltas {
-            changes.extend(self.registry.apply(key, delta));
-        }
+        let drained = self.write_then_announce(ops).await?;
         for ((from, to), (count, cause)) in flows {
             tracing::info!(from = %from, to = %to, count, ?cause, "instances moved between versions");
             self.events.emit(Event::InstancesMoved { from, to, count, cause });
         }
-        for change in changes {
-            self.change_status(Some(change)).await;
-        }
+        self.announce(drained);
         Ok(())
     }
 

@@ -301,8 +301,8 @@ impl Runtime {
         if promoted {
             // The old default takes no new instances and drains (announced after the promotion).
             let stable = VersionKey::new(spec.workflow.clone(), spec.stable.clone());
-            if let Ok(change) = self.registry.drain(&stable) {
-                self.change_status(change).await;
+            if let Err(error) = self.drain(&stable).await {
+                tracing::warn!(version = %stable, %error, "could not drain the old default after a promotion");
             }
         }
         Ok(())

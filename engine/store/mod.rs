@@ -3,7 +3,12 @@
 //! Owns the persisted records besides the instance record itself (signals, per-version counters
 //! and statuses) and the contract every backend keeps: `apply` is all-or-nothing, `sync` makes all
 //! applied work durable, `recover` returns everything a starting engine needs. The trait names no
-//! backend concept (no trees, no files, no SQL), so a PostgreSQL backend can implement it.
+//! backend concept (no trees, no files, no SQL).
+//!
+//! A store many processes share (PostgreSQL) also implements [`Cluster`]: each process is a
+//! worker that claims the live instances of the versions it has code for, under a claim with a
+//! fencing token that every write of the instance checks. A store only one process opens (sled)
+//! has no `Cluster`: its one worker holds every claim.
 
 mod postgres;
 pub mod sled_format1;
@@ -59,6 +64,32 @@ pub enum StoreError {
         /// The newest schema this build knows.
         supported: u32,
     },
+    /// Another worker claimed these instances (this one's lease ran out): their writes were not
+    /// applied, and this worker must let them go.
+    #[error("instances {} are claimed by another worker now; their step was not committed here and runs there", describe_ids(.ids))]
+    ClaimLost {
+        /// The instances.
+        ids: Vec<InstanceId>,
+    },
+    /// A start was committed for a version that no longer takes new instances in the store
+    /// (another process drained or retired it a moment before).
+    #[error("{key} is {status:?} in the store and takes no new instances; nothing was started — start again to route to an active version")]
+    VersionNotAccepting {
+        /// The version.
+        key: VersionKey,
+        /// Its status in the store.
+        status: VersionStatus,
+    },
+    /// A version was to be retired while instances of it still live (in this or another process).
+    #[error(
+        "{key} still has {live} live instances in the store; drain it and wait until it is Drained before retiring it"
+    )]
+    LiveInstances {
+        /// The version.
+        key: VersionKey,
+        /// Its live instances in the store.
+        live: u64,
+    },
     /// A record could not be encoded.
     #[error("could not encode {what}: {message}")]
     Encode {
@@ -67,6 +98,10 @@ pub enum StoreError {
         /// Why it failed.
         message: String,
     },
+}
+
+fn describe_ids(ids: &[InstanceId]) -> String {
+    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Why a PostgreSQL database cannot be used.
@@ -290,6 +325,66 @@ pub enum Op {
     },
 }
 
+/// A version as a write left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// The version.
+    pub key: VersionKey,
+    /// Its counters after the write.
+    pub counters: VersionCounters,
+    /// Its status after the write (`None`: never set, which counts as `Active`).
+    pub status: Option<VersionStatus>,
+}
+
+/// What a write did to the versions whose counters or status it changed. The store decides
+/// residency in the write itself: a `Draining` version whose live count the write brings to 0
+/// becomes `Drained` in the same atomic write, and is listed in `drained` by that write only, so
+/// it is announced once however many processes share the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Every version whose counters or status the write changed, as it left them.
+    pub versions: Vec<StoredVersion>,
+    /// The versions this write drained.
+    pub drained: Vec<VersionKey>,
+}
+
+impl Applied {
+    /// The part of a group's result that belongs to one of its commits: the versions `ops`
+    /// touched, and those of them drained if `drains` (the group's first commit touching them).
+    pub(crate) fn share(&self, ops: &[Op], drains: &dyn Fn(&VersionKey) -> bool) -> Applied {
+        let touched = |key: &VersionKey| Op::touch(ops, key);
+        Applied {
+            versions: self
+                .versions
+                .iter()
+                .filter(|stored| touched(&stored.key))
+                .cloned()
+                .collect(),
+            drained: self
+                .drained
+                .iter()
+                .filter(|key| touched(key) && drains(key))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+impl Op {
+    /// The version whose counters or status this op changes, if any.
+    pub(crate) fn version(&self) -> Option<&VersionKey> {
+        match self {
+            Op::AdjustCounters { key, .. } | Op::PutVersionStatus { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Whether any of `ops` changes `key`'s counters or status.
+    pub(crate) fn touch(ops: &[Op], key: &VersionKey) -> bool {
+        ops.iter().any(|op| op.version() == Some(key))
+    }
+}
+
 /// A live record that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorruptRecord {
@@ -312,10 +407,64 @@ pub struct RecoveredState {
     pub counters: Vec<(VersionKey, VersionCounters)>,
     /// Per-version lifecycle statuses.
     pub statuses: Vec<(VersionKey, VersionStatus)>,
-    /// A number above every instance id in the store.
-    pub next_instance_id: u64,
-    /// A number above every signal sequence number in the store.
-    pub next_signal_seq: u64,
+}
+
+/// What a store numbers: each kind is unique across every process sharing the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    /// Instance ids.
+    Instance,
+    /// Signal sequence numbers.
+    Signal,
+}
+
+/// A worker: one engine process on a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Its id, unique in the store.
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it joined (ms since the Unix epoch).
+    pub started_at_ms: u64,
+    /// Its last heartbeat (ms since the Unix epoch, the database's clock).
+    pub heartbeat_ms: u64,
+    /// The versions it has code for.
+    pub versions: Vec<VersionKey>,
+    /// Whether its lease is current (it heartbeat within the lease and has not left).
+    pub alive: bool,
+}
+
+/// Instances a worker just claimed, with their pending signals.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The claimed records, each with its new claim token in `InstanceRecord::claim`.
+    pub live: Vec<InstanceRecord>,
+    /// Claimed records that do not decode (the caller quarantines them).
+    pub corrupt: Vec<CorruptRecord>,
+    /// Their delivered, unconsumed signals.
+    pub signals: Vec<SignalRecord>,
+}
+
+/// The many-process side of a shared store: workers, their leases and their claims. Every
+/// instance is claimed by at most one worker at a time; a claim lasts while its worker's lease
+/// does (renewed by `heartbeat`), and each new claim of an instance gets a higher fencing token
+/// that the store checks on every write of it, so a worker that lost its claim never commits.
+pub trait Cluster: Send + Sync {
+    /// This process's worker id.
+    fn worker_id(&self) -> &str;
+    /// Renews this worker's lease, and with it every claim it holds, and records the versions it
+    /// has code for (a worker joins with its first heartbeat).
+    fn heartbeat(&self, versions: &[VersionKey], lease: std::time::Duration) -> Result<(), StoreError>;
+    /// Claims up to `limit` live instances of `versions` that no worker with a current lease
+    /// holds (never one of another version).
+    fn claim(&self, versions: &[VersionKey], lease: std::time::Duration, limit: usize) -> Result<Claimed, StoreError>;
+    /// Hands every claim of this worker back at once and marks it stopped.
+    fn leave(&self) -> Result<(), StoreError>;
+    /// Every worker the store knows, with whether its lease is current.
+    fn workers(&self, lease: std::time::Duration) -> Result<Vec<WorkerInfo>, StoreError>;
 }
 
 /// Counts of what a store has done, for tests and benchmarks.
@@ -329,14 +478,35 @@ pub struct StoreStats {
 
 /// The persistence of an engine. Implementations must make `apply` atomic and `sync` durable.
 pub trait Store: Send + Sync + 'static {
-    /// Applies `ops` atomically: after a crash either all of them are visible or none.
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Applies `ops` atomically: after a crash either all of them are visible or none. The
+    /// store keeps residency exact in the same write: it refuses a start on a version it holds as
+    /// not `Active` ([`StoreError::VersionNotAccepting`]) and retiring a version with live
+    /// instances ([`StoreError::LiveInstances`]), and makes a `Draining` version left with no
+    /// live instance `Drained`; it returns what it did to the versions touched.
+    fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError>;
+    /// Every version the store holds, with counters and status.
+    fn versions(&self) -> Result<Vec<StoredVersion>, StoreError>;
     /// Makes every applied op durable on stable storage.
     fn sync(&self) -> Result<(), StoreError>;
-    /// Loads what a starting engine needs.
+    /// Loads what a starting engine needs: with a [`Cluster`], only the live instances it claims
+    /// (call [`Cluster::heartbeat`] first, then claim); without, every live instance.
     fn recover(&self) -> Result<RecoveredState, StoreError>;
+    /// Reserves numbers of `kind` no other process sharing the store will use: a range of at
+    /// least one.
+    fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError>;
+    /// The many-process side of a shared store; `None` for a store one process opens.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
     /// Loads one instance, live or finished.
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Live instances that `keep` accepts, at most `limit`, in id order: with a shared store, the
+    /// ones every worker holds (an engine lists its own from memory).
+    fn live_instances(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Finished instances that `keep` accepts, at most `limit`, in id order.
     fn finished_instances(
         &self,

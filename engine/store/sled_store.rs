@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AppliedConfig, CorruptRecord, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats,
-    VersionCounters,
+    Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
+    StoreError, StoreStats, StoredVersion, VersionCounters,
 };
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use crate::registry::VersionStatus;
@@ -64,12 +64,23 @@ struct QuarantineEntry {
     raw: Vec<u8>,
 }
 
+/// Counters and statuses of every version in the store.
+#[derive(Default)]
+struct Residency {
+    counters: HashMap<VersionKey, VersionCounters>,
+    statuses: HashMap<VersionKey, VersionStatus>,
+}
+
 /// The sled-backed store: single process, embedded, durable with `sync`.
 pub struct SledStore {
     db: sled::Db,
     data_file: File,
     path: PathBuf,
-    counters: Mutex<HashMap<VersionKey, VersionCounters>>,
+    /// Every version's counters and status, as stored: what `apply` decides residency on.
+    versions: Mutex<Residency>,
+    /// The next instance id and signal sequence number to hand out.
+    next_instance_id: AtomicU64,
+    next_signal_seq: AtomicU64,
     applies: AtomicU64,
     syncs: AtomicU64,
 }
@@ -163,23 +174,41 @@ impl SledStore {
                     .map_err(backend("write format"))?;
             }
         }
-        let mut counters = HashMap::new();
+        let mut residency = Residency::default();
         for item in db.scan_prefix(COUNTERS) {
             let (_, value) = item.map_err(backend("read counters"))?;
             let entry: CounterEntry = decode(&value).map_err(|message| StoreError::Backend {
                 operation: "read counters",
                 message: format!("a counter record does not decode: {message}"),
             })?;
-            counters.insert(entry.key, entry.counters);
+            residency.counters.insert(entry.key, entry.counters);
         }
-        Ok(SledStore {
+        for item in db.scan_prefix(STATUSES) {
+            let (_, value) = item.map_err(backend("read statuses"))?;
+            let entry: StatusEntry = decode(&value).map_err(|message| StoreError::Backend {
+                operation: "read statuses",
+                message: format!("a version status record does not decode: {message}"),
+            })?;
+            residency.statuses.insert(entry.key, entry.status);
+        }
+        let mut store = SledStore {
             db,
             data_file,
             path,
-            counters: Mutex::new(counters),
+            versions: Mutex::new(residency),
+            next_instance_id: AtomicU64::new(1),
+            next_signal_seq: AtomicU64::new(1),
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
-        })
+        };
+        let highest = store
+            .max_id(LIVE)?
+            .max(store.max_id(FINISHED)?)
+            .max(store.max_id(QUARANTINED)?);
+        let signals = store.collect::<SignalRecord>(SIGNALS, "signal")?;
+        store.next_instance_id = AtomicU64::new(highest + 1);
+        store.next_signal_seq = AtomicU64::new(signals.iter().map(|signal| signal.seq + 1).max().unwrap_or(1));
+        Ok(store)
     }
 
     /// Opens sled's database. The file lock of a store closed a moment ago in this process may
@@ -214,6 +243,28 @@ impl SledStore {
         }
     }
 
+    /// Instance records under `prefix` that `keep` accepts, at most `limit`, in id order.
+    fn scan_instances(
+        &self,
+        prefix: &[u8],
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.db.scan_prefix(prefix) {
+            if found.len() >= limit {
+                break;
+            }
+            let (_, value) = item.map_err(backend("scan instances"))?;
+            match InstanceRecord::decode(&value) {
+                Ok(record) if keep(&record) => found.push(record),
+                Ok(_) => {}
+                Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
+            }
+        }
+        Ok(found)
+    }
+
     fn collect<T: DeserializeOwned>(&self, prefix: &[u8], what: &'static str) -> Result<Vec<T>, StoreError> {
         let mut values = Vec::new();
         for item in self.db.scan_prefix(prefix) {
@@ -229,9 +280,10 @@ impl SledStore {
 
 impl Store for SledStore {
     #[tracing::instrument(level = "trace", skip_all, fields(ops = ops.len()))]
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let mut counters = self.counters.lock();
-        let mut changed: HashMap<&VersionKey, VersionCounters> = HashMap::new();
+    fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
+        let mut residency = self.versions.lock();
+        let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
+        let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
@@ -248,18 +300,22 @@ impl Store for SledStore {
                 }
                 Op::DeleteSignal { instance, seq } => batch.remove(signal_key(*instance, *seq)),
                 Op::AdjustCounters { key, delta } => {
-                    let entry = changed
+                    if delta.started > 0 {
+                        let status = statuses.get(key).or(residency.statuses.get(key)).copied();
+                        if let Some(status) = status.filter(|status| *status != VersionStatus::Active) {
+                            return Err(StoreError::VersionNotAccepting {
+                                key: key.clone(),
+                                status,
+                            });
+                        }
+                    }
+                    counters
                         .entry(key)
-                        .or_insert_with(|| counters.get(key).copied().unwrap_or_default());
-                    entry.apply(delta);
+                        .or_insert_with(|| residency.counters.get(key).copied().unwrap_or_default())
+                        .apply(delta);
                 }
                 Op::PutVersionStatus { key, status } => {
-                    let entry = StatusEntry {
-                        format: RECORD_FORMAT,
-                        key: key.clone(),
-                        status: *status,
-                    };
-                    batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
+                    statuses.insert(key, *status);
                 }
                 Op::PutScheduleFire { schedule, fire_ms } => {
                     let mut key = SCHEDULE_FIRES.to_vec();
@@ -292,7 +348,34 @@ impl Store for SledStore {
                 }
             }
         }
-        for (key, value) in &changed {
+        let live_of = |key: &VersionKey| {
+            counters
+                .get(key)
+                .or(residency.counters.get(key))
+                .map_or(0, |counters| counters.live)
+        };
+        for (key, status) in &statuses {
+            let live = live_of(key);
+            if *status == VersionStatus::Retired && live > 0 {
+                return Err(StoreError::LiveInstances {
+                    key: (*key).clone(),
+                    live,
+                });
+            }
+        }
+        // A draining version this write leaves with no live instance is drained by this write.
+        let mut drained: Vec<&VersionKey> = Vec::new();
+        for key in counters.keys().chain(statuses.keys()).copied() {
+            let status = statuses.get(key).or(residency.statuses.get(key)).copied();
+            if status == Some(VersionStatus::Draining) && live_of(key) == 0 && !drained.contains(&key) {
+                drained.push(key);
+            }
+        }
+        for key in &drained {
+            statuses.insert(key, VersionStatus::Drained);
+        }
+        let drained: Vec<VersionKey> = drained.into_iter().cloned().collect();
+        for (key, value) in &counters {
             let entry = CounterEntry {
                 format: RECORD_FORMAT,
                 key: (*key).clone(),
@@ -300,12 +383,57 @@ impl Store for SledStore {
             };
             batch.insert(version_key(COUNTERS, key), encode("counters", &entry)?);
         }
+        for (key, status) in &statuses {
+            let entry = StatusEntry {
+                format: RECORD_FORMAT,
+                key: (*key).clone(),
+                status: *status,
+            };
+            batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
+        }
         self.db.apply_batch(batch).map_err(backend("apply"))?;
-        for (key, value) in changed {
-            counters.insert(key.clone(), value);
+        let mut applied = Applied {
+            versions: Vec::with_capacity(counters.len() + statuses.len()),
+            drained,
+        };
+        for (key, value) in counters {
+            residency.counters.insert(key.clone(), value);
+        }
+        for (key, status) in statuses {
+            residency.statuses.insert(key.clone(), status);
+        }
+        let mut keys: Vec<&VersionKey> = Vec::new();
+        for op in ops {
+            if let Op::AdjustCounters { key, .. } | Op::PutVersionStatus { key, .. } = op {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        for key in keys {
+            applied.versions.push(StoredVersion {
+                key: key.clone(),
+                counters: residency.counters.get(key).copied().unwrap_or_default(),
+                status: residency.statuses.get(key).copied(),
+            });
         }
         self.applies.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(applied)
+    }
+
+    fn versions(&self) -> Result<Vec<StoredVersion>, StoreError> {
+        let residency = self.versions.lock();
+        let mut keys: Vec<&VersionKey> = residency.counters.keys().chain(residency.statuses.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys
+            .into_iter()
+            .map(|key| StoredVersion {
+                key: key.clone(),
+                counters: residency.counters.get(key).copied().unwrap_or_default(),
+                status: residency.statuses.get(key).copied(),
+            })
+            .collect())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -331,24 +459,29 @@ impl Store for SledStore {
             }
         }
         state.signals = self.collect::<SignalRecord>(SIGNALS, "signal")?;
-        state.counters = self
+        let residency = self.versions.lock();
+        state.counters = residency
             .counters
-            .lock()
             .iter()
             .map(|(key, value)| (key.clone(), *value))
             .collect();
-        state.statuses = self
-            .collect::<StatusEntry>(STATUSES, "version status")?
-            .into_iter()
-            .map(|entry| (entry.key, entry.status))
+        state.statuses = residency
+            .statuses
+            .iter()
+            .map(|(key, status)| (key.clone(), *status))
             .collect();
-        let highest = self
-            .max_id(LIVE)?
-            .max(self.max_id(FINISHED)?)
-            .max(self.max_id(QUARANTINED)?);
-        state.next_instance_id = highest + 1;
-        state.next_signal_seq = state.signals.iter().map(|signal| signal.seq + 1).max().unwrap_or(1);
         Ok(state)
+    }
+
+    /// One process opens a sled store, so its numbers come from counters set at open.
+    fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError> {
+        const BLOCK: u64 = 1024;
+        let next = match kind {
+            IdKind::Instance => &self.next_instance_id,
+            IdKind::Signal => &self.next_signal_seq,
+        };
+        let first = next.fetch_add(BLOCK, Ordering::Relaxed);
+        Ok(first..first + BLOCK)
     }
 
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
@@ -363,26 +496,20 @@ impl Store for SledStore {
         Ok(None)
     }
 
+    fn live_instances(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.scan_instances(LIVE, keep, limit)
+    }
+
     fn finished_instances(
         &self,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut found = Vec::new();
-        for item in self.db.scan_prefix(FINISHED) {
-            if found.len() >= limit {
-                break;
-            }
-            let (_, value) = item.map_err(backend("scan finished instances"))?;
-            match InstanceRecord::decode(&value) {
-                Ok(record) if keep(&record) => found.push(record),
-                Ok(_) => {}
-                Err(reason) => {
-                    tracing::warn!(%reason, "skipping a finished instance record that does not decode")
-                }
-            }
-        }
-        Ok(found)
+        self.scan_instances(FINISHED, keep, limit)
     }
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

@@ -33,7 +33,13 @@ fn admin(admin_url: &str, sql: String) -> Result<(), String> {
                 .await
                 .map_err(|error| format!("{error}: {:?}", std::error::Error::source(&error)))?;
             tokio::spawn(connection);
-            client.batch_execute(&sql).await.map_err(|error| error.to_string())
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|error| match error.as_db_error() {
+                    Some(db) => db.message().to_string(),
+                    None => error.to_string(),
+                })
         })
     })
     .join()

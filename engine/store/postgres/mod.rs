@@ -24,8 +24,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::{
-    AppliedConfig, CorruptRecord, CounterDelta, DatabaseProblem, MigrationJobRecord, Op, RecoveredState, Store,
-    StoreError, StoreStats, VersionCounters,
+    Applied, AppliedConfig, Claimed, Cluster, CorruptRecord, CounterDelta, DatabaseProblem, IdKind, MigrationJobRecord,
+    Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion, VersionCounters, WorkerInfo,
 };
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use crate::registry::VersionStatus;
@@ -36,6 +36,8 @@ const POOL_SIZE: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished instances read per round trip while listing.
 const PAGE: i64 = 512;
+/// How many numbers one `nextval` of an id sequence reserves (the sequences' increment).
+const ID_BLOCK: u64 = 1024;
 
 /// The PostgreSQL-backed store.
 pub struct PostgresStore {
@@ -44,7 +46,36 @@ pub struct PostgresStore {
     pool: Pool,
     /// `user@host:port/database`, for messages.
     target: String,
+    /// This process's worker id: the owner of the claims it takes.
+    worker_id: String,
     applies: AtomicU64,
+}
+
+/// The database's clock in ms since the Unix epoch: leases are compared on one clock, whatever
+/// the hosts' clocks say.
+const DATABASE_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// A worker id unique among the processes sharing a database: host, process id and a random part.
+fn new_worker_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    format!("{}-{}-{:08x}", host_name(), std::process::id(), hasher.finish() as u32)
+}
+
+/// This machine's host name, as the kernel reports it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_string())
 }
 
 /// A tokio-postgres error in words: the server's message and SQLSTATE code, or the client's
@@ -219,6 +250,7 @@ impl PostgresStore {
             runtime: Some(runtime),
             pool,
             target,
+            worker_id: new_worker_id(),
             applies: AtomicU64::new(0),
         };
         let pool = store.pool.clone();
@@ -280,40 +312,36 @@ impl PostgresStore {
         })
     }
 
-    /// Every instance row's version and counts.
-    fn versions(&self) -> Result<Vec<(VersionKey, Option<VersionStatus>, VersionCounters)>, StoreError> {
-        self.query(
-            "read versions",
-            "SELECT workflow, version, status, live, started, completed, failed, cancelled, moved_in, moved_out,
-                    first_start_ms, last_start_ms
-             FROM strata_versions",
-            Vec::new(),
-            |row| {
-                let workflow: String = row.get(0);
-                let version: String = row.get(1);
-                let version = semver::Version::parse(&version).map_err(|error| StoreError::Backend {
-                    operation: "read versions",
-                    message: format!("stored version '{version}' of '{workflow}' does not parse: {error}"),
-                })?;
-                let status: Option<String> = row.get(2);
-                let counters = VersionCounters {
-                    live: unsigned(row.get(3)),
-                    started: unsigned(row.get(4)),
-                    completed: unsigned(row.get(5)),
-                    failed: unsigned(row.get(6)),
-                    cancelled: unsigned(row.get(7)),
-                    moved_in: unsigned(row.get(8)),
-                    moved_out: unsigned(row.get(9)),
-                    first_start_ms: row.get::<_, Option<i64>>(10).map(unsigned),
-                    last_start_ms: row.get::<_, Option<i64>>(11).map(unsigned),
-                };
-                Ok((
-                    VersionKey::new(workflow, version),
-                    status.as_deref().and_then(status_from_text),
-                    counters,
-                ))
-            },
-        )
+    /// Live or finished instance records that `keep` accepts, at most `limit`, in id order, read
+    /// in pages.
+    fn page_instances(
+        &self,
+        live: bool,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut found = Vec::new();
+        let mut after = -1i64;
+        while found.len() < limit {
+            let page = self.query(
+                "read instances",
+                "SELECT id, record FROM strata_instances WHERE live = $1 AND id > $2 ORDER BY id LIMIT $3",
+                vec![Box::new(live), Box::new(after), Box::new(PAGE)],
+                |row| Ok((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1))),
+            )?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = *last;
+            for (_, bytes) in page {
+                match InstanceRecord::decode(&bytes) {
+                    Ok(record) if found.len() < limit && keep(&record) => found.push(record),
+                    Ok(_) => {}
+                    Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Decodes every `record` column of a query.
@@ -366,6 +394,7 @@ async fn check_record_format(client: &tokio_postgres::Client) -> Result<(), Stor
 /// One instance row to write.
 struct InstanceRow {
     id: i64,
+    claim: i64,
     workflow: String,
     version: String,
     live: bool,
@@ -407,6 +436,7 @@ impl Writes {
                 Op::PutInstance(record) => {
                     let row = InstanceRow {
                         id: signed(record.id.0),
+                        claim: signed(record.claim),
                         workflow: record.key.workflow.clone(),
                         version: record.key.version.to_string(),
                         live: !record.finished,
@@ -464,16 +494,22 @@ impl Writes {
         Ok(writes)
     }
 
-    /// Sends the writes in one transaction: all of them or none.
-    async fn commit(self, pool: Pool) -> Result<(), StoreError> {
+    /// Sends the writes in one transaction: all of them or none. An instance row is written only
+    /// while `worker` holds its claim with the token the record carries (a new row is inserted
+    /// claimed by `worker`); if any is not, nothing is written and the error names them.
+    async fn commit(mut self, pool: Pool, worker: String) -> Result<Applied, StoreError> {
         let mut client = pool.get().await.map_err(pool_failed("commit"))?;
         let transaction = client.transaction().await.map_err(failed("begin"))?;
         let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
         if !self.instances.is_empty() {
-            let statement = run("INSERT INTO strata_instances (id, workflow, version, live, status, due_ms, record)
-                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[], $7::bytea[])
+            let statement = run("INSERT INTO strata_instances AS current
+                     (id, workflow, version, live, status, due_ms, record, fence, owner)
+                 SELECT *, $9 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
+                     $7::bytea[], $8::bigint[])
                  ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
-                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record")
+                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record
+                 WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
+                 RETURNING id")
             .await?;
             let ids: Vec<i64> = self.instances.iter().map(|row| row.id).collect();
             let workflows: Vec<&str> = self.instances.iter().map(|row| row.workflow.as_str()).collect();
@@ -482,15 +518,29 @@ impl Writes {
             let statuses: Vec<&str> = self.instances.iter().map(|row| row.status).collect();
             let due: Vec<Option<i64>> = self.instances.iter().map(|row| row.due_ms).collect();
             let records: Vec<&[u8]> = self.instances.iter().map(|row| row.record.as_slice()).collect();
-            transaction
-                .execute(
+            let claims: Vec<i64> = self.instances.iter().map(|row| row.claim).collect();
+            let written = transaction
+                .query(
                     &statement,
-                    &[&ids, &workflows, &versions, &live, &statuses, &due, &records],
+                    &[
+                        &ids, &workflows, &versions, &live, &statuses, &due, &records, &claims, &worker,
+                    ],
                 )
                 .await
                 .map_err(failed("write instances"))?;
+            if written.len() < ids.len() {
+                let written: std::collections::HashSet<i64> = written.iter().map(|row| row.get(0)).collect();
+                let lost = ids
+                    .iter()
+                    .filter(|id| !written.contains(id))
+                    .map(|id| InstanceId(unsigned(*id)))
+                    .collect();
+                return Err(StoreError::ClaimLost { ids: lost });
+            }
         }
-        let (stored, deleted): (Vec<_>, Vec<_>) = self.signals.into_iter().partition(|(_, record)| record.is_some());
+        let (stored, deleted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.signals)
+            .into_iter()
+            .partition(|(_, record)| record.is_some());
         if !stored.is_empty() {
             let statement = run("INSERT INTO strata_signals (instance, seq, record)
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])
@@ -515,73 +565,7 @@ impl Writes {
                 .await
                 .map_err(failed("delete signals"))?;
         }
-        if !self.counters.is_empty() {
-            let statement = run(
-                "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
-                     failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
-                 ON CONFLICT (workflow, version) DO UPDATE SET
-                     live = GREATEST(current.live + EXCLUDED.live, 0),
-                     started = current.started + EXCLUDED.started,
-                     completed = current.completed + EXCLUDED.completed,
-                     failed = current.failed + EXCLUDED.failed,
-                     cancelled = current.cancelled + EXCLUDED.cancelled,
-                     moved_in = current.moved_in + EXCLUDED.moved_in,
-                     moved_out = current.moved_out + EXCLUDED.moved_out,
-                     first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
-                     last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)",
-            )
-            .await?;
-            let sums: Vec<(&VersionKey, &CounterSum)> = self.counters.iter().collect();
-            let workflows: Vec<&str> = sums.iter().map(|(key, _)| key.workflow.as_str()).collect();
-            let versions: Vec<String> = sums.iter().map(|(key, _)| key.version.to_string()).collect();
-            let column = |value: fn(&CounterDelta) -> i64| -> Vec<i64> {
-                sums.iter().map(|(_, sum)| value(&sum.delta)).collect()
-            };
-            let live = column(|delta| delta.live);
-            let started = column(|delta| signed(delta.started));
-            let completed = column(|delta| signed(delta.completed));
-            let failed_count = column(|delta| signed(delta.failed));
-            let cancelled = column(|delta| signed(delta.cancelled));
-            let moved_in = column(|delta| signed(delta.moved_in));
-            let moved_out = column(|delta| signed(delta.moved_out));
-            let first: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.first_start_ms).collect();
-            let last: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.last_start_ms).collect();
-            transaction
-                .execute(
-                    &statement,
-                    &[
-                        &workflows,
-                        &versions,
-                        &live,
-                        &started,
-                        &completed,
-                        &failed_count,
-                        &cancelled,
-                        &moved_in,
-                        &moved_out,
-                        &first,
-                        &last,
-                    ],
-                )
-                .await
-                .map_err(failed("write counters"))?;
-        }
-        for (key, status) in &self.statuses {
-            let statement = run(
-                "INSERT INTO strata_versions (workflow, version, status) VALUES ($1, $2, $3)
-                 ON CONFLICT (workflow, version) DO UPDATE SET status = EXCLUDED.status",
-            )
-            .await?;
-            transaction
-                .execute(
-                    &statement,
-                    &[&key.workflow, &key.version.to_string(), &version_text(*status)],
-                )
-                .await
-                .map_err(failed("write version status"))?;
-        }
+        let applied = self.decide_residency(&transaction).await?;
         for (schedule, fire_ms) in &self.fires {
             let statement = run("INSERT INTO strata_schedule_fires (schedule, fire_ms) VALUES ($1, $2)
                  ON CONFLICT (schedule) DO UPDATE SET fire_ms = EXCLUDED.fire_ms")
@@ -648,17 +632,167 @@ impl Writes {
                 .await
                 .map_err(failed("quarantine"))?;
         }
-        transaction.commit().await.map_err(failed("commit"))
+        transaction.commit().await.map_err(failed("commit"))?;
+        Ok(applied)
+    }
+
+    /// Writes counters and statuses and decides residency, in the transaction: every touched
+    /// version row is locked (in one order, so that workers never deadlock), a start on a version
+    /// not `Active` and a retirement with live instances are refused, and a `Draining` version
+    /// left with no live instance becomes `Drained`.
+    async fn decide_residency(&self, transaction: &deadpool_postgres::Transaction<'_>) -> Result<Applied, StoreError> {
+        let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
+        let mut keys: Vec<&VersionKey> = self.counters.keys().chain(self.statuses.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(Applied::default());
+        }
+        let key_workflows: Vec<&str> = keys.iter().map(|key| key.workflow.as_str()).collect();
+        let key_versions: Vec<String> = keys.iter().map(|key| key.version.to_string()).collect();
+        let statement = run("INSERT INTO strata_versions (workflow, version)
+             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING")
+        .await?;
+        transaction
+            .execute(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("lock versions"))?;
+        let statement = run("SELECT workflow, version, status FROM strata_versions
+             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+             ORDER BY workflow, version FOR UPDATE")
+        .await?;
+        let locked = transaction
+            .query(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("lock versions"))?;
+        for row in &locked {
+            let status = row.get::<_, Option<String>>(2).as_deref().and_then(status_from_text);
+            let Some(status) = status.filter(|status| *status != VersionStatus::Active) else {
+                continue;
+            };
+            let (workflow, version): (String, String) = (row.get(0), row.get(1));
+            let starts = self.counters.iter().find(|(key, sum)| {
+                sum.delta.started > 0 && key.workflow == workflow && key.version.to_string() == version
+            });
+            if let Some((key, _)) = starts {
+                return Err(StoreError::VersionNotAccepting {
+                    key: key.clone(),
+                    status,
+                });
+            }
+        }
+        if !self.counters.is_empty() {
+            let statement = run(
+                "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
+                     failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+                 ON CONFLICT (workflow, version) DO UPDATE SET
+                     live = GREATEST(current.live + EXCLUDED.live, 0),
+                     started = current.started + EXCLUDED.started,
+                     completed = current.completed + EXCLUDED.completed,
+                     failed = current.failed + EXCLUDED.failed,
+                     cancelled = current.cancelled + EXCLUDED.cancelled,
+                     moved_in = current.moved_in + EXCLUDED.moved_in,
+                     moved_out = current.moved_out + EXCLUDED.moved_out,
+                     first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
+                     last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)",
+            )
+            .await?;
+            let sums: Vec<(&VersionKey, &CounterSum)> = self.counters.iter().collect();
+            let workflows: Vec<&str> = sums.iter().map(|(key, _)| key.workflow.as_str()).collect();
+            let versions: Vec<String> = sums.iter().map(|(key, _)| key.version.to_string()).collect();
+            let column = |value: fn(&CounterDelta) -> i64| -> Vec<i64> {
+                sums.iter().map(|(_, sum)| value(&sum.delta)).collect()
+            };
+            let live = column(|delta| delta.live);
+            let started = column(|delta| signed(delta.started));
+            let completed = column(|delta| signed(delta.completed));
+            let failed_count = column(|delta| signed(delta.failed));
+            let cancelled = column(|delta| signed(delta.cancelled));
+            let moved_in = column(|delta| signed(delta.moved_in));
+            let moved_out = column(|delta| signed(delta.moved_out));
+            let first: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.first_start_ms).collect();
+            let last: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.last_start_ms).collect();
+            transaction
+                .execute(
+                    &statement,
+                    &[
+                        &workflows,
+                        &versions,
+                        &live,
+                        &started,
+                        &completed,
+                        &failed_count,
+                        &cancelled,
+                        &moved_in,
+                        &moved_out,
+                        &first,
+                        &last,
+                    ],
+                )
+                .await
+                .map_err(failed("write counters"))?;
+        }
+        for (key, status) in &self.statuses {
+            let statement = run(
+                "UPDATE strata_versions SET status = $3 WHERE workflow = $1 AND version = $2
+                 RETURNING live",
+            )
+            .await?;
+            let row = transaction
+                .query_one(
+                    &statement,
+                    &[&key.workflow, &key.version.to_string(), &version_text(*status)],
+                )
+                .await
+                .map_err(failed("write version status"))?;
+            let live = unsigned(row.get(0));
+            if *status == VersionStatus::Retired && live > 0 {
+                return Err(StoreError::LiveInstances { key: key.clone(), live });
+            }
+        }
+        let statement = run("UPDATE strata_versions SET status = 'drained'
+             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+               AND status = 'draining' AND live = 0
+             RETURNING workflow, version")
+        .await?;
+        let drained = transaction
+            .query(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("drain versions"))?
+            .iter()
+            .map(|row| {
+                let (workflow, version): (String, String) = (row.get(0), row.get(1));
+                keys.iter()
+                    .find(|key| key.workflow == workflow && key.version.to_string() == version)
+                    .map(|key| (*key).clone())
+            })
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        let statement = run(TOUCHED_VERSIONS_QUERY).await?;
+        let versions = transaction
+            .query(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("read versions"))?
+            .iter()
+            .map(stored_version)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Applied { versions, drained })
     }
 }
 
 impl Store for PostgresStore {
     #[tracing::instrument(level = "trace", skip_all, fields(ops = ops.len()))]
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+    fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
         let writes = Writes::of(ops)?;
-        self.run(writes.commit(self.pool.clone()))?;
+        let applied = self.run(writes.commit(self.pool.clone(), self.worker_id.clone()))?;
         self.applies.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(applied)
+    }
+
+    fn versions(&self) -> Result<Vec<StoredVersion>, StoreError> {
+        self.query("read versions", ALL_VERSIONS_QUERY, Vec::new(), stored_version)
     }
 
     /// A committed transaction is durable (the server's `synchronous_commit`): nothing to do.
@@ -666,36 +800,30 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    /// Counters and statuses; live instances come from [`Cluster::claim`].
     fn recover(&self) -> Result<RecoveredState, StoreError> {
         let mut state = RecoveredState::default();
-        let live = self.query(
-            "read live instances",
-            "SELECT id, record FROM strata_instances WHERE live ORDER BY id",
-            Vec::new(),
-            |row| Ok((InstanceId(unsigned(row.get(0))), row.get::<_, Vec<u8>>(1))),
-        )?;
-        for (id, bytes) in live {
-            match super::decode_live_record(id, &bytes) {
-                Ok(record) => state.live.push(record),
-                Err(corrupt) => state.corrupt.push(corrupt),
+        for stored in Store::versions(self)? {
+            if let Some(status) = stored.status {
+                state.statuses.push((stored.key.clone(), status));
             }
+            state.counters.push((stored.key, stored.counters));
         }
-        state.signals = self.records("signal", "SELECT record FROM strata_signals ORDER BY instance, seq")?;
-        for (key, status, counters) in self.versions()? {
-            if let Some(status) = status {
-                state.statuses.push((key.clone(), status));
-            }
-            state.counters.push((key, counters));
-        }
-        let next = self.query(
-            "read the highest ids",
-            "SELECT GREATEST((SELECT max(id) FROM strata_instances), (SELECT max(id) FROM strata_quarantine), 0) + 1,
-                    COALESCE((SELECT max(seq) FROM strata_signals), 0) + 1",
-            Vec::new(),
-            |row| Ok((unsigned(row.get(0)), unsigned(row.get(1)))),
-        )?;
-        (state.next_instance_id, state.next_signal_seq) = next.first().copied().unwrap_or((1, 1));
         Ok(state)
+    }
+
+    fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError> {
+        let sql = match kind {
+            IdKind::Instance => "SELECT nextval('strata_instance_blocks')",
+            IdKind::Signal => "SELECT nextval('strata_signal_blocks')",
+        };
+        let first = self.query("reserve ids", sql, Vec::new(), |row| Ok(unsigned(row.get(0))))?;
+        let first = first.first().copied().unwrap_or(1);
+        Ok(first..first + ID_BLOCK)
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
     }
 
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
@@ -713,35 +841,20 @@ impl Store for PostgresStore {
         Ok(found.into_iter().next())
     }
 
+    fn live_instances(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.page_instances(true, keep, limit)
+    }
+
     fn finished_instances(
         &self,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut found = Vec::new();
-        let mut after = -1i64;
-        while found.len() < limit {
-            let page = self.query(
-                "read finished instances",
-                "SELECT id, record FROM strata_instances WHERE NOT live AND id > $1 ORDER BY id LIMIT $2",
-                vec![Box::new(after), Box::new(PAGE)],
-                |row| Ok((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1))),
-            )?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = *last;
-            for (_, bytes) in page {
-                match InstanceRecord::decode(&bytes) {
-                    Ok(record) if found.len() < limit && keep(&record) => found.push(record),
-                    Ok(_) => {}
-                    Err(reason) => {
-                        tracing::warn!(%reason, "skipping a finished instance record that does not decode")
-                    }
-                }
-            }
-        }
-        Ok(found)
+        self.page_instances(false, keep, limit)
     }
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
@@ -801,5 +914,215 @@ impl Store for PostgresStore {
             applies,
             syncs: applies,
         }
+    }
+}
+
+/// Every version row.
+const ALL_VERSIONS_QUERY: &str = "SELECT workflow, version, status, live, started, completed, failed, cancelled,
+    moved_in, moved_out, first_start_ms, last_start_ms FROM strata_versions ORDER BY workflow, version";
+
+/// The version rows of the keys in `$1` (workflows) and `$2` (versions).
+const TOUCHED_VERSIONS_QUERY: &str = "SELECT workflow, version, status, live, started, completed, failed, cancelled,
+    moved_in, moved_out, first_start_ms, last_start_ms FROM strata_versions
+    WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))";
+
+/// A `strata_versions` row read by `ALL_VERSIONS_QUERY` or `TOUCHED_VERSIONS_QUERY`.
+fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError> {
+    let workflow: String = row.get(0);
+    let version: String = row.get(1);
+    let version = semver::Version::parse(&version).map_err(|error| StoreError::Backend {
+        operation: "read versions",
+        message: format!("stored version '{version}' of '{workflow}' does not parse: {error}"),
+    })?;
+    let status: Option<String> = row.get(2);
+    Ok(StoredVersion {
+        key: VersionKey::new(workflow, version),
+        status: status.as_deref().and_then(status_from_text),
+        counters: VersionCounters {
+            live: unsigned(row.get(3)),
+            started: unsigned(row.get(4)),
+            completed: unsigned(row.get(5)),
+            failed: unsigned(row.get(6)),
+            cancelled: unsigned(row.get(7)),
+            moved_in: unsigned(row.get(8)),
+            moved_out: unsigned(row.get(9)),
+            first_start_ms: row.get::<_, Option<i64>>(10).map(unsigned),
+            last_start_ms: row.get::<_, Option<i64>>(11).map(unsigned),
+        },
+    })
+}
+
+/// Version keys as the two text arrays the claim query compares rows with.
+fn version_columns(versions: &[VersionKey]) -> (Vec<String>, Vec<String>) {
+    versions
+        .iter()
+        .map(|key| (key.workflow.clone(), key.version.to_string()))
+        .unzip()
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    signed(crate::observe::millis_saturating(lease))
+}
+
+impl Cluster for PostgresStore {
+    fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    fn heartbeat(&self, versions: &[VersionKey], _lease: Duration) -> Result<(), StoreError> {
+        let names: Vec<String> = versions.iter().map(ToString::to_string).collect();
+        let pool = self.pool.clone();
+        let worker = self.worker_id.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_failed("heartbeat"))?;
+            let statement = client
+                .prepare_cached(&format!(
+                    "INSERT INTO strata_workers (id, host, pid, started_at_ms, heartbeat_ms, versions)
+                     VALUES ($1, $2, $3, {DATABASE_NOW_MS}, {DATABASE_NOW_MS}, $4)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_ms = {DATABASE_NOW_MS}, versions = EXCLUDED.versions"
+                ))
+                .await
+                .map_err(failed("heartbeat"))?;
+            client
+                .execute(
+                    &statement,
+                    &[&worker, &host_name(), &i64::from(std::process::id()), &names],
+                )
+                .await
+                .map_err(failed("heartbeat"))?;
+            Ok(())
+        })
+    }
+
+    fn claim(&self, versions: &[VersionKey], lease: Duration, limit: usize) -> Result<Claimed, StoreError> {
+        let (workflows, version_texts) = version_columns(versions);
+        let pool = self.pool.clone();
+        let worker = self.worker_id.clone();
+        let lease = lease_ms(lease);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.run(async move {
+            let client = pool.get().await.map_err(pool_failed("claim"))?;
+            // An instance is claimable when no worker with a current lease holds it. Taking the
+            // claim raises its fencing token, so the previous holder's writes no longer land.
+            let statement = client
+                .prepare_cached(&format!(
+                    "WITH claimable AS (
+                         SELECT i.id FROM strata_instances i
+                         WHERE i.live
+                           AND (i.workflow, i.version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+                           AND i.owner IS DISTINCT FROM $3
+                           AND NOT EXISTS (
+                               SELECT 1 FROM strata_workers w
+                               WHERE w.id = i.owner AND w.stopped_at_ms IS NULL
+                                 AND w.heartbeat_ms >= {DATABASE_NOW_MS} - $4)
+                         ORDER BY i.id
+                         LIMIT $5
+                         FOR UPDATE OF i SKIP LOCKED)
+                     UPDATE strata_instances i SET owner = $3, fence = i.fence + 1
+                     FROM claimable WHERE i.id = claimable.id
+                     RETURNING i.id, i.fence, i.record"
+                ))
+                .await
+                .map_err(failed("claim"))?;
+            let rows = client
+                .query(&statement, &[&workflows, &version_texts, &worker, &lease, &limit])
+                .await
+                .map_err(failed("claim"))?;
+            let claimed: Vec<(i64, i64, Vec<u8>)> =
+                rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+            let ids: Vec<i64> = claimed.iter().map(|(id, ..)| *id).collect();
+            let statement = client
+                .prepare_cached("SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq")
+                .await
+                .map_err(failed("claim"))?;
+            let signals = client
+                .query(&statement, &[&ids])
+                .await
+                .map_err(failed("claim"))?
+                .iter()
+                .map(|row| decode::<SignalRecord>("signal", row.get(0)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((claimed, signals))
+        })?;
+        let (records, signals) = rows;
+        let mut claimed = Claimed {
+            signals,
+            ..Claimed::default()
+        };
+        for (id, fence, bytes) in records {
+            let id = InstanceId(unsigned(id));
+            match super::decode_live_record(id, &bytes) {
+                Ok(mut record) => {
+                    record.claim = unsigned(fence);
+                    claimed.live.push(record);
+                }
+                Err(corrupt) => claimed.corrupt.push(corrupt),
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn leave(&self) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        let worker = self.worker_id.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_failed("leave"))?;
+            let transaction = client.transaction().await.map_err(failed("leave"))?;
+            transaction
+                .execute(
+                    "UPDATE strata_instances SET owner = NULL WHERE owner = $1 AND live",
+                    &[&worker],
+                )
+                .await
+                .map_err(failed("leave"))?;
+            transaction
+                .execute(
+                    &format!("UPDATE strata_workers SET stopped_at_ms = {DATABASE_NOW_MS} WHERE id = $1"),
+                    &[&worker],
+                )
+                .await
+                .map_err(failed("leave"))?;
+            transaction.commit().await.map_err(failed("leave"))
+        })
+    }
+
+    fn workers(&self, lease: Duration) -> Result<Vec<WorkerInfo>, StoreError> {
+        let sql = format!(
+            "SELECT id, host, pid, started_at_ms, heartbeat_ms, versions,
+                    stopped_at_ms IS NULL AND heartbeat_ms >= {DATABASE_NOW_MS} - $1
+             FROM strata_workers ORDER BY started_at_ms, id"
+        );
+        let pool = self.pool.clone();
+        let lease = lease_ms(lease);
+        let rows = self.run(async move {
+            let client = pool.get().await.map_err(pool_failed("read workers"))?;
+            let rows = client.query(&sql, &[&lease]).await.map_err(failed("read workers"))?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    (
+                        row.get::<_, String>(0),
+                        row.get::<_, String>(1),
+                        row.get::<_, i64>(2),
+                        row.get::<_, i64>(3),
+                        row.get::<_, i64>(4),
+                        row.get::<_, Vec<String>>(5),
+                        row.get::<_, bool>(6),
+                    )
+                })
+                .collect::<Vec<_>>())
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, host, pid, started, heartbeat, versions, alive)| WorkerInfo {
+                id,
+                host,
+                pid: u32::try_from(pid).unwrap_or(0),
+                started_at_ms: unsigned(started),
+                heartbeat_ms: unsigned(heartbeat),
+                versions: versions.iter().filter_map(|text| text.parse().ok()).collect(),
+                alive,
+            })
+            .collect())
     }
 }

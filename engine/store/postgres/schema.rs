@@ -13,10 +13,13 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x5354_5241_5441;
 
 /// Each migration: its number, what it does, and its SQL.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "instances, signals, versions, history, workers", V1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "instances, signals, versions, history, workers", V1),
+    (2, "id blocks shared by every worker, claims by owner", V2),
+];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -93,6 +96,18 @@ CREATE TABLE strata_workers (
     versions text[] NOT NULL,
     stopped_at_ms bigint
 );
+";
+
+/// Schema 2. Ids and signal numbers come in blocks of 1024 from sequences, so workers never
+/// collide (a block starts at the value `nextval` returns); the sequences start above the ids
+/// already stored. Claims are looked up by owner.
+const V2: &str = "
+CREATE SEQUENCE strata_instance_blocks INCREMENT BY 1024 START WITH 1;
+SELECT setval('strata_instance_blocks',
+    GREATEST((SELECT max(id) FROM strata_instances), (SELECT max(id) FROM strata_quarantine), 0) + 1, false);
+CREATE SEQUENCE strata_signal_blocks INCREMENT BY 1024 START WITH 1;
+SELECT setval('strata_signal_blocks', COALESCE((SELECT max(seq) FROM strata_signals), 0) + 1, false);
+CREATE INDEX strata_instances_owner ON strata_instances (owner) WHERE live;
 ";
 
 fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {

@@ -1,0 +1,307 @@
+//! This process as a worker of a shared store: it heartbeats its lease with the versions it has
+//! code for, claims the live instances of those versions no live worker holds (at open, and
+//! then every heartbeat, which is how a dead worker's instances are taken over), lets go of an
+//! instance whose claim another worker took, and hands every claim back at shutdown.
+//!
+//! Owns nothing persistent: claims and leases live in the store (`store::Cluster`). Without a
+//! cluster (sled) none of this runs, and the one worker holds every claim.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::table::Slot;
+use super::Runtime;
+use crate::error::EngineError;
+use crate::instance::{InstanceId, InstanceRecord, VersionKey};
+use crate::observe::Event;
+use crate::store::{Claimed, IdKind, Op, SignalRecord, Store, StoreError};
+
+/// How many instances one claim takes at most while the engine runs (at open: all it can).
+const CLAIM_BATCH: usize = 1_000;
+
+/// Numbers handed out from blocks the store reserves, so processes sharing a store never use
+/// the same instance id or signal sequence number.
+pub(super) struct IdBlocks {
+    kind: IdKind,
+    block: Mutex<Range<u64>>,
+}
+
+impl IdBlocks {
+    /// An allocator of `kind` that reserves its first block when first asked.
+    pub fn new(kind: IdKind) -> Self {
+        IdBlocks {
+            kind,
+            block: Mutex::new(0..0),
+        }
+    }
+
+    /// The next number; reserves a block from the store when the current one is used up.
+    pub fn next(&self, store: &dyn Store) -> Result<u64, StoreError> {
+        let mut block = self.block.lock();
+        if block.is_empty() {
+            *block = store.reserve_ids(self.kind)?;
+        }
+        let number = block.start;
+        block.start += 1;
+        Ok(number)
+    }
+}
+
+/// Runs a blocking store call off the async executor.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .unwrap_or_else(|error| {
+            Err(StoreError::Backend {
+                operation: "store call",
+                message: error.to_string(),
+            })
+        })
+}
+
+impl Runtime {
+    /// The versions this worker has code for.
+    fn versions_with_code(&self) -> Vec<VersionKey> {
+        self.registry
+            .snapshot()
+            .into_iter()
+            .filter(|info| info.registered)
+            .map(|info| info.key)
+            .collect()
+    }
+
+    /// Heartbeats and claims up to `limit` instances; `None` without a cluster.
+    pub(super) async fn heartbeat_and_claim(&self, limit: usize) -> Result<Option<Claimed>, EngineError> {
+        if self.store.cluster().is_none() {
+            return Ok(None);
+        }
+        let versions = self.versions_with_code();
+        let lease = self.options.lease;
+        let claimed = blocking(&self.store, move |store| {
+            let Some(cluster) = store.cluster() else {
+                return Ok(Claimed::default());
+            };
+            cluster.heartbeat(&versions, lease)?;
+            cluster.claim(&versions, lease, limit)
+        })
+        .await?;
+        Ok(Some(claimed))
+    }
+
+    /// Takes claimed instances in: quarantines the ones that do not decode, makes slots for the
+    /// rest with their signals, and looks at each (runs, arms a timer, or waits).
+    async fn admit(self: &Arc<Self>, claimed: Claimed) -> Result<(), EngineError> {
+        self.quarantine_corrupt(claimed.corrupt).await?;
+        // Claimed signals all belong to claimed instances.
+        let (ids, _) = self.insert_slots(claimed.live, claimed.signals);
+        if !ids.is_empty() {
+            tracing::info!(count = ids.len(), "claimed instances no live worker held");
+        }
+        for id in ids {
+            self.arm(id);
+        }
+        Ok(())
+    }
+
+    /// Makes a slot for each record, with its pending signals in sequence order; returns the ids,
+    /// and the signals of instances not among the records. A record whose version's code is not
+    /// registered is parked.
+    pub(super) fn insert_slots(
+        &self,
+        records: Vec<InstanceRecord>,
+        signals: Vec<SignalRecord>,
+    ) -> (Vec<InstanceId>, Vec<SignalRecord>) {
+        let mut inboxes: std::collections::HashMap<InstanceId, Vec<SignalRecord>> = std::collections::HashMap::new();
+        for signal in signals {
+            inboxes.entry(signal.instance).or_default().push(signal);
+        }
+        let mut ids = Vec::with_capacity(records.len());
+        for record in records {
+            let parked = !self.registry.is_registered(&record.key);
+            let mut slot = Slot::new(record, parked);
+            if let Some(mut inbox) = inboxes.remove(&slot.record.id) {
+                inbox.sort_by_key(|signal| signal.seq);
+                slot.inbox = inbox;
+            }
+            ids.push(slot.record.id);
+            self.table.insert(slot);
+        }
+        (ids, inboxes.into_values().flatten().collect())
+    }
+
+    /// Moves live records that do not decode aside, each with its reason.
+    pub(super) async fn quarantine_corrupt(
+        &self,
+        corrupt: Vec<crate::store::CorruptRecord>,
+    ) -> Result<(), EngineError> {
+        for corrupt in corrupt {
+            tracing::error!(instance = %corrupt.id, reason = %corrupt.reason, "quarantining a live record that does not decode");
+            self.write(vec![Op::QuarantineRecord {
+                id: corrupt.id,
+                reason: corrupt.reason.clone(),
+            }])
+            .await?;
+            self.events.emit(Event::InstanceQuarantined {
+                id: corrupt.id,
+                reason: corrupt.reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Lets go of an instance another worker claimed: its slot goes, and whoever waits on it here
+    /// is told it runs elsewhere now.
+    pub(super) fn let_go(&self, id: InstanceId) {
+        if let Some(slot) = self.table.remove(id) {
+            tracing::warn!(instance = %id, version = %slot.record.key, "another worker claimed this instance; letting it go");
+            self.events.emit(Event::InstanceClaimLost {
+                id,
+                key: slot.record.key,
+            });
+        }
+    }
+
+    /// This process's worker id: the store's for a shared store, `local` otherwise.
+    pub(crate) fn worker_id(&self) -> String {
+        self.store
+            .cluster()
+            .map_or_else(|| "local".to_string(), |cluster| cluster.worker_id().to_string())
+    }
+
+    /// The workers sharing the store (just this process without a cluster).
+    pub(crate) fn workers(&self) -> Result<Vec<crate::store::WorkerInfo>, EngineError> {
+        match self.store.cluster() {
+            Some(cluster) => Ok(cluster.workers(self.options.lease)?),
+            None => Ok(vec![crate::store::WorkerInfo {
+                id: self.worker_id(),
+                host: String::new(),
+                pid: std::process::id(),
+                started_at_ms: self.started_at_ms,
+                heartbeat_ms: self.now(),
+                versions: self.versions_with_code(),
+                alive: true,
+            }]),
+        }
+    }
+
+    /// Takes in the cluster's counters and statuses (a shared store's other workers change them
+    /// too); nothing to do for a store only this process opens.
+    pub(super) fn refresh_versions(&self) {
+        if self.store.cluster().is_none() {
+            return;
+        }
+        match self.store.versions() {
+            Ok(stored) => {
+                let mut statuses_changed = false;
+                for version in &stored {
+                    statuses_changed |= self.registry.adopt(version);
+                }
+                if statuses_changed {
+                    self.refresh_routing();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not read the versions' figures from the store"),
+        }
+    }
+
+    /// The live workers that can run each version (see `VersionInfo::workers`).
+    pub(super) fn workers_by_version(&self) -> std::collections::HashMap<VersionKey, Vec<String>> {
+        let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
+        let Some(cluster) = self.store.cluster() else {
+            for key in self.versions_with_code() {
+                by_version.entry(key).or_default().push(self.worker_id());
+            }
+            return by_version;
+        };
+        match cluster.workers(self.options.lease) {
+            Ok(workers) => {
+                for worker in workers.into_iter().filter(|worker| worker.alive) {
+                    for key in worker.versions {
+                        by_version.entry(key).or_default().push(worker.id.clone());
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not read the workers from the store"),
+        }
+        by_version
+    }
+
+    /// Warns, by name, about each version with live instances that no live worker can run (once,
+    /// until a worker for it appears): its instances wait, nothing fails.
+    pub(super) fn warn_of_versions_without_workers(&self) {
+        let workers = self.workers_by_version();
+        let mut unrunnable = Vec::new();
+        for info in self.registry.snapshot() {
+            if info.counters.live > 0 && !workers.contains_key(&info.key) {
+                unrunnable.push((info.key, info.counters.live));
+            }
+        }
+        let mut warned = self.unrunnable.lock();
+        for (key, live) in &unrunnable {
+            if warned.insert(key.clone()) {
+                tracing::warn!(version = %key, live, "no live worker has the code of this version; its instances wait for one");
+                self.events.emit(Event::NoWorkerForVersion {
+                    key: key.clone(),
+                    live: *live,
+                });
+            }
+        }
+        warned.retain(|key| unrunnable.iter().any(|(unrunnable, _)| unrunnable == key));
+    }
+
+    /// The worker loop: heartbeat and claim every third of the lease, until shutdown.
+    pub(super) async fn run_worker(self: Arc<Self>) {
+        let mut stop = self.stop_signal();
+        let interval = (self.options.lease / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            if self.is_stopping() {
+                return;
+            }
+            match self.heartbeat_and_claim(CLAIM_BATCH).await {
+                Ok(Some(claimed)) => {
+                    if let Err(error) = self.admit(claimed).await {
+                        tracing::warn!(%error, "could not take claimed instances in; they are claimed again after the lease");
+                    }
+                }
+                Ok(None) => return,
+                Err(error) => tracing::warn!(%error, "heartbeat or claim failed; trying again"),
+            }
+            let runtime = self.clone();
+            let refreshed = tokio::task::spawn_blocking(move || {
+                runtime.refresh_versions();
+                runtime.warn_of_versions_without_workers();
+            })
+            .await;
+            if refreshed.is_err() {
+                tracing::warn!("refreshing the versions' figures panicked");
+            }
+        }
+    }
+
+    /// Hands every claim back (at shutdown, after the last commit), so other workers take the
+    /// instances over at once instead of after the lease.
+    pub(super) async fn leave_cluster(&self) {
+        if self.store.cluster().is_none() {
+            return;
+        }
+        let left = blocking(&self.store, |store| match store.cluster() {
+            Some(cluster) => cluster.leave(),
+            None => Ok(()),
+        })
+        .await;
+        if let Err(error) = left {
+            tracing::warn!(%error, "could not hand the claims back; other workers take them after the lease");
+        }
+    }
+}
