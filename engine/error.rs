@@ -124,6 +124,12 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// Signal names starting with `strata:` are the engine's own.
+    #[error("signal name '{name}' starts with 'strata:', which the engine keeps for its own control signals; choose another name")]
+    ReservedSignalName {
+        /// The name given.
+        name: String,
+    },
     /// The engine is shutting down or shut down.
     #[error("the engine is shutting down; nothing new is accepted")]
     ShuttingDown,

@@ -22,6 +22,12 @@ use crate::store::{Claimed, IdKind, Op, SignalRecord, Store, StoreError};
 /// How many instances one claim takes at most while the engine runs (at open: all it can).
 const CLAIM_BATCH: usize = 1_000;
 
+/// The control signal that carries a cancel asked for through another process.
+pub(crate) const CANCEL_SIGNAL: &str = "strata:cancel";
+
+/// Signal names starting with this are the engine's own.
+pub(crate) const RESERVED_SIGNAL_PREFIX: &str = "strata:";
+
 /// Numbers handed out from blocks the store reserves, so processes sharing a store never use
 /// the same instance id or signal sequence number.
 pub(super) struct IdBlocks {
@@ -256,17 +262,81 @@ impl Runtime {
         warned.retain(|key| unrunnable.iter().any(|(unrunnable, _)| unrunnable == key));
     }
 
-    /// The worker loop: heartbeat and claim every third of the lease, until shutdown.
+    /// Takes signals read from the store into the inboxes of the instances held here (those not
+    /// there yet, nor consumed here already), and looks at each instance that got one. A cancel
+    /// asked for through another process arrives as the control signal `CANCEL_SIGNAL`.
+    pub(super) fn take_in_signals(self: &Arc<Self>, signals: Vec<SignalRecord>) {
+        let mut woken = Vec::new();
+        for signal in signals {
+            let instance = signal.instance;
+            let taken = self.table.with(instance, |slot| {
+                let known = slot.inbox.iter().any(|held| held.seq == signal.seq) || slot.consumed.contains(&signal.seq);
+                if known {
+                    return false;
+                }
+                if signal.name == CANCEL_SIGNAL {
+                    slot.cancel_requested = true;
+                }
+                let at = slot.inbox.partition_point(|held| held.seq < signal.seq);
+                slot.inbox.insert(at, signal);
+                true
+            });
+            if taken == Some(true) && !woken.contains(&instance) {
+                woken.push(instance);
+            }
+        }
+        for id in woken {
+            self.schedule(id);
+        }
+    }
+
+    /// Reads the pending signals of one held instance (another process announced one).
+    async fn fetch_signals_of(self: &Arc<Self>, id: InstanceId) {
+        if self.table.with(id, |_| ()).is_none() {
+            return;
+        }
+        match blocking(&self.store, move |store| match store.cluster() {
+            Some(cluster) => cluster.signals_of(id),
+            None => Ok(Vec::new()),
+        })
+        .await
+        {
+            Ok(signals) => self.take_in_signals(signals),
+            Err(error) => {
+                tracing::warn!(instance = %id, %error, "could not read an instance's signals; the next poll finds them")
+            }
+        }
+    }
+
+    /// The worker loop: heartbeat and claim every third of the lease, until shutdown; in
+    /// between, signals other processes deliver to instances held here, as they are announced,
+    /// and at every heartbeat all pending signals of held instances (what announcements missed).
     pub(super) async fn run_worker(self: Arc<Self>) {
         let mut stop = self.stop_signal();
         let interval = (self.options.lease / 3).max(Duration::from_millis(10));
+        let mut wakeups = self.store.cluster().and_then(|cluster| cluster.wakeups());
+        let mut next_beat = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep_until(next_beat) => {}
                 _ = stop.changed() => return,
+                Some(id) = async { match wakeups.as_mut() { Some(wakeups) => wakeups.recv().await, None => std::future::pending().await } } => {
+                    self.fetch_signals_of(id).await;
+                    continue;
+                }
             }
+            next_beat = tokio::time::Instant::now() + interval;
             if self.is_stopping() {
                 return;
+            }
+            match blocking(&self.store, |store| match store.cluster() {
+                Some(cluster) => cluster.held_signals(),
+                None => Ok(Vec::new()),
+            })
+            .await
+            {
+                Ok(signals) => self.take_in_signals(signals),
+                Err(error) => tracing::warn!(%error, "could not read the held instances' signals; trying again"),
             }
             match self.heartbeat_and_claim(CLAIM_BATCH).await {
                 Ok(Some(claimed)) => {

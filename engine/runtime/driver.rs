@@ -473,6 +473,7 @@ impl Runtime {
             slot.record = record;
             if let Some(seq) = consumed_signal {
                 slot.inbox.retain(|signal| signal.seq != seq);
+                slot.consumed.push(seq);
             }
         });
         if let Some(due) = due {

@@ -706,18 +706,13 @@ impl Runtime {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
-        let Some(key) = self.table.with(id, |slot| slot.record.key.clone()) else {
-            return Err(self.not_live(id));
-        };
-        if let Some(code) = self.registry.code(&key) {
-            code.check_signal(name, &payload)
-                .map_err(|reason| EngineError::SignalDecode {
-                    id,
-                    name: name.to_string(),
-                    key: key.clone(),
-                    reason,
-                })?;
+        if name.starts_with(cluster::RESERVED_SIGNAL_PREFIX) {
+            return Err(EngineError::ReservedSignalName { name: name.to_string() });
         }
+        let Some(key) = self.table.with(id, |slot| slot.record.key.clone()) else {
+            return self.signal_elsewhere(id, name, payload).await;
+        };
+        self.check_signal(id, &key, name, &payload)?;
         let signal = SignalRecord {
             format: RECORD_FORMAT,
             instance: id,
@@ -737,43 +732,110 @@ impl Runtime {
         Ok(())
     }
 
-    /// Cancels a live instance at its step boundary and waits for the cancellation's commit.
+    /// Checks a payload against the type `key`'s code declares for signal `name`, if this
+    /// process has the code (a worker without it cannot check, and the step decodes it).
+    fn check_signal(&self, id: InstanceId, key: &VersionKey, name: &str, payload: &[u8]) -> Result<(), EngineError> {
+        match self.registry.code(key) {
+            Some(code) => code
+                .check_signal(name, payload)
+                .map_err(|reason| EngineError::SignalDecode {
+                    id,
+                    name: name.to_string(),
+                    key: key.clone(),
+                    reason,
+                }),
+            None => Ok(()),
+        }
+    }
+
+    /// Delivers a signal to an instance this process does not hold: with a shared store, through
+    /// the store to whichever worker holds it (woken at once, or at its next poll).
+    async fn signal_elsewhere(
+        self: &Arc<Self>,
+        id: InstanceId,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        if self.store.cluster().is_none() {
+            return Err(self.not_live(id));
+        }
+        let record = match self.store.load_instance(id)? {
+            None => return Err(EngineError::UnknownInstance { id }),
+            Some(record) if record.phase.is_terminal() => return Err(self.not_live(id)),
+            Some(record) => record,
+        };
+        self.check_signal(id, &record.key, name, &payload)?;
+        let signal = SignalRecord {
+            format: RECORD_FORMAT,
+            instance: id,
+            seq: self.signal_seqs.next(self.store.as_ref())?,
+            name: name.to_string(),
+            payload,
+        };
+        let delivered = match self.store.cluster() {
+            Some(cluster) => cluster.deliver_signal(&signal)?,
+            None => false,
+        };
+        if !delivered {
+            return Err(self.not_live(id));
+        }
+        // This worker may have claimed the instance meanwhile.
+        self.take_in_signals(vec![signal]);
+        Ok(())
+    }
+
+    /// Cancels a live instance at its step boundary and waits for the cancellation's commit; an
+    /// instance another worker holds is asked through the store.
     pub async fn cancel(self: &Arc<Self>, id: InstanceId) -> Result<(), EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
-        let (sender, receiver) = oneshot::channel();
-        let requested = self.table.with(id, |slot| {
-            slot.cancel_requested = true;
-            slot.waiters.push(sender);
-        });
-        if requested.is_none() {
-            return Err(self.not_live(id));
+        let requested = self.table.with(id, |slot| slot.cancel_requested = true);
+        match requested {
+            Some(()) => self.schedule(id),
+            None => self.signal_elsewhere(id, cluster::CANCEL_SIGNAL, Vec::new()).await?,
         }
-        self.schedule(id);
-        match receiver.await {
-            Ok(Outcome::Cancelled) => Ok(()),
-            Ok(other) => Err(EngineError::InstanceFinished {
+        match self.outcome(id).await? {
+            Outcome::Cancelled => Ok(()),
+            other => Err(EngineError::InstanceFinished {
                 id,
                 status: format!("{:?}", other.status()).to_lowercase(),
             }),
-            Err(_) => Err(EngineError::ShuttingDown),
         }
     }
 
-    /// Resolves with the instance's outcome when it finishes.
+    /// Resolves with the instance's outcome when it finishes: told by its driver when this
+    /// process holds it, else read from the store, again and again while another worker runs it.
     pub async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
-        let (sender, receiver) = oneshot::channel();
-        if self.table.with(id, |slot| slot.waiters.push(sender)).is_some() {
-            // Checked after registering: shutdown sets the flag before it drops the waiters.
-            if self.is_stopping() {
+        let shared = self.store.cluster().is_some();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let (sender, receiver) = oneshot::channel();
+            if self.table.with(id, |slot| slot.waiters.push(sender)).is_some() {
+                // Checked after registering: shutdown sets the flag before it drops the waiters.
+                if self.is_stopping() {
+                    return Err(EngineError::ShuttingDown);
+                }
+                match receiver.await {
+                    Ok(outcome) => return Ok(outcome),
+                    // Dropped: shutdown, or another worker took the instance over.
+                    Err(_) if self.is_stopping() || !shared => return Err(EngineError::ShuttingDown),
+                    Err(_) => continue,
+                }
+            }
+            match self.store.load_instance(id)? {
+                None => return Err(EngineError::UnknownInstance { id }),
+                Some(record) => {
+                    if let Some(outcome) = Outcome::from_phase(&record.phase) {
+                        return Ok(outcome);
+                    }
+                }
+            }
+            if self.is_stopping() || !shared {
                 return Err(EngineError::ShuttingDown);
             }
-            return receiver.await.map_err(|_| EngineError::ShuttingDown);
-        }
-        match self.store.load_instance(id)? {
-            Some(record) => Outcome::from_phase(&record.phase).ok_or(EngineError::ShuttingDown),
-            None => Err(EngineError::UnknownInstance { id }),
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 

@@ -18,6 +18,9 @@ pub(crate) struct Slot {
     pub record: InstanceRecord,
     /// Delivered signals not yet consumed, in sequence order.
     pub inbox: Vec<SignalRecord>,
+    /// Sequence numbers of signals a step here consumed: a signal read back from a shared store
+    /// while its deletion was committing is not taken in twice.
+    pub consumed: Vec<u64>,
     /// A driver owns the instance; no other may run a step of it.
     pub running: bool,
     /// Something happened while a driver owned it; the driver must look again before leaving.
@@ -36,6 +39,7 @@ impl Slot {
         Slot {
             record,
             inbox: Vec::new(),
+            consumed: Vec::new(),
             running: false,
             rerun: false,
             cancel_requested: false,

@@ -465,6 +465,16 @@ pub trait Cluster: Send + Sync {
     fn leave(&self) -> Result<(), StoreError>;
     /// Every worker the store knows, with whether its lease is current.
     fn workers(&self, lease: std::time::Duration) -> Result<Vec<WorkerInfo>, StoreError>;
+    /// Stores a signal for an instance some worker may hold, if the instance is live (checked in
+    /// the same statement), and wakes whoever holds it; `false` if the instance is not live.
+    fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError>;
+    /// The pending signals of the instances this worker holds: what wake-ups may have missed.
+    fn held_signals(&self) -> Result<Vec<SignalRecord>, StoreError>;
+    /// The pending signals of one instance.
+    fn signals_of(&self, instance: InstanceId) -> Result<Vec<SignalRecord>, StoreError>;
+    /// Instances another process delivered a signal to, as they are announced (taken once; the
+    /// announcements may miss some, so poll `held_signals` too).
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>>;
 }
 
 /// Counts of what a store has done, for tests and benchmarks.

@@ -48,7 +48,52 @@ pub struct PostgresStore {
     target: String,
     /// This process's worker id: the owner of the claims it takes.
     worker_id: String,
+    /// Wake-ups from the listening connection, until `Cluster::wakeups` takes them.
+    wakeups: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>>>,
     applies: AtomicU64,
+}
+
+/// The channel on which a delivered signal names its instance.
+const WAKE_CHANNEL: &str = "strata_wake";
+
+/// Listens on `WAKE_CHANNEL` on a connection of its own and forwards each named instance, until
+/// nobody receives; reconnects with backoff when the connection drops (what is missed meanwhile,
+/// the holders' polls find).
+async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::UnboundedSender<InstanceId>) {
+    let mut backoff = Duration::from_millis(100);
+    while !wakeups.is_closed() {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                backoff = Duration::from_millis(100);
+                let forward = wakeups.clone();
+                let messages = tokio::spawn(async move {
+                    while let Some(message) = std::future::poll_fn(|context| connection.poll_message(context)).await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
+                                if let Ok(id) = notification.payload().parse::<u64>() {
+                                    if forward.send(InstanceId(id)).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::warn!(error = %describe(&error), "the listening connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                if let Err(error) = client.batch_execute(&format!("LISTEN {WAKE_CHANNEL}")).await {
+                    tracing::warn!(error = %describe(&error), "could not listen for wake-ups");
+                }
+                let _ = messages.await;
+            }
+            Err(error) => tracing::warn!(error = %describe(&error), "could not open the listening connection"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// The database's clock in ms since the Unix epoch: leases are compared on one clock, whatever
@@ -230,7 +275,7 @@ impl PostgresStore {
                 message: error.to_string(),
             })?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -246,11 +291,14 @@ impl PostgresStore {
                 operation: "create the connection pool",
                 message: error.to_string(),
             })?;
+        let (wake, wakeups) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(listen(config.clone(), wake));
         let store = PostgresStore {
             runtime: Some(runtime),
             pool,
             target,
             worker_id: new_worker_id(),
+            wakeups: parking_lot::Mutex::new(Some(wakeups)),
             applies: AtomicU64::new(0),
         };
         let pool = store.pool.clone();
@@ -536,6 +584,21 @@ impl Writes {
                     .map(|id| InstanceId(unsigned(*id)))
                     .collect();
                 return Err(StoreError::ClaimLost { ids: lost });
+            }
+            // A finished instance takes no more signals: delete all of them, also any another
+            // process delivered that the holder had not taken in yet.
+            let finished: Vec<i64> = self
+                .instances
+                .iter()
+                .filter(|row| !row.live)
+                .map(|row| row.id)
+                .collect();
+            if !finished.is_empty() {
+                let statement = run("DELETE FROM strata_signals WHERE instance = ANY($1)").await?;
+                transaction
+                    .execute(&statement, &[&finished])
+                    .await
+                    .map_err(failed("delete signals"))?;
             }
         }
         let (stored, deleted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.signals)
@@ -1084,6 +1147,59 @@ impl Cluster for PostgresStore {
                 .map_err(failed("leave"))?;
             transaction.commit().await.map_err(failed("leave"))
         })
+    }
+
+    fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError> {
+        let record = encode("signal", signal)?;
+        let (instance, seq) = (signed(signal.instance.0), signed(signal.seq));
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_failed("deliver signal"))?;
+            let transaction = client.transaction().await.map_err(failed("deliver signal"))?;
+            // The instance row is locked while the signal goes in, so a finish committing at the
+            // same time either comes first (nothing stored) or sees the signal.
+            let stored = transaction
+                .execute(
+                    "INSERT INTO strata_signals (instance, seq, record)
+                     SELECT $1, $2, $3 WHERE EXISTS
+                         (SELECT 1 FROM strata_instances WHERE id = $1 AND live FOR SHARE)",
+                    &[&instance, &seq, &record],
+                )
+                .await
+                .map_err(failed("deliver signal"))?;
+            if stored == 1 {
+                transaction
+                    .execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &instance.to_string()])
+                    .await
+                    .map_err(failed("wake the holder"))?;
+            }
+            transaction.commit().await.map_err(failed("deliver signal"))?;
+            Ok(stored == 1)
+        })
+    }
+
+    fn held_signals(&self) -> Result<Vec<SignalRecord>, StoreError> {
+        let worker = self.worker_id.clone();
+        self.query(
+            "read held signals",
+            "SELECT s.record FROM strata_signals s JOIN strata_instances i ON i.id = s.instance
+             WHERE i.owner = $1 AND i.live ORDER BY s.instance, s.seq",
+            vec![Box::new(worker)],
+            |row| decode("signal", row.get(0)),
+        )
+    }
+
+    fn signals_of(&self, instance: InstanceId) -> Result<Vec<SignalRecord>, StoreError> {
+        self.query(
+            "read signals",
+            "SELECT record FROM strata_signals WHERE instance = $1 ORDER BY seq",
+            vec![Box::new(signed(instance.0))],
+            |row| decode("signal", row.get(0)),
+        )
+    }
+
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>> {
+        self.wakeups.lock().take()
     }
 
     fn workers(&self, lease: Duration) -> Result<Vec<WorkerInfo>, StoreError> {

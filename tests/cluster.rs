@@ -1,0 +1,247 @@
+//! Many workers on one PostgreSQL database (invariant 8), here as several engines in one test
+//! process, each its own worker: signals and cancels through any worker reach the instance
+//! wherever it runs; a worker never claims instances of a version it has no code for; a worker
+//! that lost its lease never commits; `Drained` is announced once in the cluster; retiring is
+//! refused while any worker has a live instance. Child processes killed with SIGKILL are in
+//! tests/cluster_crash.rs.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::postgres::TestDatabase;
+use common::tally;
+use common::*;
+use strata::registry::RegistryError;
+use strata::{
+    Engine, EngineBuilder, EngineError, Event, InstanceFilter, InstanceStatus, Next, Outcome, StartOptions, StepCtx,
+    StepResult, WorkflowVersion,
+};
+use tokio::sync::Semaphore;
+
+fn worker(database: &TestDatabase) -> EngineBuilder {
+    Engine::builder()
+        .postgres(&database.url)
+        .commit_retry_delay(Duration::from_millis(10))
+}
+
+async fn with_tally(database: &TestDatabase, versions: &[&str]) -> Engine {
+    let mut builder = worker(database);
+    for version in versions {
+        builder = builder.register(tally::on_schema_1(version));
+    }
+    builder.open().await.unwrap()
+}
+
+async fn waiting_tallies(engine: &Engine, counts: std::ops::Range<u64>, version: &str) -> Vec<strata::InstanceId> {
+    let mut ids = Vec::new();
+    for count in counts {
+        let options = StartOptions::new().version(format!("={version}"));
+        ids.push(engine.start_with(tally::WORKFLOW, &count, options).await.unwrap());
+    }
+    for id in &ids {
+        wait_for_status(engine, *id, InstanceStatus::WaitingSignal).await;
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_or_cancel_through_any_worker_reaches_the_instance_where_it_runs() {
+    let database = TestDatabase::create();
+    let holder = with_tally(&database, &["1.0.0"]).await;
+    // The other worker has no code for the version: it can still signal, cancel and wait.
+    let other = worker(&database).open().await.unwrap();
+    let ids = waiting_tallies(&holder, 0..20, "1.0.0").await;
+    let mut latencies = Vec::new();
+    for id in &ids[..10] {
+        let sent = Instant::now();
+        other.signal(*id, tally::GO, &()).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), other.outcome(*id))
+            .await
+            .expect("the signal woke the instance")
+            .unwrap();
+        latencies.push(sent.elapsed());
+        assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+    }
+    latencies.sort();
+    println!(
+        "signal through another worker to outcome seen there: median {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+    for id in &ids[10..15] {
+        other.cancel(*id).await.unwrap();
+        assert_eq!(holder.instance(*id).unwrap().status, InstanceStatus::Cancelled);
+    }
+    let error = other.signal(ids[0], tally::GO, &()).await.unwrap_err();
+    assert!(matches!(error, EngineError::InstanceFinished { .. }), "{error}");
+    let error = other.signal(ids[15], "strata:cancel", &()).await.unwrap_err();
+    assert!(matches!(error, EngineError::ReservedSignalName { .. }), "{error}");
+    let counters = other.version(tally::WORKFLOW, "1.0.0").unwrap().counters;
+    assert_eq!(
+        (counters.live, counters.completed, counters.cancelled),
+        (5, 10, 5),
+        "the figures are the cluster's, read by a worker that ran none of it"
+    );
+    holder.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_never_claims_instances_of_a_version_it_has_no_code_for() {
+    let database = TestDatabase::create();
+    let old = with_tally(&database, &["1.0.0"]).await;
+    let new = with_tally(&database, &["1.0.0", "2.0.0"]).await;
+    let on_v1 = waiting_tallies(&new, 0..5, "1.0.0").await;
+    let on_v2 = waiting_tallies(&new, 5..10, "2.0.0").await;
+    // The new worker stops and hands its claims back: the old one takes 1.0.0's, never 2.0.0's.
+    new.shutdown().await;
+    wait_until(&old, |old| old.live_instances() == on_v1.len()).await;
+    for id in &on_v1 {
+        old.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&old, *id).await;
+    }
+    let v2 = old.version(tally::WORKFLOW, "2.0.0").unwrap();
+    assert_eq!(v2.counters.live, 5);
+    assert!(
+        v2.workers.is_empty(),
+        "no live worker has 2.0.0's code: {:?}",
+        v2.workers
+    );
+    assert_eq!(old.live_instances(), 0, "the old worker holds no 2.0.0 instance");
+    let waiting = old
+        .list(&InstanceFilter::workflow(tally::WORKFLOW).with_status(InstanceStatus::WaitingSignal))
+        .unwrap();
+    assert_eq!(waiting.iter().map(|info| info.id()).collect::<Vec<_>>(), on_v2);
+    // A worker with the code comes back and finishes them.
+    let back = with_tally(&database, &["1.0.0", "2.0.0"]).await;
+    for id in &on_v2 {
+        old.signal(*id, tally::GO, &()).await.unwrap();
+        let output: u64 = outcome_within(&old, *id).await.output().unwrap();
+        assert_eq!(output, id_count(&on_v2, *id) + 5);
+    }
+    assert!(old.version(tally::WORKFLOW, "2.0.0").unwrap().workers == vec![back.worker_id()]);
+    back.shutdown().await;
+    old.shutdown().await;
+}
+
+fn id_count(ids: &[strata::InstanceId], id: strata::InstanceId) -> u64 {
+    ids.iter().position(|candidate| *candidate == id).unwrap() as u64
+}
+
+/// Steps of `slow` block on `SLOW_GATE` while `SLOW_BLOCKS` is set.
+static SLOW_BLOCKS: AtomicBool = AtomicBool::new(false);
+static SLOW_GATE: Semaphore = Semaphore::const_new(0);
+static SLOW_RUNS: AtomicU64 = AtomicU64::new(0);
+
+async fn slow_step(_ctx: StepCtx, runs: &mut u64) -> StepResult<u64> {
+    SLOW_RUNS.fetch_add(1, Ordering::SeqCst);
+    if SLOW_BLOCKS.load(Ordering::SeqCst) {
+        if let Ok(permit) = SLOW_GATE.acquire().await {
+            permit.forget();
+        }
+    }
+    *runs += 1;
+    Ok(Next::complete(*runs))
+}
+
+fn slow() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("slow", "1.0.0")
+        .init(|n: u64| n)
+        .step("run", slow_step)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lease_never_commits_the_step_it_ran() {
+    let database = TestDatabase::create();
+    // The paused worker: its lease is a minute, so it heartbeats only every 20 s.
+    let paused = worker(&database)
+        .lease(Duration::from_secs(60))
+        .register(slow())
+        .open()
+        .await
+        .unwrap();
+    let mut lost = paused.subscribe();
+    SLOW_BLOCKS.store(true, Ordering::SeqCst);
+    let id = paused.start("slow", &0u64).await.unwrap();
+    wait_until(&paused, |_| SLOW_RUNS.load(Ordering::SeqCst) == 1).await;
+    // Its step is running. Another worker, with a 300 ms lease, finds its heartbeat too old,
+    // claims the instance and runs the step itself.
+    SLOW_BLOCKS.store(false, Ordering::SeqCst);
+    let taker = worker(&database)
+        .lease(Duration::from_millis(300))
+        .register(slow())
+        .open()
+        .await
+        .unwrap();
+    let output: u64 = outcome_within(&taker, id).await.output().unwrap();
+    assert_eq!(output, 1, "the taker's commit is the one that landed");
+    // The paused worker's step finishes now: its commit is refused and it lets the instance go.
+    SLOW_GATE.add_permits(1);
+    let event = wait_for_event(&mut lost, |event| matches!(event, Event::InstanceClaimLost { .. })).await;
+    assert!(matches!(event, Event::InstanceClaimLost { id: lost, .. } if lost == id));
+    assert_eq!(
+        SLOW_RUNS.load(Ordering::SeqCst),
+        2,
+        "the step ran twice (at least once is the contract)"
+    );
+    assert_eq!(paused.live_instances(), 0);
+    let counters = taker.version("slow", "1.0.0").unwrap().counters;
+    assert_eq!(
+        (counters.started, counters.completed, counters.live),
+        (1, 1, 0),
+        "committed once"
+    );
+    paused.shutdown().await;
+    taker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_is_announced_once_in_the_cluster_and_retiring_waits_for_every_worker() {
+    let database = TestDatabase::create();
+    let first = with_tally(&database, &["1.0.0"]).await;
+    let second = with_tally(&database, &["1.0.0"]).await;
+    let on_first = waiting_tallies(&first, 0..3, "1.0.0").await;
+    let on_second = waiting_tallies(&second, 3..6, "1.0.0").await;
+    let mut heard = [first.subscribe(), second.subscribe()];
+    assert_eq!(
+        first.drain(tally::WORKFLOW, "1.0.0").await.unwrap(),
+        strata::VersionStatus::Draining
+    );
+    for id in &on_first {
+        first.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&first, *id).await;
+    }
+    // The first worker has none left, the second still has three: retiring is refused anywhere.
+    let refused = first.retire(tally::WORKFLOW, "1.0.0").await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            EngineError::Registry(RegistryError::LiveInstances { live: 3, .. })
+        ),
+        "{refused}"
+    );
+    for id in &on_second {
+        first.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&first, *id).await;
+    }
+    let drained = wait_for_event(&mut heard[1], |event| matches!(event, Event::VersionDrained { .. })).await;
+    assert!(matches!(drained, Event::VersionDrained { counters, .. } if counters.live == 0 && counters.completed == 6));
+    // The first worker never announced it: only the write that drained it does.
+    second.shutdown().await;
+    first.shutdown().await;
+    let mut announced_by_first = 0;
+    while let Ok(event) = heard[0].try_recv() {
+        if matches!(event, Event::VersionDrained { .. }) {
+            announced_by_first += 1;
+        }
+    }
+    assert_eq!(announced_by_first, 0);
+    let reopened = with_tally(&database, &["1.0.0"]).await;
+    let info = reopened.version(tally::WORKFLOW, "1.0.0").unwrap();
+    assert_eq!(info.status, strata::VersionStatus::Drained);
+    assert!(info.safe_to_remove());
+    reopened.retire(tally::WORKFLOW, "1.0.0").await.unwrap();
+    reopened.shutdown().await;
+}
