@@ -211,6 +211,13 @@ impl EngineBuilder {
             stop,
             self.schedule_grace,
         ));
+        if engine.runtime.store.cluster().is_some() {
+            let stop = engine.runtime.stop_signal();
+            let interval = (engine.runtime.lease() / 3).max(Duration::from_millis(10));
+            engine
+                .runtime
+                .spawn_tracked(crate::config::follow::run(engine.clone(), interval, stop));
+        }
         if let Some(path) = self.config_file {
             if let Err(error) = engine.watch_config_file(path, Duration::from_secs(1)).await {
                 engine.clone().shutdown().await;
@@ -421,16 +428,43 @@ impl Engine {
             .into(),
             other => other,
         })?;
-        if in_force.text.as_deref() != Some(text) {
+        if self.runtime.store.cluster().is_some() {
+            // Compared with the config in force in the cluster, not this process's last view.
+            if let Some(latest) = self.runtime.store.latest_config()? {
+                if latest.generation > in_force.generation {
+                    in_force.generation = latest.generation;
+                    in_force.text = Some(latest.text);
+                }
+            }
+        }
+        // Each change gets the next generation; if another process sharing the store took it
+        // meanwhile, this one is numbered after that (or is that one already).
+        let mut attempts = 0;
+        while in_force.text.as_deref() != Some(text) {
             let record = AppliedConfig {
                 generation: in_force.generation + 1,
                 source: source.to_string(),
                 text: text.to_string(),
                 applied_at_ms: self.now_ms(),
             };
-            self.runtime.commit(vec![Op::PutConfig(record)]).await?;
-            in_force.generation += 1;
-            in_force.text = Some(text.to_string());
+            match self.runtime.commit(vec![Op::PutConfig(record)]).await {
+                Ok(()) => {
+                    in_force.generation += 1;
+                    in_force.text = Some(text.to_string());
+                }
+                Err(EngineError::Store(crate::store::StoreError::ConfigTaken { generation })) if attempts < 8 => {
+                    attempts += 1;
+                    tracing::info!(
+                        generation,
+                        "another process applied a config meanwhile; numbering this one after it"
+                    );
+                    if let Some(latest) = self.runtime.store.latest_config()? {
+                        in_force.generation = latest.generation;
+                        in_force.text = Some(latest.text);
+                    }
+                }
+                Err(error) => return Err(error),
+            }
         }
         self.runtime.install_routing(spec);
         self.schedules.send_replace(Arc::new(config.schedules));
@@ -474,18 +508,29 @@ impl Engine {
     /// Puts the last applied config back in force at open: the last known good one survives
     /// restarts. Rules that no longer fit the registered versions are left out.
     async fn reinstall_last_config(&self) -> Result<(), EngineError> {
+        self.follow_stored_config().await.map(|_| ())
+    }
+
+    /// Puts the store's newest config in force if it is newer than the one in force here (at
+    /// open, and with a shared store whenever another process applied one). It was validated
+    /// where it was applied; rules this process cannot follow (a version it has no code for)
+    /// are left out. Returns the generation taken in, if any.
+    pub(crate) async fn follow_stored_config(&self) -> Result<Option<u64>, EngineError> {
         let mut in_force = self.config.lock().await;
-        let Some(last) = self.runtime.store.config_history()?.pop() else {
-            return Ok(());
+        let Some(last) = self.runtime.store.latest_config()? else {
+            return Ok(None);
         };
-        in_force.generation = last.generation;
-        in_force.text = Some(last.text.clone());
+        if last.generation <= in_force.generation {
+            return Ok(None);
+        }
         let config = crate::config::parse(&last.source, &last.text)?;
         self.runtime.check_routing(&config.routing, false)?;
+        in_force.generation = last.generation;
+        in_force.text = Some(last.text.clone());
         self.runtime.install_routing(config.routing);
         self.schedules.send_replace(Arc::new(config.schedules));
-        tracing::info!(generation = last.generation, source = %last.source, "config reinstated from the store");
-        Ok(())
+        tracing::info!(generation = last.generation, source = %last.source, "config taken in from the store");
+        Ok(Some(last.generation))
     }
 
     /// Each schedule's last handled fire time (ms since the Unix epoch).
@@ -571,6 +616,11 @@ impl Engine {
                 Some(fire),
             )
             .await
+    }
+
+    /// The routing rules in force.
+    pub(crate) fn routing_spec(&self) -> crate::routing::RoutingSpec {
+        self.runtime.routing_spec()
     }
 
     /// Now on the engine's clock (ms since the Unix epoch).

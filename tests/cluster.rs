@@ -245,3 +245,88 @@ async fn drained_is_announced_once_in_the_cluster_and_retiring_waits_for_every_w
     reopened.retire(tally::WORKFLOW, "1.0.0").await.unwrap();
     reopened.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_once_per_fire_time_however_many_workers_run_it() {
+    let database = TestDatabase::create();
+    let open = || worker(&database).register(strata_workflows::ledger::v1_0()).open();
+    let (first, second) = (open().await.unwrap(), open().await.unwrap());
+    let every_second = "[[schedules]]\nname = \"tick\"\nworkflow = \"ledger\"\ncron = \"* * * * * *\"\n\
+                        input = { account = 1, entries = 1 }\n";
+    first.apply_config("strata.toml", every_second).await.unwrap();
+    // Both workers run the schedule (the second takes the config in from the store).
+    wait_until(&second, |second| second.schedule_fires().unwrap().len() == 1).await;
+    let fires = |engine: &Engine| {
+        let mut fires: Vec<u64> = engine
+            .list(&InstanceFilter::workflow(strata_workflows::ledger::WORKFLOW))
+            .unwrap()
+            .iter()
+            .filter_map(|info| info.record.scheduled.as_ref().map(|fire| fire.fire_ms))
+            .collect();
+        fires.sort_unstable();
+        fires
+    };
+    wait_until(&first, |first| fires(first).len() >= 4).await;
+    first.shutdown().await;
+    second.shutdown().await;
+    let reader = worker(&database).open().await.unwrap();
+    let fires = fires(&reader);
+    let mut distinct = fires.clone();
+    distinct.dedup();
+    assert_eq!(distinct, fires, "a fire time started two instances");
+    assert!(
+        fires.windows(2).all(|pair| pair[1] - pair[0] == 1_000),
+        "a fire time between the first and the last was lost: {fires:?}"
+    );
+    reader.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_follows_the_config_generation_in_force_and_an_invalid_file_reaches_none() {
+    let database = TestDatabase::create();
+    let open = || {
+        worker(&database)
+            .register(tally::on_schema_1("1.0.0"))
+            .register(tally::on_schema_1("2.0.0"))
+            .open()
+    };
+    let (first, second) = (open().await.unwrap(), open().await.unwrap());
+    let default_to = |version: &str| format!("[workflows.tally]\ndefault = \"={version}\"\n");
+    let routed = |engine: &Engine| {
+        let engine = engine.clone();
+        async move {
+            let id = engine.start(tally::WORKFLOW, &1u64).await.unwrap();
+            engine.instance(id).unwrap().version().to_string()
+        }
+    };
+    let mut events = second.subscribe();
+    assert_eq!(first.apply_config("a.toml", &default_to("1.0.0")).await.unwrap(), 1);
+    wait_for_event(&mut events, |event| {
+        matches!(event, Event::ConfigApplied { generation: 1, .. })
+    })
+    .await;
+    assert_eq!(routed(&second).await, "1.0.0");
+    // Changes through both workers get their own generations, in order.
+    assert_eq!(second.apply_config("b.toml", &default_to("2.0.0")).await.unwrap(), 2);
+    assert_eq!(first.apply_config("a.toml", &default_to("1.0.0")).await.unwrap(), 3);
+    wait_for_event(&mut events, |event| {
+        matches!(event, Event::ConfigApplied { generation: 3, .. })
+    })
+    .await;
+    assert_eq!(routed(&second).await, "1.0.0");
+    // An invalid file is refused where it is applied and never stored.
+    first
+        .apply_config("a.toml", "[workflows.tally]\ndefault = \"^9\"\n")
+        .await
+        .unwrap_err();
+    let history: Vec<u64> = second
+        .config_history()
+        .unwrap()
+        .iter()
+        .map(|config| config.generation)
+        .collect();
+    assert_eq!(history, vec![1, 2, 3]);
+    assert_eq!(routed(&second).await, "1.0.0");
+    first.shutdown().await;
+    second.shutdown().await;
+}

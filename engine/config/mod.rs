@@ -18,6 +18,7 @@
 //! segments = [{ attribute = "tenant", values = ["acme", "globex"] }]   # optional
 //! ```
 
+pub(crate) mod follow;
 mod schedule;
 pub(crate) mod scheduler;
 pub(crate) mod watch;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::{MissedFires, ScheduleSpec};
 use crate::error::EngineError;
 use crate::observe::Event;
-use crate::store::Op;
+use crate::store::{Op, StoreError};
 use crate::Engine;
 
 /// How many due fire times of one schedule are looked at, at most, per pass.
@@ -60,12 +60,7 @@ async fn pass(engine: &Engine, schedules: &[ScheduleSpec], grace: Duration) -> R
             Some(last) => *last,
             None => {
                 // A new schedule: nothing before it existed counts as missed.
-                engine
-                    .commit(vec![Op::PutScheduleFire {
-                        schedule: schedule.name.clone(),
-                        fire_ms: now,
-                    }])
-                    .await?;
+                mark_handled(engine, schedule, now).await?;
                 now
             }
         };
@@ -93,12 +88,7 @@ async fn pass(engine: &Engine, schedules: &[ScheduleSpec], grace: Duration) -> R
         if newest_due.is_some() && newest_due != to_start.last().copied() {
             // Skipped fires are handled too, so they are not looked at again.
             let fire_ms = newest_due.unwrap_or(last);
-            engine
-                .commit(vec![Op::PutScheduleFire {
-                    schedule: schedule.name.clone(),
-                    fire_ms,
-                }])
-                .await?;
+            mark_handled(engine, schedule, fire_ms).await?;
         }
         let after = newest_due.unwrap_or(last).max(now);
         if let Some(next) = schedule.cron.fires_after(after).next() {
@@ -117,6 +107,10 @@ async fn fire(engine: &Engine, schedule: &ScheduleSpec, fire_ms: u64) -> Result<
             tracing::debug!(schedule = %schedule.name, fire_ms, instance = %id, "schedule fired");
             Ok(())
         }
+        Err(error) if taken_elsewhere(&error) => {
+            tracing::debug!(schedule = %schedule.name, fire_ms, "another process started this fire");
+            Ok(())
+        }
         Err(error @ (EngineError::Store(_) | EngineError::ShuttingDown)) => Err(error),
         Err(error) => {
             tracing::error!(schedule = %schedule.name, fire_ms, %error, "a schedule's fire could not start an instance");
@@ -125,12 +119,25 @@ async fn fire(engine: &Engine, schedule: &ScheduleSpec, fire_ms: u64) -> Result<
                 fire_ms,
                 reason: error.to_string(),
             });
-            engine
-                .commit(vec![Op::PutScheduleFire {
-                    schedule: schedule.name.clone(),
-                    fire_ms,
-                }])
-                .await
+            mark_handled(engine, schedule, fire_ms).await
         }
+    }
+}
+
+/// Whether a commit failed only because the fire was handled already (by another process
+/// sharing the store): then there is nothing left to do for it.
+fn taken_elsewhere(error: &EngineError) -> bool {
+    matches!(error, EngineError::Store(StoreError::FireTaken { .. }))
+}
+
+/// Records a fire time as handled without starting anything (unless it was already).
+async fn mark_handled(engine: &Engine, schedule: &ScheduleSpec, fire_ms: u64) -> Result<(), EngineError> {
+    let op = Op::PutScheduleFire {
+        schedule: schedule.name.clone(),
+        fire_ms,
+    };
+    match engine.commit(vec![op]).await {
+        Err(error) if taken_elsewhere(&error) => Ok(()),
+        other => other,
     }
 }

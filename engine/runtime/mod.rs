@@ -355,6 +355,11 @@ impl Runtime {
         self.options.clock.now_ms()
     }
 
+    /// How long this worker's claims last without a heartbeat.
+    pub(crate) fn lease(&self) -> Duration {
+        self.options.lease
+    }
+
     /// The engine's clock.
     pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
         &self.options.clock

@@ -90,6 +90,21 @@ pub enum StoreError {
         /// Its live instances in the store.
         live: u64,
     },
+    /// A schedule's fire was already handled (by another process sharing the store, or a later
+    /// fire was): the write that would handle it again was not applied.
+    #[error("schedule '{schedule}' has handled fire time {fire_ms} or a later one already")]
+    FireTaken {
+        /// The schedule.
+        schedule: String,
+        /// The fire time (ms since the Unix epoch).
+        fire_ms: u64,
+    },
+    /// A config generation was written already (by another process sharing the store).
+    #[error("config generation {generation} was applied already (by another process sharing the store)")]
+    ConfigTaken {
+        /// The generation.
+        generation: u64,
+    },
     /// A record could not be encoded.
     #[error("could not encode {what}: {message}")]
     Encode {
@@ -303,14 +318,18 @@ pub enum Op {
         /// The status.
         status: VersionStatus,
     },
-    /// Records a schedule's last handled fire time (in the commit of the start it caused).
+    /// Records a schedule's last handled fire time (in the commit of the start it caused). Only
+    /// a later time than the one stored is written; otherwise the whole write fails with
+    /// [`StoreError::FireTaken`], so a fire starts one instance however many processes run the
+    /// schedule.
     PutScheduleFire {
         /// The schedule's name.
         schedule: String,
         /// The fire time (ms since the Unix epoch).
         fire_ms: u64,
     },
-    /// Adds an applied config to the history.
+    /// Adds an applied config to the history; a generation is written once, else the write
+    /// fails with [`StoreError::ConfigTaken`].
     PutConfig(AppliedConfig),
     /// Stores a background migration's job: its settings, cursor and counts.
     PutMigrationJob(MigrationJobRecord),
@@ -527,6 +546,10 @@ pub trait Store: Send + Sync + 'static {
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError>;
     /// Every applied config, oldest generation first.
     fn config_history(&self) -> Result<Vec<AppliedConfig>, StoreError>;
+    /// The newest applied config: the one in force.
+    fn latest_config(&self) -> Result<Option<AppliedConfig>, StoreError> {
+        Ok(self.config_history()?.pop())
+    }
     /// Each schedule's last handled fire time (ms since the Unix epoch).
     fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Every background migration job, by workflow.

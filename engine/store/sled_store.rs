@@ -320,11 +320,28 @@ impl Store for SledStore {
                 Op::PutScheduleFire { schedule, fire_ms } => {
                     let mut key = SCHEDULE_FIRES.to_vec();
                     key.extend_from_slice(schedule.as_bytes());
+                    if let Some(stored) = self.db.get(&key).map_err(backend("read schedule fire"))? {
+                        let (_, handled): (String, u64) = decode(&stored).map_err(|message| StoreError::Backend {
+                            operation: "read schedule fire",
+                            message,
+                        })?;
+                        if handled >= *fire_ms {
+                            return Err(StoreError::FireTaken {
+                                schedule: schedule.clone(),
+                                fire_ms: *fire_ms,
+                            });
+                        }
+                    }
                     batch.insert(key, encode("schedule fire", &(schedule, fire_ms))?);
                 }
                 Op::PutConfig(config) => {
                     let mut key = CONFIGS.to_vec();
                     key.extend_from_slice(&config.generation.to_be_bytes());
+                    if self.db.contains_key(&key).map_err(backend("read config"))? {
+                        return Err(StoreError::ConfigTaken {
+                            generation: config.generation,
+                        });
+                    }
                     batch.insert(key, encode("applied config", config)?);
                 }
                 Op::PutMigrationJob(job) => {

@@ -630,22 +630,31 @@ impl Writes {
         }
         let applied = self.decide_residency(&transaction).await?;
         for (schedule, fire_ms) in &self.fires {
-            let statement = run("INSERT INTO strata_schedule_fires (schedule, fire_ms) VALUES ($1, $2)
-                 ON CONFLICT (schedule) DO UPDATE SET fire_ms = EXCLUDED.fire_ms")
+            // Only a later fire than the one handled: of processes racing for a fire, one wins.
+            let statement = run(
+                "INSERT INTO strata_schedule_fires AS handled (schedule, fire_ms) VALUES ($1, $2)
+                 ON CONFLICT (schedule) DO UPDATE SET fire_ms = EXCLUDED.fire_ms
+                 WHERE handled.fire_ms < EXCLUDED.fire_ms",
+            )
             .await?;
-            transaction
+            let written = transaction
                 .execute(&statement, &[schedule, fire_ms])
                 .await
                 .map_err(failed("write schedule fire"))?;
+            if written == 0 {
+                return Err(StoreError::FireTaken {
+                    schedule: schedule.clone(),
+                    fire_ms: unsigned(*fire_ms),
+                });
+            }
         }
         for config in &self.configs {
             let statement = run(
                 "INSERT INTO strata_configs (generation, source, text, applied_at_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (generation) DO UPDATE SET source = EXCLUDED.source, text = EXCLUDED.text,
-                     applied_at_ms = EXCLUDED.applied_at_ms",
+                 ON CONFLICT (generation) DO NOTHING",
             )
             .await?;
-            transaction
+            let written = transaction
                 .execute(
                     &statement,
                     &[
@@ -657,6 +666,11 @@ impl Writes {
                 )
                 .await
                 .map_err(failed("write config"))?;
+            if written == 0 {
+                return Err(StoreError::ConfigTaken {
+                    generation: config.generation,
+                });
+            }
         }
         for (table_statement, rows, operation) in [
             (
@@ -948,6 +962,23 @@ impl Store for PostgresStore {
                 })
             },
         )
+    }
+
+    fn latest_config(&self) -> Result<Option<AppliedConfig>, StoreError> {
+        let latest = self.query(
+            "read the config in force",
+            "SELECT generation, source, text, applied_at_ms FROM strata_configs ORDER BY generation DESC LIMIT 1",
+            Vec::new(),
+            |row| {
+                Ok(AppliedConfig {
+                    generation: unsigned(row.get(0)),
+                    source: row.get(1),
+                    text: row.get(2),
+                    applied_at_ms: unsigned(row.get(3)),
+                })
+            },
+        )?;
+        Ok(latest.into_iter().next())
     }
 
     fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
