@@ -86,6 +86,24 @@ impl TestDatabase {
     pub fn execute(&self, sql: &str) -> Result<(), String> {
         admin(&self.url, sql.to_string())
     }
+
+    /// The number the query returns (its first column of its first row, as a bigint).
+    pub fn count(&self, sql: &str) -> i64 {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
+            })
+        })
+        .join()
+        .unwrap()
+    }
 }
 
 impl Drop for TestDatabase {
