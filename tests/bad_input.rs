@@ -194,7 +194,18 @@ async fn a_corrupt_record_is_quarantined_and_the_rest_run() {
         store.apply(&[Op::PutInstance(record.encode().unwrap())]).unwrap();
         store.sync().unwrap();
         drop(store);
-        let db = sled::open(dir.path()).unwrap();
+        // sled's threads of the store just dropped may hold its lock a moment longer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    eprintln!("waiting for sled's lock: {error}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => panic!("{error}"),
+            }
+        };
         let mut key = b"i/".to_vec();
         key.extend_from_slice(&ids[0].0.to_be_bytes());
         db.insert(key, &b"\xff\xfe garbage"[..]).unwrap();

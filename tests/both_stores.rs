@@ -35,6 +35,7 @@ on_both_stores!(
     every_applied_config_is_kept_and_any_can_be_restored_after_a_restart,
     moved_instances_keep_exact_counters_on_both_versions,
     finished_instances_are_listed_and_read_after_a_restart,
+    writes_from_an_older_copy_never_undo_newer_ones,
 );
 
 async fn instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_version(backend: Backend) {
@@ -491,5 +492,63 @@ async fn finished_instances_are_listed_and_read_after_a_restart(backend: Backend
     assert!(matches!(error, EngineError::InstanceFinished { .. }), "{error}");
     let unknown = engine.instance(strata::InstanceId(999_999)).unwrap_err();
     assert!(matches!(unknown, EngineError::UnknownInstance { .. }), "{unknown}");
+    engine.shutdown().await;
+}
+
+async fn writes_from_an_older_copy_never_undo_newer_ones(backend: Backend) {
+    let engine = backend
+        .builder()
+        .register(probe::version("1.0.0"))
+        .register(probe::version("2.0.1"))
+        .open()
+        .await
+        .unwrap();
+    let spec =
+        RolloutSpec::new(probe::WORKFLOW, v("2.0.1"), v("1.0.0")).stage(Stage::new(50.0, Duration::from_secs(600), 10));
+    let name = spec.name.clone();
+    engine.start_rollout(spec).await.unwrap();
+    let started = engine.rollout(&name).unwrap();
+    engine.rollback_rollout(&name).await.unwrap();
+    engine
+        .apply_config("strata.toml", "[workflows.probe]\ndefault = \"=1.0.0\"\n")
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    let store = backend.store();
+    // The rollout as it was before the rollback, written again: refused, the rollback stays.
+    let stale = store.apply(&[strata::store::Op::PutRollout(Box::new(started))]);
+    assert!(
+        matches!(stale, Err(strata::StoreError::RolloutChanged { .. })),
+        "{stale:?}"
+    );
+    // A config generation that exists, written again: refused.
+    let mut taken = store.config_history().unwrap().pop().unwrap();
+    taken.text = "# another text".to_string();
+    let again = store.apply(&[strata::store::Op::PutConfig(taken)]);
+    assert!(
+        matches!(again, Err(strata::StoreError::ConfigTaken { generation: 1 })),
+        "{again:?}"
+    );
+    // A schedule's fire, handled again or rewound: refused.
+    let fire = |fire_ms| strata::store::Op::PutScheduleFire {
+        schedule: "nightly".into(),
+        fire_ms,
+    };
+    store.apply(&[fire(2_000)]).unwrap();
+    for stale in [2_000, 1_000] {
+        let refused = store.apply(&[fire(stale)]);
+        assert!(
+            matches!(refused, Err(strata::StoreError::FireTaken { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.schedule_fires().unwrap(), vec![("nightly".to_string(), 2_000)]);
+    let reopened = backend
+        .builder()
+        .register(probe::version("1.0.0"))
+        .register(probe::version("2.0.1"));
+    drop(store);
+    let engine = reopened.open().await.unwrap();
+    assert_eq!(engine.rollout(&name).unwrap().status, RolloutStatus::RolledBack);
     engine.shutdown().await;
 }

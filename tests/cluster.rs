@@ -330,3 +330,64 @@ async fn every_worker_follows_the_config_generation_in_force_and_an_invalid_file
     first.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_routes_on_every_worker_and_a_rollback_through_any_holds_everywhere() {
+    use common::probe::{self, Probe};
+    use strata::rollout::RolloutStatus;
+    use strata::{RolloutSpec, Stage, Version};
+    let database = TestDatabase::create();
+    let open = || {
+        worker(&database)
+            .register(probe::version("1.0.0"))
+            .register(probe::version("2.0.1"))
+            .open()
+    };
+    let (first, second) = (open().await.unwrap(), open().await.unwrap());
+    let spec = RolloutSpec::new(probe::WORKFLOW, Version::new(2, 0, 1), Version::new(1, 0, 0))
+        .stage(Stage::new(50.0, Duration::from_secs(3_600), 1_000_000))
+        .stage(Stage::new(100.0, Duration::from_secs(3_600), 1_000_000));
+    let name = spec.name.clone();
+    first.start_rollout(spec).await.unwrap();
+    let on_candidate = |engine: &Engine| {
+        let engine = engine.clone();
+        async move {
+            let mut candidate = 0;
+            for n in 0..100 {
+                let options = StartOptions::new().routing_key(format!("customer-{n}"));
+                let id = engine
+                    .start_with(probe::WORKFLOW, &Probe { n, wait: false }, options)
+                    .await
+                    .unwrap();
+                if engine.instance(id).unwrap().version().to_string() == "2.0.1" {
+                    candidate += 1;
+                }
+            }
+            candidate
+        }
+    };
+    // The second worker takes the rollout in from the store and routes its share too.
+    wait_until(&second, |second| second.rollout(&name).is_some()).await;
+    let share = on_candidate(&second).await;
+    assert!((30..=70).contains(&share), "{share} of 100 starts on the candidate");
+    assert_eq!(
+        on_candidate(&first).await,
+        share,
+        "the same keys on every worker (sticky)"
+    );
+    // Rolled back through the second worker: the first stops routing to the candidate too.
+    second.rollback_rollout(&name).await.unwrap();
+    wait_until(&first, |first| {
+        first
+            .rollout(&name)
+            .is_some_and(|record| record.status == RolloutStatus::RolledBack)
+    })
+    .await;
+    assert_eq!(
+        on_candidate(&first).await,
+        0,
+        "no start reaches the rolled-back candidate"
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+}

@@ -25,6 +25,9 @@ const CLAIM_BATCH: usize = 1_000;
 /// The control signal that carries a cancel asked for through another process.
 pub(crate) const CANCEL_SIGNAL: &str = "strata:cancel";
 
+/// The role lease of the worker that evaluates rollouts.
+const ROLLOUT_ROLE: &str = "rollouts";
+
 /// Signal names starting with this are the engine's own.
 pub(crate) const RESERVED_SIGNAL_PREFIX: &str = "strata:";
 
@@ -308,6 +311,37 @@ impl Runtime {
         }
     }
 
+    /// What a worker does at open and at every heartbeat besides claiming: takes in the
+    /// cluster's version figures and rollouts, takes or renews the rollout lease (one worker at a
+    /// time evaluates rollouts), and warns of versions no live worker can run.
+    pub(super) async fn look_around(self: &Arc<Self>) {
+        let runtime = self.clone();
+        let looked = tokio::task::spawn_blocking(move || {
+            runtime.refresh_versions();
+            runtime.refresh_rollouts();
+            if let Some(cluster) = runtime.store.cluster() {
+                let leading = cluster
+                    .lead(ROLLOUT_ROLE, runtime.options.lease)
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(%error, "could not renew the rollout lease; another worker takes it over");
+                        false
+                    });
+                let was = runtime
+                    .rollouts
+                    .leading
+                    .swap(leading, std::sync::atomic::Ordering::AcqRel);
+                if leading && !was {
+                    tracing::info!("this worker evaluates the rollouts now");
+                }
+            }
+            runtime.warn_of_versions_without_workers();
+        })
+        .await;
+        if looked.is_err() {
+            tracing::warn!("looking at the cluster panicked");
+        }
+    }
+
     /// The worker loop: heartbeat and claim every third of the lease, until shutdown; in
     /// between, signals other processes deliver to instances held here, as they are announced,
     /// and at every heartbeat all pending signals of held instances (what announcements missed).
@@ -347,15 +381,7 @@ impl Runtime {
                 Ok(None) => return,
                 Err(error) => tracing::warn!(%error, "heartbeat or claim failed; trying again"),
             }
-            let runtime = self.clone();
-            let refreshed = tokio::task::spawn_blocking(move || {
-                runtime.refresh_versions();
-                runtime.warn_of_versions_without_workers();
-            })
-            .await;
-            if refreshed.is_err() {
-                tracing::warn!("refreshing the versions' figures panicked");
-            }
+            self.look_around().await;
         }
     }
 

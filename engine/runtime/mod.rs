@@ -198,15 +198,12 @@ impl Runtime {
         }
         runtime.spawn_tracked(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
         runtime.arm_all();
-        if runtime.store.cluster().is_some() {
-            let warner = runtime.clone();
-            if tokio::task::spawn_blocking(move || warner.warn_of_versions_without_workers())
-                .await
-                .is_err()
-            {
-                tracing::warn!("checking for versions without workers panicked");
+        match runtime.store.cluster() {
+            Some(_) => {
+                runtime.look_around().await;
+                runtime.spawn_tracked(runtime.clone().run_worker());
             }
-            runtime.spawn_tracked(runtime.clone().run_worker());
+            None => runtime.rollouts.leading.store(true, Ordering::Release),
         }
         runtime.resume_migrations(jobs);
         runtime.refresh_routing();

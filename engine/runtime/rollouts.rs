@@ -35,6 +35,9 @@ pub(crate) struct Rollouts {
     wake: tokio::sync::Notify,
     /// Orders transitions (evaluation and operator calls).
     transitions: tokio::sync::Mutex<()>,
+    /// Whether this process evaluates the rollouts: always with a store only it opens; with a
+    /// shared one, while it holds the rollout lease.
+    pub leading: std::sync::atomic::AtomicBool,
 }
 
 impl Rollouts {
@@ -45,6 +48,27 @@ impl Rollouts {
             known.insert(record.spec.name.clone(), record);
         }
         self.refresh_watched(&known);
+    }
+
+    /// Takes in rollouts as the store has them where they are newer than the ones held here
+    /// (more transitions): another process decided or an operator acted. Returns whether any
+    /// changed.
+    pub fn adopt(&self, records: Vec<RolloutRecord>) -> bool {
+        let mut known = self.records.lock();
+        let mut changed = false;
+        for record in records {
+            let newer = known
+                .get(&record.spec.name)
+                .is_none_or(|held| held.history.len() < record.history.len());
+            if newer {
+                known.insert(record.spec.name.clone(), record);
+                changed = true;
+            }
+        }
+        if changed {
+            self.refresh_watched(&known);
+        }
+        changed
     }
 
     fn refresh_watched(&self, records: &BTreeMap<String, RolloutRecord>) {
@@ -174,8 +198,30 @@ impl Runtime {
         }
     }
 
-    /// Evaluates every running rollout once and commits what it decides.
+    /// Takes in the store's rollouts (with a shared store, other processes change them) and
+    /// routes by them; returns whether any changed.
+    pub(super) fn refresh_rollouts(&self) -> bool {
+        match self.store.rollouts() {
+            Ok(records) => {
+                let changed = self.rollouts.adopt(records);
+                if changed {
+                    self.refresh_routing();
+                }
+                changed
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read the rollouts from the store");
+                false
+            }
+        }
+    }
+
+    /// Evaluates every running rollout once and commits what it decides. With a shared store
+    /// only the worker holding the rollout lease evaluates, so one process decides at a time.
     pub async fn evaluate_rollouts(self: &Arc<Self>) -> Result<(), EngineError> {
+        if !self.rollouts.leading.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let _ordered = self.rollouts.transitions.lock().await;
         let running: Vec<RolloutRecord> = self
             .rollouts
@@ -241,9 +287,13 @@ impl Runtime {
             stage: stage_before,
             transition: transition.clone(),
         });
-        self.committer
-            .commit(vec![Op::PutRollout(Box::new(record.clone()))])
-            .await?;
+        if let Err(error) = self.write(vec![Op::PutRollout(Box::new(record.clone()))]).await {
+            if let crate::store::StoreError::RolloutChanged { .. } = error {
+                // Decided from an older copy: take in the store's and let the caller look again.
+                self.refresh_rollouts();
+            }
+            return Err(error.into());
+        }
         {
             let mut records = self.rollouts.records.lock();
             records.insert(name.clone(), record.clone());

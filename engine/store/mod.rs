@@ -105,6 +105,13 @@ pub enum StoreError {
         /// The generation.
         generation: u64,
     },
+    /// A rollout changed meanwhile (through another process sharing the store): the write,
+    /// made from an older copy of it, was not applied.
+    #[error("rollout '{name}' changed meanwhile (another process decided or an operator acted); look at it again")]
+    RolloutChanged {
+        /// The rollout.
+        name: String,
+    },
     /// A record could not be encoded.
     #[error("could not encode {what}: {message}")]
     Encode {
@@ -333,7 +340,9 @@ pub enum Op {
     PutConfig(AppliedConfig),
     /// Stores a background migration's job: its settings, cursor and counts.
     PutMigrationJob(MigrationJobRecord),
-    /// Stores a rollout: its definition, status, stage and history.
+    /// Stores a rollout: its definition, status, stage and history. Each write adds one
+    /// transition to the history; a write whose history is not longer than the stored one's was
+    /// made from an older copy and fails with [`StoreError::RolloutChanged`].
     PutRollout(Box<crate::rollout::RolloutRecord>),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
@@ -484,6 +493,9 @@ pub trait Cluster: Send + Sync {
     fn leave(&self) -> Result<(), StoreError>;
     /// Every worker the store knows, with whether its lease is current.
     fn workers(&self, lease: std::time::Duration) -> Result<Vec<WorkerInfo>, StoreError>;
+    /// Takes or renews the lease of `role` (something one worker at a time does, such as
+    /// evaluating rollouts) for `lease`; `true` if this worker holds it now.
+    fn lead(&self, role: &str, lease: std::time::Duration) -> Result<bool, StoreError>;
     /// Stores a signal for an instance some worker may hold, if the instance is live (checked in
     /// the same statement), and wakes whoever holds it; `false` if the instance is not live.
     fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError>;

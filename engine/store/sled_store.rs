@@ -352,6 +352,18 @@ impl Store for SledStore {
                 Op::PutRollout(rollout) => {
                     let mut key = ROLLOUTS.to_vec();
                     key.extend_from_slice(rollout.spec.name.as_bytes());
+                    if let Some(stored) = self.db.get(&key).map_err(backend("read rollout"))? {
+                        let stored: crate::rollout::RolloutRecord =
+                            decode(&stored).map_err(|message| StoreError::Backend {
+                                operation: "read rollout",
+                                message,
+                            })?;
+                        if stored.history.len() >= rollout.history.len() {
+                            return Err(StoreError::RolloutChanged {
+                                name: rollout.spec.name.clone(),
+                            });
+                        }
+                    }
                     batch.insert(key, encode("rollout", rollout)?);
                 }
                 Op::QuarantineRecord { id, reason } => {

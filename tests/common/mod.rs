@@ -41,6 +41,16 @@ impl Backend {
         Backend::Postgres(postgres::TestDatabase::create())
     }
 
+    /// The store itself, opened alone (the engines on it must be shut down first for sled).
+    pub fn store(&self) -> std::sync::Arc<dyn strata::Store> {
+        match self {
+            Backend::Sled(dir) => std::sync::Arc::new(strata::SledStore::open(dir.path()).expect("open sled")),
+            Backend::Postgres(database) => {
+                std::sync::Arc::new(strata::PostgresStore::connect(&database.url).expect("connect"))
+            }
+        }
+    }
+
     /// A builder on this backend with fast commit retries.
     pub fn builder(&self) -> EngineBuilder {
         let builder = Engine::builder()

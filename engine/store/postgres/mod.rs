@@ -472,7 +472,7 @@ struct Writes {
     fires: HashMap<String, i64>,
     configs: Vec<AppliedConfig>,
     jobs: HashMap<String, Vec<u8>>,
-    rollouts: HashMap<String, Vec<u8>>,
+    rollouts: HashMap<String, (Vec<u8>, i64)>,
     quarantines: Vec<(i64, String)>,
 }
 
@@ -532,9 +532,10 @@ impl Writes {
                     writes.jobs.insert(job.workflow.clone(), encode("migration job", job)?);
                 }
                 Op::PutRollout(rollout) => {
+                    let revision = i64::try_from(rollout.history.len()).unwrap_or(i64::MAX);
                     writes
                         .rollouts
-                        .insert(rollout.spec.name.clone(), encode("rollout", rollout)?);
+                        .insert(rollout.spec.name.clone(), (encode("rollout", rollout)?, revision));
                 }
                 Op::QuarantineRecord { id, reason } => writes.quarantines.push((signed(id.0), reason.clone())),
             }
@@ -672,26 +673,29 @@ impl Writes {
                 });
             }
         }
-        for (table_statement, rows, operation) in [
-            (
-                "INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
-                 ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record",
-                &self.jobs,
-                "write migration job",
-            ),
-            (
-                "INSERT INTO strata_rollouts (name, record) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
-                &self.rollouts,
-                "write rollout",
-            ),
-        ] {
-            for (name, record) in rows {
-                let statement = run(table_statement).await?;
-                transaction
-                    .execute(&statement, &[name, record])
-                    .await
-                    .map_err(failed(operation))?;
+        for (workflow, record) in &self.jobs {
+            let statement = run("INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
+                 ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record")
+            .await?;
+            transaction
+                .execute(&statement, &[workflow, record])
+                .await
+                .map_err(failed("write migration job"))?;
+        }
+        for (name, (record, revision)) in &self.rollouts {
+            // Only a write made from the newest copy: one more transition than the stored one.
+            let statement = run(
+                "INSERT INTO strata_rollouts AS stored (name, record, revision) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record, revision = EXCLUDED.revision
+                 WHERE stored.revision < EXCLUDED.revision",
+            )
+            .await?;
+            let written = transaction
+                .execute(&statement, &[name, record, revision])
+                .await
+                .map_err(failed("write rollout"))?;
+            if written == 0 {
+                return Err(StoreError::RolloutChanged { name: name.clone() });
             }
         }
         for (id, reason) in &self.quarantines {
@@ -1231,6 +1235,29 @@ impl Cluster for PostgresStore {
 
     fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>> {
         self.wakeups.lock().take()
+    }
+
+    fn lead(&self, role: &str, lease: Duration) -> Result<bool, StoreError> {
+        let sql = format!(
+            "INSERT INTO strata_leases AS current (role, holder, until_ms) VALUES ($1, $2, {DATABASE_NOW_MS} + $3)
+             ON CONFLICT (role) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
+             WHERE current.holder = EXCLUDED.holder OR current.until_ms < {DATABASE_NOW_MS}
+             RETURNING holder"
+        );
+        let (pool, role, worker, lease) = (
+            self.pool.clone(),
+            role.to_string(),
+            self.worker_id.clone(),
+            lease_ms(lease),
+        );
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_failed("lead"))?;
+            let rows = client
+                .query(&sql, &[&role, &worker, &lease])
+                .await
+                .map_err(failed("lead"))?;
+            Ok(!rows.is_empty())
+        })
     }
 
     fn workers(&self, lease: Duration) -> Result<Vec<WorkerInfo>, StoreError> {

@@ -16,10 +16,11 @@ const MIGRATION_LOCK: i64 = 0x5354_5241_5441;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "instances, signals, versions, history, workers", V1),
     (2, "id blocks shared by every worker, claims by owner", V2),
+    (3, "rollout revisions, role leases", V3),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -108,6 +109,17 @@ SELECT setval('strata_instance_blocks',
 CREATE SEQUENCE strata_signal_blocks INCREMENT BY 1024 START WITH 1;
 SELECT setval('strata_signal_blocks', COALESCE((SELECT max(seq) FROM strata_signals), 0) + 1, false);
 CREATE INDEX strata_instances_owner ON strata_instances (owner) WHERE live;
+";
+
+/// Schema 3. A rollout's revision (its number of transitions) makes its writes compare-and-set;
+/// a role lease lets one worker at a time do what must be done once (evaluate rollouts).
+const V3: &str = "
+ALTER TABLE strata_rollouts ADD COLUMN revision bigint NOT NULL DEFAULT 0;
+CREATE TABLE strata_leases (
+    role text PRIMARY KEY,
+    holder text NOT NULL,
+    until_ms bigint NOT NULL
+);
 ";
 
 fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
