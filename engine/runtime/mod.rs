@@ -887,19 +887,10 @@ impl Runtime {
             });
             if self.store.cluster().is_some() {
                 // Other workers' live instances, as the store has them.
-                let held: std::collections::HashSet<InstanceId> = found.iter().map(|info| info.record.id).collect();
-                let mut keep = |record: &InstanceRecord| {
-                    !held.contains(&record.id)
-                        && filter.matches_key(&record.key)
-                        && filter
-                            .status
-                            .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
-                };
-                let elsewhere = self.store.live_instances(&mut keep, limit)?;
-                found.extend(elsewhere.into_iter().map(|record| InstanceInfo {
-                    status: InstanceStatus::of_phase(&record.phase),
-                    record,
-                }));
+                let elsewhere = Self::read_unlisted(filter, &found, limit, |keep, limit| {
+                    self.store.live_instances(keep, limit)
+                })?;
+                found.extend(elsewhere);
             }
             found.sort_by_key(|info| info.record.id);
             found.truncate(limit);
@@ -907,21 +898,39 @@ impl Runtime {
         if filter.wants_terminal() && found.len() < limit {
             // An instance that finished after the live ones were read is in the store's finished
             // instances too: it is listed once, as it was read first.
-            let listed: std::collections::HashSet<InstanceId> = found.iter().map(|info| info.record.id).collect();
-            let mut keep = |record: &InstanceRecord| {
-                !listed.contains(&record.id)
-                    && filter.matches_key(&record.key)
-                    && filter
-                        .status
-                        .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
-            };
-            let finished = self.store.finished_instances(&mut keep, limit - found.len())?;
-            found.extend(finished.into_iter().map(|record| InstanceInfo {
-                status: InstanceStatus::of_phase(&record.phase),
-                record,
-            }));
+            let finished = Self::read_unlisted(filter, &found, limit - found.len(), |keep, limit| {
+                self.store.finished_instances(keep, limit)
+            })?;
+            found.extend(finished);
         }
         Ok(found)
+    }
+
+    /// Instances a store read returns that `filter` wants and `listed` does not hold yet.
+    fn read_unlisted(
+        filter: &InstanceFilter,
+        listed: &[InstanceInfo],
+        limit: usize,
+        read: impl FnOnce(
+            &mut dyn FnMut(&InstanceRecord) -> bool,
+            usize,
+        ) -> Result<Vec<InstanceRecord>, crate::store::StoreError>,
+    ) -> Result<Vec<InstanceInfo>, EngineError> {
+        let held: std::collections::HashSet<InstanceId> = listed.iter().map(|info| info.record.id).collect();
+        let mut keep = |record: &InstanceRecord| {
+            !held.contains(&record.id)
+                && filter.matches_key(&record.key)
+                && filter
+                    .status
+                    .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
+        };
+        Ok(read(&mut keep, limit)?
+            .into_iter()
+            .map(|record| InstanceInfo {
+                status: InstanceStatus::of_phase(&record.phase),
+                record,
+            })
+            .collect())
     }
 
     /// Every known version with its counts and oldest live instance.

@@ -957,14 +957,7 @@ impl Store for PostgresStore {
             "read config history",
             "SELECT generation, source, text, applied_at_ms FROM strata_configs ORDER BY generation",
             Vec::new(),
-            |row| {
-                Ok(AppliedConfig {
-                    generation: unsigned(row.get(0)),
-                    source: row.get(1),
-                    text: row.get(2),
-                    applied_at_ms: unsigned(row.get(3)),
-                })
-            },
+            applied_config,
         )
     }
 
@@ -973,14 +966,7 @@ impl Store for PostgresStore {
             "read the config in force",
             "SELECT generation, source, text, applied_at_ms FROM strata_configs ORDER BY generation DESC LIMIT 1",
             Vec::new(),
-            |row| {
-                Ok(AppliedConfig {
-                    generation: unsigned(row.get(0)),
-                    source: row.get(1),
-                    text: row.get(2),
-                    applied_at_ms: unsigned(row.get(3)),
-                })
-            },
+            applied_config,
         )?;
         Ok(latest.into_iter().next())
     }
@@ -1047,6 +1033,16 @@ fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError
             first_start_ms: row.get::<_, Option<i64>>(10).map(unsigned),
             last_start_ms: row.get::<_, Option<i64>>(11).map(unsigned),
         },
+    })
+}
+
+/// A `strata_configs` row read as `generation, source, text, applied_at_ms`.
+fn applied_config(row: &tokio_postgres::Row) -> Result<AppliedConfig, StoreError> {
+    Ok(AppliedConfig {
+        generation: unsigned(row.get(0)),
+        source: row.get(1),
+        text: row.get(2),
+        applied_at_ms: unsigned(row.get(3)),
     })
 }
 
