@@ -844,7 +844,8 @@ impl Engine {
     }
 
     /// Evaluates every running rollout now (the engine also does so as instances finish, every
-    /// second, and when a manual clock jumps).
+    /// second, and when a manual clock jumps). With a store many processes share, only the
+    /// worker holding the rollout lease evaluates; on the others this does nothing.
     pub async fn evaluate_rollouts(&self) -> Result<(), EngineError> {
         self.to_completion("evaluate_rollouts", |engine| async move {
             engine.runtime.evaluate_rollouts().await

@@ -78,13 +78,7 @@ async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) 
         .open()
         .await
         .unwrap();
-    let mut ids = Vec::new();
-    for count in 0..3u64 {
-        ids.push(engine.start(tally::WORKFLOW, &count).await.unwrap());
-    }
-    for id in &ids {
-        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
-    }
+    let ids = tally::start_waiting(&engine, 0..3u64, StartOptions::new()).await;
     assert_eq!(
         engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap(),
         VersionStatus::Draining
@@ -137,12 +131,7 @@ async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) 
 async fn live_instances_without_their_code_are_refused_by_name_or_wait_for_a_worker(backend: Backend) {
     let open_with_code = || backend.builder().register(tally::on_schema_1("1.0.0")).open();
     let engine = open_with_code().await.unwrap();
-    let mut ids = Vec::new();
-    for count in 0..2u64 {
-        let id = engine.start(tally::WORKFLOW, &count).await.unwrap();
-        wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
-        ids.push(id);
-    }
+    let ids = tally::start_waiting(&engine, 0..2, StartOptions::new()).await;
     engine.shutdown().await;
     match &backend {
         // One process opens sled: without the code nothing can run them, so opening refuses.
@@ -257,14 +246,8 @@ async fn background_migration_survives_a_restart_and_migrates_each_record_once(b
         .open()
         .await
         .unwrap();
-    let mut ids = Vec::new();
     // Counts clear of the ones the tally migration refuses (13) or holds (999).
-    for count in 100..140u64 {
-        ids.push(engine.start(tally::WORKFLOW, &count).await.unwrap());
-    }
-    for id in &ids {
-        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
-    }
+    let ids = tally::start_waiting(&engine, 100..140u64, StartOptions::new()).await;
     engine.shutdown().await;
 
     let calls = Arc::new(AtomicU64::new(0));
@@ -422,14 +405,7 @@ async fn moved_instances_keep_exact_counters_on_both_versions(backend: Backend) 
         .open()
         .await
         .unwrap();
-    let mut ids = Vec::new();
-    for count in 0..10u64 {
-        let options = StartOptions::new().version("=1.0.0");
-        ids.push(engine.start_with(tally::WORKFLOW, &count, options).await.unwrap());
-    }
-    for id in &ids {
-        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
-    }
+    let ids = tally::start_waiting(&engine, 0..10, StartOptions::new().version("=1.0.0")).await;
     let request = MoveRequest::new(tally::WORKFLOW, v("2.0.0"))
         .from_version(v("1.0.0"))
         .ids(ids[..6].to_vec());
@@ -463,13 +439,7 @@ async fn moved_instances_keep_exact_counters_on_both_versions(backend: Backend) 
 async fn finished_instances_are_listed_and_read_after_a_restart(backend: Backend) {
     let open = || backend.builder().register(tally::on_schema_1("1.0.0")).open();
     let engine = open().await.unwrap();
-    let mut ids = Vec::new();
-    for count in 0..6u64 {
-        ids.push(engine.start(tally::WORKFLOW, &count).await.unwrap());
-    }
-    for id in &ids {
-        wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
-    }
+    let ids = tally::start_waiting(&engine, 0..6u64, StartOptions::new()).await;
     for id in &ids[..2] {
         engine.signal(*id, tally::GO, &()).await.unwrap();
         outcome_within(&engine, *id).await;

@@ -34,16 +34,9 @@ async fn with_tally(database: &TestDatabase, versions: &[&str]) -> Engine {
     builder.open().await.unwrap()
 }
 
+/// Tallies with `counts` pinned to `version`, each waiting for its signal.
 async fn waiting_tallies(engine: &Engine, counts: std::ops::Range<u64>, version: &str) -> Vec<strata::InstanceId> {
-    let mut ids = Vec::new();
-    for count in counts {
-        let options = StartOptions::new().version(format!("={version}"));
-        ids.push(engine.start_with(tally::WORKFLOW, &count, options).await.unwrap());
-    }
-    for id in &ids {
-        wait_for_status(engine, *id, InstanceStatus::WaitingSignal).await;
-    }
-    ids
+    tally::start_waiting(engine, counts, StartOptions::new().version(format!("={version}"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,23 +20,11 @@ fn v(text: &str) -> Version {
     Version::parse(text).unwrap()
 }
 
-/// Starts `counts` on `engine` and waits until each waits for its signal.
-async fn start_tallies(engine: &Engine, counts: impl IntoIterator<Item = u64>) -> Vec<InstanceId> {
-    let mut ids = Vec::new();
-    for count in counts {
-        ids.push(engine.start(tally::WORKFLOW, &count).await.unwrap());
-    }
-    for id in &ids {
-        wait_for_status(engine, *id, InstanceStatus::WaitingSignal).await;
-    }
-    ids
-}
-
 /// A store in `dir` holding tally 1.0.0 instances with `counts`, their state stored on schema 1,
 /// each waiting for `go`.
 async fn stored_on_schema_1(dir: &std::path::Path, counts: impl IntoIterator<Item = u64>) -> Vec<InstanceId> {
     let engine = builder(dir).register(tally::on_schema_1("1.0.0")).open().await.unwrap();
-    let ids = start_tallies(&engine, counts).await;
+    let ids = tally::start_waiting(&engine, counts, StartOptions::new()).await;
     engine.shutdown().await;
     ids
 }
@@ -192,7 +180,7 @@ async fn a_failing_or_panicking_migration_leaves_only_that_record_behind() {
         .await
         .unwrap();
     let counts = [1, tally::FAILS_TO_MIGRATE, 2, tally::PANICS_IN_MIGRATION, 3];
-    let ids = start_tallies(&engine, counts).await;
+    let ids = tally::start_waiting(&engine, counts, StartOptions::new()).await;
     engine.shutdown().await;
 
     let engine = builder(dir.path())
@@ -497,7 +485,7 @@ async fn auto_upgrade_moves_instances_to_the_routing_target_or_records_why_not()
         .open()
         .await
         .unwrap();
-    let ids = start_tallies(&engine, [4, 5]).await;
+    let ids = tally::start_waiting(&engine, [4, 5], StartOptions::new()).await;
     // 2.0.0 becomes the routing target (newest active); a pinned copy of 1.0.0 would stay.
     engine.register(tally::on_schema_2("2.0.0")).unwrap();
     let mut events = engine.subscribe();

@@ -715,13 +715,7 @@ impl Runtime {
             return self.signal_elsewhere(id, name, payload).await;
         };
         self.check_signal(id, &key, name, &payload)?;
-        let signal = SignalRecord {
-            format: RECORD_FORMAT,
-            instance: id,
-            seq: self.signal_seqs.next(self.store.as_ref())?,
-            name: name.to_string(),
-            payload,
-        };
+        let signal = self.new_signal(id, name, payload)?;
         self.write(vec![Op::PutSignal(signal.clone())]).await?;
         let seq = signal.seq;
         let delivered = self.table.with(id, |slot| slot.inbox.push(signal)).is_some();
@@ -732,6 +726,17 @@ impl Runtime {
         }
         self.schedule(id);
         Ok(())
+    }
+
+    /// A signal to `id` with the next sequence number.
+    fn new_signal(&self, id: InstanceId, name: &str, payload: Vec<u8>) -> Result<SignalRecord, EngineError> {
+        Ok(SignalRecord {
+            format: RECORD_FORMAT,
+            instance: id,
+            seq: self.signal_seqs.next(self.store.as_ref())?,
+            name: name.to_string(),
+            payload,
+        })
     }
 
     /// Checks a payload against the type `key`'s code declares for signal `name`, if this
@@ -767,13 +772,7 @@ impl Runtime {
             Some(record) => record,
         };
         self.check_signal(id, &record.key, name, &payload)?;
-        let signal = SignalRecord {
-            format: RECORD_FORMAT,
-            instance: id,
-            seq: self.signal_seqs.next(self.store.as_ref())?,
-            name: name.to_string(),
-            payload,
-        };
+        let signal = self.new_signal(id, name, payload)?;
         let delivered = match self.store.cluster() {
             Some(cluster) => cluster.deliver_signal(&signal)?,
             None => false,

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use strata::{Next, StateMigration, StepCtx, StepResult, UpgradePolicy, WorkflowVersion};
+use strata::{
+    Engine, InstanceId, InstanceStatus, Next, StartOptions, StateMigration, StepCtx, StepResult, UpgradePolicy,
+    WorkflowVersion,
+};
 use tokio::sync::Semaphore;
 
 /// The workflow's name.
@@ -127,4 +130,20 @@ pub fn stamps(schema: u32, bytes: &[u8]) -> Result<u32, String> {
         other => return Err(format!("unknown schema {other}")),
     }
     .map_err(|error| error.to_string())
+}
+
+/// Starts a tally for each count with `options`, and waits until each waits for [`GO`].
+pub async fn start_waiting(
+    engine: &Engine,
+    counts: impl IntoIterator<Item = u64>,
+    options: StartOptions,
+) -> Vec<InstanceId> {
+    let mut ids = Vec::new();
+    for count in counts {
+        ids.push(engine.start_with(WORKFLOW, &count, options.clone()).await.unwrap());
+    }
+    for id in &ids {
+        super::wait_for_status(engine, *id, InstanceStatus::WaitingSignal).await;
+    }
+    ids
 }

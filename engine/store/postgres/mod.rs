@@ -135,7 +135,7 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+pub(crate) fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |error| StoreError::Backend {
         operation,
         message: describe(&error),

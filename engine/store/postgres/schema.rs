@@ -7,6 +7,7 @@
 
 use tokio_postgres::Client;
 
+use super::failed;
 use crate::store::StoreError;
 
 /// The key of the advisory lock held while migrations run (any fixed number; "STRATA" in ASCII).
@@ -121,13 +122,6 @@ CREATE TABLE strata_leases (
     until_ms bigint NOT NULL
 );
 ";
-
-fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |error| StoreError::Backend {
-        operation,
-        message: super::describe(&error),
-    }
-}
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
