@@ -106,7 +106,7 @@ struct TaskCount {
 
 impl TaskCount {
     fn begin(&self) {
-        self.running.fetch_add(1, Ordering::AcqRel);
+        self.running.fetch_add(1, Ordering::SeqCst);
     }
 
     fn end(&self) {
@@ -413,9 +413,19 @@ impl Runtime {
         operation: &'static str,
         work: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
     ) -> Result<T, EngineError> {
+        // Counted before the check, both sequentially consistent with shutdown's flag and count:
+        // either shutdown sees this operation and waits for it, or it sees shutdown and refuses.
+        // An operation let in runs to its end, so a caller that gave up on a start or a signal
+        // still finds it done after a shutdown.
+        self.tasks.begin();
+        let counted = TaskEnd(self.tasks.clone());
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
         let (sender, receiver) = oneshot::channel();
-        self.spawn_tracked(async move {
+        tokio::spawn(async move {
             let _ = sender.send(work.await);
+            drop(counted);
         });
         receiver.await.unwrap_or_else(|_| {
             Err(EngineError::Internal {
@@ -590,9 +600,6 @@ impl Runtime {
         attributes: &[(String, String)],
         scheduled: Option<ScheduledFire>,
     ) -> Result<InstanceId, EngineError> {
-        if self.is_stopping() {
-            return Err(EngineError::ShuttingDown);
-        }
         let id = InstanceId(self.instance_ids.next(self.store.as_ref())?);
         let routed;
         let (request, reason) = match request {
@@ -705,9 +712,6 @@ impl Runtime {
 
     /// Delivers a signal durably; the instance consumes it when it waits for that name.
     pub async fn signal(self: &Arc<Self>, id: InstanceId, name: &str, payload: Vec<u8>) -> Result<(), EngineError> {
-        if self.is_stopping() {
-            return Err(EngineError::ShuttingDown);
-        }
         if name.starts_with(cluster::RESERVED_SIGNAL_PREFIX) {
             return Err(EngineError::ReservedSignalName { name: name.to_string() });
         }
@@ -999,14 +1003,14 @@ impl Runtime {
     /// Stops taking work, lets running steps finish and commit, then syncs and stops the commit
     /// thread. Instances not running stay as committed and continue at the next open.
     pub async fn shutdown(self: &Arc<Self>) {
-        self.stopping.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::SeqCst);
         self.stop_signal.send_replace(true);
         self.timers.wake();
         loop {
             let idle = self.tasks.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.tasks.running.load(Ordering::Acquire) == 0 {
+            if self.tasks.running.load(Ordering::SeqCst) == 0 {
                 break;
             }
             idle.await;

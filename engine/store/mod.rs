@@ -112,6 +112,27 @@ pub enum StoreError {
         /// The rollout.
         name: String,
     },
+    /// The connection to the database broke (the server restarted, a backend was terminated,
+    /// the network dropped) and no new one worked within `retried_for`. Nothing was lost: what
+    /// failed is retried, the step at its next attempt.
+    #[error("lost the connection to the database while trying to {operation} ({reason}), and retrying for {retried_for:?} did not bring it back; check that the PostgreSQL server is up and reachable — the engine goes on retrying")]
+    ConnectionLost {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's or the server's words.
+        reason: String,
+        /// How long the store retried before it gave up on this call.
+        retried_for: std::time::Duration,
+    },
+    /// A commit whose answer was lost with its connection turned out to have landed after the
+    /// engine had been told it failed, so this engine's memory may be behind the store. It
+    /// refuses further writes and stops renewing its claims, so that other workers take its
+    /// instances over.
+    #[error("{reason}; restart the engine: it reloads everything from the database")]
+    Diverged {
+        /// What happened.
+        reason: String,
+    },
     /// A record could not be encoded.
     #[error("could not encode {what}: {message}")]
     Encode {

@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod probe;
+pub mod proxy;
 pub mod tally;
 
 use std::path::Path;

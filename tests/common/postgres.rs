@@ -82,6 +82,31 @@ impl TestDatabase {
         }
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The user the URL names.
+    pub fn user(&self) -> String {
+        let config: tokio_postgres::Config = self.url.parse().expect("the test database's URL parses");
+        config.get_user().unwrap_or("postgres").to_string()
+    }
+
+    /// The server's address (host and port of the URL), to put a proxy in front of it.
+    pub fn server(&self) -> std::net::SocketAddr {
+        let config: tokio_postgres::Config = self.url.parse().expect("the test database's URL parses");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .ok()
+            .and_then(|mut addresses| addresses.next())
+            .expect("the test server's address resolves")
+    }
+
     /// Runs SQL on this test's database (to inspect it, or to break it on purpose).
     pub fn execute(&self, sql: &str) -> Result<(), String> {
         admin(&self.url, sql.to_string())

@@ -12,9 +12,10 @@
 //! Records are the same MessagePack as on sled; the columns beside them are what the database
 //! must query (liveness, version, status, due time, and the claim of a worker).
 
+mod commit;
+mod retry;
 mod schema;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,9 +24,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+use commit::{CommitFailure, Writes};
+use retry::Retry;
+
 use super::{
-    Applied, AppliedConfig, Claimed, Cluster, CorruptRecord, CounterDelta, DatabaseProblem, IdKind, MigrationJobRecord,
-    Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion, VersionCounters, WorkerInfo,
+    Applied, AppliedConfig, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind, MigrationJobRecord, Op,
+    RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion, VersionCounters, WorkerInfo,
 };
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use crate::registry::VersionStatus;
@@ -51,6 +55,23 @@ pub struct PostgresStore {
     /// Wake-ups from the listening connection, until `Cluster::wakeups` takes them.
     wakeups: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>>>,
     applies: AtomicU64,
+    /// Numbers this worker's commits and claims, to find them again by their marks.
+    sequence: AtomicU64,
+    /// Writes whose answer a broken connection lost and that could not be looked up yet.
+    unsettled: std::sync::Arc<Unsettled>,
+}
+
+/// What this worker wrote and does not know the fate of, or knows went wrong.
+#[derive(Default)]
+struct Unsettled {
+    /// A commit whose outcome is unknown: looked up before the next commit.
+    commit: parking_lot::Mutex<Option<i64>>,
+    /// Claims whose answer was lost: the rows they took are taken in by the next claim.
+    claims: parking_lot::Mutex<Vec<i64>>,
+    /// Signal deliveries answered: their marks are deleted at the next heartbeat.
+    delivered: parking_lot::Mutex<Vec<i64>>,
+    /// Set when a commit reported failed turned out to have landed.
+    diverged: parking_lot::Mutex<Option<String>>,
 }
 
 /// The channel on which a delivered signal names its instance.
@@ -135,20 +156,44 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Maps a client error of `operation`: a broken connection (retried over a new one) or the
+/// server refusing the request.
 pub(crate) fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |error| StoreError::Backend {
-        operation,
-        message: describe(&error),
+    move |error| {
+        if retry::connection_broke(&error) {
+            StoreError::ConnectionLost {
+                operation,
+                reason: describe(&error),
+                retried_for: Duration::ZERO,
+            }
+        } else {
+            StoreError::Backend {
+                operation,
+                message: describe(&error),
+            }
+        }
     }
 }
 
+/// Maps a failure to get a connection for `operation`.
 fn pool_failed(operation: &'static str) -> impl Fn(PoolError) -> StoreError {
-    move |error| StoreError::Backend {
-        operation,
-        message: match &error {
+    move |error| {
+        let reason = match &error {
             PoolError::Backend(error) => describe(error),
-            other => format!("{other}; check that the PostgreSQL server is up"),
-        },
+            other => other.to_string(),
+        };
+        if retry::pool_broke(&error) {
+            StoreError::ConnectionLost {
+                operation,
+                reason,
+                retried_for: Duration::ZERO,
+            }
+        } else {
+            StoreError::Backend {
+                operation,
+                message: format!("{reason}; check that the PostgreSQL server is up"),
+            }
+        }
     }
 }
 
@@ -300,10 +345,12 @@ impl PostgresStore {
             worker_id: new_worker_id(),
             wakeups: parking_lot::Mutex::new(Some(wakeups)),
             applies: AtomicU64::new(0),
+            sequence: AtomicU64::new(1),
+            unsettled: std::sync::Arc::default(),
         };
         let pool = store.pool.clone();
         let target = store.target.clone();
-        store.run(async move {
+        store.run_once(async move {
             let mut client = pool.get().await.map_err(|error| connect_failed(&target, error))?;
             schema::migrate(&mut client).await?;
             check_record_format(&client).await
@@ -317,9 +364,45 @@ impl PostgresStore {
         &self.target
     }
 
+    /// The next number of a commit or a claim of this worker.
+    fn next_seq(&self) -> i64 {
+        signed(self.sequence.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Refuses a write once this engine's memory may be behind the database.
+    fn refuse_if_diverged(&self) -> Result<(), StoreError> {
+        match self.unsettled.diverged.lock().as_ref() {
+            Some(reason) => Err(StoreError::Diverged { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the work `attempt` makes with the pool, and again while the connection breaks, for up
+    /// to `RETRY_FOR`: for calls that may run twice (reads, heartbeats, idempotent writes).
+    fn run<T, Attempt, Work>(&self, attempt: Attempt) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Attempt: Fn(Pool) -> Work + Send + 'static,
+        Work: Future<Output = Result<T, StoreError>> + Send,
+    {
+        let pool = self.pool.clone();
+        self.run_once(async move {
+            let mut retry = Retry::new();
+            loop {
+                let mut error = match attempt(pool.clone()).await {
+                    Ok(value) => return Ok(value),
+                    Err(error) => error,
+                };
+                if !retry.again(&mut error).await {
+                    return Err(error);
+                }
+            }
+        })
+    }
+
     /// Runs `work` on the store's runtime and waits for it on a plain channel, so any thread —
     /// the commit thread, a task of the caller's runtime — may call it.
-    fn run<T: Send + 'static>(
+    fn run_once<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -333,7 +416,17 @@ impl PostgresStore {
         runtime.spawn(async move {
             let _ = sender.send(work.await);
         });
-        receiver.recv().unwrap_or_else(|_| {
+        // Called from a task of a multi-threaded runtime (the engine's), the wait hands that
+        // worker thread's other tasks to another one first, so that a call riding out a broken
+        // connection for seconds stalls nothing else.
+        let in_worker_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let answer = if in_worker_thread {
+            tokio::task::block_in_place(|| receiver.recv())
+        } else {
+            receiver.recv()
+        };
+        answer.unwrap_or_else(|_| {
             Err(StoreError::Backend {
                 operation: "query",
                 message: "the database call ended without an answer".to_string(),
@@ -347,16 +440,20 @@ impl PostgresStore {
         operation: &'static str,
         sql: &'static str,
         parameters: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
-        map: impl Fn(&tokio_postgres::Row) -> Result<T, StoreError> + Send + 'static,
+        map: impl Fn(&tokio_postgres::Row) -> Result<T, StoreError> + Send + Sync + 'static,
     ) -> Result<Vec<T>, StoreError> {
-        let pool = self.pool.clone();
-        self.run(async move {
-            let client = pool.get().await.map_err(pool_failed(operation))?;
-            let statement = client.prepare_cached(sql).await.map_err(failed(operation))?;
-            let borrowed: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                parameters.iter().map(|parameter| &**parameter as _).collect();
-            let rows = client.query(&statement, &borrowed).await.map_err(failed(operation))?;
-            rows.iter().map(map).collect()
+        let shared = std::sync::Arc::new((parameters, map));
+        self.run(move |pool| {
+            let shared = shared.clone();
+            async move {
+                let (parameters, map) = &*shared;
+                let client = pool.get().await.map_err(pool_failed(operation))?;
+                let statement = client.prepare_cached(sql).await.map_err(failed(operation))?;
+                let borrowed: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    parameters.iter().map(|parameter| &**parameter as _).collect();
+                let rows = client.query(&statement, &borrowed).await.map_err(failed(operation))?;
+                rows.iter().map(map).collect()
+            }
         })
     }
 
@@ -439,435 +536,56 @@ async fn check_record_format(client: &tokio_postgres::Client) -> Result<(), Stor
     Ok(())
 }
 
-/// One instance row to write.
-struct InstanceRow {
-    id: i64,
-    claim: i64,
-    workflow: String,
-    version: String,
-    live: bool,
-    status: &'static str,
-    due_ms: Option<i64>,
-    record: Vec<u8>,
-}
-
-/// A version's counter changes summed over a group, with its earliest and latest start.
-#[derive(Default)]
-struct CounterSum {
-    delta: CounterDelta,
-    first_start_ms: Option<i64>,
-    last_start_ms: Option<i64>,
-}
-
-/// The writes of one group of commits, gathered per kind of row so that one transaction sends
-/// each kind as one statement over arrays. Writes to the same row keep the last one, as applying
-/// the ops in order would.
-#[derive(Default)]
-struct Writes {
-    instances: Vec<InstanceRow>,
-    instance_index: HashMap<i64, usize>,
-    signals: HashMap<(i64, i64), Option<Vec<u8>>>,
-    counters: HashMap<VersionKey, CounterSum>,
-    statuses: HashMap<VersionKey, VersionStatus>,
-    fires: HashMap<String, i64>,
-    configs: Vec<AppliedConfig>,
-    jobs: HashMap<String, Vec<u8>>,
-    rollouts: HashMap<String, (Vec<u8>, i64)>,
-    quarantines: Vec<(i64, String)>,
-}
-
-impl Writes {
-    fn of(ops: &[Op]) -> Result<Writes, StoreError> {
-        let mut writes = Writes::default();
-        for op in ops {
-            match op {
-                Op::PutInstance(record) => {
-                    let row = InstanceRow {
-                        id: signed(record.id.0),
-                        claim: signed(record.claim),
-                        workflow: record.key.workflow.clone(),
-                        version: record.key.version.to_string(),
-                        live: !record.finished,
-                        status: record.status.as_str(),
-                        due_ms: record.due_ms.map(signed),
-                        record: record.bytes.clone(),
-                    };
-                    match writes.instance_index.get(&row.id) {
-                        Some(&index) => writes.instances[index] = row,
-                        None => {
-                            writes.instance_index.insert(row.id, writes.instances.len());
-                            writes.instances.push(row);
-                        }
-                    }
-                }
-                Op::PutSignal(signal) => {
-                    let key = (signed(signal.instance.0), signed(signal.seq));
-                    writes.signals.insert(key, Some(encode("signal", signal)?));
-                }
-                Op::DeleteSignal { instance, seq } => {
-                    writes.signals.insert((signed(instance.0), signed(*seq)), None);
-                }
-                Op::AdjustCounters { key, delta } => {
-                    let sum = writes.counters.entry(key.clone()).or_default();
-                    sum.delta.live += delta.live;
-                    sum.delta.started += delta.started;
-                    sum.delta.completed += delta.completed;
-                    sum.delta.failed += delta.failed;
-                    sum.delta.cancelled += delta.cancelled;
-                    sum.delta.moved_in += delta.moved_in;
-                    sum.delta.moved_out += delta.moved_out;
-                    if let Some(at) = delta.started_at_ms.map(signed) {
-                        sum.first_start_ms = Some(sum.first_start_ms.map_or(at, |first| first.min(at)));
-                        sum.last_start_ms = Some(sum.last_start_ms.map_or(at, |last| last.max(at)));
-                    }
-                }
-                Op::PutVersionStatus { key, status } => {
-                    writes.statuses.insert(key.clone(), *status);
-                }
-                Op::PutScheduleFire { schedule, fire_ms } => {
-                    writes.fires.insert(schedule.clone(), signed(*fire_ms));
-                }
-                Op::PutConfig(config) => writes.configs.push(config.clone()),
-                Op::PutMigrationJob(job) => {
-                    writes.jobs.insert(job.workflow.clone(), encode("migration job", job)?);
-                }
-                Op::PutRollout(rollout) => {
-                    let revision = i64::try_from(rollout.history.len()).unwrap_or(i64::MAX);
-                    writes
-                        .rollouts
-                        .insert(rollout.spec.name.clone(), (encode("rollout", rollout)?, revision));
-                }
-                Op::QuarantineRecord { id, reason } => writes.quarantines.push((signed(id.0), reason.clone())),
-            }
-        }
-        Ok(writes)
-    }
-
-    /// Sends the writes in one transaction: all of them or none. An instance row is written only
-    /// while `worker` holds its claim with the token the record carries (a new row is inserted
-    /// claimed by `worker`); if any is not, nothing is written and the error names them.
-    async fn commit(mut self, pool: Pool, worker: String) -> Result<Applied, StoreError> {
-        let mut client = pool.get().await.map_err(pool_failed("commit"))?;
-        let transaction = client.transaction().await.map_err(failed("begin"))?;
-        let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
-        if !self.instances.is_empty() {
-            let statement = run("INSERT INTO strata_instances AS current
-                     (id, workflow, version, live, status, due_ms, record, fence, owner)
-                 SELECT *, $9 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
-                     $7::bytea[], $8::bigint[])
-                 ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
-                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record
-                 WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
-                 RETURNING id")
-            .await?;
-            let ids: Vec<i64> = self.instances.iter().map(|row| row.id).collect();
-            let workflows: Vec<&str> = self.instances.iter().map(|row| row.workflow.as_str()).collect();
-            let versions: Vec<&str> = self.instances.iter().map(|row| row.version.as_str()).collect();
-            let live: Vec<bool> = self.instances.iter().map(|row| row.live).collect();
-            let statuses: Vec<&str> = self.instances.iter().map(|row| row.status).collect();
-            let due: Vec<Option<i64>> = self.instances.iter().map(|row| row.due_ms).collect();
-            let records: Vec<&[u8]> = self.instances.iter().map(|row| row.record.as_slice()).collect();
-            let claims: Vec<i64> = self.instances.iter().map(|row| row.claim).collect();
-            let written = transaction
-                .query(
-                    &statement,
-                    &[
-                        &ids, &workflows, &versions, &live, &statuses, &due, &records, &claims, &worker,
-                    ],
-                )
-                .await
-                .map_err(failed("write instances"))?;
-            if written.len() < ids.len() {
-                let written: std::collections::HashSet<i64> = written.iter().map(|row| row.get(0)).collect();
-                let lost = ids
-                    .iter()
-                    .filter(|id| !written.contains(id))
-                    .map(|id| InstanceId(unsigned(*id)))
-                    .collect();
-                return Err(StoreError::ClaimLost { ids: lost });
-            }
-            // A finished instance takes no more signals: delete all of them, also any another
-            // process delivered that the holder had not taken in yet.
-            let finished: Vec<i64> = self
-                .instances
-                .iter()
-                .filter(|row| !row.live)
-                .map(|row| row.id)
-                .collect();
-            if !finished.is_empty() {
-                let statement = run("DELETE FROM strata_signals WHERE instance = ANY($1)").await?;
-                transaction
-                    .execute(&statement, &[&finished])
-                    .await
-                    .map_err(failed("delete signals"))?;
-            }
-        }
-        let (stored, deleted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.signals)
-            .into_iter()
-            .partition(|(_, record)| record.is_some());
-        if !stored.is_empty() {
-            let statement = run("INSERT INTO strata_signals (instance, seq, record)
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])
-                 ON CONFLICT (instance, seq) DO UPDATE SET record = EXCLUDED.record")
-            .await?;
-            let instances: Vec<i64> = stored.iter().map(|((instance, _), _)| *instance).collect();
-            let seqs: Vec<i64> = stored.iter().map(|((_, seq), _)| *seq).collect();
-            let records: Vec<&[u8]> = stored.iter().filter_map(|(_, record)| record.as_deref()).collect();
-            transaction
-                .execute(&statement, &[&instances, &seqs, &records])
-                .await
-                .map_err(failed("write signals"))?;
-        }
-        if !deleted.is_empty() {
-            let statement = run("DELETE FROM strata_signals WHERE (instance, seq) IN
-                 (SELECT * FROM UNNEST($1::bigint[], $2::bigint[]))")
-            .await?;
-            let instances: Vec<i64> = deleted.iter().map(|((instance, _), _)| *instance).collect();
-            let seqs: Vec<i64> = deleted.iter().map(|((_, seq), _)| *seq).collect();
-            transaction
-                .execute(&statement, &[&instances, &seqs])
-                .await
-                .map_err(failed("delete signals"))?;
-        }
-        let applied = self.decide_residency(&transaction).await?;
-        for (schedule, fire_ms) in &self.fires {
-            // Only a later fire than the one handled: of processes racing for a fire, one wins.
-            let statement = run(
-                "INSERT INTO strata_schedule_fires AS handled (schedule, fire_ms) VALUES ($1, $2)
-                 ON CONFLICT (schedule) DO UPDATE SET fire_ms = EXCLUDED.fire_ms
-                 WHERE handled.fire_ms < EXCLUDED.fire_ms",
-            )
-            .await?;
-            let written = transaction
-                .execute(&statement, &[schedule, fire_ms])
-                .await
-                .map_err(failed("write schedule fire"))?;
-            if written == 0 {
-                return Err(StoreError::FireTaken {
-                    schedule: schedule.clone(),
-                    fire_ms: unsigned(*fire_ms),
-                });
-            }
-        }
-        for config in &self.configs {
-            let statement = run(
-                "INSERT INTO strata_configs (generation, source, text, applied_at_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (generation) DO NOTHING",
-            )
-            .await?;
-            let written = transaction
-                .execute(
-                    &statement,
-                    &[
-                        &signed(config.generation),
-                        &config.source,
-                        &config.text,
-                        &signed(config.applied_at_ms),
-                    ],
-                )
-                .await
-                .map_err(failed("write config"))?;
-            if written == 0 {
-                return Err(StoreError::ConfigTaken {
-                    generation: config.generation,
-                });
-            }
-        }
-        for (workflow, record) in &self.jobs {
-            let statement = run("INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
-                 ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record")
-            .await?;
-            transaction
-                .execute(&statement, &[workflow, record])
-                .await
-                .map_err(failed("write migration job"))?;
-        }
-        for (name, (record, revision)) in &self.rollouts {
-            // Only a write made from the newest copy: one more transition than the stored one.
-            let statement = run(
-                "INSERT INTO strata_rollouts AS stored (name, record, revision) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record, revision = EXCLUDED.revision
-                 WHERE stored.revision < EXCLUDED.revision",
-            )
-            .await?;
-            let written = transaction
-                .execute(&statement, &[name, record, revision])
-                .await
-                .map_err(failed("write rollout"))?;
-            if written == 0 {
-                return Err(StoreError::RolloutChanged { name: name.clone() });
-            }
-        }
-        for (id, reason) in &self.quarantines {
-            let statement = run("INSERT INTO strata_quarantine (id, reason, raw)
-                 VALUES ($1, $2, COALESCE((SELECT record FROM strata_instances WHERE id = $1), ''::bytea))
-                 ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason, raw = EXCLUDED.raw")
-            .await?;
-            transaction
-                .execute(&statement, &[id, reason])
-                .await
-                .map_err(failed("quarantine"))?;
-            let statement = run("DELETE FROM strata_instances WHERE id = $1").await?;
-            transaction
-                .execute(&statement, &[id])
-                .await
-                .map_err(failed("quarantine"))?;
-        }
-        transaction.commit().await.map_err(failed("commit"))?;
-        Ok(applied)
-    }
-
-    /// Writes counters and statuses and decides residency, in the transaction: every touched
-    /// version row is locked (in one order, so that workers never deadlock), a start on a version
-    /// not `Active` and a retirement with live instances are refused, and a `Draining` version
-    /// left with no live instance becomes `Drained`.
-    async fn decide_residency(&self, transaction: &deadpool_postgres::Transaction<'_>) -> Result<Applied, StoreError> {
-        let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
-        let mut keys: Vec<&VersionKey> = self.counters.keys().chain(self.statuses.keys()).collect();
-        keys.sort();
-        keys.dedup();
-        if keys.is_empty() {
-            return Ok(Applied::default());
-        }
-        let key_workflows: Vec<&str> = keys.iter().map(|key| key.workflow.as_str()).collect();
-        let key_versions: Vec<String> = keys.iter().map(|key| key.version.to_string()).collect();
-        let statement = run("INSERT INTO strata_versions (workflow, version)
-             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING")
-        .await?;
-        transaction
-            .execute(&statement, &[&key_workflows, &key_versions])
-            .await
-            .map_err(failed("lock versions"))?;
-        let statement = run("SELECT workflow, version, status FROM strata_versions
-             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-             ORDER BY workflow, version FOR UPDATE")
-        .await?;
-        let locked = transaction
-            .query(&statement, &[&key_workflows, &key_versions])
-            .await
-            .map_err(failed("lock versions"))?;
-        for row in &locked {
-            let status = row.get::<_, Option<String>>(2).as_deref().and_then(status_from_text);
-            let Some(status) = status.filter(|status| *status != VersionStatus::Active) else {
-                continue;
-            };
-            let (workflow, version): (String, String) = (row.get(0), row.get(1));
-            let starts = self.counters.iter().find(|(key, sum)| {
-                sum.delta.started > 0 && key.workflow == workflow && key.version.to_string() == version
-            });
-            if let Some((key, _)) = starts {
-                return Err(StoreError::VersionNotAccepting {
-                    key: key.clone(),
-                    status,
-                });
-            }
-        }
-        if !self.counters.is_empty() {
-            let statement = run(
-                "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
-                     failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
-                 ON CONFLICT (workflow, version) DO UPDATE SET
-                     live = GREATEST(current.live + EXCLUDED.live, 0),
-                     started = current.started + EXCLUDED.started,
-                     completed = current.completed + EXCLUDED.completed,
-                     failed = current.failed + EXCLUDED.failed,
-                     cancelled = current.cancelled + EXCLUDED.cancelled,
-                     moved_in = current.moved_in + EXCLUDED.moved_in,
-                     moved_out = current.moved_out + EXCLUDED.moved_out,
-                     first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
-                     last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)",
-            )
-            .await?;
-            let sums: Vec<(&VersionKey, &CounterSum)> = self.counters.iter().collect();
-            let workflows: Vec<&str> = sums.iter().map(|(key, _)| key.workflow.as_str()).collect();
-            let versions: Vec<String> = sums.iter().map(|(key, _)| key.version.to_string()).collect();
-            let column = |value: fn(&CounterDelta) -> i64| -> Vec<i64> {
-                sums.iter().map(|(_, sum)| value(&sum.delta)).collect()
-            };
-            let live = column(|delta| delta.live);
-            let started = column(|delta| signed(delta.started));
-            let completed = column(|delta| signed(delta.completed));
-            let failed_count = column(|delta| signed(delta.failed));
-            let cancelled = column(|delta| signed(delta.cancelled));
-            let moved_in = column(|delta| signed(delta.moved_in));
-            let moved_out = column(|delta| signed(delta.moved_out));
-            let first: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.first_start_ms).collect();
-            let last: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.last_start_ms).collect();
-            transaction
-                .execute(
-                    &statement,
-                    &[
-                        &workflows,
-                        &versions,
-                        &live,
-                        &started,
-                        &completed,
-                        &failed_count,
-                        &cancelled,
-                        &moved_in,
-                        &moved_out,
-                        &first,
-                        &last,
-                    ],
-                )
-                .await
-                .map_err(failed("write counters"))?;
-        }
-        for (key, status) in &self.statuses {
-            let statement = run(
-                "UPDATE strata_versions SET status = $3 WHERE workflow = $1 AND version = $2
-                 RETURNING live",
-            )
-            .await?;
-            let row = transaction
-                .query_one(
-                    &statement,
-                    &[&key.workflow, &key.version.to_string(), &version_text(*status)],
-                )
-                .await
-                .map_err(failed("write version status"))?;
-            let live = unsigned(row.get(0));
-            if *status == VersionStatus::Retired && live > 0 {
-                return Err(StoreError::LiveInstances { key: key.clone(), live });
-            }
-        }
-        let statement = run("UPDATE strata_versions SET status = 'drained'
-             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-               AND status = 'draining' AND live = 0
-             RETURNING workflow, version")
-        .await?;
-        let drained = transaction
-            .query(&statement, &[&key_workflows, &key_versions])
-            .await
-            .map_err(failed("drain versions"))?
-            .iter()
-            .map(|row| {
-                let (workflow, version): (String, String) = (row.get(0), row.get(1));
-                keys.iter()
-                    .find(|key| key.workflow == workflow && key.version.to_string() == version)
-                    .map(|key| (*key).clone())
-            })
-            .collect::<Option<Vec<_>>>()
-            .unwrap_or_default();
-        let statement = run(TOUCHED_VERSIONS_QUERY).await?;
-        let versions = transaction
-            .query(&statement, &[&key_workflows, &key_versions])
-            .await
-            .map_err(failed("read versions"))?
-            .iter()
-            .map(stored_version)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Applied { versions, drained })
-    }
-}
-
 impl Store for PostgresStore {
     #[tracing::instrument(level = "trace", skip_all, fields(ops = ops.len()))]
     fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
+        self.refuse_if_diverged()?;
         let writes = Writes::of(ops)?;
-        let applied = self.run(writes.commit(self.pool.clone(), self.worker_id.clone()))?;
+        let (pool, worker, unsettled, seq) = (
+            self.pool.clone(),
+            self.worker_id.clone(),
+            self.unsettled.clone(),
+            self.next_seq(),
+        );
+        let applied = self.run_once(async move {
+            let mut retry = Retry::new();
+            settle_commit(&pool, &worker, &unsettled, &mut retry).await?;
+            loop {
+                let mut error = match writes.commit(&pool, &worker, seq).await {
+                    Ok(applied) => return Ok(applied),
+                    Err(CommitFailure::NotApplied(error)) => error,
+                    Err(CommitFailure::Unknown(error)) => {
+                        // The mark says whether it landed; until it can be read, it is unsettled.
+                        loop {
+                            match writes.landed(&pool, &worker, seq).await {
+                                Ok(Some(applied)) => {
+                                    tracing::info!(
+                                        commit = seq,
+                                        "a commit's answer was lost with its connection; its mark says it landed"
+                                    );
+                                    return Ok(applied);
+                                }
+                                Ok(None) => break,
+                                Err(mut lookup) => {
+                                    if !retry.again(&mut lookup).await {
+                                        *unsettled.commit.lock() = Some(seq);
+                                        return Err(lookup);
+                                    }
+                                }
+                            }
+                        }
+                        error
+                    }
+                };
+                if !retry.again(&mut error).await {
+                    return Err(error);
+                }
+            }
+        });
+        if let Err(StoreError::Diverged { reason }) = &applied {
+            tracing::error!(%reason, "this engine's memory may be behind the database; it stops writing and lets its claims run out");
+        }
+        let applied = applied?;
         self.applies.fetch_add(1, Ordering::Relaxed);
         Ok(applied)
     }
@@ -1001,6 +719,43 @@ impl Store for PostgresStore {
     }
 }
 
+/// Looks up the commit whose outcome a broken connection hid, before the next commit overwrites
+/// its mark: not landed, and the engine, told it failed, is right; landed, and the engine's memory
+/// is behind the store, which from then on refuses writes.
+async fn settle_commit(pool: &Pool, worker: &str, unsettled: &Unsettled, retry: &mut Retry) -> Result<(), StoreError> {
+    let Some(seq) = *unsettled.commit.lock() else {
+        return Ok(());
+    };
+    let landed = loop {
+        let looked_up = async {
+            let client = pool.get().await.map_err(pool_failed("look up a commit"))?;
+            client
+                .query_opt(
+                    "SELECT 1 FROM strata_commit_marks WHERE worker = $1 AND seq = $2",
+                    &[&worker, &seq],
+                )
+                .await
+                .map_err(failed("look up a commit"))
+        };
+        match looked_up.await {
+            Ok(row) => break row.is_some(),
+            Err(mut error) => {
+                if !retry.again(&mut error).await {
+                    return Err(error);
+                }
+            }
+        }
+    };
+    *unsettled.commit.lock() = None;
+    if landed {
+        let reason =
+            format!("commit {seq} of worker {worker} was reported failed when its connection broke, but it had landed");
+        *unsettled.diverged.lock() = Some(reason.clone());
+        return Err(StoreError::Diverged { reason });
+    }
+    Ok(())
+}
+
 /// Every version row.
 const ALL_VERSIONS_QUERY: &str = "SELECT workflow, version, status, live, started, completed, failed, cancelled,
     moved_in, moved_out, first_start_ms, last_start_ms FROM strata_versions ORDER BY workflow, version";
@@ -1064,79 +819,136 @@ impl Cluster for PostgresStore {
     }
 
     fn heartbeat(&self, versions: &[VersionKey], _lease: Duration) -> Result<(), StoreError> {
+        self.refuse_if_diverged()?;
         let names: Vec<String> = versions.iter().map(ToString::to_string).collect();
-        let pool = self.pool.clone();
         let worker = self.worker_id.clone();
-        self.run(async move {
-            let client = pool.get().await.map_err(pool_failed("heartbeat"))?;
-            let statement = client
-                .prepare_cached(&format!(
-                    "INSERT INTO strata_workers (id, host, pid, started_at_ms, heartbeat_ms, versions)
+        // Signals whose sender has its answer need their delivery marks no more.
+        let delivered = std::sync::Arc::new(std::mem::take(&mut *self.unsettled.delivered.lock()));
+        let beat = delivered.clone();
+        let result = self.run(move |pool| {
+            let (names, worker, delivered) = (names.clone(), worker.clone(), beat.clone());
+            async move {
+                let client = pool.get().await.map_err(pool_failed("heartbeat"))?;
+                if !delivered.is_empty() {
+                    client
+                        .execute("DELETE FROM strata_delivery_marks WHERE seq = ANY($1)", &[&*delivered])
+                        .await
+                        .map_err(failed("heartbeat"))?;
+                }
+                let statement = client
+                    .prepare_cached(&format!(
+                        "INSERT INTO strata_workers (id, host, pid, started_at_ms, heartbeat_ms, versions)
                      VALUES ($1, $2, $3, {DATABASE_NOW_MS}, {DATABASE_NOW_MS}, $4)
                      ON CONFLICT (id) DO UPDATE SET heartbeat_ms = {DATABASE_NOW_MS}, versions = EXCLUDED.versions"
-                ))
-                .await
-                .map_err(failed("heartbeat"))?;
-            client
-                .execute(
-                    &statement,
-                    &[&worker, &host_name(), &i64::from(std::process::id()), &names],
-                )
-                .await
-                .map_err(failed("heartbeat"))?;
-            Ok(())
-        })
+                    ))
+                    .await
+                    .map_err(failed("heartbeat"))?;
+                client
+                    .execute(
+                        &statement,
+                        &[&worker, &host_name(), &i64::from(std::process::id()), &names],
+                    )
+                    .await
+                    .map_err(failed("heartbeat"))?;
+                Ok(())
+            }
+        });
+        if result.is_err() {
+            self.unsettled.delivered.lock().extend(delivered.iter());
+        }
+        result
     }
 
     fn claim(&self, versions: &[VersionKey], lease: Duration, limit: usize) -> Result<Claimed, StoreError> {
+        self.refuse_if_diverged()?;
         let (workflows, version_texts) = version_columns(versions);
         let pool = self.pool.clone();
         let worker = self.worker_id.clone();
         let lease = lease_ms(lease);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.run(async move {
-            let client = pool.get().await.map_err(pool_failed("claim"))?;
-            // An instance is claimable when no worker with a current lease holds it. Taking the
-            // claim raises its fencing token, so the previous holder's writes no longer land.
-            let statement = client
-                .prepare_cached(&format!(
-                    "WITH claimable AS (
-                         SELECT i.id FROM strata_instances i
-                         WHERE i.live
-                           AND (i.workflow, i.version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-                           AND i.owner IS DISTINCT FROM $3
-                           AND NOT EXISTS (
-                               SELECT 1 FROM strata_workers w
-                               WHERE w.id = i.owner AND w.stopped_at_ms IS NULL
-                                 AND w.heartbeat_ms >= {DATABASE_NOW_MS} - $4)
-                         ORDER BY i.id
-                         LIMIT $5
-                         FOR UPDATE OF i SKIP LOCKED)
-                     UPDATE strata_instances i SET owner = $3, fence = i.fence + 1
-                     FROM claimable WHERE i.id = claimable.id
-                     RETURNING i.id, i.fence, i.record"
-                ))
-                .await
-                .map_err(failed("claim"))?;
-            let rows = client
-                .query(&statement, &[&workflows, &version_texts, &worker, &lease, &limit])
-                .await
-                .map_err(failed("claim"))?;
-            let claimed: Vec<(i64, i64, Vec<u8>)> =
-                rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
-            let ids: Vec<i64> = claimed.iter().map(|(id, ..)| *id).collect();
-            let statement = client
-                .prepare_cached("SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq")
-                .await
-                .map_err(failed("claim"))?;
-            let signals = client
-                .query(&statement, &[&ids])
-                .await
-                .map_err(failed("claim"))?
-                .iter()
-                .map(|row| decode::<SignalRecord>("signal", row.get(0)))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((claimed, signals))
+        let (unsettled, seq) = (self.unsettled.clone(), self.next_seq());
+        let rows = self.run_once(async move {
+            let mut retry = Retry::new();
+            // Claims whose answer a broken connection lost (this one's too, after a failed try):
+            // the rows they took are this worker's, and taken in now.
+            let mut lost: Vec<i64> = unsettled.claims.lock().clone();
+            loop {
+                let attempt = async {
+                    let client = pool.get().await.map_err(pool_failed("claim"))?;
+                    let mut claimed: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+                    if !lost.is_empty() {
+                        let statement = client
+                            .prepare_cached(
+                                "SELECT id, fence, record FROM strata_instances
+                                 WHERE owner = $1 AND live AND claimed_in = ANY($2)",
+                            )
+                            .await
+                            .map_err(failed("claim"))?;
+                        let rows = client
+                            .query(&statement, &[&worker, &lost])
+                            .await
+                            .map_err(failed("claim"))?;
+                        claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
+                    }
+                    // An instance is claimable when no worker with a current lease holds it.
+                    // Taking the claim raises its fencing token, so the previous holder's writes
+                    // no longer land, and stamps it with the claim's number.
+                    let statement = client
+                        .prepare_cached(&format!(
+                            "WITH claimable AS (
+                                 SELECT i.id FROM strata_instances i
+                                 WHERE i.live
+                                   AND (i.workflow, i.version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+                                   AND i.owner IS DISTINCT FROM $3
+                                   AND NOT EXISTS (
+                                       SELECT 1 FROM strata_workers w
+                                       WHERE w.id = i.owner AND w.stopped_at_ms IS NULL
+                                         AND w.heartbeat_ms >= {DATABASE_NOW_MS} - $4)
+                                 ORDER BY i.id
+                                 LIMIT $5
+                                 FOR UPDATE OF i SKIP LOCKED)
+                             UPDATE strata_instances i SET owner = $3, fence = i.fence + 1, claimed_in = $6
+                             FROM claimable WHERE i.id = claimable.id
+                             RETURNING i.id, i.fence, i.record"
+                        ))
+                        .await
+                        .map_err(failed("claim"))?;
+                    let rows = client
+                        .query(&statement, &[&workflows, &version_texts, &worker, &lease, &limit, &seq])
+                        .await
+                        .map_err(failed("claim"))?;
+                    claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
+                    let ids: Vec<i64> = claimed.iter().map(|(id, ..)| *id).collect();
+                    let statement = client
+                        .prepare_cached(
+                            "SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq",
+                        )
+                        .await
+                        .map_err(failed("claim"))?;
+                    let signals = client
+                        .query(&statement, &[&ids])
+                        .await
+                        .map_err(failed("claim"))?
+                        .iter()
+                        .map(|row| decode::<SignalRecord>("signal", row.get(0)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((claimed, signals))
+                };
+                let mut error = match attempt.await {
+                    Ok(found) => {
+                        unsettled.claims.lock().retain(|earlier| !lost.contains(earlier));
+                        return Ok(found);
+                    }
+                    Err(error) => error,
+                };
+                if !lost.contains(&seq) {
+                    lost.push(seq);
+                }
+                if !retry.again(&mut error).await {
+                    unsettled.claims.lock().push(seq);
+                    return Err(error);
+                }
+            }
         })?;
         let (records, signals) = rows;
         let mut claimed = Claimed {
@@ -1157,56 +969,93 @@ impl Cluster for PostgresStore {
     }
 
     fn leave(&self) -> Result<(), StoreError> {
-        let pool = self.pool.clone();
         let worker = self.worker_id.clone();
-        self.run(async move {
-            let mut client = pool.get().await.map_err(pool_failed("leave"))?;
-            let transaction = client.transaction().await.map_err(failed("leave"))?;
-            transaction
-                .execute(
-                    "UPDATE strata_instances SET owner = NULL WHERE owner = $1 AND live",
-                    &[&worker],
-                )
-                .await
-                .map_err(failed("leave"))?;
-            transaction
-                .execute(
-                    &format!("UPDATE strata_workers SET stopped_at_ms = {DATABASE_NOW_MS} WHERE id = $1"),
-                    &[&worker],
-                )
-                .await
-                .map_err(failed("leave"))?;
-            transaction.commit().await.map_err(failed("leave"))
+        self.run(move |pool| {
+            let worker = worker.clone();
+            async move {
+                let mut client = pool.get().await.map_err(pool_failed("leave"))?;
+                let transaction = client.transaction().await.map_err(failed("leave"))?;
+                transaction
+                    .execute(
+                        "UPDATE strata_instances SET owner = NULL WHERE owner = $1 AND live",
+                        &[&worker],
+                    )
+                    .await
+                    .map_err(failed("leave"))?;
+                transaction
+                    .execute(
+                        &format!("UPDATE strata_workers SET stopped_at_ms = {DATABASE_NOW_MS} WHERE id = $1"),
+                        &[&worker],
+                    )
+                    .await
+                    .map_err(failed("leave"))?;
+                transaction.commit().await.map_err(failed("leave"))
+            }
         })
     }
 
     fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError> {
         let record = encode("signal", signal)?;
         let (instance, seq) = (signed(signal.instance.0), signed(signal.seq));
-        let pool = self.pool.clone();
-        self.run(async move {
-            let mut client = pool.get().await.map_err(pool_failed("deliver signal"))?;
-            let transaction = client.transaction().await.map_err(failed("deliver signal"))?;
-            // The instance row is locked while the signal goes in, so a finish committing at the
-            // same time either comes first (nothing stored) or sees the signal.
-            let stored = transaction
-                .execute(
-                    "INSERT INTO strata_signals (instance, seq, record)
-                     SELECT $1, $2, $3 WHERE EXISTS
-                         (SELECT 1 FROM strata_instances WHERE id = $1 AND live FOR SHARE)",
-                    &[&instance, &seq, &record],
-                )
-                .await
-                .map_err(failed("deliver signal"))?;
-            if stored == 1 {
-                transaction
-                    .execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &instance.to_string()])
-                    .await
-                    .map_err(failed("wake the holder"))?;
+        let (pool, worker) = (self.pool.clone(), self.worker_id.clone());
+        let delivered = self.run_once(async move {
+            let mut retry = Retry::new();
+            // Set once a try's COMMIT lost its answer: the delivery's mark says if it landed.
+            let mut maybe_landed = false;
+            loop {
+                let attempt = async {
+                    let mut client = pool.get().await.map_err(pool_failed("deliver signal"))?;
+                    if maybe_landed {
+                        let marked = client
+                            .query_opt("SELECT 1 FROM strata_delivery_marks WHERE seq = $1", &[&seq])
+                            .await
+                            .map_err(failed("look up a delivery"))?;
+                        if marked.is_some() {
+                            return Ok(true);
+                        }
+                    }
+                    let transaction = client.transaction().await.map_err(failed("deliver signal"))?;
+                    // The instance row is locked while the signal goes in, so a finish committing
+                    // at the same time either comes first (nothing stored) or sees the signal.
+                    let stored = transaction
+                        .execute(
+                            "INSERT INTO strata_signals (instance, seq, record)
+                             SELECT $1, $2, $3 WHERE EXISTS
+                                 (SELECT 1 FROM strata_instances WHERE id = $1 AND live FOR SHARE)",
+                            &[&instance, &seq, &record],
+                        )
+                        .await
+                        .map_err(failed("deliver signal"))?;
+                    if stored == 1 {
+                        transaction
+                            .execute(
+                                "INSERT INTO strata_delivery_marks (seq, worker) VALUES ($1, $2)",
+                                &[&seq, &worker],
+                            )
+                            .await
+                            .map_err(failed("mark the delivery"))?;
+                        transaction
+                            .execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &instance.to_string()])
+                            .await
+                            .map_err(failed("wake the holder"))?;
+                    }
+                    maybe_landed = true;
+                    transaction.commit().await.map_err(failed("deliver signal"))?;
+                    Ok(stored == 1)
+                };
+                let mut error = match attempt.await {
+                    Ok(delivered) => return Ok(delivered),
+                    Err(error) => error,
+                };
+                if !retry.again(&mut error).await {
+                    return Err(error);
+                }
             }
-            transaction.commit().await.map_err(failed("deliver signal"))?;
-            Ok(stored == 1)
-        })
+        })?;
+        if delivered {
+            self.unsettled.delivered.lock().push(seq);
+        }
+        Ok(delivered)
     }
 
     fn held_signals(&self) -> Result<Vec<SignalRecord>, StoreError> {
@@ -1240,19 +1089,20 @@ impl Cluster for PostgresStore {
              WHERE current.holder = EXCLUDED.holder OR current.until_ms < {DATABASE_NOW_MS}
              RETURNING holder"
         );
-        let (pool, role, worker, lease) = (
-            self.pool.clone(),
-            role.to_string(),
-            self.worker_id.clone(),
-            lease_ms(lease),
-        );
-        self.run(async move {
-            let client = pool.get().await.map_err(pool_failed("lead"))?;
-            let rows = client
-                .query(&sql, &[&role, &worker, &lease])
-                .await
-                .map_err(failed("lead"))?;
-            Ok(!rows.is_empty())
+        self.refuse_if_diverged()?;
+        let (role, worker, lease) = (role.to_string(), self.worker_id.clone(), lease_ms(lease));
+        let call = std::sync::Arc::new((sql, role, worker));
+        self.run(move |pool| {
+            let call = call.clone();
+            async move {
+                let (sql, role, worker) = &*call;
+                let client = pool.get().await.map_err(pool_failed("lead"))?;
+                let rows = client
+                    .query(sql, &[role, worker, &lease])
+                    .await
+                    .map_err(failed("lead"))?;
+                Ok(!rows.is_empty())
+            }
         })
     }
 
@@ -1262,25 +1112,31 @@ impl Cluster for PostgresStore {
                     stopped_at_ms IS NULL AND heartbeat_ms >= {DATABASE_NOW_MS} - $1
              FROM strata_workers ORDER BY started_at_ms, id"
         );
-        let pool = self.pool.clone();
         let lease = lease_ms(lease);
-        let rows = self.run(async move {
-            let client = pool.get().await.map_err(pool_failed("read workers"))?;
-            let rows = client.query(&sql, &[&lease]).await.map_err(failed("read workers"))?;
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    (
-                        row.get::<_, String>(0),
-                        row.get::<_, String>(1),
-                        row.get::<_, i64>(2),
-                        row.get::<_, i64>(3),
-                        row.get::<_, i64>(4),
-                        row.get::<_, Vec<String>>(5),
-                        row.get::<_, bool>(6),
-                    )
-                })
-                .collect::<Vec<_>>())
+        let sql = std::sync::Arc::new(sql);
+        let rows = self.run(move |pool| {
+            let sql = sql.clone();
+            async move {
+                let client = pool.get().await.map_err(pool_failed("read workers"))?;
+                let rows = client
+                    .query(sql.as_str(), &[&lease])
+                    .await
+                    .map_err(failed("read workers"))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| {
+                        (
+                            row.get::<_, String>(0),
+                            row.get::<_, String>(1),
+                            row.get::<_, i64>(2),
+                            row.get::<_, i64>(3),
+                            row.get::<_, i64>(4),
+                            row.get::<_, Vec<String>>(5),
+                            row.get::<_, bool>(6),
+                        )
+                    })
+                    .collect::<Vec<_>>())
+            }
         })?;
         Ok(rows
             .into_iter()

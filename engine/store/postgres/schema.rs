@@ -18,10 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "instances, signals, versions, history, workers", V1),
     (2, "id blocks shared by every worker, claims by owner", V2),
     (3, "rollout revisions, role leases", V3),
+    (4, "marks that settle writes whose answer a broken connection lost", V4),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 3;
+pub(crate) const SCHEMA_VERSION: i32 = 4;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -121,6 +122,24 @@ CREATE TABLE strata_leases (
     holder text NOT NULL,
     until_ms bigint NOT NULL
 );
+";
+
+/// Schema 4. When a connection breaks while a write commits, the writer cannot tell from the
+/// client whether it landed; a mark written in the same transaction tells it. A worker's
+/// commits run one after another, so one row per worker holds its newest commit's number (and
+/// the versions that commit drained, to announce them); each signal delivery leaves a mark until
+/// its sender has its answer; a claim stamps the rows it takes with its number.
+const V4: &str = "
+CREATE TABLE strata_commit_marks (
+    worker text PRIMARY KEY,
+    seq bigint NOT NULL,
+    drained text[] NOT NULL
+);
+CREATE TABLE strata_delivery_marks (
+    seq bigint PRIMARY KEY,
+    worker text NOT NULL
+);
+ALTER TABLE strata_instances ADD COLUMN claimed_in bigint;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.

@@ -1,0 +1,518 @@
+//! One commit on PostgreSQL: a group of instances' ops gathered per kind of row and sent as one
+//! transaction with one statement per kind (rows passed as arrays), fenced by each instance's
+//! claim, residency decided inside it, and settled when a broken connection loses its answer.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Pool;
+
+use super::TOUCHED_VERSIONS_QUERY;
+use super::{encode, failed, pool_failed, signed, status_from_text, stored_version, unsigned, version_text};
+use crate::instance::{InstanceId, VersionKey};
+use crate::registry::VersionStatus;
+use crate::store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
+
+/// Why a commit failed: surely not applied, or with its answer lost (applied or not).
+pub(super) enum CommitFailure {
+    /// Nothing was applied.
+    NotApplied(StoreError),
+    /// The connection broke after COMMIT was sent.
+    Unknown(StoreError),
+}
+
+/// One instance row to write.
+struct InstanceRow {
+    id: i64,
+    claim: i64,
+    workflow: String,
+    version: String,
+    live: bool,
+    status: &'static str,
+    due_ms: Option<i64>,
+    record: Vec<u8>,
+}
+
+/// A version's counter changes summed over a group, with its earliest and latest start.
+#[derive(Default)]
+struct CounterSum {
+    delta: CounterDelta,
+    first_start_ms: Option<i64>,
+    last_start_ms: Option<i64>,
+}
+
+/// The writes of one group of commits, gathered per kind of row so that one transaction sends
+/// each kind as one statement over arrays. Writes to the same row keep the last one, as applying
+/// the ops in order would.
+#[derive(Default)]
+pub(super) struct Writes {
+    instances: Vec<InstanceRow>,
+    instance_index: HashMap<i64, usize>,
+    signals: HashMap<(i64, i64), Option<Vec<u8>>>,
+    counters: HashMap<VersionKey, CounterSum>,
+    statuses: HashMap<VersionKey, VersionStatus>,
+    fires: HashMap<String, i64>,
+    configs: Vec<AppliedConfig>,
+    jobs: HashMap<String, Vec<u8>>,
+    rollouts: HashMap<String, (Vec<u8>, i64)>,
+    quarantines: Vec<(i64, String)>,
+}
+
+impl Writes {
+    pub(super) fn of(ops: &[Op]) -> Result<Writes, StoreError> {
+        let mut writes = Writes::default();
+        for op in ops {
+            match op {
+                Op::PutInstance(record) => {
+                    let row = InstanceRow {
+                        id: signed(record.id.0),
+                        claim: signed(record.claim),
+                        workflow: record.key.workflow.clone(),
+                        version: record.key.version.to_string(),
+                        live: !record.finished,
+                        status: record.status.as_str(),
+                        due_ms: record.due_ms.map(signed),
+                        record: record.bytes.clone(),
+                    };
+                    match writes.instance_index.get(&row.id) {
+                        Some(&index) => writes.instances[index] = row,
+                        None => {
+                            writes.instance_index.insert(row.id, writes.instances.len());
+                            writes.instances.push(row);
+                        }
+                    }
+                }
+                Op::PutSignal(signal) => {
+                    let key = (signed(signal.instance.0), signed(signal.seq));
+                    writes.signals.insert(key, Some(encode("signal", signal)?));
+                }
+                Op::DeleteSignal { instance, seq } => {
+                    writes.signals.insert((signed(instance.0), signed(*seq)), None);
+                }
+                Op::AdjustCounters { key, delta } => {
+                    let sum = writes.counters.entry(key.clone()).or_default();
+                    sum.delta.live += delta.live;
+                    sum.delta.started += delta.started;
+                    sum.delta.completed += delta.completed;
+                    sum.delta.failed += delta.failed;
+                    sum.delta.cancelled += delta.cancelled;
+                    sum.delta.moved_in += delta.moved_in;
+                    sum.delta.moved_out += delta.moved_out;
+                    if let Some(at) = delta.started_at_ms.map(signed) {
+                        sum.first_start_ms = Some(sum.first_start_ms.map_or(at, |first| first.min(at)));
+                        sum.last_start_ms = Some(sum.last_start_ms.map_or(at, |last| last.max(at)));
+                    }
+                }
+                Op::PutVersionStatus { key, status } => {
+                    writes.statuses.insert(key.clone(), *status);
+                }
+                Op::PutScheduleFire { schedule, fire_ms } => {
+                    writes.fires.insert(schedule.clone(), signed(*fire_ms));
+                }
+                Op::PutConfig(config) => writes.configs.push(config.clone()),
+                Op::PutMigrationJob(job) => {
+                    writes.jobs.insert(job.workflow.clone(), encode("migration job", job)?);
+                }
+                Op::PutRollout(rollout) => {
+                    let revision = i64::try_from(rollout.history.len()).unwrap_or(i64::MAX);
+                    writes
+                        .rollouts
+                        .insert(rollout.spec.name.clone(), (encode("rollout", rollout)?, revision));
+                }
+                Op::QuarantineRecord { id, reason } => writes.quarantines.push((signed(id.0), reason.clone())),
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Sends the writes in one transaction, number `seq` of `worker`: all of them or none. An
+    /// instance row is written only while `worker` holds its claim with the token the record
+    /// carries (a new row is inserted claimed by `worker`); if any is not, nothing is written and
+    /// the error names them. The transaction leaves `worker`'s commit mark at `seq`.
+    pub(super) async fn commit(&self, pool: &Pool, worker: &str, seq: i64) -> Result<Applied, CommitFailure> {
+        let mut client = pool
+            .get()
+            .await
+            .map_err(pool_failed("commit"))
+            .map_err(CommitFailure::NotApplied)?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(failed("begin"))
+            .map_err(CommitFailure::NotApplied)?;
+        let applied = self
+            .write(&transaction, worker)
+            .await
+            .map_err(CommitFailure::NotApplied)?;
+        let drained: Vec<String> = applied.drained.iter().map(ToString::to_string).collect();
+        transaction
+            .execute(
+                "INSERT INTO strata_commit_marks (worker, seq, drained) VALUES ($1, $2, $3)
+                 ON CONFLICT (worker) DO UPDATE SET seq = EXCLUDED.seq, drained = EXCLUDED.drained",
+                &[&worker, &seq, &drained],
+            )
+            .await
+            .map_err(failed("mark the commit"))
+            .map_err(CommitFailure::NotApplied)?;
+        match transaction.commit().await.map_err(failed("commit")) {
+            Ok(()) => Ok(applied),
+            // The connection broke with COMMIT sent: it may have landed or not.
+            Err(error) if super::retry::retryable(&error) => Err(CommitFailure::Unknown(error)),
+            Err(error) => Err(CommitFailure::NotApplied(error)),
+        }
+    }
+
+    /// What commit `seq` of `worker` did, if it landed: the versions it touched as they are now,
+    /// and those it drained (kept in its mark). `None`: it did not land.
+    pub(super) async fn landed(&self, pool: &Pool, worker: &str, seq: i64) -> Result<Option<Applied>, StoreError> {
+        let client = pool.get().await.map_err(pool_failed("look up a commit"))?;
+        let mark = client
+            .query_opt(
+                "SELECT drained FROM strata_commit_marks WHERE worker = $1 AND seq = $2",
+                &[&worker, &seq],
+            )
+            .await
+            .map_err(failed("look up a commit"))?;
+        let Some(mark) = mark else {
+            return Ok(None);
+        };
+        let drained: Vec<String> = mark.get(0);
+        let keys = self.version_keys();
+        let (workflows, versions) = super::version_columns(&keys);
+        let versions = client
+            .query(TOUCHED_VERSIONS_QUERY, &[&workflows, &versions])
+            .await
+            .map_err(failed("read versions"))?
+            .iter()
+            .map(stored_version)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Applied {
+            versions,
+            drained: keys
+                .into_iter()
+                .filter(|key| drained.contains(&key.to_string()))
+                .collect(),
+        }))
+    }
+
+    /// Every version whose counters or status the writes change, in one order.
+    fn version_keys(&self) -> Vec<VersionKey> {
+        let mut keys: Vec<VersionKey> = self.counters.keys().chain(self.statuses.keys()).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The statements of the transaction, before its mark and its COMMIT.
+    async fn write(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        worker: &str,
+    ) -> Result<Applied, StoreError> {
+        let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
+        if !self.instances.is_empty() {
+            let statement = run("INSERT INTO strata_instances AS current
+                     (id, workflow, version, live, status, due_ms, record, fence, owner)
+                 SELECT *, $9 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
+                     $7::bytea[], $8::bigint[])
+                 ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
+                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record
+                 WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
+                 RETURNING id")
+            .await?;
+            let ids: Vec<i64> = self.instances.iter().map(|row| row.id).collect();
+            let workflows: Vec<&str> = self.instances.iter().map(|row| row.workflow.as_str()).collect();
+            let versions: Vec<&str> = self.instances.iter().map(|row| row.version.as_str()).collect();
+            let live: Vec<bool> = self.instances.iter().map(|row| row.live).collect();
+            let statuses: Vec<&str> = self.instances.iter().map(|row| row.status).collect();
+            let due: Vec<Option<i64>> = self.instances.iter().map(|row| row.due_ms).collect();
+            let records: Vec<&[u8]> = self.instances.iter().map(|row| row.record.as_slice()).collect();
+            let claims: Vec<i64> = self.instances.iter().map(|row| row.claim).collect();
+            let written = transaction
+                .query(
+                    &statement,
+                    &[
+                        &ids, &workflows, &versions, &live, &statuses, &due, &records, &claims, &worker,
+                    ],
+                )
+                .await
+                .map_err(failed("write instances"))?;
+            if written.len() < ids.len() {
+                let written: std::collections::HashSet<i64> = written.iter().map(|row| row.get(0)).collect();
+                let lost = ids
+                    .iter()
+                    .filter(|id| !written.contains(id))
+                    .map(|id| InstanceId(unsigned(*id)))
+                    .collect();
+                return Err(StoreError::ClaimLost { ids: lost });
+            }
+            // A finished instance takes no more signals: delete all of them, also any another
+            // process delivered that the holder had not taken in yet.
+            let finished: Vec<i64> = self
+                .instances
+                .iter()
+                .filter(|row| !row.live)
+                .map(|row| row.id)
+                .collect();
+            if !finished.is_empty() {
+                let statement = run("DELETE FROM strata_signals WHERE instance = ANY($1)").await?;
+                transaction
+                    .execute(&statement, &[&finished])
+                    .await
+                    .map_err(failed("delete signals"))?;
+            }
+        }
+        let (stored, deleted): (Vec<_>, Vec<_>) = self.signals.iter().partition(|(_, record)| record.is_some());
+        if !stored.is_empty() {
+            let statement = run("INSERT INTO strata_signals (instance, seq, record)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (instance, seq) DO UPDATE SET record = EXCLUDED.record")
+            .await?;
+            let instances: Vec<i64> = stored.iter().map(|((instance, _), _)| *instance).collect();
+            let seqs: Vec<i64> = stored.iter().map(|((_, seq), _)| *seq).collect();
+            let records: Vec<&[u8]> = stored.iter().filter_map(|(_, record)| record.as_deref()).collect();
+            transaction
+                .execute(&statement, &[&instances, &seqs, &records])
+                .await
+                .map_err(failed("write signals"))?;
+        }
+        if !deleted.is_empty() {
+            let statement = run("DELETE FROM strata_signals WHERE (instance, seq) IN
+                 (SELECT * FROM UNNEST($1::bigint[], $2::bigint[]))")
+            .await?;
+            let instances: Vec<i64> = deleted.iter().map(|((instance, _), _)| *instance).collect();
+            let seqs: Vec<i64> = deleted.iter().map(|((_, seq), _)| *seq).collect();
+            transaction
+                .execute(&statement, &[&instances, &seqs])
+                .await
+                .map_err(failed("delete signals"))?;
+        }
+        let applied = self.decide_residency(transaction).await?;
+        for (schedule, fire_ms) in &self.fires {
+            // Only a later fire than the one handled: of processes racing for a fire, one wins.
+            let statement = run(
+                "INSERT INTO strata_schedule_fires AS handled (schedule, fire_ms) VALUES ($1, $2)
+                 ON CONFLICT (schedule) DO UPDATE SET fire_ms = EXCLUDED.fire_ms
+                 WHERE handled.fire_ms < EXCLUDED.fire_ms",
+            )
+            .await?;
+            let written = transaction
+                .execute(&statement, &[schedule, fire_ms])
+                .await
+                .map_err(failed("write schedule fire"))?;
+            if written == 0 {
+                return Err(StoreError::FireTaken {
+                    schedule: schedule.clone(),
+                    fire_ms: unsigned(*fire_ms),
+                });
+            }
+        }
+        for config in &self.configs {
+            let statement = run(
+                "INSERT INTO strata_configs (generation, source, text, applied_at_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (generation) DO NOTHING",
+            )
+            .await?;
+            let written = transaction
+                .execute(
+                    &statement,
+                    &[
+                        &signed(config.generation),
+                        &config.source,
+                        &config.text,
+                        &signed(config.applied_at_ms),
+                    ],
+                )
+                .await
+                .map_err(failed("write config"))?;
+            if written == 0 {
+                return Err(StoreError::ConfigTaken {
+                    generation: config.generation,
+                });
+            }
+        }
+        for (workflow, record) in &self.jobs {
+            let statement = run("INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
+                 ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record")
+            .await?;
+            transaction
+                .execute(&statement, &[workflow, record])
+                .await
+                .map_err(failed("write migration job"))?;
+        }
+        for (name, (record, revision)) in &self.rollouts {
+            // Only a write made from the newest copy: one more transition than the stored one.
+            let statement = run(
+                "INSERT INTO strata_rollouts AS stored (name, record, revision) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record, revision = EXCLUDED.revision
+                 WHERE stored.revision < EXCLUDED.revision",
+            )
+            .await?;
+            let written = transaction
+                .execute(&statement, &[name, record, revision])
+                .await
+                .map_err(failed("write rollout"))?;
+            if written == 0 {
+                return Err(StoreError::RolloutChanged { name: name.clone() });
+            }
+        }
+        for (id, reason) in &self.quarantines {
+            let statement = run("INSERT INTO strata_quarantine (id, reason, raw)
+                 VALUES ($1, $2, COALESCE((SELECT record FROM strata_instances WHERE id = $1), ''::bytea))
+                 ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason, raw = EXCLUDED.raw")
+            .await?;
+            transaction
+                .execute(&statement, &[id, reason])
+                .await
+                .map_err(failed("quarantine"))?;
+            let statement = run("DELETE FROM strata_instances WHERE id = $1").await?;
+            transaction
+                .execute(&statement, &[id])
+                .await
+                .map_err(failed("quarantine"))?;
+        }
+        Ok(applied)
+    }
+
+    /// Writes counters and statuses and decides residency, in the transaction: every touched
+    /// version row is locked (in one order, so that workers never deadlock), a start on a version
+    /// not `Active` and a retirement with live instances are refused, and a `Draining` version
+    /// left with no live instance becomes `Drained`.
+    async fn decide_residency(&self, transaction: &deadpool_postgres::Transaction<'_>) -> Result<Applied, StoreError> {
+        let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
+        let keys = self.version_keys();
+        if keys.is_empty() {
+            return Ok(Applied::default());
+        }
+        let key_workflows: Vec<&str> = keys.iter().map(|key| key.workflow.as_str()).collect();
+        let key_versions: Vec<String> = keys.iter().map(|key| key.version.to_string()).collect();
+        let statement = run("INSERT INTO strata_versions (workflow, version)
+             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING")
+        .await?;
+        transaction
+            .execute(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("lock versions"))?;
+        let statement = run("SELECT workflow, version, status FROM strata_versions
+             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+             ORDER BY workflow, version FOR UPDATE")
+        .await?;
+        let locked = transaction
+            .query(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("lock versions"))?;
+        for row in &locked {
+            let status = row.get::<_, Option<String>>(2).as_deref().and_then(status_from_text);
+            let Some(status) = status.filter(|status| *status != VersionStatus::Active) else {
+                continue;
+            };
+            let (workflow, version): (String, String) = (row.get(0), row.get(1));
+            let starts = self.counters.iter().find(|(key, sum)| {
+                sum.delta.started > 0 && key.workflow == workflow && key.version.to_string() == version
+            });
+            if let Some((key, _)) = starts {
+                return Err(StoreError::VersionNotAccepting {
+                    key: key.clone(),
+                    status,
+                });
+            }
+        }
+        if !self.counters.is_empty() {
+            let statement = run(
+                "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
+                     failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+                 ON CONFLICT (workflow, version) DO UPDATE SET
+                     live = GREATEST(current.live + EXCLUDED.live, 0),
+                     started = current.started + EXCLUDED.started,
+                     completed = current.completed + EXCLUDED.completed,
+                     failed = current.failed + EXCLUDED.failed,
+                     cancelled = current.cancelled + EXCLUDED.cancelled,
+                     moved_in = current.moved_in + EXCLUDED.moved_in,
+                     moved_out = current.moved_out + EXCLUDED.moved_out,
+                     first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
+                     last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)",
+            )
+            .await?;
+            let sums: Vec<(&VersionKey, &CounterSum)> = self.counters.iter().collect();
+            let workflows: Vec<&str> = sums.iter().map(|(key, _)| key.workflow.as_str()).collect();
+            let versions: Vec<String> = sums.iter().map(|(key, _)| key.version.to_string()).collect();
+            let column = |value: fn(&CounterDelta) -> i64| -> Vec<i64> {
+                sums.iter().map(|(_, sum)| value(&sum.delta)).collect()
+            };
+            let live = column(|delta| delta.live);
+            let started = column(|delta| signed(delta.started));
+            let completed = column(|delta| signed(delta.completed));
+            let failed_count = column(|delta| signed(delta.failed));
+            let cancelled = column(|delta| signed(delta.cancelled));
+            let moved_in = column(|delta| signed(delta.moved_in));
+            let moved_out = column(|delta| signed(delta.moved_out));
+            let first: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.first_start_ms).collect();
+            let last: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.last_start_ms).collect();
+            transaction
+                .execute(
+                    &statement,
+                    &[
+                        &workflows,
+                        &versions,
+                        &live,
+                        &started,
+                        &completed,
+                        &failed_count,
+                        &cancelled,
+                        &moved_in,
+                        &moved_out,
+                        &first,
+                        &last,
+                    ],
+                )
+                .await
+                .map_err(failed("write counters"))?;
+        }
+        for (key, status) in &self.statuses {
+            let statement = run(
+                "UPDATE strata_versions SET status = $3 WHERE workflow = $1 AND version = $2
+                 RETURNING live",
+            )
+            .await?;
+            let row = transaction
+                .query_one(
+                    &statement,
+                    &[&key.workflow, &key.version.to_string(), &version_text(*status)],
+                )
+                .await
+                .map_err(failed("write version status"))?;
+            let live = unsigned(row.get(0));
+            if *status == VersionStatus::Retired && live > 0 {
+                return Err(StoreError::LiveInstances { key: key.clone(), live });
+            }
+        }
+        let statement = run("UPDATE strata_versions SET status = 'drained'
+             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+               AND status = 'draining' AND live = 0
+             RETURNING workflow, version")
+        .await?;
+        let drained = transaction
+            .query(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("drain versions"))?
+            .iter()
+            .map(|row| {
+                let (workflow, version): (String, String) = (row.get(0), row.get(1));
+                keys.iter()
+                    .find(|key| key.workflow == workflow && key.version.to_string() == version)
+                    .cloned()
+            })
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        let statement = run(TOUCHED_VERSIONS_QUERY).await?;
+        let versions = transaction
+            .query(&statement, &[&key_workflows, &key_versions])
+            .await
+            .map_err(failed("read versions"))?
+            .iter()
+            .map(stored_version)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Applied { versions, drained })
+    }
+}

@@ -1,0 +1,105 @@
+//! What counts as a broken connection, and how long and how often a call is tried again over a
+//! new one: the store rides out a terminated backend, a restarting server or a dropped network
+//! without the engine noticing more than a pause.
+
+use std::time::Duration;
+
+use deadpool_postgres::PoolError;
+use tokio_postgres::error::SqlState;
+
+use crate::store::StoreError;
+
+/// How long a call is retried over new connections before its error is returned.
+pub(crate) const RETRY_FOR: Duration = Duration::from_secs(15);
+/// The first pause between tries; each next one doubles, up to `LONGEST_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+
+/// Whether `error` means the connection, not the request, failed: the same request may work
+/// over a new connection.
+pub(crate) fn connection_broke(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                ]
+                .contains(code)
+        }
+        // No answer from the server: an I/O error under the client (refused, reset, timed out).
+        None => {
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                if cause.is::<std::io::Error>() {
+                    return true;
+                }
+                source = cause.source();
+            }
+            false
+        }
+    }
+}
+
+/// Whether a pool error means no connection could be had right now.
+pub(crate) fn pool_broke(error: &PoolError) -> bool {
+    match error {
+        PoolError::Backend(error) => connection_broke(error),
+        PoolError::Timeout(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether a call that failed with `error` may be tried again over a new connection.
+pub(crate) fn retryable(error: &StoreError) -> bool {
+    matches!(error, StoreError::ConnectionLost { .. })
+}
+
+/// The tries of one call: pauses growing from `FIRST_PAUSE`, until `RETRY_FOR` has passed.
+pub(crate) struct Retry {
+    began: tokio::time::Instant,
+    pause: Duration,
+    tries: u32,
+}
+
+impl Retry {
+    /// The first try of a call.
+    pub(crate) fn new() -> Retry {
+        Retry {
+            began: tokio::time::Instant::now(),
+            pause: FIRST_PAUSE,
+            tries: 0,
+        }
+    }
+
+    /// After a failed try: waits the next pause and says true if the call is to be tried again,
+    /// or says false if `error` is not a broken connection or the time is up. The error kept
+    /// then says how long the store tried.
+    pub(crate) async fn again(&mut self, error: &mut StoreError) -> bool {
+        let StoreError::ConnectionLost {
+            retried_for,
+            operation,
+            reason,
+        } = error
+        else {
+            return false;
+        };
+        let elapsed = self.began.elapsed();
+        if elapsed >= RETRY_FOR {
+            *retried_for = elapsed;
+            return false;
+        }
+        self.tries += 1;
+        if self.tries == 1 {
+            tracing::warn!(operation = *operation, %reason, "the database connection broke; retrying over a new one");
+        }
+        tokio::time::sleep(self.pause.min(RETRY_FOR - elapsed)).await;
+        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+        true
+    }
+}

@@ -1,0 +1,195 @@
+//! Faults between the engine and PostgreSQL (issue #10): backends terminated with
+//! `pg_terminate_backend`, connections cut, a server refusing connections for a while, and
+//! COMMITs that land while their answer is lost. The engine reconnects and retries; nothing is
+//! lost and nothing is applied twice (every counter equals a recount of the rows), and an
+//! outage longer than the retries gives an error that says what to check.
+
+mod common;
+
+use std::time::Duration;
+
+use common::outcome_within;
+use common::postgres::TestDatabase;
+use common::proxy::FaultyProxy;
+use strata::{Engine, EngineError, InstanceId, Next, StepCtx, StepResult, StoreError, WorkflowVersion};
+
+const WORKFLOW: &str = "sturdy";
+/// Steps each instance runs; it waits for signal `go` after the first.
+const STEPS: u64 = 6;
+
+async fn step(ctx: StepCtx, visits: &mut Vec<u64>) -> StepResult<u64> {
+    visits.push(visits.len() as u64);
+    let done = visits.len() as u64;
+    if done == STEPS {
+        return Ok(Next::complete(ctx.instance_id().0 * 100 + done));
+    }
+    if done == 1 {
+        return Ok(Next::wait_signal("go", "step"));
+    }
+    Ok(Next::sleep(Duration::from_millis(5), "step"))
+}
+
+/// `STEPS` steps recording their visits, waiting for `go` after the first; completes with
+/// `id * 100 + STEPS`.
+fn sturdy() -> WorkflowVersion<u64, Vec<u64>, u64> {
+    WorkflowVersion::new(WORKFLOW, "1.0.0")
+        .init(|_: u64| Vec::new())
+        .signal_type::<u64>("go")
+        .step("step", step)
+}
+
+async fn open_through(proxy: &FaultyProxy, database: &TestDatabase) -> Engine {
+    Engine::builder()
+        .postgres(proxy.url(&database.user(), database.name()))
+        .commit_retry_delay(Duration::from_millis(10))
+        .register(sturdy())
+        .open()
+        .await
+        .expect("the engine opens through the proxy")
+}
+
+/// Checks that every instance completed with its output, and that the version's counters, in
+/// the engine and in the database, equal a recount of the rows.
+async fn assert_exactly_once(engine: &Engine, database: &TestDatabase, ids: &[InstanceId]) {
+    for id in ids {
+        let output: u64 = outcome_within(engine, *id).await.output().expect("completed");
+        assert_eq!(output, id.0 * 100 + STEPS, "instance {id} ran its steps and completed");
+    }
+    let total = ids.len() as i64;
+    assert_eq!(
+        database.count("SELECT count(*) FROM strata_instances"),
+        total,
+        "instance rows"
+    );
+    assert_eq!(
+        database.count("SELECT count(*) FROM strata_instances WHERE live"),
+        0,
+        "live rows"
+    );
+    for column in ["started", "completed"] {
+        assert_eq!(
+            database.count(&format!("SELECT {column} FROM strata_versions")),
+            total,
+            "stored counter {column} against the recount: a commit applied twice or lost"
+        );
+    }
+    assert_eq!(
+        database.count("SELECT live FROM strata_versions"),
+        0,
+        "stored live counter"
+    );
+    assert_eq!(database.count("SELECT count(*) FROM strata_signals"), 0, "signals left");
+    let counters = engine.version(WORKFLOW, "1.0.0").unwrap().counters;
+    assert_eq!(
+        (counters.started, counters.completed, counters.live),
+        (total as u64, total as u64, 0),
+        "the engine's counters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_whose_answers_are_lost_land_exactly_once() {
+    let database = TestDatabase::create();
+    let proxy = FaultyProxy::start(database.server()).await;
+    let engine = open_through(&proxy, &database).await;
+    let mut ids = Vec::new();
+    for round in 0..10u64 {
+        // The next commits land on the server, and their connections break before the answer:
+        // starts, signal deliveries, step commits, whichever comes.
+        proxy.lose_commit_answers(3);
+        for n in 0..10 {
+            let id = engine
+                .start(WORKFLOW, &(round * 10 + n))
+                .await
+                .expect("a start whose commit answer was lost is started once");
+            ids.push(id);
+        }
+        for id in &ids[ids.len() - 10..] {
+            engine
+                .signal(*id, "go", &1u64)
+                .await
+                .expect("a signal whose delivery answer was lost is delivered once");
+        }
+    }
+    assert_exactly_once(&engine, &database, &ids).await;
+    assert!(
+        proxy.commit_answers_lost() >= 20,
+        "only {} commit answers were lost: the test did not test",
+        proxy.commit_answers_lost()
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_rides_out_killed_backends_cut_connections_and_a_refusing_server() {
+    let database = TestDatabase::create();
+    let proxy = FaultyProxy::start(database.server()).await;
+    let engine = open_through(&proxy, &database).await;
+    let mut ids = Vec::new();
+    for n in 0..120u64 {
+        ids.push(engine.start(WORKFLOW, &n).await.unwrap());
+    }
+    let completed = |engine: &Engine| engine.version(WORKFLOW, "1.0.0").unwrap().counters.completed;
+    let mut faults = 0;
+    for (index, id) in ids.iter().enumerate() {
+        // A fault every ten signals, while instances sleep, step and commit.
+        if index % 10 == 0 {
+            match faults % 3 {
+                0 => database
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    )
+                    .expect("terminate the engine's backends"),
+                1 => proxy.cut_all(),
+                _ => {
+                    // Down until the engine has tried to reconnect a few times.
+                    let refused = proxy.refused();
+                    proxy.refuse(true);
+                    common::wait_until(&engine, |_| proxy.refused() >= refused + 3).await;
+                    proxy.refuse(false);
+                }
+            }
+            faults += 1;
+        }
+        engine
+            .signal(*id, "go", &1u64)
+            .await
+            .expect("a signal sent around a fault is delivered");
+        if index % 10 == 9 {
+            // Every instance signalled so far completes before the next fault.
+            common::wait_until(&engine, |engine| completed(engine) as usize == index + 1).await;
+        }
+    }
+    assert!(faults >= 12, "{faults} faults injected");
+    assert_exactly_once(&engine, &database, &ids).await;
+    assert!(proxy.accepted() > 12, "the engine reconnected after the faults");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_retries_says_what_to_check_and_the_engine_recovers() {
+    let database = TestDatabase::create();
+    let proxy = FaultyProxy::start(database.server()).await;
+    let engine = open_through(&proxy, &database).await;
+    let first = engine.start(WORKFLOW, &1u64).await.unwrap();
+    proxy.refuse(true);
+    let reader = engine.clone();
+    let read = tokio::task::spawn_blocking(move || reader.workers()).await.unwrap();
+    match read {
+        Err(EngineError::Store(error @ StoreError::ConnectionLost { .. })) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("check that the PostgreSQL server is up and reachable"),
+                "{message}"
+            );
+        }
+        other => panic!("a read during a long outage: {other:?}"),
+    }
+    proxy.refuse(false);
+    engine.signal(first, "go", &1u64).await.expect("signals work again");
+    let second = engine.start(WORKFLOW, &2u64).await.expect("starts work again");
+    engine.signal(second, "go", &1u64).await.unwrap();
+    assert_exactly_once(&engine, &database, &[first, second]).await;
+    engine.shutdown().await;
+}
