@@ -637,6 +637,11 @@ impl Engine {
         &self.runtime.store
     }
 
+    /// Whether this process has code for some version of `workflow`.
+    pub(crate) fn has_code_for(&self, workflow: &str) -> bool {
+        self.runtime.registry.has_code_for(workflow)
+    }
+
     pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
         self.runtime.commit(ops).await
     }

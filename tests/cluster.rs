@@ -1,7 +1,8 @@
 //! Many workers on one PostgreSQL database (invariant 8), here as several engines in one test
 //! process, each its own worker: signals and cancels through any worker reach the instance
 //! wherever it runs; a worker never claims instances of a version it has no code for; a worker
-//! that lost its lease never commits; `Drained` is announced once in the cluster; retiring is
+//! that lost its lease (cut off from the database) never commits; each worker is judged alive by
+//! its own lease; `Drained` is announced once in the cluster; retiring is
 //! refused while any worker has a live instance. Child processes killed with SIGKILL are in
 //! tests/cluster_crash.rs.
 
@@ -150,19 +151,23 @@ fn slow() -> WorkflowVersion<u64, u64, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_lost_its_lease_never_commits_the_step_it_ran() {
     let database = TestDatabase::create();
-    // The paused worker: its lease is a minute, so it heartbeats only every 20 s.
-    let paused = worker(&database)
-        .lease(Duration::from_secs(60))
+    // The partitioned worker reaches the database through a proxy that will cut it off.
+    let proxy = common::proxy::FaultyProxy::start(database.server()).await;
+    let partitioned = Engine::builder()
+        .postgres(proxy.url(&database.user(), database.name()))
+        .commit_retry_delay(Duration::from_millis(10))
+        .lease(Duration::from_millis(300))
         .register(slow())
         .open()
         .await
         .unwrap();
-    let mut lost = paused.subscribe();
+    let mut lost = partitioned.subscribe();
     SLOW_BLOCKS.store(true, Ordering::SeqCst);
-    let id = paused.start("slow", &0u64).await.unwrap();
-    wait_until(&paused, |_| SLOW_RUNS.load(Ordering::SeqCst) == 1).await;
-    // Its step is running. Another worker, with a 300 ms lease, finds its heartbeat too old,
-    // claims the instance and runs the step itself.
+    let id = partitioned.start("slow", &0u64).await.unwrap();
+    wait_until(&partitioned, |_| SLOW_RUNS.load(Ordering::SeqCst) == 1).await;
+    // Its step is running when the network cuts it off: its heartbeats stop landing. Another
+    // worker finds its lease run out, claims the instance and runs the step itself.
+    proxy.refuse(true);
     SLOW_BLOCKS.store(false, Ordering::SeqCst);
     let taker = worker(&database)
         .lease(Duration::from_millis(300))
@@ -172,7 +177,9 @@ async fn a_worker_that_lost_its_lease_never_commits_the_step_it_ran() {
         .unwrap();
     let output: u64 = outcome_within(&taker, id).await.output().unwrap();
     assert_eq!(output, 1, "the taker's commit is the one that landed");
-    // The paused worker's step finishes now: its commit is refused and it lets the instance go.
+    // The network heals and the partitioned worker's step finishes: its commit is refused and
+    // it lets the instance go.
+    proxy.refuse(false);
     SLOW_GATE.add_permits(1);
     let event = wait_for_event(&mut lost, |event| matches!(event, Event::InstanceClaimLost { .. })).await;
     assert!(matches!(event, Event::InstanceClaimLost { id: lost, .. } if lost == id));
@@ -181,14 +188,14 @@ async fn a_worker_that_lost_its_lease_never_commits_the_step_it_ran() {
         2,
         "the step ran twice (at least once is the contract)"
     );
-    assert_eq!(paused.live_instances(), 0);
+    assert_eq!(partitioned.live_instances(), 0);
     let counters = taker.version("slow", "1.0.0").unwrap().counters;
     assert_eq!(
         (counters.started, counters.completed, counters.live),
         (1, 1, 0),
         "committed once"
     );
-    paused.shutdown().await;
+    partitioned.shutdown().await;
     taker.shutdown().await;
 }
 
@@ -242,10 +249,12 @@ async fn drained_is_announced_once_in_the_cluster_and_retiring_waits_for_every_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schedule_fires_once_per_fire_time_however_many_workers_run_it() {
+async fn a_schedule_fires_once_per_fire_time_however_many_workers_run_it_or_lack_its_code() {
     let database = TestDatabase::create();
     let open = || worker(&database).register(strata_workflows::ledger::v1_0()).open();
     let (first, second) = (open().await.unwrap(), open().await.unwrap());
+    // A worker without the workflow's code leaves the fires to the others (none lost to it).
+    let bystander = worker(&database).open().await.unwrap();
     let every_second = "[[schedules]]\nname = \"tick\"\nworkflow = \"ledger\"\ncron = \"* * * * * *\"\n\
                         input = { account = 1, entries = 1 }\n";
     first.apply_config("strata.toml", every_second).await.unwrap();
@@ -264,6 +273,7 @@ async fn a_schedule_fires_once_per_fire_time_however_many_workers_run_it() {
     wait_until(&first, |first| fires(first).len() >= 4).await;
     first.shutdown().await;
     second.shutdown().await;
+    bystander.shutdown().await;
     let reader = worker(&database).open().await.unwrap();
     let fires = fires(&reader);
     let mut distinct = fires.clone();
@@ -385,4 +395,64 @@ async fn a_rollout_routes_on_every_worker_and_a_rollback_through_any_holds_every
     );
     first.shutdown().await;
     second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_is_judged_alive_by_its_own_lease() {
+    let database = TestDatabase::create();
+    // A heartbeats every second (lease 3 s); B, with a lease of 150 ms, claims every 50 ms.
+    let a = worker(&database)
+        .lease(Duration::from_secs(3))
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let ids = waiting_tallies(&a, 0..10, "1.0.0").await;
+    let b = worker(&database)
+        .lease(Duration::from_millis(150))
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let heartbeat = |engine: &Engine, id: &str| {
+        engine
+            .workers()
+            .unwrap()
+            .into_iter()
+            .find(|worker| worker.id == id)
+            .map(|worker| (worker.heartbeat_ms, worker.alive))
+            .unwrap()
+    };
+    // Wait until A's last heartbeat is older than B's lease, then for another round of B's
+    // (each heartbeats, then claims): B has looked for claimable instances while A's heartbeat
+    // was too old by B's lease, but not by A's own. Tried again if A heartbeat meanwhile.
+    let (a_id, b_id) = (a.worker_id().to_string(), b.worker_id().to_string());
+    let held_by_a = format!("SELECT count(*) FROM strata_instances WHERE live AND owner = '{a_id}'");
+    let mut tested = false;
+    for _ in 0..5 {
+        let a_beat = heartbeat(&b, &a_id).0;
+        wait_until(&b, |b| heartbeat(b, &b_id).0 > a_beat + 200).await;
+        let b_beat = heartbeat(&b, &b_id).0;
+        wait_until(&b, |b| heartbeat(b, &b_id).0 > b_beat).await;
+        wait_until(&b, |b| heartbeat(b, &b_id).0 > b_beat + 60).await;
+        let (a_now, a_alive) = heartbeat(&b, &a_id);
+        assert!(a_alive, "B counts A alive by A's lease");
+        assert_eq!(
+            database.count(&held_by_a),
+            ids.len() as i64,
+            "B took instances of a live worker"
+        );
+        if a_now == a_beat {
+            tested = true;
+            break;
+        }
+    }
+    assert!(tested, "A heartbeat during every try");
+    // A still runs them: a signal through B reaches them there.
+    for id in &ids {
+        b.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&b, *id).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -3,8 +3,8 @@
 //! parent kills a random one with SIGKILL at least 30 times and starts it again. Afterwards no
 //! instance is lost, no step's commit was applied twice (every instance's state lists each step
 //! exactly once, in order, though steps may have run more than once), the counters equal a
-//! recount, every instance completed with its right output, and the version drained exactly
-//! once in the store.
+//! recount, every instance completed with its right output, the version drained exactly once
+//! in the store, and an every-second cron schedule all three run fired once per fire time.
 
 mod common;
 
@@ -20,6 +20,7 @@ use strata::{Engine, InstanceFilter, InstanceStatus, Next, StepCtx, StepResult, 
 const CHILD_URL: &str = "STRATA_CLUSTER_CHILD_URL";
 const CHILD_LOG: &str = "STRATA_CLUSTER_CHILD_LOG";
 const WORKFLOW: &str = "crashy";
+const TICKS: &str = "ticks";
 const INSTANCES: u64 = 300;
 const STEPS: u64 = 25;
 const KILLS: usize = 30;
@@ -63,12 +64,27 @@ fn crashy() -> WorkflowVersion<u64, Vec<u64>, u64> {
         .step("step", step)
 }
 
+/// The workflow an every-second schedule starts in every process: one step.
+fn ticks() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new(TICKS, "1.0.0")
+        .init(|input: u64| input)
+        .step("tick", |_ctx: StepCtx, state: &mut u64| {
+            let output = *state;
+            async move { Ok(Next::complete(output)) }
+        })
+}
+
+/// A schedule firing every second; fires missed while no process runs are fired each, up to 5.
+const SCHEDULE: &str = "[[schedules]]\nname = \"every-second\"\nworkflow = \"ticks\"\ncron = \"* * * * * *\"\n\
+     input = 1\nmissed = \"fire_each\"\nmax_missed = 5\n";
+
 fn builder(url: &str) -> strata::EngineBuilder {
     Engine::builder()
         .postgres(url)
         .lease(LEASE)
         .commit_retry_delay(Duration::from_millis(20))
         .register(crashy())
+        .register(ticks())
 }
 
 /// The child: a worker that runs until it is killed.
@@ -117,6 +133,8 @@ async fn three_workers_under_sigkill_commit_every_step_once() {
     LOG.set(log.clone()).unwrap();
     // The parent starts every instance, then hands them to the workers by leaving.
     let starter = builder(&database.url).open().await.unwrap();
+    // Every process takes the schedule in from the config generation stored in the database.
+    starter.apply_config("strata.toml", SCHEDULE).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..INSTANCES {
         ids.push(starter.start(WORKFLOW, &n).await.unwrap());
@@ -150,6 +168,27 @@ async fn three_workers_under_sigkill_commit_every_step_once() {
         let _ = child.kill();
         let _ = child.wait();
     }
+
+    // The schedule fired once per second in the cluster, across the kills: no fire time without
+    // its instance, none with two; the reader, which has no code for it, left its fires alone.
+    let mut fires: Vec<u64> = reader
+        .list(&InstanceFilter::workflow(TICKS))
+        .unwrap()
+        .iter()
+        .filter_map(|info| info.record.scheduled.as_ref().map(|fire| fire.fire_ms))
+        .collect();
+    fires.sort_unstable();
+    let doubled = fires.windows(2).filter(|pair| pair[0] == pair[1]).count();
+    assert_eq!(doubled, 0, "fire times started twice: {fires:?}");
+    let gaps: Vec<&[u64]> = fires.windows(2).filter(|pair| pair[1] - pair[0] != 1_000).collect();
+    assert!(gaps.is_empty(), "fire times without an instance between {gaps:?}");
+    assert!(fires.len() >= 5, "only {} fires during the run", fires.len());
+    let handled = reader.schedule_fires().unwrap();
+    assert_eq!(
+        handled,
+        vec![("every-second".to_string(), *fires.last().unwrap())],
+        "the last handled fire is the newest instance's"
+    );
 
     // Every instance completed, with each step committed exactly once, in order.
     let finished = reader
@@ -191,9 +230,11 @@ async fn three_workers_under_sigkill_commit_every_step_once() {
     assert_eq!(counters.status, VersionStatus::Drained, "drained in the store");
     println!(
         "{kills} SIGKILLs over 3 workers: {} instances, {} step commits, {reruns} steps run again after a kill, \
-         none committed twice; a restarted worker was ready in {:?} at the slowest",
+         none committed twice; {} schedule fires, each started once; a restarted worker was ready in {:?} at \
+         the slowest",
         INSTANCES,
         INSTANCES * STEPS,
+        fires.len(),
         takeovers.iter().max().unwrap()
     );
     reader.shutdown().await;

@@ -55,6 +55,12 @@ async fn pass(engine: &Engine, schedules: &[ScheduleSpec], grace: Duration) -> R
     let handled: HashMap<String, u64> = engine.store().schedule_fires()?.into_iter().collect();
     let mut next_wake: Option<u64> = None;
     for schedule in schedules {
+        // A process without the workflow's code leaves its fires to those that have it (with a
+        // shared store, the config in force may name workflows only other processes run); none
+        // is marked handled here, so none is lost for the cluster.
+        if !engine.has_code_for(&schedule.workflow) {
+            continue;
+        }
         let now = engine.now_ms();
         let last = match handled.get(&schedule.name) {
             Some(last) => *last,

@@ -410,6 +410,15 @@ impl Registry {
     pub fn knows_workflow(&self, workflow: &str) -> bool {
         self.versions.read().keys().any(|key| key.workflow == workflow)
     }
+
+    /// Whether this process has the code of some version of `workflow` (not only knows it from
+    /// the store).
+    pub fn has_code_for(&self, workflow: &str) -> bool {
+        self.versions
+            .read()
+            .iter()
+            .any(|(key, entry)| key.workflow == workflow && entry.code.is_some())
+    }
 }
 
 /// Parses a version string for an operator call, naming the workflow in the error.

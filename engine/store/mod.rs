@@ -505,14 +505,16 @@ pub trait Cluster: Send + Sync {
     /// This process's worker id.
     fn worker_id(&self) -> &str;
     /// Renews this worker's lease, and with it every claim it holds, and records the versions it
-    /// has code for (a worker joins with its first heartbeat).
+    /// has code for and its lease, by which every other worker judges whether it is alive (a
+    /// worker joins with its first heartbeat).
     fn heartbeat(&self, versions: &[VersionKey], lease: std::time::Duration) -> Result<(), StoreError>;
     /// Claims up to `limit` live instances of `versions` that no worker with a current lease
-    /// holds (never one of another version).
+    /// holds (never one of another version); `lease` is the one assumed of a worker that has
+    /// not recorded its own.
     fn claim(&self, versions: &[VersionKey], lease: std::time::Duration, limit: usize) -> Result<Claimed, StoreError>;
     /// Hands every claim of this worker back at once and marks it stopped.
     fn leave(&self) -> Result<(), StoreError>;
-    /// Every worker the store knows, with whether its lease is current.
+    /// Every worker the store knows, with whether its lease (its own, else `lease`) is current.
     fn workers(&self, lease: std::time::Duration) -> Result<Vec<WorkerInfo>, StoreError>;
     /// Takes or renews the lease of `role` (something one worker at a time does, such as
     /// evaluating rollouts) for `lease`; `true` if this worker holds it now.

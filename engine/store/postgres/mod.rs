@@ -818,7 +818,8 @@ impl Cluster for PostgresStore {
         &self.worker_id
     }
 
-    fn heartbeat(&self, versions: &[VersionKey], _lease: Duration) -> Result<(), StoreError> {
+    fn heartbeat(&self, versions: &[VersionKey], lease: Duration) -> Result<(), StoreError> {
+        let lease = lease_ms(lease);
         self.refuse_if_diverged()?;
         let names: Vec<String> = versions.iter().map(ToString::to_string).collect();
         let worker = self.worker_id.clone();
@@ -837,16 +838,17 @@ impl Cluster for PostgresStore {
                 }
                 let statement = client
                     .prepare_cached(&format!(
-                        "INSERT INTO strata_workers (id, host, pid, started_at_ms, heartbeat_ms, versions)
-                     VALUES ($1, $2, $3, {DATABASE_NOW_MS}, {DATABASE_NOW_MS}, $4)
-                     ON CONFLICT (id) DO UPDATE SET heartbeat_ms = {DATABASE_NOW_MS}, versions = EXCLUDED.versions"
+                        "INSERT INTO strata_workers (id, host, pid, started_at_ms, heartbeat_ms, versions, lease_ms)
+                     VALUES ($1, $2, $3, {DATABASE_NOW_MS}, {DATABASE_NOW_MS}, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_ms = {DATABASE_NOW_MS}, versions = EXCLUDED.versions,
+                         lease_ms = EXCLUDED.lease_ms"
                     ))
                     .await
                     .map_err(failed("heartbeat"))?;
                 client
                     .execute(
                         &statement,
-                        &[&worker, &host_name(), &i64::from(std::process::id()), &names],
+                        &[&worker, &host_name(), &i64::from(std::process::id()), &names, &lease],
                     )
                     .await
                     .map_err(failed("heartbeat"))?;
@@ -903,7 +905,7 @@ impl Cluster for PostgresStore {
                                    AND NOT EXISTS (
                                        SELECT 1 FROM strata_workers w
                                        WHERE w.id = i.owner AND w.stopped_at_ms IS NULL
-                                         AND w.heartbeat_ms >= {DATABASE_NOW_MS} - $4)
+                                         AND w.heartbeat_ms >= {DATABASE_NOW_MS} - COALESCE(w.lease_ms, $4))
                                  ORDER BY i.id
                                  LIMIT $5
                                  FOR UPDATE OF i SKIP LOCKED)
@@ -1109,7 +1111,7 @@ impl Cluster for PostgresStore {
     fn workers(&self, lease: Duration) -> Result<Vec<WorkerInfo>, StoreError> {
         let sql = format!(
             "SELECT id, host, pid, started_at_ms, heartbeat_ms, versions,
-                    stopped_at_ms IS NULL AND heartbeat_ms >= {DATABASE_NOW_MS} - $1
+                    stopped_at_ms IS NULL AND heartbeat_ms >= {DATABASE_NOW_MS} - COALESCE(lease_ms, $1)
              FROM strata_workers ORDER BY started_at_ms, id"
         );
         let lease = lease_ms(lease);

@@ -18,7 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "instances, signals, versions, history, workers", V1),
     (2, "id blocks shared by every worker, claims by owner", V2),
     (3, "rollout revisions, role leases", V3),
-    (4, "marks that settle writes whose answer a broken connection lost", V4),
+    (
+        4,
+        "marks that settle writes whose answer a broken connection lost, worker leases",
+        V4,
+    ),
 ];
 
 /// The newest schema this build knows.
@@ -128,7 +132,8 @@ CREATE TABLE strata_leases (
 /// client whether it landed; a mark written in the same transaction tells it. A worker's
 /// commits run one after another, so one row per worker holds its newest commit's number (and
 /// the versions that commit drained, to announce them); each signal delivery leaves a mark until
-/// its sender has its answer; a claim stamps the rows it takes with its number.
+/// its sender has its answer; a claim stamps the rows it takes with its number. Each worker
+/// records its own lease, by which every other judges whether it is alive.
 const V4: &str = "
 CREATE TABLE strata_commit_marks (
     worker text PRIMARY KEY,
@@ -140,6 +145,7 @@ CREATE TABLE strata_delivery_marks (
     worker text NOT NULL
 );
 ALTER TABLE strata_instances ADD COLUMN claimed_in bigint;
+ALTER TABLE strata_workers ADD COLUMN lease_ms bigint;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
