@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata::{Engine, InstanceFilter, Next, StepCtx, StepResult, WorkflowVersion};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[path = "support/database.rs"]
+mod database;
+
 /// The workers' lease: a killed worker's instances are taken over after it runs out.
 const LEASE: Duration = Duration::from_secs(1);
 const TICKERS: u64 = 50;
@@ -157,21 +159,6 @@ fn handovers(tickers: &[Vec<(u32, u64)>], from: u32, moment: u64) -> Vec<f64> {
         .collect()
 }
 
-async fn admin(url: &str, sql: &str) -> Result<(), String> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|error| error.to_string())?;
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.map_err(|error| error.to_string())
-}
-
-fn database_url(server: &str, name: &str) -> String {
-    let (host, _) = server
-        .rsplit_once('/')
-        .expect("STRATA_DATABASE_URL must end in /database");
-    format!("{host}/{name}")
-}
-
 #[tokio::main]
 async fn main() {
     let arguments: Vec<String> = std::env::args().collect();
@@ -179,13 +166,9 @@ async fn main() {
         let count = |index: usize| arguments[index].parse().expect("a count");
         return worker(&arguments[2], count(3), count(4)).await;
     }
-    let server = std::env::var("STRATA_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+    let server = database::server_url();
     let name = format!("strata_latency_{}", std::process::id());
-    if let Err(error) = admin(&server, &format!("CREATE DATABASE {name}")).await {
-        eprintln!("This example needs PostgreSQL at {server} ({error}); set STRATA_DATABASE_URL.");
-        std::process::exit(1);
-    }
-    let url = database_url(&server, &name);
+    let url = database::create_database(&server, &name).await;
     println!("lease {LEASE:?}; workers claim every lease/3; {TICKERS} tickers ticking every {TICK:?}; {PINGS} pings");
 
     // B and C stand by (C holds the pings); A starts the tickers, then stops gracefully: B or C
@@ -266,5 +249,5 @@ async fn main() {
     writeln!(survivor.stop, "stop").expect("tell the survivor to stop");
     survivor.expect("left");
     let _ = survivor.process.wait();
-    let _ = admin(&server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    database::drop_database(&server, &name).await;
 }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use strata::{Durability, Engine, Next, StepCtx, StepResult, WorkflowVersion};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[path = "support/database.rs"]
+mod database;
+
 const CONCURRENT: u64 = 1_024;
 const STEPS: u32 = 60;
 
@@ -71,24 +73,9 @@ async fn worker(url: &str, instances: u64) {
     engine.shutdown().await;
 }
 
-async fn admin(url: &str, sql: &str) -> Result<(), String> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|error| error.to_string())?;
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.map_err(|error| error.to_string())
-}
-
-fn database_url(server: &str, name: &str) -> String {
-    let (host, _) = server
-        .rsplit_once('/')
-        .expect("STRATA_DATABASE_URL must end in /database");
-    format!("{host}/{name}")
-}
-
 /// pgbench's simple-update tps with `clients` clients for 10 s on a database of its own.
 fn pgbench(server: &str, clients: u64) -> String {
-    let url = database_url(server, "strata_pgbench");
+    let url = database::database_url(server, "strata_pgbench");
     let init = Command::new("pgbench")
         .args(["-i", "-q", &url])
         .stdout(Stdio::null())
@@ -114,22 +101,16 @@ fn pgbench(server: &str, clients: u64) -> String {
 #[tokio::main]
 async fn main() {
     let arguments: Vec<String> = std::env::args().collect();
-    let server = std::env::var("STRATA_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+    let server = database::server_url();
     if arguments.get(1).map(String::as_str) == Some("worker") {
         return worker(&arguments[2], arguments[3].parse().expect("instances")).await;
     }
-    let _ = admin(&server, "DROP DATABASE IF EXISTS strata_pgbench").await;
-    if let Err(error) = admin(&server, "CREATE DATABASE strata_pgbench").await {
-        eprintln!("This example needs PostgreSQL at {server} ({error}); set STRATA_DATABASE_URL.");
-        std::process::exit(1);
-    }
+    database::drop_database(&server, "strata_pgbench").await;
+    database::create_database(&server, "strata_pgbench").await;
     println!("{CONCURRENT} concurrent instances of {STEPS} steps, Sync, one commit per step, grouped per transaction");
     for processes in [1u64, 2, 4] {
         let name = format!("strata_throughput_{}_{processes}", std::process::id());
-        admin(&server, &format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        let url = database_url(&server, &name);
+        let url = database::create_database(&server, &name).await;
         let mut workers = Vec::new();
         for _ in 0..processes {
             let mut child = Command::new(std::env::current_exe().expect("path"))
@@ -168,9 +149,9 @@ async fn main() {
             steps / finish_max,
             finish_max
         );
-        let _ = admin(&server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        database::drop_database(&server, &name).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("pgbench -N (simple-update), 64 clients, 10 s: {}", pgbench(&server, 64));
-    let _ = admin(&server, "DROP DATABASE IF EXISTS strata_pgbench WITH (FORCE)").await;
+    database::drop_database(&server, "strata_pgbench").await;
 }

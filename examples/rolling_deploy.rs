@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use strata::{Engine, InstanceFilter, InstanceStatus, StartOptions, VersionStatus};
 use strata_workflows::order::{self, Line, OrderInput, Payment};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[path = "support/database.rs"]
+mod database;
+
 const ORDERS_PER_WORKER: u64 = 12;
 
 fn order_input(worker: &str, n: u64) -> OrderInput {
@@ -148,35 +150,15 @@ async fn pay_waiting(console: &Engine) {
     }
 }
 
-/// Creates (or drops) the example's own database on the server of `url`.
-async fn admin(url: &str, sql: &str) -> Result<(), String> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|error| format!("{error}"))?;
-    tokio::spawn(connection);
-    client.batch_execute(sql).await.map_err(|error| format!("{error}"))
-}
-
 #[tokio::main]
 async fn main() {
     let arguments: Vec<String> = std::env::args().collect();
-    let server = std::env::var("STRATA_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+    let server = database::server_url();
     if arguments.get(1).map(String::as_str) == Some("worker") {
         return worker(&server, &arguments[2], &arguments[3]).await;
     }
-    let database = format!("strata_rolling_deploy_{}", std::process::id());
-    if let Err(error) = admin(&server, &format!("CREATE DATABASE {database}")).await {
-        eprintln!(
-            "This example needs PostgreSQL. Could not create a database at {server}: {error}\n\
-             Start a server (trust auth for user postgres at 127.0.0.1:5432), or set \
-             STRATA_DATABASE_URL=postgres://user:password@host:port/database to a server whose user may create databases."
-        );
-        std::process::exit(1);
-    }
-    let url = match server.rsplit_once('/') {
-        Some((host, _)) => format!("{host}/{database}"),
-        None => panic!("STRATA_DATABASE_URL must end in /database"),
-    };
+    let name = format!("strata_rolling_deploy_{}", std::process::id());
+    let url = database::create_database(&server, &name).await;
     let started = Instant::now();
     let console = Engine::builder().postgres(&url).open().await.expect("open the console");
     let mut names: HashMap<String, &'static str> = HashMap::new();
@@ -221,7 +203,5 @@ async fn main() {
     stop_worker(c);
     stop_worker(d);
     console.shutdown().await;
-    if let Err(error) = admin(&server, &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await {
-        eprintln!("could not drop the example's database {database}: {error}");
-    }
+    database::drop_database(&server, &name).await;
 }

@@ -456,3 +456,77 @@ async fn each_worker_is_judged_alive_by_its_own_lease() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_evaluator_sees_every_workers_steps_and_rolls_back_a_slow_candidate_it_never_runs() {
+    use common::probe::{self, Probe};
+    use strata::rollout::{Gate, RolloutStatus, Transition};
+    use strata::{Gates, RolloutSpec, Stage, Version};
+    let database = TestDatabase::create();
+    let lease = Duration::from_millis(600);
+    // The evaluator has the stable version's code only; the candidate (slow steps) runs on the
+    // other worker alone, so only that worker's published metrics can show it is slow.
+    let evaluator = worker(&database)
+        .lease(lease)
+        .register(probe::version("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let runner = worker(&database)
+        .lease(lease)
+        .register(probe::version("1.0.0"))
+        .register(probe::version("2.0.2"))
+        .open()
+        .await
+        .unwrap();
+    let leader = format!(
+        "SELECT count(*) FROM strata_leases WHERE role = 'rollouts' AND holder = '{}'",
+        evaluator.worker_id()
+    );
+    assert_eq!(
+        database.count(&leader),
+        1,
+        "the first worker open evaluates the rollouts"
+    );
+    let gates = Gates {
+        max_latency_multiplier: Some(3.0),
+        ..Gates::default()
+    };
+    let spec = RolloutSpec::new(probe::WORKFLOW, Version::new(2, 0, 2), Version::new(1, 0, 0))
+        .stage(Stage::new(30.0, Duration::from_secs(3_600), 20))
+        .stage(Stage::new(100.0, Duration::from_secs(3_600), 20))
+        .gates(gates);
+    let name = spec.name.clone();
+    runner.start_rollout(spec).await.unwrap();
+    let rolled_back = |engine: &Engine| {
+        engine
+            .rollout(&name)
+            .is_some_and(|record| record.status == RolloutStatus::RolledBack)
+    };
+    let mut n = 0;
+    while !rolled_back(&runner) {
+        assert!(n < 4_000, "the slow candidate was never rolled back");
+        let mut ids = Vec::new();
+        for _ in 0..50 {
+            let options = StartOptions::new().routing_key(format!("customer-{n}"));
+            ids.push(
+                runner
+                    .start_with(probe::WORKFLOW, &Probe { n, wait: false }, options)
+                    .await
+                    .unwrap(),
+            );
+            n += 1;
+        }
+        for id in ids {
+            outcome_within(&runner, id).await;
+        }
+    }
+    let record = runner.rollout(&name).unwrap();
+    let Some(Transition::RolledBack { gate, .. }) = record.history.last().map(|last| &last.transition) else {
+        panic!("{:?}", record.history)
+    };
+    assert_eq!(*gate, Some(Gate::LatencyMultiplier));
+    assert_eq!(database.count(&leader), 1, "the evaluator decided it");
+    evaluator.shutdown().await;
+    runner.shutdown().await;
+}

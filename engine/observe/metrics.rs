@@ -248,27 +248,115 @@ impl VersionMetrics {
 
     /// The figures of the last `length` (rounded up to whole buckets, at most the ring).
     pub fn window(&self, now_ms: u64, length: Duration) -> MetricsSnapshot {
-        let current = now_ms / BUCKET_MS;
-        let periods = super::millis_saturating(length)
-            .div_ceil(BUCKET_MS)
-            .clamp(1, WINDOW_BUCKETS as u64);
-        let oldest = current.saturating_sub(periods - 1);
-        let mut snapshot = MetricsSnapshot::default();
-        let mut steps = vec![0u64; HISTOGRAM_BUCKETS];
-        let mut instances = vec![0u64; HISTOGRAM_BUCKETS];
-        for bucket in self.window.iter() {
-            let period = bucket.period.load(Ordering::Acquire);
-            if period != u64::MAX && (oldest..=current).contains(&period) {
-                bucket.counts.add_into(&mut snapshot);
-                bucket.step_micros.add_into(&mut steps);
-                bucket.instance_millis.add_into(&mut instances);
+        merged_window(&[self.export()], now_ms, length)
+    }
+
+    /// The window ring as it is now, to merge with other processes' (see [`merged_window`]).
+    pub fn export(&self) -> WindowExport {
+        let sparse = |histogram: &Histogram| {
+            let mut counts = vec![0u64; HISTOGRAM_BUCKETS];
+            histogram.add_into(&mut counts);
+            counts
+                .into_iter()
+                .enumerate()
+                .filter(|(_, count)| *count > 0)
+                .map(|(index, count)| (index as u16, count))
+                .collect()
+        };
+        let buckets = self
+            .window
+            .iter()
+            .filter_map(|bucket| {
+                let period = bucket.period.load(Ordering::Acquire);
+                (period != u64::MAX).then(|| {
+                    let mut counts = MetricsSnapshot::default();
+                    bucket.counts.add_into(&mut counts);
+                    ExportedBucket {
+                        period,
+                        counts: [
+                            counts.started,
+                            counts.completed,
+                            counts.failed,
+                            counts.cancelled,
+                            counts.attempts,
+                            counts.attempt_failures,
+                        ],
+                        step_micros: sparse(&bucket.step_micros),
+                        instance_millis: sparse(&bucket.instance_millis),
+                    }
+                })
+            })
+            .collect();
+        WindowExport {
+            buckets,
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A version's window ring in one process, as data: what each worker sharing a store publishes
+/// so that the one evaluating rollouts sees every worker's steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowExport {
+    /// The buckets holding a period.
+    pub buckets: Vec<ExportedBucket>,
+    /// Instances failed in a row in that process.
+    pub consecutive_failures: u64,
+}
+
+/// One window bucket, as data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportedBucket {
+    /// The period (`now / BUCKET_MS`) it holds.
+    pub period: u64,
+    /// Started, completed, failed, cancelled, step attempts, failed attempts.
+    pub counts: [u64; 6],
+    /// Step latency histogram (µs): the non-empty buckets, as (index, count).
+    pub step_micros: Vec<(u16, u64)>,
+    /// Instance latency histogram (ms): the non-empty buckets, as (index, count).
+    pub instance_millis: Vec<(u16, u64)>,
+}
+
+/// The figures of the last `length` (rounded up to whole buckets, at most the ring) over the
+/// window rings of several processes: counts and histograms summed per period; the longest run
+/// of consecutive failures among them (runs in different processes do not add up).
+pub fn merged_window(exports: &[WindowExport], now_ms: u64, length: Duration) -> MetricsSnapshot {
+    let current = now_ms / BUCKET_MS;
+    let periods = super::millis_saturating(length)
+        .div_ceil(BUCKET_MS)
+        .clamp(1, WINDOW_BUCKETS as u64);
+    let oldest = current.saturating_sub(periods - 1);
+    let mut snapshot = MetricsSnapshot::default();
+    let mut steps = vec![0u64; HISTOGRAM_BUCKETS];
+    let mut instances = vec![0u64; HISTOGRAM_BUCKETS];
+    let add = |histogram: &mut [u64], sparse: &[(u16, u64)]| {
+        for (index, count) in sparse {
+            if let Some(total) = histogram.get_mut(usize::from(*index)) {
+                *total += count;
             }
         }
-        snapshot.step_latency = quantiles(&steps, Duration::from_micros);
-        snapshot.instance_latency = quantiles(&instances, Duration::from_millis);
-        snapshot.consecutive_failures = self.consecutive_failures.load(Ordering::Relaxed);
-        snapshot
+    };
+    for export in exports {
+        for bucket in export
+            .buckets
+            .iter()
+            .filter(|bucket| (oldest..=current).contains(&bucket.period))
+        {
+            let [started, completed, failed, cancelled, attempts, attempt_failures] = bucket.counts;
+            snapshot.started += started;
+            snapshot.completed += completed;
+            snapshot.failed += failed;
+            snapshot.cancelled += cancelled;
+            snapshot.attempts += attempts;
+            snapshot.attempt_failures += attempt_failures;
+            add(&mut steps, &bucket.step_micros);
+            add(&mut instances, &bucket.instance_millis);
+        }
+        snapshot.consecutive_failures = snapshot.consecutive_failures.max(export.consecutive_failures);
     }
+    snapshot.step_latency = quantiles(&steps, Duration::from_micros);
+    snapshot.instance_latency = quantiles(&instances, Duration::from_millis);
+    snapshot
 }
 
 /// A version's figures over a window (or since open).
@@ -356,5 +444,38 @@ mod tests {
         assert_eq!(metrics.totals(later).attempts, 100);
         metrics.record_finish(later, InstanceStatus::Completed, Duration::ZERO);
         assert_eq!(metrics.window(later, Duration::ZERO).consecutive_failures, 0);
+    }
+
+    #[test]
+    fn windows_of_several_processes_merge_as_if_one_had_recorded_everything() {
+        let (first, second, both) = (
+            VersionMetrics::default(),
+            VersionMetrics::default(),
+            VersionMetrics::default(),
+        );
+        let now = 5_000_000;
+        for millis in 1..=60u64 {
+            let (one, at) = if millis % 3 == 0 {
+                (&second, now)
+            } else {
+                (&first, now - BUCKET_MS)
+            };
+            one.record_attempt(at, Duration::from_millis(millis), millis % 7 == 0);
+            both.record_attempt(at, Duration::from_millis(millis), millis % 7 == 0);
+        }
+        second.record_finish(now, InstanceStatus::Failed, Duration::from_secs(2));
+        both.record_finish(now, InstanceStatus::Failed, Duration::from_secs(2));
+        let exports = [first.export(), second.export()];
+        let decoded: Vec<WindowExport> = exports
+            .iter()
+            .map(|export| rmp_serde::from_slice(&rmp_serde::to_vec(export).unwrap()).unwrap())
+            .collect();
+        for length in [Duration::from_secs(5), Duration::from_secs(60)] {
+            assert_eq!(
+                merged_window(&decoded, now, length),
+                both.window(now, length),
+                "over {length:?}"
+            );
+        }
     }
 }

@@ -9,7 +9,9 @@ pub(crate) mod prometheus;
 pub(crate) use clock::jumped;
 pub(crate) use clock::{deadline_after, millis_saturating};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use metrics::{MetricsSnapshot, Quantiles, VersionMetrics, BUCKET_MS, WINDOW_BUCKETS};
+pub use metrics::{
+    merged_window, ExportedBucket, MetricsSnapshot, Quantiles, VersionMetrics, WindowExport, BUCKET_MS, WINDOW_BUCKETS,
+};
 
 use tokio::sync::broadcast;
 

@@ -77,6 +77,58 @@ async fn blocking<T: Send + 'static>(
 
 impl Runtime {
     /// The versions this worker has code for.
+    /// Publishes this worker's metrics window of every version it has code for, for the worker
+    /// that evaluates rollouts (at every heartbeat; nothing when metrics are off).
+    fn publish_metrics(&self) {
+        let Some(cluster) = self.store.cluster() else {
+            return;
+        };
+        if !self.options.metrics {
+            return;
+        }
+        let windows: Vec<(VersionKey, Vec<u8>)> = self
+            .versions_with_code()
+            .into_iter()
+            .filter_map(|key| {
+                let export = self.registry.metrics(&key)?.export();
+                match rmp_serde::to_vec_named(&export) {
+                    Ok(bytes) => Some((key, bytes)),
+                    Err(error) => {
+                        tracing::warn!(version = %key, %error, "could not encode a metrics window");
+                        None
+                    }
+                }
+            })
+            .collect();
+        if let Err(error) = cluster.publish_metrics(&windows) {
+            tracing::warn!(%error, "could not publish the metrics windows; the rollout evaluator sees older ones");
+        }
+    }
+
+    /// The metrics windows of `key` the other live workers published, decoded (those that do
+    /// not decode are left out, with a warning).
+    pub(super) fn others_metrics(&self, key: &VersionKey) -> Vec<crate::observe::WindowExport> {
+        let Some(cluster) = self.store.cluster() else {
+            return Vec::new();
+        };
+        match cluster.metrics_of(key, self.options.lease) {
+            Ok(windows) => windows
+                .iter()
+                .filter_map(|bytes| match rmp_serde::from_slice(bytes) {
+                    Ok(export) => Some(export),
+                    Err(error) => {
+                        tracing::warn!(version = %key, %error, "a worker's metrics window does not decode; left out");
+                        None
+                    }
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(version = %key, %error, "could not read the other workers' metrics windows");
+                Vec::new()
+            }
+        }
+    }
+
     fn versions_with_code(&self) -> Vec<VersionKey> {
         self.registry
             .snapshot()
@@ -334,6 +386,7 @@ impl Runtime {
                     tracing::info!("this worker evaluates the rollouts now");
                 }
             }
+            runtime.publish_metrics();
             runtime.warn_of_versions_without_workers();
         })
         .await;

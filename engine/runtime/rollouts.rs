@@ -169,7 +169,8 @@ impl Runtime {
 
     /// A version's figures in the rollout's current stage: counts from the committed counters
     /// since the stage's baseline (exact, and kept across restarts), latency and failure runs
-    /// from the metrics window since the stage started.
+    /// from the metrics windows since the stage started — of every live worker, with a shared
+    /// store (each publishes its own at every heartbeat).
     fn stage_figures(&self, record: &RolloutRecord, candidate: bool, now_ms: u64) -> Figures {
         let (version, baseline) = if candidate {
             (&record.spec.candidate, &record.candidate_baseline)
@@ -182,10 +183,10 @@ impl Runtime {
         let cancelled = counters.cancelled.saturating_sub(baseline.cancelled);
         let key = VersionKey::new(record.spec.workflow.clone(), version.clone());
         let window = Duration::from_millis(now_ms.saturating_sub(record.stage_started_ms).max(BUCKET_MS));
-        let metrics = self
-            .registry
-            .metrics(&key)
-            .map(|metrics| metrics.window(now_ms, window));
+        // This worker's window and, with a shared store, every other live worker's.
+        let mut exports = self.others_metrics(&key);
+        exports.extend(self.registry.metrics(&key).map(|metrics| metrics.export()));
+        let metrics = (!exports.is_empty()).then(|| crate::observe::merged_window(&exports, now_ms, window));
         Figures {
             finished: completed + failed + cancelled,
             completed,

@@ -519,6 +519,13 @@ pub trait Cluster: Send + Sync {
     /// Takes or renews the lease of `role` (something one worker at a time does, such as
     /// evaluating rollouts) for `lease`; `true` if this worker holds it now.
     fn lead(&self, role: &str, lease: std::time::Duration) -> Result<bool, StoreError>;
+    /// Publishes this worker's metrics window of each version it runs (encoded
+    /// [`crate::observe::WindowExport`]s), so that the worker evaluating rollouts sees every
+    /// worker's steps.
+    fn publish_metrics(&self, windows: &[(VersionKey, Vec<u8>)]) -> Result<(), StoreError>;
+    /// The metrics windows of `key` that the other live workers published last (judged alive by
+    /// their own lease, else `lease`).
+    fn metrics_of(&self, key: &VersionKey, lease: std::time::Duration) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Stores a signal for an instance some worker may hold, if the instance is live (checked in
     /// the same statement), and wakes whoever holds it; `false` if the instance is not live.
     fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError>;

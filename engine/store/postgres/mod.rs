@@ -1108,6 +1108,62 @@ impl Cluster for PostgresStore {
         })
     }
 
+    fn publish_metrics(&self, windows: &[(VersionKey, Vec<u8>)]) -> Result<(), StoreError> {
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let (workflows, versions) = version_columns(&windows.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>());
+        let blobs: Vec<Vec<u8>> = windows.iter().map(|(_, window)| window.clone()).collect();
+        let call = std::sync::Arc::new((self.worker_id.clone(), workflows, versions, blobs));
+        self.run(move |pool| {
+            let call = call.clone();
+            async move {
+                let (worker, workflows, versions, blobs) = &*call;
+                let client = pool.get().await.map_err(pool_failed("publish metrics"))?;
+                let statement = client
+                    .prepare_cached(
+                        "INSERT INTO strata_worker_metrics (worker, workflow, version, metrics)
+                         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bytea[])
+                         ON CONFLICT (worker, workflow, version) DO UPDATE SET metrics = EXCLUDED.metrics",
+                    )
+                    .await
+                    .map_err(failed("publish metrics"))?;
+                client
+                    .execute(&statement, &[worker, workflows, versions, blobs])
+                    .await
+                    .map_err(failed("publish metrics"))?;
+                Ok(())
+            }
+        })
+    }
+
+    fn metrics_of(&self, key: &VersionKey, lease: Duration) -> Result<Vec<Vec<u8>>, StoreError> {
+        let sql = format!(
+            "SELECT m.metrics FROM strata_worker_metrics m JOIN strata_workers w ON w.id = m.worker
+             WHERE m.workflow = $1 AND m.version = $2 AND m.worker <> $3 AND w.stopped_at_ms IS NULL
+               AND w.heartbeat_ms >= {DATABASE_NOW_MS} - COALESCE(w.lease_ms, $4)"
+        );
+        let call = std::sync::Arc::new((
+            sql,
+            key.workflow.clone(),
+            key.version.to_string(),
+            self.worker_id.clone(),
+        ));
+        let lease = lease_ms(lease);
+        self.run(move |pool| {
+            let call = call.clone();
+            async move {
+                let (sql, workflow, version, worker) = &*call;
+                let client = pool.get().await.map_err(pool_failed("read metrics"))?;
+                let rows = client
+                    .query(sql.as_str(), &[workflow, version, worker, &lease])
+                    .await
+                    .map_err(failed("read metrics"))?;
+                Ok(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect())
+            }
+        })
+    }
+
     fn workers(&self, lease: Duration) -> Result<Vec<WorkerInfo>, StoreError> {
         let sql = format!(
             "SELECT id, host, pid, started_at_ms, heartbeat_ms, versions,

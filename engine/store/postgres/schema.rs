@@ -20,7 +20,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "rollout revisions, role leases", V3),
     (
         4,
-        "marks that settle writes whose answer a broken connection lost, worker leases",
+        "marks that settle writes whose answer a broken connection lost, worker leases and metrics",
         V4,
     ),
 ];
@@ -133,7 +133,8 @@ CREATE TABLE strata_leases (
 /// commits run one after another, so one row per worker holds its newest commit's number (and
 /// the versions that commit drained, to announce them); each signal delivery leaves a mark until
 /// its sender has its answer; a claim stamps the rows it takes with its number. Each worker
-/// records its own lease, by which every other judges whether it is alive.
+/// records its own lease, by which every other judges whether it is alive, and publishes its
+/// metrics windows per version for the worker that evaluates rollouts.
 const V4: &str = "
 CREATE TABLE strata_commit_marks (
     worker text PRIMARY KEY,
@@ -146,6 +147,13 @@ CREATE TABLE strata_delivery_marks (
 );
 ALTER TABLE strata_instances ADD COLUMN claimed_in bigint;
 ALTER TABLE strata_workers ADD COLUMN lease_ms bigint;
+CREATE TABLE strata_worker_metrics (
+    worker text NOT NULL,
+    workflow text NOT NULL,
+    version text NOT NULL,
+    metrics bytea NOT NULL,
+    PRIMARY KEY (worker, workflow, version)
+);
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
