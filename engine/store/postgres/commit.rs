@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use deadpool_postgres::Pool;
 
 use super::TOUCHED_VERSIONS_QUERY;
-use super::{encode, failed, pool_failed, signed, status_from_text, stored_version, unsigned, version_text};
+use super::{encode, failed, pool_failed, signed, stored_version, unsigned, version_text};
 use crate::instance::{InstanceId, VersionKey};
 use crate::registry::VersionStatus;
 use crate::store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
@@ -373,146 +373,133 @@ impl Writes {
         Ok(applied)
     }
 
-    /// Writes counters and statuses and decides residency, in the transaction: every touched
-    /// version row is locked (in one order, so that workers never deadlock), a start on a version
-    /// not `Active` and a retirement with live instances are refused, and a `Draining` version
-    /// left with no live instance becomes `Drained`.
+    /// Writes counters and statuses and decides residency, in the transaction, in as few
+    /// statements as the write needs: one upsert adds every touched version's counter deltas
+    /// (zero for a status-only change) and locks its row, in key order so that workers never
+    /// deadlock, returning the row as it is now; a start on a version not `Active` and a
+    /// retirement with live instances are refused; a `Draining` version left with no live
+    /// instance becomes `Drained` (a statement only when one is).
     async fn decide_residency(&self, transaction: &deadpool_postgres::Transaction<'_>) -> Result<Applied, StoreError> {
         let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
         let keys = self.version_keys();
         if keys.is_empty() {
             return Ok(Applied::default());
         }
-        let key_workflows: Vec<&str> = keys.iter().map(|key| key.workflow.as_str()).collect();
-        let key_versions: Vec<String> = keys.iter().map(|key| key.version.to_string()).collect();
-        let statement = run("INSERT INTO strata_versions (workflow, version)
-             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING")
+        let (workflows, versions) = super::version_columns(&keys);
+        let zero = CounterSum::default();
+        let sums: Vec<&CounterSum> = keys.iter().map(|key| self.counters.get(key).unwrap_or(&zero)).collect();
+        let column =
+            |value: fn(&CounterDelta) -> i64| -> Vec<i64> { sums.iter().map(|sum| value(&sum.delta)).collect() };
+        let first: Vec<Option<i64>> = sums.iter().map(|sum| sum.first_start_ms).collect();
+        let last: Vec<Option<i64>> = sums.iter().map(|sum| sum.last_start_ms).collect();
+        let statement = run(
+            "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
+                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+             ON CONFLICT (workflow, version) DO UPDATE SET
+                 live = GREATEST(current.live + EXCLUDED.live, 0),
+                 started = current.started + EXCLUDED.started,
+                 completed = current.completed + EXCLUDED.completed,
+                 failed = current.failed + EXCLUDED.failed,
+                 cancelled = current.cancelled + EXCLUDED.cancelled,
+                 moved_in = current.moved_in + EXCLUDED.moved_in,
+                 moved_out = current.moved_out + EXCLUDED.moved_out,
+                 first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
+                 last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)
+             RETURNING workflow, version, status, live, started, completed, failed, cancelled,
+                 moved_in, moved_out, first_start_ms, last_start_ms",
+        )
         .await?;
-        transaction
-            .execute(&statement, &[&key_workflows, &key_versions])
+        let mut stored = transaction
+            .query(
+                &statement,
+                &[
+                    &workflows,
+                    &versions,
+                    &column(|delta| delta.live),
+                    &column(|delta| signed(delta.started)),
+                    &column(|delta| signed(delta.completed)),
+                    &column(|delta| signed(delta.failed)),
+                    &column(|delta| signed(delta.cancelled)),
+                    &column(|delta| signed(delta.moved_in)),
+                    &column(|delta| signed(delta.moved_out)),
+                    &first,
+                    &last,
+                ],
+            )
             .await
-            .map_err(failed("lock versions"))?;
-        let statement = run("SELECT workflow, version, status FROM strata_versions
-             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-             ORDER BY workflow, version FOR UPDATE")
-        .await?;
-        let locked = transaction
-            .query(&statement, &[&key_workflows, &key_versions])
-            .await
-            .map_err(failed("lock versions"))?;
-        for row in &locked {
-            let status = row.get::<_, Option<String>>(2).as_deref().and_then(status_from_text);
-            let Some(status) = status.filter(|status| *status != VersionStatus::Active) else {
-                continue;
-            };
-            let (workflow, version): (String, String) = (row.get(0), row.get(1));
-            let starts = self.counters.iter().find(|(key, sum)| {
-                sum.delta.started > 0 && key.workflow == workflow && key.version.to_string() == version
-            });
-            if let Some((key, _)) = starts {
-                return Err(StoreError::VersionNotAccepting {
-                    key: key.clone(),
-                    status,
-                });
+            .map_err(failed("write counters"))?
+            .iter()
+            .map(stored_version)
+            .collect::<Result<Vec<_>, _>>()?;
+        for version in &stored {
+            let starts = self.counters.get(&version.key).is_some_and(|sum| sum.delta.started > 0);
+            match version.status {
+                Some(status) if starts && status != VersionStatus::Active => {
+                    return Err(StoreError::VersionNotAccepting {
+                        key: version.key.clone(),
+                        status,
+                    });
+                }
+                _ => {}
             }
         }
-        if !self.counters.is_empty() {
-            let statement = run(
-                "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
-                     failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
-                 ON CONFLICT (workflow, version) DO UPDATE SET
-                     live = GREATEST(current.live + EXCLUDED.live, 0),
-                     started = current.started + EXCLUDED.started,
-                     completed = current.completed + EXCLUDED.completed,
-                     failed = current.failed + EXCLUDED.failed,
-                     cancelled = current.cancelled + EXCLUDED.cancelled,
-                     moved_in = current.moved_in + EXCLUDED.moved_in,
-                     moved_out = current.moved_out + EXCLUDED.moved_out,
-                     first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
-                     last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)",
-            )
-            .await?;
-            let sums: Vec<(&VersionKey, &CounterSum)> = self.counters.iter().collect();
-            let workflows: Vec<&str> = sums.iter().map(|(key, _)| key.workflow.as_str()).collect();
-            let versions: Vec<String> = sums.iter().map(|(key, _)| key.version.to_string()).collect();
-            let column = |value: fn(&CounterDelta) -> i64| -> Vec<i64> {
-                sums.iter().map(|(_, sum)| value(&sum.delta)).collect()
-            };
-            let live = column(|delta| delta.live);
-            let started = column(|delta| signed(delta.started));
-            let completed = column(|delta| signed(delta.completed));
-            let failed_count = column(|delta| signed(delta.failed));
-            let cancelled = column(|delta| signed(delta.cancelled));
-            let moved_in = column(|delta| signed(delta.moved_in));
-            let moved_out = column(|delta| signed(delta.moved_out));
-            let first: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.first_start_ms).collect();
-            let last: Vec<Option<i64>> = sums.iter().map(|(_, sum)| sum.last_start_ms).collect();
+        for (key, status) in &self.statuses {
+            let statement = run("UPDATE strata_versions SET status = $3 WHERE workflow = $1 AND version = $2").await?;
             transaction
                 .execute(
-                    &statement,
-                    &[
-                        &workflows,
-                        &versions,
-                        &live,
-                        &started,
-                        &completed,
-                        &failed_count,
-                        &cancelled,
-                        &moved_in,
-                        &moved_out,
-                        &first,
-                        &last,
-                    ],
-                )
-                .await
-                .map_err(failed("write counters"))?;
-        }
-        for (key, status) in &self.statuses {
-            let statement = run(
-                "UPDATE strata_versions SET status = $3 WHERE workflow = $1 AND version = $2
-                 RETURNING live",
-            )
-            .await?;
-            let row = transaction
-                .query_one(
                     &statement,
                     &[&key.workflow, &key.version.to_string(), &version_text(*status)],
                 )
                 .await
                 .map_err(failed("write version status"))?;
-            let live = unsigned(row.get(0));
-            if *status == VersionStatus::Retired && live > 0 {
-                return Err(StoreError::LiveInstances { key: key.clone(), live });
+            if let Some(version) = stored.iter_mut().find(|version| version.key == *key) {
+                if *status == VersionStatus::Retired && version.counters.live > 0 {
+                    return Err(StoreError::LiveInstances {
+                        key: key.clone(),
+                        live: version.counters.live,
+                    });
+                }
+                version.status = Some(*status);
             }
         }
+        let draining: Vec<VersionKey> = stored
+            .iter()
+            .filter(|version| version.status == Some(VersionStatus::Draining) && version.counters.live == 0)
+            .map(|version| version.key.clone())
+            .collect();
+        if draining.is_empty() {
+            return Ok(Applied {
+                versions: stored,
+                drained: Vec::new(),
+            });
+        }
+        let (workflows, versions) = super::version_columns(&draining);
         let statement = run("UPDATE strata_versions SET status = 'drained'
              WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
                AND status = 'draining' AND live = 0
              RETURNING workflow, version")
         .await?;
-        let drained = transaction
-            .query(&statement, &[&key_workflows, &key_versions])
+        let drained: Vec<VersionKey> = transaction
+            .query(&statement, &[&workflows, &versions])
             .await
             .map_err(failed("drain versions"))?
             .iter()
-            .map(|row| {
+            .filter_map(|row| {
                 let (workflow, version): (String, String) = (row.get(0), row.get(1));
-                keys.iter()
+                draining
+                    .iter()
                     .find(|key| key.workflow == workflow && key.version.to_string() == version)
                     .cloned()
             })
-            .collect::<Option<Vec<_>>>()
-            .unwrap_or_default();
-        let statement = run(TOUCHED_VERSIONS_QUERY).await?;
-        let versions = transaction
-            .query(&statement, &[&key_workflows, &key_versions])
-            .await
-            .map_err(failed("read versions"))?
-            .iter()
-            .map(stored_version)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Applied { versions, drained })
+            .collect();
+        for version in stored.iter_mut().filter(|version| drained.contains(&version.key)) {
+            version.status = Some(VersionStatus::Drained);
+        }
+        Ok(Applied {
+            versions: stored,
+            drained,
+        })
     }
 }
