@@ -76,7 +76,6 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Runtime {
-    /// The versions this worker has code for.
     /// Publishes this worker's metrics window of every version it has code for, for the worker
     /// that evaluates rollouts (at every heartbeat; nothing when metrics are off).
     fn publish_metrics(&self) {
@@ -129,6 +128,7 @@ impl Runtime {
         }
     }
 
+    /// The versions this worker has code for.
     fn versions_with_code(&self) -> Vec<VersionKey> {
         self.registry
             .snapshot()
