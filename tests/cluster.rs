@@ -530,3 +530,22 @@ async fn the_rollout_evaluator_sees_every_workers_steps_and_rolls_back_a_slow_ca
     evaluator.shutdown().await;
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_names_the_oldest_live_instance_of_a_version_whoever_holds_it() {
+    let database = TestDatabase::create();
+    let holder = with_tally(&database, &["1.0.0"]).await;
+    let ids = waiting_tallies(&holder, 0..5, "1.0.0").await;
+    let console = worker(&database).open().await.unwrap();
+    let oldest = holder.instance(ids[0]).unwrap().record.created_at_ms;
+    let seen = console.version(tally::WORKFLOW, "1.0.0").unwrap().oldest_live;
+    assert_eq!(seen, Some((ids[0], oldest)), "seen from a worker holding none of them");
+    // Once it finishes, the next oldest is named.
+    holder.signal(ids[0], tally::GO, &()).await.unwrap();
+    outcome_within(&console, ids[0]).await;
+    let next = holder.instance(ids[1]).unwrap().record.created_at_ms;
+    let seen = console.version(tally::WORKFLOW, "1.0.0").unwrap().oldest_live;
+    assert_eq!(seen, Some((ids[1], next)));
+    holder.shutdown().await;
+    console.shutdown().await;
+}

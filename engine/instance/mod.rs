@@ -280,6 +280,7 @@ impl InstanceRecord {
             status: InstanceStatus::of_phase(&self.phase),
             due_ms: self.phase.timer_due_ms(),
             claim: self.claim,
+            created_at_ms: self.created_at_ms,
             bytes,
         })
     }
@@ -306,6 +307,8 @@ pub struct EncodedInstance {
     pub due_ms: Option<u64>,
     /// The claim it was written under (see [`InstanceRecord::claim`]).
     pub claim: u64,
+    /// When it started (ms since the Unix epoch; a column, to find the oldest live instance).
+    pub created_at_ms: u64,
     /// The encoded record.
     pub bytes: Vec<u8>,
 }

@@ -82,8 +82,8 @@ pub struct VersionInfo {
     pub registered: bool,
     /// Its counts.
     pub counters: VersionCounters,
-    /// Its oldest live instance and that instance's start time (ms since the Unix epoch); with a
-    /// shared store, among the instances this process holds.
+    /// Its oldest live instance and that instance's start time (ms since the Unix epoch), in the
+    /// whole store (with a shared store, whichever worker holds it).
     pub oldest_live: Option<(InstanceId, u64)>,
     /// The live workers that have its code and so can run its instances: with a store many
     /// processes share, every worker whose lease is current; with one only this process opens,

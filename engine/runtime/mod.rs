@@ -951,6 +951,17 @@ impl Runtime {
                 .or_insert(candidate);
         });
         self.refresh_versions();
+        // With a shared store, other workers hold instances too: the store knows the oldest.
+        if let Some(cluster) = self.store.cluster() {
+            match cluster.oldest_live() {
+                Ok(found) => {
+                    oldest = found.into_iter().map(|(key, id, at)| (key, (id, at))).collect();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the oldest live instances; showing this worker's")
+                }
+            }
+        }
         let mut workers = self.workers_by_version();
         let mut infos = self.registry.snapshot();
         for info in &mut infos {

@@ -519,6 +519,9 @@ pub trait Cluster: Send + Sync {
     /// Takes or renews the lease of `role` (something one worker at a time does, such as
     /// evaluating rollouts) for `lease`; `true` if this worker holds it now.
     fn lead(&self, role: &str, lease: std::time::Duration) -> Result<bool, StoreError>;
+    /// Each version's oldest live instance in the store, with its start time (ms since the Unix
+    /// epoch), whichever worker holds it.
+    fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError>;
     /// Publishes this worker's metrics window of each version it runs (encoded
     /// [`crate::observe::WindowExport`]s), so that the worker evaluating rollouts sees every
     /// worker's steps.

@@ -29,6 +29,7 @@ struct InstanceRow {
     live: bool,
     status: &'static str,
     due_ms: Option<i64>,
+    created_ms: i64,
     record: Vec<u8>,
 }
 
@@ -71,6 +72,7 @@ impl Writes {
                         live: !record.finished,
                         status: record.status.as_str(),
                         due_ms: record.due_ms.map(signed),
+                        created_ms: signed(record.created_at_ms),
                         record: record.bytes.clone(),
                     };
                     match writes.instance_index.get(&row.id) {
@@ -211,11 +213,12 @@ impl Writes {
         let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
         if !self.instances.is_empty() {
             let statement = run("INSERT INTO strata_instances AS current
-                     (id, workflow, version, live, status, due_ms, record, fence, owner)
-                 SELECT *, $9 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
-                     $7::bytea[], $8::bigint[])
+                     (id, workflow, version, live, status, due_ms, record, fence, created_ms, owner)
+                 SELECT *, $10 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
+                     $7::bytea[], $8::bigint[], $9::bigint[])
                  ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
-                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record
+                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record,
+                     created_ms = EXCLUDED.created_ms
                  WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
                  RETURNING id")
             .await?;
@@ -227,11 +230,12 @@ impl Writes {
             let due: Vec<Option<i64>> = self.instances.iter().map(|row| row.due_ms).collect();
             let records: Vec<&[u8]> = self.instances.iter().map(|row| row.record.as_slice()).collect();
             let claims: Vec<i64> = self.instances.iter().map(|row| row.claim).collect();
+            let created: Vec<i64> = self.instances.iter().map(|row| row.created_ms).collect();
             let written = transaction
                 .query(
                     &statement,
                     &[
-                        &ids, &workflows, &versions, &live, &statuses, &due, &records, &claims, &worker,
+                        &ids, &workflows, &versions, &live, &statuses, &due, &records, &claims, &created, &worker,
                     ],
                 )
                 .await

@@ -1108,6 +1108,37 @@ impl Cluster for PostgresStore {
         })
     }
 
+    fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError> {
+        // Rows written before schema 4 have no start time: they are the oldest, and their
+        // records say when they started.
+        let oldest = self.query(
+            "read the oldest live instances",
+            "SELECT DISTINCT ON (workflow, version) workflow, version, id, created_ms FROM strata_instances
+             WHERE live ORDER BY workflow, version, created_ms NULLS FIRST, id",
+            Vec::new(),
+            |row| {
+                let (workflow, version): (String, String) = (row.get(0), row.get(1));
+                Ok((workflow, version, row.get::<_, i64>(2), row.get::<_, Option<i64>>(3)))
+            },
+        )?;
+        let mut found = Vec::new();
+        for (workflow, version, id, created) in oldest {
+            let Ok(version) = semver::Version::parse(&version) else {
+                continue;
+            };
+            let id = InstanceId(unsigned(id));
+            let created = match created {
+                Some(created) => unsigned(created),
+                None => match self.load_instance(id)? {
+                    Some(record) => record.created_at_ms,
+                    None => continue,
+                },
+            };
+            found.push((VersionKey::new(workflow, version), id, created));
+        }
+        Ok(found)
+    }
+
     fn publish_metrics(&self, windows: &[(VersionKey, Vec<u8>)]) -> Result<(), StoreError> {
         if windows.is_empty() {
             return Ok(());

@@ -134,7 +134,9 @@ CREATE TABLE strata_leases (
 /// the versions that commit drained, to announce them); each signal delivery leaves a mark until
 /// its sender has its answer; a claim stamps the rows it takes with its number. Each worker
 /// records its own lease, by which every other judges whether it is alive, and publishes its
-/// metrics windows per version for the worker that evaluates rollouts.
+/// metrics windows per version for the worker that evaluates rollouts. Instances keep their start
+/// time in a column, so the oldest live one of each version is found in the whole cluster (rows
+/// from before leave it empty).
 const V4: &str = "
 CREATE TABLE strata_commit_marks (
     worker text PRIMARY KEY,
@@ -147,6 +149,8 @@ CREATE TABLE strata_delivery_marks (
 );
 ALTER TABLE strata_instances ADD COLUMN claimed_in bigint;
 ALTER TABLE strata_workers ADD COLUMN lease_ms bigint;
+ALTER TABLE strata_instances ADD COLUMN created_ms bigint;
+CREATE INDEX strata_instances_oldest ON strata_instances (workflow, version, created_ms, id) WHERE live;
 CREATE TABLE strata_worker_metrics (
     worker text NOT NULL,
     workflow text NOT NULL,
