@@ -65,10 +65,39 @@ pub struct EngineBuilder {
     step_mappings: Vec<StepMapping>,
     config_file: Option<PathBuf>,
     schedule_grace: Duration,
+    admin: Option<crate::admin::AdminOptions>,
     options: RuntimeOptions,
 }
 
 impl EngineBuilder {
+    /// Serves the admin HTTP API (JSON under `/v1`, `/metrics`, `/healthz`, `/readyz`) on
+    /// `address` while the engine runs; `127.0.0.1:0` picks a free port
+    /// ([`Engine::admin_address`] says which). An address other hosts can reach needs an admin
+    /// token ([`EngineBuilder::admin_token`] or `STRATA_ADMIN_TOKEN`).
+    pub fn admin(mut self, address: std::net::SocketAddr) -> Self {
+        self.admin = Some(crate::admin::AdminOptions {
+            address,
+            tokens: crate::admin::AdminTokens::default(),
+        });
+        self
+    }
+
+    /// The bearer token that allows every admin API request (else `STRATA_ADMIN_TOKEN`).
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        if let Some(admin) = self.admin.as_mut() {
+            admin.tokens.admin = Some(token.into());
+        }
+        self
+    }
+
+    /// The bearer token that allows admin API reads only (else `STRATA_ADMIN_READ_TOKEN`).
+    pub fn admin_read_token(mut self, token: impl Into<String>) -> Self {
+        if let Some(admin) = self.admin.as_mut() {
+            admin.tokens.read = Some(token.into());
+        }
+        self
+    }
+
     /// The directory of the embedded sled store (created if missing).
     pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(path.into());
@@ -200,6 +229,7 @@ impl EngineBuilder {
         let (schedules, schedules_in_force) = tokio::sync::watch::channel(Arc::new(Vec::new()));
         let engine = Engine {
             runtime,
+            admin_address: Arc::default(),
             config: Arc::new(tokio::sync::Mutex::new(ConfigInForce::default())),
             schedules: Arc::new(schedules),
         };
@@ -217,6 +247,20 @@ impl EngineBuilder {
             engine
                 .runtime
                 .spawn_tracked(crate::config::follow::run(engine.clone(), interval, stop));
+        }
+        if let Some(mut admin) = self.admin {
+            let from_env = |name: &str| std::env::var(name).ok().filter(|token| !token.is_empty());
+            admin.tokens.admin = admin.tokens.admin.or_else(|| from_env("STRATA_ADMIN_TOKEN"));
+            admin.tokens.read = admin.tokens.read.or_else(|| from_env("STRATA_ADMIN_READ_TOKEN"));
+            match crate::admin::start(engine.clone(), admin).await {
+                Ok(address) => {
+                    let _ = engine.admin_address.set(address);
+                }
+                Err(error) => {
+                    engine.clone().shutdown().await;
+                    return Err(error);
+                }
+            }
         }
         if let Some(path) = self.config_file {
             if let Err(error) = engine.watch_config_file(path, Duration::from_secs(1)).await {
@@ -260,6 +304,8 @@ fn read_config_text(path: &std::path::Path) -> Result<String, ConfigError> {
 #[derive(Clone)]
 pub struct Engine {
     runtime: Arc<Runtime>,
+    /// Where the admin API listens, once it does.
+    admin_address: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
     /// The config in force; the lock orders config changes.
     config: Arc<tokio::sync::Mutex<ConfigInForce>>,
     /// The schedules of the config in force, followed by the scheduler task.
@@ -282,6 +328,7 @@ impl Engine {
             step_mappings: Vec::new(),
             config_file: None,
             schedule_grace: Duration::from_secs(2),
+            admin: None,
             options: RuntimeOptions {
                 durability: Durability::Sync,
                 max_concurrent_steps: 256,
@@ -635,6 +682,32 @@ impl Engine {
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.runtime.store
+    }
+
+    /// Where the admin API listens, if the builder asked for it.
+    pub fn admin_address(&self) -> Option<std::net::SocketAddr> {
+        self.admin_address.get().copied()
+    }
+
+    /// A receiver that turns true at shutdown.
+    pub(crate) fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.runtime.stop_signal()
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.runtime.is_stopping()
+    }
+
+    /// Spawns a task that shutdown waits for.
+    pub(crate) fn spawn_tracked(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn_tracked(task);
+    }
+
+    /// Whether the store answers a read now.
+    pub(crate) fn store_answers(&self) -> Result<(), EngineError> {
+        self.runtime.store.versions()?;
+        Ok(())
     }
 
     /// Whether this process has code for some version of `workflow`.

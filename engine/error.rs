@@ -136,6 +136,20 @@ pub enum EngineError {
     /// The builder was given no data directory and no store.
     #[error("the engine needs a store: call EngineBuilder::data_dir(path), EngineBuilder::postgres(url) or EngineBuilder::store(store)")]
     NoStore,
+    /// The admin API was asked to listen beyond this host without a token to guard it.
+    #[error("the admin API would listen on {address}, reachable from other hosts, without a token: set EngineBuilder::admin_token (or STRATA_ADMIN_TOKEN), or bind a loopback address such as 127.0.0.1")]
+    AdminTokenRequired {
+        /// The address asked for.
+        address: std::net::SocketAddr,
+    },
+    /// The admin API's address could not be bound.
+    #[error("the admin API cannot listen on {address}: {reason}; pick a free port (or port 0 for any)")]
+    AdminBind {
+        /// The address asked for.
+        address: std::net::SocketAddr,
+        /// The operating system's words.
+        reason: String,
+    },
 }
 
 fn describe_missing(missing: &[(VersionKey, u64)]) -> String {

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 mod engine;
 mod error;

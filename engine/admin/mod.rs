@@ -1,0 +1,204 @@
+//! The admin HTTP API (issue #11, first part): what the engine knows, as JSON under versioned
+//! paths, for the `strata` CLI, the dashboard and scripts. It owns the server's lifetime (it
+//! stops with the engine), its access rules (bearer tokens, read-only and admin) and the mapping
+//! of engine errors to HTTP answers that say what to do.
+//!
+//! Served so far: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `GET /v1/versions`
+//! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
+//! `POST /v1/versions/{workflow}/{version}/drain|retire`.
+
+mod access;
+mod views;
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use access::AdminTokens;
+use views::{ErrorView, VersionView};
+
+use crate::{Engine, EngineError};
+
+/// Request bodies larger than this are refused (413) before they are read.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Where the admin API listens and who may use it.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// The address to bind (`127.0.0.1:0` picks a free loopback port).
+    pub address: SocketAddr,
+    /// The bearer tokens; a non-loopback address requires an admin token.
+    pub tokens: AdminTokens,
+}
+
+/// Binds the admin API and serves it until the engine shuts down; returns the bound address.
+pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<SocketAddr, EngineError> {
+    if !options.address.ip().is_loopback() && options.tokens.admin.is_none() {
+        return Err(EngineError::AdminTokenRequired {
+            address: options.address,
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(options.address)
+        .await
+        .map_err(|error| EngineError::AdminBind {
+            address: options.address,
+            reason: error.to_string(),
+        })?;
+    let bound = listener.local_addr().map_err(|error| EngineError::AdminBind {
+        address: options.address,
+        reason: error.to_string(),
+    })?;
+    let router = Router::new()
+        .route("/v1/versions", get(versions))
+        .route("/v1/versions/{workflow}/{version}", get(version))
+        .route("/v1/versions/{workflow}/{version}/drain", post(drain))
+        .route("/v1/versions/{workflow}/{version}/retire", post(retire))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            options.tokens.clone(),
+            access::check,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(engine.clone());
+    let mut stop = engine.stop_signal();
+    tracing::info!(address = %bound, "the admin API listens");
+    engine.spawn_tracked(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+            tracing::error!(%error, "the admin API stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// An error answer: a status and a message that says what to do.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> ApiError {
+        use crate::registry::RegistryError;
+        let status = match &error {
+            EngineError::Registry(RegistryError::UnknownWorkflow { .. } | RegistryError::UnknownVersion { .. }) => {
+                StatusCode::NOT_FOUND
+            }
+            EngineError::Registry(RegistryError::LiveInstances { .. })
+            | EngineError::Store(crate::StoreError::LiveInstances { .. }) => StatusCode::CONFLICT,
+            EngineError::Registry(_) | EngineError::InvalidVersion { .. } => StatusCode::BAD_REQUEST,
+            EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Store(crate::StoreError::ConnectionLost { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorView { error: self.message })).into_response()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct VersionsQuery {
+    workflow: Option<String>,
+}
+
+async fn versions(
+    State(engine): State<Engine>,
+    Query(query): Query<VersionsQuery>,
+) -> Result<Json<Vec<VersionView>>, ApiError> {
+    let views = blocking_read(engine, move |engine| {
+        engine
+            .versions()
+            .iter()
+            .filter(|info| {
+                query
+                    .workflow
+                    .as_ref()
+                    .is_none_or(|workflow| info.key.workflow == *workflow)
+            })
+            .map(VersionView::of)
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+async fn version(
+    State(engine): State<Engine>,
+    Path((workflow, version)): Path<(String, String)>,
+) -> Result<Json<VersionView>, ApiError> {
+    let info = blocking_read(engine, move |engine| engine.version(&workflow, &version)).await??;
+    Ok(Json(VersionView::of(&info)))
+}
+
+async fn drain(
+    State(engine): State<Engine>,
+    Path((workflow, version)): Path<(String, String)>,
+) -> Result<Json<VersionView>, ApiError> {
+    tracing::info!(%workflow, %version, "admin API: drain");
+    engine.drain(&workflow, &version).await?;
+    Ok(Json(VersionView::of(&engine.version(&workflow, &version)?)))
+}
+
+async fn retire(
+    State(engine): State<Engine>,
+    Path((workflow, version)): Path<(String, String)>,
+) -> Result<Json<VersionView>, ApiError> {
+    tracing::info!(%workflow, %version, "admin API: retire");
+    engine.retire(&workflow, &version).await?;
+    Ok(Json(VersionView::of(&engine.version(&workflow, &version)?)))
+}
+
+async fn metrics(State(engine): State<Engine>) -> Result<impl IntoResponse, ApiError> {
+    let text = blocking_read(engine, |engine| engine.metrics_text()).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// Ready when the engine takes work and its store answers.
+async fn ready(State(engine): State<Engine>) -> Response {
+    if engine.is_stopping() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down").into_response();
+    }
+    match blocking_read(engine, |engine| engine.store_answers()).await {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(error)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Runs an engine read that may wait on the store off the server's tasks.
+async fn blocking_read<T: Send + 'static>(
+    engine: Engine,
+    read: impl FnOnce(&Engine) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || read(&engine))
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "an admin API read panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the read failed inside the engine (a defect of Strata, please report it)",
+            )
+        })
+}

@@ -1,0 +1,181 @@
+//! The admin HTTP API (issue #11, first part), through a real HTTP client against the engine's
+//! own server on a loopback port: probes, versions with their residency as instances finish,
+//! drain and retire (a live version's retirement refused with 409 and what to do), unknown and
+//! malformed versions, Prometheus text, and access: no token, a wrong one, a read-only one on a
+//! change, the admin one; an address other hosts can reach refused without a token.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::tally;
+use common::*;
+use serde_json::Value;
+use strata::{Engine, EngineError, StartOptions};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+
+async fn open(dir: &std::path::Path, tokens: Option<(&str, &str)>) -> Engine {
+    let mut builder = builder(dir)
+        .register(tally::on_schema_1("1.0.0"))
+        .admin(LOOPBACK.parse().unwrap());
+    if let Some((admin, read)) = tokens {
+        builder = builder.admin_token(admin).admin_read_token(read);
+    }
+    builder.open().await.unwrap()
+}
+
+fn url(engine: &Engine, path: &str) -> String {
+    format!(
+        "http://{}{path}",
+        engine.admin_address().expect("the admin API listens")
+    )
+}
+
+async fn get(engine: &Engine, path: &str) -> (u16, Value) {
+    let response = reqwest::get(url(engine, path)).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(engine: &Engine, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(url(engine, path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), None).await;
+    let health = reqwest::get(url(&engine, "/healthz")).await.unwrap();
+    assert_eq!(
+        (health.status().as_u16(), health.text().await.unwrap()),
+        (200, "ok".to_string())
+    );
+    let ready = reqwest::get(url(&engine, "/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    let ids = tally::start_waiting(&engine, 0..3, StartOptions::new()).await;
+    let (status, versions) = get(&engine, "/v1/versions").await;
+    assert_eq!(status, 200);
+    let version = &versions.as_array().unwrap()[0];
+    assert_eq!(version["workflow"], "tally");
+    assert_eq!(version["version"], "1.0.0");
+    assert_eq!(version["status"], "active");
+    assert_eq!(
+        (version["live"].as_u64(), version["started"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(version["oldest_live"]["id"].as_u64(), Some(ids[0].0));
+    assert_eq!(version["safe_to_remove"], false);
+    let (_, filtered) = get(&engine, "/v1/versions?workflow=nothing").await;
+    assert_eq!(filtered, Value::Array(Vec::new()));
+
+    // Retiring a live version: refused, saying what to do.
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/retire", None).await;
+    assert_eq!(status, 409, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("drain it"), "{error}");
+    let (status, drained) = post(&engine, "/v1/versions/tally/1.0.0/drain", None).await;
+    assert_eq!((status, drained["status"].as_str()), (200, Some("draining")));
+    // The residency follows the instances as they finish.
+    for id in &ids {
+        engine.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&engine, *id).await;
+    }
+    let (_, version) = get(&engine, "/v1/versions/tally/1.0.0").await;
+    assert_eq!(version["status"], "drained");
+    assert_eq!(
+        (version["live"].as_u64(), version["completed"].as_u64()),
+        (Some(0), Some(3))
+    );
+    assert_eq!(version["safe_to_remove"], true);
+    assert_eq!(version["oldest_live"], Value::Null);
+    let (status, retired) = post(&engine, "/v1/versions/tally/1.0.0/retire", None).await;
+    assert_eq!((status, retired["status"].as_str()), (200, Some("retired")));
+
+    // Unknown and malformed versions: 4xx with the reason, never a 500.
+    let (status, error) = get(&engine, "/v1/versions/tally/9.9.9").await;
+    assert_eq!(status, 404, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("1.0.0"),
+        "names the known versions: {error}"
+    );
+    let (status, error) = get(&engine, "/v1/versions/nothing/1.0.0").await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = get(&engine, "/v1/versions/tally/not-a-version").await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = post(&engine, "/v1/versions/tally/not-a-version/drain", None).await;
+    assert_eq!(status, 400, "{error}");
+
+    let metrics = reqwest::get(url(&engine, "/metrics")).await.unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("strata_instances_completed_total{workflow=\"tally\",version=\"1.0.0\"} 3"),
+        "{text}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_reads_and_changes_and_probes_need_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Some(("admin-secret", "read-secret"))).await;
+    let client = reqwest::Client::new();
+    let read = |token: Option<&'static str>| {
+        let mut request = client.get(url(&engine, "/v1/versions"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(read(None).await, 401, "no token");
+    assert_eq!(read(Some("wrong")).await, 401, "a wrong token");
+    assert_eq!(read(Some("read-secret")).await, 200, "the read-only token reads");
+    assert_eq!(read(Some("admin-secret")).await, 200, "the admin token reads");
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some("read-secret")).await;
+    assert_eq!(status, 403, "the read-only token changes nothing: {error}");
+    assert!(error["error"].as_str().unwrap().contains("admin token"), "{error}");
+    assert_eq!(
+        engine.version("tally", "1.0.0").unwrap().status,
+        strata::VersionStatus::Active
+    );
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", None).await;
+    assert_eq!(status, 401, "{error}");
+    let (status, drained) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some("admin-secret")).await;
+    assert_eq!((status, drained["status"].as_str()), (200, Some("drained")));
+    for probe in ["/healthz", "/readyz"] {
+        let status = reqwest::get(url(&engine, probe)).await.unwrap().status().as_u16();
+        assert_eq!(status, 200, "{probe} needs no token");
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let everywhere: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let refused = builder(dir.path()).admin(everywhere).open().await;
+    match refused {
+        Err(error @ EngineError::AdminTokenRequired { .. }) => {
+            assert!(error.to_string().contains("STRATA_ADMIN_TOKEN"), "{error}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("the admin API listened on every interface without a token"),
+    }
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = open(first_dir.path(), None).await;
+    let taken = first.admin_address().unwrap();
+    let second_dir = tempfile::tempdir().unwrap();
+    match builder(second_dir.path()).admin(taken).open().await {
+        Err(error @ EngineError::AdminBind { .. }) => assert!(error.to_string().contains(&taken.to_string())),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("two servers on one port"),
+    }
+    first.shutdown().await;
+}
