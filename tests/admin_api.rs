@@ -179,3 +179,94 @@ async fn an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named() 
     }
     first.shutdown().await;
 }
+
+async fn post_json(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url(engine, path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_listed_paged_shown_signalled_and_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), None).await;
+    let ids = tally::start_waiting(&engine, 10..15, StartOptions::new()).await;
+
+    let (status, page) = get(&engine, "/v1/instances?workflow=tally&status=waiting_signal&limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<u64> = page["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| instance["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[0].0, ids[1].0]);
+    let next = page["next"].as_u64().expect("a cursor to the next page");
+    let (_, rest) = get(&engine, &format!("/v1/instances?workflow=tally&after={next}")).await;
+    assert_eq!(rest["instances"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["next"], Value::Null, "the last page has no cursor");
+
+    let (status, detail) = get(&engine, &format!("/v1/instances/{}", ids[0].0)).await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["status"], "waiting_signal");
+    assert_eq!(detail["phase"]["kind"], "waiting_signal");
+    assert_eq!(detail["phase"]["signal"], tally::GO);
+    assert_eq!(
+        detail["state"]["count"].as_u64(),
+        Some(10),
+        "state decoded as JSON: {detail}"
+    );
+
+    // A signal with its payload as JSON wakes the instance; a cancel ends another.
+    let (status, answer) = post_json(&engine, &format!("/v1/instances/{}/signals/go", ids[0].0), "null").await;
+    assert_eq!((status, answer["delivered"].as_bool()), (200, Some(true)), "{answer}");
+    outcome_within(&engine, ids[0]).await;
+    let (_, detail) = get(&engine, &format!("/v1/instances/{}", ids[0].0)).await;
+    assert_eq!(detail["phase"]["kind"], "completed");
+    assert_eq!(detail["phase"]["output"].as_u64(), Some(10));
+    let (status, answer) = post(&engine, &format!("/v1/instances/{}/cancel", ids[1].0), None).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("cancelled")),
+        "{answer}"
+    );
+
+    // Bad input: 4xx with what to do.
+    let (status, error) = get(&engine, "/v1/instances/999999").await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = post_json(&engine, &format!("/v1/instances/{}/signals/go", ids[0].0), "null").await;
+    assert_eq!(status, 409, "a finished instance: {error}");
+    let (status, error) = post_json(&engine, &format!("/v1/instances/{}/signals/go", ids[2].0), "{not json").await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("JSON"), "{error}");
+    let (status, error) = post_json(
+        &engine,
+        &format!("/v1/instances/{}/signals/strata:cancel", ids[2].0),
+        "null",
+    )
+    .await;
+    assert_eq!(status, 400, "a reserved name: {error}");
+    let (status, error) = get(&engine, "/v1/instances?status=sleepy").await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("waiting_signal"),
+        "lists the statuses: {error}"
+    );
+    let (status, error) = get(&engine, "/v1/instances?version=one").await;
+    assert_eq!(status, 400, "{error}");
+    let big = format!("\"{}\"", "x".repeat(100 * 1024));
+    let (status, _) = post_json(&engine, &format!("/v1/instances/{}/signals/go", ids[2].0), &big).await;
+    assert_eq!(status, 413, "a body over the limit is refused unread");
+    // None of the refused signals reached the instance.
+    assert_eq!(
+        engine.instance(ids[2]).unwrap().status,
+        strata::InstanceStatus::WaitingSignal
+    );
+    engine.shutdown().await;
+}

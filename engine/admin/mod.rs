@@ -5,9 +5,12 @@
 //!
 //! Served so far: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `GET /v1/versions`
 //! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
-//! `POST /v1/versions/{workflow}/{version}/drain|retire`.
+//! `POST /v1/versions/{workflow}/{version}/drain|retire`, `GET /v1/instances` (filters
+//! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
+//! `POST /v1/instances/{id}/signals/{name}` and `POST /v1/instances/{id}/cancel`.
 
 mod access;
+mod instances;
 mod views;
 
 use std::net::SocketAddr;
@@ -57,6 +60,10 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         .route("/v1/versions/{workflow}/{version}", get(version))
         .route("/v1/versions/{workflow}/{version}/drain", post(drain))
         .route("/v1/versions/{workflow}/{version}/retire", post(retire))
+        .route("/v1/instances", get(instances::list))
+        .route("/v1/instances/{id}", get(instances::show))
+        .route("/v1/instances/{id}/signals/{name}", post(instances::signal))
+        .route("/v1/instances/{id}/cancel", post(instances::cancel))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             options.tokens.clone(),
@@ -103,7 +110,12 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Registry(RegistryError::LiveInstances { .. })
             | EngineError::Store(crate::StoreError::LiveInstances { .. }) => StatusCode::CONFLICT,
-            EngineError::Registry(_) | EngineError::InvalidVersion { .. } => StatusCode::BAD_REQUEST,
+            EngineError::UnknownInstance { .. } => StatusCode::NOT_FOUND,
+            EngineError::InstanceFinished { .. } => StatusCode::CONFLICT,
+            EngineError::Registry(_)
+            | EngineError::InvalidVersion { .. }
+            | EngineError::SignalDecode { .. }
+            | EngineError::ReservedSignalName { .. } => StatusCode::BAD_REQUEST,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Store(crate::StoreError::ConnectionLost { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,8 +2,10 @@
 //! API stays stable while those change.
 
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::VersionInfo;
+use crate::instance::Phase;
+use crate::{InstanceInfo, VersionInfo};
 
 /// An error answer.
 #[derive(Serialize)]
@@ -62,6 +64,103 @@ impl VersionView {
             }),
             safe_to_remove: info.safe_to_remove(),
             workers: info.workers.clone(),
+        }
+    }
+}
+
+/// One instance in a listing.
+#[derive(Serialize)]
+pub(super) struct InstanceSummary {
+    id: u64,
+    workflow: String,
+    version: String,
+    /// As `InstanceStatus::as_str` names it (`waiting_signal`, ...).
+    status: &'static str,
+    /// The step that runs next (the last one, once finished).
+    step: String,
+    started_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+impl InstanceSummary {
+    pub(super) fn of(info: &InstanceInfo) -> InstanceSummary {
+        InstanceSummary {
+            id: info.id().0,
+            workflow: info.workflow().to_string(),
+            version: info.version().to_string(),
+            status: info.status.as_str(),
+            step: info.record.step.clone(),
+            started_at_ms: info.record.created_at_ms,
+            updated_at_ms: info.record.updated_at_ms,
+        }
+    }
+}
+
+/// A page of a listing.
+#[derive(Serialize)]
+pub(super) struct InstancePage {
+    pub instances: Vec<InstanceSummary>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<u64>,
+}
+
+/// One instance in full.
+#[derive(Serialize)]
+pub(super) struct InstanceDetail {
+    #[serde(flatten)]
+    summary: InstanceSummary,
+    /// The attempt number of the next run of `step`.
+    attempt: u32,
+    /// Step visits committed so far.
+    visits: u64,
+    /// Where it is between steps: its timer, the signal it waits for, why it is stuck.
+    phase: Value,
+    /// The state at the last step boundary as JSON, or why it cannot be shown.
+    state: Value,
+    state_schema: u32,
+    routing_key: Option<String>,
+    last_error: Option<String>,
+    /// Moves to other versions, oldest first.
+    moves: Vec<Value>,
+}
+
+impl InstanceDetail {
+    pub(super) fn of(info: &InstanceInfo) -> InstanceDetail {
+        let record = &info.record;
+        let phase = match &record.phase {
+            Phase::Ready { .. } => serde_json::json!({ "kind": "ready" }),
+            Phase::Sleeping { until_ms } => serde_json::json!({ "kind": "sleeping", "until_ms": until_ms }),
+            Phase::WaitingSignal { name, timeout_at_ms } => {
+                serde_json::json!({ "kind": "waiting_signal", "signal": name, "timeout_at_ms": timeout_at_ms })
+            }
+            Phase::RetryBackoff { until_ms, .. } => {
+                serde_json::json!({ "kind": "retry_backoff", "until_ms": until_ms })
+            }
+            Phase::Quarantined { reason } => serde_json::json!({ "kind": "quarantined", "reason": reason }),
+            Phase::Completed { output } => serde_json::json!({
+                "kind": "completed",
+                "output": crate::workflow::decode_user::<Value>(output).unwrap_or(Value::Null),
+            }),
+            Phase::Failed { reason } => serde_json::json!({ "kind": "failed", "reason": reason }),
+            Phase::Cancelled => serde_json::json!({ "kind": "cancelled" }),
+        };
+        let state = info
+            .state::<Value>()
+            .unwrap_or_else(|error| serde_json::json!({ "undecodable": error.to_string() }));
+        InstanceDetail {
+            summary: InstanceSummary::of(info),
+            attempt: record.attempt,
+            visits: record.visits,
+            phase,
+            state,
+            state_schema: record.state.schema,
+            routing_key: record.routing_key.clone(),
+            last_error: record.last_error.clone(),
+            moves: record
+                .moves
+                .iter()
+                .map(|stamp| serde_json::json!({ "description": format!("{stamp:?}") }))
+                .collect(),
         }
     }
 }

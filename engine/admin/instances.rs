@@ -1,0 +1,132 @@
+//! The instances part of the admin API: a filtered, paged listing, one instance in full (its
+//! state decoded as JSON), and the two things an operator does to one: signal it, cancel it.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::views::{InstanceDetail, InstancePage, InstanceSummary};
+use super::{blocking_read, ApiError};
+use crate::{Engine, InstanceFilter, InstanceId, InstanceStatus};
+
+/// Instances per page unless `limit` says otherwise, and the most a page holds.
+const PAGE: usize = 100;
+const LARGEST_PAGE: usize = 1_000;
+
+/// Every status, to read one from a query by its name.
+const STATUSES: [InstanceStatus; 10] = [
+    InstanceStatus::Ready,
+    InstanceStatus::Running,
+    InstanceStatus::Sleeping,
+    InstanceStatus::WaitingSignal,
+    InstanceStatus::RetryBackoff,
+    InstanceStatus::Parked,
+    InstanceStatus::Quarantined,
+    InstanceStatus::Completed,
+    InstanceStatus::Failed,
+    InstanceStatus::Cancelled,
+];
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    workflow: Option<String>,
+    version: Option<String>,
+    status: Option<String>,
+    /// The cursor: only instances with a larger id.
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<InstanceFilter, ApiError> {
+        let version = match &self.version {
+            None => None,
+            Some(text) => Some(semver::Version::parse(text).map_err(|error| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("version '{text}' is not a semantic version ({error}); write it like 1.2.0"),
+                )
+            })?),
+        };
+        let status = match &self.status {
+            None => None,
+            Some(name) => Some(
+                STATUSES
+                    .into_iter()
+                    .find(|status| status.as_str() == name)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = STATUSES.iter().map(|status| status.as_str()).collect();
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("unknown status '{name}'; use one of {}", known.join(", ")),
+                        )
+                    })?,
+            ),
+        };
+        Ok(InstanceFilter {
+            workflow: self.workflow.clone(),
+            version,
+            status,
+        })
+    }
+}
+
+/// `GET /v1/instances`: the instances the filter matches, in id order, a page at a time; `next`
+/// is the cursor of the next page (pass it as `after`).
+pub(super) async fn list(
+    State(engine): State<Engine>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<InstancePage>, ApiError> {
+    let filter = query.filter()?;
+    let limit = query.limit.unwrap_or(PAGE).clamp(1, LARGEST_PAGE);
+    let after = query.after.unwrap_or(0);
+    let listed = blocking_read(engine, move |engine| engine.list(&filter)).await??;
+    let mut matching: Vec<_> = listed.into_iter().filter(|info| info.id().0 > after).collect();
+    matching.sort_by_key(|info| info.id());
+    let more = matching.len() > limit;
+    matching.truncate(limit);
+    let next = if more {
+        matching.last().map(|info| info.id().0)
+    } else {
+        None
+    };
+    Ok(Json(InstancePage {
+        instances: matching.iter().map(InstanceSummary::of).collect(),
+        next,
+    }))
+}
+
+/// `GET /v1/instances/{id}`: one instance in full.
+pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<InstanceDetail>, ApiError> {
+    let info = blocking_read(engine, move |engine| engine.instance(InstanceId(id))).await??;
+    Ok(Json(InstanceDetail::of(&info)))
+}
+
+/// `POST /v1/instances/{id}/signals/{name}` with the payload as the JSON body (`null` for
+/// none): delivered durably, consumed when the instance waits for it.
+pub(super) async fn signal(
+    State(engine): State<Engine>,
+    Path((id, name)): Path<(u64, String)>,
+    payload: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    // The rejection's own status: 400 malformed, 415 not JSON, 413 over the size limit.
+    let Json(payload) = payload.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("the body must be the signal's payload as JSON (null for none), at most 64 KiB: {rejection}"),
+        )
+    })?;
+    tracing::info!(instance = id, signal = %name, "admin API: signal");
+    engine.signal(InstanceId(id), &name, &payload).await?;
+    Ok(Json(serde_json::json!({ "delivered": true })))
+}
+
+/// `POST /v1/instances/{id}/cancel`: cancelled at its next step boundary; answers once it is.
+pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    tracing::info!(instance = id, "admin API: cancel");
+    engine.cancel(InstanceId(id)).await?;
+    Ok(Json(serde_json::json!({ "status": "cancelled" })))
+}
