@@ -270,3 +270,45 @@ async fn instances_are_listed_paged_shown_signalled_and_cancelled() {
     );
     engine.shutdown().await;
 }
+
+/// Reads the event stream until a chunk holds `wanted` (bounded), returning all it read.
+async fn read_until(stream: &mut reqwest::Response, wanted: &str) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !text.contains(wanted) {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no '{wanted}' in the event stream within 10 s: {text}"))
+            .unwrap()
+            .expect("the stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), None).await;
+    let mut stream = reqwest::get(url(&engine, "/v1/events")).await.unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let id = engine.start(tally::WORKFLOW, &4u64).await.unwrap();
+    let text = read_until(&mut stream, "event: instance_started").await;
+    assert!(text.contains(&format!("\"id\":{}", id.0)), "{text}");
+    engine.signal(id, tally::GO, &()).await.unwrap();
+    let text = read_until(&mut stream, "event: instance_finished").await;
+    assert!(text.contains("\"status\":\"completed\""), "{text}");
+    // Shutdown does not wait for the reader to hang up: the stream ends.
+    tokio::time::timeout(std::time::Duration::from_secs(10), engine.shutdown())
+        .await
+        .expect("shutdown finished with a reader on the event stream");
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the event stream ended with the engine");
+}

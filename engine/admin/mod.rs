@@ -7,7 +7,8 @@
 //! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
 //! `POST /v1/versions/{workflow}/{version}/drain|retire`, `GET /v1/instances` (filters
 //! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
-//! `POST /v1/instances/{id}/signals/{name}` and `POST /v1/instances/{id}/cancel`.
+//! `POST /v1/instances/{id}/signals/{name}`, `POST /v1/instances/{id}/cancel`, and the event
+//! stream as Server-Sent Events at `GET /v1/events`.
 
 mod access;
 mod instances;
@@ -64,6 +65,7 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         .route("/v1/instances/{id}", get(instances::show))
         .route("/v1/instances/{id}/signals/{name}", post(instances::signal))
         .route("/v1/instances/{id}/cancel", post(instances::cancel))
+        .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             options.tokens.clone(),
@@ -180,6 +182,34 @@ async fn retire(
     tracing::info!(%workflow, %version, "admin API: retire");
     engine.retire(&workflow, &version).await?;
     Ok(Json(VersionView::of(&engine.version(&workflow, &version)?)))
+}
+
+/// `GET /v1/events`: every event as it happens, as Server-Sent Events named by the event's
+/// `type`, with the event as JSON; `lagged` says how many a slow reader missed. Ends at shutdown.
+async fn events(
+    State(engine): State<Engine>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event as Sent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let state = (engine.subscribe(), engine.stop_signal());
+    let stream = futures_util::stream::unfold(state, |(mut receiver, mut stop)| async move {
+        let sent = tokio::select! {
+            received = receiver.recv() => match received {
+                Ok(event) => {
+                    let json = serde_json::to_value(&event).unwrap_or_default();
+                    let name = json["type"].as_str().unwrap_or("event").to_string();
+                    Sent::default().event(name).data(json.to_string())
+                }
+                Err(RecvError::Lagged(missed)) => Sent::default().event("lagged").data(missed.to_string()),
+                Err(RecvError::Closed) => return None,
+            },
+            _ = stop.wait_for(|stopping| *stopping) => return None,
+        };
+        Some((Ok(sent), (receiver, stop)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn metrics(State(engine): State<Engine>) -> Result<impl IntoResponse, ApiError> {

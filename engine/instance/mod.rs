@@ -362,7 +362,8 @@ impl Outcome {
 }
 
 /// The status of an instance as an operator sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
     /// Its next step is queued to run.
     Ready,

@@ -19,7 +19,8 @@ use crate::instance::{InstanceId, InstanceStatus, MoveCause, VersionKey};
 use crate::store::VersionCounters;
 
 /// Something that happened in the engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Another worker claimed an instance this one held (this worker's lease had run out): it
     /// runs there now; the step this worker ran for it was not committed.
