@@ -448,12 +448,20 @@ impl Engine {
         applied
     }
 
-    async fn apply_config_locked(
+    /// Checks a config file's text as [`Engine::apply_config`] would — syntax, structure, and
+    /// its schedules, routing rules and rollouts against the versions registered now — without
+    /// applying it. Returns the error `apply_config` would give.
+    pub fn check_config(&self, source: &str, text: &str) -> Result<(), EngineError> {
+        self.checked_config(source, text).map(|_| ())
+    }
+
+    /// A config file's text parsed and checked against the registered versions, with its
+    /// rollouts not yet known.
+    fn checked_config(
         &self,
-        in_force: &mut ConfigInForce,
         source: &str,
         text: &str,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<(crate::config::Config, Vec<RolloutSpec>), EngineError> {
         let config = crate::config::parse(source, text)?;
         for (index, schedule) in config.schedules.iter().enumerate() {
             if !self.runtime.registry.knows_workflow(&schedule.workflow) {
@@ -466,15 +474,27 @@ impl Engine {
             }
         }
         let new_rollouts = self.check_config_rollouts(source, &config.rollouts)?;
+        self.runtime
+            .check_routing(&config.routing, true)
+            .map_err(|error| match error {
+                EngineError::Routing(rules) => ConfigError::Rules {
+                    file: source.to_string(),
+                    source: rules,
+                }
+                .into(),
+                other => other,
+            })?;
+        Ok((config, new_rollouts))
+    }
+
+    async fn apply_config_locked(
+        &self,
+        in_force: &mut ConfigInForce,
+        source: &str,
+        text: &str,
+    ) -> Result<u64, EngineError> {
+        let (config, new_rollouts) = self.checked_config(source, text)?;
         let spec = config.routing;
-        self.runtime.check_routing(&spec, true).map_err(|error| match error {
-            EngineError::Routing(rules) => ConfigError::Rules {
-                file: source.to_string(),
-                source: rules,
-            }
-            .into(),
-            other => other,
-        })?;
         if self.runtime.store.cluster().is_some() {
             // Compared with the config in force in the cluster, not this process's last view.
             if let Some(latest) = self.runtime.store.latest_config()? {

@@ -312,3 +312,59 @@ async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown() 
     .await;
     assert!(rest.is_ok(), "the event stream ended with the engine");
 }
+
+async fn post_text(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url(engine, path))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_in_force_history_with_diffs_checks_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), None).await;
+    let (status, error) = get(&engine, "/v1/config").await;
+    assert_eq!(status, 404, "none applied yet: {error}");
+    let first = "[workflows.tally]\ndefault = \"^1\"\n";
+    let second = "[workflows.tally]\ndefault = \"=1.0.0\"\n";
+    engine.apply_config("strata.toml", first).await.unwrap();
+    engine.apply_config("strata.toml", second).await.unwrap();
+    let (status, in_force) = get(&engine, "/v1/config").await;
+    assert_eq!((status, in_force["generation"].as_u64()), (200, Some(2)), "{in_force}");
+    assert_eq!(in_force["text"], second);
+    let (_, history) = get(&engine, "/v1/config/history").await;
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        history[1]["diff"],
+        serde_json::json!(["- default = \"^1\"", "+ default = \"=1.0.0\""]),
+        "what generation 2 changed"
+    );
+
+    // A file is checked against the running registry without being applied.
+    let (status, answer) = post_text(&engine, "/v1/config/check", "[workflows.tally]\ndefault = \"^1\"\n").await;
+    assert_eq!((status, answer["valid"].as_bool()), (200, Some(true)), "{answer}");
+    let (status, error) = post_text(&engine, "/v1/config/check", "[workflows.tally]\ndefault = \"^7\"\n").await;
+    assert_eq!(status, 422, "no version matches: {error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("posted config"),
+        "names the file: {error}"
+    );
+    let (status, error) = post_text(&engine, "/v1/config/check", "[workflows.tally\n").await;
+    assert_eq!(status, 422, "a syntax error: {error}");
+    let (_, in_force) = get(&engine, "/v1/config").await;
+    assert_eq!(in_force["generation"].as_u64(), Some(2), "checking applied nothing");
+
+    let (status, restored) = post(&engine, "/v1/config/restore/1", None).await;
+    assert_eq!((status, restored["generation"].as_u64()), (200, Some(3)), "{restored}");
+    let (_, in_force) = get(&engine, "/v1/config").await;
+    assert_eq!(in_force["text"], first);
+    let (status, error) = post(&engine, "/v1/config/restore/99", None).await;
+    assert_eq!(status, 404, "{error}");
+    engine.shutdown().await;
+}

@@ -7,10 +7,13 @@
 //! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
 //! `POST /v1/versions/{workflow}/{version}/drain|retire`, `GET /v1/instances` (filters
 //! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
-//! `POST /v1/instances/{id}/signals/{name}`, `POST /v1/instances/{id}/cancel`, and the event
-//! stream as Server-Sent Events at `GET /v1/events`.
+//! `POST /v1/instances/{id}/signals/{name}`, `POST /v1/instances/{id}/cancel`, `GET /v1/config`
+//! and `/v1/config/history` (with diffs), `POST /v1/config/check` (a file checked, not applied)
+//! and `/v1/config/restore/{generation}`, and the event stream as Server-Sent Events at
+//! `GET /v1/events`.
 
 mod access;
+mod config;
 mod instances;
 mod views;
 
@@ -65,6 +68,10 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         .route("/v1/instances/{id}", get(instances::show))
         .route("/v1/instances/{id}/signals/{name}", post(instances::signal))
         .route("/v1/instances/{id}/cancel", post(instances::cancel))
+        .route("/v1/config", get(config::in_force))
+        .route("/v1/config/history", get(config::history))
+        .route("/v1/config/check", post(config::check))
+        .route("/v1/config/restore/{generation}", post(config::restore))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
@@ -118,6 +125,8 @@ impl From<EngineError> for ApiError {
             | EngineError::InvalidVersion { .. }
             | EngineError::SignalDecode { .. }
             | EngineError::ReservedSignalName { .. } => StatusCode::BAD_REQUEST,
+            EngineError::Config(crate::config::ConfigError::UnknownGeneration { .. }) => StatusCode::NOT_FOUND,
+            EngineError::Config(_) | EngineError::Routing(_) => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Store(crate::StoreError::ConnectionLost { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
