@@ -932,6 +932,17 @@ impl Engine {
             .find(|record| record.spec.name == name)
     }
 
+    /// Every rollout, with their histories.
+    pub fn rollouts(&self) -> Vec<RolloutRecord> {
+        self.runtime.rollouts()
+    }
+
+    /// The candidate's and the stable version's figures in a rollout's current stage, as its
+    /// gates see them now (counts since the stage began, the metrics window since then).
+    pub fn rollout_figures(&self, record: &RolloutRecord) -> (crate::rollout::Figures, crate::rollout::Figures) {
+        self.runtime.rollout_figures(record)
+    }
+
     /// Every rollout of `workflow`, oldest first, with their histories.
     pub fn rollout_history(&self, workflow: &str) -> Vec<RolloutRecord> {
         self.runtime

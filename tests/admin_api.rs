@@ -368,3 +368,90 @@ async fn config_in_force_history_with_diffs_checks_and_restores() {
     assert_eq!(status, 404, "{error}");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_that_fired() {
+    use common::probe::{self, Probe};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(probe::version("1.0.0"))
+        .register(probe::version("2.0.0"))
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let rollout = r#"{"workflow": "probe", "candidate": "2.0.0", "stable": "1.0.0",
+        "stages": [{"percent": 50, "hold_ms": 3600000, "min_finished": 10},
+                   {"percent": 100, "hold_ms": 3600000, "min_finished": 10}],
+        "gates": {"max_error_rate_increase": 0.1}}"#;
+    let (status, started) = post_json(&engine, "/v1/rollouts", rollout).await;
+    assert_eq!(status, 200, "{started}");
+    let name = started["name"].as_str().unwrap().to_string();
+    assert_eq!(
+        (started["status"].as_str(), started["candidate_percent"].as_f64()),
+        (Some("running"), Some(50.0))
+    );
+    let (status, error) = post_json(&engine, "/v1/rollouts", rollout).await;
+    assert_eq!(status, 409, "one active rollout per workflow: {error}");
+    let (status, error) = post_json(
+        &engine,
+        "/v1/rollouts",
+        &rollout.replace("\"percent\": 50", "\"percent\": 150"),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = post_json(&engine, "/v1/rollouts", "{\"workflow\": 3}").await;
+    assert_eq!(status, 422, "{error}");
+
+    let (status, paused) = post(&engine, &format!("/v1/rollouts/{name}/pause"), None).await;
+    assert_eq!((status, paused["status"].as_str()), (200, Some("paused")), "{paused}");
+    let (status, resumed) = post(&engine, &format!("/v1/rollouts/{name}/resume"), None).await;
+    assert_eq!(
+        (status, resumed["status"].as_str()),
+        (200, Some("running")),
+        "{resumed}"
+    );
+    let (status, error) = post(&engine, &format!("/v1/rollouts/{name}/promote-now"), None).await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = get(&engine, "/v1/rollouts/nothing@1.0.0").await;
+    assert_eq!(status, 404, "{error}");
+
+    // The faulty candidate fails every second instance: its error rate gate fires.
+    let mut n = 0;
+    loop {
+        let (_, watched) = get(&engine, &format!("/v1/rollouts/{name}")).await;
+        if watched["status"] == "rolled_back" {
+            let last = watched["history"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(
+                last["transition"]["RolledBack"]["gate"], "ErrorRateIncrease",
+                "{watched}"
+            );
+            assert_eq!(watched["figures"], Value::Null, "no figures once it is over");
+            break;
+        }
+        assert_eq!(watched["status"], "running", "{watched}");
+        assert!(
+            watched["figures"]["candidate"]["finished"].is_u64(),
+            "figures while it runs: {watched}"
+        );
+        assert!(n < 2_000, "never rolled back: {watched}");
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let options = StartOptions::new().routing_key(format!("customer-{n}"));
+            ids.push(
+                engine
+                    .start_with(probe::WORKFLOW, &Probe { n, wait: false }, options)
+                    .await
+                    .unwrap(),
+            );
+            n += 1;
+        }
+        for id in ids {
+            let _ = outcome_within(&engine, id).await;
+        }
+        engine.evaluate_rollouts().await.unwrap();
+    }
+    let (_, listed) = get(&engine, "/v1/rollouts?workflow=probe").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    engine.shutdown().await;
+}

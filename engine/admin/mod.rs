@@ -9,12 +9,15 @@
 //! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
 //! `POST /v1/instances/{id}/signals/{name}`, `POST /v1/instances/{id}/cancel`, `GET /v1/config`
 //! and `/v1/config/history` (with diffs), `POST /v1/config/check` (a file checked, not applied)
-//! and `/v1/config/restore/{generation}`, and the event stream as Server-Sent Events at
+//! and `/v1/config/restore/{generation}`, `GET /v1/rollouts[?workflow=]` and
+//! `/v1/rollouts/{name}` (stage, gate figures against the stable, history), `POST /v1/rollouts`
+//! (start) and `/v1/rollouts/{name}/pause|resume|rollback`, and the event stream as Server-Sent Events at
 //! `GET /v1/events`.
 
 mod access;
 mod config;
 mod instances;
+mod rollouts;
 mod views;
 
 use std::net::SocketAddr;
@@ -72,6 +75,9 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         .route("/v1/config/history", get(config::history))
         .route("/v1/config/check", post(config::check))
         .route("/v1/config/restore/{generation}", post(config::restore))
+        .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
+        .route("/v1/rollouts/{name}", get(rollouts::show))
+        .route("/v1/rollouts/{name}/{action}", post(rollouts::control))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
@@ -127,6 +133,9 @@ impl From<EngineError> for ApiError {
             | EngineError::ReservedSignalName { .. } => StatusCode::BAD_REQUEST,
             EngineError::Config(crate::config::ConfigError::UnknownGeneration { .. }) => StatusCode::NOT_FOUND,
             EngineError::Config(_) | EngineError::Routing(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::Rollout(crate::rollout::RolloutError::Unknown { .. }) => StatusCode::NOT_FOUND,
+            EngineError::Rollout(crate::rollout::RolloutError::Conflict { .. }) => StatusCode::CONFLICT,
+            EngineError::Rollout(_) => StatusCode::BAD_REQUEST,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Store(crate::StoreError::ConnectionLost { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

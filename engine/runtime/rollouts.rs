@@ -171,6 +171,16 @@ impl Runtime {
     /// since the stage's baseline (exact, and kept across restarts), latency and failure runs
     /// from the metrics windows since the stage started — of every live worker, with a shared
     /// store (each publishes its own at every heartbeat).
+    /// The candidate's and the stable version's figures in the rollout's current stage, as its
+    /// gates see them now.
+    pub(crate) fn rollout_figures(&self, record: &RolloutRecord) -> (Figures, Figures) {
+        let now_ms = self.now();
+        (
+            self.stage_figures(record, true, now_ms),
+            self.stage_figures(record, false, now_ms),
+        )
+    }
+
     fn stage_figures(&self, record: &RolloutRecord, candidate: bool, now_ms: u64) -> Figures {
         let (version, baseline) = if candidate {
             (&record.spec.candidate, &record.candidate_baseline)

@@ -1,0 +1,212 @@
+//! The rollouts part of the admin API: each rollout with its stage, the figures its gates
+//! compare (candidate against stable) and its history; and the operator's controls: start,
+//! pause, resume, roll back.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{blocking_read, ApiError};
+use crate::rollout::{Figures, RolloutRecord};
+use crate::{Engine, Gates, RolloutSpec, Stage};
+
+/// A rollout as the API shows it.
+#[derive(Serialize)]
+pub(super) struct RolloutView {
+    name: String,
+    workflow: String,
+    candidate: String,
+    stable: String,
+    /// `running`, `paused`, `promoted` or `rolled_back`.
+    status: String,
+    /// The index of the current stage.
+    stage: usize,
+    stages: Vec<StageView>,
+    /// The share of new instances the candidate gets now (%).
+    candidate_percent: f64,
+    stage_started_ms: u64,
+    gates: Gates,
+    /// What the gates compare now, while the rollout is active.
+    figures: Option<FiguresView>,
+    /// Every transition, oldest first; a rollback names its gate, reason and figures.
+    history: Value,
+}
+
+/// A stage as the API shows and takes it: the candidate's share in percent (at most two
+/// decimals), how long it holds at least, and how many candidate instances must finish in it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StageView {
+    percent: f64,
+    hold_ms: u64,
+    min_finished: u64,
+}
+
+#[derive(Serialize)]
+struct FiguresView {
+    candidate: Figures,
+    stable: Figures,
+}
+
+impl RolloutView {
+    fn of(engine: &Engine, record: &RolloutRecord) -> RolloutView {
+        let figures = record.status.is_active().then(|| {
+            let (candidate, stable) = engine.rollout_figures(record);
+            FiguresView { candidate, stable }
+        });
+        RolloutView {
+            name: record.spec.name.clone(),
+            workflow: record.spec.workflow.clone(),
+            candidate: record.spec.candidate.to_string(),
+            stable: record.spec.stable.to_string(),
+            status: snake_case(&format!("{:?}", record.status)),
+            stage: record.stage,
+            stages: record
+                .spec
+                .stages
+                .iter()
+                .map(|stage| StageView {
+                    percent: stage.percent,
+                    hold_ms: stage.hold_ms,
+                    min_finished: stage.min_finished,
+                })
+                .collect(),
+            candidate_percent: f64::from(record.candidate_share()) / 100.0,
+            stage_started_ms: record.stage_started_ms,
+            gates: record.spec.gates.clone(),
+            figures,
+            history: serde_json::to_value(&record.history).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// `RolledBack` → `rolled_back`.
+fn snake_case(name: &str) -> String {
+    let mut snake = String::new();
+    for (index, letter) in name.chars().enumerate() {
+        if letter.is_uppercase() && index > 0 {
+            snake.push('_');
+        }
+        snake.extend(letter.to_lowercase());
+    }
+    snake
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    workflow: Option<String>,
+}
+
+/// `GET /v1/rollouts[?workflow=]`.
+pub(super) async fn list(
+    State(engine): State<Engine>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<RolloutView>>, ApiError> {
+    let views = blocking_read(engine, move |engine| {
+        engine
+            .rollouts()
+            .iter()
+            .filter(|record| {
+                query
+                    .workflow
+                    .as_ref()
+                    .is_none_or(|workflow| record.spec.workflow == *workflow)
+            })
+            .map(|record| RolloutView::of(engine, record))
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+/// `GET /v1/rollouts/{name}`.
+pub(super) async fn show(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let view = blocking_read(engine, move |engine| {
+        engine
+            .rollout(&name)
+            .map(|record| RolloutView::of(engine, &record))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no rollout is named '{name}'; GET /v1/rollouts lists them"),
+                )
+            })
+    })
+    .await??;
+    Ok(Json(view))
+}
+
+/// A rollout to start, as posted.
+#[derive(Deserialize)]
+pub(super) struct StartRequest {
+    workflow: String,
+    candidate: String,
+    stable: String,
+    stages: Vec<StageView>,
+    #[serde(default)]
+    gates: Gates,
+}
+
+/// `POST /v1/rollouts` with `{workflow, candidate, stable, stages: [{percent, hold_ms,
+/// min_finished}], gates}`: starts it at its first stage.
+pub(super) async fn start(
+    State(engine): State<Engine>,
+    request: Result<Json<StartRequest>, JsonRejection>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let Json(request) = request.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("the body must be a rollout as JSON ({{workflow, candidate, stable, stages, gates}}): {rejection}"),
+        )
+    })?;
+    let version = |text: &str| {
+        semver::Version::parse(text).map_err(|error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("'{text}' is not a semantic version ({error}); write it like 2.0.0"),
+            )
+        })
+    };
+    let mut spec = RolloutSpec::new(
+        request.workflow,
+        version(&request.candidate)?,
+        version(&request.stable)?,
+    );
+    for stage in request.stages {
+        spec = spec.stage(Stage {
+            percent: stage.percent,
+            hold_ms: stage.hold_ms,
+            min_finished: stage.min_finished,
+        });
+    }
+    let spec = spec.gates(request.gates);
+    let name = spec.name.clone();
+    tracing::info!(rollout = %name, "admin API: start rollout");
+    engine.start_rollout(spec).await?;
+    show(State(engine), Path(name)).await
+}
+
+/// `POST /v1/rollouts/{name}/{action}`: `pause`, `resume` or `rollback`.
+pub(super) async fn control(
+    State(engine): State<Engine>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    tracing::info!(rollout = %name, %action, "admin API: rollout control");
+    match action.as_str() {
+        "pause" => engine.pause_rollout(&name).await?,
+        "resume" => engine.resume_rollout(&name).await?,
+        "rollback" => engine.rollback_rollout(&name).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no action '{other}'; use pause, resume or rollback"),
+            ))
+        }
+    }
+    show(State(engine), Path(name)).await
+}
