@@ -455,3 +455,56 @@ async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_tha
     assert_eq!(listed.as_array().unwrap().len(), 1);
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_are_planned_then_applied_and_migrations_report_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let engine = builder(dir.path())
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_2("2.0.0"))
+        .migration(tally::migration(calls))
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let ids = tally::start_waiting(&engine, 1..4, StartOptions::new().version("=1.0.0")).await;
+    let body = r#"{"workflow": "tally", "target": "2.0.0", "from_version": "1.0.0"}"#;
+    let (status, plan) = post_json(&engine, "/v1/moves/plan", body).await;
+    assert_eq!(status, 200, "{plan}");
+    let checks = plan["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3, "{plan}");
+    assert!(checks.iter().all(|check| check["refused"].is_null()), "{plan}");
+    assert_eq!(
+        engine.instance(ids[0]).unwrap().version().to_string(),
+        "1.0.0",
+        "a plan moves nothing"
+    );
+    let (status, report) = post_json(&engine, "/v1/moves", body).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["moved"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(engine.instance(ids[0]).unwrap().version().to_string(), "2.0.0");
+    let (status, error) = post_json(&engine, "/v1/moves/plan", r#"{"workflow": "tally", "target": "two"}"#).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = post_json(&engine, "/v1/moves/plan", r#"{"workflow": "tally", "target": "9.0.0"}"#).await;
+    assert_eq!(status, 404, "an unknown target: {error}");
+
+    let (status, started) = post_json(&engine, "/v1/migrations", r#"{"workflow": "tally", "batch_size": 10}"#).await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["workflow"], "tally");
+    let (status, progress) = get(&engine, "/v1/migrations/tally").await;
+    assert_eq!(status, 200, "{progress}");
+    assert!(
+        ["running", "finished"].contains(&progress["state"].as_str().unwrap()),
+        "{progress}"
+    );
+    let (status, _) = post(&engine, "/v1/migrations/tally/pause", None).await;
+    assert_eq!(status, 200);
+    let (status, error) = post(&engine, "/v1/migrations/tally/rewind", None).await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = get(&engine, "/v1/migrations/nothing").await;
+    assert_eq!(status, 404, "{error}");
+    let (status, error) = post_json(&engine, "/v1/migrations", r#"{"workflow": "nothing"}"#).await;
+    assert_eq!(status, 404, "{error}");
+    engine.shutdown().await;
+}

@@ -30,6 +30,20 @@ const STATUSES: [InstanceStatus; 10] = [
     InstanceStatus::Cancelled,
 ];
 
+/// The status `name` names (as `InstanceStatus::as_str` does), or a 400 listing the names.
+pub(super) fn status_named(name: &str) -> Result<InstanceStatus, ApiError> {
+    STATUSES
+        .into_iter()
+        .find(|status| status.as_str() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = STATUSES.iter().map(|status| status.as_str()).collect();
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown status '{name}'; use one of {}", known.join(", ")),
+            )
+        })
+}
+
 #[derive(Deserialize)]
 pub(super) struct ListQuery {
     workflow: Option<String>,
@@ -51,21 +65,7 @@ impl ListQuery {
                 )
             })?),
         };
-        let status = match &self.status {
-            None => None,
-            Some(name) => Some(
-                STATUSES
-                    .into_iter()
-                    .find(|status| status.as_str() == name)
-                    .ok_or_else(|| {
-                        let known: Vec<&str> = STATUSES.iter().map(|status| status.as_str()).collect();
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            format!("unknown status '{name}'; use one of {}", known.join(", ")),
-                        )
-                    })?,
-            ),
-        };
+        let status = self.status.as_deref().map(status_named).transpose()?;
         Ok(InstanceFilter {
             workflow: self.workflow.clone(),
             version,

@@ -11,10 +11,13 @@
 //! and `/v1/config/history` (with diffs), `POST /v1/config/check` (a file checked, not applied)
 //! and `/v1/config/restore/{generation}`, `GET /v1/rollouts[?workflow=]` and
 //! `/v1/rollouts/{name}` (stage, gate figures against the stable, history), `POST /v1/rollouts`
-//! (start) and `/v1/rollouts/{name}/pause|resume|rollback`, and the event stream as Server-Sent Events at
+//! (start) and `/v1/rollouts/{name}/pause|resume|rollback`, `POST /v1/moves/plan` (dry run) and
+//! `/v1/moves`, `POST /v1/migrations`, `GET /v1/migrations/{workflow}` and
+//! `POST /v1/migrations/{workflow}/pause|resume`, and the event stream as Server-Sent Events at
 //! `GET /v1/events`.
 
 mod access;
+mod changes;
 mod config;
 mod instances;
 mod rollouts;
@@ -78,6 +81,11 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
         .route("/v1/rollouts/{name}", get(rollouts::show))
         .route("/v1/rollouts/{name}/{action}", post(rollouts::control))
+        .route("/v1/moves/plan", post(changes::plan))
+        .route("/v1/moves", post(changes::apply))
+        .route("/v1/migrations", post(changes::start_migration))
+        .route("/v1/migrations/{workflow}", get(changes::progress))
+        .route("/v1/migrations/{workflow}/{action}", post(changes::control))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(

@@ -1,0 +1,212 @@
+//! Moving instances and migrating state through the admin API: a move's dry-run plan (which
+//! instances can move, and why not) and the move itself; a background migration started, its
+//! progress, and pause and resume.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{blocking_read, ApiError};
+use crate::migrate::{MigrationProgress, MoveCheck};
+use crate::{Engine, InstanceId, MigrationJob, MoveRequest};
+
+/// A move as posted: the instances of `workflow` (on `from_version`, with `status`, or these
+/// `ids`) to move to `target`, with `steps` naming where instances at a step without a
+/// counterpart continue.
+#[derive(Deserialize)]
+pub(super) struct MoveBody {
+    workflow: String,
+    target: String,
+    from_version: Option<String>,
+    status: Option<String>,
+    ids: Option<Vec<u64>>,
+    #[serde(default)]
+    steps: HashMap<String, String>,
+}
+
+fn version(text: &str) -> Result<semver::Version, ApiError> {
+    semver::Version::parse(text).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("'{text}' is not a semantic version ({error}); write it like 2.0.0"),
+        )
+    })
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>, shape: &str) -> Result<T, ApiError> {
+    body.map(|Json(body)| body).map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("the body must be {shape} as JSON: {rejection}"),
+        )
+    })
+}
+
+impl MoveBody {
+    fn request(self) -> Result<MoveRequest, ApiError> {
+        let mut request = MoveRequest::new(self.workflow, version(&self.target)?);
+        if let Some(from) = &self.from_version {
+            request = request.from_version(version(from)?);
+        }
+        if let Some(name) = &self.status {
+            request = request.with_status(super::instances::status_named(name)?);
+        }
+        request.ids = self.ids.map(|ids| ids.into_iter().map(InstanceId).collect());
+        request.steps = self.steps;
+        Ok(request)
+    }
+}
+
+/// One instance's verdict.
+#[derive(Serialize)]
+struct CheckView {
+    id: u64,
+    from: String,
+    step: String,
+    /// Where it continues on the target, if it can move.
+    continues_at: Option<String>,
+    /// Why it cannot move, if it cannot.
+    refused: Option<String>,
+}
+
+impl CheckView {
+    fn of(check: &MoveCheck) -> CheckView {
+        let (continues_at, refused) = match &check.verdict {
+            Ok(step) => (Some(step.clone()), None),
+            Err(refusal) => (None, Some(refusal.to_string())),
+        };
+        CheckView {
+            id: check.id.0,
+            from: check.from.to_string(),
+            step: check.step.clone(),
+            continues_at,
+            refused,
+        }
+    }
+}
+
+/// `POST /v1/moves/plan`: which selected instances can move, and why the others cannot;
+/// nothing changes.
+pub(super) async fn plan(
+    State(engine): State<Engine>,
+    body: Result<Json<MoveBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request = json_body(body, "a move ({workflow, target, from_version, status, ids, steps})")?.request()?;
+    let plan = blocking_read(engine, move |engine| engine.plan_moves(&request)).await??;
+    let checks: Vec<CheckView> = plan.checks.iter().map(CheckView::of).collect();
+    Ok(Json(
+        serde_json::json!({ "target": plan.target.to_string(), "checks": checks }),
+    ))
+}
+
+/// `POST /v1/moves`: moves the instances that can move, at their step boundaries.
+pub(super) async fn apply(
+    State(engine): State<Engine>,
+    body: Result<Json<MoveBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request = json_body(body, "a move ({workflow, target, from_version, status, ids, steps})")?.request()?;
+    tracing::info!(workflow = %request.workflow, target = %request.target, "admin API: move instances");
+    let report = engine.move_instances(&request).await?;
+    let moved: Vec<u64> = report.moved.iter().map(|id| id.0).collect();
+    let refused: Vec<CheckView> = report.refused.iter().map(CheckView::of).collect();
+    Ok(Json(serde_json::json!({ "moved": moved, "refused": refused })))
+}
+
+/// A background migration to start.
+#[derive(Deserialize)]
+pub(super) struct MigrationBody {
+    workflow: String,
+    batch_size: Option<usize>,
+    max_per_second: Option<u32>,
+}
+
+/// A migration job's progress.
+#[derive(Serialize)]
+pub(super) struct ProgressView {
+    workflow: String,
+    /// `running`, `paused` or `finished`.
+    state: String,
+    migrated: u64,
+    remaining: u64,
+    failed: u64,
+    rate_per_second: f64,
+    failures: Vec<serde_json::Value>,
+}
+
+impl ProgressView {
+    fn of(progress: MigrationProgress) -> ProgressView {
+        ProgressView {
+            workflow: progress.workflow,
+            state: format!("{:?}", progress.state).to_lowercase(),
+            migrated: progress.migrated,
+            remaining: progress.remaining,
+            failed: progress.failed,
+            rate_per_second: progress.rate_per_second,
+            failures: progress
+                .failures
+                .iter()
+                .map(|failure| serde_json::json!({ "id": failure.id.0, "reason": failure.reason }))
+                .collect(),
+        }
+    }
+}
+
+/// `POST /v1/migrations`: starts the background migration of a workflow's live states (or
+/// answers the one that runs).
+pub(super) async fn start_migration(
+    State(engine): State<Engine>,
+    body: Result<Json<MigrationBody>, JsonRejection>,
+) -> Result<Json<ProgressView>, ApiError> {
+    let body = json_body(body, "a migration ({workflow, batch_size, max_per_second})")?;
+    let mut job = MigrationJob::new(body.workflow);
+    if let Some(size) = body.batch_size {
+        job = job.batch_size(size);
+    }
+    if let Some(rate) = body.max_per_second {
+        job = job.max_per_second(rate);
+    }
+    tracing::info!(workflow = %job.workflow, "admin API: start a background migration");
+    let handle = engine.migrate_states(job)?;
+    Ok(Json(ProgressView::of(handle.progress())))
+}
+
+fn handle(engine: &Engine, workflow: &str) -> Result<crate::migrate::MigrationHandle, ApiError> {
+    engine.migration(workflow).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no background migration of '{workflow}' since this engine opened; POST /v1/migrations starts one"),
+        )
+    })
+}
+
+/// `GET /v1/migrations/{workflow}`: the job's progress.
+pub(super) async fn progress(
+    State(engine): State<Engine>,
+    Path(workflow): Path<String>,
+) -> Result<Json<ProgressView>, ApiError> {
+    Ok(Json(ProgressView::of(handle(&engine, &workflow)?.progress())))
+}
+
+/// `POST /v1/migrations/{workflow}/{action}`: `pause` or `resume`.
+pub(super) async fn control(
+    State(engine): State<Engine>,
+    Path((workflow, action)): Path<(String, String)>,
+) -> Result<Json<ProgressView>, ApiError> {
+    let job = handle(&engine, &workflow)?;
+    tracing::info!(%workflow, %action, "admin API: migration control");
+    match action.as_str() {
+        "pause" => job.pause(),
+        "resume" => job.resume(),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no action '{other}'; use pause or resume"),
+            ))
+        }
+    }
+    Ok(Json(ProgressView::of(job.progress())))
+}
