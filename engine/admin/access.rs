@@ -1,6 +1,7 @@
 //! Who may use the admin API: with no token configured (loopback only), anyone on this host;
 //! otherwise a bearer token — the read-only one for reads, the admin one for everything.
-//! Probes (`/healthz`, `/readyz`) need none.
+//! Probes (`/healthz`, `/readyz`) need none. Every change let through is logged with the role
+//! of the caller's token.
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -79,7 +80,17 @@ pub(super) async fn check(State(tokens): State<AdminTokens>, request: Request, n
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     let reading = matches!(*request.method(), Method::GET | Method::HEAD);
-    match allowed(&tokens, bearer) {
+    let allowed = allowed(&tokens, bearer);
+    if !reading && allowed == Allowed::Everything {
+        // Every change, with who asked for it (the token's role, never the token).
+        let caller = if tokens.admin.is_some() {
+            "admin token"
+        } else {
+            "loopback, no token configured"
+        };
+        tracing::info!(method = %request.method(), path = %request.uri().path(), caller, "admin API change");
+    }
+    match allowed {
         Allowed::Everything => next.run(request).await,
         Allowed::Reads if reading => next.run(request).await,
         Allowed::Reads => ApiError::new(

@@ -197,7 +197,6 @@ pub(super) async fn control(
     Path((workflow, action)): Path<(String, String)>,
 ) -> Result<Json<ProgressView>, ApiError> {
     let job = handle(&engine, &workflow)?;
-    tracing::info!(%workflow, %action, "admin API: migration control");
     match action.as_str() {
         "pause" => job.pause(),
         "resume" => job.resume(),

@@ -54,7 +54,6 @@ pub(super) async fn restore(
     State(engine): State<Engine>,
     Path(generation): Path<u64>,
 ) -> Result<Json<Value>, ApiError> {
-    tracing::info!(generation, "admin API: restore config");
     let applied = engine.restore_config(generation).await?;
     Ok(Json(serde_json::json!({ "generation": applied })))
 }

@@ -119,14 +119,12 @@ pub(super) async fn signal(
             format!("the body must be the signal's payload as JSON (null for none), at most 64 KiB: {rejection}"),
         )
     })?;
-    tracing::info!(instance = id, signal = %name, "admin API: signal");
     engine.signal(InstanceId(id), &name, &payload).await?;
     Ok(Json(serde_json::json!({ "delivered": true })))
 }
 
 /// `POST /v1/instances/{id}/cancel`: cancelled at its next step boundary; answers once it is.
 pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
-    tracing::info!(instance = id, "admin API: cancel");
     engine.cancel(InstanceId(id)).await?;
     Ok(Json(serde_json::json!({ "status": "cancelled" })))
 }

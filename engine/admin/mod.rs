@@ -196,7 +196,6 @@ async fn drain(
     State(engine): State<Engine>,
     Path((workflow, version)): Path<(String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
-    tracing::info!(%workflow, %version, "admin API: drain");
     engine.drain(&workflow, &version).await?;
     Ok(Json(VersionView::of(&engine.version(&workflow, &version)?)))
 }
@@ -205,7 +204,6 @@ async fn retire(
     State(engine): State<Engine>,
     Path((workflow, version)): Path<(String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
-    tracing::info!(%workflow, %version, "admin API: retire");
     engine.retire(&workflow, &version).await?;
     Ok(Json(VersionView::of(&engine.version(&workflow, &version)?)))
 }

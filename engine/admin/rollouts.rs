@@ -196,7 +196,6 @@ pub(super) async fn control(
     State(engine): State<Engine>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    tracing::info!(rollout = %name, %action, "admin API: rollout control");
     match action.as_str() {
         "pause" => engine.pause_rollout(&name).await?,
         "resume" => engine.resume_rollout(&name).await?,
