@@ -38,14 +38,31 @@ async fn get(engine: &Engine, path: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn post(engine: &Engine, path: &str, token: Option<&str>) -> (u16, Value) {
+/// A POST with an optional body (its content type and text) and bearer token; the status and
+/// the JSON answer.
+async fn send(engine: &Engine, path: &str, body: Option<(&str, &str)>, token: Option<&str>) -> (u16, Value) {
     let mut request = reqwest::Client::new().post(url(engine, path));
+    if let Some((content_type, text)) = body {
+        request = request.header("content-type", content_type).body(text.to_string());
+    }
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(engine: &Engine, path: &str, token: Option<&str>) -> (u16, Value) {
+    send(engine, path, None, token).await
+}
+
+async fn post_json(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
+    send(engine, path, Some(("application/json", body)), None).await
+}
+
+async fn post_text(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
+    send(engine, path, Some(("text/plain", body)), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,18 +197,6 @@ async fn an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named() 
     first.shutdown().await;
 }
 
-async fn post_json(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(url(engine, path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_are_listed_paged_shown_signalled_and_cancelled() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,17 +316,6 @@ async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown() 
     })
     .await;
     assert!(rest.is_ok(), "the event stream ended with the engine");
-}
-
-async fn post_text(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(url(engine, path))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{blocking_read, ApiError};
+use super::{blocking_read, json_body, parse_version, ApiError};
 use crate::migrate::{MigrationProgress, MoveCheck};
 use crate::{Engine, InstanceId, MigrationJob, MoveRequest};
 
@@ -28,29 +28,11 @@ pub(super) struct MoveBody {
     steps: HashMap<String, String>,
 }
 
-fn version(text: &str) -> Result<semver::Version, ApiError> {
-    semver::Version::parse(text).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("'{text}' is not a semantic version ({error}); write it like 2.0.0"),
-        )
-    })
-}
-
-fn json_body<T>(body: Result<Json<T>, JsonRejection>, shape: &str) -> Result<T, ApiError> {
-    body.map(|Json(body)| body).map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            format!("the body must be {shape} as JSON: {rejection}"),
-        )
-    })
-}
-
 impl MoveBody {
     fn request(self) -> Result<MoveRequest, ApiError> {
-        let mut request = MoveRequest::new(self.workflow, version(&self.target)?);
+        let mut request = MoveRequest::new(self.workflow, parse_version(&self.target)?);
         if let Some(from) = &self.from_version {
-            request = request.from_version(version(from)?);
+            request = request.from_version(parse_version(from)?);
         }
         if let Some(name) = &self.status {
             request = request.with_status(super::instances::status_named(name)?);

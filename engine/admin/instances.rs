@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::views::{InstanceDetail, InstancePage, InstanceSummary};
-use super::{blocking_read, ApiError};
+use super::{blocking_read, json_body, parse_version, ApiError};
 use crate::{Engine, InstanceFilter, InstanceId, InstanceStatus};
 
 /// Instances per page unless `limit` says otherwise, and the most a page holds.
@@ -56,15 +56,7 @@ pub(super) struct ListQuery {
 
 impl ListQuery {
     fn filter(&self) -> Result<InstanceFilter, ApiError> {
-        let version = match &self.version {
-            None => None,
-            Some(text) => Some(semver::Version::parse(text).map_err(|error| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("version '{text}' is not a semantic version ({error}); write it like 1.2.0"),
-                )
-            })?),
-        };
+        let version = self.version.as_deref().map(parse_version).transpose()?;
         let status = self.status.as_deref().map(status_named).transpose()?;
         Ok(InstanceFilter {
             workflow: self.workflow.clone(),
@@ -112,13 +104,7 @@ pub(super) async fn signal(
     Path((id, name)): Path<(u64, String)>,
     payload: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    // The rejection's own status: 400 malformed, 415 not JSON, 413 over the size limit.
-    let Json(payload) = payload.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            format!("the body must be the signal's payload as JSON (null for none), at most 64 KiB: {rejection}"),
-        )
-    })?;
+    let payload = json_body(payload, "the signal's payload (null for none)")?;
     engine.signal(InstanceId(id), &name, &payload).await?;
     Ok(Json(serde_json::json!({ "delivered": true })))
 }

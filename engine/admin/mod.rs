@@ -253,6 +253,27 @@ async fn ready(State(engine): State<Engine>) -> Response {
     }
 }
 
+/// A JSON body, or the answer to a request without one: the rejection's own status (400
+/// malformed, 415 not JSON, 413 over the size limit) and what `shape` the body must have.
+fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>, shape: &str) -> Result<T, ApiError> {
+    body.map(|Json(body)| body).map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("the body must be {shape} as JSON, at most 64 KiB: {rejection}"),
+        )
+    })
+}
+
+/// A version given in a request, or a 400 saying how to write one.
+fn parse_version(text: &str) -> Result<semver::Version, ApiError> {
+    semver::Version::parse(text).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("'{text}' is not a semantic version ({error}); write it like 2.0.0"),
+        )
+    })
+}
+
 /// Runs an engine read that may wait on the store off the server's tasks.
 async fn blocking_read<T: Send + 'static>(
     engine: Engine,

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{blocking_read, ApiError};
+use super::{blocking_read, json_body, parse_version, ApiError};
 use crate::rollout::{Figures, RolloutRecord};
 use crate::{Engine, Gates, RolloutSpec, Stage};
 
@@ -158,24 +158,11 @@ pub(super) async fn start(
     State(engine): State<Engine>,
     request: Result<Json<StartRequest>, JsonRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    let Json(request) = request.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            format!("the body must be a rollout as JSON ({{workflow, candidate, stable, stages, gates}}): {rejection}"),
-        )
-    })?;
-    let version = |text: &str| {
-        semver::Version::parse(text).map_err(|error| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("'{text}' is not a semantic version ({error}); write it like 2.0.0"),
-            )
-        })
-    };
+    let request = json_body(request, "a rollout ({workflow, candidate, stable, stages, gates})")?;
     let mut spec = RolloutSpec::new(
         request.workflow,
-        version(&request.candidate)?,
-        version(&request.stable)?,
+        parse_version(&request.candidate)?,
+        parse_version(&request.stable)?,
     );
     for stage in request.stages {
         spec = spec.stage(Stage {
