@@ -128,6 +128,8 @@ async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
     assert_eq!(status, 400, "{error}");
     let (status, error) = post(&engine, "/v1/versions/tally/not-a-version/drain", None).await;
     assert_eq!(status, 400, "{error}");
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/delete", None).await;
+    assert_eq!(status, 404, "an unknown action: {error}");
 
     let metrics = reqwest::get(url(&engine, "/metrics")).await.unwrap();
     assert_eq!(metrics.status().as_u16(), 200);

@@ -123,7 +123,7 @@ impl ProgressView {
     fn of(progress: MigrationProgress) -> ProgressView {
         ProgressView {
             workflow: progress.workflow,
-            state: format!("{:?}", progress.state).to_lowercase(),
+            state: super::views::snake_case(&format!("{:?}", progress.state)),
             migrated: progress.migrated,
             remaining: progress.remaining,
             failed: progress.failed,

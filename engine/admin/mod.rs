@@ -68,8 +68,7 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
     let router = Router::new()
         .route("/v1/versions", get(versions))
         .route("/v1/versions/{workflow}/{version}", get(version))
-        .route("/v1/versions/{workflow}/{version}/drain", post(drain))
-        .route("/v1/versions/{workflow}/{version}/retire", post(retire))
+        .route("/v1/versions/{workflow}/{version}/{action}", post(version_action))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}", get(instances::show))
         .route("/v1/instances/{id}/signals/{name}", post(instances::signal))
@@ -192,20 +191,26 @@ async fn version(
     Ok(Json(VersionView::of(&info)))
 }
 
-async fn drain(
+/// `POST /v1/versions/{workflow}/{version}/{action}`: `drain` or `retire`; answers the version
+/// as it is afterwards.
+async fn version_action(
     State(engine): State<Engine>,
-    Path((workflow, version)): Path<(String, String)>,
+    Path((workflow, version, action)): Path<(String, String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
-    engine.drain(&workflow, &version).await?;
-    Ok(Json(VersionView::of(&engine.version(&workflow, &version)?)))
-}
-
-async fn retire(
-    State(engine): State<Engine>,
-    Path((workflow, version)): Path<(String, String)>,
-) -> Result<Json<VersionView>, ApiError> {
-    engine.retire(&workflow, &version).await?;
-    Ok(Json(VersionView::of(&engine.version(&workflow, &version)?)))
+    match action.as_str() {
+        "drain" => {
+            engine.drain(&workflow, &version).await?;
+        }
+        "retire" => engine.retire(&workflow, &version).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no action '{other}'; use drain or retire"),
+            ))
+        }
+    }
+    let info = blocking_read(engine, move |engine| engine.version(&workflow, &version)).await??;
+    Ok(Json(VersionView::of(&info)))
 }
 
 /// `GET /v1/events`: every event as it happens, as Server-Sent Events named by the event's

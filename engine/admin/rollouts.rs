@@ -61,7 +61,7 @@ impl RolloutView {
             workflow: record.spec.workflow.clone(),
             candidate: record.spec.candidate.to_string(),
             stable: record.spec.stable.to_string(),
-            status: snake_case(&format!("{:?}", record.status)),
+            status: super::views::snake_case(&format!("{:?}", record.status)),
             stage: record.stage,
             stages: record
                 .spec
@@ -80,18 +80,6 @@ impl RolloutView {
             history: serde_json::to_value(&record.history).unwrap_or(Value::Null),
         }
     }
-}
-
-/// `RolledBack` → `rolled_back`.
-fn snake_case(name: &str) -> String {
-    let mut snake = String::new();
-    for (index, letter) in name.chars().enumerate() {
-        if letter.is_uppercase() && index > 0 {
-            snake.push('_');
-        }
-        snake.extend(letter.to_lowercase());
-    }
-    snake
 }
 
 #[derive(Deserialize)]

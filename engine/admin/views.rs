@@ -7,6 +7,18 @@ use serde_json::Value;
 use crate::instance::Phase;
 use crate::{InstanceInfo, VersionInfo};
 
+/// A unit variant's name as the API writes it: `RolledBack` → `rolled_back`.
+pub(super) fn snake_case(name: &str) -> String {
+    let mut snake = String::new();
+    for (index, letter) in name.chars().enumerate() {
+        if letter.is_uppercase() && index > 0 {
+            snake.push('_');
+        }
+        snake.extend(letter.to_lowercase());
+    }
+    snake
+}
+
 /// An error answer.
 #[derive(Serialize)]
 pub(super) struct ErrorView {
@@ -49,7 +61,7 @@ impl VersionView {
         VersionView {
             workflow: info.key.workflow.clone(),
             version: info.key.version.to_string(),
-            status: format!("{:?}", info.status).to_lowercase(),
+            status: snake_case(&format!("{:?}", info.status)),
             registered: info.registered,
             live: info.counters.live,
             started: info.counters.started,

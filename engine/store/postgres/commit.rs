@@ -12,6 +12,22 @@ use crate::instance::{InstanceId, VersionKey};
 use crate::registry::VersionStatus;
 use crate::store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
 
+/// The mark of commit `seq` of `worker` if it landed: the versions it drained.
+pub(super) async fn commit_mark(
+    client: &tokio_postgres::Client,
+    worker: &str,
+    seq: i64,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let mark = client
+        .query_opt(
+            "SELECT drained FROM strata_commit_marks WHERE worker = $1 AND seq = $2",
+            &[&worker, &seq],
+        )
+        .await
+        .map_err(failed("look up a commit"))?;
+    Ok(mark.map(|row| row.get(0)))
+}
+
 /// Why a commit failed: surely not applied, or with its answer lost (applied or not).
 pub(super) enum CommitFailure {
     /// Nothing was applied.
@@ -167,17 +183,9 @@ impl Writes {
     /// and those it drained (kept in its mark). `None`: it did not land.
     pub(super) async fn landed(&self, pool: &Pool, worker: &str, seq: i64) -> Result<Option<Applied>, StoreError> {
         let client = pool.get().await.map_err(pool_failed("look up a commit"))?;
-        let mark = client
-            .query_opt(
-                "SELECT drained FROM strata_commit_marks WHERE worker = $1 AND seq = $2",
-                &[&worker, &seq],
-            )
-            .await
-            .map_err(failed("look up a commit"))?;
-        let Some(mark) = mark else {
+        let Some(drained) = commit_mark(&client, worker, seq).await? else {
             return Ok(None);
         };
-        let drained: Vec<String> = mark.get(0);
         let keys = self.version_keys();
         let (workflows, versions) = super::version_columns(&keys);
         let versions = client

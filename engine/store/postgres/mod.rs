@@ -382,22 +382,11 @@ impl PostgresStore {
     fn run<T, Attempt, Work>(&self, attempt: Attempt) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        Attempt: Fn(Pool) -> Work + Send + 'static,
+        Attempt: Fn(Pool) -> Work + Send + Sync + 'static,
         Work: Future<Output = Result<T, StoreError>> + Send,
     {
         let pool = self.pool.clone();
-        self.run_once(async move {
-            let mut retry = Retry::new();
-            loop {
-                let mut error = match attempt(pool.clone()).await {
-                    Ok(value) => return Ok(value),
-                    Err(error) => error,
-                };
-                if !retry.again(&mut error).await {
-                    return Err(error);
-                }
-            }
-        })
+        self.run_once(async move { Retry::new().until_done(|| attempt(pool.clone())).await })
     }
 
     /// Runs `work` on the store's runtime and waits for it on a plain channel, so any thread —
@@ -556,25 +545,20 @@ impl Store for PostgresStore {
                     Err(CommitFailure::NotApplied(error)) => error,
                     Err(CommitFailure::Unknown(error)) => {
                         // The mark says whether it landed; until it can be read, it is unsettled.
-                        loop {
-                            match writes.landed(&pool, &worker, seq).await {
-                                Ok(Some(applied)) => {
-                                    tracing::info!(
-                                        commit = seq,
-                                        "a commit's answer was lost with its connection; its mark says it landed"
-                                    );
-                                    return Ok(applied);
-                                }
-                                Ok(None) => break,
-                                Err(mut lookup) => {
-                                    if !retry.again(&mut lookup).await {
-                                        *unsettled.commit.lock() = Some(seq);
-                                        return Err(lookup);
-                                    }
-                                }
+                        match retry.until_done(|| writes.landed(&pool, &worker, seq)).await {
+                            Ok(Some(applied)) => {
+                                tracing::info!(
+                                    commit = seq,
+                                    "a commit's answer was lost with its connection; its mark says it landed"
+                                );
+                                return Ok(applied);
+                            }
+                            Ok(None) => error,
+                            Err(lookup) => {
+                                *unsettled.commit.lock() = Some(seq);
+                                return Err(lookup);
                             }
                         }
-                        error
                     }
                 };
                 if !retry.again(&mut error).await {
@@ -726,28 +710,14 @@ async fn settle_commit(pool: &Pool, worker: &str, unsettled: &Unsettled, retry: 
     let Some(seq) = *unsettled.commit.lock() else {
         return Ok(());
     };
-    let landed = loop {
-        let looked_up = async {
+    let landed = retry
+        .until_done(|| async {
             let client = pool.get().await.map_err(pool_failed("look up a commit"))?;
-            client
-                .query_opt(
-                    "SELECT 1 FROM strata_commit_marks WHERE worker = $1 AND seq = $2",
-                    &[&worker, &seq],
-                )
-                .await
-                .map_err(failed("look up a commit"))
-        };
-        match looked_up.await {
-            Ok(row) => break row.is_some(),
-            Err(mut error) => {
-                if !retry.again(&mut error).await {
-                    return Err(error);
-                }
-            }
-        }
-    };
+            commit::commit_mark(&client, worker, seq).await
+        })
+        .await?;
     *unsettled.commit.lock() = None;
-    if landed {
+    if landed.is_some() {
         let reason =
             format!("commit {seq} of worker {worker} was reported failed when its connection broke, but it had landed");
         *unsettled.diverged.lock() = Some(reason.clone());

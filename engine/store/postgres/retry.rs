@@ -77,6 +77,23 @@ impl Retry {
         }
     }
 
+    /// Runs `attempt` until it succeeds, fails other than by a broken connection, or the time is
+    /// up (the time of every call sharing this `Retry`).
+    pub(crate) async fn until_done<T, Work>(&mut self, mut attempt: impl FnMut() -> Work) -> Result<T, StoreError>
+    where
+        Work: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        loop {
+            let mut error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if !self.again(&mut error).await {
+                return Err(error);
+            }
+        }
+    }
+
     /// After a failed try: waits the next pause and says true if the call is to be tried again,
     /// or says false if `error` is not a broken connection or the time is up. The error kept
     /// then says how long the store tried.
