@@ -3,7 +3,8 @@
 //! wherever it runs; a worker never claims instances of a version it has no code for; a worker
 //! that lost its lease (cut off from the database) never commits; each worker is judged alive by
 //! its own lease; `Drained` is announced once in the cluster; retiring is
-//! refused while any worker has a live instance. Child processes killed with SIGKILL are in
+//! refused while any worker has a live instance; a start through a worker without the routed
+//! version's code is accepted and begins on a worker with it. Child processes killed with SIGKILL are in
 //! tests/cluster_crash.rs.
 
 mod common;
@@ -119,6 +120,96 @@ async fn a_worker_never_claims_instances_of_a_version_it_has_no_code_for() {
     }
     assert!(old.version(tally::WORKFLOW, "2.0.0").unwrap().workers == vec![back.worker_id()]);
     back.shutdown().await;
+    old.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_through_a_worker_without_the_newest_versions_code_runs_on_a_worker_with_it() {
+    let database = TestDatabase::create();
+    let lease = Duration::from_millis(600);
+    let old = worker(&database)
+        .lease(lease)
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let new = worker(&database)
+        .lease(lease)
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_2("2.0.0"))
+        .open()
+        .await
+        .unwrap();
+    // The old worker learns at its heartbeat that a live worker runs 2.0.0.
+    wait_until(&old, |old| {
+        old.version(tally::WORKFLOW, "2.0.0")
+            .is_ok_and(|info| info.accepts_starts && !info.registered)
+    })
+    .await;
+    let mut ids = Vec::new();
+    let mut latencies = Vec::new();
+    for count in 0..10u64 {
+        let sent = Instant::now();
+        let id = old.start(tally::WORKFLOW, &count).await.unwrap();
+        assert_eq!(
+            old.instance(id).unwrap().record.key.version.to_string(),
+            "2.0.0",
+            "routed to the newest in the cluster"
+        );
+        // The worker with the code claims it at once and runs its first step, on 2.0.0's state.
+        wait_for_status(&new, id, InstanceStatus::WaitingSignal).await;
+        latencies.push(sent.elapsed());
+        ids.push(id);
+    }
+    latencies.sort();
+    println!(
+        "start through a worker without the code to first step on one with it: median {:?}",
+        latencies[5]
+    );
+    assert_eq!(old.live_instances(), 0, "the old worker holds none of them");
+    let routed: u64 = old
+        .routing_counts()
+        .iter()
+        .filter(|(key, _, _)| key.version.to_string() == "2.0.0")
+        .map(|(_, _, count)| count)
+        .sum();
+    assert_eq!(routed, 10, "the starting worker counts where it routed");
+    for (count, id) in ids.iter().enumerate() {
+        old.signal(*id, tally::GO, &()).await.unwrap();
+        let output: u64 = outcome_within(&old, *id).await.output().unwrap();
+        assert_eq!(
+            output,
+            count as u64 * 3,
+            "2.0.0's init built the state (doubled) on the other worker"
+        );
+    }
+    // An input 2.0.0 cannot take: the start was accepted, and the instance fails where it begins.
+    let bad = old.start(tally::WORKFLOW, &"not a count").await.unwrap();
+    match outcome_within(&old, bad).await {
+        Outcome::Failed(reason) => {
+            assert!(
+                reason.contains("could not begin on tally@2.0.0") && reason.contains("does not decode"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let counters = new.version(tally::WORKFLOW, "2.0.0").unwrap().counters;
+    assert_eq!(
+        (counters.started, counters.completed, counters.failed, counters.live),
+        (11, 10, 1, 0)
+    );
+    // The worker with 2.0.0 leaves: starts through the old one go to the version it runs.
+    new.shutdown().await;
+    wait_until(&old, |old| {
+        old.version(tally::WORKFLOW, "2.0.0")
+            .is_ok_and(|info| !info.accepts_starts)
+    })
+    .await;
+    let local = old.start(tally::WORKFLOW, &7u64).await.unwrap();
+    assert_eq!(old.instance(local).unwrap().record.key.version.to_string(), "1.0.0");
+    wait_for_status(&old, local, InstanceStatus::WaitingSignal).await;
+    assert_eq!(old.live_instances(), 1, "and it runs here");
     old.shutdown().await;
 }
 

@@ -35,6 +35,8 @@ pub(super) struct VersionView {
     status: String,
     /// Whether this process has its code.
     registered: bool,
+    /// Whether new instances may start on it now (active, and some live worker has its code).
+    accepts_starts: bool,
     live: u64,
     started: u64,
     completed: u64,
@@ -63,6 +65,7 @@ impl VersionView {
             version: info.key.version.to_string(),
             status: snake_case(&format!("{:?}", info.status)),
             registered: info.registered,
+            accepts_starts: info.accepts_starts,
             live: info.counters.live,
             started: info.counters.started,
             completed: info.counters.completed,
@@ -155,10 +158,18 @@ impl InstanceDetail {
             }),
             Phase::Failed { reason } => serde_json::json!({ "kind": "failed", "reason": reason }),
             Phase::Cancelled => serde_json::json!({ "kind": "cancelled" }),
+            Phase::Accepted { input } => serde_json::json!({
+                "kind": "accepted",
+                "input": crate::workflow::decode_user::<Value>(input).unwrap_or(Value::Null),
+            }),
         };
-        let state = info
-            .state::<Value>()
-            .unwrap_or_else(|error| serde_json::json!({ "undecodable": error.to_string() }));
+        // A start not begun has no state yet (its first step builds it from the input).
+        let state = match &record.phase {
+            Phase::Accepted { .. } => Value::Null,
+            _ => info
+                .state::<Value>()
+                .unwrap_or_else(|error| serde_json::json!({ "undecodable": error.to_string() })),
+        };
         InstanceDetail {
             summary: InstanceSummary::of(info),
             attempt: record.attempt,

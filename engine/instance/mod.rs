@@ -128,7 +128,9 @@ pub enum PersistedWake {
 /// Transitions: `Ready` runs the cursor step; its commit leads to `Ready` (Goto), `Sleeping`,
 /// `WaitingSignal`, `RetryBackoff` (a failed attempt with attempts left), or a terminal phase.
 /// `Sleeping`, `WaitingSignal` and `RetryBackoff` run the cursor step when their timer fires or
-/// their signal arrives. `Quarantined` runs nothing until an operator cancels it.
+/// their signal arrives. `Quarantined` runs nothing until an operator cancels it. `Accepted`
+/// becomes `Ready` at the entry step (or `Failed`, when its input does not build a state) in the
+/// commit of its first step, on a worker with its version's code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// The cursor step runs as soon as a worker is free.
@@ -173,6 +175,14 @@ pub enum Phase {
     },
     /// Cancelled by an operator.
     Cancelled,
+    /// Started through a process without its version's code (with a store many processes
+    /// share): the first worker with the code that claims it builds the initial state from
+    /// `input` and runs the entry step. The cursor and state are empty until then.
+    Accepted {
+        /// The encoded input.
+        #[serde(with = "serde_bytes")]
+        input: Vec<u8>,
+    },
 }
 
 impl Phase {
@@ -229,7 +239,8 @@ pub struct InstanceRecord {
     pub pinned_reason: Option<String>,
     /// The claim (fencing token) under which this process holds the instance in a store shared
     /// by many processes: a commit of the record lands only while the claim is still the
-    /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled.
+    /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled,
+    /// and 0 in a record written for whichever worker claims it first (an `Accepted` start).
     #[serde(skip)]
     pub claim: u64,
 }
@@ -390,7 +401,7 @@ pub enum InstanceStatus {
 impl InstanceStatus {
     pub(crate) fn of_phase(phase: &Phase) -> InstanceStatus {
         match phase {
-            Phase::Ready { .. } => InstanceStatus::Ready,
+            Phase::Ready { .. } | Phase::Accepted { .. } => InstanceStatus::Ready,
             Phase::Sleeping { .. } => InstanceStatus::Sleeping,
             Phase::WaitingSignal { .. } => InstanceStatus::WaitingSignal,
             Phase::RetryBackoff { .. } => InstanceStatus::RetryBackoff,

@@ -162,6 +162,8 @@ pub enum MoveRefusal {
     MidStep,
     /// An operator asked to cancel it.
     CancelRequested,
+    /// It was accepted for a worker with its version's code and has not begun there yet.
+    NotBegun,
     /// It is quarantined.
     Quarantined {
         /// Why.
@@ -197,6 +199,10 @@ impl fmt::Display for MoveRefusal {
                 "a step of it is running; it can move at its next step boundary, plan again"
             ),
             MoveRefusal::CancelRequested => write!(formatter, "it is being cancelled"),
+            MoveRefusal::NotBegun => write!(
+                formatter,
+                "it has not begun: a worker with its version's code builds its state first; move it after its first step"
+            ),
             MoveRefusal::Quarantined { reason } => write!(formatter, "it is quarantined: {reason}"),
             MoveRefusal::SourceNotRegistered => {
                 write!(formatter, "its version's code is not registered (it is parked)")
@@ -282,6 +288,7 @@ impl MoveContext<'_> {
         match &record.phase {
             phase if phase.is_terminal() => return Err(MoveRefusal::Finished),
             Phase::Quarantined { reason } => return Err(MoveRefusal::Quarantined { reason: reason.clone() }),
+            Phase::Accepted { .. } => return Err(MoveRefusal::NotBegun),
             _ => {}
         }
         if !matches!(self.target_status, VersionStatus::Active | VersionStatus::Draining) {

@@ -80,6 +80,9 @@ pub struct VersionInfo {
     pub status: VersionStatus,
     /// Whether its code is registered in this process.
     pub registered: bool,
+    /// Whether new instances may start on it now: it is `Active` and its code is registered
+    /// here or, with a store many processes share, in some live worker.
+    pub accepts_starts: bool,
     /// Its counts.
     pub counters: VersionCounters,
     /// Its oldest live instance and that instance's start time (ms since the Unix epoch), in the
@@ -100,6 +103,9 @@ impl VersionInfo {
 
 struct VersionEntry {
     code: Option<Arc<dyn VersionCode>>,
+    /// Whether another live worker sharing the store has its code (so a start here can be
+    /// accepted for that worker to run even without the code here).
+    runs_in_cluster: bool,
     status: VersionStatus,
     counters: VersionCounters,
     /// Starts that picked this version and are not yet committed.
@@ -112,6 +118,7 @@ impl VersionEntry {
     fn unloaded(status: VersionStatus, counters: VersionCounters) -> Self {
         VersionEntry {
             code: None,
+            runs_in_cluster: false,
             status,
             counters,
             starting: 0,
@@ -122,6 +129,20 @@ impl VersionEntry {
     fn is_empty(&self) -> bool {
         self.counters.live == 0 && self.starting == 0
     }
+
+    /// Whether new instances may start on it: `Active`, and some live worker has its code.
+    fn takes_starts(&self) -> bool {
+        self.status == VersionStatus::Active && (self.code.is_some() || self.runs_in_cluster)
+    }
+}
+
+/// The version a start picked, reserved until `Registry::end_start`.
+pub(crate) struct ReservedStart {
+    /// The version.
+    pub key: VersionKey,
+    /// Its code, when registered here; `None` when only another worker has it (the start is
+    /// accepted for that worker to build and run).
+    pub code: Option<Arc<dyn VersionCode>>,
 }
 
 /// How much has happened to a version's counters: every counter write raises it.
@@ -266,21 +287,18 @@ impl Registry {
     }
 
     /// Picks the version a new instance of `workflow` starts on and reserves a start on it, so it
-    /// cannot become `Drained` before the start commits. Call `end_start` afterwards.
-    pub fn reserve_start(
-        &self,
-        workflow: &str,
-        request: &VersionRequest,
-    ) -> Result<Arc<dyn VersionCode>, RegistryError> {
+    /// cannot become `Drained` before the start commits. Call `end_start` afterwards. With a
+    /// store many processes share, the versions only another live worker has code for count too.
+    pub fn reserve_start(&self, workflow: &str, request: &VersionRequest) -> Result<ReservedStart, RegistryError> {
         let mut versions = self.versions.write();
         if !versions.keys().any(|key| key.workflow == workflow) {
             return Err(RegistryError::UnknownWorkflow {
                 workflow: workflow.to_string(),
             });
         }
-        let candidates = versions.iter().filter(|(key, entry)| {
-            key.workflow == workflow && entry.code.is_some() && entry.status == VersionStatus::Active
-        });
+        let candidates = versions
+            .iter()
+            .filter(|(key, entry)| key.workflow == workflow && entry.takes_starts());
         let chosen = routing::pick(candidates.map(|(key, _)| &key.version), request).cloned();
         let Some(version) = chosen else {
             return Err(RegistryError::NoRoutableVersion {
@@ -295,10 +313,8 @@ impl Registry {
             known: String::new(),
         })?;
         entry.starting += 1;
-        entry.code.clone().ok_or(RegistryError::UnknownVersion {
-            key,
-            known: String::new(),
-        })
+        let code = entry.code.clone();
+        Ok(ReservedStart { key, code })
     }
 
     /// Ends a reservation made by `reserve_start` (the start committed or failed).
@@ -379,6 +395,7 @@ impl Registry {
                 key: key.clone(),
                 status: entry.status,
                 registered: entry.code.is_some(),
+                accepts_starts: entry.takes_starts(),
                 counters: entry.counters,
                 oldest_live: None,
                 workers: Vec::new(),
@@ -396,9 +413,31 @@ impl Registry {
             .map(|(key, entry)| crate::routing::VersionState {
                 workflow: key.workflow.clone(),
                 version: key.version.clone(),
-                routable: entry.code.is_some() && entry.status == VersionStatus::Active,
+                routable: entry.takes_starts(),
             })
             .collect()
+    }
+
+    /// Takes in which versions some live worker sharing the store has code for (`running`);
+    /// returns whether that changed where starts may go.
+    pub fn set_running_in_cluster(&self, running: &std::collections::HashSet<VersionKey>) -> bool {
+        let mut changed = false;
+        let mut versions = self.versions.write();
+        for key in running {
+            // A version another worker registered before any instance of it was stored.
+            versions
+                .entry(key.clone())
+                .or_insert_with(|| VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default()));
+        }
+        for (key, entry) in versions.iter_mut() {
+            let elsewhere = running.contains(key);
+            if entry.runs_in_cluster != elsewhere {
+                let before = entry.takes_starts();
+                entry.runs_in_cluster = elsewhere;
+                changed |= before != entry.takes_starts();
+            }
+        }
+        changed
     }
 
     /// The known versions of `workflow`, described for an error message.
@@ -523,7 +562,39 @@ mod tests {
         registry.adopt(&stored("2.0.0", 0, 0, Some(VersionStatus::Drained)));
         // 3.0.0 is known from the store but its code is not registered; 2.0.0 is drained.
         let chosen = registry.reserve_start("w", &VersionRequest::Newest).unwrap();
-        assert_eq!(chosen.version().to_string(), "1.0.0");
+        assert_eq!(chosen.key.version.to_string(), "1.0.0");
+        assert!(chosen.code.is_some());
+    }
+
+    #[test]
+    fn a_version_only_another_live_worker_runs_takes_starts_without_code_here() {
+        let registry = Registry::default();
+        registry.load(vec![(key("2.0.0"), VersionStatus::Active)], vec![]);
+        registry.register(code("1.0.0")).unwrap();
+        // 3.0.0 is known only from the worker that registered it.
+        let running: std::collections::HashSet<VersionKey> = [key("1.0.0"), key("2.0.0"), key("3.0.0")].into();
+        assert!(
+            registry.set_running_in_cluster(&running),
+            "2.0.0 and 3.0.0 became routable"
+        );
+        assert!(
+            !registry.set_running_in_cluster(&running),
+            "nothing changed the second time"
+        );
+        let chosen = registry.reserve_start("w", &VersionRequest::Newest).unwrap();
+        assert_eq!(chosen.key, key("3.0.0"));
+        assert!(
+            chosen.code.is_none(),
+            "the start is accepted for the worker with the code"
+        );
+        registry.end_start(&key("3.0.0"));
+        let preferred = VersionRequest::Preferred(Version::new(2, 0, 0));
+        assert_eq!(registry.reserve_start("w", &preferred).unwrap().key, key("2.0.0"));
+        registry.end_start(&key("2.0.0"));
+        // Its worker left: starts go back to the version this process runs.
+        assert!(registry.set_running_in_cluster(&[key("1.0.0")].into()));
+        let chosen = registry.reserve_start("w", &VersionRequest::Newest).unwrap();
+        assert_eq!(chosen.key, key("1.0.0"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::Runtime;
 use crate::error::EngineError;
 use crate::instance::{InstanceId, InstanceRecord, VersionKey};
 use crate::observe::Event;
-use crate::store::{Claimed, IdKind, Op, SignalRecord, Store, StoreError};
+use crate::store::{Claimed, IdKind, Op, SignalRecord, Store, StoreError, Wakeup};
 
 /// How many instances one claim takes at most while the engine runs (at open: all it can).
 const CLAIM_BATCH: usize = 1_000;
@@ -274,30 +274,47 @@ impl Runtime {
 
     /// The live workers that can run each version (see `VersionInfo::workers`).
     pub(super) fn workers_by_version(&self) -> std::collections::HashMap<VersionKey, Vec<String>> {
-        let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
         let Some(cluster) = self.store.cluster() else {
+            let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
             for key in self.versions_with_code() {
                 by_version.entry(key).or_default().push(self.worker_id());
             }
             return by_version;
         };
         match cluster.workers(self.options.lease) {
-            Ok(workers) => {
-                for worker in workers.into_iter().filter(|worker| worker.alive) {
-                    for key in worker.versions {
-                        by_version.entry(key).or_default().push(worker.id.clone());
-                    }
-                }
+            Ok(workers) => live_workers_by_version(workers),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the workers from the store");
+                std::collections::HashMap::new()
             }
-            Err(error) => tracing::warn!(%error, "could not read the workers from the store"),
         }
-        by_version
+    }
+
+    /// Takes in which versions the live workers can run: starts may go to a version only
+    /// another worker has code for (accepted here, run there), and a version with live instances
+    /// that no worker can run is warned of. Nothing changes when the workers cannot be read.
+    fn take_in_workers(&self) {
+        let Some(cluster) = self.store.cluster() else {
+            return;
+        };
+        let workers = match cluster.workers(self.options.lease) {
+            Ok(workers) => live_workers_by_version(workers),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the workers from the store; keeping what was known");
+                return;
+            }
+        };
+        let running = workers.keys().cloned().collect();
+        if self.registry.set_running_in_cluster(&running) {
+            tracing::info!(versions = ?running, "the versions the live workers can run changed; routing follows");
+            self.refresh_routing();
+        }
+        self.warn_of_versions_without_workers(&workers);
     }
 
     /// Warns, by name, about each version with live instances that no live worker can run (once,
     /// until a worker for it appears): its instances wait, nothing fails.
-    pub(super) fn warn_of_versions_without_workers(&self) {
-        let workers = self.workers_by_version();
+    fn warn_of_versions_without_workers(&self, workers: &std::collections::HashMap<VersionKey, Vec<String>>) {
         let mut unrunnable = Vec::new();
         for info in self.registry.snapshot() {
             if info.counters.live > 0 && !workers.contains_key(&info.key) {
@@ -365,7 +382,7 @@ impl Runtime {
 
     /// What a worker does at open and at every heartbeat besides claiming: takes in the
     /// cluster's version figures and rollouts, takes or renews the rollout lease (one worker at a
-    /// time evaluates rollouts), and warns of versions no live worker can run.
+    /// time evaluates rollouts), and takes in which versions the live workers can run.
     pub(super) async fn look_around(self: &Arc<Self>) {
         let runtime = self.clone();
         let looked = tokio::task::spawn_blocking(move || {
@@ -387,7 +404,7 @@ impl Runtime {
                 }
             }
             runtime.publish_metrics();
-            runtime.warn_of_versions_without_workers();
+            runtime.take_in_workers();
         })
         .await;
         if looked.is_err() {
@@ -407,8 +424,21 @@ impl Runtime {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_beat) => {}
                 _ = stop.changed() => return,
-                Some(id) = async { match wakeups.as_mut() { Some(wakeups) => wakeups.recv().await, None => std::future::pending().await } } => {
-                    self.fetch_signals_of(id).await;
+                Some(wakeup) = async { match wakeups.as_mut() { Some(wakeups) => wakeups.recv().await, None => std::future::pending().await } } => {
+                    match wakeup {
+                        Wakeup::Signal(id) => self.fetch_signals_of(id).await,
+                        Wakeup::Claimable => {
+                            // Announcements that queued meanwhile are answered by this claim too.
+                            if let Some(wakeups) = wakeups.as_mut() {
+                                while let Ok(next) = wakeups.try_recv() {
+                                    if let Wakeup::Signal(id) = next {
+                                        self.fetch_signals_of(id).await;
+                                    }
+                                }
+                            }
+                            self.claim_what_is_free().await;
+                        }
+                    }
                     continue;
                 }
             }
@@ -425,16 +455,35 @@ impl Runtime {
                 Ok(signals) => self.take_in_signals(signals),
                 Err(error) => tracing::warn!(%error, "could not read the held instances' signals; trying again"),
             }
-            match self.heartbeat_and_claim(CLAIM_BATCH).await {
-                Ok(Some(claimed)) => {
-                    if let Err(error) = self.admit(claimed).await {
-                        tracing::warn!(%error, "could not take claimed instances in; they are claimed again after the lease");
-                    }
-                }
-                Ok(None) => return,
-                Err(error) => tracing::warn!(%error, "heartbeat or claim failed; trying again"),
+            if !self.claim_what_is_free().await {
+                return;
             }
             self.look_around().await;
+        }
+    }
+
+    /// Heartbeats and claims what no live worker holds among the versions this one has code
+    /// for, batch after batch while batches come back full, and takes the claimed instances in.
+    /// Returns false without a cluster.
+    async fn claim_what_is_free(self: &Arc<Self>) -> bool {
+        loop {
+            match self.heartbeat_and_claim(CLAIM_BATCH).await {
+                Ok(Some(claimed)) => {
+                    let full = claimed.live.len() + claimed.corrupt.len() >= CLAIM_BATCH;
+                    if let Err(error) = self.admit(claimed).await {
+                        tracing::warn!(%error, "could not take claimed instances in; they are claimed again after the lease");
+                        return true;
+                    }
+                    if !full || self.is_stopping() {
+                        return true;
+                    }
+                }
+                Ok(None) => return false,
+                Err(error) => {
+                    tracing::warn!(%error, "heartbeat or claim failed; trying again");
+                    return true;
+                }
+            }
         }
     }
 
@@ -453,4 +502,17 @@ impl Runtime {
             tracing::warn!(%error, "could not hand the claims back; other workers take them after the lease");
         }
     }
+}
+
+/// The live workers among `workers`, by the versions they have code for.
+fn live_workers_by_version(
+    workers: Vec<crate::store::WorkerInfo>,
+) -> std::collections::HashMap<VersionKey, Vec<String>> {
+    let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
+    for worker in workers.into_iter().filter(|worker| worker.alive) {
+        for key in worker.versions {
+            by_version.entry(key).or_default().push(worker.id.clone());
+        }
+    }
+    by_version
 }

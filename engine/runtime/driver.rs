@@ -78,6 +78,7 @@ fn plan(slot: &super::table::Slot, now: u64) -> Plan {
     };
     match &slot.record.phase {
         Phase::Ready { wake } => run(wake_from_persisted(wake), None),
+        Phase::Accepted { .. } => run(WakeReason::Started, None),
         Phase::Sleeping { until_ms } if now >= *until_ms => run(WakeReason::TimerFired, None),
         Phase::RetryBackoff { until_ms, wake } if now >= *until_ms => run(wake_from_persisted(wake), None),
         Phase::WaitingSignal { name, timeout_at_ms } => {
@@ -180,6 +181,16 @@ impl Runtime {
             self.park(id);
             return Progress::Idle;
         };
+        if let Err(failure) = super::initialize(&mut job.record, code.as_ref()) {
+            // A start accepted elsewhere whose input builds no state here: it fails, for good.
+            tracing::warn!(instance = %id, %failure, "an accepted start could not begin");
+            let mut failed = job.record;
+            failed.updated_at_ms = self.now();
+            failed.phase = Phase::Failed {
+                reason: format!("it could not begin on {}: {failure}", failed.key),
+            };
+            return self.commit_transition(failed, None).await;
+        }
         if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
             match self.auto_upgrade(&job.record) {
                 AutoUpgrade::Stay => job.record.pinned_reason = None,

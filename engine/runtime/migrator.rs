@@ -96,8 +96,12 @@ impl Runtime {
     }
 
     /// Whether a live record needs the migrator: its state schema differs from what its version
-    /// expects, or its record format is older than this build's.
+    /// expects, or its record format is older than this build's (a start not begun has no state).
     fn needs_migration(&self, record: &InstanceRecord) -> bool {
+        if matches!(record.phase, Phase::Accepted { .. }) {
+            // No state yet: its first step builds one of the schema its version expects.
+            return false;
+        }
         if record.format < RECORD_FORMAT {
             return true;
         }

@@ -303,7 +303,7 @@ impl Runtime {
     /// Looks at an instance just loaded: runs it if it can run, else arms its timer, if any.
     fn arm(self: &Arc<Self>, id: InstanceId) {
         let runnable = self.table.with(id, |slot| match &slot.record.phase {
-            Phase::Ready { .. } => true,
+            Phase::Ready { .. } | Phase::Accepted { .. } => true,
             Phase::WaitingSignal { name, .. } if slot.inbox.iter().any(|signal| signal.name == *name) => true,
             phase => {
                 if let Some(due) = phase.timer_due_ms() {
@@ -620,16 +620,40 @@ impl Runtime {
             }
             explicit => (explicit, RouteReason::Requested),
         };
-        let code = self.registry.reserve_start(workflow, request)?;
-        let key = VersionKey::new(workflow, (**code.version()).clone());
+        let reserved = self.registry.reserve_start(workflow, request)?;
+        let key = reserved.key.clone();
         // A routed version that could no longer take the start fell back to the newest.
         let reason = match request {
             VersionRequest::Preferred(preferred) if *preferred != key.version => RouteReason::Newest,
             _ => reason,
         };
-        let state = match code.initial_state(input) {
-            Ok(state) => state,
-            Err(failure) => {
+        let now = self.now();
+        let mut record = InstanceRecord {
+            format: RECORD_FORMAT,
+            id,
+            key: key.clone(),
+            step: String::new(),
+            attempt: 1,
+            visits: 0,
+            phase: Phase::Accepted { input: input.to_vec() },
+            state: StateEnvelope {
+                schema: 0,
+                bytes: Vec::new(),
+            },
+            routing_key,
+            scheduled: scheduled.clone(),
+            last_error: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            moves: Vec::new(),
+            pinned_reason: None,
+            // Unclaimed: the first worker with the version's code claims it.
+            claim: 0,
+        };
+        if let Some(code) = &reserved.code {
+            // With the code here, the state is built now (bad input fails the call itself) and
+            // the instance is claimed by this worker, with the first token.
+            if let Err(failure) = initialize(&mut record, code.as_ref()) {
                 self.registry.end_start(&key);
                 return Err(match failure {
                     InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
@@ -643,32 +667,8 @@ impl Runtime {
                     },
                 });
             }
-        };
-        let now = self.now();
-        let record = InstanceRecord {
-            format: RECORD_FORMAT,
-            id,
-            key: key.clone(),
-            step: code.entry_step().to_string(),
-            attempt: 1,
-            visits: 0,
-            phase: Phase::Ready {
-                wake: PersistedWake::Started,
-            },
-            state: StateEnvelope {
-                schema: code.state_schema(),
-                bytes: state,
-            },
-            routing_key,
-            scheduled: scheduled.clone(),
-            last_error: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-            moves: Vec::new(),
-            pinned_reason: None,
-            // A new instance is claimed by the worker that starts it, with the first token.
-            claim: 1,
-        };
+            record.claim = 1;
+        }
         let mut ops = vec![
             Op::PutInstance(record.encode()?),
             Op::AdjustCounters {
@@ -692,9 +692,14 @@ impl Runtime {
                 metrics.record_start(self.now());
             }
         }
-        self.table.insert(Slot::new(record, false));
+        let held = reserved.code.is_some();
+        if held {
+            self.table.insert(Slot::new(record, false));
+        }
         self.events.emit(Event::InstanceStarted { id, key });
-        self.schedule(id);
+        if held {
+            self.schedule(id);
+        }
         Ok(id)
     }
 
@@ -848,7 +853,7 @@ impl Runtime {
     fn info_status(slot: &Slot) -> InstanceStatus {
         if slot.parked {
             InstanceStatus::Parked
-        } else if slot.running && matches!(slot.record.phase, Phase::Ready { .. }) {
+        } else if slot.running && matches!(slot.record.phase, Phase::Ready { .. } | Phase::Accepted { .. }) {
             InstanceStatus::Running
         } else {
             InstanceStatus::of_phase(&slot.record.phase)
@@ -1038,4 +1043,23 @@ impl Runtime {
         }
         self.leave_cluster().await;
     }
+}
+
+/// Builds an instance's initial state from the input its `Accepted` record carries, with `code`
+/// of its version: the record is then `Ready` at the entry step. On failure the record is left
+/// as it was.
+pub(crate) fn initialize(record: &mut InstanceRecord, code: &dyn VersionCode) -> Result<(), InitFailure> {
+    let Phase::Accepted { input } = &record.phase else {
+        return Ok(());
+    };
+    let state = code.initial_state(input)?;
+    record.state = StateEnvelope {
+        schema: code.state_schema(),
+        bytes: state,
+    };
+    record.step = code.entry_step().to_string();
+    record.phase = Phase::Ready {
+        wake: PersistedWake::Started,
+    };
+    Ok(())
 }

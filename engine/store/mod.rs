@@ -536,9 +536,18 @@ pub trait Cluster: Send + Sync {
     fn held_signals(&self) -> Result<Vec<SignalRecord>, StoreError>;
     /// The pending signals of one instance.
     fn signals_of(&self, instance: InstanceId) -> Result<Vec<SignalRecord>, StoreError>;
-    /// Instances another process delivered a signal to, as they are announced (taken once; the
-    /// announcements may miss some, so poll `held_signals` too).
-    fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>>;
+    /// What other processes announce, as they announce it (taken once; the announcements may
+    /// miss some, so poll `held_signals` and claim at each heartbeat too).
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Wakeup>>;
+}
+
+/// An announcement from another process sharing the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A signal was delivered to this instance.
+    Signal(InstanceId),
+    /// Instances nobody holds were written (starts accepted for a worker with their code).
+    Claimable,
 }
 
 /// Counts of what a store has done, for tests and benchmarks.

@@ -285,14 +285,17 @@ pub(crate) enum StepFailure {
     Step(StepError),
 }
 
-/// Why a start's initial state could not be built (nothing is started).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a start's initial state could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum InitFailure {
     /// The input does not decode as the version's input type.
+    #[error("its input does not decode as the version's input: {0}")]
     Input(String),
     /// The version's `init` panicked, with this message.
+    #[error("its init function panicked: {0}")]
     Panicked(String),
     /// The state `init` built does not encode.
+    #[error("the state its init function built does not encode: {0}")]
     State(String),
 }
 

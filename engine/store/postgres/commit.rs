@@ -220,10 +220,14 @@ impl Writes {
     ) -> Result<Applied, StoreError> {
         let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
         if !self.instances.is_empty() {
+            // A row written under claim 0 is nobody's: the first worker with its version's code
+            // claims it (a start accepted through a process without that code).
             let statement = run("INSERT INTO strata_instances AS current
                      (id, workflow, version, live, status, due_ms, record, fence, created_ms, owner)
-                 SELECT *, $10 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
+                 SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $10 END
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
                      $7::bytea[], $8::bigint[], $9::bigint[])
+                     AS row (id, workflow, version, live, status, due_ms, record, fence, created_ms)
                  ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
                      live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record,
                      created_ms = EXCLUDED.created_ms
@@ -256,6 +260,15 @@ impl Writes {
                     .map(|id| InstanceId(unsigned(*id)))
                     .collect();
                 return Err(StoreError::ClaimLost { ids: lost });
+            }
+            if self.instances.iter().any(|row| row.claim == 0) {
+                // Wakes the workers, so one with the code claims the new rows now, not at its
+                // next heartbeat (delivered at COMMIT, once per transaction).
+                let statement = run("SELECT pg_notify($1, $2)").await?;
+                transaction
+                    .execute(&statement, &[&super::WAKE_CHANNEL, &super::CLAIMABLE_PAYLOAD])
+                    .await
+                    .map_err(failed("announce claimable instances"))?;
             }
             // A finished instance takes no more signals: delete all of them, also any another
             // process delivered that the holder had not taken in yet.

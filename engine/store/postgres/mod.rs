@@ -29,7 +29,7 @@ use retry::Retry;
 
 use super::{
     Applied, AppliedConfig, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind, MigrationJobRecord, Op,
-    RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion, VersionCounters, WorkerInfo,
+    RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion, VersionCounters, Wakeup, WorkerInfo,
 };
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use crate::registry::VersionStatus;
@@ -53,7 +53,7 @@ pub struct PostgresStore {
     /// This process's worker id: the owner of the claims it takes.
     worker_id: String,
     /// Wake-ups from the listening connection, until `Cluster::wakeups` takes them.
-    wakeups: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>>>,
+    wakeups: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Wakeup>>>,
     applies: AtomicU64,
     /// Numbers this worker's commits and claims, to find them again by their marks.
     sequence: AtomicU64,
@@ -74,13 +74,17 @@ struct Unsettled {
     diverged: parking_lot::Mutex<Option<String>>,
 }
 
-/// The channel on which a delivered signal names its instance.
+/// The channel on which a delivered signal names its instance, and a commit that wrote
+/// instances nobody holds says `CLAIMABLE_PAYLOAD`.
 const WAKE_CHANNEL: &str = "strata_wake";
+
+/// The payload announcing instances nobody holds.
+const CLAIMABLE_PAYLOAD: &str = "claimable";
 
 /// Listens on `WAKE_CHANNEL` on a connection of its own and forwards each named instance, until
 /// nobody receives; reconnects with backoff when the connection drops (what is missed meanwhile,
 /// the holders' polls find).
-async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::UnboundedSender<InstanceId>) {
+async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::UnboundedSender<Wakeup>) {
     let mut backoff = Duration::from_millis(100);
     while !wakeups.is_closed() {
         match config.connect(NoTls).await {
@@ -91,8 +95,12 @@ async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::Unbo
                     while let Some(message) = std::future::poll_fn(|context| connection.poll_message(context)).await {
                         match message {
                             Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
-                                if let Ok(id) = notification.payload().parse::<u64>() {
-                                    if forward.send(InstanceId(id)).is_err() {
+                                let wakeup = match notification.payload() {
+                                    CLAIMABLE_PAYLOAD => Some(Wakeup::Claimable),
+                                    payload => payload.parse::<u64>().ok().map(|id| Wakeup::Signal(InstanceId(id))),
+                                };
+                                if let Some(wakeup) = wakeup {
+                                    if forward.send(wakeup).is_err() {
                                         return;
                                     }
                                 }
@@ -1050,7 +1058,7 @@ impl Cluster for PostgresStore {
         )
     }
 
-    fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<InstanceId>> {
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Wakeup>> {
         self.wakeups.lock().take()
     }
 
