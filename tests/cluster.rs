@@ -4,21 +4,24 @@
 //! that lost its lease (cut off from the database) never commits; each worker is judged alive by
 //! its own lease; `Drained` is announced once in the cluster; retiring is
 //! refused while any worker has a live instance; a start through a worker without the routed
-//! version's code is accepted and begins on a worker with it. Child processes killed with SIGKILL are in
+//! version's code is accepted and begins on a worker with it; a background migration runs once
+//! in the cluster, each worker over the instances it holds. Child processes killed with SIGKILL are in
 //! tests/cluster_crash.rs.
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::postgres::TestDatabase;
 use common::tally;
 use common::*;
+use strata::migrate::MigrationState;
 use strata::registry::RegistryError;
 use strata::{
-    Engine, EngineBuilder, EngineError, Event, InstanceFilter, InstanceStatus, Next, Outcome, StartOptions, StepCtx,
-    StepResult, WorkflowVersion,
+    Engine, EngineBuilder, EngineError, Event, InstanceFilter, InstanceStatus, MigrationJob, Next, Outcome,
+    StartOptions, StepCtx, StepResult, WorkflowVersion,
 };
 use tokio::sync::Semaphore;
 
@@ -211,6 +214,134 @@ async fn a_start_through_a_worker_without_the_newest_versions_code_runs_on_a_wor
     wait_for_status(&old, local, InstanceStatus::WaitingSignal).await;
     assert_eq!(old.live_instances(), 1, "and it runs here");
     old.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_migration_runs_once_in_the_cluster_each_worker_over_the_instances_it_holds() {
+    let database = TestDatabase::create();
+    let lease = Duration::from_millis(600);
+    // Twenty tallies on schema 1 (none with the count that fails to migrate): ten of 1.0.0, ten
+    // of 1.1.0.
+    let before = with_tally(&database, &["1.0.0", "1.1.0"]).await;
+    let mut ids = waiting_tallies(&before, 0..10, "1.0.0").await;
+    ids.extend(waiting_tallies(&before, 20..30, "1.1.0").await);
+    before.shutdown().await;
+    // New code on schema 2: one worker runs 1.0.0, the other 1.1.0, so each holds ten.
+    let calls = Arc::new(AtomicU64::new(0));
+    let open = |version: &'static str| {
+        worker(&database)
+            .lease(lease)
+            .register(tally::on_schema_2(version))
+            .migration(tally::migration(calls.clone()))
+            .open()
+    };
+    let first = open("1.0.0").await.unwrap();
+    let second = open("1.1.0").await.unwrap();
+    assert_eq!((first.live_instances(), second.live_instances()), (10, 10));
+    let mut first_events = first.subscribe();
+    let mut second_events = second.subscribe();
+    let job = first
+        .migrate_states(MigrationJob::new(tally::WORKFLOW).batch_size(1).max_per_second(5))
+        .unwrap();
+    // The other worker joins at its heartbeat; a pause through it holds the job everywhere.
+    wait_until(&second, |second| second.migration(tally::WORKFLOW).is_some()).await;
+    let joined = second.migration(tally::WORKFLOW).unwrap();
+    joined.pause();
+    wait_until(&first, |_| job.progress().state == MigrationState::Paused).await;
+    job.resume();
+    wait_until(&second, |_| joined.progress().state == MigrationState::Running).await;
+    let progress = job
+        .finished_within(Duration::from_secs(60))
+        .await
+        .expect("the job finished");
+    assert_eq!(progress.state, MigrationState::Finished);
+    assert_eq!(
+        (progress.migrated, progress.failed, progress.remaining),
+        (20, 0, 0),
+        "the job's figures are the cluster's: both workers' shares"
+    );
+    let elsewhere = joined
+        .finished_within(Duration::from_secs(30))
+        .await
+        .expect("finished there too");
+    assert_eq!(elsewhere.migrated, 20);
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        20,
+        "each record was migrated exactly once"
+    );
+    for id in &ids {
+        let info = first.instance(*id).unwrap();
+        assert_eq!(info.record.state.schema, 2, "instance {id} was migrated");
+        assert_eq!(tally::stamps(2, &info.record.state.bytes).unwrap(), 1);
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+    let mut announced = 0;
+    for events in [&mut first_events, &mut second_events] {
+        while let Ok(event) = events.try_recv() {
+            announced += usize::from(matches!(event, Event::MigrationFinished { .. }));
+        }
+    }
+    assert_eq!(announced, 1, "the end of the job is announced once in the cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_a_worker_takes_over_during_a_background_migration_join_its_share() {
+    let database = TestDatabase::create();
+    let lease = Duration::from_millis(600);
+    let before = with_tally(&database, &["1.0.0", "1.1.0"]).await;
+    let mut ids = waiting_tallies(&before, 0..10, "1.0.0").await;
+    ids.extend(waiting_tallies(&before, 20..30, "1.1.0").await);
+    before.shutdown().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let open = |versions: &[&'static str]| {
+        let mut builder = worker(&database)
+            .lease(lease)
+            .migration(tally::migration(calls.clone()));
+        for version in versions {
+            builder = builder.register(tally::on_schema_2(version));
+        }
+        builder.open()
+    };
+    // The leaving worker holds 1.1.0's ten; the staying one 1.0.0's, and has 1.1.0's code too.
+    let leaving = open(&["1.1.0"]).await.unwrap();
+    let staying = open(&["1.0.0", "1.1.0"]).await.unwrap();
+    assert_eq!((leaving.live_instances(), staying.live_instances()), (10, 10));
+    let job = staying
+        .migrate_states(MigrationJob::new(tally::WORKFLOW).batch_size(1).max_per_second(5))
+        .unwrap();
+    wait_until(&leaving, |leaving| leaving.migration(tally::WORKFLOW).is_some()).await;
+    // Both shares are under way; the leaving worker stops in the middle of its share.
+    wait_until(&staying, |_| calls.load(Ordering::Relaxed) >= 4).await;
+    leaving.shutdown().await;
+    let progress = job
+        .finished_within(Duration::from_secs(60))
+        .await
+        .expect("the job finished");
+    assert_eq!((progress.migrated, progress.failed, progress.remaining), (20, 0, 0));
+    assert_eq!(
+        staying.live_instances(),
+        20,
+        "the staying worker took the leaving one's instances"
+    );
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        20,
+        "each record was migrated exactly once"
+    );
+    for id in &ids {
+        let info = staying.instance(*id).unwrap();
+        assert_eq!(
+            (
+                info.record.state.schema,
+                tally::stamps(2, &info.record.state.bytes).unwrap()
+            ),
+            (2, 1),
+            "instance {id}"
+        );
+    }
+    staying.shutdown().await;
 }
 
 fn id_count(ids: &[strata::InstanceId], id: strata::InstanceId) -> u64 {

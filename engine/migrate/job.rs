@@ -72,8 +72,21 @@ pub struct MigrationJobRecord {
     pub migrated: u64,
     /// Records whose migration failed (left as they were).
     pub failed: u64,
-    /// When it started (ms since the Unix epoch).
+    /// When it started (ms since the Unix epoch); with `workflow`, it names the job.
     pub started_at_ms: u64,
+    /// Whose record this is. Empty: the job's own record (its settings, the operator's pause or
+    /// resume, and when finished its totals), which is all there is with a store one process
+    /// opens. A worker id: that worker's share of the job in a store many processes share (the
+    /// instances it holds), with its own cursor and counts.
+    #[serde(default)]
+    pub worker: String,
+    /// How many times an operator paused or resumed the job (on the job's own record): a worker
+    /// takes in a pause or resume it has not seen yet.
+    #[serde(default)]
+    pub control: u64,
+    /// Records of this share still to visit when it was written.
+    #[serde(default)]
+    pub remaining: u64,
 }
 
 /// A record the job could not migrate, and why. The record is left untouched.
@@ -106,20 +119,34 @@ pub struct MigrationProgress {
 
 /// What a running job shares with its handles.
 pub(crate) struct JobControl {
+    /// When the job started: with the workflow, its name.
+    pub started_at_ms: u64,
+    /// This process's progress (its share, with a store many processes share).
     pub progress: Mutex<MigrationProgress>,
+    /// The whole job's progress summed over every worker's share, with a store many processes
+    /// share (taken in at each heartbeat).
+    pub cluster_progress: Mutex<Option<MigrationProgress>>,
+    /// The job's own record as last written or read here, with a store many processes share.
+    pub job_record: Mutex<Option<MigrationJobRecord>>,
     /// Whether the job should pause; the runner waits on changes.
     pub paused: watch::Sender<bool>,
     /// Turns true when the job's runner exits: the job finished, or the engine stopped.
     pub finished: watch::Sender<bool>,
+    /// Told when this process claims instances while the job runs: its share looks again.
+    pub more: tokio::sync::Notify,
 }
 
 impl JobControl {
-    pub fn new(progress: MigrationProgress) -> Arc<JobControl> {
+    pub fn new(progress: MigrationProgress, started_at_ms: u64) -> Arc<JobControl> {
         let paused = progress.state == MigrationState::Paused;
         Arc::new(JobControl {
+            started_at_ms,
             progress: Mutex::new(progress),
+            cluster_progress: Mutex::new(None),
+            job_record: Mutex::new(None),
             paused: watch::Sender::new(paused),
             finished: watch::Sender::new(false),
+            more: tokio::sync::Notify::new(),
         })
     }
 }
@@ -131,12 +158,22 @@ pub struct MigrationHandle {
 }
 
 impl MigrationHandle {
-    /// The job's progress now.
+    /// The job's progress now: with a store many processes share, summed over every worker's
+    /// share as of the last heartbeat (this process's own share as of now).
     pub fn progress(&self) -> MigrationProgress {
-        self.control.progress.lock().clone()
+        let own = self.control.progress.lock().clone();
+        match self.control.cluster_progress.lock().clone() {
+            Some(cluster) => MigrationProgress {
+                rate_per_second: own.rate_per_second,
+                failures: own.failures,
+                ..cluster
+            },
+            None => own,
+        }
     }
 
-    /// Pauses the job after the batch in flight; the pause is stored and survives a restart.
+    /// Pauses the job after the batch in flight; the pause is stored and survives a restart
+    /// (with a store many processes share, every worker pauses its share).
     pub fn pause(&self) {
         self.control.paused.send_replace(true);
     }
@@ -146,7 +183,8 @@ impl MigrationHandle {
         self.control.paused.send_replace(false);
     }
 
-    /// Waits until the job has finished (or the engine stops), and returns its progress.
+    /// Waits until the job has finished (or the engine stops), and returns its progress. With a
+    /// store many processes share, the job finishes when every live worker's share has.
     pub async fn finished(&self) -> MigrationProgress {
         let mut finished = self.control.finished.subscribe();
         // An error means the engine dropped the job: report where it was.

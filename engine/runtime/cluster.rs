@@ -60,7 +60,7 @@ impl IdBlocks {
 }
 
 /// Runs a blocking store call off the async executor.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     store: &Arc<dyn Store>,
     call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
@@ -164,6 +164,10 @@ impl Runtime {
         let (ids, _) = self.insert_slots(claimed.live, claimed.signals);
         if !ids.is_empty() {
             tracing::info!(count = ids.len(), "claimed instances no live worker held");
+            // A background migration running here takes them in its share.
+            for control in self.jobs.lock().values() {
+                control.more.notify_one();
+            }
         }
         for id in ids {
             self.arm(id);
@@ -382,7 +386,8 @@ impl Runtime {
 
     /// What a worker does at open and at every heartbeat besides claiming: takes in the
     /// cluster's version figures and rollouts, takes or renews the rollout lease (one worker at a
-    /// time evaluates rollouts), and takes in which versions the live workers can run.
+    /// time evaluates rollouts), takes in which versions the live workers can run, and follows
+    /// the background migrations.
     pub(super) async fn look_around(self: &Arc<Self>) {
         let runtime = self.clone();
         let looked = tokio::task::spawn_blocking(move || {
@@ -410,6 +415,7 @@ impl Runtime {
         if looked.is_err() {
             tracing::warn!("looking at the cluster panicked");
         }
+        self.follow_migrations().await;
     }
 
     /// The worker loop: heartbeat and claim every third of the lease, until shutdown; in

@@ -53,6 +53,9 @@ impl Runtime {
             migrated: 0,
             failed: 0,
             started_at_ms: self.now(),
+            worker: String::new(),
+            control: 0,
+            remaining: 0,
         };
         let control = self.spawn_job(record);
         jobs.insert(control.progress.lock().workflow.clone(), control.clone());
@@ -67,8 +70,13 @@ impl Runtime {
         })
     }
 
-    /// Resumes at open the jobs a previous run left unfinished (paused ones stay paused).
+    /// Resumes at open the jobs a previous run left unfinished (paused ones stay paused). With a
+    /// store many processes share, the worker joins the jobs it follows instead (see
+    /// `follow_migrations`).
     pub(super) fn resume_migrations(self: &Arc<Self>, records: Vec<MigrationJobRecord>) {
+        if self.store.cluster().is_some() {
+            return;
+        }
         let mut jobs = self.jobs.lock();
         for record in records {
             if record.state == MigrationState::Finished {
@@ -82,17 +90,192 @@ impl Runtime {
     }
 
     fn spawn_job(self: &Arc<Self>, record: MigrationJobRecord) -> Arc<JobControl> {
-        let control = JobControl::new(MigrationProgress {
-            workflow: record.workflow.clone(),
-            state: record.state,
-            migrated: record.migrated,
-            remaining: 0,
-            failed: record.failed,
-            rate_per_second: 0.0,
-            failures: Vec::new(),
-        });
+        let control = JobControl::new(
+            MigrationProgress {
+                workflow: record.workflow.clone(),
+                state: record.state,
+                migrated: record.migrated,
+                remaining: 0,
+                failed: record.failed,
+                rate_per_second: 0.0,
+                failures: Vec::new(),
+            },
+            record.started_at_ms,
+        );
         self.spawn_tracked(self.clone().run_job_to_end(record, control.clone()));
         control
+    }
+
+    /// With a store many processes share, at open and at every heartbeat: joins each running
+    /// job of a workflow this worker has code for with a share of its own, takes in pauses and
+    /// resumes made elsewhere and the job's progress summed over every share, and notices a job
+    /// finished elsewhere. The worker that evaluates rollouts also finishes each job whose every
+    /// live worker's share has finished, with no instance left waiting for a claim; it alone
+    /// announces `MigrationFinished`.
+    pub(super) async fn follow_migrations(self: &Arc<Self>) {
+        let Some(cluster) = self.store.cluster() else {
+            return;
+        };
+        let lease = self.options.lease;
+        let read = super::cluster::blocking(&self.store, move |store| {
+            let records = store.migration_jobs()?;
+            let workers = match store.cluster() {
+                Some(cluster) if records.iter().any(|record| record.state != MigrationState::Finished) => {
+                    cluster.workers(lease)?
+                }
+                _ => Vec::new(),
+            };
+            Ok((records, workers))
+        })
+        .await;
+        let (records, workers) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the background migrations; trying again at the next heartbeat");
+                return;
+            }
+        };
+        let me = cluster.worker_id().to_string();
+        let (jobs, shares): (Vec<_>, Vec<_>) = records.into_iter().partition(|record| record.worker.is_empty());
+        let leading = self.rollouts.leading.load(std::sync::atomic::Ordering::Acquire);
+        for job in jobs {
+            let shares: Vec<&MigrationJobRecord> = shares
+                .iter()
+                .filter(|share| share.workflow == job.workflow && share.started_at_ms == job.started_at_ms)
+                .collect();
+            let summed = sum_shares(&job, &shares, &workers);
+            let control = self.follow_job(&job, &me);
+            if let Some(control) = &control {
+                *control.cluster_progress.lock() = Some(summed.clone());
+                if job.state == MigrationState::Finished {
+                    control.finished.send_replace(true);
+                }
+            }
+            if job.state == MigrationState::Finished || !leading {
+                continue;
+            }
+            let needed: Vec<String> = workers
+                .iter()
+                .filter(|worker| worker.alive && worker.versions.iter().any(|key| key.workflow == job.workflow))
+                .map(|worker| worker.id.clone())
+                .collect();
+            if every_share_done(&job, &needed, &shares) {
+                self.finish_job(job, needed, control).await;
+            }
+        }
+    }
+
+    /// The local control of `job`, joining it with a share of this worker's when it runs and
+    /// this worker has code for its workflow; takes in a pause or resume made elsewhere.
+    fn follow_job(self: &Arc<Self>, job: &MigrationJobRecord, me: &str) -> Option<Arc<JobControl>> {
+        let mut jobs = self.jobs.lock();
+        if let Some(control) = jobs.get(&job.workflow) {
+            if control.started_at_ms == job.started_at_ms {
+                // The record and the wish change together (the runner reads both under the lock).
+                let mut known = control.job_record.lock();
+                let seen = known.as_ref().map_or(0, |known| known.control);
+                if job.control > seen {
+                    control.paused.send_replace(job.state == MigrationState::Paused);
+                }
+                if job.control >= seen {
+                    *known = Some(job.clone());
+                }
+                drop(known);
+                return Some(control.clone());
+            }
+            if control.started_at_ms > job.started_at_ms {
+                return None;
+            }
+        }
+        if job.state == MigrationState::Finished || !self.registry.has_code_for(&job.workflow) {
+            return None;
+        }
+        tracing::info!(workflow = %job.workflow, "joining a background migration with the instances held here");
+        let share = MigrationJobRecord {
+            worker: me.to_string(),
+            cursor: None,
+            state: match job.state {
+                MigrationState::Paused => MigrationState::Paused,
+                _ => MigrationState::Running,
+            },
+            migrated: 0,
+            failed: 0,
+            control: 0,
+            remaining: 0,
+            ..job.clone()
+        };
+        let control = self.spawn_job(share);
+        *control.job_record.lock() = Some(job.clone());
+        jobs.insert(job.workflow.clone(), control.clone());
+        Some(control)
+    }
+
+    /// Finishes `job` in the store with the shares' totals, unless an instance of its workflow
+    /// still waits for a claim, or a share of the `needed` workers took more work meanwhile
+    /// (read again after the count, as a claim comes before its share's next write).
+    async fn finish_job(
+        self: &Arc<Self>,
+        job: MigrationJobRecord,
+        needed: Vec<String>,
+        control: Option<Arc<JobControl>>,
+    ) {
+        let workflow = job.workflow.clone();
+        let lease = self.options.lease;
+        let looked = super::cluster::blocking(&self.store, move |store| {
+            let unheld = match store.cluster() {
+                Some(cluster) => cluster.unheld_live(&workflow, lease)?,
+                None => 0,
+            };
+            Ok((unheld, store.migration_jobs()?))
+        })
+        .await;
+        let records = match looked {
+            Ok((0, records)) => records,
+            Ok((waiting, _)) => {
+                tracing::debug!(workflow = %job.workflow, waiting, "a background migration waits for instances to be claimed");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(workflow = %job.workflow, %error, "could not count the instances waiting for a claim");
+                return;
+            }
+        };
+        let shares: Vec<&MigrationJobRecord> = records
+            .iter()
+            .filter(|share| {
+                !share.worker.is_empty() && share.workflow == job.workflow && share.started_at_ms == job.started_at_ms
+            })
+            .collect();
+        if !every_share_done(&job, &needed, &shares) {
+            return;
+        }
+        let summed = sum_shares(&job, &shares, &[]);
+        let finished = MigrationJobRecord {
+            state: MigrationState::Finished,
+            migrated: summed.migrated,
+            failed: summed.failed,
+            remaining: 0,
+            ..job
+        };
+        if let Err(error) = self.write(vec![Op::PutMigrationJob(finished.clone())]).await {
+            tracing::warn!(workflow = %finished.workflow, %error, "could not store a finished background migration; trying again");
+            return;
+        }
+        tracing::info!(workflow = %finished.workflow, migrated = finished.migrated, failed = finished.failed, "background migration finished on every worker");
+        self.events.emit(Event::MigrationFinished {
+            workflow: finished.workflow.clone(),
+            migrated: finished.migrated,
+            failed: finished.failed,
+        });
+        if let Some(control) = control {
+            *control.cluster_progress.lock() = Some(MigrationProgress {
+                state: MigrationState::Finished,
+                remaining: 0,
+                ..summed
+            });
+            *control.job_record.lock() = Some(finished);
+            control.finished.send_replace(true);
+        }
     }
 
     /// Whether a live record needs the migrator: its state schema differs from what its version
@@ -135,21 +318,55 @@ impl Runtime {
         control.finished.send_replace(true);
     }
 
+    /// Runs a job, or with a store many processes share this worker's share of it: the live
+    /// instances it holds, and those it claims while the job runs. Alone, the job finishes when
+    /// its walk does; shared, the share waits for more work until the job finishes everywhere
+    /// (`follow_migrations`).
     async fn run_migration_job(
         self: &Arc<Self>,
         mut record: MigrationJobRecord,
         control: &JobControl,
     ) -> Result<(), EngineError> {
-        let candidates = self.migration_candidates(&record.workflow, record.cursor);
+        let shared = self.store.cluster().map(|cluster| cluster.worker_id().to_string());
+        if let Some(worker) = &shared {
+            if record.worker.is_empty() {
+                // Started here: the job's own record tells the other workers to join.
+                self.commit_job(&record, control).await?;
+                *control.job_record.lock() = Some(record.clone());
+                record.worker = worker.clone();
+            }
+        }
+        let mut candidates = self.migration_candidates(&record.workflow, record.cursor);
         let mut position = 0;
         let mut paused = control.paused.subscribe();
         let mut stop = self.stop_signal();
+        let mut finished = control.finished.subscribe();
+        // Shared: set once the job has finished everywhere; one more look migrates what this
+        // worker claimed in the meantime.
+        let mut last_look = false;
         control.progress.lock().remaining = candidates.len() as u64;
         loop {
             if self.is_stopping() {
                 return Ok(());
             }
-            let pause_wanted = *paused.borrow_and_update();
+            // Read together with the job's own record, which a heartbeat updates together with
+            // the wish: a wish the record does not show yet was made here, and is announced.
+            let (pause_wanted, unannounced) = {
+                let known = control.job_record.lock();
+                let pause_wanted = *paused.borrow_and_update();
+                let unannounced = known.as_ref().is_some_and(|job| {
+                    job.state != MigrationState::Finished && (job.state == MigrationState::Paused) != pause_wanted
+                });
+                (pause_wanted, unannounced)
+            };
+            if unannounced {
+                let wanted = if pause_wanted {
+                    MigrationState::Paused
+                } else {
+                    MigrationState::Running
+                };
+                self.announce_control(control, wanted).await?;
+            }
             if pause_wanted {
                 if record.state != MigrationState::Paused {
                     record.state = MigrationState::Paused;
@@ -170,18 +387,41 @@ impl Runtime {
             let end = (position + record.job.batch_size.max(1)).min(candidates.len());
             let batch = &candidates[position..end];
             let Some(&last) = batch.last() else {
-                record.state = MigrationState::Finished;
-                self.commit_job(&record, control).await?;
-                tracing::info!(workflow = %record.workflow, migrated = record.migrated, failed = record.failed, "background migration finished");
-                self.events.emit(Event::MigrationFinished {
-                    workflow: record.workflow.clone(),
-                    migrated: record.migrated,
-                    failed: record.failed,
-                });
-                return Ok(());
+                if record.state != MigrationState::Finished {
+                    record.state = MigrationState::Finished;
+                    record.remaining = 0;
+                    self.commit_job(&record, control).await?;
+                    tracing::info!(workflow = %record.workflow, migrated = record.migrated, failed = record.failed, "background migration finished here");
+                    if shared.is_none() {
+                        self.events.emit(Event::MigrationFinished {
+                            workflow: record.workflow.clone(),
+                            migrated: record.migrated,
+                            failed: record.failed,
+                        });
+                    }
+                }
+                if shared.is_none() || last_look {
+                    return Ok(());
+                }
+                // Shared: instances claimed from now on are this share's too, until the job
+                // has finished on every worker.
+                tokio::select! {
+                    _ = control.more.notified() => {}
+                    _ = paused.changed() => {}
+                    _ = finished.wait_for(|done| *done) => last_look = true,
+                    _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
+                }
+                candidates = self.migration_candidates(&record.workflow, None);
+                position = 0;
+                if !candidates.is_empty() {
+                    record.state = MigrationState::Running;
+                    control.progress.lock().remaining = candidates.len() as u64;
+                }
+                continue;
             };
             let began = Instant::now();
-            let migrated = self.migrate_batch(&mut record, batch, last, control).await;
+            let remaining = (candidates.len() - end) as u64;
+            let migrated = self.migrate_batch(&mut record, batch, last, remaining, control).await;
             let migrated = match migrated {
                 Ok(count) => count,
                 Err(error) => {
@@ -197,14 +437,14 @@ impl Runtime {
                 let mut progress = control.progress.lock();
                 progress.migrated = record.migrated;
                 progress.failed = record.failed;
-                progress.remaining = (candidates.len() - position) as u64;
+                progress.remaining = remaining;
                 progress.rate_per_second = rate;
                 progress.state = record.state;
             }
             self.events.emit(Event::MigrationProgress {
                 workflow: record.workflow.clone(),
                 migrated: record.migrated,
-                remaining: (candidates.len() - position) as u64,
+                remaining,
                 failed: record.failed,
                 rate_per_second: rate,
             });
@@ -221,6 +461,25 @@ impl Runtime {
         }
     }
 
+    /// With a store many processes share, stores an operator's pause or resume made here on the
+    /// job's own record (unless it says so already), so that every worker's share follows it.
+    async fn announce_control(&self, control: &JobControl, state: MigrationState) -> Result<(), EngineError> {
+        if self.store.cluster().is_none() {
+            return Ok(());
+        }
+        let Some(mut job) = control.job_record.lock().clone() else {
+            return Ok(());
+        };
+        if job.state == state || job.state == MigrationState::Finished {
+            return Ok(());
+        }
+        job.state = state;
+        job.control += 1;
+        self.write(vec![Op::PutMigrationJob(job.clone())]).await?;
+        *control.job_record.lock() = Some(job);
+        Ok(())
+    }
+
     /// Migrates one batch: claims, migrates, commits records and cursor together, releases.
     /// Returns how many records it rewrote.
     async fn migrate_batch(
@@ -228,6 +487,7 @@ impl Runtime {
         job: &mut MigrationJobRecord,
         batch: &[InstanceId],
         last: InstanceId,
+        remaining: u64,
         control: &JobControl,
     ) -> Result<u64, EngineError> {
         let mut rewritten: Vec<InstanceRecord> = Vec::with_capacity(batch.len());
@@ -268,6 +528,7 @@ impl Runtime {
         }
         let mut next_job = job.clone();
         next_job.cursor = Some(last);
+        next_job.remaining = remaining;
         next_job.migrated += rewritten.len() as u64;
         next_job.failed += failures.len() as u64;
         let mut ops = Vec::with_capacity(rewritten.len() + 1);
@@ -319,4 +580,39 @@ impl Runtime {
         control.progress.lock().state = record.state;
         Ok(())
     }
+}
+
+/// The progress of `job` summed over its workers' shares (the remaining count only of live
+/// workers: a dead worker's instances are counted again by whoever claims them). A share's last
+/// look after the job finished adds to it.
+fn sum_shares(
+    job: &MigrationJobRecord,
+    shares: &[&MigrationJobRecord],
+    workers: &[crate::store::WorkerInfo],
+) -> MigrationProgress {
+    let alive = |id: &str| workers.iter().any(|worker| worker.alive && worker.id == id);
+    let (migrated, failed, remaining) = shares.iter().fold((0, 0, 0), |(migrated, failed, remaining), share| {
+        let left = if alive(&share.worker) { share.remaining } else { 0 };
+        (migrated + share.migrated, failed + share.failed, remaining + left)
+    });
+    MigrationProgress {
+        workflow: job.workflow.clone(),
+        state: job.state,
+        migrated,
+        remaining,
+        failed,
+        rate_per_second: 0.0,
+        failures: Vec::new(),
+    }
+}
+
+/// Whether the share of each of the `needed` workers in `job` has finished.
+fn every_share_done(job: &MigrationJobRecord, needed: &[String], shares: &[&MigrationJobRecord]) -> bool {
+    needed.iter().all(|worker| {
+        shares.iter().any(|share| {
+            share.worker == *worker
+                && share.started_at_ms == job.started_at_ms
+                && share.state == MigrationState::Finished
+        })
+    })
 }

@@ -529,6 +529,10 @@ pub trait Cluster: Send + Sync {
     /// The metrics windows of `key` that the other live workers published last (judged alive by
     /// their own lease, else `lease`).
     fn metrics_of(&self, key: &VersionKey, lease: std::time::Duration) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// How many live instances of `workflow` no live worker holds although some live worker has
+    /// their version's code: instances about to be claimed (a dead worker's, an accepted start).
+    /// Workers are judged alive by their own lease, else `lease`.
+    fn unheld_live(&self, workflow: &str, lease: std::time::Duration) -> Result<u64, StoreError>;
     /// Stores a signal for an instance some worker may hold, if the instance is live (checked in
     /// the same statement), and wakes whoever holds it; `false` if the instance is not live.
     fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError>;

@@ -347,6 +347,11 @@ impl Store for SledStore {
                 Op::PutMigrationJob(job) => {
                     let mut key = MIGRATION_JOBS.to_vec();
                     key.extend_from_slice(job.workflow.as_bytes());
+                    if !job.worker.is_empty() {
+                        // A worker's share (only a store many processes share has those).
+                        key.push(0);
+                        key.extend_from_slice(job.worker.as_bytes());
+                    }
                     batch.insert(key, encode("migration job", job)?);
                 }
                 Op::PutRollout(rollout) => {

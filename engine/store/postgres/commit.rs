@@ -69,7 +69,8 @@ pub(super) struct Writes {
     statuses: HashMap<VersionKey, VersionStatus>,
     fires: HashMap<String, i64>,
     configs: Vec<AppliedConfig>,
-    jobs: HashMap<String, Vec<u8>>,
+    /// Migration job records by workflow and worker (empty: the job's own record).
+    jobs: HashMap<(String, String), Vec<u8>>,
     rollouts: HashMap<String, (Vec<u8>, i64)>,
     quarantines: Vec<(i64, String)>,
 }
@@ -128,7 +129,10 @@ impl Writes {
                 }
                 Op::PutConfig(config) => writes.configs.push(config.clone()),
                 Op::PutMigrationJob(job) => {
-                    writes.jobs.insert(job.workflow.clone(), encode("migration job", job)?);
+                    writes.jobs.insert(
+                        (job.workflow.clone(), job.worker.clone()),
+                        encode("migration job", job)?,
+                    );
                 }
                 Op::PutRollout(rollout) => {
                     let revision = i64::try_from(rollout.history.len()).unwrap_or(i64::MAX);
@@ -355,14 +359,26 @@ impl Writes {
                 });
             }
         }
-        for (workflow, record) in &self.jobs {
-            let statement = run("INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
-                 ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record")
-            .await?;
-            transaction
-                .execute(&statement, &[workflow, record])
-                .await
-                .map_err(failed("write migration job"))?;
+        for ((workflow, worker), record) in &self.jobs {
+            if worker.is_empty() {
+                let statement = run("INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
+                     ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record")
+                .await?;
+                transaction
+                    .execute(&statement, &[workflow, record])
+                    .await
+                    .map_err(failed("write migration job"))?;
+            } else {
+                let statement = run(
+                    "INSERT INTO strata_migration_shares (workflow, worker, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (workflow, worker) DO UPDATE SET record = EXCLUDED.record",
+                )
+                .await?;
+                transaction
+                    .execute(&statement, &[workflow, worker, record])
+                    .await
+                    .map_err(failed("write migration share"))?;
+            }
         }
         for (name, (record, revision)) in &self.rollouts {
             // Only a write made from the newest copy: one more transition than the stored one.

@@ -693,7 +693,8 @@ impl Store for PostgresStore {
     fn migration_jobs(&self) -> Result<Vec<MigrationJobRecord>, StoreError> {
         self.records(
             "migration job",
-            "SELECT record FROM strata_migration_jobs ORDER BY workflow",
+            "SELECT record FROM strata_migration_jobs
+             UNION ALL SELECT record FROM strata_migration_shares",
         )
     }
 
@@ -962,6 +963,11 @@ impl Cluster for PostgresStore {
                     )
                     .await
                     .map_err(failed("leave"))?;
+                // Roles it leads (evaluating rollouts) pass to another worker at its next heartbeat.
+                transaction
+                    .execute("DELETE FROM strata_leases WHERE holder = $1", &[&worker])
+                    .await
+                    .map_err(failed("leave"))?;
                 transaction
                     .execute(
                         &format!("UPDATE strata_workers SET stopped_at_ms = {DATABASE_NOW_MS} WHERE id = $1"),
@@ -1084,6 +1090,23 @@ impl Cluster for PostgresStore {
                 Ok(!rows.is_empty())
             }
         })
+    }
+
+    fn unheld_live(&self, workflow: &str, lease: Duration) -> Result<u64, StoreError> {
+        let counted = self.query(
+            "count unheld live instances",
+            "WITH alive AS (
+                 SELECT id, versions FROM strata_workers
+                 WHERE stopped_at_ms IS NULL
+                   AND heartbeat_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint - COALESCE(lease_ms, $2))
+             SELECT count(*) FROM strata_instances i
+             WHERE i.live AND i.workflow = $1
+               AND NOT EXISTS (SELECT 1 FROM alive WHERE alive.id = i.owner)
+               AND EXISTS (SELECT 1 FROM alive WHERE i.workflow || '@' || i.version = ANY(alive.versions))",
+            vec![Box::new(workflow.to_string()), Box::new(lease_ms(lease))],
+            |row| Ok(unsigned(row.get::<_, i64>(0))),
+        )?;
+        Ok(counted.into_iter().next().unwrap_or(0))
     }
 
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError> {

@@ -23,10 +23,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "marks that settle writes whose answer a broken connection lost, worker leases and metrics",
         V4,
     ),
+    (5, "each worker's share of a background migration", V5),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 4;
+pub(crate) const SCHEMA_VERSION: i32 = 5;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -157,6 +158,17 @@ CREATE TABLE strata_worker_metrics (
     version text NOT NULL,
     metrics bytea NOT NULL,
     PRIMARY KEY (worker, workflow, version)
+);
+";
+
+/// Schema 5: a background migration runs on every worker with the workflow's code, each over
+/// the instances it holds; each worker's progress is its own row, so no two workers write one.
+const V5: &str = "
+CREATE TABLE strata_migration_shares (
+    workflow text NOT NULL,
+    worker text NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (workflow, worker)
 );
 ";
 
