@@ -968,6 +968,11 @@ impl Cluster for PostgresStore {
                     .execute("DELETE FROM strata_leases WHERE holder = $1", &[&worker])
                     .await
                     .map_err(failed("leave"))?;
+                // The others claim what it handed back now, not at their next heartbeat.
+                transaction
+                    .execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &CLAIMABLE_PAYLOAD])
+                    .await
+                    .map_err(failed("leave"))?;
                 transaction
                     .execute(
                         &format!("UPDATE strata_workers SET stopped_at_ms = {DATABASE_NOW_MS} WHERE id = $1"),
