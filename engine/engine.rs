@@ -1010,6 +1010,12 @@ impl Engine {
         self.runtime.events.subscribe()
     }
 
+    /// How many subscribers the event stream has now (those of `subscribe`, and each open
+    /// `GET /v1/events` of the admin API): whether anyone is listening.
+    pub fn event_subscribers(&self) -> usize {
+        self.runtime.events.subscribers()
+    }
+
     /// Live records that could not be decoded and were set aside, with the reason.
     pub fn quarantined_records(&self) -> Result<Vec<CorruptRecord>, EngineError> {
         Ok(self.runtime.store.quarantined()?)

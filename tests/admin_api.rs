@@ -164,6 +164,24 @@ async fn tokens_guard_reads_and_changes_and_probes_need_none() {
         engine.version("tally", "1.0.0").unwrap().status,
         strata::VersionStatus::Active
     );
+    // Dry runs change nothing: the read-only token may check a config and plan a move.
+    let (status, checked) = send(
+        &engine,
+        "/v1/config/check",
+        Some(("text/plain", "")),
+        Some("read-secret"),
+    )
+    .await;
+    assert_eq!((status, checked["valid"].as_bool()), (200, Some(true)), "{checked}");
+    let plan = r#"{"workflow": "tally", "target": "1.0.0"}"#;
+    let (status, planned) = send(
+        &engine,
+        "/v1/moves/plan",
+        Some(("application/json", plan)),
+        Some("read-secret"),
+    )
+    .await;
+    assert_eq!(status, 200, "{planned}");
     let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", None).await;
     assert_eq!(status, 401, "{error}");
     let (status, drained) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some("admin-secret")).await;

@@ -79,7 +79,9 @@ pub(super) async fn check(State(tokens): State<AdminTokens>, request: Request, n
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+    // Checking a config file and planning a move change nothing: the read-only token may.
+    let dry_run = matches!(request.uri().path(), "/v1/config/check" | "/v1/moves/plan");
+    let reading = matches!(*request.method(), Method::GET | Method::HEAD) || dry_run;
     let allowed = allowed(&tokens, bearer);
     if !reading && allowed == Allowed::Everything {
         // Every change, with who asked for it (the token's role, never the token).

@@ -251,4 +251,9 @@ impl EventBus {
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.sender.subscribe()
     }
+
+    /// How many subscribers there are now.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
 }

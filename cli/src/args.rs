@@ -1,0 +1,284 @@
+//! The command line: every command, its arguments and the global options, as clap types.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Watch and steer a Strata engine through its admin API.
+///
+/// Exit codes: 0 done (or the condition asked about holds), 1 the condition does not hold
+/// (`versions --drained` on a version still draining, `config check` on an invalid file), 2 the
+/// command line is wrong, 3 the engine refused the request (it says why), 4 the admin API could
+/// not be reached or failed.
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about, long_about = None)]
+pub struct Cli {
+    /// The admin API's address.
+    #[arg(
+        long,
+        env = "STRATA_ADMIN_URL",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
+    pub url: String,
+    /// The bearer token (the admin token to change anything, the read-only one to look).
+    #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The versions of every workflow (or one) with their residency: status, live and finished
+    /// counts, oldest live instance, the workers that can run them, and whether their code can go.
+    Versions(VersionsArgs),
+    /// Instances: list them (filtered, paged) or show one.
+    #[command(subcommand)]
+    Instances(InstancesCommand),
+    /// Sends a signal to an instance, wherever it runs.
+    Signal {
+        /// The instance id.
+        id: u64,
+        /// The signal's name.
+        name: String,
+        /// Its payload as JSON (default `null`).
+        payload: Option<String>,
+    },
+    /// Cancels a live instance.
+    Cancel {
+        /// The instance id.
+        id: u64,
+    },
+    /// Stops routing new instances to a version; it drains as its instances finish.
+    Drain {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: String,
+    },
+    /// Retires a version with no live instance (refused, by count, while any lives).
+    Retire {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: String,
+    },
+    /// Rollouts: status, start, pause, resume, roll back.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// The config in force, its history with diffs, restoring a generation, checking a file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Moving instances to another version, and background state migrations.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+    /// The engine's events as they happen (instances started and finished, versions drained,
+    /// rollouts advancing or rolled back, configs applied, ...), one per line.
+    Events {
+        /// Keep reading until interrupted (the default; kept for the familiar spelling).
+        #[arg(long, short)]
+        follow: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Prints a shell completion script (`strata completions bash > /etc/bash_completion.d/strata`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `strata versions`.
+#[derive(Args, Debug)]
+pub struct VersionsArgs {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only this version (with the workflow).
+    pub version: Option<String>,
+    /// Exit 0 only if the version given is drained and its code is safe to remove (1 if not),
+    /// so a deploy pipeline can wait on it.
+    #[arg(long, requires = "version")]
+    pub drained: bool,
+    /// With `--drained`: wait until it is, checking twice a second.
+    #[arg(long, requires = "drained")]
+    pub wait: bool,
+    /// With `--wait`: give up (exit 1) after this many seconds.
+    #[arg(long, requires = "wait")]
+    pub timeout: Option<u64>,
+}
+
+/// `strata instances ...`.
+#[derive(Subcommand, Debug)]
+pub enum InstancesCommand {
+    /// Lists instances, oldest first, a page at a time.
+    List {
+        /// Only this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only this version (with `--workflow`).
+        #[arg(long)]
+        version: Option<String>,
+        /// Only this status: ready, running, sleeping, waiting_signal, retry_backoff, parked,
+        /// quarantined, completed, failed, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many per page.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Only ids after this one (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<u64>,
+        /// Every page, not just the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One instance: version, status, step, timers, state and output as JSON.
+    Show {
+        /// The instance id.
+        id: u64,
+    },
+}
+
+/// `strata rollout ...`.
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Every rollout (or one): stage, the candidate's share, gate figures against the stable.
+    Status {
+        /// The rollout's name (`workflow@candidate`).
+        name: Option<String>,
+        /// Only this workflow's.
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// Starts a watched rollout at its first stage.
+    Start {
+        /// The workflow.
+        #[arg(long)]
+        workflow: String,
+        /// The version rolled out.
+        #[arg(long)]
+        candidate: String,
+        /// The version it is compared with, and rolled back to.
+        #[arg(long)]
+        stable: String,
+        /// A stage as `PERCENT[:HOLD_SECONDS[:MIN_FINISHED]]`, e.g. `5:600:100`; repeat in order.
+        #[arg(long = "stage", required = true)]
+        stages: Vec<String>,
+        /// The gates as JSON, e.g. `{"max_error_rate_increase": 0.02}` (the engine's defaults otherwise).
+        #[arg(long)]
+        gates: Option<String>,
+    },
+    /// Holds a rollout at its stage.
+    Pause {
+        /// The rollout's name.
+        name: String,
+    },
+    /// Lets a paused rollout go on.
+    Resume {
+        /// The rollout's name.
+        name: String,
+    },
+    /// Rolls a rollout back to its stable version now.
+    Rollback {
+        /// The rollout's name.
+        name: String,
+    },
+}
+
+/// `strata config ...`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// The config generation in force, with its text.
+    Show,
+    /// Every applied generation, oldest first.
+    History,
+    /// What a generation changed from the one before it.
+    Diff {
+        /// The generation.
+        generation: u64,
+    },
+    /// Applies an earlier generation again, as the newest.
+    Restore {
+        /// The generation.
+        generation: u64,
+    },
+    /// Checks a config file: syntax and structure here, then against the running engine's
+    /// versions (not applied). Exit 0 valid, 1 invalid.
+    Check {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Only syntax and structure; do not ask the engine.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+/// Which instances a move takes.
+#[derive(Args, Debug)]
+pub struct MoveArgs {
+    /// The workflow.
+    #[arg(long)]
+    pub workflow: String,
+    /// The version they move to.
+    #[arg(long)]
+    pub target: String,
+    /// Only instances on this version.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only instances with this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only these instances (repeat).
+    #[arg(long = "id")]
+    pub ids: Vec<u64>,
+    /// Where instances at a step without a counterpart continue, as `FROM=TO` (repeat).
+    #[arg(long = "step")]
+    pub steps: Vec<String>,
+}
+
+/// `strata migrate ...`.
+#[derive(Subcommand, Debug)]
+pub enum MigrateCommand {
+    /// Which instances a move would take and where each continues, or why it cannot move;
+    /// nothing changes.
+    Plan(MoveArgs),
+    /// Moves the instances at their next step boundary.
+    Apply(MoveArgs),
+    /// Starts a background migration of a workflow's states to the schema their versions expect.
+    Start {
+        /// The workflow.
+        workflow: String,
+        /// Records per batch (one commit each).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// At most this many records per second.
+        #[arg(long)]
+        max_per_second: Option<u32>,
+        /// Wait for it to finish, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A background migration's progress.
+    Status {
+        /// The workflow.
+        workflow: String,
+        /// Wait for it to finish, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Pauses a background migration after its batch in flight.
+    Pause {
+        /// The workflow.
+        workflow: String,
+    },
+    /// Resumes a paused background migration.
+    Resume {
+        /// The workflow.
+        workflow: String,
+    },
+}

@@ -1,0 +1,122 @@
+//! The admin API client: one request, its bearer token, and the answer as JSON or as a typed
+//! failure whose message says what to check.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::CliError;
+
+/// A client of one engine's admin API.
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl AdminClient {
+    /// A client for the API at `base` (`http://host:port`), sending `token` if given.
+    pub fn new(base: &str, token: Option<String>) -> Result<AdminClient, CliError> {
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // The event stream stays open; every other answer comes at once.
+            .timeout(None::<Duration>)
+            .build()
+            .map_err(|error| CliError::Unreachable(format!("could not set up the HTTP client: {error}")))?;
+        Ok(AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    /// `GET path`, answered as JSON.
+    pub fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.answer(self.request(reqwest::Method::GET, path), path)
+    }
+
+    /// `POST path` with a JSON body (or none).
+    pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let mut request = self.request(reqwest::Method::POST, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.answer(request, path)
+    }
+
+    /// `POST path` with a text body (a config file).
+    pub fn post_text(&self, path: &str, text: String) -> Result<Value, CliError> {
+        let request = self
+            .request(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .body(text);
+        self.answer(request, path)
+    }
+
+    /// `GET path` as a stream (Server-Sent Events), once its answer says it is one.
+    pub fn stream(&self, path: &str) -> Result<reqwest::blocking::Response, CliError> {
+        let response = self.send(self.request(reqwest::Method::GET, path), path)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.failure(response, path))
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    fn send(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+        path: &str,
+    ) -> Result<reqwest::blocking::Response, CliError> {
+        request.send().map_err(|error| {
+            CliError::Unreachable(format!(
+                "could not reach the admin API at {}{path}: {error}; check --url (or STRATA_ADMIN_URL) and that the engine runs with EngineBuilder::admin",
+                self.base
+            ))
+        })
+    }
+
+    fn answer(&self, request: reqwest::blocking::RequestBuilder, path: &str) -> Result<Value, CliError> {
+        let response = self.send(request, path)?;
+        if !response.status().is_success() {
+            return Err(self.failure(response, path));
+        }
+        let text = response
+            .text()
+            .map_err(|error| CliError::Unreachable(format!("the answer to {path} broke off: {error}")))?;
+        serde_json::from_str(&text).map_err(|error| {
+            CliError::Unreachable(format!(
+                "the answer to {path} is not JSON ({error}); is --url an engine's admin API?"
+            ))
+        })
+    }
+
+    /// The failure an unsuccessful answer stands for, with the engine's own message.
+    fn failure(&self, response: reqwest::blocking::Response, path: &str) -> CliError {
+        let status = response.status();
+        let text = response.text().unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|body| body["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{path}: {}", text.trim()));
+        let message = match status.as_u16() {
+            401 => format!("{message}; pass --token (or STRATA_ADMIN_TOKEN)"),
+            _ => message,
+        };
+        if status.is_client_error() {
+            CliError::Refused {
+                status: status.as_u16(),
+                message,
+            }
+        } else {
+            CliError::Unreachable(format!("the admin API failed: {message} (HTTP {})", status.as_u16()))
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `strata`: the operator's command line. It talks to an engine's admin API (`--url`,
+//! `STRATA_ADMIN_URL`; `--token`, `STRATA_ADMIN_TOKEN`), prints tables for people and JSON for
+//! scripts (`--json`), and exits with codes scripts can rely on (see `strata --help`).
+
+mod args;
+mod client;
+mod commands;
+mod error;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    if let args::Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut args::Cli::command(), "strata", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let outcome = client::AdminClient::new(&cli.url, cli.token.clone())
+        .and_then(|client| commands::run(&client, cli.command, cli.json));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let message = error.to_string();
+            if !message.is_empty() {
+                eprintln!("strata: {message}");
+            }
+            ExitCode::from(error.exit_code())
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The built `strata` binary, run as a child process against an engine serving its admin API on
+//! a loopback port in this test process: tables for people, `--json` for scripts, and the exit
+//! codes scripts rely on (0 yes, 1 no, 3 refused, 4 unreachable), including `versions --drained`
+//! turning from 1 to 0 as the last instance of a drained version finishes.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use strata::{Engine, InstanceId, Next, StartOptions, StepCtx, StepResult, WorkflowVersion};
+
+const ADMIN: &str = "admin-secret";
+const READER: &str = "read-secret";
+
+async fn wait_for_go(_ctx: StepCtx, _count: &mut u64) -> StepResult<u64> {
+    Ok(Next::wait_signal("go", "finish"))
+}
+
+async fn finish(_ctx: StepCtx, count: &mut u64) -> StepResult<u64> {
+    Ok(Next::complete(*count))
+}
+
+/// `gate`: waits for the signal `go`, then completes with its input.
+fn gate(version: &str) -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("gate", version)
+        .init(|count| count)
+        .step("wait", wait_for_go)
+        .step("finish", finish)
+}
+
+async fn open(dir: &std::path::Path) -> Engine {
+    Engine::builder()
+        .data_dir(dir)
+        .admin("127.0.0.1:0".parse().unwrap())
+        .admin_token(ADMIN)
+        .admin_read_token(READER)
+        .register(gate("1.0.0"))
+        .register(gate("2.0.0"))
+        .open()
+        .await
+        .unwrap()
+}
+
+/// What a run of the binary gave: its exit code, standard output and standard error.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.stdout))
+    }
+}
+
+fn run_of(output: Output) -> Run {
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn command(engine: &Engine, token: Option<&str>, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command
+        .env_remove("STRATA_ADMIN_TOKEN")
+        .env(
+            "STRATA_ADMIN_URL",
+            format!("http://{}", engine.admin_address().unwrap()),
+        )
+        .args(args);
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    command
+}
+
+/// Runs the binary (off the engine's threads) and waits for it.
+async fn strata(engine: &Engine, token: Option<&str>, args: &[&str]) -> Run {
+    let mut command = command(engine, token, args);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("the strata binary runs"))
+        .await
+        .unwrap();
+    run_of(output)
+}
+
+async fn start(engine: &Engine, count: u64, version: &str) -> InstanceId {
+    let id = engine
+        .start_with("gate", &count, StartOptions::new().version(format!("={version}")))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while engine.instance(id).unwrap().status != strata::InstanceStatus::WaitingSignal {
+        assert!(tokio::time::Instant::now() < deadline, "instance {id} never waited");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_drained_turns_from_one_to_zero_as_the_last_instance_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let first = start(&engine, 1, "1.0.0").await;
+    let last = start(&engine, 2, "1.0.0").await;
+
+    let table = strata(&engine, Some(READER), &["versions"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let header = table.stdout.lines().next().unwrap();
+    assert!(header.starts_with("WORKFLOW  VERSION  STATUS  LIVE"), "{header}");
+    let row = table.stdout.lines().find(|line| line.contains("1.0.0")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..4], ["gate", "1.0.0", "active", "2"], "{row}");
+
+    let listed = strata(&engine, Some(READER), &["--json", "versions", "gate"]).await;
+    let versions = listed.json();
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    assert_eq!(versions[0]["live"], 2);
+
+    let drain = strata(&engine, Some(ADMIN), &["drain", "gate", "1.0.0"]).await;
+    assert_eq!(
+        (drain.code, drain.stdout.trim()),
+        (0, "gate 1.0.0: draining (2 live)"),
+        "{}",
+        drain.stderr
+    );
+
+    let not_yet = strata(&engine, Some(READER), &["versions", "gate", "1.0.0", "--drained"]).await;
+    assert_eq!(not_yet.code, 1, "two live instances: not drained");
+    assert!(
+        not_yet.stdout.contains("2 live instance(s): not safe to remove yet"),
+        "{}",
+        not_yet.stdout
+    );
+
+    // A pipeline waits on it while the instances finish.
+    let waiting = command(
+        &engine,
+        Some(READER),
+        &["versions", "gate", "1.0.0", "--drained", "--wait", "--timeout", "60"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let signalled = strata(&engine, Some(ADMIN), &["signal", &first.0.to_string(), "go"]).await;
+    assert_eq!(signalled.code, 0, "{}", signalled.stderr);
+    assert_eq!(engine.output::<u64>(first).await.unwrap(), 1);
+    let one_left = strata(&engine, Some(READER), &["versions", "gate", "1.0.0", "--drained"]).await;
+    assert_eq!(one_left.code, 1, "one live instance: still not drained");
+
+    let payload = strata(&engine, Some(ADMIN), &["signal", &last.0.to_string(), "go", "null"]).await;
+    assert_eq!(payload.code, 0, "{}", payload.stderr);
+    assert_eq!(engine.output::<u64>(last).await.unwrap(), 2);
+    let waited = tokio::task::spawn_blocking(move || waiting.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let waited = run_of(waited);
+    assert_eq!(waited.code, 0, "the waiting pipeline saw it drained: {}", waited.stderr);
+    assert!(waited.stdout.contains("safe to remove"), "{}", waited.stdout);
+    let drained = strata(
+        &engine,
+        Some(READER),
+        &["--json", "versions", "gate", "1.0.0", "--drained"],
+    )
+    .await;
+    assert_eq!(drained.code, 0);
+    assert_eq!(drained.json()["status"], "drained");
+
+    let retired = strata(&engine, Some(ADMIN), &["retire", "gate", "1.0.0"]).await;
+    assert_eq!(
+        (retired.code, retired.stdout.trim()),
+        (0, "gate 1.0.0: retired (0 live)"),
+        "{}",
+        retired.stderr
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_unreachable_engines_get_their_own_exit_codes_and_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let live = start(&engine, 7, "2.0.0").await;
+
+    let anonymous = strata(&engine, None, &["versions"]).await;
+    assert_eq!(anonymous.code, 3, "no token: refused");
+    assert!(anonymous.stderr.contains("--token"), "{}", anonymous.stderr);
+    let wrong = strata(&engine, Some("guess"), &["versions"]).await;
+    assert_eq!(wrong.code, 3);
+    let reader = strata(&engine, Some(READER), &["cancel", &live.0.to_string()]).await;
+    assert_eq!(reader.code, 3, "the read-only token changes nothing");
+    assert!(reader.stderr.contains("admin token"), "{}", reader.stderr);
+    let live_retire = strata(&engine, Some(ADMIN), &["retire", "gate", "2.0.0"]).await;
+    assert_eq!(live_retire.code, 3);
+    assert!(live_retire.stderr.contains("1 live instance"), "{}", live_retire.stderr);
+    let unknown = strata(&engine, Some(READER), &["instances", "show", "999999"]).await;
+    assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+    let no_job = strata(&engine, Some(READER), &["migrate", "status", "gate"]).await;
+    assert_eq!(no_job.code, 3);
+    assert!(no_job.stderr.contains("starts one"), "{}", no_job.stderr);
+    let bad_payload = strata(
+        &engine,
+        Some(ADMIN),
+        &["signal", &live.0.to_string(), "go", "{not json"],
+    )
+    .await;
+    assert_eq!(bad_payload.code, 2, "a local input error is a usage error");
+    let usage = strata(&engine, Some(READER), &["versions", "gate", "--drained"]).await;
+    assert_eq!(usage.code, 2, "--drained needs a version");
+
+    let nobody = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--url", "http://127.0.0.1:9", "versions"])
+        .output()
+        .unwrap();
+    let nobody = run_of(nobody);
+    assert_eq!(nobody.code, 4, "nothing listens there");
+    assert!(nobody.stderr.contains("check --url"), "{}", nobody.stderr);
+
+    let shown = strata(&engine, Some(READER), &["instances", "show", &live.0.to_string()]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert!(shown.stdout.contains("status:   waiting_signal"), "{}", shown.stdout);
+    let listed = strata(
+        &engine,
+        Some(READER),
+        &["--json", "instances", "list", "--workflow", "gate", "--all"],
+    )
+    .await;
+    let ids: Vec<u64> = listed.json()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| instance["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![live.0]);
+    let cancelled = strata(&engine, Some(ADMIN), &["cancel", &live.0.to_string()]).await;
+    assert_eq!(cancelled.code, 0, "{}", cancelled.stderr);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_files_are_checked_offline_and_against_the_engine_and_history_shows_diffs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let valid = write("valid.toml", "[workflows.gate]\ndefault = \"=1.0.0\"\n");
+    let broken = write("broken.toml", "[workflows.gate\ndefault = 1\n");
+    let unknown = write("unknown.toml", "[workflows.gate]\ndefault = \"=9.0.0\"\n");
+
+    let offline = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--url", "http://127.0.0.1:9", "config", "check", &broken, "--offline"])
+        .output()
+        .unwrap();
+    let offline = run_of(offline);
+    assert_eq!(
+        offline.code, 1,
+        "a file that does not parse is invalid without any engine"
+    );
+    assert!(
+        offline.stdout.contains("broken.toml"),
+        "names the file: {}",
+        offline.stdout
+    );
+    let offline_valid = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--url", "http://127.0.0.1:9", "config", "check", &unknown, "--offline"])
+        .output()
+        .unwrap();
+    assert_eq!(run_of(offline_valid).code, 0, "offline, versions are not checked");
+
+    let against = strata(&engine, Some(READER), &["config", "check", &unknown]).await;
+    assert_eq!(against.code, 1, "the running engine has no 9.0.0: {}", against.stderr);
+    assert!(against.stdout.contains("9.0.0"), "{}", against.stdout);
+    let fine = strata(&engine, Some(READER), &["--json", "config", "check", &valid]).await;
+    assert_eq!((fine.code, fine.json()["valid"].as_bool()), (0, Some(true)));
+
+    engine
+        .apply_config("first.toml", "[workflows.gate]\ndefault = \"=1.0.0\"\n")
+        .await
+        .unwrap();
+    engine
+        .apply_config("second.toml", "[workflows.gate]\ndefault = \"=2.0.0\"\n")
+        .await
+        .unwrap();
+    let history = strata(&engine, Some(READER), &["config", "history"]).await;
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    assert_eq!(
+        history.stdout.lines().count(),
+        3,
+        "a header and two generations: {}",
+        history.stdout
+    );
+    let diff = strata(&engine, Some(READER), &["config", "diff", "2"]).await;
+    assert_eq!(
+        diff.stdout.trim(),
+        "- default = \"=1.0.0\"\n+ default = \"=2.0.0\"",
+        "{}",
+        diff.stderr
+    );
+    let restored = strata(&engine, Some(ADMIN), &["config", "restore", "1"]).await;
+    assert_eq!(restored.code, 0, "{}", restored.stderr);
+    let shown = strata(&engine, Some(READER), &["--json", "config", "show"]).await;
+    assert_eq!(shown.json()["generation"], 3);
+    assert!(shown.json()["text"].as_str().unwrap().contains("=1.0.0"));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_as_json_lines_and_completions_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let following = command(&engine, Some(READER), &["events", "--follow", "--limit", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stream is open once the engine has a second subscriber (the test holds none).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while engine.event_subscribers() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the CLI never subscribed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let id = engine.start("gate", &5u64).await.unwrap();
+    let printed = tokio::task::spawn_blocking(move || following.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let printed = run_of(printed);
+    assert_eq!(printed.code, 0, "{}", printed.stderr);
+    let event: Value = serde_json::from_str(printed.stdout.trim()).unwrap();
+    assert_eq!(event["type"], "instance_started");
+    assert_eq!(event["id"], id.0);
+
+    let completions = strata(&engine, None, &["completions", "bash"]).await;
+    assert_eq!(completions.code, 0);
+    assert!(completions.stdout.contains("_strata"), "a bash completion function");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_and_moves_are_steered_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let started = strata(
+        &engine,
+        Some(ADMIN),
+        &[
+            "--json",
+            "rollout",
+            "start",
+            "--workflow",
+            "gate",
+            "--candidate",
+            "2.0.0",
+            "--stable",
+            "1.0.0",
+            "--stage",
+            "10:600",
+            "--stage",
+            "100",
+        ],
+    )
+    .await;
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    assert_eq!(started.json()["name"], "gate@2.0.0");
+    let status = strata(&engine, Some(READER), &["rollout", "status"]).await;
+    let row = status.stdout.lines().nth(1).unwrap_or_default().to_string();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[..4],
+        ["gate@2.0.0", "running", "1/2", "10%"],
+        "{}",
+        status.stdout
+    );
+    for (action, expected) in [("pause", "paused"), ("resume", "running"), ("rollback", "rolled_back")] {
+        let changed = strata(&engine, Some(ADMIN), &["--json", "rollout", action, "gate@2.0.0"]).await;
+        assert_eq!(
+            (changed.code, changed.json()["status"].as_str()),
+            (0, Some(expected)),
+            "{action}: {}",
+            changed.stderr
+        );
+    }
+    let rolled = strata(&engine, Some(READER), &["rollout", "status", "gate@2.0.0"]).await;
+    assert!(
+        rolled.stdout.contains("operator"),
+        "an operator's rollback names no gate: {}",
+        rolled.stdout
+    );
+    let unknown = strata(&engine, Some(ADMIN), &["rollout", "pause", "gate@9.9.9"]).await;
+    assert_eq!(unknown.code, 3);
+
+    // A move: planned (nothing changes), then applied.
+    let id = start(&engine, 3, "1.0.0").await;
+    let move_args = ["--workflow", "gate", "--target", "2.0.0", "--from", "1.0.0"];
+    let planned = strata(&engine, Some(READER), &[&["migrate", "plan"], &move_args[..]].concat()).await;
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    assert!(
+        planned.stdout.contains("moves, continues at finish"),
+        "{}",
+        planned.stdout
+    );
+    assert!(
+        planned.stdout.ends_with("1 of 1 can move to gate@2.0.0\n"),
+        "{}",
+        planned.stdout
+    );
+    assert_eq!(
+        engine.instance(id).unwrap().version().to_string(),
+        "1.0.0",
+        "a plan moves nothing"
+    );
+    let applied = strata(
+        &engine,
+        Some(ADMIN),
+        &[&["--json", "migrate", "apply"], &move_args[..]].concat(),
+    )
+    .await;
+    assert_eq!(applied.json()["moved"], serde_json::json!([id.0]), "{}", applied.stderr);
+    assert_eq!(engine.instance(id).unwrap().version().to_string(), "2.0.0");
+
+    // A background migration with nothing to rewrite finishes at once; --wait follows it.
+    let migrated = strata(&engine, Some(ADMIN), &["--json", "migrate", "start", "gate", "--wait"]).await;
+    assert_eq!(migrated.code, 0, "{}", migrated.stderr);
+    assert_eq!(migrated.json()["state"], "finished");
+    let status = strata(&engine, Some(READER), &["migrate", "status", "gate"]).await;
+    assert_eq!(
+        status.stdout.trim(),
+        "gate: finished, 0 migrated, 0 remaining, 0 failed"
+    );
+    engine.shutdown().await;
+}
