@@ -522,3 +522,97 @@ async fn moves_are_planned_then_applied_and_migrations_report_progress() {
     assert_eq!(status, 404, "{error}");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_with_its_parameters_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), None).await;
+    let (status, document) = get(&engine, "/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        document["openapi"]
+    );
+    assert_eq!(document["info"]["title"], "Strata admin API");
+    let mut paths: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/v1/config",
+            "/v1/config/check",
+            "/v1/config/history",
+            "/v1/config/restore/{generation}",
+            "/v1/events",
+            "/v1/instances",
+            "/v1/instances/{id}",
+            "/v1/instances/{id}/cancel",
+            "/v1/instances/{id}/signals/{name}",
+            "/v1/migrations",
+            "/v1/migrations/{workflow}",
+            "/v1/migrations/{workflow}/{action}",
+            "/v1/moves",
+            "/v1/moves/plan",
+            "/v1/openapi.json",
+            "/v1/rollouts",
+            "/v1/rollouts/{name}",
+            "/v1/rollouts/{name}/{action}",
+            "/v1/versions",
+            "/v1/versions/{workflow}/{version}",
+            "/v1/versions/{workflow}/{version}/{action}",
+        ]
+    );
+    // Every path parameter of every operation is declared, and every operation answers 200.
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            assert!(
+                operation["responses"]["200"].is_object(),
+                "{method} {path} documents its 200"
+            );
+            let declared: Vec<&str> = operation["parameters"]
+                .as_array()
+                .map(|parameters| {
+                    parameters
+                        .iter()
+                        .filter(|p| p["in"] == "path")
+                        .map(|p| p["name"].as_str().unwrap())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for segment in path.split('/').filter(|segment| segment.starts_with('{')) {
+                let name = segment.trim_matches(|letter| letter == '{' || letter == '}');
+                assert!(declared.contains(&name), "{method} {path} declares {name}");
+            }
+        }
+    }
+    assert!(document["paths"]["/v1/rollouts"]["post"]["requestBody"].is_object());
+    assert_eq!(
+        document["paths"]["/v1/versions"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["items"]
+            ["$ref"],
+        "#/components/schemas/VersionView"
+    );
+    let version_fields = document["components"]["schemas"]["VersionView"]["properties"]
+        .as_object()
+        .unwrap();
+    for field in [
+        "status",
+        "live",
+        "oldest_live",
+        "safe_to_remove",
+        "workers",
+        "accepts_starts",
+    ] {
+        assert!(version_fields.contains_key(field), "VersionView documents {field}");
+    }
+    assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    engine.shutdown().await;
+}

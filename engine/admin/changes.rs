@@ -17,7 +17,7 @@ use crate::{Engine, InstanceId, MigrationJob, MoveRequest};
 /// A move as posted: the instances of `workflow` (on `from_version`, with `status`, or these
 /// `ids`) to move to `target`, with `steps` naming where instances at a step without a
 /// counterpart continue.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct MoveBody {
     workflow: String,
     target: String,
@@ -44,7 +44,7 @@ impl MoveBody {
 }
 
 /// One instance's verdict.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CheckView {
     id: u64,
     from: String,
@@ -73,33 +73,56 @@ impl CheckView {
 
 /// `POST /v1/moves/plan`: which selected instances can move, and why the others cannot;
 /// nothing changes.
+#[utoipa::path(post, path = "/v1/moves/plan", tag = "moves and migrations", request_body = MoveBody,
+    responses((status = 200, body = PlanView), (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
 pub(super) async fn plan(
     State(engine): State<Engine>,
     body: Result<Json<MoveBody>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PlanView>, ApiError> {
     let request = json_body(body, "a move ({workflow, target, from_version, status, ids, steps})")?.request()?;
     let plan = blocking_read(engine, move |engine| engine.plan_moves(&request)).await??;
     let checks: Vec<CheckView> = plan.checks.iter().map(CheckView::of).collect();
-    Ok(Json(
-        serde_json::json!({ "target": plan.target.to_string(), "checks": checks }),
-    ))
+    Ok(Json(PlanView {
+        target: plan.target.to_string(),
+        checks,
+    }))
+}
+
+/// A move's dry run.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct PlanView {
+    /// The target version.
+    target: String,
+    /// Each selected instance's verdict.
+    checks: Vec<CheckView>,
+}
+
+/// What a move did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct MoveReportView {
+    /// The instances that moved.
+    moved: Vec<u64>,
+    /// Those that did not, with why.
+    refused: Vec<CheckView>,
 }
 
 /// `POST /v1/moves`: moves the instances that can move, at their step boundaries.
+#[utoipa::path(post, path = "/v1/moves", tag = "moves and migrations", request_body = MoveBody,
+    responses((status = 200, body = MoveReportView), (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
 pub(super) async fn apply(
     State(engine): State<Engine>,
     body: Result<Json<MoveBody>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MoveReportView>, ApiError> {
     let request = json_body(body, "a move ({workflow, target, from_version, status, ids, steps})")?.request()?;
     tracing::info!(workflow = %request.workflow, target = %request.target, "admin API: move instances");
     let report = engine.move_instances(&request).await?;
     let moved: Vec<u64> = report.moved.iter().map(|id| id.0).collect();
     let refused: Vec<CheckView> = report.refused.iter().map(CheckView::of).collect();
-    Ok(Json(serde_json::json!({ "moved": moved, "refused": refused })))
+    Ok(Json(MoveReportView { moved, refused }))
 }
 
 /// A background migration to start.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct MigrationBody {
     workflow: String,
     batch_size: Option<usize>,
@@ -107,7 +130,7 @@ pub(super) struct MigrationBody {
 }
 
 /// A migration job's progress.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct ProgressView {
     workflow: String,
     /// `running`, `paused` or `finished`.
@@ -139,6 +162,9 @@ impl ProgressView {
 
 /// `POST /v1/migrations`: starts the background migration of a workflow's live states (or
 /// answers the one that runs).
+#[utoipa::path(post, path = "/v1/migrations", tag = "moves and migrations", request_body = MigrationBody,
+    responses((status = 200, description = "The job's progress (the running one's, if one runs)", body = ProgressView),
+        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
 pub(super) async fn start_migration(
     State(engine): State<Engine>,
     body: Result<Json<MigrationBody>, JsonRejection>,
@@ -166,6 +192,8 @@ fn handle(engine: &Engine, workflow: &str) -> Result<crate::migrate::MigrationHa
 }
 
 /// `GET /v1/migrations/{workflow}`: the job's progress.
+#[utoipa::path(get, path = "/v1/migrations/{workflow}", tag = "moves and migrations", params(("workflow" = String, Path)),
+    responses((status = 200, body = ProgressView), (status = 404, description = "No job since this engine opened", body = super::views::ErrorView)))]
 pub(super) async fn progress(
     State(engine): State<Engine>,
     Path(workflow): Path<String>,
@@ -174,6 +202,9 @@ pub(super) async fn progress(
 }
 
 /// `POST /v1/migrations/{workflow}/{action}`: `pause` or `resume`.
+#[utoipa::path(post, path = "/v1/migrations/{workflow}/{action}", tag = "moves and migrations",
+    params(("workflow" = String, Path), ("action" = String, Path, description = "`pause` or `resume`")),
+    responses((status = 200, body = ProgressView), (status = 404, body = super::views::ErrorView)))]
 pub(super) async fn control(
     State(engine): State<Engine>,
     Path((workflow, action)): Path<(String, String)>,

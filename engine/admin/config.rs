@@ -13,7 +13,7 @@ use crate::store::AppliedConfig;
 use crate::Engine;
 
 /// One applied generation.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct GenerationView {
     generation: u64,
     source: String,
@@ -24,6 +24,8 @@ pub(super) struct GenerationView {
 }
 
 /// `GET /v1/config`: the generation in force (the newest applied).
+#[utoipa::path(get, path = "/v1/config", tag = "config",
+    responses((status = 200, body = GenerationView), (status = 404, description = "No config applied yet", body = super::views::ErrorView)))]
 pub(super) async fn in_force(State(engine): State<Engine>) -> Result<Json<GenerationView>, ApiError> {
     let history = blocking_read(engine, |engine| engine.config_history()).await??;
     let views = with_diffs(history);
@@ -35,6 +37,8 @@ pub(super) async fn in_force(State(engine): State<Engine>) -> Result<Json<Genera
 }
 
 /// `GET /v1/config/history`: every generation, oldest first, each with its diff.
+#[utoipa::path(get, path = "/v1/config/history", tag = "config",
+    responses((status = 200, body = Vec<GenerationView>)))]
 pub(super) async fn history(State(engine): State<Engine>) -> Result<Json<Vec<GenerationView>>, ApiError> {
     let history = blocking_read(engine, |engine| engine.config_history()).await??;
     Ok(Json(with_diffs(history)))
@@ -42,6 +46,10 @@ pub(super) async fn history(State(engine): State<Engine>) -> Result<Json<Vec<Gen
 
 /// `POST /v1/config/check` with a config file as the body: whether applying it would work,
 /// and if not why (422), without applying it.
+#[utoipa::path(post, path = "/v1/config/check", tag = "config",
+    request_body(content = String, content_type = "text/plain", description = "A strata.toml file"),
+    responses((status = 200, description = "`{\"valid\": true}`"),
+        (status = 422, description = "Invalid: the error names the file, the key and the reason", body = super::views::ErrorView)))]
 pub(super) async fn check(State(engine): State<Engine>, text: String) -> Result<Json<Value>, ApiError> {
     match engine.check_config("posted config", &text) {
         Ok(()) => Ok(Json(serde_json::json!({ "valid": true }))),
@@ -50,6 +58,9 @@ pub(super) async fn check(State(engine): State<Engine>, text: String) -> Result<
 }
 
 /// `POST /v1/config/restore/{generation}`: applies that generation again, as the newest.
+#[utoipa::path(post, path = "/v1/config/restore/{generation}", tag = "config", params(("generation" = u64, Path)),
+    responses((status = 200, description = "`{\"generation\": n}`: the new generation in force"),
+        (status = 404, body = super::views::ErrorView), (status = 422, body = super::views::ErrorView)))]
 pub(super) async fn restore(
     State(engine): State<Engine>,
     Path(generation): Path<u64>,

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::views::{InstanceDetail, InstancePage, InstanceSummary};
+use super::views::{ErrorView, InstanceDetail, InstancePage, InstanceSummary};
 use super::{blocking_read, json_body, parse_version, ApiError};
 use crate::{Engine, InstanceFilter, InstanceId, InstanceStatus};
 
@@ -68,6 +68,12 @@ impl ListQuery {
 
 /// `GET /v1/instances`: the instances the filter matches, in id order, a page at a time; `next`
 /// is the cursor of the next page (pass it as `after`).
+#[utoipa::path(get, path = "/v1/instances", tag = "instances",
+    params(("workflow" = Option<String>, Query), ("version" = Option<String>, Query),
+        ("status" = Option<String>, Query, description = "ready, running, sleeping, waiting_signal, retry_backoff, parked, quarantined, completed, failed or cancelled"),
+        ("after" = Option<u64>, Query, description = "Only ids after this one: the `next` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 100, at most 1000)")),
+    responses((status = 200, body = InstancePage), (status = 400, body = ErrorView)))]
 pub(super) async fn list(
     State(engine): State<Engine>,
     Query(query): Query<ListQuery>,
@@ -92,6 +98,8 @@ pub(super) async fn list(
 }
 
 /// `GET /v1/instances/{id}`: one instance in full.
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = u64, Path)),
+    responses((status = 200, body = InstanceDetail), (status = 404, body = ErrorView)))]
 pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<InstanceDetail>, ApiError> {
     let info = blocking_read(engine, move |engine| engine.instance(InstanceId(id))).await??;
     Ok(Json(InstanceDetail::of(&info)))
@@ -99,6 +107,11 @@ pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> R
 
 /// `POST /v1/instances/{id}/signals/{name}` with the payload as the JSON body (`null` for
 /// none): delivered durably, consumed when the instance waits for it.
+#[utoipa::path(post, path = "/v1/instances/{id}/signals/{name}", tag = "instances",
+    params(("id" = u64, Path), ("name" = String, Path, description = "The signal's name")),
+    request_body(content = serde_json::Value, description = "The payload as JSON (null for none)"),
+    responses((status = 200, description = "`{\"delivered\": true}`"), (status = 400, body = ErrorView),
+        (status = 404, body = ErrorView), (status = 409, description = "The instance has finished", body = ErrorView)))]
 pub(super) async fn signal(
     State(engine): State<Engine>,
     Path((id, name)): Path<(u64, String)>,
@@ -110,6 +123,9 @@ pub(super) async fn signal(
 }
 
 /// `POST /v1/instances/{id}/cancel`: cancelled at its next step boundary; answers once it is.
+#[utoipa::path(post, path = "/v1/instances/{id}/cancel", tag = "instances", params(("id" = u64, Path)),
+    responses((status = 200, description = "`{\"status\": \"cancelled\"}`"), (status = 404, body = ErrorView),
+        (status = 409, description = "The instance has finished", body = ErrorView)))]
 pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
     engine.cancel(InstanceId(id)).await?;
     Ok(Json(serde_json::json!({ "status": "cancelled" })))

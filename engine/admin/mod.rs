@@ -14,7 +14,7 @@
 //! (start) and `/v1/rollouts/{name}/pause|resume|rollback`, `POST /v1/moves/plan` (dry run) and
 //! `/v1/moves`, `POST /v1/migrations`, `GET /v1/migrations/{workflow}` and
 //! `POST /v1/migrations/{workflow}/pause|resume`, and the event stream as Server-Sent Events at
-//! `GET /v1/events`.
+//! `GET /v1/events`, all described by the OpenAPI document at `GET /v1/openapi.json`.
 
 mod access;
 mod changes;
@@ -28,8 +28,10 @@ use std::net::SocketAddr;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use access::AdminTokens;
 use views::{ErrorView, VersionView};
@@ -65,36 +67,7 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         address: options.address,
         reason: error.to_string(),
     })?;
-    let router = Router::new()
-        .route("/v1/versions", get(versions))
-        .route("/v1/versions/{workflow}/{version}", get(version))
-        .route("/v1/versions/{workflow}/{version}/{action}", post(version_action))
-        .route("/v1/instances", get(instances::list))
-        .route("/v1/instances/{id}", get(instances::show))
-        .route("/v1/instances/{id}/signals/{name}", post(instances::signal))
-        .route("/v1/instances/{id}/cancel", post(instances::cancel))
-        .route("/v1/config", get(config::in_force))
-        .route("/v1/config/history", get(config::history))
-        .route("/v1/config/check", post(config::check))
-        .route("/v1/config/restore/{generation}", post(config::restore))
-        .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
-        .route("/v1/rollouts/{name}", get(rollouts::show))
-        .route("/v1/rollouts/{name}/{action}", post(rollouts::control))
-        .route("/v1/moves/plan", post(changes::plan))
-        .route("/v1/moves", post(changes::apply))
-        .route("/v1/migrations", post(changes::start_migration))
-        .route("/v1/migrations/{workflow}", get(changes::progress))
-        .route("/v1/migrations/{workflow}/{action}", post(changes::control))
-        .route("/v1/events", get(events))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            options.tokens.clone(),
-            access::check,
-        ))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(engine.clone());
+    let router = router(engine.clone(), options.tokens.clone());
     let mut stop = engine.stop_signal();
     tracing::info!(address = %bound, "the admin API listens");
     engine.spawn_tracked(async move {
@@ -106,6 +79,89 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         }
     });
     Ok(bound)
+}
+
+/// The API's routes, each registered with its OpenAPI description (`routes!` takes both from
+/// the handler's `#[utoipa::path]`), behind the access check but for the probes.
+fn router(engine: Engine, tokens: AdminTokens) -> Router {
+    let (guarded, mut document) = OpenApiRouter::with_openapi(ApiDocument::openapi())
+        .routes(routes!(versions))
+        .routes(routes!(version))
+        .routes(routes!(version_action))
+        .routes(routes!(instances::list))
+        .routes(routes!(instances::show))
+        .routes(routes!(instances::signal))
+        .routes(routes!(instances::cancel))
+        .routes(routes!(config::in_force))
+        .routes(routes!(config::history))
+        .routes(routes!(config::check))
+        .routes(routes!(config::restore))
+        .routes(routes!(rollouts::list, rollouts::start))
+        .routes(routes!(rollouts::show))
+        .routes(routes!(rollouts::control))
+        .routes(routes!(changes::plan))
+        .routes(routes!(changes::apply))
+        .routes(routes!(changes::start_migration))
+        .routes(routes!(changes::progress))
+        .routes(routes!(changes::control))
+        .routes(routes!(events))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_document))
+        .split_for_parts();
+    let (probes, probe_document) = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .split_for_parts();
+    document.merge(probe_document);
+    guarded
+        .layer(axum::middleware::from_fn_with_state(tokens, access::check))
+        .merge(probes)
+        .layer(axum::Extension(std::sync::Arc::new(document)))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(engine)
+}
+
+/// The OpenAPI document's frame: title, version, the bearer scheme; the paths come from the
+/// router.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Strata admin API",
+        description = "What a Strata engine knows (versions and residency, instances, config, rollouts, moves and migrations, events) and what an operator changes. Every call but /healthz and /readyz needs `Authorization: Bearer <token>` when tokens are set; the read-only token may only read (and check configs, plan moves). Errors are `{\"error\": \"what to do\"}` with a 4xx status."
+    ),
+    modifiers(&BearerScheme),
+    security(("bearer" = []))
+)]
+struct ApiDocument;
+
+/// Adds the bearer token scheme the access check expects.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, document: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /v1/openapi.json`: this document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")))]
+async fn openapi_document(
+    axum::Extension(document): axum::Extension<std::sync::Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json((*document).clone())
+}
+
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
+    responses((status = 200, description = "ok", content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// An error answer: a status and a message that says what to do.
@@ -162,6 +218,10 @@ struct VersionsQuery {
     workflow: Option<String>,
 }
 
+/// `GET /v1/versions`: every version with its residency.
+#[utoipa::path(get, path = "/v1/versions", tag = "versions",
+    params(("workflow" = Option<String>, Query, description = "Only this workflow's versions")),
+    responses((status = 200, body = Vec<VersionView>), (status = 401, body = ErrorView)))]
 async fn versions(
     State(engine): State<Engine>,
     Query(query): Query<VersionsQuery>,
@@ -183,6 +243,10 @@ async fn versions(
     Ok(Json(views))
 }
 
+/// `GET /v1/versions/{workflow}/{version}`: one version with its residency.
+#[utoipa::path(get, path = "/v1/versions/{workflow}/{version}", tag = "versions",
+    params(("workflow" = String, Path), ("version" = String, Path, description = "A semantic version, e.g. 2.0.0")),
+    responses((status = 200, body = VersionView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
 async fn version(
     State(engine): State<Engine>,
     Path((workflow, version)): Path<(String, String)>,
@@ -193,6 +257,12 @@ async fn version(
 
 /// `POST /v1/versions/{workflow}/{version}/{action}`: `drain` or `retire`; answers the version
 /// as it is afterwards.
+#[utoipa::path(post, path = "/v1/versions/{workflow}/{version}/{action}", tag = "versions",
+    params(("workflow" = String, Path), ("version" = String, Path),
+        ("action" = String, Path, description = "`drain` (no new instances; drained when the last finishes) or `retire` (refused while any instance lives)")),
+    responses((status = 200, description = "The version afterwards", body = VersionView),
+        (status = 403, body = ErrorView), (status = 404, body = ErrorView),
+        (status = 409, description = "Retiring a version with live instances", body = ErrorView)))]
 async fn version_action(
     State(engine): State<Engine>,
     Path((workflow, version, action)): Path<(String, String, String)>,
@@ -215,6 +285,8 @@ async fn version_action(
 
 /// `GET /v1/events`: every event as it happens, as Server-Sent Events named by the event's
 /// `type`, with the event as JSON; `lagged` says how many a slow reader missed. Ends at shutdown.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    responses((status = 200, description = "Server-Sent Events, one per engine event, named by its type (instance_started, version_drained, rollout_rolled_back, ...), the event as JSON", content_type = "text/event-stream")))]
 async fn events(
     State(engine): State<Engine>,
 ) -> axum::response::sse::Sse<
@@ -241,12 +313,18 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// `GET /metrics`: the engine's metrics in Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 async fn metrics(State(engine): State<Engine>) -> Result<impl IntoResponse, ApiError> {
     let text = blocking_read(engine, |engine| engine.metrics_text()).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
-/// Ready when the engine takes work and its store answers.
+/// `GET /readyz`: ready when the engine takes work and its store answers.
+#[utoipa::path(get, path = "/readyz", tag = "meta", security(()),
+    responses((status = 200, description = "ready", content_type = "text/plain"),
+        (status = 503, description = "Shutting down, or the store does not answer", body = ErrorView)))]
 async fn ready(State(engine): State<Engine>) -> Response {
     if engine.is_stopping() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down").into_response();

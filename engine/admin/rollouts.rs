@@ -14,7 +14,7 @@ use crate::rollout::{Figures, RolloutRecord};
 use crate::{Engine, Gates, RolloutSpec, Stage};
 
 /// A rollout as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct RolloutView {
     name: String,
     workflow: String,
@@ -37,14 +37,14 @@ pub(super) struct RolloutView {
 
 /// A stage as the API shows and takes it: the candidate's share in percent (at most two
 /// decimals), how long it holds at least, and how many candidate instances must finish in it.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub(super) struct StageView {
     percent: f64,
     hold_ms: u64,
     min_finished: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct FiguresView {
     candidate: Figures,
     stable: Figures,
@@ -88,6 +88,9 @@ pub(super) struct ListQuery {
 }
 
 /// `GET /v1/rollouts[?workflow=]`.
+#[utoipa::path(get, path = "/v1/rollouts", tag = "rollouts",
+    params(("workflow" = Option<String>, Query, description = "Only this workflow's rollouts")),
+    responses((status = 200, body = Vec<RolloutView>)))]
 pub(super) async fn list(
     State(engine): State<Engine>,
     Query(query): Query<ListQuery>,
@@ -110,6 +113,9 @@ pub(super) async fn list(
 }
 
 /// `GET /v1/rollouts/{name}`.
+#[utoipa::path(get, path = "/v1/rollouts/{name}", tag = "rollouts",
+    params(("name" = String, Path, description = "workflow@candidate, e.g. order@2.0.0")),
+    responses((status = 200, body = RolloutView), (status = 404, body = super::views::ErrorView)))]
 pub(super) async fn show(
     State(engine): State<Engine>,
     Path(name): Path<String>,
@@ -130,7 +136,7 @@ pub(super) async fn show(
 }
 
 /// A rollout to start, as posted.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct StartRequest {
     workflow: String,
     candidate: String,
@@ -142,6 +148,10 @@ pub(super) struct StartRequest {
 
 /// `POST /v1/rollouts` with `{workflow, candidate, stable, stages: [{percent, hold_ms,
 /// min_finished}], gates}`: starts it at its first stage.
+#[utoipa::path(post, path = "/v1/rollouts", tag = "rollouts", request_body = StartRequest,
+    responses((status = 200, description = "The rollout at its first stage", body = RolloutView),
+        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView),
+        (status = 409, description = "The workflow has an active rollout", body = super::views::ErrorView)))]
 pub(super) async fn start(
     State(engine): State<Engine>,
     request: Result<Json<StartRequest>, JsonRejection>,
@@ -167,6 +177,10 @@ pub(super) async fn start(
 }
 
 /// `POST /v1/rollouts/{name}/{action}`: `pause`, `resume` or `rollback`.
+#[utoipa::path(post, path = "/v1/rollouts/{name}/{action}", tag = "rollouts",
+    params(("name" = String, Path), ("action" = String, Path, description = "`pause`, `resume` or `rollback`")),
+    responses((status = 200, description = "The rollout afterwards", body = RolloutView),
+        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
 pub(super) async fn control(
     State(engine): State<Engine>,
     Path((name, action)): Path<(String, String)>,

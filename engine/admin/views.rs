@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::instance::Phase;
 use crate::{InstanceInfo, VersionInfo};
@@ -20,14 +21,14 @@ pub(super) fn snake_case(name: &str) -> String {
 }
 
 /// An error answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct ErrorView {
     /// What went wrong and what to do.
     pub error: String,
 }
 
 /// A version with its residency.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct VersionView {
     workflow: String,
     version: String,
@@ -52,7 +53,7 @@ pub(super) struct VersionView {
     workers: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct OldestView {
     id: u64,
     started_at_ms: u64,
@@ -84,12 +85,13 @@ impl VersionView {
 }
 
 /// One instance in a listing.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct InstanceSummary {
     id: u64,
     workflow: String,
     version: String,
     /// As `InstanceStatus::as_str` names it (`waiting_signal`, ...).
+    #[schema(value_type = String)]
     status: &'static str,
     /// The step that runs next (the last one, once finished).
     step: String,
@@ -112,7 +114,7 @@ impl InstanceSummary {
 }
 
 /// A page of a listing.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct InstancePage {
     pub instances: Vec<InstanceSummary>,
     /// Pass as `after` for the next page; absent on the last.
@@ -120,7 +122,7 @@ pub(super) struct InstancePage {
 }
 
 /// One instance in full.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct InstanceDetail {
     #[serde(flatten)]
     summary: InstanceSummary,
