@@ -981,6 +981,25 @@ impl Engine {
         Ok(metrics.window(self.runtime.clock().now_ms(), window))
     }
 
+    /// A version's metrics window (the last 320 s) as one point per 10 s bucket, oldest first:
+    /// finished instances, error rate, step attempts and their p95 latency. With PostgreSQL,
+    /// merged over every live worker's published window.
+    pub fn metrics_series(
+        &self,
+        workflow: &str,
+        version: &str,
+    ) -> Result<Vec<crate::observe::MetricsPoint>, EngineError> {
+        let key = VersionKey::new(workflow, parse_version(workflow, version)?);
+        if self.runtime.registry.metrics(&key).is_none() {
+            return Err(crate::registry::RegistryError::UnknownVersion {
+                known: self.runtime.registry.describe_workflow(workflow),
+                key,
+            }
+            .into());
+        }
+        Ok(self.runtime.metrics_series(&key, self.runtime.clock().now_ms()))
+    }
+
     /// Every metric in Prometheus text format (exposition format 0.0.4), for a scrape endpoint.
     pub fn metrics_text(&self) -> String {
         let now = self.runtime.clock().now_ms();

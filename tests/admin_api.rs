@@ -545,6 +545,7 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
     assert_eq!(
         paths,
         [
+            "/",
             "/healthz",
             "/metrics",
             "/readyz",
@@ -568,6 +569,7 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
             "/v1/rollouts/{name}/{action}",
             "/v1/versions",
             "/v1/versions/{workflow}/{version}",
+            "/v1/versions/{workflow}/{version}/metrics",
             "/v1/versions/{workflow}/{version}/{action}",
         ]
     );

@@ -19,6 +19,7 @@
 mod access;
 mod changes;
 mod config;
+mod dashboard;
 mod instances;
 mod rollouts;
 mod views;
@@ -88,6 +89,7 @@ fn router(engine: Engine, tokens: AdminTokens) -> Router {
         .routes(routes!(versions))
         .routes(routes!(version))
         .routes(routes!(version_action))
+        .routes(routes!(version_metrics))
         .routes(routes!(instances::list))
         .routes(routes!(instances::show))
         .routes(routes!(instances::signal))
@@ -109,6 +111,7 @@ fn router(engine: Engine, tokens: AdminTokens) -> Router {
         .routes(routes!(openapi_document))
         .split_for_parts();
     let (probes, probe_document) = OpenApiRouter::new()
+        .routes(routes!(dashboard::page))
         .routes(routes!(healthz))
         .routes(routes!(ready))
         .split_for_parts();
@@ -253,6 +256,39 @@ async fn version(
 ) -> Result<Json<VersionView>, ApiError> {
     let info = blocking_read(engine, move |engine| engine.version(&workflow, &version)).await??;
     Ok(Json(VersionView::of(&info)))
+}
+
+/// A version's metrics window, a point per bucket.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct SeriesView {
+    workflow: String,
+    version: String,
+    /// How long each point's bucket is (ms).
+    bucket_ms: u64,
+    /// Oldest first; the last is the bucket now.
+    #[schema(value_type = Vec<Object>)]
+    points: Vec<crate::observe::MetricsPoint>,
+}
+
+/// `GET /v1/versions/{workflow}/{version}/metrics`: the last 320 s of a version's metrics, one
+/// point per 10 s: finished instances, error rate, step attempts, p95 step latency.
+#[utoipa::path(get, path = "/v1/versions/{workflow}/{version}/metrics", tag = "versions",
+    params(("workflow" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = SeriesView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
+async fn version_metrics(
+    State(engine): State<Engine>,
+    Path((workflow, version)): Path<(String, String)>,
+) -> Result<Json<SeriesView>, ApiError> {
+    let points = {
+        let (workflow, version) = (workflow.clone(), version.clone());
+        blocking_read(engine, move |engine| engine.metrics_series(&workflow, &version)).await??
+    };
+    Ok(Json(SeriesView {
+        workflow,
+        version,
+        bucket_ms: crate::observe::BUCKET_MS,
+        points,
+    }))
 }
 
 /// `POST /v1/versions/{workflow}/{version}/{action}`: `drain` or `retire`; answers the version

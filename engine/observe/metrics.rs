@@ -359,6 +359,41 @@ pub fn merged_window(exports: &[WindowExport], now_ms: u64, length: Duration) ->
     snapshot
 }
 
+/// One bucket of a version's metrics window, for a chart.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct MetricsPoint {
+    /// When the bucket starts (ms of the engine's clock).
+    pub at_ms: u64,
+    /// Instances that finished in it.
+    pub finished: u64,
+    /// Failed among the completed and failed ones, if any finished.
+    pub error_rate: Option<f64>,
+    /// Step attempts in it.
+    pub attempts: u64,
+    /// The 95th percentile of its step attempts' latency (µs), if any ran.
+    pub p95_step_micros: Option<u64>,
+}
+
+/// The window of `exports` (several processes' rings of one version) as one point per bucket,
+/// oldest first, the last the bucket `now_ms` falls in.
+pub fn window_series(exports: &[WindowExport], now_ms: u64) -> Vec<MetricsPoint> {
+    let current = now_ms / BUCKET_MS;
+    let oldest = current.saturating_sub(WINDOW_BUCKETS as u64 - 1);
+    (oldest..=current)
+        .map(|period| {
+            let end = period * BUCKET_MS + BUCKET_MS - 1;
+            let snapshot = merged_window(exports, end, Duration::from_millis(BUCKET_MS));
+            MetricsPoint {
+                at_ms: period * BUCKET_MS,
+                finished: snapshot.finished(),
+                error_rate: snapshot.error_rate(),
+                attempts: snapshot.attempts,
+                p95_step_micros: snapshot.step_latency.map(|quantiles| quantiles.p95.as_micros() as u64),
+            }
+        })
+        .collect()
+}
+
 /// A version's figures over a window (or since open).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MetricsSnapshot {
@@ -477,5 +512,36 @@ mod tests {
                 "over {length:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_series_has_one_point_per_bucket_of_the_window_with_that_buckets_figures() {
+        let metrics = VersionMetrics::default();
+        let now = 100 * BUCKET_MS + 5_000;
+        let earlier = now - 3 * BUCKET_MS;
+        metrics.record_attempt(earlier, Duration::from_millis(4), false);
+        metrics.record_finish(earlier, InstanceStatus::Failed, Duration::from_secs(1));
+        metrics.record_finish(earlier, InstanceStatus::Completed, Duration::from_secs(1));
+        metrics.record_attempt(now, Duration::from_millis(40), false);
+        let series = window_series(&[metrics.export()], now);
+        assert_eq!(series.len(), WINDOW_BUCKETS);
+        assert_eq!(
+            series.last().unwrap().at_ms,
+            100 * BUCKET_MS,
+            "the last point is the current bucket"
+        );
+        let then = &series[series.len() - 4];
+        assert_eq!(
+            (then.at_ms, then.finished, then.error_rate, then.attempts),
+            (97 * BUCKET_MS, 2, Some(0.5), 1)
+        );
+        let near = |micros: Option<u64>, want: u64| micros.is_some_and(|got| got.abs_diff(want) <= want / 5);
+        assert!(near(then.p95_step_micros, 4_000), "{then:?}");
+        assert!(near(series.last().unwrap().p95_step_micros, 40_000));
+        let quiet = &series[series.len() - 2];
+        assert_eq!(
+            (quiet.finished, quiet.error_rate, quiet.p95_step_micros),
+            (0, None, None)
+        );
     }
 }

@@ -181,6 +181,14 @@ impl Runtime {
         )
     }
 
+    /// A version's metrics window as one point per bucket, merged over this worker's and, with
+    /// a shared store, every other live worker's published window.
+    pub(crate) fn metrics_series(&self, key: &VersionKey, now_ms: u64) -> Vec<crate::observe::MetricsPoint> {
+        let mut exports = self.others_metrics(key);
+        exports.extend(self.registry.metrics(key).map(|metrics| metrics.export()));
+        crate::observe::window_series(&exports, now_ms)
+    }
+
     fn stage_figures(&self, record: &RolloutRecord, candidate: bool, now_ms: u64) -> Figures {
         let (version, baseline) = if candidate {
             (&record.spec.candidate, &record.candidate_baseline)

@@ -1,0 +1,185 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`): the
+//! versions table shows the right counts and changes as instances finish, without a reload;
+//! a rolled-back rollout shows the gate that fired; config history shows its diffs; an instance
+//! is found by id. A screenshot of the page is saved (the README's).
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::tally;
+use common::*;
+use strata::rollout::RolloutStatus;
+use strata::{Engine, Gates, Next, RolloutSpec, Stage, StartOptions, StepCtx, StepResult, Version, WorkflowVersion};
+
+async fn charge(_ctx: StepCtx, _attempt: &mut u64) -> StepResult<u64> {
+    Ok(Next::complete(1))
+}
+
+async fn refuse(_ctx: StepCtx, _attempt: &mut u64) -> StepResult<u64> {
+    Ok(Next::fail("the new payment provider refuses every charge"))
+}
+
+/// `payment` 1.0.0 completes.
+fn payment() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("payment", "1.0.0")
+        .init(|n| n)
+        .step("charge", charge)
+}
+
+/// `payment` 2.0.0 fails every instance.
+fn failing_payment() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("payment", "2.0.0")
+        .init(|n| n)
+        .step("charge", refuse)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .data_dir(dir.path())
+        .admin("127.0.0.1:0".parse().unwrap())
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_1("1.1.0"))
+        .register(payment())
+        .register(failing_payment())
+        .open()
+        .await
+        .unwrap();
+    let ids = tally::start_waiting(&engine, 0..3, StartOptions::new().version("=1.0.0")).await;
+    tally::start_waiting(&engine, 3..4, StartOptions::new().version("=1.1.0")).await;
+    engine
+        .apply_config("strata.toml", "[workflows.tally]\ndefault = \"=1.0.0\"\n")
+        .await
+        .unwrap();
+    engine
+        .apply_config("strata.toml", "[workflows.tally]\ndefault = \"=1.1.0\"\n")
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    let page = format!("http://{}/", engine.admin_address().unwrap());
+    browser.goto(&page).await;
+
+    let live = r#"tr[data-version="tally@1.0.0"] [data-field="live"]"#;
+    browser
+        .wait_for_text(live, "3 live instances", |text| text == "3")
+        .await;
+    assert_eq!(
+        browser
+            .text(r#"tr[data-version="tally@1.1.0"] [data-field="live"]"#)
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    // Instances finish: the count follows without a reload.
+    engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap();
+    browser
+        .wait_for_text(
+            r#"tr[data-version="tally@1.0.0"] [data-field="status"]"#,
+            "draining",
+            |text| text == "draining",
+        )
+        .await;
+    engine.signal(ids[0], tally::GO, &()).await.unwrap();
+    outcome_within(&engine, ids[0]).await;
+    browser
+        .wait_for_text(live, "2 live instances", |text| text == "2")
+        .await;
+    for id in &ids[1..] {
+        engine.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&engine, *id).await;
+    }
+    browser
+        .wait_for_text(live, "no live instance", |text| text == "0")
+        .await;
+    browser
+        .wait_for_text(
+            r#"tr[data-version="tally@1.0.0"] [data-field="safe_to_remove"]"#,
+            "safe to remove",
+            |text| text == "yes",
+        )
+        .await;
+
+    // A rollout whose candidate fails every instance: the consecutive-failures gate fires.
+    let gates = Gates {
+        max_consecutive_failures: Some(2),
+        ..Gates::default()
+    };
+    let spec = RolloutSpec::new("payment", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage {
+            percent: 100.0,
+            hold_ms: 600_000,
+            min_finished: 100,
+        })
+        .gates(gates);
+    engine.start_rollout(spec).await.unwrap();
+    let name = "payment@2.0.0";
+    browser
+        .wait_for_text(
+            &format!(r#"[data-rollout="{name}"] [data-field="status"]"#),
+            "running",
+            |text| text == "running",
+        )
+        .await;
+    while engine.rollout(name).unwrap().status == RolloutStatus::Running {
+        let id = engine.start("payment", &1u64).await.unwrap();
+        outcome_within(&engine, id).await;
+        engine.evaluate_rollouts().await.unwrap();
+    }
+    browser
+        .wait_for_text(
+            &format!(r#"[data-rollout="{name}"] [data-field="status"]"#),
+            "rolled back",
+            |text| text == "rolled back",
+        )
+        .await;
+    let fired = browser
+        .wait_for_text(
+            &format!(r#"[data-rollout="{name}"] [data-field="rolled-back"]"#),
+            "the gate",
+            |_| true,
+        )
+        .await;
+    assert!(
+        fired.starts_with("Rolled back by consecutive failures gate:"),
+        "{fired}"
+    );
+    let gate = browser
+        .text(&format!(
+            r#"[data-rollout="{name}"] tr[data-gate="max_consecutive_failures"]"#
+        ))
+        .await
+        .unwrap();
+    assert!(gate.contains("fired") && gate.contains("≤ 2"), "{gate}");
+    let figure = gate.split('\t').nth(2).unwrap_or_default().trim().to_string();
+    assert_eq!(figure, "2", "the figure the gate compared when it fired: {gate}");
+
+    // Config history with its diffs, newest first.
+    let generation = browser
+        .wait_for_text(r#"[data-field="generation"]"#, "the generation", |_| true)
+        .await;
+    assert!(generation.starts_with("Generation 2 in force"), "{generation}");
+    let diff = browser.text(r#"[data-generation="2"] pre.diff"#).await.unwrap();
+    assert_eq!(diff, "- default = \"=1.0.0\"\n+ default = \"=1.1.0\"");
+
+    // An instance found by its id, state and all.
+    browser.submit("#search-id", &ids[0].0.to_string()).await;
+    let shown = browser
+        .wait_for_text(&format!(r#"pre[data-instance="{}"]"#, ids[0].0), "the instance", |_| {
+            true
+        })
+        .await;
+    assert!(shown.contains("\"status\": \"completed\""), "{shown}");
+
+    let screenshot = browser.screenshot().await;
+    assert_eq!(&screenshot[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let saved = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&saved, &screenshot).unwrap();
+    println!("dashboard screenshot: {}", saved.display());
+    drop(browser);
+    tokio::time::timeout(Duration::from_secs(30), engine.shutdown())
+        .await
+        .expect("the engine stops with the dashboard's event stream open");
+}
