@@ -331,27 +331,42 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
     }
 }
 
+/// The last rollback of a rollout, if it was rolled back: its gate, reason and figures.
+fn rolled_back(rollout: &Value) -> Option<&Value> {
+    rollout["history"].as_array().and_then(|history| {
+        history
+            .iter()
+            .rev()
+            .find_map(|entry| entry["transition"].get("RolledBack"))
+    })
+}
+
+/// While a rollout is active, its figures now; once rolled back, those its gates compared then.
+fn compared_figures(rollout: &Value) -> &Value {
+    match (&rollout["figures"], rolled_back(rollout)) {
+        (Value::Null, Some(rolled)) => rolled,
+        (figures, _) => figures,
+    }
+}
+
 fn rollout_rows(rollouts: &[Value]) -> Vec<Vec<String>> {
     rollouts
         .iter()
         .map(|rollout| {
             let stages = rollout["stages"].as_array().map_or(0, Vec::len);
-            let figures = &rollout["figures"];
-            let gate = rollout["history"]
-                .as_array()
-                .and_then(|history| {
-                    history
-                        .iter()
-                        .rev()
-                        .find_map(|entry| entry["transition"].get("RolledBack"))
-                })
-                .map(|rolled| {
-                    format!(
-                        "{}: {}",
-                        rolled["gate"].as_str().unwrap_or("operator"),
-                        shown(&rolled["reason"])
-                    )
-                });
+            let rolled_back = rolled_back(rollout);
+            let figures = compared_figures(rollout);
+            let gate = rolled_back.map(|rolled| {
+                let gate = match rolled["gate"].as_str() {
+                    Some("ErrorRateIncrease") => "error rate increase gate",
+                    Some("LatencyMultiplier") => "latency multiplier gate",
+                    Some("SuccessRate") => "success rate gate",
+                    Some("ConsecutiveFailures") => "consecutive failures gate",
+                    Some(other) => other,
+                    None => "an operator",
+                };
+                format!("{gate}: {}", shown(&rolled["reason"]))
+            });
             vec![
                 shown(&rollout["name"]),
                 shown(&rollout["status"]),
@@ -454,7 +469,7 @@ fn rollout_detail(rollout: &Value) -> String {
         &ROLLOUT_HEADERS,
         &rollout_rows(std::slice::from_ref(rollout)),
     )];
-    let figures = &rollout["figures"];
+    let figures = compared_figures(rollout);
     if !figures.is_null() {
         lines.push(String::new());
         let row = |name: &str, figures: &Value| {

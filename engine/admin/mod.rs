@@ -1,4 +1,4 @@
-//! The admin HTTP API (issue #11, first part): what the engine knows, as JSON under versioned
+//! The admin HTTP API: what the engine knows, as JSON under versioned
 //! paths, for the `strata` CLI, the dashboard and scripts. It owns the server's lifetime (it
 //! stops with the engine), its access rules (bearer tokens, read-only and admin) and the mapping
 //! of engine errors to HTTP answers that say what to do.
