@@ -793,6 +793,12 @@ impl Engine {
         self.runtime.instance(id)
     }
 
+    /// The signals delivered to a live instance that it has not consumed yet, in the order it
+    /// will (wherever it runs, with PostgreSQL); none for a finished one.
+    pub fn pending_signals(&self, id: InstanceId) -> Result<Vec<crate::store::SignalRecord>, EngineError> {
+        self.runtime.pending_signals(id)
+    }
+
     /// Instances matching `filter` (live ones from memory, finished ones from the store).
     pub fn list(&self, filter: &InstanceFilter) -> Result<Vec<InstanceInfo>, EngineError> {
         self.runtime.list(filter, usize::MAX)

@@ -248,6 +248,33 @@ async fn instances_are_listed_paged_shown_signalled_and_cancelled() {
         "state decoded as JSON: {detail}"
     );
 
+    // A signal it does not wait for yet waits in its inbox, shown with its payload.
+    let (status, _) = post_json(
+        &engine,
+        &format!("/v1/instances/{}/signals/later", ids[2].0),
+        r#"{"note": "for after"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, detail) = get(&engine, &format!("/v1/instances/{}", ids[2].0)).await;
+    let pending = detail["pending_signals"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{detail}");
+    assert_eq!(
+        (pending[0]["name"].as_str(), &pending[0]["payload"]["note"]),
+        (Some("later"), &Value::from("for after"))
+    );
+
+    // The version's metrics window, a point per bucket: the five first steps ran in the last.
+    let (status, series) = get(&engine, "/v1/versions/tally/1.0.0/metrics").await;
+    assert_eq!(status, 200, "{series}");
+    assert_eq!(series["bucket_ms"], 10_000);
+    let points = series["points"].as_array().unwrap();
+    assert_eq!(points.len(), 32);
+    let attempts: u64 = points.iter().map(|point| point["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(attempts, 5, "{series}");
+    assert_eq!(get(&engine, "/v1/versions/tally/9.0.0/metrics").await.0, 404);
+    assert_eq!(get(&engine, "/v1/versions/tally/latest/metrics").await.0, 400);
+
     // A signal with its payload as JSON wakes the instance; a cancel ends another.
     let (status, answer) = post_json(&engine, &format!("/v1/instances/{}/signals/go", ids[0].0), "null").await;
     assert_eq!((status, answer["delivered"].as_bool()), (200, Some(true)), "{answer}");

@@ -101,8 +101,12 @@ pub(super) async fn list(
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = u64, Path)),
     responses((status = 200, body = InstanceDetail), (status = 404, body = ErrorView)))]
 pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<InstanceDetail>, ApiError> {
-    let info = blocking_read(engine, move |engine| engine.instance(InstanceId(id))).await??;
-    Ok(Json(InstanceDetail::of(&info)))
+    let (info, signals) = blocking_read(engine, move |engine| {
+        let info = engine.instance(InstanceId(id))?;
+        engine.pending_signals(InstanceId(id)).map(|signals| (info, signals))
+    })
+    .await??;
+    Ok(Json(InstanceDetail::of(&info, &signals)))
 }
 
 /// `POST /v1/instances/{id}/signals/{name}` with the payload as the JSON body (`null` for

@@ -139,10 +139,21 @@ pub(super) struct InstanceDetail {
     last_error: Option<String>,
     /// Moves to other versions, oldest first.
     moves: Vec<Value>,
+    /// Signals delivered and not consumed yet, in the order it consumes them.
+    pending_signals: Vec<PendingSignalView>,
+}
+
+/// A signal waiting for its instance.
+#[derive(Serialize, ToSchema)]
+struct PendingSignalView {
+    seq: u64,
+    name: String,
+    /// The payload as JSON.
+    payload: Value,
 }
 
 impl InstanceDetail {
-    pub(super) fn of(info: &InstanceInfo) -> InstanceDetail {
+    pub(super) fn of(info: &InstanceInfo, signals: &[crate::store::SignalRecord]) -> InstanceDetail {
         let record = &info.record;
         let phase = match &record.phase {
             Phase::Ready { .. } => serde_json::json!({ "kind": "ready" }),
@@ -185,6 +196,14 @@ impl InstanceDetail {
                 .moves
                 .iter()
                 .map(|stamp| serde_json::json!({ "description": format!("{stamp:?}") }))
+                .collect(),
+            pending_signals: signals
+                .iter()
+                .map(|signal| PendingSignalView {
+                    seq: signal.seq,
+                    name: signal.name.clone(),
+                    payload: crate::workflow::decode_user::<Value>(&signal.payload).unwrap_or(Value::Null),
+                })
                 .collect(),
         }
     }

@@ -881,6 +881,18 @@ impl Runtime {
         }
     }
 
+    /// The unconsumed signals of a live instance: its inbox here, else (with a shared store) the
+    /// store's; a finished instance has none.
+    pub fn pending_signals(&self, id: InstanceId) -> Result<Vec<SignalRecord>, EngineError> {
+        if let Some(inbox) = self.table.with(id, |slot| slot.inbox.clone()) {
+            return Ok(inbox);
+        }
+        match self.store.cluster() {
+            Some(cluster) => Ok(cluster.signals_of(id)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Instances matching `filter`, live ones first, each group in id order.
     pub fn list(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<InstanceInfo>, EngineError> {
         let mut found = Vec::new();
