@@ -31,6 +31,13 @@ fn worker(database: &TestDatabase) -> EngineBuilder {
         .commit_retry_delay(Duration::from_millis(10))
 }
 
+/// A worker that heartbeats every 200 ms (lease 600 ms), so tests see the cluster change fast.
+fn quick_worker(database: &TestDatabase) -> EngineBuilder {
+    worker(database).lease(QUICK_LEASE)
+}
+
+const QUICK_LEASE: Duration = Duration::from_millis(600);
+
 async fn with_tally(database: &TestDatabase, versions: &[&str]) -> Engine {
     let mut builder = worker(database);
     for version in versions {
@@ -129,15 +136,12 @@ async fn a_worker_never_claims_instances_of_a_version_it_has_no_code_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_through_a_worker_without_the_newest_versions_code_runs_on_a_worker_with_it() {
     let database = TestDatabase::create();
-    let lease = Duration::from_millis(600);
-    let old = worker(&database)
-        .lease(lease)
+    let old = quick_worker(&database)
         .register(tally::on_schema_1("1.0.0"))
         .open()
         .await
         .unwrap();
-    let new = worker(&database)
-        .lease(lease)
+    let new = quick_worker(&database)
         .register(tally::on_schema_1("1.0.0"))
         .register(tally::on_schema_2("2.0.0"))
         .open()
@@ -219,7 +223,6 @@ async fn a_start_through_a_worker_without_the_newest_versions_code_runs_on_a_wor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_migration_runs_once_in_the_cluster_each_worker_over_the_instances_it_holds() {
     let database = TestDatabase::create();
-    let lease = Duration::from_millis(600);
     // Twenty tallies on schema 1 (none with the count that fails to migrate): ten of 1.0.0, ten
     // of 1.1.0.
     let before = with_tally(&database, &["1.0.0", "1.1.0"]).await;
@@ -229,17 +232,19 @@ async fn a_background_migration_runs_once_in_the_cluster_each_worker_over_the_in
     // New code on schema 2: one worker runs 1.0.0, the other 1.1.0, so each holds ten.
     let calls = Arc::new(AtomicU64::new(0));
     let open = |version: &'static str| {
-        worker(&database)
-            .lease(lease)
+        quick_worker(&database)
             .register(tally::on_schema_2(version))
             .migration(tally::migration(calls.clone()))
             .open()
     };
     let first = open("1.0.0").await.unwrap();
     let second = open("1.1.0").await.unwrap();
+    // A console process without the workflow's code follows the job too.
+    let observer = quick_worker(&database).open().await.unwrap();
     assert_eq!((first.live_instances(), second.live_instances()), (10, 10));
     let mut first_events = first.subscribe();
     let mut second_events = second.subscribe();
+    let mut observer_events = observer.subscribe();
     let job = first
         .migrate_states(MigrationJob::new(tally::WORKFLOW).batch_size(1).max_per_second(5))
         .unwrap();
@@ -265,6 +270,21 @@ async fn a_background_migration_runs_once_in_the_cluster_each_worker_over_the_in
         .await
         .expect("finished there too");
     assert_eq!(elsewhere.migrated, 20);
+    let watched = observer
+        .migration(tally::WORKFLOW)
+        .expect("the observer follows the job");
+    let watched = watched
+        .finished_within(Duration::from_secs(30))
+        .await
+        .expect("finished for the observer too");
+    assert_eq!((watched.state, watched.migrated), (MigrationState::Finished, 20));
+    // Started again through a worker while none runs: a new job, with nothing left to do.
+    let again = observer.migrate_states(MigrationJob::new(tally::WORKFLOW)).unwrap();
+    let again = again
+        .finished_within(Duration::from_secs(30))
+        .await
+        .expect("the second job finished");
+    assert_eq!((again.migrated, again.failed), (0, 0));
     assert_eq!(
         calls.load(Ordering::Relaxed),
         20,
@@ -277,28 +297,26 @@ async fn a_background_migration_runs_once_in_the_cluster_each_worker_over_the_in
     }
     first.shutdown().await;
     second.shutdown().await;
+    observer.shutdown().await;
     let mut announced = 0;
-    for events in [&mut first_events, &mut second_events] {
+    for events in [&mut first_events, &mut second_events, &mut observer_events] {
         while let Ok(event) = events.try_recv() {
             announced += usize::from(matches!(event, Event::MigrationFinished { .. }));
         }
     }
-    assert_eq!(announced, 1, "the end of the job is announced once in the cluster");
+    assert_eq!(announced, 2, "the end of each job is announced once in the cluster");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_a_worker_takes_over_during_a_background_migration_join_its_share() {
     let database = TestDatabase::create();
-    let lease = Duration::from_millis(600);
     let before = with_tally(&database, &["1.0.0", "1.1.0"]).await;
     let mut ids = waiting_tallies(&before, 0..10, "1.0.0").await;
     ids.extend(waiting_tallies(&before, 20..30, "1.1.0").await);
     before.shutdown().await;
     let calls = Arc::new(AtomicU64::new(0));
     let open = |versions: &[&'static str]| {
-        let mut builder = worker(&database)
-            .lease(lease)
-            .migration(tally::migration(calls.clone()));
+        let mut builder = quick_worker(&database).migration(tally::migration(calls.clone()));
         for version in versions {
             builder = builder.register(tally::on_schema_2(version));
         }
@@ -685,17 +703,14 @@ async fn the_rollout_evaluator_sees_every_workers_steps_and_rolls_back_a_slow_ca
     use strata::rollout::{Gate, RolloutStatus, Transition};
     use strata::{Gates, RolloutSpec, Stage, Version};
     let database = TestDatabase::create();
-    let lease = Duration::from_millis(600);
     // The evaluator has the stable version's code only; the candidate (slow steps) runs on the
     // other worker alone, so only that worker's published metrics can show it is slow.
-    let evaluator = worker(&database)
-        .lease(lease)
+    let evaluator = quick_worker(&database)
         .register(probe::version("1.0.0"))
         .open()
         .await
         .unwrap();
-    let runner = worker(&database)
-        .lease(lease)
+    let runner = quick_worker(&database)
         .register(probe::version("1.0.0"))
         .register(probe::version("2.0.2"))
         .open()

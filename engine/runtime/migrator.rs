@@ -25,7 +25,8 @@ use crate::store::Op;
 const FAILURES_KEPT: usize = 100;
 
 impl Runtime {
-    /// Starts a background migration of `job.workflow`, or returns the handle of the one that runs.
+    /// Starts a background migration of `job.workflow`, or returns the handle of the one that runs
+    /// (with a shared store, wherever it was started).
     pub fn start_migration(self: &Arc<Self>, job: MigrationJob) -> Result<MigrationHandle, EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
@@ -35,6 +36,18 @@ impl Runtime {
                 workflow: job.workflow.clone(),
             }
             .into());
+        }
+        if let Some(cluster) = self.store.cluster() {
+            // A job another worker started and this one has not followed yet is the one that
+            // runs: join it rather than start a second.
+            let running = self.store.migration_jobs()?.into_iter().find(|record| {
+                record.worker.is_empty() && record.workflow == job.workflow && record.state != MigrationState::Finished
+            });
+            if let Some(running) = running {
+                if let Some(control) = self.follow_job(&running, cluster.worker_id()) {
+                    return Ok(MigrationHandle { control });
+                }
+            }
         }
         let mut jobs = self.jobs.lock();
         if let Some(control) = jobs.get(&job.workflow) {
@@ -107,7 +120,7 @@ impl Runtime {
     }
 
     /// With a store many processes share, at open and at every heartbeat: joins each running
-    /// job of a workflow this worker has code for with a share of its own, takes in pauses and
+    /// job with a share of its own, takes in pauses and
     /// resumes made elsewhere and the job's progress summed over every share, and notices a job
     /// finished elsewhere. The worker that evaluates rollouts also finishes each job whose every
     /// live worker's share has finished, with no instance left waiting for a claim; it alone
@@ -165,8 +178,8 @@ impl Runtime {
         }
     }
 
-    /// The local control of `job`, joining it with a share of this worker's when it runs and
-    /// this worker has code for its workflow; takes in a pause or resume made elsewhere.
+    /// The local control of `job`, joining it with a share of this worker's while it runs;
+    /// takes in a pause or resume made elsewhere.
     fn follow_job(self: &Arc<Self>, job: &MigrationJobRecord, me: &str) -> Option<Arc<JobControl>> {
         let mut jobs = self.jobs.lock();
         if let Some(control) = jobs.get(&job.workflow) {
@@ -187,9 +200,11 @@ impl Runtime {
                 return None;
             }
         }
-        if job.state == MigrationState::Finished || !self.registry.has_code_for(&job.workflow) {
+        if job.state == MigrationState::Finished {
             return None;
         }
+        // Every worker joins, with the code or not: its share is what it holds (nothing, without
+        // the code), and its handle shows the job's progress and takes a pause or resume.
         tracing::info!(workflow = %job.workflow, "joining a background migration with the instances held here");
         let share = MigrationJobRecord {
             worker: me.to_string(),
