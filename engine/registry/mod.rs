@@ -103,8 +103,8 @@ impl VersionInfo {
 
 struct VersionEntry {
     code: Option<Arc<dyn VersionCode>>,
-    /// Whether another live worker sharing the store has its code (so a start here can be
-    /// accepted for that worker to run even without the code here).
+    /// Whether some live worker sharing the store (this one included) has its code, so a start
+    /// here can be accepted for that worker to run even without the code here.
     runs_in_cluster: bool,
     status: VersionStatus,
     counters: VersionCounters,
