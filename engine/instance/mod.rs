@@ -298,8 +298,22 @@ impl InstanceRecord {
 
     /// Decodes a stored record.
     pub fn decode(bytes: &[u8]) -> Result<InstanceRecord, String> {
-        rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+        decode_stored(bytes).map_err(|error| error.to_string())
     }
+}
+
+/// How deep stored MessagePack may nest. rmp-serde's own limit (1 024) lets damaged bytes (a run
+/// of one-element array markers) recurse deep enough to overflow a 2 MiB thread stack and abort
+/// the process (found by tests/fuzz.rs); records nest a few levels, and user states well under
+/// this.
+pub const MAX_STORED_DEPTH: usize = 128;
+
+/// Decodes stored MessagePack (a record, a state, a payload) with nesting bounded by
+/// [`MAX_STORED_DEPTH`]: damaged bytes give an error, never a stack overflow.
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(MAX_STORED_DEPTH);
+    T::deserialize(&mut deserializer)
 }
 
 /// An instance record encoded for a commit, with what a store needs to place it. Encoding happens
@@ -530,5 +544,34 @@ impl InstanceFilter {
     /// Whether finished instances can match.
     pub(crate) fn wants_terminal(&self) -> bool {
         self.status.is_none_or(InstanceStatus::is_terminal)
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// `depth` one-element arrays around a zero, as MessagePack.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut bytes = vec![0x91; depth];
+        bytes.push(0x00);
+        bytes
+    }
+
+    #[test]
+    fn nesting_up_to_the_bound_decodes_on_a_small_stack_and_deeper_is_an_error() {
+        // A 2 MiB stack, as tokio's and std's threads have, in the debug build's large frames.
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let within = decode_stored::<serde_json::Value>(&nested(MAX_STORED_DEPTH - 1)).is_ok();
+                let beyond = decode_stored::<serde_json::Value>(&nested(100_000)).is_err();
+                let record = InstanceRecord::decode(&nested(100_000)).is_err();
+                (within, beyond, record)
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(decoded, (true, true, true));
     }
 }

@@ -100,8 +100,8 @@ where
     B: Serialize,
 {
     Arc::new(move |bytes: &[u8]| {
-        let old: A =
-            rmp_serde::from_slice(bytes).map_err(|error| format!("the stored state does not decode: {error}"))?;
+        let old: A = crate::instance::decode_stored(bytes)
+            .map_err(|error| format!("the stored state does not decode: {error}"))?;
         let new = function(old)?;
         rmp_serde::to_vec_named(&new).map_err(|error| format!("the migrated state does not encode: {error}"))
     })

@@ -113,7 +113,7 @@ impl Runtime {
         match cluster.metrics_of(key, self.options.lease) {
             Ok(windows) => windows
                 .iter()
-                .filter_map(|bytes| match rmp_serde::from_slice(bytes) {
+                .filter_map(|bytes| match crate::instance::decode_stored(bytes) {
                     Ok(export) => Some(export),
                     Err(error) => {
                         tracing::warn!(version = %key, %error, "a worker's metrics window does not decode; left out");

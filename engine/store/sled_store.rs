@@ -100,7 +100,7 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreE
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+    crate::instance::decode_stored(bytes).map_err(|error| error.to_string())
 }
 
 fn id_key(prefix: &[u8], id: InstanceId) -> Vec<u8> {

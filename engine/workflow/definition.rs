@@ -377,8 +377,8 @@ where
     fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>> {
         Box::pin(async move {
             let step = self.steps.get(&*ctx.step).ok_or(StepFailure::UnknownStep)?;
-            let mut typed: S =
-                rmp_serde::from_slice(state).map_err(|error| StepFailure::StateUndecodable(error.to_string()))?;
+            let mut typed: S = crate::instance::decode_stored(state)
+                .map_err(|error| StepFailure::StateUndecodable(error.to_string()))?;
             let next = (step.run)(ctx, &mut typed).await.map_err(StepFailure::Step)?;
             let mut encoded = Vec::with_capacity(state.len() + 32);
             rmp_serde::encode::write_named(&mut encoded, &typed)

@@ -42,7 +42,7 @@ pub(crate) fn encode_user<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, S
 
 /// Decodes a value of a user type; its `Deserialize` panicking is an error like any other.
 pub(crate) fn decode_user<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    catch_user_panic(|| rmp_serde::from_slice(bytes))
+    catch_user_panic(|| crate::instance::decode_stored(bytes))
         .map_err(|message| format!("its Deserialize impl panicked: {message}"))?
         .map_err(|error: rmp_serde::decode::Error| error.to_string())
 }

@@ -85,7 +85,7 @@ impl StepCtx {
     /// The payload of the signal that woke this step, decoded; `Ok(None)` if no signal woke it.
     pub fn signal<T: DeserializeOwned>(&self) -> Result<Option<T>, StepError> {
         match &self.wake {
-            WakeReason::Signal { name, payload } => rmp_serde::from_slice(payload)
+            WakeReason::Signal { name, payload } => crate::instance::decode_stored(payload)
                 .map(Some)
                 .map_err(|error| StepError::permanent(format!("signal '{name}' payload does not decode: {error}"))),
             _ => Ok(None),

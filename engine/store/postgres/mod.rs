@@ -286,7 +286,7 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|error| StoreError::Backend {
+    crate::instance::decode_stored(bytes).map_err(|error| StoreError::Backend {
         operation: "read",
         message: format!("a {what} record does not decode: {error}"),
     })
