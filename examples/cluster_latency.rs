@@ -1,7 +1,8 @@
 //! Latencies across worker processes on one PostgreSQL database: how long after a worker hands
 //! its instances back (graceful stop) another runs their next step, how long after a worker is
-//! killed with SIGKILL another takes its instances over, and how long a signal sent through one
-//! process takes to wake its instance in another.
+//! killed with SIGKILL another takes its instances over, how long a signal sent through one
+//! process takes to wake its instance in another, and how long a start through a process
+//! without the workflow's code takes to run its first step on a worker with it (claim included).
 //!
 //! Run: `cargo run --release --example cluster_latency` (needs PostgreSQL: the server at
 //! `STRATA_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`; the example
@@ -54,6 +55,17 @@ async fn woken(_ctx: StepCtx, _state: &mut u64) -> StepResult<u64> {
     Ok(Next::complete(now_micros()))
 }
 
+/// Completes at once with the time (µs since the epoch) its first step ran.
+async fn stamp_now(_ctx: StepCtx, _state: &mut u64) -> StepResult<u64> {
+    Ok(Next::complete(now_micros()))
+}
+
+fn stamp() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("stamp", "1.0.0")
+        .init(|_: u64| 0)
+        .step("stamp", stamp_now)
+}
+
 fn ping() -> WorkflowVersion<u64, u64, u64> {
     WorkflowVersion::new("ping", "1.0.0")
         .init(|_: u64| 0)
@@ -62,18 +74,19 @@ fn ping() -> WorkflowVersion<u64, u64, u64> {
         .step("woken", woken)
 }
 
-/// A worker process: starts `tickers` tickers and `pings` pings, then runs until told `stop`
-/// on its standard input (it shuts down, handing its instances back, and says `left` with the
-/// time) or until it is killed.
+/// A worker process: with `tickers` > 0 or `pings` = 0 it has the ticker's code (and starts
+/// that many), with `pings` > 0 the ping's and the stamp's (and starts that many pings); then
+/// it runs until told `stop` on its standard input (it shuts down, handing its instances back,
+/// and says `left` with the time) or until it is killed.
 async fn worker(url: &str, tickers: u64, pings: u64) {
-    let engine = Engine::builder()
-        .postgres(url)
-        .lease(LEASE)
-        .register(ticker())
-        .register(ping())
-        .open()
-        .await
-        .expect("worker: open the engine");
+    let builder = Engine::builder().postgres(url).lease(LEASE);
+    // The ping holder has no ticker code, so it never takes tickers over and is never killed.
+    let builder = if pings > 0 {
+        builder.register(ping()).register(stamp())
+    } else {
+        builder.register(ticker())
+    };
+    let engine = builder.open().await.expect("worker: open the engine");
     for n in 0..tickers {
         engine.start("ticker", &n).await.expect("worker: start a ticker");
     }
@@ -171,25 +184,38 @@ async fn main() {
     let url = database::create_database(&server, &name).await;
     println!("lease {LEASE:?}; workers claim every lease/3; {TICKERS} tickers ticking every {TICK:?}; {PINGS} pings");
 
-    // B and C stand by (C holds the pings); A starts the tickers, then stops gracefully: B or C
-    // runs their next ticks.
-    let mut standby = [Worker::spawn(&url, 0, 0), Worker::spawn(&url, 0, PINGS)];
+    // B and C stand by (D holds the pings); A starts the tickers, then stops gracefully: B and C
+    // run their next ticks.
+    let mut standby = [Worker::spawn(&url, 0, 0), Worker::spawn(&url, 0, 0)];
+    let mut pinger = Worker::spawn(&url, 0, PINGS);
     let mut a = Worker::spawn(&url, TICKERS, 0);
     tokio::time::sleep(Duration::from_millis(800)).await; // lets A tick a while
     writeln!(a.stop, "stop").expect("tell A to stop");
     let a_left: u64 = a.expect("left").parse().expect("A's leaving time");
     let _ = a.process.wait();
 
-    // Whichever of B and C runs the tickers now is killed; the other takes them over once the
-    // killed one's lease runs out.
+    // Whichever of B and C runs (most of) the tickers now is killed; the other takes them over
+    // once the killed one's lease runs out.
     let console = Engine::builder().postgres(&url).open().await.expect("open the console");
     tokio::time::sleep(Duration::from_millis(800)).await; // lets the new holder tick a while
-    let holder_pid = console
+                                                          // Both standbys claim what A handed back (it announces it), so the tickers may be split:
+                                                          // the one running the most is killed.
+    let mut running: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for info in console
         .list(&InstanceFilter::workflow("ticker"))
         .expect("list the tickers")
-        .iter()
-        .filter_map(|info| info.state::<Vec<(u32, u64)>>().ok()?.last().copied())
-        .max_by_key(|(_, at)| *at)
+    {
+        if let Some((pid, _)) = info
+            .state::<Vec<(u32, u64)>>()
+            .ok()
+            .and_then(|ticks| ticks.last().copied())
+        {
+            *running.entry(pid).or_default() += 1;
+        }
+    }
+    let holder_pid = running
+        .into_iter()
+        .max_by_key(|(_, count)| *count)
         .map(|(pid, _)| pid)
         .expect("a ticker has ticked");
     let victim = standby
@@ -218,10 +244,21 @@ async fn main() {
             .expect("the ping's outcome")
             .output()
             .expect("completed");
-        // Pings the killed worker held wake only once they are taken over: left out.
-        if ran.saturating_sub(at) < LEASE.as_micros() as u64 / 2 {
-            woken.push(ran.saturating_sub(at) as f64 / 1_000.0);
-        }
+        woken.push(ran.saturating_sub(at) as f64 / 1_000.0);
+    }
+    // Starts through the console, which has no code: accepted, claimed by the survivor at once
+    // (NOTIFY), first step run there.
+    let mut first_steps = Vec::new();
+    for n in 0..PINGS {
+        let sent = now_micros();
+        let id = console.start("stamp", &n).await.expect("start through the console");
+        let ran: u64 = console
+            .outcome(id)
+            .await
+            .expect("the stamp's outcome")
+            .output()
+            .expect("completed");
+        first_steps.push(ran.saturating_sub(sent) as f64 / 1_000.0);
     }
     let mut tickers = Vec::new();
     for info in console
@@ -245,9 +282,13 @@ async fn main() {
         summary(handovers(&tickers, holder_pid, killed))
     );
     println!("signal via another process to wake:    {}", summary(woken));
+    println!("start without code to first step there: {}", summary(first_steps));
     console.shutdown().await;
     writeln!(survivor.stop, "stop").expect("tell the survivor to stop");
     survivor.expect("left");
     let _ = survivor.process.wait();
+    writeln!(pinger.stop, "stop").expect("tell the ping holder to stop");
+    pinger.expect("left");
+    let _ = pinger.process.wait();
     database::drop_database(&server, &name).await;
 }
