@@ -198,6 +198,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How long finished instances (completed, failed, cancelled) are kept after they finish
+    /// before they are removed, in the background (default 7 days; zero keeps them forever). A
+    /// config file's `retention = "30d"` takes over when applied. Counters are not affected.
+    pub fn retention(mut self, period: Duration) -> Self {
+        self.options.retention = period;
+        self
+    }
+
     /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
     /// have a hole, or give two paths for one step.
     pub fn migration(mut self, migration: StateMigration) -> Self {
@@ -338,6 +346,7 @@ impl Engine {
                 metrics: true,
                 clock: Arc::new(SystemClock),
                 lease: Duration::from_secs(5),
+                retention: crate::runtime::DEFAULT_RETENTION,
             },
         }
     }
@@ -535,6 +544,9 @@ impl Engine {
         }
         self.runtime.install_routing(spec);
         self.schedules.send_replace(Arc::new(config.schedules));
+        if let Some(period) = config.retention {
+            self.runtime.set_retention(period);
+        }
         for rollout in new_rollouts {
             let name = rollout.name.clone();
             if let Err(error) = self.runtime.start_rollout(rollout).await {
@@ -596,6 +608,9 @@ impl Engine {
         in_force.text = Some(last.text.clone());
         self.runtime.install_routing(config.routing);
         self.schedules.send_replace(Arc::new(config.schedules));
+        if let Some(period) = config.retention {
+            self.runtime.set_retention(period);
+        }
         tracing::info!(generation = last.generation, source = %last.source, "config taken in from the store");
         Ok(Some(last.generation))
     }
@@ -1003,6 +1018,12 @@ impl Engine {
             .into());
         }
         Ok(self.runtime.metrics_series(&key, self.runtime.clock().now_ms()))
+    }
+
+    /// Removes now the finished instances that finished longer than the retention period ago
+    /// (the engine also does so in the background); returns how many it removed.
+    pub async fn remove_expired_instances(&self) -> Result<u64, EngineError> {
+        self.runtime.remove_expired().await
     }
 
     /// Every metric in Prometheus text format (exposition format 0.0.4), for a scrape endpoint.

@@ -286,6 +286,9 @@ impl Store for FailingStore {
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         self.inner.finished_instances(keep, limit)
     }
+    fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        self.inner.expire_finished(finished_before_ms, limit)
+    }
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
         self.inner.quarantined()
     }

@@ -36,6 +36,7 @@ on_both_stores!(
     moved_instances_keep_exact_counters_on_both_versions,
     finished_instances_are_listed_and_read_after_a_restart,
     writes_from_an_older_copy_never_undo_newer_ones,
+    finished_instances_past_the_retention_period_are_removed_and_nothing_else_across_a_restart,
 );
 
 async fn instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_version(backend: Backend) {
@@ -520,5 +521,82 @@ async fn writes_from_an_older_copy_never_undo_newer_ones(backend: Backend) {
     drop(store);
     let engine = reopened.open().await.unwrap();
     assert_eq!(engine.rollout(&name).unwrap().status, RolloutStatus::RolledBack);
+    engine.shutdown().await;
+}
+
+async fn finished_instances_past_the_retention_period_are_removed_and_nothing_else_across_a_restart(backend: Backend) {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let clock = Arc::new(ManualClock::starting_now());
+    let open = || {
+        backend
+            .builder()
+            .clock(clock.clone())
+            .retention(2 * DAY)
+            .register(tally::on_schema_1("1.0.0"))
+            .open()
+    };
+    let engine = open().await.unwrap();
+    let finish = |engine: &strata::Engine, ids: Vec<strata::InstanceId>| {
+        let engine = engine.clone();
+        async move {
+            for id in &ids {
+                engine.signal(*id, tally::GO, &()).await.unwrap();
+                outcome_within(&engine, *id).await;
+            }
+            ids
+        }
+    };
+    // Day 0: two finish, one stays live; day 1: two more finish.
+    let oldest = finish(&engine, tally::start_waiting(&engine, 0..2, StartOptions::new()).await).await;
+    let live = tally::start_waiting(&engine, 2..3, StartOptions::new()).await[0];
+    clock.advance(DAY);
+    let newer = finish(&engine, tally::start_waiting(&engine, 3..5, StartOptions::new()).await).await;
+    let counters = engine.version(tally::WORKFLOW, "1.0.0").unwrap().counters;
+    // Day 2 and an hour: only day 0's are past two days.
+    clock.advance(DAY + Duration::from_secs(3600));
+    assert_eq!(engine.remove_expired_instances().await.unwrap(), 2);
+    for id in &oldest {
+        let error = engine.instance(*id).unwrap_err();
+        assert!(matches!(error, EngineError::UnknownInstance { .. }), "{error}");
+    }
+    for id in &newer {
+        assert_eq!(
+            engine.instance(*id).unwrap().status,
+            InstanceStatus::Completed,
+            "kept until its time"
+        );
+    }
+    assert_eq!(engine.instance(live).unwrap().status, InstanceStatus::WaitingSignal);
+    assert_eq!(
+        engine.version(tally::WORKFLOW, "1.0.0").unwrap().counters,
+        counters,
+        "counters count what happened"
+    );
+    assert_eq!(
+        engine.remove_expired_instances().await.unwrap(),
+        0,
+        "nothing else is due"
+    );
+    engine.shutdown().await;
+
+    // After a restart, a day later: day 1's go; the live one and the counters stay.
+    clock.advance(DAY);
+    let engine = open().await.unwrap();
+    assert_eq!(engine.remove_expired_instances().await.unwrap(), 2);
+    let finished = engine
+        .list(&InstanceFilter::workflow(tally::WORKFLOW).with_status(InstanceStatus::Completed))
+        .unwrap();
+    assert!(
+        finished.is_empty(),
+        "{:?}",
+        finished.iter().map(|info| info.id()).collect::<Vec<_>>()
+    );
+    assert_eq!(engine.version(tally::WORKFLOW, "1.0.0").unwrap().counters, counters);
+    // Ids of removed instances are never issued again.
+    let highest = newer.iter().chain(&oldest).max().copied().unwrap();
+    let fresh = engine.start(tally::WORKFLOW, &9u64).await.unwrap();
+    assert!(fresh > highest, "{fresh} is issued after {highest}");
+    engine.signal(live, tally::GO, &()).await.unwrap();
+    assert_eq!(outcome_within(&engine, live).await.output::<u64>().unwrap(), 2);
     engine.shutdown().await;
 }

@@ -41,6 +41,14 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// `retention` is not a duration.
+    #[error("{file}: retention: {reason}; write how long finished instances are kept, like retention = \"30d\" (\"0\" keeps them forever)")]
+    Retention {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
     /// The file is not valid TOML, or has a key or value of the wrong kind.
     #[error("{file}: {reason}")]
     Syntax {
@@ -121,6 +129,8 @@ struct ConfigFile {
     schedules: Vec<ScheduleEntry>,
     #[serde(default, rename = "rollouts")]
     watched_rollouts: Vec<WatchedRolloutEntry>,
+    /// How long finished instances are kept (`"30d"`; `"0"` keeps them forever).
+    retention: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -159,22 +169,26 @@ struct GatesEntry {
     max_consecutive_failures: Option<u64>,
 }
 
-/// Parses `500ms`, `30s`, `10m`, `2h`.
+/// Parses `500ms`, `30s`, `10m`, `2h`, `7d` (and `0`).
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
+    let wrong = || format!("'{text}' is not a duration like 30s, 10m, 1h, 7d or 500ms");
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 30s, 10m, 1h or 500ms"))?;
-    let millis = match unit.trim() {
+    let number: u64 = number.parse().map_err(|_| wrong())?;
+    let millis: u64 = match unit.trim() {
+        "" if number == 0 => 0,
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(format!("'{text}' is not a duration like 30s, 10m, 1h or 500ms")),
+        "d" => 86_400_000,
+        _ => return Err(wrong()),
     };
-    Ok(std::time::Duration::from_millis(number * millis))
+    let total = number
+        .checked_mul(millis)
+        .ok_or_else(|| format!("'{text}' is longer than any duration this engine can wait"))?;
+    Ok(std::time::Duration::from_millis(total))
 }
 
 #[derive(Deserialize)]
@@ -241,6 +255,9 @@ pub struct Config {
     pub schedules: Vec<ScheduleSpec>,
     /// Watched rollouts (`[[rollouts]]`); each starts when a config naming it is applied.
     pub rollouts: Vec<crate::rollout::RolloutSpec>,
+    /// How long finished instances are kept, if the file says (`retention = "30d"`; zero keeps
+    /// them forever); otherwise the builder's setting holds.
+    pub retention: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -434,16 +451,48 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         rollouts.push(spec);
     }
+    let retention = match parsed.retention {
+        None => None,
+        Some(text) => Some(parse_duration(&text).map_err(|reason| ConfigError::Retention {
+            file: file.to_string(),
+            reason,
+        })?),
+    };
     Ok(Config {
         routing: RoutingSpec { flags, workflows },
         schedules,
         rollouts,
+        retention,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_days_and_zero_and_refuse_what_overflows() {
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration("0").unwrap(), std::time::Duration::ZERO);
+        assert_eq!(parse_duration("90m").unwrap(), std::time::Duration::from_secs(5_400));
+        assert!(parse_duration("18446744073709551615d")
+            .unwrap_err()
+            .contains("longer than"));
+        assert!(parse_duration("5").unwrap_err().contains("like 30s"));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn retention_is_read_from_the_file_and_a_bad_one_is_named() {
+        let config = parse("strata.toml", "retention = \"30d\"\n").unwrap();
+        assert_eq!(config.retention, Some(std::time::Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse("strata.toml", "").unwrap().retention, None);
+        let error = parse("strata.toml", "retention = \"a while\"\n").unwrap_err();
+        assert!(matches!(error, ConfigError::Retention { .. }), "{error}");
+    }
 
     const EXAMPLE: &str = r#"
 [flags.payment-first]

@@ -292,6 +292,7 @@ impl InstanceRecord {
             due_ms: self.phase.timer_due_ms(),
             claim: self.claim,
             created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
             bytes,
         })
     }
@@ -334,6 +335,9 @@ pub struct EncodedInstance {
     pub claim: u64,
     /// When it started (ms since the Unix epoch; a column, to find the oldest live instance).
     pub created_at_ms: u64,
+    /// When this record was committed (for a finished instance: when it finished, which its
+    /// retention counts from).
+    pub updated_at_ms: u64,
     /// The encoded record.
     pub bytes: Vec<u8>,
 }

@@ -270,6 +270,9 @@ mod tests {
         ) -> Result<Vec<InstanceRecord>, StoreError> {
             Ok(Vec::new())
         }
+        fn expire_finished(&self, _finished_before_ms: u64, _limit: usize) -> Result<u64, StoreError> {
+            Ok(0)
+        }
         fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
             Ok(Vec::new())
         }

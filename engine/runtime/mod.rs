@@ -10,14 +10,16 @@ mod committer;
 mod driver;
 mod migrator;
 mod moves;
+mod retention;
 mod rollouts;
 mod table;
 mod timers;
 
 pub use committer::Durability;
+pub(crate) use retention::DEFAULT_RETENTION;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -53,6 +55,8 @@ pub(crate) struct RuntimeOptions {
     pub clock: Arc<dyn Clock>,
     /// How long a worker's claims last without a heartbeat, with a shared store.
     pub lease: Duration,
+    /// How long finished instances are kept (zero: forever), unless the config file says.
+    pub retention: Duration,
 }
 
 /// The executor behind an `Engine`.
@@ -86,6 +90,10 @@ pub(crate) struct Runtime {
     step_mappings: parking_lot::RwLock<StepMappings>,
     /// The background migration jobs known since open, by workflow.
     jobs: parking_lot::Mutex<HashMap<String, Arc<JobControl>>>,
+    /// How long finished instances are kept (ms; 0: forever): the builder's, or the config's.
+    retention_ms: AtomicU64,
+    /// Told when the retention period changes, so the background pass follows at once.
+    retention_changed: Notify,
     /// Watched rollouts.
     rollouts: rollouts::Rollouts,
     /// When this runtime opened (ms since the Unix epoch).
@@ -185,6 +193,8 @@ impl Runtime {
             migrations: parking_lot::RwLock::new(chains),
             step_mappings: parking_lot::RwLock::new(mappings),
             jobs: parking_lot::Mutex::new(HashMap::new()),
+            retention_ms: AtomicU64::new(crate::observe::millis_saturating(options.retention)),
+            retention_changed: Notify::new(),
             rollouts: rollouts::Rollouts::default(),
             unrunnable: parking_lot::Mutex::new(std::collections::HashSet::new()),
             started_at_ms: options.clock.now_ms(),
@@ -208,6 +218,7 @@ impl Runtime {
         runtime.resume_migrations(jobs);
         runtime.refresh_routing();
         runtime.spawn_tracked(runtime.clone().run_rollouts());
+        runtime.spawn_tracked(runtime.clone().run_retention());
         Ok(runtime)
     }
 

@@ -594,6 +594,10 @@ pub trait Store: Send + Sync + 'static {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// Removes up to `limit` finished instances that finished before `finished_before_ms` (ms
+    /// since the Unix epoch), oldest first, in one atomic write; returns how many. Counters,
+    /// statuses and live instances are untouched; ids are never issued again.
+    fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError>;
     /// Finished instances that `keep` accepts, at most `limit`, in id order.
     fn finished_instances(
         &self,

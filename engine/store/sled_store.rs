@@ -7,7 +7,10 @@
 //! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
 //! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status ·
 //! `g/<generation>` applied config · `f/<schedule name>` last handled fire time ·
-//! `u/<workflow>` background migration job · `o/<name>` rollout.
+//! `u/<workflow>` background migration job · `o/<name>` rollout ·
+//! `e/<finished ms><id>` a finished instance by when it finished (retention removes in that
+//! order) · `m/expiry-index` set once every finished instance is in `e/` · `m/highest-id` the
+//! highest instance id ever removed (so no id is issued twice).
 //!
 //! `m/format` holds the newest record format written to the store. Opening a store of an older
 //! format raises it (older builds then refuse the store, as it will hold newer records) and reads
@@ -40,6 +43,18 @@ const CONFIGS: &[u8] = b"g/";
 const SCHEDULE_FIRES: &[u8] = b"f/";
 const MIGRATION_JOBS: &[u8] = b"u/";
 const ROLLOUTS: &[u8] = b"o/";
+const EXPIRY: &[u8] = b"e/";
+const EXPIRY_INDEX_BUILT: &[u8] = b"m/expiry-index";
+const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
+
+/// The expiry index key of a finished instance.
+fn expiry_key(finished_ms: u64, id: InstanceId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(EXPIRY.len() + 16);
+    key.extend_from_slice(EXPIRY);
+    key.extend_from_slice(&finished_ms.to_be_bytes());
+    key.extend_from_slice(&id.0.to_be_bytes());
+    key
+}
 
 #[derive(Serialize, Deserialize)]
 struct CounterEntry {
@@ -201,10 +216,23 @@ impl SledStore {
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
         };
+        store.build_expiry_index()?;
+        let removed = match store
+            .db
+            .get(HIGHEST_REMOVED_ID)
+            .map_err(backend("read the highest removed id"))?
+        {
+            Some(bytes) => decode::<u64>(&bytes).map_err(|message| StoreError::Backend {
+                operation: "read the highest removed id",
+                message,
+            })?,
+            None => 0,
+        };
         let highest = store
             .max_id(LIVE)?
             .max(store.max_id(FINISHED)?)
-            .max(store.max_id(QUARANTINED)?);
+            .max(store.max_id(QUARANTINED)?)
+            .max(removed);
         let signals = store.collect::<SignalRecord>(SIGNALS, "signal")?;
         store.next_instance_id = AtomicU64::new(highest + 1);
         store.next_signal_seq = AtomicU64::new(signals.iter().map(|signal| signal.seq + 1).max().unwrap_or(1));
@@ -226,6 +254,38 @@ impl SledStore {
                 result => return result,
             }
         }
+    }
+
+    /// Puts every finished instance written before the expiry index existed into it, once.
+    fn build_expiry_index(&self) -> Result<(), StoreError> {
+        if self
+            .db
+            .contains_key(EXPIRY_INDEX_BUILT)
+            .map_err(backend("read the expiry index marker"))?
+        {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut indexed = 0u64;
+        for item in self.db.scan_prefix(FINISHED) {
+            let (key, value) = item.map_err(backend("index finished instances"))?;
+            let Some(id) = id_from_key(FINISHED, &key) else {
+                continue;
+            };
+            // A record that does not decode is kept, unindexed, for an operator to look at.
+            if let Ok(record) = decode::<InstanceRecord>(&value) {
+                batch.insert(expiry_key(record.updated_at_ms, id), &[] as &[u8]);
+                indexed += 1;
+            }
+        }
+        batch.insert(EXPIRY_INDEX_BUILT, &[] as &[u8]);
+        self.db
+            .apply_batch(batch)
+            .map_err(backend("index finished instances"))?;
+        if indexed > 0 {
+            tracing::info!(indexed, "indexed the finished instances by finish time, for retention");
+        }
+        Ok(())
     }
 
     /// The data directory.
@@ -291,6 +351,7 @@ impl Store for SledStore {
                     if record.finished {
                         batch.remove(id_key(LIVE, record.id));
                         batch.insert(id_key(FINISHED, record.id), record.bytes.as_slice());
+                        batch.insert(expiry_key(record.updated_at_ms, record.id), &[] as &[u8]);
                     } else {
                         batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
                     }
@@ -544,6 +605,45 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         self.scan_instances(FINISHED, keep, limit)
+    }
+
+    fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0u64;
+        let mut highest = 0u64;
+        for item in self.db.scan_prefix(EXPIRY) {
+            let (key, _) = item.map_err(backend("read the expiry index"))?;
+            let finished_ms = key
+                .get(EXPIRY.len()..EXPIRY.len() + 8)
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                .map_or(u64::MAX, u64::from_be_bytes);
+            if finished_ms >= finished_before_ms || removed as usize >= limit {
+                break;
+            }
+            let Some(id) = id_from_key(&key[..EXPIRY.len() + 8], &key) else {
+                continue;
+            };
+            batch.remove(&key);
+            batch.remove(id_key(FINISHED, id));
+            highest = highest.max(id.0);
+            removed += 1;
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        let known = match self
+            .db
+            .get(HIGHEST_REMOVED_ID)
+            .map_err(backend("read the highest removed id"))?
+        {
+            Some(bytes) => decode::<u64>(&bytes).unwrap_or(0),
+            None => 0,
+        };
+        batch.insert(HIGHEST_REMOVED_ID, encode("highest removed id", &highest.max(known))?);
+        self.db
+            .apply_batch(batch)
+            .map_err(backend("remove expired instances"))?;
+        Ok(removed)
     }
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

@@ -46,6 +46,8 @@ struct InstanceRow {
     status: &'static str,
     due_ms: Option<i64>,
     created_ms: i64,
+    /// When it finished, once it has (retention counts from it).
+    finished_ms: Option<i64>,
     record: Vec<u8>,
 }
 
@@ -90,6 +92,7 @@ impl Writes {
                         status: record.status.as_str(),
                         due_ms: record.due_ms.map(signed),
                         created_ms: signed(record.created_at_ms),
+                        finished_ms: record.finished.then(|| signed(record.updated_at_ms)),
                         record: record.bytes.clone(),
                     };
                     match writes.instance_index.get(&row.id) {
@@ -227,14 +230,14 @@ impl Writes {
             // A row written under claim 0 is nobody's: the first worker with its version's code
             // claims it (a start accepted through a process without that code).
             let statement = run("INSERT INTO strata_instances AS current
-                     (id, workflow, version, live, status, due_ms, record, fence, created_ms, owner)
-                 SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $10 END
+                     (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms, owner)
+                 SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $11 END
                  FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
-                     $7::bytea[], $8::bigint[], $9::bigint[])
-                     AS row (id, workflow, version, live, status, due_ms, record, fence, created_ms)
+                     $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[])
+                     AS row (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms)
                  ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
                      live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record,
-                     created_ms = EXCLUDED.created_ms
+                     created_ms = EXCLUDED.created_ms, finished_ms = EXCLUDED.finished_ms
                  WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
                  RETURNING id")
             .await?;
@@ -247,11 +250,22 @@ impl Writes {
             let records: Vec<&[u8]> = self.instances.iter().map(|row| row.record.as_slice()).collect();
             let claims: Vec<i64> = self.instances.iter().map(|row| row.claim).collect();
             let created: Vec<i64> = self.instances.iter().map(|row| row.created_ms).collect();
+            let finished_at: Vec<Option<i64>> = self.instances.iter().map(|row| row.finished_ms).collect();
             let written = transaction
                 .query(
                     &statement,
                     &[
-                        &ids, &workflows, &versions, &live, &statuses, &due, &records, &claims, &created, &worker,
+                        &ids,
+                        &workflows,
+                        &versions,
+                        &live,
+                        &statuses,
+                        &due,
+                        &records,
+                        &claims,
+                        &created,
+                        &finished_at,
+                        &worker,
                     ],
                 )
                 .await

@@ -648,6 +648,26 @@ impl Store for PostgresStore {
         self.page_instances(false, keep, limit)
     }
 
+    fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        // Ids come from sequences, so removing rows never lets one be issued again.
+        let removed = self.query(
+            "remove expired instances",
+            "WITH expired AS (
+                 SELECT id FROM strata_instances
+                 WHERE NOT live AND finished_ms < $1
+                 ORDER BY finished_ms, id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             DELETE FROM strata_instances i USING expired WHERE i.id = expired.id RETURNING i.id",
+            vec![
+                Box::new(signed(finished_before_ms)),
+                Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+            |row| Ok(row.get::<_, i64>(0)),
+        )?;
+        Ok(removed.len() as u64)
+    }
+
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
         self.query(
             "read quarantine",

@@ -24,10 +24,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         V4,
     ),
     (5, "each worker's share of a background migration", V5),
+    (6, "finished instances by finish time, for retention", V6),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 5;
+pub(crate) const SCHEMA_VERSION: i32 = 6;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -170,6 +171,14 @@ CREATE TABLE strata_migration_shares (
     record bytea NOT NULL,
     PRIMARY KEY (workflow, worker)
 );
+";
+
+/// Schema 6: when each instance finished, indexed, so retention removes the oldest without a
+/// scan. Rows finished before it count from their start time (an earlier bound).
+const V6: &str = "
+ALTER TABLE strata_instances ADD COLUMN finished_ms bigint;
+UPDATE strata_instances SET finished_ms = COALESCE(created_ms, 0) WHERE NOT live;
+CREATE INDEX strata_instances_by_finish ON strata_instances (finished_ms, id) WHERE NOT live;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
