@@ -281,10 +281,11 @@ impl Store for FailingStore {
     }
     fn finished_instances(
         &self,
+        scope: &strata::store::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.inner.finished_instances(keep, limit)
+        self.inner.finished_instances(scope, keep, limit)
     }
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {
         self.inner.expire_finished(finished_before_ms, limit)

@@ -37,6 +37,7 @@ on_both_stores!(
     finished_instances_are_listed_and_read_after_a_restart,
     writes_from_an_older_copy_never_undo_newer_ones,
     finished_instances_past_the_retention_period_are_removed_and_nothing_else_across_a_restart,
+    a_listing_pages_through_live_and_finished_instances_of_one_workflow_in_id_order,
 );
 
 async fn instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_version(backend: Backend) {
@@ -598,5 +599,66 @@ async fn finished_instances_past_the_retention_period_are_removed_and_nothing_el
     assert!(fresh > highest, "{fresh} is issued after {highest}");
     engine.signal(live, tally::GO, &()).await.unwrap();
     assert_eq!(outcome_within(&engine, live).await.output::<u64>().unwrap(), 2);
+    engine.shutdown().await;
+}
+
+async fn a_listing_pages_through_live_and_finished_instances_of_one_workflow_in_id_order(backend: Backend) {
+    let open = || {
+        backend
+            .builder()
+            .register(tally::on_schema_1("1.0.0"))
+            .register(tally::on_schema_1("1.1.0"))
+            .register(probe::version("1.0.0"))
+            .open()
+    };
+    let engine = open().await.unwrap();
+    let mut ids = Vec::new();
+    for count in 0..6u64 {
+        let version = if count < 4 { "=1.0.0" } else { "=1.1.0" };
+        ids.extend(tally::start_waiting(&engine, count..count + 1, StartOptions::new().version(version)).await);
+        // Another workflow's instances, finished, in between: never read for tally's pages.
+        let other = engine
+            .start(probe::WORKFLOW, &Probe { n: count, wait: false })
+            .await
+            .unwrap();
+        outcome_within(&engine, other).await;
+    }
+    // Every other one finishes: the pages mix live and finished instances.
+    for id in ids.iter().step_by(2) {
+        engine.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&engine, *id).await;
+    }
+    engine.shutdown().await;
+    let engine = open().await.unwrap();
+    let pages = |filter: InstanceFilter| {
+        let engine = engine.clone();
+        move || {
+            let mut pages = Vec::new();
+            let mut filter = filter.clone();
+            loop {
+                let page: Vec<_> = engine
+                    .list_limited(&filter, 2)
+                    .unwrap()
+                    .iter()
+                    .map(|info| info.id())
+                    .collect();
+                match page.last() {
+                    Some(last) => filter = filter.clone().after(*last),
+                    None => return pages,
+                }
+                pages.push(page);
+            }
+        }
+    };
+    let all = pages(InstanceFilter::workflow(tally::WORKFLOW))();
+    assert_eq!(
+        all,
+        ids.chunks(2).map(<[_]>::to_vec).collect::<Vec<_>>(),
+        "id order, each once"
+    );
+    let newer = pages(InstanceFilter::workflow(tally::WORKFLOW).with_version(v("1.1.0")))();
+    assert_eq!(newer, vec![ids[4..6].to_vec()]);
+    let finished = pages(InstanceFilter::workflow(tally::WORKFLOW).with_status(InstanceStatus::Completed))();
+    assert_eq!(finished.concat(), vec![ids[0], ids[2], ids[4]]);
     engine.shutdown().await;
 }

@@ -144,7 +144,9 @@ fn read_store(dir: &Path) -> Snapshot {
         "corrupt records after a kill: {:?}",
         recovered.corrupt
     );
-    let finished = store.finished_instances(&mut |_| true, usize::MAX).unwrap();
+    let finished = store
+        .finished_instances(&Default::default(), &mut |_| true, usize::MAX)
+        .unwrap();
     Snapshot {
         live: recovered.live,
         finished,

@@ -221,7 +221,11 @@ fn fires_survive_sigkill_without_loss_or_duplicates() {
     run_child(dir.path(), None);
     let store = SledStore::open(dir.path()).unwrap();
     let mut records = store.recover().unwrap().live;
-    records.extend(store.finished_instances(&mut |_| true, usize::MAX).unwrap());
+    records.extend(
+        store
+            .finished_instances(&Default::default(), &mut |_| true, usize::MAX)
+            .unwrap(),
+    );
     let mut fires: Vec<u64> = records
         .iter()
         .filter_map(|record| record.scheduled.as_ref().map(|ScheduledFire { fire_ms, .. }| *fire_ms))

@@ -62,6 +62,7 @@ impl ListQuery {
             workflow: self.workflow.clone(),
             version,
             status,
+            after: self.after.map(InstanceId),
         })
     }
 }
@@ -80,9 +81,9 @@ pub(super) async fn list(
 ) -> Result<Json<InstancePage>, ApiError> {
     let filter = query.filter()?;
     let limit = query.limit.unwrap_or(PAGE).clamp(1, LARGEST_PAGE);
-    let after = query.after.unwrap_or(0);
-    let listed = blocking_read(engine, move |engine| engine.list(&filter)).await??;
-    let mut matching: Vec<_> = listed.into_iter().filter(|info| info.id().0 > after).collect();
+    // One more than the page, to know whether another follows; the store reads no further.
+    let listed = blocking_read(engine, move |engine| engine.list_limited(&filter, limit + 1)).await??;
+    let mut matching = listed;
     matching.sort_by_key(|info| info.id());
     let more = matching.len() > limit;
     matching.truncate(limit);

@@ -512,9 +512,22 @@ pub struct InstanceFilter {
     pub version: Option<Version>,
     /// Only this status.
     pub status: Option<InstanceStatus>,
+    /// Only instances with a larger id (a cursor: the last id of the previous page).
+    pub after: Option<InstanceId>,
 }
 
 impl InstanceFilter {
+    /// Narrows to ids after `id` (the last one of the previous page).
+    pub fn after(mut self, id: InstanceId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Whether `id` is past the cursor.
+    pub(crate) fn past_cursor(&self, id: InstanceId) -> bool {
+        self.after.is_none_or(|after| id > after)
+    }
+
     /// Instances of `workflow`.
     pub fn workflow(workflow: impl Into<String>) -> Self {
         InstanceFilter {

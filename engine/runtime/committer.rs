@@ -265,6 +265,7 @@ mod tests {
         }
         fn finished_instances(
             &self,
+            _scope: &crate::store::FinishedScope,
             _keep: &mut dyn FnMut(&InstanceRecord) -> bool,
             _limit: usize,
         ) -> Result<Vec<InstanceRecord>, StoreError> {

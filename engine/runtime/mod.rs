@@ -909,7 +909,7 @@ impl Runtime {
         let mut found = Vec::new();
         if !filter.wants_only_terminal() {
             self.table.for_each(|slot| {
-                if filter.matches_key(&slot.record.key) {
+                if filter.matches_key(&slot.record.key) && filter.past_cursor(slot.record.id) {
                     let info = Self::info_of(slot);
                     if filter.status.is_none_or(|status| status == info.status) {
                         found.push(info);
@@ -926,13 +926,21 @@ impl Runtime {
             found.sort_by_key(|info| info.record.id);
             found.truncate(limit);
         }
-        if filter.wants_terminal() && found.len() < limit {
+        if filter.wants_terminal() {
             // An instance that finished after the live ones were read is in the store's finished
-            // instances too: it is listed once, as it was read first.
-            let finished = Self::read_unlisted(filter, &found, limit - found.len(), |keep, limit| {
-                self.store.finished_instances(keep, limit)
+            // instances too: it is listed once, as it was read first. Up to `limit` of each, so
+            // the page is the `limit` lowest ids of both past the cursor.
+            let scope = crate::store::FinishedScope {
+                workflow: filter.workflow.clone(),
+                version: filter.version.clone().filter(|_| filter.workflow.is_some()),
+                after: filter.after,
+            };
+            let finished = Self::read_unlisted(filter, &found, limit, |keep, limit| {
+                self.store.finished_instances(&scope, keep, limit)
             })?;
             found.extend(finished);
+            found.sort_by_key(|info| info.record.id);
+            found.truncate(limit);
         }
         Ok(found)
     }
@@ -950,6 +958,7 @@ impl Runtime {
         let held: std::collections::HashSet<InstanceId> = listed.iter().map(|info| info.record.id).collect();
         let mut keep = |record: &InstanceRecord| {
             !held.contains(&record.id)
+                && filter.past_cursor(record.id)
                 && filter.matches_key(&record.key)
                 && filter
                     .status

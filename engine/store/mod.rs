@@ -545,6 +545,17 @@ pub trait Cluster: Send + Sync {
     fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Wakeup>>;
 }
 
+/// Which finished instances a listing reads (see [`Store::finished_instances`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishedScope {
+    /// Only this workflow's.
+    pub workflow: Option<String>,
+    /// Only this version's (of `workflow`).
+    pub version: Option<semver::Version>,
+    /// Only ids after this one.
+    pub after: Option<InstanceId>,
+}
+
 /// An announcement from another process sharing the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wakeup {
@@ -598,9 +609,11 @@ pub trait Store: Send + Sync + 'static {
     /// since the Unix epoch), oldest first, in one atomic write; returns how many. Counters,
     /// statuses and live instances are untouched; ids are never issued again.
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError>;
-    /// Finished instances that `keep` accepts, at most `limit`, in id order.
+    /// Finished instances in `scope` that `keep` accepts, at most `limit`, in id order; the
+    /// store narrows by the scope with an index, so a listing reads only what it may return.
     fn finished_instances(
         &self,
+        scope: &FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;

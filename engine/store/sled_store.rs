@@ -9,8 +9,10 @@
 //! `g/<generation>` applied config · `f/<schedule name>` last handled fire time ·
 //! `u/<workflow>` background migration job · `o/<name>` rollout ·
 //! `e/<finished ms><id>` a finished instance by when it finished (retention removes in that
-//! order) · `m/expiry-index` set once every finished instance is in `e/` · `m/highest-id` the
-//! highest instance id ever removed (so no id is issued twice).
+//! order; the value is its `w/` key) · `w/<workflow>\0<id>` a finished instance by workflow
+//! (listings read only the workflow's) · `m/finished-indexes` set once every finished instance is
+//! in `e/` and `w/` · `m/highest-id` the highest instance id ever removed (so no id is issued
+//! twice).
 //!
 //! `m/format` holds the newest record format written to the store. Opening a store of an older
 //! format raises it (older builds then refuse the store, as it will hold newer records) and reads
@@ -44,8 +46,25 @@ const SCHEDULE_FIRES: &[u8] = b"f/";
 const MIGRATION_JOBS: &[u8] = b"u/";
 const ROLLOUTS: &[u8] = b"o/";
 const EXPIRY: &[u8] = b"e/";
-const EXPIRY_INDEX_BUILT: &[u8] = b"m/expiry-index";
+const BY_WORKFLOW: &[u8] = b"w/";
+const FINISHED_INDEXES_BUILT: &[u8] = b"m/finished-indexes";
 const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
+
+/// The by-workflow prefix of a workflow's finished instances.
+fn workflow_prefix(workflow: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(BY_WORKFLOW.len() + workflow.len() + 1);
+    key.extend_from_slice(BY_WORKFLOW);
+    key.extend_from_slice(workflow.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The by-workflow index key of a finished instance.
+fn workflow_key(workflow: &str, id: InstanceId) -> Vec<u8> {
+    let mut key = workflow_prefix(workflow);
+    key.extend_from_slice(&id.0.to_be_bytes());
+    key
+}
 
 /// The expiry index key of a finished instance.
 fn expiry_key(finished_ms: u64, id: InstanceId) -> Vec<u8> {
@@ -256,12 +275,12 @@ impl SledStore {
         }
     }
 
-    /// Puts every finished instance written before the expiry index existed into it, once.
+    /// Puts every finished instance written before the finished indexes existed into them, once.
     fn build_expiry_index(&self) -> Result<(), StoreError> {
         if self
             .db
-            .contains_key(EXPIRY_INDEX_BUILT)
-            .map_err(backend("read the expiry index marker"))?
+            .contains_key(FINISHED_INDEXES_BUILT)
+            .map_err(backend("read the finished indexes' marker"))?
         {
             return Ok(());
         }
@@ -274,11 +293,13 @@ impl SledStore {
             };
             // A record that does not decode is kept, unindexed, for an operator to look at.
             if let Ok(record) = decode::<InstanceRecord>(&value) {
-                batch.insert(expiry_key(record.updated_at_ms, id), &[] as &[u8]);
+                let by_workflow = workflow_key(&record.key.workflow, id);
+                batch.insert(expiry_key(record.updated_at_ms, id), by_workflow.as_slice());
+                batch.insert(by_workflow, &[] as &[u8]);
                 indexed += 1;
             }
         }
-        batch.insert(EXPIRY_INDEX_BUILT, &[] as &[u8]);
+        batch.insert(FINISHED_INDEXES_BUILT, &[] as &[u8]);
         self.db
             .apply_batch(batch)
             .map_err(backend("index finished instances"))?;
@@ -310,8 +331,24 @@ impl SledStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.scan_instances_from(prefix, 0, keep, limit)
+    }
+
+    /// The records under `prefix` from id `first` on, in id order, that `keep` accepts.
+    fn scan_instances_from(
+        &self,
+        prefix: &[u8],
+        first: u64,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
         let mut found = Vec::new();
-        for item in self.db.scan_prefix(prefix) {
+        // Every key under the prefix sorts below the prefix with its last byte raised.
+        let mut end = prefix.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        for item in self.db.range(id_key(prefix, InstanceId(first))..end) {
             if found.len() >= limit {
                 break;
             }
@@ -351,7 +388,9 @@ impl Store for SledStore {
                     if record.finished {
                         batch.remove(id_key(LIVE, record.id));
                         batch.insert(id_key(FINISHED, record.id), record.bytes.as_slice());
-                        batch.insert(expiry_key(record.updated_at_ms, record.id), &[] as &[u8]);
+                        let by_workflow = workflow_key(&record.key.workflow, record.id);
+                        batch.insert(expiry_key(record.updated_at_ms, record.id), by_workflow.as_slice());
+                        batch.insert(by_workflow, &[] as &[u8]);
                     } else {
                         batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
                     }
@@ -601,10 +640,51 @@ impl Store for SledStore {
 
     fn finished_instances(
         &self,
+        scope: &super::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.scan_instances(FINISHED, keep, limit)
+        let first = scope.after.map_or(0, |after| after.0.saturating_add(1));
+        let mut keep = |record: &InstanceRecord| {
+            scope
+                .version
+                .as_ref()
+                .is_none_or(|version| *version == record.key.version)
+                && keep(record)
+        };
+        let Some(workflow) = &scope.workflow else {
+            return self.scan_instances_from(FINISHED, first, &mut keep, limit);
+        };
+        // The workflow's finished instances only, from its index, each loaded by id.
+        let prefix = workflow_prefix(workflow);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&first.to_be_bytes());
+        let mut found = Vec::new();
+        for item in self.db.range(start..) {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(backend("scan finished instances"))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some(id) = id_from_key(&prefix, &key) else {
+                continue;
+            };
+            let Some(bytes) = self
+                .db
+                .get(id_key(FINISHED, id))
+                .map_err(backend("load a finished instance"))?
+            else {
+                continue;
+            };
+            match InstanceRecord::decode(&bytes) {
+                Ok(record) if keep(&record) => found.push(record),
+                Ok(_) => {}
+                Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
+            }
+        }
+        Ok(found)
     }
 
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {
@@ -612,7 +692,7 @@ impl Store for SledStore {
         let mut removed = 0u64;
         let mut highest = 0u64;
         for item in self.db.scan_prefix(EXPIRY) {
-            let (key, _) = item.map_err(backend("read the expiry index"))?;
+            let (key, by_workflow) = item.map_err(backend("read the expiry index"))?;
             let finished_ms = key
                 .get(EXPIRY.len()..EXPIRY.len() + 8)
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
@@ -624,6 +704,9 @@ impl Store for SledStore {
                 continue;
             };
             batch.remove(&key);
+            if !by_workflow.is_empty() {
+                batch.remove(by_workflow);
+            }
             batch.remove(id_key(FINISHED, id));
             highest = highest.max(id.0);
             removed += 1;

@@ -459,16 +459,29 @@ impl PostgresStore {
     fn page_instances(
         &self,
         live: bool,
+        scope: &super::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
+        // The database narrows by workflow and version (for finished ones with the index
+        // strata_instances_by_workflow); `keep` decides the rest.
         let mut found = Vec::new();
-        let mut after = -1i64;
+        let mut after = scope.after.map_or(-1, |after| signed(after.0));
+        let workflow = scope.workflow.clone();
+        let version = scope.version.as_ref().map(ToString::to_string);
         while found.len() < limit {
             let page = self.query(
                 "read instances",
-                "SELECT id, record FROM strata_instances WHERE live = $1 AND id > $2 ORDER BY id LIMIT $3",
-                vec![Box::new(live), Box::new(after), Box::new(PAGE)],
+                "SELECT id, record FROM strata_instances
+                 WHERE live = $1 AND id > $2 AND ($3::text IS NULL OR workflow = $3) AND ($4::text IS NULL OR version = $4)
+                 ORDER BY id LIMIT $5",
+                vec![
+                    Box::new(live),
+                    Box::new(after),
+                    Box::new(workflow.clone()),
+                    Box::new(version.clone()),
+                    Box::new(PAGE),
+                ],
                 |row| Ok((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1))),
             )?;
             let Some((last, _)) = page.last() else {
@@ -637,15 +650,16 @@ impl Store for PostgresStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.page_instances(true, keep, limit)
+        self.page_instances(true, &super::FinishedScope::default(), keep, limit)
     }
 
     fn finished_instances(
         &self,
+        scope: &super::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.page_instances(false, keep, limit)
+        self.page_instances(false, scope, keep, limit)
     }
 
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {

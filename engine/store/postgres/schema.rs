@@ -179,6 +179,7 @@ const V6: &str = "
 ALTER TABLE strata_instances ADD COLUMN finished_ms bigint;
 UPDATE strata_instances SET finished_ms = COALESCE(created_ms, 0) WHERE NOT live;
 CREATE INDEX strata_instances_by_finish ON strata_instances (finished_ms, id) WHERE NOT live;
+CREATE INDEX strata_instances_by_workflow ON strata_instances (workflow, id) WHERE NOT live;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
