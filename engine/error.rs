@@ -43,6 +43,12 @@ pub enum EngineError {
         /// The id.
         id: InstanceId,
     },
+    /// The instance finished and was removed after the retention period.
+    #[error("instance {id} finished and was removed after the retention period (or it never existed); raise `retention` to keep finished instances longer")]
+    InstanceRemoved {
+        /// The id.
+        id: InstanceId,
+    },
     /// The instance has finished and takes no more signals or cancellations.
     #[error("instance {id} has already finished ({status}); it takes no more signals")]
     InstanceFinished {

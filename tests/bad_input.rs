@@ -290,6 +290,9 @@ impl Store for FailingStore {
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {
         self.inner.expire_finished(finished_before_ms, limit)
     }
+    fn highest_removed_id(&self) -> Result<u64, StoreError> {
+        self.inner.highest_removed_id()
+    }
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
         self.inner.quarantined()
     }

@@ -557,9 +557,19 @@ async fn finished_instances_past_the_retention_period_are_removed_and_nothing_el
     clock.advance(DAY + Duration::from_secs(3600));
     assert_eq!(engine.remove_expired_instances().await.unwrap(), 2);
     for id in &oldest {
+        // Its outcome was readable until now; now the answer says it was removed, by name.
         let error = engine.instance(*id).unwrap_err();
-        assert!(matches!(error, EngineError::UnknownInstance { .. }), "{error}");
+        assert!(
+            matches!(error, EngineError::InstanceRemoved { id: removed } if removed == *id),
+            "{error}"
+        );
+        assert!(error.to_string().contains("retention"), "{error}");
     }
+    let beyond = engine.instance(strata::InstanceId(u64::MAX / 2)).unwrap_err();
+    assert!(
+        matches!(beyond, EngineError::UnknownInstance { .. }),
+        "an id never issued: {beyond}"
+    );
     for id in &newer {
         assert_eq!(
             engine.instance(*id).unwrap().status,

@@ -191,7 +191,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Registry(RegistryError::LiveInstances { .. })
             | EngineError::Store(crate::StoreError::LiveInstances { .. }) => StatusCode::CONFLICT,
-            EngineError::UnknownInstance { .. } => StatusCode::NOT_FOUND,
+            EngineError::UnknownInstance { .. } | EngineError::InstanceRemoved { .. } => StatusCode::NOT_FOUND,
             EngineError::InstanceFinished { .. } => StatusCode::CONFLICT,
             EngineError::Registry(_)
             | EngineError::InvalidVersion { .. }

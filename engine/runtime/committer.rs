@@ -274,6 +274,9 @@ mod tests {
         fn expire_finished(&self, _finished_before_ms: u64, _limit: usize) -> Result<u64, StoreError> {
             Ok(0)
         }
+        fn highest_removed_id(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
         fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
             Ok(Vec::new())
         }

@@ -721,7 +721,7 @@ impl Runtime {
                 id,
                 status: format!("{:?}", InstanceStatus::of_phase(&record.phase)).to_lowercase(),
             },
-            Ok(None) => EngineError::UnknownInstance { id },
+            Ok(None) => self.missing(id),
             Err(error) => error.into(),
         }
     }
@@ -787,7 +787,7 @@ impl Runtime {
             return Err(self.not_live(id));
         }
         let record = match self.store.load_instance(id)? {
-            None => return Err(EngineError::UnknownInstance { id }),
+            None => return Err(self.missing(id)),
             Some(record) if record.phase.is_terminal() => return Err(self.not_live(id)),
             Some(record) => record,
         };
@@ -845,7 +845,7 @@ impl Runtime {
                 }
             }
             match self.store.load_instance(id)? {
-                None => return Err(EngineError::UnknownInstance { id }),
+                None => return Err(self.missing(id)),
                 Some(record) => {
                     if let Some(outcome) = Outcome::from_phase(&record.phase) {
                         return Ok(outcome);
@@ -888,7 +888,16 @@ impl Runtime {
                 status: InstanceStatus::of_phase(&record.phase),
                 record,
             }),
-            None => Err(EngineError::UnknownInstance { id }),
+            None => Err(self.missing(id)),
+        }
+    }
+
+    /// The error for an id the store does not hold: removed by retention if it is at or below
+    /// the highest id retention removed, else unknown.
+    fn missing(&self, id: InstanceId) -> EngineError {
+        match self.store.highest_removed_id() {
+            Ok(highest) if id.0 <= highest => EngineError::InstanceRemoved { id },
+            _ => EngineError::UnknownInstance { id },
         }
     }
 

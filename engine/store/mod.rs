@@ -609,6 +609,9 @@ pub trait Store: Send + Sync + 'static {
     /// since the Unix epoch), oldest first, in one atomic write; returns how many. Counters,
     /// statuses and live instances are untouched; ids are never issued again.
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError>;
+    /// The highest id `expire_finished` ever removed (0 if none): an id at or below it that is
+    /// not in the store was, most likely, removed.
+    fn highest_removed_id(&self) -> Result<u64, StoreError>;
     /// Finished instances in `scope` that `keep` accepts, at most `limit`, in id order; the
     /// store narrows by the scope with an index, so a listing reads only what it may return.
     fn finished_instances(

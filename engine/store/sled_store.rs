@@ -236,17 +236,7 @@ impl SledStore {
             syncs: AtomicU64::new(0),
         };
         store.build_expiry_index()?;
-        let removed = match store
-            .db
-            .get(HIGHEST_REMOVED_ID)
-            .map_err(backend("read the highest removed id"))?
-        {
-            Some(bytes) => decode::<u64>(&bytes).map_err(|message| StoreError::Backend {
-                operation: "read the highest removed id",
-                message,
-            })?,
-            None => 0,
-        };
+        let removed = store.highest_removed_id()?;
         let highest = store
             .max_id(LIVE)?
             .max(store.max_id(FINISHED)?)
@@ -687,6 +677,20 @@ impl Store for SledStore {
         Ok(found)
     }
 
+    fn highest_removed_id(&self) -> Result<u64, StoreError> {
+        match self
+            .db
+            .get(HIGHEST_REMOVED_ID)
+            .map_err(backend("read the highest removed id"))?
+        {
+            Some(bytes) => decode::<u64>(&bytes).map_err(|message| StoreError::Backend {
+                operation: "read the highest removed id",
+                message,
+            }),
+            None => Ok(0),
+        }
+    }
+
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError> {
         let mut batch = sled::Batch::default();
         let mut removed = 0u64;
@@ -714,14 +718,7 @@ impl Store for SledStore {
         if removed == 0 {
             return Ok(0);
         }
-        let known = match self
-            .db
-            .get(HIGHEST_REMOVED_ID)
-            .map_err(backend("read the highest removed id"))?
-        {
-            Some(bytes) => decode::<u64>(&bytes).unwrap_or(0),
-            None => 0,
-        };
+        let known = self.highest_removed_id()?;
         batch.insert(HIGHEST_REMOVED_ID, encode("highest removed id", &highest.max(known))?);
         self.db
             .apply_batch(batch)

@@ -671,8 +671,13 @@ impl Store for PostgresStore {
                  WHERE NOT live AND finished_ms < $1
                  ORDER BY finished_ms, id
                  LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
-             DELETE FROM strata_instances i USING expired WHERE i.id = expired.id RETURNING i.id",
+                 FOR UPDATE SKIP LOCKED),
+             removed AS (DELETE FROM strata_instances i USING expired WHERE i.id = expired.id RETURNING i.id),
+             mark AS (
+                 INSERT INTO strata_retention (highest_removed) SELECT max(id) FROM removed HAVING count(*) > 0
+                 ON CONFLICT (single) DO UPDATE
+                 SET highest_removed = GREATEST(strata_retention.highest_removed, EXCLUDED.highest_removed))
+             SELECT id FROM removed",
             vec![
                 Box::new(signed(finished_before_ms)),
                 Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
@@ -680,6 +685,16 @@ impl Store for PostgresStore {
             |row| Ok(row.get::<_, i64>(0)),
         )?;
         Ok(removed.len() as u64)
+    }
+
+    fn highest_removed_id(&self) -> Result<u64, StoreError> {
+        let highest = self.query(
+            "read the highest removed id",
+            "SELECT highest_removed FROM strata_retention",
+            Vec::new(),
+            |row| Ok(unsigned(row.get::<_, i64>(0))),
+        )?;
+        Ok(highest.into_iter().next().unwrap_or(0))
     }
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

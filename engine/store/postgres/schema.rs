@@ -180,6 +180,10 @@ ALTER TABLE strata_instances ADD COLUMN finished_ms bigint;
 UPDATE strata_instances SET finished_ms = COALESCE(created_ms, 0) WHERE NOT live;
 CREATE INDEX strata_instances_by_finish ON strata_instances (finished_ms, id) WHERE NOT live;
 CREATE INDEX strata_instances_by_workflow ON strata_instances (workflow, id) WHERE NOT live;
+CREATE TABLE strata_retention (
+    single boolean PRIMARY KEY DEFAULT true CHECK (single),
+    highest_removed bigint NOT NULL
+);
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
