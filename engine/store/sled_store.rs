@@ -704,7 +704,7 @@ impl Store for SledStore {
             if finished_ms >= finished_before_ms || removed as usize >= limit {
                 break;
             }
-            let Some(id) = id_from_key(&key[..EXPIRY.len() + 8], &key) else {
+            let Some(id) = key.get(..EXPIRY.len() + 8).and_then(|prefix| id_from_key(prefix, &key)) else {
                 continue;
             };
             batch.remove(&key);
