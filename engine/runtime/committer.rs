@@ -181,11 +181,8 @@ impl CommitLoop {
             let applied_any = results.iter().any(Result::is_ok);
             match &flusher {
                 // Buffered: acknowledged now, flushed by the flusher within the interval.
-                Some(flusher) => {
-                    if applied_any {
-                        flusher.dirty.store(true, Ordering::Release);
-                    }
-                }
+                Some(flusher) if applied_any => flusher.dirty.store(true, Ordering::Release),
+                Some(_) => {}
                 None if applied_any => {
                     if let Err(error) = self.sync() {
                         for result in results.iter_mut().filter(|result| result.is_ok()) {
@@ -274,12 +271,12 @@ mod tests {
     use crate::store::{CorruptRecord, CounterDelta, RecoveredState, StoreStats};
 
     /// Fails any apply that contains a delta with `live == 13`, and every sync once told to; a
-    /// sync waits while a test holds `gate`.
+    /// sync waits while `gate` is closed.
     #[derive(Default)]
     struct PickyStore {
         applied: AtomicUsize,
         fail_sync: std::sync::atomic::AtomicBool,
-        gate: Mutex<()>,
+        gate: (Mutex<bool>, parking_lot::Condvar),
         syncs_entered: AtomicUsize,
     }
 
@@ -306,7 +303,11 @@ mod tests {
         }
         fn sync(&self) -> Result<(), StoreError> {
             self.syncs_entered.fetch_add(1, Ordering::SeqCst);
-            let _open = self.gate.lock();
+            let mut closed = self.gate.0.lock();
+            while *closed {
+                self.gate.1.wait(&mut closed);
+            }
+            drop(closed);
             if self.fail_sync.load(Ordering::SeqCst) {
                 return Err(StoreError::Backend {
                     operation: "fdatasync",
@@ -412,7 +413,7 @@ mod tests {
         let store = Arc::new(PickyStore::default());
         let interval = Duration::from_millis(5);
         let committer = Committer::start(store.clone(), Durability::Buffered { interval }).unwrap();
-        let held = store.gate.lock();
+        *store.gate.0.lock() = true;
         committer.commit(delta(1)).await.unwrap();
         // The flusher takes up the dirty store and waits inside its flush.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -427,7 +428,8 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.applied.load(Ordering::SeqCst), 11);
-        drop(held);
+        *store.gate.0.lock() = false;
+        store.gate.1.notify_all();
         committer.close();
         assert!(
             store.syncs_entered.load(Ordering::SeqCst) >= 2,
