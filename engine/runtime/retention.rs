@@ -1,5 +1,5 @@
 //! Retention: finished instances (completed, failed, cancelled) are removed once they have been
-//! finished longer than the retention period, oldest first, in bounded batches off the step
+//! finished longer than the retention period, in bounded batches off the step
 //! path (each batch is one store write of its own; steps never wait for it). Counters, statuses
 //! and residency are untouched: they count what happened, not what is kept.
 

@@ -606,7 +606,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Removes up to `limit` finished instances that finished before `finished_before_ms` (ms
-    /// since the Unix epoch), oldest first, in one atomic write; returns how many. Counters,
+    /// since the Unix epoch), in one atomic write; returns how many (fewer than `limit`: none is
+    /// left due, as far as this call looked; call again while it returns `limit`). Counters,
     /// statuses and live instances are untouched; ids are never issued again.
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError>;
     /// The highest id `expire_finished` ever removed (0 if none): an id at or below it that is
