@@ -646,7 +646,13 @@ impl Runtime {
             step: String::new(),
             attempt: 1,
             visits: 0,
-            phase: Phase::Accepted { input: input.to_vec() },
+            // With the code here, replaced below by the built state (no copy of the input).
+            phase: match reserved.code {
+                Some(_) => Phase::Ready {
+                    wake: PersistedWake::Started,
+                },
+                None => Phase::Accepted { input: input.to_vec() },
+            },
             state: StateEnvelope {
                 schema: 0,
                 bytes: Vec::new(),
@@ -664,7 +670,7 @@ impl Runtime {
         if let Some(code) = &reserved.code {
             // With the code here, the state is built now (bad input fails the call itself) and
             // the instance is claimed by this worker, with the first token.
-            if let Err(failure) = initialize(&mut record, code.as_ref()) {
+            if let Err(failure) = begin(&mut record, code.as_ref(), input) {
                 self.registry.end_start(&key);
                 return Err(match failure {
                     InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
@@ -1093,6 +1099,13 @@ pub(crate) fn initialize(record: &mut InstanceRecord, code: &dyn VersionCode) ->
     let Phase::Accepted { input } = &record.phase else {
         return Ok(());
     };
+    let input = input.clone();
+    begin(record, code, &input)
+}
+
+/// Builds the initial state of `record` from `input` with `code`: `Ready` at the entry step.
+/// On failure the record is left as it was.
+fn begin(record: &mut InstanceRecord, code: &dyn VersionCode, input: &[u8]) -> Result<(), InitFailure> {
     let state = code.initial_state(input)?;
     record.state = StateEnvelope {
         schema: code.state_schema(),
