@@ -87,6 +87,11 @@ pub struct MigrationJobRecord {
     /// Records of this share still to visit when it was written.
     #[serde(default)]
     pub remaining: u64,
+    /// On a share: the number of this worker's newest claim whose instances its walk had listed
+    /// when it was written. The job is finished only when no worker holds an instance claimed
+    /// after what its share covered.
+    #[serde(default)]
+    pub claims_covered: u64,
 }
 
 /// A record the job could not migrate, and why. The record is left untouched.

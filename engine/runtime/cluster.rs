@@ -7,6 +7,7 @@
 //! cluster (sled) none of this runs, and the one worker holds every claim.
 
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,6 +163,7 @@ impl Runtime {
         self.quarantine_corrupt(claimed.corrupt).await?;
         // Claimed signals all belong to claimed instances.
         let (ids, _) = self.insert_slots(claimed.live, claimed.signals);
+        self.claims_taken_in.fetch_max(claimed.number, Ordering::Release);
         if !ids.is_empty() {
             tracing::info!(count = ids.len(), "claimed instances no live worker held");
             // A background migration running here takes them in its share.

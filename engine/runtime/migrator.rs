@@ -69,6 +69,7 @@ impl Runtime {
             worker: String::new(),
             control: 0,
             remaining: 0,
+            claims_covered: 0,
         };
         let control = self.spawn_job(record);
         jobs.insert(control.progress.lock().workflow.clone(), control.clone());
@@ -217,6 +218,7 @@ impl Runtime {
             failed: 0,
             control: 0,
             remaining: 0,
+            claims_covered: 0,
             ..job.clone()
         };
         let control = self.spawn_job(share);
@@ -225,42 +227,50 @@ impl Runtime {
         Some(control)
     }
 
-    /// Finishes `job` in the store with the shares' totals, unless an instance of its workflow
-    /// still waits for a claim, or a share of the `needed` workers took more work meanwhile
-    /// (read again after the count, as a claim comes before its share's next write).
+    /// Finishes `job` in the store with the shares' totals, unless a share of the `needed`
+    /// workers took more work meanwhile, or an instance of its workflow waits for a claim or was
+    /// claimed after what its holder's share covered. The shares are read first: a claim that
+    /// lands between the two reads is newer than what they say, so it can only hold the finish
+    /// back, never let one through.
     async fn finish_job(
         self: &Arc<Self>,
         job: MigrationJobRecord,
         needed: Vec<String>,
         control: Option<Arc<JobControl>>,
     ) {
-        let workflow = job.workflow.clone();
+        let (workflow, started_at_ms) = (job.workflow.clone(), job.started_at_ms);
         let lease = self.options.lease;
         let looked = super::cluster::blocking(&self.store, move |store| {
-            let unheld = match store.cluster() {
-                Some(cluster) => cluster.unheld_live(&workflow, lease)?,
+            let shares: Vec<MigrationJobRecord> = store
+                .migration_jobs()?
+                .into_iter()
+                .filter(|share| {
+                    !share.worker.is_empty() && share.workflow == workflow && share.started_at_ms == started_at_ms
+                })
+                .collect();
+            let covered: Vec<(String, u64)> = shares
+                .iter()
+                .map(|share| (share.worker.clone(), share.claims_covered))
+                .collect();
+            let uncovered = match store.cluster() {
+                Some(cluster) => cluster.uncovered_live(&workflow, lease, &covered)?,
                 None => 0,
             };
-            Ok((unheld, store.migration_jobs()?))
+            Ok((uncovered, shares))
         })
         .await;
         let records = match looked {
             Ok((0, records)) => records,
             Ok((waiting, _)) => {
-                tracing::debug!(workflow = %job.workflow, waiting, "a background migration waits for instances to be claimed");
+                tracing::debug!(workflow = %job.workflow, waiting, "a background migration waits for instances to be claimed or listed");
                 return;
             }
             Err(error) => {
-                tracing::warn!(workflow = %job.workflow, %error, "could not count the instances waiting for a claim");
+                tracing::warn!(workflow = %job.workflow, %error, "could not count the instances a background migration has not covered");
                 return;
             }
         };
-        let shares: Vec<&MigrationJobRecord> = records
-            .iter()
-            .filter(|share| {
-                !share.worker.is_empty() && share.workflow == job.workflow && share.started_at_ms == job.started_at_ms
-            })
-            .collect();
+        let shares: Vec<&MigrationJobRecord> = records.iter().collect();
         if !every_share_done(&job, &needed, &shares) {
             return;
         }
@@ -351,6 +361,7 @@ impl Runtime {
                 record.worker = worker.clone();
             }
         }
+        record.claims_covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
         let mut candidates = self.migration_candidates(&record.workflow, record.cursor);
         let mut position = 0;
         let mut paused = control.paused.subscribe();
@@ -426,12 +437,18 @@ impl Runtime {
                     _ = finished.wait_for(|done| *done) => last_look = true,
                     _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
                 }
+                // Read before the listing: every instance claimed up to that number is listed.
+                let covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
                 candidates = self.migration_candidates(&record.workflow, None);
                 position = 0;
-                if !candidates.is_empty() {
+                // Running again until the share has migrated what it listed and stored what it
+                // covered (even with nothing to migrate), so that the job cannot finish on a
+                // share that has not looked at its newest claims.
+                if !candidates.is_empty() || covered != record.claims_covered {
                     record.state = MigrationState::Running;
                     control.progress.lock().remaining = candidates.len() as u64;
                 }
+                record.claims_covered = covered;
                 continue;
             };
             let began = Instant::now();

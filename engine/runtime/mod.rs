@@ -98,6 +98,8 @@ pub(crate) struct Runtime {
     rollouts: rollouts::Rollouts,
     /// When this runtime opened (ms since the Unix epoch).
     started_at_ms: u64,
+    /// The number of the newest claim whose instances are in the table (with a shared store).
+    claims_taken_in: AtomicU64,
     /// Versions already warned of as having live instances and no live worker.
     unrunnable: parking_lot::Mutex<std::collections::HashSet<VersionKey>>,
 }
@@ -196,6 +198,7 @@ impl Runtime {
             retention_ms: AtomicU64::new(crate::observe::millis_saturating(options.retention)),
             retention_changed: Notify::new(),
             rollouts: rollouts::Rollouts::default(),
+            claims_taken_in: AtomicU64::new(0),
             unrunnable: parking_lot::Mutex::new(std::collections::HashSet::new()),
             started_at_ms: options.clock.now_ms(),
             options,
@@ -233,8 +236,10 @@ impl Runtime {
         }
         // With a shared store, this worker runs what it claims: live instances of its versions
         // no live worker holds. The counters are the cluster's, kept exact by every commit.
+        let mut claim_number = None;
         let shared = match self.heartbeat_and_claim(usize::MAX).await? {
             Some(claimed) => {
+                claim_number = Some(claimed.number);
                 recovered.live = claimed.live;
                 recovered.signals = claimed.signals;
                 recovered.corrupt = claimed.corrupt;
@@ -260,6 +265,9 @@ impl Runtime {
             self.reconcile_counters(&live_by_version).await?;
         }
         let (_, orphans) = self.insert_slots(recovered.live, recovered.signals);
+        if let Some(number) = claim_number {
+            self.claims_taken_in.fetch_max(number, Ordering::Release);
+        }
         let orphans: Vec<Op> = orphans
             .into_iter()
             .map(|signal| Op::DeleteSignal {

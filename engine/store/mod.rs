@@ -489,6 +489,9 @@ pub struct WorkerInfo {
 /// Instances a worker just claimed, with their pending signals.
 #[derive(Debug, Default)]
 pub struct Claimed {
+    /// The claim's number, from a sequence of this worker's that only grows: every record it
+    /// took carries it in the store (see [`Cluster::uncovered_live`]).
+    pub number: u64,
     /// The claimed records, each with its new claim token in `InstanceRecord::claim`.
     pub live: Vec<InstanceRecord>,
     /// Claimed records that do not decode (the caller quarantines them).
@@ -529,10 +532,18 @@ pub trait Cluster: Send + Sync {
     /// The metrics windows of `key` that the other live workers published last (judged alive by
     /// their own lease, else `lease`).
     fn metrics_of(&self, key: &VersionKey, lease: std::time::Duration) -> Result<Vec<Vec<u8>>, StoreError>;
-    /// How many live instances of `workflow` no live worker holds although some live worker has
-    /// their version's code: instances about to be claimed (a dead worker's, an accepted start).
-    /// Workers are judged alive by their own lease, else `lease`.
-    fn unheld_live(&self, workflow: &str, lease: std::time::Duration) -> Result<u64, StoreError>;
+    /// How many live instances of `workflow` a background migration's shares have not covered:
+    /// those no live worker holds although some live worker has their version's code (about to
+    /// be claimed: a dead worker's, an accepted start), and those a live worker took with a claim
+    /// numbered above what its share covered. `covered` lists worker ids with the number of the
+    /// newest claim their share had taken in; a worker not listed covered no claim. Workers are
+    /// judged alive by their own lease, else `lease`.
+    fn uncovered_live(
+        &self,
+        workflow: &str,
+        lease: std::time::Duration,
+        covered: &[(String, u64)],
+    ) -> Result<u64, StoreError>;
     /// Stores a signal for an instance some worker may hold, if the instance is live (checked in
     /// the same statement), and wakes whoever holds it; `false` if the instance is not live.
     fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError>;

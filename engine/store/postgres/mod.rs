@@ -907,15 +907,17 @@ impl Cluster for PostgresStore {
                     let client = pool.get().await.map_err(pool_failed("claim"))?;
                     let mut claimed: Vec<(i64, i64, Vec<u8>)> = Vec::new();
                     if !lost.is_empty() {
+                        // Stamped with this claim's number: whatever a claim hands over carries it.
                         let statement = client
                             .prepare_cached(
-                                "SELECT id, fence, record FROM strata_instances
-                                 WHERE owner = $1 AND live AND claimed_in = ANY($2)",
+                                "UPDATE strata_instances SET claimed_in = $3
+                                 WHERE owner = $1 AND live AND claimed_in = ANY($2)
+                                 RETURNING id, fence, record",
                             )
                             .await
                             .map_err(failed("claim"))?;
                         let rows = client
-                            .query(&statement, &[&worker, &lost])
+                            .query(&statement, &[&worker, &lost, &seq])
                             .await
                             .map_err(failed("claim"))?;
                         claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
@@ -982,6 +984,7 @@ impl Cluster for PostgresStore {
         })?;
         let (records, signals) = rows;
         let mut claimed = Claimed {
+            number: unsigned(seq),
             signals,
             ..Claimed::default()
         };
@@ -1146,18 +1149,30 @@ impl Cluster for PostgresStore {
         })
     }
 
-    fn unheld_live(&self, workflow: &str, lease: Duration) -> Result<u64, StoreError> {
+    fn uncovered_live(&self, workflow: &str, lease: Duration, covered: &[(String, u64)]) -> Result<u64, StoreError> {
+        let (workers, claims): (Vec<String>, Vec<i64>) = covered
+            .iter()
+            .map(|(worker, claim)| (worker.clone(), signed(*claim)))
+            .unzip();
         let counted = self.query(
-            "count unheld live instances",
+            "count live instances a migration has not covered",
             "WITH alive AS (
                  SELECT id, versions FROM strata_workers
                  WHERE stopped_at_ms IS NULL
-                   AND heartbeat_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint - COALESCE(lease_ms, $2))
+                   AND heartbeat_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint - COALESCE(lease_ms, $2)),
+             covered AS (SELECT * FROM UNNEST($3::text[], $4::bigint[]) AS covered(worker, claim))
              SELECT count(*) FROM strata_instances i
              WHERE i.live AND i.workflow = $1
-               AND NOT EXISTS (SELECT 1 FROM alive WHERE alive.id = i.owner)
-               AND EXISTS (SELECT 1 FROM alive WHERE i.workflow || '@' || i.version = ANY(alive.versions))",
-            vec![Box::new(workflow.to_string()), Box::new(lease_ms(lease))],
+               AND CASE WHEN EXISTS (SELECT 1 FROM alive WHERE alive.id = i.owner)
+                        THEN i.claimed_in > COALESCE((SELECT claim FROM covered WHERE covered.worker = i.owner), -1)
+                        ELSE EXISTS (SELECT 1 FROM alive WHERE i.workflow || '@' || i.version = ANY(alive.versions))
+                   END",
+            vec![
+                Box::new(workflow.to_string()),
+                Box::new(lease_ms(lease)),
+                Box::new(workers),
+                Box::new(claims),
+            ],
             |row| Ok(unsigned(row.get::<_, i64>(0))),
         )?;
         Ok(counted.into_iter().next().unwrap_or(0))
