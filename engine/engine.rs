@@ -59,6 +59,7 @@ impl StartOptions {
 pub struct EngineBuilder {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    disk_reserve: u64,
     store: Option<Arc<dyn Store>>,
     codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
     migrations: Vec<StateMigration>,
@@ -206,6 +207,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How much free space the embedded store keeps on its disk (default 64 MiB; 0: none): a
+    /// commit that finds less is refused with [`crate::StoreError::DiskFull`], the instance stays
+    /// at its last committed step and is retried, and the engine continues once space returns.
+    pub fn disk_reserve(mut self, bytes: u64) -> Self {
+        self.disk_reserve = bytes;
+        self
+    }
+
     /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
     /// have a hole, or give two paths for one step.
     pub fn migration(mut self, migration: StateMigration) -> Self {
@@ -230,7 +239,12 @@ impl EngineBuilder {
         let store: Arc<dyn Store> = match (self.store, self.database_url, self.data_dir) {
             (Some(store), _, _) => store,
             (None, Some(url), _) => Arc::new(open_blocking(move || PostgresStore::connect(&url)).await?),
-            (None, None, Some(path)) => Arc::new(open_blocking(move || SledStore::open(path)).await?),
+            (None, None, Some(path)) => {
+                let reserve = self.disk_reserve;
+                Arc::new(
+                    open_blocking(move || SledStore::open(path).map(|store| store.with_disk_reserve(reserve))).await?,
+                )
+            }
             (None, None, None) => return Err(EngineError::NoStore),
         };
         let runtime = Runtime::open(store, definitions, self.options).await?;
@@ -330,6 +344,7 @@ impl Engine {
         EngineBuilder {
             data_dir: None,
             database_url: None,
+            disk_reserve: crate::store::DEFAULT_DISK_RESERVE,
             store: None,
             codes: Vec::new(),
             migrations: Vec::new(),

@@ -13,9 +13,11 @@
 mod postgres;
 pub mod sled_format1;
 mod sled_store;
+mod space;
 
 pub use postgres::PostgresStore;
 pub use sled_store::SledStore;
+pub use space::DEFAULT_DISK_RESERVE;
 
 pub use crate::migrate::MigrationJobRecord;
 
@@ -33,6 +35,26 @@ pub enum StoreError {
         /// What was being done.
         operation: &'static str,
         /// The backend's message.
+        message: String,
+    },
+    /// The disk holding the embedded store has less free space than the reserve Strata keeps:
+    /// nothing was written, and the engine retries by itself.
+    #[error("the disk holding {directory} has {available} bytes free, less than the {reserve} bytes Strata keeps in reserve; nothing was written. Free space on that disk: commits are retried and the engine continues by itself")]
+    DiskFull {
+        /// The store's directory.
+        directory: String,
+        /// Free bytes when it was read.
+        available: u64,
+        /// The reserve (`EngineBuilder::disk_reserve`).
+        reserve: u64,
+    },
+    /// The disk refused a write of the embedded store (full, a file over the process's size
+    /// limit, or a quota): what was committed before is kept, this write is not acknowledged.
+    #[error("the disk refused the store's {operation} ({message}): it is full or over a size limit or quota. Everything acknowledged before is kept; free space, then restart the engine to continue")]
+    WriteRefused {
+        /// What was being done.
+        operation: &'static str,
+        /// The system's words.
         message: String,
     },
     /// The store was written by a newer Strata.

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::space::{refused_for_room, SpaceGuard, DEFAULT_DISK_RESERVE};
 use super::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
     StoreError, StoreStats, StoredVersion, VersionCounters,
@@ -110,12 +111,33 @@ pub struct SledStore {
     next_signal_seq: AtomicU64,
     applies: AtomicU64,
     syncs: AtomicU64,
+    /// Refuses writes while the disk is nearly full.
+    space: SpaceGuard,
 }
 
+/// A sled failure as a store error: the disk refusing a write for want of room is named as such.
 fn backend(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
-    move |error| StoreError::Backend {
-        operation,
-        message: error.to_string(),
+    move |error| match &error {
+        sled::Error::Io(io) => io_failed(operation, io),
+        _ => StoreError::Backend {
+            operation,
+            message: error.to_string(),
+        },
+    }
+}
+
+/// An I/O failure of the store's files as a store error.
+fn io_failed(operation: &'static str, error: &std::io::Error) -> StoreError {
+    if refused_for_room(error) {
+        StoreError::WriteRefused {
+            operation,
+            message: error.to_string(),
+        }
+    } else {
+        StoreError::Backend {
+            operation,
+            message: error.to_string(),
+        }
     }
 }
 
@@ -218,6 +240,7 @@ impl SledStore {
             })?;
             residency.statuses.insert(entry.key, entry.status);
         }
+        let space = SpaceGuard::new(&path, DEFAULT_DISK_RESERVE);
         let mut store = SledStore {
             db,
             data_file,
@@ -228,6 +251,7 @@ impl SledStore {
             next_signal_seq: AtomicU64::new(1),
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            space,
         };
         store.build_expiry_index()?;
         let removed = store.highest_removed_id()?;
@@ -240,6 +264,13 @@ impl SledStore {
         store.next_instance_id = AtomicU64::new(highest + 1);
         store.next_signal_seq = AtomicU64::new(signals.iter().map(|signal| signal.seq + 1).max().unwrap_or(1));
         Ok(store)
+    }
+
+    /// Keeps `bytes` free on the store's disk: a write that finds less is refused with
+    /// [`StoreError::DiskFull`] before it reaches sled (default [`DEFAULT_DISK_RESERVE`]; 0: never).
+    pub fn with_disk_reserve(mut self, bytes: u64) -> SledStore {
+        self.space = SpaceGuard::new(&self.path, bytes);
+        self
     }
 
     /// Opens sled's database. The file lock of a store closed a moment ago in this process may
@@ -363,6 +394,7 @@ impl SledStore {
 impl Store for SledStore {
     #[tracing::instrument(level = "trace", skip_all, fields(ops = ops.len()))]
     fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
+        self.space.check()?;
         let mut residency = self.versions.lock();
         let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
         let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();
@@ -558,10 +590,9 @@ impl Store for SledStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(backend("flush"))?;
-        self.data_file.sync_data().map_err(|error| StoreError::Backend {
-            operation: "fdatasync",
-            message: error.to_string(),
-        })?;
+        self.data_file
+            .sync_data()
+            .map_err(|error| io_failed("fdatasync", &error))?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
