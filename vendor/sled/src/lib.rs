@@ -199,6 +199,9 @@ mod threadpool;
 ))]
 mod flusher;
 
+#[cfg(feature = "flush_gate")]
+pub mod flush_gate;
+
 #[cfg(feature = "event_log")]
 /// The event log helps debug concurrency issues.
 pub mod event_log;
