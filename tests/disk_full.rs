@@ -1,10 +1,16 @@
-//! A full disk (issue #12): a child process runs the engine on a small filesystem of its own (a
-//! tmpfs the test mounts, so the disk really fills). While free space is below the reserve, a
-//! start is refused with a typed error naming the directory, due steps run but their commits are
-//! refused (each runs again: the mark of a commit that did not land), and every instance stays at
-//! its last committed step; once space returns the engine continues by itself. Afterwards the
-//! parent reads the store: every instance finished once, with the right output, and the counters
-//! equal a recount.
+//! A full disk (issue #12), in child processes.
+//!
+//! Nearly full: a child runs the engine on a small filesystem of its own (a tmpfs the test
+//! mounts, so the disk really fills). While free space is below the reserve, a start is refused
+//! with a typed error naming the directory, due steps run but their commits are refused (each runs
+//! again: the mark of a commit that did not land), and every instance stays at its last committed
+//! step; once space returns the engine continues by itself. Afterwards the parent reads the store:
+//! every instance finished once, with the right output, and the counters equal a recount.
+//!
+//! Refused anyway: a child whose files may not grow (`RLIMIT_FSIZE`, with the reserve off) starts
+//! instances until the disk refuses a write; that start is answered `WriteRefused`, and after it
+//! nothing more is acknowledged. The parent reopens the store without the limit: every
+//! acknowledged start is there and runs to its end, and the counters equal a recount.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,6 +28,7 @@ use strata::{
 };
 
 const CHILD_DIR: &str = "STRATA_DISK_FULL_CHILD_DIR";
+const LIMITED_CHILD_DIR: &str = "STRATA_FILE_LIMIT_CHILD_DIR";
 const WORKFLOW: &str = "ticker";
 const INSTANCES: u64 = 20;
 /// The filesystem's size and the reserve the engine keeps on it.
@@ -243,4 +250,153 @@ fn a_full_disk_refuses_commits_until_space_returns_and_loses_nothing() {
         (INSTANCES + 1, INSTANCES + 1, 0)
     );
     drop(store);
+}
+
+/// Waits for the signal `go`, then completes with its count.
+fn holder() -> WorkflowVersion<u32, u32, u32> {
+    WorkflowVersion::new("holder", "1.0.0")
+        .init(|count| count)
+        .step("wait", |_ctx: StepCtx, _count: &mut u32| async {
+            Ok(Next::wait_signal("go", "done"))
+        })
+        .step("done", |_ctx: StepCtx, count: &mut u32| {
+            let count = *count;
+            async move { Ok(Next::complete(count)) }
+        })
+}
+
+/// The child whose files may not grow past a limit: starts holders until a start is refused,
+/// printing each acknowledged one. Ignored in normal runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of the child process of a_write_the_disk_refuses_is_never_acknowledged_and_nothing_acknowledged_is_lost"]
+async fn file_limit_child() {
+    let Ok(dir) = std::env::var(LIMITED_CHILD_DIR) else {
+        return;
+    };
+    let data = PathBuf::from(dir).join("data");
+    let engine = Engine::builder()
+        .data_dir(&data)
+        .durability(Durability::Sync)
+        .disk_reserve(0)
+        .register(holder())
+        .open()
+        .await
+        .expect("child: open");
+    for count in 0..50 {
+        let id = engine.start("holder", &count).await.expect("child: start");
+        println!("STRATA acknowledged {id} {count}");
+    }
+    // From now on no file of this process may grow past sled's data file's size and a little more;
+    // a write past it fails with EFBIG instead of killing the process with SIGXFSZ.
+    let size = std::fs::metadata(data.join("db")).expect("child: db size").len();
+    // SAFETY: plain libc calls with valid arguments; nothing else in this process handles SIGXFSZ.
+    unsafe {
+        assert_ne!(libc::signal(libc::SIGXFSZ, libc::SIG_IGN), libc::SIG_ERR);
+        let limit = libc::rlimit {
+            rlim_cur: size + 256 * 1024,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let mut refused = None;
+    for count in 50..100_000 {
+        match engine.start("holder", &count).await {
+            Ok(id) => println!("STRATA acknowledged {id} {count}"),
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    // The refusal reaches whichever commit met it first (this start's, or an earlier start's
+    // first step, after which every commit is refused naming it).
+    let refused = refused.expect("child: the disk refused a write");
+    let text = refused.to_string();
+    assert!(
+        matches!(refused, EngineError::Store(StoreError::WriteRefused { .. }))
+            || text.contains("an earlier sync failed"),
+        "child: expected the refused write, got {refused}"
+    );
+    assert!(
+        text.contains("the disk refused") && text.contains("File too large") && text.contains("restart the engine"),
+        "child: {text}"
+    );
+    println!("STRATA refused: {refused}");
+    let again = engine
+        .start("holder", &0)
+        .await
+        .expect_err("child: nothing is acknowledged after a refused write");
+    assert!(again.to_string().contains("restart the engine"), "{again}");
+    println!("STRATA done");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_disk_refuses_is_never_acknowledged_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "file_limit_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LIMITED_CHILD_DIR, dir.path())
+        .output()
+        .expect("spawn the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("STRATA done"),
+        "the child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let acknowledged: Vec<(InstanceId, u32)> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("STRATA acknowledged "))
+        .map(|rest| {
+            let (id, count) = rest.split_once(' ').unwrap();
+            (
+                InstanceId(id.trim_start_matches('#').parse().unwrap()),
+                count.parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(acknowledged.len() > 50, "starts were acknowledged under the limit too");
+
+    // Space returns (no limit here): every acknowledged start is there and finishes.
+    let engine = Engine::builder()
+        .data_dir(dir.path().join("data"))
+        .register(holder())
+        .open()
+        .await
+        .unwrap();
+    for (id, count) in &acknowledged {
+        engine.signal(*id, "go", &()).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), engine.outcome(*id))
+            .await
+            .expect("finished")
+            .unwrap();
+        assert_eq!(outcome.output::<u32>().unwrap(), *count);
+    }
+    // An unacknowledged start may have reached the disk before the refusal; it runs too.
+    for info in engine.list(&strata::InstanceFilter::default()).unwrap() {
+        if !info.status.is_terminal() {
+            engine.signal(info.id(), "go", &()).await.unwrap();
+            engine.outcome(info.id()).await.unwrap();
+        }
+    }
+    let version = &engine.versions()[0];
+    let listed = engine.list(&strata::InstanceFilter::default()).unwrap().len() as u64;
+    assert!(listed >= acknowledged.len() as u64);
+    assert_eq!(
+        (
+            version.counters.started,
+            version.counters.completed,
+            version.counters.live
+        ),
+        (listed, listed, 0),
+        "the counters equal a recount"
+    );
+    engine.shutdown().await;
 }
