@@ -489,6 +489,66 @@ async fn drained_is_announced_once_in_the_cluster_and_retiring_waits_for_every_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_version_its_worker_stopped_before_announcing_is_announced_once_by_the_rollout_evaluator() {
+    let database = TestDatabase::create();
+    // The only worker, so it evaluates rollouts; the other one stays alive without announcing.
+    let evaluator = quick_worker(&database)
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_1("2.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let alive = quick_worker(&database).open().await.unwrap();
+    for version in ["1.0.0", "2.0.0"] {
+        assert_eq!(
+            evaluator.drain(tally::WORKFLOW, version).await.unwrap(),
+            strata::VersionStatus::Drained
+        );
+    }
+    assert_eq!(
+        database.count("SELECT count(*) FROM strata_versions WHERE drained_by IS NOT NULL"),
+        0,
+        "a worker marks what it announced"
+    );
+    let mut heard = evaluator.subscribe();
+    // As the store is left when a worker stops between the commit that drained a version and its
+    // announcement (1.0.0), and while a live one is in between (2.0.0).
+    database
+        .execute(&format!(
+            "UPDATE strata_versions SET drained_by = CASE version WHEN '1.0.0' THEN 'a-worker-that-stopped' ELSE '{}' END",
+            alive.worker_id()
+        ))
+        .unwrap();
+    let announced = wait_for_event(&mut heard, |event| matches!(event, Event::VersionDrained { .. })).await;
+    let Event::VersionDrained { key, .. } = announced else {
+        unreachable!()
+    };
+    assert_eq!(key.version.to_string(), "1.0.0");
+    // Taken in the same statement that looked: nobody announces 1.0.0 again, 2.0.0 is left to
+    // the live worker that drained it.
+    assert_eq!(
+        database.count("SELECT count(*) FROM strata_versions WHERE version = '1.0.0' AND drained_by IS NOT NULL"),
+        0
+    );
+    assert_eq!(
+        database.count("SELECT count(*) FROM strata_versions WHERE version = '2.0.0' AND drained_by IS NOT NULL"),
+        1
+    );
+    // A worker that leaves has announced all it drained.
+    alive.shutdown().await;
+    assert_eq!(
+        database.count("SELECT count(*) FROM strata_versions WHERE drained_by IS NOT NULL"),
+        0
+    );
+    evaluator.shutdown().await;
+    let mut drained_events = 0;
+    while let Ok(event) = heard.try_recv() {
+        drained_events += usize::from(matches!(event, Event::VersionDrained { .. }));
+    }
+    assert_eq!(drained_events, 0, "announced once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_fires_once_per_fire_time_however_many_workers_run_it_or_lack_its_code() {
     let database = TestDatabase::create();
     let open = || worker(&database).register(strata_workflows::ledger::v1_0()).open();

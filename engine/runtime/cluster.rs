@@ -388,8 +388,9 @@ impl Runtime {
 
     /// What a worker does at open and at every heartbeat besides claiming: takes in the
     /// cluster's version figures and rollouts, takes or renews the rollout lease (one worker at a
-    /// time evaluates rollouts), takes in which versions the live workers can run, and follows
-    /// the background migrations.
+    /// time evaluates rollouts, and announces `Drained` of versions whose draining worker stopped
+    /// before announcing it), takes in which versions the live workers can run, and follows the
+    /// background migrations.
     pub(super) async fn look_around(self: &Arc<Self>) {
         let runtime = self.clone();
         let looked = tokio::task::spawn_blocking(move || {
@@ -408,6 +409,9 @@ impl Runtime {
                     .swap(leading, std::sync::atomic::Ordering::AcqRel);
                 if leading && !was {
                     tracing::info!("this worker evaluates the rollouts now");
+                }
+                if leading {
+                    runtime.announce_unannounced_drained();
                 }
             }
             runtime.publish_metrics();

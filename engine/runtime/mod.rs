@@ -490,12 +490,50 @@ impl Runtime {
         Ok(Drained(applied.drained))
     }
 
-    /// Announces versions a write drained: their code can be removed.
+    /// Announces versions a write drained: their code can be removed. With a store many processes
+    /// share, then marks them announced there, so that no other worker announces them again.
     pub(crate) fn announce(&self, drained: Drained) {
-        for key in drained.0 {
+        if drained.0.is_empty() {
+            return;
+        }
+        self.emit_drained(&drained.0);
+        if let Some(cluster) = self.store.cluster() {
+            if let Err(error) = cluster.drained_announced(&drained.0) {
+                tracing::warn!(%error, "could not mark drained versions announced; the rollout evaluator announces them again if this worker stops first");
+            }
+        }
+    }
+
+    /// Emits `VersionDrained` for each version.
+    fn emit_drained(&self, keys: &[VersionKey]) {
+        for key in keys {
             tracing::info!(version = %key, "version drained: its code can be removed");
-            let counters = self.registry.counters(&key);
-            self.events.emit(Event::VersionDrained { key, counters });
+            let counters = self.registry.counters(key);
+            self.events.emit(Event::VersionDrained {
+                key: key.clone(),
+                counters,
+            });
+        }
+    }
+
+    /// With a store many processes share, on the worker evaluating rollouts: announces the
+    /// versions whose draining worker stopped between its commit and its announcement.
+    pub(super) fn announce_unannounced_drained(&self) {
+        let Some(cluster) = self.store.cluster() else {
+            return;
+        };
+        match cluster.take_unannounced_drained(self.options.lease) {
+            Ok(keys) if keys.is_empty() => {}
+            Ok(keys) => {
+                tracing::info!(
+                    count = keys.len(),
+                    "announcing versions drained by a worker that stopped before announcing them"
+                );
+                self.emit_drained(&keys);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not look for drained versions left unannounced; trying again at the next heartbeat")
+            }
         }
     }
 

@@ -566,6 +566,13 @@ pub trait Cluster: Send + Sync {
         lease: std::time::Duration,
         covered: &[(String, u64)],
     ) -> Result<u64, StoreError>;
+    /// Marks `Drained` of these versions, which a commit of this worker recorded, as announced.
+    fn drained_announced(&self, keys: &[VersionKey]) -> Result<(), StoreError>;
+    /// Takes the `Drained` versions whose draining worker is no longer alive and never marked them
+    /// announced (it stopped between its commit and the event), to be announced by the caller:
+    /// each is handed to one caller only. Workers are judged alive by their own lease, else
+    /// `lease`.
+    fn take_unannounced_drained(&self, lease: std::time::Duration) -> Result<Vec<VersionKey>, StoreError>;
     /// Stores a signal for an instance some worker may hold, if the instance is live (checked in
     /// the same statement), and wakes whoever holds it; `false` if the instance is not live.
     fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError>;

@@ -329,7 +329,7 @@ impl Writes {
                 .await
                 .map_err(failed("delete signals"))?;
         }
-        let applied = self.decide_residency(transaction).await?;
+        let applied = self.decide_residency(transaction, worker).await?;
         for (schedule, fire_ms) in &self.fires {
             // Only a later fire than the one handled: of processes racing for a fire, one wins.
             let statement = run(
@@ -434,7 +434,11 @@ impl Writes {
     /// deadlock, returning the row as it is now; a start on a version not `Active` and a
     /// retirement with live instances are refused; a `Draining` version left with no live
     /// instance becomes `Drained` (a statement only when one is).
-    async fn decide_residency(&self, transaction: &deadpool_postgres::Transaction<'_>) -> Result<Applied, StoreError> {
+    async fn decide_residency(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        worker: &str,
+    ) -> Result<Applied, StoreError> {
         let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
         let keys = self.version_keys();
         if keys.is_empty() {
@@ -531,13 +535,15 @@ impl Writes {
             });
         }
         let (workflows, versions) = super::version_columns(&draining);
-        let statement = run("UPDATE strata_versions SET status = 'drained'
+        // Recorded with the worker that drained it, until it has announced it (see
+        // `Cluster::take_unannounced_drained`).
+        let statement = run("UPDATE strata_versions SET status = 'drained', drained_by = $3
              WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
                AND status = 'draining' AND live = 0
              RETURNING workflow, version")
         .await?;
         let drained: Vec<VersionKey> = transaction
-            .query(&statement, &[&workflows, &versions])
+            .query(&statement, &[&workflows, &versions, &worker])
             .await
             .map_err(failed("drain versions"))?
             .iter()

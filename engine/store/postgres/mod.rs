@@ -1015,6 +1015,14 @@ impl Cluster for PostgresStore {
                     )
                     .await
                     .map_err(failed("leave"))?;
+                // It announced every version it drained (its drivers have all ended).
+                transaction
+                    .execute(
+                        "UPDATE strata_versions SET drained_by = NULL WHERE drained_by = $1",
+                        &[&worker],
+                    )
+                    .await
+                    .map_err(failed("leave"))?;
                 // Roles it leads (evaluating rollouts) pass to another worker at its next heartbeat.
                 transaction
                     .execute("DELETE FROM strata_leases WHERE holder = $1", &[&worker])
@@ -1176,6 +1184,45 @@ impl Cluster for PostgresStore {
             |row| Ok(unsigned(row.get::<_, i64>(0))),
         )?;
         Ok(counted.into_iter().next().unwrap_or(0))
+    }
+
+    fn drained_announced(&self, keys: &[VersionKey]) -> Result<(), StoreError> {
+        let (workflows, versions) = version_columns(keys);
+        self.query(
+            "mark drained versions announced",
+            "UPDATE strata_versions SET drained_by = NULL
+             WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) AND drained_by = $3",
+            vec![
+                Box::new(workflows),
+                Box::new(versions),
+                Box::new(self.worker_id.clone()),
+            ],
+            |_| Ok(()),
+        )?;
+        Ok(())
+    }
+
+    fn take_unannounced_drained(&self, lease: Duration) -> Result<Vec<VersionKey>, StoreError> {
+        let taken = self.query(
+            "take unannounced drained versions",
+            "UPDATE strata_versions v SET drained_by = NULL
+             WHERE v.status = 'drained' AND v.drained_by IS NOT NULL
+               AND NOT EXISTS (
+                   SELECT 1 FROM strata_workers w
+                   WHERE w.id = v.drained_by AND w.stopped_at_ms IS NULL
+                     AND w.heartbeat_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint - COALESCE(w.lease_ms, $1))
+             RETURNING v.workflow, v.version",
+            vec![Box::new(lease_ms(lease))],
+            |row| Ok((row.get::<_, String>(0), row.get::<_, String>(1))),
+        )?;
+        Ok(taken
+            .into_iter()
+            .filter_map(|(workflow, version)| {
+                semver::Version::parse(&version)
+                    .ok()
+                    .map(|version| VersionKey::new(workflow, version))
+            })
+            .collect())
     }
 
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError> {

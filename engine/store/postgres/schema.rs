@@ -25,10 +25,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (5, "each worker's share of a background migration", V5),
     (6, "finished instances by finish time, for retention", V6),
+    (7, "which worker drained a version and has not announced it yet", V7),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 6;
+pub(crate) const SCHEMA_VERSION: i32 = 7;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -184,6 +185,13 @@ CREATE TABLE strata_retention (
     single boolean PRIMARY KEY DEFAULT true CHECK (single),
     highest_removed bigint NOT NULL
 );
+";
+
+/// Schema 7: the worker whose commit drained a version, until it has announced `Drained`; the
+/// worker evaluating rollouts announces it if that worker stopped first. Rows drained before it
+/// count as announced.
+const V7: &str = "
+ALTER TABLE strata_versions ADD COLUMN drained_by text;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
