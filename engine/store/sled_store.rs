@@ -128,16 +128,11 @@ fn backend(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
 
 /// An I/O failure of the store's files as a store error.
 fn io_failed(operation: &'static str, error: &std::io::Error) -> StoreError {
+    let message = error.to_string();
     if refused_for_room(error) {
-        StoreError::WriteRefused {
-            operation,
-            message: error.to_string(),
-        }
+        StoreError::WriteRefused { operation, message }
     } else {
-        StoreError::Backend {
-            operation,
-            message: error.to_string(),
-        }
+        StoreError::Backend { operation, message }
     }
 }
 
