@@ -57,6 +57,17 @@ pub enum StoreError {
         /// The system's words.
         message: String,
     },
+    /// The embedded store's files could not be read back: sled failed while recovering them, as
+    /// a damaged file makes it do. The directory is marked (`strata-damaged.txt`) and refused
+    /// until the mark is removed: sled has already rewritten part of the file, and opening it
+    /// again would silently lose the records after the damage.
+    #[error("the store in {directory} could not be recovered: sled failed while reading its files ({reason}), as it does when a file is damaged. Restore the directory from a backup. Strata refuses to open it while strata-damaged.txt is there: sled has already rewritten part of the damaged file, and opening it again would silently lose the records after the damage; to open what is left anyway, delete that file")]
+    Damaged {
+        /// The store's directory.
+        directory: String,
+        /// What sled said.
+        reason: String,
+    },
     /// The store was written by a newer Strata.
     #[error("the store was written with record format {found}, but this build of Strata reads formats up to {supported}; upgrade Strata to open it")]
     NewerFormat {

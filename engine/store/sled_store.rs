@@ -51,6 +51,9 @@ const FINISHED_INDEX_BUILT: &[u8] = b"m/finished-index";
 const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
 
 /// The by-workflow prefix of a workflow's finished instances.
+/// The file that marks a store directory sled could not recover (see [`StoreError::Damaged`]).
+const DAMAGE_MARK: &str = "strata-damaged.txt";
+
 fn workflow_prefix(workflow: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(BY_WORKFLOW.len() + workflow.len() + 1);
     key.extend_from_slice(BY_WORKFLOW);
@@ -180,12 +183,38 @@ impl SledStore {
     /// was written by a newer Strata.
     pub fn open(directory: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = directory.as_ref().to_path_buf();
-        let db = Self::open_db(&path).map_err(|error| StoreError::Backend {
-            operation: "open",
-            message: format!(
-                "{} ({error}); is another process using this data directory?",
-                path.display()
-            ),
+        let damage_mark = path.join(DAMAGE_MARK);
+        if let Ok(reason) = std::fs::read_to_string(&damage_mark) {
+            return Err(StoreError::Damaged {
+                directory: path.display().to_string(),
+                reason: reason.trim().to_string(),
+            });
+        }
+        // sled panics on some damaged files while recovering them (a message that fails its
+        // checksum in a segment before the last: "tried to serialize Uninitialized"), and has
+        // rewritten part of the file by then: the mark keeps a second open from succeeding on
+        // what is left without a word.
+        let damaged = |reason: String| {
+            if let Err(error) = std::fs::write(&damage_mark, format!("{reason}\n")) {
+                tracing::error!(%error, mark = %damage_mark.display(), "could not mark the damaged store");
+            }
+            tracing::error!(directory = %path.display(), %reason, "the store's files are damaged");
+            StoreError::Damaged {
+                directory: path.display().to_string(),
+                reason,
+            }
+        };
+        let opened = std::panic::catch_unwind(|| Self::open_db(&path))
+            .map_err(|panic| damaged(crate::workflow::panic_message(&panic)))?;
+        let db = opened.map_err(|error| match error {
+            sled::Error::Corruption { .. } => damaged(error.to_string()),
+            error => StoreError::Backend {
+                operation: "open",
+                message: format!(
+                    "{} ({error}); is another process using this data directory?",
+                    path.display()
+                ),
+            },
         })?;
         let data_file = File::open(path.join("db")).map_err(|error| StoreError::Backend {
             operation: "open",
