@@ -7,8 +7,9 @@
 //! sled cannot say which record is damaged, so quarantining just that record is not possible on
 //! it; see README Known limits.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use strata::store::{Op, SledStore, Store};
 use strata::{Engine, EngineError, StoreError};
@@ -71,22 +72,9 @@ fn a_damaged_store_file_is_refused_by_name_and_so_is_every_later_open() {
     }
     std::fs::write(&file, &bytes).unwrap();
 
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "damaged_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR, dir.path())
-        .output()
-        .expect("spawn the child");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("STRATA damaged"),
-        "the child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = common::child::succeeded(
+        &common::child::run("damaged_child", CHILD_DIR, dir.path()),
+        "STRATA damaged",
     );
     assert!(
         stdout.contains("Restore the directory from a backup"),
@@ -95,21 +83,12 @@ fn a_damaged_store_file_is_refused_by_name_and_so_is_every_later_open() {
     // sled rewrote part of the file while failing: a second open would succeed on what is left
     // and lose the records after the damage without a word. It is refused while the mark is there.
     assert!(dir.path().join("strata-damaged.txt").exists());
-    let again = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "damaged_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR, dir.path())
-        .output()
-        .expect("spawn the child");
-    let stdout = String::from_utf8_lossy(&again.stdout);
+    let again = common::child::succeeded(
+        &common::child::run("damaged_child", CHILD_DIR, dir.path()),
+        "STRATA damaged",
+    );
     assert!(
-        again.status.success() && stdout.contains("STRATA damaged") && stdout.contains("tried to serialize"),
-        "a second open is refused with the first one's reason:\n{stdout}\n{}",
-        String::from_utf8_lossy(&again.stderr)
+        again.contains("tried to serialize"),
+        "a second open is refused with the first one's reason: {again}"
     );
 }

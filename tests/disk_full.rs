@@ -12,6 +12,8 @@
 //! nothing more is acknowledged. The parent reopens the store without the limit: every
 //! acknowledged start is there and runs to its end, and the counters equal a recount.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -208,23 +210,8 @@ impl Drop for SmallFilesystem {
 #[test]
 fn a_full_disk_refuses_commits_until_space_returns_and_loses_nothing() {
     let filesystem = SmallFilesystem::mount(FILESYSTEM_MIB);
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "disk_full_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR, filesystem.dir.path())
-        .output()
-        .expect("spawn the child");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("STRATA done"),
-        "the child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = common::child::run("disk_full_child", CHILD_DIR, filesystem.dir.path());
+    common::child::succeeded(&output, "STRATA done");
 
     // The store as the child left it: every instance finished once, counters equal a recount.
     let store = SledStore::open(filesystem.dir.path().join("data")).unwrap();
@@ -334,23 +321,8 @@ async fn file_limit_child() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_the_disk_refuses_is_never_acknowledged_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "file_limit_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(LIMITED_CHILD_DIR, dir.path())
-        .output()
-        .expect("spawn the child");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("STRATA done"),
-        "the child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = common::child::run("file_limit_child", LIMITED_CHILD_DIR, dir.path());
+    let stdout = common::child::succeeded(&output, "STRATA done");
     let acknowledged: Vec<(InstanceId, u32)> = stdout
         .lines()
         .filter_map(|line| line.strip_prefix("STRATA acknowledged "))

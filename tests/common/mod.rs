@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod child;
 pub mod postgres;
 pub mod probe;
 pub mod proxy;
