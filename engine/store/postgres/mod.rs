@@ -129,6 +129,16 @@ async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::Unbo
 /// the hosts' clocks say.
 const DATABASE_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
+/// The condition that the worker row `alias` is alive: not stopped, and heartbeating within its
+/// own lease (else `default_lease`, a parameter such as `$4`), on the database's clock. Every
+/// query that judges whether a worker is alive uses it.
+fn worker_alive(alias: &str, default_lease: &str) -> String {
+    format!(
+        "{alias}.stopped_at_ms IS NULL \
+         AND {alias}.heartbeat_ms >= {DATABASE_NOW_MS} - COALESCE({alias}.lease_ms, {default_lease})"
+    )
+}
+
 /// A worker id unique among the processes sharing a database: host, process id and a random part.
 fn new_worker_id() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -435,15 +445,15 @@ impl PostgresStore {
     fn query<T: Send + 'static>(
         &self,
         operation: &'static str,
-        sql: &'static str,
+        sql: impl Into<String>,
         parameters: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
         map: impl Fn(&tokio_postgres::Row) -> Result<T, StoreError> + Send + Sync + 'static,
     ) -> Result<Vec<T>, StoreError> {
-        let shared = std::sync::Arc::new((parameters, map));
+        let shared = std::sync::Arc::new((sql.into(), parameters, map));
         self.run(move |pool| {
             let shared = shared.clone();
             async move {
-                let (parameters, map) = &*shared;
+                let (sql, parameters, map) = &*shared;
                 let client = pool.get().await.map_err(pool_failed(operation))?;
                 let statement = client.prepare_cached(sql).await.map_err(failed(operation))?;
                 let borrowed: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
@@ -934,14 +944,14 @@ impl Cluster for PostgresStore {
                                    AND i.owner IS DISTINCT FROM $3
                                    AND NOT EXISTS (
                                        SELECT 1 FROM strata_workers w
-                                       WHERE w.id = i.owner AND w.stopped_at_ms IS NULL
-                                         AND w.heartbeat_ms >= {DATABASE_NOW_MS} - COALESCE(w.lease_ms, $4))
+                                       WHERE w.id = i.owner AND {alive})
                                  ORDER BY i.id
                                  LIMIT $5
                                  FOR UPDATE OF i SKIP LOCKED)
                              UPDATE strata_instances i SET owner = $3, fence = i.fence + 1, claimed_in = $6
                              FROM claimable WHERE i.id = claimable.id
-                             RETURNING i.id, i.fence, i.record"
+                             RETURNING i.id, i.fence, i.record",
+                            alive = worker_alive("w", "$4")
                         ))
                         .await
                         .map_err(failed("claim"))?;
@@ -1164,17 +1174,17 @@ impl Cluster for PostgresStore {
             .unzip();
         let counted = self.query(
             "count live instances a migration has not covered",
-            "WITH alive AS (
-                 SELECT id, versions FROM strata_workers
-                 WHERE stopped_at_ms IS NULL
-                   AND heartbeat_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint - COALESCE(lease_ms, $2)),
-             covered AS (SELECT * FROM UNNEST($3::text[], $4::bigint[]) AS covered(worker, claim))
-             SELECT count(*) FROM strata_instances i
-             WHERE i.live AND i.workflow = $1
-               AND CASE WHEN EXISTS (SELECT 1 FROM alive WHERE alive.id = i.owner)
-                        THEN i.claimed_in > COALESCE((SELECT claim FROM covered WHERE covered.worker = i.owner), -1)
-                        ELSE EXISTS (SELECT 1 FROM alive WHERE i.workflow || '@' || i.version = ANY(alive.versions))
-                   END",
+            format!(
+                "WITH alive AS (SELECT w.id, w.versions FROM strata_workers w WHERE {}),
+                 covered AS (SELECT * FROM UNNEST($3::text[], $4::bigint[]) AS covered(worker, claim))
+                 SELECT count(*) FROM strata_instances i
+                 WHERE i.live AND i.workflow = $1
+                   AND CASE WHEN EXISTS (SELECT 1 FROM alive WHERE alive.id = i.owner)
+                            THEN i.claimed_in > COALESCE((SELECT claim FROM covered WHERE covered.worker = i.owner), -1)
+                            ELSE EXISTS (SELECT 1 FROM alive WHERE i.workflow || '@' || i.version = ANY(alive.versions))
+                       END",
+                worker_alive("w", "$2")
+            ),
             vec![
                 Box::new(workflow.to_string()),
                 Box::new(lease_ms(lease)),
@@ -1205,13 +1215,13 @@ impl Cluster for PostgresStore {
     fn take_unannounced_drained(&self, lease: Duration) -> Result<Vec<VersionKey>, StoreError> {
         let taken = self.query(
             "take unannounced drained versions",
-            "UPDATE strata_versions v SET drained_by = NULL
-             WHERE v.status = 'drained' AND v.drained_by IS NOT NULL
-               AND NOT EXISTS (
-                   SELECT 1 FROM strata_workers w
-                   WHERE w.id = v.drained_by AND w.stopped_at_ms IS NULL
-                     AND w.heartbeat_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint - COALESCE(w.lease_ms, $1))
-             RETURNING v.workflow, v.version",
+            format!(
+                "UPDATE strata_versions v SET drained_by = NULL
+                 WHERE v.status = 'drained' AND v.drained_by IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM strata_workers w WHERE w.id = v.drained_by AND {})
+                 RETURNING v.workflow, v.version",
+                worker_alive("w", "$1")
+            ),
             vec![Box::new(lease_ms(lease))],
             |row| Ok((row.get::<_, String>(0), row.get::<_, String>(1))),
         )?;
@@ -1288,8 +1298,8 @@ impl Cluster for PostgresStore {
     fn metrics_of(&self, key: &VersionKey, lease: Duration) -> Result<Vec<Vec<u8>>, StoreError> {
         let sql = format!(
             "SELECT m.metrics FROM strata_worker_metrics m JOIN strata_workers w ON w.id = m.worker
-             WHERE m.workflow = $1 AND m.version = $2 AND m.worker <> $3 AND w.stopped_at_ms IS NULL
-               AND w.heartbeat_ms >= {DATABASE_NOW_MS} - COALESCE(w.lease_ms, $4)"
+             WHERE m.workflow = $1 AND m.version = $2 AND m.worker <> $3 AND {alive}",
+            alive = worker_alive("w", "$4")
         );
         let call = std::sync::Arc::new((
             sql,
@@ -1314,9 +1324,9 @@ impl Cluster for PostgresStore {
 
     fn workers(&self, lease: Duration) -> Result<Vec<WorkerInfo>, StoreError> {
         let sql = format!(
-            "SELECT id, host, pid, started_at_ms, heartbeat_ms, versions,
-                    stopped_at_ms IS NULL AND heartbeat_ms >= {DATABASE_NOW_MS} - COALESCE(lease_ms, $1)
-             FROM strata_workers ORDER BY started_at_ms, id"
+            "SELECT w.id, w.host, w.pid, w.started_at_ms, w.heartbeat_ms, w.versions, {alive}
+             FROM strata_workers w ORDER BY w.started_at_ms, w.id",
+            alive = worker_alive("w", "$1")
         );
         let lease = lease_ms(lease);
         let sql = std::sync::Arc::new(sql);
