@@ -59,9 +59,9 @@ pub enum StoreError {
     },
     /// The embedded store's files could not be read back: sled failed while recovering them, as
     /// a damaged file makes it do. The directory is marked (`strata-damaged.txt`) and refused
-    /// until the mark is removed: sled has already rewritten part of the file, and opening it
-    /// again would silently lose the records after the damage.
-    #[error("the store in {directory} could not be recovered: sled failed while reading its files ({reason}), as it does when a file is damaged. Restore the directory from a backup. Strata refuses to open it while strata-damaged.txt is there: sled has already rewritten part of the damaged file, and opening it again would silently lose the records after the damage; to open what is left anyway, delete that file")]
+    /// until the mark is removed: sled may have rewritten part of the file while failing, and
+    /// opening it again could then silently lose the records after the damage.
+    #[error("the store in {directory} could not be recovered: sled failed while reading its files ({reason}), as it does when a file is damaged. Restore the directory from a backup. Strata refuses to open it while strata-damaged.txt is there: sled may have rewritten part of the damaged file while failing (it does when it panics), and opening it again could then silently lose the records after the damage; to open what is left anyway, delete that file")]
     Damaged {
         /// The store's directory.
         directory: String,

@@ -184,10 +184,13 @@ impl SledStore {
     pub fn open(directory: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = directory.as_ref().to_path_buf();
         let damage_mark = path.join(DAMAGE_MARK);
-        if let Ok(reason) = std::fs::read_to_string(&damage_mark) {
+        if damage_mark.exists() {
+            let reason = std::fs::read_to_string(&damage_mark)
+                .map(|reason| reason.trim().to_string())
+                .unwrap_or_else(|error| format!("marked damaged earlier; the mark does not read: {error}"));
             return Err(StoreError::Damaged {
                 directory: path.display().to_string(),
-                reason: reason.trim().to_string(),
+                reason,
             });
         }
         // sled panics on some damaged files while recovering them (a message that fails its
