@@ -10,6 +10,7 @@
 //! fencing token that every write of the instance checks. A store only one process opens (sled)
 //! has no `Cluster`: its one worker holds every claim.
 
+mod commit_log;
 mod postgres;
 pub mod sled_format1;
 mod sled_store;
@@ -58,10 +59,11 @@ pub enum StoreError {
         message: String,
     },
     /// The embedded store's files could not be read back: sled failed while recovering them, as
-    /// a damaged file makes it do. The directory is marked (`strata-damaged.txt`) and refused
-    /// until the mark is removed: sled may have rewritten part of the file while failing, and
-    /// opening it again could then silently lose the records after the damage.
-    #[error("the store in {directory} could not be recovered: sled failed while reading its files ({reason}), as it does when a file is damaged. Restore the directory from a backup. Strata refuses to open it while strata-damaged.txt is there: sled may have rewritten part of the damaged file while failing (it does when it panics), and opening it again could then silently lose the records after the damage; to open what is left anyway, delete that file")]
+    /// a damaged file makes it do, or the commit log lacks frames the store acknowledged. The
+    /// directory is marked (`strata-damaged.txt`) and refused until the mark is removed: sled may
+    /// have rewritten part of the file while failing, and opening it again could then silently
+    /// lose the records after the damage.
+    #[error("the store in {directory} could not be recovered: its files are damaged ({reason}). Restore the directory from a backup. Strata refuses to open it while strata-damaged.txt is there: sled may have rewritten part of a damaged file while failing (it does when it panics), and opening it again could then silently lose the records after the damage; to open what is left anyway, delete that file")]
     Damaged {
         /// The store's directory.
         directory: String,

@@ -1,6 +1,9 @@
-//! The embedded default backend on sled 0.34: one tree, keys by prefix, one `apply_batch` per
-//! commit, and an explicit `fdatasync` of sled's data file after every flush, because sled's own
-//! `flush()` ends in `sync_file_range`, which does not reach stable storage (sled issue #1452).
+//! The embedded default backend on sled 0.34: one tree, keys by prefix, and in front of it the
+//! commit log (`commit_log.rs`). A commit appends one frame to the log and applies the same
+//! writes to sled's tree in memory; `sync` is one `fdatasync` of the log. A checkpoint thread
+//! flushes the tree and `fdatasync`s sled's data file (sled's own `flush()` ends in
+//! `sync_file_range`, which does not reach stable storage: sled issue #1452), then deletes the log
+//! segments the tree now covers; opening the store replays the frames the tree does not hold.
 //!
 //! Key layout (all integers big-endian, so keys sort by number):
 //! `m/format` record format · `i/<id>` live instance · `d/<id>` finished instance ·
@@ -11,8 +14,9 @@
 //! `w/<workflow>\0<id>` → when it finished: a finished instance by workflow (listings read only
 //! the workflow's; retention sweeps it for what is due) · `m/finished-index` set once every
 //! finished instance is in `w/` · `m/highest-id` the highest instance id ever removed (so no id
-//! is issued twice). One index key per finished instance: sled's cost is per key written, and a
-//! second index (by finish time) cost a quarter of the throughput at 1 024 concurrent instances.
+//! is issued twice) · `m/log-applied` the last commit-log frame the tree holds. One index key per
+//! finished instance: sled's cost is per key written, and a second index (by finish time) cost a
+//! quarter of the throughput at 1 024 concurrent instances.
 //!
 //! `m/format` holds the newest record format written to the store. Opening a store of an older
 //! format raises it (older builds then refuse the store, as it will hold newer records) and reads
@@ -22,11 +26,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::commit_log::{self, Changes, CommitLog, LogError, APPLIED_THROUGH};
 use super::space::{refused_for_room, SpaceGuard, DEFAULT_DISK_RESERVE};
 use super::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
@@ -99,11 +107,20 @@ struct Residency {
     statuses: HashMap<VersionKey, VersionStatus>,
 }
 
+/// A checkpoint is due when the log's current segment reaches this size...
+const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
+/// ...or when it has frames and the last checkpoint is this old (by default).
+const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the checkpoint thread looks.
+const CHECKPOINT_LOOK_EVERY: Duration = Duration::from_millis(100);
+
 /// The sled-backed store: single process, embedded, durable with `sync`.
 pub struct SledStore {
     db: sled::Db,
-    data_file: File,
     path: PathBuf,
+    /// The tree, its data file and the commit log, shared with the checkpoint thread.
+    durable: Arc<Durable>,
+    checkpointer: Option<Checkpointer>,
     /// Every version's counters and status, as stored: what `apply` decides residency on.
     versions: Mutex<Residency>,
     /// Where retention's sweep of the finished index goes on (its last key), until it reaches
@@ -116,6 +133,165 @@ pub struct SledStore {
     syncs: AtomicU64,
     /// Refuses writes while the disk is nearly full.
     space: SpaceGuard,
+}
+
+/// What makes writes durable: the commit log in front of the tree, and checkpoints of the tree.
+struct Durable {
+    db: sled::Db,
+    /// sled's data file, `fdatasync`ed by every checkpoint.
+    data_file: File,
+    log: CommitLog,
+    /// Set by the first write the disk refused: from then on the tree in memory may hold what the
+    /// log or sled's file does not, so every later write is refused until a restart recovers.
+    failure: Mutex<Option<StoreError>>,
+    /// One checkpoint at a time (the thread's, an explicit one, the last one at close); when the
+    /// last began.
+    checkpointing: Mutex<Instant>,
+    /// How old the last checkpoint may get while the log has frames, in milliseconds.
+    checkpoint_interval_ms: AtomicU64,
+}
+
+impl Durable {
+    /// The failure that stopped writes, if one did.
+    fn stopped(&self) -> Result<(), StoreError> {
+        match &*self.failure.lock() {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops writes for good after `error`, and returns it.
+    fn stop(&self, error: StoreError) -> StoreError {
+        tracing::error!(%error, "the embedded store refuses every further write until the engine restarts");
+        self.failure.lock().get_or_insert(error).clone()
+    }
+
+    /// Appends `changes` to the log and applies them to the tree, in the same order for both.
+    fn write(&self, changes: Changes, operation: &'static str) -> Result<(), StoreError> {
+        self.stopped()?;
+        let mut tail = self.log.lock();
+        let writes = tail
+            .append(changes)
+            .map_err(|error| self.stop(io_failed("append to the commit log", &error)))?;
+        // All or nothing for readers; across a crash the log makes it so.
+        self.db.apply_in_order(writes).map_err(|error| {
+            // Part of the writes may be in the tree: nothing may build on that. The frame stays,
+            // so the next open completes them.
+            self.stop(backend(operation)(error))
+        })
+    }
+
+    /// Makes every write so far durable: one `fdatasync` of the log.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.stopped()?;
+        self.log
+            .sync()
+            .map_err(|error| self.stop(io_failed("fdatasync the commit log", &error)))
+    }
+
+    /// Whether the checkpoint thread should checkpoint now.
+    fn checkpoint_due(&self) -> bool {
+        let length = self.log.tail_length();
+        let interval = Duration::from_millis(self.checkpoint_interval_ms.load(Ordering::Relaxed));
+        length >= SEGMENT_LIMIT || (length > 0 && self.checkpointing.lock().elapsed() >= interval)
+    }
+
+    /// Makes the tree durable through every frame appended so far, then deletes the log
+    /// segments that held them.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut last = self.checkpointing.lock();
+        self.stopped()?;
+        *last = Instant::now();
+        let Some(_through) = self
+            .log
+            .begin_next_segment()
+            .map_err(|error| self.stop(log_failed(error)))?
+        else {
+            return Ok(());
+        };
+        self.db.flush().map_err(|error| self.stop(backend("flush")(error)))?;
+        self.data_file
+            .sync_data()
+            .map_err(|error| self.stop(io_failed("fdatasync", &error)))?;
+        self.log
+            .remove_ended_segments()
+            .map_err(|error| self.stop(log_failed(error)))
+    }
+}
+
+/// The thread that checkpoints the store every few seconds while it is written to,
+/// and whenever the log's segment reaches [`SEGMENT_LIMIT`].
+struct Checkpointer {
+    /// Dropped to stop the thread.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(durable: Arc<Durable>) -> std::io::Result<Checkpointer> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("strata-checkpoint".to_string())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_LOOK_EVERY) {
+                    // A failed checkpoint has stopped writes and said so; nothing is left to do.
+                    if durable.checkpoint_due() && durable.checkpoint().is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the checkpoint thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SledStore {
+    /// Checkpoints once more, so a closed store's tree holds everything and its log is empty.
+    fn drop(&mut self) {
+        self.checkpointer.take();
+        if self.durable.stopped().is_ok() {
+            if let Err(error) = self.durable.checkpoint() {
+                tracing::error!(%error, directory = %self.path.display(), "the last checkpoint failed; the commit log keeps what it holds and the next open replays it");
+            }
+        }
+    }
+}
+
+/// A failure reading or writing the commit log as a store error.
+fn log_failed(error: LogError) -> StoreError {
+    match error {
+        LogError::Io { path, source } => {
+            let message = format!("{path}: {source}");
+            if refused_for_room(&source) {
+                StoreError::WriteRefused {
+                    operation: "write the commit log",
+                    message,
+                }
+            } else {
+                StoreError::Backend {
+                    operation: "commit log",
+                    message,
+                }
+            }
+        }
+        damaged @ LogError::Damaged { .. } => StoreError::Backend {
+            operation: "read the commit log",
+            message: damaged.to_string(),
+        },
+    }
 }
 
 /// A sled failure as a store error: the disk refusing a write for want of room is named as such.
@@ -223,7 +399,8 @@ impl SledStore {
             operation: "open",
             message: format!("cannot open sled's data file in {}: {error}", path.display()),
         })?;
-        match db.get(FORMAT_KEY).map_err(backend("read format"))? {
+        // A newer build's store is refused before anything is written to it, its log included.
+        let found_format = match db.get(FORMAT_KEY).map_err(backend("read format"))? {
             Some(bytes) => {
                 let found: u32 = decode(&bytes).map_err(|message| StoreError::Backend {
                     operation: "read format",
@@ -235,20 +412,21 @@ impl SledStore {
                         supported: RECORD_FORMAT,
                     });
                 }
-                if found < RECORD_FORMAT {
-                    tracing::info!(
-                        from = found,
-                        to = RECORD_FORMAT,
-                        "upgrading the store's record format; older records are read as they are and rewritten as they are next committed"
-                    );
-                    db.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?)
-                        .map_err(backend("write format"))?;
-                }
+                Some(found)
             }
-            None => {
-                db.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?)
-                    .map_err(backend("write format"))?;
+            None => None,
+        };
+        let next_seq = Self::replay(&db, &path, damaged)?;
+        if found_format != Some(RECORD_FORMAT) {
+            if let Some(from) = found_format {
+                tracing::info!(
+                    from,
+                    to = RECORD_FORMAT,
+                    "upgrading the store's record format; older records are read as they are and rewritten as they are next committed"
+                );
             }
+            db.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?)
+                .map_err(backend("write format"))?;
         }
         let mut residency = Residency::default();
         for item in db.scan_prefix(COUNTERS) {
@@ -267,11 +445,29 @@ impl SledStore {
             })?;
             residency.statuses.insert(entry.key, entry.status);
         }
+        // What the log held and what was written above reach sled's file before the log starts
+        // over.
+        db.flush().map_err(backend("flush"))?;
+        data_file.sync_data().map_err(|error| io_failed("fdatasync", &error))?;
+        let log = CommitLog::start_after_checkpoint(&path, next_seq).map_err(log_failed)?;
+        let durable = Arc::new(Durable {
+            db: db.clone(),
+            data_file,
+            log,
+            failure: Mutex::new(None),
+            checkpointing: Mutex::new(Instant::now()),
+            checkpoint_interval_ms: AtomicU64::new(DEFAULT_CHECKPOINT_INTERVAL.as_millis() as u64),
+        });
+        let checkpointer = Checkpointer::start(durable.clone()).map_err(|error| StoreError::Backend {
+            operation: "open",
+            message: format!("cannot start the checkpoint thread: {error}"),
+        })?;
         let space = SpaceGuard::new(&path, DEFAULT_DISK_RESERVE);
         let mut store = SledStore {
             db,
-            data_file,
             path,
+            durable,
+            checkpointer: Some(checkpointer),
             versions: Mutex::new(residency),
             sweep_from: Mutex::new(None),
             next_instance_id: AtomicU64::new(1),
@@ -293,6 +489,52 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Applies to the tree the commit-log frames it does not hold; returns the next frame's number.
+    /// A damaged log is answered by `damaged`.
+    fn replay(db: &sled::Db, path: &Path, damaged: impl FnOnce(String) -> StoreError) -> Result<u64, StoreError> {
+        let applied_through = db
+            .get(APPLIED_THROUGH)
+            .map_err(backend("read the commit log's place"))?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let frames = commit_log::recover(path, applied_through).map_err(|error| match error {
+            LogError::Damaged { .. } => damaged(format!(
+                "{error}; to open the store without the log's frames, delete the commit-log directory as well"
+            )),
+            error => log_failed(error),
+        })?;
+        let next = frames.last().map_or(applied_through, |frame| frame.seq) + 1;
+        if !frames.is_empty() {
+            tracing::info!(
+                frames = frames.len(),
+                from = applied_through + 1,
+                "replaying the commit log's frames that sled's tree did not hold"
+            );
+        }
+        for frame in frames {
+            db.apply_in_order(frame.writes)
+                .map_err(backend("replay the commit log"))?;
+        }
+        Ok(next)
+    }
+
+    /// Makes sled's tree durable through every commit so far and deletes the commit log's
+    /// segments it then covers (the checkpoint thread does this every few seconds while the
+    /// store is written to).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.durable.checkpoint()
+    }
+
+    /// How often, while it is written to, the store checkpoints: makes sled's tree durable and
+    /// deletes the commit log it then covers (default 2 s; also whenever the log reaches 64 MiB).
+    /// Longer means fewer writes of the tree and a longer replay when the store is next opened
+    /// after a crash.
+    pub fn with_checkpoint_interval(self, interval: Duration) -> SledStore {
+        let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.durable.checkpoint_interval_ms.store(millis, Ordering::Relaxed);
+        self
+    }
+
     /// Keeps `bytes` free on the store's disk: a write that finds less is refused with
     /// [`StoreError::DiskFull`] before it reaches sled (default [`DEFAULT_DISK_RESERVE`]; 0: never).
     pub fn with_disk_reserve(mut self, bytes: u64) -> SledStore {
@@ -306,7 +548,9 @@ impl SledStore {
     fn open_db(path: &Path) -> sled::Result<sled::Db> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            match sled::Config::new().path(path).open() {
+            // No periodic flush of sled's own: the checkpoints write the tree, the log makes
+            // commits durable in between.
+            match sled::Config::new().path(path).flush_every_ms(None).open() {
                 Err(sled::Error::Io(error))
                     if error.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
                 {
@@ -326,7 +570,7 @@ impl SledStore {
         {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Changes::default();
         let mut indexed = 0u64;
         for item in self.db.scan_prefix(FINISHED) {
             let (key, value) = item.map_err(backend("index finished instances"))?;
@@ -343,9 +587,7 @@ impl SledStore {
             }
         }
         batch.insert(FINISHED_INDEX_BUILT, &[] as &[u8]);
-        self.db
-            .apply_batch(batch)
-            .map_err(backend("index finished instances"))?;
+        self.durable.write(batch, "index finished instances")?;
         if indexed > 0 {
             tracing::info!(indexed, "indexed the finished instances by finish time, for retention");
         }
@@ -425,7 +667,7 @@ impl Store for SledStore {
         let mut residency = self.versions.lock();
         let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
         let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();
-        let mut batch = sled::Batch::default();
+        let mut batch = Changes::default();
         for op in ops {
             match op {
                 Op::PutInstance(record) => {
@@ -570,7 +812,7 @@ impl Store for SledStore {
             };
             batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
         }
-        self.db.apply_batch(batch).map_err(backend("apply"))?;
+        self.durable.write(batch, "apply")?;
         let mut applied = Applied {
             versions: Vec::with_capacity(counters.len() + statuses.len()),
             drained,
@@ -616,10 +858,7 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(backend("flush"))?;
-        self.data_file
-            .sync_data()
-            .map_err(|error| io_failed("fdatasync", &error))?;
+        self.durable.sync()?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -754,7 +993,7 @@ impl Store for SledStore {
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Changes::default();
         let mut removed = 0u64;
         let mut highest = 0u64;
         let mut reached_end = true;
@@ -793,9 +1032,7 @@ impl Store for SledStore {
         }
         let known = self.highest_removed_id()?;
         batch.insert(HIGHEST_REMOVED_ID, encode("highest removed id", &highest.max(known))?);
-        self.db
-            .apply_batch(batch)
-            .map_err(backend("remove expired instances"))?;
+        self.durable.write(batch, "remove expired instances")?;
         Ok(removed)
     }
 

@@ -379,6 +379,34 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
+    /// Applies `writes` in the order given (a `None` value removes the key)
+    /// under the same guard as [`Tree::apply_batch`], so readers see all of
+    /// them or none, but without a batch manifest: no IO buffer is rolled or
+    /// written for it, and a crash may recover any prefix of them. For a
+    /// caller whose own log makes them atomic across a crash (added for
+    /// Strata, see STRATA-PATCH.md).
+    pub fn apply_in_order<I, K, V>(&self, writes: I) -> Result<()>
+    where
+        I: IntoIterator<Item = (K, Option<V>)>,
+        K: AsRef<[u8]>,
+        V: Into<IVec>,
+    {
+        let _cc = concurrency_control::write();
+        let mut guard = pin();
+        for (key, value) in writes {
+            let value = value.map(Into::into);
+            loop {
+                if self
+                    .insert_inner(key.as_ref(), value.clone(), &mut guard)?
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,

@@ -1,0 +1,612 @@
+//! The embedded store's commit log: what makes a commit durable with one append and one
+//! `fdatasync`, in front of sled's tree (issue #12; sled writes each batch as two IO buffers, each
+//! written and waited for at the device, before a `fdatasync` of its own file could follow).
+//!
+//! Every write to the tree is also a frame here: a sequence number and the batch's key/value
+//! writes as absolute values, with a CRC32. The same writes end with the sequence number into the
+//! tree ([`APPLIED_THROUGH`]), so the tree says how far it got: they are applied in order, and a
+//! crash leaves sled's tree with a prefix of what it was given, so a tree holding a frame's
+//! number holds all of that frame. A checkpoint flushes the tree to
+//! stable storage and deletes the segments it now covers; opening a store replays the frames past
+//! the tree's number, in order (replaying a frame twice changes nothing: its values are absolute).
+//!
+//! It owns the segment files (`commit-log/<number>.log` in the store's directory), the frames'
+//! encoding, and reading them back. A segment is appended to until a checkpoint starts the next;
+//! segments before the last were synced whole when the next began, so a frame that fails its
+//! checksum there is damage, while in the last segment it is the torn end of the log.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+
+/// The tree's key holding the sequence number of the last frame applied to it (big-endian u64).
+pub(crate) const APPLIED_THROUGH: &[u8] = b"m/log-applied";
+
+const DIRECTORY: &str = "commit-log";
+const EXTENSION: &str = "log";
+/// Bytes before a frame's payload, little-endian: the payload's length (u32), a CRC32 of everything
+/// after it (u32), the sequence number (u64), and how far the segment was synced when the frame
+/// was written (u64).
+const HEADER: usize = 24;
+/// How far past the last good frame's number a frame found after a bad one may be numbered: a
+/// cheap test that rules out almost every offset before its checksum is computed.
+const RESYNC_SEQ_WINDOW: u64 = 1 << 24;
+const PUT: u8 = 1;
+const REMOVE: u8 = 0;
+
+/// One write of a batch: a key and its new value (`None` removes the key).
+pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// A batch's writes in order, and their frame's payload, built together.
+#[derive(Default)]
+pub(crate) struct Changes {
+    writes: Vec<Write>,
+    payload: Vec<u8>,
+}
+
+impl Changes {
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.payload.push(PUT);
+        put_bytes(&mut self.payload, key);
+        put_bytes(&mut self.payload, value);
+        self.writes.push((key.to_vec(), Some(value.to_vec())));
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.payload.push(REMOVE);
+        put_bytes(&mut self.payload, key);
+        self.writes.push((key.to_vec(), None));
+    }
+}
+
+fn put_bytes(payload: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys and values are far below 4 GiB (a record over it fails to encode long before).
+    payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    payload.extend_from_slice(bytes);
+}
+
+/// A frame read back: its sequence number and writes, in order (the tree's applied-through
+/// number last).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub seq: u64,
+    pub writes: Vec<Write>,
+}
+
+/// What reading the log found wrong.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogError {
+    /// A segment could not be listed, opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The system's words.
+        source: std::io::Error,
+    },
+    /// A segment synced whole has a frame that fails its checksum, or the frames do not follow
+    /// each other: records the store acknowledged are not all readable.
+    #[error("commit log {path} is damaged at byte {offset}: {what}")]
+    Damaged {
+        /// The segment.
+        path: String,
+        /// Where in it.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The segment files in `directory`, by number.
+fn segments(directory: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error(directory)(error)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_error(directory))?.path();
+        let number = path
+            .extension()
+            .filter(|extension| *extension == EXTENSION)
+            .and_then(|_| path.file_stem())
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if let Some(number) = number {
+            found.push((number, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Where and why reading a segment stopped before its end.
+struct Stop {
+    offset: u64,
+    what: String,
+    /// A later frame records that the segment was synced past `offset`: what is there was
+    /// durable once, so it is damage, not the torn end of a write a crash cut short.
+    synced_past: bool,
+}
+
+/// A whole frame at `at`, if its header and checksum say so: its sequence number, synced-through
+/// mark, payload and length.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(u64, u64, &[u8], usize)> {
+    let header = bytes.get(at..at + HEADER)?;
+    let field = |from: usize| {
+        let mut value = [0u8; 8];
+        value.copy_from_slice(&header[from..from + 8]);
+        u64::from_le_bytes(value)
+    };
+    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let checksum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let covered = bytes.get(at + 8..(at + HEADER).checked_add(length)?)?;
+    (crc32fast::hash(covered) == checksum).then(|| (field(8), field(16), &covered[HEADER - 8..], HEADER + length))
+}
+
+/// Decodes the frames of one segment, in order, up to the first that is incomplete, fails its
+/// checksum or does not decode; returns them and, if it stopped early, where and why.
+fn read_segment(bytes: &[u8]) -> (Vec<Frame>, Option<Stop>) {
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some((seq, _, payload, length)) = frame_at(bytes, at) else {
+            let what = if bytes.len() - at < HEADER {
+                "an incomplete frame header"
+            } else {
+                "a frame that is incomplete or fails its checksum"
+            };
+            let last_seq = frames.last().map_or(0, |frame| frame.seq);
+            return (frames, Some(stop_at(bytes, at, what, last_seq)));
+        };
+        let Some(writes) = decode_writes(payload) else {
+            let last_seq = frames.last().map_or(0, |frame| frame.seq);
+            return (
+                frames,
+                Some(stop_at(bytes, at, "a frame whose writes do not decode", last_seq)),
+            );
+        };
+        frames.push(Frame { seq, writes });
+        at += length;
+    }
+    (frames, None)
+}
+
+/// Reading stopped at `at`: looks past it for a whole frame numbered after `last_seq` whose
+/// synced-through mark lies beyond `at`.
+fn stop_at(bytes: &[u8], at: usize, what: &str, last_seq: u64) -> Stop {
+    let synced_past = (at + 1..bytes.len().saturating_sub(HEADER - 1)).any(|candidate| {
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&bytes[candidate + 8..candidate + 16]);
+        let seq = u64::from_le_bytes(seq);
+        seq > last_seq
+            && seq - last_seq <= RESYNC_SEQ_WINDOW
+            && frame_at(bytes, candidate).is_some_and(|(_, synced, _, _)| synced > at as u64)
+    });
+    Stop {
+        offset: at as u64,
+        what: what.to_string(),
+        synced_past,
+    }
+}
+
+fn decode_writes(mut payload: &[u8]) -> Option<Vec<Write>> {
+    fn take<'a>(payload: &mut &'a [u8], count: usize) -> Option<&'a [u8]> {
+        let taken = payload.get(..count)?;
+        *payload = &payload[count..];
+        Some(taken)
+    }
+    fn take_bytes(payload: &mut &[u8]) -> Option<Vec<u8>> {
+        let length = take(payload, 4)?;
+        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+        take(payload, length).map(<[u8]>::to_vec)
+    }
+    let mut writes = Vec::new();
+    while !payload.is_empty() {
+        let kind = take(&mut payload, 1)?[0];
+        let key = take_bytes(&mut payload)?;
+        writes.push(match kind {
+            PUT => (key, Some(take_bytes(&mut payload)?)),
+            REMOVE => (key, None),
+            _ => return None,
+        });
+    }
+    Some(writes)
+}
+
+/// The frames a store's log holds past `applied_through` (the tree's number), in order.
+///
+/// Stops at the torn end of the last segment. A frame that fails its checksum in an earlier
+/// segment, or frames that skip a number, are [`LogError::Damaged`]: acknowledged commits are not
+/// all there.
+pub(crate) fn recover(store_directory: &Path, applied_through: u64) -> Result<Vec<Frame>, LogError> {
+    let directory = store_directory.join(DIRECTORY);
+    let segments = segments(&directory)?;
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut expected = applied_through + 1;
+    // A segment before the last that stops early: damage, unless the frames it could not give
+    // are all ones the tree holds (the next frame read is the one expected).
+    let mut unreadable: Option<LogError> = None;
+    for (index, (_, path)) in segments.iter().enumerate() {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .map_err(io_error(path))?;
+        let (read, stopped) = read_segment(&bytes);
+        for frame in read {
+            if frame.seq < expected {
+                continue;
+            }
+            if let Some(damage) = unreadable.take() {
+                if frame.seq > expected {
+                    return Err(damage);
+                }
+            }
+            if frame.seq > expected {
+                return Err(LogError::Damaged {
+                    path: path.display().to_string(),
+                    offset: 0,
+                    what: format!(
+                        "frame {} follows frame {} (the frames between are missing)",
+                        frame.seq,
+                        expected - 1
+                    ),
+                });
+            }
+            expected += 1;
+            frames.push(frame);
+        }
+        if let Some(Stop {
+            offset,
+            what,
+            synced_past,
+        }) = stopped
+        {
+            let damage = LogError::Damaged {
+                path: path.display().to_string(),
+                offset,
+                what: what.clone(),
+            };
+            if synced_past {
+                return Err(LogError::Damaged {
+                    path: path.display().to_string(),
+                    offset,
+                    what: format!("{what}, where a later frame says the log had been synced"),
+                });
+            }
+            if index + 1 < segments.len() {
+                unreadable = Some(damage);
+            } else {
+                tracing::info!(segment = %path.display(), offset, %what, "the commit log ends in a write a crash cut short; it was never acknowledged");
+            }
+        }
+    }
+    match unreadable {
+        Some(damage) => Err(damage),
+        None => Ok(frames),
+    }
+}
+
+/// The segment being appended to.
+struct Segment {
+    number: u64,
+    file: Arc<File>,
+    length: u64,
+    /// How many of its bytes a finished `fdatasync` covered.
+    synced: Arc<AtomicU64>,
+}
+
+/// The appending end of the log.
+pub(crate) struct Tail {
+    segment: Segment,
+    next_seq: u64,
+}
+
+impl Tail {
+    /// Appends `changes` as the next frame, with the tree's applied-through number as its last
+    /// write, and returns the writes to apply to the tree, in that order. Nothing is synced.
+    pub fn append(&mut self, mut changes: Changes) -> std::io::Result<Vec<Write>> {
+        let seq = self.next_seq;
+        changes.insert(APPLIED_THROUGH, seq.to_be_bytes());
+        let mut frame = Vec::with_capacity(HEADER + changes.payload.len());
+        frame.extend_from_slice(&(changes.payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(&seq.to_le_bytes());
+        frame.extend_from_slice(&self.segment.synced.load(Ordering::Acquire).to_le_bytes());
+        frame.extend_from_slice(&changes.payload);
+        let checksum = crc32fast::hash(&frame[8..]);
+        frame[4..8].copy_from_slice(&checksum.to_le_bytes());
+        // A part written fails its checksum: read back, it is the log's torn end.
+        self.segment.file.write_all_at(&frame, self.segment.length)?;
+        self.segment.length += frame.len() as u64;
+        self.next_seq += 1;
+        Ok(changes.writes)
+    }
+}
+
+/// The log: its appending end behind a lock that the store holds across append and tree write,
+/// so frames are in the tree's order.
+pub(crate) struct CommitLog {
+    directory: PathBuf,
+    tail: Mutex<Tail>,
+}
+
+impl CommitLog {
+    /// Starts an empty log whose first frame is `next_seq`, deleting every segment there was: the
+    /// caller has made the tree durable through everything they held.
+    pub fn start_after_checkpoint(store_directory: &Path, next_seq: u64) -> Result<CommitLog, LogError> {
+        let directory = store_directory.join(DIRECTORY);
+        std::fs::create_dir_all(&directory).map_err(io_error(&directory))?;
+        let old = segments(&directory)?;
+        let number = old.last().map_or(1, |(number, _)| number + 1);
+        let segment = create_segment(&directory, number)?;
+        for (_, path) in old {
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+        Ok(CommitLog {
+            tail: Mutex::new(Tail { segment, next_seq }),
+            directory,
+        })
+    }
+
+    /// The appending end, locked.
+    pub fn lock(&self) -> MutexGuard<'_, Tail> {
+        self.tail.lock()
+    }
+
+    /// Makes every frame appended so far durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        // Earlier segments were synced when the next began; syncing outside the lock lets
+        // appends go on meanwhile.
+        let (file, length, synced) = {
+            let tail = self.tail.lock();
+            (
+                tail.segment.file.clone(),
+                tail.segment.length,
+                tail.segment.synced.clone(),
+            )
+        };
+        file.sync_data()?;
+        synced.fetch_max(length, Ordering::Release);
+        Ok(())
+    }
+
+    /// Bytes in the segment being appended to.
+    pub fn tail_length(&self) -> u64 {
+        self.tail.lock().segment.length
+    }
+
+    /// Ends the current segment (synced whole) and begins the next, if the current has frames;
+    /// returns the last sequence number the ended segments hold, or `None` if there was nothing
+    /// to end.
+    pub fn begin_next_segment(&self) -> Result<Option<u64>, LogError> {
+        let number = {
+            let tail = self.tail.lock();
+            if tail.segment.length == 0 {
+                return Ok(None);
+            }
+            tail.segment.number + 1
+        };
+        // Created (and the directory synced) outside the lock: appends go on meanwhile.
+        let next = create_segment(&self.directory, number)?;
+        let mut tail = self.tail.lock();
+        let path = segment_path(&self.directory, tail.segment.number);
+        tail.segment.file.sync_data().map_err(io_error(&path))?;
+        tail.segment = next;
+        Ok(Some(tail.next_seq - 1))
+    }
+
+    /// Deletes every segment before the one being appended to (a checkpoint made the tree
+    /// durable through all they hold).
+    pub fn remove_ended_segments(&self) -> Result<(), LogError> {
+        let current = self.tail.lock().segment.number;
+        for (number, path) in segments(&self.directory)? {
+            if number < current {
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn segment_path(directory: &Path, number: u64) -> PathBuf {
+    directory.join(format!("{number:020}.{EXTENSION}"))
+}
+
+/// Creates an empty segment and syncs the directory, so the file survives a crash.
+fn create_segment(directory: &Path, number: u64) -> Result<Segment, LogError> {
+    let path = segment_path(directory, number);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io_error(directory))?;
+    Ok(Segment {
+        number,
+        file: Arc::new(file),
+        length: 0,
+        synced: Arc::new(AtomicU64::new(0)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(key: &str, value: &str) -> Changes {
+        let mut changes = Changes::default();
+        changes.insert(key, value);
+        changes.remove(format!("{key}-old"));
+        changes
+    }
+
+    fn expected(seq: u64, key: &str, value: &str) -> Frame {
+        Frame {
+            seq,
+            writes: vec![
+                (key.as_bytes().to_vec(), Some(value.as_bytes().to_vec())),
+                (format!("{key}-old").into_bytes(), None),
+                (APPLIED_THROUGH.to_vec(), Some(seq.to_be_bytes().to_vec())),
+            ],
+        }
+    }
+
+    fn append(log: &CommitLog, key: &str, value: &str) {
+        log.lock().append(changes(key, value)).unwrap();
+    }
+
+    #[test]
+    fn frames_past_the_trees_number_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        append(&log, "a", "1");
+        append(&log, "b", "2");
+        assert_eq!(log.begin_next_segment().unwrap(), Some(2));
+        append(&log, "c", "3");
+        log.sync().unwrap();
+        assert_eq!(
+            recover(dir.path(), 0).unwrap(),
+            vec![expected(1, "a", "1"), expected(2, "b", "2"), expected(3, "c", "3")]
+        );
+        assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
+        log.remove_ended_segments().unwrap();
+        assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
+    }
+
+    #[test]
+    fn a_torn_end_of_the_last_segment_is_where_the_log_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        append(&log, "a", "1");
+        let whole = log.tail_length();
+        append(&log, "b", "2");
+        let path = segment_path(&dir.path().join(DIRECTORY), 1);
+        for cut in [whole + 3, whole + HEADER as u64 + 2, log.tail_length() - 1] {
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            let full = std::fs::read(&path).unwrap();
+            file.set_len(cut).unwrap();
+            assert_eq!(
+                recover(dir.path(), 0).unwrap(),
+                vec![expected(1, "a", "1")],
+                "cut at {cut}"
+            );
+            file.set_len(0).unwrap();
+            file.write_all_at(&full, 0).unwrap();
+        }
+        // A flipped byte in the last frame of the last segment: the same torn end.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(recover(dir.path(), 0).unwrap(), vec![expected(1, "a", "1")]);
+    }
+
+    /// Flips a byte inside the frame that begins at `offset` of the first segment.
+    fn flip_byte_of_frame_at(dir: &Path, offset: u64) {
+        let path = segment_path(&dir.join(DIRECTORY), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offset as usize + HEADER + 2] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_bad_frame_the_log_was_synced_past_is_damage_not_a_torn_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        append(&log, "a", "1");
+        log.sync().unwrap();
+        let second = log.tail_length();
+        append(&log, "b", "2");
+        log.sync().unwrap();
+        append(&log, "c", "3");
+        flip_byte_of_frame_at(dir.path(), second);
+        let error = recover(dir.path(), 0).unwrap_err();
+        assert!(
+            matches!(&error, LogError::Damaged { offset, what, .. } if *offset == second && what.contains("synced")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_frame_no_later_frame_was_synced_past_is_the_torn_end() {
+        // A crash can write a later page of the file and not an earlier one, when neither was
+        // synced: frames after the bad one that do not say it was synced are not acknowledged.
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        append(&log, "a", "1");
+        log.sync().unwrap();
+        let second = log.tail_length();
+        append(&log, "b", "2");
+        append(&log, "c", "3");
+        flip_byte_of_frame_at(dir.path(), second);
+        assert_eq!(recover(dir.path(), 0).unwrap(), vec![expected(1, "a", "1")]);
+    }
+
+    #[test]
+    fn a_bad_frame_in_a_segment_synced_whole_is_damage_named_with_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        append(&log, "a", "1");
+        append(&log, "b", "2");
+        log.begin_next_segment().unwrap();
+        append(&log, "c", "3");
+        let path = segment_path(&dir.path().join(DIRECTORY), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = recover(dir.path(), 0).unwrap_err();
+        assert!(
+            matches!(&error, LogError::Damaged { path: named, offset, .. } if named.ends_with("00000000000000000001.log") && *offset > 0),
+            "{error}"
+        );
+        // Frames the tree already holds are not read for it.
+        assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
+    }
+
+    #[test]
+    fn missing_frames_are_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 5).unwrap();
+        append(&log, "a", "1");
+        log.sync().unwrap();
+        let error = recover(dir.path(), 2).unwrap_err();
+        assert!(error.to_string().contains("frame 5 follows frame 2"), "{error}");
+        assert_eq!(recover(dir.path(), 4).unwrap(), vec![expected(5, "a", "1")]);
+    }
+
+    #[test]
+    fn starting_after_a_checkpoint_deletes_the_old_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        append(&log, "a", "1");
+        drop(log);
+        let log = CommitLog::start_after_checkpoint(dir.path(), 2).unwrap();
+        assert_eq!(recover(dir.path(), 1).unwrap(), vec![]);
+        append(&log, "b", "2");
+        assert_eq!(recover(dir.path(), 1).unwrap(), vec![expected(2, "b", "2")]);
+        assert_eq!(segments(&dir.path().join(DIRECTORY)).unwrap().len(), 1);
+    }
+}
