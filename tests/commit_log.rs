@@ -29,7 +29,9 @@ fn fire_key(index: u64) -> Vec<u8> {
 fn log_segments(dir: &Path) -> Vec<u64> {
     let mut sizes: Vec<u64> = std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
-        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .map(|path| std::fs::metadata(path).unwrap().len())
         .collect();
     sizes.sort();
     sizes
@@ -177,7 +179,9 @@ fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_
     let segment = std::fs::read_dir(dir.path().join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .find(|path| std::fs::metadata(path).unwrap().len() > 0)
+        .find(|path| {
+            path.extension().is_some_and(|extension| extension == "log") && std::fs::metadata(path).unwrap().len() > 0
+        })
         .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
     let frame_length = bytes.len() / COMMITS as usize;

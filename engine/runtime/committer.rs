@@ -17,7 +17,8 @@ use crate::store::{Applied, Op, Store, StoreError};
 /// When a step's commit is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// After the store is flushed and fsynced. Concurrent commits share one flush.
+    /// After the store has made the commit durable (on sled, one `fdatasync` of its commit log).
+    /// Concurrent commits share one sync.
     Sync,
     /// Right after the write; the store is flushed and fsynced every `interval`. A crash may lose
     /// the commits of the last interval (never part of one).

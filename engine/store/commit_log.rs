@@ -28,6 +28,8 @@ use parking_lot::{Mutex, MutexGuard};
 pub(crate) const APPLIED_THROUGH: &[u8] = b"m/log-applied";
 
 const DIRECTORY: &str = "commit-log";
+/// The file in the log's directory naming the last frame a checkpoint made durable in the tree.
+const CHECKPOINT: &str = "checkpoint";
 const EXTENSION: &str = "log";
 /// Bytes before a frame's payload, little-endian: the payload's length (u32), a CRC32 of everything
 /// after it (u32), the sequence number (u64), and how far the segment was synced when the frame
@@ -298,10 +300,50 @@ pub(crate) fn recover(store_directory: &Path, applied_through: u64) -> Result<Ve
             }
         }
     }
-    match unreadable {
-        Some(damage) => Err(damage),
-        None => Ok(frames),
+    if let Some(damage) = unreadable {
+        return Err(damage);
     }
+    // The tree can only be behind the last checkpoint if its files lost what it had made durable
+    // (sled takes a damaged record in its last segment for the torn end of its log, and drops
+    // everything after it without a word).
+    let reached = frames.last().map_or(applied_through, |frame| frame.seq);
+    let checkpoint = directory.join(CHECKPOINT);
+    if let Some(checkpointed) = read_checkpoint(&checkpoint)? {
+        if checkpointed > reached {
+            return Err(LogError::Damaged {
+                path: checkpoint.display().to_string(),
+                offset: 0,
+                what: format!(
+                    "a checkpoint made sled's tree durable through commit {checkpointed}, but its files now hold commits \
+                     only through {reached}: sled's files lost records they held"
+                ),
+            });
+        }
+    }
+    Ok(frames)
+}
+
+/// The last frame a checkpoint recorded, if one did.
+fn read_checkpoint(path: &Path) -> Result<Option<u64>, LogError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error(path)(error)),
+    };
+    let damaged = || LogError::Damaged {
+        path: path.display().to_string(),
+        offset: 0,
+        what: "the checkpoint record fails its checksum".to_string(),
+    };
+    let (Some(seq), Some(checksum)) = (bytes.get(..8), bytes.get(8..12)) else {
+        return Err(damaged());
+    };
+    if bytes.len() != 12 || crc32fast::hash(seq).to_le_bytes() != checksum {
+        return Err(damaged());
+    }
+    let mut value = [0u8; 8];
+    value.copy_from_slice(seq);
+    Ok(Some(u64::from_le_bytes(value)))
 }
 
 /// The segment being appended to.
@@ -357,6 +399,7 @@ impl CommitLog {
         let old = segments(&directory)?;
         let number = old.last().map_or(1, |(number, _)| number + 1);
         let segment = create_segment(&directory, number)?;
+        record_checkpoint(&directory, next_seq.saturating_sub(1))?;
         for (_, path) in old {
             std::fs::remove_file(&path).map_err(io_error(&path))?;
         }
@@ -413,9 +456,16 @@ impl CommitLog {
         Ok(Some(tail.next_seq - 1))
     }
 
+    /// Records that the tree is durable through frame `through` (checked at every open: a tree
+    /// behind it has lost records), then deletes every segment before the one being appended to.
+    pub fn checkpointed_through(&self, through: u64) -> Result<(), LogError> {
+        record_checkpoint(&self.directory, through)?;
+        self.remove_ended_segments()
+    }
+
     /// Deletes every segment before the one being appended to (a checkpoint made the tree
     /// durable through all they hold).
-    pub fn remove_ended_segments(&self) -> Result<(), LogError> {
+    fn remove_ended_segments(&self) -> Result<(), LogError> {
         let current = self.tail.lock().segment.number;
         for (number, path) in segments(&self.directory)? {
             if number < current {
@@ -424,6 +474,22 @@ impl CommitLog {
         }
         Ok(())
     }
+}
+
+/// Writes the checkpoint record (sequence number and its CRC32) in place of the last, atomically.
+fn record_checkpoint(directory: &Path, through: u64) -> Result<(), LogError> {
+    let path = directory.join(CHECKPOINT);
+    let written = directory.join(format!("{CHECKPOINT}.new"));
+    let mut bytes = through.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&through.to_le_bytes()).to_le_bytes());
+    let mut file = File::create(&written).map_err(io_error(&written))?;
+    std::io::Write::write_all(&mut file, &bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&written))?;
+    std::fs::rename(&written, &path).map_err(io_error(&path))?;
+    File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io_error(directory))
 }
 
 fn segment_path(directory: &Path, number: u64) -> PathBuf {
@@ -491,7 +557,7 @@ mod tests {
             vec![expected(1, "a", "1"), expected(2, "b", "2"), expected(3, "c", "3")]
         );
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
-        log.remove_ended_segments().unwrap();
+        log.checkpointed_through(2).unwrap();
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
     }
 
@@ -584,6 +650,22 @@ mod tests {
         );
         // Frames the tree already holds are not read for it.
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
+    }
+
+    #[test]
+    fn a_tree_behind_the_last_checkpoint_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        append(&log, "a", "1");
+        append(&log, "b", "2");
+        log.begin_next_segment().unwrap();
+        log.checkpointed_through(2).unwrap();
+        assert_eq!(recover(dir.path(), 2).unwrap(), vec![]);
+        let error = recover(dir.path(), 1).unwrap_err();
+        assert!(
+            error.to_string().contains("durable through commit 2") && error.to_string().contains("only through 1"),
+            "{error}"
+        );
     }
 
     #[test]

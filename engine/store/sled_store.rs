@@ -202,7 +202,7 @@ impl Durable {
         let mut last = self.checkpointing.lock();
         self.stopped()?;
         *last = Instant::now();
-        let Some(_through) = self
+        let Some(through) = self
             .log
             .begin_next_segment()
             .map_err(|error| self.stop(log_failed(error)))?
@@ -214,7 +214,7 @@ impl Durable {
             .sync_data()
             .map_err(|error| self.stop(io_failed("fdatasync", &error)))?;
         self.log
-            .remove_ended_segments()
+            .checkpointed_through(through)
             .map_err(|error| self.stop(log_failed(error)))
     }
 }
