@@ -44,29 +44,49 @@ const REMOVE: u8 = 0;
 /// One write of a batch: a key and its new value (`None` removes the key).
 pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
 
-/// A batch's writes in order, and their frame's payload, built together.
-#[derive(Default)]
+/// A batch's writes, in order, encoded in place as the frame the log will hold (its header is
+/// filled in when it is appended): one copy of each key and value, in a buffer that can be
+/// reused.
 pub(crate) struct Changes {
-    writes: Vec<Write>,
-    payload: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes::in_buffer(Vec::new())
+    }
 }
 
 impl Changes {
+    /// No writes yet, encoded into `buffer` (emptied; its capacity is kept).
+    pub fn in_buffer(mut buffer: Vec<u8>) -> Changes {
+        buffer.clear();
+        buffer.resize(HEADER, 0);
+        Changes { frame: buffer }
+    }
+
+    /// The buffer, for the next batch.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.frame
+    }
+
     /// Sets `key` to `value`.
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        let (key, value) = (key.as_ref(), value.as_ref());
-        self.payload.push(PUT);
-        put_bytes(&mut self.payload, key);
-        put_bytes(&mut self.payload, value);
-        self.writes.push((key.to_vec(), Some(value.to_vec())));
+        self.frame.push(PUT);
+        put_bytes(&mut self.frame, key.as_ref());
+        put_bytes(&mut self.frame, value.as_ref());
     }
 
     /// Removes `key`.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
-        let key = key.as_ref();
-        self.payload.push(REMOVE);
-        put_bytes(&mut self.payload, key);
-        self.writes.push((key.to_vec(), None));
+        self.frame.push(REMOVE);
+        put_bytes(&mut self.frame, key.as_ref());
+    }
+
+    /// The writes, in order, borrowed from the frame.
+    pub fn writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        // The frame was encoded here, so every entry reads.
+        entries(&self.frame[HEADER..]).map_while(Result::ok)
     }
 }
 
@@ -74,6 +94,37 @@ fn put_bytes(payload: &mut Vec<u8>, bytes: &[u8]) {
     // Keys and values are far below 4 GiB (a record over it fails to encode long before).
     payload.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     payload.extend_from_slice(bytes);
+}
+
+/// The entries of a frame's payload, in order; an entry that does not read ends them with `Err`.
+fn entries(mut payload: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), ()>> {
+    fn take<'a>(payload: &mut &'a [u8], count: usize) -> Option<&'a [u8]> {
+        let taken = payload.get(..count)?;
+        *payload = &payload[count..];
+        Some(taken)
+    }
+    fn take_bytes<'a>(payload: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let length = take(payload, 4)?;
+        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+        take(payload, length)
+    }
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if payload.is_empty() || failed {
+            return None;
+        }
+        let entry = (|| {
+            let kind = take(&mut payload, 1)?[0];
+            let key = take_bytes(&mut payload)?;
+            match kind {
+                PUT => Some((key, Some(take_bytes(&mut payload)?))),
+                REMOVE => Some((key, None)),
+                _ => None,
+            }
+        })();
+        failed = entry.is_none();
+        Some(entry.ok_or(()))
+    })
 }
 
 /// A frame read back: its sequence number and writes, in order (the tree's applied-through
@@ -209,28 +260,11 @@ fn stop_at(bytes: &[u8], at: usize, what: &str, last_seq: u64) -> Stop {
     }
 }
 
-fn decode_writes(mut payload: &[u8]) -> Option<Vec<Write>> {
-    fn take<'a>(payload: &mut &'a [u8], count: usize) -> Option<&'a [u8]> {
-        let taken = payload.get(..count)?;
-        *payload = &payload[count..];
-        Some(taken)
-    }
-    fn take_bytes(payload: &mut &[u8]) -> Option<Vec<u8>> {
-        let length = take(payload, 4)?;
-        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
-        take(payload, length).map(<[u8]>::to_vec)
-    }
-    let mut writes = Vec::new();
-    while !payload.is_empty() {
-        let kind = take(&mut payload, 1)?[0];
-        let key = take_bytes(&mut payload)?;
-        writes.push(match kind {
-            PUT => (key, Some(take_bytes(&mut payload)?)),
-            REMOVE => (key, None),
-            _ => return None,
-        });
-    }
-    Some(writes)
+fn decode_writes(payload: &[u8]) -> Option<Vec<Write>> {
+    entries(payload)
+        .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.map(<[u8]>::to_vec))))
+        .collect::<Result<Vec<Write>, ()>>()
+        .ok()
 }
 
 /// The frames a store's log holds past `applied_through` (the tree's number), in order.
@@ -363,23 +397,22 @@ pub(crate) struct Tail {
 
 impl Tail {
     /// Appends `changes` as the next frame, with the tree's applied-through number as its last
-    /// write, and returns the writes to apply to the tree, in that order. Nothing is synced.
-    pub fn append(&mut self, mut changes: Changes) -> std::io::Result<Vec<Write>> {
+    /// write; apply [`Changes::writes`] to the tree next, in that order. Nothing is synced.
+    pub fn append(&mut self, changes: &mut Changes) -> std::io::Result<()> {
         let seq = self.next_seq;
         changes.insert(APPLIED_THROUGH, seq.to_be_bytes());
-        let mut frame = Vec::with_capacity(HEADER + changes.payload.len());
-        frame.extend_from_slice(&(changes.payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&[0; 4]);
-        frame.extend_from_slice(&seq.to_le_bytes());
-        frame.extend_from_slice(&self.segment.synced.load(Ordering::Acquire).to_le_bytes());
-        frame.extend_from_slice(&changes.payload);
+        let frame = &mut changes.frame;
+        let length = (frame.len() - HEADER) as u32;
+        frame[0..4].copy_from_slice(&length.to_le_bytes());
+        frame[8..16].copy_from_slice(&seq.to_le_bytes());
+        frame[16..24].copy_from_slice(&self.segment.synced.load(Ordering::Acquire).to_le_bytes());
         let checksum = crc32fast::hash(&frame[8..]);
         frame[4..8].copy_from_slice(&checksum.to_le_bytes());
         // A part written fails its checksum: read back, it is the log's torn end.
-        self.segment.file.write_all_at(&frame, self.segment.length)?;
+        self.segment.file.write_all_at(frame, self.segment.length)?;
         self.segment.length += frame.len() as u64;
         self.next_seq += 1;
-        Ok(changes.writes)
+        Ok(())
     }
 }
 
@@ -540,7 +573,13 @@ mod tests {
     }
 
     fn append(log: &CommitLog, key: &str, value: &str) {
-        log.lock().append(changes(key, value)).unwrap();
+        let mut changes = changes(key, value);
+        log.lock().append(&mut changes).unwrap();
+        let writes: Vec<Write> = changes
+            .writes()
+            .map(|(key, value)| (key.to_vec(), value.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(writes, expected(log.lock().next_seq - 1, key, value).writes);
     }
 
     #[test]

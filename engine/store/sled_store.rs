@@ -111,6 +111,8 @@ struct Residency {
 const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
 /// ...or when it has frames and the last checkpoint is this old (by default).
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// The largest frame buffer kept for the next commit.
+const SPARE_FRAME_LIMIT: usize = 16 * 1024 * 1024;
 /// How often the checkpoint thread looks.
 const CHECKPOINT_LOOK_EVERY: Duration = Duration::from_millis(100);
 
@@ -133,6 +135,8 @@ pub struct SledStore {
     syncs: AtomicU64,
     /// Refuses writes while the disk is nearly full.
     space: SpaceGuard,
+    /// The buffer the last commit's frame was encoded in, kept for the next.
+    spare_frame: Mutex<Vec<u8>>,
 }
 
 /// What makes writes durable: the commit log in front of the tree, and checkpoints of the tree.
@@ -167,14 +171,13 @@ impl Durable {
     }
 
     /// Appends `changes` to the log and applies them to the tree, in the same order for both.
-    fn write(&self, changes: Changes, operation: &'static str) -> Result<(), StoreError> {
+    fn write(&self, changes: &mut Changes, operation: &'static str) -> Result<(), StoreError> {
         self.stopped()?;
         let mut tail = self.log.lock();
-        let writes = tail
-            .append(changes)
+        tail.append(changes)
             .map_err(|error| self.stop(io_failed("append to the commit log", &error)))?;
         // All or nothing for readers; across a crash the log makes it so.
-        self.db.apply_in_order(writes).map_err(|error| {
+        self.db.apply_in_order(changes.writes()).map_err(|error| {
             // Part of the writes may be in the tree: nothing may build on that. The frame stays,
             // so the next open completes them.
             self.stop(backend(operation)(error))
@@ -475,6 +478,7 @@ impl SledStore {
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             space,
+            spare_frame: Mutex::new(Vec::new()),
         };
         store.build_expiry_index()?;
         let removed = store.highest_removed_id()?;
@@ -587,7 +591,7 @@ impl SledStore {
             }
         }
         batch.insert(FINISHED_INDEX_BUILT, &[] as &[u8]);
-        self.durable.write(batch, "index finished instances")?;
+        self.durable.write(&mut batch, "index finished instances")?;
         if indexed > 0 {
             tracing::info!(indexed, "indexed the finished instances by finish time, for retention");
         }
@@ -667,7 +671,8 @@ impl Store for SledStore {
         let mut residency = self.versions.lock();
         let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
         let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();
-        let mut batch = Changes::default();
+        // The last commit's buffer, so a group's frame does not grow a fresh allocation.
+        let mut batch = Changes::in_buffer(std::mem::take(&mut *self.spare_frame.lock()));
         for op in ops {
             match op {
                 Op::PutInstance(record) => {
@@ -812,7 +817,12 @@ impl Store for SledStore {
             };
             batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
         }
-        self.durable.write(batch, "apply")?;
+        let written = self.durable.write(&mut batch, "apply");
+        let buffer = batch.into_buffer();
+        if buffer.capacity() <= SPARE_FRAME_LIMIT {
+            *self.spare_frame.lock() = buffer;
+        }
+        written?;
         let mut applied = Applied {
             versions: Vec::with_capacity(counters.len() + statuses.len()),
             drained,
@@ -1032,7 +1042,7 @@ impl Store for SledStore {
         }
         let known = self.highest_removed_id()?;
         batch.insert(HIGHEST_REMOVED_ID, encode("highest removed id", &highest.max(known))?);
-        self.durable.write(batch, "remove expired instances")?;
+        self.durable.write(&mut batch, "remove expired instances")?;
         Ok(removed)
     }
 

@@ -393,7 +393,14 @@ impl Tree {
     {
         let _cc = concurrency_control::write();
         let mut guard = pin();
-        for (key, value) in writes {
+        for (index, (key, value)) in writes.into_iter().enumerate() {
+            // One pin for thousands of writes would hold back the epoch, and
+            // with it the freeing of every node these writes replace:
+            // re-pin and collect as separate writes would.
+            if index > 0 && index % 64 == 0 {
+                guard = pin();
+                guard.flush();
+            }
             let value = value.map(Into::into);
             loop {
                 if self
