@@ -184,7 +184,9 @@ fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_
         })
         .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    let frame_length = bytes.len() / COMMITS as usize;
+    // The frames, without the zeros the store writes ahead of them.
+    let frames_length = bytes.iter().rposition(|byte| *byte != 0).unwrap() + 1;
+    let frame_length = frames_length / COMMITS as usize;
     bytes[frame_length * 9 + frame_length / 2] ^= 0x04;
     std::fs::write(&segment, &bytes).unwrap();
 

@@ -38,6 +38,13 @@ const HEADER: usize = 24;
 /// How far past the last good frame's number a frame found after a bad one may be numbered: a
 /// cheap test that rules out almost every offset before its checksum is computed.
 const RESYNC_SEQ_WINDOW: u64 = 1 << 24;
+/// Zeros are written ahead of the frames, so that appending overwrites blocks the file already
+/// has and an `fdatasync` has no size or extent to record: at least this many bytes ahead...
+const ZEROED_AHEAD_MIN: u64 = 1024 * 1024;
+/// ...at most this many (twice the segment's length in between)...
+const ZEROED_AHEAD_MAX: u64 = 16 * 1024 * 1024;
+/// ...written this many at a time under the tail's lock (an append waits for one piece at most).
+const ZEROING_PIECE: usize = 256 * 1024;
 const PUT: u8 = 1;
 const REMOVE: u8 = 0;
 
@@ -221,6 +228,10 @@ fn read_segment(bytes: &[u8]) -> (Vec<Frame>, Option<Stop>) {
     let mut at = 0usize;
     while at < bytes.len() {
         let Some((seq, _, payload, length)) = frame_at(bytes, at) else {
+            if bytes[at..].iter().all(|byte| *byte == 0) {
+                // The zeros written ahead of the frames: the log ends here.
+                return (frames, None);
+            }
             let what = if bytes.len() - at < HEADER {
                 "an incomplete frame header"
             } else {
@@ -387,6 +398,8 @@ struct Segment {
     length: u64,
     /// How many of its bytes a finished `fdatasync` covered.
     synced: Arc<AtomicU64>,
+    /// The file's length: frames, then zeros written ahead of them.
+    allocated: u64,
 }
 
 /// The appending end of the log.
@@ -411,6 +424,7 @@ impl Tail {
         // A part written fails its checksum: read back, it is the log's torn end.
         self.segment.file.write_all_at(frame, self.segment.length)?;
         self.segment.length += frame.len() as u64;
+        self.segment.allocated = self.segment.allocated.max(self.segment.length);
         self.next_seq += 1;
         Ok(())
     }
@@ -462,6 +476,32 @@ impl CommitLog {
         file.sync_data()?;
         synced.fetch_max(length, Ordering::Release);
         Ok(())
+    }
+
+    /// Writes zeros ahead of the frames of the segment being appended to (twice its length,
+    /// within bounds), then syncs them, so that appends overwrite blocks the file has: an
+    /// `fdatasync` after an append that grows a file also commits its new size to the
+    /// filesystem's journal, one after an overwrite does not. Nothing is written for a segment
+    /// without frames. Called by the checkpoint thread.
+    pub fn write_zeros_ahead(&self) -> std::io::Result<()> {
+        let zeros = vec![0u8; ZEROING_PIECE];
+        let mut file = None;
+        loop {
+            let mut tail = self.tail.lock();
+            let segment = &mut tail.segment;
+            let ahead = (segment.length * 2).clamp(ZEROED_AHEAD_MIN, ZEROED_AHEAD_MAX);
+            if segment.length == 0 || segment.allocated >= segment.length + ahead {
+                break;
+            }
+            // Under the lock: no frame lands where zeros go.
+            segment.file.write_all_at(&zeros, segment.allocated)?;
+            segment.allocated += ZEROING_PIECE as u64;
+            file = Some(segment.file.clone());
+        }
+        match file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
     }
 
     /// Bytes in the segment being appended to.
@@ -547,6 +587,7 @@ fn create_segment(directory: &Path, number: u64) -> Result<Segment, LogError> {
         file: Arc::new(file),
         length: 0,
         synced: Arc::new(AtomicU64::new(0)),
+        allocated: 0,
     })
 }
 
@@ -598,6 +639,40 @@ mod tests {
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
         log.checkpointed_through(2).unwrap();
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
+    }
+
+    #[test]
+    fn appends_overwrite_the_zeros_written_ahead_and_the_zeros_end_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        log.write_zeros_ahead().unwrap();
+        let path = segment_path(&dir.path().join(DIRECTORY), 1);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "nothing ahead of an unused segment"
+        );
+        append(&log, "a", "1");
+        log.write_zeros_ahead().unwrap();
+        let zeroed = std::fs::metadata(&path).unwrap().len();
+        assert!(zeroed >= log.tail_length() + ZEROED_AHEAD_MIN, "{zeroed}");
+        append(&log, "b", "2");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            zeroed,
+            "the append overwrote zeros"
+        );
+        assert_eq!(
+            recover(dir.path(), 0).unwrap(),
+            vec![expected(1, "a", "1"), expected(2, "b", "2")]
+        );
+        // A frame cut short in the zeros is still the torn end.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0x55; 5], log.tail_length()).unwrap();
+        assert_eq!(
+            recover(dir.path(), 0).unwrap(),
+            vec![expected(1, "a", "1"), expected(2, "b", "2")]
+        );
     }
 
     #[test]

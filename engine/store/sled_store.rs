@@ -241,6 +241,10 @@ impl Checkpointer {
                     if durable.checkpoint_due() && durable.checkpoint().is_err() {
                         return;
                     }
+                    // Only a cost if it fails: appends then grow the file as they go.
+                    if let Err(error) = durable.log.write_zeros_ahead() {
+                        tracing::warn!(%error, "could not write zeros ahead in the commit log; appends grow it instead");
+                    }
                 }
             })?;
         Ok(Checkpointer {
