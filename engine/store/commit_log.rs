@@ -1,19 +1,22 @@
-//! The embedded store's commit log: what makes a commit durable with one append and one
+//! The embedded store's commit log: what makes a commit durable with one write and one
 //! `fdatasync`, in front of sled's tree (issue #12; sled writes each batch as two IO buffers, each
 //! written and waited for at the device, before a `fdatasync` of its own file could follow).
 //!
 //! Every write to the tree is also a frame here: a sequence number and the batch's key/value
 //! writes as absolute values, with a CRC32. The same writes end with the sequence number into the
 //! tree ([`APPLIED_THROUGH`]), so the tree says how far it got: they are applied in order, and a
-//! crash leaves sled's tree with a prefix of what it was given, so a tree holding a frame's
-//! number holds all of that frame. A checkpoint flushes the tree to
-//! stable storage and deletes the segments it now covers; opening a store replays the frames past
-//! the tree's number, in order (replaying a frame twice changes nothing: its values are absolute).
+//! crash leaves sled's tree with a prefix of what it was given, so a tree holding a frame's number
+//! holds all of that frame. A checkpoint flushes the tree to stable storage, records how far
+//! (the checkpoint record) and deletes the segments it now covers; opening a store replays the
+//! frames past the tree's number, in order (replaying a frame twice changes nothing: its values
+//! are absolute), and refuses a tree behind the checkpoint record.
 //!
-//! It owns the segment files (`commit-log/<number>.log` in the store's directory), the frames'
-//! encoding, and reading them back. A segment is appended to until a checkpoint starts the next;
-//! segments before the last were synced whole when the next began, so a frame that fails its
-//! checksum there is damage, while in the last segment it is the torn end of the log.
+//! It owns the segment files (`commit-log/<number>.log` in the store's directory, with zeros
+//! written ahead of the frames so that appends overwrite), the checkpoint record
+//! (`commit-log/checkpoint`), the frames' encoding, and reading them back. A segment is appended
+//! to until a checkpoint starts the next; segments before the last were synced whole when the
+//! next began, so a frame that fails its checksum there is damage, while in the last segment it
+//! is the torn end of the log unless a later frame says the log had been synced past it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
