@@ -534,7 +534,7 @@ impl SledStore {
     }
 
     /// How often, while it is written to, the store checkpoints: makes sled's tree durable and
-    /// deletes the commit log it then covers (default 2 s; also whenever the log reaches 64 MiB).
+    /// deletes the commit log it then covers (default 5 s; also whenever the log reaches 64 MiB).
     /// Longer means fewer writes of the tree and a longer replay when the store is next opened
     /// after a crash.
     pub fn with_checkpoint_interval(self, interval: Duration) -> SledStore {
