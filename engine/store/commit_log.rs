@@ -616,6 +616,13 @@ mod tests {
         }
     }
 
+    /// A log in a new directory whose first frame is `first_seq`.
+    fn fresh_log(first_seq: u64) -> (tempfile::TempDir, CommitLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::start_after_checkpoint(dir.path(), first_seq).unwrap();
+        (dir, log)
+    }
+
     fn append(log: &CommitLog, key: &str, value: &str) {
         let mut changes = changes(key, value);
         log.lock().append(&mut changes).unwrap();
@@ -628,8 +635,7 @@ mod tests {
 
     #[test]
     fn frames_past_the_trees_number_come_back_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         append(&log, "b", "2");
         assert_eq!(log.begin_next_segment().unwrap(), Some(2));
@@ -646,8 +652,7 @@ mod tests {
 
     #[test]
     fn appends_overwrite_the_zeros_written_ahead_and_the_zeros_end_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         log.write_zeros_ahead().unwrap();
         let path = segment_path(&dir.path().join(DIRECTORY), 1);
         assert_eq!(
@@ -680,8 +685,7 @@ mod tests {
 
     #[test]
     fn a_torn_end_of_the_last_segment_is_where_the_log_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         let whole = log.tail_length();
         append(&log, "b", "2");
@@ -716,8 +720,7 @@ mod tests {
 
     #[test]
     fn a_bad_frame_the_log_was_synced_past_is_damage_not_a_torn_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         log.sync().unwrap();
         let second = log.tail_length();
@@ -736,8 +739,7 @@ mod tests {
     fn a_bad_frame_no_later_frame_was_synced_past_is_the_torn_end() {
         // A crash can write a later page of the file and not an earlier one, when neither was
         // synced: frames after the bad one that do not say it was synced are not acknowledged.
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         log.sync().unwrap();
         let second = log.tail_length();
@@ -749,8 +751,7 @@ mod tests {
 
     #[test]
     fn a_bad_frame_in_a_segment_synced_whole_is_damage_named_with_its_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         append(&log, "b", "2");
         log.begin_next_segment().unwrap();
@@ -771,8 +772,7 @@ mod tests {
 
     #[test]
     fn a_tree_behind_the_last_checkpoint_is_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         append(&log, "b", "2");
         log.begin_next_segment().unwrap();
@@ -787,8 +787,7 @@ mod tests {
 
     #[test]
     fn missing_frames_are_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 5).unwrap();
+        let (dir, log) = fresh_log(5);
         append(&log, "a", "1");
         log.sync().unwrap();
         let error = recover(dir.path(), 2).unwrap_err();
@@ -798,8 +797,7 @@ mod tests {
 
     #[test]
     fn starting_after_a_checkpoint_deletes_the_old_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), 1).unwrap();
+        let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         drop(log);
         let log = CommitLog::start_after_checkpoint(dir.path(), 2).unwrap();
