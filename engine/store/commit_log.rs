@@ -516,17 +516,20 @@ impl CommitLog {
     /// returns the last sequence number the ended segments hold, or `None` if there was nothing
     /// to end.
     pub fn begin_next_segment(&self) -> Result<Option<u64>, LogError> {
-        let number = {
+        let (number, file) = {
             let tail = self.tail.lock();
             if tail.segment.length == 0 {
                 return Ok(None);
             }
-            tail.segment.number + 1
+            (tail.segment.number, tail.segment.file.clone())
         };
-        // Created (and the directory synced) outside the lock: appends go on meanwhile.
-        let next = create_segment(&self.directory, number)?;
+        // Created (and the directory synced), and the segment synced, outside the lock: appends
+        // go on meanwhile. The sync under the lock then has only what they added to write, and
+        // no frame reaches the next segment before this one is synced whole.
+        let next = create_segment(&self.directory, number + 1)?;
+        let path = segment_path(&self.directory, number);
+        file.sync_data().map_err(io_error(&path))?;
         let mut tail = self.tail.lock();
-        let path = segment_path(&self.directory, tail.segment.number);
         tail.segment.file.sync_data().map_err(io_error(&path))?;
         tail.segment = next;
         Ok(Some(tail.next_seq - 1))
