@@ -236,14 +236,21 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("strata-checkpoint".to_string())
             .spawn(move || {
+                let mut zeros_failing = false;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_LOOK_EVERY) {
                     // A failed checkpoint has stopped writes and said so; nothing is left to do.
                     if durable.checkpoint_due() && durable.checkpoint().is_err() {
                         return;
                     }
-                    // Only a cost if it fails: appends then grow the file as they go.
-                    if let Err(error) = durable.log.write_zeros_ahead() {
-                        tracing::warn!(%error, "could not write zeros ahead in the commit log; appends grow it instead");
+                    // Only a cost if it fails: appends then grow the file as they go. Said once
+                    // until it works again (a full disk would fail it at every look).
+                    match durable.log.write_zeros_ahead() {
+                        Err(error) if !zeros_failing => {
+                            zeros_failing = true;
+                            tracing::warn!(%error, "could not write zeros ahead in the commit log; appends grow it instead");
+                        }
+                        Err(_) => {}
+                        Ok(()) => zeros_failing = false,
                     }
                 }
             })?;
