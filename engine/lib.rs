@@ -17,6 +17,7 @@ mod error;
 pub mod instance;
 pub mod migrate;
 pub mod observe;
+mod periodic;
 pub mod registry;
 pub mod rollout;
 pub mod routing;

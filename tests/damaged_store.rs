@@ -76,6 +76,11 @@ async fn damaged_child() {
     println!("STRATA damaged: {error}");
 }
 
+/// What a child process printed when it opened an engine on `dir` and was refused as damaged.
+fn refused_in_a_child(dir: &Path) -> String {
+    common::child::succeeded(&common::child::run("damaged_child", CHILD_DIR, dir), "STRATA damaged")
+}
+
 #[test]
 fn a_damaged_store_file_is_refused_by_name_and_so_is_every_later_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,10 +88,7 @@ fn a_damaged_store_file_is_refused_by_name_and_so_is_every_later_open() {
     let size = damage_record_100(dir.path());
     assert!(size > 4 * 512 * 1024, "the store spans several segments");
 
-    let stdout = common::child::succeeded(
-        &common::child::run("damaged_child", CHILD_DIR, dir.path()),
-        "STRATA damaged",
-    );
+    let stdout = refused_in_a_child(dir.path());
     assert!(
         stdout.contains("Restore the directory from a backup"),
         "says what to do: {stdout}"
@@ -94,10 +96,7 @@ fn a_damaged_store_file_is_refused_by_name_and_so_is_every_later_open() {
     // sled rewrote part of the file while failing: a second open would succeed on what is left
     // and lose the records after the damage without a word. It is refused while the mark is there.
     assert!(dir.path().join("strata-damaged.txt").exists());
-    let again = common::child::succeeded(
-        &common::child::run("damaged_child", CHILD_DIR, dir.path()),
-        "STRATA damaged",
-    );
+    let again = refused_in_a_child(dir.path());
     assert!(
         again.contains("tried to serialize"),
         "a second open is refused with the first one's reason: {again}"
@@ -109,10 +108,7 @@ fn a_damaged_byte_in_a_store_of_one_segment_is_refused_by_name_not_dropped_silen
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), 300, |n| format!("record-{n:05}"));
     damage_record_100(dir.path());
-    let stdout = common::child::succeeded(
-        &common::child::run("damaged_child", CHILD_DIR, dir.path()),
-        "STRATA damaged",
-    );
+    let stdout = refused_in_a_child(dir.path());
     assert!(
         stdout.contains("lost records") && stdout.contains("Restore the directory from a backup"),
         "names what happened and what to do: {stdout}"

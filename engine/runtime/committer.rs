@@ -4,7 +4,7 @@
 //! to run on the commit thread: every step waited out each periodic flush, 100–200 ms on sled).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::periodic::PeriodicThread;
 use crate::store::{Applied, Op, Store, StoreError};
 
 /// When a step's commit is acknowledged.
@@ -107,47 +108,31 @@ struct Flusher {
     dirty: Arc<AtomicBool>,
     /// A failed flush, for the commit thread to take in (it then refuses further commits).
     failure: Arc<Mutex<Option<StoreError>>>,
-    /// Dropped to stop the thread.
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: PeriodicThread,
 }
 
 impl Flusher {
     fn start(store: Arc<dyn Store>, interval: Duration) -> std::io::Result<Flusher> {
         let dirty = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
-        let (stop, stopped) = mpsc::channel::<()>();
         let thread = {
             let (dirty, failure) = (dirty.clone(), failure.clone());
-            std::thread::Builder::new()
-                .name("strata-flush".to_string())
-                .spawn(move || {
-                    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                        if dirty.swap(false, Ordering::AcqRel) {
-                            if let Err(error) = store.sync() {
-                                *failure.lock() = Some(error);
-                                return;
-                            }
-                        }
+            PeriodicThread::start("strata-flush", interval, move || {
+                if dirty.swap(false, Ordering::AcqRel) {
+                    if let Err(error) = store.sync() {
+                        *failure.lock() = Some(error);
+                        return false;
                     }
-                })?
+                }
+                true
+            })?
         };
-        Ok(Flusher {
-            dirty,
-            failure,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        Ok(Flusher { dirty, failure, thread })
     }
 
     /// Stops the thread and waits for its flush in flight.
     fn finish(&mut self) {
-        self.stop.take();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the flush thread panicked");
-            }
-        }
+        self.thread.stop();
     }
 }
 

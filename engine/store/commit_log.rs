@@ -114,8 +114,7 @@ fn entries(mut payload: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u
         Some(taken)
     }
     fn take_bytes<'a>(payload: &mut &'a [u8]) -> Option<&'a [u8]> {
-        let length = take(payload, 4)?;
-        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+        let length = le_u32(take(payload, 4)?, 0)? as usize;
         take(payload, length)
     }
     let mut failed = false;
@@ -212,16 +211,29 @@ struct Stop {
 /// A whole frame at `at`, if its header and checksum say so: its sequence number, synced-through
 /// mark, payload and length.
 fn frame_at(bytes: &[u8], at: usize) -> Option<(u64, u64, &[u8], usize)> {
-    let header = bytes.get(at..at + HEADER)?;
-    let field = |from: usize| {
-        let mut value = [0u8; 8];
-        value.copy_from_slice(&header[from..from + 8]);
-        u64::from_le_bytes(value)
-    };
-    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let checksum = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let length = le_u32(bytes, at)? as usize;
+    let checksum = le_u32(bytes, at + 4)?;
     let covered = bytes.get(at + 8..(at + HEADER).checked_add(length)?)?;
-    (crc32fast::hash(covered) == checksum).then(|| (field(8), field(16), &covered[HEADER - 8..], HEADER + length))
+    (crc32fast::hash(covered) == checksum)
+        .then(|| {
+            Some((
+                le_u64(bytes, at + 8)?,
+                le_u64(bytes, at + 16)?,
+                &covered[HEADER - 8..],
+                HEADER + length,
+            ))
+        })
+        .flatten()
+}
+
+/// The little-endian u32 at `at`, if the bytes reach that far.
+fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+/// The little-endian u64 at `at`, if the bytes reach that far.
+fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// Decodes the frames of one segment, in order, up to the first that is incomplete, fails its
@@ -230,28 +242,23 @@ fn read_segment(bytes: &[u8]) -> (Vec<Frame>, Option<Stop>) {
     let mut frames: Vec<Frame> = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
-        let Some((seq, _, payload, length)) = frame_at(bytes, at) else {
-            if bytes[at..].iter().all(|byte| *byte == 0) {
-                // The zeros written ahead of the frames: the log ends here.
-                return (frames, None);
-            }
-            let what = if bytes.len() - at < HEADER {
-                "an incomplete frame header"
-            } else {
-                "a frame that is incomplete or fails its checksum"
-            };
-            let last_seq = frames.last().map_or(0, |frame| frame.seq);
-            return (frames, Some(stop_at(bytes, at, what, last_seq)));
+        let what = match frame_at(bytes, at) {
+            Some((seq, _, payload, length)) => match decode_writes(payload) {
+                Some(writes) => {
+                    frames.push(Frame { seq, writes });
+                    at += length;
+                    continue;
+                }
+                None => "a frame whose writes do not decode",
+            },
+            // The zeros written ahead of the frames: the log ends here.
+            None if bytes[at..].iter().all(|byte| *byte == 0) => break,
+            None if bytes.len() - at < HEADER => "an incomplete frame header",
+            None => "a frame that is incomplete or fails its checksum",
         };
-        let Some(writes) = decode_writes(payload) else {
-            let last_seq = frames.last().map_or(0, |frame| frame.seq);
-            return (
-                frames,
-                Some(stop_at(bytes, at, "a frame whose writes do not decode", last_seq)),
-            );
-        };
-        frames.push(Frame { seq, writes });
-        at += length;
+        let last_seq = frames.last().map_or(0, |frame| frame.seq);
+        let stop = stop_at(bytes, at, what, last_seq);
+        return (frames, Some(stop));
     }
     (frames, None)
 }
@@ -259,12 +266,8 @@ fn read_segment(bytes: &[u8]) -> (Vec<Frame>, Option<Stop>) {
 /// Reading stopped at `at`: looks past it for a whole frame numbered after `last_seq` whose
 /// synced-through mark lies beyond `at`.
 fn stop_at(bytes: &[u8], at: usize, what: &str, last_seq: u64) -> Stop {
-    let synced_past = (at + 1..bytes.len().saturating_sub(HEADER - 1)).any(|candidate| {
-        let mut seq = [0u8; 8];
-        seq.copy_from_slice(&bytes[candidate + 8..candidate + 16]);
-        let seq = u64::from_le_bytes(seq);
-        seq > last_seq
-            && seq - last_seq <= RESYNC_SEQ_WINDOW
+    let synced_past = (at + 1..bytes.len()).any(|candidate| {
+        le_u64(bytes, candidate + 8).is_some_and(|seq| seq > last_seq && seq - last_seq <= RESYNC_SEQ_WINDOW)
             && frame_at(bytes, candidate).is_some_and(|(_, synced, _, _)| synced > at as u64)
     });
     Stop {
@@ -329,20 +332,18 @@ pub(crate) fn recover(store_directory: &Path, applied_through: u64) -> Result<Ve
             synced_past,
         }) = stopped
         {
-            let damage = LogError::Damaged {
+            let damage = |what: String| LogError::Damaged {
                 path: path.display().to_string(),
                 offset,
-                what: what.clone(),
+                what,
             };
             if synced_past {
-                return Err(LogError::Damaged {
-                    path: path.display().to_string(),
-                    offset,
-                    what: format!("{what}, where a later frame says the log had been synced"),
-                });
+                return Err(damage(format!(
+                    "{what}, where a later frame says the log had been synced"
+                )));
             }
             if index + 1 < segments.len() {
-                unreadable = Some(damage);
+                unreadable = Some(damage(what));
             } else {
                 tracing::info!(segment = %path.display(), offset, %what, "the commit log ends in a write a crash cut short; it was never acknowledged");
             }
@@ -383,15 +384,10 @@ fn read_checkpoint(path: &Path) -> Result<Option<u64>, LogError> {
         offset: 0,
         what: "the checkpoint record fails its checksum".to_string(),
     };
-    let (Some(seq), Some(checksum)) = (bytes.get(..8), bytes.get(8..12)) else {
-        return Err(damaged());
-    };
-    if bytes.len() != 12 || crc32fast::hash(seq).to_le_bytes() != checksum {
-        return Err(damaged());
+    match (le_u64(&bytes, 0), le_u32(&bytes, 8)) {
+        (Some(seq), Some(checksum)) if bytes.len() == 12 && crc32fast::hash(&bytes[..8]) == checksum => Ok(Some(seq)),
+        _ => Err(damaged()),
     }
-    let mut value = [0u8; 8];
-    value.copy_from_slice(seq);
-    Ok(Some(u64::from_le_bytes(value)))
 }
 
 /// The segment being appended to.

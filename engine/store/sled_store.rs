@@ -26,8 +26,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -41,6 +40,7 @@ use super::{
     StoreError, StoreStats, StoredVersion, VersionCounters,
 };
 use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
+use crate::periodic::PeriodicThread;
 use crate::registry::VersionStatus;
 
 const FORMAT_KEY: &[u8] = b"m/format";
@@ -118,11 +118,10 @@ const CHECKPOINT_LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// The sled-backed store: single process, embedded, durable with `sync`.
 pub struct SledStore {
-    db: sled::Db,
     path: PathBuf,
     /// The tree, its data file and the commit log, shared with the checkpoint thread.
     durable: Arc<Durable>,
-    checkpointer: Option<Checkpointer>,
+    checkpointer: Option<PeriodicThread>,
     /// Every version's counters and status, as stored: what `apply` decides residency on.
     versions: Mutex<Residency>,
     /// Where retention's sweep of the finished index goes on (its last key), until it reaches
@@ -222,54 +221,27 @@ impl Durable {
     }
 }
 
-/// The thread that checkpoints the store every few seconds while it is written to,
-/// and whenever the log's segment reaches [`SEGMENT_LIMIT`].
-struct Checkpointer {
-    /// Dropped to stop the thread.
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    fn start(durable: Arc<Durable>) -> std::io::Result<Checkpointer> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("strata-checkpoint".to_string())
-            .spawn(move || {
-                let mut zeros_failing = false;
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_LOOK_EVERY) {
-                    // A failed checkpoint has stopped writes and said so; nothing is left to do.
-                    if durable.checkpoint_due() && durable.checkpoint().is_err() {
-                        return;
-                    }
-                    // Only a cost if it fails: appends then grow the file as they go. Said once
-                    // until it works again (a full disk would fail it at every look).
-                    match durable.log.write_zeros_ahead() {
-                        Err(error) if !zeros_failing => {
-                            zeros_failing = true;
-                            tracing::warn!(%error, "could not write zeros ahead in the commit log; appends grow it instead");
-                        }
-                        Err(_) => {}
-                        Ok(()) => zeros_failing = false,
-                    }
-                }
-            })?;
-        Ok(Checkpointer {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the checkpoint thread panicked");
-            }
+/// Starts the thread that checkpoints the store every few seconds while it is written to, and
+/// whenever the log's segment reaches [`SEGMENT_LIMIT`], and writes zeros ahead in the log.
+fn start_checkpointer(durable: Arc<Durable>) -> std::io::Result<PeriodicThread> {
+    let mut zeros_failing = false;
+    PeriodicThread::start("strata-checkpoint", CHECKPOINT_LOOK_EVERY, move || {
+        // A failed checkpoint has stopped writes and said so; nothing is left to do.
+        if durable.checkpoint_due() && durable.checkpoint().is_err() {
+            return false;
         }
-    }
+        // Only a cost if it fails: appends then grow the file as they go. Said once until it
+        // works again (a full disk would fail it at every look).
+        match durable.log.write_zeros_ahead() {
+            Err(error) if !zeros_failing => {
+                zeros_failing = true;
+                tracing::warn!(%error, "could not write zeros ahead in the commit log; appends grow it instead");
+            }
+            Err(_) => {}
+            Ok(()) => zeros_failing = false,
+        }
+        true
+    })
 }
 
 impl Drop for SledStore {
@@ -465,20 +437,19 @@ impl SledStore {
         data_file.sync_data().map_err(|error| io_failed("fdatasync", &error))?;
         let log = CommitLog::start_after_checkpoint(&path, next_seq).map_err(log_failed)?;
         let durable = Arc::new(Durable {
-            db: db.clone(),
+            db,
             data_file,
             log,
             failure: Mutex::new(None),
             checkpointing: Mutex::new(Instant::now()),
             checkpoint_interval_ms: AtomicU64::new(DEFAULT_CHECKPOINT_INTERVAL.as_millis() as u64),
         });
-        let checkpointer = Checkpointer::start(durable.clone()).map_err(|error| StoreError::Backend {
+        let checkpointer = start_checkpointer(durable.clone()).map_err(|error| StoreError::Backend {
             operation: "open",
             message: format!("cannot start the checkpoint thread: {error}"),
         })?;
         let space = SpaceGuard::new(&path, DEFAULT_DISK_RESERVE);
         let mut store = SledStore {
-            db,
             path,
             durable,
             checkpointer: Some(checkpointer),
@@ -579,6 +550,7 @@ impl SledStore {
     /// Puts every finished instance written before the finished indexes existed into them, once.
     fn build_expiry_index(&self) -> Result<(), StoreError> {
         if self
+            .durable
             .db
             .contains_key(FINISHED_INDEX_BUILT)
             .map_err(backend("read the finished indexes' marker"))?
@@ -587,7 +559,7 @@ impl SledStore {
         }
         let mut batch = Changes::default();
         let mut indexed = 0u64;
-        for item in self.db.scan_prefix(FINISHED) {
+        for item in self.durable.db.scan_prefix(FINISHED) {
             let (key, value) = item.map_err(backend("index finished instances"))?;
             let Some(id) = id_from_key(FINISHED, &key) else {
                 continue;
@@ -615,7 +587,7 @@ impl SledStore {
     }
 
     fn max_id(&self, prefix: &[u8]) -> Result<u64, StoreError> {
-        match self.db.scan_prefix(prefix).next_back() {
+        match self.durable.db.scan_prefix(prefix).next_back() {
             Some(item) => {
                 let (key, _) = item.map_err(backend("scan ids"))?;
                 Ok(id_from_key(prefix, &key).map_or(0, |id| id.0))
@@ -648,7 +620,7 @@ impl SledStore {
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        for item in self.db.range(id_key(prefix, InstanceId(first))..end) {
+        for item in self.durable.db.range(id_key(prefix, InstanceId(first))..end) {
             if found.len() >= limit {
                 break;
             }
@@ -664,7 +636,7 @@ impl SledStore {
 
     fn collect<T: DeserializeOwned>(&self, prefix: &[u8], what: &'static str) -> Result<Vec<T>, StoreError> {
         let mut values = Vec::new();
-        for item in self.db.scan_prefix(prefix) {
+        for item in self.durable.db.scan_prefix(prefix) {
             let (_, value) = item.map_err(backend("scan"))?;
             values.push(decode(&value).map_err(|message| StoreError::Backend {
                 operation: "scan",
@@ -723,7 +695,7 @@ impl Store for SledStore {
                 Op::PutScheduleFire { schedule, fire_ms } => {
                     let mut key = SCHEDULE_FIRES.to_vec();
                     key.extend_from_slice(schedule.as_bytes());
-                    if let Some(stored) = self.db.get(&key).map_err(backend("read schedule fire"))? {
+                    if let Some(stored) = self.durable.db.get(&key).map_err(backend("read schedule fire"))? {
                         let (_, handled): (String, u64) = decode(&stored).map_err(|message| StoreError::Backend {
                             operation: "read schedule fire",
                             message,
@@ -740,7 +712,7 @@ impl Store for SledStore {
                 Op::PutConfig(config) => {
                     let mut key = CONFIGS.to_vec();
                     key.extend_from_slice(&config.generation.to_be_bytes());
-                    if self.db.contains_key(&key).map_err(backend("read config"))? {
+                    if self.durable.db.contains_key(&key).map_err(backend("read config"))? {
                         return Err(StoreError::ConfigTaken {
                             generation: config.generation,
                         });
@@ -760,7 +732,7 @@ impl Store for SledStore {
                 Op::PutRollout(rollout) => {
                     let mut key = ROLLOUTS.to_vec();
                     key.extend_from_slice(rollout.spec.name.as_bytes());
-                    if let Some(stored) = self.db.get(&key).map_err(backend("read rollout"))? {
+                    if let Some(stored) = self.durable.db.get(&key).map_err(backend("read rollout"))? {
                         let stored: crate::rollout::RolloutRecord =
                             decode(&stored).map_err(|message| StoreError::Backend {
                                 operation: "read rollout",
@@ -775,7 +747,7 @@ impl Store for SledStore {
                     batch.insert(key, encode("rollout", rollout)?);
                 }
                 Op::QuarantineRecord { id, reason } => {
-                    let raw = self.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
+                    let raw = self.durable.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
                     let entry = QuarantineEntry {
                         reason: reason.clone(),
                         raw: raw.map(|raw| raw.to_vec()).unwrap_or_default(),
@@ -886,7 +858,7 @@ impl Store for SledStore {
 
     fn recover(&self) -> Result<RecoveredState, StoreError> {
         let mut state = RecoveredState::default();
-        for item in self.db.scan_prefix(LIVE) {
+        for item in self.durable.db.scan_prefix(LIVE) {
             let (key, value) = item.map_err(backend("scan instances"))?;
             let Some(id) = id_from_key(LIVE, &key) else {
                 continue;
@@ -924,7 +896,12 @@ impl Store for SledStore {
 
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
         for prefix in [LIVE, FINISHED] {
-            if let Some(bytes) = self.db.get(id_key(prefix, id)).map_err(backend("load instance"))? {
+            if let Some(bytes) = self
+                .durable
+                .db
+                .get(id_key(prefix, id))
+                .map_err(backend("load instance"))?
+            {
                 return decode(&bytes).map(Some).map_err(|message| StoreError::Backend {
                     operation: "load instance",
                     message,
@@ -964,7 +941,7 @@ impl Store for SledStore {
         let mut start = prefix.clone();
         start.extend_from_slice(&first.to_be_bytes());
         let mut found = Vec::new();
-        for item in self.db.range(start..) {
+        for item in self.durable.db.range(start..) {
             if found.len() >= limit {
                 break;
             }
@@ -976,6 +953,7 @@ impl Store for SledStore {
                 continue;
             };
             let Some(bytes) = self
+                .durable
                 .db
                 .get(id_key(FINISHED, id))
                 .map_err(backend("load a finished instance"))?
@@ -993,6 +971,7 @@ impl Store for SledStore {
 
     fn highest_removed_id(&self) -> Result<u64, StoreError> {
         match self
+            .durable
             .db
             .get(HIGHEST_REMOVED_ID)
             .map_err(backend("read the highest removed id"))?
@@ -1018,7 +997,7 @@ impl Store for SledStore {
         let mut removed = 0u64;
         let mut highest = 0u64;
         let mut reached_end = true;
-        for item in self.db.range(start..end) {
+        for item in self.durable.db.range(start..end) {
             let (key, finished_ms) = item.map_err(backend("read the finished index"))?;
             if removed as usize >= limit {
                 *sweep_from = Some(key.to_vec());
@@ -1059,7 +1038,7 @@ impl Store for SledStore {
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
         let mut found = Vec::new();
-        for item in self.db.scan_prefix(QUARANTINED) {
+        for item in self.durable.db.scan_prefix(QUARANTINED) {
             let (key, value) = item.map_err(backend("scan quarantine"))?;
             let Some(id) = id_from_key(QUARANTINED, &key) else {
                 continue;
