@@ -9,11 +9,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use std::sync::Arc;
+
+use common::probe::{self, Probe};
 use strata::store::{Op, SledStore, Store, StoreError};
+use strata::{Durability, Engine, InstanceId, InstanceStatus, Outcome};
 
 const CHILD_DIR: &str = "STRATA_COMMIT_LOG_CHILD_DIR";
 const TREE_COPY_DIR: &str = "STRATA_COMMIT_LOG_TREE_COPY_DIR";
+const DAMAGED_ID: &str = "STRATA_COMMIT_LOG_DAMAGED_ID";
+const WAITING_IDS: &str = "STRATA_COMMIT_LOG_WAITING_IDS";
 const COMMITS: u64 = 200;
+const PROBES: u64 = 10;
 
 fn fire(index: u64) -> Op {
     Op::PutScheduleFire {
@@ -30,7 +39,7 @@ fn log_segments(dir: &Path) -> Vec<u64> {
     let mut sizes: Vec<u64> = std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log2"))
         .map(|path| std::fs::metadata(path).unwrap().len())
         .collect();
     sizes.sort();
@@ -79,30 +88,25 @@ fn commit_log_child() {
     }
 }
 
-/// Runs the child, kills it with SIGKILL once every commit is acknowledged, and puts its sled
-/// files back as they were at its open: only the commit log holds the commits then.
-fn killed_child_store() -> tempfile::TempDir {
+/// Runs the child test `name`, kills it with SIGKILL once it prints `STRATA done`, and puts its
+/// sled files back as they were at its open: only the commit log holds what it committed then.
+/// Returns the directory and every line the child printed that began with `STRATA`.
+fn killed_child_store(name: &str) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let tree_at_open = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "commit_log_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR, dir.path())
         .env(TREE_COPY_DIR, tree_at_open.path())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn the child");
-    let mut acknowledged = Vec::new();
+    let mut printed = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         // The test harness's own "test … " may begin the first line.
-        if let Some((_, index)) = line.split_once("STRATA acknowledged ") {
-            acknowledged.push(index.parse::<u64>().unwrap());
+        if let Some((_, said)) = line.split_once("STRATA ") {
+            printed.push(said.to_string());
         }
         if line.contains("STRATA done") {
             break;
@@ -110,10 +114,21 @@ fn killed_child_store() -> tempfile::TempDir {
     }
     child.kill().expect("SIGKILL the child");
     child.wait().unwrap();
-    assert_eq!(acknowledged.len() as u64, COMMITS, "the child stopped early");
-
+    assert_eq!(
+        printed.last().map(String::as_str),
+        Some("done"),
+        "the child stopped early: {printed:?}"
+    );
     // sled's files as a machine crash can leave them: as last made durable, at the open.
     copy_tree_files(tree_at_open.path(), dir.path());
+    (dir, printed)
+}
+
+/// The store of a killed [`commit_log_child`]: its tree holds none of the commits.
+fn killed_commit_log_child() -> tempfile::TempDir {
+    let (dir, printed) = killed_child_store("commit_log_child");
+    let acknowledged = printed.iter().filter(|said| said.starts_with("acknowledged ")).count();
+    assert_eq!(acknowledged as u64, COMMITS, "the child stopped early");
     {
         let tree = sled::open(dir.path()).unwrap();
         let in_tree = (0..COMMITS)
@@ -127,7 +142,7 @@ fn killed_child_store() -> tempfile::TempDir {
 
 #[test]
 fn acknowledged_commits_only_the_log_holds_survive_a_kill() {
-    let dir = killed_child_store();
+    let dir = killed_commit_log_child();
 
     // The store replays the log: every acknowledged commit is there, and stays there once the
     // log is gone (the open checkpointed the tree).
@@ -175,22 +190,49 @@ fn a_checkpoint_leaves_the_tree_holding_everything_and_the_log_empty() {
     }
 }
 
-#[test]
-fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_silently() {
-    let dir = killed_child_store();
-    // One byte of the tenth frame's payload, in the real segment the child wrote.
-    let segment = std::fs::read_dir(dir.path().join("commit-log"))
+/// The child's one segment with frames, and its bytes.
+fn written_segment(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let segment = std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .find(|path| {
-            path.extension().is_some_and(|extension| extension == "log") && std::fs::metadata(path).unwrap().len() > 0
+            path.extension().is_some_and(|extension| extension == "log2") && std::fs::metadata(path).unwrap().len() > 0
         })
         .unwrap();
-    let mut bytes = std::fs::read(&segment).unwrap();
-    // The frames, without the zeros the store writes ahead of them.
-    let frames_length = bytes.iter().rposition(|byte| *byte != 0).unwrap() + 1;
-    let frame_length = frames_length / COMMITS as usize;
-    bytes[frame_length * 9 + frame_length / 2] ^= 0x04;
+    let bytes = std::fs::read(&segment).unwrap();
+    (segment, bytes)
+}
+
+/// Where the entries whose key is `key` begin in `bytes`: each is its kind, the key's and the
+/// value's lengths, the key, the CRC32 of those, the value and its CRC32.
+fn entries_of(bytes: &[u8], key: &[u8]) -> Vec<usize> {
+    bytes
+        .windows(key.len())
+        .enumerate()
+        .filter(|(at, window)| {
+            *window == key
+                && *at >= 9
+                && bytes[at - 9] == 1
+                && bytes[at - 8..at - 4] == (key.len() as u32).to_le_bytes()
+        })
+        .map(|(at, _)| at - 9)
+        .collect()
+}
+
+/// Where the value of the entry at `entry` with a key of `key_length` bytes begins.
+fn value_of(entry: usize, key_length: usize) -> usize {
+    entry + 9 + key_length + 4
+}
+
+#[test]
+fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_silently() {
+    let dir = killed_commit_log_child();
+    // A byte of the tenth commit's key, in the real segment the child wrote: the entry's own
+    // checksum fails too, so what the frame held cannot be named.
+    let (segment, mut bytes) = written_segment(dir.path());
+    let key = fire_key(9);
+    let entry = entries_of(&bytes, &key)[0];
+    bytes[entry + 9 + 3] ^= 0x04;
     std::fs::write(&segment, &bytes).unwrap();
 
     for open in ["first", "second"] {
@@ -210,4 +252,154 @@ fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_
     std::fs::remove_dir_all(dir.path().join("commit-log")).unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.schedule_fires().unwrap(), vec![]);
+}
+
+#[test]
+fn a_damaged_value_of_the_stores_own_bookkeeping_is_refused_naming_the_record() {
+    let dir = killed_commit_log_child();
+    let (segment, mut bytes) = written_segment(dir.path());
+    let key = fire_key(9);
+    let entry = entries_of(&bytes, &key)[0];
+    bytes[value_of(entry, key.len())] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+    let Err(error) = SledStore::open(dir.path()) else {
+        panic!("a store missing a schedule's fire opened");
+    };
+    assert!(matches!(error, StoreError::Damaged { .. }), "{error}");
+    assert!(
+        error.to_string().contains("the store's record f/schedule-9 is damaged")
+            && error.to_string().contains("fails its checksum"),
+        "{error}"
+    );
+}
+
+/// The child: an engine on a store whose tree is copied as its open left it starts ten probes
+/// that wait for a signal, waits until each waits, then starts two more one after the other
+/// (each commit synced: frames after the probes' say the log was synced past them), and waits
+/// to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of the child process of a_damaged_instance_record_in_the_log_is_quarantined_and_the_rest_runs_on"]
+async fn probes_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let store = SledStore::open(&dir)
+        .expect("child: open")
+        .with_checkpoint_interval(Duration::from_secs(3600));
+    let copy = std::env::var(TREE_COPY_DIR).expect("child: where to copy the tree");
+    copy_tree_files(Path::new(&dir), Path::new(&copy));
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .durability(Durability::Sync)
+        .register(probe::version("1.0.0"))
+        .open()
+        .await
+        .expect("child: open the engine");
+    let mut ids = Vec::new();
+    for n in 0..PROBES {
+        ids.push(
+            engine
+                .start(probe::WORKFLOW, &Probe { n, wait: true })
+                .await
+                .expect("child: start"),
+        );
+    }
+    for id in &ids {
+        common::wait_for_status(&engine, *id, InstanceStatus::WaitingSignal).await;
+        println!("STRATA waiting {}", id.0);
+    }
+    for n in 0..2 {
+        engine
+            .start(probe::WORKFLOW, &Probe { n: 100 + n, wait: true })
+            .await
+            .expect("child: start");
+    }
+    println!("STRATA done");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The child that opens the engine on the damaged store and checks it. Ignored in normal runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of the child process of a_damaged_instance_record_in_the_log_is_quarantined_and_the_rest_runs_on"]
+async fn reopen_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let damaged = InstanceId(
+        std::env::var(DAMAGED_ID)
+            .expect("child: the damaged id")
+            .parse()
+            .unwrap(),
+    );
+    let waiting: Vec<InstanceId> = std::env::var(WAITING_IDS)
+        .expect("child: the waiting ids")
+        .split(',')
+        .map(|id| InstanceId(id.parse().unwrap()))
+        .collect();
+    let engine = Engine::builder()
+        .data_dir(Path::new(&dir))
+        .register(probe::version("1.0.0"))
+        .open()
+        .await
+        .expect("child: a store with one damaged record opens");
+    let quarantined = engine.quarantined_records().unwrap();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].id, damaged);
+    // Set apart: not run, not listed among the live.
+    assert!(engine.instance(damaged).is_err());
+    // The rest of the store works: every other probe takes its signal and finishes.
+    for id in waiting.iter().filter(|id| **id != damaged) {
+        engine.signal(*id, "go", &()).await.expect("child: signal");
+        assert!(matches!(
+            common::outcome_within(&engine, *id).await,
+            Outcome::Completed(_)
+        ));
+    }
+    println!("STRATA quarantined: {}", quarantined[0].reason);
+    engine.shutdown().await;
+}
+
+#[test]
+fn a_damaged_instance_record_in_the_log_is_quarantined_and_the_rest_runs_on() {
+    let (dir, printed) = killed_child_store("probes_child");
+    let waiting: Vec<u64> = printed
+        .iter()
+        .filter_map(|said| said.strip_prefix("waiting "))
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert_eq!(waiting.len() as u64, PROBES);
+    // One byte of every value the log holds for the fourth probe's record, in the real segment
+    // the child wrote: the last of them is what the tree lacks.
+    let damaged = waiting[3];
+    let (segment, mut bytes) = written_segment(dir.path());
+    let mut key = b"i/".to_vec();
+    key.extend_from_slice(&damaged.to_be_bytes());
+    let entries = entries_of(&bytes, &key);
+    assert!(!entries.is_empty(), "the log holds the probe's record");
+    for entry in entries {
+        bytes[value_of(entry, key.len()) + 5] ^= 0x10;
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let ids: Vec<String> = waiting.iter().map(u64::to_string).collect();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "reopen_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .env(DAMAGED_ID, damaged.to_string())
+        .env(WAITING_IDS, ids.join(","))
+        .output()
+        .unwrap();
+    let stdout = common::child::succeeded(&output, "STRATA quarantined");
+    assert!(
+        stdout.contains("fails its checksum") && stdout.contains("commit-log") && stdout.contains(".log2 byte "),
+        "the reason names the check and the place: {stdout}"
+    );
 }

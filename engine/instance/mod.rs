@@ -297,8 +297,11 @@ impl InstanceRecord {
         })
     }
 
-    /// Decodes a stored record.
+    /// Decodes a stored record; one the store found damaged gives why.
     pub fn decode(bytes: &[u8]) -> Result<InstanceRecord, String> {
+        if let Some(reason) = crate::store::damaged_record_reason(bytes) {
+            return Err(reason);
+        }
         decode_stored(bytes).map_err(|error| error.to_string())
     }
 }

@@ -197,6 +197,32 @@ pub enum DatabaseProblem {
     Other,
 }
 
+/// The first byte of a record the store found damaged: a MessagePack marker no encoder writes,
+/// so nothing that reads records takes it for one.
+const DAMAGED_RECORD_MARK: u8 = 0xc1;
+
+/// What a store keeps in place of a record whose bytes it found damaged (a value that fails its
+/// checksum): the mark, why (length-prefixed UTF-8), and the bytes as they read. It does not
+/// decode as a record: the engine quarantines the instance, and reads say why.
+pub(crate) fn damaged_record(reason: &str, raw: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(5 + reason.len() + raw.len());
+    bytes.push(DAMAGED_RECORD_MARK);
+    bytes.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(reason.as_bytes());
+    bytes.extend_from_slice(raw);
+    bytes
+}
+
+/// Why the store found this record damaged, if it is one [`damaged_record`] wrote.
+pub(crate) fn damaged_record_reason(bytes: &[u8]) -> Option<String> {
+    let (&DAMAGED_RECORD_MARK, rest) = bytes.split_first()? else {
+        return None;
+    };
+    let length = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let reason = rest.get(4..4usize.checked_add(length)?)?;
+    Some(String::from_utf8_lossy(reason).into_owned())
+}
+
 /// Decodes a live instance record stored under `id`, or says why it cannot be used (it does not
 /// decode, names another instance, or has a format newer than this build's).
 pub(crate) fn decode_live_record(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, CorruptRecord> {

@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::commit_log::{self, Changes, CommitLog, LogError, APPLIED_THROUGH};
+use super::commit_log::{self, Changes, CommitLog, DamagedValue, LogError, APPLIED_THROUGH};
 use super::space::{refused_for_room, SpaceGuard, DEFAULT_DISK_RESERVE};
 use super::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
@@ -402,7 +402,7 @@ impl SledStore {
             }
             None => None,
         };
-        let next_seq = Self::replay(&db, &path, damaged)?;
+        let next_seq = Self::replay(&db, &path, &damaged)?;
         if found_format != Some(RECORD_FORMAT) {
             if let Some(from) = found_format {
                 tracing::info!(
@@ -476,8 +476,8 @@ impl SledStore {
     }
 
     /// Applies to the tree the commit-log frames it does not hold; returns the next frame's number.
-    /// A damaged log is answered by `damaged`.
-    fn replay(db: &sled::Db, path: &Path, damaged: impl FnOnce(String) -> StoreError) -> Result<u64, StoreError> {
+    /// A damaged log, or a damaged value the store cannot go on without, is answered by `damaged`.
+    fn replay(db: &sled::Db, path: &Path, damaged: &dyn Fn(String) -> StoreError) -> Result<u64, StoreError> {
         let applied_through = db
             .get(APPLIED_THROUGH)
             .map_err(backend("read the commit log's place"))?
@@ -500,8 +500,45 @@ impl SledStore {
         for frame in frames {
             db.apply_in_order(frame.writes)
                 .map_err(backend("replay the commit log"))?;
+            for value in frame.damaged {
+                Self::set_damaged_apart(db, value).map_err(damaged)?;
+            }
         }
         Ok(next)
+    }
+
+    /// Puts a record whose value in the log fails its checksum where the engine sees it as
+    /// damaged: an instance's record becomes a damaged-record mark with the reason (the engine
+    /// quarantines a live one; reading a finished one says why); a damaged signal is dropped and
+    /// its instance's record marked. Any other record is the store's own bookkeeping (counters,
+    /// statuses, config history ...), which it cannot go on without correctly: `Err` with why.
+    fn set_damaged_apart(db: &sled::Db, value: DamagedValue) -> Result<(), String> {
+        let reason = format!(
+            "its record in the commit log fails its checksum ({}); the value it had before that commit is not used",
+            value.place
+        );
+        let key = &value.key;
+        let (instance_key, mark) = if key.starts_with(LIVE) || key.starts_with(FINISHED) {
+            (key.clone(), super::damaged_record(&reason, &value.raw))
+        } else if let (true, Some(instance)) = (key.starts_with(SIGNALS), id_from_key(SIGNALS, key)) {
+            let live = id_key(LIVE, instance);
+            let record = db.get(&live).map_err(|error| error.to_string())?;
+            db.remove(key).map_err(|error| error.to_string())?;
+            let Some(record) = record else {
+                tracing::error!(key = %String::from_utf8_lossy(key), %reason, "dropped a damaged signal of an instance that is no longer live");
+                return Ok(());
+            };
+            let reason = format!("a signal sent to it is damaged: {reason}");
+            (live, super::damaged_record(&reason, &record))
+        } else {
+            return Err(format!(
+                "the store's record {} is damaged: {reason}",
+                String::from_utf8_lossy(key)
+            ));
+        };
+        tracing::error!(key = %String::from_utf8_lossy(key), %reason, "a record is damaged; its instance is set apart");
+        db.insert(instance_key, mark).map_err(|error| error.to_string())?;
+        Ok(())
     }
 
     /// Makes sled's tree durable through every commit so far and deletes the commit log's
