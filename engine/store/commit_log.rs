@@ -58,7 +58,13 @@ pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
 /// reused.
 pub(crate) struct Changes {
     frame: Vec<u8>,
+    /// What the values set take as log entries (see [`ENTRY_OVERHEAD`]).
+    live_bytes: u64,
 }
+
+/// Bytes a record's entry takes in the log besides its key and value: its kind, two lengths and
+/// two CRC32s. A record the tree holds takes its key, its value and this.
+pub(crate) const ENTRY_OVERHEAD: u64 = 17;
 
 impl Default for Changes {
     fn default() -> Changes {
@@ -71,7 +77,10 @@ impl Changes {
     pub fn in_buffer(mut buffer: Vec<u8>) -> Changes {
         buffer.clear();
         buffer.resize(HEADER, 0);
-        Changes { frame: buffer }
+        Changes {
+            frame: buffer,
+            live_bytes: 0,
+        }
     }
 
     /// The buffer, for the next batch.
@@ -82,6 +91,7 @@ impl Changes {
     /// Sets `key` to `value`.
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let value = value.as_ref();
+        self.live_bytes += (key.as_ref().len() + value.len()) as u64 + ENTRY_OVERHEAD;
         self.push_head(PUT, key.as_ref(), Some(value));
         self.frame.extend_from_slice(value);
         self.frame.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
@@ -104,6 +114,21 @@ impl Changes {
         self.frame.extend_from_slice(key);
         let checksum = crc32fast::hash(&self.frame[start..]);
         self.frame.extend_from_slice(&checksum.to_le_bytes());
+    }
+
+    /// What the values set so far take as log entries (key, value and [`ENTRY_OVERHEAD`]).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Bytes of the entries so far.
+    pub fn length(&self) -> usize {
+        self.frame.len() - HEADER
+    }
+
+    /// The last write (after [`Tail::append`], the tree's applied-through number).
+    pub fn last_write(&self) -> Option<(&[u8], Option<&[u8]>)> {
+        self.writes().last()
     }
 
     /// The writes, in order, borrowed from the frame.
@@ -279,6 +304,15 @@ pub(crate) enum LogError {
         /// The system's words.
         source: std::io::Error,
     },
+    /// sled's tree holds fewer frames than a checkpoint made durable in it: sled's files lost
+    /// records they held.
+    #[error("a checkpoint made sled's tree durable through commit {checkpointed}, but its files now hold commits only through {reached}: sled's files lost records they held")]
+    TreeBehind {
+        /// The checkpoint's frame.
+        checkpointed: u64,
+        /// The tree's.
+        reached: u64,
+    },
     /// A segment synced whole has a frame that fails its checksum, or the frames do not follow
     /// each other: records the store acknowledged are not all readable.
     #[error("commit log {path} is damaged at byte {offset}: {what}")]
@@ -367,8 +401,8 @@ fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
 /// checksum or does not decode, unless that one is damage (`whole`: the segment was synced whole,
 /// or a later frame says it was synced past it) that the entries' own checksums can still read:
 /// then its values that fail theirs are set apart and reading goes on. Returns the frames and,
-/// if it stopped early, where and why.
-fn read_segment(bytes: &[u8], path: &Path, format: LogFormat, whole: bool) -> (Vec<Frame>, Option<Stop>) {
+/// if it stopped early, where and why; and where the frames read end.
+fn read_segment(bytes: &[u8], path: &Path, format: LogFormat, whole: bool) -> (Vec<Frame>, usize, Option<Stop>) {
     let mut frames: Vec<Frame> = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
@@ -401,9 +435,9 @@ fn read_segment(bytes: &[u8], path: &Path, format: LogFormat, whole: bool) -> (V
             what: what.to_string(),
             synced_past,
         };
-        return (frames, Some(stop));
+        return (frames, at, Some(stop));
     }
-    (frames, None)
+    (frames, at.min(bytes.len()), None)
 }
 
 /// Whether, past `at`, a whole frame numbered after `last_seq` has a synced-through mark beyond
@@ -477,48 +511,101 @@ fn salvage_frame(bytes: &[u8], at: usize, format: LogFormat, path: &Path) -> Opt
     None
 }
 
-/// The frames a store's log holds past `applied_through` (the tree's number), in order.
+/// Where replaying the log begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplayFrom {
+    /// At the segment the last checkpoint recorded, for a tree that holds everything before it.
+    Checkpoint,
+    /// At the oldest segment kept, for an empty tree: rebuilding it from the log.
+    Start,
+}
+
+/// What reading the log back found, besides its frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// The last checkpoint's record, if one was taken.
+    pub checkpoint: Option<CheckpointRecord>,
+    /// The last segment read and how many of its bytes are whole frames: the rest is a torn
+    /// end or zeros, cut off before the log goes on.
+    pub end: Option<(u64, u64)>,
+    /// The last frame the log holds (read or skipped), or `None` if it holds none.
+    pub last_seq: Option<u64>,
+}
+
+/// Gives `visit` the frames a store's log holds past `applied_through` (the tree's number), in
+/// order, from where `from` says.
 ///
 /// Stops at the torn end of the last segment. A frame that fails its checksum in an earlier
-/// segment, or frames that skip a number, are [`LogError::Damaged`]: acknowledged commits are not
-/// all there.
-pub(crate) fn recover(store_directory: &Path, applied_through: u64) -> Result<Vec<Frame>, LogError> {
+/// segment (unless its entries' checksums still read it), or frames that skip a number, are
+/// [`LogError::Damaged`]: acknowledged commits are not all there. From the checkpoint, a tree
+/// behind the checkpoint record is [`LogError::TreeBehind`].
+pub(crate) fn recover<E: From<LogError>>(
+    store_directory: &Path,
+    applied_through: u64,
+    from: ReplayFrom,
+    mut visit: impl FnMut(Frame) -> Result<(), E>,
+) -> Result<Recovered, E> {
     let directory = store_directory.join(DIRECTORY);
-    let segments = segments(&directory)?;
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut expected = applied_through + 1;
+    let checkpoint = read_checkpoint(&directory.join(CHECKPOINT))?;
+    let first_segment = match (from, checkpoint) {
+        // The tree can only be behind the last checkpoint if its files lost what it had made
+        // durable (sled takes a damaged record in its last segment for the torn end of its log,
+        // and drops everything after it without a word).
+        (ReplayFrom::Checkpoint, Some(record)) if record.through > applied_through => {
+            return Err(LogError::TreeBehind {
+                checkpointed: record.through,
+                reached: applied_through,
+            }
+            .into())
+        }
+        (ReplayFrom::Checkpoint, Some(record)) => record.segment,
+        _ => 0,
+    };
+    let segments: Vec<(u64, PathBuf, LogFormat)> = segments(&directory)?
+        .into_iter()
+        .filter(|(number, _, _)| *number >= first_segment)
+        .collect();
+    let mut recovered = Recovered {
+        checkpoint,
+        ..Recovered::default()
+    };
+    // From the start, the first frame kept is the first expected.
+    let mut expected = (from == ReplayFrom::Checkpoint).then_some(applied_through + 1);
     // A segment before the last that stops early: damage, unless the frames it could not give
     // are all ones the tree holds (the next frame read is the one expected).
     let mut unreadable: Option<LogError> = None;
-    for (index, (_, path, format)) in segments.iter().enumerate() {
+    for (index, (number, path, format)) in segments.iter().enumerate() {
         let mut bytes = Vec::new();
         File::open(path)
             .and_then(|mut file| file.read_to_end(&mut bytes))
             .map_err(io_error(path))?;
         let whole = index + 1 < segments.len();
-        let (read, stopped) = read_segment(&bytes, path, *format, whole);
+        let (read, end, stopped) = read_segment(&bytes, path, *format, whole);
         for frame in read {
-            if frame.seq < expected {
+            let wanted = *expected.get_or_insert(frame.seq);
+            recovered.last_seq = Some(frame.seq);
+            if frame.seq < wanted {
                 continue;
             }
             if let Some(damage) = unreadable.take() {
-                if frame.seq > expected {
-                    return Err(damage);
+                if frame.seq > wanted {
+                    return Err(damage.into());
                 }
             }
-            if frame.seq > expected {
+            if frame.seq > wanted {
                 return Err(LogError::Damaged {
                     path: path.display().to_string(),
                     offset: 0,
                     what: format!(
                         "frame {} follows frame {} (the frames between are missing)",
                         frame.seq,
-                        expected - 1
+                        wanted - 1
                     ),
-                });
+                }
+                .into());
             }
-            expected += 1;
-            frames.push(frame);
+            expected = Some(wanted + 1);
+            visit(frame)?;
         }
         if let Some(Stop {
             offset,
@@ -532,56 +619,90 @@ pub(crate) fn recover(store_directory: &Path, applied_through: u64) -> Result<Ve
                 what,
             };
             if synced_past {
-                return Err(damage(format!(
-                    "{what}, where a later frame says the log had been synced"
-                )));
+                return Err(damage(format!("{what}, where a later frame says the log had been synced")).into());
             }
-            if index + 1 < segments.len() {
+            if whole {
                 unreadable = Some(damage(what));
             } else {
                 tracing::info!(segment = %path.display(), offset, %what, "the commit log ends in a write a crash cut short; it was never acknowledged");
             }
         }
+        recovered.end = Some((*number, end as u64));
     }
     if let Some(damage) = unreadable {
-        return Err(damage);
+        return Err(damage.into());
     }
-    // The tree can only be behind the last checkpoint if its files lost what it had made durable
-    // (sled takes a damaged record in its last segment for the torn end of its log, and drops
-    // everything after it without a word).
-    let reached = frames.last().map_or(applied_through, |frame| frame.seq);
-    let checkpoint = directory.join(CHECKPOINT);
-    if let Some(checkpointed) = read_checkpoint(&checkpoint)? {
-        if checkpointed > reached {
-            return Err(LogError::Damaged {
-                path: checkpoint.display().to_string(),
-                offset: 0,
-                what: format!(
-                    "a checkpoint made sled's tree durable through commit {checkpointed}, but its files now hold commits \
-                     only through {reached}: sled's files lost records they held"
-                ),
-            });
-        }
-    }
-    Ok(frames)
+    Ok(recovered)
 }
 
-/// The last frame a checkpoint recorded, if one did.
-fn read_checkpoint(path: &Path) -> Result<Option<u64>, LogError> {
+/// What a checkpoint records (`commit-log/checkpoint`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CheckpointRecord {
+    /// sled's tree is durable through this frame.
+    pub through: u64,
+    /// The segment being appended to when it was taken: every frame past `through` is in it or
+    /// a later one, and the segments before it hold only frames the tree holds.
+    pub segment: u64,
+    /// Bytes the tree's records take as log entries, as the store counted them then.
+    pub live_bytes: u64,
+    /// The log holds every record the tree holds (false before the store first seeded it).
+    pub whole: bool,
+}
+
+const CHECKPOINT_RECORD_LENGTH: usize = 8 + 8 + 8 + 1 + 4;
+
+impl CheckpointRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(CHECKPOINT_RECORD_LENGTH);
+        bytes.extend_from_slice(&self.through.to_le_bytes());
+        bytes.extend_from_slice(&self.segment.to_le_bytes());
+        bytes.extend_from_slice(&self.live_bytes.to_le_bytes());
+        bytes.push(u8::from(self.whole));
+        let checksum = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        bytes
+    }
+
+    /// The record, from this build's encoding or the one before (its frame number only).
+    fn decode(bytes: &[u8]) -> Option<CheckpointRecord> {
+        let checked = |length: usize| {
+            (bytes.len() == length && le_u32(bytes, length - 4)? == crc32fast::hash(&bytes[..length - 4])).then_some(())
+        };
+        if checked(12).is_some() {
+            return Some(CheckpointRecord {
+                through: le_u64(bytes, 0)?,
+                ..CheckpointRecord::default()
+            });
+        }
+        checked(CHECKPOINT_RECORD_LENGTH)?;
+        Some(CheckpointRecord {
+            through: le_u64(bytes, 0)?,
+            segment: le_u64(bytes, 8)?,
+            live_bytes: le_u64(bytes, 16)?,
+            whole: bytes[24] == 1,
+        })
+    }
+}
+
+/// The last checkpoint's record of the store in `store_directory`, if one was taken.
+pub(crate) fn last_checkpoint(store_directory: &Path) -> Result<Option<CheckpointRecord>, LogError> {
+    read_checkpoint(&store_directory.join(DIRECTORY).join(CHECKPOINT))
+}
+
+/// The last checkpoint's record, if one was taken.
+fn read_checkpoint(path: &Path) -> Result<Option<CheckpointRecord>, LogError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(io_error(path)(error)),
     };
-    let damaged = || LogError::Damaged {
-        path: path.display().to_string(),
-        offset: 0,
-        what: "the checkpoint record fails its checksum".to_string(),
-    };
-    match (le_u64(&bytes, 0), le_u32(&bytes, 8)) {
-        (Some(seq), Some(checksum)) if bytes.len() == 12 && crc32fast::hash(&bytes[..8]) == checksum => Ok(Some(seq)),
-        _ => Err(damaged()),
-    }
+    CheckpointRecord::decode(&bytes)
+        .map(Some)
+        .ok_or_else(|| LogError::Damaged {
+            path: path.display().to_string(),
+            offset: 0,
+            what: "the checkpoint record fails its checksum".to_string(),
+        })
 }
 
 /// The segment being appended to.
@@ -624,27 +745,44 @@ impl Tail {
 }
 
 /// The log: its appending end behind a lock that the store holds across append and tree write,
-/// so frames are in the tree's order.
+/// so frames are in the tree's order, and the segments before it.
 pub(crate) struct CommitLog {
     directory: PathBuf,
     tail: Mutex<Tail>,
+    /// The segments before the one being appended to, oldest first, with their lengths.
+    ended: Mutex<Vec<(u64, u64)>>,
 }
 
 impl CommitLog {
-    /// Starts an empty log whose first frame is `next_seq`, deleting every segment there was: the
-    /// caller has made the tree durable through everything they held.
-    pub fn start_after_checkpoint(store_directory: &Path, next_seq: u64) -> Result<CommitLog, LogError> {
+    /// Goes on with the log a store's open has read back with [`recover`]: cuts the torn end or
+    /// the zeros off the last segment read (`end`: its number and the length of its whole
+    /// frames), deletes segments without frames, and begins the next segment, whose first frame
+    /// will be `next_seq`.
+    pub fn open(store_directory: &Path, next_seq: u64, end: Option<(u64, u64)>) -> Result<CommitLog, LogError> {
         let directory = store_directory.join(DIRECTORY);
         std::fs::create_dir_all(&directory).map_err(io_error(&directory))?;
-        let old = segments(&directory)?;
-        let number = old.last().map_or(1, |(number, _, _)| number + 1);
-        let segment = create_segment(&directory, number)?;
-        record_checkpoint(&directory, next_seq.saturating_sub(1))?;
-        for (_, path, _) in old {
-            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        let existing = segments(&directory)?;
+        let mut ended = Vec::new();
+        for (number, path, _) in &existing {
+            let mut length = std::fs::metadata(path).map_err(io_error(path))?.len();
+            if let Some((_, frames)) = end.filter(|(last, frames)| last == number && *frames != length) {
+                let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+                file.set_len(frames)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_error(path))?;
+                length = frames;
+            }
+            if length == 0 {
+                std::fs::remove_file(path).map_err(io_error(path))?;
+            } else {
+                ended.push((*number, length));
+            }
         }
+        let number = existing.last().map_or(1, |(number, _, _)| number + 1);
+        let segment = create_segment(&directory, number)?;
         Ok(CommitLog {
             tail: Mutex::new(Tail { segment, next_seq }),
+            ended: Mutex::new(ended),
             directory,
         })
     }
@@ -656,19 +794,27 @@ impl CommitLog {
 
     /// Makes every frame appended so far durable.
     pub fn sync(&self) -> std::io::Result<()> {
+        self.sync_through().map(|_| ())
+    }
+
+    /// Makes every frame appended so far durable; returns the last one's number and the segment
+    /// being appended to.
+    fn sync_through(&self) -> std::io::Result<(u64, u64)> {
         // Earlier segments were synced when the next began; syncing outside the lock lets
         // appends go on meanwhile.
-        let (file, length, synced) = {
+        let (file, length, synced, through, number) = {
             let tail = self.tail.lock();
             (
                 tail.segment.file.clone(),
                 tail.segment.length,
                 tail.segment.synced.clone(),
+                tail.next_seq - 1,
+                tail.segment.number,
             )
         };
         file.sync_data()?;
         synced.fetch_max(length, Ordering::Release);
-        Ok(())
+        Ok((through, number))
     }
 
     /// Writes zeros ahead of the frames of the segment being appended to (twice its length,
@@ -697,19 +843,34 @@ impl CommitLog {
         }
     }
 
+    /// The segment being appended to.
+    pub fn tail_number(&self) -> u64 {
+        self.tail.lock().segment.number
+    }
+
+    /// The last frame appended (or the one before the first, if none was).
+    pub fn last_seq(&self) -> u64 {
+        self.tail.lock().next_seq - 1
+    }
+
     /// Bytes in the segment being appended to.
     pub fn tail_length(&self) -> u64 {
         self.tail.lock().segment.length
     }
 
-    /// Ends the current segment (synced whole) and begins the next, if the current has frames;
-    /// returns the last sequence number the ended segments hold, or `None` if there was nothing
-    /// to end.
-    pub fn begin_next_segment(&self) -> Result<Option<u64>, LogError> {
+    /// Bytes in every segment.
+    pub fn length(&self) -> u64 {
+        let ended: u64 = self.ended.lock().iter().map(|(_, length)| length).sum();
+        ended + self.tail_length()
+    }
+
+    /// Ends the segment being appended to, if it has frames — its zeros cut off, synced whole —
+    /// and begins the next.
+    pub fn roll(&self) -> Result<(), LogError> {
         let (number, file) = {
             let tail = self.tail.lock();
             if tail.segment.length == 0 {
-                return Ok(None);
+                return Ok(());
             }
             (tail.segment.number, tail.segment.file.clone())
         };
@@ -720,42 +881,79 @@ impl CommitLog {
         let path = segment_path(&self.directory, number);
         file.sync_data().map_err(io_error(&path))?;
         let mut tail = self.tail.lock();
-        tail.segment.file.sync_data().map_err(io_error(&path))?;
+        let length = tail.segment.length;
+        tail.segment
+            .file
+            .set_len(length)
+            .and_then(|()| tail.segment.file.sync_data())
+            .map_err(io_error(&path))?;
         tail.segment = next;
-        Ok(Some(tail.next_seq - 1))
+        self.ended.lock().push((number, length));
+        Ok(())
     }
 
-    /// Records that the tree is durable through frame `through` (checked at every open: a tree
-    /// behind it has lost records), then deletes every segment before the one being appended to.
-    pub fn checkpointed_through(&self, through: u64) -> Result<(), LogError> {
-        record_checkpoint(&self.directory, through)?;
-        self.remove_ended_segments()
+    /// Makes every frame appended so far durable, for a checkpoint of the tree that follows;
+    /// returns the last frame's number and the segment being appended to (the checkpoint
+    /// record's).
+    pub fn sync_for_checkpoint(&self) -> Result<(u64, u64), LogError> {
+        self.sync_through().map_err(io_error(&self.directory))
     }
 
-    /// Deletes every segment before the one being appended to (a checkpoint made the tree
-    /// durable through all they hold).
-    fn remove_ended_segments(&self) -> Result<(), LogError> {
-        let current = self.tail.lock().segment.number;
-        for (number, path, _) in segments(&self.directory)? {
-            if number < current {
-                std::fs::remove_file(&path).map_err(io_error(&path))?;
-            }
+    /// Writes the checkpoint record in place of the last, atomically.
+    pub fn record_checkpoint(&self, record: &CheckpointRecord) -> Result<(), LogError> {
+        let directory = &self.directory;
+        let path = directory.join(CHECKPOINT);
+        let written = directory.join(format!("{CHECKPOINT}.new"));
+        let mut file = File::create(&written).map_err(io_error(&written))?;
+        std::io::Write::write_all(&mut file, &record.encode())
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(&written))?;
+        std::fs::rename(&written, &path).map_err(io_error(&path))?;
+        sync_directory(directory)
+    }
+
+    /// The segments before the one being appended to, oldest first, with their lengths.
+    pub fn ended_segments(&self) -> Vec<(u64, u64)> {
+        self.ended.lock().clone()
+    }
+
+    /// The frames of an ended segment (synced whole, so a frame that fails its checksum is
+    /// damage: those its entries' checksums still read come back with their damaged values set
+    /// apart; the first that does not read is `Err`).
+    pub fn read_ended(&self, number: u64) -> Result<Vec<Frame>, LogError> {
+        let (_, path, format) = segments(&self.directory)?
+            .into_iter()
+            .find(|(found, _, _)| *found == number)
+            .ok_or_else(|| LogError::Damaged {
+                path: segment_path(&self.directory, number).display().to_string(),
+                offset: 0,
+                what: "the segment is missing".to_string(),
+            })?;
+        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+        match read_segment(&bytes, &path, format, true) {
+            (frames, _, None) => Ok(frames),
+            (_, _, Some(Stop { offset, what, .. })) => Err(LogError::Damaged {
+                path: path.display().to_string(),
+                offset,
+                what,
+            }),
         }
+    }
+
+    /// Deletes an ended segment.
+    pub fn remove(&self, number: u64) -> Result<(), LogError> {
+        let found = segments(&self.directory)?
+            .into_iter()
+            .find(|(found, _, _)| *found == number);
+        if let Some((_, path, _)) = found {
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+        self.ended.lock().retain(|(ended, _)| *ended != number);
         Ok(())
     }
 }
 
-/// Writes the checkpoint record (sequence number and its CRC32) in place of the last, atomically.
-fn record_checkpoint(directory: &Path, through: u64) -> Result<(), LogError> {
-    let path = directory.join(CHECKPOINT);
-    let written = directory.join(format!("{CHECKPOINT}.new"));
-    let mut bytes = through.to_le_bytes().to_vec();
-    bytes.extend_from_slice(&crc32fast::hash(&through.to_le_bytes()).to_le_bytes());
-    let mut file = File::create(&written).map_err(io_error(&written))?;
-    std::io::Write::write_all(&mut file, &bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&written))?;
-    std::fs::rename(&written, &path).map_err(io_error(&path))?;
+fn sync_directory(directory: &Path) -> Result<(), LogError> {
     File::open(directory)
         .and_then(|directory| directory.sync_all())
         .map_err(io_error(directory))
@@ -775,9 +973,7 @@ fn create_segment(directory: &Path, number: u64) -> Result<Segment, LogError> {
         .write(true)
         .open(&path)
         .map_err(io_error(&path))?;
-    File::open(directory)
-        .and_then(|directory| directory.sync_all())
-        .map_err(io_error(directory))?;
+    sync_directory(directory)?;
     Ok(Segment {
         number,
         file: Arc::new(file),
@@ -813,8 +1009,32 @@ mod tests {
     /// A log in a new directory whose first frame is `first_seq`.
     fn fresh_log(first_seq: u64) -> (tempfile::TempDir, CommitLog) {
         let dir = tempfile::tempdir().unwrap();
-        let log = CommitLog::start_after_checkpoint(dir.path(), first_seq).unwrap();
+        let log = CommitLog::open(dir.path(), first_seq, None).unwrap();
         (dir, log)
+    }
+
+    /// The frames past `applied_through`, from the last checkpoint on.
+    fn recover(dir: &Path, applied_through: u64) -> Result<Vec<Frame>, LogError> {
+        recover_from(dir, applied_through, ReplayFrom::Checkpoint).map(|(frames, _)| frames)
+    }
+
+    fn recover_from(dir: &Path, applied_through: u64, from: ReplayFrom) -> Result<(Vec<Frame>, Recovered), LogError> {
+        let mut frames = Vec::new();
+        let recovered = super::recover(dir, applied_through, from, |frame| -> Result<(), LogError> {
+            frames.push(frame);
+            Ok(())
+        })?;
+        Ok((frames, recovered))
+    }
+
+    fn checkpoint(log: &CommitLog) {
+        let (through, segment) = log.sync_for_checkpoint().unwrap();
+        log.record_checkpoint(&CheckpointRecord {
+            through,
+            segment,
+            ..CheckpointRecord::default()
+        })
+        .unwrap();
     }
 
     fn append(log: &CommitLog, key: &str, value: &str) {
@@ -832,7 +1052,7 @@ mod tests {
         let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         append(&log, "b", "2");
-        assert_eq!(log.begin_next_segment().unwrap(), Some(2));
+        log.roll().unwrap();
         append(&log, "c", "3");
         log.sync().unwrap();
         assert_eq!(
@@ -840,7 +1060,16 @@ mod tests {
             vec![expected(1, "a", "1"), expected(2, "b", "2"), expected(3, "c", "3")]
         );
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
-        log.checkpointed_through(2).unwrap();
+        // After a checkpoint, only the segments from its own on are read.
+        let (through, segment) = log.sync_for_checkpoint().unwrap();
+        assert_eq!((through, segment), (3, 2));
+        log.record_checkpoint(&CheckpointRecord {
+            through: 2,
+            segment: 2,
+            ..CheckpointRecord::default()
+        })
+        .unwrap();
+        std::fs::write(segment_path(&dir.path().join(DIRECTORY), 1), b"not read").unwrap();
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![expected(3, "c", "3")]);
     }
 
@@ -948,7 +1177,7 @@ mod tests {
         let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         append(&log, "b", "2");
-        log.begin_next_segment().unwrap();
+        log.roll().unwrap();
         append(&log, "c", "3");
         let path = segment_path(&dir.path().join(DIRECTORY), 1);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -965,18 +1194,27 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_behind_the_last_checkpoint_is_damage() {
+    fn a_tree_behind_the_last_checkpoint_is_named_as_such() {
         let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
         append(&log, "b", "2");
-        log.begin_next_segment().unwrap();
-        log.checkpointed_through(2).unwrap();
+        log.roll().unwrap();
+        checkpoint(&log);
         assert_eq!(recover(dir.path(), 2).unwrap(), vec![]);
         let error = recover(dir.path(), 1).unwrap_err();
         assert!(
-            error.to_string().contains("durable through commit 2") && error.to_string().contains("only through 1"),
+            matches!(
+                error,
+                LogError::TreeBehind {
+                    checkpointed: 2,
+                    reached: 1
+                }
+            ),
             "{error}"
         );
+        // From the start (an empty tree being rebuilt), every frame kept comes back.
+        let (frames, _) = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap();
+        assert_eq!(frames, vec![expected(1, "a", "1"), expected(2, "b", "2")]);
     }
 
     #[test]
@@ -990,15 +1228,66 @@ mod tests {
     }
 
     #[test]
-    fn starting_after_a_checkpoint_deletes_the_old_segments() {
+    fn opening_goes_on_after_the_segments_kept_without_their_torn_end() {
         let (dir, log) = fresh_log(1);
         append(&log, "a", "1");
-        drop(log);
-        let log = CommitLog::start_after_checkpoint(dir.path(), 2).unwrap();
-        assert_eq!(recover(dir.path(), 1).unwrap(), vec![]);
+        let whole = log.tail_length();
         append(&log, "b", "2");
-        assert_eq!(recover(dir.path(), 1).unwrap(), vec![expected(2, "b", "2")]);
-        assert_eq!(segments(&dir.path().join(DIRECTORY)).unwrap().len(), 1);
+        log.write_zeros_ahead().unwrap();
+        drop(log);
+        // The second frame torn by a crash.
+        let path = segment_path(&dir.path().join(DIRECTORY), 1);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xff; 3], whole + 4).unwrap();
+        let (frames, recovered) = recover_from(dir.path(), 0, ReplayFrom::Checkpoint).unwrap();
+        assert_eq!(frames, vec![expected(1, "a", "1")]);
+        assert_eq!(recovered.end, Some((1, whole)));
+        assert_eq!(recovered.last_seq, Some(1));
+
+        let log = CommitLog::open(dir.path(), 2, recovered.end).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            whole,
+            "the torn end and the zeros are cut off"
+        );
+        append(&log, "c", "3");
+        assert_eq!(log.ended_segments(), vec![(1, whole)]);
+        // The first segment is now synced whole, and the frames follow each other.
+        assert_eq!(
+            recover(dir.path(), 0).unwrap(),
+            vec![expected(1, "a", "1"), expected(2, "c", "3")]
+        );
+        log.remove(1).unwrap();
+        assert_eq!(log.ended_segments(), vec![]);
+        let (frames, _) = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap();
+        assert_eq!(frames, vec![expected(2, "c", "3")]);
+    }
+
+    #[test]
+    fn checkpoint_records_of_the_build_before_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = dir.path().join(DIRECTORY);
+        std::fs::create_dir_all(&directory).unwrap();
+        let mut old = 41u64.to_le_bytes().to_vec();
+        old.extend_from_slice(&crc32fast::hash(&41u64.to_le_bytes()).to_le_bytes());
+        std::fs::write(directory.join(CHECKPOINT), &old).unwrap();
+        assert_eq!(
+            last_checkpoint(dir.path()).unwrap(),
+            Some(CheckpointRecord {
+                through: 41,
+                ..CheckpointRecord::default()
+            })
+        );
+        let record = CheckpointRecord {
+            through: 7,
+            segment: 3,
+            live_bytes: 1234,
+            whole: true,
+        };
+        assert_eq!(CheckpointRecord::decode(&record.encode()), Some(record));
+        let mut damaged = record.encode();
+        damaged[9] ^= 1;
+        assert_eq!(CheckpointRecord::decode(&damaged), None);
     }
 
     /// Where `needle` is in the first segment's bytes.
@@ -1093,14 +1382,20 @@ mod tests {
             }]
         );
         // The log goes on after them in the new format.
-        let log = CommitLog::start_after_checkpoint(dir.path(), 8).unwrap();
+        let log = CommitLog::open(dir.path(), 8, None).unwrap();
         append(&log, "b", "2");
         let names: Vec<PathBuf> = segments(&directory)
             .unwrap()
             .into_iter()
             .map(|(_, path, _)| path)
             .collect();
-        assert_eq!(names, vec![directory.join(format!("{:020}.log2", 4))]);
+        assert_eq!(
+            names,
+            vec![
+                directory.join(format!("{:020}.log", 3)),
+                directory.join(format!("{:020}.log2", 4))
+            ]
+        );
     }
 
     proptest::proptest! {

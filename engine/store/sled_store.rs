@@ -23,17 +23,20 @@
 //! the older records as they are; each is rewritten in the current format by its next commit.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::commit_log::{self, Changes, CommitLog, DamagedValue, LogError, APPLIED_THROUGH};
+mod durable;
+
+use durable::{start_checkpointer, Durable};
+
+use super::commit_log::{Changes, DamagedValue, LogError};
 use super::space::{refused_for_room, SpaceGuard, DEFAULT_DISK_RESERVE};
 use super::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
@@ -107,14 +110,8 @@ struct Residency {
     statuses: HashMap<VersionKey, VersionStatus>,
 }
 
-/// A checkpoint is due when the log's current segment reaches this size...
-const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
-/// ...or when it has frames and the last checkpoint is this old (by default).
-const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// The largest frame buffer kept for the next commit.
 const SPARE_FRAME_LIMIT: usize = 16 * 1024 * 1024;
-/// How often the checkpoint thread looks.
-const CHECKPOINT_LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// The sled-backed store: single process, embedded, durable with `sync`.
 pub struct SledStore {
@@ -136,112 +133,6 @@ pub struct SledStore {
     space: SpaceGuard,
     /// The buffer the last commit's frame was encoded in, kept for the next.
     spare_frame: Mutex<Vec<u8>>,
-}
-
-/// What makes writes durable: the commit log in front of the tree, and checkpoints of the tree.
-struct Durable {
-    db: sled::Db,
-    /// sled's data file, `fdatasync`ed by every checkpoint.
-    data_file: File,
-    log: CommitLog,
-    /// Set by the first write the disk refused: from then on the tree in memory may hold what the
-    /// log or sled's file does not, so every later write is refused until a restart recovers.
-    failure: Mutex<Option<StoreError>>,
-    /// One checkpoint at a time (the thread's, an explicit one, the last one at close); when the
-    /// last began.
-    checkpointing: Mutex<Instant>,
-    /// How old the last checkpoint may get while the log has frames, in milliseconds.
-    checkpoint_interval_ms: AtomicU64,
-}
-
-impl Durable {
-    /// The failure that stopped writes, if one did.
-    fn stopped(&self) -> Result<(), StoreError> {
-        match &*self.failure.lock() {
-            Some(error) => Err(error.clone()),
-            None => Ok(()),
-        }
-    }
-
-    /// Stops writes for good after `error`, and returns it.
-    fn stop(&self, error: StoreError) -> StoreError {
-        tracing::error!(%error, "the embedded store refuses every further write until the engine restarts");
-        self.failure.lock().get_or_insert(error).clone()
-    }
-
-    /// Appends `changes` to the log and applies them to the tree, in the same order for both.
-    fn write(&self, changes: &mut Changes, operation: &'static str) -> Result<(), StoreError> {
-        self.stopped()?;
-        let mut tail = self.log.lock();
-        tail.append(changes)
-            .map_err(|error| self.stop(io_failed("append to the commit log", &error)))?;
-        // All or nothing for readers; across a crash the log makes it so.
-        self.db.apply_in_order(changes.writes()).map_err(|error| {
-            // Part of the writes may be in the tree: nothing may build on that. The frame stays,
-            // so the next open completes them.
-            self.stop(backend(operation)(error))
-        })
-    }
-
-    /// Makes every write so far durable: one `fdatasync` of the log.
-    fn sync(&self) -> Result<(), StoreError> {
-        self.stopped()?;
-        self.log
-            .sync()
-            .map_err(|error| self.stop(io_failed("fdatasync the commit log", &error)))
-    }
-
-    /// Whether the checkpoint thread should checkpoint now.
-    fn checkpoint_due(&self) -> bool {
-        let length = self.log.tail_length();
-        let interval = Duration::from_millis(self.checkpoint_interval_ms.load(Ordering::Relaxed));
-        length >= SEGMENT_LIMIT || (length > 0 && self.checkpointing.lock().elapsed() >= interval)
-    }
-
-    /// Makes the tree durable through every frame appended so far, then deletes the log
-    /// segments that held them.
-    fn checkpoint(&self) -> Result<(), StoreError> {
-        let mut last = self.checkpointing.lock();
-        self.stopped()?;
-        *last = Instant::now();
-        let Some(through) = self
-            .log
-            .begin_next_segment()
-            .map_err(|error| self.stop(log_failed(error)))?
-        else {
-            return Ok(());
-        };
-        self.db.flush().map_err(|error| self.stop(backend("flush")(error)))?;
-        self.data_file
-            .sync_data()
-            .map_err(|error| self.stop(io_failed("fdatasync", &error)))?;
-        self.log
-            .checkpointed_through(through)
-            .map_err(|error| self.stop(log_failed(error)))
-    }
-}
-
-/// Starts the thread that checkpoints the store every few seconds while it is written to, and
-/// whenever the log's segment reaches [`SEGMENT_LIMIT`], and writes zeros ahead in the log.
-fn start_checkpointer(durable: Arc<Durable>) -> std::io::Result<PeriodicThread> {
-    let mut zeros_failing = false;
-    PeriodicThread::start("strata-checkpoint", CHECKPOINT_LOOK_EVERY, move || {
-        // A failed checkpoint has stopped writes and said so; nothing is left to do.
-        if durable.checkpoint_due() && durable.checkpoint().is_err() {
-            return false;
-        }
-        // Only a cost if it fails: appends then grow the file as they go. Said once until it
-        // works again (a full disk would fail it at every look).
-        match durable.log.write_zeros_ahead() {
-            Err(error) if !zeros_failing => {
-                zeros_failing = true;
-                tracing::warn!(%error, "could not write zeros ahead in the commit log; appends grow it instead");
-            }
-            Err(_) => {}
-            Ok(()) => zeros_failing = false,
-        }
-        true
-    })
 }
 
 impl Drop for SledStore {
@@ -273,7 +164,7 @@ fn log_failed(error: LogError) -> StoreError {
                 }
             }
         }
-        damaged @ LogError::Damaged { .. } => StoreError::Backend {
+        damaged @ (LogError::Damaged { .. } | LogError::TreeBehind { .. }) => StoreError::Backend {
             operation: "read the commit log",
             message: damaged.to_string(),
         },
@@ -369,40 +260,27 @@ impl SledStore {
                 reason,
             }
         };
-        let opened = std::panic::catch_unwind(|| Self::open_db(&path))
-            .map_err(|panic| damaged(crate::workflow::panic_message(&panic)))?;
-        let db = opened.map_err(|error| match error {
-            sled::Error::Corruption { .. } => damaged(error.to_string()),
-            error => StoreError::Backend {
-                operation: "open",
-                message: format!(
-                    "{} ({error}); is another process using this data directory?",
-                    path.display()
-                ),
-            },
-        })?;
-        let data_file = File::open(path.join("db")).map_err(|error| StoreError::Backend {
-            operation: "open",
-            message: format!("cannot open sled's data file in {}: {error}", path.display()),
-        })?;
         // A newer build's store is refused before anything is written to it, its log included.
-        let found_format = match db.get(FORMAT_KEY).map_err(backend("read format"))? {
-            Some(bytes) => {
-                let found: u32 = decode(&bytes).map_err(|message| StoreError::Backend {
-                    operation: "read format",
-                    message: format!("the format marker does not decode: {message}"),
-                })?;
-                if found > RECORD_FORMAT {
-                    return Err(StoreError::NewerFormat {
-                        found,
-                        supported: RECORD_FORMAT,
-                    });
-                }
-                Some(found)
+        let found_format = Mutex::new(None);
+        let check_format = |db: &sled::Db| -> Result<(), StoreError> {
+            let Some(bytes) = db.get(FORMAT_KEY).map_err(backend("read format"))? else {
+                return Ok(());
+            };
+            let found: u32 = decode(&bytes).map_err(|message| StoreError::Backend {
+                operation: "read format",
+                message: format!("the format marker does not decode: {message}"),
+            })?;
+            if found > RECORD_FORMAT {
+                return Err(StoreError::NewerFormat {
+                    found,
+                    supported: RECORD_FORMAT,
+                });
             }
-            None => None,
+            *found_format.lock() = Some(found);
+            Ok(())
         };
-        let next_seq = Self::replay(&db, &path, &damaged)?;
+        let durable = Arc::new(Durable::open(&path, &check_format, &damaged)?);
+        let found_format = *found_format.lock();
         if found_format != Some(RECORD_FORMAT) {
             if let Some(from) = found_format {
                 tracing::info!(
@@ -411,9 +289,11 @@ impl SledStore {
                     "upgrading the store's record format; older records are read as they are and rewritten as they are next committed"
                 );
             }
-            db.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?)
-                .map_err(backend("write format"))?;
+            let mut batch = Changes::default();
+            batch.insert(FORMAT_KEY, encode("format", &RECORD_FORMAT)?);
+            durable.write(&mut batch, "write format")?;
         }
+        let db = &durable.db;
         let mut residency = Residency::default();
         for item in db.scan_prefix(COUNTERS) {
             let (_, value) = item.map_err(backend("read counters"))?;
@@ -431,19 +311,6 @@ impl SledStore {
             })?;
             residency.statuses.insert(entry.key, entry.status);
         }
-        // What the log held and what was written above reach sled's file before the log starts
-        // over.
-        db.flush().map_err(backend("flush"))?;
-        data_file.sync_data().map_err(|error| io_failed("fdatasync", &error))?;
-        let log = CommitLog::start_after_checkpoint(&path, next_seq).map_err(log_failed)?;
-        let durable = Arc::new(Durable {
-            db,
-            data_file,
-            log,
-            failure: Mutex::new(None),
-            checkpointing: Mutex::new(Instant::now()),
-            checkpoint_interval_ms: AtomicU64::new(DEFAULT_CHECKPOINT_INTERVAL.as_millis() as u64),
-        });
         let checkpointer = start_checkpointer(durable.clone()).map_err(|error| StoreError::Backend {
             operation: "open",
             message: format!("cannot start the checkpoint thread: {error}"),
@@ -475,87 +342,34 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Applies to the tree the commit-log frames it does not hold; returns the next frame's number.
-    /// A damaged log, or a damaged value the store cannot go on without, is answered by `damaged`.
-    fn replay(db: &sled::Db, path: &Path, damaged: &dyn Fn(String) -> StoreError) -> Result<u64, StoreError> {
-        let applied_through = db
-            .get(APPLIED_THROUGH)
-            .map_err(backend("read the commit log's place"))?
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes);
-        let frames = commit_log::recover(path, applied_through).map_err(|error| match error {
-            LogError::Damaged { .. } => damaged(format!(
-                "{error}; to open the store without the log's frames, delete the commit-log directory as well"
-            )),
-            error => log_failed(error),
-        })?;
-        let next = frames.last().map_or(applied_through, |frame| frame.seq) + 1;
-        if !frames.is_empty() {
-            tracing::info!(
-                frames = frames.len(),
-                from = applied_through + 1,
-                "replaying the commit log's frames that sled's tree did not hold"
-            );
-        }
-        for frame in frames {
-            db.apply_in_order(frame.writes)
-                .map_err(backend("replay the commit log"))?;
-            for value in frame.damaged {
-                Self::set_damaged_apart(db, value).map_err(damaged)?;
-            }
-        }
-        Ok(next)
-    }
-
-    /// Puts a record whose value in the log fails its checksum where the engine sees it as
-    /// damaged: an instance's record becomes a damaged-record mark with the reason (the engine
-    /// quarantines a live one; reading a finished one says why); a damaged signal is dropped and
-    /// its instance's record marked. Any other record is the store's own bookkeeping (counters,
-    /// statuses, config history ...), which it cannot go on without correctly: `Err` with why.
-    fn set_damaged_apart(db: &sled::Db, value: DamagedValue) -> Result<(), String> {
-        let reason = format!(
-            "its record in the commit log fails its checksum ({}); the value it had before that commit is not used",
-            value.place
-        );
-        let key = &value.key;
-        let (instance_key, mark) = if key.starts_with(LIVE) || key.starts_with(FINISHED) {
-            (key.clone(), super::damaged_record(&reason, &value.raw))
-        } else if let (true, Some(instance)) = (key.starts_with(SIGNALS), id_from_key(SIGNALS, key)) {
-            let live = id_key(LIVE, instance);
-            let record = db.get(&live).map_err(|error| error.to_string())?;
-            db.remove(key).map_err(|error| error.to_string())?;
-            let Some(record) = record else {
-                tracing::error!(key = %String::from_utf8_lossy(key), %reason, "dropped a damaged signal of an instance that is no longer live");
-                return Ok(());
-            };
-            let reason = format!("a signal sent to it is damaged: {reason}");
-            (live, super::damaged_record(&reason, &record))
-        } else {
-            return Err(format!(
-                "the store's record {} is damaged: {reason}",
-                String::from_utf8_lossy(key)
-            ));
-        };
-        tracing::error!(key = %String::from_utf8_lossy(key), %reason, "a record is damaged; its instance is set apart");
-        db.insert(instance_key, mark).map_err(|error| error.to_string())?;
-        Ok(())
-    }
-
-    /// Makes sled's tree durable through every commit so far and deletes the commit log's
-    /// segments it then covers (the checkpoint thread does this every few seconds while the
-    /// store is written to).
+    /// Makes sled's tree durable through every commit so far (the checkpoint thread does this
+    /// every few seconds while the store is written to).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.durable.checkpoint()
     }
 
-    /// How often, while it is written to, the store checkpoints: makes sled's tree durable and
-    /// deletes the commit log it then covers (default 5 s; also whenever the log reaches 64 MiB).
-    /// Longer means fewer writes of the tree and a longer replay when the store is next opened
-    /// after a crash.
+    /// How often, while it is written to, the store checkpoints: makes sled's tree durable
+    /// (default 5 s). Longer means fewer writes of the tree and a longer replay when the store is
+    /// next opened after a crash.
     pub fn with_checkpoint_interval(self, interval: Duration) -> SledStore {
         let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         self.durable.checkpoint_interval_ms.store(millis, Ordering::Relaxed);
         self
+    }
+
+    /// The size at which the commit log's segment being appended to is ended and the next begun
+    /// (default 64 MiB). Compaction deletes whole segments: smaller ones keep the log closer to
+    /// its bound, at the cost of more files.
+    pub fn with_log_segment_size(self, bytes: u64) -> SledStore {
+        self.durable.segment_limit.store(bytes.max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// The directories where sled's damaged files were set aside when the store rebuilt its tree
+    /// from the commit log, oldest first (`sled-damaged-<unix ms>` in the store's directory):
+    /// kept for inspection; delete them once looked at.
+    pub fn damaged_files_set_aside(&self) -> Vec<PathBuf> {
+        durable::set_aside(&self.path)
     }
 
     /// Keeps `bytes` free on the store's disk: a write that finds less is refused with
@@ -563,25 +377,6 @@ impl SledStore {
     pub fn with_disk_reserve(mut self, bytes: u64) -> SledStore {
         self.space = SpaceGuard::new(&self.path, bytes);
         self
-    }
-
-    /// Opens sled's database. The file lock of a store closed a moment ago in this process may
-    /// still be held by sled's background threads while they wind down: a lock conflict is
-    /// retried for up to two seconds before it counts as another process using the directory.
-    fn open_db(path: &Path) -> sled::Result<sled::Db> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            // No periodic flush of sled's own: the checkpoints write the tree, the log makes
-            // commits durable in between.
-            match sled::Config::new().path(path).flush_every_ms(None).open() {
-                Err(sled::Error::Io(error))
-                    if error.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                result => return result,
-            }
-        }
     }
 
     /// Puts every finished instance written before the finished indexes existed into them, once.

@@ -246,7 +246,7 @@ pub use self::{
     result::{Error, Result},
     subscriber::{Event, Subscriber},
     transaction::Transactional,
-    tree::{CompareAndSwapError, Tree},
+    tree::{CompareAndSwapError, Replaced, Tree},
 };
 
 use {

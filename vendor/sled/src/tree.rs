@@ -86,6 +86,16 @@ impl IntoIterator for &'_ Tree {
 #[derive(Clone)]
 pub struct Tree(pub(crate) Arc<TreeInner>);
 
+/// What `Tree::apply_in_order` replaced or removed: how many records the
+/// tree held under the keys written, and their keys' and values' bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replaced {
+    /// Records that were there.
+    pub records: u64,
+    /// Their keys' and values' bytes.
+    pub bytes: u64,
+}
+
 #[allow(clippy::module_name_repetitions)]
 pub struct TreeInner {
     pub(crate) tree_id: IVec,
@@ -385,7 +395,7 @@ impl Tree {
     /// written for it, and a crash may recover any prefix of them. For a
     /// caller whose own log makes them atomic across a crash (added for
     /// Strata, see STRATA-PATCH.md).
-    pub fn apply_in_order<I, K, V>(&self, writes: I) -> Result<()>
+    pub fn apply_in_order<I, K, V>(&self, writes: I) -> Result<Replaced>
     where
         I: IntoIterator<Item = (K, Option<V>)>,
         K: AsRef<[u8]>,
@@ -393,6 +403,7 @@ impl Tree {
     {
         let _cc = concurrency_control::write();
         let mut guard = pin();
+        let mut replaced = Replaced::default();
         for (index, (key, value)) in writes.into_iter().enumerate() {
             // One pin for thousands of writes would hold back the epoch, and
             // with it the freeing of every node these writes replace:
@@ -403,15 +414,18 @@ impl Tree {
             }
             let value = value.map(Into::into);
             loop {
-                if self
-                    .insert_inner(key.as_ref(), value.clone(), &mut guard)?
-                    .is_ok()
+                if let Ok(old) =
+                    self.insert_inner(key.as_ref(), value.clone(), &mut guard)?
                 {
+                    if let Some(old) = old {
+                        replaced.records += 1;
+                        replaced.bytes += (key.as_ref().len() + old.len()) as u64;
+                    }
                     break;
                 }
             }
         }
-        Ok(())
+        Ok(replaced)
     }
 
     pub(crate) fn apply_batch_inner(
