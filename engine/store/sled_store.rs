@@ -37,7 +37,7 @@ mod durable;
 use durable::{start_checkpointer, Durable};
 
 use super::commit_log::{Changes, DamagedValue, LogError};
-use super::space::{refused_for_room, SpaceGuard, DEFAULT_DISK_RESERVE};
+use super::space::refused_for_room;
 use super::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
     StoreError, StoreStats, StoredVersion, VersionCounters,
@@ -129,8 +129,6 @@ pub struct SledStore {
     next_signal_seq: AtomicU64,
     applies: AtomicU64,
     syncs: AtomicU64,
-    /// Refuses writes while the disk is nearly full.
-    space: SpaceGuard,
     /// The buffer the last commit's frame was encoded in, kept for the next.
     spare_frame: Mutex<Vec<u8>>,
 }
@@ -315,7 +313,6 @@ impl SledStore {
             operation: "open",
             message: format!("cannot start the checkpoint thread: {error}"),
         })?;
-        let space = SpaceGuard::new(&path, DEFAULT_DISK_RESERVE);
         let mut store = SledStore {
             path,
             durable,
@@ -326,7 +323,6 @@ impl SledStore {
             next_signal_seq: AtomicU64::new(1),
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
-            space,
             spare_frame: Mutex::new(Vec::new()),
         };
         store.build_expiry_index()?;
@@ -373,9 +369,9 @@ impl SledStore {
     }
 
     /// Keeps `bytes` free on the store's disk: a write that finds less is refused with
-    /// [`StoreError::DiskFull`] before it reaches sled (default [`DEFAULT_DISK_RESERVE`]; 0: never).
-    pub fn with_disk_reserve(mut self, bytes: u64) -> SledStore {
-        self.space = SpaceGuard::new(&self.path, bytes);
+    /// [`StoreError::DiskFull`] before it reaches sled (default [`super::DEFAULT_DISK_RESERVE`]; 0: never).
+    pub fn with_disk_reserve(self, bytes: u64) -> SledStore {
+        self.durable.space.set_reserve(bytes);
         self
     }
 
@@ -482,7 +478,7 @@ impl SledStore {
 impl Store for SledStore {
     #[tracing::instrument(level = "trace", skip_all, fields(ops = ops.len()))]
     fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
-        self.space.check()?;
+        self.durable.space.check()?;
         let mut residency = self.versions.lock();
         let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
         let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();

@@ -3,6 +3,7 @@
 //! continues by itself once space returns. It owns nothing but the reading of free space.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -22,7 +23,7 @@ const RELAXED_INTERVAL: Duration = Duration::from_millis(50);
 /// Refuses writes while the disk holding a directory has less free space than a reserve.
 pub(crate) struct SpaceGuard {
     directory: PathBuf,
-    reserve: u64,
+    reserve: AtomicU64,
     /// When free space was last read, and what it was.
     last: Mutex<Option<(Instant, u64)>>,
 }
@@ -32,34 +33,41 @@ impl SpaceGuard {
     pub fn new(directory: &Path, reserve: u64) -> SpaceGuard {
         SpaceGuard {
             directory: directory.to_path_buf(),
-            reserve,
+            reserve: AtomicU64::new(reserve),
             last: Mutex::new(None),
         }
+    }
+
+    /// Keeps `reserve` bytes free from now on (0: never refuses).
+    pub fn set_reserve(&self, reserve: u64) {
+        self.reserve.store(reserve, Ordering::Relaxed);
+        *self.last.lock() = None;
     }
 
     /// `Ok` when a write may go ahead; [`StoreError::DiskFull`] when the disk has less free space
     /// than the reserve. Free space that cannot be read does not stop writes (the write itself
     /// then says what is wrong).
     pub fn check(&self) -> Result<(), StoreError> {
-        if self.reserve == 0 {
+        let reserve = self.reserve.load(Ordering::Relaxed);
+        if reserve == 0 {
             return Ok(());
         }
         let mut last = self.last.lock();
         let now = Instant::now();
         let available = match *last {
             Some((read_at, available))
-                if available >= self.reserve.saturating_mul(RELAXED_MARGIN)
+                if available >= reserve.saturating_mul(RELAXED_MARGIN)
                     && now.duration_since(read_at) < RELAXED_INTERVAL =>
             {
                 available
             }
             _ => match fs2::available_space(&self.directory) {
                 Ok(available) => {
-                    let was_refusing = last.is_some_and(|(_, before)| before < self.reserve);
-                    if available < self.reserve && !was_refusing {
-                        tracing::error!(directory = %self.directory.display(), available, reserve = self.reserve,
+                    let was_refusing = last.is_some_and(|(_, before)| before < reserve);
+                    if available < reserve && !was_refusing {
+                        tracing::error!(directory = %self.directory.display(), available, reserve = reserve,
                             "the store's disk is nearly full: commits are refused until space is freed");
-                    } else if available >= self.reserve && was_refusing {
+                    } else if available >= reserve && was_refusing {
                         tracing::info!(directory = %self.directory.display(), available, "the store's disk has room again: commits go ahead");
                     }
                     *last = Some((now, available));
@@ -71,11 +79,11 @@ impl SpaceGuard {
                 }
             },
         };
-        if available < self.reserve {
+        if available < reserve {
             return Err(StoreError::DiskFull {
                 directory: self.directory.display().to_string(),
                 available,
-                reserve: self.reserve,
+                reserve: reserve,
             });
         }
         Ok(())

@@ -32,6 +32,7 @@ use crate::periodic::PeriodicThread;
 use crate::store::commit_log::{
     self, Changes, CheckpointRecord, CommitLog, LogError, Recovered, ReplayFrom, APPLIED_THROUGH, ENTRY_OVERHEAD,
 };
+use crate::store::space::{SpaceGuard, DEFAULT_DISK_RESERVE};
 use crate::store::StoreError;
 
 /// The log's segment being appended to is ended and the next begun at this size (by default).
@@ -70,6 +71,8 @@ pub(super) struct Durable {
     whole: AtomicBool,
     /// The last checkpoint's record.
     last_checkpoint: Mutex<CheckpointRecord>,
+    /// Refuses commits, and puts compaction off, while the disk is nearly full.
+    pub(super) space: SpaceGuard,
 }
 
 /// Why replaying the log stopped.
@@ -150,6 +153,7 @@ impl Durable {
             live_bytes: AtomicI64::new(checkpoint.map_or(0, |record| record.live_bytes as i64)),
             whole: AtomicBool::new(whole && !tree_ahead),
             last_checkpoint: Mutex::new(checkpoint.unwrap_or_default()),
+            space: SpaceGuard::new(path, DEFAULT_DISK_RESERVE),
         };
         if durable.whole.load(Ordering::Relaxed) {
             durable.checkpoint()?;
@@ -244,9 +248,11 @@ impl Durable {
     }
 
     /// The oldest segment, if compaction should take it now: the log is whole, over its bound,
-    /// and the last checkpoint covers the segment (so no replay needs it).
+    /// the last checkpoint covers the segment (so no replay needs it), and the disk has more free
+    /// space than the reserve (compaction writes before it frees: a nearly full disk puts it off,
+    /// as it refuses commits).
     fn compaction_due(&self) -> Option<u64> {
-        if !self.whole.load(Ordering::Relaxed) {
+        if !self.whole.load(Ordering::Relaxed) || self.space.check().is_err() {
             return None;
         }
         let (oldest, _) = *self.log.ended_segments().first()?;
