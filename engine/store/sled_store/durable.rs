@@ -18,6 +18,7 @@
 //! what a checkpoint made durable — and the log is whole, sled's files are set aside in
 //! `sled-damaged-<unix ms>/` and the tree is rebuilt from the log: nothing acknowledged is lost.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,13 @@ pub(super) struct Durable {
     last_checkpoint: Mutex<CheckpointRecord>,
     /// Refuses commits, and puts compaction off, while the disk is nearly full.
     pub(super) space: SpaceGuard,
+}
+
+/// A key's last write in a segment being compacted.
+enum LastWrite {
+    Value(Vec<u8>),
+    Removed,
+    Damaged,
 }
 
 /// Why replaying the log stopped.
@@ -267,20 +275,34 @@ impl Durable {
     pub(super) fn compact(&self, number: u64) -> Result<(), StoreError> {
         match self.log.read_ended(number) {
             Ok(frames) => {
-                let mut keys = std::collections::BTreeSet::new();
+                // Only a key's last write in the segment can be its last write in the log: one
+                // read of the tree per key, not per write (a record rewritten at every step is
+                // written hundreds of times per segment).
+                let mut last_writes: HashMap<Vec<u8>, LastWrite> = HashMap::new();
                 for frame in frames {
                     for (key, value) in frame.writes {
-                        if key == APPLIED_THROUGH {
-                            continue;
-                        }
-                        let Some(value) = value else { continue };
-                        let current = self.db.get(&key).map_err(backend("read for compaction"))?;
-                        if current.is_some_and(|current| current == value) {
-                            keys.insert(key);
-                        }
+                        last_writes.insert(key, value.map_or(LastWrite::Removed, LastWrite::Value));
                     }
-                    // The tree's value of a key whose log entry is damaged mends the log.
-                    keys.extend(frame.damaged.into_iter().map(|damaged| damaged.key));
+                    for damaged in frame.damaged {
+                        last_writes.insert(damaged.key, LastWrite::Damaged);
+                    }
+                }
+                last_writes.remove(APPLIED_THROUGH);
+                let mut keys = std::collections::BTreeSet::new();
+                for (key, last) in last_writes {
+                    let held = match last {
+                        LastWrite::Removed => false,
+                        // The tree's value of a key whose log entry is damaged mends the log.
+                        LastWrite::Damaged => true,
+                        LastWrite::Value(value) => self
+                            .db
+                            .get(&key)
+                            .map_err(backend("read for compaction"))?
+                            .is_some_and(|current| current == value),
+                    };
+                    if held {
+                        keys.insert(key);
+                    }
                 }
                 let mut keys = keys.into_iter().peekable();
                 while keys.peek().is_some() {
