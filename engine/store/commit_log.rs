@@ -152,7 +152,7 @@ impl Changes {
 
 /// How a segment's entries are encoded, by its file name's extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     /// `.log`, written by the builds of 2026-12-04 before this one: an entry is its kind, its
     /// key and its value with their lengths; only the frame has a checksum.
     Plain,
@@ -172,7 +172,7 @@ impl LogFormat {
 
 /// An entry's new value as read.
 #[derive(Debug, PartialEq, Eq)]
-enum Value<'a> {
+pub(crate) enum Value<'a> {
     Put(&'a [u8]),
     Remove,
     /// A value that fails its checksum (only when entries are verified).
@@ -397,35 +397,112 @@ fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
-/// Decodes the frames of one segment, in order, up to the first that is incomplete, fails its
+/// A frame of a segment as scanned, before anything is copied out of the segment's bytes.
+pub(crate) enum ScannedFrame<'a> {
+    /// A frame that passed its checksum: its number and its entries, in the segment's bytes.
+    Whole {
+        seq: u64,
+        payload: &'a [u8],
+        format: LogFormat,
+    },
+    /// A frame read through its entries' own checksums, with its damaged values.
+    Salvaged(Frame),
+}
+
+impl ScannedFrame<'_> {
+    fn seq(&self) -> u64 {
+        match self {
+            ScannedFrame::Whole { seq, .. } => *seq,
+            ScannedFrame::Salvaged(frame) => frame.seq,
+        }
+    }
+
+    /// Its writes, in order, and its damaged values, borrowed.
+    pub fn entries(&self) -> Vec<(&[u8], Value<'_>)> {
+        match self {
+            ScannedFrame::Whole { payload, format, .. } => Entries::new(payload, *format, false)
+                .map_while(Result::ok)
+                .map(|entry| (entry.key, entry.value))
+                .collect(),
+            ScannedFrame::Salvaged(frame) => frame
+                .writes
+                .iter()
+                .map(|(key, value)| (&key[..], value.as_deref().map_or(Value::Remove, Value::Put)))
+                .chain(
+                    frame
+                        .damaged
+                        .iter()
+                        .map(|damaged| (&damaged.key[..], Value::Damaged(&damaged.raw[..]))),
+                )
+                .collect(),
+        }
+    }
+
+    /// The frame, its writes copied out.
+    fn into_frame(self) -> Frame {
+        match self {
+            ScannedFrame::Whole { seq, payload, format } => {
+                let writes = Entries::new(payload, format, false)
+                    .map_while(Result::ok)
+                    .map(|entry| match entry.value {
+                        Value::Put(value) => (entry.key.to_vec(), Some(value.to_vec())),
+                        // A frame is whole only if its entries read and none is damaged.
+                        Value::Remove | Value::Damaged(_) => (entry.key.to_vec(), None),
+                    })
+                    .collect();
+                Frame {
+                    seq,
+                    writes,
+                    damaged: Vec::new(),
+                }
+            }
+            ScannedFrame::Salvaged(frame) => frame,
+        }
+    }
+}
+
+/// Decodes the frames of one segment, in order (see [`scan_segment`]).
+fn read_segment(bytes: &[u8], path: &Path, format: LogFormat, whole: bool) -> (Vec<Frame>, usize, Option<Stop>) {
+    let (frames, end, stop) = scan_segment(bytes, path, format, whole);
+    (frames.into_iter().map(ScannedFrame::into_frame).collect(), end, stop)
+}
+
+/// Scans the frames of one segment, in order, up to the first that is incomplete, fails its
 /// checksum or does not decode, unless that one is damage (`whole`: the segment was synced whole,
 /// or a later frame says it was synced past it) that the entries' own checksums can still read:
 /// then its values that fail theirs are set apart and reading goes on. Returns the frames and,
 /// if it stopped early, where and why; and where the frames read end.
-fn read_segment(bytes: &[u8], path: &Path, format: LogFormat, whole: bool) -> (Vec<Frame>, usize, Option<Stop>) {
-    let mut frames: Vec<Frame> = Vec::new();
+fn scan_segment<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+    format: LogFormat,
+    whole: bool,
+) -> (Vec<ScannedFrame<'a>>, usize, Option<Stop>) {
+    let mut frames: Vec<ScannedFrame<'a>> = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
         let what = match frame_at(bytes, at) {
-            Some((seq, _, payload, length)) => match decode_frame(payload, format, seq) {
-                Some(frame) => {
-                    frames.push(frame);
+            Some((seq, _, payload, length)) => {
+                let decodes = Entries::new(payload, format, false)
+                    .all(|entry| entry.is_ok_and(|entry| !matches!(entry.value, Value::Damaged(_))));
+                if decodes {
+                    frames.push(ScannedFrame::Whole { seq, payload, format });
                     at += length;
                     continue;
                 }
-                None => "a frame whose writes do not decode",
-            },
+                "a frame whose writes do not decode"
+            }
             // The zeros written ahead of the frames: the log ends here.
             None if bytes[at..].iter().all(|byte| *byte == 0) => break,
             None if bytes.len() - at < HEADER => "an incomplete frame header",
             None => "a frame that is incomplete or fails its checksum",
         };
-        let last_seq = frames.last().map_or(0, |frame| frame.seq);
+        let last_seq = frames.last().map_or(0, ScannedFrame::seq);
         let synced_past = synced_past(bytes, at, last_seq);
         if whole || synced_past {
             if let Some((frame, length)) = salvage_frame(bytes, at, format, path) {
                 tracing::error!(segment = %path.display(), offset = at, seq = frame.seq, damaged = frame.damaged.len(), "a commit-log frame fails its checksum; its entries' own checksums name the values that are damaged");
-                frames.push(frame);
+                frames.push(ScannedFrame::Salvaged(frame));
                 at += length;
                 continue;
             }
@@ -446,34 +523,6 @@ fn synced_past(bytes: &[u8], at: usize, last_seq: u64) -> bool {
     (at + 1..bytes.len()).any(|candidate| {
         le_u64(bytes, candidate + 8).is_some_and(|seq| seq > last_seq && seq - last_seq <= RESYNC_SEQ_WINDOW)
             && frame_at(bytes, candidate).is_some_and(|(_, synced, _, _)| synced > at as u64)
-    })
-}
-
-/// A frame's writes, read without checking the entries' checksums (the frame's covered them).
-fn decode_frame(payload: &[u8], format: LogFormat, seq: u64) -> Option<Frame> {
-    let writes = Entries::new(payload, format, false)
-        .map(|entry| match entry? {
-            Entry {
-                key,
-                value: Value::Put(value),
-                ..
-            } => Ok((key.to_vec(), Some(value.to_vec()))),
-            Entry {
-                key,
-                value: Value::Remove,
-                ..
-            } => Ok((key.to_vec(), None)),
-            Entry {
-                value: Value::Damaged(_),
-                ..
-            } => Err(()),
-        })
-        .collect::<Result<Vec<Write>, ()>>()
-        .ok()?;
-    Some(Frame {
-        seq,
-        writes,
-        damaged: Vec::new(),
     })
 }
 
@@ -917,10 +966,9 @@ impl CommitLog {
         self.ended.lock().clone()
     }
 
-    /// The frames of an ended segment (synced whole, so a frame that fails its checksum is
-    /// damage: those its entries' checksums still read come back with their damaged values set
-    /// apart; the first that does not read is `Err`).
-    pub fn read_ended(&self, number: u64) -> Result<Vec<Frame>, LogError> {
+    /// The bytes of an ended segment, to [`scan_ended`] (synced whole, so a frame that fails
+    /// its checksum there is damage).
+    pub fn read_ended(&self, number: u64) -> Result<EndedSegment, LogError> {
         let (_, path, format) = segments(&self.directory)?
             .into_iter()
             .find(|(found, _, _)| *found == number)
@@ -930,14 +978,7 @@ impl CommitLog {
                 what: "the segment is missing".to_string(),
             })?;
         let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-        match read_segment(&bytes, &path, format, true) {
-            (frames, _, None) => Ok(frames),
-            (_, _, Some(Stop { offset, what, .. })) => Err(LogError::Damaged {
-                path: path.display().to_string(),
-                offset,
-                what,
-            }),
-        }
+        Ok(EndedSegment { path, format, bytes })
     }
 
     /// Deletes an ended segment.
@@ -950,6 +991,28 @@ impl CommitLog {
         }
         self.ended.lock().retain(|(ended, _)| *ended != number);
         Ok(())
+    }
+}
+
+/// An ended segment's bytes, read whole.
+pub(crate) struct EndedSegment {
+    path: PathBuf,
+    format: LogFormat,
+    bytes: Vec<u8>,
+}
+
+impl EndedSegment {
+    /// Its frames, borrowed from its bytes (those its entries' checksums still read come back
+    /// with their damaged values set apart; the first frame that does not read is `Err`).
+    pub fn frames(&self) -> Result<Vec<ScannedFrame<'_>>, LogError> {
+        match scan_segment(&self.bytes, &self.path, self.format, true) {
+            (frames, _, None) => Ok(frames),
+            (_, _, Some(Stop { offset, what, .. })) => Err(LogError::Damaged {
+                path: self.path.display().to_string(),
+                offset,
+                what,
+            }),
+        }
     }
 }
 

@@ -83,7 +83,7 @@ impl SpaceGuard {
             return Err(StoreError::DiskFull {
                 directory: self.directory.display().to_string(),
                 available,
-                reserve: reserve,
+                reserve,
             });
         }
         Ok(())

@@ -31,7 +31,8 @@ use parking_lot::Mutex;
 use super::{backend, id_from_key, id_key, io_failed, log_failed, DamagedValue, FINISHED, LIVE, SIGNALS};
 use crate::periodic::PeriodicThread;
 use crate::store::commit_log::{
-    self, Changes, CheckpointRecord, CommitLog, LogError, Recovered, ReplayFrom, APPLIED_THROUGH, ENTRY_OVERHEAD,
+    self, Changes, CheckpointRecord, CommitLog, LogError, Recovered, ReplayFrom, ScannedFrame, Value, APPLIED_THROUGH,
+    ENTRY_OVERHEAD,
 };
 use crate::store::space::{SpaceGuard, DEFAULT_DISK_RESERVE};
 use crate::store::StoreError;
@@ -74,13 +75,6 @@ pub(super) struct Durable {
     last_checkpoint: Mutex<CheckpointRecord>,
     /// Refuses commits, and puts compaction off, while the disk is nearly full.
     pub(super) space: SpaceGuard,
-}
-
-/// A key's last write in a segment being compacted.
-enum LastWrite {
-    Value(Vec<u8>),
-    Removed,
-    Damaged,
 }
 
 /// Why replaying the log stopped.
@@ -273,35 +267,36 @@ impl Durable {
     /// last write it may hold, syncs the log, and deletes the segment. A frame there that does not
     /// read (its keys cannot be named) has the whole tree copied forward instead.
     pub(super) fn compact(&self, number: u64) -> Result<(), StoreError> {
-        match self.log.read_ended(number) {
+        let segment = self.log.read_ended(number);
+        let frames = segment
+            .as_ref()
+            .map_err(LogError::to_string)
+            .and_then(|segment| segment.frames().map_err(|error| error.to_string()));
+        match frames {
             Ok(frames) => {
                 // Only a key's last write in the segment can be its last write in the log: one
                 // read of the tree per key, not per write (a record rewritten at every step is
                 // written hundreds of times per segment).
-                let mut last_writes: HashMap<Vec<u8>, LastWrite> = HashMap::new();
-                for frame in frames {
-                    for (key, value) in frame.writes {
-                        last_writes.insert(key, value.map_or(LastWrite::Removed, LastWrite::Value));
-                    }
-                    for damaged in frame.damaged {
-                        last_writes.insert(damaged.key, LastWrite::Damaged);
-                    }
+                let mut last_writes: HashMap<&[u8], Value<'_>> = HashMap::new();
+                let entries: Vec<Vec<(&[u8], Value<'_>)>> = frames.iter().map(ScannedFrame::entries).collect();
+                for (key, value) in entries.into_iter().flatten() {
+                    last_writes.insert(key, value);
                 }
                 last_writes.remove(APPLIED_THROUGH);
                 let mut keys = std::collections::BTreeSet::new();
                 for (key, last) in last_writes {
                     let held = match last {
-                        LastWrite::Removed => false,
+                        Value::Remove => false,
                         // The tree's value of a key whose log entry is damaged mends the log.
-                        LastWrite::Damaged => true,
-                        LastWrite::Value(value) => self
+                        Value::Damaged(_) => true,
+                        Value::Put(value) => self
                             .db
-                            .get(&key)
+                            .get(key)
                             .map_err(backend("read for compaction"))?
                             .is_some_and(|current| current == value),
                     };
                     if held {
-                        keys.insert(key);
+                        keys.insert(key.to_vec());
                     }
                 }
                 let mut keys = keys.into_iter().peekable();
@@ -320,7 +315,7 @@ impl Durable {
                 }
             }
             Err(damage) => {
-                tracing::error!(%damage, "a commit-log segment being compacted is damaged where its records cannot be named; copying the whole tree into the log instead");
+                tracing::error!(%damage, "a commit-log segment being compacted does not read (damaged where its records cannot be named, or unreadable); copying the whole tree into the log instead");
                 self.copy_tree_into_log()?;
             }
         }
