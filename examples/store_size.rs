@@ -3,7 +3,8 @@
 //! Runs a one-step workflow to completion `instances` times (default 1 000 000) on a fresh data
 //! directory, ten days of engine time passing over the run (a `ManualClock`), twice: keeping
 //! every finished instance, and keeping them one day (`EngineBuilder::retention`, a removal pass
-//! after each batch as the background would do). Prints the data directory's size after each.
+//! after each batch as the background would do). Prints the data directory's size after each, and
+//! the commit log's share of it.
 //!
 //! Run: `cargo run --release --example store_size [instances]`
 
@@ -39,7 +40,11 @@ fn directory_bytes(path: &std::path::Path) -> u64 {
         .sum()
 }
 
-async fn run(instances: u64, retention: Duration) -> Result<(u64, u64, Duration), Box<dyn std::error::Error>> {
+/// What a run left: the data directory's bytes, the commit log's share, the finished instances
+/// kept, and how long it took.
+type RunFigures = (u64, u64, u64, Duration);
+
+async fn run(instances: u64, retention: Duration) -> Result<RunFigures, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::starting_now());
     let engine = Engine::builder()
@@ -81,7 +86,12 @@ async fn run(instances: u64, retention: Duration) -> Result<(u64, u64, Duration)
     }
     let took = began.elapsed();
     engine.shutdown().await;
-    Ok((directory_bytes(dir.path()), instances - removed, took))
+    Ok((
+        directory_bytes(dir.path()),
+        directory_bytes(&dir.path().join("commit-log")),
+        instances - removed,
+        took,
+    ))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -92,10 +102,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1_000_000);
     println!("{instances} instances run to completion over ten days of engine time, Buffered (100 ms)");
     for (name, retention) in [("retention off", Duration::ZERO), ("retention 1 day", DAY)] {
-        let (bytes, kept, took) = run(instances, retention).await?;
+        let (bytes, log_bytes, kept, took) = run(instances, retention).await?;
         println!(
-            "{name:>16}: {kept:>8} finished instances kept, store {:>7.1} MB  (run {:.1} s)",
+            "{name:>16}: {kept:>8} finished instances kept, store {:>7.1} MB, of which commit log {:>7.1} MB  (run {:.1} s)",
             bytes as f64 / 1e6,
+            log_bytes as f64 / 1e6,
             took.as_secs_f64()
         );
     }

@@ -354,7 +354,7 @@ impl SledStore {
     }
 
     /// The size at which the commit log's segment being appended to is ended and the next begun
-    /// (default 64 MiB). Compaction deletes whole segments: smaller ones keep the log closer to
+    /// (default 16 MiB). Compaction deletes whole segments: smaller ones keep the log closer to
     /// its bound, at the cost of more files.
     pub fn with_log_segment_size(self, bytes: u64) -> SledStore {
         self.durable.segment_limit.store(bytes.max(1), Ordering::Relaxed);

@@ -11,8 +11,8 @@
 //! by a build before this one, its log deleted by an operator, or its tree ahead of its log after
 //! a machine crash lost unsynced frames) has its tree copied into the log at open.
 //!
-//! **Bounded:** compaction runs while the log is over twice what the tree's records take as log
-//! entries (counted as writes replace them) plus two segments.
+//! **Bounded:** compaction runs while the log is over three times what the tree's records take as
+//! log entries (counted as writes replace them) plus two segments.
 //!
 //! **Rebuilt:** when sled's files are damaged — sled fails to recover them, or its tree is behind
 //! what a checkpoint made durable — and the log is whole, sled's files are set aside in
@@ -38,10 +38,18 @@ use crate::store::space::{SpaceGuard, DEFAULT_DISK_RESERVE};
 use crate::store::StoreError;
 
 /// The log's segment being appended to is ended and the next begun at this size (by default).
-pub(super) const DEFAULT_SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
+/// Compaction deletes whole segments and leaves two segments of slack, so this is most of what
+/// the log takes beyond its live records in a small store.
+pub(super) const DEFAULT_SEGMENT_LIMIT: u64 = 16 * 1024 * 1024;
 /// A checkpoint is due when the log has frames the last one did not cover and it is this old (by
 /// default).
 pub(super) const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// Compaction runs while the log is over this many times what the tree's records take as log
+/// entries (plus two segments). Compacting the oldest segment copies forward what it still
+/// holds, so each byte written costs about `1 / (LIVE_FACTOR - 1)` bytes copied once the live
+/// records dominate: 3 copies half a byte per byte written, and lets the log take three times the
+/// live records.
+const LIVE_FACTOR: u64 = 3;
 /// How often the checkpoint thread looks.
 const CHECKPOINT_LOOK_EVERY: Duration = Duration::from_millis(100);
 /// Records copied forward in frames of about this many bytes, each under the log's lock (a
@@ -206,10 +214,14 @@ impl Durable {
             .map_err(|error| self.stop(io_failed("fdatasync the commit log", &error)))
     }
 
-    /// Whether the checkpoint thread should checkpoint now.
+    /// Whether the checkpoint thread should checkpoint now: the last checkpoint is older than
+    /// the interval and did not cover every frame, or every ended segment (which compaction
+    /// waits for).
     fn checkpoint_due(&self) -> bool {
         let interval = Duration::from_millis(self.checkpoint_interval_ms.load(Ordering::Relaxed));
-        self.log.last_seq() > self.last_checkpoint.lock().through && self.checkpointing.lock().elapsed() >= interval
+        let last = *self.last_checkpoint.lock();
+        let uncovered = self.log.last_seq() > last.through || self.log.tail_number() > last.segment;
+        uncovered && self.checkpointing.lock().elapsed() >= interval
     }
 
     /// Makes the tree durable through every frame appended so far (the log first, so the log
@@ -239,14 +251,13 @@ impl Durable {
         Ok(())
     }
 
-    /// Ends the log's segment being appended to once it reaches the limit, and checkpoints: the
-    /// ended segment can then be compacted.
+    /// Ends the log's segment being appended to once it reaches the limit (the next checkpoint
+    /// covers it, and compaction can then take it).
     fn roll_if_full(&self) -> Result<(), StoreError> {
         if self.log.tail_length() < self.segment_limit.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.log.roll().map_err(|error| self.stop(log_failed(error)))?;
-        self.checkpoint()
+        self.log.roll().map_err(|error| self.stop(log_failed(error)))
     }
 
     /// The oldest segment, if compaction should take it now: the log is whole, over its bound,
@@ -259,7 +270,7 @@ impl Durable {
         }
         let (oldest, _) = *self.log.ended_segments().first()?;
         let live = self.live_bytes.load(Ordering::Relaxed).max(0) as u64;
-        let bound = 2 * live + 2 * self.segment_limit.load(Ordering::Relaxed);
+        let bound = LIVE_FACTOR * live + 2 * self.segment_limit.load(Ordering::Relaxed);
         (oldest < self.last_checkpoint.lock().segment && self.log.length() > bound).then_some(oldest)
     }
 
