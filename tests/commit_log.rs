@@ -76,6 +76,17 @@ fn copy_tree_files(from: &Path, to: &Path) {
     }
 }
 
+/// A child's store, opened with its next checkpoint an hour away, and sled's files copied as
+/// the open left them (durable, and untouched until that checkpoint) to the parent's directory.
+fn open_with_the_tree_copied(dir: &str) -> SledStore {
+    let store = SledStore::open(dir)
+        .expect("child: open")
+        .with_checkpoint_interval(Duration::from_secs(3600));
+    let copy = std::env::var(TREE_COPY_DIR).expect("child: where to copy the tree");
+    copy_tree_files(Path::new(dir), Path::new(&copy));
+    store
+}
+
 /// The child: copies sled's files as the open left them (durable, and untouched until the next
 /// checkpoint, an hour away), commits one schedule fire at a time, each synced, prints each
 /// acknowledged, then waits to be killed. Ignored in normal runs.
@@ -85,11 +96,7 @@ fn commit_log_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
     };
-    let store = SledStore::open(&dir)
-        .expect("child: open")
-        .with_checkpoint_interval(Duration::from_secs(3600));
-    let copy = std::env::var(TREE_COPY_DIR).expect("child: where to copy the tree");
-    copy_tree_files(Path::new(&dir), Path::new(&copy));
+    let store = open_with_the_tree_copied(&dir);
     for index in 0..COMMITS {
         store.apply(&[fire(index)]).expect("child: apply");
         store.sync().expect("child: sync");
@@ -175,21 +182,6 @@ fn acknowledged_commits_only_the_log_holds_survive_a_kill() {
     }
 }
 
-/// Moves sled's files out of `dir`, as if lost, leaving the commit log.
-fn lose_sled_files(dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "db" || name == "conf" || name.starts_with("snap.") || name == "blobs" {
-            if entry.file_type().unwrap().is_dir() {
-                std::fs::remove_dir_all(entry.path()).unwrap();
-            } else {
-                std::fs::remove_file(entry.path()).unwrap();
-            }
-        }
-    }
-}
-
 #[test]
 fn compaction_keeps_the_log_bounded_and_the_log_alone_rebuilds_the_store() {
     const KEYS: u64 = 50;
@@ -230,7 +222,7 @@ fn compaction_keeps_the_log_bounded_and_the_log_alone_rebuilds_the_store() {
     drop(store);
 
     // sled's files lost: the log alone gives every record at its last value.
-    lose_sled_files(dir.path());
+    common::lose_sled_files(dir.path());
     let store = SledStore::open(dir.path()).unwrap();
     let mut fires = store.schedule_fires().unwrap();
     fires.sort();
@@ -280,16 +272,23 @@ fn value_of(entry: usize, key_length: usize) -> usize {
     entry + 9 + key_length + 4
 }
 
-#[test]
-fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_silently() {
+/// The store of a killed [`commit_log_child`] with one byte flipped in the real segment it wrote:
+/// in the entry of the tenth commit's fire, `into_entry(key length)` bytes into the entry.
+fn killed_with_the_tenth_fire_damaged(into_entry: impl Fn(usize) -> usize) -> tempfile::TempDir {
     let dir = killed_commit_log_child();
-    // A byte of the tenth commit's key, in the real segment the child wrote: the entry's own
-    // checksum fails too, so what the frame held cannot be named.
     let (segment, mut bytes) = written_segment(dir.path());
     let key = fire_key(9);
     let entry = entries_of(&bytes, &key)[0];
-    bytes[entry + 9 + 3] ^= 0x04;
+    bytes[entry + into_entry(key.len())] ^= 0x04;
     std::fs::write(&segment, &bytes).unwrap();
+    dir
+}
+
+#[test]
+fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_silently() {
+    // A byte of the key: the entry's own checksum fails too, so what the frame held cannot be
+    // named.
+    let dir = killed_with_the_tenth_fire_damaged(|_| 9 + 3);
 
     for open in ["first", "second"] {
         let Err(error) = SledStore::open(dir.path()) else {
@@ -318,12 +317,7 @@ fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_
 
 #[test]
 fn a_damaged_value_of_the_stores_own_bookkeeping_is_refused_naming_the_record() {
-    let dir = killed_commit_log_child();
-    let (segment, mut bytes) = written_segment(dir.path());
-    let key = fire_key(9);
-    let entry = entries_of(&bytes, &key)[0];
-    bytes[value_of(entry, key.len())] ^= 0x04;
-    std::fs::write(&segment, &bytes).unwrap();
+    let dir = killed_with_the_tenth_fire_damaged(|key_length| value_of(0, key_length));
     let Err(error) = SledStore::open(dir.path()) else {
         panic!("a store missing a schedule's fire opened");
     };
@@ -345,11 +339,7 @@ async fn probes_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
     };
-    let store = SledStore::open(&dir)
-        .expect("child: open")
-        .with_checkpoint_interval(Duration::from_secs(3600));
-    let copy = std::env::var(TREE_COPY_DIR).expect("child: where to copy the tree");
-    copy_tree_files(Path::new(&dir), Path::new(&copy));
+    let store = open_with_the_tree_copied(&dir);
     let engine = Engine::builder()
         .store(Arc::new(store))
         .durability(Durability::Sync)

@@ -133,6 +133,43 @@ fn a_damaged_byte_in_a_store_of_one_segment_is_not_dropped_silently_the_tree_is_
     assert!(stdout.contains("STRATA opened with 300 fires, 1 set aside"), "{stdout}");
 }
 
+/// Flips a byte of the key of every log entry of record 100 (its entry heads fail their checksums,
+/// so the frames holding it cannot be read).
+fn damage_record_100_in_the_log(dir: &Path) {
+    let marker = format!("record-{:05}", 100);
+    for entry in std::fs::read_dir(dir.join("commit-log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|extension| extension != "log2") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let copies: Vec<usize> = bytes
+            .windows(marker.len())
+            .enumerate()
+            .filter(|(_, window)| *window == marker.as_bytes())
+            .map(|(at, _)| at)
+            .collect();
+        for at in copies {
+            bytes[at + 3] ^= 0xff;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+    }
+}
+
+#[test]
+fn damage_in_both_sled_files_and_the_log_is_refused_naming_where_sled_files_went() {
+    let dir = tempfile::tempdir().unwrap();
+    write_store(dir.path(), RECORDS, schedule_name);
+    damage_record_100(dir.path());
+    damage_record_100_in_the_log(dir.path());
+    let stdout = open_in_a_child(dir.path());
+    assert!(
+        stdout.contains("STRATA damaged") && stdout.contains("were moved to") && stdout.contains("sled-damaged-"),
+        "says where sled's own files went: {stdout}"
+    );
+    assert!(dir.path().join("strata-damaged.txt").exists());
+}
+
 #[test]
 fn a_damaged_store_file_without_a_whole_log_is_refused_by_name_and_so_is_every_later_open() {
     let dir = tempfile::tempdir().unwrap();

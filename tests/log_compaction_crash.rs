@@ -6,6 +6,8 @@
 //! acknowledged write, and the log alone (sled's files lost) rebuilds exactly what the store
 //! holds.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -67,8 +69,18 @@ fn compaction_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
     };
-    let store = SledStore::open(&dir)
-        .expect("child: open")
+    // The parent's last open of the store may still hold sled's file lock a moment after it
+    // closed (sled's threads wind down): retried, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let store = loop {
+        match SledStore::open(&dir) {
+            Err(error) if error.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            opened => break opened.expect("child: open"),
+        }
+    };
+    let store = store
         .with_log_segment_size(16 * 1024)
         .with_checkpoint_interval(Duration::from_millis(1));
     if cold_records(&store) == 0 {
@@ -127,22 +139,8 @@ fn run_child(dir: &Path, kill_after: Duration) -> Option<u64> {
     }
     child.kill().expect("SIGKILL the child");
     child.wait().unwrap();
+    assert!(started.is_some(), "the child did not start writing");
     acknowledged
-}
-
-/// Moves sled's files out of `dir`, as if lost, leaving the commit log.
-fn lose_sled_files(dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "db" || name == "conf" || name.starts_with("snap.") || name == "blobs" {
-            if entry.file_type().unwrap().is_dir() {
-                std::fs::remove_dir_all(entry.path()).unwrap();
-            } else {
-                std::fs::remove_file(entry.path()).unwrap();
-            }
-        }
-    }
 }
 
 #[test]
@@ -175,7 +173,7 @@ fn kill_nine_while_the_log_compacts_loses_nothing() {
         let first_segment_left = dir.path().join("commit-log").join(format!("{:020}.log2", 1)).exists();
         compacted |= !first_segment_left;
 
-        lose_sled_files(dir.path());
+        common::lose_sled_files(dir.path());
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             round_of(&store).unwrap_or(0),

@@ -579,6 +579,8 @@ pub(crate) struct Recovered {
     pub end: Option<(u64, u64)>,
     /// The last frame the log holds (read or skipped), or `None` if it holds none.
     pub last_seq: Option<u64>,
+    /// Frames the tree holds did not read: the log no longer holds every record.
+    pub lost_copies: bool,
 }
 
 /// Gives `visit` the frames a store's log holds past `applied_through` (the tree's number), in
@@ -640,6 +642,8 @@ pub(crate) fn recover<E: From<LogError>>(
                 if frame.seq > wanted {
                     return Err(damage.into());
                 }
+                tracing::warn!(%damage, "the commit log is damaged where sled's tree holds what it held");
+                recovered.lost_copies = true;
             }
             if frame.seq > wanted {
                 return Err(LogError::Damaged {
@@ -670,8 +674,16 @@ pub(crate) fn recover<E: From<LogError>>(
             if synced_past {
                 return Err(damage(format!("{what}, where a later frame says the log had been synced")).into());
             }
-            if whole {
+            // A checkpoint synced the log through its frame before recording it: a frame up to
+            // there that does not read is damage, not a write a crash cut short.
+            let durable_through = checkpoint.map_or(0, |record| record.through);
+            let checkpointed = durable_through > recovered.last_seq.unwrap_or(0);
+            if whole || (checkpointed && durable_through > applied_through) {
                 unreadable = Some(damage(what));
+            } else if checkpointed {
+                // Frames the tree holds: nothing is lost but the log's copies of them.
+                tracing::warn!(segment = %path.display(), offset, %what, "the commit log is damaged where sled's tree holds what it held");
+                recovered.lost_copies = true;
             } else {
                 tracing::info!(segment = %path.display(), offset, %what, "the commit log ends in a write a crash cut short; it was never acknowledged");
             }
@@ -1459,6 +1471,31 @@ mod tests {
                 directory.join(format!("{:020}.log2", 4))
             ]
         );
+    }
+
+    #[test]
+    fn a_frame_a_checkpoint_covered_that_does_not_read_is_damage_unless_the_tree_holds_it() {
+        let (dir, log) = fresh_log(1);
+        append(&log, "a", "1");
+        let second = log.tail_length() as usize;
+        append(&log, "b", "2");
+        append(&log, "c", "3");
+        // Nothing synced between the appends: only the checkpoint says they were durable.
+        checkpoint(&log);
+        let path = segment_path(&dir.path().join(DIRECTORY), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[second + HEADER + 2] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        // Rebuilding an empty tree: frames 2 and 3 are lost, and said so.
+        let error = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap_err();
+        assert!(
+            matches!(&error, LogError::Damaged { offset, .. } if *offset == second as u64),
+            "{error}"
+        );
+        // A tree that holds them loses nothing but the log's copies.
+        let (frames, recovered) = recover_from(dir.path(), 3, ReplayFrom::Checkpoint).unwrap();
+        assert_eq!(frames, vec![]);
+        assert!(recovered.lost_copies);
     }
 
     proptest::proptest! {

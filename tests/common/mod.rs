@@ -130,6 +130,21 @@ pub fn full_payment(input: &OrderInput) -> Payment {
     }
 }
 
+/// Deletes sled's files from an embedded store's directory, as if lost, leaving the commit log.
+pub fn lose_sled_files(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "db" || name == "conf" || name.starts_with("snap.") || name == "blobs" {
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::remove_dir_all(entry.path()).unwrap();
+            } else {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
+}
+
 /// Waits (bounded) for the first event matching `wanted`.
 pub async fn wait_for_event(events: &mut broadcast::Receiver<Event>, wanted: impl Fn(&Event) -> bool) -> Event {
     let deadline = tokio::time::sleep(Duration::from_secs(30));

@@ -131,14 +131,23 @@ impl Durable {
             Err(reason) if !whole => {
                 return Err(damaged(format!(
                     "{reason}; the commit log does not hold every record (the store was last opened by a build before \
-                     the log was kept whole), so the tree cannot be rebuilt from it"
+                     the log was kept whole, or its commit-log directory was deleted), so the tree cannot be rebuilt from it"
                 )))
             }
             Err(reason) => {
-                let db = rebuild(path, &reason, damaged)?;
+                let (db, aside) = rebuild(path, &reason, damaged)?;
                 check_format(&db)?;
-                let recovered =
-                    replay(&db, path, ReplayFrom::Start, damaged).map_err(|error| replay_failed(error, damaged))?;
+                // Damage in the log too: say where sled's own files went, so that no one opens
+                // the empty tree in their place for the store.
+                let also_damaged = |detail: String| {
+                    damaged(format!(
+                        "sled's files are damaged ({reason}) and were moved to {}; rebuilding the tree from the \
+                         commit log failed too: {detail}",
+                        aside.display()
+                    ))
+                };
+                let recovered = replay(&db, path, ReplayFrom::Start, &also_damaged)
+                    .map_err(|error| replay_failed(error, &also_damaged))?;
                 (db, recovered)
             }
         };
@@ -152,6 +161,11 @@ impl Durable {
         // A tree ahead of the log holds writes whose frames a machine crash lost before they were
         // synced (never acknowledged, but in the tree): the log no longer holds them.
         let tree_ahead = recovered.last_seq.is_none_or(|last| last < applied);
+        if recovered.lost_copies {
+            tracing::warn!(
+                "the commit log lost its copies of records sled's tree holds; copying the tree into the log"
+            );
+        }
         let durable = Durable {
             db,
             data_file,
@@ -161,7 +175,7 @@ impl Durable {
             checkpoint_interval_ms: AtomicU64::new(DEFAULT_CHECKPOINT_INTERVAL.as_millis() as u64),
             segment_limit: AtomicU64::new(DEFAULT_SEGMENT_LIMIT),
             live_bytes: AtomicI64::new(checkpoint.map_or(0, |record| record.live_bytes as i64)),
-            whole: AtomicBool::new(whole && !tree_ahead),
+            whole: AtomicBool::new(whole && !tree_ahead && !recovered.lost_copies),
             last_checkpoint: Mutex::new(checkpoint.unwrap_or_default()),
             space: SpaceGuard::new(path, DEFAULT_DISK_RESERVE),
         };
@@ -468,9 +482,9 @@ fn open_sled(path: &Path) -> Result<sled::Db, SledOpen> {
 
 /// Opens sled's database. The file lock of a store closed a moment ago in this process may still
 /// be held by sled's background threads while they wind down: a lock conflict is retried for up
-/// to two seconds before it counts as another process using the directory.
+/// to ten seconds before it counts as another process using the directory (a loaded machine has taken over two).
 fn open_db(path: &Path) -> sled::Result<sled::Db> {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // No periodic flush of sled's own: the checkpoints write the tree, the log makes commits
         // durable in between.
@@ -486,8 +500,12 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
 }
 
 /// Sets sled's damaged files aside (`sled-damaged-<unix ms>/` in the store's directory) and opens
-/// an empty tree in their place, to be rebuilt from the log.
-fn rebuild(path: &Path, reason: &str, damaged: &dyn Fn(String) -> StoreError) -> Result<sled::Db, StoreError> {
+/// an empty tree in their place, to be rebuilt from the log; returns it and where the files went.
+fn rebuild(
+    path: &Path,
+    reason: &str,
+    damaged: &dyn Fn(String) -> StoreError,
+) -> Result<(sled::Db, PathBuf), StoreError> {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis());
@@ -509,11 +527,12 @@ fn rebuild(path: &Path, reason: &str, damaged: &dyn Fn(String) -> StoreError) ->
             aside.display()
         ))
     })?;
-    open_db(path).map_err(|error| {
+    let db = open_db(path).map_err(|error| {
         damaged(format!(
             "{reason}; a new tree could not be opened in their place: {error}"
         ))
-    })
+    })?;
+    Ok((db, aside))
 }
 
 /// Whether a file in the store's directory is sled's (its data, config, snapshots and blobs).
