@@ -186,8 +186,12 @@ async fn a_format_1_store_opens_runs_and_is_upgraded_incrementally() {
     let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
 
     // Everything reads: live and finished records, counters, the pending signal.
+    // Instances 1 and 4 run on at once and may finish before the counters are read: the
+    // fixture's figures (5 started, 4 live, 1 completed) are read as they were, less what ran.
     let counters = engine.version(order::WORKFLOW, "1.0.0").unwrap().counters;
-    assert_eq!((counters.live, counters.started, counters.completed), (4, 5, 1));
+    assert_eq!(counters.started, 5);
+    assert_eq!(counters.live + counters.completed, 5);
+    assert!((1..=3).contains(&counters.completed), "{counters:?}");
     let finished = engine.instance(InstanceId(5)).unwrap();
     assert_eq!(finished.record.format, 1, "finished records stay as written");
     let output: OrderOutput = finished.outcome().unwrap().output().unwrap();
