@@ -3,6 +3,10 @@
 //! Checked with a real child process killed with SIGKILL after its acknowledgements, whose sled
 //! files are then put back as they were when it opened the store — as a machine crash can leave
 //! them, since nothing made them durable after that — so that only the log holds the commits.
+//! Bytes flipped in the real segment such a child wrote: a damaged instance record quarantines
+//! that instance alone while the rest runs on; damage that cannot be named, or in the store's own
+//! bookkeeping, is refused by name. And the log kept whole: compaction bounds it, and the log
+//! alone rebuilds the store.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

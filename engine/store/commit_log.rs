@@ -3,20 +3,26 @@
 //! written and waited for at the device, before a `fdatasync` of its own file could follow).
 //!
 //! Every write to the tree is also a frame here: a sequence number and the batch's key/value
-//! writes as absolute values, with a CRC32. The same writes end with the sequence number into the
-//! tree ([`APPLIED_THROUGH`]), so the tree says how far it got: they are applied in order, and a
-//! crash leaves sled's tree with a prefix of what it was given, so a tree holding a frame's number
-//! holds all of that frame. A checkpoint flushes the tree to stable storage, records how far
-//! (the checkpoint record) and deletes the segments it now covers; opening a store replays the
-//! frames past the tree's number, in order (replaying a frame twice changes nothing: its values
-//! are absolute), and refuses a tree behind the checkpoint record.
+//! writes as absolute values, with a CRC32 of the frame and, per entry, one over its kind, lengths
+//! and key and one over its value (so a damaged value names the one record it damaged). The same
+//! writes end with the sequence number into the tree ([`APPLIED_THROUGH`]), so the tree says how
+//! far it got: they are applied in order, and a crash leaves sled's tree with a prefix of what it
+//! was given, so a tree holding a frame's number holds all of that frame. A checkpoint syncs the
+//! log, flushes the tree to stable storage and records how far (the checkpoint record); opening a
+//! store replays the frames past the tree's number from the checkpoint's segment on, in order
+//! (replaying a frame twice changes nothing: its values are absolute), and names a tree behind
+//! the checkpoint record ([`LogError::TreeBehind`]). Segments are kept: the store keeps the log
+//! whole and compacts it (`sled_store/durable.rs`), and can replay it from its oldest segment
+//! onto an empty tree ([`ReplayFrom::Start`]).
 //!
-//! It owns the segment files (`commit-log/<number>.log` in the store's directory, with zeros
-//! written ahead of the frames so that appends overwrite), the checkpoint record
-//! (`commit-log/checkpoint`), the frames' encoding, and reading them back. A segment is appended
-//! to until a checkpoint starts the next; segments before the last were synced whole when the
-//! next began, so a frame that fails its checksum there is damage, while in the last segment it
-//! is the torn end of the log unless a later frame says the log had been synced past it.
+//! It owns the segment files (`commit-log/<number>.log2` in the store's directory, with zeros
+//! written ahead of the frames so that appends overwrite; `.log` for the build before, whose
+//! entries have no checksums of their own), the checkpoint record (`commit-log/checkpoint`), the
+//! frames' encoding, and reading them back. A segment is appended to until it is rolled; segments
+//! before the last were synced whole when the next began, so a frame that fails its checksum
+//! there is damage, as is one the last checkpoint covered; in the last segment, past the
+//! checkpoint, it is the torn end of the log unless a later frame says the log had been synced
+//! past it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};

@@ -2,8 +2,10 @@
 //! commit log (`commit_log.rs`). A commit appends one frame to the log and applies the same
 //! writes to sled's tree in memory; `sync` is one `fdatasync` of the log. A checkpoint thread
 //! flushes the tree and `fdatasync`s sled's data file (sled's own `flush()` ends in
-//! `sync_file_range`, which does not reach stable storage: sled issue #1452), then deletes the log
-//! segments the tree now covers; opening the store replays the frames the tree does not hold.
+//! `sync_file_range`, which does not reach stable storage: sled issue #1452) and keeps the log
+//! whole and compacted; opening the store replays the frames the tree does not hold, or rebuilds
+//! a damaged tree from the log (`sled_store/durable.rs`). This file owns the key layout and the
+//! `Store` operations on it.
 //!
 //! Key layout (all integers big-endian, so keys sort by number):
 //! `m/format` record format · `i/<id>` live instance · `d/<id>` finished instance ·
