@@ -350,7 +350,8 @@ impl Durable {
 
     /// Appends one frame of records copied from the tree, chosen by `fill` under the log's lock
     /// (so no commit comes between reading a value and its copy); the tree gets only the frame's
-    /// number, as it holds the values already. Nothing is appended if `fill` chooses none.
+    /// number, as it holds the values already. Nothing is appended if `fill` chooses none. Ends
+    /// the segment if it is full.
     fn copy_forward(
         &self,
         fill: impl FnOnce(&mut Changes, &sled::Db) -> Result<(), StoreError>,
@@ -370,7 +371,10 @@ impl Durable {
         self.db
             .apply_in_order(applied)
             .map_err(|error| self.stop(backend("copy records forward")(error)))?;
-        Ok(())
+        drop(tail);
+        // A copy of the whole tree (at open, before the checkpoint thread runs) ends segments as
+        // it goes: a replay reads the checkpoint's segment whole.
+        self.roll_if_full()
     }
 
     /// Copies every record of the tree into the log, in key order; returns what they take as log
