@@ -885,17 +885,22 @@ impl CommitLog {
     }
 
     /// Writes zeros ahead of the frames of the segment being appended to (twice its length,
-    /// within bounds), then syncs them, so that appends overwrite blocks the file has: an
-    /// `fdatasync` after an append that grows a file also commits its new size to the
-    /// filesystem's journal, one after an overwrite does not. Nothing is written for a segment
-    /// without frames. Called by the checkpoint thread.
-    pub fn write_zeros_ahead(&self) -> std::io::Result<()> {
+    /// within bounds, and not past `segment_limit`, where the segment is ended and cut to its
+    /// frames), then syncs them, so that appends overwrite blocks the file has: an `fdatasync`
+    /// after an append that grows a file also commits its new size to the filesystem's journal,
+    /// one after an overwrite does not. Nothing is written for a segment without frames. Called
+    /// by the checkpoint thread.
+    pub fn write_zeros_ahead(&self, segment_limit: u64) -> std::io::Result<()> {
         let zeros = vec![0u8; ZEROING_PIECE];
         let mut file = None;
         loop {
             let mut tail = self.tail.lock();
             let segment = &mut tail.segment;
-            let ahead = (segment.length * 2).clamp(ZEROED_AHEAD_MIN, ZEROED_AHEAD_MAX);
+            // Past the limit, a piece for the frames appended before the segment is ended.
+            let room = segment_limit
+                .saturating_sub(segment.length)
+                .saturating_add(ZEROING_PIECE as u64);
+            let ahead = (segment.length * 2).clamp(ZEROED_AHEAD_MIN, ZEROED_AHEAD_MAX).min(room);
             if segment.length == 0 || segment.allocated >= segment.length + ahead {
                 break;
             }
@@ -1157,7 +1162,7 @@ mod tests {
     #[test]
     fn appends_overwrite_the_zeros_written_ahead_and_the_zeros_end_the_log() {
         let (dir, log) = fresh_log(1);
-        log.write_zeros_ahead().unwrap();
+        log.write_zeros_ahead(u64::MAX).unwrap();
         let path = segment_path(&dir.path().join(DIRECTORY), 1);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
@@ -1165,7 +1170,7 @@ mod tests {
             "nothing ahead of an unused segment"
         );
         append(&log, "a", "1");
-        log.write_zeros_ahead().unwrap();
+        log.write_zeros_ahead(u64::MAX).unwrap();
         let zeroed = std::fs::metadata(&path).unwrap().len();
         assert!(zeroed >= log.tail_length() + ZEROED_AHEAD_MIN, "{zeroed}");
         append(&log, "b", "2");
@@ -1185,6 +1190,18 @@ mod tests {
             recover(dir.path(), 0).unwrap(),
             vec![expected(1, "a", "1"), expected(2, "b", "2")]
         );
+    }
+
+    #[test]
+    fn no_zeros_are_written_far_past_where_the_segment_is_ended() {
+        let (dir, log) = fresh_log(1);
+        append(&log, "a", "1");
+        let limit = log.tail_length() + 1000;
+        log.write_zeros_ahead(limit).unwrap();
+        let path = segment_path(&dir.path().join(DIRECTORY), 1);
+        let zeroed = std::fs::metadata(&path).unwrap().len();
+        // Whole pieces: the one that reaches past the limit, and no more.
+        assert!(zeroed > limit && zeroed <= limit + 2 * ZEROING_PIECE as u64, "{zeroed}");
     }
 
     #[test]
@@ -1314,7 +1331,7 @@ mod tests {
         append(&log, "a", "1");
         let whole = log.tail_length();
         append(&log, "b", "2");
-        log.write_zeros_ahead().unwrap();
+        log.write_zeros_ahead(u64::MAX).unwrap();
         drop(log);
         // The second frame torn by a crash.
         let path = segment_path(&dir.path().join(DIRECTORY), 1);

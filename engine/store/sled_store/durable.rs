@@ -446,7 +446,10 @@ pub(super) fn start_checkpointer(durable: Arc<Durable>) -> std::io::Result<Perio
         }
         // Only a cost if it fails: appends then grow the file as they go. Said once until it
         // works again (a full disk would fail it at every look).
-        match durable.log.write_zeros_ahead() {
+        match durable
+            .log
+            .write_zeros_ahead(durable.segment_limit.load(Ordering::Relaxed))
+        {
             Err(error) if !zeros_failing => {
                 zeros_failing = true;
                 tracing::warn!(%error, "could not write zeros ahead in the commit log; appends grow it instead");
