@@ -38,7 +38,7 @@ mod durable;
 
 use durable::{start_checkpointer, Durable};
 
-use super::commit_log::{Changes, DamagedValue, LogError};
+use super::commit_log::{Changes, LogError};
 use super::space::refused_for_room;
 use super::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{backend, id_from_key, id_key, io_failed, log_failed, DamagedValue, FINISHED, LIVE, SIGNALS};
+use super::{backend, id_from_key, id_key, io_failed, log_failed, FINISHED, LIVE, SIGNALS};
 use crate::periodic::PeriodicThread;
 use crate::store::commit_log::{
-    self, Changes, CheckpointRecord, CommitLog, LogError, Recovered, ReplayFrom, ScannedFrame, Value, APPLIED_THROUGH,
-    ENTRY_OVERHEAD,
+    self, Changes, CheckpointRecord, CommitLog, DamagedValue, LogError, Recovered, ReplayFrom, ScannedFrame, Value,
+    APPLIED_THROUGH, ENTRY_OVERHEAD,
 };
 use crate::store::space::{SpaceGuard, DEFAULT_DISK_RESERVE};
 use crate::store::StoreError;
