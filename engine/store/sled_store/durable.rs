@@ -637,3 +637,52 @@ pub(super) fn set_aside(path: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::InstanceId;
+    use crate::store::damaged_record_reason;
+
+    fn damaged(key: Vec<u8>) -> DamagedValue {
+        DamagedValue {
+            key,
+            raw: b"bytes as read".to_vec(),
+            place: "commit-log/00000000000000000001.log2 byte 99".to_string(),
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_is_set_apart_by_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let live = id_key(LIVE, InstanceId(7));
+        db.insert(&live, &b"the instance's record"[..]).unwrap();
+
+        // An instance's record: marked damaged in place, with the reason and the bytes.
+        let finished = id_key(FINISHED, InstanceId(8));
+        set_damaged_apart(&db, damaged(finished.clone())).unwrap();
+        let mark = db.get(&finished).unwrap().unwrap();
+        let reason = damaged_record_reason(&mark).unwrap();
+        assert!(
+            reason.contains("fails its checksum") && reason.contains("byte 99"),
+            "{reason}"
+        );
+        assert!(mark.ends_with(b"bytes as read"));
+
+        // A signal: gone, and its instance set apart, its record kept in the mark.
+        let signal = super::super::signal_key(InstanceId(7), 3);
+        db.insert(&signal, &b"a signal"[..]).unwrap();
+        set_damaged_apart(&db, damaged(signal.clone())).unwrap();
+        assert!(db.get(&signal).unwrap().is_none());
+        let mark = db.get(&live).unwrap().unwrap();
+        assert!(damaged_record_reason(&mark)
+            .unwrap()
+            .contains("a signal sent to it is damaged"));
+        assert!(mark.ends_with(b"the instance's record"));
+
+        // The store's own bookkeeping: refused, naming the record.
+        let error = set_damaged_apart(&db, damaged(b"c/order\x001.0.0".to_vec())).unwrap_err();
+        assert!(error.contains("the store's record c/order"), "{error}");
+    }
+}
