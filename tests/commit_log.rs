@@ -39,11 +39,17 @@ fn fire_key(index: u64) -> Vec<u8> {
     format!("f/schedule-{index}").into_bytes()
 }
 
+/// Whether `path` is a segment of the log: appended (`.log2`) or compacted (`.log2c`).
+fn is_segment(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|extension| extension == "log2" || extension == "log2c")
+}
+
 fn log_segments(dir: &Path) -> Vec<u64> {
     let mut sizes: Vec<u64> = std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log2"))
+        .filter(|path| is_segment(path))
         .map(|path| std::fs::metadata(path).unwrap().len())
         .collect();
     sizes.sort();
@@ -56,7 +62,7 @@ fn log_frames_length(dir: &Path) -> u64 {
     std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log2"))
+        .filter(|path| is_segment(path))
         .map(|path| match std::fs::read(path) {
             Ok(bytes) => bytes.iter().rposition(|byte| *byte != 0).map_or(0, |at| at as u64 + 1),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
@@ -188,6 +194,96 @@ fn acknowledged_commits_only_the_log_holds_survive_a_kill() {
     }
 }
 
+/// Waits (bounded) until the log's frames take at most `bound` bytes: the checkpoint thread
+/// compacts a segment per look.
+fn wait_for_log_within(dir: &Path, bound: u64, written: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let total = log_frames_length(dir);
+        if total <= bound {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log stayed at {total} bytes (bound {bound}) after {written} written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes every one of `keys` schedule fires `rounds` times, a round per commit, unsynced.
+fn rewrite_rounds(store: &SledStore, keys: u64, rounds: u64) {
+    for round in 0..rounds {
+        let ops: Vec<Op> = (0..keys)
+            .map(|key| Op::PutScheduleFire {
+                schedule: format!("schedule-{key}"),
+                fire_ms: 1_000 + round,
+            })
+            .collect();
+        store.apply(&ops).unwrap();
+    }
+}
+
+#[test]
+fn compaction_leaves_segments_of_live_records_alone_and_reclaims_the_garbage() {
+    const SEGMENT: u64 = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path())
+        .unwrap()
+        .with_log_segment_size(SEGMENT)
+        .with_checkpoint_interval(Duration::from_millis(1));
+    // Records written once and kept, a little over two segments of them, first in the log.
+    for batch in 0..12u64 {
+        let ops: Vec<Op> = (0..50u64)
+            .map(|index| Op::PutScheduleFire {
+                schedule: format!("cold-{batch}-{index}-{}", "c".repeat(200)),
+                fire_ms: index,
+            })
+            .collect();
+        store.apply(&ops).unwrap();
+    }
+    store.sync().unwrap();
+    // Until the checkpoint thread ends the segment they are in (and begins the next), so the
+    // rest goes after them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log_segments(dir.path()).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the segment was never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cold: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(dir.path().join("commit-log"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| is_segment(path) && std::fs::metadata(path).unwrap().len() > 0)
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    let cold_length: u64 = cold.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+
+    // Then garbage: fifty records rewritten a thousand times, far more than the log's bound.
+    rewrite_rounds(&store, 50, 1_500);
+    store.sync().unwrap();
+    wait_for_log_within(dir.path(), 3 * cold_length + 4 * SEGMENT, 1_500 * 50 * 40);
+    for (path, bytes) in &cold {
+        assert_eq!(
+            std::fs::read(path).ok().as_ref(),
+            Some(bytes),
+            "{} holds only live records: compaction leaves it as it is",
+            path.display()
+        );
+    }
+    drop(store);
+    common::lose_sled_files(dir.path());
+    let store = SledStore::open(dir.path()).unwrap();
+    let fires = store.schedule_fires().unwrap();
+    assert_eq!(fires.iter().filter(|(name, _)| name.starts_with("cold-")).count(), 600);
+    assert!(fires
+        .iter()
+        .filter(|(name, _)| name.starts_with("schedule-"))
+        .all(|(_, fire_ms)| *fire_ms == 1_000 + 1_499));
+}
+
 #[test]
 fn compaction_keeps_the_log_bounded_and_the_log_alone_rebuilds_the_store() {
     const KEYS: u64 = 50;
@@ -199,32 +295,11 @@ fn compaction_keeps_the_log_bounded_and_the_log_alone_rebuilds_the_store() {
         .with_log_segment_size(SEGMENT)
         .with_checkpoint_interval(Duration::from_millis(1));
     // Every key rewritten ROUNDS times: almost all of what the log takes in is dead at once.
-    for round in 0..ROUNDS {
-        let ops: Vec<Op> = (0..KEYS)
-            .map(|key| Op::PutScheduleFire {
-                schedule: format!("schedule-{key}"),
-                fire_ms: 1_000 + round,
-            })
-            .collect();
-        store.apply(&ops).unwrap();
-    }
+    rewrite_rounds(&store, KEYS, ROUNDS);
     store.sync().unwrap();
-    let written: u64 = ROUNDS * KEYS * 40;
-    // The checkpoint thread compacts one segment per look: wait (bounded) until the log is
-    // within its bound — three times the live records (a few KiB here) plus two segments — and a
-    // segment being appended to.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let total = log_frames_length(dir.path());
-        if total <= 4 * SEGMENT {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the log stayed at {total} bytes after {written} written"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Within its bound — three times the live records (a few KiB here) plus two segments — and
+    // a segment being appended to.
+    wait_for_log_within(dir.path(), 4 * SEGMENT, ROUNDS * KEYS * 40);
     drop(store);
 
     // sled's files lost: the log alone gives every record at its last value.

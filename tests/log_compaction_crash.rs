@@ -1,8 +1,9 @@
 //! The embedded store's commit log stays whole across crashes (issue #12): a real child process
 //! rewrites the same records over and over through a store whose log rolls and compacts every
 //! few milliseconds, and is killed with SIGKILL at random moments — mid-append, mid-checkpoint,
-//! mid-compaction. Records written once at the start and never again must be copied forward by
-//! every compaction of the segment holding them. After every kill the store holds every
+//! mid-compaction (a compacted segment written, renamed into place, the segments it replaced
+//! deleted). Records written once at the start and never again must be kept by every compaction
+//! of the segment holding them. After every kill the store holds every
 //! acknowledged write, and the log alone (sled's files lost) rebuilds exactly what the store
 //! holds.
 

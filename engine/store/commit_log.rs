@@ -17,8 +17,12 @@
 //!
 //! It owns the segment files (`commit-log/<number>.log2` in the store's directory, with zeros
 //! written ahead of the frames so that appends overwrite; `.log` for the build before, whose
-//! entries have no checksums of their own), the checkpoint record (`commit-log/checkpoint`), the
-//! frames' encoding, and reading them back. A segment is appended to until it is rolled; segments
+//! entries have no checksums of their own; `<first>-<last>.log2c` for a compacted segment, which
+//! stands for segments `first..=last` and holds their first and last frames and, between, only
+//! frames with writes still live), the checkpoint record (`commit-log/checkpoint`), the frames'
+//! encoding, and reading them back. A compacted segment is written under another name, synced
+//! and renamed into place before the segments it replaces are deleted; one found beside them
+//! after a crash is the log, and they are deleted at open. A segment is appended to until it is rolled; segments
 //! before the last were synced whole when the next began, so a frame that fails its checksum
 //! there is damage, as is one the last checkpoint covered; in the last segment, past the
 //! checkpoint, it is the torn end of the log unless a later frame says the log had been synced
@@ -120,6 +124,20 @@ impl Changes {
         self.frame.extend_from_slice(key);
         let checksum = crc32fast::hash(&self.frame[start..]);
         self.frame.extend_from_slice(&checksum.to_le_bytes());
+    }
+
+    /// Ends the frame as number `seq` — the tree's applied-through number as its last write,
+    /// then its header, with `synced` as how far its segment was synced — and returns it.
+    fn seal(&mut self, seq: u64, synced: u64) -> &[u8] {
+        self.insert(APPLIED_THROUGH, seq.to_be_bytes());
+        let frame = &mut self.frame;
+        let length = (frame.len() - HEADER) as u32;
+        frame[0..4].copy_from_slice(&length.to_le_bytes());
+        frame[8..16].copy_from_slice(&seq.to_le_bytes());
+        frame[16..24].copy_from_slice(&synced.to_le_bytes());
+        let checksum = crc32fast::hash(&frame[8..]);
+        frame[4..8].copy_from_slice(&checksum.to_le_bytes());
+        &self.frame
     }
 
     /// What the values set so far take as log entries (key, value and [`ENTRY_OVERHEAD`]).
@@ -339,31 +357,92 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     }
 }
 
-/// The segment files in `directory`, by number, with the format each is in.
-fn segments(directory: &Path) -> Result<Vec<(u64, PathBuf, LogFormat)>, LogError> {
+/// A segment file of the log.
+#[derive(Debug, Clone)]
+struct SegmentFile {
+    /// Where it is in the log's order: the number it was appended as, or, for a compacted
+    /// segment, the last number whose frames it holds.
+    number: u64,
+    /// The first segment number whose frames it holds (its own number unless compacted).
+    first: u64,
+    path: PathBuf,
+    format: LogFormat,
+    /// Written by compaction: it holds, of the frames of segments `first..=number`, the first and
+    /// the last (their numbers mark the range it stands for) and those with writes still live.
+    compacted: bool,
+}
+
+/// The extension of a compacted segment (`<first>-<last>.log2c`); its entries are
+/// [`LogFormat::Checksummed`].
+const COMPACTED_EXTENSION: &str = "log2c";
+/// The extension a compacted segment is written under before it is renamed into place.
+const BEING_WRITTEN_EXTENSION: &str = "new";
+
+/// The segment files in `directory` that make up the log, in its order, and the files a crash
+/// left behind: segments a compacted segment replaced (a compaction that died before it
+/// deleted them) and compacted segments never renamed into place.
+fn segment_files(directory: &Path) -> Result<(Vec<SegmentFile>, Vec<PathBuf>), LogError> {
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
-        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(error) => return Err(io_error(directory)(error)),
     };
     let mut found = Vec::new();
+    let mut left_behind = Vec::new();
     for entry in entries {
         let path = entry.map_err(io_error(directory))?.path();
-        let format = path.extension().and_then(|extension| {
-            [LogFormat::Plain, LogFormat::Checksummed]
-                .into_iter()
-                .find(|format| extension == format.extension())
-        });
-        let number = path
-            .file_stem()
-            .and_then(|stem| stem.to_str())
-            .and_then(|stem| stem.parse::<u64>().ok());
-        if let (Some(number), Some(format)) = (number, format) {
-            found.push((number, path, format));
-        }
+        let extension = path
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .map(str::to_string);
+        let stem = path.file_stem().and_then(|stem| stem.to_str()).map(str::to_string);
+        let (Some(extension), Some(stem)) = (extension, stem) else {
+            continue;
+        };
+        let extension = extension.as_str();
+        let appended = [LogFormat::Plain, LogFormat::Checksummed]
+            .into_iter()
+            .find(|format| extension == format.extension());
+        let file = match appended {
+            Some(format) => stem.parse::<u64>().ok().map(|number| SegmentFile {
+                number,
+                first: number,
+                path,
+                format,
+                compacted: false,
+            }),
+            None if extension == COMPACTED_EXTENSION => stem.split_once('-').and_then(|(first, last)| {
+                Some(SegmentFile {
+                    number: last.parse().ok()?,
+                    first: first.parse().ok()?,
+                    path,
+                    format: LogFormat::Checksummed,
+                    compacted: true,
+                })
+            }),
+            None if extension == BEING_WRITTEN_EXTENSION => {
+                left_behind.push(path);
+                None
+            }
+            None => None,
+        };
+        found.extend(file);
     }
-    found.sort_by_key(|(number, _, _)| *number);
-    Ok(found)
+    // A compacted segment stands for every segment in its range: one it replaced is left over.
+    let replaced = |file: &SegmentFile| {
+        found.iter().any(|other: &SegmentFile| {
+            other.compacted && other.path != file.path && other.first <= file.first && file.number <= other.number
+        })
+    };
+    let (replaced, mut kept): (Vec<SegmentFile>, Vec<SegmentFile>) = found.iter().cloned().partition(replaced);
+    left_behind.extend(replaced.into_iter().map(|file| file.path));
+    kept.sort_by_key(|file| file.number);
+    Ok((kept, left_behind))
+}
+
+/// The segment files that make up the log, in its order.
+fn segments(directory: &Path) -> Result<Vec<SegmentFile>, LogError> {
+    segment_files(directory).map(|(kept, _)| kept)
 }
 
 /// Where and why reading a segment stopped before its end.
@@ -416,7 +495,8 @@ pub(crate) enum ScannedFrame<'a> {
 }
 
 impl ScannedFrame<'_> {
-    fn seq(&self) -> u64 {
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
         match self {
             ScannedFrame::Whole { seq, .. } => *seq,
             ScannedFrame::Salvaged(frame) => frame.seq,
@@ -618,9 +698,9 @@ pub(crate) fn recover<E: From<LogError>>(
         (ReplayFrom::Checkpoint, Some(record)) => record.segment,
         _ => 0,
     };
-    let segments: Vec<(u64, PathBuf, LogFormat)> = segments(&directory)?
+    let segments: Vec<SegmentFile> = segments(&directory)?
         .into_iter()
-        .filter(|(number, _, _)| *number >= first_segment)
+        .filter(|segment| segment.number >= first_segment)
         .collect();
     let mut recovered = Recovered {
         checkpoint,
@@ -631,19 +711,24 @@ pub(crate) fn recover<E: From<LogError>>(
     // A segment before the last that stops early: damage, unless the frames it could not give
     // are all ones the tree holds (the next frame read is the one expected).
     let mut unreadable: Option<LogError> = None;
-    for (index, (number, path, format)) in segments.iter().enumerate() {
+    for (index, segment) in segments.iter().enumerate() {
+        let path = &segment.path;
         let mut bytes = Vec::new();
         File::open(path)
             .and_then(|mut file| file.read_to_end(&mut bytes))
             .map_err(io_error(path))?;
-        let whole = index + 1 < segments.len();
-        let (read, end, stopped) = read_segment(&bytes, path, *format, whole);
-        for frame in read {
+        // Compaction writes a segment whole before it takes its place.
+        let whole = index + 1 < segments.len() || segment.compacted;
+        let (read, end, stopped) = read_segment(&bytes, path, segment.format, whole);
+        for (position, frame) in read.into_iter().enumerate() {
             let wanted = *expected.get_or_insert(frame.seq);
             recovered.last_seq = Some(frame.seq);
             if frame.seq < wanted {
                 continue;
             }
+            // Between its first and last frames, a compacted segment holds only those with
+            // writes still live: the numbers between are not missing.
+            let compacted_away = segment.compacted && position > 0;
             if let Some(damage) = unreadable.take() {
                 if frame.seq > wanted {
                     return Err(damage.into());
@@ -651,7 +736,7 @@ pub(crate) fn recover<E: From<LogError>>(
                 tracing::warn!(%damage, "the commit log is damaged where sled's tree holds what it held");
                 recovered.lost_copies = true;
             }
-            if frame.seq > wanted {
+            if frame.seq > wanted && !compacted_away {
                 return Err(LogError::Damaged {
                     path: path.display().to_string(),
                     offset: 0,
@@ -663,7 +748,7 @@ pub(crate) fn recover<E: From<LogError>>(
                 }
                 .into());
             }
-            expected = Some(wanted + 1);
+            expected = Some(frame.seq + 1);
             visit(frame)?;
         }
         if let Some(Stop {
@@ -694,7 +779,7 @@ pub(crate) fn recover<E: From<LogError>>(
                 tracing::info!(segment = %path.display(), offset, %what, "the commit log ends in a write a crash cut short; it was never acknowledged");
             }
         }
-        recovered.end = Some((*number, end as u64));
+        recovered.end = Some((segment.number, end as u64));
     }
     if let Some(damage) = unreadable {
         return Err(damage.into());
@@ -794,14 +879,7 @@ impl Tail {
     /// write; apply [`Changes::writes`] to the tree next, in that order. Nothing is synced.
     pub fn append(&mut self, changes: &mut Changes) -> std::io::Result<()> {
         let seq = self.next_seq;
-        changes.insert(APPLIED_THROUGH, seq.to_be_bytes());
-        let frame = &mut changes.frame;
-        let length = (frame.len() - HEADER) as u32;
-        frame[0..4].copy_from_slice(&length.to_le_bytes());
-        frame[8..16].copy_from_slice(&seq.to_le_bytes());
-        frame[16..24].copy_from_slice(&self.segment.synced.load(Ordering::Acquire).to_le_bytes());
-        let checksum = crc32fast::hash(&frame[8..]);
-        frame[4..8].copy_from_slice(&checksum.to_le_bytes());
+        let frame = changes.seal(seq, self.segment.synced.load(Ordering::Acquire));
         // A part written fails its checksum: read back, it is the log's torn end.
         self.segment.file.write_all_at(frame, self.segment.length)?;
         self.segment.length += frame.len() as u64;
@@ -816,8 +894,73 @@ impl Tail {
 pub(crate) struct CommitLog {
     directory: PathBuf,
     tail: Mutex<Tail>,
-    /// The segments before the one being appended to, oldest first, with their lengths.
-    ended: Mutex<Vec<(u64, u64)>>,
+    /// The segments before the one being appended to, in the log's order.
+    ended: Mutex<Vec<SegmentSpan>>,
+}
+
+/// An ended segment: where it is in the log, what it stands for, and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentSpan {
+    /// Its place in the log's order (for a compacted segment, the last segment it stands for).
+    pub number: u64,
+    /// The first segment it stands for (its own number unless compacted).
+    pub first: u64,
+    /// Bytes of frames.
+    pub length: u64,
+    /// Written by compaction.
+    pub compacted: bool,
+}
+
+/// A write compaction keeps, with the number of the frame it was in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeptWrite {
+    pub seq: u64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Encodes a compacted segment standing for frames `first_seq..=last_seq`: `writes` (in the
+/// log's order, each from a frame in that range) in frames of about `frame_bytes`, each numbered
+/// with the last frame it holds writes of and split only between frames, so replaying them gives
+/// what replaying the originals gave for every key they hold. The first frame holds only the
+/// writes of frame `first_seq` and is numbered so, the last is numbered `last_seq`, even if they
+/// hold no writes: the numbers before and after the segment still follow on.
+fn encode_compacted(first_seq: u64, last_seq: u64, writes: &[KeptWrite], frame_bytes: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut changes = Changes::default();
+    let emit = |changes: &mut Changes, seq: u64, bytes: &mut Vec<u8>| {
+        // Written whole before it is used: synced through its own end.
+        let synced = (bytes.len() + HEADER + changes.length()) as u64;
+        bytes.extend_from_slice(changes.seal(seq, synced));
+        *changes = Changes::in_buffer(std::mem::take(&mut changes.frame));
+    };
+    let mut emitted = false;
+    let mut previous_seq = first_seq;
+    for write in writes {
+        debug_assert!((previous_seq..=last_seq).contains(&write.seq));
+        let cut = if emitted {
+            write.seq != previous_seq && changes.length() >= frame_bytes
+        } else {
+            write.seq > first_seq
+        };
+        if cut {
+            emit(&mut changes, if emitted { previous_seq } else { first_seq }, &mut bytes);
+            emitted = true;
+        }
+        match &write.value {
+            Some(value) => changes.insert(&write.key, value),
+            None => changes.remove(&write.key),
+        }
+        previous_seq = write.seq;
+    }
+    if !emitted {
+        emit(&mut changes, first_seq, &mut bytes);
+        if last_seq == first_seq {
+            return bytes;
+        }
+    }
+    emit(&mut changes, last_seq, &mut bytes);
+    bytes
 }
 
 impl CommitLog {
@@ -828,11 +971,17 @@ impl CommitLog {
     pub fn open(store_directory: &Path, next_seq: u64, end: Option<(u64, u64)>) -> Result<CommitLog, LogError> {
         let directory = store_directory.join(DIRECTORY);
         std::fs::create_dir_all(&directory).map_err(io_error(&directory))?;
-        let existing = segments(&directory)?;
+        let (existing, left_behind) = segment_files(&directory)?;
+        for path in &left_behind {
+            tracing::info!(file = %path.display(), "deleting what a compaction of the commit log left behind");
+            std::fs::remove_file(path).map_err(io_error(path))?;
+        }
         let mut ended = Vec::new();
-        for (number, path, _) in &existing {
+        for segment in &existing {
+            let path = &segment.path;
             let mut length = std::fs::metadata(path).map_err(io_error(path))?.len();
-            if let Some((_, frames)) = end.filter(|(last, frames)| last == number && *frames != length) {
+            let cut = end.filter(|(last, frames)| *last == segment.number && *frames != length && !segment.compacted);
+            if let Some((_, frames)) = cut {
                 let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
                 file.set_len(frames)
                     .and_then(|()| file.sync_all())
@@ -842,10 +991,15 @@ impl CommitLog {
             if length == 0 {
                 std::fs::remove_file(path).map_err(io_error(path))?;
             } else {
-                ended.push((*number, length));
+                ended.push(SegmentSpan {
+                    number: segment.number,
+                    first: segment.first,
+                    length,
+                    compacted: segment.compacted,
+                });
             }
         }
-        let number = existing.last().map_or(1, |(number, _, _)| number + 1);
+        let number = existing.last().map_or(1, |segment| segment.number + 1);
         let segment = create_segment(&directory, number)?;
         Ok(CommitLog {
             tail: Mutex::new(Tail { segment, next_seq }),
@@ -932,7 +1086,7 @@ impl CommitLog {
 
     /// Bytes in every segment.
     pub fn length(&self) -> u64 {
-        let ended: u64 = self.ended.lock().iter().map(|(_, length)| length).sum();
+        let ended: u64 = self.ended.lock().iter().map(|segment| segment.length).sum();
         ended + self.tail_length()
     }
 
@@ -960,7 +1114,12 @@ impl CommitLog {
             .and_then(|()| tail.segment.file.sync_data())
             .map_err(io_error(&path))?;
         tail.segment = next;
-        self.ended.lock().push((number, length));
+        self.ended.lock().push(SegmentSpan {
+            number,
+            first: number,
+            length,
+            compacted: false,
+        });
         Ok(())
     }
 
@@ -984,36 +1143,101 @@ impl CommitLog {
         sync_directory(directory)
     }
 
-    /// The segments before the one being appended to, oldest first, with their lengths.
-    pub fn ended_segments(&self) -> Vec<(u64, u64)> {
+    /// The segments before the one being appended to, in the log's order.
+    pub fn ended_segments(&self) -> Vec<SegmentSpan> {
         self.ended.lock().clone()
     }
 
-    /// The bytes of an ended segment, to [`scan_ended`] (synced whole, so a frame that fails
-    /// its checksum there is damage).
+    /// The bytes of an ended segment, to scan with [`EndedSegment::frames`] (synced whole, so a
+    /// frame that fails its checksum there is damage).
     pub fn read_ended(&self, number: u64) -> Result<EndedSegment, LogError> {
-        let (_, path, format) = segments(&self.directory)?
+        let segment = self.ended_file(number)?;
+        let bytes = std::fs::read(&segment.path).map_err(io_error(&segment.path))?;
+        Ok(EndedSegment {
+            path: segment.path,
+            format: segment.format,
+            bytes,
+        })
+    }
+
+    /// The file of the ended segment `number`.
+    fn ended_file(&self, number: u64) -> Result<SegmentFile, LogError> {
+        segments(&self.directory)?
             .into_iter()
-            .find(|(found, _, _)| *found == number)
+            .find(|segment| segment.number == number)
             .ok_or_else(|| LogError::Damaged {
                 path: segment_path(&self.directory, number).display().to_string(),
                 offset: 0,
                 what: "the segment is missing".to_string(),
-            })?;
-        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-        Ok(EndedSegment { path, format, bytes })
+            })
     }
 
-    /// Deletes an ended segment.
+    /// Deletes an ended segment, for good (the directory is synced: a segment back after a crash
+    /// could bring back what later removals, since compacted away, had removed).
     pub fn remove(&self, number: u64) -> Result<(), LogError> {
-        let found = segments(&self.directory)?
-            .into_iter()
-            .find(|(found, _, _)| *found == number);
-        if let Some((_, path, _)) = found {
-            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        if let Ok(segment) = self.ended_file(number) {
+            std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+            sync_directory(&self.directory)?;
         }
-        self.ended.lock().retain(|(ended, _)| *ended != number);
+        self.ended.lock().retain(|ended| ended.number != number);
         Ok(())
+    }
+
+    /// Puts a compacted segment in place of the ended segments `numbers` (adjacent in the log,
+    /// in its order), standing for their frames `first_seq..=last_seq` and holding `writes`
+    /// (see [`encode_compacted`]). Written under another name and synced, renamed into place, then
+    /// the segments it replaces deleted: a crash in between leaves them, and the next open
+    /// deletes them. Appends go on meanwhile; the caller makes sure every write that made one of
+    /// the dropped writes dead is durable before this. Returns the new segment's length.
+    pub fn replace_with_compacted(
+        &self,
+        numbers: &[u64],
+        first_seq: u64,
+        last_seq: u64,
+        writes: &[KeptWrite],
+        frame_bytes: usize,
+    ) -> Result<u64, LogError> {
+        let (Some(&oldest), Some(&last)) = (numbers.first(), numbers.last()) else {
+            return Ok(0);
+        };
+        let first = self
+            .ended
+            .lock()
+            .iter()
+            .find(|segment| segment.number == oldest)
+            .map_or(oldest, |segment| segment.first);
+        let replaced: Vec<SegmentFile> = numbers
+            .iter()
+            .map(|number| self.ended_file(*number))
+            .collect::<Result<_, _>>()?;
+        let bytes = encode_compacted(first_seq, last_seq, writes, frame_bytes);
+        let path = self
+            .directory
+            .join(format!("{first:020}-{last:020}.{COMPACTED_EXTENSION}"));
+        let written = path.with_extension(format!("{COMPACTED_EXTENSION}.{BEING_WRITTEN_EXTENSION}"));
+        let mut file = File::create(&written).map_err(io_error(&written))?;
+        std::io::Write::write_all(&mut file, &bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(io_error(&written))?;
+        std::fs::rename(&written, &path).map_err(io_error(&path))?;
+        sync_directory(&self.directory)?;
+        for segment in replaced.iter().filter(|segment| segment.path != path) {
+            std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+        }
+        sync_directory(&self.directory)?;
+        let mut ended = self.ended.lock();
+        ended.retain(|segment| !numbers.contains(&segment.number));
+        let at = ended.partition_point(|segment| segment.number < last);
+        ended.insert(
+            at,
+            SegmentSpan {
+                number: last,
+                first,
+                length: bytes.len() as u64,
+                compacted: true,
+            },
+        );
+        Ok(bytes.len() as u64)
     }
 }
 
@@ -1349,7 +1573,13 @@ mod tests {
             "the torn end and the zeros are cut off"
         );
         append(&log, "c", "3");
-        assert_eq!(log.ended_segments(), vec![(1, whole)]);
+        let span = SegmentSpan {
+            number: 1,
+            first: 1,
+            length: whole,
+            compacted: false,
+        };
+        assert_eq!(log.ended_segments(), vec![span]);
         // The first segment is now synced whole, and the frames follow each other.
         assert_eq!(
             recover(dir.path(), 0).unwrap(),
@@ -1485,7 +1715,7 @@ mod tests {
         let names: Vec<PathBuf> = segments(&directory)
             .unwrap()
             .into_iter()
-            .map(|(_, path, _)| path)
+            .map(|segment| segment.path)
             .collect();
         assert_eq!(
             names,
@@ -1519,6 +1749,155 @@ mod tests {
         let (frames, recovered) = recover_from(dir.path(), 3, ReplayFrom::Checkpoint).unwrap();
         assert_eq!(frames, vec![]);
         assert!(recovered.lost_copies);
+    }
+
+    fn kept(seq: u64, key: &str, value: Option<&str>) -> KeptWrite {
+        KeptWrite {
+            seq,
+            key: key.as_bytes().to_vec(),
+            value: value.map(|value| value.as_bytes().to_vec()),
+        }
+    }
+
+    /// A frame as compaction writes it: its writes, then its number.
+    fn compacted_frame(seq: u64, writes: &[(&str, Option<&str>)]) -> Frame {
+        let mut all: Vec<Write> = writes
+            .iter()
+            .map(|(key, value)| (key.as_bytes().to_vec(), value.map(|value| value.as_bytes().to_vec())))
+            .collect();
+        all.push((APPLIED_THROUGH.to_vec(), Some(seq.to_be_bytes().to_vec())));
+        Frame {
+            seq,
+            writes: all,
+            damaged: Vec::new(),
+        }
+    }
+
+    /// Segment 1 holds frames 1–3, segment 2 frames 4–5, segment 3 (being appended to) frame 6.
+    fn three_segments() -> (tempfile::TempDir, CommitLog) {
+        let (dir, log) = fresh_log(1);
+        for (key, value) in [("a", "1"), ("b", "1"), ("a", "2")] {
+            append(&log, key, value);
+        }
+        log.roll().unwrap();
+        for (key, value) in [("c", "1"), ("b", "2")] {
+            append(&log, key, value);
+        }
+        log.roll().unwrap();
+        append(&log, "a", "3");
+        log.sync().unwrap();
+        (dir, log)
+    }
+
+    #[test]
+    fn a_compacted_segment_stands_for_the_frames_it_replaced() {
+        let (dir, log) = three_segments();
+        // Segment 1 alone: only `a` = 2 (frame 3) kept; frames 1 and 3 mark its range.
+        log.replace_with_compacted(&[1], 1, 3, &[kept(3, "a", Some("2"))], 1)
+            .unwrap();
+        let compacted = dir.path().join(DIRECTORY).join(format!("{:020}-{:020}.log2c", 1, 1));
+        assert!(compacted.exists());
+        assert!(!segment_path(&dir.path().join(DIRECTORY), 1).exists());
+        let (frames, _) = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                compacted_frame(1, &[]),
+                compacted_frame(3, &[("a", Some("2"))]),
+                expected(4, "c", "1"),
+                expected(5, "b", "2"),
+                expected(6, "a", "3"),
+            ],
+            "frame 2 is not missing: the compacted segment stands for it"
+        );
+        assert_eq!(
+            log.ended_segments().first().copied(),
+            Some(SegmentSpan {
+                number: 1,
+                first: 1,
+                length: std::fs::metadata(&compacted).unwrap().len(),
+                compacted: true,
+            })
+        );
+
+        // Merged with segment 2, in frames split only between the frames they came from.
+        let writes = [kept(3, "a", Some("2")), kept(4, "c", Some("1")), kept(5, "b-old", None)];
+        log.replace_with_compacted(&[1, 2], 1, 5, &writes, 1).unwrap();
+        let (frames, _) = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                compacted_frame(1, &[]),
+                compacted_frame(3, &[("a", Some("2"))]),
+                compacted_frame(4, &[("c", Some("1"))]),
+                compacted_frame(5, &[("b-old", None)]),
+                expected(6, "a", "3"),
+            ]
+        );
+        let names: Vec<(u64, u64, bool)> = log
+            .ended_segments()
+            .iter()
+            .map(|segment| (segment.first, segment.number, segment.compacted))
+            .collect();
+        assert_eq!(names, vec![(1, 2, true)]);
+
+        // In large frames, the writes of frames 3–5 go in the last, numbered 5.
+        log.replace_with_compacted(&[2], 1, 5, &writes, usize::MAX).unwrap();
+        let (frames, _) = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap();
+        assert_eq!(
+            frames[..2],
+            [
+                compacted_frame(1, &[]),
+                compacted_frame(5, &[("a", Some("2")), ("c", Some("1")), ("b-old", None)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn segments_a_compaction_replaced_before_it_died_are_not_read_and_are_deleted_at_open() {
+        let (dir, log) = three_segments();
+        let directory = dir.path().join(DIRECTORY);
+        let originals: Vec<(PathBuf, Vec<u8>)> = [1, 2]
+            .iter()
+            .map(|number| {
+                let path = segment_path(&directory, *number);
+                let bytes = std::fs::read(&path).unwrap();
+                (path, bytes)
+            })
+            .collect();
+        log.replace_with_compacted(&[1, 2], 1, 5, &[kept(5, "b", Some("2"))], 1)
+            .unwrap();
+        let (after, _) = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap();
+        drop(log);
+        // As if the compaction died after renaming its segment into place, before deleting
+        // those it replaced; and another died before its rename.
+        for (path, bytes) in &originals {
+            std::fs::write(path, bytes).unwrap();
+        }
+        let unfinished = directory.join(format!("{:020}-{:020}.log2c.new", 1, 2));
+        std::fs::write(&unfinished, b"half a segment").unwrap();
+        let (frames, recovered) = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap();
+        assert_eq!(frames, after, "the replaced segments are not read");
+        let log = CommitLog::open(dir.path(), 7, recovered.end).unwrap();
+        for (path, _) in &originals {
+            assert!(!path.exists(), "{} is deleted at open", path.display());
+        }
+        assert!(!unfinished.exists());
+        let spans: Vec<(u64, u64)> = log
+            .ended_segments()
+            .iter()
+            .map(|segment| (segment.first, segment.number))
+            .collect();
+        assert_eq!(spans, vec![(1, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn a_missing_segment_after_a_compacted_one_is_damage() {
+        let (dir, log) = three_segments();
+        log.replace_with_compacted(&[1], 1, 3, &[], 1).unwrap();
+        std::fs::remove_file(segment_path(&dir.path().join(DIRECTORY), 2)).unwrap();
+        let error = recover_from(dir.path(), 0, ReplayFrom::Start).unwrap_err();
+        assert!(error.to_string().contains("frame 6 follows frame 3"), "{error}");
     }
 
     proptest::proptest! {

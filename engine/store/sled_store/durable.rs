@@ -4,15 +4,22 @@
 //!
 //! **Whole:** every record the tree holds is in the log, as the last write of its key there, so
 //! replaying the log from its oldest segment onto an empty tree gives the tree. Every write goes
-//! through the log; compaction deletes a segment only after copying forward, under the log's lock,
-//! the current value of every key whose last write the segment might hold (the tree's value
-//! equals the entry's, or the entry's value is damaged), and only the oldest segment, so removals
-//! it drops have nothing older left to undo. A store that does not have a whole log (opened first
-//! by a build before this one, its log deleted by an operator, or its tree ahead of its log after
-//! a machine crash lost unsynced frames) has its tree copied into the log at open.
+//! through the log. Compaction rewrites segments in place: a segment (or a run of two) is
+//! replaced by a compacted segment holding, where they were in the log's order, each key's last
+//! write there that is still live — a value the tree still holds, or a removal unless nothing
+//! older is left for it to undo — so replaying the log gives what it gave before. It takes no
+//! lock: a write that lands meanwhile is in a later segment and wins on replay. Before the
+//! compacted segment takes its place, the log is synced, so every write that made a dropped one
+//! dead is durable. A store that does not have a whole log (opened first by a build before this
+//! one, its log deleted by an operator, or its tree ahead of its log after a machine crash lost
+//! unsynced frames), or whose compaction finds a segment that does not read, has its tree copied
+//! into the log and the segments before the copy deleted.
 //!
 //! **Bounded:** compaction runs while the log is over three times what the tree's records take as
-//! log entries (counted as writes replace them) plus two segments.
+//! log entries (counted as writes replace them) plus two segments. It goes round the segments a
+//! checkpoint covers and rewrites the first that is at least half garbage, with the compacted
+//! segment before it if both fit in one segment: segments of records written once and kept (the
+//! finished instances) are read, not rewritten, and each byte rewritten frees at least as much.
 //!
 //! **Rebuilt:** when sled's files are damaged — sled fails to recover them, or its tree is behind
 //! what a checkpoint made durable — and the log is whole, sled's files are set aside in
@@ -31,29 +38,29 @@ use parking_lot::Mutex;
 use super::{backend, id_from_key, id_key, io_failed, log_failed, FINISHED, LIVE, SIGNALS};
 use crate::periodic::PeriodicThread;
 use crate::store::commit_log::{
-    self, Changes, CheckpointRecord, CommitLog, DamagedValue, LogError, Recovered, ReplayFrom, ScannedFrame, Value,
-    APPLIED_THROUGH, ENTRY_OVERHEAD,
+    self, Changes, CheckpointRecord, CommitLog, DamagedValue, KeptWrite, LogError, Recovered, ReplayFrom, SegmentSpan,
+    Value, APPLIED_THROUGH, ENTRY_OVERHEAD,
 };
 use crate::store::space::{SpaceGuard, DEFAULT_DISK_RESERVE};
 use crate::store::StoreError;
 
 /// The log's segment being appended to is ended and the next begun at this size (by default).
-/// Compaction deletes whole segments and leaves two segments of slack, so this is most of what
-/// the log takes beyond its live records in a small store.
+/// Compaction rewrites ended segments; the log's slack beyond its bound is two segments.
 pub(super) const DEFAULT_SEGMENT_LIMIT: u64 = 16 * 1024 * 1024;
 /// A checkpoint is due when the log has frames the last one did not cover and it is this old (by
 /// default).
 pub(super) const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Compaction runs while the log is over this many times what the tree's records take as log
-/// entries (plus two segments). Compacting the oldest segment copies forward what it still
-/// holds, so each byte written costs about `1 / (LIVE_FACTOR - 1)` bytes copied once the live
-/// records dominate: 3 copies half a byte per byte written, and lets the log take three times the
-/// live records.
+/// entries (plus two segments): then the segments it may take are on average two-thirds garbage,
+/// so a round of them finds one at least half garbage.
 const LIVE_FACTOR: u64 = 3;
 /// How often the checkpoint thread looks.
 const CHECKPOINT_LOOK_EVERY: Duration = Duration::from_millis(100);
-/// Records copied forward in frames of about this many bytes, each under the log's lock (a
-/// commit waits for one at most).
+/// How many segments compaction looks at, at most, per look of the checkpoint thread.
+const SEGMENTS_LOOKED_AT_PER_TURN: usize = 4;
+/// Records copied from the tree into the log go in frames of about this many bytes, each under
+/// the log's lock (a commit waits for one at most); compacted segments are written in frames of
+/// this size too.
 const COPY_BATCH_BYTES: usize = 256 * 1024;
 /// The prefix of the directory sled's damaged files are moved into.
 const SET_ASIDE_PREFIX: &str = "sled-damaged-";
@@ -81,8 +88,38 @@ pub(super) struct Durable {
     whole: AtomicBool,
     /// The last checkpoint's record.
     last_checkpoint: Mutex<CheckpointRecord>,
+    /// Where compaction is in its round of the log (only the checkpoint thread compacts).
+    compaction: Mutex<CompactionRound>,
     /// Refuses commits, and puts compaction off, while the disk is nearly full.
     pub(super) space: SpaceGuard,
+}
+
+/// What compacting some segments keeps (see [`Durable::kept_of`]).
+struct Kept {
+    /// The frames the segments stand for.
+    first_seq: u64,
+    last_seq: u64,
+    /// In the log's order.
+    writes: Vec<KeptWrite>,
+    /// What they take as log entries.
+    bytes: u64,
+}
+
+/// Where compaction is in its round of the log's segments.
+#[derive(Debug, Default)]
+struct CompactionRound {
+    /// The last segment looked at.
+    after: u64,
+    /// Bytes of segments looked at since one was last compacted.
+    looked_at: u64,
+    /// The log's length when a whole round found nothing worth compacting.
+    fruitless_at: Option<u64>,
+}
+
+/// A segment compaction cannot read: logged; the caller copies the tree into the log instead.
+fn unreadable(damage: &LogError) -> Option<Kept> {
+    tracing::error!(%damage, "a commit-log segment being compacted does not read (damaged where its records cannot be named, or unreadable); copying the whole tree into the log instead");
+    None
 }
 
 /// Why replaying the log stopped.
@@ -177,6 +214,7 @@ impl Durable {
             live_bytes: AtomicI64::new(checkpoint.map_or(0, |record| record.live_bytes as i64)),
             whole: AtomicBool::new(whole && !tree_ahead && !recovered.lost_copies),
             last_checkpoint: Mutex::new(checkpoint.unwrap_or_default()),
+            compaction: Mutex::new(CompactionRound::default()),
             space: SpaceGuard::new(path, DEFAULT_DISK_RESERVE),
         };
         if durable.whole.load(Ordering::Relaxed) {
@@ -274,78 +312,166 @@ impl Durable {
         self.log.roll().map_err(|error| self.stop(log_failed(error)))
     }
 
-    /// The oldest segment, if compaction should take it now: the log is whole, over its bound,
-    /// the last checkpoint covers the segment (so no replay needs it), and the disk has more free
-    /// space than the reserve (compaction writes before it frees: a nearly full disk puts it off,
-    /// as it refuses commits).
-    fn compaction_due(&self) -> Option<u64> {
+    /// Whether compaction should run now: the log is whole and over its bound, the disk has
+    /// more free space than the reserve (compaction writes before it frees: a nearly full disk
+    /// puts it off, as it refuses commits), and the last round of the log that found nothing worth
+    /// compacting was a segment ago or more.
+    fn compaction_due(&self) -> bool {
         if !self.whole.load(Ordering::Relaxed) || self.space.check().is_err() {
-            return None;
+            return false;
         }
-        let (oldest, _) = *self.log.ended_segments().first()?;
         let live = self.live_bytes.load(Ordering::Relaxed).max(0) as u64;
-        let bound = LIVE_FACTOR * live + 2 * self.segment_limit.load(Ordering::Relaxed);
-        (oldest < self.last_checkpoint.lock().segment && self.log.length() > bound).then_some(oldest)
+        let segment_limit = self.segment_limit.load(Ordering::Relaxed);
+        let length = self.log.length();
+        let fruitless = self
+            .compaction
+            .lock()
+            .fruitless_at
+            .is_some_and(|at| length < at + segment_limit);
+        length > LIVE_FACTOR * live + 2 * segment_limit && !fruitless
     }
 
-    /// Compacts the log's oldest segment: copies forward the current value of every key whose
-    /// last write it may hold, syncs the log, and deletes the segment. A frame there that does not
-    /// read (its keys cannot be named) has the whole tree copied forward instead.
-    pub(super) fn compact(&self, number: u64) -> Result<(), StoreError> {
-        let segment = self.log.read_ended(number);
-        let frames = segment
-            .as_ref()
-            .map_err(LogError::to_string)
-            .and_then(|segment| segment.frames().map_err(|error| error.to_string()));
-        match frames {
-            Ok(frames) => {
-                // Only a key's last write in the segment can be its last write in the log: one
-                // read of the tree per key, not per write (a record rewritten at every step is
-                // written hundreds of times per segment).
-                let mut last_writes: HashMap<&[u8], Value<'_>> = HashMap::new();
-                let entries: Vec<Vec<(&[u8], Value<'_>)>> = frames.iter().map(ScannedFrame::entries).collect();
-                for (key, value) in entries.into_iter().flatten() {
-                    last_writes.insert(key, value);
+    /// Looks at the next few segments the last checkpoint covers, in a round of the log, and
+    /// compacts the first that is at least half garbage (with the compacted segment before it, if
+    /// both fit in one segment, so compacted segments do not pile up small). One that does not
+    /// read (damaged where its records cannot be named) has the whole tree copied into the log in
+    /// its place. A round that finds nothing worth compacting (the live records were counted
+    /// low) puts compaction off until the log has grown a segment.
+    pub(super) fn compact_next(&self) -> Result<(), StoreError> {
+        let checkpointed = self.last_checkpoint.lock().segment;
+        let ended = self.log.ended_segments();
+        let oldest = ended.first().map(|segment| segment.number);
+        let candidates: Vec<SegmentSpan> = ended
+            .iter()
+            .filter(|segment| segment.number < checkpointed)
+            .copied()
+            .collect();
+        let covered: u64 = candidates.iter().map(|segment| segment.length).sum();
+        let segment_limit = self.segment_limit.load(Ordering::Relaxed);
+        let mut round = self.compaction.lock();
+        for _ in 0..SEGMENTS_LOOKED_AT_PER_TURN.min(candidates.len()) {
+            let index = candidates
+                .iter()
+                .position(|segment| segment.number > round.after)
+                .unwrap_or(0);
+            let victim = candidates[index];
+            round.after = victim.number;
+            let Some(kept) = self.kept_of(&[victim], oldest)? else {
+                return self.make_whole();
+            };
+            if kept.bytes * 2 > victim.length {
+                round.looked_at += victim.length;
+                if round.looked_at >= covered {
+                    round.looked_at = 0;
+                    round.fruitless_at = Some(self.log.length());
+                    tracing::debug!(covered, "a round of the commit log found no segment worth compacting");
+                    return Ok(());
                 }
-                last_writes.remove(APPLIED_THROUGH);
-                let mut keys = std::collections::BTreeSet::new();
-                for (key, last) in last_writes {
-                    let held = match last {
-                        Value::Remove => false,
-                        // The tree's value of a key whose log entry is damaged mends the log.
-                        Value::Damaged(_) => true,
-                        Value::Put(value) => self
-                            .db
-                            .get(key)
-                            .map_err(backend("read for compaction"))?
-                            .is_some_and(|current| current == value),
-                    };
-                    if held {
-                        keys.insert(key.to_vec());
-                    }
-                }
-                let mut keys = keys.into_iter().peekable();
-                while keys.peek().is_some() {
-                    self.copy_forward(|changes, db| {
-                        for key in keys.by_ref() {
-                            if let Some(value) = db.get(&key).map_err(backend("read for compaction"))? {
-                                changes.insert(&key, &value);
-                            }
-                            if changes.length() >= COPY_BATCH_BYTES {
-                                break;
-                            }
-                        }
-                        Ok(())
-                    })?;
-                }
+                continue;
             }
-            Err(damage) => {
-                tracing::error!(%damage, "a commit-log segment being compacted does not read (damaged where its records cannot be named, or unreadable); copying the whole tree into the log instead");
-                self.copy_tree_into_log()?;
+            let previous = index
+                .checked_sub(1)
+                .map(|before| candidates[before])
+                .filter(|previous| previous.compacted && previous.length + kept.bytes <= segment_limit);
+            let (unit, kept) = match previous {
+                Some(previous) => match self.kept_of(&[previous, victim], oldest)? {
+                    Some(kept) => (vec![previous.number, victim.number], kept),
+                    None => return self.make_whole(),
+                },
+                None => (vec![victim.number], kept),
+            };
+            // The writes that made the dropped ones dead were appended before the tree showed
+            // them: durable now, so the log never lacks a record the tree holds.
+            self.sync()?;
+            if kept.writes.is_empty() && unit.first() == oldest.as_ref() {
+                for number in unit {
+                    self.log.remove(number).map_err(|error| self.stop(log_failed(error)))?;
+                }
+            } else {
+                self.log
+                    .replace_with_compacted(&unit, kept.first_seq, kept.last_seq, &kept.writes, COPY_BATCH_BYTES)
+                    .map_err(|error| self.stop(log_failed(error)))?;
+            }
+            round.looked_at = 0;
+            round.fruitless_at = None;
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// What compacting `unit` (adjacent ended segments, in the log's order) keeps: each key's last
+    /// write there, if it is still live — a value the tree still holds (the tree's value, for one
+    /// whose log entry is damaged: it mends the log), or a removal unless the unit begins at the
+    /// `oldest` segment (then nothing older is left for it to undo). `None` if a segment does not
+    /// read.
+    fn kept_of(&self, unit: &[SegmentSpan], oldest: Option<u64>) -> Result<Option<Kept>, StoreError> {
+        let mut read = Vec::with_capacity(unit.len());
+        for segment in unit {
+            match self.log.read_ended(segment.number) {
+                Ok(segment) => read.push(segment),
+                Err(damage) => return Ok(unreadable(&damage)),
             }
         }
-        self.sync()?;
-        self.log.remove(number).map_err(|error| self.stop(log_failed(error)))
+        let mut frames = Vec::with_capacity(read.len());
+        for segment in &read {
+            match segment.frames() {
+                Ok(scanned) => frames.extend(scanned),
+                Err(damage) => return Ok(unreadable(&damage)),
+            }
+        }
+        let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+            return Ok(None);
+        };
+        let (first_seq, last_seq) = (first.seq(), last.seq());
+        // Only a key's last write in the unit can be its last write in the log: one read of the
+        // tree per key, not per write (a record rewritten at every step is written hundreds of
+        // times per segment).
+        let mut last_writes: HashMap<&[u8], (usize, u64, Value<'_>)> = HashMap::new();
+        let mut position = 0usize;
+        for frame in &frames {
+            let seq = frame.seq();
+            for (key, value) in frame.entries() {
+                if key != APPLIED_THROUGH {
+                    last_writes.insert(key, (position, seq, value));
+                }
+                position += 1;
+            }
+        }
+        let removals_undo_nothing = unit.first().map(|segment| segment.number) == oldest;
+        let mut kept: Vec<(usize, KeptWrite)> = Vec::new();
+        for (key, (position, seq, value)) in last_writes {
+            let read_tree = || self.db.get(key).map_err(backend("read for compaction"));
+            let value = match value {
+                Value::Remove if removals_undo_nothing => continue,
+                Value::Remove => None,
+                Value::Put(value) => match read_tree()? {
+                    Some(current) if current == value => Some(value.to_vec()),
+                    _ => continue,
+                },
+                Value::Damaged(_) => match read_tree()? {
+                    Some(current) => Some(current.to_vec()),
+                    None => continue,
+                },
+            };
+            let write = KeptWrite {
+                seq,
+                key: key.to_vec(),
+                value,
+            };
+            kept.push((position, write));
+        }
+        kept.sort_unstable_by_key(|(position, _)| *position);
+        let writes: Vec<KeptWrite> = kept.into_iter().map(|(_, write)| write).collect();
+        let bytes = writes
+            .iter()
+            .map(|write| (write.key.len() + write.value.as_ref().map_or(0, Vec::len)) as u64 + ENTRY_OVERHEAD)
+            .sum();
+        Ok(Some(Kept {
+            first_seq,
+            last_seq,
+            writes,
+            bytes,
+        }))
     }
 
     /// Appends one frame of records copied from the tree, chosen by `fill` under the log's lock
@@ -418,9 +544,11 @@ impl Durable {
         self.live_bytes.store((live + applied) as i64, Ordering::Relaxed);
         self.whole.store(true, Ordering::Relaxed);
         self.checkpoint()?;
-        for (number, _) in self.log.ended_segments() {
-            if number < first {
-                self.log.remove(number).map_err(|error| self.stop(log_failed(error)))?;
+        for segment in self.log.ended_segments() {
+            if segment.number < first {
+                self.log
+                    .remove(segment.number)
+                    .map_err(|error| self.stop(log_failed(error)))?;
             }
         }
         Ok(())
@@ -436,8 +564,8 @@ pub(super) fn start_checkpointer(durable: Arc<Durable>) -> std::io::Result<Perio
         if durable.roll_if_full().is_err() || (durable.checkpoint_due() && durable.checkpoint().is_err()) {
             return false;
         }
-        if let Some(oldest) = durable.compaction_due() {
-            if let Err(error) = durable.compact(oldest) {
+        if durable.compaction_due() {
+            if let Err(error) = durable.compact_next() {
                 tracing::error!(%error, "compacting the commit log failed");
                 if durable.stopped().is_err() {
                     return false;
@@ -650,6 +778,112 @@ mod tests {
             raw: b"bytes as read".to_vec(),
             place: "commit-log/00000000000000000001.log2 byte 99".to_string(),
         }
+    }
+
+    fn open_durable(path: &Path) -> Durable {
+        let refuse = |reason: String| StoreError::Backend {
+            operation: "open",
+            message: reason,
+        };
+        Durable::open(path, &|_| Ok(()), &refuse).unwrap()
+    }
+
+    /// The tree's records, without the log's place in it.
+    fn records_of(db: &sled::Db) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        db.iter()
+            .map(Result::unwrap)
+            .filter(|(key, _)| key != APPLIED_THROUGH)
+            .map(|(key, value)| (key.to_vec(), value.to_vec()))
+            .collect()
+    }
+
+    /// What replaying the whole log onto an empty tree gives.
+    fn replayed_from_the_start(path: &Path) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut records = std::collections::BTreeMap::new();
+        commit_log::recover(path, 0, ReplayFrom::Start, |frame| -> Result<(), LogError> {
+            for (key, value) in frame.writes {
+                match value {
+                    Some(value) => records.insert(key, value),
+                    None => records.remove(&key),
+                };
+            }
+            Ok(())
+        })
+        .unwrap();
+        records.remove(APPLIED_THROUGH);
+        records
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 48, ..Default::default() })]
+
+        /// Whatever the writes and wherever compaction falls between them, the log alone replays
+        /// to exactly what the tree holds, and stays within what compaction keeps.
+        #[test]
+        fn the_log_compacted_in_place_replays_to_the_tree(
+            writes in proptest::collection::vec((0u8..12, proptest::option::weighted(0.8, 0usize..400)), 50..400),
+            compact_every in 1usize..40,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let durable = open_durable(dir.path());
+            durable.segment_limit.store(2048, Ordering::Relaxed);
+            let mut compactions = 0;
+            for (index, (key, value)) in writes.iter().enumerate() {
+                let mut changes = Changes::default();
+                let key = format!("key-{key}");
+                match value {
+                    Some(length) => changes.insert(&key, vec![index as u8; *length]),
+                    None => changes.remove(&key),
+                }
+                durable.write(&mut changes, "write").unwrap();
+                durable.roll_if_full().unwrap();
+                if index % compact_every == 0 {
+                    durable.checkpoint().unwrap();
+                    let before = durable.log.ended_segments();
+                    durable.compact_next().unwrap();
+                    compactions += usize::from(durable.log.ended_segments() != before);
+                }
+            }
+            durable.sync().unwrap();
+            proptest::prop_assert_eq!(replayed_from_the_start(dir.path()), records_of(&durable.db), "after {} compactions", compactions);
+        }
+    }
+
+    #[test]
+    fn a_removal_compacted_in_place_still_undoes_the_older_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = open_durable(dir.path());
+        durable.segment_limit.store(1024, Ordering::Relaxed);
+        let write = |key: &str, value: Option<&[u8]>| {
+            let mut changes = Changes::default();
+            match value {
+                Some(value) => changes.insert(key, value),
+                None => changes.remove(key),
+            }
+            durable.write(&mut changes, "write").unwrap();
+            durable.roll_if_full().unwrap();
+        };
+        // The oldest segment holds `gone` and a cold record; the next its removal among garbage.
+        write("gone", Some(&[1; 300]));
+        write("cold", Some(&[2; 900]));
+        write("gone", None);
+        for round in 0..40u8 {
+            write("hot", Some(&[round; 300]));
+        }
+        durable.checkpoint().unwrap();
+        let oldest = durable.log.ended_segments()[0];
+        for _ in 0..8 {
+            durable.compact_next().unwrap();
+        }
+        let spans = durable.log.ended_segments();
+        assert_eq!(
+            spans[0], oldest,
+            "the oldest segment is half live: not worth compacting"
+        );
+        assert!(spans.iter().any(|span| span.compacted), "{spans:?}");
+        let records = replayed_from_the_start(dir.path());
+        assert_eq!(records, records_of(&durable.db));
+        assert!(!records.contains_key(&b"gone"[..]));
     }
 
     #[test]
