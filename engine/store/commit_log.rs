@@ -76,6 +76,16 @@ pub(crate) struct Changes {
 /// two CRC32s. A record the tree holds takes its key, its value and this.
 pub(crate) const ENTRY_OVERHEAD: u64 = 17;
 
+/// Bytes a frame takes besides its writes: its header and its last entry, the tree's
+/// applied-through number.
+pub(crate) const FRAME_OVERHEAD: u64 = HEADER as u64 + ENTRY_OVERHEAD + APPLIED_THROUGH.len() as u64 + 8;
+
+/// About what a compacted segment holding writes of `kept_bytes` (as log entries) takes, written
+/// in frames of `frame_bytes` (see [`encode_compacted`]): its first and last frames always.
+pub(crate) fn compacted_length(kept_bytes: u64, frame_bytes: u64) -> u64 {
+    kept_bytes + (2 + kept_bytes / frame_bytes.max(1)) * FRAME_OVERHEAD
+}
+
 impl Default for Changes {
     fn default() -> Changes {
         Changes::in_buffer(Vec::new())
