@@ -211,6 +211,15 @@ fn wait_for_log_within(dir: &Path, bound: u64, written: u64) {
     }
 }
 
+/// A store in `dir` whose log segments end at `segment` bytes and whose checkpoint thread
+/// checkpoints (and so may compact) at every look.
+fn compacting_store(dir: &Path, segment: u64) -> SledStore {
+    SledStore::open(dir)
+        .unwrap()
+        .with_log_segment_size(segment)
+        .with_checkpoint_interval(Duration::from_millis(1))
+}
+
 /// Writes every one of `keys` schedule fires `rounds` times, a round per commit, unsynced.
 fn rewrite_rounds(store: &SledStore, keys: u64, rounds: u64) {
     for round in 0..rounds {
@@ -228,10 +237,7 @@ fn rewrite_rounds(store: &SledStore, keys: u64, rounds: u64) {
 fn compaction_leaves_segments_of_live_records_alone_and_reclaims_the_garbage() {
     const SEGMENT: u64 = 64 * 1024;
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path())
-        .unwrap()
-        .with_log_segment_size(SEGMENT)
-        .with_checkpoint_interval(Duration::from_millis(1));
+    let store = compacting_store(dir.path(), SEGMENT);
     // Records written once and kept, a little over two segments of them, first in the log.
     for batch in 0..12u64 {
         let ops: Vec<Op> = (0..50u64)
@@ -290,10 +296,7 @@ fn compaction_keeps_the_log_bounded_and_the_log_alone_rebuilds_the_store() {
     const ROUNDS: u64 = 400;
     const SEGMENT: u64 = 64 * 1024;
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path())
-        .unwrap()
-        .with_log_segment_size(SEGMENT)
-        .with_checkpoint_interval(Duration::from_millis(1));
+    let store = compacting_store(dir.path(), SEGMENT);
     // Every key rewritten ROUNDS times: almost all of what the log takes in is dead at once.
     rewrite_rounds(&store, KEYS, ROUNDS);
     store.sync().unwrap();
