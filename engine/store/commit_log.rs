@@ -22,11 +22,11 @@
 //! frames with writes still live), the checkpoint record (`commit-log/checkpoint`), the frames'
 //! encoding, and reading them back. A compacted segment is written under another name, synced
 //! and renamed into place before the segments it replaces are deleted; one found beside them
-//! after a crash is the log, and they are deleted at open. A segment is appended to until it is rolled; segments
-//! before the last were synced whole when the next began, so a frame that fails its checksum
-//! there is damage, as is one the last checkpoint covered; in the last segment, past the
-//! checkpoint, it is the torn end of the log unless a later frame says the log had been synced
-//! past it.
+//! after a crash is the log, and they are deleted at open. A segment is appended to until it is
+//! rolled; segments before the last were synced whole when the next began (compacted ones before
+//! they took their place), so a frame that fails its checksum there is damage, as is one the last
+//! checkpoint covered; in the last segment, past the checkpoint, it is the torn end of the log
+//! unless a later frame says the log had been synced past it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
