@@ -56,18 +56,27 @@ fn log_segments(dir: &Path) -> Vec<u64> {
     sizes
 }
 
-/// Bytes of frames in the log's segments, without the zeros written ahead of them. Compaction
-/// may delete a segment between the listing and its read: it then counts nothing.
+/// A segment's frames, without the zeros written ahead of them (cut off when it is ended);
+/// `None` if compaction deleted it.
+fn frames_in(path: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(mut bytes) => {
+            bytes.truncate(bytes.iter().rposition(|byte| *byte != 0).map_or(0, |at| at + 1));
+            Some(bytes)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Bytes of frames in the log's segments. Compaction may delete a segment between the listing
+/// and its read: it then counts nothing.
 fn log_frames_length(dir: &Path) -> u64 {
     std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| is_segment(path))
-        .map(|path| match std::fs::read(path) {
-            Ok(bytes) => bytes.iter().rposition(|byte| *byte != 0).map_or(0, |at| at as u64 + 1),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(error) => panic!("{error}"),
-        })
+        .map(|path| frames_in(&path).map_or(0, |frames| frames.len() as u64))
         .sum()
 }
 
@@ -238,44 +247,40 @@ fn compaction_leaves_segments_of_live_records_alone_and_reclaims_the_garbage() {
     const SEGMENT: u64 = 64 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let store = compacting_store(dir.path(), SEGMENT);
-    // Records written once and kept, a little over two segments of them, first in the log.
-    for batch in 0..12u64 {
-        let ops: Vec<Op> = (0..50u64)
-            .map(|index| Op::PutScheduleFire {
-                schedule: format!("cold-{batch}-{index}-{}", "c".repeat(200)),
-                fire_ms: index,
-            })
-            .collect();
-        store.apply(&ops).unwrap();
-    }
+    // Records written once and kept, over two segments' worth, first in the log: one commit, so
+    // one frame (a segment is ended only between frames).
+    let ops: Vec<Op> = (0..600u64)
+        .map(|index| Op::PutScheduleFire {
+            schedule: format!("cold-{index}-{}", "c".repeat(200)),
+            fire_ms: index,
+        })
+        .collect();
+    store.apply(&ops).unwrap();
     store.sync().unwrap();
-    // Until the checkpoint thread ends the segment they are in (and begins the next), so the
-    // rest goes after them.
+    // Until the checkpoint thread ends the segment they are in (and begins the next, empty), so
+    // the rest goes after them.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while log_segments(dir.path()).len() < 2 {
         assert!(std::time::Instant::now() < deadline, "the segment was never ended");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let cold: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(dir.path().join("commit-log"))
+    // (A few of the rewrites below may still land in it: the next segment's file is created
+    // just before appends switch to it.)
+    let cold: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| is_segment(path) && std::fs::metadata(path).unwrap().len() > 0)
-        .map(|path| {
-            let bytes = std::fs::read(&path).unwrap();
-            (path, bytes)
-        })
         .collect();
-    let cold_length: u64 = cold.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+    let cold_length: u64 = cold.iter().map(|path| frames_in(path).unwrap().len() as u64).sum();
 
-    // Then garbage: fifty records rewritten a thousand times, far more than the log's bound.
+    // Then garbage: fifty records rewritten 1 500 times, far more than the log's bound.
     rewrite_rounds(&store, 50, 1_500);
     store.sync().unwrap();
     wait_for_log_within(dir.path(), 3 * cold_length + 4 * SEGMENT, 1_500 * 50 * 40);
-    for (path, bytes) in &cold {
-        assert_eq!(
-            std::fs::read(path).ok().as_ref(),
-            Some(bytes),
-            "{} holds only live records: compaction leaves it as it is",
+    for path in &cold {
+        assert!(
+            path.exists(),
+            "{} holds live records almost only: compaction leaves it as it is (it would have been replaced by a compacted segment)",
             path.display()
         );
     }
