@@ -78,7 +78,7 @@ pub(crate) const ENTRY_OVERHEAD: u64 = 17;
 
 /// Bytes a frame takes besides its writes: its header and its last entry, the tree's
 /// applied-through number.
-pub(crate) const FRAME_OVERHEAD: u64 = HEADER as u64 + ENTRY_OVERHEAD + APPLIED_THROUGH.len() as u64 + 8;
+const FRAME_OVERHEAD: u64 = HEADER as u64 + ENTRY_OVERHEAD + APPLIED_THROUGH.len() as u64 + 8;
 
 /// About what a compacted segment holding writes of `kept_bytes` (as log entries) takes, written
 /// in frames of `frame_bytes` (see [`encode_compacted`]): its first and last frames always.
