@@ -356,8 +356,8 @@ impl SledStore {
     }
 
     /// The size at which the commit log's segment being appended to is ended and the next begun
-    /// (default 16 MiB). Compaction deletes whole segments: smaller ones keep the log closer to
-    /// its bound, at the cost of more files.
+    /// (default 16 MiB). Compaction rewrites whole segments: smaller ones let it reclaim garbage
+    /// sooner, at the cost of more files and more segments read back.
     pub fn with_log_segment_size(self, bytes: u64) -> SledStore {
         self.durable.segment_limit.store(bytes.max(1), Ordering::Relaxed);
         self

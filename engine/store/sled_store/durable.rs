@@ -17,8 +17,8 @@
 //!
 //! **Bounded:** compaction runs while the log is over three times what the tree's records take as
 //! log entries (counted as writes replace them) plus two segments. It goes round the segments a
-//! checkpoint covers and rewrites the first that is at least half garbage, with the compacted
-//! segment before it if both are small: segments of records written once and kept (the
+//! checkpoint covers and rewrites the first whose compacted form (frames included) would take at
+//! most half its length, with the compacted segment before it if both are small: segments of records written once and kept (the
 //! finished instances) are read, not rewritten, and each byte rewritten frees at least as much.
 //!
 //! **Rebuilt:** when sled's files are damaged — sled fails to recover them, or its tree is behind
@@ -338,7 +338,7 @@ impl Durable {
     }
 
     /// Looks at the next few segments the last checkpoint covers, in a round of the log, and
-    /// compacts the first that is at least half garbage (with the compacted segment before it, if
+    /// compacts the first whose compacted form would take at most half its length (with the compacted segment before it, if
     /// both are small: see [`SMALL_SEGMENTS_MERGED_BELOW`]). One that does not
     /// read (damaged where its records cannot be named) has the whole tree copied into the log in
     /// its place. A round that finds nothing worth compacting (the live records were counted
