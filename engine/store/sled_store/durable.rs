@@ -970,4 +970,20 @@ mod tests {
         let error = set_damaged_apart(&db, damaged(b"c/order\x001.0.0".to_vec())).unwrap_err();
         assert!(error.contains("the store's record c/order"), "{error}");
     }
+
+    /// A store closed a moment ago in this process can hold sled's file lock a little longer (its
+    /// background threads let go of the file last): opening the directory again waits for it
+    /// rather than calling it another process's.
+    #[test]
+    fn a_directory_whose_lock_is_let_go_a_moment_later_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = open_db(dir.path()).unwrap();
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let reopened = open_db(dir.path());
+        letting_go.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+    }
 }

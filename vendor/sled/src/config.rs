@@ -596,8 +596,10 @@ impl Config {
             };
 
             if let Err(e) = try_lock {
+                // Strata: the lock conflict keeps its kind (`WouldBlock`), so a caller can tell
+                // a directory still held from any other failure.
                 return Err(Error::Io(io::Error::new(
-                    ErrorKind::Other,
+                    e.kind(),
                     format!(
                         "could not acquire lock on {:?}: {:?}",
                         self.db_path().to_string_lossy(),
