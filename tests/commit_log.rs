@@ -39,17 +39,11 @@ fn fire_key(index: u64) -> Vec<u8> {
     format!("f/schedule-{index}").into_bytes()
 }
 
-/// Whether `path` is a segment of the log: appended (`.log2`) or compacted (`.log2c`).
-fn is_segment(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|extension| extension == "log2" || extension == "log2c")
-}
-
 fn log_segments(dir: &Path) -> Vec<u64> {
     let mut sizes: Vec<u64> = std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| is_segment(path))
+        .filter(|path| common::is_log_segment(path))
         .map(|path| std::fs::metadata(path).unwrap().len())
         .collect();
     sizes.sort();
@@ -75,7 +69,7 @@ fn log_frames_length(dir: &Path) -> u64 {
     std::fs::read_dir(dir.join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| is_segment(path))
+        .filter(|path| common::is_log_segment(path))
         .map(|path| frames_in(&path).map_or(0, |frames| frames.len() as u64))
         .sum()
 }
@@ -269,7 +263,7 @@ fn compaction_leaves_segments_of_live_records_alone_and_reclaims_the_garbage() {
     let cold: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("commit-log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| is_segment(path) && std::fs::metadata(path).unwrap().len() > 0)
+        .filter(|path| common::is_log_segment(path) && std::fs::metadata(path).unwrap().len() > 0)
         .collect();
     let cold_length: u64 = cold.iter().map(|path| frames_in(path).unwrap().len() as u64).sum();
 

@@ -145,7 +145,7 @@ fn damage_record_100_in_the_log(dir: &Path) {
     let mut copies = 0;
     for entry in std::fs::read_dir(dir.join("commit-log")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|extension| extension == "log2") {
+        if common::is_log_segment(&path) {
             copies += damage_record_100_in(&path).0;
         }
     }

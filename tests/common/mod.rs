@@ -130,6 +130,13 @@ pub fn full_payment(input: &OrderInput) -> Payment {
     }
 }
 
+/// Whether `path` is a segment of an embedded store's commit log: appended (`.log2`) or
+/// compacted (`.log2c`).
+pub fn is_log_segment(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|extension| extension == "log2" || extension == "log2c")
+}
+
 /// Deletes sled's files from an embedded store's directory, as if lost, leaving the commit log.
 pub fn lose_sled_files(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap() {

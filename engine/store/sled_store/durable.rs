@@ -18,8 +18,9 @@
 //! **Bounded:** compaction runs while the log is over three times what the tree's records take as
 //! log entries (counted as writes replace them) plus two segments. It goes round the segments a
 //! checkpoint covers and rewrites the first whose compacted form (frames included) would take at
-//! most half its length, with the compacted segment before it if both are small: segments of records written once and kept (the
-//! finished instances) are read, not rewritten, and each byte rewritten frees at least as much.
+//! most half its length, with the compacted segment before it if both are small: segments of
+//! records written once and kept (the finished instances) are read, not rewritten, and each byte
+//! rewritten frees at least as much.
 //!
 //! **Rebuilt:** when sled's files are damaged — sled fails to recover them, or its tree is behind
 //! what a checkpoint made durable — and the log is whole, sled's files are set aside in
@@ -338,11 +339,11 @@ impl Durable {
     }
 
     /// Looks at the next few segments the last checkpoint covers, in a round of the log, and
-    /// compacts the first whose compacted form would take at most half its length (with the compacted segment before it, if
-    /// both are small: see [`SMALL_SEGMENTS_MERGED_BELOW`]). One that does not
-    /// read (damaged where its records cannot be named) has the whole tree copied into the log in
-    /// its place. A round that finds nothing worth compacting (the live records were counted
-    /// low) puts compaction off until the log has grown a segment.
+    /// compacts the first whose compacted form would take at most half its length (with the
+    /// compacted segment before it, if both are small: see [`SMALL_SEGMENTS_MERGED_BELOW`]). One
+    /// that does not read (damaged where its records cannot be named) has the whole tree copied
+    /// into the log in its place. A round that finds nothing worth compacting (the live records
+    /// were counted low) puts compaction off until the log has grown a segment.
     pub(super) fn compact_next(&self) -> Result<(), StoreError> {
         let checkpointed = self.last_checkpoint.lock().segment;
         let ended = self.log.ended_segments();
@@ -834,7 +835,7 @@ mod tests {
         #![proptest_config(proptest::test_runner::Config { cases: 48, ..Default::default() })]
 
         /// Whatever the writes and wherever compaction falls between them, the log alone replays
-        /// to exactly what the tree holds, and stays within what compaction keeps.
+        /// to exactly what the tree holds.
         #[test]
         fn the_log_compacted_in_place_replays_to_the_tree(
             writes in proptest::collection::vec((0u8..12, proptest::option::weighted(0.8, 0usize..400)), 50..400),
