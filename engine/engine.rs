@@ -66,7 +66,9 @@ pub struct EngineBuilder {
     step_mappings: Vec<StepMapping>,
     config_file: Option<PathBuf>,
     schedule_grace: Duration,
-    admin: Option<crate::admin::AdminOptions>,
+    admin_address: Option<std::net::SocketAddr>,
+    admin_tokens: crate::admin::AdminTokens,
+    admin_allowed_hosts: Vec<String>,
     options: RuntimeOptions,
 }
 
@@ -76,26 +78,30 @@ impl EngineBuilder {
     /// ([`Engine::admin_address`] says which). An address other hosts can reach needs an admin
     /// token ([`EngineBuilder::admin_token`] or `STRATA_ADMIN_TOKEN`).
     pub fn admin(mut self, address: std::net::SocketAddr) -> Self {
-        self.admin = Some(crate::admin::AdminOptions {
-            address,
-            tokens: crate::admin::AdminTokens::default(),
-        });
+        self.admin_address = Some(address);
         self
     }
 
-    /// The bearer token that allows every admin API request (else `STRATA_ADMIN_TOKEN`).
+    /// The bearer token that allows every admin API request (else `STRATA_ADMIN_TOKEN`); at
+    /// least [`MIN_ADMIN_TOKEN_LENGTH`](crate::admin::MIN_ADMIN_TOKEN_LENGTH) characters. May be
+    /// called before or after [`EngineBuilder::admin`]; `open` refuses a token without an address.
     pub fn admin_token(mut self, token: impl Into<String>) -> Self {
-        if let Some(admin) = self.admin.as_mut() {
-            admin.tokens.admin = Some(token.into());
-        }
+        self.admin_tokens.admin = Some(token.into());
         self
     }
 
-    /// The bearer token that allows admin API reads only (else `STRATA_ADMIN_READ_TOKEN`).
+    /// The bearer token that allows admin API reads only (else `STRATA_ADMIN_READ_TOKEN`); the
+    /// same rules as [`EngineBuilder::admin_token`].
     pub fn admin_read_token(mut self, token: impl Into<String>) -> Self {
-        if let Some(admin) = self.admin.as_mut() {
-            admin.tokens.read = Some(token.into());
-        }
+        self.admin_tokens.read = Some(token.into());
+        self
+    }
+
+    /// A host name the admin API is reached by (`strata.internal`, the name a proxy forwards):
+    /// requests for names other than these, IP addresses and loopback names are refused, so a
+    /// web page cannot reach the API through DNS rebinding. May be called more than once.
+    pub fn admin_allowed_host(mut self, name: impl Into<String>) -> Self {
+        self.admin_allowed_hosts.push(name.into());
         self
     }
 
@@ -230,6 +236,8 @@ impl EngineBuilder {
 
     /// Opens the store, recovers every live instance and starts running them.
     pub async fn open(self) -> Result<Engine, EngineError> {
+        let admin =
+            crate::admin::AdminOptions::checked(self.admin_address, self.admin_tokens, self.admin_allowed_hosts)?;
         let codes = self.codes.into_iter().collect::<Result<Vec<_>, _>>()?;
         let definitions = Definitions {
             codes,
@@ -270,10 +278,7 @@ impl EngineBuilder {
                 .runtime
                 .spawn_tracked(crate::config::follow::run(engine.clone(), interval, stop));
         }
-        if let Some(mut admin) = self.admin {
-            let from_env = |name: &str| std::env::var(name).ok().filter(|token| !token.is_empty());
-            admin.tokens.admin = admin.tokens.admin.or_else(|| from_env("STRATA_ADMIN_TOKEN"));
-            admin.tokens.read = admin.tokens.read.or_else(|| from_env("STRATA_ADMIN_READ_TOKEN"));
+        if let Some(admin) = admin {
             match crate::admin::start(engine.clone(), admin).await {
                 Ok(address) => {
                     let _ = engine.admin_address.set(address);
@@ -351,7 +356,9 @@ impl Engine {
             step_mappings: Vec::new(),
             config_file: None,
             schedule_grace: Duration::from_secs(2),
-            admin: None,
+            admin_address: None,
+            admin_tokens: crate::admin::AdminTokens::default(),
+            admin_allowed_hosts: Vec::new(),
             options: RuntimeOptions {
                 durability: Durability::Sync,
                 max_concurrent_steps: 256,

@@ -148,6 +148,19 @@ pub enum EngineError {
         /// The address asked for.
         address: std::net::SocketAddr,
     },
+    /// An admin token was given, but no address for the admin API to serve it on.
+    #[error("an admin token was set but the admin API has no address: call EngineBuilder::admin(address) too (or drop the token)")]
+    AdminTokenWithoutAddress,
+    /// An admin token too short to guard anything.
+    #[error("the admin API's {role} token is {length} characters long; use at least {minimum} (e.g. 32 random characters from `openssl rand -hex 16`)")]
+    AdminTokenTooShort {
+        /// `admin` or `read-only`.
+        role: &'static str,
+        /// The length given.
+        length: usize,
+        /// The shortest accepted.
+        minimum: usize,
+    },
     /// The admin API's address could not be bound.
     #[error("the admin API cannot listen on {address}: {reason}; pick a free port (or port 0 for any)")]
     AdminBind {

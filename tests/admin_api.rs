@@ -14,6 +14,8 @@ use serde_json::Value;
 use strata::{Engine, EngineError, StartOptions};
 
 const LOOPBACK: &str = "127.0.0.1:0";
+const ADMIN_TOKEN: &str = "admin-secret-0123456789";
+const READ_TOKEN: &str = "read-secret-0123456789";
 
 async fn open(dir: &std::path::Path, tokens: Option<(&str, &str)>) -> Engine {
     let mut builder = builder(dir)
@@ -144,7 +146,7 @@ async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_guard_reads_and_changes_and_probes_need_none() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), Some(("admin-secret", "read-secret"))).await;
+    let engine = open(dir.path(), Some((ADMIN_TOKEN, READ_TOKEN))).await;
     let client = reqwest::Client::new();
     let read = |token: Option<&'static str>| {
         let mut request = client.get(url(&engine, "/v1/versions"));
@@ -155,9 +157,9 @@ async fn tokens_guard_reads_and_changes_and_probes_need_none() {
     };
     assert_eq!(read(None).await, 401, "no token");
     assert_eq!(read(Some("wrong")).await, 401, "a wrong token");
-    assert_eq!(read(Some("read-secret")).await, 200, "the read-only token reads");
-    assert_eq!(read(Some("admin-secret")).await, 200, "the admin token reads");
-    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some("read-secret")).await;
+    assert_eq!(read(Some(READ_TOKEN)).await, 200, "the read-only token reads");
+    assert_eq!(read(Some(ADMIN_TOKEN)).await, 200, "the admin token reads");
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some(READ_TOKEN)).await;
     assert_eq!(status, 403, "the read-only token changes nothing: {error}");
     assert!(error["error"].as_str().unwrap().contains("admin token"), "{error}");
     assert_eq!(
@@ -165,26 +167,20 @@ async fn tokens_guard_reads_and_changes_and_probes_need_none() {
         strata::VersionStatus::Active
     );
     // Dry runs change nothing: the read-only token may check a config and plan a move.
-    let (status, checked) = send(
-        &engine,
-        "/v1/config/check",
-        Some(("text/plain", "")),
-        Some("read-secret"),
-    )
-    .await;
+    let (status, checked) = send(&engine, "/v1/config/check", Some(("text/plain", "")), Some(READ_TOKEN)).await;
     assert_eq!((status, checked["valid"].as_bool()), (200, Some(true)), "{checked}");
     let plan = r#"{"workflow": "tally", "target": "1.0.0"}"#;
     let (status, planned) = send(
         &engine,
         "/v1/moves/plan",
         Some(("application/json", plan)),
-        Some("read-secret"),
+        Some(READ_TOKEN),
     )
     .await;
     assert_eq!(status, 200, "{planned}");
     let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", None).await;
     assert_eq!(status, 401, "{error}");
-    let (status, drained) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some("admin-secret")).await;
+    let (status, drained) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some(ADMIN_TOKEN)).await;
     assert_eq!((status, drained["status"].as_str()), (200, Some("drained")));
     for probe in ["/healthz", "/readyz"] {
         let status = reqwest::get(url(&engine, probe)).await.unwrap().status().as_u16();
@@ -215,6 +211,201 @@ async fn an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named() 
         Ok(_) => panic!("two servers on one port"),
     }
     first.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_guards_whatever_order_the_builder_was_called_in() {
+    let dir = tempfile::tempdir().unwrap();
+    // The token before the address: the API is guarded all the same.
+    let engine = builder(dir.path())
+        .register(tally::on_schema_1("1.0.0"))
+        .admin_token(ADMIN_TOKEN)
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", None).await;
+    assert_eq!(status, 401, "a drain without the token: {error}");
+    assert_eq!(
+        engine.version("tally", "1.0.0").unwrap().status,
+        strata::VersionStatus::Active
+    );
+    engine.shutdown().await;
+
+    // On every interface, a token given before the address is the token it needs.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .admin_token(ADMIN_TOKEN)
+        .admin("0.0.0.0:0".parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_tokens_and_tokens_without_an_address_are_refused_at_open() {
+    for (token, length) in [("", 0), ("short", 5), ("fifteen-chars!!", 15)] {
+        let dir = tempfile::tempdir().unwrap();
+        match builder(dir.path())
+            .admin(LOOPBACK.parse().unwrap())
+            .admin_token(token)
+            .open()
+            .await
+        {
+            Err(error @ EngineError::AdminTokenTooShort { .. }) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains(&format!("is {length} characters")) && message.contains("at least 16"),
+                    "{message}"
+                );
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("the admin token {token:?} was accepted"),
+        }
+        match builder(dir.path())
+            .admin(LOOPBACK.parse().unwrap())
+            .admin_read_token(token)
+            .open()
+            .await
+        {
+            Err(EngineError::AdminTokenTooShort { role, .. }) => assert_eq!(role, "read-only"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("the read-only token {token:?} was accepted"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    match builder(dir.path()).admin_token(ADMIN_TOKEN).open().await {
+        Err(error @ EngineError::AdminTokenWithoutAddress) => {
+            assert!(error.to_string().contains("EngineBuilder::admin(address)"), "{error}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a token was set for an admin API that does not listen"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_any_case_and_a_401_says_which_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Some((ADMIN_TOKEN, READ_TOKEN))).await;
+    let client = reqwest::Client::new();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = client
+            .get(url(&engine, "/v1/versions"))
+            .header("authorization", format!("{scheme} {READ_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
+    let refused = client.get(url(&engine, "/v1/versions")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let challenge = refused
+        .headers()
+        .get("www-authenticate")
+        .map(|value| value.to_str().unwrap().to_string());
+    assert!(
+        challenge.as_deref().is_some_and(|value| value.starts_with("Bearer")),
+        "{challenge:?}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_foreign_host_and_changes_from_another_origin_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), None).await;
+    let id = tally::start_waiting(&engine, [1], StartOptions::new()).await[0];
+    let client = reqwest::Client::new();
+    let address = engine.admin_address().unwrap();
+    // DNS rebinding: a name that resolves here but is not this server's.
+    let rebound = client
+        .get(url(&engine, "/v1/versions"))
+        .header("host", format!("attacker.example:{}", address.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status().as_u16(), 403);
+    let error: Value = rebound.json().await.unwrap();
+    assert!(error["error"].as_str().unwrap().contains("attacker.example"), "{error}");
+    for host in [format!("localhost:{}", address.port()), address.to_string()] {
+        let status = client
+            .get(url(&engine, "/v1/versions"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 200, "{host}");
+    }
+    // Changes a page of another origin sends: a form, a no-cors fetch.
+    let changes = [
+        format!("/v1/instances/{}/cancel", id.0),
+        "/v1/versions/tally/1.0.0/drain".to_string(),
+    ];
+    let foreign = [
+        ("origin", "http://127.0.0.1:1".to_string()),
+        ("origin", "null".to_string()),
+        ("sec-fetch-site", "cross-site".to_string()),
+        ("sec-fetch-site", "same-site".to_string()),
+    ];
+    for path in &changes {
+        for (header, value) in &foreign {
+            let response = client
+                .post(url(&engine, path))
+                .header(*header, value)
+                .header("content-type", "text/plain")
+                .body("a=b")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 403, "{path} with {header}: {value}");
+            let error: Value = response.json().await.unwrap();
+            assert!(error["error"].as_str().unwrap().contains("another origin"), "{error}");
+        }
+    }
+    assert!(
+        !engine.instance(id).unwrap().status.is_terminal(),
+        "nothing was cancelled"
+    );
+    assert_eq!(
+        engine.version("tally", "1.0.0").unwrap().status,
+        strata::VersionStatus::Active
+    );
+    // The same change from this server's own origin (the dashboard) goes through.
+    let response = client
+        .post(url(&engine, &changes[1]))
+        .header("origin", format!("http://{address}"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_headers_that_keep_it_from_being_framed_or_sniffed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), None).await;
+    for path in ["/", "/dashboard.js", "/v1/versions", "/healthz", "/v1/nowhere"] {
+        let response = reqwest::get(url(&engine, path)).await.unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        let policy = header("content-security-policy");
+        assert!(
+            policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'self'"),
+            "{path}: {policy}"
+        );
+        assert!(!policy.contains("unsafe-inline"), "{policy}");
+    }
+    engine.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,6 +764,8 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
         paths,
         [
             "/",
+            "/dashboard.css",
+            "/dashboard.js",
             "/healthz",
             "/metrics",
             "/readyz",

@@ -28,6 +28,7 @@ fn v(text: &str) -> Version {
 on_both_stores!(
     instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_version,
     a_version_drains_exactly_when_its_last_instance_ends,
+    every_instance_finished_with_the_last_one_is_finished_and_announced_before_the_version_drains,
     live_instances_without_their_code_are_refused_by_name_or_wait_for_a_worker,
     durable_timers_and_signals_survive_a_restart,
     background_migration_survives_a_restart_and_migrates_each_record_once,
@@ -127,6 +128,88 @@ async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) 
         (info.status, info.counters.live, info.counters.completed),
         (VersionStatus::Retired, 0, 3)
     );
+    engine.shutdown().await;
+}
+
+/// Many instances of a draining version finish at once (in one group commit, mostly): by the time
+/// `VersionDrained` arrives, each of them has been announced finished, none is listed as live,
+/// and each caller waiting for its output has it.
+async fn every_instance_finished_with_the_last_one_is_finished_and_announced_before_the_version_drains(
+    backend: Backend,
+) {
+    const INSTANCES: u64 = 400;
+    let engine = backend
+        .builder()
+        .event_capacity(1 << 16)
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let ids = tally::start_waiting(&engine, 0..INSTANCES, StartOptions::new()).await;
+    engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap();
+    let outputs: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let engine = engine.clone();
+            let id = *id;
+            tokio::spawn(async move { engine.outcome(id).await })
+        })
+        .collect();
+    let mut events = engine.subscribe();
+    let watcher = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut finished = std::collections::HashSet::new();
+            loop {
+                match events.recv().await.expect("no event is missed") {
+                    Event::InstanceFinished { id, .. } => {
+                        finished.insert(id);
+                    }
+                    Event::VersionDrained { counters, .. } => {
+                        // What a subscriber sees the moment it hears of the drain.
+                        let live = engine
+                            .list(&InstanceFilter::workflow(tally::WORKFLOW).with_version(v("1.0.0")))
+                            .unwrap()
+                            .into_iter()
+                            .filter(|info| !info.status.is_terminal())
+                            .count();
+                        let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+                        return (finished, counters.live, live, info.counters.live);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    // Every signal at once, so that the finishes share group commits.
+    let signals: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let engine = engine.clone();
+            let id = *id;
+            tokio::spawn(async move { engine.signal(id, tally::GO, &()).await })
+        })
+        .collect();
+    for signal in signals {
+        signal.await.unwrap().unwrap();
+    }
+    let (finished, event_live, listed_live, version_live) = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("the version drained")
+        .unwrap();
+    assert_eq!(
+        finished.len() as u64,
+        INSTANCES,
+        "instances announced finished before VersionDrained"
+    );
+    assert_eq!((event_live, listed_live, version_live), (0, 0, 0));
+    for output in outputs {
+        let outcome = tokio::time::timeout(Duration::from_secs(30), output)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
     engine.shutdown().await;
 }
 

@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`): the
 //! versions table shows the right counts and changes as instances finish, without a reload;
 //! a rolled-back rollout shows the gate that fired; config history shows its diffs; an instance
-//! is found by id. A screenshot of the page is saved (the README's).
+//! is found by id. A screenshot of the page is saved (the README's). A page of another origin
+//! open in the same browser cannot change anything through the API.
 
 mod common;
 
@@ -182,4 +183,77 @@ async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_ins
     tokio::time::timeout(Duration::from_secs(30), engine.shutdown())
         .await
         .expect("the engine stops with the dashboard's event stream open");
+}
+
+/// Serves `page` at every path of a loopback port of its own: another origin than the engine's.
+async fn serve_page_elsewhere(page: String) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(move || {
+        let page = page.clone();
+        async move { axum::response::Html(page) }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_cannot_change_anything_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .data_dir(dir.path())
+        .admin("127.0.0.1:0".parse().unwrap())
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let id = tally::start_waiting(&engine, [1], StartOptions::new()).await[0];
+    let api = format!("http://{}", engine.admin_address().unwrap());
+    // What a page the operator happens to visit could send: a form posted as text (no CORS
+    // preflight) and a `no-cors` fetch, both at changes that take no JSON body.
+    let attacker = serve_page_elsewhere(format!(
+        r#"<!doctype html><form id="attack" method="post" enctype="text/plain" action="{api}/v1/instances/{}/cancel">
+<input name="a" value="b"></form>"#,
+        id.0
+    ))
+    .await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://{attacker}/")).await;
+    let fetched = browser
+        .execute(&format!(
+            r#"return fetch("{api}/v1/versions/tally/1.0.0/drain", {{ method: "POST", mode: "no-cors" }})
+                .then(() => "sent", (error) => "not sent: " + error);"#
+        ))
+        .await;
+    assert_eq!(
+        fetched, "sent",
+        "the browser sent the request (its answer is opaque to the page)"
+    );
+    assert_eq!(
+        engine.version(tally::WORKFLOW, "1.0.0").unwrap().status,
+        strata::VersionStatus::Active,
+        "a no-cors fetch from another origin drained the version"
+    );
+    browser
+        .execute(r#"document.getElementById("attack").submit(); return true;"#)
+        .await;
+    // The form's answer replaces the page: the server's refusal, once it has answered.
+    let answer = browser
+        .wait_for_text("body", "the server's answer to the form", |text| text.contains("error"))
+        .await;
+    assert!(answer.contains("another origin"), "{answer}");
+    assert!(
+        !engine.instance(id).unwrap().status.is_terminal(),
+        "a form posted from another origin cancelled the instance"
+    );
+    // The dashboard's own origin may.
+    browser.goto(&format!("{api}/")).await;
+    let drained = browser
+        .execute(&format!(
+            r#"return fetch("{api}/v1/versions/tally/1.0.0/drain", {{ method: "POST" }}).then((answer) => answer.status);"#
+        ))
+        .await;
+    assert_eq!(drained, 200);
+    drop(browser);
+    engine.shutdown().await;
 }

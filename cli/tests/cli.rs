@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 use strata::{Engine, InstanceId, Next, StartOptions, StepCtx, StepResult, WorkflowVersion};
 
-const ADMIN: &str = "admin-secret";
-const READER: &str = "read-secret";
+const ADMIN: &str = "admin-secret-0123456789";
+const READER: &str = "read-secret-0123456789";
 
 async fn wait_for_go(_ctx: StepCtx, _count: &mut u64) -> StepResult<u64> {
     Ok(Next::wait_signal("go", "finish"))

@@ -34,7 +34,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use access::AdminTokens;
+pub use access::{AdminTokens, MIN_ADMIN_TOKEN_LENGTH};
 use views::{ErrorView, VersionView};
 
 use crate::{Engine, EngineError};
@@ -49,15 +49,41 @@ pub struct AdminOptions {
     pub address: SocketAddr,
     /// The bearer tokens; a non-loopback address requires an admin token.
     pub tokens: AdminTokens,
+    /// Host names this server goes by besides IP addresses and loopback names (a request for any
+    /// other name is refused, against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AdminOptions {
+    /// The builder's admin settings, checked before anything opens: tokens from the builder or
+    /// else the environment, each long enough, none without an address to serve, and an admin
+    /// token wherever other hosts could reach the API. `None` when no admin API was asked for.
+    pub(crate) fn checked(
+        address: Option<SocketAddr>,
+        tokens: AdminTokens,
+        allowed_hosts: Vec<String>,
+    ) -> Result<Option<AdminOptions>, EngineError> {
+        let Some(address) = address else {
+            if tokens.admin.is_some() || tokens.read.is_some() {
+                return Err(EngineError::AdminTokenWithoutAddress);
+            }
+            return Ok(None);
+        };
+        let tokens = tokens.with_environment();
+        tokens.check_lengths()?;
+        if !address.ip().is_loopback() && tokens.admin.is_none() {
+            return Err(EngineError::AdminTokenRequired { address });
+        }
+        Ok(Some(AdminOptions {
+            address,
+            tokens,
+            allowed_hosts,
+        }))
+    }
 }
 
 /// Binds the admin API and serves it until the engine shuts down; returns the bound address.
 pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<SocketAddr, EngineError> {
-    if !options.address.ip().is_loopback() && options.tokens.admin.is_none() {
-        return Err(EngineError::AdminTokenRequired {
-            address: options.address,
-        });
-    }
     let listener = tokio::net::TcpListener::bind(options.address)
         .await
         .map_err(|error| EngineError::AdminBind {
@@ -68,7 +94,7 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         address: options.address,
         reason: error.to_string(),
     })?;
-    let router = router(engine.clone(), options.tokens.clone());
+    let router = router(engine.clone(), options.tokens.clone(), options.allowed_hosts.clone());
     let mut stop = engine.stop_signal();
     tracing::info!(address = %bound, "the admin API listens");
     engine.spawn_tracked(async move {
@@ -84,7 +110,7 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
 
 /// The API's routes, each registered with its OpenAPI description (`routes!` takes both from
 /// the handler's `#[utoipa::path]`), behind the access check but for the probes.
-fn router(engine: Engine, tokens: AdminTokens) -> Router {
+fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Router {
     let (guarded, mut document) = OpenApiRouter::with_openapi(ApiDocument::openapi())
         .routes(routes!(versions))
         .routes(routes!(version))
@@ -112,6 +138,8 @@ fn router(engine: Engine, tokens: AdminTokens) -> Router {
         .split_for_parts();
     let (probes, probe_document) = OpenApiRouter::new()
         .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::style))
+        .routes(routes!(dashboard::script))
         .routes(routes!(healthz))
         .routes(routes!(ready))
         .split_for_parts();
@@ -121,6 +149,10 @@ fn router(engine: Engine, tokens: AdminTokens) -> Router {
         .merge(probes)
         .layer(axum::Extension(std::sync::Arc::new(document)))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(allowed_hosts),
+            access::same_origin,
+        ))
         .with_state(engine)
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::instance::VersionKey;
 use crate::periodic::PeriodicThread;
 use crate::store::{Applied, Op, Store, StoreError};
 
@@ -34,7 +35,20 @@ const MAX_GROUP: usize = 4096;
 
 struct Request {
     ops: Vec<Op>,
-    ack: oneshot::Sender<Result<Applied, StoreError>>,
+    ack: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// What one commit of a group did: the versions it touched as the write left them, and its share
+/// of the versions the group drained.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    /// The versions this commit's ops touched, as the write left them.
+    pub applied: Applied,
+    /// The versions the group drained, shared by every commit of the group that touched one of
+    /// them: they are announced by whichever of those commits' callers lets go of it last, after
+    /// it (and so every other) has taken its commit in (instances finished in memory, waiters
+    /// woken, `InstanceFinished` sent). `None` when this commit touched no drained version.
+    pub drained: Option<Arc<Vec<VersionKey>>>,
 }
 
 /// The handle to the commit thread.
@@ -47,6 +61,14 @@ fn closed() -> StoreError {
     StoreError::Backend {
         operation: "commit",
         message: "the engine is shut down".to_string(),
+    }
+}
+
+impl Committed {
+    /// What a write applied on its own (not as part of a group) did.
+    fn alone(applied: Applied) -> Committed {
+        let drained = (!applied.drained.is_empty()).then(|| Arc::new(applied.drained.clone()));
+        Committed { applied, drained }
     }
 }
 
@@ -72,7 +94,7 @@ impl Committer {
 
     /// Commits `ops` atomically; resolves when acknowledged under the durability mode, with what
     /// the write did to the versions `ops` touched.
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<Applied, StoreError> {
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
         let (ack, acknowledged) = oneshot::channel();
         {
             let sender = self.sender.lock();
@@ -204,7 +226,7 @@ impl CommitLoop {
 
     /// Applies a group as one write; if that fails, applies each commit alone so that one bad
     /// commit does not fail the others.
-    fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<Applied, StoreError>> {
+    fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<Committed, StoreError>> {
         if let Some(error) = &self.poisoned {
             return group.iter().map(|_| Err(error.clone())).collect();
         }
@@ -216,22 +238,26 @@ impl CommitLoop {
             ranges.push(start..merged.len());
         }
         match self.store.apply(&merged) {
-            // Each commit gets the versions it touched; a drained version is announced by the
-            // first commit of the group that touched it.
-            Ok(applied) => ranges
-                .iter()
-                .enumerate()
-                .map(|(index, range)| {
-                    let first_toucher = |key: &crate::instance::VersionKey| {
-                        ranges.iter().position(|other| Op::touch(&merged[other.clone()], key)) == Some(index)
-                    };
-                    Ok(applied.share(&merged[range.clone()], &first_toucher))
-                })
-                .collect(),
+            // Each commit gets the versions it touched; the versions the group drained are shared
+            // by every commit that touched one.
+            Ok(applied) => {
+                let drained = (!applied.drained.is_empty()).then(|| Arc::new(applied.drained.clone()));
+                ranges
+                    .iter()
+                    .map(|range| {
+                        let ops = &merged[range.clone()];
+                        let touches_drained = applied.drained.iter().any(|key| Op::touch(ops, key));
+                        Ok(Committed {
+                            applied: applied.share(ops),
+                            drained: drained.clone().filter(|_| touches_drained),
+                        })
+                    })
+                    .collect()
+            }
             Err(error) if ranges.len() == 1 => vec![Err(error)],
             Err(_) => ranges
                 .into_iter()
-                .map(|range| self.store.apply(&merged[range]))
+                .map(|range| self.store.apply(&merged[range]).map(Committed::alone))
                 .collect(),
         }
     }

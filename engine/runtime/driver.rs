@@ -294,14 +294,18 @@ impl Runtime {
     ) -> Progress {
         let id = moved.id;
         let pair = [(from, moved)];
-        if let Err(error) = self.commit_moves(&pair).await {
-            tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
-            self.timers
-                .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
-            return Progress::Stalled;
-        }
+        let drained = match self.commit_moves(&pair).await {
+            Ok(drained) => drained,
+            Err(error) => {
+                tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
+                self.timers
+                    .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
+                return Progress::Stalled;
+            }
+        };
         let [(_, moved)] = pair;
         self.table.with(id, |slot| slot.record = moved);
+        self.announce(drained);
         Progress::Committed
     }
 
@@ -493,6 +497,7 @@ impl Runtime {
         if let Some(reason) = quarantined {
             self.events.emit(Event::InstanceQuarantined { id, reason });
         }
+        self.announce(drained);
         Progress::Committed
     }
 }

@@ -126,9 +126,31 @@ impl TaskCount {
     }
 }
 
-/// Versions a write drained, to announce once the caller announced what it did itself.
-#[must_use = "announce the drained versions with Runtime::announce"]
-pub(crate) struct Drained(Vec<VersionKey>);
+/// This commit's share of the versions its group drained, to hand to `Runtime::announce` once
+/// the caller has taken its commit in (announced what it did itself): the versions are announced
+/// when the last share is handed in, so after every instance their group finished is finished in
+/// memory and announced.
+#[must_use = "hand the share to Runtime::announce once the commit is taken in"]
+pub(crate) struct Drained(Option<Arc<Vec<VersionKey>>>);
+
+impl Drained {
+    /// No share: a write that drained nothing.
+    pub(crate) fn none() -> Drained {
+        Drained(None)
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        // A share dropped without `announce` (a defect): say so rather than announce nothing.
+        if let Some(keys) = self.0.take().and_then(Arc::into_inner) {
+            tracing::error!(
+                ?keys,
+                "drained versions were never announced (a defect of Strata, please report it)"
+            );
+        }
+    }
+}
 
 /// Ends one count of a `TaskCount` when dropped.
 struct TaskEnd(Arc<TaskCount>);
@@ -479,26 +501,28 @@ impl Runtime {
     /// Like `write`, for a caller that announces what it did first (an instance finished, moved)
     /// and then the versions drained, with `announce`.
     pub(crate) async fn write_then_announce(&self, ops: Vec<Op>) -> Result<Drained, StoreError> {
-        let applied = self.committer.commit(ops).await?;
+        let committed = self.committer.commit(ops).await?;
         let mut statuses_changed = false;
-        for stored in &applied.versions {
+        for stored in &committed.applied.versions {
             statuses_changed |= self.registry.adopt(stored);
         }
         if statuses_changed {
             self.refresh_routing();
         }
-        Ok(Drained(applied.drained))
+        Ok(Drained(committed.drained))
     }
 
     /// Announces versions a write drained: their code can be removed. With a store many processes
     /// share, then marks them announced there, so that no other worker announces them again.
-    pub(crate) fn announce(&self, drained: Drained) {
-        if drained.0.is_empty() {
+    /// Only the last of a group's commits to hand in its share announces them
+    /// (`Arc::into_inner` gives the list to exactly one of them).
+    pub(crate) fn announce(&self, mut drained: Drained) {
+        let Some(keys) = drained.0.take().and_then(Arc::into_inner) else {
             return;
-        }
-        self.emit_drained(&drained.0);
+        };
+        self.emit_drained(&keys);
         if let Some(cluster) = self.store.cluster() {
-            if let Err(error) = cluster.drained_announced(&drained.0) {
+            if let Err(error) = cluster.drained_announced(&keys) {
                 tracing::warn!(%error, "could not mark drained versions announced; the rollout evaluator announces them again if this worker stops first");
             }
         }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::table::Slot;
-use super::Runtime;
+use super::{Drained, Runtime};
 use crate::error::EngineError;
 use crate::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
 use crate::migrate::{MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest};
@@ -173,11 +173,12 @@ impl Runtime {
             let committed = self.commit_moves(&moved).await;
             self.work_finished();
             match committed {
-                Ok(()) => {
+                Ok(drained) => {
                     for (_, record) in moved {
                         report.moved.push(record.id);
                         self.release(record.id, Some(record));
                     }
+                    self.announce(drained);
                 }
                 Err(error) => {
                     for (_, record) in moved {
@@ -191,10 +192,11 @@ impl Runtime {
     }
 
     /// Commits moved records with both versions' counters in one commit, then applies the counters
-    /// in memory and announces the move. The caller updates the slots.
-    pub(super) async fn commit_moves(&self, moved: &[(VersionKey, InstanceRecord)]) -> Result<(), EngineError> {
+    /// in memory and announces the move. The caller updates the slots, then hands the versions
+    /// drained to `announce`.
+    pub(super) async fn commit_moves(&self, moved: &[(VersionKey, InstanceRecord)]) -> Result<Drained, EngineError> {
         if moved.is_empty() {
-            return Ok(());
+            return Ok(Drained::none());
         }
         let mut flows: BTreeMap<(VersionKey, VersionKey), (u64, MoveCause)> = BTreeMap::new();
         let mut ops = Vec::with_capacity(moved.len() + 4);
@@ -217,8 +219,7 @@ impl Runtime {
             tracing::info!(from = %from, to = %to, count, ?cause, "instances moved between versions");
             self.events.emit(Event::InstancesMoved { from, to, count, cause });
         }
-        self.announce(drained);
-        Ok(())
+        Ok(drained)
     }
 
     /// Where the `AutoUpgrade` policy would take `record` now: the version a new instance with

@@ -460,8 +460,8 @@ pub struct Applied {
 
 impl Applied {
     /// The part of a group's result that belongs to one of its commits: the versions `ops`
-    /// touched, and those of them drained if `drains` (the group's first commit touching them).
-    pub(crate) fn share(&self, ops: &[Op], drains: &dyn Fn(&VersionKey) -> bool) -> Applied {
+    /// touched, and those of them the group drained.
+    pub(crate) fn share(&self, ops: &[Op]) -> Applied {
         let touched = |key: &VersionKey| Op::touch(ops, key);
         Applied {
             versions: self
@@ -470,12 +470,7 @@ impl Applied {
                 .filter(|stored| touched(&stored.key))
                 .cloned()
                 .collect(),
-            drained: self
-                .drained
-                .iter()
-                .filter(|key| touched(key) && drains(key))
-                .cloned()
-                .collect(),
+            drained: self.drained.iter().filter(|key| touched(key)).cloned().collect(),
         }
     }
 }
