@@ -38,6 +38,14 @@ pub enum StoreError {
         /// The backend's message.
         message: String,
     },
+    /// Another engine has the embedded store's data directory open.
+    #[error("the data directory {directory} is in use by another Strata engine{}; stop that engine first, or give this one a directory of its own", describe_holder(*.holder))]
+    DirectoryInUse {
+        /// The data directory.
+        directory: String,
+        /// The process holding it, if its lock file names one.
+        holder: Option<u32>,
+    },
     /// The disk holding the embedded store has less free space than the reserve Strata keeps:
     /// nothing was written, and the engine retries by itself.
     #[error("the disk holding {directory} has {available} bytes free, less than the {reserve} bytes Strata keeps in reserve; nothing was written. Free space on that disk: commits are retried and the engine continues by itself")]
@@ -488,6 +496,10 @@ impl Op {
     pub(crate) fn touch(ops: &[Op], key: &VersionKey) -> bool {
         ops.iter().any(|op| op.version() == Some(key))
     }
+}
+
+fn describe_holder(holder: Option<u32>) -> String {
+    holder.map_or_else(String::new, |pid| format!(" (process {pid})"))
 }
 
 /// A live record that could not be decoded.

@@ -34,6 +34,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod directory_lock;
 mod durable;
 
 use durable::{start_checkpointer, Durable};
@@ -133,6 +134,8 @@ pub struct SledStore {
     syncs: AtomicU64,
     /// The buffer the last commit's frame was encoded in, kept for the next.
     spare_frame: Mutex<Vec<u8>>,
+    /// The data directory's lock, let go of last (after the final checkpoint).
+    _lock: directory_lock::DirectoryLock,
 }
 
 impl Drop for SledStore {
@@ -236,6 +239,7 @@ impl SledStore {
     /// was written by a newer Strata.
     pub fn open(directory: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = directory.as_ref().to_path_buf();
+        let lock = directory_lock::DirectoryLock::acquire(&path)?;
         let damage_mark = path.join(DAMAGE_MARK);
         if damage_mark.exists() {
             let reason = std::fs::read_to_string(&damage_mark)
@@ -326,6 +330,7 @@ impl SledStore {
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             spare_frame: Mutex::new(Vec::new()),
+            _lock: lock,
         };
         store.build_expiry_index()?;
         let removed = store.highest_removed_id()?;

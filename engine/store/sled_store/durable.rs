@@ -633,8 +633,8 @@ fn open_sled(path: &Path) -> Result<sled::Db, SledOpen> {
 /// Opens sled's database. The file lock of a store closed a moment ago in this process may still
 /// be held by sled's background threads while they wind down: a lock conflict (`WouldBlock`, a
 /// kind the patched sled keeps, see `vendor/sled/STRATA-PATCH.md`) is retried for up to ten
-/// seconds before it counts as another process using the directory (a loaded machine has taken
-/// over two).
+/// seconds (a loaded machine has taken over two). Another process cannot be the holder: the
+/// directory's own lock (`directory_lock`), taken first, refuses it at once.
 fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
