@@ -846,3 +846,32 @@ async fn every_worker_names_the_oldest_live_instance_of_a_version_whoever_holds_
     holder.shutdown().await;
     console.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_last_worker_stopped_shows_no_worker_and_takes_no_starts_in_one_view() {
+    let database = TestDatabase::create();
+    // A heartbeats every 20 s: what it knows of the cluster comes from the read of the view
+    // itself, not from a heartbeat between B's stop and the view.
+    let a = worker(&database)
+        .lease(Duration::from_secs(60))
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let b = with_tally(&database, &["1.0.0", "2.0.0"]).await;
+    let b_id = b.worker_id().to_string();
+    wait_until(&a, |a| {
+        let info = a.version(tally::WORKFLOW, "2.0.0").unwrap();
+        info.accepts_starts && info.workers == [b_id.clone()]
+    })
+    .await;
+    b.shutdown().await;
+    let info = a.version(tally::WORKFLOW, "2.0.0").unwrap();
+    assert!(info.workers.is_empty(), "{:?}", info.workers);
+    assert!(!info.accepts_starts, "a version no live worker can run said it takes starts");
+    let refused = a
+        .start_with(tally::WORKFLOW, &1u64, StartOptions::new().version("=2.0.0"))
+        .await;
+    assert!(refused.is_err(), "a start went to a version no live worker can run");
+    a.shutdown().await;
+}

@@ -278,7 +278,9 @@ impl Runtime {
         }
     }
 
-    /// The live workers that can run each version (see `VersionInfo::workers`).
+    /// The live workers that can run each version (see `VersionInfo::workers`). With a shared
+    /// store, the same read is taken in as which versions accept starts (`take_in_running`), so
+    /// a view built from both never says a version without a worker takes starts.
     pub(super) fn workers_by_version(&self) -> std::collections::HashMap<VersionKey, Vec<String>> {
         let Some(cluster) = self.store.cluster() else {
             let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
@@ -288,7 +290,11 @@ impl Runtime {
             return by_version;
         };
         match cluster.workers(self.options.lease) {
-            Ok(workers) => live_workers_by_version(workers),
+            Ok(workers) => {
+                let workers = live_workers_by_version(workers);
+                self.take_in_running(&workers);
+                workers
+            }
             Err(error) => {
                 tracing::warn!(%error, "could not read the workers from the store");
                 std::collections::HashMap::new()
@@ -310,12 +316,17 @@ impl Runtime {
                 return;
             }
         };
+        self.take_in_running(&workers);
+        self.warn_of_versions_without_workers(&workers);
+    }
+
+    /// Routes starts only to versions some live worker among `workers` can run.
+    fn take_in_running(&self, workers: &std::collections::HashMap<VersionKey, Vec<String>>) {
         let running = workers.keys().cloned().collect();
         if self.registry.set_running_in_cluster(&running) {
             tracing::info!(versions = ?running, "the versions the live workers can run changed; routing follows");
             self.refresh_routing();
         }
-        self.warn_of_versions_without_workers(&workers);
     }
 
     /// Warns, by name, about each version with live instances that no live worker can run (once,

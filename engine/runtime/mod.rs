@@ -1084,6 +1084,7 @@ impl Runtime {
                 }
             }
         }
+        // Read before the snapshot: it takes in which versions accept starts from the same read.
         let mut workers = self.workers_by_version();
         let mut infos = self.registry.snapshot();
         for info in &mut infos {
