@@ -400,6 +400,7 @@ impl Engine {
             Some(text) => {
                 VersionRequest::Matching(VersionReq::parse(text).map_err(|error| EngineError::InvalidVersion {
                     workflow: workflow.to_string(),
+                    expected: "version requirement (like ^1, >=1.1, <2 or =1.0.0)",
                     version: text.clone(),
                     reason: error.to_string(),
                 })?)
@@ -937,8 +938,10 @@ impl Engine {
     /// Starts a watched rollout of `spec.candidate` over `spec.stable`: from now on the candidate
     /// gets the first stage's share of new instances, and the rollout advances, promotes or rolls
     /// back by itself (see [`RolloutSpec`]). Both versions must be registered and the workflow
-    /// must have no other active rollout.
-    pub async fn start_rollout(&self, spec: RolloutSpec) -> Result<(), EngineError> {
+    /// must have no other active rollout, and at least one gate must be set unless
+    /// [`RolloutSpec::unwatched`]. Returns the rollout's name: the spec's, or `workflow@candidate~N`
+    /// when an earlier, finished rollout of the same candidate holds the default name.
+    pub async fn start_rollout(&self, spec: RolloutSpec) -> Result<String, EngineError> {
         self.to_completion("start_rollout", move |engine| async move {
             engine.runtime.start_rollout(spec).await
         })

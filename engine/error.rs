@@ -50,7 +50,7 @@ pub enum EngineError {
         id: InstanceId,
     },
     /// The instance has finished and takes no more signals or cancellations.
-    #[error("instance {id} has already finished ({status}); it takes no more signals")]
+    #[error("instance {id} has already finished ({status}); it takes no more signals and cannot be cancelled")]
     InstanceFinished {
         /// The id.
         id: InstanceId,
@@ -121,10 +121,12 @@ pub enum EngineError {
         reason: String,
     },
     /// A version or version requirement given by the caller does not parse.
-    #[error("'{version}' is not a valid version or requirement for workflow '{workflow}': {reason}")]
+    #[error("'{version}' is not a valid {expected} for workflow '{workflow}': {reason}")]
     InvalidVersion {
         /// The workflow.
         workflow: String,
+        /// What was expected: a version (like 2.0.0) or a version requirement (like ^1).
+        expected: &'static str,
         /// The text given.
         version: String,
         /// Why.

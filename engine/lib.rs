@@ -23,6 +23,7 @@ pub mod rollout;
 pub mod routing;
 mod runtime;
 pub mod store;
+mod suggest;
 pub mod workflow;
 
 pub use engine::{Engine, EngineBuilder, StartOptions};

@@ -81,7 +81,26 @@ async fn orders(engine: Engine) {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    // The engine's log lines (each admin API change with who asked, rollout decisions) on stderr;
+    // RUST_LOG narrows or widens them.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("strata=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("operator: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let address = std::env::var("STRATA_ADMIN_ADDRESS").unwrap_or_else(|_| "127.0.0.1:7700".to_string());
     let dir = tempfile::tempdir()?;
     let engine = Engine::builder()

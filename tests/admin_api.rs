@@ -167,7 +167,14 @@ async fn tokens_guard_reads_and_changes_and_probes_need_none() {
         strata::VersionStatus::Active
     );
     // Dry runs change nothing: the read-only token may check a config and plan a move.
-    let (status, checked) = send(&engine, "/v1/config/check", Some(("text/plain", "")), Some(READ_TOKEN)).await;
+    let config = "[workflows.tally]\ndefault = \"^1\"\n";
+    let (status, checked) = send(
+        &engine,
+        "/v1/config/check",
+        Some(("text/plain", config)),
+        Some(READ_TOKEN),
+    )
+    .await;
     assert_eq!((status, checked["valid"].as_bool()), (200, Some(true)), "{checked}");
     let plan = r#"{"workflow": "tally", "target": "1.0.0"}"#;
     let (status, planned) = send(
@@ -581,11 +588,22 @@ async fn config_in_force_history_with_diffs_checks_and_restores() {
     // A file is checked against the running registry without being applied.
     let (status, answer) = post_text(&engine, "/v1/config/check", "[workflows.tally]\ndefault = \"^1\"\n").await;
     assert_eq!((status, answer["valid"].as_bool()), (200, Some(true)), "{answer}");
-    let (status, error) = post_text(&engine, "/v1/config/check", "[workflows.tally]\ndefault = \"^7\"\n").await;
+    let (status, error) = post_text(
+        &engine,
+        "/v1/config/check?file=prod.toml",
+        "[workflows.tally]\ndefault = \"^7\"\n",
+    )
+    .await;
     assert_eq!(status, 422, "no version matches: {error}");
     assert!(
-        error["error"].as_str().unwrap().contains("posted config"),
+        error["error"].as_str().unwrap().starts_with("prod.toml: "),
         "names the file: {error}"
+    );
+    let (status, error) = post_text(&engine, "/v1/config/check", " \n").await;
+    assert_eq!(status, 422, "an empty file is no config: {error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("the body is empty"),
+        "{error}"
     );
     let (status, error) = post_text(&engine, "/v1/config/check", "[workflows.tally\n").await;
     assert_eq!(status, 422, "a syntax error: {error}");
@@ -598,6 +616,123 @@ async fn config_in_force_history_with_diffs_checks_and_restores() {
     assert_eq!(in_force["text"], first);
     let (status, error) = post(&engine, "/v1/config/restore/99", None).await;
     assert_eq!(status, 404, "{error}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_it_ended() {
+    use common::probe;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path())
+        .register(probe::version("1.0.0"))
+        .register(probe::version("2.0.0"))
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let stages = r#""stages": [{"percent": 50, "hold_ms": 3600000, "min_finished": 10}]"#;
+    let body =
+        |rest: &str| format!(r#"{{"workflow": "probe", "candidate": "2.0.0", "stable": "1.0.0", {stages}{rest}}}"#);
+    // Typos are refused, naming the field and the nearest known name.
+    let (status, error) = post_json(
+        &engine,
+        "/v1/rollouts",
+        &body(r#", "gates": {"max_error_rate_increase": 0.01, "min_sucess_rate": 0.99}"#),
+    )
+    .await;
+    assert_eq!(status, 422, "{error}");
+    let message = error["error"].as_str().unwrap();
+    assert!(
+        message.contains("unknown field `min_sucess_rate`") && message.contains("did you mean `min_success_rate`?"),
+        "{message}"
+    );
+    let (status, error) = post_json(
+        &engine,
+        "/v1/rollouts",
+        &body(r#", "nmae": "x", "gates": {"min_success_rate": 0.9}"#),
+    )
+    .await;
+    assert_eq!(status, 422, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("did you mean `name`?"),
+        "{error}"
+    );
+    let (status, error) = post_json(
+        &engine,
+        "/v1/rollouts",
+        &body(r#", "on_rollback": "move_bak", "gates": {"min_success_rate": 0.9}"#),
+    )
+    .await;
+    assert_eq!(status, 422, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("did you mean `move_back`?"),
+        "{error}"
+    );
+    // No gate: refused unless asked for.
+    let (status, error) = post_json(&engine, "/v1/rollouts", &body("")).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("has no gate"), "{error}");
+    assert!(engine.rollouts().is_empty(), "nothing started");
+    // Every field of the definition is taken.
+    let (status, started) = post_json(
+        &engine,
+        "/v1/rollouts",
+        &body(r#", "name": "probe-canary", "on_rollback": "move_back", "unwatched": true"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(
+        (&started["name"], &started["on_rollback"], &started["unwatched"]),
+        (
+            &Value::from("probe-canary"),
+            &Value::from("move_back"),
+            &Value::from(true)
+        )
+    );
+    // Neither version can be drained under it: the rollout would be stranded.
+    for version in ["2.0.0", "1.0.0"] {
+        let (status, error) = post(&engine, &format!("/v1/versions/probe/{version}/drain"), None).await;
+        assert_eq!(status, 409, "{error}");
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.contains("rollout 'probe-canary'") && message.contains("strata rollout rollback probe-canary"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        engine.version("probe", "2.0.0").unwrap().status,
+        strata::VersionStatus::Active
+    );
+    let (status, _) = post(&engine, "/v1/rollouts/probe-canary/rollback", None).await;
+    assert_eq!(status, 200);
+    // The same candidate, rolled out again twice under its default name: each run has its own.
+    let gated = body(r#", "gates": {"max_consecutive_failures": 3}"#);
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let (status, started) = post_json(&engine, "/v1/rollouts", &gated).await;
+        assert_eq!(status, 200, "{started}");
+        let name = started["name"].as_str().unwrap().to_string();
+        let (status, _) = post(&engine, &format!("/v1/rollouts/{name}/rollback"), None).await;
+        assert_eq!(status, 200);
+        names.push(name);
+    }
+    let (status, error) = post_json(
+        &engine,
+        "/v1/rollouts",
+        &body(r#", "name": "probe-canary", "gates": {"max_consecutive_failures": 3}"#),
+    )
+    .await;
+    assert_eq!(status, 409, "a name given explicitly must be free: {error}");
+    let (_, listed) = get(&engine, "/v1/rollouts?workflow=probe").await;
+    let mut listed: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rollout| rollout["name"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(names, ["probe@2.0.0", "probe@2.0.0~2"]);
+    assert_eq!(listed, ["probe-canary", "probe@2.0.0", "probe@2.0.0~2"]);
     engine.shutdown().await;
 }
 

@@ -33,6 +33,7 @@ on_both_stores!(
     durable_timers_and_signals_survive_a_restart,
     background_migration_survives_a_restart_and_migrates_each_record_once,
     a_failing_candidate_is_rolled_back_and_its_record_survives_a_restart,
+    a_candidate_rolls_out_again_after_its_rollout_ended_and_neither_version_drains_under_an_active_one,
     every_applied_config_is_kept_and_any_can_be_restored_after_a_restart,
     moved_instances_keep_exact_counters_on_both_versions,
     finished_instances_are_listed_and_read_after_a_restart,
@@ -210,6 +211,59 @@ async fn every_instance_finished_with_the_last_one_is_finished_and_announced_bef
             .unwrap();
         assert!(outcome.is_ok(), "{outcome:?}");
     }
+    engine.shutdown().await;
+}
+
+async fn a_candidate_rolls_out_again_after_its_rollout_ended_and_neither_version_drains_under_an_active_one(
+    backend: Backend,
+) {
+    let open = || {
+        backend
+            .builder()
+            .register(probe::version("1.0.0"))
+            .register(probe::version("2.0.0"))
+            .open()
+    };
+    let engine = open().await.unwrap();
+    let spec = || {
+        RolloutSpec::new(probe::WORKFLOW, v("2.0.0"), v("1.0.0"))
+            .stage(Stage::new(50.0, Duration::from_secs(600), 10))
+            .gates(Gates {
+                max_consecutive_failures: Some(3),
+                ..Gates::default()
+            })
+    };
+    let first = engine.start_rollout(spec()).await.unwrap();
+    assert_eq!(first, "probe@2.0.0");
+    for version in ["1.0.0", "2.0.0"] {
+        let refused = engine.drain(probe::WORKFLOW, version).await.unwrap_err();
+        assert!(
+            matches!(&refused, EngineError::Rollout(strata::rollout::RolloutError::VersionInRollout { name, .. }) if name == "probe@2.0.0"),
+            "{refused}"
+        );
+    }
+    engine.rollback_rollout(&first).await.unwrap();
+    engine.shutdown().await;
+
+    let engine = open().await.unwrap();
+    let second = engine.start_rollout(spec()).await.unwrap();
+    assert_eq!(
+        second, "probe@2.0.0~2",
+        "a finished rollout does not block the next one of its candidate"
+    );
+    assert_eq!(engine.rollout(&first).unwrap().status, RolloutStatus::RolledBack);
+    assert_eq!(engine.rollout(&second).unwrap().status, RolloutStatus::Running);
+    let refused = engine.start_rollout(spec()).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("still Running"),
+        "one active rollout per workflow: {refused}"
+    );
+    engine.rollback_rollout(&second).await.unwrap();
+    // With no rollout active, draining goes through.
+    assert_eq!(
+        engine.drain(probe::WORKFLOW, "2.0.0").await.unwrap(),
+        VersionStatus::Drained
+    );
     engine.shutdown().await;
 }
 
@@ -558,8 +612,9 @@ async fn writes_from_an_older_copy_never_undo_newer_ones(backend: Backend) {
         .open()
         .await
         .unwrap();
-    let spec =
-        RolloutSpec::new(probe::WORKFLOW, v("2.0.1"), v("1.0.0")).stage(Stage::new(50.0, Duration::from_secs(600), 10));
+    let spec = RolloutSpec::new(probe::WORKFLOW, v("2.0.1"), v("1.0.0"))
+        .stage(Stage::new(50.0, Duration::from_secs(600), 10))
+        .unwatched();
     let name = spec.name.clone();
     engine.start_rollout(spec).await.unwrap();
     let started = engine.rollout(&name).unwrap();

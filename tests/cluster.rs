@@ -651,7 +651,8 @@ async fn a_rollout_routes_on_every_worker_and_a_rollback_through_any_holds_every
     let (first, second) = (open().await.unwrap(), open().await.unwrap());
     let spec = RolloutSpec::new(probe::WORKFLOW, Version::new(2, 0, 1), Version::new(1, 0, 0))
         .stage(Stage::new(50.0, Duration::from_secs(3_600), 1_000_000))
-        .stage(Stage::new(100.0, Duration::from_secs(3_600), 1_000_000));
+        .stage(Stage::new(100.0, Duration::from_secs(3_600), 1_000_000))
+        .unwatched();
     let name = spec.name.clone();
     first.start_rollout(spec).await.unwrap();
     let on_candidate = |engine: &Engine| {
@@ -868,7 +869,10 @@ async fn a_version_whose_last_worker_stopped_shows_no_worker_and_takes_no_starts
     b.shutdown().await;
     let info = a.version(tally::WORKFLOW, "2.0.0").unwrap();
     assert!(info.workers.is_empty(), "{:?}", info.workers);
-    assert!(!info.accepts_starts, "a version no live worker can run said it takes starts");
+    assert!(
+        !info.accepts_starts,
+        "a version no live worker can run said it takes starts"
+    );
     let refused = a
         .start_with(tally::WORKFLOW, &1u64, StartOptions::new().version("=2.0.0"))
         .await;

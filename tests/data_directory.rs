@@ -36,7 +36,13 @@ async fn hold_the_directory_until_stdin_closes() {
 async fn another_engine_holding_the_directory_is_refused_at_once_by_its_process_id() {
     let dir = tempfile::tempdir().unwrap();
     let mut holder = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "hold_the_directory_until_stdin_closes", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "hold_the_directory_until_stdin_closes",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(HOLDER_DIR, dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -67,6 +73,9 @@ async fn another_engine_holding_the_directory_is_refused_at_once_by_its_process_
     drop(holder.stdin.take());
     assert!(holder.wait().unwrap().success());
     assert!(took < std::time::Duration::from_secs(5), "the refusal waited {took:?}");
-    let engine = builder(dir.path()).open().await.expect("the directory opens once its holder is gone");
+    let engine = builder(dir.path())
+        .open()
+        .await
+        .expect("the directory opens once its holder is gone");
     engine.shutdown().await;
 }

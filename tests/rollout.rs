@@ -34,13 +34,19 @@ async fn open(dir: &std::path::Path, clock: &Arc<ManualClock>, candidate: &str) 
 }
 
 /// Stages of 10 %, 50 % and 100 %, each held 10 minutes and needing `min_finished` finished
-/// candidate instances.
+/// candidate instances; with `Gates::default()`, unwatched on purpose.
 fn rollout(candidate: &str, min_finished: u64, gates: Gates) -> RolloutSpec {
-    RolloutSpec::new(probe::WORKFLOW, v(candidate), v("1.0.0"))
+    let unwatched = gates == Gates::default();
+    let spec = RolloutSpec::new(probe::WORKFLOW, v(candidate), v("1.0.0"))
         .stage(Stage::new(10.0, HOLD, min_finished))
         .stage(Stage::new(50.0, HOLD, min_finished))
         .stage(Stage::new(100.0, HOLD, min_finished))
-        .gates(gates)
+        .gates(gates);
+    if unwatched {
+        spec.unwatched()
+    } else {
+        spec
+    }
 }
 
 /// Starts `count` probes numbered from `first` with distinct routing keys, waits for them all to
@@ -332,11 +338,12 @@ async fn operators_pause_resume_and_roll_back_and_the_record_keeps_every_transit
         })
         .collect();
     assert_eq!(history, ["Started", "Paused", "Resumed", "rolled back by None"]);
-    let again = engine
+    // The candidate rolls out again under the next free `~N` of its default name.
+    let renamed = engine
         .start_rollout(rollout("2.0.1", 10, Gates::default()))
         .await
-        .unwrap_err();
-    assert!(again.to_string().contains("exists"), "{again}");
+        .unwrap();
+    assert_eq!(renamed, "probe@2.0.1~2");
     engine.shutdown().await;
 }
 

@@ -161,10 +161,23 @@ async fn invalid_rules_change_nothing_and_a_drained_candidate_is_never_chosen() 
     engine.shutdown().await;
 }
 
-/// A `[[rollouts]]` entry for order with `stages`, `hold` and extra lines.
+/// A `[[rollouts]]` entry for order with `stages`, `hold` and extra lines (a consecutive-failures
+/// gate where they give no `[rollouts.gates]`).
 fn watched(candidate: &str, stages: &str, hold: &str, extra: &str) -> String {
+    let gates = if extra.contains("[rollouts.gates]") {
+        ""
+    } else {
+        "[rollouts.gates]\nmax_consecutive_failures = 5\n"
+    };
     format!(
-        "[[rollouts]]\nworkflow = \"order\"\ncandidate = \"{candidate}\"\nstable = \"1.0.0\"\nstages = {stages}\nhold = \"{hold}\"\nmin_finished = 20\n{extra}"
+        "[[rollouts]]\nworkflow = \"order\"\ncandidate = \"{candidate}\"\nstable = \"1.0.0\"\nstages = {stages}\nhold = \"{hold}\"\nmin_finished = 20\n{extra}{gates}"
+    )
+}
+
+/// The same entry without any gate.
+fn unwatched(extra: &str) -> String {
+    format!(
+        "[[rollouts]]\nworkflow = \"order\"\ncandidate = \"2.0.0\"\nstable = \"1.0.0\"\nstages = [5, 100]\nhold = \"10m\"\nmin_finished = 20\n{extra}"
     )
 }
 
@@ -283,6 +296,18 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
         (
             watched("2.0.0", "[5, 100]", "ten minutes", ""),
             "rollouts[0].hold: 'ten minutes' is not a duration",
+        ),
+        (
+            unwatched(""),
+            "rollouts[0].gates: rollout 'order@2.0.0' has no gate, so it would watch nothing",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmax_error_rate_increase = 0.01\nmin_sucess_rate = 0.99\n"),
+            "unknown field `min_sucess_rate`, expected one of `max_error_rate_increase`, `max_latency_multiplier`, `min_success_rate`, `max_consecutive_failures` (did you mean `min_success_rate`?)",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "on_rolback = \"move_back\"\n"),
+            "(did you mean `on_rollback`?)",
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmin_success_rate = 2.0\n"),

@@ -144,6 +144,26 @@ pub enum InstancesCommand {
     },
 }
 
+/// What a rollback does to the candidate's in-flight instances.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[value(rename_all = "snake_case")]
+pub enum OnRollback {
+    /// They finish on the candidate.
+    KeepRunning,
+    /// They move back to the stable version where a move plan allows.
+    MoveBack,
+}
+
+impl OnRollback {
+    /// The name the API takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRollback::KeepRunning => "keep_running",
+            OnRollback::MoveBack => "move_back",
+        }
+    }
+}
+
 /// `strata rollout ...`.
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
@@ -169,9 +189,21 @@ pub enum RolloutCommand {
         /// A stage as `PERCENT[:HOLD_SECONDS[:MIN_FINISHED]]`, e.g. `5:600:100`; repeat in order.
         #[arg(long = "stage", required = true)]
         stages: Vec<String>,
-        /// The gates as JSON, e.g. `{"max_error_rate_increase": 0.02}` (the engine's defaults otherwise).
+        /// The gates as JSON, e.g. `{"max_error_rate_increase": 0.02}`; at least one unless
+        /// `--unwatched`. Fields: max_error_rate_increase, max_latency_multiplier,
+        /// min_success_rate, max_consecutive_failures.
         #[arg(long)]
         gates: Option<String>,
+        /// Its name (default `workflow@candidate`, or `workflow@candidate~N` when an earlier
+        /// rollout of the candidate ended).
+        #[arg(long)]
+        name: Option<String>,
+        /// What a rollback does to the candidate's in-flight instances.
+        #[arg(long, value_enum, default_value_t = OnRollback::KeepRunning)]
+        on_rollback: OnRollback,
+        /// Runs it with no gate at all, on purpose (watches nothing).
+        #[arg(long, conflicts_with = "gates")]
+        unwatched: bool,
     },
     /// Holds a rollout at its stage.
     Pause {

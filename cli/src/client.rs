@@ -17,17 +17,14 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client for the API at `base` (`http://host:port`), sending `token` if given.
     pub fn new(base: &str, token: Option<String>) -> Result<AdminClient, CliError> {
+        let base = admin_url(base)?;
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // The event stream stays open; every other answer comes at once.
             .timeout(None::<Duration>)
             .build()
             .map_err(|error| CliError::Unreachable(format!("could not set up the HTTP client: {error}")))?;
-        Ok(AdminClient {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http,
-        })
+        Ok(AdminClient { base, token, http })
     }
 
     /// `GET path`, answered as JSON.
@@ -77,8 +74,9 @@ impl AdminClient {
     ) -> Result<reqwest::blocking::Response, CliError> {
         request.send().map_err(|error| {
             CliError::Unreachable(format!(
-                "could not reach the admin API at {}{path}: {error}; check --url (or STRATA_ADMIN_URL) and that the engine runs with EngineBuilder::admin",
-                self.base
+                "could not reach the admin API at {}{path}: {}; check --url (or STRATA_ADMIN_URL) and that the engine runs with its admin API on",
+                self.base,
+                with_causes(&error)
             ))
         })
     }
@@ -118,5 +116,60 @@ impl AdminClient {
         } else {
             CliError::Unreachable(format!("the admin API failed: {message} (HTTP {})", status.as_u16()))
         }
+    }
+}
+
+/// The admin API's base URL from `--url`: `http://` is assumed where no scheme is given
+/// (`127.0.0.1:7700`); `https://` is refused with why (this CLI speaks plain HTTP, as the admin
+/// API serves it).
+fn admin_url(given: &str) -> Result<String, CliError> {
+    let given = given.trim();
+    let with_scheme = if given.contains("://") {
+        given.to_string()
+    } else {
+        format!("http://{given}")
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|error| {
+        CliError::Input(format!(
+            "--url '{given}' is not a URL ({error}); write it like http://127.0.0.1:7700"
+        ))
+    })?;
+    match url.scheme() {
+        "http" if url.host().is_some() => Ok(with_scheme.trim_end_matches('/').to_string()),
+        "http" => Err(CliError::Input(format!("--url '{given}' names no host; write it like http://127.0.0.1:7700"))),
+        "https" => Err(CliError::Input(format!(
+            "--url '{given}': this strata CLI speaks plain HTTP only, as the engine's admin API serves it; use http:// (behind a TLS proxy, run the CLI where it reaches the engine directly)"
+        ))),
+        other => Err(CliError::Input(format!("--url '{given}': '{other}' is not a scheme the admin API speaks; use http://"))),
+    }
+}
+
+/// An error's message followed by each of its causes (`connection refused` hides in them).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_without_a_scheme_are_http_and_https_is_refused_saying_why() {
+        assert_eq!(admin_url("127.0.0.1:7700").unwrap(), "http://127.0.0.1:7700");
+        assert_eq!(admin_url("http://localhost:7700/").unwrap(), "http://localhost:7700");
+        let https = admin_url("https://strata.example").unwrap_err().to_string();
+        assert!(https.contains("plain HTTP only"), "{https}");
+        let broken = admin_url("http://").unwrap_err().to_string();
+        assert!(broken.contains("write it like http://127.0.0.1:7700"), "{broken}");
     }
 }

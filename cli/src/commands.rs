@@ -48,6 +48,20 @@ pub fn run(client: &AdminClient, command: Command, json: bool) -> Result<(), Cli
     }
 }
 
+/// Writes `text` and a newline to standard output. A reader that went away (`strata ... | head`)
+/// ends the program quietly with success: what it wanted was printed. Any other failure to
+/// write ends it with exit code 4.
+pub fn print_line(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("strata: could not write to standard output: {error}");
+        std::process::exit(4);
+    }
+}
+
 /// Where answers go.
 struct Output {
     json: bool,
@@ -57,9 +71,9 @@ impl Output {
     /// Prints `value` as JSON, or `text` for people.
     fn show(&self, value: &Value, text: impl FnOnce() -> String) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+            print_line(&serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
-            println!("{}", text());
+            print_line(&text());
         }
     }
 
@@ -417,6 +431,9 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
             stable,
             stages,
             gates,
+            name,
+            on_rollback,
+            unwatched,
         } => {
             let stages = stages
                 .iter()
@@ -427,7 +444,10 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
                     .map_err(|error| CliError::Input(format!("--gates is not JSON ({error}): {text}")))?,
                 None => json!({}),
             };
-            let body = json!({ "workflow": workflow, "candidate": candidate, "stable": stable, "stages": stages, "gates": gates });
+            let body = json!({
+                "workflow": workflow, "candidate": candidate, "stable": stable, "stages": stages, "gates": gates,
+                "name": name, "on_rollback": on_rollback.as_str(), "unwatched": unwatched,
+            });
             let answer = client.post("/v1/rollouts", Some(&body))?;
             out.show(&answer, || rollout_detail(&answer));
             return Ok(());
@@ -585,7 +605,10 @@ fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<
                 });
                 return Ok(());
             }
-            match client.post_text("/v1/config/check", contents) {
+            let name = file
+                .file_name()
+                .map_or(source.clone(), |name| name.to_string_lossy().into_owned());
+            match client.post_text(&format!("/v1/config/check?file={}", segment(&name)), contents) {
                 Ok(answer) => out.show(&answer, || {
                     format!("{source}: valid against the running engine's versions (not applied)")
                 }),

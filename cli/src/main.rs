@@ -15,7 +15,9 @@ use clap::{CommandFactory, Parser};
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     if let args::Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut args::Cli::command(), "strata", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut args::Cli::command(), "strata", &mut script);
+        commands::print_line(String::from_utf8_lossy(&script).trim_end());
         return ExitCode::SUCCESS;
     }
     let outcome = client::AdminClient::new(&cli.url, cli.token.clone())
@@ -24,7 +26,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let message = error.to_string();
-            if !message.is_empty() {
+            if cli.json {
+                // Scripts read the failure as they read answers: one JSON object (on stderr).
+                let mut failure = serde_json::json!({ "error": message, "exit_code": error.exit_code() });
+                if let error::CliError::Refused { status, message } = &error {
+                    failure["error"] = serde_json::Value::from(message.as_str());
+                    failure["status"] = serde_json::Value::from(*status);
+                }
+                if !message.is_empty() {
+                    eprintln!("{failure}");
+                }
+            } else if !message.is_empty() {
                 eprintln!("strata: {message}");
             }
             ExitCode::from(error.exit_code())

@@ -199,7 +199,7 @@ async fn refusals_and_unreachable_engines_get_their_own_exit_codes_and_say_what_
     assert_eq!(unknown.code, 3, "{}", unknown.stderr);
     let no_job = strata(&engine, Some(READER), &["migrate", "status", "gate"]).await;
     assert_eq!(no_job.code, 3);
-    assert!(no_job.stderr.contains("starts one"), "{}", no_job.stderr);
+    assert!(no_job.stderr.contains("start one first"), "{}", no_job.stderr);
     let bad_payload = strata(
         &engine,
         Some(ADMIN),
@@ -361,6 +361,7 @@ async fn rollouts_and_moves_are_steered_from_the_command_line() {
             "10:600",
             "--stage",
             "100",
+            "--unwatched",
         ],
     )
     .await;
@@ -430,6 +431,107 @@ async fn rollouts_and_moves_are_steered_from_the_command_line() {
     assert_eq!(
         status.stdout.trim(),
         "gate: finished, 0 migrated, 0 remaining, 0 failed"
+    );
+    engine.shutdown().await;
+}
+
+/// The binary's output read by a reader that takes one line and goes away (`| head -1`). The
+/// pipe holds 4 KiB, less than the output: the binary is still writing when the reader goes.
+async fn strata_into_closed_pipe(engine: &Engine, args: &[&str]) -> Run {
+    use std::io::BufRead;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut command = command(engine, Some(ADMIN), args);
+    let output = tokio::task::spawn_blocking(move || {
+        let mut ends = [0; 2];
+        // SAFETY: pipe2(2) fills the two descriptors, each owned once below. Close-on-exec: the
+        // child gets the write end as its stdout only, never the read end.
+        assert_eq!(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+        // SAFETY: a valid descriptor of a pipe this function owns.
+        assert!(unsafe { libc::fcntl(ends[0], libc::F_SETPIPE_SZ, 4096) } >= 4096);
+        let child = command
+            .stdout(std::process::Stdio::from(write_end))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the strata binary runs");
+        let mut reader = std::io::BufReader::new(std::fs::File::from(read_end));
+        let mut first = String::new();
+        reader.read_line(&mut first).unwrap();
+        assert!(!first.is_empty(), "the binary printed nothing");
+        drop(reader);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    run_of(output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_bad_urls_and_json_errors_are_met_as_a_user_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    for count in 0..300 {
+        start(&engine, count, "1.0.0").await;
+    }
+    let listing = ["--json", "instances", "list", "--all", "--workflow", "gate"];
+    for args in [&listing[..], &["completions", "bash"][..]] {
+        let whole = strata(&engine, Some(ADMIN), args).await;
+        assert!(
+            whole.stdout.len() > 8 * 4096,
+            "{args:?}: more than the pipe holds: {} bytes",
+            whole.stdout.len()
+        );
+        let run = strata_into_closed_pipe(&engine, args).await;
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
+    }
+    // --json: the failure is JSON too, with its exit code.
+    let missing = strata(&engine, Some(ADMIN), &["--json", "versions", "nope"]).await;
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    let failure: Value = serde_json::from_str(missing.stderr.trim()).expect("a JSON failure");
+    assert_eq!(
+        (failure["status"].as_u64(), failure["exit_code"].as_u64()),
+        (Some(404), Some(3))
+    );
+    assert!(failure["error"].as_str().unwrap().contains("nope"), "{failure}");
+    // Listing a workflow nobody knows is the same mistake as showing it.
+    let unknown = strata(&engine, Some(ADMIN), &["instances", "list", "--workflow", "nope"]).await;
+    assert_eq!(unknown.code, 3, "{}", unknown.stdout);
+    assert!(unknown.stderr.contains("unknown workflow 'nope'"), "{}", unknown.stderr);
+    // A URL without a scheme is http; https is refused saying why; a dead port says so.
+    let address = engine.admin_address().unwrap().to_string();
+    let bare = strata(&engine, Some(ADMIN), &["--url", &address, "versions"]).await;
+    assert_eq!(bare.code, 0, "{}", bare.stderr);
+    let https = strata(
+        &engine,
+        Some(ADMIN),
+        &["--url", &format!("https://{address}"), "versions"],
+    )
+    .await;
+    assert_eq!(https.code, 2, "{}", https.stderr);
+    assert!(https.stderr.contains("plain HTTP only"), "{}", https.stderr);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let refused = strata(
+        &engine,
+        Some(ADMIN),
+        &["--url", &format!("http://{closed}"), "versions"],
+    )
+    .await;
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.to_lowercase().contains("connection refused"),
+        "{}",
+        refused.stderr
+    );
+    // Messages in the user's words.
+    let version = strata(&engine, Some(ADMIN), &["versions", "gate", "^1"]).await;
+    assert!(
+        version.stderr.contains("is not a valid version (like 2.0.0)"),
+        "{}",
+        version.stderr
     );
     engine.shutdown().await;
 }

@@ -18,6 +18,7 @@ use crate::{Engine, InstanceId, MigrationJob, MoveRequest};
 /// `ids`) to move to `target`, with `steps` naming where instances at a step without a
 /// counterpart continue.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct MoveBody {
     workflow: String,
     target: String,
@@ -123,6 +124,7 @@ pub(super) async fn apply(
 
 /// A background migration to start.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct MigrationBody {
     workflow: String,
     batch_size: Option<usize>,
@@ -186,7 +188,7 @@ fn handle(engine: &Engine, workflow: &str) -> Result<crate::migrate::MigrationHa
     engine.migration(workflow).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no background migration of '{workflow}' since this engine opened; POST /v1/migrations starts one"),
+            format!("no background migration of '{workflow}' has run since this engine opened; start one first"),
         )
     })
 }

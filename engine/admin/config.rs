@@ -2,7 +2,7 @@
 //! generation changed, a file checked against the running registry without applying it, and an
 //! earlier generation restored.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
@@ -44,14 +44,33 @@ pub(super) async fn history(State(engine): State<Engine>) -> Result<Json<Vec<Gen
     Ok(Json(with_diffs(history)))
 }
 
+/// The name of the file checked, for the messages.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckQuery {
+    file: Option<String>,
+}
+
 /// `POST /v1/config/check` with a config file as the body: whether applying it would work,
 /// and if not why (422), without applying it.
 #[utoipa::path(post, path = "/v1/config/check", tag = "config",
+    params(("file" = Option<String>, Query, description = "The file's name, for the messages (default strata.toml)")),
     request_body(content = String, content_type = "text/plain", description = "A strata.toml file"),
     responses((status = 200, description = "`{\"valid\": true}`"),
         (status = 422, description = "Invalid: the error names the file, the key and the reason", body = super::views::ErrorView)))]
-pub(super) async fn check(State(engine): State<Engine>, text: String) -> Result<Json<Value>, ApiError> {
-    match engine.check_config("posted config", &text) {
+pub(super) async fn check(
+    State(engine): State<Engine>,
+    Query(query): Query<CheckQuery>,
+    text: String,
+) -> Result<Json<Value>, ApiError> {
+    let file = query.file.unwrap_or_else(|| "strata.toml".to_string());
+    if text.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{file}: the body is empty; post the config file's text"),
+        ));
+    }
+    match engine.check_config(&file, &text) {
         Ok(()) => Ok(Json(serde_json::json!({ "valid": true }))),
         Err(error) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())),
     }

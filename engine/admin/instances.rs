@@ -45,6 +45,7 @@ pub(super) fn status_named(name: &str) -> Result<InstanceStatus, ApiError> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     workflow: Option<String>,
     version: Option<String>,
@@ -74,7 +75,8 @@ impl ListQuery {
         ("status" = Option<String>, Query, description = "ready, running, sleeping, waiting_signal, retry_backoff, parked, quarantined, completed, failed or cancelled"),
         ("after" = Option<u64>, Query, description = "Only ids after this one: the `next` of the previous page"),
         ("limit" = Option<usize>, Query, description = "At most this many (default 100, at most 1000)")),
-    responses((status = 200, body = InstancePage), (status = 400, body = ErrorView)))]
+    responses((status = 200, body = InstancePage), (status = 400, body = ErrorView),
+        (status = 404, description = "No version of that workflow, or no such version, is known", body = ErrorView)))]
 pub(super) async fn list(
     State(engine): State<Engine>,
     Query(query): Query<ListQuery>,
@@ -82,7 +84,25 @@ pub(super) async fn list(
     let filter = query.filter()?;
     let limit = query.limit.unwrap_or(PAGE).clamp(1, LARGEST_PAGE);
     // One more than the page, to know whether another follows; the store reads no further.
-    let listed = blocking_read(engine, move |engine| engine.list_limited(&filter, limit + 1)).await??;
+    let listed = blocking_read(engine, move |engine| {
+        // A workflow or version nobody knows is a mistake to say, not an empty page.
+        if let Some(workflow) = &filter.workflow {
+            match &filter.version {
+                Some(version) => {
+                    engine.version(workflow, &version.to_string())?;
+                }
+                None if !engine.versions().iter().any(|info| info.key.workflow == *workflow) => {
+                    return Err(crate::registry::RegistryError::UnknownWorkflow {
+                        workflow: workflow.clone(),
+                    }
+                    .into());
+                }
+                None => {}
+            }
+        }
+        engine.list_limited(&filter, limit + 1)
+    })
+    .await??;
     let mut matching = listed;
     matching.sort_by_key(|info| info.id());
     let more = matching.len() > limit;

@@ -232,7 +232,9 @@ impl From<EngineError> for ApiError {
             EngineError::Config(crate::config::ConfigError::UnknownGeneration { .. }) => StatusCode::NOT_FOUND,
             EngineError::Config(_) | EngineError::Routing(_) => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Rollout(crate::rollout::RolloutError::Unknown { .. }) => StatusCode::NOT_FOUND,
-            EngineError::Rollout(crate::rollout::RolloutError::Conflict { .. }) => StatusCode::CONFLICT,
+            EngineError::Rollout(
+                crate::rollout::RolloutError::Conflict { .. } | crate::rollout::RolloutError::VersionInRollout { .. },
+            ) => StatusCode::CONFLICT,
             EngineError::Rollout(_) => StatusCode::BAD_REQUEST,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Store(crate::StoreError::ConnectionLost { .. }) => StatusCode::SERVICE_UNAVAILABLE,
@@ -249,6 +251,7 @@ impl IntoResponse for ApiError {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VersionsQuery {
     workflow: Option<String>,
 }
@@ -408,9 +411,10 @@ async fn ready(State(engine): State<Engine>) -> Response {
 /// malformed, 415 not JSON, 413 over the size limit) and what `shape` the body must have.
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>, shape: &str) -> Result<T, ApiError> {
     body.map(|Json(body)| body).map_err(|rejection| {
+        let reason = crate::suggest::explain_unknown(&rejection.body_text());
         ApiError::new(
             rejection.status(),
-            format!("the body must be {shape} as JSON, at most 64 KiB: {rejection}"),
+            format!("the body must be {shape} as JSON, at most 64 KiB: {reason}"),
         )
     })
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{blocking_read, json_body, parse_version, ApiError};
-use crate::rollout::{Figures, RolloutRecord};
+use crate::rollout::{Figures, OnRollback, RolloutRecord};
 use crate::{Engine, Gates, RolloutSpec, Stage};
 
 /// A rollout as the API shows it.
@@ -29,6 +29,10 @@ pub(super) struct RolloutView {
     candidate_percent: f64,
     stage_started_ms: u64,
     gates: Gates,
+    /// What a rollback does to the candidate's in-flight instances.
+    on_rollback: OnRollbackChoice,
+    /// Started with no gate on purpose.
+    unwatched: bool,
     /// What the gates compare now, while the rollout is active.
     figures: Option<FiguresView>,
     /// Every transition, oldest first; a rollback names its gate, reason and figures.
@@ -38,6 +42,7 @@ pub(super) struct RolloutView {
 /// A stage as the API shows and takes it: the candidate's share in percent (at most two
 /// decimals), how long it holds at least, and how many candidate instances must finish in it.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct StageView {
     percent: f64,
     hold_ms: u64,
@@ -76,6 +81,11 @@ impl RolloutView {
             candidate_percent: f64::from(record.candidate_share()) / 100.0,
             stage_started_ms: record.stage_started_ms,
             gates: record.spec.gates.clone(),
+            on_rollback: match record.spec.on_rollback {
+                OnRollback::KeepRunning => OnRollbackChoice::KeepRunning,
+                OnRollback::MoveBack => OnRollbackChoice::MoveBack,
+            },
+            unwatched: record.spec.unwatched,
             figures,
             history: serde_json::to_value(&record.history).unwrap_or(Value::Null),
         }
@@ -83,6 +93,7 @@ impl RolloutView {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     workflow: Option<String>,
 }
@@ -127,7 +138,7 @@ pub(super) async fn show(
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
-                    format!("no rollout is named '{name}'; GET /v1/rollouts lists them"),
+                    format!("no rollout is named '{name}'; the list of rollouts names them all"),
                 )
             })
     })
@@ -135,15 +146,51 @@ pub(super) async fn show(
     Ok(Json(view))
 }
 
-/// A rollout to start, as posted.
+/// A rollout to start, as posted: every field of its definition. Unknown fields are refused.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct StartRequest {
     workflow: String,
     candidate: String,
     stable: String,
     stages: Vec<StageView>,
+    /// At least one gate, unless `unwatched`.
     #[serde(default)]
-    gates: Gates,
+    gates: GatesRequest,
+    /// Its name; default `workflow@candidate` (`workflow@candidate~2`, ... when an earlier
+    /// rollout of the candidate ended).
+    name: Option<String>,
+    /// What a rollback does to the candidate's in-flight instances (default `keep_running`).
+    #[serde(default)]
+    on_rollback: OnRollbackChoice,
+    /// `true` runs it with no gate at all, on purpose.
+    #[serde(default)]
+    unwatched: bool,
+}
+
+/// The gates as posted; unset ones are not checked. Unknown fields are refused.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GatesRequest {
+    /// The candidate's error rate may exceed the stable's by at most this much (0.05 = 5 points).
+    max_error_rate_increase: Option<f64>,
+    /// The candidate's p95 step latency may be at most this multiple of the stable's.
+    max_latency_multiplier: Option<f64>,
+    /// The candidate's success rate must be at least this.
+    min_success_rate: Option<f64>,
+    /// This many failed candidate instances in a row roll back.
+    max_consecutive_failures: Option<u64>,
+}
+
+/// What a rollback does to the candidate's in-flight instances.
+#[derive(Deserialize, Serialize, Default, Clone, Copy, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum OnRollbackChoice {
+    /// They finish on the candidate.
+    #[default]
+    KeepRunning,
+    /// They move back to the stable version where a move plan allows.
+    MoveBack,
 }
 
 /// `POST /v1/rollouts` with `{workflow, candidate, stable, stages: [{percent, hold_ms,
@@ -156,7 +203,10 @@ pub(super) async fn start(
     State(engine): State<Engine>,
     request: Result<Json<StartRequest>, JsonRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    let request = json_body(request, "a rollout ({workflow, candidate, stable, stages, gates})")?;
+    let request = json_body(
+        request,
+        "a rollout ({workflow, candidate, stable, stages, gates, name, on_rollback, unwatched})",
+    )?;
     let mut spec = RolloutSpec::new(
         request.workflow,
         parse_version(&request.candidate)?,
@@ -169,10 +219,26 @@ pub(super) async fn start(
             min_finished: stage.min_finished,
         });
     }
-    let spec = spec.gates(request.gates);
-    let name = spec.name.clone();
-    tracing::info!(rollout = %name, "admin API: start rollout");
-    engine.start_rollout(spec).await?;
+    let gates = request.gates;
+    let mut spec = spec
+        .gates(Gates {
+            max_error_rate_increase: gates.max_error_rate_increase,
+            max_latency_multiplier: gates.max_latency_multiplier,
+            min_success_rate: gates.min_success_rate,
+            max_consecutive_failures: gates.max_consecutive_failures,
+        })
+        .on_rollback(match request.on_rollback {
+            OnRollbackChoice::KeepRunning => OnRollback::KeepRunning,
+            OnRollbackChoice::MoveBack => OnRollback::MoveBack,
+        });
+    if let Some(name) = request.name {
+        spec = spec.named(name);
+    }
+    if request.unwatched {
+        spec = spec.unwatched();
+    }
+    let name = engine.start_rollout(spec).await?;
+    tracing::info!(rollout = %name, "admin API: rollout started");
     show(State(engine), Path(name)).await
 }
 

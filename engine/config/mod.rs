@@ -102,7 +102,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// No applied config has this generation.
-    #[error("no config of generation {generation} is in the store's history; see Engine::config_history")]
+    #[error("no config of generation {generation} is in the history of applied configs; the history lists the generations kept")]
     UnknownGeneration {
         /// The generation asked for.
         generation: u64,
@@ -150,6 +150,9 @@ struct WatchedRolloutEntry {
     on_rollback: OnRollbackEntry,
     #[serde(default)]
     gates: GatesEntry,
+    /// No gate, on purpose: the rollout watches nothing.
+    #[serde(default)]
+    unwatched: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -317,7 +320,7 @@ fn basis_points(file: &str, key: String, percent: f64) -> Result<u16, ConfigErro
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let parsed: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
         file: file.to_string(),
-        reason: error.to_string(),
+        reason: crate::suggest::explain_unknown(&error.to_string()),
     })?;
     let flags = parsed
         .flags
@@ -422,6 +425,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         );
         if let Some(name) = entry.name {
             spec = spec.named(name);
+        }
+        if entry.unwatched {
+            spec = spec.unwatched();
         }
         for (stage, percent) in entry.stages.into_iter().enumerate() {
             basis_points(file, format!("rollouts[{index}].stages[{stage}]"), percent)?;

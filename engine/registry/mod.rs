@@ -464,6 +464,7 @@ impl Registry {
 pub(crate) fn parse_version(workflow: &str, version: &str) -> Result<Version, crate::EngineError> {
     Version::parse(version).map_err(|error| crate::EngineError::InvalidVersion {
         workflow: workflow.to_string(),
+        expected: "version (like 2.0.0)",
         version: version.to_string(),
         reason: error.to_string(),
     })

@@ -114,6 +114,10 @@ pub struct RolloutSpec {
     pub gates: Gates,
     /// What a rollback does to the candidate's in-flight instances.
     pub on_rollback: OnRollback,
+    /// Asked for without any gate: it passes its stages on time and finished instances alone,
+    /// watching nothing. A rollout without gates is refused unless this says so.
+    #[serde(default)]
+    pub unwatched: bool,
 }
 
 /// A rollout definition that cannot run.
@@ -166,6 +170,24 @@ pub enum RolloutError {
         /// Why.
         reason: String,
     },
+    /// No gate set, and no word that the rollout is meant to watch nothing.
+    #[error("rollout '{name}' has no gate, so it would watch nothing and promote the candidate however it does; set at least one gate (max_error_rate_increase, max_latency_multiplier, min_success_rate, max_consecutive_failures), or ask for an unwatched rollout (unwatched = true in the config, \"unwatched\": true in the API, --unwatched in the CLI)")]
+    NoGates {
+        /// The rollout.
+        name: String,
+    },
+    /// A version an active rollout compares or routes to cannot be drained under it.
+    #[error("{workflow} {version} is the {role} of rollout '{name}', which is still active; draining it would strand the rollout. Finish it, or roll it back first (strata rollout rollback {name}), then drain")]
+    VersionInRollout {
+        /// The rollout.
+        name: String,
+        /// The workflow.
+        workflow: String,
+        /// The version asked to drain.
+        version: Version,
+        /// `candidate` or `stable`.
+        role: &'static str,
+    },
     /// No rollout of that name.
     #[error("no rollout named '{name}'")]
     Unknown {
@@ -193,9 +215,11 @@ impl RolloutError {
             RolloutError::BadShare { stage, .. } => format!("stages[{stage}]"),
             RolloutError::SameVersion { .. } => "candidate".to_string(),
             RolloutError::BadGate { gate, .. } => format!("gates.{gate}"),
-            RolloutError::Conflict { .. } | RolloutError::Unknown { .. } | RolloutError::Finished { .. } => {
-                "name".to_string()
-            }
+            RolloutError::NoGates { .. } => "gates".to_string(),
+            RolloutError::Conflict { .. }
+            | RolloutError::Unknown { .. }
+            | RolloutError::Finished { .. }
+            | RolloutError::VersionInRollout { .. } => "name".to_string(),
         }
     }
 }
@@ -213,7 +237,15 @@ impl RolloutSpec {
             stages: Vec::new(),
             gates: Gates::default(),
             on_rollback: OnRollback::KeepRunning,
+            unwatched: false,
         }
+    }
+
+    /// Runs it without any gate: stages pass on time and finished instances alone. Without
+    /// this, a rollout with no gate is refused ([`RolloutError::NoGates`]).
+    pub fn unwatched(mut self) -> Self {
+        self.unwatched = true;
+        self
     }
 
     /// Renames it.
@@ -273,6 +305,9 @@ impl RolloutSpec {
                 )));
             }
             previous = Some(stage);
+        }
+        if self.gates == Gates::default() && !self.unwatched {
+            return Err(RolloutError::NoGates { name: name() });
         }
         let gate = |gate: &'static str, value: Option<f64>, valid: fn(f64) -> bool, range: &'static str| match value {
             Some(value) if !(value.is_finite() && valid(value)) => Err(RolloutError::BadGate {
@@ -701,11 +736,9 @@ mod tests {
     #[test]
     fn impossible_numbers_are_refused_naming_the_field_and_value() {
         let one_stage = |percent: f64| {
-            RolloutSpec::new("w", Version::new(2, 0, 0), Version::new(1, 0, 0)).stage(Stage::new(
-                percent,
-                Duration::ZERO,
-                1,
-            ))
+            RolloutSpec::new("w", Version::new(2, 0, 0), Version::new(1, 0, 0))
+                .stage(Stage::new(percent, Duration::ZERO, 1))
+                .unwatched()
         };
         for (percent, shown) in [
             (150.0, "stages[0] = 150 %"),

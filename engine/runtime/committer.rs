@@ -3,9 +3,10 @@
 //! flusher thread of its own flushes every interval, so commits never wait for a flush (it used
 //! to run on the commit thread: every step waited out each periodic flush, 100–200 ms on sled).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -38,17 +39,29 @@ struct Request {
     ack: oneshot::Sender<Result<Committed, StoreError>>,
 }
 
-/// What one commit of a group did: the versions it touched as the write left them, and its share
-/// of the versions the group drained.
+/// What one commit did: the versions it touched as the write left them, and a take-in token for
+/// each of them.
 #[derive(Debug)]
 pub(crate) struct Committed {
     /// The versions this commit's ops touched, as the write left them.
     pub applied: Applied,
-    /// The versions the group drained, shared by every commit of the group that touched one of
-    /// them: they are announced by whichever of those commits' callers lets go of it last, after
-    /// it (and so every other) has taken its commit in (instances finished in memory, waiters
-    /// woken, `InstanceFinished` sent). `None` when this commit touched no drained version.
-    pub drained: Option<Arc<Vec<VersionKey>>>,
+    /// One token per version this commit touched, shared with every other commit of that version
+    /// whose caller has not taken it in yet (see [`TakeIn`]).
+    pub take_ins: Vec<Arc<TakeIn>>,
+}
+
+/// The commits of one version not yet taken in by their callers (instances finished in memory,
+/// waiters woken, `InstanceFinished` sent). Every commit touching the version while one of them
+/// is still being taken in shares the same token; a write that drains the version marks it. The
+/// caller that lets go of the token last (`Arc::into_inner` picks exactly one) announces the
+/// drain: after every commit of the version before it, in its group or an earlier one, was
+/// taken in.
+#[derive(Debug)]
+pub(crate) struct TakeIn {
+    /// The version.
+    pub key: VersionKey,
+    /// Whether a commit sharing this token drained the version.
+    pub drained: AtomicBool,
 }
 
 /// The handle to the commit thread.
@@ -64,14 +77,6 @@ fn closed() -> StoreError {
     }
 }
 
-impl Committed {
-    /// What a write applied on its own (not as part of a group) did.
-    fn alone(applied: Applied) -> Committed {
-        let drained = (!applied.drained.is_empty()).then(|| Arc::new(applied.drained.clone()));
-        Committed { applied, drained }
-    }
-}
-
 impl Committer {
     /// Starts the commit thread.
     pub fn start(store: Arc<dyn Store>, durability: Durability) -> std::io::Result<Committer> {
@@ -83,6 +88,7 @@ impl Committer {
                     store,
                     durability,
                     poisoned: None,
+                    take_ins: HashMap::new(),
                 }
                 .run(receiver)
             })?;
@@ -121,6 +127,8 @@ struct CommitLoop {
     /// Set after a failed sync: applied work may not be durable, so no further commit is accepted
     /// (the in-memory state and the store could diverge); restarting the engine recovers.
     poisoned: Option<StoreError>,
+    /// The take-in token of each version whose commits are still being taken in.
+    take_ins: HashMap<VersionKey, Weak<TakeIn>>,
 }
 
 /// `Buffered` mode's flusher: every interval, if commits were applied since its last flush, it
@@ -238,28 +246,48 @@ impl CommitLoop {
             ranges.push(start..merged.len());
         }
         match self.store.apply(&merged) {
-            // Each commit gets the versions it touched; the versions the group drained are shared
-            // by every commit that touched one.
-            Ok(applied) => {
-                let drained = (!applied.drained.is_empty()).then(|| Arc::new(applied.drained.clone()));
-                ranges
-                    .iter()
-                    .map(|range| {
-                        let ops = &merged[range.clone()];
-                        let touches_drained = applied.drained.iter().any(|key| Op::touch(ops, key));
-                        Ok(Committed {
-                            applied: applied.share(ops),
-                            drained: drained.clone().filter(|_| touches_drained),
-                        })
-                    })
-                    .collect()
-            }
+            Ok(applied) => ranges
+                .iter()
+                .map(|range| Ok(self.committed(&merged[range.clone()], &applied)))
+                .collect(),
             Err(error) if ranges.len() == 1 => vec![Err(error)],
             Err(_) => ranges
                 .into_iter()
-                .map(|range| self.store.apply(&merged[range]).map(Committed::alone))
+                .map(|range| {
+                    let ops = &merged[range];
+                    let applied = self.store.apply(ops)?;
+                    Ok(self.committed(ops, &applied))
+                })
                 .collect(),
         }
+    }
+
+    /// One commit's part of a write's result (`applied`, the write's whole): the versions `ops`
+    /// touched, and their take-in tokens, marked where the write drained the version.
+    fn committed(&mut self, ops: &[Op], applied: &Applied) -> Committed {
+        let applied = applied.share(ops);
+        if self.take_ins.len() > 1024 {
+            self.take_ins.retain(|_, token| token.strong_count() > 0);
+        }
+        let mut take_ins = Vec::with_capacity(applied.versions.len());
+        for stored in &applied.versions {
+            let token = match self.take_ins.get(&stored.key).and_then(Weak::upgrade) {
+                Some(token) => token,
+                None => {
+                    let token = Arc::new(TakeIn {
+                        key: stored.key.clone(),
+                        drained: AtomicBool::new(false),
+                    });
+                    self.take_ins.insert(stored.key.clone(), Arc::downgrade(&token));
+                    token
+                }
+            };
+            if applied.drained.contains(&stored.key) {
+                token.drained.store(true, Ordering::Release);
+            }
+            take_ins.push(token);
+        }
+        Committed { applied, take_ins }
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

@@ -126,24 +126,34 @@ impl TaskCount {
     }
 }
 
-/// This commit's share of the versions its group drained, to hand to `Runtime::announce` once
-/// the caller has taken its commit in (announced what it did itself): the versions are announced
-/// when the last share is handed in, so after every instance their group finished is finished in
-/// memory and announced.
-#[must_use = "hand the share to Runtime::announce once the commit is taken in"]
-pub(crate) struct Drained(Option<Arc<Vec<VersionKey>>>);
+/// A commit's take-in tokens (see `committer::TakeIn`), to hand to `Runtime::announce` once the
+/// caller has taken its commit in (announced what it did itself): a drained version is announced
+/// by whoever hands its token in last, so after every commit of it was taken in.
+#[must_use = "hand the tokens to Runtime::announce once the commit is taken in"]
+pub(crate) struct Drained(Vec<Arc<committer::TakeIn>>);
 
 impl Drained {
-    /// No share: a write that drained nothing.
+    /// No token: a write that touched no version.
     pub(crate) fn none() -> Drained {
-        Drained(None)
+        Drained(Vec::new())
+    }
+
+    /// The versions drained whose tokens this was the last holder of.
+    fn take_last(&mut self) -> Vec<VersionKey> {
+        self.0
+            .drain(..)
+            .filter_map(Arc::into_inner)
+            .filter(|token| token.drained.load(std::sync::atomic::Ordering::Acquire))
+            .map(|token| token.key)
+            .collect()
     }
 }
 
 impl Drop for Drained {
     fn drop(&mut self) {
-        // A share dropped without `announce` (a defect): say so rather than announce nothing.
-        if let Some(keys) = self.0.take().and_then(Arc::into_inner) {
+        // Tokens dropped without `announce` (a defect): say so rather than announce nothing.
+        let keys = self.take_last();
+        if !keys.is_empty() {
             tracing::error!(
                 ?keys,
                 "drained versions were never announced (a defect of Strata, please report it)"
@@ -509,17 +519,17 @@ impl Runtime {
         if statuses_changed {
             self.refresh_routing();
         }
-        Ok(Drained(committed.drained))
+        Ok(Drained(committed.take_ins))
     }
 
     /// Announces versions a write drained: their code can be removed. With a store many processes
     /// share, then marks them announced there, so that no other worker announces them again.
-    /// Only the last of a group's commits to hand in its share announces them
-    /// (`Arc::into_inner` gives the list to exactly one of them).
+    /// Only the last holder of a drained version's take-in token announces it.
     pub(crate) fn announce(&self, mut drained: Drained) {
-        let Some(keys) = drained.0.take().and_then(Arc::into_inner) else {
+        let keys = drained.take_last();
+        if keys.is_empty() {
             return;
-        };
+        }
         self.emit_drained(&keys);
         if let Some(cluster) = self.store.cluster() {
             if let Err(error) = cluster.drained_announced(&keys) {
@@ -591,12 +601,26 @@ impl Runtime {
         Ok(now)
     }
 
-    /// Stops new instances reaching a version; returns its status afterwards.
+    /// Stops new instances reaching a version; returns its status afterwards. Refused while an
+    /// active rollout has it as candidate or stable (the rollout would be stranded); warns when
+    /// no version of the workflow accepts starts afterwards.
     pub(crate) async fn drain(&self, key: &VersionKey) -> Result<VersionStatus, EngineError> {
         if !self.registry.can_drain(key)? {
             return Ok(self.registry.status(key));
         }
-        self.set_status(key, VersionStatus::Draining).await
+        if let Some(refusal) = self.rollouts.refusal_to_drain(key) {
+            return Err(refusal.into());
+        }
+        let status = self.set_status(key, VersionStatus::Draining).await?;
+        let accepting = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .any(|info| info.key.workflow == key.workflow && info.accepts_starts);
+        if !accepting {
+            tracing::warn!(version = %key, "no version of this workflow accepts new instances now: every start of it fails until a new version is registered");
+        }
+        Ok(status)
     }
 
     /// Retires a version with no live instance anywhere.

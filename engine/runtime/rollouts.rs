@@ -41,6 +41,30 @@ pub(crate) struct Rollouts {
 }
 
 impl Rollouts {
+    /// Why `key` may not be drained now, if an active rollout compares it (stable) or routes to
+    /// it (candidate): draining either would strand the rollout.
+    pub fn refusal_to_drain(&self, key: &VersionKey) -> Option<RolloutError> {
+        let records = self.records.lock();
+        records
+            .values()
+            .filter(|record| record.status.is_active() && record.spec.workflow == key.workflow)
+            .find_map(|record| {
+                let role = if record.spec.candidate == key.version {
+                    "candidate"
+                } else if record.spec.stable == key.version {
+                    "stable"
+                } else {
+                    return None;
+                };
+                Some(RolloutError::VersionInRollout {
+                    name: record.spec.name.clone(),
+                    workflow: key.workflow.clone(),
+                    version: key.version.clone(),
+                    role,
+                })
+            })
+    }
+
     /// Loads the stored rollouts.
     pub fn load(&self, records: Vec<RolloutRecord>) {
         let mut known = self.records.lock();
@@ -386,7 +410,9 @@ impl Runtime {
     }
 
     /// Starts a rollout: both versions registered, no other active rollout of the workflow.
-    pub async fn start_rollout(self: &Arc<Self>, spec: RolloutSpec) -> Result<(), EngineError> {
+    /// Returns its name: the spec's, or for a default name (`workflow@candidate`) an earlier,
+    /// finished rollout of the same candidate holds, the next free `workflow@candidate~N`.
+    pub async fn start_rollout(self: &Arc<Self>, mut spec: RolloutSpec) -> Result<String, EngineError> {
         spec.validate()?;
         for version in [&spec.candidate, &spec.stable] {
             let key = VersionKey::new(spec.workflow.clone(), version.clone());
@@ -401,12 +427,21 @@ impl Runtime {
         let _ordered = self.rollouts.transitions.lock().await;
         {
             let records = self.rollouts.records.lock();
-            if records.contains_key(&spec.name) {
-                return Err(RolloutError::Conflict {
-                    name: spec.name.clone(),
-                    reason: "a rollout of that name exists; give this one another name".into(),
+            let default_name = format!("{}@{}", spec.workflow, spec.candidate);
+            if let Some(existing) = records.get(&spec.name) {
+                if spec.name != default_name || existing.status.is_active() {
+                    return Err(RolloutError::Conflict {
+                        name: spec.name.clone(),
+                        reason: "a rollout of that name exists; give this one another name".into(),
+                    }
+                    .into());
                 }
-                .into());
+                // Rolled out again after an earlier rollout of it ended: both stay in the history.
+                let again = (2u32..)
+                    .map(|count| format!("{default_name}~{count}"))
+                    .find(|name| !records.contains_key(name))
+                    .unwrap_or(default_name);
+                spec.name = again;
             }
             if let Some(active) = records
                 .values()
@@ -436,7 +471,9 @@ impl Runtime {
             history: Vec::new(),
         };
         self.start_stage(&mut record, now);
-        self.transition(record, Transition::Started, now).await
+        let name = record.spec.name.clone();
+        self.transition(record, Transition::Started, now).await?;
+        Ok(name)
     }
 
     /// Applies an operator's transition to an active rollout.
