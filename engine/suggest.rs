@@ -16,12 +16,15 @@ pub(crate) fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>)
 /// A deserializer's message with the nearest known name added where it refuses an unknown field
 /// or variant (serde's "unknown field `x`, expected one of `a`, `b`" or "expected `a` or `b`").
 pub(crate) fn explain_unknown(message: &str) -> String {
-    let Some((given, expected)) = ["unknown field `", "unknown variant `"].iter().find_map(|marker| {
-        let start = message.find(marker)? + marker.len();
-        let rest = &message[start..];
-        let end = rest.find('`')?;
-        Some((&rest[..end], &rest[end + 1..]))
-    }) else {
+    let Some((given, expected)) = ["unknown field `", "unknown variant `", "unknown value `"]
+        .iter()
+        .find_map(|marker| {
+            let start = message.find(marker)? + marker.len();
+            let rest = &message[start..];
+            let end = rest.find('`')?;
+            Some((&rest[..end], &rest[end + 1..]))
+        })
+    else {
         return message.to_string();
     };
     // The expected names: every `quoted` word up to the end of that clause.

@@ -130,8 +130,12 @@ async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
     assert_eq!(status, 400, "{error}");
     let (status, error) = post(&engine, "/v1/versions/tally/not-a-version/drain", None).await;
     assert_eq!(status, 400, "{error}");
-    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/delete", None).await;
-    assert_eq!(status, 404, "an unknown action: {error}");
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/dran", None).await;
+    assert_eq!(status, 400, "an unknown action: {error}");
+    assert_eq!(
+        error["error"],
+        "in the path: unknown value `dran`, expected `drain` or `retire` (did you mean `drain`?)"
+    );
 
     let metrics = reqwest::get(url(&engine, "/metrics")).await.unwrap();
     assert_eq!(metrics.status().as_u16(), 200);
@@ -392,6 +396,88 @@ async fn requests_for_a_foreign_host_and_changes_from_another_origin_are_refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_json_and_every_operation_documents_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), Some((ADMIN_TOKEN, READ_TOKEN))).await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (
+            reqwest::Method::GET,
+            "/v1/instances?workflw=tally",
+            400,
+            "did you mean `workflow`?",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/instances?after=18446744073709551615",
+            400,
+            "after must be an instance id",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/instances?limit=0",
+            400,
+            "limit must be from 1 to 1000",
+        ),
+        (reqwest::Method::GET, "/v1/instances/abc", 400, "in the path"),
+        (reqwest::Method::GET, "/v1/nowhere", 404, "no such path"),
+        (
+            reqwest::Method::DELETE,
+            "/v1/versions",
+            405,
+            "does not take that method",
+        ),
+    ];
+    for (method, path, status, says) in cases {
+        let response = client
+            .request(method.clone(), url(&engine, path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{method} {path}: {content_type}"
+        );
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(says),
+            "{method} {path}: {error}"
+        );
+    }
+    let (_, document) = {
+        let response = client
+            .get(url(&engine, "/v1/openapi.json"))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    let probes = ["/", "/dashboard.css", "/dashboard.js", "/healthz", "/readyz"];
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(responses.contains_key("403"), "{method} {path} does not document 403");
+            if !probes.contains(&path.as_str()) {
+                assert!(responses.contains_key("401"), "{method} {path} does not document 401");
+            }
+            if operation["requestBody"]["content"].get("application/json").is_some() {
+                for status in ["413", "415", "422"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} does not document {status}"
+                    );
+                }
+            }
+        }
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_carries_headers_that_keep_it_from_being_framed_or_sniffed() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path(), None).await;
@@ -599,7 +685,7 @@ async fn config_in_force_history_with_diffs_checks_and_restores() {
         error["error"].as_str().unwrap().starts_with("prod.toml: "),
         "names the file: {error}"
     );
-    let (status, error) = post_text(&engine, "/v1/config/check", " \n").await;
+    let (status, error) = post_text(&engine, "/v1/config/check", "").await;
     assert_eq!(status, 422, "an empty file is no config: {error}");
     assert!(
         error["error"].as_str().unwrap().contains("the body is empty"),
@@ -779,7 +865,11 @@ async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_tha
         "{resumed}"
     );
     let (status, error) = post(&engine, &format!("/v1/rollouts/{name}/promote-now"), None).await;
-    assert_eq!(status, 404, "{error}");
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("unknown value `promote-now`"),
+        "{error}"
+    );
     let (status, error) = get(&engine, "/v1/rollouts/nothing@1.0.0").await;
     assert_eq!(status, 404, "{error}");
 
@@ -790,9 +880,15 @@ async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_tha
         if watched["status"] == "rolled_back" {
             let last = watched["history"].as_array().unwrap().last().unwrap().clone();
             assert_eq!(
-                last["transition"]["RolledBack"]["gate"], "ErrorRateIncrease",
+                (&last["kind"], &last["gate"]),
+                (&Value::from("rolled_back"), &Value::from("max_error_rate_increase")),
                 "{watched}"
             );
+            assert!(
+                last["reason"].as_str().is_some_and(|reason| !reason.is_empty()),
+                "{watched}"
+            );
+            assert!(last["candidate"]["finished"].is_u64(), "{watched}");
             assert_eq!(watched["figures"], Value::Null, "no figures once it is over");
             break;
         }
@@ -868,7 +964,7 @@ async fn moves_are_planned_then_applied_and_migrations_report_progress() {
     let (status, _) = post(&engine, "/v1/migrations/tally/pause", None).await;
     assert_eq!(status, 200);
     let (status, error) = post(&engine, "/v1/migrations/tally/rewind", None).await;
-    assert_eq!(status, 404, "{error}");
+    assert_eq!(status, 400, "{error}");
     let (status, error) = get(&engine, "/v1/migrations/nothing").await;
     assert_eq!(status, 404, "{error}");
     let (status, error) = post_json(&engine, "/v1/migrations", r#"{"workflow": "nothing"}"#).await;

@@ -347,12 +347,9 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
 
 /// The last rollback of a rollout, if it was rolled back: its gate, reason and figures.
 fn rolled_back(rollout: &Value) -> Option<&Value> {
-    rollout["history"].as_array().and_then(|history| {
-        history
-            .iter()
-            .rev()
-            .find_map(|entry| entry["transition"].get("RolledBack"))
-    })
+    rollout["history"]
+        .as_array()
+        .and_then(|history| history.iter().rev().find(|entry| entry["kind"] == "rolled_back"))
 }
 
 /// While a rollout is active, its figures now; once rolled back, those its gates compared then.
@@ -372,10 +369,10 @@ fn rollout_rows(rollouts: &[Value]) -> Vec<Vec<String>> {
             let figures = compared_figures(rollout);
             let gate = rolled_back.map(|rolled| {
                 let gate = match rolled["gate"].as_str() {
-                    Some("ErrorRateIncrease") => "error rate increase gate",
-                    Some("LatencyMultiplier") => "latency multiplier gate",
-                    Some("SuccessRate") => "success rate gate",
-                    Some("ConsecutiveFailures") => "consecutive failures gate",
+                    Some("max_error_rate_increase") => "error rate increase gate",
+                    Some("max_latency_multiplier") => "latency multiplier gate",
+                    Some("min_success_rate") => "success rate gate",
+                    Some("max_consecutive_failures") => "consecutive failures gate",
                     Some(other) => other,
                     None => "an operator",
                 };

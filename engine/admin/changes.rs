@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::whole::Whole;
 use super::{blocking_read, json_body, parse_version, ApiError};
 use crate::migrate::{MigrationProgress, MoveCheck};
 use crate::{Engine, InstanceId, MigrationJob, MoveRequest};
@@ -24,7 +25,8 @@ pub(super) struct MoveBody {
     target: String,
     from_version: Option<String>,
     status: Option<String>,
-    ids: Option<Vec<u64>>,
+    #[schema(value_type = Option<Vec<u64>>)]
+    ids: Option<Vec<Whole>>,
     #[serde(default)]
     steps: HashMap<String, String>,
 }
@@ -38,7 +40,7 @@ impl MoveBody {
         if let Some(name) = &self.status {
             request = request.with_status(super::instances::status_named(name)?);
         }
-        request.ids = self.ids.map(|ids| ids.into_iter().map(InstanceId).collect());
+        request.ids = self.ids.map(|ids| ids.into_iter().map(|id| InstanceId(id.0)).collect());
         request.steps = self.steps;
         Ok(request)
     }
@@ -127,8 +129,10 @@ pub(super) async fn apply(
 #[serde(deny_unknown_fields)]
 pub(super) struct MigrationBody {
     workflow: String,
-    batch_size: Option<usize>,
-    max_per_second: Option<u32>,
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    batch_size: Option<Whole>,
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    max_per_second: Option<Whole>,
 }
 
 /// A migration job's progress.
@@ -173,11 +177,19 @@ pub(super) async fn start_migration(
 ) -> Result<Json<ProgressView>, ApiError> {
     let body = json_body(body, "a migration ({workflow, batch_size, max_per_second})")?;
     let mut job = MigrationJob::new(body.workflow);
+    for (field, value) in [("batch_size", body.batch_size), ("max_per_second", body.max_per_second)] {
+        if value == Some(Whole(0)) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{field} must be at least 1"),
+            ));
+        }
+    }
     if let Some(size) = body.batch_size {
-        job = job.batch_size(size);
+        job = job.batch_size(usize::try_from(size.0).unwrap_or(usize::MAX));
     }
     if let Some(rate) = body.max_per_second {
-        job = job.max_per_second(rate);
+        job = job.max_per_second(rate.to_u32("max_per_second")?);
     }
     tracing::info!(workflow = %job.workflow, "admin API: start a background migration");
     let handle = engine.migrate_states(job)?;
@@ -205,22 +217,27 @@ pub(super) async fn progress(
 
 /// `POST /v1/migrations/{workflow}/{action}`: `pause` or `resume`.
 #[utoipa::path(post, path = "/v1/migrations/{workflow}/{action}", tag = "moves and migrations",
-    params(("workflow" = String, Path), ("action" = String, Path, description = "`pause` or `resume`")),
-    responses((status = 200, body = ProgressView), (status = 404, body = super::views::ErrorView)))]
+    params(("workflow" = String, Path), ("action" = inline(MigrationAction), Path)),
+    responses((status = 200, body = ProgressView), (status = 400, body = super::views::ErrorView),
+        (status = 404, body = super::views::ErrorView)))]
 pub(super) async fn control(
     State(engine): State<Engine>,
-    Path((workflow, action)): Path<(String, String)>,
+    Path((workflow, action)): Path<(String, MigrationAction)>,
 ) -> Result<Json<ProgressView>, ApiError> {
     let job = handle(&engine, &workflow)?;
-    match action.as_str() {
-        "pause" => job.pause(),
-        "resume" => job.resume(),
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no action '{other}'; use pause or resume"),
-            ))
-        }
+    match action {
+        MigrationAction::Pause => job.pause(),
+        MigrationAction::Resume => job.resume(),
     }
     Ok(Json(ProgressView::of(job.progress())))
+}
+
+/// What an operator does to a background migration.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum MigrationAction {
+    /// Hold it after its batch in flight.
+    Pause,
+    /// Let a paused migration go on.
+    Resume,
 }

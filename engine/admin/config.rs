@@ -44,6 +44,20 @@ pub(super) async fn history(State(engine): State<Engine>) -> Result<Json<Vec<Gen
     Ok(Json(with_diffs(history)))
 }
 
+/// A config file's text, as posted: not empty.
+pub(super) struct ConfigText;
+
+impl utoipa::PartialSchema for ConfigText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ConfigText {}
+
 /// The name of the file checked, for the messages.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +69,7 @@ pub(super) struct CheckQuery {
 /// and if not why (422), without applying it.
 #[utoipa::path(post, path = "/v1/config/check", tag = "config",
     params(("file" = Option<String>, Query, description = "The file's name, for the messages (default strata.toml)")),
-    request_body(content = String, content_type = "text/plain", description = "A strata.toml file"),
+    request_body(content = ConfigText, content_type = "text/plain", description = "A strata.toml file"),
     responses((status = 200, description = "`{\"valid\": true}`"),
         (status = 422, description = "Invalid: the error names the file, the key and the reason", body = super::views::ErrorView)))]
 pub(super) async fn check(
@@ -63,8 +77,11 @@ pub(super) async fn check(
     Query(query): Query<CheckQuery>,
     text: String,
 ) -> Result<Json<Value>, ApiError> {
-    let file = query.file.unwrap_or_else(|| "strata.toml".to_string());
-    if text.trim().is_empty() {
+    let file = query
+        .file
+        .filter(|file| !file.is_empty())
+        .unwrap_or_else(|| "strata.toml".to_string());
+    if text.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{file}: the body is empty; post the config file's text"),

@@ -93,12 +93,6 @@ const GATES = {
   min_success_rate: "success rate",
   max_consecutive_failures: "consecutive failures",
 };
-const GATE_OF_TRANSITION = {
-  ErrorRateIncrease: "max_error_rate_increase",
-  LatencyMultiplier: "max_latency_multiplier",
-  SuccessRate: "min_success_rate",
-  ConsecutiveFailures: "max_consecutive_failures",
-};
 
 function errorRate(figures) {
   const decided = figures.completed + figures.failed;
@@ -199,8 +193,8 @@ async function showRollouts() {
   const blocks = [];
   for (const rollout of rollouts) {
     const stages = rollout.stages.length;
-    const rolledBack = [...rollout.history].reverse().map((entry) => entry.transition && entry.transition.RolledBack).find(Boolean);
-    const fired = rolledBack ? GATE_OF_TRANSITION[rolledBack.gate] : null;
+    const rolledBack = [...rollout.history].reverse().find((entry) => entry.kind === "rolled_back");
+    const fired = rolledBack ? rolledBack.gate : null;
     const gates = gateRows(rollout, rolledBack).map(([gate, label, limit, figure, holds]) =>
       element("tr", { "data-gate": gate, class: gate === fired ? "warning" : "" },
         element("td", {}, label), element("td", {}, limit), element("td", {}, figure),

@@ -17,7 +17,7 @@ const PAGE: usize = 100;
 const LARGEST_PAGE: usize = 1_000;
 
 /// Every status, to read one from a query by its name.
-const STATUSES: [InstanceStatus; 10] = [
+pub(super) const STATUSES: [InstanceStatus; 10] = [
     InstanceStatus::Ready,
     InstanceStatus::Running,
     InstanceStatus::Sleeping,
@@ -57,6 +57,21 @@ pub(super) struct ListQuery {
 
 impl ListQuery {
     fn filter(&self) -> Result<InstanceFilter, ApiError> {
+        if self.limit.is_some_and(|limit| !(1..=LARGEST_PAGE).contains(&limit)) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be from 1 to {LARGEST_PAGE}; leave it out for pages of {PAGE}"),
+            ));
+        }
+        if self.after.is_some_and(|after| after > i64::MAX as u64) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "after must be an instance id from 0 to {}; pass the `next` of the previous page",
+                    i64::MAX
+                ),
+            ));
+        }
         let version = self.version.as_deref().map(parse_version).transpose()?;
         let status = self.status.as_deref().map(status_named).transpose()?;
         Ok(InstanceFilter {
@@ -73,8 +88,8 @@ impl ListQuery {
 #[utoipa::path(get, path = "/v1/instances", tag = "instances",
     params(("workflow" = Option<String>, Query), ("version" = Option<String>, Query),
         ("status" = Option<String>, Query, description = "ready, running, sleeping, waiting_signal, retry_backoff, parked, quarantined, completed, failed or cancelled"),
-        ("after" = Option<u64>, Query, description = "Only ids after this one: the `next` of the previous page"),
-        ("limit" = Option<usize>, Query, description = "At most this many (default 100, at most 1000)")),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only ids after this one: the `next` of the previous page"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100, at most 1000)")),
     responses((status = 200, body = InstancePage), (status = 400, body = ErrorView),
         (status = 404, description = "No version of that workflow, or no such version, is known", body = ErrorView)))]
 pub(super) async fn list(

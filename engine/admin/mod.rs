@@ -23,6 +23,7 @@ mod dashboard;
 mod instances;
 mod rollouts;
 mod views;
+mod whole;
 
 use std::net::SocketAddr;
 
@@ -38,6 +39,10 @@ pub use access::{AdminTokens, MIN_ADMIN_TOKEN_LENGTH};
 use views::{ErrorView, VersionView};
 
 use crate::{Engine, EngineError};
+
+/// A semantic version as the OpenAPI document describes it: semver.org's own expression, with
+/// major, minor and patch of at most 18 digits (the server holds each in 64 bits).
+const SEMANTIC_VERSION: &str = r"^(0|[1-9]\d{0,17})\.(0|[1-9]\d{0,17})\.(0|[1-9]\d{0,17})(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$";
 
 /// Request bodies larger than this are refused (413) before they are read.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -136,24 +141,201 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(metrics))
         .routes(routes!(openapi_document))
         .split_for_parts();
-    let (probes, probe_document) = OpenApiRouter::new()
+    let (probes, mut probe_document) = OpenApiRouter::new()
         .routes(routes!(dashboard::page))
         .routes(routes!(dashboard::style))
         .routes(routes!(dashboard::script))
         .routes(routes!(healthz))
         .routes(routes!(ready))
         .split_for_parts();
+    document_error_answers(&mut document, true);
+    document_error_answers(&mut probe_document, false);
     document.merge(probe_document);
+    describe_formats(&mut document);
     guarded
         .layer(axum::middleware::from_fn_with_state(tokens, access::check))
         .merge(probes)
         .layer(axum::Extension(std::sync::Arc::new(document)))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(errors_as_json))
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(allowed_hosts),
             access::same_origin,
         ))
         .with_state(engine)
+}
+
+/// Adds to every operation the error answers the server gives around the handlers, where the
+/// handler's own description does not list them: 403 (a foreign host, a change from another
+/// origin, a read-only token), 401 where a token is needed, 400 where parameters are parsed, and
+/// 413, 415 and 422 where a JSON body is read. Each is an `ErrorView`. Parameters get the
+/// formats `describe_format` knows.
+fn document_error_answers(document: &mut utoipa::openapi::OpenApi, needs_token: bool) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let answer = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorView")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in document.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            let mut add = |status: &str, description: &str| {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| answer(description).into());
+            };
+            add("403", "Refused: a request for a host this server does not go by, a change from a page of another origin, or a change with the read-only token");
+            if needs_token {
+                add(
+                    "401",
+                    "No token, or a wrong one, while tokens are set: send 'Authorization: Bearer <token>'",
+                );
+            }
+            if operation
+                .parameters
+                .as_ref()
+                .is_some_and(|parameters| !parameters.is_empty())
+            {
+                add(
+                    "400",
+                    "A path or query parameter that is not what the document says (named in the message)",
+                );
+            }
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if let Some(schema) = parameter.schema.as_mut() {
+                    describe_format(&parameter.name, schema);
+                }
+            }
+            let json_body = operation
+                .request_body
+                .as_ref()
+                .is_some_and(|body| body.content.contains_key("application/json"));
+            if json_body {
+                add("413", "The body is over 64 KiB");
+                add("415", "The body is not sent as application/json");
+                add(
+                    "422",
+                    "The body is JSON of the wrong shape: a missing, unknown or mistyped field (named in the message)",
+                );
+            }
+        }
+    }
+}
+
+/// Where the request bodies' schemas say less than the server checks, says it: the values their
+/// fields of known names take (see `describe_format`). Only schemas a request body refers to are
+/// touched: views share field names (`status`) with other meanings.
+fn describe_formats(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{schema::Schema, RefOr};
+    let mut requested: Vec<String> = Vec::new();
+    for item in document.paths.paths.values() {
+        for operation in [&item.get, &item.post].into_iter().flatten() {
+            for content in operation.request_body.iter().flat_map(|body| body.content.values()) {
+                if let Some(RefOr::Ref(reference)) = &content.schema {
+                    requested.push(
+                        reference
+                            .ref_location
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    }
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    for name in requested {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&name) {
+            for (field, property) in object.properties.iter_mut() {
+                describe_format(field, property);
+            }
+        }
+    }
+}
+
+/// Narrows the schema of a field or parameter called `name` to what the server takes: versions
+/// are semantic versions, statuses one of the instance statuses.
+fn describe_format(name: &str, schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
+    use utoipa::openapi::{schema::Schema, RefOr};
+    let RefOr::T(Schema::Object(object)) = schema else {
+        return;
+    };
+    match name {
+        "version" | "candidate" | "stable" | "target" | "from_version" => {
+            object.pattern = Some(SEMANTIC_VERSION.to_string());
+        }
+        "status" if object.enum_values.is_none() => {
+            let mut names: Vec<serde_json::Value> = instances::STATUSES
+                .iter()
+                .map(|status| status.as_str().into())
+                .collect();
+            if matches!(&object.schema_type, utoipa::openapi::schema::SchemaType::Array(types) if types.contains(&utoipa::openapi::schema::Type::Null))
+            {
+                names.push(serde_json::Value::Null);
+            }
+            object.enum_values = Some(names);
+        }
+        _ => {}
+    }
+}
+
+/// Answers every error as the JSON `{error}` the document promises: the rejections of axum's
+/// extractors and its fallbacks (no such path, a method the path does not take) answer plain
+/// text of their own, which this turns into an `ErrorView` with the same status.
+async fn errors_as_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::header;
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, BODY_LIMIT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = match (text.is_empty(), status) {
+        (false, _) => crate::suggest::explain_unknown(&in_users_words(&text)),
+        (true, StatusCode::NOT_FOUND) => "no such path; /v1/openapi.json lists every path".to_string(),
+        (true, StatusCode::METHOD_NOT_ALLOWED) => {
+            "this path does not take that method; /v1/openapi.json lists what each path takes".to_string()
+        }
+        (true, _) => status.canonical_reason().unwrap_or("refused").to_string(),
+    };
+    let mut answer = ApiError::new(status, message).into_response();
+    for name in [header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
+/// An extractor's rejection as a user reads it: where the mistake is (path, query) and what was
+/// expected, without axum's and serde's words for it.
+fn in_users_words(text: &str) -> String {
+    let text = text.replace("unknown variant", "unknown value");
+    if let Some(rest) = text.strip_prefix("Invalid URL: ") {
+        return format!("in the path: {rest}");
+    }
+    if let Some(rest) = text.strip_prefix("Failed to deserialize query string: ") {
+        return format!("in the query: {rest}");
+    }
+    text
 }
 
 /// The OpenAPI document's frame: title, version, the bearer scheme; the paths come from the
@@ -233,7 +415,9 @@ impl From<EngineError> for ApiError {
             EngineError::Config(_) | EngineError::Routing(_) => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Rollout(crate::rollout::RolloutError::Unknown { .. }) => StatusCode::NOT_FOUND,
             EngineError::Rollout(
-                crate::rollout::RolloutError::Conflict { .. } | crate::rollout::RolloutError::VersionInRollout { .. },
+                crate::rollout::RolloutError::Conflict { .. }
+                | crate::rollout::RolloutError::VersionInRollout { .. }
+                | crate::rollout::RolloutError::Finished { .. },
             ) => StatusCode::CONFLICT,
             EngineError::Rollout(_) => StatusCode::BAD_REQUEST,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -308,7 +492,7 @@ struct SeriesView {
 /// `GET /v1/versions/{workflow}/{version}/metrics`: the last 320 s of a version's metrics, one
 /// point per 10 s: finished instances, error rate, step attempts, p95 step latency.
 #[utoipa::path(get, path = "/v1/versions/{workflow}/{version}/metrics", tag = "versions",
-    params(("workflow" = String, Path), ("version" = String, Path)),
+    params(("workflow" = String, Path), ("version" = String, Path, description = "A semantic version, e.g. 2.0.0")),
     responses((status = 200, body = SeriesView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
 async fn version_metrics(
     State(engine): State<Engine>,
@@ -329,29 +513,33 @@ async fn version_metrics(
 /// `POST /v1/versions/{workflow}/{version}/{action}`: `drain` or `retire`; answers the version
 /// as it is afterwards.
 #[utoipa::path(post, path = "/v1/versions/{workflow}/{version}/{action}", tag = "versions",
-    params(("workflow" = String, Path), ("version" = String, Path),
-        ("action" = String, Path, description = "`drain` (no new instances; drained when the last finishes) or `retire` (refused while any instance lives)")),
+    params(("workflow" = String, Path), ("version" = String, Path, description = "A semantic version, e.g. 2.0.0"),
+        ("action" = inline(VersionAction), Path)),
     responses((status = 200, description = "The version afterwards", body = VersionView),
-        (status = 403, body = ErrorView), (status = 404, body = ErrorView),
-        (status = 409, description = "Retiring a version with live instances", body = ErrorView)))]
+        (status = 400, body = ErrorView), (status = 404, body = ErrorView),
+        (status = 409, description = "Retiring a version with live instances, or draining one an active rollout uses", body = ErrorView)))]
 async fn version_action(
     State(engine): State<Engine>,
-    Path((workflow, version, action)): Path<(String, String, String)>,
+    Path((workflow, version, action)): Path<(String, String, VersionAction)>,
 ) -> Result<Json<VersionView>, ApiError> {
-    match action.as_str() {
-        "drain" => {
+    match action {
+        VersionAction::Drain => {
             engine.drain(&workflow, &version).await?;
         }
-        "retire" => engine.retire(&workflow, &version).await?,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no action '{other}'; use drain or retire"),
-            ))
-        }
+        VersionAction::Retire => engine.retire(&workflow, &version).await?,
     }
     let info = blocking_read(engine, move |engine| engine.version(&workflow, &version)).await??;
     Ok(Json(VersionView::of(&info)))
+}
+
+/// What an operator does to a version.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum VersionAction {
+    /// No new instances; drained when the last finishes.
+    Drain,
+    /// Gone for good; refused while any instance lives.
+    Retire,
 }
 
 /// `GET /v1/events`: every event as it happens, as Server-Sent Events named by the event's

@@ -7,10 +7,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use super::whole::Whole;
 use super::{blocking_read, json_body, parse_version, ApiError};
-use crate::rollout::{Figures, OnRollback, RolloutRecord};
+use crate::rollout::{Figures, OnRollback, RolloutRecord, Transition, TransitionRecord};
 use crate::{Engine, Gates, RolloutSpec, Stage};
 
 /// A rollout as the API shows it.
@@ -36,7 +36,82 @@ pub(super) struct RolloutView {
     /// What the gates compare now, while the rollout is active.
     figures: Option<FiguresView>,
     /// Every transition, oldest first; a rollback names its gate, reason and figures.
-    history: Value,
+    history: Vec<TransitionView>,
+}
+
+/// One transition of a rollout.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct TransitionView {
+    /// When (ms of the engine's clock).
+    at_ms: u64,
+    /// The stage it happened in (the new stage, for `advanced`).
+    stage: usize,
+    /// `started`, `advanced`, `paused`, `resumed`, `promoted` or `rolled_back`.
+    kind: TransitionKind,
+    /// For `rolled_back`: the gate that fired (named as in `gates`), absent when an operator
+    /// rolled it back.
+    gate: Option<String>,
+    /// For `rolled_back`: why, with the figures compared.
+    reason: Option<String>,
+    /// For `rolled_back`: the candidate's figures then.
+    candidate: Option<Figures>,
+    /// For `rolled_back`: the stable version's figures then.
+    stable: Option<Figures>,
+}
+
+/// What a transition did.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum TransitionKind {
+    /// It started at stage 0.
+    Started,
+    /// It moved to the next stage.
+    Advanced,
+    /// An operator paused it.
+    Paused,
+    /// An operator resumed it.
+    Resumed,
+    /// It passed the last stage.
+    Promoted,
+    /// A gate or an operator rolled it back.
+    RolledBack,
+}
+
+impl TransitionView {
+    fn of(record: &TransitionRecord) -> TransitionView {
+        let mut view = TransitionView {
+            at_ms: record.at_ms,
+            stage: record.stage,
+            kind: TransitionKind::Started,
+            gate: None,
+            reason: None,
+            candidate: None,
+            stable: None,
+        };
+        view.kind = match &record.transition {
+            Transition::Started => TransitionKind::Started,
+            Transition::Advanced { stage } => {
+                view.stage = *stage;
+                TransitionKind::Advanced
+            }
+            Transition::Paused => TransitionKind::Paused,
+            Transition::Resumed => TransitionKind::Resumed,
+            Transition::Promoted => TransitionKind::Promoted,
+            Transition::RolledBack {
+                gate,
+                reason,
+                candidate,
+                stable,
+            } => {
+                view.gate = gate.map(|gate| gate.field().to_string());
+                view.reason = Some(reason.clone());
+                view.candidate = Some(*candidate);
+                view.stable = Some(*stable);
+                TransitionKind::RolledBack
+            }
+        };
+        view
+    }
 }
 
 /// A stage as the API shows and takes it: the candidate's share in percent (at most two
@@ -44,9 +119,12 @@ pub(super) struct RolloutView {
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StageView {
+    #[schema(exclusive_minimum = 0, maximum = 100, multiple_of = 0.01)]
     percent: f64,
-    hold_ms: u64,
-    min_finished: u64,
+    #[schema(value_type = u64)]
+    hold_ms: Whole,
+    #[schema(value_type = u64)]
+    min_finished: Whole,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -74,8 +152,8 @@ impl RolloutView {
                 .iter()
                 .map(|stage| StageView {
                     percent: stage.percent,
-                    hold_ms: stage.hold_ms,
-                    min_finished: stage.min_finished,
+                    hold_ms: Whole(stage.hold_ms),
+                    min_finished: Whole(stage.min_finished),
                 })
                 .collect(),
             candidate_percent: f64::from(record.candidate_share()) / 100.0,
@@ -87,7 +165,7 @@ impl RolloutView {
             },
             unwatched: record.spec.unwatched,
             figures,
-            history: serde_json::to_value(&record.history).unwrap_or(Value::Null),
+            history: record.history.iter().map(TransitionView::of).collect(),
         }
     }
 }
@@ -153,6 +231,8 @@ pub(super) struct StartRequest {
     workflow: String,
     candidate: String,
     stable: String,
+    /// In order of rising share.
+    #[schema(min_items = 1)]
     stages: Vec<StageView>,
     /// At least one gate, unless `unwatched`.
     #[serde(default)]
@@ -173,13 +253,17 @@ pub(super) struct StartRequest {
 #[serde(deny_unknown_fields)]
 pub(super) struct GatesRequest {
     /// The candidate's error rate may exceed the stable's by at most this much (0.05 = 5 points).
+    #[schema(minimum = 0, maximum = 1)]
     max_error_rate_increase: Option<f64>,
     /// The candidate's p95 step latency may be at most this multiple of the stable's.
+    #[schema(minimum = 1)]
     max_latency_multiplier: Option<f64>,
     /// The candidate's success rate must be at least this.
+    #[schema(minimum = 0, maximum = 1)]
     min_success_rate: Option<f64>,
     /// This many failed candidate instances in a row roll back.
-    max_consecutive_failures: Option<u64>,
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    max_consecutive_failures: Option<Whole>,
 }
 
 /// What a rollback does to the candidate's in-flight instances.
@@ -215,8 +299,8 @@ pub(super) async fn start(
     for stage in request.stages {
         spec = spec.stage(Stage {
             percent: stage.percent,
-            hold_ms: stage.hold_ms,
-            min_finished: stage.min_finished,
+            hold_ms: stage.hold_ms.0,
+            min_finished: stage.min_finished.0,
         });
     }
     let gates = request.gates;
@@ -225,7 +309,7 @@ pub(super) async fn start(
             max_error_rate_increase: gates.max_error_rate_increase,
             max_latency_multiplier: gates.max_latency_multiplier,
             min_success_rate: gates.min_success_rate,
-            max_consecutive_failures: gates.max_consecutive_failures,
+            max_consecutive_failures: gates.max_consecutive_failures.map(|count| count.0),
         })
         .on_rollback(match request.on_rollback {
             OnRollbackChoice::KeepRunning => OnRollback::KeepRunning,
@@ -244,23 +328,30 @@ pub(super) async fn start(
 
 /// `POST /v1/rollouts/{name}/{action}`: `pause`, `resume` or `rollback`.
 #[utoipa::path(post, path = "/v1/rollouts/{name}/{action}", tag = "rollouts",
-    params(("name" = String, Path), ("action" = String, Path, description = "`pause`, `resume` or `rollback`")),
+    params(("name" = String, Path), ("action" = inline(RolloutAction), Path)),
     responses((status = 200, description = "The rollout afterwards", body = RolloutView),
-        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
+        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView),
+        (status = 409, description = "The rollout has ended (promoted or rolled back)", body = super::views::ErrorView)))]
 pub(super) async fn control(
     State(engine): State<Engine>,
-    Path((name, action)): Path<(String, String)>,
+    Path((name, action)): Path<(String, RolloutAction)>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    match action.as_str() {
-        "pause" => engine.pause_rollout(&name).await?,
-        "resume" => engine.resume_rollout(&name).await?,
-        "rollback" => engine.rollback_rollout(&name).await?,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no action '{other}'; use pause, resume or rollback"),
-            ))
-        }
+    match action {
+        RolloutAction::Pause => engine.pause_rollout(&name).await?,
+        RolloutAction::Resume => engine.resume_rollout(&name).await?,
+        RolloutAction::Rollback => engine.rollback_rollout(&name).await?,
     }
     show(State(engine), Path(name)).await
+}
+
+/// What an operator does to a rollout.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RolloutAction {
+    /// Hold it at its stage.
+    Pause,
+    /// Let a paused rollout go on.
+    Resume,
+    /// Roll it back to the stable version now.
+    Rollback,
 }

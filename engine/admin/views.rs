@@ -138,9 +138,30 @@ pub(super) struct InstanceDetail {
     routing_key: Option<String>,
     last_error: Option<String>,
     /// Moves to other versions, oldest first.
-    moves: Vec<Value>,
+    moves: Vec<MoveView>,
     /// Signals delivered and not consumed yet, in the order it consumes them.
     pending_signals: Vec<PendingSignalView>,
+}
+
+/// A move of an instance to another version, at a step boundary.
+#[derive(Serialize, ToSchema)]
+struct MoveView {
+    /// The version it left.
+    from: String,
+    /// The version it moved to.
+    to: String,
+    /// Its step before the move.
+    from_step: String,
+    /// Its step after the move.
+    to_step: String,
+    /// The state schema before the move.
+    from_schema: u32,
+    /// The state schema after the move.
+    to_schema: u32,
+    /// `operator` or `auto_upgrade`.
+    cause: String,
+    /// When (ms since the Unix epoch).
+    at_ms: u64,
 }
 
 /// A signal waiting for its instance.
@@ -195,7 +216,16 @@ impl InstanceDetail {
             moves: record
                 .moves
                 .iter()
-                .map(|stamp| serde_json::json!({ "description": format!("{stamp:?}") }))
+                .map(|stamp| MoveView {
+                    from: stamp.from.to_string(),
+                    to: stamp.to.to_string(),
+                    from_step: stamp.from_step.clone(),
+                    to_step: stamp.to_step.clone(),
+                    from_schema: stamp.from_schema,
+                    to_schema: stamp.to_schema,
+                    cause: snake_case(&format!("{:?}", stamp.cause)),
+                    at_ms: stamp.at_ms,
+                })
                 .collect(),
             pending_signals: signals
                 .iter()

@@ -376,6 +376,18 @@ pub enum Gate {
     ConsecutiveFailures,
 }
 
+impl Gate {
+    /// The gate's field in [`Gates`] (and in the config file and the API).
+    pub fn field(self) -> &'static str {
+        match self {
+            Gate::ErrorRateIncrease => "max_error_rate_increase",
+            Gate::LatencyMultiplier => "max_latency_multiplier",
+            Gate::SuccessRate => "min_success_rate",
+            Gate::ConsecutiveFailures => "max_consecutive_failures",
+        }
+    }
+}
+
 /// One version's figures in the current stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Figures {
