@@ -130,12 +130,12 @@ impl TaskCount {
 /// caller has taken its commit in (announced what it did itself): a drained version is announced
 /// by whoever hands its token in last, so after every commit of it was taken in.
 #[must_use = "hand the tokens to Runtime::announce once the commit is taken in"]
-pub(crate) struct Drained(Vec<Arc<committer::TakeIn>>);
+pub(crate) struct TakeIns(Vec<Arc<committer::TakeIn>>);
 
-impl Drained {
+impl TakeIns {
     /// No token: a write that touched no version.
-    pub(crate) fn none() -> Drained {
-        Drained(Vec::new())
+    pub(crate) fn none() -> TakeIns {
+        TakeIns(Vec::new())
     }
 
     /// The versions drained whose tokens this was the last holder of.
@@ -149,7 +149,7 @@ impl Drained {
     }
 }
 
-impl Drop for Drained {
+impl Drop for TakeIns {
     fn drop(&mut self) {
         // Tokens dropped without `announce` (a defect): say so rather than announce nothing.
         let keys = self.take_last();
@@ -510,7 +510,7 @@ impl Runtime {
 
     /// Like `write`, for a caller that announces what it did first (an instance finished, moved)
     /// and then the versions drained, with `announce`.
-    pub(crate) async fn write_then_announce(&self, ops: Vec<Op>) -> Result<Drained, StoreError> {
+    pub(crate) async fn write_then_announce(&self, ops: Vec<Op>) -> Result<TakeIns, StoreError> {
         let committed = self.committer.commit(ops).await?;
         let mut statuses_changed = false;
         for stored in &committed.applied.versions {
@@ -519,13 +519,13 @@ impl Runtime {
         if statuses_changed {
             self.refresh_routing();
         }
-        Ok(Drained(committed.take_ins))
+        Ok(TakeIns(committed.take_ins))
     }
 
     /// Announces versions a write drained: their code can be removed. With a store many processes
     /// share, then marks them announced there, so that no other worker announces them again.
     /// Only the last holder of a drained version's take-in token announces it.
-    pub(crate) fn announce(&self, mut drained: Drained) {
+    pub(crate) fn announce(&self, mut drained: TakeIns) {
         let keys = drained.take_last();
         if keys.is_empty() {
             return;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::table::Slot;
-use super::{Drained, Runtime};
+use super::{Runtime, TakeIns};
 use crate::error::EngineError;
 use crate::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
 use crate::migrate::{MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest};
@@ -194,9 +194,9 @@ impl Runtime {
     /// Commits moved records with both versions' counters in one commit, then applies the counters
     /// in memory and announces the move. The caller updates the slots, then hands the versions
     /// drained to `announce`.
-    pub(super) async fn commit_moves(&self, moved: &[(VersionKey, InstanceRecord)]) -> Result<Drained, EngineError> {
+    pub(super) async fn commit_moves(&self, moved: &[(VersionKey, InstanceRecord)]) -> Result<TakeIns, EngineError> {
         if moved.is_empty() {
-            return Ok(Drained::none());
+            return Ok(TakeIns::none());
         }
         let mut flows: BTreeMap<(VersionKey, VersionKey), (u64, MoveCause)> = BTreeMap::new();
         let mut ops = Vec::with_capacity(moved.len() + 4);
