@@ -1,9 +1,12 @@
 //! The admin HTTP API: what the engine knows, as JSON under versioned
 //! paths, for the `strata` CLI, the dashboard and scripts. It owns the server's lifetime (it
-//! stops with the engine), its access rules (bearer tokens, read-only and admin) and the mapping
-//! of engine errors to HTTP answers that say what to do.
+//! stops with the engine), its access rules (bearer tokens, read-only and admin; browsers of
+//! other origins and foreign host names kept out, see `access`), the mapping of engine errors to
+//! HTTP answers that say what to do (every error, the extractors' own included, as `{error}`),
+//! and the OpenAPI document those answers keep to (`tests/contract.rs` checks them).
 //!
-//! Served so far: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `GET /v1/versions`
+//! Served so far: `/` with `/dashboard.js` and `/dashboard.css`, `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus text), `GET /v1/versions`
 //! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
 //! `POST /v1/versions/{workflow}/{version}/drain|retire`, `GET /v1/instances` (filters
 //! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
