@@ -333,7 +333,21 @@ mod tests {
                 });
             }
             self.applied.fetch_add(ops.len(), Ordering::SeqCst);
-            Ok(Applied::default())
+            // Reports every version a delta touched; a delta of live == -99 drains it.
+            let mut applied = Applied::default();
+            for op in ops {
+                if let Op::AdjustCounters { key, delta } = op {
+                    applied.versions.push(crate::store::StoredVersion {
+                        key: key.clone(),
+                        counters: crate::store::VersionCounters::default(),
+                        status: None,
+                    });
+                    if delta.live == -99 {
+                        applied.drained.push(key.clone());
+                    }
+                }
+            }
+            Ok(applied)
         }
         fn versions(&self) -> Result<Vec<crate::store::StoredVersion>, StoreError> {
             Ok(Vec::new())
@@ -431,6 +445,32 @@ mod tests {
         }
         assert_eq!(results, vec![true, false, true, true]);
         assert_eq!(store.applied.load(Ordering::SeqCst), 3);
+        committer.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_drain_is_marked_on_the_token_every_commit_of_the_version_not_yet_taken_in_shares() {
+        let store = Arc::new(PickyStore::default());
+        let committer = Committer::start(store.clone(), Durability::Sync).unwrap();
+        // A finish committed earlier, still being taken in by its caller...
+        let earlier = committer.commit(delta(-1)).await.unwrap();
+        // ... and the finish that drains the version, in a later group.
+        let draining = committer.commit(delta(-99)).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&earlier.take_ins[0], &draining.take_ins[0]),
+            "one token for both"
+        );
+        assert!(draining.take_ins[0].drained.load(Ordering::Acquire));
+        // The draining caller is done first: it is not the last holder, so it announces nothing.
+        let [token] = <[_; 1]>::try_from(draining.take_ins).unwrap();
+        assert!(Arc::into_inner(token).is_none());
+        // The earlier caller lets go last: it is the one that announces the drain.
+        let [token] = <[_; 1]>::try_from(earlier.take_ins).unwrap();
+        let last = Arc::into_inner(token).expect("the last holder gets the token");
+        assert!(last.drained.load(Ordering::Acquire));
+        // Once every holder let go, a new commit of the version starts a fresh token.
+        let later = committer.commit(delta(-1)).await.unwrap();
+        assert!(!later.take_ins[0].drained.load(Ordering::Acquire));
         committer.close();
     }
 
