@@ -254,6 +254,17 @@ fn version_action(
             shown(&answer["live"])
         )
     });
+    if action == "drain" {
+        let versions = client.get(&format!("/v1/versions?workflow={}", segment(workflow)))?;
+        let accepting = versions
+            .as_array()
+            .is_some_and(|versions| versions.iter().any(|info| info["accepts_starts"] == true));
+        if !accepting {
+            eprintln!(
+                "strata: warning: no version of {workflow} takes new instances now; every start of it fails until a new version is registered"
+            );
+        }
+    }
     Ok(())
 }
 

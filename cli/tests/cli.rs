@@ -126,6 +126,11 @@ async fn versions_drained_turns_from_one_to_zero_as_the_last_instance_finishes()
         "{}",
         drain.stderr
     );
+    assert!(
+        !drain.stderr.contains("warning"),
+        "2.0.0 still takes starts: {}",
+        drain.stderr
+    );
 
     let not_yet = strata(&engine, Some(READER), &["versions", "gate", "1.0.0", "--drained"]).await;
     assert_eq!(not_yet.code, 1, "two live instances: not drained");
@@ -532,6 +537,17 @@ async fn a_closed_pipe_bad_urls_and_json_errors_are_met_as_a_user_expects() {
         version.stderr.contains("is not a valid version (like 2.0.0)"),
         "{}",
         version.stderr
+    );
+    // Draining the last version that takes starts is done, and warned of.
+    let first = strata(&engine, Some(ADMIN), &["drain", "gate", "2.0.0"]).await;
+    assert!(!first.stderr.contains("warning"), "{}", first.stderr);
+    let last = strata(&engine, Some(ADMIN), &["drain", "gate", "1.0.0"]).await;
+    assert_eq!(last.code, 0, "{}", last.stderr);
+    assert!(
+        last.stderr
+            .contains("warning: no version of gate takes new instances now"),
+        "{}",
+        last.stderr
     );
     engine.shutdown().await;
 }
