@@ -27,6 +27,17 @@ async fn open(dir: &std::path::Path, tokens: Option<(&str, &str)>) -> Engine {
     builder.open().await.unwrap()
 }
 
+/// An engine with `probe` 1.0.0 and 2.0.0 and the admin API on loopback, without tokens.
+async fn open_with_probes(dir: &std::path::Path) -> Engine {
+    builder(dir)
+        .register(common::probe::version("1.0.0"))
+        .register(common::probe::version("2.0.0"))
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap()
+}
+
 fn url(engine: &Engine, path: &str) -> String {
     format!(
         "http://{}{path}",
@@ -707,15 +718,8 @@ async fn config_in_force_history_with_diffs_checks_and_restores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_it_ended() {
-    use common::probe;
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(probe::version("1.0.0"))
-        .register(probe::version("2.0.0"))
-        .admin(LOOPBACK.parse().unwrap())
-        .open()
-        .await
-        .unwrap();
+    let engine = open_with_probes(dir.path()).await;
     let stages = r#""stages": [{"percent": 50, "hold_ms": 3600000, "min_finished": 10}]"#;
     let body =
         |rest: &str| format!(r#"{{"workflow": "probe", "candidate": "2.0.0", "stable": "1.0.0", {stages}{rest}}}"#);
@@ -811,13 +815,7 @@ async fn a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_i
 async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_that_fired() {
     use common::probe::{self, Probe};
     let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
-        .register(probe::version("1.0.0"))
-        .register(probe::version("2.0.0"))
-        .admin(LOOPBACK.parse().unwrap())
-        .open()
-        .await
-        .unwrap();
+    let engine = open_with_probes(dir.path()).await;
     let rollout = r#"{"workflow": "probe", "candidate": "2.0.0", "stable": "1.0.0",
         "stages": [{"percent": 50, "hold_ms": 3600000, "min_finished": 10},
                    {"percent": 100, "hold_ms": 3600000, "min_finished": 10}],
