@@ -837,7 +837,8 @@ impl Engine {
         self.runtime.pending_signals(id)
     }
 
-    /// Instances matching `filter` (live ones from memory, finished ones from the store).
+    /// Instances matching `filter` (live ones from memory, finished ones from the store). A filter
+    /// naming a workflow or version no one knows is refused (`UnknownWorkflow`, `UnknownVersion`).
     pub fn list(&self, filter: &InstanceFilter) -> Result<Vec<InstanceInfo>, EngineError> {
         self.runtime.list(filter, usize::MAX)
     }

@@ -445,6 +445,19 @@ impl Registry {
         describe(&self.versions.read(), workflow)
     }
 
+    /// Refuses a workflow no version of which is known, and a version of it that is not known:
+    /// a filter naming either can only be a mistake.
+    pub fn check_known(&self, workflow: &str, version: Option<&Version>) -> Result<(), RegistryError> {
+        let versions = self.versions.read();
+        match version {
+            Some(version) => Self::entry(&versions, &VersionKey::new(workflow, version.clone())).map(|_| ()),
+            None if versions.keys().any(|key| key.workflow == workflow) => Ok(()),
+            None => Err(RegistryError::UnknownWorkflow {
+                workflow: workflow.to_string(),
+            }),
+        }
+    }
+
     /// Whether any version of `workflow` is known.
     pub fn knows_workflow(&self, workflow: &str) -> bool {
         self.versions.read().keys().any(|key| key.workflow == workflow)
@@ -518,6 +531,23 @@ mod tests {
             !registry.can_drain(&key("1.0.0")).unwrap(),
             "only an Active version drains"
         );
+    }
+
+    #[test]
+    fn only_known_workflows_and_versions_pass_the_check() {
+        let registry = Registry::default();
+        registry.adopt(&stored("1.0.0", 1, 0, None));
+        let workflow = key("1.0.0").workflow;
+        assert!(registry.check_known(&workflow, None).is_ok());
+        assert!(registry.check_known(&workflow, Some(&key("1.0.0").version)).is_ok());
+        assert!(matches!(
+            registry.check_known(&workflow, Some(&semver::Version::new(9, 0, 0))),
+            Err(RegistryError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            registry.check_known("nope", None),
+            Err(RegistryError::UnknownWorkflow { .. })
+        ));
     }
 
     #[test]

@@ -286,6 +286,14 @@ impl Runtime {
         }
     }
 
+    /// After a commit that failed: the instance runs again from its last committed step once the
+    /// retry delay has passed.
+    fn retry_after_failed_commit(&self, id: InstanceId) -> Progress {
+        self.timers
+            .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
+        Progress::Stalled
+    }
+
     /// Commits an `AutoUpgrade` move made by the instance's own driver, then lets it go on.
     async fn commit_auto_upgrade(
         self: &Arc<Self>,
@@ -298,9 +306,7 @@ impl Runtime {
             Ok(drained) => drained,
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
-                self.timers
-                    .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
-                return Progress::Stalled;
+                return self.retry_after_failed_commit(id);
             }
         };
         let [(_, moved)] = pair;
@@ -455,9 +461,7 @@ impl Runtime {
             Ok(drained) => drained,
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
-                self.timers
-                    .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
-                return Progress::Stalled;
+                return self.retry_after_failed_commit(id);
             }
         };
         if terminal {

@@ -1015,6 +1015,9 @@ impl Runtime {
 
     /// Instances matching `filter`, live ones first, each group in id order.
     pub fn list(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<InstanceInfo>, EngineError> {
+        if let Some(workflow) = &filter.workflow {
+            self.registry.check_known(workflow, filter.version.as_ref())?;
+        }
         let mut found = Vec::new();
         if !filter.wants_only_terminal() {
             self.table.for_each(|slot| {
