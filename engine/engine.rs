@@ -885,6 +885,18 @@ impl Engine {
             .await
     }
 
+    /// Undoes a drain: a `Draining` or `Drained` version takes new instances again, routed to as
+    /// before. Refused for a retired version and one whose code no live worker has registered.
+    /// Returns its status afterwards (`Active`).
+    pub async fn activate(&self, workflow: &str, version: &str) -> Result<VersionStatus, EngineError> {
+        let key = VersionKey::new(workflow, parse_version(workflow, version)?);
+        self.to_completion(
+            "activate",
+            move |engine| async move { engine.runtime.activate(&key).await },
+        )
+        .await
+    }
+
     /// Retires a version with no live instance; fails naming the count otherwise.
     pub async fn retire(&self, workflow: &str, version: &str) -> Result<(), EngineError> {
         let key = VersionKey::new(workflow, parse_version(workflow, version)?);

@@ -125,8 +125,23 @@ async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
     );
     assert_eq!(version["safe_to_remove"], true);
     assert_eq!(version["oldest_live"], Value::Null);
+    // A drain made by mistake is undone while the code is registered.
+    let (status, active) = post(&engine, "/v1/versions/tally/1.0.0/activate", None).await;
+    assert_eq!(
+        (status, active["status"].as_str(), active["accepts_starts"].as_bool()),
+        (200, Some("active"), Some(true)),
+        "{active}"
+    );
+    let (status, drained) = post(&engine, "/v1/versions/tally/1.0.0/drain", None).await;
+    assert_eq!((status, drained["status"].as_str()), (200, Some("drained")));
     let (status, retired) = post(&engine, "/v1/versions/tally/1.0.0/retire", None).await;
     assert_eq!((status, retired["status"].as_str()), (200, Some("retired")));
+    let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/activate", None).await;
+    assert_eq!(status, 409, "a retired version stays retired: {error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("register a new version"),
+        "{error}"
+    );
 
     // Unknown and malformed versions: 4xx with the reason, never a 500.
     let (status, error) = get(&engine, "/v1/versions/tally/9.9.9").await;
@@ -145,7 +160,7 @@ async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
     assert_eq!(status, 400, "an unknown action: {error}");
     assert_eq!(
         error["error"],
-        "in the path: unknown value `dran`, expected `drain` or `retire` (did you mean `drain`?)"
+        "in the path: unknown value `dran`, expected one of `drain`, `activate`, `retire` (did you mean `drain`?)"
     );
 
     let metrics = reqwest::get(url(&engine, "/metrics")).await.unwrap();

@@ -28,6 +28,7 @@ fn v(text: &str) -> Version {
 on_both_stores!(
     instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_version,
     a_version_drains_exactly_when_its_last_instance_ends,
+    a_drain_is_undone_with_instances_live_or_after_the_last_finished_and_stays_undone_across_a_restart,
     every_instance_finished_with_the_last_one_is_finished_and_announced_before_the_version_drains,
     live_instances_without_their_code_are_refused_by_name_or_wait_for_a_worker,
     durable_timers_and_signals_survive_a_restart,
@@ -128,6 +129,98 @@ async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) 
     assert_eq!(
         (info.status, info.counters.live, info.counters.completed),
         (VersionStatus::Retired, 0, 3)
+    );
+    engine.shutdown().await;
+}
+
+/// An operator who drained the only version of a workflow by mistake undoes it: while it still
+/// has live instances (it then never drains as they finish) and after it drained (its code is
+/// still registered); the undo survives a restart. A retired version and one whose code is not
+/// registered cannot be made active again.
+async fn a_drain_is_undone_with_instances_live_or_after_the_last_finished_and_stays_undone_across_a_restart(
+    backend: Backend,
+) {
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let mut events = engine.subscribe();
+    let waiting = tally::start_waiting(&engine, 0..2u64, StartOptions::new()).await;
+    engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap();
+    let refused = engine.start(tally::WORKFLOW, &7u64).await.unwrap_err();
+    assert!(
+        matches!(refused, EngineError::Registry(RegistryError::NoRoutableVersion { .. })),
+        "{refused}"
+    );
+    assert_eq!(
+        engine.activate(tally::WORKFLOW, "1.0.0").await.unwrap(),
+        VersionStatus::Active
+    );
+    let activated = wait_for_event(&mut events, |event| matches!(event, Event::VersionActivated { .. })).await;
+    let Event::VersionActivated { key, counters } = activated else {
+        unreachable!()
+    };
+    assert_eq!((key.version, counters.live), (v("1.0.0"), 2));
+    let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+    assert!(info.accepts_starts && info.status == VersionStatus::Active, "{info:?}");
+    assert_eq!(
+        engine.activate(tally::WORKFLOW, "1.0.0").await.unwrap(),
+        VersionStatus::Active,
+        "activating an active version changes nothing"
+    );
+    let started = tally::start_waiting(&engine, 2..3u64, StartOptions::new()).await;
+    for id in waiting.iter().chain(&started) {
+        engine.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&engine, *id).await;
+    }
+    let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+    assert_eq!(
+        (info.status, info.counters.live, info.counters.completed),
+        (VersionStatus::Active, 0, 3),
+        "an undone drain does not drain when the last instance ends"
+    );
+
+    assert_eq!(
+        engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap(),
+        VersionStatus::Drained
+    );
+    assert_eq!(
+        engine.activate(tally::WORKFLOW, "1.0.0").await.unwrap(),
+        VersionStatus::Active,
+        "a drained version whose code is registered comes back"
+    );
+    engine.shutdown().await;
+
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.version(tally::WORKFLOW, "1.0.0").unwrap().status,
+        VersionStatus::Active,
+        "the undo is stored"
+    );
+    let id = tally::start_waiting(&engine, [1u64], StartOptions::new()).await[0];
+    engine.signal(id, tally::GO, &()).await.unwrap();
+    outcome_within(&engine, id).await;
+    engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap();
+    engine.shutdown().await;
+
+    let engine = backend.builder().open().await.unwrap();
+    let refused = engine.activate(tally::WORKFLOW, "1.0.0").await.unwrap_err();
+    assert!(
+        matches!(refused, EngineError::Registry(RegistryError::CodeNotRegistered { .. })),
+        "{refused}"
+    );
+    engine.retire(tally::WORKFLOW, "1.0.0").await.unwrap();
+    let refused = engine.activate(tally::WORKFLOW, "1.0.0").await.unwrap_err();
+    assert!(
+        matches!(refused, EngineError::Registry(RegistryError::Retired { .. })),
+        "{refused}"
     );
     engine.shutdown().await;
 }

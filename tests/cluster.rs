@@ -488,6 +488,40 @@ async fn drained_is_announced_once_in_the_cluster_and_retiring_waits_for_every_w
     reopened.shutdown().await;
 }
 
+/// A drain undone on one worker holds on every worker, although the status went back: each
+/// takes the status written last (by its count of changes), never a read of the drain before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_undone_through_one_worker_lets_every_worker_start_the_version_again() {
+    let database = TestDatabase::create();
+    let open = || quick_worker(&database).register(tally::on_schema_1("1.0.0")).open();
+    let (first, second) = (open().await.unwrap(), open().await.unwrap());
+    let waiting = waiting_tallies(&second, 0..1, "1.0.0").await;
+    let status_on = |engine: &Engine| engine.version(tally::WORKFLOW, "1.0.0").unwrap().status;
+    first.drain(tally::WORKFLOW, "1.0.0").await.unwrap();
+    wait_until(&second, |engine| status_on(engine) == strata::VersionStatus::Draining).await;
+    let refused = second.start(tally::WORKFLOW, &5u64).await.unwrap_err();
+    assert!(
+        matches!(refused, EngineError::Registry(RegistryError::NoRoutableVersion { .. })),
+        "{refused}"
+    );
+    first.activate(tally::WORKFLOW, "1.0.0").await.unwrap();
+    wait_until(&second, |engine| status_on(engine) == strata::VersionStatus::Active).await;
+    let started = waiting_tallies(&second, 1..2, "1.0.0").await;
+    for id in waiting.iter().chain(&started) {
+        first.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&second, *id).await;
+    }
+    for engine in [&first, &second] {
+        let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+        assert_eq!(
+            (info.status, info.counters.live, info.accepts_starts),
+            (strata::VersionStatus::Active, 0, true)
+        );
+    }
+    second.shutdown().await;
+    first.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_version_its_worker_stopped_before_announcing_is_announced_once_by_the_rollout_evaluator() {
     let database = TestDatabase::create();

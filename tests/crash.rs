@@ -150,7 +150,11 @@ fn read_store(dir: &Path) -> Snapshot {
     Snapshot {
         live: recovered.live,
         finished,
-        counters: recovered.counters.into_iter().collect(),
+        counters: recovered
+            .versions
+            .into_iter()
+            .map(|stored| (stored.key, stored.counters))
+            .collect(),
     }
 }
 

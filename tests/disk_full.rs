@@ -230,7 +230,8 @@ fn a_full_disk_refuses_commits_until_space_returns_and_loses_nothing() {
         );
         assert_eq!(rmp_serde::from_slice::<u32>(&record.state.bytes).unwrap(), 2);
     }
-    let (key, counters) = recovered.counters.first().expect("the ticker's counters");
+    let stored = recovered.versions.first().expect("the ticker's counters");
+    let (key, counters) = (&stored.key, &stored.counters);
     assert_eq!(key.workflow, WORKFLOW);
     assert_eq!(
         (counters.started, counters.completed, counters.live),

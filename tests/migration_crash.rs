@@ -312,7 +312,8 @@ fn check_moves(dir: &Path) -> (u64, u64) {
         );
         *per_version.entry(version).or_default() += 1;
     }
-    for (key, counters) in &recovered.counters {
+    for stored in &recovered.versions {
+        let (key, counters) = (&stored.key, &stored.counters);
         let listed = per_version.get(&key.version.to_string()).copied().unwrap_or(0);
         assert_eq!(
             counters.live, listed,

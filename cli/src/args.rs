@@ -60,6 +60,14 @@ pub enum Command {
         /// The version.
         version: String,
     },
+    /// Undoes a drain: a draining or drained version takes new instances again (refused for a
+    /// retired version and one whose code no live worker has).
+    Activate {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: String,
+    },
     /// Retires a version with no live instance (refused, by count, while any lives).
     Retire {
         /// The workflow.

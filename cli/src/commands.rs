@@ -39,6 +39,7 @@ pub fn run(client: &AdminClient, command: Command, json: bool) -> Result<(), Cli
             Ok(())
         }
         Command::Drain { workflow, version } => version_action(client, &out, &workflow, &version, "drain"),
+        Command::Activate { workflow, version } => version_action(client, &out, &workflow, &version, "activate"),
         Command::Retire { workflow, version } => version_action(client, &out, &workflow, &version, "retire"),
         Command::Rollout(command) => rollout(client, &out, command),
         Command::Config(command) => config(client, &out, command),
@@ -261,7 +262,7 @@ fn version_action(
             .is_some_and(|versions| versions.iter().any(|info| info["accepts_starts"] == true));
         if !accepting {
             eprintln!(
-                "strata: warning: no version of {workflow} takes new instances now; every start of it fails until a new version is registered"
+                "strata: warning: no version of {workflow} takes new instances now; every start of it fails until a new version is registered or `strata activate {workflow} {version}` undoes this drain"
             );
         }
     }

@@ -549,5 +549,18 @@ async fn a_closed_pipe_bad_urls_and_json_errors_are_met_as_a_user_expects() {
         "{}",
         last.stderr
     );
+    assert!(
+        last.stderr.contains("`strata activate gate 1.0.0` undoes this drain"),
+        "the warning says how to undo it: {}",
+        last.stderr
+    );
+    // ... and it is undone: the version takes starts again.
+    let undone = strata(&engine, Some(ADMIN), &["activate", "gate", "1.0.0"]).await;
+    assert_eq!(undone.code, 0, "{}", undone.stderr);
+    assert!(undone.stdout.starts_with("gate 1.0.0: active ("), "{}", undone.stdout);
+    let restarted = start(&engine, 8, "1.0.0").await;
+    assert_eq!(engine.instance(restarted).unwrap().version().to_string(), "1.0.0");
+    let reader = strata(&engine, Some(READER), &["activate", "gate", "2.0.0"]).await;
+    assert_eq!(reader.code, 3, "the read-only token undoes nothing");
     engine.shutdown().await;
 }

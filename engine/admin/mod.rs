@@ -8,7 +8,7 @@
 //! Served so far: `/` with `/dashboard.js` and `/dashboard.css`, `/healthz`, `/readyz`,
 //! `/metrics` (Prometheus text), `GET /v1/versions`
 //! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
-//! `POST /v1/versions/{workflow}/{version}/drain|retire`, `GET /v1/instances` (filters
+//! `POST /v1/versions/{workflow}/{version}/drain|activate|retire`, `GET /v1/instances` (filters
 //! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
 //! `POST /v1/instances/{id}/signals/{name}`, `POST /v1/instances/{id}/cancel`, `GET /v1/config`
 //! and `/v1/config/history` (with diffs), `POST /v1/config/check` (a file checked, not applied)
@@ -406,8 +406,14 @@ impl From<EngineError> for ApiError {
             EngineError::Registry(RegistryError::UnknownWorkflow { .. } | RegistryError::UnknownVersion { .. }) => {
                 StatusCode::NOT_FOUND
             }
-            EngineError::Registry(RegistryError::LiveInstances { .. })
-            | EngineError::Store(crate::StoreError::LiveInstances { .. }) => StatusCode::CONFLICT,
+            EngineError::Registry(
+                RegistryError::LiveInstances { .. }
+                | RegistryError::Retired { .. }
+                | RegistryError::CodeNotRegistered { .. },
+            )
+            | EngineError::Store(crate::StoreError::LiveInstances { .. } | crate::StoreError::VersionRetired { .. }) => {
+                StatusCode::CONFLICT
+            }
             EngineError::UnknownInstance { .. } | EngineError::InstanceRemoved { .. } => StatusCode::NOT_FOUND,
             EngineError::InstanceFinished { .. } => StatusCode::CONFLICT,
             EngineError::Registry(_)
@@ -513,14 +519,14 @@ async fn version_metrics(
     }))
 }
 
-/// `POST /v1/versions/{workflow}/{version}/{action}`: `drain` or `retire`; answers the version
-/// as it is afterwards.
+/// `POST /v1/versions/{workflow}/{version}/{action}`: `drain`, `activate` (undo a drain) or
+/// `retire`; answers the version as it is afterwards.
 #[utoipa::path(post, path = "/v1/versions/{workflow}/{version}/{action}", tag = "versions",
     params(("workflow" = String, Path), ("version" = String, Path, description = "A semantic version, e.g. 2.0.0"),
         ("action" = inline(VersionAction), Path)),
     responses((status = 200, description = "The version afterwards", body = VersionView),
         (status = 400, body = ErrorView), (status = 404, body = ErrorView),
-        (status = 409, description = "Retiring a version with live instances, or draining one an active rollout uses", body = ErrorView)))]
+        (status = 409, description = "Retiring a version with live instances, draining one an active rollout uses, or activating a retired one or one whose code no live worker has", body = ErrorView)))]
 async fn version_action(
     State(engine): State<Engine>,
     Path((workflow, version, action)): Path<(String, String, VersionAction)>,
@@ -528,6 +534,9 @@ async fn version_action(
     match action {
         VersionAction::Drain => {
             engine.drain(&workflow, &version).await?;
+        }
+        VersionAction::Activate => {
+            engine.activate(&workflow, &version).await?;
         }
         VersionAction::Retire => engine.retire(&workflow, &version).await?,
     }
@@ -541,6 +550,8 @@ async fn version_action(
 enum VersionAction {
     /// No new instances; drained when the last finishes.
     Drain,
+    /// Undoes a drain: takes new instances again.
+    Activate,
     /// Gone for good; refused while any instance lives.
     Retire,
 }

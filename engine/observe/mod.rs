@@ -163,6 +163,13 @@ pub enum Event {
         /// Its counts at that moment.
         counters: VersionCounters,
     },
+    /// A drain was undone: the version takes new instances again.
+    VersionActivated {
+        /// The version.
+        key: VersionKey,
+        /// Its counts at that moment.
+        counters: VersionCounters,
+    },
     /// A version's last instance finished: its code can be removed.
     VersionDrained {
         /// The version.

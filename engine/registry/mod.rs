@@ -61,6 +61,18 @@ pub enum RegistryError {
         /// The versions and their statuses.
         known: String,
     },
+    /// The version is retired: it cannot be made active again.
+    #[error("{key} is retired for good and cannot take new instances again; register a new version instead")]
+    Retired {
+        /// The version.
+        key: VersionKey,
+    },
+    /// No live worker has the version's code, so it cannot be made active again.
+    #[error("{key} cannot take new instances again: no live worker has its code registered; register its code (or start a worker that has it) first")]
+    CodeNotRegistered {
+        /// The version.
+        key: VersionKey,
+    },
     /// The version still has live instances.
     #[error("{key} still has {live} live instance(s); drain it and wait for them to finish (or cancel them) before retiring it")]
     LiveInstances {
@@ -107,6 +119,8 @@ struct VersionEntry {
     /// here can be accepted for that worker to run even without the code here.
     runs_in_cluster: bool,
     status: VersionStatus,
+    /// How many times the store has written its status, as of `status`.
+    status_changes: u64,
     counters: VersionCounters,
     /// Starts that picked this version and are not yet committed.
     starting: u64,
@@ -120,6 +134,7 @@ impl VersionEntry {
             code: None,
             runs_in_cluster: false,
             status,
+            status_changes: 0,
             counters,
             starting: 0,
             metrics: Arc::default(),
@@ -156,7 +171,7 @@ fn activity(counters: &VersionCounters) -> u64 {
 }
 
 impl VersionStatus {
-    /// Its place in the lifecycle, which only moves forward.
+    /// Its place in the lifecycle, which moves forward but for a drain undone.
     fn rank(self) -> u8 {
         match self {
             VersionStatus::Active => 0,
@@ -198,19 +213,16 @@ fn describe(versions: &HashMap<VersionKey, VersionEntry>, workflow: &str) -> Str
 
 impl Registry {
     /// Loads persisted statuses and counters, before any code is registered.
-    pub fn load(&self, statuses: Vec<(VersionKey, VersionStatus)>, counters: Vec<(VersionKey, VersionCounters)>) {
+    pub fn load(&self, stored: Vec<StoredVersion>) {
         let mut versions = self.versions.write();
-        for (key, value) in counters {
-            versions
-                .entry(key)
-                .or_insert_with(|| VersionEntry::unloaded(VersionStatus::Active, value))
-                .counters = value;
-        }
-        for (key, status) in statuses {
-            versions
-                .entry(key)
-                .or_insert_with(|| VersionEntry::unloaded(status, VersionCounters::default()))
-                .status = status;
+        for version in stored {
+            let status = version.status.unwrap_or(VersionStatus::Active);
+            let entry = versions
+                .entry(version.key)
+                .or_insert_with(|| VersionEntry::unloaded(status, version.counters));
+            entry.counters = version.counters;
+            entry.status = status;
+            entry.status_changes = version.status_changes;
         }
     }
 
@@ -326,9 +338,10 @@ impl Registry {
 
     /// Takes a version's counters and status as the store holds them (after a write of this
     /// process, or read for the cluster's figures); returns whether the status changed. Figures
-    /// older than the ones held are ignored: counter activity only grows and a status only moves
-    /// on (`Active` → `Draining` → `Drained` → `Retired`), so reports that arrive out of order,
-    /// or a read that a later write overtook, never undo a newer figure.
+    /// older than the ones held are ignored: counter activity only grows and every status write
+    /// raises `status_changes` (with equal changes, as in records older than the count, a status
+    /// only moves on: `Active` → `Draining` → `Drained` → `Retired`), so reports that arrive out
+    /// of order, or a read that a later write overtook, never undo a newer figure.
     pub fn adopt(&self, stored: &StoredVersion) -> bool {
         let mut versions = self.versions.write();
         let entry = versions
@@ -338,11 +351,18 @@ impl Registry {
             entry.counters = stored.counters;
         }
         let status = stored.status.unwrap_or(VersionStatus::Active);
-        if status.rank() > entry.status.rank() {
-            entry.status = status;
-            return true;
+        let newer = match stored.status_changes.cmp(&entry.status_changes) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => status.rank() > entry.status.rank(),
+            std::cmp::Ordering::Less => false,
+        };
+        if !newer {
+            return false;
         }
-        false
+        let changed = entry.status != status;
+        entry.status = status;
+        entry.status_changes = stored.status_changes;
+        changed
     }
 
     fn entry<'a>(
@@ -359,6 +379,24 @@ impl Registry {
     pub fn can_drain(&self, key: &VersionKey) -> Result<bool, RegistryError> {
         let versions = self.versions.read();
         Ok(Self::entry(&versions, key)?.status == VersionStatus::Active)
+    }
+
+    /// Whether making `key` active again changes anything (it is `Draining` or `Drained`); fails
+    /// for an unknown version, a retired one and one whose code no live worker has (its code may
+    /// be gone: register it again first).
+    pub fn can_activate(&self, key: &VersionKey) -> Result<bool, RegistryError> {
+        let versions = self.versions.read();
+        let entry = Self::entry(&versions, key)?;
+        match entry.status {
+            VersionStatus::Active => Ok(false),
+            VersionStatus::Retired => Err(RegistryError::Retired { key: key.clone() }),
+            VersionStatus::Draining | VersionStatus::Drained if entry.code.is_some() || entry.runs_in_cluster => {
+                Ok(true)
+            }
+            VersionStatus::Draining | VersionStatus::Drained => {
+                Err(RegistryError::CodeNotRegistered { key: key.clone() })
+            }
+        }
     }
 
     /// Whether retiring `key` changes anything (it is not `Retired` yet); fails for an unknown
@@ -504,8 +542,21 @@ mod tests {
         VersionKey::new("w", Version::parse(version).unwrap())
     }
 
-    /// `version` with `started` instances of which `live` still live.
+    /// `version` with `started` instances of which `live` still live, its status reached by
+    /// moving forward only (one change per step from `Active`).
     fn stored(version: &str, started: u64, live: u64, status: Option<VersionStatus>) -> StoredVersion {
+        let changes = status.map_or(0, |status| u64::from(status.rank()));
+        stamped(version, started, live, status, changes)
+    }
+
+    /// Like `stored`, with the status written `status_changes` times.
+    fn stamped(
+        version: &str,
+        started: u64,
+        live: u64,
+        status: Option<VersionStatus>,
+        status_changes: u64,
+    ) -> StoredVersion {
         StoredVersion {
             key: key(version),
             counters: VersionCounters {
@@ -515,6 +566,7 @@ mod tests {
                 ..VersionCounters::default()
             },
             status,
+            status_changes,
         }
     }
 
@@ -565,6 +617,48 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_undone_is_taken_in_and_a_late_read_of_the_drain_does_not_bring_it_back() {
+        let registry = Registry::default();
+        registry.register(code("1.0.0")).unwrap();
+        assert!(registry.adopt(&stamped("1.0.0", 2, 1, Some(VersionStatus::Draining), 1)));
+        assert!(registry.can_activate(&key("1.0.0")).unwrap());
+        assert!(
+            registry.adopt(&stamped("1.0.0", 2, 1, Some(VersionStatus::Active), 2)),
+            "the status written later is taken, although it goes back"
+        );
+        assert_eq!(registry.status(&key("1.0.0")), VersionStatus::Active);
+        assert!(!registry.adopt(&stamped("1.0.0", 2, 1, Some(VersionStatus::Draining), 1)));
+        assert_eq!(registry.status(&key("1.0.0")), VersionStatus::Active);
+        assert!(!registry.can_activate(&key("1.0.0")).unwrap(), "already active");
+        assert_eq!(registry.newest_active("w"), Some(Version::new(1, 0, 0)));
+    }
+
+    #[test]
+    fn only_a_draining_or_drained_version_whose_code_some_worker_has_can_be_made_active_again() {
+        let registry = Registry::default();
+        registry.adopt(&stored("1.0.0", 1, 0, Some(VersionStatus::Drained)));
+        assert!(matches!(
+            registry.can_activate(&key("1.0.0")),
+            Err(RegistryError::CodeNotRegistered { .. })
+        ));
+        registry.set_running_in_cluster(&[key("1.0.0")].into_iter().collect());
+        assert!(
+            registry.can_activate(&key("1.0.0")).unwrap(),
+            "another worker has its code"
+        );
+        registry.adopt(&stored("2.0.0", 1, 0, Some(VersionStatus::Retired)));
+        registry.register(code("2.0.0")).unwrap();
+        assert!(matches!(
+            registry.can_activate(&key("2.0.0")),
+            Err(RegistryError::Retired { .. })
+        ));
+        assert!(matches!(
+            registry.can_activate(&key("3.0.0")),
+            Err(RegistryError::UnknownVersion { .. })
+        ));
+    }
+
+    #[test]
     fn a_version_with_live_instances_or_a_start_in_flight_cannot_be_retired() {
         let registry = Registry::default();
         registry.register(code("1.0.0")).unwrap();
@@ -587,7 +681,7 @@ mod tests {
     #[test]
     fn only_active_registered_versions_are_routed_to() {
         let registry = Registry::default();
-        registry.load(vec![(key("3.0.0"), VersionStatus::Active)], vec![]);
+        registry.load(vec![stored("3.0.0", 0, 0, Some(VersionStatus::Active))]);
         registry.register(code("1.0.0")).unwrap();
         registry.register(code("2.0.0")).unwrap();
         registry.adopt(&stored("2.0.0", 0, 0, Some(VersionStatus::Drained)));
@@ -600,7 +694,7 @@ mod tests {
     #[test]
     fn a_version_only_another_live_worker_runs_takes_starts_without_code_here() {
         let registry = Registry::default();
-        registry.load(vec![(key("2.0.0"), VersionStatus::Active)], vec![]);
+        registry.load(vec![stored("2.0.0", 0, 0, Some(VersionStatus::Active))]);
         registry.register(code("1.0.0")).unwrap();
         // 3.0.0 is known only from the worker that registered it.
         let running: std::collections::HashSet<VersionKey> = [key("1.0.0"), key("2.0.0"), key("3.0.0")].into();
@@ -631,21 +725,10 @@ mod tests {
     #[test]
     fn draining_versions_left_empty_are_found_for_the_store_to_drain() {
         let registry = Registry::default();
-        let empty = VersionCounters {
-            started: 4,
-            completed: 4,
-            ..VersionCounters::default()
-        };
-        registry.load(
-            vec![
-                (key("1.0.0"), VersionStatus::Draining),
-                (key("2.0.0"), VersionStatus::Draining),
-            ],
-            vec![
-                (key("1.0.0"), empty),
-                (key("2.0.0"), VersionCounters { live: 1, ..empty }),
-            ],
-        );
+        registry.load(vec![
+            stored("1.0.0", 4, 0, Some(VersionStatus::Draining)),
+            stored("2.0.0", 4, 1, Some(VersionStatus::Draining)),
+        ]);
         assert_eq!(registry.draining_and_empty(), vec![key("1.0.0")]);
     }
 }

@@ -341,6 +341,7 @@ mod tests {
                         key: key.clone(),
                         counters: crate::store::VersionCounters::default(),
                         status: None,
+                        status_changes: 0,
                     });
                     if delta.live == -99 {
                         applied.drained.push(key.clone());

@@ -262,7 +262,7 @@ impl Runtime {
         mut recovered: crate::store::RecoveredState,
         codes: Vec<Arc<dyn VersionCode>>,
     ) -> Result<(), EngineError> {
-        self.registry.load(recovered.statuses, recovered.counters);
+        self.registry.load(recovered.versions);
         for code in codes {
             self.registry.register(code)?;
         }
@@ -587,6 +587,7 @@ impl Runtime {
             StoreError::LiveInstances { key, live } => {
                 EngineError::from(crate::registry::RegistryError::LiveInstances { key, live })
             }
+            StoreError::VersionRetired { key } => EngineError::from(crate::registry::RegistryError::Retired { key }),
             other => other.into(),
         })?;
         let now = self.registry.status(key);
@@ -596,7 +597,11 @@ impl Runtime {
                 counters: self.registry.counters(key),
             }),
             VersionStatus::Retired => self.events.emit(Event::VersionRetired { key: key.clone() }),
-            VersionStatus::Active | VersionStatus::Drained => {}
+            VersionStatus::Active => self.events.emit(Event::VersionActivated {
+                key: key.clone(),
+                counters: self.registry.counters(key),
+            }),
+            VersionStatus::Drained => {}
         }
         Ok(now)
     }
@@ -618,9 +623,19 @@ impl Runtime {
             .into_iter()
             .any(|info| info.key.workflow == key.workflow && info.accepts_starts);
         if !accepting {
-            tracing::warn!(version = %key, "no version of this workflow accepts new instances now: every start of it fails until a new version is registered");
+            tracing::warn!(version = %key, "no version of this workflow accepts new instances now: every start of it fails until a new version is registered or the drain is undone (Engine::activate)");
         }
         Ok(status)
+    }
+
+    /// Undoes a drain: the version takes new instances again (routed to as before its drain).
+    /// Refused for a retired version and one whose code no live worker has.
+    pub(crate) async fn activate(&self, key: &VersionKey) -> Result<VersionStatus, EngineError> {
+        if !self.registry.can_activate(key)? {
+            return Ok(self.registry.status(key));
+        }
+        tracing::info!(version = %key, "version made active again: new instances may start on it");
+        self.set_status(key, VersionStatus::Active).await
     }
 
     /// Retires a version with no live instance anywhere.

@@ -123,6 +123,12 @@ pub enum StoreError {
         /// Its status in the store.
         status: VersionStatus,
     },
+    /// A retired version was to be made active again (another process retired it a moment before).
+    #[error("{key} is retired for good and cannot take new instances again; register a new version instead")]
+    VersionRetired {
+        /// The version.
+        key: VersionKey,
+    },
     /// A version was to be retired while instances of it still live (in this or another process).
     #[error(
         "{key} still has {live} live instances in the store; drain it and wait until it is Drained before retiring it"
@@ -408,7 +414,8 @@ pub enum Op {
         /// The change.
         delta: CounterDelta,
     },
-    /// Sets a version's lifecycle status.
+    /// Sets a version's lifecycle status (counted in its `status_changes`). Setting a retired
+    /// version `Active` fails the whole write with [`StoreError::VersionRetired`].
     PutVersionStatus {
         /// The version.
         key: VersionKey,
@@ -452,6 +459,9 @@ pub struct StoredVersion {
     pub counters: VersionCounters,
     /// Its status after the write (`None`: never set, which counts as `Active`).
     pub status: Option<VersionStatus>,
+    /// How many times its status was written, this write included: a status may go back (a
+    /// drain undone), so of two reports of one version the one with more changes is newer.
+    pub status_changes: u64,
 }
 
 /// What a write did to the versions whose counters or status it changed. The store decides
@@ -520,10 +530,8 @@ pub struct RecoveredState {
     pub corrupt: Vec<CorruptRecord>,
     /// Delivered, unconsumed signals.
     pub signals: Vec<SignalRecord>,
-    /// Per-version counters.
-    pub counters: Vec<(VersionKey, VersionCounters)>,
-    /// Per-version lifecycle statuses.
-    pub statuses: Vec<(VersionKey, VersionStatus)>,
+    /// Every version the store holds, with counters and status.
+    pub versions: Vec<StoredVersion>,
 }
 
 /// What a store numbers: each kind is unique across every process sharing the store.
@@ -664,9 +672,11 @@ pub struct StoreStats {
 pub trait Store: Send + Sync + 'static {
     /// Applies `ops` atomically: after a crash either all of them are visible or none. The
     /// store keeps residency exact in the same write: it refuses a start on a version it holds as
-    /// not `Active` ([`StoreError::VersionNotAccepting`]) and retiring a version with live
-    /// instances ([`StoreError::LiveInstances`]), and makes a `Draining` version left with no
-    /// live instance `Drained`; it returns what it did to the versions touched.
+    /// not `Active` ([`StoreError::VersionNotAccepting`]), retiring a version with live
+    /// instances ([`StoreError::LiveInstances`]) and making a retired one active again
+    /// ([`StoreError::VersionRetired`]); it makes a `Draining` version left with no live instance
+    /// `Drained`, counts every status it writes in the version's `status_changes`, and returns
+    /// what it did to the versions touched.
     fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError>;
     /// Every version the store holds, with counters and status.
     fn versions(&self) -> Result<Vec<StoredVersion>, StoreError>;

@@ -97,6 +97,16 @@ struct StatusEntry {
     format: u32,
     key: VersionKey,
     status: VersionStatus,
+    /// How many times the status was written (0 in records older than the count).
+    #[serde(default)]
+    changes: u64,
+}
+
+/// A version's stored status and how many times it was written.
+#[derive(Debug, Clone, Copy)]
+struct StatusStamp {
+    status: VersionStatus,
+    changes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -110,7 +120,36 @@ struct QuarantineEntry {
 #[derive(Default)]
 struct Residency {
     counters: HashMap<VersionKey, VersionCounters>,
-    statuses: HashMap<VersionKey, VersionStatus>,
+    statuses: HashMap<VersionKey, StatusStamp>,
+}
+
+impl Residency {
+    /// A version as stored: counters and status.
+    fn stored(&self, key: &VersionKey) -> StoredVersion {
+        let stamp = self.statuses.get(key);
+        StoredVersion {
+            key: key.clone(),
+            counters: self.counters.get(key).copied().unwrap_or_default(),
+            status: stamp.map(|stamp| stamp.status),
+            status_changes: stamp.map_or(0, |stamp| stamp.changes),
+        }
+    }
+
+    /// A version's status once `written` (the statuses a write sets) is applied.
+    fn status_after(&self, written: &HashMap<&VersionKey, VersionStatus>, key: &VersionKey) -> Option<VersionStatus> {
+        written
+            .get(key)
+            .copied()
+            .or_else(|| self.statuses.get(key).map(|stamp| stamp.status))
+    }
+
+    /// Every version as stored, sorted.
+    fn all(&self) -> Vec<StoredVersion> {
+        let mut keys: Vec<&VersionKey> = self.counters.keys().chain(self.statuses.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().map(|key| self.stored(key)).collect()
+    }
 }
 
 /// The largest frame buffer kept for the next commit.
@@ -313,7 +352,11 @@ impl SledStore {
                 operation: "read statuses",
                 message: format!("a version status record does not decode: {message}"),
             })?;
-            residency.statuses.insert(entry.key, entry.status);
+            let stamp = StatusStamp {
+                status: entry.status,
+                changes: entry.changes,
+            };
+            residency.statuses.insert(entry.key, stamp);
         }
         let checkpointer = start_checkpointer(durable.clone()).map_err(|error| StoreError::Backend {
             operation: "open",
@@ -511,7 +554,7 @@ impl Store for SledStore {
                 Op::DeleteSignal { instance, seq } => batch.remove(signal_key(*instance, *seq)),
                 Op::AdjustCounters { key, delta } => {
                     if delta.started > 0 {
-                        let status = statuses.get(key).or(residency.statuses.get(key)).copied();
+                        let status = residency.status_after(&statuses, key);
                         if let Some(status) = status.filter(|status| *status != VersionStatus::Active) {
                             return Err(StoreError::VersionNotAccepting {
                                 key: key.clone(),
@@ -525,6 +568,10 @@ impl Store for SledStore {
                         .apply(delta);
                 }
                 Op::PutVersionStatus { key, status } => {
+                    let current = residency.status_after(&statuses, key);
+                    if *status == VersionStatus::Active && current == Some(VersionStatus::Retired) {
+                        return Err(StoreError::VersionRetired { key: key.clone() });
+                    }
                     statuses.insert(key, *status);
                 }
                 Op::PutScheduleFire { schedule, fire_ms } => {
@@ -610,7 +657,7 @@ impl Store for SledStore {
         // A draining version this write leaves with no live instance is drained by this write.
         let mut drained: Vec<&VersionKey> = Vec::new();
         for key in counters.keys().chain(statuses.keys()).copied() {
-            let status = statuses.get(key).or(residency.statuses.get(key)).copied();
+            let status = residency.status_after(&statuses, key);
             if status == Some(VersionStatus::Draining) && live_of(key) == 0 && !drained.contains(&key) {
                 drained.push(key);
             }
@@ -627,11 +674,23 @@ impl Store for SledStore {
             };
             batch.insert(version_key(COUNTERS, key), encode("counters", &entry)?);
         }
-        for (key, status) in &statuses {
+        let stamps: Vec<(&VersionKey, StatusStamp)> = statuses
+            .iter()
+            .map(|(key, status)| {
+                let changes = residency.statuses.get(*key).map_or(0, |stamp| stamp.changes) + 1;
+                let stamp = StatusStamp {
+                    status: *status,
+                    changes,
+                };
+                (*key, stamp)
+            })
+            .collect();
+        for (key, stamp) in &stamps {
             let entry = StatusEntry {
                 format: RECORD_FORMAT,
                 key: (*key).clone(),
-                status: *status,
+                status: stamp.status,
+                changes: stamp.changes,
             };
             batch.insert(version_key(STATUSES, key), encode("version status", &entry)?);
         }
@@ -648,8 +707,8 @@ impl Store for SledStore {
         for (key, value) in counters {
             residency.counters.insert(key.clone(), value);
         }
-        for (key, status) in statuses {
-            residency.statuses.insert(key.clone(), status);
+        for (key, stamp) in stamps {
+            residency.statuses.insert(key.clone(), stamp);
         }
         let mut keys: Vec<&VersionKey> = Vec::new();
         for op in ops {
@@ -660,29 +719,14 @@ impl Store for SledStore {
             }
         }
         for key in keys {
-            applied.versions.push(StoredVersion {
-                key: key.clone(),
-                counters: residency.counters.get(key).copied().unwrap_or_default(),
-                status: residency.statuses.get(key).copied(),
-            });
+            applied.versions.push(residency.stored(key));
         }
         self.applies.fetch_add(1, Ordering::Relaxed);
         Ok(applied)
     }
 
     fn versions(&self) -> Result<Vec<StoredVersion>, StoreError> {
-        let residency = self.versions.lock();
-        let mut keys: Vec<&VersionKey> = residency.counters.keys().chain(residency.statuses.keys()).collect();
-        keys.sort();
-        keys.dedup();
-        Ok(keys
-            .into_iter()
-            .map(|key| StoredVersion {
-                key: key.clone(),
-                counters: residency.counters.get(key).copied().unwrap_or_default(),
-                status: residency.statuses.get(key).copied(),
-            })
-            .collect())
+        Ok(self.versions.lock().all())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -704,17 +748,7 @@ impl Store for SledStore {
             }
         }
         state.signals = self.collect::<SignalRecord>(SIGNALS, "signal")?;
-        let residency = self.versions.lock();
-        state.counters = residency
-            .counters
-            .iter()
-            .map(|(key, value)| (key.clone(), *value))
-            .collect();
-        state.statuses = residency
-            .statuses
-            .iter()
-            .map(|(key, status)| (key.clone(), *status))
-            .collect();
+        state.versions = self.versions.lock().all();
         Ok(state)
     }
 

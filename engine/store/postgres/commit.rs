@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use deadpool_postgres::Pool;
 
 use super::TOUCHED_VERSIONS_QUERY;
-use super::{encode, failed, pool_failed, signed, stored_version, unsigned, version_text};
+use super::{encode, failed, pool_failed, signed, stored_version, unsigned, version_row_columns, version_text};
 use crate::instance::{InstanceId, VersionKey};
 use crate::registry::VersionStatus;
 use crate::store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
@@ -451,7 +451,7 @@ impl Writes {
             |value: fn(&CounterDelta) -> i64| -> Vec<i64> { sums.iter().map(|sum| value(&sum.delta)).collect() };
         let first: Vec<Option<i64>> = sums.iter().map(|sum| sum.first_start_ms).collect();
         let last: Vec<Option<i64>> = sums.iter().map(|sum| sum.last_start_ms).collect();
-        let statement = run(
+        let statement = run(concat!(
             "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
                  failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
@@ -466,9 +466,9 @@ impl Writes {
                  moved_out = current.moved_out + EXCLUDED.moved_out,
                  first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
                  last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)
-             RETURNING workflow, version, status, live, started, completed, failed, cancelled,
-                 moved_in, moved_out, first_start_ms, last_start_ms",
-        )
+             RETURNING ",
+            version_row_columns!()
+        ))
         .await?;
         let mut stored = transaction
             .query(
@@ -505,22 +505,35 @@ impl Writes {
             }
         }
         for (key, status) in &self.statuses {
-            let statement = run("UPDATE strata_versions SET status = $3 WHERE workflow = $1 AND version = $2").await?;
-            transaction
-                .execute(
-                    &statement,
-                    &[&key.workflow, &key.version.to_string(), &version_text(*status)],
-                )
-                .await
-                .map_err(failed("write version status"))?;
-            if let Some(version) = stored.iter_mut().find(|version| version.key == *key) {
+            if let Some(version) = stored.iter().find(|version| version.key == *key) {
                 if *status == VersionStatus::Retired && version.counters.live > 0 {
                     return Err(StoreError::LiveInstances {
                         key: key.clone(),
                         live: version.counters.live,
                     });
                 }
+                if *status == VersionStatus::Active && version.status == Some(VersionStatus::Retired) {
+                    return Err(StoreError::VersionRetired { key: key.clone() });
+                }
+            }
+            // A status written anew is no longer one a worker drained and has to announce.
+            let statement = run(
+                "UPDATE strata_versions SET status = $3, status_changes = status_changes + 1,
+                     drained_by = NULL
+                 WHERE workflow = $1 AND version = $2 RETURNING status_changes",
+            )
+            .await?;
+            let changes: i64 = transaction
+                .query_one(
+                    &statement,
+                    &[&key.workflow, &key.version.to_string(), &version_text(*status)],
+                )
+                .await
+                .map_err(failed("write version status"))?
+                .get(0);
+            if let Some(version) = stored.iter_mut().find(|version| version.key == *key) {
                 version.status = Some(*status);
+                version.status_changes = unsigned(changes);
             }
         }
         let draining: Vec<VersionKey> = stored
@@ -537,26 +550,29 @@ impl Writes {
         let (workflows, versions) = super::version_columns(&draining);
         // Recorded with the worker that drained it, until it has announced it (see
         // `Cluster::take_unannounced_drained`).
-        let statement = run("UPDATE strata_versions SET status = 'drained', drained_by = $3
+        let statement = run(
+            "UPDATE strata_versions SET status = 'drained', drained_by = $3, status_changes = status_changes + 1
              WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
                AND status = 'draining' AND live = 0
-             RETURNING workflow, version")
+             RETURNING workflow, version, status_changes",
+        )
         .await?;
-        let drained: Vec<VersionKey> = transaction
+        let mut drained: Vec<VersionKey> = Vec::new();
+        for row in transaction
             .query(&statement, &[&workflows, &versions, &worker])
             .await
             .map_err(failed("drain versions"))?
-            .iter()
-            .filter_map(|row| {
-                let (workflow, version): (String, String) = (row.get(0), row.get(1));
-                draining
-                    .iter()
-                    .find(|key| key.workflow == workflow && key.version.to_string() == version)
-                    .cloned()
-            })
-            .collect();
-        for version in stored.iter_mut().filter(|version| drained.contains(&version.key)) {
-            version.status = Some(VersionStatus::Drained);
+        {
+            let (workflow, version, changes): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+            let Some(stored) = stored
+                .iter_mut()
+                .find(|stored| stored.key.workflow == workflow && stored.key.version.to_string() == version)
+            else {
+                continue;
+            };
+            stored.status = Some(VersionStatus::Drained);
+            stored.status_changes = unsigned(changes);
+            drained.push(stored.key.clone());
         }
         Ok(Applied {
             versions: stored,

@@ -616,14 +616,10 @@ impl Store for PostgresStore {
 
     /// Counters and statuses; live instances come from [`Cluster::claim`].
     fn recover(&self) -> Result<RecoveredState, StoreError> {
-        let mut state = RecoveredState::default();
-        for stored in Store::versions(self)? {
-            if let Some(status) = stored.status {
-                state.statuses.push((stored.key.clone(), status));
-            }
-            state.counters.push((stored.key, stored.counters));
-        }
-        Ok(state)
+        Ok(RecoveredState {
+            versions: Store::versions(self)?,
+            ..RecoveredState::default()
+        })
     }
 
     fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError> {
@@ -794,16 +790,30 @@ async fn settle_commit(pool: &Pool, worker: &str, unsettled: &Unsettled, retry: 
     Ok(())
 }
 
+/// The columns of a `strata_versions` row that `stored_version` reads, in its order.
+macro_rules! version_row_columns {
+    () => {
+        "workflow, version, status, live, started, completed, failed, cancelled, moved_in, moved_out,
+         first_start_ms, last_start_ms, status_changes"
+    };
+}
+pub(super) use version_row_columns;
+
 /// Every version row.
-const ALL_VERSIONS_QUERY: &str = "SELECT workflow, version, status, live, started, completed, failed, cancelled,
-    moved_in, moved_out, first_start_ms, last_start_ms FROM strata_versions ORDER BY workflow, version";
+const ALL_VERSIONS_QUERY: &str = concat!(
+    "SELECT ",
+    version_row_columns!(),
+    " FROM strata_versions ORDER BY workflow, version"
+);
 
 /// The version rows of the keys in `$1` (workflows) and `$2` (versions).
-const TOUCHED_VERSIONS_QUERY: &str = "SELECT workflow, version, status, live, started, completed, failed, cancelled,
-    moved_in, moved_out, first_start_ms, last_start_ms FROM strata_versions
-    WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))";
+const TOUCHED_VERSIONS_QUERY: &str = concat!(
+    "SELECT ",
+    version_row_columns!(),
+    " FROM strata_versions WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+);
 
-/// A `strata_versions` row read by `ALL_VERSIONS_QUERY` or `TOUCHED_VERSIONS_QUERY`.
+/// A `strata_versions` row of the columns `version_row_columns!` lists.
 fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError> {
     let workflow: String = row.get(0);
     let version: String = row.get(1);
@@ -826,6 +836,7 @@ fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError
             first_start_ms: row.get::<_, Option<i64>>(10).map(unsigned),
             last_start_ms: row.get::<_, Option<i64>>(11).map(unsigned),
         },
+        status_changes: unsigned(row.get(12)),
     })
 }
 

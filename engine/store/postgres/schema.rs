@@ -26,10 +26,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "each worker's share of a background migration", V5),
     (6, "finished instances by finish time, for retention", V6),
     (7, "which worker drained a version and has not announced it yet", V7),
+    (8, "how many times each version's status was written", V8),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 7;
+pub(crate) const SCHEMA_VERSION: i32 = 8;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -192,6 +193,13 @@ CREATE TABLE strata_retention (
 /// count as announced.
 const V7: &str = "
 ALTER TABLE strata_versions ADD COLUMN drained_by text;
+";
+
+/// Schema 8: how many times each version's status was written. A drain can be undone, so a
+/// status no longer only moves forward: of two reads of one version, the one with more changes
+/// is newer. Rows from before it start at 0.
+const V8: &str = "
+ALTER TABLE strata_versions ADD COLUMN status_changes bigint NOT NULL DEFAULT 0;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
