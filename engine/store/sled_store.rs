@@ -941,3 +941,29 @@ impl Store for SledStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status record as builds before the count of status changes wrote it.
+    #[derive(Serialize)]
+    struct StatusEntryBeforeChanges {
+        format: u32,
+        key: VersionKey,
+        status: VersionStatus,
+    }
+
+    #[test]
+    fn a_status_record_written_before_status_changes_were_counted_reads_as_zero_changes() {
+        let key = VersionKey::new("w", semver::Version::new(1, 0, 0));
+        let older = StatusEntryBeforeChanges {
+            format: RECORD_FORMAT,
+            key: key.clone(),
+            status: VersionStatus::Draining,
+        };
+        let bytes = encode("version status", &older).unwrap();
+        let read: StatusEntry = decode(&bytes).unwrap();
+        assert_eq!((read.key, read.status, read.changes), (key, VersionStatus::Draining, 0));
+    }
+}
