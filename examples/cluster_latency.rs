@@ -181,7 +181,8 @@ async fn main() {
     }
     let server = database::server_url();
     let name = format!("strata_latency_{}", std::process::id());
-    let url = database::create_database(&server, &name).await;
+    let database = database::ExampleDatabase::create(&server, &name).await;
+    let url = database.url().to_string();
     println!("lease {LEASE:?}; workers claim every lease/3; {TICKERS} tickers ticking every {TICK:?}; {PINGS} pings");
 
     // B and C stand by (D holds the pings); A starts the tickers, then stops gracefully: B and C
@@ -290,5 +291,4 @@ async fn main() {
     writeln!(pinger.stop, "stop").expect("tell the ping holder to stop");
     pinger.expect("left");
     let _ = pinger.process.wait();
-    database::drop_database(&server, &name).await;
 }

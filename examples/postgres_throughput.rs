@@ -148,12 +148,12 @@ async fn main() {
         let count = |index: usize| arguments[index].parse().expect("a count");
         return worker(&arguments[2], count(3), count(4)).await;
     }
-    database::drop_database(&server, "strata_pgbench").await;
-    database::create_database(&server, "strata_pgbench").await;
+    let _pgbench = database::ExampleDatabase::create(&server, "strata_pgbench").await;
     println!("{CONCURRENT} concurrent instances of {STEPS} steps, Sync, one commit per step, grouped per transaction");
     for processes in [1u64, 2, 4] {
         let name = format!("strata_throughput_{}_{processes}", std::process::id());
-        let url = database::create_database(&server, &name).await;
+        let database = database::ExampleDatabase::create(&server, &name).await;
+        let url = database.url().to_string();
         let mut workers = Vec::new();
         for _ in 0..processes {
             let mut child = Command::new(std::env::current_exe().expect("path"))
@@ -200,9 +200,8 @@ async fn main() {
             finish_max,
             WAITERS as f64 / waiters_max
         );
-        database::drop_database(&server, &name).await;
+        drop(database);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("pgbench -N (simple-update), 64 clients, 10 s: {}", pgbench(&server, 64));
-    database::drop_database(&server, "strata_pgbench").await;
 }

@@ -158,7 +158,8 @@ async fn main() {
         return worker(&server, &arguments[2], &arguments[3]).await;
     }
     let name = format!("strata_rolling_deploy_{}", std::process::id());
-    let url = database::create_database(&server, &name).await;
+    let database = database::ExampleDatabase::create(&server, &name).await;
+    let url = database.url().to_string();
     let started = Instant::now();
     let console = Engine::builder().postgres(&url).open().await.expect("open the console");
     let mut names: HashMap<String, &'static str> = HashMap::new();
@@ -203,5 +204,4 @@ async fn main() {
     stop_worker(c);
     stop_worker(d);
     console.shutdown().await;
-    database::drop_database(&server, &name).await;
 }

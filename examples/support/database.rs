@@ -1,4 +1,7 @@
-//! The PostgreSQL server the examples use, and the database of its own each creates there.
+//! The PostgreSQL server the examples use, and the database of its own each creates there and
+//! drops on every way out: at the end, on a panic, on Ctrl-C and on SIGTERM.
+
+use std::sync::Mutex;
 
 /// The server unless `STRATA_DATABASE_URL` names another: the one every machine of this
 /// project runs (trust auth for user postgres).
@@ -10,7 +13,7 @@ pub fn server_url() -> String {
 }
 
 /// Runs `sql` (creating or dropping a database, say) on the database of `url`.
-pub async fn admin(url: &str, sql: &str) -> Result<(), String> {
+async fn admin(url: &str, sql: &str) -> Result<(), String> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|error| error.to_string())?;
@@ -26,9 +29,95 @@ pub fn database_url(server: &str, name: &str) -> String {
     format!("{host}/{name}")
 }
 
+/// A database of the example's own, dropped when this value is (the end of `main`, or a panic
+/// unwinding it) or when the example is interrupted (Ctrl-C, SIGTERM).
+pub struct ExampleDatabase {
+    server: String,
+    name: String,
+    url: String,
+}
+
+/// The databases created and not dropped yet, as (server, name): what an interrupt drops.
+static HELD: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+impl ExampleDatabase {
+    /// Creates database `name` on the server (dropping a leftover of that name first), or
+    /// explains what the example needs and exits.
+    pub async fn create(server: &str, name: &str) -> ExampleDatabase {
+        drop_database(server, name).await;
+        let url = create_database(server, name).await;
+        let mut held = HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if held.is_empty() {
+            drop_held_on_interrupt();
+        }
+        held.push((server.to_string(), name.to_string()));
+        ExampleDatabase {
+            server: server.to_string(),
+            name: name.to_string(),
+            url,
+        }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ExampleDatabase {
+    fn drop(&mut self) {
+        HELD.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|(_, name)| *name != self.name);
+        // On a thread with a runtime of its own: this may run inside the example's runtime,
+        // which cannot be blocked on from within.
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let dropped =
+            std::thread::spawn(
+                move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(drop_database(&server, &name)),
+                    Err(error) => eprintln!("could not drop the example's database {name}: {error}"),
+                },
+            )
+            .join();
+        if dropped.is_err() {
+            eprintln!("could not drop the example's database {}", self.name);
+        }
+    }
+}
+
+/// From now on, Ctrl-C or SIGTERM drops every database still held and exits with 130.
+fn drop_held_on_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Both handlers are in place when this returns, before the task first runs.
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        eprintln!("could not handle Ctrl-C: an interrupted example leaves its databases behind");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        drop_held().await;
+    });
+}
+
+/// Drops every database still held, then exits with 130.
+async fn drop_held() {
+    let held: Vec<(String, String)> =
+        std::mem::take(&mut *HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    for (server, name) in held {
+        drop_database(&server, &name).await;
+    }
+    eprintln!("interrupted: the example's databases are dropped");
+    std::process::exit(130);
+}
+
 /// Creates database `name` on the server and returns its URL, or explains what the example
 /// needs and exits.
-pub async fn create_database(server: &str, name: &str) -> String {
+async fn create_database(server: &str, name: &str) -> String {
     if let Err(error) = admin(server, &format!("CREATE DATABASE {name}")).await {
         eprintln!(
             "This example needs PostgreSQL. Could not create a database at {server}: {error}\n\
@@ -41,7 +130,7 @@ pub async fn create_database(server: &str, name: &str) -> String {
 }
 
 /// Drops database `name` on the server (a failure is only reported).
-pub async fn drop_database(server: &str, name: &str) {
+async fn drop_database(server: &str, name: &str) {
     if let Err(error) = admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await {
         eprintln!("could not drop the example's database {name}: {error}");
     }

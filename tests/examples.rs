@@ -1,0 +1,53 @@
+//! The PostgreSQL examples leave no database behind, however they end: here, interrupted (SIGTERM)
+//! while its workers start. (`cargo test` builds the examples; `--test examples` alone does not.)
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::postgres::TestDatabase;
+
+/// An example's binary, built beside this test's by `cargo test`.
+fn example(name: &str) -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("this test's path");
+    let profile = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    profile.join("examples").join(name)
+}
+
+#[test]
+fn an_interrupted_example_drops_the_database_it_created() {
+    let inspector = TestDatabase::create();
+    let server = inspector
+        .url
+        .rsplit_once('/')
+        .map(|(server, _)| format!("{server}/postgres"))
+        .unwrap();
+    let binary = example("rolling_deploy");
+    let mut child = Command::new(&binary)
+        .env("STRATA_DATABASE_URL", &server)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error} (cargo test builds it)", binary.display()));
+    let database = format!("strata_rolling_deploy_{}", child.id());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("the example prints").unwrap();
+    assert!(first.starts_with("Before the deploy"), "{first}");
+    let exists = format!("SELECT count(*) FROM pg_database WHERE datname = '{database}'");
+    assert_eq!(inspector.count(&exists), 1, "the example made its database");
+
+    // SAFETY: kill(2) on the pid of a child this test started and has not waited for.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted example exits 130");
+    assert_eq!(
+        inspector.count(&exists),
+        0,
+        "the interrupted example dropped {database}"
+    );
+}
