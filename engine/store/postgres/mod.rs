@@ -82,46 +82,99 @@ const WAKE_CHANNEL: &str = "strata_wake";
 const CLAIMABLE_PAYLOAD: &str = "claimable";
 
 /// Listens on `WAKE_CHANNEL` on a connection of its own and forwards each named instance, until
-/// nobody receives; reconnects with backoff when the connection drops (what is missed meanwhile,
-/// the holders' polls find).
+/// nobody receives; reconnects with backoff when the connection drops or LISTEN fails (what is
+/// missed meanwhile, the holders' polls find). Says so once per episode (see `ListenRetry`).
 async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::UnboundedSender<Wakeup>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut retry = ListenRetry::default();
     while !wakeups.is_closed() {
-        match config.connect(NoTls).await {
-            Ok((client, mut connection)) => {
-                backoff = Duration::from_millis(100);
-                let forward = wakeups.clone();
-                let messages = tokio::spawn(async move {
-                    while let Some(message) = std::future::poll_fn(|context| connection.poll_message(context)).await {
-                        match message {
-                            Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
-                                let wakeup = match notification.payload() {
-                                    CLAIMABLE_PAYLOAD => Some(Wakeup::Claimable),
-                                    payload => payload.parse::<u64>().ok().map(|id| Wakeup::Signal(InstanceId(id))),
-                                };
-                                if let Some(wakeup) = wakeup {
-                                    if forward.send(wakeup).is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(error) => {
-                                tracing::warn!(error = %describe(&error), "the listening connection failed");
-                                return;
-                            }
+        let failure = match config.connect(NoTls).await {
+            Ok((client, connection)) => {
+                let messages = tokio::spawn(forward_wakeups(connection, wakeups.clone()));
+                match client.batch_execute(&format!("LISTEN {WAKE_CHANNEL}")).await {
+                    Ok(()) => {
+                        if let Some(failures) = retry.listening() {
+                            tracing::info!(failures, "listening for wake-ups again");
+                        }
+                        match messages.await {
+                            Ok(Some(error)) => format!("the listening connection failed: {error}"),
+                            Ok(None) | Err(_) => "the listening connection was closed".to_string(),
                         }
                     }
-                });
-                if let Err(error) = client.batch_execute(&format!("LISTEN {WAKE_CHANNEL}")).await {
-                    tracing::warn!(error = %describe(&error), "could not listen for wake-ups");
+                    Err(error) => {
+                        messages.abort();
+                        format!("could not listen: {}", describe(&error))
+                    }
                 }
-                let _ = messages.await;
             }
-            Err(error) => tracing::warn!(error = %describe(&error), "could not open the listening connection"),
+            Err(error) => format!("could not open the listening connection: {}", describe(&error)),
+        };
+        if wakeups.is_closed() {
+            break;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let (delay, first) = retry.failed();
+        if first {
+            tracing::warn!(
+                error = %failure,
+                "wake-ups are not heard: signalled and claimable instances are found by polling until listening works again (retrying with backoff up to 5 s)"
+            );
+        } else {
+            tracing::debug!(error = %failure, retry_in_ms = delay.as_millis() as u64, "still not listening for wake-ups");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Forwards the wake-ups a listening connection receives until it ends; returns its error, if any.
+async fn forward_wakeups(
+    mut connection: tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    forward: tokio::sync::mpsc::UnboundedSender<Wakeup>,
+) -> Option<String> {
+    while let Some(message) = std::future::poll_fn(|context| connection.poll_message(context)).await {
+        match message {
+            Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
+                let wakeup = match notification.payload() {
+                    CLAIMABLE_PAYLOAD => Some(Wakeup::Claimable),
+                    payload => payload.parse::<u64>().ok().map(|id| Wakeup::Signal(InstanceId(id))),
+                };
+                if let Some(wakeup) = wakeup {
+                    if forward.send(wakeup).is_err() {
+                        return None;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => return Some(describe(&error)),
+        }
+    }
+    None
+}
+
+/// The wake-up listener's retries: the delay doubles with each failure (from 100 ms up to 5 s)
+/// and starts over only once LISTEN succeeded, not at a connect that LISTEN then fails on (a
+/// pooler that accepts logins but has no server for them); an episode of failures is one warning.
+#[derive(Debug, Default)]
+struct ListenRetry {
+    /// Failures since listening last succeeded.
+    failures: u32,
+}
+
+impl ListenRetry {
+    const FIRST_DELAY: Duration = Duration::from_millis(100);
+    const MAX_DELAY: Duration = Duration::from_secs(5);
+
+    /// LISTEN succeeded: returns how many failures this ends, if any.
+    fn listening(&mut self) -> Option<u32> {
+        let ended = std::mem::take(&mut self.failures);
+        (ended > 0).then_some(ended)
+    }
+
+    /// An attempt failed or a listening connection ended: how long to wait before the next, and
+    /// whether this failure starts an episode (the one to warn of).
+    fn failed(&mut self) -> (Duration, bool) {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(16);
+        let delay = Self::FIRST_DELAY.saturating_mul(1 << doublings).min(Self::MAX_DELAY);
+        (delay, self.failures == 1)
     }
 }
 
@@ -1377,5 +1430,29 @@ impl Cluster for PostgresStore {
                 alive,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_retries_back_off_until_listen_succeeds_and_warn_once_per_episode() {
+        let mut retry = ListenRetry::default();
+        // A pooler that accepts every login but has no server: each attempt connects, then
+        // LISTEN fails. Connecting is no success: the delay keeps growing.
+        let attempts: Vec<(Duration, bool)> = (0..8).map(|_| retry.failed()).collect();
+        let delays: Vec<u64> = attempts.iter().map(|(delay, _)| delay.as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        let warnings = attempts.iter().filter(|(_, first)| *first).count();
+        assert_eq!(warnings, 1, "one warning for the episode");
+        assert_eq!(retry.listening(), Some(8), "listening again ends the episode");
+        assert_eq!(retry.listening(), None);
+        // The listening connection drops later: a new episode, from the first delay.
+        assert_eq!(retry.failed(), (Duration::from_millis(100), true));
+        for _ in 0..100 {
+            assert!(retry.failed().0 <= Duration::from_secs(5));
+        }
     }
 }
