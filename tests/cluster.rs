@@ -913,3 +913,55 @@ async fn a_version_whose_last_worker_stopped_shows_no_worker_and_takes_no_starts
     assert!(refused.is_err(), "a start went to a version no live worker can run");
     a.shutdown().await;
 }
+
+/// After an outage longer than its lease, a worker's own row says it is dead until its next
+/// heartbeat lands. It is alive all the same: its own versions never show without a worker nor
+/// stop taking starts, and it warns of none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_heartbeat_lapsed_still_counts_itself_for_its_own_versions() {
+    let database = TestDatabase::create();
+    let engine = quick_worker(&database)
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let mut events = engine.subscribe();
+    let waiting = waiting_tallies(&engine, 0..1, "1.0.0").await;
+    // As an outage leaves it: the row's heartbeat long past, and heartbeats failing for a while
+    // after the reads work again.
+    database
+        .execute(
+            "CREATE FUNCTION strata_test_refuse() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'heartbeats refused by the test'; END $$;
+             UPDATE strata_workers SET heartbeat_ms = 0;
+             CREATE TRIGGER strata_test_no_heartbeat BEFORE UPDATE ON strata_workers
+                 FOR EACH ROW EXECUTE FUNCTION strata_test_refuse();",
+        )
+        .unwrap();
+    let own = engine.worker_id().to_string();
+    let alive_in_the_store = |database: &TestDatabase| {
+        database.count(&format!(
+            "SELECT count(*) FROM strata_workers WHERE id = '{own}' AND heartbeat_ms > 0"
+        ))
+    };
+    let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
+    assert_eq!(alive_in_the_store(&database), 0, "the row says the worker is dead");
+    assert_eq!(info.workers, std::slice::from_ref(&own), "this worker runs its own version");
+    assert!(info.accepts_starts);
+    let started = waiting_tallies(&engine, 1..2, "1.0.0").await;
+    database
+        .execute("DROP TRIGGER strata_test_no_heartbeat ON strata_workers")
+        .unwrap();
+    wait_until(&engine, |_| alive_in_the_store(&database) == 1).await;
+    for id in waiting.iter().chain(&started) {
+        engine.signal(*id, tally::GO, &()).await.unwrap();
+        outcome_within(&engine, *id).await;
+    }
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, Event::NoWorkerForVersion { .. }),
+            "warned of its own version: {event:?}"
+        );
+    }
+    engine.shutdown().await;
+}

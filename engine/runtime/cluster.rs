@@ -291,7 +291,7 @@ impl Runtime {
         };
         match cluster.workers(self.options.lease) {
             Ok(workers) => {
-                let workers = live_workers_by_version(workers);
+                let workers = self.live_workers_by_version(workers);
                 self.take_in_running(&workers);
                 workers
             }
@@ -310,7 +310,7 @@ impl Runtime {
             return;
         };
         let workers = match cluster.workers(self.options.lease) {
-            Ok(workers) => live_workers_by_version(workers),
+            Ok(workers) => self.live_workers_by_version(workers),
             Err(error) => {
                 tracing::warn!(%error, "could not read the workers from the store; keeping what was known");
                 return;
@@ -318,6 +318,30 @@ impl Runtime {
         };
         self.take_in_running(&workers);
         self.warn_of_versions_without_workers(&workers);
+    }
+
+    /// The live workers by version they have code for, from `workers` as the store lists them.
+    /// This worker counts among them whatever its row says: it is alive (it runs this), and a
+    /// heartbeat that lapsed in an outage is renewed at its next beat; until then its versions
+    /// are not without a worker.
+    fn live_workers_by_version(
+        &self,
+        workers: Vec<crate::store::WorkerInfo>,
+    ) -> std::collections::HashMap<VersionKey, Vec<String>> {
+        let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
+        let this_worker = self.worker_id();
+        for worker in workers
+            .into_iter()
+            .filter(|worker| worker.alive && worker.id != this_worker)
+        {
+            for key in worker.versions {
+                by_version.entry(key).or_default().push(worker.id.clone());
+            }
+        }
+        for key in self.versions_with_code() {
+            by_version.entry(key).or_default().push(this_worker.clone());
+        }
+        by_version
     }
 
     /// Routes starts only to versions some live worker among `workers` can run.
@@ -525,17 +549,4 @@ impl Runtime {
             tracing::warn!(%error, "could not hand the claims back; other workers take them after the lease");
         }
     }
-}
-
-/// The live workers among `workers`, by the versions they have code for.
-fn live_workers_by_version(
-    workers: Vec<crate::store::WorkerInfo>,
-) -> std::collections::HashMap<VersionKey, Vec<String>> {
-    let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
-    for worker in workers.into_iter().filter(|worker| worker.alive) {
-        for key in worker.versions {
-            by_version.entry(key).or_default().push(worker.id.clone());
-        }
-    }
-    by_version
 }
