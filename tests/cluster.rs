@@ -946,7 +946,11 @@ async fn a_worker_whose_heartbeat_lapsed_still_counts_itself_for_its_own_version
     };
     let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
     assert_eq!(alive_in_the_store(&database), 0, "the row says the worker is dead");
-    assert_eq!(info.workers, std::slice::from_ref(&own), "this worker runs its own version");
+    assert_eq!(
+        info.workers,
+        std::slice::from_ref(&own),
+        "this worker runs its own version"
+    );
     assert!(info.accepts_starts);
     let started = waiting_tallies(&engine, 1..2, "1.0.0").await;
     database

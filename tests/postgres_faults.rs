@@ -174,6 +174,15 @@ async fn an_outage_longer_than_the_retries_says_what_to_check_and_the_engine_rec
     let engine = open_through(&proxy, &database).await;
     let first = engine.start(WORKFLOW, &1u64).await.unwrap();
     proxy.refuse(true);
+    // Callers during the outage: each gets its error at the retry window (15 s), however many
+    // queue behind one another in the commit thread, not a window each in turn.
+    let began = std::time::Instant::now();
+    let starts: Vec<_> = (10..14u64)
+        .map(|count| {
+            let engine = engine.clone();
+            tokio::spawn(async move { (engine.start(WORKFLOW, &count).await, began.elapsed()) })
+        })
+        .collect();
     let reader = engine.clone();
     let read = tokio::task::spawn_blocking(move || reader.workers()).await.unwrap();
     match read {
@@ -186,7 +195,29 @@ async fn an_outage_longer_than_the_retries_says_what_to_check_and_the_engine_rec
         }
         other => panic!("a read during a long outage: {other:?}"),
     }
+    for start in starts {
+        let (started, waited) = start.await.unwrap();
+        assert!(
+            matches!(started, Err(EngineError::Store(StoreError::ConnectionLost { .. }))),
+            "a start during a long outage: {started:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(25),
+            "a start waited {waited:?} for its error: more than one retry window (15 s)"
+        );
+    }
+    // Still refusing: a call now fails at once, and says how long the database has been away.
+    let again = engine.start(WORKFLOW, &20u64).await.unwrap_err();
+    assert!(
+        again.to_string().contains("check that the PostgreSQL server"),
+        "{again}"
+    );
     proxy.refuse(false);
+    assert_eq!(
+        database.count("SELECT count(*) FROM strata_instances"),
+        1,
+        "a start that failed left no instance"
+    );
     engine.signal(first, "go", &1u64).await.expect("signals work again");
     let second = engine.start(WORKFLOW, &2u64).await.expect("starts work again");
     engine.signal(second, "go", &1u64).await.unwrap();

@@ -233,7 +233,9 @@ impl CommitLoop {
     }
 
     /// Applies a group as one write; if that fails, applies each commit alone so that one bad
-    /// commit does not fail the others.
+    /// commit does not fail the others — unless the connection to the store failed, which is
+    /// no commit's fault: then every commit of the group gets that error at once, instead of
+    /// each riding out the outage again in turn.
     fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<Committed, StoreError>> {
         if let Some(error) = &self.poisoned {
             return group.iter().map(|_| Err(error.clone())).collect();
@@ -250,7 +252,9 @@ impl CommitLoop {
                 .iter()
                 .map(|range| Ok(self.committed(&merged[range.clone()], &applied)))
                 .collect(),
-            Err(error) if ranges.len() == 1 => vec![Err(error)],
+            Err(error) if ranges.len() == 1 || matches!(error, StoreError::ConnectionLost { .. }) => {
+                ranges.iter().map(|_| Err(error.clone())).collect()
+            }
             Err(_) => ranges
                 .into_iter()
                 .map(|range| {
@@ -310,11 +314,12 @@ mod tests {
     use crate::instance::{InstanceId, InstanceRecord, VersionKey};
     use crate::store::{CorruptRecord, CounterDelta, RecoveredState, StoreStats};
 
-    /// Fails any apply that contains a delta with `live == 13`, and every sync once told to; a
-    /// sync waits while `gate` is closed.
+    /// Fails any apply that contains a delta with `live == 13` (refused) or `live == 77`
+    /// (unreachable), and every sync once told to; a sync waits while `gate` is closed.
     #[derive(Default)]
     struct PickyStore {
         applied: AtomicUsize,
+        apply_calls: AtomicUsize,
         fail_sync: std::sync::atomic::AtomicBool,
         gate: (Mutex<bool>, parking_lot::Condvar),
         syncs_entered: AtomicUsize,
@@ -324,8 +329,21 @@ mod tests {
         matches!(op, Op::AdjustCounters { delta, .. } if delta.live == 13)
     }
 
+    /// A delta with `live == 77` finds the store unreachable (its window run out).
+    fn unreachable_op(op: &Op) -> bool {
+        matches!(op, Op::AdjustCounters { delta, .. } if delta.live == 77)
+    }
+
     impl Store for PickyStore {
         fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
+            self.apply_calls.fetch_add(1, Ordering::SeqCst);
+            if ops.iter().any(unreachable_op) {
+                return Err(StoreError::ConnectionLost {
+                    operation: "commit",
+                    reason: "connection refused".into(),
+                    retried_for: Duration::from_secs(15),
+                });
+            }
             if ops.iter().any(poisoned_op) {
                 return Err(StoreError::Backend {
                     operation: "apply",
@@ -446,6 +464,47 @@ mod tests {
         }
         assert_eq!(results, vec![true, false, true, true]);
         assert_eq!(store.applied.load(Ordering::SeqCst), 3);
+        committer.close();
+    }
+
+    /// Polls `future` once: what it did up to its first wait.
+    async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|context| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(context))).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_that_finds_the_store_unreachable_fails_at_once_without_trying_each_commit_again() {
+        let store = Arc::new(PickyStore::default());
+        let committer = Arc::new(Committer::start(store.clone(), Durability::Sync).unwrap());
+        // A first commit holds the commit thread in its sync while three more queue behind it.
+        *store.gate.0.lock() = true;
+        let blocker = tokio::spawn({
+            let committer = committer.clone();
+            async move { committer.commit(delta(1)).await.is_ok() }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.syncs_entered.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the first commit never synced");
+            tokio::task::yield_now().await;
+        }
+        let mut queued = Vec::new();
+        for live in [2, 77, 3] {
+            let mut commit = Box::pin(committer.commit(delta(live)));
+            assert!(poll_once(&mut commit).await.is_pending(), "queued behind the sync");
+            queued.push(commit);
+        }
+        *store.gate.0.lock() = false;
+        store.gate.1.notify_all();
+        assert!(blocker.await.unwrap());
+        for commit in queued {
+            let error = commit.await.map(|_| ()).unwrap_err();
+            assert!(matches!(error, StoreError::ConnectionLost { .. }), "{error}");
+        }
+        assert_eq!(
+            store.apply_calls.load(Ordering::SeqCst),
+            2,
+            "the first commit's write and the group's one write: no commit of the group tried alone"
+        );
         committer.close();
     }
 

@@ -25,7 +25,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use commit::{CommitFailure, Writes};
-use retry::Retry;
+use retry::{Outage, Retry};
 
 use super::{
     Applied, AppliedConfig, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind, MigrationJobRecord, Op,
@@ -59,6 +59,8 @@ pub struct PostgresStore {
     sequence: AtomicU64,
     /// Writes whose answer a broken connection lost and that could not be looked up yet.
     unsettled: std::sync::Arc<Unsettled>,
+    /// Whether the database is unreachable beyond a call's retry window, as the calls found.
+    outage: std::sync::Arc<Outage>,
 }
 
 /// What this worker wrote and does not know the fate of, or knows went wrong.
@@ -418,6 +420,7 @@ impl PostgresStore {
             applies: AtomicU64::new(0),
             sequence: AtomicU64::new(1),
             unsettled: std::sync::Arc::default(),
+            outage: std::sync::Arc::default(),
         };
         let pool = store.pool.clone();
         let target = store.target.clone();
@@ -457,7 +460,8 @@ impl PostgresStore {
         Work: Future<Output = Result<T, StoreError>> + Send,
     {
         let pool = self.pool.clone();
-        self.run_once(async move { Retry::new().until_done(|| attempt(pool.clone())).await })
+        let mut retry = self.outage.retry();
+        self.run_once(async move { retry.until_done(|| attempt(pool.clone())).await })
     }
 
     /// Runs `work` on the store's runtime and waits for it on a plain channel, so any thread —
@@ -473,8 +477,11 @@ impl PostgresStore {
             });
         };
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let outage = self.outage.clone();
         runtime.spawn(async move {
-            let _ = sender.send(work.await);
+            let result = work.await;
+            outage.observe(&result);
+            let _ = sender.send(result);
         });
         // Called from a task of a multi-threaded runtime (the engine's), the wait hands that
         // worker thread's other tasks to another one first, so that a call riding out a broken
@@ -620,8 +627,8 @@ impl Store for PostgresStore {
             self.unsettled.clone(),
             self.next_seq(),
         );
+        let mut retry = self.outage.retry();
         let applied = self.run_once(async move {
-            let mut retry = Retry::new();
             settle_commit(&pool, &worker, &unsettled, &mut retry).await?;
             loop {
                 let mut error = match writes.commit(&pool, &worker, seq).await {
@@ -971,8 +978,8 @@ impl Cluster for PostgresStore {
         let lease = lease_ms(lease);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (unsettled, seq) = (self.unsettled.clone(), self.next_seq());
+        let mut retry = self.outage.retry();
         let rows = self.run_once(async move {
-            let mut retry = Retry::new();
             // Claims whose answer a broken connection lost (this one's too, after a failed try):
             // the rows they took are this worker's, and taken in now.
             let mut lost: Vec<i64> = unsettled.claims.lock().clone();
@@ -1123,8 +1130,8 @@ impl Cluster for PostgresStore {
         let record = encode("signal", signal)?;
         let (instance, seq) = (signed(signal.instance.0), signed(signal.seq));
         let (pool, worker) = (self.pool.clone(), self.worker_id.clone());
+        let mut retry = self.outage.retry();
         let delivered = self.run_once(async move {
-            let mut retry = Retry::new();
             // Set once a try's COMMIT lost its answer: the delivery's mark says if it landed.
             let mut maybe_landed = false;
             loop {

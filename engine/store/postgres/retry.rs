@@ -60,23 +60,72 @@ pub(crate) fn retryable(error: &StoreError) -> bool {
     matches!(error, StoreError::ConnectionLost { .. })
 }
 
-/// The tries of one call: pauses growing from `FIRST_PAUSE`, until `RETRY_FOR` has passed.
+/// Whether the database is in an outage: a call ran out of its `RETRY_FOR` window and no call
+/// has succeeded since. Calls made meanwhile try once and fail at once with `ConnectionLost`, so
+/// that a caller waits at most one window however many calls queue behind one another (a start
+/// behind a group commit riding out the outage), while the engine goes on trying at its own
+/// pace (heartbeats, steps' next attempts). The first call that succeeds ends it.
+#[derive(Default)]
+pub(crate) struct Outage {
+    /// When the call that ran out of its window began retrying, while the outage lasts.
+    since: parking_lot::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Outage {
+    /// The retries of a call starting now: the whole window, or one try during an outage.
+    pub(crate) fn retry(&self) -> Retry {
+        match *self.since.lock() {
+            Some(since) => Retry {
+                began: since,
+                give_up_after: Duration::ZERO,
+                pause: FIRST_PAUSE,
+                tries: 0,
+            },
+            None => Retry {
+                began: tokio::time::Instant::now(),
+                give_up_after: RETRY_FOR,
+                pause: FIRST_PAUSE,
+                tries: 0,
+            },
+        }
+    }
+
+    /// Takes in a call's result: a `ConnectionLost` (the call ran out of its window) begins an
+    /// outage, said once; a success ends one, said once.
+    pub(crate) fn observe<T>(&self, result: &Result<T, StoreError>) {
+        let mut since = self.since.lock();
+        match result {
+            Ok(_) => {
+                if let Some(began) = since.take() {
+                    tracing::info!(
+                        unreachable_ms = began.elapsed().as_millis() as u64,
+                        "the database answers again"
+                    );
+                }
+            }
+            Err(StoreError::ConnectionLost { retried_for, .. }) if since.is_none() => {
+                let now = tokio::time::Instant::now();
+                *since = Some(now.checked_sub(*retried_for).unwrap_or(now));
+                tracing::warn!(
+                    window_ms = RETRY_FOR.as_millis() as u64,
+                    "the database did not answer within the retry window: calls fail at once with ConnectionLost until it answers again; the engine goes on trying"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The tries of one call: pauses growing from `FIRST_PAUSE`, until `give_up_after` has passed
+/// since `began`.
 pub(crate) struct Retry {
     began: tokio::time::Instant,
+    give_up_after: Duration,
     pause: Duration,
     tries: u32,
 }
 
 impl Retry {
-    /// The first try of a call.
-    pub(crate) fn new() -> Retry {
-        Retry {
-            began: tokio::time::Instant::now(),
-            pause: FIRST_PAUSE,
-            tries: 0,
-        }
-    }
-
     /// Runs `attempt` until it succeeds, fails other than by a broken connection, or the time is
     /// up (the time of every call sharing this `Retry`).
     pub(crate) async fn until_done<T, Work>(&mut self, mut attempt: impl FnMut() -> Work) -> Result<T, StoreError>
@@ -107,7 +156,7 @@ impl Retry {
             return false;
         };
         let elapsed = self.began.elapsed();
-        if elapsed >= RETRY_FOR {
+        if elapsed >= self.give_up_after {
             *retried_for = elapsed;
             return false;
         }
@@ -115,7 +164,7 @@ impl Retry {
         if self.tries == 1 {
             tracing::warn!(operation = *operation, %reason, "the database connection broke; retrying over a new one");
         }
-        tokio::time::sleep(self.pause.min(RETRY_FOR - elapsed)).await;
+        tokio::time::sleep(self.pause.min(self.give_up_after - elapsed)).await;
         self.pause = (self.pause * 2).min(LONGEST_PAUSE);
         true
     }
