@@ -2,7 +2,8 @@
 //! `pg_terminate_backend`, connections cut, a server refusing connections for a while, and
 //! COMMITs that land while their answer is lost. The engine reconnects and retries; nothing is
 //! lost and nothing is applied twice (every counter equals a recount of the rows), and an
-//! outage longer than the retries gives an error that says what to check.
+//! outage longer than the retries gives an error that says what to check; sessions a failover
+//! leaves read-only are replaced, and a multi-host URL reaches the host that answers.
 
 mod common;
 
@@ -222,5 +223,104 @@ async fn an_outage_longer_than_the_retries_says_what_to_check_and_the_engine_rec
     let second = engine.start(WORKFLOW, &2u64).await.expect("starts work again");
     engine.signal(second, "go", &1u64).await.unwrap();
     assert_exactly_once(&engine, &database, &[first, second]).await;
+    engine.shutdown().await;
+}
+
+/// A failover as clients left on a demoted primary see it: the engine's pooled sessions become
+/// read-only, and stay so after the database is writable again (`ALTER DATABASE .. SET
+/// default_transaction_read_only`, the backends replaced, then `RESET` with the sessions kept).
+/// Meanwhile a caller gets `ReadOnly` at the retry window and steps wait; once the database is
+/// writable, the engine replaces its read-only sessions by itself: every instance finishes,
+/// nothing is lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_left_read_only_by_a_failover_are_replaced_and_every_instance_finishes() {
+    let database = TestDatabase::create();
+    let engine = Engine::builder()
+        .postgres(&database.url)
+        .commit_retry_delay(Duration::from_millis(10))
+        .register(sturdy())
+        .open()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for count in 1..=4u64 {
+        ids.push(engine.start(WORKFLOW, &count).await.unwrap());
+    }
+    for id in &ids {
+        common::wait_for_status(&engine, *id, strata::InstanceStatus::WaitingSignal).await;
+    }
+    // Two run their sleeping steps through the episode; two wait for their signal.
+    for id in &ids[..2] {
+        engine.signal(*id, "go", &1u64).await.unwrap();
+    }
+    let name = database.name().to_string();
+    database
+        .execute(&format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = on;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+        ))
+        .unwrap();
+    let refused = engine.signal(ids[2], "go", &1u64).await.unwrap_err();
+    assert!(
+        matches!(&refused, EngineError::Store(StoreError::ReadOnly { .. })),
+        "a signal while the database is read-only: {refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("target_session_attrs=read-write"),
+        "{refused}"
+    );
+    // Writable again; the engine's sessions, opened meanwhile, are still read-only.
+    database
+        .execute(&format!(
+            "BEGIN READ WRITE; ALTER DATABASE {name} RESET default_transaction_read_only; COMMIT;"
+        ))
+        .unwrap();
+    let writable = std::time::Instant::now();
+    let fifth = engine
+        .start(WORKFLOW, &5u64)
+        .await
+        .expect("a start once the database is writable");
+    println!(
+        "first start after the database was writable again: {:?}",
+        writable.elapsed()
+    );
+    ids.push(fifth);
+    common::wait_for_status(&engine, fifth, strata::InstanceStatus::WaitingSignal).await;
+    for id in &ids[2..] {
+        engine.signal(*id, "go", &1u64).await.unwrap();
+    }
+    assert_exactly_once(&engine, &database, &ids).await;
+    engine.shutdown().await;
+}
+
+/// A multi-host URL as a cluster with failover is given: the first host down (a proxy that
+/// refuses), the engine opens on and writes to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_host_url_with_target_session_attrs_reaches_the_host_that_answers() {
+    let database = TestDatabase::create();
+    let down = FaultyProxy::start(database.server()).await;
+    down.refuse(true);
+    let down_address = down.url("x", "y");
+    let down_host = down_address
+        .trim_start_matches("postgres://x@")
+        .trim_end_matches("/y")
+        .to_string();
+    let url = format!(
+        "postgres://{}@{down_host},{}/{}?target_session_attrs=read-write",
+        database.user(),
+        database.server(),
+        database.name()
+    );
+    let engine = Engine::builder()
+        .postgres(&url)
+        .register(sturdy())
+        .open()
+        .await
+        .expect("opens on the host that answers");
+    let id = engine.start(WORKFLOW, &1u64).await.unwrap();
+    engine.signal(id, "go", &1u64).await.unwrap();
+    assert_exactly_once(&engine, &database, &[id]).await;
+    assert!(down.refused() > 0, "the first host was tried");
     engine.shutdown().await;
 }

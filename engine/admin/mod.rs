@@ -430,7 +430,7 @@ impl From<EngineError> for ApiError {
             ) => StatusCode::CONFLICT,
             EngineError::Rollout(_) => StatusCode::BAD_REQUEST,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::Store(crate::StoreError::ConnectionLost { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Store(error) if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, error.to_string())

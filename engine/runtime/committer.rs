@@ -233,8 +233,8 @@ impl CommitLoop {
     }
 
     /// Applies a group as one write; if that fails, applies each commit alone so that one bad
-    /// commit does not fail the others — unless the connection to the store failed, which is
-    /// no commit's fault: then every commit of the group gets that error at once, instead of
+    /// commit does not fail the others — unless the store was unavailable (unreachable,
+    /// read-only), which is no commit's fault: then every commit of the group gets that error at once, instead of
     /// each riding out the outage again in turn.
     fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<Committed, StoreError>> {
         if let Some(error) = &self.poisoned {
@@ -252,7 +252,7 @@ impl CommitLoop {
                 .iter()
                 .map(|range| Ok(self.committed(&merged[range.clone()], &applied)))
                 .collect(),
-            Err(error) if ranges.len() == 1 || matches!(error, StoreError::ConnectionLost { .. }) => {
+            Err(error) if ranges.len() == 1 || error.is_unavailable() => {
                 ranges.iter().map(|_| Err(error.clone())).collect()
             }
             Err(_) => ranges

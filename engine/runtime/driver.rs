@@ -287,10 +287,24 @@ impl Runtime {
     }
 
     /// After a commit that failed: the instance runs again from its last committed step once the
-    /// retry delay has passed.
-    fn retry_after_failed_commit(&self, id: InstanceId) -> Progress {
-        self.timers
-            .arm(deadline_after(self.now(), self.options.commit_retry_delay), id);
+    /// retry delay has passed — longer with each failure in a row while the store is unavailable
+    /// (unreachable, read-only), up to `UNAVAILABLE_RETRY_CAP`, so that an outage is not met
+    /// with every step re-run at the retry delay, and the engine is back within that cap of the
+    /// store. Said once per episode by the store, not per instance.
+    fn retry_after_failed_commit(&self, id: InstanceId, unavailable: bool) -> Progress {
+        let failures = self
+            .table
+            .with(id, |slot| {
+                slot.commit_failures = slot.commit_failures.saturating_add(1);
+                slot.commit_failures
+            })
+            .unwrap_or(1);
+        let delay = if unavailable {
+            unavailable_retry_delay(self.options.commit_retry_delay, failures)
+        } else {
+            self.options.commit_retry_delay
+        };
+        self.timers.arm(deadline_after(self.now(), delay), id);
         Progress::Stalled
     }
 
@@ -306,7 +320,8 @@ impl Runtime {
             Ok(drained) => drained,
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
-                return self.retry_after_failed_commit(id);
+                let unavailable = matches!(&error, crate::EngineError::Store(error) if error.is_unavailable());
+                return self.retry_after_failed_commit(id, unavailable);
             }
         };
         let [(_, moved)] = pair;
@@ -459,9 +474,13 @@ impl Runtime {
         }
         let drained = match committed {
             Ok(drained) => drained,
+            Err(error) if error.is_unavailable() => {
+                tracing::debug!(instance = %id, %error, "step commit failed: the store is unavailable");
+                return self.retry_after_failed_commit(id, true);
+            }
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "step commit failed; the instance stays at its last committed step");
-                return self.retry_after_failed_commit(id);
+                return self.retry_after_failed_commit(id, false);
             }
         };
         if terminal {
@@ -490,6 +509,7 @@ impl Runtime {
         }
         self.table.with(id, |slot| {
             slot.record = record;
+            slot.commit_failures = 0;
             if let Some(seq) = consumed_signal {
                 slot.inbox.retain(|signal| signal.seq != seq);
                 slot.consumed.push(seq);
@@ -527,6 +547,20 @@ impl Runtime {
             tracing::warn!(instance = %id, %error, "could not delete signals that arrived while the instance finished");
         }
     }
+}
+
+/// The longest wait between attempts of a step whose commits fail because the store is
+/// unavailable: how soon after the store is back the instance goes on.
+const UNAVAILABLE_RETRY_CAP: Duration = Duration::from_secs(1);
+
+/// The wait before the next attempt after `failures` commits in a row failed on an unavailable
+/// store: the retry delay, doubled with each failure, up to `UNAVAILABLE_RETRY_CAP` (or the
+/// retry delay, if longer).
+fn unavailable_retry_delay(retry_delay: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    retry_delay
+        .saturating_mul(1 << doublings)
+        .min(UNAVAILABLE_RETRY_CAP.max(retry_delay))
 }
 
 /// Applies what a step returned to the record: the new cursor and phase.
@@ -571,5 +605,27 @@ fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn Versi
         ),
         Next::Complete(output) => record.phase = Phase::Completed { output },
         Next::Fail(reason) => record.phase = Phase::Failed { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_failing_on_an_unavailable_store_wait_longer_each_time_up_to_a_second() {
+        let delays: Vec<u128> = (1..=6)
+            .map(|failures| unavailable_retry_delay(Duration::from_millis(100), failures).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(
+            unavailable_retry_delay(Duration::from_secs(3), 9),
+            Duration::from_secs(3),
+            "a retry delay longer than the cap is kept"
+        );
+        assert_eq!(
+            unavailable_retry_delay(Duration::from_millis(500), u32::MAX),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -29,6 +29,9 @@ pub(crate) struct Slot {
     pub cancel_requested: bool,
     /// Its version's code is not registered.
     pub parked: bool,
+    /// Commits of its steps that failed in a row: what the wait before the next attempt grows
+    /// with while the store is unavailable.
+    pub commit_failures: u32,
     /// Callers awaiting its outcome.
     pub waiters: Vec<oneshot::Sender<Outcome>>,
 }
@@ -44,6 +47,7 @@ impl Slot {
             rerun: false,
             cancel_requested: false,
             parked,
+            commit_failures: 0,
             waiters: Vec::new(),
         }
     }

@@ -173,6 +173,16 @@ pub enum StoreError {
         /// How long the store retried before it gave up on this call.
         retried_for: std::time::Duration,
     },
+    /// The database accepts no writes: its server is a read-only replica (or a primary demoted
+    /// in a failover) and no writable one answered within `retried_for`. Nothing was lost: what
+    /// failed is retried, the step at its next attempt.
+    #[error("the database is read-only (a replica, or a failover in progress?) while trying to {operation}, and no writable server answered within {retried_for:?}; point the URL at the primary, or list every host with target_session_attrs=read-write — the engine goes on retrying")]
+    ReadOnly {
+        /// What was being done.
+        operation: &'static str,
+        /// How long the store retried before it gave up on this call.
+        retried_for: std::time::Duration,
+    },
     /// A commit whose answer was lost with its connection turned out to have landed after the
     /// engine had been told it failed, so this engine's memory may be behind the store. It
     /// refuses further writes and stops renewing its claims, so that other workers take its
@@ -505,6 +515,14 @@ impl Op {
     /// Whether any of `ops` changes `key`'s counters or status.
     pub(crate) fn touch(ops: &[Op], key: &VersionKey) -> bool {
         ops.iter().any(|op| op.version() == Some(key))
+    }
+}
+
+impl StoreError {
+    /// Whether the database could not be reached or written at all (`ConnectionLost`,
+    /// `ReadOnly`): no fault of the call's, and the same call may work once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::ConnectionLost { .. } | StoreError::ReadOnly { .. })
     }
 }
 

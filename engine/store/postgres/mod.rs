@@ -233,7 +233,12 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
 /// server refusing the request.
 pub(crate) fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |error| {
-        if retry::connection_broke(&error) {
+        if retry::read_only(&error) {
+            StoreError::ReadOnly {
+                operation,
+                retried_for: Duration::ZERO,
+            }
+        } else if retry::connection_broke(&error) {
             StoreError::ConnectionLost {
                 operation,
                 reason: describe(&error),
@@ -411,6 +416,7 @@ impl PostgresStore {
             })?;
         let (wake, wakeups) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(listen(config.clone(), wake));
+        let outage_pool = pool.clone();
         let store = PostgresStore {
             runtime: Some(runtime),
             pool,
@@ -420,7 +426,7 @@ impl PostgresStore {
             applies: AtomicU64::new(0),
             sequence: AtomicU64::new(1),
             unsettled: std::sync::Arc::default(),
-            outage: std::sync::Arc::default(),
+            outage: std::sync::Arc::new(Outage::new(outage_pool)),
         };
         let pool = store.pool.clone();
         let target = store.target.clone();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::PoolError;
+use deadpool_postgres::{Pool, PoolError};
 use tokio_postgres::error::SqlState;
 
 use crate::store::StoreError;
@@ -46,6 +46,13 @@ pub(crate) fn connection_broke(error: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Whether `error` says the server takes no writes (`25006`, a read-only transaction): a replica,
+/// or a primary demoted in a failover. The connection is of no use for writing: a new one may
+/// reach the new primary (a multi-host URL with `target_session_attrs=read-write`).
+pub(crate) fn read_only(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+}
+
 /// Whether a pool error means no connection could be had right now.
 pub(crate) fn pool_broke(error: &PoolError) -> bool {
     match error {
@@ -57,7 +64,7 @@ pub(crate) fn pool_broke(error: &PoolError) -> bool {
 
 /// Whether a call that failed with `error` may be tried again over a new connection.
 pub(crate) fn retryable(error: &StoreError) -> bool {
-    matches!(error, StoreError::ConnectionLost { .. })
+    error.is_unavailable()
 }
 
 /// Whether the database is in an outage: a call ran out of its `RETRY_FOR` window and no call
@@ -65,28 +72,46 @@ pub(crate) fn retryable(error: &StoreError) -> bool {
 /// that a caller waits at most one window however many calls queue behind one another (a start
 /// behind a group commit riding out the outage), while the engine goes on trying at its own
 /// pace (heartbeats, steps' next attempts). The first call that succeeds ends it.
-#[derive(Default)]
 pub(crate) struct Outage {
     /// When the call that ran out of its window began retrying, while the outage lasts.
     since: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    /// Whether some call failed to reach or write the database since the last success: the
+    /// first such failure of an episode is the one warned of.
+    troubled: std::sync::atomic::AtomicBool,
+    /// The store's connections, which a read-only answer empties of its idle ones.
+    pool: Pool,
 }
 
 impl Outage {
+    /// No outage yet, over `pool`'s connections.
+    pub(crate) fn new(pool: Pool) -> Outage {
+        Outage {
+            since: parking_lot::Mutex::new(None),
+            troubled: std::sync::atomic::AtomicBool::new(false),
+            pool,
+        }
+    }
+
+    /// A call found the database unreachable or read-only and retries: warned of once per
+    /// episode.
+    fn trouble(&self, operation: &str, error: &StoreError) {
+        if !self.troubled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tracing::warn!(operation, %error, "the database could not be written; retrying over new connections");
+        }
+    }
+
     /// The retries of a call starting now: the whole window, or one try during an outage.
-    pub(crate) fn retry(&self) -> Retry {
-        match *self.since.lock() {
-            Some(since) => Retry {
-                began: since,
-                give_up_after: Duration::ZERO,
-                pause: FIRST_PAUSE,
-                tries: 0,
-            },
-            None => Retry {
-                began: tokio::time::Instant::now(),
-                give_up_after: RETRY_FOR,
-                pause: FIRST_PAUSE,
-                tries: 0,
-            },
+    pub(crate) fn retry(self: &std::sync::Arc<Self>) -> Retry {
+        let (began, give_up_after) = match *self.since.lock() {
+            Some(since) => (since, Duration::ZERO),
+            None => (tokio::time::Instant::now(), RETRY_FOR),
+        };
+        Retry {
+            began,
+            give_up_after,
+            pause: FIRST_PAUSE,
+            flushed: false,
+            outage: self.clone(),
         }
     }
 
@@ -96,6 +121,9 @@ impl Outage {
         let mut since = self.since.lock();
         match result {
             Ok(_) => {
+                if self.troubled.swap(false, std::sync::atomic::Ordering::AcqRel) && since.is_none() {
+                    tracing::info!("the database is written again");
+                }
                 if let Some(began) = since.take() {
                     tracing::info!(
                         unreachable_ms = began.elapsed().as_millis() as u64,
@@ -103,12 +131,15 @@ impl Outage {
                     );
                 }
             }
-            Err(StoreError::ConnectionLost { retried_for, .. }) if since.is_none() => {
+            Err(
+                error @ (StoreError::ConnectionLost { retried_for, .. } | StoreError::ReadOnly { retried_for, .. }),
+            ) if since.is_none() && *retried_for >= RETRY_FOR => {
                 let now = tokio::time::Instant::now();
                 *since = Some(now.checked_sub(*retried_for).unwrap_or(now));
                 tracing::warn!(
                     window_ms = RETRY_FOR.as_millis() as u64,
-                    "the database did not answer within the retry window: calls fail at once with ConnectionLost until it answers again; the engine goes on trying"
+                    %error,
+                    "the database could not be written within the retry window: calls fail at once with this error until it can; the engine goes on trying"
                 );
             }
             Err(_) => {}
@@ -122,7 +153,9 @@ pub(crate) struct Retry {
     began: tokio::time::Instant,
     give_up_after: Duration,
     pause: Duration,
-    tries: u32,
+    /// Whether this call has emptied the pool of read-only sessions already.
+    flushed: bool,
+    outage: std::sync::Arc<Outage>,
 }
 
 impl Retry {
@@ -147,25 +180,89 @@ impl Retry {
     /// or says false if `error` is not a broken connection or the time is up. The error kept
     /// then says how long the store tried.
     pub(crate) async fn again(&mut self, error: &mut StoreError) -> bool {
-        let StoreError::ConnectionLost {
-            retried_for,
-            operation,
-            reason,
-        } = error
-        else {
-            return false;
+        let (retried_for, operation) = match error {
+            StoreError::ConnectionLost {
+                retried_for, operation, ..
+            } => (retried_for, *operation),
+            StoreError::ReadOnly { retried_for, operation } => {
+                // The failed try's connection is back in the pool by now: it and every idle one
+                // may be sessions on the old primary, read-only for good. New ones find the
+                // writable server; the first time, at once, whatever the window (the server may
+                // have been writable for a while, and only these sessions not).
+                self.outage.pool.retain(|_, _| false);
+                if !self.flushed {
+                    self.flushed = true;
+                    return true;
+                }
+                (retried_for, *operation)
+            }
+            _ => return false,
         };
         let elapsed = self.began.elapsed();
         if elapsed >= self.give_up_after {
             *retried_for = elapsed;
             return false;
         }
-        self.tries += 1;
-        if self.tries == 1 {
-            tracing::warn!(operation = *operation, %reason, "the database connection broke; retrying over a new one");
-        }
+        self.outage.trouble(operation, error);
         tokio::time::sleep(self.pause.min(self.give_up_after - elapsed)).await;
         self.pause = (self.pause * 2).min(LONGEST_PAUSE);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outage() -> std::sync::Arc<Outage> {
+        let config: tokio_postgres::Config = "postgres://nobody@127.0.0.1:1/none".parse().unwrap();
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        let pool = Pool::builder(manager).max_size(1).build().unwrap();
+        std::sync::Arc::new(Outage::new(pool))
+    }
+
+    fn lost(retried_for: Duration) -> Result<(), StoreError> {
+        Err(StoreError::ConnectionLost {
+            operation: "commit",
+            reason: "connection refused".into(),
+            retried_for,
+        })
+    }
+
+    #[tokio::test]
+    async fn after_a_call_ran_out_of_its_window_calls_try_once_until_one_succeeds() {
+        let outage = outage();
+        assert_eq!(outage.retry().give_up_after, RETRY_FOR, "no outage: the whole window");
+        outage.observe(&lost(Duration::from_millis(10)));
+        assert_eq!(outage.retry().give_up_after, RETRY_FOR, "a short failure is no outage");
+        outage.observe(&lost(RETRY_FOR));
+        let mut retry = outage.retry();
+        let mut error = lost(Duration::ZERO).unwrap_err();
+        assert!(!retry.again(&mut error).await, "one try during an outage");
+        let StoreError::ConnectionLost { retried_for, .. } = error else {
+            unreachable!()
+        };
+        assert!(
+            retried_for >= RETRY_FOR,
+            "says how long the database has been away: {retried_for:?}"
+        );
+        outage.observe(&Ok(()));
+        assert_eq!(outage.retry().give_up_after, RETRY_FOR, "a success ends the outage");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_answer_is_tried_again_at_once_over_new_connections_even_in_an_outage() {
+        let outage = outage();
+        outage.observe(&lost(RETRY_FOR));
+        let mut retry = outage.retry();
+        let mut error = StoreError::ReadOnly {
+            operation: "commit",
+            retried_for: Duration::ZERO,
+        };
+        assert!(
+            retry.again(&mut error).await,
+            "the stale sessions are dropped and tried once more"
+        );
+        assert!(!retry.again(&mut error).await, "then the outage's single try holds");
     }
 }
