@@ -59,6 +59,7 @@ impl StartOptions {
 pub struct EngineBuilder {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    postgres_listen_url: Option<String>,
     disk_reserve: u64,
     store: Option<Arc<dyn Store>>,
     codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
@@ -117,6 +118,16 @@ impl EngineBuilder {
     /// database are wrong.
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
         self.database_url = Some(url.into());
+        self
+    }
+
+    /// A direct connection to the same database for the wake-ups (LISTEN) where the URL of
+    /// [`EngineBuilder::postgres`] goes through a transaction pooler (PgBouncer with
+    /// `pool_mode = transaction`), which cannot carry LISTEN. Without it the wake-ups listen over
+    /// that URL; where it cannot carry them, the engine says so once and finds signalled and
+    /// claimable instances at each heartbeat (a third of the lease) instead.
+    pub fn postgres_listen_url(mut self, url: impl Into<String>) -> Self {
+        self.postgres_listen_url = Some(url.into());
         self
     }
 
@@ -244,9 +255,15 @@ impl EngineBuilder {
             migrations: self.migrations,
             step_mappings: self.step_mappings,
         };
+        if self.postgres_listen_url.is_some() && (self.database_url.is_none() || self.store.is_some()) {
+            return Err(EngineError::ListenUrlWithoutPostgres);
+        }
         let store: Arc<dyn Store> = match (self.store, self.database_url, self.data_dir) {
             (Some(store), _, _) => store,
-            (None, Some(url), _) => Arc::new(open_blocking(move || PostgresStore::connect(&url)).await?),
+            (None, Some(url), _) => {
+                let listen_url = self.postgres_listen_url;
+                Arc::new(open_blocking(move || PostgresStore::connect_with(&url, listen_url.as_deref())).await?)
+            }
             (None, None, Some(path)) => {
                 let reserve = self.disk_reserve;
                 Arc::new(
@@ -349,6 +366,7 @@ impl Engine {
         EngineBuilder {
             data_dir: None,
             database_url: None,
+            postgres_listen_url: None,
             disk_reserve: crate::store::DEFAULT_DISK_RESERVE,
             store: None,
             codes: Vec::new(),

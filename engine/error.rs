@@ -153,6 +153,9 @@ pub enum EngineError {
     /// An admin token was given, but no address for the admin API to serve it on.
     #[error("an admin token was set but the admin API has no address: call EngineBuilder::admin(address) too (or drop the token)")]
     AdminTokenWithoutAddress,
+    /// A listen URL was given for a PostgreSQL store that is not used.
+    #[error("a PostgreSQL listen URL was set but the engine does not use PostgreSQL: call EngineBuilder::postgres(url) too (or drop the listen URL)")]
+    ListenUrlWithoutPostgres,
     /// An admin token too short to guard anything.
     #[error("the admin API's {role} token is {length} characters long; use at least {minimum} (e.g. 32 random characters from `openssl rand -hex 16`)")]
     AdminTokenTooShort {

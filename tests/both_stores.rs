@@ -384,7 +384,7 @@ async fn live_instances_without_their_code_are_refused_by_name_or_wait_for_a_wor
         }
         // Many processes share PostgreSQL: another worker may have the code, so the instances
         // wait for one, and the version says it has none.
-        Backend::Postgres(_) => {
+        Backend::Postgres(_) | Backend::Pooled(..) => {
             let without = backend.builder().open().await.unwrap();
             let info = without.version(tally::WORKFLOW, "1.0.0").unwrap();
             assert_eq!(info.counters.live, 2);

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::pgbouncer::{PgBouncer, PoolMode};
 use common::postgres::TestDatabase;
 use common::tally;
 use common::*;
@@ -16,6 +17,25 @@ use strata::{Engine, InstanceFilter, InstanceStatus, StartOptions, VersionStatus
 
 const CHILD_URL: &str = "STRATA_ROLLING_CHILD_URL";
 const CHILD_VERSIONS: &str = "STRATA_ROLLING_CHILD_VERSIONS";
+const CHILD_LISTEN_URL: &str = "STRATA_ROLLING_CHILD_LISTEN_URL";
+
+/// Where the workers and the console connect: the database's URL, and a direct one for the
+/// wake-ups when that URL goes through a transaction pooler.
+#[derive(Clone)]
+struct Urls {
+    database: String,
+    listen: Option<String>,
+}
+
+impl Urls {
+    fn builder(&self) -> strata::EngineBuilder {
+        let builder = Engine::builder().postgres(&self.database);
+        match &self.listen {
+            Some(listen) => builder.postgres_listen_url(listen),
+            None => builder,
+        }
+    }
+}
 
 /// A worker process: the tally versions named in its environment; starts 10 instances on its
 /// newest version (and, with 2.0.0, 5 more that a client pins to `=1.0.0`), prints its worker id,
@@ -26,7 +46,11 @@ async fn rolling_child() {
     let (Ok(url), Ok(versions)) = (std::env::var(CHILD_URL), std::env::var(CHILD_VERSIONS)) else {
         return;
     };
-    let mut builder = Engine::builder().postgres(&url).lease(Duration::from_secs(2));
+    let urls = Urls {
+        database: url,
+        listen: std::env::var(CHILD_LISTEN_URL).ok(),
+    };
+    let mut builder = urls.builder().lease(Duration::from_secs(2));
     for version in versions.split(',') {
         builder = builder.register(tally::on_schema_1(version));
     }
@@ -48,8 +72,12 @@ async fn rolling_child() {
     engine.shutdown().await;
 }
 
-fn spawn(url: &str, versions: &str) -> (Child, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn spawn(urls: &Urls, versions: &str) -> (Child, String) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if let Some(listen) = &urls.listen {
+        command.env(CHILD_LISTEN_URL, listen);
+    }
+    let mut child = command
         .args([
             "--exact",
             "rolling_child",
@@ -57,7 +85,7 @@ fn spawn(url: &str, versions: &str) -> (Child, String) {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_URL, url)
+        .env(CHILD_URL, &urls.database)
         .env(CHILD_VERSIONS, versions)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -83,10 +111,31 @@ fn stop(mut child: Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_and_new_workers_share_a_database_through_a_rolling_deploy() {
     let database = TestDatabase::create();
-    let (old, old_id) = spawn(&database.url, "1.0.0");
-    let (new, new_id) = spawn(&database.url, "1.0.0,2.0.0");
+    let urls = Urls {
+        database: database.url.clone(),
+        listen: None,
+    };
+    rolling_deploy(&database, &urls).await;
+}
+
+/// The same deploy with every process connected through PgBouncer in transaction pooling mode
+/// (wake-ups on direct connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_and_new_workers_share_a_database_through_a_transaction_pooler() {
+    let database = TestDatabase::create();
+    let bouncer = PgBouncer::start(PoolMode::Transaction, database.server(), &database.user());
+    let urls = Urls {
+        database: bouncer.url(&database.user(), database.name()),
+        listen: Some(database.url.clone()),
+    };
+    rolling_deploy(&database, &urls).await;
+}
+
+async fn rolling_deploy(database: &TestDatabase, urls: &Urls) {
+    let (old, old_id) = spawn(urls, "1.0.0");
+    let (new, new_id) = spawn(urls, "1.0.0,2.0.0");
     // The console: no code; reads the cluster's figures and signals through the database.
-    let console = Engine::builder().postgres(&database.url).open().await.unwrap();
+    let console = urls.builder().open().await.unwrap();
     let v1 = console.version(tally::WORKFLOW, "1.0.0").unwrap();
     let v2 = console.version(tally::WORKFLOW, "2.0.0").unwrap();
     assert_eq!(
@@ -116,7 +165,7 @@ async fn old_and_new_workers_share_a_database_through_a_rolling_deploy() {
     assert!(v2.workers.is_empty() && v2.counters.live == 10, "{v2:?}");
 
     // The new release is back, the old one stops: everything runs on new workers.
-    let (new, new_id) = spawn(&database.url, "1.0.0,2.0.0");
+    let (new, new_id) = spawn(urls, "1.0.0,2.0.0");
     stop(old);
     wait_until(&console, |_| {
         held_by(&new_id, "1.0.0") == 20 && held_by(&new_id, "2.0.0") == 20

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod child;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod probe;
 pub mod proxy;
@@ -31,6 +32,9 @@ pub enum Backend {
     Sled(tempfile::TempDir),
     /// A database of the test's own.
     Postgres(postgres::TestDatabase),
+    /// A database of the test's own, through PgBouncer in transaction pooling mode (the
+    /// wake-ups on a direct connection, as the README says to configure it).
+    Pooled(postgres::TestDatabase, pgbouncer::PgBouncer),
 }
 
 impl Backend {
@@ -44,6 +48,14 @@ impl Backend {
         Backend::Postgres(postgres::TestDatabase::create())
     }
 
+    /// An empty PostgreSQL database behind PgBouncer in transaction pooling mode.
+    pub fn pooled() -> Backend {
+        let database = postgres::TestDatabase::create();
+        let bouncer =
+            pgbouncer::PgBouncer::start(pgbouncer::PoolMode::Transaction, database.server(), &database.user());
+        Backend::Pooled(database, bouncer)
+    }
+
     /// The store itself, opened alone (the engines on it must be shut down first for sled).
     pub fn store(&self) -> std::sync::Arc<dyn strata::Store> {
         match self {
@@ -51,6 +63,13 @@ impl Backend {
             Backend::Postgres(database) => {
                 std::sync::Arc::new(strata::PostgresStore::connect(&database.url).expect("connect"))
             }
+            Backend::Pooled(database, bouncer) => std::sync::Arc::new(
+                strata::PostgresStore::connect_with(
+                    &bouncer.url(&database.user(), database.name()),
+                    Some(&database.url),
+                )
+                .expect("connect through PgBouncer"),
+            ),
         }
     }
 
@@ -62,12 +81,16 @@ impl Backend {
         match self {
             Backend::Sled(dir) => builder.data_dir(dir.path()),
             Backend::Postgres(database) => builder.postgres(&database.url),
+            Backend::Pooled(database, bouncer) => builder
+                .postgres(bouncer.url(&database.user(), database.name()))
+                .postgres_listen_url(&database.url),
         }
     }
 }
 
-/// Generates, for each named `async fn(Backend)`, one test on sled and one on PostgreSQL, in
-/// modules `sled` and `postgres`, so the two stores cannot drift apart.
+/// Generates, for each named `async fn(Backend)`, one test on sled, one on PostgreSQL and one on
+/// PostgreSQL through PgBouncer in transaction pooling mode, in modules `sled`, `postgres` and
+/// `pooled`, so the stores cannot drift apart.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($behaviour:ident),* $(,)?) => {
@@ -84,6 +107,14 @@ macro_rules! on_both_stores {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $behaviour() {
                     super::$behaviour($crate::common::Backend::postgres()).await
+                }
+            )*
+        }
+        mod pooled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour($crate::common::Backend::pooled()).await
                 }
             )*
         }

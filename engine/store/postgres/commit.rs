@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use deadpool_postgres::Pool;
 
+use super::parameters::typed;
 use super::TOUCHED_VERSIONS_QUERY;
 use super::{encode, failed, pool_failed, signed, stored_version, unsigned, version_row_columns, version_text};
 use crate::instance::{InstanceId, VersionKey};
@@ -19,9 +20,9 @@ pub(super) async fn commit_mark(
     seq: i64,
 ) -> Result<Option<Vec<String>>, StoreError> {
     let mark = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT drained FROM strata_commit_marks WHERE worker = $1 AND seq = $2",
-            &[&worker, &seq],
+            typed![&worker, &seq],
         )
         .await
         .map_err(failed("look up a commit"))?;
@@ -170,10 +171,10 @@ impl Writes {
             .map_err(CommitFailure::NotApplied)?;
         let drained: Vec<String> = applied.drained.iter().map(ToString::to_string).collect();
         transaction
-            .execute(
+            .execute_typed(
                 "INSERT INTO strata_commit_marks (worker, seq, drained) VALUES ($1, $2, $3)
                  ON CONFLICT (worker) DO UPDATE SET seq = EXCLUDED.seq, drained = EXCLUDED.drained",
-                &[&worker, &seq, &drained],
+                typed![&worker, &seq, &drained],
             )
             .await
             .map_err(failed("mark the commit"))
@@ -196,7 +197,7 @@ impl Writes {
         let keys = self.version_keys();
         let (workflows, versions) = super::version_columns(&keys);
         let versions = client
-            .query(TOUCHED_VERSIONS_QUERY, &[&workflows, &versions])
+            .query_typed(TOUCHED_VERSIONS_QUERY, typed![&workflows, &versions])
             .await
             .map_err(failed("read versions"))?
             .iter()
@@ -225,22 +226,9 @@ impl Writes {
         transaction: &deadpool_postgres::Transaction<'_>,
         worker: &str,
     ) -> Result<Applied, StoreError> {
-        let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
         if !self.instances.is_empty() {
             // A row written under claim 0 is nobody's: the first worker with its version's code
             // claims it (a start accepted through a process without that code).
-            let statement = run("INSERT INTO strata_instances AS current
-                     (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms, owner)
-                 SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $11 END
-                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
-                     $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[])
-                     AS row (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms)
-                 ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
-                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record,
-                     created_ms = EXCLUDED.created_ms, finished_ms = EXCLUDED.finished_ms
-                 WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
-                 RETURNING id")
-            .await?;
             let ids: Vec<i64> = self.instances.iter().map(|row| row.id).collect();
             let workflows: Vec<&str> = self.instances.iter().map(|row| row.workflow.as_str()).collect();
             let versions: Vec<&str> = self.instances.iter().map(|row| row.version.as_str()).collect();
@@ -252,9 +240,19 @@ impl Writes {
             let created: Vec<i64> = self.instances.iter().map(|row| row.created_ms).collect();
             let finished_at: Vec<Option<i64>> = self.instances.iter().map(|row| row.finished_ms).collect();
             let written = transaction
-                .query(
-                    &statement,
-                    &[
+                .query_typed(
+                    "INSERT INTO strata_instances AS current
+                     (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms, owner)
+                 SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $11 END
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
+                     $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[])
+                     AS row (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms)
+                 ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
+                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record,
+                     created_ms = EXCLUDED.created_ms, finished_ms = EXCLUDED.finished_ms
+                 WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
+                 RETURNING id",
+                    typed![
                         &ids,
                         &workflows,
                         &versions,
@@ -282,9 +280,11 @@ impl Writes {
             if self.instances.iter().any(|row| row.claim == 0) {
                 // Wakes the workers, so one with the code claims the new rows now, not at its
                 // next heartbeat (delivered at COMMIT, once per transaction).
-                let statement = run("SELECT pg_notify($1, $2)").await?;
                 transaction
-                    .execute(&statement, &[&super::WAKE_CHANNEL, &super::CLAIMABLE_PAYLOAD])
+                    .execute_typed(
+                        "SELECT pg_notify($1, $2)",
+                        typed![&super::WAKE_CHANNEL, &super::CLAIMABLE_PAYLOAD],
+                    )
                     .await
                     .map_err(failed("announce claimable instances"))?;
             }
@@ -297,49 +297,49 @@ impl Writes {
                 .map(|row| row.id)
                 .collect();
             if !finished.is_empty() {
-                let statement = run("DELETE FROM strata_signals WHERE instance = ANY($1)").await?;
                 transaction
-                    .execute(&statement, &[&finished])
+                    .execute_typed("DELETE FROM strata_signals WHERE instance = ANY($1)", typed![&finished])
                     .await
                     .map_err(failed("delete signals"))?;
             }
         }
         let (stored, deleted): (Vec<_>, Vec<_>) = self.signals.iter().partition(|(_, record)| record.is_some());
         if !stored.is_empty() {
-            let statement = run("INSERT INTO strata_signals (instance, seq, record)
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])
-                 ON CONFLICT (instance, seq) DO UPDATE SET record = EXCLUDED.record")
-            .await?;
             let instances: Vec<i64> = stored.iter().map(|((instance, _), _)| *instance).collect();
             let seqs: Vec<i64> = stored.iter().map(|((_, seq), _)| *seq).collect();
             let records: Vec<&[u8]> = stored.iter().filter_map(|(_, record)| record.as_deref()).collect();
             transaction
-                .execute(&statement, &[&instances, &seqs, &records])
+                .execute_typed(
+                    "INSERT INTO strata_signals (instance, seq, record)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (instance, seq) DO UPDATE SET record = EXCLUDED.record",
+                    typed![&instances, &seqs, &records],
+                )
                 .await
                 .map_err(failed("write signals"))?;
         }
         if !deleted.is_empty() {
-            let statement = run("DELETE FROM strata_signals WHERE (instance, seq) IN
-                 (SELECT * FROM UNNEST($1::bigint[], $2::bigint[]))")
-            .await?;
             let instances: Vec<i64> = deleted.iter().map(|((instance, _), _)| *instance).collect();
             let seqs: Vec<i64> = deleted.iter().map(|((_, seq), _)| *seq).collect();
             transaction
-                .execute(&statement, &[&instances, &seqs])
+                .execute_typed(
+                    "DELETE FROM strata_signals WHERE (instance, seq) IN
+                 (SELECT * FROM UNNEST($1::bigint[], $2::bigint[]))",
+                    typed![&instances, &seqs],
+                )
                 .await
                 .map_err(failed("delete signals"))?;
         }
         let applied = self.decide_residency(transaction, worker).await?;
         for (schedule, fire_ms) in &self.fires {
             // Only a later fire than the one handled: of processes racing for a fire, one wins.
-            let statement = run(
-                "INSERT INTO strata_schedule_fires AS handled (schedule, fire_ms) VALUES ($1, $2)
+            let written = transaction
+                .execute_typed(
+                    "INSERT INTO strata_schedule_fires AS handled (schedule, fire_ms) VALUES ($1, $2)
                  ON CONFLICT (schedule) DO UPDATE SET fire_ms = EXCLUDED.fire_ms
                  WHERE handled.fire_ms < EXCLUDED.fire_ms",
-            )
-            .await?;
-            let written = transaction
-                .execute(&statement, &[schedule, fire_ms])
+                    typed![schedule, fire_ms],
+                )
                 .await
                 .map_err(failed("write schedule fire"))?;
             if written == 0 {
@@ -350,15 +350,11 @@ impl Writes {
             }
         }
         for config in &self.configs {
-            let statement = run(
-                "INSERT INTO strata_configs (generation, source, text, applied_at_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (generation) DO NOTHING",
-            )
-            .await?;
             let written = transaction
-                .execute(
-                    &statement,
-                    &[
+                .execute_typed(
+                    "INSERT INTO strata_configs (generation, source, text, applied_at_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (generation) DO NOTHING",
+                    typed![
                         &signed(config.generation),
                         &config.source,
                         &config.text,
@@ -375,35 +371,34 @@ impl Writes {
         }
         for ((workflow, worker), record) in &self.jobs {
             if worker.is_empty() {
-                let statement = run("INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
-                     ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record")
-                .await?;
                 transaction
-                    .execute(&statement, &[workflow, record])
+                    .execute_typed(
+                        "INSERT INTO strata_migration_jobs (workflow, record) VALUES ($1, $2)
+                     ON CONFLICT (workflow) DO UPDATE SET record = EXCLUDED.record",
+                        typed![workflow, record],
+                    )
                     .await
                     .map_err(failed("write migration job"))?;
             } else {
-                let statement = run(
-                    "INSERT INTO strata_migration_shares (workflow, worker, record) VALUES ($1, $2, $3)
-                     ON CONFLICT (workflow, worker) DO UPDATE SET record = EXCLUDED.record",
-                )
-                .await?;
                 transaction
-                    .execute(&statement, &[workflow, worker, record])
+                    .execute_typed(
+                        "INSERT INTO strata_migration_shares (workflow, worker, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (workflow, worker) DO UPDATE SET record = EXCLUDED.record",
+                        typed![workflow, worker, record],
+                    )
                     .await
                     .map_err(failed("write migration share"))?;
             }
         }
         for (name, (record, revision)) in &self.rollouts {
             // Only a write made from the newest copy: one more transition than the stored one.
-            let statement = run(
-                "INSERT INTO strata_rollouts AS stored (name, record, revision) VALUES ($1, $2, $3)
+            let written = transaction
+                .execute_typed(
+                    "INSERT INTO strata_rollouts AS stored (name, record, revision) VALUES ($1, $2, $3)
                  ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record, revision = EXCLUDED.revision
                  WHERE stored.revision < EXCLUDED.revision",
-            )
-            .await?;
-            let written = transaction
-                .execute(&statement, &[name, record, revision])
+                    typed![name, record, revision],
+                )
                 .await
                 .map_err(failed("write rollout"))?;
             if written == 0 {
@@ -411,17 +406,17 @@ impl Writes {
             }
         }
         for (id, reason) in &self.quarantines {
-            let statement = run("INSERT INTO strata_quarantine (id, reason, raw)
-                 VALUES ($1, $2, COALESCE((SELECT record FROM strata_instances WHERE id = $1), ''::bytea))
-                 ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason, raw = EXCLUDED.raw")
-            .await?;
             transaction
-                .execute(&statement, &[id, reason])
+                .execute_typed(
+                    "INSERT INTO strata_quarantine (id, reason, raw)
+                 VALUES ($1, $2, COALESCE((SELECT record FROM strata_instances WHERE id = $1), ''::bytea))
+                 ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason, raw = EXCLUDED.raw",
+                    typed![id, reason],
+                )
                 .await
                 .map_err(failed("quarantine"))?;
-            let statement = run("DELETE FROM strata_instances WHERE id = $1").await?;
             transaction
-                .execute(&statement, &[id])
+                .execute_typed("DELETE FROM strata_instances WHERE id = $1", typed![id])
                 .await
                 .map_err(failed("quarantine"))?;
         }
@@ -439,7 +434,6 @@ impl Writes {
         transaction: &deadpool_postgres::Transaction<'_>,
         worker: &str,
     ) -> Result<Applied, StoreError> {
-        let run = |sql: &'static str| async { transaction.prepare_cached(sql).await.map_err(failed("commit")) };
         let keys = self.version_keys();
         if keys.is_empty() {
             return Ok(Applied::default());
@@ -451,8 +445,10 @@ impl Writes {
             |value: fn(&CounterDelta) -> i64| -> Vec<i64> { sums.iter().map(|sum| value(&sum.delta)).collect() };
         let first: Vec<Option<i64>> = sums.iter().map(|sum| sum.first_start_ms).collect();
         let last: Vec<Option<i64>> = sums.iter().map(|sum| sum.last_start_ms).collect();
-        let statement = run(concat!(
-            "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
+        let mut stored = transaction
+            .query_typed(
+                concat!(
+                    "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
                  failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
                  $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
@@ -467,13 +463,9 @@ impl Writes {
                  first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
                  last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)
              RETURNING ",
-            version_row_columns!()
-        ))
-        .await?;
-        let mut stored = transaction
-            .query(
-                &statement,
-                &[
+                    version_row_columns!()
+                ),
+                typed![
                     &workflows,
                     &versions,
                     &column(|delta| delta.live),
@@ -517,16 +509,12 @@ impl Writes {
                 }
             }
             // A status written anew is no longer one a worker drained and has to announce.
-            let statement = run(
-                "UPDATE strata_versions SET status = $3, status_changes = status_changes + 1,
+            let changes: i64 = transaction
+                .query_typed_one(
+                    "UPDATE strata_versions SET status = $3, status_changes = status_changes + 1,
                      drained_by = NULL
                  WHERE workflow = $1 AND version = $2 RETURNING status_changes",
-            )
-            .await?;
-            let changes: i64 = transaction
-                .query_one(
-                    &statement,
-                    &[&key.workflow, &key.version.to_string(), &version_text(*status)],
+                    typed![&key.workflow, &key.version.to_string(), &version_text(*status)],
                 )
                 .await
                 .map_err(failed("write version status"))?
@@ -550,16 +538,15 @@ impl Writes {
         let (workflows, versions) = super::version_columns(&draining);
         // Recorded with the worker that drained it, until it has announced it (see
         // `Cluster::take_unannounced_drained`).
-        let statement = run(
-            "UPDATE strata_versions SET status = 'drained', drained_by = $3, status_changes = status_changes + 1
+        let mut drained: Vec<VersionKey> = Vec::new();
+        for row in transaction
+            .query_typed(
+                "UPDATE strata_versions SET status = 'drained', drained_by = $3, status_changes = status_changes + 1
              WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
                AND status = 'draining' AND live = 0
              RETURNING workflow, version, status_changes",
-        )
-        .await?;
-        let mut drained: Vec<VersionKey> = Vec::new();
-        for row in transaction
-            .query(&statement, &[&workflows, &versions, &worker])
+                typed![&workflows, &versions, &worker],
+            )
             .await
             .map_err(failed("drain versions"))?
         {

@@ -13,6 +13,7 @@
 //! must query (liveness, version, status, due time, and the claim of a worker).
 
 mod commit;
+mod parameters;
 mod retry;
 mod schema;
 
@@ -25,6 +26,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use commit::{CommitFailure, Writes};
+use parameters::typed;
 use retry::{Outage, Retry};
 
 use super::{
@@ -83,17 +85,30 @@ const WAKE_CHANNEL: &str = "strata_wake";
 /// The payload announcing instances nobody holds.
 const CLAIMABLE_PAYLOAD: &str = "claimable";
 
+/// How long the listener waits for the notification it sends itself after LISTEN (and for its
+/// session while another connection holds a transaction open).
+const HEARING_CHECK: Duration = Duration::from_secs(2);
+
 /// Listens on `WAKE_CHANNEL` on a connection of its own and forwards each named instance, until
 /// nobody receives; reconnects with backoff when the connection drops or LISTEN fails (what is
 /// missed meanwhile, the holders' polls find). Says so once per episode (see `ListenRetry`).
+/// Each connection is checked first: one that does not keep its server session between
+/// transactions (a transaction pooler) or does not hear a notification it sends itself never
+/// hears wake-ups, and the listener stops, saying so once: the worker then finds signalled and
+/// claimable instances at its heartbeats.
 async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::UnboundedSender<Wakeup>) {
     let mut retry = ListenRetry::default();
     while !wakeups.is_closed() {
         let failure = match config.connect(NoTls).await {
             Ok((client, connection)) => {
-                let messages = tokio::spawn(forward_wakeups(connection, wakeups.clone()));
-                match client.batch_execute(&format!("LISTEN {WAKE_CHANNEL}")).await {
-                    Ok(()) => {
+                let (heard, hearing) = tokio::sync::oneshot::channel();
+                let messages = tokio::spawn(forward_wakeups(connection, wakeups.clone(), heard));
+                let can_listen = match keeps_its_session(&client, &config).await {
+                    Ok(true) => hears_itself(&client, hearing).await,
+                    other => other,
+                };
+                match can_listen {
+                    Ok(true) => {
                         if let Some(failures) = retry.listening() {
                             tracing::info!(failures, "listening for wake-ups again");
                         }
@@ -101,6 +116,14 @@ async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::Unbo
                             Ok(Some(error)) => format!("the listening connection failed: {error}"),
                             Ok(None) | Err(_) => "the listening connection was closed".to_string(),
                         }
+                    }
+                    Ok(false) => {
+                        messages.abort();
+                        tracing::warn!(
+                            database = %describe_target(&config),
+                            "wake-ups are not heard over this connection: it does not carry LISTEN/NOTIFY (a transaction pooler, such as PgBouncer with pool_mode = transaction?). Signalled and claimable instances are found at each heartbeat instead; give EngineBuilder::postgres_listen_url a direct connection to the database to hear them at once"
+                        );
+                        return;
                     }
                     Err(error) => {
                         messages.abort();
@@ -126,15 +149,68 @@ async fn listen(config: tokio_postgres::Config, wakeups: tokio::sync::mpsc::Unbo
     }
 }
 
-/// Forwards the wake-ups a listening connection receives until it ends; returns its error, if any.
+/// Whether `client` keeps one server session from one transaction to the next, as LISTEN needs:
+/// a transaction pooler (PgBouncer with `pool_mode = transaction`) gives the next transaction
+/// whichever session is free. Found out by holding a transaction open on a second connection
+/// (a pooler hands it the session `client` just used) and asking `client` for its session again.
+async fn keeps_its_session(
+    client: &tokio_postgres::Client,
+    config: &tokio_postgres::Config,
+) -> Result<bool, tokio_postgres::Error> {
+    async fn session(client: &tokio_postgres::Client) -> Result<Option<String>, tokio_postgres::Error> {
+        let messages = client.simple_query("SELECT pg_backend_pid()").await?;
+        Ok(messages.iter().find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        }))
+    }
+    let first = session(client).await?;
+    let (other, connection) = config.connect(NoTls).await?;
+    let driven = tokio::spawn(connection);
+    other.batch_execute("BEGIN; SELECT 1").await?;
+    // A pooler with no other free session makes `client` wait for the held one: as telling.
+    let again = tokio::time::timeout(HEARING_CHECK, session(client)).await;
+    let _ = other.batch_execute("ROLLBACK").await;
+    drop(other);
+    let _ = driven.await;
+    Ok(matches!(again, Ok(Ok(pid)) if pid == first))
+}
+
+/// LISTENs on `client`, then notifies itself: whether that notification arrives (through
+/// `hearing`) within `HEARING_CHECK`.
+async fn hears_itself(
+    client: &tokio_postgres::Client,
+    hearing: tokio::sync::oneshot::Receiver<()>,
+) -> Result<bool, tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "LISTEN {WAKE_CHANNEL}; NOTIFY {WAKE_CHANNEL}, '{HEARING_PAYLOAD}'"
+        ))
+        .await?;
+    Ok(matches!(tokio::time::timeout(HEARING_CHECK, hearing).await, Ok(Ok(()))))
+}
+
+/// The payload of the notification the listener sends itself.
+const HEARING_PAYLOAD: &str = "hearing";
+
+/// Forwards the wake-ups a listening connection receives until it ends; returns its error, if
+/// any. The listener's own notification goes to `heard`.
 async fn forward_wakeups(
     mut connection: tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
     forward: tokio::sync::mpsc::UnboundedSender<Wakeup>,
+    heard: tokio::sync::oneshot::Sender<()>,
 ) -> Option<String> {
+    let mut heard = Some(heard);
     while let Some(message) = std::future::poll_fn(|context| connection.poll_message(context)).await {
         match message {
             Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
                 let wakeup = match notification.payload() {
+                    HEARING_PAYLOAD => {
+                        if let Some(heard) = heard.take() {
+                            let _ = heard.send(());
+                        }
+                        None
+                    }
                     CLAIMABLE_PAYLOAD => Some(Wakeup::Claimable),
                     payload => payload.parse::<u64>().ok().map(|id| Wakeup::Signal(InstanceId(id))),
                 };
@@ -379,14 +455,27 @@ impl PostgresStore {
     /// refused, no such database) before anything runs, or [`StoreError::NewerSchema`] /
     /// [`StoreError::NewerFormat`] if a newer Strata wrote the database.
     pub fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let config: tokio_postgres::Config =
+        Self::connect_with(url, None)
+    }
+
+    /// Like [`PostgresStore::connect`], with the wake-ups (LISTEN) on a connection to
+    /// `listen_url` when given: a direct URL to the same database where `url` goes through a
+    /// transaction pooler, which cannot carry LISTEN.
+    pub fn connect_with(url: &str, listen_url: Option<&str>) -> Result<PostgresStore, StoreError> {
+        let parse = |url: &str, which: &str| -> Result<tokio_postgres::Config, StoreError> {
             url.parse()
                 .map_err(|error: tokio_postgres::Error| StoreError::Database {
-                    target: "(the URL given)".to_string(),
+                    target: format!("(the {which} given)"),
                     problem: DatabaseProblem::InvalidUrl,
                     reason: error.to_string(),
                     hint: "give a URL like postgres://user:password@host:5432/database",
-                })?;
+                })
+        };
+        let config = parse(url, "URL")?;
+        let listen_config = match listen_url {
+            Some(listen_url) => parse(listen_url, "listen URL")?,
+            None => config.clone(),
+        };
         let target = describe_target(&config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -415,7 +504,7 @@ impl PostgresStore {
                 message: error.to_string(),
             })?;
         let (wake, wakeups) = tokio::sync::mpsc::unbounded_channel();
-        runtime.spawn(listen(config.clone(), wake));
+        runtime.spawn(listen(listen_config, wake));
         let outage_pool = pool.clone();
         let store = PostgresStore {
             runtime: Some(runtime),
@@ -512,7 +601,7 @@ impl PostgresStore {
         &self,
         operation: &'static str,
         sql: impl Into<String>,
-        parameters: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
+        parameters: Vec<Box<dyn parameters::Parameter + Send>>,
         map: impl Fn(&tokio_postgres::Row) -> Result<T, StoreError> + Send + Sync + 'static,
     ) -> Result<Vec<T>, StoreError> {
         let shared = std::sync::Arc::new((sql.into(), parameters, map));
@@ -521,10 +610,11 @@ impl PostgresStore {
             async move {
                 let (sql, parameters, map) = &*shared;
                 let client = pool.get().await.map_err(pool_failed(operation))?;
-                let statement = client.prepare_cached(sql).await.map_err(failed(operation))?;
-                let borrowed: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    parameters.iter().map(|parameter| &**parameter as _).collect();
-                let rows = client.query(&statement, &borrowed).await.map_err(failed(operation))?;
+                let typed: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), tokio_postgres::types::Type)> = parameters
+                    .iter()
+                    .map(|parameter| (&**parameter as _, parameter.sql_type()))
+                    .collect();
+                let rows = client.query_typed(sql, &typed).await.map_err(failed(operation))?;
                 rows.iter().map(map).collect()
             }
         })
@@ -597,7 +687,7 @@ impl Drop for PostgresStore {
 /// Raises the stored record format to this build's, or refuses a newer one.
 async fn check_record_format(client: &tokio_postgres::Client) -> Result<(), StoreError> {
     let row = client
-        .query_opt("SELECT value FROM strata_meta WHERE key = 'record_format'", &[])
+        .query_typed_opt("SELECT value FROM strata_meta WHERE key = 'record_format'", typed![])
         .await
         .map_err(failed("read the record format"))?;
     let found = row.map(|row| row.get::<_, i64>(0));
@@ -611,10 +701,10 @@ async fn check_record_format(client: &tokio_postgres::Client) -> Result<(), Stor
     }
     if found != Some(i64::from(RECORD_FORMAT)) {
         client
-            .execute(
+            .execute_typed(
                 "INSERT INTO strata_meta (key, value) VALUES ('record_format', $1)
                  ON CONFLICT (key) DO UPDATE SET value = GREATEST(strata_meta.value, EXCLUDED.value)",
-                &[&i64::from(RECORD_FORMAT)],
+                typed![&i64::from(RECORD_FORMAT)],
             )
             .await
             .map_err(failed("write the record format"))?;
@@ -947,23 +1037,22 @@ impl Cluster for PostgresStore {
                 let client = pool.get().await.map_err(pool_failed("heartbeat"))?;
                 if !delivered.is_empty() {
                     client
-                        .execute("DELETE FROM strata_delivery_marks WHERE seq = ANY($1)", &[&*delivered])
+                        .execute_typed(
+                            "DELETE FROM strata_delivery_marks WHERE seq = ANY($1)",
+                            typed![&*delivered],
+                        )
                         .await
                         .map_err(failed("heartbeat"))?;
                 }
-                let statement = client
-                    .prepare_cached(&format!(
+                client
+                    .execute_typed(
+                        &format!(
                         "INSERT INTO strata_workers (id, host, pid, started_at_ms, heartbeat_ms, versions, lease_ms)
                      VALUES ($1, $2, $3, {DATABASE_NOW_MS}, {DATABASE_NOW_MS}, $4, $5)
                      ON CONFLICT (id) DO UPDATE SET heartbeat_ms = {DATABASE_NOW_MS}, versions = EXCLUDED.versions,
                          lease_ms = EXCLUDED.lease_ms"
-                    ))
-                    .await
-                    .map_err(failed("heartbeat"))?;
-                client
-                    .execute(
-                        &statement,
-                        &[&worker, &host_name(), &i64::from(std::process::id()), &names, &lease],
+                    ),
+                        typed![&worker, &host_name(), &i64::from(std::process::id()), &names, &lease],
                     )
                     .await
                     .map_err(failed("heartbeat"))?;
@@ -995,16 +1084,13 @@ impl Cluster for PostgresStore {
                     let mut claimed: Vec<(i64, i64, Vec<u8>)> = Vec::new();
                     if !lost.is_empty() {
                         // Stamped with this claim's number: whatever a claim hands over carries it.
-                        let statement = client
-                            .prepare_cached(
+                        let rows = client
+                            .query_typed(
                                 "UPDATE strata_instances SET claimed_in = $3
                                  WHERE owner = $1 AND live AND claimed_in = ANY($2)
                                  RETURNING id, fence, record",
+                                typed![&worker, &lost, &seq],
                             )
-                            .await
-                            .map_err(failed("claim"))?;
-                        let rows = client
-                            .query(&statement, &[&worker, &lost, &seq])
                             .await
                             .map_err(failed("claim"))?;
                         claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
@@ -1012,9 +1098,10 @@ impl Cluster for PostgresStore {
                     // An instance is claimable when no worker with a current lease holds it.
                     // Taking the claim raises its fencing token, so the previous holder's writes
                     // no longer land, and stamps it with the claim's number.
-                    let statement = client
-                        .prepare_cached(&format!(
-                            "WITH claimable AS (
+                    let rows = client
+                        .query_typed(
+                            &format!(
+                                "WITH claimable AS (
                                  SELECT i.id FROM strata_instances i
                                  WHERE i.live
                                    AND (i.workflow, i.version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
@@ -1028,24 +1115,19 @@ impl Cluster for PostgresStore {
                              UPDATE strata_instances i SET owner = $3, fence = i.fence + 1, claimed_in = $6
                              FROM claimable WHERE i.id = claimable.id
                              RETURNING i.id, i.fence, i.record",
-                            alive = worker_alive("w", "$4")
-                        ))
-                        .await
-                        .map_err(failed("claim"))?;
-                    let rows = client
-                        .query(&statement, &[&workflows, &version_texts, &worker, &lease, &limit, &seq])
+                                alive = worker_alive("w", "$4")
+                            ),
+                            typed![&workflows, &version_texts, &worker, &lease, &limit, &seq],
+                        )
                         .await
                         .map_err(failed("claim"))?;
                     claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
                     let ids: Vec<i64> = claimed.iter().map(|(id, ..)| *id).collect();
-                    let statement = client
-                        .prepare_cached(
-                            "SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq",
-                        )
-                        .await
-                        .map_err(failed("claim"))?;
                     let signals = client
-                        .query(&statement, &[&ids])
+                        .query_typed(
+                            "SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq",
+                            typed![&ids],
+                        )
                         .await
                         .map_err(failed("claim"))?
                         .iter()
@@ -1096,34 +1178,34 @@ impl Cluster for PostgresStore {
                 let mut client = pool.get().await.map_err(pool_failed("leave"))?;
                 let transaction = client.transaction().await.map_err(failed("leave"))?;
                 transaction
-                    .execute(
+                    .execute_typed(
                         "UPDATE strata_instances SET owner = NULL WHERE owner = $1 AND live",
-                        &[&worker],
+                        typed![&worker],
                     )
                     .await
                     .map_err(failed("leave"))?;
                 // It announced every version it drained (its drivers have all ended).
                 transaction
-                    .execute(
+                    .execute_typed(
                         "UPDATE strata_versions SET drained_by = NULL WHERE drained_by = $1",
-                        &[&worker],
+                        typed![&worker],
                     )
                     .await
                     .map_err(failed("leave"))?;
                 // Roles it leads (evaluating rollouts) pass to another worker at its next heartbeat.
                 transaction
-                    .execute("DELETE FROM strata_leases WHERE holder = $1", &[&worker])
+                    .execute_typed("DELETE FROM strata_leases WHERE holder = $1", typed![&worker])
                     .await
                     .map_err(failed("leave"))?;
                 // The others claim what it handed back now, not at their next heartbeat.
                 transaction
-                    .execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &CLAIMABLE_PAYLOAD])
+                    .execute_typed("SELECT pg_notify($1, $2)", typed![&WAKE_CHANNEL, &CLAIMABLE_PAYLOAD])
                     .await
                     .map_err(failed("leave"))?;
                 transaction
-                    .execute(
+                    .execute_typed(
                         &format!("UPDATE strata_workers SET stopped_at_ms = {DATABASE_NOW_MS} WHERE id = $1"),
-                        &[&worker],
+                        typed![&worker],
                     )
                     .await
                     .map_err(failed("leave"))?;
@@ -1145,7 +1227,7 @@ impl Cluster for PostgresStore {
                     let mut client = pool.get().await.map_err(pool_failed("deliver signal"))?;
                     if maybe_landed {
                         let marked = client
-                            .query_opt("SELECT 1 FROM strata_delivery_marks WHERE seq = $1", &[&seq])
+                            .query_typed_opt("SELECT 1 FROM strata_delivery_marks WHERE seq = $1", typed![&seq])
                             .await
                             .map_err(failed("look up a delivery"))?;
                         if marked.is_some() {
@@ -1156,24 +1238,24 @@ impl Cluster for PostgresStore {
                     // The instance row is locked while the signal goes in, so a finish committing
                     // at the same time either comes first (nothing stored) or sees the signal.
                     let stored = transaction
-                        .execute(
+                        .execute_typed(
                             "INSERT INTO strata_signals (instance, seq, record)
                              SELECT $1, $2, $3 WHERE EXISTS
                                  (SELECT 1 FROM strata_instances WHERE id = $1 AND live FOR SHARE)",
-                            &[&instance, &seq, &record],
+                            typed![&instance, &seq, &record],
                         )
                         .await
                         .map_err(failed("deliver signal"))?;
                     if stored == 1 {
                         transaction
-                            .execute(
+                            .execute_typed(
                                 "INSERT INTO strata_delivery_marks (seq, worker) VALUES ($1, $2)",
-                                &[&seq, &worker],
+                                typed![&seq, &worker],
                             )
                             .await
                             .map_err(failed("mark the delivery"))?;
                         transaction
-                            .execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &instance.to_string()])
+                            .execute_typed("SELECT pg_notify($1, $2)", typed![&WAKE_CHANNEL, &instance.to_string()])
                             .await
                             .map_err(failed("wake the holder"))?;
                     }
@@ -1236,7 +1318,7 @@ impl Cluster for PostgresStore {
                 let (sql, role, worker) = &*call;
                 let client = pool.get().await.map_err(pool_failed("lead"))?;
                 let rows = client
-                    .query(sql, &[role, worker, &lease])
+                    .query_typed(sql, typed![role, worker, &lease])
                     .await
                     .map_err(failed("lead"))?;
                 Ok(!rows.is_empty())
@@ -1355,16 +1437,13 @@ impl Cluster for PostgresStore {
             async move {
                 let (worker, workflows, versions, blobs) = &*call;
                 let client = pool.get().await.map_err(pool_failed("publish metrics"))?;
-                let statement = client
-                    .prepare_cached(
+                client
+                    .execute_typed(
                         "INSERT INTO strata_worker_metrics (worker, workflow, version, metrics)
                          SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bytea[])
                          ON CONFLICT (worker, workflow, version) DO UPDATE SET metrics = EXCLUDED.metrics",
+                        typed![worker, workflows, versions, blobs],
                     )
-                    .await
-                    .map_err(failed("publish metrics"))?;
-                client
-                    .execute(&statement, &[worker, workflows, versions, blobs])
                     .await
                     .map_err(failed("publish metrics"))?;
                 Ok(())
@@ -1391,7 +1470,7 @@ impl Cluster for PostgresStore {
                 let (sql, workflow, version, worker) = &*call;
                 let client = pool.get().await.map_err(pool_failed("read metrics"))?;
                 let rows = client
-                    .query(sql.as_str(), &[workflow, version, worker, &lease])
+                    .query_typed(sql.as_str(), typed![workflow, version, worker, &lease])
                     .await
                     .map_err(failed("read metrics"))?;
                 Ok(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect())
@@ -1412,7 +1491,7 @@ impl Cluster for PostgresStore {
             async move {
                 let client = pool.get().await.map_err(pool_failed("read workers"))?;
                 let rows = client
-                    .query(sql.as_str(), &[&lease])
+                    .query_typed(sql.as_str(), typed![&lease])
                     .await
                     .map_err(failed("read workers"))?;
                 Ok(rows

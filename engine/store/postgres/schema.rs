@@ -5,6 +5,7 @@
 //! here and all succeed; `strata_schema` records each applied number. A database whose newest
 //! applied migration is above this build's is refused: a newer Strata wrote it.
 
+use super::parameters::typed;
 use tokio_postgres::Client;
 
 use super::failed;
@@ -206,7 +207,7 @@ ALTER TABLE strata_versions ADD COLUMN status_changes bigint NOT NULL DEFAULT 0;
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let transaction = client.transaction().await.map_err(failed("migrate schema"))?;
     transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .execute_typed("SELECT pg_advisory_xact_lock($1)", typed![&MIGRATION_LOCK])
         .await
         .map_err(failed("lock schema"))?;
     transaction
@@ -220,7 +221,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .await
         .map_err(failed("create schema table"))?;
     let row = transaction
-        .query_one("SELECT COALESCE(max(version), 0) FROM strata_schema", &[])
+        .query_typed_one("SELECT COALESCE(max(version), 0) FROM strata_schema", typed![])
         .await
         .map_err(failed("read schema version"))?;
     let found: i32 = row.get(0);
@@ -234,9 +235,9 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         tracing::info!(schema = number, description, "applying a PostgreSQL schema migration");
         transaction.batch_execute(sql).await.map_err(failed("migrate schema"))?;
         transaction
-            .execute(
+            .execute_typed(
                 "INSERT INTO strata_schema (version, description) VALUES ($1, $2)",
-                &[number, description],
+                typed![number, description],
             )
             .await
             .map_err(failed("record schema version"))?;
