@@ -1,6 +1,7 @@
-//! What counts as a broken connection, and how long and how often a call is tried again over a
-//! new one: the store rides out a terminated backend, a restarting server or a dropped network
-//! without the engine noticing more than a pause.
+//! What counts as a broken connection or a read-only server, and how long and how often a call
+//! is tried again over a new connection: the store rides out a terminated backend, a restarting
+//! server, a dropped network or a failover without the engine noticing more than a pause; past
+//! the retry window, an outage makes calls fail at once until the database answers again.
 
 use std::time::Duration;
 
@@ -68,7 +69,8 @@ pub(crate) fn retryable(error: &StoreError) -> bool {
 }
 
 /// Whether the database is in an outage: a call ran out of its `RETRY_FOR` window and no call
-/// has succeeded since. Calls made meanwhile try once and fail at once with `ConnectionLost`, so
+/// has succeeded since. Calls made meanwhile try once and fail at once (`ConnectionLost`,
+/// `ReadOnly`), so
 /// that a caller waits at most one window however many calls queue behind one another (a start
 /// behind a group commit riding out the outage), while the engine goes on trying at its own
 /// pace (heartbeats, steps' next attempts). The first call that succeeds ends it.
@@ -96,7 +98,7 @@ impl Outage {
     /// episode.
     fn trouble(&self, operation: &str, error: &StoreError) {
         if !self.troubled.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            tracing::warn!(operation, %error, "the database could not be written; retrying over new connections");
+            tracing::warn!(operation, %error, "the database could not be reached or written; retrying over new connections");
         }
     }
 
@@ -115,8 +117,8 @@ impl Outage {
         }
     }
 
-    /// Takes in a call's result: a `ConnectionLost` (the call ran out of its window) begins an
-    /// outage, said once; a success ends one, said once.
+    /// Takes in a call's result: a `ConnectionLost` or `ReadOnly` after a whole window begins an
+    /// outage, said once; a success ends one (and any trouble short of one), said once.
     pub(crate) fn observe<T>(&self, result: &Result<T, StoreError>) {
         let mut since = self.since.lock();
         match result {
@@ -139,7 +141,7 @@ impl Outage {
                 tracing::warn!(
                     window_ms = RETRY_FOR.as_millis() as u64,
                     %error,
-                    "the database could not be written within the retry window: calls fail at once with this error until it can; the engine goes on trying"
+                    "the database could not be reached or written within the retry window: calls fail at once with this error until it can; the engine goes on trying"
                 );
             }
             Err(_) => {}
