@@ -1,5 +1,5 @@
 //! The behaviours every store must give, run against sled and PostgreSQL alike (modules `sled`
-//! and `postgres`): pinning, residency and missing code (invariants 1 and 3), durable timers and
+//! and `postgres`, and PostgreSQL through PgBouncer: `session_pooled`, `transaction_pooled`): pinning, residency and missing code (invariants 1 and 3), durable timers and
 //! signals, state migration (invariant 6), watched rollouts (invariant 7), config history
 //! (invariant 5), moves, and listing finished instances — each across a restart.
 

@@ -32,7 +32,7 @@ pub enum Backend {
     Sled(tempfile::TempDir),
     /// A database of the test's own.
     Postgres(postgres::TestDatabase),
-    /// A database of the test's own, through PgBouncer in transaction pooling mode (the
+    /// A database of the test's own, through PgBouncer (in transaction pooling mode, the
     /// wake-ups on a direct connection, as the README says to configure it).
     Pooled(postgres::TestDatabase, pgbouncer::PgBouncer),
 }
@@ -48,11 +48,10 @@ impl Backend {
         Backend::Postgres(postgres::TestDatabase::create())
     }
 
-    /// An empty PostgreSQL database behind PgBouncer in transaction pooling mode.
-    pub fn pooled() -> Backend {
+    /// An empty PostgreSQL database behind PgBouncer in pooling mode `mode`.
+    pub fn pooled(mode: pgbouncer::PoolMode) -> Backend {
         let database = postgres::TestDatabase::create();
-        let bouncer =
-            pgbouncer::PgBouncer::start(pgbouncer::PoolMode::Transaction, database.server(), &database.user());
+        let bouncer = pgbouncer::PgBouncer::start(mode, database.server(), &database.user());
         Backend::Pooled(database, bouncer)
     }
 
@@ -66,7 +65,7 @@ impl Backend {
             Backend::Pooled(database, bouncer) => std::sync::Arc::new(
                 strata::PostgresStore::connect_with(
                     &bouncer.url(&database.user(), database.name()),
-                    Some(&database.url),
+                    bouncer.listen_url(database),
                 )
                 .expect("connect through PgBouncer"),
             ),
@@ -81,16 +80,20 @@ impl Backend {
         match self {
             Backend::Sled(dir) => builder.data_dir(dir.path()),
             Backend::Postgres(database) => builder.postgres(&database.url),
-            Backend::Pooled(database, bouncer) => builder
-                .postgres(bouncer.url(&database.user(), database.name()))
-                .postgres_listen_url(&database.url),
+            Backend::Pooled(database, bouncer) => {
+                let builder = builder.postgres(bouncer.url(&database.user(), database.name()));
+                match bouncer.listen_url(database) {
+                    Some(direct) => builder.postgres_listen_url(direct),
+                    None => builder,
+                }
+            }
         }
     }
 }
 
-/// Generates, for each named `async fn(Backend)`, one test on sled, one on PostgreSQL and one on
-/// PostgreSQL through PgBouncer in transaction pooling mode, in modules `sled`, `postgres` and
-/// `pooled`, so the stores cannot drift apart.
+/// Generates, for each named `async fn(Backend)`, one test on sled, one on PostgreSQL and two on
+/// PostgreSQL through PgBouncer (session and transaction pooling), in modules `sled`, `postgres`,
+/// `session_pooled` and `transaction_pooled`, so the stores cannot drift apart.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($behaviour:ident),* $(,)?) => {
@@ -110,11 +113,19 @@ macro_rules! on_both_stores {
                 }
             )*
         }
-        mod pooled {
+        mod session_pooled {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $behaviour() {
-                    super::$behaviour($crate::common::Backend::pooled()).await
+                    super::$behaviour($crate::common::Backend::pooled($crate::common::pgbouncer::PoolMode::Session)).await
+                }
+            )*
+        }
+        mod transaction_pooled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour($crate::common::Backend::pooled($crate::common::pgbouncer::PoolMode::Transaction)).await
                 }
             )*
         }

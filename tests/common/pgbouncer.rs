@@ -19,6 +19,7 @@ pub enum PoolMode {
 /// A running PgBouncer.
 pub struct PgBouncer {
     process: Child,
+    mode: PoolMode,
     address: SocketAddr,
     _files: tempfile::TempDir,
 }
@@ -87,6 +88,7 @@ impl PgBouncer {
         }
         PgBouncer {
             process,
+            mode,
             address,
             _files: files,
         }
@@ -95,6 +97,12 @@ impl PgBouncer {
     /// A URL for database `database` through PgBouncer, for `user`.
     pub fn url(&self, user: &str, database: &str) -> String {
         format!("postgres://{user}@{}/{database}", self.address)
+    }
+
+    /// The direct URL the wake-ups need beside this pooler (in transaction mode), as the README
+    /// says to configure it; none in session mode, which carries LISTEN.
+    pub fn listen_url<'a>(&self, database: &'a super::postgres::TestDatabase) -> Option<&'a str> {
+        (self.mode == PoolMode::Transaction).then_some(database.url.as_str())
     }
 }
 
