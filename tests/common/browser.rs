@@ -2,6 +2,7 @@
 //! HTTP on loopback, with the HTTP client the tests already use), for the dashboard's tests.
 //! Without Debian's `chromium` and `chromium-driver` the test fails, saying how to install them.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ fn chromium() -> String {
     std::env::var("STRATA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_string())
 }
 
-/// One browser session; the driver process is killed when dropped.
+/// One browser session; the driver and the Chromium it started are killed when dropped.
 pub struct Browser {
     driver: Child,
     http: reqwest::Client,
@@ -42,7 +43,10 @@ impl Browser {
             .and_then(|listener| listener.local_addr())
             .map(|address| address.port())
             .expect("a free loopback port");
+        // In a process group of its own, so that dropping the session ends the Chromium it
+        // started too (killing the driver alone leaves Chromium running).
         let driver = Command::new(chromedriver())
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -173,7 +177,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // SAFETY: kill(2) on the process group this session's driver leads (see `start`).
+        unsafe { libc::kill(-(self.driver.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.driver.wait();
     }
 }
