@@ -39,6 +39,7 @@ on_both_stores!(
     moved_instances_keep_exact_counters_on_both_versions,
     finished_instances_are_listed_and_read_after_a_restart,
     writes_from_an_older_copy_never_undo_newer_ones,
+    a_start_is_refused_when_its_write_leaves_the_version_not_active_whatever_the_order_of_its_ops,
     finished_instances_past_the_retention_period_are_removed_and_nothing_else_across_a_restart,
     a_listing_pages_through_live_and_finished_instances_of_one_workflow_in_id_order,
 );
@@ -754,6 +755,76 @@ async fn writes_from_an_older_copy_never_undo_newer_ones(backend: Backend) {
     let engine = reopened.open().await.unwrap();
     assert_eq!(engine.rollout(&name).unwrap().status, RolloutStatus::RolledBack);
     engine.shutdown().await;
+}
+
+/// The residency rule as the store applies it to one write (a group commit merges the ops of
+/// several callers, in any order): a start counts against the status the write leaves its
+/// version in, on every backend alike.
+async fn a_start_is_refused_when_its_write_leaves_the_version_not_active_whatever_the_order_of_its_ops(
+    backend: Backend,
+) {
+    use strata::store::{CounterDelta, Op};
+    let key = |version: &str| strata::VersionKey::new("w", v(version));
+    let start = |version: &str| Op::AdjustCounters {
+        key: key(version),
+        delta: CounterDelta {
+            started: 1,
+            live: 1,
+            ..CounterDelta::default()
+        },
+    };
+    let set = |version: &str, status| Op::PutVersionStatus {
+        key: key(version),
+        status,
+    };
+    let store = backend.store();
+    store.apply(&[start("1.0.0")]).unwrap();
+    for ops in [
+        [start("1.0.0"), set("1.0.0", VersionStatus::Draining)],
+        [set("1.0.0", VersionStatus::Draining), start("1.0.0")],
+    ] {
+        let refused = store.apply(&ops);
+        assert!(
+            matches!(
+                refused,
+                Err(strata::StoreError::VersionNotAccepting {
+                    status: VersionStatus::Draining,
+                    ..
+                })
+            ),
+            "{ops:?}: {refused:?}"
+        );
+    }
+    let stored = |version: &str| {
+        store
+            .versions()
+            .unwrap()
+            .into_iter()
+            .find(|stored| stored.key == key(version))
+            .unwrap()
+    };
+    assert_eq!(
+        (stored("1.0.0").status, stored("1.0.0").counters.started),
+        (None, 1),
+        "a refused write changed nothing"
+    );
+    // Drained, then made active again and started on in one write: the write leaves it Active.
+    store.apply(&[set("2.0.0", VersionStatus::Draining)]).unwrap();
+    assert_eq!(stored("2.0.0").status, Some(VersionStatus::Drained));
+    for ops in [
+        [start("2.0.0"), set("2.0.0", VersionStatus::Active)],
+        [
+            set("2.0.0", VersionStatus::Draining),
+            set("2.0.0", VersionStatus::Active),
+        ],
+    ] {
+        store.apply(&ops).unwrap();
+    }
+    let after = stored("2.0.0");
+    assert_eq!(
+        (after.status, after.counters.started, after.counters.live),
+        (Some(VersionStatus::Active), 1, 1)
+    );
 }
 
 async fn finished_instances_past_the_retention_period_are_removed_and_nothing_else_across_a_restart(backend: Backend) {

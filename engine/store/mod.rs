@@ -689,8 +689,8 @@ pub struct StoreStats {
 /// The persistence of an engine. Implementations must make `apply` atomic and `sync` durable.
 pub trait Store: Send + Sync + 'static {
     /// Applies `ops` atomically: after a crash either all of them are visible or none. The
-    /// store keeps residency exact in the same write: it refuses a start on a version it holds as
-    /// not `Active` ([`StoreError::VersionNotAccepting`]), retiring a version with live
+    /// store keeps residency exact in the same write: it refuses a start on a version the write
+    /// leaves not `Active`, whatever the order of its ops ([`StoreError::VersionNotAccepting`]), retiring a version with live
     /// instances ([`StoreError::LiveInstances`]) and making a retired one active again
     /// ([`StoreError::VersionRetired`]); it makes a `Draining` version left with no live instance
     /// `Drained`, counts every status it writes in the version's `status_changes`, and returns

@@ -532,6 +532,8 @@ impl Store for SledStore {
         let mut residency = self.versions.lock();
         let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
         let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();
+        // Versions this write starts instances on: checked against the status it leaves them in.
+        let mut starting: Vec<&VersionKey> = Vec::new();
         // The last commit's buffer, so a group's frame does not grow a fresh allocation.
         let mut batch = Changes::in_buffer(std::mem::take(&mut *self.spare_frame.lock()));
         for op in ops {
@@ -553,14 +555,8 @@ impl Store for SledStore {
                 }
                 Op::DeleteSignal { instance, seq } => batch.remove(signal_key(*instance, *seq)),
                 Op::AdjustCounters { key, delta } => {
-                    if delta.started > 0 {
-                        let status = residency.status_after(&statuses, key);
-                        if let Some(status) = status.filter(|status| *status != VersionStatus::Active) {
-                            return Err(StoreError::VersionNotAccepting {
-                                key: key.clone(),
-                                status,
-                            });
-                        }
+                    if delta.started > 0 && !starting.contains(&key) {
+                        starting.push(key);
                     }
                     counters
                         .entry(key)
@@ -645,6 +641,15 @@ impl Store for SledStore {
                 .or(residency.counters.get(key))
                 .map_or(0, |counters| counters.live)
         };
+        for key in starting {
+            let status = residency.status_after(&statuses, key);
+            if let Some(status) = status.filter(|status| *status != VersionStatus::Active) {
+                return Err(StoreError::VersionNotAccepting {
+                    key: key.clone(),
+                    status,
+                });
+            }
+        }
         for (key, status) in &statuses {
             let live = live_of(key);
             if *status == VersionStatus::Retired && live > 0 {

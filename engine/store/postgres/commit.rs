@@ -426,9 +426,10 @@ impl Writes {
     /// Writes counters and statuses and decides residency, in the transaction, in as few
     /// statements as the write needs: one upsert adds every touched version's counter deltas
     /// (zero for a status-only change) and locks its row, in key order so that workers never
-    /// deadlock, returning the row as it is now; a start on a version not `Active` and a
-    /// retirement with live instances are refused; a `Draining` version left with no live
-    /// instance becomes `Drained` (a statement only when one is).
+    /// deadlock, returning the row as it is now; a start on a version the write leaves not
+    /// `Active`, a retirement with live instances and a retired version made active are refused;
+    /// a `Draining` version left with no live instance becomes `Drained` (a statement only when
+    /// one is).
     async fn decide_residency(
         &self,
         transaction: &deadpool_postgres::Transaction<'_>,
@@ -485,8 +486,9 @@ impl Writes {
             .map(stored_version)
             .collect::<Result<Vec<_>, _>>()?;
         for version in &stored {
+            // A start counts against the status the write leaves its version in.
             let starts = self.counters.get(&version.key).is_some_and(|sum| sum.delta.started > 0);
-            match version.status {
+            match self.statuses.get(&version.key).copied().or(version.status) {
                 Some(status) if starts && status != VersionStatus::Active => {
                     return Err(StoreError::VersionNotAccepting {
                         key: version.key.clone(),
