@@ -12,6 +12,7 @@
 
 mod commit_log;
 mod postgres;
+mod residency;
 pub mod sled_format1;
 mod sled_store;
 mod space;

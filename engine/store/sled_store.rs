@@ -40,6 +40,7 @@ mod durable;
 use durable::{start_checkpointer, Durable};
 
 use super::commit_log::{Changes, LogError};
+use super::residency::VersionWrite;
 use super::space::refused_for_room;
 use super::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
@@ -133,14 +134,6 @@ impl Residency {
             status: stamp.map(|stamp| stamp.status),
             status_changes: stamp.map_or(0, |stamp| stamp.changes),
         }
-    }
-
-    /// A version's status once `written` (the statuses a write sets) is applied.
-    fn status_after(&self, written: &HashMap<&VersionKey, VersionStatus>, key: &VersionKey) -> Option<VersionStatus> {
-        written
-            .get(key)
-            .copied()
-            .or_else(|| self.statuses.get(key).map(|stamp| stamp.status))
     }
 
     /// Every version as stored, sorted.
@@ -532,7 +525,7 @@ impl Store for SledStore {
         let mut residency = self.versions.lock();
         let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
         let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();
-        // Versions this write starts instances on: checked against the status it leaves them in.
+        // Versions this write starts instances on (the residency rule checks them).
         let mut starting: Vec<&VersionKey> = Vec::new();
         // The last commit's buffer, so a group's frame does not grow a fresh allocation.
         let mut batch = Changes::in_buffer(std::mem::take(&mut *self.spare_frame.lock()));
@@ -564,10 +557,6 @@ impl Store for SledStore {
                         .apply(delta);
                 }
                 Op::PutVersionStatus { key, status } => {
-                    let current = residency.status_after(&statuses, key);
-                    if *status == VersionStatus::Active && current == Some(VersionStatus::Retired) {
-                        return Err(StoreError::VersionRetired { key: key.clone() });
-                    }
                     statuses.insert(key, *status);
                 }
                 Op::PutScheduleFire { schedule, fire_ms } => {
@@ -641,29 +630,19 @@ impl Store for SledStore {
                 .or(residency.counters.get(key))
                 .map_or(0, |counters| counters.live)
         };
-        for key in starting {
-            let status = residency.status_after(&statuses, key);
-            if let Some(status) = status.filter(|status| *status != VersionStatus::Active) {
-                return Err(StoreError::VersionNotAccepting {
-                    key: key.clone(),
-                    status,
-                });
-            }
-        }
-        for (key, status) in &statuses {
-            let live = live_of(key);
-            if *status == VersionStatus::Retired && live > 0 {
-                return Err(StoreError::LiveInstances {
-                    key: (*key).clone(),
-                    live,
-                });
-            }
-        }
-        // A draining version this write leaves with no live instance is drained by this write.
+        // The residency rule, for every version the write touches.
+        let mut touched: Vec<&VersionKey> = counters.keys().chain(statuses.keys()).copied().collect();
+        touched.sort();
+        touched.dedup();
         let mut drained: Vec<&VersionKey> = Vec::new();
-        for key in counters.keys().chain(statuses.keys()).copied() {
-            let status = residency.status_after(&statuses, key);
-            if status == Some(VersionStatus::Draining) && live_of(key) == 0 && !drained.contains(&key) {
+        for key in touched {
+            let write = VersionWrite {
+                before: residency.statuses.get(key).map(|stamp| stamp.status),
+                set: statuses.get(key).copied(),
+                starts: starting.contains(&key),
+                live_after: live_of(key),
+            };
+            if super::residency::decide(key, write)?.drains {
                 drained.push(key);
             }
         }

@@ -11,6 +11,7 @@ use super::TOUCHED_VERSIONS_QUERY;
 use super::{encode, failed, pool_failed, signed, stored_version, unsigned, version_row_columns, version_text};
 use crate::instance::{InstanceId, VersionKey};
 use crate::registry::VersionStatus;
+use crate::store::residency::VersionWrite;
 use crate::store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
 
 /// The mark of commit `seq` of `worker` if it landed: the versions it drained.
@@ -485,31 +486,21 @@ impl Writes {
             .iter()
             .map(stored_version)
             .collect::<Result<Vec<_>, _>>()?;
+        // The residency rule, on the rows as the upsert left them (their status still the one
+        // before this write).
+        let mut draining: Vec<VersionKey> = Vec::new();
         for version in &stored {
-            // A start counts against the status the write leaves its version in.
-            let starts = self.counters.get(&version.key).is_some_and(|sum| sum.delta.started > 0);
-            match self.statuses.get(&version.key).copied().or(version.status) {
-                Some(status) if starts && status != VersionStatus::Active => {
-                    return Err(StoreError::VersionNotAccepting {
-                        key: version.key.clone(),
-                        status,
-                    });
-                }
-                _ => {}
+            let write = VersionWrite {
+                before: version.status,
+                set: self.statuses.get(&version.key).copied(),
+                starts: self.counters.get(&version.key).is_some_and(|sum| sum.delta.started > 0),
+                live_after: version.counters.live,
+            };
+            if crate::store::residency::decide(&version.key, write)?.drains {
+                draining.push(version.key.clone());
             }
         }
         for (key, status) in &self.statuses {
-            if let Some(version) = stored.iter().find(|version| version.key == *key) {
-                if *status == VersionStatus::Retired && version.counters.live > 0 {
-                    return Err(StoreError::LiveInstances {
-                        key: key.clone(),
-                        live: version.counters.live,
-                    });
-                }
-                if *status == VersionStatus::Active && version.status == Some(VersionStatus::Retired) {
-                    return Err(StoreError::VersionRetired { key: key.clone() });
-                }
-            }
             // A status written anew is no longer one a worker drained and has to announce.
             let changes: i64 = transaction
                 .query_typed_one(
@@ -526,11 +517,6 @@ impl Writes {
                 version.status_changes = unsigned(changes);
             }
         }
-        let draining: Vec<VersionKey> = stored
-            .iter()
-            .filter(|version| version.status == Some(VersionStatus::Draining) && version.counters.live == 0)
-            .map(|version| version.key.clone())
-            .collect();
         if draining.is_empty() {
             return Ok(Applied {
                 versions: stored,
