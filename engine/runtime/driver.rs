@@ -320,7 +320,7 @@ impl Runtime {
             Ok(drained) => drained,
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
-                let unavailable = matches!(&error, crate::EngineError::Store(error) if error.is_unavailable());
+                let unavailable = matches!(&error, crate::error::EngineError::Store(error) if error.is_unavailable());
                 return self.retry_after_failed_commit(id, unavailable);
             }
         };
@@ -555,12 +555,12 @@ const UNAVAILABLE_RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// The wait before the next attempt after `failures` commits in a row failed on an unavailable
 /// store: the retry delay, doubled with each failure, up to `UNAVAILABLE_RETRY_CAP` (or the
-/// retry delay, if longer).
+/// retry delay, if longer) — a step's own backoff (`RetryPolicy::backoff_before`) with those
+/// bounds.
 fn unavailable_retry_delay(retry_delay: Duration, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    retry_delay
-        .saturating_mul(1 << doublings)
-        .min(UNAVAILABLE_RETRY_CAP.max(retry_delay))
+    crate::workflow::RetryPolicy::exponential(u32::MAX, retry_delay)
+        .with_max_backoff(UNAVAILABLE_RETRY_CAP.max(retry_delay))
+        .backoff_before(failures.saturating_add(1))
 }
 
 /// Applies what a step returned to the record: the new cursor and phase.

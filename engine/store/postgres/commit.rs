@@ -183,7 +183,7 @@ impl Writes {
         match transaction.commit().await.map_err(failed("commit")) {
             Ok(()) => Ok(applied),
             // The connection broke with COMMIT sent: it may have landed or not.
-            Err(error) if super::retry::retryable(&error) => Err(CommitFailure::Unknown(error)),
+            Err(error) if error.is_unavailable() => Err(CommitFailure::Unknown(error)),
             Err(error) => Err(CommitFailure::NotApplied(error)),
         }
     }

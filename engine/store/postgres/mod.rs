@@ -258,8 +258,9 @@ impl ListenRetry {
     /// whether this failure starts an episode (the one to warn of).
     fn failed(&mut self) -> (Duration, bool) {
         self.failures = self.failures.saturating_add(1);
-        let doublings = (self.failures - 1).min(16);
-        let delay = Self::FIRST_DELAY.saturating_mul(1 << doublings).min(Self::MAX_DELAY);
+        let delay = crate::workflow::RetryPolicy::exponential(u32::MAX, Self::FIRST_DELAY)
+            .with_max_backoff(Self::MAX_DELAY)
+            .backoff_before(self.failures.saturating_add(1));
         (delay, self.failures == 1)
     }
 }

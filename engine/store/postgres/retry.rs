@@ -63,11 +63,6 @@ pub(crate) fn pool_broke(error: &PoolError) -> bool {
     }
 }
 
-/// Whether a call that failed with `error` may be tried again over a new connection.
-pub(crate) fn retryable(error: &StoreError) -> bool {
-    error.is_unavailable()
-}
-
 /// Whether the database is in an outage: a call ran out of its `RETRY_FOR` window and no call
 /// has succeeded since. Calls made meanwhile try once and fail at once (`ConnectionLost`,
 /// `ReadOnly`), so
@@ -77,8 +72,9 @@ pub(crate) fn retryable(error: &StoreError) -> bool {
 pub(crate) struct Outage {
     /// When the call that ran out of its window began retrying, while the outage lasts.
     since: parking_lot::Mutex<Option<tokio::time::Instant>>,
-    /// Whether some call failed to reach or write the database since the last success: the
-    /// first such failure of an episode is the one warned of.
+    /// Whether some call failed to reach or write the database since the last success (always
+    /// while `since` is set): the first such failure of an episode is the one warned of, and
+    /// without it a call reads no lock.
     troubled: std::sync::atomic::AtomicBool,
     /// The store's connections, which a read-only answer empties of its idle ones.
     pool: Pool,
@@ -104,7 +100,12 @@ impl Outage {
 
     /// The retries of a call starting now: the whole window, or one try during an outage.
     pub(crate) fn retry(self: &std::sync::Arc<Self>) -> Retry {
-        let (began, give_up_after) = match *self.since.lock() {
+        // An outage is always preceded by trouble: without it, no lock on the way of a call.
+        let outage = match self.troubled.load(std::sync::atomic::Ordering::Acquire) {
+            true => *self.since.lock(),
+            false => None,
+        };
+        let (began, give_up_after) = match outage {
             Some(since) => (since, Duration::ZERO),
             None => (tokio::time::Instant::now(), RETRY_FOR),
         };
@@ -120,6 +121,9 @@ impl Outage {
     /// Takes in a call's result: a `ConnectionLost` or `ReadOnly` after a whole window begins an
     /// outage, said once; a success ends one (and any trouble short of one), said once.
     pub(crate) fn observe<T>(&self, result: &Result<T, StoreError>) {
+        if result.is_ok() && !self.troubled.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut since = self.since.lock();
         match result {
             Ok(_) => {
@@ -138,6 +142,7 @@ impl Outage {
             ) if since.is_none() && *retried_for >= RETRY_FOR => {
                 let now = tokio::time::Instant::now();
                 *since = Some(now.checked_sub(*retried_for).unwrap_or(now));
+                self.troubled.store(true, std::sync::atomic::Ordering::Release);
                 tracing::warn!(
                     window_ms = RETRY_FOR.as_millis() as u64,
                     %error,
