@@ -79,12 +79,7 @@ async fn instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_ver
 }
 
 async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
+    let engine = backend.with_tally().await;
     let ids = tally::start_waiting(&engine, 0..3u64, StartOptions::new()).await;
     assert_eq!(
         engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap(),
@@ -100,12 +95,7 @@ async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) 
     );
     engine.shutdown().await;
 
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
+    let engine = backend.with_tally().await;
     let info = engine.version(tally::WORKFLOW, "1.0.0").unwrap();
     assert_eq!(
         (info.status, info.counters.live, info.counters.started),
@@ -142,12 +132,7 @@ async fn a_version_drains_exactly_when_its_last_instance_ends(backend: Backend) 
 async fn a_drain_is_undone_with_instances_live_or_after_the_last_finished_and_stays_undone_across_a_restart(
     backend: Backend,
 ) {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
+    let engine = backend.with_tally().await;
     let mut events = engine.subscribe();
     let waiting = tally::start_waiting(&engine, 0..2u64, StartOptions::new()).await;
     engine.drain(tally::WORKFLOW, "1.0.0").await.unwrap();
@@ -195,12 +180,7 @@ async fn a_drain_is_undone_with_instances_live_or_after_the_last_finished_and_st
     );
     engine.shutdown().await;
 
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
+    let engine = backend.with_tally().await;
     assert_eq!(
         engine.version(tally::WORKFLOW, "1.0.0").unwrap().status,
         VersionStatus::Active,
@@ -474,12 +454,7 @@ async fn durable_timers_and_signals_survive_a_restart(backend: Backend) {
 }
 
 async fn background_migration_survives_a_restart_and_migrates_each_record_once(backend: Backend) {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
+    let engine = backend.with_tally().await;
     // Counts clear of the ones the tally migration refuses (13) or holds (999).
     let ids = tally::start_waiting(&engine, 100..140u64, StartOptions::new()).await;
     engine.shutdown().await;

@@ -51,16 +51,31 @@ fn warnings() -> Warnings {
         .clone()
 }
 
-/// A holder whose heartbeats are 40 s apart (lease 120 s): a signal sent through another engine
-/// reaches it within the 30 s `outcome_within` allows only by a wake-up.
-async fn holder(url: &str) -> Engine {
-    Engine::builder()
-        .postgres(url)
-        .lease(Duration::from_secs(120))
+/// Heartbeats 40 s apart (lease 120 s): a signal sent through another engine reaches the holder
+/// within the 30 s `outcome_within` allows only by a wake-up.
+const WAKE_UPS_ONLY: Duration = Duration::from_secs(120);
+
+/// A tally instance waiting on a holder (opened with `builder` and lease `lease`) gets its signal
+/// through another engine on `url` and finishes; `before` runs on the holder before the signal.
+async fn signal_through_another_engine(
+    builder: strata::EngineBuilder,
+    lease: Duration,
+    url: &str,
+    before: impl AsyncFnOnce(&Engine),
+) {
+    let holder = builder
+        .lease(lease)
         .register(tally::on_schema_1("1.0.0"))
         .open()
         .await
-        .unwrap()
+        .unwrap();
+    let console = Engine::builder().postgres(url).open().await.unwrap();
+    let id = tally::start_waiting(&holder, [1u64], StartOptions::new()).await[0];
+    before(&holder).await;
+    console.signal(id, tally::GO, &()).await.unwrap();
+    outcome_within(&holder, id).await;
+    console.shutdown().await;
+    holder.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,13 +83,13 @@ async fn through_a_session_pooler_wake_ups_are_heard() {
     let database = TestDatabase::create();
     let bouncer = PgBouncer::start(PoolMode::Session, database.server(), &database.user());
     let url = bouncer.url(&database.user(), database.name());
-    let holder = holder(&url).await;
-    let console = Engine::builder().postgres(&url).open().await.unwrap();
-    let id = tally::start_waiting(&holder, [1u64], StartOptions::new()).await[0];
-    console.signal(id, tally::GO, &()).await.unwrap();
-    outcome_within(&holder, id).await;
-    console.shutdown().await;
-    holder.shutdown().await;
+    signal_through_another_engine(
+        Engine::builder().postgres(&url),
+        WAKE_UPS_ONLY,
+        &url,
+        async |_: &Engine| {},
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,24 +98,20 @@ async fn through_a_transaction_pooler_without_a_listen_url_the_engine_says_so_an
     let database = TestDatabase::create();
     let bouncer = PgBouncer::start(PoolMode::Transaction, database.server(), &database.user());
     let url = bouncer.url(&database.user(), database.name());
-    let holder = Engine::builder()
-        .postgres(&url)
-        .lease(Duration::from_millis(600))
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
-    let console = Engine::builder().postgres(&url).open().await.unwrap();
-    let id = tally::start_waiting(&holder, [1u64], StartOptions::new()).await[0];
-    wait_until(&holder, |_| {
-        warnings.contain("wake-ups are not heard over this connection")
-    })
+    let heard_of = async |holder: &Engine| {
+        wait_until(holder, |_| {
+            warnings.contain("wake-ups are not heard over this connection")
+        })
+        .await;
+        assert!(warnings.contain("postgres_listen_url"), "the warning says what to do");
+    };
+    signal_through_another_engine(
+        Engine::builder().postgres(&url),
+        Duration::from_millis(600),
+        &url,
+        heard_of,
+    )
     .await;
-    assert!(warnings.contain("postgres_listen_url"), "the warning says what to do");
-    console.signal(id, tally::GO, &()).await.unwrap();
-    outcome_within(&holder, id).await;
-    console.shutdown().await;
-    holder.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,20 +119,8 @@ async fn through_a_transaction_pooler_a_direct_listen_url_hears_the_wake_ups() {
     let database = TestDatabase::create();
     let bouncer = PgBouncer::start(PoolMode::Transaction, database.server(), &database.user());
     let url = bouncer.url(&database.user(), database.name());
-    let holder = Engine::builder()
-        .postgres(&url)
-        .postgres_listen_url(&database.url)
-        .lease(Duration::from_secs(120))
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
-    let console = Engine::builder().postgres(&url).open().await.unwrap();
-    let id = tally::start_waiting(&holder, [1u64], StartOptions::new()).await[0];
-    console.signal(id, tally::GO, &()).await.unwrap();
-    outcome_within(&holder, id).await;
-    console.shutdown().await;
-    holder.shutdown().await;
+    let builder = Engine::builder().postgres(&url).postgres_listen_url(&database.url);
+    signal_through_another_engine(builder, WAKE_UPS_ONLY, &url, async |_: &Engine| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

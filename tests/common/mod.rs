@@ -72,6 +72,15 @@ impl Backend {
         }
     }
 
+    /// An engine on this backend with tally 1.0.0 registered.
+    pub async fn with_tally(&self) -> Engine {
+        self.builder()
+            .register(tally::on_schema_1("1.0.0"))
+            .open()
+            .await
+            .expect("open an engine with tally 1.0.0")
+    }
+
     /// A builder on this backend with fast commit retries.
     pub fn builder(&self) -> EngineBuilder {
         let builder = Engine::builder()

@@ -63,7 +63,6 @@ impl PgBouncer {
         // Readable by the user it runs as when started as root (it refuses to run as root).
         for path in [files.path(), users.as_path(), config.as_path()] {
             let mode = if path.is_dir() { 0o755 } else { 0o644 };
-            std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(path).unwrap().permissions(), mode);
             std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
         }
         let mut command = Command::new(PROGRAM);
