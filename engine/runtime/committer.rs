@@ -234,8 +234,8 @@ impl CommitLoop {
 
     /// Applies a group as one write; if that fails, applies each commit alone so that one bad
     /// commit does not fail the others — unless the store was unavailable (unreachable,
-    /// read-only), which is no commit's fault: then every commit of the group gets that error at once, instead of
-    /// each riding out the outage again in turn.
+    /// read-only), which is no commit's fault: then every commit of the group gets that error at
+    /// once, instead of each riding out the outage again in turn.
     fn apply_group(&mut self, group: &mut [Request]) -> Vec<Result<Committed, StoreError>> {
         if let Some(error) = &self.poisoned {
             return group.iter().map(|_| Err(error.clone())).collect();
