@@ -10,6 +10,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use strata::{Durability, Engine};
 use strata_workflows::approval;
 
+#[path = "../examples/support/waiting.rs"]
+mod waiting;
+
 const INSTANCES: usize = 100_000;
 
 async fn open(dir: &Path) -> Engine {
@@ -28,7 +31,7 @@ async fn open(dir: &Path) -> Engine {
 /// Fills `dir` with `INSTANCES` approval requests, each waiting for a decision.
 async fn populate(dir: &Path) {
     let engine = open(dir).await;
-    approval::start_waiting_requests(&engine, INSTANCES)
+    waiting::start_waiting_requests(&engine, INSTANCES)
         .await
         .expect("populate");
     engine.shutdown().await;

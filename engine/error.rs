@@ -183,3 +183,9 @@ fn describe_missing(missing: &[(VersionKey, u64)]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+impl From<strata_core::codec::EncodeError> for EngineError {
+    fn from(error: strata_core::codec::EncodeError) -> Self {
+        EngineError::Store(error.into())
+    }
+}

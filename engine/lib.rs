@@ -17,14 +17,12 @@ mod error;
 pub mod instance;
 pub mod migrate;
 pub mod observe;
-mod periodic;
 pub mod registry;
-pub mod rollout;
-pub mod routing;
 mod runtime;
 pub mod store;
-mod suggest;
-pub mod workflow;
+
+use strata_core::{periodic, suggest};
+pub use strata_core::{rollout, routing, workflow};
 
 pub use engine::{Engine, EngineBuilder, StartOptions};
 pub use error::EngineError;

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use strata::{Durability, Engine};
 use strata_workflows::approval;
 
+#[path = "support/waiting.rs"]
+mod waiting;
+
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -61,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn populate(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn std::error::Error>> {
     let engine = open(dir).await?;
     let started = Instant::now();
-    approval::start_waiting_requests(&engine, instances).await?;
+    waiting::start_waiting_requests(&engine, instances).await?;
     println!(
         "started {instances} waiting instances in {:.2}s (Buffered)",
         started.elapsed().as_secs_f64()

@@ -76,7 +76,7 @@ async fn pay(engine: &Engine, id: InstanceId) {
     if info.status.is_terminal() {
         return;
     }
-    let state: OrderState = order::order_state(&info).expect("order state");
+    let state: OrderState = order::order_state(info.state_schema(), info.state_bytes()).expect("order state");
     if state.input.payment_timeout_ms < 10_000 {
         return; // this customer never pays
     }

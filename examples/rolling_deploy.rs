@@ -141,7 +141,9 @@ async fn pay_waiting(console: &Engine) {
         .list(&InstanceFilter::workflow(order::WORKFLOW).with_status(InstanceStatus::WaitingSignal))
         .expect("list orders");
     for info in waiting {
-        let Ok(state) = order::order_state(&info) else { continue };
+        let Ok(state) = order::order_state(info.state_schema(), info.state_bytes()) else {
+            continue;
+        };
         let payment = Payment {
             amount_cents: state.input.total_cents(),
             reference: format!("pay-{}", state.input.order_id),

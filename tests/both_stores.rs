@@ -69,7 +69,7 @@ async fn instances_stay_pinned_across_a_restart_while_new_ones_go_to_the_new_ver
     assert_eq!(shipped.status, "shipped");
     let finished = engine.instance(old).unwrap();
     assert_eq!(finished.version().to_string(), "1.0.0");
-    let state = order::order_state(&finished).unwrap();
+    let state = order::order_state(finished.state_schema(), finished.state_bytes()).unwrap();
     assert_eq!(
         state.history,
         order::expected_history("1.0.0"),

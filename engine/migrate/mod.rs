@@ -1,20 +1,13 @@
-//! State migration: schemas, migration chains, lazy and background migration, and moving
-//! instances between versions.
-//!
-//! Owns the migration functions and step mappings, the rules that decide whether an instance can
-//! move and what its record becomes, and the types of background jobs. It transforms records and
-//! never commits: the runtime claims instances at step boundaries and commits what this module
-//! computed, so every move and every migrated record is one commit (invariants 1 and 6).
+//! Background migrations as they run in this engine: the control a job's runner shares with its
+//! handles. What a migration is (chains, step mappings, moves, job records) is
+//! `strata_core::migrate`, re-exported here.
 
-mod chain;
 mod job;
-mod moves;
 
-pub(crate) use chain::MigrationChains;
-pub use chain::{MigrationError, MigrationFailure, StateMigration};
 pub(crate) use job::JobControl;
-pub use job::{
-    MigrationFailureReport, MigrationHandle, MigrationJob, MigrationJobRecord, MigrationProgress, MigrationState,
+pub use job::MigrationHandle;
+pub use strata_core::migrate::{
+    MigrationChains, MigrationError, MigrationFailure, MigrationFailureReport, MigrationJob, MigrationJobRecord,
+    MigrationProgress, MigrationState, MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest,
+    StateMigration, StepMapping, StepMappings,
 };
-pub use moves::{MoveCheck, MovePlan, MoveRefusal, MoveReport, MoveRequest, StepMapping};
-pub(crate) use moves::{MoveContext, StepMappings};

@@ -32,17 +32,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// `duration` in whole milliseconds, saturating at `u64::MAX` (585 million years) instead of
-/// wrapping: the unit of every persisted time.
-pub(crate) fn millis_saturating(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The time `duration` after `now_ms` (ms since the Unix epoch), saturating at the clock's
-/// horizon (`u64::MAX`): a very long wait stays a very long wait, never a wrap to an early wake.
-pub(crate) fn deadline_after(now_ms: u64, duration: Duration) -> u64 {
-    now_ms.saturating_add(millis_saturating(duration))
-}
+pub(crate) use strata_core::time::{deadline_after, millis_saturating};
 
 /// A clock that only moves when told to: for tests of holds, windows and rollouts.
 #[derive(Debug)]

@@ -7,26 +7,14 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use semver::Version;
-use serde::{Deserialize, Serialize};
+
+pub use strata_core::version::VersionStatus;
 
 use crate::instance::{InstanceId, VersionKey};
 use crate::observe::VersionMetrics;
 use crate::routing::{self, VersionRequest};
 use crate::store::{StoredVersion, VersionCounters};
 use crate::workflow::VersionCode;
-
-/// The lifecycle status of a workflow version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum VersionStatus {
-    /// May receive new instances.
-    Active,
-    /// Receives no new instances; some of its instances are still live.
-    Draining,
-    /// Receives no new instances and has no live instance: its code may be removed.
-    Drained,
-    /// Taken out of service for good; it had no live instance when retired.
-    Retired,
-}
 
 /// A registry failure, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,18 +156,6 @@ fn activity(counters: &VersionCounters) -> u64 {
         + counters.cancelled
         + counters.moved_in
         + counters.moved_out
-}
-
-impl VersionStatus {
-    /// Its place in the lifecycle, which moves forward but for a drain undone.
-    fn rank(self) -> u8 {
-        match self {
-            VersionStatus::Active => 0,
-            VersionStatus::Draining => 1,
-            VersionStatus::Drained => 2,
-            VersionStatus::Retired => 3,
-        }
-    }
 }
 
 /// The versions known to an engine: registered code, statuses and counters.
@@ -353,7 +329,7 @@ impl Registry {
         let status = stored.status.unwrap_or(VersionStatus::Active);
         let newer = match stored.status_changes.cmp(&entry.status_changes) {
             std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Equal => status.rank() > entry.status.rank(),
+            std::cmp::Ordering::Equal => status.lifecycle_rank() > entry.status.lifecycle_rank(),
             std::cmp::Ordering::Less => false,
         };
         if !newer {
@@ -545,7 +521,7 @@ mod tests {
     /// `version` with `started` instances of which `live` still live, its status reached by
     /// moving forward only (one change per step from `Active`).
     fn stored(version: &str, started: u64, live: u64, status: Option<VersionStatus>) -> StoredVersion {
-        let changes = status.map_or(0, |status| u64::from(status.rank()));
+        let changes = status.map_or(0, |status| u64::from(status.lifecycle_rank()));
         stamped(version, started, live, status, changes)
     }
 

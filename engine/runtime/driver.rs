@@ -333,16 +333,15 @@ impl Runtime {
     async fn attempt(&self, code: &dyn VersionCode, job: &Job) -> Attempt {
         let record = &job.record;
         let policy = code.retry_policy(&record.step);
-        let ctx = StepCtx {
-            instance: record.id,
-            workflow: code.workflow().clone(),
-            version: code.version().clone(),
-            step: Arc::from(record.step.as_str()),
-            attempt: record.attempt,
-            visit: record.visits,
-            wake: job.wake.clone(),
-            now: std::time::UNIX_EPOCH + Duration::from_millis(self.now()),
-        };
+        let ctx = StepCtx::new(
+            record.id,
+            code.workflow().clone(),
+            code.version().clone(),
+            Arc::from(record.step.as_str()),
+        )
+        .with_attempt(record.attempt, record.visits)
+        .with_wake(job.wake.clone())
+        .at(std::time::UNIX_EPOCH + Duration::from_millis(self.now()));
         let span = tracing::info_span!(
             "step",
             workflow = %record.key.workflow,
@@ -465,7 +464,7 @@ impl Runtime {
                 ops.push(Op::PutInstance(encoded));
                 self.write_then_announce(ops).await
             }
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
         if let Err(crate::store::StoreError::ClaimLost { .. }) = committed {
             // Another worker holds the instance now and runs the step again there.

@@ -569,7 +569,7 @@ impl Runtime {
             match record.encode() {
                 Ok(bytes) => ops.push(Op::PutInstance(bytes)),
                 Err(error) => {
-                    encoded = Err(error);
+                    encoded = Err(error.into());
                     break;
                 }
             }

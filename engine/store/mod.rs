@@ -26,7 +26,10 @@ pub use crate::migrate::MigrationJobRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::{EncodedInstance, InstanceId, InstanceRecord, VersionKey};
+pub use strata_core::version::{CounterDelta, VersionCounters};
+
 use crate::registry::VersionStatus;
+pub(crate) use strata_core::codec::damaged_record;
 
 /// A store failure, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,6 +206,15 @@ pub enum StoreError {
     },
 }
 
+impl From<strata_core::codec::EncodeError> for StoreError {
+    fn from(error: strata_core::codec::EncodeError) -> Self {
+        StoreError::Encode {
+            what: error.what,
+            message: error.message,
+        }
+    }
+}
+
 fn describe_ids(ids: &[InstanceId]) -> String {
     ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
@@ -220,32 +232,6 @@ pub enum DatabaseProblem {
     MissingDatabase,
     /// Anything else the server said.
     Other,
-}
-
-/// The first byte of a record the store found damaged: a MessagePack marker no encoder writes,
-/// so nothing that reads records takes it for one.
-const DAMAGED_RECORD_MARK: u8 = 0xc1;
-
-/// What a store keeps in place of a record whose bytes it found damaged (a value that fails its
-/// checksum): the mark, why (length-prefixed UTF-8), and the bytes as they read. It does not
-/// decode as a record: the engine quarantines the instance, and reads say why.
-pub(crate) fn damaged_record(reason: &str, raw: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(5 + reason.len() + raw.len());
-    bytes.push(DAMAGED_RECORD_MARK);
-    bytes.extend_from_slice(&(reason.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(reason.as_bytes());
-    bytes.extend_from_slice(raw);
-    bytes
-}
-
-/// Why the store found this record damaged, if it is one [`damaged_record`] wrote.
-pub(crate) fn damaged_record_reason(bytes: &[u8]) -> Option<String> {
-    let (&DAMAGED_RECORD_MARK, rest) = bytes.split_first()? else {
-        return None;
-    };
-    let length = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let reason = rest.get(4..4usize.checked_add(length)?)?;
-    Some(String::from_utf8_lossy(reason).into_owned())
 }
 
 /// Decodes a live instance record stored under `id`, or says why it cannot be used (it does not
@@ -295,113 +281,6 @@ pub struct AppliedConfig {
     pub text: String,
     /// When it was applied (ms since the Unix epoch).
     pub applied_at_ms: u64,
-}
-
-/// Per-version counts, persisted in the same commit as the instance records they count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct VersionCounters {
-    /// Instances that have not finished (including parked and quarantined ones).
-    pub live: u64,
-    /// Instances ever started on the version.
-    pub started: u64,
-    /// Instances that completed.
-    pub completed: u64,
-    /// Instances that failed.
-    pub failed: u64,
-    /// Instances that were cancelled.
-    pub cancelled: u64,
-    /// Instances moved to this version from another (format 2).
-    #[serde(default)]
-    pub moved_in: u64,
-    /// Instances moved from this version to another (format 2).
-    #[serde(default)]
-    pub moved_out: u64,
-    /// When the first instance started (ms since the Unix epoch).
-    pub first_start_ms: Option<u64>,
-    /// When the last instance started (ms since the Unix epoch).
-    pub last_start_ms: Option<u64>,
-}
-
-impl VersionCounters {
-    /// Applies a change.
-    pub fn apply(&mut self, delta: &CounterDelta) {
-        self.live = self.live.saturating_add_signed(delta.live);
-        self.started += delta.started;
-        self.completed += delta.completed;
-        self.failed += delta.failed;
-        self.cancelled += delta.cancelled;
-        self.moved_in += delta.moved_in;
-        self.moved_out += delta.moved_out;
-        if let Some(at) = delta.started_at_ms {
-            self.first_start_ms = Some(self.first_start_ms.map_or(at, |first| first.min(at)));
-            self.last_start_ms = Some(self.last_start_ms.map_or(at, |last| last.max(at)));
-        }
-    }
-}
-
-/// A change to a version's counters, applied inside a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CounterDelta {
-    /// Change of the live count.
-    pub live: i64,
-    /// Instances started.
-    pub started: u64,
-    /// Instances completed.
-    pub completed: u64,
-    /// Instances failed.
-    pub failed: u64,
-    /// Instances cancelled.
-    pub cancelled: u64,
-    /// Instances moved in.
-    pub moved_in: u64,
-    /// Instances moved out.
-    pub moved_out: u64,
-    /// The start time of a started instance.
-    pub started_at_ms: Option<u64>,
-}
-
-impl CounterDelta {
-    /// The change for one instance starting at `at_ms`.
-    pub fn start(at_ms: u64) -> Self {
-        CounterDelta {
-            live: 1,
-            started: 1,
-            started_at_ms: Some(at_ms),
-            ..CounterDelta::default()
-        }
-    }
-
-    /// The change for `count` instances moving in (`incoming`) or out of a version.
-    pub fn moved(count: u64, incoming: bool) -> Self {
-        if incoming {
-            CounterDelta {
-                live: count as i64,
-                moved_in: count,
-                ..CounterDelta::default()
-            }
-        } else {
-            CounterDelta {
-                live: -(count as i64),
-                moved_out: count,
-                ..CounterDelta::default()
-            }
-        }
-    }
-
-    /// The change for one instance finishing with `status` (completed, failed, else cancelled).
-    pub fn finish(status: crate::instance::InstanceStatus) -> Self {
-        use crate::instance::InstanceStatus;
-        let mut delta = CounterDelta {
-            live: -1,
-            ..CounterDelta::default()
-        };
-        match status {
-            InstanceStatus::Completed => delta.completed = 1,
-            InstanceStatus::Failed => delta.failed = 1,
-            _ => delta.cancelled = 1,
-        }
-        delta
-    }
 }
 
 /// One write inside an atomic commit.

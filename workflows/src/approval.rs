@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strata::{Next, StepCtx, StepResult, WorkflowVersion};
+use strata_core::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
 
 /// The workflow's name.
 pub const WORKFLOW: &str = "approval";
@@ -54,30 +54,4 @@ pub fn v1_0() -> WorkflowVersion<u64, u64, Decision> {
         .signal_type::<bool>(DECISION_SIGNAL)
         .step("request", request)
         .step("decide", decide)
-}
-
-/// Starts `count` requests from 64 concurrent callers and returns once every one of them is
-/// waiting for its decision: the idle in-flight load of the recovery and memory measurements.
-pub async fn start_waiting_requests(engine: &strata::Engine, count: usize) -> Result<(), strata::EngineError> {
-    let callers: Vec<_> = (0..64)
-        .map(|caller| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                for amount_cents in (caller..count).step_by(64) {
-                    engine.start(WORKFLOW, &(amount_cents as u64)).await?;
-                }
-                Ok::<(), strata::EngineError>(())
-            })
-        })
-        .collect();
-    for caller in callers {
-        caller.await.map_err(|_| strata::EngineError::ShuttingDown)??;
-    }
-    let waiting = strata::InstanceFilter::workflow(WORKFLOW).with_status(strata::InstanceStatus::WaitingSignal);
-    let mut events = engine.subscribe();
-    while engine.list(&waiting)?.len() < count {
-        // Re-count after the next event or, at the latest, after 100 ms.
-        let _ = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
-    }
-    Ok(())
 }

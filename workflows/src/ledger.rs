@@ -3,7 +3,7 @@
 //! the benchmarks' step load.
 
 use serde::{Deserialize, Serialize};
-use strata::{Next, StepCtx, StepResult, WorkflowVersion};
+use strata_core::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
 
 /// The workflow's name.
 pub const WORKFLOW: &str = "ledger";

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strata::{Next, StepCtx, StepResult, WorkflowVersion};
+use strata_core::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
 
 /// The workflow's name.
 pub const WORKFLOW: &str = "onboarding";

@@ -15,11 +15,11 @@
 
 use std::time::Duration;
 
+use semver::Version;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use strata::{
-    Next, RetryPolicy, StateMigration, StepCtx, StepError, StepMapping, StepResult, Version, WorkflowVersion,
-};
+use strata_core::migrate::{StateMigration, StepMapping};
+use strata_core::workflow::{decode_user, Next, RetryPolicy, StepCtx, StepError, StepResult, WorkflowVersion};
 
 /// The workflow's name.
 pub const WORKFLOW: &str = "order";
@@ -219,12 +219,13 @@ impl OrderShape for OrderStateV3 {
     }
 }
 
-/// The fields every schema shares, read from a stored state of any schema (1, 2 or 3).
-pub fn order_state(info: &strata::InstanceInfo) -> Result<OrderState, strata::EngineError> {
-    match info.state_schema() {
-        1 => info.state::<OrderState>(),
-        2 => info.state::<OrderStateV2>().map(|state| state.order),
-        _ => info.state::<OrderStateV3>().map(|state| state.order),
+/// The fields every schema shares, read from a stored state of any schema (1, 2 or 3):
+/// `order_state(info.state_schema(), info.state_bytes())`.
+pub fn order_state(schema: u32, state: &[u8]) -> Result<OrderState, String> {
+    match schema {
+        1 => decode_user::<OrderState>(state),
+        2 => decode_user::<OrderStateV2>(state).map(|state| state.order),
+        _ => decode_user::<OrderStateV3>(state).map(|state| state.order),
     }
 }
 
@@ -402,7 +403,7 @@ async fn ship<S: OrderShape>(ctx: StepCtx, state: &mut S) -> StepResult<OrderOut
     visit(&ctx, state);
     state.shipped_to = Some(line);
     state.tracking = Some(format!("TRK-{}", state.input.order_id));
-    if ctx.version() >= &strata::Version::new(1, 1, 0) && ctx.version().major == 1 {
+    if ctx.version() >= &Version::new(1, 1, 0) && ctx.version().major == 1 {
         return Ok(Next::goto("notify_customer"));
     }
     Ok(Next::complete(finish(&ctx, state, "shipped")))

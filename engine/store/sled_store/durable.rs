@@ -787,7 +787,7 @@ pub(super) fn set_aside(path: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use crate::instance::InstanceId;
-    use crate::store::damaged_record_reason;
+    use strata_core::codec::damaged_record_reason;
 
     fn damaged(key: Vec<u8>) -> DamagedValue {
         DamagedValue {

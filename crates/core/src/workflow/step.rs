@@ -35,17 +35,52 @@ pub enum WakeReason {
 /// What a step gets besides the state: who it is, which attempt, why it runs.
 #[derive(Debug, Clone)]
 pub struct StepCtx {
-    pub(crate) instance: InstanceId,
-    pub(crate) workflow: Arc<str>,
-    pub(crate) version: Arc<Version>,
-    pub(crate) step: Arc<str>,
-    pub(crate) attempt: u32,
-    pub(crate) visit: u64,
-    pub(crate) wake: WakeReason,
-    pub(crate) now: SystemTime,
+    instance: InstanceId,
+    workflow: Arc<str>,
+    version: Arc<Version>,
+    step: Arc<str>,
+    attempt: u32,
+    visit: u64,
+    wake: WakeReason,
+    now: SystemTime,
 }
 
 impl StepCtx {
+    /// The context of the first attempt of the first visit of `step` of a new instance, at the
+    /// Unix epoch: what the runtime builds for each attempt (with the `with_` methods), and what a
+    /// unit test of a step's function builds to call it.
+    pub fn new(instance: InstanceId, workflow: Arc<str>, version: Arc<Version>, step: Arc<str>) -> StepCtx {
+        StepCtx {
+            instance,
+            workflow,
+            version,
+            step,
+            attempt: 1,
+            visit: 0,
+            wake: WakeReason::Started,
+            now: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// The same context for attempt `attempt` (from 1) of visit `visit` of the step.
+    pub fn with_attempt(mut self, attempt: u32, visit: u64) -> StepCtx {
+        self.attempt = attempt;
+        self.visit = visit;
+        self
+    }
+
+    /// The same context, woken for `wake`.
+    pub fn with_wake(mut self, wake: WakeReason) -> StepCtx {
+        self.wake = wake;
+        self
+    }
+
+    /// The same context, its attempt beginning at `now`.
+    pub fn at(mut self, now: SystemTime) -> StepCtx {
+        self.now = now;
+        self
+    }
+
     /// The instance this step belongs to.
     pub fn instance_id(&self) -> InstanceId {
         self.instance
@@ -173,7 +208,8 @@ impl<O> Next<O> {
         Next::Fail(reason.into())
     }
 
-    pub(crate) fn map_output<P>(self, map: impl FnOnce(O) -> P) -> Next<P> {
+    /// The same transition with its output mapped (the runtime encodes outputs this way).
+    pub fn map_output<P>(self, map: impl FnOnce(O) -> P) -> Next<P> {
         match self {
             Next::Goto(step) => Next::Goto(step),
             Next::Sleep { duration, then } => Next::Sleep { duration, then },
@@ -187,7 +223,7 @@ impl<O> Next<O> {
 /// The result of one step attempt.
 pub type StepResult<O> = Result<Next<O>, StepError>;
 
-/// A failed step attempt. Retryable errors are retried by the step's [`crate::RetryPolicy`];
+/// A failed step attempt. Retryable errors are retried by the step's [`crate::workflow::RetryPolicy`];
 /// permanent ones fail the instance at once. Any `std::error::Error` converts into a retryable one,
 /// so `?` works inside steps.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -202,7 +202,7 @@ impl StateMigration {
 
 /// Every registered migration, by workflow and source schema.
 #[derive(Default, Clone)]
-pub(crate) struct MigrationChains {
+pub struct MigrationChains {
     chains: HashMap<String, BTreeMap<u32, StateMigration>>,
 }
 

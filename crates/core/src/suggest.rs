@@ -3,7 +3,7 @@
 
 /// The known name nearest to `given`, if one is near enough to be a typo of it (at most a third
 /// of its letters differ, and at least one).
-pub(crate) fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let allowed = (given.chars().count() / 3).max(1);
     known
         .into_iter()
@@ -15,7 +15,7 @@ pub(crate) fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>)
 
 /// A deserializer's message with the nearest known name added where it refuses an unknown field
 /// or variant (serde's "unknown field `x`, expected one of `a`, `b`" or "expected `a` or `b`").
-pub(crate) fn explain_unknown(message: &str) -> String {
+pub fn explain_unknown(message: &str) -> String {
     let Some((given, expected)) = ["unknown field `", "unknown variant `", "unknown value `"]
         .iter()
         .find_map(|marker| {

@@ -33,7 +33,7 @@ pub fn bucket(workflow: &str, routing_key: &str) -> u16 {
 }
 
 /// The bucket of an instance started without a routing key: its id in decimal, without allocating.
-pub fn bucket_of_id(workflow: &str, id: u64) -> u16 {
+pub(crate) fn bucket_of_id(workflow: &str, id: u64) -> u16 {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     let mut rest = id;

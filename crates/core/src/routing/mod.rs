@@ -39,7 +39,7 @@ impl fmt::Display for VersionRequest {
 }
 
 /// The newest of `candidates` (versions that may take new instances) that fits `request`.
-pub(crate) fn pick<'a>(
+pub fn pick<'a>(
     candidates: impl Iterator<Item = &'a Version> + Clone,
     request: &VersionRequest,
 ) -> Option<&'a Version> {

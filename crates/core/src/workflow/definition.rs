@@ -212,7 +212,7 @@ where
     }
 
     /// Checks the definition and erases its types for the runtime.
-    pub(crate) fn into_code(self) -> Result<Arc<dyn VersionCode>, DefinitionError> {
+    pub fn into_code(self) -> Result<Arc<dyn VersionCode>, DefinitionError> {
         if self.workflow.trim().is_empty() {
             return Err(DefinitionError::EmptyWorkflowName);
         }
@@ -267,14 +267,16 @@ where
 }
 
 /// The result of a step attempt that returned normally, with state and output encoded.
-pub(crate) struct StepOutcome {
+pub struct StepOutcome {
+    /// The new state, encoded.
     pub state: Vec<u8>,
+    /// What comes next, its output encoded.
     pub next: Next<Vec<u8>>,
 }
 
 /// Why a step attempt produced no outcome.
 #[derive(Debug, Clone)]
-pub(crate) enum StepFailure {
+pub enum StepFailure {
     /// The cursor names a step this version does not define.
     UnknownStep,
     /// The stored state does not decode as this version's state type.
@@ -287,7 +289,7 @@ pub(crate) enum StepFailure {
 
 /// Why a start's initial state could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum InitFailure {
+pub enum InitFailure {
     /// The input does not decode as the version's input type.
     #[error("its input does not decode as the version's input: {0}")]
     Input(String),
@@ -300,13 +302,20 @@ pub(crate) enum InitFailure {
 }
 
 /// A workflow version with its types erased: what the registry holds and the runtime runs.
-pub(crate) trait VersionCode: Send + Sync + 'static {
+pub trait VersionCode: Send + Sync + 'static {
+    /// The workflow's name.
     fn workflow(&self) -> &Arc<str>;
+    /// The version.
     fn version(&self) -> &Arc<Version>;
+    /// The schema number of the state this version reads and writes.
     fn state_schema(&self) -> u32;
+    /// The step a new instance starts at.
     fn entry_step(&self) -> &str;
+    /// Whether the version defines `step`.
     fn has_step(&self, step: &str) -> bool;
+    /// The retry policy of `step` (the version's fallback for an unknown one).
     fn retry_policy(&self, step: &str) -> &RetryPolicy;
+    /// What happens to its instances when a newer version becomes the routing target.
     fn upgrade_policy(&self) -> UpgradePolicy;
     /// Checks a signal payload against the declared type of signal `name`, if one is declared.
     fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String>;
@@ -376,7 +385,7 @@ where
 
     fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>> {
         Box::pin(async move {
-            let step = self.steps.get(&*ctx.step).ok_or(StepFailure::UnknownStep)?;
+            let step = self.steps.get(ctx.step()).ok_or(StepFailure::UnknownStep)?;
             let mut typed: S = crate::instance::decode_stored(state)
                 .map_err(|error| StepFailure::StateUndecodable(error.to_string()))?;
             let next = (step.run)(ctx, &mut typed).await.map_err(StepFailure::Step)?;

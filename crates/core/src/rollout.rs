@@ -11,7 +11,7 @@ use std::time::Duration;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::store::VersionCounters;
+use crate::version::VersionCounters;
 
 /// One stage of a rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ impl Stage {
     pub fn new(percent: f64, hold: Duration, min_finished: u64) -> Self {
         Stage {
             percent,
-            hold_ms: crate::observe::millis_saturating(hold),
+            hold_ms: crate::time::millis_saturating(hold),
             min_finished,
         }
     }
@@ -74,7 +74,8 @@ impl From<Stage> for StoredStage {
 }
 
 /// What makes a candidate worse than the stable version. Unset gates are not checked.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Gates {
     /// The candidate's error rate may exceed the stable's by at most this much (0.05 = 5 points).
     pub max_error_rate_increase: Option<f64>,
@@ -389,7 +390,8 @@ impl Gate {
 }
 
 /// One version's figures in the current stage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Figures {
     /// Instances that finished in the stage.
     pub finished: u64,

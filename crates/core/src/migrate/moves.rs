@@ -10,7 +10,7 @@ use super::chain::{MigrationChains, MigrationFailure};
 use crate::instance::{
     InstanceId, InstanceRecord, InstanceStatus, MoveCause, MoveStamp, Phase, VersionKey, RECORD_FORMAT,
 };
-use crate::registry::VersionStatus;
+use crate::version::VersionStatus;
 use crate::workflow::VersionCode;
 
 /// How the steps of one version map to the steps of another, for steps that were renamed.
@@ -18,10 +18,14 @@ use crate::workflow::VersionCode;
 /// backwards.
 #[derive(Debug, Clone)]
 pub struct StepMapping {
-    pub(crate) workflow: String,
-    pub(crate) from: Version,
-    pub(crate) to: Version,
-    pub(crate) steps: HashMap<String, String>,
+    /// The workflow.
+    pub workflow: String,
+    /// The version whose step names are mapped.
+    pub from: Version,
+    /// The version they map to.
+    pub to: Version,
+    /// Old step name to new step name, for the steps that were renamed.
+    pub steps: HashMap<String, String>,
 }
 
 impl StepMapping {
@@ -44,7 +48,7 @@ impl StepMapping {
 
 /// The registered step mappings.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct StepMappings {
+pub struct StepMappings {
     by_versions: HashMap<(String, Version, Version), HashMap<String, String>>,
 }
 
@@ -269,11 +273,16 @@ pub struct MoveReport {
 }
 
 /// What a move needs to know besides the record.
-pub(crate) struct MoveContext<'a> {
+pub struct MoveContext<'a> {
+    /// The code of the version the instance would move to.
     pub target: &'a dyn VersionCode,
+    /// That version's status.
     pub target_status: VersionStatus,
+    /// The state migrations registered for the workflow.
     pub chains: &'a MigrationChains,
+    /// The step mappings registered for the workflow.
     pub mappings: &'a StepMappings,
+    /// Step renames the move request adds to the registered mappings.
     pub extra_steps: &'a HashMap<String, String>,
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// A thread running a task every interval; dropping it (or [`PeriodicThread::stop`]) stops the
 /// thread and waits for the run in progress.
-pub(crate) struct PeriodicThread {
+pub struct PeriodicThread {
     name: &'static str,
     /// Dropped to stop the thread.
     stop: Option<mpsc::Sender<()>>,

@@ -1,0 +1,137 @@
+//! A version's lifecycle status and its per-version counts: what the store persists for each
+//! version and the registry, rollouts and metrics read.
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::InstanceStatus;
+
+/// The lifecycle status of a workflow version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VersionStatus {
+    /// May receive new instances.
+    Active,
+    /// Receives no new instances; some of its instances are still live.
+    Draining,
+    /// Receives no new instances and has no live instance: its code may be removed.
+    Drained,
+    /// Taken out of service for good; it had no live instance when retired.
+    Retired,
+}
+
+impl VersionStatus {
+    /// Its place in the lifecycle, which moves forward but for a drain undone.
+    pub fn lifecycle_rank(self) -> u8 {
+        match self {
+            VersionStatus::Active => 0,
+            VersionStatus::Draining => 1,
+            VersionStatus::Drained => 2,
+            VersionStatus::Retired => 3,
+        }
+    }
+}
+
+/// Per-version counts, persisted in the same commit as the instance records they count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VersionCounters {
+    /// Instances that have not finished (including parked and quarantined ones).
+    pub live: u64,
+    /// Instances ever started on the version.
+    pub started: u64,
+    /// Instances that completed.
+    pub completed: u64,
+    /// Instances that failed.
+    pub failed: u64,
+    /// Instances that were cancelled.
+    pub cancelled: u64,
+    /// Instances moved to this version from another (format 2).
+    #[serde(default)]
+    pub moved_in: u64,
+    /// Instances moved from this version to another (format 2).
+    #[serde(default)]
+    pub moved_out: u64,
+    /// When the first instance started (ms since the Unix epoch).
+    pub first_start_ms: Option<u64>,
+    /// When the last instance started (ms since the Unix epoch).
+    pub last_start_ms: Option<u64>,
+}
+
+impl VersionCounters {
+    /// Applies a change.
+    pub fn apply(&mut self, delta: &CounterDelta) {
+        self.live = self.live.saturating_add_signed(delta.live);
+        self.started += delta.started;
+        self.completed += delta.completed;
+        self.failed += delta.failed;
+        self.cancelled += delta.cancelled;
+        self.moved_in += delta.moved_in;
+        self.moved_out += delta.moved_out;
+        if let Some(at) = delta.started_at_ms {
+            self.first_start_ms = Some(self.first_start_ms.map_or(at, |first| first.min(at)));
+            self.last_start_ms = Some(self.last_start_ms.map_or(at, |last| last.max(at)));
+        }
+    }
+}
+
+/// A change to a version's counters, applied inside a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterDelta {
+    /// Change of the live count.
+    pub live: i64,
+    /// Instances started.
+    pub started: u64,
+    /// Instances completed.
+    pub completed: u64,
+    /// Instances failed.
+    pub failed: u64,
+    /// Instances cancelled.
+    pub cancelled: u64,
+    /// Instances moved in.
+    pub moved_in: u64,
+    /// Instances moved out.
+    pub moved_out: u64,
+    /// The start time of a started instance.
+    pub started_at_ms: Option<u64>,
+}
+
+impl CounterDelta {
+    /// The change for one instance starting at `at_ms`.
+    pub fn start(at_ms: u64) -> Self {
+        CounterDelta {
+            live: 1,
+            started: 1,
+            started_at_ms: Some(at_ms),
+            ..CounterDelta::default()
+        }
+    }
+
+    /// The change for `count` instances moving in (`incoming`) or out of a version.
+    pub fn moved(count: u64, incoming: bool) -> Self {
+        if incoming {
+            CounterDelta {
+                live: count as i64,
+                moved_in: count,
+                ..CounterDelta::default()
+            }
+        } else {
+            CounterDelta {
+                live: -(count as i64),
+                moved_out: count,
+                ..CounterDelta::default()
+            }
+        }
+    }
+
+    /// The change for one instance finishing with `status` (completed, failed, else cancelled).
+    pub fn finish(status: InstanceStatus) -> Self {
+        let mut delta = CounterDelta {
+            live: -1,
+            ..CounterDelta::default()
+        };
+        match status {
+            InstanceStatus::Completed => delta.completed = 1,
+            InstanceStatus::Failed => delta.failed = 1,
+            _ => delta.cancelled = 1,
+        }
+        delta
+    }
+}

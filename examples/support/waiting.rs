@@ -1,0 +1,33 @@
+//! The idle in-flight load of the recovery and memory measurements (`examples/footprint.rs`,
+//! `benches/recovery.rs`): approval requests, each waiting for its decision.
+
+use std::time::Duration;
+
+use strata_workflows::approval;
+
+/// Starts `count` requests from 64 concurrent callers and returns once every one of them is
+/// waiting for its decision: the idle in-flight load of the recovery and memory measurements.
+pub async fn start_waiting_requests(engine: &strata::Engine, count: usize) -> Result<(), strata::EngineError> {
+    let callers: Vec<_> = (0..64)
+        .map(|caller| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for amount_cents in (caller..count).step_by(64) {
+                    engine.start(approval::WORKFLOW, &(amount_cents as u64)).await?;
+                }
+                Ok::<(), strata::EngineError>(())
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.map_err(|_| strata::EngineError::ShuttingDown)??;
+    }
+    let waiting =
+        strata::InstanceFilter::workflow(approval::WORKFLOW).with_status(strata::InstanceStatus::WaitingSignal);
+    let mut events = engine.subscribe();
+    while engine.list(&waiting)?.len() < count {
+        // Re-count after the next event or, at the latest, after 100 ms.
+        let _ = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
+    }
+    Ok(())
+}
