@@ -282,7 +282,7 @@ impl EngineBuilder {
         };
         engine.reinstall_last_config().await?;
         let stop = engine.runtime.stop_signal();
-        engine.runtime.spawn_tracked(crate::config::scheduler::run(
+        engine.runtime.spawn_tracked(crate::tasks::scheduler::run(
             engine.clone(),
             schedules_in_force,
             stop,
@@ -293,7 +293,7 @@ impl EngineBuilder {
             let interval = (engine.runtime.lease() / 3).max(Duration::from_millis(10));
             engine
                 .runtime
-                .spawn_tracked(crate::config::follow::run(engine.clone(), interval, stop));
+                .spawn_tracked(crate::tasks::follow::run(engine.clone(), interval, stop));
         }
         if let Some(admin) = admin {
             match crate::admin::start(engine.clone(), admin).await {
@@ -707,7 +707,7 @@ impl Engine {
         // What was applied, read once: an edit made after this read is seen by the watcher.
         let applied = Some(text.into_bytes());
         let stop = self.runtime.stop_signal();
-        self.runtime.spawn_tracked(crate::config::watch::watch_file(
+        self.runtime.spawn_tracked(crate::tasks::watch::watch_file(
             self.clone(),
             path,
             applied,

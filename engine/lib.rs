@@ -11,7 +11,6 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod config;
 mod engine;
 mod error;
 pub mod instance;
@@ -20,7 +19,9 @@ pub mod observe;
 pub mod registry;
 mod runtime;
 pub mod store;
+mod tasks;
 
+pub use strata_config as config;
 use strata_core::{periodic, suggest};
 pub use strata_core::{rollout, routing, workflow};
 

@@ -602,7 +602,7 @@ fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<
             let source = file.display().to_string();
             let contents = std::fs::read_to_string(&file)
                 .map_err(|error| CliError::Input(format!("could not read {source}: {error}")))?;
-            if let Err(error) = strata::config::parse(&source, &contents) {
+            if let Err(error) = strata_config::parse(&source, &contents) {
                 let answer = json!({ "valid": false, "error": error.to_string() });
                 out.show(&answer, || format!("invalid: {error}"));
                 return Err(CliError::No(String::new()));

@@ -1,7 +1,10 @@
-//! The config file (`strata.toml`): parsing and validation into routing rules and schedules.
-//! Owns the file format and its error messages (which name the file, the key and the reason), the
-//! file's hot reload (`watch`), cron expressions (`schedule`) and the schedule runner
-//! (`scheduler`). The history of applied configs is kept by the `Engine` facade in the store.
+//! strata-config: the config file (`strata.toml`) parsed and validated into routing rules,
+//! rollouts and schedules.
+//!
+//! Owns the file format and its error messages (which name the file, the key and the reason) and
+//! cron expressions (`schedule`). It reads no file and runs nothing: the engine watches the file,
+//! runs the schedules and keeps the history of applied configs; the CLI checks a file with it
+//! without a server. It depends on `strata-core` only.
 //!
 //! ```toml
 //! [flags.payment-first]
@@ -18,17 +21,18 @@
 //! segments = [{ attribute = "tenant", values = ["acme", "globex"] }]   # optional
 //! ```
 
-pub(crate) mod follow;
+#![warn(missing_docs)]
+
 mod schedule;
-pub(crate) mod scheduler;
-pub(crate) mod watch;
+
+pub use schedule::CronSchedule;
 
 use std::collections::BTreeMap;
 
 use semver::{Version, VersionReq};
 use serde::Deserialize;
 
-use crate::routing::{Flag, RolloutRule, RoutingError, RoutingSpec, Segment, WorkflowRouting};
+use strata_core::routing::{Flag, RolloutRule, RoutingError, RoutingSpec, Segment, WorkflowRouting};
 
 /// Why a config file cannot take effect. The message names the file, the key and the reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -246,7 +250,8 @@ pub struct ScheduleSpec {
     pub routing_key: Option<String>,
     /// What to do about fires missed during downtime.
     pub missed: MissedFires,
-    pub(crate) cron: schedule::CronSchedule,
+    /// The parsed expression.
+    pub cron: CronSchedule,
 }
 
 /// A parsed config file: routing rules and schedules.
@@ -257,7 +262,7 @@ pub struct Config {
     /// Cron schedules.
     pub schedules: Vec<ScheduleSpec>,
     /// Watched rollouts (`[[rollouts]]`); each starts when a config naming it is applied.
-    pub rollouts: Vec<crate::rollout::RolloutSpec>,
+    pub rollouts: Vec<strata_core::rollout::RolloutSpec>,
     /// How long finished instances are kept, if the file says (`retention = "30d"`; zero keeps
     /// them forever); otherwise the builder's setting holds.
     pub retention: Option<std::time::Duration>,
@@ -307,7 +312,7 @@ fn segments(entries: Vec<SegmentEntry>) -> Vec<Segment> {
 }
 
 fn basis_points(file: &str, key: String, percent: f64) -> Result<u16, ConfigError> {
-    crate::routing::percent_to_basis_points(percent).ok_or_else(|| ConfigError::InvalidPercent {
+    strata_core::routing::percent_to_basis_points(percent).ok_or_else(|| ConfigError::InvalidPercent {
         file: file.to_string(),
         key,
         value: percent,
@@ -320,7 +325,7 @@ fn basis_points(file: &str, key: String, percent: f64) -> Result<u16, ConfigErro
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let parsed: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Syntax {
         file: file.to_string(),
-        reason: crate::suggest::explain_unknown(&error.to_string()),
+        reason: strata_core::suggest::explain_unknown(&error.to_string()),
     })?;
     let flags = parsed
         .flags
@@ -418,7 +423,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             })
         };
         let hold = parse_duration(&entry.hold).map_err(|reason| invalid("hold", reason))?;
-        let mut spec = crate::rollout::RolloutSpec::new(
+        let mut spec = strata_core::rollout::RolloutSpec::new(
             entry.workflow,
             version("candidate", &entry.candidate)?,
             version("stable", &entry.stable)?,
@@ -431,24 +436,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         for (stage, percent) in entry.stages.into_iter().enumerate() {
             basis_points(file, format!("rollouts[{index}].stages[{stage}]"), percent)?;
-            spec = spec.stage(crate::rollout::Stage::new(percent, hold, entry.min_finished));
+            spec = spec.stage(strata_core::rollout::Stage::new(percent, hold, entry.min_finished));
         }
         spec = spec
-            .gates(crate::rollout::Gates {
+            .gates(strata_core::rollout::Gates {
                 max_error_rate_increase: entry.gates.max_error_rate_increase,
                 max_latency_multiplier: entry.gates.max_latency_multiplier,
                 min_success_rate: entry.gates.min_success_rate,
                 max_consecutive_failures: entry.gates.max_consecutive_failures,
             })
             .on_rollback(match entry.on_rollback {
-                OnRollbackEntry::KeepRunning => crate::rollout::OnRollback::KeepRunning,
-                OnRollbackEntry::MoveBack => crate::rollout::OnRollback::MoveBack,
+                OnRollbackEntry::KeepRunning => strata_core::rollout::OnRollback::KeepRunning,
+                OnRollbackEntry::MoveBack => strata_core::rollout::OnRollback::MoveBack,
             });
         spec.validate()
             .map_err(|error| invalid(&error.field(), error.to_string()))?;
         if rollouts
             .iter()
-            .any(|earlier: &crate::rollout::RolloutSpec| earlier.name == spec.name)
+            .any(|earlier: &strata_core::rollout::RolloutSpec| earlier.name == spec.name)
         {
             return Err(invalid(
                 "name",

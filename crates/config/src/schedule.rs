@@ -14,7 +14,7 @@ use chrono_tz::Tz;
 
 /// A parsed cron expression with its time zone.
 #[derive(Debug, Clone)]
-pub(crate) struct CronSchedule {
+pub struct CronSchedule {
     schedule: cron::Schedule,
     zone: Tz,
 }

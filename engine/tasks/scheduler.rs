@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{MissedFires, ScheduleSpec};
+use crate::config::{MissedFires, ScheduleSpec};
 use crate::error::EngineError;
 use crate::observe::Event;
 use crate::store::{Op, StoreError};
