@@ -5,11 +5,11 @@
 //! here and all succeed; `strata_schema` records each applied number. A database whose newest
 //! applied migration is above this build's is refused: a newer Strata wrote it.
 
-use super::parameters::typed;
+use crate::parameters::typed;
 use tokio_postgres::Client;
 
-use super::failed;
-use crate::store::StoreError;
+use crate::failed;
+use strata_store::StoreError;
 
 /// The key of the advisory lock held while migrations run (any fixed number; "STRATA" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5354_5241_5441;

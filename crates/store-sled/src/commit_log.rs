@@ -94,7 +94,7 @@ impl Default for Changes {
 
 impl Changes {
     /// No writes yet, encoded into `buffer` (emptied; its capacity is kept).
-    pub fn in_buffer(mut buffer: Vec<u8>) -> Changes {
+    pub(crate) fn in_buffer(mut buffer: Vec<u8>) -> Changes {
         buffer.clear();
         buffer.resize(HEADER, 0);
         Changes {
@@ -104,12 +104,12 @@ impl Changes {
     }
 
     /// The buffer, for the next batch.
-    pub fn into_buffer(self) -> Vec<u8> {
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
         self.frame
     }
 
     /// Sets `key` to `value`.
-    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+    pub(crate) fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let value = value.as_ref();
         self.live_bytes += (key.as_ref().len() + value.len()) as u64 + ENTRY_OVERHEAD;
         self.push_head(PUT, key.as_ref(), Some(value));
@@ -118,7 +118,7 @@ impl Changes {
     }
 
     /// Removes `key`.
-    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+    pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.push_head(REMOVE, key.as_ref(), None);
     }
 
@@ -151,22 +151,22 @@ impl Changes {
     }
 
     /// What the values set so far take as log entries (key, value and [`ENTRY_OVERHEAD`]).
-    pub fn live_bytes(&self) -> u64 {
+    pub(crate) fn live_bytes(&self) -> u64 {
         self.live_bytes
     }
 
     /// Bytes of the entries so far.
-    pub fn length(&self) -> usize {
+    pub(crate) fn length(&self) -> usize {
         self.frame.len() - HEADER
     }
 
     /// The last write (after [`Tail::append`], the tree's applied-through number).
-    pub fn last_write(&self) -> Option<(&[u8], Option<&[u8]>)> {
+    pub(crate) fn last_write(&self) -> Option<(&[u8], Option<&[u8]>)> {
         self.writes().last()
     }
 
     /// The writes, in order, borrowed from the frame.
-    pub fn writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    pub(crate) fn writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         // The frame was encoded here, so every entry reads.
         Entries::new(&self.frame[HEADER..], LogFormat::Checksummed, false).map_while(|entry| match entry {
             Ok(Entry {
@@ -506,7 +506,7 @@ pub(crate) enum ScannedFrame<'a> {
 
 impl ScannedFrame<'_> {
     /// Its sequence number.
-    pub fn seq(&self) -> u64 {
+    pub(crate) fn seq(&self) -> u64 {
         match self {
             ScannedFrame::Whole { seq, .. } => *seq,
             ScannedFrame::Salvaged(frame) => frame.seq,
@@ -514,7 +514,7 @@ impl ScannedFrame<'_> {
     }
 
     /// Its writes, in order, and its damaged values, borrowed.
-    pub fn entries(&self) -> Vec<(&[u8], Value<'_>)> {
+    pub(crate) fn entries(&self) -> Vec<(&[u8], Value<'_>)> {
         match self {
             ScannedFrame::Whole { payload, format, .. } => Entries::new(payload, *format, false)
                 .map_while(Result::ok)
@@ -887,7 +887,7 @@ pub(crate) struct Tail {
 impl Tail {
     /// Appends `changes` as the next frame, with the tree's applied-through number as its last
     /// write; apply [`Changes::writes`] to the tree next, in that order. Nothing is synced.
-    pub fn append(&mut self, changes: &mut Changes) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, changes: &mut Changes) -> std::io::Result<()> {
         let seq = self.next_seq;
         let frame = changes.seal(seq, self.segment.synced.load(Ordering::Acquire));
         // A part written fails its checksum: read back, it is the log's torn end.
@@ -978,7 +978,7 @@ impl CommitLog {
     /// the zeros off the last segment read (`end`: its number and the length of its whole
     /// frames), deletes segments without frames, and begins the next segment, whose first frame
     /// will be `next_seq`.
-    pub fn open(store_directory: &Path, next_seq: u64, end: Option<(u64, u64)>) -> Result<CommitLog, LogError> {
+    pub(crate) fn open(store_directory: &Path, next_seq: u64, end: Option<(u64, u64)>) -> Result<CommitLog, LogError> {
         let directory = store_directory.join(DIRECTORY);
         std::fs::create_dir_all(&directory).map_err(io_error(&directory))?;
         let (existing, left_behind) = segment_files(&directory)?;
@@ -1019,12 +1019,12 @@ impl CommitLog {
     }
 
     /// The appending end, locked.
-    pub fn lock(&self) -> MutexGuard<'_, Tail> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Tail> {
         self.tail.lock()
     }
 
     /// Makes every frame appended so far durable.
-    pub fn sync(&self) -> std::io::Result<()> {
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
         self.sync_through().map(|_| ())
     }
 
@@ -1054,7 +1054,7 @@ impl CommitLog {
     /// after an append that grows a file also commits its new size to the filesystem's journal,
     /// one after an overwrite does not. Nothing is written for a segment without frames. Called
     /// by the checkpoint thread.
-    pub fn write_zeros_ahead(&self, segment_limit: u64) -> std::io::Result<()> {
+    pub(crate) fn write_zeros_ahead(&self, segment_limit: u64) -> std::io::Result<()> {
         let zeros = vec![0u8; ZEROING_PIECE];
         let mut file = None;
         loop {
@@ -1080,29 +1080,29 @@ impl CommitLog {
     }
 
     /// The segment being appended to.
-    pub fn tail_number(&self) -> u64 {
+    pub(crate) fn tail_number(&self) -> u64 {
         self.tail.lock().segment.number
     }
 
     /// The last frame appended (or the one before the first, if none was).
-    pub fn last_seq(&self) -> u64 {
+    pub(crate) fn last_seq(&self) -> u64 {
         self.tail.lock().next_seq - 1
     }
 
     /// Bytes in the segment being appended to.
-    pub fn tail_length(&self) -> u64 {
+    pub(crate) fn tail_length(&self) -> u64 {
         self.tail.lock().segment.length
     }
 
     /// Bytes in every segment.
-    pub fn length(&self) -> u64 {
+    pub(crate) fn length(&self) -> u64 {
         let ended: u64 = self.ended.lock().iter().map(|segment| segment.length).sum();
         ended + self.tail_length()
     }
 
     /// Ends the segment being appended to, if it has frames — its zeros cut off, synced whole —
     /// and begins the next.
-    pub fn roll(&self) -> Result<(), LogError> {
+    pub(crate) fn roll(&self) -> Result<(), LogError> {
         let (number, file) = {
             let tail = self.tail.lock();
             if tail.segment.length == 0 {
@@ -1136,12 +1136,12 @@ impl CommitLog {
     /// Makes every frame appended so far durable, for a checkpoint of the tree that follows;
     /// returns the last frame's number and the segment being appended to (the checkpoint
     /// record's).
-    pub fn sync_for_checkpoint(&self) -> Result<(u64, u64), LogError> {
+    pub(crate) fn sync_for_checkpoint(&self) -> Result<(u64, u64), LogError> {
         self.sync_through().map_err(io_error(&self.directory))
     }
 
     /// Writes the checkpoint record in place of the last, atomically.
-    pub fn record_checkpoint(&self, record: &CheckpointRecord) -> Result<(), LogError> {
+    pub(crate) fn record_checkpoint(&self, record: &CheckpointRecord) -> Result<(), LogError> {
         let directory = &self.directory;
         let path = directory.join(CHECKPOINT);
         let written = directory.join(format!("{CHECKPOINT}.new"));
@@ -1154,13 +1154,13 @@ impl CommitLog {
     }
 
     /// The segments before the one being appended to, in the log's order.
-    pub fn ended_segments(&self) -> Vec<SegmentSpan> {
+    pub(crate) fn ended_segments(&self) -> Vec<SegmentSpan> {
         self.ended.lock().clone()
     }
 
     /// The bytes of an ended segment, to scan with [`EndedSegment::frames`] (synced whole, so a
     /// frame that fails its checksum there is damage).
-    pub fn read_ended(&self, number: u64) -> Result<EndedSegment, LogError> {
+    pub(crate) fn read_ended(&self, number: u64) -> Result<EndedSegment, LogError> {
         let segment = self.ended_file(number)?;
         let bytes = std::fs::read(&segment.path).map_err(io_error(&segment.path))?;
         Ok(EndedSegment {
@@ -1184,7 +1184,7 @@ impl CommitLog {
 
     /// Deletes an ended segment, for good (the directory is synced: a segment back after a crash
     /// could bring back what later removals, since compacted away, had removed).
-    pub fn remove(&self, number: u64) -> Result<(), LogError> {
+    pub(crate) fn remove(&self, number: u64) -> Result<(), LogError> {
         if let Ok(segment) = self.ended_file(number) {
             std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
             sync_directory(&self.directory)?;
@@ -1199,7 +1199,7 @@ impl CommitLog {
     /// the segments it replaces deleted: a crash in between leaves them, and the next open
     /// deletes them. Appends go on meanwhile; the caller makes sure every write that made one of
     /// the dropped writes dead is durable before this. Returns the new segment's length.
-    pub fn replace_with_compacted(
+    pub(crate) fn replace_with_compacted(
         &self,
         numbers: &[u64],
         first_seq: u64,
@@ -1261,7 +1261,7 @@ pub(crate) struct EndedSegment {
 impl EndedSegment {
     /// Its frames, borrowed from its bytes (those its entries' checksums still read come back
     /// with their damaged values set apart; the first frame that does not read is `Err`).
-    pub fn frames(&self) -> Result<Vec<ScannedFrame<'_>>, LogError> {
+    pub(crate) fn frames(&self) -> Result<Vec<ScannedFrame<'_>>, LogError> {
         match scan_segment(&self.bytes, &self.path, self.format, true) {
             (frames, _, None) => Ok(frames),
             (_, _, Some(Stop { offset, what, .. })) => Err(LogError::Damaged {

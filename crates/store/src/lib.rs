@@ -1,4 +1,6 @@
-//! The `Store` trait — the seam between the engine and its persistence — and its backends.
+//! strata-store: the `Store` trait — the seam between the engine and its persistence — with the
+//! ops a commit is made of, what a store answers, its errors and the one residency rule every
+//! backend applies.
 //!
 //! Owns the persisted records besides the instance record itself (signals, per-version counters
 //! and statuses) and the contract every backend keeps: `apply` is all-or-nothing, `sync` makes all
@@ -10,26 +12,19 @@
 //! fencing token that every write of the instance checks. A store only one process opens (sled)
 //! has no `Cluster`: its one worker holds every claim.
 
-mod commit_log;
-mod postgres;
-mod residency;
-pub mod sled_format1;
-mod sled_store;
-mod space;
+#![warn(missing_docs)]
 
-pub use postgres::PostgresStore;
-pub use sled_store::SledStore;
-pub use space::DEFAULT_DISK_RESERVE;
+pub mod residency;
 
-pub use crate::migrate::MigrationJobRecord;
+pub use strata_core::migrate::MigrationJobRecord;
 
 use serde::{Deserialize, Serialize};
 
-use crate::instance::{EncodedInstance, InstanceId, InstanceRecord, VersionKey};
+use strata_core::instance::{EncodedInstance, InstanceId, InstanceRecord, VersionKey};
 pub use strata_core::version::{CounterDelta, VersionCounters};
 
-use crate::registry::VersionStatus;
-pub(crate) use strata_core::codec::damaged_record;
+pub use strata_core::codec::damaged_record;
+use strata_core::version::VersionStatus;
 
 /// A store failure, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,13 +231,13 @@ pub enum DatabaseProblem {
 
 /// Decodes a live instance record stored under `id`, or says why it cannot be used (it does not
 /// decode, names another instance, or has a format newer than this build's).
-pub(crate) fn decode_live_record(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, CorruptRecord> {
+pub fn decode_live_record(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, CorruptRecord> {
     let corrupt = |reason| CorruptRecord { id, reason };
     match InstanceRecord::decode(bytes) {
-        Ok(record) if record.format > crate::instance::RECORD_FORMAT => Err(corrupt(format!(
+        Ok(record) if record.format > strata_core::instance::RECORD_FORMAT => Err(corrupt(format!(
             "record format {} is newer than this build's {}",
             record.format,
-            crate::instance::RECORD_FORMAT
+            strata_core::instance::RECORD_FORMAT
         ))),
         Ok(record) if record.id != id => Err(corrupt(format!(
             "record says it is instance {} but is stored as {id}",
@@ -257,7 +252,7 @@ pub(crate) fn decode_live_record(id: InstanceId, bytes: &[u8]) -> Result<Instanc
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
     /// The record format (absent, hence 1, before format 2).
-    #[serde(default = "crate::instance::first_format")]
+    #[serde(default = "strata_core::instance::first_format")]
     pub format: u32,
     /// The instance it was sent to.
     pub instance: InstanceId,
@@ -330,7 +325,7 @@ pub enum Op {
     /// Stores a rollout: its definition, status, stage and history. Each write adds one
     /// transition to the history; a write whose history is not longer than the stored one's was
     /// made from an older copy and fails with [`StoreError::RolloutChanged`].
-    PutRollout(Box<crate::rollout::RolloutRecord>),
+    PutRollout(Box<strata_core::rollout::RolloutRecord>),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
         /// The instance.
@@ -369,7 +364,7 @@ pub struct Applied {
 impl Applied {
     /// The part of a group's result that belongs to one of its commits: the versions `ops`
     /// touched, and those of them the group drained.
-    pub(crate) fn share(&self, ops: &[Op]) -> Applied {
+    pub fn share(&self, ops: &[Op]) -> Applied {
         let touched = |key: &VersionKey| Op::touch(ops, key);
         Applied {
             versions: self
@@ -385,7 +380,7 @@ impl Applied {
 
 impl Op {
     /// The version whose counters or status this op changes, if any.
-    pub(crate) fn version(&self) -> Option<&VersionKey> {
+    pub fn version(&self) -> Option<&VersionKey> {
         match self {
             Op::AdjustCounters { key, .. } | Op::PutVersionStatus { key, .. } => Some(key),
             _ => None,
@@ -393,7 +388,7 @@ impl Op {
     }
 
     /// Whether any of `ops` changes `key`'s counters or status.
-    pub(crate) fn touch(ops: &[Op], key: &VersionKey) -> bool {
+    pub fn touch(ops: &[Op], key: &VersionKey) -> bool {
         ops.iter().any(|op| op.version() == Some(key))
     }
 }
@@ -500,7 +495,7 @@ pub trait Cluster: Send + Sync {
     /// epoch), whichever worker holds it.
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError>;
     /// Publishes this worker's metrics window of each version it runs (encoded
-    /// [`crate::observe::WindowExport`]s), so that the worker evaluating rollouts sees every
+    /// metrics windows, as the engine exports them), so that the worker evaluating rollouts sees every
     /// worker's steps.
     fn publish_metrics(&self, windows: &[(VersionKey, Vec<u8>)]) -> Result<(), StoreError>;
     /// The metrics windows of `key` that the other live workers published last (judged alive by
@@ -628,7 +623,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every background migration job, by workflow.
     fn migration_jobs(&self) -> Result<Vec<MigrationJobRecord>, StoreError>;
     /// Every rollout, by name.
-    fn rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError>;
+    fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
 }

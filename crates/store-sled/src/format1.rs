@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::instance::{InstanceId, Phase, ScheduledFire, StateEnvelope, VersionKey};
-use crate::registry::VersionStatus;
+use strata_core::instance::{InstanceId, Phase, ScheduledFire, StateEnvelope, VersionKey};
+use strata_core::version::VersionStatus;
 
 /// An instance record as format 1 wrote it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

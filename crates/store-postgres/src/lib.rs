@@ -29,12 +29,12 @@ use commit::{CommitFailure, Writes};
 use parameters::typed;
 use retry::{Outage, Retry};
 
-use super::{
+use strata_core::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
+use strata_core::version::VersionStatus;
+use strata_store::{
     Applied, AppliedConfig, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind, MigrationJobRecord, Op,
     RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion, VersionCounters, Wakeup, WorkerInfo,
 };
-use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
-use crate::registry::VersionStatus;
 
 /// Connections a store keeps at most: the commit thread, reads, and room for a slow one.
 const POOL_SIZE: usize = 4;
@@ -258,7 +258,7 @@ impl ListenRetry {
     /// whether this failure starts an episode (the one to warn of).
     fn failed(&mut self) -> (Duration, bool) {
         self.failures = self.failures.saturating_add(1);
-        let delay = crate::workflow::RetryPolicy::exponential(u32::MAX, Self::FIRST_DELAY)
+        let delay = strata_core::workflow::RetryPolicy::exponential(u32::MAX, Self::FIRST_DELAY)
             .with_max_backoff(Self::MAX_DELAY)
             .backoff_before(self.failures.saturating_add(1));
         (delay, self.failures == 1)
@@ -441,7 +441,7 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    crate::instance::decode_stored(bytes).map_err(|error| StoreError::Backend {
+    strata_core::instance::decode_stored(bytes).map_err(|error| StoreError::Backend {
         operation: "read",
         message: format!("a {what} record does not decode: {error}"),
     })
@@ -634,7 +634,7 @@ impl PostgresStore {
     fn page_instances(
         &self,
         live: bool,
-        scope: &super::FinishedScope,
+        scope: &strata_store::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -821,12 +821,12 @@ impl Store for PostgresStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.page_instances(true, &super::FinishedScope::default(), keep, limit)
+        self.page_instances(true, &strata_store::FinishedScope::default(), keep, limit)
     }
 
     fn finished_instances(
         &self,
-        scope: &super::FinishedScope,
+        scope: &strata_store::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -918,7 +918,7 @@ impl Store for PostgresStore {
         )
     }
 
-    fn rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError> {
+    fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError> {
         self.records("rollout", "SELECT record FROM strata_rollouts ORDER BY name")
     }
 
@@ -962,7 +962,7 @@ macro_rules! version_row_columns {
          first_start_ms, last_start_ms, status_changes"
     };
 }
-pub(super) use version_row_columns;
+pub(crate) use version_row_columns;
 
 /// Every version row.
 const ALL_VERSIONS_QUERY: &str = concat!(
@@ -1024,7 +1024,7 @@ fn version_columns(versions: &[VersionKey]) -> (Vec<String>, Vec<String>) {
 }
 
 fn lease_ms(lease: Duration) -> i64 {
-    signed(crate::observe::millis_saturating(lease))
+    signed(strata_core::time::millis_saturating(lease))
 }
 
 impl Cluster for PostgresStore {
@@ -1168,7 +1168,7 @@ impl Cluster for PostgresStore {
         };
         for (id, fence, bytes) in records {
             let id = InstanceId(unsigned(id));
-            match super::decode_live_record(id, &bytes) {
+            match strata_store::decode_live_record(id, &bytes) {
                 Ok(mut record) => {
                     record.claim = unsigned(fence);
                     claimed.live.push(record);

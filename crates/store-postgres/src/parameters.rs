@@ -52,7 +52,7 @@ macro_rules! typed {
     ($($value:expr),* $(,)?) => {
         &[$((
             &$value as &(dyn tokio_postgres::types::ToSql + Sync),
-            $crate::store::postgres::parameters::Parameter::sql_type(&$value),
+            $crate::parameters::Parameter::sql_type(&$value),
         )),*]
     };
 }

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 
 use deadpool_postgres::Pool;
 
-use super::parameters::typed;
-use super::TOUCHED_VERSIONS_QUERY;
-use super::{encode, failed, pool_failed, signed, stored_version, unsigned, version_row_columns, version_text};
-use crate::instance::{InstanceId, VersionKey};
-use crate::registry::VersionStatus;
-use crate::store::residency::VersionWrite;
-use crate::store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
+use crate::parameters::typed;
+use crate::TOUCHED_VERSIONS_QUERY;
+use crate::{encode, failed, pool_failed, signed, stored_version, unsigned, version_row_columns, version_text};
+use strata_core::instance::{InstanceId, VersionKey};
+use strata_core::version::VersionStatus;
+use strata_store::residency::VersionWrite;
+use strata_store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
 
 /// The mark of commit `seq` of `worker` if it landed: the versions it drained.
 pub(super) async fn commit_mark(
@@ -196,7 +196,7 @@ impl Writes {
             return Ok(None);
         };
         let keys = self.version_keys();
-        let (workflows, versions) = super::version_columns(&keys);
+        let (workflows, versions) = crate::version_columns(&keys);
         let versions = client
             .query_typed(TOUCHED_VERSIONS_QUERY, typed![&workflows, &versions])
             .await
@@ -284,7 +284,7 @@ impl Writes {
                 transaction
                     .execute_typed(
                         "SELECT pg_notify($1, $2)",
-                        typed![&super::WAKE_CHANNEL, &super::CLAIMABLE_PAYLOAD],
+                        typed![&crate::WAKE_CHANNEL, &crate::CLAIMABLE_PAYLOAD],
                     )
                     .await
                     .map_err(failed("announce claimable instances"))?;
@@ -440,7 +440,7 @@ impl Writes {
         if keys.is_empty() {
             return Ok(Applied::default());
         }
-        let (workflows, versions) = super::version_columns(&keys);
+        let (workflows, versions) = crate::version_columns(&keys);
         let zero = CounterSum::default();
         let sums: Vec<&CounterSum> = keys.iter().map(|key| self.counters.get(key).unwrap_or(&zero)).collect();
         let column =
@@ -496,7 +496,7 @@ impl Writes {
                 starts: self.counters.get(&version.key).is_some_and(|sum| sum.delta.started > 0),
                 live_after: version.counters.live,
             };
-            if crate::store::residency::decide(&version.key, write)?.drains {
+            if strata_store::residency::decide(&version.key, write)?.drains {
                 draining.push(version.key.clone());
             }
         }
@@ -523,7 +523,7 @@ impl Writes {
                 drained: Vec::new(),
             });
         }
-        let (workflows, versions) = super::version_columns(&draining);
+        let (workflows, versions) = crate::version_columns(&draining);
         // Recorded with the worker that drained it, until it has announced it (see
         // `Cluster::take_unannounced_drained`).
         let mut drained: Vec<VersionKey> = Vec::new();

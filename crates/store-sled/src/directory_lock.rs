@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fs2::FileExt;
 
-use crate::store::StoreError;
+use strata_store::StoreError;
 
 /// The lock file's name in the data directory.
 pub(super) const LOCK_FILE: &str = "strata.lock";

@@ -2,13 +2,13 @@
 //! Every store applies this one rule inside the write itself — sled in `apply`, PostgreSQL in the
 //! transaction, on the version rows it locked — so that one process and many decide alike.
 
-use super::StoreError;
-use crate::instance::VersionKey;
-use crate::registry::VersionStatus;
+use crate::StoreError;
+use strata_core::instance::VersionKey;
+use strata_core::version::VersionStatus;
 
 /// One version as a write finds and leaves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct VersionWrite {
+pub struct VersionWrite {
     /// Its stored status before the write (`None`: never set, which counts as `Active`).
     pub before: Option<VersionStatus>,
     /// The status the write sets (the last one, if it sets several).
@@ -21,7 +21,7 @@ pub(crate) struct VersionWrite {
 
 /// What a write leaves as a version's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Decision {
+pub struct Decision {
     /// Its status after the write (`None`: never set).
     pub status: Option<VersionStatus>,
     /// Whether this write drains it (`Draining` left with no live instance): the write stores
@@ -34,7 +34,7 @@ pub(crate) struct Decision {
 /// ([`StoreError::LiveInstances`]), a start on a version the write leaves not `Active`
 /// ([`StoreError::VersionNotAccepting`]). A `Draining` version the write leaves with no live
 /// instance is drained by it.
-pub(crate) fn decide(key: &VersionKey, write: VersionWrite) -> Result<Decision, StoreError> {
+pub fn decide(key: &VersionKey, write: VersionWrite) -> Result<Decision, StoreError> {
     use VersionStatus::{Active, Drained, Draining, Retired};
     if write.set == Some(Active) && write.before == Some(Retired) {
         return Err(StoreError::VersionRetired { key: key.clone() });

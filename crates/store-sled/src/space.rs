@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::StoreError;
+use strata_store::StoreError;
 
 /// How much free space the embedded store keeps in reserve by default: room for sled to write
 /// out what it has accepted and to reclaim segments.
@@ -30,7 +30,7 @@ pub(crate) struct SpaceGuard {
 
 impl SpaceGuard {
     /// A guard of `directory` keeping `reserve` bytes free (0: never refuses).
-    pub fn new(directory: &Path, reserve: u64) -> SpaceGuard {
+    pub(crate) fn new(directory: &Path, reserve: u64) -> SpaceGuard {
         SpaceGuard {
             directory: directory.to_path_buf(),
             reserve: AtomicU64::new(reserve),
@@ -39,7 +39,7 @@ impl SpaceGuard {
     }
 
     /// Keeps `reserve` bytes free from now on (0: never refuses).
-    pub fn set_reserve(&self, reserve: u64) {
+    pub(crate) fn set_reserve(&self, reserve: u64) {
         self.reserve.store(reserve, Ordering::Relaxed);
         *self.last.lock() = None;
     }
@@ -47,7 +47,7 @@ impl SpaceGuard {
     /// `Ok` when a write may go ahead; [`StoreError::DiskFull`] when the disk has less free space
     /// than the reserve. Free space that cannot be read does not stop writes (the write itself
     /// then says what is wrong).
-    pub fn check(&self) -> Result<(), StoreError> {
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
         let reserve = self.reserve.load(Ordering::Relaxed);
         if reserve == 0 {
             return Ok(());

@@ -37,13 +37,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{backend, id_from_key, id_key, io_failed, log_failed, FINISHED, LIVE, SIGNALS};
-use crate::periodic::PeriodicThread;
-use crate::store::commit_log::{
+use crate::commit_log::{
     self, compacted_length, Changes, CheckpointRecord, CommitLog, DamagedValue, KeptWrite, LogError, Recovered,
     ReplayFrom, SegmentSpan, Value, APPLIED_THROUGH, ENTRY_OVERHEAD,
 };
-use crate::store::space::{SpaceGuard, DEFAULT_DISK_RESERVE};
-use crate::store::StoreError;
+use crate::space::{SpaceGuard, DEFAULT_DISK_RESERVE};
+use strata_core::periodic::PeriodicThread;
+use strata_store::StoreError;
 
 /// The log's segment being appended to is ended and the next begun at this size (by default).
 /// Compaction rewrites ended segments; the log's slack beyond its bound is two segments.
@@ -617,7 +617,7 @@ enum SledOpen {
 /// last).
 fn open_sled(path: &Path) -> Result<sled::Db, SledOpen> {
     let opened = std::panic::catch_unwind(|| open_db(path))
-        .map_err(|panic| SledOpen::Damaged(crate::workflow::panic_message(&panic)))?;
+        .map_err(|panic| SledOpen::Damaged(strata_core::workflow::panic_message(&panic)))?;
     opened.map_err(|error| match error {
         sled::Error::Corruption { .. } => SledOpen::Damaged(error.to_string()),
         error => SledOpen::Failed(StoreError::Backend {
@@ -748,7 +748,7 @@ fn set_damaged_apart(db: &sled::Db, value: DamagedValue) -> Result<(), String> {
     );
     let key = &value.key;
     let (instance_key, mark) = if key.starts_with(LIVE) || key.starts_with(FINISHED) {
-        (key.clone(), crate::store::damaged_record(&reason, &value.raw))
+        (key.clone(), strata_store::damaged_record(&reason, &value.raw))
     } else if let (true, Some(instance)) = (key.starts_with(SIGNALS), id_from_key(SIGNALS, key)) {
         let live = id_key(LIVE, instance);
         let record = db.get(&live).map_err(|error| error.to_string())?;
@@ -758,7 +758,7 @@ fn set_damaged_apart(db: &sled::Db, value: DamagedValue) -> Result<(), String> {
             return Ok(());
         };
         let reason = format!("a signal sent to it is damaged: {reason}");
-        (live, crate::store::damaged_record(&reason, &record))
+        (live, strata_store::damaged_record(&reason, &record))
     } else {
         return Err(format!(
             "the store's record {} is damaged: {reason}",
@@ -786,8 +786,8 @@ pub(super) fn set_aside(path: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::InstanceId;
     use strata_core::codec::damaged_record_reason;
+    use strata_core::instance::InstanceId;
 
     fn damaged(key: Vec<u8>) -> DamagedValue {
         DamagedValue {
@@ -959,7 +959,7 @@ mod tests {
         assert!(mark.ends_with(b"bytes as read"));
 
         // A signal: gone, and its instance set apart, its record kept in the mark.
-        let signal = super::super::signal_key(InstanceId(7), 3);
+        let signal = crate::signal_key(InstanceId(7), 3);
         db.insert(&signal, &b"a signal"[..]).unwrap();
         set_damaged_apart(&db, damaged(signal.clone())).unwrap();
         assert!(db.get(&signal).unwrap().is_none());

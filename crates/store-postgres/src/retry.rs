@@ -8,7 +8,7 @@ use std::time::Duration;
 use deadpool_postgres::{Pool, PoolError};
 use tokio_postgres::error::SqlState;
 
-use crate::store::StoreError;
+use strata_store::StoreError;
 
 /// How long a call is retried over new connections before its error is returned.
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(15);

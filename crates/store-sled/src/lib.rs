@@ -1,10 +1,13 @@
-//! The embedded default backend on sled 0.34: one tree, keys by prefix, and in front of it the
+//! strata-store-sled: the embedded default backend on sled 0.34, for a store one process opens.
+//! It depends on `strata-store` (the seam it implements) and `strata-core` only.
+//!
+//! One tree, keys by prefix, and in front of it the
 //! commit log (`commit_log.rs`). A commit appends one frame to the log and applies the same
 //! writes to sled's tree in memory; `sync` is one `fdatasync` of the log. A checkpoint thread
 //! flushes the tree and `fdatasync`s sled's data file (sled's own `flush()` ends in
 //! `sync_file_range`, which does not reach stable storage: sled issue #1452) and keeps the log
 //! whole and compacted; opening the store replays the frames the tree does not hold, or rebuilds
-//! a damaged tree from the log (`sled_store/durable.rs`). This file owns the key layout and the
+//! a damaged tree from the log (`durable.rs`). This file owns the key layout and the
 //! `Store` operations on it.
 //!
 //! Key layout (all integers big-endian, so keys sort by number):
@@ -24,6 +27,8 @@
 //! format raises it (older builds then refuse the store, as it will hold newer records) and reads
 //! the older records as they are; each is rewritten in the current format by its next commit.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,21 +39,26 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod commit_log;
 mod directory_lock;
 mod durable;
+pub mod format1;
+mod space;
+
+pub use space::DEFAULT_DISK_RESERVE;
 
 use durable::{start_checkpointer, Durable};
 
-use super::commit_log::{Changes, LogError};
-use super::residency::VersionWrite;
-use super::space::refused_for_room;
-use super::{
+use crate::commit_log::{Changes, LogError};
+use crate::space::refused_for_room;
+use strata_core::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
+use strata_core::periodic::PeriodicThread;
+use strata_core::version::VersionStatus;
+use strata_store::residency::VersionWrite;
+use strata_store::{
     Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
     StoreError, StoreStats, StoredVersion, VersionCounters,
 };
-use crate::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
-use crate::periodic::PeriodicThread;
-use crate::registry::VersionStatus;
 
 const FORMAT_KEY: &[u8] = b"m/format";
 const LIVE: &[u8] = b"i/";
@@ -86,7 +96,7 @@ fn workflow_key(workflow: &str, id: InstanceId) -> Vec<u8> {
 
 #[derive(Serialize, Deserialize)]
 struct CounterEntry {
-    #[serde(default = "crate::instance::first_format")]
+    #[serde(default = "strata_core::instance::first_format")]
     format: u32,
     key: VersionKey,
     counters: VersionCounters,
@@ -94,7 +104,7 @@ struct CounterEntry {
 
 #[derive(Serialize, Deserialize)]
 struct StatusEntry {
-    #[serde(default = "crate::instance::first_format")]
+    #[serde(default = "strata_core::instance::first_format")]
     format: u32,
     key: VersionKey,
     status: VersionStatus,
@@ -235,7 +245,7 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreE
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    crate::instance::decode_stored(bytes).map_err(|error| error.to_string())
+    strata_core::instance::decode_stored(bytes).map_err(|error| error.to_string())
 }
 
 fn id_key(prefix: &[u8], id: InstanceId) -> Vec<u8> {
@@ -412,7 +422,7 @@ impl SledStore {
     }
 
     /// Keeps `bytes` free on the store's disk: a write that finds less is refused with
-    /// [`StoreError::DiskFull`] before it reaches sled (default [`super::DEFAULT_DISK_RESERVE`]; 0: never).
+    /// [`StoreError::DiskFull`] before it reaches sled (default [`DEFAULT_DISK_RESERVE`]; 0: never).
     pub fn with_disk_reserve(self, bytes: u64) -> SledStore {
         self.durable.space.set_reserve(bytes);
         self
@@ -600,7 +610,7 @@ impl Store for SledStore {
                     let mut key = ROLLOUTS.to_vec();
                     key.extend_from_slice(rollout.spec.name.as_bytes());
                     if let Some(stored) = self.durable.db.get(&key).map_err(backend("read rollout"))? {
-                        let stored: crate::rollout::RolloutRecord =
+                        let stored: strata_core::rollout::RolloutRecord =
                             decode(&stored).map_err(|message| StoreError::Backend {
                                 operation: "read rollout",
                                 message,
@@ -642,7 +652,7 @@ impl Store for SledStore {
                 starts: starting.contains(&key),
                 live_after: live_of(key),
             };
-            if super::residency::decide(key, write)?.drains {
+            if strata_store::residency::decide(key, write)?.drains {
                 drained.push(key);
             }
         }
@@ -726,7 +736,7 @@ impl Store for SledStore {
             let Some(id) = id_from_key(LIVE, &key) else {
                 continue;
             };
-            match super::decode_live_record(id, &value) {
+            match strata_store::decode_live_record(id, &value) {
                 Ok(record) => state.live.push(record),
                 Err(corrupt) => state.corrupt.push(corrupt),
             }
@@ -774,7 +784,7 @@ impl Store for SledStore {
 
     fn finished_instances(
         &self,
-        scope: &super::FinishedScope,
+        scope: &strata_store::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -914,7 +924,7 @@ impl Store for SledStore {
         self.collect(MIGRATION_JOBS, "migration job")
     }
 
-    fn rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError> {
+    fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError> {
         self.collect(ROLLOUTS, "rollout")
     }
 
