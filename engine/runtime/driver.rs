@@ -2,7 +2,8 @@
 //!
 //! A driver owns an instance while its slot's `running` flag is set. It loops: decide what the
 //! committed record allows now (a `Plan`), run that step of the pinned version, turn the step's
-//! result into the next record (a `Transition`), commit it, and only then update memory.
+//! result into the next record and its writes (`transition`, a pure function), commit them, and
+//! only then update memory.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -12,11 +13,12 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::moves::AutoUpgrade;
+use super::transition::{self, Attempt};
 use super::Runtime;
-use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase, RECORD_FORMAT};
+use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, Phase};
 use crate::observe::{deadline_after, Event};
-use crate::store::{CounterDelta, Op};
-use crate::workflow::{Next, StepCtx, StepFailure, StepOutcome, UpgradePolicy, VersionCode, WakeReason};
+use crate::store::Op;
+use crate::workflow::{StepCtx, StepFailure, UpgradePolicy, VersionCode, WakeReason};
 
 /// What an instance's committed record allows right now.
 enum Plan {
@@ -25,7 +27,7 @@ enum Plan {
     /// Run the cursor step.
     Run(Job),
     /// Commit the cancellation an operator asked for.
-    Cancel(InstanceRecord, Vec<u64>),
+    Cancel(InstanceRecord),
 }
 
 /// One step attempt to run.
@@ -36,35 +38,9 @@ struct Job {
     consumed_signal: Option<u64>,
 }
 
-fn wake_from_persisted(wake: &PersistedWake) -> WakeReason {
-    match wake {
-        PersistedWake::Started => WakeReason::Started,
-        PersistedWake::Continued => WakeReason::Continued,
-        PersistedWake::TimerFired => WakeReason::TimerFired,
-        PersistedWake::Signal { name, payload } => WakeReason::Signal {
-            name: name.clone(),
-            payload: payload.clone(),
-        },
-        PersistedWake::SignalTimedOut { name } => WakeReason::SignalTimedOut { name: name.clone() },
-    }
-}
-
-fn persisted_from_wake(wake: WakeReason) -> PersistedWake {
-    match wake {
-        WakeReason::Started => PersistedWake::Started,
-        WakeReason::Continued => PersistedWake::Continued,
-        WakeReason::TimerFired => PersistedWake::TimerFired,
-        WakeReason::Signal { name, payload } => PersistedWake::Signal { name, payload },
-        WakeReason::SignalTimedOut { name } => PersistedWake::SignalTimedOut { name },
-    }
-}
-
 fn plan(slot: &super::table::Slot, now: u64) -> Plan {
     if slot.cancel_requested {
-        return Plan::Cancel(
-            slot.record.clone(),
-            slot.inbox.iter().map(|signal| signal.seq).collect(),
-        );
+        return Plan::Cancel(slot.record.clone());
     }
     if slot.parked {
         return Plan::Idle(None);
@@ -77,10 +53,10 @@ fn plan(slot: &super::table::Slot, now: u64) -> Plan {
         })
     };
     match &slot.record.phase {
-        Phase::Ready { wake } => run(wake_from_persisted(wake), None),
+        Phase::Ready { wake } => run(transition::wake_from_persisted(wake), None),
         Phase::Accepted { .. } => run(WakeReason::Started, None),
         Phase::Sleeping { until_ms } if now >= *until_ms => run(WakeReason::TimerFired, None),
-        Phase::RetryBackoff { until_ms, wake } if now >= *until_ms => run(wake_from_persisted(wake), None),
+        Phase::RetryBackoff { until_ms, wake } if now >= *until_ms => run(transition::wake_from_persisted(wake), None),
         Phase::WaitingSignal { name, timeout_at_ms } => {
             if let Some(signal) = slot.inbox.iter().find(|signal| signal.name == *name) {
                 let wake = WakeReason::Signal {
@@ -108,18 +84,6 @@ enum Progress {
     Stalled,
 }
 
-/// The result of one attempt, before it becomes a record.
-enum Attempt {
-    Succeeded(StepOutcome),
-    /// Failed; retried if `retryable` and the policy allows.
-    Failed {
-        message: String,
-        retryable: bool,
-    },
-    /// The record cannot be run by this version.
-    Damaged(String),
-}
-
 impl Runtime {
     /// Runs steps of `id` until it has nothing to do now, then releases it.
     pub(super) async fn drive(self: Arc<Self>, id: InstanceId) {
@@ -139,7 +103,7 @@ impl Runtime {
             };
             let progressed = match next {
                 Plan::Run(job) => self.run_job(id, job).await,
-                Plan::Cancel(record, inbox) => self.commit_cancel(record, inbox).await,
+                Plan::Cancel(record) => self.commit_transition(transition::cancelled(record, now), None).await,
                 Plan::Idle(due) => {
                     if let Some(due) = due {
                         self.timers.arm(due, id);
@@ -219,51 +183,20 @@ impl Runtime {
             let failed = !matches!(attempt, Attempt::Succeeded(_));
             metrics.record_attempt(self.now(), began.elapsed(), failed);
         }
-        let now = self.now();
+        match &attempt {
+            Attempt::Failed { message, .. } => {
+                tracing::warn!(instance = %id, step = %job.record.step, attempt = job.record.attempt, error = %message, "step attempt failed");
+            }
+            Attempt::Damaged(reason) => tracing::error!(instance = %id, %reason, "quarantining instance"),
+            Attempt::Succeeded(_) => {}
+        }
         let Job {
             record,
             wake,
             consumed_signal,
         } = job;
-        let step = record.step.clone();
-        let policy = code.retry_policy(&step).clone();
-        let mut next = record;
-        next.updated_at_ms = now;
-        let mut keep_signal = false;
-        match attempt {
-            Attempt::Succeeded(outcome) => {
-                next.visits += 1;
-                next.attempt = 1;
-                next.last_error = None;
-                next.state.bytes = outcome.state;
-                next.state.schema = code.state_schema();
-                apply_next(&mut next, outcome.next, code.as_ref(), now);
-            }
-            Attempt::Failed { message, retryable } => {
-                tracing::warn!(instance = %id, step = %step, attempt = next.attempt, error = %message, "step attempt failed");
-                if retryable && policy.allows_retry_after(next.attempt) {
-                    let wait = policy.backoff_before(next.attempt + 1);
-                    next.attempt += 1;
-                    next.phase = Phase::RetryBackoff {
-                        until_ms: deadline_after(now, wait),
-                        wake: persisted_from_wake(wake),
-                    };
-                } else {
-                    let attempts = next.attempt;
-                    next.phase = Phase::Failed {
-                        reason: format!("step '{step}' failed on attempt {attempts}: {message}"),
-                    };
-                }
-                next.last_error = Some(message);
-            }
-            Attempt::Damaged(reason) => {
-                tracing::error!(instance = %id, %reason, "quarantining instance");
-                next.phase = Phase::Quarantined { reason };
-                keep_signal = true;
-            }
-        }
-        let consumed = consumed_signal.filter(|_| !keep_signal);
-        self.commit_transition(next, consumed).await
+        let next = transition::after_attempt(record, wake, consumed_signal, attempt, code.as_ref(), self.now());
+        self.commit_transition(next.record, next.consumed_signal).await
     }
 
     /// Migrates the record's state to the schema `code` expects, if it is another.
@@ -388,63 +321,17 @@ impl Runtime {
         }
     }
 
-    async fn commit_cancel(self: &Arc<Self>, mut record: InstanceRecord, inbox: Vec<u64>) -> Progress {
-        record.phase = Phase::Cancelled;
-        record.updated_at_ms = self.now();
-        let mut ops: Vec<Op> = inbox
-            .into_iter()
-            .map(|seq| Op::DeleteSignal {
-                instance: record.id,
-                seq,
-            })
-            .collect();
-        ops.push(Op::AdjustCounters {
-            key: record.key.clone(),
-            delta: CounterDelta::finish(InstanceStatus::Cancelled),
-        });
-        self.commit_record(record, ops, None).await
-    }
-
-    async fn commit_transition(self: &Arc<Self>, record: InstanceRecord, consumed_signal: Option<u64>) -> Progress {
-        let mut ops = Vec::with_capacity(3);
-        if let Some(seq) = consumed_signal {
-            ops.push(Op::DeleteSignal {
-                instance: record.id,
-                seq,
-            });
-        }
-        if record.phase.is_terminal() {
-            let status = InstanceStatus::of_phase(&record.phase);
-            let leftovers = self.table.with(record.id, |slot| {
-                slot.inbox
-                    .iter()
-                    .map(|signal| signal.seq)
-                    .filter(|seq| Some(*seq) != consumed_signal)
-                    .collect::<Vec<_>>()
-            });
-            for seq in leftovers.unwrap_or_default() {
-                ops.push(Op::DeleteSignal {
-                    instance: record.id,
-                    seq,
-                });
-            }
-            ops.push(Op::AdjustCounters {
-                key: record.key.clone(),
-                delta: CounterDelta::finish(status),
-            });
-        }
-        self.commit_record(record, ops, consumed_signal).await
-    }
-
-    /// Commits `record` with `ops`; on success makes it the instance's state in memory.
-    async fn commit_record(
-        self: &Arc<Self>,
-        mut record: InstanceRecord,
-        mut ops: Vec<Op>,
-        consumed_signal: Option<u64>,
-    ) -> Progress {
-        // A record read in an older format is rewritten in the current one by its next commit.
-        record.format = RECORD_FORMAT;
+    /// Commits `record`, which consumes `consumed_signal`; on success makes it the instance's
+    /// state in memory, or, when it finishes the instance, tells its waiters.
+    async fn commit_transition(self: &Arc<Self>, mut record: InstanceRecord, consumed_signal: Option<u64>) -> Progress {
+        let inbox = if record.phase.is_terminal() {
+            let seqs = self
+                .table
+                .with(record.id, |slot| slot.inbox.iter().map(|signal| signal.seq).collect());
+            seqs.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let id = record.id;
         let terminal = record.phase.is_terminal();
         let due = record.phase.timer_due_ms();
@@ -452,18 +339,8 @@ impl Runtime {
             Phase::Quarantined { reason } => Some(reason.clone()),
             _ => None,
         };
-        let deleted_signals: Vec<u64> = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::DeleteSignal { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .collect();
-        let committed = match record.encode() {
-            Ok(encoded) => {
-                ops.push(Op::PutInstance(encoded));
-                self.write_then_announce(ops).await
-            }
+        let committed = match transition::commit_writes(&mut record, consumed_signal, &inbox) {
+            Ok(ops) => self.write_then_announce(ops).await,
             Err(error) => Err(error.into()),
         };
         if let Err(crate::store::StoreError::ClaimLost { .. }) = committed {
@@ -495,13 +372,14 @@ impl Runtime {
             }
             self.rollouts_notice_finish(&key);
             let slot = self.table.remove(id);
-            let (waiters, inbox) = slot.map(|slot| (slot.waiters, slot.inbox)).unwrap_or_default();
+            let (waiters, late_inbox) = slot.map(|slot| (slot.waiters, slot.inbox)).unwrap_or_default();
             if let Some(outcome) = Outcome::from_phase(&record.phase) {
                 for waiter in waiters {
                     let _ = waiter.send(outcome.clone());
                 }
             }
-            self.delete_late_signals(id, inbox, &deleted_signals).await;
+            let deleted: Vec<u64> = consumed_signal.into_iter().chain(inbox.iter().copied()).collect();
+            self.delete_late_signals(id, late_inbox, &deleted).await;
             self.events.emit(Event::InstanceFinished { id, key, status });
             self.announce(drained);
             return Progress::Committed;
@@ -560,51 +438,6 @@ fn unavailable_retry_delay(retry_delay: Duration, failures: u32) -> Duration {
     crate::workflow::RetryPolicy::exponential(u32::MAX, retry_delay)
         .with_max_backoff(UNAVAILABLE_RETRY_CAP.max(retry_delay))
         .backoff_before(failures.saturating_add(1))
-}
-
-/// Applies what a step returned to the record: the new cursor and phase.
-fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn VersionCode, now: u64) {
-    let from = record.step.clone();
-    let go = |record: &mut InstanceRecord, step: String, phase: Phase| {
-        if code.has_step(&step) {
-            record.step = step;
-            record.phase = phase;
-        } else {
-            record.phase = Phase::Failed {
-                reason: format!(
-                    "step '{from}' asked for step '{step}', which {} does not define",
-                    record.key
-                ),
-            };
-        }
-    };
-    let after = |duration: Duration| deadline_after(now, duration);
-    match next {
-        Next::Goto(step) => go(
-            record,
-            step,
-            Phase::Ready {
-                wake: PersistedWake::Continued,
-            },
-        ),
-        Next::Sleep { duration, then } => go(
-            record,
-            then,
-            Phase::Sleeping {
-                until_ms: after(duration),
-            },
-        ),
-        Next::WaitSignal { name, then, timeout } => go(
-            record,
-            then,
-            Phase::WaitingSignal {
-                name,
-                timeout_at_ms: timeout.map(after),
-            },
-        ),
-        Next::Complete(output) => record.phase = Phase::Completed { output },
-        Next::Fail(reason) => record.phase = Phase::Failed { reason },
-    }
 }
 
 #[cfg(test)]

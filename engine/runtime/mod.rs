@@ -14,6 +14,7 @@ mod retention;
 mod rollouts;
 mod table;
 mod timers;
+mod transition;
 
 pub use committer::Durability;
 pub(crate) use retention::DEFAULT_RETENTION;

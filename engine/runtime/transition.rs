@@ -1,0 +1,464 @@
+//! The step transition: what one attempt's result makes of an instance's record, and the writes
+//! that commit it. Pure — no clock, no store, no runtime memory: the driver runs the step, asks
+//! this module for the next record and its writes, commits them, and only then updates memory.
+//!
+//! A succeeded attempt moves the cursor as the step said (`Next`), a failed one is retried by the
+//! step's policy or fails the instance, and a record this version cannot run is quarantined with
+//! its signal kept. A finishing write deletes the instance's unconsumed signals and counts the
+//! finish in the version's counters, in the same commit as the record (invariant 1).
+
+use std::time::Duration;
+
+use strata_core::codec::EncodeError;
+use strata_core::instance::{InstanceRecord, InstanceStatus, PersistedWake, Phase, RECORD_FORMAT};
+use strata_core::time::deadline_after;
+use strata_core::version::CounterDelta;
+use strata_core::workflow::{Next, StepOutcome, VersionCode, WakeReason};
+use strata_store::Op;
+
+/// The result of one attempt, before it becomes a record.
+pub(super) enum Attempt {
+    /// The step returned normally, its state and output encoded.
+    Succeeded(StepOutcome),
+    /// Failed; retried if `retryable` and the policy allows.
+    Failed {
+        /// What went wrong.
+        message: String,
+        /// Whether the step's retry policy applies.
+        retryable: bool,
+    },
+    /// The record cannot be run by this version (its state or cursor): it is quarantined.
+    Damaged(String),
+}
+
+/// The record an attempt leads to, and the signal its commit consumes.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct StepTransition {
+    /// The next record.
+    pub record: InstanceRecord,
+    /// The inbox signal the commit deletes as consumed (kept when the instance is quarantined,
+    /// so that it is there for whoever repairs it).
+    pub consumed_signal: Option<u64>,
+}
+
+/// What attempt `record.attempt` of `record.step` on `code`, woken for `wake` and consuming
+/// `consumed_signal`, makes of the record at `now` (ms since the Unix epoch).
+pub(super) fn after_attempt(
+    mut record: InstanceRecord,
+    wake: WakeReason,
+    consumed_signal: Option<u64>,
+    attempt: Attempt,
+    code: &dyn VersionCode,
+    now: u64,
+) -> StepTransition {
+    record.updated_at_ms = now;
+    let mut consumed_signal = consumed_signal;
+    match attempt {
+        Attempt::Succeeded(outcome) => {
+            record.visits += 1;
+            record.attempt = 1;
+            record.last_error = None;
+            record.state.bytes = outcome.state;
+            record.state.schema = code.state_schema();
+            apply_next(&mut record, outcome.next, code, now);
+        }
+        Attempt::Failed { message, retryable } => {
+            let policy = code.retry_policy(&record.step);
+            if retryable && policy.allows_retry_after(record.attempt) {
+                let wait = policy.backoff_before(record.attempt + 1);
+                record.attempt += 1;
+                record.phase = Phase::RetryBackoff {
+                    until_ms: deadline_after(now, wait),
+                    wake: persisted_from_wake(wake),
+                };
+            } else {
+                record.phase = Phase::Failed {
+                    reason: format!("step '{}' failed on attempt {}: {message}", record.step, record.attempt),
+                };
+            }
+            record.last_error = Some(message);
+        }
+        Attempt::Damaged(reason) => {
+            record.phase = Phase::Quarantined { reason };
+            consumed_signal = None;
+        }
+    }
+    StepTransition {
+        record,
+        consumed_signal,
+    }
+}
+
+/// `record` cancelled at `now`.
+pub(super) fn cancelled(mut record: InstanceRecord, now: u64) -> InstanceRecord {
+    record.phase = Phase::Cancelled;
+    record.updated_at_ms = now;
+    record
+}
+
+/// The writes of one commit of `record`, in the current record format: the consumed signal
+/// deleted; when the record finishes the instance, every other signal of `inbox` deleted too and
+/// the finish counted; then the record itself.
+pub(super) fn commit_writes(
+    record: &mut InstanceRecord,
+    consumed_signal: Option<u64>,
+    inbox: &[u64],
+) -> Result<Vec<Op>, EncodeError> {
+    // A record read in an older format is rewritten in the current one by its next commit.
+    record.format = RECORD_FORMAT;
+    let mut ops = Vec::with_capacity(3);
+    let instance = record.id;
+    if let Some(seq) = consumed_signal {
+        ops.push(Op::DeleteSignal { instance, seq });
+    }
+    if record.phase.is_terminal() {
+        let leftovers = inbox.iter().filter(|seq| Some(**seq) != consumed_signal);
+        ops.extend(leftovers.map(|&seq| Op::DeleteSignal { instance, seq }));
+        ops.push(Op::AdjustCounters {
+            key: record.key.clone(),
+            delta: CounterDelta::finish(InstanceStatus::of_phase(&record.phase)),
+        });
+    }
+    ops.push(Op::PutInstance(record.encode()?));
+    Ok(ops)
+}
+
+/// The wake a persisted phase resumes with.
+pub(super) fn wake_from_persisted(wake: &PersistedWake) -> WakeReason {
+    match wake {
+        PersistedWake::Started => WakeReason::Started,
+        PersistedWake::Continued => WakeReason::Continued,
+        PersistedWake::TimerFired => WakeReason::TimerFired,
+        PersistedWake::Signal { name, payload } => WakeReason::Signal {
+            name: name.clone(),
+            payload: payload.clone(),
+        },
+        PersistedWake::SignalTimedOut { name } => WakeReason::SignalTimedOut { name: name.clone() },
+    }
+}
+
+fn persisted_from_wake(wake: WakeReason) -> PersistedWake {
+    match wake {
+        WakeReason::Started => PersistedWake::Started,
+        WakeReason::Continued => PersistedWake::Continued,
+        WakeReason::TimerFired => PersistedWake::TimerFired,
+        WakeReason::Signal { name, payload } => PersistedWake::Signal { name, payload },
+        WakeReason::SignalTimedOut { name } => PersistedWake::SignalTimedOut { name },
+    }
+}
+
+/// Applies what a step returned to the record: the new cursor and phase.
+fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn VersionCode, now: u64) {
+    let from = record.step.clone();
+    let go = |record: &mut InstanceRecord, step: String, phase: Phase| {
+        if code.has_step(&step) {
+            record.step = step;
+            record.phase = phase;
+        } else {
+            record.phase = Phase::Failed {
+                reason: format!(
+                    "step '{from}' asked for step '{step}', which {} does not define",
+                    record.key
+                ),
+            };
+        }
+    };
+    let after = |duration: Duration| deadline_after(now, duration);
+    match next {
+        Next::Goto(step) => go(
+            record,
+            step,
+            Phase::Ready {
+                wake: PersistedWake::Continued,
+            },
+        ),
+        Next::Sleep { duration, then } => go(
+            record,
+            then,
+            Phase::Sleeping {
+                until_ms: after(duration),
+            },
+        ),
+        Next::WaitSignal { name, then, timeout } => go(
+            record,
+            then,
+            Phase::WaitingSignal {
+                name,
+                timeout_at_ms: timeout.map(after),
+            },
+        ),
+        Next::Complete(output) => record.phase = Phase::Completed { output },
+        Next::Fail(reason) => record.phase = Phase::Failed { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use strata_core::instance::{InstanceId, StateEnvelope, VersionKey};
+    use strata_core::workflow::{RetryPolicy, StepCtx, StepError, StepResult, WorkflowVersion};
+
+    use super::*;
+
+    const NOW: u64 = 1_000_000;
+
+    async fn noop(_: StepCtx, state: &mut u32) -> StepResult<u32> {
+        Ok(Next::complete(*state))
+    }
+
+    /// Version 1.0.0 of "w": steps `a` (3 attempts, 100 ms then doubling) and `b` (no retry).
+    fn code() -> Arc<dyn VersionCode> {
+        WorkflowVersion::<u32, u32, u32>::new("w", "1.0.0")
+            .state_schema(2)
+            .init(|input| input)
+            .entry("a")
+            .step_with_retry("a", noop, RetryPolicy::exponential(3, Duration::from_millis(100)))
+            .step_with_retry("b", noop, RetryPolicy::no_retry())
+            .into_code()
+            .unwrap()
+    }
+
+    fn record_at(step: &str, attempt: u32) -> InstanceRecord {
+        InstanceRecord {
+            format: 1,
+            id: InstanceId(7),
+            key: VersionKey::new("w", semver::Version::new(1, 0, 0)),
+            step: step.to_string(),
+            attempt,
+            visits: 4,
+            phase: Phase::Ready {
+                wake: PersistedWake::Continued,
+            },
+            state: StateEnvelope {
+                schema: 1,
+                bytes: vec![1],
+            },
+            routing_key: None,
+            scheduled: None,
+            last_error: Some("earlier".to_string()),
+            created_at_ms: 5,
+            updated_at_ms: 6,
+            moves: Vec::new(),
+            pinned_reason: None,
+            claim: 0,
+        }
+    }
+
+    /// Attempt `attempt` of `step` on [`code`] at `NOW`, woken for `wake`, consuming `consumed`.
+    fn run(step: &str, attempt: u32, wake: WakeReason, consumed: Option<u64>, result: Attempt) -> StepTransition {
+        after_attempt(record_at(step, attempt), wake, consumed, result, code().as_ref(), NOW)
+    }
+
+    fn succeeded(next: Next<Vec<u8>>) -> Attempt {
+        Attempt::Succeeded(StepOutcome { state: vec![9], next })
+    }
+
+    fn signal_wake() -> WakeReason {
+        WakeReason::Signal {
+            name: "go".to_string(),
+            payload: vec![3],
+        }
+    }
+
+    #[test]
+    fn a_succeeded_step_moves_the_cursor_counts_the_visit_and_takes_the_new_state_in_the_version_s_schema() {
+        let next = run("a", 2, signal_wake(), Some(11), succeeded(Next::goto("b")));
+        let record = next.record;
+        assert_eq!((record.step.as_str(), record.attempt, record.visits), ("b", 1, 5));
+        assert_eq!(
+            record.phase,
+            Phase::Ready {
+                wake: PersistedWake::Continued
+            }
+        );
+        assert_eq!((record.state.schema, record.state.bytes), (2, vec![9]));
+        assert_eq!((record.last_error, record.updated_at_ms), (None, NOW));
+        assert_eq!(
+            next.consumed_signal,
+            Some(11),
+            "the signal that woke the step is consumed"
+        );
+    }
+
+    #[test]
+    fn sleeps_and_signal_timeouts_are_deadlines_from_now_that_saturate_instead_of_wrapping() {
+        let sleep = Next::Sleep {
+            duration: Duration::from_secs(3),
+            then: "b".to_string(),
+        };
+        let record = run("a", 1, WakeReason::Continued, None, succeeded(sleep)).record;
+        assert_eq!(record.phase, Phase::Sleeping { until_ms: NOW + 3_000 });
+        let wait = Next::WaitSignal {
+            name: "go".to_string(),
+            then: "b".to_string(),
+            timeout: Some(Duration::MAX),
+        };
+        let record = run("a", 1, WakeReason::Continued, None, succeeded(wait)).record;
+        assert_eq!(
+            record.phase,
+            Phase::WaitingSignal {
+                name: "go".to_string(),
+                timeout_at_ms: Some(u64::MAX)
+            }
+        );
+    }
+
+    #[test]
+    fn a_step_that_names_a_step_its_version_lacks_fails_the_instance_and_says_which() {
+        let record = run("a", 1, WakeReason::Continued, None, succeeded(Next::goto("c"))).record;
+        assert_eq!(record.step, "a", "the cursor stays on the step that asked");
+        assert_eq!(
+            record.phase,
+            Phase::Failed {
+                reason: "step 'a' asked for step 'c', which w@1.0.0 does not define".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn a_retryable_failure_backs_off_by_the_step_s_policy_and_keeps_the_wake_until_the_attempts_run_out() {
+        let failed = || Attempt::Failed {
+            message: "down".to_string(),
+            retryable: true,
+        };
+        let second = run("a", 1, signal_wake(), Some(11), failed());
+        assert_eq!(second.record.attempt, 2);
+        assert_eq!(
+            second.record.phase,
+            Phase::RetryBackoff {
+                until_ms: NOW + 100,
+                wake: PersistedWake::Signal {
+                    name: "go".to_string(),
+                    payload: vec![3]
+                }
+            }
+        );
+        assert_eq!(second.record.last_error.as_deref(), Some("down"));
+        assert_eq!(second.record.visits, 4, "a failed attempt is no visit");
+        let third = run("a", 2, WakeReason::Continued, None, failed());
+        assert_eq!(
+            third.record.phase,
+            Phase::RetryBackoff {
+                until_ms: NOW + 200,
+                wake: PersistedWake::Continued
+            }
+        );
+        let last = run("a", 3, WakeReason::Continued, None, failed());
+        assert_eq!(
+            last.record.phase,
+            Phase::Failed {
+                reason: "step 'a' failed on attempt 3: down".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn a_permanent_failure_or_a_step_without_retries_fails_at_the_first_attempt() {
+        let permanent = Attempt::Failed {
+            message: StepError::permanent("no").message().to_string(),
+            retryable: false,
+        };
+        let record = run("a", 1, WakeReason::Continued, None, permanent).record;
+        assert_eq!(
+            record.phase,
+            Phase::Failed {
+                reason: "step 'a' failed on attempt 1: no".to_string()
+            }
+        );
+        let retryable = Attempt::Failed {
+            message: "down".to_string(),
+            retryable: true,
+        };
+        let record = run("b", 1, WakeReason::Continued, None, retryable).record;
+        assert_eq!(
+            record.phase,
+            Phase::Failed {
+                reason: "step 'b' failed on attempt 1: down".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn a_record_the_version_cannot_run_is_quarantined_with_its_signal_kept() {
+        let next = run(
+            "a",
+            1,
+            signal_wake(),
+            Some(11),
+            Attempt::Damaged("bad state".to_string()),
+        );
+        assert_eq!(
+            next.record.phase,
+            Phase::Quarantined {
+                reason: "bad state".to_string()
+            }
+        );
+        assert_eq!(next.consumed_signal, None);
+        assert_eq!(
+            (next.record.step.as_str(), next.record.state.bytes.clone()),
+            ("a", vec![1])
+        );
+    }
+
+    fn deleted(ops: &[Op]) -> Vec<u64> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::DeleteSignal { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn counted(ops: &[Op]) -> Vec<CounterDelta> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::AdjustCounters { delta, .. } => Some(*delta),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_between_steps_deletes_only_the_consumed_signal_and_writes_the_record_in_the_current_format() {
+        let mut record = record_at("b", 1);
+        let ops = commit_writes(&mut record, Some(11), &[11, 12]).unwrap();
+        assert_eq!(deleted(&ops), [11]);
+        assert!(counted(&ops).is_empty(), "a live instance changes no counter");
+        assert_eq!(record.format, RECORD_FORMAT);
+        let Some(Op::PutInstance(encoded)) = ops.last() else {
+            panic!("the record is the last write")
+        };
+        assert_eq!(InstanceRecord::decode(&encoded.bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn a_finishing_commit_deletes_every_signal_left_and_counts_the_finish_in_the_same_writes() {
+        for (phase, finish) in [
+            (Phase::Completed { output: vec![] }, InstanceStatus::Completed),
+            (
+                Phase::Failed {
+                    reason: "x".to_string(),
+                },
+                InstanceStatus::Failed,
+            ),
+            (Phase::Cancelled, InstanceStatus::Cancelled),
+        ] {
+            let mut record = record_at("b", 1);
+            record.phase = phase;
+            let ops = commit_writes(&mut record, Some(11), &[11, 12, 13]).unwrap();
+            assert_eq!(deleted(&ops), [11, 12, 13]);
+            assert_eq!(counted(&ops), [CounterDelta::finish(finish)]);
+            assert!(matches!(ops.last(), Some(Op::PutInstance(encoded)) if encoded.finished));
+        }
+    }
+
+    #[test]
+    fn a_cancel_finishes_the_record_where_it_stands() {
+        let record = cancelled(record_at("b", 2), NOW);
+        assert_eq!(
+            (record.phase, record.step.as_str(), record.attempt, record.updated_at_ms),
+            (Phase::Cancelled, "b", 2, NOW)
+        );
+    }
+}
