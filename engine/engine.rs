@@ -288,13 +288,11 @@ impl EngineBuilder {
             stop,
             self.schedule_grace,
         ));
-        if engine.runtime.store.cluster().is_some() {
-            let stop = engine.runtime.stop_signal();
-            let interval = (engine.runtime.lease() / 3).max(Duration::from_millis(10));
-            engine
-                .runtime
-                .spawn_tracked(crate::tasks::follow::run(engine.clone(), interval, stop));
-        }
+        let stop = engine.runtime.stop_signal();
+        let interval = (engine.runtime.lease() / 3).max(Duration::from_millis(10));
+        engine
+            .runtime
+            .spawn_tracked(crate::tasks::follow::run(engine.clone(), interval, stop));
         if let Some(admin) = admin {
             match crate::admin::start(engine.clone(), admin).await {
                 Ok(address) => {
@@ -545,13 +543,11 @@ impl Engine {
     ) -> Result<u64, EngineError> {
         let (config, new_rollouts) = self.checked_config(source, text)?;
         let spec = config.routing;
-        if self.runtime.store.cluster().is_some() {
-            // Compared with the config in force in the cluster, not this process's last view.
-            if let Some(latest) = self.runtime.store.latest_config()? {
-                if latest.generation > in_force.generation {
-                    in_force.generation = latest.generation;
-                    in_force.text = Some(latest.text);
-                }
+        // Compared with the config in force in the cluster, not this process's last view.
+        if let Some(latest) = self.runtime.store.latest_config()? {
+            if latest.generation > in_force.generation {
+                in_force.generation = latest.generation;
+                in_force.text = Some(latest.text);
             }
         }
         // Each change gets the next generation; if another process sharing the store took it

@@ -247,6 +247,10 @@ struct FailingStore {
 }
 
 impl Store for FailingStore {
+    fn cluster(&self) -> &dyn strata::store::Cluster {
+        self.inner.cluster()
+    }
+
     fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             self.rejected.fetch_add(1, Ordering::SeqCst);

@@ -1,10 +1,12 @@
-//! This process as a worker of a shared store: it heartbeats its lease with the versions it has
-//! code for, claims the live instances of those versions no live worker holds (at open, and
+//! This process as a worker of its store's cluster: it heartbeats its lease with the versions it
+//! has code for, claims the live instances of those versions no live worker holds (at open, and
 //! then every heartbeat, which is how a dead worker's instances are taken over), lets go of an
 //! instance whose claim another worker took, and hands every claim back at shutdown.
 //!
-//! Owns nothing persistent: claims and leases live in the store (`store::Cluster`). Without a
-//! cluster (sled) none of this runs, and the one worker holds every claim.
+//! Owns nothing persistent: claims and leases live in the store (`store::Cluster`). A store one
+//! process opens has a cluster of one (`store::SoloCluster`): the same loop runs, its claims find
+//! nothing (every live instance was recovered at open), it always leads, and no other worker
+//! publishes, holds or announces anything.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -80,9 +82,7 @@ impl Runtime {
     /// Publishes this worker's metrics window of every version it has code for, for the worker
     /// that evaluates rollouts (at every heartbeat; nothing when metrics are off).
     fn publish_metrics(&self) {
-        let Some(cluster) = self.store.cluster() else {
-            return;
-        };
+        let cluster = self.store.cluster();
         if !self.options.metrics {
             return;
         }
@@ -108,10 +108,7 @@ impl Runtime {
     /// The metrics windows of `key` the other live workers published, decoded (those that do
     /// not decode are left out, with a warning).
     pub(super) fn others_metrics(&self, key: &VersionKey) -> Vec<crate::observe::WindowExport> {
-        let Some(cluster) = self.store.cluster() else {
-            return Vec::new();
-        };
-        match cluster.metrics_of(key, self.options.lease) {
+        match self.store.cluster().metrics_of(key, self.options.lease) {
             Ok(windows) => windows
                 .iter()
                 .filter_map(|bytes| match crate::instance::decode_stored(bytes) {
@@ -139,22 +136,17 @@ impl Runtime {
             .collect()
     }
 
-    /// Heartbeats and claims up to `limit` instances; `None` without a cluster.
-    pub(super) async fn heartbeat_and_claim(&self, limit: usize) -> Result<Option<Claimed>, EngineError> {
-        if self.store.cluster().is_none() {
-            return Ok(None);
-        }
+    /// Heartbeats and claims up to `limit` instances.
+    pub(super) async fn heartbeat_and_claim(&self, limit: usize) -> Result<Claimed, EngineError> {
         let versions = self.versions_with_code();
         let lease = self.options.lease;
         let claimed = blocking(&self.store, move |store| {
-            let Some(cluster) = store.cluster() else {
-                return Ok(Claimed::default());
-            };
+            let cluster = store.cluster();
             cluster.heartbeat(&versions, lease)?;
             cluster.claim(&versions, lease, limit)
         })
         .await?;
-        Ok(Some(claimed))
+        Ok(claimed)
     }
 
     /// Takes claimed instances in: quarantines the ones that do not decode, makes slots for the
@@ -235,35 +227,25 @@ impl Runtime {
         }
     }
 
-    /// This process's worker id: the store's for a shared store, `local` otherwise.
+    /// This process's worker id in the store's cluster (`local` in a cluster of one).
     pub(crate) fn worker_id(&self) -> String {
-        self.store
-            .cluster()
-            .map_or_else(|| "local".to_string(), |cluster| cluster.worker_id().to_string())
+        self.store.cluster().worker_id().to_string()
     }
 
-    /// The workers sharing the store (just this process without a cluster).
+    /// The workers sharing the store (this process alone in a cluster of one); this worker's
+    /// versions as it has them now, not as of its last heartbeat.
     pub(crate) fn workers(&self) -> Result<Vec<crate::store::WorkerInfo>, EngineError> {
-        match self.store.cluster() {
-            Some(cluster) => Ok(cluster.workers(self.options.lease)?),
-            None => Ok(vec![crate::store::WorkerInfo {
-                id: self.worker_id(),
-                host: String::new(),
-                pid: std::process::id(),
-                started_at_ms: self.started_at_ms,
-                heartbeat_ms: self.now(),
-                versions: self.versions_with_code(),
-                alive: true,
-            }]),
+        let mut workers = self.store.cluster().workers(self.options.lease)?;
+        let this_worker = self.worker_id();
+        for worker in workers.iter_mut().filter(|worker| worker.id == this_worker) {
+            worker.versions = self.versions_with_code();
         }
+        Ok(workers)
     }
 
-    /// Takes in the cluster's counters and statuses (a shared store's other workers change them
-    /// too); nothing to do for a store only this process opens.
+    /// Takes in the store's counters and statuses (other workers of a shared store change them
+    /// too; in a cluster of one they are this process's own, taken in already).
     pub(super) fn refresh_versions(&self) {
-        if self.store.cluster().is_none() {
-            return;
-        }
         match self.store.versions() {
             Ok(stored) => {
                 let mut statuses_changed = false;
@@ -282,14 +264,7 @@ impl Runtime {
     /// store, the same read is taken in as which versions accept starts (`take_in_running`), so
     /// a view built from both never says a version without a worker takes starts.
     pub(super) fn workers_by_version(&self) -> std::collections::HashMap<VersionKey, Vec<String>> {
-        let Some(cluster) = self.store.cluster() else {
-            let mut by_version: std::collections::HashMap<VersionKey, Vec<String>> = std::collections::HashMap::new();
-            for key in self.versions_with_code() {
-                by_version.entry(key).or_default().push(self.worker_id());
-            }
-            return by_version;
-        };
-        match cluster.workers(self.options.lease) {
+        match self.store.cluster().workers(self.options.lease) {
             Ok(workers) => {
                 let workers = self.live_workers_by_version(workers);
                 self.take_in_running(&workers);
@@ -306,10 +281,7 @@ impl Runtime {
     /// another worker has code for (accepted here, run there), and a version with live instances
     /// that no worker can run is warned of. Nothing changes when the workers cannot be read.
     fn take_in_workers(&self) {
-        let Some(cluster) = self.store.cluster() else {
-            return;
-        };
-        let workers = match cluster.workers(self.options.lease) {
+        let workers = match self.store.cluster().workers(self.options.lease) {
             Ok(workers) => self.live_workers_by_version(workers),
             Err(error) => {
                 tracing::warn!(%error, "could not read the workers from the store; keeping what was known");
@@ -408,12 +380,7 @@ impl Runtime {
         if self.table.with(id, |_| ()).is_none() {
             return;
         }
-        match blocking(&self.store, move |store| match store.cluster() {
-            Some(cluster) => cluster.signals_of(id),
-            None => Ok(Vec::new()),
-        })
-        .await
-        {
+        match blocking(&self.store, move |store| store.cluster().signals_of(id)).await {
             Ok(signals) => self.take_in_signals(signals),
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "could not read an instance's signals; the next poll finds them")
@@ -431,23 +398,23 @@ impl Runtime {
         let looked = tokio::task::spawn_blocking(move || {
             runtime.refresh_versions();
             runtime.refresh_rollouts();
-            if let Some(cluster) = runtime.store.cluster() {
-                let leading = cluster
-                    .lead(ROLLOUT_ROLE, runtime.options.lease)
-                    .unwrap_or_else(|error| {
-                        tracing::warn!(%error, "could not renew the rollout lease; another worker takes it over");
-                        false
-                    });
-                let was = runtime
-                    .rollouts
-                    .leading
-                    .swap(leading, std::sync::atomic::Ordering::AcqRel);
-                if leading && !was {
-                    tracing::info!("this worker evaluates the rollouts now");
-                }
-                if leading {
-                    runtime.announce_unannounced_drained();
-                }
+            let leading = runtime
+                .store
+                .cluster()
+                .lead(ROLLOUT_ROLE, runtime.options.lease)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "could not renew the rollout lease; another worker takes it over");
+                    false
+                });
+            let was = runtime
+                .rollouts
+                .leading
+                .swap(leading, std::sync::atomic::Ordering::AcqRel);
+            if leading && !was {
+                tracing::info!("this worker evaluates the rollouts now");
+            }
+            if leading {
+                runtime.announce_unannounced_drained();
             }
             runtime.publish_metrics();
             runtime.take_in_workers();
@@ -465,7 +432,7 @@ impl Runtime {
     pub(super) async fn run_worker(self: Arc<Self>) {
         let mut stop = self.stop_signal();
         let interval = (self.options.lease / 3).max(Duration::from_millis(10));
-        let mut wakeups = self.store.cluster().and_then(|cluster| cluster.wakeups());
+        let mut wakeups = self.store.cluster().wakeups();
         let mut next_beat = tokio::time::Instant::now() + interval;
         loop {
             tokio::select! {
@@ -493,42 +460,33 @@ impl Runtime {
             if self.is_stopping() {
                 return;
             }
-            match blocking(&self.store, |store| match store.cluster() {
-                Some(cluster) => cluster.held_signals(),
-                None => Ok(Vec::new()),
-            })
-            .await
-            {
+            match blocking(&self.store, |store| store.cluster().held_signals()).await {
                 Ok(signals) => self.take_in_signals(signals),
                 Err(error) => tracing::warn!(%error, "could not read the held instances' signals; trying again"),
             }
-            if !self.claim_what_is_free().await {
-                return;
-            }
+            self.claim_what_is_free().await;
             self.look_around().await;
         }
     }
 
     /// Heartbeats and claims what no live worker holds among the versions this one has code
     /// for, batch after batch while batches come back full, and takes the claimed instances in.
-    /// Returns false without a cluster.
-    async fn claim_what_is_free(self: &Arc<Self>) -> bool {
+    async fn claim_what_is_free(self: &Arc<Self>) {
         loop {
             match self.heartbeat_and_claim(CLAIM_BATCH).await {
-                Ok(Some(claimed)) => {
+                Ok(claimed) => {
                     let full = claimed.live.len() + claimed.corrupt.len() >= CLAIM_BATCH;
                     if let Err(error) = self.admit(claimed).await {
                         tracing::warn!(%error, "could not take claimed instances in; they are claimed again after the lease");
-                        return true;
+                        return;
                     }
                     if !full || self.is_stopping() {
-                        return true;
+                        return;
                     }
                 }
-                Ok(None) => return false,
                 Err(error) => {
                     tracing::warn!(%error, "heartbeat or claim failed; trying again");
-                    return true;
+                    return;
                 }
             }
         }
@@ -537,14 +495,7 @@ impl Runtime {
     /// Hands every claim back (at shutdown, after the last commit), so other workers take the
     /// instances over at once instead of after the lease.
     pub(super) async fn leave_cluster(&self) {
-        if self.store.cluster().is_none() {
-            return;
-        }
-        let left = blocking(&self.store, |store| match store.cluster() {
-            Some(cluster) => cluster.leave(),
-            None => Ok(()),
-        })
-        .await;
+        let left = blocking(&self.store, |store| store.cluster().leave()).await;
         if let Err(error) = left {
             tracing::warn!(%error, "could not hand the claims back; other workers take them after the lease");
         }

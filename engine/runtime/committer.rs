@@ -323,6 +323,7 @@ mod tests {
         fail_sync: std::sync::atomic::AtomicBool,
         gate: (Mutex<bool>, parking_lot::Condvar),
         syncs_entered: AtomicUsize,
+        cluster: crate::store::SoloCluster,
     }
 
     fn poisoned_op(op: &Op) -> bool {
@@ -335,6 +336,10 @@ mod tests {
     }
 
     impl Store for PickyStore {
+        fn cluster(&self) -> &dyn crate::store::Cluster {
+            &self.cluster
+        }
+
         fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
             self.apply_calls.fetch_add(1, Ordering::SeqCst);
             if ops.iter().any(unreachable_op) {

@@ -37,7 +37,8 @@ impl Runtime {
             }
             .into());
         }
-        if let Some(cluster) = self.store.cluster() {
+        let cluster = self.store.cluster();
+        if cluster.is_shared() {
             // A job another worker started and this one has not followed yet is the one that
             // runs: join it rather than start a second.
             let running = self.store.migration_jobs()?.into_iter().find(|record| {
@@ -88,7 +89,7 @@ impl Runtime {
     /// store many processes share, the worker joins the jobs it follows instead (see
     /// `follow_migrations`).
     pub(super) fn resume_migrations(self: &Arc<Self>, records: Vec<MigrationJobRecord>) {
-        if self.store.cluster().is_some() {
+        if self.store.cluster().is_shared() {
             return;
         }
         let mut jobs = self.jobs.lock();
@@ -127,17 +128,17 @@ impl Runtime {
     /// live worker's share has finished, with no instance left waiting for a claim; it alone
     /// announces `MigrationFinished`.
     pub(super) async fn follow_migrations(self: &Arc<Self>) {
-        let Some(cluster) = self.store.cluster() else {
+        let cluster = self.store.cluster();
+        if !cluster.is_shared() {
             return;
-        };
+        }
         let lease = self.options.lease;
         let read = super::cluster::blocking(&self.store, move |store| {
             let records = store.migration_jobs()?;
-            let workers = match store.cluster() {
-                Some(cluster) if records.iter().any(|record| record.state != MigrationState::Finished) => {
-                    cluster.workers(lease)?
-                }
-                _ => Vec::new(),
+            let workers = if records.iter().any(|record| record.state != MigrationState::Finished) {
+                store.cluster().workers(lease)?
+            } else {
+                Vec::new()
             };
             Ok((records, workers))
         })
@@ -252,10 +253,7 @@ impl Runtime {
                 .iter()
                 .map(|share| (share.worker.clone(), share.claims_covered))
                 .collect();
-            let uncovered = match store.cluster() {
-                Some(cluster) => cluster.uncovered_live(&workflow, lease, &covered)?,
-                None => 0,
-            };
+            let uncovered = store.cluster().uncovered_live(&workflow, lease, &covered)?;
             Ok((uncovered, shares))
         })
         .await;
@@ -352,7 +350,8 @@ impl Runtime {
         mut record: MigrationJobRecord,
         control: &JobControl,
     ) -> Result<(), EngineError> {
-        let shared = self.store.cluster().map(|cluster| cluster.worker_id().to_string());
+        let cluster = self.store.cluster();
+        let shared = cluster.is_shared().then(|| cluster.worker_id().to_string());
         if let Some(worker) = &shared {
             if record.worker.is_empty() {
                 // Started here: the job's own record tells the other workers to join.
@@ -496,9 +495,7 @@ impl Runtime {
     /// With a store many processes share, stores an operator's pause or resume made here on the
     /// job's own record (unless it says so already), so that every worker's share follows it.
     async fn announce_control(&self, control: &JobControl, state: MigrationState) -> Result<(), EngineError> {
-        if self.store.cluster().is_none() {
-            return Ok(());
-        }
+        // A job's own record is known here only when shared (`follow_job`, `run_migration_job`).
         let Some(mut job) = control.job_record.lock().clone() else {
             return Ok(());
         };

@@ -97,8 +97,6 @@ pub(crate) struct Runtime {
     retention_changed: Notify,
     /// Watched rollouts.
     rollouts: rollouts::Rollouts,
-    /// When this runtime opened (ms since the Unix epoch).
-    started_at_ms: u64,
     /// The number of the newest claim whose instances are in the table (with a shared store).
     claims_taken_in: AtomicU64,
     /// Versions already warned of as having live instances and no live worker.
@@ -233,7 +231,6 @@ impl Runtime {
             rollouts: rollouts::Rollouts::default(),
             claims_taken_in: AtomicU64::new(0),
             unrunnable: parking_lot::Mutex::new(std::collections::HashSet::new()),
-            started_at_ms: options.clock.now_ms(),
             options,
         });
         runtime.rollouts.load(rollout_records);
@@ -244,13 +241,8 @@ impl Runtime {
         }
         runtime.spawn_tracked(Self::run_timers(Arc::downgrade(&runtime), runtime.timers.clone()));
         runtime.arm_all();
-        match runtime.store.cluster() {
-            Some(_) => {
-                runtime.look_around().await;
-                runtime.spawn_tracked(runtime.clone().run_worker());
-            }
-            None => runtime.rollouts.leading.store(true, Ordering::Release),
-        }
+        runtime.look_around().await;
+        runtime.spawn_tracked(runtime.clone().run_worker());
         runtime.resume_migrations(jobs);
         runtime.refresh_routing();
         runtime.spawn_tracked(runtime.clone().run_rollouts());
@@ -267,19 +259,13 @@ impl Runtime {
         for code in codes {
             self.registry.register(code)?;
         }
-        // With a shared store, this worker runs what it claims: live instances of its versions
-        // no live worker holds. The counters are the cluster's, kept exact by every commit.
-        let mut claim_number = None;
-        let shared = match self.heartbeat_and_claim(usize::MAX).await? {
-            Some(claimed) => {
-                claim_number = Some(claimed.number);
-                recovered.live = claimed.live;
-                recovered.signals = claimed.signals;
-                recovered.corrupt = claimed.corrupt;
-                true
-            }
-            None => false,
-        };
+        // This worker runs what the store recovered for it (every live instance, in a cluster of
+        // one) and what it claims: live instances of its versions no live worker holds. The
+        // counters are the store's, kept exact by every commit.
+        let claimed = self.heartbeat_and_claim(usize::MAX).await?;
+        recovered.live.extend(claimed.live);
+        recovered.signals.extend(claimed.signals);
+        recovered.corrupt.extend(claimed.corrupt);
         let mut live_by_version: HashMap<VersionKey, u64> = HashMap::new();
         for record in &recovered.live {
             *live_by_version.entry(record.key.clone()).or_default() += 1;
@@ -294,13 +280,8 @@ impl Runtime {
             return Err(EngineError::MissingVersions { missing });
         }
         self.quarantine_corrupt(recovered.corrupt).await?;
-        if !shared {
-            self.reconcile_counters(&live_by_version).await?;
-        }
         let (_, orphans) = self.insert_slots(recovered.live, recovered.signals);
-        if let Some(number) = claim_number {
-            self.claims_taken_in.fetch_max(number, Ordering::Release);
-        }
+        self.claims_taken_in.fetch_max(claimed.number, Ordering::Release);
         let orphans: Vec<Op> = orphans
             .into_iter()
             .map(|signal| Op::DeleteSignal {
@@ -319,26 +300,6 @@ impl Runtime {
             if let Err(error) = self.set_status(&key, VersionStatus::Draining).await {
                 tracing::warn!(version = %key, %error, "could not drain a draining version left with no live instance");
             }
-        }
-        Ok(())
-    }
-
-    /// Makes the stored live counters equal the live records, should they ever differ.
-    async fn reconcile_counters(&self, live_by_version: &HashMap<VersionKey, u64>) -> Result<(), EngineError> {
-        let mut fixes = Vec::new();
-        for info in self.registry.snapshot() {
-            let actual = live_by_version.get(&info.key).copied().unwrap_or(0);
-            if info.counters.live != actual {
-                tracing::error!(version = %info.key, stored = info.counters.live, actual, "live counter disagrees with the live records; correcting it");
-                let delta = CounterDelta {
-                    live: actual as i64 - info.counters.live as i64,
-                    ..CounterDelta::default()
-                };
-                fixes.push((info.key, delta));
-            }
-        }
-        for (key, delta) in fixes {
-            self.write(vec![Op::AdjustCounters { key, delta }]).await?;
         }
         Ok(())
     }
@@ -532,10 +493,8 @@ impl Runtime {
             return;
         }
         self.emit_drained(&keys);
-        if let Some(cluster) = self.store.cluster() {
-            if let Err(error) = cluster.drained_announced(&keys) {
-                tracing::warn!(%error, "could not mark drained versions announced; the rollout evaluator announces them again if this worker stops first");
-            }
+        if let Err(error) = self.store.cluster().drained_announced(&keys) {
+            tracing::warn!(%error, "could not mark drained versions announced; the rollout evaluator announces them again if this worker stops first");
         }
     }
 
@@ -554,10 +513,7 @@ impl Runtime {
     /// With a store many processes share, on the worker evaluating rollouts: announces the
     /// versions whose draining worker stopped between its commit and its announcement.
     pub(super) fn announce_unannounced_drained(&self) {
-        let Some(cluster) = self.store.cluster() else {
-            return;
-        };
-        match cluster.take_unannounced_drained(self.options.lease) {
+        match self.store.cluster().take_unannounced_drained(self.options.lease) {
             Ok(keys) if keys.is_empty() => {}
             Ok(keys) => {
                 tracing::info!(
@@ -899,9 +855,6 @@ impl Runtime {
         name: &str,
         payload: Vec<u8>,
     ) -> Result<(), EngineError> {
-        if self.store.cluster().is_none() {
-            return Err(self.not_live(id));
-        }
         let record = match self.store.load_instance(id)? {
             None => return Err(self.missing(id)),
             Some(record) if record.phase.is_terminal() => return Err(self.not_live(id)),
@@ -909,11 +862,7 @@ impl Runtime {
         };
         self.check_signal(id, &record.key, name, &payload)?;
         let signal = self.new_signal(id, name, payload)?;
-        let delivered = match self.store.cluster() {
-            Some(cluster) => cluster.deliver_signal(&signal)?,
-            None => false,
-        };
-        if !delivered {
+        if !self.store.cluster().deliver_signal(&signal)? {
             return Err(self.not_live(id));
         }
         // This worker may have claimed the instance meanwhile.
@@ -944,7 +893,6 @@ impl Runtime {
     /// Resolves with the instance's outcome when it finishes: told by its driver when this
     /// process holds it, else read from the store, again and again while another worker runs it.
     pub async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
-        let shared = self.store.cluster().is_some();
         let mut pause = Duration::from_millis(5);
         loop {
             let (sender, receiver) = oneshot::channel();
@@ -956,7 +904,7 @@ impl Runtime {
                 match receiver.await {
                     Ok(outcome) => return Ok(outcome),
                     // Dropped: shutdown, or another worker took the instance over.
-                    Err(_) if self.is_stopping() || !shared => return Err(EngineError::ShuttingDown),
+                    Err(_) if self.is_stopping() => return Err(EngineError::ShuttingDown),
                     Err(_) => continue,
                 }
             }
@@ -968,7 +916,7 @@ impl Runtime {
                     }
                 }
             }
-            if self.is_stopping() || !shared {
+            if self.is_stopping() {
                 return Err(EngineError::ShuttingDown);
             }
             tokio::time::sleep(pause).await;
@@ -1023,10 +971,7 @@ impl Runtime {
         if let Some(inbox) = self.table.with(id, |slot| slot.inbox.clone()) {
             return Ok(inbox);
         }
-        match self.store.cluster() {
-            Some(cluster) => Ok(cluster.signals_of(id)?),
-            None => Ok(Vec::new()),
-        }
+        Ok(self.store.cluster().signals_of(id)?)
     }
 
     /// Instances matching `filter`, live ones first, each group in id order.
@@ -1044,13 +989,11 @@ impl Runtime {
                     }
                 }
             });
-            if self.store.cluster().is_some() {
-                // Other workers' live instances, as the store has them.
-                let elsewhere = Self::read_unlisted(filter, &found, limit, |keep, limit| {
-                    self.store.live_instances(keep, limit)
-                })?;
-                found.extend(elsewhere);
-            }
+            // Other workers' live instances, as the store has them.
+            let elsewhere = Self::read_unlisted(filter, &found, limit, |keep, limit| {
+                self.store.cluster().live_held_elsewhere(keep, limit)
+            })?;
+            found.extend(elsewhere);
             found.sort_by_key(|info| info.record.id);
             found.truncate(limit);
         }
@@ -1116,15 +1059,22 @@ impl Runtime {
                 .or_insert(candidate);
         });
         self.refresh_versions();
-        // With a shared store, other workers hold instances too: the store knows the oldest.
-        if let Some(cluster) = self.store.cluster() {
-            match cluster.oldest_live() {
-                Ok(found) => {
-                    oldest = found.into_iter().map(|(key, id, at)| (key, (id, at))).collect();
+        // Other workers of a shared store hold instances too: the store knows their oldest.
+        match self.store.cluster().oldest_live() {
+            Ok(found) => {
+                for (key, id, at) in found {
+                    oldest
+                        .entry(key)
+                        .and_modify(|current| {
+                            if (at, id) < (current.1, current.0) {
+                                *current = (id, at);
+                            }
+                        })
+                        .or_insert((id, at));
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "could not read the oldest live instances; showing this worker's")
-                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read the oldest live instances; showing this worker's")
             }
         }
         // Read before the snapshot: it takes in which versions accept starts from the same read.

@@ -797,8 +797,8 @@ impl Store for PostgresStore {
         Ok(first..first + ID_BLOCK)
     }
 
-    fn cluster(&self) -> Option<&dyn Cluster> {
-        Some(self)
+    fn cluster(&self) -> &dyn Cluster {
+        self
     }
 
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
@@ -1030,6 +1030,10 @@ fn lease_ms(lease: Duration) -> i64 {
 impl Cluster for PostgresStore {
     fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 
     fn heartbeat(&self, versions: &[VersionKey], lease: Duration) -> Result<(), StoreError> {
@@ -1401,6 +1405,14 @@ impl Cluster for PostgresStore {
                     .map(|version| VersionKey::new(workflow, version))
             })
             .collect())
+    }
+
+    fn live_held_elsewhere(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.live_instances(keep, limit)
     }
 
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError> {

@@ -56,8 +56,8 @@ use strata_core::periodic::PeriodicThread;
 use strata_core::version::VersionStatus;
 use strata_store::residency::VersionWrite;
 use strata_store::{
-    Applied, AppliedConfig, CorruptRecord, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord, Store,
-    StoreError, StoreStats, StoredVersion, VersionCounters,
+    Applied, AppliedConfig, CorruptRecord, CounterDelta, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord,
+    Store, StoreError, StoreStats, StoredVersion, VersionCounters,
 };
 
 const FORMAT_KEY: &[u8] = b"m/format";
@@ -176,6 +176,8 @@ pub struct SledStore {
     syncs: AtomicU64,
     /// The buffer the last commit's frame was encoded in, kept for the next.
     spare_frame: Mutex<Vec<u8>>,
+    /// The one worker of the one process that opens the store.
+    solo: strata_store::SoloCluster,
     /// The data directory's lock, let go of last (after the final checkpoint).
     _lock: directory_lock::DirectoryLock,
 }
@@ -376,6 +378,7 @@ impl SledStore {
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             spare_frame: Mutex::new(Vec::new()),
+            solo: strata_store::SoloCluster::new(),
             _lock: lock,
         };
         store.build_expiry_index()?;
@@ -525,6 +528,48 @@ impl SledStore {
             })?);
         }
         Ok(values)
+    }
+}
+
+impl SledStore {
+    /// Makes each version's live counter the number of its live records that decode (`live`),
+    /// where it disagrees (a store written by a build with a counting bug, or edited by hand): the
+    /// one process that opens the store holds every live instance, so the records are the truth.
+    fn reconcile_live_counters(&self, live: &[InstanceRecord]) -> Result<(), StoreError> {
+        let mut actual: HashMap<VersionKey, u64> = HashMap::new();
+        for record in live {
+            *actual.entry(record.key.clone()).or_default() += 1;
+        }
+        let stored: HashMap<VersionKey, u64> = self
+            .versions
+            .lock()
+            .all()
+            .into_iter()
+            .map(|version| (version.key, version.counters.live))
+            .collect();
+        let keys: std::collections::BTreeSet<&VersionKey> = actual.keys().chain(stored.keys()).collect();
+        let mut fixes = Vec::new();
+        for key in keys {
+            let (stored, actual) = (
+                stored.get(key).copied().unwrap_or(0),
+                actual.get(key).copied().unwrap_or(0),
+            );
+            if stored != actual {
+                tracing::error!(version = %key, stored, actual, "live counter disagrees with the live records; correcting it");
+                fixes.push(Op::AdjustCounters {
+                    key: key.clone(),
+                    delta: CounterDelta {
+                        live: actual as i64 - stored as i64,
+                        ..CounterDelta::default()
+                    },
+                });
+            }
+        }
+        if !fixes.is_empty() {
+            self.apply(&fixes)?;
+            self.sync()?;
+        }
+        Ok(())
     }
 }
 
@@ -742,6 +787,7 @@ impl Store for SledStore {
             }
         }
         state.signals = self.collect::<SignalRecord>(SIGNALS, "signal")?;
+        self.reconcile_live_counters(&state.live)?;
         state.versions = self.versions.lock().all();
         Ok(state)
     }
@@ -780,6 +826,10 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         self.scan_instances(LIVE, keep, limit)
+    }
+
+    fn cluster(&self) -> &dyn strata_store::Cluster {
+        &self.solo
     }
 
     fn finished_instances(

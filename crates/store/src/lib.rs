@@ -7,14 +7,18 @@
 //! applied work durable, `recover` returns everything a starting engine needs. The trait names no
 //! backend concept (no trees, no files, no SQL).
 //!
-//! A store many processes share (PostgreSQL) also implements [`Cluster`]: each process is a
-//! worker that claims the live instances of the versions it has code for, under a claim with a
-//! fencing token that every write of the instance checks. A store only one process opens (sled)
-//! has no `Cluster`: its one worker holds every claim.
+//! Every store has a [`Cluster`]: each process is a worker that claims the live instances of the
+//! versions it has code for, under a claim with a fencing token that every write of the instance
+//! checks. A store many processes share (PostgreSQL) implements it over its tables; a store only
+//! one process opens (sled) has a [`SoloCluster`], a cluster of one whose worker holds every
+//! claim.
 
 #![warn(missing_docs)]
 
 pub mod residency;
+mod solo;
+
+pub use solo::{SoloCluster, SOLO_WORKER_ID};
 
 pub use strata_core::migrate::MigrationJobRecord;
 
@@ -476,6 +480,10 @@ pub struct Claimed {
 pub trait Cluster: Send + Sync {
     /// This process's worker id.
     fn worker_id(&self) -> &str;
+    /// Whether other processes may be workers of this cluster too (a shared store): work split
+    /// between workers, such as a background migration, is then done in shares, one per worker.
+    /// A [`SoloCluster`] says no: its one worker does such work as one walk.
+    fn is_shared(&self) -> bool;
     /// Renews this worker's lease, and with it every claim it holds, and records the versions it
     /// has code for and its lease, by which every other worker judges whether it is alive (a
     /// worker joins with its first heartbeat).
@@ -491,9 +499,16 @@ pub trait Cluster: Send + Sync {
     /// Takes or renews the lease of `role` (something one worker at a time does, such as
     /// evaluating rollouts) for `lease`; `true` if this worker holds it now.
     fn lead(&self, role: &str, lease: std::time::Duration) -> Result<bool, StoreError>;
-    /// Each version's oldest live instance in the store, with its start time (ms since the Unix
-    /// epoch), whichever worker holds it.
+    /// Each version's oldest live instance that other workers may hold, with its start time (ms
+    /// since the Unix epoch); the engine knows its own (a shared store may list them too).
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError>;
+    /// Live instances other workers may hold that `keep` accepts, at most `limit`, in id order
+    /// (a shared store may list this worker's too; the engine lists its own from memory).
+    fn live_held_elsewhere(
+        &self,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Publishes this worker's metrics window of each version it runs (encoded
     /// metrics windows, as the engine exports them), so that the worker evaluating rollouts sees every
     /// worker's steps.
@@ -575,20 +590,19 @@ pub trait Store: Send + Sync + 'static {
     fn versions(&self) -> Result<Vec<StoredVersion>, StoreError>;
     /// Makes every applied op durable on stable storage.
     fn sync(&self) -> Result<(), StoreError>;
-    /// Loads what a starting engine needs: with a [`Cluster`], only the live instances it claims
-    /// (call [`Cluster::heartbeat`] first, then claim); without, every live instance.
+    /// Loads what a starting engine needs: the live instances this worker holds from the start —
+    /// with a shared store none but those it claims (call [`Cluster::heartbeat`] first, then
+    /// claim), with a [`SoloCluster`] every live instance.
     fn recover(&self) -> Result<RecoveredState, StoreError>;
     /// Reserves numbers of `kind` no other process sharing the store will use: a range of at
     /// least one.
     fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError>;
-    /// The many-process side of a shared store; `None` for a store one process opens.
-    fn cluster(&self) -> Option<&dyn Cluster> {
-        None
-    }
+    /// The workers sharing the store: a [`SoloCluster`] for a store one process opens.
+    fn cluster(&self) -> &dyn Cluster;
     /// Loads one instance, live or finished.
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
-    /// Live instances that `keep` accepts, at most `limit`, in id order: with a shared store, the
-    /// ones every worker holds (an engine lists its own from memory).
+    /// Live instances that `keep` accepts, at most `limit`, in id order, whichever worker holds
+    /// them.
     fn live_instances(
         &self,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,

@@ -112,7 +112,7 @@ where
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
-/// use strata::migrate::StateMigration;
+/// use strata_core::migrate::StateMigration;
 ///
 /// #[derive(Serialize, Deserialize)]
 /// struct V1 { name: String }

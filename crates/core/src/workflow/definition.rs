@@ -104,7 +104,7 @@ struct StepDefinition<S, O> {
 /// One version of a workflow: typed input `I`, state `S` and output `O`, and named async steps.
 ///
 /// ```
-/// use strata::{Next, StepCtx, StepResult, WorkflowVersion};
+/// use strata_core::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
 ///
 /// async fn greet(_ctx: StepCtx, state: &mut String) -> StepResult<String> {
 ///     Ok(Next::complete(format!("hello {state}")))
