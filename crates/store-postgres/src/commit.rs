@@ -488,7 +488,10 @@ impl Writes {
             .collect::<Result<Vec<_>, _>>()?;
         // The residency rule, on the rows as the upsert left them (their status still the one
         // before this write).
+        // A version this write drains: drained with the status the write sets (one status write,
+        // as on every backend), or by the counters it changes (the drain is the write's status).
         let mut draining: Vec<VersionKey> = Vec::new();
+        let mut drained: Vec<VersionKey> = Vec::new();
         for version in &stored {
             let write = VersionWrite {
                 before: version.status,
@@ -497,36 +500,50 @@ impl Writes {
                 live_after: version.counters.live,
             };
             if strata_store::residency::decide(&version.key, write)?.drains {
-                draining.push(version.key.clone());
+                if self.statuses.contains_key(&version.key) {
+                    drained.push(version.key.clone());
+                } else {
+                    draining.push(version.key.clone());
+                }
             }
         }
         for (key, status) in &self.statuses {
-            // A status written anew is no longer one a worker drained and has to announce.
+            // A status written anew is no longer one a worker drained and has to announce,
+            // unless this write drains it.
+            let (status, drained_by) = if drained.contains(key) {
+                (VersionStatus::Drained, Some(worker.to_string()))
+            } else {
+                (*status, None)
+            };
             let changes: i64 = transaction
                 .query_typed_one(
                     "UPDATE strata_versions SET status = $3, status_changes = status_changes + 1,
-                     drained_by = NULL
+                     drained_by = $4
                  WHERE workflow = $1 AND version = $2 RETURNING status_changes",
-                    typed![&key.workflow, &key.version.to_string(), &version_text(*status)],
+                    typed![
+                        &key.workflow,
+                        &key.version.to_string(),
+                        &version_text(status),
+                        &drained_by
+                    ],
                 )
                 .await
                 .map_err(failed("write version status"))?
                 .get(0);
             if let Some(version) = stored.iter_mut().find(|version| version.key == *key) {
-                version.status = Some(*status);
+                version.status = Some(status);
                 version.status_changes = unsigned(changes);
             }
         }
         if draining.is_empty() {
             return Ok(Applied {
                 versions: stored,
-                drained: Vec::new(),
+                drained,
             });
         }
         let (workflows, versions) = crate::version_columns(&draining);
         // Recorded with the worker that drained it, until it has announced it (see
         // `Cluster::take_unannounced_drained`).
-        let mut drained: Vec<VersionKey> = Vec::new();
         for row in transaction
             .query_typed(
                 "UPDATE strata_versions SET status = 'drained', drained_by = $3, status_changes = status_changes + 1

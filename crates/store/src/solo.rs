@@ -153,7 +153,11 @@ mod tests {
         let key = VersionKey::new("order", semver::Version::new(1, 0, 0));
         cluster.heartbeat(std::slice::from_ref(&key), lease).unwrap();
         assert!(cluster.lead("rollouts", lease).unwrap());
-        assert!(cluster.claim(std::slice::from_ref(&key), lease, 10).unwrap().live.is_empty());
+        assert!(cluster
+            .claim(std::slice::from_ref(&key), lease, 10)
+            .unwrap()
+            .live
+            .is_empty());
         let workers = cluster.workers(lease).unwrap();
         assert_eq!(workers.len(), 1);
         assert_eq!(

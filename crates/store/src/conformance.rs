@@ -1,0 +1,806 @@
+//! The store conformance kit: what every backend must do at the `Store` seam, as checks any
+//! backend's tests run (feature `conformance`). A backend provides a [`Harness`] that opens its
+//! store on the same data again and again, and runs every check in [`CHECKS`] with
+//! [`conformance_tests!`](crate::conformance_tests), one test each; the engine's own behaviour
+//! tests then run on both backends on top of this.
+//!
+//! The checks hold a worker's view through its cluster, as the engine does: what a worker holds
+//! after a reopen is what `recover` returned plus what its first claim took (all of it from
+//! `recover` in a cluster of one, all of it from the claim in a shared store).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use semver::Version;
+use strata_core::instance::{
+    InstanceId, InstanceRecord, InstanceStatus, PersistedWake, Phase, StateEnvelope, VersionKey,
+};
+use strata_core::migrate::{MigrationJob, MigrationJobRecord, MigrationState};
+use strata_core::rollout::{RolloutRecord, RolloutSpec, RolloutStatus, Stage, Transition, TransitionRecord};
+use strata_core::version::{CounterDelta, VersionCounters, VersionStatus};
+
+use crate::{AppliedConfig, FinishedScope, IdKind, Op, SignalRecord, Store, StoreError, StoredVersion};
+
+/// Opens one backend's store on the same data, again and again.
+pub trait Harness {
+    /// The store on this harness's data. The caller drops the store it opened before it opens
+    /// the next one (an embedded store lets one process open its directory once).
+    fn open(&self) -> Arc<dyn Store>;
+}
+
+/// A check of the kit: its name and its body.
+pub type Check = (&'static str, fn(&dyn Harness));
+
+/// Every check of the kit.
+pub const CHECKS: &[Check] = &[
+    (
+        "pinned_instances_come_back_on_their_version",
+        pinned_instances_come_back_on_their_version,
+    ),
+    (
+        "a_start_is_refused_when_its_write_leaves_the_version_not_active",
+        a_start_is_refused_when_its_write_leaves_the_version_not_active,
+    ),
+    (
+        "retiring_is_refused_while_instances_live",
+        retiring_is_refused_while_instances_live,
+    ),
+    (
+        "the_write_that_ends_the_last_instance_of_a_draining_version_drains_it_and_alone_reports_it",
+        the_write_that_ends_the_last_instance_of_a_draining_version_drains_it_and_alone_reports_it,
+    ),
+    (
+        "a_retired_version_stays_retired_and_every_status_write_counts",
+        a_retired_version_stays_retired_and_every_status_write_counts,
+    ),
+    (
+        "timers_come_back_with_their_due_time",
+        timers_come_back_with_their_due_time,
+    ),
+    (
+        "signals_are_kept_until_deleted_and_come_back_with_their_instance",
+        signals_are_kept_until_deleted_and_come_back_with_their_instance,
+    ),
+    (
+        "a_finished_instance_leaves_the_live_ones_and_is_read_and_listed",
+        a_finished_instance_leaves_the_live_ones_and_is_read_and_listed,
+    ),
+    (
+        "retention_removes_only_finished_instances_due_and_remembers_the_highest_id",
+        retention_removes_only_finished_instances_due_and_remembers_the_highest_id,
+    ),
+    (
+        "every_config_generation_is_kept_once",
+        every_config_generation_is_kept_once,
+    ),
+    ("a_schedule_fire_is_handled_once", a_schedule_fire_is_handled_once),
+    (
+        "a_rollout_written_from_an_older_copy_is_refused",
+        a_rollout_written_from_an_older_copy_is_refused,
+    ),
+    (
+        "migration_jobs_are_kept_by_workflow_and_worker",
+        migration_jobs_are_kept_by_workflow_and_worker,
+    ),
+    ("moves_count_on_both_versions", moves_count_on_both_versions),
+    (
+        "a_live_record_that_does_not_decode_is_set_apart_with_its_reason",
+        a_live_record_that_does_not_decode_is_set_apart_with_its_reason,
+    ),
+    ("ids_are_never_handed_out_twice", ids_are_never_handed_out_twice),
+    ("a_refused_write_changes_nothing", a_refused_write_changes_nothing),
+];
+
+/// One `#[test]` per check of the kit, on the harness `$harness` builds (a fresh one each).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let harness = $harness;
+                let check = $crate::conformance::CHECKS
+                    .iter()
+                    .find(|(name, _)| *name == stringify!($name))
+                    .unwrap_or_else(|| panic!("no check named {}", stringify!($name)));
+                (check.1)(&harness);
+            }
+        )+
+        #[test]
+        fn every_check_of_the_kit_runs_here() {
+            let here = [$(stringify!($name)),+];
+            let missing: Vec<&str> = $crate::conformance::CHECKS
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| !here.contains(name))
+                .collect();
+            assert!(missing.is_empty(), "checks of the kit not run on this backend: {missing:?}");
+        }
+    };
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn key(version: &str) -> VersionKey {
+    VersionKey::new(
+        "w",
+        Version::parse(version).unwrap_or_else(|error| panic!("{version}: {error}")),
+    )
+}
+
+fn record(id: u64, version: &str, phase: Phase) -> InstanceRecord {
+    InstanceRecord {
+        format: strata_core::instance::RECORD_FORMAT,
+        id: InstanceId(id),
+        key: key(version),
+        step: "first".to_string(),
+        attempt: 1,
+        visits: 0,
+        phase,
+        state: StateEnvelope {
+            schema: 1,
+            bytes: vec![0x91, 0x07],
+        },
+        routing_key: Some(format!("customer-{id}")),
+        scheduled: None,
+        last_error: None,
+        created_at_ms: 1_000 + id,
+        updated_at_ms: 2_000 + id,
+        moves: Vec::new(),
+        pinned_reason: None,
+        claim: 0,
+    }
+}
+
+fn ready(id: u64, version: &str) -> InstanceRecord {
+    record(
+        id,
+        version,
+        Phase::Ready {
+            wake: PersistedWake::Started,
+        },
+    )
+}
+
+fn put(record: &InstanceRecord) -> Op {
+    Op::PutInstance(record.encode().unwrap_or_else(|error| panic!("{error}")))
+}
+
+fn start(version: &str) -> Op {
+    Op::AdjustCounters {
+        key: key(version),
+        delta: CounterDelta::start(1_000),
+    }
+}
+
+fn finish(version: &str, status: InstanceStatus) -> Op {
+    Op::AdjustCounters {
+        key: key(version),
+        delta: CounterDelta::finish(status),
+    }
+}
+
+fn set(version: &str, status: VersionStatus) -> Op {
+    Op::PutVersionStatus {
+        key: key(version),
+        status,
+    }
+}
+
+fn apply(store: &dyn Store, ops: &[Op]) -> crate::Applied {
+    store.apply(ops).unwrap_or_else(|error| panic!("{ops:?}: {error}"))
+}
+
+fn stored(store: &dyn Store, version: &str) -> StoredVersion {
+    let versions = store.versions().unwrap_or_else(|error| panic!("{error}"));
+    versions
+        .into_iter()
+        .find(|stored| stored.key == key(version))
+        .unwrap_or_else(|| panic!("{version} is not stored"))
+}
+
+/// What a worker of `store` holds after it opened it: what `recover` returned and what its first
+/// claim took, with their signals. A worker writes a record it holds with the claim it holds it
+/// by (`InstanceRecord::claim`), as the engine does: a shared store refuses any other.
+fn held(store: &dyn Store) -> (Vec<InstanceRecord>, Vec<SignalRecord>, Vec<crate::CorruptRecord>) {
+    let mut recovered = store.recover().unwrap_or_else(|error| panic!("recover: {error}"));
+    let versions: Vec<VersionKey> = ["1.0.0", "2.0.0"].into_iter().map(key).collect();
+    let cluster = store.cluster();
+    cluster
+        .heartbeat(&versions, LEASE)
+        .unwrap_or_else(|error| panic!("heartbeat: {error}"));
+    let claimed = cluster
+        .claim(&versions, LEASE, usize::MAX)
+        .unwrap_or_else(|error| panic!("claim: {error}"));
+    recovered.live.extend(claimed.live);
+    recovered.signals.extend(claimed.signals);
+    recovered.corrupt.extend(claimed.corrupt);
+    recovered.live.sort_by_key(|record| record.id);
+    recovered.signals.sort_by_key(|signal| signal.seq);
+    (recovered.live, recovered.signals, recovered.corrupt)
+}
+
+/// Reopens the harness's store after the previous one is dropped, and lets its worker go first
+/// (a shared store's claims are then free at once).
+fn reopen(harness: &dyn Harness, store: Arc<dyn Store>) -> Arc<dyn Store> {
+    let _ = store.cluster().leave();
+    drop(store);
+    harness.open()
+}
+
+/// `records` as stored, without the claims they are held by.
+fn unclaimed(records: &[InstanceRecord]) -> Vec<InstanceRecord> {
+    records
+        .iter()
+        .cloned()
+        .map(|record| InstanceRecord { claim: 0, ..record })
+        .collect()
+}
+
+/// The claim by which the worker holds instance `id` among `held` (0 in a cluster of one).
+fn claim_of(held: &[InstanceRecord], id: u64) -> u64 {
+    held.iter()
+        .find(|record| record.id.0 == id)
+        .unwrap_or_else(|| panic!("instance {id} is not held"))
+        .claim
+}
+
+fn signal(instance: u64, seq: u64, name: &str) -> SignalRecord {
+    SignalRecord {
+        format: 2,
+        instance: InstanceId(instance),
+        seq,
+        name: name.to_string(),
+        payload: vec![0xa2, b'o', b'k'],
+    }
+}
+
+/// An instance's record comes back as written, on the version it started on, after a reopen;
+/// a later version's start does not touch it.
+pub fn pinned_instances_come_back_on_their_version(harness: &dyn Harness) {
+    let store = harness.open();
+    let old = ready(1, "1.0.0");
+    apply(store.as_ref(), &[put(&old), start("1.0.0")]);
+    let new = ready(2, "2.0.0");
+    apply(store.as_ref(), &[put(&new), start("2.0.0")]);
+    let store = reopen(harness, store);
+    let (live, _, corrupt) = held(store.as_ref());
+    assert!(corrupt.is_empty(), "{corrupt:?}");
+    assert_eq!(
+        unclaimed(&live),
+        vec![old.clone(), new],
+        "the records as written, each on its version"
+    );
+    let loaded = store
+        .load_instance(InstanceId(1))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.map(|record| InstanceRecord { claim: 0, ..record }), Some(old));
+    assert_eq!(
+        (
+            stored(store.as_ref(), "1.0.0").counters.live,
+            stored(store.as_ref(), "2.0.0").counters.live
+        ),
+        (1, 1)
+    );
+}
+
+/// A start counts against the status its write leaves the version in, whatever the order of
+/// the write's ops (a group commit merges the ops of several callers).
+pub fn a_start_is_refused_when_its_write_leaves_the_version_not_active(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(store.as_ref(), &[start("1.0.0")]);
+    for ops in [
+        [start("1.0.0"), set("1.0.0", VersionStatus::Draining)],
+        [set("1.0.0", VersionStatus::Draining), start("1.0.0")],
+    ] {
+        let refused = store.apply(&ops);
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::VersionNotAccepting {
+                    status: VersionStatus::Draining,
+                    ..
+                })
+            ),
+            "{ops:?}: {refused:?}"
+        );
+    }
+    let after = stored(store.as_ref(), "1.0.0");
+    assert_eq!(
+        (after.status, after.counters.started),
+        (None, 1),
+        "a refused write changed nothing"
+    );
+    // Drained, then made active again and started on in one write: the write leaves it Active.
+    apply(store.as_ref(), &[set("2.0.0", VersionStatus::Draining)]);
+    assert_eq!(stored(store.as_ref(), "2.0.0").status, Some(VersionStatus::Drained));
+    apply(store.as_ref(), &[start("2.0.0"), set("2.0.0", VersionStatus::Active)]);
+    let after = stored(store.as_ref(), "2.0.0");
+    assert_eq!(
+        (after.status, after.counters.started, after.counters.live),
+        (Some(VersionStatus::Active), 1, 1)
+    );
+}
+
+/// Retiring needs no live instance, in the store's own count.
+pub fn retiring_is_refused_while_instances_live(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(store.as_ref(), &[start("1.0.0"), start("1.0.0")]);
+    let refused = store.apply(&[set("1.0.0", VersionStatus::Retired)]);
+    assert!(
+        matches!(refused, Err(StoreError::LiveInstances { live: 2, .. })),
+        "{refused:?}"
+    );
+    apply(
+        store.as_ref(),
+        &[
+            finish("1.0.0", InstanceStatus::Completed),
+            finish("1.0.0", InstanceStatus::Failed),
+        ],
+    );
+    apply(store.as_ref(), &[set("1.0.0", VersionStatus::Retired)]);
+    assert_eq!(stored(store.as_ref(), "1.0.0").status, Some(VersionStatus::Retired));
+}
+
+/// `Drained` is exact: the write that ends the last live instance of a draining version drains
+/// it, in the same write, and it alone reports it — not one before, not one after.
+pub fn the_write_that_ends_the_last_instance_of_a_draining_version_drains_it_and_alone_reports_it(
+    harness: &dyn Harness,
+) {
+    let store = harness.open();
+    apply(store.as_ref(), &[start("1.0.0"), start("1.0.0")]);
+    let draining = apply(store.as_ref(), &[set("1.0.0", VersionStatus::Draining)]);
+    assert!(draining.drained.is_empty(), "two instances still live");
+    let first = apply(store.as_ref(), &[finish("1.0.0", InstanceStatus::Completed)]);
+    assert!(first.drained.is_empty(), "one instance still live");
+    assert_eq!(stored(store.as_ref(), "1.0.0").status, Some(VersionStatus::Draining));
+    let last = apply(store.as_ref(), &[finish("1.0.0", InstanceStatus::Cancelled)]);
+    assert_eq!(
+        last.drained,
+        vec![key("1.0.0")],
+        "the write that ends the last instance drains it"
+    );
+    let reported = last.versions.iter().find(|version| version.key == key("1.0.0"));
+    assert_eq!(
+        reported.and_then(|version| version.status),
+        Some(VersionStatus::Drained)
+    );
+    let later = apply(
+        store.as_ref(),
+        &[Op::AdjustCounters {
+            key: key("1.0.0"),
+            delta: CounterDelta::default(),
+        }],
+    );
+    assert!(later.drained.is_empty(), "reported once");
+    let store = reopen(harness, store);
+    let after = stored(store.as_ref(), "1.0.0");
+    assert_eq!(
+        (
+            after.status,
+            after.counters.live,
+            after.counters.completed,
+            after.counters.cancelled
+        ),
+        (Some(VersionStatus::Drained), 0, 1, 1)
+    );
+}
+
+/// A retired version never takes starts again, and each status write counts once.
+pub fn a_retired_version_stays_retired_and_every_status_write_counts(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(store.as_ref(), &[set("1.0.0", VersionStatus::Draining)]);
+    apply(store.as_ref(), &[set("1.0.0", VersionStatus::Active)]);
+    apply(store.as_ref(), &[set("1.0.0", VersionStatus::Retired)]);
+    let refused = store.apply(&[set("1.0.0", VersionStatus::Active)]);
+    assert!(matches!(refused, Err(StoreError::VersionRetired { .. })), "{refused:?}");
+    let refused = store.apply(&[start("1.0.0")]);
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::VersionNotAccepting {
+                status: VersionStatus::Retired,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let store = reopen(harness, store);
+    let after = stored(store.as_ref(), "1.0.0");
+    assert_eq!((after.status, after.status_changes), (Some(VersionStatus::Retired), 3));
+}
+
+/// A sleeping instance and one waiting for a signal with a timeout come back with their due
+/// times, which the encoded record carries for the store to index.
+pub fn timers_come_back_with_their_due_time(harness: &dyn Harness) {
+    let store = harness.open();
+    let sleeping = record(1, "1.0.0", Phase::Sleeping { until_ms: 9_000_000 });
+    let waiting = record(
+        2,
+        "1.0.0",
+        Phase::WaitingSignal {
+            name: "approved".to_string(),
+            timeout_at_ms: Some(u64::MAX),
+        },
+    );
+    let encoded = sleeping.encode().unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(encoded.due_ms, Some(9_000_000));
+    apply(
+        store.as_ref(),
+        &[put(&sleeping), put(&waiting), start("1.0.0"), start("1.0.0")],
+    );
+    let store = reopen(harness, store);
+    let (live, _, _) = held(store.as_ref());
+    let phases: Vec<Option<u64>> = live.iter().map(|record| record.phase.timer_due_ms()).collect();
+    assert_eq!(phases, [Some(9_000_000), Some(u64::MAX)]);
+}
+
+/// Signals stay until a commit deletes them, in sequence order, and come back with their
+/// instance.
+pub fn signals_are_kept_until_deleted_and_come_back_with_their_instance(harness: &dyn Harness) {
+    let store = harness.open();
+    let waiting = record(
+        1,
+        "1.0.0",
+        Phase::WaitingSignal {
+            name: "approved".to_string(),
+            timeout_at_ms: None,
+        },
+    );
+    apply(store.as_ref(), &[put(&waiting), start("1.0.0")]);
+    apply(store.as_ref(), &[Op::PutSignal(signal(1, 12, "approved"))]);
+    apply(store.as_ref(), &[Op::PutSignal(signal(1, 11, "noise"))]);
+    apply(store.as_ref(), &[Op::PutSignal(signal(1, 13, "approved"))]);
+    apply(
+        store.as_ref(),
+        &[Op::DeleteSignal {
+            instance: InstanceId(1),
+            seq: 12,
+        }],
+    );
+    let store = reopen(harness, store);
+    let (live, signals, _) = held(store.as_ref());
+    assert_eq!(live.len(), 1);
+    assert_eq!(signals, vec![signal(1, 11, "noise"), signal(1, 13, "approved")]);
+}
+
+/// A finished record leaves the live instances in the write that finishes it, is read by id and
+/// listed among the finished ones of its workflow and version.
+pub fn a_finished_instance_leaves_the_live_ones_and_is_read_and_listed(harness: &dyn Harness) {
+    let store = harness.open();
+    let live = ready(1, "1.0.0");
+    apply(
+        store.as_ref(),
+        &[put(&live), start("1.0.0"), put(&ready(2, "1.0.0")), start("1.0.0")],
+    );
+    let (holding, _, _) = held(store.as_ref());
+    let mut done = record(1, "1.0.0", Phase::Completed { output: vec![0xc3] });
+    done.claim = claim_of(&holding, 1);
+    apply(
+        store.as_ref(),
+        &[put(&done), finish("1.0.0", InstanceStatus::Completed)],
+    );
+    let store = reopen(harness, store);
+    let (held_live, _, _) = held(store.as_ref());
+    assert_eq!(held_live.iter().map(|record| record.id.0).collect::<Vec<_>>(), [2]);
+    let loaded = store
+        .load_instance(InstanceId(1))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.map(|record| record.phase), Some(done.phase.clone()));
+    let scope = FinishedScope {
+        workflow: Some("w".to_string()),
+        version: Some(Version::new(1, 0, 0)),
+        after: None,
+    };
+    let listed = store
+        .finished_instances(&scope, &mut |_| true, 10)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(listed.iter().map(|record| record.id.0).collect::<Vec<_>>(), [1]);
+    let elsewhere = FinishedScope {
+        version: Some(Version::new(2, 0, 0)),
+        ..scope
+    };
+    let listed = store
+        .finished_instances(&elsewhere, &mut |_| true, 10)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(listed.is_empty(), "another version's listing");
+    let counters = stored(store.as_ref(), "1.0.0").counters;
+    assert_eq!((counters.live, counters.started, counters.completed), (1, 2, 1));
+}
+
+/// Retention removes finished instances that finished before the cut, no live one, leaves the
+/// counters alone, and remembers the highest id it removed.
+pub fn retention_removes_only_finished_instances_due_and_remembers_the_highest_id(harness: &dyn Harness) {
+    let store = harness.open();
+    let finished = |id: u64| {
+        let mut done = record(
+            id,
+            "1.0.0",
+            Phase::Failed {
+                reason: "no".to_string(),
+            },
+        );
+        done.updated_at_ms = id * 100;
+        done
+    };
+    for id in 1..=4 {
+        apply(
+            store.as_ref(),
+            &[
+                put(&finished(id)),
+                start("1.0.0"),
+                finish("1.0.0", InstanceStatus::Failed),
+            ],
+        );
+    }
+    apply(store.as_ref(), &[put(&ready(5, "1.0.0")), start("1.0.0")]);
+    assert_eq!(store.highest_removed_id().unwrap_or_else(|error| panic!("{error}")), 0);
+    let mut removed = 0;
+    loop {
+        let round = store.expire_finished(301, 1).unwrap_or_else(|error| panic!("{error}"));
+        removed += round;
+        if round < 1 {
+            break;
+        }
+    }
+    assert_eq!(removed, 3, "ids 1 to 3 finished before 301");
+    let store = reopen(harness, store);
+    assert_eq!(store.highest_removed_id().unwrap_or_else(|error| panic!("{error}")), 3);
+    assert!(store
+        .load_instance(InstanceId(2))
+        .unwrap_or_else(|error| panic!("{error}"))
+        .is_none());
+    assert!(store
+        .load_instance(InstanceId(4))
+        .unwrap_or_else(|error| panic!("{error}"))
+        .is_some());
+    let (live, _, _) = held(store.as_ref());
+    assert_eq!(live.iter().map(|record| record.id.0).collect::<Vec<_>>(), [5]);
+    let counters = stored(store.as_ref(), "1.0.0").counters;
+    assert_eq!(
+        (counters.started, counters.failed, counters.live),
+        (5, 4, 1),
+        "counters untouched"
+    );
+}
+
+/// Every applied config generation is kept, oldest first; a generation is written once.
+pub fn every_config_generation_is_kept_once(harness: &dyn Harness) {
+    let store = harness.open();
+    let config = |generation: u64, text: &str| AppliedConfig {
+        generation,
+        source: "strata.toml".to_string(),
+        text: text.to_string(),
+        applied_at_ms: generation * 10,
+    };
+    apply(store.as_ref(), &[Op::PutConfig(config(1, "a = 1"))]);
+    apply(store.as_ref(), &[Op::PutConfig(config(2, "a = 2"))]);
+    let refused = store.apply(&[Op::PutConfig(config(2, "a = 3"))]);
+    assert!(
+        matches!(refused, Err(StoreError::ConfigTaken { generation: 2 })),
+        "{refused:?}"
+    );
+    let store = reopen(harness, store);
+    let history = store.config_history().unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(history, vec![config(1, "a = 1"), config(2, "a = 2")]);
+    assert_eq!(
+        store.latest_config().unwrap_or_else(|error| panic!("{error}")),
+        Some(config(2, "a = 2"))
+    );
+}
+
+/// A schedule's fire is handled once: only a later fire time is written.
+pub fn a_schedule_fire_is_handled_once(harness: &dyn Harness) {
+    let store = harness.open();
+    let fire = |fire_ms| Op::PutScheduleFire {
+        schedule: "nightly".to_string(),
+        fire_ms,
+    };
+    apply(store.as_ref(), &[fire(1_000)]);
+    for again in [1_000, 999] {
+        let refused = store.apply(&[fire(again)]);
+        assert!(
+            matches!(refused, Err(StoreError::FireTaken { .. })),
+            "{again}: {refused:?}"
+        );
+    }
+    apply(store.as_ref(), &[fire(2_000)]);
+    let store = reopen(harness, store);
+    assert_eq!(
+        store.schedule_fires().unwrap_or_else(|error| panic!("{error}")),
+        vec![("nightly".to_string(), 2_000)]
+    );
+}
+
+fn rollout(transitions: usize) -> RolloutRecord {
+    let spec = RolloutSpec::new("w", Version::new(2, 0, 0), Version::new(1, 0, 0)).stage(Stage::new(
+        10.0,
+        Duration::from_secs(60),
+        5,
+    ));
+    RolloutRecord {
+        format: 1,
+        spec,
+        status: RolloutStatus::Running,
+        stage: 0,
+        stage_started_ms: 0,
+        paused_ms: 0,
+        paused_at_ms: None,
+        candidate_baseline: VersionCounters::default(),
+        stable_baseline: VersionCounters::default(),
+        history: (0..transitions)
+            .map(|at| TransitionRecord {
+                at_ms: at as u64,
+                stage: 0,
+                transition: if at == 0 {
+                    Transition::Started
+                } else {
+                    Transition::Paused
+                },
+            })
+            .collect(),
+    }
+}
+
+/// A rollout is written only from its newest copy: each write adds a transition.
+pub fn a_rollout_written_from_an_older_copy_is_refused(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(store.as_ref(), &[Op::PutRollout(Box::new(rollout(1)))]);
+    apply(store.as_ref(), &[Op::PutRollout(Box::new(rollout(2)))]);
+    let refused = store.apply(&[Op::PutRollout(Box::new(rollout(2)))]);
+    assert!(matches!(refused, Err(StoreError::RolloutChanged { .. })), "{refused:?}");
+    let store = reopen(harness, store);
+    let rollouts = store.rollouts().unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(rollouts, vec![rollout(2)]);
+}
+
+/// A background migration's job record and each worker's share are kept apart, by workflow
+/// and worker; a later write of one replaces it.
+pub fn migration_jobs_are_kept_by_workflow_and_worker(harness: &dyn Harness) {
+    let store = harness.open();
+    let job = |worker: &str, migrated: u64| MigrationJobRecord {
+        format: 2,
+        workflow: "w".to_string(),
+        job: MigrationJob::new("w"),
+        cursor: Some(InstanceId(migrated)),
+        state: MigrationState::Running,
+        migrated,
+        failed: 0,
+        started_at_ms: 77,
+        worker: worker.to_string(),
+        control: 0,
+        remaining: 3,
+        claims_covered: 0,
+    };
+    apply(store.as_ref(), &[Op::PutMigrationJob(job("", 0))]);
+    apply(store.as_ref(), &[Op::PutMigrationJob(job("worker-a", 5))]);
+    apply(store.as_ref(), &[Op::PutMigrationJob(job("worker-a", 9))]);
+    let store = reopen(harness, store);
+    let mut jobs = store.migration_jobs().unwrap_or_else(|error| panic!("{error}"));
+    jobs.sort_by(|one, other| one.worker.cmp(&other.worker));
+    assert_eq!(jobs, vec![job("", 0), job("worker-a", 9)]);
+}
+
+/// A move is one write: the record on its new version and the counters of both versions.
+pub fn moves_count_on_both_versions(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(store.as_ref(), &[put(&ready(1, "1.0.0")), start("1.0.0")]);
+    let (holding, _, _) = held(store.as_ref());
+    let mut moved = ready(1, "2.0.0");
+    moved.state.schema = 2;
+    moved.claim = claim_of(&holding, 1);
+    apply(
+        store.as_ref(),
+        &[
+            put(&moved),
+            Op::AdjustCounters {
+                key: key("1.0.0"),
+                delta: CounterDelta::moved(1, false),
+            },
+            Op::AdjustCounters {
+                key: key("2.0.0"),
+                delta: CounterDelta::moved(1, true),
+            },
+        ],
+    );
+    let store = reopen(harness, store);
+    let (live, _, _) = held(store.as_ref());
+    assert_eq!(unclaimed(&live), unclaimed(&[moved]));
+    let (old, new) = (
+        stored(store.as_ref(), "1.0.0").counters,
+        stored(store.as_ref(), "2.0.0").counters,
+    );
+    assert_eq!((old.live, old.moved_out, new.live, new.moved_in), (0, 1, 1, 1));
+}
+
+/// A live record whose bytes do not decode is reported with its id and why, not dropped; set
+/// apart, it is listed as quarantined and no longer live.
+pub fn a_live_record_that_does_not_decode_is_set_apart_with_its_reason(harness: &dyn Harness) {
+    let store = harness.open();
+    let mut damaged = ready(1, "1.0.0").encode().unwrap_or_else(|error| panic!("{error}"));
+    damaged.bytes = vec![0x93, 0xc1, 0x00];
+    apply(
+        store.as_ref(),
+        &[
+            Op::PutInstance(damaged),
+            start("1.0.0"),
+            put(&ready(2, "1.0.0")),
+            start("1.0.0"),
+        ],
+    );
+    let store = reopen(harness, store);
+    let (live, _, corrupt) = held(store.as_ref());
+    assert_eq!(live.iter().map(|record| record.id.0).collect::<Vec<_>>(), [2]);
+    assert_eq!(corrupt.iter().map(|corrupt| corrupt.id.0).collect::<Vec<_>>(), [1]);
+    assert!(!corrupt[0].reason.is_empty());
+    apply(
+        store.as_ref(),
+        &[Op::QuarantineRecord {
+            id: InstanceId(1),
+            reason: corrupt[0].reason.clone(),
+        }],
+    );
+    let store = reopen(harness, store);
+    let (live, _, corrupt) = held(store.as_ref());
+    assert_eq!((live.len(), corrupt.len()), (1, 0));
+    let quarantined = store.quarantined().unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(quarantined.iter().map(|corrupt| corrupt.id.0).collect::<Vec<_>>(), [1]);
+}
+
+/// Ids of a kind are never handed out twice, within one opening and after a reopen.
+pub fn ids_are_never_handed_out_twice(harness: &dyn Harness) {
+    let store = harness.open();
+    let first = store
+        .reserve_ids(IdKind::Instance)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let second = store
+        .reserve_ids(IdKind::Instance)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(!first.is_empty() && !second.is_empty());
+    assert!(
+        first.end <= second.start || second.end <= first.start,
+        "{first:?} and {second:?} overlap"
+    );
+    // The highest id handed out is used, as the engine uses it.
+    let used = second.end.max(first.end) - 1;
+    apply(store.as_ref(), &[put(&ready(used, "1.0.0")), start("1.0.0")]);
+    let store = reopen(harness, store);
+    let third = store
+        .reserve_ids(IdKind::Instance)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(third.start > used, "{third:?} after {used} was used");
+    let signals = store
+        .reserve_ids(IdKind::Signal)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(!signals.is_empty());
+}
+
+/// A write refused for one of its ops applies none of them.
+pub fn a_refused_write_changes_nothing(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(
+        store.as_ref(),
+        &[Op::PutScheduleFire {
+            schedule: "nightly".to_string(),
+            fire_ms: 5,
+        }],
+    );
+    let refused = store.apply(&[
+        put(&ready(1, "1.0.0")),
+        start("1.0.0"),
+        Op::PutSignal(signal(1, 1, "approved")),
+        Op::PutScheduleFire {
+            schedule: "nightly".to_string(),
+            fire_ms: 5,
+        },
+    ]);
+    assert!(matches!(refused, Err(StoreError::FireTaken { .. })), "{refused:?}");
+    let store = reopen(harness, store);
+    let (live, signals, _) = held(store.as_ref());
+    assert!(live.is_empty() && signals.is_empty(), "{live:?} {signals:?}");
+    assert!(store
+        .versions()
+        .unwrap_or_else(|error| panic!("{error}"))
+        .iter()
+        .all(|version| version.counters.started == 0));
+}
