@@ -9,17 +9,18 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::config::{ConfigError, ScheduleSpec};
 use crate::error::EngineError;
-use crate::instance::{InstanceFilter, InstanceId, InstanceInfo, Outcome, ScheduledFire, VersionKey};
+use crate::instance::{InstanceFilter, InstanceInfo, Outcome};
 use crate::migrate::{MigrationHandle, MigrationJob, MovePlan, MoveReport, MoveRequest, StateMigration, StepMapping};
 use crate::observe::{Clock, Event, MetricsSnapshot, SystemClock};
-use crate::registry::{parse_version, VersionInfo, VersionStatus};
-use crate::rollout::{RolloutRecord, RolloutSpec};
-use crate::routing::{RoutingSpec, VersionRequest};
+use crate::registry::{VersionInfo, VersionStatus};
 use crate::runtime::{Definitions, Durability, RolloutOperation, Runtime, RuntimeOptions};
 use crate::store::{AppliedConfig, CorruptRecord, Op, PostgresStore, SledStore, Store, StoreStats, WorkerInfo};
-use crate::workflow::{VersionCode, WorkflowVersion};
+use strata_config::{ConfigError, ScheduleSpec};
+use strata_core::instance::{InstanceId, ScheduledFire, VersionKey};
+use strata_core::rollout::{RolloutRecord, RolloutSpec};
+use strata_core::routing::{RoutingSpec, VersionRequest};
+use strata_core::workflow::{VersionCode, WorkflowVersion};
 
 /// How to start an instance besides its workflow and input.
 #[derive(Debug, Clone, Default)]
@@ -355,7 +356,7 @@ pub struct Engine {
 }
 
 fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, EngineError> {
-    crate::workflow::encode_user(value).map_err(|reason| EngineError::Encode { what, reason })
+    strata_core::workflow::encode_user(value).map_err(|reason| EngineError::Encode { what, reason })
 }
 
 impl Engine {
@@ -482,7 +483,7 @@ impl Engine {
         let applied = self.apply_config_locked(&mut in_force, source, text).await;
         match &applied {
             Ok(generation) => {
-                let changes = crate::routing::describe_changes(&before, &self.runtime.routing_spec());
+                let changes = strata_core::routing::describe_changes(&before, &self.runtime.routing_spec());
                 tracing::info!(source, generation, ?changes, "config applied");
                 let event = Event::ConfigApplied {
                     source: source.to_string(),
@@ -509,8 +510,8 @@ impl Engine {
         &self,
         source: &str,
         text: &str,
-    ) -> Result<(crate::config::Config, Vec<RolloutSpec>), EngineError> {
-        let config = crate::config::parse(source, text)?;
+    ) -> Result<(strata_config::Config, Vec<RolloutSpec>), EngineError> {
+        let config = strata_config::parse(source, text)?;
         for (index, schedule) in config.schedules.iter().enumerate() {
             if !self.runtime.registry.knows_workflow(&schedule.workflow) {
                 return Err(ConfigError::Schedule {
@@ -639,7 +640,7 @@ impl Engine {
         if last.generation <= in_force.generation {
             return Ok(None);
         }
-        let config = crate::config::parse(&last.source, &last.text)?;
+        let config = strata_config::parse(&last.source, &last.text)?;
         self.runtime.check_routing(&config.routing, false)?;
         in_force.generation = last.generation;
         in_force.text = Some(last.text.clone());
@@ -738,7 +739,7 @@ impl Engine {
     }
 
     /// The routing rules in force.
-    pub(crate) fn routing_spec(&self) -> crate::routing::RoutingSpec {
+    pub(crate) fn routing_spec(&self) -> strata_core::routing::RoutingSpec {
         self.runtime.routing_spec()
     }
 
@@ -806,7 +807,7 @@ impl Engine {
 
     /// Instances started since open per version and why they got it (caller's requirement, a
     /// rollout rule, the default, or the newest version), sorted by version.
-    pub fn routing_counts(&self) -> Vec<(VersionKey, crate::routing::RouteReason, u64)> {
+    pub fn routing_counts(&self) -> Vec<(VersionKey, strata_core::routing::RouteReason, u64)> {
         self.runtime.routing_counts()
     }
 
@@ -1015,7 +1016,10 @@ impl Engine {
 
     /// The candidate's and the stable version's figures in a rollout's current stage, as its
     /// gates see them now (counts since the stage began, the metrics window since then).
-    pub fn rollout_figures(&self, record: &RolloutRecord) -> (crate::rollout::Figures, crate::rollout::Figures) {
+    pub fn rollout_figures(
+        &self,
+        record: &RolloutRecord,
+    ) -> (strata_core::rollout::Figures, strata_core::rollout::Figures) {
         self.runtime.rollout_figures(record)
     }
 
@@ -1095,7 +1099,7 @@ impl Engine {
                 (info, totals)
             })
             .collect();
-        crate::observe::prometheus::render(&crate::observe::prometheus::Exposition {
+        crate::prometheus::render(&crate::prometheus::Exposition {
             versions: &versions,
             routing: &self.runtime.routing_counts(),
             rollouts: &self.runtime.rollouts(),
@@ -1132,4 +1136,14 @@ impl Engine {
     pub async fn shutdown(self) {
         self.runtime.shutdown().await;
     }
+}
+
+/// Parses a version string for an operator call, naming the workflow in the error.
+fn parse_version(workflow: &str, version: &str) -> Result<semver::Version, EngineError> {
+    semver::Version::parse(version).map_err(|error| EngineError::InvalidVersion {
+        workflow: workflow.to_string(),
+        expected: "version (like 2.0.0)",
+        version: version.to_string(),
+        reason: error.to_string(),
+    })
 }

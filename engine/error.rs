@@ -1,11 +1,11 @@
 //! The engine's error type: every failure a caller of the `Engine` facade can see.
 
-use crate::config::ConfigError;
-use crate::instance::{InstanceId, VersionKey};
 use crate::registry::RegistryError;
-use crate::routing::RoutingError;
 use crate::store::StoreError;
-use crate::workflow::DefinitionError;
+use strata_config::ConfigError;
+use strata_core::instance::{InstanceId, VersionKey};
+use strata_core::routing::RoutingError;
+use strata_core::workflow::DefinitionError;
 
 /// An error from the engine, saying what went wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub enum EngineError {
     Routing(#[from] RoutingError),
     /// A rollout cannot start or take the operation.
     #[error(transparent)]
-    Rollout(#[from] crate::rollout::RolloutError),
+    Rollout(#[from] strata_core::rollout::RolloutError),
     /// A state migration was refused at registration.
     #[error(transparent)]
     Migration(#[from] crate::migrate::MigrationError),

@@ -52,9 +52,8 @@ impl Outcome {
     /// output does not decode as `O`.
     pub fn output<O: DeserializeOwned>(&self) -> Result<O, EngineError> {
         match self {
-            Outcome::Completed(bytes) => {
-                crate::workflow::decode_user(bytes).map_err(|reason| EngineError::Decode { what: "output", reason })
-            }
+            Outcome::Completed(bytes) => strata_core::workflow::decode_user(bytes)
+                .map_err(|reason| EngineError::Decode { what: "output", reason }),
             Outcome::Failed(reason) => Err(EngineError::InstanceFailed { reason: reason.clone() }),
             Outcome::Cancelled => Err(EngineError::InstanceCancelled),
         }
@@ -99,7 +98,7 @@ impl InstanceInfo {
 
     /// The state at the last step boundary, decoded as `S`.
     pub fn state<S: DeserializeOwned>(&self) -> Result<S, EngineError> {
-        crate::workflow::decode_user(&self.record.state.bytes)
+        strata_core::workflow::decode_user(&self.record.state.bytes)
             .map_err(|reason| EngineError::Decode { what: "state", reason })
     }
 

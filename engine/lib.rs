@@ -16,13 +16,13 @@ mod error;
 pub mod instance;
 pub mod migrate;
 pub mod observe;
+mod prometheus;
 pub mod registry;
 mod runtime;
 pub mod store;
 mod tasks;
 
 pub use strata_config as config;
-use strata_core::{periodic, suggest};
 pub use strata_core::{rollout, routing, workflow};
 
 pub use engine::{Engine, EngineBuilder, StartOptions};

@@ -312,7 +312,7 @@ async fn errors_as_json(request: axum::extract::Request, next: axum::middleware:
     let text = axum::body::to_bytes(body, BODY_LIMIT).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let message = match (text.is_empty(), status) {
-        (false, _) => crate::suggest::explain_unknown(&in_users_words(&text)),
+        (false, _) => strata_core::suggest::explain_unknown(&in_users_words(&text)),
         (true, StatusCode::NOT_FOUND) => "no such path; /v1/openapi.json lists every path".to_string(),
         (true, StatusCode::METHOD_NOT_ALLOWED) => {
             "this path does not take that method; /v1/openapi.json lists what each path takes".to_string()
@@ -420,13 +420,13 @@ impl From<EngineError> for ApiError {
             | EngineError::InvalidVersion { .. }
             | EngineError::SignalDecode { .. }
             | EngineError::ReservedSignalName { .. } => StatusCode::BAD_REQUEST,
-            EngineError::Config(crate::config::ConfigError::UnknownGeneration { .. }) => StatusCode::NOT_FOUND,
+            EngineError::Config(strata_config::ConfigError::UnknownGeneration { .. }) => StatusCode::NOT_FOUND,
             EngineError::Config(_) | EngineError::Routing(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            EngineError::Rollout(crate::rollout::RolloutError::Unknown { .. }) => StatusCode::NOT_FOUND,
+            EngineError::Rollout(strata_core::rollout::RolloutError::Unknown { .. }) => StatusCode::NOT_FOUND,
             EngineError::Rollout(
-                crate::rollout::RolloutError::Conflict { .. }
-                | crate::rollout::RolloutError::VersionInRollout { .. }
-                | crate::rollout::RolloutError::Finished { .. },
+                strata_core::rollout::RolloutError::Conflict { .. }
+                | strata_core::rollout::RolloutError::VersionInRollout { .. }
+                | strata_core::rollout::RolloutError::Finished { .. },
             ) => StatusCode::CONFLICT,
             EngineError::Rollout(_) => StatusCode::BAD_REQUEST,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -613,7 +613,7 @@ async fn ready(State(engine): State<Engine>) -> Response {
 /// malformed, 415 not JSON, 413 over the size limit) and what `shape` the body must have.
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>, shape: &str) -> Result<T, ApiError> {
     body.map(|Json(body)| body).map_err(|rejection| {
-        let reason = crate::suggest::explain_unknown(&rejection.body_text());
+        let reason = strata_core::suggest::explain_unknown(&rejection.body_text());
         ApiError::new(
             rejection.status(),
             format!("the body must be {shape} as JSON, at most 64 KiB: {reason}"),

@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::instance::Phase;
 use crate::{InstanceInfo, VersionInfo};
+use strata_core::instance::Phase;
 
 /// A unit variant's name as the API writes it: `RolledBack` → `rolled_back`.
 pub(super) fn snake_case(name: &str) -> String {
@@ -188,13 +188,13 @@ impl InstanceDetail {
             Phase::Quarantined { reason } => serde_json::json!({ "kind": "quarantined", "reason": reason }),
             Phase::Completed { output } => serde_json::json!({
                 "kind": "completed",
-                "output": crate::workflow::decode_user::<Value>(output).unwrap_or(Value::Null),
+                "output": strata_core::workflow::decode_user::<Value>(output).unwrap_or(Value::Null),
             }),
             Phase::Failed { reason } => serde_json::json!({ "kind": "failed", "reason": reason }),
             Phase::Cancelled => serde_json::json!({ "kind": "cancelled" }),
             Phase::Accepted { input } => serde_json::json!({
                 "kind": "accepted",
-                "input": crate::workflow::decode_user::<Value>(input).unwrap_or(Value::Null),
+                "input": strata_core::workflow::decode_user::<Value>(input).unwrap_or(Value::Null),
             }),
         };
         // A start not begun has no state yet (its first step builds it from the input).
@@ -232,7 +232,7 @@ impl InstanceDetail {
                 .map(|signal| PendingSignalView {
                     seq: signal.seq,
                     name: signal.name.clone(),
-                    payload: crate::workflow::decode_user::<Value>(&signal.payload).unwrap_or(Value::Null),
+                    payload: strata_core::workflow::decode_user::<Value>(&signal.payload).unwrap_or(Value::Null),
                 })
                 .collect(),
         }

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::instance::InstanceStatus;
+use strata_core::instance::InstanceStatus;
 
 /// The length of one window bucket, in ms of the engine's clock.
 pub const BUCKET_MS: u64 = 10_000;

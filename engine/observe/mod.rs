@@ -4,7 +4,6 @@
 
 mod clock;
 mod metrics;
-pub(crate) mod prometheus;
 
 pub(crate) use clock::jumped;
 pub(crate) use clock::{deadline_after, millis_saturating};
@@ -16,8 +15,8 @@ pub use metrics::{
 
 use tokio::sync::broadcast;
 
-use crate::instance::{InstanceId, InstanceStatus, MoveCause, VersionKey};
 use crate::store::VersionCounters;
+use strata_core::instance::{InstanceId, InstanceStatus, MoveCause, VersionKey};
 
 /// Something that happened in the engine.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -70,7 +69,7 @@ pub enum Event {
         /// The rollout.
         name: String,
         /// The gate that decided, or `None` for an operator's rollback.
-        gate: Option<crate::rollout::Gate>,
+        gate: Option<strata_core::rollout::Gate>,
         /// Why, with both versions' figures.
         reason: String,
     },

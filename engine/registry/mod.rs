@@ -10,11 +10,11 @@ use semver::Version;
 
 pub use strata_core::version::VersionStatus;
 
-use crate::instance::{InstanceId, VersionKey};
 use crate::observe::VersionMetrics;
-use crate::routing::{self, VersionRequest};
 use crate::store::{StoredVersion, VersionCounters};
-use crate::workflow::VersionCode;
+use strata_core::instance::{InstanceId, VersionKey};
+use strata_core::routing::{self, VersionRequest};
+use strata_core::workflow::VersionCode;
 
 /// A registry failure, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -420,11 +420,11 @@ impl Registry {
     }
 
     /// What the routing table needs to know about every version.
-    pub fn version_states(&self) -> Vec<crate::routing::VersionState> {
+    pub fn version_states(&self) -> Vec<strata_core::routing::VersionState> {
         self.versions
             .read()
             .iter()
-            .map(|(key, entry)| crate::routing::VersionState {
+            .map(|(key, entry)| strata_core::routing::VersionState {
                 workflow: key.workflow.clone(),
                 version: key.version.clone(),
                 routable: entry.takes_starts(),
@@ -487,20 +487,10 @@ impl Registry {
     }
 }
 
-/// Parses a version string for an operator call, naming the workflow in the error.
-pub(crate) fn parse_version(workflow: &str, version: &str) -> Result<Version, crate::EngineError> {
-    Version::parse(version).map_err(|error| crate::EngineError::InvalidVersion {
-        workflow: workflow.to_string(),
-        expected: "version (like 2.0.0)",
-        version: version.to_string(),
-        reason: error.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
+    use strata_core::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
 
     async fn only(_ctx: StepCtx, _state: &mut u32) -> StepResult<u32> {
         Ok(Next::complete(0))

@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 use super::table::Slot;
 use super::Runtime;
 use crate::error::EngineError;
-use crate::instance::{InstanceId, InstanceRecord, VersionKey};
 use crate::observe::Event;
 use crate::store::{Claimed, IdKind, Op, SignalRecord, Store, StoreError, Wakeup};
+use strata_core::instance::{InstanceId, InstanceRecord, VersionKey};
 
 /// How many instances one claim takes at most while the engine runs (at open: all it can).
 const CLAIM_BATCH: usize = 1_000;
@@ -111,7 +111,7 @@ impl Runtime {
         match self.store.cluster().metrics_of(key, self.options.lease) {
             Ok(windows) => windows
                 .iter()
-                .filter_map(|bytes| match crate::instance::decode_stored(bytes) {
+                .filter_map(|bytes| match strata_core::instance::decode_stored(bytes) {
                     Ok(export) => Some(export),
                     Err(error) => {
                         tracing::warn!(version = %key, %error, "a worker's metrics window does not decode; left out");

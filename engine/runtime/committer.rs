@@ -13,9 +13,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::instance::VersionKey;
-use crate::periodic::PeriodicThread;
 use crate::store::{Applied, Op, Store, StoreError};
+use strata_core::instance::VersionKey;
+use strata_core::periodic::PeriodicThread;
 
 /// When a step's commit is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,8 +311,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::instance::{InstanceId, InstanceRecord, VersionKey};
     use crate::store::{CorruptRecord, CounterDelta, RecoveredState, StoreStats};
+    use strata_core::instance::{InstanceId, InstanceRecord, VersionKey};
 
     /// Fails any apply that contains a delta with `live == 13` (refused) or `live == 77`
     /// (unreachable), and every sync once told to; a sync waits while `gate` is closed.
@@ -433,7 +433,7 @@ mod tests {
         fn migration_jobs(&self) -> Result<Vec<crate::store::MigrationJobRecord>, StoreError> {
             Ok(Vec::new())
         }
-        fn rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError> {
+        fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError> {
             Ok(Vec::new())
         }
         fn stats(&self) -> StoreStats {

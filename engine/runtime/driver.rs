@@ -15,10 +15,11 @@ use tracing::Instrument;
 use super::moves::AutoUpgrade;
 use super::transition::{self, Attempt};
 use super::Runtime;
-use crate::instance::{InstanceId, InstanceRecord, InstanceStatus, Outcome, Phase};
+use crate::instance::Outcome;
 use crate::observe::{deadline_after, Event};
 use crate::store::Op;
-use crate::workflow::{StepCtx, StepFailure, UpgradePolicy, VersionCode, WakeReason};
+use strata_core::instance::{InstanceId, InstanceRecord, InstanceStatus, Phase};
+use strata_core::workflow::{StepCtx, StepFailure, UpgradePolicy, VersionCode, WakeReason};
 
 /// What an instance's committed record allows right now.
 enum Plan {
@@ -244,7 +245,7 @@ impl Runtime {
     /// Commits an `AutoUpgrade` move made by the instance's own driver, then lets it go on.
     async fn commit_auto_upgrade(
         self: &Arc<Self>,
-        from: crate::instance::VersionKey,
+        from: strata_core::instance::VersionKey,
         moved: InstanceRecord,
     ) -> Progress {
         let id = moved.id;
@@ -298,7 +299,7 @@ impl Runtime {
         };
         match finished {
             Err(panic) => Attempt::Failed {
-                message: format!("step panicked: {}", crate::workflow::panic_message(&panic)),
+                message: format!("step panicked: {}", strata_core::workflow::panic_message(&panic)),
                 retryable: true,
             },
             Ok(Ok(outcome)) => Attempt::Succeeded(outcome),
@@ -435,7 +436,7 @@ const UNAVAILABLE_RETRY_CAP: Duration = Duration::from_secs(1);
 /// retry delay, if longer) — a step's own backoff (`RetryPolicy::backoff_before`) with those
 /// bounds.
 fn unavailable_retry_delay(retry_delay: Duration, failures: u32) -> Duration {
-    crate::workflow::RetryPolicy::exponential(u32::MAX, retry_delay)
+    strata_core::workflow::RetryPolicy::exponential(u32::MAX, retry_delay)
         .with_max_backoff(UNAVAILABLE_RETRY_CAP.max(retry_delay))
         .backoff_before(failures.saturating_add(1))
 }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use super::Runtime;
 use crate::error::EngineError;
-use crate::instance::{InstanceId, InstanceRecord, Phase, RECORD_FORMAT};
 use crate::migrate::{
     JobControl, MigrationFailureReport, MigrationHandle, MigrationJob, MigrationJobRecord, MigrationProgress,
     MigrationState,
@@ -20,6 +19,7 @@ use crate::migrate::{
 use crate::observe::Event;
 use crate::registry::RegistryError;
 use crate::store::Op;
+use strata_core::instance::{InstanceId, InstanceRecord, Phase, RECORD_FORMAT};
 
 /// How many failures a job's progress keeps.
 const FAILURES_KEPT: usize = 100;

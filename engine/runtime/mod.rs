@@ -27,18 +27,19 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::error::EngineError;
-use crate::instance::{
-    InstanceFilter, InstanceId, InstanceInfo, InstanceRecord, InstanceStatus, Outcome, PersistedWake, Phase,
-    ScheduledFire, StateEnvelope, VersionKey, RECORD_FORMAT,
-};
+use crate::instance::{InstanceFilter, InstanceInfo, Outcome};
 use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
 use crate::observe::{Clock, Event, EventBus};
 use crate::registry::{Registry, VersionInfo, VersionStatus};
-use crate::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
 use crate::store::{CounterDelta, IdKind, Op, SignalRecord, Store, StoreError};
-use crate::workflow::{InitFailure, VersionCode};
 use cluster::IdBlocks;
 use committer::Committer;
+use strata_core::instance::{
+    InstanceId, InstanceRecord, InstanceStatus, PersistedWake, Phase, ScheduledFire, StateEnvelope, VersionKey,
+    RECORD_FORMAT,
+};
+use strata_core::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
+use strata_core::workflow::{InitFailure, VersionCode};
 use table::{InstanceTable, Slot};
 use timers::TimerQueue;
 

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use super::table::Slot;
 use super::{Runtime, TakeIns};
 use crate::error::EngineError;
-use crate::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
 use crate::migrate::{MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest};
 use crate::observe::Event;
 use crate::registry::{RegistryError, VersionStatus};
-use crate::routing::RouteInput;
 use crate::store::{CounterDelta, Op};
-use crate::workflow::VersionCode;
+use strata_core::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
+use strata_core::routing::RouteInput;
+use strata_core::workflow::VersionCode;
 
 /// What the `AutoUpgrade` policy decided for an instance about to run a step.
 pub(super) enum AutoUpgrade {

@@ -14,15 +14,15 @@ use semver::VersionReq;
 
 use super::Runtime;
 use crate::error::EngineError;
-use crate::instance::{VersionKey, RECORD_FORMAT};
 use crate::migrate::MoveRequest;
 use crate::observe::{Event, BUCKET_MS};
-use crate::rollout::{
+use crate::store::{Op, VersionCounters};
+use strata_core::instance::{VersionKey, RECORD_FORMAT};
+use strata_core::rollout::{
     decide, Decision, Figures, OnRollback, RolloutError, RolloutRecord, RolloutSpec, RolloutStatus, Transition,
     TransitionRecord,
 };
-use crate::routing::{RolloutRule, RoutingSpec};
-use crate::store::{Op, VersionCounters};
+use strata_core::routing::{RolloutRule, RoutingSpec};
 
 /// The rollouts known to a runtime, and what wakes their evaluation.
 #[derive(Default)]

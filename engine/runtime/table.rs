@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::instance::{InstanceId, InstanceRecord, Outcome};
+use crate::instance::Outcome;
 use crate::store::SignalRecord;
+use strata_core::instance::{InstanceId, InstanceRecord};
 
 const SHARDS: usize = 64;
 

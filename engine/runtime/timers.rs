@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::instance::InstanceId;
+use strata_core::instance::InstanceId;
 
 /// Due times of instances, earliest first.
 pub(crate) struct TimerQueue {

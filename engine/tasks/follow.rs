@@ -23,7 +23,7 @@ pub(crate) async fn run(engine: Engine, interval: Duration, mut stop: watch::Rec
         let before = engine.routing_spec();
         match engine.follow_stored_config().await {
             Ok(Some(generation)) => {
-                let changes = crate::routing::describe_changes(&before, &engine.routing_spec());
+                let changes = strata_core::routing::describe_changes(&before, &engine.routing_spec());
                 engine.emit(Event::ConfigApplied {
                     source: format!("generation {generation}, applied by another process"),
                     generation,

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{MissedFires, ScheduleSpec};
 use crate::error::EngineError;
 use crate::observe::Event;
 use crate::store::{Op, StoreError};
 use crate::Engine;
+use strata_config::{MissedFires, ScheduleSpec};
 
 /// How many due fire times of one schedule are looked at, at most, per pass.
 const MAX_DUE: usize = 100_000;

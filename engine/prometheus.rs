@@ -5,11 +5,11 @@
 
 use std::fmt::Write;
 
-use super::metrics::MetricsSnapshot;
-use crate::instance::VersionKey;
+use crate::observe::MetricsSnapshot;
 use crate::registry::{VersionInfo, VersionStatus};
-use crate::rollout::RolloutRecord;
-use crate::routing::RouteReason;
+use strata_core::instance::VersionKey;
+use strata_core::rollout::RolloutRecord;
+use strata_core::routing::RouteReason;
 
 /// Everything the exposition shows.
 pub(crate) struct Exposition<'a> {
@@ -51,7 +51,7 @@ fn summary(
     name: &str,
     help: &str,
     versions: &[(VersionInfo, MetricsSnapshot)],
-    pick: impl Fn(&MetricsSnapshot) -> (Option<super::Quantiles>, u64),
+    pick: impl Fn(&MetricsSnapshot) -> (Option<crate::observe::Quantiles>, u64),
 ) {
     header(text, name, "summary", help);
     for (info, snapshot) in versions {
