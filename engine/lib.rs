@@ -7,6 +7,14 @@
 //!
 //! Data flows one way: a call enters the [`Engine`] facade, `routing` picks a version, `runtime`
 //! runs steps of that version's code from `registry`, and each step ends in one `store` commit.
+//!
+//! This package is the one users depend on: it owns the engine (the facade and its builder, the
+//! runtime, the registry, observe, the admin API) and re-exports what a user names from the crates
+//! below it — the vocabulary and definition API (`strata-core`: [`workflow`], [`routing`],
+//! [`rollout`], instance records), the config file ([`config`], `strata-config`) and the store seam
+//! with its two backends ([`store`]: `strata-store`, `strata-store-sled`,
+//! `strata-store-postgres`). The runtime speaks to `dyn Store` only; the builder alone names a
+//! backend. `docs/architecture.md` draws the crates and their arrows.
 
 #![warn(missing_docs)]
 

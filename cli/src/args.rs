@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 /// not be reached or failed.
 #[derive(Parser, Debug)]
 #[command(name = "strata", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The admin API's address.
     #[arg(
         long,
@@ -32,7 +32,7 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// The versions of every workflow (or one) with their residency: status, live and finished
     /// counts, oldest live instance, the workers that can run them, and whether their code can go.
     Versions(VersionsArgs),
@@ -103,7 +103,7 @@ pub enum Command {
 
 /// `strata versions`.
 #[derive(Args, Debug)]
-pub struct VersionsArgs {
+pub(crate) struct VersionsArgs {
     /// Only this workflow.
     pub workflow: Option<String>,
     /// Only this version (with the workflow).
@@ -122,7 +122,7 @@ pub struct VersionsArgs {
 
 /// `strata instances ...`.
 #[derive(Subcommand, Debug)]
-pub enum InstancesCommand {
+pub(crate) enum InstancesCommand {
     /// Lists instances, oldest first, a page at a time.
     List {
         /// Only this workflow.
@@ -155,7 +155,7 @@ pub enum InstancesCommand {
 /// What a rollback does to the candidate's in-flight instances.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 #[value(rename_all = "snake_case")]
-pub enum OnRollback {
+pub(crate) enum OnRollback {
     /// They finish on the candidate.
     KeepRunning,
     /// They move back to the stable version where a move plan allows.
@@ -164,7 +164,7 @@ pub enum OnRollback {
 
 impl OnRollback {
     /// The name the API takes.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OnRollback::KeepRunning => "keep_running",
             OnRollback::MoveBack => "move_back",
@@ -174,7 +174,7 @@ impl OnRollback {
 
 /// `strata rollout ...`.
 #[derive(Subcommand, Debug)]
-pub enum RolloutCommand {
+pub(crate) enum RolloutCommand {
     /// Every rollout (or one): stage, the candidate's share, gate figures against the stable.
     Status {
         /// The rollout's name (`workflow@candidate`).
@@ -232,7 +232,7 @@ pub enum RolloutCommand {
 
 /// `strata config ...`.
 #[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// The config generation in force, with its text.
     Show,
     /// Every applied generation, oldest first.
@@ -260,7 +260,7 @@ pub enum ConfigCommand {
 
 /// Which instances a move takes.
 #[derive(Args, Debug)]
-pub struct MoveArgs {
+pub(crate) struct MoveArgs {
     /// The workflow.
     #[arg(long)]
     pub workflow: String,
@@ -283,7 +283,7 @@ pub struct MoveArgs {
 
 /// `strata migrate ...`.
 #[derive(Subcommand, Debug)]
-pub enum MigrateCommand {
+pub(crate) enum MigrateCommand {
     /// Which instances a move would take and where each continues, or why it cannot move;
     /// nothing changes.
     Plan(MoveArgs),

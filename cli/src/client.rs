@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::error::CliError;
 
 /// A client of one engine's admin API.
-pub struct AdminClient {
+pub(crate) struct AdminClient {
     base: String,
     token: Option<String>,
     http: reqwest::blocking::Client,
@@ -16,7 +16,7 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// A client for the API at `base` (`http://host:port`), sending `token` if given.
-    pub fn new(base: &str, token: Option<String>) -> Result<AdminClient, CliError> {
+    pub(crate) fn new(base: &str, token: Option<String>) -> Result<AdminClient, CliError> {
         let base = admin_url(base)?;
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -28,12 +28,12 @@ impl AdminClient {
     }
 
     /// `GET path`, answered as JSON.
-    pub fn get(&self, path: &str) -> Result<Value, CliError> {
+    pub(crate) fn get(&self, path: &str) -> Result<Value, CliError> {
         self.answer(self.request(reqwest::Method::GET, path), path)
     }
 
     /// `POST path` with a JSON body (or none).
-    pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+    pub(crate) fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
         let mut request = self.request(reqwest::Method::POST, path);
         if let Some(body) = body {
             request = request.json(body);
@@ -42,7 +42,7 @@ impl AdminClient {
     }
 
     /// `POST path` with a text body (a config file).
-    pub fn post_text(&self, path: &str, text: String) -> Result<Value, CliError> {
+    pub(crate) fn post_text(&self, path: &str, text: String) -> Result<Value, CliError> {
         let request = self
             .request(reqwest::Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
@@ -51,7 +51,7 @@ impl AdminClient {
     }
 
     /// `GET path` as a stream (Server-Sent Events), once its answer says it is one.
-    pub fn stream(&self, path: &str) -> Result<reqwest::blocking::Response, CliError> {
+    pub(crate) fn stream(&self, path: &str) -> Result<reqwest::blocking::Response, CliError> {
         let response = self.send(self.request(reqwest::Method::GET, path), path)?;
         if response.status().is_success() {
             return Ok(response);

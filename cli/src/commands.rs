@@ -15,7 +15,7 @@ use crate::table;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Runs `command` against `client`; `json` prints the API's answers as they are.
-pub fn run(client: &AdminClient, command: Command, json: bool) -> Result<(), CliError> {
+pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<(), CliError> {
     let out = Output { json };
     match command {
         Command::Versions(args) => versions(client, &out, args),
@@ -52,7 +52,7 @@ pub fn run(client: &AdminClient, command: Command, json: bool) -> Result<(), Cli
 /// Writes `text` and a newline to standard output. A reader that went away (`strata ... | head`)
 /// ends the program quietly with success: what it wanted was printed. Any other failure to
 /// write ends it with exit code 4.
-pub fn print_line(text: &str) {
+pub(crate) fn print_line(text: &str) {
     let mut stdout = std::io::stdout().lock();
     if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {

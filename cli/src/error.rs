@@ -2,7 +2,7 @@
 
 /// A failed command.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// The engine answered with a 4xx: the request was refused, and the answer says why.
     #[error("{message} (HTTP {status})")]
     Refused {
@@ -24,7 +24,7 @@ pub enum CliError {
 
 impl CliError {
     /// The process's exit code for this failure (see the top-level help).
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CliError::No(_) => 1,
             CliError::Input(_) => 2,

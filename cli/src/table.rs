@@ -1,7 +1,7 @@
 //! Tables for people: columns padded to their widest cell, numbers right-aligned.
 
 /// Renders `rows` under `headers`, one line each, columns two spaces apart.
-pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
     for row in rows {
         for (column, cell) in row.iter().enumerate() {

@@ -29,7 +29,7 @@ pub(crate) struct JobControl {
 }
 
 impl JobControl {
-    pub fn new(progress: MigrationProgress, started_at_ms: u64) -> Arc<JobControl> {
+    pub(crate) fn new(progress: MigrationProgress, started_at_ms: u64) -> Arc<JobControl> {
         let paused = progress.state == MigrationState::Paused;
         Arc::new(JobControl {
             started_at_ms,

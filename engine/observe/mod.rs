@@ -243,24 +243,24 @@ pub(crate) struct EventBus {
 
 impl EventBus {
     /// A bus keeping at most `capacity` events per lagging subscriber.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
         EventBus { sender }
     }
 
     /// Publishes an event; without subscribers it is dropped.
-    pub fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: Event) {
         tracing::debug!(?event, "event");
         let _ = self.sender.send(event);
     }
 
     /// A new subscription receiving events published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.sender.subscribe()
     }
 
     /// How many subscribers there are now.
-    pub fn subscribers(&self) -> usize {
+    pub(crate) fn subscribers(&self) -> usize {
         self.sender.receiver_count()
     }
 }

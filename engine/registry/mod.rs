@@ -189,7 +189,7 @@ fn describe(versions: &HashMap<VersionKey, VersionEntry>, workflow: &str) -> Str
 
 impl Registry {
     /// Loads persisted statuses and counters, before any code is registered.
-    pub fn load(&self, stored: Vec<StoredVersion>) {
+    pub(crate) fn load(&self, stored: Vec<StoredVersion>) {
         let mut versions = self.versions.write();
         for version in stored {
             let status = version.status.unwrap_or(VersionStatus::Active);
@@ -203,7 +203,7 @@ impl Registry {
     }
 
     /// Adds a version's code. A version unknown so far starts `Active`; a known one keeps its status.
-    pub fn register(&self, code: Arc<dyn VersionCode>) -> Result<VersionKey, RegistryError> {
+    pub(crate) fn register(&self, code: Arc<dyn VersionCode>) -> Result<VersionKey, RegistryError> {
         let key = VersionKey::new(code.workflow().to_string(), (**code.version()).clone());
         let mut versions = self.versions.write();
         let entry = versions
@@ -217,19 +217,19 @@ impl Registry {
     }
 
     /// The code of a version, if registered.
-    pub fn code(&self, key: &VersionKey) -> Option<Arc<dyn VersionCode>> {
+    pub(crate) fn code(&self, key: &VersionKey) -> Option<Arc<dyn VersionCode>> {
         self.versions.read().get(key).and_then(|entry| entry.code.clone())
     }
 
     /// The code and status of a version, if its code is registered.
-    pub fn code_and_status(&self, key: &VersionKey) -> Option<(Arc<dyn VersionCode>, VersionStatus)> {
+    pub(crate) fn code_and_status(&self, key: &VersionKey) -> Option<(Arc<dyn VersionCode>, VersionStatus)> {
         let versions = self.versions.read();
         let entry = versions.get(key)?;
         Some((entry.code.clone()?, entry.status))
     }
 
     /// The newest registered, active version of `workflow`: where an unrouted start goes.
-    pub fn newest_active(&self, workflow: &str) -> Option<Version> {
+    pub(crate) fn newest_active(&self, workflow: &str) -> Option<Version> {
         self.versions
             .read()
             .iter()
@@ -241,14 +241,14 @@ impl Registry {
     }
 
     /// The code and the metrics of a version, in one lookup (the step path's).
-    pub fn code_and_metrics(&self, key: &VersionKey) -> Option<(Arc<dyn VersionCode>, Arc<VersionMetrics>)> {
+    pub(crate) fn code_and_metrics(&self, key: &VersionKey) -> Option<(Arc<dyn VersionCode>, Arc<VersionMetrics>)> {
         let versions = self.versions.read();
         let entry = versions.get(key)?;
         Some((entry.code.clone()?, entry.metrics.clone()))
     }
 
     /// The status of a version (`Active` for an unknown one).
-    pub fn status(&self, key: &VersionKey) -> VersionStatus {
+    pub(crate) fn status(&self, key: &VersionKey) -> VersionStatus {
         self.versions
             .read()
             .get(key)
@@ -256,7 +256,7 @@ impl Registry {
     }
 
     /// The counters of a version (zero for an unknown one).
-    pub fn counters(&self, key: &VersionKey) -> VersionCounters {
+    pub(crate) fn counters(&self, key: &VersionKey) -> VersionCounters {
         self.versions
             .read()
             .get(key)
@@ -265,19 +265,23 @@ impl Registry {
     }
 
     /// The metrics of a version known to the registry.
-    pub fn metrics(&self, key: &VersionKey) -> Option<Arc<VersionMetrics>> {
+    pub(crate) fn metrics(&self, key: &VersionKey) -> Option<Arc<VersionMetrics>> {
         self.versions.read().get(key).map(|entry| entry.metrics.clone())
     }
 
     /// Whether a version's code is registered.
-    pub fn is_registered(&self, key: &VersionKey) -> bool {
+    pub(crate) fn is_registered(&self, key: &VersionKey) -> bool {
         self.versions.read().get(key).is_some_and(|entry| entry.code.is_some())
     }
 
     /// Picks the version a new instance of `workflow` starts on and reserves a start on it, so it
     /// cannot become `Drained` before the start commits. Call `end_start` afterwards. With a
     /// store many processes share, the versions only another live worker has code for count too.
-    pub fn reserve_start(&self, workflow: &str, request: &VersionRequest) -> Result<ReservedStart, RegistryError> {
+    pub(crate) fn reserve_start(
+        &self,
+        workflow: &str,
+        request: &VersionRequest,
+    ) -> Result<ReservedStart, RegistryError> {
         let mut versions = self.versions.write();
         if !versions.keys().any(|key| key.workflow == workflow) {
             return Err(RegistryError::UnknownWorkflow {
@@ -306,7 +310,7 @@ impl Registry {
     }
 
     /// Ends a reservation made by `reserve_start` (the start committed or failed).
-    pub fn end_start(&self, key: &VersionKey) {
+    pub(crate) fn end_start(&self, key: &VersionKey) {
         if let Some(entry) = self.versions.write().get_mut(key) {
             entry.starting = entry.starting.saturating_sub(1);
         }
@@ -318,7 +322,7 @@ impl Registry {
     /// raises `status_changes` (with equal changes, as in records older than the count, a status
     /// only moves on: `Active` → `Draining` → `Drained` → `Retired`), so reports that arrive out
     /// of order, or a read that a later write overtook, never undo a newer figure.
-    pub fn adopt(&self, stored: &StoredVersion) -> bool {
+    pub(crate) fn adopt(&self, stored: &StoredVersion) -> bool {
         let mut versions = self.versions.write();
         let entry = versions
             .entry(stored.key.clone())
@@ -352,7 +356,7 @@ impl Registry {
     }
 
     /// Whether draining `key` changes anything (it is `Active`); fails for an unknown version.
-    pub fn can_drain(&self, key: &VersionKey) -> Result<bool, RegistryError> {
+    pub(crate) fn can_drain(&self, key: &VersionKey) -> Result<bool, RegistryError> {
         let versions = self.versions.read();
         Ok(Self::entry(&versions, key)?.status == VersionStatus::Active)
     }
@@ -360,7 +364,7 @@ impl Registry {
     /// Whether making `key` active again changes anything (it is `Draining` or `Drained`); fails
     /// for an unknown version, a retired one and one whose code no live worker has (its code may
     /// be gone: register it again first).
-    pub fn can_activate(&self, key: &VersionKey) -> Result<bool, RegistryError> {
+    pub(crate) fn can_activate(&self, key: &VersionKey) -> Result<bool, RegistryError> {
         let versions = self.versions.read();
         let entry = Self::entry(&versions, key)?;
         match entry.status {
@@ -377,7 +381,7 @@ impl Registry {
 
     /// Whether retiring `key` changes anything (it is not `Retired` yet); fails for an unknown
     /// version and for one with live instances or starts in flight here (the store checks again).
-    pub fn can_retire(&self, key: &VersionKey) -> Result<bool, RegistryError> {
+    pub(crate) fn can_retire(&self, key: &VersionKey) -> Result<bool, RegistryError> {
         let versions = self.versions.read();
         let entry = Self::entry(&versions, key)?;
         if !entry.is_empty() {
@@ -391,7 +395,7 @@ impl Registry {
 
     /// `Draining` versions with no live instance: left so by an older build that crashed between
     /// the last finish and the status commit; writing their status again lets the store drain them.
-    pub fn draining_and_empty(&self) -> Vec<VersionKey> {
+    pub(crate) fn draining_and_empty(&self) -> Vec<VersionKey> {
         self.versions
             .read()
             .iter()
@@ -401,7 +405,7 @@ impl Registry {
     }
 
     /// Every known version, sorted by workflow and version.
-    pub fn snapshot(&self) -> Vec<VersionInfo> {
+    pub(crate) fn snapshot(&self) -> Vec<VersionInfo> {
         let versions = self.versions.read();
         let mut infos: Vec<VersionInfo> = versions
             .iter()
@@ -420,7 +424,7 @@ impl Registry {
     }
 
     /// What the routing table needs to know about every version.
-    pub fn version_states(&self) -> Vec<strata_core::routing::VersionState> {
+    pub(crate) fn version_states(&self) -> Vec<strata_core::routing::VersionState> {
         self.versions
             .read()
             .iter()
@@ -434,7 +438,7 @@ impl Registry {
 
     /// Takes in which versions some live worker sharing the store has code for (`running`);
     /// returns whether that changed where starts may go.
-    pub fn set_running_in_cluster(&self, running: &std::collections::HashSet<VersionKey>) -> bool {
+    pub(crate) fn set_running_in_cluster(&self, running: &std::collections::HashSet<VersionKey>) -> bool {
         let mut changed = false;
         let mut versions = self.versions.write();
         for key in running {
@@ -455,13 +459,13 @@ impl Registry {
     }
 
     /// The known versions of `workflow`, described for an error message.
-    pub fn describe_workflow(&self, workflow: &str) -> String {
+    pub(crate) fn describe_workflow(&self, workflow: &str) -> String {
         describe(&self.versions.read(), workflow)
     }
 
     /// Refuses a workflow no version of which is known, and a version of it that is not known:
     /// a filter naming either can only be a mistake.
-    pub fn check_known(&self, workflow: &str, version: Option<&Version>) -> Result<(), RegistryError> {
+    pub(crate) fn check_known(&self, workflow: &str, version: Option<&Version>) -> Result<(), RegistryError> {
         let versions = self.versions.read();
         match version {
             Some(version) => Self::entry(&versions, &VersionKey::new(workflow, version.clone())).map(|_| ()),
@@ -473,13 +477,13 @@ impl Registry {
     }
 
     /// Whether any version of `workflow` is known.
-    pub fn knows_workflow(&self, workflow: &str) -> bool {
+    pub(crate) fn knows_workflow(&self, workflow: &str) -> bool {
         self.versions.read().keys().any(|key| key.workflow == workflow)
     }
 
     /// Whether this process has the code of some version of `workflow` (not only knows it from
     /// the store).
-    pub fn has_code_for(&self, workflow: &str) -> bool {
+    pub(crate) fn has_code_for(&self, workflow: &str) -> bool {
         self.versions
             .read()
             .iter()

@@ -43,7 +43,7 @@ pub(super) struct IdBlocks {
 
 impl IdBlocks {
     /// An allocator of `kind` that reserves its first block when first asked.
-    pub fn new(kind: IdKind) -> Self {
+    pub(super) fn new(kind: IdKind) -> Self {
         IdBlocks {
             kind,
             block: Mutex::new(0..0),
@@ -51,7 +51,7 @@ impl IdBlocks {
     }
 
     /// The next number; reserves a block from the store when the current one is used up.
-    pub fn next(&self, store: &dyn Store) -> Result<u64, StoreError> {
+    pub(super) fn next(&self, store: &dyn Store) -> Result<u64, StoreError> {
         let mut block = self.block.lock();
         if block.is_empty() {
             *block = store.reserve_ids(self.kind)?;

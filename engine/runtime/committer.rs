@@ -79,7 +79,7 @@ fn closed() -> StoreError {
 
 impl Committer {
     /// Starts the commit thread.
-    pub fn start(store: Arc<dyn Store>, durability: Durability) -> std::io::Result<Committer> {
+    pub(super) fn start(store: Arc<dyn Store>, durability: Durability) -> std::io::Result<Committer> {
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("strata-commit".to_string())
@@ -100,7 +100,7 @@ impl Committer {
 
     /// Commits `ops` atomically; resolves when acknowledged under the durability mode, with what
     /// the write did to the versions `ops` touched.
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+    pub(super) async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
         let (ack, acknowledged) = oneshot::channel();
         {
             let sender = self.sender.lock();
@@ -111,7 +111,7 @@ impl Committer {
     }
 
     /// Stops accepting commits, lets the thread finish the queued ones and sync, and waits for it.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         self.sender.lock().take();
         if let Some(thread) = self.thread.lock().take() {
             if thread.join().is_err() {

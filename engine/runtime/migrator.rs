@@ -27,7 +27,7 @@ const FAILURES_KEPT: usize = 100;
 impl Runtime {
     /// Starts a background migration of `job.workflow`, or returns the handle of the one that runs
     /// (with a shared store, wherever it was started).
-    pub fn start_migration(self: &Arc<Self>, job: MigrationJob) -> Result<MigrationHandle, EngineError> {
+    pub(crate) fn start_migration(self: &Arc<Self>, job: MigrationJob) -> Result<MigrationHandle, EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
@@ -79,7 +79,7 @@ impl Runtime {
 
     /// The handle of the latest migration job of `workflow` since open (a job resumed at open
     /// included).
-    pub fn migration(&self, workflow: &str) -> Option<MigrationHandle> {
+    pub(crate) fn migration(&self, workflow: &str) -> Option<MigrationHandle> {
         self.jobs.lock().get(workflow).map(|control| MigrationHandle {
             control: control.clone(),
         })

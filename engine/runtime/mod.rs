@@ -184,7 +184,7 @@ pub(crate) struct Definitions {
 
 impl Runtime {
     /// Recovers the store, registers `codes` and starts running every live instance.
-    pub async fn open(
+    pub(crate) async fn open(
         store: Arc<dyn Store>,
         definitions: Definitions,
         options: RuntimeOptions,
@@ -606,7 +606,7 @@ impl Runtime {
 
     /// Validates `spec` against the registered versions and, if valid, routes by it from the next
     /// start on. An invalid spec changes nothing.
-    pub fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
+    pub(crate) fn set_routing(&self, spec: RoutingSpec) -> Result<(), EngineError> {
         self.check_routing(&spec, true)?;
         self.install_routing(spec);
         Ok(())
@@ -614,21 +614,21 @@ impl Runtime {
 
     /// Checks that `spec` compiles against the registered versions (see `RoutingTable::build`
     /// for `strict`); changes nothing.
-    pub fn check_routing(&self, spec: &RoutingSpec, strict: bool) -> Result<(), EngineError> {
+    pub(crate) fn check_routing(&self, spec: &RoutingSpec, strict: bool) -> Result<(), EngineError> {
         RoutingTable::build(spec, &self.registry.version_states(), strict)?;
         Ok(())
     }
 
     /// Routes by `spec` (checked with `check_routing`), with the rollouts laid over it, from the
     /// next start on.
-    pub fn install_routing(&self, spec: RoutingSpec) {
+    pub(crate) fn install_routing(&self, spec: RoutingSpec) {
         let mut current = self.routing_spec.lock();
         *current = spec;
         self.rebuild_routing(&current);
     }
 
     /// Started instances per version and routing reason since open, sorted.
-    pub fn routing_counts(&self) -> Vec<(VersionKey, RouteReason, u64)> {
+    pub(crate) fn routing_counts(&self) -> Vec<(VersionKey, RouteReason, u64)> {
         let mut counts: Vec<_> = self
             .routing_counts
             .lock()
@@ -640,12 +640,12 @@ impl Runtime {
     }
 
     /// The routing rules in force.
-    pub fn routing_spec(&self) -> RoutingSpec {
+    pub(crate) fn routing_spec(&self) -> RoutingSpec {
         self.routing_spec.lock().clone()
     }
 
     /// Commits `ops` through the group committer.
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
+    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
         Ok(self.write(ops).await?)
     }
 
@@ -669,7 +669,7 @@ impl Runtime {
     }
 
     /// Starts an instance: picks its version, builds its initial state, commits it, runs it.
-    pub async fn start(
+    pub(crate) async fn start(
         self: &Arc<Self>,
         workflow: &str,
         input: &[u8],
@@ -800,7 +800,12 @@ impl Runtime {
     }
 
     /// Delivers a signal durably; the instance consumes it when it waits for that name.
-    pub async fn signal(self: &Arc<Self>, id: InstanceId, name: &str, payload: Vec<u8>) -> Result<(), EngineError> {
+    pub(crate) async fn signal(
+        self: &Arc<Self>,
+        id: InstanceId,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), EngineError> {
         if name.starts_with(cluster::RESERVED_SIGNAL_PREFIX) {
             return Err(EngineError::ReservedSignalName { name: name.to_string() });
         }
@@ -873,7 +878,7 @@ impl Runtime {
 
     /// Cancels a live instance at its step boundary and waits for the cancellation's commit; an
     /// instance another worker holds is asked through the store.
-    pub async fn cancel(self: &Arc<Self>, id: InstanceId) -> Result<(), EngineError> {
+    pub(crate) async fn cancel(self: &Arc<Self>, id: InstanceId) -> Result<(), EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
@@ -893,7 +898,7 @@ impl Runtime {
 
     /// Resolves with the instance's outcome when it finishes: told by its driver when this
     /// process holds it, else read from the store, again and again while another worker runs it.
-    pub async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
+    pub(crate) async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
         let mut pause = Duration::from_millis(5);
         loop {
             let (sender, receiver) = oneshot::channel();
@@ -944,7 +949,7 @@ impl Runtime {
     }
 
     /// One instance, live or finished.
-    pub fn instance(&self, id: InstanceId) -> Result<InstanceInfo, EngineError> {
+    pub(crate) fn instance(&self, id: InstanceId) -> Result<InstanceInfo, EngineError> {
         if let Some(info) = self.table.with(id, |slot| Self::info_of(slot)) {
             return Ok(info);
         }
@@ -968,7 +973,7 @@ impl Runtime {
 
     /// The unconsumed signals of a live instance: its inbox here, else (with a shared store) the
     /// store's; a finished instance has none.
-    pub fn pending_signals(&self, id: InstanceId) -> Result<Vec<SignalRecord>, EngineError> {
+    pub(crate) fn pending_signals(&self, id: InstanceId) -> Result<Vec<SignalRecord>, EngineError> {
         if let Some(inbox) = self.table.with(id, |slot| slot.inbox.clone()) {
             return Ok(inbox);
         }
@@ -976,7 +981,7 @@ impl Runtime {
     }
 
     /// Instances matching `filter`, live ones first, each group in id order.
-    pub fn list(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<InstanceInfo>, EngineError> {
+    pub(crate) fn list(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<InstanceInfo>, EngineError> {
         if let Some(workflow) = &filter.workflow {
             self.registry.check_known(workflow, filter.version.as_ref())?;
         }
@@ -1046,7 +1051,7 @@ impl Runtime {
     }
 
     /// Every known version with its counts and oldest live instance.
-    pub fn versions(&self) -> Vec<VersionInfo> {
+    pub(crate) fn versions(&self) -> Vec<VersionInfo> {
         let mut oldest: HashMap<VersionKey, (InstanceId, u64)> = HashMap::new();
         self.table.for_each(|slot| {
             let candidate = (slot.record.id, slot.record.created_at_ms);
@@ -1089,7 +1094,7 @@ impl Runtime {
     }
 
     /// Registers code after open and resumes the instances parked for it.
-    pub fn register(self: &Arc<Self>, code: Arc<dyn VersionCode>) -> Result<VersionKey, EngineError> {
+    pub(crate) fn register(self: &Arc<Self>, code: Arc<dyn VersionCode>) -> Result<VersionKey, EngineError> {
         let key = self.registry.register(code)?;
         self.refresh_routing();
         self.events.emit(Event::VersionRegistered { key: key.clone() });
@@ -1114,23 +1119,23 @@ impl Runtime {
     }
 
     /// Registers state migrations after open; refused as a whole if the chain would break.
-    pub fn register_migrations(&self, migrations: Vec<StateMigration>) -> Result<(), EngineError> {
+    pub(crate) fn register_migrations(&self, migrations: Vec<StateMigration>) -> Result<(), EngineError> {
         Ok(self.migrations.write().register_all(migrations)?)
     }
 
     /// Registers a step mapping after open.
-    pub fn register_step_mapping(&self, mapping: StepMapping) {
+    pub(crate) fn register_step_mapping(&self, mapping: StepMapping) {
         self.step_mappings.write().register(mapping);
     }
 
     /// Live instances held in memory.
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         self.table.len()
     }
 
     /// Stops taking work, lets running steps finish and commit, then syncs and stops the commit
     /// thread. Instances not running stay as committed and continue at the next open.
-    pub async fn shutdown(self: &Arc<Self>) {
+    pub(crate) async fn shutdown(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop_signal.send_replace(true);
         self.timers.wake();

@@ -111,7 +111,7 @@ impl Runtime {
     /// The live instances a request selects, in id order, with their plan verdicts. The dry run
     /// runs the state migrations too (and throws their results away), so a state the migration
     /// refuses shows in the plan, not only when applying.
-    pub fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
+    pub(crate) fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
         let target = request.target_key();
         let (code, status) = self.move_target(&target)?;
         let selected = self.select_for_move(request);
@@ -134,7 +134,7 @@ impl Runtime {
 
     /// Moves the selected instances in batches, each batch one commit; every instance is checked
     /// again when its turn comes, at a step boundary.
-    pub async fn apply_moves(self: &Arc<Self>, request: &MoveRequest) -> Result<MoveReport, EngineError> {
+    pub(crate) async fn apply_moves(self: &Arc<Self>, request: &MoveRequest) -> Result<MoveReport, EngineError> {
         let target = request.target_key();
         self.move_target(&target)?;
         // Each instance is checked (and its state migrated) once, when its turn comes.

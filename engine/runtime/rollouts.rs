@@ -43,7 +43,7 @@ pub(crate) struct Rollouts {
 impl Rollouts {
     /// Why `key` may not be drained now, if an active rollout compares it (stable) or routes to
     /// it (candidate): draining either would strand the rollout.
-    pub fn refusal_to_drain(&self, key: &VersionKey) -> Option<RolloutError> {
+    pub(super) fn refusal_to_drain(&self, key: &VersionKey) -> Option<RolloutError> {
         let records = self.records.lock();
         records
             .values()
@@ -66,7 +66,7 @@ impl Rollouts {
     }
 
     /// Loads the stored rollouts.
-    pub fn load(&self, records: Vec<RolloutRecord>) {
+    pub(super) fn load(&self, records: Vec<RolloutRecord>) {
         let mut known = self.records.lock();
         for record in records {
             known.insert(record.spec.name.clone(), record);
@@ -77,7 +77,7 @@ impl Rollouts {
     /// Takes in rollouts as the store has them where they are newer than the ones held here
     /// (more transitions): another process decided or an operator acted. Returns whether any
     /// changed.
-    pub fn adopt(&self, records: Vec<RolloutRecord>) -> bool {
+    pub(super) fn adopt(&self, records: Vec<RolloutRecord>) -> bool {
         let mut known = self.records.lock();
         let mut changed = false;
         for record in records {
@@ -105,7 +105,7 @@ impl Rollouts {
     }
 
     /// Every rollout, oldest start first.
-    pub fn all(&self) -> Vec<RolloutRecord> {
+    pub(super) fn all(&self) -> Vec<RolloutRecord> {
         let mut records: Vec<RolloutRecord> = self.records.lock().values().cloned().collect();
         records.sort_by_key(started_at);
         records
@@ -115,7 +115,7 @@ impl Rollouts {
     /// rollout (else its latest) sets the default (the stable version while it runs or after a rollback, the
     /// candidate after a promotion) and, while it runs, a first rule sending its stage's share to
     /// the candidate. Other rules for a rolled-back or promoted candidate are dropped.
-    pub fn overlay(&self, spec: &RoutingSpec) -> RoutingSpec {
+    pub(super) fn overlay(&self, spec: &RoutingSpec) -> RoutingSpec {
         let mut latest: BTreeMap<&str, &RolloutRecord> = BTreeMap::new();
         let records = self.records.lock();
         for record in records.values() {
@@ -261,7 +261,7 @@ impl Runtime {
 
     /// Evaluates every running rollout once and commits what it decides. With a shared store
     /// only the worker holding the rollout lease evaluates, so one process decides at a time.
-    pub async fn evaluate_rollouts(self: &Arc<Self>) -> Result<(), EngineError> {
+    pub(crate) async fn evaluate_rollouts(self: &Arc<Self>) -> Result<(), EngineError> {
         if !self.rollouts.leading.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
@@ -412,7 +412,7 @@ impl Runtime {
     /// Starts a rollout: both versions registered, no other active rollout of the workflow.
     /// Returns its name: the spec's, or for a default name (`workflow@candidate`) an earlier,
     /// finished rollout of the same candidate holds, the next free `workflow@candidate~N`.
-    pub async fn start_rollout(self: &Arc<Self>, mut spec: RolloutSpec) -> Result<String, EngineError> {
+    pub(crate) async fn start_rollout(self: &Arc<Self>, mut spec: RolloutSpec) -> Result<String, EngineError> {
         spec.validate()?;
         for version in [&spec.candidate, &spec.stable] {
             let key = VersionKey::new(spec.workflow.clone(), version.clone());
@@ -477,7 +477,11 @@ impl Runtime {
     }
 
     /// Applies an operator's transition to an active rollout.
-    pub async fn operate_rollout(self: &Arc<Self>, name: &str, operation: RolloutOperation) -> Result<(), EngineError> {
+    pub(crate) async fn operate_rollout(
+        self: &Arc<Self>,
+        name: &str,
+        operation: RolloutOperation,
+    ) -> Result<(), EngineError> {
         let _ordered = self.rollouts.transitions.lock().await;
         let record = self
             .rollouts
@@ -516,7 +520,7 @@ impl Runtime {
     }
 
     /// Every rollout, oldest start first.
-    pub fn rollouts(&self) -> Vec<RolloutRecord> {
+    pub(crate) fn rollouts(&self) -> Vec<RolloutRecord> {
         self.rollouts.all()
     }
 }

@@ -39,7 +39,7 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// A slot for a record.
-    pub fn new(record: InstanceRecord, parked: bool) -> Self {
+    pub(super) fn new(record: InstanceRecord, parked: bool) -> Self {
         Slot {
             record,
             inbox: Vec::new(),
@@ -61,7 +61,7 @@ pub(crate) struct InstanceTable {
 
 impl InstanceTable {
     /// An empty table.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         InstanceTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
@@ -72,22 +72,22 @@ impl InstanceTable {
     }
 
     /// Inserts a slot.
-    pub fn insert(&self, slot: Slot) {
+    pub(super) fn insert(&self, slot: Slot) {
         self.shard(slot.record.id).lock().insert(slot.record.id, slot);
     }
 
     /// Runs `action` on a slot under its shard's lock; `None` if the instance is not live here.
-    pub fn with<R>(&self, id: InstanceId, action: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+    pub(super) fn with<R>(&self, id: InstanceId, action: impl FnOnce(&mut Slot) -> R) -> Option<R> {
         self.shard(id).lock().get_mut(&id).map(action)
     }
 
     /// Removes a slot.
-    pub fn remove(&self, id: InstanceId) -> Option<Slot> {
+    pub(super) fn remove(&self, id: InstanceId) -> Option<Slot> {
         self.shard(id).lock().remove(&id)
     }
 
     /// Visits every slot, shard by shard.
-    pub fn for_each(&self, mut visit: impl FnMut(&mut Slot)) {
+    pub(super) fn for_each(&self, mut visit: impl FnMut(&mut Slot)) {
         for shard in self.shards.iter() {
             for slot in shard.lock().values_mut() {
                 visit(slot);
@@ -96,7 +96,7 @@ impl InstanceTable {
     }
 
     /// How many live instances are held.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
 }

@@ -19,7 +19,7 @@ pub(crate) struct TimerQueue {
 
 impl TimerQueue {
     /// An empty queue.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         TimerQueue {
             heap: Mutex::new(BinaryHeap::new()),
             changed: Notify::new(),
@@ -27,7 +27,7 @@ impl TimerQueue {
     }
 
     /// Asks for `id` to be woken at `due_ms` (ms since the Unix epoch).
-    pub fn arm(&self, due_ms: u64, id: InstanceId) {
+    pub(super) fn arm(&self, due_ms: u64, id: InstanceId) {
         let mut heap = self.heap.lock();
         let earliest = heap.peek().is_none_or(|Reverse((first, _))| due_ms < *first);
         heap.push(Reverse((due_ms, id)));
@@ -38,7 +38,7 @@ impl TimerQueue {
     }
 
     /// Takes every entry due at `now_ms`; returns them and how long until the next one.
-    pub fn take_due(&self, now_ms: u64) -> (Vec<InstanceId>, Option<Duration>) {
+    pub(super) fn take_due(&self, now_ms: u64) -> (Vec<InstanceId>, Option<Duration>) {
         let mut heap = self.heap.lock();
         let mut due = Vec::new();
         while let Some(Reverse((at, id))) = heap.peek().copied() {
@@ -52,12 +52,12 @@ impl TimerQueue {
     }
 
     /// Resolves when an entry earlier than all others was armed (or `wake` was called).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(super) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }
 
     /// Wakes the timer task, so it notices shutdown.
-    pub fn wake(&self) {
+    pub(super) fn wake(&self) {
         self.changed.notify_one();
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// The server's URL: `STRATA_DATABASE_URL`, else the default.
-pub fn server_url() -> String {
+pub(crate) fn server_url() -> String {
     std::env::var("STRATA_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string())
 }
 
@@ -22,7 +22,7 @@ async fn admin(url: &str, sql: &str) -> Result<(), String> {
 }
 
 /// The URL of database `name` on the server of `server`.
-pub fn database_url(server: &str, name: &str) -> String {
+pub(crate) fn database_url(server: &str, name: &str) -> String {
     let (host, _) = server
         .rsplit_once('/')
         .expect("STRATA_DATABASE_URL must end in /database");
@@ -31,7 +31,7 @@ pub fn database_url(server: &str, name: &str) -> String {
 
 /// A database of the example's own, dropped when this value is (the end of `main`, or a panic
 /// unwinding it) or when the example is interrupted (Ctrl-C, SIGTERM).
-pub struct ExampleDatabase {
+pub(crate) struct ExampleDatabase {
     server: String,
     name: String,
     url: String,
@@ -43,7 +43,7 @@ static HELD: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 impl ExampleDatabase {
     /// Creates database `name` on the server (dropping a leftover of that name first), or
     /// explains what the example needs and exits.
-    pub async fn create(server: &str, name: &str) -> ExampleDatabase {
+    pub(crate) async fn create(server: &str, name: &str) -> ExampleDatabase {
         drop_database(server, name).await;
         let url = create_database(server, name).await;
         let mut held = HELD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -59,7 +59,7 @@ impl ExampleDatabase {
     }
 
     /// Its URL.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 }

@@ -7,7 +7,7 @@ use strata_workflows::approval;
 
 /// Starts `count` requests from 64 concurrent callers and returns once every one of them is
 /// waiting for its decision: the idle in-flight load of the recovery and memory measurements.
-pub async fn start_waiting_requests(engine: &strata::Engine, count: usize) -> Result<(), strata::EngineError> {
+pub(crate) async fn start_waiting_requests(engine: &strata::Engine, count: usize) -> Result<(), strata::EngineError> {
     let callers: Vec<_> = (0..64)
         .map(|caller| {
             let engine = engine.clone();
