@@ -1,4 +1,6 @@
-//! An order runs through every step of its version, with a signal, a durable sleep and a retry.
+//! An order runs through every step of its version, with a signal, a durable sleep and a retry;
+//! attempts time out, listings filter and page, and an awaited outcome ends at shutdown. All on
+//! sled and on PostgreSQL but the idempotency-key test (its steps record into one static).
 
 mod common;
 
@@ -6,10 +8,16 @@ use common::*;
 use strata::{InstanceStatus, Outcome};
 use strata_workflows::order::{self, Line, OrderOutput, OrderState};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_completes_through_signal_sleep_and_retry() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+on_sled_and_postgres!(
+    an_order_completes_through_signal_sleep_and_retry,
+    an_attempt_that_exceeds_its_timeout_is_retried,
+    instances_are_listed_by_workflow_version_and_status,
+    awaiting_an_outcome_ends_when_the_engine_shuts_down,
+    a_listing_shows_each_instance_once_while_instances_finish,
+);
+
+async fn an_order_completes_through_signal_sleep_and_retry(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let mut input = small_order(1);
     input.lines.push(Line {
         sku: "flaky-lamp".into(),
@@ -80,15 +88,13 @@ async fn slow_first_attempt(ctx: strata::StepCtx, state: &mut u32) -> strata::St
     Ok(strata::Next::complete(*state + ctx.attempt()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_attempt_that_exceeds_its_timeout_is_retried() {
-    let dir = tempfile::tempdir().unwrap();
+async fn an_attempt_that_exceeds_its_timeout_is_retried(backend: Backend) {
     let policy = strata::RetryPolicy::exponential(2, std::time::Duration::from_millis(5))
         .with_attempt_timeout(std::time::Duration::from_millis(50));
     let version = strata::WorkflowVersion::new("hangs", "1.0.0")
         .init(|value: u32| value)
         .step_with_retry("slow_first_attempt", slow_first_attempt, policy);
-    let engine = builder(dir.path()).register(version).open().await.unwrap();
+    let engine = backend.builder().register(version).open().await.unwrap();
     let id = engine.start("hangs", &10u32).await.unwrap();
     assert_eq!(outcome_within(&engine, id).await.output::<u32>().unwrap(), 12);
     let record = engine.instance(id).unwrap().record;
@@ -96,10 +102,8 @@ async fn an_attempt_that_exceeds_its_timeout_is_retried() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_are_listed_by_workflow_version_and_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn instances_are_listed_by_workflow_version_and_status(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let on_1_0 = engine
         .start_with(
             order::WORKFLOW,
@@ -138,10 +142,8 @@ async fn instances_are_listed_by_workflow_version_and_status() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn awaiting_an_outcome_ends_when_the_engine_shuts_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+async fn awaiting_an_outcome_ends_when_the_engine_shuts_down(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let id = engine.start(order::WORKFLOW, &small_order(1)).await.unwrap();
     let waiting = tokio::spawn({
         let engine = engine.clone();
@@ -165,13 +167,12 @@ async fn hop(_ctx: strata::StepCtx, hops: &mut u32) -> strata::StepResult<u32> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listing_shows_each_instance_once_while_instances_finish() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_listing_shows_each_instance_once_while_instances_finish(backend: Backend) {
     let hopper = strata::WorkflowVersion::new("hopper", "1.0.0")
         .init(|hops: u32| hops)
         .step("hop", hop);
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .durability(strata::Durability::Buffered {
             interval: std::time::Duration::from_millis(5),
         })

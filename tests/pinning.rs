@@ -1,6 +1,6 @@
 //! Invariant 1: an instance runs steps only of the version it started on — after a newer version
 //! is registered while it runs, and after a restart with more versions registered. New instances
-//! get the newest version, or the one the caller asks for.
+//! get the newest version, or the one the caller asks for. On sled and on PostgreSQL alike.
 
 mod common;
 
@@ -8,10 +8,14 @@ use common::*;
 use strata::{InstanceStatus, StartOptions};
 use strata_workflows::order::{self, OrderOutput, OrderState, OrderStateV2};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+on_sled_and_postgres!(
+    running_instances_stay_on_their_version_when_a_new_one_is_registered,
+    instances_stay_on_their_version_across_a_restart_with_new_versions,
+    a_caller_can_ask_for_a_version_by_requirement,
+);
+
+async fn running_instances_stay_on_their_version_when_a_new_one_is_registered(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let mut old = Vec::new();
     for n in 0..5 {
         let input = small_order(n);
@@ -51,10 +55,8 @@ async fn running_instances_stay_on_their_version_when_a_new_one_is_registered() 
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_stay_on_their_version_across_a_restart_with_new_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+async fn instances_stay_on_their_version_across_a_restart_with_new_versions(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let mut old = Vec::new();
     for n in 0..4 {
         let input = small_order(n);
@@ -64,7 +66,7 @@ async fn instances_stay_on_their_version_across_a_restart_with_new_versions() {
     }
     engine.shutdown().await;
 
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let engine = with_all(backend.builder()).open().await.unwrap();
     for (id, input) in &old {
         assert_eq!(engine.instance(*id).unwrap().version().to_string(), "1.0.0");
         engine
@@ -90,10 +92,8 @@ async fn instances_stay_on_their_version_across_a_restart_with_new_versions() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_can_ask_for_a_version_by_requirement() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn a_caller_can_ask_for_a_version_by_requirement(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let start = |requirement: &'static str| {
         let engine = engine.clone();
         async move {

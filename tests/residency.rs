@@ -1,6 +1,8 @@
 //! Invariant 3 and residency: a drained version says so exactly when its last instance ends, a
 //! version with live instances cannot be retired, and a store holding live instances of code that
-//! is not registered is refused by name — or parked until the code comes back.
+//! is not registered is refused by name — or parked until the code comes back. The first three run
+//! on sled and on PostgreSQL; the last two are about a store one process opens (on a shared store
+//! such instances wait for a worker with their code: `tests/both_stores.rs`).
 
 mod common;
 
@@ -9,10 +11,14 @@ use strata::registry::RegistryError;
 use strata::{EngineError, Event, InstanceStatus, StartOptions, VersionStatus};
 use strata_workflows::order::{self, OrderOutput};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+on_sled_and_postgres!(
+    a_version_is_drained_exactly_when_its_last_instance_ends,
+    a_version_with_live_instances_cannot_be_retired,
+    draining_an_idle_version_drains_it_at_once,
+);
+
+async fn a_version_is_drained_exactly_when_its_last_instance_ends(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let mut old = Vec::new();
     for n in 0..3 {
         let input = small_order(n);
@@ -71,7 +77,8 @@ async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
     engine.shutdown().await;
 
     // Statuses survive a restart.
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .register(order::v1_0())
         .register(order::v2_0())
         .open()
@@ -86,10 +93,8 @@ async fn a_version_is_drained_exactly_when_its_last_instance_ends() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_with_live_instances_cannot_be_retired() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+async fn a_version_with_live_instances_cannot_be_retired(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let id = engine.start(order::WORKFLOW, &small_order(1)).await.unwrap();
     let error = engine.retire(order::WORKFLOW, "1.0.0").await.unwrap_err();
     assert!(
@@ -116,10 +121,9 @@ async fn a_version_with_live_instances_cannot_be_retired() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn draining_an_idle_version_drains_it_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
+async fn draining_an_idle_version_drains_it_at_once(backend: Backend) {
+    let engine = backend
+        .builder()
         .register(order::v1_0())
         .register(order::v1_1())
         .open()

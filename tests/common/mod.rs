@@ -141,9 +141,38 @@ macro_rules! on_both_stores {
     };
 }
 
+/// Runs each behaviour (an async fn taking a [`Backend`]) as two tests: on the embedded sled store
+/// and on a PostgreSQL database of its own.
+#[macro_export]
+macro_rules! on_sled_and_postgres {
+    ($($behaviour:ident),* $(,)?) => {
+        mod sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour($crate::common::Backend::sled()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour($crate::common::Backend::postgres()).await
+                }
+            )*
+        }
+    };
+}
+
 /// A builder with every workflow version of `strata-workflows` registered.
 pub fn builder_with_all(dir: &Path) -> EngineBuilder {
-    builder(dir)
+    with_all(builder(dir))
+}
+
+/// `builder` with every workflow version of `strata-workflows` registered.
+pub fn with_all(builder: EngineBuilder) -> EngineBuilder {
+    builder
         .register(order::v1_0())
         .register(order::v1_1())
         .register(order::v2_0())
