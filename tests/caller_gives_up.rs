@@ -2,6 +2,9 @@
 //! cancelled task, at any point — never leaves the store and the running engine disagreeing: a
 //! start leaves no trace or a listed, counted, running instance; a signal is delivered in the
 //! running engine or not stored at all.
+//!
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! about a store one process opens, or read its files.
 
 mod common;
 
@@ -16,6 +19,8 @@ use strata::{
     EngineError, InstanceFilter, InstanceId, InstanceStatus, Next, SledStore, StepCtx, StepResult, Store,
     WorkflowVersion,
 };
+
+on_sled_and_postgres!(a_start_whose_caller_gives_up_leaves_no_trace_or_a_listed_counted_instance,);
 
 const WORKFLOW: &str = "waiter";
 
@@ -65,10 +70,8 @@ fn ids(listed: Vec<strata::InstanceInfo>) -> Vec<InstanceId> {
     listed.into_iter().map(|info| info.record.id).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_whose_caller_gives_up_leaves_no_trace_or_a_listed_counted_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(waiter()).open().await.unwrap();
+async fn a_start_whose_caller_gives_up_leaves_no_trace_or_a_listed_counted_instance(backend: Backend) {
+    let engine = backend.builder().register(waiter()).open().await.unwrap();
     let mut drop_points = seeded();
     let mut issued = 0;
     for n in 0..400u64 {
@@ -98,7 +101,7 @@ async fn a_start_whose_caller_gives_up_leaves_no_trace_or_a_listed_counted_insta
     );
     drop(engine);
 
-    let reopened = builder(dir.path()).register(waiter()).open().await.unwrap();
+    let reopened = backend.builder().register(waiter()).open().await.unwrap();
     let recovered = ids(reopened.list(&InstanceFilter::default()).unwrap());
     assert_eq!(
         recovered.len(),

@@ -1,5 +1,8 @@
 //! The engine's clock: with a manual clock, days of workflow time — durable sleeps, signal
 //! timeouts, schedules — pass when the test advances it, with no sleeping.
+//!
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! about a store one process opens, or read its files.
 
 mod common;
 
@@ -11,13 +14,18 @@ use strata::instance::Phase;
 use strata::{Clock, InstanceFilter, InstanceStatus, ManualClock};
 use strata_workflows::{ledger, order};
 
+on_sled_and_postgres!(
+    a_three_day_sleep_and_a_two_day_timeout_pass_when_the_clock_is_advanced,
+    a_schedule_fires_when_the_clock_reaches_its_time,
+    a_huge_duration_is_a_long_wait_never_a_panic_or_an_early_wake,
+);
+
 const DAY: Duration = Duration::from_secs(86_400);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_three_day_sleep_and_a_two_day_timeout_pass_when_the_clock_is_advanced() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_three_day_sleep_and_a_two_day_timeout_pass_when_the_clock_is_advanced(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .clock(clock.clone())
         .register(order::v1_0())
         .open()
@@ -61,11 +69,10 @@ async fn a_three_day_sleep_and_a_two_day_timeout_pass_when_the_clock_is_advanced
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schedule_fires_when_the_clock_reaches_its_time() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_schedule_fires_when_the_clock_reaches_its_time(backend: Backend) {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000)); // a whole hour, UTC
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .clock(clock.clone())
         .register(ledger::v1_0())
         .open()
@@ -146,11 +153,10 @@ fn due(engine: &strata::Engine, id: strata::InstanceId) -> u64 {
         .unwrap_or_else(|| panic!("{id} has no due time: {phase:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_huge_duration_is_a_long_wait_never_a_panic_or_an_early_wake() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_huge_duration_is_a_long_wait_never_a_panic_or_an_early_wake(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .clock(clock.clone())
         .register(patience())
         .open()

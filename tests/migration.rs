@@ -1,6 +1,9 @@
 //! State migration (invariant 6) and moves between versions (invariant 1's recorded upgrade):
 //! lazy migration in the step's commit, background migration with pause, resume and restart,
 //! failing migrations, plans with reasons, moves with exact counters, AutoUpgrade, reverse moves.
+//!
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! about a store one process opens, or read its files.
 
 mod common;
 
@@ -15,6 +18,13 @@ use strata::{
     StateMigration, Version,
 };
 use strata_workflows::order::{self, OrderOutput, OrderState, OrderStateV2, OrderStateV3};
+
+on_sled_and_postgres!(
+    a_failing_or_panicking_migration_leaves_only_that_record_behind,
+    migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open,
+    an_instance_mid_step_is_never_moved,
+    auto_upgrade_moves_instances_to_the_routing_target_or_records_why_not,
+);
 
 fn v(text: &str) -> Version {
     Version::parse(text).unwrap()
@@ -171,10 +181,9 @@ async fn background_migration_pauses_survives_a_restart_and_migrates_each_record
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_or_panicking_migration_leaves_only_that_record_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
+async fn a_failing_or_panicking_migration_leaves_only_that_record_behind(backend: Backend) {
+    let engine = backend
+        .builder()
         .register(tally::on_schema_1("1.0.0"))
         .open()
         .await
@@ -183,7 +192,8 @@ async fn a_failing_or_panicking_migration_leaves_only_that_record_behind() {
     let ids = tally::start_waiting(&engine, counts, StartOptions::new()).await;
     engine.shutdown().await;
 
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .register(tally::on_schema_2("1.0.0"))
         .migration(tally::migration(Arc::new(AtomicU64::new(0))))
         .open()
@@ -226,11 +236,10 @@ async fn a_failing_or_panicking_migration_leaves_only_that_record_behind() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open() {
-    let dir = tempfile::tempdir().unwrap();
+async fn migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open(backend: Backend) {
     let skip = StateMigration::new("tally", 1, 3, |state: TallyV1| Ok(state));
-    let error = builder(dir.path())
+    let error = backend
+        .builder()
         .register(tally::on_schema_1("1.0.0"))
         .migration(skip)
         .open()
@@ -242,7 +251,8 @@ async fn migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open() {
         "{error}"
     );
     let hole = StateMigration::new("tally", 3, 4, |state: TallyV1| Ok(state));
-    let error = builder(dir.path())
+    let error = backend
+        .builder()
         .register(tally::on_schema_1("1.0.0"))
         .migration(tally::migration(Arc::new(AtomicU64::new(0))))
         .migration(hole)
@@ -251,7 +261,8 @@ async fn migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open() {
         .err()
         .unwrap();
     assert!(error.to_string().contains("none from 2 to 3"), "{error}");
-    let twice = builder(dir.path())
+    let twice = backend
+        .builder()
         .register(tally::on_schema_1("1.0.0"))
         .migration(tally::migration(Arc::new(AtomicU64::new(0))))
         .migration(tally::migration(Arc::new(AtomicU64::new(0))))
@@ -435,11 +446,10 @@ async fn instances_move_forward_through_a_renamed_step_and_back_through_an_inver
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_mid_step_is_never_moved() {
-    let dir = tempfile::tempdir().unwrap();
+async fn an_instance_mid_step_is_never_moved(backend: Backend) {
     let calls = Arc::new(AtomicU64::new(0));
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .register(tally::on_schema_1("1.0.0"))
         .register(tally::on_schema_2("2.0.0"))
         .migration(tally::migration(calls.clone()))
@@ -475,11 +485,10 @@ async fn an_instance_mid_step_is_never_moved() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_upgrade_moves_instances_to_the_routing_target_or_records_why_not() {
-    let dir = tempfile::tempdir().unwrap();
+async fn auto_upgrade_moves_instances_to_the_routing_target_or_records_why_not(backend: Backend) {
     let calls = Arc::new(AtomicU64::new(0));
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .register(tally::auto_upgrading("1.0.0"))
         .migration(tally::migration(calls.clone()))
         .open()

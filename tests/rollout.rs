@@ -2,6 +2,9 @@
 //! at the first stage with a sufficient sample, a healthy one promoted through every stage with
 //! the old default draining, a restart mid-stage, too small a sample, operator controls, the
 //! metrics exposition and the event stream. Time is a manual clock, advanced by the tests.
+//!
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! about a store one process opens, or read its files.
 
 mod common;
 
@@ -17,14 +20,29 @@ use strata::{
 };
 use tokio::sync::broadcast;
 
+on_sled_and_postgres!(
+    a_failing_candidate_is_rolled_back_at_the_first_stage_with_enough_sample,
+    a_slower_candidate_is_rolled_back_on_latency,
+    a_healthy_candidate_is_promoted_through_every_stage_and_the_old_default_drains,
+    a_restart_mid_stage_continues_at_that_stage_with_the_hold_already_elapsed,
+    too_small_a_sample_neither_promotes_nor_rolls_back,
+    operators_pause_resume_and_roll_back_and_the_record_keeps_every_transition,
+    metrics_are_exported_in_prometheus_text,
+    subscribers_see_events_in_order_and_a_slow_one_only_lags,
+    a_rollback_can_move_the_candidates_in_flight_instances_back,
+    the_active_rollout_routes_even_when_started_in_the_same_instant_as_a_rollback,
+    impossible_rollouts_are_refused_naming_the_field_and_value_and_nothing_routes,
+);
+
 const HOLD: Duration = Duration::from_secs(600);
 
 fn v(text: &str) -> Version {
     Version::parse(text).unwrap()
 }
 
-async fn open(dir: &std::path::Path, clock: &Arc<ManualClock>, candidate: &str) -> Engine {
-    builder(dir)
+async fn open(backend: &Backend, clock: &Arc<ManualClock>, candidate: &str) -> Engine {
+    backend
+        .builder()
         .clock(clock.clone())
         .register(probe::version("1.0.0"))
         .register(probe::version(candidate))
@@ -73,11 +91,9 @@ fn status(engine: &Engine, name: &str) -> (RolloutStatus, usize) {
     (record.status, record.stage)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_candidate_is_rolled_back_at_the_first_stage_with_enough_sample() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_failing_candidate_is_rolled_back_at_the_first_stage_with_enough_sample(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let engine = open(&backend, &clock, "2.0.0").await;
     let mut events = engine.subscribe();
     let spec = rollout(
         "2.0.0",
@@ -114,11 +130,9 @@ async fn a_failing_candidate_is_rolled_back_at_the_first_stage_with_enough_sampl
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slower_candidate_is_rolled_back_on_latency() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_slower_candidate_is_rolled_back_on_latency(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.2").await;
+    let engine = open(&backend, &clock, "2.0.2").await;
     let gates = Gates {
         max_latency_multiplier: Some(3.0),
         max_error_rate_increase: Some(0.1),
@@ -144,11 +158,9 @@ async fn a_slower_candidate_is_rolled_back_on_latency() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_healthy_candidate_is_promoted_through_every_stage_and_the_old_default_drains() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_healthy_candidate_is_promoted_through_every_stage_and_the_old_default_drains(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.1").await;
+    let engine = open(&backend, &clock, "2.0.1").await;
     // Three instances of the stable version stay live through the rollout.
     let mut waiting = Vec::new();
     for n in 0..3 {
@@ -235,11 +247,9 @@ async fn a_healthy_candidate_is_promoted_through_every_stage_and_the_old_default
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_mid_stage_continues_at_that_stage_with_the_hold_already_elapsed() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_restart_mid_stage_continues_at_that_stage_with_the_hold_already_elapsed(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.1").await;
+    let engine = open(&backend, &clock, "2.0.1").await;
     let spec = RolloutSpec {
         stages: vec![Stage::new(50.0, HOLD, 20), Stage::new(100.0, HOLD, 20)],
         ..rollout("2.0.1", 20, Gates::default())
@@ -255,7 +265,7 @@ async fn a_restart_mid_stage_continues_at_that_stage_with_the_hold_already_elaps
     clock.advance(Duration::from_secs(240));
     engine.shutdown().await;
 
-    let engine = open(dir.path(), &clock, "2.0.1").await;
+    let engine = open(&backend, &clock, "2.0.1").await;
     let record = engine.rollout("probe@2.0.1").unwrap();
     assert_eq!((record.status, record.stage), (RolloutStatus::Running, 1));
     assert_eq!(record.hold_elapsed(clock.now_ms()), Duration::from_secs(240));
@@ -274,11 +284,9 @@ async fn a_restart_mid_stage_continues_at_that_stage_with_the_hold_already_elaps
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_small_a_sample_neither_promotes_nor_rolls_back() {
-    let dir = tempfile::tempdir().unwrap();
+async fn too_small_a_sample_neither_promotes_nor_rolls_back(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let engine = open(&backend, &clock, "2.0.0").await;
     let gates = Gates {
         min_success_rate: Some(0.99),
         ..Gates::default()
@@ -295,11 +303,9 @@ async fn too_small_a_sample_neither_promotes_nor_rolls_back() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operators_pause_resume_and_roll_back_and_the_record_keeps_every_transition() {
-    let dir = tempfile::tempdir().unwrap();
+async fn operators_pause_resume_and_roll_back_and_the_record_keeps_every_transition(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.1").await;
+    let engine = open(&backend, &clock, "2.0.1").await;
     engine
         .start_rollout(rollout("2.0.1", 10, Gates::default()))
         .await
@@ -328,7 +334,7 @@ async fn operators_pause_resume_and_roll_back_and_the_record_keeps_every_transit
     engine.shutdown().await;
 
     // Persisted: the history survives a restart.
-    let engine = open(dir.path(), &clock, "2.0.1").await;
+    let engine = open(&backend, &clock, "2.0.1").await;
     let history: Vec<String> = engine.rollout_history(probe::WORKFLOW)[0]
         .history
         .iter()
@@ -347,11 +353,9 @@ async fn operators_pause_resume_and_roll_back_and_the_record_keeps_every_transit
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_exported_in_prometheus_text() {
-    let dir = tempfile::tempdir().unwrap();
+async fn metrics_are_exported_in_prometheus_text(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let engine = open(&backend, &clock, "2.0.0").await;
     for n in 0..10u64 {
         let options = StartOptions::new().version("=2.0.0");
         let id = engine
@@ -391,10 +395,9 @@ async fn metrics_are_exported_in_prometheus_text() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_see_events_in_order_and_a_slow_one_only_lags() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
+async fn subscribers_see_events_in_order_and_a_slow_one_only_lags(backend: Backend) {
+    let engine = backend
+        .builder()
         .event_capacity(256)
         .register(probe::version("1.0.0"))
         .open()
@@ -446,11 +449,9 @@ async fn subscribers_see_events_in_order_and_a_slow_one_only_lags() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_can_move_the_candidates_in_flight_instances_back() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_rollback_can_move_the_candidates_in_flight_instances_back(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let engine = open(&backend, &clock, "2.0.0").await;
     let spec = RolloutSpec {
         stages: vec![Stage::new(100.0, HOLD, 10)],
         ..rollout("2.0.0", 10, Gates::default())
@@ -478,11 +479,9 @@ async fn a_rollback_can_move_the_candidates_in_flight_instances_back() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_active_rollout_routes_even_when_started_in_the_same_instant_as_a_rollback() {
-    let dir = tempfile::tempdir().unwrap();
+async fn the_active_rollout_routes_even_when_started_in_the_same_instant_as_a_rollback(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now()); // never advanced: every transition is at one instant
-    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let engine = open(&backend, &clock, "2.0.0").await;
     engine.register(probe::version("2.0.1")).unwrap();
     let everything = |candidate: &str| RolloutSpec {
         stages: vec![Stage::new(100.0, HOLD, 10)],
@@ -497,11 +496,9 @@ async fn the_active_rollout_routes_even_when_started_in_the_same_instant_as_a_ro
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn impossible_rollouts_are_refused_naming_the_field_and_value_and_nothing_routes() {
-    let dir = tempfile::tempdir().unwrap();
+async fn impossible_rollouts_are_refused_naming_the_field_and_value_and_nothing_routes(backend: Backend) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open(dir.path(), &clock, "2.0.0").await;
+    let engine = open(&backend, &clock, "2.0.0").await;
     let cases = [
         (
             RolloutSpec::new(probe::WORKFLOW, v("2.0.0"), v("1.0.0")).stage(Stage::new(150.0, HOLD, 1)),

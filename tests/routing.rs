@@ -2,6 +2,9 @@
 //! percentage-based, behind flags — only to versions that can take them; a kill switch or a
 //! drained candidate stops new instances reaching a version from the next start on, while its
 //! in-flight instances keep running.
+//!
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! about a store one process opens, or read its files.
 
 mod common;
 
@@ -9,6 +12,18 @@ use common::*;
 use strata::routing::{bucket, Flag, RolloutRule, RouteReason, RoutingError, RoutingSpec, Segment, WorkflowRouting};
 use strata::{EngineError, InstanceStatus, StartOptions, Version};
 use strata_workflows::order::{self, OrderOutput};
+
+on_sled_and_postgres!(
+    a_percentage_rollout_routes_each_key_by_its_bucket,
+    the_kill_switch_stops_new_instances_at_the_next_start_and_spares_running_ones,
+    segments_pick_whom_a_flag_is_on_for,
+    invalid_rules_change_nothing_and_a_drained_candidate_is_never_chosen,
+    a_rollout_in_the_config_file_starts_once_and_routes_its_share,
+    each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on,
+    the_shipped_example_config_applies,
+    applying_a_config_is_announced_and_so_is_a_rejection,
+    every_applied_config_is_kept_and_any_can_be_restored_also_after_a_restart,
+);
 
 fn rollout(basis_points: u16, flag: Option<Flag>) -> RoutingSpec {
     let rule = RolloutRule {
@@ -35,10 +50,8 @@ async fn version_for(engine: &strata::Engine, key: &str) -> String {
     engine.instance(id).unwrap().version().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_percentage_rollout_routes_each_key_by_its_bucket() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn a_percentage_rollout_routes_each_key_by_its_bucket(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     engine.set_routing(rollout(3_000, None)).unwrap();
     let mut in_rollout = 0;
     for customer in 0..120 {
@@ -76,10 +89,8 @@ async fn a_percentage_rollout_routes_each_key_by_its_bucket() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kill_switch_stops_new_instances_at_the_next_start_and_spares_running_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn the_kill_switch_stops_new_instances_at_the_next_start_and_spares_running_ones(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let flag = |enabled| Flag {
         name: "payment-first".into(),
         enabled,
@@ -104,10 +115,8 @@ async fn the_kill_switch_stops_new_instances_at_the_next_start_and_spares_runnin
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_pick_whom_a_flag_is_on_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn segments_pick_whom_a_flag_is_on_for(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let acme = Segment {
         attribute: "tenant".into(),
         values: vec!["acme".into()],
@@ -134,10 +143,8 @@ async fn segments_pick_whom_a_flag_is_on_for() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_rules_change_nothing_and_a_drained_candidate_is_never_chosen() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn invalid_rules_change_nothing_and_a_drained_candidate_is_never_chosen(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     engine.set_routing(rollout(10_000, None)).unwrap();
     assert_eq!(version_for(&engine, "k").await, "2.0.0");
     let error = engine.set_routing(rollout(10_001, None)).unwrap_err();
@@ -181,10 +188,8 @@ fn unwatched(extra: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_in_the_config_file_starts_once_and_routes_its_share() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn a_rollout_in_the_config_file_starts_once_and_routes_its_share(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let text = watched(
         "2.0.0",
         "[100]",
@@ -230,10 +235,8 @@ percent = 0
 flag = "payment-first"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     engine.drain(order::WORKFLOW, "1.1.0").await.unwrap();
     engine.apply_config("strata.toml", VALID).await.unwrap();
     let rule = |candidate: &str, percent: &str, flag: &str| {
@@ -328,10 +331,8 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_example_config_applies() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn the_shipped_example_config_applies(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/strata.example.toml");
     engine.apply_config_file(example).await.unwrap();
     let start = |tenant: &'static str, region: &'static str| {
@@ -354,10 +355,8 @@ async fn the_shipped_example_config_applies() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn applying_a_config_is_announced_and_so_is_a_rejection() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn applying_a_config_is_announced_and_so_is_a_rejection(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let mut events = engine.subscribe();
     engine.apply_config("strata.toml", VALID).await.unwrap();
     let applied = wait_for_event(&mut events, |event| {
@@ -432,10 +431,8 @@ fn a_key_has_the_same_bucket_in_another_process() {
     assert_eq!(child, here);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_applied_config_is_kept_and_any_can_be_restored_also_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+async fn every_applied_config_is_kept_and_any_can_be_restored_also_after_a_restart(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let all_to = |version: &str| format!("[workflows.order]\ndefault = \"={version}\"\n");
     assert_eq!(engine.apply_config("first.toml", &all_to("1.0.0")).await.unwrap(), 1);
     assert_eq!(engine.apply_config("second.toml", &all_to("2.0.0")).await.unwrap(), 2);
@@ -479,7 +476,7 @@ async fn every_applied_config_is_kept_and_any_can_be_restored_also_after_a_resta
     engine.shutdown().await;
 
     // The last applied config is in force again after a restart, without a config file.
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+    let engine = with_all(backend.builder()).open().await.unwrap();
     assert_eq!(version_for(&engine, "k").await, "1.0.0");
     assert_eq!(engine.config_history().unwrap().len(), 3);
     engine.shutdown().await;

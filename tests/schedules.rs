@@ -1,6 +1,9 @@
 //! Cron schedules from the config file: each fire time starts exactly one instance, also across
 //! SIGKILLs of a real child process; fire times missed during downtime follow the schedule's
 //! policy; editing the schedule takes effect live.
+//!
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! about a store one process opens, or read its files.
 
 mod common;
 
@@ -16,6 +19,12 @@ use strata::instance::{InstanceRecord, ScheduledFire};
 use strata::store::{Op, SledStore, Store};
 use strata::{Engine, Event, InstanceFilter};
 use strata_workflows::ledger;
+
+on_sled_and_postgres!(
+    a_schedule_fires_every_second_and_an_edit_takes_effect_live,
+    a_schedule_for_an_unknown_workflow_or_with_a_bad_expression_is_refused,
+    removing_a_schedule_from_the_file_stops_it,
+);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -96,10 +105,8 @@ async fn missed_fires_are_skipped_fired_once_or_fired_each_up_to_a_bound() {
     assert_eq!(fires, expected, "the latest max_missed = 5 fires, each once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schedule_fires_every_second_and_an_edit_takes_effect_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(ledger::v1_0()).open().await.unwrap();
+async fn a_schedule_fires_every_second_and_an_edit_takes_effect_live(backend: Backend) {
+    let engine = backend.builder().register(ledger::v1_0()).open().await.unwrap();
     let mut events = engine.subscribe();
     engine
         .apply_config("strata.toml", &config("* * * * * *", "fire_each", 1))
@@ -130,10 +137,8 @@ async fn a_schedule_fires_every_second_and_an_edit_takes_effect_live() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schedule_for_an_unknown_workflow_or_with_a_bad_expression_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(ledger::v1_0()).open().await.unwrap();
+async fn a_schedule_for_an_unknown_workflow_or_with_a_bad_expression_is_refused(backend: Backend) {
+    let engine = backend.builder().register(ledger::v1_0()).open().await.unwrap();
     let cases = [
         (
             config("*/5 * * * *", "skip", 1).replace("\"ledger\"", "\"invoice\""),
@@ -256,10 +261,8 @@ fn fires_survive_sigkill_without_loss_or_duplicates() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_a_schedule_from_the_file_stops_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(ledger::v1_0()).open().await.unwrap();
+async fn removing_a_schedule_from_the_file_stops_it(backend: Backend) {
+    let engine = backend.builder().register(ledger::v1_0()).open().await.unwrap();
     let mut events = engine.subscribe();
     engine
         .apply_config("strata.toml", &config("* * * * * *", "fire_each", 1))
