@@ -1,6 +1,8 @@
 //! Invariant 5 with a running engine: an edited config file is picked up and routes by the next
 //! start; an invalid edit, a deleted file and a non-UTF-8 file are rejected and the config in
 //! force stays. The test waits on the engine's events, never on a sleep.
+//!
+//! Every behaviour here runs on sled and on PostgreSQL (the file in a directory of its own).
 
 mod common;
 
@@ -10,6 +12,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use strata::{Event, StartOptions};
 use strata_workflows::order;
+
+on_sled_and_postgres!(
+    a_running_engine_follows_its_config_file_and_keeps_the_last_good_one,
+    a_file_rewritten_in_place_is_applied_once_complete,
+    an_invalid_config_file_at_open_fails_the_open,
+);
 
 fn rollout(percent: u32) -> String {
     format!("[workflows.order]\ndefault = \"=1.0.0\"\n\n[[workflows.order.rollouts]]\ncandidate = \"2.0.0\"\npercent = {percent}\n")
@@ -35,13 +43,12 @@ fn is_config_event(event: &Event) -> bool {
     matches!(event, Event::ConfigApplied { .. } | Event::ConfigRejected { .. })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_engine_follows_its_config_file_and_keeps_the_last_good_one() {
+async fn a_running_engine_follows_its_config_file_and_keeps_the_last_good_one(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("strata.toml");
     save(&config, rollout(0).as_bytes());
     // A long poll interval: the changes below must be seen through change notification.
-    let engine = builder_with_all(&dir.path().join("data")).open().await.unwrap();
+    let engine = with_all(backend.builder()).open().await.unwrap();
     engine
         .watch_config_file(&config, Duration::from_secs(3600))
         .await
@@ -87,12 +94,11 @@ async fn a_running_engine_follows_its_config_file_and_keeps_the_last_good_one() 
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_rewritten_in_place_is_applied_once_complete() {
+async fn a_file_rewritten_in_place_is_applied_once_complete(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("strata.toml");
     save(&config, rollout(0).as_bytes());
-    let engine = builder_with_all(&dir.path().join("data")).open().await.unwrap();
+    let engine = with_all(backend.builder()).open().await.unwrap();
     engine
         .watch_config_file(&config, Duration::from_millis(50))
         .await
@@ -112,25 +118,17 @@ async fn a_file_rewritten_in_place_is_applied_once_complete() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_config_file_at_open_fails_the_open() {
+async fn an_invalid_config_file_at_open_fails_the_open(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("strata.toml");
     save(&config, b"[workflows.order]\ndefault = \"^9\"\n");
-    let result = builder_with_all(&dir.path().join("data"))
-        .config_file(&config)
-        .open()
-        .await;
+    let result = with_all(backend.builder()).config_file(&config).open().await;
     let Err(error) = result else {
         panic!("opened with an invalid config")
     };
     assert!(error.to_string().contains("workflows.order.default"), "{error}");
     save(&config, rollout(100).as_bytes());
-    let engine = builder_with_all(&dir.path().join("data"))
-        .config_file(&config)
-        .open()
-        .await
-        .unwrap();
+    let engine = with_all(backend.builder()).config_file(&config).open().await.unwrap();
     assert_eq!(version_for(&engine, "customer-1").await, "2.0.0");
     engine.shutdown().await;
 }

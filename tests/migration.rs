@@ -2,8 +2,7 @@
 //! lazy migration in the step's commit, background migration with pause, resume and restart,
 //! failing migrations, plans with reasons, moves with exact counters, AutoUpgrade, reverse moves.
 //!
-//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
-//! about a store one process opens, or read its files.
+//! Every behaviour here runs on sled and on PostgreSQL.
 
 mod common;
 
@@ -20,6 +19,10 @@ use strata::{
 use strata_workflows::order::{self, OrderOutput, OrderState, OrderStateV2, OrderStateV3};
 
 on_sled_and_postgres!(
+    a_plan_says_which_instances_can_move_and_applying_it_keeps_counters_exact,
+    instances_move_forward_through_a_renamed_step_and_back_through_an_inverse,
+    a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit,
+    background_migration_pauses_survives_a_restart_and_migrates_each_record_once,
     a_failing_or_panicking_migration_leaves_only_that_record_behind,
     migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open,
     an_instance_mid_step_is_never_moved,
@@ -32,8 +35,13 @@ fn v(text: &str) -> Version {
 
 /// A store in `dir` holding tally 1.0.0 instances with `counts`, their state stored on schema 1,
 /// each waiting for `go`.
-async fn stored_on_schema_1(dir: &std::path::Path, counts: impl IntoIterator<Item = u64>) -> Vec<InstanceId> {
-    let engine = builder(dir).register(tally::on_schema_1("1.0.0")).open().await.unwrap();
+async fn stored_on_schema_1(backend: &Backend, counts: impl IntoIterator<Item = u64>) -> Vec<InstanceId> {
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .open()
+        .await
+        .unwrap();
     let ids = tally::start_waiting(&engine, counts, StartOptions::new()).await;
     engine.shutdown().await;
     ids
@@ -51,14 +59,13 @@ fn live_counts(engine: &Engine, workflow: &str, version: &str) -> (u64, usize) {
     (counted, listed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let ids = stored_on_schema_1(dir.path(), [5, 7]).await;
+async fn a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit(backend: Backend) {
+    let ids = stored_on_schema_1(&backend, [5, 7]).await;
 
     // The next deploy of 1.0.0 reads schema 2; stored states are still schema 1.
     let calls = Arc::new(AtomicU64::new(0));
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .register(tally::on_schema_2("1.0.0"))
         .migration(tally::migration(calls.clone()))
         .open()
@@ -93,15 +100,14 @@ async fn a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_migration_pauses_survives_a_restart_and_migrates_each_record_once() {
-    let dir = tempfile::tempdir().unwrap();
+async fn background_migration_pauses_survives_a_restart_and_migrates_each_record_once(backend: Backend) {
     // Counts clear of the ones the tally migration refuses (13, 666) or holds (999).
-    let ids = stored_on_schema_1(dir.path(), 1_000..1_600).await;
+    let ids = stored_on_schema_1(&backend, 1_000..1_600).await;
 
     let calls = Arc::new(AtomicU64::new(0));
     let open = |calls: Arc<AtomicU64>| {
-        builder(dir.path())
+        backend
+            .builder()
             .register(tally::on_schema_2("1.0.0"))
             .migration(tally::migration(calls))
             .open()
@@ -277,8 +283,9 @@ async fn migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open(backe
 }
 
 /// An engine with order 1.1.0, 2.0.0 and 3.0.0, their migrations and step mappings.
-async fn order_engine(dir: &std::path::Path) -> Engine {
-    let mut builder = builder(dir)
+async fn order_engine(backend: &Backend) -> Engine {
+    let mut builder = backend
+        .builder()
         .register(order::v1_1())
         .register(order::v2_0())
         .register(order::v3_0());
@@ -291,10 +298,8 @@ async fn order_engine(dir: &std::path::Path) -> Engine {
     builder.open().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_says_which_instances_can_move_and_applying_it_keeps_counters_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = order_engine(dir.path()).await;
+async fn a_plan_says_which_instances_can_move_and_applying_it_keeps_counters_exact(backend: Backend) {
+    let engine = order_engine(&backend).await;
     let on_1_1 = || StartOptions::new().version("=1.1.0");
     let mut waiting = Vec::new();
     for n in 0..6 {
@@ -378,10 +383,8 @@ async fn a_plan_says_which_instances_can_move_and_applying_it_keeps_counters_exa
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_move_forward_through_a_renamed_step_and_back_through_an_inverse() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = order_engine(dir.path()).await;
+async fn instances_move_forward_through_a_renamed_step_and_back_through_an_inverse(backend: Backend) {
+    let engine = order_engine(&backend).await;
     let on = |requirement: &str| StartOptions::new().version(requirement);
     let input = small_order(1).with_address("1 Rue Haute, 1000 Bruxelles");
     let forward = engine.start_with(order::WORKFLOW, &input, on("=2.0.0")).await.unwrap();

@@ -2,6 +2,8 @@
 //! background pass removes finished instances once they are due, and a bad value is refused by
 //! name. Exact removal (what is past the period and nothing else, across a restart, on both
 //! stores) is in tests/both_stores.rs.
+//!
+//! On sled and on PostgreSQL.
 
 mod common;
 
@@ -10,13 +12,13 @@ use std::time::Duration;
 use common::tally;
 use common::*;
 use strata::config::ConfigError;
-use strata::{Engine, EngineError, InstanceStatus, StartOptions};
+use strata::{EngineError, InstanceStatus, StartOptions};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_config_files_retention_takes_over_and_the_background_pass_removes_what_is_due() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .data_dir(dir.path())
+on_sled_and_postgres!(the_config_files_retention_takes_over_and_the_background_pass_removes_what_is_due);
+
+async fn the_config_files_retention_takes_over_and_the_background_pass_removes_what_is_due(backend: Backend) {
+    let engine = backend
+        .builder()
         .retention(Duration::ZERO)
         .register(tally::on_schema_1("1.0.0"))
         .open()

@@ -3,7 +3,7 @@
 //! policy; editing the schedule takes effect live.
 //!
 //! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
-//! about a store one process opens, or read its files.
+//! need no store, or open the embedded store's directory themselves.
 
 mod common;
 
