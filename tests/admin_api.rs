@@ -3,6 +3,9 @@
 //! drain and retire (a live version's retirement refused with 409 and what to do), unknown and
 //! malformed versions, Prometheus text, and access: no token, a wrong one, a read-only one on a
 //! change, the admin one; an address other hosts can reach refused without a token.
+//!
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the other two
+//! are about the builder (a token set in either order, tokens refused at open).
 
 mod common;
 
@@ -13,12 +16,30 @@ use common::*;
 use serde_json::Value;
 use strata::{Engine, EngineError, StartOptions};
 
+on_sled_and_postgres!(
+    a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_that_fired,
+    versions_show_residency_live_and_drain_and_retire_answer_what_to_do,
+    tokens_guard_reads_and_changes_and_probes_need_none,
+    an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named,
+    the_bearer_scheme_is_any_case_and_a_401_says_which_scheme,
+    requests_for_a_foreign_host_and_changes_from_another_origin_are_refused,
+    every_error_is_json_and_every_operation_documents_its_errors,
+    every_answer_carries_headers_that_keep_it_from_being_framed_or_sniffed,
+    instances_are_listed_paged_shown_signalled_and_cancelled,
+    the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown,
+    config_in_force_history_with_diffs_checks_and_restores,
+    a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_it_ended,
+    moves_are_planned_then_applied_and_migrations_report_progress,
+    the_openapi_document_describes_every_route_with_its_parameters_and_answers,
+);
+
 const LOOPBACK: &str = "127.0.0.1:0";
 const ADMIN_TOKEN: &str = "admin-secret-0123456789";
 const READ_TOKEN: &str = "read-secret-0123456789";
 
-async fn open(dir: &std::path::Path, tokens: Option<(&str, &str)>) -> Engine {
-    let mut builder = builder(dir)
+async fn open(backend: &Backend, tokens: Option<(&str, &str)>) -> Engine {
+    let mut builder = backend
+        .builder()
         .register(tally::on_schema_1("1.0.0"))
         .admin(LOOPBACK.parse().unwrap());
     if let Some((admin, read)) = tokens {
@@ -28,8 +49,9 @@ async fn open(dir: &std::path::Path, tokens: Option<(&str, &str)>) -> Engine {
 }
 
 /// An engine with `probe` 1.0.0 and 2.0.0 and the admin API on loopback, without tokens.
-async fn open_with_probes(dir: &std::path::Path) -> Engine {
-    builder(dir)
+async fn open_with_probes(backend: &Backend) -> Engine {
+    backend
+        .builder()
         .register(common::probe::version("1.0.0"))
         .register(common::probe::version("2.0.0"))
         .admin(LOOPBACK.parse().unwrap())
@@ -78,10 +100,8 @@ async fn post_text(engine: &Engine, path: &str, body: &str) -> (u16, Value) {
     send(engine, path, Some(("text/plain", body)), None).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), None).await;
+async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do(backend: Backend) {
+    let engine = open(&backend, None).await;
     let health = reqwest::get(url(&engine, "/healthz")).await.unwrap();
     assert_eq!(
         (health.status().as_u16(), health.text().await.unwrap()),
@@ -173,10 +193,8 @@ async fn versions_show_residency_live_and_drain_and_retire_answer_what_to_do() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_guard_reads_and_changes_and_probes_need_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), Some((ADMIN_TOKEN, READ_TOKEN))).await;
+async fn tokens_guard_reads_and_changes_and_probes_need_none(backend: Backend) {
+    let engine = open(&backend, Some((ADMIN_TOKEN, READ_TOKEN))).await;
     let client = reqwest::Client::new();
     let read = |token: Option<&'static str>| {
         let mut request = client.get(url(&engine, "/v1/versions"));
@@ -226,11 +244,9 @@ async fn tokens_guard_reads_and_changes_and_probes_need_none() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named() {
-    let dir = tempfile::tempdir().unwrap();
+async fn an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named(backend: Backend) {
     let everywhere: SocketAddr = "0.0.0.0:0".parse().unwrap();
-    let refused = builder(dir.path()).admin(everywhere).open().await;
+    let refused = backend.builder().admin(everywhere).open().await;
     match refused {
         Err(error @ EngineError::AdminTokenRequired { .. }) => {
             assert!(error.to_string().contains("STRATA_ADMIN_TOKEN"), "{error}")
@@ -238,11 +254,10 @@ async fn an_address_other_hosts_reach_needs_a_token_and_a_taken_port_is_named() 
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("the admin API listened on every interface without a token"),
     }
-    let first_dir = tempfile::tempdir().unwrap();
-    let first = open(first_dir.path(), None).await;
+    let first = open(&backend, None).await;
     let taken = first.admin_address().unwrap();
-    let second_dir = tempfile::tempdir().unwrap();
-    match builder(second_dir.path()).admin(taken).open().await {
+    let elsewhere = Backend::sled();
+    match elsewhere.builder().admin(taken).open().await {
         Err(error @ EngineError::AdminBind { .. }) => assert!(error.to_string().contains(&taken.to_string())),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("two servers on one port"),
@@ -321,10 +336,8 @@ async fn short_tokens_and_tokens_without_an_address_are_refused_at_open() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bearer_scheme_is_any_case_and_a_401_says_which_scheme() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), Some((ADMIN_TOKEN, READ_TOKEN))).await;
+async fn the_bearer_scheme_is_any_case_and_a_401_says_which_scheme(backend: Backend) {
+    let engine = open(&backend, Some((ADMIN_TOKEN, READ_TOKEN))).await;
     let client = reqwest::Client::new();
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let response = client
@@ -348,10 +361,8 @@ async fn the_bearer_scheme_is_any_case_and_a_401_says_which_scheme() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_for_a_foreign_host_and_changes_from_another_origin_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), None).await;
+async fn requests_for_a_foreign_host_and_changes_from_another_origin_are_refused(backend: Backend) {
+    let engine = open(&backend, None).await;
     let id = tally::start_waiting(&engine, [1], StartOptions::new()).await[0];
     let client = reqwest::Client::new();
     let address = engine.admin_address().unwrap();
@@ -421,10 +432,8 @@ async fn requests_for_a_foreign_host_and_changes_from_another_origin_are_refused
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_error_is_json_and_every_operation_documents_its_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), Some((ADMIN_TOKEN, READ_TOKEN))).await;
+async fn every_error_is_json_and_every_operation_documents_its_errors(backend: Backend) {
+    let engine = open(&backend, Some((ADMIN_TOKEN, READ_TOKEN))).await;
     let client = reqwest::Client::new();
     let cases = [
         (
@@ -503,10 +512,8 @@ async fn every_error_is_json_and_every_operation_documents_its_errors() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_answer_carries_headers_that_keep_it_from_being_framed_or_sniffed() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), None).await;
+async fn every_answer_carries_headers_that_keep_it_from_being_framed_or_sniffed(backend: Backend) {
+    let engine = open(&backend, None).await;
     for path in ["/", "/dashboard.js", "/v1/versions", "/healthz", "/v1/nowhere"] {
         let response = reqwest::get(url(&engine, path)).await.unwrap();
         let header = |name: &str| {
@@ -527,10 +534,8 @@ async fn every_answer_carries_headers_that_keep_it_from_being_framed_or_sniffed(
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_are_listed_paged_shown_signalled_and_cancelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), None).await;
+async fn instances_are_listed_paged_shown_signalled_and_cancelled(backend: Backend) {
+    let engine = open(&backend, None).await;
     let ids = tally::start_waiting(&engine, 10..15, StartOptions::new()).await;
 
     let (status, page) = get(&engine, "/v1/instances?workflow=tally&status=waiting_signal&limit=2").await;
@@ -648,10 +653,8 @@ async fn read_until(stream: &mut reqwest::Response, wanted: &str) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), None).await;
+async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown(backend: Backend) {
+    let engine = open(&backend, None).await;
     let mut stream = reqwest::get(url(&engine, "/v1/events")).await.unwrap();
     assert_eq!(stream.status().as_u16(), 200);
     assert!(stream.headers()["content-type"]
@@ -675,10 +678,8 @@ async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown() 
     assert!(rest.is_ok(), "the event stream ended with the engine");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_in_force_history_with_diffs_checks_and_restores() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), None).await;
+async fn config_in_force_history_with_diffs_checks_and_restores(backend: Backend) {
+    let engine = open(&backend, None).await;
     let (status, error) = get(&engine, "/v1/config").await;
     assert_eq!(status, 404, "none applied yet: {error}");
     let first = "[workflows.tally]\ndefault = \"^1\"\n";
@@ -731,10 +732,8 @@ async fn config_in_force_history_with_diffs_checks_and_restores() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_it_ended() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open_with_probes(dir.path()).await;
+async fn a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_it_ended(backend: Backend) {
+    let engine = open_with_probes(&backend).await;
     let stages = r#""stages": [{"percent": 50, "hold_ms": 3600000, "min_finished": 10}]"#;
     let body =
         |rest: &str| format!(r#"{{"workflow": "probe", "candidate": "2.0.0", "stable": "1.0.0", {stages}{rest}}}"#);
@@ -826,11 +825,9 @@ async fn a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_i
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_that_fired() {
+async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_that_fired(backend: Backend) {
     use common::probe::{self, Probe};
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open_with_probes(dir.path()).await;
+    let engine = open_with_probes(&backend).await;
     let rollout = r#"{"workflow": "probe", "candidate": "2.0.0", "stable": "1.0.0",
         "stages": [{"percent": 50, "hold_ms": 3600000, "min_finished": 10},
                    {"percent": 100, "hold_ms": 3600000, "min_finished": 10}],
@@ -917,11 +914,10 @@ async fn a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_tha
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moves_are_planned_then_applied_and_migrations_report_progress() {
-    let dir = tempfile::tempdir().unwrap();
+async fn moves_are_planned_then_applied_and_migrations_report_progress(backend: Backend) {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .register(tally::on_schema_1("1.0.0"))
         .register(tally::on_schema_2("2.0.0"))
         .migration(tally::migration(calls))
@@ -970,10 +966,8 @@ async fn moves_are_planned_then_applied_and_migrations_report_progress() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openapi_document_describes_every_route_with_its_parameters_and_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), None).await;
+async fn the_openapi_document_describes_every_route_with_its_parameters_and_answers(backend: Backend) {
+    let engine = open(&backend, None).await;
     let (status, document) = get(&engine, "/v1/openapi.json").await;
     assert_eq!(status, 200);
     assert!(
