@@ -1,7 +1,10 @@
 //! The behaviours every store must give, run against sled and PostgreSQL alike (modules `sled`
-//! and `postgres`, and PostgreSQL through PgBouncer: `session_pooled`, `transaction_pooled`): pinning, residency and missing code (invariants 1 and 3), durable timers and
-//! signals, state migration (invariant 6), watched rollouts (invariant 7), config history
-//! (invariant 5), moves, and listing finished instances — each across a restart.
+//! and `postgres`, and PostgreSQL through PgBouncer: `session_pooled`, `transaction_pooled`):
+//! pinning, residency and missing code (invariants 1 and 3), durable timers and signals, state
+//! migration (invariant 6), watched rollouts (invariant 7), config history (invariant 5), moves,
+//! and listing finished instances — each across a restart. What a store does at the `Store` seam
+//! alone (the residency rule on one write, compare-and-set writes, ...) is the conformance kit's
+//! (`crates/store/src/conformance.rs`), run by each backend's own tests.
 
 mod common;
 
@@ -39,8 +42,6 @@ on_both_stores!(
     moved_instances_keep_exact_counters_on_both_versions,
     finished_instances_are_listed_and_read_after_a_restart,
     writes_from_an_older_copy_never_undo_newer_ones,
-    a_start_is_refused_when_its_write_leaves_the_version_not_active_whatever_the_order_of_its_ops,
-    the_write_that_ends_a_draining_version_s_last_instance_drains_it_and_alone_reports_it,
     finished_instances_past_the_retention_period_are_removed_and_nothing_else_across_a_restart,
     a_listing_pages_through_live_and_finished_instances_of_one_workflow_in_id_order,
 );
@@ -731,142 +732,6 @@ async fn writes_from_an_older_copy_never_undo_newer_ones(backend: Backend) {
     let engine = reopened.open().await.unwrap();
     assert_eq!(engine.rollout(&name).unwrap().status, RolloutStatus::RolledBack);
     engine.shutdown().await;
-}
-
-/// The residency rule as the store applies it to one write (a group commit merges the ops of
-/// several callers, in any order): a start counts against the status the write leaves its
-/// version in, on every backend alike.
-async fn a_start_is_refused_when_its_write_leaves_the_version_not_active_whatever_the_order_of_its_ops(
-    backend: Backend,
-) {
-    use strata::store::{CounterDelta, Op};
-    let key = |version: &str| strata::VersionKey::new("w", v(version));
-    let start = |version: &str| Op::AdjustCounters {
-        key: key(version),
-        delta: CounterDelta {
-            started: 1,
-            live: 1,
-            ..CounterDelta::default()
-        },
-    };
-    let set = |version: &str, status| Op::PutVersionStatus {
-        key: key(version),
-        status,
-    };
-    let store = backend.store();
-    store.apply(&[start("1.0.0")]).unwrap();
-    for ops in [
-        [start("1.0.0"), set("1.0.0", VersionStatus::Draining)],
-        [set("1.0.0", VersionStatus::Draining), start("1.0.0")],
-    ] {
-        let refused = store.apply(&ops);
-        assert!(
-            matches!(
-                refused,
-                Err(strata::StoreError::VersionNotAccepting {
-                    status: VersionStatus::Draining,
-                    ..
-                })
-            ),
-            "{ops:?}: {refused:?}"
-        );
-    }
-    let stored = |version: &str| {
-        store
-            .versions()
-            .unwrap()
-            .into_iter()
-            .find(|stored| stored.key == key(version))
-            .unwrap()
-    };
-    assert_eq!(
-        (stored("1.0.0").status, stored("1.0.0").counters.started),
-        (None, 1),
-        "a refused write changed nothing"
-    );
-    // Drained, then made active again and started on in one write: the write leaves it Active.
-    store.apply(&[set("2.0.0", VersionStatus::Draining)]).unwrap();
-    assert_eq!(stored("2.0.0").status, Some(VersionStatus::Drained));
-    for ops in [
-        [start("2.0.0"), set("2.0.0", VersionStatus::Active)],
-        [
-            set("2.0.0", VersionStatus::Draining),
-            set("2.0.0", VersionStatus::Active),
-        ],
-    ] {
-        store.apply(&ops).unwrap();
-    }
-    let after = stored("2.0.0");
-    assert_eq!(
-        (after.status, after.counters.started, after.counters.live),
-        (Some(VersionStatus::Active), 1, 1)
-    );
-}
-
-/// The rest of the residency rule at the store seam: retiring needs no live instance, a write
-/// that ends the last instance of a draining version drains it and is the only one to report it,
-/// a retired version stays retired, and every status write counts once in `status_changes`.
-async fn the_write_that_ends_a_draining_version_s_last_instance_drains_it_and_alone_reports_it(backend: Backend) {
-    use strata::store::{CounterDelta, Op};
-    let key = strata::VersionKey::new("w", v("1.0.0"));
-    let counters = |started, live, completed| Op::AdjustCounters {
-        key: key.clone(),
-        delta: CounterDelta {
-            started,
-            live,
-            completed,
-            ..CounterDelta::default()
-        },
-    };
-    let set = |status| Op::PutVersionStatus {
-        key: key.clone(),
-        status,
-    };
-    let store = backend.store();
-    let stored = || {
-        store
-            .versions()
-            .unwrap()
-            .into_iter()
-            .find(|stored| stored.key == key)
-            .unwrap()
-    };
-    store.apply(&[counters(2, 2, 0)]).unwrap();
-    let refused = store.apply(&[set(VersionStatus::Retired)]);
-    assert!(
-        matches!(refused, Err(strata::StoreError::LiveInstances { live: 2, .. })),
-        "{refused:?}"
-    );
-    let draining = store.apply(&[set(VersionStatus::Draining)]).unwrap();
-    assert!(draining.drained.is_empty(), "two instances still live");
-    assert_eq!(
-        (stored().status, stored().status_changes),
-        (Some(VersionStatus::Draining), 1)
-    );
-    let first = store.apply(&[counters(0, -1, 1)]).unwrap();
-    assert!(first.drained.is_empty(), "one instance still live");
-    let last = store.apply(&[counters(0, -1, 1)]).unwrap();
-    assert_eq!(
-        last.drained,
-        vec![key.clone()],
-        "the write that ends the last instance drains it"
-    );
-    assert_eq!(
-        (stored().status, stored().status_changes, stored().counters.live),
-        (Some(VersionStatus::Drained), 2, 0)
-    );
-    let later = store.apply(&[counters(0, 0, 0)]).unwrap();
-    assert!(later.drained.is_empty(), "reported once");
-    store.apply(&[set(VersionStatus::Retired)]).unwrap();
-    let refused = store.apply(&[set(VersionStatus::Active)]);
-    assert!(
-        matches!(refused, Err(strata::StoreError::VersionRetired { .. })),
-        "{refused:?}"
-    );
-    assert_eq!(
-        (stored().status, stored().status_changes),
-        (Some(VersionStatus::Retired), 3)
-    );
 }
 
 async fn finished_instances_past_the_retention_period_are_removed_and_nothing_else_across_a_restart(backend: Backend) {

@@ -26,6 +26,28 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// Waits until the driver on `port` is ready (`true`), or has exited (`false`).
+    async fn ready(http: &reqwest::Client, base: &str, driver: &mut std::process::Child, port: u16) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if driver.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if let Ok(answer) = http.get(format!("{base}/status")).send().await {
+                let status: Value = answer.json().await.unwrap_or_default();
+                if status["value"]["ready"] == true {
+                    // Ready, and still ours: a driver that failed to bind has exited by now.
+                    return driver.try_wait().ok().flatten().is_none();
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ChromeDriver did not become ready on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts ChromeDriver on a free loopback port and opens a headless session.
     pub async fn start() -> Browser {
         for (what, path, package) in [
@@ -39,36 +61,34 @@ impl Browser {
                  STRATA_CHROMIUM / STRATA_CHROMEDRIVER at them (missing package: {package})"
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free loopback port");
-        // In a process group of its own, so that dropping the session ends the Chromium it
-        // started too (killing the driver alone leaves Chromium running).
-        let driver = Command::new(chromedriver())
-            .process_group(0)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ChromeDriver starts");
         let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = http.get(format!("{base}/status")).send().await;
-            if let Ok(answer) = ready {
-                let status: Value = answer.json().await.unwrap_or_default();
-                if status["value"]["ready"] == true {
-                    break;
-                }
+        // A free port is only free until someone takes it: a driver that exits while this waits
+        // for it (its port taken meanwhile, by a driver another test started) is started again on
+        // another port, so that no test ever talks to another test's driver.
+        // One start at a time in this process: a port picked while another driver is listening is
+        // never that driver's.
+        static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let starting = STARTING.lock().await;
+        let (driver, base) = loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map(|address| address.port())
+                .expect("a free loopback port");
+            // In a process group of its own, so that dropping the session ends the Chromium it
+            // started too (killing the driver alone leaves Chromium running).
+            let mut driver = Command::new(chromedriver())
+                .process_group(0)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("ChromeDriver starts");
+            let base = format!("http://127.0.0.1:{port}");
+            if Self::ready(&http, &base, &mut driver, port).await {
+                break (driver, base);
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "ChromeDriver did not become ready on port {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        drop(starting);
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {

@@ -106,22 +106,7 @@ impl Backend {
 #[macro_export]
 macro_rules! on_both_stores {
     ($($behaviour:ident),* $(,)?) => {
-        mod sled {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    super::$behaviour($crate::common::Backend::sled()).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    super::$behaviour($crate::common::Backend::postgres()).await
-                }
-            )*
-        }
+        $crate::on_sled_and_postgres!($($behaviour),*);
         mod session_pooled {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
