@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde::{Deserialize, Serialize};
 use strata::instance::{InstanceRecord, PersistedWake, Phase, StateEnvelope, RECORD_FORMAT};
-use strata::store::{CounterDelta, Op};
 use strata::{
     Durability, Engine, InstanceId, MigrationJob, MoveRequest, Next, SledStore, StateMigration, StepCtx, StepResult,
     Store, Version, VersionKey, WorkflowVersion,
 };
+use strata_store::{CounterDelta, Op};
 
 const WORKFLOW: &str = "meter";
 

@@ -11,14 +11,12 @@ use std::time::Duration;
 use common::*;
 use strata::instance::{InstanceRecord, StateEnvelope};
 use strata::registry::RegistryError;
-use strata::store::{
-    Applied, AppliedConfig, CorruptRecord, IdKind, Op, RecoveredState, SledStore, Store, StoreError, StoreStats,
-    StoredVersion,
-};
+use strata::store::{AppliedConfig, CorruptRecord, SledStore, Store, StoreError, StoreStats};
 use strata::{
     Engine, EngineError, Event, InstanceId, InstanceStatus, Next, RetryPolicy, StartOptions, StepCtx, StepResult,
     WorkflowVersion,
 };
+use strata_store::{Applied, IdKind, Op, RecoveredState, StoredVersion};
 use strata_workflows::order::{self, OrderOutput};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +283,7 @@ impl Store for FailingStore {
     }
     fn finished_instances(
         &self,
-        scope: &strata::store::FinishedScope,
+        scope: &strata_store::FinishedScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -306,7 +304,7 @@ impl Store for FailingStore {
     fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.inner.schedule_fires()
     }
-    fn migration_jobs(&self) -> Result<Vec<strata::store::MigrationJobRecord>, StoreError> {
+    fn migration_jobs(&self) -> Result<Vec<strata_store::MigrationJobRecord>, StoreError> {
         self.inner.migration_jobs()
     }
     fn rollouts(&self) -> Result<Vec<strata::rollout::RolloutRecord>, StoreError> {

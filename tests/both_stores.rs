@@ -697,7 +697,7 @@ async fn writes_from_an_older_copy_never_undo_newer_ones(backend: Backend) {
     engine.shutdown().await;
     let store = backend.store();
     // The rollout as it was before the rollback, written again: refused, the rollback stays.
-    let stale = store.apply(&[strata::store::Op::PutRollout(Box::new(started))]);
+    let stale = store.apply(&[strata_store::Op::PutRollout(Box::new(started))]);
     assert!(
         matches!(stale, Err(strata::StoreError::RolloutChanged { .. })),
         "{stale:?}"
@@ -705,13 +705,13 @@ async fn writes_from_an_older_copy_never_undo_newer_ones(backend: Backend) {
     // A config generation that exists, written again: refused.
     let mut taken = store.config_history().unwrap().pop().unwrap();
     taken.text = "# another text".to_string();
-    let again = store.apply(&[strata::store::Op::PutConfig(taken)]);
+    let again = store.apply(&[strata_store::Op::PutConfig(taken)]);
     assert!(
         matches!(again, Err(strata::StoreError::ConfigTaken { generation: 1 })),
         "{again:?}"
     );
     // A schedule's fire, handled again or rewound: refused.
-    let fire = |fire_ms| strata::store::Op::PutScheduleFire {
+    let fire = |fire_ms| strata_store::Op::PutScheduleFire {
         schedule: "nightly".into(),
         fire_ms,
     };

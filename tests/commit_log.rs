@@ -18,8 +18,9 @@ mod common;
 use std::sync::Arc;
 
 use common::probe::{self, Probe};
-use strata::store::{Op, SledStore, Store, StoreError};
+use strata::store::{SledStore, Store, StoreError};
 use strata::{Durability, Engine, InstanceId, InstanceStatus, Outcome};
+use strata_store::Op;
 
 const CHILD_DIR: &str = "STRATA_COMMIT_LOG_CHILD_DIR";
 const TREE_COPY_DIR: &str = "STRATA_COMMIT_LOG_TREE_COPY_DIR";

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use strata::instance::{InstanceRecord, Phase};
-use strata::store::{SledStore, Store, VersionCounters};
+use strata::store::{SledStore, Store};
 use strata::{InstanceFilter, InstanceId, Outcome, VersionKey};
+use strata_store::VersionCounters;
 use strata_workflows::ledger::{LedgerInput, LedgerState};
 use strata_workflows::onboarding::{OnboardingInput, OnboardingOutput, OnboardingState};
 use strata_workflows::order::{OrderOutput, OrderState};

@@ -12,8 +12,9 @@ mod common;
 
 use std::path::Path;
 
-use strata::store::{Op, SledStore, Store};
+use strata::store::{SledStore, Store};
 use strata::{Engine, EngineError, StoreError};
+use strata_store::Op;
 
 const CHILD_DIR: &str = "STRATA_DAMAGED_CHILD_DIR";
 const RECORDS: u64 = 3_000;

@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use strata::instance::Phase;
-use strata::store::{FinishedScope, SledStore, Store};
+use strata::store::{SledStore, Store};
 use strata::{
     Durability, Engine, EngineError, InstanceId, InstanceStatus, ManualClock, Next, StepCtx, StepResult, StoreError,
     WorkflowVersion,
 };
+use strata_store::FinishedScope;
 
 const CHILD_DIR: &str = "STRATA_DISK_FULL_CHILD_DIR";
 const LIMITED_CHILD_DIR: &str = "STRATA_FILE_LIMIT_CHILD_DIR";

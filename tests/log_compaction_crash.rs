@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use strata::store::{Op, SledStore, Store};
+use strata::store::{SledStore, Store};
+use strata_store::Op;
 
 const CHILD_DIR: &str = "STRATA_LOG_COMPACTION_CHILD_DIR";
 const KEYS: u64 = 20;

@@ -1,5 +1,5 @@
 //! Stores written by an older Strata: a store in record format 1 (a fixture kept in the
-//! repository, written by the frozen format-1 encoder in `strata::store::sled_format1`) opens,
+//! repository, written by the frozen format-1 encoder in `strata_store_sled::format1`) opens,
 //! its records are read as they are, instances run on, and records are rewritten in the current
 //! format incrementally — by their next commit, or by a background migration.
 
@@ -11,8 +11,8 @@ use common::*;
 use serde_bytes::ByteBuf;
 use strata::instance::{PersistedWake, Phase, StateEnvelope, RECORD_FORMAT};
 use strata::registry::VersionStatus;
-use strata::store::sled_format1::{CountersV1, Format1Contents, InstanceRecordV1, SignalRecordV1};
 use strata::{InstanceId, InstanceStatus, MigrationJob, Version, VersionKey};
+use strata_store_sled::format1::{CountersV1, Format1Contents, InstanceRecordV1, SignalRecordV1};
 use strata_workflows::order::{self, OrderInput, OrderOutput, OrderState, Payment};
 
 const T0: u64 = 1_700_000_000_000;

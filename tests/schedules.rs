@@ -16,8 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use rand::{Rng, SeedableRng};
 use strata::instance::{InstanceRecord, ScheduledFire};
-use strata::store::{Op, SledStore, Store};
+use strata::store::{SledStore, Store};
 use strata::{Engine, Event, InstanceFilter};
+use strata_store::Op;
 use strata_workflows::ledger;
 
 on_sled_and_postgres!(

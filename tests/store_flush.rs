@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata::store::{Op, SledStore, Store};
+use strata::store::{SledStore, Store};
+use strata_store::Op;
 
 fn fire(fire_ms: u64) -> Op {
     Op::PutScheduleFire {

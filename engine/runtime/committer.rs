@@ -323,7 +323,7 @@ mod tests {
         fail_sync: std::sync::atomic::AtomicBool,
         gate: (Mutex<bool>, parking_lot::Condvar),
         syncs_entered: AtomicUsize,
-        cluster: crate::store::SoloCluster,
+        cluster: strata_store::SoloCluster,
     }
 
     fn poisoned_op(op: &Op) -> bool {
@@ -430,7 +430,7 @@ mod tests {
         fn schedule_fires(&self) -> Result<Vec<(String, u64)>, StoreError> {
             Ok(Vec::new())
         }
-        fn migration_jobs(&self) -> Result<Vec<crate::store::MigrationJobRecord>, StoreError> {
+        fn migration_jobs(&self) -> Result<Vec<strata_store::MigrationJobRecord>, StoreError> {
             Ok(Vec::new())
         }
         fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError> {
