@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use strata_admin_model::{InstanceDetail, InstancePage, VersionView};
+
 use crate::args::{Command, ConfigCommand, InstancesCommand, MigrateCommand, MoveArgs, RolloutCommand, VersionsArgs};
 use crate::client::AdminClient;
 use crate::error::CliError;
@@ -106,11 +108,25 @@ fn shown(value: &Value) -> String {
     }
 }
 
+/// An answer of the admin API read as the view `T` it documents (`strata-admin-model`).
+fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T, CliError> {
+    T::deserialize(answer).map_err(|error| {
+        CliError::Unreachable(format!(
+            "the admin API answered with {what} this strata does not read ({error}); use a strata CLI of the engine's release"
+        ))
+    })
+}
+
 /// Milliseconds since the Unix epoch as an age (`3m 20s ago`).
 fn age(ms: &Value) -> String {
-    let Some(ms) = ms.as_u64() else {
-        return "-".to_string();
-    };
+    match ms.as_u64() {
+        Some(ms) => age_of(ms),
+        None => "-".to_string(),
+    }
+}
+
+/// Milliseconds since the Unix epoch as an age (`3m 20s ago`).
+fn age_of(ms: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64);
@@ -123,37 +139,29 @@ fn age(ms: &Value) -> String {
     }
 }
 
-fn version_rows(versions: &[Value]) -> Vec<Vec<String>> {
+fn version_rows(versions: &[VersionView]) -> Vec<Vec<String>> {
     versions
         .iter()
         .map(|version| {
-            let workers = version["workers"].as_array().map_or(0, Vec::len);
-            let live = version["live"].as_u64().unwrap_or(0);
-            let workers = if workers == 0 && live > 0 {
+            let workers = if version.workers.is_empty() && version.live > 0 {
                 "none: its instances wait".to_string()
             } else {
-                workers.to_string()
+                version.workers.len().to_string()
             };
             vec![
-                shown(&version["workflow"]),
-                shown(&version["version"]),
-                shown(&version["status"]),
-                shown(&version["live"]),
-                shown(&version["started"]),
-                shown(&version["completed"]),
-                shown(&version["failed"]),
-                shown(&version["cancelled"]),
-                version["oldest_live"]
-                    .get("started_at_ms")
-                    .map_or("-".to_string(), |started| {
-                        format!("{} ({})", shown(&version["oldest_live"]["id"]), age(started))
-                    }),
+                version.workflow.clone(),
+                version.version.clone(),
+                version.status.clone(),
+                version.live.to_string(),
+                version.started.to_string(),
+                version.completed.to_string(),
+                version.failed.to_string(),
+                version.cancelled.to_string(),
+                version.oldest_live.as_ref().map_or("-".to_string(), |oldest| {
+                    format!("{} ({})", oldest.id, age_of(oldest.started_at_ms))
+                }),
                 workers,
-                if version["safe_to_remove"].as_bool() == Some(true) {
-                    "yes".to_string()
-                } else {
-                    "no".to_string()
-                },
+                if version.safe_to_remove { "yes" } else { "no" }.to_string(),
             ]
         })
         .collect()
@@ -166,16 +174,17 @@ fn versions(client: &AdminClient, out: &Output, args: VersionsArgs) -> Result<()
             let began = Instant::now();
             loop {
                 let answer = client.get(&path)?;
-                let drained = answer["safe_to_remove"].as_bool() == Some(true);
+                let version: VersionView = typed(&answer, "a version")?;
+                let drained = version.safe_to_remove;
                 let timed_out = args
                     .timeout
                     .is_some_and(|limit| began.elapsed() >= Duration::from_secs(limit));
                 if !args.drained || drained || !args.wait || timed_out {
                     out.show(&answer, || {
                         if args.drained {
-                            drain_sentence(&answer, drained)
+                            drain_sentence(&version)
                         } else {
-                            table::render(&VERSION_HEADERS, &version_rows(std::slice::from_ref(&answer)))
+                            table::render(&VERSION_HEADERS, &version_rows(std::slice::from_ref(&version)))
                         }
                     });
                     if args.drained && !drained {
@@ -192,7 +201,7 @@ fn versions(client: &AdminClient, out: &Output, args: VersionsArgs) -> Result<()
                 None => "/v1/versions".to_string(),
             };
             let answer = client.get(&path)?;
-            let listed = answer.as_array().cloned().unwrap_or_default();
+            let listed: Vec<VersionView> = typed(&answer, "a version list")?;
             if let Some(workflow) = workflow {
                 if listed.is_empty() {
                     return Err(CliError::Refused {
@@ -221,18 +230,17 @@ const VERSION_HEADERS: [&str; 11] = [
     "SAFE TO REMOVE",
 ];
 
-fn drain_sentence(version: &Value, drained: bool) -> String {
-    let name = format!("{} {}", shown(&version["workflow"]), shown(&version["version"]));
-    if drained {
+fn drain_sentence(version: &VersionView) -> String {
+    let name = format!("{} {}", version.workflow, version.version);
+    if version.safe_to_remove {
         format!(
             "{name}: {}, no live instance: its code is safe to remove",
-            shown(&version["status"])
+            version.status
         )
     } else {
         format!(
             "{name}: {}, {} live instance(s): not safe to remove yet",
-            shown(&version["status"]),
-            shown(&version["live"])
+            version.status, version.live
         )
     }
 }
@@ -248,18 +256,14 @@ fn version_action(
         &format!("/v1/versions/{}/{}/{action}", segment(workflow), segment(version)),
         None,
     )?;
+    let changed: VersionView = typed(&answer, "a version")?;
     out.show(&answer, || {
-        format!(
-            "{workflow} {version}: {} ({} live)",
-            shown(&answer["status"]),
-            shown(&answer["live"])
-        )
+        format!("{workflow} {version}: {} ({} live)", changed.status, changed.live)
     });
     if action == "drain" {
         let versions = client.get(&format!("/v1/versions?workflow={}", segment(workflow)))?;
-        let accepting = versions
-            .as_array()
-            .is_some_and(|versions| versions.iter().any(|info| info["accepts_starts"] == true));
+        let versions: Vec<VersionView> = typed(&versions, "a version list")?;
+        let accepting = versions.iter().any(|info| info.accepts_starts);
         if !accepting {
             eprintln!(
                 "strata: warning: no version of {workflow} takes new instances now; every start of it fails until a new version is registered or `strata activate {workflow} {version}` undoes this drain"
@@ -291,22 +295,27 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
                     query.push(format!("after={after}"));
                 }
                 let page = client.get(&format!("/v1/instances?{}", query.join("&")))?;
-                listed.extend(page["instances"].as_array().cloned().unwrap_or_default());
-                after = page["next"].as_u64();
+                let page: InstancePage = typed(&page, "a page of instances")?;
+                listed.extend(page.instances);
+                after = page.next;
                 if !all || after.is_none() {
-                    let answer = json!({ "instances": listed, "next": after });
+                    let answer = serde_json::to_value(InstancePage {
+                        instances: listed.clone(),
+                        next: after,
+                    })
+                    .unwrap_or_default();
                     out.show(&answer, || {
                         let rows: Vec<Vec<String>> = listed
                             .iter()
                             .map(|instance| {
                                 vec![
-                                    shown(&instance["id"]),
-                                    shown(&instance["workflow"]),
-                                    shown(&instance["version"]),
-                                    shown(&instance["status"]),
-                                    shown(&instance["step"]),
-                                    age(&instance["started_at_ms"]),
-                                    age(&instance["updated_at_ms"]),
+                                    instance.id.to_string(),
+                                    instance.workflow.clone(),
+                                    instance.version.clone(),
+                                    instance.status.clone(),
+                                    instance.step.clone(),
+                                    age_of(instance.started_at_ms),
+                                    age_of(instance.updated_at_ms),
                                 ]
                             })
                             .collect();
@@ -325,30 +334,24 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
         }
         InstancesCommand::Show { id } => {
             let answer = client.get(&format!("/v1/instances/{id}"))?;
+            let instance: InstanceDetail = typed(&answer, "an instance")?;
             out.show(&answer, || {
+                let summary = &instance.summary;
                 let mut lines = vec![
-                    format!(
-                        "instance {id}: {} {}",
-                        shown(&answer["workflow"]),
-                        shown(&answer["version"])
-                    ),
-                    format!("status:   {}", shown(&answer["status"])),
-                    format!(
-                        "step:     {} (attempt {})",
-                        shown(&answer["step"]),
-                        shown(&answer["attempt"])
-                    ),
-                    format!("phase:    {}", answer["phase"]),
-                    format!("started:  {}", age(&answer["started_at_ms"])),
-                    format!("updated:  {}", age(&answer["updated_at_ms"])),
+                    format!("instance {id}: {} {}", summary.workflow, summary.version),
+                    format!("status:   {}", summary.status),
+                    format!("step:     {} (attempt {})", summary.step, instance.attempt),
+                    format!("phase:    {}", instance.phase),
+                    format!("started:  {}", age_of(summary.started_at_ms)),
+                    format!("updated:  {}", age_of(summary.updated_at_ms)),
                 ];
-                if !answer["last_error"].is_null() {
-                    lines.push(format!("last error: {}", shown(&answer["last_error"])));
+                if let Some(error) = &instance.last_error {
+                    lines.push(format!("last error: {error}"));
                 }
                 lines.push(format!(
                     "state (schema {}):\n{}",
-                    shown(&answer["state_schema"]),
-                    serde_json::to_string_pretty(&answer["state"]).unwrap_or_default()
+                    instance.state_schema,
+                    serde_json::to_string_pretty(&instance.state).unwrap_or_default()
                 ));
                 lines.join("\n")
             });
@@ -834,5 +837,28 @@ mod tests {
     fn path_segments_are_percent_encoded() {
         assert_eq!(segment("order@2.0.0"), "order@2.0.0");
         assert_eq!(segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn an_answer_off_the_model_is_an_error_that_names_what_was_read_and_what_to_do() {
+        let version = serde_json::json!({
+            "workflow": "order", "version": "1.0.0", "status": "active", "registered": true,
+            "accepts_starts": true, "live": 2, "started": 3, "completed": 1, "failed": 0,
+            "cancelled": 0, "moved_in": 0, "moved_out": 0, "oldest_live": {"id": 7, "started_at_ms": 0},
+            "safe_to_remove": false, "workers": ["local"],
+        });
+        let read: VersionView = typed(&version, "a version").unwrap();
+        assert_eq!((read.live, read.oldest_live.map(|oldest| oldest.id)), (2, Some(7)));
+        let mut renamed = version;
+        renamed["live_count"] = renamed["live"].take();
+        renamed.as_object_mut().unwrap().remove("live");
+        let Err(CliError::Unreachable(message)) = typed::<VersionView>(&renamed, "a version") else {
+            panic!("an answer without `live` was read");
+        };
+        assert!(
+            message.contains("a version") && message.contains("missing field `live`"),
+            "{message}"
+        );
+        assert!(message.contains("strata CLI of the engine's release"), "{message}");
     }
 }

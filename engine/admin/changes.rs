@@ -77,7 +77,7 @@ impl CheckView {
 /// `POST /v1/moves/plan`: which selected instances can move, and why the others cannot;
 /// nothing changes.
 #[utoipa::path(post, path = "/v1/moves/plan", tag = "moves and migrations", request_body = MoveBody,
-    responses((status = 200, body = PlanView), (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
+    responses((status = 200, body = PlanView), (status = 400, body = strata_admin_model::ErrorView), (status = 404, body = strata_admin_model::ErrorView)))]
 pub(super) async fn plan(
     State(engine): State<Engine>,
     body: Result<Json<MoveBody>, JsonRejection>,
@@ -111,7 +111,7 @@ pub(super) struct MoveReportView {
 
 /// `POST /v1/moves`: moves the instances that can move, at their step boundaries.
 #[utoipa::path(post, path = "/v1/moves", tag = "moves and migrations", request_body = MoveBody,
-    responses((status = 200, body = MoveReportView), (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
+    responses((status = 200, body = MoveReportView), (status = 400, body = strata_admin_model::ErrorView), (status = 404, body = strata_admin_model::ErrorView)))]
 pub(super) async fn apply(
     State(engine): State<Engine>,
     body: Result<Json<MoveBody>, JsonRejection>,
@@ -170,7 +170,7 @@ impl ProgressView {
 /// answers the one that runs).
 #[utoipa::path(post, path = "/v1/migrations", tag = "moves and migrations", request_body = MigrationBody,
     responses((status = 200, description = "The job's progress (the running one's, if one runs)", body = ProgressView),
-        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView)))]
+        (status = 400, body = strata_admin_model::ErrorView), (status = 404, body = strata_admin_model::ErrorView)))]
 pub(super) async fn start_migration(
     State(engine): State<Engine>,
     body: Result<Json<MigrationBody>, JsonRejection>,
@@ -207,7 +207,7 @@ fn handle(engine: &Engine, workflow: &str) -> Result<crate::migrate::MigrationHa
 
 /// `GET /v1/migrations/{workflow}`: the job's progress.
 #[utoipa::path(get, path = "/v1/migrations/{workflow}", tag = "moves and migrations", params(("workflow" = String, Path)),
-    responses((status = 200, body = ProgressView), (status = 404, description = "No job since this engine opened", body = super::views::ErrorView)))]
+    responses((status = 200, body = ProgressView), (status = 404, description = "No job since this engine opened", body = strata_admin_model::ErrorView)))]
 pub(super) async fn progress(
     State(engine): State<Engine>,
     Path(workflow): Path<String>,
@@ -218,8 +218,8 @@ pub(super) async fn progress(
 /// `POST /v1/migrations/{workflow}/{action}`: `pause` or `resume`.
 #[utoipa::path(post, path = "/v1/migrations/{workflow}/{action}", tag = "moves and migrations",
     params(("workflow" = String, Path), ("action" = inline(MigrationAction), Path)),
-    responses((status = 200, body = ProgressView), (status = 400, body = super::views::ErrorView),
-        (status = 404, body = super::views::ErrorView)))]
+    responses((status = 200, body = ProgressView), (status = 400, body = strata_admin_model::ErrorView),
+        (status = 404, body = strata_admin_model::ErrorView)))]
 pub(super) async fn control(
     State(engine): State<Engine>,
     Path((workflow, action)): Path<(String, MigrationAction)>,

@@ -25,7 +25,7 @@ pub(super) struct GenerationView {
 
 /// `GET /v1/config`: the generation in force (the newest applied).
 #[utoipa::path(get, path = "/v1/config", tag = "config",
-    responses((status = 200, body = GenerationView), (status = 404, description = "No config applied yet", body = super::views::ErrorView)))]
+    responses((status = 200, body = GenerationView), (status = 404, description = "No config applied yet", body = strata_admin_model::ErrorView)))]
 pub(super) async fn in_force(State(engine): State<Engine>) -> Result<Json<GenerationView>, ApiError> {
     let history = blocking_read(engine, |engine| engine.config_history()).await??;
     let views = with_diffs(history);
@@ -71,7 +71,7 @@ pub(super) struct CheckQuery {
     params(("file" = Option<String>, Query, description = "The file's name, for the messages (default strata.toml)")),
     request_body(content = ConfigText, content_type = "text/plain", description = "A strata.toml file"),
     responses((status = 200, description = "`{\"valid\": true}`"),
-        (status = 422, description = "Invalid: the error names the file, the key and the reason", body = super::views::ErrorView)))]
+        (status = 422, description = "Invalid: the error names the file, the key and the reason", body = strata_admin_model::ErrorView)))]
 pub(super) async fn check(
     State(engine): State<Engine>,
     Query(query): Query<CheckQuery>,
@@ -96,7 +96,7 @@ pub(super) async fn check(
 /// `POST /v1/config/restore/{generation}`: applies that generation again, as the newest.
 #[utoipa::path(post, path = "/v1/config/restore/{generation}", tag = "config", params(("generation" = u64, Path)),
     responses((status = 200, description = "`{\"generation\": n}`: the new generation in force"),
-        (status = 404, body = super::views::ErrorView), (status = 422, body = super::views::ErrorView)))]
+        (status = 404, body = strata_admin_model::ErrorView), (status = 422, body = strata_admin_model::ErrorView)))]
 pub(super) async fn restore(
     State(engine): State<Engine>,
     Path(generation): Path<u64>,

@@ -8,9 +8,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::views::{ErrorView, InstanceDetail, InstancePage, InstanceSummary};
+use super::views::{instance_detail, instance_summary};
 use super::{blocking_read, json_body, parse_version, ApiError};
 use crate::{Engine, InstanceFilter, InstanceId, InstanceStatus};
+use strata_admin_model::{ErrorView, InstanceDetail, InstancePage};
 
 /// Instances per page unless `limit` says otherwise, and the most a page holds.
 const PAGE: usize = 100;
@@ -110,7 +111,7 @@ pub(super) async fn list(
         None
     };
     Ok(Json(InstancePage {
-        instances: matching.iter().map(InstanceSummary::of).collect(),
+        instances: matching.iter().map(instance_summary).collect(),
         next,
     }))
 }
@@ -124,7 +125,7 @@ pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> R
         engine.pending_signals(InstanceId(id)).map(|signals| (info, signals))
     })
     .await??;
-    Ok(Json(InstanceDetail::of(&info, &signals)))
+    Ok(Json(instance_detail(&info, &signals)))
 }
 
 /// `POST /v1/instances/{id}/signals/{name}` with the payload as the JSON body (`null` for

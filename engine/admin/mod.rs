@@ -39,7 +39,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use access::{AdminTokens, MIN_ADMIN_TOKEN_LENGTH};
-use views::{ErrorView, VersionView};
+use strata_admin_model::{ErrorView, VersionView};
+use views::version_view;
 
 use crate::{Engine, EngineError};
 
@@ -467,7 +468,7 @@ async fn versions(
                     .as_ref()
                     .is_none_or(|workflow| info.key.workflow == *workflow)
             })
-            .map(VersionView::of)
+            .map(version_view)
             .collect()
     })
     .await?;
@@ -483,7 +484,7 @@ async fn version(
     Path((workflow, version)): Path<(String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
     let info = blocking_read(engine, move |engine| engine.version(&workflow, &version)).await??;
-    Ok(Json(VersionView::of(&info)))
+    Ok(Json(version_view(&info)))
 }
 
 /// A version's metrics window, a point per bucket.
@@ -541,7 +542,7 @@ async fn version_action(
         VersionAction::Retire => engine.retire(&workflow, &version).await?,
     }
     let info = blocking_read(engine, move |engine| engine.version(&workflow, &version)).await??;
-    Ok(Json(VersionView::of(&info)))
+    Ok(Json(version_view(&info)))
 }
 
 /// What an operator does to a version.

@@ -204,7 +204,7 @@ pub(super) async fn list(
 /// `GET /v1/rollouts/{name}`.
 #[utoipa::path(get, path = "/v1/rollouts/{name}", tag = "rollouts",
     params(("name" = String, Path, description = "workflow@candidate, e.g. order@2.0.0")),
-    responses((status = 200, body = RolloutView), (status = 404, body = super::views::ErrorView)))]
+    responses((status = 200, body = RolloutView), (status = 404, body = strata_admin_model::ErrorView)))]
 pub(super) async fn show(
     State(engine): State<Engine>,
     Path(name): Path<String>,
@@ -281,8 +281,8 @@ pub(super) enum OnRollbackChoice {
 /// min_finished}], gates}`: starts it at its first stage.
 #[utoipa::path(post, path = "/v1/rollouts", tag = "rollouts", request_body = StartRequest,
     responses((status = 200, description = "The rollout at its first stage", body = RolloutView),
-        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView),
-        (status = 409, description = "The workflow has an active rollout", body = super::views::ErrorView)))]
+        (status = 400, body = strata_admin_model::ErrorView), (status = 404, body = strata_admin_model::ErrorView),
+        (status = 409, description = "The workflow has an active rollout", body = strata_admin_model::ErrorView)))]
 pub(super) async fn start(
     State(engine): State<Engine>,
     request: Result<Json<StartRequest>, JsonRejection>,
@@ -330,8 +330,8 @@ pub(super) async fn start(
 #[utoipa::path(post, path = "/v1/rollouts/{name}/{action}", tag = "rollouts",
     params(("name" = String, Path), ("action" = inline(RolloutAction), Path)),
     responses((status = 200, description = "The rollout afterwards", body = RolloutView),
-        (status = 400, body = super::views::ErrorView), (status = 404, body = super::views::ErrorView),
-        (status = 409, description = "The rollout has ended (promoted or rolled back)", body = super::views::ErrorView)))]
+        (status = 400, body = strata_admin_model::ErrorView), (status = 404, body = strata_admin_model::ErrorView),
+        (status = 409, description = "The rollout has ended (promoted or rolled back)", body = strata_admin_model::ErrorView)))]
 pub(super) async fn control(
     State(engine): State<Engine>,
     Path((name, action)): Path<(String, RolloutAction)>,

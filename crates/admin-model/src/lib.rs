@@ -1,0 +1,158 @@
+//! strata-admin-model: the JSON shapes of Strata's admin API (version 1), shared by the server that
+//! writes them (`strata`'s admin module builds them from the engine's types) and the `strata` CLI
+//! that reads them typed. Kept apart from the engine's types so that the API stays stable while
+//! those change; it depends on no other Strata crate.
+//!
+//! Views moved here so far: errors, versions and instances. The rest of the API's views and
+//! request bodies (rollouts, config, moves and migrations) still live in the server's modules.
+
+#![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorView {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// A version with its residency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionView {
+    /// The workflow.
+    pub workflow: String,
+    /// The version.
+    pub version: String,
+    /// `active`, `draining`, `drained` or `retired`.
+    pub status: String,
+    /// Whether this process has its code.
+    pub registered: bool,
+    /// Whether new instances may start on it now (active, and some live worker has its code).
+    pub accepts_starts: bool,
+    /// Instances not finished.
+    pub live: u64,
+    /// Instances ever started on it.
+    pub started: u64,
+    /// Instances that completed.
+    pub completed: u64,
+    /// Instances that failed.
+    pub failed: u64,
+    /// Instances that were cancelled.
+    pub cancelled: u64,
+    /// Instances moved to it from another version.
+    pub moved_in: u64,
+    /// Instances moved from it to another version.
+    pub moved_out: u64,
+    /// The oldest live instance: its id and start time (ms since the Unix epoch).
+    pub oldest_live: Option<OldestView>,
+    /// Whether its code can be deleted: no live instance, and none can arrive.
+    pub safe_to_remove: bool,
+    /// The live workers that can run it.
+    pub workers: Vec<String>,
+}
+
+/// A version's oldest live instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OldestView {
+    /// The instance.
+    pub id: u64,
+    /// When it started (ms since the Unix epoch).
+    pub started_at_ms: u64,
+}
+
+/// One instance in a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InstanceSummary {
+    /// The instance.
+    pub id: u64,
+    /// Its workflow.
+    pub workflow: String,
+    /// The version it is pinned to.
+    pub version: String,
+    /// `ready`, `running`, `sleeping`, `waiting_signal`, `retry_backoff`, `parked`,
+    /// `quarantined`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// The step that runs next (the last one, once finished).
+    pub step: String,
+    /// When it started (ms since the Unix epoch).
+    pub started_at_ms: u64,
+    /// When its record was last committed (ms since the Unix epoch).
+    pub updated_at_ms: u64,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InstancePage {
+    /// The instances of this page, in id order.
+    pub instances: Vec<InstanceSummary>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next: Option<u64>,
+}
+
+/// One instance in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InstanceDetail {
+    /// What a listing shows of it.
+    #[serde(flatten)]
+    pub summary: InstanceSummary,
+    /// The attempt number of the next run of `step`.
+    pub attempt: u32,
+    /// Step visits committed so far.
+    pub visits: u64,
+    /// Where it is between steps: its timer, the signal it waits for, why it is stuck.
+    pub phase: Value,
+    /// The state at the last step boundary as JSON, or why it cannot be shown.
+    pub state: Value,
+    /// The schema number of that state.
+    pub state_schema: u32,
+    /// The key sticky routing used, if the caller gave one.
+    pub routing_key: Option<String>,
+    /// The error of the last failed attempt, if any.
+    pub last_error: Option<String>,
+    /// Moves to other versions, oldest first.
+    pub moves: Vec<MoveView>,
+    /// Signals delivered and not consumed yet, in the order it consumes them.
+    pub pending_signals: Vec<PendingSignalView>,
+}
+
+/// A move of an instance to another version, at a step boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MoveView {
+    /// The version it left.
+    pub from: String,
+    /// The version it moved to.
+    pub to: String,
+    /// Its step before the move.
+    pub from_step: String,
+    /// Its step after the move.
+    pub to_step: String,
+    /// The state schema before the move.
+    pub from_schema: u32,
+    /// The state schema after the move.
+    pub to_schema: u32,
+    /// `operator` or `auto_upgrade`.
+    pub cause: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// A signal waiting for its instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PendingSignalView {
+    /// Its sequence number: signals are consumed in this order.
+    pub seq: u64,
+    /// Its name.
+    pub name: String,
+    /// The payload as JSON.
+    pub payload: Value,
+}
