@@ -80,8 +80,14 @@ async fn a_signal_timeout_fires_after_a_restart() {
 
 static ENTERED: Notify = Notify::const_new();
 static GATE: Semaphore = Semaphore::const_new(0);
+/// How many times `slow` began on the instance started with 1 (the test's starts that land
+/// before the shutdown begins start with 5).
+static SLOW_RUNS_OF_THE_FIRST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 async fn slow(_ctx: StepCtx, state: &mut u32) -> StepResult<u32> {
+    if *state == 1 {
+        SLOW_RUNS_OF_THE_FIRST.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     ENTERED.notify_one();
     let _permit = GATE
         .acquire()
@@ -126,15 +132,19 @@ async fn shutdown_lets_the_running_step_commit_and_starts_nothing_new() {
     shutdown.await.unwrap();
     drop(engine);
 
+    // The reopened engine goes on at once: the instance finishes with the step that ran before
+    // the shutdown committed (had its commit been lost, `slow` would begin again and wait on
+    // the gate for good).
     let engine = builder(dir.path()).register(gated()).open().await.unwrap();
-    let record = engine.instance(id).unwrap().record;
-    assert_eq!(
-        (record.step.as_str(), record.visits),
-        ("after", 1),
-        "the running step's commit was lost"
-    );
     let output: u32 = outcome_within(&engine, id).await.output().unwrap();
     assert_eq!(output, 12);
+    let record = engine.instance(id).unwrap().record;
+    assert_eq!((record.step.as_str(), record.visits), ("after", 2));
+    assert_eq!(
+        SLOW_RUNS_OF_THE_FIRST.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the running step's commit was lost: it ran again"
+    );
     engine.shutdown().await;
 }
 
