@@ -1053,30 +1053,14 @@ impl Runtime {
     /// Every known version with its counts and oldest live instance.
     pub(crate) fn versions(&self) -> Vec<VersionInfo> {
         let mut oldest: HashMap<VersionKey, (InstanceId, u64)> = HashMap::new();
-        self.table.for_each(|slot| {
-            let candidate = (slot.record.id, slot.record.created_at_ms);
-            oldest
-                .entry(slot.record.key.clone())
-                .and_modify(|current| {
-                    if (candidate.1, candidate.0) < (current.1, current.0) {
-                        *current = candidate;
-                    }
-                })
-                .or_insert(candidate);
-        });
+        self.table
+            .for_each(|slot| keep_oldest(&mut oldest, &slot.record.key, slot.record.id, slot.record.created_at_ms));
         self.refresh_versions();
         // Other workers of a shared store hold instances too: the store knows their oldest.
         match self.store.cluster().oldest_live() {
             Ok(found) => {
                 for (key, id, at) in found {
-                    oldest
-                        .entry(key)
-                        .and_modify(|current| {
-                            if (at, id) < (current.1, current.0) {
-                                *current = (id, at);
-                            }
-                        })
-                        .or_insert((id, at));
+                    keep_oldest(&mut oldest, &key, id, at);
                 }
             }
             Err(error) => {
@@ -1162,6 +1146,18 @@ impl Runtime {
     }
 }
 
+/// Keeps in `oldest` the earlier started of what it holds for `key` and instance `id`, started at
+/// `at` (ms since the Unix epoch); ties go to the lower id.
+fn keep_oldest(oldest: &mut HashMap<VersionKey, (InstanceId, u64)>, key: &VersionKey, id: InstanceId, at: u64) {
+    match oldest.get_mut(key) {
+        Some(current) if (at, id) < (current.1, current.0) => *current = (id, at),
+        Some(_) => {}
+        None => {
+            oldest.insert(key.clone(), (id, at));
+        }
+    }
+}
+
 /// Builds an instance's initial state from the input its `Accepted` record carries, with `code`
 /// of its version: the record is then `Ready` at the entry step. On failure the record is left
 /// as it was.
@@ -1186,4 +1182,21 @@ fn begin(record: &mut InstanceRecord, code: &dyn VersionCode, input: &[u8]) -> R
         wake: PersistedWake::Started,
     };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_live_instance_of_a_version_is_the_earliest_started_whoever_reports_it_first() {
+        let key = VersionKey::new("w", semver::Version::new(1, 0, 0));
+        let mut oldest = HashMap::new();
+        keep_oldest(&mut oldest, &key, InstanceId(5), 200);
+        keep_oldest(&mut oldest, &key, InstanceId(9), 100);
+        keep_oldest(&mut oldest, &key, InstanceId(3), 300);
+        assert_eq!(oldest[&key], (InstanceId(9), 100));
+        keep_oldest(&mut oldest, &key, InstanceId(2), 100);
+        assert_eq!(oldest[&key], (InstanceId(2), 100), "a tie goes to the lower id");
+    }
 }
