@@ -7,8 +7,8 @@ use semver::Version;
 use serde::de::DeserializeOwned;
 
 pub use strata_core::instance::{
-    decode_stored, first_format, EncodedInstance, InstanceId, InstanceRecord, InstanceStatus, MoveCause, MoveStamp,
-    PersistedWake, Phase, ScheduledFire, StateEnvelope, VersionKey, MAX_STORED_DEPTH, RECORD_FORMAT,
+    decode_stored, EncodedInstance, InstanceId, InstanceRecord, InstanceStatus, MoveCause, MoveStamp, PersistedWake,
+    Phase, ScheduledFire, StateEnvelope, VersionKey, RECORD_FORMAT,
 };
 
 use crate::error::EngineError;
