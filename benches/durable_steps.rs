@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use strata::{Durability, Engine, Next, StepCtx, StepResult, WorkflowVersion};

@@ -4,6 +4,7 @@
 //! Run: `cargo bench --bench metrics`
 
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use strata::{Durability, Engine};

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use strata::{Durability, Engine};

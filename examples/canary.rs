@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use serde::{Deserialize, Serialize};
 use strata::rollout::{RolloutStatus, Transition};

@@ -11,6 +11,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use strata::prelude::*;
 
 use strata::{Engine, InstanceFilter, Next, StepCtx, StepResult, WorkflowVersion};
 

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use strata::{Engine, Event, StartOptions};
 use strata_workflows::order::{self, Line, OrderInput};

@@ -8,6 +8,7 @@
 //! Run: `cargo run --release --example footprint [instances]` (default 100 000)
 
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use strata::{Durability, Engine};
 use strata_workflows::approval;

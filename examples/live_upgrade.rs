@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use strata::{Engine, Event, InstanceFilter, InstanceId, InstanceStatus};
 use strata_workflows::order::{self, Line, OrderInput, OrderOutput, OrderState, Payment};

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use strata::migrate::MigrationState;

@@ -7,6 +7,7 @@
 //! 127.0.0.1:7700.
 
 use std::time::Duration;
+use strata::prelude::*;
 
 use serde::{Deserialize, Serialize};
 use strata::rollout::RolloutStatus;

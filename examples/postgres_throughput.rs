@@ -13,6 +13,7 @@
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use strata::{Durability, Engine, Next, StepCtx, StepResult, WorkflowVersion};
 

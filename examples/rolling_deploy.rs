@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use strata::{Engine, InstanceFilter, InstanceStatus, StartOptions, VersionStatus};
 use strata_workflows::order::{self, Line, OrderInput, Payment};

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use strata::{Durability, Engine, Next, StepCtx, StepResult, WorkflowVersion};
 

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use strata::{Durability, Engine, ManualClock, Next, StepCtx, StepResult, WorkflowVersion};
 

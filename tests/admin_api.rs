@@ -10,6 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use strata::prelude::*;
 
 use common::tally;
 use common::*;

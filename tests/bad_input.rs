@@ -4,6 +4,8 @@
 
 mod common;
 
+use strata::prelude::*;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +63,43 @@ async fn unknown_workflows_versions_and_instances_are_named() {
         "nothing was started"
     );
     engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builder_with_no_store_or_two_is_refused_at_open_naming_the_calls() {
+    match Engine::builder().open().await {
+        Err(error @ EngineError::NoStore) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("data_dir") && message.contains("postgres"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("an engine opened without a store"),
+    }
+    let given = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(given.path()).unwrap());
+    let chosen = tempfile::tempdir().unwrap();
+    let directory = chosen.path().join("data");
+    // Either order: the second store is not silently dropped.
+    let twice = [
+        Engine::builder().store(store.clone()).data_dir(&directory),
+        Engine::builder().data_dir(&directory).store(store.clone()),
+    ];
+    for builder in twice {
+        match builder.open().await {
+            Err(error @ EngineError::StoreGivenTwice) => {
+                assert!(error.to_string().contains("keep one"), "{error}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("an engine opened on one of two stores"),
+        }
+    }
+    assert!(
+        !directory.exists(),
+        "the data directory was opened although open was refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use common::postgres::TestDatabase;
 use common::tally;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use common::postgres::TestDatabase;
 use rand::{Rng, SeedableRng};

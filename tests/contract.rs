@@ -7,6 +7,7 @@
 mod common;
 
 use std::process::Command;
+use strata::prelude::*;
 
 use common::probe;
 use common::tally;

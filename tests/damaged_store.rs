@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::Path;
+use strata::prelude::*;
 
 use strata::store::{SledStore, Store};
 use strata::{Engine, EngineError, StoreError};

@@ -7,6 +7,7 @@
 mod common;
 
 use std::time::Duration;
+use strata::prelude::*;
 
 use common::browser::Browser;
 use common::tally;

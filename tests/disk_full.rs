@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use strata::prelude::*;
 
 use parking_lot::Mutex;
 use strata::instance::Phase;

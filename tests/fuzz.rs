@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use strata::instance::{InstanceRecord, PersistedWake, Phase, ScheduledFire, StateEnvelope};
 use strata::migrate::MigrationJobRecord;
+use strata::prelude::*;
 use strata::store::{AppliedConfig, SignalRecord};
 use strata::{Engine, InstanceId, VersionKey};
 

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata::prelude::*;
 
 use common::tally;
 use rand::{Rng, SeedableRng};

@@ -8,6 +8,7 @@ mod common;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use strata::prelude::*;
 
 use common::pgbouncer::{PgBouncer, PoolMode};
 use common::postgres::TestDatabase;

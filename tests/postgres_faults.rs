@@ -8,6 +8,7 @@
 mod common;
 
 use std::time::Duration;
+use strata::prelude::*;
 
 use common::outcome_within;
 use common::postgres::TestDatabase;

@@ -6,6 +6,7 @@
 mod common;
 
 use common::postgres::TestDatabase;
+use strata::prelude::*;
 use strata::store::{DatabaseProblem, PostgresStore, StoreError};
 use strata::{Engine, EngineError};
 

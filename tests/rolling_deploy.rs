@@ -8,6 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use strata::prelude::*;
 
 use common::pgbouncer::{PgBouncer, PoolMode};
 use common::postgres::TestDatabase;

@@ -5,6 +5,7 @@
 
 use std::process::{Command, Output};
 use std::time::Duration;
+use strata::prelude::*;
 
 use serde_json::Value;
 use strata::{Engine, InstanceId, Next, StartOptions, StepCtx, StepResult, WorkflowVersion};

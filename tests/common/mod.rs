@@ -11,6 +11,7 @@ pub mod tally;
 
 use std::path::Path;
 use std::time::Duration;
+use strata::prelude::*;
 
 use strata::{Durability, Engine, EngineBuilder, Event, InstanceId, InstanceStatus};
 use strata_workflows::order::{Line, OrderInput, Payment};

@@ -14,18 +14,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
-use crate::EngineError;
+use strata_engine::EngineError;
 
 /// The shortest admin or read-only token accepted: shorter ones are guessed quickly.
 pub const MIN_ADMIN_TOKEN_LENGTH: usize = 16;
 
 /// The bearer tokens of the admin API.
 #[derive(Clone, Default)]
-pub struct AdminTokens {
+pub(crate) struct AdminTokens {
     /// Allows every request.
-    pub admin: Option<String>,
+    pub(crate) admin: Option<String>,
     /// Allows reads (GET) only.
-    pub read: Option<String>,
+    pub(crate) read: Option<String>,
 }
 
 impl std::fmt::Debug for AdminTokens {

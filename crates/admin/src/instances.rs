@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::views::{instance_detail, instance_summary};
 use super::{blocking_read, json_body, parse_version, ApiError};
-use crate::{Engine, InstanceFilter, InstanceId, InstanceStatus};
 use strata_admin_model::{ErrorView, InstanceDetail, InstancePage};
+use strata_engine::{Engine, InstanceFilter, InstanceId, InstanceStatus};
 
 /// Instances per page unless `limit` says otherwise, and the most a page holds.
 const PAGE: usize = 100;

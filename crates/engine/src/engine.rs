@@ -13,9 +13,10 @@ use crate::error::EngineError;
 use crate::instance::{InstanceFilter, InstanceInfo, Outcome};
 use crate::migrate::{MigrationHandle, MigrationJob, MovePlan, MoveReport, MoveRequest, StateMigration, StepMapping};
 use crate::observe::{Clock, Event, MetricsSnapshot, SystemClock};
+use crate::parts::{Extensions, Parts};
 use crate::registry::{VersionInfo, VersionStatus};
 use crate::runtime::{Definitions, Durability, RolloutOperation, Runtime, RuntimeOptions};
-use crate::store::{AppliedConfig, CorruptRecord, Op, PostgresStore, SledStore, Store, StoreStats, WorkerInfo};
+use crate::store::{AppliedConfig, CorruptRecord, Op, Store, StoreStats, WorkerInfo};
 use strata_config::{ConfigError, ScheduleSpec};
 use strata_core::instance::{InstanceId, ScheduledFire, VersionKey};
 use strata_core::rollout::{RolloutRecord, RolloutSpec};
@@ -56,85 +57,64 @@ impl StartOptions {
     }
 }
 
+/// Opens a store; run off the async executor, since backends block while they open.
+pub type StoreOpening = Box<dyn FnOnce() -> Result<Arc<dyn Store>, crate::store::StoreError> + Send>;
+
+/// What a part does once the engine is open.
+pub type PartStart = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EngineError>> + Send>>;
+
+/// A part of an engine's setup that lives in a crate above the engine: the store backend to
+/// open, what runs beside the engine (the admin server). The engine names neither; the umbrella
+/// crate `strata` offers them as builder methods. The builder collects a part's settings in any
+/// order ([`EngineBuilder::part`]); at `open` it checks every part before anything opens, takes
+/// the store from the part that opens one, and starts each part once the engine runs. What a
+/// part leaves for later (the address a server bound) it keeps with the engine
+/// ([`Engine::set_extension`]). Each method has a default that does nothing.
+pub trait EnginePart: Send + 'static {
+    /// Checks the settings as a whole; `open` fails with this error before anything opens.
+    fn check(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The store this part opens, if it opens one (refused, with
+    /// [`EngineError::StoreGivenTwice`], if [`EngineBuilder::store`] gave one too).
+    fn store_opening(&mut self) -> Option<StoreOpening> {
+        None
+    }
+
+    /// Starts what runs beside the engine (before the config file is first applied); an error
+    /// shuts the engine down and `open` returns it.
+    fn start(self: Box<Self>, engine: Engine) -> PartStart {
+        let _ = engine;
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// Configures and opens an [`Engine`].
 pub struct EngineBuilder {
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    postgres_listen_url: Option<String>,
-    disk_reserve: u64,
     store: Option<Arc<dyn Store>>,
+    parts: Parts<dyn EnginePart>,
     codes: Vec<Result<Arc<dyn VersionCode>, EngineError>>,
     migrations: Vec<StateMigration>,
     step_mappings: Vec<StepMapping>,
     config_file: Option<PathBuf>,
     schedule_grace: Duration,
-    admin_address: Option<std::net::SocketAddr>,
-    admin_tokens: crate::admin::AdminTokens,
-    admin_allowed_hosts: Vec<String>,
     options: RuntimeOptions,
 }
 
 impl EngineBuilder {
-    /// Serves the admin HTTP API (JSON under `/v1`, `/metrics`, `/healthz`, `/readyz`) on
-    /// `address` while the engine runs; `127.0.0.1:0` picks a free port
-    /// ([`Engine::admin_address`] says which). An address other hosts can reach needs an admin
-    /// token ([`EngineBuilder::admin_token`] or `STRATA_ADMIN_TOKEN`).
-    pub fn admin(mut self, address: std::net::SocketAddr) -> Self {
-        self.admin_address = Some(address);
-        self
-    }
-
-    /// The bearer token that allows every admin API request (else `STRATA_ADMIN_TOKEN`); at
-    /// least [`MIN_ADMIN_TOKEN_LENGTH`](crate::admin::MIN_ADMIN_TOKEN_LENGTH) characters. May be
-    /// called before or after [`EngineBuilder::admin`]; `open` refuses a token without an address.
-    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
-        self.admin_tokens.admin = Some(token.into());
-        self
-    }
-
-    /// The bearer token that allows admin API reads only (else `STRATA_ADMIN_READ_TOKEN`); the
-    /// same rules as [`EngineBuilder::admin_token`].
-    pub fn admin_read_token(mut self, token: impl Into<String>) -> Self {
-        self.admin_tokens.read = Some(token.into());
-        self
-    }
-
-    /// A host name the admin API is reached by (`strata.internal`, the name a proxy forwards):
-    /// requests for names other than these, IP addresses and loopback names are refused, so a
-    /// web page cannot reach the API through DNS rebinding. May be called more than once.
-    pub fn admin_allowed_host(mut self, name: impl Into<String>) -> Self {
-        self.admin_allowed_hosts.push(name.into());
-        self
-    }
-
-    /// The directory of the embedded sled store (created if missing).
-    pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
-        self.data_dir = Some(path.into());
-        self
-    }
-
-    /// A PostgreSQL database to use instead of the embedded sled store
-    /// (`postgres://user:password@host:5432/database`); Strata creates or upgrades its tables
-    /// there. `open` fails naming the problem if the URL, the server, the credentials or the
-    /// database are wrong.
-    pub fn postgres(mut self, url: impl Into<String>) -> Self {
-        self.database_url = Some(url.into());
-        self
-    }
-
-    /// A direct connection to the same database for the wake-ups (LISTEN) where the URL of
-    /// [`EngineBuilder::postgres`] goes through a transaction pooler (PgBouncer with
-    /// `pool_mode = transaction`), which cannot carry LISTEN. Without it the wake-ups listen over
-    /// that URL; where it cannot carry them, the engine says so once and finds signalled and
-    /// claimable instances at each heartbeat (a third of the lease) instead.
-    pub fn postgres_listen_url(mut self, url: impl Into<String>) -> Self {
-        self.postgres_listen_url = Some(url.into());
-        self
-    }
-
-    /// A store to use instead of the embedded sled one.
+    /// The store to open the engine on (an opened backend, or one of your own); the umbrella
+    /// crate `strata` also offers `data_dir` (the embedded sled store) and `postgres`.
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Changes the settings of a part of the setup that lives above the engine (a backend to
+    /// open, a server to start beside it; see [`EnginePart`]): created from `P::default()` on
+    /// first use, kept across calls in any order, checked, opened and started at `open`.
+    pub fn part<P: EnginePart + Default>(mut self, change: impl FnOnce(&mut P)) -> Self {
+        self.parts.change(|part| part, change);
         self
     }
 
@@ -225,14 +205,6 @@ impl EngineBuilder {
         self
     }
 
-    /// How much free space the embedded store keeps on its disk (default 64 MiB; 0: none): a
-    /// commit that finds less is refused with [`crate::StoreError::DiskFull`], the instance stays
-    /// at its last committed step and is retried, and the engine continues once space returns.
-    pub fn disk_reserve(mut self, bytes: u64) -> Self {
-        self.disk_reserve = bytes;
-        self
-    }
-
     /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
     /// have a hole, or give two paths for one step.
     pub fn migration(mut self, migration: StateMigration) -> Self {
@@ -246,38 +218,31 @@ impl EngineBuilder {
         self
     }
 
-    /// Opens the store, recovers every live instance and starts running them.
+    /// Checks every part's settings, opens the store, recovers every live instance, starts
+    /// running them, then starts the parts and applies the config file.
     pub async fn open(self) -> Result<Engine, EngineError> {
-        let admin =
-            crate::admin::AdminOptions::checked(self.admin_address, self.admin_tokens, self.admin_allowed_hosts)?;
+        let mut parts = self.parts.into_parts();
+        for part in &parts {
+            part.check()?;
+        }
         let codes = self.codes.into_iter().collect::<Result<Vec<_>, _>>()?;
         let definitions = Definitions {
             codes,
             migrations: self.migrations,
             step_mappings: self.step_mappings,
         };
-        if self.postgres_listen_url.is_some() && (self.database_url.is_none() || self.store.is_some()) {
-            return Err(EngineError::ListenUrlWithoutPostgres);
-        }
-        let store: Arc<dyn Store> = match (self.store, self.database_url, self.data_dir) {
-            (Some(store), _, _) => store,
-            (None, Some(url), _) => {
-                let listen_url = self.postgres_listen_url;
-                Arc::new(open_blocking(move || PostgresStore::connect_with(&url, listen_url.as_deref())).await?)
-            }
-            (None, None, Some(path)) => {
-                let reserve = self.disk_reserve;
-                Arc::new(
-                    open_blocking(move || SledStore::open(path).map(|store| store.with_disk_reserve(reserve))).await?,
-                )
-            }
-            (None, None, None) => return Err(EngineError::NoStore),
+        let opening = parts.iter_mut().find_map(|part| part.store_opening());
+        let store: Arc<dyn Store> = match (self.store, opening) {
+            (Some(_), Some(_)) => return Err(EngineError::StoreGivenTwice),
+            (Some(store), None) => store,
+            (None, Some(opening)) => open_blocking(opening).await?,
+            (None, None) => return Err(EngineError::NoStore),
         };
         let runtime = Runtime::open(store, definitions, self.options).await?;
         let (schedules, schedules_in_force) = tokio::sync::watch::channel(Arc::new(Vec::new()));
         let engine = Engine {
             runtime,
-            admin_address: Arc::default(),
+            extensions: Arc::default(),
             config: Arc::new(tokio::sync::Mutex::new(ConfigInForce::default())),
             schedules: Arc::new(schedules),
         };
@@ -294,15 +259,10 @@ impl EngineBuilder {
         engine
             .runtime
             .spawn_tracked(crate::tasks::follow::run(engine.clone(), interval, stop));
-        if let Some(admin) = admin {
-            match crate::admin::start(engine.clone(), admin).await {
-                Ok(address) => {
-                    let _ = engine.admin_address.set(address);
-                }
-                Err(error) => {
-                    engine.clone().shutdown().await;
-                    return Err(error);
-                }
+        for part in parts {
+            if let Err(error) = part.start(engine.clone()).await {
+                engine.clone().shutdown().await;
+                return Err(error);
             }
         }
         if let Some(path) = self.config_file {
@@ -316,9 +276,7 @@ impl EngineBuilder {
 }
 
 /// Opens a store off the async executor (both backends block while they open).
-async fn open_blocking<S: Send + 'static>(
-    open: impl FnOnce() -> Result<S, crate::store::StoreError> + Send + 'static,
-) -> Result<S, EngineError> {
+async fn open_blocking(open: StoreOpening) -> Result<Arc<dyn Store>, EngineError> {
     let opened = tokio::task::spawn_blocking(open)
         .await
         .map_err(|error| crate::store::StoreError::Backend {
@@ -347,8 +305,8 @@ fn read_config_text(path: &std::path::Path) -> Result<String, ConfigError> {
 #[derive(Clone)]
 pub struct Engine {
     runtime: Arc<Runtime>,
-    /// Where the admin API listens, once it does.
-    admin_address: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// What the parts above the engine keep with it (the admin server's address).
+    extensions: Arc<Extensions>,
     /// The config in force; the lock orders config changes.
     config: Arc<tokio::sync::Mutex<ConfigInForce>>,
     /// The schedules of the config in force, followed by the scheduler task.
@@ -363,19 +321,13 @@ impl Engine {
     /// A builder with default settings.
     pub fn builder() -> EngineBuilder {
         EngineBuilder {
-            data_dir: None,
-            database_url: None,
-            postgres_listen_url: None,
-            disk_reserve: crate::store::DEFAULT_DISK_RESERVE,
             store: None,
+            parts: Parts::default(),
             codes: Vec::new(),
             migrations: Vec::new(),
             step_mappings: Vec::new(),
             config_file: None,
             schedule_grace: Duration::from_secs(2),
-            admin_address: None,
-            admin_tokens: crate::admin::AdminTokens::default(),
-            admin_allowed_hosts: Vec::new(),
             options: RuntimeOptions {
                 durability: Durability::Sync,
                 max_concurrent_steps: 256,
@@ -757,28 +709,36 @@ impl Engine {
         &self.runtime.store
     }
 
-    /// Where the admin API listens, if the builder asked for it.
-    pub fn admin_address(&self) -> Option<std::net::SocketAddr> {
-        self.admin_address.get().copied()
+    /// Keeps `value` with the engine for whoever holds it, one per type, replacing an earlier
+    /// one: how a part above the engine (the admin server) leaves what it learned at start.
+    pub fn set_extension<T: Send + Sync + 'static>(&self, value: T) {
+        self.extensions.set(value);
     }
 
-    /// A receiver that turns true at shutdown.
-    pub(crate) fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+    /// The value of type `T` kept with [`Engine::set_extension`], if any.
+    pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.extensions.get()
+    }
+
+    /// A receiver that turns true when shutdown begins: a task of yours that runs beside the
+    /// engine stops on it.
+    pub fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.runtime.stop_signal()
     }
 
     /// Whether shutdown has begun.
-    pub(crate) fn is_stopping(&self) -> bool {
+    pub fn is_stopping(&self) -> bool {
         self.runtime.is_stopping()
     }
 
-    /// Spawns a task that shutdown waits for.
-    pub(crate) fn spawn_tracked(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// Spawns a task that [`Engine::shutdown`] waits for (it should end on
+    /// [`Engine::stop_signal`]).
+    pub fn spawn_tracked(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.runtime.spawn_tracked(task);
     }
 
-    /// Whether the store answers a read now.
-    pub(crate) fn store_answers(&self) -> Result<(), EngineError> {
+    /// Whether the store answers a read now: what a readiness probe asks.
+    pub fn check_store(&self) -> Result<(), EngineError> {
         self.runtime.store.versions()?;
         Ok(())
     }

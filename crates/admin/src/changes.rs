@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::whole::Whole;
 use super::{blocking_read, json_body, parse_version, ApiError};
-use crate::migrate::{MigrationProgress, MoveCheck};
-use crate::{Engine, InstanceId, MigrationJob, MoveRequest};
+use strata_engine::migrate::{MigrationProgress, MoveCheck};
+use strata_engine::{Engine, InstanceId, MigrationJob, MoveRequest};
 
 /// A move as posted: the instances of `workflow` (on `from_version`, with `status`, or these
 /// `ids`) to move to `target`, with `steps` naming where instances at a step without a
@@ -196,7 +196,7 @@ pub(super) async fn start_migration(
     Ok(Json(ProgressView::of(handle.progress())))
 }
 
-fn handle(engine: &Engine, workflow: &str) -> Result<crate::migrate::MigrationHandle, ApiError> {
+fn handle(engine: &Engine, workflow: &str) -> Result<strata_engine::migrate::MigrationHandle, ApiError> {
     engine.migration(workflow).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::whole::Whole;
 use super::{blocking_read, json_body, parse_version, ApiError};
-use crate::{Engine, Gates, RolloutSpec, Stage};
 use strata_core::rollout::{Figures, OnRollback, RolloutRecord, Transition, TransitionRecord};
+use strata_engine::{Engine, Gates, RolloutSpec, Stage};
 
 /// A rollout as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -1,4 +1,9 @@
 //! The engine's error type: every failure a caller of the `Engine` facade can see.
+//!
+//! It is the one place the errors of the crates below meet (store, config, definitions,
+//! routing). It also holds the setup errors of the parts the umbrella crate assembles above the
+//! engine (the admin server's address and tokens, a PostgreSQL listen URL): `open` returns them,
+//! so they are the engine's to name, though the engine knows neither part.
 
 use crate::registry::RegistryError;
 use crate::store::StoreError;
@@ -144,6 +149,9 @@ pub enum EngineError {
     /// The builder was given no data directory and no store.
     #[error("the engine needs a store: call EngineBuilder::data_dir(path), EngineBuilder::postgres(url) or EngineBuilder::store(store)")]
     NoStore,
+    /// The builder was given a store and told to open another (a data directory or PostgreSQL).
+    #[error("the engine was given two stores: EngineBuilder::store(store) and a store to open (data_dir or postgres); keep one")]
+    StoreGivenTwice,
     /// The admin API was asked to listen beyond this host without a token to guard it.
     #[error("the admin API would listen on {address}, reachable from other hosts, without a token: set EngineBuilder::admin_token (or STRATA_ADMIN_TOKEN), or bind a loopback address such as 127.0.0.1")]
     AdminTokenRequired {

@@ -4,8 +4,8 @@
 use serde_json::Value;
 use strata_admin_model::{InstanceDetail, InstanceSummary, MoveView, OldestView, PendingSignalView, VersionView};
 
-use crate::{InstanceInfo, VersionInfo};
 use strata_core::instance::Phase;
+use strata_engine::{InstanceInfo, VersionInfo};
 
 /// A unit variant's name as the API writes it: `RolledBack` → `rolled_back`.
 pub(super) fn snake_case(name: &str) -> String {
@@ -57,7 +57,7 @@ pub(super) fn instance_summary(info: &InstanceInfo) -> InstanceSummary {
 }
 
 /// `info` in full, with its pending `signals`.
-pub(super) fn instance_detail(info: &InstanceInfo, signals: &[crate::store::SignalRecord]) -> InstanceDetail {
+pub(super) fn instance_detail(info: &InstanceInfo, signals: &[strata_engine::store::SignalRecord]) -> InstanceDetail {
     let record = &info.record;
     let phase = match &record.phase {
         Phase::Ready { .. } => serde_json::json!({ "kind": "ready" }),

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{blocking_read, ApiError};
-use crate::store::AppliedConfig;
-use crate::Engine;
+use strata_engine::store::AppliedConfig;
+use strata_engine::Engine;
 
 /// One applied generation.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -4,6 +4,10 @@
 //! Owns the in-memory table of live instances and the commit thread. Every change to an instance
 //! is committed through the `Committer` before memory changes, so memory never runs ahead of the
 //! store. It reads code from the registry and never calls up into the `Engine` facade.
+//!
+//! `Runtime` is one type whose methods are kept by concern in the files beside this one
+//! (`cluster`, `retention`, `rollouts`: `impl Runtime` blocks there), so those files name
+//! `Runtime` from here; this file calls them only through those methods.
 
 mod cluster;
 mod committer;

@@ -1,4 +1,4 @@
-//! Strata: a durable workflow runtime you embed in a Rust program, whose specialty is changing
+//! strata-engine: the engine of Strata, a durable workflow runtime whose specialty is changing
 //! workflow logic while instances run.
 //!
 //! Every instance is pinned to the version it started on; new instances go to the newest active
@@ -8,22 +8,23 @@
 //! Data flows one way: a call enters the [`Engine`] facade, `routing` picks a version, `runtime`
 //! runs steps of that version's code from `registry`, and each step ends in one `store` commit.
 //!
-//! This package is the one users depend on: it owns the engine (the facade and its builder, the
-//! runtime, the registry, observe, the admin API) and re-exports what a user names from the crates
-//! below it — the vocabulary and definition API (`strata-core`: [`workflow`], [`routing`],
-//! [`rollout`], instance records), the config file ([`config`], `strata-config`) and the store seam
-//! with its two backends ([`store`]: `strata-store`, `strata-store-sled`,
-//! `strata-store-postgres`). The runtime speaks to `dyn Store` only; the builder alone names a
-//! backend. `docs/architecture.md` draws the crates and their arrows.
+//! **Owns**: the facade and its builder, the runtime (driver, committer, timers, cluster work,
+//! migrations, moves, rollouts, retention), the registry of versions, observation (events,
+//! metrics, clocks, the Prometheus text) and the tasks that drive the facade (schedules, config
+//! watch, config follow).
+//! **May not touch**: a store backend (it speaks to `dyn Store`; the builder takes a store or an
+//! [`EnginePart`] that opens one) or the admin server (it runs beside the engine as a part and
+//! uses this crate's public API only). Users depend on the umbrella crate `strata`, which
+//! re-exports this API and adds the backends and the admin server to the builder.
 
 #![warn(missing_docs)]
 
-pub mod admin;
 mod engine;
 mod error;
 pub mod instance;
 pub mod migrate;
 pub mod observe;
+mod parts;
 mod prometheus;
 pub mod registry;
 mod runtime;
@@ -33,7 +34,7 @@ mod tasks;
 pub use strata_config as config;
 pub use strata_core::{rollout, routing, workflow};
 
-pub use engine::{Engine, EngineBuilder, StartOptions};
+pub use engine::{Engine, EngineBuilder, EnginePart, PartStart, StartOptions, StoreOpening};
 pub use error::EngineError;
 pub use instance::{InstanceFilter, InstanceId, InstanceInfo, InstanceStatus, Outcome, VersionKey};
 pub use migrate::{MigrationJob, MoveRequest, StateMigration, StepMapping};
@@ -42,7 +43,7 @@ pub use registry::{VersionInfo, VersionStatus};
 pub use rollout::{Gates, OnRollback, RolloutSpec, Stage};
 pub use runtime::Durability;
 pub use semver::Version;
-pub use store::{PostgresStore, SledStore, Store, StoreError};
+pub use store::{Store, StoreError};
 pub use workflow::{
     DefinitionError, Next, RetryPolicy, StepCtx, StepError, StepResult, UpgradePolicy, WakeReason, WorkflowVersion,
 };

@@ -1,9 +1,14 @@
-//! The admin HTTP API: what the engine knows, as JSON under versioned
-//! paths, for the `strata` CLI, the dashboard and scripts. It owns the server's lifetime (it
-//! stops with the engine), its access rules (bearer tokens, read-only and admin; browsers of
-//! other origins and foreign host names kept out, see `access`), the mapping of engine errors to
-//! HTTP answers that say what to do (every error, the extractors' own included, as `{error}`),
-//! and the OpenAPI document those answers keep to (`tests/contract.rs` checks them).
+//! strata-admin: the admin HTTP API, served beside an engine. What the engine knows, as JSON
+//! under versioned paths, for the `strata` CLI, the dashboard and scripts.
+//!
+//! **Owns** the server's lifetime (started as an [`EnginePart`] once the engine is open, it
+//! stops with the engine), its settings on the engine's builder ([`AdminBuilder`]), its access
+//! rules (bearer tokens, read-only and admin; browsers of other origins and foreign host names
+//! kept out, see `access`), the mapping of engine errors to HTTP answers that say what to do
+//! (every error, the extractors' own included, as `{error}`), and the OpenAPI document those
+//! answers keep to (`tests/contract.rs` checks them).
+//! **May not touch**: the engine's internals (it uses `strata-engine`'s public API only) or a
+//! store backend; its JSON views are `strata-admin-model`'s, shared with the CLI.
 //!
 //! Served so far: `/` with `/dashboard.js` and `/dashboard.css`, `/healthz`, `/readyz`,
 //! `/metrics` (Prometheus text), `GET /v1/versions`
@@ -38,11 +43,12 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use access::{AdminTokens, MIN_ADMIN_TOKEN_LENGTH};
+use access::AdminTokens;
+pub use access::MIN_ADMIN_TOKEN_LENGTH;
 use strata_admin_model::{ErrorView, VersionView};
 use views::version_view;
 
-use crate::{Engine, EngineError};
+use strata_engine::{Engine, EngineBuilder, EngineError, EnginePart, PartStart};
 
 /// A semantic version as the OpenAPI document describes it: semver.org's own expression, with
 /// major, minor and patch of at most 18 digits (the server holds each in 64 bits).
@@ -51,34 +57,35 @@ const SEMANTIC_VERSION: &str = r"^(0|[1-9]\d{0,17})\.(0|[1-9]\d{0,17})\.(0|[1-9]
 /// Request bodies larger than this are refused (413) before they are read.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// Where the admin API listens and who may use it.
-#[derive(Debug, Clone)]
-pub struct AdminOptions {
-    /// The address to bind (`127.0.0.1:0` picks a free loopback port).
-    pub address: SocketAddr,
-    /// The bearer tokens; a non-loopback address requires an admin token.
-    pub tokens: AdminTokens,
-    /// Host names this server goes by besides IP addresses and loopback names (a request for any
-    /// other name is refused, against DNS rebinding).
-    pub allowed_hosts: Vec<String>,
+/// The admin API's settings as the engine's builder collects them (an [`EnginePart`]): where it
+/// listens and who may use it. Set through [`AdminBuilder`]'s methods, in any order.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    address: Option<SocketAddr>,
+    tokens: AdminTokens,
+    allowed_hosts: Vec<String>,
 }
 
-impl AdminOptions {
-    /// The builder's admin settings, checked before anything opens: tokens from the builder or
-    /// else the environment, each long enough, none without an address to serve, and an admin
-    /// token wherever other hosts could reach the API. `None` when no admin API was asked for.
-    pub(crate) fn checked(
-        address: Option<SocketAddr>,
-        tokens: AdminTokens,
-        allowed_hosts: Vec<String>,
-    ) -> Result<Option<AdminOptions>, EngineError> {
-        let Some(address) = address else {
-            if tokens.admin.is_some() || tokens.read.is_some() {
+/// Where the admin API listens and who may use it, once checked.
+#[derive(Debug, Clone)]
+struct AdminOptions {
+    address: SocketAddr,
+    tokens: AdminTokens,
+    allowed_hosts: Vec<String>,
+}
+
+impl AdminSettings {
+    /// The settings, checked before anything opens: tokens from the builder or else the
+    /// environment, each long enough, none without an address to serve, and an admin token
+    /// wherever other hosts could reach the API. `None` when no admin API was asked for.
+    fn checked(&self) -> Result<Option<AdminOptions>, EngineError> {
+        let Some(address) = self.address else {
+            if self.tokens.admin.is_some() || self.tokens.read.is_some() {
                 return Err(EngineError::AdminTokenWithoutAddress);
             }
             return Ok(None);
         };
-        let tokens = tokens.with_environment();
+        let tokens = self.tokens.clone().with_environment();
         tokens.check_lengths()?;
         if !address.ip().is_loopback() && tokens.admin.is_none() {
             return Err(EngineError::AdminTokenRequired { address });
@@ -86,13 +93,89 @@ impl AdminOptions {
         Ok(Some(AdminOptions {
             address,
             tokens,
-            allowed_hosts,
+            allowed_hosts: self.allowed_hosts.clone(),
         }))
     }
 }
 
+impl EnginePart for AdminSettings {
+    fn check(&self) -> Result<(), EngineError> {
+        self.checked().map(|_| ())
+    }
+
+    fn start(self: Box<Self>, engine: Engine) -> PartStart {
+        Box::pin(async move {
+            if let Some(options) = self.checked()? {
+                let address = start(engine.clone(), options).await?;
+                engine.set_extension(AdminAddress(address));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The address the admin API listens on, kept with the engine once it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddress(pub SocketAddr);
+
+/// The admin API's settings on the engine's builder (`use strata::prelude::*` brings it in).
+pub trait AdminBuilder: Sized {
+    /// Serves the admin HTTP API (JSON under `/v1`, `/metrics`, `/healthz`, `/readyz`, the
+    /// dashboard at `/`) on `address` while the engine runs; `127.0.0.1:0` picks a free port
+    /// ([`AdminEngine::admin_address`] says which). An address other hosts can reach needs an
+    /// admin token ([`AdminBuilder::admin_token`] or `STRATA_ADMIN_TOKEN`).
+    fn admin(self, address: SocketAddr) -> Self;
+
+    /// The bearer token that allows every admin API request (else `STRATA_ADMIN_TOKEN`); at
+    /// least [`MIN_ADMIN_TOKEN_LENGTH`] characters. May be called before or after
+    /// [`AdminBuilder::admin`]; `open` refuses a token without an address.
+    fn admin_token(self, token: impl Into<String>) -> Self;
+
+    /// The bearer token that allows admin API reads only (else `STRATA_ADMIN_READ_TOKEN`); the
+    /// same rules as [`AdminBuilder::admin_token`].
+    fn admin_read_token(self, token: impl Into<String>) -> Self;
+
+    /// A host name the admin API is reached by (`strata.internal`, the name a proxy forwards):
+    /// requests for names other than these, IP addresses and loopback names are refused, so a
+    /// web page cannot reach the API through DNS rebinding. May be called more than once.
+    fn admin_allowed_host(self, name: impl Into<String>) -> Self;
+}
+
+impl AdminBuilder for EngineBuilder {
+    fn admin(self, address: SocketAddr) -> Self {
+        self.part(|settings: &mut AdminSettings| settings.address = Some(address))
+    }
+
+    fn admin_token(self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.part(|settings: &mut AdminSettings| settings.tokens.admin = Some(token))
+    }
+
+    fn admin_read_token(self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.part(|settings: &mut AdminSettings| settings.tokens.read = Some(token))
+    }
+
+    fn admin_allowed_host(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.part(|settings: &mut AdminSettings| settings.allowed_hosts.push(name))
+    }
+}
+
+/// Where an engine's admin API listens (`use strata::prelude::*` brings it in).
+pub trait AdminEngine {
+    /// Where the admin API listens, if the builder asked for it.
+    fn admin_address(&self) -> Option<SocketAddr>;
+}
+
+impl AdminEngine for Engine {
+    fn admin_address(&self) -> Option<SocketAddr> {
+        self.extension::<AdminAddress>().map(|AdminAddress(address)| address)
+    }
+}
+
 /// Binds the admin API and serves it until the engine shuts down; returns the bound address.
-pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<SocketAddr, EngineError> {
+async fn start(engine: Engine, options: AdminOptions) -> Result<SocketAddr, EngineError> {
     let listener = tokio::net::TcpListener::bind(options.address)
         .await
         .map_err(|error| EngineError::AdminBind {
@@ -103,7 +186,7 @@ pub(crate) async fn start(engine: Engine, options: AdminOptions) -> Result<Socke
         address: options.address,
         reason: error.to_string(),
     })?;
-    let router = router(engine.clone(), options.tokens.clone(), options.allowed_hosts.clone());
+    let router = router(engine.clone(), options.tokens, options.allowed_hosts);
     let mut stop = engine.stop_signal();
     tracing::info!(address = %bound, "the admin API listens");
     engine.spawn_tracked(async move {
@@ -402,7 +485,7 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> ApiError {
-        use crate::registry::RegistryError;
+        use strata_engine::registry::RegistryError;
         let status = match &error {
             EngineError::Registry(RegistryError::UnknownWorkflow { .. } | RegistryError::UnknownVersion { .. }) => {
                 StatusCode::NOT_FOUND
@@ -412,9 +495,9 @@ impl From<EngineError> for ApiError {
                 | RegistryError::Retired { .. }
                 | RegistryError::CodeNotRegistered { .. },
             )
-            | EngineError::Store(crate::StoreError::LiveInstances { .. } | crate::StoreError::VersionRetired { .. }) => {
-                StatusCode::CONFLICT
-            }
+            | EngineError::Store(
+                strata_engine::StoreError::LiveInstances { .. } | strata_engine::StoreError::VersionRetired { .. },
+            ) => StatusCode::CONFLICT,
             EngineError::UnknownInstance { .. } | EngineError::InstanceRemoved { .. } => StatusCode::NOT_FOUND,
             EngineError::InstanceFinished { .. } => StatusCode::CONFLICT,
             EngineError::Registry(_)
@@ -496,7 +579,7 @@ struct SeriesView {
     bucket_ms: u64,
     /// Oldest first; the last is the bucket now.
     #[schema(value_type = Vec<Object>)]
-    points: Vec<crate::observe::MetricsPoint>,
+    points: Vec<strata_engine::observe::MetricsPoint>,
 }
 
 /// `GET /v1/versions/{workflow}/{version}/metrics`: the last 320 s of a version's metrics, one
@@ -515,7 +598,7 @@ async fn version_metrics(
     Ok(Json(SeriesView {
         workflow,
         version,
-        bucket_ms: crate::observe::BUCKET_MS,
+        bucket_ms: strata_engine::observe::BUCKET_MS,
         points,
     }))
 }
@@ -603,7 +686,7 @@ async fn ready(State(engine): State<Engine>) -> Response {
     if engine.is_stopping() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down").into_response();
     }
-    match blocking_read(engine, |engine| engine.store_answers()).await {
+    match blocking_read(engine, |engine| engine.check_store()).await {
         Ok(Ok(())) => "ready".into_response(),
         Ok(Err(error)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
         Err(error) => error.into_response(),

@@ -1,0 +1,47 @@
+//! Strata: a durable workflow runtime you embed in a Rust program, whose specialty is changing
+//! workflow logic while instances run.
+//!
+//! Every instance is pinned to the version it started on; new instances go to the newest active
+//! version (or the one the caller asks for); every step ends in one atomic commit; an old version
+//! stays resident until its last instance ends, and the engine says when its code can go.
+//!
+//! This is the crate users depend on. It re-exports the engine's API (`strata-engine`: the
+//! [`Engine`] facade and its builder, instances, versions, events) and the vocabulary under it
+//! (`strata-core`: [`workflow`], [`routing`], [`rollout`]; [`config`]: `strata-config`), and it
+//! assembles an engine from the parts users choose: a store ([`store`]: the embedded sled store
+//! or PostgreSQL) and the admin HTTP API ([`admin`], `strata-admin`). Their builder methods
+//! (`data_dir`, `postgres`, `admin`, ...) come with `use strata::prelude::*;`.
+//! `docs/architecture.md` draws the crates and their arrows.
+
+#![warn(missing_docs)]
+
+mod assembly;
+
+pub use store::{PostgresStore, SledStore};
+pub use strata_admin as admin;
+pub use strata_engine::{config, instance, migrate, observe, registry, rollout, routing, workflow};
+pub use strata_engine::{
+    Clock, DefinitionError, Durability, Engine, EngineBuilder, EngineError, EnginePart, Event, Gates, InstanceFilter,
+    InstanceId, InstanceInfo, InstanceStatus, ManualClock, MetricsSnapshot, MigrationJob, MoveRequest, Next,
+    OnRollback, Outcome, PartStart, RetryPolicy, RolloutSpec, Stage, StartOptions, StateMigration, StepCtx, StepError,
+    StepMapping, StepResult, Store, StoreError, StoreOpening, UpgradePolicy, Version, VersionInfo, VersionKey,
+    VersionStatus, WakeReason, WorkflowVersion,
+};
+
+pub use assembly::{StoreBuilder, StoreSettings};
+
+/// The store seam as the engine sees it, and the two backends an engine opens: the embedded sled
+/// store (the default, in a data directory) and PostgreSQL (many processes on one database).
+pub mod store {
+    pub use strata_engine::store::*;
+    pub use strata_store_postgres::PostgresStore;
+    pub use strata_store_sled::{SledStore, DEFAULT_DISK_RESERVE};
+}
+
+/// What a program that opens an engine brings into scope: the builder methods of the store
+/// (`data_dir`, `postgres`, ...) and of the admin API (`admin`, `admin_token`, ...), and
+/// `Engine::admin_address`.
+pub mod prelude {
+    pub use crate::assembly::StoreBuilder;
+    pub use strata_admin::{AdminBuilder, AdminEngine};
+}
