@@ -163,11 +163,11 @@ pub(crate) enum OnRollback {
 }
 
 impl OnRollback {
-    /// The name the API takes.
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The choice as the API takes it.
+    pub(crate) fn choice(self) -> strata_admin_model::OnRollbackChoice {
         match self {
-            OnRollback::KeepRunning => "keep_running",
-            OnRollback::MoveBack => "move_back",
+            OnRollback::KeepRunning => strata_admin_model::OnRollbackChoice::KeepRunning,
+            OnRollback::MoveBack => strata_admin_model::OnRollbackChoice::MoveBack,
         }
     }
 }

@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use strata_admin_model::{InstanceDetail, InstancePage, VersionView};
+use strata_admin_model::{
+    CancelledView, ConfigCheckView, FiguresView, GatesRequest, GatesView, GenerationView, InstanceDetail, InstancePage,
+    MigrationBody, MigrationProgressView, MoveBody, MoveCheckView, MovePlanView, MoveReportView, PhaseView,
+    RestoredView, RolloutStartRequest, RolloutView, SignalDeliveredView, StageView, TransitionKind, TransitionView,
+    VersionView, Whole,
+};
 
 use crate::args::{Command, ConfigCommand, InstancesCommand, MigrateCommand, MoveArgs, RolloutCommand, VersionsArgs};
 use crate::client::AdminClient;
@@ -32,11 +37,13 @@ pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<
                 &format!("/v1/instances/{id}/signals/{}", segment(&name)),
                 Some(&payload),
             )?;
+            let _: SignalDeliveredView = typed(&answer, "a signal's delivery")?;
             out.done(&answer, &format!("signal '{name}' delivered to instance {id}"));
             Ok(())
         }
         Command::Cancel { id } => {
             let answer = client.post(&format!("/v1/instances/{id}/cancel"), None)?;
+            let _: CancelledView = typed(&answer, "a cancellation")?;
             out.done(&answer, &format!("instance {id} cancelled"));
             Ok(())
         }
@@ -100,14 +107,6 @@ fn segment(text: &str) -> String {
     encoded
 }
 
-fn shown(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
-    }
-}
-
 /// An answer of the admin API read as the view `T` it documents (`strata-admin-model`).
 fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T, CliError> {
     T::deserialize(answer).map_err(|error| {
@@ -117,12 +116,36 @@ fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T
     })
 }
 
-/// Milliseconds since the Unix epoch as an age (`3m 20s ago`).
-fn age(ms: &Value) -> String {
-    match ms.as_u64() {
-        Some(ms) => age_of(ms),
-        None => "-".to_string(),
+/// Where an instance is between steps, for people.
+fn phase_text(phase: &PhaseView) -> String {
+    let at = |ms: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        match ms.checked_sub(now) {
+            Some(ahead) => format!("in {}s", ahead.div_ceil(1000)),
+            None => age_of(ms),
+        }
+    };
+    match phase {
+        PhaseView::Accepted { .. } => "accepted, first step not begun".to_string(),
+        PhaseView::Ready => "ready".to_string(),
+        PhaseView::Sleeping { until_ms } => format!("sleeping, wakes {}", at(*until_ms)),
+        PhaseView::WaitingSignal { signal, timeout_at_ms } => match timeout_at_ms {
+            Some(timeout) => format!("waiting for signal '{signal}', times out {}", at(*timeout)),
+            None => format!("waiting for signal '{signal}'"),
+        },
+        PhaseView::RetryBackoff { until_ms } => format!("waiting to retry, {}", at(*until_ms)),
+        PhaseView::Quarantined { reason } => format!("quarantined: {reason}"),
+        PhaseView::Completed { output } => format!("completed with {output}"),
+        PhaseView::Failed { reason } => format!("failed: {reason}"),
+        PhaseView::Cancelled => "cancelled".to_string(),
     }
+}
+
+/// A request body of the model as the JSON the client posts.
+fn body_json<T: serde::Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch as an age (`3m 20s ago`).
@@ -341,7 +364,7 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
                     format!("instance {id}: {} {}", summary.workflow, summary.version),
                     format!("status:   {}", summary.status),
                     format!("step:     {} (attempt {})", summary.step, instance.attempt),
-                    format!("phase:    {}", instance.phase),
+                    format!("phase:    {}", phase_text(&instance.phase)),
                     format!("started:  {}", age_of(summary.started_at_ms)),
                     format!("updated:  {}", age_of(summary.updated_at_ms)),
                 ];
@@ -361,29 +384,29 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
 }
 
 /// The last rollback of a rollout, if it was rolled back: its gate, reason and figures.
-fn rolled_back(rollout: &Value) -> Option<&Value> {
-    rollout["history"]
-        .as_array()
-        .and_then(|history| history.iter().rev().find(|entry| entry["kind"] == "rolled_back"))
+fn rolled_back(rollout: &RolloutView) -> Option<&TransitionView> {
+    rollout
+        .history
+        .iter()
+        .rev()
+        .find(|entry| entry.kind == TransitionKind::RolledBack)
 }
 
 /// While a rollout is active, its figures now; once rolled back, those its gates compared then.
-fn compared_figures(rollout: &Value) -> &Value {
-    match (&rollout["figures"], rolled_back(rollout)) {
-        (Value::Null, Some(rolled)) => rolled,
-        (figures, _) => figures,
+fn compared_figures(rollout: &RolloutView) -> Option<(FiguresView, FiguresView)> {
+    match (&rollout.figures, rolled_back(rollout)) {
+        (Some(figures), _) => Some((figures.candidate, figures.stable)),
+        (None, Some(rolled)) => rolled.candidate.zip(rolled.stable),
+        (None, None) => None,
     }
 }
 
-fn rollout_rows(rollouts: &[Value]) -> Vec<Vec<String>> {
+fn rollout_rows(rollouts: &[RolloutView]) -> Vec<Vec<String>> {
     rollouts
         .iter()
         .map(|rollout| {
-            let stages = rollout["stages"].as_array().map_or(0, Vec::len);
-            let rolled_back = rolled_back(rollout);
-            let figures = compared_figures(rollout);
-            let gate = rolled_back.map(|rolled| {
-                let gate = match rolled["gate"].as_str() {
+            let gate = rolled_back(rollout).map(|rolled| {
+                let gate = match rolled.gate.as_deref() {
                     Some("max_error_rate_increase") => "error rate increase gate",
                     Some("max_latency_multiplier") => "latency multiplier gate",
                     Some("min_success_rate") => "success rate gate",
@@ -391,19 +414,16 @@ fn rollout_rows(rollouts: &[Value]) -> Vec<Vec<String>> {
                     Some(other) => other,
                     None => "an operator",
                 };
-                format!("{gate}: {}", shown(&rolled["reason"]))
+                format!("{gate}: {}", rolled.reason.as_deref().unwrap_or("-"))
             });
             vec![
-                shown(&rollout["name"]),
-                shown(&rollout["status"]),
-                format!("{}/{}", rollout["stage"].as_u64().unwrap_or(0) + 1, stages),
-                rollout["candidate_percent"]
-                    .as_f64()
-                    .map_or_else(|| "-".to_string(), |percent| format!("{percent}%")),
-                format!(
-                    "{} / {}",
-                    shown(&figures["candidate"]["finished"]),
-                    shown(&figures["stable"]["finished"])
+                rollout.name.clone(),
+                rollout.status.clone(),
+                format!("{}/{}", rollout.stage + 1, rollout.stages.len()),
+                format!("{}%", rollout.candidate_percent),
+                compared_figures(rollout).map_or_else(
+                    || "-".to_string(),
+                    |(candidate, stable)| format!("{} / {}", candidate.finished, stable.finished),
                 ),
                 gate.unwrap_or_else(|| "-".to_string()),
             ]
@@ -424,7 +444,8 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
     let (path, action) = match command {
         RolloutCommand::Status { name: Some(name), .. } => {
             let answer = client.get(&format!("/v1/rollouts/{}", segment(&name)))?;
-            out.show(&answer, || rollout_detail(&answer));
+            let rollout: RolloutView = typed(&answer, "a rollout")?;
+            out.show(&answer, || rollout_detail(&rollout));
             return Ok(());
         }
         RolloutCommand::Status { name: None, workflow } => {
@@ -433,7 +454,7 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
                 None => "/v1/rollouts".to_string(),
             };
             let answer = client.get(&path)?;
-            let listed = answer.as_array().cloned().unwrap_or_default();
+            let listed: Vec<RolloutView> = typed(&answer, "a list of rollouts")?;
             out.show(&answer, || table::render(&ROLLOUT_HEADERS, &rollout_rows(&listed)));
             return Ok(());
         }
@@ -451,17 +472,23 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
                 .iter()
                 .map(|text| parse_stage(text))
                 .collect::<Result<Vec<_>, _>>()?;
-            let gates: Value = match gates {
-                Some(text) => serde_json::from_str(&text)
-                    .map_err(|error| CliError::Input(format!("--gates is not JSON ({error}): {text}")))?,
-                None => json!({}),
+            let gates = match gates {
+                Some(text) => parse_gates(&text)?,
+                None => GatesRequest::default(),
             };
-            let body = json!({
-                "workflow": workflow, "candidate": candidate, "stable": stable, "stages": stages, "gates": gates,
-                "name": name, "on_rollback": on_rollback.as_str(), "unwatched": unwatched,
-            });
-            let answer = client.post("/v1/rollouts", Some(&body))?;
-            out.show(&answer, || rollout_detail(&answer));
+            let body = RolloutStartRequest {
+                workflow,
+                candidate,
+                stable,
+                stages,
+                gates,
+                name,
+                on_rollback: on_rollback.choice(),
+                unwatched,
+            };
+            let answer = client.post("/v1/rollouts", Some(&body_json(&body)))?;
+            let rollout: RolloutView = typed(&answer, "a rollout")?;
+            out.show(&answer, || rollout_detail(&rollout));
             return Ok(());
         }
         RolloutCommand::Pause { name } => (name, "pause"),
@@ -469,12 +496,24 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
         RolloutCommand::Rollback { name } => (name, "rollback"),
     };
     let answer = client.post(&format!("/v1/rollouts/{}/{action}", segment(&path)), None)?;
-    out.show(&answer, || rollout_detail(&answer));
+    let rollout: RolloutView = typed(&answer, "a rollout")?;
+    out.show(&answer, || rollout_detail(&rollout));
     Ok(())
 }
 
+/// `--gates` as the API's gates: a JSON object of the gate fields; a field the API does not know
+/// (a typo) is refused here, naming it.
+fn parse_gates(text: &str) -> Result<GatesRequest, CliError> {
+    serde_json::from_str(text).map_err(|error| {
+        CliError::Input(format!(
+            "--gates ({error}): write a JSON object of max_error_rate_increase, max_latency_multiplier, \
+             min_success_rate, max_consecutive_failures: {text}"
+        ))
+    })
+}
+
 /// `PERCENT[:HOLD_SECONDS[:MIN_FINISHED]]` as the API's stage.
-fn parse_stage(text: &str) -> Result<Value, CliError> {
+fn parse_stage(text: &str) -> Result<StageView, CliError> {
     let wrong = || {
         CliError::Input(format!(
             "--stage '{text}': write PERCENT[:HOLD_SECONDS[:MIN_FINISHED]], e.g. 5:600:100"
@@ -493,25 +532,30 @@ fn parse_stage(text: &str) -> Result<Value, CliError> {
     if parts.next().is_some() {
         return Err(wrong());
     }
-    Ok(json!({ "percent": percent, "hold_ms": hold_seconds * 1000, "min_finished": min_finished }))
+    Ok(StageView {
+        percent,
+        hold_ms: Whole(hold_seconds.saturating_mul(1000)),
+        min_finished: Whole(min_finished),
+    })
 }
 
-fn rollout_detail(rollout: &Value) -> String {
+fn rollout_detail(rollout: &RolloutView) -> String {
     let mut lines = vec![table::render(
         &ROLLOUT_HEADERS,
         &rollout_rows(std::slice::from_ref(rollout)),
     )];
-    let figures = compared_figures(rollout);
-    if !figures.is_null() {
+    if let Some((candidate, stable)) = compared_figures(rollout) {
         lines.push(String::new());
-        let row = |name: &str, figures: &Value| {
+        let row = |name: &str, figures: FiguresView| {
             vec![
                 name.to_string(),
-                shown(&figures["finished"]),
-                shown(&figures["completed"]),
-                shown(&figures["failed"]),
-                shown(&figures["p95_step_micros"]),
-                shown(&figures["consecutive_failures"]),
+                figures.finished.to_string(),
+                figures.completed.to_string(),
+                figures.failed.to_string(),
+                figures
+                    .p95_step_micros
+                    .map_or_else(|| "-".to_string(), |micros| micros.to_string()),
+                figures.consecutive_failures.to_string(),
             ]
         };
         lines.push(table::render(
@@ -523,43 +567,62 @@ fn rollout_detail(rollout: &Value) -> String {
                 "P95 STEP (µs)",
                 "CONSECUTIVE FAILURES",
             ],
-            &[
-                row("candidate", &figures["candidate"]),
-                row("stable", &figures["stable"]),
-            ],
+            &[row("candidate", candidate), row("stable", stable)],
         ));
     }
-    lines.push(format!("gates: {}", rollout["gates"]));
+    lines.push(format!("gates: {}", gates_text(&rollout.gates, rollout.unwatched)));
     lines.join("\n")
+}
+
+/// The gates set, as `name <= limit` phrases.
+fn gates_text(gates: &GatesView, unwatched: bool) -> String {
+    let mut set = Vec::new();
+    if let Some(limit) = gates.max_error_rate_increase {
+        set.push(format!("max_error_rate_increase {limit}"));
+    }
+    if let Some(limit) = gates.max_latency_multiplier {
+        set.push(format!("max_latency_multiplier {limit}"));
+    }
+    if let Some(limit) = gates.min_success_rate {
+        set.push(format!("min_success_rate {limit}"));
+    }
+    if let Some(limit) = gates.max_consecutive_failures {
+        set.push(format!("max_consecutive_failures {limit}"));
+    }
+    match (set.is_empty(), unwatched) {
+        (true, true) => "none (unwatched)".to_string(),
+        (true, false) => "none".to_string(),
+        (false, _) => set.join(", "),
+    }
 }
 
 fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<(), CliError> {
     match command {
         ConfigCommand::Show => {
             let answer = client.get("/v1/config")?;
+            let in_force: GenerationView = typed(&answer, "a config generation")?;
             out.show(&answer, || {
                 format!(
                     "generation {} from {}, applied {}\n\n{}",
-                    shown(&answer["generation"]),
-                    shown(&answer["source"]),
-                    age(&answer["applied_at_ms"]),
-                    shown(&answer["text"])
+                    in_force.generation,
+                    in_force.source,
+                    age_of(in_force.applied_at_ms),
+                    in_force.text
                 )
             });
         }
         ConfigCommand::History => {
             let answer = client.get("/v1/config/history")?;
-            let listed = answer.as_array().cloned().unwrap_or_default();
+            let listed: Vec<GenerationView> = typed(&answer, "the config history")?;
             out.show(&answer, || {
                 let rows: Vec<Vec<String>> = listed
                     .iter()
                     .map(|generation| {
-                        let changed = generation["diff"].as_array().map_or(0, Vec::len);
                         vec![
-                            shown(&generation["generation"]),
-                            shown(&generation["source"]),
-                            age(&generation["applied_at_ms"]),
-                            changed.to_string(),
+                            generation.generation.to_string(),
+                            generation.source.clone(),
+                            age_of(generation.applied_at_ms),
+                            generation.diff.len().to_string(),
                         ]
                     })
                     .collect();
@@ -568,36 +631,29 @@ fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<
         }
         ConfigCommand::Diff { generation } => {
             let answer = client.get("/v1/config/history")?;
-            let found = answer
-                .as_array()
-                .and_then(|history| {
-                    history
-                        .iter()
-                        .find(|entry| entry["generation"].as_u64() == Some(generation))
-                })
-                .cloned()
+            let history: Vec<GenerationView> = typed(&answer, "the config history")?;
+            let found = history
+                .into_iter()
+                .find(|entry| entry.generation == generation)
                 .ok_or_else(|| CliError::Refused {
                     status: 404,
                     message: format!("no config generation {generation}; `strata config history` lists them"),
                 })?;
-            out.show(&found["diff"], || {
-                let lines: Vec<String> = found["diff"]
-                    .as_array()
-                    .map(|diff| diff.iter().map(shown).collect())
-                    .unwrap_or_default();
-                if lines.is_empty() {
+            out.show(&json!(found.diff), || {
+                if found.diff.is_empty() {
                     format!("generation {generation} changed nothing")
                 } else {
-                    lines.join("\n")
+                    found.diff.join("\n")
                 }
             });
         }
         ConfigCommand::Restore { generation } => {
             let answer = client.post(&format!("/v1/config/restore/{generation}"), None)?;
+            let restored: RestoredView = typed(&answer, "the restored generation")?;
             out.show(&answer, || {
                 format!(
                     "generation {generation} is in force again, as generation {}",
-                    shown(&answer["generation"])
+                    restored.generation
                 )
             });
         }
@@ -621,9 +677,12 @@ fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<
                 .file_name()
                 .map_or(source.clone(), |name| name.to_string_lossy().into_owned());
             match client.post_text(&format!("/v1/config/check?file={}", segment(&name)), contents) {
-                Ok(answer) => out.show(&answer, || {
-                    format!("{source}: valid against the running engine's versions (not applied)")
-                }),
+                Ok(answer) => {
+                    let _: ConfigCheckView = typed(&answer, "a config check")?;
+                    out.show(&answer, || {
+                        format!("{source}: valid against the running engine's versions (not applied)")
+                    })
+                }
                 Err(CliError::Refused { status: 422, message }) => {
                     let answer = json!({ "valid": false, "error": message });
                     out.show(&answer, || format!("invalid: {message}"));
@@ -637,35 +696,35 @@ fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<
 }
 
 fn move_body(args: MoveArgs) -> Result<Value, CliError> {
-    let mut steps = serde_json::Map::new();
+    let mut steps = std::collections::HashMap::new();
     for mapping in &args.steps {
         let (from, to) = mapping
             .split_once('=')
             .ok_or_else(|| CliError::Input(format!("--step '{mapping}': write FROM=TO")))?;
-        steps.insert(from.to_string(), Value::String(to.to_string()));
+        steps.insert(from.to_string(), to.to_string());
     }
-    Ok(json!({
-        "workflow": args.workflow,
-        "target": args.target,
-        "from_version": args.from,
-        "status": args.status,
-        "ids": if args.ids.is_empty() { Value::Null } else { json!(args.ids) },
-        "steps": steps,
+    Ok(body_json(&MoveBody {
+        workflow: args.workflow,
+        target: args.target,
+        from_version: args.from,
+        status: args.status,
+        ids: (!args.ids.is_empty()).then(|| args.ids.into_iter().map(Whole).collect()),
+        steps,
     }))
 }
 
-fn check_rows(checks: &[Value]) -> Vec<Vec<String>> {
+fn check_rows(checks: &[MoveCheckView]) -> Vec<Vec<String>> {
     checks
         .iter()
         .map(|check| {
             vec![
-                shown(&check["id"]),
-                shown(&check["from"]),
-                shown(&check["step"]),
-                check["continues_at"].as_str().map_or_else(
-                    || format!("refused: {}", shown(&check["refused"])),
-                    |step| format!("moves, continues at {step}"),
-                ),
+                check.id.to_string(),
+                check.from.clone(),
+                check.step.clone(),
+                match &check.continues_at {
+                    Some(step) => format!("moves, continues at {step}"),
+                    None => format!("refused: {}", check.refused.as_deref().unwrap_or("-")),
+                },
             ]
         })
         .collect()
@@ -675,28 +734,27 @@ fn migrate(client: &AdminClient, out: &Output, command: MigrateCommand) -> Resul
     match command {
         MigrateCommand::Plan(args) => {
             let answer = client.post("/v1/moves/plan", Some(&move_body(args)?))?;
-            let checks = answer["checks"].as_array().cloned().unwrap_or_default();
+            let plan: MovePlanView = typed(&answer, "a move plan")?;
             out.show(&answer, || {
-                let movable = checks.iter().filter(|check| !check["continues_at"].is_null()).count();
+                let movable = plan.checks.iter().filter(|check| check.continues_at.is_some()).count();
                 format!(
                     "{}\n{movable} of {} can move to {}",
-                    table::render(&["ID", "FROM", "STEP", "VERDICT"], &check_rows(&checks)),
-                    checks.len(),
-                    shown(&answer["target"])
+                    table::render(&["ID", "FROM", "STEP", "VERDICT"], &check_rows(&plan.checks)),
+                    plan.checks.len(),
+                    plan.target
                 )
             });
         }
         MigrateCommand::Apply(args) => {
             let answer = client.post("/v1/moves", Some(&move_body(args)?))?;
-            let refused = answer["refused"].as_array().cloned().unwrap_or_default();
+            let report: MoveReportView = typed(&answer, "a move report")?;
             out.show(&answer, || {
-                let moved = answer["moved"].as_array().map_or(0, Vec::len);
-                let mut text = format!("{moved} instance(s) moved");
-                if !refused.is_empty() {
+                let mut text = format!("{} instance(s) moved", report.moved.len());
+                if !report.refused.is_empty() {
                     text.push_str(&format!(
                         ", {} refused:\n{}",
-                        refused.len(),
-                        table::render(&["ID", "FROM", "STEP", "VERDICT"], &check_rows(&refused))
+                        report.refused.len(),
+                        table::render(&["ID", "FROM", "STEP", "VERDICT"], &check_rows(&report.refused))
                     ));
                 }
                 text
@@ -708,47 +766,50 @@ fn migrate(client: &AdminClient, out: &Output, command: MigrateCommand) -> Resul
             max_per_second,
             wait,
         } => {
-            let body = json!({ "workflow": workflow, "batch_size": batch_size, "max_per_second": max_per_second });
-            let answer = client.post("/v1/migrations", Some(&body))?;
+            let body = MigrationBody {
+                workflow: workflow.clone(),
+                batch_size: batch_size.map(|size| Whole(size as u64)),
+                max_per_second: max_per_second.map(|rate| Whole(u64::from(rate))),
+            };
+            let answer = client.post("/v1/migrations", Some(&body_json(&body)))?;
             if wait {
                 return follow_migration(client, out, &workflow);
             }
-            out.show(&answer, || progress_sentence(&answer));
+            show_progress(out, &answer)?;
         }
         MigrateCommand::Status { workflow, wait } => {
             if wait {
                 return follow_migration(client, out, &workflow);
             }
             let answer = client.get(&format!("/v1/migrations/{}", segment(&workflow)))?;
-            out.show(&answer, || progress_sentence(&answer));
+            show_progress(out, &answer)?;
         }
         MigrateCommand::Pause { workflow } => {
             let answer = client.post(&format!("/v1/migrations/{}/pause", segment(&workflow)), None)?;
-            out.show(&answer, || progress_sentence(&answer));
+            show_progress(out, &answer)?;
         }
         MigrateCommand::Resume { workflow } => {
             let answer = client.post(&format!("/v1/migrations/{}/resume", segment(&workflow)), None)?;
-            out.show(&answer, || progress_sentence(&answer));
+            show_progress(out, &answer)?;
         }
     }
     Ok(())
 }
 
-fn progress_sentence(progress: &Value) -> String {
+/// Prints a migration's progress: the answer as JSON, or a sentence.
+fn show_progress(out: &Output, answer: &Value) -> Result<(), CliError> {
+    let progress: MigrationProgressView = typed(answer, "a migration's progress")?;
+    out.show(answer, || progress_sentence(&progress));
+    Ok(())
+}
+
+fn progress_sentence(progress: &MigrationProgressView) -> String {
     let mut text = format!(
         "{}: {}, {} migrated, {} remaining, {} failed",
-        shown(&progress["workflow"]),
-        shown(&progress["state"]),
-        shown(&progress["migrated"]),
-        shown(&progress["remaining"]),
-        shown(&progress["failed"])
+        progress.workflow, progress.state, progress.migrated, progress.remaining, progress.failed
     );
-    for failure in progress["failures"].as_array().into_iter().flatten() {
-        text.push_str(&format!(
-            "\n  instance {}: {}",
-            shown(&failure["id"]),
-            shown(&failure["reason"])
-        ));
+    for failure in &progress.failures {
+        text.push_str(&format!("\n  instance {}: {}", failure.id, failure.reason));
     }
     text
 }
@@ -768,19 +829,17 @@ fn follow_migration(client: &AdminClient, out: &Output, workflow: &str) -> Resul
         bar
     });
     loop {
-        let progress = client.get(&path)?;
-        let migrated = progress["migrated"].as_u64().unwrap_or(0);
-        let failed = progress["failed"].as_u64().unwrap_or(0);
-        let remaining = progress["remaining"].as_u64().unwrap_or(0);
+        let answer = client.get(&path)?;
+        let progress: MigrationProgressView = typed(&answer, "a migration's progress")?;
         if let Some(bar) = &bar {
-            bar.set_length(migrated + failed + remaining);
-            bar.set_position(migrated + failed);
+            bar.set_length(progress.migrated + progress.failed + progress.remaining);
+            bar.set_position(progress.migrated + progress.failed);
         }
-        if progress["state"] == "finished" {
+        if progress.state == "finished" {
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
-            out.show(&progress, || progress_sentence(&progress));
+            out.show(&answer, || progress_sentence(&progress));
             return Ok(());
         }
         std::thread::sleep(POLL);
@@ -822,15 +881,30 @@ mod tests {
     #[test]
     fn a_stage_is_percent_hold_and_minimum() {
         assert_eq!(
-            parse_stage("5:600:100").unwrap(),
+            body_json(&parse_stage("5:600:100").unwrap()),
             json!({ "percent": 5.0, "hold_ms": 600_000, "min_finished": 100 })
         );
         assert_eq!(
-            parse_stage("100").unwrap(),
+            body_json(&parse_stage("100").unwrap()),
             json!({ "percent": 100.0, "hold_ms": 0, "min_finished": 0 })
         );
         assert!(matches!(parse_stage("five"), Err(CliError::Input(_))));
         assert!(matches!(parse_stage("5:1:2:3"), Err(CliError::Input(_))));
+    }
+
+    #[test]
+    fn gates_are_read_with_their_fields_and_a_typo_is_named() {
+        let gates = parse_gates(r#"{"max_error_rate_increase": 0.05, "max_consecutive_failures": 3}"#).unwrap();
+        assert_eq!(gates.max_error_rate_increase, Some(0.05));
+        assert_eq!(gates.max_consecutive_failures, Some(Whole(3)));
+        let Err(CliError::Input(message)) = parse_gates(r#"{"max_error_rate_increse": 0.05}"#) else {
+            panic!("a misspelt gate was taken");
+        };
+        assert!(
+            message.contains("unknown field `max_error_rate_increse`") && message.contains("max_error_rate_increase"),
+            "{message}"
+        );
+        assert!(matches!(parse_gates("0.05"), Err(CliError::Input(_))));
     }
 
     #[test]

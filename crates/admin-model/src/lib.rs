@@ -1,12 +1,24 @@
 //! strata-admin-model: the JSON shapes of Strata's admin API (version 1), shared by the server that
-//! writes them (`strata`'s admin module builds them from the engine's types) and the `strata` CLI
-//! that reads them typed. Kept apart from the engine's types so that the API stays stable while
-//! those change; it depends on no other Strata crate.
-//!
-//! Views moved here so far: errors, versions and instances. The rest of the API's views and
-//! request bodies (rollouts, config, moves and migrations) still live in the server's modules.
+//! writes them (`strata-admin` builds them from the engine's types) and the `strata` CLI that
+//! reads them typed: every answer and every request body. Kept apart from the engine's types so
+//! that the API stays stable while those change; it depends on no other Strata crate.
 
 #![warn(missing_docs)]
+
+mod changes;
+mod config;
+mod rollouts;
+mod whole;
+
+pub use changes::{
+    MigrationBody, MigrationFailureView, MigrationProgressView, MoveBody, MoveCheckView, MovePlanView, MoveReportView,
+};
+pub use config::{ConfigCheckView, GenerationView, RestoredView};
+pub use rollouts::{
+    FiguresView, GatesRequest, GatesView, OnRollbackChoice, RolloutFiguresView, RolloutStartRequest, RolloutView,
+    StageView, TransitionKind, TransitionView,
+};
+pub use whole::Whole;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -108,7 +120,7 @@ pub struct InstanceDetail {
     /// Step visits committed so far.
     pub visits: u64,
     /// Where it is between steps: its timer, the signal it waits for, why it is stuck.
-    pub phase: Value,
+    pub phase: PhaseView,
     /// The state at the last step boundary as JSON, or why it cannot be shown.
     pub state: Value,
     /// The schema number of that state.
@@ -155,4 +167,68 @@ pub struct PendingSignalView {
     pub name: String,
     /// The payload as JSON.
     pub payload: Value,
+}
+
+/// Where an instance is between steps, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PhaseView {
+    /// Accepted, its first step not begun: the input as JSON (`null` if it does not decode).
+    Accepted {
+        /// The start's input.
+        input: Value,
+    },
+    /// Its next step runs as soon as a slot is free.
+    Ready,
+    /// In a durable sleep.
+    Sleeping {
+        /// When it wakes (ms since the Unix epoch).
+        until_ms: u64,
+    },
+    /// Waiting for a signal.
+    WaitingSignal {
+        /// The signal's name.
+        signal: String,
+        /// When the wait times out (ms since the Unix epoch), if it does.
+        timeout_at_ms: Option<u64>,
+    },
+    /// Waiting to retry a failed attempt.
+    RetryBackoff {
+        /// When it retries (ms since the Unix epoch).
+        until_ms: u64,
+    },
+    /// Set apart: its record or state cannot be run.
+    Quarantined {
+        /// Why.
+        reason: String,
+    },
+    /// Completed: the output as JSON (`null` if it does not decode).
+    Completed {
+        /// The workflow's output.
+        output: Value,
+    },
+    /// Failed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Cancelled.
+    Cancelled,
+}
+
+/// A signal was stored for its instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignalDeliveredView {
+    /// Always `true`: stored durably, consumed when the instance waits for it.
+    pub delivered: bool,
+}
+
+/// An instance was cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancelledView {
+    /// Always `cancelled`.
+    pub status: String,
 }

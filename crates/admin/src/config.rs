@@ -5,23 +5,11 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Serialize;
-use serde_json::Value;
 
 use super::{blocking_read, ApiError};
+use strata_admin_model::{ConfigCheckView, GenerationView, RestoredView};
 use strata_engine::store::AppliedConfig;
 use strata_engine::Engine;
-
-/// One applied generation.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(super) struct GenerationView {
-    generation: u64,
-    source: String,
-    applied_at_ms: u64,
-    text: String,
-    /// What changed from the generation before, line by line (`-` removed, `+` added).
-    diff: Vec<String>,
-}
 
 /// `GET /v1/config`: the generation in force (the newest applied).
 #[utoipa::path(get, path = "/v1/config", tag = "config",
@@ -70,13 +58,13 @@ pub(super) struct CheckQuery {
 #[utoipa::path(post, path = "/v1/config/check", tag = "config",
     params(("file" = Option<String>, Query, description = "The file's name, for the messages (default strata.toml)")),
     request_body(content = ConfigText, content_type = "text/plain", description = "A strata.toml file"),
-    responses((status = 200, description = "`{\"valid\": true}`"),
+    responses((status = 200, description = "The file would apply", body = ConfigCheckView),
         (status = 422, description = "Invalid: the error names the file, the key and the reason", body = strata_admin_model::ErrorView)))]
 pub(super) async fn check(
     State(engine): State<Engine>,
     Query(query): Query<CheckQuery>,
     text: String,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConfigCheckView>, ApiError> {
     let file = query
         .file
         .filter(|file| !file.is_empty())
@@ -88,21 +76,21 @@ pub(super) async fn check(
         ));
     }
     match engine.check_config(&file, &text) {
-        Ok(()) => Ok(Json(serde_json::json!({ "valid": true }))),
+        Ok(()) => Ok(Json(ConfigCheckView { valid: true })),
         Err(error) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())),
     }
 }
 
 /// `POST /v1/config/restore/{generation}`: applies that generation again, as the newest.
 #[utoipa::path(post, path = "/v1/config/restore/{generation}", tag = "config", params(("generation" = u64, Path)),
-    responses((status = 200, description = "`{\"generation\": n}`: the new generation in force"),
+    responses((status = 200, description = "The new generation in force", body = RestoredView),
         (status = 404, body = strata_admin_model::ErrorView), (status = 422, body = strata_admin_model::ErrorView)))]
 pub(super) async fn restore(
     State(engine): State<Engine>,
     Path(generation): Path<u64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RestoredView>, ApiError> {
     let applied = engine.restore_config(generation).await?;
-    Ok(Json(serde_json::json!({ "generation": applied })))
+    Ok(Json(RestoredView { generation: applied }))
 }
 
 fn with_diffs(history: Vec<AppliedConfig>) -> Vec<GenerationView> {

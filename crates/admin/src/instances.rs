@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::views::{instance_detail, instance_summary};
 use super::{blocking_read, json_body, parse_version, ApiError};
-use strata_admin_model::{ErrorView, InstanceDetail, InstancePage};
+use strata_admin_model::{CancelledView, ErrorView, InstanceDetail, InstancePage, SignalDeliveredView};
 use strata_engine::{Engine, InstanceFilter, InstanceId, InstanceStatus};
 
 /// Instances per page unless `limit` says otherwise, and the most a page holds.
@@ -133,23 +133,25 @@ pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> R
 #[utoipa::path(post, path = "/v1/instances/{id}/signals/{name}", tag = "instances",
     params(("id" = u64, Path), ("name" = String, Path, description = "The signal's name")),
     request_body(content = serde_json::Value, description = "The payload as JSON (null for none)"),
-    responses((status = 200, description = "`{\"delivered\": true}`"), (status = 400, body = ErrorView),
+    responses((status = 200, description = "Stored durably", body = SignalDeliveredView), (status = 400, body = ErrorView),
         (status = 404, body = ErrorView), (status = 409, description = "The instance has finished", body = ErrorView)))]
 pub(super) async fn signal(
     State(engine): State<Engine>,
     Path((id, name)): Path<(u64, String)>,
     payload: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SignalDeliveredView>, ApiError> {
     let payload = json_body(payload, "the signal's payload (null for none)")?;
     engine.signal(InstanceId(id), &name, &payload).await?;
-    Ok(Json(serde_json::json!({ "delivered": true })))
+    Ok(Json(SignalDeliveredView { delivered: true }))
 }
 
 /// `POST /v1/instances/{id}/cancel`: cancelled at its next step boundary; answers once it is.
 #[utoipa::path(post, path = "/v1/instances/{id}/cancel", tag = "instances", params(("id" = u64, Path)),
-    responses((status = 200, description = "`{\"status\": \"cancelled\"}`"), (status = 404, body = ErrorView),
+    responses((status = 200, description = "Cancelled", body = CancelledView), (status = 404, body = ErrorView),
         (status = 409, description = "The instance has finished", body = ErrorView)))]
-pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<CancelledView>, ApiError> {
     engine.cancel(InstanceId(id)).await?;
-    Ok(Json(serde_json::json!({ "status": "cancelled" })))
+    Ok(Json(CancelledView {
+        status: "cancelled".to_string(),
+    }))
 }

@@ -31,7 +31,6 @@ mod dashboard;
 mod instances;
 mod rollouts;
 mod views;
-mod whole;
 
 use std::net::SocketAddr;
 
@@ -56,6 +55,16 @@ const SEMANTIC_VERSION: &str = r"^(0|[1-9]\d{0,17})\.(0|[1-9]\d{0,17})\.(0|[1-9]
 
 /// Request bodies larger than this are refused (413) before they are read.
 const BODY_LIMIT: usize = 64 * 1024;
+
+/// A whole number of a request body as a `u32`, or a 422 naming the field.
+fn whole_u32(whole: strata_admin_model::Whole, field: &str) -> Result<u32, ApiError> {
+    u32::try_from(whole.0).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{field} is at most {}", u32::MAX),
+        )
+    })
+}
 
 /// The admin API's settings as the engine's builder collects them (an [`EnginePart`]): where it
 /// listens and who may use it. Set through [`AdminBuilder`]'s methods, in any order.

@@ -2,7 +2,9 @@
 //! instances) are `strata-admin-model`'s, which the CLI reads too.
 
 use serde_json::Value;
-use strata_admin_model::{InstanceDetail, InstanceSummary, MoveView, OldestView, PendingSignalView, VersionView};
+use strata_admin_model::{
+    InstanceDetail, InstanceSummary, MoveView, OldestView, PendingSignalView, PhaseView, VersionView,
+};
 
 use strata_core::instance::Phase;
 use strata_engine::{InstanceInfo, VersionInfo};
@@ -59,26 +61,22 @@ pub(super) fn instance_summary(info: &InstanceInfo) -> InstanceSummary {
 /// `info` in full, with its pending `signals`.
 pub(super) fn instance_detail(info: &InstanceInfo, signals: &[strata_engine::store::SignalRecord]) -> InstanceDetail {
     let record = &info.record;
+    let decoded = |bytes: &[u8]| strata_core::workflow::decode_user::<Value>(bytes).unwrap_or(Value::Null);
     let phase = match &record.phase {
-        Phase::Ready { .. } => serde_json::json!({ "kind": "ready" }),
-        Phase::Sleeping { until_ms } => serde_json::json!({ "kind": "sleeping", "until_ms": until_ms }),
-        Phase::WaitingSignal { name, timeout_at_ms } => {
-            serde_json::json!({ "kind": "waiting_signal", "signal": name, "timeout_at_ms": timeout_at_ms })
-        }
-        Phase::RetryBackoff { until_ms, .. } => {
-            serde_json::json!({ "kind": "retry_backoff", "until_ms": until_ms })
-        }
-        Phase::Quarantined { reason } => serde_json::json!({ "kind": "quarantined", "reason": reason }),
-        Phase::Completed { output } => serde_json::json!({
-            "kind": "completed",
-            "output": strata_core::workflow::decode_user::<Value>(output).unwrap_or(Value::Null),
-        }),
-        Phase::Failed { reason } => serde_json::json!({ "kind": "failed", "reason": reason }),
-        Phase::Cancelled => serde_json::json!({ "kind": "cancelled" }),
-        Phase::Accepted { input } => serde_json::json!({
-            "kind": "accepted",
-            "input": strata_core::workflow::decode_user::<Value>(input).unwrap_or(Value::Null),
-        }),
+        Phase::Ready { .. } => PhaseView::Ready,
+        Phase::Sleeping { until_ms } => PhaseView::Sleeping { until_ms: *until_ms },
+        Phase::WaitingSignal { name, timeout_at_ms } => PhaseView::WaitingSignal {
+            signal: name.clone(),
+            timeout_at_ms: *timeout_at_ms,
+        },
+        Phase::RetryBackoff { until_ms, .. } => PhaseView::RetryBackoff { until_ms: *until_ms },
+        Phase::Quarantined { reason } => PhaseView::Quarantined { reason: reason.clone() },
+        Phase::Completed { output } => PhaseView::Completed {
+            output: decoded(output),
+        },
+        Phase::Failed { reason } => PhaseView::Failed { reason: reason.clone() },
+        Phase::Cancelled => PhaseView::Cancelled,
+        Phase::Accepted { input } => PhaseView::Accepted { input: decoded(input) },
     };
     // A start not begun has no state yet (its first step builds it from the input).
     let state = match &record.phase {
@@ -115,7 +113,7 @@ pub(super) fn instance_detail(info: &InstanceInfo, signals: &[strata_engine::sto
             .map(|signal| PendingSignalView {
                 seq: signal.seq,
                 name: signal.name.clone(),
-                payload: strata_core::workflow::decode_user::<Value>(&signal.payload).unwrap_or(Value::Null),
+                payload: decoded(&signal.payload),
             })
             .collect(),
     }

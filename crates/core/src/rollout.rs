@@ -75,7 +75,6 @@ impl From<Stage> for StoredStage {
 
 /// What makes a candidate worse than the stable version. Unset gates are not checked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Gates {
     /// The candidate's error rate may exceed the stable's by at most this much (0.05 = 5 points).
     pub max_error_rate_increase: Option<f64>,
@@ -391,7 +390,6 @@ impl Gate {
 
 /// One version's figures in the current stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Figures {
     /// Instances that finished in the stage.
     pub finished: u64,

@@ -6,7 +6,7 @@ use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
 /// A whole number from 0, written `3` or `3.0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub(super) struct Whole(pub u64);
+pub struct Whole(pub u64);
 
 impl<'de> Deserialize<'de> for Whole {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Whole, D::Error> {
@@ -21,18 +21,6 @@ impl<'de> Deserialize<'de> for Whole {
             })
             .map(Whole)
             .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number from 0")))
-    }
-}
-
-impl Whole {
-    /// The number as a `u32`, or why not.
-    pub(super) fn to_u32(self, field: &str) -> Result<u32, super::ApiError> {
-        u32::try_from(self.0).map_err(|_| {
-            super::ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{field} is at most {}", u32::MAX),
-            )
-        })
     }
 }
 
