@@ -9,15 +9,21 @@
 //! [`Engine`] facade and its builder, instances, versions, events) and the vocabulary under it
 //! (`strata-core`: [`workflow`], [`routing`], [`rollout`]; [`config`]: `strata-config`), and it
 //! assembles an engine from the parts users choose: a store ([`store`]: the embedded sled store
-//! or PostgreSQL) and the admin HTTP API ([`admin`], `strata-admin`). Their builder methods
-//! (`data_dir`, `postgres`, `admin`, ...) come with `use strata::prelude::*;`.
+//! or PostgreSQL) and the admin HTTP API (`admin`, `strata-admin`). Their builder methods
+//! (`data_dir`, `postgres`, `admin`, ...) come with `use strata::prelude::*;`. Each part is a
+//! cargo feature, all on by default: `sled`, `postgres`, `admin`.
 //! `docs/architecture.md` draws the crates and their arrows.
 
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "sled", feature = "postgres"))]
 mod assembly;
 
-pub use store::{PostgresStore, SledStore};
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
+#[cfg(feature = "sled")]
+pub use store::SledStore;
+#[cfg(feature = "admin")]
 pub use strata_admin as admin;
 pub use strata_engine::{config, instance, migrate, observe, registry, rollout, routing, workflow};
 pub use strata_engine::{
@@ -28,13 +34,17 @@ pub use strata_engine::{
     VersionStatus, WakeReason, WorkflowVersion,
 };
 
+#[cfg(any(feature = "sled", feature = "postgres"))]
 pub use assembly::{StoreBuilder, StoreSettings};
 
-/// The store seam as the engine sees it, and the two backends an engine opens: the embedded sled
-/// store (the default, in a data directory) and PostgreSQL (many processes on one database).
+/// The store seam as the engine sees it, and the backends an engine opens: the embedded sled
+/// store (feature `sled`, in a data directory) and PostgreSQL (feature `postgres`, many processes
+/// on one database); both features are on by default.
 pub mod store {
     pub use strata_engine::store::*;
+    #[cfg(feature = "postgres")]
     pub use strata_store_postgres::PostgresStore;
+    #[cfg(feature = "sled")]
     pub use strata_store_sled::{SledStore, DEFAULT_DISK_RESERVE};
 }
 
@@ -42,6 +52,8 @@ pub mod store {
 /// (`data_dir`, `postgres`, ...) and of the admin API (`admin`, `admin_token`, ...), and
 /// `Engine::admin_address`.
 pub mod prelude {
+    #[cfg(any(feature = "sled", feature = "postgres"))]
     pub use crate::assembly::StoreBuilder;
+    #[cfg(feature = "admin")]
     pub use strata_admin::{AdminBuilder, AdminEngine};
 }
