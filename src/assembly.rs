@@ -79,8 +79,8 @@ pub trait StoreBuilder: Sized {
     fn data_dir(self, path: impl Into<PathBuf>) -> Self;
 
     /// How much free space the embedded store keeps on its disk (default 64 MiB; 0: none): a
-    /// commit that finds less is refused with [`StoreError::DiskFull`](crate::StoreError::DiskFull),
-    /// the instance stays at its last committed step and is retried, and the engine continues
+    /// commit that finds less is refused with a [`BackendFailure::NoSpace`](crate::store::BackendFailure)
+    /// store error, the instance stays at its last committed step and is retried, and the engine continues
     /// once space returns.
     #[cfg(feature = "sled")]
     fn disk_reserve(self, bytes: u64) -> Self;

@@ -5,6 +5,7 @@
 mod common;
 
 use strata::prelude::*;
+use strata::store::BackendFailure;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -291,10 +292,7 @@ impl Store for FailingStore {
     fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             self.rejected.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Backend {
-                operation: "apply",
-                message: "No space left on device (os error 28)".into(),
-            });
+            return Err(StoreError::failed("apply", "No space left on device (os error 28)"));
         }
         self.inner.apply(ops)
     }
@@ -418,9 +416,16 @@ async fn a_store_of_a_newer_format_is_refused() {
         panic!("opened a store of format 99")
     };
     assert!(
-        matches!(error, EngineError::Store(StoreError::NewerFormat { found: 99, .. })),
+        matches!(
+            &error,
+            EngineError::Store(StoreError::Backend {
+                kind: BackendFailure::Newer,
+                ..
+            })
+        ),
         "{error}"
     );
+    assert!(error.to_string().contains("record format 99"), "{error}");
     assert!(error.to_string().contains("upgrade Strata"), "{error}");
 }
 

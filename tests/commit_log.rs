@@ -13,13 +13,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use strata::prelude::*;
+use strata::store::BackendFailure;
 
 mod common;
 
 use std::sync::Arc;
 
 use common::probe::{self, Probe};
-use strata::store::{SledStore, Store, StoreError};
+use strata::store::{SledStore, Store};
 use strata::{Durability, Engine, InstanceId, InstanceStatus, Outcome};
 use strata_store::Op;
 
@@ -379,7 +380,11 @@ fn a_damaged_byte_in_the_log_is_refused_by_name_and_nothing_after_it_is_dropped_
         let Err(error) = SledStore::open(dir.path()) else {
             panic!("{open} open: a store whose log lost acknowledged commits opened")
         };
-        assert!(matches!(error, StoreError::Damaged { .. }), "{open} open: {error}");
+        assert_eq!(
+            error.backend_failure(),
+            Some(BackendFailure::Damaged),
+            "{open} open: {error}"
+        );
         let text = error.to_string();
         assert!(
             text.contains("commit-log") && text.contains("synced"),
@@ -406,7 +411,7 @@ fn a_damaged_value_of_the_stores_own_bookkeeping_is_refused_naming_the_record() 
     let Err(error) = SledStore::open(dir.path()) else {
         panic!("a store missing a schedule's fire opened");
     };
-    assert!(matches!(error, StoreError::Damaged { .. }), "{error}");
+    assert_eq!(error.backend_failure(), Some(BackendFailure::Damaged), "{error}");
     assert!(
         error.to_string().contains("the store's record f/schedule-9 is damaged")
             && error.to_string().contains("fails its checksum"),

@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use strata::store::BackendFailure;
 
 use common::*;
 use strata::{EngineError, StoreError};
@@ -57,8 +58,12 @@ async fn another_engine_holding_the_directory_is_refused_at_once_by_its_process_
     }
     let started = std::time::Instant::now();
     match builder(dir.path()).open().await {
-        Err(EngineError::Store(error @ StoreError::DirectoryInUse { holder: holder_pid, .. })) => {
-            assert_eq!(holder_pid, Some(holder.id()), "{error}");
+        Err(EngineError::Store(
+            error @ StoreError::Backend {
+                kind: BackendFailure::InUse,
+                ..
+            },
+        )) => {
             let message = error.to_string();
             assert!(
                 message.contains(&format!("process {}", holder.id())) && message.contains("stop that engine"),

@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 use strata::prelude::*;
+use strata::store::BackendFailure;
 
 use common::outcome_within;
 use common::postgres::TestDatabase;
@@ -188,7 +189,12 @@ async fn an_outage_longer_than_the_retries_says_what_to_check_and_the_engine_rec
     let reader = engine.clone();
     let read = tokio::task::spawn_blocking(move || reader.workers()).await.unwrap();
     match read {
-        Err(EngineError::Store(error @ StoreError::ConnectionLost { .. })) => {
+        Err(EngineError::Store(
+            error @ StoreError::Backend {
+                kind: BackendFailure::Unreachable { .. },
+                ..
+            },
+        )) => {
             let message = error.to_string();
             assert!(
                 message.contains("check that the PostgreSQL server is up and reachable"),
@@ -200,7 +206,13 @@ async fn an_outage_longer_than_the_retries_says_what_to_check_and_the_engine_rec
     for start in starts {
         let (started, waited) = start.await.unwrap();
         assert!(
-            matches!(started, Err(EngineError::Store(StoreError::ConnectionLost { .. }))),
+            matches!(
+                started,
+                Err(EngineError::Store(StoreError::Backend {
+                    kind: BackendFailure::Unreachable { .. },
+                    ..
+                }))
+            ),
             "a start during a long outage: {started:?}"
         );
         assert!(
@@ -264,7 +276,13 @@ async fn sessions_left_read_only_by_a_failover_are_replaced_and_every_instance_f
         .unwrap();
     let refused = engine.signal(ids[2], "go", &1u64).await.unwrap_err();
     assert!(
-        matches!(&refused, EngineError::Store(StoreError::ReadOnly { .. })),
+        matches!(
+            &refused,
+            EngineError::Store(StoreError::Backend {
+                kind: BackendFailure::ReadOnly { .. },
+                ..
+            })
+        ),
         "a signal while the database is read-only: {refused:?}"
     );
     assert!(

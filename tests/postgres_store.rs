@@ -7,12 +7,17 @@ mod common;
 
 use common::postgres::TestDatabase;
 use strata::prelude::*;
-use strata::store::{DatabaseProblem, PostgresStore, StoreError};
+use strata::store::{BackendFailure, DatabaseProblem, PostgresStore, StoreError};
 use strata::{Engine, EngineError};
 
 fn problem_of(url: &str) -> (DatabaseProblem, String) {
     match PostgresStore::connect(url) {
-        Err(error @ StoreError::Database { problem, .. }) => (problem, error.to_string()),
+        Err(
+            error @ StoreError::Backend {
+                kind: BackendFailure::Unusable(problem),
+                ..
+            },
+        ) => (problem, error.to_string()),
         Err(other) => panic!("{url}: not a database error: {other}"),
         Ok(_) => panic!("{url}: connected"),
     }
@@ -53,8 +58,8 @@ async fn the_builder_reports_the_problem_as_a_store_error() {
     assert!(
         matches!(
             error,
-            EngineError::Store(StoreError::Database {
-                problem: DatabaseProblem::Unreachable,
+            EngineError::Store(StoreError::Backend {
+                kind: BackendFailure::Unusable(DatabaseProblem::Unreachable),
                 ..
             })
         ),
@@ -94,10 +99,8 @@ fn a_database_written_by_a_newer_strata_is_refused() {
         .execute("INSERT INTO strata_schema (version, description) VALUES (99, 'from the future')")
         .unwrap();
     let refused = PostgresStore::connect(&database.url).err().expect("a newer schema");
-    assert!(
-        matches!(refused, StoreError::NewerSchema { found: 99, .. }),
-        "{refused}"
-    );
+    assert_eq!(refused.backend_failure(), Some(BackendFailure::Newer), "{refused}");
+    assert!(refused.to_string().contains("has Strata schema 99"), "{refused}");
     assert!(refused.to_string().contains("upgrade Strata"), "{refused}");
 
     let database = TestDatabase::create();
@@ -108,8 +111,6 @@ fn a_database_written_by_a_newer_strata_is_refused() {
     let refused = PostgresStore::connect(&database.url)
         .err()
         .expect("a newer record format");
-    assert!(
-        matches!(refused, StoreError::NewerFormat { found: 99, .. }),
-        "{refused}"
-    );
+    assert_eq!(refused.backend_failure(), Some(BackendFailure::Newer), "{refused}");
+    assert!(refused.to_string().contains("record format 99"), "{refused}");
 }

@@ -8,7 +8,8 @@
 //! backend.
 
 pub use strata_store::{
-    AppliedConfig, Cluster, CorruptRecord, DatabaseProblem, SignalRecord, Store, StoreError, StoreStats, WorkerInfo,
+    AppliedConfig, BackendFailure, Cluster, CorruptRecord, DatabaseProblem, SignalRecord, Store, StoreError,
+    StoreStats, WorkerInfo,
 };
 
 pub(crate) use strata_store::{

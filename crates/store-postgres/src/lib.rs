@@ -32,8 +32,9 @@ use retry::{Outage, Retry};
 use strata_core::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use strata_core::version::VersionStatus;
 use strata_store::{
-    Applied, AppliedConfig, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind, MigrationJobRecord, Op,
-    RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion, VersionCounters, Wakeup, WorkerInfo,
+    Applied, AppliedConfig, BackendFailure, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind,
+    MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion,
+    VersionCounters, Wakeup, WorkerInfo,
 };
 
 /// Connections a store keeps at most: the commit thread, reads, and room for a slow one.
@@ -319,21 +320,11 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
 pub(crate) fn failed(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |error| {
         if retry::read_only(&error) {
-            StoreError::ReadOnly {
-                operation,
-                retried_for: Duration::ZERO,
-            }
+            retry::read_only_failure(operation)
         } else if retry::connection_broke(&error) {
-            StoreError::ConnectionLost {
-                operation,
-                reason: describe(&error),
-                retried_for: Duration::ZERO,
-            }
+            retry::connection_lost(operation, &describe(&error))
         } else {
-            StoreError::Backend {
-                operation,
-                message: describe(&error),
-            }
+            StoreError::failed(operation, describe(&error))
         }
     }
 }
@@ -346,16 +337,9 @@ fn pool_failed(operation: &'static str) -> impl Fn(PoolError) -> StoreError {
             other => other.to_string(),
         };
         if retry::pool_broke(&error) {
-            StoreError::ConnectionLost {
-                operation,
-                reason,
-                retried_for: Duration::ZERO,
-            }
+            retry::connection_lost(operation, &reason)
         } else {
-            StoreError::Backend {
-                operation,
-                message: format!("{reason}; check that the PostgreSQL server is up"),
-            }
+            StoreError::failed(operation, format!("{reason}; check that the PostgreSQL server is up"))
         }
     }
 }
@@ -373,14 +357,26 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
     format!("{user}@{host}:{port}/{database}")
 }
 
+/// The database cannot be used as configured: which (`user@host:port/database`, never the
+/// password), why, and what to check.
+fn database_unusable(target: &str, problem: DatabaseProblem, reason: &str, hint: &str) -> StoreError {
+    StoreError::backend(
+        BackendFailure::Unusable(problem),
+        format!("cannot use the PostgreSQL database {target}: {reason}; {hint}"),
+    )
+}
+
+/// This engine's memory may be behind the database: it refuses further writes.
+fn diverged(reason: &str) -> StoreError {
+    StoreError::backend(
+        BackendFailure::Diverged,
+        format!("{reason}; restart the engine: it reloads everything from the database"),
+    )
+}
+
 /// Why the first connection failed, in terms an operator can act on.
 fn connect_failed(target: &str, error: PoolError) -> StoreError {
-    let database_error = |problem, reason, hint| StoreError::Database {
-        target: target.to_string(),
-        problem,
-        reason,
-        hint,
-    };
+    let database_error = |problem, reason: String, hint: &str| database_unusable(target, problem, &reason, hint);
     let unreachable = "check that PostgreSQL runs at that host and port and accepts TCP connections from here";
     match error {
         PoolError::Backend(error) => {
@@ -441,10 +437,8 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    strata_core::instance::decode_stored(bytes).map_err(|error| StoreError::Backend {
-        operation: "read",
-        message: format!("a {what} record does not decode: {error}"),
-    })
+    strata_core::instance::decode_stored(bytes)
+        .map_err(|error| StoreError::failed("read", format!("a {what} record does not decode: {error}")))
 }
 
 /// A stored number as the `u64` the engine uses (ids, times and counts are never negative).
@@ -460,9 +454,9 @@ fn signed(value: u64) -> i64 {
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`),
     /// creates or upgrades Strata's tables, and checks the record format. Fails with
-    /// [`StoreError::Database`] naming the problem (bad URL, server unreachable, credentials
-    /// refused, no such database) before anything runs, or [`StoreError::NewerSchema`] /
-    /// [`StoreError::NewerFormat`] if a newer Strata wrote the database.
+    /// [`BackendFailure::Unusable`] naming the problem (bad URL, server unreachable, credentials
+    /// refused, no such database) before anything runs, or [`BackendFailure::Newer`] if a newer
+    /// Strata wrote the database (its schema or record format).
     pub fn connect(url: &str) -> Result<PostgresStore, StoreError> {
         Self::connect_with(url, None)
     }
@@ -472,13 +466,14 @@ impl PostgresStore {
     /// transaction pooler, which cannot carry LISTEN.
     pub fn connect_with(url: &str, listen_url: Option<&str>) -> Result<PostgresStore, StoreError> {
         let parse = |url: &str, which: &str| -> Result<tokio_postgres::Config, StoreError> {
-            url.parse()
-                .map_err(|error: tokio_postgres::Error| StoreError::Database {
-                    target: format!("(the {which} given)"),
-                    problem: DatabaseProblem::InvalidUrl,
-                    reason: error.to_string(),
-                    hint: "give a URL like postgres://user:password@host:5432/database",
-                })
+            url.parse().map_err(|error: tokio_postgres::Error| {
+                database_unusable(
+                    &format!("(the {which} given)"),
+                    DatabaseProblem::InvalidUrl,
+                    &error.to_string(),
+                    "give a URL like postgres://user:password@host:5432/database",
+                )
+            })
         };
         let config = parse(url, "URL")?;
         let listen_config = match listen_url {
@@ -491,10 +486,7 @@ impl PostgresStore {
             .thread_name("strata-postgres")
             .enable_all()
             .build()
-            .map_err(|error| StoreError::Backend {
-                operation: "start the PostgreSQL client",
-                message: error.to_string(),
-            })?;
+            .map_err(|error| StoreError::failed("start the PostgreSQL client", error.to_string()))?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -508,10 +500,7 @@ impl PostgresStore {
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(|error| StoreError::Backend {
-                operation: "create the connection pool",
-                message: error.to_string(),
-            })?;
+            .map_err(|error| StoreError::failed("create the connection pool", error.to_string()))?;
         let (wake, wakeups) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(listen(listen_config, wake));
         let outage_pool = pool.clone();
@@ -550,7 +539,7 @@ impl PostgresStore {
     /// Refuses a write once this engine's memory may be behind the database.
     fn refuse_if_diverged(&self) -> Result<(), StoreError> {
         match self.unsettled.diverged.lock().as_ref() {
-            Some(reason) => Err(StoreError::Diverged { reason: reason.clone() }),
+            Some(reason) => Err(diverged(reason)),
             None => Ok(()),
         }
     }
@@ -575,10 +564,7 @@ impl PostgresStore {
         work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let Some(runtime) = self.runtime.as_ref() else {
-            return Err(StoreError::Backend {
-                operation: "query",
-                message: "the PostgreSQL store is closed".to_string(),
-            });
+            return Err(StoreError::failed("query", "the PostgreSQL store is closed"));
         };
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         let outage = self.outage.clone();
@@ -597,12 +583,7 @@ impl PostgresStore {
         } else {
             receiver.recv()
         };
-        answer.unwrap_or_else(|_| {
-            Err(StoreError::Backend {
-                operation: "query",
-                message: "the database call ended without an answer".to_string(),
-            })
-        })
+        answer.unwrap_or_else(|_| Err(StoreError::failed("query", "the database call ended without an answer")))
     }
 
     /// Runs one query on a pooled connection and maps its rows.
@@ -702,10 +683,7 @@ async fn check_record_format(client: &tokio_postgres::Client) -> Result<(), Stor
     let found = row.map(|row| row.get::<_, i64>(0));
     if let Some(found) = found {
         if found > i64::from(RECORD_FORMAT) {
-            return Err(StoreError::NewerFormat {
-                found: found as u32,
-                supported: RECORD_FORMAT,
-            });
+            return Err(StoreError::newer_format(found as u32, RECORD_FORMAT));
         }
     }
     if found != Some(i64::from(RECORD_FORMAT)) {
@@ -762,8 +740,14 @@ impl Store for PostgresStore {
                 }
             }
         });
-        if let Err(StoreError::Diverged { reason }) = &applied {
-            tracing::error!(%reason, "this engine's memory may be behind the database; it stops writing and lets its claims run out");
+        if let Err(
+            error @ StoreError::Backend {
+                kind: BackendFailure::Diverged,
+                ..
+            },
+        ) = &applied
+        {
+            tracing::error!(%error, "this engine's memory may be behind the database; it stops writing and lets its claims run out");
         }
         let applied = applied?;
         self.applies.fetch_add(1, Ordering::Relaxed);
@@ -806,12 +790,7 @@ impl Store for PostgresStore {
             "load instance",
             "SELECT record FROM strata_instances WHERE id = $1",
             vec![Box::new(signed(id.0))],
-            |row| {
-                InstanceRecord::decode(row.get(0)).map_err(|message| StoreError::Backend {
-                    operation: "load instance",
-                    message,
-                })
-            },
+            |row| InstanceRecord::decode(row.get(0)).map_err(|message| StoreError::failed("load instance", message)),
         )?;
         Ok(found.into_iter().next())
     }
@@ -949,8 +928,9 @@ async fn settle_commit(pool: &Pool, worker: &str, unsettled: &Unsettled, retry: 
     if landed.is_some() {
         let reason =
             format!("commit {seq} of worker {worker} was reported failed when its connection broke, but it had landed");
-        *unsettled.diverged.lock() = Some(reason.clone());
-        return Err(StoreError::Diverged { reason });
+        let error = diverged(&reason);
+        *unsettled.diverged.lock() = Some(reason);
+        return Err(error);
     }
     Ok(())
 }
@@ -982,9 +962,11 @@ const TOUCHED_VERSIONS_QUERY: &str = concat!(
 fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError> {
     let workflow: String = row.get(0);
     let version: String = row.get(1);
-    let version = semver::Version::parse(&version).map_err(|error| StoreError::Backend {
-        operation: "read versions",
-        message: format!("stored version '{version}' of '{workflow}' does not parse: {error}"),
+    let version = semver::Version::parse(&version).map_err(|error| {
+        StoreError::failed(
+            "read versions",
+            format!("stored version '{version}' of '{workflow}' does not parse: {error}"),
+        )
     })?;
     let status: Option<String> = row.get(2);
     Ok(StoredVersion {

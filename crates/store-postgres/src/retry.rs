@@ -8,7 +8,7 @@ use std::time::Duration;
 use deadpool_postgres::{Pool, PoolError};
 use tokio_postgres::error::SqlState;
 
-use strata_store::StoreError;
+use strata_store::{BackendFailure, StoreError};
 
 /// How long a call is retried over new connections before its error is returned.
 pub(crate) const RETRY_FOR: Duration = Duration::from_secs(15);
@@ -54,6 +54,37 @@ pub(crate) fn read_only(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
 }
 
+/// The connection broke while trying to `operation` (not retried yet).
+pub(crate) fn connection_lost(operation: &str, reason: &str) -> StoreError {
+    StoreError::backend(
+        BackendFailure::Unreachable {
+            retried_for: Duration::ZERO,
+        },
+        format!("lost the connection to the database while trying to {operation} ({reason}): check that the PostgreSQL server is up and reachable"),
+    )
+}
+
+/// The server took no write while trying to `operation` (not retried yet).
+pub(crate) fn read_only_failure(operation: &str) -> StoreError {
+    StoreError::backend(
+        BackendFailure::ReadOnly {
+            retried_for: Duration::ZERO,
+        },
+        format!("the database is read-only (a replica, or a failover in progress?) while trying to {operation}: point the URL at the primary, or list every host with target_session_attrs=read-write"),
+    )
+}
+
+/// How long a call that could not reach or write the database retried, if that is its error.
+fn retried_for(error: &mut StoreError) -> Option<&mut Duration> {
+    match error {
+        StoreError::Backend {
+            kind: BackendFailure::Unreachable { retried_for } | BackendFailure::ReadOnly { retried_for },
+            ..
+        } => Some(retried_for),
+        _ => None,
+    }
+}
+
 /// Whether a pool error means no connection could be had right now.
 pub(crate) fn pool_broke(error: &PoolError) -> bool {
     match error {
@@ -64,9 +95,8 @@ pub(crate) fn pool_broke(error: &PoolError) -> bool {
 }
 
 /// Whether the database is in an outage: a call ran out of its `RETRY_FOR` window and no call
-/// has succeeded since. Calls made meanwhile try once and fail at once (`ConnectionLost`,
-/// `ReadOnly`), so
-/// that a caller waits at most one window however many calls queue behind one another (a start
+/// has succeeded since. Calls made meanwhile try once and fail at once (`Unreachable`,
+/// `ReadOnly`), so that a caller waits at most one window however many calls queue behind one another (a start
 /// behind a group commit riding out the outage), while the engine goes on trying at its own
 /// pace (heartbeats, steps' next attempts). The first call that succeeds ends it.
 pub(crate) struct Outage {
@@ -92,9 +122,9 @@ impl Outage {
 
     /// A call found the database unreachable or read-only and retries: warned of once per
     /// episode.
-    fn trouble(&self, operation: &str, error: &StoreError) {
+    fn trouble(&self, error: &StoreError) {
         if !self.troubled.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            tracing::warn!(operation, %error, "the database could not be reached or written; retrying over new connections");
+            tracing::warn!(%error, "the database could not be reached or written; retrying over new connections");
         }
     }
 
@@ -118,7 +148,7 @@ impl Outage {
         }
     }
 
-    /// Takes in a call's result: a `ConnectionLost` or `ReadOnly` after a whole window begins an
+    /// Takes in a call's result: an `Unreachable` or `ReadOnly` after a whole window begins an
     /// outage, said once; a success ends one (and any trouble short of one), said once.
     pub(crate) fn observe<T>(&self, result: &Result<T, StoreError>) {
         if result.is_ok() && !self.troubled.load(std::sync::atomic::Ordering::Acquire) {
@@ -138,7 +168,10 @@ impl Outage {
                 }
             }
             Err(
-                error @ (StoreError::ConnectionLost { retried_for, .. } | StoreError::ReadOnly { retried_for, .. }),
+                error @ StoreError::Backend {
+                    kind: BackendFailure::Unreachable { retried_for } | BackendFailure::ReadOnly { retried_for },
+                    ..
+                },
             ) if since.is_none() && *retried_for >= RETRY_FOR => {
                 let now = tokio::time::Instant::now();
                 *since = Some(now.checked_sub(*retried_for).unwrap_or(now));
@@ -187,30 +220,29 @@ impl Retry {
     /// or says false if `error` is not a broken connection or the time is up. The error kept
     /// then says how long the store tried.
     pub(crate) async fn again(&mut self, error: &mut StoreError) -> bool {
-        let (retried_for, operation) = match error {
-            StoreError::ConnectionLost {
-                retried_for, operation, ..
-            } => (retried_for, *operation),
-            StoreError::ReadOnly { retried_for, operation } => {
-                // The failed try's connection is back in the pool by now: it and every idle one
-                // may be sessions on the old primary, read-only for good. New ones find the
-                // writable server; the first time, at once, whatever the window (the server may
-                // have been writable for a while, and only these sessions not).
-                self.outage.pool.retain(|_, _| false);
-                if !self.flushed {
-                    self.flushed = true;
-                    return true;
-                }
-                (retried_for, *operation)
+        if error
+            .backend_failure()
+            .is_some_and(|kind| matches!(kind, BackendFailure::ReadOnly { .. }))
+        {
+            // The failed try's connection is back in the pool by now: it and every idle one
+            // may be sessions on the old primary, read-only for good. New ones find the
+            // writable server; the first time, at once, whatever the window (the server may
+            // have been writable for a while, and only these sessions not).
+            self.outage.pool.retain(|_, _| false);
+            if !self.flushed {
+                self.flushed = true;
+                return true;
             }
-            _ => return false,
+        }
+        let Some(retried_for) = retried_for(error) else {
+            return false;
         };
         let elapsed = self.began.elapsed();
         if elapsed >= self.give_up_after {
             *retried_for = elapsed;
             return false;
         }
-        self.outage.trouble(operation, error);
+        self.outage.trouble(error);
         tokio::time::sleep(self.pause.min(self.give_up_after - elapsed)).await;
         self.pause = (self.pause * 2).min(LONGEST_PAUSE);
         true
@@ -229,11 +261,11 @@ mod tests {
     }
 
     fn lost(retried_for: Duration) -> Result<(), StoreError> {
-        Err(StoreError::ConnectionLost {
-            operation: "commit",
-            reason: "connection refused".into(),
-            retried_for,
-        })
+        let mut error = connection_lost("commit", "connection refused");
+        if let Some(retried) = super::retried_for(&mut error) {
+            *retried = retried_for;
+        }
+        Err(error)
     }
 
     #[tokio::test]
@@ -246,7 +278,7 @@ mod tests {
         let mut retry = outage.retry();
         let mut error = lost(Duration::ZERO).unwrap_err();
         assert!(!retry.again(&mut error).await, "one try during an outage");
-        let StoreError::ConnectionLost { retried_for, .. } = error else {
+        let Some(BackendFailure::Unreachable { retried_for }) = error.backend_failure() else {
             unreachable!()
         };
         assert!(
@@ -262,10 +294,7 @@ mod tests {
         let outage = outage();
         outage.observe(&lost(RETRY_FOR));
         let mut retry = outage.retry();
-        let mut error = StoreError::ReadOnly {
-            operation: "commit",
-            retried_for: Duration::ZERO,
-        };
+        let mut error = read_only_failure("commit");
         assert!(
             retry.again(&mut error).await,
             "the stale sessions are dropped and tried once more"

@@ -226,10 +226,10 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .map_err(failed("read schema version"))?;
     let found: i32 = row.get(0);
     if found > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            found: found as u32,
-            supported: SCHEMA_VERSION as u32,
-        });
+        return Err(StoreError::backend(
+            strata_store::BackendFailure::Newer,
+            format!("the PostgreSQL database has Strata schema {found}, but this build knows schemas up to {SCHEMA_VERSION}; upgrade Strata to use it"),
+        ));
     }
     for (number, description, sql) in MIGRATIONS.iter().filter(|(number, ..)| *number > found) {
         tracing::info!(schema = number, description, "applying a PostgreSQL schema migration");

@@ -26,12 +26,14 @@ pub(super) struct DirectoryLock {
 
 impl DirectoryLock {
     /// Takes the lock of `directory` (created if missing), writing this process's id in it. Held
-    /// by another process: [`StoreError::DirectoryInUse`] at once, naming it. Held by this
+    /// by another process: a [`strata_store::BackendFailure::InUse`] error at once, naming it. Held by this
     /// process (a store of its own closing): waited for, up to ten seconds.
     pub(super) fn acquire(directory: &Path) -> Result<DirectoryLock, StoreError> {
-        let failed = |error: std::io::Error| StoreError::Backend {
-            operation: "lock the data directory",
-            message: format!("{}: {error}", directory.join(LOCK_FILE).display()),
+        let failed = |error: std::io::Error| {
+            StoreError::failed(
+                "lock the data directory",
+                format!("{}: {error}", directory.join(LOCK_FILE).display()),
+            )
         };
         std::fs::create_dir_all(directory).map_err(failed)?;
         let mut file = OpenOptions::new()
@@ -48,10 +50,10 @@ impl DirectoryLock {
                 Err(error) if error.kind() == fs2::lock_contended_error().kind() => {
                     let holder = holder(&mut file);
                     if holder != Some(std::process::id()) || Instant::now() >= deadline {
-                        return Err(StoreError::DirectoryInUse {
-                            directory: directory.display().to_string(),
+                        return Err(crate::failures::directory_in_use(
+                            &directory.display().to_string(),
                             holder,
-                        });
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }

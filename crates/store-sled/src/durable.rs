@@ -198,9 +198,11 @@ impl Durable {
         let applied = applied_through(&db).map_err(|error| replay_failed(error, damaged))?;
         let next_seq = applied.max(recovered.last_seq.unwrap_or(0)) + 1;
         let log = CommitLog::open(path, next_seq, recovered.end).map_err(log_failed)?;
-        let data_file = File::open(path.join("db")).map_err(|error| StoreError::Backend {
-            operation: "open",
-            message: format!("cannot open sled's data file in {}: {error}", path.display()),
+        let data_file = File::open(path.join("db")).map_err(|error| {
+            StoreError::failed(
+                "open",
+                format!("cannot open sled's data file in {}: {error}", path.display()),
+            )
         })?;
         // A tree ahead of the log holds writes whose frames a machine crash lost before they were
         // synced (never acknowledged, but in the tree): the log no longer holds them.
@@ -620,13 +622,13 @@ fn open_sled(path: &Path) -> Result<sled::Db, SledOpen> {
         .map_err(|panic| SledOpen::Damaged(strata_core::workflow::panic_message(&panic)))?;
     opened.map_err(|error| match error {
         sled::Error::Corruption { .. } => SledOpen::Damaged(error.to_string()),
-        error => SledOpen::Failed(StoreError::Backend {
-            operation: "open",
-            message: format!(
+        error => SledOpen::Failed(StoreError::failed(
+            "open",
+            format!(
                 "{} ({error}); is another process using this data directory?",
                 path.display()
             ),
-        }),
+        )),
     })
 }
 
@@ -798,10 +800,7 @@ mod tests {
     }
 
     fn open_durable(path: &Path) -> Durable {
-        let refuse = |reason: String| StoreError::Backend {
-            operation: "open",
-            message: reason,
-        };
+        let refuse = |reason: String| StoreError::failed("open", reason);
         Durable::open(path, &|_| Ok(()), &refuse).unwrap()
     }
 

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 mod commit_log;
 mod directory_lock;
 mod durable;
+mod failures;
 pub mod format1;
 mod space;
 
@@ -76,7 +77,7 @@ const FINISHED_INDEX_BUILT: &[u8] = b"m/finished-index";
 const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
 
 /// The by-workflow prefix of a workflow's finished instances.
-/// The file that marks a store directory sled could not recover (see [`StoreError::Damaged`]).
+/// The file that marks a store directory sled could not recover (see [`BackendFailure::Damaged`](strata_store::BackendFailure::Damaged)).
 const DAMAGE_MARK: &str = "strata-damaged.txt";
 
 fn workflow_prefix(workflow: &str) -> Vec<u8> {
@@ -200,21 +201,14 @@ fn log_failed(error: LogError) -> StoreError {
         LogError::Io { path, source } => {
             let message = format!("{path}: {source}");
             if refused_for_room(&source) {
-                StoreError::WriteRefused {
-                    operation: "write the commit log",
-                    message,
-                }
+                failures::write_refused("write the commit log", &message)
             } else {
-                StoreError::Backend {
-                    operation: "commit log",
-                    message,
-                }
+                StoreError::failed("commit log", message)
             }
         }
-        damaged @ (LogError::Damaged { .. } | LogError::TreeBehind { .. }) => StoreError::Backend {
-            operation: "read the commit log",
-            message: damaged.to_string(),
-        },
+        damaged @ (LogError::Damaged { .. } | LogError::TreeBehind { .. }) => {
+            StoreError::failed("read the commit log", damaged.to_string())
+        }
     }
 }
 
@@ -222,10 +216,7 @@ fn log_failed(error: LogError) -> StoreError {
 fn backend(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
     move |error| match &error {
         sled::Error::Io(io) => io_failed(operation, io),
-        _ => StoreError::Backend {
-            operation,
-            message: error.to_string(),
-        },
+        _ => StoreError::failed(operation, error.to_string()),
     }
 }
 
@@ -233,9 +224,9 @@ fn backend(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
 fn io_failed(operation: &'static str, error: &std::io::Error) -> StoreError {
     let message = error.to_string();
     if refused_for_room(error) {
-        StoreError::WriteRefused { operation, message }
+        failures::write_refused(operation, &message)
     } else {
-        StoreError::Backend { operation, message }
+        StoreError::failed(operation, message)
     }
 }
 
@@ -289,10 +280,7 @@ impl SledStore {
             let reason = std::fs::read_to_string(&damage_mark)
                 .map(|reason| reason.trim().to_string())
                 .unwrap_or_else(|error| format!("marked damaged earlier; the mark does not read: {error}"));
-            return Err(StoreError::Damaged {
-                directory: path.display().to_string(),
-                reason,
-            });
+            return Err(failures::damaged(&path.display().to_string(), &reason));
         }
         // sled panics on some damaged files while recovering them (a message that fails its
         // checksum in a segment before the last: "tried to serialize Uninitialized"), and has
@@ -303,10 +291,7 @@ impl SledStore {
                 tracing::error!(%error, mark = %damage_mark.display(), "could not mark the damaged store");
             }
             tracing::error!(directory = %path.display(), %reason, "the store's files are damaged");
-            StoreError::Damaged {
-                directory: path.display().to_string(),
-                reason,
-            }
+            failures::damaged(&path.display().to_string(), &reason)
         };
         // A newer build's store is refused before anything is written to it, its log included.
         let found_format = Mutex::new(None);
@@ -314,15 +299,11 @@ impl SledStore {
             let Some(bytes) = db.get(FORMAT_KEY).map_err(backend("read format"))? else {
                 return Ok(());
             };
-            let found: u32 = decode(&bytes).map_err(|message| StoreError::Backend {
-                operation: "read format",
-                message: format!("the format marker does not decode: {message}"),
+            let found: u32 = decode(&bytes).map_err(|message| {
+                StoreError::failed("read format", format!("the format marker does not decode: {message}"))
             })?;
             if found > RECORD_FORMAT {
-                return Err(StoreError::NewerFormat {
-                    found,
-                    supported: RECORD_FORMAT,
-                });
+                return Err(StoreError::newer_format(found, RECORD_FORMAT));
             }
             *found_format.lock() = Some(found);
             Ok(())
@@ -345,17 +326,18 @@ impl SledStore {
         let mut residency = Residency::default();
         for item in db.scan_prefix(COUNTERS) {
             let (_, value) = item.map_err(backend("read counters"))?;
-            let entry: CounterEntry = decode(&value).map_err(|message| StoreError::Backend {
-                operation: "read counters",
-                message: format!("a counter record does not decode: {message}"),
+            let entry: CounterEntry = decode(&value).map_err(|message| {
+                StoreError::failed("read counters", format!("a counter record does not decode: {message}"))
             })?;
             residency.counters.insert(entry.key, entry.counters);
         }
         for item in db.scan_prefix(STATUSES) {
             let (_, value) = item.map_err(backend("read statuses"))?;
-            let entry: StatusEntry = decode(&value).map_err(|message| StoreError::Backend {
-                operation: "read statuses",
-                message: format!("a version status record does not decode: {message}"),
+            let entry: StatusEntry = decode(&value).map_err(|message| {
+                StoreError::failed(
+                    "read statuses",
+                    format!("a version status record does not decode: {message}"),
+                )
             })?;
             let stamp = StatusStamp {
                 status: entry.status,
@@ -363,10 +345,8 @@ impl SledStore {
             };
             residency.statuses.insert(entry.key, stamp);
         }
-        let checkpointer = start_checkpointer(durable.clone()).map_err(|error| StoreError::Backend {
-            operation: "open",
-            message: format!("cannot start the checkpoint thread: {error}"),
-        })?;
+        let checkpointer = start_checkpointer(durable.clone())
+            .map_err(|error| StoreError::failed("open", format!("cannot start the checkpoint thread: {error}")))?;
         let mut store = SledStore {
             path,
             durable,
@@ -425,7 +405,7 @@ impl SledStore {
     }
 
     /// Keeps `bytes` free on the store's disk: a write that finds less is refused with
-    /// [`StoreError::DiskFull`] before it reaches sled (default [`DEFAULT_DISK_RESERVE`]; 0: never).
+    /// a [`BackendFailure::NoSpace`](strata_store::BackendFailure::NoSpace) error before it reaches sled (default [`DEFAULT_DISK_RESERVE`]; 0: never).
     pub fn with_disk_reserve(self, bytes: u64) -> SledStore {
         self.durable.space.set_reserve(bytes);
         self
@@ -522,9 +502,8 @@ impl SledStore {
         let mut values = Vec::new();
         for item in self.durable.db.scan_prefix(prefix) {
             let (_, value) = item.map_err(backend("scan"))?;
-            values.push(decode(&value).map_err(|message| StoreError::Backend {
-                operation: "scan",
-                message: format!("a {what} record does not decode: {message}"),
+            values.push(decode(&value).map_err(|message| {
+                StoreError::failed("scan", format!("a {what} record does not decode: {message}"))
             })?);
         }
         Ok(values)
@@ -618,10 +597,8 @@ impl Store for SledStore {
                     let mut key = SCHEDULE_FIRES.to_vec();
                     key.extend_from_slice(schedule.as_bytes());
                     if let Some(stored) = self.durable.db.get(&key).map_err(backend("read schedule fire"))? {
-                        let (_, handled): (String, u64) = decode(&stored).map_err(|message| StoreError::Backend {
-                            operation: "read schedule fire",
-                            message,
-                        })?;
+                        let (_, handled): (String, u64) =
+                            decode(&stored).map_err(|message| StoreError::failed("read schedule fire", message))?;
                         if handled >= *fire_ms {
                             return Err(StoreError::FireTaken {
                                 schedule: schedule.clone(),
@@ -656,10 +633,7 @@ impl Store for SledStore {
                     key.extend_from_slice(rollout.spec.name.as_bytes());
                     if let Some(stored) = self.durable.db.get(&key).map_err(backend("read rollout"))? {
                         let stored: strata_core::rollout::RolloutRecord =
-                            decode(&stored).map_err(|message| StoreError::Backend {
-                                operation: "read rollout",
-                                message,
-                            })?;
+                            decode(&stored).map_err(|message| StoreError::failed("read rollout", message))?;
                         if stored.history.len() >= rollout.history.len() {
                             return Err(StoreError::RolloutChanged {
                                 name: rollout.spec.name.clone(),
@@ -811,10 +785,9 @@ impl Store for SledStore {
                 .get(id_key(prefix, id))
                 .map_err(backend("load instance"))?
             {
-                return decode(&bytes).map(Some).map_err(|message| StoreError::Backend {
-                    operation: "load instance",
-                    message,
-                });
+                return decode(&bytes)
+                    .map(Some)
+                    .map_err(|message| StoreError::failed("load instance", message));
             }
         }
         Ok(None)
@@ -889,10 +862,9 @@ impl Store for SledStore {
             .get(HIGHEST_REMOVED_ID)
             .map_err(backend("read the highest removed id"))?
         {
-            Some(bytes) => decode::<u64>(&bytes).map_err(|message| StoreError::Backend {
-                operation: "read the highest removed id",
-                message,
-            }),
+            Some(bytes) => {
+                decode::<u64>(&bytes).map_err(|message| StoreError::failed("read the highest removed id", message))
+            }
             None => Ok(0),
         }
     }

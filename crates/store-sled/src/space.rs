@@ -44,7 +44,7 @@ impl SpaceGuard {
         *self.last.lock() = None;
     }
 
-    /// `Ok` when a write may go ahead; [`StoreError::DiskFull`] when the disk has less free space
+    /// `Ok` when a write may go ahead; a [`strata_store::BackendFailure::NoSpace`] error when the disk has less free space
     /// than the reserve. Free space that cannot be read does not stop writes (the write itself
     /// then says what is wrong).
     pub(crate) fn check(&self) -> Result<(), StoreError> {
@@ -80,11 +80,11 @@ impl SpaceGuard {
             },
         };
         if available < reserve {
-            return Err(StoreError::DiskFull {
-                directory: self.directory.display().to_string(),
+            return Err(crate::failures::disk_full(
+                &self.directory.display().to_string(),
                 available,
                 reserve,
-            });
+            ));
         }
         Ok(())
     }
@@ -108,23 +108,22 @@ mod tests {
     fn a_reserve_larger_than_the_disk_refuses_and_names_the_directory() {
         let dir = tempfile::tempdir().unwrap();
         let guard = SpaceGuard::new(dir.path(), u64::MAX);
-        let Err(StoreError::DiskFull {
-            directory,
-            available,
-            reserve,
-        }) = guard.check()
+        let Err(
+            error @ StoreError::Backend {
+                kind: strata_store::BackendFailure::NoSpace,
+                ..
+            },
+        ) = guard.check()
         else {
             panic!("a reserve no disk has must refuse");
         };
-        assert_eq!(directory, dir.path().display().to_string());
-        assert!(available < reserve);
-        assert!(StoreError::DiskFull {
-            directory,
-            available,
-            reserve
-        }
-        .to_string()
-        .contains("Free space on that disk"));
+        let message = error.to_string();
+        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+        assert!(
+            message.contains(&format!("less than the {} bytes", u64::MAX)),
+            "{message}"
+        );
+        assert!(message.contains("Free space on that disk"), "{message}");
     }
 
     #[test]

@@ -32,85 +32,19 @@ pub use strata_core::version::{CounterDelta, VersionCounters};
 pub use strata_core::codec::damaged_record;
 use strata_core::version::VersionStatus;
 
-/// A store failure, with what to do about it.
+/// A store failure, with what to do about it: an outcome of the store's own rules that the
+/// engine acts on (a claim lost, a start refused by residency, a write another process made
+/// first), or a failure of the backend, of one [`BackendFailure`] kind, in the backend's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed an operation (I/O, disk full, lock held by another process).
-    #[error("store {operation} failed: {message}")]
+    /// The backend failed: `kind` says which sort of failure (what the engine and its user do
+    /// about it), `message` what happened and what to do, in the backend's words.
+    #[error("{}", describe_backend(*.kind, .message))]
     Backend {
-        /// What was being done.
-        operation: &'static str,
-        /// The backend's message.
+        /// Which sort of failure.
+        kind: BackendFailure,
+        /// What happened and what to do.
         message: String,
-    },
-    /// Another engine has the embedded store's data directory open.
-    #[error("the data directory {directory} is in use by another Strata engine{}; stop that engine first, or give this one a directory of its own", describe_holder(*.holder))]
-    DirectoryInUse {
-        /// The data directory.
-        directory: String,
-        /// The process holding it, if its lock file names one.
-        holder: Option<u32>,
-    },
-    /// The disk holding the embedded store has less free space than the reserve Strata keeps:
-    /// nothing was written, and the engine retries by itself.
-    #[error("the disk holding {directory} has {available} bytes free, less than the {reserve} bytes Strata keeps in reserve; nothing was written. Free space on that disk: commits are retried and the engine continues by itself")]
-    DiskFull {
-        /// The store's directory.
-        directory: String,
-        /// Free bytes when it was read.
-        available: u64,
-        /// The reserve (`EngineBuilder::disk_reserve`).
-        reserve: u64,
-    },
-    /// The disk refused a write of the embedded store (full, a file over the process's size
-    /// limit, or a quota): what was committed before is kept, this write is not acknowledged.
-    #[error("the disk refused the store's {operation} ({message}): it is full or over a size limit or quota. Everything acknowledged before is kept; free space, then restart the engine to continue")]
-    WriteRefused {
-        /// What was being done.
-        operation: &'static str,
-        /// The system's words.
-        message: String,
-    },
-    /// The embedded store's files could not be read back: sled failed while recovering them, as
-    /// a damaged file makes it do, or the commit log lacks frames the store acknowledged. The
-    /// directory is marked (`strata-damaged.txt`) and refused until the mark is removed: sled may
-    /// have rewritten part of the file while failing, and opening it again could then silently
-    /// lose the records after the damage.
-    #[error("the store in {directory} could not be recovered: its files are damaged ({reason}). Restore the directory from a backup. Strata refuses to open it while strata-damaged.txt is there: sled may have rewritten part of a damaged file while failing (it does when it panics), and opening it again could then silently lose the records after the damage; to open what is left anyway, delete that file")]
-    Damaged {
-        /// The store's directory.
-        directory: String,
-        /// What sled said.
-        reason: String,
-    },
-    /// The store was written by a newer Strata.
-    #[error("the store was written with record format {found}, but this build of Strata reads formats up to {supported}; upgrade Strata to open it")]
-    NewerFormat {
-        /// The store's format.
-        found: u32,
-        /// The newest format this build reads.
-        supported: u32,
-    },
-    /// The PostgreSQL database cannot be used: the URL does not parse, the server cannot be
-    /// reached, it refused the credentials, or the database does not exist.
-    #[error("cannot use the PostgreSQL database {target}: {reason}; {hint}")]
-    Database {
-        /// What was asked for: `user@host:port/database`, never the password.
-        target: String,
-        /// What went wrong.
-        problem: DatabaseProblem,
-        /// The server's or the client's words.
-        reason: String,
-        /// What to check.
-        hint: &'static str,
-    },
-    /// The database's schema was written by a newer Strata.
-    #[error("the PostgreSQL database has Strata schema {found}, but this build knows schemas up to {supported}; upgrade Strata to use it")]
-    NewerSchema {
-        /// The database's schema.
-        found: u32,
-        /// The newest schema this build knows.
-        supported: u32,
     },
     /// Another worker claimed these instances (this one's lease ran out): their writes were not
     /// applied, and this worker must let them go.
@@ -166,37 +100,6 @@ pub enum StoreError {
         /// The rollout.
         name: String,
     },
-    /// The connection to the database broke (the server restarted, a backend was terminated,
-    /// the network dropped) and no new one worked within `retried_for`. Nothing was lost: what
-    /// failed is retried, the step at its next attempt.
-    #[error("lost the connection to the database while trying to {operation} ({reason}), and retrying for {retried_for:?} did not bring it back; check that the PostgreSQL server is up and reachable — the engine goes on retrying")]
-    ConnectionLost {
-        /// What was being done.
-        operation: &'static str,
-        /// The client's or the server's words.
-        reason: String,
-        /// How long the store retried before it gave up on this call.
-        retried_for: std::time::Duration,
-    },
-    /// The database accepts no writes: its server is a read-only replica (or a primary demoted
-    /// in a failover) and no writable one answered within `retried_for`. Nothing was lost: what
-    /// failed is retried, the step at its next attempt.
-    #[error("the database is read-only (a replica, or a failover in progress?) while trying to {operation}, and no writable server answered within {retried_for:?}; point the URL at the primary, or list every host with target_session_attrs=read-write — the engine goes on retrying")]
-    ReadOnly {
-        /// What was being done.
-        operation: &'static str,
-        /// How long the store retried before it gave up on this call.
-        retried_for: std::time::Duration,
-    },
-    /// A commit whose answer was lost with its connection turned out to have landed after the
-    /// engine had been told it failed, so this engine's memory may be behind the store. It
-    /// refuses further writes and stops renewing its claims, so that other workers take its
-    /// instances over.
-    #[error("{reason}; restart the engine: it reloads everything from the database")]
-    Diverged {
-        /// What happened.
-        reason: String,
-    },
     /// A record could not be encoded.
     #[error("could not encode {what}: {message}")]
     Encode {
@@ -205,6 +108,96 @@ pub enum StoreError {
         /// Why it failed.
         message: String,
     },
+}
+
+/// Which sort of failure a backend had: what the engine does about it and what its user must.
+/// The backend's message says the rest (which directory, which server, what the system said).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendFailure {
+    /// An operation failed for a reason of the backend's own (an I/O error, a query refused).
+    Failed,
+    /// Another process holds the store (another engine has the data directory open).
+    InUse,
+    /// Less free space than the store keeps in reserve: nothing was written; commits are retried
+    /// and the engine continues by itself once space returns.
+    NoSpace,
+    /// The storage refused a write (full, over a size limit or a quota): everything acknowledged
+    /// before is kept; free space, then restart the engine.
+    WriteRefused,
+    /// The store's files or records are damaged; restore from a backup.
+    Damaged,
+    /// The store was written by a newer Strata (record format or schema); upgrade Strata.
+    Newer,
+    /// The store cannot be used as configured (its URL, server, credentials or database).
+    Unusable(DatabaseProblem),
+    /// The store could not be reached (its connection broke) for `retried_for`; nothing was lost,
+    /// and the engine goes on retrying.
+    Unreachable {
+        /// How long the backend retried before this call gave up.
+        retried_for: std::time::Duration,
+    },
+    /// The store takes no writes now (a read-only replica, a failover in progress) and none
+    /// that does answered within `retried_for`; nothing was lost, and the engine goes on retrying.
+    ReadOnly {
+        /// How long the backend retried before this call gave up.
+        retried_for: std::time::Duration,
+    },
+    /// A write this engine was told had failed turned out to have landed, so its memory may be
+    /// behind the store: it refuses further writes; restart it.
+    Diverged,
+}
+
+impl StoreError {
+    /// A backend failure of `kind`, in the backend's words.
+    pub fn backend(kind: BackendFailure, message: impl Into<String>) -> StoreError {
+        StoreError::Backend {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// An operation of the backend failed (`kind` [`BackendFailure::Failed`]).
+    pub fn failed(operation: &str, message: impl std::fmt::Display) -> StoreError {
+        StoreError::backend(BackendFailure::Failed, format!("store {operation} failed: {message}"))
+    }
+
+    /// The store was written with a record format newer than this build reads.
+    pub fn newer_format(found: u32, supported: u32) -> StoreError {
+        StoreError::backend(
+            BackendFailure::Newer,
+            format!("the store was written with record format {found}, but this build of Strata reads formats up to {supported}; upgrade Strata to open it"),
+        )
+    }
+
+    /// Whether the store could not be reached or written at all ([`BackendFailure::Unreachable`],
+    /// [`BackendFailure::ReadOnly`]): no fault of the call's, and the same call may work once it
+    /// is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.backend_failure(),
+            Some(BackendFailure::Unreachable { .. } | BackendFailure::ReadOnly { .. })
+        )
+    }
+
+    /// The kind of backend failure, if this is one.
+    pub fn backend_failure(&self) -> Option<BackendFailure> {
+        match self {
+            StoreError::Backend { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// A backend failure as shown: the backend's message, and for a store that could not be reached
+/// or written, how long it was retried.
+fn describe_backend(kind: BackendFailure, message: &str) -> String {
+    match kind {
+        BackendFailure::Unreachable { retried_for } | BackendFailure::ReadOnly { retried_for } => {
+            format!("{message} (retried for {retried_for:?}; the engine goes on retrying)")
+        }
+        _ => message.to_string(),
+    }
 }
 
 impl From<strata_core::codec::EncodeError> for StoreError {
@@ -397,18 +390,6 @@ impl Op {
     pub fn touch(ops: &[Op], key: &VersionKey) -> bool {
         ops.iter().any(|op| op.version() == Some(key))
     }
-}
-
-impl StoreError {
-    /// Whether the database could not be reached or written at all (`ConnectionLost`,
-    /// `ReadOnly`): no fault of the call's, and the same call may work once it is back.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::ConnectionLost { .. } | StoreError::ReadOnly { .. })
-    }
-}
-
-fn describe_holder(holder: Option<u32>) -> String {
-    holder.map_or_else(String::new, |pid| format!(" (process {pid})"))
 }
 
 /// A live record that could not be decoded.
@@ -642,4 +623,50 @@ pub trait Store: Send + Sync + 'static {
     fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_failure_shows_the_backends_words_and_how_long_it_was_retried() {
+        let full = StoreError::backend(BackendFailure::NoSpace, "the disk holding /data has 10 bytes free");
+        assert_eq!(full.to_string(), "the disk holding /data has 10 bytes free");
+        assert_eq!(full.backend_failure(), Some(BackendFailure::NoSpace));
+        assert!(!full.is_unavailable());
+
+        let lost = StoreError::backend(
+            BackendFailure::Unreachable {
+                retried_for: std::time::Duration::from_secs(15),
+            },
+            "lost the connection to the database while trying to commit (connection refused)",
+        );
+        assert_eq!(
+            lost.to_string(),
+            "lost the connection to the database while trying to commit (connection refused) \
+             (retried for 15s; the engine goes on retrying)"
+        );
+        assert!(lost.is_unavailable());
+        let read_only = StoreError::backend(
+            BackendFailure::ReadOnly {
+                retried_for: std::time::Duration::ZERO,
+            },
+            "read-only",
+        );
+        assert!(read_only.is_unavailable());
+    }
+
+    #[test]
+    fn the_stores_own_outcomes_are_no_backend_failure() {
+        let taken = StoreError::ConfigTaken { generation: 3 };
+        assert_eq!(taken.backend_failure(), None);
+        assert!(!taken.is_unavailable());
+        let failed = StoreError::failed("fdatasync", "EIO");
+        assert_eq!(failed.to_string(), "store fdatasync failed: EIO");
+        assert_eq!(failed.backend_failure(), Some(BackendFailure::Failed));
+        let newer = StoreError::newer_format(9, 2);
+        assert_eq!(newer.backend_failure(), Some(BackendFailure::Newer));
+        assert!(newer.to_string().contains("record format 9") && newer.to_string().contains("upgrade Strata"));
+    }
 }

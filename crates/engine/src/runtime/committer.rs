@@ -71,10 +71,7 @@ pub(crate) struct Committer {
 }
 
 fn closed() -> StoreError {
-    StoreError::Backend {
-        operation: "commit",
-        message: "the engine is shut down".to_string(),
-    }
+    StoreError::failed("commit", "the engine is shut down")
 }
 
 impl Committer {
@@ -226,10 +223,10 @@ impl CommitLoop {
     /// Refuses every later commit after a failed flush: what was applied may not be durable.
     fn poison(&mut self, error: &StoreError) {
         tracing::error!(%error, "syncing the store failed; refusing further commits until the engine restarts");
-        self.poisoned = Some(StoreError::Backend {
-            operation: "commit",
-            message: format!("an earlier sync failed ({error}); restart the engine to recover from the store"),
-        });
+        self.poisoned = Some(StoreError::failed(
+            "commit",
+            format!("an earlier sync failed ({error}); restart the engine to recover from the store"),
+        ));
     }
 
     /// Applies a group as one write; if that fails, applies each commit alone so that one bad
@@ -343,17 +340,15 @@ mod tests {
         fn apply(&self, ops: &[Op]) -> Result<Applied, StoreError> {
             self.apply_calls.fetch_add(1, Ordering::SeqCst);
             if ops.iter().any(unreachable_op) {
-                return Err(StoreError::ConnectionLost {
-                    operation: "commit",
-                    reason: "connection refused".into(),
-                    retried_for: Duration::from_secs(15),
-                });
+                return Err(StoreError::backend(
+                    crate::store::BackendFailure::Unreachable {
+                        retried_for: Duration::from_secs(15),
+                    },
+                    "lost the connection to the database while trying to commit (connection refused)",
+                ));
             }
             if ops.iter().any(poisoned_op) {
-                return Err(StoreError::Backend {
-                    operation: "apply",
-                    message: "refused".into(),
-                });
+                return Err(StoreError::failed("apply", "refused"));
             }
             self.applied.fetch_add(ops.len(), Ordering::SeqCst);
             // Reports every version a delta touched; a delta of live == -99 drains it.
@@ -387,10 +382,7 @@ mod tests {
             }
             drop(closed);
             if self.fail_sync.load(Ordering::SeqCst) {
-                return Err(StoreError::Backend {
-                    operation: "fdatasync",
-                    message: "EIO".into(),
-                });
+                return Err(StoreError::failed("fdatasync", "EIO"));
             }
             Ok(())
         }
@@ -503,7 +495,7 @@ mod tests {
         assert!(blocker.await.unwrap());
         for commit in queued {
             let error = commit.await.map(|_| ()).unwrap_err();
-            assert!(matches!(error, StoreError::ConnectionLost { .. }), "{error}");
+            assert!(error.is_unavailable(), "{error}");
         }
         assert_eq!(
             store.apply_calls.load(Ordering::SeqCst),

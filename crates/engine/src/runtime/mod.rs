@@ -207,11 +207,8 @@ impl Runtime {
         let recovered = store.recover()?;
         let jobs = store.migration_jobs()?;
         let rollout_records = store.rollouts()?;
-        let committer =
-            Committer::start(store.clone(), options.durability).map_err(|error| crate::store::StoreError::Backend {
-                operation: "start commit thread",
-                message: error.to_string(),
-            })?;
+        let committer = Committer::start(store.clone(), options.durability)
+            .map_err(|error| crate::store::StoreError::failed("start commit thread", error.to_string()))?;
         let runtime = Arc::new(Runtime {
             store,
             registry: Registry::default(),
