@@ -1,6 +1,7 @@
 //! Bad input gets a clear typed error and loses nothing: unknown workflows, versions and
 //! instances, payloads that do not decode, corrupt records, panicking steps, a failing disk, a
-//! store of a newer format, invalid definitions.
+//! store of a newer format, invalid definitions. The behaviours that are not about sled's files
+//! run on sled and on PostgreSQL.
 
 mod common;
 
@@ -22,10 +23,18 @@ use strata::{
 use strata_store::{Applied, IdKind, Op, RecoveredState, StoredVersion};
 use strata_workflows::order::{self, OrderOutput};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_workflows_versions_and_instances_are_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder_with_all(dir.path()).open().await.unwrap();
+// What is not about sled's files runs on both stores.
+on_sled_and_postgres!(
+    unknown_workflows_versions_and_instances_are_named,
+    signals_to_finished_instances_are_refused,
+    payloads_that_do_not_decode_are_refused_before_anything_is_stored,
+    a_panicking_step_is_a_failed_attempt_not_a_crashed_engine,
+    invalid_definitions_are_refused_at_registration,
+    user_code_that_panics_outside_a_step_gets_a_typed_error_and_changes_nothing,
+);
+
+async fn unknown_workflows_versions_and_instances_are_named(backend: Backend) {
+    let engine = with_all(backend.builder()).open().await.unwrap();
     let error = engine.start("invoice", &1u32).await.unwrap_err();
     assert!(
         matches!(&error, EngineError::Registry(RegistryError::UnknownWorkflow { workflow }) if workflow == "invoice")
@@ -103,10 +112,8 @@ async fn a_builder_with_no_store_or_two_is_refused_at_open_naming_the_calls() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signals_to_finished_instances_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+async fn signals_to_finished_instances_are_refused(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let id = engine.start(order::WORKFLOW, &small_order(1)).await.unwrap();
     engine.cancel(id).await.unwrap();
     assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::Cancelled);
@@ -122,10 +129,8 @@ async fn signals_to_finished_instances_are_refused() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_that_do_not_decode_are_refused_before_anything_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(order::v1_0()).open().await.unwrap();
+async fn payloads_that_do_not_decode_are_refused_before_anything_is_stored(backend: Backend) {
+    let engine = backend.builder().register(order::v1_0()).open().await.unwrap();
     let error = engine.start(order::WORKFLOW, "not an order").await.unwrap_err();
     assert!(matches!(error, EngineError::InputDecode { .. }), "{error}");
     assert_eq!(engine.version(order::WORKFLOW, "1.0.0").unwrap().counters.started, 0);
@@ -183,10 +188,9 @@ fn always_panicky() -> WorkflowVersion<u32, u32, u32> {
         .step("always_panics", always_panics)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_step_is_a_failed_attempt_not_a_crashed_engine() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path())
+async fn a_panicking_step_is_a_failed_attempt_not_a_crashed_engine(backend: Backend) {
+    let engine = backend
+        .builder()
         .register(panicky())
         .register(always_panicky())
         .open()
@@ -235,7 +239,7 @@ async fn a_corrupt_record_is_quarantined_and_the_rest_run() {
         // sled's threads of the store just dropped may hold its lock a moment longer.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let db = loop {
-            match sled::open(dir.path()) {
+            match ::sled::open(dir.path()) {
                 Ok(db) => break db,
                 Err(error) if std::time::Instant::now() < deadline => {
                     eprintln!("waiting for sled's lock: {error}");
@@ -408,7 +412,7 @@ async fn a_failing_disk_keeps_instances_at_their_last_committed_step() {
 async fn a_store_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = ::sled::open(dir.path()).unwrap();
         db.insert(b"m/format", rmp_serde::to_vec(&99u32).unwrap()).unwrap();
         db.flush().unwrap();
     }
@@ -433,10 +437,8 @@ async fn noop(_ctx: StepCtx, _state: &mut u32) -> StepResult<u32> {
     Ok(Next::complete(0))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_definitions_are_refused_at_registration() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).open().await.unwrap();
+async fn invalid_definitions_are_refused_at_registration(backend: Backend) {
+    let engine = backend.builder().open().await.unwrap();
     let cases: Vec<(WorkflowVersion<u32, u32, u32>, &str)> = vec![
         (
             WorkflowVersion::new("w", "one").init(|v| v).step("a", noop),
@@ -521,10 +523,8 @@ fn touchy() -> WorkflowVersion<u32, u32, u32> {
         .step("finish", finish_poked)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_code_that_panics_outside_a_step_gets_a_typed_error_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(touchy()).open().await.unwrap();
+async fn user_code_that_panics_outside_a_step_gets_a_typed_error_and_changes_nothing(backend: Backend) {
+    let engine = backend.builder().register(touchy()).open().await.unwrap();
 
     // A panicking init, even in a task of the caller's: a typed error naming the version and the
     // panic, never a JoinError, and nothing started.
