@@ -3,7 +3,7 @@
 //! start leaves no trace or a listed, counted, running instance; a signal is delivered in the
 //! running engine or not stored at all.
 //!
-//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest
 //! need no store, or open the embedded store's directory themselves.
 
 mod common;

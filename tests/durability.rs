@@ -1,4 +1,8 @@
 //! Durable timers and signals across restarts, graceful shutdown, and the two commit modes.
+//!
+//! Timers and signals across a restart run on sled and on PostgreSQL. The shutdown test counts
+//! the runs of a step in statics (two stores at once in one binary would share them), and the
+//! commit-mode tests measure the embedded store's syncs: they run on sled.
 
 mod common;
 
@@ -10,6 +14,11 @@ use strata::{Durability, EngineError, InstanceStatus, Next, StepCtx, StepResult,
 use strata_workflows::onboarding::{self, OnboardingInput, OnboardingOutput};
 use strata_workflows::{ledger, ledger::LedgerInput};
 use tokio::sync::{Notify, Semaphore};
+
+on_sled_and_postgres!(
+    timers_and_early_signals_survive_a_restart,
+    a_signal_timeout_fires_after_a_restart,
+);
 
 async fn nap(_ctx: StepCtx, _state: &mut String) -> StepResult<String> {
     Ok(Next::sleep(Duration::from_millis(300), "wait_for_go"))
@@ -32,10 +41,8 @@ fn sleeper() -> WorkflowVersion<String, String, String> {
         .step("done", done)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timers_and_early_signals_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(sleeper()).open().await.unwrap();
+async fn timers_and_early_signals_survive_a_restart(backend: Backend) {
+    let engine = backend.builder().register(sleeper()).open().await.unwrap();
     let id = engine.start("sleeper", "hello").await.unwrap();
     wait_for_status(&engine, id, InstanceStatus::Sleeping).await;
     let Phase::Sleeping { until_ms } = engine.instance(id).unwrap().record.phase else {
@@ -45,7 +52,7 @@ async fn timers_and_early_signals_survive_a_restart() {
     engine.signal(id, "go", "world").await.unwrap();
     engine.shutdown().await;
 
-    let engine = builder(dir.path()).register(sleeper()).open().await.unwrap();
+    let engine = backend.builder().register(sleeper()).open().await.unwrap();
     let output: String = outcome_within(&engine, id).await.output().unwrap();
     assert_eq!(output, "hello world");
     let finished = engine.instance(id).unwrap().record;
@@ -53,20 +60,18 @@ async fn timers_and_early_signals_survive_a_restart() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signal_timeout_fires_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_signal_timeout_fires_after_a_restart(backend: Backend) {
     let input = OnboardingInput {
         customer: "c-1".into(),
         reminder_after_ms: 150,
         max_reminders: 1,
     };
-    let engine = builder(dir.path()).register(onboarding::v1_0()).open().await.unwrap();
+    let engine = backend.builder().register(onboarding::v1_0()).open().await.unwrap();
     let id = engine.start(onboarding::WORKFLOW, &input).await.unwrap();
     wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
     engine.shutdown().await;
 
-    let engine = builder(dir.path()).register(onboarding::v1_0()).open().await.unwrap();
+    let engine = backend.builder().register(onboarding::v1_0()).open().await.unwrap();
     let output: OnboardingOutput = outcome_within(&engine, id).await.output().unwrap();
     assert_eq!(
         output,

@@ -3,7 +3,7 @@
 //! drained candidate stops new instances reaching a version from the next start on, while its
 //! in-flight instances keep running.
 //!
-//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest
 //! need no store, or open the embedded store's directory themselves.
 
 mod common;

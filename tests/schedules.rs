@@ -2,7 +2,7 @@
 //! SIGKILLs of a real child process; fire times missed during downtime follow the schedule's
 //! policy; editing the schedule takes effect live.
 //!
-//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest are
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest
 //! need no store, or open the embedded store's directory themselves.
 
 mod common;
