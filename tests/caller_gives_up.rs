@@ -15,12 +15,12 @@ use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata::registry::RegistryError;
-use strata::{
-    EngineError, InstanceFilter, InstanceId, InstanceStatus, Next, SledStore, StepCtx, StepResult, Store,
-    WorkflowVersion,
-};
+use strata::{EngineError, InstanceFilter, InstanceId, InstanceStatus, Next, StepCtx, StepResult, WorkflowVersion};
 
-on_sled_and_postgres!(a_start_whose_caller_gives_up_leaves_no_trace_or_a_listed_counted_instance,);
+on_sled_and_postgres!(
+    a_start_whose_caller_gives_up_leaves_no_trace_or_a_listed_counted_instance,
+    a_signal_whose_caller_gives_up_is_delivered_now_or_not_stored,
+);
 
 const WORKFLOW: &str = "waiter";
 
@@ -130,10 +130,8 @@ async fn a_start_whose_caller_gives_up_leaves_no_trace_or_a_listed_counted_insta
     reopened.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signal_whose_caller_gives_up_is_delivered_now_or_not_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = builder(dir.path()).register(waiter()).open().await.unwrap();
+async fn a_signal_whose_caller_gives_up_is_delivered_now_or_not_stored(backend: Backend) {
+    let engine = backend.builder().register(waiter()).open().await.unwrap();
     let mut instances = Vec::new();
     for n in 0..300u64 {
         instances.push(engine.start(WORKFLOW, &n).await.unwrap());
@@ -163,17 +161,19 @@ async fn a_signal_whose_caller_gives_up_is_delivered_now_or_not_stored() {
     assert_eq!(completed + cancelled, instances.len());
     engine.shutdown().await;
 
-    let store = SledStore::open(dir.path()).unwrap();
-    let recovered = store.recover().unwrap();
-    assert!(
-        recovered.live.is_empty(),
-        "{} instances still live",
-        recovered.live.len()
-    );
-    assert!(
-        recovered.signals.is_empty(),
-        "{} signals were stored but never delivered ({completed} delivered, {cancelled} cancelled)",
-        recovered.signals.len()
+    // What the store holds afterwards: no live instance, and no signal left for any of them.
+    let live: u64 = backend
+        .store()
+        .versions()
+        .unwrap()
+        .iter()
+        .map(|version| version.counters.live)
+        .sum();
+    assert_eq!(live, 0, "instances still live in the store");
+    assert_eq!(
+        backend.stored_signals(&instances),
+        0,
+        "signals were stored but never delivered ({completed} delivered, {cancelled} cancelled)"
     );
 }
 

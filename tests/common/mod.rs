@@ -73,6 +73,25 @@ impl Backend {
         }
     }
 
+    /// How many signals the store holds for `instances`, read as each backend keeps them: the
+    /// embedded store hands every pending signal over at recovery, a shared one per instance.
+    pub fn stored_signals(&self, instances: &[strata::InstanceId]) -> usize {
+        let store = self.store();
+        match self {
+            Backend::Sled(_) => store
+                .recover()
+                .expect("recover")
+                .signals
+                .iter()
+                .filter(|signal| instances.contains(&signal.instance))
+                .count(),
+            _ => instances
+                .iter()
+                .map(|id| store.cluster().signals_of(*id).expect("read signals").len())
+                .sum(),
+        }
+    }
+
     /// An engine on this backend with tally 1.0.0 registered.
     pub async fn with_tally(&self) -> Engine {
         self.builder()
