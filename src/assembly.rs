@@ -15,7 +15,7 @@ use strata_store_sled::{SledStore, DEFAULT_DISK_RESERVE};
 
 /// Which store to open, as the builder collects it from [`StoreBuilder`]'s methods in any order.
 #[derive(Debug, Clone)]
-pub struct StoreSettings {
+pub(crate) struct StoreSettings {
     #[cfg(feature = "sled")]
     data_dir: Option<PathBuf>,
     #[cfg(feature = "sled")]

@@ -35,7 +35,7 @@ pub use strata_engine::{
 };
 
 #[cfg(any(feature = "sled", feature = "postgres"))]
-pub use assembly::{StoreBuilder, StoreSettings};
+pub use assembly::StoreBuilder;
 
 /// The store seam as the engine sees it, and the backends an engine opens: the embedded sled
 /// store (feature `sled`, in a data directory) and PostgreSQL (feature `postgres`, many processes

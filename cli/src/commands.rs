@@ -118,14 +118,9 @@ fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T
 
 /// Where an instance is between steps, for people.
 fn phase_text(phase: &PhaseView) -> String {
-    let at = |ms: u64| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        match ms.checked_sub(now) {
-            Some(ahead) => format!("in {}s", ahead.div_ceil(1000)),
-            None => age_of(ms),
-        }
+    let at = |ms: u64| match ms.checked_sub(now_ms()) {
+        Some(ahead) => format!("in {}s", ahead.div_ceil(1000)),
+        None => age_of(ms),
     };
     match phase {
         PhaseView::Accepted { .. } => "accepted, first step not begun".to_string(),
@@ -148,12 +143,16 @@ fn body_json<T: serde::Serialize>(body: &T) -> Value {
     serde_json::to_value(body).unwrap_or_default()
 }
 
+/// Now, in milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 /// Milliseconds since the Unix epoch as an age (`3m 20s ago`).
 fn age_of(ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64);
-    let seconds = now.saturating_sub(ms) / 1000;
+    let seconds = now_ms().saturating_sub(ms) / 1000;
     match seconds {
         0..=59 => format!("{seconds}s ago"),
         60..=3599 => format!("{}m {}s ago", seconds / 60, seconds % 60),

@@ -69,7 +69,7 @@ fn whole_u32(whole: strata_admin_model::Whole, field: &str) -> Result<u32, ApiEr
 /// The admin API's settings as the engine's builder collects them (an [`EnginePart`]): where it
 /// listens and who may use it. Set through [`AdminBuilder`]'s methods, in any order.
 #[derive(Debug, Clone, Default)]
-pub struct AdminSettings {
+pub(crate) struct AdminSettings {
     address: Option<SocketAddr>,
     tokens: AdminTokens,
     allowed_hosts: Vec<String>,
@@ -125,7 +125,7 @@ impl EnginePart for AdminSettings {
 
 /// The address the admin API listens on, kept with the engine once it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdminAddress(pub SocketAddr);
+struct AdminAddress(SocketAddr);
 
 /// The admin API's settings on the engine's builder (`use strata::prelude::*` brings it in).
 pub trait AdminBuilder: Sized {

@@ -279,7 +279,7 @@ impl EngineBuilder {
 async fn open_blocking(open: StoreOpening) -> Result<Arc<dyn Store>, EngineError> {
     let opened = tokio::task::spawn_blocking(open)
         .await
-        .map_err(|error| crate::store::StoreError::failed("open", error.to_string()))??;
+        .map_err(|error| crate::store::StoreError::failed("open", error))??;
     Ok(opened)
 }
 

@@ -486,7 +486,7 @@ impl PostgresStore {
             .thread_name("strata-postgres")
             .enable_all()
             .build()
-            .map_err(|error| StoreError::failed("start the PostgreSQL client", error.to_string()))?;
+            .map_err(|error| StoreError::failed("start the PostgreSQL client", error))?;
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -500,7 +500,7 @@ impl PostgresStore {
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(|error| StoreError::failed("create the connection pool", error.to_string()))?;
+            .map_err(|error| StoreError::failed("create the connection pool", error))?;
         let (wake, wakeups) = tokio::sync::mpsc::unbounded_channel();
         runtime.spawn(listen(listen_config, wake));
         let outage_pool = pool.clone();

@@ -207,7 +207,7 @@ fn log_failed(error: LogError) -> StoreError {
             }
         }
         damaged @ (LogError::Damaged { .. } | LogError::TreeBehind { .. }) => {
-            StoreError::failed("read the commit log", damaged.to_string())
+            StoreError::failed("read the commit log", damaged)
         }
     }
 }
@@ -216,7 +216,7 @@ fn log_failed(error: LogError) -> StoreError {
 fn backend(operation: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
     move |error| match &error {
         sled::Error::Io(io) => io_failed(operation, io),
-        _ => StoreError::failed(operation, error.to_string()),
+        _ => StoreError::failed(operation, error),
     }
 }
 

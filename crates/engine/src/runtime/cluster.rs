@@ -70,7 +70,7 @@ pub(super) async fn blocking<T: Send + 'static>(
     let store = store.clone();
     tokio::task::spawn_blocking(move || call(store.as_ref()))
         .await
-        .unwrap_or_else(|error| Err(StoreError::failed("store call", error.to_string())))
+        .unwrap_or_else(|error| Err(StoreError::failed("store call", error)))
 }
 
 impl Runtime {

@@ -208,7 +208,7 @@ impl Runtime {
         let jobs = store.migration_jobs()?;
         let rollout_records = store.rollouts()?;
         let committer = Committer::start(store.clone(), options.durability)
-            .map_err(|error| crate::store::StoreError::failed("start commit thread", error.to_string()))?;
+            .map_err(|error| crate::store::StoreError::failed("start commit thread", error))?;
         let runtime = Arc::new(Runtime {
             store,
             registry: Registry::default(),
