@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use common::tally::{self, TallyV1, TallyV2};
 use common::*;
-use strata::migrate::{MigrationError, MigrationState, MoveRefusal};
+use strata::instance::RECORD_FORMAT;
+use strata::migrate::{MigrationError, MigrationJobRecord, MigrationState, MoveRefusal};
 use strata::{
     Engine, EngineError, Event, InstanceFilter, InstanceId, InstanceStatus, MigrationJob, MoveRequest, StartOptions,
     StateMigration, Version,
 };
+use strata_store::Op;
 use strata_workflows::order::{self, OrderOutput, OrderState, OrderStateV2, OrderStateV3};
 
 on_sled_and_postgres!(
@@ -23,6 +25,7 @@ on_sled_and_postgres!(
     instances_move_forward_through_a_renamed_step_and_back_through_an_inverse,
     a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit,
     background_migration_pauses_survives_a_restart_and_migrates_each_record_once,
+    a_job_stored_before_jobs_had_shares_resumes_where_it_stopped_with_its_counts,
     a_failing_or_panicking_migration_leaves_only_that_record_behind,
     migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open,
     an_instance_mid_step_is_never_moved,
@@ -185,6 +188,70 @@ async fn background_migration_pauses_survives_a_restart_and_migrates_each_record
         1_009 * 3
     );
     engine.shutdown().await;
+    let mut announced_again = 0;
+    while let Ok(event) = events.try_recv() {
+        announced_again += usize::from(matches!(event, Event::MigrationFinished { .. }));
+    }
+    assert_eq!(announced_again, 0, "the end of the job is announced once");
+    let stored = backend.store().migration_jobs().unwrap();
+    let job_records: Vec<_> = stored.iter().filter(|record| record.worker.is_empty()).collect();
+    assert_eq!(job_records.len(), 1, "{stored:?}");
+    assert_eq!(
+        (job_records[0].state, job_records[0].migrated),
+        (MigrationState::Finished, 600),
+        "the job's own record keeps its totals"
+    );
+}
+
+async fn a_job_stored_before_jobs_had_shares_resumes_where_it_stopped_with_its_counts(backend: Backend) {
+    let ids = stored_on_schema_1(&backend, 1..=10).await;
+    // An earlier Strata walked a job as one, on the job's own record: four records done, paused.
+    let legacy = MigrationJobRecord {
+        format: RECORD_FORMAT,
+        workflow: tally::WORKFLOW.to_string(),
+        job: MigrationJob::new(tally::WORKFLOW).batch_size(3),
+        cursor: Some(ids[3]),
+        state: MigrationState::Paused,
+        migrated: 4,
+        failed: 0,
+        started_at_ms: 1,
+        worker: String::new(),
+        control: 0,
+        remaining: 6,
+        claims_covered: 0,
+    };
+    backend.store().apply(&[Op::PutMigrationJob(legacy)]).unwrap();
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_2("1.0.0"))
+        .migration(tally::migration(calls.clone()))
+        .open()
+        .await
+        .unwrap();
+    let job = engine
+        .migration(tally::WORKFLOW)
+        .expect("the stored job is followed at open");
+    let progress = job.progress();
+    assert_eq!((progress.state, progress.migrated), (MigrationState::Paused, 4));
+    job.resume();
+    let done = job.finished_within(std::time::Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        (done.state, done.migrated, done.failed),
+        (MigrationState::Finished, 10, 0)
+    );
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        6,
+        "only the records after its cursor were walked"
+    );
+    let schemas: Vec<u32> = ids
+        .iter()
+        .map(|id| engine.instance(*id).unwrap().state_schema())
+        .collect();
+    assert_eq!(schemas, [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]);
+    engine.shutdown().await;
 }
 
 async fn a_failing_or_panicking_migration_leaves_only_that_record_behind(backend: Backend) {
@@ -205,12 +272,10 @@ async fn a_failing_or_panicking_migration_leaves_only_that_record_behind(backend
         .open()
         .await
         .unwrap();
-    let done = engine
+    let job = engine
         .migrate_states(MigrationJob::new(tally::WORKFLOW).batch_size(2))
-        .unwrap()
-        .finished_within(std::time::Duration::from_secs(30))
-        .await
         .unwrap();
+    let done = job.finished_within(std::time::Duration::from_secs(30)).await.unwrap();
     assert_eq!((done.migrated, done.failed), (3, 2));
     let failed: Vec<InstanceId> = done.failures.iter().map(|failure| failure.id).collect();
     assert_eq!(failed, vec![ids[1], ids[3]]);
@@ -240,6 +305,12 @@ async fn a_failing_or_panicking_migration_leaves_only_that_record_behind(backend
         }
     }
     engine.shutdown().await;
+    let after = job.progress();
+    assert_eq!(
+        (after.migrated, after.failed, after.failures.len()),
+        (3, 2, 2),
+        "a record that failed is not tried and counted again once the job has finished"
+    );
 }
 
 async fn migrations_that_skip_a_schema_or_leave_a_hole_are_refused_at_open(backend: Backend) {

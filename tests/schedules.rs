@@ -2,8 +2,9 @@
 //! SIGKILLs of a real child process; fire times missed during downtime follow the schedule's
 //! policy; editing the schedule takes effect live.
 //!
-//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL; the rest
-//! need no store, or open the embedded store's directory themselves.
+//! The behaviours listed in `on_sled_and_postgres!` run on sled and on PostgreSQL. The SIGKILL
+//! test here kills a process on the embedded store; on PostgreSQL, fires under SIGKILL of many
+//! processes are checked by `tests/cluster_crash.rs`.
 
 mod common;
 
@@ -22,6 +23,9 @@ use strata_store::Op;
 use strata_workflows::ledger;
 
 on_sled_and_postgres!(
+    fires_missed_during_downtime_are_skipped_under_skip,
+    fires_missed_during_downtime_start_the_newest_once_under_fire_once,
+    fires_missed_during_downtime_each_start_once_up_to_max_missed_under_fire_each,
     a_schedule_fires_every_second_and_an_edit_takes_effect_live,
     a_schedule_for_an_unknown_workflow_or_with_a_bad_expression_is_refused,
     removing_a_schedule_from_the_file_stops_it,
@@ -57,14 +61,13 @@ fn last_handled(engine: &Engine) -> Option<u64> {
         .map(|(_, at)| at)
 }
 
-/// Opens a store whose schedule (every 5 minutes) last fired an hour ago, with `missed` policy,
-/// and returns the fire times the engine started.
-async fn after_an_hour_of_downtime(missed: &str) -> (Vec<u64>, u64) {
-    let dir = tempfile::tempdir().unwrap();
+/// Opens `backend`, whose schedule (every 5 minutes) last fired an hour ago, with `missed`
+/// policy, and returns the fire times the engine started and the newest fire time due.
+async fn after_an_hour_of_downtime(backend: &Backend, missed: &str) -> (Vec<u64>, u64) {
     // The schedule's last handled fire, as an engine that stopped an hour ago left it.
     let an_hour_ago = now_ms() - 3_600_000;
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = backend.store();
         store
             .apply(&[Op::PutScheduleFire {
                 schedule: "postings".into(),
@@ -74,7 +77,8 @@ async fn after_an_hour_of_downtime(missed: &str) -> (Vec<u64>, u64) {
         store.sync().unwrap();
     }
     let newest_due = now_ms() / 300_000 * 300_000;
-    let engine = builder(dir.path())
+    let engine = backend
+        .builder()
         .register(ledger::v1_0())
         .schedule_grace(Duration::ZERO)
         .open()
@@ -94,14 +98,19 @@ async fn after_an_hour_of_downtime(missed: &str) -> (Vec<u64>, u64) {
     (fires, newest_due)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missed_fires_are_skipped_fired_once_or_fired_each_up_to_a_bound() {
-    let five_minutes = 300_000;
-    let (fires, _) = after_an_hour_of_downtime("skip").await;
+async fn fires_missed_during_downtime_are_skipped_under_skip(backend: Backend) {
+    let (fires, _) = after_an_hour_of_downtime(&backend, "skip").await;
     assert!(fires.is_empty(), "skip started {fires:?}");
-    let (fires, newest) = after_an_hour_of_downtime("fire_once").await;
+}
+
+async fn fires_missed_during_downtime_start_the_newest_once_under_fire_once(backend: Backend) {
+    let (fires, newest) = after_an_hour_of_downtime(&backend, "fire_once").await;
     assert_eq!(fires, vec![newest]);
-    let (fires, newest) = after_an_hour_of_downtime("fire_each").await;
+}
+
+async fn fires_missed_during_downtime_each_start_once_up_to_max_missed_under_fire_each(backend: Backend) {
+    let five_minutes = 300_000;
+    let (fires, newest) = after_an_hour_of_downtime(&backend, "fire_each").await;
     let expected: Vec<u64> = (0..5).rev().map(|back| newest - back * five_minutes).collect();
     assert_eq!(fires, expected, "the latest max_missed = 5 fires, each once");
 }

@@ -907,10 +907,11 @@ impl Engine {
 
     /// Starts a background migration of a workflow's live instances to the state schema (and
     /// record format) their versions expect, or returns the one already running. It survives
-    /// restarts: an unfinished job resumes at the next open where its last batch ended. With
-    /// PostgreSQL the job is the cluster's: every worker joins it at its next heartbeat and
-    /// migrates the instances it holds (and those it claims while the job runs); a pause or resume through any worker holds everywhere, the progress is summed over
-    /// every worker, and the job finishes, announced once, when every live worker's share has.
+    /// restarts: an unfinished job resumes at the next open where its last batch ended. The job
+    /// is the cluster's (with PostgreSQL, of many processes): every worker joins it at its next
+    /// heartbeat and migrates the instances it holds (and those it claims while the job runs); a
+    /// pause or resume through any worker holds everywhere, the progress is summed over every
+    /// worker, and the job finishes, announced once, when every live worker's share has.
     pub fn migrate_states(&self, job: MigrationJob) -> Result<MigrationHandle, EngineError> {
         self.runtime.start_migration(job)
     }

@@ -1014,10 +1014,6 @@ impl Cluster for PostgresStore {
         &self.worker_id
     }
 
-    fn is_shared(&self) -> bool {
-        true
-    }
-
     fn heartbeat(&self, versions: &[VersionKey], lease: Duration) -> Result<(), StoreError> {
         let lease = lease_ms(lease);
         self.refuse_if_diverged()?;

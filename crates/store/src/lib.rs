@@ -463,10 +463,6 @@ pub struct Claimed {
 pub trait Cluster: Send + Sync {
     /// This process's worker id.
     fn worker_id(&self) -> &str;
-    /// Whether other processes may be workers of this cluster too (a shared store): work split
-    /// between workers, such as a background migration, is then done in shares, one per worker.
-    /// A [`SoloCluster`] says no: its one worker does such work as one walk.
-    fn is_shared(&self) -> bool;
     /// Renews this worker's lease, and with it every claim it holds, and records the versions it
     /// has code for and its lease, by which every other worker judges whether it is alive (a
     /// worker joins with its first heartbeat).

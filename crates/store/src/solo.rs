@@ -53,10 +53,6 @@ impl Cluster for SoloCluster {
         SOLO_WORKER_ID
     }
 
-    fn is_shared(&self) -> bool {
-        false
-    }
-
     fn heartbeat(&self, versions: &[VersionKey], _lease: Duration) -> Result<(), StoreError> {
         self.heartbeat_ms.store(system_now_ms(), Ordering::Relaxed);
         let mut known = self.versions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -70,9 +70,10 @@ pub struct MigrationJobRecord {
     /// When it started (ms since the Unix epoch); with `workflow`, it names the job.
     pub started_at_ms: u64,
     /// Whose record this is. Empty: the job's own record (its settings, the operator's pause or
-    /// resume, and when finished its totals), which is all there is with a store one process
-    /// opens. A worker id: that worker's share of the job in a store many processes share (the
-    /// instances it holds), with its own cursor and counts.
+    /// resume, and when finished its totals). A worker id: that worker's share of the job (the
+    /// instances it holds), with its own cursor and counts; a store one process opens has one
+    /// share, of worker `local`. (A job's own record with a cursor was stored before jobs had
+    /// shares: its counts and cursor become the share of the first worker that joins it.)
     #[serde(default)]
     pub worker: String,
     /// How many times an operator paused or resumed the job (on the job's own record): a worker

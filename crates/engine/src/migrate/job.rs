@@ -7,24 +7,28 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use strata_core::instance::InstanceId;
 use strata_core::migrate::{MigrationJobRecord, MigrationProgress, MigrationState};
 
 /// What a running job shares with its handles.
 pub(crate) struct JobControl {
     /// When the job started: with the workflow, its name.
     pub started_at_ms: u64,
-    /// This process's progress (its share, with a store many processes share).
+    /// This worker's share of the job, as it walks.
     pub progress: Mutex<MigrationProgress>,
-    /// The whole job's progress summed over every worker's share, with a store many processes
-    /// share (taken in at each heartbeat).
-    pub cluster_progress: Mutex<Option<MigrationProgress>>,
-    /// The job's own record as last written or read here, with a store many processes share.
+    /// The other workers' shares summed, as of the last look at the store (none with a store one
+    /// process opens).
+    pub elsewhere: Mutex<ShareCounts>,
+    /// The job's own record as last written or read here (none only until a new job's runner
+    /// has stored it).
     pub job_record: Mutex<Option<MigrationJobRecord>>,
     /// Whether the job should pause; the runner waits on changes.
     pub paused: watch::Sender<bool>,
     /// Turns true when the job's runner exits: the job finished, or the engine stopped.
     pub finished: watch::Sender<bool>,
-    /// Told when this process claims instances while the job runs: its share looks again.
+    /// The instances this worker claimed while the job runs, not yet looked at by its share.
+    pub claimed: Mutex<Vec<InstanceId>>,
+    /// Told when this worker claims instances while the job runs: its share looks at them.
     pub more: tokio::sync::Notify,
 }
 
@@ -34,13 +38,25 @@ impl JobControl {
         Arc::new(JobControl {
             started_at_ms,
             progress: Mutex::new(progress),
-            cluster_progress: Mutex::new(None),
+            elsewhere: Mutex::new(ShareCounts::default()),
             job_record: Mutex::new(None),
             paused: watch::Sender::new(paused),
             finished: watch::Sender::new(false),
+            claimed: Mutex::new(Vec::new()),
             more: tokio::sync::Notify::new(),
         })
     }
+}
+
+/// Counts summed over some workers' shares of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ShareCounts {
+    /// Records the shares rewrote.
+    pub migrated: u64,
+    /// Records they could not migrate.
+    pub failed: u64,
+    /// Records their live workers still have to look at.
+    pub remaining: u64,
 }
 
 /// A handle on a background migration: progress, pause, resume, wait.
@@ -50,17 +66,23 @@ pub struct MigrationHandle {
 }
 
 impl MigrationHandle {
-    /// The job's progress now: with a store many processes share, summed over every worker's
-    /// share as of the last heartbeat (this process's own share as of now).
+    /// The job's progress now: this worker's share as of now plus the other workers' shares (with
+    /// a store many processes share) as of the last heartbeat; the state is the whole job's.
     pub fn progress(&self) -> MigrationProgress {
         let own = self.control.progress.lock().clone();
-        match self.control.cluster_progress.lock().clone() {
-            Some(cluster) => MigrationProgress {
-                rate_per_second: own.rate_per_second,
-                failures: own.failures,
-                ..cluster
-            },
-            None => own,
+        let elsewhere = *self.control.elsewhere.lock();
+        let state = self
+            .control
+            .job_record
+            .lock()
+            .as_ref()
+            .map_or(own.state, |job| job.state);
+        MigrationProgress {
+            state,
+            migrated: own.migrated + elsewhere.migrated,
+            failed: own.failed + elsewhere.failed,
+            remaining: own.remaining + elsewhere.remaining,
+            ..own
         }
     }
 

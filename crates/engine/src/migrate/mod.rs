@@ -4,8 +4,8 @@
 
 mod job;
 
-pub(crate) use job::JobControl;
 pub use job::MigrationHandle;
+pub(crate) use job::{JobControl, ShareCounts};
 pub use strata_core::migrate::{
     MigrationChains, MigrationError, MigrationFailure, MigrationFailureReport, MigrationJob, MigrationJobRecord,
     MigrationProgress, MigrationState, MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest,

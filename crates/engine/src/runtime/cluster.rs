@@ -150,11 +150,24 @@ impl Runtime {
         self.quarantine_corrupt(claimed.corrupt).await?;
         // Claimed signals all belong to claimed instances.
         let (ids, _) = self.insert_slots(claimed.live, claimed.signals);
-        self.claims_taken_in.fetch_max(claimed.number, Ordering::Release);
+        // A background migration running here takes them in its share. They are handed over
+        // before the claim's number is: a share that read the number has them.
+        let jobs: Vec<_> = self
+            .jobs
+            .lock()
+            .values()
+            .filter(|control| !*control.finished.borrow())
+            .cloned()
+            .collect();
         if !ids.is_empty() {
             tracing::info!(count = ids.len(), "claimed instances no live worker held");
-            // A background migration running here takes them in its share.
-            for control in self.jobs.lock().values() {
+            for control in &jobs {
+                control.claimed.lock().extend_from_slice(&ids);
+            }
+        }
+        self.claims_taken_in.fetch_max(claimed.number, Ordering::Release);
+        if !ids.is_empty() {
+            for control in &jobs {
                 control.more.notify_one();
             }
         }

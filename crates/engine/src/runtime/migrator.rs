@@ -2,9 +2,16 @@
 //! rewriting each record whose state schema is older (or newer) than its version expects, or
 //! whose record format is older than this build's.
 //!
+//! A job is done in shares, one per worker, by one mechanism for a store one process opens and
+//! for one many processes share: the job's own record (worker id empty) says that it runs, is
+//! paused or has finished; each worker walks the live instances it holds, and those it claims
+//! while the job runs, under a share record of its own. The worker that evaluates rollouts (the
+//! only worker, with a store one process opens) finishes the job once every live worker's share
+//! has, and alone announces `MigrationFinished`.
+//!
 //! Each batch claims its instances at their step boundaries, migrates them, and commits their new
-//! records together with the job's cursor and counts: one commit. A crash loses at most the batch
-//! in flight, whose records are still as they were, so a resumed job never migrates a record
+//! records together with the share's cursor and counts: one commit. A crash loses at most the
+//! batch in flight, whose records are still as they were, so a resumed job never migrates a record
 //! twice; the schema number in each envelope decides what still needs work.
 
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use super::Runtime;
 use crate::error::EngineError;
 use crate::migrate::{
     JobControl, MigrationFailureReport, MigrationHandle, MigrationJob, MigrationJobRecord, MigrationProgress,
-    MigrationState,
+    MigrationState, ShareCounts,
 };
 use crate::observe::Event;
 use crate::registry::RegistryError;
@@ -26,7 +33,7 @@ const FAILURES_KEPT: usize = 100;
 
 impl Runtime {
     /// Starts a background migration of `job.workflow`, or returns the handle of the one that runs
-    /// (with a shared store, wherever it was started).
+    /// (wherever and whenever it was started).
     pub(crate) fn start_migration(self: &Arc<Self>, job: MigrationJob) -> Result<MigrationHandle, EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
@@ -37,17 +44,15 @@ impl Runtime {
             }
             .into());
         }
-        let cluster = self.store.cluster();
-        if cluster.is_shared() {
-            // A job another worker started and this one has not followed yet is the one that
-            // runs: join it rather than start a second.
-            let running = self.store.migration_jobs()?.into_iter().find(|record| {
-                record.worker.is_empty() && record.workflow == job.workflow && record.state != MigrationState::Finished
-            });
-            if let Some(running) = running {
-                if let Some(control) = self.follow_job(&running, cluster.worker_id()) {
-                    return Ok(MigrationHandle { control });
-                }
+        // A job started before (elsewhere, or before a restart) that this worker has not
+        // followed yet is the one that runs: join it rather than start a second.
+        let records = self.store.migration_jobs()?;
+        let running = records.iter().find(|record| {
+            record.worker.is_empty() && record.workflow == job.workflow && record.state != MigrationState::Finished
+        });
+        if let Some(running) = running {
+            if let Some(control) = self.follow_job(running, &records) {
+                return Ok(MigrationHandle { control });
             }
         }
         let mut jobs = self.jobs.lock();
@@ -85,25 +90,6 @@ impl Runtime {
         })
     }
 
-    /// Resumes at open the jobs a previous run left unfinished (paused ones stay paused). With a
-    /// store many processes share, the worker joins the jobs it follows instead (see
-    /// `follow_migrations`).
-    pub(super) fn resume_migrations(self: &Arc<Self>, records: Vec<MigrationJobRecord>) {
-        if self.store.cluster().is_shared() {
-            return;
-        }
-        let mut jobs = self.jobs.lock();
-        for record in records {
-            if record.state == MigrationState::Finished {
-                continue;
-            }
-            tracing::info!(workflow = %record.workflow, migrated = record.migrated, "resuming a background migration");
-            let workflow = record.workflow.clone();
-            let control = self.spawn_job(record);
-            jobs.insert(workflow, control);
-        }
-    }
-
     fn spawn_job(self: &Arc<Self>, record: MigrationJobRecord) -> Arc<JobControl> {
         let control = JobControl::new(
             MigrationProgress {
@@ -121,17 +107,14 @@ impl Runtime {
         control
     }
 
-    /// With a store many processes share, at open and at every heartbeat: joins each running
-    /// job with a share of its own, takes in pauses and
-    /// resumes made elsewhere and the job's progress summed over every share, and notices a job
-    /// finished elsewhere. The worker that evaluates rollouts also finishes each job whose every
-    /// live worker's share has finished, with no instance left waiting for a claim; it alone
-    /// announces `MigrationFinished`.
+    /// At open, at every heartbeat and whenever a share here finishes: joins each running job with
+    /// a share of this worker's, takes in pauses and resumes made elsewhere and the other
+    /// workers' progress, and notices a job finished elsewhere. The worker that evaluates
+    /// rollouts also finishes each job whose every live worker's share has finished, with no
+    /// instance left waiting for a claim; it alone announces `MigrationFinished`.
     pub(super) async fn follow_migrations(self: &Arc<Self>) {
-        let cluster = self.store.cluster();
-        if !cluster.is_shared() {
-            return;
-        }
+        // One look at a time: two could both finish a job, and announce it twice.
+        let _one_look = self.following_migrations.lock().await;
         let lease = self.options.lease;
         let read = super::cluster::blocking(&self.store, move |store| {
             let records = store.migration_jobs()?;
@@ -150,18 +133,14 @@ impl Runtime {
                 return;
             }
         };
-        let me = cluster.worker_id().to_string();
-        let (jobs, shares): (Vec<_>, Vec<_>) = records.into_iter().partition(|record| record.worker.is_empty());
+        let me = self.store.cluster().worker_id().to_string();
         let leading = self.rollouts.leading.load(std::sync::atomic::Ordering::Acquire);
-        for job in jobs {
-            let shares: Vec<&MigrationJobRecord> = shares
-                .iter()
-                .filter(|share| share.workflow == job.workflow && share.started_at_ms == job.started_at_ms)
-                .collect();
-            let summed = sum_shares(&job, &shares, &workers);
-            let control = self.follow_job(&job, &me);
+        for job in records.iter().filter(|record| record.worker.is_empty()) {
+            let shares = shares_of(job, &records);
+            let control = self.follow_job(job, &records);
             if let Some(control) = &control {
-                *control.cluster_progress.lock() = Some(summed.clone());
+                *control.elsewhere.lock() =
+                    sum_shares(shares.iter().copied().filter(|share| share.worker != me), &workers);
                 if job.state == MigrationState::Finished {
                     control.finished.send_replace(true);
                 }
@@ -169,20 +148,30 @@ impl Runtime {
             if job.state == MigrationState::Finished || !leading {
                 continue;
             }
-            let needed: Vec<String> = workers
+            let mut needed: Vec<String> = workers
                 .iter()
                 .filter(|worker| worker.alive && worker.versions.iter().any(|key| key.workflow == job.workflow))
                 .map(|worker| worker.id.clone())
                 .collect();
-            if every_share_done(&job, &needed, &shares) {
-                self.finish_job(job, needed, control).await;
+            // This worker's own share runs here whatever its last heartbeat said.
+            if control.is_some() && !needed.contains(&me) {
+                needed.push(me.clone());
+            }
+            if every_share_done(job, &needed, &shares) {
+                self.finish_job(job.clone(), needed, control).await;
             }
         }
     }
 
     /// The local control of `job`, joining it with a share of this worker's while it runs;
-    /// takes in a pause or resume made elsewhere.
-    fn follow_job(self: &Arc<Self>, job: &MigrationJobRecord, me: &str) -> Option<Arc<JobControl>> {
+    /// takes in a pause or resume made elsewhere. `records` are the stored job and share records:
+    /// a share of this worker's among them (stored before a restart, by a worker whose id the
+    /// store hands out again) is resumed with its counts and cursor.
+    fn follow_job(
+        self: &Arc<Self>,
+        job: &MigrationJobRecord,
+        records: &[MigrationJobRecord],
+    ) -> Option<Arc<JobControl>> {
         let mut jobs = self.jobs.lock();
         if let Some(control) = jobs.get(&job.workflow) {
             if control.started_at_ms == job.started_at_ms {
@@ -207,16 +196,25 @@ impl Runtime {
         }
         // Every worker joins, with the code or not: its share is what it holds (nothing, without
         // the code), and its handle shows the job's progress and takes a pause or resume.
-        tracing::info!(workflow = %job.workflow, "joining a background migration with the instances held here");
+        let me = self.store.cluster().worker_id();
+        let stored = shares_of(job, records).into_iter().find(|share| share.worker == me);
+        // A job with a cursor of its own was walked as one, before jobs had shares: its counts
+        // and cursor become this worker's share's.
+        let (cursor, migrated, failed) = match (stored, job.cursor) {
+            (Some(share), _) => (share.cursor, share.migrated, share.failed),
+            (None, Some(cursor)) => (Some(cursor), job.migrated, job.failed),
+            (None, None) => (None, 0, 0),
+        };
+        tracing::info!(workflow = %job.workflow, migrated, "joining a background migration with the instances held here");
         let share = MigrationJobRecord {
             worker: me.to_string(),
-            cursor: None,
+            cursor,
             state: match job.state {
                 MigrationState::Paused => MigrationState::Paused,
                 _ => MigrationState::Running,
             },
-            migrated: 0,
-            failed: 0,
+            migrated,
+            failed,
             control: 0,
             remaining: 0,
             claims_covered: 0,
@@ -257,8 +255,8 @@ impl Runtime {
             Ok((uncovered, shares))
         })
         .await;
-        let records = match looked {
-            Ok((0, records)) => records,
+        let shares = match looked {
+            Ok((0, shares)) => shares,
             Ok((waiting, _)) => {
                 tracing::debug!(workflow = %job.workflow, waiting, "a background migration waits for instances to be claimed or listed");
                 return;
@@ -268,15 +266,15 @@ impl Runtime {
                 return;
             }
         };
-        let shares: Vec<&MigrationJobRecord> = records.iter().collect();
+        let shares: Vec<&MigrationJobRecord> = shares.iter().collect();
         if !every_share_done(&job, &needed, &shares) {
             return;
         }
-        let summed = sum_shares(&job, &shares, &[]);
+        let total = sum_shares(shares.iter().copied(), &[]);
         let finished = MigrationJobRecord {
             state: MigrationState::Finished,
-            migrated: summed.migrated,
-            failed: summed.failed,
+            migrated: total.migrated,
+            failed: total.failed,
             remaining: 0,
             ..job
         };
@@ -291,11 +289,8 @@ impl Runtime {
             failed: finished.failed,
         });
         if let Some(control) = control {
-            *control.cluster_progress.lock() = Some(MigrationProgress {
-                state: MigrationState::Finished,
-                remaining: 0,
-                ..summed
-            });
+            let me = self.store.cluster().worker_id();
+            *control.elsewhere.lock() = sum_shares(shares.iter().copied().filter(|share| share.worker != me), &[]);
             *control.job_record.lock() = Some(finished);
             control.finished.send_replace(true);
         }
@@ -316,20 +311,40 @@ impl Runtime {
             .is_some_and(|code| code.state_schema() != record.state.schema)
     }
 
+    /// Whether a live record of `workflow` is one for its migration to look at.
+    fn is_candidate(&self, workflow: &str, record: &InstanceRecord) -> bool {
+        record.key.workflow == workflow
+            && !matches!(record.phase, Phase::Quarantined { .. })
+            && self.needs_migration(record)
+    }
+
     /// The live instances of `workflow` after `cursor` that need migration, in id order.
     fn migration_candidates(&self, workflow: &str, cursor: Option<InstanceId>) -> Vec<InstanceId> {
         let mut ids = Vec::new();
         self.table.for_each(|slot| {
             let record = &slot.record;
-            if record.key.workflow == workflow
-                && cursor.is_none_or(|cursor| record.id > cursor)
-                && !matches!(record.phase, Phase::Quarantined { .. })
-                && self.needs_migration(record)
-            {
+            if cursor.is_none_or(|cursor| record.id > cursor) && self.is_candidate(workflow, record) {
                 ids.push(record.id);
             }
         });
         ids.sort_unstable();
+        ids
+    }
+
+    /// Of the instances this worker claimed since its share last looked, those of `workflow` that
+    /// need migration, in id order.
+    fn claimed_candidates(&self, workflow: &str, control: &JobControl) -> Vec<InstanceId> {
+        let claimed = std::mem::take(&mut *control.claimed.lock());
+        let mut ids: Vec<InstanceId> = claimed
+            .into_iter()
+            .filter(|&id| {
+                self.table
+                    .with(id, |slot| self.is_candidate(workflow, &slot.record))
+                    .unwrap_or(false)
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
         ids
     }
 
@@ -341,24 +356,19 @@ impl Runtime {
         control.finished.send_replace(true);
     }
 
-    /// Runs a job, or with a store many processes share this worker's share of it: the live
-    /// instances it holds, and those it claims while the job runs. Alone, the job finishes when
-    /// its walk does; shared, the share waits for more work until the job finishes everywhere
-    /// (`follow_migrations`).
+    /// Runs this worker's share of a job: the live instances it holds, and those it claims while
+    /// the job runs. When its walk ends the share waits for more work until the job has finished
+    /// everywhere (`follow_migrations`).
     async fn run_migration_job(
         self: &Arc<Self>,
         mut record: MigrationJobRecord,
         control: &JobControl,
     ) -> Result<(), EngineError> {
-        let cluster = self.store.cluster();
-        let shared = cluster.is_shared().then(|| cluster.worker_id().to_string());
-        if let Some(worker) = &shared {
-            if record.worker.is_empty() {
-                // Started here: the job's own record tells the other workers to join.
-                self.commit_job(&record, control).await?;
-                *control.job_record.lock() = Some(record.clone());
-                record.worker = worker.clone();
-            }
+        if record.worker.is_empty() {
+            // Started here: the job's own record tells the other workers to join.
+            self.commit_job(&record, control).await?;
+            *control.job_record.lock() = Some(record.clone());
+            record.worker = self.store.cluster().worker_id().to_string();
         }
         record.claims_covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
         let mut candidates = self.migration_candidates(&record.workflow, record.cursor);
@@ -366,8 +376,8 @@ impl Runtime {
         let mut paused = control.paused.subscribe();
         let mut stop = self.stop_signal();
         let mut finished = control.finished.subscribe();
-        // Shared: set once the job has finished everywhere; one more look migrates what this
-        // worker claimed in the meantime.
+        // Set once the job has finished everywhere; one more look migrates what this worker
+        // claimed in the meantime.
         let mut last_look = false;
         control.progress.lock().remaining = candidates.len() as u64;
         loop {
@@ -417,19 +427,14 @@ impl Runtime {
                     record.remaining = 0;
                     self.commit_job(&record, control).await?;
                     tracing::info!(workflow = %record.workflow, migrated = record.migrated, failed = record.failed, "background migration finished here");
-                    if shared.is_none() {
-                        self.events.emit(Event::MigrationFinished {
-                            workflow: record.workflow.clone(),
-                            migrated: record.migrated,
-                            failed: record.failed,
-                        });
-                    }
+                    // The job may be finished now (here, if this worker leads).
+                    self.follow_migrations().await;
                 }
-                if shared.is_none() || last_look {
+                if last_look {
                     return Ok(());
                 }
-                // Shared: instances claimed from now on are this share's too, until the job
-                // has finished on every worker.
+                // Instances claimed from now on are this share's too, until the job has finished
+                // on every worker.
                 tokio::select! {
                     _ = control.more.notified() => {}
                     _ = paused.changed() => {}
@@ -438,7 +443,7 @@ impl Runtime {
                 }
                 // Read before the listing: every instance claimed up to that number is listed.
                 let covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
-                candidates = self.migration_candidates(&record.workflow, None);
+                candidates = self.claimed_candidates(&record.workflow, control);
                 position = 0;
                 // Running again until the share has migrated what it listed and stored what it
                 // covered (even with nothing to migrate), so that the job cannot finish on a
@@ -492,10 +497,9 @@ impl Runtime {
         }
     }
 
-    /// With a store many processes share, stores an operator's pause or resume made here on the
-    /// job's own record (unless it says so already), so that every worker's share follows it.
+    /// Stores an operator's pause or resume made here on the job's own record (unless it says so
+    /// already), so that every worker's share follows it.
     async fn announce_control(&self, control: &JobControl, state: MigrationState) -> Result<(), EngineError> {
-        // A job's own record is known here only when shared (`follow_job`, `run_migration_job`).
         let Some(mut job) = control.job_record.lock().clone() else {
             return Ok(());
         };
@@ -611,28 +615,29 @@ impl Runtime {
     }
 }
 
-/// The progress of `job` summed over its workers' shares (the remaining count only of live
-/// workers: a dead worker's instances are counted again by whoever claims them). A share's last
-/// look after the job finished adds to it.
-fn sum_shares(
-    job: &MigrationJobRecord,
-    shares: &[&MigrationJobRecord],
+/// The stored shares of `job`: the records of each worker's part of it.
+fn shares_of<'a>(job: &MigrationJobRecord, records: &'a [MigrationJobRecord]) -> Vec<&'a MigrationJobRecord> {
+    records
+        .iter()
+        .filter(|share| {
+            !share.worker.is_empty() && share.workflow == job.workflow && share.started_at_ms == job.started_at_ms
+        })
+        .collect()
+}
+
+/// The counts of `shares` summed (what remains only of live `workers`' shares: a dead worker's
+/// instances are counted again by whoever claims them). A share's last look after the job
+/// finished adds to them.
+fn sum_shares<'a>(
+    shares: impl Iterator<Item = &'a MigrationJobRecord>,
     workers: &[crate::store::WorkerInfo],
-) -> MigrationProgress {
+) -> ShareCounts {
     let alive = |id: &str| workers.iter().any(|worker| worker.alive && worker.id == id);
-    let (migrated, failed, remaining) = shares.iter().fold((0, 0, 0), |(migrated, failed, remaining), share| {
-        let left = if alive(&share.worker) { share.remaining } else { 0 };
-        (migrated + share.migrated, failed + share.failed, remaining + left)
-    });
-    MigrationProgress {
-        workflow: job.workflow.clone(),
-        state: job.state,
-        migrated,
-        remaining,
-        failed,
-        rate_per_second: 0.0,
-        failures: Vec::new(),
-    }
+    shares.fold(ShareCounts::default(), |sum, share| ShareCounts {
+        migrated: sum.migrated + share.migrated,
+        failed: sum.failed + share.failed,
+        remaining: sum.remaining + if alive(&share.worker) { share.remaining } else { 0 },
+    })
 }
 
 /// Whether the share of each of the `needed` workers in `job` has finished.
@@ -644,4 +649,97 @@ fn every_share_done(job: &MigrationJobRecord, needed: &[String], shares: &[&Migr
                 && share.state == MigrationState::Finished
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::WorkerInfo;
+
+    fn record(worker: &str, started_at_ms: u64, state: MigrationState, counts: (u64, u64, u64)) -> MigrationJobRecord {
+        MigrationJobRecord {
+            format: RECORD_FORMAT,
+            workflow: "order".to_string(),
+            job: MigrationJob::new("order"),
+            cursor: None,
+            state,
+            migrated: counts.0,
+            failed: counts.1,
+            started_at_ms,
+            worker: worker.to_string(),
+            control: 0,
+            remaining: counts.2,
+            claims_covered: 0,
+        }
+    }
+
+    fn worker(id: &str, alive: bool) -> WorkerInfo {
+        WorkerInfo {
+            id: id.to_string(),
+            host: String::new(),
+            pid: 1,
+            started_at_ms: 0,
+            heartbeat_ms: 0,
+            versions: Vec::new(),
+            alive,
+        }
+    }
+
+    #[test]
+    fn the_shares_of_a_job_are_its_workers_records_of_the_same_start() {
+        let job = record("", 10, MigrationState::Running, (0, 0, 0));
+        let records = vec![
+            job.clone(),
+            record("a", 10, MigrationState::Running, (1, 0, 0)),
+            record("b", 9, MigrationState::Finished, (2, 0, 0)),
+            MigrationJobRecord {
+                workflow: "invoice".to_string(),
+                ..record("c", 10, MigrationState::Running, (3, 0, 0))
+            },
+        ];
+        let shares: Vec<&str> = shares_of(&job, &records)
+            .iter()
+            .map(|share| share.worker.as_str())
+            .collect();
+        assert_eq!(shares, ["a"]);
+    }
+
+    #[test]
+    fn summed_shares_count_what_remains_only_for_live_workers() {
+        let shares = [
+            record("alive", 10, MigrationState::Running, (5, 1, 7)),
+            record("dead", 10, MigrationState::Running, (3, 2, 11)),
+        ];
+        let workers = [worker("alive", true), worker("dead", false)];
+        let summed = sum_shares(shares.iter(), &workers);
+        assert_eq!(
+            summed,
+            ShareCounts {
+                migrated: 8,
+                failed: 3,
+                remaining: 7
+            }
+        );
+        assert_eq!(sum_shares(shares.iter(), &[]).remaining, 0);
+    }
+
+    #[test]
+    fn a_job_is_done_when_every_needed_worker_has_a_finished_share_of_it() {
+        let job = record("", 10, MigrationState::Running, (0, 0, 0));
+        let done = record("a", 10, MigrationState::Finished, (1, 0, 0));
+        let walking = record("b", 10, MigrationState::Running, (1, 0, 0));
+        let older = record("b", 9, MigrationState::Finished, (1, 0, 0));
+        let needed = ["a".to_string(), "b".to_string()];
+        assert!(!every_share_done(&job, &needed, &[&done, &walking]));
+        assert!(
+            !every_share_done(&job, &needed, &[&done, &older]),
+            "a share of an older job does not count"
+        );
+        assert!(
+            !every_share_done(&job, &needed, &[&done]),
+            "a needed worker without a share holds it back"
+        );
+        assert!(every_share_done(&job, &needed[..1], &[&done, &walking]));
+        assert!(every_share_done(&job, &[], &[]));
+    }
 }

@@ -96,6 +96,8 @@ pub(crate) struct Runtime {
     step_mappings: parking_lot::RwLock<StepMappings>,
     /// The background migration jobs known since open, by workflow.
     jobs: parking_lot::Mutex<HashMap<String, Arc<JobControl>>>,
+    /// Held while the background migrations are looked at (one look at a time).
+    following_migrations: tokio::sync::Mutex<()>,
     /// How long finished instances are kept (ms; 0: forever): the builder's, or the config's.
     retention_ms: AtomicU64,
     /// Told when the retention period changes, so the background pass follows at once.
@@ -205,7 +207,6 @@ impl Runtime {
             mappings.register(mapping);
         }
         let recovered = store.recover()?;
-        let jobs = store.migration_jobs()?;
         let rollout_records = store.rollouts()?;
         let committer = Committer::start(store.clone(), options.durability)
             .map_err(|error| crate::store::StoreError::failed("start commit thread", error))?;
@@ -228,6 +229,7 @@ impl Runtime {
             migrations: parking_lot::RwLock::new(chains),
             step_mappings: parking_lot::RwLock::new(mappings),
             jobs: parking_lot::Mutex::new(HashMap::new()),
+            following_migrations: tokio::sync::Mutex::new(()),
             retention_ms: AtomicU64::new(crate::observe::millis_saturating(options.retention)),
             retention_changed: Notify::new(),
             rollouts: rollouts::Rollouts::default(),
@@ -245,7 +247,6 @@ impl Runtime {
         runtime.arm_all();
         runtime.look_around().await;
         runtime.spawn_tracked(runtime.clone().run_worker());
-        runtime.resume_migrations(jobs);
         runtime.refresh_routing();
         runtime.spawn_tracked(runtime.clone().run_rollouts());
         runtime.spawn_tracked(runtime.clone().run_retention());
