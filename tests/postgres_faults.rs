@@ -124,6 +124,20 @@ async fn commits_whose_answers_are_lost_land_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_whose_connection_breaks_at_the_schema_commit_is_tried_again_and_opens() {
+    let database = TestDatabase::create();
+    let proxy = FaultyProxy::start(database.server()).await;
+    // The first COMMIT is the schema's: it lands, and its connection breaks before the answer.
+    proxy.lose_commit_answers(1);
+    let engine = open_through(&proxy, &database).await;
+    assert_eq!(proxy.commit_answers_lost(), 1, "the open's commit answer was not lost");
+    let id = engine.start(WORKFLOW, &7u64).await.unwrap();
+    engine.signal(id, "go", &1u64).await.unwrap();
+    assert_exactly_once(&engine, &database, &[id]).await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_rides_out_killed_backends_cut_connections_and_a_refusing_server() {
     let database = TestDatabase::create();
     let proxy = FaultyProxy::start(database.server()).await;

@@ -515,12 +515,17 @@ impl PostgresStore {
             unsettled: std::sync::Arc::default(),
             outage: std::sync::Arc::new(Outage::new(outage_pool)),
         };
-        let pool = store.pool.clone();
+        // A connection that breaks once the database answered is tried again, as any call's
+        // (the schema's migration is one transaction); one that cannot be had at all fails the
+        // open at once, saying why.
         let target = store.target.clone();
-        store.run_once(async move {
-            let mut client = pool.get().await.map_err(|error| connect_failed(&target, error))?;
-            schema::migrate(&mut client).await?;
-            check_record_format(&client).await
+        store.run(move |pool| {
+            let target = target.clone();
+            async move {
+                let mut client = pool.get().await.map_err(|error| connect_failed(&target, error))?;
+                schema::migrate(&mut client).await?;
+                check_record_format(&client).await
+            }
         })?;
         tracing::info!(database = %store.target, schema = schema::SCHEMA_VERSION, "opened the PostgreSQL store");
         Ok(store)

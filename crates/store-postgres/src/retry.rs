@@ -16,6 +16,9 @@ pub(crate) const RETRY_FOR: Duration = Duration::from_secs(15);
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 
+/// How tokio-postgres words an error for a protocol message out of place.
+const UNEXPECTED_MESSAGE: &str = "unexpected message from server";
+
 /// Whether `error` means the connection, not the request, failed: the same request may work
 /// over a new connection.
 pub(crate) fn connection_broke(error: &tokio_postgres::Error) -> bool {
@@ -33,8 +36,14 @@ pub(crate) fn connection_broke(error: &tokio_postgres::Error) -> bool {
                 ]
                 .contains(code)
         }
-        // No answer from the server: an I/O error under the client (refused, reset, timed out).
+        // No answer from the server: an I/O error under the client (refused, reset, timed out),
+        // or a message the protocol did not expect there (seen through a pooler reusing a
+        // server connection): tokio-postgres drops such a connection, and says so only in
+        // words, its error kinds being private.
         None => {
+            if error.to_string() == UNEXPECTED_MESSAGE {
+                return true;
+            }
             let mut source = std::error::Error::source(error);
             while let Some(cause) = source {
                 if cause.is::<std::io::Error>() {
@@ -287,6 +296,43 @@ mod tests {
         );
         outage.observe(&Ok(()));
         assert_eq!(outage.retry().give_up_after, RETRY_FOR, "a success ends the outage");
+    }
+
+    /// The error tokio-postgres gives when a server answers the startup with a message the
+    /// protocol does not expect there (here, ReadyForQuery where authentication belongs).
+    async fn unexpected_message_error() -> tokio_postgres::Error {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut length = [0u8; 4];
+            socket.read_exact(&mut length).await.unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(length) as usize - 4];
+            socket.read_exact(&mut startup).await.unwrap();
+            // ReadyForQuery, idle: 'Z', length 5, 'I'.
+            socket.write_all(&[b'Z', 0, 0, 0, 5, b'I']).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        });
+        let url = format!("postgres://nobody@{address}/none");
+        let Err(error) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+            panic!("the fake server accepted a connection");
+        };
+        server.abort();
+        error
+    }
+
+    #[tokio::test]
+    async fn a_message_out_of_place_counts_as_a_broken_connection_and_is_tried_again() {
+        let error = unexpected_message_error().await;
+        assert_eq!(
+            error.to_string(),
+            UNEXPECTED_MESSAGE,
+            "tokio-postgres's wording changed"
+        );
+        assert!(connection_broke(&error));
+        assert!(pool_broke(&PoolError::Backend(error)));
     }
 
     #[tokio::test]
