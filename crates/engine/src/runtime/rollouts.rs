@@ -535,3 +535,135 @@ pub(crate) enum RolloutOperation {
     /// Roll it back now.
     RollBack,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_core::rollout::Stage;
+    use strata_core::routing::WorkflowRouting;
+
+    fn version(text: &str) -> semver::Version {
+        semver::Version::parse(text).unwrap()
+    }
+
+    /// A rollout of `order` from 1.0.0 to `candidate`, at stage 0 (10 %), started at `started_ms`,
+    /// in `status`, with `transitions` transitions behind it.
+    fn rollout(
+        name: &str,
+        candidate: &str,
+        started_ms: u64,
+        status: RolloutStatus,
+        transitions: usize,
+    ) -> RolloutRecord {
+        let spec = RolloutSpec::new("order", version(candidate), version("1.0.0"))
+            .named(name)
+            .stage(Stage::new(10.0, Duration::from_secs(60), 0))
+            .stage(Stage::new(50.0, Duration::from_secs(60), 0));
+        RolloutRecord {
+            format: RECORD_FORMAT,
+            spec,
+            status,
+            stage: 0,
+            stage_started_ms: started_ms,
+            paused_ms: 0,
+            paused_at_ms: None,
+            candidate_baseline: VersionCounters::default(),
+            stable_baseline: VersionCounters::default(),
+            history: (0..transitions)
+                .map(|index| TransitionRecord {
+                    at_ms: started_ms + index as u64,
+                    stage: 0,
+                    transition: Transition::Started,
+                })
+                .collect(),
+        }
+    }
+
+    fn exact(text: &str) -> Option<VersionReq> {
+        Some(VersionReq::parse(text).unwrap())
+    }
+
+    #[test]
+    fn a_running_rollout_routes_its_stage_share_first_and_keeps_the_stable_version_as_default() {
+        let rollouts = Rollouts::default();
+        rollouts.load(vec![rollout("canary", "2.0.0", 100, RolloutStatus::Running, 1)]);
+        let mut spec = RoutingSpec::default();
+        spec.workflows.insert(
+            "order".to_string(),
+            WorkflowRouting {
+                default: exact("=1.5.0"),
+                rollouts: vec![RolloutRule {
+                    candidate: version("2.0.0"),
+                    basis_points: 9_000,
+                    flag: None,
+                    segments: Vec::new(),
+                }],
+            },
+        );
+        let routed = rollouts.overlay(&spec);
+        let order = &routed.workflows["order"];
+        assert_eq!(order.default, exact("=1.0.0"));
+        assert_eq!(order.rollouts.len(), 1, "the file's rule for the candidate gives way");
+        assert_eq!(
+            (order.rollouts[0].candidate.clone(), order.rollouts[0].basis_points),
+            (version("2.0.0"), 1_000)
+        );
+    }
+
+    #[test]
+    fn a_promoted_rollout_makes_its_candidate_the_default_and_a_rolled_back_one_the_stable() {
+        let rollouts = Rollouts::default();
+        rollouts.load(vec![rollout("done", "2.0.0", 100, RolloutStatus::Promoted, 3)]);
+        let routed = rollouts.overlay(&RoutingSpec::default());
+        assert_eq!(routed.workflows["order"].default, exact("=2.0.0"));
+        assert!(routed.workflows["order"].rollouts.is_empty());
+
+        // A later rollout that was rolled back wins over the older promotion.
+        rollouts.load(vec![rollout("later", "3.0.0", 200, RolloutStatus::RolledBack, 2)]);
+        let routed = rollouts.overlay(&RoutingSpec::default());
+        assert_eq!(routed.workflows["order"].default, exact("=1.0.0"));
+        assert!(routed.workflows["order"].rollouts.is_empty());
+    }
+
+    #[test]
+    fn an_active_rollout_wins_over_a_later_finished_one() {
+        let rollouts = Rollouts::default();
+        rollouts.load(vec![
+            rollout("running", "2.0.0", 100, RolloutStatus::Paused, 2),
+            rollout("later", "3.0.0", 200, RolloutStatus::Promoted, 3),
+        ]);
+        let routed = rollouts.overlay(&RoutingSpec::default());
+        assert_eq!(routed.workflows["order"].default, exact("=1.0.0"));
+        assert_eq!(routed.workflows["order"].rollouts[0].candidate, version("2.0.0"));
+    }
+
+    #[test]
+    fn only_a_record_with_more_transitions_replaces_the_one_held() {
+        let rollouts = Rollouts::default();
+        rollouts.load(vec![rollout("canary", "2.0.0", 100, RolloutStatus::Running, 2)]);
+        assert!(!rollouts.adopt(vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 2)]));
+        assert_eq!(rollouts.all()[0].status, RolloutStatus::Running);
+        assert!(rollouts.adopt(vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)]));
+        assert_eq!(rollouts.all()[0].status, RolloutStatus::RolledBack);
+        assert!(
+            !rollouts.watched.load().contains("order"),
+            "a rolled-back rollout is no longer watched"
+        );
+    }
+
+    #[test]
+    fn neither_version_of_an_active_rollout_may_be_drained() {
+        let rollouts = Rollouts::default();
+        rollouts.load(vec![rollout("canary", "2.0.0", 100, RolloutStatus::Running, 1)]);
+        let role = |text: &str| match rollouts.refusal_to_drain(&VersionKey::new("order", version(text))) {
+            Some(RolloutError::VersionInRollout { role, .. }) => Some(role),
+            Some(other) => panic!("unexpected refusal {other:?}"),
+            None => None,
+        };
+        assert_eq!(role("2.0.0"), Some("candidate"));
+        assert_eq!(role("1.0.0"), Some("stable"));
+        assert_eq!(role("1.5.0"), None);
+        rollouts.adopt(vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 2)]);
+        assert_eq!(role("2.0.0"), None, "a finished rollout holds nothing back");
+    }
+}
