@@ -151,23 +151,19 @@ impl Runtime {
         // Claimed signals all belong to claimed instances.
         let (ids, _) = self.insert_slots(claimed.live, claimed.signals);
         // A background migration running here takes them in its share. They are handed over
-        // before the claim's number is: a share that read the number has them.
-        let jobs: Vec<_> = self
-            .jobs
-            .lock()
-            .values()
-            .filter(|control| !*control.finished.borrow())
-            .cloned()
-            .collect();
+        // before the claim's number is: a share that read the number has them. Every share is
+        // woken after the number: one that began meanwhile listed them and stores the number.
         if !ids.is_empty() {
             tracing::info!(count = ids.len(), "claimed instances no live worker held");
-            for control in &jobs {
-                control.claimed.lock().extend_from_slice(&ids);
+            for control in self.jobs.lock().values() {
+                if !*control.finished.borrow() {
+                    control.claimed.lock().extend_from_slice(&ids);
+                }
             }
         }
         self.claims_taken_in.fetch_max(claimed.number, Ordering::Release);
         if !ids.is_empty() {
-            for control in &jobs {
+            for control in self.jobs.lock().values() {
                 control.more.notify_one();
             }
         }
