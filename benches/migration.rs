@@ -106,6 +106,7 @@ fn fill(dir: &Path, count: u64, phase: Phase) {
                 updated_at_ms: now,
                 moves: Vec::new(),
                 pinned_reason: None,
+                history: Default::default(),
                 claim: 0,
             };
             ops.push(Op::PutInstance(record.encode().expect("encode")));

@@ -25,7 +25,7 @@ pub use store::PostgresStore;
 pub use store::SledStore;
 #[cfg(feature = "admin")]
 pub use strata_admin as admin;
-pub use strata_engine::{config, instance, migrate, observe, registry, rollout, routing, workflow};
+pub use strata_engine::{config, history, instance, migrate, observe, registry, rollout, routing, workflow};
 pub use strata_engine::{
     Clock, DefinitionError, Durability, Engine, EngineBuilder, EngineError, EnginePart, Event, Gates, InstanceFilter,
     InstanceId, InstanceInfo, InstanceStatus, ManualClock, MetricsSnapshot, MigrationJob, MoveRequest, Next,

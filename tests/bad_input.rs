@@ -336,6 +336,13 @@ impl Store for FailingStore {
     fn highest_removed_id(&self) -> Result<u64, StoreError> {
         self.inner.highest_removed_id()
     }
+    fn history(
+        &self,
+        instance: InstanceId,
+        page: &strata_store::HistoryPage,
+    ) -> Result<Vec<strata_store::StoredHistoryEntry>, StoreError> {
+        self.inner.history(instance, page)
+    }
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
         self.inner.quarantined()
     }

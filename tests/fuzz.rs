@@ -129,6 +129,7 @@ fn sample_instance() -> InstanceRecord {
         updated_at_ms: 1_795_999_500_000,
         moves: Vec::new(),
         pinned_reason: Some("no counterpart step".to_string()),
+        history: strata::history::HistoryBook { next: 9, folded: 2 },
         claim: 3,
     }
 }

@@ -237,6 +237,10 @@ pub struct InstanceRecord {
     /// Why an `AutoUpgrade` instance stayed on its version at its last step boundary (format 2).
     #[serde(default)]
     pub pinned_reason: Option<String>,
+    /// Where its history stands: the next entry's number and how many were folded away (none
+    /// in a record written before instances kept a history).
+    #[serde(default)]
+    pub history: crate::history::HistoryBook,
     /// The claim (fencing token) under which this process holds the instance in a store shared
     /// by many processes: a commit of the record lands only while the claim is still the
     /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled,

@@ -77,6 +77,8 @@ pub(super) struct Writes {
     jobs: HashMap<(String, String), Vec<u8>>,
     rollouts: HashMap<String, (Vec<u8>, i64)>,
     quarantines: Vec<(i64, String)>,
+    /// History entries by instance and number: the entry, or `None` to drop it.
+    history: HashMap<(i64, i64), Option<Vec<u8>>>,
 }
 
 impl Writes {
@@ -146,6 +148,14 @@ impl Writes {
                         .insert(rollout.spec.name.clone(), (encode("rollout", rollout)?, revision));
                 }
                 Op::QuarantineRecord { id, reason } => writes.quarantines.push((signed(id.0), reason.clone())),
+                Op::PutHistory { instance, seq, entry } => {
+                    writes
+                        .history
+                        .insert((signed(instance.0), signed(*seq)), Some(entry.clone()));
+                }
+                Op::DropHistory { instance, seq } => {
+                    writes.history.insert((signed(instance.0), signed(*seq)), None);
+                }
             }
         }
         Ok(writes)
@@ -211,6 +221,39 @@ impl Writes {
                 .filter(|key| drained.contains(&key.to_string()))
                 .collect(),
         }))
+    }
+
+    /// The history entries added and dropped: one statement each, over arrays. An entry is
+    /// written with its instance's row, whose claim fences the whole transaction.
+    async fn write_history(&self, transaction: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        let (added, dropped): (Vec<_>, Vec<_>) = self.history.iter().partition(|(_, entry)| entry.is_some());
+        if !added.is_empty() {
+            let instances: Vec<i64> = added.iter().map(|((instance, _), _)| *instance).collect();
+            let seqs: Vec<i64> = added.iter().map(|((_, seq), _)| *seq).collect();
+            let entries: Vec<&[u8]> = added.iter().filter_map(|(_, entry)| entry.as_deref()).collect();
+            transaction
+                .execute_typed(
+                    "INSERT INTO strata_history (instance, seq, entry)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (instance, seq) DO UPDATE SET entry = EXCLUDED.entry",
+                    typed![&instances, &seqs, &entries],
+                )
+                .await
+                .map_err(failed("write history"))?;
+        }
+        if !dropped.is_empty() {
+            let instances: Vec<i64> = dropped.iter().map(|((instance, _), _)| *instance).collect();
+            let seqs: Vec<i64> = dropped.iter().map(|((_, seq), _)| *seq).collect();
+            transaction
+                .execute_typed(
+                    "DELETE FROM strata_history WHERE (instance, seq) IN
+                 (SELECT * FROM UNNEST($1::bigint[], $2::bigint[]))",
+                    typed![&instances, &seqs],
+                )
+                .await
+                .map_err(failed("drop history"))?;
+        }
+        Ok(())
     }
 
     /// Every version whose counters or status the writes change, in one order.
@@ -331,6 +374,7 @@ impl Writes {
                 .await
                 .map_err(failed("delete signals"))?;
         }
+        self.write_history(transaction).await?;
         let applied = self.decide_residency(transaction, worker).await?;
         for (schedule, fire_ms) in &self.fires {
             // Only a later fire than the one handled: of processes racing for a fire, one wins.

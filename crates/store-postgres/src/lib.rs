@@ -32,9 +32,9 @@ use retry::{Outage, Retry};
 use strata_core::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use strata_core::version::VersionStatus;
 use strata_store::{
-    Applied, AppliedConfig, BackendFailure, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind,
-    MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredVersion,
-    VersionCounters, Wakeup, WorkerInfo,
+    Applied, AppliedConfig, BackendFailure, Claimed, Cluster, CorruptRecord, DatabaseProblem, HistoryPage, IdKind,
+    MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredHistoryEntry,
+    StoredVersion, VersionCounters, Wakeup, WorkerInfo,
 };
 
 /// Connections a store keeps at most: the commit thread, reads, and room for a slow one.
@@ -828,6 +828,7 @@ impl Store for PostgresStore {
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED),
              removed AS (DELETE FROM strata_instances i USING expired WHERE i.id = expired.id RETURNING i.id),
+             history AS (DELETE FROM strata_history h USING removed WHERE h.instance = removed.id),
              mark AS (
                  INSERT INTO strata_retention (highest_removed) SELECT max(id) FROM removed HAVING count(*) > 0
                  ON CONFLICT (single) DO UPDATE
@@ -850,6 +851,36 @@ impl Store for PostgresStore {
             |row| Ok(unsigned(row.get::<_, i64>(0))),
         )?;
         Ok(highest.into_iter().next().unwrap_or(0))
+    }
+
+    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryEntry>, StoreError> {
+        let (condition, order) = if page.newest_first {
+            ("seq < $2", "DESC")
+        } else {
+            ("seq > $2", "ASC")
+        };
+        let from = match (page.from, page.newest_first) {
+            (Some(from), _) => signed(from),
+            (None, true) => i64::MAX,
+            (None, false) => -1,
+        };
+        self.query(
+            "read history",
+            format!(
+                "SELECT seq, entry FROM strata_history WHERE instance = $1 AND {condition} ORDER BY seq {order} LIMIT $3"
+            ),
+            vec![
+                Box::new(signed(instance.0)),
+                Box::new(from),
+                Box::new(i64::try_from(page.limit).unwrap_or(i64::MAX)),
+            ],
+            |row| {
+                Ok(StoredHistoryEntry {
+                    seq: unsigned(row.get(0)),
+                    entry: row.get(1),
+                })
+            },
+        )
     }
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

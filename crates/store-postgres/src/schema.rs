@@ -28,10 +28,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "finished instances by finish time, for retention", V6),
     (7, "which worker drained a version and has not announced it yet", V7),
     (8, "how many times each version's status was written", V8),
+    (9, "each instance's history", V9),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 8;
+pub(crate) const SCHEMA_VERSION: i32 = 9;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -201,6 +202,17 @@ ALTER TABLE strata_versions ADD COLUMN drained_by text;
 /// is newer. Rows from before it start at 0.
 const V8: &str = "
 ALTER TABLE strata_versions ADD COLUMN status_changes bigint NOT NULL DEFAULT 0;
+";
+
+/// Schema 9: each instance's history, entry by entry (the encoded `HistoryEntry`), written in the
+/// commit of the change it records and removed with the instance.
+const V9: &str = "
+CREATE TABLE strata_history (
+    instance bigint NOT NULL,
+    seq bigint NOT NULL,
+    entry bytea NOT NULL,
+    PRIMARY KEY (instance, seq)
+);
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.

@@ -57,8 +57,8 @@ use strata_core::periodic::PeriodicThread;
 use strata_core::version::VersionStatus;
 use strata_store::residency::VersionWrite;
 use strata_store::{
-    Applied, AppliedConfig, CorruptRecord, CounterDelta, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord,
-    Store, StoreError, StoreStats, StoredVersion, VersionCounters,
+    Applied, AppliedConfig, CorruptRecord, CounterDelta, HistoryPage, IdKind, MigrationJobRecord, Op, RecoveredState,
+    SignalRecord, Store, StoreError, StoreStats, StoredHistoryEntry, StoredVersion, VersionCounters,
 };
 
 const FORMAT_KEY: &[u8] = b"m/format";
@@ -66,6 +66,7 @@ const LIVE: &[u8] = b"i/";
 const FINISHED: &[u8] = b"d/";
 const QUARANTINED: &[u8] = b"q/";
 const SIGNALS: &[u8] = b"s/";
+const HISTORY: &[u8] = b"h/";
 const COUNTERS: &[u8] = b"c/";
 const STATUSES: &[u8] = b"v/";
 const CONFIGS: &[u8] = b"g/";
@@ -250,6 +251,12 @@ fn id_key(prefix: &[u8], id: InstanceId) -> Vec<u8> {
 
 fn signal_key(instance: InstanceId, seq: u64) -> Vec<u8> {
     let mut key = id_key(SIGNALS, instance);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn history_key(instance: InstanceId, seq: u64) -> Vec<u8> {
+    let mut key = id_key(HISTORY, instance);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
@@ -581,6 +588,10 @@ impl Store for SledStore {
                     batch.insert(signal_key(signal.instance, signal.seq), encode("signal", signal)?);
                 }
                 Op::DeleteSignal { instance, seq } => batch.remove(signal_key(*instance, *seq)),
+                Op::PutHistory { instance, seq, entry } => {
+                    batch.insert(history_key(*instance, *seq), entry.as_slice());
+                }
+                Op::DropHistory { instance, seq } => batch.remove(history_key(*instance, *seq)),
                 Op::AdjustCounters { key, delta } => {
                     if delta.started > 0 && !starting.contains(&key) {
                         starting.push(key);
@@ -906,6 +917,9 @@ impl Store for SledStore {
             let id = InstanceId(u64::from_be_bytes(id));
             batch.remove(&key);
             batch.remove(id_key(FINISHED, id));
+            for entry in self.durable.db.scan_prefix(id_key(HISTORY, id)).keys() {
+                batch.remove(entry.map_err(backend("read a removed instance's history"))?);
+            }
             highest = highest.max(id.0);
             removed += 1;
         }
@@ -919,6 +933,45 @@ impl Store for SledStore {
         batch.insert(HIGHEST_REMOVED_ID, encode("highest removed id", &highest.max(known))?);
         self.durable.write(&mut batch, "remove expired instances")?;
         Ok(removed)
+    }
+
+    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryEntry>, StoreError> {
+        let prefix = id_key(HISTORY, instance);
+        let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            match (page.from, page.newest_first) {
+                (None, false) => Box::new(self.durable.db.scan_prefix(&prefix)),
+                (None, true) => Box::new(self.durable.db.scan_prefix(&prefix).rev()),
+                (Some(after), false) => match after.checked_add(1) {
+                    Some(next) => Box::new(
+                        self.durable
+                            .db
+                            .range(history_key(instance, next)..=history_key(instance, u64::MAX)),
+                    ),
+                    None => Box::new(std::iter::empty()),
+                },
+                (Some(before), true) => Box::new(
+                    self.durable
+                        .db
+                        .range(prefix.clone()..history_key(instance, before))
+                        .rev(),
+                ),
+            };
+        let mut page_entries = Vec::new();
+        for item in entries.take(page.limit) {
+            let (key, entry) = item.map_err(backend("read history"))?;
+            let Some(seq) = key
+                .get(prefix.len()..)
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            page_entries.push(StoredHistoryEntry {
+                seq,
+                entry: entry.to_vec(),
+            });
+        }
+        Ok(page_entries)
     }
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

@@ -19,7 +19,10 @@ use strata_core::migrate::{MigrationJob, MigrationJobRecord, MigrationState};
 use strata_core::rollout::{RolloutRecord, RolloutSpec, RolloutStatus, Stage, Transition, TransitionRecord};
 use strata_core::version::{CounterDelta, VersionCounters, VersionStatus};
 
-use crate::{AppliedConfig, FinishedScope, IdKind, Op, SignalRecord, Store, StoreError, StoredVersion};
+use crate::{
+    AppliedConfig, FinishedScope, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryEntry,
+    StoredVersion,
+};
 
 /// Opens one backend's store on the same data, again and again.
 pub trait Harness {
@@ -51,6 +54,8 @@ macro_rules! conformance_tests {
             a_live_record_that_does_not_decode_is_set_apart_with_its_reason,
             ids_are_never_handed_out_twice,
             a_refused_write_changes_nothing,
+            history_entries_are_kept_in_order_and_read_by_pages_both_ways,
+            history_goes_with_its_commit_and_with_its_instance,
         );
     };
     (@each $harness:expr; $($check:ident),+ $(,)?) => {
@@ -92,6 +97,7 @@ fn record(id: u64, version: &str, phase: Phase) -> InstanceRecord {
         updated_at_ms: 2_000 + id,
         moves: Vec::new(),
         pinned_reason: None,
+        history: Default::default(),
         claim: 0,
     }
 }
@@ -747,4 +753,149 @@ pub fn a_refused_write_changes_nothing(harness: &dyn Harness) {
         .unwrap_or_else(|error| panic!("{error}"))
         .iter()
         .all(|version| version.counters.started == 0));
+}
+
+fn history_entry(instance: u64, seq: u64) -> Op {
+    Op::PutHistory {
+        instance: InstanceId(instance),
+        seq,
+        entry: format!("entry {seq} of {instance}").into_bytes(),
+    }
+}
+
+/// The numbers of a page of `instance`'s history.
+fn history_numbers(store: &dyn Store, instance: u64, page: HistoryPage) -> Vec<u64> {
+    store
+        .history(InstanceId(instance), &page)
+        .unwrap_or_else(|error| panic!("history of {instance}: {error}"))
+        .iter()
+        .map(|entry| entry.seq)
+        .collect()
+}
+
+fn page(from: Option<u64>, newest_first: bool, limit: usize) -> HistoryPage {
+    HistoryPage {
+        from,
+        newest_first,
+        limit,
+    }
+}
+
+/// An instance's history entries come back by number, after a reopen, in pages from either end;
+/// a dropped entry is gone; another instance's entries are its own.
+pub fn history_entries_are_kept_in_order_and_read_by_pages_both_ways(harness: &dyn Harness) {
+    let store = harness.open();
+    let mut first = vec![put(&ready(1, "1.0.0")), start("1.0.0")];
+    first.extend((0..3).map(|seq| history_entry(1, seq)));
+    first.push(history_entry(2, 0));
+    apply(store.as_ref(), &[put(&ready(2, "1.0.0")), start("1.0.0")]);
+    apply(store.as_ref(), &first);
+    let store = reopen(harness, store);
+    let (live, _, _) = held(store.as_ref());
+    let mut later = vec![put(&InstanceRecord {
+        claim: claim_of(&live, 1),
+        ..ready(1, "1.0.0")
+    })];
+    later.extend((3..6).map(|seq| history_entry(1, seq)));
+    later.push(Op::DropHistory {
+        instance: InstanceId(1),
+        seq: 1,
+    });
+    apply(store.as_ref(), &later);
+
+    let everything = store
+        .history(InstanceId(1), &page(None, false, 100))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        everything,
+        [0, 2, 3, 4, 5]
+            .map(|seq| StoredHistoryEntry {
+                seq,
+                entry: format!("entry {seq} of 1").into_bytes(),
+            })
+            .to_vec()
+    );
+    assert_eq!(history_numbers(store.as_ref(), 1, page(None, false, 2)), [0, 2]);
+    assert_eq!(history_numbers(store.as_ref(), 1, page(Some(2), false, 2)), [3, 4]);
+    assert_eq!(history_numbers(store.as_ref(), 1, page(None, true, 2)), [5, 4]);
+    assert_eq!(history_numbers(store.as_ref(), 1, page(Some(4), true, 10)), [3, 2, 0]);
+    assert_eq!(
+        history_numbers(store.as_ref(), 1, page(Some(0), true, 10)),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        history_numbers(store.as_ref(), 1, page(Some(5), false, 10)),
+        Vec::<u64>::new()
+    );
+    assert_eq!(history_numbers(store.as_ref(), 2, page(None, false, 10)), [0]);
+    assert_eq!(
+        history_numbers(store.as_ref(), 3, page(None, false, 10)),
+        Vec::<u64>::new()
+    );
+}
+
+/// History entries land with the write they are in or not at all (a refused write leaves none),
+/// and retention removes an instance's history with the instance.
+pub fn history_goes_with_its_commit_and_with_its_instance(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(
+        store.as_ref(),
+        &[Op::PutScheduleFire {
+            schedule: "nightly".to_string(),
+            fire_ms: 5,
+        }],
+    );
+    let refused = store.apply(&[
+        put(&ready(1, "1.0.0")),
+        start("1.0.0"),
+        history_entry(1, 0),
+        Op::PutScheduleFire {
+            schedule: "nightly".to_string(),
+            fire_ms: 5,
+        },
+    ]);
+    assert!(matches!(refused, Err(StoreError::FireTaken { .. })), "{refused:?}");
+    assert_eq!(
+        history_numbers(store.as_ref(), 1, page(None, false, 10)),
+        Vec::<u64>::new()
+    );
+
+    let mut done = record(
+        2,
+        "1.0.0",
+        Phase::Failed {
+            reason: "no".to_string(),
+        },
+    );
+    done.updated_at_ms = 100;
+    apply(
+        store.as_ref(),
+        &[
+            put(&done),
+            start("1.0.0"),
+            finish("1.0.0", InstanceStatus::Failed),
+            history_entry(2, 0),
+            history_entry(2, 1),
+        ],
+    );
+    apply(
+        store.as_ref(),
+        &[put(&ready(3, "1.0.0")), start("1.0.0"), history_entry(3, 0)],
+    );
+    assert_eq!(history_numbers(store.as_ref(), 2, page(None, false, 10)), [0, 1]);
+    while store.expire_finished(101, 10).unwrap_or_else(|error| panic!("{error}")) == 10 {}
+    let store = reopen(harness, store);
+    assert!(store
+        .load_instance(InstanceId(2))
+        .unwrap_or_else(|error| panic!("{error}"))
+        .is_none());
+    assert_eq!(
+        history_numbers(store.as_ref(), 2, page(None, false, 10)),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        history_numbers(store.as_ref(), 3, page(None, false, 10)),
+        [0],
+        "a live instance keeps its history"
+    );
 }

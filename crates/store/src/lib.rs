@@ -325,6 +325,22 @@ pub enum Op {
     /// transition to the history; a write whose history is not longer than the stored one's was
     /// made from an older copy and fails with [`StoreError::RolloutChanged`].
     PutRollout(Box<strata_core::rollout::RolloutRecord>),
+    /// Adds an entry to an instance's history (in the commit of the change it records).
+    PutHistory {
+        /// The instance.
+        instance: InstanceId,
+        /// The entry's number (from the instance's `HistoryBook`).
+        seq: u64,
+        /// The encoded entry (`HistoryEntry::encode`).
+        entry: Vec<u8>,
+    },
+    /// Drops an entry of an instance's history (one the bound folds away).
+    DropHistory {
+        /// The instance.
+        instance: InstanceId,
+        /// The entry's number.
+        seq: u64,
+    },
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
         /// The instance.
@@ -537,6 +553,26 @@ pub struct FinishedScope {
     pub after: Option<InstanceId>,
 }
 
+/// Which entries of an instance's history a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Only entries after this number (oldest first) or before it (newest first).
+    pub from: Option<u64>,
+    /// Newest first, else oldest first.
+    pub newest_first: bool,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// An entry of an instance's history as stored: its number and its encoded form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHistoryEntry {
+    /// The entry's number.
+    pub seq: u64,
+    /// The encoded entry (`HistoryEntry::decode`).
+    pub entry: Vec<u8>,
+}
+
 /// An announcement from another process sharing the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wakeup {
@@ -589,8 +625,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Removes up to `limit` finished instances that finished before `finished_before_ms` (ms
     /// since the Unix epoch), in one atomic write; returns how many (fewer than `limit`: none is
-    /// left due, as far as this call looked; call again while it returns `limit`). Counters,
-    /// statuses and live instances are untouched; ids are never issued again.
+    /// left due, as far as this call looked; call again while it returns `limit`), with their
+    /// histories. Counters, statuses and live instances are untouched; ids are never issued again.
     fn expire_finished(&self, finished_before_ms: u64, limit: usize) -> Result<u64, StoreError>;
     /// The highest id `expire_finished` ever removed (0 if none): an id at or below it that is
     /// not in the store was, most likely, removed.
@@ -603,6 +639,9 @@ pub trait Store: Send + Sync + 'static {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// A page of an instance's history: entries with their numbers, in the page's order. An
+    /// instance with no history (or removed by retention) has none.
+    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryEntry>, StoreError>;
     /// Quarantined records: id and reason.
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError>;
     /// Every applied config, oldest generation first.

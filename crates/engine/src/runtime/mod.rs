@@ -733,6 +733,7 @@ impl Runtime {
             updated_at_ms: now,
             moves: Vec::new(),
             pinned_reason: None,
+            history: Default::default(),
             // Unclaimed: the first worker with the version's code claims it.
             claim: 0,
         };

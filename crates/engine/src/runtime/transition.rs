@@ -241,6 +241,7 @@ mod tests {
             updated_at_ms: 6,
             moves: Vec::new(),
             pinned_reason: None,
+            history: Default::default(),
             claim: 0,
         }
     }
