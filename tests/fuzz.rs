@@ -8,6 +8,7 @@
 
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
+use strata::history::{AttemptOutcome, HistoryEntry, HistoryEvent, StepEntry, WokenBy};
 use strata::instance::{InstanceRecord, PersistedWake, Phase, ScheduledFire, StateEnvelope};
 use strata::migrate::MigrationJobRecord;
 use strata::prelude::*;
@@ -134,6 +135,29 @@ fn sample_instance() -> InstanceRecord {
     }
 }
 
+fn sample_history_entry() -> HistoryEntry {
+    HistoryEntry {
+        at_ms: 1_795_999_500_000,
+        event: HistoryEvent::Step(StepEntry {
+            step: "collect_payment".to_string(),
+            attempt: 2,
+            version: strata::Version::new(2, 1, 0),
+            worker: Some("host-1/4242".to_string()),
+            began_ms: 1_795_999_499_000,
+            woken_by: WokenBy::Signal {
+                name: "payment".to_string(),
+                seq: 17,
+                bytes: 24,
+            },
+            migrated_from_schema: Some(1),
+            outcome: AttemptOutcome::Retrying {
+                error: "card declined".to_string(),
+                at_ms: 1_795_999_501_000,
+            },
+        }),
+    }
+}
+
 fn sample_signal() -> SignalRecord {
     SignalRecord {
         format: strata::instance::RECORD_FORMAT,
@@ -195,7 +219,18 @@ proptest! {
     }
 
     #[test]
+    fn damaged_history_entries_decode_or_give_a_reason(damages in proptest::collection::vec(damage(), 1..4)) {
+        let valid = sample_history_entry().encode().unwrap();
+        if let Err(reason) = HistoryEntry::decode(&damaged(&valid, &damages)) {
+            prop_assert!(!reason.is_empty());
+        }
+    }
+
+    #[test]
     fn random_bytes_decode_as_no_record_without_a_reason(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        if let Err(reason) = HistoryEntry::decode(&bytes) {
+            prop_assert!(!reason.is_empty());
+        }
         if let Err(reason) = InstanceRecord::decode(&bytes) {
             prop_assert!(!reason.is_empty());
         }

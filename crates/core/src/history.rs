@@ -90,7 +90,7 @@ pub enum HistoryEvent {
         /// The version it was pinned to.
         version: Version,
         /// Why routing chose that version.
-        routed_by: String,
+        routed_by: crate::routing::RouteReason,
         /// The routing key the caller gave, if any.
         routing_key: Option<String>,
         /// The size of its encoded input.

@@ -205,6 +205,13 @@ impl EngineBuilder {
         self
     }
 
+    /// How many entries each instance's history keeps (default 1 000, at least 2): beyond it the
+    /// oldest after the first (the start) are folded into a count.
+    pub fn history_limit(mut self, entries: u32) -> Self {
+        self.options.history_limit = entries.max(strata_core::history::MIN_HISTORY_LIMIT);
+        self
+    }
+
     /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
     /// have a hole, or give two paths for one step.
     pub fn migration(mut self, migration: StateMigration) -> Self {
@@ -335,6 +342,7 @@ impl Engine {
                 clock: Arc::new(SystemClock),
                 lease: Duration::from_secs(5),
                 retention: crate::runtime::DEFAULT_RETENTION,
+                history_limit: strata_core::history::DEFAULT_HISTORY_LIMIT,
             },
         }
     }
@@ -801,6 +809,18 @@ impl Engine {
     /// One instance: version, status, cursor, state.
     pub fn instance(&self, id: InstanceId) -> Result<InstanceInfo, EngineError> {
         self.runtime.instance(id)
+    }
+
+    /// A page of what happened to an instance, live or finished, wherever it ran: its start,
+    /// every step attempt (what woke it, how long it took, how it ended), cancels, migrations
+    /// and moves, each written in the commit of the change it records. Page on with the
+    /// answer's `next`.
+    pub fn history(
+        &self,
+        id: InstanceId,
+        request: &crate::instance::HistoryRequest,
+    ) -> Result<crate::instance::InstanceHistory, EngineError> {
+        self.runtime.history(id, request)
     }
 
     /// The signals delivered to a live instance that it has not consumed yet, in the order it

@@ -1,6 +1,7 @@
 //! The views of an instance the engine's facade returns: [`InstanceInfo`] (a record with the
-//! status only the running engine knows), [`Outcome`] (how it ended, decoded on demand) and
-//! [`InstanceFilter`] (which instances a listing returns). The record itself is
+//! status only the running engine knows), [`Outcome`] (how it ended, decoded on demand),
+//! [`InstanceFilter`] (which instances a listing returns) and [`InstanceHistory`] (a page of what
+//! happened to it, asked for with a [`HistoryRequest`]). The record itself is
 //! `strata_core::instance`, re-exported here.
 
 use semver::Version;
@@ -173,4 +174,51 @@ impl InstanceFilter {
     pub(crate) fn wants_terminal(&self) -> bool {
         self.status.is_none_or(InstanceStatus::is_terminal)
     }
+}
+
+/// Which page of an instance's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Only entries after this number (oldest first) or before it (newest first): the `next`
+    /// of the previous page.
+    pub from: Option<u64>,
+    /// Newest first, else oldest first.
+    pub newest_first: bool,
+    /// At most this many entries (at least 1).
+    pub limit: usize,
+}
+
+impl Default for HistoryRequest {
+    /// The first 100 entries, oldest first.
+    fn default() -> Self {
+        HistoryRequest {
+            from: None,
+            newest_first: false,
+            limit: 100,
+        }
+    }
+}
+
+/// One entry of an instance's history: its number and the entry, or why it does not decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryItem {
+    /// The entry's number (0: the start).
+    pub seq: u64,
+    /// The entry, or why its stored bytes do not decode.
+    pub entry: Result<strata_core::history::HistoryEntry, String>,
+}
+
+/// A page of an instance's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceHistory {
+    /// The instance.
+    pub id: InstanceId,
+    /// The entries, in the order asked for.
+    pub entries: Vec<HistoryItem>,
+    /// How many entries the history keeps in all.
+    pub kept: u64,
+    /// How many old entries (after the first) were folded away to keep the bound.
+    pub folded: u64,
+    /// The `from` of the next page, if there may be one.
+    pub next: Option<u64>,
 }

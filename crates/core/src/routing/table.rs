@@ -241,7 +241,7 @@ pub struct RoutingTable {
 }
 
 /// Why a new instance got its version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum RouteReason {
     /// The caller asked for a version (a semver requirement).
     Requested,

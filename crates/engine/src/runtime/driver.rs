@@ -18,6 +18,7 @@ use super::Runtime;
 use crate::instance::Outcome;
 use crate::observe::{deadline_after, Event};
 use crate::store::Op;
+use strata_core::history::HistoryEntry;
 use strata_core::instance::{InstanceId, InstanceRecord, InstanceStatus, Phase};
 use strata_core::workflow::{StepCtx, StepFailure, UpgradePolicy, VersionCode, WakeReason};
 
@@ -104,7 +105,10 @@ impl Runtime {
             };
             let progressed = match next {
                 Plan::Run(job) => self.run_job(id, job).await,
-                Plan::Cancel(record) => self.commit_transition(transition::cancelled(record, now), None).await,
+                Plan::Cancel(record) => {
+                    let (record, entry) = transition::cancelled(record, now);
+                    self.commit_transition(record, None, Some(entry)).await
+                }
                 Plan::Idle(due) => {
                     if let Some(due) = due {
                         self.timers.arm(due, id);
@@ -154,7 +158,7 @@ impl Runtime {
             failed.phase = Phase::Failed {
                 reason: format!("it could not begin on {}: {failure}", failed.key),
             };
-            return self.commit_transition(failed, None).await;
+            return self.commit_transition(failed, None, None).await;
         }
         if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
             match self.auto_upgrade(&job.record) {
@@ -174,7 +178,13 @@ impl Runtime {
             }
         }
         // Lazy migration: the step sees the state its version expects, and its commit stores it.
+        let schema_before = job.record.state.schema;
         let migrated = self.migrate_for_step(&mut job.record, code.as_ref());
+        let facts = transition::AttemptFacts {
+            began_ms: self.now(),
+            worker: self.store.cluster().worker_id().to_string(),
+            migrated_from_schema: (job.record.state.schema != schema_before).then_some(schema_before),
+        };
         let began = std::time::Instant::now();
         let attempt = match migrated {
             Ok(()) => self.attempt(code.as_ref(), &job).await,
@@ -196,8 +206,9 @@ impl Runtime {
             wake,
             consumed_signal,
         } = job;
-        let next = transition::after_attempt(record, wake, consumed_signal, attempt, code.as_ref(), self.now());
-        self.commit_transition(next.record, next.consumed_signal).await
+        let next = transition::after_attempt(record, wake, consumed_signal, attempt, code.as_ref(), self.now(), facts);
+        self.commit_transition(next.record, next.consumed_signal, Some(next.entry))
+            .await
     }
 
     /// Migrates the record's state to the schema `code` expects, if it is another.
@@ -249,8 +260,8 @@ impl Runtime {
         moved: InstanceRecord,
     ) -> Progress {
         let id = moved.id;
-        let pair = [(from, moved)];
-        let drained = match self.commit_moves(&pair).await {
+        let mut pair = [(from, moved)];
+        let drained = match self.commit_moves(&mut pair).await {
             Ok(drained) => drained,
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "AutoUpgrade move did not commit; the instance stays where it was");
@@ -322,9 +333,15 @@ impl Runtime {
         }
     }
 
-    /// Commits `record`, which consumes `consumed_signal`; on success makes it the instance's
-    /// state in memory, or, when it finishes the instance, tells its waiters.
-    async fn commit_transition(self: &Arc<Self>, mut record: InstanceRecord, consumed_signal: Option<u64>) -> Progress {
+    /// Commits `record`, which consumes `consumed_signal`, with `entry` in its history; on
+    /// success makes it the instance's state in memory, or, when it finishes the instance, tells
+    /// its waiters.
+    async fn commit_transition(
+        self: &Arc<Self>,
+        mut record: InstanceRecord,
+        consumed_signal: Option<u64>,
+        entry: Option<HistoryEntry>,
+    ) -> Progress {
         let inbox = if record.phase.is_terminal() {
             let seqs = self
                 .table
@@ -340,7 +357,13 @@ impl Runtime {
             Phase::Quarantined { reason } => Some(reason.clone()),
             _ => None,
         };
-        let committed = match transition::commit_writes(&mut record, consumed_signal, &inbox) {
+        let committed = match transition::commit_writes(
+            &mut record,
+            consumed_signal,
+            &inbox,
+            entry.as_ref(),
+            self.options.history_limit,
+        ) {
             Ok(ops) => self.write_then_announce(ops).await,
             Err(error) => Err(error.into()),
         };

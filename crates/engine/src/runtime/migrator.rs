@@ -26,6 +26,7 @@ use crate::migrate::{
 use crate::observe::Event;
 use crate::registry::RegistryError;
 use crate::store::Op;
+use strata_core::history::{HistoryEntry, HistoryEvent};
 use strata_core::instance::{InstanceId, InstanceRecord, Phase, RECORD_FORMAT};
 
 /// How many failures a job's progress keeps.
@@ -523,7 +524,8 @@ impl Runtime {
         remaining: u64,
         control: &JobControl,
     ) -> Result<u64, EngineError> {
-        let mut rewritten: Vec<InstanceRecord> = Vec::with_capacity(batch.len());
+        // Each rewritten record with its state's schema before.
+        let mut rewritten: Vec<(InstanceRecord, u32)> = Vec::with_capacity(batch.len());
         let mut failures = Vec::new();
         let mut claimed = Vec::with_capacity(batch.len());
         {
@@ -539,6 +541,7 @@ impl Runtime {
                     continue;
                 }
                 let target = code.state_schema();
+                let from_schema = record.state.schema;
                 let mut next = record;
                 if next.state.schema != target {
                     match chains.migrate(&next.key.workflow, &next.state.bytes, next.state.schema, target) {
@@ -556,7 +559,7 @@ impl Runtime {
                     }
                 }
                 next.format = RECORD_FORMAT;
-                rewritten.push(next);
+                rewritten.push((next, from_schema));
             }
         }
         let mut next_job = job.clone();
@@ -564,23 +567,28 @@ impl Runtime {
         next_job.remaining = remaining;
         next_job.migrated += rewritten.len() as u64;
         next_job.failed += failures.len() as u64;
-        let mut ops = Vec::with_capacity(rewritten.len() + 1);
-        let mut encoded = Ok(());
-        for record in &rewritten {
-            match record.encode() {
-                Ok(bytes) => ops.push(Op::PutInstance(bytes)),
-                Err(error) => {
-                    encoded = Err(error.into());
-                    break;
-                }
+        let mut ops = Vec::with_capacity(rewritten.len() * 2 + 1);
+        let now = self.now();
+        let encoded = rewritten.iter_mut().try_for_each(|(record, from_schema)| {
+            if record.state.schema != *from_schema {
+                let entry = HistoryEntry {
+                    at_ms: now,
+                    event: HistoryEvent::Migrated {
+                        from_schema: *from_schema,
+                        to_schema: record.state.schema,
+                    },
+                };
+                super::transition::append_history(record, &entry, self.options.history_limit, &mut ops)?;
             }
-        }
+            ops.push(Op::PutInstance(record.encode()?));
+            Ok::<(), strata_core::codec::EncodeError>(())
+        });
         ops.push(Op::PutMigrationJob(next_job.clone()));
         let committed = match encoded {
             Ok(()) => self.write(ops).await,
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
-        let mut records = rewritten.into_iter().peekable();
+        let mut records = rewritten.into_iter().map(|(record, _)| record).peekable();
         for id in claimed {
             let record = match committed {
                 Ok(()) if records.peek().is_some_and(|record| record.id == id) => records.next(),

@@ -31,13 +31,14 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::error::EngineError;
-use crate::instance::{InstanceFilter, InstanceInfo, Outcome};
+use crate::instance::{HistoryItem, HistoryRequest, InstanceFilter, InstanceHistory, InstanceInfo, Outcome};
 use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
 use crate::observe::{Clock, Event, EventBus};
 use crate::registry::{Registry, VersionInfo, VersionStatus};
-use crate::store::{CounterDelta, IdKind, Op, SignalRecord, Store, StoreError};
+use crate::store::{CounterDelta, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError};
 use cluster::IdBlocks;
 use committer::Committer;
+use strata_core::history::{HistoryEntry, HistoryEvent};
 use strata_core::instance::{
     InstanceId, InstanceRecord, InstanceStatus, PersistedWake, Phase, ScheduledFire, StateEnvelope, VersionKey,
     RECORD_FORMAT,
@@ -63,6 +64,8 @@ pub(crate) struct RuntimeOptions {
     pub lease: Duration,
     /// How long finished instances are kept (zero: forever), unless the config file says.
     pub retention: Duration,
+    /// How many history entries an instance keeps.
+    pub history_limit: u32,
 }
 
 /// The executor behind an `Engine`.
@@ -756,13 +759,23 @@ impl Runtime {
             }
             record.claim = 1;
         }
-        let mut ops = vec![
-            Op::PutInstance(record.encode()?),
-            Op::AdjustCounters {
-                key: key.clone(),
-                delta: CounterDelta::start(now),
+        let started = HistoryEntry {
+            at_ms: now,
+            event: HistoryEvent::Started {
+                version: key.version.clone(),
+                routed_by: reason,
+                routing_key: record.routing_key.clone(),
+                input_bytes: input.len() as u64,
+                schedule: scheduled.as_ref().map(|fire| fire.schedule.clone()),
             },
-        ];
+        };
+        let mut ops = Vec::with_capacity(4);
+        transition::append_history(&mut record, &started, self.options.history_limit, &mut ops)?;
+        ops.push(Op::PutInstance(record.encode()?));
+        ops.push(Op::AdjustCounters {
+            key: key.clone(),
+            delta: CounterDelta::start(now),
+        });
         if let Some(fire) = scheduled {
             // The fire is handled exactly when its instance exists: both in one commit.
             ops.push(Op::PutScheduleFire {
@@ -963,6 +976,38 @@ impl Runtime {
             }),
             None => Err(self.missing(id)),
         }
+    }
+
+    /// A page of an instance's history, as the store holds it (every entry committed with the
+    /// change it records, wherever the instance ran).
+    pub(crate) fn history(&self, id: InstanceId, request: &HistoryRequest) -> Result<InstanceHistory, EngineError> {
+        let book = self.instance(id)?.record.history;
+        let limit = request.limit.max(1);
+        let page = HistoryPage {
+            from: request.from,
+            newest_first: request.newest_first,
+            limit,
+        };
+        let entries: Vec<HistoryItem> = self
+            .store
+            .history(id, &page)?
+            .into_iter()
+            .map(|stored| HistoryItem {
+                seq: stored.seq,
+                entry: HistoryEntry::decode(&stored.entry),
+            })
+            .collect();
+        let next = match entries.last() {
+            Some(last) if entries.len() == limit => Some(last.seq),
+            _ => None,
+        };
+        Ok(InstanceHistory {
+            id,
+            entries,
+            kept: book.kept(),
+            folded: book.folded,
+            next,
+        })
     }
 
     /// The error for an id the store does not hold: removed by retention if it is at or below

@@ -14,6 +14,7 @@ use crate::migrate::{MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, 
 use crate::observe::Event;
 use crate::registry::{RegistryError, VersionStatus};
 use crate::store::{CounterDelta, Op};
+use strata_core::history::{HistoryEntry, HistoryEvent};
 use strata_core::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
 use strata_core::routing::RouteInput;
 use strata_core::workflow::VersionCode;
@@ -149,7 +150,7 @@ impl Runtime {
                 return Err(EngineError::ShuttingDown);
             }
             let (code, status) = self.move_target(&target)?;
-            let moved = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
+            let mut moved = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
                 let mut moved = Vec::new();
                 for planned in batch {
                     let record = match self.claim(planned.id) {
@@ -170,7 +171,7 @@ impl Runtime {
                 moved
             });
             self.begin_work();
-            let committed = self.commit_moves(&moved).await;
+            let committed = self.commit_moves(&mut moved).await;
             self.work_finished();
             match committed {
                 Ok(drained) => {
@@ -191,16 +192,27 @@ impl Runtime {
         Ok(report)
     }
 
-    /// Commits moved records with both versions' counters in one commit, then applies the counters
-    /// in memory and announces the move. The caller updates the slots, then hands the versions
-    /// drained to `announce`.
-    pub(super) async fn commit_moves(&self, moved: &[(VersionKey, InstanceRecord)]) -> Result<TakeIns, EngineError> {
+    /// Commits moved records, each with its move in its history, with both versions' counters
+    /// in one commit, then applies the counters in memory and announces the move. The caller
+    /// updates the slots with the records (which carry their history's new book), then hands the
+    /// versions drained to `announce`.
+    pub(super) async fn commit_moves(
+        &self,
+        moved: &mut [(VersionKey, InstanceRecord)],
+    ) -> Result<TakeIns, EngineError> {
         if moved.is_empty() {
             return Ok(TakeIns::none());
         }
         let mut flows: BTreeMap<(VersionKey, VersionKey), (u64, MoveCause)> = BTreeMap::new();
-        let mut ops = Vec::with_capacity(moved.len() + 4);
-        for (from, record) in moved {
+        let mut ops = Vec::with_capacity(moved.len() * 2 + 4);
+        for (from, record) in moved.iter_mut() {
+            if let Some(stamp) = record.moves.last().cloned() {
+                let entry = HistoryEntry {
+                    at_ms: stamp.at_ms,
+                    event: HistoryEvent::Moved(stamp),
+                };
+                super::transition::append_history(record, &entry, self.options.history_limit, &mut ops)?;
+            }
             ops.push(Op::PutInstance(record.encode()?));
             let cause = record.moves.last().map_or(MoveCause::Operator, |stamp| stamp.cause);
             flows.entry((from.clone(), record.key.clone())).or_insert((0, cause)).0 += 1;

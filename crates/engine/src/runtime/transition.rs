@@ -5,11 +5,13 @@
 //! A succeeded attempt moves the cursor as the step said (`Next`), a failed one is retried by the
 //! step's policy or fails the instance, and a record this version cannot run is quarantined with
 //! its signal kept. A finishing write deletes the instance's unconsumed signals and counts the
-//! finish in the version's counters, in the same commit as the record (invariant 1).
+//! finish in the version's counters, in the same commit as the record (invariant 1). Every
+//! attempt leaves an entry in the instance's history, written in that same commit.
 
 use std::time::Duration;
 
 use strata_core::codec::EncodeError;
+use strata_core::history::{AttemptOutcome, HistoryEntry, HistoryEvent, StepEntry, WokenBy};
 use strata_core::instance::{InstanceRecord, InstanceStatus, PersistedWake, Phase, RECORD_FORMAT};
 use strata_core::time::deadline_after;
 use strata_core::version::CounterDelta;
@@ -31,7 +33,18 @@ pub(super) enum Attempt {
     Damaged(String),
 }
 
-/// The record an attempt leads to, and the signal its commit consumes.
+/// What the driver knows of an attempt besides its result, for the attempt's history entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct AttemptFacts {
+    /// When the attempt began (ms since the Unix epoch).
+    pub began_ms: u64,
+    /// The worker that ran it.
+    pub worker: String,
+    /// The state's schema before the driver migrated it for the step, if it did.
+    pub migrated_from_schema: Option<u32>,
+}
+
+/// The record an attempt leads to, the signal its commit consumes, and its history entry.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct StepTransition {
     /// The next record.
@@ -39,6 +52,8 @@ pub(super) struct StepTransition {
     /// The inbox signal the commit deletes as consumed (kept when the instance is quarantined,
     /// so that it is there for whoever repairs it).
     pub consumed_signal: Option<u64>,
+    /// What the attempt adds to the instance's history.
+    pub entry: HistoryEntry,
 }
 
 /// What attempt `record.attempt` of `record.step` on `code`, woken for `wake` and consuming
@@ -50,7 +65,10 @@ pub(super) fn after_attempt(
     attempt: Attempt,
     code: &dyn VersionCode,
     now: u64,
+    facts: AttemptFacts,
 ) -> StepTransition {
+    let ran = (record.step.clone(), record.attempt, record.key.version.clone());
+    let woken_by = woken_by(&wake, consumed_signal, record.attempt);
     record.updated_at_ms = now;
     let mut consumed_signal = consumed_signal;
     match attempt {
@@ -83,31 +101,127 @@ pub(super) fn after_attempt(
             consumed_signal = None;
         }
     }
+    let (step, attempt, version) = ran;
+    let entry = HistoryEntry {
+        at_ms: now,
+        event: HistoryEvent::Step(StepEntry {
+            step,
+            attempt,
+            version,
+            worker: Some(facts.worker),
+            began_ms: facts.began_ms,
+            woken_by,
+            migrated_from_schema: facts.migrated_from_schema,
+            outcome: outcome_of(&record),
+        }),
+    };
     StepTransition {
         record,
         consumed_signal,
+        entry,
     }
 }
 
-/// `record` cancelled at `now`.
-pub(super) fn cancelled(mut record: InstanceRecord, now: u64) -> InstanceRecord {
+/// What woke attempt `attempt` of a step: a retry after the first, else its wake.
+fn woken_by(wake: &WakeReason, consumed_signal: Option<u64>, attempt: u32) -> WokenBy {
+    if attempt > 1 {
+        return WokenBy::Retry;
+    }
+    match wake {
+        WakeReason::Started => WokenBy::Start,
+        WakeReason::Continued => WokenBy::Previous,
+        WakeReason::TimerFired => WokenBy::Timer,
+        WakeReason::Signal { name, payload } => WokenBy::Signal {
+            name: name.clone(),
+            seq: consumed_signal.unwrap_or_default(),
+            bytes: payload.len() as u64,
+        },
+        WakeReason::SignalTimedOut { name } => WokenBy::Timeout { name: name.clone() },
+    }
+}
+
+/// How an attempt ended, read from the record it led to.
+fn outcome_of(record: &InstanceRecord) -> AttemptOutcome {
+    let step = || record.step.clone();
+    match &record.phase {
+        Phase::Ready { .. } => AttemptOutcome::Next { step: step() },
+        Phase::Sleeping { until_ms } => AttemptOutcome::Sleep {
+            until_ms: *until_ms,
+            step: step(),
+        },
+        Phase::WaitingSignal { name, timeout_at_ms } => AttemptOutcome::AwaitSignal {
+            name: name.clone(),
+            timeout_at_ms: *timeout_at_ms,
+            step: step(),
+        },
+        Phase::RetryBackoff { until_ms, .. } => AttemptOutcome::Retrying {
+            error: record.last_error.clone().unwrap_or_default(),
+            at_ms: *until_ms,
+        },
+        Phase::Completed { output } => AttemptOutcome::Completed {
+            output_bytes: output.len() as u64,
+        },
+        Phase::Failed { reason } => AttemptOutcome::Failed { reason: reason.clone() },
+        Phase::Quarantined { reason } => AttemptOutcome::Quarantined { reason: reason.clone() },
+        // An attempt leads to none of these; said as what they are.
+        Phase::Cancelled => AttemptOutcome::Failed {
+            reason: "cancelled".to_string(),
+        },
+        Phase::Accepted { .. } => AttemptOutcome::Next { step: step() },
+    }
+}
+
+/// `record` cancelled at `now`, with the history entry that says so.
+pub(super) fn cancelled(mut record: InstanceRecord, now: u64) -> (InstanceRecord, HistoryEntry) {
     record.phase = Phase::Cancelled;
     record.updated_at_ms = now;
-    record
+    let entry = HistoryEntry {
+        at_ms: now,
+        event: HistoryEvent::Cancelled,
+    };
+    (record, entry)
+}
+
+/// Numbers `entry` in `record`'s history and adds its write to `ops`, with the drop of the entry
+/// it pushes out of the bound of `limit` entries. Call before the record is encoded: the record
+/// carries its history's book.
+pub(super) fn append_history(
+    record: &mut InstanceRecord,
+    entry: &HistoryEntry,
+    limit: u32,
+    ops: &mut Vec<Op>,
+) -> Result<(), EncodeError> {
+    let appended = record.history.append(limit);
+    let instance = record.id;
+    ops.push(Op::PutHistory {
+        instance,
+        seq: appended.seq,
+        entry: entry.encode()?,
+    });
+    if let Some(seq) = appended.drop {
+        ops.push(Op::DropHistory { instance, seq });
+    }
+    Ok(())
 }
 
 /// The writes of one commit of `record`, in the current record format: the consumed signal
 /// deleted; when the record finishes the instance, every other signal of `inbox` deleted too and
-/// the finish counted; then the record itself.
+/// the finish counted; `entry` added to its history (bounded by `history_limit`); then the record
+/// itself.
 pub(super) fn commit_writes(
     record: &mut InstanceRecord,
     consumed_signal: Option<u64>,
     inbox: &[u64],
+    entry: Option<&HistoryEntry>,
+    history_limit: u32,
 ) -> Result<Vec<Op>, EncodeError> {
     // A record read in an older format is rewritten in the current one by its next commit.
     record.format = RECORD_FORMAT;
-    let mut ops = Vec::with_capacity(3);
+    let mut ops = Vec::with_capacity(5);
     let instance = record.id;
+    if let Some(entry) = entry {
+        append_history(record, entry, history_limit, &mut ops)?;
+    }
     if let Some(seq) = consumed_signal {
         ops.push(Op::DeleteSignal { instance, seq });
     }
@@ -248,7 +362,28 @@ mod tests {
 
     /// Attempt `attempt` of `step` on [`code`] at `NOW`, woken for `wake`, consuming `consumed`.
     fn run(step: &str, attempt: u32, wake: WakeReason, consumed: Option<u64>, result: Attempt) -> StepTransition {
-        after_attempt(record_at(step, attempt), wake, consumed, result, code().as_ref(), NOW)
+        after_attempt(
+            record_at(step, attempt),
+            wake,
+            consumed,
+            result,
+            code().as_ref(),
+            NOW,
+            AttemptFacts {
+                began_ms: NOW - 40,
+                worker: "local".to_string(),
+                migrated_from_schema: None,
+            },
+        )
+    }
+
+    /// The step entry a transition adds to the history.
+    fn step_entry(next: &StepTransition) -> &StepEntry {
+        assert_eq!(next.entry.at_ms, NOW);
+        match &next.entry.event {
+            HistoryEvent::Step(entry) => entry,
+            other => panic!("not a step entry: {other:?}"),
+        }
     }
 
     fn succeeded(next: Next<Vec<u8>>) -> Attempt {
@@ -265,7 +400,7 @@ mod tests {
     #[test]
     fn a_succeeded_step_moves_the_cursor_counts_the_visit_and_takes_the_new_state_in_the_version_s_schema() {
         let next = run("a", 2, signal_wake(), Some(11), succeeded(Next::goto("b")));
-        let record = next.record;
+        let record = next.record.clone();
         assert_eq!((record.step.as_str(), record.attempt, record.visits), ("b", 1, 5));
         assert_eq!(
             record.phase,
@@ -279,6 +414,27 @@ mod tests {
             next.consumed_signal,
             Some(11),
             "the signal that woke the step is consumed"
+        );
+        let entry = step_entry(&next);
+        assert_eq!(
+            (
+                entry.step.as_str(),
+                entry.attempt,
+                entry.began_ms,
+                entry.worker.as_deref()
+            ),
+            ("a", 2, NOW - 40, Some("local"))
+        );
+        assert_eq!(entry.woken_by, WokenBy::Retry, "a second attempt is a retry");
+        assert_eq!(entry.outcome, AttemptOutcome::Next { step: "b".to_string() });
+        let first = run("a", 1, signal_wake(), Some(11), succeeded(Next::goto("b")));
+        assert_eq!(
+            step_entry(&first).woken_by,
+            WokenBy::Signal {
+                name: "go".to_string(),
+                seq: 11,
+                bytes: 1
+            }
         );
     }
 
@@ -352,6 +508,19 @@ mod tests {
                 reason: "step 'a' failed on attempt 3: down".to_string()
             }
         );
+        assert_eq!(
+            step_entry(&second).outcome,
+            AttemptOutcome::Retrying {
+                error: "down".to_string(),
+                at_ms: NOW + 100
+            }
+        );
+        assert_eq!(
+            step_entry(&last).outcome,
+            AttemptOutcome::Failed {
+                reason: "step 'a' failed on attempt 3: down".to_string()
+            }
+        );
     }
 
     #[test]
@@ -400,6 +569,12 @@ mod tests {
             (next.record.step.as_str(), next.record.state.bytes.clone()),
             ("a", vec![1])
         );
+        assert_eq!(
+            step_entry(&next).outcome,
+            AttemptOutcome::Quarantined {
+                reason: "bad state".to_string()
+            }
+        );
     }
 
     fn deleted(ops: &[Op]) -> Vec<u64> {
@@ -423,7 +598,7 @@ mod tests {
     #[test]
     fn a_commit_between_steps_deletes_only_the_consumed_signal_and_writes_the_record_in_the_current_format() {
         let mut record = record_at("b", 1);
-        let ops = commit_writes(&mut record, Some(11), &[11, 12]).unwrap();
+        let ops = commit_writes(&mut record, Some(11), &[11, 12], None, 10).unwrap();
         assert_eq!(deleted(&ops), [11]);
         assert!(counted(&ops).is_empty(), "a live instance changes no counter");
         assert_eq!(record.format, RECORD_FORMAT);
@@ -447,7 +622,7 @@ mod tests {
         ] {
             let mut record = record_at("b", 1);
             record.phase = phase;
-            let ops = commit_writes(&mut record, Some(11), &[11, 12, 13]).unwrap();
+            let ops = commit_writes(&mut record, Some(11), &[11, 12, 13], None, 10).unwrap();
             assert_eq!(deleted(&ops), [11, 12, 13]);
             assert_eq!(counted(&ops), [CounterDelta::finish(finish)]);
             assert!(matches!(ops.last(), Some(Op::PutInstance(encoded)) if encoded.finished));
@@ -455,11 +630,47 @@ mod tests {
     }
 
     #[test]
-    fn a_cancel_finishes_the_record_where_it_stands() {
-        let record = cancelled(record_at("b", 2), NOW);
+    fn a_cancel_finishes_the_record_where_it_stands_and_says_so_in_the_history() {
+        let (record, entry) = cancelled(record_at("b", 2), NOW);
         assert_eq!(
             (record.phase, record.step.as_str(), record.attempt, record.updated_at_ms),
             (Phase::Cancelled, "b", 2, NOW)
+        );
+        assert_eq!(
+            entry,
+            HistoryEntry {
+                at_ms: NOW,
+                event: HistoryEvent::Cancelled
+            }
+        );
+    }
+
+    #[test]
+    fn a_commit_writes_its_history_entry_with_the_record_and_drops_the_one_the_bound_folds() {
+        let entry = HistoryEntry {
+            at_ms: NOW,
+            event: HistoryEvent::Cancelled,
+        };
+        let mut record = record_at("b", 1);
+        record.history = strata_core::history::HistoryBook { next: 3, folded: 0 };
+        let ops = commit_writes(&mut record, None, &[], Some(&entry), 3).unwrap();
+        let encoded = entry.encode().unwrap();
+        assert!(
+            matches!(&ops[0], Op::PutHistory { instance, seq: 3, entry } if *instance == record.id && *entry == encoded),
+            "{ops:?}"
+        );
+        assert!(
+            matches!(&ops[1], Op::DropHistory { instance, seq: 1 } if *instance == record.id),
+            "{ops:?}"
+        );
+        let Some(Op::PutInstance(encoded)) = ops.last() else {
+            panic!("the record is the last write")
+        };
+        let stored = InstanceRecord::decode(&encoded.bytes).unwrap();
+        assert_eq!(
+            stored.history,
+            strata_core::history::HistoryBook { next: 4, folded: 1 },
+            "the record carries its history's book"
         );
     }
 }
