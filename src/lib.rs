@@ -27,11 +27,11 @@ pub use store::SledStore;
 pub use strata_admin as admin;
 pub use strata_engine::{config, history, instance, migrate, observe, registry, rollout, routing, workflow};
 pub use strata_engine::{
-    Clock, DefinitionError, Durability, Engine, EngineBuilder, EngineError, EnginePart, Event, Gates, InstanceFilter,
-    InstanceId, InstanceInfo, InstanceStatus, ManualClock, MetricsSnapshot, MigrationJob, MoveRequest, Next,
-    OnRollback, Outcome, PartStart, RetryPolicy, RolloutSpec, Stage, StartOptions, StateMigration, StepCtx, StepError,
-    StepMapping, StepResult, Store, StoreError, StoreOpening, UpgradePolicy, Version, VersionInfo, VersionKey,
-    VersionStatus, WakeReason, WorkflowVersion,
+    Clock, DefinitionError, Durability, Engine, EngineBuilder, EngineError, EnginePart, Event, Gates, HistoryRequest,
+    InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, ManualClock, MetricsSnapshot,
+    MigrationJob, MoveRequest, Next, OnRollback, Outcome, PartStart, RetryPolicy, RolloutSpec, Stage, StartOptions,
+    StateMigration, StepCtx, StepError, StepMapping, StepResult, Store, StoreError, StoreOpening, UpgradePolicy,
+    Version, VersionInfo, VersionKey, VersionStatus, WakeReason, WorkflowVersion,
 };
 
 #[cfg(any(feature = "sled", feature = "postgres"))]

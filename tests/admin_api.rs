@@ -605,6 +605,64 @@ async fn instances_are_listed_paged_shown_signalled_and_cancelled(backend: Backe
         "{answer}"
     );
 
+    // The completed instance's history: its start, the step that waited, the step the signal woke.
+    let (status, history) = get(&engine, &format!("/v1/instances/{}/history", ids[0].0)).await;
+    assert_eq!(status, 200, "{history}");
+    let kinds: Vec<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["event"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["started", "step", "step"], "{history}");
+    assert_eq!(history["entries"][0]["event"]["routed_by"], "newest");
+    let last = &history["entries"][2]["event"];
+    assert_eq!(
+        (
+            &last["woken_by"]["kind"],
+            &last["woken_by"]["name"],
+            &last["outcome"]["kind"]
+        ),
+        (&Value::from("signal"), &Value::from("go"), &Value::from("completed")),
+        "{history}"
+    );
+    assert!(last["duration_ms"].is_u64(), "{history}");
+    let (_, newest) = get(
+        &engine,
+        &format!("/v1/instances/{}/history?order=newest&limit=1", ids[0].0),
+    )
+    .await;
+    assert_eq!(newest["entries"][0]["seq"], 2, "{newest}");
+    assert_eq!(newest["next"], 2, "{newest}");
+    let (_, older) = get(
+        &engine,
+        &format!("/v1/instances/{}/history?order=newest&from=2", ids[0].0),
+    )
+    .await;
+    let older: Vec<u64> = older["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(older, [1, 0]);
+    let (_, cancelled) = get(
+        &engine,
+        &format!("/v1/instances/{}/history?order=newest&limit=1", ids[1].0),
+    )
+    .await;
+    assert_eq!(cancelled["entries"][0]["event"]["kind"], "cancelled", "{cancelled}");
+    for (query, status) in [
+        ("order=sideways", 400),
+        ("limit=0", 400),
+        ("limt=3", 400),
+        ("from=-1", 400),
+    ] {
+        let (got, error) = get(&engine, &format!("/v1/instances/{}/history?{query}", ids[0].0)).await;
+        assert_eq!(got, status, "{query}: {error}");
+    }
+    assert_eq!(get(&engine, "/v1/instances/999999/history").await.0, 404);
+
     // Bad input: 4xx with what to do.
     let (status, error) = get(&engine, "/v1/instances/999999").await;
     assert_eq!(status, 404, "{error}");
@@ -1001,6 +1059,7 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
             "/v1/instances",
             "/v1/instances/{id}",
             "/v1/instances/{id}/cancel",
+            "/v1/instances/{id}/history",
             "/v1/instances/{id}/signals/{name}",
             "/v1/migrations",
             "/v1/migrations/{workflow}",

@@ -340,7 +340,7 @@ impl Store for FailingStore {
         &self,
         instance: InstanceId,
         page: &strata_store::HistoryPage,
-    ) -> Result<Vec<strata_store::StoredHistoryEntry>, StoreError> {
+    ) -> Result<Vec<strata_store::StoredHistoryChunk>, StoreError> {
         self.inner.history(instance, page)
     }
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

@@ -1,8 +1,9 @@
 //! Crash safety (invariant 2): a real child process running hundreds of instances is killed with
 //! SIGKILL at many random moments. After every kill the store is checked directly — every
 //! acknowledged start is there, no instance is both live and finished, every live cursor names a
-//! step of its version, counters equal a recount — and at the end every instance completes with
-//! the outcome it would have had without crashes.
+//! step of its version, counters equal a recount, each instance's history agrees with its record
+//! (no chunk of a lost commit, none missing, the newest entry says where the record is) — and at
+//! the end every instance completes with the outcome it would have had without crashes.
 
 mod common;
 
@@ -14,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use strata::history::{decode_entries, AttemptOutcome, HistoryEvent, HISTORY_CHUNK};
 use strata::instance::{InstanceRecord, Phase};
-use strata::store::{SledStore, Store};
+use strata::store::{HistoryPage, SledStore, Store, StoredHistoryChunk};
 use strata::{InstanceFilter, InstanceId, Outcome, VersionKey};
 use strata_store::VersionCounters;
 use strata_workflows::ledger::{LedgerInput, LedgerState};
@@ -135,6 +137,87 @@ struct Snapshot {
     live: Vec<InstanceRecord>,
     finished: Vec<InstanceRecord>,
     counters: BTreeMap<VersionKey, VersionCounters>,
+    /// Each instance's stored history chunks, oldest first.
+    histories: BTreeMap<u64, Vec<StoredHistoryChunk>>,
+}
+
+fn history_chunks(store: &SledStore, id: InstanceId) -> Vec<StoredHistoryChunk> {
+    let every_chunk = HistoryPage {
+        from: None,
+        newest_first: false,
+        limit: usize::MAX,
+    };
+    store.history(id, &every_chunk).unwrap()
+}
+
+/// History and state never disagree: the chunks stored are the ones the record's book counts
+/// (no chunk of a commit that was lost, none missing), each whole and readable, the first entry
+/// is the start, and the newest entry says where the record is.
+fn check_history(record: &InstanceRecord, chunks: &[StoredHistoryChunk]) {
+    let id = record.id;
+    let book = &record.history;
+    assert!(book.next > 0, "instance {id} has no history");
+    let mut expected: Vec<u64> = Vec::new();
+    if book.tail_first() > 0 {
+        expected.push(0);
+        expected.extend((HISTORY_CHUNK + book.folded..book.tail_first()).step_by(HISTORY_CHUNK as usize));
+    }
+    assert_eq!(
+        chunks.iter().map(|chunk| chunk.first).collect::<Vec<_>>(),
+        expected,
+        "instance {id}: the stored chunks disagree with its book (next {}, folded {})",
+        book.next,
+        book.folded
+    );
+    let mut entries = Vec::new();
+    for chunk in chunks {
+        let decoded =
+            decode_entries(chunk.first, &chunk.entries).unwrap_or_else(|error| panic!("instance {id}: {error}"));
+        assert_eq!(
+            decoded.len() as u64,
+            HISTORY_CHUNK,
+            "instance {id}: chunk {} is not whole",
+            chunk.first
+        );
+        entries.extend(decoded);
+    }
+    entries.extend(
+        book.tail_entries()
+            .unwrap_or_else(|error| panic!("instance {id}: {error}")),
+    );
+    assert!(
+        matches!(entries[0].1.event, HistoryEvent::Started { .. }),
+        "instance {id}: the first entry is not its start"
+    );
+    let (last_seq, last) = entries.last().unwrap_or_else(|| panic!("instance {id}: no entry"));
+    assert_eq!(
+        *last_seq,
+        book.next - 1,
+        "instance {id}: the newest entry is not the book's last"
+    );
+    let agrees = match (&last.event, &record.phase) {
+        (HistoryEvent::Started { .. }, _) => record.visits == 0,
+        (HistoryEvent::Step(step), phase) => match (&step.outcome, phase) {
+            (AttemptOutcome::Next { step }, Phase::Ready { .. }) => *step == record.step,
+            (AttemptOutcome::Sleep { step, until_ms }, Phase::Sleeping { until_ms: due }) => {
+                *step == record.step && until_ms == due
+            }
+            (AttemptOutcome::AwaitSignal { step, name, .. }, Phase::WaitingSignal { name: awaited, .. }) => {
+                *step == record.step && name == awaited
+            }
+            (AttemptOutcome::Retrying { at_ms, .. }, Phase::RetryBackoff { until_ms, .. }) => at_ms == until_ms,
+            (AttemptOutcome::Completed { .. }, Phase::Completed { .. }) => true,
+            (AttemptOutcome::Failed { .. }, Phase::Failed { .. }) => true,
+            _ => false,
+        },
+        (HistoryEvent::Cancelled, Phase::Cancelled) => true,
+        _ => false,
+    };
+    assert!(
+        agrees,
+        "instance {id}: its newest history entry {last:?} disagrees with its record (step {}, {:?})",
+        record.step, record.phase
+    );
 }
 
 fn read_store(dir: &Path) -> Snapshot {
@@ -148,7 +231,14 @@ fn read_store(dir: &Path) -> Snapshot {
     let finished = store
         .finished_instances(&Default::default(), &mut |_| true, usize::MAX)
         .unwrap();
+    let histories = recovered
+        .live
+        .iter()
+        .chain(&finished)
+        .map(|record| (record.id.0, history_chunks(&store, record.id)))
+        .collect();
     Snapshot {
+        histories,
         live: recovered.live,
         finished,
         counters: recovered
@@ -217,6 +307,9 @@ fn check_invariants(snapshot: &Snapshot, acknowledged: &HashSet<u64>) {
     }
     for key in recount.keys() {
         assert!(snapshot.counters.contains_key(key), "{key} has records but no counters");
+    }
+    for record in snapshot.live.iter().chain(&snapshot.finished) {
+        check_history(record, &snapshot.histories[&record.id.0]);
     }
 }
 

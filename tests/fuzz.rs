@@ -130,7 +130,12 @@ fn sample_instance() -> InstanceRecord {
         updated_at_ms: 1_795_999_500_000,
         moves: Vec::new(),
         pinned_reason: Some("no counterpart step".to_string()),
-        history: strata::history::HistoryBook { next: 9, folded: 2 },
+        history: strata::history::HistoryBook {
+            next: 9,
+            folded: 0,
+            tail: sample_history_entry().encode().unwrap(),
+            worker: "host-1/4242".to_string(),
+        },
         claim: 3,
     }
 }
@@ -141,9 +146,7 @@ fn sample_history_entry() -> HistoryEntry {
         event: HistoryEvent::Step(StepEntry {
             step: "collect_payment".to_string(),
             attempt: 2,
-            version: strata::Version::new(2, 1, 0),
-            worker: Some("host-1/4242".to_string()),
-            began_ms: 1_795_999_499_000,
+            took_ms: 1_000,
             woken_by: WokenBy::Signal {
                 name: "payment".to_string(),
                 seq: 17,

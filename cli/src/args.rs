@@ -150,6 +150,18 @@ pub(crate) enum InstancesCommand {
         /// The instance id.
         id: u64,
     },
+    /// What happened to one instance: its start, each step attempt (what woke it, how long it
+    /// took, how it ended, its error), cancels, migrations and moves, with times since its start.
+    History {
+        /// The instance id.
+        id: u64,
+        /// Only its newest this many entries.
+        #[arg(long)]
+        last: Option<usize>,
+        /// Then print each new entry as it comes, until the instance has finished.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 /// What a rollback does to the candidate's in-flight instances.

@@ -19,7 +19,7 @@ use crate::error::CliError;
 use crate::table;
 
 /// How often a waiting command asks again.
-const POLL: Duration = Duration::from_millis(500);
+pub(crate) const POLL: Duration = Duration::from_millis(500);
 
 /// Runs `command` against `client`; `json` prints the API's answers as they are.
 pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<(), CliError> {
@@ -73,13 +73,14 @@ pub(crate) fn print_line(text: &str) {
 }
 
 /// Where answers go.
-struct Output {
-    json: bool,
+pub(crate) struct Output {
+    /// Print the API's JSON.
+    pub json: bool,
 }
 
 impl Output {
     /// Prints `value` as JSON, or `text` for people.
-    fn show(&self, value: &Value, text: impl FnOnce() -> String) {
+    pub(crate) fn show(&self, value: &Value, text: impl FnOnce() -> String) {
         if self.json {
             print_line(&serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
@@ -108,7 +109,7 @@ fn segment(text: &str) -> String {
 }
 
 /// An answer of the admin API read as the view `T` it documents (`strata-admin-model`).
-fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T, CliError> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T, CliError> {
     T::deserialize(answer).map_err(|error| {
         CliError::Unreachable(format!(
             "the admin API answered with {what} this strata does not read ({error}); use a strata CLI of the engine's release"
@@ -354,6 +355,7 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
                 }
             }
         }
+        InstancesCommand::History { id, last, follow } => crate::history::history(client, out, id, last, follow),
         InstancesCommand::Show { id } => {
             let answer = client.get(&format!("/v1/instances/{id}"))?;
             let instance: InstanceDetail = typed(&answer, "an instance")?;

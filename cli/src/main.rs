@@ -6,6 +6,7 @@ mod args;
 mod client;
 mod commands;
 mod error;
+mod history;
 mod table;
 
 use std::process::ExitCode;

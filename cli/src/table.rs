@@ -41,6 +41,11 @@ pub(crate) fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
+/// One row on its own (a row printed after its table), cells two spaces apart.
+pub(crate) fn render_row(row: &[String]) -> String {
+    row.join("  ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

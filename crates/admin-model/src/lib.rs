@@ -7,6 +7,7 @@
 
 mod changes;
 mod config;
+mod history;
 mod rollouts;
 mod whole;
 
@@ -14,6 +15,7 @@ pub use changes::{
     MigrationBody, MigrationFailureView, MigrationProgressView, MoveBody, MoveCheckView, MovePlanView, MoveReportView,
 };
 pub use config::{ConfigCheckView, GenerationView, RestoredView};
+pub use history::{AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, WokenByView};
 pub use rollouts::{
     FiguresView, GatesRequest, GatesView, OnRollbackChoice, RolloutFiguresView, RolloutStartRequest, RolloutView,
     StageView, TransitionKind, TransitionView,

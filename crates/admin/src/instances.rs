@@ -1,5 +1,6 @@
 //! The instances part of the admin API: a filtered, paged listing, one instance in full (its
-//! state decoded as JSON), and the two things an operator does to one: signal it, cancel it.
+//! state decoded as JSON), its history a page at a time, and the two things an operator does to
+//! one: signal it, cancel it.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -8,9 +9,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::views::{instance_detail, instance_summary};
+use super::views::{history_page, instance_detail, instance_summary};
 use super::{blocking_read, json_body, parse_version, ApiError};
-use strata_admin_model::{CancelledView, ErrorView, InstanceDetail, InstancePage, SignalDeliveredView};
+use strata_admin_model::{
+    CancelledView, ErrorView, HistoryPageView, InstanceDetail, InstancePage, SignalDeliveredView,
+};
+use strata_engine::instance::HistoryRequest;
 use strata_engine::{Engine, InstanceFilter, InstanceId, InstanceStatus};
 
 /// Instances per page unless `limit` says otherwise, and the most a page holds.
@@ -126,6 +130,69 @@ pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> R
     })
     .await??;
     Ok(Json(instance_detail(&info, &signals)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    /// The cursor: the `next` of the previous page.
+    from: Option<u64>,
+    /// `oldest` (the default) or `newest` first.
+    order: Option<String>,
+    limit: Option<usize>,
+}
+
+impl HistoryQuery {
+    fn request(&self) -> Result<HistoryRequest, ApiError> {
+        if self.limit.is_some_and(|limit| !(1..=LARGEST_PAGE).contains(&limit)) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be from 1 to {LARGEST_PAGE}; leave it out for pages of {PAGE}"),
+            ));
+        }
+        if self.from.is_some_and(|from| from > i64::MAX as u64) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "from must be an entry number from 0 to {}; pass the `next` of the previous page",
+                    i64::MAX
+                ),
+            ));
+        }
+        let newest_first = match self.order.as_deref() {
+            None | Some("oldest") => false,
+            Some("newest") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown order '{other}'; use oldest or newest"),
+                ))
+            }
+        };
+        Ok(HistoryRequest {
+            from: self.from,
+            newest_first,
+            limit: self.limit.unwrap_or(PAGE),
+        })
+    }
+}
+
+/// `GET /v1/instances/{id}/history`: what happened to the instance, a page at a time, oldest
+/// first unless `order=newest`; `next` is the cursor of the next page (pass it as `from`).
+#[utoipa::path(get, path = "/v1/instances/{id}/history", tag = "instances",
+    params(("id" = u64, Path),
+        ("from" = Option<i64>, Query, minimum = 0, description = "Only entries after this number (oldest first) or before it (newest first): the `next` of the previous page"),
+        ("order" = Option<String>, Query, description = "oldest (the default) or newest"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100, at most 1000)")),
+    responses((status = 200, body = HistoryPageView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
+pub(super) async fn history(
+    State(engine): State<Engine>,
+    Path(id): Path<u64>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<HistoryPageView>, ApiError> {
+    let request = query.request()?;
+    let history = blocking_read(engine, move |engine| engine.history(InstanceId(id), &request)).await??;
+    Ok(Json(history_page(&history)))
 }
 
 /// `POST /v1/instances/{id}/signals/{name}` with the payload as the JSON body (`null` for

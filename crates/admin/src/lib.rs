@@ -15,6 +15,7 @@
 //! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
 //! `POST /v1/versions/{workflow}/{version}/drain|activate|retire`, `GET /v1/instances` (filters
 //! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
+//! `GET /v1/instances/{id}/history` (paged with `from`, `order` and `limit`),
 //! `POST /v1/instances/{id}/signals/{name}`, `POST /v1/instances/{id}/cancel`, `GET /v1/config`
 //! and `/v1/config/history` (with diffs), `POST /v1/config/check` (a file checked, not applied)
 //! and `/v1/config/restore/{generation}`, `GET /v1/rollouts[?workflow=]` and
@@ -219,6 +220,7 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(version_metrics))
         .routes(routes!(instances::list))
         .routes(routes!(instances::show))
+        .routes(routes!(instances::history))
         .routes(routes!(instances::signal))
         .routes(routes!(instances::cancel))
         .routes(routes!(config::in_force))

@@ -3,9 +3,11 @@
 
 use serde_json::Value;
 use strata_admin_model::{
-    InstanceDetail, InstanceSummary, MoveView, OldestView, PendingSignalView, PhaseView, VersionView,
+    AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, InstanceSummary, MoveView,
+    OldestView, PendingSignalView, PhaseView, VersionView, WokenByView,
 };
 
+use strata_core::history::{AttemptOutcome, HistoryEvent, WokenBy};
 use strata_core::instance::Phase;
 use strata_engine::{InstanceInfo, VersionInfo};
 
@@ -116,5 +118,120 @@ pub(super) fn instance_detail(info: &InstanceInfo, signals: &[strata_engine::sto
                 payload: decoded(&signal.payload),
             })
             .collect(),
+    }
+}
+
+/// A page of an instance's history as the API shows it.
+pub(super) fn history_page(history: &strata_engine::instance::InstanceHistory) -> HistoryPageView {
+    HistoryPageView {
+        id: history.id.0,
+        entries: history.entries.iter().map(history_entry).collect(),
+        kept: history.kept,
+        folded: history.folded,
+        next: history.next,
+    }
+}
+
+fn history_entry(item: &strata_engine::instance::HistoryItem) -> HistoryEntryView {
+    let entry = match &item.entry {
+        Ok(entry) => entry,
+        Err(reason) => {
+            return HistoryEntryView {
+                seq: item.seq,
+                at_ms: None,
+                event: HistoryEventView::Unreadable { reason: reason.clone() },
+            }
+        }
+    };
+    let event = match &entry.event {
+        HistoryEvent::Started {
+            version,
+            routed_by,
+            routing_key,
+            input_bytes,
+            schedule,
+        } => HistoryEventView::Started {
+            version: version.to_string(),
+            routed_by: routed_by.label(),
+            routing_key: routing_key.clone(),
+            input_bytes: *input_bytes,
+            schedule: schedule.clone(),
+        },
+        HistoryEvent::Step(step) => HistoryEventView::Step {
+            step: step.step.clone(),
+            attempt: step.attempt,
+            began_ms: entry.at_ms.saturating_sub(step.took_ms),
+            duration_ms: step.took_ms,
+            woken_by: woken_by_view(&step.woken_by),
+            migrated_from_schema: step.migrated_from_schema,
+            outcome: outcome_view(&step.outcome),
+        },
+        HistoryEvent::Claimed { worker } => HistoryEventView::Claimed { worker: worker.clone() },
+        HistoryEvent::Cancelled => HistoryEventView::Cancelled,
+        HistoryEvent::Migrated { from_schema, to_schema } => HistoryEventView::Migrated {
+            from_schema: *from_schema,
+            to_schema: *to_schema,
+        },
+        HistoryEvent::Moved(stamp) => HistoryEventView::Moved {
+            from: stamp.from.to_string(),
+            to: stamp.to.to_string(),
+            from_step: stamp.from_step.clone(),
+            to_step: stamp.to_step.clone(),
+            from_schema: stamp.from_schema,
+            to_schema: stamp.to_schema,
+            cause: snake_case(&format!("{:?}", stamp.cause)),
+        },
+        HistoryEvent::Quarantined { reason } => HistoryEventView::Quarantined { reason: reason.clone() },
+        _ => HistoryEventView::Other,
+    };
+    HistoryEntryView {
+        seq: item.seq,
+        at_ms: Some(entry.at_ms),
+        event,
+    }
+}
+
+fn woken_by_view(woken_by: &WokenBy) -> WokenByView {
+    match woken_by {
+        WokenBy::Start => WokenByView::Start,
+        WokenBy::Previous => WokenByView::Previous,
+        WokenBy::Timer => WokenByView::Timer,
+        WokenBy::Signal { name, seq, bytes } => WokenByView::Signal {
+            name: name.clone(),
+            seq: *seq,
+            bytes: *bytes,
+        },
+        WokenBy::Timeout { name } => WokenByView::Timeout { name: name.clone() },
+        WokenBy::Retry => WokenByView::Retry,
+        _ => WokenByView::Other,
+    }
+}
+
+fn outcome_view(outcome: &AttemptOutcome) -> AttemptOutcomeView {
+    match outcome {
+        AttemptOutcome::Next { step } => AttemptOutcomeView::Next { step: step.clone() },
+        AttemptOutcome::Sleep { until_ms, step } => AttemptOutcomeView::Sleep {
+            until_ms: *until_ms,
+            step: step.clone(),
+        },
+        AttemptOutcome::AwaitSignal {
+            name,
+            timeout_at_ms,
+            step,
+        } => AttemptOutcomeView::AwaitSignal {
+            signal: name.clone(),
+            timeout_at_ms: *timeout_at_ms,
+            step: step.clone(),
+        },
+        AttemptOutcome::Completed { output_bytes } => AttemptOutcomeView::Completed {
+            output_bytes: *output_bytes,
+        },
+        AttemptOutcome::Failed { reason } => AttemptOutcomeView::Failed { reason: reason.clone() },
+        AttemptOutcome::Retrying { error, at_ms } => AttemptOutcomeView::Retrying {
+            error: error.clone(),
+            at_ms: *at_ms,
+        },
+        AttemptOutcome::Quarantined { reason } => AttemptOutcomeView::Quarantined { reason: reason.clone() },
+        _ => AttemptOutcomeView::Other,
     }
 }

@@ -2,59 +2,108 @@
 //! change it records, so that history and state never disagree.
 //!
 //! Owns the stored form of an entry ([`HistoryEntry`]), what an entry says ([`HistoryEvent`],
-//! [`StepEntry`], [`AttemptOutcome`], [`WokenBy`]) and the bound ([`HistoryBook`], kept in the
-//! instance's record: the next entry's number and how many old entries were folded away, so that
-//! a commit knows both without reading the store). The engine decides what to write; a store
-//! keeps entries by instance and number.
+//! [`StepEntry`], [`AttemptOutcome`], [`WokenBy`]) and where entries are kept ([`HistoryBook`]):
+//! the newest ones in the instance's record itself, whose commit writes them at no extra cost,
+//! and every [`HISTORY_CHUNK`] of them moved to the store as one chunk by the commit that fills
+//! it. Beyond the bound the oldest chunks after the first (which holds the start) are dropped
+//! and counted. The engine decides what to write; a store keeps chunks by instance and number.
 
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodeError;
-use crate::instance::{decode_stored, MoveStamp};
+use crate::instance::{decode_stored, MoveStamp, MAX_STORED_DEPTH};
+
+/// How many entries a chunk holds: the record keeps fewer than this, and the commit that adds
+/// the last of a chunk moves the chunk to the store.
+pub const HISTORY_CHUNK: u64 = 8;
 
 /// How many entries an instance keeps unless the engine is told otherwise.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 1_000;
 
-/// The fewest entries a bound may keep: the first (the start) and the newest.
-pub const MIN_HISTORY_LIMIT: u32 = 2;
+/// The fewest entries a bound may keep: the first chunk (with the start) and one more.
+pub const MIN_HISTORY_LIMIT: u32 = 2 * HISTORY_CHUNK as u32;
 
-/// Where an instance's history stands. Entries are numbered from 0 (the start); the first is
-/// always kept, and beyond the bound the oldest after it are folded away, counted in `folded`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an instance's history stands, kept in its record. Entries are numbered from 0 (the
+/// start); chunk `c` holds entries `c * HISTORY_CHUNK ..` up to the next chunk; the entries
+/// after the last full chunk are in `tail`.
+///
+/// Its stored field names are short (every record carries them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryBook {
     /// The number the next entry gets.
+    #[serde(rename = "n")]
     pub next: u64,
-    /// How many entries after the first were dropped to keep the bound: entries `1..=folded`.
+    /// How many entries (whole chunks after the first) were dropped to keep the bound.
+    #[serde(rename = "f", default)]
     pub folded: u64,
+    /// The entries not in a chunk yet, encoded one after another.
+    #[serde(rename = "t", with = "serde_bytes", default)]
+    pub tail: Vec<u8>,
+    /// The worker that wrote the newest entry: a step by another is preceded by its claim.
+    #[serde(rename = "w", default)]
+    pub worker: String,
 }
 
-/// The number a new entry gets, and the entry it pushes out of the bound, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What adding an entry asks of the commit that adds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Appended {
-    /// The new entry's number.
-    pub seq: u64,
-    /// The entry to drop in the same commit.
+    /// A chunk the entry filled, to store: its first entry's number and its entries.
+    pub chunk: Option<(u64, Vec<u8>)>,
+    /// The first entry number of a chunk the bound drops.
     pub drop: Option<u64>,
 }
 
 impl HistoryBook {
-    /// Numbers a new entry, keeping at most `limit` entries (at least [`MIN_HISTORY_LIMIT`]).
-    pub fn append(&mut self, limit: u32) -> Appended {
-        let seq = self.next;
+    /// Adds `entry`, keeping at most about `limit` entries (at least [`MIN_HISTORY_LIMIT`];
+    /// whole chunks are dropped, so the history may hold up to a chunk more).
+    pub fn append(&mut self, entry: &HistoryEntry, limit: u32) -> Result<Appended, EncodeError> {
+        entry.encode_into(&mut self.tail)?;
         self.next += 1;
-        let limit = u64::from(limit.max(MIN_HISTORY_LIMIT));
-        let drop = (self.kept() > limit).then(|| {
-            self.folded += 1;
-            self.folded
-        });
-        Appended { seq, drop }
+        let mut appended = Appended::default();
+        if self.next % HISTORY_CHUNK == 0 {
+            appended.chunk = Some((self.next - HISTORY_CHUNK, std::mem::take(&mut self.tail)));
+            let limit = u64::from(limit.max(MIN_HISTORY_LIMIT));
+            if self.kept() > limit {
+                appended.drop = Some(HISTORY_CHUNK + self.folded);
+                self.folded += HISTORY_CHUNK;
+            }
+        }
+        Ok(appended)
     }
 
     /// How many entries are kept.
     pub fn kept(&self) -> u64 {
         self.next.saturating_sub(self.folded)
     }
+
+    /// The number of the first entry in `tail`.
+    pub fn tail_first(&self) -> u64 {
+        self.next - self.next % HISTORY_CHUNK
+    }
+
+    /// The entries in `tail`, with their numbers.
+    pub fn tail_entries(&self) -> Result<Vec<(u64, HistoryEntry)>, String> {
+        decode_entries(self.tail_first(), &self.tail)
+    }
+}
+
+/// The entries of a chunk (or a tail) whose first entry is number `first`, with their numbers.
+pub fn decode_entries(first: u64, bytes: &[u8]) -> Result<Vec<(u64, HistoryEntry)>, String> {
+    let mut entries = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
+        deserializer.set_max_depth(MAX_STORED_DEPTH);
+        let entry = HistoryEntry::deserialize(&mut deserializer).map_err(|error| {
+            format!(
+                "history entry {} does not decode: {error}",
+                first + entries.len() as u64
+            )
+        })?;
+        entries.push((first + entries.len() as u64, entry));
+    }
+    Ok(entries)
 }
 
 /// One entry of an instance's history, as stored.
@@ -67,25 +116,34 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    /// Encodes the entry in the stored format (MessagePack with named fields).
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        rmp_serde::to_vec_named(self).map_err(|error| EncodeError {
+    /// Appends the entry to `bytes` in the stored format (compact MessagePack: entries are many
+    /// and small, and each is read back by position).
+    pub fn encode_into(&self, bytes: &mut Vec<u8>) -> Result<(), EncodeError> {
+        rmp_serde::encode::write(bytes, self).map_err(|error| EncodeError {
             what: "history entry",
             message: error.to_string(),
         })
     }
 
-    /// Decodes a stored entry.
+    /// The entry in the stored format.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut bytes = Vec::with_capacity(64);
+        self.encode_into(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Decodes one stored entry.
     pub fn decode(bytes: &[u8]) -> Result<HistoryEntry, String> {
         decode_stored(bytes).map_err(|error| error.to_string())
     }
 }
 
-/// What an entry records.
+/// What an entry records. Stored by short variant names: entries are many and small.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum HistoryEvent {
     /// The instance started.
+    #[serde(rename = "start")]
     Started {
         /// The version it was pinned to.
         version: Version,
@@ -99,11 +157,21 @@ pub enum HistoryEvent {
         schedule: Option<String>,
     },
     /// A step ran once.
+    #[serde(rename = "s")]
     Step(StepEntry),
+    /// A worker took the instance over (a store many processes share): the steps after ran
+    /// there.
+    #[serde(rename = "w")]
+    Claimed {
+        /// The worker.
+        worker: String,
+    },
     /// An operator cancelled it.
+    #[serde(rename = "c")]
     Cancelled,
     /// Its state was migrated to another schema without running a step (a background migration);
     /// a step's own migration is in its [`StepEntry`].
+    #[serde(rename = "m")]
     Migrated {
         /// The schema before.
         from_schema: u32,
@@ -111,27 +179,26 @@ pub enum HistoryEvent {
         to_schema: u32,
     },
     /// It moved to another version at a step boundary.
+    #[serde(rename = "mv")]
     Moved(MoveStamp),
     /// It was quarantined: it cannot run until repaired.
+    #[serde(rename = "q")]
     Quarantined {
         /// Why.
         reason: String,
     },
 }
 
-/// One attempt of a step.
+/// One attempt of a step, on the version the instance was on then (its start's, or its last
+/// move's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepEntry {
     /// The step.
     pub step: String,
     /// The attempt, from 1.
     pub attempt: u32,
-    /// The version that ran it.
-    pub version: Version,
-    /// The worker that ran it (a store many processes share), if known.
-    pub worker: Option<String>,
-    /// When the attempt began (ms since the Unix epoch).
-    pub began_ms: u64,
+    /// How long the attempt took (ms): it began this long before the entry's time.
+    pub took_ms: u64,
     /// What woke the step.
     pub woken_by: WokenBy,
     /// The state's schema was migrated before the step ran: from this schema (to the version's).
@@ -142,14 +209,19 @@ pub struct StepEntry {
 
 /// What woke a step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum WokenBy {
     /// The instance started: its entry step.
+    #[serde(rename = "s")]
     Start,
     /// The previous step went on to this one.
+    #[serde(rename = "p")]
     Previous,
     /// A durable sleep ended.
+    #[serde(rename = "t")]
     Timer,
     /// A signal arrived, and this step consumed it.
+    #[serde(rename = "sig")]
     Signal {
         /// Its name.
         name: String,
@@ -159,23 +231,28 @@ pub enum WokenBy {
         bytes: u64,
     },
     /// An awaited signal did not arrive in time.
+    #[serde(rename = "to")]
     Timeout {
         /// The signal's name.
         name: String,
     },
     /// The attempt before failed and the step's retry policy ran it again.
+    #[serde(rename = "r")]
     Retry,
 }
 
 /// How a step attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum AttemptOutcome {
     /// It went on to another step.
+    #[serde(rename = "n")]
     Next {
         /// The next step.
         step: String,
     },
     /// It went to sleep.
+    #[serde(rename = "sl")]
     Sleep {
         /// Until when (ms since the Unix epoch).
         until_ms: u64,
@@ -183,6 +260,7 @@ pub enum AttemptOutcome {
         step: String,
     },
     /// It waits for a signal.
+    #[serde(rename = "a")]
     AwaitSignal {
         /// The signal.
         name: String,
@@ -192,16 +270,19 @@ pub enum AttemptOutcome {
         step: String,
     },
     /// The instance completed.
+    #[serde(rename = "c")]
     Completed {
         /// The size of its encoded output.
         output_bytes: u64,
     },
     /// The instance failed (the step said so, or the retries ran out).
+    #[serde(rename = "f")]
     Failed {
         /// Why.
         reason: String,
     },
     /// The attempt failed and a retry is scheduled.
+    #[serde(rename = "r")]
     Retrying {
         /// The error.
         error: String,
@@ -209,6 +290,7 @@ pub enum AttemptOutcome {
         at_ms: u64,
     },
     /// The record cannot be run by its version: the instance was quarantined.
+    #[serde(rename = "q")]
     Quarantined {
         /// Why.
         reason: String,
@@ -219,26 +301,53 @@ pub enum AttemptOutcome {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_bound_keeps_the_first_entry_and_the_newest_and_counts_what_it_folds() {
-        let mut book = HistoryBook::default();
-        let numbers: Vec<Appended> = (0..6).map(|_| book.append(4)).collect();
-        let drops: Vec<Option<u64>> = numbers.iter().map(|appended| appended.drop).collect();
-        assert_eq!(
-            numbers.iter().map(|appended| appended.seq).collect::<Vec<_>>(),
-            [0, 1, 2, 3, 4, 5]
-        );
-        assert_eq!(drops, [None, None, None, None, Some(1), Some(2)]);
-        assert_eq!((book.kept(), book.folded), (4, 2), "entries 0, 3, 4 and 5 are kept");
+    fn cancelled_at(at_ms: u64) -> HistoryEntry {
+        HistoryEntry {
+            at_ms,
+            event: HistoryEvent::Cancelled,
+        }
     }
 
     #[test]
-    fn a_bound_below_two_keeps_two() {
+    fn entries_stay_in_the_record_until_a_chunk_is_full_and_read_back_with_their_numbers() {
         let mut book = HistoryBook::default();
-        assert_eq!(book.append(0).drop, None);
-        assert_eq!(book.append(0).drop, None);
-        assert_eq!(book.append(1).drop, Some(1));
-        assert_eq!(book.kept(), 2);
+        for at in 0..HISTORY_CHUNK - 1 {
+            assert_eq!(book.append(&cancelled_at(at), 100).unwrap(), Appended::default());
+        }
+        let tail = book.tail_entries().unwrap();
+        assert_eq!(tail.len() as u64, HISTORY_CHUNK - 1);
+        assert_eq!(tail[3], (3, cancelled_at(3)));
+        let filled = book.append(&cancelled_at(7), 100).unwrap();
+        let (first, chunk) = filled.chunk.expect("the eighth entry fills the first chunk");
+        assert_eq!(first, 0);
+        let entries = decode_entries(first, &chunk).unwrap();
+        assert_eq!(entries.len() as u64, HISTORY_CHUNK);
+        assert_eq!(entries[7], (7, cancelled_at(7)));
+        assert!(book.tail.is_empty());
+        book.append(&cancelled_at(8), 100).unwrap();
+        assert_eq!(book.tail_entries().unwrap(), [(8, cancelled_at(8))]);
+    }
+
+    #[test]
+    fn the_bound_drops_whole_chunks_after_the_first_and_counts_them() {
+        let mut book = HistoryBook::default();
+        let mut drops = Vec::new();
+        for at in 0..5 * HISTORY_CHUNK {
+            if let Some(first) = book.append(&cancelled_at(at), 0).unwrap().drop {
+                drops.push(first);
+            }
+        }
+        // A bound of 16 (the least): chunks 0 and the newest are kept, with the tail.
+        assert_eq!(drops, [8, 16, 24]);
+        assert_eq!((book.kept(), book.folded), (16, 24));
+    }
+
+    #[test]
+    fn a_damaged_chunk_says_which_entry_does_not_decode() {
+        let mut bytes = cancelled_at(1).encode().unwrap();
+        bytes.extend_from_slice(&[0xc1, 0x00]);
+        let error = decode_entries(10, &bytes).unwrap_err();
+        assert!(error.contains("history entry 11"), "{error}");
     }
 
     #[test]
@@ -248,9 +357,7 @@ mod tests {
             event: HistoryEvent::Step(StepEntry {
                 step: "charge".to_string(),
                 attempt: 2,
-                version: Version::new(1, 0, 1),
-                worker: Some("host-1/42".to_string()),
-                began_ms: 1_700_000_000_100,
+                took_ms: 23,
                 woken_by: WokenBy::Signal {
                     name: "paid".to_string(),
                     seq: 7,

@@ -205,8 +205,8 @@ impl EngineBuilder {
         self
     }
 
-    /// How many entries each instance's history keeps (default 1 000, at least 2): beyond it the
-    /// oldest after the first (the start) are folded into a count.
+    /// How many entries each instance's history keeps (default 1 000, at least 16): beyond it
+    /// the oldest after the first few (with the start) are dropped, 8 at a time, and counted.
     pub fn history_limit(mut self, entries: u32) -> Self {
         self.options.history_limit = entries.max(strata_core::history::MIN_HISTORY_LIMIT);
         self

@@ -36,7 +36,9 @@ pub use strata_core::{history, rollout, routing, workflow};
 
 pub use engine::{Engine, EngineBuilder, EnginePart, PartStart, StartOptions, StoreOpening};
 pub use error::EngineError;
-pub use instance::{InstanceFilter, InstanceId, InstanceInfo, InstanceStatus, Outcome, VersionKey};
+pub use instance::{
+    HistoryRequest, InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, Outcome, VersionKey,
+};
 pub use migrate::{MigrationJob, MoveRequest, StateMigration, StepMapping};
 pub use observe::{Clock, Event, ManualClock, MetricsSnapshot};
 pub use registry::{VersionInfo, VersionStatus};

@@ -161,15 +161,7 @@ pub(crate) fn render(exposition: &Exposition<'_>) -> String {
         "counter",
         "New instances routed to the version, by reason, since the engine opened.",
         exposition.routing,
-        |(key, reason, count)| {
-            let reason = match reason {
-                RouteReason::Requested => "requested".to_string(),
-                RouteReason::Rollout { rule } => format!("rollout_rule_{rule}"),
-                RouteReason::Default => "default".to_string(),
-                RouteReason::Newest => "newest".to_string(),
-            };
-            (format!("{},reason=\"{reason}\"", labels(key)), *count as f64)
-        },
+        |(key, reason, count)| (format!("{},reason=\"{}\"", labels(key), reason.label()), *count as f64),
     );
     family(
         &mut text,

@@ -9,7 +9,7 @@
 
 pub use strata_store::{
     AppliedConfig, BackendFailure, Cluster, CorruptRecord, DatabaseProblem, HistoryPage, SignalRecord, Store,
-    StoreError, StoreStats, StoredHistoryEntry, WorkerInfo,
+    StoreError, StoreStats, StoredHistoryChunk, WorkerInfo,
 };
 
 pub(crate) use strata_store::{

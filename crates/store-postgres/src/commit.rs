@@ -53,6 +53,16 @@ struct InstanceRow {
     record: Vec<u8>,
 }
 
+/// History chunks to write and to drop, as statement arrays.
+#[derive(Default)]
+struct HistoryRows<'a> {
+    added_instances: Vec<i64>,
+    added_seqs: Vec<i64>,
+    added_entries: Vec<&'a [u8]>,
+    dropped_instances: Vec<i64>,
+    dropped_seqs: Vec<i64>,
+}
+
 /// A version's counter changes summed over a group, with its earliest and latest start.
 #[derive(Default)]
 struct CounterSum {
@@ -77,7 +87,7 @@ pub(super) struct Writes {
     jobs: HashMap<(String, String), Vec<u8>>,
     rollouts: HashMap<String, (Vec<u8>, i64)>,
     quarantines: Vec<(i64, String)>,
-    /// History entries by instance and number: the entry, or `None` to drop it.
+    /// History chunks by instance and first entry number: the chunk, or `None` to drop it.
     history: HashMap<(i64, i64), Option<Vec<u8>>>,
 }
 
@@ -148,13 +158,17 @@ impl Writes {
                         .insert(rollout.spec.name.clone(), (encode("rollout", rollout)?, revision));
                 }
                 Op::QuarantineRecord { id, reason } => writes.quarantines.push((signed(id.0), reason.clone())),
-                Op::PutHistory { instance, seq, entry } => {
+                Op::PutHistoryChunk {
+                    instance,
+                    first,
+                    entries,
+                } => {
                     writes
                         .history
-                        .insert((signed(instance.0), signed(*seq)), Some(entry.clone()));
+                        .insert((signed(instance.0), signed(*first)), Some(entries.clone()));
                 }
-                Op::DropHistory { instance, seq } => {
-                    writes.history.insert((signed(instance.0), signed(*seq)), None);
+                Op::DropHistoryChunk { instance, first } => {
+                    writes.history.insert((signed(instance.0), signed(*first)), None);
                 }
             }
         }
@@ -223,32 +237,46 @@ impl Writes {
         }))
     }
 
-    /// The history entries added and dropped: one statement each, over arrays. An entry is
-    /// written with its instance's row, whose claim fences the whole transaction.
+    /// The history chunks added and dropped, as the arrays the statements take.
+    fn history_rows(&self) -> HistoryRows<'_> {
+        let mut rows = HistoryRows::default();
+        for (&(instance, seq), entries) in &self.history {
+            match entries {
+                Some(entries) => {
+                    rows.added_instances.push(instance);
+                    rows.added_seqs.push(seq);
+                    rows.added_entries.push(entries);
+                }
+                None => {
+                    rows.dropped_instances.push(instance);
+                    rows.dropped_seqs.push(seq);
+                }
+            }
+        }
+        rows
+    }
+
+    /// History chunks of a write without instance rows (which otherwise carry them): one
+    /// statement for those added, one for those dropped.
     async fn write_history(&self, transaction: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
-        let (added, dropped): (Vec<_>, Vec<_>) = self.history.iter().partition(|(_, entry)| entry.is_some());
-        if !added.is_empty() {
-            let instances: Vec<i64> = added.iter().map(|((instance, _), _)| *instance).collect();
-            let seqs: Vec<i64> = added.iter().map(|((_, seq), _)| *seq).collect();
-            let entries: Vec<&[u8]> = added.iter().filter_map(|(_, entry)| entry.as_deref()).collect();
+        let rows = self.history_rows();
+        if !rows.added_instances.is_empty() {
             transaction
                 .execute_typed(
                     "INSERT INTO strata_history (instance, seq, entry)
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])
                  ON CONFLICT (instance, seq) DO UPDATE SET entry = EXCLUDED.entry",
-                    typed![&instances, &seqs, &entries],
+                    typed![&rows.added_instances, &rows.added_seqs, &rows.added_entries],
                 )
                 .await
                 .map_err(failed("write history"))?;
         }
-        if !dropped.is_empty() {
-            let instances: Vec<i64> = dropped.iter().map(|((instance, _), _)| *instance).collect();
-            let seqs: Vec<i64> = dropped.iter().map(|((_, seq), _)| *seq).collect();
+        if !rows.dropped_instances.is_empty() {
             transaction
                 .execute_typed(
                     "DELETE FROM strata_history WHERE (instance, seq) IN
                  (SELECT * FROM UNNEST($1::bigint[], $2::bigint[]))",
-                    typed![&instances, &seqs],
+                    typed![&rows.dropped_instances, &rows.dropped_seqs],
                 )
                 .await
                 .map_err(failed("drop history"))?;
@@ -283,9 +311,19 @@ impl Writes {
             let claims: Vec<i64> = self.instances.iter().map(|row| row.claim).collect();
             let created: Vec<i64> = self.instances.iter().map(|row| row.created_ms).collect();
             let finished_at: Vec<Option<i64>> = self.instances.iter().map(|row| row.finished_ms).collect();
+            // The history chunks go in the same statement (no round trip of their own): if an
+            // instance row is refused, the transaction is rolled back with them.
+            let history = self.history_rows();
             let written = transaction
                 .query_typed(
-                    "INSERT INTO strata_instances AS current
+                    "WITH history_added AS (
+                     INSERT INTO strata_history (instance, seq, entry)
+                     SELECT * FROM UNNEST($12::bigint[], $13::bigint[], $14::bytea[])
+                     ON CONFLICT (instance, seq) DO UPDATE SET entry = EXCLUDED.entry),
+                 history_dropped AS (
+                     DELETE FROM strata_history WHERE (instance, seq) IN
+                     (SELECT * FROM UNNEST($15::bigint[], $16::bigint[])))
+                 INSERT INTO strata_instances AS current
                      (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms, owner)
                  SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $11 END
                  FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
@@ -308,6 +346,11 @@ impl Writes {
                         &created,
                         &finished_at,
                         &worker,
+                        &history.added_instances,
+                        &history.added_seqs,
+                        &history.added_entries,
+                        &history.dropped_instances,
+                        &history.dropped_seqs,
                     ],
                 )
                 .await
@@ -374,7 +417,9 @@ impl Writes {
                 .await
                 .map_err(failed("delete signals"))?;
         }
-        self.write_history(transaction).await?;
+        if self.instances.is_empty() {
+            self.write_history(transaction).await?;
+        }
         let applied = self.decide_residency(transaction, worker).await?;
         for (schedule, fire_ms) in &self.fires {
             // Only a later fire than the one handled: of processes racing for a fire, one wins.

@@ -33,7 +33,7 @@ use strata_core::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMA
 use strata_core::version::VersionStatus;
 use strata_store::{
     Applied, AppliedConfig, BackendFailure, Claimed, Cluster, CorruptRecord, DatabaseProblem, HistoryPage, IdKind,
-    MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredHistoryEntry,
+    MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredHistoryChunk,
     StoredVersion, VersionCounters, Wakeup, WorkerInfo,
 };
 
@@ -853,7 +853,7 @@ impl Store for PostgresStore {
         Ok(highest.into_iter().next().unwrap_or(0))
     }
 
-    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryEntry>, StoreError> {
+    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryChunk>, StoreError> {
         let (condition, order) = if page.newest_first {
             ("seq < $2", "DESC")
         } else {
@@ -875,9 +875,9 @@ impl Store for PostgresStore {
                 Box::new(i64::try_from(page.limit).unwrap_or(i64::MAX)),
             ],
             |row| {
-                Ok(StoredHistoryEntry {
-                    seq: unsigned(row.get(0)),
-                    entry: row.get(1),
+                Ok(StoredHistoryChunk {
+                    first: unsigned(row.get(0)),
+                    entries: row.get(1),
                 })
             },
         )

@@ -204,8 +204,8 @@ const V8: &str = "
 ALTER TABLE strata_versions ADD COLUMN status_changes bigint NOT NULL DEFAULT 0;
 ";
 
-/// Schema 9: each instance's history, entry by entry (the encoded `HistoryEntry`), written in the
-/// commit of the change it records and removed with the instance.
+/// Schema 9: each instance's history, in chunks of entries (`seq`: the first entry's number),
+/// written in the commit that fills a chunk and removed with the instance.
 const V9: &str = "
 CREATE TABLE strata_history (
     instance bigint NOT NULL,

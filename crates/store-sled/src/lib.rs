@@ -58,7 +58,7 @@ use strata_core::version::VersionStatus;
 use strata_store::residency::VersionWrite;
 use strata_store::{
     Applied, AppliedConfig, CorruptRecord, CounterDelta, HistoryPage, IdKind, MigrationJobRecord, Op, RecoveredState,
-    SignalRecord, Store, StoreError, StoreStats, StoredHistoryEntry, StoredVersion, VersionCounters,
+    SignalRecord, Store, StoreError, StoreStats, StoredHistoryChunk, StoredVersion, VersionCounters,
 };
 
 const FORMAT_KEY: &[u8] = b"m/format";
@@ -588,10 +588,14 @@ impl Store for SledStore {
                     batch.insert(signal_key(signal.instance, signal.seq), encode("signal", signal)?);
                 }
                 Op::DeleteSignal { instance, seq } => batch.remove(signal_key(*instance, *seq)),
-                Op::PutHistory { instance, seq, entry } => {
-                    batch.insert(history_key(*instance, *seq), entry.as_slice());
+                Op::PutHistoryChunk {
+                    instance,
+                    first,
+                    entries,
+                } => {
+                    batch.insert(history_key(*instance, *first), entries.as_slice());
                 }
-                Op::DropHistory { instance, seq } => batch.remove(history_key(*instance, *seq)),
+                Op::DropHistoryChunk { instance, first } => batch.remove(history_key(*instance, *first)),
                 Op::AdjustCounters { key, delta } => {
                     if delta.started > 0 && !starting.contains(&key) {
                         starting.push(key);
@@ -935,7 +939,7 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryEntry>, StoreError> {
+    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryChunk>, StoreError> {
         let prefix = id_key(HISTORY, instance);
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             match (page.from, page.newest_first) {
@@ -966,9 +970,9 @@ impl Store for SledStore {
             else {
                 continue;
             };
-            page_entries.push(StoredHistoryEntry {
-                seq,
-                entry: entry.to_vec(),
+            page_entries.push(StoredHistoryChunk {
+                first: seq,
+                entries: entry.to_vec(),
             });
         }
         Ok(page_entries)

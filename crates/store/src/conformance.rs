@@ -20,7 +20,7 @@ use strata_core::rollout::{RolloutRecord, RolloutSpec, RolloutStatus, Stage, Tra
 use strata_core::version::{CounterDelta, VersionCounters, VersionStatus};
 
 use crate::{
-    AppliedConfig, FinishedScope, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryEntry,
+    AppliedConfig, FinishedScope, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryChunk,
     StoredVersion,
 };
 
@@ -54,7 +54,7 @@ macro_rules! conformance_tests {
             a_live_record_that_does_not_decode_is_set_apart_with_its_reason,
             ids_are_never_handed_out_twice,
             a_refused_write_changes_nothing,
-            history_entries_are_kept_in_order_and_read_by_pages_both_ways,
+            history_chunks_are_kept_in_order_and_read_by_pages_both_ways,
             history_goes_with_its_commit_and_with_its_instance,
         );
     };
@@ -755,21 +755,21 @@ pub fn a_refused_write_changes_nothing(harness: &dyn Harness) {
         .all(|version| version.counters.started == 0));
 }
 
-fn history_entry(instance: u64, seq: u64) -> Op {
-    Op::PutHistory {
+fn history_chunk(instance: u64, first: u64) -> Op {
+    Op::PutHistoryChunk {
         instance: InstanceId(instance),
-        seq,
-        entry: format!("entry {seq} of {instance}").into_bytes(),
+        first,
+        entries: format!("chunk {first} of {instance}").into_bytes(),
     }
 }
 
-/// The numbers of a page of `instance`'s history.
+/// The first entry numbers of a page of `instance`'s history chunks.
 fn history_numbers(store: &dyn Store, instance: u64, page: HistoryPage) -> Vec<u64> {
     store
         .history(InstanceId(instance), &page)
         .unwrap_or_else(|error| panic!("history of {instance}: {error}"))
         .iter()
-        .map(|entry| entry.seq)
+        .map(|chunk| chunk.first)
         .collect()
 }
 
@@ -781,13 +781,13 @@ fn page(from: Option<u64>, newest_first: bool, limit: usize) -> HistoryPage {
     }
 }
 
-/// An instance's history entries come back by number, after a reopen, in pages from either end;
-/// a dropped entry is gone; another instance's entries are its own.
-pub fn history_entries_are_kept_in_order_and_read_by_pages_both_ways(harness: &dyn Harness) {
+/// An instance's history chunks come back by first entry number, after a reopen, in pages from
+/// either end; a dropped chunk is gone; another instance's chunks are its own.
+pub fn history_chunks_are_kept_in_order_and_read_by_pages_both_ways(harness: &dyn Harness) {
     let store = harness.open();
     let mut first = vec![put(&ready(1, "1.0.0")), start("1.0.0")];
-    first.extend((0..3).map(|seq| history_entry(1, seq)));
-    first.push(history_entry(2, 0));
+    first.extend((0..3).map(|seq| history_chunk(1, seq)));
+    first.push(history_chunk(2, 0));
     apply(store.as_ref(), &[put(&ready(2, "1.0.0")), start("1.0.0")]);
     apply(store.as_ref(), &first);
     let store = reopen(harness, store);
@@ -796,10 +796,10 @@ pub fn history_entries_are_kept_in_order_and_read_by_pages_both_ways(harness: &d
         claim: claim_of(&live, 1),
         ..ready(1, "1.0.0")
     })];
-    later.extend((3..6).map(|seq| history_entry(1, seq)));
-    later.push(Op::DropHistory {
+    later.extend((3..6).map(|seq| history_chunk(1, seq)));
+    later.push(Op::DropHistoryChunk {
         instance: InstanceId(1),
-        seq: 1,
+        first: 1,
     });
     apply(store.as_ref(), &later);
 
@@ -809,9 +809,9 @@ pub fn history_entries_are_kept_in_order_and_read_by_pages_both_ways(harness: &d
     assert_eq!(
         everything,
         [0, 2, 3, 4, 5]
-            .map(|seq| StoredHistoryEntry {
-                seq,
-                entry: format!("entry {seq} of 1").into_bytes(),
+            .map(|first| StoredHistoryChunk {
+                first,
+                entries: format!("chunk {first} of 1").into_bytes(),
             })
             .to_vec()
     );
@@ -834,7 +834,7 @@ pub fn history_entries_are_kept_in_order_and_read_by_pages_both_ways(harness: &d
     );
 }
 
-/// History entries land with the write they are in or not at all (a refused write leaves none),
+/// History chunks land with the write they are in or not at all (a refused write leaves none),
 /// and retention removes an instance's history with the instance.
 pub fn history_goes_with_its_commit_and_with_its_instance(harness: &dyn Harness) {
     let store = harness.open();
@@ -848,7 +848,7 @@ pub fn history_goes_with_its_commit_and_with_its_instance(harness: &dyn Harness)
     let refused = store.apply(&[
         put(&ready(1, "1.0.0")),
         start("1.0.0"),
-        history_entry(1, 0),
+        history_chunk(1, 0),
         Op::PutScheduleFire {
             schedule: "nightly".to_string(),
             fire_ms: 5,
@@ -874,13 +874,13 @@ pub fn history_goes_with_its_commit_and_with_its_instance(harness: &dyn Harness)
             put(&done),
             start("1.0.0"),
             finish("1.0.0", InstanceStatus::Failed),
-            history_entry(2, 0),
-            history_entry(2, 1),
+            history_chunk(2, 0),
+            history_chunk(2, 1),
         ],
     );
     apply(
         store.as_ref(),
-        &[put(&ready(3, "1.0.0")), start("1.0.0"), history_entry(3, 0)],
+        &[put(&ready(3, "1.0.0")), start("1.0.0"), history_chunk(3, 0)],
     );
     assert_eq!(history_numbers(store.as_ref(), 2, page(None, false, 10)), [0, 1]);
     while store.expire_finished(101, 10).unwrap_or_else(|error| panic!("{error}")) == 10 {}

@@ -325,21 +325,22 @@ pub enum Op {
     /// transition to the history; a write whose history is not longer than the stored one's was
     /// made from an older copy and fails with [`StoreError::RolloutChanged`].
     PutRollout(Box<strata_core::rollout::RolloutRecord>),
-    /// Adds an entry to an instance's history (in the commit of the change it records).
-    PutHistory {
+    /// Stores a chunk of an instance's history: entries the instance's record held until the
+    /// chunk filled (written in the commit that filled it).
+    PutHistoryChunk {
         /// The instance.
         instance: InstanceId,
-        /// The entry's number (from the instance's `HistoryBook`).
-        seq: u64,
-        /// The encoded entry (`HistoryEntry::encode`).
-        entry: Vec<u8>,
+        /// The number of the chunk's first entry.
+        first: u64,
+        /// The chunk's entries, encoded one after another (`strata_core::history`).
+        entries: Vec<u8>,
     },
-    /// Drops an entry of an instance's history (one the bound folds away).
-    DropHistory {
+    /// Drops a chunk of an instance's history (one the bound folds away).
+    DropHistoryChunk {
         /// The instance.
         instance: InstanceId,
-        /// The entry's number.
-        seq: u64,
+        /// The number of the chunk's first entry.
+        first: u64,
     },
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
@@ -553,24 +554,25 @@ pub struct FinishedScope {
     pub after: Option<InstanceId>,
 }
 
-/// Which entries of an instance's history a read returns.
+/// Which chunks of an instance's history a read returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryPage {
-    /// Only entries after this number (oldest first) or before it (newest first).
+    /// Only chunks whose first entry number is after this one (oldest first) or before it
+    /// (newest first).
     pub from: Option<u64>,
     /// Newest first, else oldest first.
     pub newest_first: bool,
-    /// At most this many.
+    /// At most this many chunks.
     pub limit: usize,
 }
 
-/// An entry of an instance's history as stored: its number and its encoded form.
+/// A chunk of an instance's history as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredHistoryEntry {
-    /// The entry's number.
-    pub seq: u64,
-    /// The encoded entry (`HistoryEntry::decode`).
-    pub entry: Vec<u8>,
+pub struct StoredHistoryChunk {
+    /// The number of its first entry.
+    pub first: u64,
+    /// Its entries, encoded one after another.
+    pub entries: Vec<u8>,
 }
 
 /// An announcement from another process sharing the store.
@@ -639,9 +641,10 @@ pub trait Store: Send + Sync + 'static {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;
-    /// A page of an instance's history: entries with their numbers, in the page's order. An
-    /// instance with no history (or removed by retention) has none.
-    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryEntry>, StoreError>;
+    /// Stored chunks of an instance's history, in the page's order of their first entry numbers
+    /// (`from` and `limit` count chunks). An instance with no chunk (or removed by retention) has
+    /// none; the newest entries are in its record until they fill a chunk.
+    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryChunk>, StoreError>;
     /// Quarantined records: id and reason.
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError>;
     /// Every applied config, oldest generation first.

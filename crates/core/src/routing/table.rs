@@ -256,6 +256,19 @@ pub enum RouteReason {
     Newest,
 }
 
+impl RouteReason {
+    /// The reason as metrics and the admin API name it: `requested`, `rollout_rule_N`,
+    /// `default` or `newest`.
+    pub fn label(&self) -> String {
+        match self {
+            RouteReason::Requested => "requested".to_string(),
+            RouteReason::Rollout { rule } => format!("rollout_rule_{rule}"),
+            RouteReason::Default => "default".to_string(),
+            RouteReason::Newest => "newest".to_string(),
+        }
+    }
+}
+
 /// Who is starting: the routing key (or the instance id) and the start's attributes.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteInput<'a> {

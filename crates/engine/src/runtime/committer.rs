@@ -417,7 +417,7 @@ mod tests {
             &self,
             _instance: InstanceId,
             _page: &crate::store::HistoryPage,
-        ) -> Result<Vec<crate::store::StoredHistoryEntry>, StoreError> {
+        ) -> Result<Vec<crate::store::StoredHistoryChunk>, StoreError> {
             Ok(Vec::new())
         }
         fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

@@ -107,7 +107,7 @@ impl Runtime {
                 Plan::Run(job) => self.run_job(id, job).await,
                 Plan::Cancel(record) => {
                     let (record, entry) = transition::cancelled(record, now);
-                    self.commit_transition(record, None, Some(entry)).await
+                    self.commit_transition(record, None, vec![entry]).await
                 }
                 Plan::Idle(due) => {
                     if let Some(due) = due {
@@ -158,7 +158,7 @@ impl Runtime {
             failed.phase = Phase::Failed {
                 reason: format!("it could not begin on {}: {failure}", failed.key),
             };
-            return self.commit_transition(failed, None, None).await;
+            return self.commit_transition(failed, None, Vec::new()).await;
         }
         if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
             match self.auto_upgrade(&job.record) {
@@ -207,7 +207,7 @@ impl Runtime {
             consumed_signal,
         } = job;
         let next = transition::after_attempt(record, wake, consumed_signal, attempt, code.as_ref(), self.now(), facts);
-        self.commit_transition(next.record, next.consumed_signal, Some(next.entry))
+        self.commit_transition(next.record, next.consumed_signal, next.entries)
             .await
     }
 
@@ -333,14 +333,14 @@ impl Runtime {
         }
     }
 
-    /// Commits `record`, which consumes `consumed_signal`, with `entry` in its history; on
+    /// Commits `record`, which consumes `consumed_signal`, with `entries` in its history; on
     /// success makes it the instance's state in memory, or, when it finishes the instance, tells
     /// its waiters.
     async fn commit_transition(
         self: &Arc<Self>,
         mut record: InstanceRecord,
         consumed_signal: Option<u64>,
-        entry: Option<HistoryEntry>,
+        entries: Vec<HistoryEntry>,
     ) -> Progress {
         let inbox = if record.phase.is_terminal() {
             let seqs = self
@@ -361,7 +361,7 @@ impl Runtime {
             &mut record,
             consumed_signal,
             &inbox,
-            entry.as_ref(),
+            &entries,
             self.options.history_limit,
         ) {
             Ok(ops) => self.write_then_announce(ops).await,

@@ -35,10 +35,10 @@ use crate::instance::{HistoryItem, HistoryRequest, InstanceFilter, InstanceHisto
 use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
 use crate::observe::{Clock, Event, EventBus};
 use crate::registry::{Registry, VersionInfo, VersionStatus};
-use crate::store::{CounterDelta, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError};
+use crate::store::{CounterDelta, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryChunk};
 use cluster::IdBlocks;
 use committer::Committer;
-use strata_core::history::{HistoryEntry, HistoryEvent};
+use strata_core::history::{decode_entries, HistoryEntry, HistoryEvent};
 use strata_core::instance::{
     InstanceId, InstanceRecord, InstanceStatus, PersistedWake, Phase, ScheduledFire, StateEnvelope, VersionKey,
     RECORD_FORMAT,
@@ -770,6 +770,7 @@ impl Runtime {
             },
         };
         let mut ops = Vec::with_capacity(4);
+        record.history.worker = self.store.cluster().worker_id().to_string();
         transition::append_history(&mut record, &started, self.options.history_limit, &mut ops)?;
         ops.push(Op::PutInstance(record.encode()?));
         ops.push(Op::AdjustCounters {
@@ -978,32 +979,54 @@ impl Runtime {
         }
     }
 
-    /// A page of an instance's history, as the store holds it (every entry committed with the
-    /// change it records, wherever the instance ran).
+    /// A page of an instance's history: the chunks the store holds and the newest entries, in
+    /// its record (every entry committed with the change it records, wherever the instance ran).
     pub(crate) fn history(&self, id: InstanceId, request: &HistoryRequest) -> Result<InstanceHistory, EngineError> {
         let book = self.instance(id)?.record.history;
-        let limit = request.limit.max(1);
-        let page = HistoryPage {
-            from: request.from,
-            newest_first: request.newest_first,
-            limit,
+        let every_chunk = HistoryPage {
+            from: None,
+            newest_first: false,
+            limit: usize::MAX,
         };
-        let entries: Vec<HistoryItem> = self
-            .store
-            .history(id, &page)?
+        let mut entries: Vec<HistoryItem> = Vec::new();
+        let chunks = self.store.history(id, &every_chunk)?;
+        let tail = StoredHistoryChunk {
+            first: book.tail_first(),
+            entries: book.tail.clone(),
+        };
+        for chunk in chunks.iter().chain(std::iter::once(&tail)) {
+            match decode_entries(chunk.first, &chunk.entries) {
+                Ok(decoded) => entries.extend(
+                    decoded
+                        .into_iter()
+                        .map(|(seq, entry)| HistoryItem { seq, entry: Ok(entry) }),
+                ),
+                Err(reason) => entries.push(HistoryItem {
+                    seq: chunk.first,
+                    entry: Err(reason),
+                }),
+            }
+        }
+        let limit = request.limit.max(1);
+        if request.newest_first {
+            entries.reverse();
+        }
+        let page: Vec<HistoryItem> = entries
             .into_iter()
-            .map(|stored| HistoryItem {
-                seq: stored.seq,
-                entry: HistoryEntry::decode(&stored.entry),
+            .filter(|item| match (request.from, request.newest_first) {
+                (None, _) => true,
+                (Some(from), false) => item.seq > from,
+                (Some(from), true) => item.seq < from,
             })
+            .take(limit)
             .collect();
-        let next = match entries.last() {
-            Some(last) if entries.len() == limit => Some(last.seq),
+        let next = match page.last() {
+            Some(last) if page.len() == limit => Some(last.seq),
             _ => None,
         };
         Ok(InstanceHistory {
             id,
-            entries,
+            entries: page,
             kept: book.kept(),
             folded: book.folded,
             next,

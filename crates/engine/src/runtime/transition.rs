@@ -33,7 +33,7 @@ pub(super) enum Attempt {
     Damaged(String),
 }
 
-/// What the driver knows of an attempt besides its result, for the attempt's history entry.
+/// What the driver knows of an attempt besides its result, for the instance's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct AttemptFacts {
     /// When the attempt began (ms since the Unix epoch).
@@ -44,7 +44,7 @@ pub(super) struct AttemptFacts {
     pub migrated_from_schema: Option<u32>,
 }
 
-/// The record an attempt leads to, the signal its commit consumes, and its history entry.
+/// The record an attempt leads to, the signal its commit consumes, and its history entries.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct StepTransition {
     /// The next record.
@@ -52,8 +52,9 @@ pub(super) struct StepTransition {
     /// The inbox signal the commit deletes as consumed (kept when the instance is quarantined,
     /// so that it is there for whoever repairs it).
     pub consumed_signal: Option<u64>,
-    /// What the attempt adds to the instance's history.
-    pub entry: HistoryEntry,
+    /// What the attempt adds to the instance's history: the attempt, after the claim of a
+    /// worker other than the one that wrote the entry before.
+    pub entries: Vec<HistoryEntry>,
 }
 
 /// What attempt `record.attempt` of `record.step` on `code`, woken for `wake` and consuming
@@ -67,7 +68,7 @@ pub(super) fn after_attempt(
     now: u64,
     facts: AttemptFacts,
 ) -> StepTransition {
-    let ran = (record.step.clone(), record.attempt, record.key.version.clone());
+    let ran = (record.step.clone(), record.attempt);
     let woken_by = woken_by(&wake, consumed_signal, record.attempt);
     record.updated_at_ms = now;
     let mut consumed_signal = consumed_signal;
@@ -101,24 +102,32 @@ pub(super) fn after_attempt(
             consumed_signal = None;
         }
     }
-    let (step, attempt, version) = ran;
-    let entry = HistoryEntry {
+    let (step, attempt) = ran;
+    let mut entries = Vec::with_capacity(1);
+    if record.history.worker != facts.worker {
+        entries.push(HistoryEntry {
+            at_ms: facts.began_ms,
+            event: HistoryEvent::Claimed {
+                worker: facts.worker.clone(),
+            },
+        });
+        record.history.worker = facts.worker;
+    }
+    entries.push(HistoryEntry {
         at_ms: now,
         event: HistoryEvent::Step(StepEntry {
             step,
             attempt,
-            version,
-            worker: Some(facts.worker),
-            began_ms: facts.began_ms,
+            took_ms: now.saturating_sub(facts.began_ms),
             woken_by,
             migrated_from_schema: facts.migrated_from_schema,
             outcome: outcome_of(&record),
         }),
-    };
+    });
     StepTransition {
         record,
         consumed_signal,
-        entry,
+        entries,
     }
 }
 
@@ -182,44 +191,46 @@ pub(super) fn cancelled(mut record: InstanceRecord, now: u64) -> (InstanceRecord
     (record, entry)
 }
 
-/// Numbers `entry` in `record`'s history and adds its write to `ops`, with the drop of the entry
-/// it pushes out of the bound of `limit` entries. Call before the record is encoded: the record
-/// carries its history's book.
+/// Adds `entry` to `record`'s history, kept in the record until it fills a chunk; adds to `ops`
+/// the write of a chunk it fills and the drop of the chunk that pushes out of the bound of
+/// `limit` entries. Call before the record is encoded: the record carries the newest entries.
 pub(super) fn append_history(
     record: &mut InstanceRecord,
     entry: &HistoryEntry,
     limit: u32,
     ops: &mut Vec<Op>,
 ) -> Result<(), EncodeError> {
-    let appended = record.history.append(limit);
+    let appended = record.history.append(entry, limit)?;
     let instance = record.id;
-    ops.push(Op::PutHistory {
-        instance,
-        seq: appended.seq,
-        entry: entry.encode()?,
-    });
-    if let Some(seq) = appended.drop {
-        ops.push(Op::DropHistory { instance, seq });
+    if let Some((first, entries)) = appended.chunk {
+        ops.push(Op::PutHistoryChunk {
+            instance,
+            first,
+            entries,
+        });
+    }
+    if let Some(first) = appended.drop {
+        ops.push(Op::DropHistoryChunk { instance, first });
     }
     Ok(())
 }
 
 /// The writes of one commit of `record`, in the current record format: the consumed signal
 /// deleted; when the record finishes the instance, every other signal of `inbox` deleted too and
-/// the finish counted; `entry` added to its history (bounded by `history_limit`); then the record
-/// itself.
+/// the finish counted; `entries` added to its history (bounded by `history_limit`); then the
+/// record itself.
 pub(super) fn commit_writes(
     record: &mut InstanceRecord,
     consumed_signal: Option<u64>,
     inbox: &[u64],
-    entry: Option<&HistoryEntry>,
+    entries: &[HistoryEntry],
     history_limit: u32,
 ) -> Result<Vec<Op>, EncodeError> {
     // A record read in an older format is rewritten in the current one by its next commit.
     record.format = RECORD_FORMAT;
-    let mut ops = Vec::with_capacity(5);
+    let mut ops = Vec::with_capacity(3);
     let instance = record.id;
-    if let Some(entry) = entry {
+    for entry in entries {
         append_history(record, entry, history_limit, &mut ops)?;
     }
     if let Some(seq) = consumed_signal {
@@ -377,10 +388,18 @@ mod tests {
         )
     }
 
-    /// The step entry a transition adds to the history.
+    /// The step entry a transition adds to the history (after the claim of worker `local`, which
+    /// no entry of the record named before).
     fn step_entry(next: &StepTransition) -> &StepEntry {
-        assert_eq!(next.entry.at_ms, NOW);
-        match &next.entry.event {
+        assert_eq!(
+            next.entries[0].event,
+            HistoryEvent::Claimed {
+                worker: "local".to_string()
+            }
+        );
+        assert_eq!(next.record.history.worker, "local");
+        assert_eq!(next.entries[1].at_ms, NOW);
+        match &next.entries[1].event {
             HistoryEvent::Step(entry) => entry,
             other => panic!("not a step entry: {other:?}"),
         }
@@ -416,15 +435,7 @@ mod tests {
             "the signal that woke the step is consumed"
         );
         let entry = step_entry(&next);
-        assert_eq!(
-            (
-                entry.step.as_str(),
-                entry.attempt,
-                entry.began_ms,
-                entry.worker.as_deref()
-            ),
-            ("a", 2, NOW - 40, Some("local"))
-        );
+        assert_eq!((entry.step.as_str(), entry.attempt, entry.took_ms), ("a", 2, 40));
         assert_eq!(entry.woken_by, WokenBy::Retry, "a second attempt is a retry");
         assert_eq!(entry.outcome, AttemptOutcome::Next { step: "b".to_string() });
         let first = run("a", 1, signal_wake(), Some(11), succeeded(Next::goto("b")));
@@ -598,7 +609,7 @@ mod tests {
     #[test]
     fn a_commit_between_steps_deletes_only_the_consumed_signal_and_writes_the_record_in_the_current_format() {
         let mut record = record_at("b", 1);
-        let ops = commit_writes(&mut record, Some(11), &[11, 12], None, 10).unwrap();
+        let ops = commit_writes(&mut record, Some(11), &[11, 12], &[], 100).unwrap();
         assert_eq!(deleted(&ops), [11]);
         assert!(counted(&ops).is_empty(), "a live instance changes no counter");
         assert_eq!(record.format, RECORD_FORMAT);
@@ -622,7 +633,7 @@ mod tests {
         ] {
             let mut record = record_at("b", 1);
             record.phase = phase;
-            let ops = commit_writes(&mut record, Some(11), &[11, 12, 13], None, 10).unwrap();
+            let ops = commit_writes(&mut record, Some(11), &[11, 12, 13], &[], 100).unwrap();
             assert_eq!(deleted(&ops), [11, 12, 13]);
             assert_eq!(counted(&ops), [CounterDelta::finish(finish)]);
             assert!(matches!(ops.last(), Some(Op::PutInstance(encoded)) if encoded.finished));
@@ -646,31 +657,35 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_writes_its_history_entry_with_the_record_and_drops_the_one_the_bound_folds() {
+    fn a_commit_keeps_its_history_entry_in_the_record_and_stores_a_chunk_it_fills() {
         let entry = HistoryEntry {
             at_ms: NOW,
             event: HistoryEvent::Cancelled,
         };
         let mut record = record_at("b", 1);
-        record.history = strata_core::history::HistoryBook { next: 3, folded: 0 };
-        let ops = commit_writes(&mut record, None, &[], Some(&entry), 3).unwrap();
-        let encoded = entry.encode().unwrap();
-        assert!(
-            matches!(&ops[0], Op::PutHistory { instance, seq: 3, entry } if *instance == record.id && *entry == encoded),
-            "{ops:?}"
-        );
-        assert!(
-            matches!(&ops[1], Op::DropHistory { instance, seq: 1 } if *instance == record.id),
-            "{ops:?}"
-        );
+        let ops = commit_writes(&mut record, None, &[], std::slice::from_ref(&entry), 100).unwrap();
+        assert_eq!(ops.len(), 1, "only the record: {ops:?}");
         let Some(Op::PutInstance(encoded)) = ops.last() else {
             panic!("the record is the last write")
         };
         let stored = InstanceRecord::decode(&encoded.bytes).unwrap();
         assert_eq!(
-            stored.history,
-            strata_core::history::HistoryBook { next: 4, folded: 1 },
-            "the record carries its history's book"
+            stored.history.tail_entries().unwrap(),
+            [(0, entry.clone())],
+            "the record carries it"
         );
+
+        let chunk = strata_core::history::HISTORY_CHUNK;
+        for _ in 1..chunk - 1 {
+            commit_writes(&mut record, None, &[], std::slice::from_ref(&entry), 100).unwrap();
+        }
+        let ops = commit_writes(&mut record, None, &[], std::slice::from_ref(&entry), 100).unwrap();
+        assert!(
+            matches!(&ops[0], Op::PutHistoryChunk { instance, first: 0, entries }
+                if *instance == record.id
+                    && strata_core::history::decode_entries(0, entries).unwrap().len() as u64 == chunk),
+            "{ops:?}"
+        );
+        assert!(record.history.tail.is_empty());
     }
 }
