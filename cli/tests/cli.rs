@@ -565,3 +565,76 @@ async fn a_closed_pipe_bad_urls_and_json_errors_are_met_as_a_user_expects() {
     assert_eq!(reader.code, 3, "the read-only token undoes nothing");
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_history_is_a_table_or_json_and_is_followed_to_the_instance_s_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let id = start(&engine, 7, "1.0.0").await;
+    let id_text = id.0.to_string();
+
+    let table = strata(&engine, Some(READER), &["instances", "history", &id_text]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("2 entries kept"), "{}", table.stdout);
+    for wanted in [
+        "started",
+        "on 1.0.0 (routed by requested)",
+        "step wait",
+        "waits for signal 'go', then step finish",
+    ] {
+        assert!(table.stdout.contains(wanted), "'{wanted}' missing:\n{}", table.stdout);
+    }
+    let json = strata(&engine, Some(READER), &["--json", "instances", "history", &id_text]).await;
+    let kinds: Vec<String> = json.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["started", "step"]);
+    let last = strata(
+        &engine,
+        Some(READER),
+        &["--json", "instances", "history", &id_text, "--last", "1"],
+    )
+    .await;
+    assert_eq!(last.json()["entries"][0]["seq"], 1, "{}", last.stdout);
+
+    // Followed: the table, then each entry as it comes, until the instance has finished.
+    let mut following = command(&engine, Some(READER), &["instances", "history", &id_text, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = following.stdout.take().unwrap();
+    let (shown, printed) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("step wait") {
+                let _ = shown.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    tokio::task::spawn_blocking(move || printed.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the table was printed");
+    engine.signal(id, "go", &()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || following.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let lines = reader.join().unwrap().join("\n");
+    assert!(
+        lines.contains("step finish") && lines.contains("completed"),
+        "the completion followed:\n{lines}"
+    );
+
+    let unknown = strata(&engine, Some(READER), &["instances", "history", "999999"]).await;
+    assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+    engine.shutdown().await;
+}

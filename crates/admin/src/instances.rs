@@ -132,13 +132,23 @@ pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> R
     Ok(Json(instance_detail(&info, &signals)))
 }
 
+/// Which end of a history a page starts from.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum HistoryOrder {
+    /// The oldest entry first.
+    Oldest,
+    /// The newest entry first.
+    Newest,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HistoryQuery {
     /// The cursor: the `next` of the previous page.
     from: Option<u64>,
     /// `oldest` (the default) or `newest` first.
-    order: Option<String>,
+    order: Option<HistoryOrder>,
     limit: Option<usize>,
 }
 
@@ -159,19 +169,9 @@ impl HistoryQuery {
                 ),
             ));
         }
-        let newest_first = match self.order.as_deref() {
-            None | Some("oldest") => false,
-            Some("newest") => true,
-            Some(other) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown order '{other}'; use oldest or newest"),
-                ))
-            }
-        };
         Ok(HistoryRequest {
             from: self.from,
-            newest_first,
+            newest_first: self.order == Some(HistoryOrder::Newest),
             limit: self.limit.unwrap_or(PAGE),
         })
     }
@@ -182,7 +182,7 @@ impl HistoryQuery {
 #[utoipa::path(get, path = "/v1/instances/{id}/history", tag = "instances",
     params(("id" = u64, Path),
         ("from" = Option<i64>, Query, minimum = 0, description = "Only entries after this number (oldest first) or before it (newest first): the `next` of the previous page"),
-        ("order" = Option<String>, Query, description = "oldest (the default) or newest"),
+        ("order" = Option<HistoryOrder>, Query, description = "oldest (the default) or newest"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100, at most 1000)")),
     responses((status = 200, body = HistoryPageView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
 pub(super) async fn history(
