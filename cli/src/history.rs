@@ -183,18 +183,13 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
             String::new(),
             format!("schema {from_schema} -> {to_schema}, by a background migration"),
         ),
-        HistoryEventView::Moved {
-            from,
-            to,
-            from_step,
-            to_step,
-            from_schema,
-            to_schema,
-            cause,
-        } => (
+        HistoryEventView::Moved { moved } => (
             "moved".to_string(),
             String::new(),
-            format!("{from} -> {to} ({cause}), step {from_step} -> {to_step}, schema {from_schema} -> {to_schema}"),
+            format!(
+                "{} -> {} ({}), step {} -> {}, schema {} -> {}",
+                moved.from, moved.to, moved.cause, moved.from_step, moved.to_step, moved.from_schema, moved.to_schema
+            ),
         ),
         HistoryEventView::Quarantined { reason } => ("quarantined".to_string(), String::new(), reason.clone()),
         HistoryEventView::Unreadable { reason } => ("unreadable entry".to_string(), String::new(), reason.clone()),

@@ -84,20 +84,8 @@ pub enum HistoryEventView {
     },
     /// It moved to another version at a step boundary.
     Moved {
-        /// The version it left.
-        from: String,
-        /// The version it moved to.
-        to: String,
-        /// Its step before the move.
-        from_step: String,
-        /// Its step after the move.
-        to_step: String,
-        /// The state schema before.
-        from_schema: u32,
-        /// The state schema after.
-        to_schema: u32,
-        /// `operator` or `auto_upgrade`.
-        cause: String,
+        /// The move.
+        moved: crate::MoveView,
     },
     /// It was quarantined.
     Quarantined {

@@ -60,23 +60,30 @@ pub(super) struct ListQuery {
     limit: Option<usize>,
 }
 
+/// The size of a page a query asks for (`PAGE` unless it says), refused with what to do when
+/// it is out of range or its cursor `name` (a `what`) is beyond what the store numbers.
+fn checked_page(limit: Option<usize>, cursor: Option<u64>, name: &str, what: &str) -> Result<usize, ApiError> {
+    if limit.is_some_and(|limit| !(1..=LARGEST_PAGE).contains(&limit)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be from 1 to {LARGEST_PAGE}; leave it out for pages of {PAGE}"),
+        ));
+    }
+    if cursor.is_some_and(|cursor| cursor > i64::MAX as u64) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{name} must be {what} from 0 to {}; pass the `next` of the previous page",
+                i64::MAX
+            ),
+        ));
+    }
+    Ok(limit.unwrap_or(PAGE))
+}
+
 impl ListQuery {
     fn filter(&self) -> Result<InstanceFilter, ApiError> {
-        if self.limit.is_some_and(|limit| !(1..=LARGEST_PAGE).contains(&limit)) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("limit must be from 1 to {LARGEST_PAGE}; leave it out for pages of {PAGE}"),
-            ));
-        }
-        if self.after.is_some_and(|after| after > i64::MAX as u64) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "after must be an instance id from 0 to {}; pass the `next` of the previous page",
-                    i64::MAX
-                ),
-            ));
-        }
+        checked_page(self.limit, self.after, "after", "an instance id")?;
         let version = self.version.as_deref().map(parse_version).transpose()?;
         let status = self.status.as_deref().map(status_named).transpose()?;
         Ok(InstanceFilter {
@@ -154,25 +161,11 @@ pub(super) struct HistoryQuery {
 
 impl HistoryQuery {
     fn request(&self) -> Result<HistoryRequest, ApiError> {
-        if self.limit.is_some_and(|limit| !(1..=LARGEST_PAGE).contains(&limit)) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("limit must be from 1 to {LARGEST_PAGE}; leave it out for pages of {PAGE}"),
-            ));
-        }
-        if self.from.is_some_and(|from| from > i64::MAX as u64) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "from must be an entry number from 0 to {}; pass the `next` of the previous page",
-                    i64::MAX
-                ),
-            ));
-        }
+        let limit = checked_page(self.limit, self.from, "from", "an entry number")?;
         Ok(HistoryRequest {
             from: self.from,
             newest_first: self.order == Some(HistoryOrder::Newest),
-            limit: self.limit.unwrap_or(PAGE),
+            limit,
         })
     }
 }

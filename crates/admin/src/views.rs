@@ -96,20 +96,7 @@ pub(super) fn instance_detail(info: &InstanceInfo, signals: &[strata_engine::sto
         state_schema: record.state.schema,
         routing_key: record.routing_key.clone(),
         last_error: record.last_error.clone(),
-        moves: record
-            .moves
-            .iter()
-            .map(|stamp| MoveView {
-                from: stamp.from.to_string(),
-                to: stamp.to.to_string(),
-                from_step: stamp.from_step.clone(),
-                to_step: stamp.to_step.clone(),
-                from_schema: stamp.from_schema,
-                to_schema: stamp.to_schema,
-                cause: snake_case(&format!("{:?}", stamp.cause)),
-                at_ms: stamp.at_ms,
-            })
-            .collect(),
+        moves: record.moves.iter().map(move_view).collect(),
         pending_signals: signals
             .iter()
             .map(|signal| PendingSignalView {
@@ -118,6 +105,20 @@ pub(super) fn instance_detail(info: &InstanceInfo, signals: &[strata_engine::sto
                 payload: decoded(&signal.payload),
             })
             .collect(),
+    }
+}
+
+/// A move of an instance as the API shows it.
+fn move_view(stamp: &strata_core::instance::MoveStamp) -> MoveView {
+    MoveView {
+        from: stamp.from.to_string(),
+        to: stamp.to.to_string(),
+        from_step: stamp.from_step.clone(),
+        to_step: stamp.to_step.clone(),
+        from_schema: stamp.from_schema,
+        to_schema: stamp.to_schema,
+        cause: snake_case(&format!("{:?}", stamp.cause)),
+        at_ms: stamp.at_ms,
     }
 }
 
@@ -173,13 +174,7 @@ fn history_entry(item: &strata_engine::instance::HistoryItem) -> HistoryEntryVie
             to_schema: *to_schema,
         },
         HistoryEvent::Moved(stamp) => HistoryEventView::Moved {
-            from: stamp.from.to_string(),
-            to: stamp.to.to_string(),
-            from_step: stamp.from_step.clone(),
-            to_step: stamp.to_step.clone(),
-            from_schema: stamp.from_schema,
-            to_schema: stamp.to_schema,
-            cause: snake_case(&format!("{:?}", stamp.cause)),
+            moved: move_view(stamp),
         },
         HistoryEvent::Quarantined { reason } => HistoryEventView::Quarantined { reason: reason.clone() },
         _ => HistoryEventView::Other,
