@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
-use strata::history::{AttemptOutcome, HistoryEntry, HistoryEvent, StepEntry, WokenBy};
+use strata::history::{decode_entries, AttemptOutcome, HistoryEntry, HistoryEvent, StepEntry, WokenBy};
 use strata::instance::{InstanceRecord, PersistedWake, Phase, ScheduledFire, StateEnvelope};
 use strata::migrate::MigrationJobRecord;
 use strata::prelude::*;
@@ -133,7 +133,7 @@ fn sample_instance() -> InstanceRecord {
         history: strata::history::HistoryBook {
             next: 9,
             folded: 0,
-            tail: sample_history_entry().encode().unwrap(),
+            tail: sample_history_chunk(1),
             worker: "host-1/4242".to_string(),
         },
         claim: 3,
@@ -159,6 +159,15 @@ fn sample_history_entry() -> HistoryEntry {
             },
         }),
     }
+}
+
+/// A chunk of `entries` copies of the sample entry, as the store keeps it.
+fn sample_history_chunk(entries: usize) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    for _ in 0..entries {
+        sample_history_entry().encode_into(&mut chunk).unwrap();
+    }
+    chunk
 }
 
 fn sample_signal() -> SignalRecord {
@@ -222,16 +231,16 @@ proptest! {
     }
 
     #[test]
-    fn damaged_history_entries_decode_or_give_a_reason(damages in proptest::collection::vec(damage(), 1..4)) {
-        let valid = sample_history_entry().encode().unwrap();
-        if let Err(reason) = HistoryEntry::decode(&damaged(&valid, &damages)) {
-            prop_assert!(!reason.is_empty());
+    fn damaged_history_chunks_decode_or_give_a_reason(damages in proptest::collection::vec(damage(), 1..4)) {
+        let valid = sample_history_chunk(8);
+        if let Err(reason) = decode_entries(16, &damaged(&valid, &damages)) {
+            prop_assert!(reason.contains("history entry"), "{reason}");
         }
     }
 
     #[test]
     fn random_bytes_decode_as_no_record_without_a_reason(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        if let Err(reason) = HistoryEntry::decode(&bytes) {
+        if let Err(reason) = decode_entries(0, &bytes) {
             prop_assert!(!reason.is_empty());
         }
         if let Err(reason) = InstanceRecord::decode(&bytes) {

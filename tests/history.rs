@@ -270,22 +270,8 @@ async fn a_long_history_keeps_its_first_and_newest_entries_and_counts_the_rest(b
 }
 
 async fn a_cancel_and_a_background_migration_are_in_the_history(backend: Backend) {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
-    let ids = tally::start_waiting(&engine, [5, 6], StartOptions::new()).await;
-    engine.shutdown().await;
-
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_2("1.0.0"))
-        .migration(tally::migration(Arc::new(AtomicU64::new(0))))
-        .open()
-        .await
-        .unwrap();
+    let ids = tally::stored_on_schema_1(&backend, [5, 6]).await;
+    let engine = tally::open_on_schema_2(&backend, Arc::new(AtomicU64::new(0))).await;
     engine
         .migrate_states(MigrationJob::new(tally::WORKFLOW))
         .unwrap()

@@ -36,20 +36,6 @@ fn v(text: &str) -> Version {
     Version::parse(text).unwrap()
 }
 
-/// A store in `dir` holding tally 1.0.0 instances with `counts`, their state stored on schema 1,
-/// each waiting for `go`.
-async fn stored_on_schema_1(backend: &Backend, counts: impl IntoIterator<Item = u64>) -> Vec<InstanceId> {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
-    let ids = tally::start_waiting(&engine, counts, StartOptions::new()).await;
-    engine.shutdown().await;
-    ids
-}
-
 /// Live count the registry reports for `version` of `workflow`, and the live instances listed on it.
 fn live_counts(engine: &Engine, workflow: &str, version: &str) -> (u64, usize) {
     let counted = engine.version(workflow, version).unwrap().counters.live;
@@ -63,17 +49,11 @@ fn live_counts(engine: &Engine, workflow: &str, version: &str) -> (u64, usize) {
 }
 
 async fn a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit(backend: Backend) {
-    let ids = stored_on_schema_1(&backend, [5, 7]).await;
+    let ids = tally::stored_on_schema_1(&backend, [5, 7]).await;
 
     // The next deploy of 1.0.0 reads schema 2; stored states are still schema 1.
     let calls = Arc::new(AtomicU64::new(0));
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_2("1.0.0"))
-        .migration(tally::migration(calls.clone()))
-        .open()
-        .await
-        .unwrap();
+    let engine = tally::open_on_schema_2(&backend, calls.clone()).await;
     let before = engine.instance(ids[0]).unwrap();
     assert_eq!(before.state_schema(), 1, "opening migrates nothing by itself");
     assert_eq!(before.state::<TallyV1>().unwrap(), TallyV1 { count: 5, stamps: 0 });
@@ -105,7 +85,7 @@ async fn a_step_migrates_old_state_lazily_and_stores_it_in_its_own_commit(backen
 
 async fn background_migration_pauses_survives_a_restart_and_migrates_each_record_once(backend: Backend) {
     // Counts clear of the ones the tally migration refuses (13, 666) or holds (999).
-    let ids = stored_on_schema_1(&backend, 1_000..1_600).await;
+    let ids = tally::stored_on_schema_1(&backend, 1_000..1_600).await;
 
     let calls = Arc::new(AtomicU64::new(0));
     let open = |calls: Arc<AtomicU64>| {
@@ -204,7 +184,7 @@ async fn background_migration_pauses_survives_a_restart_and_migrates_each_record
 }
 
 async fn a_job_stored_before_jobs_had_shares_resumes_where_it_stopped_with_its_counts(backend: Backend) {
-    let ids = stored_on_schema_1(&backend, 1..=10).await;
+    let ids = tally::stored_on_schema_1(&backend, 1..=10).await;
     // An earlier Strata walked a job as one, on the job's own record: four records done, paused.
     let legacy = MigrationJobRecord {
         format: RECORD_FORMAT,
@@ -223,13 +203,7 @@ async fn a_job_stored_before_jobs_had_shares_resumes_where_it_stopped_with_its_c
     backend.store().apply(&[Op::PutMigrationJob(legacy)]).unwrap();
 
     let calls = Arc::new(AtomicU64::new(0));
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_2("1.0.0"))
-        .migration(tally::migration(calls.clone()))
-        .open()
-        .await
-        .unwrap();
+    let engine = tally::open_on_schema_2(&backend, calls.clone()).await;
     let job = engine
         .migration(tally::WORKFLOW)
         .expect("the stored job is followed at open");
@@ -255,23 +229,10 @@ async fn a_job_stored_before_jobs_had_shares_resumes_where_it_stopped_with_its_c
 }
 
 async fn a_failing_or_panicking_migration_leaves_only_that_record_behind(backend: Backend) {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .open()
-        .await
-        .unwrap();
     let counts = [1, tally::FAILS_TO_MIGRATE, 2, tally::PANICS_IN_MIGRATION, 3];
-    let ids = tally::start_waiting(&engine, counts, StartOptions::new()).await;
-    engine.shutdown().await;
+    let ids = tally::stored_on_schema_1(&backend, counts).await;
 
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_2("1.0.0"))
-        .migration(tally::migration(Arc::new(AtomicU64::new(0))))
-        .open()
-        .await
-        .unwrap();
+    let engine = tally::open_on_schema_2(&backend, Arc::new(AtomicU64::new(0))).await;
     let job = engine
         .migrate_states(MigrationJob::new(tally::WORKFLOW).batch_size(2))
         .unwrap();

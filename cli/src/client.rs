@@ -159,6 +159,18 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     message
 }
 
+/// How often a waiting command asks the admin API again.
+pub(crate) const POLL: Duration = Duration::from_millis(500);
+
+/// An answer of the admin API read as the view `T` it documents (`strata-admin-model`).
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T, CliError> {
+    T::deserialize(answer).map_err(|error| {
+        CliError::Unreachable(format!(
+            "the admin API answered with {what} this strata does not read ({error}); use a strata CLI of the engine's release"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,12 +14,10 @@ use strata_admin_model::{
 };
 
 use crate::args::{Command, ConfigCommand, InstancesCommand, MigrateCommand, MoveArgs, RolloutCommand, VersionsArgs};
-use crate::client::AdminClient;
+use crate::client::{typed, AdminClient, POLL};
 use crate::error::CliError;
+use crate::output::Output;
 use crate::table;
-
-/// How often a waiting command asks again.
-pub(crate) const POLL: Duration = Duration::from_millis(500);
 
 /// Runs `command` against `client`; `json` prints the API's answers as they are.
 pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<(), CliError> {
@@ -58,42 +56,6 @@ pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<
     }
 }
 
-/// Writes `text` and a newline to standard output. A reader that went away (`strata ... | head`)
-/// ends the program quietly with success: what it wanted was printed. Any other failure to
-/// write ends it with exit code 4.
-pub(crate) fn print_line(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-        if error.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("strata: could not write to standard output: {error}");
-        std::process::exit(4);
-    }
-}
-
-/// Where answers go.
-pub(crate) struct Output {
-    /// Print the API's JSON.
-    pub json: bool,
-}
-
-impl Output {
-    /// Prints `value` as JSON, or `text` for people.
-    pub(crate) fn show(&self, value: &Value, text: impl FnOnce() -> String) {
-        if self.json {
-            print_line(&serde_json::to_string_pretty(value).unwrap_or_default());
-        } else {
-            print_line(&text());
-        }
-    }
-
-    /// Prints the answer of a change: its JSON, or `sentence`.
-    fn done(&self, value: &Value, sentence: &str) {
-        self.show(value, || sentence.to_string());
-    }
-}
-
 /// A path segment with the characters a URL path cannot hold as they are percent-encoded.
 fn segment(text: &str) -> String {
     let mut encoded = String::new();
@@ -106,15 +68,6 @@ fn segment(text: &str) -> String {
         }
     }
     encoded
-}
-
-/// An answer of the admin API read as the view `T` it documents (`strata-admin-model`).
-pub(crate) fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T, CliError> {
-    T::deserialize(answer).map_err(|error| {
-        CliError::Unreachable(format!(
-            "the admin API answered with {what} this strata does not read ({error}); use a strata CLI of the engine's release"
-        ))
-    })
 }
 
 /// Where an instance is between steps, for people.

@@ -8,9 +8,9 @@ use strata_admin_model::{
     AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, WokenByView,
 };
 
-use crate::client::AdminClient;
-use crate::commands::{print_line, typed, Output, POLL};
+use crate::client::{typed, AdminClient, POLL};
 use crate::error::CliError;
+use crate::output::{print_line, Output};
 use crate::table;
 
 /// Entries per request.

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod error;
 mod history;
+mod output;
 mod table;
 
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
     if let args::Command::Completions { shell } = cli.command {
         let mut script = Vec::new();
         clap_complete::generate(shell, &mut args::Cli::command(), "strata", &mut script);
-        commands::print_line(String::from_utf8_lossy(&script).trim_end());
+        output::print_line(String::from_utf8_lossy(&script).trim_end());
         return ExitCode::SUCCESS;
     }
     let outcome = client::AdminClient::new(&cli.url, cli.token.clone())

@@ -147,3 +147,24 @@ pub async fn start_waiting(
     }
     ids
 }
+
+/// Tally 1.0.0 instances with `counts` stored in `backend` with their state on schema 1, each
+/// waiting for [`GO`] (the engine that started them is shut down).
+pub async fn stored_on_schema_1(backend: &super::Backend, counts: impl IntoIterator<Item = u64>) -> Vec<InstanceId> {
+    let engine = backend.builder().register(on_schema_1("1.0.0")).open().await.unwrap();
+    let ids = start_waiting(&engine, counts, StartOptions::new()).await;
+    engine.shutdown().await;
+    ids
+}
+
+/// An engine on `backend` running tally 1.0.0 on schema 2, with the migration 1 → 2 counting its
+/// calls in `calls`.
+pub async fn open_on_schema_2(backend: &super::Backend, calls: Arc<AtomicU64>) -> Engine {
+    backend
+        .builder()
+        .register(on_schema_2("1.0.0"))
+        .migration(migration(calls))
+        .open()
+        .await
+        .unwrap()
+}

@@ -12,7 +12,8 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodeError;
-use crate::instance::{decode_stored, MoveStamp, MAX_STORED_DEPTH};
+pub use crate::instance::HistoryBook;
+use crate::instance::{MoveStamp, MAX_STORED_DEPTH};
 
 /// How many entries a chunk holds: the record keeps fewer than this, and the commit that adds
 /// the last of a chunk moves the chunk to the store.
@@ -23,27 +24,6 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 1_000;
 
 /// The fewest entries a bound may keep: the first chunk (with the start) and one more.
 pub const MIN_HISTORY_LIMIT: u32 = 2 * HISTORY_CHUNK as u32;
-
-/// Where an instance's history stands, kept in its record. Entries are numbered from 0 (the
-/// start); chunk `c` holds entries `c * HISTORY_CHUNK ..` up to the next chunk; the entries
-/// after the last full chunk are in `tail`.
-///
-/// Its stored field names are short (every record carries them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryBook {
-    /// The number the next entry gets.
-    #[serde(rename = "n")]
-    pub next: u64,
-    /// How many entries (whole chunks after the first) were dropped to keep the bound.
-    #[serde(rename = "f", default)]
-    pub folded: u64,
-    /// The entries not in a chunk yet, encoded one after another.
-    #[serde(rename = "t", with = "serde_bytes", default)]
-    pub tail: Vec<u8>,
-    /// The worker that wrote the newest entry: a step by another is preceded by its claim.
-    #[serde(rename = "w", default)]
-    pub worker: String,
-}
 
 /// What adding an entry asks of the commit that adds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +38,10 @@ impl HistoryBook {
     /// Adds `entry`, keeping at most about `limit` entries (at least [`MIN_HISTORY_LIMIT`];
     /// whole chunks are dropped, so the history may hold up to a chunk more).
     pub fn append(&mut self, entry: &HistoryEntry, limit: u32) -> Result<Appended, EncodeError> {
-        entry.encode_into(&mut self.tail)?;
+        // Encoded apart first, so that an entry that fails to encode leaves the tail as it was.
+        let mut encoded = Vec::with_capacity(48);
+        entry.encode_into(&mut encoded)?;
+        self.tail.extend_from_slice(&encoded);
         self.next += 1;
         let mut appended = Appended::default();
         if self.next % HISTORY_CHUNK == 0 {
@@ -123,18 +106,6 @@ impl HistoryEntry {
             what: "history entry",
             message: error.to_string(),
         })
-    }
-
-    /// The entry in the stored format.
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut bytes = Vec::with_capacity(64);
-        self.encode_into(&mut bytes)?;
-        Ok(bytes)
-    }
-
-    /// Decodes one stored entry.
-    pub fn decode(bytes: &[u8]) -> Result<HistoryEntry, String> {
-        decode_stored(bytes).map_err(|error| error.to_string())
     }
 }
 
@@ -344,7 +315,8 @@ mod tests {
 
     #[test]
     fn a_damaged_chunk_says_which_entry_does_not_decode() {
-        let mut bytes = cancelled_at(1).encode().unwrap();
+        let mut bytes = Vec::new();
+        cancelled_at(1).encode_into(&mut bytes).unwrap();
         bytes.extend_from_slice(&[0xc1, 0x00]);
         let error = decode_entries(10, &bytes).unwrap_err();
         assert!(error.contains("history entry 11"), "{error}");
@@ -370,8 +342,9 @@ mod tests {
                 },
             }),
         };
-        let bytes = entry.encode().unwrap();
-        assert_eq!(HistoryEntry::decode(&bytes).unwrap(), entry);
-        assert!(HistoryEntry::decode(&bytes[..bytes.len() / 2]).is_err());
+        let mut bytes = Vec::new();
+        entry.encode_into(&mut bytes).unwrap();
+        assert_eq!(decode_entries(5, &bytes).unwrap(), [(5, entry)]);
+        assert!(decode_entries(5, &bytes[..bytes.len() / 2]).is_err());
     }
 }

@@ -240,13 +240,35 @@ pub struct InstanceRecord {
     /// Where its history stands: the next entry's number and how many were folded away (none
     /// in a record written before instances kept a history).
     #[serde(default)]
-    pub history: crate::history::HistoryBook,
+    pub history: HistoryBook,
     /// The claim (fencing token) under which this process holds the instance in a store shared
     /// by many processes: a commit of the record lands only while the claim is still the
     /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled,
     /// and 0 in a record written for whichever worker claims it first (an `Accepted` start).
     #[serde(skip)]
     pub claim: u64,
+}
+
+/// Where an instance's history stands, kept in its record. Entries are numbered from 0 (the
+/// start); chunk `c` holds entries from `c * HISTORY_CHUNK` up to the next chunk; the entries
+/// after the last full chunk are in `tail`. What adds to it and reads it is
+/// `crate::history` (`HistoryBook::append`, `tail_entries`).
+///
+/// Its stored field names are short (every record carries them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryBook {
+    /// The number the next entry gets.
+    #[serde(rename = "n")]
+    pub next: u64,
+    /// How many entries (whole chunks after the first) were dropped to keep the bound.
+    #[serde(rename = "f", default)]
+    pub folded: u64,
+    /// The entries not in a chunk yet, encoded one after another.
+    #[serde(rename = "t", with = "serde_bytes", default)]
+    pub tail: Vec<u8>,
+    /// The worker that wrote the newest entry: a step by another is preceded by its claim.
+    #[serde(rename = "w", default)]
+    pub worker: String,
 }
 
 /// Why an instance moved to another version.

@@ -182,7 +182,7 @@ impl Runtime {
         let migrated = self.migrate_for_step(&mut job.record, code.as_ref());
         let facts = transition::AttemptFacts {
             began_ms: self.now(),
-            worker: self.store.cluster().worker_id().to_string(),
+            worker: self.store.cluster().worker_id(),
             migrated_from_schema: (job.record.state.schema != schema_before).then_some(schema_before),
         };
         let began = std::time::Instant::now();

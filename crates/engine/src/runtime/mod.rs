@@ -35,10 +35,10 @@ use crate::instance::{HistoryItem, HistoryRequest, InstanceFilter, InstanceHisto
 use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
 use crate::observe::{Clock, Event, EventBus};
 use crate::registry::{Registry, VersionInfo, VersionStatus};
-use crate::store::{CounterDelta, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryChunk};
+use crate::store::{CounterDelta, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError};
 use cluster::IdBlocks;
 use committer::Committer;
-use strata_core::history::{decode_entries, HistoryEntry, HistoryEvent};
+use strata_core::history::{decode_entries, HistoryEntry, HistoryEvent, HISTORY_CHUNK};
 use strata_core::instance::{
     InstanceId, InstanceRecord, InstanceStatus, PersistedWake, Phase, ScheduledFire, StateEnvelope, VersionKey,
     RECORD_FORMAT,
@@ -989,23 +989,26 @@ impl Runtime {
             limit: usize::MAX,
         };
         let mut entries: Vec<HistoryItem> = Vec::new();
-        let chunks = self.store.history(id, &every_chunk)?;
-        let tail = StoredHistoryChunk {
-            first: book.tail_first(),
-            entries: book.tail.clone(),
+        let mut take_in = |first: u64, bytes: &[u8]| match decode_entries(first, bytes) {
+            Ok(decoded) => entries.extend(
+                decoded
+                    .into_iter()
+                    .map(|(seq, entry)| HistoryItem { seq, entry: Ok(entry) }),
+            ),
+            Err(reason) => entries.push(HistoryItem {
+                seq: first,
+                entry: Err(reason),
+            }),
         };
-        for chunk in chunks.iter().chain(std::iter::once(&tail)) {
-            match decode_entries(chunk.first, &chunk.entries) {
-                Ok(decoded) => entries.extend(
-                    decoded
-                        .into_iter()
-                        .map(|(seq, entry)| HistoryItem { seq, entry: Ok(entry) }),
-                ),
-                Err(reason) => entries.push(HistoryItem {
-                    seq: chunk.first,
-                    entry: Err(reason),
-                }),
-            }
+        let chunks = self.store.history(id, &every_chunk)?;
+        for chunk in &chunks {
+            take_in(chunk.first, &chunk.entries);
+        }
+        // The chunks are read after the record: a commit in between may have moved the record's
+        // tail into a chunk, which then holds every entry of it (an entry never changes).
+        let stored_up_to = chunks.last().map_or(0, |chunk| chunk.first + HISTORY_CHUNK);
+        if book.tail_first() >= stored_up_to {
+            take_in(book.tail_first(), &book.tail);
         }
         let limit = request.limit.max(1);
         if request.newest_first {

@@ -35,11 +35,11 @@ pub(super) enum Attempt {
 
 /// What the driver knows of an attempt besides its result, for the instance's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct AttemptFacts {
+pub(super) struct AttemptFacts<'a> {
     /// When the attempt began (ms since the Unix epoch).
     pub began_ms: u64,
     /// The worker that ran it.
-    pub worker: String,
+    pub worker: &'a str,
     /// The state's schema before the driver migrated it for the step, if it did.
     pub migrated_from_schema: Option<u32>,
 }
@@ -66,7 +66,7 @@ pub(super) fn after_attempt(
     attempt: Attempt,
     code: &dyn VersionCode,
     now: u64,
-    facts: AttemptFacts,
+    facts: AttemptFacts<'_>,
 ) -> StepTransition {
     let ran = (record.step.clone(), record.attempt);
     let woken_by = woken_by(&wake, consumed_signal, record.attempt);
@@ -105,13 +105,13 @@ pub(super) fn after_attempt(
     let (step, attempt) = ran;
     let mut entries = Vec::with_capacity(1);
     if record.history.worker != facts.worker {
+        record.history.worker = facts.worker.to_string();
         entries.push(HistoryEntry {
             at_ms: facts.began_ms,
             event: HistoryEvent::Claimed {
-                worker: facts.worker.clone(),
+                worker: facts.worker.to_string(),
             },
         });
-        record.history.worker = facts.worker;
     }
     entries.push(HistoryEntry {
         at_ms: now,
@@ -382,7 +382,7 @@ mod tests {
             NOW,
             AttemptFacts {
                 began_ms: NOW - 40,
-                worker: "local".to_string(),
+                worker: "local",
                 migrated_from_schema: None,
             },
         )
