@@ -336,12 +336,8 @@ impl Store for FailingStore {
     fn highest_removed_id(&self) -> Result<u64, StoreError> {
         self.inner.highest_removed_id()
     }
-    fn history(
-        &self,
-        instance: InstanceId,
-        page: &strata_store::HistoryPage,
-    ) -> Result<Vec<strata_store::StoredHistoryChunk>, StoreError> {
-        self.inner.history(instance, page)
+    fn history(&self, instance: InstanceId) -> Result<Vec<strata_store::StoredHistoryChunk>, StoreError> {
+        self.inner.history(instance)
     }
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {
         self.inner.quarantined()

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use strata::history::{decode_entries, AttemptOutcome, HistoryEvent, HISTORY_CHUNK};
 use strata::instance::{InstanceRecord, Phase};
-use strata::store::{HistoryPage, SledStore, Store, StoredHistoryChunk};
+use strata::store::{SledStore, Store, StoredHistoryChunk};
 use strata::{InstanceFilter, InstanceId, Outcome, VersionKey};
 use strata_store::VersionCounters;
 use strata_workflows::ledger::{LedgerInput, LedgerState};
@@ -141,15 +141,6 @@ struct Snapshot {
     histories: BTreeMap<u64, Vec<StoredHistoryChunk>>,
 }
 
-fn history_chunks(store: &SledStore, id: InstanceId) -> Vec<StoredHistoryChunk> {
-    let every_chunk = HistoryPage {
-        from: None,
-        newest_first: false,
-        limit: usize::MAX,
-    };
-    store.history(id, &every_chunk).unwrap()
-}
-
 /// History and state never disagree: the chunks stored are the ones the record's book counts
 /// (no chunk of a commit that was lost, none missing), each whole and readable, the first entry
 /// is the start, and the newest entry says where the record is.
@@ -235,7 +226,7 @@ fn read_store(dir: &Path) -> Snapshot {
         .live
         .iter()
         .chain(&finished)
-        .map(|record| (record.id.0, history_chunks(&store, record.id)))
+        .map(|record| (record.id.0, store.history(record.id).unwrap()))
         .collect();
     Snapshot {
         histories,

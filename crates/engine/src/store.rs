@@ -8,8 +8,8 @@
 //! backend.
 
 pub use strata_store::{
-    AppliedConfig, BackendFailure, Cluster, CorruptRecord, DatabaseProblem, HistoryPage, SignalRecord, Store,
-    StoreError, StoreStats, StoredHistoryChunk, WorkerInfo,
+    AppliedConfig, BackendFailure, Cluster, CorruptRecord, DatabaseProblem, SignalRecord, Store, StoreError,
+    StoreStats, StoredHistoryChunk, WorkerInfo,
 };
 
 pub(crate) use strata_store::{

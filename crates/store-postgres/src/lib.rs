@@ -32,7 +32,7 @@ use retry::{Outage, Retry};
 use strata_core::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use strata_core::version::VersionStatus;
 use strata_store::{
-    Applied, AppliedConfig, BackendFailure, Claimed, Cluster, CorruptRecord, DatabaseProblem, HistoryPage, IdKind,
+    Applied, AppliedConfig, BackendFailure, Claimed, Cluster, CorruptRecord, DatabaseProblem, IdKind,
     MigrationJobRecord, Op, RecoveredState, SignalRecord, Store, StoreError, StoreStats, StoredHistoryChunk,
     StoredVersion, VersionCounters, Wakeup, WorkerInfo,
 };
@@ -853,27 +853,11 @@ impl Store for PostgresStore {
         Ok(highest.into_iter().next().unwrap_or(0))
     }
 
-    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryChunk>, StoreError> {
-        let (condition, order) = if page.newest_first {
-            ("seq < $2", "DESC")
-        } else {
-            ("seq > $2", "ASC")
-        };
-        let from = match (page.from, page.newest_first) {
-            (Some(from), _) => signed(from),
-            (None, true) => i64::MAX,
-            (None, false) => -1,
-        };
+    fn history(&self, instance: InstanceId) -> Result<Vec<StoredHistoryChunk>, StoreError> {
         self.query(
             "read history",
-            format!(
-                "SELECT seq, entry FROM strata_history WHERE instance = $1 AND {condition} ORDER BY seq {order} LIMIT $3"
-            ),
-            vec![
-                Box::new(signed(instance.0)),
-                Box::new(from),
-                Box::new(i64::try_from(page.limit).unwrap_or(i64::MAX)),
-            ],
+            "SELECT seq, entry FROM strata_history WHERE instance = $1 ORDER BY seq",
+            vec![Box::new(signed(instance.0))],
             |row| {
                 Ok(StoredHistoryChunk {
                     first: unsigned(row.get(0)),

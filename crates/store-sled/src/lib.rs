@@ -57,8 +57,8 @@ use strata_core::periodic::PeriodicThread;
 use strata_core::version::VersionStatus;
 use strata_store::residency::VersionWrite;
 use strata_store::{
-    Applied, AppliedConfig, CorruptRecord, CounterDelta, HistoryPage, IdKind, MigrationJobRecord, Op, RecoveredState,
-    SignalRecord, Store, StoreError, StoreStats, StoredHistoryChunk, StoredVersion, VersionCounters,
+    Applied, AppliedConfig, CorruptRecord, CounterDelta, IdKind, MigrationJobRecord, Op, RecoveredState, SignalRecord,
+    Store, StoreError, StoreStats, StoredHistoryChunk, StoredVersion, VersionCounters,
 };
 
 const FORMAT_KEY: &[u8] = b"m/format";
@@ -939,43 +939,24 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryChunk>, StoreError> {
+    fn history(&self, instance: InstanceId) -> Result<Vec<StoredHistoryChunk>, StoreError> {
         let prefix = id_key(HISTORY, instance);
-        let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            match (page.from, page.newest_first) {
-                (None, false) => Box::new(self.durable.db.scan_prefix(&prefix)),
-                (None, true) => Box::new(self.durable.db.scan_prefix(&prefix).rev()),
-                (Some(after), false) => match after.checked_add(1) {
-                    Some(next) => Box::new(
-                        self.durable
-                            .db
-                            .range(history_key(instance, next)..=history_key(instance, u64::MAX)),
-                    ),
-                    None => Box::new(std::iter::empty()),
-                },
-                (Some(before), true) => Box::new(
-                    self.durable
-                        .db
-                        .range(prefix.clone()..history_key(instance, before))
-                        .rev(),
-                ),
-            };
-        let mut page_entries = Vec::new();
-        for item in entries.take(page.limit) {
-            let (key, entry) = item.map_err(backend("read history"))?;
-            let Some(seq) = key
+        let mut chunks = Vec::new();
+        for item in self.durable.db.scan_prefix(&prefix) {
+            let (key, entries) = item.map_err(backend("read history"))?;
+            let Some(first) = key
                 .get(prefix.len()..)
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
                 .map(u64::from_be_bytes)
             else {
                 continue;
             };
-            page_entries.push(StoredHistoryChunk {
-                first: seq,
-                entries: entry.to_vec(),
+            chunks.push(StoredHistoryChunk {
+                first,
+                entries: entries.to_vec(),
             });
         }
-        Ok(page_entries)
+        Ok(chunks)
     }
 
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

@@ -20,8 +20,7 @@ use strata_core::rollout::{RolloutRecord, RolloutSpec, RolloutStatus, Stage, Tra
 use strata_core::version::{CounterDelta, VersionCounters, VersionStatus};
 
 use crate::{
-    AppliedConfig, FinishedScope, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryChunk,
-    StoredVersion,
+    AppliedConfig, FinishedScope, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryChunk, StoredVersion,
 };
 
 /// Opens one backend's store on the same data, again and again.
@@ -54,7 +53,7 @@ macro_rules! conformance_tests {
             a_live_record_that_does_not_decode_is_set_apart_with_its_reason,
             ids_are_never_handed_out_twice,
             a_refused_write_changes_nothing,
-            history_chunks_are_kept_in_order_and_read_by_pages_both_ways,
+            history_chunks_are_kept_in_order_and_a_dropped_one_is_gone,
             retention_removes_an_instances_history_with_it,
         );
     };
@@ -750,7 +749,7 @@ pub fn a_refused_write_changes_nothing(harness: &dyn Harness) {
     let (live, signals, _) = held(store.as_ref());
     assert!(live.is_empty() && signals.is_empty(), "{live:?} {signals:?}");
     assert_eq!(
-        history_numbers(store.as_ref(), 1, page(None, false, 10)),
+        history_numbers(store.as_ref(), 1),
         Vec::<u64>::new(),
         "no history chunk either"
     );
@@ -770,26 +769,18 @@ fn history_chunk(instance: u64, first: u64) -> Op {
 }
 
 /// The first entry numbers of a page of `instance`'s history chunks.
-fn history_numbers(store: &dyn Store, instance: u64, page: HistoryPage) -> Vec<u64> {
+fn history_numbers(store: &dyn Store, instance: u64) -> Vec<u64> {
     store
-        .history(InstanceId(instance), &page)
+        .history(InstanceId(instance))
         .unwrap_or_else(|error| panic!("history of {instance}: {error}"))
         .iter()
         .map(|chunk| chunk.first)
         .collect()
 }
 
-fn page(from: Option<u64>, newest_first: bool, limit: usize) -> HistoryPage {
-    HistoryPage {
-        from,
-        newest_first,
-        limit,
-    }
-}
-
-/// An instance's history chunks come back by first entry number, after a reopen, in pages from
-/// either end; a dropped chunk is gone; another instance's chunks are its own.
-pub fn history_chunks_are_kept_in_order_and_read_by_pages_both_ways(harness: &dyn Harness) {
+/// An instance's history chunks come back in order of their first entry numbers, after a
+/// reopen; a dropped chunk is gone; another instance's chunks are its own.
+pub fn history_chunks_are_kept_in_order_and_a_dropped_one_is_gone(harness: &dyn Harness) {
     let store = harness.open();
     let mut first = vec![put(&ready(1, "1.0.0")), start("1.0.0")];
     first.extend((0..3).map(|seq| history_chunk(1, seq)));
@@ -809,9 +800,7 @@ pub fn history_chunks_are_kept_in_order_and_read_by_pages_both_ways(harness: &dy
     });
     apply(store.as_ref(), &later);
 
-    let everything = store
-        .history(InstanceId(1), &page(None, false, 100))
-        .unwrap_or_else(|error| panic!("{error}"));
+    let everything = store.history(InstanceId(1)).unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(
         everything,
         [0, 2, 3, 4, 5]
@@ -821,23 +810,8 @@ pub fn history_chunks_are_kept_in_order_and_read_by_pages_both_ways(harness: &dy
             })
             .to_vec()
     );
-    assert_eq!(history_numbers(store.as_ref(), 1, page(None, false, 2)), [0, 2]);
-    assert_eq!(history_numbers(store.as_ref(), 1, page(Some(2), false, 2)), [3, 4]);
-    assert_eq!(history_numbers(store.as_ref(), 1, page(None, true, 2)), [5, 4]);
-    assert_eq!(history_numbers(store.as_ref(), 1, page(Some(4), true, 10)), [3, 2, 0]);
-    assert_eq!(
-        history_numbers(store.as_ref(), 1, page(Some(0), true, 10)),
-        Vec::<u64>::new()
-    );
-    assert_eq!(
-        history_numbers(store.as_ref(), 1, page(Some(5), false, 10)),
-        Vec::<u64>::new()
-    );
-    assert_eq!(history_numbers(store.as_ref(), 2, page(None, false, 10)), [0]);
-    assert_eq!(
-        history_numbers(store.as_ref(), 3, page(None, false, 10)),
-        Vec::<u64>::new()
-    );
+    assert_eq!(history_numbers(store.as_ref(), 2), [0]);
+    assert_eq!(history_numbers(store.as_ref(), 3), Vec::<u64>::new());
 }
 
 /// Retention removes an instance's history with the instance, and leaves a live one's.
@@ -865,19 +839,16 @@ pub fn retention_removes_an_instances_history_with_it(harness: &dyn Harness) {
         store.as_ref(),
         &[put(&ready(3, "1.0.0")), start("1.0.0"), history_chunk(3, 0)],
     );
-    assert_eq!(history_numbers(store.as_ref(), 2, page(None, false, 10)), [0, 1]);
+    assert_eq!(history_numbers(store.as_ref(), 2), [0, 1]);
     while store.expire_finished(101, 10).unwrap_or_else(|error| panic!("{error}")) == 10 {}
     let store = reopen(harness, store);
     assert!(store
         .load_instance(InstanceId(2))
         .unwrap_or_else(|error| panic!("{error}"))
         .is_none());
+    assert_eq!(history_numbers(store.as_ref(), 2), Vec::<u64>::new());
     assert_eq!(
-        history_numbers(store.as_ref(), 2, page(None, false, 10)),
-        Vec::<u64>::new()
-    );
-    assert_eq!(
-        history_numbers(store.as_ref(), 3, page(None, false, 10)),
+        history_numbers(store.as_ref(), 3),
         [0],
         "a live instance keeps its history"
     );

@@ -554,18 +554,6 @@ pub struct FinishedScope {
     pub after: Option<InstanceId>,
 }
 
-/// Which chunks of an instance's history a read returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPage {
-    /// Only chunks whose first entry number is after this one (oldest first) or before it
-    /// (newest first).
-    pub from: Option<u64>,
-    /// Newest first, else oldest first.
-    pub newest_first: bool,
-    /// At most this many chunks.
-    pub limit: usize,
-}
-
 /// A chunk of an instance's history as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredHistoryChunk {
@@ -641,10 +629,10 @@ pub trait Store: Send + Sync + 'static {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;
-    /// Stored chunks of an instance's history, in the page's order of their first entry numbers
-    /// (`from` and `limit` count chunks). An instance with no chunk (or removed by retention) has
-    /// none; the newest entries are in its record until they fill a chunk.
-    fn history(&self, instance: InstanceId, page: &HistoryPage) -> Result<Vec<StoredHistoryChunk>, StoreError>;
+    /// The stored chunks of an instance's history, oldest first (a history is bounded, so it is
+    /// read whole). An instance with no chunk (or removed by retention) has none; its newest
+    /// entries are in its record until they fill a chunk.
+    fn history(&self, instance: InstanceId) -> Result<Vec<StoredHistoryChunk>, StoreError>;
     /// Quarantined records: id and reason.
     fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError>;
     /// Every applied config, oldest generation first.

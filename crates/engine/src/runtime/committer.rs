@@ -413,11 +413,7 @@ mod tests {
         fn highest_removed_id(&self) -> Result<u64, StoreError> {
             Ok(0)
         }
-        fn history(
-            &self,
-            _instance: InstanceId,
-            _page: &crate::store::HistoryPage,
-        ) -> Result<Vec<crate::store::StoredHistoryChunk>, StoreError> {
+        fn history(&self, _instance: InstanceId) -> Result<Vec<crate::store::StoredHistoryChunk>, StoreError> {
             Ok(Vec::new())
         }
         fn quarantined(&self) -> Result<Vec<CorruptRecord>, StoreError> {

@@ -35,7 +35,7 @@ use crate::instance::{HistoryItem, HistoryRequest, InstanceFilter, InstanceHisto
 use crate::migrate::{JobControl, MigrationChains, StateMigration, StepMapping, StepMappings};
 use crate::observe::{Clock, Event, EventBus};
 use crate::registry::{Registry, VersionInfo, VersionStatus};
-use crate::store::{CounterDelta, HistoryPage, IdKind, Op, SignalRecord, Store, StoreError};
+use crate::store::{CounterDelta, IdKind, Op, SignalRecord, Store, StoreError};
 use cluster::IdBlocks;
 use committer::Committer;
 use strata_core::history::{decode_entries, HistoryEntry, HistoryEvent, HISTORY_CHUNK};
@@ -983,11 +983,6 @@ impl Runtime {
     /// its record (every entry committed with the change it records, wherever the instance ran).
     pub(crate) fn history(&self, id: InstanceId, request: &HistoryRequest) -> Result<InstanceHistory, EngineError> {
         let book = self.instance(id)?.record.history;
-        let every_chunk = HistoryPage {
-            from: None,
-            newest_first: false,
-            limit: usize::MAX,
-        };
         let mut entries: Vec<HistoryItem> = Vec::new();
         let mut take_in = |first: u64, bytes: &[u8]| match decode_entries(first, bytes) {
             Ok(decoded) => entries.extend(
@@ -1000,7 +995,7 @@ impl Runtime {
                 entry: Err(reason),
             }),
         };
-        let chunks = self.store.history(id, &every_chunk)?;
+        let chunks = self.store.history(id)?;
         for chunk in &chunks {
             take_in(chunk.first, &chunk.entries);
         }
