@@ -38,10 +38,12 @@ impl HistoryBook {
     /// Adds `entry`, keeping at most about `limit` entries (at least [`MIN_HISTORY_LIMIT`];
     /// whole chunks are dropped, so the history may hold up to a chunk more).
     pub fn append(&mut self, entry: &HistoryEntry, limit: u32) -> Result<Appended, EncodeError> {
-        // Encoded apart first, so that an entry that fails to encode leaves the tail as it was.
-        let mut encoded = Vec::with_capacity(48);
-        entry.encode_into(&mut encoded)?;
-        self.tail.extend_from_slice(&encoded);
+        let before = self.tail.len();
+        if let Err(error) = entry.encode_into(&mut self.tail) {
+            // An entry that fails to encode leaves the tail as it was.
+            self.tail.truncate(before);
+            return Err(error);
+        }
         self.next += 1;
         let mut appended = Appended::default();
         if self.next % HISTORY_CHUNK == 0 {
