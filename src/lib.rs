@@ -29,9 +29,9 @@ pub use strata_engine::{config, history, instance, migrate, observe, registry, r
 pub use strata_engine::{
     Clock, DefinitionError, Durability, Engine, EngineBuilder, EngineError, EnginePart, Event, Gates, HistoryRequest,
     InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, ManualClock, MetricsSnapshot,
-    MigrationJob, MoveRequest, Next, OnRollback, Outcome, PartStart, RetryPolicy, RolloutSpec, Stage, StartOptions,
-    StateMigration, StepCtx, StepError, StepMapping, StepResult, Store, StoreError, StoreOpening, UpgradePolicy,
-    Version, VersionInfo, VersionKey, VersionStatus, WakeReason, WorkflowVersion,
+    MigrationJob, MoveRequest, Next, OnRollback, Outcome, PartStart, RetryPolicy, ReviveRequest, RolloutSpec, Stage,
+    StartOptions, StateMigration, StepCtx, StepError, StepMapping, StepResult, Store, StoreError, StoreOpening,
+    UpgradePolicy, Version, VersionInfo, VersionKey, VersionStatus, WakeReason, WorkflowVersion,
 };
 
 #[cfg(any(feature = "sled", feature = "postgres"))]

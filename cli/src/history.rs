@@ -192,6 +192,25 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
             ),
         ),
         HistoryEventView::Quarantined { reason } => ("quarantined".to_string(), String::new(), reason.clone()),
+        HistoryEventView::Revived {
+            from,
+            to,
+            from_step,
+            to_step,
+            from_schema,
+            to_schema,
+            failure,
+        } => (
+            "revived".to_string(),
+            String::new(),
+            format!(
+                "{from} -> {to}, step {from_step} -> {to_step}, schema {from_schema} -> {to_schema}; it had {}",
+                match failure {
+                    Some(reason) => format!("failed: {reason}"),
+                    None => "been cancelled".to_string(),
+                }
+            ),
+        ),
         HistoryEventView::Unreadable { reason } => ("unreadable entry".to_string(), String::new(), reason.clone()),
         HistoryEventView::Other => (
             "unknown entry".to_string(),

@@ -92,6 +92,23 @@ pub enum HistoryEventView {
         /// Why.
         reason: String,
     },
+    /// An operator revived it after it had failed or been cancelled: it is live again.
+    Revived {
+        /// The version it had ended on.
+        from: String,
+        /// The version it is live on again.
+        to: String,
+        /// The step it had ended on.
+        from_step: String,
+        /// The step it runs next.
+        to_step: String,
+        /// Its state's schema when it ended.
+        from_schema: u32,
+        /// Its state's schema now.
+        to_schema: u32,
+        /// Why it had failed; absent: it had been cancelled.
+        failure: Option<String>,
+    },
     /// The entry's stored bytes do not decode.
     Unreadable {
         /// Why.

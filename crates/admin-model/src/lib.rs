@@ -61,6 +61,10 @@ pub struct VersionView {
     pub moved_in: u64,
     /// Instances moved from it to another version.
     pub moved_out: u64,
+    /// Failed or cancelled instances revived on it (live on it again; the version they ended
+    /// on keeps their ending in its counts).
+    #[serde(default)]
+    pub revived: u64,
     /// The oldest live instance: its id and start time (ms since the Unix epoch).
     pub oldest_live: Option<OldestView>,
     /// Whether its code can be deleted: no live instance, and none can arrive.

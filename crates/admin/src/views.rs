@@ -38,6 +38,7 @@ pub(super) fn version_view(info: &VersionInfo) -> VersionView {
         cancelled: info.counters.cancelled,
         moved_in: info.counters.moved_in,
         moved_out: info.counters.moved_out,
+        revived: info.counters.revived,
         oldest_live: info.oldest_live.map(|(id, started_at_ms)| OldestView {
             id: id.0,
             started_at_ms,
@@ -177,6 +178,15 @@ fn history_entry(item: &strata_engine::instance::HistoryItem) -> HistoryEntryVie
             moved: move_view(stamp),
         },
         HistoryEvent::Quarantined { reason } => HistoryEventView::Quarantined { reason: reason.clone() },
+        HistoryEvent::Revived(stamp) => HistoryEventView::Revived {
+            from: stamp.from.to_string(),
+            to: stamp.to.to_string(),
+            from_step: stamp.from_step.clone(),
+            to_step: stamp.to_step.clone(),
+            from_schema: stamp.from_schema,
+            to_schema: stamp.to_schema,
+            failure: stamp.failure.clone(),
+        },
         _ => HistoryEventView::Other,
     };
     HistoryEntryView {

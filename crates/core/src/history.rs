@@ -160,6 +160,28 @@ pub enum HistoryEvent {
         /// Why.
         reason: String,
     },
+    /// An operator revived it after it had failed or been cancelled: it is live again.
+    #[serde(rename = "rv")]
+    Revived(ReviveStamp),
+}
+
+/// A revival: how the instance had ended, and where it was taken up again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviveStamp {
+    /// The version it had ended on.
+    pub from: Version,
+    /// The version it is live on again (the same one, or a fix).
+    pub to: Version,
+    /// Its cursor when it ended (the step that failed, or the one it was cancelled before).
+    pub from_step: String,
+    /// The step it runs next.
+    pub to_step: String,
+    /// Its state's schema when it ended.
+    pub from_schema: u32,
+    /// Its state's schema now (the target version's).
+    pub to_schema: u32,
+    /// Why it had failed; `None`: it had been cancelled.
+    pub failure: Option<String>,
 }
 
 /// One attempt of a step, on the version the instance was on then (its start's, or its last

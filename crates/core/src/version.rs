@@ -49,6 +49,10 @@ pub struct VersionCounters {
     /// Instances moved from this version to another (format 2).
     #[serde(default)]
     pub moved_out: u64,
+    /// Ended (failed or cancelled) instances revived on this version: live on it again. The
+    /// counts of the version they ended on keep their ending.
+    #[serde(default)]
+    pub revived: u64,
     /// When the first instance started (ms since the Unix epoch).
     pub first_start_ms: Option<u64>,
     /// When the last instance started (ms since the Unix epoch).
@@ -65,6 +69,7 @@ impl VersionCounters {
         self.cancelled += delta.cancelled;
         self.moved_in += delta.moved_in;
         self.moved_out += delta.moved_out;
+        self.revived += delta.revived;
         if let Some(at) = delta.started_at_ms {
             self.first_start_ms = Some(self.first_start_ms.map_or(at, |first| first.min(at)));
             self.last_start_ms = Some(self.last_start_ms.map_or(at, |last| last.max(at)));
@@ -89,6 +94,8 @@ pub struct CounterDelta {
     pub moved_in: u64,
     /// Instances moved out.
     pub moved_out: u64,
+    /// Instances revived on the version.
+    pub revived: u64,
     /// The start time of a started instance.
     pub started_at_ms: Option<u64>,
 }
@@ -118,6 +125,15 @@ impl CounterDelta {
                 moved_out: count,
                 ..CounterDelta::default()
             }
+        }
+    }
+
+    /// The change for `count` ended instances revived on a version: live on it again.
+    pub fn revived(count: u64) -> Self {
+        CounterDelta {
+            live: count as i64,
+            revived: count,
+            ..CounterDelta::default()
         }
     }
 

@@ -11,7 +11,10 @@ use tokio::sync::broadcast;
 
 use crate::error::EngineError;
 use crate::instance::{InstanceFilter, InstanceInfo, Outcome};
-use crate::migrate::{MigrationHandle, MigrationJob, MovePlan, MoveReport, MoveRequest, StateMigration, StepMapping};
+use crate::migrate::{
+    MigrationHandle, MigrationJob, MovePlan, MoveReport, MoveRequest, RevivePlan, ReviveReport, ReviveRequest,
+    StateMigration, StepMapping,
+};
 use crate::observe::{Clock, Event, MetricsSnapshot, SystemClock};
 use crate::parts::{Extensions, Parts};
 use crate::registry::{VersionInfo, VersionStatus};
@@ -921,6 +924,28 @@ impl Engine {
         let request = request.clone();
         self.to_completion("move_instances", move |engine| async move {
             engine.runtime.apply_moves(&request).await
+        })
+        .await
+    }
+
+    /// A dry run of a revival: for every failed or cancelled instance the request selects, the
+    /// version and step it would be taken up at, or why it cannot be (it did not end so, no
+    /// counterpart step, no migration path, the target is retired, ...). Nothing is written.
+    pub fn plan_revive(&self, request: &ReviveRequest) -> Result<RevivePlan, EngineError> {
+        self.runtime.plan_revive(request)
+    }
+
+    /// Revives the failed and cancelled instances a request selects, in batches of one commit
+    /// each: live again on the target (their own version, or one that fixes what failed them),
+    /// at the step they ended on or a mapped one, their state migrated along the chain, with the
+    /// revival in their history. The target's `revived` and `live` counters count them (the
+    /// counters of the version they ended on keep their ending); a drained target is `Draining`
+    /// again ([`Event::VersionUndrained`]). Instances that cannot be revived when their turn
+    /// comes are reported with the reason and left as they were.
+    pub async fn revive(&self, request: &ReviveRequest) -> Result<ReviveReport, EngineError> {
+        let request = request.clone();
+        self.to_completion("revive", move |engine| async move {
+            engine.runtime.apply_revive(&request).await
         })
         .await
     }

@@ -39,7 +39,7 @@ pub use error::EngineError;
 pub use instance::{
     HistoryRequest, InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, Outcome, VersionKey,
 };
-pub use migrate::{MigrationJob, MoveRequest, StateMigration, StepMapping};
+pub use migrate::{MigrationJob, MoveRequest, ReviveRequest, StateMigration, StepMapping};
 pub use observe::{Clock, Event, ManualClock, MetricsSnapshot};
 pub use registry::{VersionInfo, VersionStatus};
 pub use rollout::{Gates, OnRollback, RolloutSpec, Stage};

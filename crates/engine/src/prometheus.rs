@@ -75,7 +75,7 @@ pub(crate) fn render(exposition: &Exposition<'_>) -> String {
     let mut text = String::new();
     let versions = exposition.versions;
     type Value = fn(&VersionInfo, &MetricsSnapshot) -> f64;
-    let per_version: [(&str, &str, &str, Value); 9] = [
+    let per_version: [(&str, &str, &str, Value); 10] = [
         (
             "strata_instances_started_total",
             "counter",
@@ -105,6 +105,12 @@ pub(crate) fn render(exposition: &Exposition<'_>) -> String {
             "counter",
             "Instances moved to the version from another.",
             |info, _| info.counters.moved_in as f64,
+        ),
+        (
+            "strata_instances_revived_total",
+            "counter",
+            "Failed or cancelled instances revived on the version.",
+            |info, _| info.counters.revived as f64,
         ),
         (
             "strata_live_instances",

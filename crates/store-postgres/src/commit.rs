@@ -9,6 +9,7 @@ use deadpool_postgres::Pool;
 use crate::parameters::typed;
 use crate::TOUCHED_VERSIONS_QUERY;
 use crate::{encode, failed, pool_failed, signed, stored_version, unsigned, version_row_columns, version_text};
+use strata_core::instance::EncodedInstance;
 use strata_core::instance::{InstanceId, VersionKey};
 use strata_core::version::VersionStatus;
 use strata_store::residency::VersionWrite;
@@ -53,6 +54,24 @@ struct InstanceRow {
     record: Vec<u8>,
 }
 
+impl InstanceRow {
+    /// The row of an encoded record.
+    fn of(record: &EncodedInstance) -> InstanceRow {
+        InstanceRow {
+            id: signed(record.id.0),
+            claim: signed(record.claim),
+            workflow: record.key.workflow.clone(),
+            version: record.key.version.to_string(),
+            live: !record.finished,
+            status: record.status.as_str(),
+            due_ms: record.due_ms.map(signed),
+            created_ms: signed(record.created_at_ms),
+            finished_ms: record.finished.then(|| signed(record.updated_at_ms)),
+            record: record.bytes.clone(),
+        }
+    }
+}
+
 /// History chunks to write and to drop, as statement arrays.
 #[derive(Default)]
 struct HistoryRows<'a> {
@@ -77,6 +96,8 @@ struct CounterSum {
 #[derive(Default)]
 pub(super) struct Writes {
     instances: Vec<InstanceRow>,
+    /// Ended instances revived: live again, held by the committing worker.
+    revivals: Vec<InstanceRow>,
     instance_index: HashMap<i64, usize>,
     signals: HashMap<(i64, i64), Option<Vec<u8>>>,
     counters: HashMap<VersionKey, CounterSum>,
@@ -96,19 +117,9 @@ impl Writes {
         let mut writes = Writes::default();
         for op in ops {
             match op {
+                Op::ReviveInstance(record) => writes.revivals.push(InstanceRow::of(record)),
                 Op::PutInstance(record) => {
-                    let row = InstanceRow {
-                        id: signed(record.id.0),
-                        claim: signed(record.claim),
-                        workflow: record.key.workflow.clone(),
-                        version: record.key.version.to_string(),
-                        live: !record.finished,
-                        status: record.status.as_str(),
-                        due_ms: record.due_ms.map(signed),
-                        created_ms: signed(record.created_at_ms),
-                        finished_ms: record.finished.then(|| signed(record.updated_at_ms)),
-                        record: record.bytes.clone(),
-                    };
+                    let row = InstanceRow::of(record);
                     match writes.instance_index.get(&row.id) {
                         Some(&index) => writes.instances[index] = row,
                         None => {
@@ -133,6 +144,7 @@ impl Writes {
                     sum.delta.cancelled += delta.cancelled;
                     sum.delta.moved_in += delta.moved_in;
                     sum.delta.moved_out += delta.moved_out;
+                    sum.delta.revived += delta.revived;
                     if let Some(at) = delta.started_at_ms.map(signed) {
                         sum.first_start_ms = Some(sum.first_start_ms.map_or(at, |first| first.min(at)));
                         sum.last_start_ms = Some(sum.last_start_ms.map_or(at, |last| last.max(at)));
@@ -284,6 +296,46 @@ impl Writes {
         Ok(())
     }
 
+    /// Makes the revived instances live again, held by `worker` under the claim each record
+    /// carries (the row's previous fence plus one): only rows still ended with that fence, or
+    /// the write fails whole with [`StoreError::NoLongerEnded`].
+    async fn write_revivals(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        worker: &str,
+    ) -> Result<(), StoreError> {
+        let rows = &self.revivals;
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let versions: Vec<&str> = rows.iter().map(|row| row.version.as_str()).collect();
+        let statuses: Vec<&str> = rows.iter().map(|row| row.status).collect();
+        let due: Vec<Option<i64>> = rows.iter().map(|row| row.due_ms).collect();
+        let records: Vec<&[u8]> = rows.iter().map(|row| row.record.as_slice()).collect();
+        let claims: Vec<i64> = rows.iter().map(|row| row.claim).collect();
+        let written = transaction
+            .query_typed(
+                "UPDATE strata_instances AS current SET version = row.version, live = true, status = row.status,
+                     due_ms = row.due_ms, record = row.record, fence = row.fence, owner = $7,
+                     finished_ms = NULL, claimed_in = NULL
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[])
+                     AS row (id, version, status, due_ms, record, fence)
+                 WHERE current.id = row.id AND NOT current.live AND current.fence = row.fence - 1
+                 RETURNING current.id",
+                typed![&ids, &versions, &statuses, &due, &records, &claims, &worker],
+            )
+            .await
+            .map_err(failed("revive instances"))?;
+        if written.len() < ids.len() {
+            let written: std::collections::HashSet<i64> = written.iter().map(|row| row.get(0)).collect();
+            let ids = ids
+                .iter()
+                .filter(|id| !written.contains(id))
+                .map(|id| InstanceId(unsigned(*id)))
+                .collect();
+            return Err(StoreError::NoLongerEnded { ids });
+        }
+        Ok(())
+    }
+
     /// Every version whose counters or status the writes change, in one order.
     fn version_keys(&self) -> Vec<VersionKey> {
         let mut keys: Vec<VersionKey> = self.counters.keys().chain(self.statuses.keys()).cloned().collect();
@@ -389,6 +441,9 @@ impl Writes {
                     .await
                     .map_err(failed("delete signals"))?;
             }
+        }
+        if !self.revivals.is_empty() {
+            self.write_revivals(transaction, worker).await?;
         }
         let (stored, deleted): (Vec<_>, Vec<_>) = self.signals.iter().partition(|(_, record)| record.is_some());
         if !stored.is_empty() {
@@ -540,9 +595,9 @@ impl Writes {
             .query_typed(
                 concat!(
                     "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
-                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms)
+                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms, revived)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
              ON CONFLICT (workflow, version) DO UPDATE SET
                  live = GREATEST(current.live + EXCLUDED.live, 0),
                  started = current.started + EXCLUDED.started,
@@ -551,6 +606,7 @@ impl Writes {
                  cancelled = current.cancelled + EXCLUDED.cancelled,
                  moved_in = current.moved_in + EXCLUDED.moved_in,
                  moved_out = current.moved_out + EXCLUDED.moved_out,
+                 revived = current.revived + EXCLUDED.revived,
                  first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
                  last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)
              RETURNING ",
@@ -568,6 +624,7 @@ impl Writes {
                     &column(|delta| signed(delta.moved_out)),
                     &first,
                     &last,
+                    &column(|delta| signed(delta.revived)),
                 ],
             )
             .await
@@ -581,22 +638,35 @@ impl Writes {
         // as on every backend), or by the counters it changes (the drain is the write's status).
         let mut draining: Vec<VersionKey> = Vec::new();
         let mut drained: Vec<VersionKey> = Vec::new();
+        // Versions whose drain the write undoes by counters alone (revived instances).
+        let mut undrained: Vec<VersionKey> = Vec::new();
+        // The status a write that sets one leaves, by the rule.
+        let mut decided: HashMap<&VersionKey, VersionStatus> = HashMap::new();
         for version in &stored {
+            let sum = self.counters.get(&version.key);
             let write = VersionWrite {
                 before: version.status,
                 set: self.statuses.get(&version.key).copied(),
-                starts: self.counters.get(&version.key).is_some_and(|sum| sum.delta.started > 0),
+                starts: sum.is_some_and(|sum| sum.delta.started > 0),
+                arrivals: sum.is_some_and(|sum| sum.delta.moved_in > 0 || sum.delta.revived > 0),
                 live_after: version.counters.live,
             };
-            if strata_store::residency::decide(&version.key, write)?.drains {
+            let decision = strata_store::residency::decide(&version.key, write)?;
+            if let Some((key, status)) = self.statuses.get_key_value(&version.key) {
+                decided.insert(key, decision.status.unwrap_or(*status));
+            }
+            if decision.drains {
                 if self.statuses.contains_key(&version.key) {
                     drained.push(version.key.clone());
                 } else {
                     draining.push(version.key.clone());
                 }
+            } else if decision.undrains && !self.statuses.contains_key(&version.key) {
+                undrained.push(version.key.clone());
             }
         }
-        for (key, status) in &self.statuses {
+        for (key, status) in &decided {
+            let key = *key;
             // A status written anew is no longer one a worker drained and has to announce,
             // unless this write drains it.
             let (status, drained_by) = if drained.contains(key) {
@@ -624,6 +694,22 @@ impl Writes {
                 version.status_changes = unsigned(changes);
             }
         }
+        if !undrained.is_empty() {
+            let (workflows, versions) = crate::version_columns(&undrained);
+            for row in transaction
+                .query_typed(
+                    "UPDATE strata_versions SET status = 'draining', drained_by = NULL, status_changes = status_changes + 1
+                 WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+                   AND status = 'drained' AND live > 0
+                 RETURNING workflow, version, status_changes",
+                    typed![&workflows, &versions],
+                )
+                .await
+                .map_err(failed("undo drains"))?
+            {
+                set_status(&mut stored, &row, VersionStatus::Draining);
+            }
+        }
         if draining.is_empty() {
             return Ok(Applied {
                 versions: stored,
@@ -644,20 +730,29 @@ impl Writes {
             .await
             .map_err(failed("drain versions"))?
         {
-            let (workflow, version, changes): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
-            let Some(stored) = stored
-                .iter_mut()
-                .find(|stored| stored.key.workflow == workflow && stored.key.version.to_string() == version)
-            else {
-                continue;
-            };
-            stored.status = Some(VersionStatus::Drained);
-            stored.status_changes = unsigned(changes);
-            drained.push(stored.key.clone());
+            if let Some(key) = set_status(&mut stored, &row, VersionStatus::Drained) {
+                drained.push(key);
+            }
         }
         Ok(Applied {
             versions: stored,
             drained,
         })
     }
+}
+
+/// Records on `stored` the status a statement returning `workflow, version, status_changes` set
+/// on one version row; the version's key, if `stored` has it.
+fn set_status(
+    stored: &mut [strata_store::StoredVersion],
+    row: &tokio_postgres::Row,
+    status: VersionStatus,
+) -> Option<VersionKey> {
+    let (workflow, version, changes): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+    let stored = stored
+        .iter_mut()
+        .find(|stored| stored.key.workflow == workflow && stored.key.version.to_string() == version)?;
+    stored.status = Some(status);
+    stored.status_changes = unsigned(changes);
+    Some(stored.key.clone())
 }

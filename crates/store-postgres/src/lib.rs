@@ -633,7 +633,7 @@ impl PostgresStore {
         while found.len() < limit {
             let page = self.query(
                 "read instances",
-                "SELECT id, record FROM strata_instances
+                "SELECT id, record, fence FROM strata_instances
                  WHERE live = $1 AND id > $2 AND ($3::text IS NULL OR workflow = $3) AND ($4::text IS NULL OR version = $4)
                  ORDER BY id LIMIT $5",
                 vec![
@@ -643,15 +643,18 @@ impl PostgresStore {
                     Box::new(version.clone()),
                     Box::new(PAGE),
                 ],
-                |row| Ok((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1))),
+                |row| Ok((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1), row.get::<_, i64>(2))),
             )?;
-            let Some((last, _)) = page.last() else {
+            let Some((last, ..)) = page.last() else {
                 break;
             };
             after = *last;
-            for (_, bytes) in page {
+            for (_, bytes, fence) in page {
                 match InstanceRecord::decode(&bytes) {
-                    Ok(record) if found.len() < limit && keep(&record) => found.push(record),
+                    Ok(mut record) if found.len() < limit && keep(&record) => {
+                        record.claim = unsigned(fence);
+                        found.push(record);
+                    }
                     Ok(_) => {}
                     Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
                 }
@@ -793,9 +796,14 @@ impl Store for PostgresStore {
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
         let found = self.query(
             "load instance",
-            "SELECT record FROM strata_instances WHERE id = $1",
+            "SELECT record, fence FROM strata_instances WHERE id = $1",
             vec![Box::new(signed(id.0))],
-            |row| InstanceRecord::decode(row.get(0)).map_err(|message| StoreError::failed("load instance", message)),
+            |row| {
+                let mut record = InstanceRecord::decode(row.get(0))
+                    .map_err(|message| StoreError::failed("load instance", message))?;
+                record.claim = unsigned(row.get(1));
+                Ok(record)
+            },
         )?;
         Ok(found.into_iter().next())
     }
@@ -959,7 +967,7 @@ async fn settle_commit(pool: &Pool, worker: &str, unsettled: &Unsettled, retry: 
 macro_rules! version_row_columns {
     () => {
         "workflow, version, status, live, started, completed, failed, cancelled, moved_in, moved_out,
-         first_start_ms, last_start_ms, status_changes"
+         first_start_ms, last_start_ms, status_changes, revived"
     };
 }
 pub(crate) use version_row_columns;
@@ -1000,6 +1008,7 @@ fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError
             cancelled: unsigned(row.get(7)),
             moved_in: unsigned(row.get(8)),
             moved_out: unsigned(row.get(9)),
+            revived: unsigned(row.get(13)),
             first_start_ms: row.get::<_, Option<i64>>(10).map(unsigned),
             last_start_ms: row.get::<_, Option<i64>>(11).map(unsigned),
         },

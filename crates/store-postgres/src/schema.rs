@@ -29,10 +29,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "which worker drained a version and has not announced it yet", V7),
     (8, "how many times each version's status was written", V8),
     (9, "each instance's history", V9),
+    (10, "how many ended instances were revived on each version", V10),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 9;
+pub(crate) const SCHEMA_VERSION: i32 = 10;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -213,6 +214,11 @@ CREATE TABLE strata_history (
     entry bytea NOT NULL,
     PRIMARY KEY (instance, seq)
 );
+";
+
+/// Schema 10: how many ended (failed or cancelled) instances were revived on each version.
+const V10: &str = "
+ALTER TABLE strata_versions ADD COLUMN revived bigint NOT NULL DEFAULT 0;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.

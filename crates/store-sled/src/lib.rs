@@ -566,8 +566,12 @@ impl Store for SledStore {
         let mut residency = self.versions.lock();
         let mut counters: HashMap<&VersionKey, VersionCounters> = HashMap::new();
         let mut statuses: HashMap<&VersionKey, VersionStatus> = HashMap::new();
-        // Versions this write starts instances on (the residency rule checks them).
+        // Versions this write starts instances on, and brings instances onto (the residency
+        // rule checks them).
         let mut starting: Vec<&VersionKey> = Vec::new();
+        let mut arriving: Vec<&VersionKey> = Vec::new();
+        // Instances a revival found no longer ended.
+        let mut no_longer_ended: Vec<InstanceId> = Vec::new();
         // The last commit's buffer, so a group's frame does not grow a fresh allocation.
         let mut batch = Changes::in_buffer(std::mem::take(&mut *self.spare_frame.lock()));
         for op in ops {
@@ -584,6 +588,19 @@ impl Store for SledStore {
                         batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
                     }
                 }
+                Op::ReviveInstance(record) => {
+                    if !self
+                        .durable
+                        .db
+                        .contains_key(id_key(FINISHED, record.id))
+                        .map_err(backend("read a finished instance"))?
+                    {
+                        no_longer_ended.push(record.id);
+                    }
+                    batch.remove(id_key(FINISHED, record.id));
+                    batch.remove(workflow_key(&record.key.workflow, record.id));
+                    batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
+                }
                 Op::PutSignal(signal) => {
                     batch.insert(signal_key(signal.instance, signal.seq), encode("signal", signal)?);
                 }
@@ -599,6 +616,9 @@ impl Store for SledStore {
                 Op::AdjustCounters { key, delta } => {
                     if delta.started > 0 && !starting.contains(&key) {
                         starting.push(key);
+                    }
+                    if (delta.moved_in > 0 || delta.revived > 0) && !arriving.contains(&key) {
+                        arriving.push(key);
                     }
                     counters
                         .entry(key)
@@ -668,6 +688,9 @@ impl Store for SledStore {
                 }
             }
         }
+        if !no_longer_ended.is_empty() {
+            return Err(StoreError::NoLongerEnded { ids: no_longer_ended });
+        }
         let live_of = |key: &VersionKey| {
             counters
                 .get(key)
@@ -684,10 +707,15 @@ impl Store for SledStore {
                 before: residency.statuses.get(key).map(|stamp| stamp.status),
                 set: statuses.get(key).copied(),
                 starts: starting.contains(&key),
+                arrivals: arriving.contains(&key),
                 live_after: live_of(key),
             };
-            if strata_store::residency::decide(key, write)?.drains {
+            let decision = strata_store::residency::decide(key, write)?;
+            if decision.drains {
                 drained.push(key);
+            }
+            if decision.undrains {
+                statuses.insert(key, VersionStatus::Draining);
             }
         }
         for key in &drained {

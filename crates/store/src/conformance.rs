@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             a_refused_write_changes_nothing,
             history_chunks_are_kept_in_order_and_a_dropped_one_is_gone,
             retention_removes_an_instances_history_with_it,
+            a_revived_instance_is_live_again_once_and_undrains_its_drained_version,
         );
     };
     (@each $harness:expr; $($check:ident),+ $(,)?) => {
@@ -851,5 +852,94 @@ pub fn retention_removes_an_instances_history_with_it(harness: &dyn Harness) {
         history_numbers(store.as_ref(), 3),
         [0],
         "a live instance keeps its history"
+    );
+}
+
+/// A revival makes an ended instance live again, held by the reviving worker, in the write that
+/// counts it; a second revival of it (another process's, from an older read) fails whole and
+/// changes nothing; a `Drained` version the write gives live instances is `Draining` again, and
+/// drains again when they end.
+pub fn a_revived_instance_is_live_again_once_and_undrains_its_drained_version(harness: &dyn Harness) {
+    let store = harness.open();
+    apply(store.as_ref(), &[put(&ready(1, "1.0.0")), start("1.0.0")]);
+    let (holding, _, _) = held(store.as_ref());
+    let mut failed = record(
+        1,
+        "1.0.0",
+        Phase::Failed {
+            reason: "card declined".to_string(),
+        },
+    );
+    failed.claim = claim_of(&holding, 1);
+    apply(store.as_ref(), &[put(&failed), finish("1.0.0", InstanceStatus::Failed)]);
+    let drained = apply(store.as_ref(), &[set("1.0.0", VersionStatus::Draining)]);
+    assert_eq!(drained.drained, vec![key("1.0.0")]);
+
+    let ended = store
+        .load_instance(InstanceId(1))
+        .unwrap_or_else(|error| panic!("{error}"))
+        .unwrap_or_else(|| panic!("the failed instance is stored"));
+    let mut revived = ready(1, "1.0.0");
+    revived.claim = ended.claim + 1;
+    let revival = [
+        Op::ReviveInstance(revived.encode().unwrap_or_else(|error| panic!("{error}"))),
+        Op::AdjustCounters {
+            key: key("1.0.0"),
+            delta: CounterDelta::revived(1),
+        },
+    ];
+    let applied = apply(store.as_ref(), &revival);
+    let reported = applied.versions.iter().find(|version| version.key == key("1.0.0"));
+    assert_eq!(
+        reported.and_then(|version| version.status),
+        Some(VersionStatus::Draining),
+        "a drained version given a live instance is draining again, in the same write"
+    );
+    assert!(applied.drained.is_empty());
+    let again = store.apply(&revival);
+    assert!(
+        matches!(&again, Err(StoreError::NoLongerEnded { ids }) if ids == &[InstanceId(1)]),
+        "{again:?}"
+    );
+    let counters = stored(store.as_ref(), "1.0.0").counters;
+    assert_eq!(
+        (counters.live, counters.failed, counters.revived),
+        (1, 1, 1),
+        "the refused revival counted nothing; the failure stays counted"
+    );
+
+    let store = reopen(harness, store);
+    let (held_live, _, _) = held(store.as_ref());
+    assert_eq!(unclaimed(&held_live), unclaimed(&[revived]));
+    let scope = FinishedScope {
+        workflow: Some("w".to_string()),
+        version: None,
+        after: None,
+    };
+    let listed = store
+        .finished_instances(&scope, &mut |_| true, 10)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(listed.is_empty(), "a revived instance is no longer listed as finished");
+
+    let mut done = record(1, "1.0.0", Phase::Completed { output: vec![0xc3] });
+    done.claim = claim_of(&held_live, 1);
+    let last = apply(
+        store.as_ref(),
+        &[put(&done), finish("1.0.0", InstanceStatus::Completed)],
+    );
+    assert_eq!(
+        last.drained,
+        vec![key("1.0.0")],
+        "it drains again when the revived one ends"
+    );
+    let after = stored(store.as_ref(), "1.0.0");
+    assert_eq!(
+        (
+            after.status,
+            after.counters.live,
+            after.counters.failed,
+            after.counters.completed
+        ),
+        (Some(VersionStatus::Drained), 0, 1, 1)
     );
 }

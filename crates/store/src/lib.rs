@@ -53,6 +53,13 @@ pub enum StoreError {
         /// The instances.
         ids: Vec<InstanceId>,
     },
+    /// A revival found instances no longer ended in the store (revived by another process,
+    /// or removed by retention): nothing of the write was applied.
+    #[error("instances {} are no longer ended in the store (revived by another process, or removed by retention); nothing was revived — plan the revival again", describe_ids(.ids))]
+    NoLongerEnded {
+        /// The instances.
+        ids: Vec<InstanceId>,
+    },
     /// A start was committed for a version that no longer takes new instances in the store
     /// (another process drained or retired it a moment before).
     #[error("{key} is {status:?} in the store and takes no new instances; nothing was started — start again to route to an active version")]
@@ -282,6 +289,12 @@ pub struct AppliedConfig {
 pub enum Op {
     /// Writes an instance record; a finished one moves to the finished instances.
     PutInstance(EncodedInstance),
+    /// Writes the live record of an instance that had ended (failed or cancelled), taking it
+    /// out of the finished instances: it is live again, held by this process (the record's
+    /// claim is its previous one plus one). If the store no longer holds it ended (a store many
+    /// processes share: ended under the claim before), the whole write fails with
+    /// [`StoreError::NoLongerEnded`].
+    ReviveInstance(EncodedInstance),
     /// Stores a delivered signal.
     PutSignal(SignalRecord),
     /// Removes a consumed signal.
@@ -604,7 +617,8 @@ pub trait Store: Send + Sync + 'static {
     fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError>;
     /// The workers sharing the store: a [`SoloCluster`] for a store one process opens.
     fn cluster(&self) -> &dyn Cluster;
-    /// Loads one instance, live or finished.
+    /// Loads one instance, live or finished. Here and in listings a record's `claim` is the
+    /// claim it was last written under (0 with a store one process opens).
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
     /// Live instances that `keep` accepts, at most `limit`, in id order, whichever worker holds
     /// them.

@@ -15,6 +15,8 @@ pub struct VersionWrite {
     pub set: Option<VersionStatus>,
     /// Whether the write starts instances on it.
     pub starts: bool,
+    /// Whether the write brings instances that already existed onto it (moved in, revived).
+    pub arrivals: bool,
     /// Its live instances once the write is applied.
     pub live_after: u64,
 }
@@ -27,13 +29,17 @@ pub struct Decision {
     /// Whether this write drains it (`Draining` left with no live instance): the write stores
     /// `Drained` and alone reports it.
     pub drains: bool,
+    /// Whether this write undoes its drain (`Drained` left with live instances, revived onto
+    /// it): the write stores `Draining`, and the version's code must stay.
+    pub undrains: bool,
 }
 
 /// Decides one version's residency for a write, or refuses the whole write: a retired version
 /// made active ([`StoreError::VersionRetired`]), a version retired with live instances
 /// ([`StoreError::LiveInstances`]), a start on a version the write leaves not `Active`
-/// ([`StoreError::VersionNotAccepting`]). A `Draining` version the write leaves with no live
-/// instance is drained by it.
+/// ([`StoreError::VersionNotAccepting`]), instances brought onto a retired version (the same).
+/// A `Draining` version the write leaves with no live instance is drained by it; a `Drained` one
+/// it leaves with live instances is `Draining` again.
 pub fn decide(key: &VersionKey, write: VersionWrite) -> Result<Decision, StoreError> {
     use VersionStatus::{Active, Drained, Draining, Retired};
     if write.set == Some(Active) && write.before == Some(Retired) {
@@ -52,15 +58,30 @@ pub fn decide(key: &VersionKey, write: VersionWrite) -> Result<Decision, StoreEr
             status,
         });
     }
+    if write.arrivals && after == Some(Retired) {
+        return Err(StoreError::VersionNotAccepting {
+            key: key.clone(),
+            status: Retired,
+        });
+    }
     if after == Some(Draining) && write.live_after == 0 {
         return Ok(Decision {
             status: Some(Drained),
             drains: true,
+            undrains: false,
+        });
+    }
+    if after == Some(Drained) && write.live_after > 0 {
+        return Ok(Decision {
+            status: Some(Draining),
+            drains: false,
+            undrains: true,
         });
     }
     Ok(Decision {
         status: after,
         drains: false,
+        undrains: false,
     })
 }
 
@@ -78,7 +99,15 @@ mod tests {
             before,
             set,
             starts,
+            arrivals: false,
             live_after,
+        }
+    }
+
+    fn arrival(before: Option<VersionStatus>, live_after: u64) -> VersionWrite {
+        VersionWrite {
+            arrivals: true,
+            ..write(before, None, false, live_after)
         }
     }
 
@@ -109,6 +138,7 @@ mod tests {
         let drained = Decision {
             status: Some(Drained),
             drains: true,
+            undrains: false,
         };
         assert_eq!(decide(&key(), write(Some(Draining), None, false, 0)).unwrap(), drained);
         assert_eq!(
@@ -124,10 +154,29 @@ mod tests {
             decide(&key(), write(Some(Drained), Some(Active), false, 0)).unwrap(),
             Decision {
                 status: Some(Active),
-                drains: false
+                drains: false,
+                undrains: false,
             },
             "a drain undone"
         );
+    }
+
+    #[test]
+    fn instances_revived_onto_a_drained_version_make_it_draining_again_and_a_retired_one_takes_none() {
+        assert_eq!(
+            decide(&key(), arrival(Some(Drained), 2)).unwrap(),
+            Decision {
+                status: Some(Draining),
+                drains: false,
+                undrains: true,
+            }
+        );
+        assert!(!decide(&key(), arrival(Some(Draining), 2)).unwrap().undrains);
+        assert!(!decide(&key(), arrival(Some(Active), 2)).unwrap().undrains);
+        assert!(matches!(
+            decide(&key(), arrival(Some(Retired), 1)),
+            Err(StoreError::VersionNotAccepting { status: Retired, .. })
+        ));
     }
 
     #[test]

@@ -305,10 +305,17 @@ impl MoveContext<'_> {
                 status: self.target_status,
             });
         }
+        self.target_step(record)
+    }
+
+    /// Where `record`'s cursor continues on the target (mapped by the request, a registered
+    /// mapping, else the same name), once the target defines that step and its state has a
+    /// migration path to the target's schema.
+    pub(crate) fn target_step(&self, record: &InstanceRecord) -> Result<String, MoveRefusal> {
         let mapped = self.mappings.resolve(
             &record.key.workflow,
             &record.key.version,
-            target_version,
+            self.target.version(),
             &record.step,
             self.extra_steps,
         );
@@ -322,6 +329,34 @@ impl MoveContext<'_> {
             .path_exists(&record.key.workflow, record.state.schema, self.target.state_schema())
             .map_err(MoveRefusal::NoMigrationPath)?;
         Ok(mapped.to_string())
+    }
+
+    /// `record` on the target at `to_step`: version, cursor and state migrated to the target's
+    /// schema (runs the migration functions), at `now_ms`, in this build's format.
+    pub(crate) fn retarget(
+        &self,
+        record: &InstanceRecord,
+        to_step: String,
+        now_ms: u64,
+    ) -> Result<InstanceRecord, MoveRefusal> {
+        let state = self
+            .chains
+            .migrate(
+                &record.key.workflow,
+                &record.state.bytes,
+                record.state.schema,
+                self.target.state_schema(),
+            )
+            .map_err(MoveRefusal::MigrationFailed)?;
+        let mut moved = record.clone();
+        moved.key.version = (**self.target.version()).clone();
+        moved.step = to_step;
+        moved.state.bytes = state;
+        moved.state.schema = self.target.state_schema();
+        moved.pinned_reason = None;
+        moved.updated_at_ms = now_ms;
+        moved.format = RECORD_FORMAT;
+        Ok(moved)
     }
 
     /// The verdict and the moved record together: `check`, then `apply` at the step it names.
@@ -344,34 +379,17 @@ impl MoveContext<'_> {
         cause: MoveCause,
         now_ms: u64,
     ) -> Result<InstanceRecord, MoveRefusal> {
-        let to_schema = self.target.state_schema();
-        let state = self
-            .chains
-            .migrate(
-                &record.key.workflow,
-                &record.state.bytes,
-                record.state.schema,
-                to_schema,
-            )
-            .map_err(MoveRefusal::MigrationFailed)?;
-        let mut moved = record.clone();
+        let mut moved = self.retarget(record, to_step, now_ms)?;
         moved.moves.push(MoveStamp {
             from: record.key.version.clone(),
-            to: (**self.target.version()).clone(),
+            to: moved.key.version.clone(),
             from_step: record.step.clone(),
-            to_step: to_step.clone(),
+            to_step: moved.step.clone(),
             from_schema: record.state.schema,
-            to_schema,
+            to_schema: moved.state.schema,
             cause,
             at_ms: now_ms,
         });
-        moved.key.version = (**self.target.version()).clone();
-        moved.step = to_step;
-        moved.state.bytes = state;
-        moved.state.schema = to_schema;
-        moved.pinned_reason = None;
-        moved.updated_at_ms = now_ms;
-        moved.format = RECORD_FORMAT;
         Ok(moved)
     }
 }

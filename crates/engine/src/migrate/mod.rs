@@ -9,5 +9,5 @@ pub(crate) use job::{JobControl, ShareCounts};
 pub use strata_core::migrate::{
     MigrationChains, MigrationError, MigrationFailure, MigrationFailureReport, MigrationJob, MigrationJobRecord,
     MigrationProgress, MigrationState, MoveCheck, MoveContext, MovePlan, MoveRefusal, MoveReport, MoveRequest,
-    StateMigration, StepMapping, StepMappings,
+    ReviveCheck, RevivePlan, ReviveRefusal, ReviveReport, ReviveRequest, StateMigration, StepMapping, StepMappings,
 };

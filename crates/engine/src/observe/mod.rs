@@ -94,6 +94,23 @@ pub enum Event {
         /// Operator or `AutoUpgrade`.
         cause: MoveCause,
     },
+    /// Ended instances were revived: live again on a version (one commit per batch).
+    InstancesRevived {
+        /// The version they had ended on.
+        from: VersionKey,
+        /// The version they are live on again.
+        to: VersionKey,
+        /// How many.
+        count: u64,
+    },
+    /// A drained version has live instances again (revived onto it): it is `Draining`, and its
+    /// code must stay until they finish.
+    VersionUndrained {
+        /// The version.
+        key: VersionKey,
+        /// Its counts at that moment.
+        counters: VersionCounters,
+    },
     /// An `AutoUpgrade` instance stays on its version; the reason is also on its record.
     InstancePinned {
         /// The instance.

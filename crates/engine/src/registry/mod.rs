@@ -156,6 +156,7 @@ fn activity(counters: &VersionCounters) -> u64 {
         + counters.cancelled
         + counters.moved_in
         + counters.moved_out
+        + counters.revived
 }
 
 /// The versions known to an engine: registered code, statuses and counters.

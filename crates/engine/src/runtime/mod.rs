@@ -15,6 +15,7 @@ mod driver;
 mod migrator;
 mod moves;
 mod retention;
+mod revive;
 mod rollouts;
 mod table;
 mod timers;
@@ -101,6 +102,8 @@ pub(crate) struct Runtime {
     jobs: parking_lot::Mutex<HashMap<String, Arc<JobControl>>>,
     /// Held while the background migrations are looked at (one look at a time).
     following_migrations: tokio::sync::Mutex<()>,
+    /// Held while ended instances are revived (one revival at a time).
+    reviving: tokio::sync::Mutex<()>,
     /// How long finished instances are kept (ms; 0: forever): the builder's, or the config's.
     retention_ms: AtomicU64,
     /// Told when the retention period changes, so the background pass follows at once.
@@ -233,6 +236,7 @@ impl Runtime {
             step_mappings: parking_lot::RwLock::new(mappings),
             jobs: parking_lot::Mutex::new(HashMap::new()),
             following_migrations: tokio::sync::Mutex::new(()),
+            reviving: tokio::sync::Mutex::new(()),
             retention_ms: AtomicU64::new(crate::observe::millis_saturating(options.retention)),
             retention_changed: Notify::new(),
             rollouts: rollouts::Rollouts::default(),

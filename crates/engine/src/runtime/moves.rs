@@ -57,7 +57,7 @@ impl Runtime {
     }
 
     /// The code and status of a move's target; an error if it is not registered.
-    fn move_target(&self, key: &VersionKey) -> Result<(Arc<dyn VersionCode>, VersionStatus), EngineError> {
+    pub(super) fn move_target(&self, key: &VersionKey) -> Result<(Arc<dyn VersionCode>, VersionStatus), EngineError> {
         self.registry.code_and_status(key).ok_or_else(|| {
             EngineError::Registry(RegistryError::UnknownVersion {
                 key: key.clone(),
@@ -68,7 +68,7 @@ impl Runtime {
 
     /// Runs `action` with a move context for `target` (locks the migrations and step mappings
     /// for its duration; run no await inside).
-    fn with_move_context<R>(
+    pub(super) fn with_move_context<R>(
         &self,
         target: &dyn VersionCode,
         target_status: VersionStatus,
