@@ -15,7 +15,7 @@ use strata::prelude::*;
 use common::tally;
 use common::*;
 use serde_json::Value;
-use strata::{Engine, EngineError, StartOptions};
+use strata::{Engine, EngineError, InstanceStatus, StartOptions};
 
 on_sled_and_postgres!(
     a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_that_fired,
@@ -31,6 +31,7 @@ on_sled_and_postgres!(
     config_in_force_history_with_diffs_checks_and_restores,
     a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_it_ended,
     moves_are_planned_then_applied_and_migrations_report_progress,
+    cancelled_instances_are_planned_then_revived_and_the_version_counts_them,
     the_openapi_document_describes_every_route_with_its_parameters_and_answers,
 );
 
@@ -234,6 +235,23 @@ async fn tokens_guard_reads_and_changes_and_probes_need_none(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200, "{planned}");
+    let revival = r#"{"workflow": "tally"}"#;
+    let (status, planned) = send(
+        &engine,
+        "/v1/revivals/plan",
+        Some(("application/json", revival)),
+        Some(READ_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "a revival's dry run is a read: {planned}");
+    let (status, refused) = send(
+        &engine,
+        "/v1/revivals",
+        Some(("application/json", revival)),
+        Some(READ_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 403, "a revival is a change: {refused}");
     let (status, error) = post(&engine, "/v1/versions/tally/1.0.0/drain", None).await;
     assert_eq!(status, 401, "{error}");
     let (status, drained) = post(&engine, "/v1/versions/tally/1.0.0/drain", Some(ADMIN_TOKEN)).await;
@@ -1025,6 +1043,90 @@ async fn moves_are_planned_then_applied_and_migrations_report_progress(backend: 
     engine.shutdown().await;
 }
 
+async fn cancelled_instances_are_planned_then_revived_and_the_version_counts_them(backend: Backend) {
+    let engine = open(&backend, None).await;
+    let ids = tally::start_waiting(&engine, 1..4, StartOptions::new()).await;
+    for id in &ids[..2] {
+        let (status, _) = post(&engine, &format!("/v1/instances/{id}/cancel"), None).await;
+        assert_eq!(status, 200);
+    }
+    let body = r#"{"workflow": "tally", "status": "cancelled", "batch_size": 1}"#;
+    let (status, plan) = post_json(&engine, "/v1/revivals/plan", body).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(
+        (plan["revivable"].as_u64(), plan["refused"].as_u64()),
+        (Some(2), Some(0)),
+        "{plan}"
+    );
+    let checks = plan["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["id"].as_u64(), Some(ids[0].0));
+    assert_eq!(
+        (checks[0]["status"].as_str(), checks[0]["target"].as_str()),
+        (Some("cancelled"), Some("tally@1.0.0"))
+    );
+    assert!(
+        checks[0]["resumes_at"].is_string() && checks[0]["refused"].is_null(),
+        "{plan}"
+    );
+    assert_eq!(
+        engine.instance(ids[0]).unwrap().status,
+        InstanceStatus::Cancelled,
+        "a plan revives nothing"
+    );
+
+    // A live one chosen by id is refused with why.
+    let live = format!(r#"{{"workflow": "tally", "ids": [{}]}}"#, ids[2]);
+    let (status, plan) = post_json(&engine, "/v1/revivals/plan", &live).await;
+    assert_eq!(status, 200, "{plan}");
+    assert!(
+        plan["checks"][0]["refused"]
+            .as_str()
+            .is_some_and(|why| why.contains("only failed and cancelled")),
+        "{plan}"
+    );
+
+    let (status, report) = post_json(&engine, "/v1/revivals", body).await;
+    assert_eq!(status, 200, "{report}");
+    let revived: Vec<u64> = report["revived"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(revived, [ids[0].0, ids[1].0], "{report}");
+    assert_eq!(report["undrained"], serde_json::json!([]));
+    let (status, version) = get(&engine, "/v1/versions/tally/1.0.0").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            version["revived"].as_u64(),
+            version["cancelled"].as_u64(),
+            version["started"].as_u64()
+        ),
+        (Some(2), Some(2), Some(3)),
+        "the cancellations stay counted, and the revivals are counted apart: {version}"
+    );
+
+    for (body, why) in [
+        (
+            r#"{"workflow": "tally", "status": "completed"}"#,
+            "only failed and cancelled",
+        ),
+        (r#"{"workflow": "tally", "target": "two"}"#, "semantic version"),
+        (r#"{"workflow": "tally", "reason": "x"}"#, "reason"),
+    ] {
+        let (status, error) = post_json(&engine, "/v1/revivals/plan", body).await;
+        assert_eq!(status, if why == "reason" { 422 } else { 400 }, "{body}: {error}");
+        assert!(
+            error["error"].as_str().is_some_and(|text| text.contains(why)),
+            "{body}: {error}"
+        );
+    }
+    let (status, error) = post_json(&engine, "/v1/revivals", r#"{"workflow": "tally", "target": "9.0.0"}"#).await;
+    assert_eq!(status, 404, "an unknown target: {error}");
+    engine.shutdown().await;
+}
+
 async fn the_openapi_document_describes_every_route_with_its_parameters_and_answers(backend: Backend) {
     let engine = open(&backend, None).await;
     let (status, document) = get(&engine, "/v1/openapi.json").await;
@@ -1067,6 +1169,8 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
             "/v1/moves",
             "/v1/moves/plan",
             "/v1/openapi.json",
+            "/v1/revivals",
+            "/v1/revivals/plan",
             "/v1/rollouts",
             "/v1/rollouts/{name}",
             "/v1/rollouts/{name}/{action}",

@@ -162,6 +162,49 @@ pub(crate) enum InstancesCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// Revives failed and cancelled instances: live again on the version they ended on, or
+    /// `--on` one that fixes their bug, at the step they ended on (or `--step FROM=TO`), their
+    /// state migrated along the chain. `--dry-run` first: which would be taken up where, and why
+    /// the others would not.
+    Revive(ReviveArgs),
+}
+
+/// Which ended instances a revival takes, and where.
+#[derive(Args, Debug)]
+pub(crate) struct ReviveArgs {
+    /// The workflow.
+    pub workflow: String,
+    /// Revive them on this version (a fix) instead of the one each ended on.
+    #[arg(long = "on")]
+    pub target: Option<String>,
+    /// Only instances that ended on this version.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only instances that ended so: failed or cancelled (default: either).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only failed instances whose failure reason contains this text.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only instances that ended since then: a time ago (`90s`, `30m`, `2h`, `1d`) or ms since
+    /// the Unix epoch.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only instances that ended before then: a time ago or ms since the Unix epoch.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only these instances (repeat).
+    #[arg(long = "id")]
+    pub ids: Vec<u64>,
+    /// Take instances that ended on step FROM up at step TO (repeat).
+    #[arg(long = "step")]
+    pub steps: Vec<String>,
+    /// Instances per commit.
+    #[arg(long)]
+    pub batch_size: Option<u64>,
+    /// Say what would be revived, and why not; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// What a rollback does to the candidate's in-flight instances.

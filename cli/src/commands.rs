@@ -93,12 +93,12 @@ fn phase_text(phase: &PhaseView) -> String {
 }
 
 /// A request body of the model as the JSON the client posts.
-fn body_json<T: serde::Serialize>(body: &T) -> Value {
+pub(crate) fn body_json<T: serde::Serialize>(body: &T) -> Value {
     serde_json::to_value(body).unwrap_or_default()
 }
 
 /// Now, in milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
@@ -309,6 +309,7 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
             }
         }
         InstancesCommand::History { id, last, follow } => crate::history::history(client, out, id, last, follow),
+        InstancesCommand::Revive(args) => crate::revive::revive(client, out, args),
         InstancesCommand::Show { id } => {
             let answer = client.get(&format!("/v1/instances/{id}"))?;
             let instance: InstanceDetail = typed(&answer, "an instance")?;
@@ -649,21 +650,26 @@ fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<
     Ok(())
 }
 
-fn move_body(args: MoveArgs) -> Result<Value, CliError> {
+/// `--step FROM=TO` options as the step map a request body takes.
+pub(crate) fn step_map(mappings: &[String]) -> Result<std::collections::HashMap<String, String>, CliError> {
     let mut steps = std::collections::HashMap::new();
-    for mapping in &args.steps {
+    for mapping in mappings {
         let (from, to) = mapping
             .split_once('=')
             .ok_or_else(|| CliError::Input(format!("--step '{mapping}': write FROM=TO")))?;
         steps.insert(from.to_string(), to.to_string());
     }
+    Ok(steps)
+}
+
+fn move_body(args: MoveArgs) -> Result<Value, CliError> {
     Ok(body_json(&MoveBody {
+        steps: step_map(&args.steps)?,
         workflow: args.workflow,
         target: args.target,
         from_version: args.from,
         status: args.status,
         ids: (!args.ids.is_empty()).then(|| args.ids.into_iter().map(Whole).collect()),
-        steps,
     }))
 }
 

@@ -8,6 +8,7 @@ mod commands;
 mod error;
 mod history;
 mod output;
+mod revive;
 mod table;
 
 use std::process::ExitCode;

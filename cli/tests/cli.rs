@@ -638,3 +638,89 @@ async fn an_instance_history_is_a_table_or_json_and_is_followed_to_the_instance_
     assert_eq!(unknown.code, 3, "{}", unknown.stderr);
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_instances_are_revived_on_another_version_after_a_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let ids = [start(&engine, 3, "1.0.0").await, start(&engine, 4, "1.0.0").await];
+    for id in ids {
+        engine.cancel(id).await.unwrap();
+    }
+    let revive = [
+        "instances",
+        "revive",
+        "gate",
+        "--on",
+        "2.0.0",
+        "--status",
+        "cancelled",
+        "--since",
+        "1h",
+        "--step",
+        "finish=wait",
+    ];
+    let dry_run: Vec<&str> = revive.iter().copied().chain(["--dry-run"]).collect();
+    let plan = strata(&engine, Some(READER), &dry_run).await;
+    assert_eq!(plan.code, 0, "a dry run is a read: {}", plan.stderr);
+    assert!(
+        plan.stdout.contains("revive on gate@2.0.0 at wait") && plan.stdout.contains("2 of 2 can be revived"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(
+        engine.instance(ids[0]).unwrap().status,
+        strata::InstanceStatus::Cancelled
+    );
+    let refused = strata(&engine, Some(READER), &revive).await;
+    assert_eq!(refused.code, 3, "a revival needs the admin token: {}", refused.stderr);
+
+    let applied = strata(
+        &engine,
+        Some(ADMIN),
+        &["--json"].iter().chain(&revive).copied().collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let revived: Vec<u64> = applied.json()["revived"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(revived, [ids[0].0, ids[1].0]);
+    for (id, count) in ids.into_iter().zip([3u64, 4]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while engine.instance(id).unwrap().status != strata::InstanceStatus::WaitingSignal {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "instance {id} never waited again"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(engine.instance(id).unwrap().version().to_string(), "2.0.0");
+        engine.signal(id, "go", &()).await.unwrap();
+        assert_eq!(engine.output::<u64>(id).await.unwrap(), count);
+    }
+    let history = strata(&engine, Some(READER), &["instances", "history", &ids[0].0.to_string()]).await;
+    assert!(
+        history.stdout.contains("revived") && history.stdout.contains("1.0.0 -> 2.0.0, step finish -> wait"),
+        "{}",
+        history.stdout
+    );
+    let nothing_left = strata(&engine, Some(ADMIN), &revive).await;
+    assert!(
+        nothing_left.stdout.contains("0 instance(s) revived"),
+        "{}",
+        nothing_left.stdout
+    );
+    let wrong = strata(
+        &engine,
+        Some(ADMIN),
+        &["instances", "revive", "gate", "--since", "yesterday"],
+    )
+    .await;
+    assert_eq!(wrong.code, 2, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("--since 'yesterday'"), "{}", wrong.stderr);
+    engine.shutdown().await;
+}

@@ -8,6 +8,7 @@
 mod changes;
 mod config;
 mod history;
+mod revivals;
 mod rollouts;
 mod whole;
 
@@ -16,6 +17,7 @@ pub use changes::{
 };
 pub use config::{ConfigCheckView, GenerationView, RestoredView};
 pub use history::{AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, WokenByView};
+pub use revivals::{ReviveBody, ReviveCheckView, RevivePlanView, ReviveReportView};
 pub use rollouts::{
     FiguresView, GatesRequest, GatesView, OnRollbackChoice, RolloutFiguresView, RolloutStartRequest, RolloutView,
     StageView, TransitionKind, TransitionView,

@@ -211,8 +211,12 @@ pub(super) async fn same_origin(
 /// `WWW-Authenticate: Bearer`) or 403 (a read-only token on a change).
 pub(super) async fn check(State(tokens): State<AdminTokens>, request: Request, next: Next) -> Response {
     let bearer = bearer_token(request.headers());
-    // Checking a config file and planning a move change nothing: the read-only token may.
-    let dry_run = matches!(request.uri().path(), "/v1/config/check" | "/v1/moves/plan");
+    // Checking a config file and planning a move or a revival change nothing: the read-only
+    // token may.
+    let dry_run = matches!(
+        request.uri().path(),
+        "/v1/config/check" | "/v1/moves/plan" | "/v1/revivals/plan"
+    );
     let reading = matches!(*request.method(), Method::GET | Method::HEAD) || dry_run;
     let allowed = allowed(&tokens, bearer);
     if !reading && allowed == Allowed::Everything {

@@ -21,7 +21,7 @@
 //! and `/v1/config/restore/{generation}`, `GET /v1/rollouts[?workflow=]` and
 //! `/v1/rollouts/{name}` (stage, gate figures against the stable, history), `POST /v1/rollouts`
 //! (start) and `/v1/rollouts/{name}/pause|resume|rollback`, `POST /v1/moves/plan` (dry run) and
-//! `/v1/moves`, `POST /v1/migrations`, `GET /v1/migrations/{workflow}` and
+//! `/v1/moves`, `POST /v1/revivals/plan` (dry run) and `/v1/revivals`, `POST /v1/migrations`, `GET /v1/migrations/{workflow}` and
 //! `POST /v1/migrations/{workflow}/pause|resume`, and the event stream as Server-Sent Events at
 //! `GET /v1/events`, all described by the OpenAPI document at `GET /v1/openapi.json`.
 
@@ -30,6 +30,7 @@ mod changes;
 mod config;
 mod dashboard;
 mod instances;
+mod revivals;
 mod rollouts;
 mod views;
 
@@ -232,6 +233,8 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(rollouts::control))
         .routes(routes!(changes::plan))
         .routes(routes!(changes::apply))
+        .routes(routes!(revivals::plan))
+        .routes(routes!(revivals::apply))
         .routes(routes!(changes::start_migration))
         .routes(routes!(changes::progress))
         .routes(routes!(changes::control))
@@ -442,7 +445,7 @@ fn in_users_words(text: &str) -> String {
 #[openapi(
     info(
         title = "Strata admin API",
-        description = "What a Strata engine knows (versions and residency, instances, config, rollouts, moves and migrations, events) and what an operator changes. Every call but /healthz and /readyz needs `Authorization: Bearer <token>` when tokens are set; the read-only token may only read (and check configs, plan moves). Errors are `{\"error\": \"what to do\"}` with a 4xx status."
+        description = "What a Strata engine knows (versions and residency, instances, config, rollouts, moves and migrations, events) and what an operator changes. Every call but /healthz and /readyz needs `Authorization: Bearer <token>` when tokens are set; the read-only token may only read (and check configs, plan moves and revivals). Errors are `{\"error\": \"what to do\"}` with a 4xx status."
     ),
     modifiers(&BearerScheme),
     security(("bearer" = []))
