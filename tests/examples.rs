@@ -51,3 +51,43 @@ fn an_interrupted_example_drops_the_database_it_created() {
         "the interrupted example dropped {database}"
     );
 }
+
+/// `examples/repair.rs`, as the README shows it: the failed orders' history, the dry run, every
+/// one of them revived on the fix and completed there, both versions' counters.
+#[test]
+fn the_repair_example_revives_every_failed_order_on_the_fix() {
+    let binary = example("repair");
+    let output = Command::new(&binary)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error} (cargo test builds it)", binary.display()));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for wanted in [
+        "18 completed, 6 failed",
+        "step charge attempt 3",
+        "6 of 6 can be revived",
+        "would be refused: it is completed",
+        "revived 6 orders, 0 refused",
+        "all 6 completed on 1.0.1",
+        "revived: 1.0.0 -> 1.0.1, taken up at charge",
+    ] {
+        assert!(printed.contains(wanted), "'{wanted}' missing:\n{printed}");
+    }
+    let counters: Vec<&str> = printed.lines().filter(|line| line.contains("checkout@1.0.")).collect();
+    assert!(
+        counters.iter().any(|line| line.split_whitespace().collect::<Vec<_>>()
+            == ["checkout@1.0.0", "Active", "24", "18", "6", "0", "0"]),
+        "{printed}"
+    );
+    assert!(
+        counters
+            .iter()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()
+                == ["checkout@1.0.1", "Active", "0", "6", "0", "6", "0"]),
+        "{printed}"
+    );
+}
