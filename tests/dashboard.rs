@@ -1,8 +1,10 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`): the
 //! versions table shows the right counts and changes as instances finish, without a reload;
 //! a rolled-back rollout shows the gate that fired; config history shows its diffs; an instance
-//! is found by id. A screenshot of the page is saved (the README's). A page of another origin
-//! open in the same browser cannot change anything through the API.
+//! is found by id and has a page of its own (`#/instances/42`: status, timeline, history,
+//! state) from which a failed one is revived; the instance list pages and shows why instances
+//! failed. A screenshot of the page is saved (the README's). A page of another origin open in the
+//! same browser cannot change anything through the API.
 
 mod common;
 
@@ -166,14 +168,25 @@ async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_ins
     let diff = browser.text(r#"[data-generation="2"] pre.diff"#).await.unwrap();
     assert_eq!(diff, "- default = \"=1.0.0\"\n+ default = \"=1.1.0\"");
 
-    // An instance found by its id, state and all.
+    // An instance found by its id opens its page: status, history, timeline and state.
     browser.submit("#search-id", &ids[0].0.to_string()).await;
-    let shown = browser
-        .wait_for_text(&format!(r#"pre[data-instance="{}"]"#, ids[0].0), "the instance", |_| {
-            true
-        })
+    browser
+        .wait_for_text(
+            &format!(r#"[data-instance-page="{}"]"#, ids[0].0),
+            "the instance's page",
+            |_| true,
+        )
         .await;
-    assert!(shown.contains("\"status\": \"completed\""), "{shown}");
+    assert_eq!(
+        browser.text(r#"#instance-body [data-field="status"]"#).await.as_deref(),
+        Some("completed")
+    );
+    let history = browser.text(r#"#instance-body [data-field="history"]"#).await.unwrap();
+    assert!(
+        history.contains("started") && history.contains("signal 'go'"),
+        "{history}"
+    );
+    assert!(browser.text(r#"#instance-body [data-field="state"]"#).await.is_some());
 
     let screenshot = browser.screenshot().await;
     assert_eq!(&screenshot[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
@@ -255,6 +268,136 @@ async fn a_page_of_another_origin_cannot_change_anything_through_the_api() {
         ))
         .await;
     assert_eq!(drained, 200);
+    drop(browser);
+    engine.shutdown().await;
+}
+
+async fn declined(_ctx: StepCtx, _attempt: &mut u64) -> StepResult<u64> {
+    Err(strata::StepError::permanent("card declined by the old provider"))
+}
+
+/// `refund` 1.0.0 fails every instance; 1.1.0 (the fix) completes.
+fn refund(version: &str) -> WorkflowVersion<u64, u64, u64> {
+    let started = WorkflowVersion::new("refund", version).init(|n| n);
+    if version == "1.0.0" {
+        started.step("pay_back", declined)
+    } else {
+        started.step("pay_back", charge)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_instance_is_investigated_on_its_page_and_revived_on_the_fix_and_lists_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .data_dir(dir.path())
+        .admin("127.0.0.1:0".parse().unwrap())
+        .register(refund("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..55u64 {
+        let id = engine
+            .start_with("refund", &n, StartOptions::new().version("=1.0.0"))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    for id in &ids {
+        outcome_within(&engine, *id).await;
+    }
+    engine.register(refund("1.1.0")).unwrap();
+    let browser = Browser::start().await;
+    let base = format!("http://{}/", engine.admin_address().unwrap());
+    let failed = ids[3];
+    browser.goto(&format!("{base}#/instances/{}", failed.0)).await;
+    let status = browser
+        .wait_for_text(r#"#instance-body [data-field="status"]"#, "the status", |_| true)
+        .await;
+    assert_eq!(status, "failed");
+    let failure = browser.text(r#"#instance-body [data-field="failure"]"#).await.unwrap();
+    assert!(failure.contains("card declined by the old provider"), "{failure}");
+    let bars = browser
+        .execute(r#"return document.querySelectorAll('[data-field="timeline"] rect.failed').length;"#)
+        .await;
+    assert_eq!(bars, 1, "the failed attempt is a bar on the timeline");
+
+    // The dry run, then the revival, on the fix.
+    let choose = r#"const select = document.querySelector('[data-field="revive-target"]');
+        select.value = "1.1.0"; document.querySelector('[data-action="plan-revival"]').click(); return true;"#;
+    browser.execute(choose).await;
+    let planned = browser
+        .wait_for_text(r#"[data-field="action-result"]"#, "the plan", |text| !text.is_empty())
+        .await;
+    assert_eq!(planned, "would be revived on refund@1.1.0 at step pay_back");
+    assert_eq!(
+        engine.instance(failed).unwrap().status,
+        strata::InstanceStatus::Failed,
+        "a plan changes nothing"
+    );
+    browser
+        .execute(r#"document.querySelector('[data-action="revive"]').click(); return true;"#)
+        .await;
+    browser
+        .wait_for_text(
+            r#"#instance-body [data-field="status"]"#,
+            "completed on the fix",
+            |text| text == "completed",
+        )
+        .await;
+    let heading = browser.text("[data-instance-page]").await.unwrap();
+    assert!(heading.ends_with("refund@1.1.0"), "{heading}");
+    let history = browser.text(r#"#instance-body [data-field="history"]"#).await.unwrap();
+    assert!(
+        history.contains("revived") && history.contains("1.0.0 → 1.1.0"),
+        "{history}"
+    );
+    assert_eq!(engine.version("refund", "1.1.0").unwrap().counters.revived, 1);
+    let saved = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("instance-page.png");
+    std::fs::write(&saved, browser.screenshot().await).unwrap();
+    println!("instance page screenshot: {}", saved.display());
+
+    // The list: 50 a page, the failure reason beside each, the next page and back.
+    browser.goto(&base).await;
+    browser
+        .execute(
+            r#"document.getElementById("search-workflow").value = "refund";
+            document.getElementById("search").requestSubmit(); return true;"#,
+        )
+        .await;
+    browser
+        .wait_for_text(r#"[data-field="page"]"#, "the first page", |text| text == "page 1")
+        .await;
+    let rows = browser
+        .execute(r##"return document.querySelectorAll("#instances-body tbody tr").length;"##)
+        .await;
+    assert_eq!(rows, 50);
+    let reason = browser
+        .text(&format!(r#"tr[data-instance="{}"] [data-field="reason"]"#, ids[0].0))
+        .await
+        .unwrap();
+    assert!(reason.contains("card declined"), "{reason}");
+    browser
+        .execute(r#"document.getElementById("page-next").click(); return true;"#)
+        .await;
+    browser
+        .wait_for_text(r#"[data-field="page"]"#, "the last page", |text| {
+            text == "page 2 (the last)"
+        })
+        .await;
+    let rows = browser
+        .execute(r##"return document.querySelectorAll("#instances-body tbody tr").length;"##)
+        .await;
+    assert_eq!(rows, 5);
+    browser
+        .execute(r#"document.getElementById("page-previous").click(); return true;"#)
+        .await;
+    browser
+        .wait_for_text(r#"[data-field="page"]"#, "the first page again", |text| {
+            text == "page 1"
+        })
+        .await;
     drop(browser);
     engine.shutdown().await;
 }

@@ -104,6 +104,9 @@ pub struct InstanceSummary {
     pub started_at_ms: u64,
     /// When its record was last committed (ms since the Unix epoch).
     pub updated_at_ms: u64,
+    /// Why it failed or is quarantined, or the error its retry follows; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A page of a listing.

@@ -31,11 +31,11 @@ pub struct ReviveBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_contains: Option<String>,
     /// Only instances that ended at or after this time (ms since the Unix epoch).
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>, minimum = 0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_after_ms: Option<Whole>,
     /// Only instances that ended before this time (ms since the Unix epoch).
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>, minimum = 0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_before_ms: Option<Whole>,
     /// Only these instances.

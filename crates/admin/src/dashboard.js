@@ -5,14 +5,22 @@ function headers() {
   return state.token ? { Authorization: "Bearer " + state.token } : {};
 }
 
-async function api(path) {
-  const response = await fetch(path, { headers: headers() });
-  const body = await response.json().catch(() => null);
+async function api(path, method, body) {
+  const options = { headers: headers() };
+  if (method) {
+    options.method = method;
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+  }
+  const response = await fetch(path, options);
+  const answer = await response.json().catch(() => null);
   if (!response.ok) {
-    const message = body && body.error ? body.error : response.status + " " + response.statusText;
+    const message = answer && answer.error ? answer.error : response.status + " " + response.statusText;
     throw new Error(message);
   }
-  return body;
+  return answer;
 }
 
 function element(tag, attributes, ...children) {
@@ -232,41 +240,252 @@ async function showConfig() {
       diffBlock(generation.diff))));
 }
 
+/// The instance listing's pages: the cursor of each page shown so far (the first has none).
+const pages = { cursors: [null], at: 0 };
+
 async function search(event) {
-  if (event) event.preventDefault();
+  if (event) {
+    event.preventDefault();
+    pages.cursors = [null];
+    pages.at = 0;
+  }
   const body = document.getElementById("instances-body");
   const id = document.getElementById("search-id").value.trim();
+  if (id) {
+    location.hash = "#/instances/" + encodeURIComponent(id);
+    return;
+  }
   try {
-    if (id) {
-      const instance = await api("/v1/instances/" + encodeURIComponent(id));
-      body.replaceChildren(element("pre", { class: "json", "data-instance": instance.id }, JSON.stringify(instance, null, 2)));
-      return;
-    }
     const query = new URLSearchParams({ limit: "50" });
     for (const field of ["workflow", "version", "status"]) {
       const value = document.getElementById("search-" + field).value.trim();
       if (value) query.set(field, value);
     }
+    const cursor = pages.cursors[pages.at];
+    if (cursor !== null) query.set("after", cursor);
     const page = await api("/v1/instances?" + query);
     const rows = page.instances.map((instance) => element("tr", { "data-instance": instance.id },
-      element("td", {}, element("a", { href: "#", "data-open": instance.id }, "#" + instance.id)),
+      element("td", {}, element("a", { href: "#/instances/" + instance.id }, "#" + instance.id)),
       element("td", {}, instance.workflow), element("td", {}, instance.version), element("td", {}, instance.status),
-      element("td", {}, instance.step), element("td", {}, ago(instance.started_at_ms)), element("td", {}, ago(instance.updated_at_ms))));
+      element("td", {}, instance.step), element("td", {}, ago(instance.started_at_ms)), element("td", {}, ago(instance.updated_at_ms)),
+      element("td", { class: "reason", "data-field": "reason" }, instance.reason || "")));
     body.replaceChildren(rows.length ? element("table", {},
-      element("thead", {}, element("tr", {}, ["id", "workflow", "version", "status", "step", "started", "updated"].map((name) => element("th", {}, name)))),
-      element("tbody", {}, rows)) : "No instance matches.", page.next ? element("p", { class: "hint" }, "More after #" + page.next + ".") : null);
+      element("thead", {}, element("tr", {}, ["id", "workflow", "version", "status", "step", "started", "updated", "failure or error"].map((name) => element("th", {}, name)))),
+      element("tbody", {}, rows)) : "No instance matches.",
+      element("p", { class: "hint", "data-field": "page" }, "page " + (pages.at + 1) + (page.next ? "" : " (the last)")));
+    if (page.next) pages.cursors[pages.at + 1] = page.next;
+    document.getElementById("page-next").hidden = !page.next;
+    document.getElementById("page-previous").hidden = pages.at === 0;
   } catch (error) {
     body.replaceChildren(element("span", { class: "error" }, error.message));
   }
 }
 
-document.getElementById("instances-body").addEventListener("click", (event) => {
-  const id = event.target.getAttribute && event.target.getAttribute("data-open");
-  if (!id) return;
-  event.preventDefault();
-  document.getElementById("search-id").value = id;
-  search();
-});
+document.getElementById("page-next").addEventListener("click", () => { pages.at += 1; search(); });
+document.getElementById("page-previous").addEventListener("click", () => { pages.at = Math.max(0, pages.at - 1); search(); });
+
+/// Milliseconds as a short duration: 850 ms, 3.2 s, 4m 10s, 2h 5m.
+function duration(ms) {
+  if (ms < 1000) return Math.round(ms) + " ms";
+  if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+  if (ms < 3600000) return Math.floor(ms / 60000) + "m " + Math.round((ms % 60000) / 1000) + "s";
+  return Math.floor(ms / 3600000) + "h " + Math.round((ms % 3600000) / 60000) + "m";
+}
+
+/// What woke a step, for people.
+function wokenText(woken) {
+  switch (woken.kind) {
+    case "start": return "the start";
+    case "previous": return "the previous step";
+    case "timer": return "its timer";
+    case "signal": return "signal '" + woken.name + "' #" + woken.seq + " (" + woken.bytes + " B)";
+    case "timeout": return "no signal '" + woken.name + "' in time";
+    case "retry": return "a retry";
+    default: return "something newer";
+  }
+}
+
+/// How an attempt ended, for people.
+function outcomeText(outcome) {
+  switch (outcome.kind) {
+    case "next": return "went on to " + outcome.step;
+    case "sleep": return "sleeps until " + new Date(outcome.until_ms).toISOString() + ", then " + outcome.step;
+    case "await_signal": return "waits for signal '" + outcome.signal + "', then " + outcome.step;
+    case "completed": return "completed (" + outcome.output_bytes + " B of output)";
+    case "failed": return "failed the instance: " + outcome.reason;
+    case "retrying": return "error: " + outcome.error + " (retried " + new Date(outcome.at_ms).toISOString() + ")";
+    case "quarantined": return "quarantined: " + outcome.reason;
+    default: return "an outcome this page does not know";
+  }
+}
+
+/// One history entry as [what, detail, time it began (ms), how long (ms) or null].
+function describeEntry(entry) {
+  const event = entry.event;
+  switch (event.kind) {
+    case "started": return ["started", "on " + event.version + " (routed by " + event.routed_by + ")" + (event.routing_key ? ", key " + event.routing_key : ""), entry.at_ms, null];
+    case "step": return ["step " + event.step + (event.attempt > 1 ? " (attempt " + event.attempt + ")" : ""),
+      "woken by " + wokenText(event.woken_by) + "; " + outcomeText(event.outcome), event.began_ms, event.duration_ms];
+    case "claimed": return ["claimed", "worker " + event.worker + " runs it from here", entry.at_ms, null];
+    case "cancelled": return ["cancelled", "", entry.at_ms, null];
+    case "migrated": return ["state migrated", "schema " + event.from_schema + " → " + event.to_schema, entry.at_ms, null];
+    case "moved": return ["moved", event.moved.from + " → " + event.moved.to + " (" + event.moved.cause + "), step " + event.moved.from_step + " → " + event.moved.to_step, entry.at_ms, null];
+    case "quarantined": return ["quarantined", event.reason, entry.at_ms, null];
+    case "revived": return ["revived", event.from + " → " + event.to + ", step " + event.from_step + " → " + event.to_step + "; it had " + (event.failure ? "failed: " + event.failure : "been cancelled"), entry.at_ms, null];
+    case "unreadable": return ["unreadable entry", event.reason, entry.at_ms, null];
+    default: return ["unknown entry", "written by a newer Strata", entry.at_ms, null];
+  }
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svgElement(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/// The timeline: one row per entry, steps as bars from when they began for as long as they
+/// took, everything else as a marker, on one time axis from the start to the newest entry.
+function timeline(entries, endMs) {
+  const described = entries.filter((entry) => entry.at_ms !== null).map((entry) => [entry, describeEntry(entry)]);
+  if (described.length === 0) return element("p", {}, "No entry to draw.");
+  const start = described[0][1][2];
+  const end = Math.max(endMs, ...described.map(([, [, , began, took]]) => began + (took || 0)), start + 1);
+  const label = 190, width = 760, row = 18, height = described.length * row + 24;
+  const x = (ms) => label + ((ms - start) / (end - start)) * (width - label - 10);
+  const svg = svgElement("svg", { width, height, role: "img", "aria-label": "the instance's timeline" });
+  svg.append(svgElement("line", { class: "axis", x1: label, y1: height - 18, x2: width - 10, y2: height - 18 }));
+  svg.append(svgElement("text", { x: label, y: height - 4 }, "0"));
+  svg.append(svgElement("text", { x: width - 90, y: height - 4 }, "+" + duration(end - start)));
+  described.forEach(([entry, [what, detail, began, took]], index) => {
+    const y = index * row + 4;
+    svg.append(svgElement("text", { x: 0, y: y + 11 }, what.length > 28 ? what.slice(0, 27) + "…" : what));
+    let shape;
+    if (took !== null) {
+      const outcome = entry.event.outcome.kind;
+      shape = svgElement("rect", { class: outcome, x: x(began), y, width: Math.max(2, x(began + took) - x(began)), height: row - 6, "data-seq": entry.seq });
+    } else {
+      const at = x(began);
+      shape = svgElement("path", { class: "marker", d: "M" + at + " " + y + " l5 6 l-5 6 l-5 -6 z", "data-seq": entry.seq });
+    }
+    shape.append(svgElement("title", {}, what + " at +" + duration(began - start) + (took !== null ? " for " + duration(took) : "") + (detail ? ": " + detail : "")));
+    svg.append(shape);
+  });
+  return element("div", { class: "timeline", "data-field": "timeline" }, svg);
+}
+
+/// The actions an operator may take on the instance now, with what they answered.
+function controls(instance, versions) {
+  const result = element("span", { "data-field": "action-result" });
+  const act = async (what, path, body) => {
+    try {
+      const answer = await api(path, "POST", body);
+      result.className = "";
+      result.textContent = what(answer);
+      if (path !== "/v1/revivals/plan") await showInstance(instance.id, result.textContent);
+    } catch (error) {
+      result.className = "error";
+      result.textContent = error.message;
+    }
+  };
+  const buttons = [];
+  const ended = ["completed", "failed", "cancelled"].includes(instance.status);
+  if (!ended) {
+    buttons.push(element("button", { type: "button", "data-action": "cancel" }, "Cancel"));
+  }
+  if (instance.status === "failed" || instance.status === "cancelled") {
+    const choices = versions.filter((version) => version.registered && version.status !== "retired")
+      .map((version) => element("option", { value: version.version, selected: version.version === instance.version ? "" : null }, version.version));
+    buttons.push("revive on", element("select", { "data-field": "revive-target", "aria-label": "version to revive on" }, choices),
+      element("button", { type: "button", "data-action": "plan-revival" }, "Plan"),
+      element("button", { type: "button", "data-action": "revive" }, "Revive"));
+  }
+  if (buttons.length === 0) return null;
+  const box = element("div", { class: "controls" }, buttons, result);
+  box.addEventListener("click", (event) => {
+    const action = event.target.getAttribute && event.target.getAttribute("data-action");
+    const target = box.querySelector('[data-field="revive-target"]');
+    const revival = { workflow: instance.workflow, ids: [instance.id], target: target ? target.value : undefined };
+    if (action === "cancel") {
+      act(() => "cancelled", "/v1/instances/" + instance.id + "/cancel");
+    } else if (action === "plan-revival") {
+      act((plan) => {
+        const check = plan.checks[0];
+        return !check ? "nothing to revive" : check.resumes_at ? "would be revived on " + check.target + " at step " + check.resumes_at : "would be refused: " + check.refused;
+      }, "/v1/revivals/plan", revival);
+    } else if (action === "revive") {
+      act((report) => report.revived.length ? "revived on " + revival.target + (report.undrained.length ? "; " + report.undrained.join(", ") + " is draining again" : "")
+        : "refused: " + (report.refused[0] ? report.refused[0].refused : "nothing to revive"), "/v1/revivals", revival);
+    }
+  });
+  return box;
+}
+
+/// The instance page (`#/instances/42`): what it is now, its controls (with what the last one
+/// answered, `said`), its timeline, its history entry by entry and its state as formatted JSON.
+async function showInstance(id, said) {
+  const body = document.getElementById("instance-body");
+  try {
+    const instance = await api("/v1/instances/" + encodeURIComponent(id));
+    const history = await api("/v1/instances/" + encodeURIComponent(id) + "/history?limit=1000");
+    const versions = await api("/v1/versions?workflow=" + encodeURIComponent(instance.workflow));
+    const ended = ["completed", "failed", "cancelled"].includes(instance.status);
+    const endMs = ended ? instance.updated_at_ms : Date.now();
+    const start = history.entries.length && history.entries[0].at_ms ? history.entries[0].at_ms : instance.started_at_ms;
+    const reason = instance.phase.kind === "failed" || instance.phase.kind === "quarantined" ? instance.phase.reason : instance.last_error;
+    const facts = [
+      ["status", element("span", { class: "status " + instance.status, "data-field": "status" }, instance.status)],
+      ["step", instance.step + (instance.attempt > 1 ? " (attempt " + instance.attempt + ")" : "")],
+      ["started", new Date(instance.started_at_ms).toISOString() + " (" + ago(instance.started_at_ms) + ")"],
+      ["updated", new Date(instance.updated_at_ms).toISOString() + " (" + ago(instance.updated_at_ms) + ")"],
+      ["routing key", instance.routing_key || "-"],
+      ["history", history.kept + " entries kept" + (history.folded ? ", " + history.folded + " older folded away" : "")],
+    ];
+    if (reason) facts.push([instance.status === "failed" ? "failure" : "last error", element("span", { class: "error", "data-field": "failure" }, reason)]);
+    const rows = history.entries.map((entry) => {
+      const [what, detail, began, took] = describeEntry(entry);
+      return element("tr", { "data-seq": entry.seq },
+        element("td", { class: "number" }, entry.seq),
+        element("td", {}, entry.at_ms === null ? "-" : "+" + duration(began - start)),
+        element("td", {}, what), element("td", {}, took === null ? "" : duration(took)),
+        element("td", { class: "detail" }, detail));
+    });
+    const actions = controls(instance, versions);
+    if (actions && said) actions.querySelector('[data-field="action-result"]').textContent = said;
+    body.replaceChildren(
+      element("h2", { "data-instance-page": instance.id }, "Instance #" + instance.id + " · " + instance.workflow + "@" + instance.version),
+      element("dl", { class: "facts" }, facts.flatMap(([name, value]) => [element("dt", {}, name), element("dd", {}, value)])),
+      actions || (said ? element("p", { "data-field": "action-result" }, said) : null),
+      element("h3", {}, "Timeline"),
+      timeline(history.entries, endMs),
+      element("h3", {}, "History"),
+      element("table", { "data-field": "history" },
+        element("thead", {}, element("tr", {}, ["#", "at", "what", "took", "detail"].map((name) => element("th", {}, name)))),
+        element("tbody", {}, rows)),
+      element("h3", {}, "State (schema " + instance.state_schema + ")"),
+      element("pre", { class: "json", "data-field": "state" }, JSON.stringify(instance.state, null, 2)));
+    problem(null);
+  } catch (error) {
+    body.replaceChildren(element("span", { class: "error" }, error.message));
+  }
+}
+
+/// The instance id the address names (`#/instances/42`), if it names one.
+function openInstance() {
+  const match = location.hash.match(/^#\/instances\/(\d+)$/);
+  return match ? match[1] : null;
+}
+
+/// Shows the page the address names: an instance or the overview.
+function route() {
+  const id = openInstance();
+  document.getElementById("instance-page").hidden = id === null;
+  for (const part of ["versions", "rollouts", "config", "instances"]) document.getElementById(part).hidden = id !== null;
+  if (id !== null) showInstance(id);
+}
+window.addEventListener("hashchange", route);
+
 document.getElementById("search").addEventListener("submit", search);
 
 async function refresh(parts) {
@@ -290,7 +509,13 @@ function soon(parts) {
 function partsOf(type) {
   if (type.startsWith("rollout_")) return [showRollouts, showVersions];
   if (type.startsWith("config_")) return [showConfig];
-  return [showVersions];
+  return [showVersions, showOpenInstance];
+}
+
+/// Refreshes the instance page, if one is shown.
+async function showOpenInstance() {
+  const id = openInstance();
+  if (id !== null) await showInstance(id);
 }
 
 /// Follows /v1/events (fetch, so the token goes in a header), and reconnects when it breaks.
@@ -334,6 +559,7 @@ document.getElementById("token-form").addEventListener("submit", (event) => {
   refresh(ALL);
 });
 
+route();
 refresh(ALL);
 follow();
 // Ages and metrics charts move on even when nothing happens.

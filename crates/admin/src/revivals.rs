@@ -39,14 +39,31 @@ fn revive_request(body: ReviveBody) -> Result<ReviveRequest, ApiError> {
         });
     }
     request.reason_contains = body.reason_contains;
-    request.ended_after_ms = body.ended_after_ms.map(|whole| whole.0);
-    request.ended_before_ms = body.ended_before_ms.map(|whole| whole.0);
+    request.ended_after_ms = body
+        .ended_after_ms
+        .map(|whole| moment("ended_after_ms", whole.0))
+        .transpose()?;
+    request.ended_before_ms = body
+        .ended_before_ms
+        .map(|whole| moment("ended_before_ms", whole.0))
+        .transpose()?;
     request.ids = body.ids.map(|ids| ids.into_iter().map(|id| InstanceId(id.0)).collect());
     request.steps = body.steps;
     if let Some(size) = body.batch_size {
         request = request.batch_size(usize::try_from(size.0).unwrap_or(usize::MAX));
     }
     Ok(request)
+}
+
+/// A time in ms since the Unix epoch as the document bounds it (an int64 from 0).
+fn moment(name: &str, ms: u64) -> Result<u64, ApiError> {
+    if ms > i64::MAX as u64 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{name} must be ms since the Unix epoch, from 0 to {}", i64::MAX),
+        ));
+    }
+    Ok(ms)
 }
 
 fn check_view(check: &ReviveCheck) -> ReviveCheckView {

@@ -58,6 +58,11 @@ pub(super) fn instance_summary(info: &InstanceInfo) -> InstanceSummary {
         step: info.record.step.clone(),
         started_at_ms: info.record.created_at_ms,
         updated_at_ms: info.record.updated_at_ms,
+        reason: match &info.record.phase {
+            Phase::Failed { reason } | Phase::Quarantined { reason } => Some(reason.clone()),
+            Phase::RetryBackoff { .. } => info.record.last_error.clone(),
+            _ => None,
+        },
     }
 }
 

@@ -48,8 +48,11 @@ impl Runtime {
         }
     }
 
-    /// An explicit target must be registered here (its code takes the revived instances up).
+    /// The request's workflow (and version it selects from) must be known, and an explicit
+    /// target registered here (its code takes the revived instances up).
     fn check_revive_target(&self, request: &ReviveRequest) -> Result<(), EngineError> {
+        self.registry
+            .check_known(&request.workflow, request.from_version.as_ref())?;
         if let Some(version) = &request.target {
             self.move_target(&VersionKey::new(request.workflow.clone(), version.clone()))?;
         }
