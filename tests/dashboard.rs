@@ -401,3 +401,102 @@ async fn a_failed_instance_is_investigated_on_its_page_and_revived_on_the_fix_an
     drop(browser);
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_with_the_admin_token() {
+    const ADMIN: &str = "admin-secret-0123456789";
+    const READER: &str = "read-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .data_dir(dir.path())
+        .admin("127.0.0.1:0".parse().unwrap())
+        .admin_token(ADMIN)
+        .admin_read_token(READER)
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_1("1.1.0"))
+        .register(payment())
+        .register(failing_payment())
+        .open()
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("http://{}/", engine.admin_address().unwrap()))
+        .await;
+    let status = r#"tr[data-version="tally@1.0.0"] [data-field="status"]"#;
+    let drain = r#"tr[data-version="tally@1.0.0"] [data-action="drain"]"#;
+    let click = |selector: &str| {
+        format!(
+            "document.querySelector({}).click(); return true;",
+            serde_json::json!(selector)
+        )
+    };
+
+    // The read-only token may look, not change: the refusal shows, the version stays active.
+    browser.submit("#token", READER).await;
+    browser
+        .wait_for_text(status, "the version", |text| text == "active")
+        .await;
+    browser.execute(&click(drain)).await;
+    browser
+        .wait_for_text("#problem", "the refusal", |text| text.contains("admin token"))
+        .await;
+    assert_eq!(
+        engine.version(tally::WORKFLOW, "1.0.0").unwrap().status,
+        strata::VersionStatus::Active
+    );
+
+    // The admin token drains it, and undoes the drain.
+    browser.submit("#token", ADMIN).await;
+    browser.execute(&click(drain)).await;
+    browser.wait_for_text(status, "drained", |text| text == "drained").await;
+    browser
+        .execute(&click(r#"tr[data-version="tally@1.0.0"] [data-action="activate"]"#))
+        .await;
+    browser
+        .wait_for_text(status, "active again", |text| text == "active")
+        .await;
+
+    // A rollout paused, resumed and rolled back.
+    let spec = RolloutSpec::new("payment", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage {
+            percent: 50.0,
+            hold_ms: 600_000,
+            min_finished: 100,
+        })
+        .gates(Gates {
+            max_consecutive_failures: Some(50),
+            ..Gates::default()
+        });
+    engine.start_rollout(spec).await.unwrap();
+    let name = "payment@2.0.0";
+    let rollout_status = format!(r#"[data-rollout="{name}"] [data-field="status"]"#);
+    let button = |action: &str| format!(r#"[data-rollout="{name}"] [data-action="{action}"]"#);
+    browser
+        .wait_for_text(&rollout_status, "running", |text| text == "running")
+        .await;
+    browser.execute(&click(&button("pause"))).await;
+    browser
+        .wait_for_text(&rollout_status, "paused", |text| text == "paused")
+        .await;
+    assert_eq!(engine.rollout(name).unwrap().status, RolloutStatus::Paused);
+    browser.execute(&click(&button("resume"))).await;
+    browser
+        .wait_for_text(&rollout_status, "running again", |text| text == "running")
+        .await;
+    browser.execute(&click(&button("rollback"))).await;
+    browser
+        .wait_for_text(&rollout_status, "rolled back", |text| text == "rolled back")
+        .await;
+    let by = browser
+        .wait_for_text(
+            &format!(r#"[data-rollout="{name}"] [data-field="rolled-back"]"#),
+            "why",
+            |_| true,
+        )
+        .await;
+    assert!(by.starts_with("Rolled back by an operator"), "{by}");
+    assert_eq!(engine.rollout(name).unwrap().status, RolloutStatus::RolledBack);
+    drop(browser);
+    engine.shutdown().await;
+}

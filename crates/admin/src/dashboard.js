@@ -62,6 +62,48 @@ function number(value) {
   return element("td", { class: "number" }, value);
 }
 
+/// A button that posts `path` (a change, with the operator's token) and refreshes the page.
+function actionButton(label, path, name) {
+  return element("button", { type: "button", "data-post": path, "data-action": name }, label);
+}
+
+/// What an operator may do to a version now: drain it, or undo its drain while its code is here.
+function versionActions(workflow, version) {
+  const path = "/v1/versions/" + encodeURIComponent(workflow) + "/" + encodeURIComponent(version.version) + "/";
+  if (version.status === "active") return actionButton("Drain", path + "drain", "drain");
+  if ((version.status === "draining" || version.status === "drained") && version.registered) {
+    return actionButton("Undo drain", path + "activate", "activate");
+  }
+  return null;
+}
+
+/// What an operator may do to a rollout now: pause or resume it, roll it back.
+function rolloutActions(rollout) {
+  const path = "/v1/rollouts/" + encodeURIComponent(rollout.name) + "/";
+  const buttons = [];
+  if (rollout.status === "running") buttons.push(actionButton("Pause", path + "pause", "pause"));
+  if (rollout.status === "paused") buttons.push(actionButton("Resume", path + "resume", "resume"));
+  if (rollout.status === "running" || rollout.status === "paused") buttons.push(actionButton("Roll back", path + "rollback", "rollback"));
+  return buttons.length ? element("div", { class: "controls" }, buttons) : null;
+}
+
+/// Posts what a clicked action button names; a refusal (a read-only token, a rule of the
+/// engine) shows where problems show.
+async function onAction(event) {
+  const path = event.target.getAttribute && event.target.getAttribute("data-post");
+  if (!path) return;
+  event.target.disabled = true;
+  try {
+    await api(path, "POST");
+    problem(null);
+  } catch (error) {
+    problem(error);
+  }
+  soon(ALL);
+}
+document.getElementById("versions-body").addEventListener("click", onAction);
+document.getElementById("rollouts-body").addEventListener("click", onAction);
+
 async function showVersions() {
   const versions = await api("/v1/versions");
   const byWorkflow = new Map();
@@ -84,12 +126,13 @@ async function showVersions() {
         element("td", { class: noWorker ? "warning" : "" },
           noWorker ? "none: its instances wait" : version.workers.length),
         element("td", { "data-field": "safe_to_remove", class: version.safe_to_remove ? "yes" : "" },
-          version.safe_to_remove ? "yes" : "no"));
+          version.safe_to_remove ? "yes" : "no"),
+        element("td", {}, versionActions(workflow, version)));
     });
     body.append(element("h3", {}, workflow),
       element("table", { "data-workflow": workflow },
         element("thead", {}, element("tr", {},
-          ["version", "status", "live", "started", "completed", "failed", "cancelled", "oldest live", "workers", "safe to remove"]
+          ["version", "status", "live", "started", "completed", "failed", "cancelled", "oldest live", "workers", "safe to remove", ""]
             .map((name) => element("th", {}, name)))),
         element("tbody", {}, rows)));
   }
@@ -212,6 +255,7 @@ async function showRollouts() {
       element("div", {}, "stage " + (rollout.stage + 1) + " of " + stages + " · candidate share " + rollout.candidate_percent + "% ",
         element("span", { class: "bar" }, element("span", { style: { width: rollout.candidate_percent + "%" } })),
         " · against " + rollout.stable),
+      rolloutActions(rollout),
       rolledBack ? element("div", { class: "gate-fired", "data-field": "rolled-back" },
         "Rolled back by " + (fired ? GATES[fired] + " gate" : "an operator") + ": " + rolledBack.reason) : null,
       gates.length ? element("table", {}, element("thead", {}, element("tr", {}, ["gate", "threshold", rollout.figures ? "figure now" : "figure when it ended", ""].map((name) => element("th", {}, name)))), element("tbody", {}, gates)) : null,
