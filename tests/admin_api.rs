@@ -15,7 +15,7 @@ use strata::prelude::*;
 use common::tally;
 use common::*;
 use serde_json::Value;
-use strata::{Engine, EngineError, InstanceStatus, StartOptions};
+use strata::{Engine, EngineError, InstanceStatus, StartOptions, Version};
 
 on_sled_and_postgres!(
     a_rollout_is_started_watched_paused_and_its_rollback_shows_the_gate_that_fired,
@@ -32,6 +32,7 @@ on_sled_and_postgres!(
     a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_it_ended,
     moves_are_planned_then_applied_and_migrations_report_progress,
     cancelled_instances_are_planned_then_revived_and_the_version_counts_them,
+    workers_routing_in_force_schedules_and_quarantined_records_are_read,
     the_openapi_document_describes_every_route_with_its_parameters_and_answers,
 );
 
@@ -1127,6 +1128,93 @@ async fn cancelled_instances_are_planned_then_revived_and_the_version_counts_the
     engine.shutdown().await;
 }
 
+async fn workers_routing_in_force_schedules_and_quarantined_records_are_read(backend: Backend) {
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_1("1.1.0"))
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let (status, workers) = get(&engine, "/v1/workers").await;
+    assert_eq!(status, 200, "{workers}");
+    let me = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|worker| worker["id"] == engine.worker_id().as_str())
+        .unwrap_or_else(|| panic!("this worker is listed: {workers}"));
+    assert_eq!(me["alive"], true);
+    assert_eq!(me["versions"], serde_json::json!(["tally@1.0.0", "tally@1.1.0"]));
+
+    let config = "[workflows.tally]\ndefault = \"=1.0.0\"\n\n[[schedules]]\nname = \"hourly\"\nworkflow = \"tally\"\ncron = \"0 * * * *\"\ninput = 1\n";
+    engine.apply_config("strata.toml", config).await.unwrap();
+    let spec = strata::RolloutSpec::new(tally::WORKFLOW, Version::new(1, 1, 0), Version::new(1, 0, 0))
+        .stage(strata::Stage {
+            percent: 25.0,
+            hold_ms: 600_000,
+            min_finished: 100,
+        })
+        .gates(strata::Gates {
+            max_consecutive_failures: Some(5),
+            ..strata::Gates::default()
+        });
+    engine.start_rollout(spec).await.unwrap();
+    tally::start_waiting(&engine, 1..3, StartOptions::new().version("=1.0.0")).await;
+    let (status, routing) = get(&engine, "/v1/routing").await;
+    assert_eq!(status, 200, "{routing}");
+    let tally_rules = &routing["workflows"][0];
+    assert_eq!(
+        (tally_rules["workflow"].as_str(), tally_rules["default"].as_str()),
+        (Some("tally"), Some("=1.0.0"))
+    );
+    assert_eq!(
+        tally_rules["rules"][0]["candidate"], "1.1.0",
+        "the rollout's stage is in force: {routing}"
+    );
+    assert_eq!(tally_rules["rules"][0]["percent"], 25.0);
+    let requested: Vec<&Value> = routing["starts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|starts| starts["reason"] == "requested")
+        .collect();
+    assert_eq!(
+        (requested.len(), requested[0]["count"].as_u64()),
+        (1, Some(2)),
+        "{routing}"
+    );
+    engine.rollback_rollout("tally@1.1.0").await.unwrap();
+    let (_, routing) = get(&engine, "/v1/routing").await;
+    assert_eq!(
+        routing["workflows"][0]["rules"],
+        serde_json::json!([]),
+        "a rolled-back rule is gone: {routing}"
+    );
+
+    let (status, schedules) = get(&engine, "/v1/schedules").await;
+    assert_eq!(status, 200, "{schedules}");
+    let hourly = &schedules[0];
+    assert_eq!(
+        (hourly["name"].as_str(), hourly["expression"].as_str()),
+        (Some("hourly"), Some("0 * * * *"))
+    );
+    let next = hourly["next_fire_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        next > now && next <= now + 3_600_000 && next % 3_600_000 == 0,
+        "the next full hour: {next}"
+    );
+
+    let (status, quarantined) = get(&engine, "/v1/quarantined").await;
+    assert_eq!((status, quarantined), (200, serde_json::json!([])));
+    engine.shutdown().await;
+}
+
 async fn the_openapi_document_describes_every_route_with_its_parameters_and_answers(backend: Backend) {
     let engine = open(&backend, None).await;
     let (status, document) = get(&engine, "/v1/openapi.json").await;
@@ -1169,15 +1257,19 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
             "/v1/moves",
             "/v1/moves/plan",
             "/v1/openapi.json",
+            "/v1/quarantined",
             "/v1/revivals",
             "/v1/revivals/plan",
             "/v1/rollouts",
             "/v1/rollouts/{name}",
             "/v1/rollouts/{name}/{action}",
+            "/v1/routing",
+            "/v1/schedules",
             "/v1/versions",
             "/v1/versions/{workflow}/{version}",
             "/v1/versions/{workflow}/{version}/metrics",
             "/v1/versions/{workflow}/{version}/{action}",
+            "/v1/workers",
         ]
     );
     // Every path parameter of every operation is declared, and every operation answers 200.

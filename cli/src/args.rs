@@ -94,6 +94,17 @@ pub(crate) enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// The workers sharing the engine's store: host, process, heartbeat, the versions each
+    /// runs, whether its lease is current.
+    Workers,
+    /// The routing rules that route new instances now (after promotions and rollbacks), and how
+    /// many starts each version got and why since the engine opened.
+    Routing {
+        /// Only this workflow.
+        workflow: Option<String>,
+    },
+    /// The schedules of the config in force, with their last and next fires.
+    Schedules,
     /// Prints a shell completion script (`strata completions bash > /etc/bash_completion.d/strata`).
     Completions {
         /// The shell.
@@ -167,6 +178,8 @@ pub(crate) enum InstancesCommand {
     /// state migrated along the chain. `--dry-run` first: which would be taken up where, and why
     /// the others would not.
     Revive(ReviveArgs),
+    /// Live records set apart because they do not decode, with why (the rest run).
+    Quarantined,
 }
 
 /// Which ended instances a revival takes, and where.

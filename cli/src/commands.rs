@@ -52,6 +52,9 @@ pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<
         Command::Config(command) => config(client, &out, command),
         Command::Migrate(command) => migrate(client, &out, command),
         Command::Events { follow: _, limit } => events(client, limit),
+        Command::Workers => crate::operation::workers(client, &out),
+        Command::Routing { workflow } => crate::operation::routing(client, &out, workflow.as_deref()),
+        Command::Schedules => crate::operation::schedules(client, &out),
         Command::Completions { .. } => Ok(()),
     }
 }
@@ -105,7 +108,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Milliseconds since the Unix epoch as an age (`3m 20s ago`).
-fn age_of(ms: u64) -> String {
+pub(crate) fn age_of(ms: u64) -> String {
     let seconds = now_ms().saturating_sub(ms) / 1000;
     match seconds {
         0..=59 => format!("{seconds}s ago"),
@@ -310,6 +313,7 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
         }
         InstancesCommand::History { id, last, follow } => crate::history::history(client, out, id, last, follow),
         InstancesCommand::Revive(args) => crate::revive::revive(client, out, args),
+        InstancesCommand::Quarantined => crate::operation::quarantined(client, out),
         InstancesCommand::Show { id } => {
             let answer = client.get(&format!("/v1/instances/{id}"))?;
             let instance: InstanceDetail = typed(&answer, "an instance")?;

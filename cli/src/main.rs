@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod error;
 mod history;
+mod operation;
 mod output;
 mod revive;
 mod table;

@@ -724,3 +724,68 @@ async fn cancelled_instances_are_revived_on_another_version_after_a_dry_run() {
     assert!(wrong.stderr.contains("--since 'yesterday'"), "{}", wrong.stderr);
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_routing_schedules_and_quarantined_records_are_tables_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let config = "[workflows.gate]\ndefault = \"=1.0.0\"\n\n[[schedules]]\nname = \"nightly\"\nworkflow = \"gate\"\ncron = \"30 2 * * *\"\ninput = 1\nmissed = \"skip\"\n";
+    engine.apply_config("strata.toml", config).await.unwrap();
+    start(&engine, 1, "1.0.0").await;
+
+    let workers = strata(&engine, Some(READER), &["workers"]).await;
+    assert_eq!(workers.code, 0, "{}", workers.stderr);
+    let line = workers
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("local"))
+        .unwrap_or_else(|| panic!("{}", workers.stdout));
+    assert!(
+        line.contains("yes") && line.contains("gate@1.0.0, gate@2.0.0"),
+        "{line}"
+    );
+
+    let routing = strata(&engine, Some(READER), &["routing", "gate"]).await;
+    assert_eq!(routing.code, 0, "{}", routing.stderr);
+    assert!(
+        routing.stdout.contains("default") && routing.stdout.contains("=1.0.0"),
+        "{}",
+        routing.stdout
+    );
+    assert!(
+        routing
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("gate@1.0.0") && line.contains("requested") && line.trim_end().ends_with('1')),
+        "{}",
+        routing.stdout
+    );
+    let json = strata(&engine, Some(READER), &["--json", "routing"]).await;
+    assert_eq!(json.json()["workflows"][0]["default"], "=1.0.0");
+
+    let schedules = strata(&engine, Some(READER), &["schedules"]).await;
+    assert_eq!(schedules.code, 0, "{}", schedules.stderr);
+    let nightly = schedules
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("nightly"))
+        .unwrap_or_else(|| panic!("{}", schedules.stdout));
+    assert!(
+        nightly.contains("30 2 * * *")
+            && nightly.contains(" ago ")
+            && nightly.contains(" in ")
+            && nightly.contains("skip"),
+        "{nightly}"
+    );
+
+    let quarantined = strata(&engine, Some(READER), &["instances", "quarantined"]).await;
+    assert_eq!(
+        (quarantined.code, quarantined.stdout.trim()),
+        (0, "no quarantined record"),
+        "{}",
+        quarantined.stderr
+    );
+    let json = strata(&engine, Some(READER), &["--json", "instances", "quarantined"]).await;
+    assert_eq!(json.json(), serde_json::json!([]));
+    engine.shutdown().await;
+}

@@ -8,6 +8,7 @@
 mod changes;
 mod config;
 mod history;
+mod operation;
 mod revivals;
 mod rollouts;
 mod whole;
@@ -17,6 +18,10 @@ pub use changes::{
 };
 pub use config::{ConfigCheckView, GenerationView, RestoredView};
 pub use history::{AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, WokenByView};
+pub use operation::{
+    FlagView, QuarantinedView, RolloutRuleView, RoutedStartsView, RoutingView, ScheduleView, WorkerView,
+    WorkflowRoutingView,
+};
 pub use revivals::{ReviveBody, ReviveCheckView, RevivePlanView, ReviveReportView};
 pub use rollouts::{
     FiguresView, GatesRequest, GatesView, OnRollbackChoice, RolloutFiguresView, RolloutStartRequest, RolloutView,

@@ -22,7 +22,8 @@
 //! `/v1/rollouts/{name}` (stage, gate figures against the stable, history), `POST /v1/rollouts`
 //! (start) and `/v1/rollouts/{name}/pause|resume|rollback`, `POST /v1/moves/plan` (dry run) and
 //! `/v1/moves`, `POST /v1/revivals/plan` (dry run) and `/v1/revivals`, `POST /v1/migrations`, `GET /v1/migrations/{workflow}` and
-//! `POST /v1/migrations/{workflow}/pause|resume`, and the event stream as Server-Sent Events at
+//! `POST /v1/migrations/{workflow}/pause|resume`, `GET /v1/workers`, `/v1/routing` (the rules
+//! in force and each version's starts), `/v1/schedules` and `/v1/quarantined`, and the event stream as Server-Sent Events at
 //! `GET /v1/events`, all described by the OpenAPI document at `GET /v1/openapi.json`.
 
 mod access;
@@ -30,6 +31,7 @@ mod changes;
 mod config;
 mod dashboard;
 mod instances;
+mod operation;
 mod revivals;
 mod rollouts;
 mod views;
@@ -238,6 +240,10 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(changes::start_migration))
         .routes(routes!(changes::progress))
         .routes(routes!(changes::control))
+        .routes(routes!(operation::workers))
+        .routes(routes!(operation::routing))
+        .routes(routes!(operation::schedules))
+        .routes(routes!(operation::quarantined))
         .routes(routes!(events))
         .routes(routes!(metrics))
         .routes(routes!(openapi_document))

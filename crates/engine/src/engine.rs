@@ -613,6 +613,18 @@ impl Engine {
         Ok(Some(last.generation))
     }
 
+    /// The schedules of the config in force.
+    pub fn schedules(&self) -> Vec<ScheduleSpec> {
+        self.schedules.borrow().as_ref().clone()
+    }
+
+    /// The rules that route new instances now: the config's (or `set_routing`'s) with every
+    /// rollout laid over them — a running rollout's stage, a promoted candidate as the default,
+    /// a rolled-back one left out.
+    pub fn routing_in_force(&self) -> RoutingSpec {
+        self.runtime.routing_in_force()
+    }
+
     /// Each schedule's last handled fire time (ms since the Unix epoch).
     pub fn schedule_fires(&self) -> Result<Vec<(String, u64)>, EngineError> {
         Ok(self.runtime.store.schedule_fires()?)

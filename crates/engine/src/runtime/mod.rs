@@ -653,6 +653,12 @@ impl Runtime {
         self.routing_spec.lock().clone()
     }
 
+    /// The rules that route starts now: those in force with each workflow's rollout laid over
+    /// them, as the routing table is built from.
+    pub(crate) fn routing_in_force(&self) -> RoutingSpec {
+        self.rollouts.overlay(&self.routing_spec.lock())
+    }
+
     /// Commits `ops` through the group committer.
     pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<(), EngineError> {
         Ok(self.write(ops).await?)
