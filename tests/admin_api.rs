@@ -33,6 +33,7 @@ on_sled_and_postgres!(
     moves_are_planned_then_applied_and_migrations_report_progress,
     cancelled_instances_are_planned_then_revived_and_the_version_counts_them,
     workers_routing_in_force_schedules_and_quarantined_records_are_read,
+    an_instance_is_started_with_json_input_on_a_required_version_and_bad_starts_say_why,
     the_openapi_document_describes_every_route_with_its_parameters_and_answers,
 );
 
@@ -1212,6 +1213,60 @@ async fn workers_routing_in_force_schedules_and_quarantined_records_are_read(bac
 
     let (status, quarantined) = get(&engine, "/v1/quarantined").await;
     assert_eq!((status, quarantined), (200, serde_json::json!([])));
+    engine.shutdown().await;
+}
+
+async fn an_instance_is_started_with_json_input_on_a_required_version_and_bad_starts_say_why(backend: Backend) {
+    let engine = backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_1("1.1.0"))
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let (status, started) = post_json(
+        &engine,
+        "/v1/instances",
+        r#"{"workflow": "tally", "input": 7, "routing_key": "customer-7", "version": "=1.0.0"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(
+        (started["workflow"].as_str(), started["version"].as_str()),
+        (Some("tally"), Some("1.0.0"))
+    );
+    let id = strata::InstanceId(started["id"].as_u64().unwrap());
+    let info = engine.instance(id).unwrap();
+    assert_eq!(info.record.routing_key.as_deref(), Some("customer-7"));
+    let (status, routed) = post_json(&engine, "/v1/instances", r#"{"workflow": "tally", "input": 1}"#).await;
+    assert_eq!(
+        (status, routed["version"].as_str()),
+        (200, Some("1.1.0")),
+        "routed to the newest: {routed}"
+    );
+
+    for (body, expected, why) in [
+        (r#"{"workflow": "parcel", "input": 1}"#, 404, "parcel"),
+        (r#"{"workflow": "tally", "input": "seven"}"#, 400, "input"),
+        (
+            r#"{"workflow": "tally", "input": 1, "version": "=9.0.0"}"#,
+            400,
+            "9.0.0",
+        ),
+        (
+            r#"{"workflow": "tally", "input": 1, "verison": "=1.0.0"}"#,
+            422,
+            "version",
+        ),
+    ] {
+        let (status, error) = post_json(&engine, "/v1/instances", body).await;
+        assert_eq!(status, expected, "{body}: {error}");
+        assert!(
+            error["error"].as_str().is_some_and(|text| text.contains(why)),
+            "{body}: {error}"
+        );
+    }
     engine.shutdown().await;
 }
 

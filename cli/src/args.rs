@@ -39,6 +39,19 @@ pub(crate) enum Command {
     /// Instances: list them (filtered, paged) or show one.
     #[command(subcommand)]
     Instances(InstancesCommand),
+    /// Starts an instance, routed like any start (or on a version meeting `--version`).
+    Start {
+        /// The workflow.
+        workflow: String,
+        /// Its input as JSON (default `null`).
+        input: Option<String>,
+        /// The key sticky routing hashes (a customer id, say).
+        #[arg(long)]
+        key: Option<String>,
+        /// A semver requirement the version must meet (`=1.0.0` for an exact one).
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Sends a signal to an instance, wherever it runs.
     Signal {
         /// The instance id.

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use strata_admin_model::{
     CancelledView, ConfigCheckView, FiguresView, GatesRequest, GatesView, GenerationView, InstanceDetail, InstancePage,
     MigrationBody, MigrationProgressView, MoveBody, MoveCheckView, MovePlanView, MoveReportView, PhaseView,
-    RestoredView, RolloutStartRequest, RolloutView, SignalDeliveredView, StageView, TransitionKind, TransitionView,
-    VersionView, Whole,
+    RestoredView, RolloutStartRequest, RolloutView, SignalDeliveredView, StageView, StartBody, StartedView,
+    TransitionKind, TransitionView, VersionView, Whole,
 };
 
 use crate::args::{Command, ConfigCommand, InstancesCommand, MigrateCommand, MoveArgs, RolloutCommand, VersionsArgs};
@@ -25,6 +25,34 @@ pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<
     match command {
         Command::Versions(args) => versions(client, &out, args),
         Command::Instances(command) => instances(client, &out, command),
+        Command::Start {
+            workflow,
+            input,
+            key,
+            version,
+        } => {
+            let input: Value = match input {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|error| CliError::Input(format!("the input is not JSON ({error}): {text}")))?,
+                None => Value::Null,
+            };
+            let body = body_json(&StartBody {
+                workflow,
+                input,
+                routing_key: key,
+                version,
+            });
+            let answer = client.post("/v1/instances", Some(&body))?;
+            let started: StartedView = typed(&answer, "a start")?;
+            out.done(
+                &answer,
+                &format!(
+                    "started instance {} on {}@{}",
+                    started.id, started.workflow, started.version
+                ),
+            );
+            Ok(())
+        }
         Command::Signal { id, name, payload } => {
             let payload: Value = match payload {
                 Some(text) => serde_json::from_str(&text)

@@ -789,3 +789,38 @@ async fn workers_routing_schedules_and_quarantined_records_are_tables_or_json() 
     assert_eq!(json.json(), serde_json::json!([]));
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_started_from_the_command_line_with_json_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let started = strata(
+        &engine,
+        Some(ADMIN),
+        &["start", "gate", "41", "--version", "=1.0.0", "--key", "customer-3"],
+    )
+    .await;
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    let id: u64 = started
+        .stdout
+        .trim()
+        .strip_prefix("started instance ")
+        .and_then(|rest| rest.strip_suffix(" on gate@1.0.0"))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("{}", started.stdout));
+    let info = engine.instance(InstanceId(id)).unwrap();
+    assert_eq!(info.record.routing_key.as_deref(), Some("customer-3"));
+    engine.signal(InstanceId(id), "go", &()).await.unwrap();
+    assert_eq!(engine.output::<u64>(InstanceId(id)).await.unwrap(), 41);
+
+    let json = strata(&engine, Some(ADMIN), &["--json", "start", "gate", "1"]).await;
+    assert_eq!(json.json()["version"], "2.0.0", "routed to the newest");
+    let refused = strata(&engine, Some(READER), &["start", "gate", "1"]).await;
+    assert_eq!(refused.code, 3, "a start needs the admin token: {}", refused.stderr);
+    let bad = strata(&engine, Some(ADMIN), &["start", "gate", "{not json"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    let wrong_type = strata(&engine, Some(ADMIN), &["start", "gate", "\"forty-one\""]).await;
+    assert_eq!(wrong_type.code, 3, "{}", wrong_type.stderr);
+    assert!(wrong_type.stderr.contains("input"), "{}", wrong_type.stderr);
+    engine.shutdown().await;
+}

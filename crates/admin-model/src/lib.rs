@@ -241,6 +241,36 @@ pub struct SignalDeliveredView {
     pub delivered: bool,
 }
 
+/// An instance to start, as posted. Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    /// The workflow.
+    pub workflow: String,
+    /// Its input as JSON, as the workflow's input type reads it (`null` if absent).
+    #[serde(default)]
+    pub input: Value,
+    /// The key sticky routing hashes (a customer id, say); recorded on the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// A semver requirement the version must meet (`=1.0.0` for an exact one); absent: routed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// An instance started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StartedView {
+    /// Its id.
+    pub id: u64,
+    /// Its workflow.
+    pub workflow: String,
+    /// The version it is pinned to.
+    pub version: String,
+}
+
 /// An instance was cancelled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

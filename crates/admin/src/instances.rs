@@ -1,6 +1,6 @@
 //! The instances part of the admin API: a filtered, paged listing, one instance in full (its
-//! state decoded as JSON), its history a page at a time, and the two things an operator does to
-//! one: signal it, cancel it.
+//! state decoded as JSON), its history a page at a time, and what an operator does to
+//! instances: start one, signal it, cancel it.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -12,10 +12,11 @@ use serde_json::Value;
 use super::views::{history_page, instance_detail, instance_summary};
 use super::{blocking_read, json_body, parse_version, ApiError};
 use strata_admin_model::{
-    CancelledView, ErrorView, HistoryPageView, InstanceDetail, InstancePage, SignalDeliveredView,
+    CancelledView, ErrorView, HistoryPageView, InstanceDetail, InstancePage, SignalDeliveredView, StartBody,
+    StartedView,
 };
 use strata_engine::instance::HistoryRequest;
-use strata_engine::{Engine, InstanceFilter, InstanceId, InstanceStatus};
+use strata_engine::{Engine, InstanceFilter, InstanceId, InstanceStatus, StartOptions};
 
 /// Instances per page unless `limit` says otherwise, and the most a page holds.
 const PAGE: usize = 100;
@@ -203,6 +204,36 @@ pub(super) async fn signal(
     let payload = json_body(payload, "the signal's payload (null for none)")?;
     engine.signal(InstanceId(id), &name, &payload).await?;
     Ok(Json(SignalDeliveredView { delivered: true }))
+}
+
+/// `POST /v1/instances`: starts an instance of a workflow with its input as JSON, routed like
+/// any start (or on a version meeting `version`); answers its id and version once committed.
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = StartBody,
+    responses((status = 200, description = "Started and committed", body = StartedView), (status = 400, body = ErrorView),
+        (status = 404, body = ErrorView), (status = 409, body = ErrorView), (status = 422, description = "Its state could not be built from the input", body = ErrorView)))]
+pub(super) async fn start(
+    State(engine): State<Engine>,
+    body: Result<Json<StartBody>, JsonRejection>,
+) -> Result<Json<StartedView>, ApiError> {
+    let body = json_body(body, "a start ({workflow, input, routing_key, version})")?;
+    let mut options = StartOptions::new();
+    if let Some(key) = body.routing_key {
+        options = options.routing_key(key);
+    }
+    if let Some(requirement) = body.version {
+        options = options.version(requirement);
+    }
+    let id = engine.start_with(&body.workflow, &body.input, options).await?;
+    tracing::info!(workflow = %body.workflow, %id, "admin API: instance started");
+    let version = blocking_read(engine, move |engine| engine.instance(id))
+        .await??
+        .version()
+        .to_string();
+    Ok(Json(StartedView {
+        id: id.0,
+        workflow: body.workflow,
+        version,
+    }))
 }
 
 /// `POST /v1/instances/{id}/cancel`: cancelled at its next step boundary; answers once it is.

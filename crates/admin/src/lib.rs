@@ -15,7 +15,8 @@
 //! (optionally `?workflow=`), `GET /v1/versions/{workflow}/{version}`, and
 //! `POST /v1/versions/{workflow}/{version}/drain|activate|retire`, `GET /v1/instances` (filters
 //! `workflow`, `version`, `status`; paged with `after` and `limit`), `GET /v1/instances/{id}`,
-//! `GET /v1/instances/{id}/history` (paged with `from`, `order` and `limit`),
+//! `POST /v1/instances` (start one), `GET /v1/instances/{id}/history` (paged with `from`,
+//! `order` and `limit`),
 //! `POST /v1/instances/{id}/signals/{name}`, `POST /v1/instances/{id}/cancel`, `GET /v1/config`
 //! and `/v1/config/history` (with diffs), `POST /v1/config/check` (a file checked, not applied)
 //! and `/v1/config/restore/{generation}`, `GET /v1/rollouts[?workflow=]` and
@@ -221,7 +222,7 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(version))
         .routes(routes!(version_action))
         .routes(routes!(version_metrics))
-        .routes(routes!(instances::list))
+        .routes(routes!(instances::list, instances::start))
         .routes(routes!(instances::show))
         .routes(routes!(instances::history))
         .routes(routes!(instances::signal))
@@ -523,7 +524,10 @@ impl From<EngineError> for ApiError {
             EngineError::Registry(_)
             | EngineError::InvalidVersion { .. }
             | EngineError::SignalDecode { .. }
+            | EngineError::InputDecode { .. }
             | EngineError::ReservedSignalName { .. } => StatusCode::BAD_REQUEST,
+            EngineError::Init { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::Store(strata_engine::StoreError::VersionNotAccepting { .. }) => StatusCode::CONFLICT,
             EngineError::Config(strata_config::ConfigError::UnknownGeneration { .. }) => StatusCode::NOT_FOUND,
             EngineError::Config(_) | EngineError::Routing(_) => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Rollout(strata_core::rollout::RolloutError::Unknown { .. }) => StatusCode::NOT_FOUND,
