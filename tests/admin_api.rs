@@ -572,6 +572,29 @@ async fn instances_are_listed_paged_shown_signalled_and_cancelled(backend: Backe
     let (_, rest) = get(&engine, &format!("/v1/instances?workflow=tally&after={next}")).await;
     assert_eq!(rest["instances"].as_array().unwrap().len(), 3);
     assert_eq!(rest["next"], Value::Null, "the last page has no cursor");
+    let (status, newest) = get(&engine, "/v1/instances?workflow=tally&order=newest&limit=2").await;
+    assert_eq!(status, 200, "{newest}");
+    let listed: Vec<u64> = newest["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| instance["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[4].0, ids[3].0], "newest first");
+    let (_, older) = get(
+        &engine,
+        &format!("/v1/instances?workflow=tally&order=newest&after={}", newest["next"]),
+    )
+    .await;
+    let listed: Vec<u64> = older["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|instance| instance["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[2].0, ids[1].0, ids[0].0], "the older page");
+    let (status, error) = get(&engine, "/v1/instances?order=sideways").await;
+    assert_eq!(status, 400, "{error}");
 
     let (status, detail) = get(&engine, &format!("/v1/instances/{}", ids[0].0)).await;
     assert_eq!(status, 200, "{detail}");

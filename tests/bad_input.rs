@@ -324,7 +324,7 @@ impl Store for FailingStore {
     }
     fn finished_instances(
         &self,
-        scope: &strata_store::FinishedScope,
+        scope: &strata_store::ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {

@@ -667,6 +667,29 @@ async fn finished_instances_are_listed_and_read_after_a_restart(backend: Backend
     assert_eq!(status_of(InstanceStatus::WaitingSignal), ids[3..].to_vec());
     assert_eq!(engine.list(&InstanceFilter::default()).unwrap().len(), 6);
     assert_eq!(engine.list_limited(&InstanceFilter::default(), 4).unwrap().len(), 4);
+    // Newest first, a page at a time, live and finished instances in one order.
+    let page = |filter: InstanceFilter| {
+        engine
+            .list_limited(&filter, 4)
+            .unwrap()
+            .iter()
+            .map(|info| info.id())
+            .collect::<Vec<_>>()
+    };
+    let mut newest: Vec<_> = ids.clone();
+    newest.reverse();
+    assert_eq!(page(InstanceFilter::default().newest_first()), newest[..4].to_vec());
+    assert_eq!(
+        page(InstanceFilter::default().newest_first().after(newest[3])),
+        newest[4..].to_vec(),
+        "the page below the cursor"
+    );
+    assert_eq!(
+        page(InstanceFilter::workflow(tally::WORKFLOW).newest_first().after(ids[4])),
+        vec![ids[3], ids[2], ids[1], ids[0]],
+        "a workflow's instances below the cursor, live and finished"
+    );
+    assert_eq!(page(InstanceFilter::default().after(ids[1])), ids[2..].to_vec());
     assert_eq!(engine.output::<u64>(ids[1]).await.unwrap(), 1);
     let error = engine.signal(ids[0], tally::GO, &()).await.unwrap_err();
     assert!(matches!(error, EngineError::InstanceFinished { .. }), "{error}");

@@ -373,8 +373,12 @@ async fn a_failed_instance_is_investigated_on_its_page_and_revived_on_the_fix_an
         .execute(r##"return document.querySelectorAll("#instances-body tbody tr").length;"##)
         .await;
     assert_eq!(rows, 50);
+    let first = browser
+        .execute(r##"return document.querySelector("#instances-body tbody tr").getAttribute("data-instance");"##)
+        .await;
+    assert_eq!(first, ids[54].0.to_string(), "newest first");
     let reason = browser
-        .text(&format!(r#"tr[data-instance="{}"] [data-field="reason"]"#, ids[0].0))
+        .text(&format!(r#"tr[data-instance="{}"] [data-field="reason"]"#, ids[54].0))
         .await
         .unwrap();
     assert!(reason.contains("card declined"), "{reason}");

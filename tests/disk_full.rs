@@ -30,7 +30,7 @@ use strata::{
     Durability, Engine, EngineError, InstanceId, InstanceStatus, ManualClock, Next, StepCtx, StepResult, StoreError,
     WorkflowVersion,
 };
-use strata_store::FinishedScope;
+use strata_store::ListScope;
 
 const CHILD_DIR: &str = "STRATA_DISK_FULL_CHILD_DIR";
 const LIMITED_CHILD_DIR: &str = "STRATA_FILE_LIMIT_CHILD_DIR";
@@ -228,7 +228,7 @@ fn a_full_disk_refuses_commits_until_space_returns_and_loses_nothing() {
     let recovered = store.recover().unwrap();
     assert!(recovered.live.is_empty(), "no instance is left live");
     let finished = store
-        .finished_instances(&FinishedScope::default(), &mut |_| true, usize::MAX)
+        .finished_instances(&ListScope::default(), &mut |_| true, usize::MAX)
         .unwrap();
     assert_eq!(finished.len() as u64, INSTANCES + 1, "the refused start left nothing");
     for record in &finished {

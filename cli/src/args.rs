@@ -162,9 +162,12 @@ pub(crate) enum InstancesCommand {
         /// At most this many per page.
         #[arg(long, default_value_t = 50)]
         limit: u64,
-        /// Only ids after this one (the `next` of the previous page).
+        /// Only ids past this one in the listing's order (the `next` of the previous page).
         #[arg(long)]
         after: Option<u64>,
+        /// The newest instances first.
+        #[arg(long)]
+        newest: bool,
         /// Every page, not just the first.
         #[arg(long)]
         all: bool,

@@ -288,11 +288,15 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
             status,
             limit,
             mut after,
+            newest,
             all,
         } => {
             let mut listed = Vec::new();
             loop {
                 let mut query = vec![format!("limit={limit}")];
+                if newest {
+                    query.push("order=newest".to_string());
+                }
                 for (name, value) in [("workflow", &workflow), ("version", &version), ("status", &status)] {
                     if let Some(value) = value {
                         query.push(format!("{name}={}", segment(value)));
@@ -323,15 +327,19 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
                                     instance.step.clone(),
                                     age_of(instance.started_at_ms),
                                     age_of(instance.updated_at_ms),
+                                    instance.reason.clone().unwrap_or_default(),
                                 ]
                             })
                             .collect();
                         let mut text = table::render(
-                            &["ID", "WORKFLOW", "VERSION", "STATUS", "STEP", "STARTED", "UPDATED"],
+                            &[
+                                "ID", "WORKFLOW", "VERSION", "STATUS", "STEP", "STARTED", "UPDATED", "WHY",
+                            ],
                             &rows,
                         );
                         if let Some(next) = after {
-                            text.push_str(&format!("\nmore: --after {next} (or --all)"));
+                            let order = if newest { " --newest" } else { "" };
+                            text.push_str(&format!("\nmore: --after {next}{order} (or --all)"));
                         }
                         text
                     });

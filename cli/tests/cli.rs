@@ -815,6 +815,21 @@ async fn an_instance_is_started_from_the_command_line_with_json_input() {
 
     let json = strata(&engine, Some(ADMIN), &["--json", "start", "gate", "1"]).await;
     assert_eq!(json.json()["version"], "2.0.0", "routed to the newest");
+    let newest = json.json()["id"].clone();
+    let listed = strata(
+        &engine,
+        Some(READER),
+        &["--json", "instances", "list", "--newest", "--limit", "1"],
+    )
+    .await;
+    assert_eq!(listed.json()["instances"][0]["id"], newest, "{}", listed.stdout);
+    let table = strata(
+        &engine,
+        Some(READER),
+        &["instances", "list", "--newest", "--limit", "1"],
+    )
+    .await;
+    assert!(table.stdout.contains("--newest (or --all)"), "{}", table.stdout);
     let refused = strata(&engine, Some(READER), &["start", "gate", "1"]).await;
     assert_eq!(refused.code, 3, "a start needs the admin token: {}", refused.stderr);
     let bad = strata(&engine, Some(ADMIN), &["start", "gate", "{not json"]).await;

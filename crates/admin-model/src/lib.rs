@@ -118,7 +118,7 @@ pub struct InstanceSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstancePage {
-    /// The instances of this page, in id order.
+    /// The instances of this page, in the listing's order (ids up, or newest first).
     pub instances: Vec<InstanceSummary>,
     /// Pass as `after` for the next page; absent on the last.
     pub next: Option<u64>,

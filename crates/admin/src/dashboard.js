@@ -300,7 +300,7 @@ async function search(event) {
     return;
   }
   try {
-    const query = new URLSearchParams({ limit: "50" });
+    const query = new URLSearchParams({ limit: "50", order: document.getElementById("search-order").value });
     for (const field of ["workflow", "version", "status"]) {
       const value = document.getElementById("search-" + field).value.trim();
       if (value) query.set(field, value);

@@ -56,8 +56,10 @@ pub(super) struct ListQuery {
     workflow: Option<String>,
     version: Option<String>,
     status: Option<String>,
-    /// The cursor: only instances with a larger id.
+    /// The cursor: only instances past this id in the listing's order.
     after: Option<u64>,
+    /// `oldest` (the default) or `newest` first.
+    order: Option<ListOrder>,
     limit: Option<usize>,
 }
 
@@ -92,16 +94,18 @@ impl ListQuery {
             version,
             status,
             after: self.after.map(InstanceId),
+            newest_first: self.order == Some(ListOrder::Newest),
         })
     }
 }
 
-/// `GET /v1/instances`: the instances the filter matches, in id order, a page at a time; `next`
-/// is the cursor of the next page (pass it as `after`).
+/// `GET /v1/instances`: the instances the filter matches, oldest or newest first, a page at a
+/// time; `next` is the cursor of the next page (pass it as `after`).
 #[utoipa::path(get, path = "/v1/instances", tag = "instances",
     params(("workflow" = Option<String>, Query), ("version" = Option<String>, Query),
         ("status" = Option<String>, Query, description = "ready, running, sleeping, waiting_signal, retry_backoff, parked, quarantined, completed, failed or cancelled"),
-        ("after" = Option<i64>, Query, minimum = 0, description = "Only ids after this one: the `next` of the previous page"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only ids past this one in the listing's order (above it, or below it newest first): the `next` of the previous page"),
+        ("order" = Option<ListOrder>, Query, description = "oldest (the default) or newest first"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100, at most 1000)")),
     responses((status = 200, body = InstancePage), (status = 400, body = ErrorView),
         (status = 404, description = "No version of that workflow, or no such version, is known", body = ErrorView)))]
@@ -112,9 +116,7 @@ pub(super) async fn list(
     let filter = query.filter()?;
     let limit = query.limit.unwrap_or(PAGE).clamp(1, LARGEST_PAGE);
     // One more than the page, to know whether another follows; the store reads no further.
-    let listed = blocking_read(engine, move |engine| engine.list_limited(&filter, limit + 1)).await??;
-    let mut matching = listed;
-    matching.sort_by_key(|info| info.id());
+    let mut matching = blocking_read(engine, move |engine| engine.list_limited(&filter, limit + 1)).await??;
     let more = matching.len() > limit;
     matching.truncate(limit);
     let next = if more {
@@ -140,13 +142,13 @@ pub(super) async fn show(State(engine): State<Engine>, Path(id): Path<u64>) -> R
     Ok(Json(instance_detail(&info, &signals)))
 }
 
-/// Which end of a history a page starts from.
+/// Which end a listing (of instances, or of a history's entries) starts from.
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum HistoryOrder {
-    /// The oldest entry first.
+pub(super) enum ListOrder {
+    /// The oldest first.
     Oldest,
-    /// The newest entry first.
+    /// The newest first.
     Newest,
 }
 
@@ -156,7 +158,7 @@ pub(super) struct HistoryQuery {
     /// The cursor: the `next` of the previous page.
     from: Option<u64>,
     /// `oldest` (the default) or `newest` first.
-    order: Option<HistoryOrder>,
+    order: Option<ListOrder>,
     limit: Option<usize>,
 }
 
@@ -165,7 +167,7 @@ impl HistoryQuery {
         let limit = checked_page(self.limit, self.from, "from", "an entry number")?;
         Ok(HistoryRequest {
             from: self.from,
-            newest_first: self.order == Some(HistoryOrder::Newest),
+            newest_first: self.order == Some(ListOrder::Newest),
             limit,
         })
     }
@@ -176,7 +178,7 @@ impl HistoryQuery {
 #[utoipa::path(get, path = "/v1/instances/{id}/history", tag = "instances",
     params(("id" = u64, Path),
         ("from" = Option<i64>, Query, minimum = 0, description = "Only entries after this number (oldest first) or before it (newest first): the `next` of the previous page"),
-        ("order" = Option<HistoryOrder>, Query, description = "oldest (the default) or newest"),
+        ("order" = Option<ListOrder>, Query, description = "oldest (the default) or newest"),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100, at most 1000)")),
     responses((status = 200, body = HistoryPageView), (status = 400, body = ErrorView), (status = 404, body = ErrorView)))]
 pub(super) async fn history(

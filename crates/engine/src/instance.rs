@@ -124,8 +124,11 @@ pub struct InstanceFilter {
     pub version: Option<Version>,
     /// Only this status.
     pub status: Option<InstanceStatus>,
-    /// Only instances with a larger id (a cursor: the last id of the previous page).
+    /// Only instances past this id in the listing's order (a cursor: the last id of the
+    /// previous page).
     pub after: Option<InstanceId>,
+    /// The newest instances (highest ids) first.
+    pub newest_first: bool,
 }
 
 impl InstanceFilter {
@@ -135,9 +138,25 @@ impl InstanceFilter {
         self
     }
 
-    /// Whether `id` is past the cursor.
+    /// Lists the newest instances (highest ids) first; the cursor then means ids below it.
+    pub fn newest_first(mut self) -> Self {
+        self.newest_first = true;
+        self
+    }
+
+    /// The store's scope of this filter: workflow, version, cursor and order.
+    pub(crate) fn scope(&self) -> crate::store::ListScope {
+        crate::store::ListScope {
+            workflow: self.workflow.clone(),
+            version: self.version.clone().filter(|_| self.workflow.is_some()),
+            after: self.after,
+            newest_first: self.newest_first,
+        }
+    }
+
+    /// Whether `id` is past the cursor, in the listing's order.
     pub(crate) fn past_cursor(&self, id: InstanceId) -> bool {
-        self.after.is_none_or(|after| id > after)
+        self.scope().past_cursor(id)
     }
 
     /// Instances of `workflow`.

@@ -13,5 +13,5 @@ pub use strata_store::{
 };
 
 pub(crate) use strata_store::{
-    Applied, Claimed, CounterDelta, FinishedScope, IdKind, Op, RecoveredState, StoredVersion, VersionCounters, Wakeup,
+    Applied, Claimed, CounterDelta, IdKind, ListScope, Op, RecoveredState, StoredVersion, VersionCounters, Wakeup,
 };

@@ -620,22 +620,34 @@ impl PostgresStore {
     fn page_instances(
         &self,
         live: bool,
-        scope: &strata_store::FinishedScope,
+        scope: &strata_store::ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         // The database narrows by workflow and version (for finished ones with the index
         // strata_instances_by_workflow); `keep` decides the rest.
         let mut found = Vec::new();
-        let mut after = scope.after.map_or(-1, |after| signed(after.0));
+        let newest_first = scope.newest_first;
+        let mut after = match (scope.after, newest_first) {
+            (Some(after), _) => signed(after.0),
+            (None, false) => -1,
+            (None, true) => i64::MAX,
+        };
         let workflow = scope.workflow.clone();
         let version = scope.version.as_ref().map(ToString::to_string);
+        let sql = if newest_first {
+            "SELECT id, record, fence FROM strata_instances
+             WHERE live = $1 AND id < $2 AND ($3::text IS NULL OR workflow = $3) AND ($4::text IS NULL OR version = $4)
+             ORDER BY id DESC LIMIT $5"
+        } else {
+            "SELECT id, record, fence FROM strata_instances
+             WHERE live = $1 AND id > $2 AND ($3::text IS NULL OR workflow = $3) AND ($4::text IS NULL OR version = $4)
+             ORDER BY id LIMIT $5"
+        };
         while found.len() < limit {
             let page = self.query(
                 "read instances",
-                "SELECT id, record, fence FROM strata_instances
-                 WHERE live = $1 AND id > $2 AND ($3::text IS NULL OR workflow = $3) AND ($4::text IS NULL OR version = $4)
-                 ORDER BY id LIMIT $5",
+                sql,
                 vec![
                     Box::new(live),
                     Box::new(after),
@@ -813,12 +825,12 @@ impl Store for PostgresStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.page_instances(true, &strata_store::FinishedScope::default(), keep, limit)
+        self.page_instances(true, &strata_store::ListScope::default(), keep, limit)
     }
 
     fn finished_instances(
         &self,
-        scope: &strata_store::FinishedScope,
+        scope: &strata_store::ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -1416,10 +1428,11 @@ impl Cluster for PostgresStore {
 
     fn live_held_elsewhere(
         &self,
+        scope: &strata_store::ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.live_instances(keep, limit)
+        self.page_instances(true, scope, keep, limit)
     }
 
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError> {

@@ -467,31 +467,17 @@ impl SledStore {
         }
     }
 
-    /// Instance records under `prefix` that `keep` accepts, at most `limit`, in id order.
+    /// The records under `prefix` (keyed by id) past `scope`'s cursor, in its order, that
+    /// `keep` accepts, at most `limit`.
     fn scan_instances(
         &self,
         prefix: &[u8],
-        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
-        limit: usize,
-    ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.scan_instances_from(prefix, 0, keep, limit)
-    }
-
-    /// The records under `prefix` from id `first` on, in id order, that `keep` accepts.
-    fn scan_instances_from(
-        &self,
-        prefix: &[u8],
-        first: u64,
+        scope: &strata_store::ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         let mut found = Vec::new();
-        // Every key under the prefix sorts below the prefix with its last byte raised.
-        let mut end = prefix.to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        for item in self.durable.db.range(id_key(prefix, InstanceId(first))..end) {
+        for item in self.ids_under(prefix, scope) {
             if found.len() >= limit {
                 break;
             }
@@ -503,6 +489,32 @@ impl SledStore {
             }
         }
         Ok(found)
+    }
+
+    /// The keys under `prefix` (a prefix and a big-endian id) past `scope`'s cursor, in its
+    /// order.
+    fn ids_under(
+        &self,
+        prefix: &[u8],
+        scope: &strata_store::ListScope,
+    ) -> Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+        let key = |id: u64| {
+            let mut key = prefix.to_vec();
+            key.extend_from_slice(&id.to_be_bytes());
+            key
+        };
+        // Every key under the prefix sorts below the prefix with its last byte raised.
+        let mut end = prefix.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        if scope.newest_first {
+            let below = scope.after.map_or(end, |after| key(after.0));
+            Box::new(self.durable.db.range(key(0)..below).rev())
+        } else {
+            let first = scope.after.map_or(0, |after| after.0.saturating_add(1));
+            Box::new(self.durable.db.range(key(first)..end))
+        }
     }
 
     fn collect<T: DeserializeOwned>(&self, prefix: &[u8], what: &'static str) -> Result<Vec<T>, StoreError> {
@@ -841,7 +853,7 @@ impl Store for SledStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.scan_instances(LIVE, keep, limit)
+        self.scan_instances(LIVE, &strata_store::ListScope::default(), keep, limit)
     }
 
     fn cluster(&self) -> &dyn strata_store::Cluster {
@@ -850,11 +862,10 @@ impl Store for SledStore {
 
     fn finished_instances(
         &self,
-        scope: &strata_store::FinishedScope,
+        scope: &strata_store::ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let first = scope.after.map_or(0, |after| after.0.saturating_add(1));
         let mut keep = |record: &InstanceRecord| {
             scope
                 .version
@@ -863,21 +874,16 @@ impl Store for SledStore {
                 && keep(record)
         };
         let Some(workflow) = &scope.workflow else {
-            return self.scan_instances_from(FINISHED, first, &mut keep, limit);
+            return self.scan_instances(FINISHED, scope, &mut keep, limit);
         };
         // The workflow's finished instances only, from its index, each loaded by id.
         let prefix = workflow_prefix(workflow);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&first.to_be_bytes());
         let mut found = Vec::new();
-        for item in self.durable.db.range(start..) {
+        for item in self.ids_under(&prefix, scope) {
             if found.len() >= limit {
                 break;
             }
             let (key, _) = item.map_err(backend("scan finished instances"))?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
             let Some(id) = id_from_key(&prefix, &key) else {
                 continue;
             };

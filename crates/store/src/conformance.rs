@@ -19,9 +19,7 @@ use strata_core::migrate::{MigrationJob, MigrationJobRecord, MigrationState};
 use strata_core::rollout::{RolloutRecord, RolloutSpec, RolloutStatus, Stage, Transition, TransitionRecord};
 use strata_core::version::{CounterDelta, VersionCounters, VersionStatus};
 
-use crate::{
-    AppliedConfig, FinishedScope, IdKind, Op, SignalRecord, Store, StoreError, StoredHistoryChunk, StoredVersion,
-};
+use crate::{AppliedConfig, IdKind, ListScope, Op, SignalRecord, Store, StoreError, StoredHistoryChunk, StoredVersion};
 
 /// Opens one backend's store on the same data, again and again.
 pub trait Harness {
@@ -56,6 +54,7 @@ macro_rules! conformance_tests {
             history_chunks_are_kept_in_order_and_a_dropped_one_is_gone,
             retention_removes_an_instances_history_with_it,
             a_revived_instance_is_live_again_once_and_undrains_its_drained_version,
+            listings_page_in_either_order_from_a_cursor,
         );
     };
     (@each $harness:expr; $($check:ident),+ $(,)?) => {
@@ -437,16 +436,17 @@ pub fn a_finished_instance_leaves_the_live_ones_and_is_read_and_listed(harness: 
         .load_instance(InstanceId(1))
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(loaded.map(|record| record.phase), Some(done.phase.clone()));
-    let scope = FinishedScope {
+    let scope = ListScope {
         workflow: Some("w".to_string()),
         version: Some(Version::new(1, 0, 0)),
         after: None,
+        newest_first: false,
     };
     let listed = store
         .finished_instances(&scope, &mut |_| true, 10)
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(listed.iter().map(|record| record.id.0).collect::<Vec<_>>(), [1]);
-    let elsewhere = FinishedScope {
+    let elsewhere = ListScope {
         version: Some(Version::new(2, 0, 0)),
         ..scope
     };
@@ -911,10 +911,11 @@ pub fn a_revived_instance_is_live_again_once_and_undrains_its_drained_version(ha
     let store = reopen(harness, store);
     let (held_live, _, _) = held(store.as_ref());
     assert_eq!(unclaimed(&held_live), unclaimed(&[revived]));
-    let scope = FinishedScope {
+    let scope = ListScope {
         workflow: Some("w".to_string()),
         version: None,
         after: None,
+        newest_first: false,
     };
     let listed = store
         .finished_instances(&scope, &mut |_| true, 10)
@@ -942,4 +943,57 @@ pub fn a_revived_instance_is_live_again_once_and_undrains_its_drained_version(ha
         ),
         (Some(VersionStatus::Drained), 0, 1, 1)
     );
+}
+
+/// Finished instances are listed oldest or newest first, from a cursor, by the whole store's
+/// scan and by a workflow's index alike; live ones held elsewhere come in the scope's order.
+pub fn listings_page_in_either_order_from_a_cursor(harness: &dyn Harness) {
+    let store = harness.open();
+    let mut ops = Vec::new();
+    for id in 1..=5 {
+        ops.push(put(&ready(id, "1.0.0")));
+        ops.push(start("1.0.0"));
+    }
+    apply(store.as_ref(), &ops);
+    let (holding, _, _) = held(store.as_ref());
+    let mut finishing = Vec::new();
+    for id in [1, 2, 4] {
+        let mut done = record(id, "1.0.0", Phase::Completed { output: vec![0xc3] });
+        done.claim = claim_of(&holding, id);
+        finishing.push(put(&done));
+        finishing.push(finish("1.0.0", InstanceStatus::Completed));
+    }
+    apply(store.as_ref(), &finishing);
+    let ids = |records: Vec<InstanceRecord>| records.iter().map(|record| record.id.0).collect::<Vec<_>>();
+    for workflow in [None, Some("w".to_string())] {
+        let scope = |after: Option<u64>, newest_first: bool| ListScope {
+            workflow: workflow.clone(),
+            version: None,
+            after: after.map(InstanceId),
+            newest_first,
+        };
+        let listed = |scope: ListScope, limit: usize| {
+            ids(store
+                .finished_instances(&scope, &mut |_| true, limit)
+                .unwrap_or_else(|error| panic!("{error}")))
+        };
+        assert_eq!(listed(scope(None, false), 10), [1, 2, 4], "{workflow:?}");
+        assert_eq!(listed(scope(None, true), 10), [4, 2, 1], "{workflow:?}");
+        assert_eq!(listed(scope(Some(4), true), 1), [2], "{workflow:?}: below the cursor");
+        assert_eq!(
+            listed(scope(Some(1), false), 10),
+            [2, 4],
+            "{workflow:?}: above the cursor"
+        );
+        assert!(listed(scope(Some(1), true), 10).is_empty(), "{workflow:?}");
+        let elsewhere = ids(store
+            .cluster()
+            .live_held_elsewhere(&scope(Some(5), true), &mut |_| true, 10)
+            .unwrap_or_else(|error| panic!("{error}")));
+        assert!(
+            elsewhere.windows(2).all(|pair| pair[0] > pair[1])
+                && elsewhere.iter().all(|id| *id < 5 && [3].contains(id)),
+            "{workflow:?}: live instances past the cursor, newest first: {elsewhere:?}"
+        );
+    }
 }

@@ -511,10 +511,12 @@ pub trait Cluster: Send + Sync {
     /// Each version's oldest live instance that other workers may hold, with its start time (ms
     /// since the Unix epoch); the engine knows its own (a shared store may list them too).
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError>;
-    /// Live instances other workers may hold that `keep` accepts, at most `limit`, in id order
-    /// (a shared store may list this worker's too; the engine lists its own from memory).
+    /// Live instances in `scope` other workers may hold that `keep` accepts, at most `limit`, in
+    /// the scope's id order (a shared store may list this worker's too; the engine lists its own
+    /// from memory).
     fn live_held_elsewhere(
         &self,
+        scope: &ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;
@@ -556,15 +558,30 @@ pub trait Cluster: Send + Sync {
     fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Wakeup>>;
 }
 
-/// Which finished instances a listing reads (see [`Store::finished_instances`]).
+/// Which instances a listing reads, and in which order (see [`Store::finished_instances`] and
+/// [`Cluster::live_held_elsewhere`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FinishedScope {
+pub struct ListScope {
     /// Only this workflow's.
     pub workflow: Option<String>,
     /// Only this version's (of `workflow`).
     pub version: Option<semver::Version>,
-    /// Only ids after this one.
+    /// Only ids past this one in the listing's order: above it, or below it newest first (the
+    /// last id of the previous page).
     pub after: Option<InstanceId>,
+    /// Highest ids (the newest instances) first.
+    pub newest_first: bool,
+}
+
+impl ListScope {
+    /// Whether `id` is past the scope's cursor, in its order.
+    pub fn past_cursor(&self, id: InstanceId) -> bool {
+        match (self.after, self.newest_first) {
+            (None, _) => true,
+            (Some(after), false) => id > after,
+            (Some(after), true) => id < after,
+        }
+    }
 }
 
 /// A chunk of an instance's history as stored.
@@ -635,11 +652,12 @@ pub trait Store: Send + Sync + 'static {
     /// The highest id `expire_finished` ever removed (0 if none): an id at or below it that is
     /// not in the store was, most likely, removed.
     fn highest_removed_id(&self) -> Result<u64, StoreError>;
-    /// Finished instances in `scope` that `keep` accepts, at most `limit`, in id order; the
-    /// store narrows by the scope with an index, so a listing reads only what it may return.
+    /// Finished instances in `scope` that `keep` accepts, at most `limit`, in the scope's id
+    /// order; the store narrows by the scope with an index, so a listing reads only what it may
+    /// return.
     fn finished_instances(
         &self,
-        scope: &FinishedScope,
+        scope: &ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError>;

@@ -95,6 +95,7 @@ impl Cluster for SoloCluster {
 
     fn live_held_elsewhere(
         &self,
+        _scope: &crate::ListScope,
         _keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         _limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {

@@ -401,7 +401,7 @@ mod tests {
         }
         fn finished_instances(
             &self,
-            _scope: &crate::store::FinishedScope,
+            _scope: &crate::store::ListScope,
             _keep: &mut dyn FnMut(&InstanceRecord) -> bool,
             _limit: usize,
         ) -> Result<Vec<InstanceRecord>, StoreError> {

@@ -1059,11 +1059,21 @@ impl Runtime {
         Ok(self.store.cluster().signals_of(id)?)
     }
 
-    /// Instances matching `filter`, live ones first, each group in id order.
+    /// Instances matching `filter`, the first `limit` past its cursor in its order (ids up, or
+    /// newest first).
     pub(crate) fn list(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<InstanceInfo>, EngineError> {
         if let Some(workflow) = &filter.workflow {
             self.registry.check_known(workflow, filter.version.as_ref())?;
         }
+        let scope = filter.scope();
+        let in_order = |found: &mut Vec<InstanceInfo>| {
+            if filter.newest_first {
+                found.sort_by_key(|info| std::cmp::Reverse(info.record.id));
+            } else {
+                found.sort_by_key(|info| info.record.id);
+            }
+            found.truncate(limit);
+        };
         let mut found = Vec::new();
         if !filter.wants_only_terminal() {
             self.table.for_each(|slot| {
@@ -1076,27 +1086,20 @@ impl Runtime {
             });
             // Other workers' live instances, as the store has them.
             let elsewhere = Self::read_unlisted(filter, &found, limit, |keep, limit| {
-                self.store.cluster().live_held_elsewhere(keep, limit)
+                self.store.cluster().live_held_elsewhere(&scope, keep, limit)
             })?;
             found.extend(elsewhere);
-            found.sort_by_key(|info| info.record.id);
-            found.truncate(limit);
+            in_order(&mut found);
         }
         if filter.wants_terminal() {
             // An instance that finished after the live ones were read is in the store's finished
             // instances too: it is listed once, as it was read first. Up to `limit` of each, so
-            // the page is the `limit` lowest ids of both past the cursor.
-            let scope = crate::store::FinishedScope {
-                workflow: filter.workflow.clone(),
-                version: filter.version.clone().filter(|_| filter.workflow.is_some()),
-                after: filter.after,
-            };
+            // the page is the first `limit` ids of both past the cursor, in the listing's order.
             let finished = Self::read_unlisted(filter, &found, limit, |keep, limit| {
                 self.store.finished_instances(&scope, keep, limit)
             })?;
             found.extend(finished);
-            found.sort_by_key(|info| info.record.id);
-            found.truncate(limit);
+            in_order(&mut found);
         }
         Ok(found)
     }

@@ -15,7 +15,7 @@ use crate::registry::VersionStatus;
 use crate::store::{CounterDelta, Op, StoreError};
 use strata_core::history::{HistoryEntry, HistoryEvent, ReviveStamp};
 use strata_core::instance::{InstanceRecord, VersionKey};
-use strata_store::FinishedScope;
+use strata_store::ListScope;
 
 impl Runtime {
     /// The instances a request selects, in id order: the ended ones of its scope from the store,
@@ -38,10 +38,11 @@ impl Runtime {
                 Ok(selected)
             }
             None => {
-                let scope = FinishedScope {
+                let scope = ListScope {
                     workflow: Some(request.workflow.clone()),
                     version: request.from_version.clone(),
                     after: None,
+                    newest_first: false,
                 };
                 store.finished_instances(&scope, &mut |record| request.selects(record), usize::MAX)
             }
