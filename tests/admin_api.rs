@@ -769,6 +769,25 @@ async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown(ba
     engine.signal(id, tally::GO, &()).await.unwrap();
     let text = read_until(&mut stream, "event: instance_finished").await;
     assert!(text.contains("\"status\":\"completed\""), "{text}");
+    assert!(text.contains("\"at_ms\":"), "every event says when: {text}");
+
+    // Filtered: only the kinds asked for, of the workflow and version asked for.
+    let mut finished = reqwest::get(url(
+        &engine,
+        "/v1/events?workflow=tally&version=1.0.0&kind=instance_finished,version_drained",
+    ))
+    .await
+    .unwrap();
+    let mut elsewhere = reqwest::get(url(&engine, "/v1/events?workflow=parcel")).await.unwrap();
+    let second = engine.start(tally::WORKFLOW, &5u64).await.unwrap();
+    engine.signal(second, tally::GO, &()).await.unwrap();
+    let text = read_until(&mut finished, "event: instance_finished").await;
+    assert!(
+        !text.contains("instance_started") && text.contains(&format!("\"id\":{}", second.0)),
+        "{text}"
+    );
+    let (status, error) = get(&engine, "/v1/events?kind=x&wokflow=tally").await;
+    assert_eq!(status, 400, "a misspelt filter is refused: {error}");
     // Shutdown does not wait for the reader to hang up: the stream ends.
     tokio::time::timeout(std::time::Duration::from_secs(10), engine.shutdown())
         .await
@@ -778,6 +797,11 @@ async fn the_event_stream_sends_each_event_as_it_happens_and_ends_at_shutdown(ba
     })
     .await;
     assert!(rest.is_ok(), "the event stream ended with the engine");
+    let mut seen = String::new();
+    while let Ok(Some(chunk)) = elsewhere.chunk().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("event:"), "no event of another workflow: {seen}");
 }
 
 async fn config_in_force_history_with_diffs_checks_and_restores(backend: Backend) {

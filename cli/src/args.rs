@@ -106,6 +106,15 @@ pub(crate) enum Command {
         /// Stop after this many events.
         #[arg(long)]
         limit: Option<u64>,
+        /// Only events about this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only events about this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Only events of this type (repeat: `--kind instance_finished --kind version_drained`).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
     },
     /// The workers sharing the engine's store: host, process, heartbeat, the versions each
     /// runs, whether its lease is current.

@@ -79,7 +79,26 @@ pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<
         Command::Rollout(command) => rollout(client, &out, command),
         Command::Config(command) => config(client, &out, command),
         Command::Migrate(command) => migrate(client, &out, command),
-        Command::Events { follow: _, limit } => events(client, limit),
+        Command::Events {
+            follow: _,
+            limit,
+            workflow,
+            version,
+            kinds,
+        } => {
+            let mut query = Vec::new();
+            if let Some(workflow) = workflow {
+                query.push(format!("workflow={}", segment(&workflow)));
+            }
+            if let Some(version) = version {
+                query.push(format!("version={}", segment(&version)));
+            }
+            if !kinds.is_empty() {
+                let kinds: Vec<String> = kinds.iter().map(|kind| segment(kind)).collect();
+                query.push(format!("kind={}", kinds.join(",")));
+            }
+            events(client, &query, limit)
+        }
         Command::Workers => crate::operation::workers(client, &out),
         Command::Routing { workflow } => crate::operation::routing(client, &out, workflow.as_deref()),
         Command::Schedules => crate::operation::schedules(client, &out),
@@ -848,8 +867,15 @@ fn follow_migration(client: &AdminClient, out: &Output, workflow: &str) -> Resul
 
 /// Prints each event as one line of JSON (its `type` first), until interrupted, the engine
 /// stops, or `limit` events were printed.
-fn events(client: &AdminClient, limit: Option<u64>) -> Result<(), CliError> {
-    let response = client.stream("/v1/events")?;
+/// Prints each event the stream sends (those the `query` filters keep), one JSON line each,
+/// with when it was sent (`at_ms`), until `limit` or the stream's end.
+fn events(client: &AdminClient, query: &[String], limit: Option<u64>) -> Result<(), CliError> {
+    let path = if query.is_empty() {
+        "/v1/events".to_string()
+    } else {
+        format!("/v1/events?{}", query.join("&"))
+    };
+    let response = client.stream(&path)?;
     let reader = std::io::BufReader::new(response);
     let mut printed = 0;
     let stdout = std::io::stdout();

@@ -320,25 +320,49 @@ async fn config_files_are_checked_offline_and_against_the_engine_and_history_sho
 async fn events_stream_as_json_lines_and_completions_are_generated() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
-    let following = command(&engine, Some(READER), &["events", "--follow", "--limit", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Only the finishes of gate 2.0.0: the start before it and 1.0.0's finish are not printed.
+    let following = command(
+        &engine,
+        Some(READER),
+        &[
+            "events",
+            "--follow",
+            "--limit",
+            "1",
+            "--workflow",
+            "gate",
+            "--version",
+            "2.0.0",
+            "--kind",
+            "instance_finished",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     // The stream is open once the engine has a second subscriber (the test holds none).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while engine.event_subscribers() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "the CLI never subscribed");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let id = engine.start("gate", &5u64).await.unwrap();
+    let old = start(&engine, 4, "1.0.0").await;
+    engine.signal(old, "go", &()).await.unwrap();
+    engine.output::<u64>(old).await.unwrap();
+    let id = start(&engine, 5, "2.0.0").await;
+    engine.signal(id, "go", &()).await.unwrap();
     let printed = tokio::task::spawn_blocking(move || following.wait_with_output().unwrap())
         .await
         .unwrap();
     let printed = run_of(printed);
     assert_eq!(printed.code, 0, "{}", printed.stderr);
     let event: Value = serde_json::from_str(printed.stdout.trim()).unwrap();
-    assert_eq!(event["type"], "instance_started");
+    assert_eq!(event["type"], "instance_finished");
     assert_eq!(event["id"], id.0);
+    assert!(
+        event["at_ms"].as_u64().is_some_and(|at| at > 1_700_000_000_000),
+        "{event}"
+    );
 
     let completions = strata(&engine, None, &["completions", "bash"]).await;
     assert_eq!(completions.code, 0);

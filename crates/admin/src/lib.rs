@@ -31,6 +31,7 @@ mod access;
 mod changes;
 mod config;
 mod dashboard;
+mod events;
 mod instances;
 mod operation;
 mod revivals;
@@ -245,7 +246,7 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(operation::routing))
         .routes(routes!(operation::schedules))
         .routes(routes!(operation::quarantined))
-        .routes(routes!(events))
+        .routes(routes!(events::events))
         .routes(routes!(metrics))
         .routes(routes!(openapi_document))
         .split_for_parts();
@@ -662,36 +663,6 @@ enum VersionAction {
     Activate,
     /// Gone for good; refused while any instance lives.
     Retire,
-}
-
-/// `GET /v1/events`: every event as it happens, as Server-Sent Events named by the event's
-/// `type`, with the event as JSON; `lagged` says how many a slow reader missed. Ends at shutdown.
-#[utoipa::path(get, path = "/v1/events", tag = "events",
-    responses((status = 200, description = "Server-Sent Events, one per engine event, named by its type (instance_started, version_drained, rollout_rolled_back, ...), the event as JSON", content_type = "text/event-stream")))]
-async fn events(
-    State(engine): State<Engine>,
-) -> axum::response::sse::Sse<
-    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
-    use axum::response::sse::{Event as Sent, KeepAlive, Sse};
-    use tokio::sync::broadcast::error::RecvError;
-    let state = (engine.subscribe(), engine.stop_signal());
-    let stream = futures_util::stream::unfold(state, |(mut receiver, mut stop)| async move {
-        let sent = tokio::select! {
-            received = receiver.recv() => match received {
-                Ok(event) => {
-                    let json = serde_json::to_value(&event).unwrap_or_default();
-                    let name = json["type"].as_str().unwrap_or("event").to_string();
-                    Sent::default().event(name).data(json.to_string())
-                }
-                Err(RecvError::Lagged(missed)) => Sent::default().event("lagged").data(missed.to_string()),
-                Err(RecvError::Closed) => return None,
-            },
-            _ = stop.wait_for(|stopping| *stopping) => return None,
-        };
-        Some((Ok(sent), (receiver, stop)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// `GET /metrics`: the engine's metrics in Prometheus text.
