@@ -216,6 +216,21 @@ async fn a_healthy_candidate_is_promoted_through_every_stage_and_the_old_default
         }
     }
     assert_eq!(seen, ["started", "stage 1 at 5000", "stage 2 at 10000", "promoted"]);
+    // Each advance and the promotion keep what the stage they left showed: the candidate had
+    // finished its minimum there, and the figures stay after the rollout ended.
+    let record = engine.rollout("probe@2.0.1").unwrap();
+    let passed: Vec<(usize, u64)> = record
+        .history
+        .iter()
+        .filter(|entry| matches!(entry.transition, Transition::Advanced { .. } | Transition::Promoted))
+        .map(|entry| {
+            let figures = entry.figures.as_ref().unwrap_or_else(|| panic!("{entry:?} keeps its figures"));
+            (entry.stage, figures.candidate.finished)
+        })
+        .collect();
+    assert_eq!(passed.iter().map(|(stage, _)| *stage).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(passed.iter().all(|(_, finished)| *finished >= 20), "{passed:?}");
+    assert!(record.history[0].figures.is_none(), "a start has no stage behind it");
     // The share grew with the stages (10 % of 100 probes is about 10; 100 % is all of them).
     let at = |wanted: usize| {
         shares

@@ -275,6 +275,10 @@ pub(crate) enum RolloutCommand {
         /// Only this workflow's.
         #[arg(long)]
         workflow: Option<String>,
+        /// With a name: print it again whenever it changes, until it is promoted (exit 0) or
+        /// rolled back (exit 1).
+        #[arg(long, requires = "name")]
+        watch: bool,
     },
     /// Starts a watched rollout at its first stage.
     Start {

@@ -16,7 +16,7 @@ use strata_admin_model::{
 use crate::args::{Command, ConfigCommand, InstancesCommand, MigrateCommand, MoveArgs, RolloutCommand, VersionsArgs};
 use crate::client::{typed, AdminClient, POLL};
 use crate::error::CliError;
-use crate::output::Output;
+use crate::output::{print_line, Output};
 use crate::table;
 
 /// Runs `command` against `client`; `json` prints the API's answers as they are.
@@ -407,11 +407,15 @@ fn rolled_back(rollout: &RolloutView) -> Option<&TransitionView> {
 }
 
 /// While a rollout is active, its figures now; once rolled back, those its gates compared then.
+/// The figures the gates compare now, or once the rollout ended, those of its last stage.
 fn compared_figures(rollout: &RolloutView) -> Option<(FiguresView, FiguresView)> {
-    match (&rollout.figures, rolled_back(rollout)) {
-        (Some(figures), _) => Some((figures.candidate, figures.stable)),
-        (None, Some(rolled)) => rolled.candidate.zip(rolled.stable),
-        (None, None) => None,
+    match &rollout.figures {
+        Some(figures) => Some((figures.candidate, figures.stable)),
+        None => rollout
+            .history
+            .iter()
+            .rev()
+            .find_map(|transition| transition.candidate.zip(transition.stable)),
     }
 }
 
@@ -456,13 +460,39 @@ const ROLLOUT_HEADERS: [&str; 6] = [
 
 fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Result<(), CliError> {
     let (path, action) = match command {
-        RolloutCommand::Status { name: Some(name), .. } => {
-            let answer = client.get(&format!("/v1/rollouts/{}", segment(&name)))?;
-            let rollout: RolloutView = typed(&answer, "a rollout")?;
-            out.show(&answer, || rollout_detail(&rollout));
-            return Ok(());
+        RolloutCommand::Status {
+            name: Some(name),
+            watch,
+            ..
+        } => {
+            let path = format!("/v1/rollouts/{}", segment(&name));
+            let mut shown: Option<Value> = None;
+            loop {
+                let answer = client.get(&path)?;
+                let rollout: RolloutView = typed(&answer, "a rollout")?;
+                // Printed again only when something but the clock changed.
+                let mut compared = answer.clone();
+                compared["hold_remaining_ms"] = Value::Null;
+                if shown.as_ref() != Some(&compared) {
+                    if shown.is_some() && !out.json {
+                        print_line("");
+                    }
+                    out.show(&answer, || rollout_detail(&rollout));
+                    shown = Some(compared);
+                }
+                if !watch {
+                    return Ok(());
+                }
+                match rollout.status.as_str() {
+                    "promoted" => return Ok(()),
+                    "rolled_back" => return Err(CliError::No(String::new())),
+                    _ => std::thread::sleep(POLL),
+                }
+            }
         }
-        RolloutCommand::Status { name: None, workflow } => {
+        RolloutCommand::Status {
+            name: None, workflow, ..
+        } => {
             let path = match workflow {
                 Some(workflow) => format!("/v1/rollouts?workflow={}", segment(&workflow)),
                 None => "/v1/rollouts".to_string(),
@@ -553,11 +583,36 @@ fn parse_stage(text: &str) -> Result<StageView, CliError> {
     })
 }
 
+/// Milliseconds as `4m 10s`.
+fn span(ms: u64) -> String {
+    let seconds = ms.div_ceil(1000);
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m {}s", seconds / 60, seconds % 60),
+        _ => format!("{}h {}m", seconds / 3600, (seconds % 3600) / 60),
+    }
+}
+
 fn rollout_detail(rollout: &RolloutView) -> String {
     let mut lines = vec![table::render(
         &ROLLOUT_HEADERS,
         &rollout_rows(std::slice::from_ref(rollout)),
     )];
+    if let (Some(remaining), Some(stage)) = (rollout.hold_remaining_ms, rollout.stages.get(rollout.stage)) {
+        let finished = rollout.figures.as_ref().map_or(0, |figures| figures.candidate.finished);
+        let hold = if remaining == 0 {
+            "its hold is over".to_string()
+        } else {
+            format!("it holds {} more", span(remaining))
+        };
+        lines.push(format!(
+            "stage {} of {} at {}%: {hold}; {finished} of {} candidate instance(s) finished in it",
+            rollout.stage + 1,
+            rollout.stages.len(),
+            stage.percent,
+            stage.min_finished.0.max(1)
+        ));
+    }
     if let Some((candidate, stable)) = compared_figures(rollout) {
         lines.push(String::new());
         let row = |name: &str, figures: FiguresView| {
@@ -585,6 +640,32 @@ fn rollout_detail(rollout: &RolloutView) -> String {
         ));
     }
     lines.push(format!("gates: {}", gates_text(&rollout.gates, rollout.unwatched)));
+    if let Some(started) = rollout.history.first() {
+        let rows: Vec<Vec<String>> = rollout
+            .history
+            .iter()
+            .map(|transition| {
+                let figures = |figures: Option<FiguresView>| {
+                    figures.map_or("-".to_string(), |figures| {
+                        format!("{} finished, {} failed", figures.finished, figures.failed)
+                    })
+                };
+                vec![
+                    format!("+{}", span(transition.at_ms.saturating_sub(started.at_ms))),
+                    format!("{:?}", transition.kind).to_lowercase(),
+                    (transition.stage + 1).to_string(),
+                    figures(transition.candidate),
+                    figures(transition.stable),
+                    transition.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        lines.push(String::new());
+        lines.push(table::render(
+            &["AT", "TRANSITION", "STAGE", "CANDIDATE THEN", "STABLE THEN", "WHY"],
+            &rows,
+        ));
+    }
     lines.join("\n")
 }
 

@@ -406,6 +406,28 @@ async fn rollouts_and_moves_are_steered_from_the_command_line() {
         "{}",
         status.stdout
     );
+    let detail = strata(&engine, Some(READER), &["rollout", "status", "gate@2.0.0"]).await;
+    assert!(
+        detail.stdout.contains("stage 1 of 2 at 10%: it holds 9m")
+            || detail.stdout.contains("stage 1 of 2 at 10%: it holds 10m"),
+        "the hold's remaining time: {}",
+        detail.stdout
+    );
+    assert!(
+        detail.stdout.contains("0 of 1 candidate instance(s) finished in it"),
+        "{}",
+        detail.stdout
+    );
+    assert!(
+        detail.stdout.contains("TRANSITION") && detail.stdout.contains("started"),
+        "{}",
+        detail.stdout
+    );
+    // Watched until it ends: each change printed, exit 1 for a rollback.
+    let watching = command(&engine, Some(READER), &["rollout", "status", "gate@2.0.0", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     for (action, expected) in [("pause", "paused"), ("resume", "running"), ("rollback", "rolled_back")] {
         let changed = strata(&engine, Some(ADMIN), &["--json", "rollout", action, "gate@2.0.0"]).await;
         assert_eq!(
@@ -415,6 +437,22 @@ async fn rollouts_and_moves_are_steered_from_the_command_line() {
             changed.stderr
         );
     }
+    let watched = run_of(
+        tokio::task::spawn_blocking(move || watching.wait_with_output().unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        watched.code, 1,
+        "a rolled-back rollout ends the watch with 1: {}",
+        watched.stderr
+    );
+    let last = watched.stdout.rsplit("ROLLOUT").next().unwrap_or_default();
+    assert!(
+        last.contains("rolled_back") && last.contains("paused") && last.contains("resumed"),
+        "the last print has the whole timeline: {}",
+        watched.stdout
+    );
     let rolled = strata(&engine, Some(READER), &["rollout", "status", "gate@2.0.0"]).await;
     assert!(
         rolled.stdout.contains("operator"),

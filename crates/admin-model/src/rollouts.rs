@@ -27,6 +27,10 @@ pub struct RolloutView {
     pub candidate_percent: f64,
     /// When the current stage started (ms of the engine's clock).
     pub stage_started_ms: u64,
+    /// How much longer the current stage holds at least (ms; pauses do not count), while the
+    /// rollout is active.
+    #[serde(default)]
+    pub hold_remaining_ms: Option<u64>,
     /// The gates checked as instances finish.
     pub gates: GatesView,
     /// What a rollback does to the candidate's in-flight instances.
@@ -116,9 +120,10 @@ pub struct TransitionView {
     pub gate: Option<String>,
     /// For `rolled_back`: why, with the figures compared.
     pub reason: Option<String>,
-    /// For `rolled_back`: the candidate's figures then.
+    /// The candidate's figures over the stage it left (advanced, paused, resumed, promoted,
+    /// rolled back).
     pub candidate: Option<FiguresView>,
-    /// For `rolled_back`: the stable version's figures then.
+    /// The stable version's figures over that stage.
     pub stable: Option<FiguresView>,
 }
 

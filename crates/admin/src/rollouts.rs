@@ -23,8 +23,8 @@ fn transition_view(record: &TransitionRecord) -> TransitionView {
         kind: TransitionKind::Started,
         gate: None,
         reason: None,
-        candidate: None,
-        stable: None,
+        candidate: record.figures.as_ref().map(|figures| figures_view(&figures.candidate)),
+        stable: record.figures.as_ref().map(|figures| figures_view(&figures.stable)),
     };
     view.kind = match &record.transition {
         Transition::Started => TransitionKind::Started,
@@ -63,6 +63,17 @@ fn figures_view(figures: &Figures) -> FiguresView {
 }
 
 fn rollout_view(engine: &Engine, record: &RolloutRecord) -> RolloutView {
+    let now_ms = engine.now_ms();
+    let hold_remaining_ms = record
+        .status
+        .is_active()
+        .then(|| record.current_stage())
+        .flatten()
+        .map(|stage| {
+            stage
+                .hold_ms
+                .saturating_sub(record.hold_elapsed(now_ms).as_millis() as u64)
+        });
     let figures = record.status.is_active().then(|| {
         let (candidate, stable) = engine.rollout_figures(record);
         RolloutFiguresView {
@@ -89,6 +100,7 @@ fn rollout_view(engine: &Engine, record: &RolloutRecord) -> RolloutView {
             .collect(),
         candidate_percent: f64::from(record.candidate_share()) / 100.0,
         stage_started_ms: record.stage_started_ms,
+        hold_remaining_ms,
         gates: GatesView {
             max_error_rate_increase: record.spec.gates.max_error_rate_increase,
             max_latency_multiplier: record.spec.gates.max_latency_multiplier,

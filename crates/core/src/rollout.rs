@@ -451,6 +451,21 @@ pub struct TransitionRecord {
     pub stage: usize,
     /// What happened.
     pub transition: Transition,
+    /// The stage's figures when it happened (the candidate's and the stable version's), for a
+    /// transition out of a running or paused stage: what an advance or a promotion passed on,
+    /// kept after the rollout ends. A rollback's are in its transition too. Absent in records
+    /// written before transitions kept them.
+    #[serde(default)]
+    pub figures: Option<StageFigures>,
+}
+
+/// Both versions' figures over a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageFigures {
+    /// The candidate's.
+    pub candidate: Figures,
+    /// The stable version's.
+    pub stable: Figures,
 }
 
 /// A rollout as stored: definition, where it is, and its history.

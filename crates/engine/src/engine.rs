@@ -716,7 +716,7 @@ impl Engine {
     }
 
     /// Now on the engine's clock (ms since the Unix epoch).
-    pub(crate) fn now_ms(&self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         self.runtime.now()
     }
 

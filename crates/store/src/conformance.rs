@@ -587,6 +587,7 @@ fn rollout(transitions: usize) -> RolloutRecord {
                 } else {
                     Transition::Paused
                 },
+                figures: None,
             })
             .collect(),
     }

@@ -19,8 +19,8 @@ use crate::observe::{Event, BUCKET_MS};
 use crate::store::{Op, VersionCounters};
 use strata_core::instance::{VersionKey, RECORD_FORMAT};
 use strata_core::rollout::{
-    decide, Decision, Figures, OnRollback, RolloutError, RolloutRecord, RolloutSpec, RolloutStatus, Transition,
-    TransitionRecord,
+    decide, Decision, Figures, OnRollback, RolloutError, RolloutRecord, RolloutSpec, RolloutStatus, StageFigures,
+    Transition, TransitionRecord,
 };
 use strata_core::routing::{RolloutRule, RoutingSpec};
 
@@ -305,6 +305,11 @@ impl Runtime {
     ) -> Result<(), EngineError> {
         let name = record.spec.name.clone();
         let stage_before = record.stage;
+        // What the stage showed, before a new stage starts counting afresh.
+        let figures = (record.status.is_active() && !matches!(transition, Transition::Started)).then(|| StageFigures {
+            candidate: self.stage_figures(&record, true, now_ms),
+            stable: self.stage_figures(&record, false, now_ms),
+        });
         match &transition {
             Transition::Started => {}
             Transition::Advanced { stage } => {
@@ -329,6 +334,7 @@ impl Runtime {
             at_ms: now_ms,
             stage: stage_before,
             transition: transition.clone(),
+            figures,
         });
         if let Err(error) = self.write(vec![Op::PutRollout(Box::new(record.clone()))]).await {
             if let crate::store::StoreError::RolloutChanged { .. } = error {
@@ -574,6 +580,7 @@ mod tests {
                     at_ms: started_ms + index as u64,
                     stage: 0,
                     transition: Transition::Started,
+                    figures: None,
                 })
                 .collect(),
         }
