@@ -202,6 +202,16 @@ async fn a_start_through_a_worker_without_the_newest_versions_code_runs_on_a_wor
         }
         other => panic!("expected a failure, got {other:?}"),
     }
+    let history = old.history(bad, &strata::HistoryRequest::default()).unwrap();
+    let events: Vec<_> = history
+        .entries
+        .iter()
+        .map(|item| item.entry.as_ref().unwrap().event.clone())
+        .collect();
+    assert!(
+        matches!(events.as_slice(), [strata::history::HistoryEvent::Started { .. }, strata::history::HistoryEvent::BeginFailed { reason }] if reason.contains("does not decode")),
+        "the start, then why it could not begin, read through the worker without the code: {events:?}"
+    );
     let counters = new.version(tally::WORKFLOW, "2.0.0").unwrap().counters;
     assert_eq!(
         (counters.started, counters.completed, counters.failed, counters.live),

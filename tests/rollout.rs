@@ -224,7 +224,10 @@ async fn a_healthy_candidate_is_promoted_through_every_stage_and_the_old_default
         .iter()
         .filter(|entry| matches!(entry.transition, Transition::Advanced { .. } | Transition::Promoted))
         .map(|entry| {
-            let figures = entry.figures.as_ref().unwrap_or_else(|| panic!("{entry:?} keeps its figures"));
+            let figures = entry
+                .figures
+                .as_ref()
+                .unwrap_or_else(|| panic!("{entry:?} keeps its figures"));
             (entry.stage, figures.candidate.finished)
         })
         .collect();

@@ -211,6 +211,7 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
                 }
             ),
         ),
+        HistoryEventView::BeginFailed { reason } => ("could not begin".to_string(), String::new(), reason.clone()),
         HistoryEventView::Unreadable { reason } => ("unreadable entry".to_string(), String::new(), reason.clone()),
         HistoryEventView::Other => (
             "unknown entry".to_string(),

@@ -109,6 +109,12 @@ pub enum HistoryEventView {
         /// Why it had failed; absent: it had been cancelled.
         failure: Option<String>,
     },
+    /// It was accepted through a process without its version's code, and its input built no
+    /// state on the worker with the code: it failed before its first step.
+    BeginFailed {
+        /// Why.
+        reason: String,
+    },
     /// The entry's stored bytes do not decode.
     Unreadable {
         /// Why.

@@ -376,6 +376,7 @@ function describeEntry(entry) {
     case "moved": return ["moved", event.moved.from + " → " + event.moved.to + " (" + event.moved.cause + "), step " + event.moved.from_step + " → " + event.moved.to_step, entry.at_ms, null];
     case "quarantined": return ["quarantined", event.reason, entry.at_ms, null];
     case "revived": return ["revived", event.from + " → " + event.to + ", step " + event.from_step + " → " + event.to_step + "; it had " + (event.failure ? "failed: " + event.failure : "been cancelled"), entry.at_ms, null];
+    case "begin_failed": return ["could not begin", event.reason, entry.at_ms, null];
     case "unreadable": return ["unreadable entry", event.reason, entry.at_ms, null];
     default: return ["unknown entry", "written by a newer Strata", entry.at_ms, null];
   }

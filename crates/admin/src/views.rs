@@ -192,6 +192,7 @@ fn history_entry(item: &strata_engine::instance::HistoryItem) -> HistoryEntryVie
             to_schema: stamp.to_schema,
             failure: stamp.failure.clone(),
         },
+        HistoryEvent::BeginFailed { reason } => HistoryEventView::BeginFailed { reason: reason.clone() },
         _ => HistoryEventView::Other,
     };
     HistoryEntryView {

@@ -163,6 +163,13 @@ pub enum HistoryEvent {
     /// An operator revived it after it had failed or been cancelled: it is live again.
     #[serde(rename = "rv")]
     Revived(ReviveStamp),
+    /// It was accepted through a process without its version's code, and its input built no
+    /// state on the worker with the code: it failed before its first step.
+    #[serde(rename = "nb")]
+    BeginFailed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A revival: how the instance had ended, and where it was taken up again.

@@ -18,7 +18,7 @@ use super::Runtime;
 use crate::instance::Outcome;
 use crate::observe::{deadline_after, Event};
 use crate::store::Op;
-use strata_core::history::HistoryEntry;
+use strata_core::history::{HistoryEntry, HistoryEvent};
 use strata_core::instance::{InstanceId, InstanceRecord, InstanceStatus, Phase};
 use strata_core::workflow::{StepCtx, StepFailure, UpgradePolicy, VersionCode, WakeReason};
 
@@ -155,10 +155,13 @@ impl Runtime {
             tracing::warn!(instance = %id, %failure, "an accepted start could not begin");
             let mut failed = job.record;
             failed.updated_at_ms = self.now();
-            failed.phase = Phase::Failed {
-                reason: format!("it could not begin on {}: {failure}", failed.key),
+            let reason = format!("it could not begin on {}: {failure}", failed.key);
+            let entry = HistoryEntry {
+                at_ms: failed.updated_at_ms,
+                event: HistoryEvent::BeginFailed { reason: reason.clone() },
             };
-            return self.commit_transition(failed, None, Vec::new()).await;
+            failed.phase = Phase::Failed { reason };
+            return self.commit_transition(failed, None, vec![entry]).await;
         }
         if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
             match self.auto_upgrade(&job.record) {
