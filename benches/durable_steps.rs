@@ -91,7 +91,7 @@ fn ledger_record_size(runtime: &Runtime) -> usize {
         record.state.bytes = ledger_state;
         record.key.workflow = ledger::WORKFLOW.to_string();
         record.step = "post".to_string();
-        let size = rmp_serde::to_vec_named(&record).expect("encode").len();
+        let size = record.encode().expect("encode").bytes.len();
         engine.shutdown().await;
         size
     })

@@ -16,8 +16,11 @@ use crate::codec::EncodeError;
 ///
 /// Format 2 added [`InstanceRecord::moves`] and [`InstanceRecord::pinned_reason`], and a format
 /// number on signal, counter and version-status records. The format-1 layout is kept, frozen, in
-/// `store::sled_format1`.
-pub const RECORD_FORMAT: u32 = 2;
+/// `store::sled_format1`. Format 3 writes an instance record compact, its fields by position (a
+/// MessagePack array) instead of by name: the names took more than half of a record that every
+/// step commit writes. Records of formats 1 and 2 (by name) are read as they are: serde reads a
+/// struct from either form. A field added to the record goes at its end, with a default.
+pub const RECORD_FORMAT: u32 = 3;
 
 /// The format of records that predate format numbers on them (signals, counters, statuses).
 pub fn first_format() -> u32 {
@@ -302,11 +305,13 @@ pub struct MoveStamp {
 }
 
 impl InstanceRecord {
-    /// Encodes the record in the stored format (MessagePack with named fields).
+    /// Encodes the record in the stored format (compact MessagePack: fields by position).
     pub fn encode(&self) -> Result<EncodedInstance, EncodeError> {
         // Sized up front: growing the buffer field by field showed up in step-path profiles.
-        let mut bytes = Vec::with_capacity(192 + self.state.bytes.len() + self.step.len() + self.key.workflow.len());
-        rmp_serde::encode::write_named(&mut bytes, self).map_err(|error| EncodeError {
+        let mut bytes = Vec::with_capacity(
+            96 + self.state.bytes.len() + self.step.len() + self.key.workflow.len() + self.history.tail.len(),
+        );
+        rmp_serde::encode::write(&mut bytes, self).map_err(|error| EncodeError {
             what: "instance record",
             message: error.to_string(),
         })?;
@@ -464,5 +469,77 @@ mod depth_tests {
             .join()
             .expect("no stack overflow");
         assert_eq!(decoded, (true, true, true));
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    fn sample() -> InstanceRecord {
+        InstanceRecord {
+            format: 2,
+            id: InstanceId(42),
+            key: VersionKey::new("ledger", Version::new(1, 2, 0)),
+            step: "post".to_string(),
+            attempt: 2,
+            visits: 17,
+            phase: Phase::RetryBackoff {
+                until_ms: 1_700_000_000_500,
+                wake: PersistedWake::Signal {
+                    name: "payment".to_string(),
+                    payload: vec![0x92, 0x01, 0x02],
+                },
+            },
+            state: StateEnvelope {
+                schema: 3,
+                bytes: vec![0x81, 0xa1, 0x61, 0x07],
+            },
+            routing_key: Some("customer-7".to_string()),
+            scheduled: Some(ScheduledFire {
+                schedule: "nightly".to_string(),
+                fire_ms: 1_700_000_000_000,
+            }),
+            last_error: Some("printer jam".to_string()),
+            created_at_ms: 1_700_000_000_000,
+            updated_at_ms: 1_700_000_000_400,
+            moves: vec![MoveStamp {
+                from: Version::new(1, 1, 0),
+                to: Version::new(1, 2, 0),
+                from_step: "charge".to_string(),
+                to_step: "post".to_string(),
+                from_schema: 2,
+                to_schema: 3,
+                cause: MoveCause::Operator,
+                at_ms: 1_700_000_000_200,
+            }],
+            pinned_reason: None,
+            history: HistoryBook {
+                next: 11,
+                folded: 0,
+                tail: vec![0x93, 0x01, 0x02, 0x03],
+                worker: "local".to_string(),
+            },
+            claim: 0,
+        }
+    }
+
+    #[test]
+    fn a_record_is_written_by_position_and_one_written_by_name_reads_the_same() {
+        let record = sample();
+        let compact = record.encode().unwrap().bytes;
+        let named = rmp_serde::to_vec_named(&record).unwrap();
+        assert!(
+            compact.len() * 3 < named.len() * 2,
+            "by position: {} bytes, by name: {}",
+            compact.len(),
+            named.len()
+        );
+        assert_eq!(InstanceRecord::decode(&compact).unwrap(), record);
+        assert_eq!(
+            InstanceRecord::decode(&named).unwrap(),
+            record,
+            "a format-2 record still reads"
+        );
     }
 }
