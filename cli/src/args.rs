@@ -2,6 +2,20 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::error::CliError;
+
+/// `--step FROM=TO` options as the step map a request body takes.
+pub(crate) fn step_map(mappings: &[String]) -> Result<std::collections::HashMap<String, String>, CliError> {
+    let mut steps = std::collections::HashMap::new();
+    for mapping in mappings {
+        let (from, to) = mapping
+            .split_once('=')
+            .ok_or_else(|| CliError::Input(format!("--step '{mapping}': write FROM=TO")))?;
+        steps.insert(from.to_string(), to.to_string());
+    }
+    Ok(steps)
+}
+
 /// Watch and steer a Strata engine through its admin API.
 ///
 /// Exit codes: 0 done (or the condition asked about holds), 1 the condition does not hold

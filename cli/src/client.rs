@@ -162,6 +162,11 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 /// How often a waiting command asks the admin API again.
 pub(crate) const POLL: Duration = Duration::from_millis(500);
 
+/// A request body of the model as the JSON the client posts.
+pub(crate) fn body_json<T: serde::Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap_or_default()
+}
+
 /// An answer of the admin API read as the view `T` it documents (`strata-admin-model`).
 pub(crate) fn typed<T: serde::de::DeserializeOwned>(answer: &Value, what: &str) -> Result<T, CliError> {
     T::deserialize(answer).map_err(|error| {

@@ -13,9 +13,12 @@ use strata_admin_model::{
     TransitionKind, TransitionView, VersionView, Whole,
 };
 
-use crate::args::{Command, ConfigCommand, InstancesCommand, MigrateCommand, MoveArgs, RolloutCommand, VersionsArgs};
-use crate::client::{typed, AdminClient, POLL};
+use crate::args::{
+    step_map, Command, ConfigCommand, InstancesCommand, MigrateCommand, MoveArgs, RolloutCommand, VersionsArgs,
+};
+use crate::client::{body_json, typed, AdminClient, POLL};
 use crate::error::CliError;
+use crate::moments::{age_of, relative, span};
 use crate::output::{print_line, Output};
 use crate::table;
 
@@ -122,46 +125,19 @@ fn segment(text: &str) -> String {
 
 /// Where an instance is between steps, for people.
 fn phase_text(phase: &PhaseView) -> String {
-    let at = |ms: u64| match ms.checked_sub(now_ms()) {
-        Some(ahead) => format!("in {}s", ahead.div_ceil(1000)),
-        None => age_of(ms),
-    };
     match phase {
         PhaseView::Accepted { .. } => "accepted, first step not begun".to_string(),
         PhaseView::Ready => "ready".to_string(),
-        PhaseView::Sleeping { until_ms } => format!("sleeping, wakes {}", at(*until_ms)),
+        PhaseView::Sleeping { until_ms } => format!("sleeping, wakes {}", relative(*until_ms)),
         PhaseView::WaitingSignal { signal, timeout_at_ms } => match timeout_at_ms {
-            Some(timeout) => format!("waiting for signal '{signal}', times out {}", at(*timeout)),
+            Some(timeout) => format!("waiting for signal '{signal}', times out {}", relative(*timeout)),
             None => format!("waiting for signal '{signal}'"),
         },
-        PhaseView::RetryBackoff { until_ms } => format!("waiting to retry, {}", at(*until_ms)),
+        PhaseView::RetryBackoff { until_ms } => format!("waiting to retry, {}", relative(*until_ms)),
         PhaseView::Quarantined { reason } => format!("quarantined: {reason}"),
         PhaseView::Completed { output } => format!("completed with {output}"),
         PhaseView::Failed { reason } => format!("failed: {reason}"),
         PhaseView::Cancelled => "cancelled".to_string(),
-    }
-}
-
-/// A request body of the model as the JSON the client posts.
-pub(crate) fn body_json<T: serde::Serialize>(body: &T) -> Value {
-    serde_json::to_value(body).unwrap_or_default()
-}
-
-/// Now, in milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-/// Milliseconds since the Unix epoch as an age (`3m 20s ago`).
-pub(crate) fn age_of(ms: u64) -> String {
-    let seconds = now_ms().saturating_sub(ms) / 1000;
-    match seconds {
-        0..=59 => format!("{seconds}s ago"),
-        60..=3599 => format!("{}m {}s ago", seconds / 60, seconds % 60),
-        3600..=86_399 => format!("{}h {}m ago", seconds / 3600, (seconds % 3600) / 60),
-        _ => format!("{}d {}h ago", seconds / 86_400, (seconds % 86_400) / 3600),
     }
 }
 
@@ -583,16 +559,6 @@ fn parse_stage(text: &str) -> Result<StageView, CliError> {
     })
 }
 
-/// Milliseconds as `4m 10s`.
-fn span(ms: u64) -> String {
-    let seconds = ms.div_ceil(1000);
-    match seconds {
-        0..=59 => format!("{seconds}s"),
-        60..=3599 => format!("{}m {}s", seconds / 60, seconds % 60),
-        _ => format!("{}h {}m", seconds / 3600, (seconds % 3600) / 60),
-    }
-}
-
 fn rollout_detail(rollout: &RolloutView) -> String {
     let mut lines = vec![table::render(
         &ROLLOUT_HEADERS,
@@ -788,18 +754,6 @@ fn config(client: &AdminClient, out: &Output, command: ConfigCommand) -> Result<
         }
     }
     Ok(())
-}
-
-/// `--step FROM=TO` options as the step map a request body takes.
-pub(crate) fn step_map(mappings: &[String]) -> Result<std::collections::HashMap<String, String>, CliError> {
-    let mut steps = std::collections::HashMap::new();
-    for mapping in mappings {
-        let (from, to) = mapping
-            .split_once('=')
-            .ok_or_else(|| CliError::Input(format!("--step '{mapping}': write FROM=TO")))?;
-        steps.insert(from.to_string(), to.to_string());
-    }
-    Ok(steps)
 }
 
 fn move_body(args: MoveArgs) -> Result<Value, CliError> {

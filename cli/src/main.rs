@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod error;
 mod history;
+mod moments;
 mod operation;
 mod output;
 mod revive;

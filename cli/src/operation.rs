@@ -4,8 +4,8 @@
 use strata_admin_model::{QuarantinedView, RoutingView, ScheduleView, WorkerView};
 
 use crate::client::{typed, AdminClient};
-use crate::commands::{age_of, now_ms};
 use crate::error::CliError;
+use crate::moments::{age_of, relative};
 use crate::output::Output;
 use crate::table;
 
@@ -100,21 +100,6 @@ pub(crate) fn routing(client: &AdminClient, out: &Output, workflow: Option<&str>
         text
     });
     Ok(())
-}
-
-/// A moment relative to now: `in 12m 3s` or `4s ago`.
-fn relative(ms: u64) -> String {
-    match ms.checked_sub(now_ms()) {
-        Some(ahead) => {
-            let seconds = ahead.div_ceil(1000);
-            match seconds {
-                0..=59 => format!("in {seconds}s"),
-                60..=3599 => format!("in {}m {}s", seconds / 60, seconds % 60),
-                _ => format!("in {}h {}m", seconds / 3600, (seconds % 3600) / 60),
-            }
-        }
-        None => age_of(ms),
-    }
 }
 
 /// The schedules with their last and next fires.

@@ -4,10 +4,10 @@
 
 use strata_admin_model::{ReviveBody, ReviveCheckView, RevivePlanView, ReviveReportView, Whole};
 
-use crate::args::ReviveArgs;
-use crate::client::{typed, AdminClient};
-use crate::commands::{body_json, now_ms, step_map};
+use crate::args::{step_map, ReviveArgs};
+use crate::client::{body_json, typed, AdminClient};
 use crate::error::CliError;
+use crate::moments::now_ms;
 use crate::output::Output;
 use crate::table;
 
