@@ -445,6 +445,13 @@ async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_
     browser
         .wait_for_text("#problem", "the refusal", |text| text.contains("admin token"))
         .await;
+    let pressable = browser
+        .execute(&format!(
+            "return !document.querySelector({}).disabled;",
+            serde_json::json!(drain)
+        ))
+        .await;
+    assert_eq!(pressable, true, "a refused action's button may be pressed again");
     assert_eq!(
         engine.version(tally::WORKFLOW, "1.0.0").unwrap().status,
         strata::VersionStatus::Active

@@ -92,12 +92,15 @@ function rolloutActions(rollout) {
 async function onAction(event) {
   const path = event.target.getAttribute && event.target.getAttribute("data-post");
   if (!path) return;
-  event.target.disabled = true;
+  const button = event.target;
+  button.disabled = true;
   try {
     await api(path, "POST");
     problem(null);
   } catch (error) {
+    // Refused: nothing changed, so the button may be pressed again (with another token, say).
     problem(error);
+    button.disabled = false;
   }
   soon(ALL);
 }
