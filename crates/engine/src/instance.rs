@@ -154,11 +154,6 @@ impl InstanceFilter {
         }
     }
 
-    /// Whether `id` is past the cursor, in the listing's order.
-    pub(crate) fn past_cursor(&self, id: InstanceId) -> bool {
-        self.scope().past_cursor(id)
-    }
-
     /// Instances of `workflow`.
     pub fn workflow(workflow: impl Into<String>) -> Self {
         InstanceFilter {

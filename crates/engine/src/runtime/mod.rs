@@ -1077,7 +1077,7 @@ impl Runtime {
         let mut found = Vec::new();
         if !filter.wants_only_terminal() {
             self.table.for_each(|slot| {
-                if filter.matches_key(&slot.record.key) && filter.past_cursor(slot.record.id) {
+                if filter.matches_key(&slot.record.key) && scope.past_cursor(slot.record.id) {
                     let info = Self::info_of(slot);
                     if filter.status.is_none_or(|status| status == info.status) {
                         found.push(info);
@@ -1085,7 +1085,7 @@ impl Runtime {
                 }
             });
             // Other workers' live instances, as the store has them.
-            let elsewhere = Self::read_unlisted(filter, &found, limit, |keep, limit| {
+            let elsewhere = Self::read_unlisted(filter, &scope, &found, limit, |keep, limit| {
                 self.store.cluster().live_held_elsewhere(&scope, keep, limit)
             })?;
             found.extend(elsewhere);
@@ -1095,7 +1095,7 @@ impl Runtime {
             // An instance that finished after the live ones were read is in the store's finished
             // instances too: it is listed once, as it was read first. Up to `limit` of each, so
             // the page is the first `limit` ids of both past the cursor, in the listing's order.
-            let finished = Self::read_unlisted(filter, &found, limit, |keep, limit| {
+            let finished = Self::read_unlisted(filter, &scope, &found, limit, |keep, limit| {
                 self.store.finished_instances(&scope, keep, limit)
             })?;
             found.extend(finished);
@@ -1107,6 +1107,7 @@ impl Runtime {
     /// Instances a store read returns that `filter` wants and `listed` does not hold yet.
     fn read_unlisted(
         filter: &InstanceFilter,
+        scope: &crate::store::ListScope,
         listed: &[InstanceInfo],
         limit: usize,
         read: impl FnOnce(
@@ -1117,7 +1118,7 @@ impl Runtime {
         let held: std::collections::HashSet<InstanceId> = listed.iter().map(|info| info.record.id).collect();
         let mut keep = |record: &InstanceRecord| {
             !held.contains(&record.id)
-                && filter.past_cursor(record.id)
+                && scope.past_cursor(record.id)
                 && filter.matches_key(&record.key)
                 && filter
                     .status
