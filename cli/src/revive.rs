@@ -90,21 +90,13 @@ fn moment(option: &str, text: &str) -> Result<Whole, CliError> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(Whole(ms));
     }
-    let (split, unit) = text.char_indices().last().unwrap_or((0, ' '));
-    let unit_ms = match unit {
-        's' => 1_000,
-        'm' => 60_000,
-        'h' => 3_600_000,
-        'd' => 86_400_000,
-        _ => 0,
-    };
-    let amount = text[..split].parse::<u64>().ok();
-    match amount {
-        Some(amount) if unit_ms > 0 => Ok(Whole(now_ms().saturating_sub(amount.saturating_mul(unit_ms)))),
-        _ => Err(CliError::Input(format!(
-            "{option} '{text}': write a time ago such as 90s, 30m, 2h or 1d, or ms since the Unix epoch"
-        ))),
-    }
+    let ago = strata_config::parse_duration(text).map_err(|reason| {
+        CliError::Input(format!(
+            "{option} '{text}': {reason}; write a time ago such as 90s, 30m, 2h or 1d, or ms since the Unix epoch"
+        ))
+    })?;
+    let ago_ms = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+    Ok(Whole(now_ms().saturating_sub(ago_ms)))
 }
 
 #[cfg(test)]

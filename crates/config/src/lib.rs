@@ -176,8 +176,8 @@ struct GatesEntry {
     max_consecutive_failures: Option<u64>,
 }
 
-/// Parses `500ms`, `30s`, `10m`, `2h`, `7d` (and `0`).
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+/// Parses a duration as the config file writes it: `500ms`, `30s`, `10m`, `2h`, `7d` (and `0`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let wrong = || format!("'{text}' is not a duration like 30s, 10m, 1h, 7d or 500ms");
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
