@@ -52,6 +52,18 @@ async fn open(backend: &Backend, tokens: Option<(&str, &str)>) -> Engine {
     builder.open().await.unwrap()
 }
 
+/// An engine with `tally` 1.0.0 and 1.1.0 and the admin API on loopback, without tokens.
+async fn open_two_tallies(backend: &Backend) -> Engine {
+    backend
+        .builder()
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_1("1.1.0"))
+        .admin(LOOPBACK.parse().unwrap())
+        .open()
+        .await
+        .unwrap()
+}
+
 /// An engine with `probe` 1.0.0 and 2.0.0 and the admin API on loopback, without tokens.
 async fn open_with_probes(backend: &Backend) -> Engine {
     backend
@@ -1177,14 +1189,7 @@ async fn cancelled_instances_are_planned_then_revived_and_the_version_counts_the
 }
 
 async fn workers_routing_in_force_schedules_and_quarantined_records_are_read(backend: Backend) {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .register(tally::on_schema_1("1.1.0"))
-        .admin(LOOPBACK.parse().unwrap())
-        .open()
-        .await
-        .unwrap();
+    let engine = open_two_tallies(&backend).await;
     let (status, workers) = get(&engine, "/v1/workers").await;
     assert_eq!(status, 200, "{workers}");
     let me = workers
@@ -1264,14 +1269,7 @@ async fn workers_routing_in_force_schedules_and_quarantined_records_are_read(bac
 }
 
 async fn an_instance_is_started_with_json_input_on_a_required_version_and_bad_starts_say_why(backend: Backend) {
-    let engine = backend
-        .builder()
-        .register(tally::on_schema_1("1.0.0"))
-        .register(tally::on_schema_1("1.1.0"))
-        .admin(LOOPBACK.parse().unwrap())
-        .open()
-        .await
-        .unwrap();
+    let engine = open_two_tallies(&backend).await;
     let (status, started) = post_json(
         &engine,
         "/v1/instances",

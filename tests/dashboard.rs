@@ -286,6 +286,13 @@ fn refund(version: &str) -> WorkflowVersion<u64, u64, u64> {
     }
 }
 
+/// How many instances the page's list shows.
+async fn listed_rows(browser: &Browser) -> serde_json::Value {
+    browser
+        .execute(r##"return document.querySelectorAll("#instances-body tbody tr").length;"##)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_instance_is_investigated_on_its_page_and_revived_on_the_fix_and_lists_page() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,9 +376,7 @@ async fn a_failed_instance_is_investigated_on_its_page_and_revived_on_the_fix_an
     browser
         .wait_for_text(r#"[data-field="page"]"#, "the first page", |text| text == "page 1")
         .await;
-    let rows = browser
-        .execute(r##"return document.querySelectorAll("#instances-body tbody tr").length;"##)
-        .await;
+    let rows = listed_rows(&browser).await;
     assert_eq!(rows, 50);
     let first = browser
         .execute(r##"return document.querySelector("#instances-body tbody tr").getAttribute("data-instance");"##)
@@ -390,9 +395,7 @@ async fn a_failed_instance_is_investigated_on_its_page_and_revived_on_the_fix_an
             text == "page 2 (the last)"
         })
         .await;
-    let rows = browser
-        .execute(r##"return document.querySelectorAll("#instances-body tbody tr").length;"##)
-        .await;
+    let rows = listed_rows(&browser).await;
     assert_eq!(rows, 5);
     browser
         .execute(r#"document.getElementById("page-previous").click(); return true;"#)
