@@ -423,6 +423,7 @@ async fn requests_for_a_foreign_host_and_changes_from_another_origin_are_refused
     let changes = [
         format!("/v1/instances/{}/cancel", id.0),
         "/v1/versions/tally/1.0.0/drain".to_string(),
+        format!("/v1/instances/{}/terminate", id.0),
     ];
     let foreign = [
         ("origin", "http://127.0.0.1:1".to_string()),
@@ -749,6 +750,48 @@ async fn instances_are_listed_paged_shown_signalled_and_cancelled(backend: Backe
         engine.instance(ids[2]).unwrap().status,
         strata::InstanceStatus::WaitingSignal
     );
+
+    // A termination needs its reason; a typo or a blank one is refused, and nothing ends.
+    let terminate = format!("/v1/instances/{}/terminate", ids[3].0);
+    for (body, refused, says) in [
+        (r#"{"reasn": "typo"}"#, 422, "did you mean `reason`"),
+        (r#"{}"#, 422, "reason"),
+        (r#"{"reason": "  "}"#, 400, "needs a reason"),
+        ("not json", 400, "JSON"),
+    ] {
+        let (status, error) = post_json(&engine, &terminate, body).await;
+        assert_eq!(status, refused, "{body}: {error}");
+        assert!(error["error"].as_str().unwrap().contains(says), "{body}: {error}");
+    }
+    assert_eq!(
+        engine.instance(ids[3]).unwrap().status,
+        strata::InstanceStatus::WaitingSignal
+    );
+    let (status, answer) = post_json(&engine, &terminate, r#"{"reason": "duplicate order"}"#).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("cancelled")),
+        "{answer}"
+    );
+    let (_, history) = get(
+        &engine,
+        &format!("/v1/instances/{}/history?order=newest&limit=1", ids[3].0),
+    )
+    .await;
+    let event = &history["entries"][0]["event"];
+    assert_eq!(
+        (&event["kind"], &event["reason"], &event["abandoned_step"]),
+        (
+            &Value::from("terminated"),
+            &Value::from("duplicate order"),
+            &Value::Null
+        ),
+        "{history}"
+    );
+    let (status, error) = post_json(&engine, &terminate, r#"{"reason": "again"}"#).await;
+    assert_eq!(status, 409, "an ended instance: {error}");
+    let (status, _) = post_json(&engine, "/v1/instances/999999/terminate", r#"{"reason": "x"}"#).await;
+    assert_eq!(status, 404);
     engine.shutdown().await;
 }
 
@@ -1351,6 +1394,7 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
             "/v1/instances/{id}/cancel",
             "/v1/instances/{id}/history",
             "/v1/instances/{id}/signals/{name}",
+            "/v1/instances/{id}/terminate",
             "/v1/migrations",
             "/v1/migrations/{workflow}",
             "/v1/migrations/{workflow}/{action}",

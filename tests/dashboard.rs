@@ -2,7 +2,7 @@
 //! versions table shows the right counts and changes as instances finish, without a reload;
 //! a rolled-back rollout shows the gate that fired; config history shows its diffs; an instance
 //! is found by id and has a page of its own (`#/instances/42`: status, timeline, history,
-//! state) from which a failed one is revived; the instance list pages and shows why instances
+//! state) from which a failed one is revived and a live one terminated; the instance list pages and shows why instances
 //! failed. A screenshot of the page is saved (the README's). A page of another origin open in the
 //! same browser cannot change anything through the API.
 
@@ -511,6 +511,41 @@ async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_
         .await;
     assert!(by.starts_with("Rolled back by an operator"), "{by}");
     assert_eq!(engine.rollout(name).unwrap().status, RolloutStatus::RolledBack);
+
+    // An instance terminated from its page, with the reason typed beside the button.
+    let waiting = tally::start_waiting(&engine, 1..2, StartOptions::new()).await[0];
+    browser
+        .goto(&format!(
+            "http://{}/#/instances/{}",
+            engine.admin_address().unwrap(),
+            waiting.0
+        ))
+        .await;
+    browser
+        .wait_for_text(r#"#instance-body [data-field="status"]"#, "the status", |text| {
+            text == "waiting_signal"
+        })
+        .await;
+    browser
+        .execute(
+            r#"document.querySelector('[data-field="terminate-reason"]').value = "wrong customer";
+            document.querySelector('[data-action="terminate"]').click(); return true;"#,
+        )
+        .await;
+    browser
+        .wait_for_text(r#"#instance-body [data-field="status"]"#, "cancelled", |text| {
+            text == "cancelled"
+        })
+        .await;
+    let history = browser.text(r#"#instance-body [data-field="history"]"#).await.unwrap();
+    assert!(
+        history.contains("terminated") && history.contains("wrong customer"),
+        "{history}"
+    );
+    assert_eq!(
+        engine.instance(waiting).unwrap().status,
+        strata::InstanceStatus::Cancelled
+    );
     drop(browser);
     engine.shutdown().await;
 }

@@ -75,10 +75,19 @@ pub(crate) enum Command {
         /// Its payload as JSON (default `null`).
         payload: Option<String>,
     },
-    /// Cancels a live instance.
+    /// Cancels a live instance at its next step boundary (a running step finishes first).
     Cancel {
         /// The instance id.
         id: u64,
+    },
+    /// Ends a live instance at once, without running another step: a running step is abandoned.
+    /// It ends cancelled, and its history keeps the reason.
+    Terminate {
+        /// The instance id.
+        id: u64,
+        /// Why (required): kept in the instance's history.
+        #[arg(long)]
+        reason: String,
     },
     /// Stops routing new instances to a version; it drains as its instances finish.
     Drain {

@@ -10,7 +10,7 @@ use strata_admin_model::{
     CancelledView, ConfigCheckView, FiguresView, GatesRequest, GatesView, GenerationView, InstanceDetail, InstancePage,
     MigrationBody, MigrationProgressView, MoveBody, MoveCheckView, MovePlanView, MoveReportView, PhaseView,
     RestoredView, RolloutStartRequest, RolloutView, SignalDeliveredView, StageView, StartBody, StartedView,
-    TransitionKind, TransitionView, VersionView, Whole,
+    TerminateBody, TransitionKind, TransitionView, VersionView, Whole,
 };
 
 use crate::args::{
@@ -74,6 +74,16 @@ pub(crate) fn run(client: &AdminClient, command: Command, json: bool) -> Result<
             let answer = client.post(&format!("/v1/instances/{id}/cancel"), None)?;
             let _: CancelledView = typed(&answer, "a cancellation")?;
             out.done(&answer, &format!("instance {id} cancelled"));
+            Ok(())
+        }
+        Command::Terminate { id, reason } => {
+            let body = body_json(&TerminateBody { reason: reason.clone() });
+            let answer = client.post(&format!("/v1/instances/{id}/terminate"), Some(&body))?;
+            let _: CancelledView = typed(&answer, "a termination")?;
+            out.done(
+                &answer,
+                &format!("instance {id} terminated (it ended cancelled): {reason}"),
+            );
             Ok(())
         }
         Command::Drain { workflow, version } => version_action(client, &out, &workflow, &version, "drain"),

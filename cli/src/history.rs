@@ -212,6 +212,14 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
             ),
         ),
         HistoryEventView::BeginFailed { reason } => ("could not begin".to_string(), String::new(), reason.clone()),
+        HistoryEventView::Terminated { reason, abandoned_step } => (
+            "terminated".to_string(),
+            String::new(),
+            match abandoned_step {
+                Some(step) => format!("{reason}; the running attempt of step {step} was abandoned"),
+                None => reason.clone(),
+            },
+        ),
         HistoryEventView::Unreadable { reason } => ("unreadable entry".to_string(), String::new(), reason.clone()),
         HistoryEventView::Other => (
             "unknown entry".to_string(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use strata::prelude::*;
 
 use serde_json::Value;
-use strata::{Engine, InstanceId, Next, StartOptions, StepCtx, StepResult, WorkflowVersion};
+use strata::{Engine, InstanceId, InstanceStatus, Next, StartOptions, StepCtx, StepResult, WorkflowVersion};
 
 const ADMIN: &str = "admin-secret-0123456789";
 const READER: &str = "read-secret-0123456789";
@@ -698,6 +698,49 @@ async fn an_instance_history_is_a_table_or_json_and_is_followed_to_the_instance_
 
     let unknown = strata(&engine, Some(READER), &["instances", "history", "999999"]).await;
     assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_terminated_with_its_reason_which_its_history_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let id = start(&engine, 7, "1.0.0").await;
+    let id_text = id.0.to_string();
+
+    let no_reason = strata(&engine, Some(ADMIN), &["terminate", &id_text]).await;
+    assert_eq!(no_reason.code, 2, "--reason is required: {}", no_reason.stderr);
+    assert!(no_reason.stderr.contains("--reason"), "{}", no_reason.stderr);
+    let reader = strata(&engine, Some(READER), &["terminate", &id_text, "--reason", "x"]).await;
+    assert_eq!(reader.code, 3, "the read-only token terminates nothing");
+    let blank = strata(&engine, Some(ADMIN), &["terminate", &id_text, "--reason", " "]).await;
+    assert_eq!(blank.code, 3, "{}", blank.stderr);
+    assert!(blank.stderr.contains("needs a reason"), "{}", blank.stderr);
+    assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::WaitingSignal);
+
+    let terminated = strata(
+        &engine,
+        Some(ADMIN),
+        &["terminate", &id_text, "--reason", "a duplicate order"],
+    )
+    .await;
+    assert_eq!(terminated.code, 0, "{}", terminated.stderr);
+    assert!(
+        terminated.stdout.contains("terminated") && terminated.stdout.contains("a duplicate order"),
+        "{}",
+        terminated.stdout
+    );
+    assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::Cancelled);
+    let history = strata(&engine, Some(READER), &["instances", "history", &id_text]).await;
+    let last = history.stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.contains("terminated") && last.contains("a duplicate order"),
+        "{}",
+        history.stdout
+    );
+    let again = strata(&engine, Some(ADMIN), &["terminate", &id_text, "--reason", "again"]).await;
+    assert_eq!(again.code, 3, "an ended instance: {}", again.stderr);
+    assert!(again.stderr.contains("already finished"), "{}", again.stderr);
     engine.shutdown().await;
 }
 

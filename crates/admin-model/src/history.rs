@@ -115,6 +115,13 @@ pub enum HistoryEventView {
         /// Why.
         reason: String,
     },
+    /// An operator terminated it: it ended at once, cancelled, without running another step.
+    Terminated {
+        /// Why, as the operator said.
+        reason: String,
+        /// The step whose running attempt was abandoned; absent: no step was running.
+        abandoned_step: Option<String>,
+    },
     /// The entry's stored bytes do not decode.
     Unreadable {
         /// Why.

@@ -271,10 +271,19 @@ pub struct StartedView {
     pub version: String,
 }
 
-/// An instance was cancelled.
+/// An instance was cancelled (or terminated, which ends it cancelled).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CancelledView {
     /// Always `cancelled`.
     pub status: String,
+}
+
+/// A termination, as posted. Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TerminateBody {
+    /// Why: kept in the instance's history. Required, not blank.
+    pub reason: String,
 }

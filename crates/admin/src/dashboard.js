@@ -380,6 +380,7 @@ function describeEntry(entry) {
     case "quarantined": return ["quarantined", event.reason, entry.at_ms, null];
     case "revived": return ["revived", event.from + " → " + event.to + ", step " + event.from_step + " → " + event.to_step + "; it had " + (event.failure ? "failed: " + event.failure : "been cancelled"), entry.at_ms, null];
     case "begin_failed": return ["could not begin", event.reason, entry.at_ms, null];
+    case "terminated": return ["terminated", event.reason + (event.abandoned_step ? "; the running attempt of step " + event.abandoned_step + " was abandoned" : ""), entry.at_ms, null];
     case "unreadable": return ["unreadable entry", event.reason, entry.at_ms, null];
     default: return ["unknown entry", "written by a newer Strata", entry.at_ms, null];
   }
@@ -440,7 +441,9 @@ function controls(instance, versions) {
   const buttons = [];
   const ended = ["completed", "failed", "cancelled"].includes(instance.status);
   if (!ended) {
-    buttons.push(element("button", { type: "button", "data-action": "cancel" }, "Cancel"));
+    buttons.push(element("button", { type: "button", "data-action": "cancel" }, "Cancel"),
+      element("input", { type: "text", "data-field": "terminate-reason", placeholder: "why terminate", "aria-label": "reason to terminate" }),
+      element("button", { type: "button", "data-action": "terminate" }, "Terminate"));
   }
   if (instance.status === "failed" || instance.status === "cancelled") {
     const choices = versions.filter((version) => version.registered && version.status !== "retired")
@@ -457,6 +460,9 @@ function controls(instance, versions) {
     const revival = { workflow: instance.workflow, ids: [instance.id], target: target ? target.value : undefined };
     if (action === "cancel") {
       act(() => "cancelled", "/v1/instances/" + instance.id + "/cancel");
+    } else if (action === "terminate") {
+      const reason = box.querySelector('[data-field="terminate-reason"]').value;
+      act(() => "terminated", "/v1/instances/" + instance.id + "/terminate", { reason });
     } else if (action === "plan-revival") {
       act((plan) => {
         const check = plan.checks[0];

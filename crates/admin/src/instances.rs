@@ -13,7 +13,7 @@ use super::views::{history_page, instance_detail, instance_summary};
 use super::{blocking_read, json_body, parse_version, ApiError};
 use strata_admin_model::{
     CancelledView, ErrorView, HistoryPageView, InstanceDetail, InstancePage, SignalDeliveredView, StartBody,
-    StartedView,
+    StartedView, TerminateBody,
 };
 use strata_engine::instance::HistoryRequest;
 use strata_engine::{Engine, InstanceFilter, InstanceId, InstanceStatus, StartOptions};
@@ -244,6 +244,27 @@ pub(super) async fn start(
         (status = 409, description = "The instance has finished", body = ErrorView)))]
 pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<u64>) -> Result<Json<CancelledView>, ApiError> {
     engine.cancel(InstanceId(id)).await?;
+    Ok(Json(CancelledView {
+        status: "cancelled".to_string(),
+    }))
+}
+
+/// `POST /v1/instances/{id}/terminate`: ended at once, without running another step (a running
+/// step is abandoned), cancelled, with the reason in its history; answers once committed.
+#[utoipa::path(post, path = "/v1/instances/{id}/terminate", tag = "instances", params(("id" = u64, Path)),
+    request_body = TerminateBody,
+    responses((status = 200, description = "Terminated: it ended cancelled", body = CancelledView),
+        (status = 400, description = "A blank reason, or a body that is not JSON", body = ErrorView), (status = 404, body = ErrorView),
+        (status = 409, description = "The instance has finished", body = ErrorView),
+        (status = 422, description = "JSON that is not a termination (no reason, an unknown field)", body = ErrorView)))]
+pub(super) async fn terminate(
+    State(engine): State<Engine>,
+    Path(id): Path<u64>,
+    body: Result<Json<TerminateBody>, JsonRejection>,
+) -> Result<Json<CancelledView>, ApiError> {
+    let body = json_body(body, "a termination ({reason})")?;
+    engine.terminate(InstanceId(id), &body.reason).await?;
+    tracing::info!(instance = id, reason = %body.reason, "admin API: instance terminated");
     Ok(Json(CancelledView {
         status: "cancelled".to_string(),
     }))

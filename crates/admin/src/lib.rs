@@ -228,6 +228,7 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(instances::history))
         .routes(routes!(instances::signal))
         .routes(routes!(instances::cancel))
+        .routes(routes!(instances::terminate))
         .routes(routes!(config::in_force))
         .routes(routes!(config::history))
         .routes(routes!(config::check))
@@ -526,7 +527,8 @@ impl From<EngineError> for ApiError {
             | EngineError::InvalidVersion { .. }
             | EngineError::SignalDecode { .. }
             | EngineError::InputDecode { .. }
-            | EngineError::ReservedSignalName { .. } => StatusCode::BAD_REQUEST,
+            | EngineError::ReservedSignalName { .. }
+            | EngineError::TerminateWithoutReason { .. } => StatusCode::BAD_REQUEST,
             EngineError::Init { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Store(strata_engine::StoreError::VersionNotAccepting { .. }) => StatusCode::CONFLICT,
             EngineError::Config(strata_config::ConfigError::UnknownGeneration { .. }) => StatusCode::NOT_FOUND,

@@ -193,6 +193,10 @@ fn history_entry(item: &strata_engine::instance::HistoryItem) -> HistoryEntryVie
             failure: stamp.failure.clone(),
         },
         HistoryEvent::BeginFailed { reason } => HistoryEventView::BeginFailed { reason: reason.clone() },
+        HistoryEvent::Terminated { reason, abandoned_step } => HistoryEventView::Terminated {
+            reason: reason.clone(),
+            abandoned_step: abandoned_step.clone(),
+        },
         _ => HistoryEventView::Other,
     };
     HistoryEntryView {

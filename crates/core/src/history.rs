@@ -170,6 +170,15 @@ pub enum HistoryEvent {
         /// Why.
         reason: String,
     },
+    /// An operator terminated it: it ended at once, cancelled, without running another step.
+    #[serde(rename = "t")]
+    Terminated {
+        /// Why, as the operator said.
+        reason: String,
+        /// The step whose running attempt was abandoned (its result, if it had one, never
+        /// committed); `None`: no step was running.
+        abandoned_step: Option<String>,
+    },
 }
 
 /// A revival: how the instance had ended, and where it was taken up again.

@@ -18,7 +18,7 @@ use crate::migrate::{
 use crate::observe::{Clock, Event, MetricsSnapshot, SystemClock};
 use crate::parts::{Extensions, Parts};
 use crate::registry::{VersionInfo, VersionStatus};
-use crate::runtime::{Definitions, Durability, RolloutOperation, Runtime, RuntimeOptions};
+use crate::runtime::{Definitions, Durability, EndRequest, RolloutOperation, Runtime, RuntimeOptions};
 use crate::store::{AppliedConfig, CorruptRecord, Op, Store, StoreStats, WorkerInfo};
 use strata_config::{ConfigError, ScheduleSpec};
 use strata_core::instance::{InstanceId, ScheduledFire, VersionKey};
@@ -808,7 +808,22 @@ impl Engine {
 
     /// Cancels a live instance at its next step boundary; resolves once that is committed.
     pub async fn cancel(&self, id: InstanceId) -> Result<(), EngineError> {
-        self.runtime.cancel(id).await
+        self.runtime.end(id, EndRequest::Cancel).await
+    }
+
+    /// Terminates a live instance at once, without running another of its steps: a step running
+    /// now is abandoned (its future dropped; whatever it had done outside stays done, and nothing
+    /// of it is committed). The instance ends cancelled, at its last committed step (a revival
+    /// resumes there), and its history says it was terminated, why, and which step was
+    /// abandoned. Resolves once that is committed, wherever the instance runs.
+    pub async fn terminate(&self, id: InstanceId, reason: &str) -> Result<(), EngineError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(EngineError::TerminateWithoutReason { id });
+        }
+        self.runtime
+            .end(id, EndRequest::Terminate { reason: reason.into() })
+            .await
     }
 
     /// Waits for an instance to finish and returns how it ended.

@@ -54,8 +54,16 @@ pub enum EngineError {
         /// The id.
         id: InstanceId,
     },
+    /// A termination was asked for without a reason.
+    #[error("terminating instance {id} needs a reason: say why, it is kept in the instance's history")]
+    TerminateWithoutReason {
+        /// The instance.
+        id: InstanceId,
+    },
     /// The instance has finished and takes no more signals or cancellations.
-    #[error("instance {id} has already finished ({status}); it takes no more signals and cannot be cancelled")]
+    #[error(
+        "instance {id} has already finished ({status}); it takes no more signals and cannot be cancelled or terminated"
+    )]
     InstanceFinished {
         /// The id.
         id: InstanceId,

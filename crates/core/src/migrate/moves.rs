@@ -164,7 +164,7 @@ pub enum MoveRefusal {
     Finished,
     /// A step of it is running; it can move at its next step boundary.
     MidStep,
-    /// An operator asked to cancel it.
+    /// An operator asked to cancel or terminate it.
     CancelRequested,
     /// It was accepted for a worker with its version's code and has not begun there yet.
     NotBegun,
@@ -202,7 +202,7 @@ impl fmt::Display for MoveRefusal {
                 formatter,
                 "a step of it is running; it can move at its next step boundary, plan again"
             ),
-            MoveRefusal::CancelRequested => write!(formatter, "it is being cancelled"),
+            MoveRefusal::CancelRequested => write!(formatter, "it is being cancelled or terminated"),
             MoveRefusal::NotBegun => write!(
                 formatter,
                 "it has not begun: a worker with its version's code builds its state first; move it after its first step"

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::table::EndRequest;
 use super::table::Slot;
 use super::Runtime;
 use crate::error::EngineError;
@@ -27,6 +28,10 @@ const CLAIM_BATCH: usize = 1_000;
 
 /// The control signal that carries a cancel asked for through another process.
 pub(crate) const CANCEL_SIGNAL: &str = "strata:cancel";
+
+/// The control signal that carries a termination asked for through another process; its payload
+/// is the reason, in UTF-8.
+pub(crate) const TERMINATE_SIGNAL: &str = "strata:terminate";
 
 /// The role lease of the worker that evaluates rollouts.
 const ROLLOUT_ROLE: &str = "rollouts";
@@ -353,18 +358,22 @@ impl Runtime {
 
     /// Takes signals read from the store into the inboxes of the instances held here (those not
     /// there yet, nor consumed here already), and looks at each instance that got one. A cancel
-    /// asked for through another process arrives as the control signal `CANCEL_SIGNAL`.
+    /// or a termination asked for through another process arrives as the control signal
+    /// `CANCEL_SIGNAL` or `TERMINATE_SIGNAL`.
     pub(super) fn take_in_signals(self: &Arc<Self>, signals: Vec<SignalRecord>) {
         let mut woken = Vec::new();
+        let mut terminated = false;
         for signal in signals {
             let instance = signal.instance;
+            let request = end_request_of(&signal);
             let taken = self.table.with(instance, |slot| {
                 let known = slot.inbox.iter().any(|held| held.seq == signal.seq) || slot.consumed.contains(&signal.seq);
                 if known {
                     return false;
                 }
-                if signal.name == CANCEL_SIGNAL {
-                    slot.cancel_requested = true;
+                if let Some(request) = request {
+                    terminated |= matches!(request, EndRequest::Terminate { .. });
+                    slot.request_end(request);
                 }
                 let at = slot.inbox.partition_point(|held| held.seq < signal.seq);
                 slot.inbox.insert(at, signal);
@@ -373,6 +382,9 @@ impl Runtime {
             if taken == Some(true) && !woken.contains(&instance) {
                 woken.push(instance);
             }
+        }
+        if terminated {
+            self.terminations.notify_waiters();
         }
         for id in woken {
             self.schedule(id);
@@ -503,5 +515,16 @@ impl Runtime {
         if let Err(error) = left {
             tracing::warn!(%error, "could not hand the claims back; other workers take them after the lease");
         }
+    }
+}
+
+/// The end an operator asked for through another process, if `signal` carries one.
+fn end_request_of(signal: &SignalRecord) -> Option<EndRequest> {
+    match signal.name.as_str() {
+        CANCEL_SIGNAL => Some(EndRequest::Cancel),
+        TERMINATE_SIGNAL => Some(EndRequest::Terminate {
+            reason: String::from_utf8_lossy(&signal.payload).into(),
+        }),
+        _ => None,
     }
 }

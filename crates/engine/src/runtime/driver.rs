@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::moves::AutoUpgrade;
+use super::table::EndRequest;
 use super::transition::{self, Attempt};
 use super::Runtime;
 use crate::instance::Outcome;
@@ -28,8 +29,8 @@ enum Plan {
     Idle(Option<u64>),
     /// Run the cursor step.
     Run(Job),
-    /// Commit the cancellation an operator asked for.
-    Cancel(InstanceRecord),
+    /// Commit the end (cancellation or termination) an operator asked for.
+    End(InstanceRecord, EndRequest),
 }
 
 /// One step attempt to run.
@@ -41,8 +42,8 @@ struct Job {
 }
 
 fn plan(slot: &super::table::Slot, now: u64) -> Plan {
-    if slot.cancel_requested {
-        return Plan::Cancel(slot.record.clone());
+    if let Some(request) = &slot.end_requested {
+        return Plan::End(slot.record.clone(), request.clone());
     }
     if slot.parked {
         return Plan::Idle(None);
@@ -105,8 +106,8 @@ impl Runtime {
             };
             let progressed = match next {
                 Plan::Run(job) => self.run_job(id, job).await,
-                Plan::Cancel(record) => {
-                    let (record, entry) = transition::cancelled(record, now);
+                Plan::End(record, request) => {
+                    let (record, entry) = transition::ended(record, now, request, None);
                     self.commit_transition(record, None, vec![entry]).await
                 }
                 Plan::Idle(due) => {
@@ -190,7 +191,13 @@ impl Runtime {
         };
         let began = std::time::Instant::now();
         let attempt = match migrated {
-            Ok(()) => self.attempt(code.as_ref(), &job).await,
+            Ok(()) => {
+                tokio::select! {
+                    biased;
+                    attempt = self.attempt(code.as_ref(), &job) => attempt,
+                    () = self.termination_of(id) => return self.abandon_for_termination(id, &job.record.step).await,
+                }
+            }
             Err(reason) => Attempt::Damaged(reason),
         };
         if self.options.metrics {
@@ -212,6 +219,38 @@ impl Runtime {
         let next = transition::after_attempt(record, wake, consumed_signal, attempt, code.as_ref(), self.now(), facts);
         self.commit_transition(next.record, next.consumed_signal, next.entries)
             .await
+    }
+
+    /// Resolves once an operator has asked to terminate `id` (at once, if asked already).
+    async fn termination_of(&self, id: InstanceId) {
+        let notified = self.terminations.notified();
+        tokio::pin!(notified);
+        loop {
+            // Registered before the flag is read: a request made after the read wakes it.
+            notified.as_mut().enable();
+            let asked = self.table.with(id, |slot| {
+                matches!(slot.end_requested, Some(EndRequest::Terminate { .. }))
+            });
+            if asked == Some(true) {
+                return;
+            }
+            notified.as_mut().await;
+            notified.set(self.terminations.notified());
+        }
+    }
+
+    /// Commits the termination of `id`, whose attempt of `step` was running and is abandoned:
+    /// from its last committed record, so that nothing of that attempt is kept.
+    async fn abandon_for_termination(self: &Arc<Self>, id: InstanceId, step: &str) -> Progress {
+        let Some((record, Some(request))) = self
+            .table
+            .with(id, |slot| (slot.record.clone(), slot.end_requested.clone()))
+        else {
+            return Progress::Idle;
+        };
+        tracing::info!(instance = %id, step, "terminated mid-step: the running attempt is abandoned");
+        let (record, entry) = transition::ended(record, self.now(), request, Some(step.to_string()));
+        self.commit_transition(record, None, vec![entry]).await
     }
 
     /// Migrates the record's state to the schema `code` expects, if it is another.

@@ -46,6 +46,7 @@ use strata_core::instance::{
 };
 use strata_core::routing::{RouteInput, RouteReason, RoutingSpec, RoutingTable, VersionRequest};
 use strata_core::workflow::{InitFailure, VersionCode};
+pub(crate) use table::EndRequest;
 use table::{InstanceTable, Slot};
 use timers::TimerQueue;
 
@@ -104,6 +105,8 @@ pub(crate) struct Runtime {
     following_migrations: tokio::sync::Mutex<()>,
     /// Held while ended instances are revived (one revival at a time).
     reviving: tokio::sync::Mutex<()>,
+    /// Told when an operator asks to terminate an instance, so its running step is abandoned.
+    terminations: Notify,
     /// How long finished instances are kept (ms; 0: forever): the builder's, or the config's.
     retention_ms: AtomicU64,
     /// Told when the retention period changes, so the background pass follows at once.
@@ -237,6 +240,7 @@ impl Runtime {
             jobs: parking_lot::Mutex::new(HashMap::new()),
             following_migrations: tokio::sync::Mutex::new(()),
             reviving: tokio::sync::Mutex::new(()),
+            terminations: Notify::new(),
             retention_ms: AtomicU64::new(crate::observe::millis_saturating(options.retention)),
             retention_changed: Notify::new(),
             rollouts: rollouts::Rollouts::default(),
@@ -903,16 +907,27 @@ impl Runtime {
         Ok(())
     }
 
-    /// Cancels a live instance at its step boundary and waits for the cancellation's commit; an
-    /// instance another worker holds is asked through the store.
-    pub(crate) async fn cancel(self: &Arc<Self>, id: InstanceId) -> Result<(), EngineError> {
+    /// Ends a live instance as an operator asks — cancelled at its step boundary, or terminated
+    /// at once, abandoning a running step — and waits for the commit that ends it; an instance
+    /// another worker holds is asked through the store.
+    pub(crate) async fn end(self: &Arc<Self>, id: InstanceId, request: EndRequest) -> Result<(), EngineError> {
         if self.is_stopping() {
             return Err(EngineError::ShuttingDown);
         }
-        let requested = self.table.with(id, |slot| slot.cancel_requested = true);
+        let terminate = matches!(request, EndRequest::Terminate { .. });
+        let control = match &request {
+            EndRequest::Cancel => (cluster::CANCEL_SIGNAL, Vec::new()),
+            EndRequest::Terminate { reason } => (cluster::TERMINATE_SIGNAL, reason.as_bytes().to_vec()),
+        };
+        let requested = self.table.with(id, |slot| slot.request_end(request));
         match requested {
-            Some(()) => self.schedule(id),
-            None => self.signal_elsewhere(id, cluster::CANCEL_SIGNAL, Vec::new()).await?,
+            Some(()) => {
+                if terminate {
+                    self.terminations.notify_waiters();
+                }
+                self.schedule(id)
+            }
+            None => self.signal_elsewhere(id, control.0, control.1).await?,
         }
         match self.outcome(id).await? {
             Outcome::Cancelled => Ok(()),

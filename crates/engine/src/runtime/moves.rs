@@ -275,7 +275,7 @@ impl Runtime {
 fn claimable(slot: &Slot) -> Result<(), MoveRefusal> {
     if slot.running {
         Err(MoveRefusal::MidStep)
-    } else if slot.cancel_requested {
+    } else if slot.end_requested.is_some() {
         Err(MoveRefusal::CancelRequested)
     } else if slot.parked {
         Err(MoveRefusal::SourceNotRegistered)

@@ -13,6 +13,29 @@ use strata_core::instance::{InstanceId, InstanceRecord};
 
 const SHARDS: usize = 64;
 
+/// How an operator asked to end an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EndRequest {
+    /// Cancel it at its next step boundary: a running step finishes and its result commits first.
+    Cancel,
+    /// End it now: a running step is abandoned and nothing of it commits.
+    Terminate {
+        /// Why, as the operator said.
+        reason: Box<str>,
+    },
+}
+
+impl EndRequest {
+    /// The request that stands when `other` comes after `self`: a termination outranks a
+    /// cancellation, and the first termination's reason is kept.
+    pub(crate) fn then(self, other: EndRequest) -> EndRequest {
+        match (self, other) {
+            (EndRequest::Cancel, other) => other,
+            (terminate, _) => terminate,
+        }
+    }
+}
+
 /// One live instance in memory.
 pub(crate) struct Slot {
     /// The last committed record.
@@ -26,8 +49,8 @@ pub(crate) struct Slot {
     pub running: bool,
     /// Something happened while a driver owned it; the driver must look again before leaving.
     pub rerun: bool,
-    /// An operator asked to cancel it.
-    pub cancel_requested: bool,
+    /// An operator asked to end it (cancel or terminate).
+    pub end_requested: Option<EndRequest>,
     /// Its version's code is not registered.
     pub parked: bool,
     /// Commits of its steps that failed in a row: what the wait before the next attempt grows
@@ -38,6 +61,14 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Records an operator's request to end the instance, with any made before it.
+    pub(super) fn request_end(&mut self, request: EndRequest) {
+        self.end_requested = Some(match self.end_requested.take() {
+            Some(earlier) => earlier.then(request),
+            None => request,
+        });
+    }
+
     /// A slot for a record.
     pub(super) fn new(record: InstanceRecord, parked: bool) -> Self {
         Slot {
@@ -46,7 +77,7 @@ impl Slot {
             consumed: Vec::new(),
             running: false,
             rerun: false,
-            cancel_requested: false,
+            end_requested: None,
             parked,
             commit_failures: 0,
             waiters: Vec::new(),
@@ -98,5 +129,19 @@ impl InstanceTable {
     /// How many live instances are held.
     pub(super) fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.lock().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_termination_outranks_a_cancellation_and_keeps_its_first_reason() {
+        let terminate = |reason: &str| EndRequest::Terminate { reason: reason.into() };
+        assert_eq!(EndRequest::Cancel.then(terminate("a")), terminate("a"));
+        assert_eq!(terminate("a").then(EndRequest::Cancel), terminate("a"));
+        assert_eq!(terminate("a").then(terminate("b")), terminate("a"));
+        assert_eq!(EndRequest::Cancel.then(EndRequest::Cancel), EndRequest::Cancel);
     }
 }

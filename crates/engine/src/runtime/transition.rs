@@ -18,6 +18,8 @@ use strata_core::version::CounterDelta;
 use strata_core::workflow::{Next, StepOutcome, VersionCode, WakeReason};
 use strata_store::Op;
 
+use super::table::EndRequest;
+
 /// The result of one attempt, before it becomes a record.
 pub(super) enum Attempt {
     /// The step returned normally, its state and output encoded.
@@ -180,15 +182,25 @@ fn outcome_of(record: &InstanceRecord) -> AttemptOutcome {
     }
 }
 
-/// `record` cancelled at `now`, with the history entry that says so.
-pub(super) fn cancelled(mut record: InstanceRecord, now: u64) -> (InstanceRecord, HistoryEntry) {
+/// `record` ended as an operator asked at `now` (cancelled; terminated is cancelled at once),
+/// with the history entry that says so; `abandoned_step` names the step whose running attempt a
+/// termination abandoned.
+pub(super) fn ended(
+    mut record: InstanceRecord,
+    now: u64,
+    request: EndRequest,
+    abandoned_step: Option<String>,
+) -> (InstanceRecord, HistoryEntry) {
     record.phase = Phase::Cancelled;
     record.updated_at_ms = now;
-    let entry = HistoryEntry {
-        at_ms: now,
-        event: HistoryEvent::Cancelled,
+    let event = match request {
+        EndRequest::Cancel => HistoryEvent::Cancelled,
+        EndRequest::Terminate { reason } => HistoryEvent::Terminated {
+            reason: reason.into(),
+            abandoned_step,
+        },
     };
-    (record, entry)
+    (record, HistoryEntry { at_ms: now, event })
 }
 
 /// Adds `entry` to `record`'s history, kept in the record until it fills a chunk; adds to `ops`
@@ -642,7 +654,7 @@ mod tests {
 
     #[test]
     fn a_cancel_finishes_the_record_where_it_stands_and_says_so_in_the_history() {
-        let (record, entry) = cancelled(record_at("b", 2), NOW);
+        let (record, entry) = ended(record_at("b", 2), NOW, EndRequest::Cancel, None);
         assert_eq!(
             (record.phase, record.step.as_str(), record.attempt, record.updated_at_ms),
             (Phase::Cancelled, "b", 2, NOW)
@@ -652,6 +664,24 @@ mod tests {
             HistoryEntry {
                 at_ms: NOW,
                 event: HistoryEvent::Cancelled
+            }
+        );
+    }
+
+    #[test]
+    fn a_termination_cancels_the_record_where_it_stands_and_names_the_abandoned_step() {
+        let request = EndRequest::Terminate { reason: "stuck".into() };
+        let (record, entry) = ended(record_at("b", 2), NOW, request, Some("b".to_string()));
+        assert_eq!(
+            (record.phase, record.step.as_str(), record.attempt),
+            (Phase::Cancelled, "b", 2),
+            "the cursor stays at the committed step: a revival resumes there"
+        );
+        assert_eq!(
+            entry.event,
+            HistoryEvent::Terminated {
+                reason: "stuck".to_string(),
+                abandoned_step: Some("b".to_string())
             }
         );
     }

@@ -1,0 +1,280 @@
+//! Terminating instances (issue #23): an operator force-ends a live instance without running
+//! another of its steps. A step running now is abandoned — its future dropped, nothing of it
+//! committed — and the instance ends cancelled at its last committed step, counted as cancelled,
+//! with the reason and the abandoned step in its history; a revival on a fixed version takes it
+//! up again there. An instance another worker holds is terminated through the store.
+//!
+//! Every behaviour here runs on sled and on PostgreSQL; the one about another worker needs a
+//! store two processes share, so it runs on PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::*;
+use parking_lot::Mutex;
+use strata::history::{HistoryEntry, HistoryEvent};
+use strata::instance::{HistoryRequest, InstanceStatus};
+use strata::migrate::ReviveRequest;
+use strata::{Engine, EngineError, InstanceId, Next, StepCtx, StepResult, Version, WorkflowVersion};
+use tokio::sync::oneshot;
+
+on_sled_and_postgres!(
+    a_terminated_instance_abandons_its_running_step_and_ends_cancelled_with_the_reason,
+    a_waiting_instance_is_terminated_without_a_step_and_wrong_calls_are_refused,
+);
+
+const WORKFLOW: &str = "export";
+
+/// What each test's stuck step tells: its key, the sender to tell when the step is entered,
+/// and the sender to tell when the step's future is dropped.
+type Watchers = HashMap<u32, (Option<oneshot::Sender<()>>, Option<oneshot::Sender<()>>)>;
+
+static WATCHERS: Mutex<Option<Watchers>> = Mutex::new(None);
+static NEXT_KEY: AtomicU32 = AtomicU32::new(1);
+
+/// Told when the stuck step's future is dropped.
+struct DropGuard(u32);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let told = WATCHERS
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .get_mut(&self.0)
+            .and_then(|(_, dropped)| dropped.take());
+        if let Some(dropped) = told {
+            let _ = dropped.send(());
+        }
+    }
+}
+
+/// A key of this test's own, and the receivers of "the stuck step began" and "it was dropped".
+fn watch() -> (u32, oneshot::Receiver<()>, oneshot::Receiver<()>) {
+    let key = NEXT_KEY.fetch_add(1, Ordering::SeqCst);
+    let (entered, entered_receiver) = oneshot::channel();
+    let (dropped, dropped_receiver) = oneshot::channel();
+    WATCHERS
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .insert(key, (Some(entered), Some(dropped)));
+    (key, entered_receiver, dropped_receiver)
+}
+
+async fn prepare(_ctx: StepCtx, _key: &mut u32) -> StepResult<u32> {
+    Ok(Next::goto("upload"))
+}
+
+/// 1.0.0's upload waits for a provider that never answers.
+async fn upload_stuck(_ctx: StepCtx, key: &mut u32) -> StepResult<u32> {
+    let guard = DropGuard(*key);
+    let entered = WATCHERS
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .get_mut(key)
+        .and_then(|(entered, _)| entered.take());
+    if let Some(entered) = entered {
+        let _ = entered.send(());
+    }
+    std::future::pending::<()>().await;
+    drop(guard);
+    Ok(Next::complete(*key))
+}
+
+/// 1.0.1's upload answers.
+async fn upload(_ctx: StepCtx, key: &mut u32) -> StepResult<u32> {
+    Ok(Next::complete(*key + 1_000))
+}
+
+fn stuck() -> WorkflowVersion<u32, u32, u32> {
+    WorkflowVersion::new(WORKFLOW, "1.0.0")
+        .init(|key: u32| key)
+        .step("prepare", prepare)
+        .step("upload", upload_stuck)
+}
+
+fn fixed() -> WorkflowVersion<u32, u32, u32> {
+    WorkflowVersion::new(WORKFLOW, "1.0.1")
+        .init(|key: u32| key)
+        .step("prepare", prepare)
+        .step("upload", upload)
+}
+
+async fn wait_for_go(_ctx: StepCtx, _key: &mut u32) -> StepResult<u32> {
+    Ok(Next::wait_signal("go", "done"))
+}
+
+async fn done(_ctx: StepCtx, key: &mut u32) -> StepResult<u32> {
+    Ok(Next::complete(*key))
+}
+
+fn waiter() -> WorkflowVersion<u32, u32, u32> {
+    WorkflowVersion::new("waiter", "1.0.0")
+        .init(|key: u32| key)
+        .step("wait", wait_for_go)
+        .step("done", done)
+}
+
+fn entries(engine: &Engine, id: InstanceId) -> Vec<HistoryEvent> {
+    engine
+        .history(id, &HistoryRequest::default())
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|item| item.entry.map(|entry: HistoryEntry| entry.event).unwrap())
+        .collect()
+}
+
+fn steps_run(events: &[HistoryEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            HistoryEvent::Step(step) => Some(step.step.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn within<T>(receiver: oneshot::Receiver<T>, what: &str) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), receiver)
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 30 s"))
+        .unwrap_or_else(|_| panic!("{what}: the sender was dropped"))
+}
+
+async fn a_terminated_instance_abandons_its_running_step_and_ends_cancelled_with_the_reason(backend: Backend) {
+    let engine = backend.builder().register(stuck()).open().await.unwrap();
+    let (key, entered, dropped) = watch();
+    let id = engine.start(WORKFLOW, &key).await.unwrap();
+    within(entered, "the upload step began").await;
+
+    // A cancel would wait for the step, which never ends; a termination does not.
+    engine.terminate(id, "  the provider is down  ").await.unwrap();
+    within(dropped, "the abandoned step's future was dropped").await;
+    assert_eq!(outcome_within(&engine, id).await.status(), InstanceStatus::Cancelled);
+    let info = engine.instance(id).unwrap();
+    assert_eq!(
+        (info.status, info.record.step.as_str()),
+        (InstanceStatus::Cancelled, "upload"),
+        "it ends at its last committed step"
+    );
+    let counters = engine.version(WORKFLOW, "1.0.0").unwrap().counters;
+    assert_eq!((counters.cancelled, counters.failed, counters.live), (1, 0, 0));
+
+    // The history says so, after a restart too, and holds no attempt of the abandoned step.
+    engine.shutdown().await;
+    let engine = backend
+        .builder()
+        .register(stuck())
+        .register(fixed())
+        .open()
+        .await
+        .unwrap();
+    let events = entries(&engine, id);
+    assert_eq!(
+        events.last(),
+        Some(&HistoryEvent::Terminated {
+            reason: "the provider is down".to_string(),
+            abandoned_step: Some("upload".to_string()),
+        }),
+        "{events:?}"
+    );
+    assert_eq!(steps_run(&events), ["prepare"], "no entry for the abandoned attempt");
+    assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::Cancelled);
+
+    // A terminated instance is revived like a cancelled one: on the fix, at the step it ended on.
+    let report = engine
+        .revive(&ReviveRequest::new(WORKFLOW).on_version(Version::parse("1.0.1").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(report.revived, [id]);
+    let outcome = outcome_within(&engine, id).await;
+    assert_eq!(outcome.output::<u32>().unwrap(), key + 1_000);
+    assert_eq!(
+        steps_run(&entries(&engine, id)),
+        ["prepare", "upload"],
+        "only the fix's upload ran after the revival"
+    );
+    engine.shutdown().await;
+}
+
+async fn a_waiting_instance_is_terminated_without_a_step_and_wrong_calls_are_refused(backend: Backend) {
+    let engine = backend.builder().register(waiter()).open().await.unwrap();
+    let id = engine.start("waiter", &7u32).await.unwrap();
+    wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
+
+    let blank = engine.terminate(id, " ").await;
+    assert!(
+        matches!(blank, Err(EngineError::TerminateWithoutReason { .. })),
+        "{blank:?}"
+    );
+    assert_eq!(
+        engine.instance(id).unwrap().status,
+        InstanceStatus::WaitingSignal,
+        "a refused termination changes nothing"
+    );
+    let unknown = engine.terminate(InstanceId(id.0 + 1_000_000), "gone").await;
+    assert!(
+        matches!(unknown, Err(EngineError::UnknownInstance { .. })),
+        "{unknown:?}"
+    );
+
+    engine.terminate(id, "the customer left").await.unwrap();
+    let events = entries(&engine, id);
+    assert_eq!(
+        events.last(),
+        Some(&HistoryEvent::Terminated {
+            reason: "the customer left".to_string(),
+            abandoned_step: None,
+        }),
+        "no step was running: none was abandoned"
+    );
+    let again = engine.terminate(id, "twice").await;
+    assert!(
+        matches!(&again, Err(EngineError::InstanceFinished { status, .. }) if status == "cancelled"),
+        "{again:?}"
+    );
+    let signal = engine.signal(id, "go", &1u32).await;
+    assert!(signal.is_err(), "a terminated instance takes no signal");
+    assert_eq!(
+        engine.version("waiter", "1.0.0").unwrap().counters.cancelled,
+        1,
+        "counted once"
+    );
+    engine.shutdown().await;
+    assert_eq!(
+        backend.stored_signals(&[id]),
+        0,
+        "its control signal left nothing in the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_running_on_another_worker_is_terminated_through_the_store() {
+    let backend = Backend::postgres();
+    let holder = backend.builder().register(stuck()).open().await.unwrap();
+    let operator = backend.builder().register(stuck()).open().await.unwrap();
+    let (key, entered, dropped) = watch();
+    let id = holder.start(WORKFLOW, &key).await.unwrap();
+    within(entered, "the upload step began on the holder").await;
+
+    operator.terminate(id, "stuck on the holder").await.unwrap();
+    within(dropped, "the holder dropped the abandoned step").await;
+    assert_eq!(operator.instance(id).unwrap().status, InstanceStatus::Cancelled);
+    assert_eq!(
+        entries(&operator, id).last(),
+        Some(&HistoryEvent::Terminated {
+            reason: "stuck on the holder".to_string(),
+            abandoned_step: Some("upload".to_string()),
+        })
+    );
+    assert_eq!(outcome_within(&holder, id).await.status(), InstanceStatus::Cancelled);
+    assert_eq!(
+        backend.stored_signals(&[id]),
+        0,
+        "the control signal was deleted with the end"
+    );
+    operator.shutdown().await;
+    holder.shutdown().await;
+}
