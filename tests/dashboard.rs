@@ -514,6 +514,7 @@ async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_
 
     // An instance terminated from its page, with the reason typed beside the button.
     let waiting = tally::start_waiting(&engine, 1..2, StartOptions::new()).await[0];
+    engine.signal(waiting, "nudge", &5u32).await.unwrap();
     browser
         .goto(&format!(
             "http://{}/#/instances/{}",
@@ -526,6 +527,11 @@ async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_
             text == "waiting_signal"
         })
         .await;
+    let pending = browser
+        .text(r#"#instance-body [data-field="pending-signals"]"#)
+        .await
+        .unwrap();
+    assert!(pending.starts_with("'nudge' #") && pending.ends_with(" 5"), "{pending}");
     browser
         .execute(
             r#"document.querySelector('[data-field="terminate-reason"]').value = "wrong customer";
@@ -542,6 +548,7 @@ async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_
         history.contains("terminated") && history.contains("wrong customer"),
         "{history}"
     );
+    assert!(history.contains("never consumed: 'nudge' #"), "{history}");
     assert_eq!(
         engine.instance(waiting).unwrap().status,
         strata::InstanceStatus::Cancelled

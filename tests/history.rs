@@ -1,6 +1,6 @@
 //! An instance's history (issue #23): what happened to it, entry by entry — its start, every step
 //! attempt with what woke it, when it began and ended and how it ended, cancels, background
-//! migrations — readable after a restart, paged from either end, and bounded (the first entry
+//! migrations, signals it never consumed — readable after a restart, paged from either end, and bounded (the first entry
 //! and the newest kept, the rest counted).
 //!
 //! Every behaviour here runs on sled and on PostgreSQL.
@@ -27,6 +27,7 @@ on_sled_and_postgres!(
     each_failed_attempt_is_an_entry_with_its_error_and_when_the_retry_runs,
     a_long_history_keeps_its_first_and_newest_entries_and_counts_the_rest,
     a_cancel_and_a_background_migration_are_in_the_history,
+    a_signal_never_consumed_is_pending_while_the_instance_lives_and_noted_when_it_ends,
 );
 
 const WORKFLOW: &str = "parcel";
@@ -296,5 +297,42 @@ async fn a_cancel_and_a_background_migration_are_in_the_history(backend: Backend
         cancelled.last().map(|entry| &entry.event),
         Some(&HistoryEvent::Cancelled)
     );
+    engine.shutdown().await;
+}
+
+async fn a_signal_never_consumed_is_pending_while_the_instance_lives_and_noted_when_it_ends(backend: Backend) {
+    let engine = backend.builder().register(parcel()).open().await.unwrap();
+    let id = engine.start(WORKFLOW, &4u32).await.unwrap();
+    wait_for_status(&engine, id, InstanceStatus::WaitingSignal).await;
+    // A typo: the instance waits for `delivered`.
+    engine.signal(id, "delivred", &9u32).await.unwrap();
+    let pending: Vec<String> = engine
+        .pending_signals(id)
+        .unwrap()
+        .into_iter()
+        .map(|signal| signal.name)
+        .collect();
+    assert_eq!(pending, ["delivred"], "listed while the instance lives");
+    engine.signal(id, "delivered", &1u32).await.unwrap();
+    assert_eq!(outcome_within(&engine, id).await.status(), InstanceStatus::Completed);
+
+    let all = entries(&whole_history(&engine, id));
+    let [.., last_step, dropped] = all.as_slice() else {
+        panic!("{all:?}")
+    };
+    assert!(
+        matches!(&last_step.event, HistoryEvent::Step(step)
+            if matches!(&step.woken_by, WokenBy::Signal { name, .. } if name == "delivered")),
+        "{all:?}"
+    );
+    let HistoryEvent::SignalsDropped { signals } = &dropped.event else {
+        panic!("the end notes the signal no step consumed: {all:?}")
+    };
+    let noted: Vec<(&str, u64)> = signals
+        .iter()
+        .map(|signal| (signal.name.as_str(), signal.bytes))
+        .collect();
+    assert_eq!(noted, [("delivred", 1)], "9 is one byte of MessagePack");
+    assert_eq!(dropped.at_ms, last_step.at_ms, "written in the commit that ended it");
     engine.shutdown().await;
 }

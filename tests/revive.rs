@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use strata::history::{HistoryEvent, ReviveStamp};
+use strata::history::{HistoryEvent, ReviveStamp, WokenBy};
 use strata::instance::{HistoryRequest, InstanceStatus};
 use strata::migrate::{MoveRefusal, ReviveRefusal, ReviveRequest};
 use strata::{
@@ -207,6 +207,28 @@ async fn failed_instances_are_revived_on_a_fixed_version_after_a_dry_run_and_com
             .failure
             .as_deref()
             .is_some_and(|reason| reason.contains("card declined")));
+        let woken: Vec<(String, WokenBy)> = engine
+            .history(*id, &HistoryRequest::default())
+            .unwrap()
+            .entries
+            .into_iter()
+            .filter_map(|item| match item.entry {
+                Ok(strata::history::HistoryEntry {
+                    event: HistoryEvent::Step(step),
+                    ..
+                }) => Some((step.step, step.woken_by)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            woken,
+            [
+                ("reserve".to_string(), WokenBy::Start),
+                ("charge".to_string(), WokenBy::Previous),
+                ("bill".to_string(), WokenBy::Revival)
+            ],
+            "the fixed step says the revival woke it"
+        );
     }
     // Both versions' counters are exact: the old keeps its failures, the fix counts the revived.
     let old = engine.version(WORKFLOW, "1.0.0").unwrap().counters;

@@ -371,6 +371,14 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
                 if let Some(error) = &instance.last_error {
                     lines.push(format!("last error: {error}"));
                 }
+                if !instance.pending_signals.is_empty() {
+                    let pending: Vec<String> = instance
+                        .pending_signals
+                        .iter()
+                        .map(|signal| format!("'{}' #{} {}", signal.name, signal.seq, signal.payload))
+                        .collect();
+                    lines.push(format!("pending signals (not consumed yet): {}", pending.join(", ")));
+                }
                 lines.push(format!(
                     "state (schema {}):\n{}",
                     instance.state_schema,

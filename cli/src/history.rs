@@ -5,7 +5,8 @@
 use serde_json::Value;
 
 use strata_admin_model::{
-    AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, WokenByView,
+    AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, SignalNoteView,
+    WokenByView,
 };
 
 use crate::client::{typed, AdminClient, POLL};
@@ -212,6 +213,11 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
             ),
         ),
         HistoryEventView::BeginFailed { reason } => ("could not begin".to_string(), String::new(), reason.clone()),
+        HistoryEventView::SignalsDropped { signals } => (
+            "signals dropped".to_string(),
+            String::new(),
+            format!("never consumed: {}", signal_list(signals)),
+        ),
         HistoryEventView::Terminated { reason, abandoned_step } => (
             "terminated".to_string(),
             String::new(),
@@ -230,6 +236,15 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
     vec![entry.seq.to_string(), at, what, took, detail]
 }
 
+/// Signals as `'name' #seq (N B)`, comma-separated.
+pub(crate) fn signal_list(signals: &[SignalNoteView]) -> String {
+    signals
+        .iter()
+        .map(|signal| format!("'{}' #{} ({} B)", signal.name, signal.seq, signal.bytes))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn woken_text(woken_by: &WokenByView) -> String {
     match woken_by {
         WokenByView::Start => "the start".to_string(),
@@ -238,6 +253,7 @@ fn woken_text(woken_by: &WokenByView) -> String {
         WokenByView::Signal { name, seq, bytes } => format!("signal '{name}' #{seq} ({bytes} B)"),
         WokenByView::Timeout { name } => format!("no signal '{name}' in time"),
         WokenByView::Retry => "a retry".to_string(),
+        WokenByView::Revival => "its revival".to_string(),
         WokenByView::Other => "something newer".to_string(),
     }
 }

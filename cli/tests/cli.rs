@@ -717,6 +717,13 @@ async fn an_instance_is_terminated_with_its_reason_which_its_history_shows() {
     assert_eq!(blank.code, 3, "{}", blank.stderr);
     assert!(blank.stderr.contains("needs a reason"), "{}", blank.stderr);
     assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::WaitingSignal);
+    engine.signal(id, "nudge", &5u32).await.unwrap();
+    let shown = strata(&engine, Some(READER), &["instances", "show", &id_text]).await;
+    assert!(
+        shown.stdout.contains("pending signals (not consumed yet): 'nudge' #"),
+        "{}",
+        shown.stdout
+    );
 
     let terminated = strata(
         &engine,
@@ -732,9 +739,17 @@ async fn an_instance_is_terminated_with_its_reason_which_its_history_shows() {
     );
     assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::Cancelled);
     let history = strata(&engine, Some(READER), &["instances", "history", &id_text]).await;
-    let last = history.stdout.lines().last().unwrap_or_default().to_string();
+    let lines: Vec<&str> = history.stdout.lines().collect();
+    let [.., terminated, dropped] = lines.as_slice() else {
+        panic!("{}", history.stdout)
+    };
     assert!(
-        last.contains("terminated") && last.contains("a duplicate order"),
+        terminated.contains("terminated") && terminated.contains("a duplicate order"),
+        "{}",
+        history.stdout
+    );
+    assert!(
+        dropped.contains("signals dropped") && dropped.contains("never consumed: 'nudge' #"),
         "{}",
         history.stdout
     );

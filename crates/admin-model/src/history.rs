@@ -115,6 +115,11 @@ pub enum HistoryEventView {
         /// Why.
         reason: String,
     },
+    /// It ended with signals it had not consumed: they were deleted with its end.
+    SignalsDropped {
+        /// Each of them, in sequence order.
+        signals: Vec<SignalNoteView>,
+    },
     /// An operator terminated it: it ended at once, cancelled, without running another step.
     Terminated {
         /// Why, as the operator said.
@@ -129,6 +134,18 @@ pub enum HistoryEventView {
     },
     /// An entry a newer Strata wrote, which this build does not know.
     Other,
+}
+
+/// A signal a history entry names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SignalNoteView {
+    /// Its name.
+    pub name: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The size of its encoded payload.
+    pub bytes: u64,
 }
 
 /// What woke a step, tagged by `kind`.
@@ -158,6 +175,8 @@ pub enum WokenByView {
     },
     /// The attempt before failed and the retry policy ran the step again.
     Retry,
+    /// An operator revived the instance: the first step it ran again.
+    Revival,
     /// A cause a newer Strata wrote, which this build does not know.
     Other,
 }

@@ -17,7 +17,9 @@ pub use changes::{
     MigrationBody, MigrationFailureView, MigrationProgressView, MoveBody, MoveCheckView, MovePlanView, MoveReportView,
 };
 pub use config::{ConfigCheckView, GenerationView, RestoredView};
-pub use history::{AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, WokenByView};
+pub use history::{
+    AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, SignalNoteView, WokenByView,
+};
 pub use operation::{
     FlagView, QuarantinedView, RolloutRuleView, RoutedStartsView, RoutingView, ScheduleView, WorkerView,
     WorkflowRoutingView,

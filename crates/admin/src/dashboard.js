@@ -340,6 +340,11 @@ function duration(ms) {
 }
 
 /// What woke a step, for people.
+/// Signals as 'name' #seq (N B), comma-separated.
+function signalList(signals) {
+  return signals.map((signal) => "'" + signal.name + "' #" + signal.seq + " (" + signal.bytes + " B)").join(", ");
+}
+
 function wokenText(woken) {
   switch (woken.kind) {
     case "start": return "the start";
@@ -348,6 +353,7 @@ function wokenText(woken) {
     case "signal": return "signal '" + woken.name + "' #" + woken.seq + " (" + woken.bytes + " B)";
     case "timeout": return "no signal '" + woken.name + "' in time";
     case "retry": return "a retry";
+    case "revival": return "its revival";
     default: return "something newer";
   }
 }
@@ -380,6 +386,7 @@ function describeEntry(entry) {
     case "quarantined": return ["quarantined", event.reason, entry.at_ms, null];
     case "revived": return ["revived", event.from + " → " + event.to + ", step " + event.from_step + " → " + event.to_step + "; it had " + (event.failure ? "failed: " + event.failure : "been cancelled"), entry.at_ms, null];
     case "begin_failed": return ["could not begin", event.reason, entry.at_ms, null];
+    case "signals_dropped": return ["signals dropped", "never consumed: " + signalList(event.signals), entry.at_ms, null];
     case "terminated": return ["terminated", event.reason + (event.abandoned_step ? "; the running attempt of step " + event.abandoned_step + " was abandoned" : ""), entry.at_ms, null];
     case "unreadable": return ["unreadable entry", event.reason, entry.at_ms, null];
     default: return ["unknown entry", "written by a newer Strata", entry.at_ms, null];
@@ -497,6 +504,10 @@ async function showInstance(id, said) {
       ["history", history.kept + " entries kept" + (history.folded ? ", " + history.folded + " older folded away" : "")],
     ];
     if (reason) facts.push([instance.status === "failed" ? "failure" : "last error", element("span", { class: "error", "data-field": "failure" }, reason)]);
+    if (instance.pending_signals.length) {
+      facts.push(["pending signals", element("span", { "data-field": "pending-signals" },
+        instance.pending_signals.map((signal) => "'" + signal.name + "' #" + signal.seq + " " + JSON.stringify(signal.payload)).join(", "))]);
+    }
     const rows = history.entries.map((entry) => {
       const [what, detail, began, took] = describeEntry(entry);
       return element("tr", { "data-seq": entry.seq },

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use strata_admin_model::{
     AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, InstanceSummary, MoveView,
-    OldestView, PendingSignalView, PhaseView, VersionView, WokenByView,
+    OldestView, PendingSignalView, PhaseView, SignalNoteView, VersionView, WokenByView,
 };
 
 use strata_core::history::{AttemptOutcome, HistoryEvent, WokenBy};
@@ -193,6 +193,16 @@ fn history_entry(item: &strata_engine::instance::HistoryItem) -> HistoryEntryVie
             failure: stamp.failure.clone(),
         },
         HistoryEvent::BeginFailed { reason } => HistoryEventView::BeginFailed { reason: reason.clone() },
+        HistoryEvent::SignalsDropped { signals } => HistoryEventView::SignalsDropped {
+            signals: signals
+                .iter()
+                .map(|note| SignalNoteView {
+                    name: note.name.clone(),
+                    seq: note.seq,
+                    bytes: note.bytes,
+                })
+                .collect(),
+        },
         HistoryEvent::Terminated { reason, abandoned_step } => HistoryEventView::Terminated {
             reason: reason.clone(),
             abandoned_step: abandoned_step.clone(),
@@ -218,6 +228,7 @@ fn woken_by_view(woken_by: &WokenBy) -> WokenByView {
         },
         WokenBy::Timeout { name } => WokenByView::Timeout { name: name.clone() },
         WokenBy::Retry => WokenByView::Retry,
+        WokenBy::Revival => WokenByView::Revival,
         _ => WokenByView::Other,
     }
 }

@@ -91,6 +91,25 @@ pub fn decode_entries(first: u64, bytes: &[u8]) -> Result<Vec<(u64, HistoryEntry
     Ok(entries)
 }
 
+/// Says of the first step an instance ran after each revival that the revival woke it
+/// ([`WokenBy::Revival`]): its commit stored `Previous`. `entries` are in order, oldest first;
+/// the step is the first `Step` entry after a `Revived` one.
+pub fn mark_revived_steps<'a>(entries: impl IntoIterator<Item = &'a mut HistoryEntry>) {
+    let mut after_revival = false;
+    for entry in entries {
+        match &mut entry.event {
+            HistoryEvent::Revived(_) => after_revival = true,
+            HistoryEvent::Step(step) => {
+                if after_revival && step.woken_by == WokenBy::Previous {
+                    step.woken_by = WokenBy::Revival;
+                }
+                after_revival = false;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// One entry of an instance's history, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -170,6 +189,12 @@ pub enum HistoryEvent {
         /// Why.
         reason: String,
     },
+    /// It ended with signals it had not consumed: they were deleted in the commit that ended it.
+    #[serde(rename = "sd")]
+    SignalsDropped {
+        /// Each of them, in sequence order.
+        signals: Vec<SignalNote>,
+    },
     /// An operator terminated it: it ended at once, cancelled, without running another step.
     #[serde(rename = "t")]
     Terminated {
@@ -179,6 +204,17 @@ pub enum HistoryEvent {
         /// committed); `None`: no step was running.
         abandoned_step: Option<String>,
     },
+}
+
+/// A signal as the history names it: its name, sequence number and payload size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalNote {
+    /// Its name.
+    pub name: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The size of its encoded payload.
+    pub bytes: u64,
 }
 
 /// A revival: how the instance had ended, and where it was taken up again.
@@ -250,6 +286,11 @@ pub enum WokenBy {
     /// The attempt before failed and the step's retry policy ran it again.
     #[serde(rename = "r")]
     Retry,
+    /// An operator revived the instance: this is the first step it ran again. Said when the
+    /// history is read, from the `Revived` entry before the step (whose commit stores
+    /// `Previous`, as the revived record's wake is the step it resumes at).
+    #[serde(rename = "rv")]
+    Revival,
 }
 
 /// How a step attempt ended.
@@ -351,6 +392,77 @@ mod tests {
         // A bound of 16 (the least): chunks 0 and the newest are kept, with the tail.
         assert_eq!(drops, [8, 16, 24]);
         assert_eq!((book.kept(), book.folded), (16, 24));
+    }
+
+    fn step(name: &str, woken_by: WokenBy) -> HistoryEntry {
+        HistoryEntry {
+            at_ms: 1,
+            event: HistoryEvent::Step(StepEntry {
+                step: name.to_string(),
+                attempt: 1,
+                took_ms: 0,
+                woken_by,
+                migrated_from_schema: None,
+                outcome: AttemptOutcome::Next {
+                    step: "next".to_string(),
+                },
+            }),
+        }
+    }
+
+    fn woken(entries: &[HistoryEntry]) -> Vec<WokenBy> {
+        entries
+            .iter()
+            .filter_map(|entry| match &entry.event {
+                HistoryEvent::Step(step) => Some(step.woken_by.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_step_after_a_revival_is_said_to_be_woken_by_it_and_no_other() {
+        let revived = HistoryEntry {
+            at_ms: 1,
+            event: HistoryEvent::Revived(ReviveStamp {
+                from: Version::new(1, 0, 0),
+                to: Version::new(1, 0, 1),
+                from_step: "b".to_string(),
+                to_step: "b".to_string(),
+                from_schema: 1,
+                to_schema: 1,
+                failure: None,
+            }),
+        };
+        let claimed = HistoryEntry {
+            at_ms: 1,
+            event: HistoryEvent::Claimed {
+                worker: "w2".to_string(),
+            },
+        };
+        let mut entries = vec![
+            step("a", WokenBy::Start),
+            step("b", WokenBy::Previous),
+            cancelled_at(1),
+            revived.clone(),
+            claimed,
+            step("b", WokenBy::Previous),
+            step("c", WokenBy::Previous),
+            revived,
+            step("c", WokenBy::Retry),
+        ];
+        mark_revived_steps(&mut entries);
+        assert_eq!(
+            woken(&entries),
+            [
+                WokenBy::Start,
+                WokenBy::Previous,
+                WokenBy::Revival,
+                WokenBy::Previous,
+                WokenBy::Retry
+            ],
+            "past a claim; only the first step after; a retry stays a retry"
+        );
     }
 
     #[test]

@@ -382,13 +382,20 @@ impl Runtime {
         self: &Arc<Self>,
         mut record: InstanceRecord,
         consumed_signal: Option<u64>,
-        entries: Vec<HistoryEntry>,
+        mut entries: Vec<HistoryEntry>,
     ) -> Progress {
         let inbox = if record.phase.is_terminal() {
-            let seqs = self
+            let (seqs, dropped) = self
                 .table
-                .with(record.id, |slot| slot.inbox.iter().map(|signal| signal.seq).collect());
-            seqs.unwrap_or_default()
+                .with(record.id, |slot| transition::inbox_at_end(&slot.inbox, consumed_signal))
+                .unwrap_or_default();
+            if !dropped.is_empty() {
+                entries.push(HistoryEntry {
+                    at_ms: record.updated_at_ms,
+                    event: HistoryEvent::SignalsDropped { signals: dropped },
+                });
+            }
+            seqs
         } else {
             Vec::new()
         };

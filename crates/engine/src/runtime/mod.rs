@@ -39,7 +39,7 @@ use crate::registry::{Registry, VersionInfo, VersionStatus};
 use crate::store::{CounterDelta, IdKind, Op, SignalRecord, Store, StoreError};
 use cluster::IdBlocks;
 use committer::Committer;
-use strata_core::history::{decode_entries, HistoryEntry, HistoryEvent, HISTORY_CHUNK};
+use strata_core::history::{decode_entries, mark_revived_steps, HistoryEntry, HistoryEvent, HISTORY_CHUNK};
 use strata_core::instance::{
     InstanceId, InstanceRecord, InstanceStatus, PersistedWake, Phase, ScheduledFire, StateEnvelope, VersionKey,
     RECORD_FORMAT,
@@ -1030,6 +1030,7 @@ impl Runtime {
         if book.tail_first() >= stored_up_to {
             take_in(book.tail_first(), &book.tail);
         }
+        mark_revived_steps(entries.iter_mut().filter_map(|item| item.entry.as_mut().ok()));
         let limit = request.limit.max(1);
         if request.newest_first {
             entries.reverse();

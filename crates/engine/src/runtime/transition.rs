@@ -11,13 +11,14 @@
 use std::time::Duration;
 
 use strata_core::codec::EncodeError;
-use strata_core::history::{AttemptOutcome, HistoryEntry, HistoryEvent, StepEntry, WokenBy};
+use strata_core::history::{AttemptOutcome, HistoryEntry, HistoryEvent, SignalNote, StepEntry, WokenBy};
 use strata_core::instance::{InstanceRecord, InstanceStatus, PersistedWake, Phase, RECORD_FORMAT};
 use strata_core::time::deadline_after;
 use strata_core::version::CounterDelta;
 use strata_core::workflow::{Next, StepOutcome, VersionCode, WakeReason};
-use strata_store::Op;
+use strata_store::{Op, SignalRecord};
 
+use super::cluster::RESERVED_SIGNAL_PREFIX;
 use super::table::EndRequest;
 
 /// The result of one attempt, before it becomes a record.
@@ -180,6 +181,23 @@ fn outcome_of(record: &InstanceRecord) -> AttemptOutcome {
         },
         Phase::Accepted { .. } => AttemptOutcome::Next { step: step() },
     }
+}
+
+/// What a finishing commit does with the signals in an instance's inbox: deletes every one (the
+/// numbers), and notes in the history those a step never consumed (the engine's own control
+/// signals and the one this commit consumes are not dropped).
+pub(super) fn inbox_at_end(inbox: &[SignalRecord], consumed_signal: Option<u64>) -> (Vec<u64>, Vec<SignalNote>) {
+    let seqs = inbox.iter().map(|signal| signal.seq).collect();
+    let dropped = inbox
+        .iter()
+        .filter(|signal| Some(signal.seq) != consumed_signal && !signal.name.starts_with(RESERVED_SIGNAL_PREFIX))
+        .map(|signal| SignalNote {
+            name: signal.name.clone(),
+            seq: signal.seq,
+            bytes: signal.payload.len() as u64,
+        })
+        .collect();
+    (seqs, dropped)
 }
 
 /// `record` ended as an operator asked at `now` (cancelled; terminated is cancelled at once),
@@ -665,6 +683,34 @@ mod tests {
                 at_ms: NOW,
                 event: HistoryEvent::Cancelled
             }
+        );
+    }
+
+    #[test]
+    fn an_end_deletes_every_pending_signal_and_notes_those_no_step_consumed() {
+        let signal = |seq: u64, name: &str| SignalRecord {
+            format: 2,
+            instance: InstanceId(7),
+            seq,
+            name: name.to_string(),
+            payload: vec![0; seq as usize],
+        };
+        let inbox = [
+            signal(3, "aprove"),
+            signal(4, "strata:cancel"),
+            signal(5, "go"),
+            signal(6, "go"),
+        ];
+        let (seqs, dropped) = inbox_at_end(&inbox, Some(5));
+        assert_eq!(seqs, [3, 4, 5, 6]);
+        let noted: Vec<(&str, u64, u64)> = dropped
+            .iter()
+            .map(|note| (note.name.as_str(), note.seq, note.bytes))
+            .collect();
+        assert_eq!(
+            noted,
+            [("aprove", 3, 3), ("go", 6, 6)],
+            "neither the control signal nor the consumed one"
         );
     }
 
