@@ -333,7 +333,9 @@ impl InstanceRecord {
         if let Some(reason) = crate::codec::damaged_record_reason(bytes) {
             return Err(reason);
         }
-        decode_stored(bytes).map_err(|error| error.to_string())
+        decode_stored::<crate::codec::AllowTrailing<InstanceRecord>>(bytes)
+            .map(|read| read.0)
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -541,5 +543,23 @@ mod format_tests {
             record,
             "a format-2 record still reads"
         );
+    }
+
+    #[test]
+    fn a_record_a_newer_build_wrote_with_fields_at_its_end_reads_here() {
+        let record = sample();
+        let own = record.encode().unwrap().bytes;
+        // The record's array, two elements longer: its fields, then two a newer build added.
+        let (fields, body) = match own[0] {
+            0xdc => (u16::from_be_bytes([own[1], own[2]]), &own[3..]),
+            fixed @ 0x90..=0x9f => (u16::from(fixed & 0x0f), &own[1..]),
+            other => panic!("a record is an array, not {other:#x}"),
+        };
+        let mut newer = vec![0xdc];
+        newer.extend_from_slice(&(fields + 2).to_be_bytes());
+        newer.extend_from_slice(body);
+        rmp_serde::encode::write(&mut newer, &("measures", 3u32)).unwrap();
+        rmp_serde::encode::write(&mut newer, &vec![1u8, 2]).unwrap();
+        assert_eq!(InstanceRecord::decode(&newer).unwrap(), record);
     }
 }

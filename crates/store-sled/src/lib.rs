@@ -436,7 +436,7 @@ impl SledStore {
                 continue;
             };
             // A record that does not decode is kept, unindexed, for an operator to look at.
-            if let Ok(record) = decode::<InstanceRecord>(&value) {
+            if let Ok(record) = InstanceRecord::decode(&value) {
                 batch.insert(
                     workflow_key(&record.key.workflow, id),
                     &record.updated_at_ms.to_be_bytes() as &[u8],
