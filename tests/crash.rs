@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use strata::history::{decode_entries, AttemptOutcome, HistoryEvent, HISTORY_CHUNK};
+use strata::history::{decode_entries, AttemptOutcome, HistoryEntry, HistoryEvent, HISTORY_CHUNK};
 use strata::instance::{InstanceRecord, Phase};
 use strata::store::{SledStore, Store, StoredHistoryChunk};
 use strata::{InstanceFilter, InstanceId, Outcome, VersionKey};
@@ -180,12 +180,30 @@ fn check_history(record: &InstanceRecord, chunks: &[StoredHistoryChunk]) {
         matches!(entries[0].1.event, HistoryEvent::Started { .. }),
         "instance {id}: the first entry is not its start"
     );
-    let (last_seq, last) = entries.last().unwrap_or_else(|| panic!("instance {id}: no entry"));
+    let (last_seq, _) = entries.last().unwrap_or_else(|| panic!("instance {id}: no entry"));
     assert_eq!(
         *last_seq,
         book.next - 1,
         "instance {id}: the newest entry is not the book's last"
     );
+    // The signals an instance never consumed are noted after the entry that ended it, in the
+    // same commit: only an ended instance has that note, and the entry before it says how.
+    let mut newest = entries.iter().rev().map(|(_, entry)| entry).peekable();
+    if let Some(HistoryEntry {
+        event: HistoryEvent::SignalsDropped { .. },
+        ..
+    }) = newest.peek()
+    {
+        assert!(
+            record.phase.is_terminal(),
+            "instance {id}: signals noted as dropped while it lives ({:?})",
+            record.phase
+        );
+        newest.next();
+    }
+    let last = newest
+        .next()
+        .unwrap_or_else(|| panic!("instance {id}: nothing before its dropped signals"));
     let agrees = match (&last.event, &record.phase) {
         (HistoryEvent::Started { .. }, _) => record.visits == 0,
         (HistoryEvent::Step(step), phase) => match (&step.outcome, phase) {
@@ -201,7 +219,7 @@ fn check_history(record: &InstanceRecord, chunks: &[StoredHistoryChunk]) {
             (AttemptOutcome::Failed { .. }, Phase::Failed { .. }) => true,
             _ => false,
         },
-        (HistoryEvent::Cancelled, Phase::Cancelled) => true,
+        (HistoryEvent::Cancelled | HistoryEvent::Terminated { .. }, Phase::Cancelled) => true,
         _ => false,
     };
     assert!(

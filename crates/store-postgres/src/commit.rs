@@ -364,49 +364,38 @@ impl Writes {
             let created: Vec<i64> = self.instances.iter().map(|row| row.created_ms).collect();
             let finished_at: Vec<Option<i64>> = self.instances.iter().map(|row| row.finished_ms).collect();
             // The history chunks go in the same statement (no round trip of their own): if an
-            // instance row is refused, the transaction is rolled back with them.
+            // instance row is refused, the transaction is rolled back with them. Most commits
+            // carry none (seven step commits in eight, every start): they send the statement
+            // without the history's two CTEs, which PostgreSQL would plan each time for nothing.
             let history = self.history_rows();
-            let written = transaction
-                .query_typed(
-                    "WITH history_added AS (
-                     INSERT INTO strata_history (instance, seq, entry)
-                     SELECT * FROM UNNEST($12::bigint[], $13::bigint[], $14::bytea[])
-                     ON CONFLICT (instance, seq) DO UPDATE SET entry = EXCLUDED.entry),
-                 history_dropped AS (
-                     DELETE FROM strata_history WHERE (instance, seq) IN
-                     (SELECT * FROM UNNEST($15::bigint[], $16::bigint[])))
-                 INSERT INTO strata_instances AS current
-                     (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms, owner)
-                 SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $11 END
-                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
-                     $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[])
-                     AS row (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms)
-                 ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
-                     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record,
-                     created_ms = EXCLUDED.created_ms, finished_ms = EXCLUDED.finished_ms
-                 WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
-                 RETURNING id",
-                    typed![
-                        &ids,
-                        &workflows,
-                        &versions,
-                        &live,
-                        &statuses,
-                        &due,
-                        &records,
-                        &claims,
-                        &created,
-                        &finished_at,
-                        &worker,
-                        &history.added_instances,
-                        &history.added_seqs,
-                        &history.added_entries,
-                        &history.dropped_instances,
-                        &history.dropped_seqs,
-                    ],
-                )
-                .await
-                .map_err(failed("write instances"))?;
+            let chunked = !history.added_instances.is_empty() || !history.dropped_instances.is_empty();
+            // The instance columns are $1..$11, the history's $12..$16.
+            let parameters = typed![
+                &ids,
+                &workflows,
+                &versions,
+                &live,
+                &statuses,
+                &due,
+                &records,
+                &claims,
+                &created,
+                &finished_at,
+                &worker,
+                &history.added_instances,
+                &history.added_seqs,
+                &history.added_entries,
+                &history.dropped_instances,
+                &history.dropped_seqs,
+            ];
+            let written = if chunked {
+                transaction
+                    .query_typed(&format!("{HISTORY_CTES} {WRITE_INSTANCES}"), parameters)
+                    .await
+            } else {
+                transaction.query_typed(WRITE_INSTANCES, &parameters[..11]).await
+            }
+            .map_err(failed("write instances"))?;
             if written.len() < ids.len() {
                 let written: std::collections::HashSet<i64> = written.iter().map(|row| row.get(0)).collect();
                 let lost = ids
@@ -756,3 +745,28 @@ fn set_status(
     stored.status_changes = unsigned(changes);
     Some(stored.key.clone())
 }
+
+/// The writes of a commit's instance rows ($1..$10 their columns, $11 the worker), each only
+/// if the row is still the writer's (owner and fence), answering the ids written.
+const WRITE_INSTANCES: &str = "INSERT INTO strata_instances AS current
+     (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms, owner)
+ SELECT row.*, CASE WHEN row.fence = 0 THEN NULL ELSE $11 END
+ FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::bigint[],
+     $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[])
+     AS row (id, workflow, version, live, status, due_ms, record, fence, created_ms, finished_ms)
+ ON CONFLICT (id) DO UPDATE SET workflow = EXCLUDED.workflow, version = EXCLUDED.version,
+     live = EXCLUDED.live, status = EXCLUDED.status, due_ms = EXCLUDED.due_ms, record = EXCLUDED.record,
+     created_ms = EXCLUDED.created_ms, finished_ms = EXCLUDED.finished_ms
+ WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
+ RETURNING id";
+
+/// What goes before [`WRITE_INSTANCES`] when the commit adds or drops history chunks ($12..$14
+/// the chunks added, $15..$16 those dropped): one statement, so that a refused row rolls them
+/// back with it.
+const HISTORY_CTES: &str = "WITH history_added AS (
+     INSERT INTO strata_history (instance, seq, entry)
+     SELECT * FROM UNNEST($12::bigint[], $13::bigint[], $14::bytea[])
+     ON CONFLICT (instance, seq) DO UPDATE SET entry = EXCLUDED.entry),
+ history_dropped AS (
+     DELETE FROM strata_history WHERE (instance, seq) IN
+     (SELECT * FROM UNNEST($15::bigint[], $16::bigint[])))";
