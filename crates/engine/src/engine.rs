@@ -815,7 +815,9 @@ impl Engine {
     /// now is abandoned (its future dropped; whatever it had done outside stays done, and nothing
     /// of it is committed). The instance ends cancelled, at its last committed step (a revival
     /// resumes there), and its history says it was terminated, why, and which step was
-    /// abandoned. Resolves once that is committed, wherever the instance runs.
+    /// abandoned. Resolves once that is committed, wherever the instance runs. A step blocked in
+    /// synchronous code (not at an `.await`) holds its worker thread until it returns; it is
+    /// abandoned then. The abandoned attempt is not counted in the version's metrics.
     pub async fn terminate(&self, id: InstanceId, reason: &str) -> Result<(), EngineError> {
         let reason = reason.trim();
         if reason.is_empty() {
