@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use strata::history::{HistoryEntry, HistoryEvent};
 use strata::instance::{HistoryRequest, InstanceStatus};
 use strata::migrate::ReviveRequest;
-use strata::{Engine, EngineError, InstanceId, Next, StepCtx, StepResult, Version, WorkflowVersion};
+use strata::{Engine, EngineError, Event, InstanceId, Next, StepCtx, StepResult, Version, WorkflowVersion};
 use tokio::sync::oneshot;
 
 on_sled_and_postgres!(
@@ -150,8 +150,19 @@ async fn a_terminated_instance_abandons_its_running_step_and_ends_cancelled_with
     within(entered, "the upload step began").await;
 
     // A cancel would wait for the step, which never ends; a termination does not.
+    let mut events = engine.subscribe();
     engine.terminate(id, "  the provider is down  ").await.unwrap();
     within(dropped, "the abandoned step's future was dropped").await;
+    let said = wait_for_event(&mut events, |event| matches!(event, Event::InstanceTerminated { .. })).await;
+    assert_eq!(
+        said,
+        Event::InstanceTerminated {
+            id,
+            key: strata::VersionKey::new(WORKFLOW, Version::new(1, 0, 0)),
+            reason: "the provider is down".to_string(),
+            abandoned_step: Some("upload".to_string()),
+        }
+    );
     assert_eq!(outcome_within(&engine, id).await.status(), InstanceStatus::Cancelled);
     let info = engine.instance(id).unwrap();
     assert_eq!(
@@ -220,7 +231,13 @@ async fn a_waiting_instance_is_terminated_without_a_step_and_wrong_calls_are_ref
         "{unknown:?}"
     );
 
+    let mut events = engine.subscribe();
     engine.terminate(id, "the customer left").await.unwrap();
+    let said = wait_for_event(&mut events, |event| matches!(event, Event::InstanceTerminated { .. })).await;
+    assert!(
+        matches!(&said, Event::InstanceTerminated { abandoned_step: None, reason, .. } if reason == "the customer left"),
+        "{said:?}"
+    );
     let events = entries(&engine, id);
     assert_eq!(
         events.last(),

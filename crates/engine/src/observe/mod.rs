@@ -251,6 +251,18 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// An operator terminated an instance: it ended cancelled without running another step (said
+    /// by the worker that committed it, after its `InstanceFinished`).
+    InstanceTerminated {
+        /// The instance.
+        id: InstanceId,
+        /// Its version.
+        key: VersionKey,
+        /// Why, as the operator said.
+        reason: String,
+        /// The step whose running attempt was abandoned, if one was running.
+        abandoned_step: Option<String>,
+    },
 }
 
 /// Fan-out of events to subscribers, bounded.

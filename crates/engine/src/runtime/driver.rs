@@ -106,10 +106,7 @@ impl Runtime {
             };
             let progressed = match next {
                 Plan::Run(job) => self.run_job(id, job).await,
-                Plan::End(record, request) => {
-                    let (record, entry) = transition::ended(record, now, request, None);
-                    self.commit_transition(record, None, vec![entry]).await
-                }
+                Plan::End(record, request) => self.commit_end(record, request, None).await,
                 Plan::Idle(due) => {
                     if let Some(due) = due {
                         self.timers.arm(due, id);
@@ -249,8 +246,33 @@ impl Runtime {
             return Progress::Idle;
         };
         tracing::info!(instance = %id, step, "terminated mid-step: the running attempt is abandoned");
-        let (record, entry) = transition::ended(record, self.now(), request, Some(step.to_string()));
-        self.commit_transition(record, None, vec![entry]).await
+        self.commit_end(record, request, Some(step.to_string())).await
+    }
+
+    /// Commits the end an operator asked for, from `record` (the last committed), and says a
+    /// termination once it is committed.
+    async fn commit_end(
+        self: &Arc<Self>,
+        record: InstanceRecord,
+        request: EndRequest,
+        abandoned_step: Option<String>,
+    ) -> Progress {
+        let (id, key) = (record.id, record.key.clone());
+        let terminated = match &request {
+            EndRequest::Terminate { reason } => Some(reason.to_string()),
+            EndRequest::Cancel => None,
+        };
+        let (record, entry) = transition::ended(record, self.now(), request, abandoned_step.clone());
+        let progress = self.commit_transition(record, None, vec![entry]).await;
+        if let (Progress::Committed, Some(reason)) = (&progress, terminated) {
+            self.events.emit(Event::InstanceTerminated {
+                id,
+                key,
+                reason,
+                abandoned_step,
+            });
+        }
+        progress
     }
 
     /// Migrates the record's state to the schema `code` expects, if it is another.
