@@ -13,8 +13,11 @@ use strata::prelude::*;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use strata::{Durability, Engine, Next, StepCtx, StepResult, WorkflowVersion};
-use strata_workflows::ledger::{self, LedgerInput};
+use strata_workflows::ledger;
 use tokio::runtime::Runtime;
+
+#[path = "../examples/support/postings.rs"]
+mod postings;
 
 const CONCURRENCY: [usize; 3] = [1, 64, 1024];
 /// Posting steps per iteration, spread over the concurrent instances.
@@ -43,25 +46,9 @@ async fn open(dir: &std::path::Path, durability: Durability) -> Engine {
 /// Runs `instances` ledger postings of `entries` each to completion; returns the elapsed time.
 async fn run_batch(engine: &Engine, instances: usize, entries: u32) -> Duration {
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(instances);
-    for account in 0..instances {
-        let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            let id = engine
-                .start(
-                    ledger::WORKFLOW,
-                    &LedgerInput {
-                        account: account as u64,
-                        entries,
-                    },
-                )
-                .await?;
-            engine.outcome(id).await
-        }));
-    }
-    for task in tasks {
-        task.await.expect("task").expect("ledger outcome");
-    }
+    postings::post_ledgers(engine, instances, entries)
+        .await
+        .expect("ledger postings");
     started.elapsed()
 }
 

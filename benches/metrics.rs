@@ -8,7 +8,10 @@ use strata::prelude::*;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use strata::{Durability, Engine};
-use strata_workflows::ledger::{self, LedgerInput};
+use strata_workflows::ledger;
+
+#[path = "../examples/support/postings.rs"]
+mod postings;
 
 const INSTANCES: usize = 64;
 const ENTRIES: u32 = 64;
@@ -30,21 +33,9 @@ async fn open(dir: &std::path::Path, metrics: bool) -> Engine {
 /// Runs `INSTANCES` ledger postings of `ENTRIES` steps each to completion.
 async fn run_batch(engine: &Engine) -> Duration {
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(INSTANCES);
-    for account in 0..INSTANCES {
-        let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            let input = LedgerInput {
-                account: account as u64,
-                entries: ENTRIES,
-            };
-            let id = engine.start(ledger::WORKFLOW, &input).await?;
-            engine.outcome(id).await
-        }));
-    }
-    for task in tasks {
-        task.await.expect("task").expect("ledger outcome");
-    }
+    postings::post_ledgers(engine, INSTANCES, ENTRIES)
+        .await
+        .expect("ledger postings");
     started.elapsed()
 }
 

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use strata::prelude::*;
 
 use strata::{Durability, Engine};
-use strata_workflows::ledger::{self, LedgerInput};
+use strata_workflows::ledger;
+
+#[path = "support/postings.rs"]
+mod postings;
 
 /// The CPU time this process has used so far (user + system), from `/proc/self/stat`; `None`
 /// where that file is not there (not Linux).
@@ -25,26 +28,6 @@ fn cpu_seconds() -> Option<f64> {
     let system: f64 = fields.get(12)?.parse().ok()?;
     // Clock ticks; 100 per second on Linux.
     Some((user + system) / 100.0)
-}
-
-/// Runs `instances` postings of `entries` each to completion, all at once.
-async fn round(engine: &Engine, instances: usize, entries: u32) -> Result<(), Box<dyn std::error::Error>> {
-    let mut tasks = Vec::with_capacity(instances);
-    for account in 0..instances {
-        let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            let input = LedgerInput {
-                account: account as u64,
-                entries,
-            };
-            let id = engine.start(ledger::WORKFLOW, &input).await?;
-            engine.outcome(id).await
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -67,12 +50,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .open()
         .await?;
     let entries = (4096 / concurrency).max(4) as u32;
-    round(&engine, concurrency, entries).await?;
+    postings::post_ledgers(&engine, concurrency, entries).await?;
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     for _ in 0..rounds {
-        round(&engine, concurrency, entries).await?;
+        postings::post_ledgers(&engine, concurrency, entries).await?;
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
