@@ -11,6 +11,7 @@ use strata_admin_model::{
 
 use crate::client::{typed, AdminClient, POLL};
 use crate::error::CliError;
+use crate::moments::span;
 use crate::output::{print_line, Output};
 use crate::table;
 
@@ -135,7 +136,7 @@ fn is_finished(client: &AdminClient, id: u64) -> Result<bool, CliError> {
 fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
     let at = entry.at_ms.map_or_else(
         || "-".to_string(),
-        |at| format!("+{}", duration_text(at.saturating_sub(started_at))),
+        |at| format!("+{}", span(at.saturating_sub(started_at))),
     );
     let (what, took, detail) = match &entry.event {
         HistoryEventView::Started {
@@ -171,7 +172,7 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
                 1 => format!("step {step}"),
                 attempt => format!("step {step} (attempt {attempt})"),
             };
-            (what, duration_text(*duration_ms), detail)
+            (what, span(*duration_ms), detail)
         }
         HistoryEventView::Claimed { worker } => (
             "claimed".to_string(),
@@ -237,7 +238,7 @@ fn row(entry: &HistoryEntryView, started_at: u64) -> Vec<String> {
 }
 
 /// Signals as `'name' #seq (N B)`, comma-separated.
-pub(crate) fn signal_list(signals: &[SignalNoteView]) -> String {
+fn signal_list(signals: &[SignalNoteView]) -> String {
     signals
         .iter()
         .map(|signal| format!("'{}' #{} ({} B)", signal.name, signal.seq, signal.bytes))
@@ -259,7 +260,7 @@ fn woken_text(woken_by: &WokenByView) -> String {
 }
 
 fn outcome_text(outcome: &AttemptOutcomeView, started_at: u64) -> String {
-    let at = |ms: u64| format!("+{}", duration_text(ms.saturating_sub(started_at)));
+    let at = |ms: u64| format!("+{}", span(ms.saturating_sub(started_at)));
     match outcome {
         AttemptOutcomeView::Next { step } => format!("step {step}"),
         AttemptOutcomeView::Sleep { until_ms, step } => format!("sleeps until {}, then step {step}", at(*until_ms)),
@@ -279,27 +280,9 @@ fn outcome_text(outcome: &AttemptOutcomeView, started_at: u64) -> String {
     }
 }
 
-/// Milliseconds for people: `850ms`, `12.4s`, `3m 20s`, `2h 5m`.
-pub(crate) fn duration_text(ms: u64) -> String {
-    match ms {
-        0..=999 => format!("{ms}ms"),
-        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..=3_599_999 => format!("{}m {}s", ms / 60_000, (ms % 60_000) / 1000),
-        _ => format!("{}h {}m", ms / 3_600_000, (ms % 3_600_000) / 60_000),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_as_people_say_them() {
-        assert_eq!(duration_text(850), "850ms");
-        assert_eq!(duration_text(12_400), "12.4s");
-        assert_eq!(duration_text(200_000), "3m 20s");
-        assert_eq!(duration_text(7_500_000), "2h 5m");
-    }
 
     #[test]
     fn a_retried_attempt_reads_with_its_error_duration_and_when_it_retries() {

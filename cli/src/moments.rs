@@ -1,4 +1,4 @@
-//! Times as people read them: now, an age (`3m 20s ago`), a span (`4m 10s`), and a moment before
+//! Times as people read them: now, an age (`3m 20s ago`), a span (`4m 10s`, `850ms`), and a moment before
 //! or after now (`in 12m 3s`, `4s ago`).
 
 /// Now, in milliseconds since the Unix epoch.
@@ -19,13 +19,13 @@ pub(crate) fn age_of(ms: u64) -> String {
     }
 }
 
-/// Milliseconds as a span (`4m 10s`), rounded up to the second.
+/// Milliseconds as a span: `850ms`, `12.4s`, `4m 10s`, `2h 5m`.
 pub(crate) fn span(ms: u64) -> String {
-    let seconds = ms.div_ceil(1000);
-    match seconds {
-        0..=59 => format!("{seconds}s"),
-        60..=3599 => format!("{}m {}s", seconds / 60, seconds % 60),
-        _ => format!("{}h {}m", seconds / 3600, (seconds % 3600) / 60),
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m {}s", ms / 60_000, (ms % 60_000) / 1000),
+        _ => format!("{}h {}m", ms / 3_600_000, (ms % 3_600_000) / 60_000),
     }
 }
 
@@ -43,7 +43,8 @@ mod tests {
 
     #[test]
     fn spans_ages_and_moments_read_as_people_say_them() {
-        assert_eq!(span(250), "1s");
+        assert_eq!(span(850), "850ms");
+        assert_eq!(span(12_400), "12.4s");
         assert_eq!(span(250_000), "4m 10s");
         assert_eq!(span(7_500_000), "2h 5m");
         assert_eq!(age_of(now_ms() - 200_000), "3m 20s ago");
