@@ -390,7 +390,7 @@ impl Writes {
             ];
             let written = if chunked {
                 transaction
-                    .query_typed(&format!("{HISTORY_CTES} {WRITE_INSTANCES}"), parameters)
+                    .query_typed(WRITE_INSTANCES_WITH_HISTORY.as_str(), parameters)
                     .await
             } else {
                 transaction.query_typed(WRITE_INSTANCES, &parameters[..11]).await
@@ -759,6 +759,11 @@ const WRITE_INSTANCES: &str = "INSERT INTO strata_instances AS current
      created_ms = EXCLUDED.created_ms, finished_ms = EXCLUDED.finished_ms
  WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
  RETURNING id";
+
+/// [`WRITE_INSTANCES`] after [`HISTORY_CTES`]: a commit's instance rows with the history chunks
+/// it adds or drops, in one statement. Put together once.
+static WRITE_INSTANCES_WITH_HISTORY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{HISTORY_CTES} {WRITE_INSTANCES}"));
 
 /// What goes before [`WRITE_INSTANCES`] when the commit adds or drops history chunks ($12..$14
 /// the chunks added, $15..$16 those dropped): one statement, so that a refused row rolls them

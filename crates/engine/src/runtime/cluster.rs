@@ -518,6 +518,15 @@ impl Runtime {
     }
 }
 
+/// The control signal that carries `request` to the process that holds the instance: its name
+/// and payload, which [`end_request_of`] reads back there.
+pub(super) fn control_signal_of(request: &EndRequest) -> (&'static str, Vec<u8>) {
+    match request {
+        EndRequest::Cancel => (CANCEL_SIGNAL, Vec::new()),
+        EndRequest::Terminate { reason } => (TERMINATE_SIGNAL, reason.as_bytes().to_vec()),
+    }
+}
+
 /// The end an operator asked for through another process, if `signal` carries one.
 fn end_request_of(signal: &SignalRecord) -> Option<EndRequest> {
     match signal.name.as_str() {
@@ -526,5 +535,32 @@ fn end_request_of(signal: &SignalRecord) -> Option<EndRequest> {
             reason: String::from_utf8_lossy(&signal.payload).into(),
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_core::instance::InstanceId;
+
+    #[test]
+    fn an_end_request_reads_back_from_its_control_signal_and_a_user_signal_is_none() {
+        let carried = |name: &str, payload: Vec<u8>| SignalRecord {
+            format: 2,
+            instance: InstanceId(1),
+            seq: 1,
+            name: name.to_string(),
+            payload,
+        };
+        for request in [
+            EndRequest::Cancel,
+            EndRequest::Terminate {
+                reason: "stuck upstream".into(),
+            },
+        ] {
+            let (name, payload) = control_signal_of(&request);
+            assert_eq!(end_request_of(&carried(name, payload)), Some(request));
+        }
+        assert_eq!(end_request_of(&carried("approve", Vec::new())), None);
     }
 }

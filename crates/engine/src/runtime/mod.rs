@@ -915,19 +915,15 @@ impl Runtime {
             return Err(EngineError::ShuttingDown);
         }
         let terminate = matches!(request, EndRequest::Terminate { .. });
-        let control = match &request {
-            EndRequest::Cancel => (cluster::CANCEL_SIGNAL, Vec::new()),
-            EndRequest::Terminate { reason } => (cluster::TERMINATE_SIGNAL, reason.as_bytes().to_vec()),
-        };
-        let requested = self.table.with(id, |slot| slot.request_end(request));
-        match requested {
+        let (name, payload) = cluster::control_signal_of(&request);
+        match self.table.with(id, |slot| slot.request_end(request)) {
             Some(()) => {
                 if terminate {
                     self.terminations.notify_waiters();
                 }
                 self.schedule(id)
             }
-            None => self.signal_elsewhere(id, control.0, control.1).await?,
+            None => self.signal_elsewhere(id, name, payload).await?,
         }
         match self.outcome(id).await? {
             Outcome::Cancelled => Ok(()),
