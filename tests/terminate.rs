@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::LazyLock;
 
 use common::*;
 use parking_lot::Mutex;
@@ -27,26 +28,31 @@ on_sled_and_postgres!(
 
 const WORKFLOW: &str = "export";
 
-/// What each test's stuck step tells: its key, the sender to tell when the step is entered,
-/// and the sender to tell when the step's future is dropped.
-type Watchers = HashMap<u32, (Option<oneshot::Sender<()>>, Option<oneshot::Sender<()>>)>;
+/// What a test's stuck step tells it: that the step began, and that its future was dropped.
+#[derive(Default)]
+struct Watch {
+    entered: Option<oneshot::Sender<()>>,
+    dropped: Option<oneshot::Sender<()>>,
+}
 
-static WATCHERS: Mutex<Option<Watchers>> = Mutex::new(None);
+/// Each test's watch, by the key its instance carries as input (tests run side by side).
+static WATCHES: LazyLock<Mutex<HashMap<u32, Watch>>> = LazyLock::new(Default::default);
 static NEXT_KEY: AtomicU32 = AtomicU32::new(1);
+
+/// Tells the test watching `key` what `pick` takes out of its watch, if it is still there.
+fn tell(key: u32, pick: impl FnOnce(&mut Watch) -> Option<oneshot::Sender<()>>) {
+    let sender = WATCHES.lock().get_mut(&key).and_then(pick);
+    if let Some(sender) = sender {
+        let _ = sender.send(());
+    }
+}
 
 /// Told when the stuck step's future is dropped.
 struct DropGuard(u32);
 
 impl Drop for DropGuard {
     fn drop(&mut self) {
-        let told = WATCHERS
-            .lock()
-            .get_or_insert_with(HashMap::new)
-            .get_mut(&self.0)
-            .and_then(|(_, dropped)| dropped.take());
-        if let Some(dropped) = told {
-            let _ = dropped.send(());
-        }
+        tell(self.0, |watch| watch.dropped.take());
     }
 }
 
@@ -55,10 +61,11 @@ fn watch() -> (u32, oneshot::Receiver<()>, oneshot::Receiver<()>) {
     let key = NEXT_KEY.fetch_add(1, Ordering::SeqCst);
     let (entered, entered_receiver) = oneshot::channel();
     let (dropped, dropped_receiver) = oneshot::channel();
-    WATCHERS
-        .lock()
-        .get_or_insert_with(HashMap::new)
-        .insert(key, (Some(entered), Some(dropped)));
+    let watch = Watch {
+        entered: Some(entered),
+        dropped: Some(dropped),
+    };
+    WATCHES.lock().insert(key, watch);
     (key, entered_receiver, dropped_receiver)
 }
 
@@ -69,14 +76,7 @@ async fn prepare(_ctx: StepCtx, _key: &mut u32) -> StepResult<u32> {
 /// 1.0.0's upload waits for a provider that never answers.
 async fn upload_stuck(_ctx: StepCtx, key: &mut u32) -> StepResult<u32> {
     let guard = DropGuard(*key);
-    let entered = WATCHERS
-        .lock()
-        .get_or_insert_with(HashMap::new)
-        .get_mut(key)
-        .and_then(|(entered, _)| entered.take());
-    if let Some(entered) = entered {
-        let _ = entered.send(());
-    }
+    tell(*key, |watch| watch.entered.take());
     std::future::pending::<()>().await;
     drop(guard);
     Ok(Next::complete(*key))
@@ -253,7 +253,10 @@ async fn a_waiting_instance_is_terminated_without_a_step_and_wrong_calls_are_ref
         "{again:?}"
     );
     let signal = engine.signal(id, "go", &1u32).await;
-    assert!(signal.is_err(), "a terminated instance takes no signal");
+    assert!(
+        matches!(&signal, Err(EngineError::InstanceFinished { status, .. }) if status == "cancelled"),
+        "a terminated instance takes no signal: {signal:?}"
+    );
     assert_eq!(
         engine.version("waiter", "1.0.0").unwrap().counters.cancelled,
         1,
