@@ -136,23 +136,33 @@ fn steps_run(events: &[HistoryEvent]) -> Vec<String> {
         .collect()
 }
 
-async fn within<T>(receiver: oneshot::Receiver<T>, what: &str) -> T {
-    tokio::time::timeout(std::time::Duration::from_secs(30), receiver)
+/// `future`'s output, or a failure naming `what` after 30 s (a termination that does not
+/// abandon its step would otherwise hang the test).
+async fn within<T>(future: impl std::future::Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(30), future)
         .await
         .unwrap_or_else(|_| panic!("{what} within 30 s"))
-        .unwrap_or_else(|_| panic!("{what}: the sender was dropped"))
+}
+
+/// Waits for what a stuck step tells (bounded).
+async fn told(receiver: oneshot::Receiver<()>, what: &str) {
+    within(receiver, what)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the sender was dropped"));
 }
 
 async fn a_terminated_instance_abandons_its_running_step_and_ends_cancelled_with_the_reason(backend: Backend) {
     let engine = backend.builder().register(stuck()).open().await.unwrap();
     let (key, entered, dropped) = watch();
     let id = engine.start(WORKFLOW, &key).await.unwrap();
-    within(entered, "the upload step began").await;
+    told(entered, "the upload step began").await;
 
     // A cancel would wait for the step, which never ends; a termination does not.
     let mut events = engine.subscribe();
-    engine.terminate(id, "  the provider is down  ").await.unwrap();
-    within(dropped, "the abandoned step's future was dropped").await;
+    within(engine.terminate(id, "  the provider is down  "), "the termination")
+        .await
+        .unwrap();
+    told(dropped, "the abandoned step's future was dropped").await;
     let said = wait_for_event(&mut events, |event| matches!(event, Event::InstanceTerminated { .. })).await;
     assert_eq!(
         said,
@@ -277,10 +287,12 @@ async fn an_instance_running_on_another_worker_is_terminated_through_the_store()
     let operator = backend.builder().register(stuck()).open().await.unwrap();
     let (key, entered, dropped) = watch();
     let id = holder.start(WORKFLOW, &key).await.unwrap();
-    within(entered, "the upload step began on the holder").await;
+    told(entered, "the upload step began on the holder").await;
 
-    operator.terminate(id, "stuck on the holder").await.unwrap();
-    within(dropped, "the holder dropped the abandoned step").await;
+    within(operator.terminate(id, "stuck on the holder"), "the termination")
+        .await
+        .unwrap();
+    told(dropped, "the holder dropped the abandoned step").await;
     assert_eq!(operator.instance(id).unwrap().status, InstanceStatus::Cancelled);
     assert_eq!(
         entries(&operator, id).last(),
