@@ -448,6 +448,14 @@ async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_
     browser
         .wait_for_text("#problem", "the refusal", |text| text.contains("admin token"))
         .await;
+    // The refresh every action triggers (and any event's) does not wipe the refusal away.
+    let after_refresh = browser
+        .execute(r#"return refresh(ALL).then(() => document.getElementById("problem").textContent);"#)
+        .await;
+    assert!(
+        after_refresh.as_str().is_some_and(|text| text.contains("admin token")),
+        "the refusal is gone after a refresh: {after_refresh}"
+    );
     let pressable = browser
         .execute(&format!(
             "return !document.querySelector({}).disabled;",

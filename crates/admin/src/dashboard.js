@@ -52,7 +52,13 @@ function ago(ms) {
   return Math.floor(seconds / 86400) + "d ago";
 }
 
-function problem(error) {
+/// What the problem line shows now comes from: a refresh of the page ("load") or an operator's
+/// action ("action"). A refresh that succeeds clears only its own kind, so an action's refusal
+/// stays until the next action, not until the next refresh (which every action triggers).
+let problemFrom = "load";
+function problem(error, from = "load") {
+  if (!error && from === "load" && problemFrom === "action") return;
+  problemFrom = from;
   document.getElementById("problem").textContent = error
     ? error.message + (/token/.test(error.message) ? " — type the token above." : "")
     : "";
@@ -96,10 +102,10 @@ async function onAction(event) {
   button.disabled = true;
   try {
     await api(path, "POST");
-    problem(null);
+    problem(null, "action");
   } catch (error) {
     // Refused: nothing changed, so the button may be pressed again (with another token, say).
-    problem(error);
+    problem(error, "action");
     button.disabled = false;
   }
   soon(ALL);
@@ -621,6 +627,8 @@ document.getElementById("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
   state.token = document.getElementById("token").value.trim();
   sessionStorage.setItem("strata-token", state.token);
+  // A refusal of the token before does not stand for this one.
+  problem(null, "action");
   refresh(ALL);
 });
 
