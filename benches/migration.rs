@@ -107,6 +107,7 @@ fn fill(dir: &Path, count: u64, phase: Phase) {
                 moves: Vec::new(),
                 pinned_reason: None,
                 history: Default::default(),
+                measures: Default::default(),
                 claim: 0,
             };
             ops.push(Op::PutInstance(record.encode().expect("encode")));

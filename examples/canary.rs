@@ -63,6 +63,7 @@ fn rollout(candidate: Version) -> RolloutSpec {
             min_success_rate: Some(0.9),
             max_consecutive_failures: Some(8),
             max_latency_multiplier: None,
+            measures: Vec::new(),
         })
 }
 

@@ -61,6 +61,7 @@ fn rollout() -> RolloutSpec {
             min_success_rate: Some(0.9),
             max_consecutive_failures: Some(5),
             max_latency_multiplier: Some(3.0),
+            measures: Vec::new(),
         })
 }
 

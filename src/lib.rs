@@ -25,13 +25,13 @@ pub use store::PostgresStore;
 pub use store::SledStore;
 #[cfg(feature = "admin")]
 pub use strata_admin as admin;
-pub use strata_engine::{config, history, instance, migrate, observe, registry, rollout, routing, workflow};
+pub use strata_engine::{config, history, instance, measure, migrate, observe, registry, rollout, routing, workflow};
 pub use strata_engine::{
     Clock, DefinitionError, Durability, Engine, EngineBuilder, EngineError, EnginePart, Event, Gates, HistoryRequest,
-    InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, ManualClock, MetricsSnapshot,
-    MigrationJob, MoveRequest, Next, OnRollback, Outcome, PartStart, RetryPolicy, ReviveRequest, RolloutSpec, Stage,
-    StartOptions, StateMigration, StepCtx, StepError, StepMapping, StepResult, Store, StoreError, StoreOpening,
-    UpgradePolicy, Version, VersionInfo, VersionKey, VersionStatus, WakeReason, WorkflowVersion,
+    InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, ManualClock, MeasureGate, MeasureKind,
+    MetricsSnapshot, MigrationJob, MoveRequest, Next, OnRollback, Outcome, PartStart, RetryPolicy, ReviveRequest,
+    RolloutSpec, Stage, StartOptions, StateMigration, StepCtx, StepError, StepMapping, StepResult, Store, StoreError,
+    StoreOpening, UpgradePolicy, Version, VersionInfo, VersionKey, VersionStatus, WakeReason, WorkflowVersion,
 };
 
 #[cfg(any(feature = "sled", feature = "postgres"))]

@@ -303,7 +303,7 @@ fn check_invariants(snapshot: &Snapshot, acknowledged: &HashSet<u64>) {
         }
     }
     for (key, stored) in &snapshot.counters {
-        let counted = recount.get(key).copied().unwrap_or_default();
+        let counted = recount.get(key).cloned().unwrap_or_default();
         assert_eq!(stored.live, counted.live, "{key}: live counter");
         assert_eq!(stored.completed, counted.completed, "{key}: completed counter");
         assert_eq!(stored.failed, counted.failed, "{key}: failed counter");

@@ -136,6 +136,14 @@ fn sample_instance() -> InstanceRecord {
             tail: sample_history_chunk(1),
             worker: "host-1/4242".to_string(),
         },
+        measures: [(
+            "cost_usd".to_string(),
+            strata::measure::MeasureTotal {
+                sum_units: 6_200,
+                count: 2,
+            },
+        )]
+        .into(),
         claim: 3,
     }
 }

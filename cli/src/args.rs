@@ -319,7 +319,9 @@ pub(crate) enum RolloutCommand {
         stages: Vec<String>,
         /// The gates as JSON, e.g. `{"max_error_rate_increase": 0.02}`; at least one unless
         /// `--unwatched`. Fields: max_error_rate_increase, max_latency_multiplier,
-        /// min_success_rate, max_consecutive_failures.
+        /// min_success_rate, max_consecutive_failures, and measures: gates on measures the
+        /// versions declare, e.g. `{"measures": [{"measure": "quality", "min": 0.85,
+        /// "min_sample": 30}, {"measure": "cost_usd", "max_increase": 0.2}]}`.
         #[arg(long)]
         gates: Option<String>,
         /// Its name (default `workflow@candidate`, or `workflow@candidate~N` when an earlier

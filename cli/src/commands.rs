@@ -404,12 +404,12 @@ fn rolled_back(rollout: &RolloutView) -> Option<&TransitionView> {
 /// The figures the gates compare now, or once the rollout ended, those of its last stage.
 fn compared_figures(rollout: &RolloutView) -> Option<(FiguresView, FiguresView)> {
     match &rollout.figures {
-        Some(figures) => Some((figures.candidate, figures.stable)),
+        Some(figures) => Some((figures.candidate.clone(), figures.stable.clone())),
         None => rollout
             .history
             .iter()
             .rev()
-            .find_map(|transition| transition.candidate.zip(transition.stable)),
+            .find_map(|transition| transition.candidate.clone().zip(transition.stable.clone())),
     }
 }
 
@@ -545,7 +545,7 @@ fn parse_gates(text: &str) -> Result<GatesRequest, CliError> {
     serde_json::from_str(text).map_err(|error| {
         CliError::Input(format!(
             "--gates ({error}): write a JSON object of max_error_rate_increase, max_latency_multiplier, \
-             min_success_rate, max_consecutive_failures: {text}"
+             min_success_rate, max_consecutive_failures and measures (a list of {{\"measure\", \"max_increase\", \"min\", \"max\", \"min_sample\"}}): {text}"
         ))
     })
 }
@@ -620,8 +620,15 @@ fn rollout_detail(rollout: &RolloutView) -> String {
                 "P95 STEP (µs)",
                 "CONSECUTIVE FAILURES",
             ],
-            &[row("candidate", candidate), row("stable", stable)],
+            &[row("candidate", candidate.clone()), row("stable", stable.clone())],
         ));
+        if let Some(measures) = measure_rows(&candidate, &stable) {
+            lines.push(String::new());
+            lines.push(table::render(
+                &["MEASURE", "CANDIDATE", "STABLE", "SAMPLE (CANDIDATE / STABLE)"],
+                &measures,
+            ));
+        }
     }
     lines.push(format!("gates: {}", gates_text(&rollout.gates, rollout.unwatched)));
     if let Some(started) = rollout.history.first() {
@@ -638,8 +645,8 @@ fn rollout_detail(rollout: &RolloutView) -> String {
                     format!("+{}", span(transition.at_ms.saturating_sub(started.at_ms))),
                     format!("{:?}", transition.kind).to_lowercase(),
                     (transition.stage + 1).to_string(),
-                    figures(transition.candidate),
-                    figures(transition.stable),
+                    figures(transition.candidate.clone()),
+                    figures(transition.stable.clone()),
                     transition.reason.clone().unwrap_or_default(),
                 ]
             })
@@ -651,6 +658,42 @@ fn rollout_detail(rollout: &RolloutView) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// Each measure either version's figures hold: the candidate's and the stable's figure and the
+/// samples they stand on; `None` when neither has a measure.
+fn measure_rows(candidate: &FiguresView, stable: &FiguresView) -> Option<Vec<Vec<String>>> {
+    let mut names: Vec<&String> = candidate.measures.keys().chain(stable.measures.keys()).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return None;
+    }
+    let figure = |figures: &FiguresView, name: &str| {
+        figures.measures.get(name).and_then(|figure| figure.value).map_or_else(
+            || "-".to_string(),
+            |value| {
+                format!("{value:.6}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string()
+            },
+        )
+    };
+    let sample = |figures: &FiguresView, name: &str| figures.measures.get(name).map_or(0, |figure| figure.sample);
+    Some(
+        names
+            .into_iter()
+            .map(|name| {
+                vec![
+                    name.clone(),
+                    figure(candidate, name),
+                    figure(stable, name),
+                    format!("{} / {}", sample(candidate, name), sample(stable, name)),
+                ]
+            })
+            .collect(),
+    )
 }
 
 /// The gates set, as `name <= limit` phrases.
@@ -667,6 +710,24 @@ fn gates_text(gates: &GatesView, unwatched: bool) -> String {
     }
     if let Some(limit) = gates.max_consecutive_failures {
         set.push(format!("max_consecutive_failures {limit}"));
+    }
+    for gate in &gates.measures {
+        let mut bounds = Vec::new();
+        if let Some(limit) = gate.max_increase {
+            bounds.push(format!("at most +{}% over the stable", limit * 100.0));
+        }
+        if let Some(minimum) = gate.min {
+            bounds.push(format!(">= {minimum}"));
+        }
+        if let Some(maximum) = gate.max {
+            bounds.push(format!("<= {maximum}"));
+        }
+        set.push(format!(
+            "{} {} (sample {})",
+            gate.measure,
+            bounds.join(" and "),
+            gate.min_sample.0
+        ));
     }
     match (set.is_empty(), unwatched) {
         (true, true) => "none (unwatched)".to_string(),

@@ -26,8 +26,8 @@ pub use operation::{
 };
 pub use revivals::{ReviveBody, ReviveCheckView, RevivePlanView, ReviveReportView};
 pub use rollouts::{
-    FiguresView, GatesRequest, GatesView, OnRollbackChoice, RolloutFiguresView, RolloutStartRequest, RolloutView,
-    StageView, TransitionKind, TransitionView,
+    FiguresView, GatesRequest, GatesView, MeasureFigureView, MeasureGateView, OnRollbackChoice, RolloutFiguresView,
+    RolloutStartRequest, RolloutView, StageView, TransitionKind, TransitionView,
 };
 pub use whole::Whole;
 
@@ -80,6 +80,28 @@ pub struct VersionView {
     pub safe_to_remove: bool,
     /// The live workers that can run it.
     pub workers: Vec<String>,
+    /// What its finished instances recorded of each measure: those it declares (when its code
+    /// is registered here) and any its totals hold.
+    #[serde(default)]
+    pub measures: Vec<VersionMeasureView>,
+}
+
+/// A version's total of one measure over its finished instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionMeasureView {
+    /// The measure.
+    pub measure: String,
+    /// `summed` or `averaged`, as the version declares it; absent when its code is not
+    /// registered in this process.
+    pub kind: Option<String>,
+    /// The sum of every value recorded.
+    pub sum: f64,
+    /// How many values were recorded.
+    pub count: u64,
+    /// Its figure: per finished instance (summed), or the mean value (averaged); absent without
+    /// a sample or a known kind.
+    pub figure: Option<f64>,
 }
 
 /// A version's oldest live instance.

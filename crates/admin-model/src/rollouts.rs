@@ -75,10 +75,58 @@ pub struct GatesView {
     pub min_success_rate: Option<f64>,
     /// This many failed candidate instances in a row roll back.
     pub max_consecutive_failures: Option<u64>,
+    /// Gates on measures the versions declare.
+    #[serde(default)]
+    pub measures: Vec<MeasureGateView>,
+}
+
+/// A gate on a measure: bounds on the candidate's figure (a summed measure's mean per finished
+/// instance, an averaged one's mean value), as shown and as posted. At least one bound is set;
+/// unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MeasureGateView {
+    /// The measure, declared by both versions.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]+$")
+    )]
+    pub measure: String,
+    /// The candidate's figure may exceed the stable's by at most this fraction (0.2 = +20 %).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<f64>,
+    /// The candidate's figure must be at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// The candidate's figure must be at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The sample each compared figure needs before the gate decides: finished instances for a
+    /// summed measure, recorded values for an averaged one (default 1).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64, minimum = 1))]
+    #[serde(default = "one")]
+    pub min_sample: Whole,
+}
+
+fn one() -> Whole {
+    Whole(1)
+}
+
+/// A measure's figure over the instances that finished in the stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MeasureFigureView {
+    /// The figure (a summed measure's mean per finished instance, an averaged one's mean value);
+    /// absent without a sample.
+    pub value: Option<f64>,
+    /// How many instances (summed) or values (averaged) it stands on.
+    pub sample: u64,
 }
 
 /// One version's figures in the current stage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FiguresView {
     /// Instances that finished in the stage.
@@ -93,6 +141,9 @@ pub struct FiguresView {
     pub p95_step_micros: Option<u64>,
     /// Instances failed in a row up to now.
     pub consecutive_failures: u64,
+    /// Each measure the version declares, by name.
+    #[serde(default)]
+    pub measures: std::collections::BTreeMap<String, MeasureFigureView>,
 }
 
 /// The figures the gates compare: the candidate's and the stable version's.
@@ -208,4 +259,7 @@ pub struct GatesRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, minimum = 1))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_consecutive_failures: Option<Whole>,
+    /// Gates on measures both versions declare.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measures: Vec<MeasureGateView>,
 }

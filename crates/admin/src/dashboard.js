@@ -136,15 +136,23 @@ async function showVersions() {
           noWorker ? "none: its instances wait" : version.workers.length),
         element("td", { "data-field": "safe_to_remove", class: version.safe_to_remove ? "yes" : "" },
           version.safe_to_remove ? "yes" : "no"),
+        element("td", { "data-field": "measures" }, measuresText(version.measures || [])),
         element("td", {}, versionActions(workflow, version)));
     });
     body.append(element("h3", {}, workflow),
       element("table", { "data-workflow": workflow },
         element("thead", {}, element("tr", {},
-          ["version", "status", "live", "started", "completed", "failed", "cancelled", "oldest live", "workers", "safe to remove", ""]
+          ["version", "status", "live", "started", "completed", "failed", "cancelled", "oldest live", "workers", "safe to remove", "measures", ""]
             .map((name) => element("th", {}, name)))),
         element("tbody", {}, rows)));
   }
+}
+
+/// A version's measures over its finished instances: `cost 0.75 per instance · quality 0.9 mean`.
+function measuresText(measures) {
+  if (measures.length === 0) return "-";
+  return measures.map((measure) => measure.measure + " " + (measure.figure === null ? "-" : trimmed(measure.figure))
+    + (measure.kind === "summed" ? " per instance" : measure.kind === "averaged" ? " mean" : " (sum " + trimmed(measure.sum) + ")")).join(" · ");
 }
 
 const GATES = {
@@ -194,7 +202,38 @@ function gateRows(rollout, rolledBack) {
       : gate === "max_latency_multiplier" ? "≤ " + threshold + "×" : "≤ " + threshold;
     rows.push([gate, label, limit, figure, holds]);
   }
+  // Gates on measures: one row per bound, named as the rollback names its gate.
+  for (const measureGate of rollout.gates.measures || []) {
+    const name = measureGate.measure;
+    const ours = figures && figures.candidate.measures ? figures.candidate.measures[name] : null;
+    const theirs = figures && figures.stable.measures ? figures.stable.measures[name] : null;
+    const sampled = (figure) => figure && figure.value !== null && figure.sample >= measureGate.min_sample ? figure.value : null;
+    const shown = (figure) => figure && figure.value !== null ? trimmed(figure.value) + " (sample " + figure.sample + ")" : "no figure yet";
+    const bounds = [
+      ["max_increase", measureGate.max_increase, "≤ stable +" + percent(measureGate.max_increase)],
+      ["min", measureGate.min, "≥ " + measureGate.min],
+      ["max", measureGate.max, "≤ " + measureGate.max],
+    ];
+    for (const [bound, threshold, limit] of bounds) {
+      if (threshold === null || threshold === undefined) continue;
+      const [c, s] = [sampled(ours), sampled(theirs)];
+      let holds = null;
+      let figure = shown(ours);
+      if (bound === "max_increase") {
+        figure += " vs stable " + shown(theirs);
+        if (c !== null && s !== null) holds = c <= s + Math.abs(s) * threshold;
+      } else if (c !== null) {
+        holds = bound === "min" ? c >= threshold : c <= threshold;
+      }
+      rows.push(["measures[" + name + "]." + bound, name + " (" + bound.replace("_", " ") + ")", limit + " · sample " + measureGate.min_sample, figure, holds]);
+    }
+  }
   return rows;
+}
+
+/// A measure's figure with up to six decimals, without trailing zeros.
+function trimmed(value) {
+  return String(Number(value.toFixed(6)));
 }
 
 /// A small line chart of one figure per version over the metrics window.
@@ -266,7 +305,7 @@ async function showRollouts() {
         " · against " + rollout.stable),
       rolloutActions(rollout),
       rolledBack ? element("div", { class: "gate-fired", "data-field": "rolled-back" },
-        "Rolled back by " + (fired ? GATES[fired] + " gate" : "an operator") + ": " + rolledBack.reason) : null,
+        "Rolled back by " + (fired ? (GATES[fired] || fired) + " gate" : "an operator") + ": " + rolledBack.reason) : null,
       gates.length ? element("table", {}, element("thead", {}, element("tr", {}, ["gate", "threshold", rollout.figures ? "figure now" : "figure when it ended", ""].map((name) => element("th", {}, name)))), element("tbody", {}, gates)) : null,
       await rolloutCharts(rollout)));
   }

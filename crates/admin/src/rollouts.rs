@@ -10,11 +10,11 @@ use serde::Deserialize;
 
 use super::{blocking_read, json_body, parse_version, ApiError};
 use strata_admin_model::{
-    FiguresView, GatesView, OnRollbackChoice, RolloutFiguresView, RolloutStartRequest, RolloutView, StageView,
-    TransitionKind, TransitionView, Whole,
+    FiguresView, GatesView, MeasureFigureView, MeasureGateView, OnRollbackChoice, RolloutFiguresView,
+    RolloutStartRequest, RolloutView, StageView, TransitionKind, TransitionView, Whole,
 };
 use strata_core::rollout::{Figures, OnRollback, RolloutRecord, Transition, TransitionRecord};
-use strata_engine::{Engine, Gates, RolloutSpec, Stage};
+use strata_engine::{Engine, Gates, MeasureGate, RolloutSpec, Stage};
 
 fn transition_view(record: &TransitionRecord) -> TransitionView {
     let mut view = TransitionView {
@@ -41,7 +41,7 @@ fn transition_view(record: &TransitionRecord) -> TransitionView {
             candidate,
             stable,
         } => {
-            view.gate = gate.map(|gate| gate.field().to_string());
+            view.gate = gate.as_ref().map(|gate| gate.field());
             view.reason = Some(reason.clone());
             view.candidate = Some(figures_view(candidate));
             view.stable = Some(figures_view(stable));
@@ -59,6 +59,37 @@ fn figures_view(figures: &Figures) -> FiguresView {
         attempts: figures.attempts,
         p95_step_micros: figures.p95_step_micros,
         consecutive_failures: figures.consecutive_failures,
+        measures: figures
+            .measures
+            .iter()
+            .map(|(name, figure)| {
+                let view = MeasureFigureView {
+                    value: figure.value,
+                    sample: figure.sample,
+                };
+                (name.clone(), view)
+            })
+            .collect(),
+    }
+}
+
+fn measure_gate_view(gate: &MeasureGate) -> MeasureGateView {
+    MeasureGateView {
+        measure: gate.measure.clone(),
+        max_increase: gate.max_increase,
+        min: gate.min,
+        max: gate.max,
+        min_sample: Whole(gate.min_sample),
+    }
+}
+
+fn measure_gate(view: MeasureGateView) -> MeasureGate {
+    MeasureGate {
+        measure: view.measure,
+        max_increase: view.max_increase,
+        min: view.min,
+        max: view.max,
+        min_sample: view.min_sample.0,
     }
 }
 
@@ -106,6 +137,7 @@ fn rollout_view(engine: &Engine, record: &RolloutRecord) -> RolloutView {
             max_latency_multiplier: record.spec.gates.max_latency_multiplier,
             min_success_rate: record.spec.gates.min_success_rate,
             max_consecutive_failures: record.spec.gates.max_consecutive_failures,
+            measures: record.spec.gates.measures.iter().map(measure_gate_view).collect(),
         },
         on_rollback: match record.spec.on_rollback {
             OnRollback::KeepRunning => OnRollbackChoice::KeepRunning,
@@ -204,6 +236,7 @@ pub(super) async fn start(
             max_latency_multiplier: gates.max_latency_multiplier,
             min_success_rate: gates.min_success_rate,
             max_consecutive_failures: gates.max_consecutive_failures.map(|count| count.0),
+            measures: gates.measures.into_iter().map(measure_gate).collect(),
         })
         .on_rollback(match request.on_rollback {
             OnRollbackChoice::KeepRunning => OnRollback::KeepRunning,

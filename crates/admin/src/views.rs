@@ -4,12 +4,12 @@
 use serde_json::Value;
 use strata_admin_model::{
     AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, InstanceSummary, MoveView,
-    OldestView, PendingSignalView, PhaseView, SignalNoteView, VersionView, WokenByView,
+    OldestView, PendingSignalView, PhaseView, SignalNoteView, VersionMeasureView, VersionView, WokenByView,
 };
 
 use strata_core::history::{AttemptOutcome, HistoryEvent, WokenBy};
 use strata_core::instance::Phase;
-use strata_engine::{InstanceInfo, VersionInfo};
+use strata_engine::{InstanceInfo, MeasureKind, VersionInfo};
 
 /// A unit variant's name as the API writes it: `RolledBack` → `rolled_back`.
 pub(super) fn snake_case(name: &str) -> String {
@@ -45,7 +45,35 @@ pub(super) fn version_view(info: &VersionInfo) -> VersionView {
         }),
         safe_to_remove: info.safe_to_remove(),
         workers: info.workers.clone(),
+        measures: version_measures(info),
     }
+}
+
+/// A version's measure totals: each it declares (in declared order), then any other its
+/// totals hold (recorded under an earlier registration of its code, or in another worker).
+fn version_measures(info: &VersionInfo) -> Vec<VersionMeasureView> {
+    let finished = info.counters.completed + info.counters.failed + info.counters.cancelled;
+    let view = |measure: &str, kind: Option<MeasureKind>| {
+        let total = info.counters.measures.get(measure).copied().unwrap_or_default();
+        VersionMeasureView {
+            measure: measure.to_string(),
+            kind: kind.map(|kind| kind.as_str().to_string()),
+            sum: total.sum(),
+            count: total.count,
+            figure: kind.and_then(|kind| strata_core::measure::figure(kind, &total, finished).value),
+        }
+    };
+    let mut views: Vec<VersionMeasureView> = info
+        .declared_measures
+        .iter()
+        .map(|spec| view(&spec.name, Some(spec.kind)))
+        .collect();
+    for measure in info.counters.measures.keys() {
+        if !info.declared_measures.iter().any(|spec| spec.name == *measure) {
+            views.push(view(measure, None));
+        }
+    }
+    views
 }
 
 /// `info` as a listing shows an instance.

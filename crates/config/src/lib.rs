@@ -174,6 +174,19 @@ struct GatesEntry {
     max_latency_multiplier: Option<f64>,
     min_success_rate: Option<f64>,
     max_consecutive_failures: Option<u64>,
+    /// `[[rollouts.gates.measures]]`: gates on measures the versions declare.
+    #[serde(default)]
+    measures: Vec<MeasureGateEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeasureGateEntry {
+    measure: String,
+    max_increase: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    min_sample: Option<u64>,
 }
 
 /// Parses a duration as the config file writes it: `500ms`, `30s`, `10m`, `2h`, `7d` (and `0`).
@@ -444,6 +457,18 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 max_latency_multiplier: entry.gates.max_latency_multiplier,
                 min_success_rate: entry.gates.min_success_rate,
                 max_consecutive_failures: entry.gates.max_consecutive_failures,
+                measures: entry
+                    .gates
+                    .measures
+                    .into_iter()
+                    .map(|gate| strata_core::rollout::MeasureGate {
+                        measure: gate.measure,
+                        max_increase: gate.max_increase,
+                        min: gate.min,
+                        max: gate.max,
+                        min_sample: gate.min_sample.unwrap_or(1),
+                    })
+                    .collect(),
             })
             .on_rollback(match entry.on_rollback {
                 OnRollbackEntry::KeepRunning => strata_core::rollout::OnRollback::KeepRunning,

@@ -244,6 +244,12 @@ pub struct InstanceRecord {
     /// in a record written before instances kept a history).
     #[serde(default)]
     pub history: HistoryBook,
+    /// What its steps recorded of the version's measures so far (attempts whose result was
+    /// kept), added to the version's totals when it finishes. Left out of the stored record while
+    /// empty: a record without measures is what builds before measures wrote, and reads in them.
+    /// It must stay the last stored field for that (a later field goes before it).
+    #[serde(default, skip_serializing_if = "crate::measure::MeasureTotals::is_empty")]
+    pub measures: crate::measure::MeasureTotals,
     /// The claim (fencing token) under which this process holds the instance in a store shared
     /// by many processes: a commit of the record lands only while the claim is still the
     /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled,
@@ -522,8 +528,31 @@ mod format_tests {
                 tail: vec![0x93, 0x01, 0x02, 0x03],
                 worker: "local".to_string(),
             },
+            measures: Default::default(),
             claim: 0,
         }
+    }
+
+    /// Measures are the last stored field and left out while empty: a record without any is the
+    /// array builds before measures wrote, and one with them round-trips.
+    #[test]
+    fn measures_are_stored_only_when_recorded_and_read_back() {
+        let mut record = sample();
+        let without = record.encode().unwrap().bytes;
+        // An array of 16 stored fields: the fields before measures.
+        assert_eq!(without[0], 0xdc);
+        assert_eq!(u16::from_be_bytes([without[1], without[2]]), 16);
+        record.measures.insert(
+            "cost".to_string(),
+            crate::measure::MeasureTotal {
+                sum_units: 3_100,
+                count: 2,
+            },
+        );
+        let with = record.encode().unwrap().bytes;
+        assert_eq!(u16::from_be_bytes([with[1], with[2]]), 17);
+        assert_eq!(InstanceRecord::decode(&with).unwrap(), record);
+        assert_eq!(InstanceRecord::decode(&without).unwrap().measures, Default::default());
     }
 
     #[test]
@@ -547,7 +576,11 @@ mod format_tests {
 
     #[test]
     fn a_record_a_newer_build_wrote_with_fields_at_its_end_reads_here() {
-        let record = sample();
+        let mut record = sample();
+        // A newer build writes its fields after the last one here, so measures are in its record.
+        record
+            .measures
+            .insert("cost".to_string(), crate::measure::MeasureTotal::default());
         let own = record.encode().unwrap().bytes;
         // The record's array, two elements longer: its fields, then two a newer build added.
         let (fields, body) = match own[0] {

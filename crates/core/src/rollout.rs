@@ -6,11 +6,13 @@
 //! from, every transition) and the decision rule — a pure function of the record and both
 //! versions' figures. The runtime feeds it figures, commits its transitions and routes by it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
+use crate::measure::MeasureFigure;
 use crate::version::VersionCounters;
 
 /// One stage of a rollout.
@@ -84,6 +86,72 @@ pub struct Gates {
     pub min_success_rate: Option<f64>,
     /// This many failed candidate instances in a row roll back (that run is its own sample).
     pub max_consecutive_failures: Option<u64>,
+    /// Gates on measures the versions declare (cost, quality), each with its own sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measures: Vec<MeasureGate>,
+}
+
+/// A gate on a measure both versions declare: bounds on the candidate's figure (for a summed
+/// measure its mean per finished instance, for an averaged one its mean value), in the stage.
+/// At least one bound is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasureGate {
+    /// The measure.
+    pub measure: String,
+    /// The candidate's figure may exceed the stable's by at most this fraction (0.2 = +20 %).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<f64>,
+    /// The candidate's figure must be at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// The candidate's figure must be at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// How large a sample each figure needs before the gate decides: finished instances for a
+    /// summed measure, recorded values for an averaged one (at least 1).
+    #[serde(default = "one")]
+    pub min_sample: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl MeasureGate {
+    /// A gate on `measure` without bounds yet, deciding from a sample of 1.
+    pub fn new(measure: impl Into<String>) -> MeasureGate {
+        MeasureGate {
+            measure: measure.into(),
+            max_increase: None,
+            min: None,
+            max: None,
+            min_sample: 1,
+        }
+    }
+
+    /// The candidate's figure may be at most `fraction` above the stable's (0.2 = +20 %).
+    pub fn max_increase(mut self, fraction: f64) -> MeasureGate {
+        self.max_increase = Some(fraction);
+        self
+    }
+
+    /// The candidate's figure must be at least `minimum`.
+    pub fn min(mut self, minimum: f64) -> MeasureGate {
+        self.min = Some(minimum);
+        self
+    }
+
+    /// The candidate's figure must be at most `maximum`.
+    pub fn max(mut self, maximum: f64) -> MeasureGate {
+        self.max = Some(maximum);
+        self
+    }
+
+    /// The gate decides once each figure it compares stands on `sample` instances or values.
+    pub fn min_sample(mut self, sample: u64) -> MeasureGate {
+        self.min_sample = sample;
+        self
+    }
 }
 
 /// What happens to the candidate's in-flight instances when it is rolled back.
@@ -162,6 +230,21 @@ pub enum RolloutError {
         /// What is allowed.
         range: &'static str,
     },
+    /// A gate on a measure that cannot run: a bound out of range, no bound, a bad sample, a
+    /// measure gated twice, or a measure a version does not declare.
+    #[error("rollout '{name}': gates.measures[{index}] ('{measure}'): {problem}")]
+    BadMeasureGate {
+        /// The rollout.
+        name: String,
+        /// The gate's index in `gates.measures`.
+        index: usize,
+        /// The measure it names.
+        measure: String,
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong, with the value given.
+        problem: String,
+    },
     /// The name is taken, or the workflow already has an active rollout.
     #[error("rollout '{name}': {reason}")]
     Conflict {
@@ -171,7 +254,7 @@ pub enum RolloutError {
         reason: String,
     },
     /// No gate set, and no word that the rollout is meant to watch nothing.
-    #[error("rollout '{name}' has no gate, so it would watch nothing and promote the candidate however it does; set at least one gate (max_error_rate_increase, max_latency_multiplier, min_success_rate, max_consecutive_failures), or ask for an unwatched rollout (unwatched = true in the config, \"unwatched\": true in the API, --unwatched in the CLI)")]
+    #[error("rollout '{name}' has no gate, so it would watch nothing and promote the candidate however it does; set at least one gate (max_error_rate_increase, max_latency_multiplier, min_success_rate, max_consecutive_failures, measures), or ask for an unwatched rollout (unwatched = true in the config, \"unwatched\": true in the API, --unwatched in the CLI)")]
     NoGates {
         /// The rollout.
         name: String,
@@ -215,6 +298,7 @@ impl RolloutError {
             RolloutError::BadShare { stage, .. } => format!("stages[{stage}]"),
             RolloutError::SameVersion { .. } => "candidate".to_string(),
             RolloutError::BadGate { gate, .. } => format!("gates.{gate}"),
+            RolloutError::BadMeasureGate { index, field, .. } => format!("gates.measures[{index}].{field}"),
             RolloutError::NoGates { .. } => "gates".to_string(),
             RolloutError::Conflict { .. }
             | RolloutError::Unknown { .. }
@@ -339,7 +423,82 @@ impl RolloutSpec {
             |count| count >= 1.0,
             "a whole number of 1 or more",
         )?;
+        for (index, measure_gate) in self.gates.measures.iter().enumerate() {
+            let refuse = |field: &'static str, value: f64, problem: &str| RolloutError::BadMeasureGate {
+                name: name(),
+                index,
+                measure: measure_gate.measure.clone(),
+                field,
+                problem: format!("{field} = {value}: {problem}"),
+            };
+            if !crate::workflow::valid_measure_name(&measure_gate.measure) {
+                return Err(RolloutError::BadMeasureGate {
+                    name: name(),
+                    index,
+                    measure: measure_gate.measure.clone(),
+                    field: "measure",
+                    problem: "name a measure the versions declare (1 to 64 letters, digits, '_', '-' or '.')".into(),
+                });
+            }
+            if measure_gate.max_increase.is_none() && measure_gate.min.is_none() && measure_gate.max.is_none() {
+                return Err(RolloutError::BadMeasureGate {
+                    name: name(),
+                    index,
+                    measure: measure_gate.measure.clone(),
+                    field: "max_increase",
+                    problem: "set at least one bound: max_increase, min or max".into(),
+                });
+            }
+            if let Some(value) = measure_gate
+                .max_increase
+                .filter(|value| !(value.is_finite() && *value >= 0.0))
+            {
+                return Err(refuse(
+                    "max_increase",
+                    value,
+                    "it must be a number of 0 or more (0.2 = +20 %)",
+                ));
+            }
+            for (field, bound) in [("min", measure_gate.min), ("max", measure_gate.max)] {
+                if let Some(value) = bound.filter(|value| !value.is_finite()) {
+                    return Err(refuse(field, value, "it must be a finite number"));
+                }
+            }
+            if let (Some(min), Some(max)) = (measure_gate.min, measure_gate.max) {
+                if min > max {
+                    return Err(refuse(
+                        "min",
+                        min,
+                        &format!("it is above max = {max}, so no figure could pass"),
+                    ));
+                }
+            }
+            if measure_gate.min_sample == 0 {
+                return Err(refuse("min_sample", 0.0, "it must be a whole number of 1 or more"));
+            }
+            if self.gates.measures[..index]
+                .iter()
+                .any(|earlier| earlier.measure == measure_gate.measure)
+            {
+                return Err(RolloutError::BadMeasureGate {
+                    name: name(),
+                    index,
+                    measure: measure_gate.measure.clone(),
+                    field: "measure",
+                    problem: "the measure has a gate already; put all its bounds in one".into(),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The measures the gates watch, and whether the stable version's figure is compared too
+    /// (a `max_increase` bound).
+    pub fn gated_measures(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.gates
+            .measures
+            .iter()
+            .map(|gate| (gate.measure.as_str(), gate.max_increase.is_some()))
     }
 }
 
@@ -364,7 +523,7 @@ impl RolloutStatus {
 }
 
 /// A gate that decided a rollback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gate {
     /// `max_error_rate_increase`.
     ErrorRateIncrease,
@@ -374,22 +533,53 @@ pub enum Gate {
     SuccessRate,
     /// `max_consecutive_failures`.
     ConsecutiveFailures,
+    /// A bound of a gate in `measures`.
+    Measure {
+        /// The measure.
+        measure: String,
+        /// Which bound.
+        bound: MeasureBound,
+    },
+}
+
+/// Which bound of a [`MeasureGate`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MeasureBound {
+    /// `max_increase`.
+    MaxIncrease,
+    /// `min`.
+    Min,
+    /// `max`.
+    Max,
+}
+
+impl MeasureBound {
+    /// The bound's field in [`MeasureGate`].
+    pub fn field(self) -> &'static str {
+        match self {
+            MeasureBound::MaxIncrease => "max_increase",
+            MeasureBound::Min => "min",
+            MeasureBound::Max => "max",
+        }
+    }
 }
 
 impl Gate {
-    /// The gate's field in [`Gates`] (and in the config file and the API).
-    pub fn field(self) -> &'static str {
+    /// The gate's field in [`Gates`] (and in the config file and the API): `min_success_rate`,
+    /// or for a measure's gate `measures[quality].min`.
+    pub fn field(&self) -> String {
         match self {
-            Gate::ErrorRateIncrease => "max_error_rate_increase",
-            Gate::LatencyMultiplier => "max_latency_multiplier",
-            Gate::SuccessRate => "min_success_rate",
-            Gate::ConsecutiveFailures => "max_consecutive_failures",
+            Gate::ErrorRateIncrease => "max_error_rate_increase".to_string(),
+            Gate::LatencyMultiplier => "max_latency_multiplier".to_string(),
+            Gate::SuccessRate => "min_success_rate".to_string(),
+            Gate::ConsecutiveFailures => "max_consecutive_failures".to_string(),
+            Gate::Measure { measure, bound } => format!("measures[{measure}].{}", bound.field()),
         }
     }
 }
 
 /// One version's figures in the current stage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     /// Instances that finished in the stage.
     pub finished: u64,
@@ -403,6 +593,10 @@ pub struct Figures {
     pub p95_step_micros: Option<u64>,
     /// Instances failed in a row up to now.
     pub consecutive_failures: u64,
+    /// The figure of each measure the version declares, over the instances that finished in the
+    /// stage (absent in records written before measures).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub measures: BTreeMap<String, MeasureFigure>,
 }
 
 impl Figures {
@@ -436,9 +630,9 @@ pub enum Transition {
         /// The reason, with the figures compared.
         reason: String,
         /// The candidate's figures then.
-        candidate: Figures,
+        candidate: Box<Figures>,
         /// The stable version's figures then.
-        stable: Figures,
+        stable: Box<Figures>,
     },
 }
 
@@ -613,6 +807,11 @@ pub fn decide(record: &RolloutRecord, candidate: &Figures, stable: &Figures, now
             }
         }
     }
+    for measure_gate in &gates.measures {
+        if let Some(breach) = measure_breach(measure_gate, candidate, stable) {
+            return breach;
+        }
+    }
     if record.hold_elapsed(now_ms) >= Duration::from_millis(stage.hold_ms) {
         if record.stage + 1 >= record.spec.stages.len() {
             return Decision::Promote;
@@ -620,6 +819,87 @@ pub fn decide(record: &RolloutRecord, candidate: &Figures, stable: &Figures, now
         return Decision::Advance;
     }
     Decision::Hold
+}
+
+/// The rollback `gate` decides on the candidate's and the stable's figures of its measure, if
+/// either figure it compares has its sample and a bound is crossed.
+fn measure_breach(gate: &MeasureGate, candidate: &Figures, stable: &Figures) -> Option<Decision> {
+    let measure = gate.measure.as_str();
+    let sampled = |figures: &Figures| {
+        figures
+            .measures
+            .get(measure)
+            .filter(|figure| figure.sample >= gate.min_sample)
+            .and_then(|figure| figure.value)
+    };
+    let ours = sampled(candidate)?;
+    let theirs = sampled(stable);
+    // Shown whatever its sample (only `max_increase` compares with it, and needs the sample).
+    let stable_text = match stable.measures.get(measure) {
+        Some(MeasureFigure {
+            value: Some(value),
+            sample,
+        }) => format!("the stable's is {} (sample {sample})", number(*value)),
+        _ => "the stable has no figure yet".to_string(),
+    };
+    let rolled_back = |bound: MeasureBound, breach: String| {
+        Some(Decision::RollBack {
+            gate: Gate::Measure {
+                measure: measure.to_string(),
+                bound,
+            },
+            reason: format!("{breach}; {stable_text}"),
+        })
+    };
+    if let Some(minimum) = gate.min.filter(|minimum| ours < *minimum) {
+        return rolled_back(
+            MeasureBound::Min,
+            format!(
+                "candidate {measure} {} is below the minimum {}",
+                number(ours),
+                number(minimum)
+            ),
+        );
+    }
+    if let Some(maximum) = gate.max.filter(|maximum| ours > *maximum) {
+        return rolled_back(
+            MeasureBound::Max,
+            format!(
+                "candidate {measure} {} is above the maximum {}",
+                number(ours),
+                number(maximum)
+            ),
+        );
+    }
+    if let (Some(limit), Some(theirs)) = (gate.max_increase, theirs) {
+        if ours > theirs + theirs.abs() * limit {
+            let increase = if theirs == 0.0 {
+                "above the stable's 0".to_string()
+            } else {
+                format!("{:.1} % above the stable's", (ours - theirs) / theirs.abs() * 100.0)
+            };
+            return rolled_back(
+                MeasureBound::MaxIncrease,
+                format!(
+                    "candidate {measure} {} is {increase} (at most +{:.1} % allowed)",
+                    number(ours),
+                    limit * 100.0
+                ),
+            );
+        }
+    }
+    None
+}
+
+/// A figure as a rollback's reason shows it: up to six decimals, no trailing zeros.
+fn number(value: f64) -> String {
+    let text = format!("{value:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_string()
+    } else {
+        text.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -653,7 +933,122 @@ mod tests {
             attempts: completed + failed,
             p95_step_micros: Some(1_000),
             consecutive_failures: 0,
+            measures: BTreeMap::new(),
         }
+    }
+
+    fn with_measure(mut figures: Figures, measure: &str, value: f64, sample: u64) -> Figures {
+        figures.measures.insert(
+            measure.to_string(),
+            MeasureFigure {
+                value: Some(value),
+                sample,
+            },
+        );
+        figures
+    }
+
+    #[test]
+    fn measure_gates_roll_back_naming_the_measure_and_both_figures_and_wait_for_their_sample() {
+        let record = record(Gates {
+            measures: vec![
+                MeasureGate::new("cost").max_increase(0.2).min_sample(20),
+                MeasureGate::new("quality").min(0.85).max(1.0).min_sample(30),
+            ],
+            ..Gates::default()
+        });
+        let stable = with_measure(with_measure(figures(100, 0), "cost", 1.0, 100), "quality", 0.9, 100);
+        // Within bounds: +20 % exactly, quality 0.85 exactly.
+        let within = with_measure(with_measure(figures(20, 0), "cost", 1.2, 20), "quality", 0.85, 30);
+        assert_eq!(decide(&record, &within, &stable, 1), Decision::Hold);
+        let costly = with_measure(within.clone(), "cost", 1.25, 20);
+        match decide(&record, &costly, &stable, 1) {
+            Decision::RollBack { gate, reason } => {
+                assert_eq!(
+                    gate,
+                    Gate::Measure {
+                        measure: "cost".into(),
+                        bound: MeasureBound::MaxIncrease
+                    }
+                );
+                assert_eq!(gate.field(), "measures[cost].max_increase");
+                assert_eq!(
+                    reason,
+                    "candidate cost 1.25 is 25.0 % above the stable's (at most +20.0 % allowed); the stable's is 1 (sample 100)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Below its own sample the gate does not decide, though the stage's sample is there.
+        let early = with_measure(within.clone(), "cost", 9.0, 19);
+        assert_eq!(decide(&record, &early, &stable, 1), Decision::Hold);
+        // A max_increase needs the stable's sample too.
+        let thin_stable = with_measure(stable.clone(), "cost", 0.1, 19);
+        assert_eq!(decide(&record, &costly, &thin_stable, 1), Decision::Hold);
+        let poor = with_measure(within.clone(), "quality", 0.8, 30);
+        match decide(&record, &poor, &stable, 1) {
+            Decision::RollBack { gate, reason } => {
+                assert_eq!(gate.field(), "measures[quality].min");
+                assert_eq!(
+                    reason,
+                    "candidate quality 0.8 is below the minimum 0.85; the stable's is 0.9 (sample 100)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let over = with_measure(within, "quality", 1.5, 30);
+        assert!(matches!(
+            decide(&record, &over, &figures(0, 0), 1),
+            Decision::RollBack { gate: Gate::Measure { bound: MeasureBound::Max, .. }, reason }
+                if reason.ends_with("the stable has no figure yet")
+        ));
+    }
+
+    #[test]
+    fn measure_gates_are_checked_naming_the_gate_and_field() {
+        let spec = |gate: MeasureGate| {
+            RolloutSpec::new("w", Version::new(2, 0, 0), Version::new(1, 0, 0))
+                .stage(Stage::new(50.0, Duration::ZERO, 1))
+                .gates(Gates {
+                    measures: vec![MeasureGate::new("cost").max(1.0), gate],
+                    ..Gates::default()
+                })
+                .validate()
+        };
+        for (gate, field, shown) in [
+            (MeasureGate::new("quality"), "max_increase", "set at least one bound"),
+            (
+                MeasureGate::new("quality").max_increase(-0.1),
+                "max_increase",
+                "max_increase = -0.1",
+            ),
+            (MeasureGate::new("quality").min(f64::NAN), "min", "min = NaN"),
+            (MeasureGate::new("quality").max(f64::INFINITY), "max", "max = inf"),
+            (MeasureGate::new("quality").min(2.0).max(1.0), "min", "above max = 1"),
+            (
+                MeasureGate::new("quality").min(0.5).min_sample(0),
+                "min_sample",
+                "min_sample = 0",
+            ),
+            (MeasureGate::new("cost").min(0.5), "measure", "has a gate already"),
+            (MeasureGate::new("bad name").min(0.5), "measure", "name a measure"),
+        ] {
+            let error = spec(gate).unwrap_err();
+            assert_eq!(error.field(), format!("gates.measures[1].{field}"), "{error}");
+            let message = error.to_string();
+            assert!(message.contains(shown), "{message}");
+            assert!(message.contains("gates.measures[1]"), "{message}");
+        }
+        spec(MeasureGate::new("quality").min(0.5).max(0.5).min_sample(3)).unwrap();
+        // A measure gate alone is a gate: the rollout watches something.
+        RolloutSpec::new("w", Version::new(2, 0, 0), Version::new(1, 0, 0))
+            .stage(Stage::new(50.0, Duration::ZERO, 1))
+            .gates(Gates {
+                measures: vec![MeasureGate::new("cost").max_increase(0.0)],
+                ..Gates::default()
+            })
+            .validate()
+            .unwrap();
     }
 
     #[test]
@@ -854,6 +1249,7 @@ mod tests {
             max_latency_multiplier: Some(1.0),
             min_success_rate: Some(1.0),
             max_consecutive_failures: Some(1),
+            measures: Vec::new(),
         })
         .unwrap();
     }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::instance::InstanceStatus;
+use crate::measure::{add_totals, MeasureTotals};
 
 /// The lifecycle status of a workflow version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ impl VersionStatus {
 }
 
 /// Per-version counts, persisted in the same commit as the instance records they count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VersionCounters {
     /// Instances that have not finished (including parked and quarantined ones).
     pub live: u64,
@@ -57,6 +58,10 @@ pub struct VersionCounters {
     pub first_start_ms: Option<u64>,
     /// When the last instance started (ms since the Unix epoch).
     pub last_start_ms: Option<u64>,
+    /// What the version's finished instances recorded of its measures, by measure: added by the
+    /// commit that finishes each instance, on the version it finished on.
+    #[serde(default, skip_serializing_if = "MeasureTotals::is_empty")]
+    pub measures: MeasureTotals,
 }
 
 impl VersionCounters {
@@ -74,11 +79,12 @@ impl VersionCounters {
             self.first_start_ms = Some(self.first_start_ms.map_or(at, |first| first.min(at)));
             self.last_start_ms = Some(self.last_start_ms.map_or(at, |last| last.max(at)));
         }
+        add_totals(&mut self.measures, &delta.measures);
     }
 }
 
 /// A change to a version's counters, applied inside a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CounterDelta {
     /// Change of the live count.
     pub live: i64,
@@ -98,6 +104,8 @@ pub struct CounterDelta {
     pub revived: u64,
     /// The start time of a started instance.
     pub started_at_ms: Option<u64>,
+    /// Measure totals to add: what finishing instances recorded.
+    pub measures: MeasureTotals,
 }
 
 impl CounterDelta {
@@ -135,6 +143,22 @@ impl CounterDelta {
             revived: count,
             ..CounterDelta::default()
         }
+    }
+
+    /// Adds another change (what a group of commits does to one version).
+    pub fn add(&mut self, other: &CounterDelta) {
+        self.live += other.live;
+        self.started += other.started;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+        self.moved_in += other.moved_in;
+        self.moved_out += other.moved_out;
+        self.revived += other.revived;
+        if let Some(at) = other.started_at_ms {
+            self.started_at_ms = Some(self.started_at_ms.map_or(at, |held| held.min(at)));
+        }
+        add_totals(&mut self.measures, &other.measures);
     }
 
     /// The change for one instance finishing with `status` (completed, failed, else cancelled).

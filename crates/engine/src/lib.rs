@@ -32,17 +32,18 @@ pub mod store;
 mod tasks;
 
 pub use strata_config as config;
-pub use strata_core::{history, rollout, routing, workflow};
+pub use strata_core::{history, measure, rollout, routing, workflow};
 
 pub use engine::{Engine, EngineBuilder, EnginePart, PartStart, StartOptions, StoreOpening};
 pub use error::EngineError;
 pub use instance::{
     HistoryRequest, InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, Outcome, VersionKey,
 };
+pub use measure::MeasureKind;
 pub use migrate::{MigrationJob, MoveRequest, ReviveRequest, StateMigration, StepMapping};
 pub use observe::{Clock, Event, ManualClock, MetricsSnapshot};
 pub use registry::{VersionInfo, VersionStatus};
-pub use rollout::{Gates, OnRollback, RolloutSpec, Stage};
+pub use rollout::{Gates, MeasureGate, OnRollback, RolloutSpec, Stage};
 pub use runtime::Durability;
 pub use semver::Version;
 pub use store::{Store, StoreError};

@@ -1,7 +1,7 @@
 //! The Prometheus text exposition of the engine's metrics (format 0.0.4): per-version instance
 //! counts and live instances (from the committed counters, so they survive restarts), step
 //! attempts and failures and latency summaries (since open, quantiles over the window ring),
-//! routing decisions, and rollouts.
+//! the measures finished instances recorded (committed totals), routing decisions, and rollouts.
 
 use std::fmt::Write;
 
@@ -67,6 +67,25 @@ fn summary(
             }
         }
         let _ = writeln!(text, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// The measures the versions' finished instances recorded: per version and measure, the sum of
+/// the values (`strata_measure_sum`) and how many were recorded (`strata_measure_count`), from
+/// the committed totals; a summary without quantiles, so `rate(sum) / rate(count)` is the mean.
+fn measures(text: &mut String, versions: &[(VersionInfo, MetricsSnapshot)]) {
+    header(
+        text,
+        "strata_measure",
+        "summary",
+        "What finished instances' steps recorded of each measure the version declares (cost, quality, ...).",
+    );
+    for (info, _) in versions {
+        for (measure, total) in &info.counters.measures {
+            let labels = format!("{},measure=\"{}\"", labels(&info.key), escape(measure));
+            let _ = writeln!(text, "strata_measure_sum{{{labels}}} {}", total.sum());
+            let _ = writeln!(text, "strata_measure_count{{{labels}}} {}", total.count);
+        }
     }
 }
 
@@ -161,6 +180,7 @@ pub(crate) fn render(exposition: &Exposition<'_>) -> String {
         versions,
         |snapshot| (snapshot.instance_latency, snapshot.finished()),
     );
+    measures(&mut text, versions);
     family(
         &mut text,
         "strata_routing_decisions_total",

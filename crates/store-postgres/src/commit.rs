@@ -137,14 +137,7 @@ impl Writes {
                 }
                 Op::AdjustCounters { key, delta } => {
                     let sum = writes.counters.entry(key.clone()).or_default();
-                    sum.delta.live += delta.live;
-                    sum.delta.started += delta.started;
-                    sum.delta.completed += delta.completed;
-                    sum.delta.failed += delta.failed;
-                    sum.delta.cancelled += delta.cancelled;
-                    sum.delta.moved_in += delta.moved_in;
-                    sum.delta.moved_out += delta.moved_out;
-                    sum.delta.revived += delta.revived;
+                    sum.delta.add(delta);
                     if let Some(at) = delta.started_at_ms.map(signed) {
                         sum.first_start_ms = Some(sum.first_start_ms.map_or(at, |first| first.min(at)));
                         sum.last_start_ms = Some(sum.last_start_ms.map_or(at, |last| last.max(at)));
@@ -580,13 +573,21 @@ impl Writes {
             |value: fn(&CounterDelta) -> i64| -> Vec<i64> { sums.iter().map(|sum| value(&sum.delta)).collect() };
         let first: Vec<Option<i64>> = sums.iter().map(|sum| sum.first_start_ms).collect();
         let last: Vec<Option<i64>> = sums.iter().map(|sum| sum.last_start_ms).collect();
+        let measures: Vec<String> = sums
+            .iter()
+            .map(|sum| crate::measures_to_text(&sum.delta.measures))
+            .collect();
         let mut stored = transaction
             .query_typed(
                 concat!(
                     "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
-                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms, revived)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
+                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms, revived, measures)
+             SELECT workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
+                 first_start_ms, last_start_ms, revived, measures::jsonb
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[])
+                 AS given (workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
+                     first_start_ms, last_start_ms, revived, measures)
              ON CONFLICT (workflow, version) DO UPDATE SET
                  live = GREATEST(current.live + EXCLUDED.live, 0),
                  started = current.started + EXCLUDED.started,
@@ -597,7 +598,15 @@ impl Writes {
                  moved_out = current.moved_out + EXCLUDED.moved_out,
                  revived = current.revived + EXCLUDED.revived,
                  first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
-                 last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms)
+                 last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms),
+                 measures = CASE WHEN EXCLUDED.measures = '{}'::jsonb THEN current.measures ELSE (
+                     SELECT COALESCE(jsonb_object_agg(name, total), '{}'::jsonb) FROM (
+                         SELECT name, jsonb_build_array(
+                             LEAST(GREATEST(SUM((total->>0)::numeric), -9223372036854775808), 9223372036854775807),
+                             LEAST(SUM((total->>1)::numeric), 9223372036854775807)) AS total
+                         FROM (SELECT * FROM jsonb_each(current.measures)
+                               UNION ALL SELECT * FROM jsonb_each(EXCLUDED.measures)) AS added (name, total)
+                         GROUP BY name) AS summed) END
              RETURNING ",
                     version_row_columns!()
                 ),
@@ -614,6 +623,7 @@ impl Writes {
                     &first,
                     &last,
                     &column(|delta| signed(delta.revived)),
+                    &measures,
                 ],
             )
             .await

@@ -979,7 +979,7 @@ async fn settle_commit(pool: &Pool, worker: &str, unsettled: &Unsettled, retry: 
 macro_rules! version_row_columns {
     () => {
         "workflow, version, status, live, started, completed, failed, cancelled, moved_in, moved_out,
-         first_start_ms, last_start_ms, status_changes, revived"
+         first_start_ms, last_start_ms, status_changes, revived, measures::text"
     };
 }
 pub(crate) use version_row_columns;
@@ -998,6 +998,25 @@ const TOUCHED_VERSIONS_QUERY: &str = concat!(
     " FROM strata_versions WHERE (workflow, version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
 );
 
+/// A version's measure totals as the `measures` column holds them: `{"cost": [sum, count]}`.
+fn measures_from_text(text: &str) -> Result<strata_core::measure::MeasureTotals, String> {
+    let read: std::collections::BTreeMap<String, (i64, u64)> =
+        serde_json::from_str(text).map_err(|error| format!("'{text}' does not read as totals: {error}"))?;
+    Ok(read
+        .into_iter()
+        .map(|(name, (sum_units, count))| (name, strata_core::measure::MeasureTotal { sum_units, count }))
+        .collect())
+}
+
+/// Measure totals as the `measures` column takes them.
+pub(crate) fn measures_to_text(totals: &strata_core::measure::MeasureTotals) -> String {
+    let pairs: std::collections::BTreeMap<&str, (i64, u64)> = totals
+        .iter()
+        .map(|(name, total)| (name.as_str(), (total.sum_units, total.count)))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "{}".to_string())
+}
+
 /// A `strata_versions` row of the columns `version_row_columns!` lists.
 fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError> {
     let workflow: String = row.get(0);
@@ -1009,6 +1028,12 @@ fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError
         )
     })?;
     let status: Option<String> = row.get(2);
+    let measures = measures_from_text(row.get(14)).map_err(|reason| {
+        StoreError::failed(
+            "read versions",
+            format!("the measures of {workflow} {version}: {reason}"),
+        )
+    })?;
     Ok(StoredVersion {
         key: VersionKey::new(workflow, version),
         status: status.as_deref().and_then(status_from_text),
@@ -1023,6 +1048,7 @@ fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError
             revived: unsigned(row.get(13)),
             first_start_ms: row.get::<_, Option<i64>>(10).map(unsigned),
             last_start_ms: row.get::<_, Option<i64>>(11).map(unsigned),
+            measures,
         },
         status_changes: unsigned(row.get(12)),
     })

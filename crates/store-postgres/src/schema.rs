@@ -30,10 +30,15 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (8, "how many times each version's status was written", V8),
     (9, "each instance's history", V9),
     (10, "how many ended instances were revived on each version", V10),
+    (
+        11,
+        "what each version's finished instances recorded of its measures",
+        V11,
+    ),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 10;
+pub(crate) const SCHEMA_VERSION: i32 = 11;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -219,6 +224,12 @@ CREATE TABLE strata_history (
 /// Schema 10: how many ended (failed or cancelled) instances were revived on each version.
 const V10: &str = "
 ALTER TABLE strata_versions ADD COLUMN revived bigint NOT NULL DEFAULT 0;
+";
+
+/// Schema 11: what each version's finished instances recorded of its measures, by measure:
+/// `{"cost": [sum in millionths, count]}`, added to by the commits that finish instances.
+const V11: &str = "
+ALTER TABLE strata_versions ADD COLUMN measures jsonb NOT NULL DEFAULT '{}'::jsonb;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.

@@ -142,7 +142,7 @@ impl Residency {
         let stamp = self.statuses.get(key);
         StoredVersion {
             key: key.clone(),
-            counters: self.counters.get(key).copied().unwrap_or_default(),
+            counters: self.counters.get(key).cloned().unwrap_or_default(),
             status: stamp.map(|stamp| stamp.status),
             status_changes: stamp.map_or(0, |stamp| stamp.changes),
         }
@@ -634,7 +634,7 @@ impl Store for SledStore {
                     }
                     counters
                         .entry(key)
-                        .or_insert_with(|| residency.counters.get(key).copied().unwrap_or_default())
+                        .or_insert_with(|| residency.counters.get(key).cloned().unwrap_or_default())
                         .apply(delta);
                 }
                 Op::PutVersionStatus { key, status } => {
@@ -738,7 +738,7 @@ impl Store for SledStore {
             let entry = CounterEntry {
                 format: RECORD_FORMAT,
                 key: (*key).clone(),
-                counters: *value,
+                counters: value.clone(),
             };
             batch.insert(version_key(COUNTERS, key), encode("counters", &entry)?);
         }

@@ -97,6 +97,7 @@ fn record(id: u64, version: &str, phase: Phase) -> InstanceRecord {
         moves: Vec::new(),
         pinned_reason: None,
         history: Default::default(),
+        measures: Default::default(),
         claim: 0,
     }
 }

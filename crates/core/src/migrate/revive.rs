@@ -295,6 +295,9 @@ impl MoveContext<'_> {
             wake: PersistedWake::Continued,
         };
         revived.last_error = None;
+        // What it recorded before it ended counted for the version it ended on, with that end:
+        // it starts counting again, so nothing counts twice.
+        revived.measures.clear();
         let stamp = ReviveStamp {
             from: record.key.version.clone(),
             to: revived.key.version.clone(),

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::step::{Next, StepCtx, StepError, StepResult};
 use super::{RetryPolicy, UpgradePolicy};
+use crate::measure::{MeasureKind, MeasureSpec};
 
 /// A mistake in a workflow version's definition, reported when it is registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +54,18 @@ pub enum DefinitionError {
         version: Version,
         /// The repeated name.
         step: String,
+    },
+    /// A measure's name is not valid, or it is declared twice.
+    #[error("{workflow}@{version}: measure '{measure}': {problem}")]
+    BadMeasure {
+        /// The workflow.
+        workflow: String,
+        /// The version.
+        version: Version,
+        /// The measure's name as given.
+        measure: String,
+        /// What is wrong with it.
+        problem: &'static str,
     },
     /// The entry step named with `.entry(...)` is not defined.
     #[error("{workflow}@{version}: entry step '{step}' is not defined; define it with .step(\"{step}\", ...)")]
@@ -123,6 +136,16 @@ pub struct WorkflowVersion<I, S, O> {
     signals: HashMap<String, SignalCheck>,
     upgrade_policy: UpgradePolicy,
     default_retry: RetryPolicy,
+    measures: Vec<MeasureSpec>,
+}
+
+/// Whether `name` can name a measure: 1 to 64 ASCII letters, digits, `_`, `-` or `.` — it is
+/// a label in Prometheus, a key in the config file and a word in the CLI's gate syntax.
+pub fn valid_measure_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'))
 }
 
 /// Checks that a signal payload decodes as the declared type.
@@ -150,6 +173,7 @@ where
             signals: HashMap::new(),
             upgrade_policy: UpgradePolicy::Pinned,
             default_retry: RetryPolicy::default(),
+            measures: Vec::new(),
         }
     }
 
@@ -205,6 +229,18 @@ where
         self
     }
 
+    /// Declares the measure `name`, which steps record with
+    /// [`StepCtx::record`](super::StepCtx::record), and how it aggregates: summed per instance,
+    /// like a cost (`MeasureKind::Summed`), or averaged, like a score (`MeasureKind::Averaged`).
+    /// Rollout gates may watch a declared measure.
+    pub fn measure(mut self, name: impl Into<String>, kind: MeasureKind) -> Self {
+        self.measures.push(MeasureSpec {
+            name: name.into(),
+            kind,
+        });
+        self
+    }
+
     /// The upgrade policy of this version's instances (default [`UpgradePolicy::Pinned`]).
     pub fn upgrade_policy(mut self, policy: UpgradePolicy) -> Self {
         self.upgrade_policy = policy;
@@ -252,6 +288,23 @@ where
                 step: entry,
             });
         }
+        for (index, spec) in self.measures.iter().enumerate() {
+            let problem = if !valid_measure_name(&spec.name) {
+                Some("a measure's name is 1 to 64 letters, digits, '_', '-' or '.'")
+            } else if self.measures[..index].iter().any(|earlier| earlier.name == spec.name) {
+                Some("it is declared twice")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(DefinitionError::BadMeasure {
+                    workflow: self.workflow,
+                    version,
+                    measure: spec.name.clone(),
+                    problem,
+                });
+            }
+        }
         Ok(Arc::new(TypedVersion {
             workflow: Arc::from(self.workflow.as_str()),
             version: Arc::new(version),
@@ -262,6 +315,7 @@ where
             signals: self.signals,
             upgrade_policy: self.upgrade_policy,
             fallback_retry: RetryPolicy::no_retry(),
+            measures: Arc::from(self.measures),
         }))
     }
 }
@@ -323,6 +377,8 @@ pub trait VersionCode: Send + Sync + 'static {
     fn initial_state(&self, input: &[u8]) -> Result<Vec<u8>, InitFailure>;
     /// Runs the step named in `ctx` on the encoded state.
     fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>>;
+    /// The measures the version declares, in the order declared.
+    fn measures(&self) -> &Arc<[MeasureSpec]>;
 }
 
 struct TypedVersion<I, S, O> {
@@ -335,6 +391,7 @@ struct TypedVersion<I, S, O> {
     signals: HashMap<String, SignalCheck>,
     upgrade_policy: UpgradePolicy,
     fallback_retry: RetryPolicy,
+    measures: Arc<[MeasureSpec]>,
 }
 
 impl<I, S, O> VersionCode for TypedVersion<I, S, O>
@@ -371,6 +428,10 @@ where
 
     fn upgrade_policy(&self) -> UpgradePolicy {
         self.upgrade_policy
+    }
+
+    fn measures(&self) -> &Arc<[MeasureSpec]> {
+        &self.measures
     }
 
     fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String> {

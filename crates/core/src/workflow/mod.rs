@@ -8,7 +8,7 @@ mod definition;
 mod retry;
 mod step;
 
-pub use definition::{DefinitionError, StepFn, WorkflowVersion};
+pub use definition::{valid_measure_name, DefinitionError, StepFn, WorkflowVersion};
 pub use definition::{InitFailure, StepFailure, StepOutcome, VersionCode};
 pub use retry::RetryPolicy;
 pub use step::{Next, StepCtx, StepError, StepResult, WakeReason};

@@ -8,6 +8,7 @@ use semver::Version;
 use serde::de::DeserializeOwned;
 
 use crate::instance::InstanceId;
+use crate::measure::MeasureRecorder;
 
 /// Why a step runs now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,7 @@ pub struct StepCtx {
     visit: u64,
     wake: WakeReason,
     now: SystemTime,
+    recorder: Option<Arc<MeasureRecorder>>,
 }
 
 impl StepCtx {
@@ -59,7 +61,16 @@ impl StepCtx {
             visit: 0,
             wake: WakeReason::Started,
             now: SystemTime::UNIX_EPOCH,
+            recorder: None,
         }
+    }
+
+    /// The same context, its measures recorded into `recorder` (the runtime gives one to each
+    /// attempt of a version that declares measures; a unit test of a step may give its own and
+    /// read what the step recorded with [`MeasureRecorder::take`]).
+    pub fn with_recorder(mut self, recorder: Arc<MeasureRecorder>) -> StepCtx {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// The same context for attempt `attempt` (from 1) of visit `visit` of the step.
@@ -135,6 +146,28 @@ impl StepCtx {
     /// The wall-clock time at which this attempt began.
     pub fn now(&self) -> SystemTime {
         self.now
+    }
+
+    /// Records `value` of the measure `measure` (declared on the version with
+    /// `WorkflowVersion::measure`): what this attempt's work cost, or how good it was —
+    /// `ctx.record("tokens", 1_250.0)`, `ctx.record("quality", 0.92)`. Recorded more than once in
+    /// an attempt, a summed measure adds up and an averaged one counts each value.
+    ///
+    /// The values are committed with the step, only if this attempt's result is kept (it
+    /// succeeded, or failed for good): a retried attempt's values are dropped, so a step's
+    /// measures count once however often it ran, crashes included. They are added to the
+    /// version's totals when the instance finishes. A measure the version does not declare, or a
+    /// value that is not finite, is dropped with a warning.
+    pub fn record(&self, measure: &str, value: f64) {
+        match &self.recorder {
+            Some(recorder) => recorder.record(measure, value),
+            None => tracing::warn!(
+                measure,
+                version = %self.version,
+                workflow = %self.workflow,
+                "a step recorded a measure, but its version declares none; declare it with .measure(name, kind) — the value is dropped"
+            ),
+        }
     }
 }
 

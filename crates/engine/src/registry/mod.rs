@@ -92,6 +92,8 @@ pub struct VersionInfo {
     /// processes share, every worker whose lease is current; with one only this process opens,
     /// `local` if its code is registered. Live instances and no worker: they wait for one.
     pub workers: Vec<String>,
+    /// The measures it declares, when its code is registered here.
+    pub declared_measures: Vec<strata_core::measure::MeasureSpec>,
 }
 
 impl VersionInfo {
@@ -196,7 +198,7 @@ impl Registry {
             let status = version.status.unwrap_or(VersionStatus::Active);
             let entry = versions
                 .entry(version.key)
-                .or_insert_with(|| VersionEntry::unloaded(status, version.counters));
+                .or_insert_with(|| VersionEntry::unloaded(status, VersionCounters::default()));
             entry.counters = version.counters;
             entry.status = status;
             entry.status_changes = version.status_changes;
@@ -261,7 +263,7 @@ impl Registry {
         self.versions
             .read()
             .get(key)
-            .map(|entry| entry.counters)
+            .map(|entry| entry.counters.clone())
             .unwrap_or_default()
     }
 
@@ -329,7 +331,7 @@ impl Registry {
             .entry(stored.key.clone())
             .or_insert_with(|| VersionEntry::unloaded(VersionStatus::Active, VersionCounters::default()));
         if activity(&stored.counters) >= activity(&entry.counters) {
-            entry.counters = stored.counters;
+            entry.counters = stored.counters.clone();
         }
         let status = stored.status.unwrap_or(VersionStatus::Active);
         let newer = match stored.status_changes.cmp(&entry.status_changes) {
@@ -415,9 +417,14 @@ impl Registry {
                 status: entry.status,
                 registered: entry.code.is_some(),
                 accepts_starts: entry.takes_starts(),
-                counters: entry.counters,
+                counters: entry.counters.clone(),
                 oldest_live: None,
                 workers: Vec::new(),
+                declared_measures: entry
+                    .code
+                    .as_ref()
+                    .map(|code| code.measures().to_vec())
+                    .unwrap_or_default(),
             })
             .collect();
         infos.sort_by(|left, right| left.key.cmp(&right.key));

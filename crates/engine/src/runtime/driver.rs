@@ -21,6 +21,7 @@ use crate::observe::{deadline_after, Event};
 use crate::store::Op;
 use strata_core::history::{HistoryEntry, HistoryEvent};
 use strata_core::instance::{InstanceId, InstanceRecord, InstanceStatus, Phase};
+use strata_core::measure::{MeasureRecorder, MeasureTotals};
 use strata_core::workflow::{StepCtx, StepFailure, UpgradePolicy, VersionCode, WakeReason};
 
 /// What an instance's committed record allows right now.
@@ -181,13 +182,14 @@ impl Runtime {
         // Lazy migration: the step sees the state its version expects, and its commit stores it.
         let schema_before = job.record.state.schema;
         let migrated = self.migrate_for_step(&mut job.record, code.as_ref());
-        let facts = transition::AttemptFacts {
+        let mut facts = transition::AttemptFacts {
             began_ms: self.now(),
             worker: self.store.cluster().worker_id(),
             migrated_from_schema: (job.record.state.schema != schema_before).then_some(schema_before),
+            recorded: MeasureTotals::new(),
         };
         let began = std::time::Instant::now();
-        let attempt = match migrated {
+        let (attempt, recorded) = match migrated {
             Ok(()) => {
                 tokio::select! {
                     biased;
@@ -195,7 +197,7 @@ impl Runtime {
                     () = self.termination_of(id) => return self.abandon_for_termination(id, &job.record.step).await,
                 }
             }
-            Err(reason) => Attempt::Damaged(reason),
+            Err(reason) => (Attempt::Damaged(reason), MeasureTotals::new()),
         };
         if self.options.metrics {
             let failed = !matches!(attempt, Attempt::Succeeded(_));
@@ -208,6 +210,7 @@ impl Runtime {
             Attempt::Damaged(reason) => tracing::error!(instance = %id, %reason, "quarantining instance"),
             Attempt::Succeeded(_) => {}
         }
+        facts.recorded = recorded;
         let Job {
             record,
             wake,
@@ -339,10 +342,10 @@ impl Runtime {
         Progress::Committed
     }
 
-    async fn attempt(&self, code: &dyn VersionCode, job: &Job) -> Attempt {
+    /// Runs one attempt of the job's step; returns its result and the measures it recorded.
+    async fn attempt(&self, code: &dyn VersionCode, job: &Job) -> (Attempt, MeasureTotals) {
         let record = &job.record;
-        let policy = code.retry_policy(&record.step);
-        let ctx = StepCtx::new(
+        let mut ctx = StepCtx::new(
             record.id,
             code.workflow().clone(),
             code.version().clone(),
@@ -351,6 +354,18 @@ impl Runtime {
         .with_attempt(record.attempt, record.visits)
         .with_wake(job.wake.clone())
         .at(std::time::UNIX_EPOCH + Duration::from_millis(self.now()));
+        // Only a version that declares measures pays for a recorder.
+        let recorder = (!code.measures().is_empty()).then(|| Arc::new(MeasureRecorder::new(code.measures().clone())));
+        if let Some(recorder) = &recorder {
+            ctx = ctx.with_recorder(recorder.clone());
+        }
+        let attempt = self.run_attempt(code, record, ctx).await;
+        let recorded = recorder.map(|recorder| recorder.take()).unwrap_or_default();
+        (attempt, recorded)
+    }
+
+    async fn run_attempt(&self, code: &dyn VersionCode, record: &InstanceRecord, ctx: StepCtx) -> Attempt {
+        let policy = code.retry_policy(&record.step);
         let span = tracing::info_span!(
             "step",
             workflow = %record.key.workflow,

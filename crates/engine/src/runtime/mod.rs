@@ -751,6 +751,7 @@ impl Runtime {
             moves: Vec::new(),
             pinned_reason: None,
             history: Default::default(),
+            measures: Default::default(),
             // Unclaimed: the first worker with the version's code claims it.
             claim: 0,
         };

@@ -222,10 +222,7 @@ impl Runtime {
             deltas.push((from.clone(), CounterDelta::moved(*count, false)));
             deltas.push((to.clone(), CounterDelta::moved(*count, true)));
         }
-        ops.extend(deltas.iter().map(|(key, delta)| Op::AdjustCounters {
-            key: key.clone(),
-            delta: *delta,
-        }));
+        ops.extend(deltas.into_iter().map(|(key, delta)| Op::AdjustCounters { key, delta }));
         let drained = self.write_then_announce(ops).await?;
         for ((from, to), (count, cause)) in flows {
             tracing::info!(from = %from, to = %to, count, ?cause, "instances moved between versions");

@@ -18,6 +18,7 @@ use crate::migrate::MoveRequest;
 use crate::observe::{Event, BUCKET_MS};
 use crate::store::{Op, VersionCounters};
 use strata_core::instance::{VersionKey, RECORD_FORMAT};
+use strata_core::measure;
 use strata_core::rollout::{
     decide, Decision, Figures, OnRollback, RolloutError, RolloutRecord, RolloutSpec, RolloutStatus, StageFigures,
     Transition, TransitionRecord,
@@ -229,8 +230,27 @@ impl Runtime {
         let mut exports = self.others_metrics(&key);
         exports.extend(self.registry.metrics(&key).map(|metrics| metrics.export()));
         let metrics = (!exports.is_empty()).then(|| crate::observe::merged_window(&exports, now_ms, window));
+        let finished = completed + failed + cancelled;
+        // Each measure the version declares here, from the committed totals since the baseline.
+        let measures = self
+            .registry
+            .code(&key)
+            .map(|code| {
+                code.measures()
+                    .iter()
+                    .map(|spec| {
+                        let total = counters.measures.get(&spec.name).copied().unwrap_or_default();
+                        let before = baseline.measures.get(&spec.name).copied().unwrap_or_default();
+                        (
+                            spec.name.clone(),
+                            measure::figure(spec.kind, &total.since(&before), finished),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Figures {
-            finished: completed + failed + cancelled,
+            finished,
             completed,
             failed,
             attempts: metrics.map_or(0, |snapshot| snapshot.attempts),
@@ -238,6 +258,7 @@ impl Runtime {
                 .and_then(|snapshot| snapshot.step_latency)
                 .map(|quantiles| quantiles.p95.as_micros() as u64),
             consecutive_failures: metrics.map_or(0, |snapshot| snapshot.consecutive_failures),
+            measures,
         }
     }
 
@@ -287,8 +308,8 @@ impl Runtime {
                 Decision::RollBack { gate, reason } => Transition::RolledBack {
                     gate: Some(gate),
                     reason,
-                    candidate,
-                    stable,
+                    candidate: Box::new(candidate),
+                    stable: Box::new(stable),
                 },
             };
             self.transition(record, transition, now).await?;
@@ -430,6 +451,7 @@ impl Runtime {
                 .into());
             }
         }
+        self.check_measure_gates(&spec)?;
         let _ordered = self.rollouts.transitions.lock().await;
         {
             let records = self.rollouts.records.lock();
@@ -482,6 +504,43 @@ impl Runtime {
         Ok(name)
     }
 
+    /// Refuses a gate on a measure the candidate does not declare, or (for a `max_increase`,
+    /// which compares the two) the stable version does not, naming the measure and what each
+    /// version declares.
+    fn check_measure_gates(&self, spec: &RolloutSpec) -> Result<(), RolloutError> {
+        for (index, (measure, compared)) in spec.gated_measures().enumerate() {
+            let versions = [(&spec.candidate, "candidate", true), (&spec.stable, "stable", compared)];
+            for (version, role, needed) in versions {
+                if !needed {
+                    continue;
+                }
+                let key = VersionKey::new(spec.workflow.clone(), version.clone());
+                let declared: Vec<String> = self
+                    .registry
+                    .code(&key)
+                    .map(|code| code.measures().iter().map(|measure| measure.name.clone()).collect())
+                    .unwrap_or_default();
+                if !declared.iter().any(|name| name == measure) {
+                    let listed = if declared.is_empty() {
+                        "none".to_string()
+                    } else {
+                        declared.join(", ")
+                    };
+                    return Err(RolloutError::BadMeasureGate {
+                        name: spec.name.clone(),
+                        index,
+                        measure: measure.to_string(),
+                        field: "measure",
+                        problem: format!(
+                            "the {role} {version} declares no measure '{measure}' (it declares: {listed}); declare it with .measure(name, kind) or gate a declared one"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Applies an operator's transition to an active rollout.
     pub(crate) async fn operate_rollout(
         self: &Arc<Self>,
@@ -518,8 +577,8 @@ impl Runtime {
             RolloutOperation::RollBack => Transition::RolledBack {
                 gate: None,
                 reason: "rolled back by an operator".into(),
-                candidate: self.stage_figures(&record, true, now),
-                stable: self.stage_figures(&record, false, now),
+                candidate: Box::new(self.stage_figures(&record, true, now)),
+                stable: Box::new(self.stage_figures(&record, false, now)),
             },
         };
         self.transition(record, transition, now).await

@@ -13,6 +13,7 @@ use std::time::Duration;
 use strata_core::codec::EncodeError;
 use strata_core::history::{AttemptOutcome, HistoryEntry, HistoryEvent, SignalNote, StepEntry, WokenBy};
 use strata_core::instance::{InstanceRecord, InstanceStatus, PersistedWake, Phase, RECORD_FORMAT};
+use strata_core::measure::{add_totals, MeasureTotals};
 use strata_core::time::deadline_after;
 use strata_core::version::CounterDelta;
 use strata_core::workflow::{Next, StepOutcome, VersionCode, WakeReason};
@@ -45,6 +46,9 @@ pub(super) struct AttemptFacts<'a> {
     pub worker: &'a str,
     /// The state's schema before the driver migrated it for the step, if it did.
     pub migrated_from_schema: Option<u32>,
+    /// The measures the attempt recorded: kept in the record if its result is (it succeeded,
+    /// or failed for good), dropped if it is retried or its record quarantined.
+    pub recorded: MeasureTotals,
 }
 
 /// The record an attempt leads to, the signal its commit consumes, and its history entries.
@@ -104,6 +108,17 @@ pub(super) fn after_attempt(
             record.phase = Phase::Quarantined { reason };
             consumed_signal = None;
         }
+    }
+    let kept = matches!(
+        record.phase,
+        Phase::Ready { .. }
+            | Phase::Sleeping { .. }
+            | Phase::WaitingSignal { .. }
+            | Phase::Completed { .. }
+            | Phase::Failed { .. }
+    );
+    if kept && !facts.recorded.is_empty() {
+        add_totals(&mut record.measures, &facts.recorded);
     }
     let (step, attempt) = ran;
     let mut entries = Vec::with_capacity(1);
@@ -269,9 +284,12 @@ pub(super) fn commit_writes(
     if record.phase.is_terminal() {
         let leftovers = inbox.iter().filter(|seq| Some(**seq) != consumed_signal);
         ops.extend(leftovers.map(|&seq| Op::DeleteSignal { instance, seq }));
+        let mut delta = CounterDelta::finish(InstanceStatus::of_phase(&record.phase));
+        // What its steps recorded counts for the version it finished on, once: with the finish.
+        delta.measures = record.measures.clone();
         ops.push(Op::AdjustCounters {
             key: record.key.clone(),
-            delta: CounterDelta::finish(InstanceStatus::of_phase(&record.phase)),
+            delta,
         });
     }
     ops.push(Op::PutInstance(record.encode()?));
@@ -397,14 +415,26 @@ mod tests {
             moves: Vec::new(),
             pinned_reason: None,
             history: Default::default(),
+            measures: Default::default(),
             claim: 0,
         }
     }
 
     /// Attempt `attempt` of `step` on [`code`] at `NOW`, woken for `wake`, consuming `consumed`.
     fn run(step: &str, attempt: u32, wake: WakeReason, consumed: Option<u64>, result: Attempt) -> StepTransition {
+        run_recording(record_at(step, attempt), wake, consumed, result, MeasureTotals::new())
+    }
+
+    /// The same attempt from `record`, having recorded `recorded`.
+    fn run_recording(
+        record: InstanceRecord,
+        wake: WakeReason,
+        consumed: Option<u64>,
+        result: Attempt,
+        recorded: MeasureTotals,
+    ) -> StepTransition {
         after_attempt(
-            record_at(step, attempt),
+            record,
             wake,
             consumed,
             result,
@@ -414,8 +444,70 @@ mod tests {
                 began_ms: NOW - 40,
                 worker: "local",
                 migrated_from_schema: None,
+                recorded,
             },
         )
+    }
+
+    fn cost(units: i64, count: u64) -> MeasureTotals {
+        [(
+            "cost".to_string(),
+            strata_core::measure::MeasureTotal {
+                sum_units: units,
+                count,
+            },
+        )]
+        .into()
+    }
+
+    /// A step's measures are kept only from the attempt whose result the instance keeps — one
+    /// that succeeded or failed for good — and added to what earlier steps recorded; a retried
+    /// or quarantined attempt's are dropped. The finish counts them for the version, once.
+    #[test]
+    fn measures_count_from_the_attempt_whose_result_is_kept_and_reach_the_version_with_the_finish() {
+        let mut earlier = record_at("a", 1);
+        earlier.measures = cost(100, 1);
+        let retried = Attempt::Failed {
+            message: "flaky".into(),
+            retryable: true,
+        };
+        let next = run_recording(earlier.clone(), WakeReason::Continued, None, retried, cost(7, 1));
+        assert!(matches!(next.record.phase, Phase::RetryBackoff { .. }));
+        assert_eq!(
+            next.record.measures,
+            cost(100, 1),
+            "a retried attempt's measures are dropped"
+        );
+        let damaged = Attempt::Damaged("bad state".into());
+        let next = run_recording(earlier.clone(), WakeReason::Continued, None, damaged, cost(7, 1));
+        assert_eq!(next.record.measures, cost(100, 1), "a quarantined attempt's too");
+        let next = run_recording(
+            earlier.clone(),
+            WakeReason::Continued,
+            None,
+            succeeded(Next::goto("b")),
+            cost(7, 1),
+        );
+        assert_eq!(next.record.measures, cost(107, 2));
+        let mut live = next.record;
+        assert!(counted(&commit_writes(&mut live, None, &[], &[], 100).unwrap()).is_empty());
+        let last = Attempt::Failed {
+            message: "gone".into(),
+            retryable: false,
+        };
+        let mut failed = run_recording(earlier, WakeReason::Continued, None, last, cost(5, 1)).record;
+        assert!(matches!(failed.phase, Phase::Failed { .. }));
+        assert_eq!(
+            failed.measures,
+            cost(105, 2),
+            "a step that failed for good did its work"
+        );
+        let mut finish = CounterDelta::finish(InstanceStatus::Failed);
+        finish.measures = cost(105, 2);
+        assert_eq!(
+            counted(&commit_writes(&mut failed, None, &[], &[], 100).unwrap()),
+            [finish]
+        );
     }
 
     /// The step entry a transition adds to the history (after the claim of worker `local`, which
@@ -630,7 +722,7 @@ mod tests {
     fn counted(ops: &[Op]) -> Vec<CounterDelta> {
         ops.iter()
             .filter_map(|op| match op {
-                Op::AdjustCounters { delta, .. } => Some(*delta),
+                Op::AdjustCounters { delta, .. } => Some(delta.clone()),
                 _ => None,
             })
             .collect()
