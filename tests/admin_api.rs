@@ -932,11 +932,30 @@ async fn a_rollout_takes_every_field_refuses_unknown_ones_and_runs_again_after_i
             r#", "on_rollback": "move_bak", "gates": {"min_success_rate": 0.9}"#,
             "did you mean `move_back`?",
         ),
+        (
+            r#", "gates": {"measures": [{"measure": "cost", "max_incrase": 0.2}]}"#,
+            "did you mean `max_increase`?",
+        ),
     ] {
         let (status, error) = post_json(&engine, "/v1/rollouts", &body(typo)).await;
         assert_eq!(status, 422, "{error}");
         let message = error["error"].as_str().unwrap();
         assert!(message.contains(says) && message.contains("(did you mean `"), "{error}");
+    }
+    // A gate on a measure neither version declares, or with no bound: refused, naming it.
+    for (gates, says) in [
+        (
+            r#", "gates": {"measures": [{"measure": "cost", "max_increase": 0.2}]}"#,
+            "gates.measures[0] ('cost'): the candidate 2.0.0 declares no measure 'cost' (it declares: none)",
+        ),
+        (
+            r#", "gates": {"measures": [{"measure": "cost"}]}"#,
+            "gates.measures[0] ('cost'): set at least one bound",
+        ),
+    ] {
+        let (status, error) = post_json(&engine, "/v1/rollouts", &body(gates)).await;
+        assert_eq!(status, 400, "{error}");
+        assert!(error["error"].as_str().unwrap().contains(says), "{error}");
     }
     // No gate: refused unless asked for.
     let (status, error) = post_json(&engine, "/v1/rollouts", &body("")).await;

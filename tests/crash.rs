@@ -2,8 +2,11 @@
 //! SIGKILL at many random moments. After every kill the store is checked directly — every
 //! acknowledged start is there, no instance is both live and finished, every live cursor names a
 //! step of its version, counters equal a recount, each instance's history agrees with its record
-//! (no chunk of a lost commit, none missing, the newest entry says where the record is) — and at
-//! the end every instance completes with the outcome it would have had without crashes.
+//! (no chunk of a lost commit, none missing, the newest entry says where the record is), each
+//! version's measure totals equal what its finished records hold — and at the end every instance
+//! completes with the outcome it would have had without crashes, each metered one having
+//! recorded each step's measures exactly once however often it was killed between an attempt and
+//! its commit.
 
 mod common;
 
@@ -26,7 +29,7 @@ use strata_workflows::order::{OrderOutput, OrderState};
 use strata_workflows::{ledger, onboarding, order};
 
 const CHILD_DIR: &str = "STRATA_CRASH_CHILD_DIR";
-const TARGET_INSTANCES: u64 = 450;
+const TARGET_INSTANCES: u64 = 600;
 const KILLS: usize = 60;
 const LEDGER_ENTRIES: u32 = 400;
 
@@ -51,6 +54,47 @@ fn payment_for(state: &OrderState) -> order::Payment {
     common::full_payment(&state.input)
 }
 
+/// A workflow whose steps record measures: three steps, each costing 0.25 and 10 tokens; the
+/// second fails its first attempt on even inputs (after recording, which must not count).
+mod metered {
+    use strata::{MeasureKind, Next, RetryPolicy, StepCtx, StepError, StepResult, WorkflowVersion};
+
+    pub(crate) const WORKFLOW: &str = "metered";
+    pub(crate) const STEPS: [&str; 3] = ["quote", "call", "settle"];
+
+    async fn quote(ctx: StepCtx, _input: &mut u64) -> StepResult<u64> {
+        ctx.record("cost", 0.25);
+        ctx.record("tokens", 10.0);
+        Ok(Next::goto("call"))
+    }
+
+    async fn call(ctx: StepCtx, input: &mut u64) -> StepResult<u64> {
+        ctx.record("cost", 0.25);
+        ctx.record("tokens", 10.0);
+        if *input % 2 == 0 && ctx.attempt() == 1 {
+            return Err(StepError::retryable("the provider timed out"));
+        }
+        Ok(Next::goto("settle"))
+    }
+
+    async fn settle(ctx: StepCtx, input: &mut u64) -> StepResult<u64> {
+        ctx.record("cost", 0.25);
+        ctx.record("tokens", 10.0);
+        Ok(Next::complete(*input))
+    }
+
+    pub(crate) fn v1_0() -> WorkflowVersion<u64, u64, u64> {
+        WorkflowVersion::new(WORKFLOW, "1.0.0")
+            .init(|input: u64| input)
+            .measure("cost", MeasureKind::Summed)
+            .measure("tokens", MeasureKind::Summed)
+            .default_retry(RetryPolicy::exponential(3, std::time::Duration::from_millis(2)))
+            .step("quote", quote)
+            .step("call", call)
+            .step("settle", settle)
+    }
+}
+
 /// The child: runs the workload until every instance has finished, printing each acknowledged
 /// start. Run by the parent test as a separate process; ignored in normal runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +107,7 @@ async fn crash_child() {
         .register(order::v1_0())
         .register(onboarding::v1_0())
         .register(ledger::v1_0())
+        .register(metered::v1_0())
         .max_concurrent_steps(8)
         .open()
         .await
@@ -89,10 +134,11 @@ async fn crash_child() {
                 if ordinal >= TARGET_INSTANCES {
                     return;
                 }
-                let id = match ordinal % 3 {
+                let id = match ordinal % 4 {
                     0 => engine.start(ledger::WORKFLOW, &ledger_input(ordinal)).await,
                     1 => engine.start(order::WORKFLOW, &common::small_order(ordinal)).await,
-                    _ => engine.start(onboarding::WORKFLOW, &onboarding_input(ordinal)).await,
+                    2 => engine.start(onboarding::WORKFLOW, &onboarding_input(ordinal)).await,
+                    _ => engine.start(metered::WORKFLOW, &ordinal).await,
                 }
                 .expect("child: start");
                 println!("STRATA started {id}");
@@ -262,6 +308,7 @@ fn step_names(workflow: &str) -> &'static [&'static str] {
     match workflow {
         order::WORKFLOW => &["validate", "reserve", "charge", "ship"],
         onboarding::WORKFLOW => &["welcome", "follow_up"],
+        metered::WORKFLOW => &metered::STEPS,
         _ => &["post"],
     }
 }
@@ -302,8 +349,16 @@ fn check_invariants(snapshot: &Snapshot, acknowledged: &HashSet<u64>) {
             _ => counters.cancelled += 1,
         }
     }
+    for record in &snapshot.finished {
+        let counters = recount.entry(record.key.clone()).or_default();
+        strata::measure::add_totals(&mut counters.measures, &record.measures);
+    }
     for (key, stored) in &snapshot.counters {
         let counted = recount.get(key).cloned().unwrap_or_default();
+        assert_eq!(
+            stored.measures, counted.measures,
+            "{key}: measure totals are what the finished records hold"
+        );
         assert_eq!(stored.live, counted.live, "{key}: live counter");
         assert_eq!(stored.completed, counted.completed, "{key}: completed counter");
         assert_eq!(stored.failed, counted.failed, "{key}: failed counter");
@@ -355,6 +410,18 @@ fn check_outcome(record: &InstanceRecord) {
                 state.outbox.len() as u32,
                 1 + output.reminders_sent,
                 "a message was sent twice"
+            );
+        }
+        metered::WORKFLOW => {
+            let each = |sum: f64| strata::measure::MeasureTotal {
+                sum_units: strata::measure::to_units(sum),
+                count: 3,
+            };
+            assert_eq!(
+                record.measures,
+                [("cost".to_string(), each(0.75)), ("tokens".to_string(), each(30.0))].into(),
+                "metered instance {}: each step's measures once",
+                record.id
             );
         }
         _ => {

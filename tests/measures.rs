@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::*;
 use serde::{Deserialize, Serialize};
 use strata::measure::{MeasureTotal, MeasureTotals};
+use strata::prelude::*;
 use strata::rollout::{Gate, MeasureBound, RolloutError, RolloutStatus, Transition};
 use strata::{
     Engine, EngineError, Gates, ManualClock, MeasureGate, MeasureKind, Next, RetryPolicy, RolloutSpec, Stage,
@@ -28,6 +29,7 @@ on_sled_and_postgres!(
     a_candidate_answering_worse_is_rolled_back_on_its_quality,
     a_candidate_within_its_measure_bounds_is_promoted,
     gates_on_undeclared_measures_are_refused_by_name,
+    the_api_and_the_config_file_take_measure_gates_and_show_the_figures,
 );
 
 const WORKFLOW: &str = "assistant";
@@ -419,5 +421,122 @@ async fn gates_on_undeclared_measures_are_refused_by_name(backend: Backend) {
         "{message}"
     );
     assert!(engine.rollouts().is_empty(), "nothing started");
+    engine.shutdown().await;
+}
+
+async fn the_api_and_the_config_file_take_measure_gates_and_show_the_figures(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = backend
+        .builder()
+        .clock(clock.clone())
+        .register(assistant("1.0.0"))
+        .register(assistant("2.0.0"))
+        .register(assistant("2.1.0"))
+        .admin("127.0.0.1:0".parse().unwrap())
+        .open()
+        .await
+        .unwrap();
+    let url = |path: &str| format!("http://{}{path}", engine.admin_address().unwrap());
+    let client = reqwest::Client::new();
+
+    // The config file: [[rollouts.gates.measures]], each bound and sample as written.
+    let config = r#"
+[[rollouts]]
+workflow = "assistant"
+candidate = "2.0.0"
+stable = "1.0.0"
+stages = [50, 100]
+hold = "10m"
+min_finished = 10
+
+[[rollouts.gates.measures]]
+measure = "cost"
+max_increase = 0.2
+min_sample = 10
+
+[[rollouts.gates.measures]]
+measure = "quality"
+min = 0.7
+"#;
+    engine.apply_config("strata.toml", config).await.unwrap();
+    let record = engine.rollout("assistant@2.0.0").expect("the config started it");
+    assert_eq!(
+        record.spec.gates.measures,
+        [
+            MeasureGate::new("cost").max_increase(0.2).min_sample(10),
+            MeasureGate::new("quality").min(0.7)
+        ]
+    );
+    engine.rollback_rollout("assistant@2.0.0").await.unwrap();
+
+    // The API: gates.measures posted, then shown with both versions' figures.
+    let body = r#"{"workflow": "assistant", "candidate": "2.1.0", "stable": "1.0.0",
+        "stages": [{"percent": 50, "hold_ms": 600000, "min_finished": 10}],
+        "gates": {"measures": [{"measure": "cost", "max_increase": 0.2, "min_sample": 10}, {"measure": "quality", "min": 0.7, "max": 1.0}]}}"#;
+    let response = client
+        .post(url("/v1/rollouts"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let started: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(
+        started["gates"]["measures"],
+        serde_json::json!([
+            {"measure": "cost", "max_increase": 0.2, "min_sample": 10},
+            {"measure": "quality", "min": 0.7, "max": 1.0, "min_sample": 1}
+        ])
+    );
+    let mut first = 0;
+    run_until_decided(&engine, "assistant@2.1.0", &mut first, 1).await;
+    let shown: serde_json::Value = client
+        .get(url("/v1/rollouts/assistant@2.1.0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let figures = &shown["figures"];
+    assert_eq!(figures["candidate"]["measures"]["cost"]["value"], 0.5, "{shown}");
+    assert_eq!(figures["stable"]["measures"]["cost"]["value"], 0.75, "{shown}");
+    assert_eq!(figures["candidate"]["measures"]["quality"]["value"], 0.75, "{shown}");
+    let candidate_finished = figures["candidate"]["finished"].as_u64().unwrap();
+    assert_eq!(figures["candidate"]["measures"]["cost"]["sample"], candidate_finished);
+
+    // Each version's totals, with the figure its kind gives.
+    let versions: serde_json::Value = client
+        .get(url("/v1/versions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stable = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|version| version["workflow"] == WORKFLOW && version["version"] == "1.0.0")
+        .unwrap();
+    let measures = stable["measures"].as_array().unwrap();
+    let names: Vec<&str> = measures
+        .iter()
+        .map(|measure| measure["measure"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tokens", "cost", "quality"], "declared order");
+    let cost = &measures[1];
+    assert_eq!(
+        (cost["kind"].as_str(), cost["figure"].as_f64()),
+        (Some("summed"), Some(0.75))
+    );
+    let quality = &measures[2];
+    assert_eq!(
+        (quality["kind"].as_str(), quality["figure"].as_f64()),
+        (Some("averaged"), Some(0.75))
+    );
     engine.shutdown().await;
 }

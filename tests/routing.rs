@@ -306,11 +306,27 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmax_error_rate_increase = 0.01\nmin_sucess_rate = 0.99\n"),
-            "unknown field `min_sucess_rate`, expected one of `max_error_rate_increase`, `max_latency_multiplier`, `min_success_rate`, `max_consecutive_failures` (did you mean `min_success_rate`?)",
+            "unknown field `min_sucess_rate`, expected one of `max_error_rate_increase`, `max_latency_multiplier`, `min_success_rate`, `max_consecutive_failures`, `measures` (did you mean `min_success_rate`?)",
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "on_rolback = \"move_back\"\n"),
             "(did you mean `on_rollback`?)",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[[rollouts.gates.measures]]\nmeasure = \"cost\"\n"),
+            "rollouts[0].gates.measures[0].max_increase: rollout 'order@2.0.0': gates.measures[0] ('cost'): set at least one bound: max_increase, min or max",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[[rollouts.gates.measures]]\nmeasure = \"cost\"\nmax_incrase = 0.2\n"),
+            "unknown field `max_incrase`, expected one of `measure`, `max_increase`, `min`, `max`, `min_sample` (did you mean `max_increase`?)",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[[rollouts.gates.measures]]\nmeasure = \"cost\"\nmin = 1.0\nmin_sample = 0\n"),
+            "rollouts[0].gates.measures[0].min_sample: rollout 'order@2.0.0': gates.measures[0] ('cost'): min_sample = 0",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[[rollouts.gates.measures]]\nmeasure = \"cost\"\nmax_increase = 0.2\n"),
+            "rollouts[0].gates.measures[0].measure: rollout 'order@2.0.0': gates.measures[0] ('cost'): the candidate 2.0.0 declares no measure 'cost' (it declares: none)",
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmin_success_rate = 2.0\n"),

@@ -577,6 +577,13 @@ impl Engine {
                     .into());
                 }
             }
+            self.runtime
+                .check_measure_gates(spec)
+                .map_err(|error| ConfigError::Rollout {
+                    file: source.to_string(),
+                    key: format!("rollouts[{index}].{}", error.field()),
+                    reason: error.to_string(),
+                })?;
             new.push(spec.clone());
         }
         Ok(new)

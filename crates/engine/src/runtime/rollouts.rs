@@ -507,7 +507,7 @@ impl Runtime {
     /// Refuses a gate on a measure the candidate does not declare, or (for a `max_increase`,
     /// which compares the two) the stable version does not, naming the measure and what each
     /// version declares.
-    fn check_measure_gates(&self, spec: &RolloutSpec) -> Result<(), RolloutError> {
+    pub(crate) fn check_measure_gates(&self, spec: &RolloutSpec) -> Result<(), RolloutError> {
         for (index, (measure, compared)) in spec.gated_measures().enumerate() {
             let versions = [(&spec.candidate, "candidate", true), (&spec.stable, "stable", compared)];
             for (version, role, needed) in versions {
