@@ -6,8 +6,8 @@
 //! builds alternately. Each run opens a fresh data directory, warms up with one round, then runs
 //! `rounds` rounds of `concurrency` instances of `4096 / concurrency` postings each.
 //!
-//! Run: `cargo run --release --example commit_cost [concurrency] [rounds] [sync|buffered]`
-//! (defaults: 64, 60, buffered).
+//! Run: `cargo run --release --example commit_cost [concurrency] [rounds] [sync|buffered]
+//! [metered]` (defaults: 64, 60, buffered; `metered`: each step records three measures).
 
 use std::time::{Duration, Instant};
 use strata::prelude::*;
@@ -41,12 +41,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             interval: Duration::from_millis(100),
         },
     };
+    let metered = args.next().as_deref() == Some("metered");
     let dir = tempfile::tempdir()?;
     let engine = Engine::builder()
         .data_dir(dir.path())
         .durability(durability)
         .max_concurrent_steps(1024)
-        .register(ledger::v1_0())
+        .register(if metered {
+            ledger::v1_0_metered()
+        } else {
+            ledger::v1_0()
+        })
         .open()
         .await?;
     let entries = (4096 / concurrency).max(4) as u32;
@@ -63,9 +68,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A start, one commit per posting, and the completing step.
     let commits = (rounds * concurrency * (entries as usize + 2)) as f64;
-    let mode = match durability {
-        Durability::Sync => "Sync",
-        _ => "Buffered",
+    let mode = match (durability, metered) {
+        (Durability::Sync, false) => "Sync",
+        (Durability::Sync, true) => "Sync, three measures per step",
+        (_, false) => "Buffered",
+        (_, true) => "Buffered, three measures per step",
     };
     println!(
         "{concurrency} concurrent, {mode}: {commits} commits in {wall:.2} s = {:.1} k commits/s",

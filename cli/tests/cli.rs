@@ -370,6 +370,94 @@ async fn events_stream_as_json_lines_and_completions_are_generated() {
     engine.shutdown().await;
 }
 
+async fn priced_call(ctx: StepCtx, count: &mut u64) -> StepResult<u64> {
+    // 2.0.0 costs twice what 1.0.0 does.
+    ctx.record("cost", if ctx.version().major == 2 { 2.0 } else { 1.0 });
+    Ok(Next::complete(*count))
+}
+
+/// `priced`: one step that records its cost.
+fn priced(version: &str) -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("priced", version)
+        .init(|count| count)
+        .measure("cost", strata::MeasureKind::Summed)
+        .step("call", priced_call)
+}
+
+/// A rollout gated on a measure, started from the command line: its status shows both
+/// versions' figures of the measure, and its rollback names the measure's gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .data_dir(dir.path())
+        .admin("127.0.0.1:0".parse().unwrap())
+        .admin_token(ADMIN)
+        .admin_read_token(READER)
+        .register(priced("1.0.0"))
+        .register(priced("2.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let gates = r#"{"measures": [{"measure": "cost", "max_increase": 0.2, "min_sample": 3}]}"#;
+    let args = [
+        "rollout",
+        "start",
+        "--workflow",
+        "priced",
+        "--candidate",
+        "2.0.0",
+        "--stable",
+        "1.0.0",
+        "--stage",
+        "50:600:3",
+        "--gates",
+        gates,
+    ];
+    let started = strata(&engine, Some(ADMIN), &args).await;
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    assert!(
+        started
+            .stdout
+            .contains("gates: cost at most +20% over the stable (sample 3)"),
+        "{}",
+        started.stdout
+    );
+    let mut events = engine.subscribe();
+    for version in ["1.0.0", "2.0.0"] {
+        for count in 0..3 {
+            let options = StartOptions::new().version(format!("={version}"));
+            let id = engine.start_with("priced", &count, options).await.unwrap();
+            let outcome = tokio::time::timeout(Duration::from_secs(30), engine.outcome(id)).await;
+            assert!(matches!(outcome, Ok(Ok(strata::Outcome::Completed(_)))), "{outcome:?}");
+        }
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Ok(strata::Event::RolloutRolledBack { .. })) => break,
+            Ok(_) => {}
+            Err(_) => panic!("the cost gate did not roll back within 30 s"),
+        }
+    }
+    let detail = strata(&engine, Some(READER), &["rollout", "status", "priced@2.0.0"]).await;
+    assert_eq!(detail.code, 0, "{}", detail.stderr);
+    let measure_row = detail
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("cost "))
+        .unwrap_or_else(|| panic!("no measure row: {}", detail.stdout));
+    let cells: Vec<&str> = measure_row.split_whitespace().collect();
+    assert_eq!(cells, ["cost", "2", "1", "3", "/", "3"], "{}", detail.stdout);
+    assert!(
+        detail
+            .stdout
+            .contains("measures[cost].max_increase: candidate cost 2 is 100.0 % above the stable's"),
+        "the rollback names the measure's gate: {}",
+        detail.stdout
+    );
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollouts_and_moves_are_steered_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

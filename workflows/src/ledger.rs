@@ -3,6 +3,7 @@
 //! the benchmarks' step load.
 
 use serde::{Deserialize, Serialize};
+use strata_core::measure::MeasureKind;
 use strata_core::workflow::{Next, StepCtx, StepResult, WorkflowVersion};
 
 /// The workflow's name.
@@ -63,4 +64,31 @@ pub fn v1_0() -> WorkflowVersion<LedgerInput, LedgerState, i64> {
             balance: 0,
         })
         .step("post", post)
+}
+
+/// A posting that also records three measures, as a step calling a metered service would: the
+/// amount moved, a fee and a score.
+async fn post_metered(ctx: StepCtx, state: &mut LedgerState) -> StepResult<i64> {
+    if state.posted < state.entries {
+        ctx.record("moved_cents", amount(state.account, state.posted).abs() as f64);
+        ctx.record("fee", 0.0025);
+        ctx.record("score", 1.0);
+    }
+    post(ctx, state).await
+}
+
+/// Version 1.0.0 whose steps record three measures each: the step load of the measurements of
+/// what recording costs (`examples/commit_cost.rs metered`).
+pub fn v1_0_metered() -> WorkflowVersion<LedgerInput, LedgerState, i64> {
+    WorkflowVersion::new(WORKFLOW, "1.0.0")
+        .init(|input: LedgerInput| LedgerState {
+            account: input.account,
+            entries: input.entries,
+            posted: 0,
+            balance: 0,
+        })
+        .measure("moved_cents", MeasureKind::Summed)
+        .measure("fee", MeasureKind::Summed)
+        .measure("score", MeasureKind::Averaged)
+        .step("post", post_metered)
 }
