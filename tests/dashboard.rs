@@ -39,6 +39,20 @@ fn failing_payment() -> WorkflowVersion<u64, u64, u64> {
         .step("charge", refuse)
 }
 
+async fn quote(ctx: StepCtx, n: &mut u64) -> StepResult<u64> {
+    // 2.0.0 costs three times what 1.0.0 does.
+    ctx.record("cost", if ctx.version().major == 2 { 3.0 } else { 1.0 });
+    Ok(Next::complete(*n))
+}
+
+/// `quote`: one step recording its cost.
+fn priced(version: &str) -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("quote", version)
+        .init(|n| n)
+        .measure("cost", strata::MeasureKind::Summed)
+        .step("quote", quote)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_instances() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,6 +63,8 @@ async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_ins
         .register(tally::on_schema_1("1.1.0"))
         .register(payment())
         .register(failing_payment())
+        .register(priced("1.0.0"))
+        .register(priced("2.0.0"))
         .open()
         .await
         .unwrap();
@@ -159,6 +175,48 @@ async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_ins
     assert!(gate.contains("fired") && gate.contains("≤ 2"), "{gate}");
     let figure = gate.split('\t').nth(2).unwrap_or_default().trim().to_string();
     assert_eq!(figure, "2", "the figure the gate compared when it fired: {gate}");
+
+    // A rollout gated on a measure: its gate row compares both versions' cost per instance,
+    // and each version's row shows its measure.
+    let spec = RolloutSpec::new("quote", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage {
+            percent: 50.0,
+            hold_ms: 600_000,
+            min_finished: 2,
+        })
+        .gates(Gates {
+            measures: vec![strata::MeasureGate::new("cost").max_increase(0.5).min_sample(2)],
+            ..Gates::default()
+        });
+    engine.start_rollout(spec).await.unwrap();
+    let name = "quote@2.0.0";
+    for version in ["=1.0.0", "=2.0.0"] {
+        for n in 0..2u64 {
+            let id = engine
+                .start_with("quote", &n, StartOptions::new().version(version))
+                .await
+                .unwrap();
+            outcome_within(&engine, id).await;
+        }
+    }
+    engine.evaluate_rollouts().await.unwrap();
+    assert_eq!(engine.rollout(name).unwrap().status, RolloutStatus::RolledBack);
+    let gate_row = format!(r#"[data-rollout="{name}"] tr[data-gate="measures[cost].max_increase"]"#);
+    let gate = browser
+        .wait_for_text(&gate_row, "the cost gate fired", |text| text.contains("fired"))
+        .await;
+    assert!(
+        gate.contains("cost (max increase)") && gate.contains("3 (sample 2) vs stable 1 (sample 2)"),
+        "{gate}"
+    );
+    let measures = browser
+        .wait_for_text(
+            r#"tr[data-version="quote@2.0.0"] [data-field="measures"]"#,
+            "the version's cost",
+            |text| text != "-",
+        )
+        .await;
+    assert_eq!(measures, "cost 3 per instance");
 
     // Config history with its diffs, newest first.
     let generation = browser

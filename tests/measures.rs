@@ -149,6 +149,9 @@ async fn a_step_s_measures_count_once_from_its_kept_attempt_and_total_exactly_ac
     ]
     .into();
     assert_eq!(totals_of(&engine, "1.0.0"), expected);
+    // The metrics window has them too: what the instances that finished in it recorded.
+    let window = engine.metrics(WORKFLOW, "1.0.0", Duration::from_secs(300)).unwrap();
+    assert_eq!(window.measures, expected);
     // Each instance keeps what it recorded: conversation 0 was flaky.
     let flaky = engine.instance(ids[0]).unwrap();
     assert_eq!(flaky.record.measures.get("cost"), Some(&total(0.75, 2)));

@@ -240,7 +240,7 @@ function trimmed(value) {
 function chart(title, series, unit) {
   const width = 300, height = 90, pad = 4;
   const values = series.flatMap((line) => line.points.map((point) => point.value).filter((v) => v !== null));
-  const top = Math.max(unit === "%" ? 0.05 : 1, ...values);
+  const top = Math.max(unit === "%" ? 0.05 : unit === "" ? 0 : 1, ...values) || 1;
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("width", width);
   svg.setAttribute("height", height);
@@ -269,7 +269,7 @@ function chart(title, series, unit) {
     drawn.setAttribute("data-series", line.name);
     svg.append(drawn);
   }
-  const peak = unit === "%" ? percent(top) : Math.round(top) + " " + unit;
+  const peak = unit === "%" ? percent(top) : unit === "" ? trimmed(top) : Math.round(top) + " " + unit;
   return element("div", { class: "chart" },
     element("div", { class: "title" }, title + " (top " + peak + ", last 320 s)"), svg,
     element("div", { class: "legend" }, series.map((line) => element("span", { style: { color: line.color } }, "— " + line.name))));
@@ -277,13 +277,31 @@ function chart(title, series, unit) {
 
 async function rolloutCharts(rollout) {
   const lines = [];
+  const versionPath = (version) => "/v1/versions/" + encodeURIComponent(rollout.workflow) + "/" + encodeURIComponent(version);
   for (const [name, version, color] of [["candidate " + rollout.candidate, rollout.candidate, "#2f5bd3"], ["stable " + rollout.stable, rollout.stable, "#8a93a6"]]) {
-    const series = await api("/v1/versions/" + encodeURIComponent(rollout.workflow) + "/" + encodeURIComponent(version) + "/metrics");
+    const series = await api(versionPath(version) + "/metrics");
     lines.push({ name, color, points: series.points });
   }
+  // A chart per gated measure: per finished instance (summed) or the mean value (averaged).
+  const gated = (rollout.gates.measures || []).map((gate) => gate.measure);
+  const kinds = {};
+  if (gated.length) {
+    for (const measure of (await api(versionPath(rollout.candidate))).measures || []) kinds[measure.measure] = measure.kind;
+  }
+  const measureCharts = gated.map((measure) => {
+    const summed = kinds[measure] === "summed";
+    const value = (point) => {
+      const total = point.measures ? point.measures[measure] : undefined;
+      if (!total) return null;
+      const over = summed ? point.finished : total.count;
+      return over > 0 ? total.sum / over : null;
+    };
+    return chart(measure + (summed ? " per instance" : " (mean)"), lines.map((line) => ({ ...line, points: line.points.map((point) => ({ value: value(point) })) })), "");
+  });
   return element("div", { class: "charts" },
     chart("error rate", lines.map((line) => ({ ...line, points: line.points.map((point) => ({ value: point.error_rate })) })), "%"),
-    chart("p95 step latency", lines.map((line) => ({ ...line, points: line.points.map((point) => ({ value: point.p95_step_micros === null ? null : point.p95_step_micros })) })), "µs"));
+    chart("p95 step latency", lines.map((line) => ({ ...line, points: line.points.map((point) => ({ value: point.p95_step_micros === null ? null : point.p95_step_micros })) })), "µs"),
+    ...measureCharts);
 }
 
 async function showRollouts() {

@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use strata_core::instance::InstanceStatus;
+use strata_core::measure::{add_totals, MeasureTotals};
 
 /// The length of one window bucket, in ms of the engine's clock.
 pub const BUCKET_MS: u64 = 10_000;
@@ -150,6 +152,9 @@ struct WindowBucket {
     counts: Counts,
     step_micros: Histogram,
     instance_millis: Histogram,
+    /// What the instances that finished in the period recorded of each measure: locked only by
+    /// finishes of instances that recorded some.
+    measures: Mutex<MeasureTotals>,
 }
 
 /// Metrics of one workflow version.
@@ -170,6 +175,7 @@ impl Default for VersionMetrics {
                     counts: Counts::default(),
                     step_micros: Histogram::new(),
                     instance_millis: Histogram::new(),
+                    measures: Mutex::default(),
                 })
                 .collect(),
         }
@@ -191,6 +197,7 @@ impl VersionMetrics {
             bucket.counts.clear();
             bucket.step_micros.clear();
             bucket.instance_millis.clear();
+            bucket.measures.lock().clear();
         }
         bucket
     }
@@ -213,9 +220,13 @@ impl VersionMetrics {
         bucket.step_micros.record(took.as_micros() as u64);
     }
 
-    /// An instance finished with `status` after `took` from its start.
-    pub fn record_finish(&self, now_ms: u64, status: InstanceStatus, took: Duration) {
+    /// An instance finished with `status` after `took` from its start, having recorded
+    /// `measures`.
+    pub fn record_finish(&self, now_ms: u64, status: InstanceStatus, took: Duration, measures: &MeasureTotals) {
         let bucket = self.bucket(now_ms);
+        if !measures.is_empty() {
+            add_totals(&mut bucket.measures.lock(), measures);
+        }
         let (total, windowed) = match status {
             InstanceStatus::Completed => (&self.totals.completed, &bucket.counts.completed),
             InstanceStatus::Failed => (&self.totals.failed, &bucket.counts.failed),
@@ -240,6 +251,7 @@ impl VersionMetrics {
             step_latency: ring.step_latency,
             instance_latency: ring.instance_latency,
             consecutive_failures: ring.consecutive_failures,
+            measures: ring.measures,
             ..MetricsSnapshot::default()
         };
         self.totals.add_into(&mut totals);
@@ -283,6 +295,7 @@ impl VersionMetrics {
                         ],
                         step_micros: sparse(&bucket.step_micros),
                         instance_millis: sparse(&bucket.instance_millis),
+                        measures: bucket.measures.lock().clone(),
                     }
                 })
             })
@@ -315,6 +328,10 @@ pub struct ExportedBucket {
     pub step_micros: Vec<(u16, u64)>,
     /// Instance latency histogram (ms): the non-empty buckets, as (index, count).
     pub instance_millis: Vec<(u16, u64)>,
+    /// What the instances that finished in it recorded, by measure (absent when none did, and
+    /// in windows of builds before measures).
+    #[serde(default, skip_serializing_if = "MeasureTotals::is_empty")]
+    pub measures: MeasureTotals,
 }
 
 /// The figures of the last `length` (rounded up to whole buckets, at most the ring) over the
@@ -351,6 +368,7 @@ pub fn merged_window(exports: &[WindowExport], now_ms: u64, length: Duration) ->
             snapshot.attempt_failures += attempt_failures;
             add(&mut steps, &bucket.step_micros);
             add(&mut instances, &bucket.instance_millis);
+            add_totals(&mut snapshot.measures, &bucket.measures);
         }
         snapshot.consecutive_failures = snapshot.consecutive_failures.max(export.consecutive_failures);
     }
@@ -360,7 +378,7 @@ pub fn merged_window(exports: &[WindowExport], now_ms: u64, length: Duration) ->
 }
 
 /// One bucket of a version's metrics window, for a chart.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct MetricsPoint {
     /// When the bucket starts (ms of the engine's clock).
     pub at_ms: u64,
@@ -372,6 +390,18 @@ pub struct MetricsPoint {
     pub attempts: u64,
     /// The 95th percentile of its step attempts' latency (µs), if any ran.
     pub p95_step_micros: Option<u64>,
+    /// What the instances that finished in it recorded, by measure: the sum of the values and
+    /// how many (a summed measure's figure is `sum / finished`, an averaged one's `sum / count`).
+    pub measures: std::collections::BTreeMap<String, PointMeasure>,
+}
+
+/// A measure's sum and count over one bucket of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct PointMeasure {
+    /// The sum of the values recorded.
+    pub sum: f64,
+    /// How many values were recorded.
+    pub count: u64,
 }
 
 /// The window of `exports` (several processes' rings of one version) as one point per bucket,
@@ -389,13 +419,24 @@ pub fn window_series(exports: &[WindowExport], now_ms: u64) -> Vec<MetricsPoint>
                 error_rate: snapshot.error_rate(),
                 attempts: snapshot.attempts,
                 p95_step_micros: snapshot.step_latency.map(|quantiles| quantiles.p95.as_micros() as u64),
+                measures: snapshot
+                    .measures
+                    .iter()
+                    .map(|(name, total)| {
+                        let point = PointMeasure {
+                            sum: total.sum(),
+                            count: total.count,
+                        };
+                        (name.clone(), point)
+                    })
+                    .collect(),
             }
         })
         .collect()
 }
 
 /// A version's figures over a window (or since open).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSnapshot {
     /// Instances started.
     pub started: u64,
@@ -415,6 +456,9 @@ pub struct MetricsSnapshot {
     pub instance_latency: Option<Quantiles>,
     /// Instances failed in a row, latest first, since the last completion (since open).
     pub consecutive_failures: u64,
+    /// What the instances that finished in the window recorded, by measure (over the whole ring
+    /// in totals since open).
+    pub measures: MeasureTotals,
 }
 
 impl MetricsSnapshot {
@@ -433,6 +477,22 @@ impl MetricsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_core::measure::MeasureTotal;
+
+    fn none() -> MeasureTotals {
+        MeasureTotals::new()
+    }
+
+    fn cost(units: i64, count: u64) -> MeasureTotals {
+        [(
+            "cost".to_string(),
+            MeasureTotal {
+                sum_units: units,
+                count,
+            },
+        )]
+        .into()
+    }
 
     #[test]
     fn histogram_buckets_are_ordered_and_tight() {
@@ -458,9 +518,9 @@ mod tests {
         for millis in 1..=100u64 {
             metrics.record_attempt(now, Duration::from_millis(millis), millis > 90);
         }
-        metrics.record_finish(now, InstanceStatus::Completed, Duration::from_secs(1));
-        metrics.record_finish(now, InstanceStatus::Failed, Duration::from_secs(1));
-        metrics.record_finish(now, InstanceStatus::Failed, Duration::from_secs(1));
+        metrics.record_finish(now, InstanceStatus::Completed, Duration::from_secs(1), &none());
+        metrics.record_finish(now, InstanceStatus::Failed, Duration::from_secs(1), &none());
+        metrics.record_finish(now, InstanceStatus::Failed, Duration::from_secs(1), &none());
         let window = metrics.window(now, Duration::from_secs(60));
         assert_eq!((window.attempts, window.attempt_failures), (100, 10));
         let steps = window.step_latency.unwrap();
@@ -477,7 +537,7 @@ mod tests {
         let window = metrics.window(later, Duration::from_secs(600));
         assert_eq!((window.started, window.attempts, window.finished()), (1, 0, 0));
         assert_eq!(metrics.totals(later).attempts, 100);
-        metrics.record_finish(later, InstanceStatus::Completed, Duration::ZERO);
+        metrics.record_finish(later, InstanceStatus::Completed, Duration::ZERO, &none());
         assert_eq!(metrics.window(later, Duration::ZERO).consecutive_failures, 0);
     }
 
@@ -498,8 +558,20 @@ mod tests {
             one.record_attempt(at, Duration::from_millis(millis), millis % 7 == 0);
             both.record_attempt(at, Duration::from_millis(millis), millis % 7 == 0);
         }
-        second.record_finish(now, InstanceStatus::Failed, Duration::from_secs(2));
-        both.record_finish(now, InstanceStatus::Failed, Duration::from_secs(2));
+        first.record_finish(
+            now - BUCKET_MS,
+            InstanceStatus::Completed,
+            Duration::from_secs(1),
+            &cost(250_000, 1),
+        );
+        both.record_finish(
+            now - BUCKET_MS,
+            InstanceStatus::Completed,
+            Duration::from_secs(1),
+            &cost(250_000, 1),
+        );
+        second.record_finish(now, InstanceStatus::Failed, Duration::from_secs(2), &cost(500_000, 2));
+        both.record_finish(now, InstanceStatus::Failed, Duration::from_secs(2), &cost(500_000, 2));
         let exports = [first.export(), second.export()];
         let decoded: Vec<WindowExport> = exports
             .iter()
@@ -512,6 +584,15 @@ mod tests {
                 "over {length:?}"
             );
         }
+        assert_eq!(
+            merged_window(&decoded, now, Duration::from_secs(60)).measures,
+            cost(750_000, 3)
+        );
+        assert_eq!(
+            merged_window(&decoded, now, Duration::from_secs(5)).measures,
+            cost(500_000, 2),
+            "only the bucket now"
+        );
     }
 
     #[test]
@@ -520,8 +601,13 @@ mod tests {
         let now = 100 * BUCKET_MS + 5_000;
         let earlier = now - 3 * BUCKET_MS;
         metrics.record_attempt(earlier, Duration::from_millis(4), false);
-        metrics.record_finish(earlier, InstanceStatus::Failed, Duration::from_secs(1));
-        metrics.record_finish(earlier, InstanceStatus::Completed, Duration::from_secs(1));
+        metrics.record_finish(
+            earlier,
+            InstanceStatus::Failed,
+            Duration::from_secs(1),
+            &cost(1_500_000, 3),
+        );
+        metrics.record_finish(earlier, InstanceStatus::Completed, Duration::from_secs(1), &none());
         metrics.record_attempt(now, Duration::from_millis(40), false);
         let series = window_series(&[metrics.export()], now);
         assert_eq!(series.len(), WINDOW_BUCKETS);
@@ -535,6 +621,11 @@ mod tests {
             (then.at_ms, then.finished, then.error_rate, then.attempts),
             (97 * BUCKET_MS, 2, Some(0.5), 1)
         );
+        assert_eq!(
+            then.measures.get("cost"),
+            Some(&PointMeasure { sum: 1.5, count: 3 }),
+            "what the instances that finished then recorded"
+        );
         let near = |micros: Option<u64>, want: u64| micros.is_some_and(|got| got.abs_diff(want) <= want / 5);
         assert!(near(then.p95_step_micros, 4_000), "{then:?}");
         assert!(near(series.last().unwrap().p95_step_micros, 40_000));
@@ -543,5 +634,6 @@ mod tests {
             (quiet.finished, quiet.error_rate, quiet.p95_step_micros),
             (0, None, None)
         );
+        assert!(quiet.measures.is_empty());
     }
 }

@@ -9,8 +9,8 @@ pub(crate) use clock::jumped;
 pub(crate) use clock::{deadline_after, millis_saturating};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{
-    merged_window, window_series, ExportedBucket, MetricsPoint, MetricsSnapshot, Quantiles, VersionMetrics,
-    WindowExport, BUCKET_MS, WINDOW_BUCKETS,
+    merged_window, window_series, ExportedBucket, MetricsPoint, MetricsSnapshot, PointMeasure, Quantiles,
+    VersionMetrics, WindowExport, BUCKET_MS, WINDOW_BUCKETS,
 };
 
 use tokio::sync::broadcast;

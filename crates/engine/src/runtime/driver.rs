@@ -477,7 +477,7 @@ impl Runtime {
             if self.options.metrics {
                 if let Some(metrics) = self.registry.metrics(&key) {
                     let took = Duration::from_millis(self.now().saturating_sub(record.created_at_ms));
-                    metrics.record_finish(self.now(), status, took);
+                    metrics.record_finish(self.now(), status, took, &record.measures);
                 }
             }
             self.rollouts_notice_finish(&key);

@@ -253,11 +253,12 @@ impl Runtime {
             finished,
             completed,
             failed,
-            attempts: metrics.map_or(0, |snapshot| snapshot.attempts),
+            attempts: metrics.as_ref().map_or(0, |snapshot| snapshot.attempts),
             p95_step_micros: metrics
+                .as_ref()
                 .and_then(|snapshot| snapshot.step_latency)
                 .map(|quantiles| quantiles.p95.as_micros() as u64),
-            consecutive_failures: metrics.map_or(0, |snapshot| snapshot.consecutive_failures),
+            consecutive_failures: metrics.as_ref().map_or(0, |snapshot| snapshot.consecutive_failures),
             measures,
         }
     }
