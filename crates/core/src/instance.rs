@@ -247,7 +247,8 @@ pub struct InstanceRecord {
     /// What its steps recorded of the version's measures so far (attempts whose result was
     /// kept), added to the version's totals when it finishes. Left out of the stored record while
     /// empty: a record without measures is what builds before measures wrote, and reads in them.
-    /// It must stay the last stored field for that (a later field goes before it).
+    /// A field added later goes after it, and then this one must always be written: a field
+    /// skipped in the middle would shift the ones after it.
     #[serde(default, skip_serializing_if = "crate::measure::MeasureTotals::is_empty")]
     pub measures: crate::measure::MeasureTotals,
     /// The claim (fencing token) under which this process holds the instance in a store shared
