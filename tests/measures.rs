@@ -510,6 +510,31 @@ min = 0.7
     let candidate_finished = figures["candidate"]["finished"].as_u64().unwrap();
     assert_eq!(figures["candidate"]["measures"]["cost"]["sample"], candidate_finished);
 
+    // One instance's measures, as its page shows them.
+    let conversation = Conversation {
+        n: 99_999,
+        flaky: false,
+    };
+    let options = StartOptions::new().version("=2.1.0");
+    let id = engine.start_with(WORKFLOW, &conversation, options).await.unwrap();
+    outcome_within(&engine, id).await;
+    let detail: serde_json::Value = client
+        .get(url(&format!("/v1/instances/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        detail["measures"],
+        serde_json::json!([
+            {"measure": "cost", "sum": 0.5, "count": 2},
+            {"measure": "quality", "sum": 0.75, "count": 1},
+            {"measure": "tokens", "sum": 1000.0, "count": 1}
+        ])
+    );
+
     // Each version's totals, with the figure its kind gives.
     let versions: serde_json::Value = client
         .get(url("/v1/versions"))

@@ -379,6 +379,17 @@ fn instances(client: &AdminClient, out: &Output, command: InstancesCommand) -> R
                         .collect();
                     lines.push(format!("pending signals (not consumed yet): {}", pending.join(", ")));
                 }
+                if !instance.measures.is_empty() {
+                    let recorded: Vec<String> = instance
+                        .measures
+                        .iter()
+                        .map(|measure| {
+                            let values = if measure.count == 1 { "value" } else { "values" };
+                            format!("{} {} ({} {values})", measure.measure, measure.sum, measure.count)
+                        })
+                        .collect();
+                    lines.push(format!("measures: {}", recorded.join(", ")));
+                }
                 lines.push(format!(
                     "state (schema {}):\n{}",
                     instance.state_schema,

@@ -424,10 +424,12 @@ async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired(
         started.stdout
     );
     let mut events = engine.subscribe();
+    let mut last = None;
     for version in ["1.0.0", "2.0.0"] {
         for count in 0..3 {
             let options = StartOptions::new().version(format!("={version}"));
             let id = engine.start_with("priced", &count, options).await.unwrap();
+            last = Some(id);
             let outcome = tokio::time::timeout(Duration::from_secs(30), engine.outcome(id)).await;
             assert!(matches!(outcome, Ok(Ok(strata::Outcome::Completed(_)))), "{outcome:?}");
         }
@@ -454,6 +456,13 @@ async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired(
             .contains("measures[cost].max_increase: candidate cost 2 is 100.0 % above the stable's"),
         "the rollback names the measure's gate: {}",
         detail.stdout
+    );
+    let id = last.unwrap().0.to_string();
+    let shown = strata(&engine, Some(READER), &["instances", "show", &id]).await;
+    assert!(
+        shown.stdout.contains("measures: cost 2 (1 value)"),
+        "an instance's measures: {}",
+        shown.stdout
     );
     engine.shutdown().await;
 }

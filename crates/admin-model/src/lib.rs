@@ -173,6 +173,22 @@ pub struct InstanceDetail {
     pub moves: Vec<MoveView>,
     /// Signals delivered and not consumed yet, in the order it consumes them.
     pub pending_signals: Vec<PendingSignalView>,
+    /// What its steps recorded so far of the version's measures (attempts whose result was
+    /// kept), by measure; its version's totals take them in when it finishes.
+    #[serde(default)]
+    pub measures: Vec<InstanceMeasureView>,
+}
+
+/// What an instance's steps recorded of one measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InstanceMeasureView {
+    /// The measure.
+    pub measure: String,
+    /// The sum of the values recorded.
+    pub sum: f64,
+    /// How many values were recorded.
+    pub count: u64,
 }
 
 /// A move of an instance to another version, at a step boundary.

@@ -567,6 +567,10 @@ async function showInstance(id, said) {
       ["history", history.kept + " entries kept" + (history.folded ? ", " + history.folded + " older folded away" : "")],
     ];
     if (reason) facts.push([instance.status === "failed" ? "failure" : "last error", element("span", { class: "error", "data-field": "failure" }, reason)]);
+    if ((instance.measures || []).length) {
+      facts.push(["measures", element("span", { "data-field": "measures" },
+        instance.measures.map((measure) => measure.measure + " " + trimmed(measure.sum) + " (" + measure.count + (measure.count === 1 ? " value" : " values") + ")").join(", "))]);
+    }
     if (instance.pending_signals.length) {
       facts.push(["pending signals", element("span", { "data-field": "pending-signals" },
         instance.pending_signals.map((signal) => "'" + signal.name + "' #" + signal.seq + " " + JSON.stringify(signal.payload)).join(", "))]);

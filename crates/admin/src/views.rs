@@ -3,8 +3,9 @@
 
 use serde_json::Value;
 use strata_admin_model::{
-    AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, InstanceSummary, MoveView,
-    OldestView, PendingSignalView, PhaseView, SignalNoteView, VersionMeasureView, VersionView, WokenByView,
+    AttemptOutcomeView, HistoryEntryView, HistoryEventView, HistoryPageView, InstanceDetail, InstanceMeasureView,
+    InstanceSummary, MoveView, OldestView, PendingSignalView, PhaseView, SignalNoteView, VersionMeasureView,
+    VersionView, WokenByView,
 };
 
 use strata_core::history::{AttemptOutcome, HistoryEvent, WokenBy};
@@ -137,6 +138,15 @@ pub(super) fn instance_detail(info: &InstanceInfo, signals: &[strata_engine::sto
                 seq: signal.seq,
                 name: signal.name.clone(),
                 payload: decoded(&signal.payload),
+            })
+            .collect(),
+        measures: record
+            .measures
+            .iter()
+            .map(|(measure, total)| InstanceMeasureView {
+                measure: measure.clone(),
+                sum: total.sum(),
+                count: total.count,
             })
             .collect(),
     }
