@@ -291,15 +291,23 @@ fn rolled_back_by(engine: &Engine, name: &str, measure: &str) -> (Option<Gate>, 
     (gate, reason, figure(&candidate), figure(&stable))
 }
 
-async fn a_candidate_costing_more_than_allowed_is_rolled_back_naming_the_measure_and_both_figures(backend: Backend) {
+/// An engine with 1.0.0 and the costly 2.0.0, whose rollout under `gate` has been run until it
+/// was rolled back; the rollback's gate, reason, and both figures of the gate's measure.
+async fn rolled_back_under(backend: &Backend, gate: MeasureGate) -> (Engine, (Option<Gate>, String, f64, f64)) {
     let clock = Arc::new(ManualClock::starting_now());
-    let engine = open_rollout(&backend, &clock, "2.0.0").await;
-    let gates = vec![MeasureGate::new("cost").max_increase(0.2).min_sample(10)];
-    engine.start_rollout(rollout("2.0.0", gates)).await.unwrap();
+    let engine = open_rollout(backend, &clock, "2.0.0").await;
+    let measure = gate.measure.clone();
+    engine.start_rollout(rollout("2.0.0", vec![gate])).await.unwrap();
     let mut first = 0;
     let status = run_until_decided(&engine, "assistant@2.0.0", &mut first, 10).await;
     assert_eq!(status, RolloutStatus::RolledBack);
-    let (gate, reason, candidate, stable) = rolled_back_by(&engine, "assistant@2.0.0", "cost");
+    let rolled_back = rolled_back_by(&engine, "assistant@2.0.0", &measure);
+    (engine, rolled_back)
+}
+
+async fn a_candidate_costing_more_than_allowed_is_rolled_back_naming_the_measure_and_both_figures(backend: Backend) {
+    let gate = MeasureGate::new("cost").max_increase(0.2).min_sample(10);
+    let (engine, (gate, reason, candidate, stable)) = rolled_back_under(&backend, gate).await;
     let stable_sample = stable_sample_of(&engine, "assistant@2.0.0", "cost");
     assert!(stable_sample >= 10, "a max_increase waits for the stable's sample too");
     assert_eq!(
@@ -331,14 +339,8 @@ async fn a_candidate_costing_more_than_allowed_is_rolled_back_naming_the_measure
 }
 
 async fn a_candidate_answering_worse_is_rolled_back_on_its_quality(backend: Backend) {
-    let clock = Arc::new(ManualClock::starting_now());
-    let engine = open_rollout(&backend, &clock, "2.0.0").await;
-    let gates = vec![MeasureGate::new("quality").min(0.7).min_sample(10)];
-    engine.start_rollout(rollout("2.0.0", gates)).await.unwrap();
-    let mut first = 0;
-    let status = run_until_decided(&engine, "assistant@2.0.0", &mut first, 10).await;
-    assert_eq!(status, RolloutStatus::RolledBack);
-    let (gate, reason, candidate, stable) = rolled_back_by(&engine, "assistant@2.0.0", "quality");
+    let gate = MeasureGate::new("quality").min(0.7).min_sample(10);
+    let (engine, (gate, reason, candidate, stable)) = rolled_back_under(&backend, gate).await;
     assert_eq!(gate.map(|gate| gate.field()), Some("measures[quality].min".to_string()));
     assert_eq!((candidate, stable), (0.5, 0.75), "the mean quality recorded");
     assert!(

@@ -54,16 +54,19 @@ async fn post(_ctx: StepCtx, state: &mut LedgerState) -> StepResult<i64> {
     Ok(Next::goto("post"))
 }
 
+/// A posting's state before its first entry.
+fn initial(input: LedgerInput) -> LedgerState {
+    LedgerState {
+        account: input.account,
+        entries: input.entries,
+        posted: 0,
+        balance: 0,
+    }
+}
+
 /// Version 1.0.0.
 pub fn v1_0() -> WorkflowVersion<LedgerInput, LedgerState, i64> {
-    WorkflowVersion::new(WORKFLOW, "1.0.0")
-        .init(|input: LedgerInput| LedgerState {
-            account: input.account,
-            entries: input.entries,
-            posted: 0,
-            balance: 0,
-        })
-        .step("post", post)
+    WorkflowVersion::new(WORKFLOW, "1.0.0").init(initial).step("post", post)
 }
 
 /// A posting that also records three measures, as a step calling a metered service would: the
@@ -81,12 +84,7 @@ async fn post_metered(ctx: StepCtx, state: &mut LedgerState) -> StepResult<i64> 
 /// what recording costs (`examples/commit_cost.rs metered`).
 pub fn v1_0_metered() -> WorkflowVersion<LedgerInput, LedgerState, i64> {
     WorkflowVersion::new(WORKFLOW, "1.0.0")
-        .init(|input: LedgerInput| LedgerState {
-            account: input.account,
-            entries: input.entries,
-            posted: 0,
-            balance: 0,
-        })
+        .init(initial)
         .measure("moved_cents", MeasureKind::Summed)
         .measure("fee", MeasureKind::Summed)
         .measure("score", MeasureKind::Averaged)
