@@ -491,14 +491,25 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(12))]
 
         #[test]
-        fn the_share_routed_to_the_candidate_is_within_half_a_point(basis_points in 0u16..=10_000, salt in 0u32..1_000_000) {
+        fn the_share_routed_to_the_candidate_is_within_five_standard_deviations(basis_points in 0u16..=10_000, salt in 0u32..1_000_000) {
             let table = RoutingTable::build(&spec(basis_points, None), &versions(), true).unwrap();
             let candidate = version("2.0.0");
+            let keys = 100_000.0;
             let routed = (0..100_000)
                 .filter(|index| route(&table, &format!("customer-{salt}-{index}"), &[]) == &candidate)
                 .count();
-            let share_bp = routed as f64 / 100_000.0 * 10_000.0;
-            prop_assert!((share_bp - f64::from(basis_points)).abs() <= 50.0, "{} bp routed for {} bp", share_bp, basis_points);
+            let share_bp = routed as f64 / keys * 10_000.0;
+            // A fair hash routes each key to the candidate with the share's probability: the count
+            // is binomial. Five of its standard deviations (at most 79 bp here) fail a fair hash
+            // about once in 1.7 million cases; the bound it once had (50 bp, 3.2 deviations at
+            // 37 %) failed a fair one about once in 700 (salt 94213 at 37.53 %, kept as a
+            // regression case).
+            let share = f64::from(basis_points) / 10_000.0;
+            let allowed_bp = 5.0 * (share * (1.0 - share) / keys).sqrt() * 10_000.0 + 1.0;
+            prop_assert!(
+                (share_bp - f64::from(basis_points)).abs() <= allowed_bp,
+                "{} bp routed for {} bp (allowed ±{:.1})", share_bp, basis_points, allowed_bp
+            );
         }
     }
 
