@@ -108,6 +108,7 @@ fn fill(dir: &Path, count: u64, phase: Phase) {
                 pinned_reason: None,
                 history: Default::default(),
                 measures: Default::default(),
+                shadow_of: None,
                 claim: 0,
             };
             ops.push(Op::PutInstance(record.encode().expect("encode")));

@@ -1270,6 +1270,7 @@ async fn workers_routing_in_force_schedules_and_quarantined_records_are_read(bac
             percent: 25.0,
             hold_ms: 600_000,
             min_finished: 100,
+            shadow: false,
         })
         .gates(strata::Gates {
             max_consecutive_failures: Some(5),

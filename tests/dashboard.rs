@@ -132,6 +132,7 @@ async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_ins
             percent: 100.0,
             hold_ms: 600_000,
             min_finished: 100,
+            shadow: false,
         })
         .gates(gates);
     engine.start_rollout(spec).await.unwrap();
@@ -183,6 +184,7 @@ async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_ins
             percent: 50.0,
             hold_ms: 600_000,
             min_finished: 2,
+            shadow: false,
         })
         .gates(Gates {
             measures: vec![strata::MeasureGate::new("cost").max_increase(0.5).min_sample(2)],
@@ -543,6 +545,7 @@ async fn versions_are_drained_and_rollouts_paused_and_rolled_back_from_the_page_
             percent: 50.0,
             hold_ms: 600_000,
             min_finished: 100,
+            shadow: false,
         })
         .gates(Gates {
             max_consecutive_failures: Some(50),

@@ -144,6 +144,7 @@ fn sample_instance() -> InstanceRecord {
             },
         )]
         .into(),
+        shadow_of: Some(InstanceId(4_241)),
         claim: 3,
     }
 }

@@ -315,6 +315,8 @@ pub(crate) enum RolloutCommand {
         #[arg(long)]
         stable: String,
         /// A stage as `PERCENT[:HOLD_SECONDS[:MIN_FINISHED]]`, e.g. `5:600:100`; repeat in order.
+        /// `shadow:10:600:50` is a shadow stage (10 % of the stable's starts also run the
+        /// candidate, unseen; 50 shadow instances must finish); shadow stages come first.
         #[arg(long = "stage", required = true)]
         stages: Vec<String>,
         /// The gates as JSON, e.g. `{"max_error_rate_increase": 0.02}`; at least one unless

@@ -561,14 +561,18 @@ fn parse_gates(text: &str) -> Result<GatesRequest, CliError> {
     })
 }
 
-/// `PERCENT[:HOLD_SECONDS[:MIN_FINISHED]]` as the API's stage.
+/// `[shadow:]PERCENT[:HOLD_SECONDS[:MIN_FINISHED]]` as the API's stage.
 fn parse_stage(text: &str) -> Result<StageView, CliError> {
     let wrong = || {
         CliError::Input(format!(
-            "--stage '{text}': write PERCENT[:HOLD_SECONDS[:MIN_FINISHED]], e.g. 5:600:100"
+            "--stage '{text}': write [shadow:]PERCENT[:HOLD_SECONDS[:MIN_FINISHED]], e.g. 5:600:100, or shadow:10:600:50 for a shadow stage"
         ))
     };
-    let mut parts = text.split(':');
+    let (shadow, rest) = match text.strip_prefix("shadow:") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let mut parts = rest.split(':');
     let percent: f64 = parts.next().and_then(|part| part.parse().ok()).ok_or_else(wrong)?;
     let hold_seconds: u64 = match parts.next() {
         Some(part) => part.parse().map_err(|_| wrong())?,
@@ -585,6 +589,7 @@ fn parse_stage(text: &str) -> Result<StageView, CliError> {
         percent,
         hold_ms: Whole(hold_seconds.saturating_mul(1000)),
         min_finished: Whole(min_finished),
+        shadow,
     })
 }
 

@@ -25,6 +25,10 @@ pub struct RolloutView {
     pub stages: Vec<StageView>,
     /// The share of new instances the candidate gets now (%).
     pub candidate_percent: f64,
+    /// The share of the stable version's starts that also run a shadow instance of the
+    /// candidate now (%): the stage's, in a shadow stage.
+    #[serde(default)]
+    pub shadow_percent: f64,
     /// When the current stage started (ms of the engine's clock).
     pub stage_started_ms: u64,
     /// How much longer the current stage holds at least (ms; pauses do not count), while the
@@ -58,9 +62,13 @@ pub struct StageView {
     /// How long the stage holds at least (ms).
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub hold_ms: Whole,
-    /// How many candidate instances must finish in it.
+    /// How many candidate instances must finish in it (in a shadow stage, shadow instances).
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub min_finished: Whole,
+    /// A shadow stage: no real start goes to the candidate; `percent` % of the stable's starts
+    /// also run a shadow instance of it, on which the gates judge it. Shadow stages come first.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// What makes the candidate worse than the stable version; unset gates are not checked.

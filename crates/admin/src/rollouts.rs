@@ -127,9 +127,11 @@ fn rollout_view(engine: &Engine, record: &RolloutRecord) -> RolloutView {
                 percent: stage.percent,
                 hold_ms: Whole(stage.hold_ms),
                 min_finished: Whole(stage.min_finished),
+                shadow: stage.shadow,
             })
             .collect(),
         candidate_percent: f64::from(record.candidate_share()) / 100.0,
+        shadow_percent: f64::from(record.shadow_share()) / 100.0,
         stage_started_ms: record.stage_started_ms,
         hold_remaining_ms,
         gates: GatesView {
@@ -227,6 +229,7 @@ pub(super) async fn start(
             percent: stage.percent,
             hold_ms: stage.hold_ms.0,
             min_finished: stage.min_finished.0,
+            shadow: stage.shadow,
         });
     }
     let gates = request.gates;

@@ -146,6 +146,10 @@ struct WatchedRolloutEntry {
     stable: String,
     /// The candidate's share per stage, in percent.
     stages: Vec<f64>,
+    /// Shadow stages before `stages`: the share of the stable version's starts that also run a
+    /// shadow instance of the candidate, in percent, per stage.
+    #[serde(default)]
+    shadow_stages: Vec<f64>,
     /// How long each stage is held at least: `30s`, `10m`, `1h`, `500ms`.
     hold: String,
     /// Finished candidate instances each stage needs.
@@ -447,6 +451,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         if entry.unwatched {
             spec = spec.unwatched();
         }
+        for (stage, percent) in entry.shadow_stages.into_iter().enumerate() {
+            basis_points(file, format!("rollouts[{index}].shadow_stages[{stage}]"), percent)?;
+            spec = spec.stage(strata_core::rollout::Stage::shadow(percent, hold, entry.min_finished));
+        }
+        let shadows = spec.stages.len();
         for (stage, percent) in entry.stages.into_iter().enumerate() {
             basis_points(file, format!("rollouts[{index}].stages[{stage}]"), percent)?;
             spec = spec.stage(strata_core::rollout::Stage::new(percent, hold, entry.min_finished));
@@ -474,8 +483,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 OnRollbackEntry::KeepRunning => strata_core::rollout::OnRollback::KeepRunning,
                 OnRollbackEntry::MoveBack => strata_core::rollout::OnRollback::MoveBack,
             });
-        spec.validate()
-            .map_err(|error| invalid(&error.field(), error.to_string()))?;
+        spec.validate().map_err(|error| {
+            // The spec numbers shadow and real stages together; the file lists them apart.
+            let field = match &error {
+                strata_core::rollout::RolloutError::BadShare { stage, .. } if *stage < shadows => {
+                    format!("shadow_stages[{stage}]")
+                }
+                strata_core::rollout::RolloutError::BadShare { stage, .. } => format!("stages[{}]", stage - shadows),
+                other => other.field(),
+            };
+            invalid(&field, error.to_string())
+        })?;
         if rollouts
             .iter()
             .any(|earlier: &strata_core::rollout::RolloutSpec| earlier.name == spec.name)

@@ -204,8 +204,9 @@ impl Phase {
     }
 }
 
-/// One instance as stored: the record every step commit writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One instance as stored: the record every step commit writes (written through
+/// [`StoredRecord`], which leaves out the trailing fields that are not set).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct InstanceRecord {
     /// The record format ([`RECORD_FORMAT`] when written by this build).
     pub format: u32,
@@ -245,12 +246,13 @@ pub struct InstanceRecord {
     #[serde(default)]
     pub history: HistoryBook,
     /// What its steps recorded of the version's measures so far (attempts whose result was
-    /// kept), added to the version's totals when it finishes. Left out of the stored record while
-    /// empty: a record without measures is what builds before measures wrote, and reads in them.
-    /// A field added later goes after it, and then this one must always be written: a field
-    /// skipped in the middle would shift the ones after it.
-    #[serde(default, skip_serializing_if = "crate::measure::MeasureTotals::is_empty")]
+    /// kept), added to the version's totals when it finishes.
+    #[serde(default)]
     pub measures: crate::measure::MeasureTotals,
+    /// For a shadow instance (a candidate run beside a real one in a rollout's shadow stage,
+    /// never seen by the caller and not counted as the version's outcome): the real instance.
+    #[serde(default)]
+    pub shadow_of: Option<InstanceId>,
     /// The claim (fencing token) under which this process holds the instance in a store shared
     /// by many processes: a commit of the record lands only while the claim is still the
     /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled,
@@ -311,7 +313,75 @@ pub struct MoveStamp {
     pub at_ms: u64,
 }
 
+/// An instance record as written: its fields borrowed, in order, the trailing ones (from
+/// `measures` on) only up to the last one set. A record that sets none of them is the bytes
+/// builds before them wrote, so those builds read it; a field is left out only when every one
+/// after it is too (positions must not shift). A field added to the record goes at its end, here
+/// and in [`InstanceRecord`], with its own test of what is left out.
+#[derive(Serialize)]
+#[serde(rename = "InstanceRecord")]
+pub struct StoredRecord<'a> {
+    format: u32,
+    id: InstanceId,
+    key: &'a VersionKey,
+    step: &'a str,
+    attempt: u32,
+    visits: u64,
+    phase: &'a Phase,
+    state: &'a StateEnvelope,
+    routing_key: &'a Option<String>,
+    scheduled: &'a Option<ScheduledFire>,
+    last_error: &'a Option<String>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    moves: &'a [MoveStamp],
+    pinned_reason: &'a Option<String>,
+    history: &'a HistoryBook,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measures: Option<&'a crate::measure::MeasureTotals>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_of: Option<InstanceId>,
+}
+
+impl<'a> From<&'a InstanceRecord> for StoredRecord<'a> {
+    fn from(record: &'a InstanceRecord) -> Self {
+        let shadow_of = record.shadow_of;
+        let measures = (!record.measures.is_empty() || shadow_of.is_some()).then_some(&record.measures);
+        StoredRecord {
+            format: record.format,
+            id: record.id,
+            key: &record.key,
+            step: &record.step,
+            attempt: record.attempt,
+            visits: record.visits,
+            phase: &record.phase,
+            state: &record.state,
+            routing_key: &record.routing_key,
+            scheduled: &record.scheduled,
+            last_error: &record.last_error,
+            created_at_ms: record.created_at_ms,
+            updated_at_ms: record.updated_at_ms,
+            moves: &record.moves,
+            pinned_reason: &record.pinned_reason,
+            history: &record.history,
+            measures,
+            shadow_of,
+        }
+    }
+}
+
+impl Serialize for InstanceRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredRecord::from(self).serialize(serializer)
+    }
+}
+
 impl InstanceRecord {
+    /// Whether it is a shadow instance (see [`InstanceRecord::shadow_of`]).
+    pub fn is_shadow(&self) -> bool {
+        self.shadow_of.is_some()
+    }
+
     /// Encodes the record in the stored format (compact MessagePack: fields by position).
     pub fn encode(&self) -> Result<EncodedInstance, EncodeError> {
         // Sized up front: growing the buffer field by field showed up in step-path profiles.
@@ -530,6 +600,7 @@ mod format_tests {
                 worker: "local".to_string(),
             },
             measures: Default::default(),
+            shadow_of: None,
             claim: 0,
         }
     }
@@ -554,6 +625,18 @@ mod format_tests {
         assert_eq!(u16::from_be_bytes([with[1], with[2]]), 17);
         assert_eq!(InstanceRecord::decode(&with).unwrap(), record);
         assert_eq!(InstanceRecord::decode(&without).unwrap().measures, Default::default());
+        // A shadow instance without measures writes them (empty) so its marker keeps position 17.
+        record.measures.clear();
+        record.shadow_of = Some(InstanceId(7));
+        let shadow = record.encode().unwrap().bytes;
+        assert_eq!(u16::from_be_bytes([shadow[1], shadow[2]]), 18);
+        assert_eq!(InstanceRecord::decode(&shadow).unwrap(), record);
+        let named = rmp_serde::to_vec_named(&record).unwrap();
+        assert_eq!(
+            InstanceRecord::decode(&named).unwrap(),
+            record,
+            "written by name, it reads the same"
+        );
     }
 
     #[test]
@@ -578,10 +661,12 @@ mod format_tests {
     #[test]
     fn a_record_a_newer_build_wrote_with_fields_at_its_end_reads_here() {
         let mut record = sample();
-        // A newer build writes its fields after the last one here, so measures are in its record.
+        // A newer build writes its fields after the last one here, so every one here is in its
+        // record.
         record
             .measures
             .insert("cost".to_string(), crate::measure::MeasureTotal::default());
+        record.shadow_of = Some(InstanceId(7));
         let own = record.encode().unwrap().bytes;
         // The record's array, two elements longer: its fields, then two a newer build added.
         let (fields, body) = match own[0] {

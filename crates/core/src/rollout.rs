@@ -25,8 +25,12 @@ pub struct Stage {
     /// How long the stage lasts at least (ms of the engine's clock).
     pub hold_ms: u64,
     /// How many of the candidate's instances must finish in the stage before it can pass — and
-    /// before any gate may decide.
+    /// before any gate may decide (in a shadow stage, its shadow instances).
     pub min_finished: u64,
+    /// A shadow stage: no real start goes to the candidate; for `percent` % of the starts that
+    /// go to the stable version, a shadow instance of the candidate runs beside the real one
+    /// with the same input, and the gates judge the candidate on its shadow instances.
+    pub shadow: bool,
 }
 
 impl Stage {
@@ -37,6 +41,17 @@ impl Stage {
             percent,
             hold_ms: crate::time::millis_saturating(hold),
             min_finished,
+            shadow: false,
+        }
+    }
+
+    /// A shadow stage: for `percent` % of the stable version's starts a shadow instance of the
+    /// candidate runs beside the real one, for at least `hold` and until `min_finished` shadow
+    /// instances finished; no real start goes to the candidate. Shadow stages come first.
+    pub fn shadow(percent: f64, hold: Duration, min_finished: u64) -> Self {
+        Stage {
+            shadow: true,
+            ..Stage::new(percent, hold, min_finished)
         }
     }
 
@@ -53,6 +68,9 @@ struct StoredStage {
     basis_points: u16,
     hold_ms: u64,
     min_finished: u64,
+    /// Absent in stages written before shadow stages, and in real ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    shadow: bool,
 }
 
 impl From<StoredStage> for Stage {
@@ -61,6 +79,7 @@ impl From<StoredStage> for Stage {
             percent: f64::from(stored.basis_points) / 100.0,
             hold_ms: stored.hold_ms,
             min_finished: stored.min_finished,
+            shadow: stored.shadow,
         }
     }
 }
@@ -71,6 +90,7 @@ impl From<Stage> for StoredStage {
             basis_points: stage.basis_points(),
             hold_ms: stage.hold_ms,
             min_finished: stage.min_finished,
+            shadow: stage.shadow,
         }
     }
 }
@@ -368,8 +388,35 @@ impl RolloutSpec {
                 version: self.candidate.clone(),
             });
         }
+        if let Some(index) = self
+            .stages
+            .windows(2)
+            .position(|pair| !pair[0].shadow && pair[1].shadow)
+        {
+            let stage = &self.stages[index + 1];
+            return Err(RolloutError::BadShare {
+                name: name(),
+                stage: index + 1,
+                percent: stage.percent,
+                reason: "shadow stages come first, before the candidate serves real starts".into(),
+            });
+        }
+        if self.stages.iter().all(|stage| stage.shadow) {
+            let last = self.stages.len() - 1;
+            return Err(RolloutError::BadShare {
+                name: name(),
+                stage: last,
+                percent: self.stages[last].percent,
+                reason: "a rollout ends by serving real starts: give a stage that is not shadow after the shadow ones"
+                    .into(),
+            });
+        }
         let mut previous: Option<&Stage> = None;
         for (index, stage) in self.stages.iter().enumerate() {
+            // Shares rise among shadow stages, then afresh among real ones.
+            if previous.is_some_and(|previous| previous.shadow && !stage.shadow) {
+                previous = None;
+            }
             let refuse = |reason: String| RolloutError::BadShare {
                 name: name(),
                 stage: index,
@@ -703,13 +750,33 @@ impl RolloutRecord {
         self.spec.stages.get(self.stage)
     }
 
-    /// The candidate's share of new instances now, in basis points.
+    /// The candidate's share of new instances now, in basis points (none in a shadow stage).
     pub fn candidate_share(&self) -> u16 {
         match self.status {
-            RolloutStatus::Running | RolloutStatus::Paused => self.current_stage().map_or(0, Stage::basis_points),
+            RolloutStatus::Running | RolloutStatus::Paused => self
+                .current_stage()
+                .filter(|stage| !stage.shadow)
+                .map_or(0, Stage::basis_points),
             RolloutStatus::Promoted => 10_000,
             RolloutStatus::RolledBack => 0,
         }
+    }
+
+    /// The share of the stable version's starts that get a shadow instance of the candidate
+    /// now, in basis points: the stage's, in a shadow stage of a running rollout.
+    pub fn shadow_share(&self) -> u16 {
+        match self.status {
+            RolloutStatus::Running => self
+                .current_stage()
+                .filter(|stage| stage.shadow)
+                .map_or(0, Stage::basis_points),
+            _ => 0,
+        }
+    }
+
+    /// Whether the current stage is a shadow stage.
+    pub fn in_shadow_stage(&self) -> bool {
+        self.current_stage().is_some_and(|stage| stage.shadow)
     }
 }
 

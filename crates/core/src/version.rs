@@ -62,6 +62,47 @@ pub struct VersionCounters {
     /// commit that finishes each instance, on the version it finished on.
     #[serde(default, skip_serializing_if = "MeasureTotals::is_empty")]
     pub measures: MeasureTotals,
+    /// Its shadow instances (a rollout's shadow stage): counted here, not above, but for `live`,
+    /// which counts them too (their code must stay while they run).
+    #[serde(default, skip_serializing_if = "ShadowCounters::is_empty")]
+    pub shadow: ShadowCounters,
+}
+
+/// What a version's shadow instances did, or a change to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ShadowCounters {
+    /// Shadow instances started.
+    pub started: u64,
+    /// Of which completed.
+    pub completed: u64,
+    /// Of which failed.
+    pub failed: u64,
+    /// Of which cancelled.
+    pub cancelled: u64,
+    /// What the finished ones recorded of the version's measures.
+    #[serde(default, skip_serializing_if = "MeasureTotals::is_empty")]
+    pub measures: MeasureTotals,
+}
+
+impl ShadowCounters {
+    /// Whether nothing is counted.
+    pub fn is_empty(&self) -> bool {
+        *self == ShadowCounters::default()
+    }
+
+    /// Shadow instances that finished.
+    pub fn finished(&self) -> u64 {
+        self.completed + self.failed + self.cancelled
+    }
+
+    /// Adds `other`.
+    pub fn add(&mut self, other: &ShadowCounters) {
+        self.started += other.started;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+        add_totals(&mut self.measures, &other.measures);
+    }
 }
 
 impl VersionCounters {
@@ -80,6 +121,7 @@ impl VersionCounters {
             self.last_start_ms = Some(self.last_start_ms.map_or(at, |last| last.max(at)));
         }
         add_totals(&mut self.measures, &delta.measures);
+        self.shadow.add(&delta.shadow);
     }
 }
 
@@ -106,6 +148,8 @@ pub struct CounterDelta {
     pub started_at_ms: Option<u64>,
     /// Measure totals to add: what finishing instances recorded.
     pub measures: MeasureTotals,
+    /// Changes to the shadow counts (a shadow instance's start and finish change `live` too).
+    pub shadow: ShadowCounters,
 }
 
 impl CounterDelta {
@@ -159,6 +203,38 @@ impl CounterDelta {
             self.started_at_ms = Some(self.started_at_ms.map_or(at, |held| held.min(at)));
         }
         add_totals(&mut self.measures, &other.measures);
+        self.shadow.add(&other.shadow);
+    }
+
+    /// The change for one shadow instance starting: live, but not started as a real one.
+    pub fn shadow_start() -> Self {
+        CounterDelta {
+            live: 1,
+            shadow: ShadowCounters {
+                started: 1,
+                ..ShadowCounters::default()
+            },
+            ..CounterDelta::default()
+        }
+    }
+
+    /// The change for one shadow instance finishing with `status` (completed, failed, else
+    /// cancelled), having recorded `measures`.
+    pub fn shadow_finish(status: InstanceStatus, measures: MeasureTotals) -> Self {
+        let mut shadow = ShadowCounters {
+            measures,
+            ..ShadowCounters::default()
+        };
+        match status {
+            InstanceStatus::Completed => shadow.completed = 1,
+            InstanceStatus::Failed => shadow.failed = 1,
+            _ => shadow.cancelled = 1,
+        }
+        CounterDelta {
+            live: -1,
+            shadow,
+            ..CounterDelta::default()
+        }
     }
 
     /// The change for one instance finishing with `status` (completed, failed, else cancelled).

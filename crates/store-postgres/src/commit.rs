@@ -82,6 +82,32 @@ struct HistoryRows<'a> {
     dropped_seqs: Vec<i64>,
 }
 
+/// The upsert's new value of the measure totals column `$column` (`{"cost": [sum, count]}`):
+/// the row's totals plus the write's, measure by measure, saturating as the engine does; the
+/// row's own when the write adds none.
+macro_rules! added_measures {
+    ($column:literal) => {
+        concat!(
+            "CASE WHEN EXCLUDED.",
+            $column,
+            " = '{}'::jsonb THEN current.",
+            $column,
+            " ELSE (
+                     SELECT COALESCE(jsonb_object_agg(name, total), '{}'::jsonb) FROM (
+                         SELECT name, jsonb_build_array(
+                             LEAST(GREATEST(SUM((total->>0)::numeric), -9223372036854775808), 9223372036854775807),
+                             LEAST(SUM((total->>1)::numeric), 9223372036854775807)) AS total
+                         FROM (SELECT * FROM jsonb_each(current.",
+            $column,
+            ")
+                               UNION ALL SELECT * FROM jsonb_each(EXCLUDED.",
+            $column,
+            ")) AS added (name, total)
+                         GROUP BY name) AS summed) END"
+        )
+    };
+}
+
 /// A version's counter changes summed over a group, with its earliest and latest start.
 #[derive(Default)]
 struct CounterSum {
@@ -577,17 +603,25 @@ impl Writes {
             .iter()
             .map(|sum| crate::measures_to_text(&sum.delta.measures))
             .collect();
+        let shadow_measures: Vec<String> = sums
+            .iter()
+            .map(|sum| crate::measures_to_text(&sum.delta.shadow.measures))
+            .collect();
         let mut stored = transaction
             .query_typed(
                 concat!(
                     "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
-                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms, revived, measures)
+                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms, revived, measures,
+                 shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures)
              SELECT workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
-                 first_start_ms, last_start_ms, revived, measures::jsonb
+                 first_start_ms, last_start_ms, revived, measures::jsonb,
+                 shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures::jsonb
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[])
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
+                 $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[])
                  AS given (workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
-                     first_start_ms, last_start_ms, revived, measures)
+                     first_start_ms, last_start_ms, revived, measures,
+                     shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures)
              ON CONFLICT (workflow, version) DO UPDATE SET
                  live = GREATEST(current.live + EXCLUDED.live, 0),
                  started = current.started + EXCLUDED.started,
@@ -599,14 +633,16 @@ impl Writes {
                  revived = current.revived + EXCLUDED.revived,
                  first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
                  last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms),
-                 measures = CASE WHEN EXCLUDED.measures = '{}'::jsonb THEN current.measures ELSE (
-                     SELECT COALESCE(jsonb_object_agg(name, total), '{}'::jsonb) FROM (
-                         SELECT name, jsonb_build_array(
-                             LEAST(GREATEST(SUM((total->>0)::numeric), -9223372036854775808), 9223372036854775807),
-                             LEAST(SUM((total->>1)::numeric), 9223372036854775807)) AS total
-                         FROM (SELECT * FROM jsonb_each(current.measures)
-                               UNION ALL SELECT * FROM jsonb_each(EXCLUDED.measures)) AS added (name, total)
-                         GROUP BY name) AS summed) END
+                 measures = ",
+                    added_measures!("measures"),
+                    ",
+                 shadow_started = current.shadow_started + EXCLUDED.shadow_started,
+                 shadow_completed = current.shadow_completed + EXCLUDED.shadow_completed,
+                 shadow_failed = current.shadow_failed + EXCLUDED.shadow_failed,
+                 shadow_cancelled = current.shadow_cancelled + EXCLUDED.shadow_cancelled,
+                 shadow_measures = ",
+                    added_measures!("shadow_measures"),
+                    "
              RETURNING ",
                     version_row_columns!()
                 ),
@@ -624,6 +660,11 @@ impl Writes {
                     &last,
                     &column(|delta| signed(delta.revived)),
                     &measures,
+                    &column(|delta| signed(delta.shadow.started)),
+                    &column(|delta| signed(delta.shadow.completed)),
+                    &column(|delta| signed(delta.shadow.failed)),
+                    &column(|delta| signed(delta.shadow.cancelled)),
+                    &shadow_measures,
                 ],
             )
             .await

@@ -979,7 +979,8 @@ async fn settle_commit(pool: &Pool, worker: &str, unsettled: &Unsettled, retry: 
 macro_rules! version_row_columns {
     () => {
         "workflow, version, status, live, started, completed, failed, cancelled, moved_in, moved_out,
-         first_start_ms, last_start_ms, status_changes, revived, measures::text"
+         first_start_ms, last_start_ms, status_changes, revived, measures::text,
+         shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures::text"
     };
 }
 pub(crate) use version_row_columns;
@@ -1028,12 +1029,22 @@ fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError
         )
     })?;
     let status: Option<String> = row.get(2);
-    let measures = measures_from_text(row.get(14)).map_err(|reason| {
-        StoreError::failed(
-            "read versions",
-            format!("the measures of {workflow} {version}: {reason}"),
-        )
-    })?;
+    let measures_at = |index: usize| {
+        measures_from_text(row.get(index)).map_err(|reason| {
+            StoreError::failed(
+                "read versions",
+                format!("the measures of {workflow} {version}: {reason}"),
+            )
+        })
+    };
+    let measures = measures_at(14)?;
+    let shadow = strata_core::version::ShadowCounters {
+        started: unsigned(row.get(15)),
+        completed: unsigned(row.get(16)),
+        failed: unsigned(row.get(17)),
+        cancelled: unsigned(row.get(18)),
+        measures: measures_at(19)?,
+    };
     Ok(StoredVersion {
         key: VersionKey::new(workflow, version),
         status: status.as_deref().and_then(status_from_text),
@@ -1049,6 +1060,7 @@ fn stored_version(row: &tokio_postgres::Row) -> Result<StoredVersion, StoreError
             first_start_ms: row.get::<_, Option<i64>>(10).map(unsigned),
             last_start_ms: row.get::<_, Option<i64>>(11).map(unsigned),
             measures,
+            shadow,
         },
         status_changes: unsigned(row.get(12)),
     })

@@ -30,11 +30,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (8, "how many times each version's status was written", V8),
     (9, "each instance's history", V9),
     (10, "how many ended instances were revived on each version", V10),
-    (
-        11,
-        "what each version's finished instances recorded of its measures",
-        V11,
-    ),
+    (11, "each version's measure totals, and its shadow instances apart", V11),
 ];
 
 /// The newest schema this build knows.
@@ -227,9 +223,15 @@ ALTER TABLE strata_versions ADD COLUMN revived bigint NOT NULL DEFAULT 0;
 ";
 
 /// Schema 11: what each version's finished instances recorded of its measures, by measure:
-/// `{"cost": [sum in millionths, count]}`, added to by the commits that finish instances.
+/// `{"cost": [sum in millionths, count]}`, added to by the commits that finish instances; and
+/// what its shadow instances (a rollout's shadow stage) did, counted apart from its real ones.
 const V11: &str = "
 ALTER TABLE strata_versions ADD COLUMN measures jsonb NOT NULL DEFAULT '{}'::jsonb;
+ALTER TABLE strata_versions ADD COLUMN shadow_started bigint NOT NULL DEFAULT 0;
+ALTER TABLE strata_versions ADD COLUMN shadow_completed bigint NOT NULL DEFAULT 0;
+ALTER TABLE strata_versions ADD COLUMN shadow_failed bigint NOT NULL DEFAULT 0;
+ALTER TABLE strata_versions ADD COLUMN shadow_cancelled bigint NOT NULL DEFAULT 0;
+ALTER TABLE strata_versions ADD COLUMN shadow_measures jsonb NOT NULL DEFAULT '{}'::jsonb;
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.

@@ -98,6 +98,7 @@ fn record(id: u64, version: &str, phase: Phase) -> InstanceRecord {
         pinned_reason: None,
         history: Default::default(),
         measures: Default::default(),
+        shadow_of: None,
         claim: 0,
     }
 }

@@ -160,6 +160,8 @@ impl MoveRequest {
 pub enum MoveRefusal {
     /// It is already on the target version.
     AlreadyOnTarget,
+    /// It is a shadow instance: it runs the candidate it shadows, or nothing.
+    Shadow,
     /// It has finished.
     Finished,
     /// A step of it is running; it can move at its next step boundary.
@@ -197,6 +199,10 @@ impl fmt::Display for MoveRefusal {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MoveRefusal::AlreadyOnTarget => write!(formatter, "already on the target version"),
+            MoveRefusal::Shadow => write!(
+                formatter,
+                "it is a shadow instance: it runs the candidate it shadows to its end, and only that"
+            ),
             MoveRefusal::Finished => write!(formatter, "it has finished"),
             MoveRefusal::MidStep => write!(
                 formatter,
@@ -293,6 +299,9 @@ impl MoveContext<'_> {
         let target_version = &**self.target.version();
         if record.key.version == *target_version {
             return Err(MoveRefusal::AlreadyOnTarget);
+        }
+        if record.is_shadow() {
+            return Err(MoveRefusal::Shadow);
         }
         match &record.phase {
             phase if phase.is_terminal() => return Err(MoveRefusal::Finished),

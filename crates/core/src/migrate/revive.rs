@@ -158,6 +158,8 @@ pub enum ReviveRefusal {
     /// It failed before its first step (its input did not build a state): there is nothing to
     /// take up; start it again.
     NeverBegan,
+    /// It is a shadow instance: its run was a comparison, not work to finish.
+    Shadow,
     /// The target version takes no instances any more.
     TargetRetired,
     /// The target version's code is not registered in the process reviving it.
@@ -175,6 +177,10 @@ impl fmt::Display for ReviveRefusal {
                 formatter,
                 "it is {}; only failed and cancelled instances are revived",
                 status.as_str()
+            ),
+            ReviveRefusal::Shadow => write!(
+                formatter,
+                "it is a shadow instance: its run was a comparison with a real one, not work to finish"
             ),
             ReviveRefusal::NeverBegan => write!(
                 formatter,
@@ -284,6 +290,9 @@ impl MoveContext<'_> {
         };
         if record.step.is_empty() {
             return Err(ReviveRefusal::NeverBegan);
+        }
+        if record.is_shadow() {
+            return Err(ReviveRefusal::Shadow);
         }
         if self.target_status == VersionStatus::Retired {
             return Err(ReviveRefusal::TargetRetired);

@@ -32,6 +32,14 @@ pub fn bucket(workflow: &str, routing_key: &str) -> u16 {
     finish(workflow, routing_key.as_bytes())
 }
 
+/// The bucket a start of `workflow` routes by: its routing key's, else its instance id's.
+pub fn bucket_of_start(workflow: &str, routing_key: Option<&str>, id: u64) -> u16 {
+    match routing_key {
+        Some(key) => bucket(workflow, key),
+        None => bucket_of_id(workflow, id),
+    }
+}
+
 /// The bucket of an instance started without a routing key: its id in decimal, without allocating.
 pub(crate) fn bucket_of_id(workflow: &str, id: u64) -> u16 {
     let mut digits = [0u8; 20];

@@ -6,7 +6,7 @@
 mod hash;
 mod table;
 
-pub use hash::{bucket, percent_to_basis_points, BUCKETS};
+pub use hash::{bucket, bucket_of_start, percent_to_basis_points, BUCKETS};
 pub use table::{
     describe_changes, Flag, RolloutRule, RouteInput, RouteReason, RoutingError, RoutingSpec, RoutingTable, Segment,
     VersionState, WorkflowRouting,

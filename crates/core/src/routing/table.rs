@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use semver::{Version, VersionReq};
 
-use super::hash::{bucket, bucket_of_id, BUCKETS};
+use super::hash::BUCKETS;
 
 /// One attribute test: the start's attribute `attribute` has one of `values`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,10 +403,8 @@ impl RoutingTable {
             if !all_match(&rule.segments, input.attributes) {
                 continue;
             }
-            let bucket = *bucket_of_start.get_or_insert_with(|| match input.routing_key {
-                Some(key) => bucket(workflow, key),
-                None => bucket_of_id(workflow, input.instance_id),
-            });
+            let bucket = *bucket_of_start
+                .get_or_insert_with(|| super::hash::bucket_of_start(workflow, input.routing_key, input.instance_id));
             if bucket < rule.basis_points {
                 return Some((&rule.candidate, RouteReason::Rollout { rule: rule.position }));
             }
@@ -536,7 +534,9 @@ mod tests {
         routing
             .rollouts
             .iter()
-            .find(|rule| rule.segments.iter().all(matches) && bucket("order", key) < rule.basis_points)
+            .find(|rule| {
+                rule.segments.iter().all(matches) && super::super::hash::bucket("order", key) < rule.basis_points
+            })
             .map(|rule| &rule.candidate)
     }
 

@@ -45,6 +45,7 @@ pub struct StepCtx {
     wake: WakeReason,
     now: SystemTime,
     recorder: Option<Arc<MeasureRecorder>>,
+    shadow: bool,
 }
 
 impl StepCtx {
@@ -62,7 +63,24 @@ impl StepCtx {
             wake: WakeReason::Started,
             now: SystemTime::UNIX_EPOCH,
             recorder: None,
+            shadow: false,
         }
+    }
+
+    /// The same context, for a step of a shadow instance (see [`StepCtx::is_shadow`]).
+    pub fn as_shadow(mut self) -> StepCtx {
+        self.shadow = true;
+        self
+    }
+
+    /// Whether this step belongs to a **shadow instance**: a run of a rollout's candidate beside
+    /// a real instance of the stable version, with the same input, in the rollout's shadow stage.
+    /// Its outcome reaches no caller and does not count as the version's; it is compared with
+    /// the real one's. A shadow step must not act on the world as the real one does — skip
+    /// side effects (send no email, charge no card), or point them at a sandbox — and should
+    /// compute and record (measures) as the real one would.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
     }
 
     /// The same context, its measures recorded into `recorder` (the runtime gives one to each
@@ -118,9 +136,11 @@ impl StepCtx {
     }
 
     /// A key that is the same for every attempt of this step visit and different for every other
-    /// visit; pass it to external services to deduplicate the step's side effects.
+    /// visit; pass it to external services to deduplicate the step's side effects. A shadow
+    /// instance's starts with `shadow-`, so a service can tell (and refuse) its calls.
     pub fn idempotency_key(&self) -> String {
-        format!("{}-{}-{}", self.instance, self.visit, self.step)
+        let shadow = if self.shadow { "shadow-" } else { "" };
+        format!("{shadow}{}-{}-{}", self.instance, self.visit, self.step)
     }
 
     /// Why the step runs now.

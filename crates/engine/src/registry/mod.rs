@@ -159,6 +159,8 @@ fn activity(counters: &VersionCounters) -> u64 {
         + counters.moved_in
         + counters.moved_out
         + counters.revived
+        + counters.shadow.started
+        + counters.shadow.finished()
 }
 
 /// The versions known to an engine: registered code, statuses and counters.

@@ -354,6 +354,9 @@ impl Runtime {
         .with_attempt(record.attempt, record.visits)
         .with_wake(job.wake.clone())
         .at(std::time::UNIX_EPOCH + Duration::from_millis(self.now()));
+        if record.is_shadow() {
+            ctx = ctx.as_shadow();
+        }
         // Only a version that declares measures pays for a recorder.
         let recorder = (!code.measures().is_empty()).then(|| Arc::new(MeasureRecorder::new(code.measures().clone())));
         if let Some(recorder) = &recorder {

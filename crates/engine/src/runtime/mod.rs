@@ -725,73 +725,38 @@ impl Runtime {
             _ => reason,
         };
         let now = self.now();
-        let mut record = InstanceRecord {
-            format: RECORD_FORMAT,
+        // A rollout in a shadow stage may run the candidate beside this start, unseen.
+        let shadow_of_start = match reason {
+            RouteReason::Requested => None,
+            _ => self.shadow_candidate(workflow, &key, routing_key.as_deref(), id),
+        };
+        let begun = NewInstance {
             id,
             key: key.clone(),
-            step: String::new(),
-            attempt: 1,
-            visits: 0,
-            // With the code here, replaced below by the built state (no copy of the input).
-            phase: match reserved.code {
-                Some(_) => Phase::Ready {
-                    wake: PersistedWake::Started,
-                },
-                None => Phase::Accepted { input: input.to_vec() },
-            },
-            state: StateEnvelope {
-                schema: 0,
-                bytes: Vec::new(),
-            },
+            code: reserved.code.as_deref(),
+            input,
             routing_key,
             scheduled: scheduled.clone(),
-            last_error: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-            moves: Vec::new(),
-            pinned_reason: None,
-            history: Default::default(),
-            measures: Default::default(),
-            // Unclaimed: the first worker with the version's code claims it.
-            claim: 0,
-        };
-        if let Some(code) = &reserved.code {
-            // With the code here, the state is built now (bad input fails the call itself) and
-            // the instance is claimed by this worker, with the first token.
-            if let Err(failure) = begin(&mut record, code.as_ref(), input) {
-                self.registry.end_start(&key);
-                return Err(match failure {
-                    InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
-                    InitFailure::Panicked(message) => EngineError::Init {
-                        key,
-                        reason: format!("it panicked: {message}"),
-                    },
-                    InitFailure::State(reason) => EngineError::Init {
-                        key,
-                        reason: format!("its state does not encode: {reason}"),
-                    },
-                });
-            }
-            record.claim = 1;
-        }
-        let started = HistoryEntry {
-            at_ms: now,
-            event: HistoryEvent::Started {
-                version: key.version.clone(),
-                routed_by: reason,
-                routing_key: record.routing_key.clone(),
-                input_bytes: input.len() as u64,
-                schedule: scheduled.as_ref().map(|fire| fire.schedule.clone()),
-            },
+            routed_by: reason,
+            shadow_of: None,
+            now,
         };
         let mut ops = Vec::with_capacity(4);
-        record.history.worker = self.store.cluster().worker_id().to_string();
-        transition::append_history(&mut record, &started, self.options.history_limit, &mut ops)?;
-        ops.push(Op::PutInstance(record.encode()?));
+        let record = match self.new_record(&begun, &mut ops) {
+            Ok(record) => record,
+            Err(error) => {
+                self.registry.end_start(&key);
+                return Err(error);
+            }
+        };
         ops.push(Op::AdjustCounters {
             key: key.clone(),
             delta: CounterDelta::start(now),
         });
+        let shadow = match shadow_of_start {
+            Some(candidate) => self.shadow_record(&begun, candidate, &mut ops),
+            None => None,
+        };
         if let Some(fire) = scheduled {
             // The fire is handled exactly when its instance exists: both in one commit.
             ops.push(Op::PutScheduleFire {
@@ -816,7 +781,146 @@ impl Runtime {
         if held {
             self.schedule(id);
         }
+        if let Some(shadow) = shadow {
+            // Runs here when the candidate's code is here; else the worker that has it claims it.
+            let shadow_id = shadow.id;
+            if shadow.claim > 0 {
+                self.table.insert(Slot::new(shadow, false));
+                self.schedule(shadow_id);
+            }
+        }
         Ok(id)
+    }
+
+    /// The record of a new instance, with its `Started` history entry (its chunk write, if it
+    /// fills one, added to `ops`) and the record's write; claimed by this worker with its state
+    /// built when its version's code is here, else `Accepted` with its input for the first worker
+    /// that has the code. An input the code cannot begin from is refused.
+    fn new_record(&self, new: &NewInstance<'_>, ops: &mut Vec<Op>) -> Result<InstanceRecord, EngineError> {
+        let key = new.key.clone();
+        let mut record = InstanceRecord {
+            format: RECORD_FORMAT,
+            id: new.id,
+            key: key.clone(),
+            step: String::new(),
+            attempt: 1,
+            visits: 0,
+            // With the code here, replaced below by the built state (no copy of the input).
+            phase: match new.code {
+                Some(_) => Phase::Ready {
+                    wake: PersistedWake::Started,
+                },
+                None => Phase::Accepted {
+                    input: new.input.to_vec(),
+                },
+            },
+            state: StateEnvelope {
+                schema: 0,
+                bytes: Vec::new(),
+            },
+            routing_key: new.routing_key.clone(),
+            scheduled: new.scheduled.clone(),
+            last_error: None,
+            created_at_ms: new.now,
+            updated_at_ms: new.now,
+            moves: Vec::new(),
+            pinned_reason: None,
+            history: Default::default(),
+            measures: Default::default(),
+            shadow_of: new.shadow_of,
+            // Unclaimed: the first worker with the version's code claims it.
+            claim: 0,
+        };
+        if let Some(code) = new.code {
+            // With the code here, the state is built now (bad input fails the call itself) and
+            // the instance is claimed by this worker, with the first token.
+            begin(&mut record, code, new.input).map_err(|failure| match failure {
+                InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
+                InitFailure::Panicked(message) => EngineError::Init {
+                    key,
+                    reason: format!("it panicked: {message}"),
+                },
+                InitFailure::State(reason) => EngineError::Init {
+                    key,
+                    reason: format!("its state does not encode: {reason}"),
+                },
+            })?;
+            record.claim = 1;
+        }
+        let started = HistoryEntry {
+            at_ms: new.now,
+            event: HistoryEvent::Started {
+                version: new.key.version.clone(),
+                routed_by: new.routed_by,
+                routing_key: record.routing_key.clone(),
+                input_bytes: new.input.len() as u64,
+                schedule: new.scheduled.as_ref().map(|fire| fire.schedule.clone()),
+            },
+        };
+        record.history.worker = self.store.cluster().worker_id().to_string();
+        transition::append_history(&mut record, &started, self.options.history_limit, ops)?;
+        ops.push(Op::PutInstance(record.encode()?));
+        Ok(record)
+    }
+
+    /// The candidate a rollout in a shadow stage runs beside a start routed to `key` (its stable
+    /// version), if the start's routing bucket is under the stage's shadow share.
+    fn shadow_candidate(
+        &self,
+        workflow: &str,
+        key: &VersionKey,
+        routing_key: Option<&str>,
+        id: InstanceId,
+    ) -> Option<VersionKey> {
+        let (candidate, share) = self.rollouts.shadow_rule(workflow, &key.version)?;
+        let bucket = strata_core::routing::bucket_of_start(workflow, routing_key, id.0);
+        (bucket < share).then(|| VersionKey::new(workflow, candidate))
+    }
+
+    /// The shadow instance of `candidate` beside the start `real`, its writes added to `ops`
+    /// (the record, and the candidate's shadow count): same input, routing key and schedule,
+    /// marked as `real`'s shadow. `None` (logged) when it cannot begin: an input the candidate
+    /// does not take, or no id; the real start goes on without it.
+    fn shadow_record(
+        &self,
+        real: &NewInstance<'_>,
+        candidate: VersionKey,
+        ops: &mut Vec<Op>,
+    ) -> Option<InstanceRecord> {
+        let id = match self.instance_ids.next(self.store.as_ref()) {
+            Ok(id) => InstanceId(id),
+            Err(error) => {
+                tracing::warn!(instance = %real.id, %error, "no shadow instance: no id could be reserved");
+                return None;
+            }
+        };
+        let code = self.registry.code(&candidate);
+        let shadow = NewInstance {
+            id,
+            key: candidate.clone(),
+            code: code.as_deref(),
+            input: real.input,
+            routing_key: real.routing_key.clone(),
+            scheduled: real.scheduled.clone(),
+            routed_by: RouteReason::Rollout { rule: 0 },
+            shadow_of: Some(real.id),
+            now: real.now,
+        };
+        let mut shadow_ops = Vec::with_capacity(3);
+        match self.new_record(&shadow, &mut shadow_ops) {
+            Ok(record) => {
+                ops.extend(shadow_ops);
+                ops.push(Op::AdjustCounters {
+                    key: candidate,
+                    delta: CounterDelta::shadow_start(),
+                });
+                Some(record)
+            }
+            Err(error) => {
+                tracing::warn!(instance = %real.id, candidate = %candidate, %error, "no shadow instance: the candidate cannot begin from this input");
+                None
+            }
+        }
     }
 
     /// The error for an instance that is not live here.
@@ -1252,6 +1356,21 @@ fn keep_oldest(oldest: &mut HashMap<VersionKey, (InstanceId, u64)>, key: &Versio
             oldest.insert(key.clone(), (id, at));
         }
     }
+}
+
+/// What a new instance's record is made of.
+struct NewInstance<'a> {
+    id: InstanceId,
+    key: VersionKey,
+    /// Its version's code, when registered here.
+    code: Option<&'a dyn VersionCode>,
+    input: &'a [u8],
+    routing_key: Option<String>,
+    scheduled: Option<ScheduledFire>,
+    routed_by: RouteReason,
+    /// For a shadow instance, the real one.
+    shadow_of: Option<InstanceId>,
+    now: u64,
 }
 
 /// Builds an instance's initial state from the input its `Accepted` record carries, with `code`

@@ -66,6 +66,22 @@ impl Rollouts {
             })
     }
 
+    /// The candidate and shadow share (basis points) of `workflow`'s running rollout in a
+    /// shadow stage whose stable version is `stable`, if there is one (lock-free for a workflow
+    /// without a running rollout).
+    pub(super) fn shadow_rule(&self, workflow: &str, stable: &semver::Version) -> Option<(semver::Version, u16)> {
+        if !self.watched.load().contains(workflow) {
+            return None;
+        }
+        let records = self.records.lock();
+        records
+            .values()
+            .filter(|record| record.spec.workflow == workflow && record.spec.stable == *stable)
+            .map(|record| (record, record.shadow_share()))
+            .find(|(_, share)| *share > 0)
+            .map(|(record, share)| (record.spec.candidate.clone(), share))
+    }
+
     /// Loads the stored rollouts.
     pub(super) fn load(&self, records: Vec<RolloutRecord>) {
         let mut known = self.records.lock();
@@ -221,9 +237,28 @@ impl Runtime {
             (&record.spec.stable, &record.stable_baseline)
         };
         let counters = self.counters_of(&record.spec.workflow, version);
-        let completed = counters.completed.saturating_sub(baseline.completed);
-        let failed = counters.failed.saturating_sub(baseline.failed);
-        let cancelled = counters.cancelled.saturating_sub(baseline.cancelled);
+        // In a shadow stage the candidate serves no real start: it is judged on its shadow
+        // instances (their latency and failure runs are in its metrics window, which only they
+        // reach then).
+        let shadow = candidate && record.in_shadow_stage();
+        let (completed, failed, cancelled) = if shadow {
+            (
+                counters.shadow.completed.saturating_sub(baseline.shadow.completed),
+                counters.shadow.failed.saturating_sub(baseline.shadow.failed),
+                counters.shadow.cancelled.saturating_sub(baseline.shadow.cancelled),
+            )
+        } else {
+            (
+                counters.completed.saturating_sub(baseline.completed),
+                counters.failed.saturating_sub(baseline.failed),
+                counters.cancelled.saturating_sub(baseline.cancelled),
+            )
+        };
+        let (totals, base_totals) = if shadow {
+            (&counters.shadow.measures, &baseline.shadow.measures)
+        } else {
+            (&counters.measures, &baseline.measures)
+        };
         let key = VersionKey::new(record.spec.workflow.clone(), version.clone());
         let window = Duration::from_millis(now_ms.saturating_sub(record.stage_started_ms).max(BUCKET_MS));
         // This worker's window and, with a shared store, every other live worker's.
@@ -239,8 +274,8 @@ impl Runtime {
                 code.measures()
                     .iter()
                     .map(|spec| {
-                        let total = counters.measures.get(&spec.name).copied().unwrap_or_default();
-                        let before = baseline.measures.get(&spec.name).copied().unwrap_or_default();
+                        let total = totals.get(&spec.name).copied().unwrap_or_default();
+                        let before = base_totals.get(&spec.name).copied().unwrap_or_default();
                         (
                             spec.name.clone(),
                             measure::figure(spec.kind, &total.since(&before), finished),

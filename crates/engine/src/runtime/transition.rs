@@ -284,9 +284,17 @@ pub(super) fn commit_writes(
     if record.phase.is_terminal() {
         let leftovers = inbox.iter().filter(|seq| Some(**seq) != consumed_signal);
         ops.extend(leftovers.map(|&seq| Op::DeleteSignal { instance, seq }));
-        let mut delta = CounterDelta::finish(InstanceStatus::of_phase(&record.phase));
+        let status = InstanceStatus::of_phase(&record.phase);
         // What its steps recorded counts for the version it finished on, once: with the finish.
-        delta.measures = record.measures.clone();
+        // A shadow instance counts apart from the version's real instances.
+        let delta = if record.is_shadow() {
+            CounterDelta::shadow_finish(status, record.measures.clone())
+        } else {
+            CounterDelta {
+                measures: record.measures.clone(),
+                ..CounterDelta::finish(status)
+            }
+        };
         ops.push(Op::AdjustCounters {
             key: record.key.clone(),
             delta,
@@ -416,6 +424,7 @@ mod tests {
             pinned_reason: None,
             history: Default::default(),
             measures: Default::default(),
+            shadow_of: None,
             claim: 0,
         }
     }

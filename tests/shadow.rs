@@ -1,0 +1,326 @@
+//! Shadow stages (issue #24, first part): while a rollout is in a shadow stage, no real start
+//! goes to the candidate; for the stage's share of the starts routed to the stable version, a
+//! shadow instance of the candidate runs beside the real one with the same input. Its steps know
+//! they are a shadow's; it is never returned to the caller, never counted as either version's
+//! real outcome (it counts apart), and the gates judge the candidate on it — so a worse candidate
+//! is rolled back before it serves a single real start. Time is a manual clock.
+//!
+//! Every behaviour runs on sled and on PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use strata::rollout::{RolloutError, RolloutStatus, Transition};
+use strata::{
+    Engine, EngineError, Gates, InstanceFilter, ManualClock, MeasureGate, MeasureKind, Next, Outcome, RolloutSpec,
+    Stage, StartOptions, StepCtx, StepResult, Version, WorkflowVersion,
+};
+
+on_sled_and_postgres!(
+    a_shadow_stage_runs_the_candidate_beside_the_stable_unseen_and_counted_apart,
+    a_costlier_candidate_is_rolled_back_in_its_shadow_stage_before_serving_anyone,
+    a_candidate_that_passes_its_shadow_stage_then_serves_real_starts,
+    shadow_stages_come_first_and_a_rollout_ends_on_real_ones,
+);
+
+const WORKFLOW: &str = "quote";
+const HOLD: Duration = Duration::from_secs(600);
+
+/// What a quote answers: its number, and whether a shadow computed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Answer {
+    n: u64,
+    shadow: bool,
+    idempotency_key: String,
+}
+
+async fn price(ctx: StepCtx, n: &mut u64) -> StepResult<Answer> {
+    // 2.0.0 costs twice what 1.0.0 and 2.1.0 do.
+    ctx.record(
+        "cost",
+        if ctx.version().minor == 0 && ctx.version().major == 2 {
+            2.0
+        } else {
+            1.0
+        },
+    );
+    Ok(Next::complete(Answer {
+        n: *n,
+        shadow: ctx.is_shadow(),
+        idempotency_key: ctx.idempotency_key(),
+    }))
+}
+
+fn quote(version: &str) -> WorkflowVersion<u64, u64, Answer> {
+    WorkflowVersion::new(WORKFLOW, version)
+        .init(|n: u64| n)
+        .measure("cost", MeasureKind::Summed)
+        .step("price", price)
+}
+
+async fn open(backend: &Backend, clock: &Arc<ManualClock>, candidate: &str) -> Engine {
+    backend
+        .builder()
+        .clock(clock.clone())
+        .register(quote("1.0.0"))
+        .register(quote(candidate))
+        .open()
+        .await
+        .unwrap()
+}
+
+/// A shadow stage of `shadow_percent` % then a real one of 50 %, each held ten minutes and
+/// needing 10 finished candidate instances (shadow ones in the shadow stage).
+fn rollout(candidate: &str, shadow_percent: f64, gates: Gates) -> RolloutSpec {
+    RolloutSpec::new(WORKFLOW, Version::parse(candidate).unwrap(), Version::new(1, 0, 0))
+        .stage(Stage::shadow(shadow_percent, HOLD, 10))
+        .stage(Stage::new(50.0, HOLD, 10))
+        .gates(gates)
+}
+
+fn cost_gate() -> Gates {
+    Gates {
+        measures: vec![MeasureGate::new("cost").max_increase(0.2).min_sample(10)],
+        ..Gates::default()
+    }
+}
+
+/// Starts quotes `numbers` with routing keys, waits for each, and returns their outcomes.
+async fn run_quotes(engine: &Engine, numbers: std::ops::Range<u64>) -> Vec<(strata::InstanceId, Answer)> {
+    let mut ids = Vec::new();
+    for n in numbers {
+        let options = StartOptions::new().routing_key(format!("customer-{n}"));
+        ids.push(engine.start_with(WORKFLOW, &n, options).await.unwrap());
+    }
+    let mut answers = Vec::new();
+    for id in ids {
+        let Outcome::Completed(bytes) = outcome_within(engine, id).await else {
+            panic!("quote {id} did not complete")
+        };
+        answers.push((id, rmp_serde::from_slice(&bytes).unwrap()));
+    }
+    answers
+}
+
+/// Waits until no shadow instance of the candidate is live (they run on their own).
+async fn shadows_finished(engine: &Engine, candidate: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while engine.version(WORKFLOW, candidate).unwrap().counters.live > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shadow instances still live after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling the instances' own progress
+    }
+}
+
+async fn a_shadow_stage_runs_the_candidate_beside_the_stable_unseen_and_counted_apart(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = open(&backend, &clock, "2.1.0").await;
+    engine
+        .start_rollout(rollout("2.1.0", 100.0, cost_gate()))
+        .await
+        .unwrap();
+    let record = engine.rollout("quote@2.1.0").unwrap();
+    assert_eq!((record.candidate_share(), record.shadow_share()), (0, 10_000));
+
+    let answers = run_quotes(&engine, 0..8).await;
+    shadows_finished(&engine, "2.1.0").await;
+    // Every caller got the stable version's answer, computed by a real instance.
+    for (id, answer) in &answers {
+        assert_eq!(engine.instance(*id).unwrap().version(), &Version::new(1, 0, 0));
+        assert!(
+            !answer.shadow && !answer.idempotency_key.starts_with("shadow-"),
+            "{answer:?}"
+        );
+    }
+    // Beside each, one shadow instance of the candidate with the same input, which knew it was one.
+    let shadows: Vec<_> = engine
+        .list(&InstanceFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|info| info.version() == &Version::new(2, 1, 0))
+        .collect();
+    assert_eq!(shadows.len(), 8);
+    for shadow in &shadows {
+        let real = shadow
+            .record
+            .shadow_of
+            .expect("a candidate instance in a shadow stage is a shadow");
+        let (_, answer) = answers.iter().find(|(id, _)| *id == real).unwrap();
+        let Some(Outcome::Completed(bytes)) = Outcome::from_record(&shadow.record) else {
+            panic!("shadow {} did not complete", shadow.id())
+        };
+        let computed: Answer = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(computed.n, answer.n, "the same input");
+        assert!(
+            computed.shadow && computed.idempotency_key.starts_with("shadow-"),
+            "{computed:?}"
+        );
+    }
+    // Counted apart: the candidate has no real start, the stable's counts are its real ones.
+    let candidate = engine.version(WORKFLOW, "2.1.0").unwrap().counters;
+    assert_eq!(
+        (candidate.started, candidate.completed, candidate.live),
+        (0, 0, 0),
+        "{candidate:?}"
+    );
+    assert_eq!((candidate.shadow.started, candidate.shadow.completed), (8, 8));
+    assert_eq!(candidate.shadow.measures["cost"].count, 8);
+    assert!(
+        candidate.measures.is_empty(),
+        "the shadows' measures are not the version's"
+    );
+    let stable = engine.version(WORKFLOW, "1.0.0").unwrap().counters;
+    assert_eq!((stable.started, stable.completed), (8, 8));
+    // Starts that ask for a version are not shadowed.
+    let asked = engine
+        .start_with(WORKFLOW, &99u64, StartOptions::new().version("=1.0.0"))
+        .await
+        .unwrap();
+    outcome_within(&engine, asked).await;
+    let after = engine.version(WORKFLOW, "2.1.0").unwrap().counters;
+    assert_eq!(after.shadow.started, 8);
+    engine.shutdown().await;
+}
+
+async fn a_costlier_candidate_is_rolled_back_in_its_shadow_stage_before_serving_anyone(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = open(&backend, &clock, "2.0.0").await;
+    engine
+        .start_rollout(rollout("2.0.0", 100.0, cost_gate()))
+        .await
+        .unwrap();
+    let name = "quote@2.0.0";
+    let mut first = 0;
+    while engine.rollout(name).unwrap().status == RolloutStatus::Running {
+        assert!(first < 200, "never rolled back");
+        run_quotes(&engine, first..first + 10).await;
+        shadows_finished(&engine, "2.0.0").await;
+        engine.evaluate_rollouts().await.unwrap();
+        first += 10;
+    }
+    let record = engine.rollout(name).unwrap();
+    assert_eq!(record.status, RolloutStatus::RolledBack);
+    assert_eq!(record.stage, 0, "rolled back in the shadow stage");
+    let Some(Transition::RolledBack { reason, candidate, .. }) = record.history.last().map(|last| &last.transition)
+    else {
+        panic!("{:?}", record.history)
+    };
+    assert!(
+        reason.starts_with("candidate cost 2 is 100.0 % above the stable's"),
+        "{reason}"
+    );
+    assert!(
+        candidate.finished >= 10,
+        "judged on its shadow instances: {candidate:?}"
+    );
+    let counters = engine.version(WORKFLOW, "2.0.0").unwrap().counters;
+    assert_eq!(counters.started, 0, "it never served a real start");
+    // After the rollback, no more shadows.
+    let shadowed = counters.shadow.started;
+    run_quotes(&engine, 1_000..1_010).await;
+    assert_eq!(
+        engine.version(WORKFLOW, "2.0.0").unwrap().counters.shadow.started,
+        shadowed
+    );
+    engine.shutdown().await;
+}
+
+async fn a_candidate_that_passes_its_shadow_stage_then_serves_real_starts(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = open(&backend, &clock, "2.1.0").await;
+    engine.start_rollout(rollout("2.1.0", 50.0, cost_gate())).await.unwrap();
+    let name = "quote@2.1.0";
+    // A 50 % shadow share: about half the starts get a shadow, sticky by routing key.
+    run_quotes(&engine, 0..60).await;
+    shadows_finished(&engine, "2.1.0").await;
+    let shadowed = engine.version(WORKFLOW, "2.1.0").unwrap().counters.shadow.started;
+    assert!((15..=45).contains(&shadowed), "{shadowed} of 60 shadowed at 50 %");
+    engine.evaluate_rollouts().await.unwrap();
+    assert_eq!(engine.rollout(name).unwrap().stage, 0, "the hold is not over");
+    let (candidate, _) = engine.rollout_figures(&engine.rollout(name).unwrap());
+    assert_eq!(candidate.finished, shadowed, "the shadow stage counts the shadows");
+    assert_eq!(candidate.measures["cost"].value, Some(1.0));
+    clock.advance(HOLD);
+    engine.evaluate_rollouts().await.unwrap();
+    let record = engine.rollout(name).unwrap();
+    assert_eq!(
+        (record.stage, record.candidate_share(), record.shadow_share()),
+        (1, 5_000, 0)
+    );
+    // Now real starts reach the candidate, and none is a shadow.
+    let answers = run_quotes(&engine, 100..160).await;
+    let on_candidate = answers
+        .iter()
+        .filter(|(id, _)| engine.instance(*id).unwrap().version() == &Version::new(2, 1, 0))
+        .count();
+    assert!(on_candidate > 0, "the real stage routes real starts to the candidate");
+    assert!(answers.iter().all(|(_, answer)| !answer.shadow));
+    assert_eq!(
+        engine.version(WORKFLOW, "2.1.0").unwrap().counters.shadow.started,
+        shadowed,
+        "no shadow after the shadow stage"
+    );
+    engine.shutdown().await;
+}
+
+async fn shadow_stages_come_first_and_a_rollout_ends_on_real_ones(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = open(&backend, &clock, "2.1.0").await;
+    let candidate = Version::new(2, 1, 0);
+    let refused = |spec: RolloutSpec| {
+        let engine = engine.clone();
+        async move {
+            match engine.start_rollout(spec).await.unwrap_err() {
+                EngineError::Rollout(error @ RolloutError::BadShare { .. }) => (error.field(), error.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let late = RolloutSpec::new(WORKFLOW, candidate.clone(), Version::new(1, 0, 0))
+        .stage(Stage::new(10.0, HOLD, 1))
+        .stage(Stage::shadow(50.0, HOLD, 1))
+        .stage(Stage::new(100.0, HOLD, 1))
+        .gates(cost_gate());
+    let (field, message) = refused(late).await;
+    assert_eq!(field, "stages[1]");
+    assert!(message.contains("shadow stages come first"), "{message}");
+    let only = RolloutSpec::new(WORKFLOW, candidate.clone(), Version::new(1, 0, 0))
+        .stage(Stage::shadow(50.0, HOLD, 1))
+        .gates(cost_gate());
+    let (field, message) = refused(only).await;
+    assert_eq!(field, "stages[0]");
+    assert!(message.contains("give a stage that is not shadow"), "{message}");
+    // Shares rise among shadow stages, then afresh among real ones.
+    let spec = RolloutSpec::new(WORKFLOW, candidate, Version::new(1, 0, 0))
+        .stage(Stage::shadow(20.0, HOLD, 1))
+        .stage(Stage::shadow(100.0, HOLD, 1))
+        .stage(Stage::new(5.0, HOLD, 1))
+        .gates(cost_gate());
+    engine.start_rollout(spec).await.unwrap();
+
+    // The config file: shadow_stages before stages.
+    engine.rollback_rollout("quote@2.1.0").await.unwrap();
+    let config = "[[rollouts]]\nname = \"quote-shadowed\"\nworkflow = \"quote\"\ncandidate = \"2.1.0\"\nstable = \"1.0.0\"\nshadow_stages = [25]\nstages = [50, 100]\nhold = \"10m\"\nmin_finished = 5\n[[rollouts.gates.measures]]\nmeasure = \"cost\"\nmax = 3.0\n";
+    engine.apply_config("strata.toml", config).await.unwrap();
+    let stages = engine.rollout("quote-shadowed").unwrap().spec.stages;
+    assert_eq!(
+        stages
+            .iter()
+            .map(|stage| (stage.percent, stage.shadow))
+            .collect::<Vec<_>>(),
+        [(25.0, true), (50.0, false), (100.0, false)]
+    );
+    let bad = config.replace("shadow_stages = [25]", "shadow_stages = [25, 10]");
+    let message = engine.apply_config("strata.toml", &bad).await.unwrap_err().to_string();
+    assert!(
+        message.contains("rollouts[0].shadow_stages[1]") && message.contains("shares must rise"),
+        "{message}"
+    );
+    engine.shutdown().await;
+}
