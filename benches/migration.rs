@@ -109,6 +109,7 @@ fn fill(dir: &Path, count: u64, phase: Phase) {
                 history: Default::default(),
                 measures: Default::default(),
                 shadow_of: None,
+                shadowed_by: None,
                 claim: 0,
             };
             ops.push(Op::PutInstance(record.encode().expect("encode")));

@@ -64,6 +64,7 @@ fn rollout(candidate: Version) -> RolloutSpec {
             max_consecutive_failures: Some(8),
             max_latency_multiplier: None,
             measures: Vec::new(),
+            max_shadow_mismatch: None,
         })
 }
 

@@ -62,6 +62,7 @@ fn rollout() -> RolloutSpec {
             max_consecutive_failures: Some(5),
             max_latency_multiplier: Some(3.0),
             measures: Vec::new(),
+            max_shadow_mismatch: None,
         })
 }
 

@@ -25,7 +25,9 @@ pub use store::PostgresStore;
 pub use store::SledStore;
 #[cfg(feature = "admin")]
 pub use strata_admin as admin;
-pub use strata_engine::{config, history, instance, measure, migrate, observe, registry, rollout, routing, workflow};
+pub use strata_engine::{
+    config, history, instance, measure, migrate, observe, registry, rollout, routing, shadow, workflow,
+};
 pub use strata_engine::{
     Clock, DefinitionError, Durability, Engine, EngineBuilder, EngineError, EnginePart, Event, Gates, HistoryRequest,
     InstanceFilter, InstanceHistory, InstanceId, InstanceInfo, InstanceStatus, ManualClock, MeasureGate, MeasureKind,

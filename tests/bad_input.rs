@@ -354,6 +354,9 @@ impl Store for FailingStore {
     fn rollouts(&self) -> Result<Vec<strata::rollout::RolloutRecord>, StoreError> {
         self.inner.rollouts()
     }
+    fn shadow_pairs(&self, rollout: &str) -> Result<Vec<strata::shadow::ShadowPair>, StoreError> {
+        self.inner.shadow_pairs(rollout)
+    }
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }

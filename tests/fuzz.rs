@@ -145,6 +145,7 @@ fn sample_instance() -> InstanceRecord {
         )]
         .into(),
         shadow_of: Some(InstanceId(4_241)),
+        shadowed_by: None,
         claim: 3,
     }
 }

@@ -25,6 +25,7 @@ on_sled_and_postgres!(
     a_costlier_candidate_is_rolled_back_in_its_shadow_stage_before_serving_anyone,
     a_candidate_that_passes_its_shadow_stage_then_serves_real_starts,
     shadow_stages_come_first_and_a_rollout_ends_on_real_ones,
+    each_shadow_is_compared_with_its_real_twin_and_mismatches_roll_the_candidate_back,
 );
 
 const WORKFLOW: &str = "quote";
@@ -39,27 +40,53 @@ struct Answer {
 }
 
 async fn price(ctx: StepCtx, n: &mut u64) -> StepResult<Answer> {
-    // 2.0.0 costs twice what 1.0.0 and 2.1.0 do.
-    ctx.record(
-        "cost",
-        if ctx.version().minor == 0 && ctx.version().major == 2 {
-            2.0
-        } else {
-            1.0
-        },
-    );
+    // 2.0.0 costs twice what 1.0.0 and 2.1.0 do; 2.2.0 answers odd quotes wrong.
+    let version = (ctx.version().major, ctx.version().minor);
+    ctx.record("cost", if version == (2, 0) { 2.0 } else { 1.0 });
+    let wrong = version == (2, 2) && *n % 2 == 1;
     Ok(Next::complete(Answer {
-        n: *n,
+        n: if wrong { *n + 1 } else { *n },
         shadow: ctx.is_shadow(),
         idempotency_key: ctx.idempotency_key(),
     }))
 }
 
+/// A quote version that compares a shadow's answer with the stable's by the number alone (how
+/// it was computed differs, and must).
 fn quote(version: &str) -> WorkflowVersion<u64, u64, Answer> {
+    plain_quote(version).compare_outputs(|stable: &Answer, candidate: &Answer| {
+        if stable.n == candidate.n {
+            Ok(())
+        } else {
+            Err(format!("quoted {} where the stable quoted {}", candidate.n, stable.n))
+        }
+    })
+}
+
+/// A quote version without a comparator: its shadows' stored outputs must equal the stable's.
+fn plain_quote(version: &str) -> WorkflowVersion<u64, u64, Answer> {
     WorkflowVersion::new(WORKFLOW, version)
         .init(|n: u64| n)
         .measure("cost", MeasureKind::Summed)
         .step("price", price)
+}
+
+/// Waits until `count` shadow pairs of `rollout` are compared (they are, as the second of each
+/// pair finishes).
+async fn pairs_compared(engine: &Engine, rollout: &str, count: usize) -> Vec<strata::shadow::ShadowPair> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pairs = engine.shadow_pairs(rollout).unwrap();
+        if pairs.len() >= count {
+            return pairs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {count} pairs compared after 30 s",
+            pairs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling work the engine does on its own
+    }
 }
 
 async fn open(backend: &Backend, clock: &Arc<ManualClock>, candidate: &str) -> Engine {
@@ -321,6 +348,81 @@ async fn shadow_stages_come_first_and_a_rollout_ends_on_real_ones(backend: Backe
     assert!(
         message.contains("rollouts[0].shadow_stages[1]") && message.contains("shares must rise"),
         "{message}"
+    );
+    engine.shutdown().await;
+}
+
+async fn each_shadow_is_compared_with_its_real_twin_and_mismatches_roll_the_candidate_back(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = backend
+        .builder()
+        .clock(clock.clone())
+        .register(quote("1.0.0"))
+        .register(quote("2.2.0"))
+        .register(plain_quote("2.4.0"))
+        .open()
+        .await
+        .unwrap();
+    // 2.2.0 answers odd quotes wrong: half its pairs mismatch, over the 20 % allowed.
+    let gates = Gates {
+        max_shadow_mismatch: Some(0.2),
+        ..Gates::default()
+    };
+    engine
+        .start_rollout(rollout("2.2.0", 100.0, gates.clone()))
+        .await
+        .unwrap();
+    let name = "quote@2.2.0";
+    let answers = run_quotes(&engine, 0..10).await;
+    let pairs = pairs_compared(&engine, name, 10).await;
+    engine.evaluate_rollouts().await.unwrap();
+    let record = engine.rollout(name).unwrap();
+    assert_eq!(record.status, RolloutStatus::RolledBack);
+    let Some(Transition::RolledBack {
+        gate,
+        reason,
+        candidate,
+        ..
+    }) = record.history.last().map(|last| &last.transition)
+    else {
+        panic!("{:?}", record.history)
+    };
+    assert_eq!(gate, &Some(strata::rollout::Gate::ShadowMismatch));
+    assert_eq!(
+        reason,
+        "5 of 10 shadow pairs (50.0 %) differ from the stable's runs, above 20.0 %"
+    );
+    assert_eq!((candidate.pairs, candidate.mismatches), (10, 5));
+    // The pairs, mismatches first, each with its twin, what differs, and both sides' figures.
+    assert!(pairs[..5].iter().all(|pair| !pair.matched) && pairs[5..].iter().all(|pair| pair.matched));
+    for pair in &pairs {
+        let (_, answer) = answers.iter().find(|(id, _)| *id == pair.real).unwrap();
+        assert_eq!(engine.instance(pair.shadow).unwrap().record.shadow_of, Some(pair.real));
+        assert_eq!(
+            engine.instance(pair.real).unwrap().record.shadowed_by,
+            Some(pair.shadow)
+        );
+        let expected =
+            (answer.n % 2 == 1).then(|| format!("quoted {} where the stable quoted {}", answer.n + 1, answer.n));
+        assert_eq!(pair.diff, expected, "pair of {}", pair.real);
+        assert_eq!(
+            (pair.stable.to_string(), pair.candidate.to_string()),
+            ("1.0.0".to_string(), "2.2.0".to_string())
+        );
+        assert_eq!(pair.real_measures["cost"].count, 1);
+        assert_eq!(pair.shadow_measures["cost"].count, 1);
+    }
+
+    // Without a comparator, the stored outputs must be equal, and the diff names the fields.
+    engine.start_rollout(rollout("2.4.0", 100.0, gates)).await.unwrap();
+    run_quotes(&engine, 100..101).await;
+    let pairs = pairs_compared(&engine, "quote@2.4.0", 1).await;
+    let diff = pairs[0].diff.as_deref().unwrap_or_default();
+    assert!(diff.starts_with("shadow: false → true; idempotency_key: "), "{diff}");
+    let unknown = engine.shadow_pairs("quote@9.9.9").unwrap_err();
+    assert!(
+        matches!(unknown, EngineError::Rollout(RolloutError::Unknown { .. })),
+        "{unknown}"
     );
     engine.shutdown().await;
 }

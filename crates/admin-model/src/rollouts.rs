@@ -83,6 +83,9 @@ pub struct GatesView {
     pub min_success_rate: Option<f64>,
     /// This many failed candidate instances in a row roll back.
     pub max_consecutive_failures: Option<u64>,
+    /// In a shadow stage, the share of compared shadow pairs that may differ.
+    #[serde(default)]
+    pub max_shadow_mismatch: Option<f64>,
     /// Gates on measures the versions declare.
     #[serde(default)]
     pub measures: Vec<MeasureGateView>,
@@ -152,6 +155,12 @@ pub struct FiguresView {
     /// Each measure the version declares, by name.
     #[serde(default)]
     pub measures: std::collections::BTreeMap<String, MeasureFigureView>,
+    /// In a shadow stage, the candidate's: shadow pairs compared in the stage.
+    #[serde(default)]
+    pub pairs: u64,
+    /// Of which mismatched.
+    #[serde(default)]
+    pub mismatches: u64,
 }
 
 /// The figures the gates compare: the candidate's and the stable version's.
@@ -267,6 +276,10 @@ pub struct GatesRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, minimum = 1))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_consecutive_failures: Option<Whole>,
+    /// In a shadow stage, the share of compared shadow pairs that may differ (0.02 = 2 %).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shadow_mismatch: Option<f64>,
     /// Gates on measures both versions declare.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measures: Vec<MeasureGateView>,

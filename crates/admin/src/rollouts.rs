@@ -70,6 +70,8 @@ fn figures_view(figures: &Figures) -> FiguresView {
                 (name.clone(), view)
             })
             .collect(),
+        pairs: figures.pairs,
+        mismatches: figures.mismatches,
     }
 }
 
@@ -139,6 +141,7 @@ fn rollout_view(engine: &Engine, record: &RolloutRecord) -> RolloutView {
             max_latency_multiplier: record.spec.gates.max_latency_multiplier,
             min_success_rate: record.spec.gates.min_success_rate,
             max_consecutive_failures: record.spec.gates.max_consecutive_failures,
+            max_shadow_mismatch: record.spec.gates.max_shadow_mismatch,
             measures: record.spec.gates.measures.iter().map(measure_gate_view).collect(),
         },
         on_rollback: match record.spec.on_rollback {
@@ -239,6 +242,7 @@ pub(super) async fn start(
             max_latency_multiplier: gates.max_latency_multiplier,
             min_success_rate: gates.min_success_rate,
             max_consecutive_failures: gates.max_consecutive_failures.map(|count| count.0),
+            max_shadow_mismatch: gates.max_shadow_mismatch,
             measures: gates.measures.into_iter().map(measure_gate).collect(),
         })
         .on_rollback(match request.on_rollback {

@@ -178,6 +178,7 @@ struct GatesEntry {
     max_latency_multiplier: Option<f64>,
     min_success_rate: Option<f64>,
     max_consecutive_failures: Option<u64>,
+    max_shadow_mismatch: Option<f64>,
     /// `[[rollouts.gates.measures]]`: gates on measures the versions declare.
     #[serde(default)]
     measures: Vec<MeasureGateEntry>,
@@ -466,6 +467,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 max_latency_multiplier: entry.gates.max_latency_multiplier,
                 min_success_rate: entry.gates.min_success_rate,
                 max_consecutive_failures: entry.gates.max_consecutive_failures,
+                max_shadow_mismatch: entry.gates.max_shadow_mismatch,
                 measures: entry
                     .gates
                     .measures

@@ -253,6 +253,9 @@ pub struct InstanceRecord {
     /// never seen by the caller and not counted as the version's outcome): the real instance.
     #[serde(default)]
     pub shadow_of: Option<InstanceId>,
+    /// For a real instance a rollout's shadow stage shadowed: its shadow instance.
+    #[serde(default)]
+    pub shadowed_by: Option<InstanceId>,
     /// The claim (fencing token) under which this process holds the instance in a store shared
     /// by many processes: a commit of the record lands only while the claim is still the
     /// instance's. Not part of the stored record (the store keeps claims itself); 0 with sled,
@@ -339,13 +342,18 @@ pub struct StoredRecord<'a> {
     history: &'a HistoryBook,
     #[serde(skip_serializing_if = "Option::is_none")]
     measures: Option<&'a crate::measure::MeasureTotals>,
+    /// Outer `None`: left out; `Some(None)`: written as nil, because a later field is set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    shadow_of: Option<InstanceId>,
+    shadow_of: Option<Option<InstanceId>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadowed_by: Option<InstanceId>,
 }
 
 impl<'a> From<&'a InstanceRecord> for StoredRecord<'a> {
     fn from(record: &'a InstanceRecord) -> Self {
-        let shadow_of = record.shadow_of;
+        // Each trailing field is written when it or one after it is set.
+        let shadowed_by = record.shadowed_by;
+        let shadow_of = (record.shadow_of.is_some() || shadowed_by.is_some()).then_some(record.shadow_of);
         let measures = (!record.measures.is_empty() || shadow_of.is_some()).then_some(&record.measures);
         StoredRecord {
             format: record.format,
@@ -366,6 +374,7 @@ impl<'a> From<&'a InstanceRecord> for StoredRecord<'a> {
             history: &record.history,
             measures,
             shadow_of,
+            shadowed_by,
         }
     }
 }
@@ -456,7 +465,7 @@ pub struct EncodedInstance {
 }
 
 /// The status of an instance as an operator sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceStatus {
     /// Its next step is queued to run.
@@ -601,6 +610,7 @@ mod format_tests {
             },
             measures: Default::default(),
             shadow_of: None,
+            shadowed_by: None,
             claim: 0,
         }
     }
@@ -637,6 +647,12 @@ mod format_tests {
             record,
             "written by name, it reads the same"
         );
+        // A shadowed real instance writes measures and an empty shadow_of before its shadow.
+        record.shadow_of = None;
+        record.shadowed_by = Some(InstanceId(8));
+        let shadowed = record.encode().unwrap().bytes;
+        assert_eq!(u16::from_be_bytes([shadowed[1], shadowed[2]]), 19);
+        assert_eq!(InstanceRecord::decode(&shadowed).unwrap(), record);
     }
 
     #[test]
@@ -667,6 +683,7 @@ mod format_tests {
             .measures
             .insert("cost".to_string(), crate::measure::MeasureTotal::default());
         record.shadow_of = Some(InstanceId(7));
+        record.shadowed_by = Some(InstanceId(9));
         let own = record.encode().unwrap().bytes;
         // The record's array, two elements longer: its fields, then two a newer build added.
         let (fields, body) = match own[0] {

@@ -3,7 +3,7 @@
 //! Owns what every other Strata crate speaks of: instance records and ids ([`instance`]), a
 //! version's status and counts ([`version`]), how a workflow version is defined ([`workflow`]),
 //! routing specs and the sticky routing table ([`routing`]), what steps record of their cost and
-//! quality ([`measure`]), what an instance's history keeps
+//! quality ([`measure`]), shadow runs compared ([`shadow`]), what an instance's history keeps
 //! ([`history`]), rollout specs and the stage and gate
 //! decision rule ([`rollout`]), state migrations and moves ([`migrate`]), and the shared rules of
 //! stored bytes and time ([`codec`], [`time`]). It depends on no other Strata crate, and stores,
@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod periodic;
 pub mod rollout;
 pub mod routing;
+pub mod shadow;
 pub mod suggest;
 pub mod time;
 pub mod version;

@@ -109,6 +109,10 @@ pub struct Gates {
     /// Gates on measures the versions declare (cost, quality), each with its own sample.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measures: Vec<MeasureGate>,
+    /// In a shadow stage: the share of compared shadow pairs whose outputs (or ends) differ may
+    /// be at most this (0.02 = 2 %), once the stage's `min_finished` pairs are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shadow_mismatch: Option<f64>,
 }
 
 /// A gate on a measure both versions declare: bounds on the candidate's figure (for a summed
@@ -274,7 +278,7 @@ pub enum RolloutError {
         reason: String,
     },
     /// No gate set, and no word that the rollout is meant to watch nothing.
-    #[error("rollout '{name}' has no gate, so it would watch nothing and promote the candidate however it does; set at least one gate (max_error_rate_increase, max_latency_multiplier, min_success_rate, max_consecutive_failures, measures), or ask for an unwatched rollout (unwatched = true in the config, \"unwatched\": true in the API, --unwatched in the CLI)")]
+    #[error("rollout '{name}' has no gate, so it would watch nothing and promote the candidate however it does; set at least one gate (max_error_rate_increase, max_latency_multiplier, min_success_rate, max_consecutive_failures, max_shadow_mismatch, measures), or ask for an unwatched rollout (unwatched = true in the config, \"unwatched\": true in the API, --unwatched in the CLI)")]
     NoGates {
         /// The rollout.
         name: String,
@@ -458,6 +462,15 @@ impl RolloutSpec {
             rate_range,
         )?;
         gate("min_success_rate", self.gates.min_success_rate, rate, rate_range)?;
+        gate("max_shadow_mismatch", self.gates.max_shadow_mismatch, rate, rate_range)?;
+        if self.gates.max_shadow_mismatch.is_some() && !self.stages.iter().any(|stage| stage.shadow) {
+            return Err(RolloutError::BadGate {
+                name: name(),
+                gate: "max_shadow_mismatch",
+                value: self.gates.max_shadow_mismatch.unwrap_or_default(),
+                range: "set only with a shadow stage (Stage::shadow, shadow_stages = [..]), whose pairs it judges",
+            });
+        }
         gate(
             "max_latency_multiplier",
             self.gates.max_latency_multiplier,
@@ -580,6 +593,8 @@ pub enum Gate {
     SuccessRate,
     /// `max_consecutive_failures`.
     ConsecutiveFailures,
+    /// `max_shadow_mismatch`.
+    ShadowMismatch,
     /// A bound of a gate in `measures`.
     Measure {
         /// The measure.
@@ -620,6 +635,7 @@ impl Gate {
             Gate::LatencyMultiplier => "max_latency_multiplier".to_string(),
             Gate::SuccessRate => "min_success_rate".to_string(),
             Gate::ConsecutiveFailures => "max_consecutive_failures".to_string(),
+            Gate::ShadowMismatch => "max_shadow_mismatch".to_string(),
             Gate::Measure { measure, bound } => format!("measures[{measure}].{}", bound.field()),
         }
     }
@@ -644,6 +660,19 @@ pub struct Figures {
     /// stage (absent in records written before measures).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub measures: BTreeMap<String, MeasureFigure>,
+    /// In a shadow stage, the candidate's: shadow pairs compared in the stage.
+    #[serde(default)]
+    pub pairs: u64,
+    /// Of which mismatched.
+    #[serde(default)]
+    pub mismatches: u64,
+}
+
+impl Figures {
+    /// Mismatched among compared shadow pairs; `None` without a pair.
+    pub fn mismatch_rate(&self) -> Option<f64> {
+        (self.pairs > 0).then(|| self.mismatches as f64 / self.pairs as f64)
+    }
 }
 
 impl Figures {
@@ -874,6 +903,20 @@ pub fn decide(record: &RolloutRecord, candidate: &Figures, stable: &Figures, now
             }
         }
     }
+    if let (Some(limit), Some(rate)) = (gates.max_shadow_mismatch, candidate.mismatch_rate()) {
+        if candidate.pairs >= stage.min_finished.max(1) && rate > limit {
+            return Decision::RollBack {
+                gate: Gate::ShadowMismatch,
+                reason: format!(
+                    "{} of {} shadow pairs ({:.1} %) differ from the stable's runs, above {:.1} %",
+                    candidate.mismatches,
+                    candidate.pairs,
+                    rate * 100.0,
+                    limit * 100.0
+                ),
+            };
+        }
+    }
     for measure_gate in &gates.measures {
         if let Some(breach) = measure_breach(measure_gate, candidate, stable) {
             return breach;
@@ -1001,6 +1044,8 @@ mod tests {
             p95_step_micros: Some(1_000),
             consecutive_failures: 0,
             measures: BTreeMap::new(),
+            pairs: 0,
+            mismatches: 0,
         }
     }
 
@@ -1317,6 +1362,7 @@ mod tests {
             min_success_rate: Some(1.0),
             max_consecutive_failures: Some(1),
             measures: Vec::new(),
+            max_shadow_mismatch: None,
         })
         .unwrap();
     }

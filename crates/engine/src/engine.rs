@@ -1062,6 +1062,27 @@ impl Engine {
         self.runtime.rollout_figures(record)
     }
 
+    /// The shadow pairs a rollout's shadow stages compared (each real instance of the stable
+    /// version against the shadow of the candidate that ran beside it): mismatches first, then
+    /// the newest first. Fails for an unknown rollout.
+    pub fn shadow_pairs(&self, rollout: &str) -> Result<Vec<strata_core::shadow::ShadowPair>, EngineError> {
+        if self.rollout(rollout).is_none() {
+            return Err(strata_core::rollout::RolloutError::Unknown {
+                name: rollout.to_string(),
+            }
+            .into());
+        }
+        let mut pairs = self.runtime.store.shadow_pairs(rollout)?;
+        pairs.sort_by(|one, other| {
+            (one.matched, std::cmp::Reverse(one.compared_ms), one.real).cmp(&(
+                other.matched,
+                std::cmp::Reverse(other.compared_ms),
+                other.real,
+            ))
+        });
+        Ok(pairs)
+    }
+
     /// Every rollout of `workflow`, oldest first, with their histories.
     pub fn rollout_history(&self, workflow: &str) -> Vec<RolloutRecord> {
         self.runtime

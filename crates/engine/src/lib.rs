@@ -32,7 +32,7 @@ pub mod store;
 mod tasks;
 
 pub use strata_config as config;
-pub use strata_core::{history, measure, rollout, routing, workflow};
+pub use strata_core::{history, measure, rollout, routing, shadow, workflow};
 
 pub use engine::{Engine, EngineBuilder, EnginePart, PartStart, StartOptions, StoreOpening};
 pub use error::EngineError;

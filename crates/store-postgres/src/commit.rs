@@ -133,6 +133,8 @@ pub(super) struct Writes {
     /// Migration job records by workflow and worker (empty: the job's own record).
     jobs: HashMap<(String, String), Vec<u8>>,
     rollouts: HashMap<String, (Vec<u8>, i64)>,
+    /// Compared shadow pairs by rollout and real instance.
+    shadow_pairs: HashMap<(String, i64), Vec<u8>>,
     quarantines: Vec<(i64, String)>,
     /// History chunks by instance and first entry number: the chunk, or `None` to drop it.
     history: HashMap<(i64, i64), Option<Vec<u8>>>,
@@ -189,6 +191,12 @@ impl Writes {
                         .insert(rollout.spec.name.clone(), (encode("rollout", rollout)?, revision));
                 }
                 Op::QuarantineRecord { id, reason } => writes.quarantines.push((signed(id.0), reason.clone())),
+                Op::PutShadowPair(pair) => {
+                    writes.shadow_pairs.insert(
+                        (pair.rollout.clone(), signed(pair.real.0)),
+                        encode("shadow pair", pair)?,
+                    );
+                }
                 Op::PutHistoryChunk {
                     instance,
                     first,
@@ -557,6 +565,16 @@ impl Writes {
             if written == 0 {
                 return Err(StoreError::RolloutChanged { name: name.clone() });
             }
+        }
+        for ((rollout, real), record) in &self.shadow_pairs {
+            transaction
+                .execute_typed(
+                    "INSERT INTO strata_shadow_pairs (rollout, real_id, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (rollout, real_id) DO UPDATE SET record = EXCLUDED.record",
+                    typed![rollout, real, record],
+                )
+                .await
+                .map_err(failed("write shadow pair"))?;
         }
         for (id, reason) in &self.quarantines {
             transaction

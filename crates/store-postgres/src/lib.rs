@@ -941,6 +941,18 @@ impl Store for PostgresStore {
         self.records("rollout", "SELECT record FROM strata_rollouts ORDER BY name")
     }
 
+    fn shadow_pairs(&self, rollout: &str) -> Result<Vec<strata_core::shadow::ShadowPair>, StoreError> {
+        self.query(
+            "read shadow pairs",
+            "SELECT record FROM strata_shadow_pairs WHERE rollout = $1 ORDER BY real_id",
+            vec![Box::new(rollout.to_string())],
+            |row| {
+                strata_core::instance::decode_stored(row.get(0))
+                    .map_err(|error| StoreError::failed("read shadow pairs", error))
+            },
+        )
+    }
+
     fn stats(&self) -> StoreStats {
         let applies = self.applies.load(Ordering::Relaxed);
         // Each applied transaction is durable when it commits.

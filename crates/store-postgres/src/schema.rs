@@ -232,6 +232,12 @@ ALTER TABLE strata_versions ADD COLUMN shadow_completed bigint NOT NULL DEFAULT 
 ALTER TABLE strata_versions ADD COLUMN shadow_failed bigint NOT NULL DEFAULT 0;
 ALTER TABLE strata_versions ADD COLUMN shadow_cancelled bigint NOT NULL DEFAULT 0;
 ALTER TABLE strata_versions ADD COLUMN shadow_measures jsonb NOT NULL DEFAULT '{}'::jsonb;
+CREATE TABLE strata_shadow_pairs (
+    rollout text NOT NULL,
+    real_id bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (rollout, real_id)
+);
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.

@@ -73,6 +73,7 @@ const CONFIGS: &[u8] = b"g/";
 const SCHEDULE_FIRES: &[u8] = b"f/";
 const MIGRATION_JOBS: &[u8] = b"u/";
 const ROLLOUTS: &[u8] = b"o/";
+const SHADOW_PAIRS: &[u8] = b"p/";
 const BY_WORKFLOW: &[u8] = b"w/";
 const FINISHED_INDEX_BUILT: &[u8] = b"m/finished-index";
 const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
@@ -269,6 +270,15 @@ fn version_key(prefix: &[u8], key: &VersionKey) -> Vec<u8> {
     bytes.push(0);
     bytes.extend_from_slice(version.as_bytes());
     bytes
+}
+
+/// The prefix of rollout `rollout`'s shadow pairs (its name is ended by a 0 byte, so that one
+/// rollout's name is never a prefix of another's keys).
+fn shadow_pairs_prefix(rollout: &str) -> Vec<u8> {
+    let mut key = SHADOW_PAIRS.to_vec();
+    key.extend_from_slice(rollout.as_bytes());
+    key.push(0);
+    key
 }
 
 fn id_from_key(prefix: &[u8], key: &[u8]) -> Option<InstanceId> {
@@ -689,6 +699,11 @@ impl Store for SledStore {
                     }
                     batch.insert(key, encode("rollout", rollout)?);
                 }
+                Op::PutShadowPair(pair) => {
+                    let mut key = shadow_pairs_prefix(&pair.rollout);
+                    key.extend_from_slice(&pair.real.0.to_be_bytes());
+                    batch.insert(key, encode("shadow pair", pair)?);
+                }
                 Op::QuarantineRecord { id, reason } => {
                     let raw = self.durable.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
                     let entry = QuarantineEntry {
@@ -1020,6 +1035,10 @@ impl Store for SledStore {
 
     fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError> {
         self.collect(ROLLOUTS, "rollout")
+    }
+
+    fn shadow_pairs(&self, rollout: &str) -> Result<Vec<strata_core::shadow::ShadowPair>, StoreError> {
+        self.collect(&shadow_pairs_prefix(rollout), "shadow pair")
     }
 
     fn stats(&self) -> StoreStats {

@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             retention_removes_an_instances_history_with_it,
             a_revived_instance_is_live_again_once_and_undrains_its_drained_version,
             listings_page_in_either_order_from_a_cursor,
+            measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout,
         );
     };
     (@each $harness:expr; $($check:ident),+ $(,)?) => {
@@ -99,6 +100,7 @@ fn record(id: u64, version: &str, phase: Phase) -> InstanceRecord {
         history: Default::default(),
         measures: Default::default(),
         shadow_of: None,
+        shadowed_by: None,
         claim: 0,
     }
 }
@@ -999,4 +1001,107 @@ pub fn listings_page_in_either_order_from_a_cursor(harness: &dyn Harness) {
             "{workflow:?}: live instances past the cursor, newest first: {elsewhere:?}"
         );
     }
+}
+
+/// What finishing instances recorded adds up per measure, exactly, in the counters of the
+/// version they finished on; shadow instances count apart (but for `live`); a compared shadow
+/// pair is kept by rollout and real instance, a second write of it replacing the first.
+pub fn measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout(harness: &dyn Harness) {
+    use strata_core::measure::{MeasureTotal, MeasureTotals};
+    let cost = |units: i64, count: u64| -> MeasureTotals {
+        [(
+            "cost".to_string(),
+            MeasureTotal {
+                sum_units: units,
+                count,
+            },
+        )]
+        .into()
+    };
+    let store = harness.open();
+    apply(store.as_ref(), &[put(&ready(1, "1.0.0")), start("1.0.0")]);
+    apply(store.as_ref(), &[put(&ready(2, "1.0.0")), start("1.0.0")]);
+    let finished = |id: u64, units: i64| {
+        let mut record = record(id, "1.0.0", Phase::Completed { output: vec![0x90] });
+        record.measures = cost(units, 2);
+        record
+    };
+    let (holding, _, _) = held(store.as_ref());
+    for (id, units) in [(1, 250_000), (2, 1_000_001)] {
+        let mut record = finished(id, units);
+        record.claim = claim_of(&holding, id);
+        let delta = CounterDelta {
+            measures: record.measures.clone(),
+            ..CounterDelta::finish(InstanceStatus::Completed)
+        };
+        apply(
+            store.as_ref(),
+            &[
+                put(&record),
+                Op::AdjustCounters {
+                    key: key("1.0.0"),
+                    delta,
+                },
+            ],
+        );
+    }
+    // A shadow of 2.0.0 starts and finishes: only its shadow counts (and live while it runs).
+    let shadow_start = Op::AdjustCounters {
+        key: key("2.0.0"),
+        delta: CounterDelta::shadow_start(),
+    };
+    let mut shadow = ready(3, "2.0.0");
+    shadow.shadow_of = Some(InstanceId(1));
+    apply(store.as_ref(), &[put(&shadow), shadow_start]);
+    assert_eq!(stored(store.as_ref(), "2.0.0").counters.live, 1);
+    let (holding, _, _) = held(store.as_ref());
+    let mut ended = record(3, "2.0.0", Phase::Completed { output: vec![0x90] });
+    ended.shadow_of = Some(InstanceId(1));
+    ended.claim = claim_of(&holding, 3);
+    let shadow_end = CounterDelta::shadow_finish(InstanceStatus::Completed, cost(500_000, 1));
+    apply(
+        store.as_ref(),
+        &[
+            put(&ended),
+            Op::AdjustCounters {
+                key: key("2.0.0"),
+                delta: shadow_end,
+            },
+        ],
+    );
+    let pair = |matched: bool| strata_core::shadow::ShadowPair {
+        rollout: "w@2.0.0".to_string(),
+        real: InstanceId(1),
+        shadow: InstanceId(3),
+        stable: semver::Version::new(1, 0, 0),
+        candidate: semver::Version::new(2, 0, 0),
+        compared_ms: 5,
+        matched,
+        diff: (!matched).then(|| "total: 1 → 2".to_string()),
+        real_status: InstanceStatus::Completed,
+        shadow_status: InstanceStatus::Completed,
+        real_took_ms: 3,
+        shadow_took_ms: 4,
+        real_measures: cost(250_000, 2),
+        shadow_measures: cost(500_000, 1),
+    };
+    apply(store.as_ref(), &[Op::PutShadowPair(Box::new(pair(false)))]);
+    apply(store.as_ref(), &[Op::PutShadowPair(Box::new(pair(true)))]);
+    let store = reopen(harness, store);
+    let stable = stored(store.as_ref(), "1.0.0").counters;
+    assert_eq!(stable.measures, cost(1_250_001, 4), "exact, in millionths");
+    let candidate = stored(store.as_ref(), "2.0.0").counters;
+    assert_eq!((candidate.live, candidate.started, candidate.completed), (0, 0, 0));
+    assert_eq!((candidate.shadow.started, candidate.shadow.completed), (1, 1));
+    assert_eq!(candidate.shadow.measures, cost(500_000, 1));
+    assert!(candidate.measures.is_empty());
+    let pairs = store.shadow_pairs("w@2.0.0").unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(pairs, vec![pair(true)], "the second write replaced the first");
+    assert!(
+        store
+            .shadow_pairs("w@2.0.")
+            .unwrap_or_else(|error| panic!("{error}"))
+            .is_empty(),
+        "a name is not a prefix"
+    );
 }

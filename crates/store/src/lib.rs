@@ -355,6 +355,9 @@ pub enum Op {
         /// The number of the chunk's first entry.
         first: u64,
     },
+    /// Stores a compared shadow pair, by rollout and real instance (written again, it replaces
+    /// the one stored: both workers that finish a pair may compare it).
+    PutShadowPair(Box<strata_core::shadow::ShadowPair>),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
         /// The instance.
@@ -679,6 +682,8 @@ pub trait Store: Send + Sync + 'static {
     fn migration_jobs(&self) -> Result<Vec<MigrationJobRecord>, StoreError>;
     /// Every rollout, by name.
     fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError>;
+    /// The compared shadow pairs of rollout `rollout`, in the order of their real instances.
+    fn shadow_pairs(&self, rollout: &str) -> Result<Vec<strata_core::shadow::ShadowPair>, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::step::{Next, StepCtx, StepError, StepResult};
 use super::{RetryPolicy, UpgradePolicy};
 use crate::measure::{MeasureKind, MeasureSpec};
+use crate::shadow::OutputComparator;
 
 /// A mistake in a workflow version's definition, reported when it is registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +138,7 @@ pub struct WorkflowVersion<I, S, O> {
     upgrade_policy: UpgradePolicy,
     default_retry: RetryPolicy,
     measures: Vec<MeasureSpec>,
+    comparator: Option<Arc<OutputComparator>>,
 }
 
 /// Whether `name` can name a measure: 1 to 64 ASCII letters, digits, `_`, `-` or `.` — it is
@@ -174,6 +176,7 @@ where
             upgrade_policy: UpgradePolicy::Pinned,
             default_retry: RetryPolicy::default(),
             measures: Vec::new(),
+            comparator: None,
         }
     }
 
@@ -316,7 +319,33 @@ where
             upgrade_policy: self.upgrade_policy,
             fallback_retry: RetryPolicy::no_retry(),
             measures: Arc::from(self.measures),
+            comparator: self.comparator,
         }))
+    }
+}
+
+impl<I, S, O> WorkflowVersion<I, S, O>
+where
+    I: DeserializeOwned + Send + 'static,
+    S: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// How a shadow run of this version, as a rollout's candidate, is compared with the stable
+    /// version's real run of the same input: `compare(stable, candidate)` gets both outputs
+    /// read as this version's output type and says `Ok(())` when they agree, else what differs
+    /// (shown with the pair). Without it the stored outputs must be equal, and a mismatch names
+    /// the fields that differ. A stable output that does not read as this type is a mismatch.
+    pub fn compare_outputs(mut self, compare: impl Fn(&O, &O) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        let erased = move |stable: &[u8], candidate: &[u8]| -> Result<(), String> {
+            let stable: O = super::decode_user(stable)
+                .map_err(|error| format!("the stable's output does not read as this version's: {error}"))?;
+            let candidate: O = super::decode_user(candidate)
+                .map_err(|error| format!("the candidate's output does not read back: {error}"))?;
+            super::catch_user_panic(|| compare(&stable, &candidate))
+                .map_err(|message| format!("the comparator panicked: {message}"))?
+        };
+        self.comparator = Some(Arc::new(erased));
+        self
     }
 }
 
@@ -379,6 +408,9 @@ pub trait VersionCode: Send + Sync + 'static {
     fn run_step<'a>(&'a self, ctx: StepCtx, state: &'a [u8]) -> BoxFuture<'a, Result<StepOutcome, StepFailure>>;
     /// The measures the version declares, in the order declared.
     fn measures(&self) -> &Arc<[MeasureSpec]>;
+    /// How a shadow run of this version (a rollout's candidate) is compared with the stable
+    /// version's real run, by their stored outputs; `None`: they must be equal.
+    fn output_comparator(&self) -> Option<&OutputComparator>;
 }
 
 struct TypedVersion<I, S, O> {
@@ -392,6 +424,7 @@ struct TypedVersion<I, S, O> {
     upgrade_policy: UpgradePolicy,
     fallback_retry: RetryPolicy,
     measures: Arc<[MeasureSpec]>,
+    comparator: Option<Arc<OutputComparator>>,
 }
 
 impl<I, S, O> VersionCode for TypedVersion<I, S, O>
@@ -432,6 +465,10 @@ where
 
     fn measures(&self) -> &Arc<[MeasureSpec]> {
         &self.measures
+    }
+
+    fn output_comparator(&self) -> Option<&OutputComparator> {
+        self.comparator.as_deref()
     }
 
     fn check_signal(&self, name: &str, payload: &[u8]) -> Result<(), String> {

@@ -431,6 +431,9 @@ mod tests {
         fn rollouts(&self) -> Result<Vec<strata_core::rollout::RolloutRecord>, StoreError> {
             Ok(Vec::new())
         }
+        fn shadow_pairs(&self, _rollout: &str) -> Result<Vec<strata_core::shadow::ShadowPair>, StoreError> {
+            Ok(Vec::new())
+        }
         fn stats(&self) -> StoreStats {
             StoreStats::default()
         }

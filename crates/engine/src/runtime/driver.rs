@@ -484,6 +484,11 @@ impl Runtime {
                 }
             }
             self.rollouts_notice_finish(&key);
+            if record.shadow_of.is_some() || record.shadowed_by.is_some() {
+                let runtime = self.clone();
+                let finished = record.clone();
+                self.spawn_tracked(async move { runtime.compare_with_twin(finished).await });
+            }
             let slot = self.table.remove(id);
             let (waiters, late_inbox) = slot.map(|slot| (slot.waiters, slot.inbox)).unwrap_or_default();
             if let Some(outcome) = Outcome::from_phase(&record.phase) {
@@ -517,6 +522,49 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Compares a finished real instance with its shadow, or a shadow with its real twin, once
+    /// both have finished: whichever of the two finishes second finds the other finished (each
+    /// looks after its own finish is committed) and stores the pair; both may, and the second
+    /// write replaces the first with the same comparison.
+    async fn compare_with_twin(&self, finished: InstanceRecord) {
+        let (real_id, shadow_id) = match (finished.shadow_of, finished.shadowed_by) {
+            (Some(real), _) => (real, finished.id),
+            (None, Some(shadow)) => (finished.id, shadow),
+            (None, None) => return,
+        };
+        let twin_id = if finished.id == real_id { shadow_id } else { real_id };
+        let twin = match self.store.load_instance(twin_id) {
+            Ok(Some(twin)) if twin.phase.is_terminal() => twin,
+            // Not finished yet: it compares when it finishes. Gone: removed by retention.
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(instance = %finished.id, twin = %twin_id, %error, "could not read a shadow pair's twin; the pair is not compared");
+                return;
+            }
+        };
+        let (real, shadow) = if finished.id == real_id {
+            (finished, twin)
+        } else {
+            (twin, finished)
+        };
+        let workflow = real.key.workflow.clone();
+        let Some(rollout) = self.shadowing_rollout(&workflow, &real.key.version, &shadow.key.version) else {
+            tracing::warn!(instance = %real.id, shadow = %shadow.id, "no rollout of these versions is known here; the pair is not compared");
+            return;
+        };
+        let code = self.registry.code(&shadow.key);
+        let comparator = code.as_ref().and_then(|code| code.output_comparator());
+        let pair = strata_core::shadow::compare(&rollout, &real, &shadow, comparator, self.now());
+        if !pair.matched {
+            tracing::info!(rollout = %rollout, real = %real.id, shadow = %shadow.id, diff = pair.diff.as_deref().unwrap_or_default(), "a shadow differs from its real run");
+        }
+        if let Err(error) = self.write(vec![Op::PutShadowPair(Box::new(pair))]).await {
+            tracing::warn!(rollout = %rollout, real = %real.id, %error, "could not store a shadow pair");
+            return;
+        }
+        self.rollouts_notice_finish(&shadow.key);
+    }
+
     /// Deletes the signals that reached a finished instance's inbox after its finishing commit
     /// was built (a signal stored while the instance was finishing), so none is left behind in
     /// the store; like every unconsumed signal of a finished instance, they are dropped.

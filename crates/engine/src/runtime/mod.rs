@@ -730,7 +730,7 @@ impl Runtime {
             RouteReason::Requested => None,
             _ => self.shadow_candidate(workflow, &key, routing_key.as_deref(), id),
         };
-        let begun = NewInstance {
+        let mut begun = NewInstance {
             id,
             key: key.clone(),
             code: reserved.code.as_deref(),
@@ -739,9 +739,17 @@ impl Runtime {
             scheduled: scheduled.clone(),
             routed_by: reason,
             shadow_of: None,
+            shadowed_by: None,
             now,
         };
-        let mut ops = Vec::with_capacity(4);
+        // The shadow first, so that the real record names it (only if it could begin).
+        let mut shadow_ops = Vec::new();
+        let shadow = match shadow_of_start {
+            Some(candidate) => self.shadow_record(&begun, candidate, &mut shadow_ops),
+            None => None,
+        };
+        begun.shadowed_by = shadow.as_ref().map(|shadow| shadow.id);
+        let mut ops = Vec::with_capacity(4 + shadow_ops.len());
         let record = match self.new_record(&begun, &mut ops) {
             Ok(record) => record,
             Err(error) => {
@@ -753,10 +761,7 @@ impl Runtime {
             key: key.clone(),
             delta: CounterDelta::start(now),
         });
-        let shadow = match shadow_of_start {
-            Some(candidate) => self.shadow_record(&begun, candidate, &mut ops),
-            None => None,
-        };
+        ops.append(&mut shadow_ops);
         if let Some(fire) = scheduled {
             // The fire is handled exactly when its instance exists: both in one commit.
             ops.push(Op::PutScheduleFire {
@@ -828,6 +833,7 @@ impl Runtime {
             history: Default::default(),
             measures: Default::default(),
             shadow_of: new.shadow_of,
+            shadowed_by: new.shadowed_by,
             // Unclaimed: the first worker with the version's code claims it.
             claim: 0,
         };
@@ -904,6 +910,7 @@ impl Runtime {
             scheduled: real.scheduled.clone(),
             routed_by: RouteReason::Rollout { rule: 0 },
             shadow_of: Some(real.id),
+            shadowed_by: None,
             now: real.now,
         };
         let mut shadow_ops = Vec::with_capacity(3);
@@ -1370,6 +1377,8 @@ struct NewInstance<'a> {
     routed_by: RouteReason,
     /// For a shadow instance, the real one.
     shadow_of: Option<InstanceId>,
+    /// For a real instance with a shadow, the shadow.
+    shadowed_by: Option<InstanceId>,
     now: u64,
 }
 

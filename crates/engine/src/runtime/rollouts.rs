@@ -266,7 +266,17 @@ impl Runtime {
         exports.extend(self.registry.metrics(&key).map(|metrics| metrics.export()));
         let metrics = (!exports.is_empty()).then(|| crate::observe::merged_window(&exports, now_ms, window));
         let finished = completed + failed + cancelled;
-        // Each measure the version declares here, from the committed totals since the baseline.
+        // In a shadow stage both versions' measures come from the pairs compared in it (each
+        // shadow against its own real twin: the same inputs), else from the committed totals
+        // since the baseline.
+        let pairs = record.in_shadow_stage().then(|| self.stage_pairs(record));
+        let (pair_count, mismatches) = match (&pairs, candidate) {
+            (Some(pairs), true) => (
+                pairs.len() as u64,
+                pairs.iter().filter(|pair| !pair.matched).count() as u64,
+            ),
+            _ => (0, 0),
+        };
         let measures = self
             .registry
             .code(&key)
@@ -274,12 +284,28 @@ impl Runtime {
                 code.measures()
                     .iter()
                     .map(|spec| {
-                        let total = totals.get(&spec.name).copied().unwrap_or_default();
-                        let before = base_totals.get(&spec.name).copied().unwrap_or_default();
-                        (
-                            spec.name.clone(),
-                            measure::figure(spec.kind, &total.since(&before), finished),
-                        )
+                        let (total, over) = match &pairs {
+                            Some(pairs) => {
+                                let mut total = measure::MeasureTotal::default();
+                                for pair in pairs {
+                                    let side = if candidate {
+                                        &pair.shadow_measures
+                                    } else {
+                                        &pair.real_measures
+                                    };
+                                    if let Some(recorded) = side.get(&spec.name) {
+                                        total.add(recorded);
+                                    }
+                                }
+                                (total, pairs.len() as u64)
+                            }
+                            None => {
+                                let total = totals.get(&spec.name).copied().unwrap_or_default();
+                                let before = base_totals.get(&spec.name).copied().unwrap_or_default();
+                                (total.since(&before), finished)
+                            }
+                        };
+                        (spec.name.clone(), measure::figure(spec.kind, &total, over))
                     })
                     .collect()
             })
@@ -295,7 +321,41 @@ impl Runtime {
                 .map(|quantiles| quantiles.p95.as_micros() as u64),
             consecutive_failures: metrics.as_ref().map_or(0, |snapshot| snapshot.consecutive_failures),
             measures,
+            pairs: pair_count,
+            mismatches,
         }
+    }
+
+    /// The shadow pairs of `record`'s rollout compared since its stage started.
+    fn stage_pairs(&self, record: &RolloutRecord) -> Vec<strata_core::shadow::ShadowPair> {
+        match self.store.shadow_pairs(&record.spec.name) {
+            Ok(pairs) => pairs
+                .into_iter()
+                .filter(|pair| pair.compared_ms >= record.stage_started_ms)
+                .collect(),
+            Err(error) => {
+                tracing::warn!(rollout = %record.spec.name, %error, "could not read the shadow pairs");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The name of the rollout that shadows `stable` with `candidate` in `workflow` (the latest
+    /// one started), for a pair of theirs.
+    pub(super) fn shadowing_rollout(
+        &self,
+        workflow: &str,
+        stable: &semver::Version,
+        candidate: &semver::Version,
+    ) -> Option<String> {
+        self.rollouts
+            .all()
+            .into_iter()
+            .rev()
+            .find(|record| {
+                record.spec.workflow == workflow && record.spec.stable == *stable && record.spec.candidate == *candidate
+            })
+            .map(|record| record.spec.name)
     }
 
     /// Takes in the store's rollouts (with a shared store, other processes change them) and

@@ -425,6 +425,7 @@ mod tests {
             history: Default::default(),
             measures: Default::default(),
             shadow_of: None,
+            shadowed_by: None,
             claim: 0,
         }
     }
