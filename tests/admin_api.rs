@@ -1426,6 +1426,7 @@ async fn the_openapi_document_describes_every_route_with_its_parameters_and_answ
             "/v1/revivals/plan",
             "/v1/rollouts",
             "/v1/rollouts/{name}",
+            "/v1/rollouts/{name}/shadows",
             "/v1/rollouts/{name}/{action}",
             "/v1/routing",
             "/v1/schedules",

@@ -220,6 +220,31 @@ async fn the_dashboard_shows_live_counts_a_rolled_back_gate_config_diffs_and_ins
         .await;
     assert_eq!(measures, "cost 3 per instance");
 
+    // The same candidate again, in a shadow stage: its pairs are listed under the rollout.
+    let spec = RolloutSpec::new("quote", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage::shadow(100.0, Duration::from_secs(600), 50))
+        .stage(Stage::new(50.0, Duration::from_secs(600), 2))
+        .gates(Gates {
+            max_shadow_mismatch: Some(0.5),
+            ..Gates::default()
+        });
+    let name = engine.start_rollout(spec).await.unwrap();
+    for n in 0..2u64 {
+        let id = engine
+            .start_with("quote", &n, StartOptions::new().routing_key(format!("k-{n}")))
+            .await
+            .unwrap();
+        outcome_within(&engine, id).await;
+    }
+    let pairs = browser
+        .wait_for_text(
+            &format!(r#"[data-rollout="{name}"] [data-field="shadow-pairs"]"#),
+            "the shadow pairs",
+            |text| text.starts_with("0 of 2 shadow pairs differ"),
+        )
+        .await;
+    assert!(pairs.contains("match"), "{pairs}");
+
     // Config history with its diffs, newest first.
     let generation = browser
         .wait_for_text(r#"[data-field="generation"]"#, "the generation", |_| true)

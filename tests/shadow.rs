@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use serde::{Deserialize, Serialize};
+use strata::prelude::*;
 use strata::rollout::{RolloutError, RolloutStatus, Transition};
 use strata::{
     Engine, EngineError, Gates, InstanceFilter, ManualClock, MeasureGate, MeasureKind, Next, Outcome, RolloutSpec,
@@ -360,6 +361,7 @@ async fn each_shadow_is_compared_with_its_real_twin_and_mismatches_roll_the_cand
         .register(quote("1.0.0"))
         .register(quote("2.2.0"))
         .register(plain_quote("2.4.0"))
+        .admin("127.0.0.1:0".parse().unwrap())
         .open()
         .await
         .unwrap();
@@ -412,6 +414,19 @@ async fn each_shadow_is_compared_with_its_real_twin_and_mismatches_roll_the_cand
         assert_eq!(pair.real_measures["cost"].count, 1);
         assert_eq!(pair.shadow_measures["cost"].count, 1);
     }
+
+    // The same pairs through the API, mismatches first, with the ids of both instances.
+    let url = format!("http://{}/v1/rollouts/{name}/shadows", engine.admin_address().unwrap());
+    let listed: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 10);
+    assert_eq!(listed[0]["matched"], false);
+    assert_eq!(listed[0]["real"], pairs[0].real.0);
+    assert_eq!(listed[0]["shadow"], pairs[0].shadow.0);
+    assert_eq!(listed[0]["diff"], pairs[0].diff.clone().unwrap());
+    assert_eq!(listed[0]["shadow_measures"]["cost"]["count"], 1);
+    let missing = reqwest::get(url.replace("quote@2.2.0", "quote@9.9.9")).await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
 
     // Without a comparator, the stored outputs must be equal, and the diff names the fields.
     engine.start_rollout(rollout("2.4.0", 100.0, gates)).await.unwrap();

@@ -352,6 +352,15 @@ pub(crate) enum RolloutCommand {
         /// The rollout's name.
         name: String,
     },
+    /// The shadow pairs of a rollout's shadow stages: each real instance of the stable version
+    /// beside the candidate's shadow of it, compared; mismatches first, with what differs.
+    Shadows {
+        /// The rollout's name.
+        name: String,
+        /// Only the pairs that differ.
+        #[arg(long)]
+        mismatches: bool,
+    },
 }
 
 /// `strata config ...`.

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use strata_admin_model::{
     CancelledView, ConfigCheckView, FiguresView, GatesRequest, GatesView, GenerationView, InstanceDetail, InstancePage,
     MigrationBody, MigrationProgressView, MoveBody, MoveCheckView, MovePlanView, MoveReportView, PhaseView,
-    RestoredView, RolloutStartRequest, RolloutView, SignalDeliveredView, StageView, StartBody, StartedView,
-    TerminateBody, TransitionKind, TransitionView, VersionView, Whole,
+    RestoredView, RolloutStartRequest, RolloutView, ShadowPairView, SignalDeliveredView, StageView, StartBody,
+    StartedView, TerminateBody, TransitionKind, TransitionView, VersionView, Whole,
 };
 
 use crate::args::{
@@ -434,6 +434,7 @@ fn rollout_rows(rollouts: &[RolloutView]) -> Vec<Vec<String>> {
                     Some("max_latency_multiplier") => "latency multiplier gate",
                     Some("min_success_rate") => "success rate gate",
                     Some("max_consecutive_failures") => "consecutive failures gate",
+                    Some("max_shadow_mismatch") => "shadow mismatch gate",
                     Some(other) => other,
                     None => "an operator",
                 };
@@ -443,7 +444,11 @@ fn rollout_rows(rollouts: &[RolloutView]) -> Vec<Vec<String>> {
                 rollout.name.clone(),
                 rollout.status.clone(),
                 format!("{}/{}", rollout.stage + 1, rollout.stages.len()),
-                format!("{}%", rollout.candidate_percent),
+                if rollout.shadow_percent > 0.0 {
+                    format!("0% (shadow {}%)", rollout.shadow_percent)
+                } else {
+                    format!("{}%", rollout.candidate_percent)
+                },
                 compared_figures(rollout).map_or_else(
                     || "-".to_string(),
                     |(candidate, stable)| format!("{} / {}", candidate.finished, stable.finished),
@@ -540,6 +545,13 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
             out.show(&answer, || rollout_detail(&rollout));
             return Ok(());
         }
+        RolloutCommand::Shadows { name, mismatches } => {
+            let answer = client.get(&format!("/v1/rollouts/{}/shadows", segment(&name)))?;
+            let pairs: Vec<ShadowPairView> = typed(&answer, "a list of shadow pairs")?;
+            let shown: Vec<&ShadowPairView> = pairs.iter().filter(|pair| !mismatches || !pair.matched).collect();
+            out.show(&answer, || shadow_pairs_text(&pairs, &shown));
+            return Ok(());
+        }
         RolloutCommand::Pause { name } => (name, "pause"),
         RolloutCommand::Resume { name } => (name, "resume"),
         RolloutCommand::Rollback { name } => (name, "rollback"),
@@ -548,6 +560,54 @@ fn rollout(client: &AdminClient, out: &Output, command: RolloutCommand) -> Resul
     let rollout: RolloutView = typed(&answer, "a rollout")?;
     out.show(&answer, || rollout_detail(&rollout));
     Ok(())
+}
+
+/// A rollout's shadow pairs as a table (`shown` of all `pairs`), with how many differ.
+fn shadow_pairs_text(pairs: &[ShadowPairView], shown: &[&ShadowPairView]) -> String {
+    if pairs.is_empty() {
+        return "no shadow pair compared yet".to_string();
+    }
+    let mismatched = pairs.iter().filter(|pair| !pair.matched).count();
+    let took = |stable: u64, candidate: u64| format!("{} / {}", span(stable), span(candidate));
+    let measures = |pair: &ShadowPairView| {
+        pair.shadow_measures
+            .iter()
+            .map(|(name, shadow)| {
+                let real = pair.real_measures.get(name).map_or(0.0, |real| real.sum);
+                format!("{name} {real} / {}", shadow.sum)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|pair| {
+            vec![
+                pair.real.to_string(),
+                pair.shadow.to_string(),
+                if pair.matched { "yes" } else { "NO" }.to_string(),
+                took(pair.real_took_ms, pair.shadow_took_ms),
+                measures(pair),
+                pair.diff.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    format!(
+        "{mismatched} of {} pairs differ ({:.1} %)\n{}",
+        pairs.len(),
+        mismatched as f64 * 100.0 / pairs.len() as f64,
+        table::render(
+            &[
+                "REAL",
+                "SHADOW",
+                "MATCH",
+                "TOOK (STABLE / CANDIDATE)",
+                "MEASURES (STABLE / CANDIDATE)",
+                "WHAT DIFFERS"
+            ],
+            &rows
+        )
+    )
 }
 
 /// `--gates` as the API's gates: a JSON object of the gate fields; a field the API does not know
@@ -605,13 +665,27 @@ fn rollout_detail(rollout: &RolloutView) -> String {
         } else {
             format!("it holds {} more", span(remaining))
         };
-        lines.push(format!(
-            "stage {} of {} at {}%: {hold}; {finished} of {} candidate instance(s) finished in it",
-            rollout.stage + 1,
-            rollout.stages.len(),
-            stage.percent,
-            stage.min_finished.0.max(1)
-        ));
+        if stage.shadow {
+            let (pairs, mismatches) = rollout.figures.as_ref().map_or((0, 0), |figures| {
+                (figures.candidate.pairs, figures.candidate.mismatches)
+            });
+            lines.push(format!(
+                "stage {} of {} is a shadow stage: {}% of the stable's starts also run the candidate, unseen; {hold}; {finished} of {} shadow instance(s) finished in it; {mismatches} of {pairs} pair(s) differ (strata rollout shadows {})",
+                rollout.stage + 1,
+                rollout.stages.len(),
+                stage.percent,
+                stage.min_finished.0.max(1),
+                rollout.name
+            ));
+        } else {
+            lines.push(format!(
+                "stage {} of {} at {}%: {hold}; {finished} of {} candidate instance(s) finished in it",
+                rollout.stage + 1,
+                rollout.stages.len(),
+                stage.percent,
+                stage.min_finished.0.max(1)
+            ));
+        }
     }
     if let Some((candidate, stable)) = compared_figures(rollout) {
         lines.push(String::new());
@@ -654,7 +728,12 @@ fn rollout_detail(rollout: &RolloutView) -> String {
             .map(|transition| {
                 let figures = |figures: Option<FiguresView>| {
                     figures.map_or("-".to_string(), |figures| {
-                        format!("{} finished, {} failed", figures.finished, figures.failed)
+                        let pairs = if figures.pairs > 0 {
+                            format!(", {} of {} shadow pairs differ", figures.mismatches, figures.pairs)
+                        } else {
+                            String::new()
+                        };
+                        format!("{} finished, {} failed{pairs}", figures.finished, figures.failed)
                     })
                 };
                 vec![
@@ -726,6 +805,9 @@ fn gates_text(gates: &GatesView, unwatched: bool) -> String {
     }
     if let Some(limit) = gates.max_consecutive_failures {
         set.push(format!("max_consecutive_failures {limit}"));
+    }
+    if let Some(limit) = gates.max_shadow_mismatch {
+        set.push(format!("max_shadow_mismatch {limit}"));
     }
     for gate in &gates.measures {
         let mut bounds = Vec::new();

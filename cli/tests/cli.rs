@@ -467,6 +467,83 @@ async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired(
     engine.shutdown().await;
 }
 
+/// A rollout with a shadow stage, from the command line: its status says the stage is a shadow
+/// one, and `rollout shadows` lists the compared pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_stage_and_its_pairs_are_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .data_dir(dir.path())
+        .admin("127.0.0.1:0".parse().unwrap())
+        .admin_token(ADMIN)
+        .admin_read_token(READER)
+        .register(priced("1.0.0"))
+        .register(priced("2.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let args = [
+        "rollout",
+        "start",
+        "--workflow",
+        "priced",
+        "--candidate",
+        "2.0.0",
+        "--stable",
+        "1.0.0",
+        "--stage",
+        "shadow:100:600:50",
+        "--stage",
+        "50:600:3",
+        "--gates",
+        r#"{"max_shadow_mismatch": 0.1}"#,
+    ];
+    let started = strata(&engine, Some(ADMIN), &args).await;
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    assert!(
+        started
+            .stdout
+            .contains("stage 1 of 2 is a shadow stage: 100% of the stable's starts also run the candidate"),
+        "{}",
+        started.stdout
+    );
+    assert!(started.stdout.contains("max_shadow_mismatch 0.1"), "{}", started.stdout);
+    for count in 0..3u64 {
+        let options = StartOptions::new().routing_key(format!("k-{count}"));
+        let id = engine.start_with("priced", &count, options).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), engine.outcome(id)).await;
+        assert!(matches!(outcome, Ok(Ok(strata::Outcome::Completed(_)))), "{outcome:?}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let listed = strata(&engine, Some(READER), &["rollout", "shadows", "priced@2.0.0"]).await;
+        assert_eq!(listed.code, 0, "{}", listed.stderr);
+        if listed.stdout.starts_with("0 of 3 pairs differ") {
+            break listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", listed.stdout);
+        tokio::time::sleep(Duration::from_millis(20)).await; // the pairs are compared on their own
+    };
+    assert!(
+        listed.stdout.contains("MATCH") && listed.stdout.contains("cost 1 / 2"),
+        "{}",
+        listed.stdout
+    );
+    let only = strata(
+        &engine,
+        Some(READER),
+        &["rollout", "shadows", "priced@2.0.0", "--mismatches"],
+    )
+    .await;
+    assert_eq!(
+        only.stdout.lines().count(),
+        2,
+        "the count and the header: {}",
+        only.stdout
+    );
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollouts_and_moves_are_steered_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,8 +26,8 @@ pub use operation::{
 };
 pub use revivals::{ReviveBody, ReviveCheckView, RevivePlanView, ReviveReportView};
 pub use rollouts::{
-    FiguresView, GatesRequest, GatesView, MeasureFigureView, MeasureGateView, OnRollbackChoice, RolloutFiguresView,
-    RolloutStartRequest, RolloutView, StageView, TransitionKind, TransitionView,
+    FiguresView, GatesRequest, GatesView, MeasureFigureView, MeasureGateView, OnRollbackChoice, PairMeasureView,
+    RolloutFiguresView, RolloutStartRequest, RolloutView, ShadowPairView, StageView, TransitionKind, TransitionView,
 };
 pub use whole::Whole;
 

@@ -284,3 +284,47 @@ pub struct GatesRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measures: Vec<MeasureGateView>,
 }
+
+/// A shadow pair as the API shows it: a real instance of the stable version and the shadow of
+/// the candidate that ran beside it with the same input, compared once both finished. Each id
+/// opens its instance and its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShadowPairView {
+    /// The real instance (the stable version's).
+    pub real: u64,
+    /// The shadow instance (the candidate's).
+    pub shadow: u64,
+    /// The stable version.
+    pub stable: String,
+    /// The candidate.
+    pub candidate: String,
+    /// When they were compared (ms of the engine's clock).
+    pub compared_ms: u64,
+    /// Whether they agree.
+    pub matched: bool,
+    /// For a mismatch, what differs.
+    pub diff: Option<String>,
+    /// How the real instance ended: `completed`, `failed` or `cancelled`.
+    pub real_status: String,
+    /// How the shadow ended.
+    pub shadow_status: String,
+    /// The real instance's start to finish (ms).
+    pub real_took_ms: u64,
+    /// The shadow's start to finish (ms).
+    pub shadow_took_ms: u64,
+    /// What the real instance's steps recorded, by measure.
+    pub real_measures: std::collections::BTreeMap<String, PairMeasureView>,
+    /// What the shadow's steps recorded, by measure.
+    pub shadow_measures: std::collections::BTreeMap<String, PairMeasureView>,
+}
+
+/// What one side of a shadow pair recorded of a measure.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PairMeasureView {
+    /// The sum of the values.
+    pub sum: f64,
+    /// How many values.
+    pub count: u64,
+}

@@ -160,6 +160,7 @@ const GATES = {
   max_latency_multiplier: "p95 latency multiplier",
   min_success_rate: "success rate",
   max_consecutive_failures: "consecutive failures",
+  max_shadow_mismatch: "shadow mismatch",
 };
 
 function errorRate(figures) {
@@ -195,10 +196,14 @@ function gateRows(rollout, rolledBack) {
         if (c !== null) { figure = percent(1 - c); holds = 1 - c >= threshold; }
       } else if (gate === "max_consecutive_failures") {
         figure = String(candidate.consecutive_failures); holds = candidate.consecutive_failures <= threshold;
+      } else if (gate === "max_shadow_mismatch") {
+        const pairs = candidate.pairs || 0;
+        if (pairs > 0) { const rate = candidate.mismatches / pairs; figure = percent(rate) + " (" + candidate.mismatches + " of " + pairs + " pairs)"; holds = rate <= threshold; }
       }
     }
     const limit = gate === "max_error_rate_increase" ? "≤ +" + percent(threshold)
       : gate === "min_success_rate" ? "≥ " + percent(threshold)
+      : gate === "max_shadow_mismatch" ? "≤ " + percent(threshold)
       : gate === "max_latency_multiplier" ? "≤ " + threshold + "×" : "≤ " + threshold;
     rows.push([gate, label, limit, figure, holds]);
   }
@@ -304,6 +309,24 @@ async function rolloutCharts(rollout) {
     ...measureCharts);
 }
 
+/// A rollout's shadow pairs, mismatches first (at most 20): each real instance and its shadow,
+/// linked to their pages, with what differs.
+async function shadowPairs(rollout) {
+  const pairs = await api("/v1/rollouts/" + encodeURIComponent(rollout.name) + "/shadows");
+  if (pairs.length === 0) return element("div", { "data-field": "shadow-pairs" }, "No shadow pair compared yet.");
+  const differ = pairs.filter((pair) => !pair.matched).length;
+  const link = (id) => element("a", { href: "#/instances/" + id }, "#" + id);
+  const rows = pairs.slice(0, 20).map((pair) => element("tr", { "data-pair": pair.real, class: pair.matched ? "" : "warning" },
+    element("td", {}, link(pair.real)), element("td", {}, link(pair.shadow)),
+    element("td", {}, pair.matched ? "match" : "differs"),
+    element("td", {}, duration(pair.real_took_ms) + " / " + duration(pair.shadow_took_ms)),
+    element("td", { class: "detail" }, pair.diff || "")));
+  return element("div", { "data-field": "shadow-pairs" },
+    element("div", {}, differ + " of " + pairs.length + " shadow pairs differ"),
+    element("table", {}, element("thead", {}, element("tr", {}, ["real", "shadow", "", "took (stable / candidate)", "what differs"].map((name) => element("th", {}, name)))),
+      element("tbody", {}, rows)));
+}
+
 async function showRollouts() {
   const rollouts = await api("/v1/rollouts");
   const body = document.getElementById("rollouts-body");
@@ -318,14 +341,17 @@ async function showRollouts() {
         element("td", {}, gate === fired ? "fired" : holds === null ? "no figures yet" : holds ? "holds" : "over the threshold")));
     blocks.push(element("div", { "data-rollout": rollout.name },
       element("h3", {}, rollout.name + " ", element("span", { class: "status " + rollout.status, "data-field": "status" }, rollout.status.replace("_", " "))),
-      element("div", {}, "stage " + (rollout.stage + 1) + " of " + stages + " · candidate share " + rollout.candidate_percent + "% ",
+      element("div", {}, "stage " + (rollout.stage + 1) + " of " + stages
+        + (rollout.shadow_percent > 0 ? " · shadow stage: " + rollout.shadow_percent + "% of the stable's starts run the candidate too, unseen" : "")
+        + " · candidate share " + rollout.candidate_percent + "% ",
         element("span", { class: "bar" }, element("span", { style: { width: rollout.candidate_percent + "%" } })),
         " · against " + rollout.stable),
       rolloutActions(rollout),
       rolledBack ? element("div", { class: "gate-fired", "data-field": "rolled-back" },
         "Rolled back by " + (fired ? (GATES[fired] || fired) + " gate" : "an operator") + ": " + rolledBack.reason) : null,
       gates.length ? element("table", {}, element("thead", {}, element("tr", {}, ["gate", "threshold", rollout.figures ? "figure now" : "figure when it ended", ""].map((name) => element("th", {}, name)))), element("tbody", {}, gates)) : null,
-      await rolloutCharts(rollout)));
+      await rolloutCharts(rollout),
+      rollout.stages.some((stage) => stage.shadow) ? await shadowPairs(rollout) : null));
   }
   body.replaceChildren(...(blocks.length ? blocks : ["No rollout yet."]));
 }

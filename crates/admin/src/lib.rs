@@ -235,6 +235,7 @@ fn router(engine: Engine, tokens: AdminTokens, allowed_hosts: Vec<String>) -> Ro
         .routes(routes!(config::restore))
         .routes(routes!(rollouts::list, rollouts::start))
         .routes(routes!(rollouts::show))
+        .routes(routes!(rollouts::shadows))
         .routes(routes!(rollouts::control))
         .routes(routes!(changes::plan))
         .routes(routes!(changes::apply))

@@ -10,10 +10,11 @@ use serde::Deserialize;
 
 use super::{blocking_read, json_body, parse_version, ApiError};
 use strata_admin_model::{
-    FiguresView, GatesView, MeasureFigureView, MeasureGateView, OnRollbackChoice, RolloutFiguresView,
-    RolloutStartRequest, RolloutView, StageView, TransitionKind, TransitionView, Whole,
+    FiguresView, GatesView, MeasureFigureView, MeasureGateView, OnRollbackChoice, PairMeasureView, RolloutFiguresView,
+    RolloutStartRequest, RolloutView, ShadowPairView, StageView, TransitionKind, TransitionView, Whole,
 };
 use strata_core::rollout::{Figures, OnRollback, RolloutRecord, Transition, TransitionRecord};
+use strata_core::shadow::ShadowPair;
 use strata_engine::{Engine, Gates, MeasureGate, RolloutSpec, Stage};
 
 fn transition_view(record: &TransitionRecord) -> TransitionView {
@@ -206,6 +207,49 @@ pub(super) async fn show(
     })
     .await??;
     Ok(Json(view))
+}
+
+/// `GET /v1/rollouts/{name}/shadows`.
+#[utoipa::path(get, path = "/v1/rollouts/{name}/shadows", tag = "rollouts",
+    params(("name" = String, Path, description = "workflow@candidate, e.g. order@2.0.0")),
+    responses((status = 200, description = "The rollout's shadow pairs, mismatches first, then the newest first", body = Vec<ShadowPairView>),
+        (status = 404, body = strata_admin_model::ErrorView)))]
+pub(super) async fn shadows(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ShadowPairView>>, ApiError> {
+    let pairs = blocking_read(engine, move |engine| engine.shadow_pairs(&name)).await??;
+    Ok(Json(pairs.iter().map(shadow_pair_view).collect()))
+}
+
+fn shadow_pair_view(pair: &ShadowPair) -> ShadowPairView {
+    let measures = |totals: &strata_core::measure::MeasureTotals| {
+        totals
+            .iter()
+            .map(|(name, total)| {
+                let view = PairMeasureView {
+                    sum: total.sum(),
+                    count: total.count,
+                };
+                (name.clone(), view)
+            })
+            .collect()
+    };
+    ShadowPairView {
+        real: pair.real.0,
+        shadow: pair.shadow.0,
+        stable: pair.stable.to_string(),
+        candidate: pair.candidate.to_string(),
+        compared_ms: pair.compared_ms,
+        matched: pair.matched,
+        diff: pair.diff.clone(),
+        real_status: pair.real_status.as_str().to_string(),
+        shadow_status: pair.shadow_status.as_str().to_string(),
+        real_took_ms: pair.real_took_ms,
+        shadow_took_ms: pair.shadow_took_ms,
+        real_measures: measures(&pair.real_measures),
+        shadow_measures: measures(&pair.shadow_measures),
+    }
 }
 
 /// `POST /v1/rollouts` with `{workflow, candidate, stable, stages: [{percent, hold_ms,
