@@ -27,6 +27,7 @@ on_sled_and_postgres!(
     a_candidate_that_passes_its_shadow_stage_then_serves_real_starts,
     shadow_stages_come_first_and_a_rollout_ends_on_real_ones,
     each_shadow_is_compared_with_its_real_twin_and_mismatches_roll_the_candidate_back,
+    a_signal_to_the_real_instance_reaches_its_shadow_too,
 );
 
 const WORKFLOW: &str = "quote";
@@ -439,5 +440,71 @@ async fn each_shadow_is_compared_with_its_real_twin_and_mismatches_roll_the_cand
         matches!(unknown, EngineError::Rollout(RolloutError::Unknown { .. })),
         "{unknown}"
     );
+    engine.shutdown().await;
+}
+
+async fn wait_for_approval(_ctx: StepCtx, _n: &mut u64) -> StepResult<u64> {
+    Ok(Next::wait_signal("approve", "decide"))
+}
+
+async fn decide(ctx: StepCtx, n: &mut u64) -> StepResult<u64> {
+    let amount: u64 = ctx.signal()?.unwrap_or_default();
+    Ok(Next::complete(*n + amount))
+}
+
+/// `approval`: waits for the signal `approve` (an amount), then completes with input + amount.
+fn approval(version: &str) -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("approval", version)
+        .init(|n: u64| n)
+        .step("wait", wait_for_approval)
+        .step("decide", decide)
+}
+
+async fn a_signal_to_the_real_instance_reaches_its_shadow_too(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = backend
+        .builder()
+        .clock(clock.clone())
+        .register(approval("1.0.0"))
+        .register(approval("2.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let spec = RolloutSpec::new("approval", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage::shadow(100.0, HOLD, 1))
+        .stage(Stage::new(50.0, HOLD, 1))
+        .gates(Gates {
+            max_shadow_mismatch: Some(0.0),
+            ..Gates::default()
+        });
+    engine.start_rollout(spec).await.unwrap();
+    let real = engine
+        .start_with("approval", &5u64, StartOptions::new().routing_key("order-5"))
+        .await
+        .unwrap();
+    let shadow = engine
+        .instance(real)
+        .unwrap()
+        .record
+        .shadowed_by
+        .expect("shadowed at 100 %");
+    for id in [real, shadow] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while engine.instance(id).unwrap().status != strata::InstanceStatus::WaitingSignal {
+            assert!(tokio::time::Instant::now() < deadline, "{id} never waited");
+            tokio::time::sleep(Duration::from_millis(2)).await; // polling the instance's own progress
+        }
+    }
+    engine.signal(real, "approve", &37u64).await.unwrap();
+    assert_eq!(
+        outcome_within(&engine, real).await,
+        Outcome::Completed(rmp_serde::to_vec_named(&42u64).unwrap())
+    );
+    assert_eq!(
+        outcome_within(&engine, shadow).await,
+        Outcome::Completed(rmp_serde::to_vec_named(&42u64).unwrap())
+    );
+    let pairs = pairs_compared(&engine, "approval@2.0.0", 1).await;
+    assert!(pairs[0].matched, "{:?}", pairs[0]);
     engine.shutdown().await;
 }

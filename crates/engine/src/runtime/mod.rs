@@ -952,10 +952,14 @@ impl Runtime {
         if name.starts_with(cluster::RESERVED_SIGNAL_PREFIX) {
             return Err(EngineError::ReservedSignalName { name: name.to_string() });
         }
-        let Some(key) = self.table.with(id, |slot| slot.record.key.clone()) else {
+        let Some((key, shadow)) = self
+            .table
+            .with(id, |slot| (slot.record.key.clone(), slot.record.shadowed_by))
+        else {
             return self.signal_elsewhere(id, name, payload).await;
         };
         self.check_signal(id, &key, name, &payload)?;
+        let forwarded = shadow.map(|shadow| (shadow, payload.clone()));
         let signal = self.new_signal(id, name, payload)?;
         self.write(vec![Op::PutSignal(signal.clone())]).await?;
         let seq = signal.seq;
@@ -966,7 +970,20 @@ impl Runtime {
             return Err(self.not_live(id));
         }
         self.schedule(id);
+        if let Some((shadow, payload)) = forwarded {
+            self.forward_to_shadow(id, shadow, name, payload).await;
+        }
         Ok(())
+    }
+
+    /// Sends a signal the real instance `real` got to its shadow too, so that the shadow runs
+    /// what the real one runs; a shadow that has finished, or whose version refuses the payload,
+    /// does without it (said at debug level: it concerns no caller).
+    async fn forward_to_shadow(self: &Arc<Self>, real: InstanceId, shadow: InstanceId, name: &str, payload: Vec<u8>) {
+        let delivered = Box::pin(self.signal(shadow, name, payload)).await;
+        if let Err(error) = delivered {
+            tracing::debug!(instance = %real, %shadow, signal = name, %error, "a signal was not forwarded to the shadow instance");
+        }
     }
 
     /// A signal to `id` with the next sequence number.
@@ -1010,12 +1027,16 @@ impl Runtime {
             Some(record) => record,
         };
         self.check_signal(id, &record.key, name, &payload)?;
+        let forwarded = record.shadowed_by.map(|shadow| (shadow, payload.clone()));
         let signal = self.new_signal(id, name, payload)?;
         if !self.store.cluster().deliver_signal(&signal)? {
             return Err(self.not_live(id));
         }
         // This worker may have claimed the instance meanwhile.
         self.take_in_signals(vec![signal]);
+        if let Some((shadow, payload)) = forwarded {
+            self.forward_to_shadow(id, shadow, name, payload).await;
+        }
         Ok(())
     }
 
