@@ -91,3 +91,28 @@ fn the_repair_example_revives_every_failed_order_on_the_fix() {
         "{printed}"
     );
 }
+
+/// `examples/shadow_canary.rs`, as the README tells it: 2.0.0 is rolled back by its quality in
+/// the shadow stage having answered no question for real; 2.1.0 passes the shadow stage and
+/// every canary stage and is promoted.
+#[test]
+fn the_shadow_canary_rolls_back_in_shadow_and_promotes_the_tuned_model() {
+    let binary = example("shadow_canary");
+    let output = Command::new(&binary)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error} (cargo test builds it)", binary.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("rollout assistant@2.0.0: ROLLED BACK by measures[quality].min: candidate quality"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2.0.0 answered 0 questions for real"), "{stdout}");
+    assert!(stdout.contains("a differing pair: question"), "{stdout}");
+    assert!(stdout.contains("rollout assistant@2.1.0: PROMOTED"), "{stdout}");
+    assert!(stdout.contains("pairs compared, 0 differed"), "{stdout}");
+}
