@@ -306,11 +306,19 @@ async fn each_invalid_config_is_refused_with_its_own_message_and_routing_goes_on
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmax_error_rate_increase = 0.01\nmin_sucess_rate = 0.99\n"),
-            "unknown field `min_sucess_rate`, expected one of `max_error_rate_increase`, `max_latency_multiplier`, `min_success_rate`, `max_consecutive_failures`, `measures` (did you mean `min_success_rate`?)",
+            "unknown field `min_sucess_rate`, expected one of `max_error_rate_increase`, `max_latency_multiplier`, `min_success_rate`, `max_consecutive_failures`, `max_shadow_mismatch`, `measures` (did you mean `min_success_rate`?)",
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "on_rolback = \"move_back\"\n"),
             "(did you mean `on_rollback`?)",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "[rollouts.gates]\nmax_shadow_mismatch = 0.1\n"),
+            "rollouts[0].gates.max_shadow_mismatch: rollout 'order@2.0.0': gates.max_shadow_mismatch = 0.1 is out of range: it must be set only with a shadow stage",
+        ),
+        (
+            watched("2.0.0", "[5, 100]", "10m", "shadow_stages = [10, 150]\n"),
+            "rollouts[0].shadow_stages[1]: 150 is not a percentage",
         ),
         (
             watched("2.0.0", "[5, 100]", "10m", "[[rollouts.gates.measures]]\nmeasure = \"cost\"\n"),
