@@ -443,6 +443,10 @@ async fn the_api_and_the_config_file_take_measure_gates_and_show_the_figures(bac
         .unwrap();
     let url = |path: &str| format!("http://{}{path}", engine.admin_address().unwrap());
     let client = reqwest::Client::new();
+    let get = |path: String| {
+        let request = client.get(url(&path));
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
 
     // The config file: [[rollouts.gates.measures]], each bound and sample as written.
     let config = r#"
@@ -497,14 +501,7 @@ min = 0.7
     );
     let mut first = 0;
     run_until_decided(&engine, "assistant@2.1.0", &mut first, 1).await;
-    let shown: serde_json::Value = client
-        .get(url("/v1/rollouts/assistant@2.1.0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: serde_json::Value = get("/v1/rollouts/assistant@2.1.0".to_string()).await;
     let figures = &shown["figures"];
     assert_eq!(figures["candidate"]["measures"]["cost"]["value"], 0.5, "{shown}");
     assert_eq!(figures["stable"]["measures"]["cost"]["value"], 0.75, "{shown}");
@@ -520,14 +517,7 @@ min = 0.7
     let options = StartOptions::new().version("=2.1.0");
     let id = engine.start_with(WORKFLOW, &conversation, options).await.unwrap();
     outcome_within(&engine, id).await;
-    let detail: serde_json::Value = client
-        .get(url(&format!("/v1/instances/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: serde_json::Value = get(format!("/v1/instances/{id}")).await;
     assert_eq!(
         detail["measures"],
         serde_json::json!([
@@ -538,14 +528,7 @@ min = 0.7
     );
 
     // Each version's totals, with the figure its kind gives.
-    let versions: serde_json::Value = client
-        .get(url("/v1/versions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions: serde_json::Value = get("/v1/versions".to_string()).await;
     let stable = versions
         .as_array()
         .unwrap()

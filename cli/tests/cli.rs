@@ -384,13 +384,10 @@ fn priced(version: &str) -> WorkflowVersion<u64, u64, u64> {
         .step("call", priced_call)
 }
 
-/// A rollout gated on a measure, started from the command line: its status shows both
-/// versions' figures of the measure, and its rollback names the measure's gate.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .data_dir(dir.path())
+/// An engine with `priced` 1.0.0 and 2.0.0 and the admin API on loopback, with both tokens.
+async fn open_priced(dir: &std::path::Path) -> Engine {
+    Engine::builder()
+        .data_dir(dir)
         .admin("127.0.0.1:0".parse().unwrap())
         .admin_token(ADMIN)
         .admin_read_token(READER)
@@ -398,7 +395,15 @@ async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired(
         .register(priced("2.0.0"))
         .open()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A rollout gated on a measure, started from the command line: its status shows both
+/// versions' figures of the measure, and its rollback names the measure's gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_priced(dir.path()).await;
     let gates = r#"{"measures": [{"measure": "cost", "max_increase": 0.2, "min_sample": 3}]}"#;
     let args = [
         "rollout",
@@ -472,16 +477,7 @@ async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_stage_and_its_pairs_are_shown() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::builder()
-        .data_dir(dir.path())
-        .admin("127.0.0.1:0".parse().unwrap())
-        .admin_token(ADMIN)
-        .admin_read_token(READER)
-        .register(priced("1.0.0"))
-        .register(priced("2.0.0"))
-        .open()
-        .await
-        .unwrap();
+    let engine = open_priced(dir.path()).await;
     let args = [
         "rollout",
         "start",
