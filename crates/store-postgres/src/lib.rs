@@ -849,6 +849,7 @@ impl Store for PostgresStore {
                  FOR UPDATE SKIP LOCKED),
              removed AS (DELETE FROM strata_instances i USING expired WHERE i.id = expired.id RETURNING i.id),
              history AS (DELETE FROM strata_history h USING removed WHERE h.instance = removed.id),
+             pairs AS (DELETE FROM strata_shadow_pairs p USING removed WHERE p.real_id = removed.id),
              mark AS (
                  INSERT INTO strata_retention (highest_removed) SELECT max(id) FROM removed HAVING count(*) > 0
                  ON CONFLICT (single) DO UPDATE

@@ -238,6 +238,7 @@ CREATE TABLE strata_shadow_pairs (
     record bytea NOT NULL,
     PRIMARY KEY (rollout, real_id)
 );
+CREATE INDEX strata_shadow_pairs_real ON strata_shadow_pairs (real_id);
 ";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.

@@ -74,6 +74,8 @@ const SCHEDULE_FIRES: &[u8] = b"f/";
 const MIGRATION_JOBS: &[u8] = b"u/";
 const ROLLOUTS: &[u8] = b"o/";
 const SHADOW_PAIRS: &[u8] = b"p/";
+/// A compared pair's rollout, by its real instance: retention removes the pair with it.
+const PAIR_OF_REAL: &[u8] = b"x/";
 const BY_WORKFLOW: &[u8] = b"w/";
 const FINISHED_INDEX_BUILT: &[u8] = b"m/finished-index";
 const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
@@ -703,6 +705,7 @@ impl Store for SledStore {
                     let mut key = shadow_pairs_prefix(&pair.rollout);
                     key.extend_from_slice(&pair.real.0.to_be_bytes());
                     batch.insert(key, encode("shadow pair", pair)?);
+                    batch.insert(id_key(PAIR_OF_REAL, pair.real), pair.rollout.as_bytes());
                 }
                 Op::QuarantineRecord { id, reason } => {
                     let raw = self.durable.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
@@ -972,6 +975,17 @@ impl Store for SledStore {
             batch.remove(id_key(FINISHED, id));
             for entry in self.durable.db.scan_prefix(id_key(HISTORY, id)).keys() {
                 batch.remove(entry.map_err(backend("read a removed instance's history"))?);
+            }
+            if let Some(rollout) = self
+                .durable
+                .db
+                .get(id_key(PAIR_OF_REAL, id))
+                .map_err(backend("read a removed instance's shadow pair"))?
+            {
+                let mut pair = shadow_pairs_prefix(&String::from_utf8_lossy(&rollout));
+                pair.extend_from_slice(&id.0.to_be_bytes());
+                batch.remove(pair);
+                batch.remove(id_key(PAIR_OF_REAL, id));
             }
             highest = highest.max(id.0);
             removed += 1;

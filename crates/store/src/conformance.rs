@@ -1005,7 +1005,8 @@ pub fn listings_page_in_either_order_from_a_cursor(harness: &dyn Harness) {
 
 /// What finishing instances recorded adds up per measure, exactly, in the counters of the
 /// version they finished on; shadow instances count apart (but for `live`); a compared shadow
-/// pair is kept by rollout and real instance, a second write of it replacing the first.
+/// pair is kept by rollout and real instance, a second write of it replacing the first, and
+/// retention removes it with its real instance.
 pub fn measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout(harness: &dyn Harness) {
     use strata_core::measure::{MeasureTotal, MeasureTotals};
     let cost = |units: i64, count: u64| -> MeasureTotals {
@@ -1024,6 +1025,7 @@ pub fn measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout(har
     let finished = |id: u64, units: i64| {
         let mut record = record(id, "1.0.0", Phase::Completed { output: vec![0x90] });
         record.measures = cost(units, 2);
+        record.updated_at_ms = 100 * id;
         record
     };
     let (holding, _, _) = held(store.as_ref());
@@ -1104,4 +1106,17 @@ pub fn measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout(har
             .is_empty(),
         "a name is not a prefix"
     );
+    // Retention: instance 1 (finished at 100) goes, and its pair with it; instance 2 stays.
+    while store.expire_finished(150, 10).unwrap_or_else(|error| panic!("{error}")) == 10 {}
+    let store = reopen(harness, store);
+    let loaded = |id: u64| {
+        store
+            .load_instance(InstanceId(id))
+            .unwrap_or_else(|error| panic!("{error}"))
+    };
+    assert!(loaded(1).is_none() && loaded(2).is_some());
+    assert!(store
+        .shadow_pairs("w@2.0.0")
+        .unwrap_or_else(|error| panic!("{error}"))
+        .is_empty());
 }

@@ -356,7 +356,8 @@ pub enum Op {
         first: u64,
     },
     /// Stores a compared shadow pair, by rollout and real instance (written again, it replaces
-    /// the one stored: both workers that finish a pair may compare it).
+    /// the one stored: both workers that finish a pair may compare it). Retention removes it
+    /// with its real instance.
     PutShadowPair(Box<strata_core::shadow::ShadowPair>),
     /// Moves an undecodable live record aside, keeping its bytes and the reason.
     QuarantineRecord {
