@@ -28,6 +28,7 @@ on_sled_and_postgres!(
     shadow_stages_come_first_and_a_rollout_ends_on_real_ones,
     each_shadow_is_compared_with_its_real_twin_and_mismatches_roll_the_candidate_back,
     a_signal_to_the_real_instance_reaches_its_shadow_too,
+    a_live_shadow_does_not_hold_up_the_stable_version_s_drain,
 );
 
 const WORKFLOW: &str = "quote";
@@ -506,5 +507,60 @@ async fn a_signal_to_the_real_instance_reaches_its_shadow_too(backend: Backend) 
     );
     let pairs = pairs_compared(&engine, "approval@2.0.0", 1).await;
     assert!(pairs[0].matched, "{:?}", pairs[0]);
+    engine.shutdown().await;
+}
+
+async fn wait_forever(_ctx: StepCtx, _n: &mut u64) -> StepResult<u64> {
+    Ok(Next::wait_signal("never", "decide"))
+}
+
+async fn a_live_shadow_does_not_hold_up_the_stable_version_s_drain(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    // 2.0.0's shadow waits for a signal nobody sends: it stays live.
+    let stuck = WorkflowVersion::<u64, u64, u64>::new("approval", "2.0.0")
+        .init(|n: u64| n)
+        .step("wait", wait_forever)
+        .step("decide", decide);
+    let engine = backend
+        .builder()
+        .clock(clock.clone())
+        .register(approval("1.0.0"))
+        .register(stuck)
+        .open()
+        .await
+        .unwrap();
+    let spec = RolloutSpec::new("approval", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage::shadow(100.0, HOLD, 1))
+        .stage(Stage::new(50.0, HOLD, 1))
+        .gates(Gates {
+            max_shadow_mismatch: Some(0.0),
+            ..Gates::default()
+        });
+    engine.start_rollout(spec).await.unwrap();
+    let real = engine
+        .start_with("approval", &1u64, StartOptions::new().routing_key("order-1"))
+        .await
+        .unwrap();
+    let shadow = engine.instance(real).unwrap().record.shadowed_by.unwrap();
+    engine.rollback_rollout("approval@2.0.0").await.unwrap();
+    let mut events = engine.subscribe();
+    engine.drain("approval", "1.0.0").await.unwrap();
+    engine.signal(real, "approve", &1u64).await.unwrap();
+    outcome_within(&engine, real).await;
+    wait_for_event(
+        &mut events,
+        |event| matches!(event, strata::Event::VersionDrained { key, .. } if key.version == Version::new(1, 0, 0)),
+    )
+    .await;
+    assert_eq!(
+        engine.version("approval", "1.0.0").unwrap().status,
+        strata::VersionStatus::Drained,
+        "drained with its real instances, whatever the shadow does"
+    );
+    assert!(
+        !engine.instance(shadow).unwrap().status.is_terminal(),
+        "the shadow still runs"
+    );
+    assert_eq!(engine.version("approval", "2.0.0").unwrap().counters.live, 1);
     engine.shutdown().await;
 }
