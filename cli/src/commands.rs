@@ -1120,14 +1120,20 @@ mod tests {
     fn a_stage_is_percent_hold_and_minimum() {
         assert_eq!(
             body_json(&parse_stage("5:600:100").unwrap()),
-            json!({ "percent": 5.0, "hold_ms": 600_000, "min_finished": 100 })
+            json!({ "percent": 5.0, "hold_ms": 600_000, "min_finished": 100, "shadow": false })
         );
         assert_eq!(
             body_json(&parse_stage("100").unwrap()),
-            json!({ "percent": 100.0, "hold_ms": 0, "min_finished": 0 })
+            json!({ "percent": 100.0, "hold_ms": 0, "min_finished": 0, "shadow": false })
+        );
+        assert_eq!(
+            body_json(&parse_stage("shadow:10:600:50").unwrap()),
+            json!({ "percent": 10.0, "hold_ms": 600_000, "min_finished": 50, "shadow": true })
         );
         assert!(matches!(parse_stage("five"), Err(CliError::Input(_))));
         assert!(matches!(parse_stage("5:1:2:3"), Err(CliError::Input(_))));
+        assert!(matches!(parse_stage("shadow"), Err(CliError::Input(_))));
+        assert!(matches!(parse_stage("shadow:shadow:5"), Err(CliError::Input(_))));
     }
 
     #[test]
