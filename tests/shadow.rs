@@ -564,3 +564,64 @@ async fn a_live_shadow_does_not_hold_up_the_stable_version_s_drain(backend: Back
     assert_eq!(engine.version("approval", "2.0.0").unwrap().counters.live, 1);
     engine.shutdown().await;
 }
+
+/// PostgreSQL: a shadow instance runs on a worker that has the candidate's code, whichever worker
+/// took the start; the real instance's signal reaches it through the store, and the pair is
+/// compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_runs_on_a_worker_with_the_candidates_code_whoever_took_the_start() {
+    let backend = Backend::postgres();
+    let lease = Duration::from_millis(300);
+    let with_both = backend
+        .builder()
+        .lease(lease)
+        .register(approval("1.0.0"))
+        .register(approval("2.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let stable_only = backend
+        .builder()
+        .lease(lease)
+        .register(approval("1.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let spec = RolloutSpec::new("approval", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage::shadow(100.0, HOLD, 1))
+        .stage(Stage::new(50.0, HOLD, 1))
+        .gates(Gates {
+            max_shadow_mismatch: Some(0.0),
+            ..Gates::default()
+        });
+    with_both.start_rollout(spec).await.unwrap();
+    // The worker without 2.0.0 learns of the rollout at its next look around.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (real, shadow) = loop {
+        let real = stable_only
+            .start_with("approval", &3u64, StartOptions::new().routing_key("order-3"))
+            .await
+            .unwrap();
+        if let Some(shadow) = stable_only.instance(real).unwrap().record.shadowed_by {
+            break (real, shadow);
+        }
+        // Before this worker knows the rollout, the start went to the newest version (2.0.0, for
+        // the other worker): it waits there for a signal, harmlessly.
+        assert!(tokio::time::Instant::now() < deadline, "never shadowed");
+        tokio::time::sleep(Duration::from_millis(20)).await; // until the rollout reaches this worker
+    };
+    // The shadow waits on the worker with 2.0.0's code; the signal reaches it through the store.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while with_both.instance(shadow).ok().map(|info| info.status) != Some(strata::InstanceStatus::WaitingSignal) {
+        assert!(tokio::time::Instant::now() < deadline, "the shadow never ran");
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling the other worker's progress
+    }
+    stable_only.signal(real, "approve", &4u64).await.unwrap();
+    let seven = Outcome::Completed(rmp_serde::to_vec_named(&7u64).unwrap());
+    assert_eq!(outcome_within(&stable_only, real).await, seven);
+    assert_eq!(outcome_within(&with_both, shadow).await, seven);
+    let pairs = pairs_compared(&with_both, "approval@2.0.0", 1).await;
+    assert!(pairs.iter().any(|pair| pair.real == real && pair.matched), "{pairs:?}");
+    stable_only.shutdown().await;
+    with_both.shutdown().await;
+}

@@ -310,3 +310,41 @@ async fn an_instance_running_on_another_worker_is_terminated_through_the_store()
     operator.shutdown().await;
     holder.shutdown().await;
 }
+
+/// PostgreSQL: a start accepted for another worker (this one has no code for its version) and
+/// cancelled or terminated before that worker claimed it ends when it is claimed: the request,
+/// stored as a control signal with it, is acted on at the claim (before the fix, the holder put
+/// it in the inbox and the instance waited for its own signal: the call never returned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_accepted_for_another_worker_is_ended_when_that_worker_claims_it() {
+    let backend = Backend::postgres();
+    let lease = std::time::Duration::from_millis(300);
+    let holder = backend.builder().lease(lease).register(waiter()).open().await.unwrap();
+    let acceptor = backend.builder().lease(lease).open().await.unwrap();
+    for terminate in [false, true, false, true] {
+        // Accepted here (no code for waiter 1.0.0), for the holder to claim and run.
+        let id = loop {
+            match acceptor.start("waiter", &7u32).await {
+                Ok(id) => break id,
+                // Until this worker has seen the holder's heartbeat, no live worker runs waiter.
+                Err(EngineError::Registry(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    // the next heartbeat
+                }
+                Err(error) => panic!("{error}"),
+            }
+        };
+        let ended = if terminate {
+            within(acceptor.terminate(id, "the order was withdrawn"), "the termination").await
+        } else {
+            within(acceptor.cancel(id), "the cancel").await
+        };
+        ended.unwrap();
+        assert_eq!(
+            within(holder.outcome(id), "the outcome").await.unwrap().status(),
+            InstanceStatus::Cancelled
+        );
+    }
+    acceptor.shutdown().await;
+    holder.shutdown().await;
+}

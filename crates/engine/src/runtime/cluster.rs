@@ -196,6 +196,12 @@ impl Runtime {
             let mut slot = Slot::new(record, parked);
             if let Some(mut inbox) = inboxes.remove(&slot.record.id) {
                 inbox.sort_by_key(|signal| signal.seq);
+                // A cancel or termination asked through the store before this worker held the
+                // instance (a start accepted for a worker with its code, claimed since) is acted
+                // on as if it had arrived now.
+                for request in inbox.iter().filter_map(end_request_of) {
+                    slot.request_end(request);
+                }
                 slot.inbox = inbox;
             }
             ids.push(slot.record.id);
