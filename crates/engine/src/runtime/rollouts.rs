@@ -208,18 +208,21 @@ impl Runtime {
         self.registry.counters(&VersionKey::new(workflow, version.clone()))
     }
 
-    /// A version's figures in the rollout's current stage: counts from the committed counters
-    /// since the stage's baseline (exact, and kept across restarts), latency and failure runs
-    /// from the metrics windows since the stage started — of every live worker, with a shared
-    /// store (each publishes its own at every heartbeat).
     /// The candidate's and the stable version's figures in the rollout's current stage, as its
     /// gates see them now.
     pub(crate) fn rollout_figures(&self, record: &RolloutRecord) -> (Figures, Figures) {
-        let now_ms = self.now();
-        (
-            self.stage_figures(record, true, now_ms),
-            self.stage_figures(record, false, now_ms),
-        )
+        let figures = self.stage_figures(record, self.now());
+        (figures.candidate, figures.stable)
+    }
+
+    /// Both versions' figures in the rollout's current stage at `now_ms` (a shadow stage's
+    /// pairs read once for both).
+    fn stage_figures(&self, record: &RolloutRecord, now_ms: u64) -> StageFigures {
+        let pairs = record.in_shadow_stage().then(|| self.stage_pairs(record));
+        StageFigures {
+            candidate: self.version_figures(record, true, now_ms, pairs.as_deref()),
+            stable: self.version_figures(record, false, now_ms, pairs.as_deref()),
+        }
     }
 
     /// A version's metrics window as one point per bucket, merged over this worker's and, with
@@ -230,7 +233,18 @@ impl Runtime {
         crate::observe::window_series(&exports, now_ms)
     }
 
-    fn stage_figures(&self, record: &RolloutRecord, candidate: bool, now_ms: u64) -> Figures {
+    /// A version's figures in the rollout's current stage: counts from the committed counters
+    /// since the stage's baseline (exact, and kept across restarts), latency and failure runs
+    /// from the metrics windows since the stage started — of every live worker, with a shared
+    /// store (each publishes its own at every heartbeat); in a shadow stage, the `pairs`
+    /// compared in it.
+    fn version_figures(
+        &self,
+        record: &RolloutRecord,
+        candidate: bool,
+        now_ms: u64,
+        pairs: Option<&[strata_core::shadow::ShadowPair]>,
+    ) -> Figures {
         let (version, baseline) = if candidate {
             (&record.spec.candidate, &record.candidate_baseline)
         } else {
@@ -269,8 +283,7 @@ impl Runtime {
         // In a shadow stage both versions' measures come from the pairs compared in it (each
         // shadow against its own real twin: the same inputs), else from the committed totals
         // since the baseline.
-        let pairs = record.in_shadow_stage().then(|| self.stage_pairs(record));
-        let (pair_count, mismatches) = match (&pairs, candidate) {
+        let (pair_count, mismatches) = match (pairs, candidate) {
             (Some(pairs), true) => (
                 pairs.len() as u64,
                 pairs.iter().filter(|pair| !pair.matched).count() as u64,
@@ -284,7 +297,7 @@ impl Runtime {
                 code.measures()
                     .iter()
                     .map(|spec| {
-                        let (total, over) = match &pairs {
+                        let (total, over) = match pairs {
                             Some(pairs) => {
                                 let mut total = measure::MeasureTotal::default();
                                 for pair in pairs {
@@ -349,13 +362,14 @@ impl Runtime {
         candidate: &semver::Version,
     ) -> Option<String> {
         self.rollouts
-            .all()
-            .into_iter()
-            .rev()
-            .find(|record| {
+            .records
+            .lock()
+            .values()
+            .filter(|record| {
                 record.spec.workflow == workflow && record.spec.stable == *stable && record.spec.candidate == *candidate
             })
-            .map(|record| record.spec.name)
+            .max_by_key(|record| started_at(record))
+            .map(|record| record.spec.name.clone())
     }
 
     /// Takes in the store's rollouts (with a shared store, other processes change them) and
@@ -393,9 +407,8 @@ impl Runtime {
             .collect();
         for record in running {
             let now = self.now();
-            let candidate = self.stage_figures(&record, true, now);
-            let stable = self.stage_figures(&record, false, now);
-            let transition = match decide(&record, &candidate, &stable, now) {
+            let figures = self.stage_figures(&record, now);
+            let transition = match decide(&record, &figures.candidate, &figures.stable, now) {
                 Decision::Hold => continue,
                 Decision::Advance => Transition::Advanced {
                     stage: record.stage + 1,
@@ -404,29 +417,29 @@ impl Runtime {
                 Decision::RollBack { gate, reason } => Transition::RolledBack {
                     gate: Some(gate),
                     reason,
-                    candidate: Box::new(candidate),
-                    stable: Box::new(stable),
+                    candidate: Box::new(figures.candidate.clone()),
+                    stable: Box::new(figures.stable.clone()),
                 },
             };
-            self.transition(record, transition, now).await?;
+            self.transition(record, transition, now, Some(figures)).await?;
         }
         Ok(())
     }
 
-    /// Commits `transition` of `record`, then routes by it and announces it.
+    /// Commits `transition` of `record`, then routes by it and announces it. `figures`: the
+    /// stage's, when the caller has them already (else read here).
     async fn transition(
         self: &Arc<Self>,
         mut record: RolloutRecord,
         transition: Transition,
         now_ms: u64,
+        figures: Option<StageFigures>,
     ) -> Result<(), EngineError> {
         let name = record.spec.name.clone();
         let stage_before = record.stage;
         // What the stage showed, before a new stage starts counting afresh.
-        let figures = (record.status.is_active() && !matches!(transition, Transition::Started)).then(|| StageFigures {
-            candidate: self.stage_figures(&record, true, now_ms),
-            stable: self.stage_figures(&record, false, now_ms),
-        });
+        let figures = (record.status.is_active() && !matches!(transition, Transition::Started))
+            .then(|| figures.unwrap_or_else(|| self.stage_figures(&record, now_ms)));
         match &transition {
             Transition::Started => {}
             Transition::Advanced { stage } => {
@@ -596,7 +609,7 @@ impl Runtime {
         };
         self.start_stage(&mut record, now);
         let name = record.spec.name.clone();
-        self.transition(record, Transition::Started, now).await?;
+        self.transition(record, Transition::Started, now, None).await?;
         Ok(name)
     }
 
@@ -670,14 +683,18 @@ impl Runtime {
             RolloutOperation::Resume if record.status == RolloutStatus::Running => return Ok(()),
             RolloutOperation::Pause => Transition::Paused,
             RolloutOperation::Resume => Transition::Resumed,
-            RolloutOperation::RollBack => Transition::RolledBack {
-                gate: None,
-                reason: "rolled back by an operator".into(),
-                candidate: Box::new(self.stage_figures(&record, true, now)),
-                stable: Box::new(self.stage_figures(&record, false, now)),
-            },
+            RolloutOperation::RollBack => {
+                let figures = self.stage_figures(&record, now);
+                let rolled_back = Transition::RolledBack {
+                    gate: None,
+                    reason: "rolled back by an operator".into(),
+                    candidate: Box::new(figures.candidate.clone()),
+                    stable: Box::new(figures.stable.clone()),
+                };
+                return self.transition(record, rolled_back, now, Some(figures)).await;
+            }
         };
-        self.transition(record, transition, now).await
+        self.transition(record, transition, now, None).await
     }
 
     /// Every rollout, oldest start first.
