@@ -750,7 +750,7 @@ impl Runtime {
         };
         begun.shadowed_by = shadow.as_ref().map(|shadow| shadow.id);
         let mut ops = Vec::with_capacity(4 + shadow_ops.len());
-        let record = match self.new_record(&begun, &mut ops) {
+        let record = match self.new_record(begun, &mut ops) {
             Ok(record) => record,
             Err(error) => {
                 self.registry.end_start(&key);
@@ -801,12 +801,11 @@ impl Runtime {
     /// fills one, added to `ops`) and the record's write; claimed by this worker with its state
     /// built when its version's code is here, else `Accepted` with its input for the first worker
     /// that has the code. An input the code cannot begin from is refused.
-    fn new_record(&self, new: &NewInstance<'_>, ops: &mut Vec<Op>) -> Result<InstanceRecord, EngineError> {
-        let key = new.key.clone();
+    fn new_record(&self, new: NewInstance<'_>, ops: &mut Vec<Op>) -> Result<InstanceRecord, EngineError> {
         let mut record = InstanceRecord {
             format: RECORD_FORMAT,
             id: new.id,
-            key: key.clone(),
+            key: new.key,
             step: String::new(),
             attempt: 1,
             visits: 0,
@@ -823,8 +822,8 @@ impl Runtime {
                 schema: 0,
                 bytes: Vec::new(),
             },
-            routing_key: new.routing_key.clone(),
-            scheduled: new.scheduled.clone(),
+            routing_key: new.routing_key,
+            scheduled: new.scheduled,
             last_error: None,
             created_at_ms: new.now,
             updated_at_ms: new.now,
@@ -840,27 +839,30 @@ impl Runtime {
         if let Some(code) = new.code {
             // With the code here, the state is built now (bad input fails the call itself) and
             // the instance is claimed by this worker, with the first token.
-            begin(&mut record, code, new.input).map_err(|failure| match failure {
-                InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
-                InitFailure::Panicked(message) => EngineError::Init {
-                    key,
-                    reason: format!("it panicked: {message}"),
-                },
-                InitFailure::State(reason) => EngineError::Init {
-                    key,
-                    reason: format!("its state does not encode: {reason}"),
-                },
+            begin(&mut record, code, new.input).map_err(|failure| {
+                let key = record.key.clone();
+                match failure {
+                    InitFailure::Input(reason) => EngineError::InputDecode { key, reason },
+                    InitFailure::Panicked(message) => EngineError::Init {
+                        key,
+                        reason: format!("it panicked: {message}"),
+                    },
+                    InitFailure::State(reason) => EngineError::Init {
+                        key,
+                        reason: format!("its state does not encode: {reason}"),
+                    },
+                }
             })?;
             record.claim = 1;
         }
         let started = HistoryEntry {
             at_ms: new.now,
             event: HistoryEvent::Started {
-                version: new.key.version.clone(),
+                version: record.key.version.clone(),
                 routed_by: new.routed_by,
                 routing_key: record.routing_key.clone(),
                 input_bytes: new.input.len() as u64,
-                schedule: new.scheduled.as_ref().map(|fire| fire.schedule.clone()),
+                schedule: record.scheduled.as_ref().map(|fire| fire.schedule.clone()),
             },
         };
         record.history.worker = self.store.cluster().worker_id().to_string();
@@ -914,7 +916,7 @@ impl Runtime {
             now: real.now,
         };
         let mut shadow_ops = Vec::with_capacity(3);
-        match self.new_record(&shadow, &mut shadow_ops) {
+        match self.new_record(shadow, &mut shadow_ops) {
             Ok(record) => {
                 ops.extend(shadow_ops);
                 ops.push(Op::AdjustCounters {
