@@ -194,15 +194,11 @@ impl Runtime {
         for record in records {
             let parked = !self.registry.is_registered(&record.key);
             let mut slot = Slot::new(record, parked);
-            if let Some(mut inbox) = inboxes.remove(&slot.record.id) {
-                inbox.sort_by_key(|signal| signal.seq);
-                // A cancel or termination asked through the store before this worker held the
-                // instance (a start accepted for a worker with its code, claimed since) is acted
-                // on as if it had arrived now.
-                for request in inbox.iter().filter_map(end_request_of) {
-                    slot.request_end(request);
-                }
-                slot.inbox = inbox;
+            // A cancel or termination asked through the store before this worker held the
+            // instance (a start accepted for a worker with its code, claimed since) is acted on
+            // as if it had arrived now.
+            for signal in inboxes.remove(&slot.record.id).unwrap_or_default() {
+                take_into(&mut slot, signal);
             }
             ids.push(slot.record.id);
             self.table.insert(slot);
@@ -371,22 +367,12 @@ impl Runtime {
         let mut terminated = false;
         for signal in signals {
             let instance = signal.instance;
-            let request = end_request_of(&signal);
-            let taken = self.table.with(instance, |slot| {
-                let known = slot.inbox.iter().any(|held| held.seq == signal.seq) || slot.consumed.contains(&signal.seq);
-                if known {
-                    return false;
+            let taken = self.table.with(instance, |slot| take_into(slot, signal)).flatten();
+            if let Some(terminates) = taken {
+                terminated |= terminates;
+                if !woken.contains(&instance) {
+                    woken.push(instance);
                 }
-                if let Some(request) = request {
-                    terminated |= matches!(request, EndRequest::Terminate { .. });
-                    slot.request_end(request);
-                }
-                let at = slot.inbox.partition_point(|held| held.seq < signal.seq);
-                slot.inbox.insert(at, signal);
-                true
-            });
-            if taken == Some(true) && !woken.contains(&instance) {
-                woken.push(instance);
             }
         }
         if terminated {
@@ -534,6 +520,24 @@ pub(super) fn control_signal_of(request: &EndRequest) -> (&'static str, Vec<u8>)
 }
 
 /// The end an operator asked for through another process, if `signal` carries one.
+/// Takes `signal` into `slot`'s inbox in sequence order, unless it is there already or was
+/// consumed here; a control signal also asks for the end it carries. Returns `None` for a signal
+/// already known, else whether it asks to terminate.
+fn take_into(slot: &mut Slot, signal: SignalRecord) -> Option<bool> {
+    let known = slot.inbox.iter().any(|held| held.seq == signal.seq) || slot.consumed.contains(&signal.seq);
+    if known {
+        return None;
+    }
+    let request = end_request_of(&signal);
+    let terminates = matches!(request, Some(EndRequest::Terminate { .. }));
+    if let Some(request) = request {
+        slot.request_end(request);
+    }
+    let at = slot.inbox.partition_point(|held| held.seq < signal.seq);
+    slot.inbox.insert(at, signal);
+    Some(terminates)
+}
+
 fn end_request_of(signal: &SignalRecord) -> Option<EndRequest> {
     match signal.name.as_str() {
         CANCEL_SIGNAL => Some(EndRequest::Cancel),
