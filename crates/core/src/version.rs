@@ -189,7 +189,8 @@ impl CounterDelta {
         }
     }
 
-    /// Adds another change (what a group of commits does to one version).
+    /// Adds another change (what a group of commits does to one version). Start times are not
+    /// added up: a store that sums changes keeps the first and last start itself.
     pub fn add(&mut self, other: &CounterDelta) {
         self.live += other.live;
         self.started += other.started;
@@ -199,9 +200,6 @@ impl CounterDelta {
         self.moved_in += other.moved_in;
         self.moved_out += other.moved_out;
         self.revived += other.revived;
-        if let Some(at) = other.started_at_ms {
-            self.started_at_ms = Some(self.started_at_ms.map_or(at, |held| held.min(at)));
-        }
         add_totals(&mut self.measures, &other.measures);
         self.shadow.add(&other.shadow);
     }
@@ -221,33 +219,39 @@ impl CounterDelta {
     /// The change for one shadow instance finishing with `status` (completed, failed, else
     /// cancelled), having recorded `measures`.
     pub fn shadow_finish(status: InstanceStatus, measures: MeasureTotals) -> Self {
-        let mut shadow = ShadowCounters {
-            measures,
-            ..ShadowCounters::default()
-        };
-        match status {
-            InstanceStatus::Completed => shadow.completed = 1,
-            InstanceStatus::Failed => shadow.failed = 1,
-            _ => shadow.cancelled = 1,
-        }
+        let (completed, failed, cancelled) = ended(status);
         CounterDelta {
             live: -1,
-            shadow,
+            shadow: ShadowCounters {
+                completed,
+                failed,
+                cancelled,
+                measures,
+                ..ShadowCounters::default()
+            },
             ..CounterDelta::default()
         }
     }
 
     /// The change for one instance finishing with `status` (completed, failed, else cancelled).
     pub fn finish(status: InstanceStatus) -> Self {
-        let mut delta = CounterDelta {
+        let (completed, failed, cancelled) = ended(status);
+        CounterDelta {
             live: -1,
+            completed,
+            failed,
+            cancelled,
             ..CounterDelta::default()
-        };
-        match status {
-            InstanceStatus::Completed => delta.completed = 1,
-            InstanceStatus::Failed => delta.failed = 1,
-            _ => delta.cancelled = 1,
         }
-        delta
+    }
+}
+
+/// One finish with `status`, as (completed, failed, cancelled) counts: completed, failed, else
+/// cancelled.
+fn ended(status: InstanceStatus) -> (u64, u64, u64) {
+    match status {
+        InstanceStatus::Completed => (1, 0, 0),
+        InstanceStatus::Failed => (0, 1, 0),
+        _ => (0, 0, 1),
     }
 }

@@ -11,6 +11,7 @@ use crate::TOUCHED_VERSIONS_QUERY;
 use crate::{encode, failed, pool_failed, signed, stored_version, unsigned, version_row_columns, version_text};
 use strata_core::instance::EncodedInstance;
 use strata_core::instance::{InstanceId, VersionKey};
+use strata_core::measure::MeasureTotals;
 use strata_core::version::VersionStatus;
 use strata_store::residency::VersionWrite;
 use strata_store::{Applied, AppliedConfig, CounterDelta, Op, StoreError};
@@ -617,14 +618,13 @@ impl Writes {
             |value: fn(&CounterDelta) -> i64| -> Vec<i64> { sums.iter().map(|sum| value(&sum.delta)).collect() };
         let first: Vec<Option<i64>> = sums.iter().map(|sum| sum.first_start_ms).collect();
         let last: Vec<Option<i64>> = sums.iter().map(|sum| sum.last_start_ms).collect();
-        let measures: Vec<String> = sums
-            .iter()
-            .map(|sum| crate::measures_to_text(&sum.delta.measures))
-            .collect();
-        let shadow_measures: Vec<String> = sums
-            .iter()
-            .map(|sum| crate::measures_to_text(&sum.delta.shadow.measures))
-            .collect();
+        let texts = |totals: fn(&CounterDelta) -> &MeasureTotals| -> Vec<String> {
+            sums.iter()
+                .map(|sum| crate::measures_to_text(totals(&sum.delta)))
+                .collect()
+        };
+        let measures = texts(|delta| &delta.measures);
+        let shadow_measures = texts(|delta| &delta.shadow.measures);
         let mut stored = transaction
             .query_typed(
                 concat!(
