@@ -458,6 +458,17 @@ async fn decide(ctx: StepCtx, n: &mut u64) -> StepResult<u64> {
     Ok(Next::complete(*n + amount))
 }
 
+/// approval 2.0.0 beside every start of 1.0.0, then a real stage; no pair may differ.
+fn shadowing_approvals() -> RolloutSpec {
+    RolloutSpec::new("approval", Version::new(2, 0, 0), Version::new(1, 0, 0))
+        .stage(Stage::shadow(100.0, HOLD, 1))
+        .stage(Stage::new(50.0, HOLD, 1))
+        .gates(Gates {
+            max_shadow_mismatch: Some(0.0),
+            ..Gates::default()
+        })
+}
+
 /// `approval`: waits for the signal `approve` (an amount), then completes with input + amount.
 fn approval(version: &str) -> WorkflowVersion<u64, u64, u64> {
     WorkflowVersion::new("approval", version)
@@ -476,14 +487,7 @@ async fn a_signal_to_the_real_instance_reaches_its_shadow_too(backend: Backend) 
         .open()
         .await
         .unwrap();
-    let spec = RolloutSpec::new("approval", Version::new(2, 0, 0), Version::new(1, 0, 0))
-        .stage(Stage::shadow(100.0, HOLD, 1))
-        .stage(Stage::new(50.0, HOLD, 1))
-        .gates(Gates {
-            max_shadow_mismatch: Some(0.0),
-            ..Gates::default()
-        });
-    engine.start_rollout(spec).await.unwrap();
+    engine.start_rollout(shadowing_approvals()).await.unwrap();
     let real = engine
         .start_with("approval", &5u64, StartOptions::new().routing_key("order-5"))
         .await
@@ -534,14 +538,7 @@ async fn a_live_shadow_does_not_hold_up_the_stable_version_s_drain(backend: Back
         .open()
         .await
         .unwrap();
-    let spec = RolloutSpec::new("approval", Version::new(2, 0, 0), Version::new(1, 0, 0))
-        .stage(Stage::shadow(100.0, HOLD, 1))
-        .stage(Stage::new(50.0, HOLD, 1))
-        .gates(Gates {
-            max_shadow_mismatch: Some(0.0),
-            ..Gates::default()
-        });
-    engine.start_rollout(spec).await.unwrap();
+    engine.start_rollout(shadowing_approvals()).await.unwrap();
     let real = engine
         .start_with("approval", &1u64, StartOptions::new().routing_key("order-1"))
         .await
@@ -592,14 +589,7 @@ async fn a_shadow_runs_on_a_worker_with_the_candidates_code_whoever_took_the_sta
         .open()
         .await
         .unwrap();
-    let spec = RolloutSpec::new("approval", Version::new(2, 0, 0), Version::new(1, 0, 0))
-        .stage(Stage::shadow(100.0, HOLD, 1))
-        .stage(Stage::new(50.0, HOLD, 1))
-        .gates(Gates {
-            max_shadow_mismatch: Some(0.0),
-            ..Gates::default()
-        });
-    with_both.start_rollout(spec).await.unwrap();
+    with_both.start_rollout(shadowing_approvals()).await.unwrap();
     // The worker without 2.0.0 learns of the rollout at its next look around.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let (real, shadow) = loop {
