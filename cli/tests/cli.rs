@@ -30,16 +30,23 @@ fn gate(version: &str) -> WorkflowVersion<u64, u64, u64> {
 }
 
 async fn open(dir: &std::path::Path) -> Engine {
-    Engine::builder()
+    open_with(dir, [gate("1.0.0"), gate("2.0.0")]).await
+}
+
+/// An engine on `dir` with `versions` and the admin API on loopback, with both tokens.
+async fn open_with(
+    dir: &std::path::Path,
+    versions: impl IntoIterator<Item = WorkflowVersion<u64, u64, u64>>,
+) -> Engine {
+    let mut builder = Engine::builder()
         .data_dir(dir)
         .admin("127.0.0.1:0".parse().unwrap())
         .admin_token(ADMIN)
-        .admin_read_token(READER)
-        .register(gate("1.0.0"))
-        .register(gate("2.0.0"))
-        .open()
-        .await
-        .unwrap()
+        .admin_read_token(READER);
+    for version in versions {
+        builder = builder.register(version);
+    }
+    builder.open().await.unwrap()
 }
 
 /// What a run of the binary gave: its exit code, standard output and standard error.
@@ -384,26 +391,12 @@ fn priced(version: &str) -> WorkflowVersion<u64, u64, u64> {
         .step("call", priced_call)
 }
 
-/// An engine with `priced` 1.0.0 and 2.0.0 and the admin API on loopback, with both tokens.
-async fn open_priced(dir: &std::path::Path) -> Engine {
-    Engine::builder()
-        .data_dir(dir)
-        .admin("127.0.0.1:0".parse().unwrap())
-        .admin_token(ADMIN)
-        .admin_read_token(READER)
-        .register(priced("1.0.0"))
-        .register(priced("2.0.0"))
-        .open()
-        .await
-        .unwrap()
-}
-
 /// A rollout gated on a measure, started from the command line: its status shows both
 /// versions' figures of the measure, and its rollback names the measure's gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open_priced(dir.path()).await;
+    let engine = open_with(dir.path(), [priced("1.0.0"), priced("2.0.0")]).await;
     let gates = r#"{"measures": [{"measure": "cost", "max_increase": 0.2, "min_sample": 3}]}"#;
     let args = [
         "rollout",
@@ -477,7 +470,7 @@ async fn a_rollout_gated_on_a_measure_shows_its_figures_and_the_gate_that_fired(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_stage_and_its_pairs_are_shown() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = open_priced(dir.path()).await;
+    let engine = open_with(dir.path(), [priced("1.0.0"), priced("2.0.0")]).await;
     let args = [
         "rollout",
         "start",
