@@ -26,10 +26,13 @@ use strata::{
 };
 use tokio::sync::Semaphore;
 
+/// A worker that keeps every instance it holds in memory: these tests count what each worker
+/// holds by what it keeps (`tests/idle_in_store.rs` is about idle instances left in the store).
 fn worker(database: &TestDatabase) -> EngineBuilder {
     Engine::builder()
         .postgres(&database.url)
         .commit_retry_delay(Duration::from_millis(10))
+        .residency_horizon(Duration::MAX)
 }
 
 /// A worker that heartbeats every 200 ms (lease 600 ms), so tests see the cluster change fast.

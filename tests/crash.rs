@@ -277,7 +277,7 @@ fn check_history(record: &InstanceRecord, chunks: &[StoredHistoryChunk]) {
 
 fn read_store(dir: &Path) -> Snapshot {
     let store = SledStore::open(dir).expect("parent: open store after kill");
-    let recovered = store.recover().expect("parent: recover");
+    let recovered = store.recover(u64::MAX).expect("parent: recover");
     assert!(
         recovered.corrupt.is_empty(),
         "corrupt records after a kill: {:?}",

@@ -225,7 +225,7 @@ fn a_full_disk_refuses_commits_until_space_returns_and_loses_nothing() {
 
     // The store as the child left it: every instance finished once, counters equal a recount.
     let store = SledStore::open(filesystem.dir.path().join("data")).unwrap();
-    let recovered = store.recover().unwrap();
+    let recovered = store.recover(u64::MAX).unwrap();
     assert!(recovered.live.is_empty(), "no instance is left live");
     let finished = store
         .finished_instances(&ListScope::default(), &mut |_| true, usize::MAX)

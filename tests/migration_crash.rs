@@ -200,7 +200,7 @@ fn run_child(dir: &Path, mode: &str, kill_after: Option<Duration>) -> Vec<String
 /// Opens the store a killed child left and recovers it; no record may be undecodable.
 fn recover(dir: &Path) -> (SledStore, strata_store::RecoveredState) {
     let store = SledStore::open(dir).expect("parent: open the store after a kill");
-    let recovered = store.recover().unwrap();
+    let recovered = store.recover(u64::MAX).unwrap();
     assert!(
         recovered.corrupt.is_empty(),
         "undecodable records: {:?}",

@@ -235,7 +235,7 @@ fn fires_survive_sigkill_without_loss_or_duplicates() {
     }
     run_child(dir.path(), None);
     let store = SledStore::open(dir.path()).unwrap();
-    let mut records = store.recover().unwrap().live;
+    let mut records = store.recover(u64::MAX).unwrap().live;
     records.extend(
         store
             .finished_instances(&Default::default(), &mut |_| true, usize::MAX)

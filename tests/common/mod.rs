@@ -79,7 +79,7 @@ impl Backend {
         let store = self.store();
         match self {
             Backend::Sled(_) => store
-                .recover()
+                .recover(u64::MAX)
                 .expect("recover")
                 .signals
                 .iter()

@@ -202,6 +202,38 @@ impl Phase {
             _ => None,
         }
     }
+
+    /// When the engine must next look at a live instance by itself (ms since the Unix epoch):
+    /// at once ([`WAKE_NOW`]) for one ready to run, at its timer for one sleeping, backing off or
+    /// waiting with a timeout, never ([`WAKE_NEVER`]) for one that only a signal or an operator
+    /// moves on; `None` for a finished one. Stores index live instances by it, so that an engine
+    /// loads an idle instance only when it comes due.
+    pub fn wake_ms(&self) -> Option<u64> {
+        match self {
+            Phase::Ready { .. } | Phase::Accepted { .. } => Some(WAKE_NOW),
+            Phase::Sleeping { until_ms } | Phase::RetryBackoff { until_ms, .. } => Some(*until_ms),
+            Phase::WaitingSignal { timeout_at_ms, .. } => Some(timeout_at_ms.unwrap_or(WAKE_NEVER)),
+            Phase::Quarantined { .. } => Some(WAKE_NEVER),
+            Phase::Completed { .. } | Phase::Failed { .. } | Phase::Cancelled => None,
+        }
+    }
+}
+
+/// The wake time of an instance ready to run: before any other.
+pub const WAKE_NOW: u64 = 0;
+/// The wake time of an instance no timer wakes: after any other.
+pub const WAKE_NEVER: u64 = u64::MAX;
+
+/// How a live record was indexed when it was last written: what a store that indexes live
+/// records by version and by wake time must take out when the record is written again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedAs {
+    /// Its version.
+    pub key: VersionKey,
+    /// Its start time (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// Its wake time ([`Phase::wake_ms`]).
+    pub wake_ms: u64,
 }
 
 /// One instance as stored: the record every step commit writes (written through
@@ -391,7 +423,26 @@ impl InstanceRecord {
         self.shadow_of.is_some()
     }
 
-    /// Encodes the record in the stored format (compact MessagePack: fields by position).
+    /// How this record, if live, is indexed by a store (see [`IndexedAs`]).
+    pub fn indexed_as(&self) -> Option<IndexedAs> {
+        self.phase.wake_ms().map(|wake_ms| IndexedAs {
+            key: self.key.clone(),
+            created_at_ms: self.created_at_ms,
+            wake_ms,
+        })
+    }
+
+    /// Encodes the record to replace `previous`, the live record last committed for it (`None`
+    /// for a new instance, or one that had finished): the store takes `previous`'s index entries
+    /// out where they change.
+    pub fn encode_replacing(&self, previous: Option<&InstanceRecord>) -> Result<EncodedInstance, EncodeError> {
+        let mut encoded = self.encode()?;
+        encoded.replaces = previous.and_then(InstanceRecord::indexed_as);
+        Ok(encoded)
+    }
+
+    /// Encodes the record in the stored format (compact MessagePack: fields by position), as a
+    /// new instance's (see [`InstanceRecord::encode_replacing`]).
     pub fn encode(&self) -> Result<EncodedInstance, EncodeError> {
         // Sized up front: growing the buffer field by field showed up in step-path profiles.
         let mut bytes = Vec::with_capacity(
@@ -407,6 +458,8 @@ impl InstanceRecord {
             key: self.key.clone(),
             status: InstanceStatus::of_phase(&self.phase),
             due_ms: self.phase.timer_due_ms(),
+            wake_ms: self.phase.wake_ms(),
+            replaces: None,
             claim: self.claim,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
@@ -453,6 +506,11 @@ pub struct EncodedInstance {
     pub status: InstanceStatus,
     /// When its timer is due, if it waits for one (ms since the Unix epoch).
     pub due_ms: Option<u64>,
+    /// When the engine must next look at it by itself, if live ([`Phase::wake_ms`]).
+    pub wake_ms: Option<u64>,
+    /// How the live record it replaces was indexed (`None`: a new instance, or one that had
+    /// finished).
+    pub replaces: Option<IndexedAs>,
     /// The claim it was written under (see [`InstanceRecord::claim`]).
     pub claim: u64,
     /// When it started (ms since the Unix epoch; a column, to find the oldest live instance).

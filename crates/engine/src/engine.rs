@@ -215,6 +215,16 @@ impl EngineBuilder {
         self
     }
 
+    /// How far ahead an idle instance must be due to stay in memory (default 30 s): one asleep,
+    /// backing off or waiting for a signal beyond it is evicted — its record stays in the store,
+    /// indexed by when it is due — and loaded again ahead of its timer, or when a signal, a
+    /// cancel, an awaited outcome, a move or a migration needs it. `Duration::MAX` keeps every
+    /// live instance in memory.
+    pub fn residency_horizon(mut self, horizon: Duration) -> Self {
+        self.options.residency_horizon = horizon;
+        self
+    }
+
     /// Registers a state migration; `open` fails if the migrations of a workflow skip a schema,
     /// have a hole, or give two paths for one step.
     pub fn migration(mut self, migration: StateMigration) -> Self {
@@ -346,6 +356,7 @@ impl Engine {
                 lease: Duration::from_secs(5),
                 retention: crate::runtime::DEFAULT_RETENTION,
                 history_limit: strata_core::history::DEFAULT_HISTORY_LIMIT,
+                residency_horizon: crate::runtime::DEFAULT_RESIDENCY_HORIZON,
             },
         }
     }
@@ -1182,7 +1193,9 @@ impl Engine {
         Ok(self.runtime.store.quarantined()?)
     }
 
-    /// How many live instances this engine holds.
+    /// How many live instances this engine keeps in memory: those running, ready, or due within
+    /// the residency horizon (see [`EngineBuilder::residency_horizon`]); idle ones beyond it
+    /// wait in the store.
     pub fn live_instances(&self) -> usize {
         self.runtime.live_count()
     }

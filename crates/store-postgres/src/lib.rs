@@ -784,7 +784,7 @@ impl Store for PostgresStore {
     }
 
     /// Counters and statuses; live instances come from [`Cluster::claim`].
-    fn recover(&self) -> Result<RecoveredState, StoreError> {
+    fn recover(&self, _through_ms: u64) -> Result<RecoveredState, StoreError> {
         Ok(RecoveredState {
             versions: Store::versions(self)?,
             ..RecoveredState::default()
@@ -803,6 +803,72 @@ impl Store for PostgresStore {
 
     fn cluster(&self) -> &dyn Cluster {
         self
+    }
+
+    fn due_held(
+        &self,
+        after: Option<(u64, InstanceId)>,
+        through_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InstanceId)>, StoreError> {
+        let (after_wake, after_id) = after.map_or((-1, -1), |(wake, id)| (signed(wake), signed(id.0)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "read due instances",
+            format!(
+                "SELECT {wake}, id FROM strata_instances
+                 WHERE live AND owner = $1 AND ({wake}, id) > ($2, $3) AND {wake} <= $4
+                 ORDER BY {wake}, id LIMIT $5",
+                wake = schema::WAKE
+            ),
+            vec![
+                Box::new(self.worker_id.clone()),
+                Box::new(after_wake),
+                Box::new(after_id),
+                Box::new(signed(through_ms)),
+                Box::new(limit),
+            ],
+            |row| {
+                let wake: i64 = row.get(0);
+                let wake = if wake == i64::MAX {
+                    strata_core::instance::WAKE_NEVER
+                } else {
+                    unsigned(wake)
+                };
+                Ok((wake, InstanceId(unsigned(row.get(1)))))
+            },
+        )
+    }
+
+    fn load_held(&self, ids: &[InstanceId]) -> Result<Claimed, StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|id| signed(id.0)).collect();
+        let rows = self.query(
+            "load held instances",
+            "SELECT id, fence, record FROM strata_instances WHERE id = ANY($1) AND live AND owner = $2 ORDER BY id",
+            vec![Box::new(ids), Box::new(self.worker_id.clone())],
+            |row| Ok((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, Vec<u8>>(2))),
+        )?;
+        let held: Vec<i64> = rows.iter().map(|(id, ..)| *id).collect();
+        let mut claimed = Claimed::default();
+        if !held.is_empty() {
+            claimed.signals = self.query(
+                "load held instances",
+                "SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq",
+                vec![Box::new(held)],
+                |row| decode("signal", row.get(0)),
+            )?;
+        }
+        for (id, fence, bytes) in rows {
+            let id = InstanceId(unsigned(id));
+            match strata_store::decode_live_record(id, &bytes) {
+                Ok(mut record) => {
+                    record.claim = unsigned(fence);
+                    claimed.live.push(record);
+                }
+                Err(corrupt) => claimed.corrupt.push(corrupt),
+            }
+        }
+        Ok(claimed)
     }
 
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {

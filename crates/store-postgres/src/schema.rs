@@ -31,10 +31,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (9, "each instance's history", V9),
     (10, "how many ended instances were revived on each version", V10),
     (11, "each version's measure totals, and its shadow instances apart", V11),
+    (12, "live instances by holder and wake time", V12),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 11;
+pub(crate) const SCHEMA_VERSION: i32 = 12;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -240,6 +241,16 @@ CREATE TABLE strata_shadow_pairs (
 );
 CREATE INDEX strata_shadow_pairs_real ON strata_shadow_pairs (real_id);
 ";
+
+/// Schema 12. A worker loads the idle instances it holds as they come due: by holder and wake
+/// time (`Phase::wake_ms`: 0 for one ready to run, its timer's due time, else the largest
+/// bigint), from an index, so the read costs what it returns.
+const V12: &str = "
+CREATE INDEX strata_instances_wake ON strata_instances (owner, (CASE WHEN status = 'ready' THEN 0 ELSE COALESCE(due_ms, 9223372036854775807) END), id) WHERE live;
+";
+
+/// The wake-time expression `strata_instances_wake` indexes.
+pub(crate) const WAKE: &str = "(CASE WHEN status = 'ready' THEN 0 ELSE COALESCE(due_ms, 9223372036854775807) END)";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -768,6 +768,11 @@ fn set_damaged_apart(db: &sled::Db, value: DamagedValue) -> Result<(), String> {
         ));
     };
     tracing::error!(key = %String::from_utf8_lossy(key), %reason, "a record is damaged; its instance is set apart");
+    if let (true, Some(instance)) = (instance_key.starts_with(LIVE), id_from_key(LIVE, &instance_key)) {
+        // Due at once, so that the next open loads it and the engine quarantines it.
+        db.insert(super::wake_key(strata_core::instance::WAKE_NOW, instance), &[] as &[u8])
+            .map_err(|error| error.to_string())?;
+    }
     db.insert(instance_key, mark).map_err(|error| error.to_string())?;
     Ok(())
 }

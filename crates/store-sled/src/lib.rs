@@ -19,7 +19,13 @@
 //! `w/<workflow>\0<id>` → when it finished: a finished instance by workflow (listings read only
 //! the workflow's; retention sweeps it for what is due) · `m/finished-index` set once every
 //! finished instance is in `w/` · `m/highest-id` the highest instance id ever removed (so no id
-//! is issued twice) · `m/log-applied` the last commit-log frame the tree holds. One index key per
+//! is issued twice) · `m/log-applied` the last commit-log frame the tree holds ·
+//! `t/<wake ms><id>` a live instance by wake time (`Phase::wake_ms`: an engine loads an idle
+//! instance as it comes due) · `l/<workflow>\0<version>\0<start ms><id>` a live instance by
+//! version and start time (a version's oldest) · `m/live-index` set once every live instance is
+//! in both. A write of a live record changes these only when its wake time or version changes
+//! (a step of a running instance writes none); the engine names what the record was indexed as
+//! (`EncodedInstance::replaces`). One index key per
 //! finished instance: sled's cost is per key written, and a second index (by finish time) cost a
 //! quarter of the throughput at 1 024 concurrent instances.
 //!
@@ -52,7 +58,7 @@ use durable::{start_checkpointer, Durable};
 
 use crate::commit_log::{Changes, LogError};
 use crate::space::refused_for_room;
-use strata_core::instance::{InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
+use strata_core::instance::{IndexedAs, InstanceId, InstanceRecord, VersionKey, RECORD_FORMAT};
 use strata_core::periodic::PeriodicThread;
 use strata_core::version::VersionStatus;
 use strata_store::residency::VersionWrite;
@@ -78,6 +84,11 @@ const SHADOW_PAIRS: &[u8] = b"p/";
 const PAIR_OF_REAL: &[u8] = b"x/";
 const BY_WORKFLOW: &[u8] = b"w/";
 const FINISHED_INDEX_BUILT: &[u8] = b"m/finished-index";
+/// A live instance by wake time: what an engine loads as it comes due.
+const BY_WAKE: &[u8] = b"t/";
+/// A live instance by version and start time: a version's oldest live instance.
+const LIVE_BY_VERSION: &[u8] = b"l/";
+const LIVE_INDEX_BUILT: &[u8] = b"m/live-index";
 const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
 
 /// The by-workflow prefix of a workflow's finished instances.
@@ -252,6 +263,69 @@ fn id_key(prefix: &[u8], id: InstanceId) -> Vec<u8> {
     key
 }
 
+fn wake_key(wake_ms: u64, id: InstanceId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(BY_WAKE.len() + 16);
+    key.extend_from_slice(BY_WAKE);
+    key.extend_from_slice(&wake_ms.to_be_bytes());
+    key.extend_from_slice(&id.0.to_be_bytes());
+    key
+}
+
+/// The wake time and id of a `t/` key.
+fn wake_of_key(key: &[u8]) -> Option<(u64, InstanceId)> {
+    let wake: [u8; 8] = key.get(BY_WAKE.len()..BY_WAKE.len() + 8)?.try_into().ok()?;
+    let id: [u8; 8] = key.get(BY_WAKE.len() + 8..BY_WAKE.len() + 16)?.try_into().ok()?;
+    Some((u64::from_be_bytes(wake), InstanceId(u64::from_be_bytes(id))))
+}
+
+/// The prefix of a version's live instances by start time.
+fn live_version_prefix(key: &VersionKey) -> Vec<u8> {
+    let mut prefix = version_key(LIVE_BY_VERSION, key);
+    prefix.push(0);
+    prefix
+}
+
+fn live_version_key(key: &VersionKey, created_at_ms: u64, id: InstanceId) -> Vec<u8> {
+    let mut bytes = live_version_prefix(key);
+    bytes.extend_from_slice(&created_at_ms.to_be_bytes());
+    bytes.extend_from_slice(&id.0.to_be_bytes());
+    bytes
+}
+
+/// The index entries of a live record, as `batch` changes: those of `before` taken out where
+/// they differ from `after`'s, `after`'s put in (either may be absent).
+fn reindex(batch: &mut Changes, id: InstanceId, before: Option<&IndexedAs>, after: Option<&IndexedAs>) {
+    let wake = |indexed: Option<&IndexedAs>| indexed.map(|indexed| indexed.wake_ms);
+    if wake(before) != wake(after) {
+        if let Some(before) = before {
+            batch.remove(wake_key(before.wake_ms, id));
+        }
+        if let Some(after) = after {
+            batch.insert(wake_key(after.wake_ms, id), &[] as &[u8]);
+        }
+    }
+    fn place(indexed: Option<&IndexedAs>) -> Option<(&VersionKey, u64)> {
+        indexed.map(|indexed| (&indexed.key, indexed.created_at_ms))
+    }
+    if place(before) != place(after) {
+        if let Some(before) = before {
+            batch.remove(live_version_key(&before.key, before.created_at_ms, id));
+        }
+        if let Some(after) = after {
+            batch.insert(live_version_key(&after.key, after.created_at_ms, id), &[] as &[u8]);
+        }
+    }
+}
+
+/// How an encoded record is indexed once written (`None`: finished).
+fn indexed_after(record: &strata_core::instance::EncodedInstance) -> Option<IndexedAs> {
+    record.wake_ms.map(|wake_ms| IndexedAs {
+        key: record.key.clone(),
+        created_at_ms: record.created_at_ms,
+        wake_ms,
+    })
+}
+
 fn signal_key(instance: InstanceId, seq: u64) -> Vec<u8> {
     let mut key = id_key(SIGNALS, instance);
     key.extend_from_slice(&seq.to_be_bytes());
@@ -381,6 +455,7 @@ impl SledStore {
             _lock: lock,
         };
         store.build_expiry_index()?;
+        store.build_live_index()?;
         let removed = store.highest_removed_id()?;
         let highest = store
             .max_id(LIVE)?
@@ -462,6 +537,47 @@ impl SledStore {
             tracing::info!(indexed, "indexed the finished instances by finish time, for retention");
         }
         Ok(())
+    }
+
+    /// Puts every live instance written before the live indexes existed into them, once, and
+    /// makes each version's live counter the number of its live records that decode, where it
+    /// disagrees (a store written by a build with a counting bug, or edited by hand: the one
+    /// process that opens the store holds every live instance, so the records are the truth).
+    /// From then on every write keeps both, so an open reads neither whole.
+    fn build_live_index(&self) -> Result<(), StoreError> {
+        if self
+            .durable
+            .db
+            .contains_key(LIVE_INDEX_BUILT)
+            .map_err(backend("read the live indexes' marker"))?
+        {
+            return Ok(());
+        }
+        let mut batch = Changes::default();
+        let mut live = Vec::new();
+        for item in self.durable.db.scan_prefix(LIVE) {
+            let (key, value) = item.map_err(backend("index live instances"))?;
+            let Some(id) = id_from_key(LIVE, &key) else {
+                continue;
+            };
+            match strata_store::decode_live_record(id, &value) {
+                Ok(record) => {
+                    reindex(&mut batch, id, None, record.indexed_as().as_ref());
+                    live.push(record);
+                }
+                // Due at once: the engine loads it at open and quarantines it.
+                Err(_) => batch.insert(wake_key(strata_core::instance::WAKE_NOW, id), &[] as &[u8]),
+            }
+        }
+        batch.insert(LIVE_INDEX_BUILT, &[] as &[u8]);
+        self.durable.write(&mut batch, "index live instances")?;
+        if !live.is_empty() {
+            tracing::info!(
+                indexed = live.len(),
+                "indexed the live instances by wake time and version"
+            );
+        }
+        self.reconcile_live_counters(&live)
     }
 
     /// The data directory.
@@ -601,6 +717,12 @@ impl Store for SledStore {
         for op in ops {
             match op {
                 Op::PutInstance(record) => {
+                    reindex(
+                        &mut batch,
+                        record.id,
+                        record.replaces.as_ref(),
+                        indexed_after(record).as_ref(),
+                    );
                     if record.finished {
                         batch.remove(id_key(LIVE, record.id));
                         batch.insert(id_key(FINISHED, record.id), record.bytes.as_slice());
@@ -624,6 +746,7 @@ impl Store for SledStore {
                     batch.remove(id_key(FINISHED, record.id));
                     batch.remove(workflow_key(&record.key.workflow, record.id));
                     batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
+                    reindex(&mut batch, record.id, None, indexed_after(record).as_ref());
                 }
                 Op::PutSignal(signal) => {
                     batch.insert(signal_key(signal.instance, signal.seq), encode("signal", signal)?);
@@ -714,6 +837,7 @@ impl Store for SledStore {
                         raw: raw.map(|raw| raw.to_vec()).unwrap_or_default(),
                     };
                     batch.remove(id_key(LIVE, *id));
+                    // Its index entries are left: a reader finds no live record behind them.
                     batch.insert(id_key(QUARANTINED, *id), encode("quarantine entry", &entry)?);
                 }
             }
@@ -821,11 +945,18 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn recover(&self) -> Result<RecoveredState, StoreError> {
+    fn recover(&self, through_ms: u64) -> Result<RecoveredState, StoreError> {
         let mut state = RecoveredState::default();
-        for item in self.durable.db.scan_prefix(LIVE) {
-            let (key, value) = item.map_err(backend("scan instances"))?;
-            let Some(id) = id_from_key(LIVE, &key) else {
+        // Entries whose instance is no longer live (quarantined since) are taken out.
+        let mut dangling = Changes::default();
+        for (wake, id) in self.due_held(None, through_ms, usize::MAX)? {
+            let Some(value) = self
+                .durable
+                .db
+                .get(id_key(LIVE, id))
+                .map_err(backend("load instance"))?
+            else {
+                dangling.remove(wake_key(wake, id));
                 continue;
             };
             match strata_store::decode_live_record(id, &value) {
@@ -833,10 +964,85 @@ impl Store for SledStore {
                 Err(corrupt) => state.corrupt.push(corrupt),
             }
         }
+        if dangling.length() > 0 {
+            self.durable.write(&mut dangling, "clean the wake index")?;
+        }
         state.signals = self.collect::<SignalRecord>(SIGNALS, "signal")?;
-        self.reconcile_live_counters(&state.live)?;
         state.versions = self.versions.lock().all();
+        let mut loaded: HashMap<&VersionKey, u64> = HashMap::new();
+        for record in &state.live {
+            *loaded.entry(&record.key).or_default() += 1;
+        }
+        state.unloaded = state
+            .versions
+            .iter()
+            .filter_map(|version| {
+                let left = version
+                    .counters
+                    .live
+                    .saturating_sub(loaded.get(&version.key).copied().unwrap_or(0));
+                (left > 0).then(|| (version.key.clone(), left))
+            })
+            .collect();
         Ok(state)
+    }
+
+    fn due_held(
+        &self,
+        after: Option<(u64, InstanceId)>,
+        through_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InstanceId)>, StoreError> {
+        let from = match after {
+            None => wake_key(0, InstanceId(0)),
+            Some((wake, id)) => match id.0.checked_add(1) {
+                Some(next) => wake_key(wake, InstanceId(next)),
+                None => match wake.checked_add(1) {
+                    Some(wake) => wake_key(wake, InstanceId(0)),
+                    None => return Ok(Vec::new()),
+                },
+            },
+        };
+        let mut found = Vec::new();
+        for item in self.durable.db.range(from..) {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(backend("read the wake index"))?;
+            if !key.starts_with(BY_WAKE) {
+                break;
+            }
+            let Some((wake, id)) = wake_of_key(&key) else {
+                continue;
+            };
+            if wake > through_ms {
+                break;
+            }
+            found.push((wake, id));
+        }
+        Ok(found)
+    }
+
+    fn load_held(&self, ids: &[InstanceId]) -> Result<strata_store::Claimed, StoreError> {
+        let mut claimed = strata_store::Claimed::default();
+        for &id in ids {
+            let Some(value) = self
+                .durable
+                .db
+                .get(id_key(LIVE, id))
+                .map_err(backend("load instance"))?
+            else {
+                continue;
+            };
+            match strata_store::decode_live_record(id, &value) {
+                Ok(record) => claimed.live.push(record),
+                Err(corrupt) => claimed.corrupt.push(corrupt),
+            }
+            claimed
+                .signals
+                .extend(self.collect::<SignalRecord>(&id_key(SIGNALS, id), "signal")?);
+        }
+        Ok(claimed)
     }
 
     /// One process opens a sled store, so its numbers come from counters set at open.
@@ -875,7 +1081,7 @@ impl Store for SledStore {
     }
 
     fn cluster(&self) -> &dyn strata_store::Cluster {
-        &self.solo
+        self
     }
 
     fn finished_instances(
@@ -1060,6 +1266,137 @@ impl Store for SledStore {
             applies: self.applies.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// The cluster of one: the worker of the one process that opens the store ([`SoloCluster`]'s
+/// answers), which holds every live instance. What the engine does not keep in memory it reads
+/// here: live instances for listings, a version's oldest, an instance's signals.
+///
+/// [`SoloCluster`]: strata_store::SoloCluster
+impl strata_store::Cluster for SledStore {
+    fn worker_id(&self) -> &str {
+        self.solo.worker_id()
+    }
+
+    fn heartbeat(&self, versions: &[VersionKey], lease: Duration) -> Result<(), StoreError> {
+        self.solo.heartbeat(versions, lease)
+    }
+
+    fn claim(
+        &self,
+        versions: &[VersionKey],
+        lease: Duration,
+        limit: usize,
+    ) -> Result<strata_store::Claimed, StoreError> {
+        self.solo.claim(versions, lease, limit)
+    }
+
+    fn leave(&self) -> Result<(), StoreError> {
+        self.solo.leave()
+    }
+
+    fn workers(&self, lease: Duration) -> Result<Vec<strata_store::WorkerInfo>, StoreError> {
+        self.solo.workers(lease)
+    }
+
+    fn lead(&self, role: &str, lease: Duration) -> Result<bool, StoreError> {
+        self.solo.lead(role, lease)
+    }
+
+    /// Each version's earliest started live instance, from the by-version index.
+    fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError> {
+        let keys: Vec<VersionKey> = self
+            .versions
+            .lock()
+            .all()
+            .into_iter()
+            .filter(|version| version.counters.live > 0)
+            .map(|version| version.key)
+            .collect();
+        let mut oldest = Vec::new();
+        for key in keys {
+            let prefix = live_version_prefix(&key);
+            for item in self.durable.db.scan_prefix(&prefix) {
+                let (entry, _) = item.map_err(backend("read the live index"))?;
+                let (Some(created), Some(id)) = (
+                    entry
+                        .get(prefix.len()..prefix.len() + 8)
+                        .and_then(|bytes| bytes.try_into().ok()),
+                    id_from_key(&entry[..prefix.len() + 8], &entry),
+                ) else {
+                    continue;
+                };
+                // An entry of a record quarantined since has no live record behind it.
+                if self
+                    .durable
+                    .db
+                    .contains_key(id_key(LIVE, id))
+                    .map_err(backend("read the live index"))?
+                {
+                    oldest.push((key, id, u64::from_be_bytes(created)));
+                    break;
+                }
+            }
+        }
+        Ok(oldest)
+    }
+
+    /// Every live instance in `scope`: the engine leaves out those it holds in memory.
+    fn live_held_elsewhere(
+        &self,
+        scope: &strata_store::ListScope,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut keep = |record: &InstanceRecord| {
+            scope
+                .workflow
+                .as_ref()
+                .is_none_or(|workflow| *workflow == record.key.workflow)
+                && scope
+                    .version
+                    .as_ref()
+                    .is_none_or(|version| *version == record.key.version)
+                && keep(record)
+        };
+        self.scan_instances(LIVE, scope, &mut keep, limit)
+    }
+
+    fn publish_metrics(&self, windows: &[(VersionKey, Vec<u8>)]) -> Result<(), StoreError> {
+        self.solo.publish_metrics(windows)
+    }
+
+    fn metrics_of(&self, key: &VersionKey, lease: Duration) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.solo.metrics_of(key, lease)
+    }
+
+    fn uncovered_live(&self, workflow: &str, lease: Duration, covered: &[(String, u64)]) -> Result<u64, StoreError> {
+        self.solo.uncovered_live(workflow, lease, covered)
+    }
+
+    fn drained_announced(&self, keys: &[VersionKey]) -> Result<(), StoreError> {
+        self.solo.drained_announced(keys)
+    }
+
+    fn take_unannounced_drained(&self, lease: Duration) -> Result<Vec<VersionKey>, StoreError> {
+        self.solo.take_unannounced_drained(lease)
+    }
+
+    fn deliver_signal(&self, signal: &SignalRecord) -> Result<bool, StoreError> {
+        self.solo.deliver_signal(signal)
+    }
+
+    fn held_signals(&self) -> Result<Vec<SignalRecord>, StoreError> {
+        self.solo.held_signals()
+    }
+
+    fn signals_of(&self, instance: InstanceId) -> Result<Vec<SignalRecord>, StoreError> {
+        self.collect(&id_key(SIGNALS, instance), "signal")
+    }
+
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<strata_store::Wakeup>> {
+        self.solo.wakeups()
     }
 }
 

@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             a_revived_instance_is_live_again_once_and_undrains_its_drained_version,
             listings_page_in_either_order_from_a_cursor,
             measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout,
+            held_instances_are_found_by_wake_time_and_loaded_with_their_signals,
         );
     };
     (@each $harness:expr; $($check:ident),+ $(,)?) => {
@@ -156,7 +157,9 @@ fn stored(store: &dyn Store, version: &str) -> StoredVersion {
 /// claim took, with their signals. A worker writes a record it holds with the claim it holds it
 /// by (`InstanceRecord::claim`), as the engine does: a shared store refuses any other.
 fn held(store: &dyn Store) -> (Vec<InstanceRecord>, Vec<SignalRecord>, Vec<crate::CorruptRecord>) {
-    let mut recovered = store.recover().unwrap_or_else(|error| panic!("recover: {error}"));
+    let mut recovered = store
+        .recover(u64::MAX)
+        .unwrap_or_else(|error| panic!("recover: {error}"));
     let versions: Vec<VersionKey> = ["1.0.0", "2.0.0"].into_iter().map(key).collect();
     let cluster = store.cluster();
     cluster
@@ -386,6 +389,106 @@ pub fn timers_come_back_with_their_due_time(harness: &dyn Harness) {
     let (live, _, _) = held(store.as_ref());
     let phases: Vec<Option<u64>> = live.iter().map(|record| record.phase.timer_due_ms()).collect();
     assert_eq!(phases, [Some(9_000_000), Some(u64::MAX)]);
+}
+
+/// A worker finds the live instances it holds by wake time — ready ones first, one waiting for a
+/// signal without a timeout last — as each write left it (a write that changes a record's wake
+/// time moves it, a finish takes it out), page by page, and loads chosen ones with their signals
+/// and the claim it holds them by.
+pub fn held_instances_are_found_by_wake_time_and_loaded_with_their_signals(harness: &dyn Harness) {
+    use strata_core::instance::WAKE_NEVER;
+    let store = harness.open();
+    let waiting = record(
+        3,
+        "1.0.0",
+        Phase::WaitingSignal {
+            name: "approved".to_string(),
+            timeout_at_ms: None,
+        },
+    );
+    let records = [
+        ready(1, "1.0.0"),
+        record(2, "1.0.0", Phase::Sleeping { until_ms: 5_000 }),
+        waiting,
+        record(4, "1.0.0", Phase::Sleeping { until_ms: 9_000 }),
+        ready(5, "1.0.0"),
+    ];
+    let mut ops: Vec<Op> = records.iter().map(put).collect();
+    ops.extend((0..records.len()).map(|_| start("1.0.0")));
+    apply(store.as_ref(), &ops);
+    apply(store.as_ref(), &[Op::PutSignal(signal(3, 7, "approved"))]);
+    let (held_records, _, _) = held(store.as_ref());
+    let holding = |id: u64| {
+        let mut record = held_records
+            .iter()
+            .find(|record| record.id == InstanceId(id))
+            .cloned()
+            .unwrap_or_else(|| panic!("instance {id} is not held"));
+        record.claim = claim_of(&held_records, id);
+        record
+    };
+    let replacing = |next: &InstanceRecord, previous: &InstanceRecord| {
+        Op::PutInstance(
+            next.encode_replacing(Some(previous))
+                .unwrap_or_else(|error| panic!("{error}")),
+        )
+    };
+    // Instance 4 sleeps less now; instance 1 finishes; instance 5 takes a step (same wake time).
+    let four = holding(4);
+    let sooner = InstanceRecord {
+        phase: Phase::Sleeping { until_ms: 3_000 },
+        ..four.clone()
+    };
+    let one = holding(1);
+    let done = InstanceRecord {
+        phase: Phase::Completed { output: vec![0xc0] },
+        ..one.clone()
+    };
+    let five = holding(5);
+    let stepped = InstanceRecord {
+        step: "second".to_string(),
+        ..five.clone()
+    };
+    apply(
+        store.as_ref(),
+        &[
+            replacing(&sooner, &four),
+            replacing(&done, &one),
+            finish("1.0.0", InstanceStatus::Completed),
+            replacing(&stepped, &five),
+        ],
+    );
+    let due = |after: Option<(u64, u64)>, through: u64, limit: usize| -> Vec<(u64, u64)> {
+        store
+            .due_held(after.map(|(wake, id)| (wake, InstanceId(id))), through, limit)
+            .unwrap_or_else(|error| panic!("due_held: {error}"))
+            .into_iter()
+            .map(|(wake, id)| (wake, id.0))
+            .collect()
+    };
+    assert_eq!(due(None, 5_000, 10), [(0, 5), (3_000, 4), (5_000, 2)]);
+    assert_eq!(due(None, 2_999, 10), [(0, 5)], "nothing due later");
+    assert_eq!(due(None, u64::MAX, 2), [(0, 5), (3_000, 4)], "a page");
+    assert_eq!(
+        due(Some((3_000, 4)), u64::MAX, 10),
+        [(5_000, 2), (WAKE_NEVER, 3)],
+        "the next page"
+    );
+    assert_eq!(due(Some((5_000, 2)), 9_000, 10), [], "nothing between");
+
+    let loaded = store
+        .load_held(&[InstanceId(3), InstanceId(4), InstanceId(1), InstanceId(99)])
+        .unwrap_or_else(|error| panic!("load_held: {error}"));
+    let mut ids: Vec<u64> = loaded.live.iter().map(|record| record.id.0).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [3, 4], "a finished and an unknown instance are not held");
+    let four = loaded.live.iter().find(|record| record.id == InstanceId(4));
+    assert_eq!(
+        four.map(|record| &record.phase),
+        Some(&Phase::Sleeping { until_ms: 3_000 })
+    );
+    assert_eq!(four.map(|record| record.claim), Some(claim_of(&held_records, 4)));
+    assert_eq!(loaded.signals, vec![signal(3, 7, "approved")]);
 }
 
 /// Signals stay until a commit deletes them, in sequence order, and come back with their

@@ -438,8 +438,12 @@ pub struct CorruptRecord {
 /// Everything a starting engine loads from the store.
 #[derive(Debug, Default)]
 pub struct RecoveredState {
-    /// Every instance that has not finished.
+    /// The live instances this worker holds from the start that are due by the time `recover`
+    /// was given (their wake time, [`strata_core::instance::Phase::wake_ms`], at or before it).
     pub live: Vec<InstanceRecord>,
+    /// The live instances this worker holds from the start that were left in the store (due
+    /// later), counted by version: the engine loads each when it comes due or is asked for.
+    pub unloaded: Vec<(VersionKey, u64)>,
     /// Live records that do not decode.
     pub corrupt: Vec<CorruptRecord>,
     /// Delivered, unconsumed signals.
@@ -629,10 +633,26 @@ pub trait Store: Send + Sync + 'static {
     fn versions(&self) -> Result<Vec<StoredVersion>, StoreError>;
     /// Makes every applied op durable on stable storage.
     fn sync(&self) -> Result<(), StoreError>;
-    /// Loads what a starting engine needs: the live instances this worker holds from the start —
-    /// with a shared store none but those it claims (call [`Cluster::heartbeat`] first, then
-    /// claim), with a [`SoloCluster`] every live instance.
-    fn recover(&self) -> Result<RecoveredState, StoreError>;
+    /// Loads what a starting engine needs: the live instances this worker holds from the start
+    /// whose wake time is at or before `through_ms` (the rest are counted in
+    /// [`RecoveredState::unloaded`]) — with a shared store none but those it claims (call
+    /// [`Cluster::heartbeat`] first, then claim), with a [`SoloCluster`] every live instance.
+    fn recover(&self, through_ms: u64) -> Result<RecoveredState, StoreError>;
+    /// The live instances this worker holds whose wake time
+    /// ([`strata_core::instance::Phase::wake_ms`]) is past `after` (a wake time and id, exclusive)
+    /// and at or before `through_ms`, at most `limit`, by wake time then id: what an engine that
+    /// keeps idle instances in the store loads as they come due. Read from an index, so the call
+    /// costs what it returns, not what the store holds.
+    fn due_held(
+        &self,
+        after: Option<(u64, InstanceId)>,
+        through_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InstanceId)>, StoreError>;
+    /// Loads the live instances among `ids` that this worker holds, with their pending signals,
+    /// as a claim hands them over (each record with the claim this worker holds it under; the
+    /// claim's `number` is 0); an id not live, or held by another worker, is left out.
+    fn load_held(&self, ids: &[InstanceId]) -> Result<Claimed, StoreError>;
     /// Reserves numbers of `kind` no other process sharing the store will use: a range of at
     /// least one.
     fn reserve_ids(&self, kind: IdKind) -> Result<std::ops::Range<u64>, StoreError>;

@@ -186,20 +186,11 @@ impl Runtime {
         records: Vec<InstanceRecord>,
         signals: Vec<SignalRecord>,
     ) -> (Vec<InstanceId>, Vec<SignalRecord>) {
-        let mut inboxes: std::collections::HashMap<InstanceId, Vec<SignalRecord>> = std::collections::HashMap::new();
-        for signal in signals {
-            inboxes.entry(signal.instance).or_default().push(signal);
-        }
+        let mut inboxes = super::residency::inboxes_of(signals);
         let mut ids = Vec::with_capacity(records.len());
         for record in records {
-            let parked = !self.registry.is_registered(&record.key);
-            let mut slot = Slot::new(record, parked);
-            // A cancel or termination asked through the store before this worker held the
-            // instance (a start accepted for a worker with its code, claimed since) is acted on
-            // as if it had arrived now.
-            for signal in inboxes.remove(&slot.record.id).unwrap_or_default() {
-                take_into(&mut slot, signal);
-            }
+            let signals = inboxes.remove(&record.id).unwrap_or_default();
+            let slot = self.new_slot(record, signals);
             ids.push(slot.record.id);
             self.table.insert(slot);
         }
@@ -365,9 +356,15 @@ impl Runtime {
     pub(super) fn take_in_signals(self: &Arc<Self>, signals: Vec<SignalRecord>) {
         let mut woken = Vec::new();
         let mut terminated = false;
+        let mut evicted = Vec::new();
         for signal in signals {
             let instance = signal.instance;
-            let taken = self.table.with(instance, |slot| take_into(slot, signal)).flatten();
+            let Some(taken) = self.table.with(instance, |slot| take_into(slot, signal)) else {
+                if !evicted.contains(&instance) {
+                    evicted.push(instance);
+                }
+                continue;
+            };
             if let Some(terminates) = taken {
                 terminated |= terminates;
                 if !woken.contains(&instance) {
@@ -381,11 +378,25 @@ impl Runtime {
         for id in woken {
             self.schedule(id);
         }
+        if !evicted.is_empty() {
+            // Instances this worker holds in the store only are loaded, with their signals.
+            let runtime = self.clone();
+            self.spawn_tracked(async move {
+                if let Err(error) = runtime.load_resident(&evicted).await {
+                    tracing::warn!(%error, "could not load instances a signal arrived for; the next poll finds them");
+                }
+            });
+        }
     }
 
     /// Reads the pending signals of one held instance (another process announced one).
     async fn fetch_signals_of(self: &Arc<Self>, id: InstanceId) {
-        if self.table.with(id, |_| ()).is_none() {
+        if !self.table.contains(id) {
+            // Held here in the store only: loaded with its signals (nothing, if another worker
+            // holds it).
+            if let Err(error) = self.load_resident(&[id]).await {
+                tracing::warn!(instance = %id, %error, "could not load an instance a signal arrived for; the next poll finds it");
+            }
             return;
         }
         match blocking(&self.store, move |store| store.cluster().signals_of(id)).await {
@@ -523,7 +534,7 @@ pub(super) fn control_signal_of(request: &EndRequest) -> (&'static str, Vec<u8>)
 /// Takes `signal` into `slot`'s inbox in sequence order, unless it is there already or was
 /// consumed here; a control signal also asks for the end it carries. Returns `None` for a signal
 /// already known, else whether it asks to terminate.
-fn take_into(slot: &mut Slot, signal: SignalRecord) -> Option<bool> {
+pub(super) fn take_into(slot: &mut Slot, signal: SignalRecord) -> Option<bool> {
     let known = slot.inbox.iter().any(|held| held.seq == signal.seq) || slot.consumed.contains(&signal.seq);
     if known {
         return None;

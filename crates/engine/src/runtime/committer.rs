@@ -386,8 +386,19 @@ mod tests {
             }
             Ok(())
         }
-        fn recover(&self) -> Result<RecoveredState, StoreError> {
+        fn recover(&self, _through_ms: u64) -> Result<RecoveredState, StoreError> {
             Ok(RecoveredState::default())
+        }
+        fn due_held(
+            &self,
+            _after: Option<(u64, InstanceId)>,
+            _through_ms: u64,
+            _limit: usize,
+        ) -> Result<Vec<(u64, InstanceId)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn load_held(&self, _ids: &[InstanceId]) -> Result<crate::store::Claimed, StoreError> {
+            Ok(crate::store::Claimed::default())
         }
         fn load_instance(&self, _id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
             Ok(None)

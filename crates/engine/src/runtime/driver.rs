@@ -446,8 +446,10 @@ impl Runtime {
             Phase::Quarantined { reason } => Some(reason.clone()),
             _ => None,
         };
+        let replaces = self.indexed_in_table(id);
         let committed = match transition::commit_writes(
             &mut record,
+            replaces,
             consumed_signal,
             &inbox,
             &entries,

@@ -372,7 +372,13 @@ impl Runtime {
             record.worker = self.store.cluster().worker_id().to_string();
         }
         record.claims_covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
-        let mut candidates = self.migration_candidates(&record.workflow, record.cursor);
+        let candidates = {
+            // Every instance of the workflow this worker holds is looked at, resident or not.
+            let _hold = self.hold_resident().await;
+            self.load_workflow(&record.workflow).await?;
+            self.migration_candidates(&record.workflow, record.cursor)
+        };
+        let mut candidates = candidates;
         let mut position = 0;
         let mut paused = control.paused.subscribe();
         let mut stop = self.stop_signal();
@@ -528,6 +534,9 @@ impl Runtime {
         let mut rewritten: Vec<(InstanceRecord, u32)> = Vec::with_capacity(batch.len());
         let mut failures = Vec::new();
         let mut claimed = Vec::with_capacity(batch.len());
+        // Kept resident until the batch is committed and released.
+        let _hold = self.hold_resident().await;
+        self.load_resident(batch).await?;
         {
             let chains = self.migrations.read();
             for &id in batch {
@@ -580,7 +589,7 @@ impl Runtime {
                 };
                 super::transition::append_history(record, &entry, self.options.history_limit, &mut ops)?;
             }
-            ops.push(Op::PutInstance(record.encode()?));
+            ops.push(Op::PutInstance(self.encode_replacing_resident(record)?));
             Ok::<(), strata_core::codec::EncodeError>(())
         });
         ops.push(Op::PutMigrationJob(next_job.clone()));

@@ -14,6 +14,7 @@ mod committer;
 mod driver;
 mod migrator;
 mod moves;
+mod residency;
 mod retention;
 mod revive;
 mod rollouts;
@@ -22,6 +23,7 @@ mod timers;
 mod transition;
 
 pub use committer::Durability;
+pub(crate) use residency::DEFAULT_RESIDENCY_HORIZON;
 pub(crate) use retention::DEFAULT_RETENTION;
 
 use std::collections::HashMap;
@@ -68,6 +70,8 @@ pub(crate) struct RuntimeOptions {
     pub retention: Duration,
     /// How many history entries an instance keeps.
     pub history_limit: u32,
+    /// How far ahead an idle instance must be due to stay resident.
+    pub residency_horizon: Duration,
 }
 
 /// The executor behind an `Engine`.
@@ -117,6 +121,8 @@ pub(crate) struct Runtime {
     claims_taken_in: AtomicU64,
     /// Versions already warned of as having live instances and no live worker.
     unrunnable: parking_lot::Mutex<std::collections::HashSet<VersionKey>>,
+    /// Which held instances are resident (see `residency`).
+    residency: residency::Residency,
 }
 
 pub(crate) use rollouts::RolloutOperation;
@@ -215,7 +221,11 @@ impl Runtime {
         for mapping in step_mappings {
             mappings.register(mapping);
         }
-        let recovered = store.recover()?;
+        let resident_through = options
+            .clock
+            .now_ms()
+            .saturating_add(crate::observe::millis_saturating(options.residency_horizon));
+        let recovered = store.recover(resident_through)?;
         let rollout_records = store.rollouts()?;
         let committer = Committer::start(store.clone(), options.durability)
             .map_err(|error| crate::store::StoreError::failed("start commit thread", error))?;
@@ -246,8 +256,10 @@ impl Runtime {
             rollouts: rollouts::Rollouts::default(),
             claims_taken_in: AtomicU64::new(0),
             unrunnable: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            residency: residency::Residency::default(),
             options,
         });
+        runtime.set_resident_through(resident_through);
         runtime.rollouts.load(rollout_records);
         let result = runtime.recover(recovered, codes).await;
         if let Err(error) = result {
@@ -261,6 +273,7 @@ impl Runtime {
         runtime.refresh_routing();
         runtime.spawn_tracked(runtime.clone().run_rollouts());
         runtime.spawn_tracked(runtime.clone().run_retention());
+        runtime.spawn_tracked(runtime.clone().run_residency());
         Ok(runtime)
     }
 
@@ -284,6 +297,9 @@ impl Runtime {
         for record in &recovered.live {
             *live_by_version.entry(record.key.clone()).or_default() += 1;
         }
+        for (key, count) in &recovered.unloaded {
+            *live_by_version.entry(key.clone()).or_default() += count;
+        }
         let mut missing: Vec<(VersionKey, u64)> = live_by_version
             .iter()
             .filter(|(key, _)| !self.registry.is_registered(key))
@@ -294,8 +310,16 @@ impl Runtime {
             return Err(EngineError::MissingVersions { missing });
         }
         self.quarantine_corrupt(recovered.corrupt).await?;
-        let (_, orphans) = self.insert_slots(recovered.live, recovered.signals);
+        let (_, unplaced) = self.insert_slots(recovered.live, recovered.signals);
         self.claims_taken_in.fetch_max(claimed.number, Ordering::Release);
+        // Signals of instances left in the store wait there with them; the rest are orphans.
+        let mut orphans = Vec::new();
+        for signal in unplaced {
+            match self.store.load_instance(signal.instance)? {
+                Some(record) if !record.phase.is_terminal() => {}
+                _ => orphans.push(signal),
+            }
+        }
         let orphans: Vec<Op> = orphans
             .into_iter()
             .map(|signal| Op::DeleteSignal {
@@ -305,6 +329,10 @@ impl Runtime {
             .collect();
         if !orphans.is_empty() {
             self.write(orphans).await?;
+        }
+        for (key, _) in &missing {
+            // Parked instances stay in memory, so that they show as parked and resume together.
+            self.load_version(key).await?;
         }
         for (key, count) in missing {
             tracing::warn!(version = %key, count, "parking live instances of a version whose code is not registered");
@@ -955,8 +983,8 @@ impl Runtime {
             return Err(EngineError::ReservedSignalName { name: name.to_string() });
         }
         let Some((key, shadow)) = self
-            .table
-            .with(id, |slot| (slot.record.key.clone(), slot.record.shadowed_by))
+            .with_resident(id, |slot| (slot.record.key.clone(), slot.record.shadowed_by))
+            .await?
         else {
             return self.signal_elsewhere(id, name, payload).await;
         };
@@ -965,7 +993,13 @@ impl Runtime {
         let signal = self.new_signal(id, name, payload)?;
         self.write(vec![Op::PutSignal(signal.clone())]).await?;
         let seq = signal.seq;
-        let delivered = self.table.with(id, |slot| slot.inbox.push(signal)).is_some();
+        // Loaded again if it was evicted meanwhile (then with the signal, from the store).
+        let delivered = self
+            .with_resident(id, |slot| {
+                cluster::take_into(slot, signal.clone());
+            })
+            .await?
+            .is_some();
         if !delivered {
             // The instance finished while the signal was being stored: take it back.
             self.write(vec![Op::DeleteSignal { instance: id, seq }]).await?;
@@ -1051,7 +1085,7 @@ impl Runtime {
         }
         let terminate = matches!(request, EndRequest::Terminate { .. });
         let (name, payload) = cluster::control_signal_of(&request);
-        match self.table.with(id, |slot| slot.request_end(request)) {
+        match self.with_resident(id, |slot| slot.request_end(request.clone())).await? {
             Some(()) => {
                 if terminate {
                     self.terminations.notify_waiters();
@@ -1071,11 +1105,16 @@ impl Runtime {
 
     /// Resolves with the instance's outcome when it finishes: told by its driver when this
     /// process holds it, else read from the store, again and again while another worker runs it.
-    pub(crate) async fn outcome(&self, id: InstanceId) -> Result<Outcome, EngineError> {
+    pub(crate) async fn outcome(self: &Arc<Self>, id: InstanceId) -> Result<Outcome, EngineError> {
         let mut pause = Duration::from_millis(5);
         loop {
             let (sender, receiver) = oneshot::channel();
-            if self.table.with(id, |slot| slot.waiters.push(sender)).is_some() {
+            let mut sender = Some(sender);
+            let waiting = self
+                .with_resident(id, |slot| slot.waiters.extend(sender.take()))
+                .await?
+                .is_some();
+            if waiting {
                 // Checked after registering: shutdown sets the flag before it drops the waiters.
                 if self.is_stopping() {
                     return Err(EngineError::ShuttingDown);
@@ -1231,9 +1270,11 @@ impl Runtime {
                     }
                 }
             });
-            // Other workers' live instances, as the store has them.
+            // Other workers' live instances, and this worker's left in the store, as the store
+            // has them.
             let elsewhere = Self::read_unlisted(filter, &scope, &found, limit, |keep, limit| {
-                self.store.cluster().live_held_elsewhere(&scope, keep, limit)
+                let mut keep = |record: &InstanceRecord| !self.table.contains(record.id) && keep(record);
+                self.store.cluster().live_held_elsewhere(&scope, &mut keep, limit)
             })?;
             found.extend(elsewhere);
             in_order(&mut found);
@@ -1342,7 +1383,7 @@ impl Runtime {
         self.step_mappings.write().register(mapping);
     }
 
-    /// Live instances held in memory.
+    /// Live instances held in memory (resident).
     pub(crate) fn live_count(&self) -> usize {
         self.table.len()
     }

@@ -15,7 +15,7 @@ use crate::observe::Event;
 use crate::registry::{RegistryError, VersionStatus};
 use crate::store::{CounterDelta, Op};
 use strata_core::history::{HistoryEntry, HistoryEvent};
-use strata_core::instance::{InstanceId, InstanceRecord, MoveCause, VersionKey};
+use strata_core::instance::{InstanceId, InstanceRecord, InstanceStatus, MoveCause, VersionKey};
 use strata_core::routing::RouteInput;
 use strata_core::workflow::VersionCode;
 
@@ -28,6 +28,9 @@ pub(super) enum AutoUpgrade {
     /// Its record on the routing target.
     Move(Box<InstanceRecord>),
 }
+
+/// An instance a move request selects, with whether it can be claimed now.
+type Selected = (InstanceRecord, Result<(), MoveRefusal>);
 
 impl Runtime {
     /// Takes a live instance at its step boundary, as a driver would; `Err` says why not.
@@ -88,7 +91,7 @@ impl Runtime {
 
     /// The live instances a request selects, in id order, each with whether it can be claimed
     /// now. Read under the table's locks; nothing is checked or migrated here.
-    fn select_for_move(&self, request: &MoveRequest) -> Vec<(InstanceRecord, Result<(), MoveRefusal>)> {
+    fn select_for_move(&self, request: &MoveRequest) -> Vec<Selected> {
         let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
         let mut selected = Vec::new();
         self.table.for_each(|slot| {
@@ -109,13 +112,57 @@ impl Runtime {
         selected
     }
 
+    /// The instances a request selects among those this worker holds in the store only (not
+    /// resident): idle, so each can be claimed once loaded.
+    fn select_in_store(&self, request: &MoveRequest) -> Result<Vec<Selected>, EngineError> {
+        let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
+        let mut scope = crate::store::ListScope {
+            workflow: Some(request.workflow.clone()),
+            version: request.from_version.clone(),
+            ..Default::default()
+        };
+        let mut selected = Vec::new();
+        loop {
+            let mut keep = |record: &InstanceRecord| {
+                !self.table.contains(record.id)
+                    && wanted.as_ref().is_none_or(|ids| ids.contains(&record.id))
+                    && request
+                        .status
+                        .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
+            };
+            let page = self.store.cluster().live_held_elsewhere(&scope, &mut keep, 1_000)?;
+            let Some(last) = page.last().map(|record| record.id) else {
+                break;
+            };
+            let full = page.len() == 1_000;
+            let ids: Vec<InstanceId> = page.iter().map(|record| record.id).collect();
+            // Those this worker holds (a store many processes share lists every worker's).
+            let held = self.store.load_held(&ids)?;
+            selected.extend(held.live.into_iter().map(|record| {
+                let available = if self.registry.is_registered(&record.key) {
+                    Ok(())
+                } else {
+                    Err(MoveRefusal::SourceNotRegistered)
+                };
+                (record, available)
+            }));
+            if !full {
+                break;
+            }
+            scope.after = Some(last);
+        }
+        Ok(selected)
+    }
+
     /// The live instances a request selects, in id order, with their plan verdicts. The dry run
     /// runs the state migrations too (and throws their results away), so a state the migration
     /// refuses shows in the plan, not only when applying.
     pub(crate) fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
         let target = request.target_key();
         let (code, status) = self.move_target(&target)?;
-        let selected = self.select_for_move(request);
+        let mut selected = self.select_for_move(request);
+        selected.extend(self.select_in_store(request)?);
+        selected.sort_by_key(|(record, _)| record.id);
         let now = self.now();
         let checks = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
             selected
@@ -138,6 +185,8 @@ impl Runtime {
     pub(crate) async fn apply_moves(self: &Arc<Self>, request: &MoveRequest) -> Result<MoveReport, EngineError> {
         let target = request.target_key();
         self.move_target(&target)?;
+        let _hold = self.hold_resident().await;
+        self.load_workflow(&request.workflow).await?;
         // Each instance is checked (and its state migrated) once, when its turn comes.
         let selected: Vec<InstanceRecord> = self
             .select_for_move(request)
@@ -213,7 +262,7 @@ impl Runtime {
                 };
                 super::transition::append_history(record, &entry, self.options.history_limit, &mut ops)?;
             }
-            ops.push(Op::PutInstance(record.encode()?));
+            ops.push(Op::PutInstance(self.encode_replacing_resident(record)?));
             let cause = record.moves.last().map_or(MoveCause::Operator, |stamp| stamp.cause);
             flows.entry((from.clone(), record.key.clone())).or_insert((0, cause)).0 += 1;
         }

@@ -1,6 +1,8 @@
-//! The in-memory table of live instances: their last committed record, their signal inbox and
-//! the flags that serialise their steps. Sharded so that instances on different shards never
-//! contend.
+//! The in-memory table of the resident live instances: their last committed record, their signal
+//! inbox and the flags that serialise their steps. Sharded so that instances on different shards
+//! never contend. An idle instance is evicted (its record stays in the store) and loaded again
+//! when it comes due or is asked for: each shard counts its evictions, so that a record read from
+//! the store before an eviction is never put in after it (it could be older than the store's).
 
 use std::collections::HashMap;
 
@@ -85,50 +87,113 @@ impl Slot {
     }
 }
 
-/// The live instances, sharded by id.
+/// One shard: its slots and how many it evicted.
+#[derive(Default)]
+struct Shard {
+    slots: HashMap<InstanceId, Slot>,
+    evictions: u64,
+}
+
+/// Whether an instance is resident, or the shard's eviction count to load it against.
+pub(crate) enum Presence {
+    /// It is in the table.
+    Resident,
+    /// It is not: a record read from the store from now on may be put in with
+    /// [`InstanceTable::insert_loaded`] if nothing of its shard is evicted meanwhile.
+    Absent(u64),
+}
+
+/// The resident live instances, sharded by id.
 pub(crate) struct InstanceTable {
-    shards: Box<[Mutex<HashMap<InstanceId, Slot>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl InstanceTable {
     /// An empty table.
     pub(super) fn new() -> Self {
         InstanceTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
-    fn shard(&self, id: InstanceId) -> &Mutex<HashMap<InstanceId, Slot>> {
+    fn shard(&self, id: InstanceId) -> &Mutex<Shard> {
         &self.shards[(id.0 % SHARDS as u64) as usize]
     }
 
-    /// Inserts a slot.
+    /// Inserts a slot (a new instance's, or one this worker just claimed).
     pub(super) fn insert(&self, slot: Slot) {
-        self.shard(slot.record.id).lock().insert(slot.record.id, slot);
+        self.shard(slot.record.id).lock().slots.insert(slot.record.id, slot);
     }
 
-    /// Runs `action` on a slot under its shard's lock; `None` if the instance is not live here.
+    /// Whether `id` is resident (see [`Presence`]).
+    pub(super) fn presence(&self, id: InstanceId) -> Presence {
+        let shard = self.shard(id).lock();
+        if shard.slots.contains_key(&id) {
+            Presence::Resident
+        } else {
+            Presence::Absent(shard.evictions)
+        }
+    }
+
+    /// Puts in a slot loaded from the store after [`Presence::Absent`] gave `evictions`: not if
+    /// the instance is resident (the table's record is never older than the store's), and not
+    /// if its shard evicted anything since (the record read may be older than the store's now).
+    /// `true` if the instance is resident now.
+    pub(super) fn insert_loaded(&self, slot: Slot, evictions: u64) -> bool {
+        let mut shard = self.shard(slot.record.id).lock();
+        if shard.slots.contains_key(&slot.record.id) {
+            return true;
+        }
+        if shard.evictions != evictions {
+            return false;
+        }
+        shard.slots.insert(slot.record.id, slot);
+        true
+    }
+
+    /// Whether `id` is resident.
+    pub(super) fn contains(&self, id: InstanceId) -> bool {
+        self.shard(id).lock().slots.contains_key(&id)
+    }
+
+    /// Runs `action` on a slot under its shard's lock; `None` if the instance is not resident.
     pub(super) fn with<R>(&self, id: InstanceId, action: impl FnOnce(&mut Slot) -> R) -> Option<R> {
-        self.shard(id).lock().get_mut(&id).map(action)
+        self.shard(id).lock().slots.get_mut(&id).map(action)
     }
 
-    /// Removes a slot.
+    /// Removes a slot (the instance finished, or another worker claimed it).
     pub(super) fn remove(&self, id: InstanceId) -> Option<Slot> {
-        self.shard(id).lock().remove(&id)
+        self.shard(id).lock().slots.remove(&id)
+    }
+
+    /// Evicts every slot `idle` accepts; returns how many.
+    pub(super) fn evict(&self, mut idle: impl FnMut(&Slot) -> bool) -> usize {
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.slots.len();
+            shard.slots.retain(|_, slot| !idle(slot));
+            let gone = before - shard.slots.len();
+            if gone > 0 {
+                shard.evictions += 1;
+                evicted += gone;
+            }
+        }
+        evicted
     }
 
     /// Visits every slot, shard by shard.
     pub(super) fn for_each(&self, mut visit: impl FnMut(&mut Slot)) {
         for shard in self.shards.iter() {
-            for slot in shard.lock().values_mut() {
+            for slot in shard.lock().slots.values_mut() {
                 visit(slot);
             }
         }
     }
 
-    /// How many live instances are held.
+    /// How many instances are resident.
     pub(super) fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().len()).sum()
+        self.shards.iter().map(|shard| shard.lock().slots.len()).sum()
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use strata_core::codec::EncodeError;
 use strata_core::history::{AttemptOutcome, HistoryEntry, HistoryEvent, SignalNote, StepEntry, WokenBy};
-use strata_core::instance::{InstanceRecord, InstanceStatus, PersistedWake, Phase, RECORD_FORMAT};
+use strata_core::instance::{IndexedAs, InstanceRecord, InstanceStatus, PersistedWake, Phase, RECORD_FORMAT};
 use strata_core::measure::{add_totals, MeasureTotals};
 use strata_core::time::deadline_after;
 use strata_core::version::CounterDelta;
@@ -263,9 +263,10 @@ pub(super) fn append_history(
 /// The writes of one commit of `record`, in the current record format: the consumed signal
 /// deleted; when the record finishes the instance, every other signal of `inbox` deleted too and
 /// the finish counted; `entries` added to its history (bounded by `history_limit`); then the
-/// record itself.
+/// record itself, replacing the live record indexed as `replaces`.
 pub(super) fn commit_writes(
     record: &mut InstanceRecord,
+    replaces: Option<IndexedAs>,
     consumed_signal: Option<u64>,
     inbox: &[u64],
     entries: &[HistoryEntry],
@@ -300,7 +301,9 @@ pub(super) fn commit_writes(
             delta,
         });
     }
-    ops.push(Op::PutInstance(record.encode()?));
+    let mut encoded = record.encode()?;
+    encoded.replaces = replaces;
+    ops.push(Op::PutInstance(encoded));
     Ok(ops)
 }
 
@@ -500,7 +503,7 @@ mod tests {
         );
         assert_eq!(next.record.measures, cost(107, 2));
         let mut live = next.record;
-        assert!(counted(&commit_writes(&mut live, None, &[], &[], 100).unwrap()).is_empty());
+        assert!(counted(&commit_writes(&mut live, None, None, &[], &[], 100).unwrap()).is_empty());
         let last = Attempt::Failed {
             message: "gone".into(),
             retryable: false,
@@ -515,7 +518,7 @@ mod tests {
         let mut finish = CounterDelta::finish(InstanceStatus::Failed);
         finish.measures = cost(105, 2);
         assert_eq!(
-            counted(&commit_writes(&mut failed, None, &[], &[], 100).unwrap()),
+            counted(&commit_writes(&mut failed, None, None, &[], &[], 100).unwrap()),
             [finish]
         );
     }
@@ -741,7 +744,7 @@ mod tests {
     #[test]
     fn a_commit_between_steps_deletes_only_the_consumed_signal_and_writes_the_record_in_the_current_format() {
         let mut record = record_at("b", 1);
-        let ops = commit_writes(&mut record, Some(11), &[11, 12], &[], 100).unwrap();
+        let ops = commit_writes(&mut record, None, Some(11), &[11, 12], &[], 100).unwrap();
         assert_eq!(deleted(&ops), [11]);
         assert!(counted(&ops).is_empty(), "a live instance changes no counter");
         assert_eq!(record.format, RECORD_FORMAT);
@@ -765,7 +768,7 @@ mod tests {
         ] {
             let mut record = record_at("b", 1);
             record.phase = phase;
-            let ops = commit_writes(&mut record, Some(11), &[11, 12, 13], &[], 100).unwrap();
+            let ops = commit_writes(&mut record, None, Some(11), &[11, 12, 13], &[], 100).unwrap();
             assert_eq!(deleted(&ops), [11, 12, 13]);
             assert_eq!(counted(&ops), [CounterDelta::finish(finish)]);
             assert!(matches!(ops.last(), Some(Op::PutInstance(encoded)) if encoded.finished));
@@ -841,7 +844,7 @@ mod tests {
             event: HistoryEvent::Cancelled,
         };
         let mut record = record_at("b", 1);
-        let ops = commit_writes(&mut record, None, &[], std::slice::from_ref(&entry), 100).unwrap();
+        let ops = commit_writes(&mut record, None, None, &[], std::slice::from_ref(&entry), 100).unwrap();
         assert_eq!(ops.len(), 1, "only the record: {ops:?}");
         let Some(Op::PutInstance(encoded)) = ops.last() else {
             panic!("the record is the last write")
@@ -855,9 +858,9 @@ mod tests {
 
         let chunk = strata_core::history::HISTORY_CHUNK;
         for _ in 1..chunk - 1 {
-            commit_writes(&mut record, None, &[], std::slice::from_ref(&entry), 100).unwrap();
+            commit_writes(&mut record, None, None, &[], std::slice::from_ref(&entry), 100).unwrap();
         }
-        let ops = commit_writes(&mut record, None, &[], std::slice::from_ref(&entry), 100).unwrap();
+        let ops = commit_writes(&mut record, None, None, &[], std::slice::from_ref(&entry), 100).unwrap();
         assert!(
             matches!(&ops[0], Op::PutHistoryChunk { instance, first: 0, entries }
                 if *instance == record.id

@@ -1,0 +1,283 @@
+//! Which live instances this worker keeps in memory. An instance that only waits — asleep,
+//! backing off, waiting for a signal — beyond the residency horizon is evicted: its record stays
+//! in the store, which indexes it by wake time (`Phase::wake_ms`), and memory keeps nothing of it.
+//! A loader loads what comes due within the horizon ahead of time, so its timer fires as it would
+//! have; a signal, a cancel, an awaited outcome, a move or a migration loads it on demand.
+//!
+//! The rule: every live instance this worker holds whose wake time is at or before
+//! `resident_through` is resident; the loader raises `resident_through` only after loading
+//! everything up to its new value, and the sweep evicts only instances whose wake time is beyond
+//! it. Memory never runs ahead of the store, so an evicted instance's record in the store is its
+//! last committed one; a record read before an eviction of its shard is not put in after it
+//! (`InstanceTable::insert_loaded`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cluster::blocking;
+use super::table::{Presence, Slot};
+use super::Runtime;
+use crate::error::EngineError;
+use crate::store::SignalRecord;
+use strata_core::codec::EncodeError;
+use strata_core::instance::{EncodedInstance, IndexedAs, InstanceId, InstanceRecord};
+
+/// The residency horizon unless the builder says: instances idle beyond it are evicted.
+pub(crate) const DEFAULT_RESIDENCY_HORIZON: Duration = Duration::from_secs(30);
+
+/// How many due instances one store read returns at most.
+const LOAD_BATCH: usize = 1_000;
+
+/// What the runtime knows of residency besides the table.
+#[derive(Default)]
+pub(super) struct Residency {
+    /// Every held instance whose wake time is at or before this (ms since the Unix epoch) is
+    /// resident.
+    resident_through: AtomicU64,
+    /// Held shared by moves and migrations while they work through the table on instances they
+    /// loaded, and exclusively by the sweep while it evicts: nothing is evicted under them.
+    gate: tokio::sync::RwLock<()>,
+}
+
+/// Keeps the sweep from evicting while it lives (see `Runtime::hold_resident`).
+pub(super) type ResidencyHold<'a> = tokio::sync::RwLockReadGuard<'a, ()>;
+
+impl Runtime {
+    /// The residency horizon in ms (`u64::MAX`: everything stays resident).
+    fn horizon_ms(&self) -> u64 {
+        crate::observe::millis_saturating(self.options.residency_horizon)
+    }
+
+    /// The wake time up to which instances are resident after a load at `now`.
+    pub(super) fn residency_target(&self, now: u64) -> u64 {
+        now.saturating_add(self.horizon_ms())
+    }
+
+    /// Notes that every held instance due at or before `through` is resident (at open).
+    pub(super) fn set_resident_through(&self, through: u64) {
+        self.residency.resident_through.fetch_max(through, Ordering::AcqRel);
+    }
+
+    /// How the record of `id` in the table is indexed: what a write of its next record replaces.
+    pub(super) fn indexed_in_table(&self, id: InstanceId) -> Option<IndexedAs> {
+        self.table.with(id, |slot| slot.record.indexed_as()).flatten()
+    }
+
+    /// Encodes `record` to replace the resident record of its instance.
+    pub(super) fn encode_replacing_resident(&self, record: &InstanceRecord) -> Result<EncodedInstance, EncodeError> {
+        let mut encoded = record.encode()?;
+        encoded.replaces = self.indexed_in_table(record.id);
+        Ok(encoded)
+    }
+
+    /// Stops the sweep from evicting until the hold is dropped (a move or a migration works on
+    /// the instances it loaded).
+    pub(super) async fn hold_resident(&self) -> ResidencyHold<'_> {
+        self.residency.gate.read().await
+    }
+
+    /// Runs `action` on the slot of `id`, loading the instance first if this worker holds it in
+    /// the store only; `None` if it is not live here (finished, unknown, or held by another
+    /// worker).
+    pub(super) async fn with_resident<R>(
+        self: &Arc<Self>,
+        id: InstanceId,
+        mut action: impl FnMut(&mut Slot) -> R,
+    ) -> Result<Option<R>, EngineError> {
+        loop {
+            if let Some(result) = self.table.with(id, &mut action) {
+                return Ok(Some(result));
+            }
+            // Evicted again between the load and the action: load it again.
+            if self.load_resident(&[id]).await?.is_empty() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Loads those of `ids` this worker holds in the store and are not resident, with their
+    /// signals, and looks at each (runs it, arms its timer); records that do not decode are
+    /// quarantined. Returns the ids resident now.
+    pub(super) async fn load_resident(self: &Arc<Self>, ids: &[InstanceId]) -> Result<Vec<InstanceId>, EngineError> {
+        let mut resident = Vec::new();
+        let mut loaded = Vec::new();
+        let mut pending: Vec<(InstanceId, u64)> = Vec::new();
+        for &id in ids {
+            match self.table.presence(id) {
+                Presence::Resident => resident.push(id),
+                Presence::Absent(evictions) => pending.push((id, evictions)),
+            }
+        }
+        while !pending.is_empty() {
+            let wanted: Vec<InstanceId> = pending.iter().map(|(id, _)| *id).collect();
+            let claimed = blocking(&self.store, move |store| store.load_held(&wanted)).await?;
+            self.quarantine_corrupt(claimed.corrupt).await?;
+            let evictions: HashMap<InstanceId, u64> = pending.drain(..).collect();
+            let mut inboxes = inboxes_of(claimed.signals);
+            for record in claimed.live {
+                let id = record.id;
+                let Some(&seen) = evictions.get(&id) else {
+                    continue;
+                };
+                let slot = self.new_slot(record, inboxes.remove(&id).unwrap_or_default());
+                if self.table.insert_loaded(slot, seen) {
+                    loaded.push(id);
+                } else if let Presence::Absent(now) = self.table.presence(id) {
+                    // Its shard evicted meanwhile: the record read may be older than the store's.
+                    pending.push((id, now));
+                }
+            }
+        }
+        for &id in &loaded {
+            self.arm(id);
+        }
+        resident.extend(loaded);
+        Ok(resident)
+    }
+
+    /// Whether a slot is idle beyond `beyond_ms`: nothing to do, nobody waiting on it, nothing
+    /// asked of it, and its wake time later than that.
+    fn is_idle(slot: &Slot, beyond_ms: u64) -> bool {
+        !slot.running
+            && !slot.rerun
+            && !slot.parked
+            && slot.end_requested.is_none()
+            && slot.waiters.is_empty()
+            && slot.inbox.is_empty()
+            && slot.commit_failures == 0
+            && slot.record.phase.wake_ms().is_some_and(|wake| wake > beyond_ms)
+    }
+
+    /// Evicts the instances idle beyond the horizon; returns how many.
+    pub(super) fn evict_idle(&self) -> usize {
+        // Not while a move or a migration works (it loaded what it works on).
+        let Ok(_sweeping) = self.residency.gate.try_write() else {
+            return 0;
+        };
+        let beyond = self
+            .residency_target(self.now())
+            .max(self.residency.resident_through.load(Ordering::Acquire));
+        if beyond == u64::MAX {
+            return 0;
+        }
+        self.table.evict(|slot| Self::is_idle(slot, beyond))
+    }
+
+    /// Loads every held instance whose wake time is after `resident_through` and at or before
+    /// `through`, then raises `resident_through` to it.
+    async fn load_due(self: &Arc<Self>, through: u64) -> Result<(), EngineError> {
+        let from = self.residency.resident_through.load(Ordering::Acquire);
+        if through <= from {
+            return Ok(());
+        }
+        let mut after = Some((from, InstanceId(u64::MAX)));
+        loop {
+            let page = blocking(&self.store, move |store| store.due_held(after, through, LOAD_BATCH)).await?;
+            let Some(&last) = page.last() else {
+                break;
+            };
+            let ids: Vec<InstanceId> = page.iter().map(|(_, id)| *id).collect();
+            self.load_resident(&ids).await?;
+            if page.len() < LOAD_BATCH {
+                break;
+            }
+            after = Some(last);
+        }
+        self.residency.resident_through.fetch_max(through, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Loads the held instances of `workflow` that are not resident (a move or a migration
+    /// looks at them all).
+    pub(super) async fn load_workflow(self: &Arc<Self>, workflow: &str) -> Result<(), EngineError> {
+        self.load_scope(crate::store::ListScope {
+            workflow: Some(workflow.to_string()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Loads the held instances of version `key` that are not resident.
+    pub(super) async fn load_version(
+        self: &Arc<Self>,
+        key: &strata_core::instance::VersionKey,
+    ) -> Result<(), EngineError> {
+        self.load_scope(crate::store::ListScope {
+            workflow: Some(key.workflow.clone()),
+            version: Some(key.version.clone()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Loads the held instances in `scope` that are not resident, page by page.
+    async fn load_scope(self: &Arc<Self>, mut scope: crate::store::ListScope) -> Result<(), EngineError> {
+        loop {
+            let runtime = self.clone();
+            let page_scope = scope.clone();
+            let page = blocking(&self.store, move |store| {
+                let mut keep = |record: &InstanceRecord| !runtime.table.contains(record.id);
+                store.cluster().live_held_elsewhere(&page_scope, &mut keep, LOAD_BATCH)
+            })
+            .await?;
+            let Some(last) = page.last().map(|record| record.id) else {
+                return Ok(());
+            };
+            let ids: Vec<InstanceId> = page.iter().map(|record| record.id).collect();
+            self.load_resident(&ids).await?;
+            if page.len() < LOAD_BATCH {
+                return Ok(());
+            }
+            scope.after = Some(last);
+        }
+    }
+
+    /// The loader and the sweep: loads what comes due within the horizon, evicts what is idle
+    /// beyond it, a quarter of the horizon apart (and at once when the clock jumps).
+    pub(super) async fn run_residency(self: Arc<Self>) {
+        let mut stop = self.stop_signal();
+        let mut jumps = self.options.clock.jumps();
+        let pause = (self.options.residency_horizon / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        loop {
+            if self.is_stopping() {
+                return;
+            }
+            let through = self.residency_target(self.now());
+            if let Err(error) = self.load_due(through).await {
+                tracing::warn!(%error, "could not load the instances coming due; trying again shortly");
+            }
+            let evicted = self.evict_idle();
+            if evicted > 0 {
+                tracing::debug!(evicted, "evicted idle instances; their records stay in the store");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|stopping| *stopping) => return,
+                _ = crate::observe::jumped(&mut jumps) => {}
+            }
+        }
+    }
+
+    /// A slot for a record loaded or claimed, with its pending signals in sequence order; parked
+    /// if its version's code is not registered. A cancel or termination asked through the store
+    /// before this worker held it is acted on as if it arrived now.
+    pub(super) fn new_slot(&self, record: InstanceRecord, signals: Vec<SignalRecord>) -> Slot {
+        let parked = !self.registry.is_registered(&record.key);
+        let mut slot = Slot::new(record, parked);
+        for signal in signals {
+            super::cluster::take_into(&mut slot, signal);
+        }
+        slot
+    }
+}
+
+/// Signals by instance, each instance's in the order given.
+pub(super) fn inboxes_of(signals: Vec<SignalRecord>) -> HashMap<InstanceId, Vec<SignalRecord>> {
+    let mut inboxes: HashMap<InstanceId, Vec<SignalRecord>> = HashMap::new();
+    for signal in signals {
+        inboxes.entry(signal.instance).or_default().push(signal);
+    }
+    inboxes
+}

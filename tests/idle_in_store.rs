@@ -1,0 +1,162 @@
+//! Idle instances live in the store, not in memory (issue #25): an instance that only waits
+//! beyond the residency horizon is evicted, and everything about it behaves as before — its timer
+//! fires when due, a signal or a cancel reaches it, an awaited outcome arrives, listings and
+//! lookups show it, counters stay exact — and a restart loads only what is due within the horizon.
+//!
+//! Every behaviour runs on sled and on PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use strata::{Engine, EngineBuilder, Event, InstanceFilter, InstanceStatus, ManualClock, Outcome, VersionKey};
+use strata_workflows::approval::{self, Decision};
+
+on_sled_and_postgres!(
+    an_evicted_instance_is_loaded_ahead_of_its_timer_which_fires_when_due,
+    signals_cancels_and_awaited_outcomes_reach_evicted_instances,
+    a_restart_loads_only_what_is_due_within_the_horizon,
+);
+
+/// The horizon of these tests: the approvals wait a day, far beyond it.
+const HORIZON: Duration = Duration::from_secs(1);
+
+fn approvals(backend: &Backend, clock: &Arc<ManualClock>) -> EngineBuilder {
+    backend
+        .builder()
+        .clock(clock.clone())
+        .residency_horizon(HORIZON)
+        .register(approval::v1_0())
+}
+
+fn version() -> VersionKey {
+    VersionKey::new(approval::WORKFLOW, strata::Version::new(1, 0, 0))
+}
+
+/// Starts `count` approvals and returns once each waits for its decision and none is resident.
+async fn evicted_approvals(engine: &Engine, count: u64) -> Vec<strata::InstanceId> {
+    let mut ids = Vec::new();
+    for amount in 0..count {
+        let id = engine.start(approval::WORKFLOW, &amount).await.unwrap();
+        wait_for_status(engine, id, InstanceStatus::WaitingSignal).await;
+        ids.push(id);
+    }
+    wait_until(engine, |engine| engine.live_instances() == 0).await;
+    ids
+}
+
+/// The approval version's counters as the engine reports them.
+fn counters(engine: &Engine) -> strata_store::VersionCounters {
+    let versions = engine.versions();
+    versions
+        .into_iter()
+        .find(|info| info.key == version())
+        .map(|info| info.counters)
+        .unwrap()
+}
+
+fn outcome_of(outcome: Outcome) -> Decision {
+    match outcome {
+        Outcome::Completed(bytes) => rmp_serde::from_slice(&bytes).unwrap(),
+        other => panic!("not completed: {other:?}"),
+    }
+}
+
+async fn an_evicted_instance_is_loaded_ahead_of_its_timer_which_fires_when_due(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = approvals(&backend, &clock).open().await.unwrap();
+    let ids = evicted_approvals(&engine, 3).await;
+    // Out of memory, not out of sight: looked up, listed and counted from the store.
+    let info = engine.instance(ids[0]).unwrap();
+    assert_eq!(info.status, InstanceStatus::WaitingSignal);
+    let listed = engine
+        .list(&InstanceFilter::workflow(approval::WORKFLOW).with_status(InstanceStatus::WaitingSignal))
+        .unwrap();
+    assert_eq!(listed.iter().map(|info| info.record.id).collect::<Vec<_>>(), ids);
+    let versions = engine.versions();
+    let ours = versions.iter().find(|info| info.key == version()).unwrap();
+    assert_eq!(ours.counters.live, 3);
+    assert_eq!(
+        ours.oldest_live.map(|(id, _)| id),
+        Some(ids[0]),
+        "the oldest live instance"
+    );
+    // A second short of the timeout nothing fires; at the timeout every request expires.
+    clock.advance(approval::DECISION_TIMEOUT - Duration::from_secs(2));
+    for &id in &ids {
+        assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::WaitingSignal);
+    }
+    clock.advance(Duration::from_secs(2));
+    for &id in &ids {
+        assert_eq!(outcome_of(engine.outcome(id).await.unwrap()), Decision::Expired);
+    }
+    assert_eq!(counters(&engine).live, 0);
+    engine.shutdown().await;
+}
+
+async fn signals_cancels_and_awaited_outcomes_reach_evicted_instances(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = approvals(&backend, &clock).open().await.unwrap();
+    let ids = evicted_approvals(&engine, 3).await;
+    // A caller awaits the first one's outcome while it is evicted; the signal comes later.
+    let awaited = tokio::spawn({
+        let engine = engine.clone();
+        let id = ids[0];
+        async move { engine.outcome(id).await }
+    });
+    engine.signal(ids[0], approval::DECISION_SIGNAL, &true).await.unwrap();
+    assert_eq!(outcome_of(awaited.await.unwrap().unwrap()), Decision::Approved);
+    // A wrong payload is refused for an evicted instance as for a resident one.
+    assert!(engine.signal(ids[1], approval::DECISION_SIGNAL, &"yes").await.is_err());
+    engine.signal(ids[1], approval::DECISION_SIGNAL, &false).await.unwrap();
+    assert_eq!(outcome_of(engine.outcome(ids[1]).await.unwrap()), Decision::Rejected);
+    // The last instance of a draining version, evicted, is cancelled: the version drains.
+    let mut events = engine.subscribe();
+    engine.drain(approval::WORKFLOW, "1.0.0").await.unwrap();
+    engine.cancel(ids[2]).await.unwrap();
+    assert_eq!(engine.instance(ids[2]).unwrap().status, InstanceStatus::Cancelled);
+    loop {
+        match events.recv().await.unwrap() {
+            Event::VersionDrained { key, counters } => {
+                assert_eq!(key, version());
+                assert_eq!((counters.live, counters.completed, counters.cancelled), (0, 2, 1));
+                break;
+            }
+            _ => continue,
+        }
+    }
+    // A signal to a finished instance is refused as before.
+    assert!(engine.signal(ids[0], approval::DECISION_SIGNAL, &true).await.is_err());
+    engine.shutdown().await;
+    assert_eq!(backend.stored_signals(&ids), 0, "no signal is left behind");
+}
+
+async fn a_restart_loads_only_what_is_due_within_the_horizon(backend: Backend) {
+    let clock = Arc::new(ManualClock::starting_now());
+    let engine = approvals(&backend, &clock).open().await.unwrap();
+    let ids = evicted_approvals(&engine, 4).await;
+    engine.shutdown().await;
+    let engine = approvals(&backend, &clock).open().await.unwrap();
+    // Nothing is due within the horizon: nothing stays in memory (a worker of a shared store
+    // claims its instances, then evicts them like any idle instance).
+    wait_until(&engine, |engine| engine.live_instances() == 0).await;
+    let listed = engine
+        .list(&InstanceFilter::workflow(approval::WORKFLOW).with_status(InstanceStatus::WaitingSignal))
+        .unwrap();
+    assert_eq!(listed.len(), 4);
+    assert_eq!(counters(&engine).live, 4);
+    engine.signal(ids[3], approval::DECISION_SIGNAL, &true).await.unwrap();
+    assert_eq!(outcome_of(engine.outcome(ids[3]).await.unwrap()), Decision::Approved);
+    engine.shutdown().await;
+    // Opened at the timeout, the three left are due: loaded at open and expired.
+    clock.advance(approval::DECISION_TIMEOUT);
+    let engine = approvals(&backend, &clock).open().await.unwrap();
+    for &id in &ids[..3] {
+        assert_eq!(outcome_of(engine.outcome(id).await.unwrap()), Decision::Expired);
+    }
+    let counters = counters(&engine);
+    assert_eq!((counters.live, counters.completed), (0, 4));
+    engine.shutdown().await;
+}
