@@ -1214,8 +1214,15 @@ impl Cluster for PostgresStore {
         result
     }
 
-    fn claim(&self, versions: &[VersionKey], lease: Duration, limit: usize) -> Result<Claimed, StoreError> {
+    fn claim(
+        &self,
+        versions: &[VersionKey],
+        lease: Duration,
+        limit: usize,
+        load_through_ms: u64,
+    ) -> Result<Claimed, StoreError> {
         self.refuse_if_diverged()?;
+        let through = signed(load_through_ms);
         let (workflows, version_texts) = version_columns(versions);
         let pool = self.pool.clone();
         let worker = self.worker_id.clone();
@@ -1230,15 +1237,20 @@ impl Cluster for PostgresStore {
             loop {
                 let attempt = async {
                     let client = pool.get().await.map_err(pool_failed("claim"))?;
-                    let mut claimed: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+                    // Each claimed row with its record if it is due by `through` (else it is
+                    // left in the store, held, unread).
+                    let mut claimed: Vec<(i64, i64, Option<Vec<u8>>)> = Vec::new();
                     if !lost.is_empty() {
                         // Stamped with this claim's number: whatever a claim hands over carries it.
                         let rows = client
                             .query_typed(
-                                "UPDATE strata_instances SET claimed_in = $3
+                                &format!(
+                                    "UPDATE strata_instances SET claimed_in = $3
                                  WHERE owner = $1 AND live AND claimed_in = ANY($2)
-                                 RETURNING id, fence, record",
-                                typed![&worker, &lost, &seq],
+                                 RETURNING id, fence, CASE WHEN {wake} <= $4 THEN record END",
+                                    wake = schema::WAKE
+                                ),
+                                typed![&worker, &lost, &seq, &through],
                             )
                             .await
                             .map_err(failed("claim"))?;
@@ -1263,15 +1275,20 @@ impl Cluster for PostgresStore {
                                  FOR UPDATE OF i SKIP LOCKED)
                              UPDATE strata_instances i SET owner = $3, fence = i.fence + 1, claimed_in = $6
                              FROM claimable WHERE i.id = claimable.id
-                             RETURNING i.id, i.fence, i.record",
-                                alive = worker_alive("w", "$4")
+                             RETURNING i.id, i.fence, CASE WHEN {wake} <= $7 THEN i.record END",
+                                alive = worker_alive("w", "$4"),
+                                wake = schema::WAKE.replace("status", "i.status").replace("due_ms", "i.due_ms"),
                             ),
-                            typed![&workflows, &version_texts, &worker, &lease, &limit, &seq],
+                            typed![&workflows, &version_texts, &worker, &lease, &limit, &seq, &through],
                         )
                         .await
                         .map_err(failed("claim"))?;
                     claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
-                    let ids: Vec<i64> = claimed.iter().map(|(id, ..)| *id).collect();
+                    let ids: Vec<i64> = claimed
+                        .iter()
+                        .filter(|(_, _, record)| record.is_some())
+                        .map(|(id, ..)| *id)
+                        .collect();
                     let signals = client
                         .query_typed(
                             "SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq",
@@ -1308,6 +1325,10 @@ impl Cluster for PostgresStore {
         };
         for (id, fence, bytes) in records {
             let id = InstanceId(unsigned(id));
+            let Some(bytes) = bytes else {
+                claimed.left.push(id);
+                continue;
+            };
             match strata_store::decode_live_record(id, &bytes) {
                 Ok(mut record) => {
                     record.claim = unsigned(fence);

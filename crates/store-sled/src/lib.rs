@@ -1288,8 +1288,9 @@ impl strata_store::Cluster for SledStore {
         versions: &[VersionKey],
         lease: Duration,
         limit: usize,
+        load_through_ms: u64,
     ) -> Result<strata_store::Claimed, StoreError> {
-        self.solo.claim(versions, lease, limit)
+        self.solo.claim(versions, lease, limit, load_through_ms)
     }
 
     fn leave(&self) -> Result<(), StoreError> {

@@ -166,7 +166,7 @@ fn held(store: &dyn Store) -> (Vec<InstanceRecord>, Vec<SignalRecord>, Vec<crate
         .heartbeat(&versions, LEASE)
         .unwrap_or_else(|error| panic!("heartbeat: {error}"));
     let claimed = cluster
-        .claim(&versions, LEASE, usize::MAX)
+        .claim(&versions, LEASE, usize::MAX, u64::MAX)
         .unwrap_or_else(|error| panic!("claim: {error}"));
     recovered.live.extend(claimed.live);
     recovered.signals.extend(claimed.signals);

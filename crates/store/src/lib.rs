@@ -490,6 +490,9 @@ pub struct Claimed {
     pub live: Vec<InstanceRecord>,
     /// Claimed records that do not decode (the caller quarantines them).
     pub corrupt: Vec<CorruptRecord>,
+    /// Instances claimed and left in the store, unread: due after the time the claim loaded
+    /// through.
+    pub left: Vec<InstanceId>,
     /// Their delivered, unconsumed signals.
     pub signals: Vec<SignalRecord>,
 }
@@ -507,8 +510,16 @@ pub trait Cluster: Send + Sync {
     fn heartbeat(&self, versions: &[VersionKey], lease: std::time::Duration) -> Result<(), StoreError>;
     /// Claims up to `limit` live instances of `versions` that no worker with a current lease
     /// holds (never one of another version); `lease` is the one assumed of a worker that has
-    /// not recorded its own.
-    fn claim(&self, versions: &[VersionKey], lease: std::time::Duration, limit: usize) -> Result<Claimed, StoreError>;
+    /// not recorded its own. Those whose wake time is at or before `load_through_ms` are handed
+    /// over loaded, with their signals; the rest are claimed without being read
+    /// ([`Claimed::left`]): the worker loads each as it comes due ([`Store::due_held`]).
+    fn claim(
+        &self,
+        versions: &[VersionKey],
+        lease: std::time::Duration,
+        limit: usize,
+        load_through_ms: u64,
+    ) -> Result<Claimed, StoreError>;
     /// Hands every claim of this worker back at once and marks it stopped.
     fn leave(&self) -> Result<(), StoreError>;
     /// Every worker the store knows, with whether its lease (its own, else `lease`) is current.

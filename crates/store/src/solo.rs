@@ -60,7 +60,13 @@ impl Cluster for SoloCluster {
         Ok(())
     }
 
-    fn claim(&self, _versions: &[VersionKey], _lease: Duration, _limit: usize) -> Result<Claimed, StoreError> {
+    fn claim(
+        &self,
+        _versions: &[VersionKey],
+        _lease: Duration,
+        _limit: usize,
+        _load_through_ms: u64,
+    ) -> Result<Claimed, StoreError> {
         Ok(Claimed::default())
     }
 
@@ -151,7 +157,7 @@ mod tests {
         cluster.heartbeat(std::slice::from_ref(&key), lease).unwrap();
         assert!(cluster.lead("rollouts", lease).unwrap());
         assert!(cluster
-            .claim(std::slice::from_ref(&key), lease, 10)
+            .claim(std::slice::from_ref(&key), lease, 10, u64::MAX)
             .unwrap()
             .live
             .is_empty());

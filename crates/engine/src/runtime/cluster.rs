@@ -136,14 +136,15 @@ impl Runtime {
             .collect()
     }
 
-    /// Heartbeats and claims up to `limit` instances.
-    pub(super) async fn heartbeat_and_claim(&self, limit: usize) -> Result<Claimed, EngineError> {
+    /// Heartbeats and claims up to `limit` instances, loading those due by `load_through_ms`
+    /// (the rest are left in the store, held, until they come due).
+    pub(super) async fn heartbeat_and_claim(&self, limit: usize, load_through_ms: u64) -> Result<Claimed, EngineError> {
         let versions = self.versions_with_code();
         let lease = self.options.lease;
         let claimed = blocking(&self.store, move |store| {
             let cluster = store.cluster();
             cluster.heartbeat(&versions, lease)?;
-            cluster.claim(&versions, lease, limit)
+            cluster.claim(&versions, lease, limit, load_through_ms)
         })
         .await?;
         Ok(claimed)
@@ -154,7 +155,9 @@ impl Runtime {
     async fn admit(self: &Arc<Self>, claimed: Claimed) -> Result<(), EngineError> {
         self.quarantine_corrupt(claimed.corrupt).await?;
         // Claimed signals all belong to claimed instances.
-        let (ids, _) = self.insert_slots(claimed.live, claimed.signals);
+        let (loaded, _) = self.insert_slots(claimed.live, claimed.signals);
+        let mut ids = loaded.clone();
+        ids.extend_from_slice(&claimed.left);
         // A background migration running here takes them in its share. They are handed over
         // before the claim's number is: a share that read the number has them. Every share is
         // woken after the number: one that began meanwhile listed them and stores the number.
@@ -172,7 +175,7 @@ impl Runtime {
                 control.more.notify_one();
             }
         }
-        for id in ids {
+        for id in loaded {
             self.arm(id);
         }
         Ok(())
@@ -492,7 +495,7 @@ impl Runtime {
     /// for, batch after batch while batches come back full, and takes the claimed instances in.
     async fn claim_what_is_free(self: &Arc<Self>) {
         loop {
-            match self.heartbeat_and_claim(CLAIM_BATCH).await {
+            match self.heartbeat_and_claim(CLAIM_BATCH, self.resident_through()).await {
                 Ok(claimed) => {
                     let full = claimed.live.len() + claimed.corrupt.len() >= CLAIM_BATCH;
                     if let Err(error) = self.admit(claimed).await {

@@ -334,8 +334,15 @@ impl Runtime {
 
     /// Of the instances this worker claimed since its share last looked, those of `workflow` that
     /// need migration, in id order.
-    fn claimed_candidates(&self, workflow: &str, control: &JobControl) -> Vec<InstanceId> {
+    async fn claimed_candidates(
+        self: &Arc<Self>,
+        workflow: &str,
+        control: &JobControl,
+    ) -> Result<Vec<InstanceId>, EngineError> {
         let claimed = std::mem::take(&mut *control.claimed.lock());
+        // A claim leaves instances due later in the store: they are looked at too.
+        let _hold = self.hold_resident().await;
+        self.load_resident(&claimed).await?;
         let mut ids: Vec<InstanceId> = claimed
             .into_iter()
             .filter(|&id| {
@@ -346,7 +353,7 @@ impl Runtime {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        ids
+        Ok(ids)
     }
 
     async fn run_job_to_end(self: Arc<Self>, record: MigrationJobRecord, control: Arc<JobControl>) {
@@ -450,7 +457,7 @@ impl Runtime {
                 }
                 // Read before the listing: every instance claimed up to that number is listed.
                 let covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
-                candidates = self.claimed_candidates(&record.workflow, control);
+                candidates = self.claimed_candidates(&record.workflow, control).await?;
                 position = 0;
                 // Running again until the share has migrated what it listed and stored what it
                 // covered (even with nothing to migrate), so that the job cannot finish on a

@@ -289,7 +289,7 @@ impl Runtime {
         // This worker runs what the store recovered for it (every live instance, in a cluster of
         // one) and what it claims: live instances of its versions no live worker holds. The
         // counters are the store's, kept exact by every commit.
-        let claimed = self.heartbeat_and_claim(usize::MAX).await?;
+        let claimed = self.heartbeat_and_claim(usize::MAX, self.resident_through()).await?;
         recovered.live.extend(claimed.live);
         recovered.signals.extend(claimed.signals);
         recovered.corrupt.extend(claimed.corrupt);

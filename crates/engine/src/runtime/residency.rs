@@ -55,6 +55,12 @@ impl Runtime {
         now.saturating_add(self.horizon_ms())
     }
 
+    /// The wake time up to which every held instance is resident: a claim loads what is due by
+    /// then and leaves the rest in the store.
+    pub(super) fn resident_through(&self) -> u64 {
+        self.residency.resident_through.load(Ordering::Acquire)
+    }
+
     /// Notes that every held instance due at or before `through` is resident (at open).
     pub(super) fn set_resident_through(&self, through: u64) {
         self.residency.resident_through.fetch_max(through, Ordering::AcqRel);
