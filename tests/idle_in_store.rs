@@ -83,12 +83,24 @@ async fn an_evicted_instance_is_loaded_ahead_of_its_timer_which_fires_when_due(b
         Some(ids[0]),
         "the oldest live instance"
     );
-    // A second short of the timeout nothing fires; at the timeout every request expires.
+    // A caller awaits the first one's outcome: it is loaded and stays in memory while awaited,
+    // its timer armed only once the loader reaches it.
+    let awaited = tokio::spawn({
+        let engine = engine.clone();
+        let id = ids[0];
+        async move { engine.outcome(id).await }
+    });
+    wait_until(&engine, |engine| engine.live_instances() == 1).await;
+    // Two seconds short of the timeout nothing fires; at the timeout every request expires.
     clock.advance(approval::DECISION_TIMEOUT - Duration::from_secs(2));
     for &id in &ids {
         assert_eq!(engine.instance(id).unwrap().status, InstanceStatus::WaitingSignal);
     }
     clock.advance(Duration::from_secs(2));
+    let expired = tokio::time::timeout(Duration::from_secs(30), awaited)
+        .await
+        .expect("the awaited instance's timer fired");
+    assert_eq!(outcome_of(expired.unwrap().unwrap()), Decision::Expired);
     for &id in &ids {
         assert_eq!(outcome_of(engine.outcome(id).await.unwrap()), Decision::Expired);
     }

@@ -714,6 +714,42 @@ mod format_tests {
     }
 
     #[test]
+    fn a_live_record_wakes_now_at_its_timer_or_never_and_a_finished_one_is_not_indexed() {
+        let at = |phase: Phase| InstanceRecord { phase, ..sample() };
+        let ready = at(Phase::Ready {
+            wake: PersistedWake::Started,
+        });
+        assert_eq!(ready.phase.wake_ms(), Some(WAKE_NOW));
+        assert_eq!(at(Phase::Sleeping { until_ms: 9 }).phase.wake_ms(), Some(9));
+        assert_eq!(
+            sample().phase.wake_ms(),
+            Some(1_700_000_000_500),
+            "a backoff wakes at its end"
+        );
+        let waiting = |timeout_at_ms| {
+            at(Phase::WaitingSignal {
+                name: "go".to_string(),
+                timeout_at_ms,
+            })
+        };
+        assert_eq!(waiting(Some(7)).phase.wake_ms(), Some(7));
+        assert_eq!(waiting(None).phase.wake_ms(), Some(WAKE_NEVER));
+        assert_eq!(at(Phase::Cancelled).phase.wake_ms(), None);
+        assert_eq!(at(Phase::Cancelled).indexed_as(), None);
+        // A write names what the record it replaces was indexed as.
+        let encoded = waiting(None).encode_replacing(Some(&ready)).unwrap();
+        assert_eq!(
+            (encoded.wake_ms, encoded.replaces),
+            (Some(WAKE_NEVER), ready.indexed_as())
+        );
+        assert_eq!(
+            ready.encode().unwrap().replaces,
+            None,
+            "a new instance replaces nothing"
+        );
+    }
+
+    #[test]
     fn a_record_is_written_by_position_and_one_written_by_name_reads_the_same() {
         let record = sample();
         let compact = record.encode().unwrap().bytes;

@@ -495,9 +495,12 @@ impl Runtime {
     /// for, batch after batch while batches come back full, and takes the claimed instances in.
     async fn claim_what_is_free(self: &Arc<Self>) {
         loop {
+            // Not while the loader raises what is resident: a claim leaves in the store only
+            // what the loader reads after it.
+            let _loading = self.residency_loading().await;
             match self.heartbeat_and_claim(CLAIM_BATCH, self.resident_through()).await {
                 Ok(claimed) => {
-                    let full = claimed.live.len() + claimed.corrupt.len() >= CLAIM_BATCH;
+                    let full = claimed.live.len() + claimed.corrupt.len() + claimed.left.len() >= CLAIM_BATCH;
                     if let Err(error) = self.admit(claimed).await {
                         tracing::warn!(%error, "could not take claimed instances in; they are claimed again after the lease");
                         return;

@@ -110,7 +110,7 @@ impl Runtime {
                 Plan::End(record, request) => self.commit_end(record, request, None).await,
                 Plan::Idle(due) => {
                     if let Some(due) = due {
-                        self.timers.arm(due, id);
+                        self.arm_timer(due, id);
                     }
                     Progress::Idle
                 }
@@ -513,7 +513,7 @@ impl Runtime {
             }
         });
         if let Some(due) = due {
-            self.timers.arm(due, id);
+            self.arm_timer(due, id);
         }
         if let Some(reason) = quarantined {
             self.events.emit(Event::InstanceQuarantined { id, reason });

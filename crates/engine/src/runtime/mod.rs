@@ -362,7 +362,7 @@ impl Runtime {
             Phase::WaitingSignal { name, .. } if slot.inbox.iter().any(|signal| signal.name == *name) => true,
             phase => {
                 if let Some(due) = phase.timer_due_ms() {
-                    self.timers.arm(due, slot.record.id);
+                    self.arm_timer(due, slot.record.id);
                 }
                 false
             }

@@ -34,8 +34,12 @@ const LOAD_BATCH: usize = 1_000;
 #[derive(Default)]
 pub(super) struct Residency {
     /// Every held instance whose wake time is at or before this (ms since the Unix epoch) is
-    /// resident.
+    /// resident, or being loaded by the loader (which raises it first: a step that commits a
+    /// wake time at or before it arms its timer, one after it is seen by the loader's read).
     resident_through: AtomicU64,
+    /// Held while the loader raises `resident_through` and loads up to it, and while a claim
+    /// runs: a claim loads what is due by one value of it, and leaves the rest for the loader.
+    loading: tokio::sync::Mutex<()>,
     /// Held shared by moves and migrations while they work through the table on instances they
     /// loaded, and exclusively by the sweep while it evicts: nothing is evicted under them.
     gate: tokio::sync::RwLock<()>,
@@ -58,7 +62,16 @@ impl Runtime {
     /// The wake time up to which every held instance is resident: a claim loads what is due by
     /// then and leaves the rest in the store.
     pub(super) fn resident_through(&self) -> u64 {
-        self.residency.resident_through.load(Ordering::Acquire)
+        self.residency.resident_through.load(Ordering::SeqCst)
+    }
+
+    /// Arms the timer of resident instance `id` for `due`, if it falls within what is resident:
+    /// a later one is armed when the loader reaches it (`load_due`), so that memory holds no
+    /// timer of an instance the sweep may evict.
+    pub(super) fn arm_timer(&self, due: u64, id: InstanceId) {
+        if due <= self.resident_through() {
+            self.timers.arm(due, id);
+        }
     }
 
     /// Notes that every held instance due at or before `through` is resident (at open).
@@ -143,9 +156,11 @@ impl Runtime {
         Ok(resident)
     }
 
-    /// Whether a slot is idle beyond `beyond_ms`: nothing to do, nobody waiting on it, nothing
-    /// asked of it, and its wake time later than that.
-    fn is_idle(slot: &Slot, beyond_ms: u64) -> bool {
+    /// Whether a slot is idle beyond `beyond_ms`: nothing to do, nobody waiting on it (callers
+    /// that stopped waiting are let go of first), nothing asked of it, and its wake time later
+    /// than that.
+    fn is_idle(slot: &mut Slot, beyond_ms: u64) -> bool {
+        slot.waiters.retain(|waiter| !waiter.is_closed());
         !slot.running
             && !slot.rerun
             && !slot.parked
@@ -171,13 +186,31 @@ impl Runtime {
         self.table.evict(|slot| Self::is_idle(slot, beyond))
     }
 
-    /// Loads every held instance whose wake time is after `resident_through` and at or before
-    /// `through`, then raises `resident_through` to it.
+    /// Held while a claim runs (see `Residency::loading`).
+    pub(super) async fn residency_loading(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.residency.loading.lock().await
+    }
+
+    /// Raises `resident_through` to `through`, then loads every held instance whose wake time
+    /// is after its old value and at or before `through` (a load that fails is retried from
+    /// the old value).
     async fn load_due(self: &Arc<Self>, through: u64) -> Result<(), EngineError> {
-        let from = self.residency.resident_through.load(Ordering::Acquire);
+        let _loading = self.residency.loading.lock().await;
+        let from = self.residency.resident_through.fetch_max(through, Ordering::SeqCst);
         if through <= from {
             return Ok(());
         }
+        let loaded = self.load_between(from, through).await;
+        if loaded.is_err() {
+            // Lowered again, so that the next turn loads this range again (a timer armed
+            // meanwhile only makes an extra look at an instance).
+            self.residency.resident_through.store(from, Ordering::SeqCst);
+        }
+        loaded
+    }
+
+    /// Loads every held instance whose wake time is after `from` and at or before `through`.
+    async fn load_between(self: &Arc<Self>, from: u64, through: u64) -> Result<(), EngineError> {
         let mut after = Some((from, InstanceId(u64::MAX)));
         loop {
             let page = blocking(&self.store, move |store| store.due_held(after, through, LOAD_BATCH)).await?;
@@ -185,13 +218,17 @@ impl Runtime {
                 break;
             };
             let ids: Vec<InstanceId> = page.iter().map(|(_, id)| *id).collect();
+            // Resident ones whose timer was beyond the horizon when they went idle: armed now.
+            let resident: Vec<InstanceId> = ids.iter().copied().filter(|id| self.table.contains(*id)).collect();
             self.load_resident(&ids).await?;
+            for id in resident {
+                self.arm(id);
+            }
             if page.len() < LOAD_BATCH {
                 break;
             }
             after = Some(last);
         }
-        self.residency.resident_through.fetch_max(through, Ordering::AcqRel);
         Ok(())
     }
 

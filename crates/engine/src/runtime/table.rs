@@ -167,7 +167,7 @@ impl InstanceTable {
     }
 
     /// Evicts every slot `idle` accepts; returns how many.
-    pub(super) fn evict(&self, mut idle: impl FnMut(&Slot) -> bool) -> usize {
+    pub(super) fn evict(&self, mut idle: impl FnMut(&mut Slot) -> bool) -> usize {
         let mut evicted = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
@@ -200,6 +200,57 @@ impl InstanceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slot(id: u64) -> Slot {
+        let record = InstanceRecord {
+            format: strata_core::instance::RECORD_FORMAT,
+            id: InstanceId(id),
+            key: strata_core::instance::VersionKey::new("w", semver::Version::new(1, 0, 0)),
+            step: "first".to_string(),
+            attempt: 1,
+            visits: 0,
+            phase: strata_core::instance::Phase::Sleeping { until_ms: 5 },
+            state: strata_core::instance::StateEnvelope {
+                schema: 1,
+                bytes: Vec::new(),
+            },
+            routing_key: None,
+            scheduled: None,
+            last_error: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            moves: Vec::new(),
+            pinned_reason: None,
+            history: Default::default(),
+            measures: Default::default(),
+            shadow_of: None,
+            shadowed_by: None,
+            claim: 0,
+        };
+        Slot::new(record, false)
+    }
+
+    #[test]
+    fn a_record_read_before_its_shard_evicted_anything_is_not_put_in_after() {
+        let table = InstanceTable::new();
+        let Presence::Absent(seen) = table.presence(InstanceId(1)) else {
+            panic!("nothing is resident yet");
+        };
+        // Another instance of the same shard is evicted between the read and the insert.
+        table.insert(slot(1 + SHARDS as u64));
+        assert_eq!(table.evict(|_| true), 1);
+        assert!(!table.insert_loaded(slot(1), seen), "read before the eviction");
+        let Presence::Absent(now) = table.presence(InstanceId(1)) else {
+            panic!("still not resident");
+        };
+        assert!(table.insert_loaded(slot(1), now));
+        assert!(matches!(table.presence(InstanceId(1)), Presence::Resident));
+        assert!(
+            table.insert_loaded(slot(1), 0),
+            "resident already: the table's record stays"
+        );
+        assert_eq!(table.len(), 1);
+    }
 
     #[test]
     fn a_termination_outranks_a_cancellation_and_keeps_its_first_reason() {
