@@ -117,12 +117,23 @@ async fn run_first_deployment(dir: &Path) -> Result<(), strata::EngineError> {
     let counts = waiting(&engine)?;
     println!(
         "process 1 exits with {} orders in flight: {} waiting for payment, {} in the warehouse (durable timers)\n",
-        engine.live_instances(),
+        live_orders(&engine),
         counts.get(&InstanceStatus::WaitingSignal).unwrap_or(&0),
         counts.get(&InstanceStatus::Sleeping).unwrap_or(&0),
     );
     engine.shutdown().await;
     Ok(())
+}
+
+/// The orders in flight, on every version (those idle beyond the residency horizon wait in the
+/// store, not in memory).
+fn live_orders(engine: &Engine) -> u64 {
+    engine
+        .versions()
+        .iter()
+        .filter(|info| info.key.workflow == order::WORKFLOW)
+        .map(|info| info.counters.live)
+        .sum()
 }
 
 /// Process 2: 2.0.0 is deployed beside 1.0.0 on the same store.
@@ -146,7 +157,7 @@ async fn run_second_deployment(dir: &Path) -> Result<(), strata::EngineError> {
         .collect();
     println!(
         "recovered {} live orders, all pinned to 1.0.0; draining 1.0.0\n",
-        engine.live_instances()
+        live_orders(&engine)
     );
     engine.drain(order::WORKFLOW, "1.0.0").await?;
     let mut new = Vec::new();
@@ -168,7 +179,7 @@ async fn run_second_deployment(dir: &Path) -> Result<(), strata::EngineError> {
             print_table(&engine, started.elapsed());
             last_table = Instant::now();
         }
-        if drained_at.is_some() && engine.live_instances() == 0 {
+        if drained_at.is_some() && live_orders(&engine) == 0 {
             break;
         }
         match tokio::time::timeout(Duration::from_millis(250), events.recv()).await {
