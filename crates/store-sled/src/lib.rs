@@ -507,33 +507,23 @@ impl SledStore {
 
     /// Puts every finished instance written before the finished indexes existed into them, once.
     fn build_expiry_index(&self) -> Result<(), StoreError> {
-        if self
-            .durable
-            .db
-            .contains_key(FINISHED_INDEX_BUILT)
-            .map_err(backend("read the finished indexes' marker"))?
-        {
-            return Ok(());
-        }
-        let mut batch = Changes::default();
         let mut indexed = 0u64;
-        for item in self.durable.db.scan_prefix(FINISHED) {
-            let (key, value) = item.map_err(backend("index finished instances"))?;
-            let Some(id) = id_from_key(FINISHED, &key) else {
-                continue;
-            };
-            // A record that does not decode is kept, unindexed, for an operator to look at.
-            if let Ok(record) = InstanceRecord::decode(&value) {
-                batch.insert(
-                    workflow_key(&record.key.workflow, id),
-                    &record.updated_at_ms.to_be_bytes() as &[u8],
-                );
-                indexed += 1;
-            }
-        }
-        batch.insert(FINISHED_INDEX_BUILT, &[] as &[u8]);
-        self.durable.write(&mut batch, "index finished instances")?;
-        if indexed > 0 {
+        let built = self.index_once(
+            FINISHED_INDEX_BUILT,
+            FINISHED,
+            "index finished instances",
+            |batch, id, value| {
+                // A record that does not decode is kept, unindexed, for an operator to look at.
+                if let Ok(record) = InstanceRecord::decode(value) {
+                    batch.insert(
+                        workflow_key(&record.key.workflow, id),
+                        &record.updated_at_ms.to_be_bytes() as &[u8],
+                    );
+                    indexed += 1;
+                }
+            },
+        )?;
+        if built && indexed > 0 {
             tracing::info!(indexed, "indexed the finished instances by finish time, for retention");
         }
         Ok(())
@@ -545,32 +535,20 @@ impl SledStore {
     /// process that opens the store holds every live instance, so the records are the truth).
     /// From then on every write keeps both, so an open reads neither whole.
     fn build_live_index(&self) -> Result<(), StoreError> {
-        if self
-            .durable
-            .db
-            .contains_key(LIVE_INDEX_BUILT)
-            .map_err(backend("read the live indexes' marker"))?
-        {
-            return Ok(());
-        }
-        let mut batch = Changes::default();
         let mut live = Vec::new();
-        for item in self.durable.db.scan_prefix(LIVE) {
-            let (key, value) = item.map_err(backend("index live instances"))?;
-            let Some(id) = id_from_key(LIVE, &key) else {
-                continue;
-            };
-            match strata_store::decode_live_record(id, &value) {
+        let built = self.index_once(LIVE_INDEX_BUILT, LIVE, "index live instances", |batch, id, value| {
+            match strata_store::decode_live_record(id, value) {
                 Ok(record) => {
-                    reindex(&mut batch, id, None, record.indexed_as().as_ref());
+                    reindex(batch, id, None, record.indexed_as().as_ref());
                     live.push(record);
                 }
                 // Due at once: the engine loads it at open and quarantines it.
                 Err(_) => batch.insert(wake_key(strata_core::instance::WAKE_NOW, id), &[] as &[u8]),
             }
+        })?;
+        if !built {
+            return Ok(());
         }
-        batch.insert(LIVE_INDEX_BUILT, &[] as &[u8]);
-        self.durable.write(&mut batch, "index live instances")?;
         if !live.is_empty() {
             tracing::info!(
                 indexed = live.len(),
@@ -578,6 +556,40 @@ impl SledStore {
             );
         }
         self.reconcile_live_counters(&live)
+    }
+
+    /// Unless `marker` is set: writes, in one batch with `marker`, the index entries `index`
+    /// makes of each record under `prefix` (its id and bytes). `true` if it ran.
+    fn index_once(
+        &self,
+        marker: &[u8],
+        prefix: &[u8],
+        operation: &'static str,
+        mut index: impl FnMut(&mut Changes, InstanceId, &[u8]),
+    ) -> Result<bool, StoreError> {
+        if self.durable.db.contains_key(marker).map_err(backend(operation))? {
+            return Ok(false);
+        }
+        let mut batch = Changes::default();
+        for item in self.durable.db.scan_prefix(prefix) {
+            let (key, value) = item.map_err(backend(operation))?;
+            if let Some(id) = id_from_key(prefix, &key) {
+                index(&mut batch, id, &value);
+            }
+        }
+        batch.insert(marker, &[] as &[u8]);
+        self.durable.write(&mut batch, operation)?;
+        Ok(true)
+    }
+
+    /// The live record of `id`, decoded, or why it does not decode; `None` if it is not live.
+    fn read_live(&self, id: InstanceId) -> Result<Option<Result<InstanceRecord, CorruptRecord>>, StoreError> {
+        let value = self
+            .durable
+            .db
+            .get(id_key(LIVE, id))
+            .map_err(backend("load instance"))?;
+        Ok(value.map(|value| strata_store::decode_live_record(id, &value)))
     }
 
     /// The data directory.
@@ -950,18 +962,10 @@ impl Store for SledStore {
         // Entries whose instance is no longer live (quarantined since) are taken out.
         let mut dangling = Changes::default();
         for (wake, id) in self.due_held(None, through_ms, usize::MAX)? {
-            let Some(value) = self
-                .durable
-                .db
-                .get(id_key(LIVE, id))
-                .map_err(backend("load instance"))?
-            else {
-                dangling.remove(wake_key(wake, id));
-                continue;
-            };
-            match strata_store::decode_live_record(id, &value) {
-                Ok(record) => state.live.push(record),
-                Err(corrupt) => state.corrupt.push(corrupt),
+            match self.read_live(id)? {
+                None => dangling.remove(wake_key(wake, id)),
+                Some(Ok(record)) => state.live.push(record),
+                Some(Err(corrupt)) => state.corrupt.push(corrupt),
             }
         }
         if dangling.length() > 0 {
@@ -1026,17 +1030,10 @@ impl Store for SledStore {
     fn load_held(&self, ids: &[InstanceId]) -> Result<strata_store::Claimed, StoreError> {
         let mut claimed = strata_store::Claimed::default();
         for &id in ids {
-            let Some(value) = self
-                .durable
-                .db
-                .get(id_key(LIVE, id))
-                .map_err(backend("load instance"))?
-            else {
-                continue;
-            };
-            match strata_store::decode_live_record(id, &value) {
-                Ok(record) => claimed.live.push(record),
-                Err(corrupt) => claimed.corrupt.push(corrupt),
+            match self.read_live(id)? {
+                None => continue,
+                Some(Ok(record)) => claimed.live.push(record),
+                Some(Err(corrupt)) => claimed.corrupt.push(corrupt),
             }
             claimed
                 .signals
@@ -1090,13 +1087,7 @@ impl Store for SledStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut keep = |record: &InstanceRecord| {
-            scope
-                .version
-                .as_ref()
-                .is_none_or(|version| *version == record.key.version)
-                && keep(record)
-        };
+        let mut keep = |record: &InstanceRecord| scope.holds(&record.key) && keep(record);
         let Some(workflow) = &scope.workflow else {
             return self.scan_instances(FINISHED, scope, &mut keep, limit);
         };
@@ -1350,17 +1341,7 @@ impl strata_store::Cluster for SledStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut keep = |record: &InstanceRecord| {
-            scope
-                .workflow
-                .as_ref()
-                .is_none_or(|workflow| *workflow == record.key.workflow)
-                && scope
-                    .version
-                    .as_ref()
-                    .is_none_or(|version| *version == record.key.version)
-                && keep(record)
-        };
+        let mut keep = |record: &InstanceRecord| scope.holds(&record.key) && keep(record);
         self.scan_instances(LIVE, scope, &mut keep, limit)
     }
 
@@ -1411,6 +1392,67 @@ mod tests {
         format: u32,
         key: VersionKey,
         status: VersionStatus,
+    }
+
+    #[test]
+    fn a_store_written_before_the_live_indexes_is_indexed_once_at_open_and_its_counters_mended() {
+        use strata_core::instance::{Phase, StateEnvelope};
+        use strata_store::Cluster;
+        let dir = tempfile::tempdir().unwrap();
+        let key = VersionKey::new("w", semver::Version::new(1, 0, 0));
+        let record = InstanceRecord {
+            format: RECORD_FORMAT,
+            id: InstanceId(7),
+            key: key.clone(),
+            step: "wait".to_string(),
+            attempt: 1,
+            visits: 0,
+            phase: Phase::Sleeping { until_ms: 5_000 },
+            state: StateEnvelope {
+                schema: 1,
+                bytes: Vec::new(),
+            },
+            routing_key: None,
+            scheduled: None,
+            last_error: None,
+            created_at_ms: 1_000,
+            updated_at_ms: 1_000,
+            moves: Vec::new(),
+            pinned_reason: None,
+            history: Default::default(),
+            measures: Default::default(),
+            shadow_of: None,
+            shadowed_by: None,
+            claim: 0,
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            // Two starts counted for one record: a counting bug of an older build.
+            let start = || Op::AdjustCounters {
+                key: key.clone(),
+                delta: CounterDelta::start(1_000),
+            };
+            store
+                .apply(&[Op::PutInstance(record.encode().unwrap()), start(), start()])
+                .unwrap();
+            store.checkpoint().unwrap();
+            // What an older build left: no live index and no marker.
+            let db = &store.durable.db;
+            for prefix in [BY_WAKE, LIVE_BY_VERSION] {
+                for item in db.scan_prefix(prefix) {
+                    db.remove(item.unwrap().0).unwrap();
+                }
+            }
+            db.remove(LIVE_INDEX_BUILT).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.due_held(None, u64::MAX, 10).unwrap(), [(5_000, InstanceId(7))]);
+        assert_eq!(store.oldest_live().unwrap(), [(key.clone(), InstanceId(7), 1_000)]);
+        assert_eq!(store.versions().unwrap()[0].counters.live, 1, "mended from the records");
+        let recovered = store.recover(4_999).unwrap();
+        assert!(recovered.live.is_empty(), "not due yet");
+        assert_eq!(recovered.unloaded, [(key, 1)]);
     }
 
     #[test]

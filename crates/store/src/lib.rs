@@ -593,6 +593,12 @@ pub struct ListScope {
 }
 
 impl ListScope {
+    /// Whether an instance of version `key` is in the scope's workflow and version.
+    pub fn holds(&self, key: &VersionKey) -> bool {
+        self.workflow.as_ref().is_none_or(|workflow| *workflow == key.workflow)
+            && self.version.as_ref().is_none_or(|version| *version == key.version)
+    }
+
     /// Whether `id` is past the scope's cursor, in its order.
     pub fn past_cursor(&self, id: InstanceId) -> bool {
         match (self.after, self.newest_first) {
