@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 use strata::prelude::*;
 
-use strata::{Durability, Engine};
+use strata::{Durability, Engine, Next, StepCtx, StepResult, WorkflowVersion};
 use strata_workflows::approval;
 
 #[path = "support/waiting.rs"]
@@ -26,9 +26,42 @@ fn resident_bytes() -> u64 {
     pages * 4096
 }
 
+/// How long a reminder sleeps: beyond the default residency horizon (30 s), so it is evicted and
+/// loaded again ahead of its timer.
+const REMINDER_SLEEP: Duration = Duration::from_secs(40);
+
+/// A reminder: sleeps `REMINDER_SLEEP`, then completes with how late its timer fired (ms).
+fn reminder() -> WorkflowVersion<u64, u64, u64> {
+    WorkflowVersion::new("reminder", "1.0.0")
+        .init(|_: u64| 0u64)
+        .step("wait", wait)
+        .step("fire", fire)
+}
+
+/// Notes when the timer is due and sleeps until then.
+async fn wait(ctx: StepCtx, due_ms: &mut u64) -> StepResult<u64> {
+    *due_ms = millis_of(ctx.now()) + REMINDER_SLEEP.as_millis() as u64;
+    Ok(Next::sleep(REMINDER_SLEEP, "fire"))
+}
+
+/// Completes with how late it runs after the due time.
+async fn fire(ctx: StepCtx, due_ms: &mut u64) -> StepResult<u64> {
+    Ok(Next::complete(millis_of(ctx.now()).saturating_sub(*due_ms)))
+}
+
+fn millis_of(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
+
 async fn open(dir: &std::path::Path) -> Result<Engine, strata::EngineError> {
+    open_with(dir, Duration::from_secs(30)).await
+}
+
+async fn open_with(dir: &std::path::Path, horizon: Duration) -> Result<Engine, strata::EngineError> {
     Engine::builder()
         .data_dir(dir)
+        .residency_horizon(horizon)
+        .register(reminder())
         .durability(Durability::Buffered {
             interval: Duration::from_millis(100),
         })
@@ -93,7 +126,37 @@ async fn measure(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn 
         (after.saturating_sub(before)) / instances as u64
     );
     signal_latency(&engine, live.min(200)).await?;
+    timer_lateness(&engine, "evicted and loaded again (horizon 30 s)").await?;
     engine.shutdown().await;
+    // The same reminders on an engine that keeps every instance in memory, for comparison.
+    let resident_dir = tempfile_dir()?.join("resident");
+    let resident = open_with(&resident_dir, Duration::MAX).await?;
+    timer_lateness(&resident, "kept in memory (horizon Duration::MAX)").await?;
+    resident.shutdown().await;
+    std::fs::remove_dir_all(&resident_dir)?;
+    Ok(())
+}
+
+/// Starts 200 reminders at once and prints how late their timers fired: median and worst.
+async fn timer_lateness(engine: &Engine, label: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut ids = Vec::new();
+    for n in 0..200u64 {
+        ids.push(engine.start("reminder", &n).await?);
+    }
+    let mut late = Vec::new();
+    for id in ids {
+        match engine.outcome(id).await? {
+            strata::Outcome::Completed(bytes) => late.push(rmp_serde::from_slice::<u64>(&bytes)?),
+            other => return Err(format!("reminder {id} ended {other:?}").into()),
+        }
+    }
+    late.sort_unstable();
+    println!(
+        "200 timers of {} s, {label}: fired late by median {} ms, worst {} ms",
+        REMINDER_SLEEP.as_secs(),
+        late[late.len() / 2],
+        late[late.len() - 1]
+    );
     Ok(())
 }
 
