@@ -50,7 +50,8 @@ async fn fire(ctx: StepCtx, due_ms: &mut u64) -> StepResult<u64> {
 }
 
 fn millis_of(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 async fn open(dir: &std::path::Path) -> Result<Engine, strata::EngineError> {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{backend, id_from_key, id_key, io_failed, log_failed, FINISHED, LIVE, SIGNALS};
+use super::{backend, id_from_key, id_key, io_failed, log_failed, FINISHED, LIVE, READY, SIGNALS};
 use crate::commit_log::{
     self, compacted_length, Changes, CheckpointRecord, CommitLog, DamagedValue, KeptWrite, LogError, Recovered,
     ReplayFrom, SegmentSpan, Value, APPLIED_THROUGH, ENTRY_OVERHEAD,
@@ -749,11 +749,15 @@ fn set_damaged_apart(db: &sled::Db, value: DamagedValue) -> Result<(), String> {
         value.place
     );
     let key = &value.key;
-    let (instance_key, mark) = if key.starts_with(LIVE) || key.starts_with(FINISHED) {
+    let (instance_key, mark) = if key.starts_with(LIVE) || key.starts_with(READY) || key.starts_with(FINISHED) {
         (key.clone(), strata_store::damaged_record(&reason, &value.raw))
     } else if let (true, Some(instance)) = (key.starts_with(SIGNALS), id_from_key(SIGNALS, key)) {
-        let live = id_key(LIVE, instance);
-        let record = db.get(&live).map_err(|error| error.to_string())?;
+        let mut live = id_key(READY, instance);
+        let mut record = db.get(&live).map_err(|error| error.to_string())?;
+        if record.is_none() {
+            live = id_key(LIVE, instance);
+            record = db.get(&live).map_err(|error| error.to_string())?;
+        }
         db.remove(key).map_err(|error| error.to_string())?;
         let Some(record) = record else {
             tracing::error!(key = %String::from_utf8_lossy(key), %reason, "dropped a damaged signal of an instance that is no longer live");
@@ -768,8 +772,9 @@ fn set_damaged_apart(db: &sled::Db, value: DamagedValue) -> Result<(), String> {
         ));
     };
     tracing::error!(key = %String::from_utf8_lossy(key), %reason, "a record is damaged; its instance is set apart");
+    // A ready record is read at every open; a waiting one is marked due at once, so that the
+    // next open loads it and the engine quarantines it.
     if let (true, Some(instance)) = (instance_key.starts_with(LIVE), id_from_key(LIVE, &instance_key)) {
-        // Due at once, so that the next open loads it and the engine quarantines it.
         db.insert(super::wake_key(strata_core::instance::WAKE_NOW, instance), &[] as &[u8])
             .map_err(|error| error.to_string())?;
     }

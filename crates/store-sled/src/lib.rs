@@ -11,7 +11,7 @@
 //! `Store` operations on it.
 //!
 //! Key layout (all integers big-endian, so keys sort by number):
-//! `m/format` record format · `i/<id>` live instance · `d/<id>` finished instance ·
+//! `m/format` record format · `i/<id>`, `r/<id>` live instance (below) · `d/<id>` finished instance ·
 //! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
 //! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status ·
 //! `g/<generation>` applied config · `f/<schedule name>` last handled fire time ·
@@ -20,12 +20,13 @@
 //! the workflow's; retention sweeps it for what is due) · `m/finished-index` set once every
 //! finished instance is in `w/` · `m/highest-id` the highest instance id ever removed (so no id
 //! is issued twice) · `m/log-applied` the last commit-log frame the tree holds ·
-//! `t/<wake ms><id>` a live instance by wake time (`Phase::wake_ms`: an engine loads an idle
-//! instance as it comes due) · `l/<workflow>\0<version>\0<start ms><id>` a live instance by
-//! version and start time (a version's oldest) · `m/live-index` set once every live instance is
-//! in both. A write of a live record changes these only when its wake time or version changes
-//! (a step of a running instance writes none); the engine names what the record was indexed as
-//! (`EncodedInstance::replaces`). One index key per
+//! `r/<id>` a live instance ready to run (indexed by nothing: an open reads them all) ·
+//! `i/<id>` a live instance that waits, indexed by `t/<wake ms><id>` (`Phase::wake_ms`: an engine
+//! loads an idle instance as it comes due) and `l/<workflow>\0<version>\0<start ms><id>` (a
+//! version's oldest) · `m/live-index` set once every live instance is kept and indexed so. A
+//! step of a ready instance writes its `r/` key alone; going to wait moves the record to `i/` with
+//! its two index keys, and waking moves it back; the engine names what the record it replaces was
+//! placed as (`EncodedInstance::replaces`). One index key per
 //! finished instance: sled's cost is per key written, and a second index (by finish time) cost a
 //! quarter of the throughput at 1 024 concurrent instances.
 //!
@@ -68,7 +69,11 @@ use strata_store::{
 };
 
 const FORMAT_KEY: &[u8] = b"m/format";
+/// A live instance that waits (asleep, backing off, waiting for a signal, quarantined): indexed
+/// by wake time and by version.
 const LIVE: &[u8] = b"i/";
+/// A live instance ready to run (its wake time is now): indexed by nothing, read whole at open.
+const READY: &[u8] = b"r/";
 const FINISHED: &[u8] = b"d/";
 const QUARANTINED: &[u8] = b"q/";
 const SIGNALS: &[u8] = b"s/";
@@ -292,10 +297,81 @@ fn live_version_key(key: &VersionKey, created_at_ms: u64, id: InstanceId) -> Vec
     bytes
 }
 
-/// The index entries of a live record, as `batch` changes: those of `before` taken out where
+/// Where a live record is kept and how it is indexed, borrowed from what a write names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Placed<'a> {
+    key: &'a VersionKey,
+    created_at_ms: u64,
+    wake_ms: u64,
+}
+
+impl<'a> Placed<'a> {
+    fn of(indexed: &'a IndexedAs) -> Placed<'a> {
+        Placed {
+            key: &indexed.key,
+            created_at_ms: indexed.created_at_ms,
+            wake_ms: indexed.wake_ms,
+        }
+    }
+
+    /// How a record a write puts is placed (`None`: finished).
+    fn written(record: &'a strata_core::instance::EncodedInstance) -> Option<Placed<'a>> {
+        record.wake_ms.map(|wake_ms| Placed {
+            key: &record.key,
+            created_at_ms: record.created_at_ms,
+            wake_ms,
+        })
+    }
+
+    /// The prefix its record is kept under.
+    fn prefix(self) -> &'static [u8] {
+        live_prefix(self.wake_ms)
+    }
+
+    /// Itself if it has index entries: only a waiting record does.
+    fn indexed(self) -> Option<Placed<'a>> {
+        (self.wake_ms != strata_core::instance::WAKE_NOW).then_some(self)
+    }
+}
+
+/// The prefix a live record with wake time `wake_ms` is kept under.
+fn live_prefix(wake_ms: u64) -> &'static [u8] {
+    if wake_ms == strata_core::instance::WAKE_NOW {
+        READY
+    } else {
+        LIVE
+    }
+}
+
+/// Writes a live record placed `after`, replacing the live record placed `before` (`None`: a new
+/// instance, or one that had finished), with the index entries that change: a step of a ready
+/// instance writes its record alone.
+fn put_live(batch: &mut Changes, id: InstanceId, bytes: &[u8], before: Option<Placed<'_>>, after: Placed<'_>) {
+    match before {
+        Some(before) if before.prefix() != after.prefix() => batch.remove(id_key(before.prefix(), id)),
+        Some(_) | None => {}
+    }
+    batch.insert(id_key(after.prefix(), id), bytes);
+    reindex(batch, id, before.and_then(Placed::indexed), after.indexed());
+}
+
+/// Takes out a live record placed `before` (`None`: not named by the writer, so under either
+/// prefix) and its index entries.
+fn remove_live(batch: &mut Changes, id: InstanceId, before: Option<Placed<'_>>) {
+    match before {
+        Some(before) => batch.remove(id_key(before.prefix(), id)),
+        None => {
+            batch.remove(id_key(READY, id));
+            batch.remove(id_key(LIVE, id));
+        }
+    }
+    reindex(batch, id, before.and_then(Placed::indexed), None);
+}
+
+/// The index entries of a waiting record, as `batch` changes: those of `before` taken out where
 /// they differ from `after`'s, `after`'s put in (either may be absent).
-fn reindex(batch: &mut Changes, id: InstanceId, before: Option<&IndexedAs>, after: Option<&IndexedAs>) {
-    let wake = |indexed: Option<&IndexedAs>| indexed.map(|indexed| indexed.wake_ms);
+fn reindex(batch: &mut Changes, id: InstanceId, before: Option<Placed<'_>>, after: Option<Placed<'_>>) {
+    let wake = |placed: Option<Placed<'_>>| placed.map(|placed| placed.wake_ms);
     if wake(before) != wake(after) {
         if let Some(before) = before {
             batch.remove(wake_key(before.wake_ms, id));
@@ -304,26 +380,17 @@ fn reindex(batch: &mut Changes, id: InstanceId, before: Option<&IndexedAs>, afte
             batch.insert(wake_key(after.wake_ms, id), &[] as &[u8]);
         }
     }
-    fn place(indexed: Option<&IndexedAs>) -> Option<(&VersionKey, u64)> {
-        indexed.map(|indexed| (&indexed.key, indexed.created_at_ms))
+    fn place(placed: Option<Placed<'_>>) -> Option<(&VersionKey, u64)> {
+        placed.map(|placed| (placed.key, placed.created_at_ms))
     }
     if place(before) != place(after) {
         if let Some(before) = before {
-            batch.remove(live_version_key(&before.key, before.created_at_ms, id));
+            batch.remove(live_version_key(before.key, before.created_at_ms, id));
         }
         if let Some(after) = after {
-            batch.insert(live_version_key(&after.key, after.created_at_ms, id), &[] as &[u8]);
+            batch.insert(live_version_key(after.key, after.created_at_ms, id), &[] as &[u8]);
         }
     }
-}
-
-/// How an encoded record is indexed once written (`None`: finished).
-fn indexed_after(record: &strata_core::instance::EncodedInstance) -> Option<IndexedAs> {
-    record.wake_ms.map(|wake_ms| IndexedAs {
-        key: record.key.clone(),
-        created_at_ms: record.created_at_ms,
-        wake_ms,
-    })
 }
 
 fn signal_key(instance: InstanceId, seq: u64) -> Vec<u8> {
@@ -459,6 +526,7 @@ impl SledStore {
         let removed = store.highest_removed_id()?;
         let highest = store
             .max_id(LIVE)?
+            .max(store.max_id(READY)?)
             .max(store.max_id(FINISHED)?)
             .max(store.max_id(QUARANTINED)?)
             .max(removed);
@@ -536,10 +604,19 @@ impl SledStore {
     /// From then on every write keeps both, so an open reads neither whole.
     fn build_live_index(&self) -> Result<(), StoreError> {
         let mut live = Vec::new();
+        // Every live record was kept under `i/`: a ready one moves to `r/`, a waiting one is
+        // indexed.
         let built = self.index_once(LIVE_INDEX_BUILT, LIVE, "index live instances", |batch, id, value| {
             match strata_store::decode_live_record(id, value) {
                 Ok(record) => {
-                    reindex(batch, id, None, record.indexed_as().as_ref());
+                    if let Some(indexed) = record.indexed_as() {
+                        let placed = Placed::of(&indexed);
+                        if placed.prefix() != LIVE {
+                            batch.remove(id_key(LIVE, id));
+                            batch.insert(id_key(placed.prefix(), id), value);
+                        }
+                        reindex(batch, id, None, placed.indexed());
+                    }
                     live.push(record);
                 }
                 // Due at once: the engine loads it at open and quarantines it.
@@ -584,12 +661,38 @@ impl SledStore {
 
     /// The live record of `id`, decoded, or why it does not decode; `None` if it is not live.
     fn read_live(&self, id: InstanceId) -> Result<Option<Result<InstanceRecord, CorruptRecord>>, StoreError> {
-        let value = self
+        let mut value = self
             .durable
             .db
-            .get(id_key(LIVE, id))
+            .get(id_key(READY, id))
             .map_err(backend("load instance"))?;
+        if value.is_none() {
+            value = self
+                .durable
+                .db
+                .get(id_key(LIVE, id))
+                .map_err(backend("load instance"))?;
+        }
         Ok(value.map(|value| strata_store::decode_live_record(id, &value)))
+    }
+
+    /// The live records in `scope` that `keep` accepts, at most `limit`, in the scope's id
+    /// order: ready ones and waiting ones, kept under two prefixes, merged.
+    fn scan_live(
+        &self,
+        scope: &strata_store::ListScope,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut found = self.scan_instances(READY, scope, keep, limit)?;
+        found.extend(self.scan_instances(LIVE, scope, keep, limit)?);
+        if scope.newest_first {
+            found.sort_by_key(|record| std::cmp::Reverse(record.id));
+        } else {
+            found.sort_by_key(|record| record.id);
+        }
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// The data directory.
@@ -729,21 +832,17 @@ impl Store for SledStore {
         for op in ops {
             match op {
                 Op::PutInstance(record) => {
-                    reindex(
-                        &mut batch,
-                        record.id,
-                        record.replaces.as_ref(),
-                        indexed_after(record).as_ref(),
-                    );
-                    if record.finished {
-                        batch.remove(id_key(LIVE, record.id));
-                        batch.insert(id_key(FINISHED, record.id), record.bytes.as_slice());
-                        batch.insert(
-                            workflow_key(&record.key.workflow, record.id),
-                            &record.updated_at_ms.to_be_bytes() as &[u8],
-                        );
-                    } else {
-                        batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
+                    let before = record.replaces.as_ref().map(Placed::of);
+                    match Placed::written(record) {
+                        Some(after) => put_live(&mut batch, record.id, &record.bytes, before, after),
+                        None => {
+                            remove_live(&mut batch, record.id, before);
+                            batch.insert(id_key(FINISHED, record.id), record.bytes.as_slice());
+                            batch.insert(
+                                workflow_key(&record.key.workflow, record.id),
+                                &record.updated_at_ms.to_be_bytes() as &[u8],
+                            );
+                        }
                     }
                 }
                 Op::ReviveInstance(record) => {
@@ -757,8 +856,9 @@ impl Store for SledStore {
                     }
                     batch.remove(id_key(FINISHED, record.id));
                     batch.remove(workflow_key(&record.key.workflow, record.id));
-                    batch.insert(id_key(LIVE, record.id), record.bytes.as_slice());
-                    reindex(&mut batch, record.id, None, indexed_after(record).as_ref());
+                    if let Some(after) = Placed::written(record) {
+                        put_live(&mut batch, record.id, &record.bytes, None, after);
+                    }
                 }
                 Op::PutSignal(signal) => {
                     batch.insert(signal_key(signal.instance, signal.seq), encode("signal", signal)?);
@@ -843,11 +943,15 @@ impl Store for SledStore {
                     batch.insert(id_key(PAIR_OF_REAL, pair.real), pair.rollout.as_bytes());
                 }
                 Op::QuarantineRecord { id, reason } => {
-                    let raw = self.durable.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
+                    let mut raw = self.durable.db.get(id_key(READY, *id)).map_err(backend("quarantine"))?;
+                    if raw.is_none() {
+                        raw = self.durable.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
+                    }
                     let entry = QuarantineEntry {
                         reason: reason.clone(),
                         raw: raw.map(|raw| raw.to_vec()).unwrap_or_default(),
                     };
+                    batch.remove(id_key(READY, *id));
                     batch.remove(id_key(LIVE, *id));
                     // Its index entries are left: a reader finds no live record behind them.
                     batch.insert(id_key(QUARANTINED, *id), encode("quarantine entry", &entry)?);
@@ -1008,8 +1112,23 @@ impl Store for SledStore {
             },
         };
         let mut found = Vec::new();
+        // Ready instances wake now: every one under `r/` (past the cursor's id, if it is at 0).
+        if after.is_none_or(|(wake, _)| wake == strata_core::instance::WAKE_NOW) {
+            let first = after.map_or(0, |(_, id)| id.0.saturating_add(1));
+            let end = id_key(READY, InstanceId(u64::MAX));
+            for item in self.durable.db.range(id_key(READY, InstanceId(first))..=end) {
+                if found.len() >= limit {
+                    break;
+                }
+                let (key, _) = item.map_err(backend("read the ready instances"))?;
+                if let Some(id) = id_from_key(READY, &key).filter(|id| after.is_none_or(|(_, after)| *id > after)) {
+                    found.push((strata_core::instance::WAKE_NOW, id));
+                }
+            }
+        }
+        let ready = found.len();
         for item in self.durable.db.range(from..) {
-            if found.len() >= limit {
+            if found.len() >= ready.saturating_add(limit) {
                 break;
             }
             let (key, _) = item.map_err(backend("read the wake index"))?;
@@ -1024,6 +1143,10 @@ impl Store for SledStore {
             }
             found.push((wake, id));
         }
+        // Both in one order (a damaged record is marked due now in the index too).
+        found.sort_unstable();
+        found.dedup();
+        found.truncate(limit);
         Ok(found)
     }
 
@@ -1054,7 +1177,7 @@ impl Store for SledStore {
     }
 
     fn load_instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
-        for prefix in [LIVE, FINISHED] {
+        for prefix in [READY, LIVE, FINISHED] {
             if let Some(bytes) = self
                 .durable
                 .db
@@ -1074,7 +1197,7 @@ impl Store for SledStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.scan_instances(LIVE, &strata_store::ListScope::default(), keep, limit)
+        self.scan_live(&strata_store::ListScope::default(), keep, limit)
     }
 
     fn cluster(&self) -> &dyn strata_store::Cluster {
@@ -1342,7 +1465,7 @@ impl strata_store::Cluster for SledStore {
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         let mut keep = |record: &InstanceRecord| scope.holds(&record.key) && keep(record);
-        self.scan_instances(LIVE, scope, &mut keep, limit)
+        self.scan_live(scope, &mut keep, limit)
     }
 
     fn publish_metrics(&self, windows: &[(VersionKey, Vec<u8>)]) -> Result<(), StoreError> {
@@ -1432,12 +1555,22 @@ mod tests {
                 key: key.clone(),
                 delta: CounterDelta::start(1_000),
             };
+            // Before the ready prefix, a ready record was kept under `i/` too.
+            let ready = InstanceRecord {
+                id: InstanceId(9),
+                phase: Phase::Ready {
+                    wake: strata_core::instance::PersistedWake::Started,
+                },
+                ..record.clone()
+            };
             store
                 .apply(&[Op::PutInstance(record.encode().unwrap()), start(), start()])
                 .unwrap();
             store.checkpoint().unwrap();
-            // What an older build left: no live index and no marker.
             let db = &store.durable.db;
+            db.insert(id_key(LIVE, ready.id), ready.encode().unwrap().bytes)
+                .unwrap();
+            // What an older build left: no live index and no marker.
             for prefix in [BY_WAKE, LIVE_BY_VERSION] {
                 for item in db.scan_prefix(prefix) {
                     db.remove(item.unwrap().0).unwrap();
@@ -1447,11 +1580,17 @@ mod tests {
             db.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.due_held(None, u64::MAX, 10).unwrap(), [(5_000, InstanceId(7))]);
+        assert_eq!(
+            store.due_held(None, u64::MAX, 10).unwrap(),
+            [(0, InstanceId(9)), (5_000, InstanceId(7))]
+        );
+        assert!(store.durable.db.contains_key(id_key(READY, InstanceId(9))).unwrap());
+        assert!(!store.durable.db.contains_key(id_key(LIVE, InstanceId(9))).unwrap());
         assert_eq!(store.oldest_live().unwrap(), [(key.clone(), InstanceId(7), 1_000)]);
-        assert_eq!(store.versions().unwrap()[0].counters.live, 1, "mended from the records");
+        assert_eq!(store.versions().unwrap()[0].counters.live, 2, "mended from the records");
         let recovered = store.recover(4_999).unwrap();
-        assert!(recovered.live.is_empty(), "not due yet");
+        let loaded: Vec<InstanceId> = recovered.live.iter().map(|record| record.id).collect();
+        assert_eq!(loaded, [InstanceId(9)], "the ready one; the other is not due yet");
         assert_eq!(recovered.unloaded, [(key, 1)]);
     }
 
