@@ -815,11 +815,21 @@ impl Store for PostgresStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.query(
             "read due instances",
+            // Waiting rows by the index; ready ones (wake time 0: running instances, few) read
+            // apart, only when the range begins at 0.
             format!(
-                "SELECT {wake}, id FROM strata_instances
-                 WHERE live AND owner = $1 AND ({wake}, id) > ($2, $3) AND {wake} <= $4
-                 ORDER BY {wake}, id LIMIT $5",
-                wake = schema::WAKE
+                "SELECT wake, id FROM (
+                     SELECT {wake} AS wake, id FROM strata_instances
+                     WHERE live AND owner = $1 AND status <> 'ready' AND ({wake}, id) > ($2, $3) AND {wake} <= $4
+                     {ready}
+                 ) due ORDER BY wake, id LIMIT $5",
+                wake = schema::WAITING_WAKE,
+                ready = if after_wake <= 0 {
+                    "UNION ALL SELECT 0::bigint, id FROM strata_instances
+                     WHERE live AND owner = $1 AND status = 'ready' AND (0::bigint, id) > ($2, $3)"
+                } else {
+                    ""
+                },
             ),
             vec![
                 Box::new(self.worker_id.clone()),

@@ -31,7 +31,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (9, "each instance's history", V9),
     (10, "how many ended instances were revived on each version", V10),
     (11, "each version's measure totals, and its shadow instances apart", V11),
-    (12, "live instances by holder and wake time", V12),
+    (12, "waiting instances by holder and wake time", V12),
 ];
 
 /// The newest schema this build knows.
@@ -242,15 +242,20 @@ CREATE TABLE strata_shadow_pairs (
 CREATE INDEX strata_shadow_pairs_real ON strata_shadow_pairs (real_id);
 ";
 
-/// Schema 12. A worker loads the idle instances it holds as they come due: by holder and wake
-/// time (`Phase::wake_ms`: 0 for one ready to run, its timer's due time, else the largest
-/// bigint), from an index, so the read costs what it returns.
+/// Schema 12. A worker loads the idle instances it holds as they come due: those that wait
+/// (`status <> 'ready'`) by holder and wake time (`Phase::wake_ms`: its timer's due time, else the
+/// largest bigint), from an index, so the read costs what it returns. Ready rows are left out of
+/// it, so a step's update of a running instance maintains no entry of it.
 const V12: &str = "
-CREATE INDEX strata_instances_wake ON strata_instances (owner, (CASE WHEN status = 'ready' THEN 0 ELSE COALESCE(due_ms, 9223372036854775807) END), id) WHERE live;
+CREATE INDEX strata_instances_wake ON strata_instances (owner, (COALESCE(due_ms, 9223372036854775807)), id) WHERE live AND status <> 'ready';
 ";
 
-/// The wake-time expression `strata_instances_wake` indexes.
+/// The wake time of a live row (`Phase::wake_ms`): 0 when ready, else what
+/// `strata_instances_wake` indexes.
 pub(crate) const WAKE: &str = "(CASE WHEN status = 'ready' THEN 0 ELSE COALESCE(due_ms, 9223372036854775807) END)";
+
+/// The wake time of a waiting row, as `strata_instances_wake` indexes it.
+pub(crate) const WAITING_WAKE: &str = "COALESCE(due_ms, 9223372036854775807)";
 
 /// Brings the database to `SCHEMA_VERSION`, or refuses one written by a newer Strata.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
