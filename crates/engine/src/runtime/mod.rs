@@ -1107,14 +1107,12 @@ impl Runtime {
     /// process holds it, else read from the store, again and again while another worker runs it.
     pub(crate) async fn outcome(self: &Arc<Self>, id: InstanceId) -> Result<Outcome, EngineError> {
         let mut pause = Duration::from_millis(5);
+        // Whether the store was asked if this worker holds it unloaded (once: after that, it is
+        // another worker's, or this worker's in memory once it claims it).
+        let mut looked_for_it_held = false;
         loop {
             let (sender, receiver) = oneshot::channel();
-            let mut sender = Some(sender);
-            let waiting = self
-                .with_resident(id, |slot| slot.waiters.extend(sender.take()))
-                .await?
-                .is_some();
-            if waiting {
+            if self.table.with(id, |slot| slot.waiters.push(sender)).is_some() {
                 // Checked after registering: shutdown sets the flag before it drops the waiters.
                 if self.is_stopping() {
                     return Err(EngineError::ShuttingDown);
@@ -1132,6 +1130,15 @@ impl Runtime {
                     if let Some(outcome) = Outcome::from_phase(&record.phase) {
                         return Ok(outcome);
                     }
+                }
+            }
+            // Live: if this worker holds it in the store only, it is loaded and waited on here.
+            if !looked_for_it_held {
+                looked_for_it_held = true;
+                if !self.load_resident(&[id]).await?.is_empty() {
+                    // Evicted again before the waiter is in, it is looked for again.
+                    looked_for_it_held = false;
+                    continue;
                 }
             }
             if self.is_stopping() {
