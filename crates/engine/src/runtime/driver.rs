@@ -446,7 +446,7 @@ impl Runtime {
             Phase::Quarantined { reason } => Some(reason.clone()),
             _ => None,
         };
-        let replaces = self.indexed_in_table(id);
+        let replaces = self.replaced_by_step(&record);
         let committed = match transition::commit_writes(
             &mut record,
             replaces,

@@ -84,6 +84,26 @@ impl Runtime {
         self.table.with(id, |slot| slot.record.indexed_as()).flatten()
     }
 
+    /// What a step's commit of `next` replaces (see `EncodedInstance::replaces`): nothing to
+    /// name when a ready instance stays ready on its version (most steps: no copy made).
+    pub(super) fn replaced_by_step(&self, next: &InstanceRecord) -> Option<IndexedAs> {
+        let stays_ready = |before: &InstanceRecord| {
+            before.phase.wake_ms() == Some(strata_core::instance::WAKE_NOW)
+                && next.phase.wake_ms() == Some(strata_core::instance::WAKE_NOW)
+                && before.key == next.key
+                && before.created_at_ms == next.created_at_ms
+        };
+        self.table
+            .with(next.id, |slot| {
+                if stays_ready(&slot.record) {
+                    None
+                } else {
+                    slot.record.indexed_as()
+                }
+            })
+            .flatten()
+    }
+
     /// Encodes `record` to replace the resident record of its instance.
     pub(super) fn encode_replacing_resident(&self, record: &InstanceRecord) -> Result<EncodedInstance, EncodeError> {
         let mut encoded = record.encode()?;
