@@ -676,16 +676,18 @@ impl SledStore {
         Ok(value.map(|value| strata_store::decode_live_record(id, &value)))
     }
 
-    /// The live records in `scope` that `keep` accepts, at most `limit`, in the scope's id
-    /// order: ready ones and waiting ones, kept under two prefixes, merged.
+    /// The live records in `scope` (its workflow and version) that `keep` accepts, at most
+    /// `limit`, in the scope's id order: ready ones and waiting ones, kept under two prefixes,
+    /// merged.
     fn scan_live(
         &self,
         scope: &strata_store::ListScope,
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut found = self.scan_instances(READY, scope, keep, limit)?;
-        found.extend(self.scan_instances(LIVE, scope, keep, limit)?);
+        let mut keep = |record: &InstanceRecord| scope.holds(&record.key) && keep(record);
+        let mut found = self.scan_instances(READY, scope, &mut keep, limit)?;
+        found.extend(self.scan_instances(LIVE, scope, &mut keep, limit)?);
         if scope.newest_first {
             found.sort_by_key(|record| std::cmp::Reverse(record.id));
         } else {
@@ -1464,8 +1466,7 @@ impl strata_store::Cluster for SledStore {
         keep: &mut dyn FnMut(&InstanceRecord) -> bool,
         limit: usize,
     ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let mut keep = |record: &InstanceRecord| scope.holds(&record.key) && keep(record);
-        self.scan_live(scope, &mut keep, limit)
+        self.scan_live(scope, keep, limit)
     }
 
     fn publish_metrics(&self, windows: &[(VersionKey, Vec<u8>)]) -> Result<(), StoreError> {
