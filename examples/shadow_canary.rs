@@ -5,7 +5,8 @@
 //! quality score. 1.0.0 is stable. 2.0.0 uses a smaller model: far cheaper, but on one topic in
 //! five it answers differently and worse. It is rolled out with a shadow stage first: for half
 //! the questions 1.0.0 answers, 2.0.0 runs beside it unseen, and the gates compare the pairs —
-//! the quality gate rolls it back before a single user got its answer. 2.1.0 tunes the small
+//! the quality gate or the agreement gate (whichever has its sample first) rolls it back before
+//! a single user got its answer. 2.1.0 tunes the small
 //! model: it agrees with 1.0.0 and costs less, passes the shadow stage and the canary stages,
 //! and is promoted. A stream of questions runs the whole time.
 //!
