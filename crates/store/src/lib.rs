@@ -653,7 +653,8 @@ pub trait Store: Send + Sync + 'static {
     /// Loads what a starting engine needs: the live instances this worker holds from the start
     /// whose wake time is at or before `through_ms` (the rest are counted in
     /// [`RecoveredState::unloaded`]) — with a shared store none but those it claims (call
-    /// [`Cluster::heartbeat`] first, then claim), with a [`SoloCluster`] every live instance.
+    /// [`Cluster::heartbeat`] first, then claim), with a [`SoloCluster`] every live instance
+    /// due by then.
     fn recover(&self, through_ms: u64) -> Result<RecoveredState, StoreError>;
     /// The live instances this worker holds whose wake time
     /// ([`strata_core::instance::Phase::wake_ms`]) is past `after` (a wake time and id, exclusive)

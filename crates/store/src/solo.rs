@@ -1,6 +1,6 @@
 //! The cluster of a store that one process opens (the embedded store): a cluster of one worker.
 //! Its heartbeat only notes the versions the worker has code for, a claim finds nothing (the
-//! worker recovered every live instance at open), the worker always leads every role, and no
+//! worker holds every live instance from the start), the worker always leads every role, and no
 //! other worker holds, publishes or announces anything. With it the engine runs one mechanism for
 //! one process and for many: the runtime never asks whether its store is shared.
 

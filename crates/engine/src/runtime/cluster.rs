@@ -5,7 +5,7 @@
 //!
 //! Owns nothing persistent: claims and leases live in the store (`store::Cluster`). A store one
 //! process opens has a cluster of one (`store::SoloCluster`): the same loop runs, its claims find
-//! nothing (every live instance was recovered at open), it always leads, and no other worker
+//! nothing (the one worker holds every live instance from the start), it always leads, and no other worker
 //! publishes, holds or announces anything.
 
 use std::ops::Range;
@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::table::EndRequest;
-use super::table::Slot;
 use super::Runtime;
 use crate::error::EngineError;
 use crate::observe::Event;
@@ -26,18 +24,8 @@ use strata_core::instance::{InstanceId, InstanceRecord, VersionKey};
 /// How many instances one claim takes at most while the engine runs (at open: all it can).
 const CLAIM_BATCH: usize = 1_000;
 
-/// The control signal that carries a cancel asked for through another process.
-pub(crate) const CANCEL_SIGNAL: &str = "strata:cancel";
-
-/// The control signal that carries a termination asked for through another process; its payload
-/// is the reason, in UTF-8.
-pub(crate) const TERMINATE_SIGNAL: &str = "strata:terminate";
-
 /// The role lease of the worker that evaluates rollouts.
 const ROLLOUT_ROLE: &str = "rollouts";
-
-/// Signal names starting with this are the engine's own.
-pub(crate) const RESERVED_SIGNAL_PREFIX: &str = "strata:";
 
 /// Numbers handed out from blocks the store reserves, so processes sharing a store never use
 /// the same instance id or signal sequence number.
@@ -65,17 +53,6 @@ impl IdBlocks {
         block.start += 1;
         Ok(number)
     }
-}
-
-/// Runs a blocking store call off the async executor.
-pub(super) async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || call(store.as_ref()))
-        .await
-        .unwrap_or_else(|error| Err(StoreError::failed("store call", error)))
 }
 
 impl Runtime {
@@ -141,12 +118,13 @@ impl Runtime {
     pub(super) async fn heartbeat_and_claim(&self, limit: usize, load_through_ms: u64) -> Result<Claimed, EngineError> {
         let versions = self.versions_with_code();
         let lease = self.options.lease;
-        let claimed = blocking(&self.store, move |store| {
-            let cluster = store.cluster();
-            cluster.heartbeat(&versions, lease)?;
-            cluster.claim(&versions, lease, limit, load_through_ms)
-        })
-        .await?;
+        let claimed = self
+            .store_call(move |store| {
+                let cluster = store.cluster();
+                cluster.heartbeat(&versions, lease)?;
+                cluster.claim(&versions, lease, limit, load_through_ms)
+            })
+            .await?;
         Ok(claimed)
     }
 
@@ -362,7 +340,7 @@ impl Runtime {
         let mut evicted = Vec::new();
         for signal in signals {
             let instance = signal.instance;
-            let Some(taken) = self.table.with(instance, |slot| take_into(slot, signal)) else {
+            let Some(taken) = self.table.with(instance, |slot| slot.take_in(signal)) else {
                 if !evicted.contains(&instance) {
                     evicted.push(instance);
                 }
@@ -402,7 +380,7 @@ impl Runtime {
             }
             return;
         }
-        match blocking(&self.store, move |store| store.cluster().signals_of(id)).await {
+        match self.store_call(move |store| store.cluster().signals_of(id)).await {
             Ok(signals) => self.take_in_signals(signals),
             Err(error) => {
                 tracing::warn!(instance = %id, %error, "could not read an instance's signals; the next poll finds them")
@@ -482,7 +460,7 @@ impl Runtime {
             if self.is_stopping() {
                 return;
             }
-            match blocking(&self.store, |store| store.cluster().held_signals()).await {
+            match self.store_call(|store| store.cluster().held_signals()).await {
                 Ok(signals) => self.take_in_signals(signals),
                 Err(error) => tracing::warn!(%error, "could not read the held instances' signals; trying again"),
             }
@@ -520,74 +498,9 @@ impl Runtime {
     /// Hands every claim back (at shutdown, after the last commit), so other workers take the
     /// instances over at once instead of after the lease.
     pub(super) async fn leave_cluster(&self) {
-        let left = blocking(&self.store, |store| store.cluster().leave()).await;
+        let left = self.store_call(|store| store.cluster().leave()).await;
         if let Err(error) = left {
             tracing::warn!(%error, "could not hand the claims back; other workers take them after the lease");
         }
-    }
-}
-
-/// The control signal that carries `request` to the process that holds the instance: its name
-/// and payload, which [`end_request_of`] reads back there.
-pub(super) fn control_signal_of(request: &EndRequest) -> (&'static str, Vec<u8>) {
-    match request {
-        EndRequest::Cancel => (CANCEL_SIGNAL, Vec::new()),
-        EndRequest::Terminate { reason } => (TERMINATE_SIGNAL, reason.as_bytes().to_vec()),
-    }
-}
-
-/// The end an operator asked for through another process, if `signal` carries one.
-/// Takes `signal` into `slot`'s inbox in sequence order, unless it is there already or was
-/// consumed here; a control signal also asks for the end it carries. Returns `None` for a signal
-/// already known, else whether it asks to terminate.
-pub(super) fn take_into(slot: &mut Slot, signal: SignalRecord) -> Option<bool> {
-    let known = slot.inbox.iter().any(|held| held.seq == signal.seq) || slot.consumed.contains(&signal.seq);
-    if known {
-        return None;
-    }
-    let request = end_request_of(&signal);
-    let terminates = matches!(request, Some(EndRequest::Terminate { .. }));
-    if let Some(request) = request {
-        slot.request_end(request);
-    }
-    let at = slot.inbox.partition_point(|held| held.seq < signal.seq);
-    slot.inbox.insert(at, signal);
-    Some(terminates)
-}
-
-fn end_request_of(signal: &SignalRecord) -> Option<EndRequest> {
-    match signal.name.as_str() {
-        CANCEL_SIGNAL => Some(EndRequest::Cancel),
-        TERMINATE_SIGNAL => Some(EndRequest::Terminate {
-            reason: String::from_utf8_lossy(&signal.payload).into(),
-        }),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use strata_core::instance::InstanceId;
-
-    #[test]
-    fn an_end_request_reads_back_from_its_control_signal_and_a_user_signal_is_none() {
-        let carried = |name: &str, payload: Vec<u8>| SignalRecord {
-            format: 2,
-            instance: InstanceId(1),
-            seq: 1,
-            name: name.to_string(),
-            payload,
-        };
-        for request in [
-            EndRequest::Cancel,
-            EndRequest::Terminate {
-                reason: "stuck upstream".into(),
-            },
-        ] {
-            let (name, payload) = control_signal_of(&request);
-            assert_eq!(end_request_of(&carried(name, payload)), Some(request));
-        }
-        assert_eq!(end_request_of(&carried("approve", Vec::new())), None);
     }
 }

@@ -117,16 +117,17 @@ impl Runtime {
         // One look at a time: two could both finish a job, and announce it twice.
         let _one_look = self.following_migrations.lock().await;
         let lease = self.options.lease;
-        let read = super::cluster::blocking(&self.store, move |store| {
-            let records = store.migration_jobs()?;
-            let workers = if records.iter().any(|record| record.state != MigrationState::Finished) {
-                store.cluster().workers(lease)?
-            } else {
-                Vec::new()
-            };
-            Ok((records, workers))
-        })
-        .await;
+        let read = self
+            .store_call(move |store| {
+                let records = store.migration_jobs()?;
+                let workers = if records.iter().any(|record| record.state != MigrationState::Finished) {
+                    store.cluster().workers(lease)?
+                } else {
+                    Vec::new()
+                };
+                Ok((records, workers))
+            })
+            .await;
         let (records, workers) = match read {
             Ok(read) => read,
             Err(error) => {
@@ -240,22 +241,23 @@ impl Runtime {
     ) {
         let (workflow, started_at_ms) = (job.workflow.clone(), job.started_at_ms);
         let lease = self.options.lease;
-        let looked = super::cluster::blocking(&self.store, move |store| {
-            let shares: Vec<MigrationJobRecord> = store
-                .migration_jobs()?
-                .into_iter()
-                .filter(|share| {
-                    !share.worker.is_empty() && share.workflow == workflow && share.started_at_ms == started_at_ms
-                })
-                .collect();
-            let covered: Vec<(String, u64)> = shares
-                .iter()
-                .map(|share| (share.worker.clone(), share.claims_covered))
-                .collect();
-            let uncovered = store.cluster().uncovered_live(&workflow, lease, &covered)?;
-            Ok((uncovered, shares))
-        })
-        .await;
+        let looked = self
+            .store_call(move |store| {
+                let shares: Vec<MigrationJobRecord> = store
+                    .migration_jobs()?
+                    .into_iter()
+                    .filter(|share| {
+                        !share.worker.is_empty() && share.workflow == workflow && share.started_at_ms == started_at_ms
+                    })
+                    .collect();
+                let covered: Vec<(String, u64)> = shares
+                    .iter()
+                    .map(|share| (share.worker.clone(), share.claims_covered))
+                    .collect();
+                let uncovered = store.cluster().uncovered_live(&workflow, lease, &covered)?;
+                Ok((uncovered, shares))
+            })
+            .await;
         let shares = match looked {
             Ok((0, shares)) => shares,
             Ok((waiting, _)) => {

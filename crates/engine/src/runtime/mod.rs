@@ -204,7 +204,8 @@ pub(crate) struct Definitions {
 }
 
 impl Runtime {
-    /// Recovers the store, registers `codes` and starts running every live instance.
+    /// Recovers the store, registers `codes` and starts running the live instances due within
+    /// the residency horizon (the rest are loaded as they come due).
     pub(crate) async fn open(
         store: Arc<dyn Store>,
         definitions: Definitions,
@@ -286,8 +287,8 @@ impl Runtime {
         for code in codes {
             self.registry.register(code)?;
         }
-        // This worker runs what the store recovered for it (every live instance, in a cluster of
-        // one) and what it claims: live instances of its versions no live worker holds. The
+        // This worker runs what the store recovered for it (every live instance due within the
+        // residency horizon, in a cluster of one) and what it claims: live instances of its versions no live worker holds. The
         // counters are the store's, kept exact by every commit.
         let claimed = self.heartbeat_and_claim(usize::MAX, self.resident_through()).await?;
         recovered.live.extend(claimed.live);
@@ -488,6 +489,17 @@ impl Runtime {
                 reason: "its task panicked".to_string(),
             })
         })
+    }
+
+    /// Runs a blocking store call off the async executor.
+    pub(super) async fn store_call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || call(store.as_ref()))
+            .await
+            .unwrap_or_else(|error| Err(StoreError::failed("store call", error)))
     }
 
     /// Counts a batch that shutdown must wait for (a move batch's commit).
@@ -979,7 +991,7 @@ impl Runtime {
         name: &str,
         payload: Vec<u8>,
     ) -> Result<(), EngineError> {
-        if name.starts_with(cluster::RESERVED_SIGNAL_PREFIX) {
+        if name.starts_with(table::RESERVED_SIGNAL_PREFIX) {
             return Err(EngineError::ReservedSignalName { name: name.to_string() });
         }
         let Some((key, shadow)) = self
@@ -996,7 +1008,7 @@ impl Runtime {
         // Loaded again if it was evicted meanwhile (then with the signal, from the store).
         let delivered = self
             .with_resident(id, |slot| {
-                cluster::take_into(slot, signal.clone());
+                slot.take_in(signal.clone());
             })
             .await?
             .is_some();
@@ -1084,7 +1096,7 @@ impl Runtime {
             return Err(EngineError::ShuttingDown);
         }
         let terminate = matches!(request, EndRequest::Terminate { .. });
-        let (name, payload) = cluster::control_signal_of(&request);
+        let (name, payload) = request.control_signal();
         match self.with_resident(id, |slot| slot.request_end(request.clone())).await? {
             Some(()) => {
                 if terminate {

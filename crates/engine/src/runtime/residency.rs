@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cluster::blocking;
 use super::table::{Presence, Slot};
 use super::Runtime;
 use crate::error::EngineError;
@@ -151,7 +150,7 @@ impl Runtime {
         }
         while !pending.is_empty() {
             let wanted: Vec<InstanceId> = pending.iter().map(|(id, _)| *id).collect();
-            let claimed = blocking(&self.store, move |store| store.load_held(&wanted)).await?;
+            let claimed = self.store_call(move |store| store.load_held(&wanted)).await?;
             self.quarantine_corrupt(claimed.corrupt).await?;
             let evictions: HashMap<InstanceId, u64> = pending.drain(..).collect();
             let mut inboxes = inboxes_of(claimed.signals);
@@ -233,7 +232,9 @@ impl Runtime {
     async fn load_between(self: &Arc<Self>, from: u64, through: u64) -> Result<(), EngineError> {
         let mut after = Some((from, InstanceId(u64::MAX)));
         loop {
-            let page = blocking(&self.store, move |store| store.due_held(after, through, LOAD_BATCH)).await?;
+            let page = self
+                .store_call(move |store| store.due_held(after, through, LOAD_BATCH))
+                .await?;
             let Some(&last) = page.last() else {
                 break;
             };
@@ -280,11 +281,12 @@ impl Runtime {
         loop {
             let runtime = self.clone();
             let page_scope = scope.clone();
-            let page = blocking(&self.store, move |store| {
-                let mut keep = |record: &InstanceRecord| !runtime.table.contains(record.id);
-                store.cluster().live_held_elsewhere(&page_scope, &mut keep, LOAD_BATCH)
-            })
-            .await?;
+            let page = self
+                .store_call(move |store| {
+                    let mut keep = |record: &InstanceRecord| !runtime.table.contains(record.id);
+                    store.cluster().live_held_elsewhere(&page_scope, &mut keep, LOAD_BATCH)
+                })
+                .await?;
             let Some(last) = page.last().map(|record| record.id) else {
                 return Ok(());
             };
@@ -330,7 +332,7 @@ impl Runtime {
         let parked = !self.registry.is_registered(&record.key);
         let mut slot = Slot::new(record, parked);
         for signal in signals {
-            super::cluster::take_into(&mut slot, signal);
+            slot.take_in(signal);
         }
         slot
     }

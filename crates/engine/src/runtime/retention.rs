@@ -43,8 +43,9 @@ impl Runtime {
         let cutoff = self.now().saturating_sub(crate::observe::millis_saturating(period));
         let mut total = 0;
         loop {
-            let removed =
-                super::cluster::blocking(&self.store, move |store| store.expire_finished(cutoff, BATCH)).await?;
+            let removed = self
+                .store_call(move |store| store.expire_finished(cutoff, BATCH))
+                .await?;
             total += removed;
             if (removed as usize) < BATCH || self.is_stopping() {
                 break;

@@ -104,8 +104,9 @@ impl Runtime {
         self.check_revive_target(request)?;
         let _one_at_a_time = self.reviving.lock().await;
         let selection = request.clone();
-        let selected =
-            super::cluster::blocking(&self.store, move |store| Self::select_for_revive(store, &selection)).await?;
+        let selected = self
+            .store_call(move |store| Self::select_for_revive(store, &selection))
+            .await?;
         let mut report = ReviveReport::default();
         for batch in selected.chunks(request.batch_size.max(1)) {
             if self.is_stopping() {

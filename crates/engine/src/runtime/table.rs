@@ -15,6 +15,16 @@ use strata_core::instance::{InstanceId, InstanceRecord};
 
 const SHARDS: usize = 64;
 
+/// The control signal that carries a cancel asked for through another process.
+pub(crate) const CANCEL_SIGNAL: &str = "strata:cancel";
+
+/// The control signal that carries a termination asked for through another process; its payload
+/// is the reason, in UTF-8.
+pub(crate) const TERMINATE_SIGNAL: &str = "strata:terminate";
+
+/// Signal names starting with this are the engine's own.
+pub(crate) const RESERVED_SIGNAL_PREFIX: &str = "strata:";
+
 /// How an operator asked to end an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EndRequest {
@@ -28,6 +38,26 @@ pub(crate) enum EndRequest {
 }
 
 impl EndRequest {
+    /// The control signal that carries this request to the process that holds the instance: its
+    /// name and payload, which [`EndRequest::carried_by`] reads back there.
+    pub(crate) fn control_signal(&self) -> (&'static str, Vec<u8>) {
+        match self {
+            EndRequest::Cancel => (CANCEL_SIGNAL, Vec::new()),
+            EndRequest::Terminate { reason } => (TERMINATE_SIGNAL, reason.as_bytes().to_vec()),
+        }
+    }
+
+    /// The end an operator asked for through another process, if `signal` carries one.
+    pub(crate) fn carried_by(signal: &SignalRecord) -> Option<EndRequest> {
+        match signal.name.as_str() {
+            CANCEL_SIGNAL => Some(EndRequest::Cancel),
+            TERMINATE_SIGNAL => Some(EndRequest::Terminate {
+                reason: String::from_utf8_lossy(&signal.payload).into(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The request that stands when `other` comes after `self`: a termination outranks a
     /// cancellation, and the first termination's reason is kept.
     pub(crate) fn then(self, other: EndRequest) -> EndRequest {
@@ -69,6 +99,24 @@ impl Slot {
             Some(earlier) => earlier.then(request),
             None => request,
         });
+    }
+
+    /// Takes `signal` into the inbox in sequence order, unless it is there already or was
+    /// consumed here; a control signal also asks for the end it carries. Returns `None` for a
+    /// signal already known, else whether it asks to terminate.
+    pub(crate) fn take_in(&mut self, signal: SignalRecord) -> Option<bool> {
+        let known = self.inbox.iter().any(|held| held.seq == signal.seq) || self.consumed.contains(&signal.seq);
+        if known {
+            return None;
+        }
+        let request = EndRequest::carried_by(&signal);
+        let terminates = matches!(request, Some(EndRequest::Terminate { .. }));
+        if let Some(request) = request {
+            self.request_end(request);
+        }
+        let at = self.inbox.partition_point(|held| held.seq < signal.seq);
+        self.inbox.insert(at, signal);
+        Some(terminates)
     }
 
     /// A slot for a record.
@@ -250,6 +298,27 @@ mod tests {
             "resident already: the table's record stays"
         );
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn an_end_request_reads_back_from_its_control_signal_and_a_user_signal_is_none() {
+        let carried = |name: &str, payload: Vec<u8>| SignalRecord {
+            format: 2,
+            instance: InstanceId(1),
+            seq: 1,
+            name: name.to_string(),
+            payload,
+        };
+        for request in [
+            EndRequest::Cancel,
+            EndRequest::Terminate {
+                reason: "stuck upstream".into(),
+            },
+        ] {
+            let (name, payload) = request.control_signal();
+            assert_eq!(EndRequest::carried_by(&carried(name, payload)), Some(request));
+        }
+        assert_eq!(EndRequest::carried_by(&carried("approve", Vec::new())), None);
     }
 
     #[test]

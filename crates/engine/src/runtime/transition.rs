@@ -19,8 +19,8 @@ use strata_core::version::CounterDelta;
 use strata_core::workflow::{Next, StepOutcome, VersionCode, WakeReason};
 use strata_store::{Op, SignalRecord};
 
-use super::cluster::RESERVED_SIGNAL_PREFIX;
 use super::table::EndRequest;
+use super::table::RESERVED_SIGNAL_PREFIX;
 
 /// The result of one attempt, before it becomes a record.
 pub(super) enum Attempt {
