@@ -508,8 +508,8 @@ pub struct EncodedInstance {
     pub due_ms: Option<u64>,
     /// When the engine must next look at it by itself, if live ([`Phase::wake_ms`]).
     pub wake_ms: Option<u64>,
-    /// How the live record it replaces was indexed (`None`: a new instance, one that had
-    /// finished, or a ready one that stays ready on its version: nothing of its place changes).
+    /// How the live record it replaces was indexed (`None`: a new instance, or one that had
+    /// finished).
     pub replaces: Option<IndexedAs>,
     /// The claim it was written under (see [`InstanceRecord::claim`]).
     pub claim: u64,

@@ -20,7 +20,7 @@ use crate::instance::Outcome;
 use crate::observe::{deadline_after, Event};
 use crate::store::Op;
 use strata_core::history::{HistoryEntry, HistoryEvent};
-use strata_core::instance::{InstanceId, InstanceRecord, InstanceStatus, Phase};
+use strata_core::instance::{IndexedAs, InstanceId, InstanceRecord, InstanceStatus, Phase};
 use strata_core::measure::{MeasureRecorder, MeasureTotals};
 use strata_core::workflow::{StepCtx, StepFailure, UpgradePolicy, VersionCode, WakeReason};
 
@@ -152,6 +152,7 @@ impl Runtime {
         if let Err(failure) = super::initialize(&mut job.record, code.as_ref()) {
             // A start accepted elsewhere whose input builds no state here: it fails, for good.
             tracing::warn!(instance = %id, %failure, "an accepted start could not begin");
+            let replaces = job.record.indexed_as();
             let mut failed = job.record;
             failed.updated_at_ms = self.now();
             let reason = format!("it could not begin on {}: {failure}", failed.key);
@@ -160,7 +161,7 @@ impl Runtime {
                 event: HistoryEvent::BeginFailed { reason: reason.clone() },
             };
             failed.phase = Phase::Failed { reason };
-            return self.commit_transition(failed, None, vec![entry]).await;
+            return self.commit_transition(replaces, failed, None, vec![entry]).await;
         }
         if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
             match self.auto_upgrade(&job.record) {
@@ -211,13 +212,15 @@ impl Runtime {
             Attempt::Succeeded(_) => {}
         }
         facts.recorded = recorded;
+        // The record the attempt began from is the one committed last: the next replaces it.
+        let replaces = job.record.indexed_as();
         let Job {
             record,
             wake,
             consumed_signal,
         } = job;
         let next = transition::after_attempt(record, wake, consumed_signal, attempt, code.as_ref(), self.now(), facts);
-        self.commit_transition(next.record, next.consumed_signal, next.entries)
+        self.commit_transition(replaces, next.record, next.consumed_signal, next.entries)
             .await
     }
 
@@ -265,8 +268,9 @@ impl Runtime {
             EndRequest::Terminate { reason } => Some(reason.to_string()),
             EndRequest::Cancel => None,
         };
+        let replaces = record.indexed_as();
         let (record, entry) = transition::ended(record, self.now(), request, abandoned_step.clone());
-        let progress = self.commit_transition(record, None, vec![entry]).await;
+        let progress = self.commit_transition(replaces, record, None, vec![entry]).await;
         if let (Progress::Committed, Some(reason)) = (&progress, terminated) {
             self.events.emit(Event::InstanceTerminated {
                 id,
@@ -415,11 +419,12 @@ impl Runtime {
         }
     }
 
-    /// Commits `record`, which consumes `consumed_signal`, with `entries` in its history; on
-    /// success makes it the instance's state in memory, or, when it finishes the instance, tells
-    /// its waiters.
+    /// Commits `record`, which consumes `consumed_signal` and replaces the record indexed as
+    /// `replaces` (the last committed), with `entries` in its history; on success makes it the
+    /// instance's state in memory, or, when it finishes the instance, tells its waiters.
     async fn commit_transition(
         self: &Arc<Self>,
+        replaces: Option<IndexedAs>,
         mut record: InstanceRecord,
         consumed_signal: Option<u64>,
         mut entries: Vec<HistoryEntry>,
@@ -446,7 +451,6 @@ impl Runtime {
             Phase::Quarantined { reason } => Some(reason.clone()),
             _ => None,
         };
-        let replaces = self.replaced_by_step(&record);
         let committed = match transition::commit_writes(
             &mut record,
             replaces,

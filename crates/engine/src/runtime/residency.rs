@@ -5,9 +5,10 @@
 //! have; a signal, a cancel, an awaited outcome, a move or a migration loads it on demand.
 //!
 //! The rule: every live instance this worker holds whose wake time is at or before
-//! `resident_through` is resident; the loader raises `resident_through` only after loading
-//! everything up to its new value, and the sweep evicts only instances whose wake time is beyond
-//! it. Memory never runs ahead of the store, so an evicted instance's record in the store is its
+//! `resident_through` is resident, or being loaded; the loader raises `resident_through` before
+//! it reads what comes due up to the new value (so a step that commits a wake time either sees
+//! the new value and arms its timer, or is seen by the read), and the sweep evicts only
+//! instances whose wake time is beyond it. Memory never runs ahead of the store, so an evicted instance's record in the store is its
 //! last committed one; a record read before an eviction of its shard is not put in after it
 //! (`InstanceTable::insert_loaded`).
 
@@ -81,26 +82,6 @@ impl Runtime {
     /// How the record of `id` in the table is indexed: what a write of its next record replaces.
     pub(super) fn indexed_in_table(&self, id: InstanceId) -> Option<IndexedAs> {
         self.table.with(id, |slot| slot.record.indexed_as()).flatten()
-    }
-
-    /// What a step's commit of `next` replaces (see `EncodedInstance::replaces`): nothing to
-    /// name when a ready instance stays ready on its version (most steps: no copy made).
-    pub(super) fn replaced_by_step(&self, next: &InstanceRecord) -> Option<IndexedAs> {
-        let stays_ready = |before: &InstanceRecord| {
-            before.phase.wake_ms() == Some(strata_core::instance::WAKE_NOW)
-                && next.phase.wake_ms() == Some(strata_core::instance::WAKE_NOW)
-                && before.key == next.key
-                && before.created_at_ms == next.created_at_ms
-        };
-        self.table
-            .with(next.id, |slot| {
-                if stays_ready(&slot.record) {
-                    None
-                } else {
-                    slot.record.indexed_as()
-                }
-            })
-            .flatten()
     }
 
     /// Encodes `record` to replace the resident record of its instance.
