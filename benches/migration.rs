@@ -13,7 +13,7 @@ use strata::prelude::*;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde::{Deserialize, Serialize};
-use strata::instance::{InstanceRecord, PersistedWake, Phase, StateEnvelope, RECORD_FORMAT};
+use strata::instance::{InstanceRecord, PersistedWake, Phase, StateEnvelope};
 use strata::{
     Durability, Engine, InstanceId, MigrationJob, MoveRequest, Next, SledStore, StateMigration, StepCtx, StepResult,
     Store, Version, VersionKey, WorkflowVersion,
@@ -88,29 +88,13 @@ fn fill(dir: &Path, count: u64, phase: Phase) {
                 unit: "kW".into(),
             };
             let record = InstanceRecord {
-                format: RECORD_FORMAT,
-                id: InstanceId(id),
-                key: key.clone(),
                 step: "finish".into(),
-                attempt: 1,
                 visits: 1,
-                phase: phase.clone(),
                 state: StateEnvelope {
                     schema: 1,
                     bytes: rmp_serde::to_vec_named(&state).expect("encode"),
                 },
-                routing_key: None,
-                scheduled: None,
-                last_error: None,
-                created_at_ms: now,
-                updated_at_ms: now,
-                moves: Vec::new(),
-                pinned_reason: None,
-                history: Default::default(),
-                measures: Default::default(),
-                shadow_of: None,
-                shadowed_by: None,
-                claim: 0,
+                ..InstanceRecord::new(InstanceId(id), key.clone(), phase.clone(), now)
             };
             ops.push(Op::PutInstance(record.encode().expect("encode")));
         }

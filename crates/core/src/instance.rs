@@ -418,6 +418,37 @@ impl Serialize for InstanceRecord {
 }
 
 impl InstanceRecord {
+    /// A record of instance `id` of version `key` in `phase`, started and written at `now_ms`,
+    /// in the current format: at its first attempt of no step yet, with an empty state (schema
+    /// 0), no history, and nothing else set; unclaimed.
+    pub fn new(id: InstanceId, key: VersionKey, phase: Phase, now_ms: u64) -> InstanceRecord {
+        InstanceRecord {
+            format: RECORD_FORMAT,
+            id,
+            key,
+            step: String::new(),
+            attempt: 1,
+            visits: 0,
+            phase,
+            state: StateEnvelope {
+                schema: 0,
+                bytes: Vec::new(),
+            },
+            routing_key: None,
+            scheduled: None,
+            last_error: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            moves: Vec::new(),
+            pinned_reason: None,
+            history: Default::default(),
+            measures: Default::default(),
+            shadow_of: None,
+            shadowed_by: None,
+            claim: 0,
+        }
+    }
+
     /// Whether it is a shadow instance (see [`InstanceRecord::shadow_of`]).
     pub fn is_shadow(&self) -> bool {
         self.shadow_of.is_some()

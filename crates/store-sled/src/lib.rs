@@ -1520,34 +1520,13 @@ mod tests {
 
     #[test]
     fn a_store_written_before_the_live_indexes_is_indexed_once_at_open_and_its_counters_mended() {
-        use strata_core::instance::{Phase, StateEnvelope};
+        use strata_core::instance::Phase;
         use strata_store::Cluster;
         let dir = tempfile::tempdir().unwrap();
         let key = VersionKey::new("w", semver::Version::new(1, 0, 0));
         let record = InstanceRecord {
-            format: RECORD_FORMAT,
-            id: InstanceId(7),
-            key: key.clone(),
             step: "wait".to_string(),
-            attempt: 1,
-            visits: 0,
-            phase: Phase::Sleeping { until_ms: 5_000 },
-            state: StateEnvelope {
-                schema: 1,
-                bytes: Vec::new(),
-            },
-            routing_key: None,
-            scheduled: None,
-            last_error: None,
-            created_at_ms: 1_000,
-            updated_at_ms: 1_000,
-            moves: Vec::new(),
-            pinned_reason: None,
-            history: Default::default(),
-            measures: Default::default(),
-            shadow_of: None,
-            shadowed_by: None,
-            claim: 0,
+            ..InstanceRecord::new(InstanceId(7), key.clone(), Phase::Sleeping { until_ms: 5_000 }, 1_000)
         };
         {
             let store = SledStore::open(dir.path()).unwrap();

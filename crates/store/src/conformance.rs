@@ -80,29 +80,14 @@ fn key(version: &str) -> VersionKey {
 
 fn record(id: u64, version: &str, phase: Phase) -> InstanceRecord {
     InstanceRecord {
-        format: strata_core::instance::RECORD_FORMAT,
-        id: InstanceId(id),
-        key: key(version),
         step: "first".to_string(),
-        attempt: 1,
-        visits: 0,
-        phase,
         state: StateEnvelope {
             schema: 1,
             bytes: vec![0x91, 0x07],
         },
         routing_key: Some(format!("customer-{id}")),
-        scheduled: None,
-        last_error: None,
-        created_at_ms: 1_000 + id,
         updated_at_ms: 2_000 + id,
-        moves: Vec::new(),
-        pinned_reason: None,
-        history: Default::default(),
-        measures: Default::default(),
-        shadow_of: None,
-        shadowed_by: None,
-        claim: 0,
+        ..InstanceRecord::new(InstanceId(id), key(version), phase, 1_000 + id)
     }
 }
 

@@ -843,38 +843,25 @@ impl Runtime {
     /// that has the code. An input the code cannot begin from is refused.
     fn new_record(&self, new: NewInstance<'_>, ops: &mut Vec<Op>) -> Result<InstanceRecord, EngineError> {
         let mut record = InstanceRecord {
-            format: RECORD_FORMAT,
-            id: new.id,
-            key: new.key,
-            step: String::new(),
-            attempt: 1,
-            visits: 0,
-            // With the code here, replaced below by the built state (no copy of the input).
-            phase: match new.code {
-                Some(_) => Phase::Ready {
-                    wake: PersistedWake::Started,
-                },
-                None => Phase::Accepted {
-                    input: new.input.to_vec(),
-                },
-            },
-            state: StateEnvelope {
-                schema: 0,
-                bytes: Vec::new(),
-            },
             routing_key: new.routing_key,
             scheduled: new.scheduled,
-            last_error: None,
-            created_at_ms: new.now,
-            updated_at_ms: new.now,
-            moves: Vec::new(),
-            pinned_reason: None,
-            history: Default::default(),
-            measures: Default::default(),
             shadow_of: new.shadow_of,
             shadowed_by: new.shadowed_by,
-            // Unclaimed: the first worker with the version's code claims it.
-            claim: 0,
+            // Unclaimed: the first worker with the version's code claims it. With the code here,
+            // the phase is replaced below by the built state (no copy of the input).
+            ..InstanceRecord::new(
+                new.id,
+                new.key,
+                match new.code {
+                    Some(_) => Phase::Ready {
+                        wake: PersistedWake::Started,
+                    },
+                    None => Phase::Accepted {
+                        input: new.input.to_vec(),
+                    },
+                },
+                new.now,
+            )
         };
         if let Some(code) = new.code {
             // With the code here, the state is built now (bad input fails the call itself) and

@@ -250,31 +250,12 @@ mod tests {
     use super::*;
 
     fn slot(id: u64) -> Slot {
-        let record = InstanceRecord {
-            format: strata_core::instance::RECORD_FORMAT,
-            id: InstanceId(id),
-            key: strata_core::instance::VersionKey::new("w", semver::Version::new(1, 0, 0)),
-            step: "first".to_string(),
-            attempt: 1,
-            visits: 0,
-            phase: strata_core::instance::Phase::Sleeping { until_ms: 5 },
-            state: strata_core::instance::StateEnvelope {
-                schema: 1,
-                bytes: Vec::new(),
-            },
-            routing_key: None,
-            scheduled: None,
-            last_error: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            moves: Vec::new(),
-            pinned_reason: None,
-            history: Default::default(),
-            measures: Default::default(),
-            shadow_of: None,
-            shadowed_by: None,
-            claim: 0,
-        };
+        let record = InstanceRecord::new(
+            InstanceId(id),
+            strata_core::instance::VersionKey::new("w", semver::Version::new(1, 0, 0)),
+            strata_core::instance::Phase::Sleeping { until_ms: 5 },
+            0,
+        );
         Slot::new(record, false)
     }
 

@@ -406,30 +406,23 @@ mod tests {
     fn record_at(step: &str, attempt: u32) -> InstanceRecord {
         InstanceRecord {
             format: 1,
-            id: InstanceId(7),
-            key: VersionKey::new("w", semver::Version::new(1, 0, 0)),
             step: step.to_string(),
             attempt,
             visits: 4,
-            phase: Phase::Ready {
-                wake: PersistedWake::Continued,
-            },
             state: StateEnvelope {
                 schema: 1,
                 bytes: vec![1],
             },
-            routing_key: None,
-            scheduled: None,
             last_error: Some("earlier".to_string()),
-            created_at_ms: 5,
             updated_at_ms: 6,
-            moves: Vec::new(),
-            pinned_reason: None,
-            history: Default::default(),
-            measures: Default::default(),
-            shadow_of: None,
-            shadowed_by: None,
-            claim: 0,
+            ..InstanceRecord::new(
+                InstanceId(7),
+                VersionKey::new("w", semver::Version::new(1, 0, 0)),
+                Phase::Ready {
+                    wake: PersistedWake::Continued,
+                },
+                5,
+            )
         }
     }
 
