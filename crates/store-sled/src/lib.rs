@@ -11,7 +11,7 @@
 //! `Store` operations on it.
 //!
 //! Key layout (all integers big-endian, so keys sort by number):
-//! `m/format` record format · `i/<id>`, `r/<id>` live instance (below) · `d/<id>` finished instance ·
+//! `m/format` record format · `d/<id>` finished instance (live ones: `r/`, `i/`, below) ·
 //! `q/<id>` quarantined raw record · `s/<id><seq>` pending signal ·
 //! `c/<workflow>\0<version>` counters · `v/<workflow>\0<version>` version status ·
 //! `g/<generation>` applied config · `f/<schedule name>` last handled fire time ·
@@ -23,12 +23,14 @@
 //! `r/<id>` a live instance ready to run (indexed by nothing: an open reads them all) ·
 //! `i/<id>` a live instance that waits, indexed by `t/<wake ms><id>` (`Phase::wake_ms`: an engine
 //! loads an idle instance as it comes due) and `l/<workflow>\0<version>\0<start ms><id>` (a
-//! version's oldest) · `m/live-index` set once every live instance is kept and indexed so. A
-//! step of a ready instance writes its `r/` key alone; going to wait moves the record to `i/` with
-//! its two index keys, and waking moves it back; the engine names what the record it replaces was
-//! placed as (`EncodedInstance::replaces`). One index key per
-//! finished instance: sled's cost is per key written, and a second index (by finish time) cost a
-//! quarter of the throughput at 1 024 concurrent instances.
+//! version's oldest) · `m/live-index` set once every live instance is kept and indexed so.
+//!
+//! sled's cost is per key written: one index key per finished instance (a second index, by
+//! finish time, cost a quarter of the throughput at 1 024 concurrent instances), and none for a
+//! step of a ready instance, which writes its `r/` key alone; going to wait moves the record to
+//! `i/` with its two index keys, and waking moves it back (every live record indexed cost 12–25 %
+//! at 1 024). The engine names what the record a write replaces was placed as
+//! (`EncodedInstance::replaces`).
 //!
 //! `m/format` holds the newest record format written to the store. Opening a store of an older
 //! format raises it (older builds then refuse the store, as it will hold newer records) and reads
@@ -347,9 +349,8 @@ fn live_prefix(wake_ms: u64) -> &'static [u8] {
 /// instance, or one that had finished), with the index entries that change: a step of a ready
 /// instance writes its record alone.
 fn put_live(batch: &mut Changes, id: InstanceId, bytes: &[u8], before: Option<Placed<'_>>, after: Placed<'_>) {
-    match before {
-        Some(before) if before.prefix() != after.prefix() => batch.remove(id_key(before.prefix(), id)),
-        Some(_) | None => {}
+    if let Some(moved_from) = before.filter(|before| before.prefix() != after.prefix()) {
+        batch.remove(id_key(moved_from.prefix(), id));
     }
     batch.insert(id_key(after.prefix(), id), bytes);
     reindex(batch, id, before.and_then(Placed::indexed), after.indexed());
@@ -661,19 +662,23 @@ impl SledStore {
 
     /// The live record of `id`, decoded, or why it does not decode; `None` if it is not live.
     fn read_live(&self, id: InstanceId) -> Result<Option<Result<InstanceRecord, CorruptRecord>>, StoreError> {
-        let mut value = self
-            .durable
-            .db
-            .get(id_key(READY, id))
-            .map_err(backend("load instance"))?;
-        if value.is_none() {
-            value = self
+        let value = self.live_value(id)?;
+        Ok(value.map(|value| strata_store::decode_live_record(id, &value)))
+    }
+
+    /// The stored bytes of `id`'s live record, under whichever prefix it is kept.
+    fn live_value(&self, id: InstanceId) -> Result<Option<sled::IVec>, StoreError> {
+        for prefix in [READY, LIVE] {
+            if let Some(value) = self
                 .durable
                 .db
-                .get(id_key(LIVE, id))
-                .map_err(backend("load instance"))?;
+                .get(id_key(prefix, id))
+                .map_err(backend("load instance"))?
+            {
+                return Ok(Some(value));
+            }
         }
-        Ok(value.map(|value| strata_store::decode_live_record(id, &value)))
+        Ok(None)
     }
 
     /// The live records in `scope` (its workflow and version) that `keep` accepts, at most
@@ -945,10 +950,7 @@ impl Store for SledStore {
                     batch.insert(id_key(PAIR_OF_REAL, pair.real), pair.rollout.as_bytes());
                 }
                 Op::QuarantineRecord { id, reason } => {
-                    let mut raw = self.durable.db.get(id_key(READY, *id)).map_err(backend("quarantine"))?;
-                    if raw.is_none() {
-                        raw = self.durable.db.get(id_key(LIVE, *id)).map_err(backend("quarantine"))?;
-                    }
+                    let raw = self.live_value(*id)?;
                     let entry = QuarantineEntry {
                         reason: reason.clone(),
                         raw: raw.map(|raw| raw.to_vec()).unwrap_or_default(),
@@ -1123,7 +1125,7 @@ impl Store for SledStore {
                     break;
                 }
                 let (key, _) = item.map_err(backend("read the ready instances"))?;
-                if let Some(id) = id_from_key(READY, &key).filter(|id| after.is_none_or(|(_, after)| *id > after)) {
+                if let Some(id) = id_from_key(READY, &key) {
                     found.push((strata_core::instance::WAKE_NOW, id));
                 }
             }
@@ -1421,7 +1423,8 @@ impl strata_store::Cluster for SledStore {
         self.solo.lead(role, lease)
     }
 
-    /// Each version's earliest started live instance, from the by-version index.
+    /// Each version's earliest started waiting instance, from the by-version index (a ready one
+    /// is always in the engine's memory, which knows its own).
     fn oldest_live(&self) -> Result<Vec<(VersionKey, InstanceId, u64)>, StoreError> {
         let keys: Vec<VersionKey> = self
             .versions
