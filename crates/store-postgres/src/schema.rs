@@ -250,9 +250,11 @@ const V12: &str = "
 CREATE INDEX strata_instances_wake ON strata_instances (owner, (COALESCE(due_ms, 9223372036854775807)), id) WHERE live AND status <> 'ready';
 ";
 
-/// The wake time of a live row (`Phase::wake_ms`): 0 when ready, else what
-/// `strata_instances_wake` indexes.
-pub(crate) const WAKE: &str = "(CASE WHEN status = 'ready' THEN 0 ELSE COALESCE(due_ms, 9223372036854775807) END)";
+/// The wake time of a live row (`Phase::wake_ms`) of `strata_instances` named `row` in a
+/// statement: 0 when ready, else what `strata_instances_wake` indexes.
+pub(crate) fn wake_of(row: &str) -> String {
+    format!("(CASE WHEN {row}.status = 'ready' THEN 0 ELSE COALESCE({row}.due_ms, 9223372036854775807) END)")
+}
 
 /// The wake time of a waiting row, as `strata_instances_wake` indexes it.
 pub(crate) const WAITING_WAKE: &str = "COALESCE(due_ms, 9223372036854775807)";

@@ -57,6 +57,7 @@ macro_rules! conformance_tests {
             listings_page_in_either_order_from_a_cursor,
             measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout,
             held_instances_are_found_by_wake_time_and_loaded_with_their_signals,
+            a_worker_that_opens_the_store_loads_only_what_is_due_by_its_time,
         );
     };
     (@each $harness:expr; $($check:ident),+ $(,)?) => {
@@ -474,6 +475,66 @@ pub fn held_instances_are_found_by_wake_time_and_loaded_with_their_signals(harne
     );
     assert_eq!(four.map(|record| record.claim), Some(claim_of(&held_records, 4)));
     assert_eq!(loaded.signals, vec![signal(3, 7, "approved")]);
+}
+
+/// A worker opening the store — recover, then claim, both up to one time — is handed the records
+/// of the instances due by then and accounts for the others without reading them: counted by
+/// version by `recover` (a store one process opens), or listed as claimed and left by `claim` (a
+/// shared one). The ones left are found by wake time afterwards.
+pub fn a_worker_that_opens_the_store_loads_only_what_is_due_by_its_time(harness: &dyn Harness) {
+    let store = harness.open();
+    let waiting = |id: u64| {
+        record(
+            id,
+            "1.0.0",
+            Phase::WaitingSignal {
+                name: "approved".to_string(),
+                timeout_at_ms: None,
+            },
+        )
+    };
+    let records = [
+        ready(1, "1.0.0"),
+        record(2, "1.0.0", Phase::Sleeping { until_ms: 5_000 }),
+        record(3, "1.0.0", Phase::Sleeping { until_ms: 9_000 }),
+        waiting(4),
+    ];
+    let mut ops: Vec<Op> = records.iter().map(put).collect();
+    ops.extend((0..records.len()).map(|_| start("1.0.0")));
+    apply(store.as_ref(), &ops);
+    let store = reopen(harness, store);
+    let recovered = store.recover(6_000).unwrap_or_else(|error| panic!("recover: {error}"));
+    let versions = [key("1.0.0")];
+    let cluster = store.cluster();
+    cluster
+        .heartbeat(&versions, LEASE)
+        .unwrap_or_else(|error| panic!("heartbeat: {error}"));
+    let claimed = cluster
+        .claim(&versions, LEASE, usize::MAX, 6_000)
+        .unwrap_or_else(|error| panic!("claim: {error}"));
+    let mut loaded: Vec<u64> = recovered
+        .live
+        .iter()
+        .chain(&claimed.live)
+        .map(|record| record.id.0)
+        .collect();
+    loaded.sort_unstable();
+    assert_eq!(loaded, [1, 2], "the records due by 6 000");
+    let counted: u64 = recovered.unloaded.iter().map(|(_, count)| count).sum();
+    assert_eq!(
+        counted + claimed.left.len() as u64,
+        2,
+        "the others are accounted for: {:?} counted, {:?} left",
+        recovered.unloaded,
+        claimed.left
+    );
+    let later: Vec<u64> = store
+        .due_held(Some((6_000, InstanceId(u64::MAX))), u64::MAX, 10)
+        .unwrap_or_else(|error| panic!("due_held: {error}"))
+        .into_iter()
+        .map(|(_, id)| id.0)
+        .collect();
+    assert_eq!(later, [3, 4], "found by wake time afterwards");
 }
 
 /// Signals stay until a commit deletes them, in sequence order, and come back with their
