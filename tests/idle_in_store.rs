@@ -1,7 +1,8 @@
 //! Idle instances live in the store, not in memory (issue #25): an instance that only waits
 //! beyond the residency horizon is evicted, and everything about it behaves as before — its timer
 //! fires when due, a signal or a cancel reaches it, an awaited outcome arrives, listings and
-//! lookups show it, counters stay exact — and a restart loads only what is due within the horizon.
+//! lookups show it, counters stay exact, a move plans and moves it — and a restart loads only what
+//! is due within the horizon.
 //!
 //! Every behaviour runs on sled and on PostgreSQL.
 
@@ -18,6 +19,7 @@ on_sled_and_postgres!(
     an_evicted_instance_is_loaded_ahead_of_its_timer_which_fires_when_due,
     signals_cancels_and_awaited_outcomes_reach_evicted_instances,
     a_restart_loads_only_what_is_due_within_the_horizon,
+    evicted_instances_are_planned_and_moved_like_resident_ones,
 );
 
 /// The horizon of these tests: the approvals wait a day, far beyond it.
@@ -167,5 +169,44 @@ async fn a_restart_loads_only_what_is_due_within_the_horizon(backend: Backend) {
     }
     let counters = counters(&engine);
     assert_eq!((counters.live, counters.completed), (0, 4));
+    engine.shutdown().await;
+}
+
+async fn evicted_instances_are_planned_and_moved_like_resident_ones(backend: Backend) {
+    let version = |text: &str| strata::Version::parse(text).unwrap();
+    let engine = backend
+        .builder()
+        .residency_horizon(HORIZON)
+        .register(tally::on_schema_1("1.0.0"))
+        .register(tally::on_schema_1("2.0.0"))
+        .open()
+        .await
+        .unwrap();
+    let options = strata::StartOptions::new().version("=1.0.0");
+    let ids = tally::start_waiting(&engine, 0..4, options).await;
+    wait_until(&engine, |engine| engine.live_instances() == 0).await;
+    let request = strata::MoveRequest::new(tally::WORKFLOW, version("2.0.0"))
+        .from_version(version("1.0.0"))
+        .ids(ids[..3].to_vec());
+    // The dry run reads them from the store and loads none of them.
+    let plan = engine.plan_moves(&request).unwrap();
+    let planned: Vec<_> = plan
+        .checks
+        .iter()
+        .map(|check| (check.id, check.verdict.is_ok()))
+        .collect();
+    assert_eq!(planned, ids[..3].iter().map(|id| (*id, true)).collect::<Vec<_>>());
+    assert_eq!(engine.live_instances(), 0);
+    let report = engine.move_instances(&request).await.unwrap();
+    assert_eq!(report.moved, ids[..3].to_vec(), "{report:?}");
+    let counters = |text: &str| engine.version(tally::WORKFLOW, text).unwrap().counters;
+    assert_eq!((counters("1.0.0").live, counters("2.0.0").live), (1, 3));
+    // Moved ones go back to the store like any idle instance, and run on 2.0.0 when signalled.
+    wait_until(&engine, |engine| engine.live_instances() == 0).await;
+    engine.signal(ids[0], tally::GO, &()).await.unwrap();
+    let finished = outcome_within(&engine, ids[0]).await;
+    assert_eq!(finished.output::<u64>().unwrap(), 0);
+    assert_eq!(engine.instance(ids[0]).unwrap().version().to_string(), "2.0.0");
+    assert_eq!(engine.instance(ids[3]).unwrap().version().to_string(), "1.0.0");
     engine.shutdown().await;
 }

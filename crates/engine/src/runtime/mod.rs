@@ -222,10 +222,7 @@ impl Runtime {
         for mapping in step_mappings {
             mappings.register(mapping);
         }
-        let resident_through = options
-            .clock
-            .now_ms()
-            .saturating_add(crate::observe::millis_saturating(options.residency_horizon));
+        let resident_through = residency::target(options.clock.now_ms(), options.residency_horizon);
         let recovered = store.recover(resident_through)?;
         let rollout_records = store.rollouts()?;
         let committer = Committer::start(store.clone(), options.durability)
@@ -288,8 +285,8 @@ impl Runtime {
             self.registry.register(code)?;
         }
         // This worker runs what the store recovered for it (every live instance due within the
-        // residency horizon, in a cluster of one) and what it claims: live instances of its versions no live worker holds. The
-        // counters are the store's, kept exact by every commit.
+        // residency horizon, in a cluster of one) and what it claims: live instances of its
+        // versions no live worker holds. The counters are the store's, kept exact by every commit.
         let claimed = self.heartbeat_and_claim(usize::MAX, self.resident_through()).await?;
         recovered.live.extend(claimed.live);
         recovered.signals.extend(claimed.signals);

@@ -116,40 +116,28 @@ impl Runtime {
     /// resident): idle, so each can be claimed once loaded.
     fn select_in_store(&self, request: &MoveRequest) -> Result<Vec<Selected>, EngineError> {
         let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
-        let mut scope = crate::store::ListScope {
+        let scope = crate::store::ListScope {
             workflow: Some(request.workflow.clone()),
             version: request.from_version.clone(),
             ..Default::default()
         };
+        let ids = self.unloaded_ids(scope, |record| {
+            wanted.as_ref().is_none_or(|ids| ids.contains(&record.id))
+                && request
+                    .status
+                    .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
+        })?;
         let mut selected = Vec::new();
-        loop {
-            let mut keep = |record: &InstanceRecord| {
-                !self.table.contains(record.id)
-                    && wanted.as_ref().is_none_or(|ids| ids.contains(&record.id))
-                    && request
-                        .status
-                        .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
-            };
-            let page = self.store.cluster().live_held_elsewhere(&scope, &mut keep, 1_000)?;
-            let Some(last) = page.last().map(|record| record.id) else {
-                break;
-            };
-            let full = page.len() == 1_000;
-            let ids: Vec<InstanceId> = page.iter().map(|record| record.id).collect();
-            // Those this worker holds (a store many processes share lists every worker's).
-            let held = self.store.load_held(&ids)?;
-            selected.extend(held.live.into_iter().map(|record| {
+        for batch in ids.chunks(1_000) {
+            // Those this worker holds.
+            for record in self.store.load_held(batch)?.live {
                 let available = if self.registry.is_registered(&record.key) {
                     Ok(())
                 } else {
                     Err(MoveRefusal::SourceNotRegistered)
                 };
-                (record, available)
-            }));
-            if !full {
-                break;
+                selected.push((record, available));
             }
-            scope.after = Some(last);
         }
         Ok(selected)
     }

@@ -48,15 +48,16 @@ pub(super) struct Residency {
 /// Keeps the sweep from evicting while it lives (see `Runtime::hold_resident`).
 pub(super) type ResidencyHold<'a> = tokio::sync::RwLockReadGuard<'a, ()>;
 
-impl Runtime {
-    /// The residency horizon in ms (`u64::MAX`: everything stays resident).
-    fn horizon_ms(&self) -> u64 {
-        crate::observe::millis_saturating(self.options.residency_horizon)
-    }
+/// The wake time up to which instances are resident after a load at `now_ms` with `horizon`
+/// (`u64::MAX` for `Duration::MAX`: everything stays resident).
+pub(super) fn target(now_ms: u64, horizon: Duration) -> u64 {
+    now_ms.saturating_add(crate::observe::millis_saturating(horizon))
+}
 
+impl Runtime {
     /// The wake time up to which instances are resident after a load at `now`.
-    pub(super) fn residency_target(&self, now: u64) -> u64 {
-        now.saturating_add(self.horizon_ms())
+    fn residency_target(&self, now: u64) -> u64 {
+        target(now, self.options.residency_horizon)
     }
 
     /// The wake time up to which every held instance is resident: a claim loads what is due by
@@ -257,24 +258,37 @@ impl Runtime {
         .await
     }
 
-    /// Loads the held instances in `scope` that are not resident, page by page.
-    async fn load_scope(self: &Arc<Self>, mut scope: crate::store::ListScope) -> Result<(), EngineError> {
+    /// Loads the held instances in `scope` that are not resident.
+    async fn load_scope(self: &Arc<Self>, scope: crate::store::ListScope) -> Result<(), EngineError> {
+        let runtime = self.clone();
+        let ids = self.store_call(move |_| runtime.unloaded_ids(scope, |_| true)).await?;
+        for batch in ids.chunks(LOAD_BATCH) {
+            self.load_resident(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// The live instances in `scope` that are not resident and `keep` accepts, read from the
+    /// store page by page (a store many processes share lists every worker's: `load_held`
+    /// tells this worker's).
+    pub(super) fn unloaded_ids(
+        &self,
+        mut scope: crate::store::ListScope,
+        mut keep: impl FnMut(&InstanceRecord) -> bool,
+    ) -> Result<Vec<InstanceId>, crate::store::StoreError> {
+        let mut ids = Vec::new();
         loop {
-            let runtime = self.clone();
-            let page_scope = scope.clone();
+            let mut wanted = |record: &InstanceRecord| !self.table.contains(record.id) && keep(record);
             let page = self
-                .store_call(move |store| {
-                    let mut keep = |record: &InstanceRecord| !runtime.table.contains(record.id);
-                    store.cluster().live_held_elsewhere(&page_scope, &mut keep, LOAD_BATCH)
-                })
-                .await?;
+                .store
+                .cluster()
+                .live_held_elsewhere(&scope, &mut wanted, LOAD_BATCH)?;
             let Some(last) = page.last().map(|record| record.id) else {
-                return Ok(());
+                return Ok(ids);
             };
-            let ids: Vec<InstanceId> = page.iter().map(|record| record.id).collect();
-            self.load_resident(&ids).await?;
+            ids.extend(page.iter().map(|record| record.id));
             if page.len() < LOAD_BATCH {
-                return Ok(());
+                return Ok(ids);
             }
             scope.after = Some(last);
         }
