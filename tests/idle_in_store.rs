@@ -1,8 +1,9 @@
 //! Idle instances live in the store, not in memory (issue #25): an instance that only waits
 //! beyond the residency horizon is evicted, and everything about it behaves as before — its timer
 //! fires when due, a signal or a cancel reaches it, an awaited outcome arrives, listings and
-//! lookups show it, counters stay exact, a move plans and moves it — and a restart loads only what
-//! is due within the horizon.
+//! lookups show it, counters stay exact, a move plans and moves it, a background migration
+//! migrates it (loading one batch at a time) — and a restart loads only what is due within the
+//! horizon.
 //!
 //! Every behaviour runs on sled and on PostgreSQL.
 
@@ -20,6 +21,7 @@ on_sled_and_postgres!(
     signals_cancels_and_awaited_outcomes_reach_evicted_instances,
     a_restart_loads_only_what_is_due_within_the_horizon,
     evicted_instances_are_planned_and_moved_like_resident_ones,
+    a_background_migration_loads_each_batch_of_evicted_instances_when_it_comes,
 );
 
 /// The horizon of these tests: the approvals wait a day, far beyond it.
@@ -208,5 +210,48 @@ async fn evicted_instances_are_planned_and_moved_like_resident_ones(backend: Bac
     assert_eq!(finished.output::<u64>().unwrap(), 0);
     assert_eq!(engine.instance(ids[0]).unwrap().version().to_string(), "2.0.0");
     assert_eq!(engine.instance(ids[3]).unwrap().version().to_string(), "1.0.0");
+    engine.shutdown().await;
+}
+
+async fn a_background_migration_loads_each_batch_of_evicted_instances_when_it_comes(backend: Backend) {
+    let ids = tally::stored_on_schema_1(&backend, 0..3).await;
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let engine = backend
+        .builder()
+        .residency_horizon(HORIZON)
+        .register(tally::on_schema_2("1.0.0"))
+        .migration(tally::migration(calls))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(engine.live_instances(), 0, "they wait for a signal: none is due");
+    let mut events = engine.subscribe();
+    // One record a second: the next batch waits a second after the first one's progress.
+    let job = engine
+        .migrate_states(
+            strata::MigrationJob::new(tally::WORKFLOW)
+                .batch_size(1)
+                .max_per_second(1),
+        )
+        .unwrap();
+    let first = wait_for_event(&mut events, |event| matches!(event, Event::MigrationProgress { .. })).await;
+    assert!(
+        engine.live_instances() <= 1,
+        "only the first batch was loaded ({} resident after {first:?})",
+        engine.live_instances()
+    );
+    wait_until(&engine, |_| {
+        job.progress().state == strata::migrate::MigrationState::Finished
+    })
+    .await;
+    assert_eq!((job.progress().migrated, job.progress().failed), (3, 0));
+    for id in &ids {
+        assert_eq!(engine.instance(*id).unwrap().state_schema(), 2);
+    }
+    // Migrated ones go back to the store, and finish on their migrated state when signalled.
+    wait_until(&engine, |engine| engine.live_instances() == 0).await;
+    engine.signal(ids[2], tally::GO, &()).await.unwrap();
+    let finished = outcome_within(&engine, ids[2]).await;
+    assert_eq!(finished.output::<u64>().unwrap(), 6);
     engine.shutdown().await;
 }

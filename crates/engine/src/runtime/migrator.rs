@@ -321,9 +321,22 @@ impl Runtime {
             && self.needs_migration(record)
     }
 
-    /// The live instances of `workflow` after `cursor` that need migration, in id order.
-    fn migration_candidates(&self, workflow: &str, cursor: Option<InstanceId>) -> Vec<InstanceId> {
+    /// The live instances of `workflow` after `cursor` this worker holds that need migration, in
+    /// id order: those in the store only (read, not loaded), then the resident ones. The sweep
+    /// evicts nothing meanwhile, so none is missed.
+    fn migration_candidates(&self, workflow: &str, cursor: Option<InstanceId>) -> Result<Vec<InstanceId>, EngineError> {
+        let _hold = self.hold_resident();
         let mut ids = Vec::new();
+        let scope = crate::store::ListScope {
+            workflow: Some(workflow.to_string()),
+            after: cursor,
+            ..Default::default()
+        };
+        self.for_each_held_in_store(
+            scope,
+            |record| self.is_candidate(workflow, record),
+            |record| ids.push(record.id),
+        )?;
         self.table.for_each(|slot| {
             let record = &slot.record;
             if cursor.is_none_or(|cursor| record.id > cursor) && self.is_candidate(workflow, record) {
@@ -331,28 +344,31 @@ impl Runtime {
             }
         });
         ids.sort_unstable();
-        ids
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Of the instances this worker claimed since its share last looked, those of `workflow` that
-    /// need migration, in id order.
-    async fn claimed_candidates(
-        self: &Arc<Self>,
-        workflow: &str,
-        control: &JobControl,
-    ) -> Result<Vec<InstanceId>, EngineError> {
+    /// need migration, in id order (a claim leaves instances due later in the store: they are
+    /// read, not loaded).
+    fn claimed_candidates(&self, workflow: &str, control: &JobControl) -> Result<Vec<InstanceId>, EngineError> {
         let claimed = std::mem::take(&mut *control.claimed.lock());
-        // A claim leaves instances due later in the store: they are looked at too.
-        let _hold = self.hold_resident().await;
-        self.load_resident(&claimed).await?;
-        let mut ids: Vec<InstanceId> = claimed
-            .into_iter()
-            .filter(|&id| {
-                self.table
-                    .with(id, |slot| self.is_candidate(workflow, &slot.record))
-                    .unwrap_or(false)
-            })
-            .collect();
+        let _hold = self.hold_resident();
+        let in_store: Vec<InstanceId> = claimed.iter().copied().filter(|&id| !self.table.contains(id)).collect();
+        let mut ids = Vec::new();
+        for page in in_store.chunks(1_000) {
+            let held = self.store.load_held(page)?.live;
+            ids.extend(
+                held.iter()
+                    .filter(|record| self.is_candidate(workflow, record))
+                    .map(|record| record.id),
+            );
+        }
+        ids.extend(claimed.into_iter().filter(|&id| {
+            self.table
+                .with(id, |slot| self.is_candidate(workflow, &slot.record))
+                .unwrap_or(false)
+        }));
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
@@ -381,13 +397,9 @@ impl Runtime {
             record.worker = self.store.cluster().worker_id().to_string();
         }
         record.claims_covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
-        let candidates = {
-            // Every instance of the workflow this worker holds is looked at, resident or not.
-            let _hold = self.hold_resident().await;
-            self.load_workflow(&record.workflow).await?;
-            self.migration_candidates(&record.workflow, record.cursor)
-        };
-        let mut candidates = candidates;
+        // Every instance of the workflow this worker holds is looked at, resident or not; a
+        // batch loads those it migrates.
+        let mut candidates = self.migration_candidates(&record.workflow, record.cursor)?;
         let mut position = 0;
         let mut paused = control.paused.subscribe();
         let mut stop = self.stop_signal();
@@ -459,7 +471,7 @@ impl Runtime {
                 }
                 // Read before the listing: every instance claimed up to that number is listed.
                 let covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
-                candidates = self.claimed_candidates(&record.workflow, control).await?;
+                candidates = self.claimed_candidates(&record.workflow, control)?;
                 position = 0;
                 // Running again until the share has migrated what it listed and stored what it
                 // covered (even with nothing to migrate), so that the job cannot finish on a
@@ -544,7 +556,7 @@ impl Runtime {
         let mut failures = Vec::new();
         let mut claimed = Vec::with_capacity(batch.len());
         // Kept resident until the batch is committed and released.
-        let _hold = self.hold_resident().await;
+        let _hold = self.hold_resident();
         self.load_resident(batch).await?;
         {
             let chains = self.migrations.read();

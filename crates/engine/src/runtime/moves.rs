@@ -29,9 +29,6 @@ pub(super) enum AutoUpgrade {
     Move(Box<InstanceRecord>),
 }
 
-/// An instance a move request selects, with whether it can be claimed now.
-type Selected = (InstanceRecord, Result<(), MoveRefusal>);
-
 impl Runtime {
     /// Takes a live instance at its step boundary, as a driver would; `Err` says why not.
     pub(super) fn claim(&self, id: InstanceId) -> Result<InstanceRecord, MoveRefusal> {
@@ -89,57 +86,51 @@ impl Runtime {
         })
     }
 
-    /// The live instances a request selects, in id order, each with whether it can be claimed
-    /// now. Read under the table's locks; nothing is checked or migrated here.
-    fn select_for_move(&self, request: &MoveRequest) -> Vec<Selected> {
+    /// The live instances a request selects, in id order, each as `make` makes it from its
+    /// record and whether it can be claimed now: first those this worker holds in the store only
+    /// (read page by page, not loaded), then the resident ones from memory (which win for an
+    /// instance loaded meanwhile). The sweep evicts nothing meanwhile, so none is missed; `make`
+    /// runs under a table shard's lock for resident ones.
+    fn select_for_move<T>(
+        &self,
+        request: &MoveRequest,
+        mut make: impl FnMut(&InstanceRecord, Result<(), MoveRefusal>) -> T,
+    ) -> Result<Vec<T>, EngineError> {
         let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
-        let mut selected = Vec::new();
-        self.table.for_each(|slot| {
-            let record = &slot.record;
-            if record.key.workflow != request.workflow
-                || request
+        let selects = |record: &InstanceRecord, status: InstanceStatus| {
+            record.key.workflow == request.workflow
+                && request
                     .from_version
                     .as_ref()
-                    .is_some_and(|version| *version != record.key.version)
-                || wanted.as_ref().is_some_and(|ids| !ids.contains(&record.id))
-                || request.status.is_some_and(|status| status != Self::info_status(slot))
-            {
-                return;
-            }
-            selected.push((record.clone(), claimable(slot)));
-        });
-        selected.sort_by_key(|(record, _)| record.id);
-        selected
-    }
-
-    /// The instances a request selects among those this worker holds in the store only (not
-    /// resident): idle, so each can be claimed once loaded.
-    fn select_in_store(&self, request: &MoveRequest) -> Result<Vec<Selected>, EngineError> {
-        let wanted: Option<HashSet<InstanceId>> = request.ids.as_ref().map(|ids| ids.iter().copied().collect());
+                    .is_none_or(|version| *version == record.key.version)
+                && wanted.as_ref().is_none_or(|ids| ids.contains(&record.id))
+                && request.status.is_none_or(|wanted| wanted == status)
+        };
+        let _hold = self.hold_resident();
+        let mut selected = BTreeMap::new();
         let scope = crate::store::ListScope {
             workflow: Some(request.workflow.clone()),
             version: request.from_version.clone(),
             ..Default::default()
         };
-        let ids = self.unloaded_ids(scope, |record| {
-            wanted.as_ref().is_none_or(|ids| ids.contains(&record.id))
-                && request
-                    .status
-                    .is_none_or(|status| status == InstanceStatus::of_phase(&record.phase))
-        })?;
-        let mut selected = Vec::new();
-        for batch in ids.chunks(1_000) {
-            // Those this worker holds.
-            for record in self.store.load_held(batch)?.live {
+        self.for_each_held_in_store(
+            scope,
+            |record| selects(record, InstanceStatus::of_phase(&record.phase)),
+            |record| {
                 let available = if self.registry.is_registered(&record.key) {
                     Ok(())
                 } else {
                     Err(MoveRefusal::SourceNotRegistered)
                 };
-                selected.push((record, available));
+                selected.insert(record.id, make(&record, available));
+            },
+        )?;
+        self.table.for_each(|slot| {
+            if selects(&slot.record, Self::info_status(slot)) {
+                selected.insert(slot.record.id, make(&slot.record, claimable(slot)));
             }
-        }
-        Ok(selected)
+        });
+        Ok(selected.into_values().collect())
     }
 
     /// The live instances a request selects, in id order, with their plan verdicts. The dry run
@@ -148,9 +139,7 @@ impl Runtime {
     pub(crate) fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
         let target = request.target_key();
         let (code, status) = self.move_target(&target)?;
-        let mut selected = self.select_for_move(request);
-        selected.extend(self.select_in_store(request)?);
-        selected.sort_by_key(|(record, _)| record.id);
+        let selected = self.select_for_move(request, |record, available| (record.clone(), available))?;
         let now = self.now();
         let checks = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
             selected
@@ -169,23 +158,25 @@ impl Runtime {
     }
 
     /// Moves the selected instances in batches, each batch one commit; every instance is checked
-    /// again when its turn comes, at a step boundary.
+    /// again when its turn comes, at a step boundary. A batch loads those of its instances that
+    /// are not resident, and lets them go once committed: the sweep evicts them again when idle.
     pub(crate) async fn apply_moves(self: &Arc<Self>, request: &MoveRequest) -> Result<MoveReport, EngineError> {
         let target = request.target_key();
         self.move_target(&target)?;
-        let _hold = self.hold_resident().await;
-        self.load_workflow(&request.workflow).await?;
         // Each instance is checked (and its state migrated) once, when its turn comes.
-        let selected: Vec<InstanceRecord> = self
-            .select_for_move(request)
-            .into_iter()
-            .map(|(record, _)| record)
-            .collect();
+        let selected = self.select_for_move(request, |record, _| Planned {
+            id: record.id,
+            from: record.key.clone(),
+            step: record.step.clone(),
+        })?;
         let mut report = MoveReport::default();
         for batch in selected.chunks(request.batch_size.max(1)) {
             if self.is_stopping() {
                 return Err(EngineError::ShuttingDown);
             }
+            let _hold = self.hold_resident();
+            let ids: Vec<InstanceId> = batch.iter().map(|planned| planned.id).collect();
+            self.load_resident(&ids).await?;
             let (code, status) = self.move_target(&target)?;
             let mut moved = self.with_move_context(code.as_ref(), status, &request.steps, |context| {
                 let mut moved = Vec::new();
@@ -318,11 +309,18 @@ fn claimable(slot: &Slot) -> Result<(), MoveRefusal> {
     }
 }
 
+/// An instance a move selected: what its report entry says if it does not move.
+struct Planned {
+    id: InstanceId,
+    from: VersionKey,
+    step: String,
+}
+
 /// The report entry of a selected instance that did not move.
-fn refused(selected: &InstanceRecord, refusal: MoveRefusal) -> MoveCheck {
+fn refused(selected: &Planned, refusal: MoveRefusal) -> MoveCheck {
     MoveCheck {
         id: selected.id,
-        from: selected.key.clone(),
+        from: selected.from.clone(),
         step: selected.step.clone(),
         verdict: Err(refusal),
     }

@@ -40,13 +40,22 @@ pub(super) struct Residency {
     /// Held while the loader raises `resident_through` and loads up to it, and while a claim
     /// runs: a claim loads what is due by one value of it, and leaves the rest for the loader.
     loading: tokio::sync::Mutex<()>,
-    /// Held shared by moves and migrations while they work through the table on instances they
-    /// loaded, and exclusively by the sweep while it evicts: nothing is evicted under them.
-    gate: tokio::sync::RwLock<()>,
+    /// How many holds keep the sweep from evicting (moves and migrations selecting instances or
+    /// working on a batch they loaded); the sweep evicts with it locked and none counted, so a
+    /// hold taken meanwhile waits for the end of that one pass (which awaits nothing).
+    holds: parking_lot::Mutex<usize>,
 }
 
 /// Keeps the sweep from evicting while it lives (see `Runtime::hold_resident`).
-pub(super) type ResidencyHold<'a> = tokio::sync::RwLockReadGuard<'a, ()>;
+pub(super) struct ResidencyHold<'a> {
+    holds: &'a parking_lot::Mutex<usize>,
+}
+
+impl Drop for ResidencyHold<'_> {
+    fn drop(&mut self) {
+        *self.holds.lock() -= 1;
+    }
+}
 
 /// The wake time up to which instances are resident after a load at `now_ms` with `horizon`
 /// (`u64::MAX` for `Duration::MAX`: everything stays resident).
@@ -92,10 +101,12 @@ impl Runtime {
         Ok(encoded)
     }
 
-    /// Stops the sweep from evicting until the hold is dropped (a move or a migration works on
-    /// the instances it loaded).
-    pub(super) async fn hold_resident(&self) -> ResidencyHold<'_> {
-        self.residency.gate.read().await
+    /// Stops the sweep from evicting until the hold is dropped (a move or a migration selects
+    /// instances, or works on those it loaded).
+    pub(super) fn hold_resident(&self) -> ResidencyHold<'_> {
+        let holds = &self.residency.holds;
+        *holds.lock() += 1;
+        ResidencyHold { holds }
     }
 
     /// Runs `action` on the slot of `id`, loading the instance first if this worker holds it in
@@ -175,9 +186,10 @@ impl Runtime {
     /// Evicts the instances idle beyond the horizon; returns how many.
     pub(super) fn evict_idle(&self) -> usize {
         // Not while a move or a migration works (it loaded what it works on).
-        let Ok(_sweeping) = self.residency.gate.try_write() else {
+        let holds = self.residency.holds.lock();
+        if *holds > 0 {
             return 0;
-        };
+        }
         let beyond = self
             .residency_target(self.now())
             .max(self.residency.resident_through.load(Ordering::Acquire));
@@ -235,16 +247,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// Loads the held instances of `workflow` that are not resident (a move or a migration
-    /// looks at them all).
-    pub(super) async fn load_workflow(self: &Arc<Self>, workflow: &str) -> Result<(), EngineError> {
-        self.load_scope(crate::store::ListScope {
-            workflow: Some(workflow.to_string()),
-            ..Default::default()
-        })
-        .await
-    }
-
     /// Loads the held instances of version `key` that are not resident.
     pub(super) async fn load_version(
         self: &Arc<Self>,
@@ -292,6 +294,22 @@ impl Runtime {
             }
             scope.after = Some(last);
         }
+    }
+
+    /// Calls `each` with the record of every live instance in `scope` this worker holds in the
+    /// store only (not resident) whose stored record `keep` accepts, a page at a time: read, not
+    /// loaded.
+    pub(super) fn for_each_held_in_store(
+        &self,
+        scope: crate::store::ListScope,
+        keep: impl FnMut(&InstanceRecord) -> bool,
+        mut each: impl FnMut(InstanceRecord),
+    ) -> Result<(), crate::store::StoreError> {
+        let ids = self.unloaded_ids(scope, keep)?;
+        for page in ids.chunks(LOAD_BATCH) {
+            self.store.load_held(page)?.live.into_iter().for_each(&mut each);
+        }
+        Ok(())
     }
 
     /// The loader and the sweep: loads what comes due within the horizon, evicts what is idle
