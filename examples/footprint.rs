@@ -5,7 +5,9 @@
 //! sent to an idle instance (which the engine keeps in the store only, beyond its residency
 //! horizon, and loads when the signal arrives). The figure includes sled's page cache.
 //!
-//! Run: `cargo run --release --example footprint [instances]` (default 100 000)
+//! Run: `cargo run --release --example footprint [instances]` (default 100 000). To measure one
+//! population again and again (or under a profiler): `footprint --populate DIR N` once, then
+//! `footprint --measure DIR N`.
 
 use std::time::{Duration, Instant};
 use strata::prelude::*;
@@ -76,8 +78,10 @@ async fn open_with(dir: &std::path::Path, horizon: Duration) -> Result<Engine, s
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if let [_, flag, dir, instances] = args.as_slice() {
-        if flag == "--measure" {
-            return measure(std::path::Path::new(dir), instances.parse()?).await;
+        match flag.as_str() {
+            "--measure" => return measure(std::path::Path::new(dir), instances.parse()?).await,
+            "--populate" => return populate(std::path::Path::new(dir), instances.parse()?).await,
+            _ => {}
         }
     }
     let instances: usize = args.get(1).and_then(|text| text.parse().ok()).unwrap_or(100_000);
