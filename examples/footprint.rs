@@ -131,22 +131,40 @@ async fn measure(dir: &std::path::Path, instances: usize) -> Result<(), Box<dyn 
         (after.saturating_sub(before)) / instances as u64
     );
     signal_latency(&engine, live.min(200)).await?;
-    timer_lateness(&engine, "evicted and loaded again (horizon 30 s)").await?;
+    let live_now: u64 = engine.versions().iter().map(|info| info.counters.live).sum();
+    timer_lateness(&engine, "evicted and loaded again (horizon 30 s)", Some(live_now)).await?;
     engine.shutdown().await;
     // The same reminders on an engine that keeps every instance in memory, for comparison.
     let resident_dir = tempfile_dir()?.join("resident");
     let resident = open_with(&resident_dir, Duration::MAX).await?;
-    timer_lateness(&resident, "kept in memory (horizon Duration::MAX)").await?;
+    timer_lateness(&resident, "kept in memory (horizon Duration::MAX)", None).await?;
     resident.shutdown().await;
     std::fs::remove_dir_all(&resident_dir)?;
     Ok(())
 }
 
-/// Starts 200 reminders at once and prints how late their timers fired: median and worst.
-async fn timer_lateness(engine: &Engine, label: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// Starts 200 reminders at once and prints how late their timers fired: median and worst; with
+/// `list_among`, first how long the first page of them takes to list among that many others.
+async fn timer_lateness(
+    engine: &Engine,
+    label: &str,
+    list_among: Option<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut ids = Vec::new();
     for n in 0..200u64 {
         ids.push(engine.start("reminder", &n).await?);
+    }
+    if let Some(others) = list_among {
+        for (what, workflow) in [("reminders", "reminder"), ("waiting requests", approval::WORKFLOW)] {
+            let began = Instant::now();
+            let page = engine.list_limited(&strata::InstanceFilter::workflow(workflow), 50)?;
+            println!(
+                "listed the first {} {what} among {} live instances in {:.2} ms",
+                page.len(),
+                others + 200,
+                began.elapsed().as_secs_f64() * 1000.0
+            );
+        }
     }
     let mut late = Vec::new();
     for id in ids {

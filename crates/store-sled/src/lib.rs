@@ -23,7 +23,8 @@
 //! `r/<id>` a live instance ready to run (indexed by nothing: an open reads them all) ·
 //! `i/<id>` a live instance that waits, indexed by `t/<wake ms><id>` (`Phase::wake_ms`: an engine
 //! loads an idle instance as it comes due) and `l/<workflow>\0<version>\0<start ms><id>` (a
-//! version's oldest) · `m/live-index` set once every live instance is kept and indexed so.
+//! version's oldest, and a listing of a few versions' instances among many others finds their
+//! waiting ones there) · `m/live-index` set once every live instance is kept and indexed so.
 //!
 //! sled's cost is per key written: one index key per finished instance (a second index, by
 //! finish time, cost a quarter of the throughput at 1 024 concurrent instances), and none for a
@@ -95,6 +96,11 @@ const FINISHED_INDEX_BUILT: &[u8] = b"m/finished-index";
 const BY_WAKE: &[u8] = b"t/";
 /// A live instance by version and start time: a version's oldest live instance.
 const LIVE_BY_VERSION: &[u8] = b"l/";
+
+/// A listing of live instances finds the waiting ones of its versions through their `l/` keys
+/// when those versions hold at most one live instance in this many (reading every waiting record
+/// in id order costs the same whatever the scope).
+const SELECTIVE_SHARE: u64 = 8;
 const LIVE_INDEX_BUILT: &[u8] = b"m/live-index";
 const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
 
@@ -692,13 +698,82 @@ impl SledStore {
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         let mut keep = |record: &InstanceRecord| scope.holds(&record.key) && keep(record);
         let mut found = self.scan_instances(READY, scope, &mut keep, limit)?;
-        found.extend(self.scan_instances(LIVE, scope, &mut keep, limit)?);
+        match self.selective_versions(scope) {
+            Some(versions) => found.extend(self.scan_waiting_of(&versions, scope, &mut keep, limit)?),
+            None => found.extend(self.scan_instances(LIVE, scope, &mut keep, limit)?),
+        }
         if scope.newest_first {
             found.sort_by_key(|record| std::cmp::Reverse(record.id));
         } else {
             found.sort_by_key(|record| record.id);
         }
         found.truncate(limit);
+        Ok(found)
+    }
+
+    /// The versions `scope` holds, if their live instances are few among all live ones (at most
+    /// one in `SELECTIVE_SHARE`): then the waiting ones are found through their versions' `l/`
+    /// keys, not by reading every waiting record in id order.
+    fn selective_versions(&self, scope: &strata_store::ListScope) -> Option<Vec<VersionKey>> {
+        scope.workflow.as_ref()?;
+        let versions = self.versions.lock().all();
+        let total: u64 = versions.iter().map(|version| version.counters.live).sum();
+        let held: Vec<StoredVersion> = versions
+            .into_iter()
+            .filter(|version| version.counters.live > 0 && scope.holds(&version.key))
+            .collect();
+        let in_scope: u64 = held.iter().map(|version| version.counters.live).sum();
+        (in_scope.saturating_mul(SELECTIVE_SHARE) <= total)
+            .then(|| held.into_iter().map(|version| version.key).collect())
+    }
+
+    /// The waiting records of `versions` past `scope`'s cursor, in its order, that `keep`
+    /// accepts, at most `limit`: their ids read from the versions' `l/` keys and sorted, then
+    /// their records read one by one.
+    fn scan_waiting_of(
+        &self,
+        versions: &[VersionKey],
+        scope: &strata_store::ListScope,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut ids = Vec::new();
+        for key in versions {
+            let prefix = live_version_prefix(key);
+            for item in self.durable.db.scan_prefix(&prefix) {
+                let (entry, _) = item.map_err(backend("read the live index"))?;
+                if let Some(id) = id_from_key(&entry[..prefix.len() + 8], &entry) {
+                    if scope.past_cursor(id) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        if scope.newest_first {
+            ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
+        } else {
+            ids.sort_unstable();
+        }
+        let mut found = Vec::new();
+        for id in ids {
+            if found.len() >= limit {
+                break;
+            }
+            // An entry of a record quarantined since has no live record behind it.
+            let Some(value) = self
+                .durable
+                .db
+                .get(id_key(LIVE, id))
+                .map_err(backend("scan instances"))?
+            else {
+                continue;
+            };
+            match InstanceRecord::decode(&value) {
+                Ok(record) if keep(&record) => found.push(record),
+                Ok(_) => {}
+                Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
+            }
+        }
         Ok(found)
     }
 
@@ -1575,6 +1650,88 @@ mod tests {
         let loaded: Vec<InstanceId> = recovered.live.iter().map(|record| record.id).collect();
         assert_eq!(loaded, [InstanceId(9)], "the ready one; the other is not due yet");
         assert_eq!(recovered.unloaded, [(key, 1)]);
+    }
+
+    #[test]
+    fn a_listing_of_few_among_many_live_instances_finds_its_waiting_ones_by_version_and_pages_alike() {
+        use strata_core::instance::{PersistedWake, Phase};
+        use strata_store::{Cluster, ListScope};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let version = |workflow: &str, major: u64| VersionKey::new(workflow, semver::Version::new(major, 0, 0));
+        // Every tenth of a hundred is a "small" one, on 1.0.0 or 2.0.0, ready or waiting.
+        let place = |id: u64| match id % 20 {
+            0 => (version("small", 1), true),
+            10 => (version("small", 2), id % 40 == 10),
+            _ => (version("big", 1), true),
+        };
+        let mut ops = Vec::new();
+        for id in 1..=100 {
+            let (key, waits) = place(id);
+            let phase = if waits {
+                Phase::Sleeping { until_ms: 10_000 + id }
+            } else {
+                Phase::Ready {
+                    wake: PersistedWake::Started,
+                }
+            };
+            ops.push(Op::PutInstance(
+                InstanceRecord::new(InstanceId(id), key.clone(), phase, 1_000 + id)
+                    .encode()
+                    .unwrap(),
+            ));
+            ops.push(Op::AdjustCounters {
+                key,
+                delta: CounterDelta::start(1_000 + id),
+            });
+        }
+        store.apply(&ops).unwrap();
+        let small = |version: Option<u64>| ListScope {
+            workflow: Some("small".to_string()),
+            version: version.map(|major| semver::Version::new(major, 0, 0)),
+            ..ListScope::default()
+        };
+        assert!(
+            store.selective_versions(&small(None)).is_some(),
+            "10 of 100: through the index"
+        );
+        assert!(store.selective_versions(&ListScope::default()).is_none());
+        let big = ListScope {
+            workflow: Some("big".to_string()),
+            ..ListScope::default()
+        };
+        assert!(store.selective_versions(&big).is_none(), "90 of 100: read in id order");
+        // Pages of two, both ways, against what a filter over every id gives.
+        let page_through = |mut scope: ListScope, keep: &dyn Fn(&InstanceRecord) -> bool| {
+            let mut ids = Vec::new();
+            loop {
+                let page = store
+                    .live_held_elsewhere(&scope, &mut |record| keep(record), 2)
+                    .unwrap();
+                ids.extend(page.iter().map(|record| record.id.0));
+                match page.last() {
+                    Some(last) if page.len() == 2 => scope.after = Some(last.id),
+                    _ => return ids,
+                }
+            }
+        };
+        let expected = |wanted: &dyn Fn(u64) -> bool| (1..=100).filter(|&id| wanted(id)).collect::<Vec<u64>>();
+        let everything = |_: &InstanceRecord| true;
+        assert_eq!(page_through(small(None), &everything), expected(&|id| id % 10 == 0));
+        let newest_first = ListScope {
+            newest_first: true,
+            ..small(None)
+        };
+        let mut descending = expected(&|id| id % 10 == 0);
+        descending.reverse();
+        assert_eq!(page_through(newest_first, &everything), descending);
+        assert_eq!(page_through(small(Some(2)), &everything), expected(&|id| id % 20 == 10));
+        let waiting = |record: &InstanceRecord| matches!(record.phase, Phase::Sleeping { .. });
+        assert_eq!(
+            page_through(small(Some(2)), &waiting),
+            expected(&|id| id % 40 == 10),
+            "the keep filter applies to records found either way"
+        );
     }
 
     #[test]
