@@ -22,12 +22,31 @@ pub(crate) async fn start_waiting_requests(engine: &strata::Engine, count: usize
     for caller in callers {
         caller.await.map_err(|_| strata::EngineError::ShuttingDown)??;
     }
-    let waiting =
-        strata::InstanceFilter::workflow(approval::WORKFLOW).with_status(strata::InstanceStatus::WaitingSignal);
     let mut events = engine.subscribe();
-    while engine.list(&waiting)?.len() < count {
+    while count_waiting(engine)? < count {
         // Re-count after the next event or, at the latest, after 100 ms.
         let _ = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
     }
     Ok(())
 }
+
+/// How many requests wait for their decision, counted a page at a time (a listing of millions
+/// at once would hold every record in memory).
+fn count_waiting(engine: &strata::Engine) -> Result<usize, strata::EngineError> {
+    let waiting =
+        strata::InstanceFilter::workflow(approval::WORKFLOW).with_status(strata::InstanceStatus::WaitingSignal);
+    let mut counted = 0;
+    let mut page = engine.list_limited(&waiting, PAGE)?;
+    loop {
+        counted += page.len();
+        match page.last() {
+            Some(last) if page.len() == PAGE => {
+                page = engine.list_limited(&waiting.clone().after(last.record.id), PAGE)?
+            }
+            _ => return Ok(counted),
+        }
+    }
+}
+
+/// How many instances one listing of [`count_waiting`] returns at most.
+const PAGE: usize = 10_000;
