@@ -754,25 +754,33 @@ impl SledStore {
         } else {
             ids.sort_unstable();
         }
+        // An entry of a record quarantined since has no live record behind it.
+        self.records_by_id(LIVE, ids.into_iter().map(Ok), keep, limit)
+    }
+
+    /// The records under `prefix` of `ids`, in their order, that `keep` accepts, at most
+    /// `limit`; an id without a record there is passed over.
+    fn records_by_id(
+        &self,
+        prefix: &[u8],
+        ids: impl Iterator<Item = Result<InstanceId, StoreError>>,
+        keep: &mut dyn FnMut(&InstanceRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
         let mut found = Vec::new();
         for id in ids {
             if found.len() >= limit {
                 break;
             }
-            // An entry of a record quarantined since has no live record behind it.
-            let Some(value) = self
+            let Some(bytes) = self
                 .durable
                 .db
-                .get(id_key(LIVE, id))
-                .map_err(backend("scan instances"))?
+                .get(id_key(prefix, id?))
+                .map_err(backend("load an instance"))?
             else {
                 continue;
             };
-            match InstanceRecord::decode(&value) {
-                Ok(record) if keep(&record) => found.push(record),
-                Ok(_) => {}
-                Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
-            }
+            keep_decoded(&mut found, &bytes, keep);
         }
         Ok(found)
     }
@@ -807,11 +815,7 @@ impl SledStore {
                 break;
             }
             let (_, value) = item.map_err(backend("scan instances"))?;
-            match InstanceRecord::decode(&value) {
-                Ok(record) if keep(&record) => found.push(record),
-                Ok(_) => {}
-                Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
-            }
+            keep_decoded(&mut found, &value, keep);
         }
         Ok(found)
     }
@@ -851,6 +855,16 @@ impl SledStore {
             })?);
         }
         Ok(values)
+    }
+}
+
+/// Adds the record in `bytes` to `found` if `keep` accepts it; one that does not decode is passed
+/// over with a warning.
+fn keep_decoded(found: &mut Vec<InstanceRecord>, bytes: &[u8], keep: &mut dyn FnMut(&InstanceRecord) -> bool) {
+    match InstanceRecord::decode(bytes) {
+        Ok(record) if keep(&record) => found.push(record),
+        Ok(_) => {}
+        Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
     }
 }
 
@@ -1295,30 +1309,11 @@ impl Store for SledStore {
         };
         // The workflow's finished instances only, from its index, each loaded by id.
         let prefix = workflow_prefix(workflow);
-        let mut found = Vec::new();
-        for item in self.ids_under(&prefix, scope) {
-            if found.len() >= limit {
-                break;
-            }
-            let (key, _) = item.map_err(backend("scan finished instances"))?;
-            let Some(id) = id_from_key(&prefix, &key) else {
-                continue;
-            };
-            let Some(bytes) = self
-                .durable
-                .db
-                .get(id_key(FINISHED, id))
-                .map_err(backend("load a finished instance"))?
-            else {
-                continue;
-            };
-            match InstanceRecord::decode(&bytes) {
-                Ok(record) if keep(&record) => found.push(record),
-                Ok(_) => {}
-                Err(reason) => tracing::warn!(%reason, "skipping an instance record that does not decode"),
-            }
-        }
-        Ok(found)
+        let ids = self.ids_under(&prefix, scope).filter_map(|item| match item {
+            Ok((key, _)) => id_from_key(&prefix, &key).map(Ok),
+            Err(error) => Some(Err(backend("scan finished instances")(error))),
+        });
+        self.records_by_id(FINISHED, ids, &mut keep, limit)
     }
 
     fn highest_removed_id(&self) -> Result<u64, StoreError> {
