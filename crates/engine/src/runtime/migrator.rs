@@ -348,11 +348,10 @@ impl Runtime {
         Ok(ids)
     }
 
-    /// Of the instances this worker claimed since its share last looked, those of `workflow` that
-    /// need migration, in id order (a claim leaves instances due later in the store: they are
+    /// Of `claimed`, the instances this worker claimed since its share last looked, those of
+    /// `workflow` that need migration, in id order (a claim leaves instances due later in the store: they are
     /// read, not loaded).
-    fn claimed_candidates(&self, workflow: &str, control: &JobControl) -> Result<Vec<InstanceId>, EngineError> {
-        let claimed = std::mem::take(&mut *control.claimed.lock());
+    fn claimed_candidates(&self, workflow: &str, claimed: Vec<InstanceId>) -> Result<Vec<InstanceId>, EngineError> {
         let _hold = self.hold_resident();
         let in_store: Vec<InstanceId> = claimed.iter().copied().filter(|&id| !self.table.contains(id)).collect();
         let mut ids = Vec::new();
@@ -399,7 +398,10 @@ impl Runtime {
         record.claims_covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
         // Every instance of the workflow this worker holds is looked at, resident or not; a
         // batch loads those it migrates.
-        let mut candidates = self.migration_candidates(&record.workflow, record.cursor)?;
+        let (workflow, cursor) = (record.workflow.clone(), record.cursor);
+        let mut candidates = self
+            .off_executor(move |runtime| runtime.migration_candidates(&workflow, cursor))
+            .await?;
         let mut position = 0;
         let mut paused = control.paused.subscribe();
         let mut stop = self.stop_signal();
@@ -471,7 +473,10 @@ impl Runtime {
                 }
                 // Read before the listing: every instance claimed up to that number is listed.
                 let covered = self.claims_taken_in.load(std::sync::atomic::Ordering::Acquire);
-                candidates = self.claimed_candidates(&record.workflow, control)?;
+                let (workflow, claimed) = (record.workflow.clone(), std::mem::take(&mut *control.claimed.lock()));
+                candidates = self
+                    .off_executor(move |runtime| runtime.claimed_candidates(&workflow, claimed))
+                    .await?;
                 position = 0;
                 // Running again until the share has migrated what it listed and stored what it
                 // covered (even with nothing to migrate), so that the job cannot finish on a

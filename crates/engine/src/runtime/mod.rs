@@ -499,6 +499,18 @@ impl Runtime {
             .unwrap_or_else(|error| Err(StoreError::failed("store call", error)))
     }
 
+    /// Runs work that reads the store as it goes (a selection over many instances) off the async
+    /// executor.
+    pub(super) async fn off_executor<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Runtime) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let runtime = self.clone();
+        tokio::task::spawn_blocking(move || work(&runtime))
+            .await
+            .unwrap_or_else(|error| Err(StoreError::failed("store call", error).into()))
+    }
+
     /// Counts a batch that shutdown must wait for (a move batch's commit).
     fn begin_work(&self) {
         self.tasks.begin();

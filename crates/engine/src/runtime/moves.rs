@@ -164,11 +164,16 @@ impl Runtime {
         let target = request.target_key();
         self.move_target(&target)?;
         // Each instance is checked (and its state migrated) once, when its turn comes.
-        let selected = self.select_for_move(request, |record, _| Planned {
-            id: record.id,
-            from: record.key.clone(),
-            step: record.step.clone(),
-        })?;
+        let selection = request.clone();
+        let selected = self
+            .off_executor(move |runtime| {
+                runtime.select_for_move(&selection, |record, _| Planned {
+                    id: record.id,
+                    from: record.key.clone(),
+                    step: record.step.clone(),
+                })
+            })
+            .await?;
         let mut report = MoveReport::default();
         for batch in selected.chunks(request.batch_size.max(1)) {
             if self.is_stopping() {
