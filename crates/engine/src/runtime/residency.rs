@@ -185,7 +185,7 @@ impl Runtime {
 
     /// Evicts the instances idle beyond the horizon; returns how many.
     pub(super) fn evict_idle(&self) -> usize {
-        // Not while a move or a migration works (it loaded what it works on).
+        // Not while a move or a migration selects instances or works on a batch it loaded.
         let holds = self.residency.holds.lock();
         if *holds > 0 {
             return 0;
