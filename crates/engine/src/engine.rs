@@ -959,6 +959,8 @@ impl Engine {
 
     /// A dry run of a move: for every live instance the request selects, whether it can move to
     /// the target version now, and why not (no counterpart step, no migration path, mid-step, ...).
+    /// Instances kept in the store only are read from it, not loaded: over many of them this
+    /// blocks for a while, so async code calls it through `tokio::task::spawn_blocking`.
     pub fn plan_moves(&self, request: &MoveRequest) -> Result<MovePlan, EngineError> {
         self.runtime.plan_moves(request)
     }
