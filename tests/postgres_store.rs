@@ -1,7 +1,7 @@
 //! The PostgreSQL store on its own: a wrong URL, server, user or database is a typed error
 //! naming the problem before anything runs; the schema is created once by versioned migrations
 //! even when engines start at once on an empty database; a newer schema or record format is
-//! refused.
+//! refused; a load by id names the instances another worker holds.
 
 mod common;
 
@@ -113,4 +113,44 @@ fn a_database_written_by_a_newer_strata_is_refused() {
         .expect("a newer record format");
     assert_eq!(refused.backend_failure(), Some(BackendFailure::Newer), "{refused}");
     assert!(refused.to_string().contains("record format 99"), "{refused}");
+}
+
+/// A load by id hands over what this worker holds and names the live instances another worker
+/// holds (so that a signal to one of them is delivered without reading it twice).
+#[test]
+fn loading_held_instances_names_those_another_worker_holds() {
+    use std::time::Duration;
+    use strata::instance::{InstanceId, InstanceRecord, Phase, VersionKey};
+    use strata::store::Store;
+    use strata_store::{CounterDelta, Op};
+    let database = TestDatabase::create();
+    let holder = PostgresStore::connect(&database.url).unwrap();
+    let other = PostgresStore::connect(&database.url).unwrap();
+    let key = VersionKey::new("w", strata::Version::new(1, 0, 0));
+    let phase = Phase::WaitingSignal {
+        name: "go".to_string(),
+        timeout_at_ms: None,
+    };
+    let record = InstanceRecord::new(InstanceId(7), key.clone(), phase, 1_000);
+    holder
+        .apply(&[
+            Op::PutInstance(record.encode().unwrap()),
+            Op::AdjustCounters {
+                key: key.clone(),
+                delta: CounterDelta::start(1_000),
+            },
+        ])
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    for store in [&holder, &other] {
+        store.cluster().heartbeat(std::slice::from_ref(&key), lease).unwrap();
+    }
+    holder.cluster().claim(&[key], lease, usize::MAX, u64::MAX).unwrap();
+    let held_here = |store: &PostgresStore| {
+        let loaded = store.load_held(&[InstanceId(7), InstanceId(8)]).unwrap();
+        let ids = |records: &[InstanceRecord]| records.iter().map(|record| record.id.0).collect::<Vec<_>>();
+        (ids(&loaded.live), ids(&loaded.elsewhere))
+    };
+    assert_eq!(held_here(&holder), (vec![7], vec![]));
+    assert_eq!(held_here(&other), (vec![], vec![7]), "another worker's, read once");
 }

@@ -871,12 +871,28 @@ impl Store for PostgresStore {
         let ids: Vec<i64> = ids.iter().map(|id| signed(id.0)).collect();
         let rows = self.query(
             "load held instances",
-            "SELECT id, fence, record FROM strata_instances WHERE id = ANY($1) AND live AND owner = $2 ORDER BY id",
+            "SELECT id, fence, record, owner IS NOT DISTINCT FROM $2 FROM strata_instances
+             WHERE id = ANY($1) AND live ORDER BY id",
             vec![Box::new(ids), Box::new(self.worker_id.clone())],
-            |row| Ok((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, Vec<u8>>(2))),
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0),
+                    row.get::<_, i64>(1),
+                    row.get::<_, Vec<u8>>(2),
+                    row.get::<_, bool>(3),
+                ))
+            },
         )?;
+        let (rows, elsewhere): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(.., mine)| *mine);
         let held: Vec<i64> = rows.iter().map(|(id, ..)| *id).collect();
-        let mut claimed = Claimed::default();
+        let mut claimed = Claimed {
+            // Another worker's record that does not decode is that worker's to set apart.
+            elsewhere: elsewhere
+                .into_iter()
+                .filter_map(|(id, _, bytes, _)| strata_store::decode_live_record(InstanceId(unsigned(id)), &bytes).ok())
+                .collect(),
+            ..Claimed::default()
+        };
         if !held.is_empty() {
             claimed.signals = self.query(
                 "load held instances",
@@ -885,7 +901,7 @@ impl Store for PostgresStore {
                 |row| decode("signal", row.get(0)),
             )?;
         }
-        for (id, fence, bytes) in rows {
+        for (id, fence, bytes, _) in rows {
             hand_over(&mut claimed, id, fence, Some(bytes));
         }
         Ok(claimed)

@@ -495,6 +495,10 @@ pub struct Claimed {
     pub left: Vec<InstanceId>,
     /// Their delivered, unconsumed signals.
     pub signals: Vec<SignalRecord>,
+    /// Of the instances [`Store::load_held`] was asked for, the live ones another worker holds,
+    /// as stored (so that a caller delivering to them needs no second read); a claim leaves it
+    /// empty.
+    pub elsewhere: Vec<InstanceRecord>,
 }
 
 /// The many-process side of a shared store: workers, their leases and their claims. Every
@@ -669,7 +673,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(u64, InstanceId)>, StoreError>;
     /// Loads the live instances among `ids` that this worker holds, with their pending signals,
     /// as a claim hands them over (each record with the claim this worker holds it under; the
-    /// claim's `number` is 0); an id not live, or held by another worker, is left out.
+    /// claim's `number` is 0); those another worker holds come in `elsewhere`, without signals;
+    /// an id not live is left out.
     fn load_held(&self, ids: &[InstanceId]) -> Result<Claimed, StoreError>;
     /// Reserves numbers of `kind` no other process sharing the store will use: a range of at
     /// least one.

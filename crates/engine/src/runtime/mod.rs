@@ -23,6 +23,7 @@ mod timers;
 mod transition;
 
 pub use committer::Durability;
+use residency::Holder;
 pub(crate) use residency::DEFAULT_RESIDENCY_HORIZON;
 pub(crate) use retention::DEFAULT_RETENTION;
 
@@ -990,11 +991,13 @@ impl Runtime {
         if name.starts_with(table::RESERVED_SIGNAL_PREFIX) {
             return Err(EngineError::ReservedSignalName { name: name.to_string() });
         }
-        let Some((key, shadow)) = self
-            .with_resident(id, |slot| (slot.record.key.clone(), slot.record.shadowed_by))
+        let (key, shadow) = match self
+            .with_holder(id, |slot| (slot.record.key.clone(), slot.record.shadowed_by))
             .await?
-        else {
-            return self.signal_elsewhere(id, name, payload).await;
+        {
+            Holder::Here(found) => found,
+            Holder::Elsewhere(record) => return self.deliver_elsewhere(*record, name, payload).await,
+            Holder::Nowhere => return self.signal_elsewhere(id, name, payload).await,
         };
         self.check_signal(id, &key, name, &payload)?;
         let forwarded = shadow.map(|shadow| (shadow, payload.clone()));
@@ -1065,11 +1068,22 @@ impl Runtime {
         name: &str,
         payload: Vec<u8>,
     ) -> Result<(), EngineError> {
-        let record = match self.store.load_instance(id)? {
-            None => return Err(self.missing(id)),
-            Some(record) if record.phase.is_terminal() => return Err(self.not_live(id)),
-            Some(record) => record,
-        };
+        match self.store.load_instance(id)? {
+            None => Err(self.missing(id)),
+            Some(record) if record.phase.is_terminal() => Err(self.not_live(id)),
+            Some(record) => self.deliver_elsewhere(record, name, payload).await,
+        }
+    }
+
+    /// Delivers a signal to the live instance of `record`, which this process does not hold,
+    /// through the store (see [`Runtime::signal_elsewhere`]).
+    async fn deliver_elsewhere(
+        self: &Arc<Self>,
+        record: InstanceRecord,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        let id = record.id;
         self.check_signal(id, &record.key, name, &payload)?;
         let forwarded = record.shadowed_by.map(|shadow| (shadow, payload.clone()));
         let signal = self.new_signal(id, name, payload)?;
@@ -1093,14 +1107,15 @@ impl Runtime {
         }
         let terminate = matches!(request, EndRequest::Terminate { .. });
         let (name, payload) = request.control_signal();
-        match self.with_resident(id, |slot| slot.request_end(request.clone())).await? {
-            Some(()) => {
+        match self.with_holder(id, |slot| slot.request_end(request.clone())).await? {
+            Holder::Here(()) => {
                 if terminate {
                     self.terminations.notify_waiters();
                 }
                 self.schedule(id)
             }
-            None => self.signal_elsewhere(id, name, payload).await?,
+            Holder::Elsewhere(record) => self.deliver_elsewhere(*record, name, payload).await?,
+            Holder::Nowhere => self.signal_elsewhere(id, name, payload).await?,
         }
         match self.outcome(id).await? {
             Outcome::Cancelled => Ok(()),

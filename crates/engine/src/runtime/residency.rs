@@ -57,6 +57,16 @@ impl Drop for ResidencyHold<'_> {
     }
 }
 
+/// Where an instance asked for by id is live (see `Runtime::with_holder`).
+pub(super) enum Holder<R> {
+    /// Resident here (loaded if it had to be): what the action returned.
+    Here(R),
+    /// Another worker holds it: its record as stored.
+    Elsewhere(Box<InstanceRecord>),
+    /// Not live anywhere the store knows: finished, removed or unknown.
+    Nowhere,
+}
+
 /// The wake time up to which instances are resident after a load at `now_ms` with `horizon`
 /// (`u64::MAX` for `Duration::MAX`: everything stays resident).
 pub(super) fn target(now_ms: u64, horizon: Duration) -> u64 {
@@ -115,15 +125,31 @@ impl Runtime {
     pub(super) async fn with_resident<R>(
         self: &Arc<Self>,
         id: InstanceId,
-        mut action: impl FnMut(&mut Slot) -> R,
+        action: impl FnMut(&mut Slot) -> R,
     ) -> Result<Option<R>, EngineError> {
+        Ok(match self.with_holder(id, action).await? {
+            Holder::Here(result) => Some(result),
+            Holder::Elsewhere(_) | Holder::Nowhere => None,
+        })
+    }
+
+    /// Runs `action` on the slot of `id` like [`Runtime::with_resident`]; if another worker holds
+    /// it, says so with its record as the same store read found it.
+    pub(super) async fn with_holder<R>(
+        self: &Arc<Self>,
+        id: InstanceId,
+        mut action: impl FnMut(&mut Slot) -> R,
+    ) -> Result<Holder<R>, EngineError> {
         loop {
             if let Some(result) = self.table.with(id, &mut action) {
-                return Ok(Some(result));
+                return Ok(Holder::Here(result));
             }
             // Evicted again between the load and the action: load it again.
-            if self.load_resident(&[id]).await?.is_empty() {
-                return Ok(None);
+            let (resident, mut elsewhere) = self.load_or_find(&[id]).await?;
+            if resident.is_empty() {
+                return Ok(elsewhere
+                    .pop()
+                    .map_or(Holder::Nowhere, |record| Holder::Elsewhere(Box::new(record))));
             }
         }
     }
@@ -132,8 +158,18 @@ impl Runtime {
     /// signals, and looks at each (runs it, arms its timer); records that do not decode are
     /// quarantined. Returns the ids resident now.
     pub(super) async fn load_resident(self: &Arc<Self>, ids: &[InstanceId]) -> Result<Vec<InstanceId>, EngineError> {
+        Ok(self.load_or_find(ids).await?.0)
+    }
+
+    /// [`Runtime::load_resident`], which also returns the records of those of `ids` another
+    /// worker holds.
+    async fn load_or_find(
+        self: &Arc<Self>,
+        ids: &[InstanceId],
+    ) -> Result<(Vec<InstanceId>, Vec<InstanceRecord>), EngineError> {
         let mut resident = Vec::new();
         let mut loaded = Vec::new();
+        let mut elsewhere = Vec::new();
         let mut pending: Vec<(InstanceId, u64)> = Vec::new();
         for &id in ids {
             match self.table.presence(id) {
@@ -145,6 +181,7 @@ impl Runtime {
             let wanted: Vec<InstanceId> = pending.iter().map(|(id, _)| *id).collect();
             let claimed = self.store_call(move |store| store.load_held(&wanted)).await?;
             self.quarantine_corrupt(claimed.corrupt).await?;
+            elsewhere.extend(claimed.elsewhere);
             let evictions: HashMap<InstanceId, u64> = pending.drain(..).collect();
             let mut inboxes = inboxes_of(claimed.signals);
             for record in claimed.live {
@@ -165,7 +202,7 @@ impl Runtime {
             self.arm(id);
         }
         resident.extend(loaded);
-        Ok(resident)
+        Ok((resident, elsewhere))
     }
 
     /// Whether a slot is idle beyond `beyond_ms`: nothing to do, nobody waiting on it (callers
