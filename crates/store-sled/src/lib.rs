@@ -96,13 +96,13 @@ const FINISHED_INDEX_BUILT: &[u8] = b"m/finished-index";
 const BY_WAKE: &[u8] = b"t/";
 /// A live instance by version and start time: a version's oldest live instance.
 const LIVE_BY_VERSION: &[u8] = b"l/";
+const LIVE_INDEX_BUILT: &[u8] = b"m/live-index";
+const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
 
 /// A listing of live instances finds the waiting ones of its versions through their `l/` keys
 /// when those versions hold at most one live instance in this many (reading every waiting record
 /// in id order costs the same whatever the scope).
 const SELECTIVE_SHARE: u64 = 8;
-const LIVE_INDEX_BUILT: &[u8] = b"m/live-index";
-const HIGHEST_REMOVED_ID: &[u8] = b"m/highest-id";
 
 /// The by-workflow prefix of a workflow's finished instances.
 /// The file that marks a store directory sled could not recover (see [`BackendFailure::Damaged`](strata_store::BackendFailure::Damaged)).
@@ -296,6 +296,16 @@ fn live_version_prefix(key: &VersionKey) -> Vec<u8> {
     let mut prefix = version_key(LIVE_BY_VERSION, key);
     prefix.push(0);
     prefix
+}
+
+/// The start time and id of an `l/` entry under a version's `prefix` (`live_version_key`).
+fn started_and_id(prefix: &[u8], entry: &[u8]) -> Option<(u64, InstanceId)> {
+    let started = entry.get(prefix.len()..prefix.len() + 8)?;
+    let id = entry.get(prefix.len() + 8..)?;
+    Some((
+        u64::from_be_bytes(started.try_into().ok()?),
+        InstanceId(u64::from_be_bytes(id.try_into().ok()?)),
+    ))
 }
 
 fn live_version_key(key: &VersionKey, created_at_ms: u64, id: InstanceId) -> Vec<u8> {
@@ -742,7 +752,7 @@ impl SledStore {
             let prefix = live_version_prefix(key);
             for item in self.durable.db.scan_prefix(&prefix) {
                 let (entry, _) = item.map_err(backend("read the live index"))?;
-                if let Some(id) = id_from_key(&entry[..prefix.len() + 8], &entry) {
+                if let Some((_, id)) = started_and_id(&prefix, &entry) {
                     if scope.past_cursor(id) {
                         ids.push(id);
                     }
@@ -1509,12 +1519,7 @@ impl strata_store::Cluster for SledStore {
             let prefix = live_version_prefix(&key);
             for item in self.durable.db.scan_prefix(&prefix) {
                 let (entry, _) = item.map_err(backend("read the live index"))?;
-                let (Some(created), Some(id)) = (
-                    entry
-                        .get(prefix.len()..prefix.len() + 8)
-                        .and_then(|bytes| bytes.try_into().ok()),
-                    id_from_key(&entry[..prefix.len() + 8], &entry),
-                ) else {
+                let Some((created, id)) = started_and_id(&prefix, &entry) else {
                     continue;
                 };
                 // An entry of a record quarantined since has no live record behind it.
@@ -1524,7 +1529,7 @@ impl strata_store::Cluster for SledStore {
                     .contains_key(id_key(LIVE, id))
                     .map_err(backend("read the live index"))?
                 {
-                    oldest.push((key, id, u64::from_be_bytes(created)));
+                    oldest.push((key, id, created));
                     break;
                 }
             }
@@ -1645,6 +1650,17 @@ mod tests {
         let loaded: Vec<InstanceId> = recovered.live.iter().map(|record| record.id).collect();
         assert_eq!(loaded, [InstanceId(9)], "the ready one; the other is not due yet");
         assert_eq!(recovered.unloaded, [(key, 1)]);
+    }
+
+    #[test]
+    fn a_live_index_entry_reads_back_its_start_and_id_and_a_cut_one_reads_as_nothing() {
+        let key = VersionKey::new("w", semver::Version::new(1, 0, 0));
+        let prefix = live_version_prefix(&key);
+        let entry = live_version_key(&key, 1_234, InstanceId(7));
+        assert_eq!(started_and_id(&prefix, &entry), Some((1_234, InstanceId(7))));
+        for cut in [prefix.len() + 3, prefix.len() + 8, entry.len() - 1] {
+            assert_eq!(started_and_id(&prefix, &entry[..cut]), None, "cut at {cut}");
+        }
     }
 
     #[test]

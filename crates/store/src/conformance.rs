@@ -102,6 +102,18 @@ fn ready(id: u64, version: &str) -> InstanceRecord {
     )
 }
 
+/// Instance `id` on `version`, waiting for the signal "approved" without a timeout.
+fn awaiting_approval(id: u64, version: &str) -> InstanceRecord {
+    record(
+        id,
+        version,
+        Phase::WaitingSignal {
+            name: "approved".to_string(),
+            timeout_at_ms: None,
+        },
+    )
+}
+
 fn put(record: &InstanceRecord) -> Op {
     Op::PutInstance(record.encode().unwrap_or_else(|error| panic!("{error}")))
 }
@@ -384,18 +396,10 @@ pub fn timers_come_back_with_their_due_time(harness: &dyn Harness) {
 pub fn held_instances_are_found_by_wake_time_and_loaded_with_their_signals(harness: &dyn Harness) {
     use strata_core::instance::WAKE_NEVER;
     let store = harness.open();
-    let waiting = record(
-        3,
-        "1.0.0",
-        Phase::WaitingSignal {
-            name: "approved".to_string(),
-            timeout_at_ms: None,
-        },
-    );
     let records = [
         ready(1, "1.0.0"),
         record(2, "1.0.0", Phase::Sleeping { until_ms: 5_000 }),
-        waiting,
+        awaiting_approval(3, "1.0.0"),
         record(4, "1.0.0", Phase::Sleeping { until_ms: 9_000 }),
         ready(5, "1.0.0"),
     ];
@@ -483,21 +487,11 @@ pub fn held_instances_are_found_by_wake_time_and_loaded_with_their_signals(harne
 /// shared one). The ones left are found by wake time afterwards.
 pub fn a_worker_that_opens_the_store_loads_only_what_is_due_by_its_time(harness: &dyn Harness) {
     let store = harness.open();
-    let waiting = |id: u64| {
-        record(
-            id,
-            "1.0.0",
-            Phase::WaitingSignal {
-                name: "approved".to_string(),
-                timeout_at_ms: None,
-            },
-        )
-    };
     let records = [
         ready(1, "1.0.0"),
         record(2, "1.0.0", Phase::Sleeping { until_ms: 5_000 }),
         record(3, "1.0.0", Phase::Sleeping { until_ms: 9_000 }),
-        waiting(4),
+        awaiting_approval(4, "1.0.0"),
     ];
     let mut ops: Vec<Op> = records.iter().map(put).collect();
     ops.extend((0..records.len()).map(|_| start("1.0.0")));
@@ -541,15 +535,7 @@ pub fn a_worker_that_opens_the_store_loads_only_what_is_due_by_its_time(harness:
 /// instance.
 pub fn signals_are_kept_until_deleted_and_come_back_with_their_instance(harness: &dyn Harness) {
     let store = harness.open();
-    let waiting = record(
-        1,
-        "1.0.0",
-        Phase::WaitingSignal {
-            name: "approved".to_string(),
-            timeout_at_ms: None,
-        },
-    );
-    apply(store.as_ref(), &[put(&waiting), start("1.0.0")]);
+    apply(store.as_ref(), &[put(&awaiting_approval(1, "1.0.0")), start("1.0.0")]);
     apply(store.as_ref(), &[Op::PutSignal(signal(1, 12, "approved"))]);
     apply(store.as_ref(), &[Op::PutSignal(signal(1, 11, "noise"))]);
     apply(store.as_ref(), &[Op::PutSignal(signal(1, 13, "approved"))]);

@@ -5,8 +5,8 @@
 //!
 //! Owns nothing persistent: claims and leases live in the store (`store::Cluster`). A store one
 //! process opens has a cluster of one (`store::SoloCluster`): the same loop runs, its claims find
-//! nothing (the one worker holds every live instance from the start), it always leads, and no other worker
-//! publishes, holds or announces anything.
+//! nothing (the one worker holds every live instance from the start), it always leads, and no
+//! other worker publishes, holds or announces anything.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;

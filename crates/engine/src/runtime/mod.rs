@@ -495,9 +495,7 @@ impl Runtime {
         call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || call(store.as_ref()))
-            .await
-            .unwrap_or_else(|error| Err(StoreError::failed("store call", error)))
+        blocking(move || call(store.as_ref())).await
     }
 
     /// Runs work that reads the store as it goes (a selection over many instances) off the async
@@ -507,9 +505,7 @@ impl Runtime {
         work: impl FnOnce(&Runtime) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, EngineError> {
         let runtime = self.clone();
-        tokio::task::spawn_blocking(move || work(&runtime))
-            .await
-            .unwrap_or_else(|error| Err(StoreError::failed("store call", error).into()))
+        blocking(move || work(&runtime)).await
     }
 
     /// Counts a batch that shutdown must wait for (a move batch's commit).
@@ -1500,6 +1496,15 @@ fn begin(record: &mut InstanceRecord, code: &dyn VersionCode, input: &[u8]) -> R
         wake: PersistedWake::Started,
     };
     Ok(())
+}
+
+/// Runs blocking `work` on tokio's blocking threads; a panic in it is a failed store call.
+async fn blocking<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|error| Err(StoreError::failed("store call", error).into()))
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@
 //! `resident_through` is resident, or being loaded; the loader raises `resident_through` before
 //! it reads what comes due up to the new value (so a step that commits a wake time either sees
 //! the new value and arms its timer, or is seen by the read), and the sweep evicts only
-//! instances whose wake time is beyond it. Memory never runs ahead of the store, so an evicted instance's record in the store is its
-//! last committed one; a record read before an eviction of its shard is not put in after it
-//! (`InstanceTable::insert_loaded`).
+//! instances whose wake time is beyond it. Memory never runs ahead of the store, so an evicted
+//! instance's record in the store is its last committed one; a record read before an eviction
+//! of its shard is not put in after it (`InstanceTable::insert_loaded`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -299,8 +299,9 @@ impl Runtime {
 
     /// Loads the held instances in `scope` that are not resident.
     async fn load_scope(self: &Arc<Self>, scope: crate::store::ListScope) -> Result<(), EngineError> {
-        let runtime = self.clone();
-        let ids = self.store_call(move |_| runtime.unloaded_ids(scope, |_| true)).await?;
+        let ids = self
+            .off_executor(move |runtime| Ok(runtime.unloaded_ids(scope, |_| true)?))
+            .await?;
         for batch in ids.chunks(LOAD_BATCH) {
             self.load_resident(batch).await?;
         }
