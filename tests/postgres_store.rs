@@ -1,7 +1,7 @@
 //! The PostgreSQL store on its own: a wrong URL, server, user or database is a typed error
 //! naming the problem before anything runs; the schema is created once by versioned migrations
 //! even when engines start at once on an empty database; a newer schema or record format is
-//! refused; a load by id names the instances another worker holds.
+//! refused; loads and listings tell this worker's instances from another worker's.
 
 mod common;
 
@@ -116,9 +116,10 @@ fn a_database_written_by_a_newer_strata_is_refused() {
 }
 
 /// A load by id hands over what this worker holds and names the live instances another worker
-/// holds (so that a signal to one of them is delivered without reading it twice).
+/// holds (so that a signal to one of them is delivered without reading it twice); a listing of
+/// this worker's only leaves another worker's out.
 #[test]
-fn loading_held_instances_names_those_another_worker_holds() {
+fn loads_and_listings_tell_this_workers_instances_from_another_workers() {
     use std::time::Duration;
     use strata::instance::{InstanceId, InstanceRecord, Phase, VersionKey};
     use strata::store::Store;
@@ -153,4 +154,16 @@ fn loading_held_instances_names_those_another_worker_holds() {
     };
     assert_eq!(held_here(&holder), (vec![7], vec![]));
     assert_eq!(held_here(&other), (vec![], vec![7]), "another worker's, read once");
+    // A listing of this worker's only leaves another worker's out.
+    let listed = |store: &PostgresStore, held_here: bool| {
+        let scope = strata_store::ListScope {
+            held_here,
+            ..Default::default()
+        };
+        let records = store.cluster().live_held_elsewhere(&scope, &mut |_| true, 10).unwrap();
+        records.iter().map(|record| record.id.0).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&holder, true), [7]);
+    assert_eq!(listed(&other, true), Vec::<u64>::new());
+    assert_eq!(listed(&other, false), [7], "every worker's");
 }

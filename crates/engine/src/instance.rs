@@ -151,6 +151,7 @@ impl InstanceFilter {
             version: self.version.clone().filter(|_| self.workflow.is_some()),
             after: self.after,
             newest_first: self.newest_first,
+            held_here: false,
         }
     }
 

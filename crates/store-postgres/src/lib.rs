@@ -652,13 +652,16 @@ impl PostgresStore {
         };
         let workflow = scope.workflow.clone();
         let version = scope.version.as_ref().map(ToString::to_string);
+        let holder = (live && scope.held_here).then(|| self.worker_id.clone());
         let sql = if newest_first {
             "SELECT id, record, fence FROM strata_instances
              WHERE live = $1 AND id < $2 AND ($3::text IS NULL OR workflow = $3) AND ($4::text IS NULL OR version = $4)
+               AND ($6::text IS NULL OR owner = $6)
              ORDER BY id DESC LIMIT $5"
         } else {
             "SELECT id, record, fence FROM strata_instances
              WHERE live = $1 AND id > $2 AND ($3::text IS NULL OR workflow = $3) AND ($4::text IS NULL OR version = $4)
+               AND ($6::text IS NULL OR owner = $6)
              ORDER BY id LIMIT $5"
         };
         while found.len() < limit {
@@ -671,6 +674,7 @@ impl PostgresStore {
                     Box::new(workflow.clone()),
                     Box::new(version.clone()),
                     Box::new(PAGE),
+                    Box::new(holder.clone()),
                 ],
                 |row| Ok((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1), row.get::<_, i64>(2))),
             )?;

@@ -594,6 +594,9 @@ pub struct ListScope {
     pub after: Option<InstanceId>,
     /// Highest ids (the newest instances) first.
     pub newest_first: bool,
+    /// Only live instances this worker holds (a store one process opens: every one); a listing
+    /// of finished instances ignores it.
+    pub held_here: bool,
 }
 
 impl ListScope {

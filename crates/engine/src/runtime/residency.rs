@@ -308,46 +308,43 @@ impl Runtime {
         Ok(())
     }
 
-    /// The live instances in `scope` that are not resident and `keep` accepts, read from the
-    /// store page by page (a store many processes share lists every worker's: `load_held`
-    /// tells this worker's).
+    /// The live instances in `scope` this worker holds in the store only (not resident) that
+    /// `keep` accepts.
     pub(super) fn unloaded_ids(
+        &self,
+        scope: crate::store::ListScope,
+        keep: impl FnMut(&InstanceRecord) -> bool,
+    ) -> Result<Vec<InstanceId>, crate::store::StoreError> {
+        let mut ids = Vec::new();
+        self.for_each_held_in_store(scope, keep, |record| ids.push(record.id))?;
+        Ok(ids)
+    }
+
+    /// Calls `each` with the record of every live instance in `scope` this worker holds in the
+    /// store only (not resident) whose stored record `keep` accepts, in the scope's order, read
+    /// from the store a page at a time: read, not loaded.
+    pub(super) fn for_each_held_in_store(
         &self,
         mut scope: crate::store::ListScope,
         mut keep: impl FnMut(&InstanceRecord) -> bool,
-    ) -> Result<Vec<InstanceId>, crate::store::StoreError> {
-        let mut ids = Vec::new();
+        mut each: impl FnMut(InstanceRecord),
+    ) -> Result<(), crate::store::StoreError> {
+        scope.held_here = true;
         loop {
             let mut wanted = |record: &InstanceRecord| !self.table.contains(record.id) && keep(record);
             let page = self
                 .store
                 .cluster()
                 .live_held_elsewhere(&scope, &mut wanted, LOAD_BATCH)?;
-            let Some(last) = page.last().map(|record| record.id) else {
-                return Ok(ids);
+            let (Some(last), full) = (page.last().map(|record| record.id), page.len() == LOAD_BATCH) else {
+                return Ok(());
             };
-            ids.extend(page.iter().map(|record| record.id));
-            if page.len() < LOAD_BATCH {
-                return Ok(ids);
+            page.into_iter().for_each(&mut each);
+            if !full {
+                return Ok(());
             }
             scope.after = Some(last);
         }
-    }
-
-    /// Calls `each` with the record of every live instance in `scope` this worker holds in the
-    /// store only (not resident) whose stored record `keep` accepts, a page at a time: read, not
-    /// loaded.
-    pub(super) fn for_each_held_in_store(
-        &self,
-        scope: crate::store::ListScope,
-        keep: impl FnMut(&InstanceRecord) -> bool,
-        mut each: impl FnMut(InstanceRecord),
-    ) -> Result<(), crate::store::StoreError> {
-        let ids = self.unloaded_ids(scope, keep)?;
-        for page in ids.chunks(LOAD_BATCH) {
-            self.store.load_held(page)?.live.into_iter().for_each(&mut each);
-        }
-        Ok(())
     }
 
     /// The loader and the sweep: loads what comes due within the horizon, evicts what is idle

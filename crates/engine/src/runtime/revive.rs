@@ -41,8 +41,7 @@ impl Runtime {
                 let scope = ListScope {
                     workflow: Some(request.workflow.clone()),
                     version: request.from_version.clone(),
-                    after: None,
-                    newest_first: false,
+                    ..ListScope::default()
                 };
                 store.finished_instances(&scope, &mut |record| request.selects(record), usize::MAX)
             }
