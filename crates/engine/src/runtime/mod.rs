@@ -724,8 +724,12 @@ impl Runtime {
     /// Builds and stores the table for `spec` (the rules in force, whose lock the caller holds, so
     /// tables are stored in the order of changes) with the rollouts laid over it.
     fn rebuild_routing(&self, spec: &RoutingSpec) {
-        let spec = self.rollouts.overlay(spec);
-        match RoutingTable::build(&spec, &self.registry.version_states(), false) {
+        self.install_table(&self.rollouts.overlay(spec));
+    }
+
+    /// Compiles `spec` (rules with the rollouts laid over them) into the table starts route by.
+    fn install_table(&self, spec: &RoutingSpec) {
+        match RoutingTable::build(spec, &self.registry.version_states(), false) {
             Ok(table) => self.routing.store(Arc::new(table)),
             Err(error) => {
                 tracing::error!(%error, "the routing rules in force no longer compile; keeping the previous table")

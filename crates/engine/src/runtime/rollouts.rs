@@ -91,23 +91,19 @@ impl Rollouts {
         self.refresh_watched(&known);
     }
 
-    /// Takes in rollouts as the store has them where they are newer than the ones held here
-    /// (more transitions): another process decided or an operator acted. Returns whether any
-    /// changed.
-    pub(super) fn adopt(&self, records: Vec<RolloutRecord>) -> bool {
+    /// Applies `change` to the rollouts held here (it returns whether it changed any); when it
+    /// did, renews the watched workflows and calls `route` with the records still locked, so
+    /// whoever reads a changed rollout next also starts instances by routing made from it.
+    pub(super) fn change(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, RolloutRecord>) -> bool,
+        route: impl FnOnce(&BTreeMap<String, RolloutRecord>),
+    ) -> bool {
         let mut known = self.records.lock();
-        let mut changed = false;
-        for record in records {
-            let newer = known
-                .get(&record.spec.name)
-                .is_none_or(|held| held.history.len() < record.history.len());
-            if newer {
-                known.insert(record.spec.name.clone(), record);
-                changed = true;
-            }
-        }
+        let changed = change(&mut known);
         if changed {
             self.refresh_watched(&known);
+            route(&known);
         }
         changed
     }
@@ -133,42 +129,62 @@ impl Rollouts {
     /// candidate after a promotion) and, while it runs, a first rule sending its stage's share to
     /// the candidate. Other rules for a rolled-back or promoted candidate are dropped.
     pub(super) fn overlay(&self, spec: &RoutingSpec) -> RoutingSpec {
-        let mut latest: BTreeMap<&str, &RolloutRecord> = BTreeMap::new();
-        let records = self.records.lock();
-        for record in records.values() {
-            // The active rollout (at most one per workflow) wins, else the latest started.
-            let rank = |record: &RolloutRecord| (record.status.is_active(), started_at(record));
-            let newer = latest
-                .get(record.spec.workflow.as_str())
-                .is_none_or(|current| rank(current) <= rank(record));
-            if newer {
-                latest.insert(&record.spec.workflow, record);
-            }
-        }
-        let mut routed = spec.clone();
-        for (workflow, record) in latest {
-            let routing = routed.workflows.entry(workflow.to_string()).or_default();
-            let candidate = &record.spec.candidate;
-            routing.rollouts.retain(|rule| rule.candidate != *candidate);
-            let default = match record.status {
-                RolloutStatus::Promoted => candidate,
-                _ => &record.spec.stable,
-            };
-            routing.default = VersionReq::parse(&format!("={default}")).ok();
-            if record.status.is_active() {
-                routing.rollouts.insert(
-                    0,
-                    RolloutRule {
-                        candidate: candidate.clone(),
-                        basis_points: record.candidate_share(),
-                        flag: None,
-                        segments: Vec::new(),
-                    },
-                );
-            }
-        }
-        routed
+        overlay(&self.records.lock(), spec)
     }
+}
+
+/// `spec` with the routing `records` decide laid over it (see `Rollouts::overlay`).
+pub(super) fn overlay(records: &BTreeMap<String, RolloutRecord>, spec: &RoutingSpec) -> RoutingSpec {
+    let mut latest: BTreeMap<&str, &RolloutRecord> = BTreeMap::new();
+    for record in records.values() {
+        // The active rollout (at most one per workflow) wins, else the latest started.
+        let rank = |record: &RolloutRecord| (record.status.is_active(), started_at(record));
+        let newer = latest
+            .get(record.spec.workflow.as_str())
+            .is_none_or(|current| rank(current) <= rank(record));
+        if newer {
+            latest.insert(&record.spec.workflow, record);
+        }
+    }
+    let mut routed = spec.clone();
+    for (workflow, record) in latest {
+        let routing = routed.workflows.entry(workflow.to_string()).or_default();
+        let candidate = &record.spec.candidate;
+        routing.rollouts.retain(|rule| rule.candidate != *candidate);
+        let default = match record.status {
+            RolloutStatus::Promoted => candidate,
+            _ => &record.spec.stable,
+        };
+        routing.default = VersionReq::parse(&format!("={default}")).ok();
+        if record.status.is_active() {
+            routing.rollouts.insert(
+                0,
+                RolloutRule {
+                    candidate: candidate.clone(),
+                    basis_points: record.candidate_share(),
+                    flag: None,
+                    segments: Vec::new(),
+                },
+            );
+        }
+    }
+    routed
+}
+
+/// Takes `records` as the store has them into `known` where they are newer than the ones held
+/// (more transitions): another process decided or an operator acted. Returns whether any changed.
+pub(super) fn adopt_newer(known: &mut BTreeMap<String, RolloutRecord>, records: Vec<RolloutRecord>) -> bool {
+    let mut changed = false;
+    for record in records {
+        let newer = known
+            .get(&record.spec.name)
+            .is_none_or(|held| held.history.len() < record.history.len());
+        if newer {
+            known.insert(record.spec.name.clone(), record);
+            changed = true;
+        }
+    }
+    changed
 }
 
 fn started_at(record: &RolloutRecord) -> u64 {
@@ -176,6 +192,15 @@ fn started_at(record: &RolloutRecord) -> u64 {
 }
 
 impl Runtime {
+    /// Changes the rollouts held here with `change` (see `Rollouts::change`) and, when it changed
+    /// any, builds the routing table from them before the change can be read: a caller that sees
+    /// a rollout's new stage starts instances at that stage's share.
+    fn change_rollouts(&self, change: impl FnOnce(&mut BTreeMap<String, RolloutRecord>) -> bool) -> bool {
+        let spec = self.routing_spec.lock();
+        self.rollouts
+            .change(change, |records| self.install_table(&overlay(records, &spec)))
+    }
+
     /// Wakes rollout evaluation if `key`'s workflow has a running rollout (called as an instance
     /// finishes; one lock-free read otherwise).
     pub(super) fn rollouts_notice_finish(&self, key: &VersionKey) {
@@ -376,13 +401,7 @@ impl Runtime {
     /// routes by them; returns whether any changed.
     pub(super) fn refresh_rollouts(&self) -> bool {
         match self.store.rollouts() {
-            Ok(records) => {
-                let changed = self.rollouts.adopt(records);
-                if changed {
-                    self.refresh_routing();
-                }
-                changed
-            }
+            Ok(records) => self.change_rollouts(|known| adopt_newer(known, records)),
             Err(error) => {
                 tracing::warn!(%error, "could not read the rollouts from the store");
                 false
@@ -473,12 +492,10 @@ impl Runtime {
             }
             return Err(error.into());
         }
-        {
-            let mut records = self.rollouts.records.lock();
+        self.change_rollouts(|records| {
             records.insert(name.clone(), record.clone());
-            self.rollouts.refresh_watched(&records);
-        }
-        self.refresh_routing();
+            true
+        });
         let spec = &record.spec;
         let event = match transition {
             Transition::Started => {
@@ -816,13 +833,63 @@ mod tests {
         assert_eq!(routed.workflows["order"].rollouts[0].candidate, version("2.0.0"));
     }
 
+    /// Takes `records` in as a refresh from the store does, routing nowhere.
+    fn adopt(rollouts: &Rollouts, records: Vec<RolloutRecord>) -> bool {
+        rollouts.change(|known| adopt_newer(known, records), |_| {})
+    }
+
+    #[test]
+    fn a_changed_rollout_is_routed_before_anyone_can_read_it() {
+        let rollouts = Rollouts::default();
+        rollouts.load(vec![rollout("canary", "2.0.0", 100, RolloutStatus::Running, 2)]);
+        let mut routed_with = None;
+        let changed = rollouts.change(
+            |known| {
+                adopt_newer(
+                    known,
+                    vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)],
+                )
+            },
+            |records| {
+                assert!(
+                    rollouts.records.try_lock().is_none(),
+                    "the change must not be readable before the routing made from it is in place"
+                );
+                routed_with = Some(records["canary"].status);
+            },
+        );
+        assert!(changed);
+        assert_eq!(
+            routed_with,
+            Some(RolloutStatus::RolledBack),
+            "routing is made from the change"
+        );
+        let mut routed_again = false;
+        let unchanged = rollouts.change(
+            |known| {
+                adopt_newer(
+                    known,
+                    vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)],
+                )
+            },
+            |_| routed_again = true,
+        );
+        assert!(!unchanged && !routed_again, "nothing changed, nothing to route");
+    }
+
     #[test]
     fn only_a_record_with_more_transitions_replaces_the_one_held() {
         let rollouts = Rollouts::default();
         rollouts.load(vec![rollout("canary", "2.0.0", 100, RolloutStatus::Running, 2)]);
-        assert!(!rollouts.adopt(vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 2)]));
+        assert!(!adopt(
+            &rollouts,
+            vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 2)]
+        ));
         assert_eq!(rollouts.all()[0].status, RolloutStatus::Running);
-        assert!(rollouts.adopt(vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)]));
+        assert!(adopt(
+            &rollouts,
+            vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)]
+        ));
         assert_eq!(rollouts.all()[0].status, RolloutStatus::RolledBack);
         assert!(
             !rollouts.watched.load().contains("order"),
@@ -842,7 +909,10 @@ mod tests {
         assert_eq!(role("2.0.0"), Some("candidate"));
         assert_eq!(role("1.0.0"), Some("stable"));
         assert_eq!(role("1.5.0"), None);
-        rollouts.adopt(vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 2)]);
+        adopt(
+            &rollouts,
+            vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 2)],
+        );
         assert_eq!(role("2.0.0"), None, "a finished rollout holds nothing back");
     }
 }
