@@ -32,10 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (10, "how many ended instances were revived on each version", V10),
     (11, "each version's measure totals, and its shadow instances apart", V11),
     (12, "waiting instances by holder and wake time", V12),
+    (13, "two indexes of live instances no statement reads any more", V13),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 12;
+pub(crate) const SCHEMA_VERSION: i32 = 13;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -248,6 +249,15 @@ CREATE INDEX strata_shadow_pairs_real ON strata_shadow_pairs (real_id);
 /// it, so a step's update of a running instance maintains no entry of it.
 const V12: &str = "
 CREATE INDEX strata_instances_wake ON strata_instances (owner, (COALESCE(due_ms, 9223372036854775807)), id) WHERE live AND status <> 'ready';
+";
+
+/// Schema 13. Every live row's insert and most of its updates maintained two indexes that no
+/// statement reads any more: `strata_instances_due` (by due time, for all holders; a worker reads
+/// what is due by `strata_instances_wake`, its own) and `strata_instances_live` (by workflow and
+/// version, which `strata_instances_oldest` begins with, under the same condition).
+const V13: &str = "
+DROP INDEX IF EXISTS strata_instances_due;
+DROP INDEX IF EXISTS strata_instances_live;
 ";
 
 /// The wake time of a live row (`Phase::wake_ms`) of `strata_instances` named `row` in a
