@@ -714,9 +714,9 @@ impl Runtime {
         Ok(self.write(ops).await?)
     }
 
-    /// Recompiles the routing rules in force after the registry or a rollout changed (a version
-    /// registered, drained or retired; a stage passed); rules whose candidate can no longer take
-    /// instances are left out.
+    /// Recompiles the routing rules in force after the registry changed (a version registered,
+    /// drained or retired) and at open; rules whose candidate can no longer take instances are
+    /// left out. A rollout's change routes through `change_rollouts` instead.
     fn refresh_routing(&self) {
         self.rebuild_routing(&self.routing_spec.lock());
     }

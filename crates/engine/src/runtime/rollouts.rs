@@ -3,8 +3,9 @@
 //!
 //! Evaluation happens when an instance of a watched workflow finishes, on a one-second tick, and
 //! whenever a manual clock jumps. Every transition is one commit of the rollout's record; the
-//! routing table changes right after it, so a rollback stops new instances from reaching the
-//! candidate from the next routing decision on (invariant 7).
+//! routing table is rebuilt from it before the new record can be read here, so a rollback stops
+//! new instances from reaching the candidate from the next routing decision on (invariant 7),
+//! and whoever sees a new stage starts instances at its share.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -842,14 +843,10 @@ mod tests {
     fn a_changed_rollout_is_routed_before_anyone_can_read_it() {
         let rollouts = Rollouts::default();
         rollouts.load(vec![rollout("canary", "2.0.0", 100, RolloutStatus::Running, 2)]);
+        let rolled_back = || vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)];
         let mut routed_with = None;
         let changed = rollouts.change(
-            |known| {
-                adopt_newer(
-                    known,
-                    vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)],
-                )
-            },
+            |known| adopt_newer(known, rolled_back()),
             |records| {
                 assert!(
                     rollouts.records.try_lock().is_none(),
@@ -865,15 +862,7 @@ mod tests {
             "routing is made from the change"
         );
         let mut routed_again = false;
-        let unchanged = rollouts.change(
-            |known| {
-                adopt_newer(
-                    known,
-                    vec![rollout("canary", "2.0.0", 100, RolloutStatus::RolledBack, 3)],
-                )
-            },
-            |_| routed_again = true,
-        );
+        let unchanged = rollouts.change(|known| adopt_newer(known, rolled_back()), |_| routed_again = true);
         assert!(!unchanged && !routed_again, "nothing changed, nothing to route");
     }
 
