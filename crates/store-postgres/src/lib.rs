@@ -280,6 +280,45 @@ fn worker_alive(alias: &str, default_lease: &str) -> String {
     )
 }
 
+/// The holders of live instances that no worker with a current lease is (other than `worker`),
+/// and whether any live instance has no holder: what a claim may take. Reads one index entry per
+/// distinct holder (a skip scan of `strata_instances_owner`), not the instances.
+async fn lost_holders(
+    client: &tokio_postgres::Client,
+    worker: &str,
+    lease: i64,
+) -> Result<(Vec<String>, bool), StoreError> {
+    let rows = client
+        .query_typed(
+            &format!(
+                "WITH RECURSIVE holders(owner) AS (
+                     (SELECT owner FROM strata_instances WHERE live AND owner IS NOT NULL ORDER BY owner LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT i.owner FROM strata_instances i
+                             WHERE i.live AND i.owner > h.owner ORDER BY i.owner LIMIT 1)
+                     FROM holders h WHERE h.owner IS NOT NULL)
+                 SELECT h.owner FROM holders h
+                 WHERE h.owner IS NOT NULL AND h.owner <> $1
+                   AND NOT EXISTS (SELECT 1 FROM strata_workers w WHERE w.id = h.owner AND {alive})
+                 UNION ALL
+                 SELECT NULL WHERE EXISTS (SELECT 1 FROM strata_instances WHERE live AND owner IS NULL)",
+                alive = worker_alive("w", "$2"),
+            ),
+            typed![&worker, &lease],
+        )
+        .await
+        .map_err(failed("claim"))?;
+    let mut lost = Vec::new();
+    let mut unowned = false;
+    for row in &rows {
+        match row.get::<_, Option<String>>(0) {
+            Some(owner) => lost.push(owner),
+            None => unowned = true,
+        }
+    }
+    Ok((lost, unowned))
+}
+
 /// A worker id unique among the processes sharing a database: host, process id and a random part.
 fn new_worker_id() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -1297,33 +1336,50 @@ impl Cluster for PostgresStore {
                         claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
                     }
                     // An instance is claimable when no worker with a current lease holds it.
-                    // Taking the claim raises its fencing token, so the previous holder's writes
-                    // no longer land, and stamps it with the claim's number.
-                    let rows = client
-                        .query_typed(
-                            &format!(
-                                "WITH claimable AS (
-                                 SELECT i.id FROM strata_instances i
-                                 WHERE i.live
-                                   AND (i.workflow, i.version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-                                   AND i.owner IS DISTINCT FROM $3
-                                   AND NOT EXISTS (
-                                       SELECT 1 FROM strata_workers w
-                                       WHERE w.id = i.owner AND {alive})
-                                 ORDER BY i.id
-                                 LIMIT $5
-                                 FOR UPDATE OF i SKIP LOCKED)
-                             UPDATE strata_instances i SET owner = $3, fence = i.fence + 1, claimed_in = $6
-                             FROM claimable WHERE i.id = claimable.id
-                             RETURNING i.id, i.fence, CASE WHEN {wake} <= $7 THEN i.record END",
-                                alive = worker_alive("w", "$4"),
-                                wake = schema::wake_of("i"),
-                            ),
-                            typed![&workflows, &version_texts, &worker, &lease, &limit, &seq, &through],
-                        )
-                        .await
-                        .map_err(failed("claim"))?;
-                    claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
+                    // Its holders are few: find the lost ones first (index probes), so a worker
+                    // whose peers are all alive reads no instance row at every heartbeat.
+                    let (lost_owners, unowned) = lost_holders(&client, &worker, lease).await?;
+                    if !lost_owners.is_empty() || unowned {
+                        // Taking the claim raises its fencing token, so the previous holder's
+                        // writes no longer land, and stamps it with the claim's number. The
+                        // holder is checked again here: it may have come back since.
+                        let rows = client
+                            .query_typed(
+                                &format!(
+                                    "WITH claimable AS (
+                                     SELECT i.id FROM strata_instances i
+                                     WHERE i.live
+                                       AND (i.owner = ANY($8) OR (i.owner IS NULL AND $9))
+                                       AND (i.workflow, i.version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+                                       AND i.owner IS DISTINCT FROM $3
+                                       AND NOT EXISTS (
+                                           SELECT 1 FROM strata_workers w
+                                           WHERE w.id = i.owner AND {alive})
+                                     ORDER BY i.id
+                                     LIMIT $5
+                                     FOR UPDATE OF i SKIP LOCKED)
+                                 UPDATE strata_instances i SET owner = $3, fence = i.fence + 1, claimed_in = $6
+                                 FROM claimable WHERE i.id = claimable.id
+                                 RETURNING i.id, i.fence, CASE WHEN {wake} <= $7 THEN i.record END",
+                                    alive = worker_alive("w", "$4"),
+                                    wake = schema::wake_of("i"),
+                                ),
+                                typed![
+                                    &workflows,
+                                    &version_texts,
+                                    &worker,
+                                    &lease,
+                                    &limit,
+                                    &seq,
+                                    &through,
+                                    &lost_owners,
+                                    &unowned
+                                ],
+                            )
+                            .await
+                            .map_err(failed("claim"))?;
+                        claimed.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
+                    }
                     let ids: Vec<i64> = claimed
                         .iter()
                         .filter(|(_, _, record)| record.is_some())
