@@ -167,3 +167,73 @@ fn loads_and_listings_tell_this_workers_instances_from_another_workers() {
     assert_eq!(listed(&other, true), Vec::<u64>::new());
     assert_eq!(listed(&other, false), [7], "every worker's");
 }
+
+/// A claim takes what no worker with a current lease holds, whatever the reason: instances held
+/// by no one, those of a worker that left (released), of one whose lease lapsed, and none of a
+/// live worker's, its own included; a claim with nothing lost takes nothing.
+#[test]
+fn a_claim_takes_the_instances_of_lost_holders_and_never_a_live_workers() {
+    use std::time::Duration;
+    use strata::instance::{InstanceId, InstanceRecord, Phase, VersionKey};
+    use strata::store::Store;
+    use strata_store::{CounterDelta, Op};
+    let database = TestDatabase::create();
+    let key = VersionKey::new("w", strata::Version::new(1, 0, 0));
+    let lease = Duration::from_secs(30);
+    let workers: Vec<PostgresStore> = (0..4).map(|_| PostgresStore::connect(&database.url).unwrap()).collect();
+    let [claimer, alive, left, lapsed] = &workers[..] else {
+        unreachable!()
+    };
+    for store in &workers {
+        store.cluster().heartbeat(std::slice::from_ref(&key), lease).unwrap();
+    }
+    let claimed_ids = |store: &PostgresStore| {
+        let claimed = store
+            .cluster()
+            .claim(std::slice::from_ref(&key), lease, usize::MAX, u64::MAX)
+            .unwrap();
+        let mut ids: Vec<u64> = claimed.live.iter().map(|record| record.id.0).collect();
+        ids.sort();
+        ids
+    };
+    // Each worker writes two instances, ids 10 * its number + 1 and + 2: held by no one until
+    // its claim takes them.
+    for (number, store) in workers.iter().enumerate() {
+        for id in [10 * number as u64 + 1, 10 * number as u64 + 2] {
+            let phase = Phase::WaitingSignal {
+                name: "go".to_string(),
+                timeout_at_ms: None,
+            };
+            let record = InstanceRecord::new(InstanceId(id), key.clone(), phase, 1_000);
+            store
+                .apply(&[
+                    Op::PutInstance(record.encode().unwrap()),
+                    Op::AdjustCounters {
+                        key: key.clone(),
+                        delta: CounterDelta::start(1_000),
+                    },
+                ])
+                .unwrap();
+        }
+        let first = 10 * number as u64;
+        assert_eq!(claimed_ids(store), [first + 1, first + 2], "unheld instances");
+    }
+    assert_eq!(claimed_ids(claimer), Vec::<u64>::new(), "every holder is alive");
+
+    left.cluster().leave().unwrap();
+    database
+        .execute(&format!(
+            "UPDATE strata_workers SET heartbeat_ms = 0 WHERE id = '{}'",
+            lapsed.cluster().worker_id()
+        ))
+        .unwrap();
+    assert_eq!(
+        claimed_ids(claimer),
+        [21, 22, 31, 32],
+        "a worker that left, one whose lease lapsed"
+    );
+    assert_eq!(claimed_ids(alive), Vec::<u64>::new(), "taken already, by a live worker");
+    assert_eq!(claimed_ids(claimer), Vec::<u64>::new());
+    let held = alive.load_held(&[InstanceId(11), InstanceId(21)]).unwrap();
+    assert_eq!(held.live.iter().map(|record| record.id.0).collect::<Vec<_>>(), [11]);
+}
