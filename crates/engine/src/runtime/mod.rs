@@ -1301,10 +1301,10 @@ impl Runtime {
                 }
             });
             // Other workers' live instances, and this worker's left in the store, as the store
-            // has them.
+            // has them: every live one not listed above, even if it is resident by now (a start
+            // commits before its slot is made, so the table read may have missed it).
             let elsewhere = Self::read_unlisted(filter, &scope, &found, limit, |keep, limit| {
-                let mut keep = |record: &InstanceRecord| !self.table.contains(record.id) && keep(record);
-                self.store.cluster().live_held_elsewhere(&scope, &mut keep, limit)
+                self.store.cluster().live_held_elsewhere(&scope, keep, limit)
             })?;
             found.extend(elsewhere);
             in_order(&mut found);
