@@ -121,27 +121,13 @@ fn a_database_written_by_a_newer_strata_is_refused() {
 #[test]
 fn loads_and_listings_tell_this_workers_instances_from_another_workers() {
     use std::time::Duration;
-    use strata::instance::{InstanceId, InstanceRecord, Phase, VersionKey};
+    use strata::instance::{InstanceId, InstanceRecord, VersionKey};
     use strata::store::Store;
-    use strata_store::{CounterDelta, Op};
     let database = TestDatabase::create();
     let holder = PostgresStore::connect(&database.url).unwrap();
     let other = PostgresStore::connect(&database.url).unwrap();
     let key = VersionKey::new("w", strata::Version::new(1, 0, 0));
-    let phase = Phase::WaitingSignal {
-        name: "go".to_string(),
-        timeout_at_ms: None,
-    };
-    let record = InstanceRecord::new(InstanceId(7), key.clone(), phase, 1_000);
-    holder
-        .apply(&[
-            Op::PutInstance(record.encode().unwrap()),
-            Op::AdjustCounters {
-                key: key.clone(),
-                delta: CounterDelta::start(1_000),
-            },
-        ])
-        .unwrap();
+    put_waiting(&holder, &key, 7);
     let lease = Duration::from_secs(30);
     for store in [&holder, &other] {
         store.cluster().heartbeat(std::slice::from_ref(&key), lease).unwrap();
@@ -174,9 +160,8 @@ fn loads_and_listings_tell_this_workers_instances_from_another_workers() {
 #[test]
 fn a_claim_takes_the_instances_of_lost_holders_and_never_a_live_workers() {
     use std::time::Duration;
-    use strata::instance::{InstanceId, InstanceRecord, Phase, VersionKey};
+    use strata::instance::{InstanceId, VersionKey};
     use strata::store::Store;
-    use strata_store::{CounterDelta, Op};
     let database = TestDatabase::create();
     let key = VersionKey::new("w", strata::Version::new(1, 0, 0));
     let lease = Duration::from_secs(30);
@@ -200,20 +185,7 @@ fn a_claim_takes_the_instances_of_lost_holders_and_never_a_live_workers() {
     // its claim takes them.
     for (number, store) in workers.iter().enumerate() {
         for id in [10 * number as u64 + 1, 10 * number as u64 + 2] {
-            let phase = Phase::WaitingSignal {
-                name: "go".to_string(),
-                timeout_at_ms: None,
-            };
-            let record = InstanceRecord::new(InstanceId(id), key.clone(), phase, 1_000);
-            store
-                .apply(&[
-                    Op::PutInstance(record.encode().unwrap()),
-                    Op::AdjustCounters {
-                        key: key.clone(),
-                        delta: CounterDelta::start(1_000),
-                    },
-                ])
-                .unwrap();
+            put_waiting(store, &key, id);
         }
         let first = 10 * number as u64;
         assert_eq!(claimed_ids(store), [first + 1, first + 2], "unheld instances");
@@ -236,4 +208,26 @@ fn a_claim_takes_the_instances_of_lost_holders_and_never_a_live_workers() {
     assert_eq!(claimed_ids(claimer), Vec::<u64>::new());
     let held = alive.load_held(&[InstanceId(11), InstanceId(21)]).unwrap();
     assert_eq!(held.live.iter().map(|record| record.id.0).collect::<Vec<_>>(), [11]);
+}
+
+/// Writes instance `id` of `key`, waiting for a signal, as a start does (held by no one until a
+/// claim takes it).
+fn put_waiting(store: &PostgresStore, key: &strata::instance::VersionKey, id: u64) {
+    use strata::instance::{InstanceId, InstanceRecord, Phase};
+    use strata::store::Store;
+    use strata_store::{CounterDelta, Op};
+    let phase = Phase::WaitingSignal {
+        name: "go".to_string(),
+        timeout_at_ms: None,
+    };
+    let record = InstanceRecord::new(InstanceId(id), key.clone(), phase, 1_000);
+    store
+        .apply(&[
+            Op::PutInstance(record.encode().unwrap()),
+            Op::AdjustCounters {
+                key: key.clone(),
+                delta: CounterDelta::start(1_000),
+            },
+        ])
+        .unwrap();
 }

@@ -1342,7 +1342,8 @@ impl Cluster for PostgresStore {
                     if !lost_owners.is_empty() || unowned {
                         // Taking the claim raises its fencing token, so the previous holder's
                         // writes no longer land, and stamps it with the claim's number. The
-                        // holder is checked again here: it may have come back since.
+                        // holder is checked again here: it may have come back since. (This
+                        // worker is never among the lost holders.)
                         let rows = client
                             .query_typed(
                                 &format!(
@@ -1351,7 +1352,6 @@ impl Cluster for PostgresStore {
                                      WHERE i.live
                                        AND (i.owner = ANY($8) OR (i.owner IS NULL AND $9))
                                        AND (i.workflow, i.version) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-                                       AND i.owner IS DISTINCT FROM $3
                                        AND NOT EXISTS (
                                            SELECT 1 FROM strata_workers w
                                            WHERE w.id = i.owner AND {alive})
@@ -1385,16 +1385,21 @@ impl Cluster for PostgresStore {
                         .filter(|(_, _, record)| record.is_some())
                         .map(|(id, ..)| *id)
                         .collect();
-                    let signals = client
-                        .query_typed(
-                            "SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq",
-                            typed![&ids],
-                        )
-                        .await
-                        .map_err(failed("claim"))?
-                        .iter()
-                        .map(|row| decode::<SignalRecord>("signal", row.get(0)))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    // Most heartbeats claim nothing: no round trip for no signals.
+                    let signals = if ids.is_empty() {
+                        Vec::new()
+                    } else {
+                        client
+                            .query_typed(
+                                "SELECT record FROM strata_signals WHERE instance = ANY($1) ORDER BY instance, seq",
+                                typed![&ids],
+                            )
+                            .await
+                            .map_err(failed("claim"))?
+                            .iter()
+                            .map(|row| decode::<SignalRecord>("signal", row.get(0)))
+                            .collect::<Result<Vec<_>, _>>()?
+                    };
                     Ok((claimed, signals))
                 };
                 let mut error = match attempt.await {

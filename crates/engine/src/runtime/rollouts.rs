@@ -85,11 +85,14 @@ impl Rollouts {
 
     /// Loads the stored rollouts.
     pub(super) fn load(&self, records: Vec<RolloutRecord>) {
-        let mut known = self.records.lock();
-        for record in records {
-            known.insert(record.spec.name.clone(), record);
-        }
-        self.refresh_watched(&known);
+        // Routed once the open has everything (`Runtime::refresh_routing`).
+        self.change(
+            |known| {
+                known.extend(records.into_iter().map(|record| (record.spec.name.clone(), record)));
+                true
+            },
+            |_| {},
+        );
     }
 
     /// Applies `change` to the rollouts held here (it returns whether it changed any); when it
