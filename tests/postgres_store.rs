@@ -210,6 +210,80 @@ fn a_claim_takes_the_instances_of_lost_holders_and_never_a_live_workers() {
     assert_eq!(held.live.iter().map(|record| record.id.0).collect::<Vec<_>>(), [11]);
 }
 
+#[test]
+fn a_migrations_uncovered_count_takes_live_holders_after_their_share_and_lost_or_unheld_ones_a_live_worker_runs() {
+    use std::time::Duration;
+    use strata::instance::VersionKey;
+    use strata::store::Store;
+    let database = TestDatabase::create();
+    let runnable = VersionKey::new("w", strata::Version::new(1, 0, 0));
+    let orphaned = VersionKey::new("w", strata::Version::new(9, 0, 0));
+    let other_workflow = VersionKey::new("x", strata::Version::new(1, 0, 0));
+    let lease = Duration::from_secs(30);
+    let workers: Vec<PostgresStore> = (0..3).map(|_| PostgresStore::connect(&database.url).unwrap()).collect();
+    let [first, second, gone] = &workers[..] else {
+        unreachable!()
+    };
+    let claim = |store: &PostgresStore, keys: &[VersionKey], ids: &[u64]| {
+        store.cluster().heartbeat(keys, lease).unwrap();
+        let claimed = store.cluster().claim(keys, lease, usize::MAX, u64::MAX).unwrap();
+        let mut taken: Vec<u64> = claimed.live.iter().map(|record| record.id.0).collect();
+        taken.sort();
+        assert_eq!(taken, ids);
+        database.count(&format!(
+            "SELECT claimed_in FROM strata_instances WHERE id = {}",
+            ids[0]
+        )) as u64
+    };
+    // The first worker's share covered its claim of 1 and 2 (and of 10, another workflow's); it
+    // claimed 3 and 11 after. The second worker's share covered nothing; it claimed 4.
+    for id in [1, 2] {
+        put_waiting(first, &runnable, id);
+    }
+    put_waiting(first, &other_workflow, 10);
+    let covered_claim = claim(first, &[runnable.clone(), other_workflow.clone()], &[1, 2, 10]);
+    put_waiting(first, &runnable, 3);
+    put_waiting(first, &other_workflow, 11);
+    let later_claim = claim(first, &[runnable.clone(), other_workflow.clone()], &[3, 11]);
+    put_waiting(second, &runnable, 4);
+    let second_claim = claim(second, std::slice::from_ref(&runnable), &[4]);
+    // A worker that left holds 5 (a version the live workers run) and 6 (one none of them runs).
+    put_waiting(gone, &runnable, 5);
+    put_waiting(gone, &orphaned, 6);
+    claim(gone, &[runnable.clone(), orphaned.clone()], &[5, 6]);
+    gone.cluster().leave().unwrap();
+    // Held by no one: 7 (run by a live worker), 8 (not) and 12 (another workflow's).
+    put_waiting(first, &runnable, 7);
+    put_waiting(first, &orphaned, 8);
+    put_waiting(first, &other_workflow, 12);
+
+    let uncovered = |covered: &[(String, u64)]| first.cluster().uncovered_live("w", lease, covered).unwrap();
+    let worker = |store: &PostgresStore| store.cluster().worker_id().to_string();
+    assert_eq!(
+        uncovered(&[(worker(first), covered_claim)]),
+        4,
+        "3 (claimed after the first share), 4 (a share that covered no claim), 5 (a lost holder's) and 7 (unheld)"
+    );
+    assert_eq!(
+        uncovered(&[(worker(first), later_claim), (worker(second), second_claim)]),
+        2,
+        "5 and 7: what no live worker's share can cover"
+    );
+    assert_eq!(
+        uncovered(&[]),
+        6,
+        "no share covered a claim: 1, 2, 3 and 4, held by live workers, 5 and 7"
+    );
+    assert_eq!(
+        second
+            .cluster()
+            .uncovered_live("x", lease, &[(worker(first), later_claim)])
+            .unwrap(),
+        1,
+        "12, unheld"
+    );
+}
+
 /// Writes instance `id` of `key`, waiting for a signal, as a start does (held by no one until a
 /// claim takes it).
 fn put_waiting(store: &PostgresStore, key: &strata::instance::VersionKey, id: u64) {

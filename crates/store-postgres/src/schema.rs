@@ -33,10 +33,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (11, "each version's measure totals, and its shadow instances apart", V11),
     (12, "waiting instances by holder and wake time", V12),
     (13, "two indexes of live instances no statement reads any more", V13),
+    (14, "claims by owner and claim number", V14),
 ];
 
 /// The newest schema this build knows.
-pub(crate) const SCHEMA_VERSION: i32 = 13;
+pub(crate) const SCHEMA_VERSION: i32 = 14;
 
 /// Schema 1. Instances keep their encoded record (the same MessagePack as on sled) beside the
 /// columns the database must query: liveness, version, status, due time and the claim.
@@ -258,6 +259,16 @@ CREATE INDEX strata_instances_wake ON strata_instances (owner, (COALESCE(due_ms,
 const V13: &str = "
 DROP INDEX IF EXISTS strata_instances_due;
 DROP INDEX IF EXISTS strata_instances_live;
+";
+
+/// Schema 14. Claims by owner and the claim that took them (`claimed_in`), in place of by owner
+/// alone: what a background migration's shares have not covered is, for each live holder, its rows
+/// claimed after its share, a range of this index, where it was every live row of the workflow.
+/// The index stays one entry per live row; `claimed_in` changes only when `owner` does, or when a
+/// lost claim's answer is taken in again.
+const V14: &str = "
+CREATE INDEX strata_instances_owner_claim ON strata_instances (owner, claimed_in) WHERE live;
+DROP INDEX IF EXISTS strata_instances_owner;
 ";
 
 /// The wake time of a live row (`Phase::wake_ms`) of `strata_instances` named `row` in a
