@@ -54,6 +54,7 @@ mod directory_lock;
 mod durable;
 mod failures;
 pub mod format1;
+mod history_segments;
 mod space;
 
 pub use space::DEFAULT_DISK_RESERVE;
@@ -935,6 +936,15 @@ impl Store for SledStore {
         let mut no_longer_ended: Vec<InstanceId> = Vec::new();
         // The last commit's buffer, so a group's frame does not grow a fresh allocation.
         let mut batch = Changes::in_buffer(std::mem::take(&mut *self.spare_frame.lock()));
+        // The history segments this write changes (several chunks to a key).
+        let mut history = history_segments::SegmentWrites::default();
+        let read_history_key = |instance: InstanceId, number: u64| {
+            self.durable
+                .db
+                .get(history_key(instance, number))
+                .map(|value| value.map(|value| value.to_vec()))
+                .map_err(backend("read history"))
+        };
         for op in ops {
             match op {
                 Op::PutInstance(record) => {
@@ -974,10 +984,8 @@ impl Store for SledStore {
                     instance,
                     first,
                     entries,
-                } => {
-                    batch.insert(history_key(*instance, *first), entries.as_slice());
-                }
-                Op::DropHistoryChunk { instance, first } => batch.remove(history_key(*instance, *first)),
+                } => history.put(&read_history_key, *instance, *first, entries)?,
+                Op::DropHistoryChunk { instance, first } => history.drop_chunk(&read_history_key, *instance, *first)?,
                 Op::AdjustCounters { key, delta } => {
                     if delta.started > 0 && !starting.contains(&key) {
                         starting.push(key);
@@ -1059,6 +1067,12 @@ impl Store for SledStore {
                     // Its index entries are left: a reader finds no live record behind them.
                     batch.insert(id_key(QUARANTINED, *id), encode("quarantine entry", &entry)?);
                 }
+            }
+        }
+        for (instance, number, value) in history.into_writes() {
+            match value {
+                Some(value) => batch.insert(history_key(instance, number), value),
+                None => batch.remove(history_key(instance, number)),
             }
         }
         if !no_longer_ended.is_empty() {
@@ -1410,19 +1424,18 @@ impl Store for SledStore {
         let prefix = id_key(HISTORY, instance);
         let mut chunks = Vec::new();
         for item in self.durable.db.scan_prefix(&prefix) {
-            let (key, entries) = item.map_err(backend("read history"))?;
-            let Some(first) = key
+            let (key, value) = item.map_err(backend("read history"))?;
+            let Some(number) = key
                 .get(prefix.len()..)
                 .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
                 .map(u64::from_be_bytes)
             else {
                 continue;
             };
-            chunks.push(StoredHistoryChunk {
-                first,
-                entries: entries.to_vec(),
-            });
+            chunks.extend(history_segments::chunks_of(number, &value));
         }
+        // Chunks a build before wrote under their own keys may sit between a segment's.
+        chunks.sort_by_key(|chunk| chunk.first);
         Ok(chunks)
     }
 
@@ -1594,6 +1607,60 @@ mod tests {
         format: u32,
         key: VersionKey,
         status: VersionStatus,
+    }
+
+    #[test]
+    fn history_chunks_share_a_key_per_segment_and_chunks_under_their_own_keys_still_read_and_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = InstanceId(5);
+        let chunk = |first: u64| vec![0x91, (first / 8) as u8];
+        let put = |first: u64| Op::PutHistoryChunk {
+            instance: id,
+            first,
+            entries: chunk(first),
+        };
+        let firsts = |store: &SledStore| -> Vec<u64> {
+            let chunks = store.history(id).unwrap();
+            for stored in &chunks {
+                assert_eq!(stored.entries, chunk(stored.first));
+            }
+            chunks.iter().map(|stored| stored.first).collect()
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            // As builds before wrote them: each chunk under its own key.
+            for first in [0, 8, 16] {
+                store.durable.db.insert(history_key(id, first), chunk(first)).unwrap();
+            }
+            store.apply(&[put(24)]).unwrap();
+            store.apply(&[put(32), put(40)]).unwrap();
+            assert_eq!(firsts(&store), [0, 8, 16, 24, 32, 40]);
+            store
+                .apply(&[
+                    Op::DropHistoryChunk { instance: id, first: 8 },
+                    Op::DropHistoryChunk {
+                        instance: id,
+                        first: 16,
+                    },
+                ])
+                .unwrap();
+            assert_eq!(firsts(&store), [0, 24, 32, 40]);
+            store.apply(&[put(72)]).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(firsts(&store), [0, 24, 32, 40, 72], "read back after a restart");
+        let keys: Vec<u64> = store
+            .durable
+            .db
+            .scan_prefix(id_key(HISTORY, id))
+            .keys()
+            .map(|key| u64::from_be_bytes(key.unwrap()[10..].try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            keys,
+            [0, 8, 72],
+            "the first chunk, the segment from 8 (16's own key removed), the one from 72"
+        );
     }
 
     #[test]

@@ -1,0 +1,325 @@
+//! How the embedded store keeps an instance's history chunks: several chunks to one key.
+//!
+//! The engine hands over a chunk of [`HISTORY_CHUNK`] entries every eighth commit of an
+//! instance. A key of its own per chunk made each of those commits insert a key that stays, and
+//! sled pays for a new key with a copy of its leaf and, every few keys, a split: the history's
+//! chunks took a fifth to a quarter of the step throughput at 64 concurrent instances (issue
+//! #23). So the first chunk (with the start, which the bound never drops) has a key of its own,
+//! and the chunks after it share one key per [`CHUNKS_PER_SEGMENT`]: a chunk's commit rewrites
+//! its segment's value, a key sled already holds.
+//!
+//! A segment's value is [`SEGMENT_MARK`] followed by its chunks, each as its first entry's number
+//! (u64), its length (u32), both big-endian, and its bytes. The key ends with the number of the
+//! segment's first entry slot, so segments sort in entry order. A value without the mark is a
+//! chunk as builds before wrote it, under its own first entry's number; it is read as it is, and
+//! one at a segment's key is taken into the segment when the segment is next written. Owns the
+//! segments' keys, their values' encoding, and folding a commit's chunk writes and drops into
+//! segment values.
+
+use std::collections::HashMap;
+
+use strata_core::history::HISTORY_CHUNK;
+use strata_core::instance::InstanceId;
+use strata_store::{StoreError, StoredHistoryChunk};
+
+/// How many chunks (after the first) share a key: a segment holds up to this many times
+/// [`HISTORY_CHUNK`] entries, about 2 KB.
+pub(crate) const CHUNKS_PER_SEGMENT: u64 = 8;
+
+/// The first byte of a segment's value. MessagePack never uses it, and a chunk (entries as
+/// MessagePack arrays) never begins with it.
+const SEGMENT_MARK: u8 = 0xc1;
+
+/// Bytes before a chunk's entries in a segment: its first entry's number and its length.
+const PIECE_HEADER: usize = 12;
+
+/// The number a segment's key ends with: the first entry slot of the segment holding the chunk
+/// whose first entry is `first`.
+pub(crate) fn segment_of(first: u64) -> u64 {
+    if first < HISTORY_CHUNK {
+        return 0;
+    }
+    let span = HISTORY_CHUNK * CHUNKS_PER_SEGMENT;
+    HISTORY_CHUNK + (first - HISTORY_CHUNK) / span * span
+}
+
+/// The chunks a stored value holds: a segment's, or a chunk as builds before wrote it (under
+/// the number `key_number` its key ends with). A segment cut short yields the chunks before the
+/// cut and, for the rest, one chunk that will not decode, so the reader names the damage.
+pub(crate) fn chunks_of(key_number: u64, value: &[u8]) -> Vec<StoredHistoryChunk> {
+    let Some((&SEGMENT_MARK, mut rest)) = value.split_first() else {
+        return vec![StoredHistoryChunk {
+            first: key_number,
+            entries: value.to_vec(),
+        }];
+    };
+    let mut chunks = Vec::new();
+    while !rest.is_empty() {
+        let piece = rest.get(..PIECE_HEADER).and_then(|header| {
+            let first = u64::from_be_bytes(header[..8].try_into().ok()?);
+            let length = u32::from_be_bytes(header[8..].try_into().ok()?) as usize;
+            let entries = rest.get(PIECE_HEADER..PIECE_HEADER.checked_add(length)?)?;
+            Some((first, entries))
+        });
+        match piece {
+            Some((first, entries)) => {
+                chunks.push(StoredHistoryChunk {
+                    first,
+                    entries: entries.to_vec(),
+                });
+                rest = &rest[PIECE_HEADER + entries.len()..];
+            }
+            None => {
+                let after = chunks.last().map_or(key_number, |chunk| chunk.first + HISTORY_CHUNK);
+                chunks.push(StoredHistoryChunk {
+                    first: after,
+                    entries: vec![SEGMENT_MARK],
+                });
+                break;
+            }
+        }
+    }
+    chunks
+}
+
+/// Appends the chunk whose first entry is `first` to a segment's value.
+fn push_piece(value: &mut Vec<u8>, first: u64, entries: &[u8]) {
+    value.reserve(PIECE_HEADER + entries.len());
+    value.extend_from_slice(&first.to_be_bytes());
+    value.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    value.extend_from_slice(entries);
+}
+
+/// Where in a segment's value the chunk whose first entry is `first` lies, its header included.
+fn piece_range(value: &[u8], first: u64) -> Option<std::ops::Range<usize>> {
+    let mut at = 1;
+    while let Some(header) = value.get(at..at + PIECE_HEADER) {
+        let piece_first = u64::from_be_bytes(header[..8].try_into().ok()?);
+        let length = u32::from_be_bytes(header[8..].try_into().ok()?) as usize;
+        let end = (at + PIECE_HEADER).saturating_add(length).min(value.len());
+        if piece_first == first {
+            return Some(at..end);
+        }
+        at = end;
+    }
+    None
+}
+
+/// What one write does to the history keys: segments' values as they will be after it, each read
+/// once from the tree when the write first touches it, and changed in place.
+#[derive(Default)]
+pub(crate) struct SegmentWrites {
+    /// By instance and segment number: the segment's value after this write.
+    segments: HashMap<(InstanceId, u64), Vec<u8>>,
+    /// Keys of chunks as builds before wrote them, each under its own number, that a drop
+    /// removes.
+    removed_old_chunks: Vec<(InstanceId, u64)>,
+}
+
+/// Reads the value under the history key of `instance` ending with `number`, if any: how
+/// [`SegmentWrites`] reads the store.
+pub(crate) type ReadHistoryKey<'a> = &'a dyn Fn(InstanceId, u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+impl SegmentWrites {
+    /// Adds the chunk of `instance` whose first entry is `first` to its segment (chunks come in
+    /// order, each once).
+    pub(crate) fn put(
+        &mut self,
+        read: ReadHistoryKey<'_>,
+        instance: InstanceId,
+        first: u64,
+        entries: &[u8],
+    ) -> Result<(), StoreError> {
+        let value = self.segment(read, instance, segment_of(first))?;
+        push_piece(value, first, entries);
+        Ok(())
+    }
+
+    /// Drops the chunk of `instance` whose first entry is `first`: from its segment, or its own
+    /// key if a build before wrote it there.
+    pub(crate) fn drop_chunk(
+        &mut self,
+        read: ReadHistoryKey<'_>,
+        instance: InstanceId,
+        first: u64,
+    ) -> Result<(), StoreError> {
+        let segment = segment_of(first);
+        let value = self.segment(read, instance, segment)?;
+        match piece_range(value, first) {
+            Some(range) => {
+                value.drain(range);
+            }
+            None if first != segment => self.removed_old_chunks.push((instance, first)),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The writes to make, as (instance, key number, value; `None` removes the key).
+    pub(crate) fn into_writes(self) -> impl Iterator<Item = (InstanceId, u64, Option<Vec<u8>>)> {
+        let segments = self.segments.into_iter().map(|((instance, number), value)| {
+            // A segment whose chunks were all dropped is its mark alone.
+            let value = (value.len() > 1).then_some(value);
+            (instance, number, value)
+        });
+        let removed = self
+            .removed_old_chunks
+            .into_iter()
+            .map(|(instance, number)| (instance, number, None));
+        segments.chain(removed)
+    }
+
+    /// A segment's value as this write leaves it so far, read from the store the first time (a
+    /// chunk a build before wrote under the segment's key becomes its first).
+    fn segment(
+        &mut self,
+        read: ReadHistoryKey<'_>,
+        instance: InstanceId,
+        number: u64,
+    ) -> Result<&mut Vec<u8>, StoreError> {
+        use std::collections::hash_map::Entry;
+        match self.segments.entry((instance, number)) {
+            Entry::Occupied(held) => Ok(held.into_mut()),
+            Entry::Vacant(vacant) => {
+                let value = match read(instance, number)? {
+                    Some(value) if value.first() == Some(&SEGMENT_MARK) => value,
+                    Some(old_chunk) => {
+                        let mut value = vec![SEGMENT_MARK];
+                        push_piece(&mut value, number, &old_chunk);
+                        value
+                    }
+                    None => vec![SEGMENT_MARK],
+                };
+                Ok(vacant.insert(value))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// History keys in memory, as a tree would hold them.
+    #[derive(Default)]
+    struct Keys(BTreeMap<(InstanceId, u64), Vec<u8>>);
+
+    impl Keys {
+        fn read(&self) -> impl Fn(InstanceId, u64) -> Result<Option<Vec<u8>>, StoreError> + '_ {
+            |instance, number| Ok(self.0.get(&(instance, number)).cloned())
+        }
+
+        fn apply(&mut self, writes: SegmentWrites) {
+            for (instance, number, value) in writes.into_writes() {
+                match value {
+                    Some(value) => self.0.insert((instance, number), value),
+                    None => self.0.remove(&(instance, number)),
+                };
+            }
+        }
+
+        /// Every chunk of `instance`, in entry order, as the store reads them.
+        fn chunks(&self, instance: InstanceId) -> Vec<(u64, Vec<u8>)> {
+            let mut chunks: Vec<(u64, Vec<u8>)> = self
+                .0
+                .range((instance, 0)..=(instance, u64::MAX))
+                .flat_map(|((_, number), value)| chunks_of(*number, value))
+                .map(|chunk| (chunk.first, chunk.entries))
+                .collect();
+            chunks.sort_by_key(|(first, _)| *first);
+            chunks
+        }
+    }
+
+    fn bytes_of(first: u64) -> Vec<u8> {
+        vec![0x90 + (first / HISTORY_CHUNK % 16) as u8; 3]
+    }
+
+    #[test]
+    fn the_first_chunk_has_a_key_of_its_own_and_the_rest_share_one_per_segment() {
+        assert_eq!(segment_of(0), 0);
+        assert_eq!(segment_of(8), 8);
+        assert_eq!(segment_of(8 + 8 * 7), 8);
+        assert_eq!(segment_of(8 + 8 * 8), 8 + 64);
+        let id = InstanceId(3);
+        let mut keys = Keys::default();
+        for first in (0..200).step_by(HISTORY_CHUNK as usize) {
+            let mut writes = SegmentWrites::default();
+            writes.put(&keys.read(), id, first, &bytes_of(first)).unwrap();
+            keys.apply(writes);
+        }
+        let expected: Vec<(u64, Vec<u8>)> = (0..200).step_by(8).map(|first| (first, bytes_of(first))).collect();
+        assert_eq!(keys.chunks(id), expected);
+        assert_eq!(
+            keys.0.keys().map(|(_, number)| *number).collect::<Vec<_>>(),
+            [0, 8, 72, 136],
+            "25 chunks in four keys"
+        );
+        assert_eq!(keys.chunks(InstanceId(4)), Vec::new(), "another instance's");
+    }
+
+    #[test]
+    fn chunks_written_and_dropped_in_one_write_leave_what_separate_writes_would() {
+        let id = InstanceId(1);
+        let mut keys = Keys::default();
+        let mut writes = SegmentWrites::default();
+        for first in [0, 8, 16, 24] {
+            writes.put(&keys.read(), id, first, &bytes_of(first)).unwrap();
+        }
+        writes.drop_chunk(&keys.read(), id, 8).unwrap();
+        keys.apply(writes);
+        assert_eq!(
+            keys.chunks(id),
+            [(0, bytes_of(0)), (16, bytes_of(16)), (24, bytes_of(24))]
+        );
+        let mut writes = SegmentWrites::default();
+        writes.drop_chunk(&keys.read(), id, 16).unwrap();
+        writes.drop_chunk(&keys.read(), id, 24).unwrap();
+        keys.apply(writes);
+        assert_eq!(keys.chunks(id), [(0, bytes_of(0))]);
+        assert_eq!(keys.0.len(), 1, "an emptied segment's key is removed");
+    }
+
+    #[test]
+    fn chunks_a_build_before_wrote_under_their_own_keys_are_read_taken_in_and_dropped() {
+        let id = InstanceId(2);
+        let mut keys = Keys::default();
+        // As builds before kept them: one key per chunk, the plain entries.
+        for first in [0, 8, 16, 24] {
+            keys.0.insert((id, first), bytes_of(first));
+        }
+        assert_eq!(keys.chunks(id).len(), 4);
+        let mut writes = SegmentWrites::default();
+        writes.put(&keys.read(), id, 32, &bytes_of(32)).unwrap();
+        keys.apply(writes);
+        let expected: Vec<(u64, Vec<u8>)> = [0, 8, 16, 24, 32].map(|first| (first, bytes_of(first))).to_vec();
+        assert_eq!(keys.chunks(id), expected, "the old chunk at the segment's key taken in");
+        let mut writes = SegmentWrites::default();
+        for first in [8, 16] {
+            writes.drop_chunk(&keys.read(), id, first).unwrap();
+        }
+        keys.apply(writes);
+        assert_eq!(
+            keys.chunks(id),
+            [(0, bytes_of(0)), (24, bytes_of(24)), (32, bytes_of(32))]
+        );
+        assert_eq!(
+            keys.0.keys().map(|(_, number)| *number).collect::<Vec<_>>(),
+            [0, 8, 24],
+            "16's own key removed"
+        );
+    }
+
+    #[test]
+    fn a_segment_cut_short_keeps_the_chunks_before_the_cut_and_names_the_rest_damaged() {
+        let mut value = vec![SEGMENT_MARK];
+        push_piece(&mut value, 8, &bytes_of(8));
+        push_piece(&mut value, 16, &bytes_of(16));
+        let read = chunks_of(8, &value[..value.len() - 2]);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].entries, bytes_of(8));
+        assert_eq!(read[1].first, 16);
+        assert_eq!(read[1].entries, [SEGMENT_MARK], "does not decode as entries");
+    }
+}
