@@ -106,7 +106,9 @@ fn piece_range(value: &[u8], first: u64) -> Option<std::ops::Range<usize>> {
 }
 
 /// What one write does to the history keys: segments' values as they will be after it, each read
-/// once from the tree when the write first touches it, and changed in place.
+/// once from the tree when the write first touches it, and changed in place. The read is outside
+/// the commit log's lock: every write that carries history comes from the engine's one commit
+/// thread, so no other write changes a segment between the read and the write.
 #[derive(Default)]
 pub(crate) struct SegmentWrites {
     /// By instance and segment number: the segment's value after this write.
