@@ -172,15 +172,7 @@ fn a_claim_takes_the_instances_of_lost_holders_and_never_a_live_workers() {
     for store in &workers {
         store.cluster().heartbeat(std::slice::from_ref(&key), lease).unwrap();
     }
-    let claimed_ids = |store: &PostgresStore| {
-        let claimed = store
-            .cluster()
-            .claim(std::slice::from_ref(&key), lease, usize::MAX, u64::MAX)
-            .unwrap();
-        let mut ids: Vec<u64> = claimed.live.iter().map(|record| record.id.0).collect();
-        ids.sort();
-        ids
-    };
+    let claimed_ids = |store: &PostgresStore| claimed_ids(store, std::slice::from_ref(&key), lease);
     // Each worker writes two instances, ids 10 * its number + 1 and + 2: held by no one until
     // its claim takes them.
     for (number, store) in workers.iter().enumerate() {
@@ -210,6 +202,9 @@ fn a_claim_takes_the_instances_of_lost_holders_and_never_a_live_workers() {
     assert_eq!(held.live.iter().map(|record| record.id.0).collect::<Vec<_>>(), [11]);
 }
 
+/// What a background migration's shares did not cover (`Cluster::uncovered_live`): of a live
+/// holder, the instances it claimed after its share; of a lost holder and of no holder, those a
+/// live worker has the code for; never another workflow's.
 #[test]
 fn a_migrations_uncovered_count_takes_live_holders_after_their_share_and_lost_or_unheld_ones_a_live_worker_runs() {
     use std::time::Duration;
@@ -221,15 +216,12 @@ fn a_migrations_uncovered_count_takes_live_holders_after_their_share_and_lost_or
     let other_workflow = VersionKey::new("x", strata::Version::new(1, 0, 0));
     let lease = Duration::from_secs(30);
     let workers: Vec<PostgresStore> = (0..3).map(|_| PostgresStore::connect(&database.url).unwrap()).collect();
-    let [first, second, gone] = &workers[..] else {
+    let [first, second, lapsed] = &workers[..] else {
         unreachable!()
     };
     let claim = |store: &PostgresStore, keys: &[VersionKey], ids: &[u64]| {
         store.cluster().heartbeat(keys, lease).unwrap();
-        let claimed = store.cluster().claim(keys, lease, usize::MAX, u64::MAX).unwrap();
-        let mut taken: Vec<u64> = claimed.live.iter().map(|record| record.id.0).collect();
-        taken.sort();
-        assert_eq!(taken, ids);
+        assert_eq!(claimed_ids(store, keys, lease), ids);
         database.count(&format!(
             "SELECT claimed_in FROM strata_instances WHERE id = {}",
             ids[0]
@@ -247,11 +239,17 @@ fn a_migrations_uncovered_count_takes_live_holders_after_their_share_and_lost_or
     let later_claim = claim(first, &[runnable.clone(), other_workflow.clone()], &[3, 11]);
     put_waiting(second, &runnable, 4);
     let second_claim = claim(second, std::slice::from_ref(&runnable), &[4]);
-    // A worker that left holds 5 (a version the live workers run) and 6 (one none of them runs).
-    put_waiting(gone, &runnable, 5);
-    put_waiting(gone, &orphaned, 6);
-    claim(gone, &[runnable.clone(), orphaned.clone()], &[5, 6]);
-    gone.cluster().leave().unwrap();
+    // A worker whose lease lapsed still holds 5 (a version the live workers run) and 6 (one none
+    // of them runs).
+    put_waiting(lapsed, &runnable, 5);
+    put_waiting(lapsed, &orphaned, 6);
+    claim(lapsed, &[runnable.clone(), orphaned.clone()], &[5, 6]);
+    database
+        .execute(&format!(
+            "UPDATE strata_workers SET heartbeat_ms = 0 WHERE id = '{}'",
+            lapsed.cluster().worker_id()
+        ))
+        .unwrap();
     // Held by no one: 7 (run by a live worker), 8 (not) and 12 (another workflow's).
     put_waiting(first, &runnable, 7);
     put_waiting(first, &orphaned, 8);
@@ -262,7 +260,7 @@ fn a_migrations_uncovered_count_takes_live_holders_after_their_share_and_lost_or
     assert_eq!(
         uncovered(&[(worker(first), covered_claim)]),
         4,
-        "3 (claimed after the first share), 4 (a share that covered no claim), 5 (a lost holder's) and 7 (unheld)"
+        "3 (claimed after the first share), 4 (a share that covered no claim), 5 (a lost holder's, a live worker runs it) and 7 (unheld)"
     );
     assert_eq!(
         uncovered(&[(worker(first), later_claim), (worker(second), second_claim)]),
@@ -282,6 +280,15 @@ fn a_migrations_uncovered_count_takes_live_holders_after_their_share_and_lost_or
         1,
         "12, unheld"
     );
+}
+
+/// The ids of the instances of `keys` a claim of `store` takes, in order.
+fn claimed_ids(store: &PostgresStore, keys: &[strata::instance::VersionKey], lease: std::time::Duration) -> Vec<u64> {
+    use strata::store::Store;
+    let claimed = store.cluster().claim(keys, lease, usize::MAX, u64::MAX).unwrap();
+    let mut ids: Vec<u64> = claimed.live.iter().map(|record| record.id.0).collect();
+    ids.sort();
+    ids
 }
 
 /// Writes instance `id` of `key`, waiting for a signal, as a start does (held by no one until a
