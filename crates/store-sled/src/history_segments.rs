@@ -24,7 +24,7 @@ use strata_store::{StoreError, StoredHistoryChunk};
 
 /// How many chunks (after the first) share a key: a segment holds up to this many times
 /// [`HISTORY_CHUNK`] entries, about 2 KB.
-pub(crate) const CHUNKS_PER_SEGMENT: u64 = 8;
+const CHUNKS_PER_SEGMENT: u64 = 8;
 
 /// The first byte of a segment's value. MessagePack never uses it, and a chunk (entries as
 /// MessagePack arrays) never begins with it.
@@ -35,7 +35,7 @@ const PIECE_HEADER: usize = 12;
 
 /// The number a segment's key ends with: the first entry slot of the segment holding the chunk
 /// whose first entry is `first`.
-pub(crate) fn segment_of(first: u64) -> u64 {
+fn segment_of(first: u64) -> u64 {
     if first < HISTORY_CHUNK {
         return 0;
     }
@@ -43,41 +43,57 @@ pub(crate) fn segment_of(first: u64) -> u64 {
     HISTORY_CHUNK + (first - HISTORY_CHUNK) / span * span
 }
 
+/// One chunk in a segment's value: where it lies (its header included), its first entry's
+/// number and its entries; `None` where the value is cut short.
+type Piece<'a> = Option<(std::ops::Range<usize>, u64, &'a [u8])>;
+
+/// The chunks in a segment's value, in order, each as a [`Piece`]; a cut stops the walk after
+/// its `None`.
+fn pieces(value: &[u8]) -> impl Iterator<Item = Piece<'_>> {
+    let mut at = 1;
+    let mut cut = false;
+    std::iter::from_fn(move || {
+        if cut || at >= value.len() {
+            return None;
+        }
+        let piece = value.get(at..at + PIECE_HEADER).and_then(|header| {
+            let first = u64::from_be_bytes(header[..8].try_into().ok()?);
+            let length = u32::from_be_bytes(header[8..].try_into().ok()?) as usize;
+            let end = (at + PIECE_HEADER).checked_add(length)?;
+            let entries = value.get(at + PIECE_HEADER..end)?;
+            Some((at..end, first, entries))
+        });
+        match &piece {
+            Some((range, ..)) => at = range.end,
+            None => cut = true,
+        }
+        Some(piece)
+    })
+}
+
 /// The chunks a stored value holds: a segment's, or a chunk as builds before wrote it (under
 /// the number `key_number` its key ends with). A segment cut short yields the chunks before the
 /// cut and, for the rest, one chunk that will not decode, so the reader names the damage.
 pub(crate) fn chunks_of(key_number: u64, value: &[u8]) -> Vec<StoredHistoryChunk> {
-    let Some((&SEGMENT_MARK, mut rest)) = value.split_first() else {
+    if value.first() != Some(&SEGMENT_MARK) {
         return vec![StoredHistoryChunk {
             first: key_number,
             entries: value.to_vec(),
         }];
-    };
-    let mut chunks = Vec::new();
-    while !rest.is_empty() {
-        let piece = rest.get(..PIECE_HEADER).and_then(|header| {
-            let first = u64::from_be_bytes(header[..8].try_into().ok()?);
-            let length = u32::from_be_bytes(header[8..].try_into().ok()?) as usize;
-            let entries = rest.get(PIECE_HEADER..PIECE_HEADER.checked_add(length)?)?;
-            Some((first, entries))
-        });
-        match piece {
-            Some((first, entries)) => {
-                chunks.push(StoredHistoryChunk {
-                    first,
-                    entries: entries.to_vec(),
-                });
-                rest = &rest[PIECE_HEADER + entries.len()..];
-            }
-            None => {
-                let after = chunks.last().map_or(key_number, |chunk| chunk.first + HISTORY_CHUNK);
-                chunks.push(StoredHistoryChunk {
-                    first: after,
-                    entries: vec![SEGMENT_MARK],
-                });
-                break;
-            }
-        }
+    }
+    let mut chunks: Vec<StoredHistoryChunk> = Vec::new();
+    for piece in pieces(value) {
+        let chunk = match piece {
+            Some((_, first, entries)) => StoredHistoryChunk {
+                first,
+                entries: entries.to_vec(),
+            },
+            None => StoredHistoryChunk {
+                first: chunks.last().map_or(key_number, |chunk| chunk.first + HISTORY_CHUNK),
+                entries: vec![SEGMENT_MARK],
+            },
+        };
+        chunks.push(chunk);
     }
     chunks
 }
@@ -88,21 +104,6 @@ fn push_piece(value: &mut Vec<u8>, first: u64, entries: &[u8]) {
     value.extend_from_slice(&first.to_be_bytes());
     value.extend_from_slice(&(entries.len() as u32).to_be_bytes());
     value.extend_from_slice(entries);
-}
-
-/// Where in a segment's value the chunk whose first entry is `first` lies, its header included.
-fn piece_range(value: &[u8], first: u64) -> Option<std::ops::Range<usize>> {
-    let mut at = 1;
-    while let Some(header) = value.get(at..at + PIECE_HEADER) {
-        let piece_first = u64::from_be_bytes(header[..8].try_into().ok()?);
-        let length = u32::from_be_bytes(header[8..].try_into().ok()?) as usize;
-        let end = (at + PIECE_HEADER).saturating_add(length).min(value.len());
-        if piece_first == first {
-            return Some(at..end);
-        }
-        at = end;
-    }
-    None
 }
 
 /// What one write does to the history keys: segments' values as they will be after it, each read
@@ -147,7 +148,8 @@ impl SegmentWrites {
     ) -> Result<(), StoreError> {
         let segment = segment_of(first);
         let value = self.segment(read, instance, segment)?;
-        match piece_range(value, first) {
+        let held = pieces(value).find_map(|piece| piece.filter(|(_, piece_first, _)| *piece_first == first));
+        match held.map(|(range, ..)| range) {
             Some(range) => {
                 value.drain(range);
             }
