@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
-use strata::history::{decode_entries, AttemptOutcome, HistoryEntry, HistoryEvent, StepEntry, WokenBy};
+use strata::history::{decode_entries, AttemptOutcome, HistoryBook, HistoryEntry, HistoryEvent, StepEntry, WokenBy};
 use strata::instance::{InstanceRecord, PersistedWake, Phase, ScheduledFire, StateEnvelope};
 use strata::migrate::MigrationJobRecord;
 use strata::prelude::*;
@@ -130,11 +130,12 @@ fn sample_instance() -> InstanceRecord {
         updated_at_ms: 1_795_999_500_000,
         moves: Vec::new(),
         pinned_reason: Some("no counterpart step".to_string()),
-        history: strata::history::HistoryBook {
-            next: 9,
-            folded: 0,
-            tail: sample_history_chunk(1),
-            worker: "host-1/4242".to_string(),
+        history: {
+            let mut history = HistoryBook::default();
+            history.next = 9;
+            history.tail = sample_history_chunk(1);
+            history.worker = "host-1/4242".to_string();
+            history
         },
         measures: [(
             "cost_usd".to_string(),
@@ -171,13 +172,33 @@ fn sample_history_entry() -> HistoryEntry {
     }
 }
 
-/// A chunk of `entries` copies of the sample entry, as the store keeps it.
+/// A chunk of `entries` entries as a history writes it (step entries compact, each after a
+/// step that named it leaving its name out), the sample entry among them, as the store keeps it.
 fn sample_history_chunk(entries: usize) -> Vec<u8> {
-    let mut chunk = Vec::new();
-    for _ in 0..entries {
-        sample_history_entry().encode_into(&mut chunk).unwrap();
+    let mut book = HistoryBook::default();
+    for number in 0..entries {
+        let entry = if number % 3 == 2 {
+            sample_history_entry()
+        } else {
+            HistoryEntry {
+                at_ms: 1_795_999_500_000 + number as u64,
+                event: HistoryEvent::Step(StepEntry {
+                    step: "post".to_string(),
+                    attempt: 1,
+                    took_ms: 2,
+                    woken_by: WokenBy::Previous,
+                    migrated_from_schema: None,
+                    outcome: AttemptOutcome::Next {
+                        step: "post".to_string(),
+                    },
+                }),
+            }
+        };
+        if let Some((_, chunk)) = book.append(&entry, 1_000).unwrap().chunk {
+            return chunk;
+        }
     }
-    chunk
+    book.tail
 }
 
 fn sample_signal() -> SignalRecord {

@@ -7,13 +7,23 @@
 //! and every [`HISTORY_CHUNK`] of them moved to the store as one chunk by the commit that fills
 //! it. Beyond the bound the oldest chunks after the first (which holds the start) are dropped
 //! and counted. The engine decides what to write; a store keeps chunks by instance and number.
+//!
+//! An entry is stored in one of two forms, told apart by its first byte (a MessagePack array's
+//! length): in full, `[at_ms, event]`, which any entry may take; or, for a step attempt (most
+//! entries, each carried by every commit of the record until its chunk fills), compact
+//! ([`COMPACT_STEP_MARK`]): its time as a gap from the first entry of its chunk, its step left
+//! out when it is the one the entry before named, and its common wakes and outcome without
+//! their variant names. A chunk's entries are read in order, each compact one with what the
+//! ones before it say.
+
+use std::borrow::Cow;
 
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodeError;
 pub use crate::instance::HistoryBook;
-use crate::instance::{MoveStamp, MAX_STORED_DEPTH};
+use crate::instance::{MoveStamp, MAX_STORED_DEPTH, TAIL_ROOM};
 
 /// How many entries a chunk holds: the record keeps fewer than this, and the commit that adds
 /// the last of a chunk moves the chunk to the store.
@@ -39,15 +49,25 @@ impl HistoryBook {
     /// whole chunks are dropped, so the history may hold up to a chunk more).
     pub fn append(&mut self, entry: &HistoryEntry, limit: u32) -> Result<Appended, EncodeError> {
         let before = self.tail.len();
-        if let Err(error) = entry.encode_into(&mut self.tail) {
-            // An entry that fails to encode leaves the tail as it was.
-            self.tail.truncate(before);
-            return Err(error);
+        self.tail.reserve(TAIL_ROOM);
+        let written = match &entry.event {
+            HistoryEvent::Step(step) => self.write_step(entry.at_ms, step),
+            _ => entry.encode_into(&mut self.tail).map(|()| None),
+        };
+        match written {
+            Ok(named_step_len) => self.named_step_len = named_step_len,
+            Err(error) => {
+                // An entry that fails to encode leaves the tail as it was.
+                self.tail.truncate(before);
+                return Err(error);
+            }
         }
         self.next += 1;
         let mut appended = Appended::default();
         if self.next % HISTORY_CHUNK == 0 {
             appended.chunk = Some((self.next - HISTORY_CHUNK, std::mem::take(&mut self.tail)));
+            // The next entry begins a chunk: it is read without the ones before it.
+            self.named_step_len = None;
             let limit = u64::from(limit.max(MIN_HISTORY_LIMIT));
             if self.kept() > limit {
                 appended.drop = Some(HISTORY_CHUNK + self.folded);
@@ -55,6 +75,42 @@ impl HistoryBook {
             }
         }
         Ok(appended)
+    }
+
+    /// Writes a step attempt that ended at `at_ms` to the tail, compact where the tail's first
+    /// entry gives its time (in full otherwise); gives the length of the step its outcome names
+    /// when that name ends the tail.
+    fn write_step(&mut self, at_ms: u64, step: &StepEntry) -> Result<Option<u32>, EncodeError> {
+        let gap_ms = first_entry_ms(&self.tail)
+            .and_then(|first_ms| i64::try_from(i128::from(at_ms) - i128::from(first_ms)).ok());
+        let Some(gap_ms) = gap_ms else {
+            HistoryEntry {
+                at_ms,
+                event: HistoryEvent::Step(step.clone()),
+            }
+            .encode_into(&mut self.tail)?;
+            return Ok(None);
+        };
+        let named_before =
+            self.named_step_len == u32::try_from(step.step.len()).ok() && self.tail.ends_with(step.step.as_bytes());
+        let compact = CompactStep {
+            gap_ms,
+            step: (!named_before).then_some(Cow::Borrowed(step.step.as_str())),
+            attempt: step.attempt,
+            took_ms: step.took_ms,
+            woken_by: CompactWake::of(&step.woken_by),
+            migrated_from_schema: step.migrated_from_schema,
+            outcome: CompactOutcome::of(&step.outcome),
+        };
+        rmp_serde::encode::write(&mut self.tail, &compact).map_err(|error| EncodeError {
+            what: "history entry",
+            message: error.to_string(),
+        })?;
+        Ok(step
+            .outcome
+            .next_step()
+            .filter(|name| self.tail.ends_with(name.as_bytes()))
+            .and_then(|name| u32::try_from(name.len()).ok()))
     }
 
     /// How many entries are kept.
@@ -73,20 +129,156 @@ impl HistoryBook {
     }
 }
 
+/// The first byte of a step entry in its compact form ([`CompactStep`], a MessagePack array of
+/// seven); an entry in full begins with an array of two.
+pub const COMPACT_STEP_MARK: u8 = 0x97;
+
+/// The time of the first entry of a chunk (or tail) `bytes`, which a compact entry's gap is
+/// counted from: 0 while there is none (the first entry's gap is its time); `None` when the
+/// bytes do not begin with an entry's time.
+fn first_entry_ms(bytes: &[u8]) -> Option<u64> {
+    let mut rest = bytes;
+    match rmp::decode::read_marker(&mut rest) {
+        Err(_) if bytes.is_empty() => Some(0),
+        Ok(rmp::Marker::FixArray(2)) => rmp::decode::read_int(&mut rest).ok(),
+        Ok(marker) if rmp::Marker::to_u8(&marker) == COMPACT_STEP_MARK => rmp::decode::read_int::<i64, _>(&mut rest)
+            .ok()
+            .and_then(|gap| u64::try_from(gap).ok()),
+        _ => None,
+    }
+}
+
+/// A step entry in its compact stored form: a MessagePack array of seven, by position.
+#[derive(Debug, Serialize, Deserialize)]
+struct CompactStep<'a> {
+    /// Its time less that of its chunk's first entry (the first entry: its time).
+    gap_ms: i64,
+    /// The step; `None`: the one the entry before it named (its outcome's next step).
+    step: Option<Cow<'a, str>>,
+    /// As in [`StepEntry`].
+    attempt: u32,
+    /// As in [`StepEntry`].
+    took_ms: u64,
+    /// What woke it.
+    woken_by: CompactWake<'a>,
+    /// As in [`StepEntry`].
+    migrated_from_schema: Option<u32>,
+    /// How it ended.
+    outcome: CompactOutcome<'a>,
+}
+
+impl CompactStep<'_> {
+    /// The entry, the first of its chunk at `first_ms` (0 when it is the first) and after an
+    /// entry that named `named_step` (its outcome's next step), if one did.
+    fn into_entry(self, first_ms: u64, named_step: Option<String>) -> Result<HistoryEntry, String> {
+        let at_ms = u64::try_from(i128::from(first_ms) + i128::from(self.gap_ms)).map_err(|_| {
+            format!(
+                "its time is {} ms from its chunk's first entry, before 1970",
+                self.gap_ms
+            )
+        })?;
+        let step = match self.step {
+            Some(step) => step.into_owned(),
+            None => named_step.ok_or("it leaves its step out, and no entry before it names one")?,
+        };
+        let woken_by = match self.woken_by {
+            CompactWake::Code(code) => WAKE_CODES
+                .get(usize::from(code))
+                .cloned()
+                .ok_or_else(|| format!("its wake code {code} is unknown"))?,
+            CompactWake::Full(woken_by) => woken_by.into_owned(),
+        };
+        let outcome = match self.outcome {
+            CompactOutcome::Next(step) => AttemptOutcome::Next {
+                step: step.into_owned(),
+            },
+            CompactOutcome::Full(outcome) => outcome.into_owned(),
+        };
+        Ok(HistoryEntry {
+            at_ms,
+            event: HistoryEvent::Step(StepEntry {
+                step,
+                attempt: self.attempt,
+                took_ms: self.took_ms,
+                woken_by,
+                migrated_from_schema: self.migrated_from_schema,
+                outcome,
+            }),
+        })
+    }
+}
+
+/// The wakes a compact entry writes as their position here.
+const WAKE_CODES: [WokenBy; 5] = [
+    WokenBy::Start,
+    WokenBy::Previous,
+    WokenBy::Timer,
+    WokenBy::Retry,
+    WokenBy::Revival,
+];
+
+/// What woke a step, in a compact entry: a position in [`WAKE_CODES`] for the wakes that carry
+/// nothing, else the wake in full.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum CompactWake<'a> {
+    Code(u8),
+    Full(Cow<'a, WokenBy>),
+}
+
+impl<'a> CompactWake<'a> {
+    fn of(woken_by: &'a WokenBy) -> Self {
+        match WAKE_CODES.iter().position(|code| code == woken_by) {
+            Some(position) => CompactWake::Code(position as u8),
+            None => CompactWake::Full(Cow::Borrowed(woken_by)),
+        }
+    }
+}
+
+/// How a step ended, in a compact entry: the next step's name alone for
+/// [`AttemptOutcome::Next`] (no other outcome is written as a string), else the outcome in full.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum CompactOutcome<'a> {
+    Next(Cow<'a, str>),
+    Full(Cow<'a, AttemptOutcome>),
+}
+
+impl<'a> CompactOutcome<'a> {
+    fn of(outcome: &'a AttemptOutcome) -> Self {
+        match outcome {
+            AttemptOutcome::Next { step } => CompactOutcome::Next(Cow::Borrowed(step)),
+            outcome => CompactOutcome::Full(Cow::Borrowed(outcome)),
+        }
+    }
+}
+
 /// The entries of a chunk (or a tail) whose first entry is number `first`, with their numbers.
 pub fn decode_entries(first: u64, bytes: &[u8]) -> Result<Vec<(u64, HistoryEntry)>, String> {
     let mut entries = Vec::new();
     let mut rest = bytes;
-    while !rest.is_empty() {
+    // What a compact entry is read with: the chunk's first time and the step the entry before
+    // it named.
+    let mut first_ms = None;
+    let mut named_step: Option<String> = None;
+    while let Some(&mark) = rest.first() {
+        let number = first + entries.len() as u64;
         let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
         deserializer.set_max_depth(MAX_STORED_DEPTH);
-        let entry = HistoryEntry::deserialize(&mut deserializer).map_err(|error| {
-            format!(
-                "history entry {} does not decode: {error}",
-                first + entries.len() as u64
-            )
-        })?;
-        entries.push((first + entries.len() as u64, entry));
+        let entry = if mark == COMPACT_STEP_MARK {
+            CompactStep::deserialize(&mut deserializer)
+                .map_err(|error| error.to_string())
+                .and_then(|compact| compact.into_entry(first_ms.unwrap_or(0), named_step.take()))
+        } else {
+            HistoryEntry::deserialize(&mut deserializer).map_err(|error| error.to_string())
+        }
+        .map_err(|reason| format!("history entry {number} does not decode: {reason}"))?;
+        first_ms.get_or_insert(entry.at_ms);
+        named_step = match &entry.event {
+            HistoryEvent::Step(step) => step.outcome.next_step().map(str::to_string),
+            _ => None,
+        };
+        entries.push((number, entry));
     }
     Ok(entries)
 }
@@ -120,8 +312,9 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    /// Appends the entry to `bytes` in the stored format (compact MessagePack: entries are many
-    /// and small, and each is read back by position).
+    /// Appends the entry to `bytes` in its full stored form, `[at_ms, event]` (MessagePack by
+    /// position: entries are many and small), which needs no entry before it. A history's own
+    /// step entries are written compact ([`HistoryBook::append`]).
     pub fn encode_into(&self, bytes: &mut Vec<u8>) -> Result<(), EncodeError> {
         rmp_serde::encode::write(bytes, self).map_err(|error| EncodeError {
             what: "history entry",
@@ -293,7 +486,8 @@ pub enum WokenBy {
     Revival,
 }
 
-/// How a step attempt ended.
+/// How a step attempt ended. Every variant carries fields: a compact entry writes `Next` as its
+/// step's name alone, so no other outcome may be written as a string (a unit variant would be).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum AttemptOutcome {
@@ -349,9 +543,23 @@ pub enum AttemptOutcome {
     },
 }
 
+impl AttemptOutcome {
+    /// The step the instance runs next after this outcome, if it names one (now, after a sleep,
+    /// or when a signal arrives).
+    pub fn next_step(&self) -> Option<&str> {
+        match self {
+            AttemptOutcome::Next { step }
+            | AttemptOutcome::Sleep { step, .. }
+            | AttemptOutcome::AwaitSignal { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{any, prop_oneof, Just, Strategy};
 
     fn cancelled_at(at_ms: u64) -> HistoryEntry {
         HistoryEntry {
@@ -498,5 +706,334 @@ mod tests {
         entry.encode_into(&mut bytes).unwrap();
         assert_eq!(decode_entries(5, &bytes).unwrap(), [(5, entry)]);
         assert!(decode_entries(5, &bytes[..bytes.len() / 2]).is_err());
+    }
+
+    fn step_at(at_ms: u64, name: &str, woken_by: WokenBy, outcome: AttemptOutcome) -> HistoryEntry {
+        HistoryEntry {
+            at_ms,
+            event: HistoryEvent::Step(StepEntry {
+                step: name.to_string(),
+                attempt: 1,
+                took_ms: 3,
+                woken_by,
+                migrated_from_schema: None,
+                outcome,
+            }),
+        }
+    }
+
+    fn next(name: &str) -> AttemptOutcome {
+        AttemptOutcome::Next { step: name.to_string() }
+    }
+
+    /// Appends `entries` to `book`; gives every chunk they filled, then the tail, decoded.
+    fn appended_and_read(book: &mut HistoryBook, entries: &[HistoryEntry]) -> Vec<(u64, HistoryEntry)> {
+        let mut read = Vec::new();
+        for entry in entries {
+            if let Some((first, chunk)) = book.append(entry, 1_000).unwrap().chunk {
+                read.extend(decode_entries(first, &chunk).unwrap());
+            }
+        }
+        read.extend(book.tail_entries().unwrap());
+        read
+    }
+
+    #[test]
+    fn step_entries_are_written_compact_and_read_back_as_written() {
+        let started = HistoryEntry {
+            at_ms: 1_700_000_000_000,
+            event: HistoryEvent::Started {
+                version: Version::new(1, 0, 0),
+                routed_by: crate::routing::RouteReason::Newest,
+                routing_key: None,
+                input_bytes: 20,
+                schedule: None,
+            },
+        };
+        let mut book = HistoryBook::default();
+        book.append(&started, 1_000).unwrap();
+        let before = book.tail.len();
+        let first_step = step_at(1_700_000_000_004, "post", WokenBy::Start, next("post"));
+        book.append(&first_step, 1_000).unwrap();
+        let mut full = Vec::new();
+        first_step.encode_into(&mut full).unwrap();
+        // Time as a gap from the start, the wake as a code, the next step's name alone.
+        assert_eq!(book.tail.len() - before, 16, "in full: {} bytes", full.len());
+        let before = book.tail.len();
+        book.append(
+            &step_at(1_700_000_000_009, "post", WokenBy::Previous, next("post")),
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(
+            book.tail.len() - before,
+            12,
+            "the step the entry before named is left out"
+        );
+
+        let mut book = HistoryBook::default();
+        let entries = [
+            started.clone(),
+            step_at(1_700_000_000_004, "reserve", WokenBy::Start, next("charge")),
+            step_at(
+                1_700_000_000_009,
+                "charge",
+                WokenBy::Previous,
+                AttemptOutcome::Sleep {
+                    until_ms: 1_700_000_060_000,
+                    step: "ship".to_string(),
+                },
+            ),
+            step_at(
+                1_700_000_060_001,
+                "ship",
+                WokenBy::Timer,
+                AttemptOutcome::AwaitSignal {
+                    name: "delivered".to_string(),
+                    timeout_at_ms: Some(1_700_100_000_000),
+                    step: "close".to_string(),
+                },
+            ),
+            // Not the step the entry before named.
+            step_at(
+                1_700_000_070_000,
+                "audit",
+                WokenBy::Signal {
+                    name: "delivered".to_string(),
+                    seq: 4,
+                    bytes: 9,
+                },
+                next("close"),
+            ),
+            HistoryEntry {
+                at_ms: 1_700_000_070_001,
+                event: HistoryEvent::Claimed {
+                    worker: "close".to_string(),
+                },
+            },
+            // After an entry that is not a step, even one ending in the same bytes.
+            step_at(
+                1_700_000_070_002,
+                "close",
+                WokenBy::Timeout { name: "x".to_string() },
+                AttemptOutcome::Retrying {
+                    error: "closed".to_string(),
+                    at_ms: 1_700_000_080_000,
+                },
+            ),
+            // The clock went back: a gap before the chunk's first entry.
+            step_at(1_699_999_999_000, "close", WokenBy::Retry, next("close")),
+            // The first of the next chunk: its time and step in it.
+            step_at(
+                1_700_000_090_000,
+                "close",
+                WokenBy::Previous,
+                AttemptOutcome::Completed { output_bytes: 7 },
+            ),
+            step_at(
+                1_700_000_090_001,
+                "close",
+                WokenBy::Revival,
+                AttemptOutcome::Failed {
+                    reason: "no".to_string(),
+                },
+            ),
+            step_at(
+                1_700_000_090_002,
+                "close",
+                WokenBy::Previous,
+                AttemptOutcome::Quarantined {
+                    reason: "bad".to_string(),
+                },
+            ),
+        ];
+        let mut migrated = step_at(1_700_000_090_003, "", WokenBy::Previous, next(""));
+        if let HistoryEvent::Step(step) = &mut migrated.event {
+            step.migrated_from_schema = Some(2);
+            step.attempt = 4_000_000;
+            step.took_ms = u64::MAX;
+        }
+        let mut entries = entries.to_vec();
+        entries.extend([migrated.clone(), migrated]);
+        let read = appended_and_read(&mut book, &entries);
+        assert_eq!(
+            read,
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(number, entry)| (number as u64, entry))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_tail_an_earlier_build_wrote_in_full_reads_on_with_the_compact_entries_after_it() {
+        let mut book = HistoryBook::default();
+        let earlier = [
+            step_at(1_700_000_000_000, "a", WokenBy::Start, next("b")),
+            step_at(1_700_000_000_005, "b", WokenBy::Previous, next("c")),
+        ];
+        for entry in &earlier {
+            entry.encode_into(&mut book.tail).unwrap();
+            book.next += 1;
+        }
+        let later = [
+            step_at(1_700_000_000_007, "c", WokenBy::Previous, next("d")),
+            step_at(1_700_000_000_009, "d", WokenBy::Previous, next("e")),
+        ];
+        let read = appended_and_read(&mut book, &later);
+        let all: Vec<_> = earlier
+            .into_iter()
+            .chain(later)
+            .enumerate()
+            .map(|(number, entry)| (number as u64, entry))
+            .collect();
+        assert_eq!(read, all);
+    }
+
+    #[test]
+    fn a_record_read_again_writes_its_next_step_with_its_name_and_reads_the_same() {
+        let mut book = HistoryBook::default();
+        book.append(&step_at(5, "a", WokenBy::Start, next("b")), 1_000).unwrap();
+        // As the record is read back from the store: what this process noted is gone.
+        let mut read_back = HistoryBook {
+            named_step_len: None,
+            ..book.clone()
+        };
+        assert_eq!(read_back, book);
+        let second = step_at(6, "b", WokenBy::Previous, next("c"));
+        book.append(&second, 1_000).unwrap();
+        read_back.append(&second, 1_000).unwrap();
+        assert_eq!(
+            read_back.tail.len(),
+            book.tail.len() + 1,
+            "its name (one byte) and its mark"
+        );
+        assert_eq!(read_back.tail_entries().unwrap(), book.tail_entries().unwrap());
+    }
+
+    #[test]
+    fn a_compact_entry_that_cannot_be_read_says_which_and_why() {
+        let mut book = HistoryBook::default();
+        book.append(&cancelled_at(1), 1_000).unwrap();
+        book.append(&step_at(2, "a", WokenBy::Previous, next("b")), 1_000)
+            .unwrap();
+        book.append(&step_at(3, "b", WokenBy::Previous, next("c")), 1_000)
+            .unwrap();
+        // The third entry leaves its step out; read without the one before, it has none.
+        let second_length = {
+            let mut alone = HistoryBook::default();
+            alone.append(&cancelled_at(1), 1_000).unwrap();
+            let length = alone.tail.len();
+            alone
+                .append(&step_at(2, "a", WokenBy::Previous, next("b")), 1_000)
+                .unwrap();
+            alone.tail.len() - length
+        };
+        let cancelled_length = {
+            let mut bytes = Vec::new();
+            cancelled_at(1).encode_into(&mut bytes).unwrap();
+            bytes.len()
+        };
+        let mut without_second = book.tail[..cancelled_length].to_vec();
+        without_second.extend_from_slice(&book.tail[cancelled_length + second_length..]);
+        let error = decode_entries(40, &without_second).unwrap_err();
+        assert!(
+            error.contains("history entry 41") && error.contains("leaves its step out"),
+            "{error}"
+        );
+        // A wake code no build writes.
+        let mut unknown_wake = HistoryBook::default();
+        unknown_wake
+            .append(&step_at(2, "a", WokenBy::Previous, next("b")), 1_000)
+            .unwrap();
+        let code = unknown_wake.tail.iter().rposition(|&byte| byte == 1).unwrap();
+        unknown_wake.tail[code] = 9;
+        let error = decode_entries(0, &unknown_wake.tail).unwrap_err();
+        assert!(error.contains("wake code 9"), "{error}");
+    }
+
+    fn any_wake() -> impl Strategy<Value = WokenBy> {
+        prop_oneof![
+            Just(WokenBy::Start),
+            Just(WokenBy::Previous),
+            Just(WokenBy::Timer),
+            Just(WokenBy::Retry),
+            Just(WokenBy::Revival),
+            ("[a-c]{0,3}", any::<u64>(), any::<u64>()).prop_map(|(name, seq, bytes)| WokenBy::Signal {
+                name,
+                seq,
+                bytes
+            }),
+            "[a-c]{0,3}".prop_map(|name| WokenBy::Timeout { name }),
+        ]
+    }
+
+    fn any_outcome() -> impl Strategy<Value = AttemptOutcome> {
+        prop_oneof![
+            4 => "[a-c]{0,2}".prop_map(|step| AttemptOutcome::Next { step }),
+            1 => (any::<u64>(), "[a-c]{0,2}").prop_map(|(until_ms, step)| AttemptOutcome::Sleep { until_ms, step }),
+            1 => ("[a-c]{0,2}", any::<Option<u64>>(), "[a-c]{0,2}")
+                .prop_map(|(name, timeout_at_ms, step)| AttemptOutcome::AwaitSignal { name, timeout_at_ms, step }),
+            1 => any::<u64>().prop_map(|output_bytes| AttemptOutcome::Completed { output_bytes }),
+            1 => "[a-c]{0,2}".prop_map(|reason| AttemptOutcome::Failed { reason }),
+            1 => ("[a-c]{0,2}", any::<u64>()).prop_map(|(error, at_ms)| AttemptOutcome::Retrying { error, at_ms }),
+            1 => "[a-c]{0,2}".prop_map(|reason| AttemptOutcome::Quarantined { reason }),
+        ]
+    }
+
+    fn any_entry() -> impl Strategy<Value = HistoryEntry> {
+        let step = (
+            "[a-c]{0,2}",
+            any::<u32>(),
+            any::<u64>(),
+            any_wake(),
+            any::<Option<u32>>(),
+            any_outcome(),
+        )
+            .prop_map(|(step, attempt, took_ms, woken_by, migrated_from_schema, outcome)| {
+                HistoryEvent::Step(StepEntry {
+                    step,
+                    attempt,
+                    took_ms,
+                    woken_by,
+                    migrated_from_schema,
+                    outcome,
+                })
+            });
+        let event = prop_oneof![
+            6 => step,
+            1 => Just(HistoryEvent::Cancelled),
+            1 => "[a-c]{0,2}".prop_map(|worker| HistoryEvent::Claimed { worker }),
+        ];
+        // Times near each other (either way) and anywhere.
+        let at_ms = prop_oneof![3 => 1_700_000_000_000u64..1_700_000_100_000, 1 => any::<u64>()];
+        (at_ms, event).prop_map(|(at_ms, event)| HistoryEntry { at_ms, event })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever the entries, each chunk and the tail read back as the entries appended,
+        /// also when the record was read again from the store between two of them.
+        #[test]
+        fn any_entries_read_back_as_appended(
+            entries in proptest::collection::vec(any_entry(), 0..40),
+            read_again in proptest::collection::vec(proptest::prelude::any::<bool>(), 40),
+        ) {
+            let mut book = HistoryBook::default();
+            let mut read = Vec::new();
+            for (entry, again) in entries.iter().zip(&read_again) {
+                if *again {
+                    book.named_step_len = None;
+                }
+                if let Some((first, chunk)) = book.append(entry, 1_000).unwrap().chunk {
+                    read.extend(decode_entries(first, &chunk).unwrap());
+                }
+            }
+            read.extend(book.tail_entries().unwrap());
+            let expected: Vec<_> = entries.into_iter().enumerate().map(|(number, entry)| (number as u64, entry)).collect();
+            proptest::prop_assert_eq!(read, expected);
+        }
     }
 }

@@ -302,7 +302,7 @@ pub struct InstanceRecord {
 /// `crate::history` (`HistoryBook::append`, `tail_entries`).
 ///
 /// Its stored field names are short (every record carries them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HistoryBook {
     /// The number the next entry gets.
     #[serde(rename = "n")]
@@ -316,7 +316,41 @@ pub struct HistoryBook {
     /// The worker that wrote the newest entry: a step by another is preceded by its claim.
     #[serde(rename = "w", default)]
     pub worker: String,
+    /// When this process appended the tail's last entry and that entry's outcome names the
+    /// next step, the length of that name, which ends `tail`: a step entry for that step then
+    /// leaves its name out. Not stored (`None` in a record just read: the next entry is written
+    /// with its name).
+    #[serde(skip)]
+    pub(crate) named_step_len: Option<u32>,
 }
+
+/// How many bytes a book's tail has room for beyond its entries when it is copied or added to:
+/// a step's commit copies the record and adds an entry (a compact step entry takes 12 to 20
+/// bytes, a start about 35), which then fits without moving the tail.
+pub(crate) const TAIL_ROOM: usize = 48;
+
+impl Clone for HistoryBook {
+    fn clone(&self) -> Self {
+        let mut tail = Vec::with_capacity(self.tail.len() + TAIL_ROOM);
+        tail.extend_from_slice(&self.tail);
+        HistoryBook {
+            next: self.next,
+            folded: self.folded,
+            tail,
+            worker: self.worker.clone(),
+            named_step_len: self.named_step_len,
+        }
+    }
+}
+
+/// Books are equal when what they store is (`named_step_len` is this process's note).
+impl PartialEq for HistoryBook {
+    fn eq(&self, other: &Self) -> bool {
+        (self.next, self.folded, &self.tail, &self.worker) == (other.next, other.folded, &other.tail, &other.worker)
+    }
+}
+
+impl Eq for HistoryBook {}
 
 /// Why an instance moved to another version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -696,6 +730,7 @@ mod format_tests {
                 folded: 0,
                 tail: vec![0x93, 0x01, 0x02, 0x03],
                 worker: "local".to_string(),
+                named_step_len: None,
             },
             measures: Default::default(),
             shadow_of: None,
