@@ -51,7 +51,7 @@ impl HistoryBook {
         let before = self.tail.len();
         self.tail.reserve(TAIL_ROOM);
         let written = match &entry.event {
-            HistoryEvent::Step(step) => self.write_step(entry.at_ms, step),
+            HistoryEvent::Step(step) => self.write_step(entry, step),
             _ => entry.encode_into(&mut self.tail).map(|()| None),
         };
         match written {
@@ -77,18 +77,14 @@ impl HistoryBook {
         Ok(appended)
     }
 
-    /// Writes a step attempt that ended at `at_ms` to the tail, compact where the tail's first
-    /// entry gives its time (in full otherwise); gives the length of the step its outcome names
-    /// when that name ends the tail.
-    fn write_step(&mut self, at_ms: u64, step: &StepEntry) -> Result<Option<u32>, EncodeError> {
+    /// Writes `entry`, the attempt `step`, to the tail: compact where the tail's first entry
+    /// gives its time (in full otherwise); gives the length of the step its outcome names when
+    /// that name ends the tail.
+    fn write_step(&mut self, entry: &HistoryEntry, step: &StepEntry) -> Result<Option<u32>, EncodeError> {
         let gap_ms = first_entry_ms(&self.tail)
-            .and_then(|first_ms| i64::try_from(i128::from(at_ms) - i128::from(first_ms)).ok());
+            .and_then(|first_ms| i64::try_from(i128::from(entry.at_ms) - i128::from(first_ms)).ok());
         let Some(gap_ms) = gap_ms else {
-            HistoryEntry {
-                at_ms,
-                event: HistoryEvent::Step(step.clone()),
-            }
-            .encode_into(&mut self.tail)?;
+            entry.encode_into(&mut self.tail)?;
             return Ok(None);
         };
         let named_before =
@@ -102,10 +98,7 @@ impl HistoryBook {
             migrated_from_schema: step.migrated_from_schema,
             outcome: CompactOutcome::of(&step.outcome),
         };
-        rmp_serde::encode::write(&mut self.tail, &compact).map_err(|error| EncodeError {
-            what: "history entry",
-            message: error.to_string(),
-        })?;
+        write_entry(&mut self.tail, &compact)?;
         Ok(step
             .outcome
             .next_step()
@@ -129,6 +122,14 @@ impl HistoryBook {
     }
 }
 
+/// Appends an entry, in either stored form, to `bytes` (MessagePack by position).
+fn write_entry(bytes: &mut Vec<u8>, entry: &impl Serialize) -> Result<(), EncodeError> {
+    rmp_serde::encode::write(bytes, entry).map_err(|error| EncodeError {
+        what: "history entry",
+        message: error.to_string(),
+    })
+}
+
 /// The first byte of a step entry in its compact form ([`CompactStep`], a MessagePack array of
 /// seven); an entry in full begins with an array of two.
 pub const COMPACT_STEP_MARK: u8 = 0x97;
@@ -137,9 +138,11 @@ pub const COMPACT_STEP_MARK: u8 = 0x97;
 /// counted from: 0 while there is none (the first entry's gap is its time); `None` when the
 /// bytes do not begin with an entry's time.
 fn first_entry_ms(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return Some(0);
+    }
     let mut rest = bytes;
     match rmp::decode::read_marker(&mut rest) {
-        Err(_) if bytes.is_empty() => Some(0),
         Ok(rmp::Marker::FixArray(2)) => rmp::decode::read_int(&mut rest).ok(),
         Ok(marker) if rmp::Marker::to_u8(&marker) == COMPACT_STEP_MARK => rmp::decode::read_int::<i64, _>(&mut rest)
             .ok()
@@ -168,9 +171,11 @@ struct CompactStep<'a> {
 }
 
 impl CompactStep<'_> {
-    /// The entry, the first of its chunk at `first_ms` (0 when it is the first) and after an
-    /// entry that named `named_step` (its outcome's next step), if one did.
-    fn into_entry(self, first_ms: u64, named_step: Option<String>) -> Result<HistoryEntry, String> {
+    /// The entry, after `before` (the entries of its chunk before it, oldest first): its gap is
+    /// from the first of them (from 0 when there is none), and a step it leaves out is the one
+    /// the last of them named.
+    fn into_entry(self, before: &[(u64, HistoryEntry)]) -> Result<HistoryEntry, String> {
+        let first_ms = before.first().map_or(0, |(_, first)| first.at_ms);
         let at_ms = u64::try_from(i128::from(first_ms) + i128::from(self.gap_ms)).map_err(|_| {
             format!(
                 "its time is {} ms from its chunk's first entry, before 1970",
@@ -179,7 +184,11 @@ impl CompactStep<'_> {
         })?;
         let step = match self.step {
             Some(step) => step.into_owned(),
-            None => named_step.ok_or("it leaves its step out, and no entry before it names one")?,
+            None => before
+                .last()
+                .and_then(|(_, last)| last.named_step())
+                .ok_or("it leaves its step out, and no entry before it names one")?
+                .to_string(),
         };
         let woken_by = match self.woken_by {
             CompactWake::Code(code) => WAKE_CODES
@@ -257,10 +266,6 @@ impl<'a> CompactOutcome<'a> {
 pub fn decode_entries(first: u64, bytes: &[u8]) -> Result<Vec<(u64, HistoryEntry)>, String> {
     let mut entries = Vec::new();
     let mut rest = bytes;
-    // What a compact entry is read with: the chunk's first time and the step the entry before
-    // it named.
-    let mut first_ms = None;
-    let mut named_step: Option<String> = None;
     while let Some(&mark) = rest.first() {
         let number = first + entries.len() as u64;
         let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
@@ -268,16 +273,11 @@ pub fn decode_entries(first: u64, bytes: &[u8]) -> Result<Vec<(u64, HistoryEntry
         let entry = if mark == COMPACT_STEP_MARK {
             CompactStep::deserialize(&mut deserializer)
                 .map_err(|error| error.to_string())
-                .and_then(|compact| compact.into_entry(first_ms.unwrap_or(0), named_step.take()))
+                .and_then(|compact| compact.into_entry(&entries))
         } else {
             HistoryEntry::deserialize(&mut deserializer).map_err(|error| error.to_string())
         }
         .map_err(|reason| format!("history entry {number} does not decode: {reason}"))?;
-        first_ms.get_or_insert(entry.at_ms);
-        named_step = match &entry.event {
-            HistoryEvent::Step(step) => step.outcome.next_step().map(str::to_string),
-            _ => None,
-        };
         entries.push((number, entry));
     }
     Ok(entries)
@@ -312,14 +312,20 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
+    /// The step a step entry's outcome names (see [`AttemptOutcome::next_step`]); `None` for
+    /// other entries.
+    fn named_step(&self) -> Option<&str> {
+        match &self.event {
+            HistoryEvent::Step(step) => step.outcome.next_step(),
+            _ => None,
+        }
+    }
+
     /// Appends the entry to `bytes` in its full stored form, `[at_ms, event]` (MessagePack by
     /// position: entries are many and small), which needs no entry before it. A history's own
     /// step entries are written compact ([`HistoryBook::append`]).
     pub fn encode_into(&self, bytes: &mut Vec<u8>) -> Result<(), EncodeError> {
-        rmp_serde::encode::write(bytes, self).map_err(|error| EncodeError {
-            what: "history entry",
-            message: error.to_string(),
-        })
+        write_entry(bytes, self)
     }
 }
 
@@ -603,19 +609,7 @@ mod tests {
     }
 
     fn step(name: &str, woken_by: WokenBy) -> HistoryEntry {
-        HistoryEntry {
-            at_ms: 1,
-            event: HistoryEvent::Step(StepEntry {
-                step: name.to_string(),
-                attempt: 1,
-                took_ms: 0,
-                woken_by,
-                migrated_from_schema: None,
-                outcome: AttemptOutcome::Next {
-                    step: "next".to_string(),
-                },
-            }),
-        }
+        step_at(1, name, woken_by, next("next"))
     }
 
     fn woken(entries: &[HistoryEntry]) -> Vec<WokenBy> {
@@ -726,10 +720,18 @@ mod tests {
         AttemptOutcome::Next { step: name.to_string() }
     }
 
-    /// Appends `entries` to `book`; gives every chunk they filled, then the tail, decoded.
-    fn appended_and_read(book: &mut HistoryBook, entries: &[HistoryEntry]) -> Vec<(u64, HistoryEntry)> {
+    /// Appends `entries` to `book`, the record read again from the store before each entry whose
+    /// flag in `read_again` is set; gives every chunk they filled, then the tail, decoded.
+    fn appended_and_read(
+        book: &mut HistoryBook,
+        entries: &[HistoryEntry],
+        read_again: &[bool],
+    ) -> Vec<(u64, HistoryEntry)> {
         let mut read = Vec::new();
-        for entry in entries {
+        for (number, entry) in entries.iter().enumerate() {
+            if read_again.get(number) == Some(&true) {
+                book.named_step_len = None;
+            }
             if let Some((first, chunk)) = book.append(entry, 1_000).unwrap().chunk {
                 read.extend(decode_entries(first, &chunk).unwrap());
             }
@@ -855,7 +857,7 @@ mod tests {
         }
         let mut entries = entries.to_vec();
         entries.extend([migrated.clone(), migrated]);
-        let read = appended_and_read(&mut book, &entries);
+        let read = appended_and_read(&mut book, &entries, &[]);
         assert_eq!(
             read,
             entries
@@ -881,7 +883,7 @@ mod tests {
             step_at(1_700_000_000_007, "c", WokenBy::Previous, next("d")),
             step_at(1_700_000_000_009, "d", WokenBy::Previous, next("e")),
         ];
-        let read = appended_and_read(&mut book, &later);
+        let read = appended_and_read(&mut book, &later, &[]);
         let all: Vec<_> = earlier
             .into_iter()
             .chain(later)
@@ -915,41 +917,23 @@ mod tests {
     #[test]
     fn a_compact_entry_that_cannot_be_read_says_which_and_why() {
         let mut book = HistoryBook::default();
-        book.append(&cancelled_at(1), 1_000).unwrap();
         book.append(&step_at(2, "a", WokenBy::Previous, next("b")), 1_000)
             .unwrap();
+        let second_starts = book.tail.len();
         book.append(&step_at(3, "b", WokenBy::Previous, next("c")), 1_000)
             .unwrap();
-        // The third entry leaves its step out; read without the one before, it has none.
-        let second_length = {
-            let mut alone = HistoryBook::default();
-            alone.append(&cancelled_at(1), 1_000).unwrap();
-            let length = alone.tail.len();
-            alone
-                .append(&step_at(2, "a", WokenBy::Previous, next("b")), 1_000)
-                .unwrap();
-            alone.tail.len() - length
-        };
-        let cancelled_length = {
-            let mut bytes = Vec::new();
-            cancelled_at(1).encode_into(&mut bytes).unwrap();
-            bytes.len()
-        };
-        let mut without_second = book.tail[..cancelled_length].to_vec();
-        without_second.extend_from_slice(&book.tail[cancelled_length + second_length..]);
-        let error = decode_entries(40, &without_second).unwrap_err();
+        // The second entry leaves its step out; read without the one before, it has none.
+        let error = decode_entries(41, &book.tail[second_starts..]).unwrap_err();
         assert!(
             error.contains("history entry 41") && error.contains("leaves its step out"),
             "{error}"
         );
-        // A wake code no build writes.
-        let mut unknown_wake = HistoryBook::default();
-        unknown_wake
-            .append(&step_at(2, "a", WokenBy::Previous, next("b")), 1_000)
-            .unwrap();
-        let code = unknown_wake.tail.iter().rposition(|&byte| byte == 1).unwrap();
-        unknown_wake.tail[code] = 9;
-        let error = decode_entries(0, &unknown_wake.tail).unwrap_err();
+        // A wake code no build writes: the first entry's wake, `Previous`, is code 1, the last
+        // such byte of the entry (its time is 2, its attempt 1, its time taken 3).
+        let mut unknown_wake = book.tail[..second_starts].to_vec();
+        let code = unknown_wake.iter().rposition(|&byte| byte == 1).unwrap();
+        unknown_wake[code] = 9;
+        let error = decode_entries(0, &unknown_wake).unwrap_err();
         assert!(error.contains("wake code 9"), "{error}");
     }
 
@@ -1021,17 +1005,7 @@ mod tests {
             entries in proptest::collection::vec(any_entry(), 0..40),
             read_again in proptest::collection::vec(proptest::prelude::any::<bool>(), 40),
         ) {
-            let mut book = HistoryBook::default();
-            let mut read = Vec::new();
-            for (entry, again) in entries.iter().zip(&read_again) {
-                if *again {
-                    book.named_step_len = None;
-                }
-                if let Some((first, chunk)) = book.append(entry, 1_000).unwrap().chunk {
-                    read.extend(decode_entries(first, &chunk).unwrap());
-                }
-            }
-            read.extend(book.tail_entries().unwrap());
+            let read = appended_and_read(&mut HistoryBook::default(), &entries, &read_again);
             let expected: Vec<_> = entries.into_iter().enumerate().map(|(number, entry)| (number as u64, entry)).collect();
             proptest::prop_assert_eq!(read, expected);
         }
