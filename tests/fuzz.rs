@@ -134,7 +134,7 @@ fn sample_instance() -> InstanceRecord {
             let mut history = HistoryBook::default();
             history.next = 9;
             history.tail = sample_history_chunk(1);
-            history.worker = "host-1/4242".to_string();
+            history.worker = "host-1/4242".into();
             history
         },
         measures: [(

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use semver::Version;
 use serde::de::DeserializeOwned;
@@ -314,8 +315,9 @@ pub struct HistoryBook {
     #[serde(rename = "t", with = "serde_bytes", default)]
     pub tail: Vec<u8>,
     /// The worker that wrote the newest entry: a step by another is preceded by its claim.
+    /// Shared, not copied, by the copies of a record a step's commit makes.
     #[serde(rename = "w", default)]
-    pub worker: String,
+    pub worker: Arc<str>,
     /// When this process appended the tail's last entry and that entry's outcome names the
     /// next step, the length of that name, which ends `tail`: a step entry for that step then
     /// leaves its name out. Not stored (`None` in a record just read: the next entry is written
@@ -729,7 +731,7 @@ mod format_tests {
                 next: 11,
                 folded: 0,
                 tail: vec![0x93, 0x01, 0x02, 0x03],
-                worker: "local".to_string(),
+                worker: "local".into(),
                 named_step_len: None,
             },
             measures: Default::default(),

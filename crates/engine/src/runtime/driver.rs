@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::moves::AutoUpgrade;
 use super::table::EndRequest;
-use super::transition::{self, Attempt};
+use super::transition::{self, Attempt, CommitEntries};
 use super::Runtime;
 use crate::instance::Outcome;
 use crate::observe::{deadline_after, Event};
@@ -161,7 +161,9 @@ impl Runtime {
                 event: HistoryEvent::BeginFailed { reason: reason.clone() },
             };
             failed.phase = Phase::Failed { reason };
-            return self.commit_transition(replaces, failed, None, vec![entry]).await;
+            return self
+                .commit_transition(replaces, failed, None, CommitEntries::only(entry))
+                .await;
         }
         if code.upgrade_policy() == UpgradePolicy::AutoUpgrade {
             match self.auto_upgrade(&job.record) {
@@ -270,7 +272,9 @@ impl Runtime {
         };
         let replaces = record.indexed_as();
         let (record, entry) = transition::ended(record, self.now(), request, abandoned_step.clone());
-        let progress = self.commit_transition(replaces, record, None, vec![entry]).await;
+        let progress = self
+            .commit_transition(replaces, record, None, CommitEntries::only(entry))
+            .await;
         if let (Progress::Committed, Some(reason)) = (&progress, terminated) {
             self.events.emit(Event::InstanceTerminated {
                 id,
@@ -427,15 +431,16 @@ impl Runtime {
         replaces: Option<IndexedAs>,
         mut record: InstanceRecord,
         consumed_signal: Option<u64>,
-        mut entries: Vec<HistoryEntry>,
+        entries: CommitEntries,
     ) -> Progress {
+        let mut dropped_signals = None;
         let inbox = if record.phase.is_terminal() {
             let (seqs, dropped) = self
                 .table
                 .with(record.id, |slot| transition::inbox_at_end(&slot.inbox, consumed_signal))
                 .unwrap_or_default();
             if !dropped.is_empty() {
-                entries.push(HistoryEntry {
+                dropped_signals = Some(HistoryEntry {
                     at_ms: record.updated_at_ms,
                     event: HistoryEvent::SignalsDropped { signals: dropped },
                 });
@@ -456,7 +461,7 @@ impl Runtime {
             replaces,
             consumed_signal,
             &inbox,
-            &entries,
+            entries.iter().chain(dropped_signals.as_ref()),
             self.options.history_limit,
         ) {
             Ok(ops) => self.write_then_announce(ops).await,

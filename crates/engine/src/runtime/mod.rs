@@ -902,7 +902,7 @@ impl Runtime {
                 schedule: record.scheduled.as_ref().map(|fire| fire.schedule.clone()),
             },
         };
-        record.history.worker = self.store.cluster().worker_id().to_string();
+        record.history.worker = self.store.cluster().worker_id().into();
         transition::append_history(&mut record, &started, self.options.history_limit, ops)?;
         ops.push(Op::PutInstance(record.encode()?));
         Ok(record)

@@ -119,7 +119,7 @@ impl Runtime {
                     Ok((mut revived, stamp)) => {
                         // Held by this process from the commit on, under the next claim.
                         revived.claim = record.claim + 1;
-                        revived.history.worker = self.store.cluster().worker_id().to_string();
+                        revived.history.worker = self.store.cluster().worker_id().into();
                         revivals.push(Revival {
                             ended: record,
                             revived,

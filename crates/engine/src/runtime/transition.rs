@@ -51,6 +51,29 @@ pub(super) struct AttemptFacts<'a> {
     pub recorded: MeasureTotals,
 }
 
+/// What one commit adds to an instance's history: its entry, after the claim of the worker that
+/// wrote it when another worker wrote the entry before. Two fields rather than a list: a step's
+/// commit allocates nothing to carry them.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct CommitEntries {
+    /// This worker's claim, when the entry before was another's.
+    pub claim: Option<HistoryEntry>,
+    /// The change the commit records.
+    pub entry: HistoryEntry,
+}
+
+impl CommitEntries {
+    /// `entry` alone.
+    pub(super) fn only(entry: HistoryEntry) -> Self {
+        CommitEntries { claim: None, entry }
+    }
+
+    /// The entries, in the order they are written.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &HistoryEntry> {
+        self.claim.iter().chain(std::iter::once(&self.entry))
+    }
+}
+
 /// The record an attempt leads to, the signal its commit consumes, and its history entries.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct StepTransition {
@@ -59,9 +82,8 @@ pub(super) struct StepTransition {
     /// The inbox signal the commit deletes as consumed (kept when the instance is quarantined,
     /// so that it is there for whoever repairs it).
     pub consumed_signal: Option<u64>,
-    /// What the attempt adds to the instance's history: the attempt, after the claim of a
-    /// worker other than the one that wrote the entry before.
-    pub entries: Vec<HistoryEntry>,
+    /// What the attempt adds to the instance's history.
+    pub entries: CommitEntries,
 }
 
 /// What attempt `record.attempt` of `record.step` on `code`, woken for `wake` and consuming
@@ -75,18 +97,18 @@ pub(super) fn after_attempt(
     now: u64,
     facts: AttemptFacts<'_>,
 ) -> StepTransition {
-    let ran = (record.step.clone(), record.attempt);
+    let attempt_number = record.attempt;
     let woken_by = woken_by(&wake, consumed_signal, record.attempt);
     record.updated_at_ms = now;
     let mut consumed_signal = consumed_signal;
-    match attempt {
+    let step = match attempt {
         Attempt::Succeeded(outcome) => {
             record.visits += 1;
             record.attempt = 1;
             record.last_error = None;
             record.state.bytes = outcome.state;
             record.state.schema = code.state_schema();
-            apply_next(&mut record, outcome.next, code, now);
+            apply_next(&mut record, outcome.next, code, now)
         }
         Attempt::Failed { message, retryable } => {
             let policy = code.retry_policy(&record.step);
@@ -103,12 +125,14 @@ pub(super) fn after_attempt(
                 };
             }
             record.last_error = Some(message);
+            record.step.clone()
         }
         Attempt::Damaged(reason) => {
             record.phase = Phase::Quarantined { reason };
             consumed_signal = None;
+            record.step.clone()
         }
-    }
+    };
     let kept = matches!(
         record.phase,
         Phase::Ready { .. }
@@ -120,32 +144,30 @@ pub(super) fn after_attempt(
     if kept && !facts.recorded.is_empty() {
         add_totals(&mut record.measures, &facts.recorded);
     }
-    let (step, attempt) = ran;
-    let mut entries = Vec::with_capacity(1);
-    if record.history.worker != facts.worker {
-        record.history.worker = facts.worker.to_string();
-        entries.push(HistoryEntry {
+    let claim = (*record.history.worker != *facts.worker).then(|| {
+        record.history.worker = facts.worker.into();
+        HistoryEntry {
             at_ms: facts.began_ms,
             event: HistoryEvent::Claimed {
                 worker: facts.worker.to_string(),
             },
-        });
-    }
-    entries.push(HistoryEntry {
+        }
+    });
+    let entry = HistoryEntry {
         at_ms: now,
         event: HistoryEvent::Step(StepEntry {
             step,
-            attempt,
+            attempt: attempt_number,
             took_ms: now.saturating_sub(facts.began_ms),
             woken_by,
             migrated_from_schema: facts.migrated_from_schema,
             outcome: outcome_of(&record),
         }),
-    });
+    };
     StepTransition {
         record,
         consumed_signal,
-        entries,
+        entries: CommitEntries { claim, entry },
     }
 }
 
@@ -264,12 +286,12 @@ pub(super) fn append_history(
 /// deleted; when the record finishes the instance, every other signal of `inbox` deleted too and
 /// the finish counted; `entries` added to its history (bounded by `history_limit`); then the
 /// record itself, replacing the live record indexed as `replaces`.
-pub(super) fn commit_writes(
+pub(super) fn commit_writes<'a>(
     record: &mut InstanceRecord,
     replaces: Option<IndexedAs>,
     consumed_signal: Option<u64>,
     inbox: &[u64],
-    entries: &[HistoryEntry],
+    entries: impl IntoIterator<Item = &'a HistoryEntry>,
     history_limit: u32,
 ) -> Result<Vec<Op>, EncodeError> {
     // A record read in an older format is rewritten in the current one by its next commit.
@@ -331,20 +353,21 @@ fn persisted_from_wake(wake: WakeReason) -> PersistedWake {
     }
 }
 
-/// Applies what a step returned to the record: the new cursor and phase.
-fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn VersionCode, now: u64) {
-    let from = record.step.clone();
+/// Applies what a step returned to the record: the new cursor and phase. Gives the step that ran:
+/// the name the cursor held, moved out when the cursor moves on.
+fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn VersionCode, now: u64) -> String {
     let go = |record: &mut InstanceRecord, step: String, phase: Phase| {
         if code.has_step(&step) {
-            record.step = step;
             record.phase = phase;
+            std::mem::replace(&mut record.step, step)
         } else {
             record.phase = Phase::Failed {
                 reason: format!(
-                    "step '{from}' asked for step '{step}', which {} does not define",
-                    record.key
+                    "step '{}' asked for step '{step}', which {} does not define",
+                    record.step, record.key
                 ),
             };
+            record.step.clone()
         }
     };
     let after = |duration: Duration| deadline_after(now, duration);
@@ -371,8 +394,14 @@ fn apply_next(record: &mut InstanceRecord, next: Next<Vec<u8>>, code: &dyn Versi
                 timeout_at_ms: timeout.map(after),
             },
         ),
-        Next::Complete(output) => record.phase = Phase::Completed { output },
-        Next::Fail(reason) => record.phase = Phase::Failed { reason },
+        Next::Complete(output) => {
+            record.phase = Phase::Completed { output };
+            record.step.clone()
+        }
+        Next::Fail(reason) => {
+            record.phase = Phase::Failed { reason };
+            record.step.clone()
+        }
     }
 }
 
@@ -520,14 +549,14 @@ mod tests {
     /// no entry of the record named before).
     fn step_entry(next: &StepTransition) -> &StepEntry {
         assert_eq!(
-            next.entries[0].event,
-            HistoryEvent::Claimed {
+            next.entries.claim.as_ref().map(|claim| &claim.event),
+            Some(&HistoryEvent::Claimed {
                 worker: "local".to_string()
-            }
+            })
         );
-        assert_eq!(next.record.history.worker, "local");
-        assert_eq!(next.entries[1].at_ms, NOW);
-        match &next.entries[1].event {
+        assert_eq!(&*next.record.history.worker, "local");
+        assert_eq!(next.entries.entry.at_ms, NOW);
+        match &next.entries.entry.event {
             HistoryEvent::Step(entry) => entry,
             other => panic!("not a step entry: {other:?}"),
         }
@@ -542,6 +571,33 @@ mod tests {
             name: "go".to_string(),
             payload: vec![3],
         }
+    }
+
+    #[test]
+    fn a_step_is_preceded_by_a_claim_only_when_another_worker_wrote_the_entry_before() {
+        let next_from = |record: InstanceRecord| {
+            run_recording(
+                record,
+                WakeReason::Continued,
+                None,
+                succeeded(Next::goto("b")),
+                MeasureTotals::new(),
+            )
+        };
+        let mut record = record_at("a", 1);
+        record.history.worker = "local".into();
+        let same_worker = next_from(record.clone());
+        assert_eq!(same_worker.entries.claim, None);
+        assert_eq!(same_worker.entries.iter().count(), 1);
+        record.history.worker = "elsewhere".into();
+        let taken_over = next_from(record);
+        let written: Vec<&HistoryEvent> = taken_over.entries.iter().map(|entry| &entry.event).collect();
+        assert!(
+            matches!(written[..], [HistoryEvent::Claimed { worker }, HistoryEvent::Step(StepEntry { step, outcome: AttemptOutcome::Next { step: next }, .. })]
+                if worker == "local" && step == "a" && next == "b"),
+            "{written:?}"
+        );
+        assert_eq!(&*taken_over.record.history.worker, "local");
     }
 
     #[test]
