@@ -392,11 +392,17 @@ impl Writes {
             let created: Vec<i64> = self.instances.iter().map(|row| row.created_ms).collect();
             let finished_at: Vec<Option<i64>> = self.instances.iter().map(|row| row.finished_ms).collect();
             // The history chunks go in the same statement (no round trip of their own): if an
-            // instance row is refused, the transaction is rolled back with them. Most commits
-            // carry none (seven step commits in eight, every start): they send the statement
-            // without the history's two CTEs, which PostgreSQL would plan each time for nothing.
+            // instance row is refused, the transaction is rolled back with them. A statement is
+            // planned at every execution (unnamed, as PgBouncer's transaction mode requires), so
+            // each commit sends only the CTEs it needs: an instance's commit carries no chunk
+            // seven times in eight, and a drop only beyond the bound, so a group of many
+            // instances' commits mostly adds chunks and drops none.
             let history = self.history_rows();
-            let chunked = !history.added_instances.is_empty() || !history.dropped_instances.is_empty();
+            let statement = match (history.added_instances.is_empty(), history.dropped_instances.is_empty()) {
+                (true, true) => InstancesStatement::Alone,
+                (false, true) => InstancesStatement::WithAddedHistory,
+                (_, false) => InstancesStatement::WithHistory,
+            };
             // The instance columns are $1..$11, the history's $12..$16.
             let parameters = typed![
                 &ids,
@@ -416,12 +422,18 @@ impl Writes {
                 &history.dropped_instances,
                 &history.dropped_seqs,
             ];
-            let written = if chunked {
-                transaction
-                    .query_typed(WRITE_INSTANCES_WITH_HISTORY.as_str(), parameters)
-                    .await
-            } else {
-                transaction.query_typed(WRITE_INSTANCES, &parameters[..11]).await
+            let written = match statement {
+                InstancesStatement::Alone => transaction.query_typed(WRITE_INSTANCES, &parameters[..11]).await,
+                InstancesStatement::WithAddedHistory => {
+                    transaction
+                        .query_typed(WRITE_INSTANCES_ADDING_HISTORY.as_str(), &parameters[..14])
+                        .await
+                }
+                InstancesStatement::WithHistory => {
+                    transaction
+                        .query_typed(WRITE_INSTANCES_WITH_HISTORY.as_str(), parameters)
+                        .await
+                }
             }
             .map_err(failed("write instances"))?;
             if written.len() < ids.len() {
@@ -829,18 +841,36 @@ const WRITE_INSTANCES: &str = "INSERT INTO strata_instances AS current
  WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
  RETURNING id";
 
-/// [`WRITE_INSTANCES`] after [`HISTORY_CTES`]: a commit's instance rows with the history chunks
-/// it adds or drops, in one statement. Put together once.
-static WRITE_INSTANCES_WITH_HISTORY: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{HISTORY_CTES} {WRITE_INSTANCES}"));
+/// Which statement writes a commit's instance rows: with the history CTEs it needs and no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InstancesStatement {
+    /// [`WRITE_INSTANCES`]: no history chunk is added or dropped.
+    Alone,
+    /// [`WRITE_INSTANCES_ADDING_HISTORY`]: chunks are added, none dropped.
+    WithAddedHistory,
+    /// [`WRITE_INSTANCES_WITH_HISTORY`]: chunks are dropped (and perhaps added).
+    WithHistory,
+}
 
-/// What goes before [`WRITE_INSTANCES`] when the commit adds or drops history chunks ($12..$14
-/// the chunks added, $15..$16 those dropped): one statement, so that a refused row rolls them
-/// back with it.
-const HISTORY_CTES: &str = "WITH history_added AS (
+/// [`WRITE_INSTANCES`] after [`HISTORY_ADDED_CTE`]: a commit's instance rows with the history
+/// chunks it adds, in one statement. Put together once.
+static WRITE_INSTANCES_ADDING_HISTORY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("WITH {HISTORY_ADDED_CTE} {WRITE_INSTANCES}"));
+
+/// [`WRITE_INSTANCES`] after [`HISTORY_ADDED_CTE`] and [`HISTORY_DROPPED_CTE`]: a commit's
+/// instance rows with the history chunks it adds and drops, in one statement. Put together once.
+static WRITE_INSTANCES_WITH_HISTORY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("WITH {HISTORY_ADDED_CTE}, {HISTORY_DROPPED_CTE} {WRITE_INSTANCES}"));
+
+/// The CTE that adds a commit's history chunks ($12..$14) in the statement that writes its
+/// instance rows, so that a refused row rolls them back with it.
+const HISTORY_ADDED_CTE: &str = "history_added AS (
      INSERT INTO strata_history (instance, seq, entry)
      SELECT * FROM UNNEST($12::bigint[], $13::bigint[], $14::bytea[])
-     ON CONFLICT (instance, seq) DO UPDATE SET entry = EXCLUDED.entry),
- history_dropped AS (
+     ON CONFLICT (instance, seq) DO UPDATE SET entry = EXCLUDED.entry)";
+
+/// The CTE that drops a commit's history chunks ($15..$16) in the statement that writes its
+/// instance rows.
+const HISTORY_DROPPED_CTE: &str = "history_dropped AS (
      DELETE FROM strata_history WHERE (instance, seq) IN
      (SELECT * FROM UNNEST($15::bigint[], $16::bigint[])))";
