@@ -26,6 +26,7 @@ on_sled_and_postgres!(
     a_history_says_what_happened_step_by_step_and_survives_a_restart,
     each_failed_attempt_is_an_entry_with_its_error_and_when_the_retry_runs,
     a_long_history_keeps_its_first_and_newest_entries_and_counts_the_rest,
+    beyond_a_bound_of_a_hundred_the_oldest_entries_go_sixty_four_at_a_time,
     a_cancel_and_a_background_migration_are_in_the_history,
     a_signal_never_consumed_is_pending_while_the_instance_lives_and_noted_when_it_ends,
 );
@@ -267,6 +268,32 @@ async fn a_long_history_keeps_its_first_and_newest_entries_and_counts_the_rest(b
         [32, 7, 6],
         "paging newest first steps over the folded entries"
     );
+    engine.shutdown().await;
+}
+
+async fn beyond_a_bound_of_a_hundred_the_oldest_entries_go_sixty_four_at_a_time(backend: Backend) {
+    let engine = backend
+        .builder()
+        .register(ticker())
+        .history_limit(100)
+        .open()
+        .await
+        .unwrap();
+    let id = engine.start("ticker", &200u32).await.unwrap();
+    assert_eq!(outcome_within(&engine, id).await.output::<u32>().unwrap(), 200);
+    let history = whole_history(&engine, id);
+    // 201 entries. Entry 103 filled the chunk that put 104 over the bound: 8..72 went at once,
+    // leaving 40; at 168 again, 72..136. The first chunk and 136..201 are kept.
+    assert_eq!((history.kept, history.folded), (73, 128));
+    let seqs: Vec<u64> = history.entries.iter().map(|item| item.seq).collect();
+    let expected: Vec<u64> = (0..8).chain(136..201).collect();
+    assert_eq!(seqs, expected);
+    let all = entries(&history);
+    assert!(matches!(all[0].event, HistoryEvent::Started { .. }));
+    assert!(matches!(
+        &all[72].event,
+        HistoryEvent::Step(step) if matches!(step.outcome, AttemptOutcome::Completed { .. })
+    ));
     engine.shutdown().await;
 }
 

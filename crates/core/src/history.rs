@@ -5,8 +5,9 @@
 //! [`StepEntry`], [`AttemptOutcome`], [`WokenBy`]) and where entries are kept ([`HistoryBook`]):
 //! the newest ones in the instance's record itself, whose commit writes them at no extra cost,
 //! and every [`HISTORY_CHUNK`] of them moved to the store as one chunk by the commit that fills
-//! it. Beyond the bound the oldest chunks after the first (which holds the start) are dropped
-//! and counted. The engine decides what to write; a store keeps chunks by instance and number.
+//! it. Beyond the bound the oldest chunks after the first (which holds the start) are dropped,
+//! a span of them at a time where it can ([`HISTORY_FOLD_SPAN`]), and counted. The engine
+//! decides what to write; a store keeps chunks by instance and number.
 //!
 //! An entry is stored in one of two forms, told apart by its first byte (a MessagePack array's
 //! length): in full, `[at_ms, event]`, which any entry may take; or, for a step attempt (most
@@ -35,18 +36,37 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 1_000;
 /// The fewest entries a bound may keep: the first chunk (with the start) and one more.
 pub const MIN_HISTORY_LIMIT: u32 = 2 * HISTORY_CHUNK as u32;
 
+/// How many entries the bound drops at once where it can: the span of chunks holding the oldest
+/// entry after the first chunk. Spans are counted from the first entry after the first chunk,
+/// so a store may keep a span's chunks under one key and delete it whole (the embedded store
+/// does) rather than rewrite it at every chunk dropped.
+pub const HISTORY_FOLD_SPAN: u64 = 8 * HISTORY_CHUNK;
+
+/// The first entry of the span of chunks that holds entry `number`: 0 for the first chunk,
+/// which the bound never drops, else a multiple of [`HISTORY_FOLD_SPAN`] after it.
+pub fn fold_span_of(number: u64) -> u64 {
+    if number < HISTORY_CHUNK {
+        return 0;
+    }
+    HISTORY_CHUNK + (number - HISTORY_CHUNK) / HISTORY_FOLD_SPAN * HISTORY_FOLD_SPAN
+}
+
 /// What adding an entry asks of the commit that adds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Appended {
     /// A chunk the entry filled, to store: its first entry's number and its entries.
     pub chunk: Option<(u64, Vec<u8>)>,
-    /// The first entry number of a chunk the bound drops.
-    pub drop: Option<u64>,
+    /// The entries the bound drops, whole chunks from the first of one to the first after the
+    /// last (empty when it drops none).
+    pub dropped: std::ops::Range<u64>,
 }
 
 impl HistoryBook {
-    /// Adds `entry`, keeping at most about `limit` entries (at least [`MIN_HISTORY_LIMIT`];
-    /// whole chunks are dropped, so the history may hold up to a chunk more).
+    /// Adds `entry`, keeping about `limit` entries (at least [`MIN_HISTORY_LIMIT`]). When a
+    /// chunk fills and more are kept, the oldest after the first chunk are dropped: the whole
+    /// [`HISTORY_FOLD_SPAN`] that holds the oldest once every chunk of it is stored, else that
+    /// oldest chunk alone. So a history keeps at most `limit` entries and the tail's (fewer than
+    /// a chunk), and just after a span is dropped, as few as `limit` less a span.
     pub fn append(&mut self, entry: &HistoryEntry, limit: u32) -> Result<Appended, EncodeError> {
         let before = self.tail.len();
         self.tail.reserve(TAIL_ROOM);
@@ -70,11 +90,24 @@ impl HistoryBook {
             self.named_step_len = None;
             let limit = u64::from(limit.max(MIN_HISTORY_LIMIT));
             if self.kept() > limit {
-                appended.drop = Some(HISTORY_CHUNK + self.folded);
-                self.folded += HISTORY_CHUNK;
+                appended.dropped = self.fold();
             }
         }
         Ok(appended)
+    }
+
+    /// Drops the oldest entries after the first chunk, as [`HistoryBook::append`] says, when a
+    /// chunk has just been stored (every entry before `next` is); gives the entries dropped.
+    fn fold(&mut self) -> std::ops::Range<u64> {
+        let oldest = HISTORY_CHUNK + self.folded;
+        let span_end = fold_span_of(oldest) + HISTORY_FOLD_SPAN;
+        let end = if span_end <= self.next {
+            span_end
+        } else {
+            oldest + HISTORY_CHUNK
+        };
+        self.folded = end - HISTORY_CHUNK;
+        oldest..end
     }
 
     /// Writes `entry`, the attempt `step`, to the tail: compact where the tail's first entry
@@ -594,18 +627,64 @@ mod tests {
         assert_eq!(book.tail_entries().unwrap(), [(8, cancelled_at(8))]);
     }
 
+    /// The chunks `book` drops while `entries` more are appended under `limit`, with the most
+    /// entries it kept after any append.
+    fn drops_appending(book: &mut HistoryBook, entries: u64, limit: u32) -> (Vec<u64>, u64) {
+        let mut drops = Vec::new();
+        let mut most_kept = 0;
+        for _ in 0..entries {
+            let at = book.next;
+            drops.extend(
+                book.append(&cancelled_at(at), limit)
+                    .unwrap()
+                    .dropped
+                    .step_by(HISTORY_CHUNK as usize),
+            );
+            most_kept = most_kept.max(book.kept());
+        }
+        (drops, most_kept)
+    }
+
     #[test]
     fn the_bound_drops_whole_chunks_after_the_first_and_counts_them() {
         let mut book = HistoryBook::default();
-        let mut drops = Vec::new();
-        for at in 0..5 * HISTORY_CHUNK {
-            if let Some(first) = book.append(&cancelled_at(at), 0).unwrap().drop {
-                drops.push(first);
-            }
-        }
-        // A bound of 16 (the least): chunks 0 and the newest are kept, with the tail.
+        let (drops, most_kept) = drops_appending(&mut book, 5 * HISTORY_CHUNK, 0);
+        // A bound of 16 (the least): chunks 0 and the newest are kept, with the tail. No span
+        // after the first chunk is stored whole before its chunks are due: one chunk at a time.
         assert_eq!(drops, [8, 16, 24]);
-        assert_eq!((book.kept(), book.folded), (16, 24));
+        assert_eq!((book.kept(), book.folded, most_kept), (16, 24, 23));
+    }
+
+    #[test]
+    fn beyond_the_bound_a_whole_stored_span_is_dropped_at_once() {
+        let mut book = HistoryBook::default();
+        let (drops, most_kept) = drops_appending(&mut book, 1_000, 1_000);
+        assert!(drops.is_empty());
+        let (drops, most_kept_after) = drops_appending(&mut book, 8, 1_000);
+        // Entry 1 007 fills the chunk that puts 1 008 over the bound: the span 8..72 goes.
+        assert_eq!(drops, (8..72).step_by(8).collect::<Vec<_>>());
+        assert_eq!((book.kept(), book.folded), (944, 64));
+        let (drops, _) = drops_appending(&mut book, 64, 1_000);
+        assert_eq!(drops, (72..136).step_by(8).collect::<Vec<_>>());
+        // At most the bound and a tail short of a chunk.
+        assert_eq!(most_kept.max(most_kept_after), 1_000 + HISTORY_CHUNK - 1);
+    }
+
+    #[test]
+    fn a_history_folded_a_chunk_at_a_time_before_drops_the_rest_of_its_span_then_whole_spans() {
+        // As a build that dropped one chunk at a time left it: 8..24 folded.
+        let mut book = HistoryBook {
+            next: 120,
+            folded: 16,
+            ..HistoryBook::default()
+        };
+        let (drops, _) = drops_appending(&mut book, 8, 100);
+        assert_eq!(drops, (24..72).step_by(8).collect::<Vec<_>>());
+        assert_eq!((book.kept(), book.folded), (64, 64));
+        let (drops, _) = drops_appending(&mut book, 48, 100);
+        assert_eq!(drops, (72..136).step_by(8).collect::<Vec<_>>());
+        assert_eq!(fold_span_of(7), 0);
+        assert_eq!((fold_span_of(8), fold_span_of(71), fold_span_of(72)), (8, 8, 72));
     }
 
     fn step(name: &str, woken_by: WokenBy) -> HistoryEntry {

@@ -209,7 +209,8 @@ impl EngineBuilder {
     }
 
     /// How many entries each instance's history keeps (default 1 000, at least 16): beyond it
-    /// the oldest after the first few (with the start) are dropped, 8 at a time, and counted.
+    /// the oldest after the first 8 (with the start) are dropped and counted, 64 at a time (8 at a
+    /// time for a bound under about 64, whose history never stores 64 to drop at once).
     pub fn history_limit(mut self, entries: u32) -> Self {
         self.options.history_limit = entries.max(strata_core::history::MIN_HISTORY_LIMIT);
         self

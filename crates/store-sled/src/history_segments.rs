@@ -5,12 +5,14 @@
 //! sled pays for a new key with a copy of its leaf and, every few keys, a split: the history's
 //! chunks took a fifth to a quarter of the step throughput at 64 concurrent instances (issue
 //! #23). So the first chunk (with the start, which the bound never drops) has a key of its own,
-//! and the chunks after it share one key per [`CHUNKS_PER_SEGMENT`]: a chunk's commit rewrites
-//! its segment's value, a key sled already holds.
+//! and the chunks after it share one key per
+//! [`HISTORY_FOLD_SPAN`](strata_core::history::HISTORY_FOLD_SPAN) entries, the span the bound
+//! drops at once: a chunk's commit rewrites its segment's value, a key sled already holds, and
+//! the bound's drop of a whole span leaves its segment empty, which removes the key.
 //!
 //! A segment's value is [`SEGMENT_MARK`] followed by its chunks, each as its first entry's number
 //! (u64), its length (u32), both big-endian, and its bytes. The key ends with the number of the
-//! segment's first entry slot, so segments sort in entry order. A value without the mark is a
+//! segment's first entry slot ([`fold_span_of`]), so segments sort in entry order. A value without the mark is a
 //! chunk as builds before wrote it, under its own first entry's number; it is read as it is, and
 //! one at a segment's key is taken into the segment when the segment is next written. Owns the
 //! segments' keys, their values' encoding, and folding a commit's chunk writes and drops into
@@ -18,13 +20,9 @@
 
 use std::collections::HashMap;
 
-use strata_core::history::HISTORY_CHUNK;
+use strata_core::history::{fold_span_of, HISTORY_CHUNK};
 use strata_core::instance::InstanceId;
 use strata_store::{StoreError, StoredHistoryChunk};
-
-/// How many chunks (after the first) share a key: a segment holds up to this many times
-/// [`HISTORY_CHUNK`] entries, about 2 KB.
-const CHUNKS_PER_SEGMENT: u64 = 8;
 
 /// The first byte of a segment's value. MessagePack never uses it, and a chunk (entries as
 /// MessagePack arrays) never begins with it.
@@ -32,16 +30,6 @@ const SEGMENT_MARK: u8 = 0xc1;
 
 /// Bytes before a chunk's entries in a segment: its first entry's number and its length.
 const PIECE_HEADER: usize = 12;
-
-/// The number a segment's key ends with: the first entry slot of the segment holding the chunk
-/// whose first entry is `first`.
-fn segment_of(first: u64) -> u64 {
-    if first < HISTORY_CHUNK {
-        return 0;
-    }
-    let span = HISTORY_CHUNK * CHUNKS_PER_SEGMENT;
-    HISTORY_CHUNK + (first - HISTORY_CHUNK) / span * span
-}
 
 /// One chunk in a segment's value: where it lies (its header included), its first entry's
 /// number and its entries; `None` where the value is cut short.
@@ -133,7 +121,7 @@ impl SegmentWrites {
         first: u64,
         entries: &[u8],
     ) -> Result<(), StoreError> {
-        let value = self.segment(read, instance, segment_of(first))?;
+        let value = self.segment(read, instance, fold_span_of(first))?;
         push_piece(value, first, entries);
         Ok(())
     }
@@ -146,7 +134,7 @@ impl SegmentWrites {
         instance: InstanceId,
         first: u64,
     ) -> Result<(), StoreError> {
-        let segment = segment_of(first);
+        let segment = fold_span_of(first);
         let value = self.segment(read, instance, segment)?;
         let held = pieces(value).find_map(|piece| piece.filter(|(_, piece_first, _)| *piece_first == first));
         match held.map(|(range, ..)| range) {
@@ -204,6 +192,7 @@ impl SegmentWrites {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use strata_core::history::HISTORY_FOLD_SPAN;
 
     /// History keys in memory, as a tree would hold them.
     #[derive(Default)]
@@ -242,10 +231,10 @@ mod tests {
 
     #[test]
     fn the_first_chunk_has_a_key_of_its_own_and_the_rest_share_one_per_segment() {
-        assert_eq!(segment_of(0), 0);
-        assert_eq!(segment_of(8), 8);
-        assert_eq!(segment_of(8 + 8 * 7), 8);
-        assert_eq!(segment_of(8 + 8 * 8), 8 + 64);
+        assert_eq!(fold_span_of(0), 0);
+        assert_eq!(fold_span_of(8), 8);
+        assert_eq!(fold_span_of(8 + 8 * 7), 8);
+        assert_eq!(fold_span_of(8 + 8 * 8), 8 + 64);
         let id = InstanceId(3);
         let mut keys = Keys::default();
         for first in (0..200).step_by(HISTORY_CHUNK as usize) {
@@ -283,6 +272,28 @@ mod tests {
         keys.apply(writes);
         assert_eq!(keys.chunks(id), [(0, bytes_of(0))]);
         assert_eq!(keys.0.len(), 1, "an emptied segment's key is removed");
+    }
+
+    #[test]
+    fn the_span_the_bound_drops_at_once_is_one_segment_whose_key_goes() {
+        let id = InstanceId(2);
+        let mut keys = Keys::default();
+        let mut writes = SegmentWrites::default();
+        for first in (0..HISTORY_CHUNK + 2 * HISTORY_FOLD_SPAN).step_by(HISTORY_CHUNK as usize) {
+            writes.put(&keys.read(), id, first, &bytes_of(first)).unwrap();
+        }
+        keys.apply(writes);
+        let mut writes = SegmentWrites::default();
+        for first in (HISTORY_CHUNK..HISTORY_CHUNK + HISTORY_FOLD_SPAN).step_by(HISTORY_CHUNK as usize) {
+            writes.drop_chunk(&keys.read(), id, first).unwrap();
+        }
+        keys.apply(writes);
+        assert_eq!(
+            keys.0.keys().map(|(_, number)| *number).collect::<Vec<_>>(),
+            [0, HISTORY_CHUNK + HISTORY_FOLD_SPAN],
+            "the first chunk's key and the next span's"
+        );
+        assert_eq!(keys.chunks(id).len() as u64, 1 + HISTORY_FOLD_SPAN / HISTORY_CHUNK);
     }
 
     #[test]

@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
             ids_are_never_handed_out_twice,
             a_refused_write_changes_nothing,
             history_chunks_are_kept_in_order_and_a_dropped_one_is_gone,
+            a_span_of_history_chunks_dropped_in_one_write_is_gone_and_the_rest_stay,
             retention_removes_an_instances_history_with_it,
             a_revived_instance_is_live_again_once_and_undrains_its_drained_version,
             listings_page_in_either_order_from_a_cursor,
@@ -954,6 +955,60 @@ pub fn history_chunks_are_kept_in_order_and_a_dropped_one_is_gone(harness: &dyn 
     );
     assert_eq!(history_numbers(store.as_ref(), 2), [0]);
     assert_eq!(history_numbers(store.as_ref(), 3), Vec::<u64>::new());
+}
+
+/// The bound drops a whole span of chunks in one write (`strata_core::history::
+/// HISTORY_FOLD_SPAN`), and a chunk at a time where it cannot: either way those chunks are gone,
+/// after a reopen too, and the first chunk and the ones after stay.
+pub fn a_span_of_history_chunks_dropped_in_one_write_is_gone_and_the_rest_stay(harness: &dyn Harness) {
+    let chunk = strata_core::history::HISTORY_CHUNK;
+    let span = strata_core::history::HISTORY_FOLD_SPAN;
+    let store = harness.open();
+    let mut written = vec![put(&ready(1, "1.0.0")), start("1.0.0")];
+    written.extend((0..10).map(|index| history_chunk(1, index * chunk)));
+    apply(store.as_ref(), &written);
+    let (live, _, _) = held(store.as_ref());
+    let claim = claim_of(&live, 1);
+    let rewrite = || {
+        put(&InstanceRecord {
+            claim,
+            ..ready(1, "1.0.0")
+        })
+    };
+    let mut span_dropped = vec![rewrite()];
+    span_dropped.extend((10..18).map(|index| history_chunk(1, index * chunk)));
+    span_dropped.extend(
+        (chunk..chunk + span)
+            .step_by(chunk as usize)
+            .map(|first| Op::DropHistoryChunk {
+                instance: InstanceId(1),
+                first,
+            }),
+    );
+    apply(store.as_ref(), &span_dropped);
+    let after_span: Vec<u64> = std::iter::once(0)
+        .chain((chunk + span..18 * chunk).step_by(chunk as usize))
+        .collect();
+    assert_eq!(history_numbers(store.as_ref(), 1), after_span);
+    apply(
+        store.as_ref(),
+        &[
+            rewrite(),
+            Op::DropHistoryChunk {
+                instance: InstanceId(1),
+                first: chunk + span,
+            },
+        ],
+    );
+    let store = reopen(harness, store);
+    assert_eq!(
+        history_numbers(store.as_ref(), 1),
+        [&[0][..], &after_span[2..]].concat()
+    );
+    let stored = store.history(InstanceId(1)).unwrap_or_else(|error| panic!("{error}"));
+    assert!(stored
+        .iter()
+        .all(|kept| kept.entries == format!("chunk {} of 1", kept.first).into_bytes()));
 }
 
 /// Retention removes an instance's history with the instance, and leaves a live one's.

@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use strata_core::codec::EncodeError;
-use strata_core::history::{AttemptOutcome, HistoryEntry, HistoryEvent, SignalNote, StepEntry, WokenBy};
+use strata_core::history::{
+    Appended, AttemptOutcome, HistoryEntry, HistoryEvent, SignalNote, StepEntry, WokenBy, HISTORY_CHUNK,
+};
 use strata_core::instance::{IndexedAs, InstanceRecord, InstanceStatus, PersistedWake, Phase, RECORD_FORMAT};
 use strata_core::measure::{add_totals, MeasureTotals};
 use strata_core::time::deadline_after;
@@ -98,7 +100,7 @@ pub(super) fn after_attempt(
     facts: AttemptFacts<'_>,
 ) -> StepTransition {
     let attempt_number = record.attempt;
-    let woken_by = woken_by(&wake, consumed_signal, record.attempt);
+    let woken_by = woken_by(&wake, consumed_signal, attempt_number);
     record.updated_at_ms = now;
     let mut consumed_signal = consumed_signal;
     let step = match attempt {
@@ -259,26 +261,28 @@ pub(super) fn ended(
 }
 
 /// Adds `entry` to `record`'s history, kept in the record until it fills a chunk; adds to `ops`
-/// the write of a chunk it fills and the drop of the chunk that pushes out of the bound of
-/// `limit` entries. Call before the record is encoded: the record carries the newest entries.
+/// the write of a chunk it fills and the drops of the chunks the bound of `limit` entries
+/// pushes out. Call before the record is encoded: the record carries the newest entries.
 pub(super) fn append_history(
     record: &mut InstanceRecord,
     entry: &HistoryEntry,
     limit: u32,
     ops: &mut Vec<Op>,
 ) -> Result<(), EncodeError> {
-    let appended = record.history.append(entry, limit)?;
+    let Appended { chunk, dropped } = record.history.append(entry, limit)?;
     let instance = record.id;
-    if let Some((first, entries)) = appended.chunk {
+    if let Some((first, entries)) = chunk {
         ops.push(Op::PutHistoryChunk {
             instance,
             first,
             entries,
         });
     }
-    if let Some(first) = appended.drop {
-        ops.push(Op::DropHistoryChunk { instance, first });
-    }
+    ops.extend(
+        dropped
+            .step_by(HISTORY_CHUNK as usize)
+            .map(|first| Op::DropHistoryChunk { instance, first }),
+    );
     Ok(())
 }
 
