@@ -64,8 +64,8 @@ pub struct Appended {
 impl HistoryBook {
     /// Adds `entry`, keeping about `limit` entries (at least [`MIN_HISTORY_LIMIT`]). When a
     /// chunk fills and more are kept, the oldest after the first chunk are dropped: the whole
-    /// [`HISTORY_FOLD_SPAN`] that holds the oldest once every chunk of it is stored, else that
-    /// oldest chunk alone. So a history keeps at most `limit` entries and the tail's (fewer than
+    /// [`HISTORY_FOLD_SPAN`] that holds the oldest once every chunk of it is stored before the
+    /// one just filled, else that oldest chunk alone. So a history keeps at most `limit` entries and the tail's (fewer than
     /// a chunk), and just after a span is dropped, as few as `limit` less a span.
     pub fn append(&mut self, entry: &HistoryEntry, limit: u32) -> Result<Appended, EncodeError> {
         let before = self.tail.len();
@@ -101,7 +101,8 @@ impl HistoryBook {
     fn fold(&mut self) -> std::ops::Range<u64> {
         let oldest = HISTORY_CHUNK + self.folded;
         let span_end = fold_span_of(oldest) + HISTORY_FOLD_SPAN;
-        let end = if span_end <= self.next {
+        // The chunk just stored is always kept: a span ending with it is not dropped whole.
+        let end = if span_end + HISTORY_CHUNK <= self.next {
             span_end
         } else {
             oldest + HISTORY_CHUNK
@@ -653,6 +654,14 @@ mod tests {
         // after the first chunk is stored whole before its chunks are due: one chunk at a time.
         assert_eq!(drops, [8, 16, 24]);
         assert_eq!((book.kept(), book.folded, most_kept), (16, 24, 23));
+        // Far on, past several spans, the newest chunk is still kept after every fold.
+        for _ in 0..25 * HISTORY_CHUNK {
+            let at = book.next;
+            book.append(&cancelled_at(at), 0).unwrap();
+            if book.next % HISTORY_CHUNK == 0 {
+                assert_eq!(book.kept(), 16, "after entry {at}");
+            }
+        }
     }
 
     #[test]
