@@ -65,8 +65,9 @@ impl HistoryBook {
     /// Adds `entry`, keeping about `limit` entries (at least [`MIN_HISTORY_LIMIT`]). When a
     /// chunk fills and more are kept, the oldest after the first chunk are dropped: the whole
     /// [`HISTORY_FOLD_SPAN`] that holds the oldest once every chunk of it is stored before the
-    /// one just filled, else that oldest chunk alone. So a history keeps at most `limit` entries and the tail's (fewer than
-    /// a chunk), and just after a span is dropped, as few as `limit` less a span.
+    /// one just filled, else that oldest chunk alone. So a history keeps at most `limit`
+    /// entries and the tail's (fewer than a chunk), and just after a span is dropped, as few as
+    /// `limit` less a span.
     pub fn append(&mut self, entry: &HistoryEntry, limit: u32) -> Result<Appended, EncodeError> {
         let before = self.tail.len();
         self.tail.reserve(TAIL_ROOM);
