@@ -230,29 +230,43 @@ async fn each_failed_attempt_is_an_entry_with_its_error_and_when_the_retry_runs(
     engine.shutdown().await;
 }
 
-async fn a_long_history_keeps_its_first_and_newest_entries_and_counts_the_rest(backend: Backend) {
+/// An engine on `backend` (which must outlive it) whose histories keep `limit` entries, after a ticker of `ticks` steps finished on
+/// it: the engine, the instance and its whole history, which must hold the first chunk (the
+/// start first) and then the entries `newest` (the completing step last), `folded` dropped.
+async fn ticked_under_a_bound(
+    backend: &Backend,
+    limit: u32,
+    ticks: u32,
+    newest: std::ops::Range<u64>,
+    folded: u64,
+) -> (Engine, InstanceId) {
     let engine = backend
         .builder()
         .register(ticker())
-        .history_limit(16)
+        .history_limit(limit)
         .open()
         .await
         .unwrap();
-    let id = engine.start("ticker", &40u32).await.unwrap();
-    assert_eq!(outcome_within(&engine, id).await.output::<u32>().unwrap(), 40);
+    let id = engine.start("ticker", &ticks).await.unwrap();
+    assert_eq!(outcome_within(&engine, id).await.output::<u32>().unwrap(), ticks);
     let history = whole_history(&engine, id);
-    // The start and 40 attempts: 41 entries, in chunks of 8. The first chunk (with the start) is
-    // kept, and the newest entries up to the bound of 16; three chunks between are folded.
-    assert_eq!((history.kept, history.folded), (17, 24));
+    let expected: Vec<u64> = (0..8).chain(newest.clone()).collect();
+    assert_eq!((history.kept, history.folded), (expected.len() as u64, folded));
     let seqs: Vec<u64> = history.entries.iter().map(|item| item.seq).collect();
-    let expected: Vec<u64> = (0..8).chain(32..41).collect();
     assert_eq!(seqs, expected);
     let all = entries(&history);
     assert!(matches!(all[0].event, HistoryEvent::Started { .. }));
     assert!(matches!(
-        &all[16].event,
-        HistoryEvent::Step(step) if step.outcome == AttemptOutcome::Completed { output_bytes: 1 }
+        &all[all.len() - 1].event,
+        HistoryEvent::Step(step) if matches!(step.outcome, AttemptOutcome::Completed { .. })
     ));
+    (engine, id)
+}
+
+async fn a_long_history_keeps_its_first_and_newest_entries_and_counts_the_rest(backend: Backend) {
+    // The start and 40 attempts: 41 entries, in chunks of 8. The first chunk (with the start) is
+    // kept, and the newest entries up to the bound of 16; three chunks between are folded.
+    let (engine, id) = ticked_under_a_bound(&backend, 16, 40, 32..41, 24).await;
     let newest = engine
         .history(
             id,
@@ -272,28 +286,9 @@ async fn a_long_history_keeps_its_first_and_newest_entries_and_counts_the_rest(b
 }
 
 async fn beyond_a_bound_of_a_hundred_the_oldest_entries_go_sixty_four_at_a_time(backend: Backend) {
-    let engine = backend
-        .builder()
-        .register(ticker())
-        .history_limit(100)
-        .open()
-        .await
-        .unwrap();
-    let id = engine.start("ticker", &200u32).await.unwrap();
-    assert_eq!(outcome_within(&engine, id).await.output::<u32>().unwrap(), 200);
-    let history = whole_history(&engine, id);
     // 201 entries. Entry 103 filled the chunk that put 104 over the bound: 8..72 went at once,
     // leaving 40; at 168 again, 72..136. The first chunk and 136..201 are kept.
-    assert_eq!((history.kept, history.folded), (73, 128));
-    let seqs: Vec<u64> = history.entries.iter().map(|item| item.seq).collect();
-    let expected: Vec<u64> = (0..8).chain(136..201).collect();
-    assert_eq!(seqs, expected);
-    let all = entries(&history);
-    assert!(matches!(all[0].event, HistoryEvent::Started { .. }));
-    assert!(matches!(
-        &all[72].event,
-        HistoryEvent::Step(step) if matches!(step.outcome, AttemptOutcome::Completed { .. })
-    ));
+    let (engine, _) = ticked_under_a_bound(&backend, 100, 200, 136..201, 128).await;
     engine.shutdown().await;
 }
 
