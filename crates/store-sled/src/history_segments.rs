@@ -15,8 +15,9 @@
 //! segment's first entry slot ([`fold_span_of`]), so segments sort in entry order. A value without the mark is a
 //! chunk as builds before wrote it, under its own first entry's number; it is read as it is, and
 //! one at a segment's key is taken into the segment when the segment is next written. Owns the
-//! segments' keys, their values' encoding, and folding a commit's chunk writes and drops into
-//! segment values.
+//! segments' keys, their values' encoding, folding a commit's chunk writes and drops into
+//! segment values, and the segments being filled that a chunk appends to without reading them
+//! back ([`FilledSegments`]).
 
 use std::collections::HashMap;
 
@@ -86,6 +87,13 @@ pub(crate) fn chunks_of(key_number: u64, value: &[u8]) -> Vec<StoredHistoryChunk
     chunks
 }
 
+/// The value of a segment that holds no chunk yet, with room for a span's chunks.
+fn new_segment() -> Vec<u8> {
+    let mut value = Vec::with_capacity(NEW_SEGMENT_ROOM);
+    value.push(SEGMENT_MARK);
+    value
+}
+
 /// Appends the chunk whose first entry is `first` to a segment's value.
 fn push_piece(value: &mut Vec<u8>, first: u64, entries: &[u8]) {
     value.reserve(PIECE_HEADER + entries.len());
@@ -109,7 +117,79 @@ pub(crate) struct SegmentWrites {
 
 /// Reads the value under the history key of `instance` ending with `number`, if any: how
 /// [`SegmentWrites`] reads the store.
-pub(crate) type ReadHistoryKey<'a> = &'a dyn Fn(InstanceId, u64) -> Result<Option<Vec<u8>>, StoreError>;
+pub(crate) type ReadHistoryKey<'a> = &'a mut dyn FnMut(InstanceId, u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+/// Room a segment begun by a write is given: a span's eight chunks of compact step entries
+/// (12 to 20 bytes each) with their headers, so the chunks after the first seldom move it.
+const NEW_SEGMENT_ROOM: usize = 1 + 8 * (PIECE_HEADER + 8 * 16);
+
+/// How many instances [`FilledSegments`] holds a segment for, at most: about 1 KB each, so at
+/// most a few megabytes, and enough for every instance of a thousand stepping at once.
+const FILLED_SEGMENTS_HELD: usize = 2048;
+
+/// The segment each instance last wrote a chunk into, as the tree holds it after that write:
+/// the next chunk appends to it without reading it back from the tree. A write takes an
+/// instance's segment out ([`FilledSegments::take`]) and gives it back only after the write
+/// is durable ([`FilledSegments::keep`]), so a failed write leaves nothing held that the tree
+/// does not hold. Holds [`FILLED_SEGMENTS_HELD`] instances at most; an instance that finishes
+/// or is removed is let go.
+#[derive(Default)]
+pub(crate) struct FilledSegments {
+    /// By instance: its segment's number and value.
+    held: HashMap<InstanceId, (u64, Vec<u8>)>,
+}
+
+impl FilledSegments {
+    /// The value of segment `number` of `instance`, if held, taken out.
+    pub(crate) fn take(&mut self, instance: InstanceId, number: u64) -> Option<Vec<u8>> {
+        if self.held.get(&instance).is_some_and(|(held, _)| *held == number) {
+            return self.held.remove(&instance).map(|(_, value)| value);
+        }
+        None
+    }
+
+    /// Holds `value` as segment `number` of `instance`, as a durable write left it (`None`:
+    /// the write removed the segment).
+    pub(crate) fn keep(&mut self, instance: InstanceId, number: u64, value: Option<Vec<u8>>) {
+        let Some(value) = value else {
+            if self.held.get(&instance).is_some_and(|(held, _)| *held == number) {
+                self.held.remove(&instance);
+            }
+            return;
+        };
+        // An instance fills its newest segment; a write that also rewrote an older one (the
+        // first chunk's, or one the bound drops from) leaves the newest held.
+        if self.held.get(&instance).is_some_and(|(held, _)| *held > number) {
+            return;
+        }
+        if self.held.len() >= FILLED_SEGMENTS_HELD && !self.held.contains_key(&instance) {
+            let other = self.held.keys().next().copied();
+            if let Some(other) = other {
+                self.held.remove(&other);
+            }
+        }
+        self.held.insert(instance, (number, value));
+    }
+
+    /// Lets go of the segment of `instance`, which will not write history soon (it finished)
+    /// or any more (it was removed).
+    pub(crate) fn forget(&mut self, instance: InstanceId) {
+        self.held.remove(&instance);
+    }
+
+    /// How many instances have a segment held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The number of the segment held for `instance`, and the chunks in it.
+    #[cfg(test)]
+    pub(crate) fn held_of(&self, instance: InstanceId) -> Option<(u64, usize)> {
+        let (number, value) = self.held.get(&instance)?;
+        Some((*number, pieces(value).count()))
+    }
+}
 
 impl SegmentWrites {
     /// Adds the chunk of `instance` whose first entry is `first` to its segment (chunks come in
@@ -121,7 +201,14 @@ impl SegmentWrites {
         first: u64,
         entries: &[u8],
     ) -> Result<(), StoreError> {
-        let value = self.segment(read, instance, fold_span_of(first))?;
+        let number = fold_span_of(first);
+        // A chunk that begins its segment finds it empty: only chunks after it go in it, and the
+        // key holds no chunk a build before wrote, which would be this one, stored already.
+        let value = if first == number {
+            self.segments.entry((instance, number)).or_insert_with(new_segment)
+        } else {
+            self.segment(read, instance, number)?
+        };
         push_piece(value, first, entries);
         Ok(())
     }
@@ -180,7 +267,7 @@ impl SegmentWrites {
                         push_piece(&mut value, number, &old_chunk);
                         value
                     }
-                    None => vec![SEGMENT_MARK],
+                    None => new_segment(),
                 };
                 Ok(vacant.insert(value))
             }
@@ -239,7 +326,7 @@ mod tests {
         let mut keys = Keys::default();
         for first in (0..200).step_by(HISTORY_CHUNK as usize) {
             let mut writes = SegmentWrites::default();
-            writes.put(&keys.read(), id, first, &bytes_of(first)).unwrap();
+            writes.put(&mut keys.read(), id, first, &bytes_of(first)).unwrap();
             keys.apply(writes);
         }
         let expected: Vec<(u64, Vec<u8>)> = (0..200).step_by(8).map(|first| (first, bytes_of(first))).collect();
@@ -258,17 +345,17 @@ mod tests {
         let mut keys = Keys::default();
         let mut writes = SegmentWrites::default();
         for first in [0, 8, 16, 24] {
-            writes.put(&keys.read(), id, first, &bytes_of(first)).unwrap();
+            writes.put(&mut keys.read(), id, first, &bytes_of(first)).unwrap();
         }
-        writes.drop_chunk(&keys.read(), id, 8).unwrap();
+        writes.drop_chunk(&mut keys.read(), id, 8).unwrap();
         keys.apply(writes);
         assert_eq!(
             keys.chunks(id),
             [(0, bytes_of(0)), (16, bytes_of(16)), (24, bytes_of(24))]
         );
         let mut writes = SegmentWrites::default();
-        writes.drop_chunk(&keys.read(), id, 16).unwrap();
-        writes.drop_chunk(&keys.read(), id, 24).unwrap();
+        writes.drop_chunk(&mut keys.read(), id, 16).unwrap();
+        writes.drop_chunk(&mut keys.read(), id, 24).unwrap();
         keys.apply(writes);
         assert_eq!(keys.chunks(id), [(0, bytes_of(0))]);
         assert_eq!(keys.0.len(), 1, "an emptied segment's key is removed");
@@ -280,12 +367,12 @@ mod tests {
         let mut keys = Keys::default();
         let mut writes = SegmentWrites::default();
         for first in (0..HISTORY_CHUNK + 2 * HISTORY_FOLD_SPAN).step_by(HISTORY_CHUNK as usize) {
-            writes.put(&keys.read(), id, first, &bytes_of(first)).unwrap();
+            writes.put(&mut keys.read(), id, first, &bytes_of(first)).unwrap();
         }
         keys.apply(writes);
         let mut writes = SegmentWrites::default();
         for first in (HISTORY_CHUNK..HISTORY_CHUNK + HISTORY_FOLD_SPAN).step_by(HISTORY_CHUNK as usize) {
-            writes.drop_chunk(&keys.read(), id, first).unwrap();
+            writes.drop_chunk(&mut keys.read(), id, first).unwrap();
         }
         keys.apply(writes);
         assert_eq!(
@@ -306,13 +393,13 @@ mod tests {
         }
         assert_eq!(keys.chunks(id).len(), 4);
         let mut writes = SegmentWrites::default();
-        writes.put(&keys.read(), id, 32, &bytes_of(32)).unwrap();
+        writes.put(&mut keys.read(), id, 32, &bytes_of(32)).unwrap();
         keys.apply(writes);
         let expected: Vec<(u64, Vec<u8>)> = [0, 8, 16, 24, 32].map(|first| (first, bytes_of(first))).to_vec();
         assert_eq!(keys.chunks(id), expected, "the old chunk at the segment's key taken in");
         let mut writes = SegmentWrites::default();
         for first in [8, 16] {
-            writes.drop_chunk(&keys.read(), id, first).unwrap();
+            writes.drop_chunk(&mut keys.read(), id, first).unwrap();
         }
         keys.apply(writes);
         assert_eq!(
@@ -324,6 +411,54 @@ mod tests {
             [0, 8, 24],
             "16's own key removed"
         );
+    }
+
+    #[test]
+    fn a_chunk_that_begins_its_segment_is_written_without_reading_the_segment() {
+        let id = InstanceId(6);
+        let mut keys = Keys::default();
+        let mut reads: Vec<u64> = Vec::new();
+        for first in (0..88).step_by(HISTORY_CHUNK as usize) {
+            let mut writes = SegmentWrites::default();
+            let mut read = |instance: InstanceId, number: u64| {
+                reads.push(first);
+                Ok(keys.0.get(&(instance, number)).cloned())
+            };
+            writes.put(&mut read, id, first, &bytes_of(first)).unwrap();
+            keys.apply(writes);
+        }
+        let expected: Vec<(u64, Vec<u8>)> = (0..88).step_by(8).map(|first| (first, bytes_of(first))).collect();
+        assert_eq!(keys.chunks(id), expected);
+        let read_for: Vec<u64> = (16..72).step_by(8).chain([80]).collect();
+        assert_eq!(reads, read_for, "0, 8 and 72 begin their segments");
+    }
+
+    #[test]
+    fn a_filled_segment_is_given_back_once_for_its_own_number_and_the_held_are_bounded() {
+        let id = InstanceId(9);
+        let mut filled = FilledSegments::default();
+        filled.keep(id, 8, Some(vec![SEGMENT_MARK, 1]));
+        assert_eq!(filled.take(id, 72), None, "another segment of the instance");
+        assert_eq!(filled.take(InstanceId(10), 8), None, "another instance");
+        assert_eq!(filled.take(id, 8), Some(vec![SEGMENT_MARK, 1]));
+        assert_eq!(
+            filled.take(id, 8),
+            None,
+            "taken out: a write gives it back only once durable"
+        );
+        filled.keep(id, 8, Some(vec![SEGMENT_MARK, 2]));
+        filled.keep(id, 0, Some(vec![SEGMENT_MARK, 3]));
+        assert_eq!(filled.take(id, 0), None, "the newest segment stays held");
+        filled.keep(id, 72, None);
+        assert_eq!(filled.len(), 1, "removing another segment leaves the held one");
+        filled.keep(id, 8, None);
+        assert_eq!(filled.len(), 0, "a removed segment is not held");
+        for instance in 0..FILLED_SEGMENTS_HELD as u64 + 10 {
+            filled.keep(InstanceId(instance), 8, Some(vec![SEGMENT_MARK]));
+        }
+        assert_eq!(filled.len(), FILLED_SEGMENTS_HELD);
+        filled.forget(InstanceId(FILLED_SEGMENTS_HELD as u64 + 9));
+        assert_eq!(filled.len(), FILLED_SEGMENTS_HELD - 1, "the newest is held, and let go");
     }
 
     #[test]

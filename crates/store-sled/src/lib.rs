@@ -206,6 +206,8 @@ pub struct SledStore {
     syncs: AtomicU64,
     /// The buffer the last commit's frame was encoded in, kept for the next.
     spare_frame: Mutex<Vec<u8>>,
+    /// The history segment each instance is filling, as the tree holds it.
+    filled_segments: Mutex<history_segments::FilledSegments>,
     /// The one worker of the one process that opens the store.
     solo: strata_store::SoloCluster,
     /// The data directory's lock, let go of last (after the final checkpoint).
@@ -536,6 +538,7 @@ impl SledStore {
             applies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             spare_frame: Mutex::new(Vec::new()),
+            filled_segments: Mutex::new(history_segments::FilledSegments::default()),
             solo: strata_store::SoloCluster::new(),
             _lock: lock,
         };
@@ -936,15 +939,22 @@ impl Store for SledStore {
         let mut no_longer_ended: Vec<InstanceId> = Vec::new();
         // The last commit's buffer, so a group's frame does not grow a fresh allocation.
         let mut batch = Changes::in_buffer(std::mem::take(&mut *self.spare_frame.lock()));
-        // The history segments this write changes (several chunks to a key).
+        // The history segments this write changes (several chunks to a key), each as held since
+        // the write before, or read from the tree.
         let mut history = history_segments::SegmentWrites::default();
-        let read_history_key = |instance: InstanceId, number: u64| {
+        let mut filled_segments = self.filled_segments.lock();
+        let mut read_history_key = |instance: InstanceId, number: u64| {
+            if let Some(value) = filled_segments.take(instance, number) {
+                return Ok(Some(value));
+            }
             self.durable
                 .db
                 .get(history_key(instance, number))
                 .map(|value| value.map(|value| value.to_vec()))
                 .map_err(backend("read history"))
         };
+        // Instances this write finishes: their segments are let go.
+        let mut finishing: Vec<InstanceId> = Vec::new();
         for op in ops {
             match op {
                 Op::PutInstance(record) => {
@@ -952,6 +962,7 @@ impl Store for SledStore {
                     match Placed::written(record) {
                         Some(after) => put_live(&mut batch, record.id, &record.bytes, before, after),
                         None => {
+                            finishing.push(record.id);
                             remove_live(&mut batch, record.id, before);
                             batch.insert(id_key(FINISHED, record.id), record.bytes.as_slice());
                             batch.insert(
@@ -984,8 +995,10 @@ impl Store for SledStore {
                     instance,
                     first,
                     entries,
-                } => history.put(&read_history_key, *instance, *first, entries)?,
-                Op::DropHistoryChunk { instance, first } => history.drop_chunk(&read_history_key, *instance, *first)?,
+                } => history.put(&mut read_history_key, *instance, *first, entries)?,
+                Op::DropHistoryChunk { instance, first } => {
+                    history.drop_chunk(&mut read_history_key, *instance, *first)?
+                }
                 Op::AdjustCounters { key, delta } => {
                     if delta.started > 0 && !starting.contains(&key) {
                         starting.push(key);
@@ -1069,10 +1082,11 @@ impl Store for SledStore {
                 }
             }
         }
-        for (instance, number, value) in history.into_writes() {
+        let segment_writes: Vec<(InstanceId, u64, Option<Vec<u8>>)> = history.into_writes().collect();
+        for (instance, number, value) in &segment_writes {
             match value {
-                Some(value) => batch.insert(history_key(instance, number), value),
-                None => batch.remove(history_key(instance, number)),
+                Some(value) => batch.insert(history_key(*instance, *number), value.as_slice()),
+                None => batch.remove(history_key(*instance, *number)),
             }
         }
         if !no_longer_ended.is_empty() {
@@ -1143,6 +1157,13 @@ impl Store for SledStore {
             *self.spare_frame.lock() = buffer;
         }
         written?;
+        for (instance, number, value) in segment_writes {
+            filled_segments.keep(instance, number, value);
+        }
+        for instance in finishing {
+            filled_segments.forget(instance);
+        }
+        drop(filled_segments);
         let mut applied = Applied {
             versions: Vec::with_capacity(counters.len() + statuses.len()),
             drained,
@@ -1364,12 +1385,13 @@ impl Store for SledStore {
             *last += 1;
         }
         let mut batch = Changes::default();
-        let mut removed = 0u64;
+        // The instances removed: their history segments are let go once the write is made.
+        let mut removed: Vec<InstanceId> = Vec::new();
         let mut highest = 0u64;
         let mut reached_end = true;
         for item in self.durable.db.range(start..end) {
             let (key, finished_ms) = item.map_err(backend("read the finished index"))?;
-            if removed as usize >= limit {
+            if removed.len() >= limit {
                 *sweep_from = Some(key.to_vec());
                 reached_end = false;
                 break;
@@ -1406,18 +1428,22 @@ impl Store for SledStore {
                 batch.remove(id_key(PAIR_OF_REAL, id));
             }
             highest = highest.max(id.0);
-            removed += 1;
+            removed.push(id);
         }
         if reached_end {
             *sweep_from = None;
         }
-        if removed == 0 {
+        if removed.is_empty() {
             return Ok(0);
         }
         let known = self.highest_removed_id()?;
         batch.insert(HIGHEST_REMOVED_ID, encode("highest removed id", &highest.max(known))?);
         self.durable.write(&mut batch, "remove expired instances")?;
-        Ok(removed)
+        let mut filled_segments = self.filled_segments.lock();
+        for id in &removed {
+            filled_segments.forget(*id);
+        }
+        Ok(removed.len() as u64)
     }
 
     fn history(&self, instance: InstanceId) -> Result<Vec<StoredHistoryChunk>, StoreError> {
@@ -1661,6 +1687,51 @@ mod tests {
             [0, 8, 72],
             "the first chunk, the segment from 8 (16's own key removed), the one from 72"
         );
+    }
+
+    #[test]
+    fn the_segment_an_instance_fills_is_held_until_it_finishes() {
+        use strata_core::instance::Phase;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let key = VersionKey::new("w", semver::Version::new(1, 0, 0));
+        let id = InstanceId(3);
+        let record = InstanceRecord::new(id, key.clone(), Phase::Sleeping { until_ms: 5_000 }, 1_000);
+        let chunk = |first: u64| Op::PutHistoryChunk {
+            instance: id,
+            first,
+            entries: vec![0x91, first as u8],
+        };
+        let counted = |delta: CounterDelta| Op::AdjustCounters {
+            key: key.clone(),
+            delta,
+        };
+        let start = CounterDelta {
+            started: 1,
+            live: 1,
+            ..CounterDelta::default()
+        };
+        let put = |record: &InstanceRecord| Op::PutInstance(record.encode().unwrap());
+        store
+            .apply(&[put(&record), counted(start), chunk(0), chunk(8)])
+            .unwrap();
+        let held = || store.filled_segments.lock().held_of(id);
+        assert_eq!(held(), Some((8, 1)), "the newest segment, not the first chunk's key");
+        store.apply(&[put(&record), chunk(16)]).unwrap();
+        assert_eq!(held(), Some((8, 2)));
+        let finished = InstanceRecord {
+            phase: Phase::Completed { output: vec![0xc0] },
+            ..record.clone()
+        };
+        let finish = CounterDelta {
+            live: -1,
+            completed: 1,
+            ..CounterDelta::default()
+        };
+        store.apply(&[put(&finished), counted(finish), chunk(24)]).unwrap();
+        assert_eq!(held(), None, "let go when it finishes");
+        let firsts: Vec<u64> = store.history(id).unwrap().iter().map(|chunk| chunk.first).collect();
+        assert_eq!(firsts, [0, 8, 16, 24]);
     }
 
     #[test]

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             a_refused_write_changes_nothing,
             history_chunks_are_kept_in_order_and_a_dropped_one_is_gone,
             a_span_of_history_chunks_dropped_in_one_write_is_gone_and_the_rest_stay,
+            a_history_chunk_in_a_refused_write_is_not_stored_and_the_next_follows_the_stored_ones,
             retention_removes_an_instances_history_with_it,
             a_revived_instance_is_live_again_once_and_undrains_its_drained_version,
             listings_page_in_either_order_from_a_cursor,
@@ -1009,6 +1010,50 @@ pub fn a_span_of_history_chunks_dropped_in_one_write_is_gone_and_the_rest_stay(h
     assert!(stored
         .iter()
         .all(|kept| kept.entries == format!("chunk {} of 1", kept.first).into_bytes()));
+}
+
+/// A write refused after its history chunk was taken in stores none of it, and the chunks the
+/// next writes add follow the ones stored before: a store that appends a chunk to what it
+/// holds of a segment (the embedded store) must not hold what a refused write made of it.
+pub fn a_history_chunk_in_a_refused_write_is_not_stored_and_the_next_follows_the_stored_ones(harness: &dyn Harness) {
+    let chunk = strata_core::history::HISTORY_CHUNK;
+    let store = harness.open();
+    let fire = || Op::PutScheduleFire {
+        schedule: "nightly".to_string(),
+        fire_ms: 5,
+    };
+    apply(
+        store.as_ref(),
+        &[put(&ready(1, "1.0.0")), start("1.0.0"), history_chunk(1, 0), fire()],
+    );
+    let (live, _, _) = held(store.as_ref());
+    let claim = claim_of(&live, 1);
+    let rewrite = || {
+        put(&InstanceRecord {
+            claim,
+            ..ready(1, "1.0.0")
+        })
+    };
+    apply(store.as_ref(), &[rewrite(), history_chunk(1, chunk)]);
+    // Refused while its ops are read, and when the whole write is checked after them.
+    let refused = store.apply(&[rewrite(), history_chunk(1, 2 * chunk), fire()]);
+    assert!(matches!(refused, Err(StoreError::FireTaken { .. })), "{refused:?}");
+    let refused = store.apply(&[
+        rewrite(),
+        history_chunk(1, 2 * chunk),
+        start("1.0.0"),
+        set("1.0.0", VersionStatus::Draining),
+    ]);
+    assert!(
+        matches!(refused, Err(StoreError::VersionNotAccepting { .. })),
+        "{refused:?}"
+    );
+    apply(store.as_ref(), &[rewrite(), history_chunk(1, 3 * chunk)]);
+    apply(store.as_ref(), &[rewrite(), history_chunk(1, 4 * chunk)]);
+    let expected = [0, chunk, 3 * chunk, 4 * chunk];
+    assert_eq!(history_numbers(store.as_ref(), 1), expected);
+    let store = reopen(harness, store);
+    assert_eq!(history_numbers(store.as_ref(), 1), expected, "after a reopen");
 }
 
 /// Retention removes an instance's history with the instance, and leaves a live one's.
