@@ -109,6 +109,68 @@ macro_rules! added_measures {
     };
 }
 
+/// The new value of the measure totals column `$column` in the counters upsert: the row's totals
+/// plus the write's (`adding`), or the row's own (`keeping`, a write that adds none).
+macro_rules! measures_set {
+    (adding, $column:literal) => {
+        added_measures!($column)
+    };
+    (keeping, $column:literal) => {
+        concat!("current.", $column)
+    };
+}
+
+/// The upsert that adds a write's counter deltas to every version it touches, locks their rows
+/// and returns them as they are now; `$how` is how it sets the measure totals
+/// ([`measures_set`]).
+macro_rules! write_counters {
+    ($how:ident) => {
+        concat!(
+            "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
+                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms, revived, measures,
+                 shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures)
+             SELECT workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
+                 first_start_ms, last_start_ms, revived, measures::jsonb,
+                 shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures::jsonb
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
+                 $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[])
+                 AS given (workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
+                     first_start_ms, last_start_ms, revived, measures,
+                     shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures)
+             ON CONFLICT (workflow, version) DO UPDATE SET
+                 live = GREATEST(current.live + EXCLUDED.live, 0),
+                 started = current.started + EXCLUDED.started,
+                 completed = current.completed + EXCLUDED.completed,
+                 failed = current.failed + EXCLUDED.failed,
+                 cancelled = current.cancelled + EXCLUDED.cancelled,
+                 moved_in = current.moved_in + EXCLUDED.moved_in,
+                 moved_out = current.moved_out + EXCLUDED.moved_out,
+                 revived = current.revived + EXCLUDED.revived,
+                 first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
+                 last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms),
+                 measures = ",
+            measures_set!($how, "measures"),
+            ",
+                 shadow_started = current.shadow_started + EXCLUDED.shadow_started,
+                 shadow_completed = current.shadow_completed + EXCLUDED.shadow_completed,
+                 shadow_failed = current.shadow_failed + EXCLUDED.shadow_failed,
+                 shadow_cancelled = current.shadow_cancelled + EXCLUDED.shadow_cancelled,
+                 shadow_measures = ",
+            measures_set!($how, "shadow_measures"),
+            "
+             RETURNING ",
+            version_row_columns!()
+        )
+    };
+}
+
+/// The counters upsert of a write that adds measure totals.
+const WRITE_COUNTERS_ADDING_MEASURES: &str = write_counters!(adding);
+
+/// The counters upsert of a write that adds none: the row's totals are kept as they are.
+const WRITE_COUNTERS_KEEPING_MEASURES: &str = write_counters!(keeping);
+
 /// A version's counter changes summed over a group, with its earliest and latest start.
 #[derive(Default)]
 struct CounterSum {
@@ -637,45 +699,20 @@ impl Writes {
         };
         let measures = texts(|delta| &delta.measures);
         let shadow_measures = texts(|delta| &delta.shadow.measures);
+        // The totals' sums are a large expression that PostgreSQL plans at every execution
+        // (statements are unnamed, for PgBouncer): a write without measures sends the upsert
+        // that keeps the row's totals as they are.
+        let adds_measures = sums
+            .iter()
+            .any(|sum| !sum.delta.measures.is_empty() || !sum.delta.shadow.measures.is_empty());
+        let statement = if adds_measures {
+            WRITE_COUNTERS_ADDING_MEASURES
+        } else {
+            WRITE_COUNTERS_KEEPING_MEASURES
+        };
         let mut stored = transaction
             .query_typed(
-                concat!(
-                    "INSERT INTO strata_versions AS current (workflow, version, live, started, completed,
-                 failed, cancelled, moved_in, moved_out, first_start_ms, last_start_ms, revived, measures,
-                 shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures)
-             SELECT workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
-                 first_start_ms, last_start_ms, revived, measures::jsonb,
-                 shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures::jsonb
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
-                 $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[])
-                 AS given (workflow, version, live, started, completed, failed, cancelled, moved_in, moved_out,
-                     first_start_ms, last_start_ms, revived, measures,
-                     shadow_started, shadow_completed, shadow_failed, shadow_cancelled, shadow_measures)
-             ON CONFLICT (workflow, version) DO UPDATE SET
-                 live = GREATEST(current.live + EXCLUDED.live, 0),
-                 started = current.started + EXCLUDED.started,
-                 completed = current.completed + EXCLUDED.completed,
-                 failed = current.failed + EXCLUDED.failed,
-                 cancelled = current.cancelled + EXCLUDED.cancelled,
-                 moved_in = current.moved_in + EXCLUDED.moved_in,
-                 moved_out = current.moved_out + EXCLUDED.moved_out,
-                 revived = current.revived + EXCLUDED.revived,
-                 first_start_ms = LEAST(current.first_start_ms, EXCLUDED.first_start_ms),
-                 last_start_ms = GREATEST(current.last_start_ms, EXCLUDED.last_start_ms),
-                 measures = ",
-                    added_measures!("measures"),
-                    ",
-                 shadow_started = current.shadow_started + EXCLUDED.shadow_started,
-                 shadow_completed = current.shadow_completed + EXCLUDED.shadow_completed,
-                 shadow_failed = current.shadow_failed + EXCLUDED.shadow_failed,
-                 shadow_cancelled = current.shadow_cancelled + EXCLUDED.shadow_cancelled,
-                 shadow_measures = ",
-                    added_measures!("shadow_measures"),
-                    "
-             RETURNING ",
-                    version_row_columns!()
-                ),
+                statement,
                 typed![
                     &workflows,
                     &versions,

@@ -1334,6 +1334,12 @@ pub fn measure_and_shadow_counts_add_up_and_shadow_pairs_are_kept_by_rollout(har
     };
     apply(store.as_ref(), &[Op::PutShadowPair(Box::new(pair(false)))]);
     apply(store.as_ref(), &[Op::PutShadowPair(Box::new(pair(true)))]);
+    // Writes that add no measures (a start, status writes) keep both versions' totals.
+    apply(store.as_ref(), &[put(&ready(4, "1.0.0")), start("1.0.0")]);
+    apply(
+        store.as_ref(),
+        &[set("1.0.0", VersionStatus::Active), set("2.0.0", VersionStatus::Active)],
+    );
     let store = reopen(harness, store);
     let stable = stored(store.as_ref(), "1.0.0").counters;
     assert_eq!(stable.measures, cost(1_250_001, 4), "exact, in millionths");
