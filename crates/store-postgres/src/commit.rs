@@ -460,10 +460,11 @@ impl Writes {
             // seven times in eight, and a drop only beyond the bound, so a group of many
             // instances' commits mostly adds chunks and drops none.
             let history = self.history_rows();
-            let statement = match (history.added_instances.is_empty(), history.dropped_instances.is_empty()) {
-                (true, true) => InstancesStatement::Alone,
-                (false, true) => InstancesStatement::WithAddedHistory,
-                (_, false) => InstancesStatement::WithHistory,
+            // The statement, and how many of the parameters below it takes.
+            let (statement, taken) = match (history.added_instances.is_empty(), history.dropped_instances.is_empty()) {
+                (true, true) => (WRITE_INSTANCES, 11),
+                (false, true) => (WRITE_INSTANCES_ADDING_HISTORY.as_str(), 14),
+                (_, false) => (WRITE_INSTANCES_WITH_HISTORY.as_str(), 16),
             };
             // The instance columns are $1..$11, the history's $12..$16.
             let parameters = typed![
@@ -484,20 +485,10 @@ impl Writes {
                 &history.dropped_instances,
                 &history.dropped_seqs,
             ];
-            let written = match statement {
-                InstancesStatement::Alone => transaction.query_typed(WRITE_INSTANCES, &parameters[..11]).await,
-                InstancesStatement::WithAddedHistory => {
-                    transaction
-                        .query_typed(WRITE_INSTANCES_ADDING_HISTORY.as_str(), &parameters[..14])
-                        .await
-                }
-                InstancesStatement::WithHistory => {
-                    transaction
-                        .query_typed(WRITE_INSTANCES_WITH_HISTORY.as_str(), parameters)
-                        .await
-                }
-            }
-            .map_err(failed("write instances"))?;
+            let written = transaction
+                .query_typed(statement, &parameters[..taken])
+                .await
+                .map_err(failed("write instances"))?;
             if written.len() < ids.len() {
                 let written: std::collections::HashSet<i64> = written.iter().map(|row| row.get(0)).collect();
                 let lost = ids
@@ -877,17 +868,6 @@ const WRITE_INSTANCES: &str = "INSERT INTO strata_instances AS current
      created_ms = EXCLUDED.created_ms, finished_ms = EXCLUDED.finished_ms
  WHERE current.owner = EXCLUDED.owner AND current.fence = EXCLUDED.fence
  RETURNING id";
-
-/// Which statement writes a commit's instance rows: with the history CTEs it needs and no more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InstancesStatement {
-    /// [`WRITE_INSTANCES`]: no history chunk is added or dropped.
-    Alone,
-    /// [`WRITE_INSTANCES_ADDING_HISTORY`]: chunks are added, none dropped.
-    WithAddedHistory,
-    /// [`WRITE_INSTANCES_WITH_HISTORY`]: chunks are dropped (and perhaps added).
-    WithHistory,
-}
 
 /// [`WRITE_INSTANCES`] after [`HISTORY_ADDED_CTE`]: a commit's instance rows with the history
 /// chunks it adds, in one statement. Put together once.
