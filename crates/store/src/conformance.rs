@@ -201,6 +201,17 @@ fn claim_of(held: &[InstanceRecord], id: u64) -> u64 {
         .claim
 }
 
+/// The ready record of `id` on `version` under the claim this worker takes it with ([`held`]),
+/// for a later commit of the live instance to write. Once per opened store: the worker's next
+/// claim finds it held already.
+fn ready_as_held(store: &dyn Store, id: u64, version: &str) -> InstanceRecord {
+    let (live, _, _) = held(store);
+    InstanceRecord {
+        claim: claim_of(&live, id),
+        ..ready(id, version)
+    }
+}
+
 fn signal(instance: u64, seq: u64, name: &str) -> SignalRecord {
     SignalRecord {
         format: 2,
@@ -932,11 +943,7 @@ pub fn history_chunks_are_kept_in_order_and_a_dropped_one_is_gone(harness: &dyn 
     apply(store.as_ref(), &[put(&ready(2, "1.0.0")), start("1.0.0")]);
     apply(store.as_ref(), &first);
     let store = reopen(harness, store);
-    let (live, _, _) = held(store.as_ref());
-    let mut later = vec![put(&InstanceRecord {
-        claim: claim_of(&live, 1),
-        ..ready(1, "1.0.0")
-    })];
+    let mut later = vec![put(&ready_as_held(store.as_ref(), 1, "1.0.0"))];
     later.extend((3..6).map(|seq| history_chunk(1, seq)));
     later.push(Op::DropHistoryChunk {
         instance: InstanceId(1),
@@ -968,14 +975,8 @@ pub fn a_span_of_history_chunks_dropped_in_one_write_is_gone_and_the_rest_stay(h
     let mut written = vec![put(&ready(1, "1.0.0")), start("1.0.0")];
     written.extend((0..10).map(|index| history_chunk(1, index * chunk)));
     apply(store.as_ref(), &written);
-    let (live, _, _) = held(store.as_ref());
-    let claim = claim_of(&live, 1);
-    let rewrite = || {
-        put(&InstanceRecord {
-            claim,
-            ..ready(1, "1.0.0")
-        })
-    };
+    let held_record = ready_as_held(store.as_ref(), 1, "1.0.0");
+    let rewrite = || put(&held_record);
     let mut span_dropped = vec![rewrite()];
     span_dropped.extend((10..18).map(|index| history_chunk(1, index * chunk)));
     span_dropped.extend(
@@ -1026,14 +1027,8 @@ pub fn a_history_chunk_in_a_refused_write_is_not_stored_and_the_next_follows_the
         store.as_ref(),
         &[put(&ready(1, "1.0.0")), start("1.0.0"), history_chunk(1, 0), fire()],
     );
-    let (live, _, _) = held(store.as_ref());
-    let claim = claim_of(&live, 1);
-    let rewrite = || {
-        put(&InstanceRecord {
-            claim,
-            ..ready(1, "1.0.0")
-        })
-    };
+    let held_record = ready_as_held(store.as_ref(), 1, "1.0.0");
+    let rewrite = || put(&held_record);
     apply(store.as_ref(), &[rewrite(), history_chunk(1, chunk)]);
     // Refused while its ops are read, and when the whole write is checked after them.
     let refused = store.apply(&[rewrite(), history_chunk(1, 2 * chunk), fire()]);
