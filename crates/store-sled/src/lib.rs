@@ -942,9 +942,8 @@ impl Store for SledStore {
         // The history segments this write changes (several chunks to a key), each as held since
         // the write before, or read from the tree.
         let mut history = history_segments::SegmentWrites::default();
-        let mut filled_segments = self.filled_segments.lock();
         let mut read_history_key = |instance: InstanceId, number: u64| {
-            if let Some(value) = filled_segments.take(instance, number) {
+            if let Some(value) = self.filled_segments.lock().take(instance, number) {
                 return Ok(Some(value));
             }
             self.durable
@@ -1157,13 +1156,15 @@ impl Store for SledStore {
             *self.spare_frame.lock() = buffer;
         }
         written?;
-        for (instance, number, value) in segment_writes {
-            filled_segments.keep(instance, number, value);
+        if !segment_writes.is_empty() || !finishing.is_empty() {
+            let mut filled_segments = self.filled_segments.lock();
+            for (instance, number, value) in segment_writes {
+                filled_segments.keep(instance, number, value);
+            }
+            for instance in finishing {
+                filled_segments.forget(instance);
+            }
         }
-        for instance in finishing {
-            filled_segments.forget(instance);
-        }
-        drop(filled_segments);
         let mut applied = Applied {
             versions: Vec::with_capacity(counters.len() + statuses.len()),
             drained,
